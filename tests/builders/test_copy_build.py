@@ -1,0 +1,224 @@
+"""The build machinery end to end through the copy builder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import vlmforge
+from vlmforge.builders.base import run_build
+from vlmforge.builders.copy import CopyBuilder, CopyConfig
+from vlmforge.errors import UserError
+from vlmforge.executors.local import LocalExecutor
+from vlmforge.manifests.verify import verify_build
+from vlmforge.manifests.writer import ShardLimits
+from vlmforge.sources import open_source
+
+from tests.helpers import build_files
+
+
+def _coco_opts(root: Path) -> dict:
+    return {"coco_root": str(root), "split": "val2017"}
+
+
+def test_rebuild_is_byte_identical_with_1_and_2_workers(tmp_path, sample_coco):
+    a = vlmforge.build("copy", "coco", out=tmp_path / "a", workers=1, max_samples_per_shard=5,
+                       source_options=_coco_opts(sample_coco))
+    b = vlmforge.build("copy", "coco", out=tmp_path / "b", workers=2, max_samples_per_shard=5,
+                       source_options=_coco_opts(sample_coco))
+    fa, fb = build_files(a.path), build_files(b.path)
+    assert len(a.info["shards"]) == 3 and sum(s["samples"] for s in a.info["shards"]) == 12
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+    assert a.build_id == b.build_id
+    assert verify_build(a, quiet=True) == []
+
+
+def test_manifest_rows_match_samples(tmp_path, sample_coco):
+    b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), max_shard_bytes=200_000)
+    rows = b.sql("SELECT key, shard, \"offset\", width, height, image_sha256, split FROM samples ORDER BY shard, \"offset\"").fetchall()
+    assert len(rows) == 12 and len({r[1] for r in rows}) > 1  # byte limit forced several shards
+    for s in b.info["shards"]:
+        assert s["bytes"] <= 200_000 or s["samples"] == 1
+    samples = list(b.samples())
+    assert [s["__key__"] for s in samples] == [r[0] for r in rows]
+    import hashlib
+    for s, r in zip(samples, rows):
+        assert hashlib.sha256(s["jpg"]).hexdigest() == r[5]
+        assert s["json"]["conversations"][0]["value"].startswith("<image>")
+        assert (r[3], r[4]) == (480, 360) and r[6] == "val"
+        raw = (b.path / r[1]).read_bytes()
+        assert raw[r[2] : r[2] + len(r[0])] == r[0].encode()
+
+
+def test_bad_inputs_land_in_rejects(tmp_path, coco_copy):
+    imgs = sorted((coco_copy / "val2017").iterdir())
+    imgs[0].unlink()  # missing
+    imgs[1].write_bytes(b"this is not a jpeg")  # corrupt
+    imgs[2].write_bytes(imgs[3].read_bytes()[:5000])  # truncated
+    doc = json.loads((coco_copy / "annotations" / "captions_val2017.json").read_text())
+    doc["annotations"].append({"id": 999999, "image_id": 424242, "caption": "A ghost."})
+    (coco_copy / "annotations" / "captions_val2017.json").write_text(json.dumps(doc))
+    b = vlmforge.build("copy", "coco", out=tmp_path / "out", source_options=_coco_opts(coco_copy))
+    reasons = dict(b.sql("SELECT source_id, reason FROM rejects").fetchall())
+    assert reasons == {
+        str(int(imgs[0].stem)): "missing_image",
+        str(int(imgs[1].stem)): "corrupt_image",
+        str(int(imgs[2].stem)): "truncated_image",
+        "annotation:999999": "orphan_annotation",
+    }
+    assert len(b) == 9
+    assert b.info["splits"]["val"]["rejects"] == 4
+
+
+def test_read_only_sql(tmp_path, sample_coco):
+    b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))
+    assert b.sql("SELECT count(*) FROM samples").fetchall()[0][0] == 12
+    for bad in ["CREATE TABLE x AS SELECT 1", "DROP TABLE samples", f"COPY samples TO '{tmp_path}/x.csv'",
+                "ATTACH 'other.db'", "INSTALL httpfs", "INSERT INTO samples SELECT * FROM samples",
+                "SELECT 1; DROP TABLE samples", "SET enable_external_access = true"]:
+        with pytest.raises(UserError):
+            b.sql(bad)
+    import duckdb
+    with pytest.raises(duckdb.Error):  # reading other files is off even inside a SELECT
+        b.sql("SELECT * FROM read_csv('/etc/hostname')").fetchall()
+    assert not (tmp_path / "x.csv").exists()
+    assert b.sql("SELECT count(*) FROM samples").fetchall()[0][0] == 12
+
+
+def test_verify_catches_flipped_byte_and_missing_shard(tmp_path, sample_coco):
+    b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), max_samples_per_shard=4)
+    shards = b.shards()
+    raw = bytearray(shards[0].read_bytes())
+    raw[2000] ^= 0x01
+    shards[0].write_bytes(bytes(raw))
+    shards[2].unlink()
+    problems = verify_build(b, quiet=True)
+    assert any(shards[0].name in p and "sha256" in p for p in problems)
+    assert any(shards[2].name in p and "missing" in p for p in problems)
+    assert not any(shards[1].name in p for p in problems)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "verify", str(b.path)], capture_output=True, text=True)
+    assert r.returncode == 1 and shards[2].name in r.stderr
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingCopy(CopyBuilder):
+    """Dies after `crash_after` records, like a killed run; same name/version/config as copy."""
+
+    crash_after = 7
+    batch_size = 2
+
+    def process(self, batch):
+        for rec in batch:
+            if rec.get("image_id") is not None and self._count() >= self.crash_after:
+                raise _Crash()
+        return super().process(batch)
+
+    def _count(self):
+        self.n = getattr(self, "n", 0) + 1
+        return self.n
+
+
+def test_resume_after_crash_is_identical(tmp_path, sample_coco):
+    limits = ShardLimits(max_samples=3)
+    ref = run_build(CopyBuilder(CopyConfig(), open_source("coco", **_coco_opts(sample_coco))), tmp_path / "ref", limits=limits, quiet=True)
+    crashing = _CrashingCopy(CopyConfig(), open_source("coco", **_coco_opts(sample_coco)))
+    crashing.batch_size = 2
+    with pytest.raises(_Crash):
+        run_build(crashing, tmp_path / "res", limits=limits, quiet=True)
+    partial = tmp_path / "res" / "copy" / "1.0.0"
+    assert not (partial / "build.json").exists() and list(partial.glob("*.tar"))
+    with pytest.raises(UserError):
+        vlmforge.open_build(partial)
+    resumed = run_build(CopyBuilder(CopyConfig(), open_source("coco", **_coco_opts(sample_coco))), tmp_path / "res", limits=limits, quiet=True)
+    fa, fb = build_files(ref), build_files(resumed)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
+def test_sigkill_and_resume_is_identical(tmp_path, tmp_path_factory):
+    from vlmforge.sources.sample_coco import make_sample
+
+    data = make_sample(tmp_path / "coco", images=160, seed=5)
+    cmd = [sys.executable, "-m", "vlmforge.cli", "build", "copy", "--coco-root", str(data), "--quiet",
+           "--max-samples-per-shard", "2", "--check-images", "full"]
+    ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    target = out / "copy" / "1.0.0" / "manifest"
+    for attempt in range(5):
+        proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list(target.glob("*.stats.json"))) < 3 + attempt * 5:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if not (out / "copy" / "1.0.0" / "build.json").exists():
+            break
+    assert not (out / "copy" / "1.0.0" / "build.json").exists(), "the build finished before it could be killed"
+    done_before = len(list(target.glob("*.stats.json")))
+    assert 0 < done_before < 80
+    r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    fa, fb = build_files(tmp_path / "ref" / "copy" / "1.0.0"), build_files(out / "copy" / "1.0.0")
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
+def test_other_config_in_same_folder_is_refused(tmp_path, sample_coco):
+    vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))
+    again = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))  # up to date
+    assert again.build_id
+    with pytest.raises(UserError, match="another build"):
+        vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), seed=1)
+    b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), seed=1, overwrite=True)
+    assert b.info["config"]["seed"] == 1
+
+
+def test_imagefolder_and_llava_json(tmp_path, sample_coco):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        for cls in ("001.Black_footed_Albatross", "002.Laysan_Albatross"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (20, 10), (i * 50, 10, 10)).save(d / f"img{i}.png")
+            Image.new("RGBA", (8, 8)).save(d / "alpha.gif")
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "o1", source_options={"root": str(root)})
+    assert b.sql("SELECT split, count(*) FROM samples GROUP BY 1 ORDER BY 1").fetchall() == [("test", 6), ("train", 6)]
+    assert {r[0] for r in b.sql("SELECT label FROM samples").fetchall()} == {"Black footed Albatross", "Laysan Albatross"}
+    fmts = dict(b.sql("SELECT original_format, any_value(image_format) FROM samples GROUP BY 1").fetchall())
+    assert fmts == {"PNG": "png", "GIF": "jpg"}
+
+    images = sorted((sample_coco / "val2017").iterdir())
+    recs = [{"id": "a1", "image": f"val2017/{images[0].name}", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A."}]},
+            {"id": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"id": "a2", "image": "val2017/nope.jpg", "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "R"}]}]
+    jf = tmp_path / "llava.json"
+    jf.write_text(json.dumps(recs))
+    b2 = vlmforge.build("copy", "llava-json", out=tmp_path / "o2", source_options={"json": str(jf), "image_root": str(sample_coco)})
+    assert b2.sql("SELECT key, subsource, image_format FROM samples ORDER BY key").fetchall() == [("a1", "val2017", "jpg"), ("t1", "text-only", None)]
+    assert b2.sql("SELECT source_id, reason FROM rejects").fetchall() == [("a2", "missing_image")]
+
+
+def test_build_source_copies_a_filtered_parent(tmp_path, sample_coco):
+    parent = vlmforge.build("copy", "coco", out=tmp_path / "p", source_options=_coco_opts(sample_coco), max_samples_per_shard=5)
+    keys = [r[0] for r in parent.sql("SELECT key FROM samples ORDER BY key LIMIT 4").fetchall()]
+    cond = "key IN (" + ",".join(f"'{k}'" for k in keys) + ")"
+    child = vlmforge.build("copy", "build", out=tmp_path / "c", source_options={"path": str(parent.path), "where": cond})
+    assert child.info["parents"] == [parent.build_id]
+    assert child.sql("SELECT count(*) FROM builds").fetchall()[0][0] == 2
+    got = {s["__key__"]: s for s in child.samples()}
+    want = {s["__key__"]: s for s in parent.samples() if s["__key__"] in keys}
+    assert got.keys() == want.keys()
+    for k in keys:
+        assert got[k]["jpg"] == want[k]["jpg"] and got[k]["json"] == want[k]["json"]
+    with pytest.raises(UserError):
+        vlmforge.build("copy", "build", out=tmp_path / "d", source_options={"path": str(parent.path), "where": "1=1; DROP TABLE samples"})

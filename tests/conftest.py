@@ -1,0 +1,38 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """Keep the embedded sample and model caches of the test run out of the user's home."""
+    cache = tmp_path_factory.mktemp("vlmforge-cache")
+    old = os.environ.get("VLMFORGE_CACHE")
+    os.environ["VLMFORGE_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("VLMFORGE_CACHE", None)
+    else:
+        os.environ["VLMFORGE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def sample_coco(tmp_path_factory) -> Path:
+    """A 12-image COCO-format sample in the official layout (root/annotations, root/val2017)."""
+    from vlmforge.sources.sample_coco import make_sample
+
+    return make_sample(tmp_path_factory.mktemp("coco") / "coco", images=12, seed=3)
+
+
+@pytest.fixture
+def coco_copy(tmp_path, sample_coco) -> Path:
+    """A private, writable copy of the sample (tests that damage files use this)."""
+    dst = tmp_path / "coco"
+    shutil.copytree(sample_coco, dst)
+    return dst

@@ -1,0 +1,48 @@
+import io
+import subprocess
+import tarfile
+
+import webdataset as wds
+
+from vlmforge.manifests.tarwriter import TarWriter, ustar_header
+
+
+def test_header_matches_tarfile_ustar(tmp_path):
+    info = tarfile.TarInfo("000000000139.jpg")
+    info.size = 12345
+    info.mode = 0o444
+    info.mtime = 0
+    info.uname = info.gname = ""
+    assert ustar_header("000000000139.jpg", 12345) == info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_archive_reads_everywhere_with_fixed_fields(tmp_path):
+    path = tmp_path / "a.tar"
+    members = [("k1.jpg", b"\xff\xd8jpeg\xff\xd9"), ("k1.json", b'{"a":1}'), ("k2.jpg", b"x" * 1000), ("k2.json", b"{}")]
+    with TarWriter(path) as w:
+        offsets = [w.add(n, d) for n, d in members]
+    data = path.read_bytes()
+    assert len(data) % 10240 == 0
+    with tarfile.open(path) as tf:
+        got = [(m.name, tf.extractfile(m).read(), m.mtime, m.uid, m.gid, m.uname, m.mode) for m in tf]
+    assert [(n, d) for n, d, *_ in got] == members
+    assert {tuple(g[2:]) for g in got} == {(0, 0, 0, "", 0o444)}
+    # offsets point at each member's header
+    for off, (name, _) in zip(offsets, members):
+        assert data[off : off + len(name)] == name.encode()
+    listing = subprocess.run(["tar", "tvf", str(path)], capture_output=True, text=True, check=True).stdout
+    assert listing.count("\n") == 4
+    samples = list(wds.WebDataset(str(path), shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in samples] == ["k1", "k2"]
+    assert samples[0]["json"] == b'{"a":1}'
+
+
+def test_sha_and_size_match_file(tmp_path):
+    import hashlib
+
+    path = tmp_path / "b.tar"
+    w = TarWriter(path)
+    w.add("a.txt", b"hello")
+    size, sha = w.close()
+    raw = path.read_bytes()
+    assert size == len(raw) and sha == hashlib.sha256(raw).hexdigest()

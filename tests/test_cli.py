@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vlmforge.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_missing_folder_is_one_line_exit_2(tmp_path):
+    r = run("build", "copy", "--coco-root", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_malformed_json_is_one_line_exit_2(tmp_path, sample_coco):
+    bad = tmp_path / "captions.json"
+    bad.write_text('{"images": [1, 2,')
+    r = run("build", "copy", "--captions", str(bad), "--images", str(sample_coco / "val2017"), "--out", str(tmp_path))
+    assert r.returncode == 2 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_query_formats_and_refusal(tmp_path, sample_coco):
+    out = tmp_path / "b"
+    assert run("build", "copy", "--coco-root", str(sample_coco), "--out", str(out), "-q").returncode == 0
+    b = out / "copy" / "1.0.0"
+    r = run("manifest", "query", str(b), "SELECT key, width FROM samples ORDER BY key LIMIT 2", "--format", "json")
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert r.returncode == 0 and len(rows) == 2 and rows[0]["width"] == 480
+    r = run("manifest", "query", str(b), "SELECT count(*) AS n FROM samples", "--format", "csv")
+    assert r.stdout.splitlines() == ["n", "12"]
+    r = run("manifest", "query", str(b), "DELETE FROM samples")
+    assert r.returncode == 2 and "read-only" in r.stderr
+    r = run("manifest", "stats", str(b))
+    assert r.returncode == 0 and "val" in r.stdout
+    r = run("manifest", "diff", str(b), str(b))
+    assert r.returncode == 0
+    assert run("sample", "coco", "--out", str(tmp_path / "s"), "--images", "2").returncode == 0
+    assert (tmp_path / "s" / "annotations" / "instances_val2017.json").exists()

@@ -1,0 +1,63 @@
+"""The Python API, mirroring the CLI: `vlmforge.build(...)` and `vlmforge.open_build(path)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmforge.builders import get_builder
+from vlmforge.builders.base import run_build
+from vlmforge.errors import UserError
+from vlmforge.manifests.read import Build, open_build
+from vlmforge.manifests.writer import ShardLimits
+
+
+def make_executor(name: str = "local", workers: int = 1, ray_address: str | None = None):
+    if name == "local":
+        from vlmforge.executors.local import LocalExecutor
+
+        return LocalExecutor(workers)
+    if name == "ray":
+        try:
+            from vlmforge.executors.ray import RayExecutor
+        except ImportError as e:
+            raise UserError(f"the ray executor is not available: {e}") from None
+        return RayExecutor(address=ray_address, workers=workers)
+    raise UserError(f"unknown executor {name!r}; use local or ray")
+
+
+def build(
+    builder: str,
+    source: str | None = None,
+    *,
+    out: str | Path = "builds",
+    workers: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    max_samples_per_shard: int = 10_000,
+    max_shard_bytes: int = 1 << 30,
+    overwrite: bool = False,
+    quiet: bool = True,
+    source_options: dict[str, Any] | None = None,
+    **config: Any,
+) -> Build:
+    """Run builder `builder` on a source and return the finished build.
+
+    Example: `vlmforge.build("copy", "imagefolder", source_options={"root": "data/dogs"}, out="builds")`.
+    `config` holds the builder's Config fields (e.g. `seed=1`)."""
+    cls = get_builder(builder)
+    src = cls.open_source(source, **(source_options or {}))
+    fields = set(cls.Config.__dataclass_fields__)
+    unknown = sorted(set(config) - fields)
+    if unknown:
+        raise UserError(f"{builder} has no option(s) {unknown}; its options: {sorted(fields)}")
+    cfg = cls.Config(**config)
+    b = cls(cfg, src)
+    path = run_build(
+        b, out=out, executor=make_executor(executor, workers, ray_address),
+        limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
+    )
+    return open_build(path)
+
+
+__all__ = ["build", "open_build", "make_executor"]

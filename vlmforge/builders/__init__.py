@@ -1,0 +1,20 @@
+"""Builders by name. Each entry is loaded on demand so that `vlmforge --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+
+BUILDERS: dict[str, str] = {
+    "copy": "vlmforge.builders.copy:CopyBuilder",
+}
+
+
+def get_builder(name: str):
+    from vlmforge.errors import UserError
+
+    try:
+        target = BUILDERS[name]
+    except KeyError:
+        raise UserError(f"unknown builder {name!r}; known: {', '.join(sorted(BUILDERS))}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,191 @@
+"""Builder: name, VERSION, typed Config, the run loop, and build identity.
+
+A builder module reads like a recipe: a `Config` dataclass, a `source()` that opens the input, an
+optional `setup()` that loads models once per worker, and `process(batch)` that turns each record into
+samples and rejects. `run_build` does the rest: folder, resume, shards, manifest, build.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from vlmforge import __version__
+from vlmforge.errors import BuildError
+from vlmforge.manifests.schema import BASE_COLUMNS
+from vlmforge.manifests.writer import ShardLimits, SplitWriter, complete_shards, remove_incomplete
+from vlmforge.progress import progress_bar
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record, Source
+
+PENDING = "build.pending.json"
+
+
+@dataclass
+class BuildConfig:
+    """Fields every builder config has. Subclasses add their own; all must be JSON-serialisable."""
+
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Builder:
+    name: ClassVar[str] = "builder"
+    VERSION: ClassVar[str] = "0.0.0"
+    Config: ClassVar[type[BuildConfig]] = BuildConfig
+    description: ClassVar[str] = ""
+    # Builder-specific manifest columns: (name, arrow type, description).
+    columns: ClassVar[list[tuple[str, pa.DataType, str]]] = []
+    batch_size: ClassVar[int] = 16
+
+    def __init__(self, config: BuildConfig, source: Source):
+        self.config = config
+        self.src = source
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        """The builder's source from the CLI's --source and its options. Builders narrow or extend it."""
+        from vlmforge.sources import open_source
+
+        return open_source(kind or "coco", **options)
+
+    def setup(self) -> None:
+        """Load models or lookup tables. Called once per worker, after forking."""
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        """For each record of `batch`, the samples and rejects it yields (one list per record)."""
+        raise NotImplementedError
+
+    # -- identity -------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        ident = {
+            "builder": self.name,
+            "version": self.VERSION,
+            "config": self.config.to_dict(),
+            "source": self.src.describe(),
+            "source_fingerprint": self.src.fingerprint(),
+            "parents": list(self.src.parents),
+        }
+        ident["build_id"] = hashlib.sha256(
+            json.dumps({k: ident[k] for k in ("builder", "version", "config", "source_fingerprint", "parents")},
+                       sort_keys=True).encode()
+        ).hexdigest()[:16]
+        return ident
+
+
+def _batches(records, batch_size: int, start: int):
+    """Batches aligned to absolute input indices, so a resumed run forms the same batches
+    (model outputs can depend on batch composition through padding). Yields (first_index, batch)."""
+    batch: list[Record] = []
+    first = 0
+    for i, rec in enumerate(records):
+        if i < start - (start % batch_size):
+            continue
+        if not batch:
+            first = i
+        batch.append(rec)
+        if len(batch) == batch_size:
+            yield first, batch
+            batch = []
+    if batch:
+        yield first, batch
+
+
+def build_dir_for(out: Path, builder: Builder) -> Path:
+    return Path(out) / builder.name / builder.VERSION
+
+
+def _check_folder(build_dir: Path, ident: dict[str, Any], overwrite: bool) -> bool:
+    """Returns True when the folder already holds this exact, finished build."""
+    info_path = build_dir / "build.json"
+    pending_path = build_dir / PENDING
+    for path in (info_path, pending_path):
+        if not path.exists():
+            continue
+        other = json.loads(path.read_text())
+        if other.get("build_id") == ident["build_id"]:
+            return path == info_path
+        if not overwrite:
+            raise BuildError(
+                f"{build_dir} holds another build of {ident['builder']} {ident['version']} "
+                f"(build id {other.get('build_id')}, config or source differ); "
+                "pass --overwrite to replace it or --out to build elsewhere"
+            )
+        shutil.rmtree(build_dir)
+        return False
+    if build_dir.exists() and any(build_dir.iterdir()) and not overwrite:
+        raise BuildError(f"{build_dir} exists and is not a vlmforge build; pass --overwrite or choose another --out")
+    return False
+
+
+def run_build(
+    builder: Builder,
+    out: Path | str = "builds",
+    executor=None,
+    limits: ShardLimits = ShardLimits(),
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Path:
+    """Build (or resume, or find finished) `builder`'s output under `out`. Returns the build folder."""
+    from vlmforge.executors.local import LocalExecutor
+    from vlmforge.manifests.finalize import finalize_build
+
+    executor = executor or LocalExecutor(1)
+    ident = builder.identity()
+    build_dir = build_dir_for(Path(out), builder)
+    if _check_folder(build_dir, ident, overwrite):
+        if not quiet:
+            from vlmforge.progress import console
+            console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
+        return build_dir
+    (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
+    (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
+
+    seen_keys: set[str] = set()
+    columns = builder.columns
+    reserved = {name for name, _, _ in BASE_COLUMNS}
+    clash = reserved & {name for name, _, _ in columns}
+    if clash:
+        raise BuildError(f"builder {builder.name} declares reserved manifest columns {sorted(clash)}")
+    identity_cols = {"builder": builder.name, "version": builder.VERSION, "source": builder.src.name}
+    for split in builder.src.splits():
+        done = complete_shards(build_dir, split)
+        remove_incomplete(build_dir, split, keep=len(done))
+        for stats in done:
+            seen_keys.update(_keys_of_part(build_dir, stats["shard"]))
+        start = done[-1]["input_end"] if done else 0
+        writer = SplitWriter(build_dir, split, columns, identity_cols, limits, seen_keys, first_index=len(done))
+        records = builder.src.records(split)
+        n_inputs = start
+        with progress_bar(f"{builder.name} {split}", total=builder.src.count(split), disable=quiet) as advance:
+            if start:
+                advance(start)
+            try:
+                for first, n, results in executor.map_batches(builder, _batches(records, builder.batch_size, start)):
+                    for offset, per_record in enumerate(results):
+                        idx = first + offset
+                        if idx >= start:
+                            writer.add(idx, per_record)
+                            advance(1)
+                    n_inputs = first + n
+            except BaseException:
+                writer.abort()
+                raise
+        writer.finish(max(n_inputs, start))
+    return finalize_build(build_dir, ident, builder, quiet=quiet)
+
+
+def _keys_of_part(build_dir: Path, shard: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    part = build_dir / "manifest" / shard.replace(".tar", ".parquet")
+    return pq.read_table(part, columns=["key"]).column("key").to_pylist()

@@ -1,0 +1,100 @@
+"""`copy`: a source turned into a build as it is. It proves the machinery and is the starting point
+for derived builds (split, subset, mix) over raw data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.curation.images import ImageError, load_for_storage
+from vlmforge.sample import Reject, Sample, make_key
+from vlmforge.sources.base import Record
+from vlmforge.sources.build import load_record_sample
+
+DESCRIBE_PROMPT = "<image>\nDescribe this image briefly."
+CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
+
+
+@dataclass
+class CopyConfig(BuildConfig):
+    check_images: str = "quick"  # quick: header + JPEG end marker; full: decode every pixel
+    jpeg_quality: int = 95  # for images converted to JPEG (formats other than JPEG and PNG)
+
+
+class CopyBuilder(Builder):
+    name = "copy"
+    VERSION = "1.0.0"
+    Config = CopyConfig
+    description = "Copies a source (COCO, LLaVA JSON, class folders) into shards unchanged, with a LLaVA-format conversation."
+    columns = [
+        ("label", pa.string(), "class label (imagefolder sources); null otherwise"),
+        ("subsource", pa.string(), "LLaVA JSON sub-dataset by image path (coco, gqa, ocr_vqa, textvqa, vg, text-only)"),
+        ("n_turns", pa.int32(), "number of conversation turns"),
+        ("original_format", pa.string(), "image format as read from the source (JPEG, PNG, GIF, ...)"),
+    ]
+    batch_size = 64
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        return [[self._one(rec)] for rec in batch]
+
+    def _one(self, rec: Record) -> Sample | Reject:
+        sid = rec["source_id"]
+        if "orphan" in rec:
+            return Reject(sid, "orphan_annotation", "source", f"annotation {rec['orphan']['id']} points to image "
+                          f"{rec['orphan']['image_id']}, which the annotation file does not list")
+        if "invalid" in rec:
+            return Reject(sid, "invalid_record", "source", rec["invalid"])
+        if "build_path" in rec:
+            return self._from_build(rec)
+        doc, columns = self._doc(rec)
+        sample = Sample(key=self._key(rec), doc=doc, source_id=sid, columns=columns)
+        if rec.get("file"):
+            try:
+                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality)
+            except ImageError as e:
+                return Reject(sid, e.reason, "read_image", e.detail)
+            sample.image, sample.image_ext = img.data, img.ext
+            sample.width, sample.height = img.width, img.height
+            columns["original_format"] = img.original_format
+        columns["n_turns"] = len(doc.get("conversations", []))
+        return sample
+
+    def _from_build(self, rec: Record) -> Sample:
+        """A parent build's sample, carried over with its image and json unchanged."""
+        parent = load_record_sample(rec)
+        doc = json.loads(parent.pop("json"))
+        key = parent.pop("__key__")
+        image_ext = rec["image_format"]
+        image = parent.pop(image_ext) if image_ext else None
+        columns = {name: rec.get(name) for name, _, _ in self.columns}
+        return Sample(key=key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
+                      height=rec["height"], source_id=rec["source_id"], extras=parent, columns=columns)
+
+    def _key(self, rec: Record) -> str:
+        src = self.src.name
+        if src == "coco":
+            return f"{int(rec['image_id']):012d}"
+        if src == "imagefolder":
+            return make_key(rec["source_id"].rsplit(".", 1)[0])
+        return make_key(rec["source_id"])
+
+    def _doc(self, rec: Record) -> tuple[dict, dict]:
+        src = self.src.name
+        if src == "coco":
+            caps = [c["caption"].strip() for c in rec["captions"]]
+            doc = {"id": rec["image_id"], "image": rec["image"]["file_name"], "captions": caps,
+                   "instances": rec["instances"]}
+            if caps:
+                doc["conversations"] = [{"from": "human", "value": DESCRIBE_PROMPT}, {"from": "gpt", "value": caps[0]}]
+            else:
+                doc["conversations"] = []
+            return doc, {}
+        if src == "imagefolder":
+            doc = {"id": rec["source_id"], "label": rec["label"],
+                   "conversations": [{"from": "human", "value": CLASSIFY_PROMPT}, {"from": "gpt", "value": rec["label"]}]}
+            return doc, {"label": rec["label"]}
+        doc = dict(rec["record"])
+        return doc, {"subsource": rec.get("subsource")}

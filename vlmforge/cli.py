@@ -1,0 +1,146 @@
+"""The `vlmforge` command. Core commands live here; each area adds its own from a module in
+`vlmforge/commands/` that defines `register(app, build_app)`. Heavy imports stay inside commands so
+that `--help` is instant."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlmforge.errors import UserError
+
+app = typer.Typer(
+    name="vlmforge",
+    help="Versioned, reproducible vision-language training and test data: builders write WebDataset "
+    "shards plus a DuckDB manifest; a thin trainer and evaluator read them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+build_app = typer.Typer(help="Run a builder. Output lands in OUT/<builder>/<version>/.", no_args_is_help=True)
+manifest_app = typer.Typer(help="Query and compare build manifests (read-only SQL over DuckDB).", no_args_is_help=True)
+sample_app = typer.Typer(help="Write the embedded sample datasets.", no_args_is_help=True)
+app.add_typer(build_app, name="build")
+app.add_typer(manifest_app, name="manifest")
+app.add_typer(sample_app, name="sample")
+
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.0.0")]
+
+
+@sample_app.command("coco")
+def sample_coco(
+    out: Annotated[Path, typer.Option("--out", help="folder to write (COCO layout: annotations/, val2017/)")],
+    images: Annotated[int, typer.Option("--images", min=1, help="number of images")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+) -> None:
+    """Write a deterministic COCO-format sample: synthetic scenes with several objects each,
+    captions_val2017.json and instances_val2017.json (polygons, boxes, areas, categories)."""
+    from vlmforge.progress import console
+    from vlmforge.sources.sample_coco import make_sample
+
+    root = make_sample(out, images=images, seed=seed)
+    console.print(f"[green]wrote[/] {images} images to {root}")
+
+
+@app.command("verify")
+def verify(build: BuildArg) -> None:
+    """Re-hash every shard and check that shards and manifest agree key by key. Exits 1 on any difference."""
+    from vlmforge.manifests.read import open_build
+    from vlmforge.manifests.verify import verify_build
+    from vlmforge.progress import console
+
+    b = open_build(build)
+    problems = verify_build(b)
+    if problems:
+        for p in problems:
+            console.print(f"[red]x[/] {p}")
+        console.print(f"[red]{len(problems)} problem(s)[/] in {build}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/] {build}: {len(b.info['shards'])} shards, {len(b)} samples verified")
+
+
+@manifest_app.command("query")
+def manifest_query(
+    build: BuildArg,
+    sql: Annotated[str, typer.Argument(help="one SELECT over the tables samples, rejects, shards, builds")],
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet")] = "table",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="write here instead of stdout (needed for parquet)")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="rows shown in table format")] = 50,
+) -> None:
+    """Run a read-only SQL query on a build's manifest. Statements that would write are refused."""
+    from vlmforge.manifests.query import run_query
+
+    run_query(build, sql, format, output, limit)
+
+
+@manifest_app.command("stats")
+def manifest_stats(build: BuildArg) -> None:
+    """Counts per split and per label (when the build has a label column), and rejects by reason."""
+    from vlmforge.manifests.query import print_stats
+
+    print_stats(build)
+
+
+@manifest_app.command("diff")
+def manifest_diff(a: BuildArg, b: BuildArg) -> None:
+    """Compare two builds by key: keys only in A, only in B, and samples whose image or json differ."""
+    from vlmforge.manifests.query import print_diff
+
+    if print_diff(a, b):
+        raise typer.Exit(1)
+
+
+@manifest_app.command("columns")
+def manifest_columns(build: BuildArg) -> None:
+    """The manifest's columns and what each holds."""
+    from vlmforge.manifests.query import print_columns
+
+    print_columns(build)
+
+
+@manifest_app.command("reindex")
+def manifest_reindex(build: BuildArg) -> None:
+    """Remake manifest.duckdb from the Parquet parts (e.g. after copying a build without it)."""
+    from vlmforge.builders import get_builder
+    from vlmforge.manifests.finalize import write_index
+    from vlmforge.manifests.read import open_build
+
+    b = open_build(build)
+    try:
+        columns = get_builder(b.info["builder"]).columns
+    except UserError:
+        columns = []
+    write_index(b.path, b.info, columns)
+
+
+def _register_plugins() -> None:
+    import vlmforge.commands as commands
+
+    for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"vlmforge.commands.{mod.name}")
+        module.register(app, build_app)
+
+
+_register_plugins()
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Options every `vlmforge build <builder>` command shares, and the one function that runs a build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Out = Annotated[Path, typer.Option("--out", help="root folder of builds; the build lands in OUT/<builder>/<version>/")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it)")]
+Executor = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port)")]
+MaxSamples = Annotated[int, typer.Option("--max-samples-per-shard", min=1, help="at most this many samples per shard")]
+MaxBytes = Annotated[int, typer.Option("--max-shard-bytes", min=1024, help="start a new shard before this size")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a different build in the same folder")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")]
+Seed = Annotated[int, typer.Option("--seed", help="seed of every random choice (combined with each sample's key)")]
+
+# Source options shared by builders that read raw data.
+SourceKind = Annotated[str, typer.Option("--source", help="coco, llava-json or imagefolder")]
+CocoRoot = Annotated[Optional[Path], typer.Option("--coco-root", help="COCO root with annotations/ and <split>/ (official layout)")]
+CocoSplit = Annotated[str, typer.Option("--split", help="COCO split folder name, e.g. val2017 or train2017")]
+Captions = Annotated[Optional[Path], typer.Option("--captions", help="COCO-format captions JSON (with --images)")]
+Instances = Annotated[Optional[Path], typer.Option("--instances", help="COCO-format instances JSON (with --images)")]
+Images = Annotated[Optional[Path], typer.Option("--images", help="image folder for --captions/--instances")]
+JsonFile = Annotated[Optional[Path], typer.Option("--json", help="LLaVA instruction JSON file (--source llava-json)")]
+ImageRoot = Annotated[Optional[Path], typer.Option("--image-root", help="folder the LLaVA JSON's image paths are relative to")]
+Root = Annotated[Optional[Path], typer.Option("--root", help="dataset root (--source imagefolder and dataset readers)")]
+
+
+def run_cli_build(
+    builder_cls,
+    config,
+    source,
+    out: Path,
+    workers: int = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    max_samples_per_shard: int = 10_000,
+    max_shard_bytes: int = 1 << 30,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Path:
+    from vlmforge.api import make_executor
+    from vlmforge.builders.base import run_build
+    from vlmforge.manifests.writer import ShardLimits
+
+    builder = builder_cls(config, source)
+    return run_build(
+        builder, out=out, executor=make_executor(executor, workers, ray_address),
+        limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
+    )

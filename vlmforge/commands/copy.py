@@ -1,0 +1,56 @@
+"""`vlmforge build copy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmforge.commands._common import (
+    Captions, CocoRoot, CocoSplit, Executor, ImageRoot, Images, Instances, JsonFile, MaxBytes, MaxSamples,
+    Out, Overwrite, Quiet, RayAddress, Root, Seed, SourceKind, Workers, run_cli_build,
+)
+
+
+def register(app: typer.Typer, build_app: typer.Typer) -> None:
+    @build_app.command("copy")
+    def build_copy(
+        source: SourceKind = "coco",
+        coco_root: CocoRoot = None,
+        split: CocoSplit = "val2017",
+        captions: Captions = None,
+        instances: Instances = None,
+        images: Images = None,
+        json_file: JsonFile = None,
+        image_root: ImageRoot = None,
+        root: Root = None,
+        check_images: Annotated[str, typer.Option("--check-images", help="quick (header + JPEG end marker) or full (decode)")] = "quick",
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG")] = 95,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Copy a source into shards unchanged (COCO with no path: the embedded sample)."""
+        from vlmforge.builders.copy import CopyBuilder, CopyConfig
+        from vlmforge.errors import UserError
+
+        if check_images not in ("quick", "full"):
+            raise UserError("--check-images must be quick or full")
+        opts = {
+            "coco": dict(coco_root=coco_root, split=split, captions=captions, instances=instances, images=images),
+            "llava-json": dict(json=json_file, image_root=image_root),
+            "imagefolder": dict(root=root),
+        }.get(source)
+        if opts is None:
+            raise UserError(f"unknown source {source!r}; use coco, llava-json or imagefolder")
+        src = CopyBuilder.open_source(source, **opts)
+        cfg = CopyConfig(seed=seed, check_images=check_images, jpeg_quality=jpeg_quality)
+        run_cli_build(CopyBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
+                      max_shard_bytes, overwrite, quiet)

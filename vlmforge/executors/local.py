@@ -1,0 +1,57 @@
+"""Run a builder's `process` over batches, in this process or in a pool of worker processes.
+
+Results come back in submission order, so the writer sees the same stream whatever the number of
+workers. At most `2 * workers` batches are in flight: a slow writer never lets results pile up.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from vlmforge.builders.base import Builder
+
+_WORKER_BUILDER: "Builder | None" = None
+
+
+def _init_worker(builder: "Builder") -> None:
+    global _WORKER_BUILDER
+    builder.setup()
+    _WORKER_BUILDER = builder
+
+
+def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
+    assert _WORKER_BUILDER is not None
+    first, batch = task
+    return first, len(batch), _WORKER_BUILDER.process(batch)
+
+
+class LocalExecutor:
+    """`workers=1` runs in-process; more uses forked processes, each calling `setup()` once."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+
+    def map_batches(self, builder: "Builder", tasks: Iterable[tuple[int, list]]) -> Iterator[tuple[int, int, list]]:
+        """For each `(first_index, batch)`, yields `(first_index, len(batch), results)` in order."""
+        if self.workers == 1:
+            builder.setup()
+            for first, batch in tasks:
+                yield first, len(batch), builder.process(batch)
+            return
+        ctx = mp.get_context("fork")
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(builder,)) as pool:
+            pending: deque[Future] = deque()
+            for task in tasks:
+                pending.append(pool.submit(_run_batch, task))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()

@@ -1,0 +1,144 @@
+"""Manifest commands: query (read-only SQL), stats, diff, columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from vlmforge.errors import UserError
+from vlmforge.manifests.read import open_build
+from vlmforge.progress import console
+
+out_console = None
+
+
+def _stdout():
+    global out_console
+    if out_console is None:
+        from rich.console import Console
+
+        out_console = Console()
+    return out_console
+
+
+def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
+    t = Table(title=title, show_lines=False)
+    for n in names:
+        t.add_column(n, overflow="fold")
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r])
+    return t
+
+
+def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
+    import duckdb
+
+    b = open_build(build)
+    try:
+        rel = b.sql(sql)
+    except duckdb.Error as e:
+        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+    if rel is None:
+        raise UserError("the statement returns no rows")
+    if fmt == "parquet":
+        if output is None:
+            raise UserError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(rel.fetch_arrow_table(), output)
+        console.print(f"[green]wrote[/] {output}")
+        return
+    names = list(rel.columns)
+    try:
+        rows = rel.fetchall()
+    except duckdb.Error as e:
+        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        if fmt == "csv":
+            w = csv.writer(stream)
+            w.writerow(names)
+            w.writerows(rows)
+        elif fmt == "json":
+            for r in rows:
+                stream.write(json.dumps(dict(zip(names, r)), default=str, ensure_ascii=False) + "\n")
+        elif fmt == "table":
+            shown = rows[:limit]
+            target = _stdout() if output is None else None
+            t = _table(None, names, shown)
+            if target is not None:
+                target.print(t)
+                if len(rows) > limit:
+                    console.print(f"({len(rows)} rows, {limit} shown; --limit or --format csv for all)")
+            else:
+                from rich.console import Console
+
+                Console(file=stream, width=200).print(t)
+        else:
+            raise UserError(f"unknown --format {fmt!r}; use table, csv, json or parquet")
+    finally:
+        if output:
+            stream.close()
+
+
+def print_stats(build: Path) -> None:
+    b = open_build(build)
+    con = b.connect()
+    out = _stdout()
+    out.print(f"[bold]{b.info['builder']} {b.info['version']}[/]  build {b.build_id}  ({b.path})")
+    rows = con.execute("SELECT split, count(*) AS samples, count(DISTINCT shard) AS shards FROM samples GROUP BY 1 ORDER BY 1").fetchall()
+    rej = dict(con.execute("SELECT split, count(*) FROM rejects GROUP BY 1").fetchall())
+    out.print(_table("per split", ["split", "samples", "shards", "rejects"], [(s, n, k, rej.get(s, 0)) for s, n, k in rows]))
+    cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'samples'").fetchall()}
+    if "label" in cols:
+        labels = con.execute("SELECT label, count(*) FILTER (WHERE TRUE) AS n FROM samples WHERE label IS NOT NULL "
+                             "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+        if labels:
+            out.print(_table("per label", ["label", "samples"], labels))
+    reasons = con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+    if reasons:
+        out.print(_table("rejects by reason", ["reason", "count"], reasons))
+
+
+def diff_builds(a: Path, b: Path) -> dict[str, list[str]]:
+    """Keys only in A, only in B, and keys whose image or json differ."""
+    import pyarrow.parquet as pq
+
+    def rows(path: Path) -> dict[str, tuple]:
+        bb = open_build(path)
+        out: dict[str, tuple] = {}
+        for part in sorted((bb.path / "manifest").glob("*.parquet")):
+            if part.name.endswith(".rejects.parquet"):
+                continue
+            t = pq.read_table(part, columns=["key", "image_sha256", "json_sha256"])
+            for k, i, j in zip(*(t.column(c).to_pylist() for c in ("key", "image_sha256", "json_sha256"))):
+                out[k] = (i, j)
+        return out
+
+    ra, rb = rows(a), rows(b)
+    return {
+        "only_in_a": sorted(set(ra) - set(rb)),
+        "only_in_b": sorted(set(rb) - set(ra)),
+        "image_differs": sorted(k for k in set(ra) & set(rb) if ra[k][0] != rb[k][0]),
+        "json_differs": sorted(k for k in set(ra) & set(rb) if ra[k][1] != rb[k][1]),
+    }
+
+
+def print_diff(a: Path, b: Path) -> bool:
+    d = diff_builds(a, b)
+    out = _stdout()
+    out.print(_table(f"{a} vs {b}", ["what", "keys", "examples"],
+                     [(k, len(v), ", ".join(v[:5])) for k, v in d.items()]))
+    return any(d.values())
+
+
+def print_columns(build: Path) -> None:
+    b = open_build(build)
+    con = b.connect()
+    types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'samples'").fetchall())
+    docs = b.info.get("columns", {})
+    _stdout().print(_table("samples", ["column", "type", "description"], [(n, types.get(n, ""), d) for n, d in docs.items()]))

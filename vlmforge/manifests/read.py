@@ -1,0 +1,144 @@
+"""Reading a finished build: its identity, its manifest through DuckDB, and its samples."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from vlmforge.errors import UserError
+from vlmforge.manifests.finalize import BUILD_JSON, MANIFEST_DB, write_index
+
+# Statement types a user's query may be. Everything else (CREATE, INSERT, COPY, ATTACH, INSTALL,
+# LOAD, SET, PRAGMA, EXPORT, ...) is refused before it reaches DuckDB.
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """'000123.mask.png' -> ('000123', 'mask.png'): WebDataset's rule, key up to the first dot."""
+    base = name.rsplit("/", 1)[-1]
+    key, _, field = base.partition(".")
+    prefix = name[: len(name) - len(base)]
+    return prefix + key, field
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Group a shard's members into samples: {'__key__': key, field: bytes, ...}, in file order."""
+    current: dict[str, Any] | None = None
+    with tarfile.open(path, "r|") as tf:
+        for member in tf:
+            if not member.isfile():
+                continue
+            key, field = split_member(member.name)
+            data = tf.extractfile(member).read()  # type: ignore[union-attr]
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            current[field] = data
+    if current is not None:
+        yield current
+
+
+@dataclass
+class Build:
+    """A finished build folder. `info` is build.json; `sql()` runs read-only queries on the manifest."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def build_id(self) -> str:
+        return self.info["build_id"]
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A read-only connection to manifest.duckdb with access to other files switched off."""
+        db = self.path / MANIFEST_DB
+        if not db.exists():
+            write_index(self.path, self.info)
+        con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
+        return con
+
+    def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
+        """Run one read-only statement and return its relation (call .fetchall(), .df(), ...)."""
+        check_read_only(query)
+        con = self.connect()
+        return con.sql(query, params=params) if params else con.sql(query)
+
+    @property
+    def manifest(self) -> duckdb.DuckDBPyRelation:
+        return self.connect().table("samples")
+
+    def shards(self, split: str | None = None) -> list[Path]:
+        return [self.path / s["shard"] for s in self.info["shards"] if split is None or s["split"] == split]
+
+    def samples(self, split: str | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
+        """Samples in shard order: '__key__', image bytes under their field, 'json' parsed when decode."""
+        for shard in self.shards(split):
+            for sample in iter_tar_samples(shard):
+                if decode and "json" in sample:
+                    sample["json"] = json.loads(sample["json"])
+                yield sample
+
+    def __len__(self) -> int:
+        return sum(s["samples"] for s in self.info["shards"])
+
+
+def open_build(path: str | Path) -> Build:
+    p = Path(path)
+    info_path = p / BUILD_JSON
+    if not info_path.exists():
+        if (p / "build.pending.json").exists():
+            raise UserError(f"{p} is an unfinished build; run the same build command again to resume it")
+        raise UserError(f"{p} is not a vlmforge build folder (no build.json)")
+    return Build(p, json.loads(info_path.read_text()))
+
+
+def check_read_only(query: str) -> None:
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as e:
+        raise UserError(f"the query does not parse: {str(e).splitlines()[0]}") from None
+    if not statements:
+        raise UserError("the query is empty")
+    if len(statements) > 1:
+        raise UserError("give one statement at a time")
+    for st in statements:
+        kind = str(st.type).rsplit(".", 1)[-1].upper()
+        if kind not in _READ_ONLY_TYPES:
+            raise UserError(f"the manifest is read-only: {kind} statements are refused (use SELECT)")
+
+
+def parse_tar_bytes(raw: bytes) -> list[tuple[str, bytes]]:
+    """Members of a run of ustar records (one sample's slice of a shard): [(name, data)]."""
+    out: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos + 512 <= len(raw):
+        header = raw[pos : pos + 512]
+        if header == bytes(512):
+            break
+        name = header[0:100].split(b"\0", 1)[0].decode()
+        prefix = header[345:500].split(b"\0", 1)[0].decode()
+        if prefix:
+            name = f"{prefix}/{name}"
+        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        out.append((name, raw[pos + 512 : pos + 512 + size]))
+        pos += 512 + size + (-size % 512)
+    return out
+
+
+def read_sample_at(shard: str | Path, offset: int, length: int) -> dict[str, Any]:
+    """One sample read by its manifest `offset` and `sample_bytes`: {'__key__': key, field: bytes}."""
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        raw = f.read(length)
+    sample: dict[str, Any] = {}
+    for name, data in parse_tar_bytes(raw):
+        key, field = split_member(name)
+        sample["__key__"] = key
+        sample[field] = data
+    return sample

@@ -1,0 +1,211 @@
+"""Pack processed inputs into shards, one manifest part per shard, with completion markers.
+
+A split's inputs arrive in a fixed order, each as the list of samples and rejects it produced. The
+writer fills `<split>-NNNNNN.tar` until the next input's samples would cross `max_samples` or
+`max_bytes`, then finishes the shard: tar renamed from `.tmp`, Parquet part, rejects part, and last
+`manifest/<shard>.stats.json`, the completion marker, recording which input range the shard covers.
+A rerun resumes after the last complete shard; since shard boundaries depend only on the inputs,
+the resumed build is byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vlmforge.errors import BuildError
+from vlmforge.manifests.schema import BASE_COLUMNS, REJECT_SCHEMA, schema_of
+from vlmforge.manifests.tarwriter import BLOCK, TarWriter
+from vlmforge.sample import Reject, Sample
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    max_samples: int = 10_000
+    max_bytes: int = 1 << 30
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    # Fixed writer options so the bytes depend on the rows only.
+    pq.write_table(table, tmp, compression="zstd", use_dictionary=True, write_statistics=True)
+    os.replace(tmp, path)
+
+
+def member_bytes(data_len: int) -> int:
+    return BLOCK + data_len + (-data_len % BLOCK)
+
+
+class SplitWriter:
+    """Writes the shards of one split, starting at shard `first_index` and input `first_input`."""
+
+    def __init__(
+        self,
+        build_dir: Path,
+        split: str,
+        columns: list[tuple[str, pa.DataType, str]],
+        identity: dict[str, str],
+        limits: ShardLimits,
+        seen_keys: set[str],
+        first_index: int = 0,
+    ):
+        self.dir = build_dir
+        self.split = split
+        self.schema = schema_of(BASE_COLUMNS + columns)
+        self.extra_names = [name for name, _, _ in columns]
+        self.identity = identity  # builder, version, source
+        self.limits = limits
+        self.seen_keys = seen_keys
+        self.index = first_index
+        self.finished: list[dict] = []
+        self._tar: TarWriter | None = None
+
+    # -- one shard's life -------------------------------------------------------------------
+    def _open(self, input_start: int) -> None:
+        self._name = shard_name(self.split, self.index)
+        self._tar = TarWriter(self.dir / (self._name + ".tmp"))
+        self._rows: list[dict] = []
+        self._rejects: list[dict] = []
+        self._input_start = input_start
+
+    def _close(self, input_end: int) -> None:
+        assert self._tar is not None
+        size, sha = self._tar.close()
+        name = self._name
+        os.replace(self.dir / (name + ".tmp"), self.dir / name)
+        part = self.dir / "manifest" / name.replace(".tar", ".parquet")
+        _write_parquet(pa.Table.from_pylist(self._rows, schema=self.schema), part)
+        _write_parquet(
+            pa.Table.from_pylist(self._rejects, schema=REJECT_SCHEMA),
+            part.with_name(part.name.replace(".parquet", ".rejects.parquet")),
+        )
+        stats = {
+            "shard": name,
+            "split": self.split,
+            "index": self.index,
+            "input_start": self._input_start,
+            "input_end": input_end,
+            "samples": len(self._rows),
+            "rejects": len(self._rejects),
+            "bytes": size,
+            "sha256": sha,
+        }
+        _atomic_write_bytes(part.with_name(name.replace(".tar", ".stats.json")), json.dumps(stats, indent=1).encode())
+        self.finished.append(stats)
+        self._tar = None
+        self.index += 1
+
+    # -- the stream -------------------------------------------------------------------------
+    def add(self, input_index: int, results: Iterable[Sample | Reject]) -> None:
+        samples: list[tuple[Sample, list[tuple[str, bytes]]]] = []
+        rejects: list[Reject] = []
+        for r in results:
+            if isinstance(r, Sample):
+                samples.append((r, r.members()))
+            else:
+                rejects.append(r)
+        size = sum(member_bytes(len(data)) for _, members in samples for _, data in members)
+        if self._tar is not None and self._rows and (
+            len(self._rows) + len(samples) > self.limits.max_samples
+            or self._tar.offset + size > self.limits.max_bytes
+        ):
+            self._close(input_end=input_index)
+        if self._tar is None:
+            self._open(input_start=input_index)
+        for sample, members in samples:
+            self._write_sample(sample, members)
+        for rej in rejects:
+            self._rejects.append(
+                {"split": self.split, "shard": self._name, "source_id": rej.source_id,
+                 "stage": rej.stage, "reason": rej.reason, "detail": rej.detail}
+            )
+
+    def _write_sample(self, sample: Sample, members: list[tuple[str, bytes]]) -> None:
+        assert self._tar is not None
+        key = sample.key
+        if "." in key or key != key.lower():
+            raise ValueError(f"sample key {key!r} must be lower-case without dots")
+        if key in self.seen_keys:
+            raise BuildError(f"two samples share the key {key!r}: the builder must derive unique keys")
+        self.seen_keys.add(key)
+        start = self._tar.offset
+        json_sha = ""
+        for ext, data in members:
+            self._tar.add(f"{key}.{ext}", data)
+            if ext == "json":
+                json_sha = hashlib.sha256(data).hexdigest()
+        row = {
+            **self.identity,
+            "key": key,
+            "split": self.split,
+            "shard": self._name,
+            "offset": start,
+            "source_id": sample.source_id,
+            "image_sha256": hashlib.sha256(sample.image).hexdigest() if sample.image is not None else None,
+            "image_format": sample.image_ext if sample.image is not None else None,
+            "width": sample.width,
+            "height": sample.height,
+            "json_sha256": json_sha,
+            "sample_bytes": self._tar.offset - start,
+        }
+        for name in self.extra_names:
+            row[name] = sample.columns.get(name)
+        self._rows.append(row)
+
+    def finish(self, n_inputs: int) -> list[dict]:
+        if self._tar is not None:
+            self._close(input_end=n_inputs)
+        return self.finished
+
+    def abort(self) -> None:
+        if self._tar is not None:
+            self._tar.abort()
+            self._tar = None
+
+
+def complete_shards(build_dir: Path, split: str) -> list[dict]:
+    """Stats of the complete shards of `split` that form an unbroken run from index 0."""
+    done: list[dict] = []
+    mdir = build_dir / "manifest"
+    index = 0
+    while True:
+        stats = mdir / shard_name(split, index).replace(".tar", ".stats.json")
+        if not stats.exists():
+            break
+        info = json.loads(stats.read_text())
+        if not (build_dir / info["shard"]).exists():
+            break
+        done.append(info)
+        index += 1
+    return done
+
+
+def remove_incomplete(build_dir: Path, split: str, keep: int) -> None:
+    """Delete every file of `split` from shard index `keep` on (partial work of a killed run)."""
+    prefix = f"{split}-"
+    for folder in (build_dir, build_dir / "manifest"):
+        if not folder.exists():
+            continue
+        for p in folder.iterdir():
+            if not p.name.startswith(prefix):
+                continue
+            digits = p.name[len(prefix) : len(prefix) + 6]
+            if digits.isdigit() and int(digits) >= keep:
+                p.unlink()

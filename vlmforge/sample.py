@@ -1,0 +1,73 @@
+"""The records that flow through a build: `Sample` (kept) and `Reject` (dropped, with a reason).
+
+On disk a sample is a group of tar members sharing one key: `<key>.jpg`, `<key>.json`, and whatever
+extra members a builder adds (`<key>.mask.png`, `<key>.orig.jpg`). Keys are lower-case and hold no
+dots, because WebDataset splits a member name at its first dot into key and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGE_FIELDS = ("jpg", "png", "webp")
+_KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
+
+
+def make_key(*parts: Any) -> str:
+    """A stable sample key from source ids: lower-case, `[a-z0-9_-]` only, parts joined by `_`.
+
+    When cleaning changed the text (so two different ids could collide), a short hash of the
+    original text is appended, keeping the key unique and still derived only from the ids.
+    """
+    raw = "_".join(str(p) for p in parts)
+    clean = _KEY_CHARS.sub("-", raw.lower()).strip("-") or "sample"
+    if clean != raw:
+        clean = f"{clean}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+    return clean[:180]
+
+
+def dumps_json(doc: Any) -> bytes:
+    """Canonical JSON bytes: sorted keys, compact, UTF-8. Identical input gives identical bytes."""
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class Sample:
+    """One training/test example.
+
+    `image` holds encoded bytes (never a decoded array) so that workers ship compact payloads and the
+    writer copies them as they are. `columns` are the builder's own manifest columns.
+    """
+
+    key: str
+    doc: dict[str, Any]
+    image: bytes | None = None
+    image_ext: str = "jpg"
+    width: int | None = None
+    height: int | None = None
+    source_id: str = ""
+    extras: dict[str, bytes] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)
+
+    def members(self) -> list[tuple[str, bytes]]:
+        """Tar members in a fixed order: image, extras (sorted), json last."""
+        out: list[tuple[str, bytes]] = []
+        if self.image is not None:
+            out.append((self.image_ext, self.image))
+        out.extend(sorted(self.extras.items()))
+        out.append(("json", dumps_json(self.doc)))
+        return out
+
+
+@dataclass
+class Reject:
+    """An input that did not become a sample, and why. Lands in the build's `rejects` table."""
+
+    source_id: str
+    reason: str
+    stage: str = ""
+    detail: str = ""
