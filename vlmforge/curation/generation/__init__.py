@@ -42,3 +42,12 @@ class Generator:
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         raise NotImplementedError
+
+
+# backend name -> "module:Class". make_generator() imports on demand (vllm is an optional extra).
+BACKENDS: dict[str, str] = {
+    "transformers": "vlmforge.curation.generation.hf:TransformersGenerator",
+    "vllm": "vlmforge.curation.generation.vllm:VllmGenerator",
+    "openai": "vlmforge.curation.generation.openai:OpenAIGenerator",
+    "template": "vlmforge.curation.generation.template:TemplateGenerator",
+}
