@@ -6,6 +6,7 @@ import importlib
 
 BUILDERS: dict[str, str] = {
     "copy": "vlmforge.builders.copy:CopyBuilder",
+    "occlusion": "vlmforge.builders.occlusion:OcclusionBuilder",
 }
 
 

@@ -58,6 +58,11 @@ class Builder:
 
         return open_source(kind or "coco", **options)
 
+    def prepare(self) -> None:
+        """Work over the whole source before any sample is made (e.g. corpus statistics). Runs once,
+        in the driver, when the build is not already complete; its results travel to the workers
+        with the builder."""
+
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""
 
@@ -149,6 +154,7 @@ def run_build(
         return build_dir
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    builder.prepare()
 
     seen_keys: set[str] = set()
     columns = builder.columns

@@ -41,12 +41,17 @@ def run_cli_build(
     max_shard_bytes: int = 1 << 30,
     overwrite: bool = False,
     quiet: bool = False,
+    **builder_attrs,
 ) -> Path:
+    """Run a builder as the CLI does. `builder_attrs` (e.g. device) are set on the builder and stay
+    out of its identity: they change where work runs, not what it makes."""
     from vlmforge.api import make_executor
     from vlmforge.builders.base import run_build
     from vlmforge.manifests.writer import ShardLimits
 
     builder = builder_cls(config, source)
+    for name, value in builder_attrs.items():
+        setattr(builder, name, value)
     return run_build(
         builder, out=out, executor=make_executor(executor, workers, ray_address),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
