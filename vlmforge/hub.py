@@ -708,11 +708,12 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
         (repo / "publish.json").write_text(json.dumps(publish_record(plan), indent=1, sort_keys=True) + "\n")
         console.print(f"dry run: wrote {repo / 'README.md'} and publish.json; nothing was uploaded")
         return {"dry_run": True, "stage": stage_dir, "plan": plan}
-    token = None
-    if api is None:
-        from huggingface_hub import HfApi, get_token
+    from huggingface_hub import get_token
 
-        token = get_token()
+    token = get_token()  # HF_TOKEN or the login cache; handed to huggingface_hub only, never shown
+    if api is None:
+        from huggingface_hub import HfApi
+
         if not token:
             raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
         api = HfApi(token=token)

@@ -7,11 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlmforge.cli import BuildArg
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/occlusion/1.0.0")]
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
-    @app.command("publish")
+    @app.command("publish", help=(
+        "Publish a build to the Hugging Face Hub as a WebDataset dataset repo with a generated dataset card. "
+        "Shards go to data/<split>/ (re-packed to --target-shard-bytes, at most 10,000 files per folder), the "
+        "manifest to manifest/, plus build.json, publish.json and README.md; the revision is tagged with the "
+        "builder version. The token comes from HF_TOKEN or the login cache and is never printed. An "
+        "interrupted upload resumes when the same command runs again."))
     def publish(
         build: BuildArg,
         repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo, NAMESPACE/NAME; created if missing")],
@@ -23,25 +28,20 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         stage: Annotated[Optional[Path], typer.Option("--stage", help="folder for the upload copy (default: the vlmforge cache); kept so a rerun resumes")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:
-        """Publish a build as a WebDataset dataset repo with a generated dataset card.
-
-        Shards go to data/<split>/ (re-packed, at most 10,000 files per folder), the manifest to
-        manifest/, plus build.json, publish.json and README.md. The token comes from HF_TOKEN or the
-        login cache and is never printed. An interrupted upload resumes when run again."""
         from vlmforge.hub import publish as run
 
         run(build, repo, revision=revision, private=private, dry_run=dry_run, target_shard_bytes=target_shard_bytes,
             license=license, stage_dir=stage, quiet=quiet)
 
-    @app.command("pull")
+    @app.command("pull", help=(
+        "Download a published build (or read a local clone of its repo) and restore the build folder with "
+        "its original shards and field names, then verify it like `vlmforge verify` (exit 1 on a problem)."))
     def pull(
         repo: Annotated[str, typer.Argument(help="Hub dataset repo NAMESPACE/NAME, or a local clone of a published repo")],
         revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit (default: main)")] = None,
         out: Annotated[Path, typer.Option("--out", help="root folder of builds; lands in OUT/<builder>/<version>/")] = Path("builds"),
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different build in the target folder")] = False,
     ) -> None:
-        """Download a published build and restore its build folder (original shards and field names),
-        then verify it like `vlmforge verify`. Exits 1 if verification finds a problem."""
         from vlmforge.hub import pull as run
         from vlmforge.manifests.read import open_build
         from vlmforge.manifests.verify import verify_build
