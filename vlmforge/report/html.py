@@ -141,7 +141,9 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
             continue
         counts = con.execute(f'SELECT "{c}", count(*) FROM samples WHERE "{c}" IS NOT NULL '
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
-        if 0 < len(counts) <= MAX_CATEGORIES:
+        if len(counts) == 1:
+            constant.append(f"{c} = {counts[0][0]}")
+        elif 0 < len(counts) <= MAX_CATEGORIES:
             figs.append(_img(plots.bar_png([k for k, _ in counts[:20]], [n for _, n in counts[:20]], f"samples per {c}"),
                              "image/png", f"bar chart of {c}"))
     note = f"<p>The same for every sample: {escape('; '.join(constant))}.</p>" if constant else ""
