@@ -640,7 +640,8 @@ def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id
         commit = info.oid
     else:
         console.print(f"{repo_id} already holds all {len(local)} files")
-        commit = api.list_repo_refs(repo_id, repo_type="dataset").branches[0].target_commit
+        branches = api.list_repo_refs(repo_id, repo_type="dataset").branches
+        commit = next((b.target_commit for b in branches if b.name == "main"), branches[0].target_commit)
     left = still_to_upload(local, remote_state(api, repo_id, commit))
     if left:
         raise UserError(f"the Hub lacks {len(left)} staged files after the upload (e.g. {left[0]}); "
