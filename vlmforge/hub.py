@@ -450,13 +450,6 @@ def _md_table(head: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _turns(doc: dict) -> tuple[str, str]:
-    conv = doc.get("conversations") or []
-    q = next((t["value"] for t in conv if t.get("from") == "human"), "")
-    a = next((t["value"] for t in conv if t.get("from") == "gpt"), "")
-    return q.replace("<image>", "").strip(), a.strip()
-
-
 def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | None = None) -> str:
     """README.md for the repo: YAML front matter and a body written from the build. Deterministic."""
     import yaml
@@ -542,10 +535,12 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
 
 
 def _examples(b: Build, n: int = 3) -> list[list[Any]]:
+    from vlmforge.report.show import first_turns
+
     rows = []
     for sample in b.samples():
         doc = sample.get("json") or {}
-        q, a = _turns(doc)
+        q, a = first_turns(doc)
         rows.append([sample["__key__"], doc.get("label", ""), doc.get("question") or q, a])
         if len(rows) == n:
             break

@@ -130,11 +130,11 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
     numeric = [c for c in builder_cols if cols.get(c, "").split("(")[0] in NUMERIC] + ["width", "height"]
     figs, constant = [], []
     for c in numeric:
-        values = [r[0] for r in con.execute(f'SELECT "{c}" FROM samples').fetchall()]
-        distinct = {v for v in values if v is not None}
-        if len(distinct) <= 1:  # a histogram of one value says less than a sentence
-            constant.append(f"{c} = {next(iter(distinct))}" if distinct else f"{c} is always null")
+        distinct, some = con.execute(f'SELECT count(DISTINCT "{c}"), any_value("{c}") FROM samples').fetchall()[0]
+        if distinct <= 1:  # a histogram of one value says less than a sentence
+            constant.append(f"{c} = {some}" if distinct else f"{c} is always null")
             continue
+        values = con.execute(f'SELECT "{c}" FROM samples WHERE "{c}" IS NOT NULL').fetchnumpy()[c]
         figs.append(_img(plots.histogram_png(values, c, c), "image/png", f"histogram of {c}"))
     for c in builder_cols:
         if c == "label" or cols.get(c) != "VARCHAR":

@@ -35,7 +35,7 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
     """Histogram of `values` (None dropped) with the count, mean and median in the title."""
     import numpy as np
 
-    vals = np.asarray([v for v in values if v is not None], dtype=float)
+    vals = np.asarray(values if isinstance(values, np.ndarray) else [v for v in values if v is not None], dtype=float)
     fig, ax = _figure()
     if len(vals):
         ax.hist(vals, bins=bins, color=COLOR, edgecolor="white")

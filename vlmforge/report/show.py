@@ -95,7 +95,8 @@ def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def _turns(doc: dict[str, Any]) -> tuple[str, str]:
+def first_turns(doc: dict[str, Any]) -> tuple[str, str]:
+    """The first human turn (without the <image> token) and the first answer, on one line each."""
     conv = doc.get("conversations") or []
     q = next((t.get("value", "") for t in conv if t.get("from") == "human"), "")
     a = next((t.get("value", "") for t in conv if t.get("from") == "gpt"), "")
@@ -108,7 +109,7 @@ def caption(row: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     label = row.get("label") or doc.get("label")
     if label:
         parts.append(f"label: {label}")
-    q, a = _turns(doc)
+    q, a = first_turns(doc)
     question = doc.get("question") or q
     if question:
         parts.append(f"Q: {question}")
