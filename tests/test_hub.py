@@ -331,3 +331,24 @@ def test_cli_errors_never_show_the_token(occ, tmp_path):
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "not a repo"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "NAMESPACE/NAME" in r.stderr
+
+
+def test_text_only_samples_mixed_with_images(tmp_path):
+    from datasets import load_dataset
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(tmp_path / "img" / "a.png")
+    recs = [{"id": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"id": "v1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]}]
+    (tmp_path / "chat.json").write_text(json.dumps(recs))
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b",
+                       source_options={"json": str(tmp_path / "chat.json"), "image_root": str(tmp_path / "img")})
+    first = next(b.samples())
+    assert first["__key__"] == "t1" and "png" not in first  # the first sample has no image
+    plan = hub.plan_publish(b)
+    assert set(plan.fields) == {"json", "png"}
+    hub.stage(plan, tmp_path / "st", "lab/chat", quiet=True)
+    ds = load_dataset(str(tmp_path / "st" / "repo"), cache_dir=str(tmp_path / "hf"), split="train")
+    rows = {r["__key__"]: r for r in ds}
+    assert rows["t1"]["png"] is None and rows["v1"]["png"].size == (16, 12)

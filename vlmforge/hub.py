@@ -236,10 +236,11 @@ def _chunked(prefix: str, names: list[str], max_files: int) -> list[str]:
 
 
 def build_fields(build: Build) -> list[str]:
-    """The member fields of a build, read from the first sample of each shard (cheap)."""
+    """The member fields of a build: the first sample of each shard, plus every image field the
+    manifest names (a text-only sample may come first). Staging checks every sample against it."""
     import pyarrow.parquet as pq
 
-    fields: set[str] = set()
+    fields = {r[0] for r in build.sql("SELECT DISTINCT image_format FROM samples WHERE image_format IS NOT NULL").fetchall()}
     for s in build.info["shards"]:
         if not s["samples"]:
             continue
