@@ -572,6 +572,8 @@ def local_state(stage_dir: Path, staged: dict[str, dict]) -> dict[str, dict]:
         if not p.is_file():
             continue
         rel = p.relative_to(repo).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue  # .cache/huggingface and the like: never uploaded (huggingface_hub ignores them too)
         if rel in staged:
             out[rel] = {"size": staged[rel]["bytes"], "sha256": staged[rel]["sha256"], "git": None}
         else:
