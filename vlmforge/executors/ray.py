@@ -18,9 +18,8 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from vlmforge.errors import BuildError, UserError
 
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 _TASK_BUILDER: tuple[str, Any] | None = None
 
 
-@dataclass(frozen=True)
-class StagePlan:
+class StagePlan(NamedTuple):
     """How one builder runs on the cluster: actors or tasks, how many at once, and what each holds."""
 
     mode: str  # "actors" (model stage, setup once per actor) or "tasks" (stateless CPU work)
