@@ -237,3 +237,15 @@ def test_occlusion_build_on_ray_is_byte_identical(ray_session, tmp_path):
     on_ray = vlmforge.build("occlusion", out=tmp_path / "ray", executor="ray", concurrency=2, max_samples_per_shard=4)
     assert len(local) > 0
     _same(on_ray.path, build_files(local.path))
+
+
+class BrokenModelCopy(SmallBatchCopy):
+    def setup(self) -> None:
+        raise UserError("model 'nowhere/tiny' not found: give a local path or a Hub id")
+
+
+def test_a_failing_setup_is_reported_as_the_users_error(ray_session, tmp_path, sample_coco):
+    b = _builder(BrokenModelCopy, sample_coco, tmp_path / "log")
+    with pytest.raises(UserError) as err:
+        run_build(b, tmp_path / "out", RayExecutor(concurrency=1), LIMITS, quiet=True)
+    assert str(err.value) == "model 'nowhere/tiny' not found: give a local path or a Hub id"

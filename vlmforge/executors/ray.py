@@ -26,8 +26,8 @@ from vlmforge.errors import BuildError, UserError
 if TYPE_CHECKING:
     from vlmforge.builders.base import Builder
 
-# Per worker process: (builder object-ref id, builder after setup()). Tasks reuse it batch after batch.
-_TASK_BUILDER: tuple[str, Any] | None = None
+# Per worker process: (builder object-ref id, builder after setup()), reused batch after batch.
+_WORKER_BUILDER: tuple[str, Any] | None = None
 
 
 class StagePlan(NamedTuple):
@@ -105,29 +105,28 @@ def plan_stage(
     return StagePlan("actors" if model_stage else "tasks", max(1, n), cpu, gpu)
 
 
-class _BuilderActor:
-    """One model worker: `setup()` once (again after a restart), then batch after batch."""
-
-    def __init__(self, builder: "Builder"):
-        builder.setup()
-        self.builder = builder
-
-    def process(self, batch: list) -> list:
-        return self.builder.process(batch)
-
-
-def _process_in_task(holder: list, batch: list) -> list:
-    """Stateless task: the builder comes by reference (wrapped, so Ray does not resolve it per task)
-    and is unpickled and set up once per worker process."""
-    global _TASK_BUILDER
+def _process_batch(holder: list, batch: list) -> list:
+    """Run one batch in a Ray worker. The builder comes by reference (inside a list, so Ray passes the
+    reference itself) and is unpickled and set up once per worker process, not once per batch; a
+    restarted actor is a new process and sets up again on its first batch."""
+    global _WORKER_BUILDER
     import ray
 
     ref = holder[0]
-    if _TASK_BUILDER is None or _TASK_BUILDER[0] != ref.hex():
+    if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
+        _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
         builder = ray.get(ref)
         builder.setup()
-        _TASK_BUILDER = (ref.hex(), builder)
-    return _TASK_BUILDER[1].process(batch)
+        _WORKER_BUILDER = (ref.hex(), builder)
+    return _WORKER_BUILDER[1].process(batch)
+
+
+class _BuilderActor:
+    """One model worker of an actor pool: a process that keeps its set-up builder between batches.
+    It takes no constructor arguments, so Ray can always restart it."""
+
+    def process(self, holder: list, batch: list) -> list:
+        return _process_batch(holder, batch)
 
 
 class RayExecutor:
@@ -165,7 +164,7 @@ class RayExecutor:
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
-        if self.address:
+        if self.address or os.environ.get("RAY_ADDRESS"):
             # Ship this driver's vlmforge to every worker: all nodes then run the same code, which
             # byte-identical output needs. Its dependencies must be installed on every node.
             import vlmforge
@@ -174,7 +173,11 @@ class RayExecutor:
         try:
             ray.init(address=self.address, **kwargs)
         except ConnectionError as e:
-            raise UserError(f"cannot reach the Ray cluster at {self.address!r}: {e}") from None
+            raise UserError(
+                f"cannot reach the Ray cluster at {self.address!r}: {e}. Check the address that `ray start --head` "
+                "printed; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token and "
+                "give its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            ) from None
         return True
 
     def map_batches(self, builder: "Builder", tasks: Iterable[tuple[int, list]]) -> Iterator[tuple[int, int, list]]:
@@ -185,18 +188,17 @@ class RayExecutor:
         declared = declared_resources(builder)
         self.plan = plan = plan_stage(declared, is_model_stage(builder, declared), ray.cluster_resources(),
                                       self.concurrency, self.gpus_per_model_worker)
-        builder_ref = ray.put(builder)
+        holder = [ray.put(builder)]  # wrapped so that Ray passes the reference, not a copy per call
         actors: list = []
         try:
             if plan.mode == "actors":
                 actor_cls = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_restarts=self.max_retries,
                                        max_task_retries=self.max_retries)(_BuilderActor)
-                actors = [actor_cls.remote(builder_ref) for _ in range(plan.concurrency)]
-                submit = self._actor_submitter(actors)
+                actors = [actor_cls.remote() for _ in range(plan.concurrency)]
+                submit = self._actor_submitter(actors, holder)
             else:
                 remote = ray.remote(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus, max_retries=self.max_retries,
-                                    retry_exceptions=False)(_process_in_task)
-                holder = [builder_ref]
+                                    retry_exceptions=False)(_process_batch)
 
                 def submit(batch: list):
                     return remote.remote(holder, batch)
@@ -215,7 +217,7 @@ class RayExecutor:
                 ray.shutdown()
 
     @staticmethod
-    def _actor_submitter(actors: list):
+    def _actor_submitter(actors: list, holder: list):
         """Send each batch to the actor with the fewest unfinished batches (ties: the first)."""
         import ray
 
@@ -229,7 +231,7 @@ class RayExecutor:
                 for q in queues:
                     q[:] = [ref for ref in q if ref.hex() not in finished]
             i = min(range(len(actors)), key=lambda j: len(queues[j]))
-            ref = actors[i].process.remote(batch)
+            ref = actors[i].process.remote(holder, batch)
             queues[i].append(ref)
             return ref
 
@@ -237,11 +239,15 @@ class RayExecutor:
 
     def _result(self, item: tuple[int, int, Any]) -> tuple[int, int, list]:
         import ray
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 
         first, n, ref = item
         try:
             return first, n, ray.get(ref)
+        except RayTaskError as e:
+            if isinstance(e.cause, UserError):
+                raise e.cause from None  # one line on the CLI, as with the local executor
+            raise
         except (RayActorError, WorkerCrashedError) as e:
             raise BuildError(
                 f"a Ray worker died on the batch of inputs {first}-{first + n - 1} and stayed down after "
