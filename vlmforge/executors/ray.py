@@ -130,7 +130,8 @@ class _BuilderActor:
 
 
 class RayExecutor:
-    """Runs a builder on Ray (`address`: None starts a local instance, or `auto`, `ray://host:port`).
+    """Runs a builder on Ray. `address`: None starts a local instance (or joins RAY_ADDRESS); `auto`
+    joins the cluster started on this machine with `ray start`; `host:port` or `ray://host:port` a remote one.
 
     Joins an already initialised Ray session when there is one (and leaves it running); otherwise
     connects or starts one for the build and shuts it down afterwards."""
@@ -170,11 +171,13 @@ class RayExecutor:
             import vlmforge
 
             kwargs["runtime_env"] = {"py_modules": [str(Path(vlmforge.__file__).parent)]}
+        # No address: a fresh local instance (not whatever `ray start` left behind), unless RAY_ADDRESS says.
+        address = self.address or os.environ.get("RAY_ADDRESS") or "local"
         try:
-            ray.init(address=self.address, **kwargs)
+            ray.init(address=address, **kwargs)
         except ConnectionError as e:
             raise UserError(
-                f"cannot reach the Ray cluster at {self.address!r}: {e}. Check the address that `ray start --head` "
+                f"cannot reach the Ray cluster at {address!r}: {e}. Check the address that `ray start --head` "
                 "printed; if the cluster uses token authentication (Ray's default), set RAY_AUTH_MODE=token and "
                 "give its token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
             ) from None
