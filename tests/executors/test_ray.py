@@ -179,13 +179,13 @@ def test_copy_build_on_ray_tasks_is_byte_identical(ray_session, tmp_path, sample
 
 def test_actor_pool_sets_up_once_per_actor(ray_session, tmp_path, sample_coco, local_copy):
     b = _builder(ModelCopy, sample_coco, tmp_path / "log")
-    ex = RayExecutor(concurrency=2)
+    ex = RayExecutor(concurrency=3)  # 3 actors on 2 CPUs: they only all start with fractional CPUs
     path = run_build(b, tmp_path / "out", ex, LIMITS, quiet=True)
-    assert ex.plan == ("actors", 2, 1.0, 0.0)
+    assert ex.plan == ("actors", 3, 0.66, 0.0)
     _same(path, local_copy)
     setups = _lines(tmp_path / "log" / "setup.log")
     workers = {line.split()[0] for line in _lines(tmp_path / "log" / "process.log")}
-    assert len(setups) == 2 and set(setups) == workers  # two actors, one setup each, both used
+    assert len(setups) == 3 and set(setups) == workers  # three actors, one setup each, all used
 
 
 def test_killed_actor_is_restarted_and_the_build_is_identical(ray_session, tmp_path, sample_coco, local_copy):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 Out = Annotated[Path, typer.Option("--out", help="root folder of builds; the build lands in OUT/<builder>/<version>/")]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it)")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it); with --executor ray: Ray workers, unless --concurrency")]
 Executor = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port); none: a local Ray instance")]
 Concurrency = Annotated[Optional[int], typer.Option("--concurrency", min=1, help="with --executor ray: model workers (actors) or CPU tasks at once; default: as many as the cluster fits")]
