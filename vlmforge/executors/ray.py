@@ -51,6 +51,8 @@ def declared_resources(builder: "Builder") -> dict[str, float]:
     found: dict[str, float] = {}
     for value in vars(builder).values():
         members = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+        if len(members) > 64:
+            continue  # a lookup table (per-image data), not a handful of backends
         for obj in members:
             res = getattr(obj, "resources", None)
             if isinstance(res, dict):
