@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 Out = Annotated[Path, typer.Option("--out", help="root folder of builds; the build lands in OUT/<builder>/<version>/")]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it)")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it); with --executor ray: Ray workers, unless --concurrency")]
 Executor = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port)")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port); none: a local Ray instance")]
+Concurrency = Annotated[Optional[int], typer.Option("--concurrency", min=1, help="with --executor ray: model workers (actors) or CPU tasks at once; default: as many as the cluster fits")]
+GpusPerModelWorker = Annotated[Optional[float], typer.Option("--gpus-per-model-worker", min=0, help="with --executor ray: GPUs each model worker holds (fractions share a GPU); default: the model's declaration")]
 MaxSamples = Annotated[int, typer.Option("--max-samples-per-shard", min=1, help="at most this many samples per shard")]
 MaxBytes = Annotated[int, typer.Option("--max-shard-bytes", min=1024, help="start a new shard before this size")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a different build in the same folder")]
@@ -41,6 +43,8 @@ def run_cli_build(
     max_shard_bytes: int = 1 << 30,
     overwrite: bool = False,
     quiet: bool = False,
+    concurrency: int | None = None,
+    gpus_per_model_worker: float | None = None,
     **builder_attrs,
 ) -> Path:
     """Run a builder as the CLI does. `builder_attrs` (e.g. device) are set on the builder and stay
@@ -53,6 +57,6 @@ def run_cli_build(
     for name, value in builder_attrs.items():
         setattr(builder, name, value)
     return run_build(
-        builder, out=out, executor=make_executor(executor, workers, ray_address),
+        builder, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
     )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlmforge.commands._common import (
-    Captions, CocoRoot, CocoSplit, Executor, Images, Instances, MaxBytes, MaxSamples, Out, Overwrite, Quiet,
+    Captions, CocoRoot, CocoSplit, Concurrency, Executor, GpusPerModelWorker, Images, Instances, MaxBytes, MaxSamples, Out, Overwrite, Quiet,
     RayAddress, Seed, SourceKind, Workers, run_cli_build,
 )
 
@@ -49,6 +49,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         workers: Workers = 1,
         executor: Executor = "local",
         ray_address: RayAddress = None,
+        concurrency: Concurrency = None,
+        gpus_per_model_worker: GpusPerModelWorker = None,
         max_samples_per_shard: MaxSamples = 10_000,
         max_shard_bytes: MaxBytes = 1 << 30,
         overwrite: Overwrite = False,
@@ -69,7 +71,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,
                                            instances=instances, images=images)
         path = run_cli_build(OcclusionBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                             max_shard_bytes, overwrite, quiet, device=device)
+                             max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker, device=device)
         if export_llava is not None:
             from vlmforge.errors import UserError
 
