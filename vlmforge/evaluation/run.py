@@ -74,8 +74,9 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = task.score(records)
-    counts = {"items": len(records), **{k: v for k, v in parse_counts(task, records).items()}, **(extra_counts or {})}
-    counts["parsed"] = counts.pop("ok")
+    parsed = parse_counts(task, records)
+    counts = {"items": len(records), "parsed": parsed["ok"], "unparsed": parsed["unparsed"],
+              "multiple": parsed["multiple"], **(extra_counts or {})}
     failures = []
     for rec in records:
         parsed = task.interpret(rec)
@@ -100,7 +101,7 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
     }
     write_summary(out, summary)
     if not quiet:
-        console.print(markdown_report(summary), markup=False, highlight=False)
+        print(markdown_report(summary), flush=True)  # stdout, so the table can be redirected into a file
         console.print(f"wrote {out / 'summary.json'}")
     return summary
 
