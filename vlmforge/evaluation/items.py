@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from vlmforge.errors import UserError
 from vlmforge.sample import IMAGE_FIELDS
@@ -111,6 +111,24 @@ def iter_build(path: Path, split: str | None = None) -> Iterator[tuple[str, dict
     for sample in build.samples(split):
         image = next((sample[f] for f in IMAGE_FIELDS if f in sample), None)
         yield sample["__key__"], sample.get("json", {}), image
+
+
+def collect_items(paths: list[Path], split: str | None,
+                  from_sample: Callable[[str, dict[str, Any], bytes | None], EvalItem],
+                  from_path: Callable[[Path], list[EvalItem]]) -> tuple[list[EvalItem], str | None]:
+    """Items from each path: build folders sample by sample, anything else by `from_path`.
+    Returns the items and the id of the (last) build read, for the summary."""
+    items: list[EvalItem] = []
+    build_id = None
+    for path in paths:
+        if is_build(path):
+            build_id = build_id_of(path)
+            items += [from_sample(key, doc, image) for key, doc, image in iter_build(path, split)]
+        else:
+            items += from_path(path)
+    if not items:
+        raise UserError(f"no items in {', '.join(map(str, paths))}")
+    return items, build_id
 
 
 def build_id_of(path: Path) -> str | None:

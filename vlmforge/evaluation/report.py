@@ -75,7 +75,12 @@ def plot_confusion(matrix: list[list[int]], labels: Sequence[str], path: Path, t
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", color="white" if v > top / 2 else "black", fontsize=9)
-    ax.set_xlabel(xlabel)
+    return _save(plt, fig, ax, path, title, xlabel, ylabel)
+
+
+def _save(plt, fig, ax, path: Path, title: str, xlabel: str | None, ylabel: str) -> Path:
+    if xlabel:
+        ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
@@ -99,9 +104,4 @@ def plot_bars(values: dict[str, float | None], path: Path, title: str, ylabel: s
     ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=45 if len(items) > 5 else 0,
                   ha="right" if len(items) > 5 else "center")
     ax.set_ylim(0, 1)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, path, title, None, ylabel)

@@ -15,8 +15,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    Dataset, EvalItem, ReadOptions, apply_limit, build_id_of, first_turns, is_build, iter_build, read_records,
-    resolve_image,
+    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import (
     accuracy, binary_auc, confusion_matrix, grouped_accuracy, mean_absolute_error, one_vs_rest_auc,
@@ -78,8 +77,6 @@ class GradingTask(Task):
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         k = opts.num_grades
         options = [f"Grade {g}" for g in range(k)]
-        items: list[EvalItem] = []
-        build_id = None
 
         def item(ident: str, prompt: str, grade: int, **image: Any) -> EvalItem:
             if not 0 <= grade < k:
@@ -87,22 +84,18 @@ class GradingTask(Task):
             return EvalItem(id=ident, prompt=opts.prompt or prompt or DEFAULT_PROMPT, answer=grade, options=options,
                             meta={"grade": grade}, **image)
 
-        for path in paths:
-            if is_build(path):
-                build_id = build_id_of(path)
-                for key, doc, image in iter_build(path, opts.split):
-                    items.append(item(key, first_turns(doc)[0], _grade_of(doc, f"sample {key}", k), image=image))
-            elif path.is_dir():
-                found, _ = _folder_images(path, opts.split)
-                items += [item(ident, "", grade, image_path=str(f)) for ident, f, grade in found]
-            else:
-                for i, rec in enumerate(read_records(path)):
-                    ident = str(rec.get("id", i))
-                    items.append(item(ident, first_turns(rec)[0] or rec.get("text", ""),
-                                      _grade_of(rec, f"{path} record {ident}", k),
-                                      image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent])))
-        if not items:
-            raise UserError(f"no graded images in {', '.join(map(str, paths))}")
+        def from_sample(key: str, doc: dict[str, Any], image: bytes | None) -> EvalItem:
+            return item(key, first_turns(doc)[0], _grade_of(doc, f"sample {key}", k), image=image)
+
+        def from_path(path: Path) -> list[EvalItem]:
+            if path.is_dir():  # a graded folder tree
+                return [item(ident, "", grade, image_path=str(f)) for ident, f, grade in _folder_images(path, opts.split)[0]]
+            return [item(str(rec.get("id", i)), first_turns(rec)[0] or rec.get("text", ""),
+                         _grade_of(rec, f"{path} record {rec.get('id', i)}", k),
+                         image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
+                    for i, rec in enumerate(read_records(path))]
+
+        items, build_id = collect_items(paths, opts.split, from_sample, from_path)
         return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id,
                        info={"num_grades": k})
 

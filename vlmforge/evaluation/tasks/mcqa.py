@@ -12,8 +12,8 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, build_id_of, first_turns, is_build, iter_build,
-    option_lines, read_records, resolve_image,
+    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, option_lines,
+    read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, confusion_matrix, grouped_accuracy, macro_accuracy
 from vlmforge.evaluation.parsers import LETTERS, Parsed, parse_letter
@@ -46,22 +46,16 @@ class McqaTask(Task):
     description = "multiple-choice class questions (vlmforge mcqa builds, Prompt the Unseen MCQA JSON)"
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
-        items: list[EvalItem] = []
-        build_id = None
-        for path in paths:
-            if is_build(path):
-                build_id = build_id_of(path)
-                items += [self._from_build_sample(key, doc, image, path) for key, doc, image in iter_build(path, opts.split)]
-            else:
-                prefix = f"{path.stem}-" if len(paths) > 1 else ""
-                items += [self._from_unseen_record(rec, i, path, opts, prefix) for i, rec in enumerate(read_records(path))]
-        if not items:
-            raise UserError(f"no MCQA items in {', '.join(map(str, paths))}")
+        def from_file(path: Path) -> list[EvalItem]:
+            prefix = f"{path.stem}-" if len(paths) > 1 else ""  # ids stay unique across files
+            return [self._from_unseen_record(rec, i, path, opts, prefix) for i, rec in enumerate(read_records(path))]
+
+        items, build_id = collect_items(paths, opts.split, self._from_build_sample, from_file)
         return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id)
 
-    def _from_build_sample(self, key: str, doc: dict[str, Any], image: bytes | None, path: Path) -> EvalItem:
+    def _from_build_sample(self, key: str, doc: dict[str, Any], image: bytes | None) -> EvalItem:
         if not isinstance(doc.get("options"), list) or not isinstance(doc.get("answer_index"), int):
-            raise UserError(f"sample {key} of {path} has no 'options' list and 'answer_index'; "
+            raise UserError(f"sample {key} has no 'options' list and 'answer_index'; "
                             "is it a build from `vlmforge build mcqa`?")
         options = [str(o) for o in doc["options"]]
         prompt, _ = first_turns(doc)

@@ -13,8 +13,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    Dataset, EvalItem, ReadOptions, apply_limit, build_id_of, first_turns, is_build, iter_build, read_records,
-    resolve_image,
+    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, grouped_accuracy
 from vlmforge.evaluation.parsers import Parsed, contains_answer
@@ -38,19 +37,13 @@ class OpenTask(Task):
     scoring_modes = ("generate",)
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
-        items: list[EvalItem] = []
-        build_id = None
-        for path in paths:
-            if is_build(path):
-                build_id = build_id_of(path)
-                for key, doc, image in iter_build(path, opts.split):
-                    items.append(self._item(key, doc, opts, image=image))
-            else:
-                for i, rec in enumerate(read_records(path)):
-                    items.append(self._item(str(rec.get("id", rec.get("question_id", i))), rec, opts,
-                                            image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent])))
-        if not items:
-            raise UserError(f"no questions in {', '.join(map(str, paths))}")
+        def from_file(path: Path) -> list[EvalItem]:
+            return [self._item(str(rec.get("id", rec.get("question_id", i))), rec, opts,
+                               image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
+                    for i, rec in enumerate(read_records(path))]
+
+        items, build_id = collect_items(paths, opts.split, lambda key, doc, image: self._item(key, doc, opts, image=image),
+                                        from_file)
         return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id)
 
     def _item(self, ident: str, doc: dict[str, Any], opts: ReadOptions, **image: Any) -> EvalItem:
