@@ -224,3 +224,21 @@ def test_eval_pope_with_the_api_runner(server, monkeypatch, tmp_path):
     evaluate(task, ds, runner, tmp_path / "urls", quiet=True, plots=False)
     sent = [r["body"]["messages"][-1]["content"][1]["image_url"]["url"] for r in server.requests[6:]]
     assert sorted(sent) == [f"https://example.org/{i}.png" for i in range(5)]
+
+
+def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m",
+                                   "--api-base", server.url, "--api-key-env", KEY_ENV, "--concurrency", "2",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "| accuracy | 1.0000 |" in res.output and KEY not in res.output
+    assert server.requests[0]["auth"] == f"Bearer {KEY}" and server.requests[0]["body"]["model"] == "m"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["backend"] == "openai"

@@ -159,3 +159,15 @@ def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
     assert "macro_accuracy" in res.output  # the Markdown table
     rescored = json.loads((tmp_path / "rescored" / "summary.json").read_text())
     assert rescored["metrics"] == summary["metrics"]
+
+
+def test_refuses_before_any_model_call(llava_runner, tmp_path):
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "missing.jpg", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    task = get_task("pope")
+    ds = task.read([pope], ReadOptions(image_root=tmp_path))
+    with pytest.raises(UserError, match="1 of 1 images are missing"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", quiet=True)
+    with pytest.raises(UserError, match="does not support --scoring clip"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", scoring="clip", quiet=True)
+    assert not (tmp_path / "out" / PREDICTIONS).exists()

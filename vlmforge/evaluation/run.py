@@ -33,6 +33,13 @@ def predict_batch(task: Task, runner: Runner, items: list[EvalItem], scoring: st
     raise UserError(f"unknown --scoring {scoring!r}; use generate, loss or clip")
 
 
+def check_images(dataset: Dataset) -> None:
+    """Fail before any model call when image files are missing (usually a wrong --image-root)."""
+    missing = [it.image_path for it in dataset.items if it.image_path and not it.image_url and not Path(it.image_path).exists()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(dataset)} images are missing, e.g. {missing[0]}; check --image-root")
+
+
 def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
              class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
              plots: bool = True) -> dict[str, Any]:
@@ -47,6 +54,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise UserError(f"item id {dup!r} occurs more than once in {dataset.source}")
+    check_images(dataset)
     run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
            "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
            "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None}}

@@ -86,6 +86,8 @@ class LocalRunner(Runner):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        if not Path(self.name).exists() and (self.name.startswith(("/", ".", "~")) or self.name.count("/") > 1):
+            raise UserError(f"no model at {self.name} (not a folder, and not a Hub id like org/name)")
         path, adapter = self._base_and_adapter(self.name)
         dtype = _resolve_dtype(self.dtype_name, self.device)
         try:
