@@ -30,6 +30,7 @@ def test_pope_yes_no(text, expected):
     ("The answer is C.", 4, 2),
     ("  D ", 4, 3),
     ("E", 4, None),  # beyond the options
+    ("AB", 4, None),
     ("The answer is A. No. The answer is B.", 4, None),  # two different answers
     ("The answer is A. Or maybe the answer is B.", 4, 0),  # LLaVA's pattern is case-sensitive: one hit
     ("(B)", 4, None),  # strict: not one of LLaVA's forms

@@ -100,7 +100,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"give --model for the {backend} backend")
         opts = ReadOptions(split=split, image_root=image_root, limit=limit, prompt=prompt, prompt_suffix=prompt_suffix,
                            rounds=rounds, num_grades=num_grades)
-        dataset = t.read(list(data), opts)
+        dataset = t.read([p.resolve() for p in data], opts)  # absolute, so a resume from elsewhere matches
         if backend == "local":
             runner = LocalRunner(model, device=device, dtype=dtype, batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, system=system)
@@ -114,8 +114,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             if not quiet:
                 console.print(f"{n} of {len(dataset)} items get their image by URL from {image_urls}")
         out = out or Path("evals") / t.name / _slug(model or backend)
+        settings = {"split": split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
+                    "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype}
         evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
-                 quiet=quiet, plots=not no_plots)
+                 quiet=quiet, plots=not no_plots, settings=settings)
 
     @eval_app.command("score")
     def eval_score(

@@ -63,7 +63,7 @@ def parse_letter(text: str, n_options: int, options: list[str] | None = None, st
     Two different letters found at the same step -> "multiple"."""
     valid = LETTERS[:n_options]
     t = text.strip()
-    if t in valid and t:
+    if len(t) == 1 and t in valid:
         return Parsed(valid.index(t))
     if len(t) >= 3 and t[0] in valid and t[1:3] == ". ":
         return Parsed(valid.index(t[0]))

@@ -42,8 +42,12 @@ def check_images(dataset: Dataset) -> None:
 
 def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
              class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
-             plots: bool = True) -> dict[str, Any]:
-    """Predict every item not yet in OUT/predictions.jsonl, then score all of them and write the report."""
+             plots: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Predict every item not yet in OUT/predictions.jsonl, then score all of them and write the report.
+
+    `settings` (prompt and generation options) join the run's identity: a resume with other settings
+    is refused, since its predictions would not be comparable. Scoring-only options (the parse mode,
+    the soft-match threshold) are not part of it; change them freely, or rescore with `eval score`."""
     out = Path(out)
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
@@ -57,7 +61,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     check_images(dataset)
     run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
            "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
-           "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None}}
+           **(settings or {})}
     check_run(out, run, overwrite)
     log = PredictionLog(out / PREDICTIONS)
     done = log.load()
@@ -97,6 +101,7 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
         "model": model,
         "backend": backend,
         "scoring": scoring,
+        "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None},
         "data": dataset.source if dataset else None,
         "data_build_id": dataset.build_id if dataset else None,
         "metrics": metrics,
