@@ -14,7 +14,7 @@ from vlmforge.evaluation.items import ReadOptions
 from vlmforge.evaluation.run import score_predictions
 from vlmforge.evaluation.tasks import get_task
 
-from tests.evaluation.conftest import make_build, mcqa_doc, tiny_png
+from tests.evaluation.conftest import make_build, tiny_png
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
