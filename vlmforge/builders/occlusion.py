@@ -108,6 +108,14 @@ class OcclusionBuilder(Builder):
         self.entities: dict[int, list[Entity]] = {}
         self.scorer = None
 
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one worker needs (the ray executor places workers by it): a GPU when a model stage
+        (Grounding DINO, SAM, masked LM) is configured, else one CPU."""
+        cfg = self.config
+        models = [cfg.grounder == "grounding-dino", cfg.segmenter == "sam", cfg.causality == "mlm"]
+        return {"cpu": 1, "gpu": 1} if any(models) else {"cpu": 1}
+
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
         if kind not in (None, "coco"):

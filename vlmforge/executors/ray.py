@@ -15,8 +15,6 @@ flight. A worker or actor that dies (killed process, lost node) is restarted and
 
 from __future__ import annotations
 
-from vlmforge.sample import finish_results  # noqa: E402
-
 import math
 import os
 from collections import deque
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from vlmforge.errors import BuildError, UserError
+from vlmforge.sample import finish_results
 
 if TYPE_CHECKING:
     from vlmforge.builders.base import Builder
