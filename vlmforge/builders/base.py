@@ -58,6 +58,11 @@ class Builder:
 
         return open_source(kind or "coco", **options)
 
+    def prepare(self) -> None:
+        """Work that needs every record before the first batch (per-class generation, corpus-wide
+        statistics). Runs once in the main process each time a build starts or resumes; keep its
+        results on `self` (workers inherit them) and make it cheap to repeat (cache model calls)."""
+
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""
 
@@ -149,6 +154,7 @@ def run_build(
         return build_dir
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    builder.prepare()
 
     seen_keys: set[str] = set()
     columns = builder.columns
