@@ -6,6 +6,9 @@ import importlib
 
 BUILDERS: dict[str, str] = {
     "copy": "vlmforge.builders.copy:CopyBuilder",
+    "selfsynth": "vlmforge.builders.selfsynth:SelfSynthBuilder",
+    "selfsynth-round": "vlmforge.builders.selfsynth_round:SelfSynthRoundBuilder",
+    "cvc-trials": "vlmforge.builders.cvc_trials:CvcTrialsBuilder",
 }
 
 

@@ -41,7 +41,7 @@ def _mat_file_list(path: Path) -> list[str]:
         value = cell
         while not isinstance(value, str):  # cells nest as object arrays of 1-element string arrays
             value = value[0] if len(value) else ""
-        out.append(value)
+        out.append(str(value))
     return out
 
 

@@ -66,9 +66,9 @@ def _concepts(hint: dict[str, Any]) -> str:
     subject = hint.get("subject", "object")
     words = [w.lower() for w in str(label).replace("-", " ").split()]
     lines = [f"{w} colouring on the {subject}" for w in words if w in COLOR_WORDS]
-    lines += [f"the overall shape typical of a {label}", f"the characteristic size of a {label}",
-              f"distinctive markings of a {label}", f"the head and outline of a {label}",
-              f"the texture and pattern seen on a {label}"]
+    lines += [f"a distinctive overall {subject} shape", f"a characteristic {subject} size",
+              f"distinctive markings on the {subject}", f"a recognisable head and outline",
+              f"a typical surface texture and pattern"]
     return "\n".join(f"- {line}" for line in lines)
 
 
