@@ -45,20 +45,28 @@ def parse_bullets(text: str) -> list[str]:
 
 
 def ib_scores(desc: np.ndarray, concepts: np.ndarray, negatives: np.ndarray | None = None,
-              t: float = IB_TEMPERATURE, neg_exp_sum: np.ndarray | None = None) -> np.ndarray:
+              t: float = IB_TEMPERATURE, neg_log_sum: np.ndarray | None = None) -> np.ndarray:
     """Information-bottleneck scores (one per concept) of unit vectors: `desc` (m, d) the image's
     descriptions, `concepts` (n, d), `negatives` (l, d) the other images' descriptions. Instead of
-    `negatives`, `neg_exp_sum` (n,) may give sum_c e^{s(b_j,c)/t} directly (faster for many images)."""
+    `negatives`, `neg_log_sum` (n,) may give log(sum_c e^{s(b_j,c)/t}) directly (faster for many images)."""
     a = np.asarray(desc, np.float64)
     b = np.asarray(concepts, np.float64)
-    if neg_exp_sum is None:
+    if neg_log_sum is None:
         c = np.asarray(negatives, np.float64) if negatives is not None else np.zeros((0, b.shape[1]))
-        neg_exp_sum = np.exp((b @ c.T) / t).sum(axis=1)
+        log_neg = _logsumexp((b @ c.T) / t)
+    else:
+        log_neg = np.asarray(neg_log_sum, np.float64)
     pos = (a @ b.T) / t  # (m, n)
-    # log(e^x / (e^x + S)) = x - log(e^x + S), computed without overflow.
-    with np.errstate(divide="ignore"):
-        log_neg = np.log(np.asarray(neg_exp_sum, np.float64))[None, :]
-    return (pos - np.logaddexp(pos, log_neg)).sum(axis=0)
+    # log(e^x / (e^x + S)) = x - log(e^x + S), computed in log space so small t cannot overflow.
+    return (pos - np.logaddexp(pos, log_neg[None, :])).sum(axis=0)
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) per row; -inf for an empty row."""
+    if x.shape[1] == 0:
+        return np.full(x.shape[0], -np.inf)
+    m = x.max(axis=1)
+    return m + np.log(np.exp(x - m[:, None]).sum(axis=1))
 
 
 def select_concepts(concepts: Sequence[str], scores: Sequence[float], std_factor: float = STD_FACTOR,
@@ -111,15 +119,19 @@ class ConceptSelector:
                     out[k] = []
                 continue
             cvec = self.embedder.encode(names).astype(np.float64)
-            exps = np.exp((cvec @ desc_vec.T) / self.t)  # (n_concepts, all descriptions)
+            logits = (cvec @ desc_vec.T) / self.t  # (n_concepts, all descriptions)
+            shift = logits.max(axis=1, keepdims=True)  # per-concept shift keeps exp() finite for small t
+            exps = np.exp(logits - shift)
             total = exps.sum(axis=1)
             for k in by_class[label]:
                 lo, hi = spans[k]
                 if hi == lo:
                     out[k] = []
                     continue
-                neg = np.maximum(total - exps[:, lo:hi].sum(axis=1), 0.0)
-                scores = ib_scores(desc_vec[lo:hi], cvec, t=self.t, neg_exp_sum=neg)
+                rest = np.maximum(total - exps[:, lo:hi].sum(axis=1), 0.0)
+                with np.errstate(divide="ignore"):  # no other image at all: log 0 = -inf, score 0
+                    log_neg = np.log(rest) + shift[:, 0]
+                scores = ib_scores(desc_vec[lo:hi], cvec, t=self.t, neg_log_sum=log_neg)
                 out[k] = select_concepts(names, scores, self.std_factor, self.min_keep)
         return out
 

@@ -17,12 +17,12 @@ from vlmforge.curation.embedding import SentenceEmbedder, shared_embedder
 
 DEFAULT_THRESHOLD = 0.85
 
-# Tried in order; within a pattern the last match in the text wins (models restate and then conclude).
-_ANSWER_PATTERNS = [
-    re.compile(r"\\boxed\{([^{}]+)\}"),
-    re.compile(r"final answer\s*(?:is|:|-)?\s*:?\s*(.+)", re.I),
-    re.compile(r"\banswer\s*(?:is|:)\s*:?\s*(.+)", re.I),
-    re.compile(r"\b(?:it|this|that)\s+(?:is|must be|should be|would be)\s+(?:most likely\s+|likely\s+|probably\s+)?(.+)", re.I),
+# Tried in order; within one the last occurrence in the text wins (models restate, then conclude).
+_BOXED = re.compile(r"\\boxed\{([^{}]+)\}")
+_TRIGGERS = [
+    re.compile(r"final answer\s*(?:is|:|-)?\s*:?", re.I),
+    re.compile(r"\banswer\s*(?:is|:)\s*:?", re.I),
+    re.compile(r"\b(?:it|this|that)\s+(?:is|must be|should be|would be)\s+(?:most likely\s+|likely\s+|probably\s+)?", re.I),
 ]
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.I)
 # A sentence ends at ". " unless the word before the dot is short (St. Bernard, Mt. Fuji).
@@ -30,21 +30,25 @@ _SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9]{3})\.(?:\s|$)|[!?;](?:\s|$)")
 
 
 def _clean(phrase: str) -> str:
-    phrase = phrase.strip().splitlines()[0] if phrase.strip() else ""
+    phrase = phrase.replace("**", "").replace("__", "").strip()
+    phrase = phrase.splitlines()[0] if phrase else ""
     m = _SENTENCE_END.search(phrase)
     if m:
         phrase = phrase[: m.start()]
-    phrase = phrase.replace("**", "").replace("__", "").strip(" \t\"'`*:.,")
-    phrase = _ARTICLE.sub("", phrase)
+    phrase = _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,"))
     return phrase.strip(" \t\"'`*:.,")
 
 
 def extract_answer(text: str) -> str:
     """The final answer phrase of a reasoning text; the last sentence when no rule matches."""
-    for pat in _ANSWER_PATTERNS:
-        found = [m for m in pat.finditer(text) if _clean(m.group(1))]
+    boxed = [_clean(m.group(1)) for m in _BOXED.finditer(text)]
+    if any(boxed):
+        return [b for b in boxed if b][-1]
+    for trigger in _TRIGGERS:
+        found = [_clean(text[m.end():]) for m in trigger.finditer(text)]
+        found = [f for f in found if f]
         if found:
-            return _clean(found[-1].group(1))
+            return found[-1]
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
         return ""

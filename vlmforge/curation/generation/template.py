@@ -18,6 +18,8 @@ import io
 import random
 from typing import Any
 
+import numpy as np
+
 from vlmforge.curation.generation import GenerationRequest, Generator
 from vlmforge.errors import UserError
 
@@ -50,12 +52,14 @@ def image_facts(data: bytes) -> list[str]:
         rgb = im.convert("RGB")
         w, h = rgb.size
         small = rgb.resize((8, 8))
+    pixels = np.asarray(small, np.float64).reshape(-1, 3)
+    names = list(PALETTE)
+    dist = ((pixels[:, None, :] - np.array([PALETTE[c] for c in names], np.float64)[None]) ** 2).sum(axis=2)
     counts: dict[str, int] = {}
-    for px in small.getdata():
-        name = min(PALETTE, key=lambda c: sum((a - b) ** 2 for a, b in zip(px, PALETTE[c])))
-        counts[name] = counts.get(name, 0) + 1
+    for i in dist.argmin(axis=1):
+        counts[names[i]] = counts.get(names[i], 0) + 1
     ranked = sorted(counts, key=lambda c: (-counts[c], c))[:2]
-    lum = sum(0.299 * r + 0.587 * g + 0.114 * b for r, g, b in small.getdata()) / 64
+    lum = float((pixels @ np.array([0.299, 0.587, 0.114])).mean())
     tone = "dark" if lum < 85 else "bright" if lum > 170 else "evenly lit"
     shape = "wide" if w > 1.2 * h else "tall" if h > 1.2 * w else "nearly square"
     return [f"mostly {_join(ranked)} colours", f"a {tone} scene", f"a {shape} frame"]
