@@ -118,8 +118,9 @@ class CvcTrialsBuilder(GeneratorMixin, Builder):
             parents.append((rec, parent, doc, prompt))
         trials = gen(reqs)
         answers = self._extract(trials)
-        return [self._samples(rec, parent, doc, prompt, texts, found)
-                for (rec, parent, doc, prompt), texts, found in zip(parents, trials, answers)]
+        sims = self._matcher.similarity_many([(found, doc["label"]) for found, (_, _, doc, _) in zip(answers, parents)])
+        return [self._samples(rec, parent, doc, prompt, texts, found, sim)
+                for (rec, parent, doc, prompt), texts, found, sim in zip(parents, trials, answers, sims)]
 
     def _extract(self, trials: list[list[str]]) -> list[list[str]]:
         if self.config.extractor == "rule":
@@ -135,10 +136,9 @@ class CvcTrialsBuilder(GeneratorMixin, Builder):
         return [[next(it) for _ in texts] for texts in trials]
 
     def _samples(self, rec: Record, parent: dict, doc: dict, prompt: str, texts: list[str],
-                 found: list[str]) -> list[Sample | Reject]:
+                 found: list[str], sims) -> list[Sample | Reject]:
         cfg = self.config
         label = doc["label"]
-        sims = self._matcher.similarity(found, label) if found else []
         correct = [j for j, s in enumerate(sims) if s > cfg.threshold]
         n = len(texts)
         if len(correct) < cfg.min_correct or len(correct) > cfg.max_correct:

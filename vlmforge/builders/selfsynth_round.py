@@ -59,6 +59,10 @@ def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return {k: list(v.values()) for k, v in out.items()}
 
 
+def _clean_candidate(text: str) -> str:
+    return text.replace("<image>", "").strip()
+
+
 @dataclass
 class SelfSynthRoundConfig(BuildConfig):
     answers: str = ""  # JSONL of candidate answers
@@ -127,6 +131,11 @@ class SelfSynthRoundBuilder(Builder):
         self._concept_index = {c: i for i, c in enumerate(self.all_concepts)}
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        # Embed every candidate of the batch in one call: per-question calls would dominate the run.
+        texts = sorted({_clean_candidate(c) for rec in batch for e in self.answers.get(rec["key"], [])
+                        for c in e["answers"]} - {""})
+        vecs = self._embedder.encode(texts).astype(np.float64) if texts else np.zeros((0, 1))
+        self._cand_index = {t: vecs[i] for i, t in enumerate(texts)}
         return [[self._one(rec)] for rec in batch]
 
     def _one(self, rec: Record) -> Sample | Reject:
@@ -165,7 +174,7 @@ class SelfSynthRoundBuilder(Builder):
 
     def _choose(self, cands: list[str], qtype: str, label: str, concepts: list[str]) -> tuple[str | None, float | None]:
         """(kept answer, its score) or (None, None) when no candidate may be kept."""
-        cands = [c.replace("<image>", "").strip() for c in cands if c and c.strip()]
+        cands = [c for c in (_clean_candidate(c) for c in cands) if c]
         if not cands:
             return None, None
         if qtype == "simple" or not concepts:
@@ -182,15 +191,17 @@ class SelfSynthRoundBuilder(Builder):
     def score(self, cands: list[str], concepts: list[str]) -> np.ndarray:
         """IB score of each candidate answer against the image's concepts; the build's other concepts
         are the negatives."""
-        cand_vecs = self._embedder.encode(cands).astype(np.float64)
-        own = self._embedder.encode(concepts).astype(np.float64)
-        mine = {self._concept_index[c] for c in concepts if c in self._concept_index}
-        others = [i for i in range(len(self.all_concepts)) if i not in mine]
+        cand_vecs = np.stack([self._cand_index[c] if c in self._cand_index
+                              else self._embedder.encode([c])[0].astype(np.float64) for c in cands])
+        mine = [self._concept_index[c] for c in concepts if c in self._concept_index]
+        own = self._concept_vecs[mine]
+        others = np.ones(len(self.all_concepts), bool)
+        others[mine] = False
         return ib_scores(own, cand_vecs, self._concept_vecs[others], t=self.config.ib_temperature)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_embedder", "_concept_vecs", "_concept_index"):
+        for k in ("_embedder", "_concept_vecs", "_concept_index", "_cand_index"):
             state.pop(k, None)
         return state
 

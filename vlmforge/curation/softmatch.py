@@ -77,16 +77,24 @@ class SoftMatcher:
         self.threshold = threshold
 
     def similarity(self, answers: list[str], label: str) -> np.ndarray:
-        norm = [normalise(a) for a in answers]
-        target = normalise(label)
-        unique = sorted(set(norm) | {target})
-        vecs = self.embedder.encode(unique)
+        return self.similarity_many([(answers, label)])[0]
+
+    def similarity_many(self, groups: list[tuple[list[str], str]]) -> list[np.ndarray]:
+        """Cosines for several (answers, label) groups with a single embedding call."""
+        normed = [([normalise(a) for a in answers], normalise(label)) for answers, label in groups]
+        unique = sorted({t for answers, label in normed for t in [*answers, label]})
+        vecs = self.embedder.encode(unique).astype(np.float64)
         index = {t: i for i, t in enumerate(unique)}
-        sims = vecs[[index[a] for a in norm]] @ vecs[index[target]] if norm else np.zeros(0, np.float32)
-        # Identical text is a match whatever rounding says; empty answers match nothing.
-        sims = np.where(np.array([a == target for a in norm], bool), 1.0, sims) if norm else sims
-        sims = np.where(np.array([not a for a in norm], bool), 0.0, sims) if norm else sims
-        return np.asarray(sims, np.float64)
+        out = []
+        for answers, target in normed:
+            if not answers:
+                out.append(np.zeros(0, np.float64))
+                continue
+            sims = vecs[[index[a] for a in answers]] @ vecs[index[target]]
+            # Identical text is a match whatever rounding says; empty answers match nothing.
+            sims = np.where([a == target for a in answers], 1.0, sims)
+            out.append(np.where([not a for a in answers], 0.0, sims))
+        return out
 
     def matches(self, answers: list[str], label: str) -> list[bool]:
         return [bool(s > self.threshold) for s in self.similarity(answers, label)]
