@@ -3,7 +3,6 @@ shapes, extractors, and the transformers model path."""
 
 import io
 import json
-from dataclasses import dataclass
 
 import pyarrow as pa
 import pytest

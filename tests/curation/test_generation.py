@@ -1,6 +1,7 @@
 """Generation backends: the response cache, the transformers backend on tiny random models (causal
 LM and LLaVA), the vllm backend's absence, and the template backend."""
 
+import importlib.util
 import io
 import json
 
@@ -100,14 +101,8 @@ def test_transformers_image_text_to_text(tiny_llava):
     assert gen.is_vision
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_absent_is_a_user_error():
-    pytest.importorskip("vlmforge.curation.generation.vllm")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("vllm is installed here")
     gen = make_generator("vllm", "some/model", cache_dir=False)
     with pytest.raises(UserError, match="optional vllm"):
         gen([GenerationRequest("hi")])

@@ -17,10 +17,10 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import GeneratorMixin, stable_int
+from vlmforge.builders.selfsynth import FromBuildMixin, GeneratorMixin, stable_int
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, normalise
-from vlmforge.errors import BuildError, UserError
+from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record
 from vlmforge.sources.build import load_record_sample
@@ -47,7 +47,7 @@ class CvcTrialsConfig(BuildConfig):
     max_correct: int = 4
 
 
-class CvcTrialsBuilder(GeneratorMixin, Builder):
+class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     name = "cvc-trials"
     VERSION = "1.0.0"
     Config = CvcTrialsConfig
@@ -75,24 +75,13 @@ class CvcTrialsBuilder(GeneratorMixin, Builder):
         if not 1 <= config.min_correct <= config.max_correct <= config.trials:
             raise UserError(f"need 1 <= --min-correct ({config.min_correct}) <= --max-correct ({config.max_correct}) "
                             f"<= --trials ({config.trials})")
-        self.generator_options = dict(generator_options or {})
-        self.cache_dir = cache_dir
-        self.quiet = quiet
+        self._init_generation(generator_options, cache_dir, quiet)
         self.candidates: dict[str, list[str]] = {}
-
-    @classmethod
-    def open_source(cls, kind: str | None, **options: Any):
-        from vlmforge.sources import open_source
-
-        return open_source("build", **options)
 
     def prepare(self) -> None:
         """Labels per supercategory: the answer space the template backend guesses from."""
-        build = self.src.build
-        cols = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
-        if not {"label", "supercategory"} <= cols:
-            raise BuildError(f"{build.path} has no label/supercategory columns: --from must be an occlusion build")
-        rows = build.sql("SELECT DISTINCT supercategory, label FROM samples WHERE label IS NOT NULL "
+        self.require_parent_columns({"label", "supercategory"}, "--from must be an occlusion build")
+        rows = self.src.build.sql("SELECT DISTINCT supercategory, label FROM samples WHERE label IS NOT NULL "
                          "ORDER BY supercategory, label").fetchall()
         self.candidates = {}
         for sup, label in rows:

@@ -85,11 +85,19 @@ def question_type_of(question: str, subject: str) -> str | None:
 
 
 class GeneratorMixin:
-    """A builder that calls a generator: made once (in prepare or setup), cached on disk, never pickled."""
+    """A builder that calls a generator: made once (in prepare or setup), cached on disk, never pickled.
+    Runtime options (device, batch size, endpoint, cache folder) stay out of the config, so they never
+    change the build's identity."""
 
-    generator_options: dict[str, Any]
-    cache_dir: str | Path | None
+    generator_options: dict[str, Any] = {}
+    cache_dir: str | Path | None = None
     quiet = True
+
+    def _init_generation(self, generator_options: dict[str, Any] | None, cache_dir: str | Path | None,
+                         quiet: bool) -> None:
+        self.generator_options = dict(generator_options or {})
+        self.cache_dir = cache_dir
+        self.quiet = quiet
 
     def _make_generator(self, backend: str, model: str | None) -> Generator:
         cache = {} if not hasattr(self, "_generators") else self._generators
@@ -115,6 +123,24 @@ class GeneratorMixin:
         state = dict(self.__dict__)
         state.pop("_generators", None)  # each worker makes its own (ray pickles the builder)
         return state
+
+
+class FromBuildMixin:
+    """A builder whose source is a finished build (a round, trials): lineage comes with BuildSource."""
+
+    src: Any
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any):
+        from vlmforge.sources import open_source
+
+        return open_source("build", **options)
+
+    def require_parent_columns(self, names: set[str], hint: str) -> None:
+        build = self.src.build
+        have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+        if not names <= have:
+            raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
 
 
 @dataclass
@@ -157,9 +183,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
     def __init__(self, config: SelfSynthConfig, source, generator_options: dict[str, Any] | None = None,
                  cache_dir: str | Path | None = None, quiet: bool = True):
         super().__init__(config, source)
-        self.generator_options = dict(generator_options or {})
-        self.cache_dir = cache_dir
-        self.quiet = quiet
+        self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)
         self.selected: dict[str, dict[str, Any]] = {}
         if config.concepts not in ("generate", "attributes") and not Path(config.concepts).is_file():

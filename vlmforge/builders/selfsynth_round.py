@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import question_type_of
+from vlmforge.builders.selfsynth import FromBuildMixin, question_type_of
 from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
 from vlmforge.curation.softmatch import names_label
-from vlmforge.errors import BuildError, UserError
+from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record
 from vlmforge.sources.build import load_record_sample
@@ -71,7 +71,7 @@ class SelfSynthRoundConfig(BuildConfig):
     ib_temperature: float = IB_TEMPERATURE
 
 
-class SelfSynthRoundBuilder(Builder):
+class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
     VERSION = "1.0.0"
     Config = SelfSynthRoundConfig
@@ -101,17 +101,9 @@ class SelfSynthRoundBuilder(Builder):
         self.answers: dict[str, list[dict[str, Any]]] = {}
         self.all_concepts: list[str] = []
 
-    @classmethod
-    def open_source(cls, kind: str | None, **options: Any):
-        from vlmforge.sources import open_source
-
-        return open_source("build", **options)
-
     def prepare(self) -> None:
+        self.require_parent_columns({"label", "concepts"}, "--from must be a selfsynth build or round")
         build = self.src.build
-        cols = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
-        if "concepts" not in cols or "label" not in cols:
-            raise BuildError(f"{build.path} has no concepts/label columns: --from must be a selfsynth build or round")
         self.answers = read_answers(self.config.answers)
         rows = build.sql("SELECT DISTINCT unnest(concepts) AS c FROM samples ORDER BY c").fetchall()
         self.all_concepts = [r[0] for r in rows]
