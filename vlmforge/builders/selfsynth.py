@@ -146,6 +146,7 @@ class FromBuildMixin:
 @dataclass
 class SelfSynthConfig(BuildConfig):
     concepts: str = "generate"  # generate | attributes | path to a JSON file {label: [features]}
+    concepts_sha256: str = ""  # of the concepts file, filled in: the build's identity follows its content
     generator: str = "template"  # backend for descriptions and QA (a BACKENDS name)
     model: str | None = None
     concept_generator: str | None = None  # backend for class concepts (default: the generator)
@@ -186,8 +187,11 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)
         self.selected: dict[str, dict[str, Any]] = {}
-        if config.concepts not in ("generate", "attributes") and not Path(config.concepts).is_file():
-            raise UserError(f"--concepts must be generate, attributes or a JSON file; {config.concepts!r} is none")
+        if config.concepts not in ("generate", "attributes"):
+            path = Path(config.concepts)
+            if not path.is_file():
+                raise UserError(f"--concepts must be generate, attributes or a JSON file; {config.concepts!r} is none")
+            config.concepts_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any):
