@@ -59,9 +59,10 @@ class Builder:
         return open_source(kind or "coco", **options)
 
     def prepare(self) -> None:
-        """Work over the whole source before any sample is made (e.g. corpus statistics). Runs once,
-        in the driver, when the build is not already complete; its results travel to the workers
-        with the builder."""
+        """Work that needs every record before the first batch (corpus statistics, per-class
+        generation). Runs once in the driver each time a build starts or resumes, not when the build
+        is already complete; keep results on `self` (they travel to workers with the builder, so drop
+        loaded models in __getstate__) and make it cheap to repeat (cache model calls)."""
 
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""

@@ -209,9 +209,24 @@ def make_tiny_mlm(out_dir: str | Path, seed: int = 0) -> Path:
     tok = bert_tokenizer(out / "_vocab", words=_detection_words())
     model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=128))
+def make_tiny_causal_lm(out_dir: str | Path, seed: int = 0) -> Path:
+    """A Llama causal LM of ~50k parameters with the byte-level BPE tokenizer and a chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = causal_lm_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
 
 TINY_KINDS.update({"grounding-dino": make_tiny_grounding_dino, "sam": make_tiny_sam, "mlm": make_tiny_mlm})
+TINY_KINDS["causal-lm"] = make_tiny_causal_lm
