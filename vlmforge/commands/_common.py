@@ -20,7 +20,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or 
 Seed = Annotated[int, typer.Option("--seed", help="seed of every random choice (combined with each sample's key)")]
 
 # Source options shared by builders that read raw data.
-SourceKind = Annotated[str, typer.Option("--source", help="coco, llava-json or imagefolder")]
+SourceKind = Annotated[str, typer.Option("--source", help="coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")]
 CocoRoot = Annotated[Optional[Path], typer.Option("--coco-root", help="COCO root with annotations/ and <split>/ (official layout)")]
 CocoSplit = Annotated[str, typer.Option("--split", help="COCO split folder name, e.g. val2017 or train2017")]
 Captions = Annotated[Optional[Path], typer.Option("--captions", help="COCO-format captions JSON (with --images)")]

@@ -49,9 +49,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             "coco": dict(coco_root=coco_root, split=split, captions=captions, instances=instances, images=images),
             "llava-json": dict(json=json_file, image_root=image_root),
             "imagefolder": dict(root=root),
+            "cub": dict(root=root),
+            "fgvc-aircraft": dict(root=root),
+            "stanford-dogs": dict(root=root),
         }.get(source)
         if opts is None:
-            raise UserError(f"unknown source {source!r}; use coco, llava-json or imagefolder")
+            raise UserError(f"unknown source {source!r}; use coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")
         src = CopyBuilder.open_source(source, **opts)
         cfg = CopyConfig(seed=seed, check_images=check_images, jpeg_quality=jpeg_quality)
         run_cli_build(CopyBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
