@@ -114,22 +114,32 @@ class AnnotationGrounder:
         self.embed_threshold = embed_threshold
         self.embedder_name = embedder
         self._emb = None
-        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str | None, float]] = {}
+        self._vec: dict[str, np.ndarray] = {}
 
     def setup(self) -> None:
         pass
 
-    def _embedding_match(self, label: str, present: list[str]) -> tuple[str | None, float]:
-        key = (label, tuple(present))
-        if key not in self._cache:
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        """Unit embeddings, each text encoded once per process (labels and category names repeat)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._vec]
+        if missing:
             from vlmforge.curation.embedding import shared_embedder
 
-            emb = shared_embedder(self.embedder_name)
-            vecs = emb.encode([label] + present)
-            sims = vecs[1:] @ vecs[0]
-            best = int(np.argmax(sims))
-            self._cache[key] = (present[best], float(sims[best])) if sims[best] >= self.embed_threshold else (None, float(sims[best]))
-        return self._cache[key]
+            for t, v in zip(missing, shared_embedder(self.embedder_name).encode(missing)):
+                self._vec[t] = v
+        return np.stack([self._vec[t] for t in texts])
+
+    def prefetch(self, labels: list[str]) -> None:
+        """Embed, in one batch, every label the synonym table does not know, and all category names."""
+        unknown = [lab for lab in labels if category_for_label(lab) is None]
+        if unknown:
+            self._vectors(unknown + [c["name"] for c in self.categories.values()])
+
+    def _embedding_match(self, label: str, present: list[str]) -> tuple[str | None, float]:
+        vecs = self._vectors([label] + present)
+        sims = vecs[1:] @ vecs[0]
+        best = int(np.argmax(sims))
+        return (present[best], float(sims[best])) if sims[best] >= self.embed_threshold else (None, float(sims[best]))
 
     def ground(self, phrase: str, label: str, plural: bool, instances: list[dict], image: np.ndarray | None = None,
                masks: dict[int, np.ndarray] | None = None) -> Grounding | None:

@@ -4,7 +4,8 @@
 is the object's box, painted in RGB (123, 116, 103). Candidate centres lie on a grid of stride
 s = int(sqrt(P)) inside the mask, visited row by row; a countdown, drawn from the sample's own
 random generator, decides which centres get a patch: it starts at a draw from [0, s], and after each
-patch restarts at a draw from [1, s]. Same seed and key -> same blocks.
+patch restarts at a draw from [1, s] (the draws are taken as one vector, so the walk is a cumsum).
+Same seed and key -> same blocks.
 
 Also `solid` (the mask filled with the same colour), `blur`, `noise` and `inpaint` (OpenCV Telea).
 The mask may first be dilated by a number of pixels. Every function returns the new image and the
@@ -42,24 +43,43 @@ def block_size(box_w: float, box_h: float) -> tuple[int, int]:
     return patch, int(np.sqrt(patch))
 
 
+def block_centres(mask: np.ndarray, stride: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The grid points (row-major, stride `stride`) inside `mask` that the countdown selects: the
+    first after skipping a draw from [0, s] points, each next after skipping a draw from [1, s]."""
+    ys, xs = np.nonzero(mask[::stride, ::stride])
+    n = len(ys)
+    if n == 0:
+        return ys, xs
+    first = int(rng.integers(0, stride + 1))
+    # Enough skips to walk past the last point even if every draw were the smallest (1).
+    skips = rng.integers(1, stride + 1, size=n // 2 + 1)
+    picked = first + np.concatenate(([0], np.cumsum(skips + 1)))
+    picked = picked[picked < n]
+    return ys[picked] * stride, xs[picked] * stride
+
+
 def occlude_with_blocks(image: np.ndarray, mask: np.ndarray, box: list[float], rng: np.random.Generator,
                         color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's block fill. Each selected grid point becomes a P x P square (rows and columns
+    [g - (P - 1 - P // 2), g + P // 2], clipped at the image border), painted by one dilation."""
+    import cv2
+
     patch, stride = block_size(box[2], box[3])
     h, w = mask.shape
+    gy, gx = block_centres(mask, stride, rng)
+    painted = np.zeros((h, w), bool)
     out = image.copy()
-    painted = np.zeros_like(mask, dtype=bool)
-    ys, xs = np.nonzero(mask[::stride, ::stride])  # grid points inside the mask, row-major order
-    half = patch // 2
-    countdown = int(rng.integers(0, stride + 1))
-    for gy, gx in zip(ys * stride, xs * stride):
-        if countdown > 0:
-            countdown -= 1
-            continue
-        y0, x0 = max(gy - half, 0), max(gx - half, 0)
-        y1, x1 = min(y0 + patch, h), min(x0 + patch, w)
-        painted[y0:y1, x0:x1] = True
-        countdown = int(rng.integers(1, stride + 1))
-    out[painted] = color
+    if len(gy) == 0:
+        return out, painted
+    # Work inside the mask's bounding box grown by a patch: small objects cost little.
+    y0, y1 = max(int(gy.min()) - patch, 0), min(int(gy.max()) + patch + 1, h)
+    x0, x1 = max(int(gx.min()) - patch, 0), min(int(gx.max()) + patch + 1, w)
+    seeds = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    seeds[gy - y0, gx - x0] = 1
+    kernel = np.ones((patch, patch), np.uint8)
+    region = cv2.dilate(seeds, kernel, anchor=(patch - 1 - patch // 2, patch - 1 - patch // 2)).astype(bool)
+    painted[y0:y1, x0:x1] = region
+    out[y0:y1, x0:x1][region] = color
     return out, painted
 
 

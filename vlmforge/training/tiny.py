@@ -209,6 +209,11 @@ def make_tiny_mlm(out_dir: str | Path, seed: int = 0) -> Path:
     tok = bert_tokenizer(out / "_vocab", words=_detection_words())
     model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=128))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def make_tiny_causal_lm(out_dir: str | Path, seed: int = 0) -> Path:
     """A Llama causal LM of ~50k parameters with the byte-level BPE tokenizer and a chat template."""
     import torch
