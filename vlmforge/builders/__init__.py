@@ -6,6 +6,12 @@ import importlib
 
 BUILDERS: dict[str, str] = {
     "copy": "vlmforge.builders.copy:CopyBuilder",
+    "split": "vlmforge.builders.split:SplitBuilder",
+    "subset": "vlmforge.builders.subset:SubsetBuilder",
+    "mix": "vlmforge.builders.mix:MixBuilder",
+    "mcqa": "vlmforge.builders.mcqa:McqaBuilder",
+    "grading": "vlmforge.builders.grading:GradingBuilder",
+    "vg": "vlmforge.builders.vg:VgBuilder",
 }
 
 

@@ -21,7 +21,7 @@ CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
 @dataclass
 class CopyConfig(BuildConfig):
     check_images: str = "quick"  # quick: header + JPEG end marker; full: decode every pixel
-    jpeg_quality: int = 95  # for images converted to JPEG (formats other than JPEG and PNG)
+    jpeg_quality: int = 95  # for images converted to JPEG (formats other than JPEG and PNG; for LLaVA JSON all but RGB JPEG)
 
 
 class CopyBuilder(Builder):
@@ -53,7 +53,8 @@ class CopyBuilder(Builder):
         sample = Sample(key=self._key(rec), doc=doc, source_id=sid, columns=columns)
         if rec.get("file"):
             try:
-                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality)
+                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality,
+                                       keep=self.keep_formats())
             except ImageError as e:
                 return Reject(sid, e.reason, "read_image", e.detail)
             sample.image, sample.image_ext = img.data, img.ext
@@ -61,6 +62,11 @@ class CopyBuilder(Builder):
             columns["original_format"] = img.original_format
         columns["n_turns"] = len(doc.get("conversations", []))
         return sample
+
+    def keep_formats(self) -> tuple[str, ...]:
+        """Image formats stored as they are. LLaVA's scripts expect RGB JPEG, so for LLaVA JSON
+        every other format (PNG, GIF, CMYK, palette, alpha) is converted."""
+        return ("JPEG",) if self.src.name == "llava-json" else ("JPEG", "PNG")
 
     def _from_build(self, rec: Record) -> Sample:
         """A parent build's sample, carried over with its image and json unchanged."""

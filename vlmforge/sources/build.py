@@ -38,12 +38,25 @@ class BuildSource(Source):
     def count(self, split: str) -> int:
         return int(self.build.sql(self._query(split, "count(*)"), [split]).fetchall()[0][0])
 
+    def rows(self, split: str, what: str = "*") -> Iterator[dict[str, Any]]:
+        """Manifest rows of `split` (columns `what`) in shard order, fetched in batches so that a
+        large parent's manifest never sits in memory whole."""
+        con = self.build.connect()
+        try:
+            cur = con.execute(self._query(split, what) + ' ORDER BY shard, "offset"', [split])
+            names = [d[0] for d in cur.description]
+            while True:
+                batch = cur.fetchmany(10_000)
+                if not batch:
+                    break
+                for row in batch:
+                    yield dict(zip(names, row))
+        finally:
+            con.close()
+
     def records(self, split: str) -> Iterator[Record]:
-        rel = self.build.sql(self._query(split, "*") + ' ORDER BY shard, "offset"', [split])
-        names = list(rel.columns)
         root = str(self.build.path)
-        for row in rel.fetchall():
-            rec = dict(zip(names, row))
+        for rec in self.rows(split):
             rec["source_id"] = rec["key"]
             rec["build_path"] = root
             yield rec

@@ -1,0 +1,262 @@
+"""`vlmforge build split|subset|mix|mcqa|grading|vg` and `vlmforge export llava|llava-split`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlmforge.commands._common import (
+    Executor, ImageRoot, JsonFile, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers,
+    run_cli_build,
+)
+
+export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
+
+From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.0.0")]
+Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition over the parent manifest, e.g. \"label IN ('cat', 'dog')\"")]
+ParentSplits = Annotated[Optional[list[str]], typer.Option("--parent-split", help="use only this parent split (repeatable; default: all)")]
+LabelColumn = Annotated[str, typer.Option("--label-column", help="manifest column holding the class")]
+ClassesFrom = Annotated[Optional[Path], typer.Option("--classes-from", help="text file, one class per line")]
+
+
+def register(app: typer.Typer, build_app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")
+
+    @build_app.command("split")
+    def build_split(
+        parent: From = None,
+        source: Annotated[str, typer.Option("--source", help="build (a parent build, --from) or llava-json (--json)")] = "build",
+        json_file: JsonFile = None,
+        image_root: ImageRoot = None,
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction of every parent split (exact to one record)")] = None,
+        splits: Annotated[Optional[str], typer.Option("--splits", help="partition into named splits instead, e.g. train=0.9,val=0.1")] = None,
+        stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="apply the fraction within each value of this column; 'source' = LLaVA sub-dataset")] = None,
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG (llava-json)")] = 95,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Keep a hashed fraction of a build or a LLaVA JSON (--fraction 0.5: the LLaVA-1.5 half), or
+        partition it (--splits train=0.9,val=0.1). The same record is kept whatever the input order."""
+        from vlmforge.builders.split import SplitBuilder, SplitConfig
+
+        opts = (dict(path=parent, where=where, splits=parent_split) if source == "build"
+                else dict(json=json_file, image_root=image_root))
+        src = SplitBuilder.open_source(source, **opts)
+        cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
+        run_cli_build(SplitBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("subset")
+    def build_subset(
+        parent: From = None,
+        mode: Annotated[Optional[str], typer.Option("--mode", help="class-preserving, class-exclusive or seen-unseen (none: --where only)")] = None,
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="of each class's samples (class-preserving) or of the classes (class-exclusive)")] = None,
+        seen_unseen: Annotated[bool, typer.Option("--seen-unseen", help="same as --mode seen-unseen")] = False,
+        unseen_fraction: Annotated[Optional[float], typer.Option("--unseen-fraction", help="seen-unseen: fraction of classes held out")] = None,
+        classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="seen-unseen: file listing the seen classes, one per line")] = None,
+        train_splits: Annotated[Optional[list[str]], typer.Option("--train-split", help="split(s) that keep seen classes only (default: train)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Class-aware subsets of a labelled build: every class with a fraction of its samples, a
+        fraction of the classes with all their samples, or seen/unseen class splits; or any --where."""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+        from vlmforge.errors import UserError
+
+        if seen_unseen or classes_from is not None:
+            if mode not in (None, "seen-unseen"):
+                raise UserError("--seen-unseen and --classes-from go with --mode seen-unseen only")
+            mode = "seen-unseen"
+        seen = read_lines(classes_from, "--classes-from file") if classes_from else None
+        src = SubsetBuilder.open_source("build", path=parent, where=where, splits=parent_split)
+        cfg = SubsetConfig(seed=seed, mode=mode, fraction=fraction, label_column=label_column,
+                           unseen_fraction=unseen_fraction, seen_classes=seen, train_splits=train_splits)
+        run_cli_build(SubsetBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("mcqa")
+    def build_mcqa(
+        parent: From = None,
+        options: Annotated[int, typer.Option("--options", "-k", help="options per question")] = 4,
+        distractors: Annotated[str, typer.Option("--distractors", help="random, or hard: the nearest classes by embedding similarity")] = "random",
+        question: Annotated[str, typer.Option("--question", help="the question before the options")] = "What is the main object in this image?",
+        classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="answer vocabulary, one class per line (default: the classes of each split)")] = None,
+        embedder: Annotated[Optional[str], typer.Option("--embedder", help="sentence-transformers model path or Hub id for --distractors hard (default: offline MiniLM)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Multiple-choice test sets from a labelled build: k options, the gold letter balanced across
+        A..D, prompt '... A. x B. y ... Answer with the option's letter from the given choices directly.'"""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.mcqa import McqaBuilder, McqaConfig
+
+        classes = read_lines(classes_from, "--classes-from file") if classes_from else None
+        src = McqaBuilder.open_source("build", path=parent, where=where, splits=parent_split)
+        cfg = McqaConfig(seed=seed, options=options, distractors=distractors, question=question,
+                         label_column=label_column, classes=classes, embedder=embedder)
+        run_cli_build(McqaBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("mix")
+    def build_mix(
+        parents: Annotated[list[Path], typer.Option("--from", help="a parent build (give two or more)")],
+        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count, or a fraction")] = None,
+        weights: Annotated[Optional[str], typer.Option("--weights", help="proportions per parent, e.g. 1,3 (with --size)")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="records in the mix (with --weights)")] = None,
+        into: Annotated[Optional[str], typer.Option("--into", help="put every record in this split (default: keep the parents' splits)")] = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Combine builds (e.g. CVC trials + the LLaVA mix) by counts, fractions or weights; the new
+        build's lineage keeps every parent."""
+        from vlmforge.builders.mix import MixBuilder, MixConfig
+        from vlmforge.errors import UserError
+
+        try:
+            w = [float(x) for x in weights.split(",")] if weights else None
+        except ValueError:
+            raise UserError(f"--weights takes numbers separated by commas, got {weights!r}") from None
+        src = MixBuilder.open_source("builds", paths=parents, splits=parent_split)
+        cfg = MixConfig(seed=seed, take=take, weights=w, size=size, into=into)
+        run_cli_build(MixBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("grading")
+    def build_grading(
+        root: Annotated[Optional[Path], typer.Option("--root", help="graded folder tree ROOT/<split>/<grade>/<image>")] = None,
+        parent: From = None,
+        prompt: Annotated[Optional[str], typer.Option("--prompt", help="the human turn ('<image>' is put in front when missing)")] = None,
+        answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {grade} and {description}")] = None,
+        descriptions: Annotated[Optional[Path], typer.Option("--descriptions", help="JSON file: grade -> description (default: Kellgren-Lawrence)")] = None,
+        per_grade: Annotated[Optional[int], typer.Option("--per-grade", help="draw this many images per grade and split")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="draw this many per split, evenly over the grades (500 = 100 per grade for 5)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG")] = 95,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Ordinal grade data (knee X-ray KL grades, any split/grade/image tree) as LLaVA records with
+        a templated answer, optionally balanced per grade."""
+        from vlmforge.builders.grading import GradingBuilder, GradingConfig, KL_ANSWER, KL_PROMPT, load_descriptions
+        from vlmforge.errors import UserError
+
+        if (root is None) == (parent is None):
+            raise UserError("give --root (a graded folder tree) or --from (a labelled build)")
+        src = (GradingBuilder.open_source("imagefolder", root=root) if root is not None
+               else GradingBuilder.open_source("build", path=parent, where=where, splits=parent_split))
+        cfg = GradingConfig(seed=seed, prompt=prompt or KL_PROMPT, answer_template=answer_template or KL_ANSWER,
+                            descriptions=load_descriptions(descriptions) if descriptions else None,
+                            per_grade=per_grade, size=size, label_column=label_column, jpeg_quality=jpeg_quality)
+        run_cli_build(GradingBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("vg")
+    def build_vg(
+        root: Annotated[Optional[Path], typer.Option("--root", help="Visual Genome folder: objects.json, image_data.json, VG_100K/, VG_100K_2/")] = None,
+        objects: Annotated[Optional[Path], typer.Option("--objects", help="objects.json (instead of --root)")] = None,
+        image_data: Annotated[Optional[Path], typer.Option("--image-data", help="image_data.json (instead of --root)")] = None,
+        images: Annotated[Optional[Path], typer.Option("--images", help="folder holding VG_100K/ and VG_100K_2/ (default: --root)")] = None,
+        synsets_from: Annotated[Optional[Path], typer.Option("--synsets-from", help="keep only the synsets listed in this file, one per line")] = None,
+        max_objects_per_image: Annotated[Optional[int], typer.Option("--max-objects-per-image", help="keep at most N objects per image (hashed choice)")] = None,
+        min_box_side: Annotated[int, typer.Option("--min-box-side", help="leave out boxes narrower or lower than this many pixels")] = 1,
+        crop: Annotated[bool, typer.Option("--crop", help="store the object's crop instead of the whole image")] = False,
+        prompt: Annotated[Optional[str], typer.Option("--prompt", help="the human turn")] = None,
+        answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {box}, {box_pixels}, {name}, {synset}")] = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of converted or cropped images")] = 95,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Visual Genome objects with synsets, one object-centric LLaVA record per object (the answer
+        holds the box and the class name). Feeds subset and mcqa (class = synset lemma)."""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.vg import VG_ANSWER, VG_PROMPT, VgBuilder, VgConfig
+
+        src = VgBuilder.open_source("vg", root=root, objects=objects, image_data=image_data, images=images)
+        cfg = VgConfig(seed=seed, prompt=prompt or VG_PROMPT, answer_template=answer_template or VG_ANSWER,
+                       synsets=read_lines(synsets_from, "--synsets-from file") if synsets_from else None,
+                       max_objects_per_image=max_objects_per_image, min_box_side=min_box_side, crop=crop,
+                       jpeg_quality=jpeg_quality)
+        run_cli_build(VgBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+
+    @export_app.command("llava")
+    def export_llava_cmd(
+        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.0.0")],
+        out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
+        split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
+    ) -> None:
+        """Write LLaVA instruction JSON + image folder for the official LLaVA scripts
+        (--data_path OUT/llava.json --image_folder OUT)."""
+        from vlmforge.export import export_llava
+        from vlmforge.progress import console
+
+        path = export_llava(build, out, split=split)
+        console.print(f"[green]wrote[/] {path}")
+
+    @export_app.command("llava-split")
+    def export_llava_split(
+        json_file: Annotated[Path, typer.Argument(help="LLaVA instruction JSON, e.g. llava_v1_5_mix665k.json")],
+        out: Annotated[Path, typer.Option("--out", help="folder for <split>.json files")],
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction (written to train.json)")] = None,
+        splits: Annotated[Optional[str], typer.Option("--splits", help="or partition: train=0.9,val=0.1")] = None,
+        stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="'source': the fraction within each sub-dataset")] = None,
+        seed: Seed = 0,
+    ) -> None:
+        """Split a LLaVA JSON file straight into LLaVA JSON files (streaming, records copied byte for
+        byte), keeping exactly the records `build split --source llava-json` keeps."""
+        from vlmforge.export import split_llava_json
+        from vlmforge.progress import console
+
+        for name, path in split_llava_json(json_file, out, fraction=fraction, splits=splits,
+                                           stratify_by=stratify_by, seed=seed).items():
+            console.print(f"[green]wrote[/] {name}: {path}")
