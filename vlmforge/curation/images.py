@@ -10,7 +10,8 @@ from PIL import Image, UnidentifiedImageError
 
 # Formats stored as they are; anything else is converted to JPEG.
 PASSTHROUGH = {"JPEG": "jpg", "PNG": "png"}
-# JPEG modes every reader handles; CMYK and YCCK JPEGs are converted like other formats.
+# JPEG modes every reader handles; CMYK and YCCK JPEGs are converted like other formats, and so are
+# 16-bit and float images (X-ray PNGs, TIFF scans), scaled to 8 bits.
 PLAIN_JPEG_MODES = ("RGB", "L")
 
 
@@ -65,6 +66,8 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
         raise ImageError("corrupt_image", f"{name}: {e}") from None
     ext = PASSTHROUGH.get(fmt)
     if fmt == "JPEG" and mode not in PLAIN_JPEG_MODES:
+        ext = None
+    if mode.startswith("I") or mode == "F":  # 16-bit or float pixels: readers clip them to 8 bits
         ext = None
     return EncodedImage(data, ext or "", width, height, fmt, mode)
 

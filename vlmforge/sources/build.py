@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from vlmforge.errors import UserError
 from vlmforge.manifests.read import Build, open_build, read_sample_at
 from vlmforge.sources.base import Record, Source
 
@@ -26,7 +27,12 @@ class BuildSource(Source):
         self._splits = [s for s in all_splits if splits is None or s in splits]
         if where:
             # Parse now, so a bad condition is one clear error before any work starts.
-            self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
+            import duckdb
+
+            try:
+                self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
+            except duckdb.Error as e:
+                raise UserError(f"the condition {where!r} does not work on the manifest: {str(e).splitlines()[0]}") from None
 
     def splits(self) -> list[str]:
         return self._splits
