@@ -76,14 +76,15 @@ def scan(path: Path) -> LlavaIndex:
         idx.ends.append(end)
         if _invalid(rec):
             idx.invalid.add(i)
-            raw_ids.append(None)
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            raw_ids.append(f"#{i}" if rid is None else str(rid))
             idx.subsources.append("invalid")
             continue
         rid = rec.get("id")
         raw_ids.append(None if rid is None or rid == "" else str(rid))
         idx.subsources.append(source_of_image(rec.get("image")))
-    counts = Counter(r for r in raw_ids if r is not None)
-    idx.ids = [f"#{i}" if i in idx.invalid else r for i, r in enumerate(raw_ids)]  # type: ignore[misc]
+    counts = Counter(r for i, r in enumerate(raw_ids) if r is not None and i not in idx.invalid)
+    idx.ids = list(raw_ids)  # type: ignore[arg-type]
     # Repeated or missing ids: name the record by its content. Records equal in content are
     # interchangeable, so numbering those in file order cannot change which content a key holds.
     redo = [i for i, r in enumerate(raw_ids) if i not in idx.invalid and (r is None or counts[r] > 1)]
