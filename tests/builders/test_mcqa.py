@@ -19,7 +19,7 @@ CLASSES = {"airplane": 3, "banana": 4, "car": 5, "cat": 6, "Dog": 3, "dog": 4, "
 def parent(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
     class_folder(root, CLASSES)
-    return vlmforge.build("copy", "imagefolder", out=root.parent / "parent", source_options={"root": str(root)})
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)})
 
 
 def test_prompt_format():

@@ -48,7 +48,7 @@ def parent(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
     class_folder(root, {"cat": 7, "dog": 8, "bird": 9, "fish": 11}, "train")
     class_folder(root, {"cat": 3, "dog": 4, "bird": 5, "fish": 6}, "test")
-    return vlmforge.build("copy", "imagefolder", out=root.parent / "parent", source_options={"root": str(root)},
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)},
                           max_samples_per_shard=7)
 
 

@@ -18,7 +18,7 @@ def parent(tmp_path_factory):
     root = tmp_path_factory.mktemp("folder")
     class_folder(root, COUNTS, "train")
     class_folder(root, {k: 2 for k in COUNTS}, "test")
-    return vlmforge.build("copy", "imagefolder", out=root.parent / "parent", source_options={"root": str(root)})
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)})
 
 
 def _labels(build, split):
