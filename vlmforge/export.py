@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, open_build
+
+if TYPE_CHECKING:
+    from vlmforge.manifests.read import Build
 
 IMAGE_TOKEN = "<image>"
 
@@ -48,8 +50,10 @@ def _image_rel(key: str, ext: str) -> str:
     return f"images/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.{ext}"
 
 
-def export_llava(build: str | Path | Build, out_dir: str | Path, split: str | None = None) -> Path:
+def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | None = None) -> Path:
     """Write `out_dir/llava.json` (or `llava_<split>.json`) and `out_dir/images/`; returns the JSON path."""
+    from vlmforge.manifests.read import Build, open_build
+
     b = build if isinstance(build, Build) else open_build(build)
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
@@ -71,7 +75,7 @@ def export_llava(build: str | Path | Build, out_dir: str | Path, split: str | No
     return target
 
 
-def _records(b: Build, split: str | None, out: Path) -> Iterator[dict[str, Any]]:
+def _records(b: "Build", split: str | None, out: Path) -> Iterator[dict[str, Any]]:
     for sample in b.samples(split):
         key = sample["__key__"]
         doc = sample["json"]
@@ -91,8 +95,7 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     """Split a LLaVA JSON file into `out_dir/<split>.json` files, streaming: one pass indexes the file
     (ids, sub-datasets, byte spans), the hashed selection is fitted on the keys, and a second pass
     copies the chosen records' bytes. Returns {split: path}."""
-    from vlmforge.builders.derived import check_fraction, parse_named_fractions
-    from vlmforge.curation.selection import fit_cuts, fraction_sizes
+    from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
     from vlmforge.sample import make_key
     from vlmforge.sources.jsonstream import SpanReader
     from vlmforge.sources.llava_json import scan

@@ -189,34 +189,6 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     return [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-def parse_named_fractions(text: str) -> list[tuple[str, float]]:
-    """'train=0.9,val=0.1' -> [('train', 0.9), ('val', 0.1)], checked."""
-    parts: list[tuple[str, float]] = []
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        try:
-            frac = float(value)
-        except ValueError:
-            frac = -1.0
-        if not sep or not name or not 0 <= frac <= 1:
-            raise UserError(f"--splits takes NAME=FRACTION pairs like train=0.9,val=0.1; got {item!r}")
-        if make_key(name) != name:
-            raise UserError(f"split name {name!r} must be lower-case letters, digits, '_' or '-'")
-        parts.append((name, frac))
-    if len({n for n, _ in parts}) != len(parts):
-        raise UserError(f"--splits names a split twice: {text}")
-    if sum(f for _, f in parts) > 1 + 1e-9:
-        raise UserError(f"--splits fractions add up to more than 1: {text}")
-    return parts
-
-
-def check_fraction(value: float | None, option: str) -> float:
-    if value is None or not 0 < value <= 1:
-        raise UserError(f"{option} must be a fraction in (0, 1], got {value}")
-    return value
-
-
 def group_key(value: Hashable) -> Hashable:
     """Group values as they come from DuckDB or a record dict (lists become tuples)."""
     return tuple(value) if isinstance(value, list) else value

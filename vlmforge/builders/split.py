@@ -15,10 +15,9 @@ from typing import Any
 
 from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.builders.derived import (
-    Plan, SelectedSource, build_key, check_column, check_fraction, group_key, iter_fields, open_parent,
-    parent_columns, parent_sample, parse_named_fractions,
+    Plan, SelectedSource, build_key, check_column, group_key, iter_fields, open_parent, parent_columns, parent_sample,
 )
-from vlmforge.curation.selection import fit_cuts, fraction_sizes
+from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source

@@ -21,11 +21,11 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
-    TRAIN_SPLITS, Plan, SelectedSource, build_key, check_column, check_fraction, iter_fields, open_parent,
+    TRAIN_SPLITS, Plan, SelectedSource, build_key, check_column, iter_fields, open_parent,
     parent_columns, parent_sample, read_lines,
 )
 from vlmforge.builders.base import Builder
-from vlmforge.curation.selection import choose, fit_cuts, round_half_up
+from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source

@@ -22,6 +22,9 @@ from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
+from vlmforge.errors import UserError
+from vlmforge.sample import make_key
+
 _TOP = 1 << 64  # above every rank value
 
 
@@ -136,3 +139,31 @@ def choose(names: Iterable[str], seed: int | str, count: int, salt: str = "") ->
     unique = sorted(set(names))
     ranked = sorted(unique, key=lambda k: (rank_value(seed, salt + k), k))
     return sorted(ranked[:count])
+
+
+def parse_named_fractions(text: str) -> list[tuple[str, float]]:
+    """'train=0.9,val=0.1' -> [('train', 0.9), ('val', 0.1)], checked."""
+    parts: list[tuple[str, float]] = []
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            frac = float(value)
+        except ValueError:
+            frac = -1.0
+        if not sep or not name or not 0 <= frac <= 1:
+            raise UserError(f"--splits takes NAME=FRACTION pairs like train=0.9,val=0.1; got {item!r}")
+        if make_key(name) != name:
+            raise UserError(f"split name {name!r} must be lower-case letters, digits, '_' or '-'")
+        parts.append((name, frac))
+    if len({n for n, _ in parts}) != len(parts):
+        raise UserError(f"--splits names a split twice: {text}")
+    if sum(f for _, f in parts) > 1 + 1e-9:
+        raise UserError(f"--splits fractions add up to more than 1: {text}")
+    return parts
+
+
+def check_fraction(value: float | None, option: str) -> float:
+    if value is None or not 0 < value <= 1:
+        raise UserError(f"{option} must be a fraction in (0, 1], got {value}")
+    return value
