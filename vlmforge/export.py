@@ -95,10 +95,11 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     """Split a LLaVA JSON file into `out_dir/<split>.json` files, streaming: one pass indexes the file
     (ids, sub-datasets, byte spans), the hashed selection is fitted on the keys, and a second pass
     copies the chosen records' bytes. Returns {split: path}."""
-    from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
-    from vlmforge.sample import make_key
+    from array import array
+
+    from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions, rank_value
     from vlmforge.sources.jsonstream import SpanReader
-    from vlmforge.sources.llava_json import scan
+    from vlmforge.sources.llava_json import sample_key, scan
 
     if (fraction is None) == (splits is None):
         raise UserError("give either --fraction F or --splits NAME=F,NAME=F")
@@ -109,11 +110,14 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     if not src.is_file():
         raise UserError(f"LLaVA JSON file not found: {src}")
     idx = scan(src)
-    keys, idx.ids = [make_key(sid) for sid in idx.ids], []  # the ids are needed only as keys
-    groups = idx.subsources if stratify_by else [None] * len(keys)
-    valid = [i for i in range(len(keys)) if i not in idx.invalid]
+    n = len(idx.ids)
+    keys, idx.ids = [sample_key(sid) for sid in idx.ids], []  # the ids are needed only as keys
+    values = array("Q", (rank_value(seed, k) for k in keys))  # computed once, for fitting and assigning
+    groups = idx.subsources if stratify_by else [None] * n
+    invalid = idx.invalid
     fractions = [f for _, f in parts]
-    cuts = fit_cuts(lambda: ((keys[i], groups[i]) for i in valid), seed, lambda g, n: fraction_sizes(fractions, n))
+    cuts = fit_cuts(lambda: ((keys[i], groups[i], values[i]) for i in range(n) if i not in invalid), seed,
+                    lambda g, size: fraction_sizes(fractions, size))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     targets = {name: out / f"{name}.json" for name, _ in parts}
@@ -124,8 +128,8 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
             f.write(b"[")
         with open(src, "rb") as fin:
             reader = SpanReader(fin)
-            for i in valid:
-                p = cuts.part(keys[i], groups[i])
+            for i in range(n):
+                p = None if i in invalid else cuts.part(keys[i], groups[i], values[i])
                 if p is None:
                     continue
                 name = parts[p][0]

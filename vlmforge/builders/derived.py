@@ -145,13 +145,13 @@ def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = buil
         for row in src.rows(split, cols):
             yield tuple(row.values())
         return
-    from vlmforge.sources.llava_json import LlavaJsonSource
+    from vlmforge.sources.llava_json import LlavaJsonSource, sample_key
 
     if isinstance(src, LlavaJsonSource) and set(fields) <= {"subsource"}:
         idx = src.index()
         for i, sid in enumerate(idx.ids):
             if i not in idx.invalid:
-                yield (make_key(sid),) + tuple(idx.subsources[i] for _ in fields)
+                yield (sample_key(sid),) + tuple(idx.subsources[i] for _ in fields)
         return
     for rec in src.records(split):
         if "invalid" in rec or "orphan" in rec:

@@ -57,12 +57,13 @@ class Cuts:
     sizes: dict[Hashable, list[int]] = field(default_factory=dict)
     value: Callable[[int | str, str], int] = rank_value
 
-    def part(self, key: str, group: Hashable = None) -> int | None:
-        """Index of the part `key` falls in, or None when it lies beyond the last part (dropped)."""
+    def part(self, key: str, group: Hashable = None, value: int | None = None) -> int | None:
+        """Index of the part `key` falls in, or None when it lies beyond the last part (dropped).
+        `value` is the key's rank value when already known."""
         cuts = self.thresholds.get(group)
         if cuts is None:
             return None
-        i = bisect_right(cuts, (self.value(self.seed, key), key))
+        i = bisect_right(cuts, (self.value(self.seed, key) if value is None else value, key))
         return i if i < len(cuts) else None
 
     def counts(self) -> dict[Hashable, list[int]]:
@@ -75,15 +76,17 @@ def fit_cuts(
     sizes: Callable[[Hashable, int], list[int]],
     value: Callable[[int | str, str], int] = rank_value,
 ) -> Cuts:
-    """Fit cut points over `items()` (pairs of unique key and group). `sizes(group, n)` gives the part
-    sizes for a group of n keys (they may add up to less than n: the rest is dropped). `items` is
-    called a second time only when rank values tie across a cut."""
+    """Fit cut points over `items()`: (key, group) pairs of unique keys, or (key, group, rank value)
+    when the values are already known. `sizes(group, n)` gives the part sizes for a group of n keys
+    (they may add up to less than n: the rest is dropped). `items` is called a second time only when
+    rank values tie across a cut."""
     per_group: dict[Hashable, array] = {}
-    for key, group in items():
+    for item in items():
+        group = item[1]
         arr = per_group.get(group)
         if arr is None:
             arr = per_group[group] = array("Q")
-        arr.append(value(seed, key))
+        arr.append(item[2] if len(item) > 2 else value(seed, item[0]))
     cuts = Cuts(seed, value=value)
     pending: dict[Hashable, list[tuple[int, int]]] = {}  # group -> [(cut index, position)] tied
     sorted_values: dict[Hashable, np.ndarray] = {}
@@ -119,10 +122,11 @@ def _break_ties(cuts: Cuts, items, pending, sorted_values) -> None:
     the key itself and take the one at the cut's position."""
     wanted = {g: {cuts.thresholds[g][i][0] for i, _ in cut_list} for g, cut_list in pending.items()}
     tied: dict[tuple[Hashable, int], list[str]] = {}
-    for key, group in items():
+    for item in items():
+        key, group = item[0], item[1]
         values = wanted.get(group)
         if values:
-            v = cuts.value(cuts.seed, key)
+            v = item[2] if len(item) > 2 else cuts.value(cuts.seed, key)
             if v in values:
                 tied.setdefault((group, v), []).append(key)
     for group, cut_list in pending.items():

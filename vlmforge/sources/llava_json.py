@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from array import array
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
+from vlmforge.sample import make_key
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.jsonstream import SpanReader, iter_json_array
 
@@ -35,14 +37,23 @@ def source_of_image(image: str | None) -> str:
     return {"coco": "coco", "gqa": "gqa", "ocr_vqa": "ocr_vqa", "textvqa": "textvqa", "vg": "vg"}.get(top, top)
 
 
+_CLEAN_KEY = re.compile(r"[a-z0-9_][a-z0-9_-]{0,179}")
+
+
+def sample_key(source_id: str) -> str:
+    """`make_key(source_id)` (the copy builder's key), quicker for ids that are keys already."""
+    if _CLEAN_KEY.fullmatch(source_id) and source_id[-1] != "-":
+        return source_id
+    return make_key(source_id)
+
+
 def content_digest(rec: dict) -> str:
     """A short digest of what a record says (image and turns), independent of JSON formatting."""
-    h = hashlib.blake2b(digest_size=6)
-    h.update(str(rec.get("image") or "").encode())
+    parts = [str(rec.get("image") or "")]
     for turn in rec.get("conversations") or []:
         if isinstance(turn, dict):
-            h.update(b"\x1e" + str(turn.get("from")).encode() + b"\x1f" + str(turn.get("value")).encode())
-    return h.hexdigest()
+            parts.append(f"{turn.get('from')}\x1f{turn.get('value')}")
+    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=6).hexdigest()
 
 
 def _invalid(rec: Any) -> str | None:
@@ -68,35 +79,57 @@ class LlavaIndex:
 
 
 def scan(path: Path) -> LlavaIndex:
-    """Index a LLaVA JSON file in one streaming pass (plus a re-read of records whose id repeats)."""
+    """Index a LLaVA JSON file in one streaming pass (plus a re-read of the first record of each
+    repeated id, whose repetition shows only later)."""
     idx = LlavaIndex()
-    raw_ids: list[str | None] = []
+    ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
+    first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
+    reread: list[int] = []
+    by_content: list[int] = []  # records named by id + content digest
     for i, (rec, start, end) in enumerate(iter_json_array(path)):
-        idx.starts.append(start)
-        idx.ends.append(end)
-        if _invalid(rec):
+        starts.append(start)
+        ends.append(end)
+        if type(rec) is not dict or type(rec.get("conversations")) is not list:
             idx.invalid.add(i)
             rid = rec.get("id") if isinstance(rec, dict) else None
-            raw_ids.append(f"#{i}" if rid is None else str(rid))
-            idx.subsources.append("invalid")
+            ids.append(f"#{i}" if rid is None else str(rid))
+            subsources.append("invalid")
             continue
+        subsources.append(source_of_image(rec.get("image")))
         rid = rec.get("id")
-        raw_ids.append(None if rid is None or rid == "" else str(rid))
-        idx.subsources.append(source_of_image(rec.get("image")))
-    counts = Counter(r for i, r in enumerate(raw_ids) if r is not None and i not in idx.invalid)
-    idx.ids = list(raw_ids)  # type: ignore[arg-type]
-    # Repeated or missing ids: name the record by its content. Records equal in content are
-    # interchangeable, so numbering those in file order cannot change which content a key holds.
-    redo = [i for i, r in enumerate(raw_ids) if i not in idx.invalid and (r is None or counts[r] > 1)]
-    if redo:
-        seen: Counter = Counter()
+        if rid is None or rid == "":
+            ids.append(f"noid#{content_digest(rec)}")
+            by_content.append(i)
+            continue
+        rid = rid if type(rid) is str else str(rid)
+        j = first.get(rid)
+        if j is None:
+            first[rid] = i
+            ids.append(rid)
+            continue
+        if j >= 0:
+            reread.append(j)
+            first[rid] = -1
+        ids.append(f"{rid}#{content_digest(rec)}")
+        by_content.append(i)
+    del first
+    if reread:
+        reread.sort()
         with open(path, "rb") as f:
             reader = SpanReader(f)
-            for i in redo:
-                rec = json.loads(reader.read(idx.starts[i], idx.ends[i]))
-                base = f"{raw_ids[i] or 'noid'}#{content_digest(rec)}"
-                seen[base] += 1
-                idx.ids[i] = base if seen[base] == 1 else f"{base}#{seen[base] - 1}"
+            for j in reread:
+                ids[j] = f"{ids[j]}#{content_digest(json.loads(reader.read(starts[j], ends[j])))}"
+        by_content = sorted(by_content + reread)
+    # Records equal in content are interchangeable, so numbering them in file order cannot change
+    # which content a name holds.
+    repeats = Counter(ids[i] for i in by_content)
+    seen: Counter = Counter()
+    for i in by_content:
+        name = ids[i]
+        if repeats[name] > 1:
+            seen[name] += 1
+            if seen[name] > 1:
+                ids[i] = f"{name}#{seen[name] - 1}"
     return idx
 
 
