@@ -76,7 +76,7 @@ def generate(path: Path, records: int, seed: int = 0) -> None:
     words = ("the a of on in with person dog car red blue left right above below what is there how many "
              "color bus table man woman sitting standing holding wearing shirt sign street building tree "
              "sky water food plate cat window door white black green yellow small large two three").split()
-    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 40))) for _ in range(4000)]
+    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 60))) for _ in range(4000)]
     total = sum(MIX.values())
     kinds = [k for k, n in MIX.items() for _ in range(round(n / total * 1000))]
     tmp = path.with_name(path.name + ".tmp")
