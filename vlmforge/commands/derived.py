@@ -46,8 +46,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Keep a hashed fraction of a build or a LLaVA JSON (--fraction 0.5: the LLaVA-1.5 half), or
-        partition it (--splits train=0.9,val=0.1). The same record is kept whatever the input order."""
+        """Keep a hashed fraction of a build or LLaVA JSON, or partition it into splits.
+
+        --fraction 0.5 keeps round(n/2) records of every parent split (the LLaVA-1.5 half);
+        --splits train=0.9,val=0.1 partitions. The same record is kept whatever the input order."""
         from vlmforge.builders.split import SplitBuilder, SplitConfig
 
         opts = (dict(path=parent, where=where, splits=parent_split) if source == "build"
@@ -78,8 +80,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Class-aware subsets of a labelled build: every class with a fraction of its samples, a
-        fraction of the classes with all their samples, or seen/unseen class splits; or any --where."""
+        """Class-preserving, class-exclusive or seen/unseen subsets of a labelled build.
+
+        class-preserving keeps every class with a fraction of its samples; class-exclusive a fraction of
+        the classes with all their samples; seen-unseen keeps unseen classes out of training. Or any --where."""
         from vlmforge.builders.derived import read_lines
         from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
         from vlmforge.errors import UserError
@@ -115,8 +119,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Multiple-choice test sets from a labelled build: k options, the gold letter balanced across
-        A..D, prompt '... A. x B. y ... Answer with the option's letter from the given choices directly.'"""
+        """Multiple-choice test sets from a labelled build, gold letters balanced.
+
+        k options (the class and k-1 distractors, random or --distractors hard), prompt
+        '... A. x B. y ... Answer with the option's letter from the given choices directly.'"""
         from vlmforge.builders.derived import read_lines
         from vlmforge.builders.mcqa import McqaBuilder, McqaConfig
 
@@ -144,8 +150,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Combine builds (e.g. CVC trials + the LLaVA mix) by counts, fractions or weights; the new
-        build's lineage keeps every parent."""
+        """Combine builds by counts, fractions or weights; lineage keeps every parent.
+
+        E.g. CVC trials + the LLaVA mix: --from trials --from llava --take all --take 0.5."""
         from vlmforge.builders.mix import MixBuilder, MixConfig
         from vlmforge.errors import UserError
 
@@ -180,8 +187,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Ordinal grade data (knee X-ray KL grades, any split/grade/image tree) as LLaVA records with
-        a templated answer, optionally balanced per grade."""
+        """Ordinal grade data (knee X-ray KL grades, split/grade/image trees) as LLaVA records.
+
+        The answer comes from a template with {grade} and {description}; --per-grade or --size draw
+        balanced sets."""
         from vlmforge.builders.grading import GradingBuilder, GradingConfig, KL_ANSWER, KL_PROMPT, load_descriptions
         from vlmforge.errors import UserError
 
@@ -217,8 +226,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         overwrite: Overwrite = False,
         quiet: Quiet = False,
     ) -> None:
-        """Visual Genome objects with synsets, one object-centric LLaVA record per object (the answer
-        holds the box and the class name). Feeds subset and mcqa (class = synset lemma)."""
+        """Visual Genome objects with synsets as object-centric LLaVA records.
+
+        One record per object; the answer holds its box and class name. Feeds subset and mcqa
+        (class = synset lemma)."""
         from vlmforge.builders.derived import read_lines
         from vlmforge.builders.vg import VG_ANSWER, VG_PROMPT, VgBuilder, VgConfig
 
@@ -235,8 +246,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
         split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
     ) -> None:
-        """Write LLaVA instruction JSON + image folder for the official LLaVA scripts
-        (--data_path OUT/llava.json --image_folder OUT)."""
+        """Write a build as LLaVA instruction JSON + image folder.
+
+        For the official LLaVA scripts: --data_path OUT/llava.json --image_folder OUT."""
         from vlmforge.export import export_llava
         from vlmforge.progress import console
 
@@ -252,8 +264,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="'source': the fraction within each sub-dataset")] = None,
         seed: Seed = 0,
     ) -> None:
-        """Split a LLaVA JSON file straight into LLaVA JSON files (streaming, records copied byte for
-        byte), keeping exactly the records `build split --source llava-json` keeps."""
+        """Split a LLaVA JSON file straight into LLaVA JSON files, streaming.
+
+        Records are copied byte for byte; the kept ones are exactly those `build split --source
+        llava-json` keeps (same keys, same hashing)."""
         from vlmforge.export import split_llava_json
         from vlmforge.progress import console
 
