@@ -35,8 +35,11 @@ def test_one_record_per_object_with_box_and_class(tmp_path, vg):
 def test_per_image_cap_ignores_object_order_and_crop(tmp_path, vg):
     objects = json.loads((vg / "objects.json").read_text())
     a = vlmforge.build("vg", "vg", out=tmp_path / "a", source_options={"root": str(vg)}, max_objects_per_image=2)
-    for entry in objects:
+    for entry in objects:  # reversed, and in the older layout: `id` for the image, `name` for the object
         entry["objects"].reverse()
+        entry["id"] = entry.pop("image_id")
+        for obj in entry["objects"]:
+            obj["name"] = obj.pop("names")[0]
     objects.reverse()
     (tmp_path / "rev").mkdir()
     (tmp_path / "rev" / "objects.json").write_text(json.dumps(objects))
@@ -45,6 +48,8 @@ def test_per_image_cap_ignores_object_order_and_crop(tmp_path, vg):
                                        "image_data": str(vg / "image_data.json"), "images": str(vg)})
     keys = lambda build: {r[0] for r in build.sql("SELECT key FROM samples").fetchall()}  # noqa: E731
     assert keys(a) == keys(b) and len(keys(a)) == 4
+    names = lambda build: sorted(r[0] for r in build.sql("SELECT name FROM samples").fetchall())  # noqa: E731
+    assert names(a) == names(b)
     c = vlmforge.build("vg", "vg", out=tmp_path / "c", source_options={"root": str(vg)}, crop=True,
                        synsets=["clock.n.01"])
     (s,) = list(c.samples())

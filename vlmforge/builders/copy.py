@@ -3,16 +3,15 @@ for derived builds (split, subset, mix) over raw data."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.derived import parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record
-from vlmforge.sources.build import load_record_sample
 
 DESCRIBE_PROMPT = "<image>\nDescribe this image briefly."
 CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
@@ -70,14 +69,7 @@ class CopyBuilder(Builder):
 
     def _from_build(self, rec: Record) -> Sample:
         """A parent build's sample, carried over with its image and json unchanged."""
-        parent = load_record_sample(rec)
-        doc = json.loads(parent.pop("json"))
-        key = parent.pop("__key__")
-        image_ext = rec["image_format"]
-        image = parent.pop(image_ext) if image_ext else None
-        columns = {name: rec.get(name) for name, _, _ in self.columns}
-        return Sample(key=key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
-                      height=rec["height"], source_id=rec["source_id"], extras=parent, columns=columns)
+        return parent_sample(rec, self.columns)
 
     def _key(self, rec: Record) -> str:
         src = self.src.name

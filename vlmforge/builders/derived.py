@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator
+from typing import Any, Callable, ClassVar, Hashable, Iterator
 
 import pyarrow as pa
 
+from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.errors import UserError
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.sample import Sample, make_key
@@ -135,6 +136,31 @@ class SelectedSource(Source):
     def describe(self) -> dict[str, Any]:
         self.plan.ensure_fitted(self.base)
         return {**self.base.describe(), "selection": {"counts": dict(self.plan.counts), **self.plan.summary}}
+
+
+class DerivedBuilder(Builder):
+    """A builder whose source is a parent build seen through its `plan_class`. It carries the parent's
+    manifest columns, then its `own_columns`."""
+
+    plan_class: ClassVar[type[Plan]] = Plan
+    own_columns: ClassVar[list[Column]] = []
+    batch_size = 64
+
+    def __init__(self, config: BuildConfig, source: Source):
+        if isinstance(source, SelectedSource):
+            self.plan = source.plan
+        else:
+            self.plan = self.plan_class(config)  # type: ignore[call-arg]
+            source = SelectedSource(source, self.plan)
+        super().__init__(config, source)
+        self.columns = parent_columns(source.base, self.own_columns)
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        """The parent build (options path, where, splits)."""
+        if (kind or "build") != "build":
+            raise UserError(f"{cls.name} reads a parent build: give --from BUILD_FOLDER")
+        return open_parent(options.get("path"), options.get("where"), options.get("splits"))
 
 
 def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = build_key) -> Iterator[tuple]:

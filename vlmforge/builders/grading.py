@@ -19,10 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.derived import (
-    Plan, SelectedSource, build_key, iter_fields, open_parent, parent_columns, parent_sample,
-)
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.curation.selection import fit_cuts
 from vlmforge.errors import UserError
@@ -143,33 +141,25 @@ def _raw_key(rec: Record) -> str:
     return make_key(rec["source_id"].rsplit(".", 1)[0])
 
 
-class GradingBuilder(Builder):
+class GradingBuilder(DerivedBuilder):
     name = "grading"
     VERSION = "1.0.0"
     Config = GradingConfig
     description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
     batch_size = 32
+    plan_class = GradingPlan
     own_columns = [
         ("label", pa.string(), "the grade as text (the class folder's grade)"),
         ("grade", pa.int32(), "the grade as a number; null for grades named without digits"),
         ("original_format", pa.string(), "image format as read from the source"),
     ]
 
-    def __init__(self, config: GradingConfig, source: Source):
-        self.plan = GradingPlan(config)
-        if not isinstance(source, SelectedSource):
-            source = SelectedSource(source, self.plan)
-        else:
-            self.plan = source.plan  # type: ignore[assignment]
-        super().__init__(config, source)
-        self.columns = parent_columns(source.base, self.own_columns)
-
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
         """imagefolder (option root: ROOT/<split>/<grade>/<image>) or build (path, where, splits)."""
         kind = kind or ("build" if options.get("path") else "imagefolder")
         if kind == "build":
-            return open_parent(options.get("path"), options.get("where"), options.get("splits"))
+            return super().open_source(kind, **options)
         if kind != "imagefolder":
             raise UserError("grading reads a graded folder tree (--root) or a labelled build (--from)")
         from vlmforge.sources import open_source

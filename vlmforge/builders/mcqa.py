@@ -14,15 +14,12 @@ import random
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.derived import (
-    Plan, SelectedSource, build_key, check_column, iter_fields, open_parent, parent_columns, parent_sample,
-)
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -138,33 +135,18 @@ class McqaPlan(Plan):
         return options, gold
 
 
-class McqaBuilder(Builder):
+class McqaBuilder(DerivedBuilder):
     name = "mcqa"
     VERSION = "1.0.0"
     Config = McqaConfig
     description = "Multiple-choice test sets from a labelled build: k options, balanced gold positions."
-    batch_size = 64
+    plan_class = McqaPlan
     own_columns = [
         ("label", pa.string(), "the class: the correct option"),
         ("options", pa.list_(pa.string()), "the options in letter order (A, B, ...)"),
         ("answer_index", pa.int32(), "index of the correct option (0 = A)"),
         ("answer", pa.string(), "letter of the correct option"),
     ]
-
-    def __init__(self, config: McqaConfig, source: Source):
-        self.plan = McqaPlan(config)
-        if not isinstance(source, SelectedSource):
-            source = SelectedSource(source, self.plan)
-        else:
-            self.plan = source.plan  # type: ignore[assignment]
-        super().__init__(config, source)
-        self.columns = parent_columns(source.base, self.own_columns)
-
-    @classmethod
-    def open_source(cls, kind: str | None, **options: Any) -> Source:
-        if (kind or "build") != "build":
-            raise UserError("mcqa reads a labelled parent build: give --from BUILD_FOLDER")
-        return open_parent(options.get("path"), options.get("where"), options.get("splits"))
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         out: list[list[Sample | Reject]] = []

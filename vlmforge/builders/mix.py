@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.derived import Plan, SelectedSource, iter_fields, parent_columns, parent_sample
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -166,25 +166,16 @@ class MixPlan(Plan):
         return src.splits() if self.config.into else [out_split]
 
 
-class MixBuilder(Builder):
+class MixBuilder(DerivedBuilder):
     name = "mix"
     VERSION = "1.0.0"
     Config = MixConfig
     description = "Several builds combined by counts, fractions or weights; every parent kept in the lineage."
-    batch_size = 64
+    plan_class = MixPlan
     own_columns = [
         ("parent_build", pa.string(), "build id of the parent the sample came from"),
         ("parent_key", pa.string(), "the sample's key in its parent (differs only for keys two parents share)"),
     ]
-
-    def __init__(self, config: MixConfig, source: Source):
-        self.plan = MixPlan(config)
-        if not isinstance(source, SelectedSource):
-            source = SelectedSource(source, self.plan)
-        else:
-            self.plan = source.plan  # type: ignore[assignment]
-        super().__init__(config, source)
-        self.columns = parent_columns(source.base, self.own_columns)
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:

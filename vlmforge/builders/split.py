@@ -15,11 +15,10 @@ from typing import Any
 
 from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.builders.derived import (
-    Plan, SelectedSource, build_key, check_column, group_key, iter_fields, open_parent, parent_columns, parent_sample,
+    DerivedBuilder, Plan, build_key, check_column, group_key, iter_fields, open_parent,
 )
 from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
 from vlmforge.errors import UserError
-from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.build import BuildSource
 
@@ -98,17 +97,15 @@ class SplitPlan(Plan):
         return self.parts[i][0] if self.parts else base_split
 
 
-class SplitBuilder(CopyBuilder):
+class SplitBuilder(DerivedBuilder, CopyBuilder):
+    """Copy's processing (raw LLaVA JSON records or parent samples) behind a SplitPlan."""
+
     name = "split"
     VERSION = "1.0.0"
     Config = SplitConfig
     description = "A hashed fraction of a parent build or LLaVA JSON, or its partition into named splits."
-
-    def __init__(self, config: SplitConfig, source: Source):
-        if not isinstance(source, SelectedSource):
-            source = SelectedSource(source, SplitPlan(config))
-        super().__init__(config, source)
-        self.columns = parent_columns(source.base, CopyBuilder.columns)
+    plan_class = SplitPlan
+    own_columns = CopyBuilder.columns
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
@@ -122,12 +119,3 @@ class SplitBuilder(CopyBuilder):
         if where:
             raise UserError("--where applies to a parent build (--from), not to raw sources")
         return open_source(kind, **options)
-
-    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
-        return [[self._one(rec)] for rec in batch]
-
-    def _from_build(self, rec: Record) -> Sample:
-        return parent_sample(rec, self.columns)
-
-    def key_of(self, rec: Record) -> str:
-        return build_key(rec)

@@ -15,16 +15,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import (
-    TRAIN_SPLITS, Plan, SelectedSource, build_key, check_column, iter_fields, open_parent,
-    parent_columns, parent_sample, read_lines,
-)
-from vlmforge.builders.base import Builder
+from vlmforge.builders.derived import TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -173,28 +168,13 @@ class SubsetPlan(Plan):
         return "seen" if rec.get(self.config.label_column) in self.seen else "unseen"
 
 
-class SubsetBuilder(Builder):
+class SubsetBuilder(DerivedBuilder):
     name = "subset"
     VERSION = "1.0.0"
     Config = SubsetConfig
     description = "Class-preserving, class-exclusive or seen/unseen subsets of a labelled build, or a SQL-filtered one."
-    batch_size = 64
+    plan_class = SubsetPlan
     own_columns = [("class_set", pa.string(), "seen or unseen (seen-unseen subsets); null otherwise")]
-
-    def __init__(self, config: SubsetConfig, source: Source):
-        self.plan = SubsetPlan(config)
-        if not isinstance(source, SelectedSource):
-            source = SelectedSource(source, self.plan)
-        else:
-            self.plan = source.plan  # type: ignore[assignment]
-        super().__init__(config, source)
-        self.columns = parent_columns(source.base, self.own_columns)
-
-    @classmethod
-    def open_source(cls, kind: str | None, **options: Any) -> Source:
-        if (kind or "build") != "build":
-            raise UserError("subset reads a parent build: give --from BUILD_FOLDER")
-        return open_parent(options.get("path"), options.get("where"), options.get("splits"))
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         out = []

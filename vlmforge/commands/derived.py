@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -11,6 +13,44 @@ from vlmforge.commands._common import (
     Executor, ImageRoot, JsonFile, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers,
     run_cli_build,
 )
+
+BuildRun = tuple  # (builder class, config, source): what a build command hands to run_cli_build
+
+
+def _run_options(
+    out: Out = Path("builds"),
+    workers: Workers = 1,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    max_samples_per_shard: MaxSamples = 10_000,
+    max_shard_bytes: MaxBytes = 1 << 30,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """The options every build command shares (their declarations; never called)."""
+
+
+def build_command(build_app: typer.Typer, name: str) -> Callable:
+    """Register `fn` as `vlmforge build NAME` with the shared run options added to its own; `fn`
+    returns (builder class, config, source) and the build runs with those options."""
+    # Annotations evaluated (this module postpones them), so typer sees the typer.Option metadata.
+    shared = inspect.signature(_run_options, eval_str=True).parameters
+
+    def decorate(fn: Callable[..., BuildRun]) -> Callable:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            run = {k: kwargs.pop(k) for k in shared}
+            builder_cls, config, source = fn(**kwargs)
+            run_cli_build(builder_cls, config, source, **run)
+
+        own = inspect.signature(fn, eval_str=True)
+        params = [*own.parameters.values(), *shared.values()]
+        command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        build_app.command(name)(command)
+        return fn
+
+    return decorate
 
 export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
 
@@ -24,7 +64,7 @@ ClassesFrom = Annotated[Optional[Path], typer.Option("--classes-from", help="tex
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
 
-    @build_app.command("split")
+    @build_command(build_app, "split")
     def build_split(
         parent: From = None,
         source: Annotated[str, typer.Option("--source", help="build (a parent build, --from) or llava-json (--json)")] = "build",
@@ -37,15 +77,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         parent_split: ParentSplits = None,
         jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG (llava-json)")] = 95,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Keep a hashed fraction of a build or LLaVA JSON, or partition it into splits.
 
         --fraction 0.5 keeps round(n/2) records of every parent split (the LLaVA-1.5 half);
@@ -56,9 +88,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                 else dict(json=json_file, image_root=image_root))
         src = SplitBuilder.open_source(source, **opts)
         cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
-        run_cli_build(SplitBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return SplitBuilder, cfg, src
 
-    @build_app.command("subset")
+    @build_command(build_app, "subset")
     def build_subset(
         parent: From = None,
         mode: Annotated[Optional[str], typer.Option("--mode", help="class-preserving, class-exclusive or seen-unseen (none: --where only)")] = None,
@@ -71,15 +103,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         where: Where = None,
         parent_split: ParentSplits = None,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Class-preserving, class-exclusive or seen/unseen subsets of a labelled build.
 
         class-preserving keeps every class with a fraction of its samples; class-exclusive a fraction of
@@ -96,9 +120,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = SubsetBuilder.open_source("build", path=parent, where=where, splits=parent_split)
         cfg = SubsetConfig(seed=seed, mode=mode, fraction=fraction, label_column=label_column,
                            unseen_fraction=unseen_fraction, seen_classes=seen, train_splits=train_splits)
-        run_cli_build(SubsetBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return SubsetBuilder, cfg, src
 
-    @build_app.command("mcqa")
+    @build_command(build_app, "mcqa")
     def build_mcqa(
         parent: From = None,
         options: Annotated[int, typer.Option("--options", "-k", help="options per question")] = 4,
@@ -110,15 +134,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         where: Where = None,
         parent_split: ParentSplits = None,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Multiple-choice test sets from a labelled build, gold letters balanced.
 
         k options (the class and k-1 distractors, random or --distractors hard), prompt
@@ -130,9 +146,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = McqaBuilder.open_source("build", path=parent, where=where, splits=parent_split)
         cfg = McqaConfig(seed=seed, options=options, distractors=distractors, question=question,
                          label_column=label_column, classes=classes, embedder=embedder)
-        run_cli_build(McqaBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return McqaBuilder, cfg, src
 
-    @build_app.command("mix")
+    @build_command(build_app, "mix")
     def build_mix(
         parents: Annotated[list[Path], typer.Option("--from", help="a parent build (give two or more)")],
         take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count, or a fraction")] = None,
@@ -141,15 +157,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         into: Annotated[Optional[str], typer.Option("--into", help="put every record in this split (default: keep the parents' splits)")] = None,
         parent_split: ParentSplits = None,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Combine builds by counts, fractions or weights; lineage keeps every parent.
 
         E.g. CVC trials + the LLaVA mix: --from trials --from llava --take all --take 0.5."""
@@ -162,9 +170,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"--weights takes numbers separated by commas, got {weights!r}") from None
         src = MixBuilder.open_source("builds", paths=parents, splits=parent_split)
         cfg = MixConfig(seed=seed, take=take, weights=w, size=size, into=into)
-        run_cli_build(MixBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return MixBuilder, cfg, src
 
-    @build_app.command("grading")
+    @build_command(build_app, "grading")
     def build_grading(
         root: Annotated[Optional[Path], typer.Option("--root", help="graded folder tree ROOT/<split>/<grade>/<image>")] = None,
         parent: From = None,
@@ -178,15 +186,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         parent_split: ParentSplits = None,
         jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG")] = 95,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Ordinal grade data (knee X-ray KL grades, split/grade/image trees) as LLaVA records.
 
         The answer comes from a template with {grade} and {description}; --per-grade or --size draw
@@ -201,9 +201,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         cfg = GradingConfig(seed=seed, prompt=prompt or KL_PROMPT, answer_template=answer_template or KL_ANSWER,
                             descriptions=load_descriptions(descriptions) if descriptions else None,
                             per_grade=per_grade, size=size, label_column=label_column, jpeg_quality=jpeg_quality)
-        run_cli_build(GradingBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return GradingBuilder, cfg, src
 
-    @build_app.command("vg")
+    @build_command(build_app, "vg")
     def build_vg(
         root: Annotated[Optional[Path], typer.Option("--root", help="Visual Genome folder: objects.json, image_data.json, VG_100K/, VG_100K_2/")] = None,
         objects: Annotated[Optional[Path], typer.Option("--objects", help="objects.json (instead of --root)")] = None,
@@ -217,15 +217,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {box}, {box_pixels}, {name}, {synset}")] = None,
         jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of converted or cropped images")] = 95,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Visual Genome objects with synsets as object-centric LLaVA records.
 
         One record per object; the answer holds its box and class name. Feeds subset and mcqa
@@ -238,7 +230,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                        synsets=read_lines(synsets_from, "--synsets-from file") if synsets_from else None,
                        max_objects_per_image=max_objects_per_image, min_box_side=min_box_side, crop=crop,
                        jpeg_quality=jpeg_quality)
-        run_cli_build(VgBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard, max_shard_bytes, overwrite, quiet)
+        return VgBuilder, cfg, src
 
     @export_app.command("llava")
     def export_llava_cmd(
