@@ -12,7 +12,9 @@ from vlmforge.manifests.read import Build, open_build
 from vlmforge.manifests.writer import ShardLimits
 
 
-def make_executor(name: str = "local", workers: int = 1, ray_address: str | None = None):
+def make_executor(name: str = "local", workers: int = 1, ray_address: str | None = None,
+                  concurrency: int | None = None, gpus_per_model_worker: float | None = None):
+    """The executor a build runs on: `local` (processes) or `ray` (a local instance or a cluster)."""
     if name == "local":
         from vlmforge.executors.local import LocalExecutor
 
@@ -22,7 +24,8 @@ def make_executor(name: str = "local", workers: int = 1, ray_address: str | None
             from vlmforge.executors.ray import RayExecutor
         except ImportError as e:
             raise UserError(f"the ray executor is not available: {e}") from None
-        return RayExecutor(address=ray_address, workers=workers)
+        return RayExecutor(address=ray_address, workers=workers, concurrency=concurrency,
+                           gpus_per_model_worker=gpus_per_model_worker)
     raise UserError(f"unknown executor {name!r}; use local or ray")
 
 
@@ -34,6 +37,8 @@ def build(
     workers: int = 1,
     executor: str = "local",
     ray_address: str | None = None,
+    concurrency: int | None = None,
+    gpus_per_model_worker: float | None = None,
     max_samples_per_shard: int = 10_000,
     max_shard_bytes: int = 1 << 30,
     overwrite: bool = False,
@@ -44,7 +49,8 @@ def build(
     """Run builder `builder` on a source and return the finished build.
 
     Example: `vlmforge.build("copy", "imagefolder", source_options={"root": "data/dogs"}, out="builds")`.
-    `config` holds the builder's Config fields (e.g. `seed=1`)."""
+    `config` holds the builder's Config fields (e.g. `seed=1`). `executor="ray"` runs it on Ray
+    (`ray_address`, `concurrency`, `gpus_per_model_worker`), byte-identical to the local executor."""
     cls = get_builder(builder)
     src = cls.open_source(source, **(source_options or {}))
     fields = set(cls.Config.__dataclass_fields__)
@@ -54,7 +60,7 @@ def build(
     cfg = cls.Config(**config)
     b = cls(cfg, src)
     path = run_build(
-        b, out=out, executor=make_executor(executor, workers, ray_address),
+        b, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
     )
     return open_build(path)

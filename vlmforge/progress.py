@@ -25,3 +25,14 @@ def progress_bar(label: str, total: int | None = None, disable: bool = False) ->
     with Progress(*columns, console=console, transient=not sys.stderr.isatty()) as prog:
         task = prog.add_task(label, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def quiet_model_loading() -> None:
+    """Silence transformers' per-load progress bars and advisory warnings: a build shows its own bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass

@@ -52,6 +52,7 @@ class Sample:
     source_id: str = ""
     extras: dict[str, bytes] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
+    image_sha256: str | None = None  # filled by finish_results() in the worker that made the sample
 
     def members(self) -> list[tuple[str, bytes]]:
         """Tar members in a fixed order: image, extras (sorted), json last."""
@@ -71,3 +72,13 @@ class Reject:
     reason: str
     stage: str = ""
     detail: str = ""
+
+
+def finish_results(results: list[list["Sample | Reject"]]) -> list[list["Sample | Reject"]]:
+    """Per-sample work that belongs in the worker, not the single writer: the image digest.
+    Executors call this on each batch's results before sending them back."""
+    for per_record in results:
+        for r in per_record:
+            if isinstance(r, Sample) and r.image is not None and r.image_sha256 is None:
+                r.image_sha256 = hashlib.sha256(r.image).hexdigest()
+    return results

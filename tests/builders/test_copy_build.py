@@ -222,3 +222,13 @@ def test_build_source_copies_a_filtered_parent(tmp_path, sample_coco):
         assert got[k]["jpg"] == want[k]["jpg"] and got[k]["json"] == want[k]["json"]
     with pytest.raises(UserError):
         vlmforge.build("copy", "build", out=tmp_path / "d", source_options={"path": str(parent.path), "where": "1=1; DROP TABLE samples"})
+
+
+def test_copy_reads_classification_sources(tmp_path):
+    from tests.classification_fixtures import make_cub
+
+    root = make_cub(tmp_path / "cub")
+    b = vlmforge.build("copy", "cub", out=tmp_path / "o", source_options={"root": str(root)})
+    rows = b.sql("SELECT key, label, split FROM samples ORDER BY key").fetchall()
+    assert rows and all(k.startswith("cub_") and lab for k, lab, _ in rows)
+    assert {s for _, _, s in rows} <= {"train", "test"}

@@ -6,6 +6,10 @@ import importlib
 
 BUILDERS: dict[str, str] = {
     "copy": "vlmforge.builders.copy:CopyBuilder",
+    "occlusion": "vlmforge.builders.occlusion:OcclusionBuilder",
+    "selfsynth": "vlmforge.builders.selfsynth:SelfSynthBuilder",
+    "selfsynth-round": "vlmforge.builders.selfsynth_round:SelfSynthRoundBuilder",
+    "cvc-trials": "vlmforge.builders.cvc_trials:CvcTrialsBuilder",
     "split": "vlmforge.builders.split:SplitBuilder",
     "subset": "vlmforge.builders.subset:SubsetBuilder",
     "mix": "vlmforge.builders.mix:MixBuilder",

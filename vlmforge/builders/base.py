@@ -58,6 +58,12 @@ class Builder:
 
         return open_source(kind or "coco", **options)
 
+    def prepare(self) -> None:
+        """Work that needs every record before the first batch (corpus statistics, per-class
+        generation). Runs once in the driver each time a build starts or resumes, not when the build
+        is already complete; keep results on `self` (they travel to workers with the builder, so drop
+        loaded models in __getstate__) and make it cheap to repeat (cache model calls)."""
+
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""
 
@@ -149,6 +155,7 @@ def run_build(
         return build_dir
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    builder.prepare()
 
     seen_keys: set[str] = set()
     columns = builder.columns

@@ -73,6 +73,8 @@ class CopyBuilder(Builder):
 
     def _key(self, rec: Record) -> str:
         src = self.src.name
+        if "key" in rec:  # classification readers (cub, fgvc-aircraft, stanford-dogs) make their own
+            return rec["key"]
         if src == "coco":
             return f"{int(rec['image_id']):012d}"
         if src == "imagefolder":
@@ -90,7 +92,7 @@ class CopyBuilder(Builder):
             else:
                 doc["conversations"] = []
             return doc, {}
-        if src == "imagefolder":
+        if "label" in rec:  # any class-labelled source
             doc = {"id": rec["source_id"], "label": rec["label"],
                    "conversations": [{"from": "human", "value": CLASSIFY_PROMPT}, {"from": "gpt", "value": rec["label"]}]}
             return doc, {"label": rec["label"]}

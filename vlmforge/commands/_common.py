@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 Out = Annotated[Path, typer.Option("--out", help="root folder of builds; the build lands in OUT/<builder>/<version>/")]
-Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it)")]
+Workers = Annotated[int, typer.Option("--workers", min=1, help="worker processes (results do not depend on it); with --executor ray: Ray workers, unless --concurrency")]
 Executor = Annotated[str, typer.Option("--executor", help="local (processes) or ray")]
-RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port)")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster address (auto, ray://host:port); none: a local Ray instance")]
+Concurrency = Annotated[Optional[int], typer.Option("--concurrency", min=1, help="with --executor ray: model workers (actors) or CPU tasks at once; default: as many as the cluster fits")]
+GpusPerModelWorker = Annotated[Optional[float], typer.Option("--gpus-per-model-worker", min=0, help="with --executor ray: GPUs each model worker holds (fractions share a GPU); default: the model's declaration")]
 MaxSamples = Annotated[int, typer.Option("--max-samples-per-shard", min=1, help="at most this many samples per shard")]
 MaxBytes = Annotated[int, typer.Option("--max-shard-bytes", min=1024, help="start a new shard before this size")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a different build in the same folder")]
@@ -18,7 +20,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or 
 Seed = Annotated[int, typer.Option("--seed", help="seed of every random choice (combined with each sample's key)")]
 
 # Source options shared by builders that read raw data.
-SourceKind = Annotated[str, typer.Option("--source", help="coco, llava-json or imagefolder")]
+SourceKind = Annotated[str, typer.Option("--source", help="coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")]
 CocoRoot = Annotated[Optional[Path], typer.Option("--coco-root", help="COCO root with annotations/ and <split>/ (official layout)")]
 CocoSplit = Annotated[str, typer.Option("--split", help="COCO split folder name, e.g. val2017 or train2017")]
 Captions = Annotated[Optional[Path], typer.Option("--captions", help="COCO-format captions JSON (with --images)")]
@@ -41,13 +43,20 @@ def run_cli_build(
     max_shard_bytes: int = 1 << 30,
     overwrite: bool = False,
     quiet: bool = False,
+    concurrency: int | None = None,
+    gpus_per_model_worker: float | None = None,
+    **builder_attrs,
 ) -> Path:
+    """Run a builder as the CLI does. `builder_attrs` (e.g. device) are set on the builder and stay
+    out of its identity: they change where work runs, not what it makes."""
     from vlmforge.api import make_executor
     from vlmforge.builders.base import run_build
     from vlmforge.manifests.writer import ShardLimits
 
     builder = builder_cls(config, source)
+    for name, value in builder_attrs.items():
+        setattr(builder, name, value)
     return run_build(
-        builder, out=out, executor=make_executor(executor, workers, ray_address),
+        builder, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from vlmforge.commands._common import (
-    Captions, CocoRoot, CocoSplit, Executor, ImageRoot, Images, Instances, JsonFile, MaxBytes, MaxSamples,
+    Captions, CocoRoot, CocoSplit, Concurrency, Executor, GpusPerModelWorker, ImageRoot, Images, Instances, JsonFile, MaxBytes, MaxSamples,
     Out, Overwrite, Quiet, RayAddress, Root, Seed, SourceKind, Workers, run_cli_build,
 )
 
@@ -32,6 +32,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         workers: Workers = 1,
         executor: Executor = "local",
         ray_address: RayAddress = None,
+        concurrency: Concurrency = None,
+        gpus_per_model_worker: GpusPerModelWorker = None,
         max_samples_per_shard: MaxSamples = 10_000,
         max_shard_bytes: MaxBytes = 1 << 30,
         overwrite: Overwrite = False,
@@ -47,10 +49,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             "coco": dict(coco_root=coco_root, split=split, captions=captions, instances=instances, images=images),
             "llava-json": dict(json=json_file, image_root=image_root),
             "imagefolder": dict(root=root),
+            "cub": dict(root=root),
+            "fgvc-aircraft": dict(root=root),
+            "stanford-dogs": dict(root=root),
         }.get(source)
         if opts is None:
-            raise UserError(f"unknown source {source!r}; use coco, llava-json or imagefolder")
+            raise UserError(f"unknown source {source!r}; use coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")
         src = CopyBuilder.open_source(source, **opts)
         cfg = CopyConfig(seed=seed, check_images=check_images, jpeg_quality=jpeg_quality)
         run_cli_build(CopyBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                      max_shard_bytes, overwrite, quiet)
+                      max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker)

@@ -32,6 +32,9 @@ class SentenceEmbedder:
     def setup(self) -> None:
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from vlmforge.progress import quiet_model_loading
+
+            quiet_model_loading()
 
             path = default_model_path() if self.model_name == DEFAULT_EMBEDDER else self.model_name
             self._model = SentenceTransformer(path, device=self.device)

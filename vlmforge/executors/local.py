@@ -11,6 +11,8 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from vlmforge.sample import finish_results
+
 if TYPE_CHECKING:
     from vlmforge.builders.base import Builder
 
@@ -26,11 +28,11 @@ def _init_worker(builder: "Builder") -> None:
 def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
     assert _WORKER_BUILDER is not None
     first, batch = task
-    return first, len(batch), _WORKER_BUILDER.process(batch)
+    return first, len(batch), finish_results(_WORKER_BUILDER.process(batch))
 
 
 class LocalExecutor:
-    """`workers=1` runs in-process; more uses forked processes, each calling `setup()` once."""
+    """`workers=1` runs in-process; more uses worker processes, each calling `setup()` once."""
 
     name = "local"
 
@@ -44,9 +46,12 @@ class LocalExecutor:
         if self.workers == 1:
             builder.setup()
             for first, batch in tasks:
-                yield first, len(batch), builder.process(batch)
+                yield first, len(batch), finish_results(builder.process(batch))
             return
-        ctx = mp.get_context("fork")
+        # forkserver, not fork: a parent that already ran torch (OpenMP) or holds threads (progress
+        # bars, shard hashing) can deadlock a forked child. Each worker gets the builder pickled.
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["vlmforge.builders.base"])
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(builder,)) as pool:
             pending: deque[Future] = deque()
             for task in tasks:

@@ -158,7 +158,7 @@ class SplitWriter:
             "shard": self._name,
             "offset": start,
             "source_id": sample.source_id,
-            "image_sha256": hashlib.sha256(sample.image).hexdigest() if sample.image is not None else None,
+            "image_sha256": (sample.image_sha256 or hashlib.sha256(sample.image).hexdigest()) if sample.image is not None else None,
             "image_format": sample.image_ext if sample.image is not None else None,
             "width": sample.width,
             "height": sample.height,

@@ -156,6 +156,12 @@ class LlavaJsonSource(Source):
             self._index = scan(self.path)
         return self._index
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers only process records; the index (tens of MB for mix665k) stays in the driver.
+        state = dict(self.__dict__)
+        state["_index"] = None
+        return state
+
     def splits(self) -> list[str]:
         return [self.split]
 

@@ -134,3 +134,99 @@ def make_tiny(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     except KeyError:
         raise UserError(f"unknown tiny model kind {kind!r}; known: {', '.join(sorted(TINY_KINDS))}") from None
     return factory(out_dir, seed=seed)
+
+
+def _detection_words() -> list[str]:
+    from vlmforge.curation.grounding import SYNONYMS
+
+    words = " ".join(CORPUS).lower().replace(".", " ").replace("?", " ").split()
+    for cat, syns in SYNONYMS.items():
+        words += cat.split() + [w for s in syns for w in s.split()]
+    return words
+
+
+def make_tiny_grounding_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """Grounding DINO with a tiny Swin backbone and a tiny BERT text encoder whose vocab puts the
+    special tokens at bert-base-uncased's ids (the model hard-codes them)."""
+    import torch
+    from transformers import (BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessorPil, GroundingDinoProcessor, SwinConfig)
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = bert_tokenizer(out / "_vocab", words=_detection_words(), bert_base_ids=True)
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                          window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=64)
+    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, num_queries=10,
+                              encoder_layers=1, decoder_layers=2,  # 1 decoder layer breaks bbox_embed tying
+                              encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+                              decoder_attention_heads=2, num_feature_levels=4, encoder_n_points=2,
+                              decoder_n_points=2, max_text_len=64)
+    model = GroundingDinoForObjectDetection(cfg).eval()
+    proc = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96}), tokenizer=tok)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def make_tiny_sam(out_dir: str | Path, seed: int = 0) -> Path:
+    """SAM with a 2-layer ViT image encoder at 64 px."""
+    import torch
+    from transformers import (SamConfig, SamImageProcessorPil, SamMaskDecoderConfig, SamModel, SamProcessor,
+                              SamPromptEncoderConfig, SamVisionConfig)
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    size, patch, hidden = 64, 8, 32
+    cfg = SamConfig(
+        vision_config=SamVisionConfig(hidden_size=32, output_channels=hidden, num_hidden_layers=2, num_attention_heads=2,
+                                      image_size=size, patch_size=patch, window_size=4, global_attn_indexes=[1],
+                                      num_pos_feats=hidden // 2, mlp_dim=64),
+        prompt_encoder_config=SamPromptEncoderConfig(hidden_size=hidden, image_size=size, patch_size=patch,
+                                                     mask_input_channels=4),
+        mask_decoder_config=SamMaskDecoderConfig(hidden_size=hidden, mlp_dim=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+    model = SamModel(cfg).eval()
+    proc = SamProcessor(image_processor=SamImageProcessorPil(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4}))
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+def make_tiny_mlm(out_dir: str | Path, seed: int = 0) -> Path:
+    """A 2-layer BERT masked LM with a WordPiece vocab covering everyday caption words."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = bert_tokenizer(out / "_vocab", words=_detection_words())
+    model = BertForMaskedLM(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=37, max_position_embeddings=128))
+def make_tiny_causal_lm(out_dir: str | Path, seed: int = 0) -> Path:
+    """A Llama causal LM of ~50k parameters with the byte-level BPE tokenizer and a chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    tok = causal_lm_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+TINY_KINDS.update({"grounding-dino": make_tiny_grounding_dino, "sam": make_tiny_sam, "mlm": make_tiny_mlm})
+TINY_KINDS["causal-lm"] = make_tiny_causal_lm

@@ -9,7 +9,12 @@ rule-based text, for offline builds). Every backend is wrapped by an on-disk cac
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -32,6 +37,7 @@ class Generator:
 
     backend: str = "base"
     resources: dict[str, float] = {"cpu": 1}
+    cacheable: bool = True  # False: make_generator() skips the on-disk cache (cheap, deterministic backends)
 
     def __init__(self, model: str | None = None, **options: Any):
         self.model = model
@@ -51,3 +57,124 @@ BACKENDS: dict[str, str] = {
     "openai": "vlmforge.curation.generation.openai:OpenAIGenerator",
     "template": "vlmforge.curation.generation.template:TemplateGenerator",
 }
+
+
+def request_key(backend: str, model: str | None, req: GenerationRequest) -> str:
+    """sha256 of everything that can change a request's answer: backend, model, prompt, system,
+    the image's sha256, sampling parameters, n and seed (and backend hints in `extra`)."""
+    payload = {
+        "backend": backend,
+        "model": model,
+        "prompt": req.prompt,
+        "system": req.system,
+        "image": hashlib.sha256(req.image).hexdigest() if req.image is not None else None,
+        "max_new_tokens": req.max_new_tokens,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "n": req.n,
+        "seed": req.seed,
+        "stop": list(req.stop),
+        "extra": req.extra,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """Where responses are cached unless told otherwise: $VLMFORGE_CACHE/generation."""
+    return Path(os.environ.get("VLMFORGE_CACHE", Path.home() / ".cache" / "vlmforge")) / "generation"
+
+
+class CachedGenerator(Generator):
+    """Any generator behind an on-disk response cache: one small JSON file per request key.
+
+    The wrapped backend is set up only when a request misses, so a fully cached rerun never loads a
+    model or opens a connection. Writes are atomic (temp file + rename): several worker processes may
+    share one cache folder, and a killed build leaves only whole entries behind.
+    """
+
+    def __init__(self, inner: Generator, cache_dir: str | Path):
+        super().__init__(inner.model)
+        self.inner = inner
+        self.backend = inner.backend
+        self.resources = inner.resources
+        self.cache_dir = Path(cache_dir)
+        self.hits = 0
+        self.misses = 0
+        self._ready = False
+
+    def setup(self) -> None:
+        """Nothing to load until a request misses the cache."""
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _read(self, key: str) -> list[str] | None:
+        try:
+            entry = json.loads(self._path(key).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        texts = entry.get("texts")
+        return texts if isinstance(texts, list) else None
+
+    def _write(self, key: str, req: GenerationRequest, texts: list[str]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"backend": self.backend, "model": self.model, "prompt": req.prompt[:2000],
+                                   "texts": texts}, ensure_ascii=False))
+        os.replace(tmp, path)
+
+    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+        keys = [request_key(self.backend, self.model, r) for r in requests]
+        found: dict[str, list[str]] = {}
+        todo: dict[str, GenerationRequest] = {}
+        for key, req in zip(keys, requests):
+            if key in found or key in todo:
+                continue
+            texts = self._read(key)
+            if texts is None:
+                todo[key] = req
+            else:
+                found[key] = texts
+        self.hits += len(found)
+        if todo:
+            if not self._ready:
+                self.inner.setup()
+                self._ready = True
+            self.misses += len(todo)
+            answers = self.inner(list(todo.values()))
+            for (key, req), texts in zip(todo.items(), answers):
+                texts = [str(t) for t in texts]
+                self._write(key, req, texts)
+                found[key] = texts
+        return [list(found[k]) for k in keys]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ready"] = False  # a worker that gets a pickled copy sets up its own backend
+        return state
+
+
+def generator_class(backend: str) -> type[Generator]:
+    """The class registered for `backend` in BACKENDS, imported on demand."""
+    from vlmforge.errors import UserError
+
+    try:
+        target = BACKENDS[backend]
+    except KeyError:
+        raise UserError(f"unknown generator backend {backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def make_generator(backend: str, model: str | None = None, cache_dir: str | Path | None | bool = None,
+                   **options: Any) -> Generator:
+    """A ready-to-call generator: backend `backend` (a BACKENDS name) for `model`, wrapped in the
+    on-disk response cache (`cache_dir`; None: $VLMFORGE_CACHE/generation; False: no cache).
+    `options` go to the backend (device, dtype, batch_size, base_url, ...). Backends that declare
+    `cacheable = False` (the template backend: cheaper to recompute than to read) are not wrapped."""
+    cls = generator_class(backend)
+    gen = cls(model=model, **options)
+    if cache_dir is False or not getattr(cls, "cacheable", True):
+        return gen
+    return CachedGenerator(gen, default_cache_dir() if cache_dir is None else cache_dir)

@@ -1,0 +1,152 @@
+"""Shard-writing throughput: vlmforge's writer vs GNU tar vs webdataset.ShardWriter, same files, same run.
+
+Writes N passthrough JPEG samples (default 10,000 files of ~160 KB) as shards and prints samples/s of
+each writer and its ratio to GNU tar. Each writer runs `--repeats` times, interleaved, and the median
+counts (the machine is noisy). Page cache is warm for all of them (the files are read once first).
+
+  python bench/shards.py [--samples 10000] [--repeats 3] [--work bench/_work]
+
+vlmforge rows:
+- `vlmforge writer`: what the writer process of a build does: read the file, make a Sample with a
+  json member, write tar members, sha256 of the shard, manifest row, Parquet part. The image sha256
+  is made upstream, as workers do in a build (taken from a table here).
+- `vlmforge writer+image sha`: the same with each image's sha256 computed in the writer process,
+  as in a one-worker build.
+- `vlmforge copy build`: the whole `vlmforge build copy` on the same files (source enumeration,
+  image header check, batching, manifest.duckdb), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+digests: dict[str, str] = {}
+
+
+def make_files(folder: Path, n: int, distinct: int = 40) -> list[Path]:
+    """n JPEGs of ~160 KB (noisy 640x480 at quality 92), `distinct` different ones repeated."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = sorted(folder.glob("*.jpg"))
+    if len(files) == n:
+        return files
+    shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i in range(distinct):
+        base = rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize((640, 480), Image.BILINEAR)
+        arr = np.asarray(img).astype(np.int16) + rng.normal(0, 18, (480, 640, 3)).astype(np.int16)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=92)
+        blobs.append(buf.getvalue())
+    for i in range(n):
+        (folder / f"{i:012d}.jpg").write_bytes(blobs[i % distinct])
+    return sorted(folder.glob("*.jpg"))
+
+
+def warm(files: list[Path]) -> int:
+    return sum(len(f.read_bytes()) for f in files)
+
+
+def run_gnu_tar(files: list[Path], out: Path) -> None:
+    lst = out.with_suffix(".list")
+    lst.write_text("\n".join(f.name for f in files) + "\n")
+    subprocess.run(["tar", "cf", str(out), "-C", str(files[0].parent), "-T", str(lst)], check=True)
+
+
+def run_webdataset(files: list[Path], out: Path) -> None:
+    import webdataset as wds
+
+    with wds.ShardWriter(str(out) + "-%06d.tar", maxcount=100_000, maxsize=1 << 30, verbose=0) as sink:
+        for f in files:
+            sink.write({"__key__": f.stem, "jpg": f.read_bytes(),
+                        "json": {"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                                 {"from": "gpt", "value": "An image."}]}})
+
+
+def run_vlmforge(files: list[Path], out: Path, digest_upstream: bool = True) -> None:
+    from vlmforge.manifests.writer import ShardLimits, SplitWriter
+    from vlmforge.sample import Sample
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest").mkdir(exist_ok=True)
+    w = SplitWriter(out, "train", [], {"builder": "bench", "version": "0", "source": "files"},
+                    ShardLimits(max_samples=100_000, max_bytes=1 << 30), set())
+    for i, f in enumerate(files):
+        data = f.read_bytes()
+        s = Sample(key=f.stem, image=data, image_ext="jpg", width=640, height=480, source_id=f.name,
+                   image_sha256=digests[f.name] if digest_upstream else None, doc={"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                        {"from": "gpt", "value": "An image."}]})
+        w.add(i, [s])
+    w.finish(len(files))
+
+
+def run_vlmforge_inline_digest(files: list[Path], out: Path) -> None:
+    run_vlmforge(files, out, digest_upstream=False)
+
+
+def run_copy_build(files: list[Path], out: Path) -> None:
+    import vlmforge
+
+    vlmforge.build("copy", "imagefolder", out=out, source_options={"root": str(files[0].parent.parent)}, quiet=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path(__file__).parent / "_work")
+    ap.add_argument("--no-copy-build", action="store_true", help="skip the whole-build reference row")
+    args = ap.parse_args()
+    src = args.work / "jpegs" / "images"  # ROOT/<class>/<image> layout for the imagefolder source
+    files = make_files(src, args.samples)
+    total = warm(files)
+    print(f"{len(files)} JPEG files, {total / len(files) / 1024:.0f} KB each on average, {total / 2**30:.2f} GiB")
+    global digests
+    # In a build, workers compute each image's sha256 (vlmforge.sample.finish_results) in parallel;
+    # the writer process packs, hashes the shard and writes the manifest. Row 3 is that process.
+    digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    writers = {"GNU tar": run_gnu_tar, "webdataset ShardWriter": run_webdataset,
+               "vlmforge writer": run_vlmforge, "vlmforge writer+image sha": run_vlmforge_inline_digest}
+    if not args.no_copy_build:
+        writers["vlmforge copy build"] = run_copy_build
+    times: dict[str, list[float]] = {k: [] for k in writers}
+    out_root = args.work / "out"
+    for rep in range(args.repeats):
+        for name, fn in writers.items():
+            shutil.rmtree(out_root, ignore_errors=True)
+            out_root.mkdir(parents=True)
+            target = out_root / ("x.tar" if name == "GNU tar" else "x")
+            t = time.perf_counter()
+            fn(files, target)
+            times[name].append(time.perf_counter() - t)
+        print(f"repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    shutil.rmtree(out_root, ignore_errors=True)
+    base = len(files) / statistics.median(times["GNU tar"])
+    print(f"\n{'writer':<28}{'samples/s':>12}{'MB/s':>9}{'vs GNU tar':>12}")
+    result = {}
+    for name, ts in times.items():
+        rate = len(files) / statistics.median(ts)
+        result[name] = rate
+        print(f"{name:<28}{rate:>12,.0f}{total / statistics.median(ts) / 1e6:>9,.0f}{rate / base:>11.2f}x")
+    print(json.dumps({"samples": len(files), "median_samples_per_s": {k: round(v) for k, v in result.items()},
+                      "ratio_vs_gnu_tar": {k: round(v / base, 3) for k, v in result.items()}}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""`cvc-trials` on a small occlusion-like parent build: trial counts, the keep thresholds, sample
+shapes, extractors, and the transformers model path."""
+
+import io
+import json
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+import vlmforge
+from vlmforge.builders.base import BuildConfig, Builder, run_build
+from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
+from vlmforge.builders.selfsynth import stable_int
+from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.softmatch import extract_answer, normalise
+from vlmforge.errors import UserError
+from vlmforge.sample import Sample
+from vlmforge.sources import open_source
+from vlmforge.sources.base import Source
+
+OBJECTS = [("car", "vehicle"), ("bus", "vehicle"), ("truck", "vehicle"), ("motorcycle", "vehicle"),
+           ("car", "vehicle"), ("dog", "animal"), ("cat", "animal"), ("horse", "animal"), ("bus", "vehicle"),
+           ("truck", "vehicle"), ("dog", "animal"), ("horse", "animal")]
+QUESTION = ("In the given image, there is a {sup} heavily occluded by a cluster of gray blocks. "
+            "What might the {sup} occluded by the gray blocks be?")
+
+
+class _Objects(Source):
+    name = "objects"
+
+    def __init__(self, with_supercategory: bool = True):
+        self.with_supercategory = with_supercategory
+
+    def splits(self):
+        return ["val"]
+
+    def records(self, split):
+        for i, (label, sup) in enumerate(OBJECTS):
+            yield {"source_id": str(i), "label": label, "supercategory": sup}
+
+    def count(self, split):
+        return len(OBJECTS)
+
+    def fingerprint(self):
+        return f"objects-{self.with_supercategory}"
+
+
+def _png(size, value) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, value).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _OcclusionLike(Builder):
+    """Samples shaped like the occlusion builder's: occluded jpg, mask.png, label/entity/supercategory/
+    question/caption/conversations, manifest label and supercategory."""
+
+    name = "occlusion"
+    VERSION = "1.0.0"
+    Config = BuildConfig
+    columns = [("label", pa.string(), "label"), ("supercategory", pa.string(), "supercategory")]
+
+    def process(self, batch):
+        out = []
+        for rec in batch:
+            i = int(rec["source_id"])
+            buf = io.BytesIO()
+            Image.new("RGB", (48, 36), (20 * i, 90, 200 - 10 * i)).save(buf, format="JPEG")
+            q = QUESTION.format(sup=rec["supercategory"])
+            doc = {"label": rec["label"], "entity": rec["label"], "supercategory": rec["supercategory"], "question": q,
+                   "caption": f"A {rec['label']} on a street.",
+                   "conversations": [{"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": rec["label"]}]}
+            cols = {"label": rec["label"]}
+            if self.src.with_supercategory:
+                cols["supercategory"] = rec["supercategory"]
+            out.append([Sample(key=f"occ_{i:03d}", doc=doc, image=buf.getvalue(), width=48, height=36,
+                               source_id=rec["source_id"], extras={"mask.png": _png((48, 36), i)}, columns=cols)])
+        return out
+
+
+class _NoSupercategory(_OcclusionLike):
+    columns = [("label", pa.string(), "label")]
+
+
+@pytest.fixture(scope="module")
+def occlusion(tmp_path_factory):
+    out = tmp_path_factory.mktemp("occ")
+    return vlmforge.open_build(run_build(_OcclusionLike(BuildConfig(), _Objects()), out, quiet=True))
+
+
+def _expected_correct(parent) -> dict[str, int]:
+    """Correct trials per parent key, worked out apart from the builder: the template backend's 16
+    guesses among the labels of the supercategory, counted when the extracted answer is the label."""
+    gen = make_generator("template")
+    labels: dict[str, list[str]] = {}
+    for label, sup in sorted(set(OBJECTS)):
+        labels.setdefault(sup, []).append(label)
+    out = {}
+    for s in parent.samples():
+        doc = s["json"]
+        prompt = f"{doc['question']} {CvcTrialsConfig().reasoning_suffix}"
+        req = GenerationRequest("<image>\n" + prompt, n=16, seed=stable_int(0, s["__key__"], "trials"),
+                                extra={"template": {"task": "reason", "context": doc["supercategory"],
+                                                    "candidates": labels[doc["supercategory"]]}})
+        out[s["__key__"]] = sum(extract_answer(t) == doc["label"] for t in gen([req])[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory, occlusion):
+    out = tmp_path_factory.mktemp("cvc")
+    return vlmforge.build("cvc-trials", "build", out=out, source_options={"path": str(occlusion.path)})
+
+
+def test_trials_pass_rates_and_samples(occlusion, trials):
+    b = trials
+    assert b.info["parents"] == [occlusion.build_id]
+    want = _expected_correct(occlusion)
+    assert any(1 <= c <= 4 for c in want.values()) and any(c > 4 for c in want.values())  # both kinds occur
+    rows = b.sql("SELECT parent_key, any_value(n_correct), any_value(n_trials), any_value(pass_rate), "
+                 "count(*) FILTER (WHERE sample_kind = 'cot'), count(*) FILTER (WHERE sample_kind = 'answer') "
+                 "FROM samples GROUP BY 1").fetchall()
+    kept = {r[0]: r[1:] for r in rows}
+    rejects = {r[0]: (r[1], r[2]) for r in b.sql("SELECT source_id, reason, detail FROM rejects").fetchall()}
+    for key in [r[0] for r in occlusion.sql("SELECT key FROM samples").fetchall()]:  # derived builds reject by key
+        c = want[key]
+        if 1 <= c <= 4:
+            n_correct, n_trials, rate, n_cot, n_ans = kept[key]
+            assert (n_correct, n_trials, rate, n_cot) == (c, 16, c / 16, c) and n_ans == 1
+            assert key not in rejects
+        else:
+            assert key not in kept and rejects[key] == ("too_easy" if c > 4 else "too_hard", f"pass rate {c}/16")
+
+    parent_samples = {s["__key__"]: s for s in occlusion.samples()}
+    for s in b.samples():
+        doc, p = s["json"], parent_samples[s["json"]["parent_key"]]
+        assert s["jpg"] == p["jpg"] and s["mask.png"] == p["mask.png"]
+        conv = doc["conversations"]
+        assert len(conv) == 2 and conv[0]["value"].startswith("<image>\n" + p["json"]["question"])
+        assert doc["similarity"] > 0.85 and normalise(doc["answer"]) == normalise(doc["label"])
+        if doc["kind"] == "cot":
+            assert conv[1]["value"].endswith(f"Final answer: {doc['label']}.") and "reasoning" in conv[0]["value"]
+            assert s["__key__"] == f"{doc['parent_key']}_cot{doc['trial']:02d}"
+        else:
+            assert conv[1]["value"] == doc["label"] and conv[0]["value"] == "<image>\n" + p["json"]["question"]
+
+
+def test_thresholds_are_configurable(tmp_path, occlusion, trials):
+    counts = _expected_correct(occlusion)
+    strict = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                            min_correct=2, max_correct=3)
+    kept = {r[0] for r in strict.sql("SELECT DISTINCT parent_key FROM samples").fetchall()}
+    assert kept == {k for k, c in counts.items() if 2 <= c <= 3}
+    with pytest.raises(UserError, match="min-correct"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path / "x", source_options={"path": str(occlusion.path)},
+                       min_correct=5, max_correct=4)
+
+
+def test_generator_extractor_agrees_with_rules(tmp_path, occlusion, trials):
+    other = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                           extractor="generator")
+    q = "SELECT key, answer, n_correct FROM samples ORDER BY key"
+    assert other.sql(q).fetchall() == trials.sql(q).fetchall() and other.build_id != trials.build_id
+
+
+def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
+    from vlmforge.training.tiny import make_tiny_llava
+
+    model = str(make_tiny_llava(tmp_path / "tiny"))
+    cfg = CvcTrialsConfig(generator="transformers", model=model, trials=3, max_new_tokens=6, max_correct=3)
+    src = open_source("build", path=str(occlusion.path), where="supercategory = 'animal'")
+    b = vlmforge.open_build(run_build(CvcTrialsBuilder(cfg, src, cache_dir=tmp_path / "cache"), tmp_path / "o", quiet=True))
+    # A random model names no label: all five animals are rejected as too hard, with their pass rates.
+    assert b.sql("SELECT reason, detail, count(*) FROM rejects GROUP BY ALL").fetchall() == [("too_hard", "pass rate 0/3", 5)]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 5  # one request (n=3) per image
+    no_super = vlmforge.open_build(run_build(_NoSupercategory(BuildConfig(), _Objects(False)), tmp_path / "p", quiet=True))
+    with pytest.raises(UserError, match="occlusion build"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path / "q", source_options={"path": str(no_super.path)})
+    json.dumps(b.info)

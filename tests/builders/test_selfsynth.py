@@ -1,0 +1,228 @@
+"""`selfsynth` end to end (offline attribute path, generated concepts, the transformers model path
+with its response cache) and `selfsynth-round` (scoring, fallback, lineage)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import vlmforge
+from tests.classification_fixtures import make_cub
+from tests.helpers import build_files
+from vlmforge.builders.base import run_build
+from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
+from vlmforge.curation.concepts import ib_scores, parse_bullets
+from vlmforge.curation.embedding import shared_embedder
+from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.softmatch import names_label
+from vlmforge.errors import UserError
+from vlmforge.manifests.verify import verify_build
+from vlmforge.sources import open_source
+
+# Hand-worked from the fixture (tests/classification_fixtures.py): class rates p(a|c) and the mean
+# over classes give weights p*log(p/mean). Class 1 shows attributes 2, 3, 6, 8 (certainty >= 3):
+# weights log(1.5), log(1.5), 0.75*log(1) = 0, log(1/0.4167) = 0.875; threshold mean + 0.4 std = 0.564
+# keeps only attribute 8, so the best three are kept, ties in id order. Class 3 shows 1, 3, 5, 6 (8 only
+# with certainty 2): weights log 3, log 1.5, log 3, 0; threshold 0.868 keeps 1 and 5, then 3.
+WANT_CONCEPTS = {
+    "Black footed Albatross": ["black primary color", "hooked seabird bill shape", "black wing color"],
+    "Sooty Albatross": ["dagger bill shape", "brown upperparts color", "black wing color"],
+}
+
+
+@pytest.fixture(scope="module")
+def cub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cubdata")
+    make_cub(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def offline_build(tmp_path_factory, cub):
+    """The no-model path through the CLI: attributes + template generator, every split."""
+    out = tmp_path_factory.mktemp("offline")
+    cmd = [sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--source", "cub", "--root", str(cub),
+           "--concepts", "attributes", "--generator", "template", "--split", "all", "--out", str(out), "--quiet",
+           "--max-samples-per-shard", "5"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return vlmforge.open_build(out / "selfsynth" / "1.0.0")
+
+
+def test_offline_attribute_path(offline_build):
+    b = offline_build
+    assert verify_build(b, quiet=True) == []
+    rows = b.sql("SELECT key, split, label, concepts, concept_source, question_types, n_qa, n_qa_dropped "
+                 "FROM samples ORDER BY key").fetchall()
+    assert len(rows) == 12 and {r[1] for r in rows} == {"train", "test"}
+    for key, _, label, concepts, source, qtypes, n_qa, dropped in rows:
+        if label in WANT_CONCEPTS:
+            assert concepts == WANT_CONCEPTS[label], key
+        assert source == "attributes" and n_qa == len(qtypes) == 4 and dropped == 0
+        assert set(qtypes) <= {"simple", "explain", "cot"}
+    for s in b.samples():
+        doc = s["json"]
+        conv = doc["conversations"]
+        assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in c["value"] for c in conv[1:])
+        assert [c["from"] for c in conv] == ["human", "gpt"] * 4
+        assert all(names_label(qa["answer"], doc["label"]) for qa in doc["qa"])
+        assert doc["concept_scores"] == sorted(doc["concept_scores"], reverse=True)
+    assert b.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 0
+
+
+def test_rebuild_is_identical_with_two_workers(tmp_path, cub, offline_build):
+    again = vlmforge.build("selfsynth", "cub", out=tmp_path, workers=2, max_samples_per_shard=5,
+                           source_options={"root": str(cub), "attributes": True, "splits": None}, concepts="attributes")
+    fa, fb = build_files(offline_build.path), build_files(again.path)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
+def test_generated_concepts_offline(tmp_path, cub):
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub), "splits": ["train"]},
+                       concepts="generate", questions=2)
+    gen = make_generator("template")
+    assert len(b) == 9
+    for s in b.samples():
+        doc = s["json"]
+        offered = parse_bullets(gen([GenerationRequest("c", extra={"template": {
+            "task": "concepts", "label": doc["label"], "subject": "bird"}})])[0][0])
+        assert 3 <= len(doc["concepts"]) <= len(offered) and set(doc["concepts"]) <= set(offered)
+        assert len(doc["descriptions"]) == 6 and doc["concept_source"] == "generated"
+        assert all(d.startswith("The image shows a bird") for d in doc["descriptions"])
+
+
+def test_concepts_file_and_rejects(tmp_path, cub):
+    data = tmp_path / "data"
+    make_cub(data, attributes=False)
+    (data / "CUB_200_2011" / "images" / "002.Laysan_Albatross" / "Laysan_Albatross_0001_705.jpg").unlink()
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"Black footed Albatross": ["dark plumage", "pale face ring", "long wings"],
+                                    "Laysan Albatross": "- white head\n- dark back\n- pink bill"}))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", source_options={"root": str(data)},
+                       concepts=str(concepts))
+    rejects = dict(b.sql("SELECT source_id, reason FROM rejects").fetchall())
+    assert rejects["002.Laysan_Albatross/Laysan_Albatross_0001_705.jpg"] == "missing_image"
+    assert sorted(r for s, r in rejects.items() if s.startswith("003")) == ["no_concepts"] * 4
+    assert len(b) == 7 and {c for r in b.sql("SELECT concepts FROM samples").fetchall() for c in r[0]} <= {
+        "dark plumage", "pale face ring", "long wings", "white head", "dark back", "pink bill"}
+    with pytest.raises(UserError, match="--concepts"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "x", source_options={"root": str(data)}, concepts="nope.json")
+    with pytest.raises(UserError, match="attribute files"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "y", source_options={"root": str(data)}, concepts="attributes")
+
+
+def test_transformers_model_path_and_cache(tmp_path, cub):
+    from vlmforge.training.tiny import make_tiny_llava
+
+    model = str(make_tiny_llava(tmp_path / "tiny"))
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({lab: ["dark plumage", "white head", "long narrow wings", "pink bill"]
+                                    for lab in ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")}))
+    cache = tmp_path / "cache"
+    cfg = SelfSynthConfig(concepts=str(concepts), generator="transformers", model=model, instructions=1,
+                          descriptions_per_instruction=2, questions=2, max_new_tokens=6)
+
+    def build(out, spy_calls=None):
+        builder = SelfSynthBuilder(cfg, open_source("cub", root=str(cub), splits=["train"]), cache_dir=cache)
+        if spy_calls is not None:
+            gen = builder._make_generator("transformers", model)
+            real = type(gen.inner)
+
+            class Spy(real):  # the real backend, counting what reaches it
+                def __call__(self, requests):
+                    spy_calls.append(len(requests))
+                    return real.__call__(self, requests)
+
+            gen.inner.__class__ = Spy
+        return builder, vlmforge.open_build(run_build(builder, out, quiet=True))
+
+    first_calls: list[int] = []
+    builder, a = build(tmp_path / "a", first_calls)
+    assert sum(first_calls) == 9 + 9 * 2  # one description request and two questions per image
+    # The model's own descriptions (2 samples per image; empty texts dropped) went into the IB selection.
+    assert all(len(v["descriptions"]) <= 2 and len(v["concepts"]) == 3 for v in builder.selected.values())
+    # A random model never spells the label: every image is accounted for as a rejected QA.
+    assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
+    assert len(list(cache.rglob("*.json"))) == 27
+
+    # The same build again, elsewhere: every response comes from the cache, the model is never called.
+    again_calls: list[int] = []
+    _, b = build(tmp_path / "b", again_calls)
+    assert again_calls == []
+    fa, fb = build_files(a.path), build_files(b.path)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
+# -- selfsynth-round ---------------------------------------------------------------------------------
+
+def _answers_line(key, question, answers, qtype=None):
+    row = {"key": key, "question": question, "answers": answers}
+    if qtype:
+        row["type"] = qtype
+    return json.dumps(row)
+
+
+def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
+    parent = offline_build
+    label = "Black footed Albatross"
+    keys = [r[0] for r in parent.sql(f"SELECT key FROM samples WHERE label = '{label}' ORDER BY key").fetchall()]
+    q_explain = "What bird is this, and which visual details tell you so?"
+    lines = [
+        # best-scoring candidate (it lists the image's concepts) names the label: kept
+        _answers_line(keys[0], q_explain, [
+            "Banana bread on a plate. This is a Black footed Albatross.",
+            "This is a Black footed Albatross: black primary color, hooked seabird bill shape and black wing color."],
+            "explain"),
+        # best-scoring candidate does not name the label: fallback, even though a weaker one does
+        _answers_line(keys[1], q_explain, ["A black bird with a hooked bill.", "Black footed Albatross."], "explain"),
+        # a simple question takes the first candidate that names the label (one candidate per line here)
+        _answers_line(keys[2], "What kind of bird is this?", ["A gull."]),
+        _answers_line(keys[2], "What kind of bird is this?", ["It is a Black footed Albatross."]),
+        _answers_line("not_in_parent", "Q?", ["x"]),
+    ]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("\n".join(lines) + "\n")
+    # The premise, scored independently: the image's concepts against each candidate, the build's
+    # other concepts as negatives.
+    emb = shared_embedder(None)
+    own = WANT_CONCEPTS[label]
+    others = [r[0] for r in parent.sql("SELECT DISTINCT unnest(concepts) FROM samples").fetchall() if r[0] not in own]
+    for cands, best in ((json.loads(lines[0])["answers"], 1), (json.loads(lines[1])["answers"], 0)):
+        scores = ib_scores(emb.encode(own), emb.encode(cands), emb.encode(others))
+        assert int(scores.argmax()) == best
+    child = vlmforge.build("selfsynth-round", "build", out=tmp_path, source_options={"path": str(parent.path)},
+                           answers=str(answers))
+    assert child.info["parents"] == [parent.build_id]
+    got = {s["__key__"]: s for s in child.samples()}
+    assert set(got) == set(keys[:3])
+    qa0, qa1, qa2 = (got[k]["json"]["qa"][0] for k in keys[:3])
+    assert qa0["answer"].startswith("This is a Black footed Albatross: black") and not qa0["fallback"]
+    assert qa1["answer"] == "This is an image of Black footed Albatross." and qa1["fallback"]
+    assert qa2["answer"] == "It is a Black footed Albatross." and qa2["type"] == "simple"
+    rows = dict((r[0], r[1:]) for r in child.sql("SELECT key, n_qa, n_fallback, round FROM samples").fetchall())
+    assert rows[keys[0]] == (1, 0, 2) and rows[keys[1]] == (1, 1, 2)
+    assert {r[0] for r in child.sql("SELECT reason FROM rejects").fetchall()} == {"no_answers"}
+    assert child.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 9
+    parent_imgs = {s["__key__"]: s["jpg"] for s in parent.samples()}
+    assert all(got[k]["jpg"] == parent_imgs[k] for k in got)
+    assert got[keys[0]]["json"]["conversations"][0]["value"] == "<image>\n" + q_explain
+
+
+def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    file2 = tmp_path / "r2.jsonl"
+    assert write_candidate_answers(offline_build.path, file2, "template", None, samples=3) == 12 * 4
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(offline_build.path)},
+                        answers=str(file2))
+    assert len(r2) == 12 and r2.sql("SELECT sum(n_fallback), min(round), max(round) FROM samples").fetchall() == [(0, 2, 2)]
+    file3 = tmp_path / "r3.jsonl"
+    write_candidate_answers(r2.path, file3, "template", None, samples=2, seed=1)
+    r3 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(r2.path)},
+                        answers=str(file3))
+    assert r3.info["parents"] == [r2.build_id] and r3.sql("SELECT DISTINCT round FROM samples").fetchall() == [(3,)]
+    assert r3.sql("SELECT count(*) FROM builds").fetchall()[0][0] >= 2
+    with pytest.raises(UserError, match="answers file not found"):
+        vlmforge.build("selfsynth-round", "build", out=tmp_path / "o4", source_options={"path": str(r2.path)},
+                       answers=str(tmp_path / "missing.jsonl"))

@@ -1,0 +1,30 @@
+import pytest
+
+from vlmforge.curation.entities import SpacyEntityExtractor
+
+
+@pytest.fixture(scope="module")
+def extract():
+    return SpacyEntityExtractor()
+
+
+def test_noun_chunks_become_phrase_and_label(extract):
+    caps = ["A red double-decker bus driving past a man on a busy street.",
+            "Two dogs and a cat sitting on a sofa in the living room.",
+            "A picture of a traffic light next to a fire hydrant.",
+            "It is a view of the side of a kitchen with a white refrigerator.",
+            "A group of people standing near it."]
+    got = [[(e.phrase, e.label, e.plural) for e in ents] for ents in extract(caps)]
+    assert ("A red double-decker bus", "bus", False) in got[0]
+    assert ("a man", "man", False) in got[0]
+    assert ("Two dogs", "dog", True) in got[1] and ("a cat", "cat", False) in got[1]
+    assert [g[1] for g in got[2]] == ["traffic light", "fire hydrant"]  # "picture" is a scene word
+    labels3 = [g[1] for g in got[3]]
+    assert "refrigerator" in labels3 and not {"view", "side"} & set(labels3)
+    assert [g[1] for g in got[4]] == ["person"]  # people -> person; "group" and "it" dropped
+
+
+def test_spans_point_at_the_label(extract):
+    cap = "Three sheep grazing next to a brown horse in a field."
+    for e in extract([cap])[0]:
+        assert cap[e.start : e.end].lower().startswith(e.label.split()[0][:4])

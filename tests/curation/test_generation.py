@@ -1,0 +1,142 @@
+"""Generation backends: the response cache, the transformers backend on tiny random models (causal
+LM and LLaVA), the vllm backend's absence, and the template backend."""
+
+import importlib.util
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from vlmforge.curation.generation import (BACKENDS, CachedGenerator, GenerationRequest, make_generator,
+                                          request_key)
+from vlmforge.errors import UserError
+
+
+def _jpeg(color=(200, 20, 20), size=(40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from vlmforge.training.tiny import make_tiny_causal_lm
+
+    return str(make_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "lm"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    from vlmforge.training.tiny import make_tiny_llava
+
+    return str(make_tiny_llava(tmp_path_factory.mktemp("llava") / "llava"))
+
+
+def test_request_key_covers_every_field():
+    base = GenerationRequest("Describe.", image=_jpeg(), system="sys", temperature=0.7, top_p=0.9, n=2, seed=1)
+    k = request_key("transformers", "m", base)
+    assert k == request_key("transformers", "m", GenerationRequest("Describe.", image=_jpeg(), system="sys",
+                                                                   temperature=0.7, top_p=0.9, n=2, seed=1))
+    variants = [("openai", "m", base), ("transformers", "m2", base)]
+    for field, value in [("prompt", "Describe!"), ("image", _jpeg((0, 0, 255))), ("image", None), ("system", None),
+                         ("temperature", 0.8), ("top_p", 1.0), ("n", 3), ("seed", 2), ("max_new_tokens", 9),
+                         ("stop", ["\n"])]:
+        variants.append(("transformers", "m", GenerationRequest(**{**base.__dict__, field: value})))
+    keys = {request_key(b, m, r) for b, m, r in variants}
+    assert len(keys) == len(variants) and k not in keys
+
+
+def test_cache_second_run_makes_no_backend_call(tmp_path, tiny_lm):
+    reqs = [GenerationRequest("What is in the image?", max_new_tokens=6, temperature=1.0, n=3, seed=5),
+            GenerationRequest("Describe the image.", max_new_tokens=6),
+            GenerationRequest("What is in the image?", max_new_tokens=6, temperature=1.0, n=3, seed=5)]  # duplicate
+    first = make_generator("transformers", tiny_lm, cache_dir=tmp_path / "cache")
+    assert isinstance(first, CachedGenerator)
+    calls = []
+    real = type(first.inner)
+
+    class Spy(real):  # the real backend, counting the requests that reach it
+        def __call__(self, requests):
+            calls.append(len(requests))
+            return real.__call__(self, requests)
+
+    first.inner.__class__ = Spy
+    out1 = first(reqs)
+    assert calls == [2]  # the duplicate was asked once
+    assert [len(t) for t in out1] == [3, 1, 3] and out1[0] == out1[2]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2
+
+    second = make_generator("transformers", tiny_lm, cache_dir=tmp_path / "cache")
+    second.inner.__class__ = Spy
+    out2 = second(reqs)
+    assert out2 == out1 and calls == [2]  # no backend call at all
+    assert second.inner._model is None  # ... and the model was never even loaded
+    assert (second.hits, second.misses) == (2, 0)
+    changed = second([GenerationRequest("What is in the image?", max_new_tokens=6, temperature=1.0, n=3, seed=6)])
+    assert calls == [2, 1] and len(changed[0]) == 3
+
+
+def test_transformers_causal_lm_batches_and_seeds(tiny_lm):
+    gen = make_generator("transformers", tiny_lm, cache_dir=False, batch_size=2)
+    reqs = [GenerationRequest(f"Describe the image {i}.", system="Be brief." if i % 2 else None, max_new_tokens=5,
+                              temperature=1.0, top_p=0.9, n=2, seed=i) for i in range(3)]
+    reqs.append(GenerationRequest("Answer with the option's letter.", max_new_tokens=4))
+    out = gen(reqs)
+    assert [len(t) for t in out] == [2, 2, 2, 1] and all(isinstance(s, str) for t in out for s in t)
+    again = make_generator("transformers", tiny_lm, cache_dir=False, batch_size=2)(reqs)
+    assert again == out  # seeded sampling: same requests, same texts
+    with pytest.raises(UserError, match="text-only"):
+        gen([GenerationRequest("<image>\nWhat is this?", image=_jpeg())])
+
+
+def test_transformers_image_text_to_text(tiny_llava):
+    gen = make_generator("transformers", tiny_llava, cache_dir=False)
+    reqs = [GenerationRequest("<image>\nWhat is in the image?", image=_jpeg(), max_new_tokens=4, n=2, temperature=1.0),
+            GenerationRequest("Describe the bird.", image=_jpeg((10, 200, 10), (64, 20)), system="You are an expert.",
+                              max_new_tokens=3),
+            GenerationRequest("A text-only question.", max_new_tokens=3)]
+    out = gen(reqs)
+    assert [len(t) for t in out] == [2, 1, 1]
+    assert gen.is_vision
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_absent_is_a_user_error():
+    gen = make_generator("vllm", "some/model", cache_dir=False)
+    with pytest.raises(UserError, match="optional vllm"):
+        gen([GenerationRequest("hi")])
+
+
+def test_unknown_backend_and_missing_model():
+    with pytest.raises(UserError, match="unknown generator backend"):
+        make_generator("nope")
+    with pytest.raises(UserError, match="--model"):
+        make_generator("transformers", None)
+    assert set(BACKENDS) >= {"transformers", "vllm", "openai", "template"}
+
+
+def test_template_backend_is_deterministic_and_uses_the_image():
+    from vlmforge.curation.generation.template import image_facts
+
+    gen = make_generator("template")
+    assert not isinstance(gen, CachedGenerator)  # not worth caching
+    assert image_facts(_jpeg((200, 20, 20), (80, 30)))[0].startswith("mostly red")
+    assert "wide" in image_facts(_jpeg((200, 20, 20), (80, 30)))[2]
+    reqs = [GenerationRequest("d", image=_jpeg(), n=3, seed=1,
+                              extra={"template": {"task": "describe", "subject": "bird", "facts": ["black wing color"]}}),
+            GenerationRequest("a", extra={"template": {"task": "answer", "label": "Sooty Albatross", "qtype": "explain",
+                                                       "concepts": ["dagger bill shape", "brown upperparts color"]}}),
+            GenerationRequest("r", n=4, extra={"template": {"task": "reason", "candidates": ["car", "bus"],
+                                                           "context": "vehicle"}}),
+            GenerationRequest("c", extra={"template": {"task": "concepts", "label": "Black footed Albatross",
+                                                       "subject": "bird"}})]
+    out = gen(reqs)
+    assert out == gen(list(reversed(reqs)))[::-1]  # no dependence on batch order
+    assert all(t.startswith("The image shows a bird with") and "black wing color" in t for t in out[0])
+    assert "Sooty Albatross" in out[1][0] and "dagger bill shape" in out[1][0]
+    assert all(t.endswith(("Final answer: car.", "Final answer: bus.")) for t in out[2])
+    assert out[3][0].startswith("- black colouring on the bird\n")
+    with pytest.raises(UserError, match="template"):
+        gen([GenerationRequest("free prompt")])
+    json.dumps(out)

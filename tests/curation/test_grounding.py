@@ -1,0 +1,55 @@
+import numpy as np
+
+from vlmforge.curation.grounding import AnnotationGrounder, category_for_label
+from vlmforge.curation.segmentation import annotation_mask
+
+CATS = {3: {"name": "car", "supercategory": "vehicle"}, 18: {"name": "dog", "supercategory": "animal"},
+        1: {"name": "person", "supercategory": "person"}, 63: {"name": "couch", "supercategory": "furniture"}}
+
+
+def _poly(x, y, w, h):
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+def _image_with_instances():
+    img = np.zeros((100, 200, 3), np.uint8)
+    anns = [
+        {"id": 1, "category_id": 3, "bbox": [10, 10, 40, 20], "area": 800, "segmentation": _poly(10, 10, 40, 20)},
+        {"id": 2, "category_id": 3, "bbox": [100, 10, 60, 30], "area": 1800, "segmentation": _poly(100, 10, 60, 30)},
+        {"id": 3, "category_id": 18, "bbox": [20, 60, 30, 20], "area": 600, "segmentation": _poly(20, 60, 30, 20)},
+        {"id": 4, "category_id": 1, "bbox": [150, 50, 20, 45], "area": 900, "segmentation": _poly(150, 50, 20, 45)},
+    ]
+    img[10:30, 10:50] = (200, 40, 40)  # the small car is red
+    img[10:40, 100:160] = (40, 70, 200)  # the big car is blue
+    masks = {a["id"]: annotation_mask(a, 100, 200) for a in anns}
+    return img, anns, masks
+
+
+def test_words_map_to_categories():
+    assert category_for_label("puppy") == "dog"
+    assert category_for_label("dinner table") == "dining table"
+    assert category_for_label("dogs") == "dog"
+    assert category_for_label("woman", {"person", "car"}) == "person"
+    assert category_for_label("street") is None
+
+
+def test_picks_the_right_instance_among_several():
+    img, anns, masks = _image_with_instances()
+    g = AnnotationGrounder(CATS)
+    assert g.ground("a red car", "car", False, anns, img, masks).instance_ids == [1]
+    assert g.ground("a blue car", "car", False, anns, img, masks).instance_ids == [2]
+    assert g.ground("a car", "car", False, anns, img, masks).instance_ids == [2]  # no colour: the largest
+    assert g.ground("two cars", "car", True, anns, img, masks).instance_ids == [1, 2]  # plural: all
+    assert g.ground("a puppy", "puppy", False, anns, img, masks).instance_ids == [3]
+    assert g.ground("a man", "man", False, anns, img, masks).instance_ids == [4]
+    both = g.ground("two cars", "car", True, anns, img, masks)
+    assert both.box == [10.0, 10.0, 150.0, 30.0]
+    assert g.ground("a cat", "cat", False, anns, img, masks) is None  # no cat in the image
+
+
+def test_embedding_fallback_for_unlisted_words():
+    img, anns, masks = _image_with_instances()
+    g = AnnotationGrounder(CATS)
+    got = g.ground("a canine", "canine", False, anns, img, masks)  # not in the synonym table
+    assert got is not None and got.category == "dog" and got.method == "embedding" and got.instance_ids == [3]
+    assert g.ground("the kitchen", "kitchen", False, anns, img, masks) is None  # a place, not an object

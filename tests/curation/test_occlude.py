@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from vlmforge.curation.occlude import FILL_RGB, block_size, occlude, occlude_with_blocks
+
+
+def _scene():
+    img = np.full((120, 160, 3), 200, np.uint8)
+    mask = np.zeros((120, 160), bool)
+    mask[30:90, 40:130] = True  # a 90 x 60 object
+    return img, mask, [40.0, 30.0, 90.0, 60.0]
+
+
+def test_block_size_follows_the_paper():
+    assert block_size(90, 60) == (20, 4)  # P = min(w,h)//3 = 20, stride int(sqrt(20)) = 4
+    assert block_size(8, 100) == (4, 2)  # floor at 4
+    assert block_size(300, 300) == (100, 10)
+
+
+def test_blocks_colour_size_and_locality():
+    img, mask, box = _scene()
+    out, painted = occlude_with_blocks(img, mask, box, np.random.default_rng(0))
+    patch, _ = block_size(box[2], box[3])
+    assert set(map(tuple, out[painted].reshape(-1, 3))) == {FILL_RGB}
+    assert (out[~painted] == 200).all()  # nothing else changes
+    # blocks are centred on grid points inside the mask: they stay within half a patch of it
+    ys, xs = np.nonzero(painted)
+    assert ys.min() >= 30 - patch // 2 and ys.max() < 90 + patch // 2
+    assert xs.min() >= 40 - patch // 2 and xs.max() < 130 + patch // 2
+    assert painted[mask].mean() > 0.8  # the object is mostly hidden
+    # each painted run along a row is made of whole patches: at least `patch` wide
+    row = painted[60]
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, row.astype(int), 0])))[::2]
+    assert runs.min() >= patch
+
+
+def test_blocks_are_deterministic_per_seed():
+    img, mask, box = _scene()
+    a = occlude_with_blocks(img, mask, box, np.random.default_rng(7))[1]
+    b = occlude_with_blocks(img, mask, box, np.random.default_rng(7))[1]
+    c = occlude_with_blocks(img, mask, box, np.random.default_rng(8))[1]
+    assert (a == b).all() and not (a == c).all()
+
+
+@pytest.mark.parametrize("fill", ["solid", "blur", "noise", "inpaint"])
+def test_other_fills_change_only_the_dilated_mask(fill):
+    img, mask, box = _scene()
+    img[50:70, 60:110] = (10, 200, 10)  # a green object to hide
+    out, changed = occlude(img, mask, box, fill, np.random.default_rng(0), dilate_px=3)
+    assert changed.sum() > mask.sum()  # dilation grew the region
+    assert (out[~changed] == img[~changed]).all()
+    assert not (out[50:70, 60:110] == (10, 200, 10)).all()

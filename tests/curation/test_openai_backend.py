@@ -1,0 +1,244 @@
+"""The openai backend against a small OpenAI-compatible server started on 127.0.0.1 by the test.
+
+The server answers by rule (it stands in for a remote model), records what it was sent, and can be told
+to fail with 429/5xx or to stall, so retries, backoff, concurrency and key handling are checked for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import pickle
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from vlmforge.curation.generation import GenerationRequest
+from vlmforge.curation.generation.openai import APIError, OpenAIGenerator
+
+KEY = "sk-test-3f9a-do-not-leak"
+KEY_ENV = "VLMFORGE_TEST_API_KEY"
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class ChatServer:
+    """POST /v1/chat/completions. `plan` holds what the next requests get instead of an answer: an HTTP
+    status to fail with, or "stall" (answer after 1 s, past the client's timeout)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.plan: list = []
+        self.ignore_n = False
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.inflight = self.max_inflight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"auth": self.headers.get("Authorization"), "path": self.path, "body": body})
+                    action = server.plan.pop(0) if server.plan else None
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                try:
+                    if isinstance(action, int):
+                        self._send(action, {"error": {"message": f"planned failure {action}"}},
+                                   {"Retry-After": "0"} if action == 429 else {})
+                        return
+                    time.sleep(1.0 if action == "stall" else server.delay)
+                    self._send(200, server.answer(body))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+            def _send(self, code, doc, headers=None):
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def answer(self, body: dict) -> dict:
+        """A rule-based 'model': POPE-style questions get yes/no by whether they mention a dog."""
+        content = body["messages"][-1]["content"]
+        text = content if isinstance(content, str) else next(c["text"] for c in content if c["type"] == "text")
+        if text.startswith("Is there"):
+            reply = "Yes, there is a dog." if "dog" in text else "No, there is not."
+        else:
+            reply = f"echo: {text}"
+        n = 1 if self.ignore_n else body.get("n", 1)
+        return {"id": "x", "object": "chat.completion", "model": body["model"],
+                "choices": [{"index": i, "message": {"role": "assistant", "content": f"{reply} (seed {body['seed']}, {i})"
+                                                     if n > 1 or self.ignore_n else reply}, "finish_reason": "stop"}
+                            for i in range(n)]}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = ChatServer()
+    yield s
+    s.close()
+
+
+def _gen(server, **kw) -> OpenAIGenerator:
+    kw = {"base_url": server.url, "api_key_env": KEY_ENV, "backoff": 0.01, "max_backoff": 0.05, **kw}
+    return OpenAIGenerator(model="test-model", **kw)
+
+
+def test_images_as_data_urls_key_in_header_only(server, monkeypatch, caplog, capsys):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    caplog.set_level(logging.DEBUG)
+    png = _png()
+    gen = _gen(server)
+    out = gen([GenerationRequest(prompt="<image>\nWhat is this?", image=png, n=2, seed=5, system="Be brief."),
+               GenerationRequest(prompt="Say hi", max_new_tokens=7, stop=["\n"])])
+    assert out == [["echo: What is this? (seed 5, 0)", "echo: What is this? (seed 5, 1)"], ["echo: Say hi"]]
+    first = next(r for r in server.requests if r["body"]["n"] == 2)
+    assert first["auth"] == f"Bearer {KEY}" and first["path"] == "/v1/chat/completions"
+    msgs = first["body"]["messages"]
+    assert msgs[0] == {"role": "system", "content": "Be brief."}
+    text, image = msgs[1]["content"]
+    assert text == {"type": "text", "text": "What is this?"}  # the <image> marker is not sent as text
+    url = image["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,") and base64.b64decode(url.split(",", 1)[1]) == png
+    second = next(r for r in server.requests if r["body"]["n"] == 1)["body"]
+    assert second["max_tokens"] == 7 and second["stop"] == ["\n"] and second["messages"][0]["content"] == "Say hi"
+    # The key is sent in the header and nowhere else: not in repr, options, pickles, logs or output.
+    state = pickle.dumps(gen)
+    printed = capsys.readouterr()
+    for place in (repr(gen), str(gen.options), caplog.text, printed.out, printed.err):
+        assert KEY not in place
+    assert KEY.encode() not in state
+
+
+def test_retries_with_backoff_on_429_5xx_and_timeouts(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.plan = [429, 500, 503]
+    gen = _gen(server)
+    assert gen([GenerationRequest(prompt="retry me")]) == [["echo: retry me"]]
+    assert len(server.requests) == 4
+    assert server.requests[0]["auth"] is None  # no key set: fine for a local `vllm serve`
+    server.plan = ["stall"]
+    gen = _gen(server, timeout=0.3)
+    assert gen([GenerationRequest(prompt="slow")]) == [["echo: slow"]]
+    assert len(server.requests) == 6
+
+
+def test_gives_up_after_retries_and_on_client_errors(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.plan = [503, 503, 503]
+    with pytest.raises(APIError, match="failed 3 times .*HTTP 503"):
+        _gen(server, max_retries=2)([GenerationRequest(prompt="x")])
+    assert len(server.requests) == 3
+    server.plan = [401]
+    with pytest.raises(APIError) as err:
+        _gen(server)([GenerationRequest(prompt="x")])
+    assert len(server.requests) == 4  # not retried
+    assert "401" in str(err.value) and KEY_ENV in str(err.value) and KEY not in str(err.value)
+
+
+def test_bounded_concurrency_keeps_order(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.delay = 0.15
+    gen = _gen(server, concurrency=2)
+    out = gen([GenerationRequest(prompt=f"q{i}") for i in range(6)])
+    assert out == [[f"echo: q{i}"] for i in range(6)]
+    assert server.max_inflight == 2
+
+
+def test_endpoint_ignoring_n_is_asked_again(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.ignore_n = True
+    out = _gen(server)([GenerationRequest(prompt="s", n=3, seed=10, temperature=1.0)])
+    assert len(server.requests) == 3
+    assert out == [["echo: s (seed 10, 0)", "echo: s (seed 11, 0)", "echo: s (seed 12, 0)"]]  # fresh seed per top-up
+
+
+def test_eval_pope_with_the_api_runner(server, monkeypatch, tmp_path):
+    from vlmforge.evaluation.items import ReadOptions
+    from vlmforge.evaluation.run import evaluate
+    from vlmforge.evaluation.runners import GeneratorRunner, attach_image_urls, load_image_urls
+    from vlmforge.evaluation.tasks import get_task
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    images = tmp_path / "val2014"
+    images.mkdir()
+    rows = [("dog", "yes"), ("cat", "no"), ("car", "yes"), ("dog", "no"), ("bus", "no")]
+    lines = []
+    for i, (obj, label) in enumerate(rows):
+        (images / f"{i}.png").write_bytes(_png())
+        lines.append(json.dumps({"question_id": i, "image": f"{i}.png", "text": f"Is there a {obj} in the image?",
+                                 "label": label}))
+    (tmp_path / "coco_pope_popular.json").write_text("\n".join(lines) + "\n")
+    task = get_task("pope")
+    ds = task.read([tmp_path / "coco_pope_popular.json"], ReadOptions(image_root=images))
+    runner = GeneratorRunner("openai", "test-model", batch_size=4, base_url=server.url, api_key_env=KEY_ENV,
+                             concurrency=2, backoff=0.01)
+    server.plan = [429]
+    s = evaluate(task, ds, runner, tmp_path / "out", quiet=True, plots=False)
+    # answers: yes (dog), no, no, yes (dog), no -> TP 1, TN 2, FN 1 (car), FP 1 (second dog)
+    m = s["metrics"]["by_category"]["popular"]
+    assert (m["tp"], m["tn"], m["fn"], m["fp"]) == (1, 2, 1, 1)
+    assert s["metrics"]["accuracy"] == pytest.approx(3 / 5) and s["model"] == "test-model" and s["backend"] == "openai"
+    assert len(server.requests) == 6  # five questions, one retried
+    assert all(r["body"]["messages"][-1]["content"][1]["image_url"]["url"].startswith("data:image/png")
+               for r in server.requests)
+    # A rerun finds every prediction done and asks nothing.
+    evaluate(task, ds, runner, tmp_path / "out", quiet=True, plots=False)
+    assert len(server.requests) == 6
+    assert KEY not in (tmp_path / "out" / "predictions.jsonl").read_text() + (tmp_path / "out" / "run.json").read_text()
+    # Closed models that fetch images themselves: URLs from a CSV instead of bytes.
+    csv_path = tmp_path / "urls.csv"
+    csv_path.write_text("id,url\n" + "".join(f"{i}.png,https://example.org/{i}.png\n" for i in range(5)))
+    assert attach_image_urls(ds.items, load_image_urls(csv_path)) == 5
+    evaluate(task, ds, runner, tmp_path / "urls", quiet=True, plots=False)
+    sent = [r["body"]["messages"][-1]["content"][1]["image_url"]["url"] for r in server.requests[6:]]
+    assert sorted(sent) == [f"https://example.org/{i}.png" for i in range(5)]
+
+
+def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m",
+                                   "--api-base", server.url, "--api-key-env", KEY_ENV, "--concurrency", "2",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "| accuracy | 1.0000 |" in res.output and KEY not in res.output
+    assert server.requests[0]["auth"] == f"Bearer {KEY}" and server.requests[0]["body"]["model"] == "m"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["backend"] == "openai"

@@ -1,0 +1,39 @@
+"""Answer extraction, label naming, and embedding soft matching."""
+
+import pytest
+
+from vlmforge.curation.softmatch import SoftMatcher, extract_answer, names_label, normalise
+
+
+@pytest.mark.parametrize("text, want", [
+    ("The blocks cover the middle.\nFinal answer: a red fire truck.", "red fire truck"),
+    ("I think the final answer is **bus**. Other options were car.", "bus"),
+    ("Reasoning...\n\\boxed{motorcycle}", "motorcycle"),
+    ("The answer is: Golden retriever.", "Golden retriever"),
+    ("Given the fur and the tail, it is most likely a St. Bernard.", "St. Bernard"),
+    ("Answer: car. Wait, looking again, the answer is truck.", "truck"),
+    ("Wheels show below the blocks. A bicycle", "bicycle"),
+    ("", ""),
+])
+def test_extract_answer(text, want):
+    assert extract_answer(text) == want
+
+
+def test_names_label():
+    assert names_label("This is a Black-footed albatross, seen from the side.", "Black footed Albatross")
+    assert names_label("It's an F/A-18 fighter.", "F/A-18")
+    assert not names_label("This is an albatross.", "Black footed Albatross")
+    assert not names_label("A category of animals.", "cat")
+    assert names_label("Laysan Albatross", "Albatross")
+    assert normalise("  Laysan_Albatross!! ") == "laysan albatross"
+
+
+def test_soft_match_threshold():
+    m = SoftMatcher(threshold=0.85)
+    sims = m.similarity(["Car", "banana", "", "the  car!"], "car")
+    assert sims[0] == 1.0 and sims[2] == 0.0 and sims[1] < 0.6
+    assert m.matches(["Car", "banana", ""], "car") == [True, False, False]
+    assert m.matches(["motorbike"], "motorcycle") == [bool(m.similarity(["motorbike"], "motorcycle")[0] > 0.85)]
+    s = float(m.similarity(["banana"], "car")[0])
+    assert SoftMatcher(m.embedder, threshold=s - 1e-4).matches(["banana"], "car") == [True]
+    assert SoftMatcher(m.embedder, threshold=s).matches(["banana"], "car") == [False]  # strictly above counts

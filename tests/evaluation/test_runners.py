@@ -1,0 +1,176 @@
+"""The local runner with tiny random models: generation, loss scoring, CLIP zero-shot, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmforge.errors import UserError
+from vlmforge.evaluation.items import ReadOptions
+from vlmforge.evaluation.predictions import PREDICTIONS
+from vlmforge.evaluation.run import evaluate
+from vlmforge.evaluation.tasks import get_task
+
+from tests.evaluation.conftest import tiny_png
+
+
+def test_generate_on_mcqa_build_writes_report(mcqa_build, llava_runner, tmp_path):
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    s = evaluate(task, ds, llava_runner, tmp_path, quiet=True)
+    lines = [json.loads(x) for x in (tmp_path / PREDICTIONS).read_text().splitlines()]
+    assert [r["id"] for r in lines] == [it.id for it in ds.items]
+    assert all(isinstance(r["prediction"], str) for r in lines)
+    assert s["model"] == llava_runner.name and s["scoring"] == "generate" and s["data_build_id"] == ds.build_id
+    assert s["counts"]["items"] == 6
+    assert s["counts"]["parsed"] + s["counts"]["unparsed"] + s["counts"]["multiple"] == 6
+    assert s["parse_failures"]["count"] == s["counts"]["unparsed"] + s["counts"]["multiple"]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["metrics"]["accuracy"] == s["metrics"]["accuracy"]
+    assert {"per_class_accuracy.png", "confusion_matrix.png"} <= set(saved["plots"])
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    # The same folder with another scoring is refused rather than mixed into one file.
+    with pytest.raises(UserError, match="another run"):
+        evaluate(task, ds, llava_runner, tmp_path, scoring="loss", quiet=True)
+
+
+def test_loss_scoring_matches_the_models_own_loss(mcqa_build, llava_runner):
+    import torch
+
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    items = ds.items[:2]
+    losses = llava_runner.option_losses(items)
+    assert [len(x) for x in losses] == [4, 4]
+    # Independent check: transformers' own mean cross-entropy with the prompt masked out.
+    proc, model = llava_runner.processor, llava_runner.model
+    from PIL import Image
+    import io
+
+    item = items[1]
+    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.prompt}]}],
+                                      add_generation_prompt=True, tokenize=False)
+    image = Image.open(io.BytesIO(item.image)).convert("RGB")
+    n_prompt = proc(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    for j, option in enumerate(item.options):
+        full = proc(text=[prompt + option], images=[image], return_tensors="pt")
+        labels = full["input_ids"].clone()
+        labels[:, :n_prompt] = -100
+        with torch.no_grad():
+            ref = model(**full, labels=labels).loss.item()
+        assert losses[1][j] == pytest.approx(ref, rel=1e-4, abs=1e-5)
+    # Batch composition does not change the numbers (padding is masked).
+    llava_runner.batch_size = 1
+    try:
+        assert llava_runner.option_losses(items[1:2])[0] == pytest.approx(losses[1], rel=1e-4)
+    finally:
+        llava_runner.batch_size = 3
+    recs = [task.make_record(it, scores=s, scoring="loss") for it, s in zip(items, losses)]
+    for rec, s in zip(recs, losses):
+        assert rec["parsed"] == min(range(4), key=lambda i: s[i])
+        assert rec["prediction"] == rec["options"][rec["parsed"]]
+
+
+def test_clip_zero_shot_on_graded_folder(tiny_clip, tmp_path):
+    import torch
+    from PIL import Image
+    import io
+
+    from vlmforge.evaluation.runners import LocalRunner
+
+    root = tmp_path / "knee"
+    for n, g in enumerate([0, 1, 2, 3, 4, 1, 3]):
+        (root / str(g)).mkdir(parents=True, exist_ok=True)
+        (root / str(g) / f"{n}.png").write_bytes(tiny_png(n, size=40))
+    task = get_task("grading")
+    ds = task.read([root], ReadOptions())
+    runner = LocalRunner(str(tiny_clip), batch_size=4)
+    s = evaluate(task, ds, runner, tmp_path / "out", quiet=True)
+    assert s["scoring"] == "clip"
+    recs = [json.loads(x) for x in (tmp_path / "out" / PREDICTIONS).read_text().splitlines()]
+    for r in recs:
+        assert len(r["scores"]) == 5 and sum(r["scores"]) == pytest.approx(1.0, abs=1e-4)
+    # Independent check for one item: CLIPModel's own logits_per_image over the five grade prompts.
+    prompts = task.class_prompts(ds.items[0], None)
+    image = Image.open(io.BytesIO(ds.items[0].image_bytes())).convert("RGB")
+    with torch.no_grad():
+        out = runner.model(**runner.processor(text=prompts, images=[image], return_tensors="pt", padding=True))
+    assert recs[0]["scores"] == pytest.approx(torch.softmax(out.logits_per_image[0], -1).tolist(), abs=1e-5)
+    m = s["metrics"]
+    assert "auc_binary" in m and set(m["by_grade_auc"]) == {"0", "1", "2", "3", "4"}
+    with pytest.raises(UserError, match="cannot do --scoring generate"):
+        evaluate(task, ds, runner, tmp_path / "other", scoring="generate", quiet=True)
+
+
+class _Interrupting:
+    """Wraps a runner: counts items asked, and raises KeyboardInterrupt after `stop_after` batches."""
+
+    def __init__(self, runner, stop_after: int | None = None):
+        self.runner, self.stop_after, self.batches, self.asked = runner, stop_after, 0, []
+        self.name, self.backend, self.batch_size = runner.name, runner.backend, runner.batch_size
+        self.scorings, self.default_scoring = runner.scorings, runner.default_scoring
+
+    def generate(self, items):
+        if self.stop_after is not None and self.batches == self.stop_after:
+            raise KeyboardInterrupt
+        self.batches += 1
+        self.asked += [it.id for it in items]
+        return self.runner.generate(items)
+
+
+def test_interrupted_run_resumes_without_repeating_items(mcqa_build, llava_runner, tmp_path):
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    ids = [it.id for it in ds.items]
+    full = evaluate(task, ds, llava_runner, tmp_path / "whole", quiet=True, plots=False)
+
+    first = _Interrupting(llava_runner, stop_after=1)  # batch size 3: one batch, then the "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, ds, first, tmp_path / "run", quiet=True, plots=False)
+    pred = tmp_path / "run" / PREDICTIONS
+    assert [json.loads(x)["id"] for x in pred.read_text().splitlines()] == ids[:3]
+    with open(pred, "a") as f:
+        f.write('{"id": "' + ids[3] + '", "predic')  # a write torn by the crash
+
+    second = _Interrupting(llava_runner)
+    resumed = evaluate(task, ds, second, tmp_path / "run", quiet=True, plots=False)
+    assert second.asked == ids[3:]  # finished items are not asked again; the torn one is
+    assert [json.loads(x)["id"] for x in pred.read_text().splitlines()] == ids
+    whole = (tmp_path / "whole" / PREDICTIONS).read_text()
+    assert pred.read_text() == whole  # greedy decoding: the same predictions as an uninterrupted run
+    assert resumed["metrics"] == full["metrics"]
+
+
+def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(tiny_llava),
+                                   "--scoring", "loss", "--limit", "4", "--batch-size", "8", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    again = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(tiny_llava),
+                                     "--scoring", "loss", "--limit", "4", "--out", str(out), "--prompt", "Which?", "-q"])
+    assert isinstance(again.exception, UserError) and "differs in prompt" in str(again.exception)
+    assert summary["scoring"] == "loss" and summary["counts"]["items"] == 4 and summary["counts"]["unparsed"] == 0
+    res = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(out / PREDICTIONS),
+                                   "--out", str(tmp_path / "rescored"), "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert "macro_accuracy" in res.output  # the Markdown table
+    rescored = json.loads((tmp_path / "rescored" / "summary.json").read_text())
+    assert rescored["metrics"] == summary["metrics"]
+
+
+def test_refuses_before_any_model_call(llava_runner, tmp_path):
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "missing.jpg", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    task = get_task("pope")
+    ds = task.read([pope], ReadOptions(image_root=tmp_path))
+    with pytest.raises(UserError, match="1 of 1 images are missing"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", quiet=True)
+    with pytest.raises(UserError, match="does not support --scoring clip"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", scoring="clip", quiet=True)
+    assert not (tmp_path / "out" / PREDICTIONS).exists()

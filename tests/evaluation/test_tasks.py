@@ -1,0 +1,353 @@
+"""Task readers on files laid out like the real ones, and task metrics on hand-made predictions."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmforge.errors import UserError
+from vlmforge.evaluation.items import ReadOptions
+from vlmforge.evaluation.run import score_predictions
+from vlmforge.evaluation.tasks import get_task
+
+from tests.evaluation.conftest import make_build, tiny_png
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _records(task, dataset, answers: dict[str, str]):
+    items = {it.id: it for it in dataset.items}
+    return [task.make_record(items[i], text=t) for i, t in answers.items()]
+
+
+# -- mcqa --------------------------------------------------------------------------------------
+def test_mcqa_build_reader_and_hand_scored_metrics(mcqa_build, tmp_path):
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    assert len(ds) == 6 and ds.build_id and ds.items[0].image.startswith(b"\x89PNG")
+    first = ds.items[0]
+    assert first.options == ["cat", "dog", "bird", "horse"] and first.answer == 0 and first.meta["class"] == "cat"
+    assert "A. cat" in first.prompt and "<image>" not in first.prompt
+    # classes: cat, dog, bird, horse, cat, dog; gold letters spread over A-D (see conftest)
+    assert ["ABCD"[it.answer] for it in ds.items] == ["A", "D", "D", "C", "D", "B"]
+    answers = {
+        ds.items[0].id: "A",  # cat right
+        ds.items[1].id: "The answer is B.",  # dog wrong (B is horse)
+        ds.items[2].id: "(D)",  # bird right
+        ds.items[3].id: "I would say horse",  # horse right, by the option's text
+        ds.items[4].id: "no idea",  # cat unparsed -> wrong
+        ds.items[5].id: "B. dog",  # dog right
+    }
+    m = task.score(_records(task, ds, answers))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # per class: cat 1/2, dog 1/2, bird 1, horse 1 -> macro 3/4
+    assert m["macro_accuracy"] == pytest.approx(0.75)
+    assert m["by_class"]["cat"] == {"accuracy": 0.5, "n": 2}
+    assert m["by_gold_position"]["D"] == {"accuracy": pytest.approx(1 / 3), "n": 3}
+    assert m["predicted_positions"] == {"A": 1, "B": 2, "C": 1, "D": 1, "?": 1}
+    assert m["confusion"]["matrix"][3] == [0, 1, 0, 1, 1]  # gold D: once B, once D, once unparsed
+
+
+def test_mcqa_prompt_the_unseen_files(tmp_path):
+    box = "[0.12, 0.2, 0.55, 0.61]"
+    (tmp_path / "VG_100K").mkdir()
+    (tmp_path / "VG_100K" / "1.jpg").write_bytes(tiny_png(1))
+    recs = [
+        {"id": "q1", "image": "VG_100K/1.jpg", "synset": "albatross.n.01",
+         "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"{box} black footed albatross"}],
+         "options": ["gull", "black footed albatross", "tern", "crow"]},
+        {"id": "q2", "image": "VG_100K/1.jpg", "mcqa_gt": 2,
+         "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"{box} tern"}],
+         "choices": [{"prompt": f"{box} gull"}, {"prompt": f"{box} crow"}, {"prompt": f"{box} tern"}]},
+    ]
+    path = tmp_path / "test_unseen_mcqa.json"
+    path.write_text(json.dumps(recs))
+    task = get_task("mcqa")
+    ds = task.read([path], ReadOptions(image_root=tmp_path))
+    a, b = ds.items
+    assert a.answer == 1 and a.options[1] == "black footed albatross" and a.meta["class"] == "black footed albatross"
+    assert b.answer == 2 and b.options == ["gull", "crow", "tern"]
+    assert a.loss_prefix == box and a.loss_targets[1] == " black footed albatross"
+    assert box in a.prompt and "B. black footed albatross" in a.prompt
+    assert a.image_bytes() == tiny_png(1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": 1, "image": "x.jpg"}]))
+    with pytest.raises(UserError, match="no options"):
+        task.read([bad], ReadOptions())
+
+
+def test_mcqa_scores_prompt_the_unseen_prediction_file(tmp_path):
+    def line(gt, pred, names):
+        return {"mcqa_gt": gt, "mcqa_pred": pred, "losses": [{"prompt": f"[0, 0, 1, 1] {n}", "loss": 1.0} for n in names]}
+
+    names = ["gull", "tern", "crow"]
+    preds = [line(0, 0, names), line(0, 1, names), line(1, 1, names), line(2, 2, names), line(2, 2, names)]
+    path = tmp_path / "pred.json"
+    path.write_text(json.dumps(preds))
+    s = score_predictions(get_task("mcqa"), path, [], ReadOptions(), tmp_path / "scores", quiet=True)
+    # gull 1/2, tern 1/1, crow 2/2: accuracy 4/5, macro (0.5 + 1 + 1)/3
+    assert s["metrics"]["accuracy"] == pytest.approx(0.8)
+    assert s["metrics"]["macro_accuracy"] == pytest.approx(2.5 / 3)
+    assert (tmp_path / "scores" / "per_class_accuracy.png").stat().st_size > 1000
+
+
+# -- pope --------------------------------------------------------------------------------------
+def _pope_files(root: Path) -> tuple[Path, Path]:
+    """Per-category annotation files (labels) and LLaVA's combined question file (no labels)."""
+    ann = root / "coco_pope"
+    ann.mkdir()
+    random_qs = [("dog", "yes"), ("car", "no"), ("cat", "no")]
+    adv_qs = [("bus", "yes"), ("sink", "yes"), ("fork", "no")]
+    for cat, qs in (("random", random_qs), ("adversarial", adv_qs)):
+        _write_jsonl(ann / f"coco_pope_{cat}.json", [
+            {"question_id": i + 1, "image": f"COCO_val2014_{i:012d}.jpg", "text": f"Is there a {o} in the image?", "label": lab}
+            for i, (o, lab) in enumerate(qs)])
+    combined = _write_jsonl(root / "llava_pope_test.jsonl", [
+        {"question_id": n + 1, "image": f"COCO_val2014_{i:012d}.jpg",
+         "text": f"Is there a {o} in the image?\nAnswer the question using a single word or phrase.", "category": cat}
+        for n, (cat, i, o) in enumerate([("random", 0, "dog"), ("random", 1, "car"), ("random", 2, "cat"),
+                                         ("adversarial", 0, "bus"), ("adversarial", 1, "sink"), ("adversarial", 2, "fork")])])
+    return ann, combined
+
+
+def test_pope_scores_llava_answer_file_by_hand(tmp_path):
+    ann, combined = _pope_files(tmp_path)
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": 1, "prompt": "...", "text": "Yes, there is a dog.", "answer_id": "x", "model_id": "m", "metadata": {}},
+        {"question_id": 2, "text": "No, there is not."},
+        {"question_id": 3, "text": "There is a cat in the image."},
+        {"question_id": 4, "text": "I am not sure."},
+        {"question_id": 5, "text": "Yes"},
+        {"question_id": 6, "text": "No."},
+    ])
+    s = score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "out", quiet=True)
+    m = s["metrics"]
+    # random: TP(dog) TN(car) FP(cat); adversarial: FN(bus, "not") TP(sink) TN(fork)
+    r, a = m["by_category"]["random"], m["by_category"]["adversarial"]
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (1, 1, 1, 0)
+    assert r["accuracy"] == pytest.approx(2 / 3) and r["precision"] == pytest.approx(0.5) and r["recall"] == 1.0
+    assert r["f1"] == pytest.approx(2 / 3) and r["yes_ratio"] == pytest.approx(2 / 3)
+    assert a["precision"] == 1.0 and a["recall"] == pytest.approx(0.5) and a["yes_ratio"] == pytest.approx(1 / 3)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
+    assert list(m["by_category"]) == ["random", "adversarial"]
+    assert (tmp_path / "out" / "confusion_matrix.png").exists()
+
+
+def test_pope_reads_category_files_alone(tmp_path):
+    ann, _ = _pope_files(tmp_path)
+    ds = get_task("pope").read([ann], ReadOptions(image_root=tmp_path / "val2014"))
+    assert len(ds) == 6
+    # question ids repeat across the category files, so ids carry the category
+    assert {it.id for it in ds.items} >= {"random-1", "adversarial-1"}
+    assert ds.items[0].prompt.endswith("Answer the question using a single word or phrase.")
+    assert ds.items[0].image_path == str(tmp_path / "val2014" / "COCO_val2014_000000000000.jpg")
+    with pytest.raises(UserError, match="no label"):
+        get_task("pope").read([tmp_path / "llava_pope_test.jsonl"], ReadOptions())
+
+
+# -- scienceqa ---------------------------------------------------------------------------------
+def _scienceqa(root: Path) -> Path:
+    sqa = root / "scienceqa"
+    sqa.mkdir()
+    def prob(subject, hint, image, grade, answer, split="test"):
+        return {"question": "Which one?", "choices": ["alpha", "beta", "gamma"], "answer": answer, "hint": hint,
+                "image": image, "subject": subject, "grade": grade, "split": split, "task": "closed choice"}
+    problems = {"p1": prob("natural science", "", "image.png", "grade7", 0),
+                "p2": prob("social science", "some text", None, "grade3", 1),
+                "p3": prob("language science", "", None, "grade2", 2),
+                "p4": prob("natural science", "ctx", "image.png", "grade10", 0),
+                "p5": prob("natural science", "", None, "grade5", 1),
+                "p6": prob("natural science", "", None, "grade5", 1, split="train")}
+    (sqa / "problems.json").write_text(json.dumps(problems))
+    (sqa / "pid_splits.json").write_text(json.dumps({"train": ["p6"], "test": ["p1", "p2", "p3", "p4", "p5"]}))
+    for pid in ("p1", "p4"):
+        (sqa / "images" / "test" / pid).mkdir(parents=True)
+        (sqa / "images" / "test" / pid / "image.png").write_bytes(tiny_png(3))
+    return sqa
+
+
+def test_scienceqa_groups_by_hand(tmp_path):
+    sqa = _scienceqa(tmp_path)
+    task = get_task("scienceqa")
+    ds = task.read([sqa], ReadOptions())
+    assert [it.id for it in ds.items] == ["p1", "p2", "p3", "p4", "p5"]
+    assert ds.items[1].prompt.startswith("Context: some text\nWhich one?\nA. alpha")
+    assert ds.items[0].image_bytes() == tiny_png(3) and ds.items[1].image_path is None
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": "p1", "text": "A"},
+        {"question_id": "p2", "text": "The answer is B."},
+        {"question_id": "p3", "text": "C. gamma"},
+        {"question_id": "p4", "text": "I think (A)"},  # not a LLaVA form: wrong under the strict rule
+        {"question_id": "p5", "text": "The answer is A."},
+    ])
+    m = score_predictions(task, answers, [sqa], ReadOptions(), tmp_path / "o", quiet=True)["metrics"]
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["by_subject"] == {"LAN": {"accuracy": 1.0, "n": 1}, "NAT": {"accuracy": pytest.approx(1 / 3), "n": 3},
+                               "SOC": {"accuracy": 1.0, "n": 1}}
+    assert m["by_context"] == {"TXT": {"accuracy": 0.5, "n": 2}, "IMG": {"accuracy": 0.5, "n": 2},
+                               "NO": {"accuracy": 0.5, "n": 2}}
+    assert m["by_grade"] == {"G1-6": {"accuracy": pytest.approx(2 / 3), "n": 3}, "G7-12": {"accuracy": 0.5, "n": 2}}
+    lenient = get_task("scienceqa", strict=False)
+    assert score_predictions(lenient, answers, [sqa], ReadOptions(), tmp_path / "o2", quiet=True,
+                             plots=False)["metrics"]["accuracy"] == pytest.approx(4 / 5)
+
+
+def test_scienceqa_llava_question_file_with_problems(tmp_path):
+    sqa = _scienceqa(tmp_path)
+    llava = tmp_path / "llava_test_CQM-A.json"
+    llava.write_text(json.dumps([
+        {"id": "p2", "conversations": [
+            {"from": "human", "value": "Context: some text\nWhich one?\nA. alpha\nB. beta\nC. gamma\nAnswer with the option's letter from the given choices directly."},
+            {"from": "gpt", "value": "B"}]},
+        {"id": "p1", "image": "p1/image.png", "conversations": [
+            {"from": "human", "value": "<image>\nContext: N/A\nWhich one?\nA. alpha\nB. beta\nC. gamma"},
+            {"from": "gpt", "value": "The answer is A."}]},
+    ]))
+    ds = get_task("scienceqa").read([llava, sqa], ReadOptions(image_root=sqa / "images" / "test"))
+    assert [(it.id, it.answer, it.meta["subject"]) for it in ds.items] == [("p2", 1, "SOC"), ("p1", 0, "NAT")]
+    assert ds.items[1].options == ["alpha", "beta", "gamma"] and ds.items[1].image_bytes() == tiny_png(3)
+    alone = get_task("scienceqa").read([llava], ReadOptions())  # no problems.json: gold from the gpt turn
+    assert [it.answer for it in alone.items] == [1, 0] and alone.items[0].meta["has_text"] is True
+
+
+# -- mmbench -----------------------------------------------------------------------------------
+def _mmbench_tsv(path: Path) -> Path:
+    img = base64.b64encode(tiny_png(5)).decode()
+    rows = [
+        {"index": 0, "question": "What color is the sky?", "hint": "nan", "A": "red", "B": "blue", "C": "green",
+         "D": "black", "answer": "B", "category": "color", "image": img, "source": "x", "l2-category": "perception",
+         "split": "dev"},
+        {"index": 1, "question": "How many cats?", "hint": "Look closely.", "A": "one", "B": "two", "C": "three",
+         "D": "", "answer": "A", "category": "count", "image": img, "source": "x", "l2-category": "perception",
+         "split": "dev"},
+    ]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def test_mmbench_circular_evaluation_and_submission(tmp_path):
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    task = get_task("mmbench")
+    ds = task.read([tsv], ReadOptions())
+    ids = [it.id for it in ds.items]
+    assert ids == ["0-0", "0-1", "0-2", "0-3", "1-0", "1-1", "1-2"]
+    by = {it.id: it for it in ds.items}
+    assert by["0-1"].options == ["blue", "green", "black", "red"] and by["0-1"].answer == 0
+    assert by["0-3"].options == ["black", "red", "blue", "green"] and by["0-3"].answer == 2
+    assert by["1-0"].prompt.startswith("Look closely.\nHow many cats?\nA. one\nB. two\nC. three\nAnswer")
+    assert by["1-2"].options == ["three", "one", "two"] and by["1-2"].answer == 1
+    assert by["0-0"].image == tiny_png(5)
+    # LLaVA answer lines (question_id = TSV index, round_id = rotation): q0 right in every round,
+    # q1 right in round 0 only.
+    lines = [{"question_id": 0, "round_id": r, "text": t} for r, t in enumerate(["B", "A", "The answer is D.", "C"])]
+    lines += [{"question_id": 1, "round_id": r, "text": t} for r, t in enumerate(["A", "A", "two"])]
+    answers = _write_jsonl(tmp_path / "answers.jsonl", lines)
+    s = score_predictions(task, answers, [tsv], ReadOptions(), tmp_path / "o", quiet=True)
+    m = s["metrics"]
+    assert m["circular_accuracy"] == 0.5 and m["single_pass_accuracy"] == 1.0
+    assert m["n_questions"] == 2 and m["n_rounds"] == 7
+    assert m["by_category"] == {"color": {"accuracy": 1.0, "n": 1}, "count": {"accuracy": 0.0, "n": 1}}
+    assert m["by_l2_category"] == {"perception": {"accuracy": 0.5, "n": 2}}
+    with open(tmp_path / "o" / "mmbench_submission.tsv", newline="") as f:
+        sub = list(csv.DictReader(f, delimiter="\t"))
+    assert [list(r)[:7] for r in sub][0] == ["index", "question", "A", "B", "C", "D", "prediction"]
+    assert [(r["index"], r["prediction"], r["answer"]) for r in sub] == [("0", "B", "B"), ("1", "A", "A")]
+    one = task.read([tsv], ReadOptions(rounds=1))
+    assert [it.id for it in one.items] == ["0-0", "1-0"]
+
+
+def test_mmbench_file_with_circular_copies(tmp_path):
+    """Original MMBench TSVs carry rotated copies at index + 1e6; they group, not rotate again."""
+    tsv = tmp_path / "mm.tsv"
+    img = base64.b64encode(tiny_png(5)).decode()
+    rows = [{"index": 7, "question": "Q", "hint": "", "A": "x", "B": "y", "answer": "A", "category": "c", "image": img},
+            {"index": 1000007, "question": "Q", "hint": "", "A": "y", "B": "x", "answer": "B", "category": "c", "image": "7"}]
+    with open(tsv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    task = get_task("mmbench")
+    ds = task.read([tsv], ReadOptions())
+    assert [(it.id, it.meta["index"], it.meta["round"], it.answer) for it in ds.items] == [
+        ("7-0", 7, 0, 0), ("1000007-0", 7, 1, 1)]
+    assert ds.items[1].image == tiny_png(5)  # "7" points at row 7's image
+    recs = _records(task, ds, {"7-0": "A", "1000007-0": "A"})
+    assert task.score(recs)["circular_accuracy"] == 0.0
+
+
+# -- grading -----------------------------------------------------------------------------------
+def test_grading_metrics_by_hand(tmp_path):
+    task = get_task("grading")
+    root = tmp_path / "knee"
+    for split in ("train", "test"):
+        for g in range(5):
+            (root / split / str(g)).mkdir(parents=True)
+    for n, g in enumerate([0, 1, 2, 3, 4, 2]):
+        (root / "test" / str(g) / f"img{n}.png").write_bytes(tiny_png(n))
+    ds = task.read([root], ReadOptions())  # picks test/ by default
+    assert [it.answer for it in ds.items] == [0, 1, 2, 2, 3, 4]
+    texts = ["Grade 0", "The most likely Kellgren-Lawrence grade of this knee X-ray image is Grade 1: doubtful.",
+             "grade two", "KL 1", "Grade 3 or maybe 4", "I cannot tell"]
+    # gold 0 1 2 2 3 4 ; parsed 0, 1, 2, 1, multiple, unparsed
+    m = task.score([task.make_record(it, text=t) for it, t in zip(ds.items, texts)])
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["accuracy_parsed"] == pytest.approx(3 / 4)
+    assert m["unparsed"] == 1 and m["multiple"] == 1
+    assert m["mae"] == pytest.approx(1 / 4)
+    # parsed pairs (0,0) (1,1) (2,2) (2,1): O off-diagonal (2,1) w=1/16; r=[1,1,2,0,0], c=[1,2,1,0,0]
+    # sum w r c / n = (1*1*2 + 4*1*1 + 1*1*1 + 1*1*1 + 4*2*1 + 1*2*2)/16/4 = 20/64 -> 1 - (1/16)/(20/64) = 0.8
+    assert m["qwk"] == pytest.approx(0.8)
+    assert m["by_grade"]["2"] == {"accuracy": 0.5, "n": 2} and m["by_grade"]["3"]["accuracy"] == 0.0
+    assert m["confusion"]["matrix"][2] == [0, 1, 1, 0, 0]
+    (root / "test").rename(root / "holdout")
+    with pytest.raises(UserError, match="--split"):
+        task.read([root], ReadOptions())
+
+
+def test_grading_from_build_with_clip_scores(tmp_path):
+    docs = [{"grade": g, "conversations": [{"from": "human", "value": "<image>\nWhat is the KL grade?"},
+                                           {"from": "gpt", "value": f"Grade {g}"}]} for g in (0, 1, 2, 3)]
+    build = make_build(tmp_path, docs)
+    task = get_task("grading")
+    ds = task.read([build], ReadOptions())
+    assert ds.build_id and [it.answer for it in ds.items] == [0, 1, 2, 3] and ds.items[0].prompt == "What is the KL grade?"
+    assert task.class_prompts(ds.items[2], None)[2] == "a knee X-ray with Kellgren-Lawrence grade 2"
+    probs = [[0.7, 0.1, 0.1, 0.05, 0.05], [0.2, 0.5, 0.2, 0.05, 0.05],
+             [0.1, 0.2, 0.3, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2, 0.1]]
+    recs = [task.make_record(it, scores=p, scoring="clip") for it, p in zip(ds.items, probs)]
+    assert [r["parsed"] for r in recs] == [0, 1, 2, 0]
+    m = task.score(recs)
+    assert m["accuracy"] == 0.75 and m["auc_binary"] == 1.0
+    assert m["by_grade_auc"]["3"]["auc"] == pytest.approx(2.5 / 3) and m["by_grade_auc"]["4"]["auc"] is None
+
+
+# -- open --------------------------------------------------------------------------------------
+def test_open_containment_and_soft_match(tmp_path):
+    path = _write_jsonl(tmp_path / "q.jsonl", [
+        {"id": 1, "text": "What bird is this?", "label": "Black footed Albatross", "image": "a.png"},
+        {"id": 2, "text": "What animal?", "label": "dog"},
+        {"id": 3, "text": "What animal?", "label": "dog"},
+        {"id": 4, "text": "What animal?", "label": "dog"},
+    ])
+    task = get_task("open")
+    ds = task.read([path], ReadOptions())
+    recs = _records(task, ds, {"1": "It is a black-footed albatross.", "2": "Two dogs on a bench.",
+                               "3": "A hotdog stand.", "4": "A cat."})
+    m = task.score(recs)
+    assert m["containment_accuracy"] == 0.5
+    assert m["by_class"]["dog"] == {"accuracy": pytest.approx(1 / 3), "n": 3}
+    cos = task.soft_scores(["Black footed Albatross.", "The sky is blue today. It is a dog.", "A red car."],
+                           ["Black footed Albatross", "dog", "dog"])
+    assert cos[0] > 0.95  # the same words
+    assert cos[1] > cos[2]  # the best sentence counts, not the whole answer
+    assert m["soft_threshold"] == 0.85 and 0 <= m["soft_match_accuracy"] <= 1

@@ -1,0 +1,96 @@
+"""The HTML report: content from the manifest, self-contained, and rendered by headless Chromium."""
+
+import io
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmforge.report.html import render_report
+
+from tests.report.chromium import CHROMIUM, Chromium
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.tables, self.links, self.scripts = [], 0, [], 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a)
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "script":
+            self.scripts += 1
+        for k in ("href", "src"):
+            if k in a and tag != "img":
+                self.links.append(a[k])
+
+
+def test_report_content_and_self_containment(occ_build):
+    page = render_report(occ_build, n=6)
+    tags = _Tags()
+    tags.feed(page)
+    assert tags.scripts == 0 and tags.links == []  # no JavaScript, no external file
+    assert all(i["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for i in tags.imgs)
+    alts = [i["alt"] for i in tags.imgs]
+    for plot in ("histogram of causality", "histogram of occluded_fraction", "bar chart of samples per label",
+                 "bar chart of supercategory", "bar chart of rejects by reason"):
+        assert plot in alts
+    assert "histogram of width" not in alts and "width = 480" in page  # constant columns are a sentence
+    assert sum(a.startswith("mask of ") for a in alts) == 6 and sum(a.startswith("original of ") for a in alts) == 6
+    assert occ_build.build_id in page and "Built directly from its source" in page
+    assert "<td>train</td><td class=\"n\">6</td><td class=\"n\">2</td>" in page  # samples, rejects per split
+    assert "<td>refrigerator</td><td class=\"n\">3</td><td class=\"n\">0</td><td class=\"n\">3</td>" in page
+    assert "object_too_large" in page and "box covers 16.5% of the image" in page
+    assert page == render_report(occ_build, n=6)  # deterministic
+    for i in tags.imgs[:3]:  # the embedded plots decode as PNGs
+        import base64
+        Image.open(io.BytesIO(base64.b64decode(i["src"].split(",", 1)[1]))).verify()
+
+
+def test_report_of_a_derived_build_shows_its_lineage(occ_build, tmp_path):
+    import vlmforge
+
+    child = vlmforge.build("copy", "build", out=tmp_path, source_options={"path": str(occ_build.path), "where": "split = 'val'"})
+    page = render_report(child, n=2)
+    assert occ_build.build_id in page and "Built directly from its source" not in page
+    assert "mask of " in page  # extras carried over keep the triptych
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(occ_build, copy_build, tmp_path):
+    out = tmp_path / "report.html"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(occ_build.path), "--out", str(out), "--n", "8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    copy_page = tmp_path / "copy.html"
+    copy_html = render_report(copy_build, n=4)
+    assert "n_turns = 2; width = 480; height = 360; original_format = JPEG" in copy_html
+    copy_page.write_text(copy_html, encoding="utf-8")
+    browser = Chromium()
+    try:
+        # occlusion: 8 triptychs + 5 plots, tables: identity, splits, labels, rejects;
+        # copy: 4 images and no plot (every column is constant), tables: identity, splits
+        for page, n_images, n_tables in ((out, 8 * 3 + 5, 4), (copy_page, 4, 2)):
+            browser.events.clear()
+            browser.open(page.as_uri())
+            images = browser.eval("[...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height])")
+            assert len(images) == n_images
+            assert all(done and w > 0 and h > 0 for done, w, h in images), images
+            tables = browser.eval("[...document.querySelectorAll('table')].map(t => [t.rows.length, t.getBoundingClientRect().height])")
+            assert len(tables) == n_tables and all(rows >= 2 and h > 0 for rows, h in tables), tables
+            assert browser.eval("document.title").startswith(("occlusion 0.0.1", "copy 1.0.0"))
+            assert browser.errors() == []
+            assert all(u.startswith(("file:", "data:")) for u in browser.requests())
+        shot = Image.open(browser.screenshot(tmp_path / "shot.png")).convert("L")
+        assert shot.width == 1280 and shot.height > 900
+        assert np.asarray(shot).std() > 20  # a page with content, not a blank one
+    finally:
+        browser.close()

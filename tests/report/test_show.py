@@ -1,0 +1,83 @@
+"""Contact sheets: geometry, the occlusion triptych, deterministic choice by SQL filter, any build."""
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmforge.errors import UserError
+from vlmforge.report.show import OUTLINE, SheetLayout, choose_samples, contact_sheet, load_sample, panels
+
+
+def _red(region: Image.Image) -> int:
+    a = np.asarray(region).astype(int)
+    return int(((a[..., 0] == OUTLINE[0]) & (a[..., 1] == OUTLINE[1]) & (a[..., 2] == OUTLINE[2])).sum())
+
+
+def test_occlusion_sheet_is_a_triptych_grid_of_the_expected_size(occ_build):
+    layout = SheetLayout(thumb=100)
+    sheet = contact_sheet(occ_build, n=5, layout=layout)
+    # cell: 3 panels of 100 px + 2 gaps of 4 = 308 wide; 16 title + 100 + 4 caption lines of 15 = 176 high.
+    # 2 columns, 3 rows: width 8 + 2 * (308 + 8) = 640; height 28 + 8 + 3 * (176 + 8) = 588
+    assert sheet.size == (640, 588)
+    a = np.asarray(sheet).astype(float)
+    assert a.std() > 30  # not blank
+    # first cell: original (x 8..108), mask (112..212), occluded (216..316), panels from y 28 + 8 + 16 = 52
+    top = 52
+    original = sheet.crop((8, top, 108, top + 100))
+    mask = sheet.crop((112, top, 212, top + 100))
+    occluded = sheet.crop((216, top, 316, top + 100))
+    assert _red(mask) > 20 and _red(original) == 0 and _red(occluded) == 0
+    # the occluded panel differs from the original only inside the hidden box (painted grey)
+    diff = np.abs(np.asarray(original).astype(int) - np.asarray(occluded).astype(int)).sum(axis=2) > 40
+    ys, xs = np.nonzero(diff)
+    row = choose_samples(occ_build, n=1)[0]
+    x, y, w, h = load_sample(occ_build, row)["json"]["box"]
+    scale = 100 / 480  # 480x360 fitted into 100x100: 100x75 at y offset 12
+    assert abs(xs.min() - x * scale) <= 2 and abs(xs.max() - (x + w) * scale) <= 2
+    assert abs(ys.min() - (12 + y * scale)) <= 2 and abs(ys.max() - (12 + (y + h) * scale)) <= 2
+
+
+def test_choice_is_deterministic_and_filtered_by_sql(occ_build):
+    a = [r["key"] for r in choose_samples(occ_build, n=10)]
+    assert a == [r["key"] for r in choose_samples(occ_build, n=10)]
+    assert sorted(a) == sorted(r[0] for r in occ_build.sql("SELECT key FROM samples").fetchall())
+    assert a != [r["key"] for r in choose_samples(occ_build, n=10, seed=1)]
+    fridges = choose_samples(occ_build, where="label = 'refrigerator'", n=16)
+    assert len(fridges) == 3 and {r["label"] for r in fridges} == {"refrigerator"}
+    one = io.BytesIO()
+    contact_sheet(occ_build, where="label = 'refrigerator'", layout=SheetLayout(thumb=64)).save(one, "PNG")
+    two = io.BytesIO()
+    contact_sheet(occ_build, where="label = 'refrigerator'", layout=SheetLayout(thumb=64)).save(two, "PNG")
+    assert one.getvalue() == two.getvalue()
+    for bad in ("no_such_column > 1", "1=1; DROP TABLE samples"):
+        with pytest.raises(UserError):
+            choose_samples(occ_build, where=bad)
+    with pytest.raises(UserError, match="no sample matches"):
+        contact_sheet(occ_build, where="label = 'zebra'")
+
+
+def test_panels_without_the_original(occ_build):
+    sample = load_sample(occ_build, choose_samples(occ_build, n=1)[0])
+    sample.pop("orig.jpg")
+    assert [t for t, _ in panels(sample, 50)] == ["mask", "occluded"]
+    sample.pop("mask.png")
+    assert [t for t, _ in panels(sample, 50)] == ["image"]
+
+
+def test_any_build_and_the_cli(copy_build, tmp_path):
+    out = tmp_path / "sheet.png"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--n", "6",
+                        "--thumb", "80", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    img = Image.open(out)
+    # one panel per cell (80 wide, 16 + 80 + 60 high); 4 columns, 2 rows:
+    # width 8 + 4 * (80 + 8) = 360; height 28 + 8 + 2 * (156 + 8) = 364
+    assert img.size == (360, 364)
+    assert np.asarray(img.convert("L")).std() > 30
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--where", "nope(",
+                        "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr

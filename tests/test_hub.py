@@ -1,0 +1,354 @@
+"""Publishing to the Hub and pulling back, with no network: the plan, the staged repo layout, the
+card, loading it with `datasets`, the resume logic against a stand-in for the Hub's API, the token."""
+
+import fnmatch
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import vlmforge
+from vlmforge import hub
+from vlmforge.errors import UserError
+from vlmforge.manifests.read import open_build
+from vlmforge.manifests.verify import verify_build
+
+from tests.helpers import build_files
+from tests.report.tiny_occlusion import build_tiny_occlusion
+
+TOKEN = "hf_NeverShowThisToken0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def occ(tmp_path_factory, sample_coco):
+    """Occlusion-like build: train 6 samples + 2 rejects, val 4; members jpg, mask.png, orig.jpg, json."""
+    return build_tiny_occlusion(sample_coco, tmp_path_factory.mktemp("occ"), max_samples_per_shard=3)
+
+
+@pytest.fixture(scope="module")
+def staged(occ, tmp_path_factory):
+    """The repo folder staged with small shards and folders, so re-packing and chunking both happen."""
+    stage_dir = tmp_path_factory.mktemp("stage")
+    plan = hub.plan_publish(occ, target_shard_bytes=200_000, max_files_per_folder=2)
+    hub.stage(plan, stage_dir, "lab/occ", quiet=True)
+    return plan, stage_dir / "repo"
+
+
+def _sample_order(b):
+    """(split, shard, offset, sample_bytes) of every sample in build order."""
+    out = []
+    for s in b.info["shards"]:
+        t = pq.read_table(b.path / "manifest" / s["shard"].replace(".tar", ".parquet"), columns=["offset", "sample_bytes"])
+        out += [(s["split"], s["shard"], o, n) for o, n in zip(t.column("offset").to_pylist(), t.column("sample_bytes").to_pylist())]
+    return out
+
+
+def test_plan_repacks_greedily_and_keeps_folders_small(occ, staged):
+    plan, repo = staged
+    order = _sample_order(occ)
+    # Pieces, read in order, are exactly the build's samples in order, none lost or repeated.
+    flat = []
+    for s in plan.shards:
+        for p in s.pieces:
+            flat.append((s.split, p.shard, p.start, p.end, p.samples))
+    walked = []
+    for split, shard, start, end, n in flat:
+        for (sp, sh, off, size) in order:
+            if sh == shard and start <= off < end:
+                walked.append((sp, sh, off, size))
+        assert split == shard.split("-")[0]
+    assert walked == order
+    by_split = {}
+    for s in plan.shards:
+        by_split.setdefault(s.split, []).append(s)
+    for split, shards in by_split.items():
+        for a, b in zip(shards, shards[1:]):
+            # greedy: a shard is closed only when the next sample would push it past the target
+            first_of_b = next(size for (sp, sh, off, size) in order if sh == b.pieces[0].shard and off == b.pieces[0].start)
+            assert a.data_bytes + first_of_b > 200_000
+        for s in shards:
+            assert s.data_bytes <= 200_000 or s.samples == 1
+    assert sum(s.samples for s in plan.shards) == len(occ) == 10
+    # at most 2 files per folder; the split with 3 shards moved into numbered folders
+    folders = {}
+    for p in repo.rglob("*"):
+        if p.is_file():
+            folders.setdefault(p.parent, []).append(p)
+    assert all(len(v) <= 2 for k, v in folders.items() if k != repo)
+    assert plan.data_files == {"train": "data/train/*/*.tar", "val": "data/val/*.tar"}
+    assert sorted(p.relative_to(repo).as_posix() for p in (repo / "data").rglob("*.tar")) == [
+        "data/train/0000/train-000000.tar", "data/train/0000/train-000001.tar", "data/train/0001/train-000002.tar",
+        "data/val/val-000000.tar", "data/val/val-000001.tar"]
+    for s in plan.shards:  # sizes announced by the plan are the sizes written
+        assert (repo / s.path).stat().st_size == s.bytes
+
+
+def test_card_yaml_and_datasets_load_the_published_layout(occ, staged, tmp_path):
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    plan, repo = staged
+    text = (repo / "README.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["pretty_name"] == "vlmforge occlusion 0.0.1" and meta["license"] == "unknown"
+    assert meta["size_categories"] == ["n<1K"] and "vlmforge" in meta["tags"] and meta["task_categories"]
+    [config] = meta["configs"]
+    assert config["config_name"] == "default"
+    data_files = {d["split"]: d["path"] for d in config["data_files"]}
+    assert data_files == {"train": "data/train/*/*.tar", "val": "data/val/*.tar"}
+    card = DatasetCard(text)  # the Hub's own parser accepts it
+    assert card.data.configs[0]["config_name"] == "default"
+    body = text.split("---\n", 2)[2]
+    assert occ.build_id in body and "| train | 6 | 2 | 3 |" in body and "| val | 4 | 0 | 2 |" in body
+    assert "| refrigerator | 3 |" in body and "| object_too_large | 1 |" in body
+    assert "`mask_png` | image | `<key>.mask.png`" in body
+    assert "What is hidden behind the grey box?" in body and '"keep_original": true' in body
+
+    # 1) the card's own data_files, as `load_dataset("webdataset", data_files=...)` takes them
+    ds = load_dataset("webdataset", data_files={k: str(repo / v) for k, v in data_files.items()},
+                      cache_dir=str(tmp_path / "hf1"))
+    assert {k: v.num_rows for k, v in ds.items()} == {"train": 6, "val": 4}
+    for name in ds["train"].column_names:
+        assert name == name.lower() and "." not in name
+    assert set(ds["train"].column_names) == {"jpg", "json", "mask_png", "orig_jpg", "__key__", "__url__"}
+    keys = [r[0] for r in occ.sql("SELECT key FROM samples WHERE split = 'train' ORDER BY shard, \"offset\"").fetchall()]
+    assert ds["train"]["__key__"] == keys
+
+    # 2) the folder as the Hub serves it: the card's configs and declared features apply
+    ds2 = load_dataset(str(repo), cache_dir=str(tmp_path / "hf2"))
+    assert {k: v.num_rows for k, v in ds2.items()} == {"train": 6, "val": 4}
+    row = ds2["val"][0]
+    mask = row["mask_png"]
+    assert mask.mode == "L" and mask.size == (480, 360)
+    want = next(s for s in occ.samples("val") if s["__key__"] == row["__key__"])
+    assert mask.tobytes() == __import__("PIL.Image", fromlist=["Image"]).open(
+        __import__("io").BytesIO(want["mask.png"])).tobytes()
+    assert row["json"]["label"] == want["json"]["label"] and row["json"]["box"] == want["json"]["box"]
+
+
+def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
+    _, repo = staged
+    dest = hub.restore_build(repo, tmp_path / "out")
+    assert dest == tmp_path / "out" / "occlusion" / "0.0.1"
+    fa, fb = build_files(occ.path), build_files(dest)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+    pulled = open_build(dest)
+    assert verify_build(pulled, quiet=True) == []
+    assert pulled.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 2
+    # through the CLI, from a local clone of the repo
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "pull", str(repo), "--out", str(tmp_path / "cli")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "10 samples verified" in r.stderr
+    # a damaged published shard is caught, not restored silently
+    bad = tmp_path / "bad"
+    import shutil
+    shutil.copytree(repo, bad)
+    victim = bad / "data" / "val" / "val-000000.tar"
+    raw = bytearray(victim.read_bytes())
+    raw[3000] ^= 1
+    victim.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="sha256"):
+        hub.restore_build(bad, tmp_path / "out2")
+
+
+def test_unchanged_shards_are_linked_not_copied(tmp_path):
+    b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
+    plan = hub.plan_publish(b)
+    assert plan.rename == {} and len(plan.shards) == 1 and plan.data_files == {"val": "data/val/*.tar"}
+    hub.stage(plan, tmp_path / "stage", "lab/copy", quiet=True)
+    published = tmp_path / "stage" / "repo" / plan.shards[0].path
+    assert published.read_bytes() == b.shards()[0].read_bytes()
+    assert os.stat(published).st_ino == os.stat(b.shards()[0]).st_ino
+    dest = hub.restore_build(tmp_path / "stage" / "repo", tmp_path / "pulled")
+    assert verify_build(open_build(dest), quiet=True) == []
+
+
+def test_field_names_are_lowered_and_undotted():
+    assert hub.hub_field("mask.png") == "mask_png" and hub.hub_field("Orig.JPG") == "orig_jpg"
+    assert hub.field_map(["jpg", "json", "mask.png"]) == {"jpg": "jpg", "json": "json", "mask.png": "mask_png"}
+    with pytest.raises(UserError, match="both be published"):
+        hub.field_map(["mask.png", "mask_png"])
+    assert [hub.size_category(n) for n in (0, 999, 1000, 12_345, 2_000_000)] == [
+        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
+
+
+def test_dry_run_makes_no_network_request(occ, tmp_path, monkeypatch, capsys):
+    def refuse(*a, **k):
+        raise AssertionError("network access during a dry run")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = hub.publish(occ.path, "lab/occ", dry_run=True, stage_dir=tmp_path / "st", target_shard_bytes=200_000)
+    assert out["dry_run"]
+    repo = tmp_path / "st" / "repo"
+    assert (repo / "README.md").exists() and json.loads((repo / "publish.json").read_text())["build_id"] == occ.build_id
+    assert not (repo / "data").exists()  # a dry run plans; it copies no shard
+    captured = capsys.readouterr()
+    assert "data/train/" in captured.out and "mask.png -> mask_png" in captured.out
+    assert TOKEN not in captured.out + captured.err
+
+
+class FakeHub:
+    """Stands in for `huggingface_hub.HfApi` (the calls publish makes), keeping files in memory.
+    `fail_after=n` drops the connection after n more files, like a network failure mid-upload."""
+
+    LFS = ("*.tar", "*.parquet")
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.commits: dict[str, dict[str, bytes]] = {}
+        self.head = self._commit()
+        self.tags: dict[str, str] = {}
+        self.fail_after: int | None = None
+        self.written: list[str] = []
+
+    def _commit(self) -> str:
+        oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in self.files.items())).encode()).hexdigest()
+        self.commits[oid] = dict(self.files)
+        self.head = oid
+        return oid
+
+    def create_repo(self, repo_id, repo_type, private, exist_ok):
+        assert repo_type == "dataset" and exist_ok
+
+    def list_repo_refs(self, repo_id, repo_type):
+        return SimpleNamespace(tags=[SimpleNamespace(name=k, target_commit=v) for k, v in self.tags.items()],
+                               branches=[SimpleNamespace(name="main", target_commit=self.head)])
+
+    def hf_hub_download(self, repo_id, filename, repo_type, revision):
+        path = Path(os.environ["FAKE_HUB_TMP"]) / f"{revision}-{filename}"
+        path.write_bytes(self.commits[self.tags.get(revision, revision)][filename])
+        return str(path)
+
+    def list_repo_tree(self, repo_id, repo_type, revision, recursive):
+        files = self.commits[revision] if revision else self.files
+        for path, data in sorted(files.items()):
+            lfs = SimpleNamespace(sha256=hashlib.sha256(data).hexdigest()) if any(fnmatch.fnmatch(path, p) for p in self.LFS) else None
+            yield SimpleNamespace(path=path, size=len(data), blob_id=hub.git_blob_sha1(data), lfs=lfs)
+
+    def upload_folder(self, repo_id, folder_path, repo_type, commit_message, delete_patterns):
+        root = Path(folder_path)
+        local = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+        for path in [p for p in self.files if any(fnmatch.fnmatch(p, d) for d in delete_patterns) and p not in local]:
+            del self.files[path]
+        for path, p in local.items():
+            data = p.read_bytes()
+            if self.files.get(path) == data:
+                continue  # the Hub skips files it already holds
+            if self.fail_after is not None and len(self.written) >= self.fail_after:
+                self._commit()  # what was committed so far stays
+                raise ConnectionError(f"connection reset while sending {path} (Authorization: Bearer {TOKEN})")
+            self.files[path] = data
+            self.written.append(path)
+        return SimpleNamespace(oid=self._commit())
+
+    def create_tag(self, repo_id, tag, revision, repo_type, tag_message):
+        assert tag not in self.tags
+        self.tags[tag] = revision
+
+
+def test_upload_resumes_after_a_failure_and_tags(occ, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub()
+    fake.fail_after = 4
+    stage_dir = tmp_path / "stage"
+    with pytest.raises(UserError) as err:
+        hub.publish(occ.path, "lab/occ", api=fake, stage_dir=stage_dir, target_shard_bytes=200_000, quiet=True)
+    assert "run the same command again" in str(err.value) and TOKEN not in str(err.value)
+    assert len(fake.written) == 4 and not fake.tags
+    staged_once = (stage_dir / hub.STAGE_LOG).read_text().splitlines()
+
+    fake.fail_after = None
+    before = len(fake.written)
+    result = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=stage_dir, target_shard_bytes=200_000, quiet=True)
+    repo = stage_dir / "repo"
+    local = {p.relative_to(repo).as_posix(): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+    assert fake.files == local  # the Hub now holds exactly the staged repo
+    assert result["uploaded"] == len(local) - 4 == len(fake.written) - before  # only what was missing
+    assert (stage_dir / hub.STAGE_LOG).read_text().splitlines() == staged_once  # no shard staged twice
+    assert fake.tags == {"0.0.1": result["commit"]} and result["commit"] == fake.head
+
+    # again: nothing to send, the tag already marks this build
+    again = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=stage_dir, target_shard_bytes=200_000, quiet=True)
+    assert again["uploaded"] == 0 and fake.tags == {"0.0.1": result["commit"]}
+    # a new layout of the same build replaces the old shards on the Hub (no stale file left behind)
+    hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage2", quiet=True)
+    assert sorted(p for p in fake.files if p.startswith("data/")) == ["data/train/train-000000.tar", "data/val/val-000000.tar"]
+    # another build may not take a tag that marks this one
+    other = vlmforge.build("copy", "coco", out=tmp_path / "copy")
+    with pytest.raises(UserError, match="already marks build"):
+        hub.publish(other.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage3", revision="0.0.1", quiet=True)
+    captured = capsys.readouterr()
+    assert TOKEN not in captured.out + captured.err
+
+
+def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):
+    plan = hub.plan_publish(occ, target_shard_bytes=200_000)
+    real = hub._write_hub_shard
+    calls = []
+
+    def crash_on_third(plan_, shard, target):
+        calls.append(shard.path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(plan_, shard, target)
+
+    monkeypatch.setattr(hub, "_write_hub_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        hub.stage(plan, tmp_path / "a", "lab/occ", quiet=True)
+    calls.clear()
+    monkeypatch.setattr(hub, "_write_hub_shard", lambda *a: calls.append(a[1].path) or real(*a))
+    staged = hub.stage(plan, tmp_path / "a", "lab/occ", quiet=True)
+    assert calls == [s.path for s in plan.shards[2:]]  # the two finished shards were kept
+    assert [v["reused"] for v in staged.values()] == [True, True] + [False] * (len(plan.shards) - 2)
+    hub.stage(plan, tmp_path / "b", "lab/occ", quiet=True)
+    ra, rb = tmp_path / "a" / "repo", tmp_path / "b" / "repo"
+    files_a = {p.relative_to(ra): p.read_bytes() for p in ra.rglob("*") if p.is_file()}
+    files_b = {p.relative_to(rb): p.read_bytes() for p in rb.rglob("*") if p.is_file()}
+    assert files_a == files_b
+
+
+def test_cli_errors_never_show_the_token(occ, tmp_path):
+    env = {**os.environ, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "1", "VLMFORGE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ", "-q",
+                        "--stage", str(tmp_path / "stage")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: upload to lab/occ stopped")
+    assert TOKEN not in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "not a repo"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "NAMESPACE/NAME" in r.stderr
+
+
+def test_text_only_samples_mixed_with_images(tmp_path):
+    from datasets import load_dataset
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(tmp_path / "img" / "a.png")
+    recs = [{"id": "t1", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"id": "v1", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]}]
+    (tmp_path / "chat.json").write_text(json.dumps(recs))
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b",
+                       source_options={"json": str(tmp_path / "chat.json"), "image_root": str(tmp_path / "img")})
+    first = next(b.samples())
+    assert first["__key__"] == "t1" and "png" not in first  # the first sample has no image
+    plan = hub.plan_publish(b)
+    assert set(plan.fields) == {"json", "png"}
+    hub.stage(plan, tmp_path / "st", "lab/chat", quiet=True)
+    ds = load_dataset(str(tmp_path / "st" / "repo"), cache_dir=str(tmp_path / "hf"), split="train")
+    rows = {r["__key__"]: r for r in ds}
+    assert rows["t1"]["png"] is None and rows["v1"]["png"].size == (16, 12)

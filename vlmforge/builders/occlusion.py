@@ -1,0 +1,349 @@
+"""`occlusion`: causal-entity occlusion data (CVC, IJCAI 2025) from COCO-format captions and images.
+
+Recipe, per image and its captions:
+  entities (spaCy noun chunks) -> causality (co-occurrence or masked LM) -> grounding (annotations or
+  Grounding DINO) -> masks (annotations, SAM or boxes) -> occlusion (blocks, solid, blur, noise,
+  inpaint) -> area filters and at most K objects per image -> an instruction asking for the hidden object.
+One object is occluded once per image (from the first caption, in id order, that names it); every
+entity that does not become a sample lands in `rejects` with the stage and reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
+from vlmforge.curation.entities import SPACY_MODEL, Entity, SpacyEntityExtractor
+from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
+from vlmforge.curation.images import ImageError, read_image
+from vlmforge.curation.instructions import occlusion_question, type_word
+from vlmforge.curation.occlude import FILL_PHRASES, FILLS, occlude
+from vlmforge.curation.segmentation import SamSegmenter, annotation_mask, box_mask
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record, Source
+
+
+@dataclass
+class OcclusionConfig(BuildConfig):
+    spacy_model: str = SPACY_MODEL
+    causality: str = "cooccurrence"  # cooccurrence | mlm | none
+    min_causality: float = 0.25  # cooccurrence: keep score >= this
+    mlm_model: str = "FacebookAI/roberta-large"
+    min_ppl: float = 1.0  # mlm: keep min_ppl < ppl < max_ppl
+    max_ppl: float = 3.33
+    grounder: str = "annotations"  # annotations | grounding-dino
+    embed_threshold: float = 0.65  # annotations: MiniLM similarity fallback for unknown words
+    embedder: str | None = None  # sentence-transformers model; None = offline MiniLM
+    dino_model: str = "IDEA-Research/grounding-dino-tiny"
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    segmenter: str = "annotations"  # annotations | sam | box
+    sam_model: str = "facebook/sam-vit-base"
+    fill: str = "blocks"  # blocks | solid | blur | noise | inpaint
+    dilate: int = 0  # mask dilation in pixels
+    min_area: float = 0.005  # occluded fraction of the image
+    max_area: float = 0.5
+    max_entities: int = 3  # per image
+    keep_original: bool = False
+    jpeg_quality: int = 95
+
+    def validate(self) -> None:
+        choices = {"causality": ("cooccurrence", "mlm", "none"), "grounder": ("annotations", "grounding-dino"),
+                   "segmenter": ("annotations", "sam", "box"), "fill": FILLS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.segmenter == "annotations" and self.grounder != "annotations":
+            raise UserError("--segmenter annotations needs --grounder annotations; with grounding-dino use sam or box")
+        if not 0 <= self.min_area < self.max_area <= 1:
+            raise UserError("need 0 <= --min-area < --max-area <= 1")
+        if self.max_entities < 1:
+            raise UserError("--max-entities must be at least 1")
+
+
+@dataclass
+class _Candidate:
+    caption: dict
+    index: int  # entity index within its caption
+    entity: Entity
+    causality: float | None = None
+    grounding: Grounding | None = None
+
+
+class OcclusionBuilder(Builder):
+    name = "occlusion"
+    VERSION = "1.0.0"
+    Config = OcclusionConfig
+    description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
+                   "is hidden in the image, and the instruction asks the model to infer it.")
+    columns = [
+        ("label", pa.string(), "the hidden object's label as the caption names it (the answer)"),
+        ("entity", pa.string(), "the caption's full noun phrase for the object"),
+        ("category", pa.string(), "COCO category the object was grounded to (null when unknown)"),
+        ("supercategory", pa.string(), "COCO supercategory (person, vehicle, animal, ...)"),
+        ("causality", pa.float64(), "causality value: co-occurrence score in [0,1] (higher = more predictable) or MLM pseudo-perplexity (lower = more predictable)"),
+        ("occluded_fraction", pa.float64(), "fraction of the image's pixels the occlusion changed"),
+        ("box", pa.list_(pa.float64()), "object box [x, y, w, h] in pixels"),
+        ("image_id", pa.int64(), "COCO image id"),
+        ("caption_id", pa.int64(), "COCO caption annotation id"),
+        ("caption", pa.string(), "the caption the entity came from"),
+        ("fill", pa.string(), "occlusion style"),
+        ("question", pa.string(), "the instruction's text"),
+        ("grounding", pa.string(), "how the object was grounded (name, embedding, grounding-dino)"),
+    ]
+    batch_size = 8
+
+    def __init__(self, config: OcclusionConfig, source: Source):
+        config.validate()
+        super().__init__(config, source)
+        self.device: str | None = None  # where model stages run; not part of the build's identity
+        self.entities: dict[int, list[Entity]] = {}
+        self.scorer = None
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What one worker needs (the ray executor places workers by it): a GPU when a model stage
+        (Grounding DINO, SAM, masked LM) is configured, else one CPU."""
+        cfg = self.config
+        models = [cfg.grounder == "grounding-dino", cfg.segmenter == "sam", cfg.causality == "mlm"]
+        return {"cpu": 1, "gpu": 1} if any(models) else {"cpu": 1}
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        if kind not in (None, "coco"):
+            raise UserError(f"the occlusion builder reads COCO-format data (--source coco), not {kind!r}")
+        from vlmforge.sources.coco import CocoSource
+
+        source = CocoSource.from_paths(unit="image", **{k: v for k, v in options.items() if v is not None})
+        if not source.ds.captions:
+            raise UserError("the occlusion builder needs captions: give a COCO captions file")
+        return source
+
+    # -- driver: corpus-wide work --------------------------------------------------------------
+    def prepare(self) -> None:
+        """Extract every caption's entities once (they feed both co-occurrence statistics and the
+        per-image work) and fit the co-occurrence scorer over all images."""
+        from vlmforge.progress import progress_bar
+
+        ds = self.src.ds
+        caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
+        extractor = SpacyEntityExtractor(self.config.spacy_model)
+        with progress_bar("entities", total=len(caps)) as advance:
+            for start in range(0, len(caps), 1024):
+                chunk = caps[start : start + 1024]
+                for cap, ents in zip(chunk, extractor([c["caption"] for c in chunk])):
+                    self.entities[int(cap["id"])] = ents
+                advance(len(chunk))
+        if self.config.causality == "cooccurrence":
+            self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
+                self._labels_of_image(image_id) for image_id in sorted(ds.captions))
+
+    def _labels_of_image(self, image_id: int) -> list[str]:
+        return [e.label for c in self.src.ds.captions.get(image_id, []) for e in self.entities.get(int(c["id"]), [])]
+
+    # -- worker: models --------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.config
+        cats = self.src.ds.categories
+        self.grounder = (AnnotationGrounder(cats, cfg.embed_threshold, cfg.embedder) if cfg.grounder == "annotations"
+                         else GroundingDinoGrounder(cfg.dino_model, cfg.box_threshold, cfg.text_threshold, device=self.device))
+        self.segmenter = SamSegmenter(cfg.sam_model, device=self.device) if cfg.segmenter == "sam" else None
+        if cfg.causality == "mlm":
+            self.scorer = MaskedLMScorer(cfg.mlm_model, cfg.min_ppl, cfg.max_ppl, device=self.device)
+        for stage in (self.grounder, self.segmenter, self.scorer):
+            if stage is not None:
+                stage.setup()
+
+    # -- worker: a batch of images ---------------------------------------------------------------
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        results: list[list[Sample | Reject]] = [[] for _ in batch]
+        work = []  # (index in batch, record, decoded image, candidates)
+        for i, rec in enumerate(batch):
+            if "orphan" in rec:
+                ann = rec["orphan"]
+                results[i].append(Reject(rec["source_id"], "orphan_annotation", "source",
+                                         f"annotation {ann['id']} points to image {ann['image_id']}, which is not listed"))
+                continue
+            if not rec["captions"]:
+                results[i].append(Reject(rec["source_id"], "no_captions", "source", "the image has no captions"))
+                continue
+            try:
+                img = read_image(rec["file"], check="quick")
+                pil = Image.open(io.BytesIO(img.data))
+                pil.load()
+                rgb = np.asarray(pil.convert("RGB"))
+            except ImageError as e:
+                results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
+                continue
+            except OSError as e:
+                results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: {e}"))
+                continue
+            cands = [_Candidate(cap, k, ent) for cap in rec["captions"]
+                     for k, ent in enumerate(self.entities.get(int(cap["id"]), []))]
+            if not cands:
+                results[i].append(Reject(rec["source_id"], "no_entities", "entities", "no caption names an object"))
+            work.append((i, rec, img, pil, rgb, cands))
+        self._score_causality(work, results)
+        self._ground(work, results)
+        for i, rec, img, pil, rgb, cands in work:
+            results[i].extend(self._occlude_image(rec, img, pil, rgb, cands))
+        return results
+
+    def _reject(self, rec: Record, c: _Candidate, reason: str, stage: str, detail: str = "") -> Reject:
+        return Reject(f"{rec['image_id']}:{c.caption['id']}:{c.index}", reason, stage,
+                      detail or f"{c.entity.phrase!r} in {c.caption['caption']!r}")
+
+    def _score_causality(self, work, results) -> None:
+        if self.config.causality == "none":
+            return
+        items, owners = [], []
+        for i, rec, _img, _pil, _rgb, cands in work:
+            context = tuple(self._labels_of_image(rec["image_id"]))
+            for c in cands:
+                items.append(CausalityItem(c.caption["caption"], c.entity.start, c.entity.end, c.entity.label, context))
+                owners.append((i, rec, c))
+        values = self.scorer(items) if items else []
+        for (i, rec, c), v in zip(owners, values):
+            c.causality = float(v)
+            if not self.scorer.keep(v):
+                results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {v:.3f}"))
+        for entry in work:
+            entry[5][:] = [c for c in entry[5] if c.causality is None or self.scorer.keep(c.causality)]
+
+    def _ground(self, work, results) -> None:
+        if self.config.grounder == "annotations":
+            for i, rec, _img, _pil, rgb, cands in work:
+                masks = self._instance_masks(rec)
+                for c in cands:
+                    c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
+                                                       rec["instances"], rgb, masks)
+        else:
+            found = self.grounder([w[3] for w in work], [sorted({c.entity.label for c in w[5]}) for w in work])
+            for (i, rec, _img, _pil, _rgb, cands), dets in zip(work, found):
+                for c in cands:
+                    c.grounding = dets.get(c.entity.label)
+        for i, rec, _img, _pil, _rgb, cands in work:
+            for c in cands:
+                if c.grounding is None:
+                    results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
+            cands[:] = [c for c in cands if c.grounding is not None]
+
+    def _instance_masks(self, rec: Record) -> dict[int, np.ndarray]:
+        if "_masks" not in rec:
+            h, w = rec["image"]["height"], rec["image"]["width"]
+            rec["_masks"] = {int(a["id"]): annotation_mask(a, h, w) for a in rec["instances"]}
+        return rec["_masks"]
+
+    def _occlude_image(self, rec: Record, img, pil, rgb: np.ndarray, cands: list[_Candidate]) -> list[Sample | Reject]:
+        cfg = self.config
+        out: list[Sample | Reject] = []
+        h, w = rgb.shape[:2]
+        # One object is hidden once per image: the first caption (by id) that names it wins.
+        seen: set = set()
+        unique: list[_Candidate] = []
+        for c in cands:
+            g = c.grounding
+            ident = tuple(g.instance_ids) if g.instance_ids else (g.category or c.entity.label, tuple(round(v) for v in g.box))
+            if ident in seen:
+                out.append(self._reject(rec, c, "duplicate_object", "dedupe", f"{c.entity.label} already hidden from an earlier caption"))
+                continue
+            seen.add(ident)
+            unique.append(c)
+        masks = self._masks(rec, pil, unique, h, w)
+        made: list[tuple[_Candidate, np.ndarray, np.ndarray, float]] = []
+        for c, mask in zip(unique, masks):
+            key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
+            rng = np.random.default_rng(_seed_words(cfg.seed, key))
+            occluded, changed = occlude(rgb, mask, c.grounding.box, cfg.fill, rng, cfg.dilate)
+            frac = float(changed.sum()) / float(h * w)
+            if frac < cfg.min_area or frac > cfg.max_area:
+                reason = "area_too_small" if frac < cfg.min_area else "area_too_large"
+                out.append(self._reject(rec, c, reason, "occlusion", f"{c.entity.label}: {frac:.4f} of the image"))
+                continue
+            made.append((c, occluded, changed, frac))
+        # At most K objects per image: the most predictable first (ties: caption order).
+        order = sorted(range(len(made)), key=lambda j: (_rank(made[j][0], cfg.causality), j))
+        keep = set(order[: cfg.max_entities])
+        for j, (c, occluded, changed, frac) in enumerate(made):
+            if j not in keep:
+                out.append(self._reject(rec, c, "over_entity_limit", "filter", f"more than {cfg.max_entities} objects in the image"))
+                continue
+            out.append(self._sample(rec, img, c, occluded, changed, frac))
+        return out
+
+    def _masks(self, rec: Record, pil, cands: list[_Candidate], h: int, w: int) -> list[np.ndarray]:
+        if not cands:
+            return []
+        seg = self.config.segmenter
+        if seg == "annotations":
+            inst = self._instance_masks(rec)
+            return [np.logical_or.reduce([inst[i] for i in c.grounding.instance_ids]) for c in cands]
+        # A plural phrase ("two dogs") hides every detection of its label; a singular one the best.
+        per_cand = [c.grounding.boxes if c.entity.plural and c.grounding.boxes else [c.grounding.box] for c in cands]
+        if seg == "box":
+            return [box_mask(boxes, h, w) for boxes in per_cand]
+        flat = [b for boxes in per_cand for b in boxes]
+        masks = self.segmenter(pil, flat)
+        out, k = [], 0
+        for boxes in per_cand:
+            out.append(np.logical_or.reduce(masks[k : k + len(boxes)]))
+            k += len(boxes)
+        return out
+
+    def _sample(self, rec: Record, img, c: _Candidate, occluded: np.ndarray, changed: np.ndarray, frac: float) -> Sample:
+        cfg = self.config
+        key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
+        g = c.grounding
+        sup = (self._supercategory(g.category) if g.category else None)
+        question, template = occlusion_question(sup, FILL_PHRASES[cfg.fill], cfg.seed, key)
+        box = [round(float(v), 2) for v in g.box]
+        doc = {
+            "id": key, "image_id": int(rec["image_id"]), "caption_id": int(c.caption["id"]),
+            "caption": c.caption["caption"], "entity": c.entity.phrase, "label": c.entity.label,
+            "category": g.category, "supercategory": sup, "type_word": type_word(sup),
+            "causality": None if c.causality is None else round(c.causality, 6), "causality_method": cfg.causality,
+            "box": box, "occluded_fraction": round(frac, 6), "fill": cfg.fill, "question": question,
+            "template": template, "grounding": g.method,
+            "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
+        }
+        buf = io.BytesIO()
+        Image.fromarray(occluded).save(buf, format="JPEG", quality=cfg.jpeg_quality)
+        mbuf = io.BytesIO()
+        Image.fromarray(changed.astype(np.uint8) * 255).save(mbuf, format="PNG", compress_level=1)
+        extras = {"mask.png": mbuf.getvalue()}
+        if cfg.keep_original:
+            extras["orig." + img.ext] = img.data
+        h, w = occluded.shape[:2]
+        columns = {"label": c.entity.label, "entity": c.entity.phrase, "category": g.category, "supercategory": sup,
+                   "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
+                   "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
+                   "fill": cfg.fill, "question": question, "grounding": g.method}
+        return Sample(key=key, doc=doc, image=buf.getvalue(), image_ext="jpg", width=w, height=h,
+                      source_id=f"{rec['image_id']}:{c.caption['id']}:{c.index}", extras=extras, columns=columns)
+
+    def _supercategory(self, category: str) -> str | None:
+        for cat in self.src.ds.categories.values():
+            if cat["name"] == category:
+                return cat.get("supercategory")
+        return COCO_SUPERCATEGORIES.get(category)
+
+
+def _rank(c: _Candidate, method: str) -> float:
+    if c.causality is None or method == "none":
+        return 0.0
+    return c.causality if method == "mlm" else -c.causality  # ppl: lower first; score: higher first
+
+
+def _seed_words(seed: int, key: str) -> list[int]:
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return [int.from_bytes(digest[i : i + 4], "big") for i in range(0, 16, 4)]

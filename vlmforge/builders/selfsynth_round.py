@@ -1,0 +1,236 @@
+"""`selfsynth-round`: one rejection-sampling round (k -> k+1) of the self-synthesized QA.
+
+Input: the previous round's build (a `selfsynth` build or an earlier round) and a JSONL file of a
+model's candidate answers per question, one line per question (`{"key", "question", "type"?,
+"answers": [...]}`) or per candidate (`{"key", "question", "answer"}`). For each question the
+candidates are scored by the information-bottleneck score against the image's concepts (other
+images' concepts as negatives); the best one is kept if it names the label. Simple questions take
+the first candidate that names the label. Otherwise the answer falls back to "This is an image of
+{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.selfsynth import FromBuildMixin, question_type_of
+from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
+from vlmforge.curation.softmatch import names_label
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record
+from vlmforge.sources.build import load_record_sample
+
+FALLBACK = "This is an image of {label}."
+
+
+def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Answers JSONL -> key -> [{"question", "type", "answers": [...]}], questions in first-seen order."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read answers file {p}: {e.strerror or e}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{p}:{lineno} is not JSON: {e}") from None
+        if not isinstance(row, dict) or "key" not in row or "question" not in row:
+            raise UserError(f"{p}:{lineno}: each line needs 'key', 'question' and 'answers' (a list) or 'answer'")
+        cands = row.get("answers", [row["answer"]] if "answer" in row else None)
+        if not isinstance(cands, list):
+            raise UserError(f"{p}:{lineno}: 'answers' must be a list of strings")
+        entry = out.setdefault(str(row["key"]), {}).setdefault(
+            row["question"], {"question": row["question"], "type": row.get("type"), "answers": []})
+        entry["answers"].extend(str(c) for c in cands)
+        entry["type"] = entry["type"] or row.get("type")
+    return {k: list(v.values()) for k, v in out.items()}
+
+
+def _clean_candidate(text: str) -> str:
+    return text.replace("<image>", "").strip()
+
+
+@dataclass
+class SelfSynthRoundConfig(BuildConfig):
+    answers: str = ""  # JSONL of candidate answers
+    answers_sha256: str = ""  # filled from the file: the build's identity follows its content
+    embedder: str = "minilm"
+    ib_temperature: float = IB_TEMPERATURE
+
+
+class SelfSynthRoundBuilder(FromBuildMixin, Builder):
+    name = "selfsynth-round"
+    VERSION = "1.0.0"
+    Config = SelfSynthRoundConfig
+    description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
+                   "image's concepts; the best answer that names the label is kept, else a plain fallback.")
+    columns = [
+        ("label", pa.string(), "class label of the image"),
+        ("concepts", pa.list_(pa.string()), "the image's concepts (carried over from the parent)"),
+        ("question_types", pa.list_(pa.string()), "type of each question, in turn order"),
+        ("n_qa", pa.int32(), "question-answer pairs in the sample"),
+        ("n_fallback", pa.int32(), "questions answered by the fallback (no candidate named the label)"),
+        ("round", pa.int32(), "rejection-sampling round (the selfsynth build is round 1)"),
+    ]
+    batch_size = 32
+
+    def __init__(self, config: SelfSynthRoundConfig, source):
+        super().__init__(config, source)
+        if not config.answers:
+            raise UserError("selfsynth-round needs --answers FILE (JSONL of candidate answers)")
+        path = Path(config.answers)
+        if not path.is_file():
+            raise UserError(f"answers file not found: {path}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if config.answers_sha256 and config.answers_sha256 != digest:
+            raise UserError(f"answers file {path} does not match answers_sha256 {config.answers_sha256}")
+        config.answers_sha256 = digest
+        self.answers: dict[str, list[dict[str, Any]]] = {}
+        self.all_concepts: list[str] = []
+
+    def prepare(self) -> None:
+        self.require_parent_columns({"label", "concepts"}, "--from must be a selfsynth build or round")
+        build = self.src.build
+        self.answers = read_answers(self.config.answers)
+        rows = build.sql("SELECT DISTINCT unnest(concepts) AS c FROM samples ORDER BY c").fetchall()
+        self.all_concepts = [r[0] for r in rows]
+        keys = {r[0] for r in build.sql("SELECT key FROM samples").fetchall()}
+        unknown = sorted(set(self.answers) - keys)
+        if unknown:
+            from vlmforge.progress import console
+
+            console.print(f"[yellow]warning[/] {len(unknown)} keys of the answers file are not in the parent build "
+                          f"(first: {unknown[0]}); their answers are not used")
+
+    def setup(self) -> None:
+        from vlmforge.curation.embedding import shared_embedder
+
+        self._embedder = shared_embedder(self.config.embedder)
+        self._concept_vecs = self._embedder.encode(self.all_concepts).astype(np.float64)
+        self._concept_index = {c: i for i, c in enumerate(self.all_concepts)}
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        # Embed every candidate of the batch in one call: per-question calls would dominate the run.
+        texts = sorted({_clean_candidate(c) for rec in batch for e in self.answers.get(rec["key"], [])
+                        for c in e["answers"]} - {""})
+        vecs = self._embedder.encode(texts).astype(np.float64) if texts else np.zeros((0, 1))
+        self._cand_index = {t: vecs[i] for i, t in enumerate(texts)}
+        return [[self._one(rec)] for rec in batch]
+
+    def _one(self, rec: Record) -> Sample | Reject:
+        entries = self.answers.get(rec["key"])
+        if not entries:
+            return Reject(rec["source_id"], "no_answers", "answers", "the answers file has no line for this key")
+        parent = load_record_sample(rec)
+        doc = json.loads(parent.pop("json"))
+        key = parent.pop("__key__")
+        image_ext = rec["image_format"]
+        image = parent.pop(image_ext) if image_ext else None
+        label, concepts = doc["label"], list(doc.get("concepts") or [])
+        parent_types = {qa["question"]: qa.get("type") for qa in doc.get("qa", [])}
+        subject = doc.get("subject") or "object"
+        qa, n_fallback = [], 0
+        for entry in entries:
+            qtype = (entry["type"] or parent_types.get(entry["question"])
+                     or question_type_of(entry["question"], subject) or "explain")
+            answer, score = self._choose(entry["answers"], qtype, label, concepts)
+            fallback = answer is None
+            if fallback:
+                answer, n_fallback = FALLBACK.format(label=label), n_fallback + 1
+            qa.append({"type": qtype, "question": entry["question"], "answer": answer, "score": score,
+                       "fallback": fallback})
+        conv = []
+        for n, item in enumerate(qa):
+            conv += [{"from": "human", "value": ("<image>\n" if n == 0 else "") + item["question"]},
+                     {"from": "gpt", "value": item["answer"]}]
+        new_round = int(doc.get("round", 1)) + 1
+        new_doc = {k: v for k, v in doc.items() if k not in ("qa", "conversations", "round")}
+        new_doc.update({"qa": qa, "conversations": conv, "round": new_round})
+        columns = {"label": label, "concepts": concepts, "question_types": [q["type"] for q in qa], "n_qa": len(qa),
+                   "n_fallback": n_fallback, "round": new_round}
+        return Sample(key=key, doc=new_doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
+                      height=rec["height"], source_id=rec["source_id"], extras=parent, columns=columns)
+
+    def _choose(self, cands: list[str], qtype: str, label: str, concepts: list[str]) -> tuple[str | None, float | None]:
+        """(kept answer, its score) or (None, None) when no candidate may be kept."""
+        cands = [c for c in (_clean_candidate(c) for c in cands) if c]
+        if not cands:
+            return None, None
+        if qtype == "simple" or not concepts:
+            for c in cands:
+                if names_label(c, label):
+                    return c, None
+            return None, None
+        scores = self.score(cands, concepts)
+        best = int(np.argmax(scores))  # first of equal scores
+        if names_label(cands[best], label):
+            return cands[best], round(float(scores[best]), 6)
+        return None, None
+
+    def score(self, cands: list[str], concepts: list[str]) -> np.ndarray:
+        """IB score of each candidate answer against the image's concepts; the build's other concepts
+        are the negatives."""
+        cand_vecs = np.stack([self._cand_index[c] if c in self._cand_index
+                              else self._embedder.encode([c])[0].astype(np.float64) for c in cands])
+        mine = [self._concept_index[c] for c in concepts if c in self._concept_index]
+        own = self._concept_vecs[mine]
+        others = np.ones(len(self.all_concepts), bool)
+        others[mine] = False
+        return ib_scores(own, cand_vecs, self._concept_vecs[others], t=self.config.ib_temperature)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for k in ("_embedder", "_concept_vecs", "_concept_index", "_cand_index"):
+            state.pop(k, None)
+        return state
+
+
+def write_candidate_answers(build_path: str | Path, output: str | Path, backend: str, model: str | None,
+                            samples: int = 8, temperature: float = 0.7, max_new_tokens: int = 256,
+                            generator_options: dict[str, Any] | None = None, cache_dir=None, seed: int = 0,
+                            quiet: bool = True) -> int:
+    """Ask `model` every question of a selfsynth build (or round) `samples` times and write the answers
+    file of the next round: one JSONL line per question. Returns the number of questions."""
+    from vlmforge.builders.selfsynth import stable_int
+    from vlmforge.curation.generation import GenerationRequest, make_generator
+    from vlmforge.manifests.read import open_build
+    from vlmforge.progress import progress_bar
+
+    build = open_build(build_path)
+    gen = make_generator(backend, model, cache_dir=cache_dir, **(generator_options or {}))
+    gen.setup()
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n_questions = 0
+    with open(tmp, "w", encoding="utf-8") as f, progress_bar("candidate answers", total=len(build), disable=quiet) as advance:
+        for sample in build.samples():
+            doc = sample["json"]
+            image = next((sample[k] for k in ("jpg", "png", "webp") if k in sample), None)
+            qa = doc.get("qa") or []
+            reqs = [GenerationRequest("<image>\n" + item["question"], image=image, n=samples, temperature=temperature,
+                                      max_new_tokens=max_new_tokens, seed=stable_int(seed, sample["__key__"], "answers", q),
+                                      extra={"template": {"task": "answer", "label": doc.get("label"),
+                                                          "concepts": doc.get("concepts"), "qtype": item.get("type"),
+                                                          "subject": doc.get("subject", "object")}})
+                    for q, item in enumerate(qa)]
+            for item, texts in zip(qa, gen(reqs) if reqs else []):
+                f.write(json.dumps({"key": sample["__key__"], "question": item["question"], "type": item.get("type"),
+                                    "answers": texts}, ensure_ascii=False) + "\n")
+                n_questions += 1
+            advance(1)
+    tmp.replace(out)
+    return n_questions

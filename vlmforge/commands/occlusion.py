@@ -1,0 +1,82 @@
+"""`vlmforge build occlusion`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vlmforge.commands._common import (
+    Captions, CocoRoot, CocoSplit, Concurrency, Executor, GpusPerModelWorker, Images, Instances, MaxBytes, MaxSamples, Out, Overwrite, Quiet,
+    RayAddress, Seed, SourceKind, Workers, run_cli_build,
+)
+
+
+def register(app: typer.Typer, build_app: typer.Typer) -> None:
+    @build_app.command("occlusion")
+    def build_occlusion(
+        source: SourceKind = "coco",
+        coco_root: CocoRoot = None,
+        split: CocoSplit = "val2017",
+        captions: Captions = None,
+        instances: Instances = None,
+        images: Images = None,
+        causality: Annotated[str, typer.Option(help="cooccurrence (offline), mlm (masked-LM pseudo-perplexity, the paper's) or none")] = "cooccurrence",
+        min_causality: Annotated[float, typer.Option(help="cooccurrence: keep entities scoring at least this (0-1)")] = 0.25,
+        mlm_model: Annotated[str, typer.Option(help="mlm: any AutoModelForMaskedLM path or Hub id")] = "FacebookAI/roberta-large",
+        min_ppl: Annotated[float, typer.Option(help="mlm: keep pseudo-perplexity above this")] = 1.0,
+        max_ppl: Annotated[float, typer.Option(help="mlm: keep pseudo-perplexity below this")] = 3.33,
+        grounder: Annotated[str, typer.Option(help="annotations (COCO instances, offline) or grounding-dino")] = "annotations",
+        dino_model: Annotated[str, typer.Option(help="grounding-dino: checkpoint path or Hub id")] = "IDEA-Research/grounding-dino-tiny",
+        box_threshold: Annotated[float, typer.Option(help="grounding-dino: box score threshold")] = 0.35,
+        text_threshold: Annotated[float, typer.Option(help="grounding-dino: text score threshold")] = 0.25,
+        embed_threshold: Annotated[float, typer.Option(help="annotations: MiniLM similarity needed to match an unknown word to a category")] = 0.65,
+        embedder: Annotated[Optional[str], typer.Option(help="sentence-transformers model for that fallback (default: offline MiniLM)")] = None,
+        segmenter: Annotated[str, typer.Option(help="annotations (instance polygons), sam, or box")] = "annotations",
+        sam_model: Annotated[str, typer.Option(help="sam: checkpoint path or Hub id")] = "facebook/sam-vit-base",
+        fill: Annotated[str, typer.Option(help="blocks (the paper's), solid, blur, noise or inpaint")] = "blocks",
+        dilate: Annotated[int, typer.Option(min=0, help="dilate masks by this many pixels before filling")] = 0,
+        min_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers less of the image than this")] = 0.005,
+        max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more of the image than this")] = 0.5,
+        max_entities: Annotated[int, typer.Option(min=1, help="at most this many occluded samples per image")] = 3,
+        keep_original: Annotated[bool, typer.Option(help="also store the original image as <key>.orig.jpg")] = False,
+        jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
+        device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
+        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write LLaVA JSON here, with images in an images/ folder beside it")] = None,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        concurrency: Concurrency = None,
+        gpus_per_model_worker: GpusPerModelWorker = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
+        ask the model to infer them. With no COCO paths, builds from the embedded sample."""
+        from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+
+        cfg = OcclusionConfig(
+            seed=seed, causality=causality, min_causality=min_causality, mlm_model=mlm_model, min_ppl=min_ppl,
+            max_ppl=max_ppl, grounder=grounder, embed_threshold=embed_threshold, embedder=embedder,
+            dino_model=dino_model, box_threshold=box_threshold, text_threshold=text_threshold, segmenter=segmenter,
+            sam_model=sam_model, fill=fill, dilate=dilate, min_area=min_area, max_area=max_area,
+            max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
+        )
+        cfg.validate()
+        src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,
+                                           instances=instances, images=images)
+        path = run_cli_build(OcclusionBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
+                             max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker, device=device)
+        if export_llava is not None:
+            from vlmforge.errors import UserError
+
+            try:
+                from vlmforge.export import export_llava as export
+            except ImportError:
+                raise UserError("LLaVA export is not available in this installation") from None
+            export(path, export_llava.parent, json_name=export_llava.name)

@@ -1,0 +1,216 @@
+"""`vlmforge build selfsynth`, `build selfsynth-round`, `build cvc-trials`, and `vlmforge
+selfsynth-answers` (a model's candidate answers for the next round)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vlmforge.commands._common import (
+    Executor, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers, run_cli_build,
+)
+
+Generator = Annotated[str, typer.Option("--generator", help="generation backend: template (no model), transformers, vllm or openai")]
+Model = Annotated[Optional[str], typer.Option("--model", help="checkpoint folder or Hub id (transformers, vllm), or the endpoint's model name (openai)")]
+Device = Annotated[Optional[str], typer.Option("--device", help="transformers backend: auto, cpu, cuda, cuda:1")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="transformers backend: auto, float32, bfloat16, float16")]
+GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help="transformers backend: requests per forward pass")]
+GenOptions = Annotated[Optional[list[str]], typer.Option("--generator-option", "-G", help="backend option KEY=VALUE, repeatable (e.g. -G base_url=http://127.0.0.1:8000/v1); values are JSON when they parse")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses on disk")]
+Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
+FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.0.0")]
+Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
+
+
+def generator_options(device: str | None, dtype: str | None, batch_size: int | None, pairs: list[str] | None) -> dict[str, Any]:
+    """Runtime options for the backend (they never change the build's identity)."""
+    from vlmforge.errors import UserError
+
+    opts: dict[str, Any] = {}
+    for name, value in (("device", device), ("dtype", dtype), ("batch_size", batch_size)):
+        if value is not None:
+            opts[name] = value
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--generator-option takes KEY=VALUE, not {pair!r}")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value
+    return opts
+
+
+def _cache(cache_dir: Path | None, no_cache: bool):
+    return False if no_cache else cache_dir
+
+
+def register(app: typer.Typer, build_app: typer.Typer) -> None:
+    @build_app.command("selfsynth")
+    def build_selfsynth(
+        root: Annotated[Path, typer.Option("--root", help="dataset root in its native layout")],
+        source: Annotated[str, typer.Option("--source", help="cub, fgvc-aircraft, stanford-dogs or imagefolder")] = "cub",
+        split: Annotated[Optional[list[str]], typer.Option("--split", help="split(s) to use (repeatable; default train; 'all' for every split); not for imagefolder")] = None,
+        level: Annotated[str, typer.Option("--level", help="fgvc-aircraft label level: variant, family or manufacturer")] = "variant",
+        concepts: Annotated[str, typer.Option("--concepts", help="generate (ask the concept generator), attributes (CUB annotations, no model) or a JSON file {label: [features]}")] = "generate",
+        generator: Generator = "template",
+        model: Model = None,
+        concept_generator: Annotated[Optional[str], typer.Option("--concept-generator", help="backend for class concepts (default: --generator)")] = None,
+        concept_model: Annotated[Optional[str], typer.Option("--concept-model", help="model for class concepts (default: --model)")] = None,
+        embedder: Embedder = "minilm",
+        subject: Annotated[Optional[str], typer.Option("--subject", help="what the images show (bird, dog, aircraft, leaf...); default from the source")] = None,
+        instructions: Annotated[int, typer.Option("--instructions", min=1, max=3, help="description instructions per image")] = 3,
+        descriptions_per_instruction: Annotated[int, typer.Option("--descriptions-per-instruction", min=1, help="samples per description instruction")] = 2,
+        questions: Annotated[int, typer.Option("--questions", min=1, help="questions per image (simple, explain, step-by-step)")] = 4,
+        min_certainty: Annotated[int, typer.Option("--min-certainty", min=1, max=4, help="CUB attributes: least certainty counted (3 probably, 4 definitely)")] = 3,
+        describe_temperature: Annotated[float, typer.Option("--describe-temperature", min=0, help="sampling temperature of descriptions")] = 0.7,
+        qa_temperature: Annotated[float, typer.Option("--qa-temperature", min=0, help="sampling temperature of answers")] = 0.3,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated text, in tokens")] = 256,
+        device: Device = None,
+        dtype: Dtype = None,
+        gen_batch_size: GenBatch = None,
+        generator_option: GenOptions = None,
+        cache_dir: CacheDir = None,
+        no_cache: NoCache = False,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Self-synthesized explained QA for image classification: class concepts, per-image concept
+        selection (information bottleneck), answers that must name the label. Offline:
+        --concepts attributes --generator template."""
+        from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
+        from vlmforge.errors import UserError
+
+        opts: dict[str, Any] = {"root": root}
+        if source == "imagefolder":
+            if split:
+                raise UserError("--split does not apply to --source imagefolder (its split folders are all used)")
+        else:
+            opts["splits"] = None if split and "all" in split else (split or ["train"])
+        if source == "fgvc-aircraft":
+            opts["level"] = level
+        if source == "cub" and concepts == "attributes":
+            opts["attributes"] = True
+        if concepts == "attributes" and source != "cub":
+            raise UserError("--concepts attributes needs --source cub (the only dataset here with attribute files)")
+        src = SelfSynthBuilder.open_source(source, **opts)
+        cfg = SelfSynthConfig(
+            seed=seed, concepts=concepts, generator=generator, model=model, concept_generator=concept_generator,
+            concept_model=concept_model, embedder=embedder, subject=subject, instructions=instructions,
+            descriptions_per_instruction=descriptions_per_instruction, questions=questions, min_certainty=min_certainty,
+            describe_temperature=describe_temperature, qa_temperature=qa_temperature, max_new_tokens=max_new_tokens)
+        builder = functools.partial(SelfSynthBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
+                                    cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
+        run_cli_build(builder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
+                      max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("selfsynth-round")
+    def build_selfsynth_round(
+        from_build: FromBuild,
+        answers: Annotated[Path, typer.Option("--answers", help="JSONL of candidate answers: {key, question, answers: [...]} per line")],
+        where: Where = None,
+        embedder: Embedder = "minilm",
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """Rejection-sampling round k+1: score a model's candidate answers against each image's concepts,
+        keep the best one that names the label, else "This is an image of {label}."."""
+        from vlmforge.builders.selfsynth_round import SelfSynthRoundBuilder, SelfSynthRoundConfig
+
+        src = SelfSynthRoundBuilder.open_source("build", path=from_build, where=where)
+        cfg = SelfSynthRoundConfig(seed=seed, answers=str(answers), embedder=embedder)
+        run_cli_build(SelfSynthRoundBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
+                      max_shard_bytes, overwrite, quiet)
+
+    @build_app.command("cvc-trials")
+    def build_cvc_trials(
+        from_build: FromBuild,
+        where: Where = None,
+        generator: Generator = "template",
+        model: Model = None,
+        trials: Annotated[int, typer.Option("--trials", min=1, help="reasoning trials per image (paper: 16)")] = 16,
+        temperature: Annotated[float, typer.Option("--temperature", min=0, help="sampling temperature of the trials")] = 1.0,
+        top_p: Annotated[float, typer.Option("--top-p", min=0, max=1, help="nucleus sampling of the trials")] = 0.9,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest trial, in tokens")] = 512,
+        extractor: Annotated[str, typer.Option("--extractor", help="final-answer extraction: rule or generator")] = "rule",
+        embedder: Embedder = "minilm",
+        threshold: Annotated[float, typer.Option("--threshold", help="cosine above which an answer matches the label")] = 0.85,
+        min_correct: Annotated[int, typer.Option("--min-correct", min=1, help="keep images with at least this many correct trials")] = 1,
+        max_correct: Annotated[int, typer.Option("--max-correct", min=1, help="... and at most this many")] = 4,
+        device: Device = None,
+        dtype: Dtype = None,
+        gen_batch_size: GenBatch = None,
+        generator_option: GenOptions = None,
+        cache_dir: CacheDir = None,
+        no_cache: NoCache = False,
+        seed: Seed = 0,
+        out: Out = Path("builds"),
+        workers: Workers = 1,
+        executor: Executor = "local",
+        ray_address: RayAddress = None,
+        max_samples_per_shard: MaxSamples = 10_000,
+        max_shard_bytes: MaxBytes = 1 << 30,
+        overwrite: Overwrite = False,
+        quiet: Quiet = False,
+    ) -> None:
+        """CVC trial learning from an occlusion build: K reasoning trials per image, answers soft-matched to
+        the label; images solved 1..4 times in 16 give chain-of-thought and short-answer samples."""
+        from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
+
+        src = CvcTrialsBuilder.open_source("build", path=from_build, where=where)
+        cfg = CvcTrialsConfig(seed=seed, generator=generator, model=model, trials=trials, temperature=temperature,
+                              top_p=top_p, max_new_tokens=max_new_tokens, extractor=extractor, embedder=embedder,
+                              threshold=threshold, min_correct=min_correct, max_correct=max_correct)
+        builder = functools.partial(CvcTrialsBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
+                                    cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
+        run_cli_build(builder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
+                      max_shard_bytes, overwrite, quiet)
+
+    @app.command("selfsynth-answers")
+    def selfsynth_answers(
+        from_build: FromBuild,
+        output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file to write (input of build selfsynth-round --answers)")],
+        generator: Generator = "transformers",
+        model: Model = None,
+        samples: Annotated[int, typer.Option("--samples", min=1, help="candidate answers per question")] = 8,
+        temperature: Annotated[float, typer.Option("--temperature", min=0, help="sampling temperature")] = 0.7,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest answer, in tokens")] = 256,
+        device: Device = None,
+        dtype: Dtype = None,
+        gen_batch_size: GenBatch = None,
+        generator_option: GenOptions = None,
+        cache_dir: CacheDir = None,
+        no_cache: NoCache = False,
+        seed: Seed = 0,
+        quiet: Quiet = False,
+    ) -> None:
+        """Ask a model (typically the one trained on the previous round) each question of a selfsynth build
+        or round, several times, and write the candidates as JSONL for `build selfsynth-round`."""
+        from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+        n = write_candidate_answers(from_build, output, generator, model, samples, temperature, max_new_tokens,
+                                    generator_options(device, dtype, gen_batch_size, generator_option),
+                                    _cache(cache_dir, no_cache), seed, quiet)
+        if not quiet:
+            from vlmforge.progress import console
+
+            console.print(f"[green]wrote[/] {n} questions' candidates to {output}")

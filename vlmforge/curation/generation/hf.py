@@ -1,0 +1,177 @@
+"""`transformers` backend: any local path or Hub id of a causal LM or an image-text-to-text model.
+
+Requests are grouped by their sampling parameters and image presence, then generated in batches
+(left padding) with `num_return_sequences=n`. Sampled batches seed torch from the batch's own
+requests, so the same batch gives the same texts on any run; the response cache does the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.errors import UserError
+
+IMAGE_TOKEN = "<image>"
+
+
+def _strip_image_token(prompt: str) -> str:
+    return prompt.replace(IMAGE_TOKEN, "").strip()
+
+
+def _truncate_at_stop(text: str, stop: list[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s) if s else -1
+        if i >= 0:
+            cut = min(cut, i)
+    return text[:cut].strip()
+
+
+def _batch_seed(requests: list[GenerationRequest]) -> int:
+    h = hashlib.sha256()
+    for r in requests:
+        h.update(f"{r.seed}\0{r.prompt}\0".encode())
+    return int.from_bytes(h.digest()[:4], "big")
+
+
+class TransformersGenerator(Generator):
+    """Options: device ("auto", "cpu", "cuda", "cuda:1"), dtype ("auto", "float32", "bfloat16",
+    "float16"), batch_size (requests per forward pass, default 8), trust_remote_code (False)."""
+
+    backend = "transformers"
+
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
+                 trust_remote_code: bool = False, **options: Any):
+        if not model:
+            raise UserError("the transformers generator needs --model (a local checkpoint folder or a Hub id)")
+        super().__init__(model, **options)
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = max(1, int(batch_size))
+        self.trust_remote_code = trust_remote_code
+        self._model = None
+        self._processor = None  # AutoProcessor for image-text-to-text models
+        self._tokenizer = None
+        self.is_vision = False
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        try:
+            config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model {self.model!r}: {str(e).splitlines()[0]}") from None
+        self.is_vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=self.trust_remote_code)
+        if self.is_vision:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
+            self._tokenizer = self._processor.tokenizer
+            model = AutoModelForImageTextToText.from_pretrained(self.model, **kwargs)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(self.model, **kwargs)
+        # Decoder-only batches must be padded on the left so every row ends where generation starts.
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model = model.to(device).eval()
+        self._device = device
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _messages(self, req: GenerationRequest) -> list[dict]:
+        text = _strip_image_token(req.prompt)
+        msgs: list[dict] = []
+        if self.is_vision:
+            if req.system:
+                msgs.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
+            content = ([{"type": "image"}] if req.image is not None else []) + [{"type": "text", "text": text}]
+            msgs.append({"role": "user", "content": content})
+        else:
+            if req.system:
+                msgs.append({"role": "system", "content": req.system})
+            msgs.append({"role": "user", "content": text})
+        return msgs
+
+    def _prompt_text(self, req: GenerationRequest) -> str:
+        templater = self._processor if self.is_vision else self._tokenizer
+        if getattr(templater, "chat_template", None):
+            return templater.apply_chat_template(self._messages(req), add_generation_prompt=True, tokenize=False)
+        # No chat template (a base LM): plain text, system first.
+        text = _strip_image_token(req.prompt)
+        prefix = f"{IMAGE_TOKEN}\n" if req.image is not None else ""
+        return (f"{req.system}\n\n" if req.system else "") + prefix + text
+
+    # -- generation ------------------------------------------------------------------------
+    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+        self.setup()
+        out: list[list[str] | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.image is not None and not self.is_vision:
+                raise UserError(f"model {self.model!r} is a text-only causal LM but a request carries an image; "
+                                "use an image-text-to-text model (LLaVA-style) for image prompts")
+            sig = (r.image is not None, r.max_new_tokens, float(r.temperature), float(r.top_p), int(r.n))
+            groups.setdefault(sig, []).append(i)
+        for sig, idxs in groups.items():
+            for start in range(0, len(idxs), self.batch_size):
+                chunk = idxs[start : start + self.batch_size]
+                texts = self._generate([requests[i] for i in chunk])
+                for i, t in zip(chunk, texts):
+                    out[i] = t
+        return [t or [] for t in out]
+
+    def _generate(self, reqs: list[GenerationRequest]) -> list[list[str]]:
+        import torch
+
+        first = reqs[0]
+        prompts = [self._prompt_text(r) for r in reqs]
+        if first.image is not None:
+            from PIL import Image
+
+            images = [Image.open(io.BytesIO(r.image)).convert("RGB") for r in reqs]
+            inputs = self._processor(images=images, text=prompts, padding=True, return_tensors="pt")
+        elif self.is_vision:
+            inputs = self._processor(text=prompts, padding=True, return_tensors="pt")
+        else:
+            # Chat templates already hold the BOS token; a plain prompt gets the tokenizer's own.
+            inputs = self._tokenizer(prompts, padding=True, return_tensors="pt",
+                                     add_special_tokens=not getattr(self._tokenizer, "chat_template", None))
+        inputs = inputs.to(self._device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        sample = first.temperature > 0
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=first.max_new_tokens, do_sample=sample,
+                                          num_return_sequences=first.n, pad_token_id=self._tokenizer.pad_token_id)
+        if sample:
+            gen_kwargs.update(temperature=first.temperature, top_p=first.top_p)
+            torch.manual_seed(_batch_seed(reqs))
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            seqs = self._model.generate(**inputs, **gen_kwargs)
+        new = seqs[:, inputs["input_ids"].shape[1] :]
+        decoded = self._tokenizer.batch_decode(new, skip_special_tokens=True)
+        n = first.n
+        return [[_truncate_at_stop(decoded[i * n + j], r.stop) for j in range(n)] for i, r in enumerate(reqs)]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_model"] = state["_processor"] = state["_tokenizer"] = None  # workers load their own
+        return state

@@ -1,0 +1,183 @@
+"""The `openai` generation backend: any OpenAI-compatible chat-completions endpoint (`vllm serve`,
+hosted APIs).
+
+Images travel inline as base64 data URLs (or as a URL given in `request.extra["image_url"]`). Requests
+run in a bounded thread pool; 429, 5xx, timeouts and dropped connections are retried with exponential
+backoff (honouring Retry-After). The API key is read from an environment variable at setup and is sent
+only in the Authorization header: it is never printed, logged, stored in options or shown in errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.errors import UserError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+def image_mime(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their magic number."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    raise UserError("the image is not JPEG, PNG, WebP or GIF; chat APIs accept only these")
+
+
+def data_url(data: bytes) -> str:
+    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+class APIError(UserError):
+    """The endpoint refused a request in a way retrying will not fix (bad key, bad model, bad request)."""
+
+
+class OpenAIGenerator(Generator):
+    """Options: base_url (default $OPENAI_BASE_URL or api.openai.com), api_key_env (the variable holding
+    the key, default OPENAI_API_KEY; unset is fine for local servers), concurrency (parallel requests, 8),
+    max_retries (6), backoff (first wait in seconds, 1.0, doubling up to max_backoff 60), timeout (120 s),
+    n_per_request (ask for at most this many samples per request; the rest in further requests)."""
+
+    backend = "openai"
+    resources = {"cpu": 0.1}  # waits on the network, not on local compute
+
+    def __init__(self, model: str | None = None, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0,
+                 timeout: float = 120.0, n_per_request: int | None = None, **options: Any):
+        super().__init__(model, **options)
+        if not model:
+            raise UserError("the openai backend needs --model (the model name the endpoint serves)")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env
+        self.concurrency = max(1, int(concurrency))
+        self.max_retries = int(max_retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.timeout = float(timeout)
+        self.n_per_request = n_per_request
+        self._key: str | None = None  # never part of options, repr or messages
+        self._client = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r}, key from ${self.api_key_env})"
+
+    def __getstate__(self):
+        # Workers read the key from their own environment; clients do not pickle.
+        state = dict(self.__dict__)
+        state["_key"] = None
+        state["_client"] = None
+        return state
+
+    def setup(self) -> None:
+        import httpx
+
+        if self._client is not None:
+            return
+        self._key = os.environ.get(self.api_key_env) or None
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout, limits=limits)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- request building ------------------------------------------------------------------------
+    def messages(self, req: GenerationRequest) -> list[dict[str, Any]]:
+        """Chat messages for one request: the system turn, then the user's text with the image."""
+        text = req.prompt.replace("<image>\n", "").replace("<image>", "").strip()
+        url = req.extra.get("image_url")
+        if req.image is not None:
+            url = data_url(req.image)
+        content: Any = text
+        if url:
+            content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+        msgs: list[dict[str, Any]] = [{"role": "system", "content": req.system}] if req.system else []
+        return msgs + [{"role": "user", "content": content}]
+
+    def payload(self, req: GenerationRequest, n: int, seed: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": self.messages(req), "max_tokens": req.max_new_tokens,
+                                "temperature": req.temperature, "top_p": req.top_p, "n": n,
+                                "seed": req.seed if seed is None else seed}
+        if req.stop:
+            body["stop"] = list(req.stop)
+        body.update(req.extra.get("api_params", {}))
+        return body
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _wait(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), self.max_backoff)
+            except ValueError:
+                pass
+        base = min(self.backoff * 2 ** attempt, self.max_backoff)
+        return base * (0.5 + random.random() / 2)  # jitter keeps parallel retries from colliding
+
+    def _post(self, body: dict[str, Any]) -> list[str]:
+        import httpx
+
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                resp = self._client.post("/chat/completions", json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                last = type(e).__name__
+            else:
+                if resp.status_code == 200:
+                    choices = sorted(resp.json().get("choices", []), key=lambda c: c.get("index", 0))
+                    return [(c.get("message") or {}).get("content") or "" for c in choices]
+                if resp.status_code not in RETRY_STATUS:
+                    raise APIError(f"{self.base_url} answered {resp.status_code}: {_error_text(resp)}"
+                                   + (f" (check ${self.api_key_env})" if resp.status_code in (401, 403) else ""))
+                last = f"HTTP {resp.status_code}"
+                retry_after = resp.headers.get("retry-after")
+            if attempt < self.max_retries:
+                time.sleep(self._wait(attempt, retry_after))
+        raise APIError(f"{self.base_url} failed {self.max_retries + 1} times (last: {last}); run again to resume")
+
+    def _one(self, req: GenerationRequest) -> list[str]:
+        texts: list[str] = []
+        while len(texts) < req.n:
+            want = req.n - len(texts)
+            if self.n_per_request:
+                want = min(want, self.n_per_request)
+            # A top-up request gets its own seed, else a seeded endpoint repeats the same samples.
+            got = self._post(self.payload(req, want, seed=req.seed + len(texts)))
+            if not got:
+                raise APIError(f"{self.base_url} returned no choices")
+            texts += got  # endpoints that ignore n return one choice; ask again for the rest
+        return texts[: req.n]
+
+    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+        self.setup()
+        if len(requests) <= 1 or self.concurrency == 1:
+            return [self._one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+
+def _error_text(resp) -> str:
+    """The endpoint's error message, short (bodies never hold our key; headers are not shown)."""
+    try:
+        err = resp.json().get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+    except ValueError:
+        msg = resp.text
+    return str(msg or "")[:300]

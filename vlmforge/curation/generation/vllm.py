@@ -1,0 +1,88 @@
+"""`vllm` backend: the vLLM offline engine, same request shape as every other backend.
+
+vLLM pins its own torch and an older transformers, so it is an optional extra installed in a
+separate GPU environment (`pip install 'vlmforge[vllm]'`); it is imported only in `setup()`. On a
+machine without it, `vllm serve MODEL` plus the `openai` backend is the portable route.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.errors import UserError
+
+INSTALL_HINT = ("the vllm backend needs the optional vllm package, which pins its own torch: install it in a "
+                "separate GPU environment (pip install 'vlmforge[vllm]'), or run `vllm serve MODEL` and use "
+                "--generator openai with --base-url http://HOST:PORT/v1")
+
+
+def image_data_url(data: bytes) -> str:
+    """An encoded image as a data URL; the MIME type comes from the magic bytes."""
+    mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
+    """OpenAI-style chat messages for one request: optional system turn, then the user turn with the
+    image (as a data URL) before the text, `<image>` placeholders removed."""
+    text = req.prompt.replace("<image>", "").strip()
+    msgs: list[dict[str, Any]] = []
+    if req.system:
+        msgs.append({"role": "system", "content": req.system})
+    content: list[dict[str, Any]] = []
+    if req.image is not None:
+        content.append({"type": "image_url", "image_url": {"url": image_data_url(req.image)}})
+    content.append({"type": "text", "text": text})
+    msgs.append({"role": "user", "content": content})
+    return msgs
+
+
+class VllmGenerator(Generator):
+    """Options: tensor_parallel_size (1), gpu_memory_utilization (0.85), max_model_len (None),
+    dtype ("auto"), trust_remote_code (False)."""
+
+    backend = "vllm"
+    resources = {"gpu": 1}
+
+    def __init__(self, model: str | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                 **options: Any):
+        if not model:
+            raise UserError("the vllm generator needs --model (a local checkpoint folder or a Hub id)")
+        super().__init__(model, **options)
+        self.engine_args = dict(model=model, tensor_parallel_size=tensor_parallel_size,
+                                gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+                                trust_remote_code=trust_remote_code)
+        if max_model_len:
+            self.engine_args["max_model_len"] = max_model_len
+        self._llm = None
+
+    def setup(self) -> None:
+        if self._llm is not None:
+            return
+        try:
+            import vllm
+        except ImportError:
+            raise UserError(INSTALL_HINT) from None
+        self._vllm = vllm
+        self._llm = vllm.LLM(**self.engine_args)
+
+    def _params(self, req: GenerationRequest):
+        return self._vllm.SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p if req.temperature > 0 else 1.0,
+                                         max_tokens=req.max_new_tokens, seed=req.seed, stop=list(req.stop) or None)
+
+    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+        self.setup()
+        # One engine call for the whole batch: vLLM schedules the requests itself; per-request
+        # sampling parameters keep each request's n, seed and temperature.
+        outputs = self._llm.chat([chat_messages(r) for r in requests], sampling_params=[self._params(r) for r in requests],
+                                 use_tqdm=False)
+        return [[c.text.strip() for c in o.outputs] for o in outputs]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_llm"] = None
+        state.pop("_vllm", None)
+        return state

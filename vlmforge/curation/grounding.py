@@ -1,0 +1,298 @@
+"""Grounding: boxes (and for annotations, instances) for the entities a caption names.
+
+- `annotations` (offline default): match the entity label to the image's COCO instances by category
+  name, synonyms and plural forms, then by sentence-embedding similarity (MiniLM) against the
+  categories present. Among several instances of the category: a plural phrase takes them all; a
+  singular one takes the instance whose mean colour is nearest a colour word of the phrase, else the
+  largest.
+- `grounding-dino`: transformers' Grounding DINO (any checkpoint, e.g. IDEA-Research/grounding-dino-tiny),
+  batched over images, box/text thresholds, non-maximum suppression.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# COCO category -> other words captions use for it.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "person": ("man", "woman", "boy", "girl", "child", "kid", "people", "guy", "lady", "player", "skier",
+               "surfer", "skateboarder", "snowboarder", "rider", "gentleman", "adult", "baby", "toddler",
+               "pedestrian", "batter", "catcher", "chef", "worker", "men", "women", "someone"),
+    "bicycle": ("bike", "cycle"), "car": ("automobile", "taxi", "cab", "sedan", "suv", "vehicle"),
+    "motorcycle": ("motorbike", "scooter", "moped"), "airplane": ("plane", "jet", "aircraft", "airliner"),
+    "bus": ("coach", "double-decker"), "train": ("locomotive", "tram", "subway"), "truck": ("lorry", "pickup"),
+    "boat": ("ship", "sailboat", "canoe", "kayak", "yacht", "ferry"),
+    "traffic light": ("stoplight", "traffic signal", "signal light"), "fire hydrant": ("hydrant",),
+    "stop sign": ("sign",), "parking meter": ("meter",), "bench": ("park bench",),
+    "bird": ("pigeon", "seagull", "gull", "duck", "parrot", "sparrow"), "cat": ("kitten", "kitty"),
+    "dog": ("puppy", "pup", "doggy"), "horse": ("pony", "foal"), "sheep": ("lamb", "ram"),
+    "cow": ("cattle", "bull", "calf", "ox"), "elephant": (), "bear": ("grizzly",), "zebra": (), "giraffe": (),
+    "backpack": ("rucksack", "knapsack"), "umbrella": ("parasol",), "handbag": ("purse", "bag", "handbag"),
+    "tie": ("necktie",), "suitcase": ("luggage", "bag"), "frisbee": ("disc",), "skis": ("ski",),
+    "snowboard": (), "sports ball": ("ball", "soccer ball", "football", "baseball", "tennis ball", "basketball"),
+    "kite": (), "baseball bat": ("bat",), "baseball glove": ("glove", "mitt"), "skateboard": ("board",),
+    "surfboard": ("surf board", "board"), "tennis racket": ("racket", "racquet"), "bottle": (),
+    "wine glass": ("glass",), "cup": ("mug", "coffee cup"), "fork": (), "knife": (), "spoon": (),
+    "bowl": (), "banana": (), "apple": (), "sandwich": ("burger", "sub", "hamburger"), "orange": (),
+    "broccoli": (), "carrot": (), "hot dog": ("hotdog",), "pizza": (), "donut": ("doughnut",),
+    "cake": ("cupcake",), "chair": ("stool", "seat"), "couch": ("sofa",),
+    "potted plant": ("plant", "houseplant", "flower pot"), "bed": (), "dining table": ("table", "dinner table"),
+    "toilet": (), "tv": ("television", "screen", "monitor", "tv set"), "laptop": ("computer", "notebook"),
+    "mouse": (), "remote": ("remote control", "controller"), "keyboard": (),
+    "cell phone": ("phone", "cellphone", "smartphone", "mobile phone"), "microwave": (), "oven": ("stove",),
+    "toaster": (), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
+    "scissors": (), "teddy bear": ("teddy", "stuffed animal"), "hair drier": ("hair dryer", "blow dryer"),
+    "toothbrush": (),
+}
+COLOR_WORDS = {
+    "red": (200, 40, 40), "blue": (40, 70, 200), "green": (50, 160, 60), "yellow": (230, 200, 40),
+    "white": (235, 235, 230), "black": (30, 30, 35), "brown": (120, 75, 40), "orange": (235, 130, 30),
+    "gray": (128, 128, 128), "grey": (128, 128, 128), "pink": (240, 150, 180), "purple": (120, 50, 150),
+}
+
+
+def _plural_forms(word: str) -> set[str]:
+    forms = {word}
+    if word.endswith("s"):
+        forms.add(word[:-1])
+    else:
+        forms.update({word + "s", word + "es"})
+    return forms
+
+
+def word_to_category() -> dict[str, str]:
+    """Every name, synonym and plural form -> COCO category name (first claim wins)."""
+    table: dict[str, str] = {}
+    for cat in SYNONYMS:
+        for form in _plural_forms(cat):
+            table.setdefault(form, cat)
+    for cat, words in SYNONYMS.items():
+        for w in words:
+            for form in _plural_forms(w):
+                table.setdefault(form, cat)
+    return table
+
+
+_WORDS = word_to_category()
+
+
+def category_for_label(label: str, present: set[str] | None = None) -> str | None:
+    """The COCO category a label names by name, synonym or plural, preferring categories in `present`.
+    Multi-word labels fall back to their last word ("dinner table" -> "table" -> dining table)."""
+    for cand in (label, label.split()[-1]):
+        cat = _WORDS.get(cand)
+        if cat is None:
+            continue
+        if present is None or cat in present:
+            return cat
+        # an ambiguous word ("board", "bag") may name another present category
+        for other, words in SYNONYMS.items():
+            if other in present and (cand in words or cand in _plural_forms(other)):
+                return other
+    return None
+
+
+@dataclass
+class Grounding:
+    box: list[float]  # x, y, w, h in pixels
+    category: str | None
+    score: float
+    method: str
+    instance_ids: list[int] = field(default_factory=list)
+    boxes: list[list[float]] = field(default_factory=list)  # one per instance/detection (plural phrases)
+
+
+class AnnotationGrounder:
+    name = "annotations"
+    resources = {"cpu": 1}
+
+    def __init__(self, categories: dict[int, dict], embed_threshold: float = 0.65, embedder: str | None = None):
+        self.categories = categories  # COCO category id -> {"name", "supercategory"}
+        self.embed_threshold = embed_threshold
+        self.embedder_name = embedder
+        self._emb = None
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[str | None, float]] = {}
+
+    def setup(self) -> None:
+        pass
+
+    def _embedding_match(self, label: str, present: list[str]) -> tuple[str | None, float]:
+        key = (label, tuple(present))
+        if key not in self._cache:
+            from vlmforge.curation.embedding import shared_embedder
+
+            emb = shared_embedder(self.embedder_name)
+            vecs = emb.encode([label] + present)
+            sims = vecs[1:] @ vecs[0]
+            best = int(np.argmax(sims))
+            self._cache[key] = (present[best], float(sims[best])) if sims[best] >= self.embed_threshold else (None, float(sims[best]))
+        return self._cache[key]
+
+    def ground(self, phrase: str, label: str, plural: bool, instances: list[dict], image: np.ndarray | None = None,
+               masks: dict[int, np.ndarray] | None = None) -> Grounding | None:
+        by_cat: dict[str, list[dict]] = {}
+        for ann in instances:
+            by_cat.setdefault(self.categories[ann["category_id"]]["name"], []).append(ann)
+        if not by_cat:
+            return None
+        cat = category_for_label(label, set(by_cat))
+        method, score = "name", 1.0
+        if cat is None and category_for_label(label) is not None:
+            return None  # a known category that is not in this image ("cat" must not become "dog")
+        if cat is None or cat not in by_cat:
+            cat, score = self._embedding_match(label, sorted(by_cat))
+            method = "embedding"
+            if cat is None:
+                return None
+        anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
+        if plural and len(anns) > 1:
+            chosen = anns
+        elif len(anns) == 1:
+            chosen = anns
+        else:
+            chosen = [self._pick_one(phrase, anns, image, masks)]
+        boxes = [list(map(float, a["bbox"])) for a in chosen]
+        x0 = min(b[0] for b in boxes)
+        y0 = min(b[1] for b in boxes)
+        x1 = max(b[0] + b[2] for b in boxes)
+        y1 = max(b[1] + b[3] for b in boxes)
+        return Grounding([x0, y0, x1 - x0, y1 - y0], cat, score, method, [int(a["id"]) for a in chosen], boxes)
+
+    @staticmethod
+    def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, np.ndarray] | None) -> dict:
+        words = [w.strip(",.").lower() for w in phrase.split()]
+        colours = [COLOR_WORDS[w] for w in words if w in COLOR_WORDS]
+        if colours and image is not None and masks is not None:
+            target = np.array(colours[0], np.float32)
+
+            def distance(a: dict) -> float:
+                m = masks[int(a["id"])]
+                if not m.any():
+                    return float("inf")
+                return float(np.linalg.norm(image[m.astype(bool)].reshape(-1, 3).mean(0) - target))
+
+            return min(anns, key=lambda a: (distance(a), -a["area"], a["id"]))
+        return max(anns, key=lambda a: (a["area"], -a["id"]))
+
+
+class GroundingDinoGrounder:
+    """Open-vocabulary detection with transformers' Grounding DINO, batched over images."""
+
+    name = "grounding-dino"
+    resources = {"cpu": 1, "gpu": 1}
+
+    def __init__(self, model: str = "IDEA-Research/grounding-dino-tiny", box_threshold: float = 0.35,
+                 text_threshold: float = 0.25, nms_iou: float = 0.5, device: str | None = None):
+        self.model_name = model
+        self.box_threshold = box_threshold
+        self.text_threshold = text_threshold
+        self.nms_iou = nms_iou
+        self.device = device
+        self._model = None
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from vlmforge.progress import quiet_model_loading
+
+        quiet_model_loading()
+
+        from vlmforge.errors import UserError
+
+        try:
+            self._proc = AutoProcessor.from_pretrained(self.model_name)
+            self._model = AutoModelForZeroShotObjectDetection.from_pretrained(self.model_name).eval()
+        except OSError as e:
+            raise UserError(f"cannot load Grounding DINO {self.model_name!r}: {str(e).splitlines()[0]}") from None
+        self._device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._model.to(self._device)
+
+    def __call__(self, images: list, labels: list[list[str]]) -> list[dict[str, Grounding]]:
+        """For each PIL image and its entity labels: label -> Grounding (labels not found are absent)."""
+        import torch
+
+        self.setup()
+        out: list[dict[str, Grounding]] = [{} for _ in images]
+        todo = [i for i, ls in enumerate(labels) if ls]
+        if not todo:
+            return out
+        texts = [" . ".join(dict.fromkeys(labels[i])) + " ." for i in todo]
+        batch = self._proc(images=[images[i] for i in todo], text=texts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            outputs = self._model(**{k: v.to(self._device) for k, v in batch.items()})
+        with warnings.catch_warnings():  # transformers warns about its own `labels` key on every call
+            warnings.simplefilter("ignore", FutureWarning)
+            results = self._proc.post_process_grounded_object_detection(
+                outputs, batch["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+                target_sizes=[im.size[::-1] for im in (images[i] for i in todo)],
+            )
+        for i, res in zip(todo, results):
+            found: dict[str, list[tuple[list[float], float]]] = {}
+            names = res["text_labels"] if "text_labels" in res else res["labels"]
+            for box, score, name in zip(res["boxes"].tolist(), res["scores"].tolist(), names):
+                match = _match_label(str(name), labels[i])
+                if match is None:
+                    continue
+                x0, y0, x1, y1 = box
+                found.setdefault(match, []).append(([x0, y0, x1 - x0, y1 - y0], float(score)))
+            for label, dets in found.items():
+                keep = nms([d[0] for d in dets], [d[1] for d in dets], self.nms_iou)
+                dets = [dets[k] for k in keep]
+                best_box, best_score = dets[0]
+                out[i][label] = Grounding(best_box, category_for_label(label), best_score, "grounding-dino",
+                                          boxes=[d[0] for d in dets])
+        return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_model"] = None
+        state.pop("_proc", None)
+        return state
+
+
+def _match_label(detected: str, labels: list[str]) -> str | None:
+    detected = detected.strip().lower()
+    if detected in labels:
+        return detected
+    for label in labels:  # Grounding DINO may return a sub-phrase or a merge of neighbouring tokens
+        if detected and (detected in label or label in detected):
+            return label
+    return None
+
+
+def nms(boxes: list[list[float]], scores: list[float], iou: float) -> list[int]:
+    """Indices kept by non-maximum suppression, best first (OpenCV's implementation)."""
+    import cv2
+
+    if not boxes:
+        return []
+    keep = cv2.dnn.NMSBoxes([[float(v) for v in b] for b in boxes], [float(s) for s in scores], 0.0, iou)
+    keep = [int(k) for k in np.array(keep).reshape(-1)]
+    return sorted(keep, key=lambda k: (-scores[k], k))
+
+
+# COCO category -> supercategory, for detections that come without a dataset's category table.
+COCO_SUPERCATEGORIES: dict[str, str] = {
+    name: sup
+    for sup, names in {
+        "person": ["person"],
+        "vehicle": ["bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat"],
+        "outdoor": ["traffic light", "fire hydrant", "stop sign", "parking meter", "bench"],
+        "animal": ["bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe"],
+        "accessory": ["backpack", "umbrella", "handbag", "tie", "suitcase"],
+        "sports": ["frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+                   "skateboard", "surfboard", "tennis racket"],
+        "kitchen": ["bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl"],
+        "food": ["banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake"],
+        "furniture": ["chair", "couch", "potted plant", "bed", "dining table", "toilet"],
+        "electronic": ["tv", "laptop", "mouse", "remote", "keyboard", "cell phone"],
+        "appliance": ["microwave", "oven", "toaster", "sink", "refrigerator"],
+        "indoor": ["book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"],
+    }.items()
+    for name in names
+}

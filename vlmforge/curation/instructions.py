@@ -1,0 +1,52 @@
+"""Instructions that ask a model to infer a hidden object from its context.
+
+The type word (vehicle, animal, food, ...) comes from the COCO supercategory, or from the entity when
+no category is known. Templates are picked per sample by a seeded choice, so rebuilds agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# COCO supercategory -> the word a question uses for an object of it.
+TYPE_WORDS = {
+    "person": "person", "vehicle": "vehicle", "outdoor": "object", "animal": "animal", "accessory": "accessory",
+    "sports": "piece of sports equipment", "kitchen": "kitchen item", "food": "food", "furniture": "piece of furniture",
+    "electronic": "electronic device", "appliance": "appliance", "indoor": "object",
+}
+
+TEMPLATES = (
+    "In the given image, there is {a_type} heavily occluded by {fill}. What might the {type} occluded by the "
+    "{fill_short} be? Please provide your reasoning process and confirm a unique answer.",
+    "Part of this image is hidden behind {fill}. Judging from the visible context, what {type} is most likely "
+    "concealed there? Explain your reasoning and give one answer.",
+    "{A_type} in this picture has been covered by {fill}. Use the surrounding scene to work out what the hidden "
+    "{type} is. Reason step by step, then state a single answer.",
+    "Something in this image, {a_type}, is masked by {fill}. What {type} do you think is behind the "
+    "{fill_short}? Describe your reasoning and settle on one answer.",
+)
+SHORT_ANSWER_SUFFIX = " Answer with a single word or phrase."
+
+
+def _article(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
+
+
+def type_word(supercategory: str | None) -> str:
+    return TYPE_WORDS.get(supercategory or "", "object")
+
+
+def seeded_index(seed: int, key: str, n: int, salt: str = "") -> int:
+    """A choice in range(n) that depends only on (seed, key, salt)."""
+    digest = hashlib.sha256(f"{seed}:{key}:{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n
+
+
+def occlusion_question(supercategory: str | None, fill_phrase: str, seed: int, key: str) -> tuple[str, int]:
+    """(question text, template index)."""
+    t = type_word(supercategory)
+    idx = seeded_index(seed, key, len(TEMPLATES), "template")
+    short = fill_phrase.replace("a cluster of ", "").replace("a ", "", 1)
+    text = TEMPLATES[idx].format(a_type=_article(t), A_type=_article(t).capitalize(), type=t,
+                                 fill=fill_phrase, fill_short=short)
+    return text, idx

@@ -1,0 +1,109 @@
+"""Occlusion rendering: hide a masked object so that only its context remains.
+
+`blocks` reproduces the CVC paper: square patches of side P = max(min(w, h) // 3, 4), where (w, h)
+is the object's box, painted in RGB (123, 116, 103). Candidate centres lie on a grid of stride
+s = int(sqrt(P)) inside the mask, visited row by row; a countdown, drawn from the sample's own
+random generator, decides which centres get a patch: it starts at a draw from [0, s], and after each
+patch restarts at a draw from [1, s]. Same seed and key -> same blocks.
+
+Also `solid` (the mask filled with the same colour), `blur`, `noise` and `inpaint` (OpenCV Telea).
+The mask may first be dilated by a number of pixels. Every function returns the new image and the
+mask of pixels it changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FILL_RGB = (123, 116, 103)
+FILLS = ("blocks", "solid", "blur", "noise", "inpaint")
+# How the instruction names what covers the object.
+FILL_PHRASES = {
+    "blocks": "a cluster of gray blocks",
+    "solid": "a gray patch",
+    "blur": "a heavy blur",
+    "noise": "random noise",
+    "inpaint": "inpainted background",
+}
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    if pixels <= 0:
+        return mask
+    import cv2
+
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def block_size(box_w: float, box_h: float) -> tuple[int, int]:
+    """(patch side P, grid stride s) for an object box."""
+    patch = max(int(min(box_w, box_h)) // 3, 4)
+    return patch, int(np.sqrt(patch))
+
+
+def occlude_with_blocks(image: np.ndarray, mask: np.ndarray, box: list[float], rng: np.random.Generator,
+                        color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, np.ndarray]:
+    patch, stride = block_size(box[2], box[3])
+    h, w = mask.shape
+    out = image.copy()
+    painted = np.zeros_like(mask, dtype=bool)
+    ys, xs = np.nonzero(mask[::stride, ::stride])  # grid points inside the mask, row-major order
+    half = patch // 2
+    countdown = int(rng.integers(0, stride + 1))
+    for gy, gx in zip(ys * stride, xs * stride):
+        if countdown > 0:
+            countdown -= 1
+            continue
+        y0, x0 = max(gy - half, 0), max(gx - half, 0)
+        y1, x1 = min(y0 + patch, h), min(x0 + patch, w)
+        painted[y0:y1, x0:x1] = True
+        countdown = int(rng.integers(1, stride + 1))
+    out[painted] = color
+    return out, painted
+
+
+def occlude_solid(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = FILL_RGB):
+    out = image.copy()
+    out[mask] = color
+    return out, mask
+
+
+def occlude_blur(image: np.ndarray, mask: np.ndarray, box: list[float]):
+    import cv2
+
+    sigma = max(min(box[2], box[3]) / 4.0, 3.0)
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
+    out = image.copy()
+    out[mask] = blurred[mask]
+    return out, mask
+
+
+def occlude_noise(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
+    out = image.copy()
+    out[mask] = rng.integers(0, 256, (int(mask.sum()), 3), dtype=np.uint8)
+    return out, mask
+
+
+def occlude_inpaint(image: np.ndarray, mask: np.ndarray, radius: int = 5):
+    import cv2
+
+    out = cv2.inpaint(np.ascontiguousarray(image), mask.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+    return out, mask
+
+
+def occlude(image: np.ndarray, mask: np.ndarray, box: list[float], fill: str, rng: np.random.Generator,
+            dilate_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `fill` to `mask` (dilated by `dilate_px`) of an RGB uint8 image; returns (image, changed)."""
+    mask = dilate(mask, dilate_px)
+    if fill == "blocks":
+        return occlude_with_blocks(image, mask, box, rng)
+    if fill == "solid":
+        return occlude_solid(image, mask)
+    if fill == "blur":
+        return occlude_blur(image, mask, box)
+    if fill == "noise":
+        return occlude_noise(image, mask, rng)
+    if fill == "inpaint":
+        return occlude_inpaint(image, mask)
+    raise ValueError(f"unknown fill {fill!r}; known: {', '.join(FILLS)}")

@@ -1,0 +1,100 @@
+"""Answer extraction and soft matching against a label.
+
+`extract_answer` pulls the final answer out of a reasoning text by rules ("Final answer: X",
+"\\boxed{X}", "the answer is X", ...). `SoftMatcher` compares answers with labels by the cosine of their
+sentence embeddings (offline default MiniLM; any sentence-transformers model, e.g. BAAI/bge-m3) and
+calls an answer correct when the cosine is above a threshold (0.85, as CVC does). `names_label` is the
+strict test used where an answer must spell the label out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from vlmforge.curation.embedding import SentenceEmbedder, shared_embedder
+
+DEFAULT_THRESHOLD = 0.85
+
+# Tried in order; within one the last occurrence in the text wins (models restate, then conclude).
+_BOXED = re.compile(r"\\boxed\{([^{}]+)\}")
+_TRIGGERS = [
+    re.compile(r"final answer\s*(?:is|:|-)?\s*:?", re.I),
+    re.compile(r"\banswer\s*(?:is|:)\s*:?", re.I),
+    re.compile(r"\b(?:it|this|that)\s+(?:is|must be|should be|would be)\s+(?:most likely\s+|likely\s+|probably\s+)?", re.I),
+]
+_ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.I)
+# A sentence ends at ". " unless the word before the dot is short (St. Bernard, Mt. Fuji).
+_SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9]{3})\.(?:\s|$)|[!?;](?:\s|$)")
+
+
+def _clean(phrase: str) -> str:
+    phrase = phrase.replace("**", "").replace("__", "").strip()
+    phrase = phrase.splitlines()[0] if phrase else ""
+    m = _SENTENCE_END.search(phrase)
+    if m:
+        phrase = phrase[: m.start()]
+    phrase = _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,"))
+    return phrase.strip(" \t\"'`*:.,")
+
+
+def extract_answer(text: str) -> str:
+    """The final answer phrase of a reasoning text; the last sentence when no rule matches."""
+    boxed = [_clean(m.group(1)) for m in _BOXED.finditer(text)]
+    if any(boxed):
+        return [b for b in boxed if b][-1]
+    for trigger in _TRIGGERS:
+        found = [_clean(text[m.end():]) for m in trigger.finditer(text)]
+        found = [f for f in found if f]
+        if found:
+            return found[-1]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    sentences = [s for s in re.split(r"(?<=[a-z0-9]{3})[.!?]\s+", lines[-1]) if s.strip()]
+    return _clean(sentences[-1] if sentences else lines[-1])
+
+
+def normalise(text: str) -> str:
+    """Lower-case, separators (_ - /) to spaces, other punctuation dropped, spaces collapsed."""
+    text = re.sub(r"[_\-/]+", " ", text.lower())
+    text = re.sub(r"[^\w\s]", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def names_label(text: str, label: str) -> bool:
+    """Whether `text` contains `label` as whole words, after normalising both."""
+    lab = normalise(label)
+    return bool(lab) and f" {lab} " in f" {normalise(text)} "
+
+
+class SoftMatcher:
+    """`similarity(answers, label)` -> cosines; `matches(...)` -> cosine > threshold."""
+
+    def __init__(self, embedder: SentenceEmbedder | str | None = None, threshold: float = DEFAULT_THRESHOLD):
+        self.embedder = embedder if isinstance(embedder, SentenceEmbedder) else shared_embedder(embedder)
+        self.threshold = threshold
+
+    def similarity(self, answers: list[str], label: str) -> np.ndarray:
+        return self.similarity_many([(answers, label)])[0]
+
+    def similarity_many(self, groups: list[tuple[list[str], str]]) -> list[np.ndarray]:
+        """Cosines for several (answers, label) groups with a single embedding call."""
+        normed = [([normalise(a) for a in answers], normalise(label)) for answers, label in groups]
+        unique = sorted({t for answers, label in normed for t in [*answers, label]})
+        vecs = self.embedder.encode(unique).astype(np.float64)
+        index = {t: i for i, t in enumerate(unique)}
+        out = []
+        for answers, target in normed:
+            if not answers:
+                out.append(np.zeros(0, np.float64))
+                continue
+            sims = vecs[[index[a] for a in answers]] @ vecs[index[target]]
+            # Identical text is a match whatever rounding says; empty answers match nothing.
+            sims = np.where([a == target for a in answers], 1.0, sims)
+            out.append(np.where([not a for a in answers], 0.0, sims))
+        return out
+
+    def matches(self, answers: list[str], label: str) -> list[bool]:
+        return [bool(s > self.threshold) for s in self.similarity(answers, label)]

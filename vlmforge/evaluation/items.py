@@ -1,0 +1,177 @@
+"""What a task reader yields: `EvalItem`s (one question each) inside a `Dataset`, plus small readers
+shared by the tasks (JSON or JSONL files, build samples, images by path)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vlmforge.errors import UserError
+from vlmforge.sample import IMAGE_FIELDS
+
+
+@dataclass
+class EvalItem:
+    """One question. `answer` is the gold value in the task's own terms (option index, "yes"/"no",
+    grade, reference text); `meta` holds what results are grouped by (class, category, subject...)."""
+
+    id: str
+    prompt: str  # the user's text, without an <image> marker (runners place the image)
+    answer: Any = None
+    options: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    image: bytes | None = None
+    image_path: str | None = None  # read lazily, so big sets do not sit in memory
+    image_url: str | None = None  # for API models given URLs instead of bytes
+    # --scoring loss: the model's loss of each target text after prompt + loss_prefix (default: options)
+    loss_prefix: str = ""
+    loss_targets: list[str] | None = None
+
+    def image_bytes(self) -> bytes | None:
+        if self.image is not None:
+            return self.image
+        if self.image_path:
+            try:
+                return Path(self.image_path).read_bytes()
+            except OSError as e:
+                raise UserError(f"cannot read the image of item {self.id}: {self.image_path} ({e.strerror}); "
+                                "check --image-root") from None
+        return None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None or bool(self.image_path) or bool(self.image_url)
+
+
+@dataclass
+class Dataset:
+    """The items of one evaluation and where they came from (`build_id` when read from a build)."""
+
+    items: list[EvalItem]
+    source: str = ""
+    build_id: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class ReadOptions:
+    """Reader settings from the command line; each task uses the ones that apply to it."""
+
+    split: str | None = None
+    image_root: Path | None = None
+    limit: int | None = None
+    prompt: str | None = None  # replaces the task's default question (grading, open)
+    prompt_suffix: str | None = None
+    rounds: int | None = None  # MMBench rotations per question (default: one per option)
+    num_grades: int = 5
+    strict: bool = False  # letter parsing as LLaVA's ScienceQA script (no lenient steps)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A JSON list (or {"data": [...]}, or a dict of records keyed by id) or a JSONL file."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        return json.loads(text)
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            doc = None  # JSON lines
+        if isinstance(doc, dict):
+            if isinstance(doc.get("data"), list):
+                return doc["data"]
+            if doc and all(isinstance(v, dict) for v in doc.values()):
+                return [{"id": k, **v} for k, v in doc.items()]
+            return [doc]
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path} line {n} is not JSON ({e.msg})") from None
+    return out
+
+
+def is_build(path: Path) -> bool:
+    return (Path(path) / "build.json").exists()
+
+
+def iter_build(path: Path, split: str | None = None) -> Iterator[tuple[str, dict[str, Any], bytes | None]]:
+    """(key, json, image bytes) for each sample of a finished build, in shard order."""
+    from vlmforge.manifests.read import open_build
+
+    build = open_build(path)
+    for sample in build.samples(split):
+        image = next((sample[f] for f in IMAGE_FIELDS if f in sample), None)
+        yield sample["__key__"], sample.get("json", {}), image
+
+
+def collect_items(paths: list[Path], split: str | None,
+                  from_sample: Callable[[str, dict[str, Any], bytes | None], EvalItem],
+                  from_path: Callable[[Path], list[EvalItem]]) -> tuple[list[EvalItem], str | None]:
+    """Items from each path: build folders sample by sample, anything else by `from_path`.
+    Returns the items and the id of the (last) build read, for the summary."""
+    items: list[EvalItem] = []
+    build_id = None
+    for path in paths:
+        if is_build(path):
+            build_id = build_id_of(path)
+            items += [from_sample(key, doc, image) for key, doc, image in iter_build(path, split)]
+        else:
+            items += from_path(path)
+    if not items:
+        raise UserError(f"no items in {', '.join(map(str, paths))}")
+    return items, build_id
+
+
+def build_id_of(path: Path) -> str | None:
+    try:
+        return json.loads((Path(path) / "build.json").read_text()).get("build_id")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def first_turns(doc: dict[str, Any]) -> tuple[str, str]:
+    """The first human and first gpt turn of a LLaVA conversation, the <image> marker removed."""
+    human = gpt = ""
+    for turn in doc.get("conversations") or []:
+        who = turn.get("from")
+        if who in ("human", "user") and not human:
+            human = turn.get("value", "")
+        elif who in ("gpt", "assistant") and not gpt:
+            gpt = turn.get("value", "")
+    return strip_image_marker(human), gpt
+
+
+def strip_image_marker(text: str) -> str:
+    return text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
+
+
+def resolve_image(name: str | None, roots: list[Path | None]) -> str | None:
+    """The first existing `root/name`; the first candidate when none exists (the error comes when read)."""
+    if not name:
+        return None
+    candidates = [Path(r) / name for r in roots if r is not None] or [Path(name)]
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    return str(candidates[0])
+
+
+def apply_limit(items: list[EvalItem], limit: int | None) -> list[EvalItem]:
+    return items[:limit] if limit else items
+
+
+def option_lines(options: list[str]) -> str:
+    """"A. cat\nB. dog" - the layout LLaVA-1.5 uses for multiple-choice prompts."""
+    return "\n".join(f"{chr(65 + i)}. {opt}" for i, opt in enumerate(options))
+
+
+LETTER_INSTRUCTION = "Answer with the option's letter from the given choices directly."

@@ -1,0 +1,74 @@
+"""Predictions as JSONL, written as they come, so an interrupted run resumes where it stopped.
+
+Each batch's records are appended and flushed together. On resume the file is read back; a last line
+cut off mid-write is dropped (and trimmed from the file) and its item is simply asked again. A
+`run.json` beside it records what produced the predictions, so a resume with a different model,
+task or scoring is refused instead of mixing two runs in one file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from vlmforge.errors import UserError
+
+PREDICTIONS = "predictions.jsonl"
+RUN_FILE = "run.json"
+
+
+class PredictionLog:
+    """Append-only JSONL of prediction records keyed by item id."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """Records already written, by id. Trims a torn last line."""
+        if not self.path.exists():
+            return {}
+        raw = self.path.read_bytes()
+        done: dict[str, dict[str, Any]] = {}
+        good_end = 0
+        pos = 0
+        for line in raw.splitlines(keepends=True):
+            pos += len(line)
+            if not line.endswith(b"\n"):
+                break  # torn write: the process died mid-line
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            done[str(rec["id"])] = rec
+            good_end = pos
+        if good_end < len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+        return done
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to continue predictions made by a different run; --overwrite starts over."""
+    run_file = out / RUN_FILE
+    preds = out / PREDICTIONS
+    if overwrite:
+        preds.unlink(missing_ok=True)
+    elif run_file.exists():
+        old = json.loads(run_file.read_text())
+        if old != run:
+            diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
+            raise UserError(f"{out} holds predictions of another run (differs in {', '.join(diff)}); "
+                            "pass --overwrite to start again or choose another --out")
+    elif preds.exists():
+        raise UserError(f"{preds} exists but has no {RUN_FILE}; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")

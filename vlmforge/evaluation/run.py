@@ -1,0 +1,164 @@
+"""The two ways in: `evaluate` (run a model on a task's items, resumably) and `score_predictions`
+(score an existing predictions file, ours or a LLaVA answers file, with no model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vlmforge import __version__
+from vlmforge.errors import UserError
+from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_records
+from vlmforge.evaluation.predictions import PREDICTIONS, PredictionLog, check_run
+from vlmforge.evaluation.report import markdown_report, write_summary
+from vlmforge.evaluation.runners import Runner
+from vlmforge.evaluation.tasks import Record, Task, parse_counts
+from vlmforge.progress import console, progress_bar
+
+MAX_FAILURE_EXAMPLES = 20
+
+
+def predict_batch(task: Task, runner: Runner, items: list[EvalItem], scoring: str,
+                  class_template: str | None = None) -> list[Record]:
+    """Model outputs for a batch, as prediction records."""
+    if scoring == "generate":
+        texts = runner.generate(items)
+        return [task.make_record(it, text=t) for it, t in zip(items, texts)]
+    if scoring == "loss":
+        losses = runner.option_losses(items)
+        return [task.make_record(it, scores=s, scoring="loss") for it, s in zip(items, losses)]
+    if scoring == "clip":
+        probs = runner.clip_probabilities(items, [task.class_prompts(it, class_template) for it in items])
+        return [task.make_record(it, scores=p, scoring="clip") for it, p in zip(items, probs)]
+    raise UserError(f"unknown --scoring {scoring!r}; use generate, loss or clip")
+
+
+def check_images(dataset: Dataset) -> None:
+    """Fail before any model call when image files are missing (usually a wrong --image-root)."""
+    missing = [it.image_path for it in dataset.items if it.image_path and not it.image_url and not Path(it.image_path).exists()]
+    if missing:
+        raise UserError(f"{len(missing)} of {len(dataset)} images are missing, e.g. {missing[0]}; check --image-root")
+
+
+def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
+             class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
+             plots: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Predict every item not yet in OUT/predictions.jsonl, then score all of them and write the report.
+
+    `settings` (prompt and generation options) join the run's identity: a resume with other settings
+    is refused, since its predictions would not be comparable. Scoring-only options (the parse mode,
+    the soft-match threshold) are not part of it; change them freely, or rescore with `eval score`."""
+    out = Path(out)
+    scoring = scoring or runner.default_scoring
+    if scoring not in task.scoring_modes:
+        raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")
+    if scoring not in runner.scorings:
+        raise UserError(f"model {runner.name} cannot do --scoring {scoring} (it can: {', '.join(runner.scorings)})")
+    ids = [it.id for it in dataset.items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise UserError(f"item id {dup!r} occurs more than once in {dataset.source}")
+    check_images(dataset)
+    run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
+           "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
+           **(settings or {})}
+    check_run(out, run, overwrite)
+    log = PredictionLog(out / PREDICTIONS)
+    done = log.load()
+    todo = [it for it in dataset.items if it.id not in done]
+    with progress_bar(f"eval {task.name}", total=len(ids), disable=quiet) as advance:
+        advance(len(ids) - len(todo))
+        for start in range(0, len(todo), runner.batch_size):
+            batch = todo[start : start + runner.batch_size]
+            records = predict_batch(task, runner, batch, scoring, class_template)
+            log.append(records)
+            done.update((r["id"], r) for r in records)
+            advance(len(batch))
+    records = [done[i] for i in ids]
+    return finish(task, records, out, dataset=dataset, model=runner.name, backend=runner.backend, scoring=scoring,
+                  quiet=quiet, plots=plots)
+
+
+def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None = None, model: str | None = None,
+           backend: str | None = None, scoring: str | None = None, quiet: bool = False, plots: bool = True,
+           predictions: str = PREDICTIONS, extra_counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """Score records, write summary.json, plots and task files, print the Markdown table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = task.score(records)
+    parsed = parse_counts(task, records)
+    counts = {"items": len(records), "parsed": parsed["ok"], "unparsed": parsed["unparsed"],
+              "multiple": parsed["multiple"], **(extra_counts or {})}
+    failures = []
+    for rec in records:
+        parsed = task.interpret(rec)
+        if not parsed.ok and len(failures) < MAX_FAILURE_EXAMPLES:
+            failures.append({"id": rec["id"], "status": parsed.status, "prediction": rec.get("prediction")})
+    files = [p.name for p in task.extra_outputs(records, dataset, out)]
+    plot_files = [p.name for p in task.plots(records, metrics, out)] if plots and records else []
+    summary = {
+        "task": task.name,
+        "model": model,
+        "backend": backend,
+        "scoring": scoring,
+        "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None},
+        "data": dataset.source if dataset else None,
+        "data_build_id": dataset.build_id if dataset else None,
+        "metrics": metrics,
+        "counts": counts,
+        "parse_failures": {"count": counts["unparsed"] + counts["multiple"], "examples": failures},
+        "predictions": predictions,
+        "plots": plot_files,
+        "files": files,
+        "vlmforge_version": __version__,
+    }
+    write_summary(out, summary)
+    if not quiet:
+        print(markdown_report(summary), flush=True)  # stdout, so the table can be redirected into a file
+        console.print(f"wrote {out / 'summary.json'}")
+    return summary
+
+
+def _is_own_record(line: Record) -> bool:
+    return all(k in line for k in ("id", "answer", "options", "meta")) and "prediction" in line
+
+
+def score_predictions(task: Task, predictions: Path, annotations: list[Path], opts: ReadOptions, out: Path,
+                      quiet: bool = False, plots: bool = True) -> dict[str, Any]:
+    """Score a predictions file with no model: our own predictions.jsonl (self-contained), a file that
+    carries its gold answers (Prompt the Unseen), or answers joined by id to --annotations (LLaVA's
+    answer files: question_id + text)."""
+    if not predictions.exists():
+        raise UserError(f"{predictions} does not exist")
+    lines = read_records(predictions)
+    dataset = None
+    extra: dict[str, int] = {}
+    if annotations:
+        dataset = task.read(annotations, opts)
+        by_id = {it.id: it for it in dataset.items}
+        records, unmatched = [], []
+        for line in lines:
+            ident = str(line["id"]) if _is_own_record(line) else task.external_id(line)
+            item = by_id.get(ident) if ident is not None else None
+            if item is None:
+                unmatched.append(ident)
+                continue
+            if _is_own_record(line):
+                records.append(task.make_record(item, text=line.get("prediction"), scores=line.get("scores"),
+                                                scoring=line.get("scoring", "generate")))
+            else:
+                records.append(task.make_record(item, text=task.external_text(line)))
+        if not records:
+            raise UserError(f"no prediction in {predictions} matches an item of the annotations "
+                            f"(prediction ids like {unmatched[:3]}, item ids like {list(by_id)[:3]})")
+        extra = {"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)}
+    else:
+        records = task.records_from_foreign(lines, predictions)
+        if records is None:
+            if not lines or not all(_is_own_record(ln) for ln in lines):
+                raise UserError(f"{predictions} holds no gold answers; pass --annotations with the task's data "
+                                "(question files, problems.json, the TSV, the build)")
+            records = lines
+    return finish(task, records, out, dataset=dataset, model=None, backend=None,
+                  scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
+                  predictions=str(predictions), extra_counts=extra)

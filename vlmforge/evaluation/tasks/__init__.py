@@ -1,0 +1,135 @@
+"""Tasks are data: a reader, a prompt, a parser and metrics, registered here by name.
+
+A prediction record (one JSONL line) carries everything scoring needs - id, gold answer, options,
+meta, the model's text or option scores - so `vlmforge eval score` can rescore a file with no
+model and no data. Parsing happens again at score time, so a better parser improves old runs too.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from vlmforge.errors import UserError
+from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions
+from vlmforge.evaluation.parsers import Parsed
+
+Record = dict[str, Any]
+
+# name -> "module:Class"; imported on demand so `vlmforge eval --help` stays fast.
+TASKS: dict[str, str] = {
+    "mcqa": "vlmforge.evaluation.tasks.mcqa:McqaTask",
+    "pope": "vlmforge.evaluation.tasks.pope:PopeTask",
+    "scienceqa": "vlmforge.evaluation.tasks.scienceqa:ScienceQATask",
+    "mmbench": "vlmforge.evaluation.tasks.mmbench:MMBenchTask",
+    "grading": "vlmforge.evaluation.tasks.grading:GradingTask",
+    "open": "vlmforge.evaluation.tasks.open:OpenTask",
+}
+
+
+class Task:
+    """Base class. Subclasses set `name`, `description`, and implement `read`, `parse`, `score`."""
+
+    name: str = "task"
+    description: str = ""
+    # --scoring modes the task supports: generate (parse the text), loss (lowest loss over
+    # item.loss_targets), clip (CLIP zero-shot over class prompts).
+    scoring_modes: tuple[str, ...] = ("generate", "loss", "clip")
+    clip_template: str = "a photo of a {}."
+
+    def __init__(self, **options: Any):
+        self.options = options
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
+        raise NotImplementedError
+
+    def class_prompts(self, item: EvalItem, template: str | None) -> list[str]:
+        """Texts CLIP compares the image with, one per option."""
+        return [(template or self.clip_template).format(opt) for opt in item.options]
+
+    # -- records and parsing --------------------------------------------------------------------
+    def make_record(self, item: EvalItem, text: str | None = None, scores: list[float] | None = None,
+                    scoring: str = "generate") -> Record:
+        rec: Record = {"id": item.id, "answer": item.answer, "options": item.options, "meta": item.meta,
+                       "scoring": scoring, "prediction": text}
+        if scores is not None:
+            rec["scores"] = [round(float(s), 6) for s in scores]
+            if rec["prediction"] is None and item.options:
+                best = self._best_index(rec)
+                rec["prediction"] = item.options[best]
+        parsed = self.interpret(rec)
+        rec["parsed"], rec["status"] = parsed.value, parsed.status
+        return rec
+
+    @staticmethod
+    def _best_index(rec: Record) -> int:
+        scores = rec["scores"]
+        pick = min if rec.get("scoring") == "loss" else max  # losses: lower is better
+        return pick(range(len(scores)), key=lambda i: scores[i])
+
+    def interpret(self, rec: Record) -> Parsed:
+        """The parsed prediction of a record: from option scores when it has them, else its text."""
+        if rec.get("scores"):
+            return Parsed(self.value_from_index(rec, self._best_index(rec)))
+        if rec.get("prediction") is None:
+            return Parsed(None, "unparsed")
+        return self.parse(rec)
+
+    def parse(self, rec: Record) -> Parsed:
+        raise NotImplementedError
+
+    def value_from_index(self, rec: Record, index: int) -> Any:
+        """The answer value meant by choosing option `index` (loss or CLIP scoring)."""
+        return index
+
+    def is_correct(self, rec: Record, parsed: Parsed) -> bool:
+        return parsed.ok and parsed.value == rec["answer"]
+
+    # -- foreign prediction files (LLaVA answer files and the like) ------------------------------
+    def external_id(self, line: Record) -> str | None:
+        """The item id a foreign prediction line answers."""
+        for key in ("id", "question_id", "qid", "pid"):
+            if line.get(key) is not None:
+                return str(line[key])
+        return None
+
+    def external_text(self, line: Record) -> str | None:
+        for key in ("prediction", "text", "response", "output", "answer_text"):
+            if isinstance(line.get(key), str):
+                return line[key]
+        return None
+
+    def records_from_foreign(self, lines: list[Record], path: Path) -> list[Record] | None:
+        """Records from a prediction file that carries its own gold answers (no annotations needed),
+        or None when this file needs annotations."""
+        return None
+
+    # -- scoring and reports --------------------------------------------------------------------
+    def score(self, records: list[Record]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def plots(self, records: list[Record], metrics: dict[str, Any], out: Path) -> list[Path]:
+        return []
+
+    def extra_outputs(self, records: list[Record], dataset: Dataset | None, out: Path) -> list[Path]:
+        """Task-specific files beside the summary (MMBench: the submission sheet)."""
+        return []
+
+
+def get_task(name: str, **options: Any) -> Task:
+    try:
+        target = TASKS[name]
+    except KeyError:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+def parse_counts(task: Task, records: list[Record]) -> dict[str, int]:
+    """How many predictions parsed, failed to parse, or named several answers."""
+    counts = {"ok": 0, "unparsed": 0, "multiple": 0}
+    for rec in records:
+        counts[task.interpret(rec).status] += 1
+    return counts

@@ -1,0 +1,167 @@
+"""mmbench: MMBench TSV (base64 images, hint, options A-D, answer, category, l2-category).
+
+Circular evaluation: each question is asked once per rotation of its options (round r shows the
+options shifted left by r, as LLaVA's model_vqa_mmbench --all-rounds does) and counts as right only
+if every round is right. TSVs that already hold the rotated copies (index >= 1,000,000, as in the
+original MMBench files) are grouped by index mod 1,000,000 instead of rotated again. Writes the
+submission sheet (index, question, options, prediction, ...) as TSV, and as XLSX when openpyxl is
+installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from vlmforge.errors import UserError
+from vlmforge.evaluation.items import LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, option_lines
+from vlmforge.evaluation.metrics import accuracy
+from vlmforge.evaluation.parsers import LETTERS, Parsed, parse_letter
+from vlmforge.evaluation.report import plot_bars
+from vlmforge.evaluation.tasks import Record, Task
+
+CIRCULAR_OFFSET = 1_000_000
+DROPPED_IN_SUBMISSION = {"hint", "category", "source", "image", "comment", "l2-category", "L2-category"}
+
+
+def _missing(value: str | None) -> bool:
+    return value is None or value.strip() == "" or value.strip().lower() == "nan"
+
+
+def read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    csv.field_size_limit(sys.maxsize)  # base64 images are long fields
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+class MMBenchTask(Task):
+    name = "mmbench"
+    description = "MMBench TSV with circular evaluation over option rotations; submission export"
+
+    def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
+        if len(paths) != 1 or not paths[0].is_file():
+            raise UserError("give one MMBench .tsv file")
+        columns, rows = read_tsv(paths[0])
+        for col in ("index", "question", "A", "B"):
+            if col not in columns:
+                raise UserError(f"{paths[0]} has no column {col!r}; is it an MMBench TSV? columns: {', '.join(columns)}")
+        images = {r["index"]: r.get("image", "") for r in rows}
+        has_copies = any(int(r["index"]) >= CIRCULAR_OFFSET for r in rows)
+        option_cols = [c for c in LETTERS if c in columns]
+        items: list[EvalItem] = []
+        for row in rows:
+            options = [row[c] for c in option_cols if not _missing(row.get(c))]
+            gold = None if _missing(row.get("answer")) else LETTERS.index(row["answer"].strip())
+            index = int(row["index"])
+            rounds = 1 if has_copies else min(opts.rounds or len(options), len(options))
+            for r in range(rounds):
+                order = list(range(r, len(options))) + list(range(r))
+                shown = [options[i] for i in order]
+                question = row["question"] if _missing(row.get("hint")) else f"{row['hint']}\n{row['question']}"
+                items.append(EvalItem(
+                    id=f"{index}-{r}", prompt=f"{question}\n{option_lines(shown)}\n{LETTER_INSTRUCTION}",
+                    answer=None if gold is None else order.index(gold), options=shown,
+                    meta={"index": index % CIRCULAR_OFFSET, "round": r if not has_copies else index // CIRCULAR_OFFSET,
+                          "order": order, "category": row.get("category"),
+                          "l2_category": row.get("l2-category", row.get("L2-category")),
+                          "question": row["question"], "split": row.get("split")},
+                    image=self._image(row.get("image", ""), images),
+                ))
+        if opts.limit:
+            keep = {it.meta["index"] for it in items[: opts.limit]}  # whole questions, all their rounds
+            items = [it for it in items if it.meta["index"] in keep]
+        return Dataset(items, source=str(paths[0]), info={"columns": columns, "option_columns": option_cols})
+
+    @staticmethod
+    def _image(value: str, images: dict[str, str]) -> bytes | None:
+        # Rotated copies may point at the row holding the image by its index.
+        if value and value.isdigit() and len(value) < 16 and value in images:
+            value = images[value]
+        return base64.b64decode(value) if value else None
+
+    def parse(self, rec: Record) -> Parsed:
+        return parse_letter(rec["prediction"], len(rec["options"]), rec["options"],
+                            strict=bool(self.options.get("strict")))
+
+    def external_id(self, line: Record) -> str | None:
+        """LLaVA's answer files: question_id is the TSV index, round_id the rotation."""
+        if "question_id" in line:
+            return f"{line['question_id']}-{line.get('round_id', 0)}"
+        return super().external_id(line)
+
+    def score(self, records: list[Record]) -> dict[str, Any]:
+        scored = [r for r in records if r["answer"] is not None]
+        by_question: dict[int, list[bool]] = defaultdict(list)
+        first: dict[int, Record] = {}
+        meta: dict[int, dict[str, Any]] = {}
+        for r in scored:
+            q = r["meta"]["index"]
+            meta.setdefault(q, r["meta"])
+            by_question[q].append(self.is_correct(r, self.interpret(r)))
+            if r["meta"]["round"] == 0:
+                first[q] = r
+        circular = {q: all(v) for q, v in by_question.items()}
+
+        def grouped(field: str) -> dict[str, Any]:
+            groups: dict[str, list[bool]] = defaultdict(list)
+            for q, ok in circular.items():
+                groups[str(meta[q].get(field))].append(ok)
+            return {g: {"accuracy": accuracy(v), "n": len(v)} for g, v in sorted(groups.items())}
+
+        return {
+            "circular_accuracy": accuracy(list(circular.values())),
+            "single_pass_accuracy": accuracy([self.is_correct(r, self.interpret(r)) for r in first.values()]),
+            "n_questions": len(circular),
+            "n_rounds": len(scored),
+            "n_without_answer": len(records) - len(scored),
+            "by_category": grouped("category"),
+            "by_l2_category": grouped("l2_category"),
+        }
+
+    def plots(self, records: list[Record], metrics: dict[str, Any], out: Path) -> list[Path]:
+        if not metrics["by_category"]:
+            return []
+        return [plot_bars({k: v["accuracy"] for k, v in metrics["by_category"].items()}, out / "per_category_accuracy.png",
+                          "MMBench circular accuracy per category", sort=True)]
+
+    def extra_outputs(self, records: list[Record], dataset: Dataset | None, out: Path) -> list[Path]:
+        """The submission sheet from round-0 answers, in the original option lettering."""
+        rows = []
+        width = max((len(r["options"]) for r in records), default=0)
+        letters = list(LETTERS[:width])
+        for r in sorted((r for r in records if r["meta"]["round"] == 0), key=lambda r: r["meta"]["index"]):
+            parsed = self.interpret(r)
+            opts = dict(zip(LETTERS, r["options"]))  # round 0 shows the original order
+            pred = LETTERS[parsed.value] if parsed.ok else (r.get("prediction") or "")
+            row = {"index": r["meta"]["index"], "question": r["meta"].get("question", ""),
+                   **{c: opts.get(c, "") for c in letters}, "prediction": pred}
+            if r["answer"] is not None:
+                row["answer"] = LETTERS[r["answer"]]
+            if r["meta"].get("split"):
+                row["split"] = r["meta"]["split"]
+            rows.append(row)
+        if not rows:
+            return []
+        header = list(dict.fromkeys(k for row in rows for k in row))
+        tsv = out / "mmbench_submission.tsv"
+        with open(tsv, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=header, delimiter="\t")
+            w.writeheader()
+            w.writerows(rows)
+        written = [tsv]
+        try:
+            import openpyxl  # noqa: F401
+            import pandas as pd
+
+            xlsx = out / "mmbench_submission.xlsx"
+            pd.DataFrame(rows, columns=header).to_excel(xlsx, index=False)
+            written.append(xlsx)
+        except ImportError:
+            pass
+        return written

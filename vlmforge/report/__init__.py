@@ -1,0 +1,1 @@
+"""Seeing a build: contact sheets (`show.py`), a self-contained HTML report (`html.py`), plots (`plots.py`)."""

@@ -1,0 +1,211 @@
+"""Contact sheets: a grid of samples chosen by a SQL filter, each drawn as its image panels and a caption.
+
+Any build works: a sample shows its image and, when present, its label, question and answer. Builds
+whose samples carry a `mask.png` member (occlusion) show the original (`orig.jpg`, when kept), the
+mask outlined on it, and the occluded image side by side. The choice of samples is deterministic: rows
+are ordered by md5(seed:key), so the same build, filter and seed give the same sheet.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+
+from vlmforge.errors import UserError
+from vlmforge.manifests.read import Build, read_sample_at
+from vlmforge.sample import IMAGE_FIELDS
+
+OUTLINE = (255, 40, 40)
+BACKDROP = (32, 32, 32)
+
+
+def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+    """Up to `n` manifest rows matching `where` (a SQL condition), in md5(seed:key) order."""
+    import duckdb
+
+    if n < 1:
+        raise UserError("--n must be at least 1")
+    cond = f"WHERE ({where})" if where else ""
+    query = f"SELECT * FROM samples {cond} ORDER BY md5(CAST(? AS VARCHAR) || ':' || key) LIMIT {int(n)}"
+    try:
+        rel = build.sql(query, [str(seed)])
+        names = list(rel.columns)
+        return [dict(zip(names, r)) for r in rel.fetchall()]
+    except duckdb.Error as e:
+        raise UserError(f"--where did not work: {str(e).splitlines()[0]}") from None
+
+
+def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
+    """The sample's members ({field: bytes}, 'json' parsed) read at its manifest offset."""
+    import json
+
+    sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    if "json" in sample:
+        sample["json"] = json.loads(sample["json"])
+    return sample
+
+
+def _open(data: bytes, mode: str = "RGB") -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert(mode)
+
+
+def fit(img: Image.Image, size: int) -> Image.Image:
+    """`img` scaled to fit a size x size square, centred on a dark backdrop."""
+    img = img.copy()
+    img.thumbnail((size, size), Image.Resampling.BILINEAR)
+    out = Image.new("RGB", (size, size), BACKDROP)
+    out.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return out
+
+
+def outline_mask(base: Image.Image, mask: Image.Image, size: int) -> Image.Image:
+    """`base` fitted to the square with the mask's region tinted and its border drawn in red."""
+    shown = fit(base, size)
+    m = mask.convert("L").resize(base.size, Image.Resampling.NEAREST)
+    m = fit(m.convert("RGB"), size).convert("L").point(lambda v: 255 if v > 127 else 0)
+    edge = ImageChops.difference(m.filter(ImageFilter.MaxFilter(3)), m.filter(ImageFilter.MinFilter(3)))
+    tint = Image.blend(shown, Image.new("RGB", shown.size, OUTLINE), 0.3)
+    shown = Image.composite(tint, shown, m)
+    shown.paste(OUTLINE, mask=edge)
+    return shown
+
+
+def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
+    """(title, square image) panels of one sample: the occlusion triptych when the sample has a mask,
+    else its image; a text-only sample gets one empty panel."""
+    field = next((f for f in IMAGE_FIELDS if f in sample), None)
+    if field is None:
+        return [("text only", Image.new("RGB", (size, size), BACKDROP))]
+    image = _open(sample[field])
+    if "mask.png" not in sample:
+        return [("image", fit(image, size))]
+    mask = _open(sample["mask.png"], "L")
+    out = []
+    base = image
+    if "orig.jpg" in sample:
+        base = _open(sample["orig.jpg"])
+        out.append(("original", fit(base, size)))
+    out.append(("mask", outline_mask(base, mask, size)))
+    out.append(("occluded", fit(image, size)))
+    return out
+
+
+def first_turns(doc: dict[str, Any]) -> tuple[str, str]:
+    """The first human turn (without the <image> token) and the first answer, on one line each."""
+    conv = doc.get("conversations") or []
+    q = next((t.get("value", "") for t in conv if t.get("from") == "human"), "")
+    a = next((t.get("value", "") for t in conv if t.get("from") == "gpt"), "")
+    return " ".join(q.replace("<image>", " ").split()), " ".join(a.split())
+
+
+def caption(row: dict[str, Any], doc: dict[str, Any]) -> list[str]:
+    """Caption parts of a sample: key and split, label, question, answer (those present)."""
+    parts = [f"{row['key']}  ({row['split']})"]
+    label = row.get("label") or doc.get("label")
+    if label:
+        parts.append(f"label: {label}")
+    q, a = first_turns(doc)
+    question = doc.get("question") or q
+    if question:
+        parts.append(f"Q: {question}")
+    if a:
+        parts.append(f"A: {a}")
+    return parts
+
+
+def font(size: int = 12) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def wrap(parts: list[str], fnt, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap of each part into lines of at most `width` pixels, cut to `max_lines`."""
+    lines: list[str] = []
+    for part in parts:
+        line = ""
+        for word in part.split():
+            trial = f"{line} {word}" if line else word
+            if fnt.getlength(trial) <= width or not line:
+                line = trial
+            else:
+                lines.append(line)
+                line = word
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and fnt.getlength(last + "…") > width:
+            last = last[:-1]
+        lines[-1] = last + "…"
+    return lines
+
+
+@dataclass(frozen=True)
+class SheetLayout:
+    """Pixel geometry of a contact sheet. A cell is `panels` squares side by side, a title strip above
+    them and `caption_lines` of text below."""
+
+    thumb: int = 192
+    pad: int = 8
+    gap: int = 4
+    title_h: int = 16
+    line_h: int = 15
+    caption_lines: int = 4
+    header_h: int = 28
+
+    def cell(self, panels: int) -> tuple[int, int]:
+        return panels * self.thumb + (panels - 1) * self.gap, self.title_h + self.thumb + self.caption_lines * self.line_h
+
+    def size(self, n: int, panels: int, cols: int) -> tuple[int, int]:
+        cw, ch = self.cell(panels)
+        rows = math.ceil(n / cols)
+        return self.pad + cols * (cw + self.pad), self.header_h + self.pad + rows * (ch + self.pad)
+
+
+def default_cols(panels: int, n: int) -> int:
+    return max(1, min(n, 2 if panels >= 3 else 3 if panels == 2 else 4))
+
+
+def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int = 0, cols: int | None = None,
+                  layout: SheetLayout = SheetLayout()) -> Image.Image:
+    """The contact sheet as a PIL image (see the module docstring)."""
+    rows = choose_samples(build, where, n, seed)
+    if not rows:
+        raise UserError("no sample matches" + (f" --where {where!r}" if where else ""))
+    cells = []
+    for row in rows:
+        sample = load_sample(build, row)
+        cells.append((row, sample.get("json") or {}, panels(sample, layout.thumb)))
+    k = max(len(p) for _, _, p in cells)
+    cols = cols or default_cols(k, len(cells))
+    sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    title_font, text_font = font(15), font(12)
+    info = build.info
+    head = f"{info['builder']} {info['version']}  build {build.build_id}  ·  {len(cells)} samples"
+    draw.text((layout.pad, 6), head + (f"  ·  where {where}" if where else ""), fill=(0, 0, 0), font=title_font)
+    cw, ch = layout.cell(k)
+    for i, (row, doc, ps) in enumerate(cells):
+        x = layout.pad + (i % cols) * (cw + layout.pad)
+        y = layout.header_h + layout.pad + (i // cols) * (ch + layout.pad)
+        for j, (title, img) in enumerate(ps):
+            px = x + j * (layout.thumb + layout.gap)
+            draw.text((px + 2, y + 1), title, fill=(90, 90, 90), font=text_font)
+            sheet.paste(img, (px, y + layout.title_h))
+        ty = y + layout.title_h + layout.thumb + 1
+        for line in wrap(caption(row, doc), text_font, cw, layout.caption_lines):
+            draw.text((x, ty), line, fill=(0, 0, 0), font=text_font)
+            ty += layout.line_h
+    return sheet
+
+
+def write_contact_sheet(build: Build, out: Path, **kwargs: Any) -> Path:
+    """Render and save the sheet as PNG (or any format Pillow infers from `out`'s suffix)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    contact_sheet(build, **kwargs).save(out)
+    return out
