@@ -10,6 +10,12 @@ BUILDERS: dict[str, str] = {
     "selfsynth": "vlmforge.builders.selfsynth:SelfSynthBuilder",
     "selfsynth-round": "vlmforge.builders.selfsynth_round:SelfSynthRoundBuilder",
     "cvc-trials": "vlmforge.builders.cvc_trials:CvcTrialsBuilder",
+    "split": "vlmforge.builders.split:SplitBuilder",
+    "subset": "vlmforge.builders.subset:SubsetBuilder",
+    "mix": "vlmforge.builders.mix:MixBuilder",
+    "mcqa": "vlmforge.builders.mcqa:McqaBuilder",
+    "grading": "vlmforge.builders.grading:GradingBuilder",
+    "vg": "vlmforge.builders.vg:VgBuilder",
 }
 
 

@@ -3,16 +3,15 @@ for derived builds (split, subset, mix) over raw data."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.derived import parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record
-from vlmforge.sources.build import load_record_sample
 
 DESCRIBE_PROMPT = "<image>\nDescribe this image briefly."
 CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
@@ -21,7 +20,7 @@ CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
 @dataclass
 class CopyConfig(BuildConfig):
     check_images: str = "quick"  # quick: header + JPEG end marker; full: decode every pixel
-    jpeg_quality: int = 95  # for images converted to JPEG (formats other than JPEG and PNG)
+    jpeg_quality: int = 95  # for images converted to JPEG (formats other than JPEG and PNG; for LLaVA JSON all but RGB JPEG)
 
 
 class CopyBuilder(Builder):
@@ -53,7 +52,8 @@ class CopyBuilder(Builder):
         sample = Sample(key=self._key(rec), doc=doc, source_id=sid, columns=columns)
         if rec.get("file"):
             try:
-                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality)
+                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality,
+                                       keep=self.keep_formats())
             except ImageError as e:
                 return Reject(sid, e.reason, "read_image", e.detail)
             sample.image, sample.image_ext = img.data, img.ext
@@ -62,16 +62,14 @@ class CopyBuilder(Builder):
         columns["n_turns"] = len(doc.get("conversations", []))
         return sample
 
+    def keep_formats(self) -> tuple[str, ...]:
+        """Image formats stored as they are. LLaVA's scripts expect RGB JPEG, so for LLaVA JSON
+        every other format (PNG, GIF, CMYK, palette, alpha) is converted."""
+        return ("JPEG",) if self.src.name == "llava-json" else ("JPEG", "PNG")
+
     def _from_build(self, rec: Record) -> Sample:
         """A parent build's sample, carried over with its image and json unchanged."""
-        parent = load_record_sample(rec)
-        doc = json.loads(parent.pop("json"))
-        key = parent.pop("__key__")
-        image_ext = rec["image_format"]
-        image = parent.pop(image_ext) if image_ext else None
-        columns = {name: rec.get(name) for name, _, _ in self.columns}
-        return Sample(key=key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
-                      height=rec["height"], source_id=rec["source_id"], extras=parent, columns=columns)
+        return parent_sample(rec, self.columns)
 
     def _key(self, rec: Record) -> str:
         src = self.src.name

@@ -10,6 +10,9 @@ from PIL import Image, UnidentifiedImageError
 
 # Formats stored as they are; anything else is converted to JPEG.
 PASSTHROUGH = {"JPEG": "jpg", "PNG": "png"}
+# JPEG modes every reader handles; CMYK and YCCK JPEGs are converted like other formats, and so are
+# 16-bit and float images (X-ray PNGs, TIFF scans), scaled to 8 bits.
+PLAIN_JPEG_MODES = ("RGB", "L")
 
 
 class ImageError(Exception):
@@ -26,6 +29,7 @@ class EncodedImage:
     width: int
     height: int
     original_format: str
+    mode: str = ""  # PIL mode of the original (RGB, L, CMYK, P, RGBA, ...)
 
 
 def read_image(path: str | Path, check: str = "quick") -> EncodedImage:
@@ -50,6 +54,7 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "?"
+            mode = im.mode
             width, height = im.size
             if check == "full":
                 im.load()
@@ -60,16 +65,20 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError("corrupt_image", f"{name}: {e}") from None
     ext = PASSTHROUGH.get(fmt)
-    if ext is None:
-        return EncodedImage(data, "", width, height, fmt)
-    return EncodedImage(data, ext, width, height, fmt)
+    if fmt == "JPEG" and mode not in PLAIN_JPEG_MODES:
+        ext = None
+    if mode.startswith("I") or mode == "F":  # 16-bit or float pixels: readers clip them to 8 bits
+        ext = None
+    return EncodedImage(data, ext or "", width, height, fmt, mode)
 
 
 def to_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:
     """Decode any PIL-readable image and re-encode it as baseline RGB JPEG (alpha composited on white)."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        if im.mode.startswith("I") or im.mode == "F":
+            im = _to_8bit(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             bg = Image.new("RGB", rgba.size, (255, 255, 255))
             bg.paste(rgba, mask=rgba.getchannel("A"))
@@ -81,13 +90,33 @@ def to_rgb_jpeg(data: bytes, quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def load_for_storage(path: str | Path, check: str = "quick", jpeg_quality: int = 95) -> EncodedImage:
-    """Read an image for a shard: JPEG and PNG pass through, other formats become RGB JPEG."""
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit and float greyscale (X-rays, scans) scaled to 8 bits by the bit depth its values use,
+    so that a 12-bit image is not clipped to white."""
+    import numpy as np
+
+    arr = np.asarray(im, dtype=np.float64)
+    top = float(arr.max()) if arr.size else 0.0
+    scale = 255.0 / (2 ** max(8, int(np.ceil(np.log2(top + 1)))) - 1) if top > 255 else 1.0
+    return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def load_for_storage(path: str | Path, check: str = "quick", jpeg_quality: int = 95,
+                     keep: tuple[str, ...] = ("JPEG", "PNG")) -> EncodedImage:
+    """Read an image for a shard: formats in `keep` pass through (JPEG only when RGB or grayscale),
+    everything else (PNG when not kept, GIF, WebP, CMYK JPEG, palette, alpha) becomes RGB JPEG at
+    `jpeg_quality`. `original_format` and `mode` always describe the file as read."""
     img = read_image(path, check)
-    if img.ext:
+    return encode_for_storage(img, str(path), jpeg_quality, keep)
+
+
+def encode_for_storage(img: EncodedImage, name: str, jpeg_quality: int = 95,
+                       keep: tuple[str, ...] = ("JPEG", "PNG")) -> EncodedImage:
+    """`load_for_storage` for bytes already read and checked."""
+    if img.ext and img.original_format in keep:
         return img
     try:
         data = to_rgb_jpeg(img.data, jpeg_quality)
     except (OSError, ValueError) as e:
-        raise ImageError("corrupt_image", f"{path}: {e}") from None
-    return EncodedImage(data, "jpg", img.width, img.height, img.original_format)
+        raise ImageError("corrupt_image", f"{name}: {e}") from None
+    return EncodedImage(data, "jpg", img.width, img.height, img.original_format, img.mode)

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from vlmforge.errors import UserError
 from vlmforge.manifests.read import Build, open_build, read_sample_at
 from vlmforge.sources.base import Record, Source
 
@@ -26,7 +27,12 @@ class BuildSource(Source):
         self._splits = [s for s in all_splits if splits is None or s in splits]
         if where:
             # Parse now, so a bad condition is one clear error before any work starts.
-            self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
+            import duckdb
+
+            try:
+                self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
+            except duckdb.Error as e:
+                raise UserError(f"the condition {where!r} does not work on the manifest: {str(e).splitlines()[0]}") from None
 
     def splits(self) -> list[str]:
         return self._splits
@@ -38,12 +44,25 @@ class BuildSource(Source):
     def count(self, split: str) -> int:
         return int(self.build.sql(self._query(split, "count(*)"), [split]).fetchall()[0][0])
 
+    def rows(self, split: str, what: str = "*") -> Iterator[dict[str, Any]]:
+        """Manifest rows of `split` (columns `what`) in shard order, fetched in batches so that a
+        large parent's manifest never sits in memory whole."""
+        con = self.build.connect()
+        try:
+            cur = con.execute(self._query(split, what) + ' ORDER BY shard, "offset"', [split])
+            names = [d[0] for d in cur.description]
+            while True:
+                batch = cur.fetchmany(10_000)
+                if not batch:
+                    break
+                for row in batch:
+                    yield dict(zip(names, row))
+        finally:
+            con.close()
+
     def records(self, split: str) -> Iterator[Record]:
-        rel = self.build.sql(self._query(split, "*") + ' ORDER BY shard, "offset"', [split])
-        names = list(rel.columns)
         root = str(self.build.path)
-        for row in rel.fetchall():
-            rec = dict(zip(names, row))
+        for rec in self.rows(split):
             rec["source_id"] = rec["key"]
             rec["build_path"] = root
             yield rec

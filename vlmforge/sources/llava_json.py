@@ -2,19 +2,30 @@
 
 Each record has `id`, an optional `image` path relative to an image root, and `conversations` of
 human/gpt turns with `<image>` in the first human turn; text-only records have no image. The file is
-parsed incrementally with ijson, so a 1 GB file never sits in memory whole.
+decoded one record at a time (`jsonstream`), so a 1 GB file never sits in memory whole.
+
+Record ids are the source ids. mix665k repeats ids (the same image in several sub-datasets, with
+different conversations), so a repeated id is told apart by a digest of the record's content, not by
+its position: the ids, and hence the sample keys, do not depend on the order of the records.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from array import array
 from pathlib import Path
 from typing import Any, Iterator
 
-import ijson
-
 from vlmforge.errors import SourceError
+from vlmforge.sample import make_key
 from vlmforge.sources.base import Record, Source
+from vlmforge.sources.jsonstream import SpanReader, iter_json_array
+
+SUBSOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg", "text-only")
 
 
 def source_of_image(image: str | None) -> str:
@@ -22,8 +33,104 @@ def source_of_image(image: str | None) -> str:
     vg, or text-only."""
     if not image:
         return "text-only"
-    top = image.replace("\\", "/").split("/", 1)[0].lower()
+    top = str(image).replace("\\", "/").split("/", 1)[0].lower()
     return {"coco": "coco", "gqa": "gqa", "ocr_vqa": "ocr_vqa", "textvqa": "textvqa", "vg": "vg"}.get(top, top)
+
+
+_CLEAN_KEY = re.compile(r"[a-z0-9_][a-z0-9_-]{0,179}")
+
+
+def sample_key(source_id: str) -> str:
+    """`make_key(source_id)` (the copy builder's key), quicker for ids that are keys already."""
+    if _CLEAN_KEY.fullmatch(source_id) and source_id[-1] != "-":
+        return source_id
+    return make_key(source_id)
+
+
+def content_digest(rec: dict) -> str:
+    """A short digest of what a record says (image and turns), independent of JSON formatting."""
+    parts = [str(rec.get("image") or "")]
+    for turn in rec.get("conversations") or []:
+        if isinstance(turn, dict):
+            parts.append(f"{turn.get('from')}\x1f{turn.get('value')}")
+    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def _invalid(rec: Any) -> str | None:
+    if not isinstance(rec, dict):
+        return f"record is a {type(rec).__name__}, not an object"
+    if not isinstance(rec.get("conversations"), list):
+        return "record has no 'conversations' list"
+    return None
+
+
+@dataclass
+class LlavaIndex:
+    """What one pass over the file learns: each record's source id, sub-dataset and byte span."""
+
+    ids: list[str] = field(default_factory=list)
+    subsources: list[str] = field(default_factory=list)
+    starts: array = field(default_factory=lambda: array("Q"))
+    ends: array = field(default_factory=lambda: array("Q"))
+    invalid: set[int] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def scan(path: Path) -> LlavaIndex:
+    """Index a LLaVA JSON file in one streaming pass (plus a re-read of the first record of each
+    repeated id, whose repetition shows only later)."""
+    idx = LlavaIndex()
+    ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
+    first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
+    reread: list[int] = []
+    by_content: list[int] = []  # records named by id + content digest
+    for i, (rec, start, end) in enumerate(iter_json_array(path)):
+        starts.append(start)
+        ends.append(end)
+        if type(rec) is not dict or type(rec.get("conversations")) is not list:
+            idx.invalid.add(i)
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            ids.append(f"#{i}" if rid is None else str(rid))
+            subsources.append("invalid")
+            continue
+        subsources.append(source_of_image(rec.get("image")))
+        rid = rec.get("id")
+        if rid is None or rid == "":
+            ids.append(f"noid#{content_digest(rec)}")
+            by_content.append(i)
+            continue
+        rid = rid if type(rid) is str else str(rid)
+        j = first.get(rid)
+        if j is None:
+            first[rid] = i
+            ids.append(rid)
+            continue
+        if j >= 0:
+            reread.append(j)
+            first[rid] = -1
+        ids.append(f"{rid}#{content_digest(rec)}")
+        by_content.append(i)
+    del first
+    if reread:
+        reread.sort()
+        with open(path, "rb") as f:
+            reader = SpanReader(f)
+            for j in reread:
+                ids[j] = f"{ids[j]}#{content_digest(json.loads(reader.read(starts[j], ends[j])))}"
+        by_content = sorted(by_content + reread)
+    # Records equal in content are interchangeable, so numbering them in file order cannot change
+    # which content a name holds.
+    repeats = Counter(ids[i] for i in by_content)
+    seen: Counter = Counter()
+    for i in by_content:
+        name = ids[i]
+        if repeats[name] > 1:
+            seen[name] += 1
+            if seen[name] > 1:
+                ids[i] = f"{name}#{seen[name] - 1}"
+    return idx
 
 
 class LlavaJsonSource(Source):
@@ -38,31 +145,41 @@ class LlavaJsonSource(Source):
             raise SourceError(f"image root not found: {self.image_root}")
         self.split = split
         with open(self.path, "rb") as f:
-            head = f.read(4096).lstrip()
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
         if not head.startswith(b"["):
             raise SourceError(f"{self.path} is not a LLaVA JSON list (it must start with '[')")
+        self._index: LlavaIndex | None = None
+
+    def index(self) -> LlavaIndex:
+        """The file's index (one streaming pass, done once)."""
+        if self._index is None:
+            self._index = scan(self.path)
+        return self._index
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers only process records; the index (tens of MB for mix665k) stays in the driver.
+        state = dict(self.__dict__)
+        state["_index"] = None
+        return state
 
     def splits(self) -> list[str]:
         return [self.split]
 
+    def count(self, split: str) -> int:
+        return len(self.index())
+
     def records(self, split: str) -> Iterator[Record]:
-        seen: dict[str, int] = {}
-        with open(self.path, "rb") as f:
-            try:
-                for index, rec in enumerate(ijson.items(f, "item", use_float=True)):
-                    if not isinstance(rec, dict) or "conversations" not in rec:
-                        yield {"source_id": f"#{index}", "invalid": "record has no 'conversations' list"}
-                        continue
-                    rid = str(rec.get("id", index))
-                    # ids repeat in mix665k (the same image in several sub-datasets); keep keys unique.
-                    n = seen.get(rid, 0)
-                    seen[rid] = n + 1
-                    uid = rid if n == 0 else f"{rid}#{n}"
-                    yield {"source_id": uid, "index": index, "record": rec,
-                           "file": str(self.image_root / rec["image"]) if rec.get("image") else None,
-                           "subsource": source_of_image(rec.get("image"))}
-            except ijson.JSONError as e:
-                raise SourceError(f"{self.path} is not valid JSON: {e}") from None
+        idx = self.index()
+        for i, (rec, _, _) in enumerate(iter_json_array(self.path)):
+            sid = idx.ids[i]
+            problem = _invalid(rec)
+            if problem:
+                yield {"source_id": sid, "index": i, "invalid": problem}
+                continue
+            image = rec.get("image")
+            yield {"source_id": sid, "index": i, "record": rec,
+                   "file": str(self.image_root / image) if image else None,
+                   "subsource": idx.subsources[i]}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()

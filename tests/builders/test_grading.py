@@ -1,0 +1,62 @@
+"""`grading`: KL-style answers from a graded folder tree, balanced draws, 16-bit X-rays made 8-bit."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vlmforge
+from vlmforge.builders.grading import KL_DESCRIPTIONS, grade_of
+from vlmforge.errors import UserError
+
+from tests.derived_data import class_folder
+
+
+@pytest.fixture(scope="module")
+def knees(tmp_path_factory):
+    root = tmp_path_factory.mktemp("knee")
+    class_folder(root, {"0": 9, "1": 6, "2": 7, "3": 5, "4": 3}, "train")
+    class_folder(root, {"0": 2, "1": 2, "2": 2, "3": 2, "4": 2}, "test")
+    # A 12-bit X-ray stored as 16-bit PNG: naive conversion would clip it to white.
+    arr = (np.arange(64 * 48).reshape(48, 64) % 4096).astype(np.uint16)
+    Image.fromarray(arr).save(root / "test" / "4" / "xray16.png")
+    return root
+
+
+def test_grade_names():
+    assert [grade_of(x) for x in ("2", "KL2", "grade_02", 3, "healthy")] == ["2", "2", "2", "3", "healthy"]
+
+
+def test_per_grade_draw_and_answer_template(tmp_path, knees):
+    b = vlmforge.build("grading", "imagefolder", out=tmp_path, source_options={"root": str(knees)}, per_grade=4)
+    got = dict(((s, g), n) for s, g, n in b.sql("SELECT split, grade, count(*) FROM samples GROUP BY ALL").fetchall())
+    assert got == {("train", 0): 4, ("train", 1): 4, ("train", 2): 4, ("train", 3): 4, ("train", 4): 3,
+                   ("test", 0): 2, ("test", 1): 2, ("test", 2): 2, ("test", 3): 2, ("test", 4): 3}
+    assert b.info["source"]["selection"]["short"] == {"train": {"4": 1}, "test": {"0": 2, "1": 2, "2": 2, "3": 2, "4": 1}}
+    for s in b.samples("train"):
+        doc = s["json"]
+        g = doc["grade"]
+        assert doc["conversations"][0]["value"].startswith("<image>\n")
+        assert doc["conversations"][1]["value"] == (
+            f"The most likely Kellgren-Lawrence grade of this knee X-ray image is Grade {g}: {KL_DESCRIPTIONS[g]}.")
+
+
+def test_size_and_sixteen_bit_images(tmp_path, knees):
+    b = vlmforge.build("grading", "imagefolder", out=tmp_path, source_options={"root": str(knees)}, size=12,
+                       answer_template="Grade {grade}.", prompt="Which grade?")
+    counts = dict(b.sql("SELECT grade, count(*) FROM samples WHERE split = 'train' GROUP BY 1").fetchall())
+    assert counts == {0: 3, 1: 3, 2: 2, 3: 2, 4: 2}  # 12 over 5 grades: the first two get one more
+    b = vlmforge.build("grading", "imagefolder", out=tmp_path / "all", source_options={"root": str(knees)},
+                       answer_template="Grade {grade}.", prompt="Which grade?")
+    assert len(b) == 41
+    xray = [s for s in b.samples("test") if s["__key__"].startswith("test-4-xray16")]
+    assert len(xray) == 1 and xray[0]["json"]["conversations"][1]["value"] == "Grade 4."
+    assert xray[0]["json"]["conversations"][0]["value"] == "<image>\nWhich grade?"
+    img = Image.open(io.BytesIO(xray[0]["jpg"]))
+    # Values 0..3071 use 12 bits: mean 1535.5 * 255 / 4095 = 95.6 (clipping to 8 bits would give ~234).
+    assert img.mode == "RGB" and abs(np.asarray(img).mean() - 95.6) < 2
+    fmt = b.sql("SELECT original_format FROM samples WHERE key LIKE 'test-4-xray16%'").fetchall()
+    assert fmt == [("PNG",)]
+    with pytest.raises(UserError, match="not both"):
+        vlmforge.build("grading", "imagefolder", out=tmp_path / "x", source_options={"root": str(knees)}, size=5, per_grade=1)

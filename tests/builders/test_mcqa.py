@@ -1,0 +1,77 @@
+"""`mcqa`: balanced gold letters, distractors never the answer, hard distractors, unseen classes."""
+
+from collections import Counter
+
+import pytest
+
+import vlmforge
+from vlmforge.builders.mcqa import fold, format_prompt
+from vlmforge.curation.selection import fraction_sizes
+from vlmforge.errors import UserError
+
+from tests.derived_data import class_folder
+from tests.helpers import build_files
+
+CLASSES = {"airplane": 3, "banana": 4, "car": 5, "cat": 6, "Dog": 3, "dog": 4, "kitten": 5, "puppy": 2, "truck": 5}
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    class_folder(root, CLASSES)
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)})
+
+
+def test_prompt_format():
+    assert format_prompt("What is it?", ["cat", "dog"]) == (
+        "<image>\nWhat is it?\nA. cat\nB. dog\nAnswer with the option's letter from the given choices directly.")
+
+
+def test_gold_balanced_and_distractors_never_the_answer(tmp_path, parent):
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "a", source_options={"path": str(parent.path)}, seed=5)
+    n = sum(CLASSES.values())
+    letters = Counter(r[0] for r in b.sql("SELECT answer FROM samples").fetchall())
+    assert sorted(letters.values()) == sorted(fraction_sizes([0.25] * 4, n))  # 37 -> 10, 9, 9, 9
+    assert set(letters) == set("ABCD")
+    for s in b.samples():
+        doc = s["json"]
+        opts, gold = doc["options"], doc["answer_index"]
+        assert len(opts) == 4 and opts[gold] == doc["label"] and doc["answer"] == "ABCD"[gold]
+        assert len({fold(o) for o in opts}) == 4  # "Dog" and "dog" never face each other
+        assert doc["conversations"][0]["value"] == format_prompt(doc["question"], opts)
+        assert doc["conversations"][1]["value"] == doc["answer"]
+        assert s["jpg"]  # the parent's image comes along
+    row = b.sql("SELECT options, answer_index, label FROM samples LIMIT 1").fetchall()[0]
+    assert row[0][row[1]] == row[2]
+    again = vlmforge.build("mcqa", "build", out=tmp_path / "b", source_options={"path": str(parent.path)}, seed=5, workers=2)
+    fa, fb = build_files(b.path), build_files(again.path)
+    assert fa == fb
+    with pytest.raises(UserError, match="distinct classes"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "c", options=9, source_options={"path": str(parent.path)})
+
+
+def test_hard_distractors_are_the_nearest_classes(tmp_path, parent):
+    b = vlmforge.build("mcqa", "build", out=tmp_path, options=3, distractors="hard",
+                       source_options={"path": str(parent.path), "where": "label IN ('airplane', 'car', 'cat', 'dog', 'kitten', 'puppy', 'truck')"})
+    # MiniLM's nearest names: cat -> kitten, dog; car -> truck, dog; dog -> puppy, cat.
+    want = {"cat": {"kitten", "dog"}, "car": {"truck", "dog"}, "dog": {"puppy", "cat"}}
+    seen = set()
+    for s in b.samples():
+        doc = s["json"]
+        if doc["label"] in want:
+            assert set(doc["options"]) - {doc["label"]} == want[doc["label"]]
+            seen.add(doc["label"])
+    assert seen == set(want)
+
+
+def test_mcqa_on_unseen_classes(tmp_path, parent):
+    split = vlmforge.build("split", "build", out=tmp_path / "s", source_options={"path": str(parent.path)},
+                           splits="train=0.5,test=0.5")
+    sub = vlmforge.build("subset", "build", out=tmp_path / "u", source_options={"path": str(split.path)},
+                         mode="seen-unseen", unseen_fraction=0.5, seed=2)
+    unseen = set(sub.info["source"]["selection"]["unseen_classes"])
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=3,
+                       source_options={"path": str(sub.path), "splits": ["test_unseen"]})
+    assert len(b) > 0 and list(b.info["splits"]) == ["test_unseen"]
+    for s in b.samples():
+        assert set(s["json"]["options"]) <= unseen and s["json"]["class_set"] == "unseen"

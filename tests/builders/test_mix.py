@@ -1,0 +1,57 @@
+"""`mix`: counts, fractions and weights per parent; every parent in the lineage; shared keys survive."""
+
+import pytest
+
+import vlmforge
+from vlmforge.builders.mix import largest_remainder
+from vlmforge.errors import UserError
+
+from tests.derived_data import class_folder
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mix")
+    a = class_folder(base / "a", {"cat": 6, "dog": 6})
+    b = class_folder(base / "b", {"cow": 5, "hen": 5}, "train")
+    class_folder(base / "b", {"cow": 2}, "val")
+    pa = vlmforge.build("copy", "imagefolder", out=base / "pa", source_options={"root": str(a)})
+    pb = vlmforge.build("copy", "imagefolder", out=base / "pb", source_options={"root": str(b)})
+    return pa, pb
+
+
+def test_counts_and_fractions_with_lineage(tmp_path, parents):
+    pa, pb = parents
+    m = vlmforge.build("mix", "builds", out=tmp_path, source_options={"paths": [str(pa.path), str(pb.path)]},
+                       take=["5", "0.5"])
+    per_parent = dict(m.sql("SELECT parent_build, count(*) FROM samples GROUP BY 1").fetchall())
+    assert per_parent == {pa.build_id: 5, pb.build_id: 6}
+    assert m.info["parents"] == [pa.build_id, pb.build_id]
+    ids = {r[0] for r in m.sql("SELECT build_id FROM builds WHERE NOT is_this_build").fetchall()}
+    assert ids == {pa.build_id, pb.build_id}
+    assert {r[0] for r in m.sql("SELECT DISTINCT split FROM samples").fetchall()} <= {"train", "val"}
+    # The parents' samples come through unchanged.
+    from_a = {x["__key__"]: x["jpg"] for x in pa.samples()}
+    for x in m.samples():
+        if x["__key__"] in from_a:
+            assert x["jpg"] == from_a[x["__key__"]]
+
+
+def test_weights_and_shared_keys(tmp_path, parents):
+    pa, _ = parents
+    half = vlmforge.build("split", "build", out=tmp_path / "h", source_options={"path": str(pa.path)}, fraction=0.5)
+    m = vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(pa.path), str(half.path)]},
+                       weights=[2, 1], size=15, into="train")
+    assert len(m) == 15 and m.info["splits"]["train"]["samples"] == 15
+    rows = m.sql("SELECT key, parent_key, parent_build FROM samples").fetchall()
+    assert len({r[0] for r in rows}) == 15  # keys stay unique
+    counts = {}
+    for key, parent_key, parent_build in rows:
+        counts[parent_build] = counts.get(parent_build, 0) + 1
+        if key != parent_key:
+            assert key == f"{parent_build[:8]}-{parent_key}"
+    assert counts == {pa.build_id: 10, half.build_id: 5}
+    assert largest_remainder([1, 1, 1], 10) == [4, 3, 3]
+    with pytest.raises(UserError, match="has 6"):
+        vlmforge.build("mix", "builds", out=tmp_path / "x", source_options={"paths": [str(pa.path), str(half.path)]},
+                       weights=[1, 1], size=20)

@@ -1,0 +1,146 @@
+"""`split`: exact fractions, order independence, partitions, strata, --where, the JSON-to-JSON path."""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+import vlmforge
+from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value, round_half_up
+from vlmforge.errors import UserError
+from vlmforge.export import split_llava_json
+
+from tests.derived_data import class_folder, llava_records, tiny_jpeg, write_json
+
+
+def _kept(keys, seed, fraction, value=rank_value):
+    cuts = fit_cuts(lambda: ((k, None) for k in keys), seed, lambda g, n: fraction_sizes([fraction], n), value=value)
+    return {k for k in keys if cuts.part(k) == 0}
+
+
+def test_fractions_exact_nested_and_order_free():
+    keys = [f"k{random.Random(i).random():.10f}" for i in range(1001)]
+    for f in (0.5, 0.25, 0.1, 0.999):
+        assert len(_kept(keys, 0, f)) == round_half_up(f * 1001)
+    half, quarter = _kept(keys, 3, 0.5), _kept(keys, 3, 0.25)
+    assert quarter < half  # the smaller fraction lies inside the larger one
+    shuffled = keys[:]
+    random.Random(1).shuffle(shuffled)
+    assert _kept(shuffled, 3, 0.5) == half
+    assert _kept(keys, 4, 0.5) != half  # another seed, another half
+    assert fraction_sizes([0.9, 0.1], 75) == [68, 7] and fraction_sizes([0.5], 5) == [3]
+
+
+def test_ties_in_rank_values_are_broken_by_key():
+    # Every key gets the same rank value: the order is the keys' own, so 40% of a..e is {a, b}.
+    assert _kept(list("edcba"), 0, 0.4, value=lambda seed, key: 7) == {"a", "b"}
+    # A coarse hash (7 values for 500 keys) ties across the cut; still exact, still order-free.
+    coarse = lambda seed, key: rank_value(seed, key) % 7  # noqa: E731
+    keys = [f"key{i}" for i in range(500)]
+    kept = _kept(keys, 0, 0.3, value=coarse)
+    assert len(kept) == 150 and _kept(keys[::-1], 0, 0.3, value=coarse) == kept
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    class_folder(root, {"cat": 7, "dog": 8, "bird": 9, "fish": 11}, "train")
+    class_folder(root, {"cat": 3, "dog": 4, "bird": 5, "fish": 6}, "test")
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)},
+                          max_samples_per_shard=7)
+
+
+def _keys(build, split=None):
+    q = "SELECT key FROM samples" + (f" WHERE split = '{split}'" if split else "")
+    return {r[0] for r in build.sql(q).fetchall()}
+
+
+def test_fraction_of_a_build_per_split_and_stratum(tmp_path, parent):
+    b = vlmforge.build("split", "build", out=tmp_path / "a", source_options={"path": str(parent.path)}, fraction=0.5)
+    assert b.info["parents"] == [parent.build_id]
+    assert b.sql("SELECT count(*) FROM builds").fetchall()[0][0] == 2
+    for split, n in (("train", 35), ("test", 18)):
+        assert len(_keys(b, split)) == round_half_up(0.5 * n)
+        assert _keys(b, split) <= _keys(parent, split)
+    s = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(parent.path)},
+                       fraction=0.5, stratify_by="label")
+    got = dict(((sp, lab), n) for sp, lab, n in s.sql("SELECT split, label, count(*) FROM samples GROUP BY ALL").fetchall())
+    want = {("train", "cat"): 4, ("train", "dog"): 4, ("train", "bird"): 5, ("train", "fish"): 6,
+            ("test", "cat"): 2, ("test", "dog"): 2, ("test", "bird"): 3, ("test", "fish"): 3}
+    assert got == want
+    # The parent's samples come through unchanged (image bytes and json).
+    kept = {x["__key__"]: x for x in s.samples()}
+    for x in parent.samples():
+        if x["__key__"] in kept:
+            assert kept[x["__key__"]]["jpg"] == x["jpg"] and kept[x["__key__"]]["json"] == x["json"]
+
+
+def test_partition_is_disjoint_and_covers(tmp_path, parent):
+    b = vlmforge.build("split", "build", out=tmp_path, source_options={"path": str(parent.path)},
+                       splits="train=0.7,val=0.2,test=0.1")
+    parts = {s: _keys(b, s) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == fraction_sizes([0.7, 0.2, 0.1], 53) == [37, 11, 5]
+    assert parts["train"] | parts["val"] | parts["test"] == _keys(parent)
+    assert not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
+
+
+def test_where_and_bad_options(tmp_path, parent):
+    b = vlmforge.build("split", "build", out=tmp_path, fraction=1.0,
+                       source_options={"path": str(parent.path), "where": "label <> 'cat'", "splits": ["train"]})
+    assert b.sql("SELECT DISTINCT split FROM samples").fetchall() == [("train",)]
+    assert "cat" not in {r[0] for r in b.sql("SELECT label FROM samples").fetchall()}
+    assert len(b) == 28 and b.info["source"]["where"] == "label <> 'cat'"
+    with pytest.raises(UserError, match="either"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)},
+                       fraction=0.5, splits="a=0.5")
+    with pytest.raises(UserError, match="more than 1"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, splits="a=0.6,b=0.6")
+    with pytest.raises(UserError, match="no column"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)},
+                       fraction=0.5, stratify_by="colour")
+
+
+def _llava_pair(tmp_path):
+    """The same mix665k-like records (with repeated ids) in two orders and two JSON layouts."""
+    recs = llava_records(60, duplicate_every=5)
+    for r in recs:
+        if "image" in r:
+            p = tmp_path / "images" / r["image"]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(tiny_jpeg(len(r["image"])))
+    shuffled = recs[:]
+    random.Random(7).shuffle(shuffled)
+    return write_json(tmp_path / "a.json", recs), write_json(tmp_path / "b.json", shuffled, indent=2), recs
+
+
+def test_llava_split_same_records_whatever_order(tmp_path):
+    a, b, recs = _llava_pair(tmp_path)
+    opts = lambda f: {"json": str(f), "image_root": str(tmp_path / "images")}  # noqa: E731
+    ba = vlmforge.build("split", "llava-json", out=tmp_path / "oa", source_options=opts(a), fraction=0.5, stratify_by="source")
+    bb = vlmforge.build("split", "llava-json", out=tmp_path / "ob", source_options=opts(b), fraction=0.5,
+                        stratify_by="source", max_samples_per_shard=4)
+    assert _keys(ba) == _keys(bb) and len(ba) == 30
+    per_source = dict(ba.sql("SELECT subsource, count(*) FROM samples GROUP BY 1").fetchall())
+    assert per_source == {s: 5 for s in ("coco", "gqa", "ocr_vqa", "textvqa", "vg", "text-only")}
+    # The same content stays under the same key in both orders, repeated ids included.
+    content = lambda build: {x["__key__"]: x["json"]["conversations"] for x in build.samples()}  # noqa: E731
+    assert content(ba) == content(bb)
+    # The JSON-to-JSON split keeps exactly the same records, copied verbatim.
+    for f in (a, b):
+        out = split_llava_json(f, tmp_path / f.stem, fraction=0.5, stratify_by="source")
+        kept = json.loads(out["train"].read_text())
+        assert sorted(json.dumps(r["conversations"]) for r in kept) == sorted(json.dumps(c) for c in content(ba).values())
+
+
+def test_cli_split(tmp_path, parent):
+    cli = [sys.executable, "-m", "vlmforge.cli"]
+    r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--splits", "train=0.8,val=0.2",
+                              "--out", str(tmp_path), "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    b = vlmforge.open_build(tmp_path / "split" / "1.0.0")
+    assert b.info["splits"]["train"]["samples"] == 42 and b.info["splits"]["val"]["samples"] == 11
+    r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--fraction", "1.5", "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr

@@ -1,0 +1,80 @@
+"""`subset`: class-preserving keeps every class, class-exclusive keeps whole classes, seen/unseen
+classes never meet, and the rule is recorded."""
+
+from collections import Counter
+
+import pytest
+
+import vlmforge
+from vlmforge.errors import UserError
+
+from tests.derived_data import class_folder
+
+COUNTS = {"cat": 10, "dog": 7, "bird": 5, "fish": 3, "frog": 1, "newt": 4}
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    class_folder(root, COUNTS, "train")
+    class_folder(root, {k: 2 for k in COUNTS}, "test")
+    return vlmforge.build("copy", "imagefolder", out=tmp_path_factory.mktemp("parent"), source_options={"root": str(root)})
+
+
+def _labels(build, split):
+    return Counter(r[0] for r in build.sql(f"SELECT label FROM samples WHERE split = '{split}'").fetchall())
+
+
+def test_class_preserving_keeps_every_class(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path)},
+                       mode="class-preserving", fraction=0.3)
+    # round(0.3 n) per class, at least one: 10->3, 7->2, 5->2 (1.5 rounds up), 3->1, 1->1 (kept), 4->1
+    assert _labels(b, "train") == {"cat": 3, "dog": 2, "bird": 2, "fish": 1, "frog": 1, "newt": 1}
+    assert _labels(b, "test") == {k: 1 for k in COUNTS}
+    parent_keys = {r[0] for r in parent.sql("SELECT key FROM samples").fetchall()}
+    assert {r[0] for r in b.sql("SELECT key FROM samples").fetchall()} <= parent_keys
+
+
+def test_class_exclusive_keeps_whole_classes(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path)},
+                       mode="class-exclusive", fraction=0.5, seed=1)
+    train = _labels(b, "train")
+    assert len(train) == 3
+    assert all(train[c] == COUNTS[c] for c in train)  # all samples of a kept class
+    assert set(_labels(b, "test")) == set(train)
+    rule = b.info["source"]["selection"]
+    assert rule["kept_classes"] == sorted(train)
+    # The recorded SQL condition selects the same samples from the parent.
+    same = parent.sql(f"SELECT count(*) FROM samples WHERE {rule['where']}").fetchall()[0][0]
+    assert same == len(b)
+
+
+def test_seen_unseen_never_share_a_class(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path / "a", source_options={"path": str(parent.path)},
+                       mode="seen-unseen", unseen_fraction=0.34)
+    seen, unseen = set(_labels(b, "test_seen")), set(_labels(b, "test_unseen"))
+    assert len(unseen) == 2 and len(seen) == 4 and not seen & unseen
+    assert set(_labels(b, "train")) == seen  # training holds seen classes only
+    sel = b.info["source"]["selection"]
+    assert sel["seen_classes"] == sorted(seen) and sel["unseen_classes"] == sorted(unseen)
+    assert {r[0] for r in b.sql("SELECT class_set FROM samples WHERE split = 'test_unseen'").fetchall()} == {"unseen"}
+    # The seen classes can be given as a list instead.
+    listed = tmp_path / "seen.txt"
+    listed.write_text("# seen classes\ncat\ndog\n")
+    from vlmforge.builders.derived import read_lines
+
+    c = vlmforge.build("subset", "build", out=tmp_path / "b", source_options={"path": str(parent.path)},
+                       mode="seen-unseen", seen_classes=read_lines(listed, "list"))
+    assert set(_labels(c, "train")) == {"cat", "dog"}
+    assert set(_labels(c, "test_unseen")) == {"bird", "fish", "frog", "newt"}
+    with pytest.raises(UserError, match="does not have"):
+        vlmforge.build("subset", "build", out=tmp_path / "c", source_options={"path": str(parent.path)},
+                       mode="seen-unseen", seen_classes=["cat", "unicorn"])
+
+
+def test_where_only_subset_records_its_rule(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path), "where": "label IN ('cat', 'frog')"})
+    assert set(_labels(b, "train")) == {"cat", "frog"} and len(b) == 15
+    assert b.info["source"]["where"] == "label IN ('cat', 'frog')"
+    with pytest.raises(UserError, match="does not parse|Binder|column"):
+        vlmforge.build("subset", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "where": "nosuch = 1"})

@@ -1,0 +1,127 @@
+"""LLaVA JSON: the streaming reader, order-independent ids, rejects, conversion to RGB JPEG."""
+
+import io
+import json
+import random
+import tracemalloc
+
+import pytest
+from PIL import Image
+
+import vlmforge
+from vlmforge.errors import SourceError
+from vlmforge.sources.jsonstream import iter_json_array
+from vlmforge.sources.llava_json import scan
+
+from tests.derived_data import llava_records, write_json
+
+
+def test_reader_matches_json_load_across_block_edges(tmp_path):
+    doc = [{"id": "é€😀", "v": [1, 2.5e-3, None, True, False, "x\\\"y\n"]}, 12345, "tail ünïcødé", [], {},
+           -7, {"deep": [[["a"]]]}, 0.125]
+    text = "\ufeff  [ " + " ,\n\t".join(json.dumps(x, ensure_ascii=False) for x in doc) + "  ]  \n"
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    raw = path.read_bytes()
+    for block in (1, 3, 7, 64, 1 << 20):
+        items = list(iter_json_array(path, block=block))
+        assert [x for x, _, _ in items] == doc
+        assert [json.loads(raw[s:e]) for _, s, e in items] == doc  # byte spans are exact
+    (tmp_path / "e.json").write_text("[]")
+    assert list(iter_json_array(tmp_path / "e.json")) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"id": 1}', "must be a JSON list"),
+    ('[{"id": 1}, {"id": 2', "invalid JSON|ends inside"),
+    ('[{"id": 1} {"id": 2}]', "expected ','"),
+    ('[{"id": 1}, ]', "invalid JSON"),
+    ('[{"id": 1}', "ends inside"),
+])
+def test_reader_errors_say_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(SourceError, match=message):
+        list(iter_json_array(path, block=4))
+
+
+def test_reader_memory_stays_bounded(tmp_path):
+    recs = llava_records(6000)
+    path = write_json(tmp_path / "big.json", recs)
+    size = path.stat().st_size
+    block = 1 << 15
+    tracemalloc.start()
+    n = sum(1 for _ in iter_json_array(path, block=block))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Memory follows the block size (the text of a block or two), not the file's size.
+    assert n == 6000 and size > 30 * block and peak < 8 * block
+
+
+def test_ids_do_not_depend_on_record_order(tmp_path):
+    recs = llava_records(40, duplicate_every=4)
+    recs.append(dict(recs[-1]))  # an exact copy, id and all
+    recs.append({"conversations": [{"from": "human", "value": "no id"}, {"from": "gpt", "value": "ok"}]})
+    shuffled = recs[:]
+    random.Random(3).shuffle(shuffled)
+    by_content = []
+    for order, name in ((recs, "a.json"), (shuffled, "b.json")):
+        path = write_json(tmp_path / name, order)
+        idx = scan(path)
+        assert len(set(idx.ids)) == len(order)  # every record has its own id
+        by_content.append(sorted((json.dumps(r, sort_keys=True), i) for r, i in zip(order, idx.ids)))
+    assert by_content[0] == by_content[1]
+    ids = [i for _, i in by_content[0]]
+    assert "000000" in ids and any(i.startswith("noid#") for i in ids) and any(i.count("#") == 2 for i in ids)
+
+
+def _image(mode: str, fmt: str, **save) -> bytes:
+    colour = {"RGB": (200, 30, 30), "RGBA": (200, 30, 30, 128), "CMYK": (0, 200, 200, 0), "P": 5, "L": 90}[mode]
+    buf = io.BytesIO()
+    Image.new(mode, (16, 12), colour).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def test_images_become_rgb_jpeg_and_missing_ones_are_rejects(tmp_path):
+    files = {
+        "coco/rgb.jpg": _image("RGB", "JPEG"),
+        "coco/cmyk.jpg": _image("CMYK", "JPEG"),
+        "gqa/photo.png": _image("RGB", "PNG"),
+        "gqa/alpha.png": _image("RGBA", "PNG"),
+        "vg/palette.png": _image("P", "PNG"),
+        "vg/anim.gif": _image("P", "GIF"),
+        "ocr_vqa/grey.jpg": _image("L", "JPEG"),
+    }
+    recs = []
+    for i, (rel, data) in enumerate(sorted(files.items())):
+        (tmp_path / "img" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "img" / rel).write_bytes(data)
+        recs.append({"id": f"r{i}", "image": rel, "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                                    {"from": "gpt", "value": rel}]})
+    recs.append({"id": "gone", "image": "coco/missing.jpg", "conversations": [{"from": "human", "value": "<image>\nQ"},
+                                                                              {"from": "gpt", "value": "A"}]})
+    recs.append({"id": "broken", "conversations": "not a list"})
+    path = write_json(tmp_path / "llava.json", recs)
+    opts = {"json": str(path), "image_root": str(tmp_path / "img")}
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts)
+    assert dict(b.sql("SELECT source_id, reason FROM rejects").fetchall()) == {"gone": "missing_image", "broken": "invalid_record"}
+    formats = {}
+    for s in b.samples():
+        rel = s["json"]["conversations"][1]["value"]
+        assert set(s) == {"__key__", "jpg", "json"}
+        im = Image.open(io.BytesIO(s["jpg"]))
+        assert im.format == "JPEG" and im.mode in ("RGB", "L")
+        formats[rel] = b.sql(f"SELECT original_format FROM samples WHERE key = '{s['__key__']}'").fetchall()[0][0]
+        if rel in ("coco/rgb.jpg", "ocr_vqa/grey.jpg"):
+            assert s["jpg"] == files[rel]  # plain JPEGs are stored as they are
+        else:
+            assert im.mode == "RGB"
+    assert formats == {"coco/rgb.jpg": "JPEG", "coco/cmyk.jpg": "JPEG", "gqa/photo.png": "PNG", "gqa/alpha.png": "PNG",
+                       "vg/palette.png": "PNG", "vg/anim.gif": "GIF", "ocr_vqa/grey.jpg": "JPEG"}
+    # Alpha is composited on white: the half-transparent red becomes pink, not dark red.
+    alpha = next(s for s in b.samples() if s["json"]["conversations"][1]["value"] == "gqa/alpha.png")
+    r, g, _ = Image.open(io.BytesIO(alpha["jpg"])).getpixel((8, 6))
+    assert r > 220 and 130 < g < 160
+    low = vlmforge.build("copy", "llava-json", out=tmp_path / "low", source_options=opts, jpeg_quality=20)
+    size = lambda build: sum(len(x["jpg"]) for x in build.samples())  # noqa: E731
+    assert size(low) < size(b) and low.build_id != b.build_id

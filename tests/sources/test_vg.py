@@ -1,0 +1,70 @@
+"""Visual Genome: objects.json + image_data.json layouts, one record per object with a synset."""
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+import vlmforge
+
+from tests.derived_data import visual_genome
+
+
+@pytest.fixture(scope="module")
+def vg(tmp_path_factory):
+    return visual_genome(tmp_path_factory.mktemp("vg"))
+
+
+def test_one_record_per_object_with_box_and_class(tmp_path, vg):
+    b = vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)})
+    assert len(b) == 6
+    assert sorted(b.sql("SELECT source_id, reason FROM rejects").fetchall()) == [("1:103", "no_synset"), ("3", "missing_image")]
+    labels = {r[0] for r in b.sql("SELECT label FROM samples").fetchall()}
+    assert labels == {"clock", "wall", "man", "traffic light", "dog", "cat"}
+    clock = next(s for s in b.samples() if s["json"]["synset"] == "clock.n.01")
+    # x=10, y=5, w=20, h=15 on a 40x30 image -> [10/40, 5/30, 30/40, 20/30]
+    assert clock["json"]["conversations"][1]["value"] == "[0.25, 0.17, 0.75, 0.67] clock"
+    assert clock["json"]["conversations"][0]["value"].startswith("<image>\n")
+    assert clock["__key__"] == "vg_1_101" and clock["json"]["box"] == [10, 5, 20, 15]
+    row = b.sql("SELECT image_id, object_id, box, synset, name FROM samples WHERE key = 'vg_2_105'").fetchall()
+    assert row == [(2, 105, [20, 10, 8, 12], "traffic_light.n.01", "traffic light")]
+    assert {r[0] for r in b.sql("SELECT width FROM samples").fetchall()} == {40}  # both image folders found
+
+
+def test_per_image_cap_ignores_object_order_and_crop(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    a = vlmforge.build("vg", "vg", out=tmp_path / "a", source_options={"root": str(vg)}, max_objects_per_image=2)
+    for entry in objects:  # reversed, and in the older layout: `id` for the image, `name` for the object
+        entry["objects"].reverse()
+        entry["id"] = entry.pop("image_id")
+        for obj in entry["objects"]:
+            obj["name"] = obj.pop("names")[0]
+    objects.reverse()
+    (tmp_path / "rev").mkdir()
+    (tmp_path / "rev" / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "b", max_objects_per_image=2,
+                       source_options={"objects": str(tmp_path / "rev" / "objects.json"),
+                                       "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    keys = lambda build: {r[0] for r in build.sql("SELECT key FROM samples").fetchall()}  # noqa: E731
+    assert keys(a) == keys(b) and len(keys(a)) == 4
+    names = lambda build: sorted(r[0] for r in build.sql("SELECT name FROM samples").fetchall())  # noqa: E731
+    assert names(a) == names(b)
+    c = vlmforge.build("vg", "vg", out=tmp_path / "c", source_options={"root": str(vg)}, crop=True,
+                       synsets=["clock.n.01"])
+    (s,) = list(c.samples())
+    # margin 10% of the box: x 8..32, y 3..22 -> a 24x19 crop; the box moves with it
+    assert Image.open(io.BytesIO(s["jpg"])).size == (24, 19)
+    assert s["json"]["box"] == [2, 2, 20, 15]
+
+
+def test_vg_feeds_subset_and_mcqa(tmp_path, vg):
+    b = vlmforge.build("vg", "vg", out=tmp_path / "vg", source_options={"root": str(vg)})
+    sub = vlmforge.build("subset", "build", out=tmp_path / "s", source_options={"path": str(b.path)},
+                         mode="class-exclusive", fraction=0.5)
+    assert len({r[0] for r in sub.sql("SELECT label FROM samples").fetchall()}) == 3
+    m = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=3, source_options={"path": str(b.path)})
+    assert len(m) == 6
+    for s in m.samples():
+        assert s["json"]["options"][s["json"]["answer_index"]] == s["json"]["label"]
+        assert s["json"]["synset"]

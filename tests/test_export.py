@@ -1,0 +1,87 @@
+"""`export llava`: JSON + image folder the official LLaVA scripts read; `export llava-split`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import vlmforge
+from vlmforge.errors import UserError
+from vlmforge.export import export_llava, llava_record
+
+from tests.derived_data import class_folder, llava_records, tiny_jpeg, write_json
+
+
+def check_llava_dataset(json_path, image_folder):
+    """What LLaVA's LazySupervisedDataset and preprocess need of every record."""
+    recs = json.loads(json_path.read_text())
+    for r in recs:
+        turns = r["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) % 2 == 0
+        n_tokens = sum(t["value"].count("<image>") for t in turns)
+        if "image" in r:
+            assert (image_folder / r["image"]).is_file() and n_tokens == 1 and "<image>" in turns[0]["value"]
+        else:
+            assert n_tokens == 0
+    return recs
+
+
+@pytest.fixture(scope="module")
+def llava_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llava")
+    recs = llava_records(12)
+    recs[0]["conversations"][0]["value"] = recs[0]["conversations"][0]["value"].replace("<image>\n", "")  # token missing
+    for r in recs:
+        if "image" in r:
+            p = root / "img" / r["image"]
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(tiny_jpeg(len(r["image"])))
+    path = write_json(root / "mix.json", recs)
+    return vlmforge.build("copy", "llava-json", out=root / "b", source_options={"json": str(path), "image_root": str(root / "img")}), recs
+
+
+def test_export_llava_round_trip(tmp_path, llava_build):
+    b, recs = llava_build
+    path = export_llava(b, tmp_path)
+    assert path == tmp_path / "llava.json"
+    out = check_llava_dataset(path, tmp_path)
+    assert len(out) == 12 and sum("image" not in r for r in out) == 2
+    by_id = {r["id"]: r for r in out}
+    shard = {s["__key__"]: s for s in b.samples()}
+    for rec in recs:
+        got = by_id[rec["id"]]
+        assert got["conversations"][1] == rec["conversations"][1]
+        if "image" in rec:
+            assert (tmp_path / got["image"]).read_bytes() == shard[rec["id"]]["jpg"]
+    assert by_id["000000"]["conversations"][0]["value"].startswith("<image>\n")  # the missing token is put back
+    # Exporting again over the same folder gives the same file.
+    assert export_llava(b.path, tmp_path).read_bytes() == path.read_bytes()
+
+
+def test_export_of_a_derived_build_and_cli(tmp_path):
+    root = class_folder(tmp_path / "f", {"cat": 3, "dog": 3}, "train")
+    class_folder(root, {"cat": 1, "dog": 1}, "test")
+    p = vlmforge.build("copy", "imagefolder", out=tmp_path / "p", source_options={"root": str(root)})
+    m = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=2, source_options={"path": str(p.path)})
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(m.path), "--out", str(tmp_path / "x"),
+                        "--split", "test"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    recs = check_llava_dataset(tmp_path / "x" / "llava_test.json", tmp_path / "x")
+    assert len(recs) == 2 and all(r["conversations"][1]["value"] in "AB" for r in recs)
+    with pytest.raises(UserError, match="no split"):
+        export_llava(m, tmp_path / "y", split="val")
+    with pytest.raises(UserError, match="human turn"):
+        llava_record("k", {"conversations": [{"from": "gpt", "value": "hi"}]}, None)
+
+
+def test_llava_split_cli(tmp_path):
+    recs = llava_records(30)
+    path = write_json(tmp_path / "mix.json", recs)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava-split", str(path), "--out", str(tmp_path / "o"),
+                        "--splits", "train=0.8,val=0.2", "--seed", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    train = json.loads((tmp_path / "o" / "train.json").read_text())
+    val = json.loads((tmp_path / "o" / "val.json").read_text())
+    assert (len(train), len(val)) == (24, 6)
+    assert sorted(json.dumps(x) for x in train + val) == sorted(json.dumps(x) for x in recs)

@@ -1,0 +1,220 @@
+"""What derived builds (split, subset, mix, mcqa, grading) share.
+
+A derived build reads its parent through a `SelectedSource`: the parent's records seen through a
+`Plan` that decides, before any sample is written, which output split each record goes to (or none).
+Plans fit on keys and a few columns only (SQL over the parent manifest, or the LLaVA JSON index), so
+fitting a 665k-record parent keeps a few bytes per record. Unselected records are not rejects: the
+rule that left them out is the build's config, and the plan's summary lands in build.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Hashable, Iterator
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.errors import UserError
+from vlmforge.manifests.schema import BASE_COLUMNS
+from vlmforge.sample import Sample, make_key
+from vlmforge.sources.base import Record, Source
+from vlmforge.sources.build import BuildSource, load_record_sample
+
+Column = tuple[str, pa.DataType, str]
+KeyOf = Callable[[Record], str]
+TRAIN_SPLITS = ("train",)
+
+
+def build_key(rec: Record) -> str:
+    """The key a record keeps in a derived build: the parent's key, or (raw sources) the copy
+    builder's key from the source id."""
+    return rec["key"] if "build_path" in rec else make_key(rec["source_id"])
+
+
+def open_parent(path: str | Path | None, where: str | None = None, splits: list[str] | None = None) -> BuildSource:
+    """The parent build as a source, filtered by a SQL condition over its manifest and by split."""
+    if path is None:
+        raise UserError("a derived build needs its parent: --from BUILD_FOLDER")
+    src = BuildSource(path, where=where, splits=splits)
+    if not src.splits():
+        have = ", ".join(src.build.info["splits"])
+        raise UserError(f"the parent build has none of the splits {splits}; it has: {have}")
+    return src
+
+
+def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:
+    """Manifest columns a derived build carries: the parent's own (non-base) columns with their types
+    and descriptions, then `own` columns not already among them."""
+    out: list[Column] = []
+    builds = [s.build for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
+    reserved = {name for name, _, _ in BASE_COLUMNS}
+    seen: dict[str, pa.DataType] = {}
+    for build in builds:
+        descriptions = build.info.get("columns", {})
+        for name, typ in _manifest_types(build).items():
+            if name in reserved:
+                continue
+            if name in seen:
+                if seen[name] != typ:
+                    raise UserError(f"column {name!r} is {seen[name]} in one parent and {typ} in another")
+                continue
+            seen[name] = typ
+            out.append((name, typ, descriptions.get(name, "")))
+    for name, typ, desc in own:
+        if name not in seen:
+            seen[name] = typ
+            out.append((name, typ, desc))
+    return out
+
+
+def _manifest_types(build) -> dict[str, pa.DataType]:
+    import pyarrow.parquet as pq
+
+    parts = sorted(p for p in (build.path / "manifest").glob("*.parquet") if not p.name.endswith(".rejects.parquet"))
+    if parts:
+        schema = pq.read_schema(parts[0])
+        return {f.name: f.type for f in schema}
+    return {name: pa.string() for name in build.info.get("columns", {})}
+
+
+class Plan:
+    """Decides the output split of each parent record. Subclasses implement `fit` and `assign`."""
+
+    def __init__(self) -> None:
+        self._fitted = False
+        self.out_splits: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.summary: dict[str, Any] = {}
+
+    def ensure_fitted(self, src: Source) -> None:
+        if not self._fitted:
+            self.fit(src)
+            self._fitted = True
+
+    def fit(self, src: Source) -> None:
+        raise NotImplementedError
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        raise NotImplementedError
+
+    def base_splits_for(self, out_split: str, src: Source) -> list[str]:
+        """Parent splits that can feed `out_split` (all of them unless a plan knows better)."""
+        return src.splits()
+
+
+class SelectedSource(Source):
+    """`base` seen through `plan`: only the records the plan assigns, under their output split."""
+
+    def __init__(self, base: Source, plan: Plan):
+        self.base = base
+        self.plan = plan
+        self.name = base.name
+        self.parents = list(base.parents)
+        self.parent_infos = list(getattr(base, "parent_infos", []))
+        self.build_sources = list(getattr(base, "build_sources", [base]))
+
+    def splits(self) -> list[str]:
+        self.plan.ensure_fitted(self.base)
+        return [s for s in self.plan.out_splits if self.plan.counts.get(s, 0) > 0]
+
+    def count(self, split: str) -> int:
+        self.plan.ensure_fitted(self.base)
+        return self.plan.counts.get(split, 0)
+
+    def records(self, split: str) -> Iterator[Record]:
+        self.plan.ensure_fitted(self.base)
+        for base_split in self.plan.base_splits_for(split, self.base):
+            for rec in self.base.records(base_split):
+                if self.plan.assign(rec, base_split) == split:
+                    yield rec
+
+    def fingerprint(self) -> str:
+        return self.base.fingerprint()
+
+    def describe(self) -> dict[str, Any]:
+        self.plan.ensure_fitted(self.base)
+        return {**self.base.describe(), "selection": {"counts": dict(self.plan.counts), **self.plan.summary}}
+
+
+class DerivedBuilder(Builder):
+    """A builder whose source is a parent build seen through its `plan_class`. It carries the parent's
+    manifest columns, then its `own_columns`."""
+
+    plan_class: ClassVar[type[Plan]] = Plan
+    own_columns: ClassVar[list[Column]] = []
+    batch_size = 64
+
+    def __init__(self, config: BuildConfig, source: Source):
+        if isinstance(source, SelectedSource):
+            self.plan = source.plan
+        else:
+            self.plan = self.plan_class(config)  # type: ignore[call-arg]
+            source = SelectedSource(source, self.plan)
+        super().__init__(config, source)
+        self.columns = parent_columns(source.base, self.own_columns)
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        """The parent build (options path, where, splits)."""
+        if (kind or "build") != "build":
+            raise UserError(f"{cls.name} reads a parent build: give --from BUILD_FOLDER")
+        return open_parent(options.get("path"), options.get("where"), options.get("splits"))
+
+
+def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = build_key) -> Iterator[tuple]:
+    """(key, *fields) for every record of `split`, cheaply: SQL over a parent manifest, the index of
+    a LLaVA JSON file, or (other sources) the records themselves."""
+    if isinstance(src, BuildSource):
+        cols = ", ".join(["key"] + [f'"{f}"' for f in fields])
+        for row in src.rows(split, cols):
+            yield tuple(row.values())
+        return
+    from vlmforge.sources.llava_json import LlavaJsonSource, sample_key
+
+    if isinstance(src, LlavaJsonSource) and set(fields) <= {"subsource"}:
+        idx = src.index()
+        for i, sid in enumerate(idx.ids):
+            if i not in idx.invalid:
+                yield (sample_key(sid),) + tuple(idx.subsources[i] for _ in fields)
+        return
+    for rec in src.records(split):
+        if "invalid" in rec or "orphan" in rec:
+            continue
+        yield (key_of(rec),) + tuple(rec.get(f) for f in fields)
+
+
+def check_column(src: Source, column: str) -> None:
+    """A clear error when a plan names a column the parent manifest does not have."""
+    builds = [s for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
+    for b in builds:
+        cols = {r[0] for r in b.build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+        if column not in cols:
+            raise UserError(f"the parent build has no column {column!r}; its columns: {', '.join(sorted(cols))}")
+
+
+def parent_sample(rec: Record, columns: list[Column], key: str | None = None) -> Sample:
+    """The parent's sample of a BuildSource record, image and json unchanged, with `columns` taken
+    from the parent manifest row."""
+    parent = load_record_sample(rec)
+    doc = json.loads(parent.pop("json"))
+    parent_key = parent.pop("__key__")
+    image_ext = rec["image_format"]
+    image = parent.pop(image_ext) if image_ext else None
+    return Sample(key=key or parent_key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
+                  height=rec["height"], source_id=rec["source_id"], extras=parent,
+                  columns={name: rec.get(name) for name, _, _ in columns})
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """Non-empty, stripped lines of a text file (class lists); '#' starts a comment line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {p}")
+    return [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def group_key(value: Hashable) -> Hashable:
+    """Group values as they come from DuckDB or a record dict (lists become tuples)."""
+    return tuple(value) if isinstance(value, list) else value

@@ -1,0 +1,204 @@
+"""`grading`: ordinal grade data (knee X-ray Kellgren-Lawrence grades 0-4, or any graded folder tree
+`split/grade/image`) as LLaVA-format records, optionally drawn as balanced sets.
+
+The grade is the class folder's name (its first integer when it has one: `2`, `KL2` and `grade_2` are
+all grade 2). Prompt and answer come from templates (`{grade}`, `{description}`); descriptions per
+grade default to the Kellgren-Lawrence scale and can be given as a JSON file. `--per-grade N` draws N
+images of every grade (per split); `--size N` draws N in all, split evenly between the grades (the
+first grades get one more when N does not divide). Draws hash (seed, key): order-independent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
+from vlmforge.curation.images import ImageError, load_for_storage
+from vlmforge.curation.selection import fit_cuts
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample, make_key
+from vlmforge.sources.base import Record, Source
+
+KL_PROMPT = "<image>\nWhat is the Kellgren-Lawrence grade of this knee X-ray image?"
+KL_ANSWER = "The most likely Kellgren-Lawrence grade of this knee X-ray image is Grade {grade}: {description}."
+# The Kellgren-Lawrence scale of knee osteoarthritis, in short.
+KL_DESCRIPTIONS = {
+    "0": "no radiographic signs of osteoarthritis",
+    "1": "doubtful narrowing of the joint space and possible osteophytes",
+    "2": "definite osteophytes and possible narrowing of the joint space",
+    "3": "moderate multiple osteophytes, definite narrowing of the joint space and some sclerosis",
+    "4": "large osteophytes, marked narrowing of the joint space, severe sclerosis and bone deformity",
+}
+
+
+@dataclass
+class GradingConfig(BuildConfig):
+    prompt: str = KL_PROMPT
+    answer_template: str = KL_ANSWER
+    descriptions: dict[str, str] | None = None  # grade -> description (default: Kellgren-Lawrence)
+    per_grade: int | None = None  # draw this many per grade and split
+    size: int | None = None  # or this many per split, spread evenly over the grades
+    label_column: str = "label"  # for a parent build: the column holding the grade
+    jpeg_quality: int = 95
+
+
+def grade_of(name: Any) -> str:
+    """'2', 'KL2', 'grade_2', 2 -> '2'; a name without digits stays itself."""
+    m = re.search(r"\d+", str(name))
+    return str(int(m.group())) if m else str(name)
+
+
+def even_shares(total: int, grades: list[str]) -> dict[str, int]:
+    """`total` spread over `grades` in order: equal shares, the first grades one more."""
+    base, extra = divmod(total, len(grades))
+    return {g: base + (1 if i < extra else 0) for i, g in enumerate(grades)}
+
+
+def grade_sort_key(g: str) -> tuple:
+    return (0, int(g), "") if g.isdigit() else (1, 0, g)
+
+
+class GradingPlan(Plan):
+    def __init__(self, config: GradingConfig):
+        super().__init__()
+        self.config = config
+        if config.per_grade is not None and config.size is not None:
+            raise UserError("give --per-grade or --size, not both")
+        for opt, v in (("--per-grade", config.per_grade), ("--size", config.size)):
+            if v is not None and v < 1:
+                raise UserError(f"{opt} must be at least 1, got {v}")
+
+    def label(self, rec: Record) -> Any:
+        return rec.get("class_folder", rec.get("label")) if "build_path" not in rec else rec.get(self.config.label_column)
+
+    def fit(self, src: Source) -> None:
+        cfg = self.config
+        fields = [cfg.label_column] if _is_build(src) else ["class_folder"]
+        per_split: dict[str, Counter] = {}
+        for split in src.splits():
+            per_split[split] = Counter(grade_of(v) for _, v in iter_fields(src, split, fields, key_of=_raw_key) if v is not None)
+        self.out_splits = list(src.splits())
+        descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS
+        grades = sorted({g for c in per_split.values() for g in c}, key=grade_sort_key)
+        missing = [g for g in grades if g not in descriptions]
+        if "{description}" in cfg.answer_template and missing:
+            raise UserError(f"no description for grade(s) {missing}; give --descriptions FILE (JSON: grade -> text)")
+        self.summary["grades"] = {s: dict(sorted(c.items(), key=lambda kv: grade_sort_key(kv[0]))) for s, c in per_split.items()}
+        if cfg.per_grade is None and cfg.size is None:
+            self.cuts = None
+            self.counts = {s: sum(c.values()) for s, c in per_split.items()}
+            return
+        wanted: dict[tuple[str, str], int] = {}
+        short: dict[str, dict[str, int]] = {}
+        for split, cnt in per_split.items():
+            split_grades = sorted(cnt, key=grade_sort_key)
+            shares = (even_shares(cfg.size, split_grades) if cfg.size is not None
+                      else {g: cfg.per_grade for g in split_grades})
+            for g in split_grades:
+                wanted[(split, g)] = min(shares[g], cnt[g])
+                if shares[g] > cnt[g]:
+                    short.setdefault(split, {})[g] = shares[g] - cnt[g]
+
+        def items():
+            for split in src.splits():
+                for key, v in iter_fields(src, split, fields, key_of=_raw_key):
+                    if v is not None:
+                        yield key, (split, grade_of(v))
+
+        self.cuts = fit_cuts(items, cfg.seed, lambda group, n: [wanted[group]])
+        self.counts = {s: sum(n for (b, _), n in wanted.items() if b == s) for s in self.out_splits}
+        self.summary["drawn"] = {f"{s}/{g}": n for (s, g), n in wanted.items()}
+        if short:
+            self.summary["short"] = short  # grades with fewer images than asked for: all were taken
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        value = self.label(rec)
+        if value is None:
+            return None
+        if self.cuts is None:
+            return base_split
+        return base_split if self.cuts.part(_raw_key(rec), (base_split, grade_of(value))) == 0 else None
+
+
+def _is_build(src: Source) -> bool:
+    from vlmforge.sources.build import BuildSource
+
+    return isinstance(src, BuildSource)
+
+
+def _raw_key(rec: Record) -> str:
+    """Keys as the copy builder makes them: the parent's key, or the image's path without extension."""
+    if "build_path" in rec:
+        return rec["key"]
+    return make_key(rec["source_id"].rsplit(".", 1)[0])
+
+
+class GradingBuilder(DerivedBuilder):
+    name = "grading"
+    VERSION = "1.0.0"
+    Config = GradingConfig
+    description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
+    batch_size = 32
+    plan_class = GradingPlan
+    own_columns = [
+        ("label", pa.string(), "the grade as text (the class folder's grade)"),
+        ("grade", pa.int32(), "the grade as a number; null for grades named without digits"),
+        ("original_format", pa.string(), "image format as read from the source"),
+    ]
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        """imagefolder (option root: ROOT/<split>/<grade>/<image>) or build (path, where, splits)."""
+        kind = kind or ("build" if options.get("path") else "imagefolder")
+        if kind == "build":
+            return super().open_source(kind, **options)
+        if kind != "imagefolder":
+            raise UserError("grading reads a graded folder tree (--root) or a labelled build (--from)")
+        from vlmforge.sources import open_source
+
+        return open_source("imagefolder", root=options.get("root"))
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        return [[self._one(rec)] for rec in batch]
+
+    def _one(self, rec: Record) -> Sample | Reject:
+        cfg = self.config
+        grade = grade_of(self.plan.label(rec))
+        descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS
+        answer = cfg.answer_template.format(grade=grade, description=descriptions.get(grade, ""))
+        if "build_path" in rec:
+            sample = parent_sample(rec, self.columns)
+            if sample.image is None:
+                return Reject(rec["source_id"], "no_image", "grading", "the parent sample has no image")
+        else:
+            try:
+                img = load_for_storage(rec["file"], "quick", cfg.jpeg_quality)
+            except ImageError as e:
+                return Reject(rec["source_id"], e.reason, "read_image", e.detail)
+            sample = Sample(key=_raw_key(rec), doc={}, image=img.data, image_ext=img.ext, width=img.width,
+                            height=img.height, source_id=rec["source_id"], columns={"original_format": img.original_format})
+        prompt = cfg.prompt if "<image>" in cfg.prompt else "<image>\n" + cfg.prompt
+        sample.doc = {"id": sample.key, "grade": grade, "label": grade,
+                      "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}]}
+        sample.columns.update(label=grade, grade=int(grade) if grade.isdigit() else None)
+        return sample
+
+
+def load_descriptions(path: str | Path) -> dict[str, str]:
+    """A JSON object grade -> description, keys normalised like folder grades."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read --descriptions {p}: {e}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"--descriptions {p} must be a JSON object: grade -> description")
+    return {grade_of(k): str(v) for k, v in doc.items()}

@@ -1,0 +1,177 @@
+"""`mcqa`: multiple-choice test sets from a labelled build.
+
+Each parent sample becomes one question with k options: its class and k-1 distractors drawn from the
+other classes of the same split (or of `--classes-from FILE`), either at random or as the nearest
+classes by sentence-embedding similarity (`--distractors hard`). The gold letter's position is
+balanced exactly: within a split, keys ranked by sha256(seed:key) are cut into k equal runs, run i
+puts the answer at letter i. Everything is seeded by (seed, key), so the set is deterministic and
+does not depend on input order. Classes equal after case and space folding never face each other.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
+from vlmforge.curation.selection import fit_cuts, fraction_sizes
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record, Source
+
+DEFAULT_QUESTION = "What is the main object in this image?"
+INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass
+class McqaConfig(BuildConfig):
+    options: int = 4  # k options per question
+    distractors: str = "random"  # random, or hard: the nearest classes by embedding similarity
+    question: str = DEFAULT_QUESTION
+    label_column: str = "label"
+    classes: list[str] | None = None  # the answer vocabulary (from --classes-from); default: per split
+    embedder: str | None = None  # sentence-transformers model for hard distractors (default MiniLM)
+
+
+def fold(name: str) -> str:
+    """Class names that mean the same option: case, surrounding and repeated spaces, '_' ignored."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def format_prompt(question: str, options: list[str]) -> str:
+    """'<image>\\n{question}\\nA. x\\nB. y\\n...\\nAnswer with the option's letter ...'."""
+    lines = [f"{string.ascii_uppercase[i]}. {opt}" for i, opt in enumerate(options)]
+    return "\n".join(["<image>", question, *lines, INSTRUCTION])
+
+
+class McqaPlan(Plan):
+    def __init__(self, config: McqaConfig):
+        super().__init__()
+        self.config = config
+        if not 2 <= config.options <= 26:
+            raise UserError(f"--options must be between 2 and 26, got {config.options}")
+        if config.distractors not in ("random", "hard"):
+            raise UserError(f"--distractors must be random or hard, got {config.distractors!r}")
+
+    def fit(self, src: Source) -> None:
+        cfg, k, col = self.config, self.config.options, self.config.label_column
+        check_column(src, col)
+        labels: dict[str, Counter] = {}
+        for split in src.splits():
+            labels[split] = Counter(str(label) for _, label in iter_fields(src, split, [col]) if label is not None)
+        self.vocab: dict[str, list[str]] = {}
+        for split, cnt in labels.items():
+            names = sorted(set(cfg.classes)) if cfg.classes is not None else sorted(cnt)
+            # One spelling per folded name, so two options never mean the same class.
+            by_fold: dict[str, str] = {}
+            for n in names:
+                by_fold.setdefault(fold(n), n)
+            self.vocab[split] = sorted(by_fold.values())
+            if cnt and len(by_fold) < k:
+                raise UserError(f"split {split!r} has {len(by_fold)} distinct classes; {k} options need at least {k} "
+                                "(use fewer --options or give --classes-from)")
+
+        def items():
+            for split in src.splits():
+                for key, label in iter_fields(src, split, [col]):
+                    if label is not None:
+                        yield key, split
+
+        self.cuts = fit_cuts(items, cfg.seed, lambda g, n: fraction_sizes([1 / k] * k, n))
+        self.out_splits = list(src.splits())
+        self.counts = {s: sum(v) for s, v in self.cuts.counts().items()}
+        self.summary["gold_positions"] = {s: dict(zip(string.ascii_uppercase, v)) for s, v in self.cuts.counts().items()}
+        self.summary["classes_per_split"] = {s: len(v) for s, v in self.vocab.items()}
+        self.nearest: dict[str, dict[str, list[str]]] = {}
+        if cfg.distractors == "hard":
+            self._fit_nearest(labels)
+
+    def _fit_nearest(self, labels: dict[str, Counter]) -> None:
+        """For every class of a split, the vocabulary's other classes ordered by cosine similarity of
+        their names' embeddings (ties by name)."""
+        from vlmforge.curation.embedding import SentenceEmbedder
+
+        embedder = SentenceEmbedder(self.config.embedder)
+        for split, vocab in self.vocab.items():
+            rows = sorted(set(vocab) | set(labels[split]))
+            vecs = embedder.encode(rows)
+            cols = np.array([rows.index(v) for v in vocab])
+            sims = vecs @ vecs[cols].T
+            table = {}
+            for i, name in enumerate(rows):
+                cand = [j for j in range(len(vocab)) if fold(vocab[j]) != fold(name)]
+                cand.sort(key=lambda j: (-round(float(sims[i, j]), 6), vocab[j]))
+                table[name] = [vocab[j] for j in cand]
+            self.nearest[split] = table
+        self.summary["embedder"] = embedder.model_name
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        if rec.get(self.config.label_column) is None:
+            return None
+        return base_split if self.cuts.part(build_key(rec), base_split) is not None else None
+
+    def question(self, rec: Record, split: str) -> tuple[list[str], int]:
+        """The options and the gold index for one record."""
+        cfg, k = self.config, self.config.options
+        key, label = build_key(rec), str(rec[cfg.label_column])
+        gold = self.cuts.part(key, split)
+        assert gold is not None
+        rng = random.Random(f"{cfg.seed}:{key}:distractors")
+        if cfg.distractors == "hard":
+            pool = self.nearest[split][label][: k - 1]
+            rng.shuffle(pool)
+        else:
+            others = [c for c in self.vocab[split] if fold(c) != fold(label)]
+            pool = rng.sample(others, min(k - 1, len(others)))
+        if len(pool) < k - 1:
+            raise UserError(f"class {label!r} has only {len(pool)} possible distractors; {k - 1} are needed")
+        options = pool[:gold] + [label] + pool[gold:]
+        return options, gold
+
+
+class McqaBuilder(DerivedBuilder):
+    name = "mcqa"
+    VERSION = "1.0.0"
+    Config = McqaConfig
+    description = "Multiple-choice test sets from a labelled build: k options, balanced gold positions."
+    plan_class = McqaPlan
+    own_columns = [
+        ("label", pa.string(), "the class: the correct option"),
+        ("options", pa.list_(pa.string()), "the options in letter order (A, B, ...)"),
+        ("answer_index", pa.int32(), "index of the correct option (0 = A)"),
+        ("answer", pa.string(), "letter of the correct option"),
+    ]
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        out: list[list[Sample | Reject]] = []
+        for rec in batch:
+            split = rec["split"]
+            options, gold = self.plan.question(rec, split)
+            sample = parent_sample(rec, self.columns)
+            if sample.image is None:
+                out.append([Reject(rec["source_id"], "no_image", "mcqa", "the parent sample has no image")])
+                continue
+            letter = string.ascii_uppercase[gold]
+            sample.doc = {
+                "id": sample.key,
+                "label": str(rec[self.config.label_column]),
+                "question": self.config.question,
+                "options": options,
+                "answer_index": gold,
+                "answer": letter,
+                "conversations": [{"from": "human", "value": format_prompt(self.config.question, options)},
+                                  {"from": "gpt", "value": letter}],
+                "parent": {"build_id": self.src.parents[0], "key": rec["key"]},
+            }
+            for extra in ("class_set", "synset", "grade"):
+                if extra in rec and rec[extra] is not None:
+                    sample.doc[extra] = rec[extra]
+            sample.columns.update(label=sample.doc["label"], options=options, answer_index=gold, answer=letter)
+            out.append([sample])
+        return out

@@ -1,0 +1,198 @@
+"""`mix`: several builds combined into one, by counts, fractions or weights; lineage keeps every parent.
+
+Per parent, `--take` says how much of it to keep: `all`, a count (`5000`), or a fraction (`0.5`);
+or `--weights 1,3 --size N` shares N records between the parents in those proportions (largest
+remainders, so the counts add up to N exactly). Which records are taken hashes (seed, key) within each
+parent. Records keep their parent's split (or all go to `--into SPLIT`) and their key; a key that two
+parents share is prefixed with its parent's build id so that both survive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
+from vlmforge.curation.selection import fit_cuts, fraction_sizes
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record, Source
+from vlmforge.sources.build import BuildSource
+
+
+@dataclass
+class MixConfig(BuildConfig):
+    take: list[str] | None = None  # per parent: "all", a count, or a fraction (0 < f <= 1)
+    weights: list[float] | None = None  # or: proportions of --size
+    size: int | None = None
+    into: str | None = None  # one output split for everything (default: keep the parents' splits)
+
+
+class MultiBuildSource(Source):
+    """Several parent builds read one after the other; records carry their parent's index."""
+
+    def __init__(self, paths: list[str | Path], splits: list[str] | None = None):
+        if len(paths) < 2:
+            raise UserError("a mix needs at least two parent builds (--from A --from B)")
+        self.build_sources = [BuildSource(p, splits=splits) for p in paths]
+        ids = [s.build.build_id for s in self.build_sources]
+        if len(set(ids)) != len(ids):
+            raise UserError("the same parent build is named twice")
+        self.name = "mix"
+        self.parents = ids
+        self.parent_infos = [info for s in self.build_sources for info in s.parent_infos]
+
+    def splits(self) -> list[str]:
+        out: list[str] = []
+        for s in self.build_sources:
+            out += [x for x in s.splits() if x not in out]
+        return out
+
+    def records(self, split: str) -> Iterator[Record]:
+        for i, s in enumerate(self.build_sources):
+            if split in s.splits():
+                for rec in s.records(split):
+                    rec["parent_index"] = i
+                    yield rec
+
+    def count(self, split: str) -> int:
+        return sum(s.count(split) for s in self.build_sources if split in s.splits())
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256("".join(s.fingerprint() for s in self.build_sources).encode()).hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "parents": [s.describe() for s in self.build_sources]}
+
+
+def largest_remainder(weights: list[float], total: int) -> list[int]:
+    """Integer shares of `total` proportional to `weights`, adding up to `total` exactly."""
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise UserError(f"--weights must be non-negative and not all zero: {weights}")
+    exact = [w / sum(weights) * total for w in weights]
+    shares = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def parse_take(spec: str, available: int) -> int:
+    """'all' -> available; '0.5' -> round(0.5 * available); '5000' -> 5000 (checked)."""
+    spec = str(spec).strip().lower()
+    if spec == "all":
+        return available
+    try:
+        if "." in spec or "e" in spec:
+            f = float(spec)
+            if not 0 < f <= 1:
+                raise ValueError
+            return fraction_sizes([f], available)[0]
+        n = int(spec)
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--take takes all, a count or a fraction in (0, 1]; got {spec!r}") from None
+    if n > available:
+        raise UserError(f"--take {n} asks for more records than the parent has ({available})")
+    return n
+
+
+class MixPlan(Plan):
+    def __init__(self, config: MixConfig):
+        super().__init__()
+        self.config = config
+        if (config.take is None) == (config.weights is None):
+            raise UserError("give --take for every parent, or --weights with --size")
+        if config.weights is not None and (config.size is None or config.size < 0):
+            raise UserError("--weights needs --size N (the number of records in the mix)")
+
+    def fit(self, src: Source) -> None:
+        assert isinstance(src, MultiBuildSource)
+        cfg, parents = self.config, src.build_sources
+        available = [sum(p.count(s) for s in p.splits()) for p in parents]
+        if cfg.take is not None:
+            if len(cfg.take) != len(parents):
+                raise UserError(f"--take is given {len(cfg.take)} times for {len(parents)} parents")
+            wanted = [parse_take(t, n) for t, n in zip(cfg.take, available)]
+        else:
+            if len(cfg.weights) != len(parents):
+                raise UserError(f"{len(cfg.weights)} weights for {len(parents)} parents")
+            wanted = largest_remainder(cfg.weights, cfg.size)
+            short = [(i, w, n) for i, (w, n) in enumerate(zip(wanted, available)) if w > n]
+            if short:
+                i, w, n = short[0]
+                raise UserError(f"parent {i + 1} would give {w} records but has {n}; lower --size or its weight")
+
+        def keyed():
+            for i, p in enumerate(parents):
+                for split in p.splits():
+                    for (key,) in iter_fields(p, split, []):
+                        yield key, i, split
+
+        self.cuts = fit_cuts(lambda: ((k, i) for k, i, _ in keyed()), cfg.seed, lambda i, n: [wanted[i]])
+        # Keys taken from more than one parent get their parent's build id in front.
+        taken: dict[str, int] = {}
+        self.renamed: set[tuple[int, str]] = set()
+        counts: dict[str, int] = {}
+        for key, i, split in keyed():
+            if self.cuts.part(key, i) == 0:
+                if key in taken and taken[key] != i:
+                    self.renamed.update({(taken[key], key), (i, key)})
+                taken[key] = i
+                out = cfg.into or split
+                counts[out] = counts.get(out, 0) + 1
+        del taken
+        self.out_splits = [cfg.into] if cfg.into else src.splits()
+        self.counts = counts
+        self.summary["taken"] = {p.build.build_id: w for p, w in zip(parents, wanted)}
+        self.summary["available"] = {p.build.build_id: n for p, n in zip(parents, available)}
+        if self.renamed:
+            self.summary["renamed_keys"] = len(self.renamed)
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        if self.cuts.part(rec["key"], rec["parent_index"]) != 0:
+            return None
+        return self.config.into or base_split
+
+    def base_splits_for(self, out_split: str, src: Source) -> list[str]:
+        return src.splits() if self.config.into else [out_split]
+
+
+class MixBuilder(DerivedBuilder):
+    name = "mix"
+    VERSION = "1.0.0"
+    Config = MixConfig
+    description = "Several builds combined by counts, fractions or weights; every parent kept in the lineage."
+    plan_class = MixPlan
+    own_columns = [
+        ("parent_build", pa.string(), "build id of the parent the sample came from"),
+        ("parent_key", pa.string(), "the sample's key in its parent (differs only for keys two parents share)"),
+    ]
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        if (kind or "builds") not in ("build", "builds"):
+            raise UserError("mix reads parent builds: give --from A --from B ...")
+        paths = options.get("paths") or []
+        return MultiBuildSource(paths, splits=options.get("splits"))
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        out = []
+        for rec in batch:
+            i = rec["parent_index"]
+            parent_id = self.src.parents[i]
+            key = rec["key"]
+            if (i, key) in self.plan.renamed:
+                key = f"{parent_id[:8]}-{key}"
+            sample = parent_sample(rec, self.columns, key=key)
+            sample.columns.update(parent_build=parent_id, parent_key=rec["key"])
+            out.append([sample])
+        return out

@@ -1,0 +1,121 @@
+"""`split`: keep a fraction of a build (or of a LLaVA JSON file), or partition it into named splits.
+
+Which records are kept is decided by hashing (seed, key) (see `curation.selection`), so the kept set
+does not depend on input order or sharding, and each part is exact to within one record:
+`--fraction 0.5` keeps round(n / 2) records of every parent split (the LLaVA-1.5 data-efficiency
+half); `--splits train=0.9,val=0.1` pools the parent's records and cuts them into new splits;
+`--stratify-by COLUMN` applies the fraction within each value of a manifest column (`source` means
+the LLaVA sub-dataset: coco, gqa, ocr_vqa, textvqa, vg, text-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vlmforge.builders.copy import CopyBuilder, CopyConfig
+from vlmforge.builders.derived import (
+    DerivedBuilder, Plan, build_key, check_column, group_key, iter_fields, open_parent,
+)
+from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
+from vlmforge.errors import UserError
+from vlmforge.sources.base import Record, Source
+from vlmforge.sources.build import BuildSource
+
+
+@dataclass
+class SplitConfig(CopyConfig):
+    fraction: float | None = None  # keep this fraction of every parent split
+    splits: str | None = None  # or partition into named splits: "train=0.9,val=0.1"
+    stratify_by: str | None = None  # exact fraction within each value of this column
+
+
+def stratum_column(src: Source, name: str | None) -> str | None:
+    """The column to stratify by. 'source' names the LLaVA sub-dataset column (`subsource`), since
+    the manifest's own `source` column is the same for every record of a build."""
+    if name is None:
+        return None
+    if name == "source":
+        if isinstance(src, BuildSource) and "subsource" not in src.build.info.get("columns", {}):
+            raise UserError("--stratify-by source means the LLaVA sub-dataset (the `subsource` column), "
+                            "which the parent build does not have; name one of its columns instead")
+        return "subsource"
+    return name
+
+
+class SplitPlan(Plan):
+    def __init__(self, config: SplitConfig):
+        super().__init__()
+        self.config = config
+        if (config.fraction is None) == (config.splits is None):
+            raise UserError("give either --fraction F or --splits NAME=F,NAME=F")
+        self.parts = parse_named_fractions(config.splits) if config.splits else None
+        if self.parts is None:
+            check_fraction(config.fraction, "--fraction")
+        self.column: str | None = None
+
+    def _group(self, base_split: str, stratum: Any) -> Any:
+        # With --fraction every parent split is its own group; partitions pool the parent splits.
+        return (base_split if self.parts is None else None, group_key(stratum))
+
+    def fit(self, src: Source) -> None:
+        self.column = stratum_column(src, self.config.stratify_by)
+        if self.column:
+            check_column(src, self.column)
+        fields = [self.column] if self.column else []
+        fractions = [f for _, f in self.parts] if self.parts else [self.config.fraction]
+
+        def items():
+            for split in src.splits():
+                for key, *values in iter_fields(src, split, fields):
+                    yield key, self._group(split, values[0] if values else None)
+
+        self.cuts = fit_cuts(items, self.config.seed, lambda group, n: fraction_sizes(fractions, n))
+        sizes = self.cuts.counts()
+        if self.parts:
+            self.out_splits = [name for name, _ in self.parts]
+            self.counts = {name: sum(s[i] for s in sizes.values()) for i, (name, _) in enumerate(self.parts)}
+        else:
+            self.out_splits = list(src.splits())
+            self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
+        if self.column:
+            per_stratum: dict[str, dict[str, int]] = {}
+            for (b, stratum), v in sorted(sizes.items(), key=repr):
+                names = [n for n, _ in self.parts] if self.parts else [b]
+                for name, count in zip(names, v):
+                    row = per_stratum.setdefault(str(stratum), {})
+                    row[name] = row.get(name, 0) + count
+            self.summary["per_stratum"] = per_stratum
+        self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
+                                f"round(fraction * n) per group")
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        stratum = rec.get(self.column) if self.column else None
+        i = self.cuts.part(build_key(rec), self._group(base_split, stratum))
+        if i is None:
+            return None
+        return self.parts[i][0] if self.parts else base_split
+
+
+class SplitBuilder(DerivedBuilder, CopyBuilder):
+    """Copy's processing (raw LLaVA JSON records or parent samples) behind a SplitPlan."""
+
+    name = "split"
+    VERSION = "1.0.0"
+    Config = SplitConfig
+    description = "A hashed fraction of a parent build or LLaVA JSON, or its partition into named splits."
+    plan_class = SplitPlan
+    own_columns = CopyBuilder.columns
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        """`build` (default: options path, splits) or `llava-json` (options json, image_root)."""
+        from vlmforge.sources import open_source
+
+        options = {k: v for k, v in options.items() if v is not None}
+        where = options.pop("where", None)
+        if (kind or "build") == "build":
+            return open_parent(options.get("path"), where, options.get("splits"))
+        if where:
+            raise UserError("--where applies to a parent build (--from), not to raw sources")
+        return open_source(kind, **options)

@@ -1,0 +1,188 @@
+"""`subset`: class-aware subsets of a labelled build, for data-efficiency and generalisation studies.
+
+Modes (the class is a manifest column, `label` unless told otherwise):
+- `class-preserving --fraction F`: every class stays, with round(F * n) of its n samples (at least 1).
+- `class-exclusive --fraction F`: round(F * C) of the C classes (at least 1) stay, with all their samples.
+- `seen-unseen`: the class vocabulary is cut into seen and unseen classes (`--unseen-fraction U`
+  chosen by hash, or the seen classes listed in `--classes-from FILE`). Training splits keep only
+  seen classes; every other split S becomes S_seen and S_unseen.
+- no mode: only the `--where` SQL condition over the parent manifest filters.
+Choices hash (seed, key) or (seed, class name); the class lists and the equivalent SQL condition are
+recorded in build.json (`source.selection`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.derived import TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
+from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample
+from vlmforge.sources.base import Record, Source
+
+MODES = ("class-preserving", "class-exclusive", "seen-unseen")
+
+
+@dataclass
+class SubsetConfig(BuildConfig):
+    mode: str | None = None  # class-preserving, class-exclusive, seen-unseen, or None (--where only)
+    fraction: float | None = None  # of each class's samples (preserving) or of the classes (exclusive)
+    label_column: str = "label"
+    unseen_fraction: float | None = None  # seen-unseen: fraction of classes held out as unseen
+    seen_classes: list[str] | None = None  # seen-unseen: the seen classes (from --classes-from FILE)
+    train_splits: list[str] | None = None  # splits that keep seen classes only (default: train)
+
+
+def sql_in(column: str, values: list[str]) -> str:
+    """`"label" IN ('a', 'b')`: the SQL condition that selects these classes."""
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f'"{column}" IN ({quoted})'
+
+
+class SubsetPlan(Plan):
+    def __init__(self, config: SubsetConfig):
+        super().__init__()
+        self.config = config
+        if config.mode is not None and config.mode not in MODES:
+            raise UserError(f"unknown --mode {config.mode!r}; use {', '.join(MODES)}")
+        if config.mode in ("class-preserving", "class-exclusive"):
+            check_fraction(config.fraction, "--fraction")
+        if config.mode == "seen-unseen":
+            if (config.unseen_fraction is None) == (config.seen_classes is None):
+                raise UserError("seen-unseen needs either --unseen-fraction U or --classes-from FILE (the seen classes)")
+            if config.unseen_fraction is not None and not 0 < config.unseen_fraction < 1:
+                raise UserError(f"--unseen-fraction must be in (0, 1), got {config.unseen_fraction}")
+        self.train_splits = tuple(config.train_splits or TRAIN_SPLITS)
+
+    # -- fitting ----------------------------------------------------------------------------
+    def fit(self, src: Source) -> None:
+        cfg = self.config
+        self.out_splits = list(src.splits())
+        if cfg.mode is None:
+            self.counts = {s: src.count(s) for s in self.out_splits}
+            return
+        col = cfg.label_column
+        check_column(src, col)
+        per_split: dict[str, Counter] = {s: Counter() for s in src.splits()}
+        for split in src.splits():
+            for _key, label in iter_fields(src, split, [col]):
+                per_split[split][label] += 1
+        classes = sorted({c for cnt in per_split.values() for c in cnt if c is not None})
+        unlabelled = sum(cnt[None] for cnt in per_split.values())
+        if not classes:
+            raise UserError(f"the parent has no values in column {col!r}")
+        self.summary["classes"] = len(classes)
+        if unlabelled:
+            self.summary["unlabelled_left_out"] = unlabelled
+        getattr(self, "_fit_" + cfg.mode.replace("-", "_"))(src, classes, per_split)
+
+    def _fit_class_preserving(self, src: Source, classes: list[str], per_split) -> None:
+        col, f = self.config.label_column, self.config.fraction
+
+        def items():
+            for split in src.splits():
+                for key, label in iter_fields(src, split, [col]):
+                    if label is not None:
+                        yield key, (split, label)
+
+        self.cuts = fit_cuts(items, self.config.seed, lambda g, n: [max(1, round_half_up(f * n)) if n else 0])
+        sizes = self.cuts.counts()
+        self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
+        self.summary["per_class"] = {f"{b}/{label}": v[0] for (b, label), v in sorted(sizes.items())}
+        self.summary["rule"] = (f"per split and class, rank keys by sha256('{self.config.seed}:' + key) and keep "
+                                f"max(1, round({f} * n))")
+
+    def _fit_class_exclusive(self, src: Source, classes: list[str], per_split) -> None:
+        n = max(1, round_half_up(self.config.fraction * len(classes)))
+        self.kept = set(choose(classes, self.config.seed, n, salt="class:"))
+        self.counts = {s: sum(c for label, c in cnt.items() if label in self.kept) for s, cnt in per_split.items()}
+        self.summary["kept_classes"] = sorted(self.kept)
+        self.summary["where"] = sql_in(self.config.label_column, sorted(self.kept))
+        self.summary["rule"] = (f"rank classes by sha256('{self.config.seed}:class:' + name), keep the first "
+                                f"max(1, round({self.config.fraction} * {len(classes)}))")
+
+    def _fit_seen_unseen(self, src: Source, classes: list[str], per_split) -> None:
+        cfg = self.config
+        if cfg.seen_classes is not None:
+            listed = set(cfg.seen_classes)
+            missing = sorted(listed - set(classes))
+            if missing:
+                raise UserError(f"--classes-from names classes the parent does not have: {missing[:10]}")
+            self.seen = listed
+        else:
+            n_unseen = max(1, round_half_up(cfg.unseen_fraction * len(classes)))
+            if n_unseen >= len(classes):
+                raise UserError(f"--unseen-fraction {cfg.unseen_fraction} leaves no seen class of {len(classes)}")
+            self.seen = set(classes) - set(choose(classes, cfg.seed, n_unseen, salt="unseen:"))
+        self.unseen = set(classes) - self.seen
+        outs: list[str] = []
+        self.counts = {}
+        for split, cnt in per_split.items():
+            seen_n = sum(c for label, c in cnt.items() if label in self.seen)
+            unseen_n = sum(c for label, c in cnt.items() if label in self.unseen)
+            if split in self.train_splits:
+                outs.append(split)
+                self.counts[split] = seen_n
+            else:
+                outs += [f"{split}_seen", f"{split}_unseen"]
+                self.counts[f"{split}_seen"], self.counts[f"{split}_unseen"] = seen_n, unseen_n
+        if not any(s not in self.train_splits for s in per_split):
+            raise UserError("seen-unseen needs a test split besides the training splits "
+                            f"{list(self.train_splits)}; make one first, e.g. "
+                            "`vlmforge build split --splits train=0.8,test=0.2`")
+        self.out_splits = outs
+        self.summary.update(seen_classes=sorted(self.seen), unseen_classes=sorted(self.unseen),
+                            where_seen=sql_in(cfg.label_column, sorted(self.seen)),
+                            where_unseen=sql_in(cfg.label_column, sorted(self.unseen)),
+                            train_splits=list(self.train_splits))
+
+    # -- assigning --------------------------------------------------------------------------
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        mode = self.config.mode
+        if mode is None:
+            return base_split
+        label = rec.get(self.config.label_column)
+        if label is None:
+            return None
+        if mode == "class-preserving":
+            return base_split if self.cuts.part(build_key(rec), (base_split, label)) == 0 else None
+        if mode == "class-exclusive":
+            return base_split if label in self.kept else None
+        if base_split in self.train_splits:
+            return base_split if label in self.seen else None
+        return f"{base_split}_{'seen' if label in self.seen else 'unseen'}"
+
+    def base_splits_for(self, out_split: str, src: Source) -> list[str]:
+        if self.config.mode == "seen-unseen" and out_split not in self.train_splits:
+            return [out_split.rsplit("_", 1)[0]]
+        return [out_split] if out_split in src.splits() else []
+
+    def class_set(self, rec: Record) -> str | None:
+        if self.config.mode != "seen-unseen":
+            return None
+        return "seen" if rec.get(self.config.label_column) in self.seen else "unseen"
+
+
+class SubsetBuilder(DerivedBuilder):
+    name = "subset"
+    VERSION = "1.0.0"
+    Config = SubsetConfig
+    description = "Class-preserving, class-exclusive or seen/unseen subsets of a labelled build, or a SQL-filtered one."
+    plan_class = SubsetPlan
+    own_columns = [("class_set", pa.string(), "seen or unseen (seen-unseen subsets); null otherwise")]
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        out = []
+        for rec in batch:
+            sample = parent_sample(rec, self.columns)
+            class_set = self.plan.class_set(rec)
+            if class_set is not None:
+                sample.columns["class_set"] = class_set
+                sample.doc["class_set"] = class_set
+            out.append([sample])
+        return out

@@ -1,0 +1,154 @@
+"""`vg`: Visual Genome objects as object-centric LLaVA records (one per object with a synset).
+
+The human turn asks for the object, the answer holds its box and its class name, as in "Prompt the
+Unseen": by default `[x1, y1, x2, y2] name`, the box normalised to the stored image (0-1, two
+decimals, LLaVA-1.5's referring format). The class (`label`) is the synset's lemma
+(`traffic_light.n.01` -> `traffic light`), so subset and mcqa builds work on synsets. `--synsets-from
+FILE` keeps listed synsets only; `--max-objects-per-image N` keeps N objects per image chosen by hash
+of (seed, key); `--crop` stores the object's crop (with a margin) instead of the whole image.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.curation.images import EncodedImage, ImageError, load_for_storage
+from vlmforge.curation.selection import rank_value
+from vlmforge.errors import UserError
+from vlmforge.sample import Reject, Sample, make_key
+from vlmforge.sources.base import Record, Source
+from vlmforge.sources.vg import object_names, synset_name
+
+VG_PROMPT = "<image>\nWhat is the main object in this image? Give its bounding box and its name."
+VG_ANSWER = "{box} {name}"
+
+
+@dataclass
+class VgConfig(BuildConfig):
+    prompt: str = VG_PROMPT
+    answer_template: str = VG_ANSWER  # fields: {box} (normalised), {box_pixels}, {name}, {synset}
+    synsets: list[str] | None = None  # keep only these synsets (from --synsets-from)
+    max_objects_per_image: int | None = None
+    min_box_side: int = 1  # objects whose box is narrower or lower than this (pixels) are left out
+    crop: bool = False
+    crop_margin: float = 0.1  # crop: margin around the box, as a fraction of its size
+    jpeg_quality: int = 95
+
+
+def normalised_box(x: float, y: float, w: float, h: float, width: int, height: int) -> list[float]:
+    """[x1, y1, x2, y2] as fractions of the image size, two decimals."""
+    return [round(min(max(v, 0.0), 1.0), 2) for v in (x / width, y / height, (x + w) / width, (y + h) / height)]
+
+
+def format_box(box: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
+class VgBuilder(Builder):
+    name = "vg"
+    VERSION = "1.0.0"
+    Config = VgConfig
+    description = "Visual Genome objects with synsets as object-centric LLaVA records (box and class in the answer)."
+    batch_size = 8
+    columns = [
+        ("label", pa.string(), "class: the synset's lemma (traffic_light.n.01 -> traffic light)"),
+        ("synset", pa.string(), "WordNet synset of the object"),
+        ("name", pa.string(), "the object's own name in Visual Genome"),
+        ("image_id", pa.int64(), "Visual Genome image id"),
+        ("object_id", pa.int64(), "Visual Genome object id"),
+        ("box", pa.list_(pa.int32()), "object box [x, y, w, h] in pixels of the stored image"),
+    ]
+
+    def __init__(self, config: VgConfig, source: Source):
+        super().__init__(config, source)
+        if config.max_objects_per_image is not None and config.max_objects_per_image < 1:
+            raise UserError("--max-objects-per-image must be at least 1")
+        self._synsets = set(config.synsets) if config.synsets is not None else None
+
+    @classmethod
+    def open_source(cls, kind: str | None, **options: Any) -> Source:
+        from vlmforge.sources.vg import VisualGenomeSource
+
+        if (kind or "vg") != "vg":
+            raise UserError("the vg builder reads Visual Genome: --root or --objects/--image-data")
+        return VisualGenomeSource(**{k: v for k, v in options.items() if v is not None})
+
+    def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
+        return [self._image(rec) for rec in batch]
+
+    def _image(self, rec: Record) -> list[Sample | Reject]:
+        sid = rec["source_id"]
+        if "invalid" in rec:
+            return [Reject(sid, "invalid_record", "source", rec["invalid"])]
+        out: list[Sample | Reject] = []
+        chosen = []
+        for obj in sorted(rec["objects"], key=lambda o: int(o.get("object_id", o.get("id", 0)))):
+            oid = int(obj.get("object_id", obj.get("id", 0)))
+            osid = f"{rec['image_id']}:{oid}"
+            synsets = obj.get("synsets") or []
+            if not synsets:
+                out.append(Reject(osid, "no_synset", "vg", "the object has no synset"))
+                continue
+            if self._synsets is not None and synsets[0] not in self._synsets:
+                continue
+            try:
+                x, y, w, h = (float(obj[k]) for k in ("x", "y", "w", "h"))
+            except (KeyError, TypeError, ValueError):
+                out.append(Reject(osid, "bad_box", "vg", "the object has no numeric x, y, w, h"))
+                continue
+            if w < self.config.min_box_side or h < self.config.min_box_side:
+                continue
+            chosen.append((make_key("vg", rec["image_id"], oid), oid, osid, obj, synsets[0], (x, y, w, h)))
+        cap = self.config.max_objects_per_image
+        if cap is not None and len(chosen) > cap:
+            keep = {c[0] for c in sorted(chosen, key=lambda c: (rank_value(self.config.seed, c[0]), c[0]))[:cap]}
+            chosen = [c for c in chosen if c[0] in keep]
+        if not chosen:
+            return out
+        try:
+            img = load_for_storage(rec["file"], "quick", self.config.jpeg_quality)
+        except ImageError as e:
+            return out + [Reject(sid, e.reason, "read_image", e.detail)]
+        for key, oid, osid, obj, synset, box in chosen:
+            out.append(self._sample(rec, img, key, oid, osid, obj, synset, box))
+        return out
+
+    def _sample(self, rec, img: EncodedImage, key, oid, osid, obj, synset, box) -> Sample | Reject:
+        x, y, w, h = box
+        data, ext, width, height = img.data, img.ext, img.width, img.height
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            return Reject(osid, "bad_box", "vg", f"box {box} lies outside the {width}x{height} image")
+        if self.config.crop:
+            data, (x, y, w, h), width, height = self._crop(img, box)
+            ext = "jpg"
+        label = synset_name(synset)
+        names = object_names(obj)
+        norm = normalised_box(x, y, w, h, width, height)
+        pixels = [int(round(v)) for v in (x, y, w, h)]
+        answer = self.config.answer_template.format(box=format_box(norm), box_pixels=pixels, name=label, synset=synset)
+        doc = {"id": key, "image_id": rec["image_id"], "object_id": oid, "synset": synset, "label": label,
+               "name": names[0] if names else label, "box": pixels, "box_normalised": norm,
+               "conversations": [{"from": "human", "value": self.config.prompt}, {"from": "gpt", "value": answer}]}
+        columns = {"label": label, "synset": synset, "name": doc["name"], "image_id": rec["image_id"],
+                   "object_id": oid, "box": pixels}
+        return Sample(key=key, doc=doc, image=data, image_ext=ext, width=width, height=height, source_id=osid,
+                      columns=columns)
+
+    def _crop(self, img: EncodedImage, box) -> tuple[bytes, tuple[float, float, float, float], int, int]:
+        """The box with a margin, cut out and encoded as JPEG; the box in the crop's coordinates."""
+        from PIL import Image
+
+        x, y, w, h = box
+        m = self.config.crop_margin
+        left, top = max(0, int(x - m * w)), max(0, int(y - m * h))
+        right, bottom = min(img.width, int(x + w + m * w + 0.999)), min(img.height, int(y + h + m * h + 0.999))
+        with Image.open(io.BytesIO(img.data)) as im:
+            crop = im.convert("RGB").crop((left, top, right, bottom))
+        buf = io.BytesIO()
+        crop.save(buf, format="JPEG", quality=self.config.jpeg_quality)
+        return buf.getvalue(), (x - left, y - top, w, h), crop.width, crop.height

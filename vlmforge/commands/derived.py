@@ -1,0 +1,268 @@
+"""`vlmforge build split|subset|mix|mcqa|grading|vg` and `vlmforge export llava|llava-split`."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from vlmforge.commands._common import (
+    Executor, ImageRoot, JsonFile, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers,
+    run_cli_build,
+)
+
+BuildRun = tuple  # (builder class, config, source): what a build command hands to run_cli_build
+
+
+def _run_options(
+    out: Out = Path("builds"),
+    workers: Workers = 1,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    max_samples_per_shard: MaxSamples = 10_000,
+    max_shard_bytes: MaxBytes = 1 << 30,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """The options every build command shares (their declarations; never called)."""
+
+
+def build_command(build_app: typer.Typer, name: str) -> Callable:
+    """Register `fn` as `vlmforge build NAME` with the shared run options added to its own; `fn`
+    returns (builder class, config, source) and the build runs with those options."""
+    # Annotations evaluated (this module postpones them), so typer sees the typer.Option metadata.
+    shared = inspect.signature(_run_options, eval_str=True).parameters
+
+    def decorate(fn: Callable[..., BuildRun]) -> Callable:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            run = {k: kwargs.pop(k) for k in shared}
+            builder_cls, config, source = fn(**kwargs)
+            run_cli_build(builder_cls, config, source, **run)
+
+        own = inspect.signature(fn, eval_str=True)
+        params = [*own.parameters.values(), *shared.values()]
+        command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        build_app.command(name)(command)
+        return fn
+
+    return decorate
+
+export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
+
+From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.0.0")]
+Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition over the parent manifest, e.g. \"label IN ('cat', 'dog')\"")]
+ParentSplits = Annotated[Optional[list[str]], typer.Option("--parent-split", help="use only this parent split (repeatable; default: all)")]
+LabelColumn = Annotated[str, typer.Option("--label-column", help="manifest column holding the class")]
+ClassesFrom = Annotated[Optional[Path], typer.Option("--classes-from", help="text file, one class per line")]
+
+
+def register(app: typer.Typer, build_app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")
+
+    @build_command(build_app, "split")
+    def build_split(
+        parent: From = None,
+        source: Annotated[str, typer.Option("--source", help="build (a parent build, --from) or llava-json (--json)")] = "build",
+        json_file: JsonFile = None,
+        image_root: ImageRoot = None,
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction of every parent split (exact to one record)")] = None,
+        splits: Annotated[Optional[str], typer.Option("--splits", help="partition into named splits instead, e.g. train=0.9,val=0.1")] = None,
+        stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="apply the fraction within each value of this column; 'source' = LLaVA sub-dataset")] = None,
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG (llava-json)")] = 95,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Keep a hashed fraction of a build or LLaVA JSON, or partition it into splits.
+
+        --fraction 0.5 keeps round(n/2) records of every parent split (the LLaVA-1.5 half);
+        --splits train=0.9,val=0.1 partitions. The same record is kept whatever the input order."""
+        from vlmforge.builders.split import SplitBuilder, SplitConfig
+
+        opts = (dict(path=parent, where=where, splits=parent_split) if source == "build"
+                else dict(json=json_file, image_root=image_root))
+        src = SplitBuilder.open_source(source, **opts)
+        cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
+        return SplitBuilder, cfg, src
+
+    @build_command(build_app, "subset")
+    def build_subset(
+        parent: From = None,
+        mode: Annotated[Optional[str], typer.Option("--mode", help="class-preserving, class-exclusive or seen-unseen (none: --where only)")] = None,
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="of each class's samples (class-preserving) or of the classes (class-exclusive)")] = None,
+        seen_unseen: Annotated[bool, typer.Option("--seen-unseen", help="same as --mode seen-unseen")] = False,
+        unseen_fraction: Annotated[Optional[float], typer.Option("--unseen-fraction", help="seen-unseen: fraction of classes held out")] = None,
+        classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="seen-unseen: file listing the seen classes, one per line")] = None,
+        train_splits: Annotated[Optional[list[str]], typer.Option("--train-split", help="split(s) that keep seen classes only (default: train)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Class-preserving, class-exclusive or seen/unseen subsets of a labelled build.
+
+        class-preserving keeps every class with a fraction of its samples; class-exclusive a fraction of
+        the classes with all their samples; seen-unseen keeps unseen classes out of training. Or any --where."""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+        from vlmforge.errors import UserError
+
+        if seen_unseen or classes_from is not None:
+            if mode not in (None, "seen-unseen"):
+                raise UserError("--seen-unseen and --classes-from go with --mode seen-unseen only")
+            mode = "seen-unseen"
+        seen = read_lines(classes_from, "--classes-from file") if classes_from else None
+        src = SubsetBuilder.open_source("build", path=parent, where=where, splits=parent_split)
+        cfg = SubsetConfig(seed=seed, mode=mode, fraction=fraction, label_column=label_column,
+                           unseen_fraction=unseen_fraction, seen_classes=seen, train_splits=train_splits)
+        return SubsetBuilder, cfg, src
+
+    @build_command(build_app, "mcqa")
+    def build_mcqa(
+        parent: From = None,
+        options: Annotated[int, typer.Option("--options", "-k", help="options per question")] = 4,
+        distractors: Annotated[str, typer.Option("--distractors", help="random, or hard: the nearest classes by embedding similarity")] = "random",
+        question: Annotated[str, typer.Option("--question", help="the question before the options")] = "What is the main object in this image?",
+        classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="answer vocabulary, one class per line (default: the classes of each split)")] = None,
+        embedder: Annotated[Optional[str], typer.Option("--embedder", help="sentence-transformers model path or Hub id for --distractors hard (default: offline MiniLM)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Multiple-choice test sets from a labelled build, gold letters balanced.
+
+        k options (the class and k-1 distractors, random or --distractors hard), prompt
+        '... A. x B. y ... Answer with the option's letter from the given choices directly.'"""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.mcqa import McqaBuilder, McqaConfig
+
+        classes = read_lines(classes_from, "--classes-from file") if classes_from else None
+        src = McqaBuilder.open_source("build", path=parent, where=where, splits=parent_split)
+        cfg = McqaConfig(seed=seed, options=options, distractors=distractors, question=question,
+                         label_column=label_column, classes=classes, embedder=embedder)
+        return McqaBuilder, cfg, src
+
+    @build_command(build_app, "mix")
+    def build_mix(
+        parents: Annotated[list[Path], typer.Option("--from", help="a parent build (give two or more)")],
+        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count, or a fraction")] = None,
+        weights: Annotated[Optional[str], typer.Option("--weights", help="proportions per parent, e.g. 1,3 (with --size)")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="records in the mix (with --weights)")] = None,
+        into: Annotated[Optional[str], typer.Option("--into", help="put every record in this split (default: keep the parents' splits)")] = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Combine builds by counts, fractions or weights; lineage keeps every parent.
+
+        E.g. CVC trials + the LLaVA mix: --from trials --from llava --take all --take 0.5."""
+        from vlmforge.builders.mix import MixBuilder, MixConfig
+        from vlmforge.errors import UserError
+
+        try:
+            w = [float(x) for x in weights.split(",")] if weights else None
+        except ValueError:
+            raise UserError(f"--weights takes numbers separated by commas, got {weights!r}") from None
+        src = MixBuilder.open_source("builds", paths=parents, splits=parent_split)
+        cfg = MixConfig(seed=seed, take=take, weights=w, size=size, into=into)
+        return MixBuilder, cfg, src
+
+    @build_command(build_app, "grading")
+    def build_grading(
+        root: Annotated[Optional[Path], typer.Option("--root", help="graded folder tree ROOT/<split>/<grade>/<image>")] = None,
+        parent: From = None,
+        prompt: Annotated[Optional[str], typer.Option("--prompt", help="the human turn ('<image>' is put in front when missing)")] = None,
+        answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {grade} and {description}")] = None,
+        descriptions: Annotated[Optional[Path], typer.Option("--descriptions", help="JSON file: grade -> description (default: Kellgren-Lawrence)")] = None,
+        per_grade: Annotated[Optional[int], typer.Option("--per-grade", help="draw this many images per grade and split")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="draw this many per split, evenly over the grades (500 = 100 per grade for 5)")] = None,
+        label_column: LabelColumn = "label",
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG")] = 95,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Ordinal grade data (knee X-ray KL grades, split/grade/image trees) as LLaVA records.
+
+        The answer comes from a template with {grade} and {description}; --per-grade or --size draw
+        balanced sets."""
+        from vlmforge.builders.grading import GradingBuilder, GradingConfig, KL_ANSWER, KL_PROMPT, load_descriptions
+        from vlmforge.errors import UserError
+
+        if (root is None) == (parent is None):
+            raise UserError("give --root (a graded folder tree) or --from (a labelled build)")
+        src = (GradingBuilder.open_source("imagefolder", root=root) if root is not None
+               else GradingBuilder.open_source("build", path=parent, where=where, splits=parent_split))
+        cfg = GradingConfig(seed=seed, prompt=prompt or KL_PROMPT, answer_template=answer_template or KL_ANSWER,
+                            descriptions=load_descriptions(descriptions) if descriptions else None,
+                            per_grade=per_grade, size=size, label_column=label_column, jpeg_quality=jpeg_quality)
+        return GradingBuilder, cfg, src
+
+    @build_command(build_app, "vg")
+    def build_vg(
+        root: Annotated[Optional[Path], typer.Option("--root", help="Visual Genome folder: objects.json, image_data.json, VG_100K/, VG_100K_2/")] = None,
+        objects: Annotated[Optional[Path], typer.Option("--objects", help="objects.json (instead of --root)")] = None,
+        image_data: Annotated[Optional[Path], typer.Option("--image-data", help="image_data.json (instead of --root)")] = None,
+        images: Annotated[Optional[Path], typer.Option("--images", help="folder holding VG_100K/ and VG_100K_2/ (default: --root)")] = None,
+        synsets_from: Annotated[Optional[Path], typer.Option("--synsets-from", help="keep only the synsets listed in this file, one per line")] = None,
+        max_objects_per_image: Annotated[Optional[int], typer.Option("--max-objects-per-image", help="keep at most N objects per image (hashed choice)")] = None,
+        min_box_side: Annotated[int, typer.Option("--min-box-side", help="leave out boxes narrower or lower than this many pixels")] = 1,
+        crop: Annotated[bool, typer.Option("--crop", help="store the object's crop instead of the whole image")] = False,
+        prompt: Annotated[Optional[str], typer.Option("--prompt", help="the human turn")] = None,
+        answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {box}, {box_pixels}, {name}, {synset}")] = None,
+        jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of converted or cropped images")] = 95,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Visual Genome objects with synsets as object-centric LLaVA records.
+
+        One record per object; the answer holds its box and class name. Feeds subset and mcqa
+        (class = synset lemma)."""
+        from vlmforge.builders.derived import read_lines
+        from vlmforge.builders.vg import VG_ANSWER, VG_PROMPT, VgBuilder, VgConfig
+
+        src = VgBuilder.open_source("vg", root=root, objects=objects, image_data=image_data, images=images)
+        cfg = VgConfig(seed=seed, prompt=prompt or VG_PROMPT, answer_template=answer_template or VG_ANSWER,
+                       synsets=read_lines(synsets_from, "--synsets-from file") if synsets_from else None,
+                       max_objects_per_image=max_objects_per_image, min_box_side=min_box_side, crop=crop,
+                       jpeg_quality=jpeg_quality)
+        return VgBuilder, cfg, src
+
+    @export_app.command("llava")
+    def export_llava_cmd(
+        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.0.0")],
+        out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
+        split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
+    ) -> None:
+        """Write a build as LLaVA instruction JSON + image folder.
+
+        For the official LLaVA scripts: --data_path OUT/llava.json --image_folder OUT."""
+        from vlmforge.export import export_llava
+        from vlmforge.progress import console
+
+        path = export_llava(build, out, split=split)
+        console.print(f"[green]wrote[/] {path}")
+
+    @export_app.command("llava-split")
+    def export_llava_split(
+        json_file: Annotated[Path, typer.Argument(help="LLaVA instruction JSON, e.g. llava_v1_5_mix665k.json")],
+        out: Annotated[Path, typer.Option("--out", help="folder for <split>.json files")],
+        fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction (written to train.json)")] = None,
+        splits: Annotated[Optional[str], typer.Option("--splits", help="or partition: train=0.9,val=0.1")] = None,
+        stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="'source': the fraction within each sub-dataset")] = None,
+        seed: Seed = 0,
+    ) -> None:
+        """Split a LLaVA JSON file straight into LLaVA JSON files, streaming.
+
+        Records are copied byte for byte; the kept ones are exactly those `build split --source
+        llava-json` keeps (same keys, same hashing)."""
+        from vlmforge.export import split_llava_json
+        from vlmforge.progress import console
+
+        for name, path in split_llava_json(json_file, out, fraction=fraction, splits=splits,
+                                           stratify_by=stratify_by, seed=seed).items():
+            console.print(f"[green]wrote[/] {name}: {path}")

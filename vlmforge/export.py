@@ -1,0 +1,146 @@
+"""Builds out to the formats other tools read.
+
+`export_llava` writes a LLaVA instruction JSON and an image folder that the official LLaVA training
+scripts take as they are (`--data_path OUT/llava.json --image_folder OUT`): records `id`, `image`
+(relative to OUT), `conversations` starting with a human turn, `<image>` in the first human turn of
+every record with an image, none in text-only records. The JSON is written record by record, so a
+large build never sits in memory.
+
+`split_llava_json` splits a LLaVA JSON file into LLaVA JSON files directly, keeping the very records
+`vlmforge build split --source llava-json` keeps (same keys, same hashing), copied byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from vlmforge.errors import UserError
+
+if TYPE_CHECKING:
+    from vlmforge.manifests.read import Build
+
+IMAGE_TOKEN = "<image>"
+
+
+def llava_record(key: str, doc: dict[str, Any], image_rel: str | None) -> dict[str, Any]:
+    """The record LLaVA's scripts read, from a sample's json: conversations checked, `<image>` placed."""
+    turns = [{"from": t.get("from"), "value": str(t.get("value", ""))} for t in doc.get("conversations") or []]
+    if not turns:
+        raise UserError(f"sample {key} has no conversation; LLaVA needs at least one human and one gpt turn")
+    if turns[0]["from"] != "human":
+        raise UserError(f"sample {key}: the conversation must start with a human turn")
+    if image_rel is None:
+        for t in turns:
+            t["value"] = t["value"].replace(IMAGE_TOKEN, "").strip()
+    elif not any(IMAGE_TOKEN in t["value"] for t in turns):
+        turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
+    rec: dict[str, Any] = {"id": key}
+    if image_rel is not None:
+        rec["image"] = image_rel
+    rec["conversations"] = turns
+    return rec
+
+
+def _image_rel(key: str, ext: str) -> str:
+    # 256 subfolders, so that no folder holds hundreds of thousands of files.
+    return f"images/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.{ext}"
+
+
+def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | None = None) -> Path:
+    """Write `out_dir/llava.json` (or `llava_<split>.json`) and `out_dir/images/`; returns the JSON path."""
+    from vlmforge.manifests.read import Build, open_build
+
+    b = build if isinstance(build, Build) else open_build(build)
+    if split is not None and split not in b.info["splits"]:
+        raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / (f"llava_{split}.json" if split else "llava.json")
+    tmp = target.with_name(target.name + ".tmp")
+    from vlmforge.progress import progress_bar
+
+    total = sum(s["samples"] for s in b.info["shards"] if split is None or s["split"] == split)
+    with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total) as advance:
+        f.write("[")
+        for n, rec in enumerate(_records(b, split, out)):
+            f.write(",\n" if n else "\n")
+            f.write(json.dumps(rec, ensure_ascii=False))
+            advance(1)
+        f.write("\n]\n")
+    os.replace(tmp, target)
+    return target
+
+
+def _records(b: "Build", split: str | None, out: Path) -> Iterator[dict[str, Any]]:
+    for sample in b.samples(split):
+        key = sample["__key__"]
+        doc = sample["json"]
+        ext = next((f for f in ("jpg", "png", "webp") if f in sample), None)
+        rel = None
+        if ext is not None:
+            rel = _image_rel(key, ext)
+            path = out / rel
+            if not path.exists() or path.stat().st_size != len(sample[ext]):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(sample[ext])
+        yield llava_record(key, doc, rel)
+
+
+def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float | None = None,
+                     splits: str | None = None, stratify_by: str | None = None, seed: int = 0) -> dict[str, Path]:
+    """Split a LLaVA JSON file into `out_dir/<split>.json` files, streaming: one pass indexes the file
+    (ids, sub-datasets, byte spans), the hashed selection is fitted on the keys, and a second pass
+    copies the chosen records' bytes. Returns {split: path}."""
+    from array import array
+
+    from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions, rank_value
+    from vlmforge.sources.jsonstream import SpanReader
+    from vlmforge.sources.llava_json import sample_key, scan
+
+    if (fraction is None) == (splits is None):
+        raise UserError("give either --fraction F or --splits NAME=F,NAME=F")
+    parts = parse_named_fractions(splits) if splits else [("train", check_fraction(fraction, "--fraction"))]
+    if stratify_by not in (None, "source", "subsource"):
+        raise UserError("a LLaVA JSON file can be stratified by source (its sub-dataset) only")
+    src = Path(path)
+    if not src.is_file():
+        raise UserError(f"LLaVA JSON file not found: {src}")
+    idx = scan(src)
+    n = len(idx.ids)
+    keys, idx.ids = [sample_key(sid) for sid in idx.ids], []  # the ids are needed only as keys
+    values = array("Q", (rank_value(seed, k) for k in keys))  # computed once, for fitting and assigning
+    groups = idx.subsources if stratify_by else [None] * n
+    invalid = idx.invalid
+    fractions = [f for _, f in parts]
+    cuts = fit_cuts(lambda: ((keys[i], groups[i], values[i]) for i in range(n) if i not in invalid), seed,
+                    lambda g, size: fraction_sizes(fractions, size))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = {name: out / f"{name}.json" for name, _ in parts}
+    files = {name: open(p.with_name(p.name + ".tmp"), "wb") for name, p in targets.items()}
+    written = {name: 0 for name in targets}
+    try:
+        for f in files.values():
+            f.write(b"[")
+        with open(src, "rb") as fin:
+            reader = SpanReader(fin)
+            for i in range(n):
+                p = None if i in invalid else cuts.part(keys[i], groups[i], values[i])
+                if p is None:
+                    continue
+                name = parts[p][0]
+                files[name].write(b",\n" if written[name] else b"\n")
+                files[name].write(reader.read(idx.starts[i], idx.ends[i]))
+                written[name] += 1
+        for f in files.values():
+            f.write(b"\n]\n")
+    finally:
+        for f in files.values():
+            f.close()
+    for name, p in targets.items():
+        os.replace(p.with_name(p.name + ".tmp"), p)
+    return targets
