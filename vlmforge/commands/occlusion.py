@@ -43,7 +43,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         keep_original: Annotated[bool, typer.Option(help="also store the original image as <key>.orig.jpg")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
-        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write LLaVA JSON here, with images in an images/ folder beside it")] = None,
+        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts")] = None,
         seed: Seed = 0,
         out: Out = Path("builds"),
         workers: Workers = 1,
@@ -73,10 +73,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         path = run_cli_build(OcclusionBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
                              max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker, device=device)
         if export_llava is not None:
-            from vlmforge.errors import UserError
+            from vlmforge.export import export_llava as export
+            from vlmforge.progress import console
 
-            try:
-                from vlmforge.export import export_llava as export
-            except ImportError:
-                raise UserError("LLaVA export is not available in this installation") from None
-            export(path, export_llava.parent, json_name=export_llava.name)
+            console.print(f"[green]wrote[/] {export(path, export_llava)}")
