@@ -345,10 +345,10 @@ def test_text_only_samples_mixed_with_images(tmp_path):
     b = vlmforge.build("copy", "llava-json", out=tmp_path / "b",
                        source_options={"json": str(tmp_path / "chat.json"), "image_root": str(tmp_path / "img")})
     first = next(b.samples())
-    assert first["__key__"] == "t1" and "png" not in first  # the first sample has no image
+    assert first["__key__"] == "t1" and "jpg" not in first  # the first sample has no image
     plan = hub.plan_publish(b)
-    assert set(plan.fields) == {"json", "png"}
+    assert set(plan.fields) == {"json", "jpg"}  # llava-json stores RGB JPEG whatever the source format
     hub.stage(plan, tmp_path / "st", "lab/chat", quiet=True)
     ds = load_dataset(str(tmp_path / "st" / "repo"), cache_dir=str(tmp_path / "hf"), split="train")
     rows = {r["__key__"]: r for r in ds}
-    assert rows["t1"]["png"] is None and rows["v1"]["png"].size == (16, 12)
+    assert rows["t1"]["jpg"] is None and rows["v1"]["jpg"].size == (16, 12)

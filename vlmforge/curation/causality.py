@@ -90,23 +90,17 @@ class MaskedLMScorer:
     def setup(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoModelForMaskedLM, AutoTokenizer
-        from vlmforge.progress import quiet_model_loading
 
-        quiet_model_loading()
-
+        from vlmforge.curation.models import load_checkpoint, torch_device
         from vlmforge.errors import UserError
 
-        try:
-            self._tok = AutoTokenizer.from_pretrained(self.model_name)
-            self._model = AutoModelForMaskedLM.from_pretrained(self.model_name).eval()
-        except OSError as e:
-            raise UserError(f"cannot load masked LM {self.model_name!r}: {str(e).splitlines()[0]}") from None
+        self._tok, model = load_checkpoint("masked LM", self.model_name, lambda: (
+            AutoTokenizer.from_pretrained(self.model_name), AutoModelForMaskedLM.from_pretrained(self.model_name)))
         if not getattr(self._tok, "is_fast", False):
             raise UserError(f"{self.model_name}: the mlm backend needs a fast tokenizer (character offsets)")
-        self._device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._model.to(self._device)
+        self._device = torch_device(self.device)
+        self._model = model.eval().to(self._device)
 
     def __call__(self, items: list[CausalityItem]) -> list[float]:
         import torch

@@ -206,21 +206,15 @@ class GroundingDinoGrounder:
     def setup(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-        from vlmforge.progress import quiet_model_loading
 
-        quiet_model_loading()
+        from vlmforge.curation.models import load_checkpoint, torch_device
 
-        from vlmforge.errors import UserError
-
-        try:
-            self._proc = AutoProcessor.from_pretrained(self.model_name)
-            self._model = AutoModelForZeroShotObjectDetection.from_pretrained(self.model_name).eval()
-        except OSError as e:
-            raise UserError(f"cannot load Grounding DINO {self.model_name!r}: {str(e).splitlines()[0]}") from None
-        self._device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._model.to(self._device)
+        self._proc, model = load_checkpoint("Grounding DINO", self.model_name, lambda: (
+            AutoProcessor.from_pretrained(self.model_name),
+            AutoModelForZeroShotObjectDetection.from_pretrained(self.model_name)))
+        self._device = torch_device(self.device)
+        self._model = model.eval().to(self._device)
 
     def __call__(self, images: list, labels: list[list[str]]) -> list[dict[str, Grounding]]:
         """For each PIL image and its entity labels: label -> Grounding (labels not found are absent)."""

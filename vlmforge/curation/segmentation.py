@@ -47,21 +47,14 @@ class SamSegmenter:
     def setup(self) -> None:
         if self._model is not None:
             return
-        import torch
         from transformers import SamModel, SamProcessor
-        from vlmforge.progress import quiet_model_loading
 
-        quiet_model_loading()
+        from vlmforge.curation.models import load_checkpoint, torch_device
 
-        from vlmforge.errors import UserError
-
-        try:
-            self._proc = SamProcessor.from_pretrained(self.model_name)
-            self._model = SamModel.from_pretrained(self.model_name).eval()
-        except OSError as e:
-            raise UserError(f"cannot load SAM {self.model_name!r}: {str(e).splitlines()[0]}") from None
-        self._device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._model.to(self._device)
+        self._proc, model = load_checkpoint("SAM", self.model_name, lambda: (
+            SamProcessor.from_pretrained(self.model_name), SamModel.from_pretrained(self.model_name)))
+        self._device = torch_device(self.device)
+        self._model = model.eval().to(self._device)
 
     def __call__(self, image, boxes: list[list[float]]) -> list[np.ndarray]:
         """Masks (bool, image size) for `boxes` ([x, y, w, h] in pixels) on one PIL image."""

@@ -1,0 +1,27 @@
+"""Loading checkpoints for model stages: one place for quiet loading, clear errors and device choice."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
+    """Run `load()` (from_pretrained calls) with transformers' progress bars off; a missing or
+    unreadable checkpoint becomes one UserError line naming `what` and `name`."""
+    from vlmforge.errors import UserError
+    from vlmforge.progress import quiet_model_loading
+
+    quiet_model_loading()
+    try:
+        return load()
+    except OSError as e:
+        raise UserError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def torch_device(device: str | None) -> str:
+    """The device asked for, else cuda when present, else cpu."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
