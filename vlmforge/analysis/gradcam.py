@@ -223,33 +223,13 @@ def save_png(img, path: Path) -> None:
 
 
 def contact_sheet(cells: list[tuple[list[tuple[str, Any]], list[str], bool | None]], title: str, thumb: int = 160):
-    """A grid of cells, each one or more titled squares and caption lines; the caption turns green or
+    """A grid of cells, each one or more titled overlays and caption lines; the caption turns green or
     red when the prediction is right or wrong."""
-    from PIL import Image, ImageDraw
+    from vlmforge.report.show import SheetLayout, draw_sheet
 
-    from vlmforge.report.show import SheetLayout, default_cols, font, wrap
-
-    layout = SheetLayout(thumb=thumb, caption_lines=3)
-    k = max(len(panels) for panels, _, _ in cells)
-    cols = default_cols(k, len(cells))
-    sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    title_font, text_font = font(15), font(12)
-    draw.text((layout.pad, 6), title, fill=(0, 0, 0), font=title_font)
-    cw, ch = layout.cell(k)
-    for i, (panels, caption, correct) in enumerate(cells):
-        x = layout.pad + (i % cols) * (cw + layout.pad)
-        y = layout.header_h + layout.pad + (i // cols) * (ch + layout.pad)
-        for j, (name, img) in enumerate(panels):
-            px = x + j * (layout.thumb + layout.gap)
-            draw.text((px + 2, y + 1), name, fill=(90, 90, 90), font=text_font)
-            sheet.paste(img.resize((layout.thumb, layout.thumb)), (px, y + layout.title_h))
-        ty = y + layout.title_h + layout.thumb + 1
-        colour = (0, 0, 0) if correct is None else (20, 120, 40) if correct else (180, 30, 30)
-        for line in wrap(caption, text_font, cw, layout.caption_lines):
-            draw.text((x, ty), line, fill=colour, font=text_font)
-            ty += layout.line_h
-    return sheet
+    colour = {None: (0, 0, 0), True: (20, 120, 40), False: (180, 30, 30)}
+    return draw_sheet([([(name, img.resize((thumb, thumb))) for name, img in panels], caption, colour[correct])
+                       for panels, caption, correct in cells], title, SheetLayout(thumb=thumb, caption_lines=3))
 
 
 # -- the command -----------------------------------------------------------------------------------
