@@ -192,9 +192,9 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
             for layer, a in enumerate(acts):
                 vals, idx = a[b].topk(top_k)
                 top = idx.tolist()
-                chosen = set(top)
-                pool = [i for i in range(a.shape[1]) if i not in chosen]
-                rand = random.Random(f"{seed}:{job.key}:{layer}").sample(pool, top_k)
+                # 2k distinct draws hold at least k that are not among the top k
+                draws = random.Random(f"{seed}:{job.key}:{layer}").sample(range(a.shape[1]), 2 * top_k)
+                rand = [i for i in draws if i not in top][:top_k]
                 for kind, neurons in (("top", top), ("random", rand)):
                     ids = tokens_of(layer, neurons)
                     toks = [tok.decode([t]) for t in ids]

@@ -180,10 +180,10 @@ def gradcam(model, module, pixel_values, text_feats, extra_targets: Sequence[Seq
         (grad,) = torch.autograd.grad(score, acts, retain_graph=i < len(target_lists) - 1)
         grad = to_grid(grad).float()
         zero = zero or not bool(grad.abs().sum())
-        cam = _cam(grid, grad)
+        cam = _cam(grid, grad).cpu()
         keep_rows = torch.tensor([c is not None for c in targets])
         cams.append(cam * keep_rows[:, None, None])
-    return CamBatch(torch.softmax(logits.detach().float(), dim=-1), cams, zero)
+    return CamBatch(torch.softmax(logits.detach().float(), dim=-1).cpu(), cams, zero)
 
 
 # -- pictures --------------------------------------------------------------------------------------
@@ -233,13 +233,28 @@ def contact_sheet(cells: list[tuple[list[tuple[str, Any]], list[str], bool | Non
 
 
 # -- the command -----------------------------------------------------------------------------------
+def _write_item(sample, view, probs, cam_pred, cam_true, classes: Sequence[str], out: Path):
+    """Save the overlays of one image; return its index entry and its (title, overlay) panels."""
+    p = int(probs.argmax())
+    item = {"key": sample.key, "image": f"overlays/{sample.key}.png", "true": sample.label,
+            "predicted": classes[p], "confidence": round(float(probs[p]), 6),
+            "correct": None if sample.label is None else sample.label == classes[p],
+            "probabilities": [round(float(x), 6) for x in probs]}
+    panels = [(f"pred: {classes[p]}", overlay(view, cam_pred))]
+    if cam_true is not None:
+        item["true_image"] = f"overlays/{sample.key}.true.png"
+        panels.append((f"true: {sample.label}", overlay(view, cam_true)))
+    for (_, img), name in zip(panels, ("image", "true_image")):
+        save_png(img, out / item[name])
+    return item, panels
+
+
 def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = None, n: int = 16, seed: int = 0,
                 classes: Sequence[str] | None = None, class_template: str | None = None, layer: str | None = None,
                 true_class: bool = False, batch_size: int = 8, device: str = "cpu", dtype: str = "float32",
                 size: int = 224, quiet: bool = False) -> Path:
     """Grad-CAM overlays (overlays/*.png), contact_sheet.png, heatmaps.npz and index.json in `out`."""
     import numpy as np
-    import torch
 
     from vlmforge.analysis.samples import read_test_samples
     from vlmforge.evaluation.runners import _pil
@@ -272,25 +287,16 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
             res = gradcam(runner.model, module, pixels, feats, extra)
             zero_gradient = zero_gradient or res.zero_gradient
             for b, (s, img) in enumerate(zip(batch, images)):
-                p = int(res.probs[b].argmax())
-                view = model_view(img, runner.processor, size)
-                item = {"key": s.key, "image": f"overlays/{s.key}.png", "true": s.label, "predicted": classes[p],
-                        "confidence": round(float(res.probs[b, p]), 6),
-                        "correct": None if s.label is None else s.label == classes[p],
-                        "probabilities": [round(float(x), 6) for x in res.probs[b]]}
-                panels = [(f"pred: {classes[p]}", overlay(view, res.cams[0][b]))]
-                save_png(panels[0][1], out / item["image"])
-                heat_pred.append(res.cams[0][b].numpy())
-                if true_class:
-                    heat_true.append(res.cams[1][b].numpy())
-                    if s.label in index:
-                        item["true_image"] = f"overlays/{s.key}.true.png"
-                        panels.append((f"true: {s.label}", overlay(view, res.cams[1][b])))
-                        save_png(panels[1][1], out / item["true_image"])
+                cam_true = res.cams[1][b] if true_class else None
+                item, panels = _write_item(s, model_view(img, runner.processor, size), res.probs[b], res.cams[0][b],
+                                           cam_true if s.label in index else None, classes, out)
                 items.append(item)
+                heat_pred.append(res.cams[0][b].numpy())
+                if cam_true is not None:
+                    heat_true.append(cam_true.numpy())
                 if len(cells) < SHEET_MAX:
                     caption = [s.key, f"true: {s.label if s.label is not None else '?'}",
-                               f"pred: {classes[p]} ({item['confidence']:.2f})"]
+                               f"pred: {item['predicted']} ({item['confidence']:.2f})"]
                     cells.append((panels, caption, item["correct"]))
             advance(len(batch))
     if zero_gradient and not quiet:

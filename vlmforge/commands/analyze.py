@@ -42,9 +42,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto")] = "float32",
         quiet: Quiet = False,
     ) -> None:
-        """Grad-CAM of a CLIP classifier over class prompts: for each test image, the heatmap of the
-        predicted class (and with --true-class the true one) overlaid on the image (overlays/*.png), a
-        contact_sheet.png, heatmaps.npz (the raw grids) and index.json (image, true, predicted, confidence).
+        """Grad-CAM of a CLIP classifier over class prompts: for each test image, the heatmap of the predicted class (and with --true-class the true one) overlaid on the image (overlays/*.png), a contact_sheet.png, heatmaps.npz (the raw grids) and index.json (image, true, predicted, confidence).
 
         Example: vlmforge analyze gradcam --model runs/clip/best --shards builds/copy/1.0.0 --where "split = 'test'" --out analysis/gradcam"""
         from vlmforge.analysis.gradcam import run_gradcam
@@ -72,12 +70,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16")] = "auto",
         quiet: Quiet = False,
     ) -> None:
-        """Which tokens the most active FFN neurons promote, layer by layer: one forward pass per prompt
-        (image + question + answer prefix up to the class name); at the last position of every decoder
-        layer the top-k neurons by input activation of the FFN down-projection (and k random ones) are
-        projected through the unembedding. Writes prompts/<key>.json per prompt, summary.json,
-        summary.md (share of prompts whose ground-truth class token is among each layer's top tokens)
-        and ffn_summary.png.
+        """Which tokens the most active FFN neurons promote, layer by layer: one forward pass per prompt (image + question + answer prefix up to the class name); at the last position of every decoder layer the top-k neurons by input activation of the FFN down-projection (and k random ones) are projected through the unembedding. Writes prompts/<key>.json per prompt, summary.json, summary.md (per layer, the share of prompts whose ground-truth class token is among the top tokens) and ffn_summary.png.
 
         Example: vlmforge analyze ffn --model runs/llava/merged --shards builds/copy/1.0.0 --n 200 --out analysis/ffn"""
         from vlmforge.analysis.ffn import run_ffn
