@@ -180,25 +180,35 @@ def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int
     for row in rows:
         sample = load_sample(build, row)
         cells.append((row, sample.get("json") or {}, panels(sample, layout.thumb)))
-    k = max(len(p) for _, _, p in cells)
+    info = build.info
+    head = f"{info['builder']} {info['version']}  build {build.build_id}  ·  {len(cells)} samples"
+    return draw_sheet([(ps, caption(row, doc), (0, 0, 0)) for row, doc, ps in cells],
+                      head + (f"  ·  where {where}" if where else ""), layout, cols)
+
+
+Cell = tuple[list[tuple[str, Image.Image]], list[str], tuple[int, int, int]]
+
+
+def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(), cols: int | None = None) -> Image.Image:
+    """A sheet with `title` on top and a grid of cells: each cell is (titled thumb-sized panels side by
+    side, caption parts wrapped below them, caption colour)."""
+    k = max(len(p) for p, _, _ in cells)
     cols = cols or default_cols(k, len(cells))
     sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(15), font(12)
-    info = build.info
-    head = f"{info['builder']} {info['version']}  build {build.build_id}  ·  {len(cells)} samples"
-    draw.text((layout.pad, 6), head + (f"  ·  where {where}" if where else ""), fill=(0, 0, 0), font=title_font)
+    draw.text((layout.pad, 6), title, fill=(0, 0, 0), font=title_font)
     cw, ch = layout.cell(k)
-    for i, (row, doc, ps) in enumerate(cells):
+    for i, (ps, parts, colour) in enumerate(cells):
         x = layout.pad + (i % cols) * (cw + layout.pad)
         y = layout.header_h + layout.pad + (i // cols) * (ch + layout.pad)
-        for j, (title, img) in enumerate(ps):
+        for j, (name, img) in enumerate(ps):
             px = x + j * (layout.thumb + layout.gap)
-            draw.text((px + 2, y + 1), title, fill=(90, 90, 90), font=text_font)
+            draw.text((px + 2, y + 1), name, fill=(90, 90, 90), font=text_font)
             sheet.paste(img, (px, y + layout.title_h))
         ty = y + layout.title_h + layout.thumb + 1
-        for line in wrap(caption(row, doc), text_font, cw, layout.caption_lines):
-            draw.text((x, ty), line, fill=(0, 0, 0), font=text_font)
+        for line in wrap(parts, text_font, cw, layout.caption_lines):
+            draw.text((x, ty), line, fill=colour, font=text_font)
             ty += layout.line_h
     return sheet
 

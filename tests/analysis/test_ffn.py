@@ -1,0 +1,103 @@
+"""FFN token analysis: hand-set weights give hand-worked neurons, tokens and shares; files and fields."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.analysis.conftest import CAT_NEURON, TOP, expected_tokens
+from vlmforge.analysis import ffn as F
+
+
+def test_neuron_tokens_by_hand():
+    import torch
+
+    down = torch.zeros(4, 3)  # hidden 4, three neurons
+    down[1, 0], down[2, 1], down[3, 2] = 1.0, 1.0, -1.0
+    unembed = torch.zeros(6, 4)  # vocab 6
+    unembed[4, 1], unembed[2, 1], unembed[5, 2] = 3.0, 2.0, 1.0
+    unembed[0, 3], unembed[1, 3], unembed[3, 3] = 1.0, -4.0, -2.0
+    # neuron 0 writes +channel 1: logits (0, 0, 2, 0, 3, 0) -> tokens 4, 2
+    # neuron 2 writes -channel 3: logits (-1, 4, 0, 2, 0, 0) -> tokens 1, 3
+    assert F.neuron_token_ids(down, unembed, [0, 2], 2) == [[4, 2], [1, 3]]
+    assert F.neuron_token_ids(down, unembed, [1], 1) == [[5]]  # +channel 2
+
+
+def test_question_and_answer_prefix():
+    doc = {"conversations": [{"from": "human", "value": "<image>\nWhat is the object in the region?"},
+                             {"from": "gpt", "value": "[0.1, 0.2, 0.5, 0.6] Black footed Albatross"}]}
+    assert F.question_and_prefix(doc, "Black footed Albatross") == ("What is the object in the region?",
+                                                                    "[0.1, 0.2, 0.5, 0.6]")
+    assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, "")
+
+
+def test_handset_model_tokens_by_hand(handset_llava, label_build, tmp_path):
+    out = F.run_ffn(str(handset_llava), label_build, tmp_path / "ffn", n=7, top_k=3, n_tokens=3, quiet=True,
+                    dtype="float32")
+    recs = {p.stem: json.loads(p.read_text()) for p in (out / "prompts").glob("*.json")}
+    assert len(recs) == 7
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(handset_llava)
+    cat_id = tok.convert_tokens_to_ids("Ġcat")
+    for key, rec in recs.items():
+        assert rec["prompt"] == "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+        assert rec["gt_label"] == key.split("-")[0]
+        assert rec["gt_token"] == f" {rec['gt_label']}"
+        for layer in (0, 1):
+            assert rec["top_neurons_per_layer"][layer] == TOP[layer]
+            acts = rec["top_activations_per_layer"][layer]
+            assert acts == sorted(acts, reverse=True) and acts[-1] > 0
+            want = [t for n in TOP[layer] for t in expected_tokens(layer, n, cat_id)]
+            assert rec["top_tok_ids_per_layer"][layer] == want
+            assert rec["top_toks_per_layer"][layer] == [tok.decode([t]) for t in want]
+            rand = rec["random_neurons_per_layer"][layer]
+            assert len(set(rand)) == 3 and not set(rand) & set(TOP[layer]) and all(0 <= i < 64 for i in rand)
+            assert rec["random_tok_ids_per_layer"][layer] == [t for n in rand for t in expected_tokens(layer, n, cat_id)]
+        # only the cat neuron of layer 1 promotes " cat"
+        assert rec["top_hit_per_layer"] == [False, rec["gt_label"] == "cat"]
+        assert rec["random_hit_per_layer"] == [False, False]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_prompts"] == summary["n_scored"] == 7 and summary["ffn_module"] == "mlp.down_proj"
+    assert [(r["top_share"], r["random_share"]) for r in summary["layers"]] == [(0.0, 0.0), (4 / 7, 0.0)]
+    table = (out / "summary.md").read_text()
+    assert "| 1 | 0.5714 | 0.0000 | 4 | 0 |" in table
+    assert (out / "ffn_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the random control is seeded by (seed, key, layer): a rerun picks the same neurons, another seed others
+    again = F.run_ffn(str(handset_llava), label_build, tmp_path / "again", n=7, quiet=True, dtype="float32")
+    other = F.run_ffn(str(handset_llava), label_build, tmp_path / "other", n=7, seed=1, quiet=True, dtype="float32")
+    rand = {k: r["random_neurons_per_layer"] for k, r in recs.items()}
+    assert {p.stem: json.loads(p.read_text())["random_neurons_per_layer"] for p in (again / "prompts").glob("*.json")} == rand
+    assert {p.stem: json.loads(p.read_text())["random_neurons_per_layer"] for p in (other / "prompts").glob("*.json")} != rand
+    assert CAT_NEURON[1] in TOP[CAT_NEURON[0]]
+
+
+def test_cli_on_a_random_tiny_llava(tiny_llava, label_build, tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "analyze", "ffn", "--model", str(tiny_llava),
+                        "--shards", str(label_build), "--where", "label = 'cat'", "--n", "2", "--top-k", "2",
+                        "--tokens", "4", "--answer-prefix", "It is a", "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| layer | top-2 share |" in r.stderr
+    files = sorted((out / "prompts").glob("*.json"))
+    assert len(files) == 2
+    rec = json.loads(files[0].read_text())
+    assert rec["prompt"].endswith("ASSISTANT: It is a") and rec["gt_label"] == "cat"
+    for field in ("top_toks_per_layer", "random_toks_per_layer", "top_neurons_per_layer", "random_neurons_per_layer"):
+        assert len(rec[field]) == 2  # decoder layers
+    assert all(len(x) == 2 for x in rec["top_neurons_per_layer"])
+    assert all(len(x) == 8 for x in rec["top_toks_per_layer"] + rec["random_toks_per_layer"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["layer"] for r in summary["layers"]] == [0, 1]
+    assert all(0 <= r["top_share"] <= 1 for r in summary["layers"])
+
+
+def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
+    from vlmforge.errors import UserError
+
+    with pytest.raises(UserError, match="CLIP"):
+        F.run_ffn(str(tiny_clip), label_build, tmp_path, n=1, quiet=True)

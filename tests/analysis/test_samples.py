@@ -1,0 +1,47 @@
+"""Reading test samples: build folders, shard globs, loose shards, SQL filters, md5(seed:key) order."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+
+from vlmforge.analysis.samples import read_test_samples
+from vlmforge.errors import UserError
+
+
+def _order(seed, key):
+    return hashlib.md5(f"{seed}:{key}".encode()).hexdigest()
+
+
+def test_build_folder_where_and_order(label_build):
+    everything = read_test_samples(label_build)
+    keys = [s.key for s in everything.samples]
+    assert len(keys) == 7 and keys == sorted(keys, key=lambda k: _order(0, k))
+    assert everything.labels == ["cat", "horse"] and everything.build_id
+    assert all(s.image[:4] == b"\x89PNG" and s.label == s.doc["label"] for s in everything.samples)
+    horses = read_test_samples(label_build, where="label = 'horse'", n=2, seed=5)
+    assert [s.label for s in horses.samples] == ["horse", "horse"]
+    assert horses.labels == ["cat", "horse"]  # the classes of the data, not only of the chosen samples
+    assert [s.key for s in horses.samples] == sorted(
+        [s.key for s in everything.samples if s.label == "horse"], key=lambda k: _order(5, k))[:2]
+    with pytest.raises(UserError, match="where"):
+        read_test_samples(label_build, where="no_such_column = 1")
+
+
+def test_shard_glob_and_loose_shards(label_build, tmp_path):
+    in_build = read_test_samples(f"{label_build}/*.tar", where="label = 'cat'", n=3)
+    assert [s.label for s in in_build.samples] == ["cat"] * 3
+    for shard in label_build.glob("*.tar"):
+        shutil.copy(shard, tmp_path / shard.name)
+    loose = read_test_samples(f"{tmp_path}/*.tar", n=3)
+    assert [s.key for s in loose.samples] == [s.key for s in read_test_samples(label_build, n=3).samples]
+    assert loose.labels == ["cat", "horse"] and loose.build_id is None
+    assert len(read_test_samples(tmp_path).samples) == 7  # a folder of shards
+    with pytest.raises(UserError, match="needs a manifest"):
+        read_test_samples(f"{tmp_path}/*.tar", where="label = 'cat'")
+    with pytest.raises(UserError, match="no shards match"):
+        read_test_samples(f"{tmp_path}/nothing-*.tar")
+    with pytest.raises(UserError, match="no sample matches"):
+        read_test_samples(label_build, where="label = 'zebra'")
