@@ -59,6 +59,15 @@ def make_files(folder: Path, n: int, distinct: int = 40) -> list[Path]:
     return sorted(folder.glob("*.jpg"))
 
 
+def read_file(path: Path) -> bytes:
+    """One open, one fstat, one read: the cheapest way Python gets a file's bytes (used by every row)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
 def warm(files: list[Path]) -> int:
     return sum(len(f.read_bytes()) for f in files)
 
@@ -74,7 +83,7 @@ def run_webdataset(files: list[Path], out: Path) -> None:
 
     with wds.ShardWriter(str(out) + "-%06d.tar", maxcount=100_000, maxsize=1 << 30, verbose=0) as sink:
         for f in files:
-            sink.write({"__key__": f.stem, "jpg": f.read_bytes(),
+            sink.write({"__key__": f.stem, "jpg": read_file(f),
                         "json": {"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
                                                                  {"from": "gpt", "value": "An image."}]}})
 
@@ -88,7 +97,7 @@ def run_vlmforge(files: list[Path], out: Path, digest_upstream: bool = True) -> 
     w = SplitWriter(out, "train", [], {"builder": "bench", "version": "0", "source": "files"},
                     ShardLimits(max_samples=100_000, max_bytes=1 << 30), set())
     for i, f in enumerate(files):
-        data = f.read_bytes()
+        data = read_file(f)
         s = Sample(key=f.stem, image=data, image_ext="jpg", width=640, height=480, source_id=f.name,
                    image_sha256=digests[f.name] if digest_upstream else None, doc={"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
                                                         {"from": "gpt", "value": "An image."}]})

@@ -63,7 +63,7 @@ class _ShardHasher:
 
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
-        self._q: queue.Queue = queue.Queue(maxsize=256)
+        self._q: queue.Queue = queue.Queue(maxsize=64)  # at most ~64 MiB waiting to be hashed
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
@@ -102,6 +102,8 @@ class TarWriter:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._hasher = _ShardHasher()
+        self._pending: list = []
+        self._pending_bytes = 0
         self.offset = 0  # bytes written so far == offset of the next header
 
     def _write(self, bufs: tuple) -> None:
@@ -111,8 +113,18 @@ class TarWriter:
             rest = b"".join(bytes(b) for b in bufs)[done:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
-        self._hasher.put(bufs)
+        # Hand buffers to the hashing thread in ~1 MiB batches: one queue operation per batch.
+        self._pending.extend(bufs)
+        self._pending_bytes += total
+        if self._pending_bytes >= 1 << 20:
+            self._flush_hash()
         self.offset += total
+
+    def _flush_hash(self) -> None:
+        if self._pending:
+            self._hasher.put(tuple(self._pending))
+            self._pending = []
+            self._pending_bytes = 0
 
     def add(self, name: str, data: bytes) -> int:
         """Write one member; returns the offset of its header in the archive."""
@@ -127,6 +139,7 @@ class TarWriter:
         end = 2 * BLOCK
         end += -(self.offset + end) % RECORD
         self._write((_ZEROS[:end],))
+        self._flush_hash()
         os.close(self._fd)
         return self.offset, self._hasher.hexdigest()
 
