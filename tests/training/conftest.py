@@ -49,7 +49,7 @@ def coco_build(tmp_path_factory, sample_coco):
 def label_build(tmp_path_factory):
     """An image-label build (imagefolder copy): three colour classes, train and val splits."""
     root = tmp_path_factory.mktemp("folder") / "shapes"
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    colours = {"red": (220, 30, 30), "yellow": (230, 200, 40), "black": (30, 30, 35)}
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 3)):
         for name, rgb in colours.items():
