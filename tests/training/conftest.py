@@ -63,9 +63,11 @@ def label_build(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
+    """The tiny LLaVA that `vlmforge model init-tiny --kind llava` writes."""
+    from vlmforge.commands.train import TINY_TRAINABLE_INIT
     from vlmforge.training.tiny import make_tiny_llava
 
-    return make_tiny_llava(tmp_path_factory.mktemp("tiny") / "llava")
+    return make_tiny_llava(tmp_path_factory.mktemp("tiny") / "llava", init_range=TINY_TRAINABLE_INIT)
 
 
 @pytest.fixture(scope="session")

@@ -345,7 +345,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     t0 = time.time()
     while step < total:
         stream.set_position(position)
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers)
+        # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
+        # resumed run would diverge from an uninterrupted one.
+        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         stepped_this_epoch = False
         for batch in loader:
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
