@@ -100,22 +100,19 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @model_app.command("init-tiny")
     def init_tiny(
         out: Annotated[Path, typer.Option("--out", help="folder to write (loads with from_pretrained like any checkpoint)")],
-        kind: Annotated[str, typer.Option("--kind", help="llava (CLIP tower + Llama) or clip")] = "llava",
+        kind: Annotated[str, typer.Option("--kind", help="llava (CLIP tower + Llama), clip, or another kind of vlmforge.training.tiny.TINY_KINDS")] = "llava",
         seed: Annotated[int, typer.Option("--seed", help="seed of the random weights")] = 0,
         init_range: Annotated[float, typer.Option("--init-range", help="std of the random weights (llava)")] = TINY_TRAINABLE_INIT,
     ) -> None:
         """Write a tiny randomly initialised model with its processor and tokenizer (no download), for
         trying training and evaluation on a CPU."""
-        from vlmforge.errors import UserError
         from vlmforge.progress import console
-        from vlmforge.training.tiny import make_tiny_clip, make_tiny_llava
+        from vlmforge.training.tiny import make_tiny, make_tiny_llava
 
         if kind == "llava":
             make_tiny_llava(out, seed=seed, init_range=init_range)
-        elif kind == "clip":
-            make_tiny_clip(out, seed=seed)
         else:
-            raise UserError(f"unknown tiny model kind {kind!r}; use llava or clip")
+            make_tiny(kind, out, seed=seed)  # clip and the other registered kinds
         console.print(f"[green]wrote[/] tiny {kind} model to {out}")
 
     @model_app.command("merge")

@@ -60,7 +60,7 @@ def labels_in(shards: Sequence[Any], label_field: str = "label") -> list[str]:
 
         for name in names:
             part = root / "manifest" / (Path(name).stem + ".parquet")
-            t = pq.read_table(part)
+            t = pq.ParquetFile(part).read()
             if label_field not in t.column_names:
                 loose.extend(s for s in shards if Path(s.path) == root / name)
                 continue
