@@ -128,3 +128,21 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
         path = merge(src, out, base)
         console.print(f"[green]wrote[/] merged model to {path}")
+
+    @model_app.command("compose")
+    def compose_cmd(
+        vision: Annotated[str, typer.Option("--vision", help="vision tower path or Hub id: CLIP, SigLIP, DINOv2, ViT or MAE")],
+        language_model: Annotated[str, typer.Option("--language-model", help="causal LM path or Hub id: Llama, Qwen2, Mistral, ...")],
+        out: Annotated[Path, typer.Option("--out", help="folder for the composed model and its processor")],
+        feature_layer: Annotated[int, typer.Option("--feature-layer", help="vision hidden layer fed to the projector (LLaVA: -2)")] = -2,
+        strategy: Annotated[str, typer.Option("--strategy", help="default (drop the CLS token) or full")] = "default",
+        seed: Annotated[int, typer.Option("--seed", help="seed of the new projector's weights")] = 0,
+    ) -> None:
+        """Join a pretrained vision tower and a pretrained language model with a new projector into a
+        LLaVA-style model; train the projector first (`vlmforge train --mode projector`)."""
+        from vlmforge.progress import console
+        from vlmforge.training.compose import compose_llava
+
+        path = compose_llava(vision, language_model, out, feature_layer, strategy, seed)
+        console.print(f"[green]wrote[/] composed model to {path}")
+
