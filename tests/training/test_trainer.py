@@ -26,8 +26,8 @@ def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, **kw) 
 def llava_runs(tmp_path_factory, coco_build, tiny_llava):
     """One 24-step run per LLaVA mode on the embedded COCO sample (12 samples, batches of 4)."""
     root = tmp_path_factory.mktemp("runs")
-    return {mode: run(root / mode, [str(coco_build.path)], tiny_llava, mode, 24, save_every=12)
-            for mode in ("full", "lora", "projector")}
+    return {mode: run(root / mode, [str(coco_build.path)], tiny_llava, mode, 24, save_every=12,
+                      gradient_checkpointing=(mode == "full")) for mode in ("full", "lora", "projector")}
 
 
 def mean(xs: list[float]) -> float:

@@ -113,6 +113,15 @@ def check_read_only(query: str) -> None:
             raise UserError(f"the manifest is read-only: {kind} statements are refused (use SELECT)")
 
 
+def tar_header(header: bytes) -> tuple[str, int]:
+    """(member name with its ustar prefix, data size) from one 512-byte tar header."""
+    name = header[0:100].split(b"\0", 1)[0].decode()
+    prefix = header[345:500].split(b"\0", 1)[0].decode()
+    if prefix:
+        name = f"{prefix}/{name}"
+    return name, int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+
+
 def parse_tar_bytes(raw: bytes) -> list[tuple[str, bytes]]:
     """Members of a run of ustar records (one sample's slice of a shard): [(name, data)]."""
     out: list[tuple[str, bytes]] = []
@@ -121,11 +130,7 @@ def parse_tar_bytes(raw: bytes) -> list[tuple[str, bytes]]:
         header = raw[pos : pos + 512]
         if header == bytes(512):
             break
-        name = header[0:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode()
-        if prefix:
-            name = f"{prefix}/{name}"
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        name, size = tar_header(header)
         out.append((name, raw[pos + 512 : pos + 512 + size]))
         pos += 512 + size + (-size % 512)
     return out

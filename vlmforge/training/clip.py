@@ -21,14 +21,10 @@ DEFAULT_PROMPT = "a photo of a {label}."
 
 
 def load_clip(path: str, dtype: str = "float32") -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModel, AutoProcessor
+    """(model, processor) of a CLIP-style dual encoder (path or Hub id)."""
+    from vlmforge.training.llava import load_pretrained
 
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a CLIP model from {path!r}: {str(e).splitlines()[0]}") from None
+    model, processor = load_pretrained(path, "AutoModel", "a CLIP model", dtype)
     if not hasattr(model, "get_image_features") or not hasattr(model, "logit_scale"):
         raise UserError(f"{path} is a {type(model).__name__}, not a CLIP-style dual encoder")
     return model, processor

@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
-from vlmforge.manifests.read import parse_tar_bytes, split_member
+from vlmforge.manifests.read import parse_tar_bytes, split_member, tar_header
 
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
@@ -92,13 +92,9 @@ def scan_tar(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             header = f.read(512)
             if header == bytes(512):
                 break
-            name = header[0:100].split(b"\0", 1)[0].decode()
-            prefix = header[345:500].split(b"\0", 1)[0].decode()
-            if prefix:
-                name = f"{prefix}/{name}"
             try:
-                length = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-            except ValueError:
+                name, length = tar_header(header)
+            except (ValueError, UnicodeDecodeError):
                 raise UserError(f"{path} is not a tar file (bad header at byte {pos})") from None
             kind = header[156:157]
             end = pos + 512 + length + (-length % 512)

@@ -20,17 +20,22 @@ LORA_DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 EXPORT_INFO = "vlmforge_export.json"
 
 
-def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
+def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    import transformers
 
     try:
-        processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
+        processor = transformers.AutoProcessor.from_pretrained(path)
+        model = getattr(transformers, auto_class).from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load a vision-language model from {path!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load {what} from {path!r}: {str(e).splitlines()[0]}") from None
     return model, processor
+
+
+def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
+    return load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
 
 
 def _is(name: str, parts: tuple[str, ...]) -> bool:
