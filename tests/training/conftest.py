@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +12,15 @@ import vlmforge
 
 
 def write_tar(path: Path, keys: list[str], extra: bool = False) -> Path:
-    """A WebDataset tar of json-only samples (plus a png mask member when `extra`)."""
-    with tarfile.open(path, "w") as tf:
+    """A tar of json-only samples (plus a mask member when `extra`), written by webdataset itself."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
         for k in keys:
-            members = [("json", f'{{"id": "{k}", "conversations": []}}'.encode())]
+            sample = {"__key__": k, "json": {"id": k, "conversations": []}}
             if extra:
-                members.insert(0, ("mask.png", b"\x89PNG fake"))
-            for field, data in members:
-                info = tarfile.TarInfo(f"{k}.{field}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
+                sample["mask.png"] = b"\x89PNG fake"
+            sink.write(sample)
     return path
 
 

@@ -136,3 +136,13 @@ def test_shuffle_buffer_mixes_and_is_seeded():
     whole = BufferedOrder(big, 100, seeded_rng(0, 0, "buffer"))[np.arange(30_000)]
     assert first.tolist() == whole[[5, 3]].tolist() and lazy[np.arange(30_000)].tolist() == whole.tolist()
     assert BufferedOrder(stream, 1, seeded_rng(0)).__getitem__(np.arange(1000)).tolist() == list(range(1000))
+
+
+def test_long_member_names_from_pax_headers(tmp_path):
+    from tests.training.conftest import write_tar
+
+    keys = ["k" * 150 + str(i) for i in range(3)]  # longer than ustar's 100-character name field
+    path = write_tar(tmp_path / "long.tar", keys, extra=True)
+    (batch,) = list(ShardStream(resolve_shards([str(path)]), batch_size=5, shuffle=False))
+    assert [s["__key__"] for s in batch["samples"]] == keys
+    assert all(s["json"]["id"] == k and s["mask.png"] == b"\x89PNG fake" for s, k in zip(batch["samples"], keys))

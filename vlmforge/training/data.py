@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
-from vlmforge.manifests.read import parse_tar_bytes, split_member, tar_header
+from vlmforge.manifests.read import long_name, parse_tar_bytes, split_member, tar_header
 
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
@@ -80,13 +80,16 @@ def _int64_column(table: Any, name: str) -> np.ndarray:
 
 
 def scan_tar(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Sample offsets and byte lengths of a WebDataset tar, by reading its 512-byte headers only."""
+    """Sample offsets and byte lengths of a WebDataset tar, by reading its 512-byte headers only.
+    A sample's bytes start at its first member's header, extended (pax or GNU) headers included."""
     offsets: list[int] = []
     ends: list[int] = []
     last_key = None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         pos = 0
+        start: int | None = None  # where the current member's extended headers began
+        pending: str | None = None
         while pos + 512 <= size:
             f.seek(pos)
             header = f.read(512)
@@ -98,14 +101,20 @@ def scan_tar(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 raise UserError(f"{path} is not a tar file (bad header at byte {pos})") from None
             kind = header[156:157]
             end = pos + 512 + length + (-length % 512)
-            if kind in (b"0", b"\0"):
-                key, _ = split_member(name)
+            if kind in (b"x", b"L"):
+                start = pos if start is None else start
+                pending = long_name(kind, f.read(length)) or pending
+            elif kind in (b"0", b"\0"):
+                key, _ = split_member(pending or name)
                 if key != last_key:
-                    offsets.append(pos)
+                    offsets.append(pos if start is None else start)
                     ends.append(end)
                     last_key = key
                 else:
                     ends[-1] = end
+                start, pending = None, None
+            else:
+                start, pending = None, None
             pos = end
     off = np.asarray(offsets, dtype=np.int64)
     return off, np.asarray(ends, dtype=np.int64) - off
@@ -146,6 +155,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
     the build has no train split), tar paths, globs or brace patterns (`train-{000000..000009}.tar`).
     Tars inside a build folder take their counts and offsets from its manifest; others are scanned."""
     refs: list[ShardRef] = []
+    infos: dict[Path, dict | None] = {}  # build.json of each folder a globbed tar lives in
     for i, spec in enumerate(specs):
         p = Path(spec)
         if p.is_dir():
@@ -161,10 +171,11 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
             raise UserError(f"no shards match {spec!r}")
         for path in paths:
             resolved = Path(path).resolve()
-            info_path = resolved.parent / BUILD_JSON
-            found = []
-            if info_path.exists():
-                found = _build_shards(resolved.parent, json.loads(info_path.read_text()), i, only={str(resolved)})
+            if resolved.parent not in infos:
+                info_path = resolved.parent / BUILD_JSON
+                infos[resolved.parent] = json.loads(info_path.read_text()) if info_path.exists() else None
+            info = infos[resolved.parent]
+            found = _build_shards(resolved.parent, info, i, only={str(resolved)}) if info else []
             if found:
                 refs.extend(found)
             else:

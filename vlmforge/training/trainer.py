@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,7 +76,6 @@ class TrainConfig:
     resume: bool = False
     log_keys: bool = False
     quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Settings that fix the data order: a resumed run must keep them.
