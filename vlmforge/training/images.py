@@ -87,14 +87,29 @@ def _fast_transform(ip: Any) -> Callable[[Sequence[Image.Image]], Any] | None:
         stacked[0] = first
         for i, im in enumerate(images[1:], 1):
             stacked[i] = one(im)
-        x = torch.from_numpy(stacked).permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        return x.mul_(mul).sub_(sub)
+        src = torch.from_numpy(stacked).permute(0, 3, 1, 2)
+        out = _output_tensor(src.shape)
+        out.copy_(src)
+        return out.mul_(mul).sub_(sub)
 
     return batch
 
 
 class _Fallback(Exception):
     pass
+
+
+def _output_tensor(shape: Any) -> Any:
+    """A float32 tensor for a batch of pixels; in a dataloader worker it lives in shared memory from
+    the start (as torch's default_collate does), so sending it to the main process copies nothing."""
+    import torch
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    numel = int(np.prod(shape))
+    storage = torch.UntypedStorage._new_shared(numel * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, tuple(shape))
 
 
 class ImagePreparer:

@@ -334,8 +334,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
         record["package_version"] = __version__
         (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    accelerator.wait_for_everyone()  # the run folder exists before any rank writes into it
     log = _Log(out / "metrics.jsonl", main, cfg.quiet)
-    keys_log = (out / "keys.jsonl") if cfg.log_keys and main else None
+    keys_log = (out / ("keys.jsonl" if rank == 0 else f"keys-rank{rank}.jsonl")) if cfg.log_keys else None
     eval_every = cfg.eval_every or cfg.save_every
     best: float | None = _best_so_far(out) if resume_from else None
 
