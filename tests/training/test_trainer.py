@@ -158,3 +158,27 @@ def test_clip_modes_train_and_keep_the_best(tmp_path, label_build, tiny_clip):
     vision_moved = any(not torch.equal(a, b) for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
                        if n.startswith("vision_"))
     assert text_same and vision_moved
+
+
+def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
+    """A real 2-process run (torchrun, CPU ranks over gloo): one epoch, every sample on exactly one rank."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlmforge.cli",
+           "train", "--shards", str(coco_build.path), "--model", str(tiny_llava), "--mode", "projector", "--out",
+           str(out), "--max-steps", "3", "--batch-size", "2", "--workers", "0", "--max-length", "96", "--log-keys",
+           "--val-shards", str(coco_build.path), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = [[k for line in (out / name).read_text().splitlines() for k in json.loads(line)["keys"]]
+                for name in ("keys.jsonl", "keys-rank1.jsonl")]
+    assert len(per_rank[0]) == len(per_rank[1]) == 6 and not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(s["__key__"] for s in coco_build.samples())
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["total_steps"] == 3
+    evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    assert evals and evals[-1]["tokens"] > 0  # validation summed over both ranks

@@ -93,8 +93,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             label_field=label_field, select_by=select_by, save_every=save_every, eval_every=eval_every,
             log_every=log_every, keep_checkpoints=keep_checkpoints, resume=resume, log_keys=log_keys, quiet=quiet,
         )
+        import os
+
         run = train(cfg)
-        if not quiet:
+        if not quiet and int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[green]done[/] {run}: final model in {run / 'final'}")
 
     @model_app.command("init-tiny")

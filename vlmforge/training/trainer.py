@@ -94,7 +94,7 @@ class LlavaTask:
         self.cfg = cfg
         model, self.processor = load_llava(cfg.model)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpoint_activations(model)
             model.config.use_cache = False
         self.model = configure(model, cfg.mode, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
                                cfg.train_projector)
@@ -144,7 +144,7 @@ class ClipTask:
         self.cfg = cfg
         model, self.processor = load_clip(cfg.model)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _checkpoint_activations(model)
         self.model = configure(model, cfg.freeze_text)
         self.classes = labels_in(train_shards + (val_shards or []), cfg.label_field)
         self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt)
@@ -174,6 +174,15 @@ class ClipTask:
         from vlmforge.training.clip import export
 
         return export(model, self.processor, _abs_model(self.cfg.model), self.classes, out)
+
+
+def _checkpoint_activations(model: Any) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed gradient checkpointing)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _abs_model(model: str) -> str:
@@ -256,7 +265,10 @@ def _accelerator(cfg: TrainConfig):
         # Several runs in one process (tests, notebooks): start accelerate's shared state afresh.
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, deepspeed_plugin=plugin)
+    # Without a GPU, say so: accelerate then runs several launched processes as CPU ranks (gloo).
+    cpu_only = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, deepspeed_plugin=plugin,
+                       cpu=cpu_only)
 
 
 def _optimizer(task: Any, cfg: TrainConfig):
