@@ -182,3 +182,8 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
     assert info["world_size"] == 2 and info["total_steps"] == 3
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
     assert evals and evals[-1]["tokens"] > 0  # validation summed over both ranks
+
+
+def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
+    with pytest.raises(UserError, match="nothing to train"):  # the loose shards' conversations are empty
+        run(tmp_path / "empty", [str(loose_shards[0])], tiny_llava, "full", 5)

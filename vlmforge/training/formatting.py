@@ -187,14 +187,19 @@ class ConversationTokenizer:
     def __call__(self, items: Sequence[tuple[Sequence[dict], bool]]) -> list[tuple[np.ndarray, np.ndarray, bool] | None]:
         """For each (conversations, has_image): (input_ids, labels, image kept) or None when nothing
         trainable is left (no assistant text, or truncation removed it)."""
-        rendered = [self.render(normalise_turns(conv, img, self.image_token)) for conv, img in items]
+        turns = [normalise_turns(conv, img, self.image_token) for conv, img in items]
+        # Only conversations with an assistant turn have anything to train.
+        todo = [i for i, t in enumerate(turns) if any(role == "assistant" for role, _ in t)]
+        out: list[tuple[np.ndarray, np.ndarray, bool] | None] = [None] * len(items)
+        if not todo:
+            return out
+        rendered = [self.render(turns[i]) for i in todo]
         enc = self.tok([r.text for r in rendered], add_special_tokens=self.template == "vicuna_v1",
                        return_offsets_mapping=True)
-        out: list[tuple[np.ndarray, np.ndarray, bool] | None] = []
-        for r, ids, offs, (_, has_image) in zip(rendered, enc["input_ids"], enc["offset_mapping"], items):
+        for i, r, ids, offs in zip(todo, rendered, enc["input_ids"], enc["offset_mapping"]):
             ids = np.asarray(ids, dtype=np.int64)
             train = trained_tokens(r.text, np.asarray(offs, dtype=np.int64).reshape(-1, 2), r.spans)
-            out.append(self._finish(ids, train, has_image))
+            out[i] = self._finish(ids, train, items[i][1])
         return out
 
     def _finish(self, ids: np.ndarray, train: np.ndarray, has_image: bool) -> tuple[np.ndarray, np.ndarray, bool] | None:

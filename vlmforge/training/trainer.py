@@ -338,14 +338,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     if resume_from is not None:
         position, step = _load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        record = {"config": asdict(cfg), "epoch_size": epoch_size, "total_steps": total, "world_size": world,
-                  "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
-                  "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None}
-        from vlmforge import __version__
-
-        record["package_version"] = __version__
-        (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+        _write_run_json(out, cfg, shards, val, epoch_size, total, world, resume_from)
     accelerator.wait_for_everyone()  # the run folder exists before any rank writes into it
     log = _Log(out / "metrics.jsonl", main, cfg.quiet)
     keys_log = (out / ("keys.jsonl" if rank == 0 else f"keys-rank{rank}.jsonl")) if cfg.log_keys else None
@@ -360,12 +353,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
-        stepped_this_epoch = False
+        batches = trained = 0
         for batch in loader:
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
+            batches += 1
             if not batch["keys"]:
                 continue
+            trained += 1
             if keys_log is not None:
                 with open(keys_log, "a") as f:
                     f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
@@ -384,7 +379,6 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 continue
             scheduler.step()
             step += 1
-            stepped_this_epoch = True
             record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
                       "loss": step_loss / step_micro, "lr": scheduler.get_last_lr()[0]}
             window_loss += record["loss"]
@@ -406,10 +400,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 break
         if step >= total:
             break
-        if not stepped_this_epoch and position.samples_seen == 0:
-            raise UserError("no sample had anything to train (check the conversations and --max-length)")
-        if position.samples_seen >= epoch_size or not stepped_this_epoch:
-            position = LoaderPosition(position.epoch + 1, 0, cfg.seed)
+        if batches and not trained:
+            raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
+                            "truncation (check the conversations and --max-length)")
+        position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
     accelerator.wait_for_everyone()
     if main:
         final = out / "final"
@@ -418,6 +412,18 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,
+                    total: int, world: int, resume_from: Path | None) -> None:
+    from vlmforge import __version__
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": asdict(cfg), "epoch_size": epoch_size, "total_steps": total, "world_size": world,
+              "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
+              "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,
+              "package_version": __version__}
+    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _val_shards(cfg: TrainConfig) -> list[ShardRef] | None:
