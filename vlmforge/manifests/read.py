@@ -113,21 +113,55 @@ def check_read_only(query: str) -> None:
             raise UserError(f"the manifest is read-only: {kind} statements are refused (use SELECT)")
 
 
+def tar_header(header: bytes) -> tuple[str, int]:
+    """(member name with its ustar prefix, data size) from one 512-byte tar header."""
+    name = header[0:100].split(b"\0", 1)[0].decode()
+    prefix = header[345:500].split(b"\0", 1)[0].decode()
+    if prefix:
+        name = f"{prefix}/{name}"
+    return name, int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def long_name(kind: bytes, data: bytes) -> str | None:
+    """The name a pax ('x') or GNU ('L') extended header gives the next member, else None.
+    (Tars written by Python's tarfile, webdataset's writers among them, use pax headers.)"""
+    if kind == b"L":
+        return data.split(b"\0", 1)[0].decode()
+    if kind != b"x":
+        return None
+    pos = 0
+    while pos < len(data):  # records: b"<length> <key>=<value>\n", length counting the whole record
+        space = data.find(b" ", pos)
+        if space < 0:
+            break
+        length = int(data[pos:space])
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode()
+        pos += length
+    return None
+
+
 def parse_tar_bytes(raw: bytes) -> list[tuple[str, bytes]]:
-    """Members of a run of ustar records (one sample's slice of a shard): [(name, data)]."""
+    """Regular-file members of a run of tar records (one sample's slice of a shard): [(name, data)]."""
     out: list[tuple[str, bytes]] = []
     pos = 0
+    pending: str | None = None
     while pos + 512 <= len(raw):
         header = raw[pos : pos + 512]
         if header == bytes(512):
             break
-        name = header[0:100].split(b"\0", 1)[0].decode()
-        prefix = header[345:500].split(b"\0", 1)[0].decode()
-        if prefix:
-            name = f"{prefix}/{name}"
-        size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
-        out.append((name, raw[pos + 512 : pos + 512 + size]))
+        name, size = tar_header(header)
+        kind = header[156:157]
+        data = raw[pos + 512 : pos + 512 + size]
         pos += 512 + size + (-size % 512)
+        if kind in (b"x", b"L"):
+            pending = long_name(kind, data) or pending
+        elif kind in (b"0", b"\0"):
+            out.append((pending or name, data))
+            pending = None
+        else:  # directories, links, global pax headers
+            pending = None
     return out
 
 

@@ -65,8 +65,11 @@ def bert_tokenizer(out_dir: Path, words: list[str] | None = None, bert_base_ids:
     return BertTokenizer(vocab=str(path), do_lower_case=True)
 
 
-def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
-    """A LLaVA (CLIP vision tower + Llama) of ~100k parameters, saved with its processor."""
+def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, patch_size: int = 8,
+                    init_range: float = 0.02) -> Path:
+    """A LLaVA (CLIP vision tower + Llama) of ~100k parameters, saved with its processor.
+
+    `init_range` is the standard deviation of the random weights."""
     import torch
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
@@ -78,7 +81,8 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, pa
                               num_hidden_layers=2, num_attention_heads=2, projection_dim=32)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       initializer_range=init_range)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                       vision_feature_select_strategy="default", vision_feature_layer=-2,
                       image_seq_length=(image_size // patch_size) ** 2)

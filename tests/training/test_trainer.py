@@ -1,0 +1,189 @@
+"""Each mode trains (its loss falls within a few dozen CPU steps) and saves; resume; merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlmforge.errors import UserError
+from vlmforge.training.trainer import TrainConfig, checkpoints, train
+
+LLAVA_LR = {"full": 3e-3, "lora": 1e-2, "projector": 3e-2}
+
+
+def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, **kw) -> tuple[Path, list[float]]:
+    losses: list[float] = []
+    opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
+                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True, lora_dropout=0.0)
+    opts.update(kw)
+    cfg = TrainConfig(shards=shards, model=str(model), out=str(out), mode=mode, **opts)
+    return train(cfg, on_step=lambda step, rec: losses.append(rec["loss"])), losses
+
+
+@pytest.fixture(scope="module")
+def llava_runs(tmp_path_factory, coco_build, tiny_llava):
+    """One 24-step run per LLaVA mode on the embedded COCO sample (12 samples, batches of 4)."""
+    root = tmp_path_factory.mktemp("runs")
+    return {mode: run(root / mode, [str(coco_build.path)], tiny_llava, mode, 24, save_every=12,
+                      gradient_checkpointing=(mode == "full")) for mode in ("full", "lora", "projector")}
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora", "projector"])
+def test_llava_mode_loss_falls_and_run_is_saved(llava_runs, mode):
+    out, losses = llava_runs[mode]
+    assert len(losses) == 24
+    assert mean(losses[-4:]) < 0.92 * mean(losses[:4]), losses  # falls clearly
+    if mode != "projector":
+        assert mean(losses[-4:]) < 0.75 * mean(losses[:4]), losses
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["epoch_size"] == 12 and run_info["total_steps"] == 24 and run_info["builds"][0]["builder"] == "copy"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [4, 8, 12, 16, 20, 24] and metrics[-1]["samples_seen"] == 12
+    assert [c.name for c in checkpoints(out)] == ["checkpoint-000012", "checkpoint-000024"]
+    ckpt = checkpoints(out)[-1]
+    assert json.loads((ckpt / "position.json").read_text()) == {"step": 24, "epoch": 7, "samples_seen": 12, "seed": 0}
+    export = json.loads((out / "final" / "vlmforge_export.json").read_text())
+    assert export["kind"] == mode
+    files = {p.name for p in (out / "final").iterdir()}
+    expect = {"full": "model.safetensors", "lora": "adapter_model.safetensors", "projector": "projector.safetensors"}
+    assert expect[mode] in files and "tokenizer.json" in files and "processor_config.json" in files
+
+
+def _logits(model, batch):
+    import torch
+
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _probe_batch(tiny_llava, coco_build):
+    from transformers import AutoProcessor
+
+    from vlmforge.training.collate import LlavaCollator, model_inputs
+
+    samples = [s for _, s in zip(range(2), coco_build.samples())]
+    return model_inputs(LlavaCollator(AutoProcessor.from_pretrained(tiny_llava), "chat", 128)(samples))
+
+
+def test_merge_lora_matches_base_plus_adapter(llava_runs, tiny_llava, coco_build, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlmforge.training.merge import merge
+
+    out, _ = llava_runs["lora"]
+    merged_dir = merge(out, tmp_path / "merged")
+    batch = _probe_batch(tiny_llava, coco_build)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
+    base_logits = _logits(base, batch)
+    with_adapter = PeftModel.from_pretrained(base, str(out / "final")).eval()
+    expected = _logits(with_adapter, batch)
+    merged = AutoModelForImageTextToText.from_pretrained(merged_dir).eval()
+    got = _logits(merged, batch)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, base_logits, atol=1e-2)
+    with pytest.raises(UserError, match="not empty"):
+        merge(out, merged_dir)
+
+
+def test_merge_projector_writes_a_full_checkpoint(llava_runs, tiny_llava, coco_build, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vlmforge.training.merge import merge
+
+    out, _ = llava_runs["projector"]
+    merged = AutoModelForImageTextToText.from_pretrained(merge(out, tmp_path / "merged")).eval()
+    base = AutoModelForImageTextToText.from_pretrained(tiny_llava).eval()
+    trained = load_file(str(out / "final" / "projector.safetensors"))
+    base_state, merged_state = base.state_dict(), merged.state_dict()
+    for name, value in merged_state.items():
+        ref = trained[name] if name in trained else base_state[name]
+        assert torch.equal(value, ref), name
+    assert any(not torch.equal(trained[n], base_state[n]) for n in trained)
+    batch = _probe_batch(tiny_llava, coco_build)
+    assert not torch.allclose(_logits(merged, batch), _logits(base, batch), atol=1e-3)
+
+
+def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny_llava):
+    shards = [str(coco_build.path)]
+    common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1)
+    straight, straight_losses = run(tmp_path / "a", shards, tiny_llava, "lora", 6, save_every=3, **common)
+    first, _ = run(tmp_path / "b", shards, tiny_llava, "lora", 3, save_every=3, **common)
+    with pytest.raises(UserError, match="--resume"):
+        run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, **common)
+    with pytest.raises(UserError, match="seed changed"):
+        run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, resume=True, **{**common, "seed": 6})
+    _, resumed_losses = run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, resume=True, **common)
+
+    def keys(out):
+        return [json.loads(line)["keys"] for line in (out / "keys.jsonl").read_text().splitlines()]
+
+    # Steps 4-6 of the resumed run saw the same samples as steps 4-6 of the uninterrupted one, and none twice.
+    assert keys(first) == keys(straight)
+    assert keys(straight)[3:] != keys(straight)[:3]
+    both = [k for batch in keys(first)[:3] + keys(first)[3:] for k in batch]
+    assert sorted(k for batch in keys(straight) for k in batch) == sorted(both)
+    assert resumed_losses == pytest.approx(straight_losses[3:], rel=1e-4)
+
+
+def test_clip_modes_train_and_keep_the_best(tmp_path, label_build, tiny_clip):
+    import torch
+    from transformers import AutoModel
+
+    out, losses = run(tmp_path / "classes", [str(label_build.path)], tiny_clip, "clip", 12, val_split="val",
+                      batch_size=8, save_every=6, pad_to_square=False, lr=3e-3)
+    assert mean(losses[-3:]) < 0.5 * mean(losses[:3]), losses
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["metric"] == "accuracy" and best["accuracy"] == 1.0 and best["samples"] == 9
+    evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    assert len(evals) == 2 and max(e["accuracy"] for e in evals) == best["accuracy"]
+    export = json.loads((out / "final" / "vlmforge_export.json").read_text())
+    assert export["classes"] == ["black", "red", "yellow"]
+
+    out2, losses2 = run(tmp_path / "contrastive", [str(label_build.path)], tiny_clip, "clip", 12, batch_size=8,
+                        clip_objective="contrastive", freeze_text=True, pad_to_square=False, lr=3e-3)
+    assert mean(losses2[-3:]) < 0.8 * mean(losses2[:3]), losses2
+    before, after = AutoModel.from_pretrained(tiny_clip), AutoModel.from_pretrained(out2 / "final")
+    text_same = all(torch.equal(a, b) for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
+                    if n.startswith("text_"))
+    vision_moved = any(not torch.equal(a, b) for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters())
+                       if n.startswith("vision_"))
+    assert text_same and vision_moved
+
+
+def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
+    """A real 2-process run (torchrun, CPU ranks over gloo): one epoch, every sample on exactly one rank."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlmforge.cli",
+           "train", "--shards", str(coco_build.path), "--model", str(tiny_llava), "--mode", "projector", "--out",
+           str(out), "--max-steps", "3", "--batch-size", "2", "--workers", "0", "--max-length", "96", "--log-keys",
+           "--val-shards", str(coco_build.path), "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = [[k for line in (out / name).read_text().splitlines() for k in json.loads(line)["keys"]]
+                for name in ("keys.jsonl", "keys-rank1.jsonl")]
+    assert len(per_rank[0]) == len(per_rank[1]) == 6 and not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(s["__key__"] for s in coco_build.samples())
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["total_steps"] == 3
+    evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    assert evals and evals[-1]["tokens"] > 0  # validation summed over both ranks
+
+
+def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
+    with pytest.raises(UserError, match="nothing to train"):  # the loose shards' conversations are empty
+        run(tmp_path / "empty", [str(loose_shards[0])], tiny_llava, "full", 5)

@@ -1,0 +1,101 @@
+"""LLaVA-style models for the trainer: loading, which weights each mode trains, and what a run exports.
+
+Modes: `full` trains the language model and projector (the vision tower stays frozen, as in
+LLaVA-1.5's second stage); `lora` adds peft LoRA adapters to the language model's linear layers, the
+projector optionally trained in full; `projector` trains the multimodal projector only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from vlmforge.errors import UserError
+
+VISION_PARTS = ("vision_tower", "vision_model", "image_tower")
+PROJECTOR_PARTS = ("multi_modal_projector", "mm_projector")
+LORA_DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+EXPORT_INFO = "vlmforge_export.json"
+
+
+def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`."""
+    import torch
+    import transformers
+
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(path)
+        model = getattr(transformers, auto_class).from_pretrained(path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load {what} from {path!r}: {str(e).splitlines()[0]}") from None
+    return model, processor
+
+
+def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
+    return load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+
+
+def _is(name: str, parts: tuple[str, ...]) -> bool:
+    return any(f".{p}." in f".{name}" for p in parts)
+
+
+def projector_names(model: Any) -> list[str]:
+    names = [n for n, _ in model.named_parameters() if _is(n, PROJECTOR_PARTS)]
+    if not names:
+        raise UserError(f"{type(model).__name__} has no multimodal projector ({', '.join(PROJECTOR_PARTS)})")
+    return names
+
+
+def projector_module_name(model: Any) -> str:
+    """The projector's module name as peft's modules_to_save wants it (its last name component)."""
+    first = projector_names(model)[0]
+    return next(p for p in PROJECTOR_PARTS if f".{p}." in f".{first}")
+
+
+def configure(model: Any, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.05,
+              lora_targets: str = LORA_DEFAULT_TARGETS, train_projector: bool = True) -> Any:
+    """Set which weights train for `mode`; returns the model (a peft model in lora mode)."""
+    if mode == "full":
+        for n, p in model.named_parameters():
+            p.requires_grad_(not _is(n, VISION_PARTS))
+        return model
+    if mode == "projector":
+        keep = set(projector_names(model))
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in keep)
+        return model
+    if mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = [t.strip() for t in lora_targets.split(",") if t.strip()]
+        if not targets:
+            raise UserError("--lora-targets is empty")
+        # A regex: the language model's layers only, never the vision tower's.
+        pattern = r".*language_model.*\.(" + "|".join(re.escape(t) for t in targets) + r")"
+        cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
+                         modules_to_save=[projector_module_name(model)] if train_projector else None)
+        try:
+            return get_peft_model(model, cfg)
+        except ValueError as e:
+            raise UserError(f"LoRA targets {targets} match no language-model layer: {str(e).splitlines()[0]}") from None
+    raise UserError(f"unknown mode {mode!r}; use full, lora, projector or clip")
+
+
+def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:
+    """Write what a run produced: a full checkpoint (full), an adapter (lora) or the projector's
+    weights (projector), with the processor and a note naming the base model."""
+    out.mkdir(parents=True, exist_ok=True)
+    if mode == "projector":
+        from safetensors.torch import save_file
+
+        names = set(projector_names(model))
+        weights = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in names}
+        save_file(weights, str(out / "projector.safetensors"))
+    else:
+        model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / EXPORT_INFO).write_text(json.dumps({"kind": mode, "base": base}, indent=1) + "\n")
+    return out

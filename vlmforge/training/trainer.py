@@ -1,0 +1,524 @@
+"""The thin trainer: shards in, a run folder out, with accelerate doing devices, precision and
+gradient accumulation, and peft doing LoRA.
+
+A run folder holds `run.json` (the configuration and the data it resolved to), `metrics.jsonl`
+(training and validation figures), `checkpoint-NNNNNN/` folders (trainable weights, optimizer and
+scheduler state, the loader position, and a usable export of the model under `model/`), `final/`
+and, with validation data, `best/`. `--resume` continues from the newest checkpoint with the next
+unseen sample.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from vlmforge.errors import UserError
+from vlmforge.training.data import LoaderPosition, ShardRef, ShardStream, resolve_shards
+
+MODES = ("full", "lora", "projector", "clip")
+VAL_SPLITS = ("val", "validation", "test")
+STATE_FILE = "trainer_state.pt"
+POSITION_FILE = "position.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `vlmforge train` (see its --help for what each means)."""
+
+    shards: list[str]
+    model: str
+    out: str
+    mode: str = "lora"
+    split: str | None = None
+    weights: list[float] | None = None
+    val_shards: list[str] | None = None
+    val_split: str | None = None
+    template: str = "chat"
+    max_length: int = 2048
+    pad_to_square: bool = True
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 2e-4
+    projector_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    shuffle_buffer: int = 1000
+    workers: int = 2
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    deepspeed: str | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    train_projector: bool = True
+    clip_objective: str = "classes"
+    freeze_text: bool = False
+    prompt: str = "a photo of a {label}."
+    label_field: str = "label"
+    select_by: str = "auto"
+    save_every: int = 500
+    eval_every: int | None = None
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    resume: bool = False
+    log_keys: bool = False
+    quiet: bool = False
+
+
+# Settings that fix the data order: a resumed run must keep them.
+ORDER_KEYS = ("shards", "split", "weights", "seed", "shuffle_buffer", "mode", "model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks: what differs between LLaVA modes and CLIP
+
+
+class LlavaTask:
+    def __init__(self, cfg: TrainConfig):
+        from vlmforge.training.collate import LlavaCollator
+        from vlmforge.training.llava import configure, load_llava
+
+        self.cfg = cfg
+        model, self.processor = load_llava(cfg.model)
+        if cfg.gradient_checkpointing:
+            _checkpoint_activations(model)
+            model.config.use_cache = False
+        self.model = configure(model, cfg.mode, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets,
+                               cfg.train_projector)
+        self.collate = LlavaCollator(self.processor, cfg.template, cfg.max_length, cfg.pad_to_square)
+        self.higher_is_better = False
+        self.select_metric = "loss"
+
+    def is_projector(self, name: str) -> bool:
+        from vlmforge.training.llava import PROJECTOR_PARTS, _is
+
+        return _is(name, PROJECTOR_PARTS)
+
+    def loss(self, model: Any, batch: dict[str, Any], device: Any) -> Any:
+        from vlmforge.training.collate import model_inputs
+
+        return model(**model_inputs(batch, device)).loss
+
+    def eval_sums(self, model: Any, batches: Any, device: Any) -> dict[str, float]:
+        """Token-weighted loss sums over some batches."""
+        import torch
+
+        from vlmforge.training.collate import model_inputs
+
+        loss_sum, tokens = 0.0, 0
+        with torch.no_grad():
+            for batch in batches:
+                if "input_ids" not in batch:
+                    continue
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss_sum += float(model(**model_inputs(batch, device)).loss) * n
+                tokens += n
+        return {"loss_sum": loss_sum, "count": tokens}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        return {"loss": sums["loss_sum"] / sums["count"], "tokens": sums["count"]} if sums["count"] else {}
+
+    def export(self, model: Any, out: Path) -> Path:
+        from vlmforge.training.llava import export
+
+        return export(model, self.processor, self.cfg.mode, _abs_model(self.cfg.model), out)
+
+
+class ClipTask:
+    def __init__(self, cfg: TrainConfig, train_shards: list[ShardRef], val_shards: list[ShardRef] | None):
+        from vlmforge.training.clip import ClipCollator, ClipObjective, configure, labels_in, load_clip
+
+        self.cfg = cfg
+        model, self.processor = load_clip(cfg.model)
+        if cfg.gradient_checkpointing:
+            _checkpoint_activations(model)
+        self.model = configure(model, cfg.freeze_text)
+        self.classes = labels_in(train_shards + (val_shards or []), cfg.label_field)
+        self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt)
+        self.collate = ClipCollator(self.processor, self.classes, cfg.label_field, cfg.pad_to_square)
+        metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by
+        if metric not in ("accuracy", "loss"):
+            raise UserError("--select-by must be accuracy or loss for CLIP")
+        self.select_metric, self.higher_is_better = metric, metric == "accuracy"
+
+    def is_projector(self, name: str) -> bool:
+        return False
+
+    def loss(self, model: Any, batch: dict[str, Any], device: Any) -> Any:
+        return self.objective.loss(model, {"pixel_values": batch["pixel_values"].to(device),
+                                           "class_idx": batch["class_idx"].to(device)})
+
+    def eval_sums(self, model: Any, batches: Any, device: Any) -> dict[str, float]:
+        m = self.objective.evaluate(model, batches, device)
+        n = m.get("samples", 0)
+        return {"loss_sum": m.get("loss", 0.0) * n, "correct": m.get("accuracy", 0.0) * n, "count": n}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        n = sums["count"]
+        return {"loss": sums["loss_sum"] / n, "accuracy": sums["correct"] / n, "samples": n} if n else {}
+
+    def export(self, model: Any, out: Path) -> Path:
+        from vlmforge.training.clip import export
+
+        return export(model, self.processor, _abs_model(self.cfg.model), self.classes, out)
+
+
+def _checkpoint_activations(model: Any) -> None:
+    """Recompute activations in the backward pass (transformers 5 renamed gradient checkpointing)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # pragma: no cover - older transformers
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _abs_model(model: str) -> str:
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown mode {cfg.mode!r}; use {', '.join(MODES)}")
+    for name in ("batch_size", "grad_accum", "epochs", "save_every", "log_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise UserError("--max-steps must be at least 1")
+    if cfg.workers < 0:
+        raise UserError("--workers must be 0 or more")
+    if cfg.weights is not None and len(cfg.weights) != len(cfg.shards):
+        raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
+    if cfg.precision not in ("auto", "no", "bf16", "fp16"):
+        raise UserError("--precision must be auto, no, bf16 or fp16")
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    return sorted(p for p in out.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / POSITION_FILE).exists())
+
+
+def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    out = Path(cfg.out)
+    run_json = out / "run.json"
+    if run_json.exists():
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        before = json.loads(run_json.read_text())["config"]
+        now = asdict(cfg)
+        changed = [k for k in ORDER_KEYS if before.get(k) != now.get(k)]
+        if changed:
+            raise UserError(f"cannot resume {out}: {', '.join(changed)} changed since the run started")
+    found = checkpoints(out) if out.exists() else []
+    return out, (found[-1] if cfg.resume and found else None)
+
+
+def _source_builds(shards: list[ShardRef]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for s in shards:
+        info = Path(s.path).parent / "build.json"
+        if str(info) not in seen and info.exists():
+            d = json.loads(info.read_text())
+            seen[str(info)] = {"path": str(info.parent), "build_id": d.get("build_id"), "builder": d.get("builder"),
+                               "version": d.get("version")}
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _accelerator(cfg: TrainConfig):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    plugin = None
+    if cfg.deepspeed:
+        from accelerate.utils import DeepSpeedPlugin
+
+        plugin = DeepSpeedPlugin(hf_ds_config=cfg.deepspeed, gradient_accumulation_steps=cfg.grad_accum)
+        ds = plugin.deepspeed_config
+        if ds.get("train_micro_batch_size_per_gpu") in (None, "auto"):
+            ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    if not int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several runs in one process (tests, notebooks): start accelerate's shared state afresh.
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    # Without a GPU, say so: accelerate then runs several launched processes as CPU ranks (gloo).
+    cpu_only = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    return Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=precision, deepspeed_plugin=plugin,
+                       cpu=cpu_only)
+
+
+def _optimizer(task: Any, cfg: TrainConfig):
+    import torch
+
+    main, proj = [], []
+    for n, p in task.model.named_parameters():
+        if p.requires_grad:
+            if p.dtype != torch.float32:
+                p.data = p.data.float()  # trainable weights stay in full precision
+            (proj if cfg.projector_lr and task.is_projector(n) else main).append(p)
+    if not main and not proj:
+        raise UserError("nothing to train: the mode left every weight frozen")
+    groups = [{"params": main, "lr": cfg.lr}] if main else []
+    if proj:
+        groups.append({"params": proj, "lr": cfg.projector_lr})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _Log:
+    def __init__(self, path: Path, main: bool, quiet: bool):
+        self.path, self.main, self.quiet = path, main, quiet
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if not self.quiet:
+            from vlmforge.progress import console
+
+            figures = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                               if k not in ("keys",))
+            console.print(figures, highlight=False, soft_wrap=True)
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+    """Train as `cfg` says and return the run folder. `on_step(step, record)` is called after each
+    optimizer step (tests use it)."""
+    import torch
+    import transformers
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    _check_config(cfg)
+    out, resume_from = _open_run(cfg)
+    accelerator = _accelerator(cfg)
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+
+    shards = resolve_shards(cfg.shards, cfg.split)
+    val = _val_shards(cfg)
+    task = ClipTask(cfg, shards, val) if cfg.mode == "clip" else LlavaTask(cfg)
+    optimizer = _optimizer(task, cfg)
+    model, optimizer = accelerator.prepare(task.model, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    stream = ShardStream(shards, cfg.batch_size, task.collate, cfg.weights, cfg.seed, shuffle=True,
+                         shuffle_buffer=cfg.shuffle_buffer, rank=rank, world_size=world)
+    epoch_size = stream.epoch_size()
+    rank_batches = math.ceil(math.ceil(epoch_size / cfg.batch_size) / world)
+    total = cfg.max_steps or cfg.epochs * math.ceil(rank_batches / cfg.grad_accum)
+    scheduler = transformers.get_scheduler(cfg.scheduler, optimizer.optimizer, int(cfg.warmup_ratio * total), total)
+
+    position, step = LoaderPosition(seed=cfg.seed), 0
+    if resume_from is not None:
+        position, step = _load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
+    if main:
+        _write_run_json(out, cfg, shards, val, epoch_size, total, world, resume_from)
+    accelerator.wait_for_everyone()  # the run folder exists before any rank writes into it
+    log = _Log(out / "metrics.jsonl", main, cfg.quiet)
+    keys_log = (out / ("keys.jsonl" if rank == 0 else f"keys-rank{rank}.jsonl")) if cfg.log_keys else None
+    eval_every = cfg.eval_every or cfg.save_every
+    best: float | None = _best_so_far(out) if resume_from else None
+
+    window_loss, window_n, window_samples, dropped = 0.0, 0, 0, 0
+    step_loss, step_micro = 0.0, 0
+    t0 = time.time()
+    while step < total:
+        stream.set_position(position)
+        # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
+        # resumed run would diverge from an uninterrupted one.
+        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
+        batches = trained = 0
+        for batch in loader:
+            position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
+            dropped += batch.get("dropped", 0)
+            batches += 1
+            if not batch["keys"]:
+                continue
+            trained += 1
+            if keys_log is not None:
+                with open(keys_log, "a") as f:
+                    f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
+            model.train()
+            with accelerator.accumulate(model):
+                loss = task.loss(model, batch, accelerator.device)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            step_loss += float(loss.detach())
+            step_micro += 1
+            window_samples += len(batch["keys"])
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
+                      "loss": step_loss / step_micro, "lr": scheduler.get_last_lr()[0]}
+            window_loss += record["loss"]
+            window_n += 1
+            step_loss, step_micro = 0.0, 0
+            if on_step is not None:
+                on_step(step, record)
+            if step % cfg.log_every == 0 or step == total:
+                loss_t = accelerator.reduce(torch.tensor(window_loss / window_n, device=accelerator.device), "mean")
+                elapsed = time.time() - t0
+                log.write({**record, "loss": float(loss_t), "samples_per_s": window_samples * world / max(elapsed, 1e-9),
+                           "dropped": dropped})
+                window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.time()
+            if val and (step % eval_every == 0 or step == total):
+                best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
+            if step % cfg.save_every == 0 or step == total:
+                _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
+            if step >= total:
+                break
+        if step >= total:
+            break
+        if batches and not trained:
+            raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
+                            "truncation (check the conversations and --max-length)")
+        position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
+    accelerator.wait_for_everyone()
+    if main:
+        final = out / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        task.export(accelerator.unwrap_model(model), final)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,
+                    total: int, world: int, resume_from: Path | None) -> None:
+    from vlmforge import __version__
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": asdict(cfg), "epoch_size": epoch_size, "total_steps": total, "world_size": world,
+              "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
+              "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,
+              "package_version": __version__}
+    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _val_shards(cfg: TrainConfig) -> list[ShardRef] | None:
+    specs = cfg.val_shards or (cfg.shards if cfg.val_split else None)
+    if not specs:
+        return None
+    if cfg.val_split:
+        return resolve_shards(specs, cfg.val_split)
+    for split in VAL_SPLITS:  # a build given as --val-shards: its validation split
+        try:
+            return resolve_shards(specs, split)
+        except UserError:
+            continue
+    return resolve_shards(specs, None)
+
+
+def _evaluate(task: Any, model: Any, accelerator: Any, val: list[ShardRef], cfg: TrainConfig, step: int, log: _Log,
+              out: Path, best: float | None) -> float | None:
+    import torch
+
+    stream = ShardStream(val, cfg.batch_size, task.collate, shuffle=False, rank=accelerator.process_index,
+                         world_size=accelerator.num_processes, pad_ranks=False)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    sums = task.eval_sums(unwrapped, iter(stream), accelerator.device)
+    keys = sorted(sums)
+    reduced = accelerator.reduce(torch.tensor([float(sums[k]) for k in keys], device=accelerator.device), "sum")
+    metrics = task.metrics(dict(zip(keys, reduced.tolist())))
+    if not metrics:
+        return best
+    log.write({"step": step, "eval": metrics})
+    value = metrics[task.select_metric]
+    better = best is None or (value > best if task.higher_is_better else value < best)
+    if better and accelerator.is_main_process:
+        dst, tmp = out / "best", out / "best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        task.export(unwrapped, tmp)
+        (tmp / "best.json").write_text(json.dumps({"step": step, "metric": task.select_metric, **metrics}) + "\n")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    return value if better else best
+
+
+def _best_so_far(out: Path) -> float | None:
+    p = out / "best" / "best.json"
+    if not p.exists():
+        return None
+    d = json.loads(p.read_text())
+    return d.get(d["metric"])
+
+
+def _save_checkpoint(out: Path, step: int, position: LoaderPosition, accelerator: Any, model: Any, optimizer: Any,
+                     scheduler: Any, task: Any, cfg: TrainConfig) -> None:
+    import torch
+
+    accelerator.wait_for_everyone()
+    final = out / f"checkpoint-{step:06d}"
+    tmp = out / f"checkpoint-{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if cfg.deepspeed:
+        accelerator.save_state(str(tmp / "deepspeed"))
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if not cfg.deepspeed:
+            trainable = {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad}
+            torch.save({"params": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+        task.export(unwrapped, tmp / "model")
+        (tmp / POSITION_FILE).write_text(json.dumps({"step": step, **position.to_dict()}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(out)[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(ckpt: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
+                     ) -> tuple[LoaderPosition, int]:
+    import torch
+
+    pos = json.loads((ckpt / POSITION_FILE).read_text())
+    if (ckpt / "deepspeed").exists():
+        accelerator.load_state(str(ckpt / "deepspeed"))
+        scheduler.last_epoch = pos["step"]
+    else:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        unwrapped = accelerator.unwrap_model(model)
+        missing = set(state["params"]) - {n for n, _ in unwrapped.named_parameters()}
+        if missing:
+            raise UserError(f"{ckpt} does not fit this model (unknown weights such as {sorted(missing)[0]})")
+        unwrapped.load_state_dict(state["params"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+    return LoaderPosition.from_dict(pos), int(pos["step"])
