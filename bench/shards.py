@@ -12,6 +12,8 @@ vlmforge rows:
   is made upstream, as workers do in a build (taken from a table here).
 - `vlmforge writer+image sha`: the same with each image's sha256 computed in the writer process,
   as in a one-worker build.
+- `vlmforge writer, no shard sha`: the writer with the shard sha256 switched off, to show what that
+  hash costs (builds always compute it: build.json records it).
 - `vlmforge copy build`: the whole `vlmforge build copy` on the same files (source enumeration,
   image header check, batching, manifest.duckdb), for reference.
 """
@@ -109,6 +111,29 @@ def run_vlmforge_inline_digest(files: list[Path], out: Path) -> None:
     run_vlmforge(files, out, digest_upstream=False)
 
 
+def run_vlmforge_no_shard_hash(files: list[Path], out: Path) -> None:
+    """The writer with the shard's sha256 switched off: isolates the cost of that hash (build.json
+    needs it, so builds never run this way)."""
+    import vlmforge.manifests.tarwriter as tw
+
+    class _NoHash:
+        def put(self, bufs) -> None:
+            pass
+
+        def hexdigest(self) -> str:
+            return "0" * 64
+
+        def stop(self) -> None:
+            pass
+
+    real = tw._ShardHasher
+    tw._ShardHasher = _NoHash
+    try:
+        run_vlmforge(files, out)
+    finally:
+        tw._ShardHasher = real
+
+
 def run_copy_build(files: list[Path], out: Path) -> None:
     import vlmforge
 
@@ -131,7 +156,8 @@ def main() -> None:
     # the writer process packs, hashes the shard and writes the manifest. Row 3 is that process.
     digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     writers = {"GNU tar": run_gnu_tar, "webdataset ShardWriter": run_webdataset,
-               "vlmforge writer": run_vlmforge, "vlmforge writer+image sha": run_vlmforge_inline_digest}
+               "vlmforge writer": run_vlmforge, "vlmforge writer+image sha": run_vlmforge_inline_digest,
+               "vlmforge writer, no shard sha": run_vlmforge_no_shard_hash}
     if not args.no_copy_build:
         writers["vlmforge copy build"] = run_copy_build
     times: dict[str, list[float]] = {k: [] for k in writers}
