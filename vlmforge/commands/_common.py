@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
@@ -60,3 +63,62 @@ def run_cli_build(
         builder, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
     )
+
+
+@dataclass
+class BuildRun:
+    """What a build command's body returns: the builder (class or factory), its config and source,
+    attributes set on the builder outside its identity (e.g. device), and a step to run on the
+    finished build folder (e.g. an export)."""
+
+    builder: Callable
+    config: Any
+    source: Any
+    attrs: dict = field(default_factory=dict)
+    after: Callable[[Path], None] | None = None
+
+
+def _run_options(
+    out: Out = Path("builds"),
+    workers: Workers = 1,
+    executor: Executor = "local",
+    ray_address: RayAddress = None,
+    concurrency: Concurrency = None,
+    gpus_per_model_worker: GpusPerModelWorker = None,
+    max_samples_per_shard: MaxSamples = 10_000,
+    max_shard_bytes: MaxBytes = 1 << 30,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """The options every build command shares (their declarations; never called)."""
+
+
+def build_command(build_app: typer.Typer, name: str) -> Callable:
+    """Register `fn` as `vlmforge build NAME` with the shared run options added to its own. `fn`
+    returns a BuildRun (or a (builder, config, source) tuple) and the build runs with those options.
+    A shared option that `fn` declares itself (e.g. quiet) is passed to it as well."""
+    shared = inspect.signature(_run_options, eval_str=True).parameters
+
+    def decorate(fn: Callable[..., Any]) -> Callable:
+        own = inspect.signature(fn, eval_str=True)
+        added = [p for n, p in shared.items() if n not in own.parameters]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> None:
+            run = {k: kwargs[k] for k in shared}
+            for p in added:
+                kwargs.pop(p.name)
+            result = fn(**kwargs)
+            if isinstance(result, tuple):
+                result = BuildRun(*result)
+            path = run_cli_build(result.builder, result.config, result.source, **run, **result.attrs)
+            if result.after is not None:
+                result.after(path)
+
+        params = [*own.parameters.values(), *added]
+        command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        build_app.command(name)(command)
+        return fn
+
+    return decorate

@@ -8,13 +8,13 @@ from typing import Annotated
 import typer
 
 from vlmforge.commands._common import (
-    Captions, CocoRoot, CocoSplit, Concurrency, Executor, GpusPerModelWorker, ImageRoot, Images, Instances, JsonFile, MaxBytes, MaxSamples,
-    Out, Overwrite, Quiet, RayAddress, Root, Seed, SourceKind, Workers, run_cli_build,
+    BuildRun, Captions, CocoRoot, CocoSplit, ImageRoot, Images, Instances, JsonFile, Root, Seed, SourceKind,
+    build_command,
 )
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
-    @build_app.command("copy")
+    @build_command(build_app, "copy")
     def build_copy(
         source: SourceKind = "coco",
         coco_root: CocoRoot = None,
@@ -28,17 +28,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         check_images: Annotated[str, typer.Option("--check-images", help="quick (header + JPEG end marker) or full (decode)")] = "quick",
         jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG")] = 95,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        concurrency: Concurrency = None,
-        gpus_per_model_worker: GpusPerModelWorker = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Copy a source into shards unchanged (COCO with no path: the embedded sample)."""
         from vlmforge.builders.copy import CopyBuilder, CopyConfig
         from vlmforge.errors import UserError
@@ -57,5 +47,4 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"unknown source {source!r}; use coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")
         src = CopyBuilder.open_source(source, **opts)
         cfg = CopyConfig(seed=seed, check_images=check_images, jpeg_quality=jpeg_quality)
-        run_cli_build(CopyBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                      max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker)
+        return BuildRun(CopyBuilder, cfg, src)

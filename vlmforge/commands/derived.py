@@ -2,55 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from vlmforge.commands._common import (
-    Executor, ImageRoot, JsonFile, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers,
-    run_cli_build,
-)
-
-BuildRun = tuple  # (builder class, config, source): what a build command hands to run_cli_build
-
-
-def _run_options(
-    out: Out = Path("builds"),
-    workers: Workers = 1,
-    executor: Executor = "local",
-    ray_address: RayAddress = None,
-    max_samples_per_shard: MaxSamples = 10_000,
-    max_shard_bytes: MaxBytes = 1 << 30,
-    overwrite: Overwrite = False,
-    quiet: Quiet = False,
-) -> None:
-    """The options every build command shares (their declarations; never called)."""
-
-
-def build_command(build_app: typer.Typer, name: str) -> Callable:
-    """Register `fn` as `vlmforge build NAME` with the shared run options added to its own; `fn`
-    returns (builder class, config, source) and the build runs with those options."""
-    # Annotations evaluated (this module postpones them), so typer sees the typer.Option metadata.
-    shared = inspect.signature(_run_options, eval_str=True).parameters
-
-    def decorate(fn: Callable[..., BuildRun]) -> Callable:
-        @functools.wraps(fn)
-        def command(**kwargs: Any) -> None:
-            run = {k: kwargs.pop(k) for k in shared}
-            builder_cls, config, source = fn(**kwargs)
-            run_cli_build(builder_cls, config, source, **run)
-
-        own = inspect.signature(fn, eval_str=True)
-        params = [*own.parameters.values(), *shared.values()]
-        command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        build_app.command(name)(command)
-        return fn
-
-    return decorate
+from vlmforge.commands._common import BuildRun, ImageRoot, JsonFile, Seed, build_command
 
 export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
 

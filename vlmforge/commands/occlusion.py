@@ -8,13 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from vlmforge.commands._common import (
-    Captions, CocoRoot, CocoSplit, Concurrency, Executor, GpusPerModelWorker, Images, Instances, MaxBytes, MaxSamples, Out, Overwrite, Quiet,
-    RayAddress, Seed, SourceKind, Workers, run_cli_build,
+    BuildRun, Captions, CocoRoot, CocoSplit, Images, Instances, Seed, SourceKind, build_command,
 )
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
-    @build_app.command("occlusion")
+    @build_command(build_app, "occlusion")
     def build_occlusion(
         source: SourceKind = "coco",
         coco_root: CocoRoot = None,
@@ -45,17 +44,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
         export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts")] = None,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        concurrency: Concurrency = None,
-        gpus_per_model_worker: GpusPerModelWorker = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
-        quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
         ask the model to infer them. With no COCO paths, builds from the embedded sample."""
         from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
@@ -70,10 +59,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         cfg.validate()
         src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,
                                            instances=instances, images=images)
-        path = run_cli_build(OcclusionBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                             max_shard_bytes, overwrite, quiet, concurrency, gpus_per_model_worker, device=device)
-        if export_llava is not None:
-            from vlmforge.export import export_llava as export
-            from vlmforge.progress import console
+        return BuildRun(OcclusionBuilder, cfg, src, attrs={"device": device},
+                        after=None if export_llava is None else lambda path: _export(path, export_llava))
 
-            console.print(f"[green]wrote[/] {export(path, export_llava)}")
+
+def _export(path: Path, out: Path) -> None:
+    from vlmforge.export import export_llava
+    from vlmforge.progress import console
+
+    console.print(f"[green]wrote[/] {export_llava(path, out)}")

@@ -10,9 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vlmforge.commands._common import (
-    Executor, MaxBytes, MaxSamples, Out, Overwrite, Quiet, RayAddress, Seed, Workers, run_cli_build,
-)
+from vlmforge.commands._common import BuildRun, Quiet, Seed, build_command
 
 Generator = Annotated[str, typer.Option("--generator", help="generation backend: template (no model), transformers, vllm or openai")]
 Model = Annotated[Optional[str], typer.Option("--model", help="checkpoint folder or Hub id (transformers, vllm), or the endpoint's model name (openai)")]
@@ -51,7 +49,7 @@ def _cache(cache_dir: Path | None, no_cache: bool):
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
-    @build_app.command("selfsynth")
+    @build_command(build_app, "selfsynth")
     def build_selfsynth(
         root: Annotated[Path, typer.Option("--root", help="dataset root in its native layout")],
         source: Annotated[str, typer.Option("--source", help="cub, fgvc-aircraft, stanford-dogs or imagefolder")] = "cub",
@@ -78,15 +76,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         cache_dir: CacheDir = None,
         no_cache: NoCache = False,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
         quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Self-synthesized explained QA for image classification: class concepts, per-image concept
         selection (information bottleneck), answers that must name the label. Offline:
         --concepts attributes --generator template."""
@@ -113,35 +104,26 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             describe_temperature=describe_temperature, qa_temperature=qa_temperature, max_new_tokens=max_new_tokens)
         builder = functools.partial(SelfSynthBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
                                     cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
-        run_cli_build(builder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                      max_shard_bytes, overwrite, quiet)
+        return BuildRun(builder, cfg, src)
 
-    @build_app.command("selfsynth-round")
+    @build_command(build_app, "selfsynth-round")
     def build_selfsynth_round(
         from_build: FromBuild,
         answers: Annotated[Path, typer.Option("--answers", help="JSONL of candidate answers: {key, question, answers: [...]} per line")],
         where: Where = None,
         embedder: Embedder = "minilm",
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
         quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """Rejection-sampling round k+1: score a model's candidate answers against each image's concepts,
         keep the best one that names the label, else "This is an image of {label}."."""
         from vlmforge.builders.selfsynth_round import SelfSynthRoundBuilder, SelfSynthRoundConfig
 
         src = SelfSynthRoundBuilder.open_source("build", path=from_build, where=where)
         cfg = SelfSynthRoundConfig(seed=seed, answers=str(answers), embedder=embedder)
-        run_cli_build(SelfSynthRoundBuilder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                      max_shard_bytes, overwrite, quiet)
+        return BuildRun(SelfSynthRoundBuilder, cfg, src)
 
-    @build_app.command("cvc-trials")
+    @build_command(build_app, "cvc-trials")
     def build_cvc_trials(
         from_build: FromBuild,
         where: Where = None,
@@ -163,15 +145,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         cache_dir: CacheDir = None,
         no_cache: NoCache = False,
         seed: Seed = 0,
-        out: Out = Path("builds"),
-        workers: Workers = 1,
-        executor: Executor = "local",
-        ray_address: RayAddress = None,
-        max_samples_per_shard: MaxSamples = 10_000,
-        max_shard_bytes: MaxBytes = 1 << 30,
-        overwrite: Overwrite = False,
         quiet: Quiet = False,
-    ) -> None:
+    ) -> BuildRun:
         """CVC trial learning from an occlusion build: K reasoning trials per image, answers soft-matched to
         the label; images solved 1..4 times in 16 give chain-of-thought and short-answer samples."""
         from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
@@ -182,8 +157,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                               threshold=threshold, min_correct=min_correct, max_correct=max_correct)
         builder = functools.partial(CvcTrialsBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
                                     cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
-        run_cli_build(builder, cfg, src, out, workers, executor, ray_address, max_samples_per_shard,
-                      max_shard_bytes, overwrite, quiet)
+        return BuildRun(builder, cfg, src)
 
     @app.command("selfsynth-answers")
     def selfsynth_answers(
