@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
@@ -30,7 +31,7 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     for n in names:
         t.add_column(n, overflow="fold")
     for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+        t.add_row(*["" if v is None else escape(str(v)) for v in r])  # values are text, not rich markup
     return t
 
 
