@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from vlmforge.registry import load_registered
 
 BUILDERS: dict[str, str] = {
     "copy": "vlmforge.builders.copy:CopyBuilder",
@@ -20,11 +20,4 @@ BUILDERS: dict[str, str] = {
 
 
 def get_builder(name: str):
-    from vlmforge.errors import UserError
-
-    try:
-        target = BUILDERS[name]
-    except KeyError:
-        raise UserError(f"unknown builder {name!r}; known: {', '.join(sorted(BUILDERS))}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_registered(BUILDERS, name, "builder")

@@ -10,12 +10,13 @@ rule-based text, for offline builds). Every backend is wrapped by an on-disk cac
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vlmforge.registry import load_registered
 
 
 @dataclass
@@ -157,14 +158,7 @@ class CachedGenerator(Generator):
 
 def generator_class(backend: str) -> type[Generator]:
     """The class registered for `backend` in BACKENDS, imported on demand."""
-    from vlmforge.errors import UserError
-
-    try:
-        target = BACKENDS[backend]
-    except KeyError:
-        raise UserError(f"unknown generator backend {backend!r}; known: {', '.join(sorted(BACKENDS))}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return load_registered(BACKENDS, backend, "generator backend")
 
 
 def make_generator(backend: str, model: str | None = None, cache_dir: str | Path | None | bool = None,
