@@ -2,8 +2,10 @@
 
   python bench/occlusion.py [--images 200] [--coco-root DIR --split val2017 --limit N] [--repeats 3]
 
-The baseline decodes each source JPEG to RGB and encodes it again as JPEG (quality 95): the least
-work any pipeline that writes new images must do. The pipeline rows run the default `occlusion`
+The baseline decodes each source JPEG and encodes it again as JPEG (quality 95), with PIL and with
+OpenCV; the faster of the two is the target's baseline. A third row, one decode per image plus one
+encode per sample written, is the least pixel-domain work for the pipeline's output (each image
+yields several samples, each its own JPEG): no pipeline that re-encodes can beat it. The pipeline rows run the default `occlusion`
 builder (spaCy entities, co-occurrence causality, annotation grounding and masks, blocks fill) in one
 process, models loaded once beforehand (start-up is reported apart), and write the shards. Images per
 second count source images; each may yield several samples.
@@ -19,10 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 from PIL import Image
 
 
-def baseline(files: list[str]) -> float:
+def baseline_pil(files: list[str]) -> float:
     t = time.perf_counter()
     for f in files:
         with Image.open(f) as im:
@@ -32,23 +36,39 @@ def baseline(files: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def baseline_cv2(files: list[str]) -> tuple[float, float]:
+    """The same with OpenCV (what the pipeline decodes and encodes with, and the faster of the two):
+    (decode seconds, encode seconds)."""
+    dec = enc = 0.0
+    for f in files:
+        t = time.perf_counter()
+        with open(f, "rb") as fh:
+            bgr = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        t1 = time.perf_counter()
+        cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        dec += t1 - t
+        enc += time.perf_counter() - t1
+    return dec, enc
+
+
 def pipeline(source, out: Path) -> dict:
     from vlmforge.builders.base import _batches
     from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
     from vlmforge.manifests.writer import ShardLimits, SplitWriter
     from vlmforge.sample import finish_results
 
-    b = OcclusionBuilder(OcclusionConfig(), source)
     from vlmforge.curation.embedding import shared_embedder
+    from vlmforge.curation.entities import load_spacy
 
+    b = OcclusionBuilder(OcclusionConfig(), source)
     t = time.perf_counter()
-    shared_embedder(None).setup()  # model loading is start-up, reported apart
-    b.prepare()
-    prep = time.perf_counter() - t
-    t = time.perf_counter()
-    b.setup()
+    # Model loading (spaCy, MiniLM) is start-up, paid once per process whatever the data size: apart.
+    shared_embedder(None).setup()
+    load_spacy(b.config.spacy_model)
     startup = time.perf_counter() - t
-    t_all = time.perf_counter() - prep
+    t_all = time.perf_counter()
+    b.prepare()  # entities of every caption, co-occurrence fit, label embeddings: counted
+    b.setup()
     split = source.splits()[0]
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest").mkdir(exist_ok=True)
@@ -91,22 +111,32 @@ def main() -> None:
         for name, root in datasets.items():
             source = CocoSource.from_paths(unit="image", coco_root=root, split=args.split)
             files = [str(source.ds.image_path(i)) for i in sorted(source.ds.images)]
-            base, runs = [], []
+            base_pil, base_cv, runs = [], [], []
             for rep in range(args.repeats):
-                base.append(baseline(files))
+                base_pil.append(baseline_pil(files))
+                base_cv.append(baseline_cv2(files))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 runs.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split), work / "out"))
             n = len(files)
-            b_rate = n / statistics.median(base)
+            cv_total = statistics.median(d + e for d, e in base_cv)
+            b_sec = min(statistics.median(base_pil), cv_total)  # the faster baseline is the target's
+            b_rate = n / b_sec
             best = sorted(runs, key=lambda r: r["total"])[len(runs) // 2]
             p_rate = n / best["total"]
-            print(f"\n[{name}] {n} images -> {best['samples']} samples; model start-up {best['startup']:.1f}s (not counted)")
-            print(f"{'stage':<22}{'seconds':>9}{'images/s':>11}")
+            per_image = best["samples"] / n
+            # The least pixel-domain work for this output: one decode per image, one encode per sample.
+            floor = statistics.median(d + e * per_image for d, e in base_cv)
+            print(f"\n[{name}] {n} images -> {best['samples']} samples ({per_image:.2f} per image); "
+                  f"model start-up {best['startup']:.1f}s (not counted)")
+            print(f"{'stage':<30}{'seconds':>9}{'images/s':>11}")
             for stage, sec in best["stages"].items():
-                print(f"{stage:<22}{sec:>9.2f}{(n / sec if sec else float('inf')):>11.0f}")
-            print(f"{'pipeline overall':<22}{best['total']:>9.2f}{p_rate:>11.0f}")
-            print(f"{'decode+encode baseline':<22}{statistics.median(base):>9.2f}{b_rate:>11.0f}")
-            print(f"pipeline / baseline = {p_rate / b_rate:.2f}x (target >= 0.5x)")
+                print(f"{stage:<30}{sec:>9.2f}{(n / sec if sec else float('inf')):>11.0f}")
+            print(f"{'pipeline overall':<30}{best['total']:>9.2f}{p_rate:>11.0f}")
+            print(f"{'baseline decode+encode (PIL)':<30}{statistics.median(base_pil):>9.2f}{n / statistics.median(base_pil):>11.0f}")
+            print(f"{'baseline decode+encode (cv2)':<30}{cv_total:>9.2f}{n / cv_total:>11.0f}")
+            print(f"{'decode + encode per sample':<30}{floor:>9.2f}{n / floor:>11.0f}")
+            print(f"pipeline / baseline = {p_rate / b_rate:.2f}x (target >= 0.5x); the per-sample encode floor "
+                  f"alone is {b_sec / floor:.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -50,3 +50,19 @@ def test_other_fills_change_only_the_dilated_mask(fill):
     assert changed.sum() > mask.sum()  # dilation grew the region
     assert (out[~changed] == img[~changed]).all()
     assert not (out[50:70, 60:110] == (10, 200, 10)).all()
+
+
+def test_bilevel_png_is_a_standard_one_bit_png_of_the_mask():
+    import io
+
+    from PIL import Image
+
+    from vlmforge.curation.images import bilevel_png
+
+    rng = np.random.default_rng(3)
+    for h, w in ((1, 1), (7, 13), (40, 33)):
+        mask = rng.random((h, w)) < 0.4
+        im = Image.open(io.BytesIO(bilevel_png(mask)))
+        im.load()  # checks the zlib stream and CRCs
+        assert (im.mode, im.size) == ("1", (w, h))
+        assert np.array_equal(np.asarray(im), mask)

@@ -10,12 +10,12 @@ entity that does not become a sample lands in `rejects` with the stage and reaso
 
 from __future__ import annotations
 
-import io
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 from PIL import Image
@@ -24,9 +24,9 @@ from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, SpacyEntityExtractor
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
-from vlmforge.curation.images import ImageError, read_image
+from vlmforge.curation.images import ImageError, bilevel_png, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
-from vlmforge.curation.occlude import FILL_PHRASES, FILLS, occlude
+from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlude
 from vlmforge.curation.segmentation import SamSegmenter, annotation_mask, box_mask
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -82,7 +82,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -109,6 +109,7 @@ class OcclusionBuilder(Builder):
         self.device: str | None = None  # where model stages run; not part of the build's identity
         self.entities: dict[int, list[Entity]] = {}
         self.scorer = None
+        self.label_vectors: dict[str, np.ndarray] = {}  # made by prepare() for the annotation grounder
         # Seconds spent per stage in this process (bench/occlusion.py reads them).
         self.stage_seconds: dict[str, float] = defaultdict(float)
 
@@ -151,6 +152,17 @@ class OcclusionBuilder(Builder):
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
                 self._labels_of_image(image_id) for image_id in sorted(ds.captions))
         self.stage_seconds["entities"] += time.perf_counter() - t0
+        if self.config.grounder == "annotations":
+            # Every label is known now: embed the ones the synonym table lacks here, once, so that
+            # workers get the vectors with the builder and never load the sentence-embedding model.
+            t0 = time.perf_counter()
+            grounder = AnnotationGrounder(ds.categories, self.config.embed_threshold, self.config.embedder)
+            grounder.prefetch(self._all_labels())
+            self.label_vectors = dict(grounder._vec)
+            self.stage_seconds["grounding"] += time.perf_counter() - t0
+
+    def _all_labels(self) -> list[str]:
+        return sorted({e.label for ents in self.entities.values() for e in ents})
 
     def _labels_of_image(self, image_id: int) -> list[str]:
         return [e.label for c in self.src.ds.captions.get(image_id, []) for e in self.entities.get(int(c["id"]), [])]
@@ -168,7 +180,8 @@ class OcclusionBuilder(Builder):
             if stage is not None:
                 stage.setup()
         if isinstance(self.grounder, AnnotationGrounder):
-            self.grounder.prefetch(sorted({e.label for ents in self.entities.values() for e in ents}))
+            self.grounder._vec.update(self.label_vectors)
+            self.grounder.prefetch(self._all_labels())  # a no-op when prepare() ran
 
     # -- worker: a batch of images ---------------------------------------------------------------
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
@@ -186,27 +199,33 @@ class OcclusionBuilder(Builder):
                 continue
             try:
                 img = read_image(rec["file"], check="quick")
-                pil = Image.open(io.BytesIO(img.data))
-                pil.load()
-                rgb = np.asarray(pil.convert("RGB"))
             except ImageError as e:
                 results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
                 continue
-            except OSError as e:
-                results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: {e}"))
+            # OpenCV decodes straight into an array (PIL's decode + RGB copy + array copy cost twice
+            # as much); EXIF orientation is ignored, as COCO's annotations are on the stored pixels.
+            bgr = cv2.imdecode(np.frombuffer(img.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if bgr is None:
+                results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: cannot be decoded"))
+                continue
+            size = (rec["image"].get("height"), rec["image"].get("width"))
+            if bgr.shape[:2] != size:
+                results[i].append(Reject(rec["source_id"], "size_mismatch", "read_image",
+                                         f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "
+                                         f"{size[1]}x{size[0]}"))
                 continue
             cands = [_Candidate(cap, k, ent) for cap in rec["captions"]
                      for k, ent in enumerate(self.entities.get(int(cap["id"]), []))]
             if not cands:
                 results[i].append(Reject(rec["source_id"], "no_entities", "entities", "no caption names an object"))
-            work.append((i, rec, img, pil, rgb, cands))
+            work.append((i, rec, img, _Pixels(bgr), cands))
         t1 = time.perf_counter()
         self._score_causality(work, results)
         t2 = time.perf_counter()
         self._ground(work, results)
         t3 = time.perf_counter()
-        for i, rec, img, pil, rgb, cands in work:
-            results[i].extend(self._occlude_image(rec, img, pil, rgb, cands))
+        for i, rec, img, px, cands in work:
+            results[i].extend(self._occlude_image(rec, img, px, cands))
         t4 = time.perf_counter()
         encode = self.stage_seconds.pop("_encode_in_batch", 0.0)
         for stage, dt in (("decode", t1 - t0), ("causality", t2 - t1), ("grounding", t3 - t2),
@@ -222,7 +241,7 @@ class OcclusionBuilder(Builder):
         if self.config.causality == "none":
             return
         items, owners = [], []
-        for i, rec, _img, _pil, _rgb, cands in work:
+        for i, rec, _img, _px, cands in work:
             context = tuple(self._labels_of_image(rec["image_id"]))
             for c in cands:
                 items.append(CausalityItem(c.caption["caption"], c.entity.start, c.entity.end, c.entity.label, context))
@@ -233,21 +252,21 @@ class OcclusionBuilder(Builder):
             if not self.scorer.keep(v):
                 results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {v:.3f}"))
         for entry in work:
-            entry[5][:] = [c for c in entry[5] if c.causality is None or self.scorer.keep(c.causality)]
+            entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
     def _ground(self, work, results) -> None:
         if self.config.grounder == "annotations":
-            for i, rec, _img, _pil, rgb, cands in work:
+            for i, rec, _img, px, cands in work:
                 masks = self._instance_masks(rec)
                 for c in cands:
                     c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
-                                                       rec["instances"], rgb, masks)
+                                                       rec["instances"], px.rgb, masks)
         else:
-            found = self.grounder([w[3] for w in work], [sorted({c.entity.label for c in w[5]}) for w in work])
-            for (i, rec, _img, _pil, _rgb, cands), dets in zip(work, found):
+            found = self.grounder([w[3].pil for w in work], [sorted({c.entity.label for c in w[4]}) for w in work])
+            for (i, rec, _img, _px, cands), dets in zip(work, found):
                 for c in cands:
                     c.grounding = dets.get(c.entity.label)
-        for i, rec, _img, _pil, _rgb, cands in work:
+        for i, rec, _img, _px, cands in work:
             for c in cands:
                 if c.grounding is None:
                     results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
@@ -258,10 +277,10 @@ class OcclusionBuilder(Builder):
             rec["_masks"] = _LazyMasks(rec["instances"], rec["image"]["height"], rec["image"]["width"])
         return rec["_masks"]
 
-    def _occlude_image(self, rec: Record, img, pil, rgb: np.ndarray, cands: list[_Candidate]) -> list[Sample | Reject]:
+    def _occlude_image(self, rec: Record, img, px: "_Pixels", cands: list[_Candidate]) -> list[Sample | Reject]:
         cfg = self.config
         out: list[Sample | Reject] = []
-        h, w = rgb.shape[:2]
+        h, w = px.bgr.shape[:2]
         # One object is hidden once per image: the first caption (by id) that names it wins.
         seen: set = set()
         unique: list[_Candidate] = []
@@ -273,12 +292,13 @@ class OcclusionBuilder(Builder):
                 continue
             seen.add(ident)
             unique.append(c)
-        masks = self._masks(rec, pil, unique, h, w)
+        masks = self._masks(rec, px, unique, h, w)
         made: list[tuple[_Candidate, np.ndarray, np.ndarray, float]] = []
         for c, mask in zip(unique, masks):
             key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
             rng = np.random.default_rng(_seed_words(cfg.seed, key))
-            occluded, changed = occlude(rgb, mask, c.grounding.box, cfg.fill, rng, cfg.dilate)
+            # Painted in OpenCV's BGR order, which its JPEG encoder takes as it is.
+            occluded, changed = occlude(px.bgr, mask, c.grounding.box, cfg.fill, rng, cfg.dilate, color=FILL_RGB[::-1])
             frac = float(changed.sum()) / float(h * w)
             if frac < cfg.min_area or frac > cfg.max_area:
                 reason = "area_too_small" if frac < cfg.min_area else "area_too_large"
@@ -295,22 +315,22 @@ class OcclusionBuilder(Builder):
             out.append(self._sample(rec, img, c, occluded, changed, frac))
         return out
 
-    def _masks(self, rec: Record, pil, cands: list[_Candidate], h: int, w: int) -> list[np.ndarray]:
+    def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int, w: int) -> list[np.ndarray]:
         if not cands:
             return []
         seg = self.config.segmenter
         if seg == "annotations":
             inst = self._instance_masks(rec)
-            return [np.logical_or.reduce([inst[i] for i in c.grounding.instance_ids]) for c in cands]
+            return [_union([inst[i] for i in c.grounding.instance_ids]) for c in cands]
         # A plural phrase ("two dogs") hides every detection of its label; a singular one the best.
         per_cand = [c.grounding.boxes if c.entity.plural and c.grounding.boxes else [c.grounding.box] for c in cands]
         if seg == "box":
             return [box_mask(boxes, h, w) for boxes in per_cand]
         flat = [b for boxes in per_cand for b in boxes]
-        masks = self.segmenter(pil, flat)
+        masks = self.segmenter(px.pil, flat)
         out, k = [], 0
         for boxes in per_cand:
-            out.append(np.logical_or.reduce(masks[k : k + len(boxes)]))
+            out.append(_union(masks[k : k + len(boxes)]))
             k += len(boxes)
         return out
 
@@ -331,13 +351,12 @@ class OcclusionBuilder(Builder):
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         t = time.perf_counter()
-        buf = io.BytesIO()
-        Image.fromarray(occluded).save(buf, format="JPEG", quality=cfg.jpeg_quality)
-        mbuf = io.BytesIO()
-        # 1-bit PNG: a tenth of the bytes of an 8-bit mask, and read back as bool arrays.
-        Image.frombytes("1", changed.shape[::-1], np.packbits(changed, axis=1).tobytes()).save(mbuf, format="PNG")
+        ok, jpg = cv2.imencode(".jpg", occluded, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        if not ok:  # pragma: no cover - OpenCV fails only on an empty or malformed array
+            raise RuntimeError(f"JPEG encoding failed for {key}")
+        mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
         self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
-        extras = {"mask.png": mbuf.getvalue()}
+        extras = {"mask.png": mask_png}
         if cfg.keep_original:
             extras["orig." + img.ext] = img.data
         h, w = occluded.shape[:2]
@@ -345,7 +364,7 @@ class OcclusionBuilder(Builder):
                    "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
                    "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
                    "fill": cfg.fill, "question": question, "grounding": g.method}
-        return Sample(key=key, doc=doc, image=buf.getvalue(), image_ext="jpg", width=w, height=h,
+        return Sample(key=key, doc=doc, image=jpg.tobytes(), image_ext="jpg", width=w, height=h,
                       source_id=f"{rec['image_id']}:{c.caption['id']}:{c.index}", extras=extras, columns=columns)
 
     def _supercategory(self, category: str) -> str | None:
@@ -353,6 +372,31 @@ class OcclusionBuilder(Builder):
             if cat["name"] == category:
                 return cat.get("supercategory")
         return COCO_SUPERCATEGORIES.get(category)
+
+
+class _Pixels:
+    """A decoded image: OpenCV's BGR array, with an RGB view and a PIL image (for model backends)
+    made only when asked for."""
+
+    __slots__ = ("bgr", "_pil")
+
+    def __init__(self, bgr: np.ndarray):
+        self.bgr = bgr
+        self._pil = None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        return self.bgr[:, :, ::-1]  # a view: no copy
+
+    @property
+    def pil(self) -> Image.Image:
+        if self._pil is None:
+            self._pil = Image.fromarray(np.ascontiguousarray(self.rgb))
+        return self._pil
+
+
+def _union(masks: list[np.ndarray]) -> np.ndarray:
+    return masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
 
 
 class _LazyMasks(dict):

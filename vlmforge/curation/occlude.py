@@ -113,13 +113,14 @@ def occlude_inpaint(image: np.ndarray, mask: np.ndarray, radius: int = 5):
 
 
 def occlude(image: np.ndarray, mask: np.ndarray, box: list[float], fill: str, rng: np.random.Generator,
-            dilate_px: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Apply `fill` to `mask` (dilated by `dilate_px`) of an RGB uint8 image; returns (image, changed)."""
+            dilate_px: int = 0, color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `fill` to `mask` (dilated by `dilate_px`) of a 3-channel uint8 image; returns (image, changed).
+    `color` is in the image's channel order (pass FILL_RGB reversed for an OpenCV BGR array)."""
     mask = dilate(mask, dilate_px)
     if fill == "blocks":
-        return occlude_with_blocks(image, mask, box, rng)
+        return occlude_with_blocks(image, mask, box, rng, color)
     if fill == "solid":
-        return occlude_solid(image, mask)
+        return occlude_solid(image, mask, color)
     if fill == "blur":
         return occlude_blur(image, mask, box)
     if fill == "noise":
