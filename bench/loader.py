@@ -9,6 +9,12 @@ trained, the image token expanded to 576 tokens, images padded to square and run
 - `json+folder`: what LLaVA's `LazySupervisedDataset` does, in our own words: `json.load` of the whole
   list, per item open the image file, pad, `image_processor(image)`, build the vicuna prompt and find
   the answer tokens by tokenising each round again; a collate function pads and stacks.
+- `shards model-ready`: the same shard loader over a `model-ready` build made from the same copy build
+  with the same CLIP 336 px settings: images stored padded to square and resized (JPEG q95, 4:4:4), so
+  the loader decodes 336x336 images and only normalises them. Building it is a one-off cost, printed.
+- `json+folder model-ready`: the JSON + folder loader over the same JSON, its image folder holding those
+  model-ready images: the like-for-like comparison. Ratios are against `json+folder` over the originals,
+  as for the first two rows, and the model-ready rows' ratio to each other is printed below them.
 
 Throughput (samples/s through a DataLoader with the same number of workers and batch size, from the
 first batch to the last, page cache warm) is measured on `--samples` records pointing at 480x360
@@ -118,18 +124,44 @@ def prepare(work: Path, records: int, samples: int) -> dict[str, Path]:
                            source_options={"json": str(src), "image_root": str(images)})
             print(f"built {name} set in {time.time() - t:.0f} s")
         paths[f"{name}_build"] = out / "copy" / "1.0.0"
+    prepare_model_ready(work, paths)
     return paths
+
+
+def prepare_model_ready(work: Path, paths: dict) -> None:
+    """The small build made model-ready (CLIP 336 px, padded to square; its build time kept beside
+    it) and its images written where the small JSON's records point, in a folder of their own."""
+    import vlmforge
+
+    out = work / f"build-ready-{paths['small_json'].stem}"
+    seconds = out / "build-seconds.txt"
+    if not (out / "model-ready" / "1.0.0" / "build.json").exists():
+        t = time.perf_counter()
+        vlmforge.build("model-ready", "build", out=out, workers=2, quiet=False,
+                       source_options={"path": str(paths["small_build"])}, size=IMAGE_SIZE)
+        seconds.write_text(f"{time.perf_counter() - t:.3f}\n")
+    paths["ready_build"] = out / "model-ready" / "1.0.0"
+    paths["ready_seconds"] = float(seconds.read_text()) if seconds.exists() else None
+    folder = work / f"images_ready-{paths['small_json'].stem}"
+    done = folder / ".complete"
+    if not done.exists():
+        for sample in vlmforge.open_build(paths["ready_build"]).samples():
+            rel = sample["json"].get("image")
+            if rel:  # records sharing an original share its model-ready bytes (same pixels, same encoder)
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                (folder / rel).write_bytes(sample["jpg"])
+        done.write_text("")
+    paths["images_ready"] = folder
 
 
 def make_processor(work: Path):
     """LLaVA-1.5's image processor (CLIP, 336 px) and 576 image tokens, with the tiny offline tokenizer."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import LlavaProcessor
 
+    from vlmforge.training.images import clip_image_processor
     from vlmforge.training.tiny import CHAT_TEMPLATE, causal_lm_tokenizer
 
-    ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                               image_mean=[0.48145466, 0.4578275, 0.40821073],
-                               image_std=[0.26862954, 0.26130258, 0.27577711])
+    ip = clip_image_processor(IMAGE_SIZE)  # CLIP's mean and std, bicubic, shortest edge + centre crop
     return LlavaProcessor(image_processor=ip, tokenizer=causal_lm_tokenizer(), patch_size=PATCH,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=CHAT_TEMPLATE)
@@ -314,6 +346,35 @@ def check_same_output(paths, processor) -> tuple[int, int]:
     return trained, missed
 
 
+def check_model_ready(paths, processor) -> tuple[float, float]:
+    """The model-ready build has the bench processor's transform, and on 20 records our loader over it
+    gives the pixels the JSON + folder loader gives over its images; returns the mean and max
+    |difference| to the pixels made from the originals (normalised units: JPEG error only)."""
+    import torch
+
+    from vlmforge.manifests.read import open_build
+    from vlmforge.training.collate import LlavaCollator
+    from vlmforge.training.images import ImagePreparer
+
+    ready = open_build(paths["ready_build"])
+    assert ready.info["config"]["transform"] == ImagePreparer(processor.image_processor).transform, \
+        "the model-ready build was made with other settings than the bench's processor"
+    col = LlavaCollator(processor, "vicuna_v1", 2048)
+    on_ready = JsonFolderDataset(paths["small_json"], paths["images_ready"], processor)
+    on_orig = JsonFolderDataset(paths["small_json"], paths["images_full"], processor)
+    diffs = []
+    for sample, _ in zip(ready.samples(), range(20)):
+        i = int(sample["json"]["id"])
+        rec = on_ready[i]
+        if "pixel_values" not in rec:
+            continue
+        ours = col([sample])["pixel_values"][0]
+        assert torch.allclose(ours, rec["pixel_values"], atol=1e-4), "model-ready pixels differ between loaders"
+        diffs.append((ours - on_orig[i]["pixel_values"]).abs())
+    d = torch.stack(diffs)
+    return float(d.mean()), float(d.max())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=665_000, help="records of the start-up set")
@@ -333,11 +394,20 @@ def main() -> None:
     trained, missed = check_same_output(paths, processor)
     print("check: on 20 records both loaders give identical token ids and pixel values; labels agree except "
           f"{missed} answer-start tokens (of {trained} trained) that the LLaVA-style round arithmetic masks")
+    mean_d, max_d = check_model_ready(paths, processor)
+    built = (f"built once in {paths['ready_seconds']:.1f} s with 2 workers" if paths["ready_seconds"] is not None
+             else "build time not recorded")
+    print(f"model-ready build ({paths['ready_build'].parent.parent.name}, "
+          f"{json.loads((paths['ready_build'] / 'build.json').read_text())['config']['transform']}): {built}; "
+          f"both loaders give it identical pixels, which differ from the originals' by {mean_d:.4f} on average "
+          f"(max {max_d:.3f}) in normalised units")
 
     W, B = args.workers, args.batch_size
     loaders = {
         "shards": lambda: shard_loader(paths["small_build"], processor, W, B),
         "json+folder": lambda: json_loader(paths["small_json"], paths["images_full"], processor, W, B),
+        "shards model-ready": lambda: shard_loader(paths["ready_build"], processor, W, B),
+        "json+folder model-ready": lambda: json_loader(paths["small_json"], paths["images_ready"], processor, W, B),
     }
     results: dict[str, list[tuple[float, float, int]]] = {k: [] for k in loaders}
     for _ in range(args.repeats):
@@ -350,8 +420,10 @@ def main() -> None:
     base_cpu = statistics.median(r[3] for r in results["json+folder"])
     for name, rs in results.items():
         sps, cps = statistics.median(r[1] for r in rs), statistics.median(r[3] for r in rs)
-        print(f"  {name:12s} {sps:8.1f} samples/s  {sps / base:5.2f}x   |  {cps:6.1f} samples per CPU-second "
+        print(f"  {name:24s} {sps:8.1f} samples/s  {sps / base:5.2f}x   |  {cps:6.1f} samples per CPU-second "
               f"{cps / base_cpu:5.2f}x   runs: " + ", ".join(f"{r[1]:.1f}" for r in rs) + f"  ({rs[0][2]} samples)")
+    ours, theirs = (statistics.median(r[1] for r in results[k]) for k in ("shards model-ready", "json+folder model-ready"))
+    print(f"  like for like on model-ready images: shards {ours / theirs:.2f}x json+folder")
 
     big = {
         "shards": lambda: shard_loader(paths["big_build"], processor, W, B),

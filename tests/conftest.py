@@ -36,3 +36,21 @@ def coco_copy(tmp_path, sample_coco) -> Path:
     dst = tmp_path / "coco"
     shutil.copytree(sample_coco, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def coco_build(tmp_path_factory, sample_coco):
+    """The embedded COCO sample (480x360 JPEGs) copied into a build: 12 samples with a human/gpt
+    conversation, 3 shards."""
+    import vlmforge
+
+    return vlmforge.build("copy", "coco", out=tmp_path_factory.mktemp("cocobuild"), max_samples_per_shard=5,
+                          source_options={"coco_root": str(sample_coco), "split": "val2017"})
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """What `vlmforge model init-tiny --kind clip` writes: a CLIP of ~50k parameters, processor at 32 px."""
+    from vlmforge.training.tiny import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny") / "clip")

@@ -36,13 +36,6 @@ def loose_shards(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def coco_build(tmp_path_factory, sample_coco):
-    """The embedded COCO sample copied into a build: 12 samples with a human/gpt conversation, 3 shards."""
-    return vlmforge.build("copy", "coco", out=tmp_path_factory.mktemp("cocobuild"), max_samples_per_shard=5,
-                          source_options={"coco_root": str(sample_coco), "split": "val2017"})
-
-
-@pytest.fixture(scope="session")
 def label_build(tmp_path_factory):
     """An image-label build (imagefolder copy): three colour classes, train and val splits."""
     root = tmp_path_factory.mktemp("folder") / "shapes"
@@ -65,10 +58,3 @@ def tiny_llava(tmp_path_factory) -> Path:
     from vlmforge.training.tiny import make_tiny_llava
 
     return make_tiny_llava(tmp_path_factory.mktemp("tiny") / "llava", init_range=TINY_TRAINABLE_INIT)
-
-
-@pytest.fixture(scope="session")
-def tiny_clip(tmp_path_factory) -> Path:
-    from vlmforge.training.tiny import make_tiny_clip
-
-    return make_tiny_clip(tmp_path_factory.mktemp("tiny") / "clip")

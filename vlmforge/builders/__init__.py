@@ -16,6 +16,7 @@ BUILDERS: dict[str, str] = {
     "mcqa": "vlmforge.builders.mcqa:McqaBuilder",
     "grading": "vlmforge.builders.grading:GradingBuilder",
     "vg": "vlmforge.builders.vg:VgBuilder",
+    "model-ready": "vlmforge.builders.model_ready:ModelReadyBuilder",
 }
 
 

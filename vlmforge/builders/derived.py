@@ -104,6 +104,23 @@ class Plan:
         return src.splits()
 
 
+class KeepAllPlan(Plan):
+    """Every parent record, in its own split: for derived builds that change samples, not selections."""
+
+    def __init__(self, config: BuildConfig | None = None):
+        super().__init__()
+
+    def fit(self, src: Source) -> None:
+        self.out_splits = list(src.splits())
+        self.counts = {s: src.count(s) for s in self.out_splits}
+
+    def assign(self, rec: Record, base_split: str) -> str | None:
+        return base_split
+
+    def base_splits_for(self, out_split: str, src: Source) -> list[str]:
+        return [out_split]
+
+
 class SelectedSource(Source):
     """`base` seen through `plan`: only the records the plan assigns, under their output split."""
 

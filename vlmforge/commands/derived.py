@@ -1,4 +1,4 @@
-"""`vlmforge build split|subset|mix|mcqa|grading|vg` and `vlmforge export llava|llava-split`."""
+"""`vlmforge build split|subset|mix|mcqa|grading|vg|model-ready` and `vlmforge export llava|llava-split`."""
 
 from __future__ import annotations
 
@@ -188,6 +188,27 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                        max_objects_per_image=max_objects_per_image, min_box_side=min_box_side, crop=crop,
                        jpeg_quality=jpeg_quality)
         return VgBuilder, cfg, src
+
+    @build_command(build_app, "model-ready")
+    def build_model_ready(
+        parent: From = None,
+        processor: Annotated[Optional[str], typer.Option("--processor", help="image processor (path or Hub id, e.g. a LLaVA checkpoint) whose resize and crop to apply")] = None,
+        size: Annotated[Optional[int], typer.Option("--size", help="or CLIP's processor at this size: bicubic shortest edge, centre crop (e.g. 336)")] = None,
+        pad: Annotated[str, typer.Option("--pad", help="square: pad with the processor's mean colour first, as LLaVA-1.5 does; none")] = "square",
+        quality: Annotated[int, typer.Option("--quality", min=1, max=100, help="JPEG quality of the stored images")] = 95,
+        where: Where = None,
+        parent_split: ParentSplits = None,
+        seed: Seed = 0,
+    ) -> BuildRun:
+        """Store a build's images padded, resized and cropped as the model's processor does.
+
+        Every epoch then decodes a small image and only normalises it. The original size and the
+        transform are recorded (orig_width, orig_height, image_transform); all else is the parent's."""
+        from vlmforge.builders.model_ready import ModelReadyBuilder, ModelReadyConfig
+
+        src = ModelReadyBuilder.open_source("build", path=parent, where=where, splits=parent_split)
+        cfg = ModelReadyConfig(seed=seed, processor=processor, size=size, pad=pad, quality=quality)
+        return ModelReadyBuilder, cfg, src
 
     @export_app.command("llava")
     def export_llava_cmd(

@@ -91,7 +91,7 @@ class ClipCollator:
             label = s.get("json", {}).get(self.label_field)
             if f is None or label is None or str(label) not in self.index:
                 continue
-            imgs.append(self.images.load(s[f]))
+            imgs.append(self.images.load(s[f], s.get("json", {}).get("image_transform")))
             idx.append(self.index[str(label)])
             keys.append(s["__key__"])
         batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys)}

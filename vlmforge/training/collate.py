@@ -46,7 +46,7 @@ class LlavaCollator:
             labels.append(enc[1])
             keys.append(s["__key__"])
             if enc[2]:
-                images.append(self.images.load(s[f]))
+                images.append(self.images.load(s[f], s.get("json", {}).get("image_transform")))
         batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys)}
         if not ids:
             return batch
