@@ -46,3 +46,32 @@ def test_sha_and_size_match_file(tmp_path):
     size, sha = w.close()
     raw = path.read_bytes()
     assert size == len(raw) and sha == hashlib.sha256(raw).hexdigest()
+
+
+def test_shards_complete_in_order_while_hashes_overlap(tmp_path, monkeypatch):
+    """Hash steps of one page make each shard's hash run in many steps, behind the writer and beside
+    the next shard's; every shard still ends renamed, with its manifest part, and a sha256 equal to
+    the file's."""
+    import hashlib
+    import json
+
+    import vlmforge.manifests.tarwriter as tw
+    from vlmforge.manifests.writer import ShardLimits, SplitWriter
+    from vlmforge.sample import Sample
+
+    monkeypatch.setattr(tw._FileHasher, "STEP", 4096)
+    (tmp_path / "manifest").mkdir()
+    w = SplitWriter(tmp_path, "train", [], {"builder": "t", "version": "0", "source": "s"},
+                    ShardLimits(max_samples=3, max_bytes=1 << 30), set())
+    for i in range(10):
+        w.add(i, [Sample(key=f"k{i:03d}", image=bytes([i]) * (5000 + i), image_ext="jpg", width=1, height=1,
+                         source_id=str(i), doc={"i": i})])
+    stats = w.finish(10)
+    assert [s["index"] for s in stats] == [0, 1, 2, 3]
+    assert [s["samples"] for s in stats] == [3, 3, 3, 1]
+    for s in stats:
+        raw = (tmp_path / s["shard"]).read_bytes()
+        assert s["sha256"] == hashlib.sha256(raw).hexdigest() and s["bytes"] == len(raw)
+        marker = tmp_path / "manifest" / s["shard"].replace(".tar", ".stats.json")
+        assert json.loads(marker.read_text())["sha256"] == s["sha256"]
+    assert not list(tmp_path.glob("*.tmp"))

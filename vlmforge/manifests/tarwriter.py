@@ -3,8 +3,8 @@
 Why not `webdataset.ShardWriter` or `tarfile`: both build a `TarInfo` per member and re-encode
 headers in Python, which measured at 0.3-0.6x of GNU tar on passthrough JPEGs (bench/shards.py).
 Here a header is a 512-byte template with only name, size and checksum filled in, and the shard's
-sha256 is updated, on a second thread, from the same buffers that are written, so the file is never
-read back.
+sha256 is made on a second thread from the file's pages in the page cache (mapped, not read back
+from disk), without ever holding up the writer.
 
 Every header has mode 0444, uid/gid 0, empty owner names and mtime 0: the bytes depend only on the
 member names and contents. Archives end with two zero blocks, padded to a 10 KiB record like GNU tar
@@ -14,8 +14,8 @@ and Python's tarfile, so every tar reader (GNU tar, tarfile, webdataset, `datase
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
-import queue
 import threading
 
 BLOCK = 512
@@ -57,37 +57,96 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
-class _ShardHasher:
-    """sha256 of the bytes written, computed on a second thread (hashlib releases the GIL on large
-    buffers), so hashing overlaps with reading and writing. A bounded queue caps memory use."""
+class _FileHasher:
+    """sha256 of a file that is being appended to, computed on its own thread from the file itself.
 
-    def __init__(self) -> None:
+    The writer only reports how far it has written; the thread maps what is new (it is in the page
+    cache, so nothing is read from disk and nothing is copied) and hashes it in large steps, during
+    which hashlib releases the GIL. The writer never waits for the hash: a finished shard's hash can
+    still be running while the next shard is written and hashed, so on a machine with more cores than
+    writers several shards are hashed at once. That matters because one sha256 stream is slower than
+    writing: about 1 GB/s with SHA-NI, against 1.1 GB/s for GNU tar writing the same files here.
+    Hashing the written buffers themselves measured slower (0.78x of tar against 0.86x in
+    bench/shards.py): tens of thousands of small updates pass the GIL back and forth.
+    """
+
+    STEP = 16 << 20  # bytes hashed per call (GIL released); also the lag that wakes the thread
+
+    def __init__(self, path: str) -> None:
+        self.path = path
         self.sha = hashlib.sha256()
-        self._q: queue.Queue = queue.Queue(maxsize=64)  # at most ~64 MiB waiting to be hashed
-        self._t = threading.Thread(target=self._run, daemon=True)
+        self.written = 0  # bytes the writer has put in the file (only grows)
+        self._final: int | None = None  # set by finish(): the file's whole size
+        self._wake = threading.Event()
+        self._signalled = 0
+        self.error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name=f"sha256 {os.path.basename(path)}", daemon=True)
         self._t.start()
 
+    def advanced(self, written: int) -> None:
+        self.written = written
+        if written - self._signalled >= self.STEP:
+            self._signalled = written
+            self._wake.set()
+
+    def finish(self, size: int) -> None:
+        """No more writes: hash to `size` and stop."""
+        self.written = size
+        self._final = size
+        self._wake.set()
+
     def _run(self) -> None:
-        update = self.sha.update
-        while True:
-            bufs = self._q.get()
-            if bufs is None:
-                return
-            for b in bufs:
-                update(b)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:  # pragma: no cover - the writer created the file just before
+            self.error = e
+            return
+        try:
+            done = 0
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                final = self._final
+                target = self.written if final is None else final
+                # Whole steps while writing goes on; everything once the file is final.
+                end = target if final is not None else done + (target - done) // self.STEP * self.STEP
+                if end > done:
+                    done = self._hash_range(fd, done, end)
+                if final is not None and done >= final:
+                    return
+        except BaseException as e:  # noqa: BLE001 - reported by digest()
+            self.error = e
+        finally:
+            os.close(fd)
 
-    def put(self, bufs: tuple) -> None:
-        self._q.put(bufs)
+    def _hash_range(self, fd: int, start: int, end: int) -> int:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(fd, end - base, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0), prot=mmap.PROT_READ, offset=base) as mm:
+            view = memoryview(mm)
+            try:
+                pos = start - base
+                while pos < end - base:
+                    step = min(self.STEP, end - base - pos)
+                    self.sha.update(view[pos : pos + step])
+                    pos += step
+            finally:
+                view.release()
+        return end
 
-    def hexdigest(self) -> str:
-        self._q.put(None)
+    def digest(self) -> str:
+        """Wait for the hash of the whole file (after finish())."""
         self._t.join()
+        if self.error is not None:
+            raise self.error
         return self.sha.hexdigest()
 
+    def done(self) -> bool:
+        return not self._t.is_alive()
+
     def stop(self) -> None:
-        if self._t.is_alive():
-            self._q.put(None)
-            self._t.join()
+        self._final = self.written
+        self._wake.set()
+        self._t.join()
 
 
 class TarWriter:
@@ -96,14 +155,13 @@ class TarWriter:
     Each member is one `writev` of header, data and padding: no copy into a Python buffer. There is
     no fsync: a killed process loses nothing the kernel already has, the rename that marks a shard
     complete happens after the last write, and `vlmforge verify` re-hashes shards against build.json.
+    `seal()` ends the archive without waiting for its sha256 (see `_FileHasher`); `close()` waits.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._hasher = _ShardHasher()
-        self._pending: list = []
-        self._pending_bytes = 0
+        self._hasher = _FileHasher(self.path)
         self.offset = 0  # bytes written so far == offset of the next header
 
     def _write(self, bufs: tuple) -> None:
@@ -113,18 +171,8 @@ class TarWriter:
             rest = b"".join(bytes(b) for b in bufs)[done:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
-        # Hand buffers to the hashing thread in ~1 MiB batches: one queue operation per batch.
-        self._pending.extend(bufs)
-        self._pending_bytes += total
-        if self._pending_bytes >= 1 << 20:
-            self._flush_hash()
         self.offset += total
-
-    def _flush_hash(self) -> None:
-        if self._pending:
-            self._hasher.put(tuple(self._pending))
-            self._pending = []
-            self._pending_bytes = 0
+        self._hasher.advanced(self.offset)
 
     def add(self, name: str, data: bytes) -> int:
         """Write one member; returns the offset of its header in the archive."""
@@ -134,14 +182,20 @@ class TarWriter:
         self._write((header, data, _ZEROS[:pad]) if pad else (header, data))
         return start
 
-    def close(self) -> tuple[int, str]:
-        """Finish the archive (end blocks, record padding); returns (size, sha256)."""
+    def seal(self) -> "_FileHasher":
+        """Finish the archive (end blocks, record padding) and close the file; returns the hasher, whose
+        `digest()` waits for the sha256. The size is `self.offset`."""
         end = 2 * BLOCK
         end += -(self.offset + end) % RECORD
         self._write((_ZEROS[:end],))
-        self._flush_hash()
         os.close(self._fd)
-        return self.offset, self._hasher.hexdigest()
+        self._hasher.finish(self.offset)
+        return self._hasher
+
+    def close(self) -> tuple[int, str]:
+        """Finish the archive; returns (size, sha256)."""
+        hasher = self.seal()
+        return self.offset, hasher.digest()
 
     def abort(self) -> None:
         self._hasher.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -76,6 +77,7 @@ class SplitWriter:
         self.index = first_index
         self.finished: list[dict] = []
         self._tar: TarWriter | None = None
+        self._sealed: deque = deque()  # shards written whose sha256 is still running, oldest first
 
     # -- one shard's life -------------------------------------------------------------------
     def _open(self, input_start: int) -> None:
@@ -86,34 +88,46 @@ class SplitWriter:
         self._input_start = input_start
 
     def _close(self, input_end: int) -> None:
+        """End the open shard. Its sha256 may still be running (see tarwriter._FileHasher): the shard
+        is completed (renamed, manifest part, stats marker) once the hash is done, in shard order,
+        while the next shards are written."""
         assert self._tar is not None
-        size, sha = self._tar.close()
-        name = self._name
-        os.replace(self.dir / (name + ".tmp"), self.dir / name)
-        part = self.dir / "manifest" / name.replace(".tar", ".parquet")
-        _write_parquet(pa.Table.from_pylist(self._rows, schema=self.schema), part)
-        _write_parquet(
-            pa.Table.from_pylist(self._rejects, schema=REJECT_SCHEMA),
-            part.with_name(part.name.replace(".parquet", ".rejects.parquet")),
-        )
-        stats = {
-            "shard": name,
-            "split": self.split,
-            "index": self.index,
-            "input_start": self._input_start,
-            "input_end": input_end,
-            "samples": len(self._rows),
-            "rejects": len(self._rejects),
-            "bytes": size,
-            "sha256": sha,
-        }
-        _atomic_write_bytes(part.with_name(name.replace(".tar", ".stats.json")), json.dumps(stats, indent=1).encode())
-        self.finished.append(stats)
+        hasher = self._tar.seal()
+        self._sealed.append((hasher, self._tar.offset, self._name, self.index, self._input_start, input_end,
+                             self._rows, self._rejects))
         self._tar = None
         self.index += 1
+        self._complete_sealed(wait=False)
+
+    def _complete_sealed(self, wait: bool) -> None:
+        while self._sealed and (wait or self._sealed[0][0].done()):
+            hasher, size, name, index, input_start, input_end, rows, rejects = self._sealed.popleft()
+            sha = hasher.digest()
+            os.replace(self.dir / (name + ".tmp"), self.dir / name)
+            part = self.dir / "manifest" / name.replace(".tar", ".parquet")
+            _write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+            _write_parquet(
+                pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
+                part.with_name(part.name.replace(".parquet", ".rejects.parquet")),
+            )
+            stats = {
+                "shard": name,
+                "split": self.split,
+                "index": index,
+                "input_start": input_start,
+                "input_end": input_end,
+                "samples": len(rows),
+                "rejects": len(rejects),
+                "bytes": size,
+                "sha256": sha,
+            }
+            _atomic_write_bytes(part.with_name(name.replace(".tar", ".stats.json")), json.dumps(stats, indent=1).encode())
+            self.finished.append(stats)
 
     # -- the stream -------------------------------------------------------------------------
     def add(self, input_index: int, results: Iterable[Sample | Reject]) -> None:
+        if self._sealed:
+            self._complete_sealed(wait=False)
         samples: list[tuple[Sample, list[tuple[str, bytes]]]] = []
         rejects: list[Reject] = []
         for r in results:
@@ -172,12 +186,16 @@ class SplitWriter:
     def finish(self, n_inputs: int) -> list[dict]:
         if self._tar is not None:
             self._close(input_end=n_inputs)
+        self._complete_sealed(wait=True)
         return self.finished
 
     def abort(self) -> None:
+        """Stop without completing anything: open and sealed shards stay `.tmp` (a rerun redoes them)."""
         if self._tar is not None:
             self._tar.abort()
             self._tar = None
+        while self._sealed:
+            self._sealed.popleft()[0].stop()
 
 
 def complete_shards(build_dir: Path, split: str) -> list[dict]:
