@@ -28,3 +28,37 @@ def test_spans_point_at_the_label(extract):
     cap = "Three sheep grazing next to a brown horse in a field."
     for e in extract([cap])[0]:
         assert cap[e.start : e.end].lower().startswith(e.label.split()[0][:4])
+
+
+CAPTIONS = ["A red double-decker bus drives down the street.", "Two dogs sleep on a wooden bench.",
+            "A man holds a cup of coffee next to a laptop.", "Two dogs sleep on a wooden bench."]
+
+
+def test_entity_cache_returns_what_parsing_gives_and_skips_the_parse(tmp_path, monkeypatch):
+    import vlmforge.curation.entities as ent
+
+    db = tmp_path / "e.sqlite"
+    ticks = []
+    first = ent.extract_entities(CAPTIONS, cache=db, advance=ticks.append)
+    assert first == SpacyEntityExtractor()(CAPTIONS)
+    assert sum(ticks) == len(CAPTIONS)  # progress counts every caption, repeated ones included
+
+    def no_parse(self, captions):
+        raise AssertionError("parsed although cached")
+
+    monkeypatch.setattr(ent.SpacyEntityExtractor, "__call__", no_parse)
+    ticks.clear()
+    assert ent.extract_entities(CAPTIONS, cache=db, advance=ticks.append) == first
+    assert sum(ticks) == len(CAPTIONS)
+    # Another extractor identity (a new EXTRACTOR_VERSION) does not reuse the entries.
+    monkeypatch.setattr(ent, "EXTRACTOR_VERSION", ent.EXTRACTOR_VERSION + 1)
+    with pytest.raises(AssertionError, match="parsed although cached"):
+        ent.extract_entities(CAPTIONS, cache=db)
+
+
+def test_parallel_parse_equals_one_process(monkeypatch):
+    import vlmforge.curation.entities as ent
+
+    monkeypatch.setattr(ent, "PARALLEL_MIN", 1)
+    captions = CAPTIONS * 3 + [f"A cat sits on {n} chairs." for n in ("two", "three", "four")]
+    assert ent.extract_entities(captions, processes=2, cache=False) == SpacyEntityExtractor()(captions)

@@ -66,3 +66,16 @@ def test_bilevel_png_is_a_standard_one_bit_png_of_the_mask():
         im.load()  # checks the zlib stream and CRCs
         assert (im.mode, im.size) == ("1", (w, h))
         assert np.array_equal(np.asarray(im), mask)
+
+
+def test_paint_matches_boolean_assignment_on_views():
+    from vlmforge.curation.occlude import paint
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = rng.random((20, 30)) < 0.3
+    want = img.copy()
+    want[10:30, 5:35][mask] = (9, 200, 77)
+    got = img.copy()
+    paint(got[10:30, 5:35], mask, (9, 200, 77))  # a strided view of a bigger image, a bool mask
+    assert np.array_equal(got, want)

@@ -50,6 +50,8 @@ class Builder:
     def __init__(self, config: BuildConfig, source: Source):
         self.config = config
         self.src = source
+        # Processes the executor runs (set by run_build): prepare() may use as many for corpus-wide work.
+        self.processes = 1
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
@@ -155,6 +157,7 @@ def run_build(
         return build_dir
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.prepare()
 
     seen_keys: set[str] = set()

@@ -22,7 +22,7 @@ from PIL import Image
 
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
-from vlmforge.curation.entities import SPACY_MODEL, Entity, SpacyEntityExtractor
+from vlmforge.curation.entities import SPACY_MODEL, Entity, extract_entities
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
@@ -107,6 +107,9 @@ class OcclusionBuilder(Builder):
         config.validate()
         super().__init__(config, source)
         self.device: str | None = None  # where model stages run; not part of the build's identity
+        # Caption entities are cached on disk (None: under $VLMFORGE_CACHE; False: off); the cache
+        # only skips work, it never changes what is built.
+        self.entity_cache: str | bool | None = None
         self.entities: dict[int, list[Entity]] = {}
         self.scorer = None
         self.label_vectors: dict[str, np.ndarray] = {}  # made by prepare() for the annotation grounder
@@ -141,13 +144,10 @@ class OcclusionBuilder(Builder):
         t0 = time.perf_counter()
         ds = self.src.ds
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
-        extractor = SpacyEntityExtractor(self.config.spacy_model)
         with progress_bar("entities", total=len(caps)) as advance:
-            for start in range(0, len(caps), 1024):
-                chunk = caps[start : start + 1024]
-                for cap, ents in zip(chunk, extractor([c["caption"] for c in chunk])):
-                    self.entities[int(cap["id"])] = ents
-                advance(len(chunk))
+            found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
+                                     self.entity_cache, advance)
+        self.entities = {int(cap["id"]): ents for cap, ents in zip(caps, found)}
         if self.config.causality == "cooccurrence":
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
                 self._labels_of_image(image_id) for image_id in sorted(ds.captions))
