@@ -10,15 +10,20 @@ counts (the machine is noisy). Page cache is warm for all of them (the files are
 writer does (build.json records each shard's sha256), for context; the target is plain tar.
 
 vlmforge rows:
-- `vlmforge writer`: what the writer process of a build does: read the file, make a Sample with a
-  json member, write tar members, sha256 of the shard, manifest row, Parquet part. The image sha256
-  is made upstream, as workers do in a build (taken from a table here).
-- `vlmforge writer+image sha`: the same with each image's sha256 computed in the writer process,
+- `vlmforge writer`: what the writer process of a (multi-worker) build does with passthrough images:
+  each arrives as a FileSpan (path and size; the worker read the file, checked it and made its
+  sha256), and is copied file to file in the kernel (copy_file_range) between its tar header and
+  padding; a json member, the shard's sha256 (on a second thread, from the page cache), manifest
+  row, Parquet part.
+- `vlmforge writer, image bytes`: the same with the image bytes in the writer's memory (it reads
+  each file itself): what it does with images a builder made, or in a one-worker build.
+- `vlmforge writer+image sha`: the bytes row with each image's sha256 computed in the writer process,
   as in a one-worker build.
-- `vlmforge writer, no shard sha`: the writer with the shard sha256 switched off, to show what that
-  hash costs (builds always compute it: build.json records it).
-- `vlmforge copy build`: the whole `vlmforge build copy` on the same files (source enumeration,
-  image header check, batching, manifest.duckdb), for reference.
+- `vlmforge writer, no shard sha`: the bytes row with the shard sha256 switched off, to show what
+  that hash costs (builds always compute it: build.json records it).
+- `vlmforge copy build` (1 worker, in one process) and `..., 2 workers`: the whole `vlmforge build
+  copy` on the same files (source enumeration, image header check, image sha256, batching,
+  manifest.duckdb), for reference.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from PIL import Image
 
 
 digests: dict[str, str] = {}
+sizes: dict[str, int] = {}
 
 
 def make_files(folder: Path, n: int, distinct: int = 40) -> list[Path]:
@@ -101,21 +107,30 @@ def run_webdataset(files: list[Path], out: Path) -> None:
                                                                  {"from": "gpt", "value": "An image."}]}})
 
 
-def run_vlmforge(files: list[Path], out: Path, digest_upstream: bool = True) -> None:
+def run_vlmforge(files: list[Path], out: Path, image: str = "bytes", digest_upstream: bool = True) -> None:
+    """The writer process. image="reference": each passthrough image arrives as a FileSpan (path and
+    size; a worker read and hashed it), as in a multi-worker build, and is copied file to file;
+    image="bytes": the writer reads the file itself and writes the bytes (a one-worker build, or
+    images a builder made)."""
     from vlmforge.manifests.writer import ShardLimits, SplitWriter
-    from vlmforge.sample import Sample
+    from vlmforge.sample import FileSpan, Sample
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest").mkdir(exist_ok=True)
     w = SplitWriter(out, "train", [], {"builder": "bench", "version": "0", "source": "files"},
                     ShardLimits(max_samples=100_000, max_bytes=1 << 30), set())
     for i, f in enumerate(files):
-        data = read_file(f)
+        data = FileSpan(str(f), sizes[f.name]) if image == "reference" else read_file(f)
         s = Sample(key=f.stem, image=data, image_ext="jpg", width=640, height=480, source_id=f.name,
-                   image_sha256=digests[f.name] if digest_upstream else None, doc={"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                   image_sha256=digests[f.name] if digest_upstream else None,
+                   doc={"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
                                                         {"from": "gpt", "value": "An image."}]})
         w.add(i, [s])
     w.finish(len(files))
+
+
+def run_vlmforge_by_reference(files: list[Path], out: Path) -> None:
+    run_vlmforge(files, out, image="reference")
 
 
 def run_vlmforge_inline_digest(files: list[Path], out: Path) -> None:
@@ -154,10 +169,15 @@ def run_vlmforge_no_shard_hash(files: list[Path], out: Path) -> None:
         tw._FileHasher = real
 
 
-def run_copy_build(files: list[Path], out: Path) -> None:
+def run_copy_build(files: list[Path], out: Path, workers: int = 1) -> None:
     import vlmforge
 
-    vlmforge.build("copy", "imagefolder", out=out, source_options={"root": str(files[0].parent.parent)}, quiet=True)
+    vlmforge.build("copy", "imagefolder", out=out, source_options={"root": str(files[0].parent.parent)}, quiet=True,
+                   workers=workers)
+
+
+def run_copy_build_2(files: list[Path], out: Path) -> None:
+    run_copy_build(files, out, workers=2)
 
 
 def main() -> None:
@@ -165,21 +185,24 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "_work")
-    ap.add_argument("--no-copy-build", action="store_true", help="skip the whole-build reference row")
+    ap.add_argument("--no-copy-build", action="store_true", help="skip the whole-build reference rows")
     args = ap.parse_args()
     src = args.work / "jpegs" / "images"  # ROOT/<class>/<image> layout for the imagefolder source
     files = make_files(src, args.samples)
     total = warm(files)
     print(f"{len(files)} JPEG files, {total / len(files) / 1024:.0f} KB each on average, {total / 2**30:.2f} GiB")
-    global digests
+    global digests, sizes
     # In a build, workers compute each image's sha256 (vlmforge.sample.finish_results) in parallel;
-    # the writer process packs, hashes the shard and writes the manifest. Row 3 is that process.
+    # the writer process packs, hashes the shard and writes the manifest: the vlmforge writer rows.
     digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    sizes = {f.name: f.stat().st_size for f in files}
     writers = {"GNU tar": run_gnu_tar, "GNU tar + sha256": run_gnu_tar_sha, "webdataset ShardWriter": run_webdataset,
-               "vlmforge writer": run_vlmforge, "vlmforge writer+image sha": run_vlmforge_inline_digest,
+               "vlmforge writer": run_vlmforge_by_reference, "vlmforge writer, image bytes": run_vlmforge,
+               "vlmforge writer+image sha": run_vlmforge_inline_digest,
                "vlmforge writer, no shard sha": run_vlmforge_no_shard_hash}
     if not args.no_copy_build:
         writers["vlmforge copy build"] = run_copy_build
+        writers["vlmforge copy build, 2 workers"] = run_copy_build_2
     times: dict[str, list[float]] = {k: [] for k in writers}
     out_root = args.work / "out"
     for rep in range(args.repeats):

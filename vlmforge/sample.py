@@ -40,12 +40,14 @@ class Sample:
     """One training/test example.
 
     `image` holds encoded bytes (never a decoded array) so that workers ship compact payloads and the
-    writer copies them as they are. `columns` are the builder's own manifest columns.
+    writer copies them as they are. `columns` are the builder's own manifest columns. `image_file`
+    names the file `image` was read from, unchanged (a passthrough image): the worker may then send
+    the writer a FileSpan instead of the bytes (see finish_results).
     """
 
     key: str
     doc: dict[str, Any]
-    image: bytes | None = None
+    image: "bytes | FileSpan | None" = None
     image_ext: str = "jpg"
     width: int | None = None
     height: int | None = None
@@ -53,8 +55,9 @@ class Sample:
     extras: dict[str, bytes] = field(default_factory=dict)
     columns: dict[str, Any] = field(default_factory=dict)
     image_sha256: str | None = None  # filled by finish_results() in the worker that made the sample
+    image_file: str | None = None  # the file `image` holds unchanged, when it is a passthrough image
 
-    def members(self) -> list[tuple[str, bytes]]:
+    def members(self) -> list[tuple[str, "bytes | FileSpan"]]:
         """Tar members in a fixed order: image, extras (sorted), json last."""
         out: list[tuple[str, bytes]] = []
         if self.image is not None:
@@ -74,11 +77,28 @@ class Reject:
     detail: str = ""
 
 
-def finish_results(results: list[list["Sample | Reject"]]) -> list[list["Sample | Reject"]]:
-    """Per-sample work that belongs in the worker, not the single writer: the image digest.
-    Executors call this on each batch's results before sending them back."""
+@dataclass(frozen=True)
+class FileSpan:
+    """A member's bytes by reference: the first `size` bytes of the file at `path`. The tar writer
+    copies them file to file inside the kernel (copy_file_range), so a passthrough image is neither
+    pickled from worker to writer nor copied through user space."""
+
+    path: str
+    size: int
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def finish_results(results: list[list["Sample | Reject"]], by_reference: bool = False) -> list[list["Sample | Reject"]]:
+    """Per-sample work that belongs in the worker, not the single writer: the image digest. With
+    `by_reference` (a writer on the same machine, reading the same files), a passthrough image is then
+    replaced by a FileSpan of its file. Executors call this on each batch's results before sending them."""
     for per_record in results:
         for r in per_record:
-            if isinstance(r, Sample) and r.image is not None and r.image_sha256 is None:
-                r.image_sha256 = hashlib.sha256(r.image).hexdigest()
+            if isinstance(r, Sample) and isinstance(r.image, bytes):
+                if r.image_sha256 is None:
+                    r.image_sha256 = hashlib.sha256(r.image).hexdigest()
+                if by_reference and r.image_file:
+                    r.image = FileSpan(r.image_file, len(r.image))
     return results

@@ -38,6 +38,23 @@ def test_rebuild_is_byte_identical_with_1_and_2_workers(tmp_path, sample_coco):
     assert verify_build(a, quiet=True) == []
 
 
+def test_workers_send_passthrough_images_by_reference(sample_coco):
+    """In a multi-worker build a worker sends the writer a FileSpan for an unchanged image (the
+    1-vs-2-workers test above shows the shards stay byte-identical); the digest is made from the bytes."""
+    import hashlib
+
+    from vlmforge.sample import FileSpan, finish_results
+
+    b = CopyBuilder(CopyConfig(), open_source("coco", **_coco_opts(sample_coco)))
+    rec = next(iter(b.src.records("val2017")))
+    sample = finish_results(b.process([rec]), by_reference=True)[0][0]
+    data = Path(rec["file"]).read_bytes()
+    assert sample.image == FileSpan(str(rec["file"]), len(data))
+    assert sample.image_sha256 == hashlib.sha256(data).hexdigest()
+    kept = finish_results(b.process([rec]))[0][0]  # in-process (one worker): the bytes stay
+    assert kept.image == data
+
+
 def test_manifest_rows_match_samples(tmp_path, sample_coco):
     b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), max_shard_bytes=200_000)
     rows = b.sql("SELECT key, shard, \"offset\", width, height, image_sha256, split FROM samples ORDER BY shard, \"offset\"").fetchall()

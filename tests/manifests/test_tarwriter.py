@@ -2,6 +2,7 @@ import io
 import subprocess
 import tarfile
 
+import pytest
 import webdataset as wds
 
 from vlmforge.manifests.tarwriter import TarWriter, ustar_header
@@ -75,3 +76,36 @@ def test_shards_complete_in_order_while_hashes_overlap(tmp_path, monkeypatch):
         marker = tmp_path / "manifest" / s["shard"].replace(".tar", ".stats.json")
         assert json.loads(marker.read_text())["sha256"] == s["sha256"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("mode", ["copy_file_range", "sendfile", "read"])
+def test_file_members_are_copied_byte_for_byte(tmp_path, mode):
+    import hashlib
+
+    from vlmforge.sample import FileSpan
+
+    src = tmp_path / "img.jpg"
+    src.write_bytes(bytes(range(256)) * 41 + b"tail")  # not a multiple of 512: the member is padded
+    by_bytes, by_file = tmp_path / "a.tar", tmp_path / "b.tar"
+    with TarWriter(by_bytes) as w:
+        w.add("k.jpg", src.read_bytes())
+        w.add("k.json", b"{}")
+    w = TarWriter(by_file)
+    w._copy_mode = mode
+    w.add("k.jpg", FileSpan(str(src), src.stat().st_size))
+    w.add("k.json", b"{}")
+    size, sha = w.close()
+    assert by_file.read_bytes() == by_bytes.read_bytes()
+    assert (size, sha) == (by_bytes.stat().st_size, hashlib.sha256(by_bytes.read_bytes()).hexdigest())
+
+
+def test_a_file_that_shrank_since_it_was_read_is_a_clear_error(tmp_path):
+    from vlmforge.errors import BuildError
+    from vlmforge.sample import FileSpan
+
+    src = tmp_path / "img.jpg"
+    src.write_bytes(b"x" * 100)
+    w = TarWriter(tmp_path / "a.tar")
+    with pytest.raises(BuildError, match="changed while the build ran"):
+        w.add("k.jpg", FileSpan(str(src), 200))
+    w.abort()

@@ -57,6 +57,8 @@ class CopyBuilder(Builder):
             except ImageError as e:
                 return Reject(sid, e.reason, "read_image", e.detail)
             sample.image, sample.image_ext = img.data, img.ext
+            if not img.converted:
+                sample.image_file = str(rec["file"])
             sample.width, sample.height = img.width, img.height
             columns["original_format"] = img.original_format
         columns["n_turns"] = len(doc.get("conversations", []))

@@ -30,6 +30,7 @@ class EncodedImage:
     height: int
     original_format: str
     mode: str = ""  # PIL mode of the original (RGB, L, CMYK, P, RGBA, ...)
+    converted: bool = False  # data was re-encoded (else it is the file's bytes as read)
 
 
 def read_image(path: str | Path, check: str = "quick") -> EncodedImage:
@@ -125,7 +126,7 @@ def encode_for_storage(img: EncodedImage, name: str, jpeg_quality: int = 95,
         data = to_rgb_jpeg(img.data, jpeg_quality)
     except (OSError, ValueError) as e:
         raise ImageError("corrupt_image", f"{name}: {e}") from None
-    return EncodedImage(data, "jpg", img.width, img.height, img.original_format, img.mode)
+    return EncodedImage(data, "jpg", img.width, img.height, img.original_format, img.mode, converted=True)
 
 
 def bilevel_png(mask) -> bytes:

@@ -28,7 +28,8 @@ def _init_worker(builder: "Builder") -> None:
 def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
     assert _WORKER_BUILDER is not None
     first, batch = task
-    return first, len(batch), finish_results(_WORKER_BUILDER.process(batch))
+    # The writer is on this machine and reads the same files: passthrough images go by reference.
+    return first, len(batch), finish_results(_WORKER_BUILDER.process(batch), by_reference=True)
 
 
 class LocalExecutor:
