@@ -62,3 +62,19 @@ def test_parallel_parse_equals_one_process(monkeypatch):
     monkeypatch.setattr(ent, "PARALLEL_MIN", 1)
     captions = CAPTIONS * 3 + [f"A cat sits on {n} chairs." for n in ("two", "three", "four")]
     assert ent.extract_entities(captions, processes=2, cache=False) == SpacyEntityExtractor()(captions)
+
+
+def test_a_pipeline_folder_that_changes_gets_a_new_cache_identity(tmp_path):
+    import os
+
+    from vlmforge.curation.entities import _pipeline_version, default_entity_cache
+
+    folder = tmp_path / "my pipeline"
+    (folder / "parser").mkdir(parents=True)
+    (folder / "meta.json").write_text('{"version": "1.0.0"}')
+    (folder / "parser" / "model").write_bytes(b"weights")
+    before = _pipeline_version(str(folder))
+    os.utime(folder / "parser" / "model", ns=(10**18, 10**18))  # retrained in place
+    assert _pipeline_version(str(folder)) != before
+    path = default_entity_cache(str(folder))
+    assert path.parent.name == "entities" and "/" not in path.name and path.suffix == ".sqlite"

@@ -147,23 +147,33 @@ class EntityCache:
 
 
 def _pipeline_version(model: str) -> str:
-    """spaCy's version and the pipeline package's (from the installed metadata: cheap, nothing loaded)."""
+    """spaCy's version and the pipeline's: the installed package's metadata, or for a pipeline folder
+    its meta.json and the time its files last changed (cheap: nothing is loaded)."""
     from importlib.metadata import PackageNotFoundError, version
 
     def ver(name: str) -> str:
         try:
             return version(name)
         except PackageNotFoundError:
-            return "?"  # a pipeline given as a folder: its path is in the key already
+            return "?"
 
+    folder = Path(model)
+    if folder.is_dir():
+        meta = folder / "meta.json"
+        stamp = hashlib.sha1(meta.read_bytes()).hexdigest() if meta.is_file() else "?"
+        newest = max((f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()), default=0)
+        return f"spacy {ver('spacy')}, folder {stamp} {newest}"
     return f"spacy {ver('spacy')}, {model} {ver(model)}"
 
 
 def default_entity_cache(model: str) -> Path:
-    import os
+    """$VLMFORGE_CACHE/entities/<pipeline>.sqlite; a pipeline given as a folder gets a name from its path."""
+    from vlmforge.sources.sample_coco import default_cache
 
-    root = Path(os.environ.get("VLMFORGE_CACHE", Path.home() / ".cache" / "vlmforge"))
-    return root / "entities" / f"{model}.sqlite"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("._") or "pipeline"
+    if name != model:
+        name = f"{name[-60:]}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+    return default_cache() / "entities" / f"{name}.sqlite"
 
 
 # Below this many captions to parse, more processes cost more than they save: each takes ~5 s to start
