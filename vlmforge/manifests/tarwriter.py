@@ -80,6 +80,7 @@ class _FileHasher:
         self.sha = hashlib.sha256()
         self.written = 0  # bytes the writer has put in the file (only grows)
         self._final: int | None = None  # set by finish(): the file's whole size
+        self._abandoned = False
         self._wake = threading.Event()
         self._signalled = 0
         self.error: BaseException | None = None
@@ -109,6 +110,8 @@ class _FileHasher:
             while True:
                 self._wake.wait()
                 self._wake.clear()
+                if self._abandoned:
+                    return
                 final = self._final
                 target = self.written if final is None else final
                 # Whole steps while writing goes on; everything once the file is final.
@@ -147,6 +150,8 @@ class _FileHasher:
         return not self._t.is_alive()
 
     def stop(self) -> None:
+        """Give up (the shard is abandoned): the thread ends after at most the step it is hashing."""
+        self._abandoned = True
         self._final = self.written
         self._wake.set()
         self._t.join()
