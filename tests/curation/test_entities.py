@@ -78,3 +78,27 @@ def test_a_pipeline_folder_that_changes_gets_a_new_cache_identity(tmp_path):
     assert _pipeline_version(str(folder)) != before
     path = default_entity_cache(str(folder))
     assert path.parent.name == "entities" and "/" not in path.name and path.suffix == ".sqlite"
+
+
+TRICKY = ["There are two dogs sleeping on the couch.", "There's a cat, and there were birds on the roof.",
+          "Someone left a pizza on the table, isn't it gonna get cold?", "Let's see: a laptop, a mouse and a keyboard.",
+          "An elephant that is eating hay from the ground.", "Nothing but a plate of broccoli and carrots.",
+          "Everyone at the party got a slice of cake.", "He was had by the con man.", "We gotta go, c'mon y'all!",
+          "I'd have done that if they'd asked.", "Ain't nobody got time for that.", "A close-up of a hot dog.",
+          "Two people are skiing down a snowy slope while others watch.", "The bus's doors are open."]
+
+
+def test_memoised_attributes_equal_the_pipeline_token_by_token():
+    """The extractor skips spaCy's attribute_ruler and lemmatizer and copies their memoised output:
+    every token's POS, morphology and lemma must equal what the full pipeline gives, multi-token
+    rules ("there is", "gon na", "let 's") included."""
+    from vlmforge.curation.entities import _MemoAttributes, load_spacy
+
+    nlp = load_spacy()
+    assert _MemoAttributes.applies_to(nlp)
+    memo = _MemoAttributes(nlp)
+    texts = TRICKY + CAPTIONS + TRICKY  # the second pass reads the memo
+    fast = map(memo, nlp.pipe(texts, disable=["attribute_ruler", "lemmatizer"]))
+    for full, quick in zip(nlp.pipe(texts), fast):
+        assert [(t.pos_, str(t.morph), t.lemma_) for t in full] == [(t.pos_, str(t.morph), t.lemma_) for t in quick]
+        assert [c.text for c in full.noun_chunks] == [c.text for c in quick.noun_chunks]

@@ -72,6 +72,77 @@ def load_spacy(model: str = SPACY_MODEL):
         raise UserError(f"spaCy pipeline {model!r} is not installed: {e}") from None
 
 
+class _MemoAttributes:
+    """An English pipeline's attribute_ruler + lemmatizer, memoised per token: same output, a third of
+    the parse time saved.
+
+    attribute_ruler runs ~180 Matcher patterns over every token (0.53 ms of a caption's 1.6 ms here) to
+    set POS, morphology and some lemmas from the tag, the word and its dependency label; the rule
+    lemmatizer then works from word, POS and morphology. For single-token patterns all of that depends
+    only on (word, tag, dep), so it is worked out once per such triple, by the real components on a
+    one-token doc, and copied after. The few multi-token patterns ("there is", "gon na") run on each doc
+    through a small Matcher, and a token they touch gets every rule that matched it applied in the
+    ruler's own order (by pattern index), then the real lemmatizer.
+    """
+
+    def __init__(self, nlp) -> None:
+        from spacy.matcher import Matcher
+
+        self.vocab = nlp.vocab
+        self.ruler = nlp.get_pipe("attribute_ruler")
+        self.lemmatizer = nlp.get_pipe("lemmatizer")
+        self.multi = Matcher(nlp.vocab)
+        for attr_id, pattern in enumerate(self.ruler.patterns):
+            long = [pat for pat in pattern["patterns"] if len(pat) > 1]
+            if long:
+                self.multi.add(str(attr_id), long)
+        # (orth, tag, dep) -> (pos, morph key, lemma, ids of the single-token rules that matched)
+        self._memo: dict[tuple[int, int, int], tuple[int, str, int, list[int]]] = {}
+
+    @staticmethod
+    def applies_to(nlp) -> bool:
+        from spacy.pipeline import AttributeRuler, Lemmatizer
+
+        return (nlp.pipe_names[-2:] == ["attribute_ruler", "lemmatizer"]
+                and isinstance(nlp.get_pipe("attribute_ruler"), AttributeRuler)
+                and isinstance(nlp.get_pipe("lemmatizer"), Lemmatizer)
+                and getattr(nlp.get_pipe("lemmatizer"), "mode", "") in ("rule", "lookup"))
+
+    def _learn(self, tok) -> tuple[int, str, int, list[int]]:
+        from spacy.tokens import Doc
+
+        one = Doc(self.vocab, words=[tok.text], spaces=[False])
+        one[0].tag = tok.tag
+        one[0].dep = tok.dep
+        ids = [attr_id for attr_id, *_ in self.ruler.match(one)]
+        one = self.lemmatizer(self.ruler(one))
+        return one[0].pos, one[0].morph.key, one[0].lemma, ids
+
+    def __call__(self, doc):
+        from spacy.tokens._retokenize import set_token_attrs
+
+        touched: dict[int, list[int]] = {}
+        for key, start, end in self.multi(doc):
+            attr_id = int(self.vocab.strings[key])
+            touched.setdefault(doc[start:end][self.ruler.indices[attr_id]].i, []).append(attr_id)
+        memo = self._memo
+        for tok in doc:
+            key = (tok.orth, tok.tag, tok.dep)
+            got = memo.get(key)
+            if got is None:
+                got = memo[key] = self._learn(tok)
+            if tok.i in touched:
+                for attr_id in sorted(got[3] + touched[tok.i]):
+                    set_token_attrs(tok, self.ruler.attrs[attr_id])
+                if tok.lemma == 0:
+                    tok.lemma_ = self.lemmatizer.lemmatize(tok)[0]
+            else:
+                tok.pos = got[0]
+                tok.set_morph(got[1])
+                tok.lemma = got[2]
+        return doc
+
+
 class SpacyEntityExtractor:
     """Noun-chunk entities with spaCy. Loads once per worker; `__call__(captions)` works on a batch."""
 
@@ -80,15 +151,22 @@ class SpacyEntityExtractor:
     def __init__(self, model: str = SPACY_MODEL):
         self.model = model
         self._nlp = None
+        self._memo: _MemoAttributes | None = None
 
     def setup(self) -> None:
         if self._nlp is None:
             self._nlp = load_spacy(self.model)
+            self._memo = _MemoAttributes(self._nlp) if _MemoAttributes.applies_to(self._nlp) else None
+
+    def _docs(self, captions: Iterable[str]):
+        if self._memo is None:
+            return self._nlp.pipe(captions, batch_size=256)
+        return map(self._memo, self._nlp.pipe(captions, batch_size=256, disable=["attribute_ruler", "lemmatizer"]))
 
     def __call__(self, captions: Iterable[str]) -> list[list[Entity]]:
         self.setup()
         out = []
-        for doc in self._nlp.pipe(captions, batch_size=256):
+        for doc in self._docs(captions):
             ents, seen = [], set()
             for chunk in doc.noun_chunks:
                 got = _label_of(chunk)
@@ -103,7 +181,7 @@ class SpacyEntityExtractor:
         return out
 
     def __getstate__(self):
-        return {"model": self.model, "_nlp": None}
+        return {"model": self.model, "_nlp": None, "_memo": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
