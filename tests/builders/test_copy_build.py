@@ -14,7 +14,6 @@ import vlmforge
 from vlmforge.builders.base import run_build
 from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.errors import UserError
-from vlmforge.executors.local import LocalExecutor
 from vlmforge.manifests.verify import verify_build
 from vlmforge.manifests.writer import ShardLimits
 from vlmforge.sources import open_source

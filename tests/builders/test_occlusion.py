@@ -91,3 +91,22 @@ def test_bad_combinations_are_user_errors(tmp_path, sample_coco):
         vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), grounder="grounding-dino")
     with pytest.raises(UserError, match="fill"):
         vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), fill="glitter")
+
+
+def test_an_image_whose_size_disagrees_with_its_annotation_is_rejected(tmp_path, sample_coco):
+    import shutil
+
+    root = tmp_path / "coco"
+    shutil.copytree(sample_coco, root)
+    for kind in ("instances", "captions"):  # both files list the images
+        path = root / "annotations" / f"{kind}_val2017.json"
+        data = json.loads(path.read_text())
+        wrong = data["images"][0]
+        wrong["width"] += 8  # the file on disk is 8 px narrower than the annotation says
+        for entry in data["images"][1:]:
+            del entry["width"], entry["height"]  # left out: taken from the pixels
+        path.write_text(json.dumps(data))
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root))
+    reasons = dict(b.sql("SELECT source_id, reason FROM rejects WHERE stage = 'read_image'").fetchall())
+    assert list(reasons.values()) == ["size_mismatch"] and str(wrong["id"]) in next(iter(reasons))
+    assert b.sql("SELECT count(*) FROM samples").fetchall()[0][0] >= 10  # the unsized images build as usual

@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from vlmforge import __version__
 from vlmforge.errors import BuildError
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.manifests.writer import ShardLimits, SplitWriter, complete_shards, remove_incomplete

@@ -158,7 +158,7 @@ class OcclusionBuilder(Builder):
             t0 = time.perf_counter()
             grounder = AnnotationGrounder(ds.categories, self.config.embed_threshold, self.config.embedder)
             grounder.prefetch(self._all_labels())
-            self.label_vectors = dict(grounder._vec)
+            self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
 
     def _all_labels(self) -> list[str]:
@@ -180,7 +180,7 @@ class OcclusionBuilder(Builder):
             if stage is not None:
                 stage.setup()
         if isinstance(self.grounder, AnnotationGrounder):
-            self.grounder._vec.update(self.label_vectors)
+            self.grounder.vectors.update(self.label_vectors)
             self.grounder.prefetch(self._all_labels())  # a no-op when prepare() ran
 
     # -- worker: a batch of images ---------------------------------------------------------------
@@ -208,7 +208,8 @@ class OcclusionBuilder(Builder):
             if bgr is None:
                 results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: cannot be decoded"))
                 continue
-            size = (rec["image"].get("height"), rec["image"].get("width"))
+            # COCO files give each image's size; one that is left out is taken from the pixels.
+            size = (rec["image"].setdefault("height", bgr.shape[0]), rec["image"].setdefault("width", bgr.shape[1]))
             if bgr.shape[:2] != size:
                 results[i].append(Reject(rec["source_id"], "size_mismatch", "read_image",
                                          f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "

@@ -113,21 +113,22 @@ class AnnotationGrounder:
         self.categories = categories  # COCO category id -> {"name", "supercategory"}
         self.embed_threshold = embed_threshold
         self.embedder_name = embedder
-        self._emb = None
-        self._vec: dict[str, np.ndarray] = {}
+        # text -> unit embedding, filled on first use; may be seeded with vectors made elsewhere
+        # (the occlusion builder makes them once on the driver, so workers never load the model)
+        self.vectors: dict[str, np.ndarray] = {}
 
     def setup(self) -> None:
         pass
 
     def _vectors(self, texts: list[str]) -> np.ndarray:
         """Unit embeddings, each text encoded once per process (labels and category names repeat)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self._vec]
+        missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
         if missing:
             from vlmforge.curation.embedding import shared_embedder
 
             for t, v in zip(missing, shared_embedder(self.embedder_name).encode(missing)):
-                self._vec[t] = v
-        return np.stack([self._vec[t] for t in texts])
+                self.vectors[t] = v
+        return np.stack([self.vectors[t] for t in texts])
 
     def prefetch(self, labels: list[str]) -> None:
         """Embed, in one batch, every label the synonym table does not know, and all category names."""

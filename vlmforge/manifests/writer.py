@@ -190,11 +190,16 @@ class SplitWriter:
         return self.finished
 
     def abort(self) -> None:
-        """Stop without completing anything: open and sealed shards stay `.tmp` (a rerun redoes them)."""
+        """Stop after an error: the open shard stays `.tmp` (a rerun redoes it); shards already written
+        in full are completed once their hashes finish, so a rerun keeps them."""
         if self._tar is not None:
             self._tar.abort()
             self._tar = None
-        while self._sealed:
+        try:
+            self._complete_sealed(wait=True)
+        except Exception:  # noqa: BLE001 - the error being handled is the one to report
+            pass
+        while self._sealed:  # a shard whose completion failed: left to the rerun
             self._sealed.popleft()[0].stop()
 
 
