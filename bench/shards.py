@@ -11,16 +11,17 @@ writer does (build.json records each shard's sha256), for context; the target is
 
 vlmforge rows:
 - `vlmforge writer`: what the writer process of a (multi-worker) build does with passthrough images:
-  each arrives as a FileSpan (path and size; the worker read the file, checked it and made its
-  sha256), and is copied file to file in the kernel (copy_file_range) between its tar header and
-  padding; a json member, the shard's sha256 (on a second thread, from the page cache), manifest
-  row, Parquet part.
+  it unpickles the result batches the workers sent (16 samples each, made beforehand by the same
+  `finish_results` the workers run: each image a FileSpan, path and size, the json member encoded),
+  and writes them: each image is copied file to file in the kernel (copy_file_range) after its tar
+  header; json member, the shard's sha256 (on a second thread, from the page cache), manifest row,
+  Parquet part.
 - `vlmforge writer, image bytes`: the same with the image bytes in the writer's memory (it reads
   each file itself): what it does with images a builder made, or in a one-worker build.
 - `vlmforge writer+image sha`: the bytes row with each image's sha256 computed in the writer process,
   as in a one-worker build.
-- `vlmforge writer, no shard sha`: the bytes row with the shard sha256 switched off, to show what
-  that hash costs (builds always compute it: build.json records it).
+- `vlmforge writer, no shard sha`: the first vlmforge row with the shard sha256 switched off, to show
+  what that hash costs (builds always compute it: build.json records it).
 - `vlmforge copy build` (1 worker, in one process) and `..., 2 workers`: the whole `vlmforge build
   copy` on the same files (source enumeration, image header check, image sha256, batching,
   manifest.duckdb), for reference.
@@ -107,30 +108,63 @@ def run_webdataset(files: list[Path], out: Path) -> None:
                                                                  {"from": "gpt", "value": "An image."}]}})
 
 
-def run_vlmforge(files: list[Path], out: Path, image: str = "bytes", digest_upstream: bool = True) -> None:
-    """The writer process. image="reference": each passthrough image arrives as a FileSpan (path and
-    size; a worker read and hashed it), as in a multi-worker build, and is copied file to file;
-    image="bytes": the writer reads the file itself and writes the bytes (a one-worker build, or
-    images a builder made)."""
+def doc_of(stem: str) -> dict:
+    return {"id": stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                          {"from": "gpt", "value": "An image."}]}
+
+
+def worker_batches(files: list[Path], batch: int = 16) -> list[bytes]:
+    """The pickled result batches that the workers of a copy build send the writer (not timed: the
+    workers' part of the build)."""
+    import pickle
+
+    from vlmforge.sample import Sample, finish_results
+
+    out = []
+    for start in range(0, len(files), batch):
+        results = [[Sample(key=f.stem, image=read_file(f), image_ext="jpg", width=640, height=480, source_id=f.name,
+                           image_file=str(f), doc=doc_of(f.stem))] for f in files[start : start + batch]]
+        out.append(pickle.dumps(finish_results(results, by_reference=True), protocol=pickle.HIGHEST_PROTOCOL))
+    return out
+
+
+BATCHES: list[bytes] = []
+
+
+def run_vlmforge_writer_process(files: list[Path], out: Path) -> None:
+    """The writer process of a multi-worker build: unpickle each batch as it arrives, write it."""
+    import pickle
+
     from vlmforge.manifests.writer import ShardLimits, SplitWriter
-    from vlmforge.sample import FileSpan, Sample
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest").mkdir(exist_ok=True)
+    w = SplitWriter(out, "train", [], {"builder": "bench", "version": "0", "source": "files"},
+                    ShardLimits(max_samples=100_000, max_bytes=1 << 30), set())
+    i = 0
+    for blob in BATCHES:
+        for per_record in pickle.loads(blob):
+            w.add(i, per_record)
+            i += 1
+    w.finish(i)
+
+
+def run_vlmforge(files: list[Path], out: Path, digest_upstream: bool = True) -> None:
+    """The writer fed samples made in the same loop, each image's bytes read by the writer itself (a
+    one-worker build, or images a builder made)."""
+    from vlmforge.manifests.writer import ShardLimits, SplitWriter
+    from vlmforge.sample import Sample
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest").mkdir(exist_ok=True)
     w = SplitWriter(out, "train", [], {"builder": "bench", "version": "0", "source": "files"},
                     ShardLimits(max_samples=100_000, max_bytes=1 << 30), set())
     for i, f in enumerate(files):
-        data = FileSpan(str(f), sizes[f.name]) if image == "reference" else read_file(f)
-        s = Sample(key=f.stem, image=data, image_ext="jpg", width=640, height=480, source_id=f.name,
+        s = Sample(key=f.stem, image=read_file(f), image_ext="jpg", width=640, height=480, source_id=f.name,
                    image_sha256=digests[f.name] if digest_upstream else None,
-                   doc={"id": f.stem, "conversations": [{"from": "human", "value": "<image>\nDescribe."},
-                                                        {"from": "gpt", "value": "An image."}]})
+                   doc=doc_of(f.stem))
         w.add(i, [s])
     w.finish(len(files))
-
-
-def run_vlmforge_by_reference(files: list[Path], out: Path) -> None:
-    run_vlmforge(files, out, image="reference")
 
 
 def run_vlmforge_inline_digest(files: list[Path], out: Path) -> None:
@@ -164,7 +198,7 @@ def run_vlmforge_no_shard_hash(files: list[Path], out: Path) -> None:
     real = tw._FileHasher
     tw._FileHasher = _NoHash
     try:
-        run_vlmforge(files, out)
+        run_vlmforge_writer_process(files, out)
     finally:
         tw._FileHasher = real
 
@@ -191,13 +225,14 @@ def main() -> None:
     files = make_files(src, args.samples)
     total = warm(files)
     print(f"{len(files)} JPEG files, {total / len(files) / 1024:.0f} KB each on average, {total / 2**30:.2f} GiB")
-    global digests, sizes
+    global digests, sizes, BATCHES
     # In a build, workers compute each image's sha256 (vlmforge.sample.finish_results) in parallel;
     # the writer process packs, hashes the shard and writes the manifest: the vlmforge writer rows.
     digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     sizes = {f.name: f.stat().st_size for f in files}
+    BATCHES = worker_batches(files)
     writers = {"GNU tar": run_gnu_tar, "GNU tar + sha256": run_gnu_tar_sha, "webdataset ShardWriter": run_webdataset,
-               "vlmforge writer": run_vlmforge_by_reference, "vlmforge writer, image bytes": run_vlmforge,
+               "vlmforge writer": run_vlmforge_writer_process, "vlmforge writer, image bytes": run_vlmforge,
                "vlmforge writer+image sha": run_vlmforge_inline_digest,
                "vlmforge writer, no shard sha": run_vlmforge_no_shard_hash}
     if not args.no_copy_build:

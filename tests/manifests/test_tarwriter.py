@@ -109,3 +109,46 @@ def test_a_file_that_shrank_since_it_was_read_is_a_clear_error(tmp_path):
     with pytest.raises(BuildError, match="changed while the build ran"):
         w.add("k.jpg", FileSpan(str(src), 200))
     w.abort()
+
+
+@pytest.mark.parametrize("sizes", [[10], [5000, 2], [9000, 600], [10240 - 512 * 3], [20000, 1, 1, 70000]])
+def test_archives_end_on_a_whole_record_with_every_member_where_its_offset_says(tmp_path, sizes):
+    """Gathered small writes and large ones interleave; the size reported, the file and the record
+    padding (10 KiB, also when the end blocks alone cross into a new record) all agree."""
+    import hashlib
+
+    from vlmforge.sample import FileSpan
+
+    src = tmp_path / "big.bin"
+    src.write_bytes(bytes(range(256)) * 400)
+    path = tmp_path / "c.tar"
+    w = TarWriter(path)
+    offsets = []
+    for i, n in enumerate(sizes):
+        data = FileSpan(str(src), n) if n > 8000 else bytes([i]) * n
+        offsets.append(w.add(f"m{i}.bin", data))
+    size, sha = w.close()
+    raw = path.read_bytes()
+    assert size == len(raw) and len(raw) % 10240 == 0 and sha == hashlib.sha256(raw).hexdigest()
+    with tarfile.open(path) as tf:
+        members = tf.getmembers()
+        assert [m.offset for m in members] == offsets
+        for i, (m, n) in enumerate(zip(members, sizes)):
+            expect = src.read_bytes()[:n] if n > 8000 else bytes([i]) * n
+            assert tf.extractfile(m).read() == expect
+
+
+def test_a_finished_sample_travels_as_its_encoded_json(tmp_path):
+    """finish_results encodes the doc in the worker; pickled to the writer, only those bytes go."""
+    import hashlib
+    import pickle
+
+    from vlmforge.sample import Sample, dumps_json, finish_results
+
+    doc = {"id": "k", "conversations": [{"from": "human", "value": "<image>\nWhat is hidden?"}]}
+    s = Sample(key="k", image=b"\xff\xd8x\xff\xd9", doc=doc)
+    (done,) = finish_results([[s]])[0]
+    assert done.doc_json == dumps_json(doc) and done.json_sha256 == hashlib.sha256(dumps_json(doc)).hexdigest()
+    got = pickle.loads(pickle.dumps(done))
+    assert got.doc is None and got.members() == s.members() == [("jpg", b"\xff\xd8x\xff\xd9"), ("json", dumps_json(doc))]
+    assert pickle.dumps(done).count(b"What is hidden?") == 1  # the encoded json only, not the dict too

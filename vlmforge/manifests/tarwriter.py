@@ -23,7 +23,7 @@ from vlmforge.sample import FileSpan
 
 BLOCK = 512
 RECORD = 20 * BLOCK
-_ZEROS = bytes(RECORD)
+_ZEROS = bytes(RECORD + 2 * BLOCK)  # the longest run written: end blocks plus record padding
 
 
 def _template() -> bytearray:
@@ -43,6 +43,11 @@ _TEMPLATE = bytes(_template())
 _TEMPLATE_SUM = sum(_TEMPLATE)
 
 
+_NAME_TO_SIZE = _TEMPLATE[100:124]  # mode, uid, gid
+_MTIME_FIELD = _TEMPLATE[136:148]
+_AFTER_CHK = _TEMPLATE[156:BLOCK]  # type flag, link name, magic, version, owner names, ...
+
+
 def ustar_header(name: str, size: int) -> bytes:
     """The 512-byte ustar header of a regular file `name` (ASCII, at most 100 bytes) of `size` bytes."""
     raw = name.encode("ascii")
@@ -51,13 +56,10 @@ def ustar_header(name: str, size: int) -> bytes:
     if size >= 8**11:
         raise ValueError(f"tar member {name!r} is larger than 8 GiB")
     size_field = b"%011o\0" % size
-    h = bytearray(_TEMPLATE)
-    h[0 : len(raw)] = raw
-    h[124:136] = size_field
-    # Only name and size differ from the template, so the checksum is the template's plus theirs.
-    chk = _TEMPLATE_SUM + sum(raw) + sum(size_field) - sum(_TEMPLATE[124:136])
-    h[148:156] = b"%06o\0 " % chk
-    return bytes(h)
+    # Only name and size differ from the template (whose name and size fields are zero bytes), so
+    # the checksum is the template's plus theirs. Built by concatenation: this runs twice a sample.
+    chk = _TEMPLATE_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw, bytes(100 - len(raw)), _NAME_TO_SIZE, size_field, _MTIME_FIELD, b"%06o\0 " % chk, _AFTER_CHK))
 
 
 class _FileHasher:
@@ -160,41 +162,60 @@ class _FileHasher:
 class TarWriter:
     """Append members to one tar file, hashing as it goes. Use as a context manager or call close().
 
-    Each member is one `writev` of header, data and padding: no copy into a Python buffer. There is
-    no fsync: a killed process loses nothing the kernel already has, the rename that marks a shard
-    complete happens after the last write, and `vlmforge verify` re-hashes shards against build.json.
-    `seal()` ends the archive without waiting for its sha256 (see `_FileHasher`); `close()` waits.
+    Small members (headers, padding, json) gather in a list and go out in one `writev` together with
+    the next large member, so a passthrough sample costs two writes: everything up to its image,
+    then the image itself, file to file (copy_file_range). There is no fsync: a killed process loses
+    nothing the kernel already has, the rename that marks a shard complete happens after the last
+    write, and `vlmforge verify` re-hashes shards against build.json. `seal()` ends the archive
+    without waiting for its sha256 (see `_FileHasher`); `close()` waits.
     """
+
+    FLUSH = 1 << 20  # gathered bytes that trigger a write on their own
+    MAX_IOV = 512  # buffers per writev (the kernel's limit is 1024)
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._hasher = _FileHasher(self.path)
-        self.offset = 0  # bytes written so far == offset of the next header
+        self.offset = 0  # bytes in the archive so far (written or gathered) == offset of the next header
+        self._written = 0  # bytes the file holds
+        self._bufs: list = []  # gathered, not yet written
         self._copy_mode = "copy_file_range" if hasattr(os, "copy_file_range") else "sendfile"
 
-    def _write(self, bufs: tuple) -> None:
-        total = sum(len(b) for b in bufs)
+    def _flush(self) -> None:
+        bufs = self._bufs
+        if not bufs:
+            return
+        total = self.offset - self._written
         done = os.writev(self._fd, bufs)
         if done != total:  # rare short write: finish it buffer by buffer
             rest = b"".join(bytes(b) for b in bufs)[done:]
             while rest:
                 rest = rest[os.write(self._fd, rest):]
-        self.offset += total
-        self._hasher.advanced(self.offset)
+        bufs.clear()  # in place: add() holds this list
+        self._written = self.offset
+        self._hasher.advanced(self._written)
 
     def add(self, name: str, data: "bytes | FileSpan") -> int:
         """Write one member (bytes, or a FileSpan copied from its file); returns its header's offset."""
         start = self.offset
-        pad = -len(data) % BLOCK
-        header = ustar_header(name, len(data))
+        size = len(data)
+        bufs = self._bufs
+        bufs.append(ustar_header(name, size))
         if isinstance(data, FileSpan):
-            self._write((header,))
+            self.offset += BLOCK
+            self._flush()
             self._copy_file(data)
-            if pad:
-                self._write((_ZEROS[:pad],))
         else:
-            self._write((header, data, _ZEROS[:pad]) if pad else (header, data))
+            # Gathered buffers are written later: keep an immutable copy of anything mutable.
+            bufs.append(data if type(data) is bytes else bytes(data))
+            self.offset += BLOCK + size
+        pad = -size % BLOCK
+        if pad:
+            bufs.append(_ZEROS[:pad])
+            self.offset += pad
+        if self.offset - self._written >= self.FLUSH or len(bufs) >= self.MAX_IOV:
+            self._flush()
         return start
 
     def _copy_file(self, span: "FileSpan") -> None:
@@ -214,7 +235,8 @@ class TarWriter:
         finally:
             os.close(src)
         self.offset += span.size
-        self._hasher.advanced(self.offset)
+        self._written = self.offset
+        self._hasher.advanced(self._written)
 
     def _kernel_copy(self, src: int, offset: int, count: int) -> int:
         count = min(count, 1 << 30)
@@ -243,7 +265,9 @@ class TarWriter:
         `digest()` waits for the sha256. The size is `self.offset`."""
         end = 2 * BLOCK
         end += -(self.offset + end) % RECORD
-        self._write((_ZEROS[:end],))
+        self._bufs.append(_ZEROS[:end])
+        self.offset += end
+        self._flush()
         os.close(self._fd)
         self._hasher.finish(self.offset)
         return self._hasher

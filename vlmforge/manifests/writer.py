@@ -50,10 +50,6 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def member_bytes(data_len: int) -> int:
-    return BLOCK + data_len + (-data_len % BLOCK)
-
-
 class SplitWriter:
     """Writes the shards of one split, starting at shard `first_index` and input `first_input`."""
 
@@ -130,12 +126,16 @@ class SplitWriter:
             self._complete_sealed(wait=False)
         samples: list[tuple[Sample, list[tuple[str, bytes]]]] = []
         rejects: list[Reject] = []
+        size = 0
         for r in results:
             if isinstance(r, Sample):
-                samples.append((r, r.members()))
+                members = r.members()
+                samples.append((r, members))
+                for _, data in members:
+                    n = len(data)
+                    size += BLOCK + n + (-n % BLOCK)
             else:
                 rejects.append(r)
-        size = sum(member_bytes(len(data)) for _, members in samples for _, data in members)
         if self._tar is not None and self._rows and (
             len(self._rows) + len(samples) > self.limits.max_samples
             or self._tar.offset + size > self.limits.max_bytes
@@ -152,19 +152,19 @@ class SplitWriter:
             )
 
     def _write_sample(self, sample: Sample, members: list[tuple[str, bytes]]) -> None:
-        assert self._tar is not None
+        tar = self._tar
+        assert tar is not None
         key = sample.key
         if "." in key or key != key.lower():
             raise ValueError(f"sample key {key!r} must be lower-case without dots")
         if key in self.seen_keys:
             raise BuildError(f"two samples share the key {key!r}: the builder must derive unique keys")
         self.seen_keys.add(key)
-        start = self._tar.offset
-        json_sha = ""
+        start = tar.offset
         for ext, data in members:
-            self._tar.add(f"{key}.{ext}", data)
-            if ext == "json":
-                json_sha = hashlib.sha256(data).hexdigest()
+            tar.add(f"{key}.{ext}", data)
+        json_sha = sample.json_sha256 or hashlib.sha256(members[-1][1]).hexdigest()  # json is last
+        image = sample.image
         row = {
             **self.identity,
             "key": key,
@@ -172,15 +172,17 @@ class SplitWriter:
             "shard": self._name,
             "offset": start,
             "source_id": sample.source_id,
-            "image_sha256": (sample.image_sha256 or hashlib.sha256(sample.image).hexdigest()) if sample.image is not None else None,
-            "image_format": sample.image_ext if sample.image is not None else None,
+            "image_sha256": (sample.image_sha256 or hashlib.sha256(image).hexdigest()) if image is not None else None,
+            "image_format": sample.image_ext if image is not None else None,
             "width": sample.width,
             "height": sample.height,
             "json_sha256": json_sha,
-            "sample_bytes": self._tar.offset - start,
+            "sample_bytes": tar.offset - start,
         }
-        for name in self.extra_names:
-            row[name] = sample.columns.get(name)
+        if self.extra_names:
+            columns = sample.columns
+            for name in self.extra_names:
+                row[name] = columns.get(name)
         self._rows.append(row)
 
     def finish(self, n_inputs: int) -> list[dict]:
