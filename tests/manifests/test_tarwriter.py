@@ -152,3 +152,35 @@ def test_a_finished_sample_travels_as_its_encoded_json(tmp_path):
     got = pickle.loads(pickle.dumps(done))
     assert got.doc is None and got.members() == s.members() == [("jpg", b"\xff\xd8x\xff\xd9"), ("json", dumps_json(doc))]
     assert pickle.dumps(done).count(b"What is hidden?") == 1  # the encoded json only, not the dict too
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "setpriority"), reason="no per-thread priorities here")
+def test_a_finished_shards_hash_steps_back_for_the_writer(tmp_path):
+    """finish() raises the hashing thread's nice value (and only that thread's)."""
+    import os
+    import threading
+
+    import vlmforge.manifests.tarwriter as tw
+
+    gate = threading.Event()
+    seen = {}
+    real_run = tw._FileHasher._run
+
+    def run(self):
+        real_run(self)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        gate.wait(10)
+
+    tw_hasher = tw._FileHasher
+    tw_hasher._run = run
+    try:
+        (tmp_path / "f").write_bytes(b"x" * 1000)
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        h = tw_hasher(str(tmp_path / "f"))
+        h.finish(1000)
+        gate.set()
+        assert h.digest() == __import__("hashlib").sha256(b"x" * 1000).hexdigest()
+    finally:
+        tw_hasher._run = real_run
+    assert seen["nice"] == min(19, before + 10)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
