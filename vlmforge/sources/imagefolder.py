@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sources.base import Record, Source, fingerprint_files
+from vlmforge.sources.base import Record, Source, _parts, fingerprint_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev", "auto_test"}
@@ -41,7 +41,7 @@ class ImageFolderSource(Source):
         for split, folder in self._splits.items():
             items = []
             for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                for f in sorted(cls.rglob("*")):
+                for f in sorted(cls.rglob("*"), key=_parts):  # Path order, by parts: quicker
                     if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                         items.append((cls.name, f))
             self._files[split] = items
