@@ -79,6 +79,18 @@ class Sample:
             return {**self.__dict__, "doc": None}
         return self.__dict__
 
+    def __copy__(self) -> "Sample":  # copies keep `doc` (only pickling drops it)
+        new = object.__new__(Sample)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict) -> "Sample":
+        import copy
+
+        new = object.__new__(Sample)
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
 
 @dataclass
 class Reject:

@@ -152,6 +152,9 @@ def test_a_finished_sample_travels_as_its_encoded_json(tmp_path):
     got = pickle.loads(pickle.dumps(done))
     assert got.doc is None and got.members() == s.members() == [("jpg", b"\xff\xd8x\xff\xd9"), ("json", dumps_json(doc))]
     assert pickle.dumps(done).count(b"What is hidden?") == 1  # the encoded json only, not the dict too
+    import copy
+
+    assert copy.copy(done).doc == doc and copy.deepcopy(done).doc == doc  # copies keep the dict
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "setpriority"), reason="no per-thread priorities here")
