@@ -1,6 +1,6 @@
 """vlmforge: versioned, reproducible vision-language training and test data."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 
 __all__ = ["__version__", "build", "open_build"]
 
