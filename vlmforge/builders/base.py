@@ -144,8 +144,10 @@ def run_build(
 ) -> Path:
     """Build (or resume, or find finished) `builder`'s output under `out`. Returns the build folder."""
     from vlmforge.executors.local import LocalExecutor
+    from vlmforge.executors.memory import tune_allocator
     from vlmforge.manifests.finalize import finalize_build
 
+    tune_allocator()  # this process reads (one worker) or writes every image: reuse its buffers
     executor = executor or LocalExecutor(1)
     ident = builder.identity()
     build_dir = build_dir_for(Path(out), builder)

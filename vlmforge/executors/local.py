@@ -21,6 +21,9 @@ _WORKER_BUILDER: "Builder | None" = None
 
 def _init_worker(builder: "Builder") -> None:
     global _WORKER_BUILDER
+    from vlmforge.executors.memory import tune_allocator
+
+    tune_allocator()
     builder.setup()
     _WORKER_BUILDER = builder
 

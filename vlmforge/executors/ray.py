@@ -118,6 +118,9 @@ def _process_batch(holder: list, batch: list) -> list:
     ref = holder[0]
     if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
         _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
+        from vlmforge.executors.memory import tune_allocator
+
+        tune_allocator()
         builder = ray.get(ref)
         builder.setup()
         _WORKER_BUILDER = (ref.hex(), builder)
