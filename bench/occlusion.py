@@ -103,6 +103,9 @@ def main() -> None:
     ap.add_argument("--split", default="val2017")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    from vlmforge.executors.memory import tune_allocator
+
+    tune_allocator()  # every build process runs with it (run_build, workers): so do all rows, every repeat
     from vlmforge.sources.coco import CocoSource
     from vlmforge.sources.sample_coco import make_sample
 

@@ -221,6 +221,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "_work")
     ap.add_argument("--no-copy-build", action="store_true", help="skip the whole-build reference rows")
     args = ap.parse_args()
+    from vlmforge.executors.memory import tune_allocator
+
+    tune_allocator()  # every build process runs with it (run_build, workers): so do all rows, every repeat
     src = args.work / "jpegs" / "images"  # ROOT/<class>/<image> layout for the imagefolder source
     files = make_files(src, args.samples)
     total = warm(files)
