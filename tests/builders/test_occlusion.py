@@ -110,3 +110,27 @@ def test_an_image_whose_size_disagrees_with_its_annotation_is_rejected(tmp_path,
     reasons = dict(b.sql("SELECT source_id, reason FROM rejects WHERE stage = 'read_image'").fetchall())
     assert list(reasons.values()) == ["size_mismatch"] and str(wrong["id"]) in next(iter(reasons))
     assert b.sql("SELECT count(*) FROM samples").fetchall()[0][0] >= 10  # the unsized images build as usual
+
+
+def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
+    """The builder pickled to workers leaves the per-image tables behind (records carry them)."""
+    import pickle
+
+    from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+
+    b = OcclusionBuilder(OcclusionConfig(), OcclusionBuilder.open_source("coco", **_src(sample_coco)))
+    b.entity_cache = False
+    b.prepare()
+    sent = pickle.loads(pickle.dumps(b))
+    assert sent.src.ds.categories == b.src.ds.categories and not sent.src.ds.images and not sent.src.ds.instances
+    assert b.src.ds.images and b.src.ds.instances  # the driver's own source is untouched
+    assert len(pickle.dumps(b)) < len(pickle.dumps(dict(b.__dict__)))  # the same state with the full source
+    # what a worker computes from a record equals what the driver would
+    sent.setup()
+    b.setup()
+    recs = [r for r in b.src.records(b.src.splits()[0]) if r.get("captions")][:6]
+    for rec in recs:
+        assert sent._labels_of_captions(rec["captions"]) == b._labels_of_image(rec["image_id"])
+    got, want = sent.process([dict(r) for r in recs]), b.process([dict(r) for r in recs])
+    assert [[vars(r) for r in per] for per in got] == [[vars(r) for r in per] for per in want]
+    assert any(hasattr(r, "key") for per in got for r in per)

@@ -10,6 +10,8 @@ entity that does not become a sample lands in `rejects` with the stage and reaso
 
 from __future__ import annotations
 
+import copy
+
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -165,7 +167,21 @@ class OcclusionBuilder(Builder):
         return sorted({e.label for ents in self.entities.values() for e in ents})
 
     def _labels_of_image(self, image_id: int) -> list[str]:
-        return [e.label for c in self.src.ds.captions.get(image_id, []) for e in self.entities.get(int(c["id"]), [])]
+        return self._labels_of_captions(self.src.ds.captions.get(image_id, []))
+
+    def _labels_of_captions(self, captions: list[dict]) -> list[str]:
+        return [e.label for c in captions for e in self.entities.get(int(c["id"]), [])]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get each image's captions and instances in its record; of the source they need the
+        # categories only (see CocoDataset.categories_only).
+        state = dict(self.__dict__)
+        ds = getattr(self.src, "ds", None)
+        if ds is not None and hasattr(ds, "categories_only"):
+            src = copy.copy(self.src)
+            src.ds = ds.categories_only()
+            state["src"] = src
+        return state
 
     # -- worker: models --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -243,7 +259,7 @@ class OcclusionBuilder(Builder):
             return
         items, owners = [], []
         for i, rec, _img, _px, cands in work:
-            context = tuple(self._labels_of_image(rec["image_id"]))
+            context = tuple(self._labels_of_captions(rec["captions"]))
             for c in cands:
                 items.append(CausalityItem(c.caption["caption"], c.entity.start, c.entity.end, c.entity.label, context))
                 owners.append((i, rec, c))

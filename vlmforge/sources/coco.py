@@ -64,6 +64,15 @@ class CocoDataset:
     def image_path(self, image_id: int) -> Path:
         return self.images_dir / self.images[image_id]["file_name"]
 
+    def categories_only(self) -> "CocoDataset":
+        """The same dataset without its per-image tables (images, captions, instances, orphans): what a
+        worker needs when its records carry their own image's annotations. For COCO train2017 those
+        tables are the bulk of 450 MB of JSON, which would otherwise be pickled to every worker."""
+        shell = object.__new__(CocoDataset)
+        shell.__dict__.update(self.__dict__, images={}, captions=defaultdict(list), instances=defaultdict(list),
+                              orphans=[])
+        return shell
+
     def category_name(self, category_id: int) -> str:
         return self.categories[category_id]["name"]
 
