@@ -52,6 +52,14 @@ class Builder:
         # Processes the executor runs (set by run_build): prepare() may use as many for corpus-wide work.
         self.processes = 1
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A builder is pickled only to go to workers: its source goes in its worker form (for COCO,
+        # the categories without the per-image tables, which the records carry; for train2017 that
+        # is most of 450 MB of annotations not copied into every worker).
+        state = dict(self.__dict__)
+        state["src"] = self.src.for_workers()
+        return state
+
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
         """The builder's source from the CLI's --source and its options. Builders narrow or extend it."""

@@ -102,7 +102,7 @@ class ModelReadyBuilder(DerivedBuilder):
         self._prep = self._preparer()
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_prep"] = None  # holds closures; rebuilt by setup()
         return state
 

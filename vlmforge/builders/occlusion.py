@@ -10,7 +10,6 @@ entity that does not become a sample lands in `rejects` with the stage and reaso
 
 from __future__ import annotations
 
-import copy
 
 import time
 from collections import defaultdict
@@ -171,17 +170,6 @@ class OcclusionBuilder(Builder):
 
     def _labels_of_captions(self, captions: list[dict]) -> list[str]:
         return [e.label for c in captions for e in self.entities.get(int(c["id"]), [])]
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Workers get each image's captions and instances in its record; of the source they need the
-        # categories only (see CocoDataset.categories_only).
-        state = dict(self.__dict__)
-        ds = getattr(self.src, "ds", None)
-        if ds is not None and hasattr(ds, "categories_only"):
-            src = copy.copy(self.src)
-            src.ds = ds.categories_only()
-            state["src"] = src
-        return state
 
     # -- worker: models --------------------------------------------------------------------------
     def setup(self) -> None:

@@ -120,7 +120,7 @@ class GeneratorMixin:
         return out
 
     def __getstate__(self):
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state.pop("_generators", None)  # each worker makes its own (ray pickles the builder)
         return state
 

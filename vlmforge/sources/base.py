@@ -41,6 +41,11 @@ class Source:
         """What the build.json records about the source (paths are informational only)."""
         return {"name": self.name}
 
+    def for_workers(self) -> "Source":
+        """The source as a worker gets it with the builder: workers only process the records they are
+        sent, so a source may leave tables behind that the records already carry."""
+        return self
+
 
 def _parts(p: Path) -> tuple[str, ...]:
     return p.parts

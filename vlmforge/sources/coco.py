@@ -6,6 +6,8 @@ and `<split>/*.jpg`. Captions are optional for builders that only need instances
 
 from __future__ import annotations
 
+import copy
+
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -143,6 +145,12 @@ class CocoSource(Source):
         # Annotations that point to no image are inputs too: they become rejects, never vanish.
         for ann in ds.orphans:
             yield {"source_id": f"annotation:{ann['id']}", "orphan": ann}
+
+    def for_workers(self) -> "CocoSource":
+        """Records carry their image's captions and instances: workers get the categories only."""
+        light = copy.copy(self)
+        light.ds = self.ds.categories_only()
+        return light
 
     def fingerprint(self) -> str:
         listed = [self.ds.image_path(i) for i in sorted(self.ds.images)]
