@@ -64,6 +64,7 @@ def pipeline(source, out: Path, entity_cache: Path | bool = False) -> dict:
 
     b = OcclusionBuilder(OcclusionConfig(), source)
     b.entity_cache = entity_cache  # off for the main rows: a first build parses every caption
+    b.vector_cache = False if entity_cache is False else Path(entity_cache).with_suffix(".vectors")
     t = time.perf_counter()
     # Model loading (spaCy, MiniLM) is start-up, paid once per process whatever the data size: apart.
     shared_embedder(None).setup()

@@ -111,6 +111,9 @@ class OcclusionBuilder(Builder):
         # Caption entities are cached on disk (None: under $VLMFORGE_CACHE; False: off); the cache
         # only skips work, it never changes what is built.
         self.entity_cache: str | bool | None = None
+        # The label vectors of prepare() likewise (None: $VLMFORGE_CACHE/embeddings; False: off): a
+        # repeated or resumed build then never loads the sentence-embedding model.
+        self.vector_cache: str | bool | None = None
         self.entities: dict[int, list[Entity]] = {}
         self.scorer = None
         self.label_vectors: dict[str, np.ndarray] = {}  # made by prepare() for the annotation grounder
@@ -158,7 +161,7 @@ class OcclusionBuilder(Builder):
             # workers get the vectors with the builder and never load the sentence-embedding model.
             t0 = time.perf_counter()
             grounder = AnnotationGrounder(ds.categories, self.config.embed_threshold, self.config.embedder)
-            grounder.prefetch(self._all_labels())
+            grounder.prefetch(self._all_labels(), cache=self.vector_cache)
             self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
 

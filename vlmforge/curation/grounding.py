@@ -130,11 +130,19 @@ class AnnotationGrounder:
                 self.vectors[t] = v
         return np.stack([self.vectors[t] for t in texts])
 
-    def prefetch(self, labels: list[str]) -> None:
-        """Embed, in one batch, every label the synonym table does not know, and all category names."""
+    def prefetch(self, labels: list[str], cache: "str | bool | None" = False) -> None:
+        """Embed, in one batch, every label the synonym table does not know, and all category names.
+        `cache` (see embedding.cached_encode; off by default) keeps that batch's vectors on disk."""
         unknown = [lab for lab in labels if category_for_label(lab) is None]
-        if unknown:
-            self._vectors(unknown + [c["name"] for c in self.categories.values()])
+        if not unknown:
+            return
+        request = list(dict.fromkeys(t for t in unknown + [c["name"] for c in self.categories.values()]
+                                     if t not in self.vectors))
+        if request:
+            from vlmforge.curation.embedding import cached_encode
+
+            for t, v in zip(request, cached_encode(self.embedder_name, request, cache)):
+                self.vectors[t] = v
 
     def _embedding_match(self, label: str, present: list[str]) -> tuple[str | None, float]:
         vecs = self._vectors([label] + present)
