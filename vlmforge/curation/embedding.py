@@ -86,20 +86,114 @@ def embedder_identity(model: str | None) -> str | None:
     return None
 
 
-def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike | bool | None" = None) -> np.ndarray:
+def _helper_stdio() -> None:
+    """The helper process (`EmbedderHelper`): load the model, say `ready`, then encode the one request
+    read from stdin (a JSON list of texts) and answer `ok <rows> <dim>` and the float32 bytes, or
+    `error <message>`."""
+    import json
+    import sys
+
+    out = sys.stdout.buffer
+    try:
+        emb = SentenceEmbedder(sys.argv[1] or None)
+        emb.setup()
+        out.write(b"ready\n")
+        out.flush()
+        line = sys.stdin.buffer.readline()
+        if not line.strip():
+            return
+        vecs = np.ascontiguousarray(emb.encode(json.loads(line)), dtype=np.float32)
+        out.write(b"ok %d %d\n" % vecs.shape + vecs.tobytes())
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which falls back
+        out.write(f"error {type(e).__name__}: {e}".replace("\n", " ").encode() + b"\n")
+    out.flush()
+
+
+class EmbedderHelper:
+    """Loads the sentence-embedding model in a second process while this one does other work.
+
+    Importing sentence-transformers and loading MiniLM takes 7-10 s here, almost all of it Python
+    running under the GIL, so a thread cannot overlap it with the caption parse (measured: 12.7 s one
+    after the other, 12.9 s in two threads); a process can. It is a plain subprocess speaking over
+    pipes, not multiprocessing, which would re-run the caller's main script in the child.
+    `encode(texts)` sends the one request and returns the vectors (the same library on the same batch
+    as in this process gives the same bits; tests check it), or None when the helper failed (the
+    caller then encodes itself). Start it only where a second core is likely idle meanwhile.
+    """
+
+    def __init__(self, model: str | None = None):
+        import subprocess
+        import sys
+
+        self.error: str | None = None
+        code = "from vlmforge.curation.embedding import _helper_stdio; _helper_stdio()"
+        self._proc = subprocess.Popen([sys.executable, "-c", code, model or ""], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def encode(self, texts: list[str]) -> np.ndarray | None:
+        import json
+
+        if self._proc is None:
+            return None
+        try:
+            self._proc.stdin.write(json.dumps(list(texts)).encode() + b"\n")
+            self._proc.stdin.flush()
+            while True:
+                line = self._proc.stdout.readline()
+                if line == b"ready\n":
+                    continue
+                if line.startswith(b"ok "):
+                    rows, dim = (int(v) for v in line.split()[1:3])
+                    raw = self._proc.stdout.read(rows * dim * 4)
+                    if len(raw) != rows * dim * 4 or rows != len(texts):
+                        self.error = "the helper's answer was cut short"
+                        return None
+                    return np.frombuffer(raw, np.float32).reshape(rows, dim).copy()
+                self.error = line.decode(errors="replace").strip() or "the helper process ended"
+                return None
+        except (OSError, ValueError) as e:
+            self.error = f"the helper process failed: {e}"
+            return None
+        finally:
+            self.close()
+
+    def close(self, wait: bool = True) -> None:
+        """End the helper: after a request it exits by itself; unused (wait=False) it is stopped."""
+        if self._proc is None:
+            return
+        proc, self._proc = self._proc, None
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5 if wait else 0.05)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still loading, not needed
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike | bool | None" = None,
+                  helper: "EmbedderHelper | None" = None) -> np.ndarray:
     """`shared_embedder(model).encode(texts)`, remembered on disk for this exact request (these texts in
     this order, this model and these libraries), so a resumed or repeated build gets back the very same
     vectors without loading the model: importing sentence-transformers alone takes ~9 s here. The key
     is the whole request, never single texts, because a text's vector can differ in its last bits
     with the batch it was encoded in. `cache`: a folder, None for $VLMFORGE_CACHE/embeddings, False
-    for none."""
+    for none. `helper`: an EmbedderHelper to encode with on a miss (this process loads the model only if
+    it fails)."""
     import hashlib
     import os
     from pathlib import Path
 
+    def compute() -> np.ndarray:
+        got = helper.encode(texts) if helper is not None and texts else None
+        return got if got is not None else shared_embedder(model).encode(texts)
+
     ident = embedder_identity(model) if cache is not False else None
     if ident is None or not texts:
-        return shared_embedder(model).encode(texts)
+        return compute()
     if cache is None:
         from vlmforge.sources.sample_coco import default_cache
 
@@ -112,7 +206,7 @@ def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike
                 return got["vectors"]
     except (OSError, KeyError, ValueError):
         pass  # not there, or unreadable: compute it
-    vecs = shared_embedder(model).encode(texts)
+    vecs = compute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")

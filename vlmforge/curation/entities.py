@@ -260,10 +260,11 @@ PARALLEL_MIN = 20_000
 
 
 def extract_entities(captions: list[str], model: str = SPACY_MODEL, processes: int = 1,
-                     cache: str | Path | None | bool = None, advance=None) -> list[list[Entity]]:
+                     cache: str | Path | None | bool = None, advance=None, before_parse=None) -> list[list[Entity]]:
     """Entities of every caption, in order: from the cache where known, the rest parsed (in
     `processes` processes when there are many) and added to the cache. `cache`: a file, None for
-    $VLMFORGE_CACHE/entities/<model>.sqlite, False for none. `advance(n)` reports progress."""
+    $VLMFORGE_CACHE/entities/<model>.sqlite, False for none. `advance(n)` reports progress;
+    `before_parse()` is called once before any parsing starts (not at all when everything was cached)."""
     advance = advance or (lambda n: None)
     store = None if cache is False else EntityCache(default_entity_cache(model) if cache is None else cache, model)
     try:
@@ -284,6 +285,8 @@ def extract_entities(captions: list[str], model: str = SPACY_MODEL, processes: i
                 store.put_many(pairs)
             advance(sum(times[c] for c in chunk))
 
+        if todo and before_parse is not None:
+            before_parse()
         if processes > 1 and len(todo) >= PARALLEL_MIN:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor

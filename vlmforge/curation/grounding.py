@@ -130,9 +130,10 @@ class AnnotationGrounder:
                 self.vectors[t] = v
         return np.stack([self.vectors[t] for t in texts])
 
-    def prefetch(self, labels: list[str], cache: "str | bool | None" = False) -> None:
+    def prefetch(self, labels: list[str], cache: "str | bool | None" = False, helper=None) -> None:
         """Embed, in one batch, every label the synonym table does not know, and all category names.
-        `cache` (see embedding.cached_encode; off by default) keeps that batch's vectors on disk."""
+        `cache` (see embedding.cached_encode; off by default) keeps that batch's vectors on disk;
+        `helper` (an embedding.EmbedderHelper) encodes them in its process."""
         unknown = [lab for lab in labels if category_for_label(lab) is None]
         if not unknown:
             return
@@ -141,7 +142,7 @@ class AnnotationGrounder:
         if request:
             from vlmforge.curation.embedding import cached_encode
 
-            for t, v in zip(request, cached_encode(self.embedder_name, request, cache)):
+            for t, v in zip(request, cached_encode(self.embedder_name, request, cache, helper)):
                 self.vectors[t] = v
 
     def _embedding_match(self, label: str, present: list[str]) -> tuple[str | None, float]:
