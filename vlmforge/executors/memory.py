@@ -4,7 +4,8 @@ Builds allocate and free the same large buffers over and over: every image read 
 1 MB `bytes`, alive for one batch. glibc serves blocks of that size from fresh `mmap`s (or trims the
 heap as soon as a batch is freed), so each image's pages are faulted in and zeroed again: measured
 here, reading a 190 KB JPEG cost 136 us that way and 46 us with the memory reused, and a copy
-build's per-sample worker time fell from 497 to 339 us (bench/shards.py's copy build rows).
+build's per-sample worker time (read, check, hash) fell from 497 to 339 us, and a 2-worker copy
+build of 10,000 JPEGs from 5.6-6.2 s to 4.8-4.9 s.
 
 `tune_allocator()` raises glibc's mmap threshold to 32 MiB (its own ceiling for the dynamic
 threshold) and keeps up to 256 MiB of free heap before trimming. It only changes where memory

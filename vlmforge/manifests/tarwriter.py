@@ -115,7 +115,8 @@ class _FileHasher:
         of it. Without this, the newest shard's hash falls behind the writer and its backlog, hashed
         on one core while the other idles, is the end of the build (bench/shards.py: 0.93x of GNU tar
         with equal priorities)."""
-        _lower_priority(self._tid)
+        if self._t.is_alive():  # (a thread that ended has given its id back)
+            _lower_priority(self._tid)
         self.written = size
         self._final = size
         self._wake.set()
