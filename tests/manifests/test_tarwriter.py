@@ -187,3 +187,38 @@ def test_a_finished_shards_hash_steps_back_for_the_writer(tmp_path):
         tw_hasher._run = real_run
     assert seen["nice"] == min(19, before + 10)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_the_writer_waits_rather_than_let_unhashed_shards_pile_up(tmp_path, monkeypatch):
+    """At most MAX_SEALED shards wait for their hash; the rest of the stream waits for them."""
+    import hashlib
+    import threading
+
+    import vlmforge.manifests.tarwriter as tw
+    from vlmforge.manifests.writer import ShardLimits, SplitWriter
+    from vlmforge.sample import Sample
+
+    gate = threading.Event()  # hashes cannot finish until the test opens it
+    real_run = tw._FileHasher._run
+
+    def slow_run(self):
+        self._started.set()  # the writer goes on; the hash itself waits for the gate
+        gate.wait(30)
+        real_run(self)
+
+    monkeypatch.setattr(tw._FileHasher, "_run", slow_run)
+    (tmp_path / "manifest").mkdir()
+    w = SplitWriter(tmp_path, "train", [], {"builder": "t", "version": "0", "source": "s"},
+                    ShardLimits(max_samples=1, max_bytes=1 << 30), set())
+    w.MAX_SEALED = 2
+    for i in range(3):  # shards 0 and 1 sealed; shard 2 open
+        w.add(i, [Sample(key=f"k{i}", image=b"x" * 100, doc={"i": i})])
+    assert len(w._sealed) == 2 and not w.finished
+    opener = threading.Timer(0.3, gate.set)
+    opener.start()
+    w.add(3, [Sample(key="k3", image=b"x" * 100, doc={"i": 3})])  # a third sealed: waits for the oldest
+    assert gate.is_set() and len(w._sealed) <= 2 and w.finished[0]["shard"] == "train-000000.tar"
+    stats = w.finish(4)
+    assert [s["samples"] for s in stats] == [1, 1, 1, 1]
+    for s in stats:
+        assert s["sha256"] == hashlib.sha256((tmp_path / s["shard"]).read_bytes()).hexdigest()

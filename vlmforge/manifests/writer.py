@@ -83,6 +83,11 @@ class SplitWriter:
         self._rejects: list[dict] = []
         self._input_start = input_start
 
+    # Shards at most whose hash may still run: beyond, the writer waits for the oldest. This bounds the
+    # rows held in memory and the unhashed data that must stay in the page cache, also when busy
+    # workers leave the lowered-priority hashes little CPU (the wait then idles them and frees it).
+    MAX_SEALED = 4
+
     def _close(self, input_end: int) -> None:
         """End the open shard. Its sha256 may still be running (see tarwriter._FileHasher): the shard
         is completed (renamed, manifest part, stats marker) once the hash is done, in shard order,
@@ -93,10 +98,12 @@ class SplitWriter:
                              self._rows, self._rejects))
         self._tar = None
         self.index += 1
-        self._complete_sealed(wait=False)
+        self._complete_sealed(wait=True, keep=self.MAX_SEALED)
 
-    def _complete_sealed(self, wait: bool) -> None:
-        while self._sealed and (wait or self._sealed[0][0].done()):
+    def _complete_sealed(self, wait: bool, keep: int = 0) -> None:
+        """Complete sealed shards, oldest first, while the oldest's hash is done; with `wait`, also wait
+        for hashes until at most `keep` shards are left sealed."""
+        while self._sealed and (self._sealed[0][0].done() or (wait and len(self._sealed) > keep)):
             hasher, size, name, index, input_start, input_end, rows, rejects = self._sealed.popleft()
             sha = hasher.digest()
             os.replace(self.dir / (name + ".tmp"), self.dir / name)
