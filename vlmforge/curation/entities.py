@@ -226,22 +226,12 @@ class EntityCache:
 
 def _pipeline_version(model: str) -> str:
     """spaCy's version and the pipeline's: the installed package's metadata, or for a pipeline folder
-    its meta.json and the time its files last changed (cheap: nothing is loaded)."""
-    from importlib.metadata import PackageNotFoundError, version
+    its files' stamp (cheap: nothing is loaded)."""
+    from vlmforge.curation.models import folder_stamp, installed_version
 
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "?"
-
-    folder = Path(model)
-    if folder.is_dir():
-        meta = folder / "meta.json"
-        stamp = hashlib.sha1(meta.read_bytes()).hexdigest() if meta.is_file() else "?"
-        newest = max((f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()), default=0)
-        return f"spacy {ver('spacy')}, folder {stamp} {newest}"
-    return f"spacy {ver('spacy')}, {model} {ver(model)}"
+    if Path(model).is_dir():
+        return f"spacy {installed_version('spacy')}, folder {folder_stamp(model)}"
+    return f"spacy {installed_version('spacy')}, {model} {installed_version(model)}"
 
 
 def default_entity_cache(model: str) -> Path:

@@ -25,3 +25,25 @@ def torch_device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def installed_version(package: str) -> str:
+    """An installed distribution's version, "?" when it is not installed (for cache keys)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def folder_stamp(folder) -> str:
+    """What identifies a model folder's contents for a cache key, cheaply (nothing is read or loaded):
+    every file's relative path, size and modification time."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(folder)
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    return hashlib.sha1("".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns};"
+                                for f in files).encode()).hexdigest()
