@@ -27,8 +27,8 @@ from vlmforge.curation.entities import SPACY_MODEL, Entity, extract_entities
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
-from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlude
-from vlmforge.curation.segmentation import SamSegmenter, annotation_mask, box_mask
+from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion
+from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, annotation_crop, box_mask
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
@@ -326,26 +326,26 @@ class OcclusionBuilder(Builder):
             seen.add(ident)
             unique.append(c)
         masks = self._masks(rec, px, unique, h, w)
-        made: list[tuple[_Candidate, np.ndarray, np.ndarray, float]] = []
+        made: list[tuple[_Candidate, MaskCrop, float, np.random.Generator]] = []
         for c, mask in zip(unique, masks):
             key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
             rng = np.random.default_rng(_seed_words(cfg.seed, key))
-            # Painted in OpenCV's BGR order, which its JPEG encoder takes as it is.
-            occluded, changed = occlude(px.bgr, mask, c.grounding.box, cfg.fill, rng, cfg.dilate, color=FILL_RGB[::-1])
-            frac = float(changed.sum()) / float(h * w)
+            # Which pixels change is known before any is painted: the area filter needs no image.
+            changed = occlusion_region(mask, c.grounding.box, cfg.fill, rng, cfg.dilate)
+            frac = float(changed.area()) / float(h * w)
             if frac < cfg.min_area or frac > cfg.max_area:
                 reason = "area_too_small" if frac < cfg.min_area else "area_too_large"
                 out.append(self._reject(rec, c, reason, "occlusion", f"{c.entity.label}: {frac:.4f} of the image"))
                 continue
-            made.append((c, occluded, changed, frac))
+            made.append((c, changed, frac, rng))
         # At most K objects per image: the most predictable first (ties: caption order).
         order = sorted(range(len(made)), key=lambda j: (_rank(made[j][0], cfg.causality), j))
         keep = set(order[: cfg.max_entities])
-        for j, (c, occluded, changed, frac) in enumerate(made):
+        for j, (c, changed, frac, rng) in enumerate(made):
             if j not in keep:
                 out.append(self._reject(rec, c, "over_entity_limit", "filter", f"more than {cfg.max_entities} objects in the image"))
                 continue
-            out.append(self._sample(rec, img, c, occluded, changed, frac))
+            out.append(self._sample(rec, img, c, px.bgr, changed, frac, rng))
         return out
 
     def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int, w: int) -> list[np.ndarray]:
@@ -358,16 +358,17 @@ class OcclusionBuilder(Builder):
         # A plural phrase ("two dogs") hides every detection of its label; a singular one the best.
         per_cand = [c.grounding.boxes if c.entity.plural and c.grounding.boxes else [c.grounding.box] for c in cands]
         if seg == "box":
-            return [box_mask(boxes, h, w) for boxes in per_cand]
+            return [MaskCrop.from_full(box_mask(boxes, h, w)) for boxes in per_cand]
         flat = [b for boxes in per_cand for b in boxes]
-        masks = self.segmenter(px.pil, flat)
+        masks = [MaskCrop.from_full(m) for m in self.segmenter(px.pil, flat)]
         out, k = [], 0
         for boxes in per_cand:
             out.append(_union(masks[k : k + len(boxes)]))
             k += len(boxes)
         return out
 
-    def _sample(self, rec: Record, img, c: _Candidate, occluded: np.ndarray, changed: np.ndarray, frac: float) -> Sample:
+    def _sample(self, rec: Record, img, c: _Candidate, image: np.ndarray, changed: MaskCrop, frac: float,
+                rng: np.random.Generator) -> Sample:
         cfg = self.config
         key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
         g = c.grounding
@@ -384,7 +385,16 @@ class OcclusionBuilder(Builder):
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         t = time.perf_counter()
-        ok, jpg = cv2.imencode(".jpg", occluded, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        # Painted into the decoded image itself (in OpenCV's BGR order, which its JPEG encoder takes as
+        # it is), encoded, then put back: no copy of the frame per sample.
+        local = cfg.fill in ("blocks", "solid", "noise")  # fills that touch only the changed box
+        saved = changed.of(image).copy() if local else image.copy()
+        render_occlusion(image, changed, cfg.fill, g.box, rng, color=FILL_RGB[::-1])
+        ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        if local:
+            changed.of(image)[...] = saved
+        else:
+            image[...] = saved
         if not ok:  # pragma: no cover - OpenCV fails only on an empty or malformed array
             raise RuntimeError(f"JPEG encoding failed for {key}")
         mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
@@ -392,7 +402,7 @@ class OcclusionBuilder(Builder):
         extras = {"mask.png": mask_png}
         if cfg.keep_original:
             extras["orig." + img.ext] = img.data
-        h, w = occluded.shape[:2]
+        h, w = image.shape[:2]
         columns = {"label": c.entity.label, "entity": c.entity.phrase, "category": g.category, "supercategory": sup,
                    "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
                    "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
@@ -428,8 +438,8 @@ class _Pixels:
         return self._pil
 
 
-def _union(masks: list[np.ndarray]) -> np.ndarray:
-    return masks[0] if len(masks) == 1 else np.logical_or.reduce(masks)
+def _union(masks: list[MaskCrop]) -> MaskCrop:
+    return masks[0] if len(masks) == 1 else MaskCrop.union(masks)
 
 
 class _LazyMasks(dict):
@@ -441,7 +451,7 @@ class _LazyMasks(dict):
         self._size = (height, width)
 
     def __missing__(self, ann_id: int) -> np.ndarray:
-        mask = annotation_mask(self._anns[ann_id], *self._size)
+        mask = annotation_crop(self._anns[ann_id], *self._size)
         self[ann_id] = mask
         return mask
 

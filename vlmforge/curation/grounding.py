@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlmforge.curation.segmentation import MaskCrop
+
 # COCO category -> other words captions use for it.
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": ("man", "woman", "boy", "girl", "child", "kid", "people", "guy", "lady", "player", "skier",
@@ -152,7 +154,7 @@ class AnnotationGrounder:
         return (present[best], float(sims[best])) if sims[best] >= self.embed_threshold else (None, float(sims[best]))
 
     def ground(self, phrase: str, label: str, plural: bool, instances: list[dict], image: np.ndarray | None = None,
-               masks: dict[int, np.ndarray] | None = None) -> Grounding | None:
+               masks: dict[int, MaskCrop | np.ndarray] | None = None) -> Grounding | None:
         by_cat: dict[str, list[dict]] = {}
         for ann in instances:
             by_cat.setdefault(self.categories[ann["category_id"]]["name"], []).append(ann)
@@ -182,7 +184,7 @@ class AnnotationGrounder:
         return Grounding([x0, y0, x1 - x0, y1 - y0], cat, score, method, [int(a["id"]) for a in chosen], boxes)
 
     @staticmethod
-    def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, np.ndarray] | None) -> dict:
+    def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
         words = [w.strip(",.").lower() for w in phrase.split()]
         colours = [COLOR_WORDS[w] for w in words if w in COLOR_WORDS]
         if colours and image is not None and masks is not None:
@@ -190,9 +192,10 @@ class AnnotationGrounder:
 
             def distance(a: dict) -> float:
                 m = masks[int(a["id"])]
-                if not m.any():
+                pixels = m.of(image)[m.pixels] if isinstance(m, MaskCrop) else image[m.astype(bool)]
+                if not len(pixels):
                     return float("inf")
-                return float(np.linalg.norm(image[m.astype(bool)].reshape(-1, 3).mean(0) - target))
+                return float(np.linalg.norm(pixels.reshape(-1, 3).mean(0) - target))
 
             return min(anns, key=lambda a: (distance(a), -a["area"], a["id"]))
         return max(anns, key=lambda a: (a["area"], -a["id"]))

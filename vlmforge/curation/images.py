@@ -130,17 +130,29 @@ def encode_for_storage(img: EncodedImage, name: str, jpeg_quality: int = 95,
 
 
 def bilevel_png(mask) -> bytes:
-    """A boolean (H, W) mask as a standard 1-bit greyscale PNG (what PIL writes for mode "1", and reads
-    back as such). Written directly: rows packed to bits, filter byte 0, one zlib stream, at 0.17 ms
-    for a 480x360 mask against 0.5-0.8 ms through PIL's adaptive-filter encoder."""
+    """A boolean (H, W) mask, or a MaskCrop, as a standard 1-bit greyscale PNG (what PIL writes for
+    mode "1", and reads back as such). Written directly: rows packed to bits, filter byte 0, one zlib
+    stream, at 0.17 ms for a 480x360 mask against 0.5-0.8 ms through PIL's adaptive-filter encoder.
+    A MaskCrop packs only its box (8-pixel aligned) into the zeroed rows: the same bytes."""
     import struct
     import zlib
 
     import numpy as np
 
-    h, w = mask.shape
-    raw = np.zeros((h, (w + 7) // 8 + 1), np.uint8)  # column 0: the row's filter type (none)
-    raw[:, 1:] = np.packbits(mask, axis=1)
+    from vlmforge.curation.segmentation import MaskCrop
+
+    if isinstance(mask, MaskCrop):
+        h, w = mask.shape
+        raw = np.zeros((h, (w + 7) // 8 + 1), np.uint8)  # column 0: the row's filter type (none)
+        if mask.pixels.size:
+            xa, xb = mask.x0 // 8 * 8, -(-mask.x1 // 8) * 8
+            bits = np.zeros((mask.pixels.shape[0], xb - xa), bool)
+            bits[:, mask.x0 - xa : mask.x1 - xa] = mask.pixels
+            raw[mask.y0 : mask.y1, 1 + xa // 8 : 1 + xb // 8] = np.packbits(bits, axis=1)
+    else:
+        h, w = mask.shape
+        raw = np.zeros((h, (w + 7) // 8 + 1), np.uint8)
+        raw[:, 1:] = np.packbits(np.ascontiguousarray(mask), axis=1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

@@ -8,13 +8,18 @@ patch restarts at a draw from [1, s] (the draws are taken as one vector, so the 
 Same seed and key -> same blocks.
 
 Also `solid` (the mask filled with the same colour), `blur`, `noise` and `inpaint` (OpenCV Telea).
-The mask may first be dilated by a number of pixels. Every function returns the new image and the
-mask of pixels it changed.
+The mask may first be dilated by a number of pixels.
+
+Two steps, so that a builder can decide from the area before it touches a pixel: `occlusion_region`
+gives the pixels a fill will change (a MaskCrop), `render_occlusion` paints them. `occlude` does
+both on a copy. Masks may be full (H, W) arrays or MaskCrops; the work costs the object's box.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from vlmforge.curation.segmentation import MaskCrop
 
 FILL_RGB = (123, 116, 103)
 FILLS = ("blocks", "solid", "blur", "noise", "inpaint")
@@ -28,13 +33,16 @@ FILL_PHRASES = {
 }
 
 
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    if pixels <= 0:
+def dilate(mask: MaskCrop, pixels: int) -> MaskCrop:
+    """The mask grown by `pixels` (an elliptic kernel of side 2 * pixels + 1). Worked out in the box
+    grown by as much: OpenCV lets nothing outside the image into a dilation, as zeros would not."""
+    if pixels <= 0 or not mask.pixels.size:
         return mask
     import cv2
 
+    grown = mask.padded(pixels)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+    return MaskCrop(grown.shape, grown.y0, grown.x0, cv2.dilate(grown.pixels.view(np.uint8), k).view(bool))
 
 
 def block_size(box_w: float, box_h: float) -> tuple[int, int]:
@@ -43,10 +51,13 @@ def block_size(box_w: float, box_h: float) -> tuple[int, int]:
     return patch, int(np.sqrt(patch))
 
 
-def block_centres(mask: np.ndarray, stride: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The grid points (row-major, stride `stride`) inside `mask` that the countdown selects: the
-    first after skipping a draw from [0, s] points, each next after skipping a draw from [1, s]."""
-    ys, xs = np.nonzero(mask[::stride, ::stride])
+def block_centres(mask: MaskCrop | np.ndarray, stride: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The grid points (multiples of `stride` in image coordinates, row-major) inside `mask` that the
+    countdown selects: the first after skipping a draw from [0, s] points, each next after skipping
+    a draw from [1, s]."""
+    mask = _as_crop(mask)
+    ry, rx = -mask.y0 % stride, -mask.x0 % stride  # the crop's first grid row and column
+    ys, xs = np.nonzero(mask.pixels[ry::stride, rx::stride])
     n = len(ys)
     if n == 0:
         return ys, xs
@@ -55,32 +66,61 @@ def block_centres(mask: np.ndarray, stride: int, rng: np.random.Generator) -> tu
     skips = rng.integers(1, stride + 1, size=n // 2 + 1)
     picked = first + np.concatenate(([0], np.cumsum(skips + 1)))
     picked = picked[picked < n]
-    return ys[picked] * stride, xs[picked] * stride
+    return mask.y0 + ry + ys[picked] * stride, mask.x0 + rx + xs[picked] * stride
 
 
-def occlude_with_blocks(image: np.ndarray, mask: np.ndarray, box: list[float], rng: np.random.Generator,
-                        color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, np.ndarray]:
-    """The paper's block fill. Each selected grid point becomes a P x P square (rows and columns
-    [g - (P - 1 - P // 2), g + P // 2], clipped at the image border), painted by one dilation."""
+def block_region(mask: MaskCrop | np.ndarray, box: list[float], rng: np.random.Generator) -> MaskCrop:
+    """The pixels the paper's block fill paints: each selected grid point becomes a P x P square
+    (rows and columns [g - (P - 1 - P // 2), g + P // 2], clipped at the image border), made by one
+    dilation of the points, inside their bounding box grown by a patch."""
     import cv2
 
+    mask = _as_crop(mask)
     patch, stride = block_size(box[2], box[3])
     h, w = mask.shape
     gy, gx = block_centres(mask, stride, rng)
-    painted = np.zeros((h, w), bool)
-    out = image.copy()
     if len(gy) == 0:
-        return out, painted
-    # Work inside the mask's bounding box grown by a patch: small objects cost little.
+        return MaskCrop.empty((h, w))
     y0, y1 = max(int(gy.min()) - patch, 0), min(int(gy.max()) + patch + 1, h)
     x0, x1 = max(int(gx.min()) - patch, 0), min(int(gx.max()) + patch + 1, w)
     seeds = np.zeros((y1 - y0, x1 - x0), np.uint8)
     seeds[gy - y0, gx - x0] = 1
     kernel = np.ones((patch, patch), np.uint8)
     region = cv2.dilate(seeds, kernel, anchor=(patch - 1 - patch // 2, patch - 1 - patch // 2))
-    painted[y0:y1, x0:x1] = region
-    paint(out[y0:y1, x0:x1], region, color)
-    return out, painted
+    return MaskCrop((h, w), y0, x0, region.view(bool))
+
+
+def occlusion_region(mask: MaskCrop | np.ndarray, box: list[float], fill: str, rng: np.random.Generator,
+                     dilate_px: int = 0) -> MaskCrop:
+    """The pixels `fill` will change: the (dilated) mask, or for `blocks` the squares it paints.
+    Draws from `rng` what the fill's layout needs; render with the same generator after."""
+    if fill not in FILLS:
+        raise ValueError(f"unknown fill {fill!r}; known: {', '.join(FILLS)}")
+    mask = dilate(_as_crop(mask), dilate_px)
+    return block_region(mask, box, rng) if fill == "blocks" else mask
+
+
+def render_occlusion(image: np.ndarray, changed: MaskCrop, fill: str, box: list[float], rng: np.random.Generator,
+                     color: tuple[int, int, int] = FILL_RGB) -> None:
+    """Paint `changed` (from occlusion_region) into a 3-channel uint8 image, in place. `color` is in
+    the image's channel order."""
+    import cv2
+
+    if not changed.pixels.size:
+        return
+    view = changed.of(image)
+    if fill in ("blocks", "solid"):
+        paint(view, changed.pixels, color)
+    elif fill == "blur":
+        sigma = max(min(box[2], box[3]) / 4.0, 3.0)
+        blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)  # the whole frame: its borders
+        view[changed.pixels] = changed.of(blurred)[changed.pixels]
+    elif fill == "noise":
+        view[changed.pixels] = rng.integers(0, 256, (changed.area(), 3), dtype=np.uint8)
+    elif fill == "inpaint":
+        image[...] = cv2.inpaint(np.ascontiguousarray(image), changed.full().view(np.uint8), 5, cv2.INPAINT_TELEA)
+    else:
+        raise ValueError(f"unknown fill {fill!r}; known: {', '.join(FILLS)}")
 
 
 def paint(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> None:
@@ -95,48 +135,21 @@ def paint(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> N
         image[...] = done
 
 
-def occlude_solid(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = FILL_RGB):
+def occlude(image: np.ndarray, mask: MaskCrop | np.ndarray, box: list[float], fill: str, rng: np.random.Generator,
+            dilate_px: int = 0, color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, MaskCrop | np.ndarray]:
+    """Apply `fill` to `mask` (dilated by `dilate_px`) on a copy of a 3-channel uint8 image; returns
+    (image, changed pixels), the latter a MaskCrop when `mask` is one, else a full bool array."""
+    changed = occlusion_region(mask, box, fill, rng, dilate_px)
     out = image.copy()
-    paint(out, mask, color)
-    return out, mask
+    render_occlusion(out, changed, fill, box, rng, color)
+    return out, (changed if isinstance(mask, MaskCrop) else changed.full())
 
 
-def occlude_blur(image: np.ndarray, mask: np.ndarray, box: list[float]):
-    import cv2
-
-    sigma = max(min(box[2], box[3]) / 4.0, 3.0)
-    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma)
-    out = image.copy()
-    out[mask] = blurred[mask]
-    return out, mask
+def occlude_with_blocks(image: np.ndarray, mask: MaskCrop | np.ndarray, box: list[float], rng: np.random.Generator,
+                        color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, MaskCrop | np.ndarray]:
+    """The paper's block fill on a copy: (image, painted pixels)."""
+    return occlude(image, mask, box, "blocks", rng, 0, color)
 
 
-def occlude_noise(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
-    out = image.copy()
-    out[mask] = rng.integers(0, 256, (int(mask.sum()), 3), dtype=np.uint8)
-    return out, mask
-
-
-def occlude_inpaint(image: np.ndarray, mask: np.ndarray, radius: int = 5):
-    import cv2
-
-    out = cv2.inpaint(np.ascontiguousarray(image), mask.astype(np.uint8), radius, cv2.INPAINT_TELEA)
-    return out, mask
-
-
-def occlude(image: np.ndarray, mask: np.ndarray, box: list[float], fill: str, rng: np.random.Generator,
-            dilate_px: int = 0, color: tuple[int, int, int] = FILL_RGB) -> tuple[np.ndarray, np.ndarray]:
-    """Apply `fill` to `mask` (dilated by `dilate_px`) of a 3-channel uint8 image; returns (image, changed).
-    `color` is in the image's channel order (pass FILL_RGB reversed for an OpenCV BGR array)."""
-    mask = dilate(mask, dilate_px)
-    if fill == "blocks":
-        return occlude_with_blocks(image, mask, box, rng, color)
-    if fill == "solid":
-        return occlude_solid(image, mask, color)
-    if fill == "blur":
-        return occlude_blur(image, mask, box)
-    if fill == "noise":
-        return occlude_noise(image, mask, rng)
-    if fill == "inpaint":
-        return occlude_inpaint(image, mask)
-    raise ValueError(f"unknown fill {fill!r}; known: {', '.join(FILLS)}")
+def _as_crop(mask: MaskCrop | np.ndarray) -> MaskCrop:
+    return mask if isinstance(mask, MaskCrop) else MaskCrop.from_full(mask)

@@ -1,9 +1,12 @@
-"""Segmentation: a boolean mask per grounded entity.
+"""Segmentation: a mask per grounded entity.
 
-- `annotations` (offline default): the instances' own polygons or RLE, decoded with pycocotools.
+- `annotations` (offline default): the instances' own polygons or RLE, as pycocotools rasterises them.
 - `sam`: transformers' SAM (any checkpoint, e.g. facebook/sam-vit-base) prompted with the boxes,
   one forward pass per image for all its boxes; the mask with the best predicted IoU is kept.
 - `box`: the box itself, filled (for detectors without instance masks, and as a cheap baseline).
+
+Masks travel as `MaskCrop`s: the box of rows and columns that holds the object, not the whole frame.
+Later stages (dilation, the block grid, painting, the area, the PNG) then cost the object's size.
 """
 
 from __future__ import annotations
@@ -11,19 +14,147 @@ from __future__ import annotations
 import numpy as np
 
 
-def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
-    """A COCO instance's segmentation (polygons, RLE or compressed RLE) as a bool (H, W) array."""
-    from pycocotools import mask as mask_utils
+class MaskCrop:
+    """A boolean mask of an image of `shape` (H, W), stored as `pixels` (bool, C order): the rows
+    y0..y1 and columns x0..x1 that hold every set pixel. Everything outside is False."""
 
+    __slots__ = ("shape", "y0", "x0", "pixels")
+
+    def __init__(self, shape: tuple[int, int], y0: int, x0: int, pixels: np.ndarray):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.y0, self.x0 = int(y0), int(x0)
+        self.pixels = pixels
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.pixels.shape[0]
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.pixels.shape[1]
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> "MaskCrop":
+        return cls(shape, 0, 0, np.zeros((0, 0), bool))
+
+    @classmethod
+    def from_full(cls, mask: np.ndarray) -> "MaskCrop":
+        """The crop of a full (H, W) mask: its set pixels' bounding rows and columns."""
+        mask = np.asarray(mask, bool)
+        rows = np.flatnonzero(mask.any(axis=1))
+        if len(rows) == 0:
+            return cls.empty(mask.shape)
+        cols = np.flatnonzero(mask.any(axis=0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return cls(mask.shape, y0, x0, np.ascontiguousarray(mask[y0:y1, x0:x1]))
+
+    def full(self) -> np.ndarray:
+        out = np.zeros(self.shape, bool)
+        out[self.y0 : self.y1, self.x0 : self.x1] = self.pixels
+        return out
+
+    def area(self) -> int:
+        return int(np.count_nonzero(self.pixels))
+
+    def of(self, image: np.ndarray) -> np.ndarray:
+        """The same rows and columns of an image of this mask's size (a view)."""
+        return image[self.y0 : self.y1, self.x0 : self.x1]
+
+    def padded(self, pad: int) -> "MaskCrop":
+        """The same mask in a box grown by `pad` pixels on each side, clipped to the image."""
+        h, w = self.shape
+        y0, x0 = max(self.y0 - pad, 0), max(self.x0 - pad, 0)
+        y1, x1 = min(self.y1 + pad, h), min(self.x1 + pad, w)
+        out = np.zeros((y1 - y0, x1 - x0), bool)
+        out[self.y0 - y0 : self.y1 - y0, self.x0 - x0 : self.x1 - x0] = self.pixels
+        return MaskCrop(self.shape, y0, x0, out)
+
+    @staticmethod
+    def union(masks: list["MaskCrop"]) -> "MaskCrop":
+        shape = masks[0].shape
+        masks = [m for m in masks if m.pixels.size]
+        if len(masks) <= 1:
+            return masks[0] if masks else MaskCrop.empty(shape)
+        y0, x0 = min(m.y0 for m in masks), min(m.x0 for m in masks)
+        y1, x1 = max(m.y1 for m in masks), max(m.x1 for m in masks)
+        out = np.zeros((y1 - y0, x1 - x0), bool)
+        for m in masks:
+            out[m.y0 - y0 : m.y1 - y0, m.x0 - x0 : m.x1 - x0] |= m.pixels
+        return MaskCrop(masks[0].shape, y0, x0, out)
+
+
+def rle_counts(counts) -> np.ndarray:
+    """An RLE's run lengths (int64): from a list, or from COCO's compressed string, decoded the way
+    pycocotools' rleFrString does (6-bit characters from '0', 5 value bits and a continuation bit
+    each, the last one's 0x10 bit a sign; from the fourth run on, a value is the difference to the
+    run two before), but vectorised."""
+    if isinstance(counts, (list, tuple, np.ndarray)):
+        return np.asarray(counts, np.int64)
+    raw = counts.encode("ascii") if isinstance(counts, str) else bytes(counts)
+    if not raw:
+        return np.zeros(0, np.int64)
+    c = np.frombuffer(raw, np.uint8) - np.uint8(48)
+    ends = np.flatnonzero(c < 32)  # a value's last character has no continuation bit (0x20)
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    length = ends - starts + 1
+    x = (c[starts] & 31).astype(np.int64)
+    for j in range(1, int(length.max())):  # values rarely take more than 3 characters
+        longer = np.flatnonzero(length > j)
+        x[longer] |= (c[starts[longer] + j] & 31).astype(np.int64) << (5 * j)
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.int64(1) << (5 * length[negative])
+    x[2::2] = np.cumsum(x[2::2])  # runs 0, 1 and 2 as they are; each later one adds the run two before
+    x[1::2] = np.cumsum(x[1::2])
+    return x
+
+
+def rle_crop(rle: dict) -> MaskCrop:
+    """A COCO RLE ({"size": [h, w], "counts": list or compressed string}) as a MaskCrop, the same
+    pixels as pycocotools.mask.decode gives, but only the object's columns are ever expanded (its
+    byte-at-a-time decode of the whole frame costs more than everything done with the mask after)."""
+    h, w = (int(v) for v in rle["size"])
+    counts = rle_counts(rle["counts"])
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    on = np.flatnonzero((np.arange(len(counts)) & 1).astype(bool) & (counts > 0) & (starts < h * w))
+    if len(on) == 0 or h == 0 or w == 0:
+        return MaskCrop.empty((h, w))
+    first, last = int(starts[on[0]]), int(min(ends[on[-1]], h * w)) - 1  # column-major pixel indices
+    x0, x1 = first // h, last // h + 1
+    # Rows: a run within one column spans its own rows; one that crosses a column spans them all.
+    s, e = starts[on], np.minimum(ends[on], h * w) - 1
+    if (s // h != e // h).any():
+        y0, y1 = 0, h
+    else:
+        y0, y1 = int((s % h).min()), int((e % h).max()) + 1
+    lo, hi = x0 * h, x1 * h
+    runs = np.clip(ends, lo, hi) - np.clip(starts, lo, hi)  # each run's part inside columns x0..x1
+    cols = np.repeat((np.arange(len(counts), dtype=np.uint8) & 1), runs).reshape(x1 - x0, h)
+    import cv2
+
+    return MaskCrop((h, w), y0, x0, cv2.transpose(cols[:, y0:y1]).view(bool))  # OpenCV: 3x numpy's .T copy
+
+
+def annotation_crop(ann: dict, height: int, width: int) -> MaskCrop:
+    """A COCO instance's segmentation (polygons, RLE or compressed RLE) as a MaskCrop. Polygons are
+    rasterised by pycocotools (so the pixels are COCO's own); an uncompressed RLE takes the image's
+    size, as pycocotools.mask.frPyObjects does."""
     seg = ann["segmentation"]
     if isinstance(seg, list):
-        rles = mask_utils.frPyObjects(seg, height, width)
-        rle = mask_utils.merge(rles)
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_utils.frPyObjects(seg, height, width)
-    else:
-        rle = seg
-    return mask_utils.decode(rle).astype(bool)
+        from pycocotools import mask as mask_utils
+
+        if not seg:
+            return MaskCrop.empty((height, width))
+        return rle_crop(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
+    if isinstance(seg.get("counts"), list):
+        return rle_crop({"size": [height, width], "counts": seg["counts"]})
+    return rle_crop(seg)
+
+
+def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
+    """The same as a bool (H, W) array."""
+    return annotation_crop(ann, height, width).full()
 
 
 def box_mask(boxes: list[list[float]], height: int, width: int) -> np.ndarray:
