@@ -112,6 +112,36 @@ def test_an_image_whose_size_disagrees_with_its_annotation_is_rejected(tmp_path,
     assert b.sql("SELECT count(*) FROM samples").fetchall()[0][0] >= 10  # the unsized images build as usual
 
 
+def test_broken_segmentations_reject_their_object_and_rle_builds_like_polygons(tmp_path, coco_copy):
+    from pycocotools import mask as mask_utils
+
+    path = coco_copy / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in data["images"]}
+    a = vlmforge.build("occlusion", "coco", out=tmp_path / "poly", source_options=_src(coco_copy))
+    hidden = dict(a.sql("SELECT key, category FROM samples").fetchall())
+    for k, ann in enumerate(data["annotations"]):  # the same shapes, as compressed RLE
+        rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], *sizes[ann["image_id"]]))
+        ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+    path.write_text(json.dumps(data))
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "rle", source_options=_src(coco_copy))
+    assert [s["mask.png"] for s in a.samples()] == [s["mask.png"] for s in b.samples()]
+    broken = {}
+    for ann in data["annotations"]:  # one instance of each hidden object gets a broken segmentation
+        cat = next(c["name"] for c in data["categories"] if c["id"] == ann["category_id"])
+        key = next((k for k, v in hidden.items() if int(k.split("-")[0]) == ann["image_id"] and v == cat), None)
+        if key and len(broken) < 3 and ann["image_id"] not in {i for i, _ in broken.values()}:
+            ann["segmentation"] = [{"size": [5, 5], "counts": "06"}, [[1.0, 2.0, 3.0]], None][len(broken)]
+            broken[ann["id"]] = (ann["image_id"], cat)
+    path.write_text(json.dumps(data))
+    c = vlmforge.build("occlusion", "coco", out=tmp_path / "broken", source_options=_src(coco_copy))
+    details = [d for (d,) in c.sql("SELECT detail FROM rejects WHERE reason = 'bad_segmentation'").fetchall()]
+    assert len(details) >= len(broken) == 3
+    assert {int(d.split()[1].rstrip(":")) for d in details} == set(broken)
+    assert any("RLE size is [5, 5]" in d for d in details) and any("no segmentation" in d for d in details)
+    assert c.sql("SELECT count(*) FROM samples").fetchall()[0][0] >= len(hidden) - 3 - 3
+
+
 def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     """The builder pickled to workers leaves the per-image tables behind (records carry them)."""
     import pickle

@@ -28,7 +28,7 @@ from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion
-from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, annotation_crop, box_mask
+from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, SegmentationError, annotation_crop, box_mask
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
@@ -292,8 +292,12 @@ class OcclusionBuilder(Builder):
             for i, rec, _img, px, cands in work:
                 masks = self._instance_masks(rec)
                 for c in cands:
-                    c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
-                                                       rec["instances"], px.rgb, masks)
+                    try:  # picking one of several instances by colour reads their masks
+                        c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
+                                                           rec["instances"], px.rgb, masks)
+                    except SegmentationError as e:
+                        results[i].append(self._reject(rec, c, "bad_segmentation", "grounding", str(e)))
+                        c.grounding = False
         else:
             found = self.grounder([w[3].pil for w in work], [sorted({c.entity.label for c in w[4]}) for w in work])
             for (i, rec, _img, _px, cands), dets in zip(work, found):
@@ -303,7 +307,7 @@ class OcclusionBuilder(Builder):
             for c in cands:
                 if c.grounding is None:
                     results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
-            cands[:] = [c for c in cands if c.grounding is not None]
+            cands[:] = [c for c in cands if c.grounding]
 
     def _instance_masks(self, rec: Record) -> "_LazyMasks":
         if "_masks" not in rec:
@@ -326,6 +330,11 @@ class OcclusionBuilder(Builder):
             seen.add(ident)
             unique.append(c)
         masks = self._masks(rec, px, unique, h, w)
+        for c, mask in zip(unique, masks):
+            if isinstance(mask, SegmentationError):
+                out.append(self._reject(rec, c, "bad_segmentation", "segmentation", str(mask)))
+        kept = [(c, m) for c, m in zip(unique, masks) if isinstance(m, MaskCrop)]
+        unique, masks = [c for c, _ in kept], [m for _, m in kept]
         made: list[tuple[_Candidate, MaskCrop, float, np.random.Generator]] = []
         for c, mask in zip(unique, masks):
             key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
@@ -348,13 +357,20 @@ class OcclusionBuilder(Builder):
             out.append(self._sample(rec, img, c, px.bgr, changed, frac, rng))
         return out
 
-    def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int, w: int) -> list[np.ndarray]:
+    def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int,
+               w: int) -> list[MaskCrop | SegmentationError]:
         if not cands:
             return []
         seg = self.config.segmenter
         if seg == "annotations":
             inst = self._instance_masks(rec)
-            return [_union([inst[i] for i in c.grounding.instance_ids]) for c in cands]
+            out = []
+            for c in cands:
+                try:
+                    out.append(_union([inst[i] for i in c.grounding.instance_ids]))
+                except SegmentationError as e:  # kept in place of the mask: the caller rejects the candidate
+                    out.append(e)
+            return out
         # A plural phrase ("two dogs") hides every detection of its label; a singular one the best.
         per_cand = [c.grounding.boxes if c.entity.plural and c.grounding.boxes else [c.grounding.box] for c in cands]
         if seg == "box":

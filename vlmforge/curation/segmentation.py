@@ -14,6 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class SegmentationError(ValueError):
+    """An instance's segmentation cannot give a mask for its image (missing, malformed, other size)."""
+
+
 class MaskCrop:
     """A boolean mask of an image of `shape` (H, W), stored as `pixels` (bool, C order): the rows
     y0..y1 and columns x0..x1 that hold every set pixel. Everything outside is False."""
@@ -94,6 +98,8 @@ def rle_counts(counts) -> np.ndarray:
     if not raw:
         return np.zeros(0, np.int64)
     c = np.frombuffer(raw, np.uint8) - np.uint8(48)
+    if c.max() > 63 or c[-1] >= 32:
+        raise SegmentationError("its compressed RLE string has characters outside '0'..'o' or ends mid-value")
     ends = np.flatnonzero(c < 32)  # a value's last character has no continuation bit (0x20)
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
@@ -115,6 +121,9 @@ def rle_crop(rle: dict) -> MaskCrop:
     byte-at-a-time decode of the whole frame costs more than everything done with the mask after)."""
     h, w = (int(v) for v in rle["size"])
     counts = rle_counts(rle["counts"])
+    if len(counts) and (counts.min() < 0 or counts.sum() != h * w):
+        raise SegmentationError(f"its RLE runs cover {int(counts.sum())} pixels with {int((counts < 0).sum())} "
+                                f"negative runs; a {w}x{h} image has {h * w}")
     ends = np.cumsum(counts)
     starts = ends - counts
     on = np.flatnonzero((np.arange(len(counts)) & 1).astype(bool) & (counts > 0) & (starts < h * w))
@@ -139,17 +148,34 @@ def rle_crop(rle: dict) -> MaskCrop:
 def annotation_crop(ann: dict, height: int, width: int) -> MaskCrop:
     """A COCO instance's segmentation (polygons, RLE or compressed RLE) as a MaskCrop. Polygons are
     rasterised by pycocotools (so the pixels are COCO's own); an uncompressed RLE takes the image's
-    size, as pycocotools.mask.frPyObjects does."""
-    seg = ann["segmentation"]
-    if isinstance(seg, list):
-        from pycocotools import mask as mask_utils
+    size, as pycocotools.mask.frPyObjects does. Raises SegmentationError for a segmentation that is
+    missing, malformed or of another size than the image."""
+    seg = ann.get("segmentation")
+    try:
+        if isinstance(seg, list):
+            from pycocotools import mask as mask_utils
 
-        if not seg:
-            return MaskCrop.empty((height, width))
-        return rle_crop(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
-    if isinstance(seg.get("counts"), list):
-        return rle_crop({"size": [height, width], "counts": seg["counts"]})
-    return rle_crop(seg)
+            if not seg:
+                return MaskCrop.empty((height, width))
+            if not all(isinstance(p, list) and len(p) >= 4 and len(p) % 2 == 0
+                       and all(isinstance(v, (int, float)) for v in p) for p in seg):
+                raise SegmentationError("its polygons must be lists of an even number (4 or more) of coordinates")
+            return rle_crop(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
+        if not isinstance(seg, dict) or "counts" not in seg:
+            raise SegmentationError("it has no polygons and no RLE (a dict with counts)" if seg is not None
+                                    else "it has no segmentation")
+        if isinstance(seg["counts"], list):
+            return rle_crop({"size": [height, width], "counts": seg["counts"]})
+        size = [int(v) for v in seg.get("size", ())]
+        if not size:
+            raise SegmentationError("its RLE has no size")
+        if size != [height, width]:
+            raise SegmentationError(f"its RLE size is {size} (height, width), the image's is {[height, width]}")
+        return rle_crop(seg)
+    except SegmentationError as e:
+        raise SegmentationError(f"instance {ann.get('id')}: {e}") from None
+    except (TypeError, ValueError, OverflowError, UnicodeError) as e:
+        raise SegmentationError(f"instance {ann.get('id')}: its segmentation cannot be read ({e})") from None
 
 
 def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
