@@ -44,13 +44,16 @@ def build(
     overwrite: bool = False,
     quiet: bool = True,
     source_options: dict[str, Any] | None = None,
+    builder_attrs: dict[str, Any] | None = None,
     **config: Any,
 ) -> Build:
     """Run builder `builder` on a source and return the finished build.
 
     Example: `vlmforge.build("copy", "imagefolder", source_options={"root": "data/dogs"}, out="builds")`.
     `config` holds the builder's Config fields (e.g. `seed=1`). `executor="ray"` runs it on Ray
-    (`ray_address`, `concurrency`, `gpus_per_model_worker`), byte-identical to the local executor."""
+    (`ray_address`, `concurrency`, `gpus_per_model_worker`), byte-identical to the local executor.
+    `builder_attrs` are set on the builder outside its identity, as the CLI sets them (e.g. `device`,
+    `generator_options`)."""
     cls = get_builder(builder)
     src = cls.open_source(source, **(source_options or {}))
     fields = set(cls.Config.__dataclass_fields__)
@@ -59,6 +62,10 @@ def build(
         raise UserError(f"{builder} has no option(s) {unknown}; its options: {sorted(fields)}")
     cfg = cls.Config(**config)
     b = cls(cfg, src)
+    for name, value in (builder_attrs or {}).items():
+        if not hasattr(b, name):
+            raise UserError(f"{builder} builders have no attribute {name!r} to set")
+        setattr(b, name, value)
     path = run_build(
         b, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,

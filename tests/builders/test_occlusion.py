@@ -164,3 +164,39 @@ def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     got, want = sent.process([dict(r) for r in recs]), b.process([dict(r) for r in recs])
     assert [[vars(r) for r in per] for per in got] == [[vars(r) for r in per] for per in want]
     assert any(hasattr(r, "key") for per in got for r in per)
+
+
+def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path, sample_coco):
+    """--entity-extractor openai against a local server whose 'model' answers with spaCy's own noun
+    chunks: the build asks for every distinct caption once, and builds the same samples as spaCy does."""
+    from tests.curation.test_openai_backend import ChatServer
+    from vlmforge.curation.entities import SpacyEntityExtractor
+
+    spacy = SpacyEntityExtractor()
+
+    class ChunkServer(ChatServer):
+        def answer(self, body):
+            caption = body["messages"][-1]["content"].rsplit("Caption:", 1)[1].strip()
+            lines = "\n".join(f"{e.phrase} | {e.label}" for e in spacy([caption])[0])
+            return {"id": "x", "object": "chat.completion", "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": lines}, "finish_reason": "stop"}]}
+
+    server = ChunkServer()
+    try:
+        a = vlmforge.build("occlusion", "coco", out=tmp_path / "spacy", source_options=_src(sample_coco))
+        with pytest.raises(UserError, match="needs --entity-model"):
+            vlmforge.build("occlusion", "coco", out=tmp_path / "x", source_options=_src(sample_coco), entity_extractor="openai")
+        b = vlmforge.build("occlusion", "coco", out=tmp_path / "gen", source_options=_src(sample_coco),
+                           entity_extractor="openai", entity_model="chunker", workers=2,
+                           builder_attrs={"generator_options": {"base_url": server.url, "backoff": 0.01},
+                                          "entity_cache": False})
+    finally:
+        server.close()
+    captions = json.loads((sample_coco / "annotations" / "captions_val2017.json").read_text())["annotations"]
+    assert len(server.requests) == len({c["caption"].strip() for c in captions})
+    assert server.requests[0]["body"]["temperature"] == 0.0
+    assert b.build_id != a.build_id and b.info["config"]["entity_extractor"] == "openai"
+    assert "entity_extractor" not in a.info["config"]  # the default keeps the id builds had before the option
+    fields = ("jpg", "json", "mask.png")
+    assert [[s[f] for f in fields] for s in a.samples()] == [[s[f] for f in fields] for s in b.samples()]
+    assert len(list(a.samples())) >= 10

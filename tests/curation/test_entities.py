@@ -102,3 +102,60 @@ def test_memoised_attributes_equal_the_pipeline_token_by_token():
     for full, quick in zip(nlp.pipe(texts), fast):
         assert [(t.pos_, str(t.morph), t.lemma_) for t in full] == [(t.pos_, str(t.morph), t.lemma_) for t in quick]
         assert [c.text for c in full.noun_chunks] == [c.text for c in quick.noun_chunks]
+
+
+# -- the generative backend's answers, checked against the caption ----------------------------------
+
+def test_generated_lines_become_entities_checked_against_the_caption():
+    from vlmforge.curation.entities import entities_from_lines
+
+    cap = "Two red buses wait near a traffic light while a dog watches a dog."
+    answer = ("- Two red buses | bus\n"
+              "2. a traffic light | traffic light\n"
+              "a dog | dog\n"
+              "a dog | dog\n"  # the second dog: found after the first
+              "a cat | cat\n"  # not in the caption: dropped
+              "it | it\n"  # pronoun: dropped
+              "the picture | picture\n"  # not in the caption, and a scene word
+              "Caption: A man on a horse.\na man | man")  # the model invents the next example: ignored
+    ents = entities_from_lines(cap, answer)
+    assert [(e.phrase, e.label, cap[e.start:e.end], e.plural) for e in ents] == [
+        ("Two red buses", "bus", "buses", True), ("a traffic light", "traffic light", "traffic light", False),
+        ("a dog", "dog", "dog", False), ("a dog", "dog", "dog", False)]
+    assert ents[2].start < ents[3].start
+    assert entities_from_lines("People sit on a bench.", "People | person\na bench | bench")[0].plural
+    # a label given in the plural is kept as written (the grounder folds plural forms itself)
+    assert [(e.label, e.plural) for e in entities_from_lines("Two boxes.", "Two boxes | boxes")] == [("boxes", True)]
+    assert entities_from_lines("A cat.", "") == [] and entities_from_lines("A cat.", "nonsense without a bar") == []
+
+
+def test_spacys_own_chunks_as_answer_lines_give_spacys_entities(extract):
+    """A model that answered exactly what spaCy finds would give the same entities, spans included."""
+    from vlmforge.curation.entities import entities_from_lines
+
+    caps = ["A red double-decker bus drives past two people on the sidewalk.",
+            "A man holding a slice of pizza next to his brown dog.",
+            "Several zebras graze beside a wooden fence under a cloudy sky.",
+            "Three teddy bears sit on a couch with a remote control.",
+            "A woman rides a bicycle past parked cars and a fire hydrant."]
+    for cap, ents in zip(caps, extract(caps)):
+        lines = "\n".join(f"{e.phrase} | {e.label}" for e in ents)
+        assert entities_from_lines(cap, lines) == ents, cap
+
+
+def test_generative_extractor_runs_a_real_causal_lm(tmp_path):
+    """The transformers backend with a tiny random LM: the prompt is built, generated greedily and parsed
+    (a random model names nothing that holds up, so the answer lines are dropped, never invented)."""
+    from vlmforge.curation.entities import ENTITY_PROMPT, GenerativeEntityExtractor
+    from vlmforge.curation.generation import make_generator
+    from vlmforge.training.tiny import make_tiny_causal_lm
+
+    gen = make_generator("transformers", str(make_tiny_causal_lm(tmp_path / "lm")), cache_dir=tmp_path / "cache",
+                         device="cpu", batch_size=2)
+    ex = GenerativeEntityExtractor(gen, max_new_tokens=8)
+    caps = ["A dog on a couch.", "Two cats.", "A bus."]
+    reqs = ex.requests(caps)
+    assert reqs[1].prompt == ENTITY_PROMPT.format(caption="Two cats.") and reqs[0].temperature == 0.0
+    out = ex(caps)
+    assert len(out) == 3 and all(e.phrase.lower() in c.lower() for c, ents in zip(caps, out) for e in ents)
+    assert gen.misses == 3 and ex(caps) == out and gen.hits == 3  # answers cached per request

@@ -23,7 +23,7 @@ from PIL import Image
 
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
-from vlmforge.curation.entities import SPACY_MODEL, Entity, extract_entities
+from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
@@ -37,6 +37,8 @@ from vlmforge.sources.base import Record, Source
 @dataclass
 class OcclusionConfig(BuildConfig):
     spacy_model: str = SPACY_MODEL
+    entity_extractor: str = "spacy"  # spacy | a generation backend prompted few-shot: transformers, vllm, openai
+    entity_model: str | None = None  # that backend's checkpoint, Hub id or endpoint model name
     causality: str = "cooccurrence"  # cooccurrence | mlm | none
     min_causality: float = 0.25  # cooccurrence: keep score >= this
     mlm_model: str = "FacebookAI/roberta-large"
@@ -58,18 +60,32 @@ class OcclusionConfig(BuildConfig):
     keep_original: bool = False
     jpeg_quality: int = 95
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["entity_extractor"] == "spacy" and d["entity_model"] is None:
+            del d["entity_extractor"], d["entity_model"]  # builds from before these options keep their id
+        return d
+
     def validate(self) -> None:
-        choices = {"causality": ("cooccurrence", "mlm", "none"), "grounder": ("annotations", "grounding-dino"),
+        choices = {"entity_extractor": ("spacy",) + ENTITY_GENERATORS,
+                   "causality": ("cooccurrence", "mlm", "none"), "grounder": ("annotations", "grounding-dino"),
                    "segmenter": ("annotations", "sam", "box"), "fill": FILLS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise UserError(f"--{name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+                raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
+        if self.entity_extractor != "spacy" and not self.entity_model:
+            raise UserError(f"--entity-extractor {self.entity_extractor} needs --entity-model (a checkpoint folder, "
+                            "a Hub id, or the endpoint's model name)")
         if self.segmenter == "annotations" and self.grounder != "annotations":
             raise UserError("--segmenter annotations needs --grounder annotations; with grounding-dino use sam or box")
         if not 0 <= self.min_area < self.max_area <= 1:
             raise UserError("need 0 <= --min-area < --max-area <= 1")
         if self.max_entities < 1:
             raise UserError("--max-entities must be at least 1")
+
+
+# Generation backends that can name a caption's entities (vlmforge.curation.generation).
+ENTITY_GENERATORS = ("transformers", "vllm", "openai")
 
 
 @dataclass
@@ -108,6 +124,8 @@ class OcclusionBuilder(Builder):
         config.validate()
         super().__init__(config, source)
         self.device: str | None = None  # where model stages run; not part of the build's identity
+        # Options of the entity extractor's generation backend (base_url, batch_size, ...): not identity.
+        self.generator_options: dict[str, Any] = {}
         # Caption entities are cached on disk (None: under $VLMFORGE_CACHE; False: off); the cache
         # only skips work, it never changes what is built.
         self.entity_cache: str | bool | None = None
@@ -173,9 +191,12 @@ class OcclusionBuilder(Builder):
         t0 = time.perf_counter()
         ds = self.src.ds
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
-        with progress_bar("entities", total=len(caps)) as advance:
-            found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
-                                     self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
+        if self.config.entity_extractor == "spacy":
+            with progress_bar("entities", total=len(caps)) as advance:
+                found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
+                                         self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
+        else:
+            found = self._generate_entities([c["caption"] for c in caps], helpers)
         self.entities = {int(cap["id"]): ents for cap, ents in zip(caps, found)}
         if self.config.causality == "cooccurrence":
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
@@ -189,6 +210,29 @@ class OcclusionBuilder(Builder):
             grounder.prefetch(self._all_labels(), cache=self.vector_cache, helper=helpers[0] if helpers else None)
             self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
+
+    def _generate_entities(self, captions: list[str], helpers: list) -> list[list[Entity]]:
+        """Entities from a generation model prompted few-shot, each distinct caption asked once; its
+        answers are cached with the generator's response cache (off with the entity cache)."""
+        from vlmforge.curation.generation import make_generator
+        from vlmforge.progress import progress_bar
+
+        cfg = self.config
+        options = dict(self.generator_options)
+        if self.device and cfg.entity_extractor == "transformers":
+            options.setdefault("device", self.device)
+        gen = make_generator(cfg.entity_extractor, cfg.entity_model, cache_dir=False if self.entity_cache is False else None,
+                             **options)
+        extractor = GenerativeEntityExtractor(gen)
+        todo = list(dict.fromkeys(captions))
+        self._start_embedder_helper(helpers)
+        got: dict[str, list[Entity]] = {}
+        with progress_bar("entities", total=len(todo)) as advance:
+            for k in range(0, len(todo), 64):
+                chunk = todo[k : k + 64]
+                got.update(zip(chunk, extractor(chunk)))
+                advance(len(chunk))
+        return [got[c] for c in captions]
 
     def _all_labels(self) -> list[str]:
         return sorted({e.label for ents in self.entities.values() for e in ents})

@@ -307,3 +307,119 @@ def _init_parser(model: str) -> None:
 def _parse_chunk(chunk: list[str]) -> list[list[Entity]]:
     assert _PARSER is not None
     return _PARSER(chunk)
+
+
+# -- optional backend: a generation model prompted few-shot --------------------------------------
+
+ENTITY_PROMPT = """List the objects that the caption names, one per line, as: the noun phrase as written | the object's bare name in the singular. Leave out places, the scene, the picture itself and pronouns.
+
+Caption: A red double-decker bus drives past two people on the sidewalk.
+a red double-decker bus | bus
+two people | person
+
+Caption: A man is holding a slice of pizza next to his brown dog.
+A man | man
+a slice of pizza | pizza
+his brown dog | dog
+
+Caption: Cars wait at a traffic light near some tall buildings.
+Cars | car
+a traffic light | traffic light
+some tall buildings | building
+
+Caption: {caption}
+"""
+PRONOUNS = frozenset("i me you he him she her it we us they them this that these those who what something someone "
+                     "anything anyone everything everyone nothing itself himself herself themselves".split())
+NUMBER_WORDS = frozenset("two three four five six seven eight nine ten eleven twelve dozen dozens several many "
+                         "multiple numerous both".split())
+_PLURAL_OF = {v: k for k, v in IRREGULAR.items()}  # "person" -> "people"
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*|\d+")
+
+
+class GenerativeEntityExtractor:
+    """Entities named by a generation model (any `vlmforge.curation.generation` backend: transformers,
+    vllm, openai) prompted few-shot with ENTITY_PROMPT, greedy. Each answer line "phrase | label" is
+    checked against the caption: the phrase must occur in it (case aside), the label's head word must
+    be one of the phrase's words (or its plural), and the same filters as the spaCy path apply
+    (pronouns, scene words). Lines that fail are dropped: a model may name what the caption does not."""
+
+    resources = {"cpu": 1}
+
+    def __init__(self, generator, max_new_tokens: int = 96):
+        self.generator = generator
+        self.max_new_tokens = max_new_tokens
+
+    def requests(self, captions: list[str]) -> list:
+        from vlmforge.curation.generation import GenerationRequest
+
+        return [GenerationRequest(prompt=ENTITY_PROMPT.format(caption=c.strip()), max_new_tokens=self.max_new_tokens,
+                                  temperature=0.0, stop=["\nCaption:", "\n\n"]) for c in captions]
+
+    def __call__(self, captions: list[str]) -> list[list[Entity]]:
+        answers = self.generator(self.requests(captions)) if captions else []
+        return [entities_from_lines(c, texts[0] if texts else "") for c, texts in zip(captions, answers)]
+
+
+def entities_from_lines(caption: str, text: str) -> list[Entity]:
+    """The entities of a "phrase | label" answer that hold up against the caption, in answer order."""
+    out: list[Entity] = []
+    seen: set[tuple[str, int]] = set()
+    cursor = 0
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(?:[-*\u2022]|\d+[.)])\s*", "", line).strip()
+        if not line:
+            continue
+        if line.lower().startswith("caption:"):
+            break  # the model went on to invent the next example
+        phrase, _, label = (part.strip(" .,;:\"'") for part in line.partition("|"))
+        found = _find_phrase(caption, phrase, cursor)
+        if found is None:
+            continue
+        start, end = found
+        ent = _entity_in_span(caption, start, end, label or phrase)
+        if ent is None or (ent.label, ent.start) in seen:
+            continue
+        seen.add((ent.label, ent.start))
+        out.append(ent)
+        cursor = end
+    return out
+
+
+def _find_phrase(caption: str, phrase: str, cursor: int) -> tuple[int, int] | None:
+    """The phrase's span in the caption as whole words, case aside: after `cursor` if it occurs there."""
+    if not _WORD.search(phrase):
+        return None
+    pattern = re.compile(r"(?<![A-Za-z0-9])" + r"\s+".join(re.escape(w) for w in phrase.split()) + r"(?![A-Za-z0-9])",
+                         re.IGNORECASE)
+    m = pattern.search(caption, cursor) or pattern.search(caption)
+    return (m.start(), m.end()) if m else None
+
+
+def _entity_in_span(caption: str, start: int, end: int, label: str) -> Entity | None:
+    words = [w.lower() for w in _WORD.findall(label)]
+    if not words:
+        return None
+    words = [w for w in words if w not in ("a", "an", "the")] or words
+    head = IRREGULAR.get(words[-1], words[-1])
+    words[-1] = head
+    label = " ".join(words)
+    if head in PRONOUNS or head in SCENE_WORDS or not re.fullmatch(r"[a-z][a-z -]*", label):
+        return None
+    tokens = [(m.group().lower(), m.start() + start, m.end() + start) for m in _WORD.finditer(caption[start:end])]
+    # The head is the last word of the phrase that is the label's head or one of its plurals.
+    hit = None
+    for k in range(len(tokens) - 1, -1, -1):
+        word = tokens[k][0]
+        if word == head or IRREGULAR.get(word) == head or word in (head + "s", head + "es") or word == _PLURAL_OF.get(head):
+            hit = k
+            break
+    if hit is None:
+        return None
+    first = hit
+    for w in reversed(words[:-1]):  # a compound label ("traffic light") starts at its first word
+        if first > 0 and tokens[first - 1][0] == w:
+            first -= 1
+    word = tokens[hit][0]
+    plural = word != head or any(t[0] in NUMBER_WORDS or t[0].isdigit() for t in tokens[:hit])
+    return Entity(caption[start:end], label, tokens[first][1], tokens[hit][2], plural)
