@@ -6,8 +6,8 @@ The baseline decodes each source JPEG and encodes it again as JPEG (quality 95),
 OpenCV; the faster of the two is the target's baseline. A third row, one decode per image plus one
 encode per sample written, is the least pixel-domain work for the pipeline's output (each image
 yields several samples, each its own JPEG): no pipeline that re-encodes can beat it. The main rows
-parse every caption (entity cache off, as in a first build); one more row shows a repeated build,
-whose entities come from the cache. The pipeline rows run the default `occlusion`
+parse every caption (entity cache off, as in a first build); the column beside them, and one more
+row, show a repeated build, whose entities come from the cache. The pipeline rows run the default `occlusion`
 builder (spaCy entities, co-occurrence causality, annotation grounding and masks, blocks fill) in one
 process, models loaded once beforehand (start-up is reported apart), and write the shards. Images per
 second count source images; each may yield several samples.
