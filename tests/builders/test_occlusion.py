@@ -142,6 +142,24 @@ def test_broken_segmentations_reject_their_object_and_rle_builds_like_polygons(t
     assert c.sql("SELECT count(*) FROM samples").fetchall()[0][0] >= len(hidden) - 3 - 3
 
 
+def test_kept_originals_of_cmyk_grey_and_png_images_are_readable(tmp_path, coco_copy):
+    data = json.loads((coco_copy / "annotations" / "instances_val2017.json").read_text())
+    a = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(coco_copy))
+    ids = [i for (i,) in a.sql("SELECT DISTINCT image_id FROM samples ORDER BY 1 LIMIT 2").fetchall()]
+    files = {im["id"]: coco_copy / "val2017" / im["file_name"] for im in data["images"]}
+    for image_id, mode in zip(ids, ("CMYK", "L")):
+        Image.open(files[image_id]).convert(mode).save(files[image_id], quality=92)
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(coco_copy), keep_original=True)
+    seen = set()
+    for s in b.samples():
+        orig = next(k for k in s if k.startswith("orig."))
+        assert orig == "orig.jpg"
+        im = Image.open(io.BytesIO(s[orig]))
+        assert im.mode in ("RGB", "L") and im.size == Image.open(io.BytesIO(s["jpg"])).size
+        seen.add((s["json"]["image_id"], im.mode))
+    assert {(ids[0], "RGB"), (ids[1], "L")} <= seen  # the CMYK image kept as RGB JPEG, the grey one as it is
+
+
 def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     """The builder pickled to workers leaves the per-image tables behind (records carry them)."""
     import pickle

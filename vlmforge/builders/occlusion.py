@@ -25,7 +25,7 @@ from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
-from vlmforge.curation.images import ImageError, bilevel_png, read_image
+from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion
 from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, SegmentationError, annotation_crop, box_mask
@@ -275,6 +275,8 @@ class OcclusionBuilder(Builder):
                 continue
             try:
                 img = read_image(rec["file"], check="quick")
+                if self.config.keep_original:  # kept as JPEG or PNG; CMYK, 16-bit, WebP, ... as RGB JPEG
+                    img = encode_for_storage(img, str(rec["file"]), self.config.jpeg_quality)
             except ImageError as e:
                 results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
                 continue
