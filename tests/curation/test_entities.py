@@ -124,6 +124,8 @@ def test_generated_lines_become_entities_checked_against_the_caption():
         ("a dog", "dog", "dog", False), ("a dog", "dog", "dog", False)]
     assert ents[2].start < ents[3].start
     assert entities_from_lines("People sit on a bench.", "People | person\na bench | bench")[0].plural
+    chatty = "Here are the objects:\n\n1. **People** | *person*\n2. `a bench` | bench\n\nLet me know!"
+    assert [e.label for e in entities_from_lines("People sit on a bench.", chatty)] == ["person", "bench"]
     # a label given in the plural is kept as written (the grounder folds plural forms itself)
     assert [(e.label, e.plural) for e in entities_from_lines("Two boxes.", "Two boxes | boxes")] == [("boxes", True)]
     assert entities_from_lines("A cat.", "") == [] and entities_from_lines("A cat.", "nonsense without a bar") == []

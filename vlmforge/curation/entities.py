@@ -354,7 +354,7 @@ class GenerativeEntityExtractor:
         from vlmforge.curation.generation import GenerationRequest
 
         return [GenerationRequest(prompt=ENTITY_PROMPT.format(caption=c.strip()), max_new_tokens=self.max_new_tokens,
-                                  temperature=0.0, stop=["\nCaption:", "\n\n"]) for c in captions]
+                                  temperature=0.0, stop=["\nCaption:"]) for c in captions]
 
     def __call__(self, captions: list[str]) -> list[list[Entity]]:
         answers = self.generator(self.requests(captions)) if captions else []
@@ -372,7 +372,7 @@ def entities_from_lines(caption: str, text: str) -> list[Entity]:
             continue
         if line.lower().startswith("caption:"):
             break  # the model went on to invent the next example
-        phrase, _, label = (part.strip(" .,;:\"'") for part in line.partition("|"))
+        phrase, _, label = (part.strip(" .,;:\"'*`_") for part in line.partition("|"))
         found = _find_phrase(caption, phrase, cursor)
         if found is None:
             continue
