@@ -188,8 +188,9 @@ def run_build(
         with progress_bar(f"{builder.name} {split}", total=builder.src.count(split), disable=quiet) as advance:
             if start:
                 advance(start)
+            stream = executor.map_batches(builder, _batches(records, builder.batch_size, start))
             try:
-                for first, n, results in executor.map_batches(builder, _batches(records, builder.batch_size, start)):
+                for first, n, results in stream:
                     for offset, per_record in enumerate(results):
                         idx = first + offset
                         if idx >= start:
@@ -198,6 +199,7 @@ def run_build(
                     n_inputs = first + n
             except BaseException:
                 writer.abort()
+                stream.close()  # an interrupt or a writer error: the executor stops its workers now
                 raise
         writer.finish(max(n_inputs, start))
     return finalize_build(build_dir, ident, builder, quiet=quiet)

@@ -111,7 +111,11 @@ def build_command(build_app: typer.Typer, name: str) -> Callable:
             result = fn(**kwargs)
             if isinstance(result, tuple):
                 result = BuildRun(*result)
-            path = run_cli_build(result.builder, result.config, result.source, **run, **result.attrs)
+            try:
+                path = run_cli_build(result.builder, result.config, result.source, **run, **result.attrs)
+            except KeyboardInterrupt:  # the CLI framework would end with a bare newline
+                typer.echo("\ninterrupted: finished shards are kept; run the same command again to resume", err=True)
+                raise typer.Exit(130) from None
             if result.after is not None:
                 result.after(path)
 

@@ -7,6 +7,7 @@ workers. At most `2 * workers` batches are in flight: a slow writer never lets r
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -23,6 +24,8 @@ def _init_worker(builder: "Builder") -> None:
     global _WORKER_BUILDER
     from vlmforge.executors.memory import tune_allocator
 
+    # Ctrl-C reaches the whole process group; the parent alone decides how to stop (see map_batches).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()
     builder.setup()
     _WORKER_BUILDER = builder
@@ -56,7 +59,8 @@ class LocalExecutor:
         # bars, shard hashing) can deadlock a forked child. Each worker gets the builder pickled.
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["vlmforge.builders.base"])
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(builder,)) as pool:
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(builder,))
+        try:
             pending: deque[Future] = deque()
             for task in tasks:
                 pending.append(pool.submit(_run_batch, task))
@@ -64,3 +68,23 @@ class LocalExecutor:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+        except BaseException:  # an error, an interrupt, or the consumer closing this generator
+            # Queued batches are dropped and the running ones finish (a batch is short), so that no
+            # worker dies halfway through sending a result; a second interrupt stops them at once.
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+            except BaseException:
+                _terminate(pool)
+                raise
+            raise
+        pool.shutdown(wait=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=10)
