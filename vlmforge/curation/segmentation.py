@@ -119,6 +119,8 @@ def rle_crop(rle: dict) -> MaskCrop:
     """A COCO RLE ({"size": [h, w], "counts": list or compressed string}) as a MaskCrop, the same
     pixels as pycocotools.mask.decode gives, but only the object's columns are ever expanded (its
     byte-at-a-time decode of the whole frame costs more than everything done with the mask after)."""
+    import cv2
+
     h, w = (int(v) for v in rle["size"])
     counts = rle_counts(rle["counts"])
     if len(counts) and (counts.min() < 0 or counts.sum() != h * w):
@@ -140,8 +142,6 @@ def rle_crop(rle: dict) -> MaskCrop:
     lo, hi = x0 * h, x1 * h
     runs = np.clip(ends, lo, hi) - np.clip(starts, lo, hi)  # each run's part inside columns x0..x1
     cols = np.repeat((np.arange(len(counts), dtype=np.uint8) & 1), runs).reshape(x1 - x0, h)
-    import cv2
-
     return MaskCrop((h, w), y0, x0, cv2.transpose(cols[:, y0:y1]).view(bool))  # OpenCV: 3x numpy's .T copy
 
 
