@@ -334,6 +334,7 @@ class OcclusionBuilder(Builder):
             entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
     def _ground(self, work, results) -> None:
+        broken: set[int] = set()  # candidates rejected for a bad segmentation (id of the candidate)
         if self.config.grounder == "annotations":
             for i, rec, _img, px, cands in work:
                 masks = self._instance_masks(rec)
@@ -343,7 +344,7 @@ class OcclusionBuilder(Builder):
                                                            rec["instances"], px.rgb, masks)
                     except SegmentationError as e:
                         results[i].append(self._reject(rec, c, "bad_segmentation", "grounding", str(e)))
-                        c.grounding = False
+                        broken.add(id(c))
         else:
             found = self.grounder([w[3].pil for w in work], [sorted({c.entity.label for c in w[4]}) for w in work])
             for (i, rec, _img, _px, cands), dets in zip(work, found):
@@ -351,9 +352,9 @@ class OcclusionBuilder(Builder):
                     c.grounding = dets.get(c.entity.label)
         for i, rec, _img, _px, cands in work:
             for c in cands:
-                if c.grounding is None:
+                if c.grounding is None and id(c) not in broken:
                     results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
-            cands[:] = [c for c in cands if c.grounding]
+            cands[:] = [c for c in cands if c.grounding is not None]
 
     def _instance_masks(self, rec: Record) -> "_LazyMasks":
         if "_masks" not in rec:
