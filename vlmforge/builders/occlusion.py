@@ -27,7 +27,9 @@ from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtr
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
-from vlmforge.curation.occlude import FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion
+from vlmforge.curation.occlude import (
+    BOX_LOCAL_FILLS, FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion,
+)
 from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, SegmentationError, annotation_crop, box_mask
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -450,7 +452,7 @@ class OcclusionBuilder(Builder):
         t = time.perf_counter()
         # Painted into the decoded image itself (in OpenCV's BGR order, which its JPEG encoder takes as
         # it is), encoded, then put back: no copy of the frame per sample.
-        local = cfg.fill in ("blocks", "solid", "noise")  # fills that touch only the changed box
+        local = cfg.fill in BOX_LOCAL_FILLS
         saved = changed.of(image).copy() if local else image.copy()
         render_occlusion(image, changed, cfg.fill, g.box, rng, color=FILL_RGB[::-1])
         ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])

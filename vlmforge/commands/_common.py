@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ Concurrency = Annotated[Optional[int], typer.Option("--concurrency", min=1, help
 GpusPerModelWorker = Annotated[Optional[float], typer.Option("--gpus-per-model-worker", min=0, help="with --executor ray: GPUs each model worker holds (fractions share a GPU); default: the model's declaration")]
 MaxSamples = Annotated[int, typer.Option("--max-samples-per-shard", min=1, help="at most this many samples per shard")]
 MaxBytes = Annotated[int, typer.Option("--max-shard-bytes", min=1024, help="start a new shard before this size")]
+GenOptions = Annotated[Optional[list[str]], typer.Option("--generator-option", "-G", help="backend option KEY=VALUE, repeatable (e.g. -G base_url=http://127.0.0.1:8000/v1); values are JSON when they parse")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a different build in the same folder")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of every random choice (combined with each sample's key)")]
@@ -63,6 +65,25 @@ def run_cli_build(
         builder, out=out, executor=make_executor(executor, workers, ray_address, concurrency, gpus_per_model_worker),
         limits=ShardLimits(max_samples_per_shard, max_shard_bytes), overwrite=overwrite, quiet=quiet,
     )
+
+
+def generator_options(device: str | None, dtype: str | None, batch_size: int | None, pairs: list[str] | None) -> dict[str, Any]:
+    """Runtime options for the backend (they never change the build's identity)."""
+    from vlmforge.errors import UserError
+
+    opts: dict[str, Any] = {}
+    for name, value in (("device", device), ("dtype", dtype), ("batch_size", batch_size)):
+        if value is not None:
+            opts[name] = value
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--generator-option takes KEY=VALUE, not {pair!r}")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except ValueError:
+            opts[key.strip()] = value
+    return opts
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from vlmforge.commands._common import (
-    BuildRun, Captions, CocoRoot, CocoSplit, Images, Instances, Seed, SourceKind, build_command,
+    BuildRun, Captions, CocoRoot, CocoSplit, GenOptions, Images, Instances, Seed, SourceKind, build_command,
+    generator_options,
 )
 
 
@@ -23,7 +24,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         images: Images = None,
         entity_extractor: Annotated[str, typer.Option(help="spacy (noun chunks, offline), or a generation model prompted few-shot: transformers, vllm or openai")] = "spacy",
         entity_model: Annotated[Optional[str], typer.Option(help="that model: checkpoint folder or Hub id (transformers, vllm), or the endpoint's model name (openai)")] = None,
-        generator_option: Annotated[Optional[list[str]], typer.Option("--generator-option", "-G", help="entity generator option KEY=VALUE, repeatable (e.g. -G base_url=http://127.0.0.1:8000/v1, -G batch_size=16)")] = None,
+        generator_option: GenOptions = None,
         causality: Annotated[str, typer.Option(help="cooccurrence (offline), mlm (masked-LM pseudo-perplexity, the paper's) or none")] = "cooccurrence",
         min_causality: Annotated[float, typer.Option(help="cooccurrence: keep entities scoring at least this (0-1)")] = 0.25,
         mlm_model: Annotated[str, typer.Option(help="mlm: any AutoModelForMaskedLM path or Hub id")] = "FacebookAI/roberta-large",
@@ -52,11 +53,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         ask the model to infer them. With no COCO paths, builds from the embedded sample."""
         from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
 
-        from vlmforge.commands.selfsynth import generator_options
-
         cfg = OcclusionConfig(
-            seed=seed, entity_extractor=entity_extractor, entity_model=entity_model, causality=causality, min_causality=min_causality, mlm_model=mlm_model, min_ppl=min_ppl,
-            max_ppl=max_ppl, grounder=grounder, embed_threshold=embed_threshold, embedder=embedder,
+            seed=seed, entity_extractor=entity_extractor, entity_model=entity_model, causality=causality,
+            min_causality=min_causality, mlm_model=mlm_model, min_ppl=min_ppl, max_ppl=max_ppl, grounder=grounder, embed_threshold=embed_threshold, embedder=embedder,
             dino_model=dino_model, box_threshold=box_threshold, text_threshold=text_threshold, segmenter=segmenter,
             sam_model=sam_model, fill=fill, dilate=dilate, min_area=min_area, max_area=max_area,
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,

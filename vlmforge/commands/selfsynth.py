@@ -4,44 +4,23 @@ selfsynth-answers` (a model's candidate answers for the next round)."""
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from vlmforge.commands._common import BuildRun, Quiet, Seed, build_command
+from vlmforge.commands._common import BuildRun, GenOptions, Quiet, Seed, build_command, generator_options
 
 Generator = Annotated[str, typer.Option("--generator", help="generation backend: template (no model), transformers, vllm or openai")]
 Model = Annotated[Optional[str], typer.Option("--model", help="checkpoint folder or Hub id (transformers, vllm), or the endpoint's model name (openai)")]
 Device = Annotated[Optional[str], typer.Option("--device", help="transformers backend: auto, cpu, cuda, cuda:1")]
 Dtype = Annotated[Optional[str], typer.Option("--dtype", help="transformers backend: auto, float32, bfloat16, float16")]
 GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help="transformers backend: requests per forward pass")]
-GenOptions = Annotated[Optional[list[str]], typer.Option("--generator-option", "-G", help="backend option KEY=VALUE, repeatable (e.g. -G base_url=http://127.0.0.1:8000/v1); values are JSON when they parse")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
 FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.0.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
-
-
-def generator_options(device: str | None, dtype: str | None, batch_size: int | None, pairs: list[str] | None) -> dict[str, Any]:
-    """Runtime options for the backend (they never change the build's identity)."""
-    from vlmforge.errors import UserError
-
-    opts: dict[str, Any] = {}
-    for name, value in (("device", device), ("dtype", dtype), ("batch_size", batch_size)):
-        if value is not None:
-            opts[name] = value
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--generator-option takes KEY=VALUE, not {pair!r}")
-        try:
-            opts[key.strip()] = json.loads(value)
-        except ValueError:
-            opts[key.strip()] = value
-    return opts
 
 
 def _cache(cache_dir: Path | None, no_cache: bool):

@@ -23,6 +23,8 @@ from vlmforge.curation.segmentation import MaskCrop
 
 FILL_RGB = (123, 116, 103)
 FILLS = ("blocks", "solid", "blur", "noise", "inpaint")
+# Fills that change no pixel outside their region's box (inpaint rewrites the frame it returns).
+BOX_LOCAL_FILLS = frozenset({"blocks", "solid", "blur", "noise"})
 # How the instruction names what covers the object.
 FILL_PHRASES = {
     "blocks": "a cluster of gray blocks",
@@ -34,8 +36,9 @@ FILL_PHRASES = {
 
 
 def dilate(mask: MaskCrop, pixels: int) -> MaskCrop:
-    """The mask grown by `pixels` (an elliptic kernel of side 2 * pixels + 1). Worked out in the box
-    grown by as much: OpenCV lets nothing outside the image into a dilation, as zeros would not."""
+    """The mask grown by `pixels` (an elliptic kernel of side 2 * pixels + 1), worked out in its box
+    grown by as much. Same pixels as dilating the whole frame: the added margin holds the frame's own
+    zeros, and at the image border OpenCV lets nothing from outside in either way."""
     if pixels <= 0 or not mask.pixels.size:
         return mask
     import cv2

@@ -128,13 +128,12 @@ def rle_crop(rle: dict) -> MaskCrop:
                                 f"negative runs; a {w}x{h} image has {h * w}")
     ends = np.cumsum(counts)
     starts = ends - counts
-    on = np.flatnonzero((np.arange(len(counts)) & 1).astype(bool) & (counts > 0) & (starts < h * w))
-    if len(on) == 0 or h == 0 or w == 0:
+    on = np.flatnonzero((np.arange(len(counts)) & 1).astype(bool) & (counts > 0))  # runs of set pixels
+    if len(on) == 0:
         return MaskCrop.empty((h, w))
-    first, last = int(starts[on[0]]), int(min(ends[on[-1]], h * w)) - 1  # column-major pixel indices
-    x0, x1 = first // h, last // h + 1
+    s, e = starts[on], ends[on] - 1  # first and last column-major pixel index of each
+    x0, x1 = int(s[0]) // h, int(e[-1]) // h + 1
     # Rows: a run within one column spans its own rows; one that crosses a column spans them all.
-    s, e = starts[on], np.minimum(ends[on], h * w) - 1
     if (s // h != e // h).any():
         y0, y1 = 0, h
     else:
