@@ -50,7 +50,7 @@ def _image_rel(key: str, ext: str) -> str:
     return f"images/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.{ext}"
 
 
-def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | None = None) -> Path:
+def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | None = None, quiet: bool = False) -> Path:
     """Write `out_dir/llava.json` (or `llava_<split>.json`) and `out_dir/images/`; returns the JSON path."""
     from vlmforge.manifests.read import Build, open_build
 
@@ -64,7 +64,7 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     from vlmforge.progress import progress_bar
 
     total = sum(s["samples"] for s in b.info["shards"] if split is None or s["split"] == split)
-    with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total) as advance:
+    with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total, disable=quiet) as advance:
         f.write("[")
         for n, rec in enumerate(_records(b, split, out)):
             f.write(",\n" if n else "\n")

@@ -167,6 +167,7 @@ def run_build(
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
+    builder.quiet = quiet  # prepare() shows its progress bars unless quiet
     builder.prepare()
 
     seen_keys: set[str] = set()

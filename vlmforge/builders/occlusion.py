@@ -194,7 +194,7 @@ class OcclusionBuilder(Builder):
         ds = self.src.ds
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
         if self.config.entity_extractor == "spacy":
-            with progress_bar("entities", total=len(caps)) as advance:
+            with progress_bar("entities", total=len(caps), disable=getattr(self, "quiet", False)) as advance:
                 found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
                                          self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
         else:
@@ -229,7 +229,7 @@ class OcclusionBuilder(Builder):
         todo = list(dict.fromkeys(captions))
         self._start_embedder_helper(helpers)
         got: dict[str, list[Entity]] = {}
-        with progress_bar("entities", total=len(todo)) as advance:
+        with progress_bar("entities", total=len(todo), disable=getattr(self, "quiet", False)) as advance:
             for k in range(0, len(todo), 64):
                 chunk = todo[k : k + 64]
                 got.update(zip(chunk, extractor(chunk)))

@@ -90,13 +90,13 @@ def generator_options(device: str | None, dtype: str | None, batch_size: int | N
 class BuildRun:
     """What a build command's body returns: the builder (class or factory), its config and source,
     attributes set on the builder outside its identity (e.g. device), and a step to run on the
-    finished build folder (e.g. an export)."""
+    finished build folder (e.g. an export), called with the folder and --quiet."""
 
     builder: Callable
     config: Any
     source: Any
     attrs: dict = field(default_factory=dict)
-    after: Callable[[Path], None] | None = None
+    after: Callable[[Path, bool], None] | None = None
 
 
 def _run_options(
@@ -138,7 +138,7 @@ def build_command(build_app: typer.Typer, name: str) -> Callable:
                 typer.echo("\ninterrupted: finished shards are kept; run the same command again to resume", err=True)
                 raise typer.Exit(130) from None
             if result.after is not None:
-                result.after(path)
+                result.after(path, run["quiet"])
 
         params = [*own.parameters.values(), *added]
         command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]

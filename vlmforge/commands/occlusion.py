@@ -43,7 +43,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         min_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers less of the image than this")] = 0.005,
         max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more of the image than this")] = 0.5,
         max_entities: Annotated[int, typer.Option(min=1, help="at most this many occluded samples per image")] = 3,
-        keep_original: Annotated[bool, typer.Option(help="also store the original image as <key>.orig.jpg")] = False,
+        keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
         export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts")] = None,
@@ -65,11 +65,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                                            instances=instances, images=images)
         attrs = {"device": device, "generator_options": generator_options(None, None, None, generator_option)}
         return BuildRun(OcclusionBuilder, cfg, src, attrs=attrs,
-                        after=None if export_llava is None else lambda path: _export(path, export_llava))
+                        after=None if export_llava is None else lambda path, quiet: _export(path, export_llava, quiet))
 
 
-def _export(path: Path, out: Path) -> None:
+def _export(path: Path, out: Path, quiet: bool) -> None:
     from vlmforge.export import export_llava
     from vlmforge.progress import console
 
-    console.print(f"[green]wrote[/] {export_llava(path, out)}")
+    written = export_llava(path, out, quiet=quiet)
+    if not quiet:
+        console.print(f"[green]wrote[/] {written}")
