@@ -85,3 +85,12 @@ def test_llava_split_cli(tmp_path):
     val = json.loads((tmp_path / "o" / "val.json").read_text())
     assert (len(train), len(val)) == (24, 6)
     assert sorted(json.dumps(x) for x in train + val) == sorted(json.dumps(x) for x in recs)
+
+
+def test_export_to_a_file_path_is_a_user_error(tmp_path, coco_build):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    with pytest.raises(UserError, match="is a file; the export needs a folder"):
+        export_llava(coco_build, taken)
+    with pytest.raises(UserError, match="cannot create the export folder"):
+        export_llava(coco_build, taken / "below")

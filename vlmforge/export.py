@@ -45,6 +45,18 @@ def llava_record(key: str, doc: dict[str, Any], image_rel: str | None) -> dict[s
     return rec
 
 
+def _folder(path: str | Path, holds: str) -> Path:
+    """The export folder, made if missing; a path that cannot be one is a UserError."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; the export needs a folder (for {holds})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the export folder {out}: {e.strerror or e}") from None
+    return out
+
+
 def _image_rel(key: str, ext: str) -> str:
     # 256 subfolders, so that no folder holds hundreds of thousands of files.
     return f"images/{hashlib.sha1(key.encode()).hexdigest()[:2]}/{key}.{ext}"
@@ -57,8 +69,7 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     b = build if isinstance(build, Build) else open_build(build)
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _folder(out_dir, "llava.json and images/")
     target = out / (f"llava_{split}.json" if split else "llava.json")
     tmp = target.with_name(target.name + ".tmp")
     from vlmforge.progress import progress_bar
@@ -118,8 +129,7 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     fractions = [f for _, f in parts]
     cuts = fit_cuts(lambda: ((keys[i], groups[i], values[i]) for i in range(n) if i not in invalid), seed,
                     lambda g, size: fraction_sizes(fractions, size))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _folder(out_dir, "the split files")
     targets = {name: out / f"{name}.json" for name, _ in parts}
     files = {name: open(p.with_name(p.name + ".tmp"), "wb") for name, p in targets.items()}
     written = {name: 0 for name in targets}

@@ -24,6 +24,21 @@ def test_noun_chunks_become_phrase_and_label(extract):
     assert [g[1] for g in got[4]] == ["person"]  # people -> person; "group" and "it" dropped
 
 
+def test_two_word_names_the_parser_splits_stay_whole(extract):
+    """ "hot" parsed as an adjective must not turn a hot dog into a dog (the dog would be hidden and
+    be the answer); "fire hydrant" split over two chunks is one entity whose phrase covers both."""
+    caps = ["A hot dog on a couch next to a chair.", "Two hot dogs with mustard on a plate.",
+            "A man next to a fire hydrant on the street.", "A large potted plant by the window.",
+            "A dog lying in the hot sun."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][0] == ("A hot dog", "hot dog", "hot dog", False)
+    assert got[1][0] == ("Two hot dogs", "hot dog", "hot dogs", True)
+    assert ("a fire hydrant", "fire hydrant", "fire hydrant", False) in got[2]
+    assert [g[1] for g in got[2]] == ["man", "fire hydrant", "street"]  # no second entity for "hydrant"
+    assert got[3][0][1] == "potted plant"
+    assert [g[1] for g in got[4]] == ["dog", "sun"]  # an adjective that makes no fixed name stays out
+
+
 def test_spans_point_at_the_label(extract):
     cap = "Three sheep grazing next to a brown horse in a field."
     for e in extract([cap])[0]:

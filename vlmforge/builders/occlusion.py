@@ -27,6 +27,7 @@ from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtr
 from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
+from vlmforge.curation.models import check_model_name
 from vlmforge.curation.occlude import (
     BOX_LOCAL_FILLS, FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion,
 )
@@ -84,6 +85,20 @@ class OcclusionConfig(BuildConfig):
             raise UserError("need 0 <= --min-area < --max-area <= 1")
         if self.max_entities < 1:
             raise UserError("--max-entities must be at least 1")
+        ranges = [("min_causality", 0, 1), ("embed_threshold", -1, 1), ("box_threshold", 0, 1), ("text_threshold", 0, 1)]
+        for name, low, high in ranges:
+            if not low <= getattr(self, name) <= high:
+                raise UserError(f"--{name.replace('_', '-')} must be between {low} and {high} (got {getattr(self, name)})")
+        if not 0 <= self.min_ppl < self.max_ppl:
+            raise UserError(f"need 0 <= --min-ppl < --max-ppl (got {self.min_ppl} and {self.max_ppl})")
+        used = [("masked LM (--mlm-model)", self.mlm_model, self.causality == "mlm"),
+                ("Grounding DINO (--dino-model)", self.dino_model, self.grounder == "grounding-dino"),
+                ("SAM (--sam-model)", self.sam_model, self.segmenter == "sam"),
+                ("sentence embedder (--embedder)", self.embedder, self.grounder == "annotations"),
+                ("entity model (--entity-model)", self.entity_model, self.entity_extractor in ("transformers", "vllm"))]
+        for what, name, needed in used:
+            if needed:
+                check_model_name(what, name)
 
 
 # Generation backends that can name a caption's entities (vlmforge.curation.generation).
@@ -101,7 +116,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -124,6 +139,11 @@ class OcclusionBuilder(Builder):
 
     def __init__(self, config: OcclusionConfig, source: Source):
         config.validate()
+        ds = getattr(source, "ds", None)
+        uses = [f"--{n} annotations" for n in ("grounder", "segmenter") if getattr(config, n) == "annotations"]
+        if uses and getattr(ds, "has_instances", True) is False:
+            raise UserError(f"{' and '.join(uses)} need the COCO instances file (annotations/instances_<split>.json, "
+                            "or --instances); without it use --grounder grounding-dino --segmenter sam")
         super().__init__(config, source)
         self.device: str | None = None  # where model stages run; not part of the build's identity
         # Options of the entity extractor's generation backend (base_url, batch_size, ...): not identity.
@@ -156,7 +176,9 @@ class OcclusionBuilder(Builder):
 
         source = CocoSource.from_paths(unit="image", **{k: v for k, v in options.items() if v is not None})
         if not source.ds.captions:
-            raise UserError("the occlusion builder needs captions: give a COCO captions file")
+            files = ", ".join(str(p) for p in source.ds.files)
+            raise UserError(f"the occlusion builder needs captions, and {files} holds none: give a COCO captions "
+                            "file with at least one caption")
         return source
 
     # -- driver: corpus-wide work --------------------------------------------------------------
@@ -272,6 +294,9 @@ class OcclusionBuilder(Builder):
                 results[i].append(Reject(rec["source_id"], "orphan_annotation", "source",
                                          f"annotation {ann['id']} points to image {ann['image_id']}, which is not listed"))
                 continue
+            if "invalid" in rec:
+                results[i].append(Reject(rec["source_id"], "invalid_record", "source", rec["invalid"]))
+                continue
             if not rec["captions"]:
                 results[i].append(Reject(rec["source_id"], "no_captions", "source", "the image has no captions"))
                 continue
@@ -352,11 +377,15 @@ class OcclusionBuilder(Builder):
             for (i, rec, _img, _px, cands), dets in zip(work, found):
                 for c in cands:
                     c.grounding = dets.get(c.entity.label)
-        for i, rec, _img, _px, cands in work:
+        for i, rec, _img, px, cands in work:
             for c in cands:
                 if c.grounding is None and id(c) not in broken:
                     results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
             cands[:] = [c for c in cands if c.grounding is not None]
+            h, w = px.bgr.shape[:2]
+            for c in cands:  # a box reaching past the image would size the blocks for pixels that do not exist
+                c.grounding.box = _clip_box(c.grounding.box, w, h)
+                c.grounding.boxes = [_clip_box(b, w, h) for b in c.grounding.boxes]
 
     def _instance_masks(self, rec: Record) -> "_LazyMasks":
         if "_masks" not in rec:
@@ -374,7 +403,7 @@ class OcclusionBuilder(Builder):
             g = c.grounding
             ident = tuple(g.instance_ids) if g.instance_ids else (g.category or c.entity.label, tuple(round(v) for v in g.box))
             if ident in seen:
-                out.append(self._reject(rec, c, "duplicate_object", "dedupe", f"{c.entity.label} already hidden from an earlier caption"))
+                out.append(self._reject(rec, c, "duplicate_object", "dedupe", f"{c.entity.label}: the object an earlier caption names (one sample per object)"))
                 continue
             seen.add(ident)
             unique.append(c)
@@ -391,9 +420,10 @@ class OcclusionBuilder(Builder):
             # Which pixels change is known before any is painted: the area filter needs no image.
             changed = occlusion_region(mask, c.grounding.box, cfg.fill, rng, cfg.dilate)
             frac = float(changed.area()) / float(h * w)
-            if frac < cfg.min_area or frac > cfg.max_area:
-                reason = "area_too_small" if frac < cfg.min_area else "area_too_large"
-                out.append(self._reject(rec, c, reason, "occlusion", f"{c.entity.label}: {frac:.4f} of the image"))
+            if frac <= 0 or frac < cfg.min_area or frac > cfg.max_area:  # nothing hidden is never a sample
+                reason = "area_too_large" if frac > cfg.max_area else "area_too_small"
+                out.append(self._reject(rec, c, reason, "occlusion", f"{c.entity.label}: {frac:.4f} of the image"
+                                        + (" (no pixel would change)" if frac <= 0 else "")))
                 continue
             made.append((c, changed, frac, rng))
         # At most K objects per image: the most predictable first (ties: caption order).
@@ -525,6 +555,15 @@ def _rank(c: _Candidate, method: str) -> float:
     if c.causality is None or method == "none":
         return 0.0
     return c.causality if method == "mlm" else -c.causality  # ppl: lower first; score: higher first
+
+
+def _clip_box(box: list[float], width: int, height: int) -> list[float]:
+    """[x, y, w, h] cut to the image; a box inside it is returned as it is (same floats)."""
+    x, y, bw, bh = box
+    if x >= 0 and y >= 0 and x + bw <= width and y + bh <= height:
+        return box
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    return [x0, y0, max(min(x + bw, width) - x0, 0.0), max(min(y + bh, height) - y0, 0.0)]
 
 
 def _seed_words(seed: int, key: str) -> list[int]:

@@ -35,6 +35,9 @@ class SentenceEmbedder:
 
             quiet_model_loading()
             path = default_model_path() if self.model_name == DEFAULT_EMBEDDER else self.model_name
+            from vlmforge.curation.models import check_model_name
+
+            check_model_name("sentence embedder", path)
             if MeanPooledEncoder.fits(path):
                 self._model = MeanPooledEncoder(path, self.device)
             else:

@@ -41,22 +41,49 @@ class Entity:
         return asdict(self)
 
 
-def _label_of(chunk) -> tuple[str, int, int, bool] | None:
+# Two-word names of things (COCO's categories among them) whose first word the parser often does not
+# take as a compound: "hot" as an adjective ("a hot dog" -> dog), "potted" as a verb, or the name split
+# across two chunks ("a fire" + "hydrant"). Such a pair always makes the label.
+FIXED_COMPOUNDS = frozenset(
+    """hot dog|potted plant|fire hydrant|stop sign|parking meter|dining table|cell phone|teddy bear|
+    wine glass|traffic light|baseball bat|baseball glove|tennis racket|sports ball|hair drier|hair dryer|
+    fire truck|ice cream""".replace("\n", "").replace("    ", "").split("|")
+)
+
+
+def _singular(tok) -> str:
+    word = tok.text.lower()
+    return IRREGULAR.get(word) or (tok.lemma_.lower() if tok.tag_ in ("NNS", "NNPS") else word)
+
+
+def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
+    """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
+    the last token lies past the chunk when a fixed compound's second word was left out of it."""
     head = chunk.root
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
         return None
+    doc = head.doc
+    last = chunk.end - 1
+    nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
+    if nxt is not None and f"{head.text.lower()} {_singular(nxt)}" in FIXED_COMPOUNDS and nxt.is_alpha:
+        # "a fire" + "hydrant": the name goes on past the chunk; its second word is the head
+        label = f"{head.text.lower()} {_singular(nxt)}"
+        plural = nxt.text.lower() != _singular(nxt) or any(t.like_num and t.i < head.i for t in chunk)
+        return label, head.idx, nxt.idx + len(nxt.text), plural, nxt.i
     lemma = IRREGULAR.get(head.text.lower(), head.lemma_.lower())
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    doc = head.doc
     # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus").
     parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start
              and not (t.i > 0 and doc[t.i - 1].text == "-") and not (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")]
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
+    before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
+    if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
+        start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
     plural = head.tag_ in ("NNS", "NNPS") or any(t.like_num and t.i < head.i for t in chunk)
-    return label, start_tok.idx, head.idx + len(head.text), plural
+    return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
 @lru_cache(maxsize=2)
@@ -167,16 +194,19 @@ class SpacyEntityExtractor:
         self.setup()
         out = []
         for doc in self._docs(captions):
-            ents, seen = [], set()
+            ents, seen, taken = [], set(), -1
             for chunk in doc.noun_chunks:
+                if chunk.root.i <= taken:  # the second word of a fixed compound found before
+                    continue
                 got = _label_of(chunk)
                 if got is None:
                     continue
-                label, start, end, plural = got
+                label, start, end, plural, last = got
                 if (label, start) in seen:
                     continue
                 seen.add((label, start))
-                ents.append(Entity(chunk.text, label, start, end, plural))
+                taken = last
+                ents.append(Entity(doc[chunk.start : last + 1].text, label, start, end, plural))
             out.append(ents)
         return out
 
@@ -185,7 +215,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 1
+EXTRACTOR_VERSION = 2  # 2: FIXED_COMPOUNDS
 
 
 class EntityCache:

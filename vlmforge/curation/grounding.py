@@ -197,8 +197,14 @@ class AnnotationGrounder:
                     return float("inf")
                 return float(np.linalg.norm(pixels.reshape(-1, 3).mean(0) - target))
 
-            return min(anns, key=lambda a: (distance(a), -a["area"], a["id"]))
-        return max(anns, key=lambda a: (a["area"], -a["id"]))
+            return min(anns, key=lambda a: (distance(a), -_area(a), a["id"]))
+        return max(anns, key=lambda a: (_area(a), -a["id"]))
+
+
+def _area(ann: dict) -> float:
+    """The instance's area, or its box's where a COCO-format file leaves `area` out."""
+    area = ann.get("area")
+    return float(area) if isinstance(area, (int, float)) else float(ann["bbox"][2]) * float(ann["bbox"][3])
 
 
 class GroundingDinoGrounder:

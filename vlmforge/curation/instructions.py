@@ -11,7 +11,7 @@ import hashlib
 # COCO supercategory -> the word a question uses for an object of it.
 TYPE_WORDS = {
     "person": "person", "vehicle": "vehicle", "outdoor": "object", "animal": "animal", "accessory": "accessory",
-    "sports": "piece of sports equipment", "kitchen": "kitchen item", "food": "food", "furniture": "piece of furniture",
+    "sports": "piece of sports equipment", "kitchen": "kitchen item", "food": "food item", "furniture": "piece of furniture",
     "electronic": "electronic device", "appliance": "appliance", "indoor": "object",
 }
 

@@ -13,11 +13,23 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
     from vlmforge.errors import UserError
     from vlmforge.progress import quiet_model_loading
 
+    check_model_name(what, name)
     quiet_model_loading()
     try:
         return load()
     except OSError as e:
         raise UserError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def check_model_name(what: str, name: str | None) -> None:
+    """A name written as a path (absolute, ./, ../, ~) must be an existing folder: one UserError line,
+    before anything loads, rather than the Hub's complaint that it is not a valid repo id."""
+    from pathlib import Path
+
+    from vlmforge.errors import UserError
+
+    if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise UserError(f"no checkpoint folder at {name} (the {what})")
 
 
 def torch_device(device: str | None) -> str:
