@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -145,10 +146,11 @@ def test_broken_segmentations_reject_their_object_and_rle_builds_like_polygons(t
 def test_kept_originals_of_cmyk_grey_and_png_images_are_readable(tmp_path, coco_copy):
     data = json.loads((coco_copy / "annotations" / "instances_val2017.json").read_text())
     a = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(coco_copy))
-    ids = [i for (i,) in a.sql("SELECT DISTINCT image_id FROM samples ORDER BY 1 LIMIT 2").fetchall()]
+    ids = [i for (i,) in a.sql("SELECT DISTINCT image_id FROM samples ORDER BY 1 LIMIT 3").fetchall()]
     files = {im["id"]: coco_copy / "val2017" / im["file_name"] for im in data["images"]}
     for image_id, mode in zip(ids, ("CMYK", "L")):
         Image.open(files[image_id]).convert(mode).save(files[image_id], quality=92)
+    Image.open(files[ids[2]]).save(files[ids[2]], format="PNG")  # a PNG source: its original too is orig.jpg
     b = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(coco_copy), keep_original=True)
     seen = set()
     for s in b.samples():
@@ -157,7 +159,7 @@ def test_kept_originals_of_cmyk_grey_and_png_images_are_readable(tmp_path, coco_
         im = Image.open(io.BytesIO(s[orig]))
         assert im.mode in ("RGB", "L") and im.size == Image.open(io.BytesIO(s["jpg"])).size
         seen.add((s["json"]["image_id"], im.mode))
-    assert {(ids[0], "RGB"), (ids[1], "L")} <= seen  # the CMYK image kept as RGB JPEG, the grey one as it is
+    assert {(ids[0], "RGB"), (ids[1], "L"), (ids[2], "RGB")} <= seen  # CMYK and PNG as RGB JPEG, grey as it is
 
 
 def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
@@ -218,3 +220,22 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
     fields = ("jpg", "json", "mask.png")
     assert [[s[f] for f in fields] for s in a.samples()] == [[s[f] for f in fields] for s in b.samples()]
     assert len(list(a.samples())) >= 10
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"min_causality": 1.5}, "--min-causality must be between 0 and 1"),
+    ({"embed_threshold": 5.0}, "--embed-threshold must be between -1 and 1"),
+    ({"box_threshold": -1.0}, "--box-threshold must be between 0 and 1"),
+    ({"min_ppl": 5.0, "max_ppl": 1.0}, "need 0 <= --min-ppl < --max-ppl"),
+    ({"causality": "mlm", "mlm_model": "/nonexistent/mlm"}, "no checkpoint folder at /nonexistent/mlm (the masked LM"),
+    ({"grounder": "grounding-dino", "segmenter": "sam", "sam_model": "./no-sam"}, "no checkpoint folder at ./no-sam (the SAM"),
+    ({"embedder": "/nonexistent/minilm"}, "no checkpoint folder at /nonexistent/minilm (the sentence embedder"),
+])
+def test_bad_options_are_refused_before_anything_runs(options, message):
+    from vlmforge.builders.occlusion import OcclusionConfig
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        OcclusionConfig(**options).validate()
+    OcclusionConfig(**{**options, "causality": "none", "grounder": "annotations", "segmenter": "annotations",
+                       "embedder": None, "min_causality": 0.5, "embed_threshold": 0.5, "box_threshold": 0.3,
+                       "min_ppl": 1.0, "max_ppl": 3.0}).validate()  # the same with sane values passes

@@ -302,8 +302,9 @@ class OcclusionBuilder(Builder):
                 continue
             try:
                 img = read_image(rec["file"], check="quick")
-                if self.config.keep_original:  # kept as JPEG or PNG; CMYK, 16-bit, WebP, ... as RGB JPEG
-                    img = encode_for_storage(img, str(rec["file"]), self.config.jpeg_quality)
+                if self.config.keep_original:  # JPEG kept as it is; anything else as RGB JPEG: every
+                    # sample of a build has the same fields, so the field is always orig.jpg
+                    img = encode_for_storage(img, str(rec["file"]), self.config.jpeg_quality, keep=("JPEG",))
             except ImageError as e:
                 results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
                 continue

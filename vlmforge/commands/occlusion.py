@@ -43,7 +43,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         min_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers less of the image than this")] = 0.005,
         max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more of the image than this")] = 0.5,
         max_entities: Annotated[int, typer.Option(min=1, help="at most this many occluded samples per image")] = 3,
-        keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (<key>.orig.png for PNG sources)")] = False,
+        keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (sources other than JPEG converted to RGB JPEG)")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
         export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts")] = None,
