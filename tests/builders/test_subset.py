@@ -78,3 +78,11 @@ def test_where_only_subset_records_its_rule(tmp_path, parent):
     assert b.info["source"]["where"] == "label IN ('cat', 'frog')"
     with pytest.raises(UserError, match="does not parse|Binder|column"):
         vlmforge.build("subset", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "where": "nosuch = 1"})
+
+
+def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
+    opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
+    train = vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["train"]))
+    assert set(train.info["splits"]) == {"train"} and train.info["source"]["splits"] == ["train"]
+    with pytest.raises(UserError, match="holds another build"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["test"]))

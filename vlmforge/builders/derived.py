@@ -38,10 +38,16 @@ def open_parent(path: str | Path | None, where: str | None = None, splits: list[
     if path is None:
         raise UserError("a derived build needs its parent: --from BUILD_FOLDER")
     src = BuildSource(path, where=where, splits=splits)
-    if not src.splits():
-        have = ", ".join(src.build.info["splits"])
-        raise UserError(f"the parent build has none of the splits {splits}; it has: {have}")
+    check_splits(src.build.info["splits"], splits, "--parent-split")
     return src
+
+
+def check_splits(have, wanted: list[str] | None, option: str) -> None:
+    """A clear error when `option` names a split the parent does not have (a typo would otherwise
+    quietly select less, or nothing)."""
+    unknown = [s for s in wanted or [] if s not in have]
+    if unknown:
+        raise UserError(f"{option}: the parent has no split {unknown[0]!r}; it has: {', '.join(have)}")
 
 
 def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:

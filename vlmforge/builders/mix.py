@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, parent_sample
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -40,6 +40,8 @@ class MultiBuildSource(Source):
         if len(paths) < 2:
             raise UserError("a mix needs at least two parent builds (--from A --from B)")
         self.build_sources = [BuildSource(p, splits=splits) for p in paths]
+        check_splits(list(dict.fromkeys(x for s in self.build_sources for x in s.build.info["splits"])),
+                     splits, "--parent-split")
         ids = [s.build.build_id for s in self.build_sources]
         if len(set(ids)) != len(ids):
             raise UserError("the same parent build is named twice")
