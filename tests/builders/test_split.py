@@ -144,3 +144,41 @@ def test_cli_split(tmp_path, parent):
     r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--fraction", "1.5", "--out", str(tmp_path / "y")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
+    opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
+    whole = vlmforge.build("split", "build", out=tmp_path / "w", source_options=opts(), fraction=0.5)
+    train = vlmforge.build("split", "build", out=tmp_path / "p", source_options=opts(splits=["train"]), fraction=0.5)
+    assert train.build_id != whole.build_id and train.info["source"]["splits"] == ["train"]
+    assert "splits" not in whole.info["source"]  # builds of the whole parent keep their ids
+    # Naming every split reads the whole parent: the same build.
+    both = vlmforge.build("split", "build", out=tmp_path / "b", source_options=opts(splits=["test", "train"]), fraction=0.5)
+    assert both.build_id == whole.build_id
+    # Another parent split into the same folder is another build, not "up to date".
+    with pytest.raises(UserError, match="holds another build"):
+        vlmforge.build("split", "build", out=tmp_path / "p", source_options=opts(splits=["test"]), fraction=0.5)
+    with pytest.raises(UserError, match="no split 'nosuch'; it has: test, train"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options=opts(splits=["train", "nosuch"]), fraction=0.5)
+
+
+def test_damaged_parent_is_one_error_line(tmp_path, parent):
+    import shutil
+
+    cli = [sys.executable, "-m", "vlmforge.cli"]
+    no_shard, bad_json = tmp_path / "no_shard", tmp_path / "bad_json"
+    for folder in (no_shard, bad_json):
+        shutil.copytree(parent.path, folder)
+    (no_shard / parent.info["shards"][-1]["shard"]).unlink()
+    (bad_json / "build.json").write_text("{")
+    with pytest.raises(UserError, match="is incomplete .*run vlmforge verify"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(no_shard)}, fraction=0.5)
+    with pytest.raises(UserError, match="build.json is not valid JSON"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(bad_json)}, fraction=0.5)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "build.json").write_text("{}")
+    with pytest.raises(UserError, match="lacks build_id"):
+        vlmforge.open_build(tmp_path / "empty")
+    # verify reports a damaged build.json as a problem: exit 1, no traceback.
+    r = subprocess.run(cli + ["verify", str(bad_json)], capture_output=True, text=True)
+    assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
