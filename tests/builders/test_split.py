@@ -182,3 +182,15 @@ def test_damaged_parent_is_one_error_line(tmp_path, parent):
     # verify reports a damaged build.json as a problem: exit 1, no traceback.
     r = subprocess.run(cli + ["verify", str(bad_json)], capture_output=True, text=True)
     assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_empty_selection_is_an_empty_build(tmp_path, parent):
+    for name, opts, cfg in (("where", {"where": "label = 'zebra'"}, {"fraction": 0.5}),
+                            ("tiny", {}, {"fraction": 0.001})):
+        b = vlmforge.build("split", "build", out=tmp_path / name, source_options={"path": str(parent.path), **opts}, **cfg)
+        assert len(b) == 0 and b.info["shards"] == []
+        cols = {r[0] for r in b.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+        assert {"offset", "label"} <= cols
+    # An empty build is a parent like any other.
+    again = vlmforge.build("split", "build", out=tmp_path / "again", source_options={"path": str(b.path)}, fraction=0.5)
+    assert len(again) == 0

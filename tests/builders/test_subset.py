@@ -86,3 +86,12 @@ def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
     assert set(train.info["splits"]) == {"train"} and train.info["source"]["splits"] == ["train"]
     with pytest.raises(UserError, match="holds another build"):
         vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["test"]))
+
+
+def test_where_matching_nothing_is_an_empty_subset(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path), "where": "label = 'zebra'"},
+                       mode="class-preserving", fraction=0.5)
+    assert len(b) == 0
+    with pytest.raises(UserError, match="no values in column 'subsource'"):
+        vlmforge.build("subset", "build", out=tmp_path / "u", source_options={"path": str(parent.path)},
+                       mode="class-preserving", fraction=0.5, label_column="subsource")

@@ -13,13 +13,14 @@ recorded in build.json (`source.selection`).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
+from vlmforge.builders.derived import (
+    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, count_labels, iter_fields, parent_sample, unlabelled_note,
+)
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -67,18 +68,16 @@ class SubsetPlan(Plan):
             self.counts = {s: src.count(s) for s in self.out_splits}
             return
         col = cfg.label_column
-        check_column(src, col)
-        per_split: dict[str, Counter] = {s: Counter() for s in src.splits()}
-        for split in src.splits():
-            for _key, label in iter_fields(src, split, [col]):
-                per_split[split][label] += 1
+        per_split = count_labels(src, col)
         classes = sorted({c for cnt in per_split.values() for c in cnt if c is not None})
         unlabelled = sum(cnt[None] for cnt in per_split.values())
-        if not classes:
-            raise UserError(f"the parent has no values in column {col!r}")
         self.summary["classes"] = len(classes)
         if unlabelled:
             self.summary["unlabelled_left_out"] = unlabelled
+            self.notes += unlabelled_note(per_split, col)
+        if not classes:  # an empty parent (e.g. a --where matching no record): an empty subset
+            self.counts = {}
+            return
         getattr(self, "_fit_" + cfg.mode.replace("-", "_"))(src, classes, per_split)
 
     def _fit_class_preserving(self, src: Source, classes: list[str], per_split) -> None:
