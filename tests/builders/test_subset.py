@@ -95,3 +95,16 @@ def test_where_matching_nothing_is_an_empty_subset(tmp_path, parent):
     with pytest.raises(UserError, match="no values in column 'subsource'"):
         vlmforge.build("subset", "build", out=tmp_path / "u", source_options={"path": str(parent.path)},
                        mode="class-preserving", fraction=0.5, label_column="subsource")
+
+
+def test_seen_unseen_refuses_a_typo_or_a_one_sided_class_list(tmp_path, parent):
+    opts = {"path": str(parent.path)}
+    with pytest.raises(UserError, match="--train-split: the parent has no split 'nosuch'; it has: test, train"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", unseen_fraction=0.25,
+                       train_splits=["nosuch"])
+    for seen in ([], sorted(COUNTS)):  # an empty --classes-from file, or one listing every class
+        with pytest.raises(UserError, match="needs both seen and unseen classes"):
+            vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", seen_classes=seen)
+    with pytest.raises(UserError, match="not both"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", unseen_fraction=0.25,
+                       seen_classes=["cat"])

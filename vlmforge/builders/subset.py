@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
-    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, count_labels, iter_fields, parent_sample, unlabelled_note,
+    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, count_labels, iter_fields, parent_sample, unlabelled_note,
 )
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
@@ -54,7 +54,9 @@ class SubsetPlan(Plan):
         if config.mode in ("class-preserving", "class-exclusive"):
             check_fraction(config.fraction, "--fraction")
         if config.mode == "seen-unseen":
-            if (config.unseen_fraction is None) == (config.seen_classes is None):
+            if config.unseen_fraction is not None and config.seen_classes is not None:
+                raise UserError("give --unseen-fraction or --classes-from, not both")
+            if config.unseen_fraction is None and config.seen_classes is None:
                 raise UserError("seen-unseen needs either --unseen-fraction U or --classes-from FILE (the seen classes)")
             if config.unseen_fraction is not None and not 0 < config.unseen_fraction < 1:
                 raise UserError(f"--unseen-fraction must be in (0, 1), got {config.unseen_fraction}")
@@ -107,11 +109,15 @@ class SubsetPlan(Plan):
 
     def _fit_seen_unseen(self, src: Source, classes: list[str], per_split) -> None:
         cfg = self.config
+        check_splits(src.splits(), cfg.train_splits, "--train-split")
         if cfg.seen_classes is not None:
             listed = set(cfg.seen_classes)
             missing = sorted(listed - set(classes))
             if missing:
                 raise UserError(f"--classes-from names classes the parent does not have: {missing[:10]}")
+            if not listed or listed == set(classes):
+                raise UserError(f"--classes-from lists {len(listed)} of the parent's {len(classes)} classes as seen; "
+                                "a seen/unseen subset needs both seen and unseen classes")
             self.seen = listed
         else:
             n_unseen = max(1, round_half_up(cfg.unseen_fraction * len(classes)))
