@@ -194,3 +194,19 @@ def test_empty_selection_is_an_empty_build(tmp_path, parent):
     # An empty build is a parent like any other.
     again = vlmforge.build("split", "build", out=tmp_path / "again", source_options={"path": str(b.path)}, fraction=0.5)
     assert len(again) == 0
+
+
+def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
+    a, _, _ = _llava_pair(tmp_path)
+    llava = {"json": str(a), "image_root": str(tmp_path / "images")}
+    for extra, message in (({"where": "subsource = 'coco'"}, "--where: only with a parent build"),
+                           ({"splits": ["val"]}, "--parent-split: only with a parent build"),
+                           ({"path": str(parent.path)}, "--from: only with a parent build")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options={**llava, **extra}, fraction=0.5)
+    with pytest.raises(UserError, match="--json: only with --source llava-json"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "json": str(a)},
+                       fraction=0.5)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "split", "--source", "coco", "--fraction", "0.5",
+                        "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--source must be build" in r.stderr

@@ -40,10 +40,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         --fraction 0.5 keeps round(n/2) records of every parent split (the LLaVA-1.5 half);
         --splits train=0.9,val=0.1 partitions. The same record is kept whatever the input order."""
         from vlmforge.builders.split import SplitBuilder, SplitConfig
+        from vlmforge.errors import UserError
 
-        opts = (dict(path=parent, where=where, splits=parent_split) if source == "build"
-                else dict(json=json_file, image_root=image_root))
-        src = SplitBuilder.open_source(source, **opts)
+        if source not in ("build", "llava-json"):
+            raise UserError(f"--source must be build (with --from) or llava-json (with --json), got {source!r}")
+        src = SplitBuilder.open_source(source, path=parent, where=where, splits=parent_split, json=json_file,
+                                       image_root=image_root)
         cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
         return SplitBuilder, cfg, src
 
