@@ -201,7 +201,7 @@ def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
     llava = {"json": str(a), "image_root": str(tmp_path / "images")}
     for extra, message in (({"where": "subsource = 'coco'"}, "--where: only with a parent build"),
                            ({"splits": ["val"]}, "--parent-split: only with a parent build"),
-                           ({"path": str(parent.path)}, "--from: only with a parent build")):
+                           ({"path": str(parent.path)}, "exclude each other")):
         with pytest.raises(UserError, match=message):
             vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options={**llava, **extra}, fraction=0.5)
     with pytest.raises(UserError, match="--json: only with --source llava-json"):

@@ -114,13 +114,14 @@ class SplitBuilder(DerivedBuilder, CopyBuilder):
 
         options = {k: v for k, v in options.items() if v is not None}
         kind = kind or "build"
-        parent_only = [opt for key, opt in (("path", "--from"), ("where", "--where"), ("splits", "--parent-split"))
-                       if key in options]
+        parent_only = [opt for key, opt in (("where", "--where"), ("splits", "--parent-split")) if key in options]
         if kind == "build":
             raw = [opt for key, opt in (("json", "--json"), ("image_root", "--image-root")) if key in options]
             if raw:
                 raise UserError(f"{' and '.join(raw)}: only with --source llava-json, not with a parent build (--from)")
             return open_parent(options.get("path"), options.get("where"), options.get("splits"))
+        if "path" in options:
+            raise UserError(f"--from (a parent build) and --source {kind} exclude each other: give one")
         if parent_only:
             # A raw source has no manifest to filter: its copy build has one.
             raise UserError(f"{' and '.join(parent_only)}: only with a parent build, not with --source {kind}; "
