@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import vlmforge
+from vlmforge.builders.split import SplitBuilder
 from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.export import split_llava_json
@@ -139,7 +140,7 @@ def test_cli_split(tmp_path, parent):
     r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--splits", "train=0.8,val=0.2",
                               "--out", str(tmp_path), "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    b = vlmforge.open_build(tmp_path / "split" / "1.0.0")
+    b = vlmforge.open_build(tmp_path / "split" / SplitBuilder.VERSION)
     assert b.info["splits"]["train"]["samples"] == 42 and b.info["splits"]["val"]["samples"] == 11
     r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--fraction", "1.5", "--out", str(tmp_path / "y")],
                        capture_output=True, text=True)
