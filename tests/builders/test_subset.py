@@ -108,3 +108,8 @@ def test_seen_unseen_refuses_a_typo_or_a_one_sided_class_list(tmp_path, parent):
     with pytest.raises(UserError, match="not both"):
         vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", unseen_fraction=0.25,
                        seen_classes=["cat"])
+
+
+def test_a_missing_fraction_says_so(tmp_path, parent):
+    with pytest.raises(UserError, match="--fraction is needed"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path)}, mode="class-preserving")

@@ -173,6 +173,8 @@ def parse_named_fractions(text: str) -> list[tuple[str, float]]:
 
 
 def check_fraction(value: float | None, option: str) -> float:
-    if value is None or not 0 < value <= 1:
+    if value is None:
+        raise UserError(f"{option} is needed (a fraction in (0, 1])")
+    if not 0 < value <= 1:
         raise UserError(f"{option} must be a fraction in (0, 1], got {value}")
     return value
