@@ -84,6 +84,7 @@ def make_records(n: int, images: list[str], seed: int = 0) -> list[dict]:
 def prepare(work: Path, records: int, samples: int) -> dict[str, Path]:
     """Images, JSON files and builds, made once and kept in `work`."""
     import vlmforge
+    from vlmforge.builders.copy import CopyBuilder
     from PIL import Image
     from vlmforge.sources.sample_coco import make_sample
 
@@ -117,12 +118,12 @@ def prepare(work: Path, records: int, samples: int) -> dict[str, Path]:
         print(f"wrote {records:,} records ({paths['big_json'].stat().st_size / 1e6:.0f} MB) in {time.time() - t:.0f} s")
     for name, src, images in (("small", paths["small_json"], full), ("big", paths["big_json"], thumb)):
         out = work / f"build-{name}-{src.stem}"
-        if not (out / "copy" / "1.0.0" / "build.json").exists():
+        if not (out / "copy" / CopyBuilder.VERSION / "build.json").exists():
             t = time.time()
             vlmforge.build("copy", "llava-json", out=out, workers=2, quiet=False,
                            source_options={"json": str(src), "image_root": str(images)})
             print(f"built {name} set in {time.time() - t:.0f} s")
-        paths[f"{name}_build"] = out / "copy" / "1.0.0"
+        paths[f"{name}_build"] = out / "copy" / CopyBuilder.VERSION
     prepare_model_ready(work, paths)
     return paths
 

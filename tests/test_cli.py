@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+from vlmforge.builders.copy import CopyBuilder
+
 
 def run(*args, **kw):
     return subprocess.run([sys.executable, "-m", "vlmforge.cli", *args], capture_output=True, text=True, **kw)
@@ -23,7 +25,7 @@ def test_malformed_json_is_one_line_exit_2(tmp_path, sample_coco):
 def test_query_formats_and_refusal(tmp_path, sample_coco):
     out = tmp_path / "b"
     assert run("build", "copy", "--coco-root", str(sample_coco), "--out", str(out), "-q").returncode == 0
-    b = out / "copy" / "1.0.0"
+    b = out / "copy" / CopyBuilder.VERSION
     r = run("manifest", "query", str(b), "SELECT key, width FROM samples ORDER BY key LIMIT 2", "--format", "json")
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     assert r.returncode == 0 and len(rows) == 2 and rows[0]["width"] == 480

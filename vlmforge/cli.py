@@ -29,7 +29,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(sample_app, name="sample")
 
-BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.0.0")]
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.1.0")]
 
 
 @sample_app.command("coco")
@@ -50,12 +50,16 @@ def sample_coco(
 @app.command("verify")
 def verify(build: BuildArg) -> None:
     """Re-hash every shard and check that shards and manifest agree key by key. Exits 1 on any difference."""
-    from vlmforge.manifests.read import open_build
+    from vlmforge.manifests.read import DamagedBuildError, open_build
     from vlmforge.manifests.verify import verify_build
     from vlmforge.progress import console
 
-    b = open_build(build)
-    problems = verify_build(b)
+    try:
+        b = open_build(build)
+    except DamagedBuildError as e:  # a damaged build.json is a finding of verify, like a damaged shard
+        b, problems = None, [str(e)]
+    else:
+        problems = verify_build(b)
     if problems:
         for p in problems:
             console.print(f"[red]x[/] {p}")

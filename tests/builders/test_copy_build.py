@@ -149,7 +149,7 @@ def test_resume_after_crash_is_identical(tmp_path, sample_coco):
     crashing.batch_size = 2
     with pytest.raises(_Crash):
         run_build(crashing, tmp_path / "res", limits=limits, quiet=True)
-    partial = tmp_path / "res" / "copy" / "1.0.0"
+    partial = tmp_path / "res" / "copy" / CopyBuilder.VERSION
     assert not (partial / "build.json").exists() and list(partial.glob("*.tar"))
     with pytest.raises(UserError):
         vlmforge.open_build(partial)
@@ -167,7 +167,7 @@ def test_sigkill_and_resume_is_identical(tmp_path, tmp_path_factory):
     ref = subprocess.run(cmd + ["--out", str(tmp_path / "ref")], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "killed"
-    target = out / "copy" / "1.0.0" / "manifest"
+    target = out / "copy" / CopyBuilder.VERSION / "manifest"
     for attempt in range(5):
         proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
@@ -175,14 +175,14 @@ def test_sigkill_and_resume_is_identical(tmp_path, tmp_path_factory):
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        if not (out / "copy" / "1.0.0" / "build.json").exists():
+        if not (out / "copy" / CopyBuilder.VERSION / "build.json").exists():
             break
-    assert not (out / "copy" / "1.0.0" / "build.json").exists(), "the build finished before it could be killed"
+    assert not (out / "copy" / CopyBuilder.VERSION / "build.json").exists(), "the build finished before it could be killed"
     done_before = len(list(target.glob("*.stats.json")))
     assert 0 < done_before < 80
     r = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    fa, fb = build_files(tmp_path / "ref" / "copy" / "1.0.0"), build_files(out / "copy" / "1.0.0")
+    fa, fb = build_files(tmp_path / "ref" / "copy" / CopyBuilder.VERSION), build_files(out / "copy" / CopyBuilder.VERSION)
     assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
 
 

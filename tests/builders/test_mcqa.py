@@ -75,3 +75,16 @@ def test_mcqa_on_unseen_classes(tmp_path, parent):
     assert len(b) > 0 and list(b.info["splits"]) == ["test_unseen"]
     for s in b.samples():
         assert set(s["json"]["options"]) <= unseen and s["json"]["class_set"] == "unseen"
+
+
+def test_unlabelled_or_empty_parent(tmp_path, parent):
+    # Every copy build has a `subsource` column, null for class folders: an unlabelled parent.
+    with pytest.raises(UserError, match="no values in column 'subsource'"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "u", source_options={"path": str(parent.path)},
+                       label_column="subsource")
+    # A --where that matches nothing is an empty build (as for split and subset), not a crash.
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "e", source_options={"path": str(parent.path), "where": "label = 'zebra'"})
+    assert len(b) == 0 and b.sql('SELECT count(*) FROM samples WHERE "offset" >= 0').fetchall() == [(0,)]
+    with pytest.raises(UserError, match="the --classes-from vocabulary has 2 distinct classes"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "v", source_options={"path": str(parent.path)},
+                       classes=["cat", "dog"])

@@ -55,3 +55,27 @@ def test_weights_and_shared_keys(tmp_path, parents):
     with pytest.raises(UserError, match="has 6"):
         vlmforge.build("mix", "builds", out=tmp_path / "x", source_options={"paths": [str(pa.path), str(half.path)]},
                        weights=[1, 1], size=20)
+
+
+def test_parent_split_is_part_of_the_build_identity(tmp_path, parents):
+    pa, pb = parents
+    opts = lambda **kw: {"paths": [str(pa.path), str(pb.path)], **kw}  # noqa: E731
+    whole = vlmforge.build("mix", "builds", out=tmp_path / "w", source_options=opts(), take=["all", "all"])
+    train = vlmforge.build("mix", "builds", out=tmp_path / "t", source_options=opts(splits=["train"]), take=["all", "all"])
+    assert len(train) == 22 and train.build_id != whole.build_id
+    with pytest.raises(UserError, match="holds another build"):
+        vlmforge.build("mix", "builds", out=tmp_path / "t", source_options=opts(splits=["val"]), take=["all", "all"])
+    with pytest.raises(UserError, match="no split 'test'"):
+        vlmforge.build("mix", "builds", out=tmp_path / "x", source_options=opts(splits=["test"]), take=["all", "all"])
+
+
+def test_bad_into_weights_and_size(tmp_path, parents):
+    pa, pb = parents
+    opts = {"paths": [str(pa.path), str(pb.path)]}
+    for cfg, message in (({"take": ["all", "all"], "into": "Bad/Name"}, "split name 'Bad/Name'"),
+                         ({"weights": [1, float("nan")], "size": 10}, "finite"),
+                         ({"weights": [1, float("inf")], "size": 10}, "finite"),
+                         ({"weights": [1, 1], "size": 0}, "--size must be at least 1"),
+                         ({"weights": [1, 1], "size": -5}, "--size must be at least 1")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("mix", "builds", out=tmp_path, source_options=opts, **cfg)

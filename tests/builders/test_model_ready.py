@@ -145,6 +145,9 @@ def test_bad_arguments_are_one_error_line(tmp_path, parent, processor):
         vlmforge.build("model-ready", "build", out=tmp_path, source_options={"path": str(parent.path)})
     with pytest.raises(UserError, match="--pad"):
         vlmforge.build("model-ready", "build", out=tmp_path, source_options={"path": str(parent.path)}, size=8, pad="x")
+    for size in (0, 100_000):  # a typo must not allocate tens of GB per image
+        with pytest.raises(UserError, match="--size must be between 1 and 4096"):
+            vlmforge.build("model-ready", "build", out=tmp_path, source_options={"path": str(parent.path)}, size=size)
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "model-ready", *args, "--out",

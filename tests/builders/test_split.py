@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import vlmforge
+from vlmforge.builders.split import SplitBuilder
 from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.export import split_llava_json
@@ -139,8 +140,74 @@ def test_cli_split(tmp_path, parent):
     r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--splits", "train=0.8,val=0.2",
                               "--out", str(tmp_path), "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    b = vlmforge.open_build(tmp_path / "split" / "1.0.0")
+    b = vlmforge.open_build(tmp_path / "split" / SplitBuilder.VERSION)
     assert b.info["splits"]["train"]["samples"] == 42 and b.info["splits"]["val"]["samples"] == 11
     r = subprocess.run(cli + ["build", "split", "--from", str(parent.path), "--fraction", "1.5", "--out", str(tmp_path / "y")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
+    opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
+    whole = vlmforge.build("split", "build", out=tmp_path / "w", source_options=opts(), fraction=0.5)
+    train = vlmforge.build("split", "build", out=tmp_path / "p", source_options=opts(splits=["train"]), fraction=0.5)
+    assert train.build_id != whole.build_id and train.info["source"]["splits"] == ["train"]
+    assert "splits" not in whole.info["source"]  # builds of the whole parent keep their ids
+    # Naming every split reads the whole parent: the same build.
+    both = vlmforge.build("split", "build", out=tmp_path / "b", source_options=opts(splits=["test", "train"]), fraction=0.5)
+    assert both.build_id == whole.build_id
+    # Another parent split into the same folder is another build, not "up to date".
+    with pytest.raises(UserError, match="holds another build"):
+        vlmforge.build("split", "build", out=tmp_path / "p", source_options=opts(splits=["test"]), fraction=0.5)
+    with pytest.raises(UserError, match="no split 'nosuch'; it has: test, train"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options=opts(splits=["train", "nosuch"]), fraction=0.5)
+
+
+def test_damaged_parent_is_one_error_line(tmp_path, parent):
+    import shutil
+
+    cli = [sys.executable, "-m", "vlmforge.cli"]
+    no_shard, bad_json = tmp_path / "no_shard", tmp_path / "bad_json"
+    for folder in (no_shard, bad_json):
+        shutil.copytree(parent.path, folder)
+    (no_shard / parent.info["shards"][-1]["shard"]).unlink()
+    (bad_json / "build.json").write_text("{")
+    with pytest.raises(UserError, match="is incomplete .*run vlmforge verify"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(no_shard)}, fraction=0.5)
+    with pytest.raises(UserError, match="build.json is not valid JSON"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(bad_json)}, fraction=0.5)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "build.json").write_text("{}")
+    with pytest.raises(UserError, match="lacks build_id"):
+        vlmforge.open_build(tmp_path / "empty")
+    # verify reports a damaged build.json as a problem: exit 1, no traceback.
+    r = subprocess.run(cli + ["verify", str(bad_json)], capture_output=True, text=True)
+    assert r.returncode == 1 and "not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_empty_selection_is_an_empty_build(tmp_path, parent):
+    for name, opts, cfg in (("where", {"where": "label = 'zebra'"}, {"fraction": 0.5}),
+                            ("tiny", {}, {"fraction": 0.001})):
+        b = vlmforge.build("split", "build", out=tmp_path / name, source_options={"path": str(parent.path), **opts}, **cfg)
+        assert len(b) == 0 and b.info["shards"] == []
+        cols = {r[0] for r in b.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+        assert {"offset", "label"} <= cols
+    # An empty build is a parent like any other.
+    again = vlmforge.build("split", "build", out=tmp_path / "again", source_options={"path": str(b.path)}, fraction=0.5)
+    assert len(again) == 0
+
+
+def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
+    a, _, _ = _llava_pair(tmp_path)
+    llava = {"json": str(a), "image_root": str(tmp_path / "images")}
+    for extra, message in (({"where": "subsource = 'coco'"}, "--where: only with a parent build"),
+                           ({"splits": ["val"]}, "--parent-split: only with a parent build"),
+                           ({"path": str(parent.path)}, "exclude each other")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options={**llava, **extra}, fraction=0.5)
+    with pytest.raises(UserError, match="--json: only with --source llava-json"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "json": str(a)},
+                       fraction=0.5)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "split", "--source", "coco", "--fraction", "0.5",
+                        "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--source must be build" in r.stderr

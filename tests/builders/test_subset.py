@@ -78,3 +78,38 @@ def test_where_only_subset_records_its_rule(tmp_path, parent):
     assert b.info["source"]["where"] == "label IN ('cat', 'frog')"
     with pytest.raises(UserError, match="does not parse|Binder|column"):
         vlmforge.build("subset", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "where": "nosuch = 1"})
+
+
+def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
+    opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
+    train = vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["train"]))
+    assert set(train.info["splits"]) == {"train"} and train.info["source"]["splits"] == ["train"]
+    with pytest.raises(UserError, match="holds another build"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["test"]))
+
+
+def test_where_matching_nothing_is_an_empty_subset(tmp_path, parent):
+    b = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path), "where": "label = 'zebra'"},
+                       mode="class-preserving", fraction=0.5)
+    assert len(b) == 0
+    with pytest.raises(UserError, match="no values in column 'subsource'"):
+        vlmforge.build("subset", "build", out=tmp_path / "u", source_options={"path": str(parent.path)},
+                       mode="class-preserving", fraction=0.5, label_column="subsource")
+
+
+def test_seen_unseen_refuses_a_typo_or_a_one_sided_class_list(tmp_path, parent):
+    opts = {"path": str(parent.path)}
+    with pytest.raises(UserError, match="--train-split: the parent has no split 'nosuch'; it has: test, train"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", unseen_fraction=0.25,
+                       train_splits=["nosuch"])
+    for seen in ([], sorted(COUNTS)):  # an empty --classes-from file, or one listing every class
+        with pytest.raises(UserError, match="needs both seen and unseen classes"):
+            vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", seen_classes=seen)
+    with pytest.raises(UserError, match="not both"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options=opts, mode="seen-unseen", unseen_fraction=0.25,
+                       seen_classes=["cat"])
+
+
+def test_a_missing_fraction_says_so(tmp_path, parent):
+    with pytest.raises(UserError, match="--fraction is needed"):
+        vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path)}, mode="class-preserving")

@@ -209,7 +209,7 @@ def test_worker_that_keeps_dying_fails_cleanly_and_a_rerun_resumes(ray_session, 
     b = _builder(SmallBatchCopy, sample_coco, tmp_path / "log", victim_index=9, kill_always=True)
     with pytest.raises(BuildError, match="inputs 8-9 .* rerun the same command to resume"):
         run_build(b, out, RayExecutor(max_retries=1), LIMITS, quiet=True)
-    kept = complete_shards(out / "copy" / "1.0.0", "val")
+    kept = complete_shards(out / "copy" / CopyBuilder.VERSION, "val")
     # A shard closes when the next sample arrives: shards of inputs 0-5 are complete and kept.
     assert [(s["shard"], s["input_end"]) for s in kept] == [(f"val-{i:06d}.tar", 2 * i + 2) for i in range(3)]
     again = _builder(SmallBatchCopy, sample_coco, tmp_path / "log2")
@@ -228,7 +228,7 @@ def test_cli_builds_on_ray(ray_session, tmp_path, sample_coco, local_copy):
                                  "--executor", "ray", "--concurrency", "2", "--gpus-per-model-worker", "0",
                                  "--max-samples-per-shard", "2", "-q"])
     assert r.exit_code == 0, r.output
-    _same(tmp_path / "copy" / "1.0.0", local_copy)
+    _same(tmp_path / "copy" / CopyBuilder.VERSION, local_copy)
 
 
 @pytest.mark.skipif("occlusion" not in BUILDERS, reason="the occlusion builder has not landed on this branch yet")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlmforge.builders.copy import CopyBuilder
 from vlmforge.report.html import render_report
 
 from tests.report.chromium import CHROMIUM, Chromium
@@ -86,7 +87,7 @@ def test_report_renders_in_headless_chromium(occ_build, copy_build, tmp_path):
             assert all(done and w > 0 and h > 0 for done, w, h in images), images
             tables = browser.eval("[...document.querySelectorAll('table')].map(t => [t.rows.length, t.getBoundingClientRect().height])")
             assert len(tables) == n_tables and all(rows >= 2 and h > 0 for rows, h in tables), tables
-            assert browser.eval("document.title").startswith(("occlusion 0.0.1", "copy 1.0.0"))
+            assert browser.eval("document.title").startswith(("occlusion 0.0.1", f"copy {CopyBuilder.VERSION}"))
             assert browser.errors() == []
             assert all(u.startswith(("file:", "data:")) for u in browser.requests())
         shot = Image.open(browser.screenshot(tmp_path / "shot.png")).convert("L")

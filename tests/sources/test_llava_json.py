@@ -125,3 +125,29 @@ def test_images_become_rgb_jpeg_and_missing_ones_are_rejects(tmp_path):
     low = vlmforge.build("copy", "llava-json", out=tmp_path / "low", source_options=opts, jpeg_quality=20)
     size = lambda build: sum(len(x["jpg"]) for x in build.samples())  # noqa: E731
     assert size(low) < size(b) and low.build_id != b.build_id
+
+
+def test_unusable_image_fields_are_rejects_with_stable_details(tmp_path):
+    root = tmp_path / "img"
+    (root / "coco").mkdir(parents=True)
+    (root / "coco" / "ok.jpg").write_bytes(_image("RGB", "JPEG"))
+    (root / "coco" / "notes.jpg").write_text("not an image")
+    (tmp_path / "secret.jpg").write_bytes(_image("RGB", "JPEG"))
+    turns = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    images = {"ok": "coco/ok.jpg", "multi": ["coco/ok.jpg", "coco/ok.jpg"], "abs": str(tmp_path / "secret.jpg"),
+              "up": "../secret.jpg", "odd": 7, "text": "coco/notes.jpg"}
+    path = write_json(tmp_path / "llava.json", [{"id": k, "image": v, "conversations": turns} for k, v in images.items()])
+    opts = {"json": str(path), "image_root": str(root)}
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "a", source_options=opts)
+    assert len(b) == 1
+    rejects = {sid: (reason, detail) for sid, reason, detail in b.sql("SELECT source_id, reason, detail FROM rejects").fetchall()}
+    assert {sid: r for sid, (r, _) in rejects.items()} == {
+        "multi": "multi_image", "abs": "outside_image_root", "up": "outside_image_root", "odd": "invalid_record",
+        "text": "corrupt_image"}
+    assert rejects["text"][1].endswith("notes.jpg: not an image PIL can read")  # no memory address
+    again = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts)
+    part = "manifest/train-000000.rejects.parquet"
+    assert (b.path / part).read_bytes() == (again.path / part).read_bytes()
+    # split reads the same records: rejects, not a crash.
+    s = vlmforge.build("split", "llava-json", out=tmp_path / "s", source_options=opts, fraction=1.0)
+    assert len(s) == 1 and s.sql("SELECT count(*) FROM rejects").fetchall() == [(5,)]

@@ -126,7 +126,12 @@ def _check_folder(build_dir: Path, ident: dict[str, Any], overwrite: bool) -> bo
     for path in (info_path, pending_path):
         if not path.exists():
             continue
-        other = json.loads(path.read_text())
+        try:
+            other = json.loads(path.read_text())
+        except ValueError:
+            other = None
+        if not isinstance(other, dict):  # a damaged record of some build: replaced with --overwrite, like any other
+            other = {"build_id": "unreadable"}
         if other.get("build_id") == ident["build_id"]:
             return path == info_path
         if not overwrite:

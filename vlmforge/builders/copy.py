@@ -25,7 +25,7 @@ class CopyConfig(BuildConfig):
 
 class CopyBuilder(Builder):
     name = "copy"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = CopyConfig
     description = "Copies a source (COCO, LLaVA JSON, class folders) into shards unchanged, with a LLaVA-format conversation."
     columns = [
@@ -46,6 +46,9 @@ class CopyBuilder(Builder):
                           f"{rec['orphan']['image_id']}, which the annotation file does not list")
         if "invalid" in rec:
             return Reject(sid, "invalid_record", "source", rec["invalid"])
+        if "unusable" in rec:  # a record the source reads but a sample cannot hold (reason, detail)
+            reason, detail = rec["unusable"]
+            return Reject(sid, reason, "source", detail)
         if "build_path" in rec:
             return self._from_build(rec)
         doc, columns = self._doc(rec)

@@ -10,6 +10,7 @@ rule that left them out is the build's config, and the plan's summary lands in b
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Hashable, Iterator
 
@@ -38,10 +39,16 @@ def open_parent(path: str | Path | None, where: str | None = None, splits: list[
     if path is None:
         raise UserError("a derived build needs its parent: --from BUILD_FOLDER")
     src = BuildSource(path, where=where, splits=splits)
-    if not src.splits():
-        have = ", ".join(src.build.info["splits"])
-        raise UserError(f"the parent build has none of the splits {splits}; it has: {have}")
+    check_splits(src.build.info["splits"], splits, "--parent-split")
     return src
+
+
+def check_splits(have, wanted: list[str] | None, option: str) -> None:
+    """A clear error when `option` names a split the parent does not have (a typo would otherwise
+    quietly select less, or nothing)."""
+    unknown = [s for s in wanted or [] if s not in have]
+    if unknown:
+        raise UserError(f"{option}: the parent has no split {unknown[0]!r}; it has: {', '.join(have)}")
 
 
 def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:
@@ -87,6 +94,7 @@ class Plan:
         self.out_splits: list[str] = []
         self.counts: dict[str, int] = {}
         self.summary: dict[str, Any] = {}
+        self.notes: list[str] = []  # printed after the build's summary, not recorded
 
     def ensure_fitted(self, src: Source) -> None:
         if not self._fitted:
@@ -146,6 +154,10 @@ class SelectedSource(Source):
             for rec in self.base.records(base_split):
                 if self.plan.assign(rec, base_split) == split:
                     yield rec
+
+    @property
+    def notes(self) -> list[str]:
+        return self.plan.notes
 
     def fingerprint(self) -> str:
         return self.base.fingerprint()
@@ -209,6 +221,25 @@ def check_column(src: Source, column: str) -> None:
         cols = {r[0] for r in b.build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
         if column not in cols:
             raise UserError(f"the parent build has no column {column!r}; its columns: {', '.join(sorted(cols))}")
+
+
+def count_labels(src: Source, column: str) -> dict[str, Counter]:
+    """Records per label (None: unlabelled) in each split of `src`. A parent with records but no
+    label at all is an error; one with no records at all (a --where that matches none) is not."""
+    check_column(src, column)
+    per_split = {split: Counter(label for _, label in iter_fields(src, split, [column])) for split in src.splits()}
+    total = sum(sum(c.values()) for c in per_split.values())
+    if total and total == sum(c[None] for c in per_split.values()):
+        raise UserError(f"the parent has no values in column {column!r}: it is not a labelled build "
+                        "(name another column with --label-column)")
+    return per_split
+
+
+def unlabelled_note(per_split: dict[str, Counter], column: str) -> list[str]:
+    """The note a plan prints when it leaves unlabelled records out (they are not rejects: the rule
+    that drops them is the build's config)."""
+    n = sum(c[None] for c in per_split.values())
+    return [f"{n} parent records without a {column!r} value are left out"] if n else []
 
 
 def parent_sample(rec: Record, columns: list[Column], key: str | None = None) -> Sample:

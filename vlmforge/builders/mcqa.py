@@ -19,7 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
+from vlmforge.builders.derived import (
+    DerivedBuilder, Plan, build_key, count_labels, iter_fields, parent_sample, unlabelled_note,
+)
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -61,10 +63,14 @@ class McqaPlan(Plan):
 
     def fit(self, src: Source) -> None:
         cfg, k, col = self.config, self.config.options, self.config.label_column
-        check_column(src, col)
+        per_split = count_labels(src, col)
+        self.notes += unlabelled_note(per_split, col)
         labels: dict[str, Counter] = {}
-        for split in src.splits():
-            labels[split] = Counter(str(label) for _, label in iter_fields(src, split, [col]) if label is not None)
+        for split, cnt in per_split.items():
+            labels[split] = Counter()
+            for label, n in cnt.items():
+                if label is not None:
+                    labels[split][str(label)] += n
         self.vocab: dict[str, list[str]] = {}
         for split, cnt in labels.items():
             names = sorted(set(cfg.classes)) if cfg.classes is not None else sorted(cnt)
@@ -74,7 +80,8 @@ class McqaPlan(Plan):
                 by_fold.setdefault(fold(n), n)
             self.vocab[split] = sorted(by_fold.values())
             if cnt and len(by_fold) < k:
-                raise UserError(f"split {split!r} has {len(by_fold)} distinct classes; {k} options need at least {k} "
+                where = "the --classes-from vocabulary" if cfg.classes is not None else f"split {split!r}"
+                raise UserError(f"{where} has {len(by_fold)} distinct classes; {k} options need at least {k} "
                                 "(use fewer --options or give --classes-from)")
 
         def items():

@@ -17,8 +17,8 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
-from vlmforge.curation.selection import fit_cuts, fraction_sizes
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, parent_sample
+from vlmforge.curation.selection import check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
@@ -40,6 +40,8 @@ class MultiBuildSource(Source):
         if len(paths) < 2:
             raise UserError("a mix needs at least two parent builds (--from A --from B)")
         self.build_sources = [BuildSource(p, splits=splits) for p in paths]
+        check_splits(list(dict.fromkeys(x for s in self.build_sources for x in s.build.info["splits"])),
+                     splits, "--parent-split")
         ids = [s.build.build_id for s in self.build_sources]
         if len(set(ids)) != len(ids):
             raise UserError("the same parent build is named twice")
@@ -111,8 +113,14 @@ class MixPlan(Plan):
         self.config = config
         if (config.take is None) == (config.weights is None):
             raise UserError("give --take for every parent, or --weights with --size")
-        if config.weights is not None and (config.size is None or config.size < 0):
+        if config.weights is not None and config.size is None:
             raise UserError("--weights needs --size N (the number of records in the mix)")
+        if config.size is not None and config.size < 1:
+            raise UserError(f"--size must be at least 1, got {config.size}")
+        if config.weights is not None and not all(math.isfinite(w) for w in config.weights):
+            raise UserError(f"--weights must be finite numbers, got {config.weights}")
+        if config.into is not None:
+            check_split_name(config.into)
 
     def fit(self, src: Source) -> None:
         assert isinstance(src, MultiBuildSource)

@@ -34,6 +34,9 @@ CHAIN = " | "
 # originals' 4:2:0 chroma is no coarser than a pixel. Halving it again costs sharp colour edges
 # tens of levels for a decode only ~10% quicker.
 CHROMA = "4:4:4"
+# Largest --size: above any vision encoder's input, and a typo beyond it (100000) would allocate tens
+# of GB per image before failing.
+MAX_SIZE = 4096
 
 
 @dataclass
@@ -55,8 +58,8 @@ def load_image_processor(config: ModelReadyConfig) -> Any:
     if config.processor is not None and config.size is not None:
         raise UserError("give --processor or --size, not both")
     if config.processor is None:
-        if config.size < 1:
-            raise UserError(f"--size must be a positive number of pixels, got {config.size}")
+        if not 1 <= config.size <= MAX_SIZE:
+            raise UserError(f"--size must be between 1 and {MAX_SIZE} pixels, got {config.size}")
         return clip_image_processor(config.size)
     from transformers import AutoImageProcessor
 

@@ -101,7 +101,7 @@ class SplitBuilder(DerivedBuilder, CopyBuilder):
     """Copy's processing (raw LLaVA JSON records or parent samples) behind a SplitPlan."""
 
     name = "split"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = SplitConfig
     description = "A hashed fraction of a parent build or LLaVA JSON, or its partition into named splits."
     plan_class = SplitPlan
@@ -113,9 +113,17 @@ class SplitBuilder(DerivedBuilder, CopyBuilder):
         from vlmforge.sources import open_source
 
         options = {k: v for k, v in options.items() if v is not None}
-        where = options.pop("where", None)
-        if (kind or "build") == "build":
-            return open_parent(options.get("path"), where, options.get("splits"))
-        if where:
-            raise UserError("--where applies to a parent build (--from), not to raw sources")
+        kind = kind or "build"
+        parent_only = [opt for key, opt in (("where", "--where"), ("splits", "--parent-split")) if key in options]
+        if kind == "build":
+            raw = [opt for key, opt in (("json", "--json"), ("image_root", "--image-root")) if key in options]
+            if raw:
+                raise UserError(f"{' and '.join(raw)}: only with --source llava-json, not with a parent build (--from)")
+            return open_parent(options.get("path"), options.get("where"), options.get("splits"))
+        if "path" in options:
+            raise UserError(f"--from (a parent build) and --source {kind} exclude each other: give one")
+        if parent_only:
+            # A raw source has no manifest to filter: its copy build has one.
+            raise UserError(f"{' and '.join(parent_only)}: only with a parent build, not with --source {kind}; "
+                            f"to filter it, copy it into a build first (vlmforge build copy --source {kind}) and split that")
         return open_source(kind, **options)

@@ -13,13 +13,14 @@ recorded in build.json (`source.selection`).
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_column, iter_fields, parent_sample
+from vlmforge.builders.derived import (
+    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, count_labels, iter_fields, parent_sample, unlabelled_note,
+)
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -53,7 +54,9 @@ class SubsetPlan(Plan):
         if config.mode in ("class-preserving", "class-exclusive"):
             check_fraction(config.fraction, "--fraction")
         if config.mode == "seen-unseen":
-            if (config.unseen_fraction is None) == (config.seen_classes is None):
+            if config.unseen_fraction is not None and config.seen_classes is not None:
+                raise UserError("give --unseen-fraction or --classes-from, not both")
+            if config.unseen_fraction is None and config.seen_classes is None:
                 raise UserError("seen-unseen needs either --unseen-fraction U or --classes-from FILE (the seen classes)")
             if config.unseen_fraction is not None and not 0 < config.unseen_fraction < 1:
                 raise UserError(f"--unseen-fraction must be in (0, 1), got {config.unseen_fraction}")
@@ -67,18 +70,16 @@ class SubsetPlan(Plan):
             self.counts = {s: src.count(s) for s in self.out_splits}
             return
         col = cfg.label_column
-        check_column(src, col)
-        per_split: dict[str, Counter] = {s: Counter() for s in src.splits()}
-        for split in src.splits():
-            for _key, label in iter_fields(src, split, [col]):
-                per_split[split][label] += 1
+        per_split = count_labels(src, col)
         classes = sorted({c for cnt in per_split.values() for c in cnt if c is not None})
         unlabelled = sum(cnt[None] for cnt in per_split.values())
-        if not classes:
-            raise UserError(f"the parent has no values in column {col!r}")
         self.summary["classes"] = len(classes)
         if unlabelled:
             self.summary["unlabelled_left_out"] = unlabelled
+            self.notes += unlabelled_note(per_split, col)
+        if not classes:  # an empty parent (e.g. a --where matching no record): an empty subset
+            self.counts = {}
+            return
         getattr(self, "_fit_" + cfg.mode.replace("-", "_"))(src, classes, per_split)
 
     def _fit_class_preserving(self, src: Source, classes: list[str], per_split) -> None:
@@ -108,11 +109,15 @@ class SubsetPlan(Plan):
 
     def _fit_seen_unseen(self, src: Source, classes: list[str], per_split) -> None:
         cfg = self.config
+        check_splits(src.splits(), cfg.train_splits, "--train-split")
         if cfg.seen_classes is not None:
             listed = set(cfg.seen_classes)
             missing = sorted(listed - set(classes))
             if missing:
                 raise UserError(f"--classes-from names classes the parent does not have: {missing[:10]}")
+            if not listed or listed == set(classes):
+                raise UserError(f"--classes-from lists {len(listed)} of the parent's {len(classes)} classes as seen; "
+                                "a seen/unseen subset needs both seen and unseen classes")
             self.seen = listed
         else:
             n_unseen = max(1, round_half_up(cfg.unseen_fraction * len(classes)))

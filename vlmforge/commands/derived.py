@@ -11,7 +11,7 @@ from vlmforge.commands._common import BuildRun, ImageRoot, JsonFile, Seed, build
 
 export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
 
-From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.0.0")]
+From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.1.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition over the parent manifest, e.g. \"label IN ('cat', 'dog')\"")]
 ParentSplits = Annotated[Optional[list[str]], typer.Option("--parent-split", help="use only this parent split (repeatable; default: all)")]
 LabelColumn = Annotated[str, typer.Option("--label-column", help="manifest column holding the class")]
@@ -40,10 +40,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         --fraction 0.5 keeps round(n/2) records of every parent split (the LLaVA-1.5 half);
         --splits train=0.9,val=0.1 partitions. The same record is kept whatever the input order."""
         from vlmforge.builders.split import SplitBuilder, SplitConfig
+        from vlmforge.errors import UserError
 
-        opts = (dict(path=parent, where=where, splits=parent_split) if source == "build"
-                else dict(json=json_file, image_root=image_root))
-        src = SplitBuilder.open_source(source, **opts)
+        if source not in ("build", "llava-json"):
+            raise UserError(f"--source must be build (with --from) or llava-json (with --json), got {source!r}")
+        src = SplitBuilder.open_source(source, path=parent, where=where, splits=parent_split, json=json_file,
+                                       image_root=image_root)
         cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
         return SplitBuilder, cfg, src
 
@@ -212,7 +214,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
     @export_app.command("llava")
     def export_llava_cmd(
-        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.0.0")],
+        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.1.0")],
         out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
         split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
     ) -> None:

@@ -19,7 +19,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         "question; other builds show the image with its label, question and answer."))
     def show(
         build: BuildArg,
-        out: Annotated[Path, typer.Option("--out", help="image file to write (PNG)")],
+        out: Annotated[Path, typer.Option("--out", help="image file to write, PNG or JPEG by its suffix (e.g. sheet.png)")],
         where: Where = None,
         n: Annotated[int, typer.Option("--n", min=1, max=400, help="number of samples")] = 16,
         seed: Seed = 0,

@@ -63,7 +63,9 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
                 raise ImageError("truncated_image", f"{name} ends before the JPEG end-of-image marker")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:  # its message holds the BytesIO's memory address: rejects would differ per run
+        raise ImageError("corrupt_image", f"{name}: not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageError("corrupt_image", f"{name}: {e}") from None
     ext = PASSTHROUGH.get(fmt)
     if fmt == "JPEG" and mode not in PLAIN_JPEG_MODES:

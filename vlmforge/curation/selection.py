@@ -145,6 +145,12 @@ def choose(names: Iterable[str], seed: int | str, count: int, salt: str = "") ->
     return sorted(ranked[:count])
 
 
+def check_split_name(name: str) -> None:
+    """Split names become shard file names (`<split>-000000.tar`) and SQL values: keep them plain."""
+    if make_key(name) != name:
+        raise UserError(f"split name {name!r} must be lower-case letters, digits, '_' or '-'")
+
+
 def parse_named_fractions(text: str) -> list[tuple[str, float]]:
     """'train=0.9,val=0.1' -> [('train', 0.9), ('val', 0.1)], checked."""
     parts: list[tuple[str, float]] = []
@@ -157,8 +163,7 @@ def parse_named_fractions(text: str) -> list[tuple[str, float]]:
             frac = -1.0
         if not sep or not name or not 0 <= frac <= 1:
             raise UserError(f"--splits takes NAME=FRACTION pairs like train=0.9,val=0.1; got {item!r}")
-        if make_key(name) != name:
-            raise UserError(f"split name {name!r} must be lower-case letters, digits, '_' or '-'")
+        check_split_name(name)
         parts.append((name, frac))
     if len({n for n, _ in parts}) != len(parts):
         raise UserError(f"--splits names a split twice: {text}")
@@ -168,6 +173,8 @@ def parse_named_fractions(text: str) -> list[tuple[str, float]]:
 
 
 def check_fraction(value: float | None, option: str) -> float:
-    if value is None or not 0 < value <= 1:
+    if value is None:
+        raise UserError(f"{option} is needed (a fraction in (0, 1])")
+    if not 0 < value <= 1:
         raise UserError(f"{option} must be a fraction in (0, 1], got {value}")
     return value

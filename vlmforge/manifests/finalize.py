@@ -54,6 +54,8 @@ def finalize_build(build_dir: Path, ident: dict[str, Any], builder, quiet: bool 
     (build_dir / PENDING).unlink(missing_ok=True)
     if not quiet:
         print_summary(build_dir, info)
+        for note in getattr(builder.src, "notes", []):
+            console.print(f"  [yellow]note:[/] {note}")
     return build_dir
 
 
@@ -87,7 +89,8 @@ def _create_from_parts(con, table: str, parts: list[str], columns) -> None:
     if parts:
         con.execute(f"CREATE TABLE {table} AS SELECT * FROM read_parquet(?, union_by_name=true)", [parts])
     else:
-        cols = ", ".join(f"{name} {_sql_type(typ)}" for name, typ, _ in columns)
+        # Quoted: some column names are SQL keywords (`offset`).
+        cols = ", ".join(f'"{name}" {_sql_type(typ)}' for name, typ, _ in columns)
         con.execute(f"CREATE TABLE {table} ({cols})")
 
 
@@ -129,6 +132,9 @@ def print_summary(build_dir: Path, info: dict[str, Any]) -> None:
         f"[green]built[/] {build_dir}  build {info['build_id']}: "
         f"{samples} samples in {len(info['shards'])} shards, {rejects} rejected"
     )
+    if not samples and not rejects:
+        console.print("  [yellow]note:[/] the source gave no record: an empty build "
+                      "(check --where, --parent-split and the fractions or counts)")
     if rejects:
         con = duckdb.connect(str(build_dir / MANIFEST_DB), read_only=True)
         try:

@@ -143,3 +143,4 @@ def print_columns(build: Path) -> None:
     types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'samples'").fetchall())
     docs = b.info.get("columns", {})
     _stdout().print(_table("samples", ["column", "type", "description"], [(n, types.get(n, ""), d) for n, d in docs.items()]))
+    _stdout().print('offset is an SQL keyword: quote it, e.g. SELECT key, "offset" FROM samples')

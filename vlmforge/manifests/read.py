@@ -95,7 +95,25 @@ def open_build(path: str | Path) -> Build:
         if (p / "build.pending.json").exists():
             raise UserError(f"{p} is an unfinished build; run the same build command again to resume it")
         raise UserError(f"{p} is not a vlmforge build folder (no build.json)")
-    return Build(p, json.loads(info_path.read_text()))
+    return Build(p, read_build_info(info_path))
+
+
+class DamagedBuildError(UserError):
+    """build.json is there but cannot be read as a build's record (`verify` reports it as a problem)."""
+
+
+def read_build_info(info_path: Path) -> dict[str, Any]:
+    """build.json, checked for the keys readers rely on, so that a damaged file is one error line."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedBuildError(f"{info_path} is not valid JSON ({e}); the build folder is damaged, "
+                                "rebuild it with --overwrite") from None
+    missing = [k for k in ("build_id", "builder", "version", "splits", "shards") if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise DamagedBuildError(f"{info_path} lacks {', '.join(missing)}; the build folder is damaged, "
+                                "rebuild it with --overwrite")
+    return info
 
 
 def check_read_only(query: str) -> None:

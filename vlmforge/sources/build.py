@@ -25,6 +25,13 @@ class BuildSource(Source):
         self.parent_infos = [{k: v for k, v in self.build.info.items() if k not in ("shards", "columns", "parent_builds")}]
         all_splits = list(self.build.info["splits"])
         self._splits = [s for s in all_splits if splits is None or s in splits]
+        # The chosen splits are part of what the derived build reads, hence of its identity; None
+        # when all are read, so that builds reading the whole parent keep their build ids.
+        self.chosen_splits = self._splits if self._splits != all_splits else None
+        missing = [s["shard"] for s in self.build.info["shards"] if not (self.build.path / s["shard"]).is_file()]
+        if missing:
+            raise UserError(f"parent build {self.build.path} is incomplete ({missing[0]} is missing): "
+                            f"run vlmforge verify {self.build.path}")
         if where:
             # Parse now, so a bad condition is one clear error before any work starts.
             import duckdb
@@ -72,11 +79,16 @@ class BuildSource(Source):
         for s in self.build.info["shards"]:
             h.update(s["sha256"].encode())
         h.update((self.where or "").encode())
+        if self.chosen_splits is not None:
+            h.update(("\0splits:" + ",".join(self.chosen_splits)).encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "build", "build_id": self.build.build_id, "builder": self.build.info["builder"],
-                "version": self.build.info["version"], "where": self.where}
+        out = {"name": "build", "build_id": self.build.build_id, "builder": self.build.info["builder"],
+               "version": self.build.info["version"], "where": self.where}
+        if self.chosen_splits is not None:
+            out["splits"] = list(self.chosen_splits)
+        return out
 
 
 def load_record_sample(rec: Record) -> dict[str, Any]:

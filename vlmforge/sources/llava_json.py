@@ -64,6 +64,20 @@ def _invalid(rec: Any) -> str | None:
     return None
 
 
+def _image_problem(image: Any) -> tuple[str, str] | None:
+    """(reason, detail) when a record's `image` field cannot be one image under the image root.
+    A sample holds one image, so multi-image records (LLaVA-NeXT/OneVision) are rejected; absolute
+    paths and '..' would read files outside --image-root."""
+    if isinstance(image, list):
+        return "multi_image", f"the record has {len(image)} images; a sample holds one"
+    if not isinstance(image, str):
+        return "invalid_record", f"'image' is a {type(image).__name__}, not a path"
+    parts = Path(image).parts
+    if Path(image).is_absolute() or ".." in parts:
+        return "outside_image_root", f"image path {image!r} is absolute or leaves --image-root with '..'"
+    return None
+
+
 @dataclass
 class LlavaIndex:
     """What one pass over the file learns: each record's source id, sub-dataset and byte span."""
@@ -177,9 +191,13 @@ class LlavaJsonSource(Source):
                 yield {"source_id": sid, "index": i, "invalid": problem}
                 continue
             image = rec.get("image")
-            yield {"source_id": sid, "index": i, "record": rec,
-                   "file": str(self.image_root / image) if image else None,
-                   "subsource": idx.subsources[i]}
+            out = {"source_id": sid, "index": i, "record": rec, "file": None, "subsource": idx.subsources[i]}
+            problem = _image_problem(image) if image else None
+            if problem:
+                out["unusable"] = problem
+            elif image:
+                out["file"] = str(self.image_root / image)
+            yield out
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
