@@ -65,16 +65,13 @@ def _invalid(rec: Any) -> str | None:
 
 
 def _image_problem(image: Any) -> tuple[str, str] | None:
-    """(reason, detail) when a record's `image` field cannot be one image under the image root.
-    A sample holds one image, so multi-image records (LLaVA-NeXT/OneVision) are rejected; absolute
-    paths and '..' would read files outside --image-root."""
+    """(reason, detail) when a record's `image` field cannot be one image file. A sample holds one
+    image, so multi-image records (LLaVA-NeXT/OneVision) are rejected. A path is joined to
+    --image-root as LLaVA's loader joins it to --image_folder (an absolute path stays as it is)."""
     if isinstance(image, list):
         return "multi_image", f"the record has {len(image)} images; a sample holds one"
     if not isinstance(image, str):
         return "invalid_record", f"'image' is a {type(image).__name__}, not a path"
-    parts = Path(image).parts
-    if Path(image).is_absolute() or ".." in parts:
-        return "outside_image_root", f"image path {image!r} is absolute or leaves --image-root with '..'"
     return None
 
 
