@@ -156,6 +156,7 @@ def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
                                      "--scoring", "loss", "--limit", "4", "--out", str(out), "--prompt", "Which?", "-q"])
     assert isinstance(again.exception, UserError) and "differs in prompt" in str(again.exception)
     assert summary["scoring"] == "loss" and summary["counts"]["items"] == 4 and summary["counts"]["unparsed"] == 0
+    assert summary["split"] == "test"  # the split read is on record
     res = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(out / PREDICTIONS),
                                    "--out", str(tmp_path / "rescored"), "--no-plots"])
     assert res.exit_code == 0, res.output
