@@ -352,3 +352,14 @@ def test_text_only_samples_mixed_with_images(tmp_path):
     ds = load_dataset(str(tmp_path / "st" / "repo"), cache_dir=str(tmp_path / "hf"), split="train")
     rows = {r["__key__"]: r for r in ds}
     assert rows["t1"]["jpg"] is None and rows["v1"]["jpg"].size == (16, 12)
+
+
+def test_pull_help_names_both_exit_codes():
+    """A shard that does not rebuild is a UserError (exit 2); a failed verify afterwards exits 1."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    r = CliRunner().invoke(app, ["pull", "--help"], terminal_width=200)
+    text = " ".join(r.output.replace("│", " ").split())
+    assert r.exit_code == 0 and "Exit 1 when" in text and "2 when it cannot be fetched or rebuilt" in text

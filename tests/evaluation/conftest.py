@@ -27,25 +27,24 @@ def tiny_png(seed: int = 0, size: int = 24) -> bytes:
 
 
 class ListSource(Source):
-    """Records given in memory, one split."""
+    """Records given in memory, by split."""
 
     name = "list"
 
-    def __init__(self, records: list[dict[str, Any]], split: str = "test"):
-        self._records = records
-        self._split = split
+    def __init__(self, by_split: dict[str, list[dict[str, Any]]]):
+        self._by_split = by_split
 
     def splits(self) -> list[str]:
-        return [self._split]
+        return sorted(self._by_split)
 
     def records(self, split: str) -> Iterator[dict[str, Any]]:
-        yield from self._records
+        yield from self._by_split[split]
 
     def count(self, split: str) -> int:
-        return len(self._records)
+        return len(self._by_split[split])
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self._records, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self._by_split, sort_keys=True).encode()).hexdigest()
 
 
 class DocBuilder(Builder):
@@ -61,9 +60,15 @@ class DocBuilder(Builder):
                         width=24, height=24, source_id=r["source_id"])] for r in batch]
 
 
-def make_build(out: Path, docs: list[dict[str, Any]]) -> Path:
-    records = [{"source_id": f"s{i:03d}", "seed": i, "doc": d} for i, d in enumerate(docs)]
-    return run_build(DocBuilder(BuildConfig(), ListSource(records)), out=out, quiet=True)
+def make_build(out: Path, docs: list[dict[str, Any]], split: str = "test") -> Path:
+    return make_split_build(out, {split: docs})
+
+
+def make_split_build(out: Path, docs_by_split: dict[str, list[dict[str, Any]]]) -> Path:
+    """A build with a split per key; sample keys start with their split's name."""
+    by_split = {split: [{"source_id": f"{split}{i:03d}", "seed": i, "doc": d} for i, d in enumerate(docs)]
+                for split, docs in docs_by_split.items()}
+    return run_build(DocBuilder(BuildConfig(), ListSource(by_split)), out=out, quiet=True)
 
 
 MCQA_CLASSES = ["cat", "dog", "bird", "horse"]

@@ -156,6 +156,7 @@ def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
                                      "--scoring", "loss", "--limit", "4", "--out", str(out), "--prompt", "Which?", "-q"])
     assert isinstance(again.exception, UserError) and "differs in prompt" in str(again.exception)
     assert summary["scoring"] == "loss" and summary["counts"]["items"] == 4 and summary["counts"]["unparsed"] == 0
+    assert summary["split"] == "test"  # the split read is on record
     res = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(out / PREDICTIONS),
                                    "--out", str(tmp_path / "rescored"), "--no-plots"])
     assert res.exit_code == 0, res.output
@@ -174,3 +175,24 @@ def test_refuses_before_any_model_call(llava_runner, tmp_path):
     with pytest.raises(UserError, match="does not support --scoring clip"):
         evaluate(task, ds, llava_runner, tmp_path / "out", scoring="clip", quiet=True)
     assert not (tmp_path / "out" / PREDICTIONS).exists()
+
+
+def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
+    """`train --mode projector` writes final/ with projector.safetensors only: eval puts it into the base."""
+    import torch
+
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.llava import export, load_llava, projector_names
+
+    model, processor = load_llava(str(tiny_llava))
+    names = set(projector_names(model))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name in names:
+                weight.add_(0.5)  # stands in for training
+    trained = {n: w.detach().clone() for n, w in model.named_parameters() if n in names}
+    export(model, processor, "projector", str(tiny_llava), tmp_path / "final")
+    runner = LocalRunner(str(tmp_path / "final"))
+    assert runner.scorings == ("generate", "loss")
+    loaded = dict(runner.model.named_parameters())
+    assert all(torch.equal(loaded[n], w) for n, w in trained.items())

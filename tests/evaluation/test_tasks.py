@@ -14,7 +14,7 @@ from vlmforge.evaluation.items import ReadOptions
 from vlmforge.evaluation.run import score_predictions
 from vlmforge.evaluation.tasks import get_task
 
-from tests.evaluation.conftest import make_build, tiny_png
+from tests.evaluation.conftest import MCQA_CLASSES, make_build, make_split_build, mcqa_doc, tiny_png
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -351,3 +351,56 @@ def test_open_containment_and_soft_match(tmp_path):
     assert cos[0] > 0.95  # the same words
     assert cos[1] > cos[2]  # the best sentence counts, not the whole answer
     assert m["soft_threshold"] == 0.85 and 0 <= m["soft_match_accuracy"] <= 1
+
+
+# -- splits, missing and broken inputs -------------------------------------------------------------
+
+
+def test_build_is_read_from_its_test_split_by_default(tmp_path):
+    docs = lambda n: [mcqa_doc(MCQA_CLASSES[i % 4], MCQA_CLASSES) for i in range(n)]  # noqa: E731
+    build = make_split_build(tmp_path / "ab", {"train": docs(3), "test": docs(2)})
+    task = get_task("mcqa")
+    ds = task.read([build], ReadOptions())
+    assert ds.split == "test" and sorted(it.id for it in ds.items) == ["test000", "test001"]
+    ds = task.read([build], ReadOptions(split="train"))
+    assert ds.split == "train" and len(ds) == 3
+    with pytest.raises(UserError, match=r"has no split 'val' \(splits: test, train\)"):
+        task.read([build], ReadOptions(split="val"))
+    # No test split: the only split unless it is train; several splits need --split.
+    only_val = make_split_build(tmp_path / "v", {"val": docs(2)})
+    assert task.read([only_val], ReadOptions()).split == "val"
+    with pytest.raises(UserError, match=r"has no split 'test' \(splits: val\)"):
+        task.read([only_val], ReadOptions(split="test"))
+    for name, splits in (("t", {"train": docs(2)}), ("tv", {"train": docs(2), "val": docs(1)})):
+        with pytest.raises(UserError, match="has no test split .*choose one with --split"):
+            task.read([make_split_build(tmp_path / name, splits)], ReadOptions())
+
+
+@pytest.mark.parametrize("name", ["mcqa", "grading", "open", "scienceqa", "mmbench"])
+def test_missing_data_is_named(tmp_path, name):
+    with pytest.raises(UserError, match=f"{tmp_path / 'nope'} does not exist"):
+        get_task(name).read([tmp_path / "nope"], ReadOptions())
+
+
+def test_broken_scienceqa_files_are_named(tmp_path):
+    sqa = tmp_path / "sqa"
+    sqa.mkdir()
+    (sqa / "pid_splits.json").write_text('{"test": ["1"]}')
+    (sqa / "problems.json").write_text('{"1": {"question": "Which?", "choi')
+    with pytest.raises(UserError, match="problems.json is not valid JSON"):
+        get_task("scienceqa").read([sqa], ReadOptions())
+    (sqa / "problems.json").write_text("{}")
+    with pytest.raises(UserError, match="problems.json holds no problems"):
+        get_task("scienceqa").read([sqa], ReadOptions())
+
+
+def test_scoring_predictions_of_another_task_is_refused(tmp_path, mcqa_build):
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    (tmp_path / "run").mkdir()
+    preds = _write_jsonl(tmp_path / "run" / "predictions.jsonl", _records(task, ds, {it.id: "A" for it in ds.items}))
+    with pytest.raises(UserError, match="does not hold pope predictions"):
+        score_predictions(get_task("pope"), preds, [], ReadOptions(), tmp_path / "s1", quiet=True, plots=False)
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"task": "mcqa"}))
+    with pytest.raises(UserError, match="holds mcqa predictions .*--task mcqa"):
+        score_predictions(get_task("pope"), preds, [], ReadOptions(), tmp_path / "s2", quiet=True, plots=False)

@@ -253,3 +253,24 @@ def test_a_failing_setup_is_reported_as_the_users_error(ray_session, tmp_path, s
     with pytest.raises(UserError) as err:
         run_build(b, tmp_path / "out", RayExecutor(concurrency=1), LIMITS, quiet=True)
     assert str(err.value) == "model 'nowhere/tiny' not found: give a local path or a Hub id"
+
+
+def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_coco):
+    """ray.init retries an address nothing answers at for ever; the executor checks it first."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.executors.ray import CONNECT_TIMEOUT_S
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    r = CliRunner().invoke(app, ["build", "copy", "--coco-root", str(sample_coco), "--out", str(tmp_path / "out"),
+                                 "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "-q"])
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port}")
+    assert time.monotonic() - start < CONNECT_TIMEOUT_S
+    assert not list(tmp_path.rglob("build.pending.json"))

@@ -47,3 +47,55 @@ def test_help_lists_the_commands():
     assert r.exit_code == 0 and "init-tiny" in r.output and "merge" in r.output
     r = invoke("train", "--help")
     assert r.exit_code == 0 and "--shards" in r.output and "--resume" in r.output
+
+
+def test_scheduler_is_checked_before_the_model_loads(tmp_path, coco_build):
+    r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run",
+               "--scheduler", "bogus")
+    assert isinstance(r.exception, UserError) and "unknown --scheduler 'bogus'" in str(r.exception)
+
+
+def test_missing_local_model_is_not_sent_to_the_hub(tmp_path, coco_build, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were it sent, fail fast offline rather than retry
+    (tmp_path / "models").mkdir()
+    r = invoke("train", "--shards", coco_build.path, "--model", "models/nope", "--out", tmp_path / "run")
+    assert isinstance(r.exception, UserError) and "no model at" in str(r.exception)
+
+
+@pytest.mark.parametrize("files, what", [
+    ({"vlmforge_export.json": '{"kind": "lora", "base": "b"}', "adapter_config.json": "{}"}, "a LoRA adapter"),
+    ({"adapter_config.json": "{}"}, "a LoRA adapter"),
+    ({"vlmforge_export.json": '{"kind": "projector", "base": "b"}'}, "a projector-only export"),
+])
+def test_training_on_an_adapter_or_projector_export_points_to_merge(tmp_path, coco_build, files, what):
+    export = tmp_path / "final"
+    export.mkdir()
+    for name, text in files.items():
+        (export / name).write_text(text)
+    r = invoke("train", "--shards", coco_build.path, "--model", export, "--mode", "full", "--out", tmp_path / "run")
+    assert isinstance(r.exception, UserError), r.output
+    assert what in str(r.exception) and "vlmforge model merge" in str(r.exception)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "4"), ("--lr", "1"), ("--epochs", "3"),
+                                           ("--max-steps", "9"), ("--grad-accum", "2"), ("--scheduler", "linear")])
+def test_resume_refuses_a_changed_schedule_and_keeps_run_json(tmp_path, coco_build, tiny_llava, option, value):
+    from dataclasses import asdict
+
+    from vlmforge.training.trainer import TrainConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    started = TrainConfig(shards=[str(coco_build.path)], model=str(tiny_llava), out=str(out), batch_size=2)
+    run_json = out / "run.json"
+    run_json.write_text(json.dumps({"config": asdict(started), "total_steps": 6}))
+    before = run_json.read_text()
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--batch-size", "2",
+               option, value, "--workers", "1", "--resume")  # --workers may change; the option may not
+    assert isinstance(r.exception, UserError), r.output
+    message = str(r.exception)
+    assert message.startswith(f"cannot resume {out}: {option[2:].replace('-', '_')} changed"), message
+    assert "workers" not in message and "\n" not in message
+    assert run_json.read_text() == before

@@ -13,13 +13,24 @@ from vlmforge.training.trainer import TrainConfig, checkpoints, train
 LLAVA_LR = {"full": 3e-3, "lora": 1e-2, "projector": 3e-2}
 
 
-def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, **kw) -> tuple[Path, list[float]]:
+class Killed(Exception):
+    """Stands in for a run killed between two steps."""
+
+
+def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_at: int | None = None,
+        **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
                 log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True, lora_dropout=0.0)
     opts.update(kw)
     cfg = TrainConfig(shards=shards, model=str(model), out=str(out), mode=mode, **opts)
-    return train(cfg, on_step=lambda step, rec: losses.append(rec["loss"])), losses
+
+    def on_step(step: int, rec: dict) -> None:
+        if step == kill_at:
+            raise Killed
+        losses.append(rec["loss"])
+
+    return train(cfg, on_step=on_step), losses
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +128,21 @@ def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny
     shards = [str(coco_build.path)]
     common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1)
     straight, straight_losses = run(tmp_path / "a", shards, tiny_llava, "lora", 6, save_every=3, **common)
-    first, _ = run(tmp_path / "b", shards, tiny_llava, "lora", 3, save_every=3, **common)
+    first = tmp_path / "b"
+    with pytest.raises(Killed):  # after checkpoint-000003, during step 4
+        run(first, shards, tiny_llava, "lora", 6, save_every=3, kill_at=4, **common)
     with pytest.raises(UserError, match="--resume"):
-        run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, **common)
+        run(first, shards, tiny_llava, "lora", 6, save_every=3, **common)
     with pytest.raises(UserError, match="seed changed"):
-        run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, resume=True, **{**common, "seed": 6})
-    _, resumed_losses = run(tmp_path / "b", shards, tiny_llava, "lora", 6, save_every=3, resume=True, **common)
+        run(first, shards, tiny_llava, "lora", 6, save_every=3, resume=True, **{**common, "seed": 6})
+    with pytest.raises(UserError, match="max_steps changed"):  # another schedule: not the same run
+        run(first, shards, tiny_llava, "lora", 9, save_every=3, resume=True, **common)
+    _, resumed_losses = run(first, shards, tiny_llava, "lora", 6, save_every=3, resume=True, **common)
 
     def keys(out):
-        return [json.loads(line)["keys"] for line in (out / "keys.jsonl").read_text().splitlines()]
+        """The keys of each step's batch (the killed step's batch is logged twice: keep the last)."""
+        lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
+        return list({line["step"]: line["keys"] for line in lines}.values())
 
     # Steps 4-6 of the resumed run saw the same samples as steps 4-6 of the uninterrupted one, and none twice.
     assert keys(first) == keys(straight)

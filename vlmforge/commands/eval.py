@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 Task = Annotated[Optional[str], typer.Option("--task", "-t", help="mcqa, pope, scienceqa, mmbench, grading or open")]
-Split = Annotated[Optional[str], typer.Option("--split", help="split to read (builds, ScienceQA pid_splits, graded folders; default test where it applies)")]
+Split = Annotated[Optional[str], typer.Option("--split", help="split to read (builds, ScienceQA pid_splits, graded folders); default test, or a build's only split unless that is train")]
 ImageRoot = Annotated[Optional[Path], typer.Option("--image-root", help="folder that image paths in question files are relative to (COCO val2014 for POPE, ScienceQA images/test, VG images)")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="only the first N items (MMBench: whole questions)")]
 Rounds = Annotated[Optional[int], typer.Option("--rounds", min=1, help="MMBench: rotations per question (default: one per option; 1 = no circular evaluation)")]
@@ -114,7 +114,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             if not quiet:
                 console.print(f"{n} of {len(dataset)} items get their image by URL from {image_urls}")
         out = out or Path("evals") / t.name / _slug(model or backend)
-        settings = {"split": split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
+        if split is None and dataset.split not in (None, "test") and not quiet:
+            console.print(f"evaluating split {dataset.split!r}, the only split of {dataset.source}")
+        settings = {"split": dataset.split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
                     "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype}
         evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
                  quiet=quiet, plots=not no_plots, settings=settings)

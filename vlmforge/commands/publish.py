@@ -35,7 +35,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
     @app.command("pull", help=(
         "Download a published build (or read a local clone of its repo) and restore the build folder with "
-        "its original shards and field names, then verify it like `vlmforge verify` (exit 1 on a problem)."))
+        "its original shards and field names, then verify it like `vlmforge verify`. Exit 1 when the restored "
+        "build fails verification, 2 when it cannot be fetched or rebuilt (e.g. a shard whose sha256 differs)."))
     def pull(
         repo: Annotated[str, typer.Argument(help="Hub dataset repo NAMESPACE/NAME, or a local clone of a published repo")],
         revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit (default: main)")] = None,

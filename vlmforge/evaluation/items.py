@@ -53,6 +53,7 @@ class Dataset:
     source: str = ""
     build_id: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the split read, recorded in the summary (None: the data has no splits)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,20 +116,42 @@ def iter_build(path: Path, split: str | None = None) -> Iterator[tuple[str, dict
 
 def collect_items(paths: list[Path], split: str | None,
                   from_sample: Callable[[str, dict[str, Any], bytes | None], EvalItem],
-                  from_path: Callable[[Path], list[EvalItem]]) -> tuple[list[EvalItem], str | None]:
-    """Items from each path: build folders sample by sample, anything else by `from_path`.
-    Returns the items and the id of the (last) build read, for the summary."""
+                  from_path: Callable[[Path], list[EvalItem]]) -> tuple[list[EvalItem], str | None, str | None]:
+    """Items from each path: build folders sample by sample (from the split `build_split` picks),
+    anything else by `from_path`. Returns the items, the id of the (last) build read and the split
+    read from the builds, for the summary."""
     items: list[EvalItem] = []
-    build_id = None
+    build_id = used = None
     for path in paths:
+        if not path.exists():
+            raise UserError(f"{path} does not exist")
         if is_build(path):
             build_id = build_id_of(path)
-            items += [from_sample(key, doc, image) for key, doc, image in iter_build(path, split)]
+            used = build_split(path, split)
+            items += [from_sample(key, doc, image) for key, doc, image in iter_build(path, used)]
         else:
             items += from_path(path)
     if not items:
         raise UserError(f"no items in {', '.join(map(str, paths))}")
-    return items, build_id
+    return items, build_id, used
+
+
+def build_split(path: Path, split: str | None) -> str:
+    """The split of a build to evaluate: the one asked for, else `test`, else the build's only split
+    unless that is `train`. Anything else needs --split: scoring training samples as test data, or
+    several splits mixed, would make the metrics mean nothing."""
+    from vlmforge.manifests.read import open_build
+
+    splits = sorted({s["split"] for s in open_build(path).info["shards"]})
+    if split is not None:
+        if split not in splits:
+            raise UserError(f"build {path} has no split {split!r} (splits: {', '.join(splits)})")
+        return split
+    if "test" in splits:
+        return "test"
+    if len(splits) == 1 and splits[0] != "train":
+        return splits[0]
+    raise UserError(f"build {path} has no test split (splits: {', '.join(splits)}); choose one with --split")
 
 
 def build_id_of(path: Path) -> str | None:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from vlmforge import __version__
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_records
-from vlmforge.evaluation.predictions import PREDICTIONS, PredictionLog, check_run
+from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run
 from vlmforge.evaluation.report import markdown_report, write_summary
 from vlmforge.evaluation.runners import Runner
 from vlmforge.evaluation.tasks import Record, Task, parse_counts
@@ -104,6 +105,7 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
         "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None},
         "data": dataset.source if dataset else None,
         "data_build_id": dataset.build_id if dataset else None,
+        "split": dataset.split if dataset else None,
         "metrics": metrics,
         "counts": counts,
         "parse_failures": {"count": counts["unparsed"] + counts["multiple"], "examples": failures},
@@ -121,6 +123,23 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
 
 def _is_own_record(line: Record) -> bool:
     return all(k in line for k in ("id", "answer", "options", "meta")) and "prediction" in line
+
+
+def _check_own_task(task: Task, records: list[Record], predictions: Path) -> None:
+    """Our predictions.jsonl scored as another task would give numbers that mean nothing (or crash)."""
+    run_file = predictions.parent / RUN_FILE
+    made_by = None
+    if run_file.exists():
+        try:
+            made_by = json.loads(run_file.read_text()).get("task")
+        except json.JSONDecodeError:
+            pass  # not ours, or damaged: the records themselves are checked below
+    if made_by and made_by != task.name:
+        raise UserError(f"{predictions} holds {made_by} predictions ({run_file} says so); score them with --task {made_by}")
+    odd = next((r for r in records if not task.fits(r)), None)
+    if odd is not None:
+        raise UserError(f"{predictions} does not hold {task.name} predictions (record {odd['id']} has answer "
+                        f"{odd['answer']!r}); score it with the task that made it")
 
 
 def score_predictions(task: Task, predictions: Path, annotations: list[Path], opts: ReadOptions, out: Path,
@@ -158,6 +177,7 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             if not lines or not all(_is_own_record(ln) for ln in lines):
                 raise UserError(f"{predictions} holds no gold answers; pass --annotations with the task's data "
                                 "(question files, problems.json, the TSV, the build)")
+            _check_own_task(task, lines, predictions)
             records = lines
     return finish(task, records, out, dataset=dataset, model=None, backend=None,
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,

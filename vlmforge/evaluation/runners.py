@@ -85,10 +85,11 @@ class LocalRunner(Runner):
         from transformers import AutoConfig, AutoProcessor
         from transformers.utils import logging as hf_logging
 
+        from vlmforge.training.llava import check_model_path
+
         hf_logging.disable_progress_bar()
-        if not Path(self.name).exists() and (self.name.startswith(("/", ".", "~")) or self.name.count("/") > 1):
-            raise UserError(f"no model at {self.name} (not a folder, and not a Hub id like org/name)")
-        path, adapter = self._base_and_adapter(self.name)
+        check_model_path(self.name)
+        path, adapter, projector = self._base_and_addition(self.name)
         dtype = _resolve_dtype(self.dtype_name, self.device)
         try:
             config = AutoConfig.from_pretrained(path)
@@ -108,19 +109,34 @@ class LocalRunner(Runner):
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
-        self.processor = AutoProcessor.from_pretrained(adapter if adapter and _has_processor(adapter) else path)
+        if projector is not None:
+            from vlmforge.training.merge import load_projector
+
+            self.model = load_projector(self.model, Path(projector) / "projector.safetensors")
+        own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
+        self.processor = AutoProcessor.from_pretrained(own if own and _has_processor(own) else path)
         self.model.to(self.device).eval()
 
     @staticmethod
-    def _base_and_adapter(name: str) -> tuple[str, str | None]:
-        """A PEFT adapter folder (adapter_config.json) is loaded onto the base model it names."""
+    def _base_and_addition(name: str) -> tuple[str, str | None, str | None]:
+        """(base, adapter folder, projector folder). A PEFT adapter folder (adapter_config.json) is
+        loaded onto the base model it names; a projector-only export (`train --mode projector`) puts
+        its trained projector into the base its vlmforge_export.json names."""
+        from vlmforge.training.llava import EXPORT_INFO, export_kind
+
+        if export_kind(name) == "projector":
+            base = json.loads((Path(name) / EXPORT_INFO).read_text()).get("base")
+            if not base:
+                raise UserError(f"{Path(name) / EXPORT_INFO} names no base model; "
+                                f"run `vlmforge model merge {name} --base BASE --out DIR` and evaluate DIR")
+            return base, None, name
         cfg = Path(name) / "adapter_config.json"
         if cfg.exists():
             base = json.loads(cfg.read_text()).get("base_model_name_or_path")
             if not base:
                 raise UserError(f"{cfg} names no base_model_name_or_path")
-            return base, name
-        return name, None
+            return base, name, None
+        return name, None, None
 
     @property
     def scorings(self) -> tuple[str, ...]:  # type: ignore[override]

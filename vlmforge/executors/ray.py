@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
@@ -29,6 +31,25 @@ if TYPE_CHECKING:
 
 # Per worker process: (builder object-ref id, builder after setup()), reused batch after batch.
 _WORKER_BUILDER: tuple[str, Any] | None = None
+
+
+CONNECT_TIMEOUT_S = 10
+_HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)$")  # host:port, ray://host:port, [v6]:port
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within `timeout` seconds when nothing listens at a cluster's host:port. ray.init itself
+    keeps retrying such an address with a warning every 30 s and does not give up, which hangs a
+    batch job. Other address forms (auto, local, other schemes) are left to Ray."""
+    m = _HOST_PORT.match(address.strip())
+    if not m:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); check the address that "
+                        "`ray start --head` printed and that the cluster is running") from None
 
 
 class StagePlan(NamedTuple):
@@ -157,6 +178,9 @@ class RayExecutor:
         if gpus_per_model_worker is not None and gpus_per_model_worker < 0:
             raise UserError("--gpus-per-model-worker must be 0 or more")
         self.address = address
+        joining = address or os.environ.get("RAY_ADDRESS")
+        if joining:
+            check_reachable(joining)  # here, before a build writes anything
         # --workers N > 1 with the ray executor means N workers, unless --concurrency says otherwise.
         self.concurrency = concurrency or (workers if workers > 1 else None)
         self.gpus_per_model_worker = gpus_per_model_worker

@@ -78,8 +78,15 @@ class TrainConfig:
     quiet: bool = False
 
 
-# Settings that fix the data order: a resumed run must keep them.
-ORDER_KEYS = ("shards", "split", "weights", "seed", "shuffle_buffer", "mode", "model")
+# Schedules that need nothing beyond the warmup and total steps (others want a metric or extra
+# arguments this command does not take).
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+# Settings a resumed run may change: how it is run and logged, not what it learns. Every other setting
+# fixes the data order, the schedule or the weights, so changing it on --resume would make a run
+# that no single configuration describes.
+RESUMABLE_CHANGES = ("out", "resume", "workers", "quiet", "log_every", "save_every", "eval_every",
+                     "keep_checkpoints", "log_keys", "precision", "gradient_checkpointing")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +214,21 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.scheduler not in SCHEDULERS:
+        raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
+    _check_model(cfg.model)
+
+
+def _check_model(model: str) -> None:
+    """A model that is not whole fails here, before the data is read and anything is loaded."""
+    from vlmforge.training.llava import check_model_path, export_kind
+
+    check_model_path(model)
+    kind = export_kind(model)
+    if kind in ("lora", "projector"):
+        what = "a LoRA adapter" if kind == "lora" else "a projector-only export"
+        raise UserError(f"{model} is {what}, not a full model; merge it into its base first "
+                        f"(vlmforge model merge {model} --out DIR) and train with --model DIR")
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -223,9 +245,12 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         before = json.loads(run_json.read_text())["config"]
         now = asdict(cfg)
-        changed = [k for k in ORDER_KEYS if before.get(k) != now.get(k)]
+        # Keys missing from an older run.json are settings that did not exist then: nothing to compare.
+        changed = [k for k in now if k not in RESUMABLE_CHANGES and k in before and before[k] != now[k]]
         if changed:
-            raise UserError(f"cannot resume {out}: {', '.join(changed)} changed since the run started")
+            values = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
+            raise UserError(f"cannot resume {out}: {', '.join(changed)} changed since the run started ({values}); "
+                            f"resume with the settings in {run_json}, or start a new run in another --out")
     found = checkpoints(out) if out.exists() else []
     return out, (found[-1] if cfg.resume and found else None)
 

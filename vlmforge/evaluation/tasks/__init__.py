@@ -80,6 +80,10 @@ class Task:
     def parse(self, rec: Record) -> Parsed:
         raise NotImplementedError
 
+    def fits(self, rec: Record) -> bool:
+        """Whether one of our own prediction records can be a prediction of this task."""
+        return True
+
     def value_from_index(self, rec: Record, index: int) -> Any:
         """The answer value meant by choosing option `index` (loss or CLIP scoring)."""
         return index

@@ -87,17 +87,21 @@ class GradingTask(Task):
         def from_sample(key: str, doc: dict[str, Any], image: bytes | None) -> EvalItem:
             return item(key, first_turns(doc)[0], _grade_of(doc, f"sample {key}", k), image=image)
 
+        folder_splits: list[str | None] = []
+
         def from_path(path: Path) -> list[EvalItem]:
             if path.is_dir():  # a graded folder tree
-                return [item(ident, "", grade, image_path=str(f)) for ident, f, grade in _folder_images(path, opts.split)[0]]
+                images, used = _folder_images(path, opts.split)
+                folder_splits.append(used)
+                return [item(ident, "", grade, image_path=str(f)) for ident, f, grade in images]
             return [item(str(rec.get("id", i)), first_turns(rec)[0] or rec.get("text", ""),
                          _grade_of(rec, f"{path} record {rec.get('id', i)}", k),
                          image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
                     for i, rec in enumerate(read_records(path))]
 
-        items, build_id = collect_items(paths, opts.split, from_sample, from_path)
+        items, build_id, split = collect_items(paths, opts.split, from_sample, from_path)
         return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id,
-                       info={"num_grades": k})
+                       info={"num_grades": k}, split=split or next((s for s in folder_splits if s), None))
 
     def class_prompts(self, item: EvalItem, template: str | None) -> list[str]:
         return [(template or self.clip_template).format(g) for g in range(len(item.options))]

@@ -50,8 +50,9 @@ class McqaTask(Task):
             prefix = f"{path.stem}-" if len(paths) > 1 else ""  # ids stay unique across files
             return [self._from_unseen_record(rec, i, path, opts, prefix) for i, rec in enumerate(read_records(path))]
 
-        items, build_id = collect_items(paths, opts.split, self._from_build_sample, from_file)
-        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id)
+        items, build_id, split = collect_items(paths, opts.split, self._from_build_sample, from_file)
+        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id,
+                       split=split)
 
     def _from_build_sample(self, key: str, doc: dict[str, Any], image: bytes | None) -> EvalItem:
         if not isinstance(doc.get("options"), list) or not isinstance(doc.get("answer_index"), int):

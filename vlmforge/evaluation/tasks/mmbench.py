@@ -45,8 +45,12 @@ class MMBenchTask(Task):
     description = "MMBench TSV with circular evaluation over option rotations; submission export"
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
-        if len(paths) != 1 or not paths[0].is_file():
+        if len(paths) != 1:
             raise UserError("give one MMBench .tsv file")
+        if not paths[0].exists():
+            raise UserError(f"{paths[0]} does not exist")
+        if not paths[0].is_file():
+            raise UserError(f"{paths[0]} is a folder; give the MMBench .tsv file itself")
         columns, rows = read_tsv(paths[0])
         for col in ("index", "question", "A", "B"):
             if col not in columns:

@@ -42,9 +42,10 @@ class OpenTask(Task):
                                image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
                     for i, rec in enumerate(read_records(path))]
 
-        items, build_id = collect_items(paths, opts.split, lambda key, doc, image: self._item(key, doc, opts, image=image),
-                                        from_file)
-        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id)
+        items, build_id, split = collect_items(
+            paths, opts.split, lambda key, doc, image: self._item(key, doc, opts, image=image), from_file)
+        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)), build_id=build_id,
+                       split=split)
 
     def _item(self, ident: str, doc: dict[str, Any], opts: ReadOptions, **image: Any) -> EvalItem:
         prompt = opts.prompt or first_turns(doc)[0] or doc.get("text") or doc.get("question") or ""

@@ -90,6 +90,9 @@ class PopeTask(Task):
     def parse(self, rec: Record) -> Parsed:
         return parse_yes_no(rec["prediction"])
 
+    def fits(self, rec: Record) -> bool:
+        return rec.get("answer") in ("yes", "no")
+
     def value_from_index(self, rec: Record, index: int) -> Any:
         return ("yes", "no")[index]
 

@@ -40,14 +40,27 @@ def _meta(problem: dict[str, Any]) -> dict[str, Any]:
             "grade": _grade_band(problem.get("grade"))}
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); is it cut short?") from None
+
+
 def _load_problems(paths: list[Path]) -> tuple[dict[str, Any], dict[str, list[str]], Path | None]:
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{p} does not exist")
     for p in paths:
         folder = p if p.is_dir() else p.parent
         file = p / "problems.json" if p.is_dir() else p
         if file.name == "problems.json" and file.exists():
             splits_file = folder / "pid_splits.json"
-            splits = json.loads(splits_file.read_text()) if splits_file.exists() else {}
-            return json.loads(file.read_text()), splits, folder
+            splits = _read_json(splits_file) if splits_file.exists() else {}
+            problems = _read_json(file)
+            if not isinstance(problems, dict) or not problems:
+                raise UserError(f"{file} holds no problems (ScienceQA's problems.json maps ids to problems)")
+            return problems, splits, folder
     return {}, {}, None
 
 
@@ -70,7 +83,8 @@ class ScienceQATask(Task):
             items = [self._from_problem(pid, problems[pid], folder, split, opts) for pid in pids]
         else:
             raise UserError("give ScienceQA's folder with problems.json (and pid_splits.json) or a LLaVA-format question file")
-        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)))
+        return Dataset(apply_limit(items, opts.limit), source=", ".join(map(str, paths)),
+                       split=None if llava_files else split)
 
     def _from_problem(self, pid: str, pr: dict[str, Any], folder: Path | None, split: str, opts: ReadOptions) -> EvalItem:
         choices = [str(c) for c in pr["choices"]]
