@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, open_build, read_sample_at
+from vlmforge.manifests.read import Build, open_build, read_build_info, read_sample_at
 
 BLOCK = 512
 RECORD = 20 * BLOCK
@@ -741,8 +741,11 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     for name in ("build.json", "publish.json"):
         if not (src / name).exists():
             raise UserError(f"{src} is not a vlmforge publish: {name} is missing")
-    info = json.loads((src / "build.json").read_text())
-    pub = json.loads((src / "publish.json").read_text())
+    info = read_build_info(src / "build.json")
+    try:
+        pub = json.loads((src / "publish.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{src}/publish.json is not valid JSON ({e}); the published build is damaged") from None
     if pub.get("format") != PUBLISH_FORMAT or pub.get("build_id") != info.get("build_id"):
         raise UserError(f"{src}/publish.json does not describe the build in build.json (or is of a newer format)")
     dest = Path(out) / info["builder"] / info["version"]

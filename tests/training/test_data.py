@@ -146,3 +146,14 @@ def test_long_member_names_from_pax_headers(tmp_path):
     (batch,) = list(ShardStream(resolve_shards([str(path)]), batch_size=5, shuffle=False))
     assert [s["__key__"] for s in batch["samples"]] == keys
     assert all(s["json"]["id"] == k and s["mask.png"] == b"\x89PNG fake" for s, k in zip(batch["samples"], keys))
+
+
+def test_a_damaged_build_json_is_one_error(tmp_path, coco_build):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(coco_build.path, copy)
+    (copy / "build.json").write_text("{")
+    for spec in (str(copy), str(copy / "*.tar")):
+        with pytest.raises(UserError, match="build.json is not valid JSON"):
+            resolve_shards([spec])

@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
-from vlmforge.manifests.read import long_name, parse_tar_bytes, split_member, tar_header
+from vlmforge.manifests.read import long_name, parse_tar_bytes, read_build_info, split_member, tar_header
 
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
@@ -161,7 +161,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
                 raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
-            found = _build_shards(p, json.loads((p / BUILD_JSON).read_text()), i, split)
+            found = _build_shards(p, read_build_info(p / BUILD_JSON), i, split)
             if not found:
                 raise UserError(f"build {spec} has no shards of split {split!r}")
             refs.extend(found)
@@ -173,7 +173,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
             resolved = Path(path).resolve()
             if resolved.parent not in infos:
                 info_path = resolved.parent / BUILD_JSON
-                infos[resolved.parent] = json.loads(info_path.read_text()) if info_path.exists() else None
+                infos[resolved.parent] = read_build_info(info_path) if info_path.exists() else None
             info = infos[resolved.parent]
             found = _build_shards(resolved.parent, info, i, only={str(resolved)}) if info else []
             if found:
