@@ -135,8 +135,9 @@ def _check_folder(build_dir: Path, ident: dict[str, Any], overwrite: bool) -> bo
         if other.get("build_id") == ident["build_id"]:
             return path == info_path
         if not overwrite:
+            state = "an unfinished build" if path == pending_path else "another build"
             raise BuildError(
-                f"{build_dir} holds another build of {ident['builder']} {ident['version']} "
+                f"{build_dir} holds {state} of {ident['builder']} {ident['version']} "
                 f"(build id {other.get('build_id')}, config or source differ); "
                 "pass --overwrite to replace it or --out to build elsewhere"
             )
