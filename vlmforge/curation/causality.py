@@ -63,7 +63,9 @@ class CooccurrenceScorer:
         out = []
         for it in items:
             miss = 1.0
-            for c in set(it.context) - {it.label}:
+            # Sorted: a product taken in set order differs in its last bit with PYTHONHASHSEED, and a
+            # score at a threshold or a tie at the --max-entities cut would then change the build.
+            for c in sorted(set(it.context) - {it.label}):
                 miss *= 1.0 - self.p(it.label, c)
             out.append(1.0 - miss)
         return out
