@@ -39,6 +39,17 @@ def test_two_word_names_the_parser_splits_stay_whole(extract):
     assert [g[1] for g in got[4]] == ["dog", "sun"]  # an adjective that makes no fixed name stays out
 
 
+def test_counts_pluralia_and_collective_words(extract):
+    caps = ["A 3-year-old boy holding a remote control.", "Three teddy bears sitting on a bed.",
+            "A pair of scissors on a desk.", "A herd of sheep grazing in a field.", "A slice of pizza on a plate.",
+            "A woman wearing glasses."]
+    got = [[(e.label, e.plural) for e in ents] for ents in extract(caps)]
+    assert got[0] == [("boy", False), ("remote control", False)]  # "3" counts years, not boys
+    assert got[1][0] == ("teddy bear", True)  # "bears" taken for a verb: still the fixed name
+    assert got[2][0] == ("scissors", False) and ("glasses", False) in got[5]  # one thing, plural in form
+    assert [lab for lab, _ in got[3]] == ["sheep", "field"] and [lab for lab, _ in got[4]] == ["pizza", "plate"]
+
+
 def test_spans_point_at_the_label(extract):
     cap = "Three sheep grazing next to a brown horse in a field."
     for e in extract([cap])[0]:

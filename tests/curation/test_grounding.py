@@ -53,3 +53,18 @@ def test_embedding_fallback_for_unlisted_words():
     got = g.ground("a canine", "canine", False, anns, img, masks)  # not in the synonym table
     assert got is not None and got.category == "dog" and got.method == "embedding" and got.instance_ids == [3]
     assert g.ground("the kitchen", "kitchen", False, anns, img, masks) is None  # a place, not an object
+
+
+def test_places_substances_and_things_of_other_objects_are_not_grounded():
+    """The embedding fallback would hide the toilet for "bathroom" (0.79) or the bus for "bus stop";
+    a compound naming a thing of another object ("toilet seat") is not that object nor its head's."""
+    cats = {70: {"name": "toilet"}, 62: {"name": "chair"}, 6: {"name": "bus"}, 1: {"name": "person"},
+            41: {"name": "skateboard"}, 46: {"name": "wine glass"}, 59: {"name": "pizza"}}
+    anns = [{"id": i, "category_id": c, "bbox": [10 * i, 5, 8, 8], "area": 64} for i, c in enumerate(cats, 1)]
+    g = AnnotationGrounder(cats)
+    for label in ("bathroom", "bus stop", "living room", "toilet seat", "cutting board", "glasses", "wine", "pizza box"):
+        assert g.ground(label, label, False, anns) is None, label
+    assert g.ground("the bus driver", "bus driver", False, anns).category == "person"
+    assert g.ground("a toilet", "toilet", False, anns).category == "toilet"
+    assert g.ground("a glass of wine", "glass", False, anns).category == "wine glass"
+    assert category_for_label("computer mouse") == "mouse" and category_for_label("microwave oven") == "microwave"

@@ -22,8 +22,12 @@ SCENE_WORDS = frozenset(
     """picture image photo photograph pic view side front back top bottom middle center centre background
     foreground scene shot close closeup close-up area lot couple group bunch pair day night time way kind type
     sort piece part edge corner distance left right one other something someone thing things many few some
-    several number variety assortment display sunny""".split()
+    several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
+    collection selection array batch cluster""".split()
 )
+# Words that are plural in form for one thing: the label keeps the word ("scissors", not "scissor").
+PLURALIA = frozenset("""scissors clothes glasses sunglasses eyeglasses goggles pants jeans shorts trousers tongs
+    binoculars headphones earphones pajamas""".split())
 # spaCy lemmatises a few COCO-relevant plurals to themselves; fold them into the singular.
 IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
              "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "skis": "ski"}
@@ -47,13 +51,29 @@ class Entity:
 FIXED_COMPOUNDS = frozenset(
     """hot dog|potted plant|fire hydrant|stop sign|parking meter|dining table|cell phone|teddy bear|
     wine glass|traffic light|baseball bat|baseball glove|tennis racket|sports ball|hair drier|hair dryer|
-    fire truck|ice cream""".replace("\n", "").replace("    ", "").split("|")
+    fire truck|ice cream|remote control|stuffed animal""".replace("\n", "").replace("    ", "").split("|")
 )
 
 
 def _singular(tok) -> str:
     word = tok.text.lower()
     return IRREGULAR.get(word) or (tok.lemma_.lower() if tok.tag_ in ("NNS", "NNPS") else word)
+
+
+def _fixed_after(head, nxt) -> str | None:
+    """The fixed compound `head` + `nxt` make, whatever the parser took `nxt` for ("teddy bears"
+    with "bears" as a verb), or None."""
+    word = nxt.text.lower()
+    for second in dict.fromkeys((_singular(nxt), word, word[:-1] if word.endswith("s") else word)):
+        if f"{head.text.lower()} {second}" in FIXED_COMPOUNDS:
+            return f"{head.text.lower()} {second}"
+    return None
+
+
+def _counted(chunk, head) -> bool:
+    """A number counts the head ("two dogs"), not a modifier ("a 3-year-old boy")."""
+    return any(t.like_num and t.dep_ == "nummod" and t.head.i == head.i and t.lower_ not in ("one", "1")
+               for t in chunk if t.i < head.i)
 
 
 def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
@@ -65,12 +85,13 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     doc = head.doc
     last = chunk.end - 1
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
-    if nxt is not None and f"{head.text.lower()} {_singular(nxt)}" in FIXED_COMPOUNDS and nxt.is_alpha:
+    label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
+    if label is not None:
         # "a fire" + "hydrant": the name goes on past the chunk; its second word is the head
-        label = f"{head.text.lower()} {_singular(nxt)}"
-        plural = nxt.text.lower() != _singular(nxt) or any(t.like_num and t.i < head.i for t in chunk)
+        plural = nxt.text.lower() != label.split()[-1] or _counted(chunk, head)
         return label, head.idx, nxt.idx + len(nxt.text), plural, nxt.i
-    lemma = IRREGULAR.get(head.text.lower(), head.lemma_.lower())
+    word = head.text.lower()
+    lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
     # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus").
@@ -82,7 +103,7 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
         start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
-    plural = head.tag_ in ("NNS", "NNPS") or any(t.like_num and t.i < head.i for t in chunk)
+    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
@@ -215,7 +236,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 2  # 2: FIXED_COMPOUNDS
+EXTRACTOR_VERSION = 3  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words
 
 
 class EntityCache:

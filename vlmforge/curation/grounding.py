@@ -22,7 +22,10 @@ from vlmforge.curation.segmentation import MaskCrop
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": ("man", "woman", "boy", "girl", "child", "kid", "people", "guy", "lady", "player", "skier",
                "surfer", "skateboarder", "snowboarder", "rider", "gentleman", "adult", "baby", "toddler",
-               "pedestrian", "batter", "catcher", "chef", "worker", "men", "women", "someone"),
+               "pedestrian", "batter", "catcher", "chef", "worker", "men", "women", "someone", "driver",
+               "passenger", "pilot", "officer", "policeman", "cop", "tourist", "vendor", "cook", "waiter",
+               "waitress", "customer", "spectator", "student", "soldier", "athlete", "farmer", "cyclist",
+               "jockey", "teenager", "umpire", "pitcher"),
     "bicycle": ("bike", "cycle"), "car": ("automobile", "taxi", "cab", "sedan", "suv", "vehicle"),
     "motorcycle": ("motorbike", "scooter", "moped"), "airplane": ("plane", "jet", "aircraft", "airliner"),
     "bus": ("coach", "double-decker"), "train": ("locomotive", "tram", "subway"), "truck": ("lorry", "pickup"),
@@ -42,9 +45,9 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "broccoli": (), "carrot": (), "hot dog": ("hotdog",), "pizza": (), "donut": ("doughnut",),
     "cake": ("cupcake",), "chair": ("stool", "seat"), "couch": ("sofa",),
     "potted plant": ("plant", "houseplant", "flower pot"), "bed": (), "dining table": ("table", "dinner table"),
-    "toilet": (), "tv": ("television", "screen", "monitor", "tv set"), "laptop": ("computer", "notebook"),
-    "mouse": (), "remote": ("remote control", "controller"), "keyboard": (),
-    "cell phone": ("phone", "cellphone", "smartphone", "mobile phone"), "microwave": (), "oven": ("stove",),
+    "toilet": (), "tv": ("television", "screen", "monitor", "tv set", "computer monitor", "computer screen"), "laptop": ("computer", "notebook"),
+    "mouse": ("computer mouse",), "remote": ("remote control", "controller"), "keyboard": ("computer keyboard",),
+    "cell phone": ("phone", "cellphone", "smartphone", "mobile phone"), "microwave": ("microwave oven",), "oven": ("stove",),
     "toaster": (), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
     "scissors": (), "teddy bear": ("teddy", "stuffed animal"), "hair drier": ("hair dryer", "blow dryer"),
     "toothbrush": (),
@@ -54,6 +57,34 @@ COLOR_WORDS = {
     "white": (235, 235, 230), "black": (30, 30, 35), "brown": (120, 75, 40), "orange": (235, 130, 30),
     "gray": (128, 128, 128), "grey": (128, 128, 128), "pink": (240, 150, 180), "purple": (120, 50, 150),
 }
+
+
+# Labels that name a place, a substance or a thing with no COCO category: never grounded (by name they
+# would not be; the sentence-embedding fallback scores them near an object: "bathroom" -> toilet 0.79,
+# "bus stop" -> bus 0.78, "cutting board" -> skateboard through "board", "glasses" -> wine glass).
+NOT_OBJECTS = frozenset(
+    """bathroom bedroom kitchen room office restaurant airport station park zoo farm pasture field beach street
+    road city yard court shop store market hallway garage classroom hotel sidewalk glasses sunglasses
+    eyeglasses wine beer coffee tea water juice milk food meal snow sand grass""".split()
+) | {"parking lot", "bus stop", "train station", "living room", "dining room", "cutting board", "bulletin board",
+     "ironing board", "diving board", "street sign", "road sign"}
+
+
+def is_not_object(label: str) -> bool:
+    """A place, a substance or a thing COCO has no category for ("living room" by its last word too)."""
+    return label in NOT_OBJECTS or label.split()[-1] in ("room", "station", "lot")
+
+
+def names_part_of_other(label: str) -> bool:
+    """A compound whose modifier names one category and whose head names another or none ("toilet
+    seat", "pizza box", "dog bed") is a thing of or for that object, not the object: it is not matched
+    by its last word or by similarity. A person word as head stays a person ("bus driver")."""
+    words = label.split()
+    if len(words) < 2 or label in _WORDS:
+        return False
+    head = _WORDS.get(words[-1])
+    modifiers = {_WORDS.get(w) for w in words[:-1]} - {None}
+    return bool(modifiers) and head != "person" and (head is None or bool(modifiers - {head}))
 
 
 def _plural_forms(word: str) -> set[str]:
@@ -83,8 +114,9 @@ _WORDS = word_to_category()
 
 def category_for_label(label: str, present: set[str] | None = None) -> str | None:
     """The COCO category a label names by name, synonym or plural, preferring categories in `present`.
-    Multi-word labels fall back to their last word ("dinner table" -> "table" -> dining table)."""
-    for cand in (label, label.split()[-1]):
+    Multi-word labels fall back to their last word ("dinner table" -> "table" -> dining table), unless
+    the label names a thing of another object ("toilet seat": not a chair)."""
+    for cand in (label,) if names_part_of_other(label) else (label, label.split()[-1]):
         cat = _WORDS.get(cand)
         if cat is None:
             continue
@@ -158,13 +190,15 @@ class AnnotationGrounder:
         by_cat: dict[str, list[dict]] = {}
         for ann in instances:
             by_cat.setdefault(self.categories[ann["category_id"]]["name"], []).append(ann)
-        if not by_cat:
+        if not by_cat or is_not_object(label):
             return None
         cat = category_for_label(label, set(by_cat))
         method, score = "name", 1.0
         if cat is None and category_for_label(label) is not None:
             return None  # a known category that is not in this image ("cat" must not become "dog")
         if cat is None or cat not in by_cat:
+            if names_part_of_other(label):
+                return None
             cat, score = self._embedding_match(label, sorted(by_cat))
             method = "embedding"
             if cat is None:
