@@ -3,6 +3,8 @@
 import io
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,6 +222,24 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
     fields = ("jpg", "json", "mask.png")
     assert [[s[f] for f in fields] for s in a.samples()] == [[s[f] for f in fields] for s in b.samples()]
     assert len(list(a.samples())) >= 10
+
+
+def test_a_generation_model_that_names_nothing_is_an_error(tmp_path, sample_coco):
+    """Answers that never parse (a chatty or broken model) would otherwise build 0 samples, exit 0."""
+    from tests.curation.test_openai_backend import ChatServer
+
+    server = ChatServer()
+    server.fixed_reply = "I am sorry, I cannot help with that."
+    try:
+        with pytest.raises(UserError, match="named no entity in any of"):
+            vlmforge.build("occlusion", "coco", out=tmp_path / "g", source_options=_src(sample_coco), quiet=True,
+                           entity_extractor="openai", entity_model="chatty",
+                           builder_attrs={"generator_options": {"base_url": server.url}, "entity_cache": False})
+    finally:
+        server.close()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "-G", "base_url=http://x",
+                        "--out", str(tmp_path / "s")], capture_output=True, text=True)
+    assert r.returncode == 2 and "with --entity-extractor spacy there is none" in r.stderr
 
 
 @pytest.mark.parametrize("options, message", [

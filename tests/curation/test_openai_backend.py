@@ -41,6 +41,7 @@ class ChatServer:
         self.requests: list[dict] = []
         self.plan: list = []
         self.ignore_n = False
+        self.fixed_reply: str | None = None  # every answer's text, when set
         self.delay = 0.0
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
@@ -58,6 +59,14 @@ class ChatServer:
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                 try:
+                    if action == "html":  # a proxy's login page where the API should be
+                        page = b"<html><body>Please sign in</body></html>"
+                        self.send_response(200)
+                        self.send_header("Content-Type", "text/html")
+                        self.send_header("Content-Length", str(len(page)))
+                        self.end_headers()
+                        self.wfile.write(page)
+                        return
                     if isinstance(action, int):
                         self._send(action, {"error": {"message": f"planned failure {action}"}},
                                    {"Retry-After": "0"} if action == 429 else {})
@@ -88,7 +97,9 @@ class ChatServer:
         """A rule-based 'model': POPE-style questions get yes/no by whether they mention a dog."""
         content = body["messages"][-1]["content"]
         text = content if isinstance(content, str) else next(c["text"] for c in content if c["type"] == "text")
-        if text.startswith("Is there"):
+        if self.fixed_reply is not None:
+            reply = self.fixed_reply
+        elif text.startswith("Is there"):
             reply = "Yes, there is a dog." if "dog" in text else "No, there is not."
         else:
             reply = f"echo: {text}"
@@ -242,3 +253,45 @@ def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
     assert "| accuracy | 1.0000 |" in res.output and KEY not in res.output
     assert server.requests[0]["auth"] == f"Bearer {KEY}" and server.requests[0]["body"]["model"] == "m"
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["backend"] == "openai"
+
+
+def test_bad_answers_and_bad_options_are_one_error_line(server, monkeypatch, tmp_path):
+    from vlmforge.curation.generation import make_generator
+    from vlmforge.errors import UserError
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.plan = ["html"]
+    with pytest.raises(APIError, match="not with a chat completion .*Please sign in"):
+        _gen(server)([GenerationRequest(prompt="x")])
+    server.plan = [503, 503]
+    with pytest.raises(APIError, match="failed 2 times .*HTTP 503: planned failure 503"):  # the server's words
+        _gen(server, max_retries=1)([GenerationRequest(prompt="x")])
+    with pytest.raises(UserError, match="timeout must be a number, not 'abc'"):
+        _gen(server, timeout="abc")
+    with pytest.raises(UserError, match="max_retries must be at least 0"):
+        _gen(server, max_retries=-1)
+    with pytest.raises(UserError, match="the openai backend has no option 'base-url'; its options: base_url"):
+        make_generator("openai", "m", cache_dir=tmp_path, **{"base-url": server.url})
+    make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, device="cuda")  # shared options pass
+
+
+def test_cache_keys_hold_the_endpoint_and_empty_answers_are_not_kept(tmp_path, monkeypatch):
+    from vlmforge.curation.generation import make_generator
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    a, b = ChatServer(), ChatServer()
+    try:
+        req = [GenerationRequest(prompt="same question")]
+        for srv in (a, b):  # the same model name at two endpoints: each is asked
+            assert make_generator("openai", "m", cache_dir=tmp_path, base_url=srv.url)(req) == [["echo: same question"]]
+        assert len(a.requests) == len(b.requests) == 1
+        make_generator("openai", "m", cache_dir=tmp_path, base_url=a.url)(req)
+        assert len(a.requests) == 1  # cached
+        a.fixed_reply = ""
+        empty = [GenerationRequest(prompt="empty")]
+        for _ in range(2):
+            assert make_generator("openai", "m", cache_dir=tmp_path, base_url=a.url)(empty) == [[""]]
+        assert len(a.requests) == 3  # an empty answer is asked again, not served from the cache
+    finally:
+        a.close()
+        b.close()

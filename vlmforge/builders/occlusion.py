@@ -256,6 +256,10 @@ class OcclusionBuilder(Builder):
                 chunk = todo[k : k + 64]
                 got.update(zip(chunk, extractor(chunk)))
                 advance(len(chunk))
+        if todo and not any(got.values()):
+            raise UserError(f"the {cfg.entity_extractor} model {cfg.entity_model!r} named no entity in any of "
+                            f"{len(todo)} captions: its answers gave no 'phrase | label' line whose phrase is in "
+                            "the caption; check the model or the endpoint")
         return [got[c] for c in captions]
 
     def _all_labels(self) -> list[str]:

@@ -46,7 +46,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (sources other than JPEG converted to RGB JPEG)")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
-        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts")] = None,
+        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts (--data_path DIR/llava.json --image_folder DIR)")] = None,
         seed: Seed = 0,
     ) -> BuildRun:
         """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
@@ -61,6 +61,11 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
+        if generator_option and entity_extractor == "spacy":
+            from vlmforge.errors import UserError
+
+            raise UserError("-G options go to the entity extractor's generation backend; "
+                            "with --entity-extractor spacy there is none")
         src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,
                                            instances=instances, images=images)
         attrs = {"device": device, "generator_options": generator_options(None, None, None, generator_option)}

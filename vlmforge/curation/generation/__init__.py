@@ -50,6 +50,11 @@ class Generator:
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         raise NotImplementedError
 
+    def cache_identity(self) -> str | None:
+        """What, besides the request, decides the answers, for the response cache's key: the model
+        (an endpoint's backend adds where it is served from)."""
+        return self.model
+
 
 # backend name -> "module:Class". make_generator() imports on demand (vllm is an optional extra).
 BACKENDS: dict[str, str] = {
@@ -96,6 +101,7 @@ class CachedGenerator(Generator):
     def __init__(self, inner: Generator, cache_dir: str | Path):
         super().__init__(inner.model)
         self.inner = inner
+        self.identity = inner.cache_identity()
         self.backend = inner.backend
         self.resources = inner.resources
         self.cache_dir = Path(cache_dir)
@@ -126,7 +132,7 @@ class CachedGenerator(Generator):
         os.replace(tmp, path)
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
-        keys = [request_key(self.backend, self.model, r) for r in requests]
+        keys = [request_key(self.backend, self.identity, r) for r in requests]
         found: dict[str, list[str]] = {}
         todo: dict[str, GenerationRequest] = {}
         for key, req in zip(keys, requests):
@@ -146,7 +152,8 @@ class CachedGenerator(Generator):
             answers = self.inner(list(todo.values()))
             for (key, req), texts in zip(todo.items(), answers):
                 texts = [str(t) for t in texts]
-                self._write(key, req, texts)
+                if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
+                    self._write(key, req, texts)   # answer: asked again next time, not kept
                 found[key] = texts
         return [list(found[k]) for k in keys]
 
@@ -161,6 +168,24 @@ def generator_class(backend: str) -> type[Generator]:
     return load_registered(BACKENDS, backend, "generator backend")
 
 
+# Options every command may pass whatever the backend (--device, --dtype, --batch-size); a backend
+# without a use for one ignores it.
+SHARED_OPTIONS = frozenset({"device", "dtype", "batch_size"})
+
+
+def check_options(cls: type[Generator], backend: str, options: dict[str, Any]) -> None:
+    """Options a backend does not take are an error, not ignored: a typo such as `-G base-url=...`
+    would otherwise send every request to the default endpoint."""
+    import inspect
+
+    from vlmforge.errors import UserError
+
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "options")]
+    unknown = sorted(set(options) - set(known) - SHARED_OPTIONS)
+    if unknown:
+        raise UserError(f"the {backend} backend has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}")
+
+
 def make_generator(backend: str, model: str | None = None, cache_dir: str | Path | None | bool = None,
                    **options: Any) -> Generator:
     """A ready-to-call generator: backend `backend` (a BACKENDS name) for `model`, wrapped in the
@@ -168,6 +193,7 @@ def make_generator(backend: str, model: str | None = None, cache_dir: str | Path
     `options` go to the backend (device, dtype, batch_size, base_url, ...). Backends that declare
     `cacheable = False` (the template backend: cheaper to recompute than to read) are not wrapped."""
     cls = generator_class(backend)
+    check_options(cls, backend, options)
     gen = cls(model=model, **options)
     if cache_dir is False or not getattr(cls, "cacheable", True):
         return gen

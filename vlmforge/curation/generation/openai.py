@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -61,14 +62,18 @@ class OpenAIGenerator(Generator):
             raise UserError("the openai backend needs --model (the model name the endpoint serves)")
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env
-        self.concurrency = max(1, int(concurrency))
-        self.max_retries = int(max_retries)
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.timeout = float(timeout)
-        self.n_per_request = n_per_request
+        self.concurrency = _number("concurrency", concurrency, int, 1)
+        self.max_retries = _number("max_retries", max_retries, int, 0)
+        self.backoff = _number("backoff", backoff, float, 0)
+        self.max_backoff = _number("max_backoff", max_backoff, float, 0)
+        self.timeout = _number("timeout", timeout, float, 0.001)
+        self.n_per_request = None if n_per_request is None else _number("n_per_request", n_per_request, int, 1)
+        self._warned = False
         self._key: str | None = None  # never part of options, repr or messages
         self._client = None
+
+    def cache_identity(self) -> str | None:
+        return f"{self.model} @ {self.base_url}"  # one model name served from two places may differ
 
     def __repr__(self) -> str:
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r}, key from ${self.api_key_env})"
@@ -141,16 +146,29 @@ class OpenAIGenerator(Generator):
                 last = type(e).__name__
             else:
                 if resp.status_code == 200:
-                    choices = sorted(resp.json().get("choices", []), key=lambda c: c.get("index", 0))
-                    return [(c.get("message") or {}).get("content") or "" for c in choices]
+                    return self._choices(resp)
                 if resp.status_code not in RETRY_STATUS:
                     raise APIError(f"{self.base_url} answered {resp.status_code}: {_error_text(resp)}"
                                    + (f" (check ${self.api_key_env})" if resp.status_code in (401, 403) else ""))
-                last = f"HTTP {resp.status_code}"
+                last = f"HTTP {resp.status_code}: {_error_text(resp)}"
                 retry_after = resp.headers.get("retry-after")
             if attempt < self.max_retries:
+                if not self._warned:  # retries can take minutes: say why the build is waiting, once
+                    self._warned = True
+                    sys.stderr.write(f"openai: {self.base_url} failed ({last}); retrying up to "
+                                     f"{self.max_retries} times\n")
                 time.sleep(self._wait(attempt, retry_after))
         raise APIError(f"{self.base_url} failed {self.max_retries + 1} times (last: {last}); run again to resume")
+
+    def _choices(self, resp) -> list[str]:
+        """The texts of a 200 answer; one that is not a chat completion (a proxy's login page) is an error."""
+        try:
+            doc = resp.json()
+            choices = sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0))
+            return [(c.get("message") or {}).get("content") or "" for c in choices]
+        except (ValueError, AttributeError, TypeError):
+            raise APIError(f"{self.base_url} answered 200 but not with a chat completion (is it an "
+                           f"OpenAI-compatible /v1 endpoint?): {resp.text[:120]!r}") from None
 
     def _one(self, req: GenerationRequest) -> list[str]:
         texts: list[str] = []
@@ -171,6 +189,17 @@ class OpenAIGenerator(Generator):
             return [self._one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(self._one, requests))
+
+
+def _number(name: str, value: Any, kind: type, minimum: float) -> Any:
+    """An option given as text (-G timeout=abc) or out of range is one error line."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise UserError(f"openai option {name} must be a number, not {value!r}") from None
+    if number < minimum:
+        raise UserError(f"openai option {name} must be at least {minimum}, not {value!r}")
+    return number
 
 
 def _error_text(resp) -> str:
