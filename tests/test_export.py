@@ -94,3 +94,13 @@ def test_export_to_a_file_path_is_a_user_error(tmp_path, coco_build):
         export_llava(coco_build, taken)
     with pytest.raises(UserError, match="cannot create the export folder"):
         export_llava(coco_build, taken / "below")
+
+
+def test_exporting_again_replaces_an_older_image_under_the_same_key(tmp_path, coco_build):
+    path = export_llava(coco_build, tmp_path / "x", quiet=True)
+    rec = json.loads(path.read_text())[0]
+    image = tmp_path / "x" / rec["image"]
+    original = image.read_bytes()
+    image.write_bytes(bytes(len(original)))  # same size, other bytes: an older build's image
+    export_llava(coco_build, tmp_path / "x", quiet=True)
+    assert image.read_bytes() == original

@@ -63,7 +63,10 @@ def _image_rel(key: str, ext: str) -> str:
 
 
 def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | None = None, quiet: bool = False) -> Path:
-    """Write `out_dir/llava.json` (or `llava_<split>.json`) and `out_dir/images/`; returns the JSON path."""
+    """Write `out_dir/llava.json` (or `llava_<split>.json`) and `out_dir/images/`; returns the JSON path.
+    Exporting into a folder again reuses the images already there that are byte-identical and replaces
+    the others; files no record names (of another build's export) are left alone: use a new folder
+    per build."""
     from vlmforge.manifests.read import Build, open_build
 
     b = build if isinstance(build, Build) else open_build(build)
@@ -95,7 +98,8 @@ def _records(b: "Build", split: str | None, out: Path) -> Iterator[dict[str, Any
         if ext is not None:
             rel = _image_rel(key, ext)
             path = out / rel
-            if not path.exists() or path.stat().st_size != len(sample[ext]):
+            # A rerun skips images already written; an older build's image under the same key is replaced.
+            if not path.exists() or path.stat().st_size != len(sample[ext]) or path.read_bytes() != sample[ext]:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(sample[ext])
         yield llava_record(key, doc, rel)

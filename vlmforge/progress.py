@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())  # a log keeps each message on one line
 
 
 # Seconds between two progress lines when stderr is not a terminal (a log file, a batch job).

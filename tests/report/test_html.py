@@ -95,3 +95,15 @@ def test_report_renders_in_headless_chromium(occ_build, copy_build, tmp_path):
         assert np.asarray(shot).std() > 20  # a page with content, not a blank one
     finally:
         browser.close()
+
+
+def test_a_reject_example_shows_one_reject_detail_and_input_together():
+    import duckdb
+
+    from vlmforge.report.html import _rejects
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE rejects AS SELECT * FROM (VALUES ('not_grounded', 'grounding', 'z: from input 1', '1'), "
+                "('not_grounded', 'grounding', 'a: from input 2', '2')) t(reason, stage, detail, source_id)")
+    page = _rejects(con)
+    assert "z: from input 1" in page and "a: from input 2" not in page

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlmforge.commands._common import (
-    BuildRun, Captions, CocoRoot, CocoSplit, GenOptions, Images, Instances, Seed, SourceKind, build_command,
+    BuildRun, Captions, CocoRoot, CocoSplit, GenOptions, Images, Instances, Seed, build_command,
     generator_options,
 )
 
@@ -16,7 +16,7 @@ from vlmforge.commands._common import (
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @build_command(build_app, "occlusion")
     def build_occlusion(
-        source: SourceKind = "coco",
+        source: Annotated[str, typer.Option("--source", help="coco: COCO-format data (the only source this builder reads)")] = "coco",
         coco_root: CocoRoot = None,
         split: CocoSplit = "val2017",
         captions: Captions = None,

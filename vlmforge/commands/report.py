@@ -15,7 +15,8 @@ Seed = Annotated[int, typer.Option("--seed", help="samples are ordered by md5(se
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @app.command("show", help=(
         "Draw a contact sheet of samples chosen by a SQL filter over the manifest (deterministic). Occlusion "
-        "samples show the original, the mask outlined and the occluded image side by side, with label and "
+        "samples show the original (when built with --keep-original), the mask outlined and the occluded image "
+        "side by side, with label and "
         "question; other builds show the image with its label, question and answer."))
     def show(
         build: BuildArg,

@@ -151,7 +151,8 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
 
 
 def _rejects(con) -> str:
-    rows = con.execute("SELECT reason, stage, count(*), min(detail), min(source_id) FROM rejects "
+    # The example's detail and input come from one reject (the first by input id), not two minima.
+    rows = con.execute("SELECT reason, stage, count(*), arg_min(detail, source_id), min(source_id) FROM rejects "
                        "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2").fetchall()
     if not rows:
         return "<p>No input was rejected.</p>"
