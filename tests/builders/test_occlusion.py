@@ -277,3 +277,12 @@ def test_same_build_under_any_string_hash_seed(tmp_path, sample_coco):
         files = sorted(p for p in (out / "occlusion").rglob("*") if p.suffix in (".tar", ".parquet"))
         digests.append({p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
     assert digests[0] and digests[0] == digests[1]
+
+
+def test_questions_say_several_when_several_objects_are_hidden(tmp_path, sample_coco):
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(sample_coco), quiet=True)
+    rows = b.sql("SELECT objects, question, entity FROM samples").fetchall()
+    many = [r for r in rows if r[0] > 1]
+    assert many and len(many) < len(rows)
+    for objects, question, entity in rows:
+        assert ("several" in question.lower() or " are most likely" in question) == (objects > 1), question

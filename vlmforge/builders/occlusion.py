@@ -134,6 +134,7 @@ class OcclusionBuilder(Builder):
         ("fill", pa.string(), "occlusion style"),
         ("question", pa.string(), "the instruction's text"),
         ("grounding", pa.string(), "how the object was grounded (name, embedding, grounding-dino)"),
+        ("objects", pa.int64(), "how many objects are hidden (instances or detections of a plural phrase)"),
     ]
     batch_size = 8
 
@@ -473,7 +474,8 @@ class OcclusionBuilder(Builder):
         key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
         g = c.grounding
         sup = (self._supercategory(g.category) if g.category else None)
-        question, template = occlusion_question(sup, FILL_PHRASES[cfg.fill], cfg.seed, key)
+        objects = max(len(g.instance_ids), len(g.boxes), 1)
+        question, template = occlusion_question(sup, FILL_PHRASES[cfg.fill], cfg.seed, key, objects > 1)
         box = [round(float(v), 2) for v in g.box]
         doc = {
             "id": key, "image_id": int(rec["image_id"]), "caption_id": int(c.caption["id"]),
@@ -481,7 +483,7 @@ class OcclusionBuilder(Builder):
             "category": g.category, "supercategory": sup, "type_word": type_word(sup),
             "causality": None if c.causality is None else round(c.causality, 6), "causality_method": cfg.causality,
             "box": box, "occluded_fraction": round(frac, 6), "fill": cfg.fill, "question": question,
-            "template": template, "grounding": g.method,
+            "template": template, "grounding": g.method, "objects": objects,
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         t = time.perf_counter()
@@ -506,7 +508,7 @@ class OcclusionBuilder(Builder):
         columns = {"label": c.entity.label, "entity": c.entity.phrase, "category": g.category, "supercategory": sup,
                    "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
                    "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
-                   "fill": cfg.fill, "question": question, "grounding": g.method}
+                   "fill": cfg.fill, "question": question, "grounding": g.method, "objects": objects}
         return Sample(key=key, doc=doc, image=jpg.tobytes(), image_ext="jpg", width=w, height=h,
                       source_id=f"{rec['image_id']}:{c.caption['id']}:{c.index}", extras=extras, columns=columns)
 

@@ -25,6 +25,19 @@ TEMPLATES = (
     "Something in this image, {a_type}, is masked by {fill}. What {type} do you think is behind the "
     "{fill_short}? Describe your reasoning and settle on one answer.",
 )
+# The same questions when several objects are hidden (a plural phrase grounded to several instances).
+PLURAL_TEMPLATES = (
+    "In the given image, there are several {types} heavily occluded by {fill}. What might the {types} occluded "
+    "by the {fill_short} be? Please provide your reasoning process and confirm a unique answer.",
+    "Part of this image is hidden behind {fill}. Judging from the visible context, what {types} are most "
+    "likely concealed there? Explain your reasoning and give one answer.",
+    "Several {types} in this picture have been covered by {fill}. Use the surrounding scene to work out what "
+    "the hidden {types} are. Reason step by step, then state a single answer.",
+    "Some things in this image, several {types}, are masked by {fill}. What {types} do you think are behind "
+    "the {fill_short}? Describe your reasoning and settle on one answer.",
+)
+PLURAL_TYPE_WORDS = {"person": "people", "accessory": "accessories", "piece of sports equipment": "pieces of sports equipment",
+                     "piece of furniture": "pieces of furniture"}
 SHORT_ANSWER_SUFFIX = " Answer with a single word or phrase."
 
 
@@ -42,11 +55,16 @@ def seeded_index(seed: int, key: str, n: int, salt: str = "") -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
-def occlusion_question(supercategory: str | None, fill_phrase: str, seed: int, key: str) -> tuple[str, int]:
-    """(question text, template index)."""
+def occlusion_question(supercategory: str | None, fill_phrase: str, seed: int, key: str,
+                       several: bool = False) -> tuple[str, int]:
+    """(question text, template index); `several`: more than one object is hidden (plural wording,
+    same template index)."""
     t = type_word(supercategory)
     idx = seeded_index(seed, key, len(TEMPLATES), "template")
     short = fill_phrase.replace("a cluster of ", "").replace("a ", "", 1)
+    if several:
+        types = PLURAL_TYPE_WORDS.get(t, t + "s")
+        return PLURAL_TEMPLATES[idx].format(types=types, fill=fill_phrase, fill_short=short), idx
     text = TEMPLATES[idx].format(a_type=_article(t), A_type=_article(t).capitalize(), type=t,
                                  fill=fill_phrase, fill_short=short)
     return text, idx
