@@ -39,3 +39,9 @@ def test_query_formats_and_refusal(tmp_path, sample_coco):
     assert r.returncode == 0
     assert run("sample", "coco", "--out", str(tmp_path / "s"), "--images", "2").returncode == 0
     assert (tmp_path / "s" / "annotations" / "instances_val2017.json").exists()
+
+
+def test_a_build_output_root_names_the_builds_under_it(coco_build):
+    root = coco_build.path.parent.parent  # OUT, not OUT/copy/<version>
+    r = run("verify", str(root))
+    assert r.returncode == 2 and "not a vlmforge build folder" in r.stderr and str(coco_build.path) in r.stderr

@@ -28,7 +28,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         json_file: JsonFile = None,
         image_root: ImageRoot = None,
         fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction of every parent split (exact to one record)")] = None,
-        splits: Annotated[Optional[str], typer.Option("--splits", help="partition into named splits instead, e.g. train=0.9,val=0.1")] = None,
+        splits: Annotated[Optional[str], typer.Option("--splits", help="partition into named splits instead, e.g. train=0.9,val=0.1: all the parent's records, its splits merged (a parent test record may land in train; --parent-split train re-splits train alone); fractions summing below 1 leave the rest out")] = None,
         stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="apply the fraction within each value of this column; 'source' = LLaVA sub-dataset")] = None,
         where: Where = None,
         parent_split: ParentSplits = None,
