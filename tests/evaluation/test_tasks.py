@@ -404,3 +404,11 @@ def test_scoring_predictions_of_another_task_is_refused(tmp_path, mcqa_build):
     (tmp_path / "run" / "run.json").write_text(json.dumps({"task": "mcqa"}))
     with pytest.raises(UserError, match="holds mcqa predictions .*--task mcqa"):
         score_predictions(get_task("pope"), preds, [], ReadOptions(), tmp_path / "s2", quiet=True, plots=False)
+
+
+def test_scoring_part_of_the_data_warns(tmp_path, capsys):
+    ann, combined = _pope_files(tmp_path)
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 1, "text": "Yes"}, {"question_id": 99, "text": "No"}])
+    score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "out", plots=False)
+    err = capsys.readouterr().err
+    assert "warning: scored 1 of 6 items; 1 predictions match no item" in err

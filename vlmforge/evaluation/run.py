@@ -171,6 +171,11 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             raise UserError(f"no prediction in {predictions} matches an item of the annotations "
                             f"(prediction ids like {unmatched[:3]}, item ids like {list(by_id)[:3]})")
         extra = {"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)}
+        if not quiet and (unmatched or len(records) < len(by_id)):  # the score covers part of the data only
+            from vlmforge.progress import console
+
+            console.print(f"[yellow]warning:[/] scored {len(records)} of {len(by_id)} items; "
+                          f"{len(unmatched)} predictions match no item (ids like {unmatched[:3]})")
     else:
         records = task.records_from_foreign(lines, predictions)
         if records is None:
