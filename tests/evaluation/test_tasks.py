@@ -412,3 +412,19 @@ def test_scoring_part_of_the_data_warns(tmp_path, capsys):
     score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "out", plots=False)
     err = capsys.readouterr().err
     assert "warning: scored 1 of 6 items; 1 predictions match no item" in err
+
+
+def test_mmbench_without_images_warns(tmp_path, capsys):
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    with open(tsv, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    for r in rows:
+        r.pop("image")
+    with open(tsv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    assert len(get_task("mmbench").read([tsv], ReadOptions()).items) == 7
+    assert "has no 'image' column" in capsys.readouterr().err
+    get_task("mmbench").read([_mmbench_tsv(tmp_path / "with.tsv")], ReadOptions())
+    assert "image" not in capsys.readouterr().err

@@ -55,6 +55,10 @@ class MMBenchTask(Task):
         for col in ("index", "question", "A", "B"):
             if col not in columns:
                 raise UserError(f"{paths[0]} has no column {col!r}; is it an MMBench TSV? columns: {', '.join(columns)}")
+        if "image" not in columns:  # MMBench is a visual benchmark: a TSV without images scores text alone
+            from vlmforge.progress import console
+
+            console.print(f"[yellow]warning:[/] {paths[0]} has no 'image' column: every question is asked without its image")
         images = {r["index"]: r.get("image", "") for r in rows}
         has_copies = any(int(r["index"]) >= CIRCULAR_OFFSET for r in rows)
         option_cols = [c for c in LETTERS if c in columns]
