@@ -99,3 +99,11 @@ def test_resume_refuses_a_changed_schedule_and_keeps_run_json(tmp_path, coco_bui
     assert message.startswith(f"cannot resume {out}: {option[2:].replace('-', '_')} changed"), message
     assert "workers" not in message and "\n" not in message
     assert run_json.read_text() == before
+
+
+def test_validating_on_the_training_shards_warns(tmp_path, coco_build, tiny_llava):
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--mode", "projector", "--out",
+               tmp_path / "run", "--max-steps", "1", "--batch-size", "2", "--workers", "0", "--max-length", "96",
+               "--val-split", "val")
+    assert r.exit_code == 0, r.output
+    assert "validation shard(s) are also training shards" in r.output

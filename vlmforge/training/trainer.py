@@ -348,6 +348,12 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
     shards = resolve_shards(cfg.shards, cfg.split)
     val = _val_shards(cfg)
+    same = {s.path for s in val or []} & {s.path for s in shards}
+    if same and main and not cfg.quiet:  # best/ would then be chosen on the training data itself
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]warning:[/] {len(same)} validation shard(s) are also training shards "
+                      f"(e.g. {sorted(same)[0]}); best/ is then chosen on data the model trains on")
     task = ClipTask(cfg, shards, val) if cfg.mode == "clip" else LlavaTask(cfg)
     optimizer = _optimizer(task, cfg)
     model, optimizer = accelerator.prepare(task.model, optimizer)
