@@ -140,3 +140,17 @@ def test_template_backend_is_deterministic_and_uses_the_image():
     with pytest.raises(UserError, match="template"):
         gen([GenerationRequest("free prompt")])
     json.dumps(out)
+
+
+def test_template_texts_take_the_right_article():
+    from vlmforge.curation.generation import GenerationRequest
+    from vlmforge.curation.generation.template import TemplateGenerator
+
+    gen = TemplateGenerator()
+    for qtype in ("simple", "explain", "cot"):
+        hint = {"task": "answer", "label": "Albatross", "subject": "bird", "concepts": ["a hooked bill", "long wings"],
+                "qtype": qtype}
+        texts = gen([GenerationRequest(prompt="q", n=4, extra={"template": hint})])[0]
+        assert all("an Albatross" in t and "a Albatross" not in t for t in texts), texts
+    described = gen([GenerationRequest(prompt="q", extra={"template": {"task": "describe", "subject": "owl"}})])[0][0]
+    assert described.startswith("The image shows an owl")

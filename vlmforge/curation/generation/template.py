@@ -84,18 +84,23 @@ def _describe(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     rng = _rng(req, i)
     rng.shuffle(facts)
     if not facts:
-        return f"The image shows a {subject}."
-    return f"The image shows a {subject} with {_join(facts[:4])}."
+        return f"The image shows {_a(subject)}."
+    return f"The image shows {_a(subject)} with {_join(facts[:4])}."
 
 
-SIMPLE = ["This is a {label}.", "The {subject} in the image is a {label}.", "It is a {label}."]
-EXPLAIN = ["This is a {label}. It can be recognised by {feats}.",
-           "The {subject} is a {label}: {feats} are characteristic of this kind.",
-           "I identify it as a {label} because of {feats}."]
+SIMPLE = ["This is {a_label}.", "The {subject} in the image is {a_label}.", "It is {a_label}."]
+EXPLAIN = ["This is {a_label}. It can be recognised by {feats}.",
+           "The {subject} is {a_label}: {feats} are characteristic of this kind.",
+           "I identify it as {a_label} because of {feats}."]
 COT = ["Let me look at the {subject} step by step. First, {first}. Next, {rest}. These features together point "
-       "to one answer. Therefore, this is a {label}.",
-       "Step 1: the {subject} shows {first}. Step 2: it also has {rest}. Step 3: this combination matches a "
-       "{label}. So the answer is {label}."]
+       "to one answer. Therefore, this is {a_label}.",
+       "Step 1: the {subject} shows {first}. Step 2: it also has {rest}. Step 3: this combination matches "
+       "{a_label}. So the answer is {label}."]
+
+
+def _a(word: str) -> str:
+    """The word with its indefinite article ("an albatross", "a bird")."""
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def _answer(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
@@ -105,12 +110,12 @@ def _answer(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     feats = list(hint.get("concepts") or [])
     qtype = hint.get("qtype", "simple")
     if qtype == "simple" or not feats:
-        return rng.choice(SIMPLE).format(label=label, subject=subject)
+        return rng.choice(SIMPLE).format(label=label, a_label=_a(label), subject=subject)
     picked = feats[: max(1, min(len(feats), 3))]
     if qtype == "cot":
-        return rng.choice(COT).format(label=label, subject=subject, first=picked[0],
+        return rng.choice(COT).format(label=label, a_label=_a(label), subject=subject, first=picked[0],
                                       rest=_join(picked[1:]) or "no other clear feature")
-    return rng.choice(EXPLAIN).format(label=label, subject=subject, feats=_join(picked))
+    return rng.choice(EXPLAIN).format(label=label, a_label=_a(label), subject=subject, feats=_join(picked))
 
 
 def _reason(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
@@ -122,8 +127,8 @@ def _reason(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     guess = rng.choice(cands)
     clue = rng.choice(["the visible outline", "the surrounding scene", "the size of the covered region",
                        "the parts that stick out from the blocks"])
-    return (f"The gray blocks hide most of the {context}. Looking at {clue}, the hidden thing is most likely a "
-            f"{guess}. Final answer: {guess}.")
+    return (f"The gray blocks hide most of the {context}. Looking at {clue}, the hidden thing is most likely "
+            f"{_a(guess)}. Final answer: {guess}.")
 
 
 class TemplateGenerator(Generator):
