@@ -81,3 +81,14 @@ def test_any_build_and_the_cli(copy_build, tmp_path):
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--where", "nope(",
                         "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_multiple_choice_captions_show_options_and_gold():
+    from vlmforge.report.show import caption
+
+    doc = {"question": "What is the main object?", "options": ["cat", "dog", "bus"], "answer": "B",
+           "conversations": [{"from": "human", "value": "<image>\nWhat is the main object?\nA. cat\nB. dog\nC. bus"},
+                             {"from": "gpt", "value": "B"}]}
+    parts = caption({"key": "k", "split": "test", "label": "dog"}, doc)
+    assert "A. cat  B. dog  C. bus" in parts and "gold: B" in parts
+    assert not any(p.startswith("A: ") for p in parts)

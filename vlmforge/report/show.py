@@ -113,7 +113,12 @@ def caption(row: dict[str, Any], doc: dict[str, Any]) -> list[str]:
     question = doc.get("question") or q
     if question:
         parts.append(f"Q: {question}")
-    if a:
+    options = doc.get("options")
+    if isinstance(options, list) and options:  # multiple choice: the options and the gold letter
+        parts.append("  ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options)))
+        if doc.get("answer"):
+            parts.append(f"gold: {doc['answer']}")
+    elif a:
         parts.append(f"A: {a}")
     return parts
 
