@@ -155,6 +155,9 @@ def test_thresholds_are_configurable(tmp_path, occlusion, trials):
     with pytest.raises(UserError, match="min-correct"):
         vlmforge.build("cvc-trials", "build", out=tmp_path / "x", source_options={"path": str(occlusion.path)},
                        min_correct=5, max_correct=4)
+    with pytest.raises(UserError, match="--threshold must be between -1 and 1"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path / "y", source_options={"path": str(occlusion.path)},
+                       threshold=2.0)
 
 
 def test_generator_extractor_agrees_with_rules(tmp_path, occlusion, trials):

@@ -113,3 +113,11 @@ def test_seen_unseen_refuses_a_typo_or_a_one_sided_class_list(tmp_path, parent):
 def test_a_missing_fraction_says_so(tmp_path, parent):
     with pytest.raises(UserError, match="--fraction is needed"):
         vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(parent.path)}, mode="class-preserving")
+
+
+def test_seen_unseen_options_with_another_mode_are_refused():
+    from vlmforge.builders.subset import SubsetConfig, SubsetPlan
+    from vlmforge.errors import UserError
+
+    with pytest.raises(UserError, match="--unseen-fraction applies to --seen-unseen only"):
+        SubsetPlan(SubsetConfig(mode="class-exclusive", fraction=0.5, unseen_fraction=0.3))

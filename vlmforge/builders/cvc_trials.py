@@ -72,6 +72,8 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
         super().__init__(config, source)
         if config.extractor not in ("rule", "generator"):
             raise UserError("--extractor must be rule or generator")
+        if not -1 <= config.threshold <= 1:  # a cosine similarity: 2 would call every answer wrong
+            raise UserError(f"--threshold must be between -1 and 1 (a cosine similarity), got {config.threshold}")
         if not 1 <= config.min_correct <= config.max_correct <= config.trials:
             raise UserError(f"need 1 <= --min-correct ({config.min_correct}) <= --max-correct ({config.max_correct}) "
                             f"<= --trials ({config.trials})")

@@ -53,6 +53,10 @@ class SubsetPlan(Plan):
             raise UserError(f"unknown --mode {config.mode!r}; use {', '.join(MODES)}")
         if config.mode in ("class-preserving", "class-exclusive"):
             check_fraction(config.fraction, "--fraction")
+            given = [o for o, v in (("--unseen-fraction", config.unseen_fraction), ("--classes-from", config.seen_classes),
+                                    ("--train-split", config.train_splits)) if v is not None]
+            if given:
+                raise UserError(f"{given[0]} applies to --seen-unseen only, not --mode {config.mode}")
         if config.mode == "seen-unseen":
             if config.unseen_fraction is not None and config.seen_classes is not None:
                 raise UserError("give --unseen-fraction or --classes-from, not both")
