@@ -295,3 +295,18 @@ def test_cache_keys_hold_the_endpoint_and_empty_answers_are_not_kept(tmp_path, m
     finally:
         a.close()
         b.close()
+
+
+def test_content_as_parts_or_a_number_is_text(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+
+    class Reply:
+        def __init__(self, content):
+            self.content = content
+
+        def json(self):
+            return {"choices": [{"index": 0, "message": {"content": self.content}}]}
+
+    gen = _gen(server)
+    assert gen._choices(Reply([{"type": "text", "text": "a "}, {"type": "text", "text": "dog"}])) == ["a dog"]
+    assert gen._choices(Reply(7)) == ["7"] and gen._choices(Reply(None)) == [""]

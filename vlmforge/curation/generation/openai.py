@@ -165,7 +165,7 @@ class OpenAIGenerator(Generator):
         try:
             doc = resp.json()
             choices = sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0))
-            return [(c.get("message") or {}).get("content") or "" for c in choices]
+            return [_text((c.get("message") or {}).get("content")) for c in choices]
         except (ValueError, AttributeError, TypeError):
             raise APIError(f"{self.base_url} answered 200 but not with a chat completion (is it an "
                            f"OpenAI-compatible /v1 endpoint?): {resp.text[:120]!r}") from None
@@ -189,6 +189,18 @@ class OpenAIGenerator(Generator):
             return [self._one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             return list(pool.map(self._one, requests))
+
+
+def _text(content: Any) -> str:
+    """A message's content as text: a string, or a list of parts whose text parts are joined (some
+    servers answer that way); anything else (a number) as its JSON text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return str(content)
 
 
 def _number(name: str, value: Any, kind: type, minimum: float) -> Any:
