@@ -174,8 +174,10 @@ def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
             "Banana bread on a plate. This is a Black footed Albatross.",
             "This is a Black footed Albatross: black primary color, hooked seabird bill shape and black wing color."],
             "explain"),
-        # best-scoring candidate does not name the label: fallback, even though a weaker one does
+        # the best-scoring candidate does not name the label: the best of those that do is kept
         _answers_line(keys[1], q_explain, ["A black bird with a hooked bill.", "Black footed Albatross."], "explain"),
+        # none names the label: the fallback
+        _answers_line(keys[3], q_explain, ["A black bird with a hooked bill.", "A gull."], "explain"),
         # a simple question takes the first candidate that names the label (one candidate per line here)
         _answers_line(keys[2], "What kind of bird is this?", ["A gull."]),
         _answers_line(keys[2], "What kind of bird is this?", ["It is a Black footed Albatross."]),
@@ -195,15 +197,16 @@ def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
                            answers=str(answers))
     assert child.info["parents"] == [parent.build_id]
     got = {s["__key__"]: s for s in child.samples()}
-    assert set(got) == set(keys[:3])
-    qa0, qa1, qa2 = (got[k]["json"]["qa"][0] for k in keys[:3])
+    assert set(got) == set(keys[:4])
+    qa0, qa1, qa2, qa3 = (got[k]["json"]["qa"][0] for k in keys[:4])
     assert qa0["answer"].startswith("This is a Black footed Albatross: black") and not qa0["fallback"]
-    assert qa1["answer"] == "This is an image of Black footed Albatross." and qa1["fallback"]
+    assert qa1["answer"] == "Black footed Albatross." and not qa1["fallback"]
     assert qa2["answer"] == "It is a Black footed Albatross." and qa2["type"] == "simple"
+    assert qa3["answer"] == "This is an image of Black footed Albatross." and qa3["fallback"]
     rows = dict((r[0], r[1:]) for r in child.sql("SELECT key, n_qa, n_fallback, round FROM samples").fetchall())
-    assert rows[keys[0]] == (1, 0, 2) and rows[keys[1]] == (1, 1, 2)
+    assert rows[keys[0]] == (1, 0, 2) and rows[keys[1]] == (1, 0, 2) and rows[keys[3]] == (1, 1, 2)
     assert {r[0] for r in child.sql("SELECT reason FROM rejects").fetchall()} == {"no_answers"}
-    assert child.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 9
+    assert child.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 8
     parent_imgs = {s["__key__"]: s["jpg"] for s in parent.samples()}
     assert all(got[k]["jpg"] == parent_imgs[k] for k in got)
     assert got[keys[0]]["json"]["conversations"][0]["value"] == "<image>\n" + q_explain

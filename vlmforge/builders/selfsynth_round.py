@@ -4,7 +4,7 @@ Input: the previous round's build (a `selfsynth` build or an earlier round) and 
 model's candidate answers per question, one line per question (`{"key", "question", "type"?,
 "answers": [...]}`) or per candidate (`{"key", "question", "answer"}`). For each question the
 candidates are scored by the information-bottleneck score against the image's concepts (other
-images' concepts as negatives); the best one is kept if it names the label. Simple questions take
+images' concepts as negatives); of those that name the label, the best is kept. Simple questions take
 the first candidate that names the label. Otherwise the answer falls back to "This is an image of
 {label}.". Keys and images stay those of the parent, whose build id becomes this build's parent.
 """
@@ -73,7 +73,7 @@ class SelfSynthRoundConfig(BuildConfig):
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")
@@ -174,11 +174,14 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
                 if names_label(c, label):
                     return c, None
             return None, None
-        scores = self.score(cands, concepts)
+        # Only answers that name the label may be kept; the best of those by score (a wrong answer
+        # scoring higher does not push a right one out).
+        naming = [c for c in cands if names_label(c, label)]
+        if not naming:
+            return None, None
+        scores = self.score(naming, concepts)
         best = int(np.argmax(scores))  # first of equal scores
-        if names_label(cands[best], label):
-            return cands[best], round(float(scores[best]), 6)
-        return None, None
+        return naming[best], round(float(scores[best]), 6)
 
     def score(self, cands: list[str], concepts: list[str]) -> np.ndarray:
         """IB score of each candidate answer against the image's concepts; the build's other concepts
