@@ -14,6 +14,7 @@ from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
 from vlmforge.builders.selfsynth import stable_int
 from vlmforge.curation.generation import GenerationRequest, make_generator
 from vlmforge.curation.softmatch import extract_answer, normalise
+from vlmforge.curation.instructions import question_stem
 from vlmforge.errors import UserError
 from vlmforge.sample import Sample
 from vlmforge.sources import open_source
@@ -137,13 +138,15 @@ def test_trials_pass_rates_and_samples(occlusion, trials):
         doc, p = s["json"], parent_samples[s["json"]["parent_key"]]
         assert s["jpg"] == p["jpg"] and s["mask.png"] == p["mask.png"]
         conv = doc["conversations"]
-        assert len(conv) == 2 and conv[0]["value"].startswith("<image>\n" + p["json"]["question"])
+        stem = question_stem(p["json"]["question"])
+        assert len(conv) == 2 and conv[0]["value"].startswith("<image>\n" + stem) and stem.endswith("?")
         assert doc["similarity"] > 0.85 and normalise(doc["answer"]) == normalise(doc["label"])
-        if doc["kind"] == "cot":
-            assert conv[1]["value"].endswith(f"Final answer: {doc['label']}.") and "reasoning" in conv[0]["value"]
+        if doc["kind"] == "cot":  # the question asks for reasoning once, in the trials' words
+            assert conv[1]["value"].endswith(f"Final answer: {doc['label']}.") and conv[0]["value"].count("reason") == 1
             assert s["__key__"] == f"{doc['parent_key']}_cot{doc['trial']:02d}"
-        else:
-            assert conv[1]["value"] == doc["label"] and conv[0]["value"] == "<image>\n" + p["json"]["question"]
+        else:  # a one-word answer follows a question asking for one, not for reasoning
+            assert conv[1]["value"] == doc["label"]
+            assert conv[0]["value"] == f"<image>\n{stem} Answer with a single word or phrase." and "reason" not in conv[0]["value"]
 
 
 def test_thresholds_are_configurable(tmp_path, occlusion, trials):

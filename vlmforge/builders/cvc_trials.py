@@ -19,6 +19,7 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.selfsynth import FromBuildMixin, GeneratorMixin, stable_int
 from vlmforge.curation.generation import GenerationRequest
+from vlmforge.curation.instructions import short_answer_question, with_instruction
 from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, normalise
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -100,7 +101,7 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
         for rec in batch:
             parent = load_record_sample(rec)
             doc = json.loads(parent.pop("json"))
-            prompt = f"{doc['question']} {cfg.reasoning_suffix}".strip()
+            prompt = with_instruction(doc["question"], cfg.reasoning_suffix)
             reqs.append(GenerationRequest(
                 "<image>\n" + prompt, image=parent.get(rec["image_format"]), n=cfg.trials, temperature=cfg.temperature,
                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=stable_int(cfg.seed, rec["key"], "trials"),
@@ -160,5 +161,5 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
             if norm in seen:
                 continue
             seen.add(norm)
-            out.append(make(f"ans{len(seen) - 1:02d}", "answer", j, doc["question"], found[j]))
+            out.append(make(f"ans{len(seen) - 1:02d}", "answer", j, short_answer_question(doc["question"]), found[j]))
         return out

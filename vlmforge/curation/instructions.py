@@ -49,6 +49,30 @@ def type_word(supercategory: str | None) -> str:
     return TYPE_WORDS.get(supercategory or "", "object")
 
 
+def _sentences(text: str) -> list[str]:
+    import re
+
+    return [t for t in re.split(r"(?<=[.?!])\s+", text.strip()) if t]
+
+
+def question_stem(question: str) -> str:
+    """The question without its sentences asking for reasoning ("Explain your reasoning and give one
+    answer.")."""
+    return " ".join(t for t in _sentences(question) if "reason" not in t.lower())
+
+
+def with_instruction(question: str, instruction: str) -> str:
+    """The question's stem followed by `instruction`, in place of the question's own request for
+    reasoning (two such requests in a row read as a doubled prompt)."""
+    return f"{question_stem(question)} {instruction.strip()}".strip()
+
+
+def short_answer_question(question: str) -> str:
+    """The question's stem asking for a short answer instead (LLaVA's wording): a one-word reply must
+    not follow "reason step by step"."""
+    return question_stem(question) + SHORT_ANSWER_SUFFIX
+
+
 def seeded_index(seed: int, key: str, n: int, salt: str = "") -> int:
     """A choice in range(n) that depends only on (seed, key, salt)."""
     digest = hashlib.sha256(f"{seed}:{key}:{salt}".encode()).digest()
