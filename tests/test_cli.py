@@ -45,3 +45,12 @@ def test_a_build_output_root_names_the_builds_under_it(coco_build):
     root = coco_build.path.parent.parent  # OUT, not OUT/copy/<version>
     r = run("verify", str(root))
     assert r.returncode == 2 and "not a vlmforge build folder" in r.stderr and str(coco_build.path) in r.stderr
+
+
+def test_a_build_where_every_input_is_rejected_warns(tmp_path):
+    recs = [{"id": f"r{i}", "image": f"nope{i}.jpg",
+             "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]} for i in range(2)]
+    (tmp_path / "l.json").write_text(json.dumps(recs))
+    r = run("build", "copy", "--source", "llava-json", "--json", str(tmp_path / "l.json"), "--image-root", str(tmp_path),
+            "--out", str(tmp_path / "o"))
+    assert r.returncode == 0 and "warning: no sample was built: every input was rejected" in r.stderr

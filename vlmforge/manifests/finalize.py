@@ -142,3 +142,6 @@ def print_summary(build_dir: Path, info: dict[str, Any]) -> None:
                 console.print(f"  rejected {n:>6}  {reason}")
         finally:
             con.close()
+        if not samples:  # e.g. a model endpoint that answered nothing usable: not a success to skim past
+            console.print("  [yellow]warning:[/] no sample was built: every input was rejected "
+                          f"(vlmforge manifest query {build_dir} \"SELECT * FROM rejects\" shows why)", highlight=False)
