@@ -23,6 +23,11 @@ def test_names_label():
     assert names_label("This is a Black-footed albatross, seen from the side.", "Black footed Albatross")
     assert names_label("It's an F/A-18 fighter.", "F/A-18")
     assert not names_label("This is an albatross.", "Black footed Albatross")
+    # a denied mention does not name it; another, affirmed mention still does
+    assert not names_label("This is not a Black footed Albatross; it lacks the dark plumage.", "Black footed Albatross")
+    assert not names_label("It isn't a gull.", "gull") and not names_label("No gull here.", "gull")
+    assert names_label("This is not a gull: it is a Black footed Albatross.", "Black footed Albatross")
+    assert names_label("Nothing else but a gull.", "gull")
     assert not names_label("A category of animals.", "cat")
     assert names_label("Laysan Albatross", "Albatross")
     assert normalise("  Laysan_Albatross!! ") == "laysan albatross"

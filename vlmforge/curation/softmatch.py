@@ -63,10 +63,20 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+NEGATIONS = frozenset("not no never nor neither isnt arent wasnt werent cannot cant doesnt dont".split())
+
+
 def names_label(text: str, label: str) -> bool:
-    """Whether `text` contains `label` as whole words, after normalising both."""
-    lab = normalise(label)
-    return bool(lab) and f" {lab} " in f" {normalise(text)} "
+    """Whether `text` names `label` as whole words (after normalising both), in a mention that no
+    negation within the three words before denies ("This is not a Black footed Albatross")."""
+    lab = normalise(label).split()
+    words = normalise(text).split()
+    if not lab:
+        return False
+    for i in range(len(words) - len(lab) + 1):
+        if words[i : i + len(lab)] == lab and not NEGATIONS & set(words[max(0, i - 3) : i]):
+            return True
+    return False
 
 
 class SoftMatcher:
