@@ -12,11 +12,12 @@ from tests.classification_fixtures import make_cub
 from tests.helpers import build_files
 from vlmforge.builders.base import run_build
 from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
-from vlmforge.curation.concepts import ib_scores, parse_bullets
+from vlmforge.curation.concepts import ConceptSelector, ib_scores, parse_bullets
 from vlmforge.curation.embedding import shared_embedder
-from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
+from vlmforge.curation.generation.template import TemplateGenerator
 from vlmforge.curation.softmatch import names_label
-from vlmforge.errors import UserError
+from vlmforge.errors import BuildError, UserError
 from vlmforge.manifests.verify import verify_build
 from vlmforge.sources import open_source
 
@@ -226,3 +227,37 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     with pytest.raises(UserError, match="answers file not found"):
         vlmforge.build("selfsynth-round", "build", out=tmp_path / "o4", source_options={"path": str(r2.path)},
                        answers=str(tmp_path / "missing.jsonl"))
+
+
+class _MuteDescriber(TemplateGenerator):
+    """Template texts, except that it describes no image listed in `mute` (every image when None)."""
+
+    mute: set[str] | None = None
+
+    def _one(self, req, i):
+        if (req.extra.get("template") or {}).get("task") == "describe" and self._muted(req):
+            return "  "
+        return super()._one(req, i)
+
+    def _muted(self, req):
+        return self.mute is None or req.image in self.mute
+
+
+def test_images_without_descriptions(tmp_path, cub, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "mute", f"{__name__}:_MuteDescriber")
+    options = {"root": str(cub), "splits": ["train"]}
+    monkeypatch.setattr(_MuteDescriber, "mute", None)
+    with pytest.raises(BuildError, match="no usable description for any of the 9 images"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "all", source_options=options, generator="mute",
+                       questions=1)
+    first = sorted((cub / "CUB_200_2011" / "images").glob("001.*/*.jpg"))[0]
+    monkeypatch.setattr(_MuteDescriber, "mute", {first.read_bytes()})
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "one", source_options=options, generator="mute",
+                       questions=1)
+    assert b.sql("SELECT reason, stage FROM rejects").fetchall() == [("no_descriptions", "descriptions")]
+    assert len(b) == 8
+
+
+def test_selector_without_any_description():
+    sel = ConceptSelector(shared_embedder("minilm"))
+    assert sel.select({"a": [], "b": []}, {"a": "x", "b": "x"}, {"x": ["red bill"]}) == {"a": [], "b": []}

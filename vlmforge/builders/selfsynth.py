@@ -285,6 +285,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         descriptions: dict[str, list[str]] = {k: [] for k in label_of}
         for key, outs in zip(owners, texts):
             descriptions[key].extend(t.strip() for t in outs if t.strip())
+        if descriptions and not any(descriptions.values()):
+            # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
+            raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
+                             f"{len(descriptions)} images of split {split!r}; check that it answers image prompts")
         selector = ConceptSelector(shared_embedder(cfg.embedder), cfg.ib_temperature, cfg.std_factor, cfg.min_concepts)
         picked = selector.select(descriptions, label_of, class_concepts)
         return {k: {"concepts": [c for c, _ in picked[k]], "scores": [round(s, 6) for _, s in picked[k]],
@@ -332,6 +336,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                 continue
             key = record_key(rec)
             sel = self.selected.get(key)
+            if sel and not sel["concepts"] and not sel["descriptions"] and self.concept_source != "attributes":
+                results[i] = [Reject(sid, "no_descriptions", "descriptions",
+                                     "the generator returned no usable description of this image")]
+                continue
             if not sel or not sel["concepts"]:
                 results[i] = [Reject(sid, "no_concepts", "concepts", f"no concepts for class {rec['label']!r}")]
                 continue
