@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import vlmforge
+from vlmforge.errors import UserError
 
 from tests.derived_data import visual_genome
 
@@ -68,3 +69,8 @@ def test_vg_feeds_subset_and_mcqa(tmp_path, vg):
     for s in m.samples():
         assert s["json"]["options"][s["json"]["answer_index"]] == s["json"]["label"]
         assert s["json"]["synset"]
+
+
+def test_unknown_answer_placeholder(tmp_path, vg):
+    with pytest.raises(UserError, match=r"\{nam\}; use \{box\}, \{box_pixels\}, \{name\}, \{synset\}"):
+        vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)}, answer_template="{box} {nam}")

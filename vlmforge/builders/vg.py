@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.base import BuildConfig, Builder, check_template
 from vlmforge.curation.images import EncodedImage, ImageError, load_for_storage
 from vlmforge.curation.selection import rank_value
 from vlmforge.errors import UserError
@@ -26,6 +26,7 @@ from vlmforge.sources.vg import object_names, synset_name
 
 VG_PROMPT = "<image>\nWhat is the main object in this image? Give its bounding box and its name."
 VG_ANSWER = "{box} {name}"
+ANSWER_FIELDS = ["box", "box_pixels", "name", "synset"]  # what _image() fills in
 
 
 @dataclass
@@ -66,6 +67,7 @@ class VgBuilder(Builder):
 
     def __init__(self, config: VgConfig, source: Source):
         super().__init__(config, source)
+        check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
         if config.max_objects_per_image is not None and config.max_objects_per_image < 1:
             raise UserError("--max-objects-per-image must be at least 1")
         self._synsets = set(config.synsets) if config.synsets is not None else None
