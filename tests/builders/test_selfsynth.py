@@ -2,6 +2,7 @@
 with its response cache) and `selfsynth-round` (scoring, fallback, lineage)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -261,3 +262,22 @@ def test_images_without_descriptions(tmp_path, cub, monkeypatch):
 def test_selector_without_any_description():
     sel = ConceptSelector(shared_embedder("minilm"))
     assert sel.select({"a": [], "b": []}, {"a": "x", "b": "x"}, {"x": ["red bill"]}) == {"a": [], "b": []}
+
+
+@pytest.mark.parametrize("doc, error", [
+    ({"Black footed Albatross": 5}, "the value for 'Black footed Albatross' must be a list of features"),
+    ({"Black footed Albatross": {"dark wings": 1}}, "must be a list of features .* not {\"dark wings\": 1}"),
+    ({"001.Black_footed_Albatross": ["dark wings"]},
+     r"no entry for any label of this build \(labels: 'Black footed Albatross', .*the file has: '001.Black"),
+])
+def test_concepts_file_shape(tmp_path, cub, doc, error):
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=error):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "out", source_options={"root": str(cub)}, concepts=str(path))
+
+
+def test_concepts_help_keeps_its_brackets():
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--help"], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "300"})
+    assert "{label: [features]}" in r.stdout

@@ -35,7 +35,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         source: Annotated[str, typer.Option("--source", help="cub, fgvc-aircraft, stanford-dogs or imagefolder")] = "cub",
         split: Annotated[Optional[list[str]], typer.Option("--split", help="split(s) to use (repeatable; default train; 'all' for every split); not for imagefolder")] = None,
         level: Annotated[str, typer.Option("--level", help="fgvc-aircraft label level: variant, family or manufacturer")] = "variant",
-        concepts: Annotated[str, typer.Option("--concepts", help="generate (ask the concept generator), attributes (CUB annotations, no model) or a JSON file {label: [features]}")] = "generate",
+        concepts: Annotated[str, typer.Option("--concepts", help="generate (ask the concept generator), attributes (CUB annotations, no model) or a JSON file {label: \\[features]}")] = "generate",
         generator: Generator = "template",
         model: Model = None,
         concept_generator: Annotated[Optional[str], typer.Option("--concept-generator", help="backend for class concepts (default: --generator)")] = None,
