@@ -35,7 +35,7 @@ class VgConfig(BuildConfig):
     answer_template: str = VG_ANSWER  # fields: {box} (normalised), {box_pixels}, {name}, {synset}
     synsets: list[str] | None = None  # keep only these synsets (from --synsets-from)
     max_objects_per_image: int | None = None
-    min_box_side: int = 1  # objects whose box is narrower or lower than this (pixels) are left out
+    min_box_side: int = 1  # smaller boxes (either side, in pixels) are rejected: box_too_small
     crop: bool = False
     crop_margin: float = 0.1  # crop: margin around the box, as a fraction of its size
     jpeg_quality: int = 95
@@ -52,7 +52,7 @@ def format_box(box: list[float]) -> str:
 
 class VgBuilder(Builder):
     name = "vg"
-    VERSION = "1.0.0"
+    VERSION = "1.0.1"
     Config = VgConfig
     description = "Visual Genome objects with synsets as object-centric LLaVA records (box and class in the answer)."
     batch_size = 8
@@ -104,6 +104,8 @@ class VgBuilder(Builder):
                 out.append(Reject(osid, "bad_box", "vg", "the object has no numeric x, y, w, h"))
                 continue
             if w < self.config.min_box_side or h < self.config.min_box_side:
+                out.append(Reject(osid, "box_too_small", "vg", f"box {w:g}x{h:g} pixels is below "
+                                  f"--min-box-side {self.config.min_box_side}"))
                 continue
             chosen.append((make_key("vg", rec["image_id"], oid), oid, osid, obj, synsets[0], (x, y, w, h)))
         cap = self.config.max_objects_per_image
