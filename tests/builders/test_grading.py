@@ -60,3 +60,10 @@ def test_size_and_sixteen_bit_images(tmp_path, knees):
     assert fmt == [("PNG",)]
     with pytest.raises(UserError, match="not both"):
         vlmforge.build("grading", "imagefolder", out=tmp_path / "x", source_options={"root": str(knees)}, size=5, per_grade=1)
+
+
+def test_unknown_answer_placeholder(tmp_path, knees):
+    with pytest.raises(UserError, match=r"unknown placeholder\(s\) \{nope\}; use \{grade\}, \{description\}"):
+        vlmforge.build("grading", "imagefolder", out=tmp_path, source_options={"root": str(knees)},
+                       answer_template="Grade {grade} {nope}")
+    assert not any(tmp_path.iterdir())  # refused before anything was written

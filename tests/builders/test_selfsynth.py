@@ -2,6 +2,7 @@
 with its response cache) and `selfsynth-round` (scoring, fallback, lineage)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,11 +13,12 @@ from tests.classification_fixtures import make_cub
 from tests.helpers import build_files
 from vlmforge.builders.base import run_build
 from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
-from vlmforge.curation.concepts import ib_scores, parse_bullets
+from vlmforge.curation.concepts import ConceptSelector, ib_scores, parse_bullets
 from vlmforge.curation.embedding import shared_embedder
-from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
+from vlmforge.curation.generation.template import TemplateGenerator
 from vlmforge.curation.softmatch import names_label
-from vlmforge.errors import UserError
+from vlmforge.errors import BuildError, UserError
 from vlmforge.manifests.verify import verify_build
 from vlmforge.sources import open_source
 
@@ -47,7 +49,7 @@ def offline_build(tmp_path_factory, cub):
            "--max-samples-per-shard", "5"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return vlmforge.open_build(out / "selfsynth" / "1.1.0")
+    return vlmforge.open_build(out / "selfsynth" / "1.1.1")
 
 
 def test_offline_attribute_path(offline_build):
@@ -229,3 +231,56 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     with pytest.raises(UserError, match="answers file not found"):
         vlmforge.build("selfsynth-round", "build", out=tmp_path / "o4", source_options={"path": str(r2.path)},
                        answers=str(tmp_path / "missing.jsonl"))
+
+
+class _MuteDescriber(TemplateGenerator):
+    """Template texts, except that it describes no image listed in `mute` (every image when None)."""
+
+    mute: set[str] | None = None
+
+    def _one(self, req, i):
+        if (req.extra.get("template") or {}).get("task") == "describe" and self._muted(req):
+            return "  "
+        return super()._one(req, i)
+
+    def _muted(self, req):
+        return self.mute is None or req.image in self.mute
+
+
+def test_images_without_descriptions(tmp_path, cub, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "mute", f"{__name__}:_MuteDescriber")
+    options = {"root": str(cub), "splits": ["train"]}
+    monkeypatch.setattr(_MuteDescriber, "mute", None)
+    with pytest.raises(BuildError, match="no usable description for any of the 9 images"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "all", source_options=options, generator="mute",
+                       questions=1)
+    first = sorted((cub / "CUB_200_2011" / "images").glob("001.*/*.jpg"))[0]
+    monkeypatch.setattr(_MuteDescriber, "mute", {first.read_bytes()})
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "one", source_options=options, generator="mute",
+                       questions=1)
+    assert b.sql("SELECT reason, stage FROM rejects").fetchall() == [("no_descriptions", "descriptions")]
+    assert len(b) == 8
+
+
+def test_selector_without_any_description():
+    sel = ConceptSelector(shared_embedder("minilm"))
+    assert sel.select({"a": [], "b": []}, {"a": "x", "b": "x"}, {"x": ["red bill"]}) == {"a": [], "b": []}
+
+
+@pytest.mark.parametrize("doc, error", [
+    ({"Black footed Albatross": 5}, "the value for 'Black footed Albatross' must be a list of features"),
+    ({"Black footed Albatross": {"dark wings": 1}}, "must be a list of features .* not {\"dark wings\": 1}"),
+    ({"001.Black_footed_Albatross": ["dark wings"]},
+     r"no entry for any label of this build \(labels: 'Black footed Albatross', .*the file has: '001.Black"),
+])
+def test_concepts_file_shape(tmp_path, cub, doc, error):
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=error):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "out", source_options={"root": str(cub)}, concepts=str(path))
+
+
+def test_concepts_help_keeps_its_brackets():
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--help"], capture_output=True,
+                       text=True, env={**os.environ, "COLUMNS": "300"})
+    assert "{label: [features]}" in r.stdout

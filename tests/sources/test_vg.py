@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 import vlmforge
+from vlmforge.errors import UserError
 
 from tests.derived_data import visual_genome
 
@@ -68,3 +69,21 @@ def test_vg_feeds_subset_and_mcqa(tmp_path, vg):
     for s in m.samples():
         assert s["json"]["options"][s["json"]["answer_index"]] == s["json"]["label"]
         assert s["json"]["synset"]
+
+
+def test_unknown_answer_placeholder(tmp_path, vg):
+    with pytest.raises(UserError, match=r"\{nam\}; use \{box\}, \{box_pixels\}, \{name\}, \{synset\}"):
+        vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)}, answer_template="{box} {nam}")
+
+
+def test_small_boxes_are_rejects(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"].append({"object_id": 900, "x": 3, "y": 3, "w": 0, "h": 5, "names": ["pole"],
+                                  "synsets": ["pole.n.01"]})
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", min_box_side=2,
+                       source_options={"objects": str(tmp_path / "objects.json"),
+                                       "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    rejects = b.sql("SELECT source_id, reason, detail FROM rejects WHERE reason = 'box_too_small'").fetchall()
+    assert rejects == [("1:900", "box_too_small", "box 0x5 pixels is below --min-box-side 2")]
+    assert len(b) == 6

@@ -60,3 +60,25 @@ def test_compose_keeps_pretrained_parts_and_trains(tmp_path, coco_build, vision_
                       scheduler="constant", max_length=128, quiet=True),
           on_step=lambda step, rec: losses.append(rec["loss"]))
     assert len(losses) == 6 and all(l == l for l in losses)  # image tokens and features line up; no NaN
+
+
+@pytest.mark.parametrize("layer", [3, -4, 99])
+def test_feature_layer_out_of_range(tmp_path, layer):
+    from vlmforge.errors import UserError
+    from vlmforge.training.compose import compose_llava
+
+    vision, lm, _, _ = _tiny_parts(tmp_path, "dinov2", "qwen2")
+    with pytest.raises(UserError, match=r"out of range: .* has 2 layers, so use -3\.\.2"):
+        compose_llava(str(vision), str(lm), tmp_path / "out", feature_layer=layer)
+    assert not (tmp_path / "out").exists()
+
+
+def test_feature_layer_bounds_are_usable(tmp_path):
+    from vlmforge.training.compose import check_feature_layer
+
+    _, _, tower, _ = _tiny_parts(tmp_path, "dinov2", "qwen2")
+    states = tower(pixel_values=torch.zeros(1, 3, 32, 32), output_hidden_states=True).hidden_states
+    for layer in (-3, 2):  # the bounds the check allows index real hidden states
+        check_feature_layer(layer, tower.config.num_hidden_layers, "vision")
+        assert states[layer] is not None
+    assert len(states) == 3

@@ -97,6 +97,21 @@ class Builder:
         return ident
 
 
+def check_template(template: str, fields: list[str], option: str) -> None:
+    """A UserError naming the placeholders of `template` outside `fields`: caught before the build, not
+    as a KeyError in the middle of it."""
+    import string
+
+    try:
+        used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:  # an unmatched brace
+        raise BuildError(f"{option} {template!r} is not a valid template: {e}; write {{{{ and }}}} for literal braces") from None
+    unknown = sorted({n for n in used if n not in fields})
+    if unknown:
+        names = ", ".join("{" + n + "}" for n in unknown)
+        raise BuildError(f"{option} has unknown placeholder(s) {names}; use {', '.join('{' + f + '}' for f in fields)}")
+
+
 def _batches(records, batch_size: int, start: int):
     """Batches aligned to absolute input indices, so a resumed run forms the same batches
     (model outputs can depend on batch composition through padding). Yields (first_index, batch)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig
+from vlmforge.builders.base import BuildConfig, check_template
 from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.curation.selection import fit_cuts
@@ -29,6 +29,7 @@ from vlmforge.sources.base import Record, Source
 
 KL_PROMPT = "<image>\nWhat is the Kellgren-Lawrence grade of this knee X-ray image?"
 KL_ANSWER = "The most likely Kellgren-Lawrence grade of this knee X-ray image is Grade {grade}: {description}."
+ANSWER_FIELDS = ["grade", "description"]  # what the answer is formatted with
 # The Kellgren-Lawrence scale of knee osteoarthritis, in short.
 KL_DESCRIPTIONS = {
     "0": "no radiographic signs of osteoarthritis",
@@ -72,6 +73,7 @@ class GradingPlan(Plan):
         self.config = config
         if config.per_grade is not None and config.size is not None:
             raise UserError("give --per-grade or --size, not both")
+        check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
         for opt, v in (("--per-grade", config.per_grade), ("--size", config.size)):
             if v is not None and v < 1:
                 raise UserError(f"{opt} must be at least 1, got {v}")

@@ -143,6 +143,12 @@ class FromBuildMixin:
             raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
 
 
+def _some(names: list[str], n: int = 3) -> str:
+    """The first `n` names quoted, and how many more."""
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "") if names else "no labels"
+
+
 @dataclass
 class SelfSynthConfig(BuildConfig):
     concepts: str = "generate"  # generate | attributes | path to a JSON file {label: [features]}
@@ -167,7 +173,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.1.0"
+    VERSION = "1.1.1"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -251,10 +257,18 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             raise UserError(f"concepts file {path} is not readable JSON: {e}") from None
         if not isinstance(doc, dict):
             raise UserError(f"concepts file {path} must map each label to a list of features")
+        for lab, v in doc.items():
+            if not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise UserError(f"concepts file {path}: the value for {lab!r} must be a list of features (strings) "
+                                f"or one bulleted text, not {json.dumps(v)[:60]}")
+        if labels and not any(lab in doc for lab in labels):
+            # Every image would be a no_concepts reject: most likely the file is keyed by folder names or ids.
+            raise UserError(f"concepts file {path} has no entry for any label of this build "
+                            f"(labels: {_some(labels)}; the file has: {_some(sorted(doc))})")
         out = {}
         for lab in labels:
             v = doc.get(lab, [])
-            out[lab] = parse_bullets(v) if isinstance(v, str) else [str(x).strip() for x in v if str(x).strip()]
+            out[lab] = parse_bullets(v) if isinstance(v, str) else [x.strip() for x in v if x.strip()]
         return out
 
     def _select_by_descriptions(self, recs: list[Record], split: str) -> dict[str, dict[str, Any]]:
@@ -285,6 +299,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         descriptions: dict[str, list[str]] = {k: [] for k in label_of}
         for key, outs in zip(owners, texts):
             descriptions[key].extend(t.strip() for t in outs if t.strip())
+        if descriptions and not any(descriptions.values()):
+            # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
+            raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
+                             f"{len(descriptions)} images of split {split!r}; check that it answers image prompts")
         selector = ConceptSelector(shared_embedder(cfg.embedder), cfg.ib_temperature, cfg.std_factor, cfg.min_concepts)
         picked = selector.select(descriptions, label_of, class_concepts)
         return {k: {"concepts": [c for c, _ in picked[k]], "scores": [round(s, 6) for _, s in picked[k]],
@@ -332,6 +350,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                 continue
             key = record_key(rec)
             sel = self.selected.get(key)
+            if sel and not sel["concepts"] and not sel["descriptions"] and self.concept_source != "attributes":
+                results[i] = [Reject(sid, "no_descriptions", "descriptions",
+                                     "the generator returned no usable description of this image")]
+                continue
             if not sel or not sel["concepts"]:
                 results[i] = [Reject(sid, "no_concepts", "concepts", f"no concepts for class {rec['label']!r}")]
                 continue

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.base import BuildConfig, Builder, check_template
 from vlmforge.curation.images import EncodedImage, ImageError, load_for_storage
 from vlmforge.curation.selection import rank_value
 from vlmforge.errors import UserError
@@ -26,6 +26,7 @@ from vlmforge.sources.vg import object_names, synset_name
 
 VG_PROMPT = "<image>\nWhat is the main object in this image? Give its bounding box and its name."
 VG_ANSWER = "{box} {name}"
+ANSWER_FIELDS = ["box", "box_pixels", "name", "synset"]  # what _image() fills in
 
 
 @dataclass
@@ -34,7 +35,7 @@ class VgConfig(BuildConfig):
     answer_template: str = VG_ANSWER  # fields: {box} (normalised), {box_pixels}, {name}, {synset}
     synsets: list[str] | None = None  # keep only these synsets (from --synsets-from)
     max_objects_per_image: int | None = None
-    min_box_side: int = 1  # objects whose box is narrower or lower than this (pixels) are left out
+    min_box_side: int = 1  # smaller boxes (either side, in pixels) are rejected: box_too_small
     crop: bool = False
     crop_margin: float = 0.1  # crop: margin around the box, as a fraction of its size
     jpeg_quality: int = 95
@@ -51,7 +52,7 @@ def format_box(box: list[float]) -> str:
 
 class VgBuilder(Builder):
     name = "vg"
-    VERSION = "1.0.0"
+    VERSION = "1.0.1"
     Config = VgConfig
     description = "Visual Genome objects with synsets as object-centric LLaVA records (box and class in the answer)."
     batch_size = 8
@@ -66,6 +67,7 @@ class VgBuilder(Builder):
 
     def __init__(self, config: VgConfig, source: Source):
         super().__init__(config, source)
+        check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
         if config.max_objects_per_image is not None and config.max_objects_per_image < 1:
             raise UserError("--max-objects-per-image must be at least 1")
         self._synsets = set(config.synsets) if config.synsets is not None else None
@@ -102,6 +104,8 @@ class VgBuilder(Builder):
                 out.append(Reject(osid, "bad_box", "vg", "the object has no numeric x, y, w, h"))
                 continue
             if w < self.config.min_box_side or h < self.config.min_box_side:
+                out.append(Reject(osid, "box_too_small", "vg", f"box {w:g}x{h:g} pixels is below "
+                                  f"--min-box-side {self.config.min_box_side}"))
                 continue
             chosen.append((make_key("vg", rec["image_id"], oid), oid, osid, obj, synsets[0], (x, y, w, h)))
         cap = self.config.max_objects_per_image

@@ -170,7 +170,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         images: Annotated[Optional[Path], typer.Option("--images", help="folder holding VG_100K/ and VG_100K_2/ (default: --root)")] = None,
         synsets_from: Annotated[Optional[Path], typer.Option("--synsets-from", help="keep only the synsets listed in this file, one per line")] = None,
         max_objects_per_image: Annotated[Optional[int], typer.Option("--max-objects-per-image", help="keep at most N objects per image (hashed choice)")] = None,
-        min_box_side: Annotated[int, typer.Option("--min-box-side", help="leave out boxes narrower or lower than this many pixels")] = 1,
+        min_box_side: Annotated[int, typer.Option("--min-box-side", help="reject boxes narrower or lower than this many pixels (box_too_small)")] = 1,
         crop: Annotated[bool, typer.Option("--crop", help="store the object's crop instead of the whole image")] = False,
         prompt: Annotated[Optional[str], typer.Option("--prompt", help="the human turn")] = None,
         answer_template: Annotated[Optional[str], typer.Option("--answer-template", help="the answer, with {box}, {box_pixels}, {name}, {synset}")] = None,

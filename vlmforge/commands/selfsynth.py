@@ -19,7 +19,7 @@ GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
-FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.1.0")]
+FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.1.1")]
 FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/1.2.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
 
@@ -35,7 +35,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         source: Annotated[str, typer.Option("--source", help="cub, fgvc-aircraft, stanford-dogs or imagefolder")] = "cub",
         split: Annotated[Optional[list[str]], typer.Option("--split", help="split(s) to use (repeatable; default train; 'all' for every split); not for imagefolder")] = None,
         level: Annotated[str, typer.Option("--level", help="fgvc-aircraft label level: variant, family or manufacturer")] = "variant",
-        concepts: Annotated[str, typer.Option("--concepts", help="generate (ask the concept generator), attributes (CUB annotations, no model) or a JSON file {label: [features]}")] = "generate",
+        concepts: Annotated[str, typer.Option("--concepts", help="generate (ask the concept generator), attributes (CUB annotations, no model) or a JSON file {label: \\[features]}")] = "generate",
         generator: Generator = "template",
         model: Model = None,
         concept_generator: Annotated[Optional[str], typer.Option("--concept-generator", help="backend for class concepts (default: --generator)")] = None,

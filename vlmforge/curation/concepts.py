@@ -107,8 +107,10 @@ class ConceptSelector:
         for k in keys:
             spans[k] = (len(flat), len(flat) + len(descriptions[k]))
             flat.extend(descriptions[k])
-        desc_vec = self.embedder.encode(flat).astype(np.float64)
         out: dict[str, list[tuple[str, float]]] = {}
+        if not flat:  # nothing to score against: no image keeps a concept
+            return {k: [] for k in keys}
+        desc_vec = self.embedder.encode(flat).astype(np.float64)
         by_class: dict[str, list[str]] = {}
         for k in keys:
             by_class.setdefault(labels[k], []).append(k)

@@ -44,6 +44,14 @@ def _vision_parts(vision: str) -> tuple[Any, Any]:
     return cfg, tower_cls.from_pretrained(vision)
 
 
+def check_feature_layer(layer: int, n_layers: int | None, vision: str) -> None:
+    """`layer` indexes the tower's hidden states: the embeddings plus one per layer, so n_layers + 1 of them,
+    from the end when negative (as transformers does). An index past them only fails at the first forward."""
+    if n_layers is not None and not -(n_layers + 1) <= layer <= n_layers:
+        raise UserError(f"--feature-layer {layer} is out of range: {vision} has {n_layers} layers, so use "
+                        f"{-(n_layers + 1)}..{n_layers} (0 = the embeddings, -1 = the last layer, LLaVA uses -2)")
+
+
 def compose_llava(vision: str, language_model: str, out: str | Path, feature_layer: int = -2,
                   strategy: str = "default", seed: int = 0) -> Path:
     """Write a LlavaForConditionalGeneration made of `vision` and `language_model` (paths or Hub ids)
@@ -61,6 +69,7 @@ def compose_llava(vision: str, language_model: str, out: str | Path, feature_lay
         image_processor = AutoImageProcessor.from_pretrained(vision)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the parts: {str(e).splitlines()[0]}") from None
+    check_feature_layer(feature_layer, getattr(vision_cfg, "num_hidden_layers", None), vision)
     if not hasattr(lm, "model") or not hasattr(lm, "lm_head"):
         raise UserError(f"{language_model} is a {type(lm).__name__}; expected a causal LM with .model and .lm_head")
     if "<image>" not in tok.get_vocab():
