@@ -49,7 +49,7 @@ def offline_build(tmp_path_factory, cub):
            "--max-samples-per-shard", "5"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return vlmforge.open_build(out / "selfsynth" / "1.1.1")
+    return vlmforge.open_build(out / "selfsynth" / "1.1.0")
 
 
 def test_offline_attribute_path(offline_build):

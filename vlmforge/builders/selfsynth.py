@@ -173,7 +173,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.1.1"
+    VERSION = "1.1.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
