@@ -184,3 +184,15 @@ def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
     with pytest.raises(UserError, match="occlusion build"):
         vlmforge.build("cvc-trials", "build", out=tmp_path / "q", source_options={"path": str(no_super.path)})
     json.dumps(b.info)
+
+
+def test_fewer_trials_than_the_default_max_correct(tmp_path, occlusion):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    r = CliRunner().invoke(app, ["build", "cvc-trials", "--from", str(occlusion.path), "--trials", "2", "--out",
+                                 str(tmp_path), "-q", "--where", "key IN (SELECT key FROM samples ORDER BY key LIMIT 3)"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(next(tmp_path.rglob("build.json")).read_text())
+    assert info["config"]["max_correct"] == 2 and info["config"]["trials"] == 2

@@ -284,3 +284,17 @@ def test_concepts_help_keeps_its_brackets():
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--help"], capture_output=True,
                        text=True, env={**os.environ, "COLUMNS": "300"})
     assert "{label: [features]}" in r.stdout
+
+
+def test_answers_files_and_parents_of_the_wrong_kind_are_one_error(tmp_path, offline_build, coco_build):
+    from vlmforge.builders.selfsynth_round import read_answers, write_candidate_answers
+
+    bad = tmp_path / "a.jsonl"
+    bad.write_text('{"key": "k", "question": ["a"], "answers": ["x"]}\n')
+    with pytest.raises(UserError, match="'question' must be text"):
+        read_answers(bad)
+    bad.write_text('{"key": "k", "question": "q", "answers": [null, 5]}\n')
+    with pytest.raises(UserError, match="'answers' must be a list of strings"):
+        read_answers(bad)
+    with pytest.raises(UserError, match="is a copy build; candidate answers are asked for the questions of a selfsynth"):
+        write_candidate_answers(coco_build.path, tmp_path / "out.jsonl", "template", None)

@@ -50,8 +50,10 @@ def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         if not isinstance(row, dict) or "key" not in row or "question" not in row:
             raise UserError(f"{p}:{lineno}: each line needs 'key', 'question' and 'answers' (a list) or 'answer'")
         cands = row.get("answers", [row["answer"]] if "answer" in row else None)
-        if not isinstance(cands, list):
+        if not isinstance(cands, list) or not all(isinstance(c, str) for c in cands):
             raise UserError(f"{p}:{lineno}: 'answers' must be a list of strings")
+        if not isinstance(row["question"], str):
+            raise UserError(f"{p}:{lineno}: 'question' must be text, not {type(row['question']).__name__}")
         entry = out.setdefault(str(row["key"]), {}).setdefault(
             row["question"], {"question": row["question"], "type": row.get("type"), "answers": []})
         entry["answers"].extend(str(c) for c in cands)
@@ -213,6 +215,9 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
     from vlmforge.progress import progress_bar
 
     build = open_build(build_path)
+    if build.info["builder"] not in ("selfsynth", "selfsynth-round"):
+        raise UserError(f"{build_path} is a {build.info['builder']} build; candidate answers are asked for the "
+                        "questions of a selfsynth build or round")
     gen = make_generator(backend, model, cache_dir=cache_dir, **(generator_options or {}))
     gen.setup()
     out = Path(output)

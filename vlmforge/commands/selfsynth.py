@@ -117,7 +117,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         embedder: Embedder = "minilm",
         threshold: Annotated[float, typer.Option("--threshold", help="cosine above which an answer matches the label")] = 0.85,
         min_correct: Annotated[int, typer.Option("--min-correct", min=1, help="keep images with at least this many correct trials")] = 1,
-        max_correct: Annotated[int, typer.Option("--max-correct", min=1, help="... and at most this many")] = 4,
+        max_correct: Annotated[Optional[int], typer.Option("--max-correct", min=1, help="... and at most this many (default: 4, or --trials when fewer)")] = None,
         device: Device = None,
         dtype: Dtype = None,
         gen_batch_size: GenBatch = None,
@@ -134,7 +134,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = CvcTrialsBuilder.open_source("build", path=from_build, where=where)
         cfg = CvcTrialsConfig(seed=seed, generator=generator, model=model, trials=trials, temperature=temperature,
                               top_p=top_p, max_new_tokens=max_new_tokens, extractor=extractor, embedder=embedder,
-                              threshold=threshold, min_correct=min_correct, max_correct=max_correct)
+                              threshold=threshold, min_correct=min_correct,
+                              max_correct=min(4, trials) if max_correct is None else max_correct)
         builder = functools.partial(CvcTrialsBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
                                     cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
         return BuildRun(builder, cfg, src)

@@ -94,7 +94,8 @@ def open_build(path: str | Path) -> Build:
     if not info_path.exists():
         if (p / "build.pending.json").exists():
             raise UserError(f"{p} is an unfinished build; run the same build command again to resume it")
-        inside = sorted(str(b.parent) for b in p.glob(f"*/*/{BUILD_JSON}")) if p.is_dir() else []
+        inside = sorted(str(b.parent) for pattern in (f"*/{BUILD_JSON}", f"*/*/{BUILD_JSON}")
+                        for b in p.glob(pattern)) if p.is_dir() else []
         hint = f"; builds under it: {', '.join(inside[:3])}" + (" ..." if len(inside) > 3 else "") if inside else ""
         raise UserError(f"{p} is not a vlmforge build folder (no build.json){hint}")
     return Build(p, read_build_info(info_path))
