@@ -154,3 +154,15 @@ def test_template_texts_take_the_right_article():
         assert all("an Albatross" in t and "a Albatross" not in t for t in texts), texts
     described = gen([GenerationRequest(prompt="q", extra={"template": {"task": "describe", "subject": "owl"}})])[0][0]
     assert described.startswith("The image shows an owl")
+
+
+def test_image_facts_take_the_right_article():
+    import io
+
+    from PIL import Image
+
+    from vlmforge.curation.generation.template import image_facts
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (128, 128, 128)).save(buf, "PNG")
+    assert image_facts(buf.getvalue())[1:] == ["an evenly lit scene", "a nearly square frame"]

@@ -158,7 +158,8 @@ class OpenAIGenerator(Generator):
                     sys.stderr.write(f"openai: {self.base_url} failed ({last}); retrying up to "
                                      f"{self.max_retries} times\n")
                 time.sleep(self._wait(attempt, retry_after))
-        raise APIError(f"{self.base_url} failed {self.max_retries + 1} times (last: {last}); run again to resume")
+        tries = "once" if self.max_retries == 0 else f"{self.max_retries + 1} times"
+        raise APIError(f"{self.base_url} failed {tries} (last: {last}); run again to resume")
 
     def _choices(self, resp) -> list[str]:
         """The texts of a 200 answer; one that is not a chat completion (a proxy's login page) is an error."""

@@ -62,7 +62,7 @@ def image_facts(data: bytes) -> list[str]:
     lum = float((pixels @ np.array([0.299, 0.587, 0.114])).mean())
     tone = "dark" if lum < 85 else "bright" if lum > 170 else "evenly lit"
     shape = "wide" if w > 1.2 * h else "tall" if h > 1.2 * w else "nearly square"
-    return [f"mostly {_join(ranked)} colours", f"a {tone} scene", f"a {shape} frame"]
+    return [f"mostly {_join(ranked)} colours", f"{_a(tone)} scene", f"{_a(shape)} frame"]
 
 
 def _concepts(hint: dict[str, Any]) -> str:
