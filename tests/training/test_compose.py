@@ -82,3 +82,11 @@ def test_feature_layer_bounds_are_usable(tmp_path):
         check_feature_layer(layer, tower.config.num_hidden_layers, "vision")
         assert states[layer] is not None
     assert len(states) == 3
+
+
+def test_a_missing_local_part_is_named(tmp_path):
+    from vlmforge.errors import UserError
+    from vlmforge.training.compose import compose_llava
+
+    with pytest.raises(UserError, match="no model at .*nonexist"):
+        compose_llava(str(tmp_path / "m" / "nonexist"), "Qwen/Qwen2-0.5B", tmp_path / "out")
