@@ -18,6 +18,8 @@ def invoke(*args: str):
 def test_init_tiny_train_merge(tmp_path, coco_build):
     r = invoke("model", "init-tiny", "--kind", "llava", "--out", tmp_path / "tiny")
     assert r.exit_code == 0, r.output
+    r = invoke("model", "init-tiny", "--kind", "clip", "--out", tmp_path / "tiny")  # not over another model
+    assert isinstance(r.exception, UserError) and "--overwrite" in str(r.exception)
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "tiny", "--mode", "lora", "--out",
                tmp_path / "run", "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--max-length", "96",
                "--save-every", "1", "--keep-checkpoints", "1", "-q")

@@ -102,15 +102,20 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @model_app.command("init-tiny")
     def init_tiny(
         out: Annotated[Path, typer.Option("--out", help="folder to write (loads with from_pretrained like any checkpoint)")],
-        kind: Annotated[str, typer.Option("--kind", help="llava (CLIP tower + Llama), clip, or another kind of vlmforge.training.tiny.TINY_KINDS")] = "llava",
+        kind: Annotated[str, typer.Option("--kind", help="llava (CLIP tower + Llama), clip, causal-lm, mlm, grounding-dino or sam")] = "llava",
         seed: Annotated[int, typer.Option("--seed", help="seed of the random weights")] = 0,
         init_range: Annotated[float, typer.Option("--init-range", help="std of the random weights (llava)")] = TINY_TRAINABLE_INIT,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="write into a folder that is not empty")] = False,
     ) -> None:
         """Write a tiny randomly initialised model with its processor and tokenizer (no download), for
         trying training and evaluation on a CPU."""
         from vlmforge.progress import console
         from vlmforge.training.tiny import make_tiny, make_tiny_llava
 
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            from vlmforge.errors import UserError
+
+            raise UserError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
         if kind == "llava":
             make_tiny_llava(out, seed=seed, init_range=init_range)
         else:
