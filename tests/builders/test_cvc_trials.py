@@ -196,3 +196,11 @@ def test_fewer_trials_than_the_default_max_correct(tmp_path, occlusion):
     assert r.exit_code == 0, r.output
     info = json.loads(next(tmp_path.rglob("build.json")).read_text())
     assert info["config"]["max_correct"] == 2 and info["config"]["trials"] == 2
+
+
+def test_short_answers_differing_in_number_only_are_one():
+    from vlmforge.builders.cvc_trials import _singular_words
+
+    assert _singular_words("kites") == _singular_words("kite") == "kite"
+    assert _singular_words("hot dogs") == "hot dog"
+    assert [_singular_words(w) for w in ("glass", "bus", "tennis")] == ["glass", "bus", "tennis"]

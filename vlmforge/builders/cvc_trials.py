@@ -157,9 +157,16 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
             out.append(make(f"cot{j:02d}", "cot", j, prompt, texts[j].strip()))
         seen: set[str] = set()
         for j in correct:
-            norm = normalise(found[j])
+            norm = _singular_words(normalise(found[j]))  # "kites" and "kite" are one answer
             if norm in seen:
                 continue
             seen.add(norm)
             out.append(make(f"ans{len(seen) - 1:02d}", "answer", j, short_answer_question(doc["question"]), found[j]))
         return out
+
+
+def _singular_words(text: str) -> str:
+    """A plain plural -s dropped from each word ("kites" -> "kite"; "glass", "bus" kept), for telling
+    apart answers that say different things rather than the same thing in another number."""
+    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")) else w
+                    for w in text.split())
