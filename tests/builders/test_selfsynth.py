@@ -205,6 +205,14 @@ def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
     assert qa1["answer"] == "Black footed Albatross." and not qa1["fallback"]
     assert qa2["answer"] == "It is a Black footed Albatross." and qa2["type"] == "simple"
     assert qa3["answer"] == "This is an image of Black footed Albatross." and qa3["fallback"]
+    # the parent's other questions have no line in the answers file: counted and named, not hidden
+    asked = {json.loads(line)["key"]: json.loads(line)["question"] for line in lines}
+    for k in keys[:4]:
+        parent_qs = [q["question"] for q in next(s for s in parent.samples() if s["__key__"] == k)["json"]["qa"]]
+        want = [q for q in parent_qs if q != asked[k]]
+        assert got[k]["json"]["unanswered"] == want and want
+    n_unanswered = dict(child.sql("SELECT key, n_unanswered FROM samples").fetchall())
+    assert all(n_unanswered[k] == len(got[k]["json"]["unanswered"]) for k in keys[:4])
     rows = dict((r[0], r[1:]) for r in child.sql("SELECT key, n_qa, n_fallback, round FROM samples").fetchall())
     assert rows[keys[0]] == (1, 0, 2) and rows[keys[1]] == (1, 0, 2) and rows[keys[3]] == (1, 1, 2)
     assert {r[0] for r in child.sql("SELECT reason FROM rejects").fetchall()} == {"no_answers"}

@@ -86,6 +86,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
         ("n_qa", pa.int32(), "question-answer pairs in the sample"),
         ("n_fallback", pa.int32(), "questions answered by the fallback (no candidate named the label)"),
         ("round", pa.int32(), "rejection-sampling round (the selfsynth build is round 1)"),
+        ("n_unanswered", pa.int32(), "questions of the parent sample the answers file has no line for (left out)"),
     ]
     batch_size = 32
 
@@ -159,10 +160,12 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
             conv += [{"from": "human", "value": ("<image>\n" if n == 0 else "") + item["question"]},
                      {"from": "gpt", "value": item["answer"]}]
         new_round = int(doc.get("round", 1)) + 1
+        asked = {e["question"] for e in entries}
+        unanswered = [q for q in parent_types if q not in asked]  # left out of this round: counted, not hidden
         new_doc = {k: v for k, v in doc.items() if k not in ("qa", "conversations", "round")}
-        new_doc.update({"qa": qa, "conversations": conv, "round": new_round})
+        new_doc.update({"qa": qa, "conversations": conv, "round": new_round, "unanswered": unanswered})
         columns = {"label": label, "concepts": concepts, "question_types": [q["type"] for q in qa], "n_qa": len(qa),
-                   "n_fallback": n_fallback, "round": new_round}
+                   "n_fallback": n_fallback, "round": new_round, "n_unanswered": len(unanswered)}
         return Sample(key=key, doc=new_doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
                       height=rec["height"], source_id=rec["source_id"], extras=parent, columns=columns)
 
