@@ -48,11 +48,11 @@ class Entity:
 # Two-word names of things (COCO's categories among them) whose first word the parser often does not
 # take as a compound: "hot" as an adjective ("a hot dog" -> dog), "potted" as a verb, or the name split
 # across two chunks ("a fire" + "hydrant"). Such a pair always makes the label.
-FIXED_COMPOUNDS = frozenset(
-    """hot dog|potted plant|fire hydrant|stop sign|parking meter|dining table|cell phone|teddy bear|
-    wine glass|traffic light|baseball bat|baseball glove|tennis racket|sports ball|hair drier|hair dryer|
-    fire truck|ice cream|remote control|stuffed animal""".replace("\n", "").replace("    ", "").split("|")
-)
+FIXED_COMPOUNDS = frozenset({
+    "hot dog", "potted plant", "fire hydrant", "stop sign", "parking meter", "dining table", "cell phone",
+    "teddy bear", "wine glass", "traffic light", "baseball bat", "baseball glove", "tennis racket",
+    "sports ball", "hair drier", "hair dryer", "fire truck", "ice cream", "remote control", "stuffed animal",
+})
 
 
 def _singular(tok) -> str:
