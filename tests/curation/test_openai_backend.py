@@ -310,3 +310,20 @@ def test_content_as_parts_or_a_number_is_text(server, monkeypatch):
     gen = _gen(server)
     assert gen._choices(Reply([{"type": "text", "text": "a "}, {"type": "text", "text": "dog"}])) == ["a dog"]
     assert gen._choices(Reply(7)) == ["7"] and gen._choices(Reply(None)) == [""]
+
+
+def test_a_failed_request_keeps_the_batch_answers_that_came(server, monkeypatch, tmp_path):
+    from vlmforge.curation.generation import PartialAnswers, make_generator
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reqs = [GenerationRequest(prompt=f"question {i}") for i in range(4)]
+    server.plan = [400]  # one of the four (whichever arrives first) is refused
+    with pytest.raises(APIError, match="answered 400"):
+        make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, backoff=0.01)(reqs)
+    assert len(server.requests) == 4
+    again = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url)(reqs)
+    assert again == [[f"echo: question {i}"] for i in range(4)]
+    assert len(server.requests) == 5  # only the refused one is asked again
+    server.plan = [400]
+    with pytest.raises(PartialAnswers, match="answered 400"):  # no cache: the same error line
+        _gen(server)(reqs)

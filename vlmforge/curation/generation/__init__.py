@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmforge.errors import UserError
 from vlmforge.registry import load_registered
 
 
@@ -31,6 +32,17 @@ class GenerationRequest:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PartialAnswers(UserError):
+    """A backend's batch in which some requests failed: the answers it did get (by request index) and
+    the first error. The response cache keeps those answers, so a rerun asks only for the rest; without
+    a cache it reads as the error itself."""
+
+    def __init__(self, answers: dict[int, list[str]], error: BaseException):
+        super().__init__(str(error))
+        self.answers = answers
+        self.error = error
 
 
 class Generator:
@@ -149,12 +161,20 @@ class CachedGenerator(Generator):
                 self.inner.setup()
                 self._ready = True
             self.misses += len(todo)
-            answers = self.inner(list(todo.values()))
-            for (key, req), texts in zip(todo.items(), answers):
-                texts = [str(t) for t in texts]
+            items = list(todo.items())
+            try:
+                answers = dict(enumerate(self.inner([req for _, req in items])))
+            except PartialAnswers as part:
+                answers, error = part.answers, part.error
+            else:
+                error = None
+            for i, texts in answers.items():
+                (key, req), texts = items[i], [str(t) for t in texts]
                 if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
                     self._write(key, req, texts)   # answer: asked again next time, not kept
                 found[key] = texts
+            if error is not None:
+                raise error
         return [list(found[k]) for k in keys]
 
     def __getstate__(self):

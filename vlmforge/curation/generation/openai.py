@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.generation import GenerationRequest, Generator, PartialAnswers
 from vlmforge.errors import UserError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -189,7 +189,16 @@ class OpenAIGenerator(Generator):
         if len(requests) <= 1 or self.concurrency == 1:
             return [self._one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+            futures = [pool.submit(self._one, r) for r in requests]
+        answers, error = {}, None
+        for i, future in enumerate(futures):
+            try:
+                answers[i] = future.result()
+            except APIError as e:  # the others' answers are kept (cached) before the error is raised
+                error = error or e
+        if error is not None:
+            raise PartialAnswers(answers, error)
+        return [answers[i] for i in range(len(requests))]
 
 
 def _text(content: Any) -> str:
