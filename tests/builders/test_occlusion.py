@@ -247,9 +247,9 @@ def test_a_generation_model_that_names_nothing_is_an_error(tmp_path, sample_coco
     ({"embed_threshold": 5.0}, "--embed-threshold must be between -1 and 1"),
     ({"box_threshold": -1.0}, "--box-threshold must be between 0 and 1"),
     ({"min_ppl": 5.0, "max_ppl": 1.0}, "need 0 <= --min-ppl < --max-ppl"),
-    ({"causality": "mlm", "mlm_model": "/nonexistent/mlm"}, "no checkpoint folder at /nonexistent/mlm (the masked LM"),
-    ({"grounder": "grounding-dino", "segmenter": "sam", "sam_model": "./no-sam"}, "no checkpoint folder at ./no-sam (the SAM"),
-    ({"embedder": "/nonexistent/minilm"}, "no checkpoint folder at /nonexistent/minilm (the sentence embedder"),
+    ({"causality": "mlm", "mlm_model": "/nonexistent/mlm"}, "no model at /nonexistent/mlm (the masked LM"),
+    ({"grounder": "grounding-dino", "segmenter": "sam", "sam_model": "./no-sam"}, "no model at ./no-sam (the SAM"),
+    ({"embedder": "/nonexistent/minilm"}, "no model at /nonexistent/minilm (the sentence embedder"),
 ])
 def test_bad_options_are_refused_before_anything_runs(options, message):
     from vlmforge.builders.occlusion import OcclusionConfig

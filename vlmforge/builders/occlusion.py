@@ -98,7 +98,7 @@ class OcclusionConfig(BuildConfig):
                 ("entity model (--entity-model)", self.entity_model, self.entity_extractor in ("transformers", "vllm"))]
         for what, name, needed in used:
             if needed:
-                check_model_name(what, name)
+                check_model_name(name, what)
 
 
 # Generation backends that can name a caption's entities (vlmforge.curation.generation).

@@ -37,7 +37,7 @@ class SentenceEmbedder:
             path = default_model_path() if self.model_name == DEFAULT_EMBEDDER else self.model_name
             from vlmforge.curation.models import check_model_name
 
-            check_model_name("sentence embedder", path)
+            check_model_name(path, "sentence embedder")
             if MeanPooledEncoder.fits(path):
                 self._model = MeanPooledEncoder(path, self.device)
             else:

@@ -13,7 +13,7 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
     from vlmforge.errors import UserError
     from vlmforge.progress import quiet_model_loading
 
-    check_model_name(what, name)
+    check_model_name(name, what)
     quiet_model_loading()
     try:
         return load()
@@ -21,15 +21,24 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
         raise UserError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
 
 
-def check_model_name(what: str, name: str | None) -> None:
-    """A name written as a path (absolute, ./, ../, ~) must be an existing folder: one UserError line,
-    before anything loads, rather than the Hub's complaint that it is not a valid repo id."""
+def check_model_name(name: str | None, what: str = "model") -> None:
+    """Fail at once on a local model path that does not exist, instead of letting transformers take it
+    for a Hub id (an invalid repo id, or minutes of network retries). A name written as a path
+    (absolute, ./, ../, ~, or with two slashes) is one; `org/name` stays a Hub id unless `org/` is a
+    folder here."""
     from pathlib import Path
 
     from vlmforge.errors import UserError
 
-    if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
-        raise UserError(f"no checkpoint folder at {name} (the {what})")
+    if not name:
+        return
+    p = Path(name).expanduser()
+    if p.exists():
+        return
+    looks_local = (name.startswith(("/", ".", "~")) or name.count("/") > 1
+                   or (name.count("/") == 1 and p.parent.is_dir()))
+    if looks_local:
+        raise UserError(f"no model at {name} (the {what}; not a folder, and not a Hub id like org/name)")
 
 
 def torch_device(device: str | None) -> str:

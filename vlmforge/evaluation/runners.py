@@ -85,10 +85,10 @@ class LocalRunner(Runner):
         from transformers import AutoConfig, AutoProcessor
         from transformers.utils import logging as hf_logging
 
-        from vlmforge.training.llava import check_model_path
+        from vlmforge.curation.models import check_model_name
 
         hf_logging.disable_progress_bar()
-        check_model_path(self.name)
+        check_model_name(self.name)
         path, adapter, projector = self._base_and_addition(self.name)
         dtype = _resolve_dtype(self.dtype_name, self.device)
         try:

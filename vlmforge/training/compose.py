@@ -62,10 +62,10 @@ def compose_llava(vision: str, language_model: str, out: str | Path, feature_lay
 
     if strategy not in ("default", "full"):
         raise UserError("--strategy must be default (drop the first token, CLS) or full")
-    from vlmforge.training.llava import check_model_path
+    from vlmforge.curation.models import check_model_name
 
     for name in (vision, language_model):  # a mistyped local path, not a Hub connection error
-        check_model_path(name)
+        check_model_name(name)
     try:
         vision_cfg, tower = _vision_parts(vision)
         lm = AutoModelForCausalLM.from_pretrained(language_model)

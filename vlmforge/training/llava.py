@@ -33,18 +33,6 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
     return model, processor
 
 
-def check_model_path(name: str) -> None:
-    """Fail at once on a local model path that does not exist, instead of letting transformers take it
-    for a Hub id and retry the network for minutes. `org/name` stays a Hub id unless `org/` is a
-    folder here."""
-    p = Path(name).expanduser()
-    if p.exists():
-        return
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or (name.count("/") == 1 and p.parent.is_dir())
-    if looks_local:
-        raise UserError(f"no model at {p.resolve()} (not a folder, and not a Hub id like org/name)")
-
-
 def export_kind(path: str) -> str | None:
     """What a vlmforge export (or a plain peft adapter folder) holds: full, lora, projector or clip;
     None for anything else, such as a Hub id or a transformers checkpoint."""

@@ -221,9 +221,10 @@ def _check_config(cfg: TrainConfig) -> None:
 
 def _check_model(model: str) -> None:
     """A model that is not whole fails here, before the data is read and anything is loaded."""
-    from vlmforge.training.llava import check_model_path, export_kind
+    from vlmforge.curation.models import check_model_name
+    from vlmforge.training.llava import export_kind
 
-    check_model_path(model)
+    check_model_name(model)
     kind = export_kind(model)
     if kind in ("lora", "projector"):
         what = "a LoRA adapter" if kind == "lora" else "a projector-only export"

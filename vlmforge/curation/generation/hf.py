@@ -70,10 +70,9 @@ class TransformersGenerator(Generator):
         dtype = self.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        from pathlib import Path
+        from vlmforge.curation.models import check_model_name
 
-        if self.model.startswith(("/", "./", "../", "~")) and not Path(self.model).expanduser().is_dir():
-            raise UserError(f"no checkpoint folder at {self.model}")
+        check_model_name(self.model, "generation model")
         try:
             config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as e:
