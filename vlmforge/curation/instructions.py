@@ -41,7 +41,8 @@ PLURAL_TYPE_WORDS = {"person": "people", "accessory": "accessories", "piece of s
 SHORT_ANSWER_SUFFIX = " Answer with a single word or phrase."
 
 
-def _article(word: str) -> str:
+def with_article(word: str) -> str:
+    """The word with its indefinite article ("an animal", "a vehicle")."""
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
@@ -89,6 +90,6 @@ def occlusion_question(supercategory: str | None, fill_phrase: str, seed: int, k
     if several:
         types = PLURAL_TYPE_WORDS.get(t, t + "s")
         return PLURAL_TEMPLATES[idx].format(types=types, fill=fill_phrase, fill_short=short), idx
-    text = TEMPLATES[idx].format(a_type=_article(t), A_type=_article(t).capitalize(), type=t,
+    text = TEMPLATES[idx].format(a_type=with_article(t), A_type=with_article(t).capitalize(), type=t,
                                  fill=fill_phrase, fill_short=short)
     return text, idx

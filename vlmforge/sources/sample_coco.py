@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlmforge.curation.instructions import with_article
+
 SAMPLE_VERSION = 1
 W, H = 480, 360
 
@@ -102,10 +104,6 @@ def _plural(word: str) -> str:
     head, _, last = word.rpartition(" ")
     p = PLURALS.get(last, last + "s")
     return f"{head} {p}".strip()
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def _shape_polygon(shape: str, x: float, y: float, w: float, h: float) -> list[tuple[float, float]]:
@@ -196,7 +194,7 @@ def _captions(rng: np.random.Generator, scene: str, objects: list[dict], places:
         word = objs[0]["word"]
         if len(objs) > 1:
             return f"{NUMBERS.get(len(objs), 'several')} {_plural(word)}"
-        return _article(f"{objs[0]['colour']} {word}" if with_colour else word)
+        return with_article(f"{objs[0]['colour']} {word}" if with_colour else word)
 
     def pick(k: int) -> list[str]:
         k = min(k, len(names))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.instructions import with_article
 from vlmforge.errors import UserError
 
 # A small palette for naming an image's dominant colours.
@@ -62,7 +63,7 @@ def image_facts(data: bytes) -> list[str]:
     lum = float((pixels @ np.array([0.299, 0.587, 0.114])).mean())
     tone = "dark" if lum < 85 else "bright" if lum > 170 else "evenly lit"
     shape = "wide" if w > 1.2 * h else "tall" if h > 1.2 * w else "nearly square"
-    return [f"mostly {_join(ranked)} colours", f"{_a(tone)} scene", f"{_a(shape)} frame"]
+    return [f"mostly {_join(ranked)} colours", f"{with_article(tone)} scene", f"{with_article(shape)} frame"]
 
 
 def _concepts(hint: dict[str, Any]) -> str:
@@ -84,8 +85,8 @@ def _describe(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     rng = _rng(req, i)
     rng.shuffle(facts)
     if not facts:
-        return f"The image shows {_a(subject)}."
-    return f"The image shows {_a(subject)} with {_join(facts[:4])}."
+        return f"The image shows {with_article(subject)}."
+    return f"The image shows {with_article(subject)} with {_join(facts[:4])}."
 
 
 SIMPLE = ["This is {a_label}.", "The {subject} in the image is {a_label}.", "It is {a_label}."]
@@ -98,10 +99,6 @@ COT = ["Let me look at the {subject} step by step. First, {first}. Next, {rest}.
        "{a_label}. So the answer is {label}."]
 
 
-def _a(word: str) -> str:
-    """The word with its indefinite article ("an albatross", "a bird")."""
-    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
-
 
 def _answer(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     rng = _rng(req, i)
@@ -110,12 +107,12 @@ def _answer(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     feats = list(hint.get("concepts") or [])
     qtype = hint.get("qtype", "simple")
     if qtype == "simple" or not feats:
-        return rng.choice(SIMPLE).format(label=label, a_label=_a(label), subject=subject)
+        return rng.choice(SIMPLE).format(label=label, a_label=with_article(label), subject=subject)
     picked = feats[: max(1, min(len(feats), 3))]
     if qtype == "cot":
-        return rng.choice(COT).format(label=label, a_label=_a(label), subject=subject, first=picked[0],
+        return rng.choice(COT).format(label=label, a_label=with_article(label), subject=subject, first=picked[0],
                                       rest=_join(picked[1:]) or "no other clear feature")
-    return rng.choice(EXPLAIN).format(label=label, a_label=_a(label), subject=subject, feats=_join(picked))
+    return rng.choice(EXPLAIN).format(label=label, a_label=with_article(label), subject=subject, feats=_join(picked))
 
 
 def _reason(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
@@ -128,7 +125,7 @@ def _reason(req: GenerationRequest, hint: dict[str, Any], i: int) -> str:
     clue = rng.choice(["the visible outline", "the surrounding scene", "the size of the covered region",
                        "the parts that stick out from the blocks"])
     return (f"The gray blocks hide most of the {context}. Looking at {clue}, the hidden thing is most likely "
-            f"{_a(guess)}. Final answer: {guess}.")
+            f"{with_article(guess)}. Final answer: {guess}.")
 
 
 class TemplateGenerator(Generator):
