@@ -7,13 +7,14 @@ samples and rejects. `run_build` does the rest: folder, resume, shards, manifest
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import pyarrow as pa
 
@@ -149,7 +150,10 @@ def _check_folder(build_dir: Path, ident: dict[str, Any], overwrite: bool) -> bo
             other = {"build_id": "unreadable"}
         if other.get("build_id") == ident["build_id"]:
             return path == info_path
-        if not overwrite:
+        # An unfinished build that finished no shard holds nothing to keep (a run that failed early,
+        # say on a wrong option): the corrected command replaces it without --overwrite.
+        empty = path == pending_path and not any((build_dir / "manifest").glob("*.stats.json"))
+        if not overwrite and not empty:
             state = "an unfinished build" if path == pending_path else "another build"
             raise BuildError(
                 f"{build_dir} holds {state} of {ident['builder']} {ident['version']} "
@@ -174,12 +178,43 @@ def run_build(
     """Build (or resume, or find finished) `builder`'s output under `out`. Returns the build folder."""
     from vlmforge.executors.local import LocalExecutor
     from vlmforge.executors.memory import tune_allocator
-    from vlmforge.manifests.finalize import finalize_build
 
     tune_allocator()  # this process reads (one worker) or writes every image: reuse its buffers
     executor = executor or LocalExecutor(1)
     ident = builder.identity()
     build_dir = build_dir_for(Path(out), builder)
+    with _build_lock(build_dir):
+        return _run_locked(builder, build_dir, ident, executor, limits, overwrite, quiet)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """Held while a process builds into `build_dir`: a second build of the same folder (the same
+    command in another terminal, or another config) stops with one line instead of both writing the
+    same shards. The lock is the kernel's (flock), so a killed build never leaves it held."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Beside the folder, not in it: --overwrite deletes the folder while the lock is held.
+    with open(build_dir.parent / f".{build_dir.name}.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BuildError(f"another vlmforge process is building into {build_dir}; wait for it to end, "
+                             "or pass another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], executor, limits: ShardLimits,
+                overwrite: bool, quiet: bool) -> Path:
+    from vlmforge.manifests.finalize import finalize_build
+
     if _check_folder(build_dir, ident, overwrite):
         if not quiet:
             from vlmforge.progress import console
