@@ -47,6 +47,23 @@ def sample_coco(
     console.print(f"[green]wrote[/] {images} images to {root}")
 
 
+@sample_app.command("classes")
+def sample_classes(
+    out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty): train/<category>/, test/<category>/")],
+    images: Annotated[int, typer.Option("--images", min=1, help="scenes of the COCO sample to cut objects from")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+) -> None:
+    """Write a labelled image-folder sample: the objects of the COCO sample cut out of their scenes,
+    one folder per category, about a quarter in test. For the class-based builders and CLIP
+    training: `vlmforge build copy --source imagefolder --root OUT`, then subset, mcqa, train --mode clip."""
+    from vlmforge.progress import console
+    from vlmforge.sources.sample_classes import write_classes_sample
+
+    counts = write_classes_sample(out, images=images, seed=seed)
+    per = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
+    console.print(f"[green]wrote[/] {per} images of {len(counts['train'] | counts['test'])} categories to {out}")
+
+
 @app.command("verify")
 def verify(build: BuildArg) -> None:
     """Re-hash every shard and check that shards and manifest agree key by key. Exits 1 on any difference."""
