@@ -45,12 +45,16 @@ def causal_lm_tokenizer(vocab_size: int = 512):
     return tok
 
 
+def _corpus_words() -> list[str]:
+    return " ".join(CORPUS).lower().replace(".", " . ").replace("?", " ? ").split()
+
+
 def bert_tokenizer(out_dir: Path, words: list[str] | None = None, bert_base_ids: bool = False):
     """A WordPiece tokenizer from a vocab written here. `bert_base_ids` puts [PAD]/[CLS]/[SEP]/'.'/'?' at
     bert-base-uncased's ids (0/101/102/1012/1029), which Grounding DINO hard-codes."""
     from transformers import BertTokenizer
 
-    words = list(dict.fromkeys(words or " ".join(CORPUS).lower().replace(".", " . ").replace("?", " ? ").split()))
+    words = list(dict.fromkeys(words or _corpus_words()))
     if bert_base_ids:
         vocab = [f"[unused{i}]" for i in range(1030)]
         vocab[0], vocab[100], vocab[101], vocab[102], vocab[103] = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -102,13 +106,15 @@ def make_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32, pa
 
 
 def make_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> Path:
-    """A CLIP of ~50k parameters with a WordPiece tokenizer, saved with its processor."""
+    """A CLIP of ~50k parameters with a WordPiece tokenizer, saved with its processor. Its vocab holds
+    the COCO category names and their synonyms, so that class prompts of `vlmforge sample classes`
+    (and of the COCO sample's labels) tokenize apart."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
     out = Path(out_dir)
     torch.manual_seed(seed)
-    tok = bert_tokenizer(out / "_vocab")
+    tok = bert_tokenizer(out / "_vocab", words=_corpus_words() + _detection_words())
     cfg = CLIPConfig(
         text_config=CLIPTextConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                                    num_attention_heads=2, max_position_embeddings=64, projection_dim=16,
