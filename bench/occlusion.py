@@ -94,7 +94,7 @@ def pipeline(source, out: Path, entity_cache: Path | bool = False) -> dict:
     w = SplitWriter(out, split, b.columns, {"builder": b.name, "version": b.VERSION, "source": "coco"}, ShardLimits(), set())
     write = 0.0
     n = samples = 0
-    for first, batch in _batches(source.records(split), b.batch_size, 0):
+    for first, batch in _batches(b.with_prepared(source.records(split)), b.batch_size, 0):
         results = finish_results(b.process(batch))
         t = time.perf_counter()
         for k, per in enumerate(results):

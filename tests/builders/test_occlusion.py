@@ -1,5 +1,6 @@
 """The occlusion builder end to end on the embedded-style sample, with every backend."""
 
+import copy
 import io
 import json
 import re
@@ -177,12 +178,19 @@ def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     assert sent.src.ds.categories == b.src.ds.categories and not sent.src.ds.images and not sent.src.ds.instances
     assert b.src.ds.images and b.src.ds.instances  # the driver's own source is untouched
     assert len(pickle.dumps(b)) < len(pickle.dumps(dict(b.__dict__)))  # the same state with the full source
-    # what a worker computes from a record equals what the driver would
+    # Caption entities travel with the records, not with the builder.
+    assert b.entities and not sent.entities
+    # What a worker makes of a record equals what the driver makes of it.
     sent.setup()
     b.setup()
-    recs = [r for r in b.src.records(b.src.splits()[0]) if r.get("captions")][:6]
+    split = b.src.splits()[0]
+    recs = [r for r in b.with_prepared(b.src.records(split)) if r.get("captions")][:6]
+    plain = [r for r in b.src.records(split) if r.get("captions")][:6]
     for rec in recs:
-        assert sent._labels_of_captions(rec["captions"]) == b._labels_of_image(rec["image_id"])
+        assert rec["entities"] == {int(c["id"]): b.entities[int(c["id"])] for c in rec["captions"]}
+    got = [[(s.key, s.image) for s in per if hasattr(s, "key")] for per in sent.process(copy.deepcopy(recs))]
+    want = [[(s.key, s.image) for s in per if hasattr(s, "key")] for per in b.process(copy.deepcopy(plain))]
+    assert got == want and any(got)
     got, want = sent.process([dict(r) for r in recs]), b.process([dict(r) for r in recs])
     assert [[vars(r) for r in per] for per in got] == [[vars(r) for r in per] for per in want]
     assert any(hasattr(r, "key") for per in got for r in per)

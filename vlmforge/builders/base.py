@@ -74,6 +74,12 @@ class Builder:
         is already complete; keep results on `self` (they travel to workers with the builder, so drop
         loaded models in __getstate__) and make it cheap to repeat (cache model calls)."""
 
+    def with_prepared(self, records: Iterator[Record]) -> Iterator[Record]:
+        """Records on their way from the source to `process`, in the driver: a builder whose
+        prepare() made per-record data (the occlusion builder's caption entities) adds each record's
+        part here, so that workers get it with the record instead of all of it with the builder."""
+        return records
+
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""
 
@@ -245,7 +251,7 @@ def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], execut
         with progress_bar(f"{builder.name} {split}", total=builder.src.count(split), disable=quiet) as advance:
             if start:
                 advance(start)
-            stream = executor.map_batches(builder, _batches(records, builder.batch_size, start))
+            stream = executor.map_batches(builder, _batches(builder.with_prepared(records), builder.batch_size, start))
             try:
                 for first, n, results in stream:
                     for offset, per_record in enumerate(results):

@@ -272,6 +272,19 @@ class OcclusionBuilder(Builder):
     def _labels_of_captions(self, captions: list[dict]) -> list[str]:
         return [e.label for c in captions for e in self.entities.get(int(c["id"]), [])]
 
+    def with_prepared(self, records):
+        """Each record takes its captions' entities along: a worker never holds the whole table
+        (COCO train's 590k captions would be ~60 MB pickled into every worker at start)."""
+        for rec in records:
+            caps = rec.get("captions") or ()
+            rec["entities"] = {int(c["id"]): self.entities.get(int(c["id"]), []) for c in caps}
+            yield rec
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["entities"] = {}  # workers read them from the records (with_prepared)
+        return state
+
     # -- worker: models --------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
@@ -326,8 +339,9 @@ class OcclusionBuilder(Builder):
                                          f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "
                                          f"{size[1]}x{size[0]}"))
                 continue
+            entities = rec.get("entities", self.entities)
             cands = [_Candidate(cap, k, ent) for cap in rec["captions"]
-                     for k, ent in enumerate(self.entities.get(int(cap["id"]), []))]
+                     for k, ent in enumerate(entities.get(int(cap["id"]), []))]
             if not cands:
                 results[i].append(Reject(rec["source_id"], "no_entities", "entities", "no caption names an object"))
             work.append((i, rec, img, _Pixels(bgr), cands))
@@ -354,7 +368,7 @@ class OcclusionBuilder(Builder):
             return
         items, owners = [], []
         for i, rec, _img, _px, cands in work:
-            context = tuple(self._labels_of_captions(rec["captions"]))
+            context = tuple(c.entity.label for c in cands)  # every caption's entities, in caption order
             for c in cands:
                 items.append(CausalityItem(c.caption["caption"], c.entity.start, c.entity.end, c.entity.label, context))
                 owners.append((i, rec, c))
