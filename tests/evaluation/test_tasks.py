@@ -55,6 +55,43 @@ def test_mcqa_build_reader_and_hand_scored_metrics(mcqa_build, tmp_path):
     assert m["confusion"]["matrix"][3] == [0, 1, 0, 1, 1]  # gold D: once B, once D, once unparsed
 
 
+def test_tied_option_scores_count_as_wrong_and_are_reported(mcqa_build, tmp_path, capsys):
+    """Options sharing the best score (e.g. tokenized the same) are no answer, not the first of them."""
+    from vlmforge.evaluation.run import finish
+
+    task = get_task("mcqa")
+    items = task.read([mcqa_build], ReadOptions()).items[:3]  # gold A, D, D
+    scores = [[0.4, 0.4, 0.1, 0.1],  # A = B: first-wins would count it right
+              [0.1, 0.2, 0.3, 0.4],  # D, right
+              [0.3, 0.1, 0.3, 0.3]]  # A = C = D: holds the gold D
+    recs = [task.make_record(it, scores=s, scoring="clip") for it, s in zip(items, scores)]
+    assert [r["status"] for r in recs] == ["tie", "ok", "tie"]
+    assert recs[0]["tied"] == [0, 1] and recs[0]["prediction"] is None and "tied" not in recs[1]
+    m = task.score(recs)
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["predicted_positions"] == {"A": 0, "D": 1, "?": 0, "tie": 2} and m["by_gold_position"]["A"]["accuracy"] == 0.0
+    losses = task.make_record(items[1], scores=[2.0, 1.5, 1.5, 3.0], scoring="loss")  # lowest loss ties
+    assert losses["status"] == "tie" and losses["tied"] == [1, 2]
+
+    summary = finish(task, recs + [losses], tmp_path / "out", plots=False)
+    assert summary["counts"]["ties"] == 3 and summary["counts"]["ties_with_gold"] == 2
+    assert summary["ties"]["examples"][0] == {"id": items[0].id, "options": ["cat", "dog"]}
+    assert summary["parse_failures"]["count"] == 0  # a tie is not a parse failure
+    shown = capsys.readouterr()
+    assert "3 of 4 items tie" in shown.err + shown.out and "| count: ties | 3 |" in shown.out
+    # Rescoring an old predictions file finds the ties too: they are read from the scores.
+    old = {k: v for k, v in recs[0].items() if k not in ("tied", "status", "parsed")}
+    assert task.interpret({**old, "prediction": "cat"}).status == "tie"
+
+
+def test_pope_loss_tie_counts_as_the_wrong_answer(tmp_path):
+    task = get_task("pope")
+    rows = [{"question_id": i, "image": "x.jpg", "text": "Is there a dog?", "label": lab} for i, lab in enumerate(["yes", "no"])]
+    ds = task.read([_write_jsonl(tmp_path / "coco_pope_random.json", rows)], ReadOptions())
+    m = task.score([task.make_record(it, scores=[1.0, 1.0], scoring="loss") for it in ds.items])
+    assert m["accuracy"] == 0.0 and (m["fn"], m["fp"]) == (1, 1)  # neither "yes" nor "no" is credited
+
+
 def test_mcqa_prompt_the_unseen_files(tmp_path):
     box = "[0.12, 0.2, 0.55, 0.61]"
     (tmp_path / "VG_100K").mkdir()
@@ -325,9 +362,9 @@ def test_grading_from_build_with_clip_scores(tmp_path):
     probs = [[0.7, 0.1, 0.1, 0.05, 0.05], [0.2, 0.5, 0.2, 0.05, 0.05],
              [0.1, 0.2, 0.3, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2, 0.1]]
     recs = [task.make_record(it, scores=p, scoring="clip") for it, p in zip(ds.items, probs)]
-    assert [r["parsed"] for r in recs] == [0, 1, 2, 0]
+    assert [r["parsed"] for r in recs] == [0, 1, 2, None] and recs[3]["status"] == "tie"  # 0.3 = 0.3
     m = task.score(recs)
-    assert m["accuracy"] == 0.75 and m["auc_binary"] == 1.0
+    assert m["accuracy"] == 0.75 and m["auc_binary"] == 1.0 and m["ties"] == 1
     assert m["by_grade_auc"]["3"]["auc"] == pytest.approx(2.5 / 3) and m["by_grade_auc"]["4"]["auc"] is None
 
 

@@ -204,3 +204,19 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
 def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
     with pytest.raises(UserError, match="nothing to train"):  # the loose shards' conversations are empty
         run(tmp_path / "empty", [str(loose_shards[0])], tiny_llava, "full", 5)
+
+
+def test_logged_lr_is_the_rate_each_step_used(tmp_path, coco_build, tiny_llava):
+    """metrics.jsonl's lr is the rate the optimizer stepped with (not the next step's, after the scheduler)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        out, _ = run(tmp_path / "lr", [str(coco_build.path)], tiny_llava, "projector", 4, lr=0.01, scheduler="linear",
+                     batch_size=2, grad_accum=2, log_every=1, max_length=96)
+    finally:
+        handle.remove()
+    logged = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert used == pytest.approx([0.01, 0.0075, 0.005, 0.0025])  # one optimizer step per 2 micro-batches
+    assert logged == pytest.approx(used)

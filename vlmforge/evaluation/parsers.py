@@ -3,6 +3,7 @@
 Each parser returns a `Parsed(value, status)`: status is "ok", "unparsed" (nothing usable found) or
 "multiple" (several different answers given, e.g. "Grade 3 or maybe 4"). Tasks count the last two
 apart instead of guessing, so a parse failure is visible in the summary rather than hidden in accuracy.
+Option scores (loss, CLIP) have a fourth status, "tie": several options share the best score.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ LETTERS = string.ascii_uppercase
 @dataclass(frozen=True)
 class Parsed:
     value: Any
-    status: str = "ok"  # ok | unparsed | multiple
+    status: str = "ok"  # ok | unparsed | multiple | tie
 
     @property
     def ok(self) -> bool:

@@ -409,10 +409,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             window_samples += len(batch["keys"])
             if not accelerator.sync_gradients:
                 continue
+            used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
             scheduler.step()
             step += 1
             record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
-                      "loss": step_loss / step_micro, "lr": scheduler.get_last_lr()[0]}
+                      "loss": step_loss / step_micro, "lr": used_lr}
             window_loss += record["loss"]
             window_n += 1
             step_loss, step_micro = 0.0, 0

@@ -2,8 +2,8 @@
 
 Data: a build from `vlmforge build grading` (json `grade`, or a numeric `label`), a graded folder tree
 (`root/[split/]grade/image`), or a JSON/JSONL file of {image, grade}. Grades are parsed from free text;
-unparseable and multiple-grade answers are counted apart and count as wrong in `accuracy` (and are
-left out of `accuracy_parsed`, the confusion matrix, MAE and kappa). With option scores (CLIP
+unparseable and multiple-grade answers, and ties of option scores, are counted apart and count as wrong
+in `accuracy` (and are left out of `accuracy_parsed`, the confusion matrix, MAE and kappa). With option scores (CLIP
 zero-shot, or loss scoring) it adds per-grade one-vs-rest AUC and the binary AUC of grades 2-4 vs 0-1.
 """
 
@@ -125,6 +125,7 @@ class GradingTask(Task):
             "n": len(records),
             "unparsed": sum(p.status == "unparsed" for p in parsed),
             "multiple": sum(p.status == "multiple" for p in parsed),
+            "ties": sum(p.status == "tie" for p in parsed),
             "by_grade": grouped_accuracy(correct, gold),
             "confusion": {"labels": [str(x) for x in labels], "matrix": confusion_matrix(g_ok, p_ok, labels)},
         }

@@ -1,7 +1,8 @@
 """mcqa: multiple-choice class questions from `vlmforge build mcqa` or "Prompt the Unseen" MCQA files.
 
 Metrics: accuracy and macro accuracy (the mean of per-class accuracies, the paper's headline number),
-per class and per gold position (a model that favours "A" shows here).
+per class and per gold position (a model that favours "A" shows here). With option scores (loss, CLIP),
+options that share the best score are a tie and count as wrong (`tasks.best_indices`).
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ class McqaTask(Task):
         correct = [self.is_correct(r, p) for r, p in zip(records, parsed)]
         classes = [r["meta"].get("class", "") for r in records]
         positions = [LETTERS[r["answer"]] for r in records]
-        chosen = [LETTERS[p.value] if p.ok and isinstance(p.value, int) else "?" for p in parsed]
-        letters = sorted(set(positions) | {c for c in chosen if c != "?"}) + ["?"]
+        chosen = [LETTERS[p.value] if p.ok and isinstance(p.value, int) else "tie" if p.status == "tie" else "?"
+                  for p in parsed]
+        letters = sorted(set(positions) | {c for c in chosen if c not in ("?", "tie")}) + ["?"]
+        letters += ["tie"] if "tie" in chosen else []
         return {
             "accuracy": accuracy(correct),
             "macro_accuracy": macro_accuracy(correct, classes),
@@ -148,5 +151,5 @@ class McqaTask(Task):
             plot_bars({k: v["accuracy"] for k, v in metrics["by_class"].items()}, out / "per_class_accuracy.png",
                       "MCQA accuracy per class", sort=True),
             plot_confusion(conf["matrix"], conf["labels"], out / "confusion_matrix.png",
-                           "gold vs predicted option (? = unparsed)"),
+                           "gold vs predicted option (? = unparsed, tie = several options share the best score)"),
         ]

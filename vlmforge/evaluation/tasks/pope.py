@@ -97,8 +97,9 @@ class PopeTask(Task):
         return ("yes", "no")[index]
 
     def score(self, records: list[Record]) -> dict[str, Any]:
-        pred = [self.interpret(r).value == "yes" for r in records]
         gold = [r["answer"] == "yes" for r in records]
+        # No answer (a yes/no tie of loss scores, or no text) counts as the wrong one.
+        pred = [p.value == "yes" if p.ok else not g for p, g in zip(map(self.interpret, records), gold)]
         cats = [r["meta"].get("category", "all") for r in records]
         out: dict[str, Any] = dict(binary_metrics(pred, gold))
         by: dict[str, Any] = {}
