@@ -465,3 +465,42 @@ def test_mmbench_without_images_warns(tmp_path, capsys):
     assert "has no 'image' column" in capsys.readouterr().err
     get_task("mmbench").read([_mmbench_tsv(tmp_path / "with.tsv")], ReadOptions())
     assert "image" not in capsys.readouterr().err
+
+
+def test_pope_refuses_a_build_and_files_without_questions(tmp_path, mcqa_build):
+    with pytest.raises(UserError, match="is a vlmforge build; pope reads POPE question files"):
+        get_task("pope").read([mcqa_build], ReadOptions())  # it read build.json as POPE: 0 items, exit 0
+    folder = tmp_path / "notpope"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"name": "something else"}))
+    with pytest.raises(UserError, match="no POPE questions"):
+        get_task("pope").read([folder], ReadOptions())
+
+
+def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
+    """--split used to be ignored where the data has no splits: the run scored other data than asked for."""
+    ann, _ = _pope_files(tmp_path)
+    with pytest.raises(UserError, match="--split test does not apply here: POPE"):
+        get_task("pope").read([ann], ReadOptions(split="test"))
+    unseen = _write_jsonl(tmp_path / "unseen.json", [{"id": 1, "options": ["cat", "dog"], "answer_index": 0}])
+    for name in ("mcqa", "open", "grading"):
+        with pytest.raises(UserError, match="does not apply here: .*unseen.json is a file"):
+            get_task(name).read([unseen], ReadOptions(split="val"))
+    tsv = _mmbench_tsv(tmp_path / "mmbench.tsv")  # every row is split "dev"
+    ds = get_task("mmbench").read([tsv], ReadOptions(split="dev"))
+    assert len(ds.items) == 7 and ds.split == "dev"
+    with pytest.raises(UserError, match="no rows of split 'test' \\(splits: dev\\)"):
+        get_task("mmbench").read([tsv], ReadOptions(split="test"))
+
+
+def test_empty_build_and_empty_data_are_named(tmp_path):
+    from vlmforge.evaluation.items import Dataset
+    from vlmforge.evaluation.run import evaluate, finish
+
+    empty = make_split_build(tmp_path / "b", {"test": []})  # a selection that matched nothing
+    with pytest.raises(UserError, match="is empty \\(no shards, 0 samples\\): nothing to evaluate"):
+        get_task("open").read([empty], ReadOptions())
+    with pytest.raises(UserError, match="no items to evaluate in somewhere"):
+        evaluate(get_task("open"), Dataset([], source="somewhere"), None, tmp_path / "out", scoring="generate")
+    summary = finish(get_task("open"), [], tmp_path / "s", dataset=Dataset([], source="x", split="test"), quiet=True)
+    assert summary["data"] == "x" and summary["split"] == "test"  # an empty Dataset is falsy: this was None

@@ -220,3 +220,17 @@ def test_logged_lr_is_the_rate_each_step_used(tmp_path, coco_build, tiny_llava):
     logged = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert used == pytest.approx([0.01, 0.0075, 0.005, 0.0025])  # one optimizer step per 2 micro-batches
     assert logged == pytest.approx(used)
+
+
+def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
+    """3 batches an epoch, --grad-accum 2: each epoch ends with a step of its last batch alone. Steps used
+    to run on across the boundary, so --epochs 1 with more accumulation than batches trained two epochs."""
+    out, _ = run(tmp_path / "ga", [str(label_build.path)], tiny_clip, "clip", None, epochs=2, batch_size=8,
+                 grad_accum=2, log_keys=True, log_every=1, save_every=10, pad_to_square=False)
+    lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
+    per_step = [sum(1 for line in lines if line["step"] == s) for s in range(4)]
+    assert per_step == [2, 1, 2, 1]  # micro-batches of steps 1-4 (before: 2, 2, 2 and a fourth from epoch 3)
+    first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
+    assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the whole train split, once
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 16), (4, 1, 24)]

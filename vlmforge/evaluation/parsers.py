@@ -35,7 +35,10 @@ def parse_yes_no(text: str) -> Parsed:
     "no" when one of its words is exactly "No", "no" or "not"; anything else is "yes".
 
     Kept literal on purpose (so numbers compare with published ones): "Not at all." counts as yes,
-    because the script looks for the lower-case "not" only."""
+    because the script looks for the lower-case "not" only. An empty answer (an API's refusal or
+    content filter) says neither: unparsed, not "yes"."""
+    if not text.strip():
+        return UNPARSED
     first = text.split(".", 1)[0] if "." in text else text
     words = first.replace(",", "").split(" ")
     return Parsed("no" if {"No", "no", "not"} & set(words) else "yes")

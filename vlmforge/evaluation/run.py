@@ -50,6 +50,8 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     is refused, since its predictions would not be comparable. Scoring-only options (the parse mode,
     the soft-match threshold) are not part of it; change them freely, or rescore with `eval score`."""
     out = Path(out)
+    if not dataset.items:  # before the model loads
+        raise UserError(f"no items to evaluate in {dataset.source}")
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
         raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")
@@ -108,9 +110,9 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
         "backend": backend,
         "scoring": scoring,
         "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None},
-        "data": dataset.source if dataset else None,
-        "data_build_id": dataset.build_id if dataset else None,
-        "split": dataset.split if dataset else None,
+        "data": dataset.source if dataset is not None else None,
+        "data_build_id": dataset.build_id if dataset is not None else None,
+        "split": dataset.split if dataset is not None else None,
         "metrics": metrics,
         "counts": counts,
         "parse_failures": {"count": counts["unparsed"] + counts["multiple"], "examples": failures},

@@ -44,7 +44,28 @@ def export_kind(path: str) -> str | None:
 
 def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
-    return load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    check_tokenizer(model, processor, path)
+    return model, processor
+
+
+def check_tokenizer(model: Any, processor: Any, path: str) -> None:
+    """Another model's tokenizer fails deep inside forward() (an index error, or image features that
+    match no image token); say so before anything runs."""
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None:
+        return
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise UserError(f"the tokenizer of {path} has {len(tok)} tokens but the model's embeddings only {rows}: "
+                        "the tokenizer is another model's, or tokens were added without resizing the embeddings")
+    token = getattr(processor, "image_token", None)
+    if token is None:
+        return
+    expected, got = getattr(model.config, "image_token_id", None), tok.convert_tokens_to_ids(token)
+    if expected != got:
+        raise UserError(f"the tokenizer of {path} gives the image token {token!r} id {got}, but the model's config "
+                        f"expects image_token_id {expected}: the tokenizer and the model do not belong together")
 
 
 def _is(name: str, parts: tuple[str, ...]) -> bool:

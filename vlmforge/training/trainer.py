@@ -208,6 +208,15 @@ def _check_config(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError("--max-steps must be at least 1")
+    ranges = {"lr": (cfg.lr, "above 0", cfg.lr > 0), "weight_decay": (cfg.weight_decay, "0 or more", cfg.weight_decay >= 0),
+              "warmup_ratio": (cfg.warmup_ratio, "between 0 and 1", 0 <= cfg.warmup_ratio <= 1),
+              "max_grad_norm": (cfg.max_grad_norm, "0 (off) or more", cfg.max_grad_norm >= 0),
+              "lora_dropout": (cfg.lora_dropout, "at least 0 and below 1", 0 <= cfg.lora_dropout < 1)}
+    if cfg.projector_lr is not None:
+        ranges["projector_lr"] = (cfg.projector_lr, "above 0", cfg.projector_lr > 0)
+    for name, (value, want, ok) in ranges.items():
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise UserError(f"--{name.replace('_', '-')} must be {want} (got {value})")
     if cfg.workers < 0:
         raise UserError("--workers must be 0 or more")
     if cfg.weights is not None and len(cfg.weights) != len(cfg.shards):
@@ -386,7 +395,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         batches = trained = 0
-        for batch in loader:
+        for batch, last in _with_last(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
             batches += 1
@@ -397,6 +406,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 with open(keys_log, "a") as f:
                     f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
             model.train()
+            if last:  # the epoch's last micro-batch ends the optimizer step: none spans two epochs
+                accelerator.step = cfg.grad_accum - 1
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 accelerator.backward(loss)
@@ -445,6 +456,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _with_last(items: Any) -> Any:
+    """(item, whether it is the last) for each item, reading one ahead."""
+    it = iter(items)
+    current = next(it, _NONE)
+    while current is not _NONE:
+        following = next(it, _NONE)
+        yield current, following is _NONE
+        current = following
+
+
+_NONE = object()
 
 
 def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,

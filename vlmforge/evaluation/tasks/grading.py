@@ -15,7 +15,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, read_records, resolve_image,
+    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, no_split, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import (
     accuracy, binary_auc, confusion_matrix, grouped_accuracy, mean_absolute_error, one_vs_rest_auc,
@@ -94,6 +94,7 @@ class GradingTask(Task):
                 images, used = _folder_images(path, opts.split)
                 folder_splits.append(used)
                 return [item(ident, "", grade, image_path=str(f)) for ident, f, grade in images]
+            no_split(opts, f"{path} is a file, not a build or a graded folder")
             return [item(str(rec.get("id", i)), first_turns(rec)[0] or rec.get("text", ""),
                          _grade_of(rec, f"{path} record {rec.get('id', i)}", k),
                          image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))

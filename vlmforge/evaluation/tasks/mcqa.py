@@ -13,8 +13,8 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, option_lines,
-    read_records, resolve_image,
+    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, no_split,
+    option_lines, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, confusion_matrix, grouped_accuracy, macro_accuracy
 from vlmforge.evaluation.parsers import LETTERS, Parsed, parse_letter
@@ -48,6 +48,7 @@ class McqaTask(Task):
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         def from_file(path: Path) -> list[EvalItem]:
+            no_split(opts, f"{path} is a file, not a build")
             prefix = f"{path.stem}-" if len(paths) > 1 else ""  # ids stay unique across files
             return [self._from_unseen_record(rec, i, path, opts, prefix) for i, rec in enumerate(read_records(path))]
 
