@@ -192,7 +192,8 @@ def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
                 weight.add_(0.5)  # stands in for training
     trained = {n: w.detach().clone() for n, w in model.named_parameters() if n in names}
     export(model, processor, "projector", str(tiny_llava), tmp_path / "final")
-    runner = LocalRunner(str(tmp_path / "final"))
+    runner = LocalRunner(str(tmp_path))  # the run folder stands for its final/ (it was "Unrecognized model")
+    assert runner.name == str(tmp_path / "final")
     assert runner.scorings == ("generate", "loss")
     loaded = dict(runner.model.named_parameters())
     assert all(torch.equal(loaded[n], w) for n, w in trained.items())

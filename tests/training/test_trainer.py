@@ -234,3 +234,19 @@ def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
     assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the whole train split, once
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 16), (4, 1, 24)]
+
+
+def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):
+    """peft's own question to transformers printed a FutureWarning on every LoRA train, merge and eval."""
+    import warnings
+
+    from vlmforge.training.llava import configure, export, load_llava
+    from vlmforge.training.merge import merge_lora
+
+    model, processor = load_llava(str(tiny_llava))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lora = configure(model, "lora")
+        export(lora, processor, "lora", str(tiny_llava), tmp_path / "final")
+        merge_lora(load_llava(str(tiny_llava))[0], tmp_path / "final")
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]

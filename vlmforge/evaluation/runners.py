@@ -69,7 +69,9 @@ class LocalRunner(Runner):
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "auto", batch_size: int = 8,
                  max_new_tokens: int = 64, system: str | None = None):
-        self.name = str(model)
+        from vlmforge.training.llava import export_folder
+
+        self.name = export_folder(str(model))  # a run folder: its final/
         self.device = device
         self.dtype_name = dtype
         self.batch_size = batch_size
@@ -106,9 +108,9 @@ class LocalRunner(Runner):
             self.kind = "vlm"
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         if adapter is not None:
-            from peft import PeftModel
+            from vlmforge.training.merge import merge_lora
 
-            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
+            self.model = merge_lora(self.model, Path(adapter))
         if projector is not None:
             from vlmforge.training.merge import load_projector
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlmforge.errors import UserError
 
@@ -40,6 +42,17 @@ def export_kind(path: str) -> str | None:
     if (p / EXPORT_INFO).exists():
         return json.loads((p / EXPORT_INFO).read_text()).get("kind")
     return "lora" if (p / "adapter_config.json").exists() else None
+
+
+def export_folder(name: str) -> str:
+    """A training run folder or a checkpoint stands for the model it exported (the run's final/, the
+    checkpoint's model/); any other name is returned as it is."""
+    p = Path(name)
+    if p.is_dir() and not any((p / f).exists() for f in ("config.json", "adapter_config.json", EXPORT_INFO)):
+        for sub in ("final", "model"):
+            if (p / sub / EXPORT_INFO).exists():
+                return str(p / sub)
+    return name
 
 
 def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
@@ -108,10 +121,20 @@ def configure(model: Any, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
                          modules_to_save=[projector_module_name(model)] if train_projector else None)
         try:
-            return get_peft_model(model, cfg)
+            with quiet_peft():
+                return get_peft_model(model, cfg)
         except ValueError as e:
             raise UserError(f"LoRA targets {targets} match no language-model layer: {str(e).splitlines()[0]}") from None
     raise UserError(f"unknown mode {mode!r}; use full, lora, projector or clip")
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers for `is_gradient_checkpointing`, which then warns of its own deprecation on
+    every LoRA load: a note about library code that users can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -348,8 +348,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
+    from vlmforge.training.llava import export_folder
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    cfg = replace(cfg, model=export_folder(cfg.model))  # a run folder: its final/
     _check_config(cfg)
     out, resume_from = _open_run(cfg)
     accelerator = _accelerator(cfg)
