@@ -45,6 +45,8 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more"),
     (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 (off) or more"),
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
+    (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
+    (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)

@@ -250,3 +250,28 @@ def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):
         export(lora, processor, "lora", str(tiny_llava), tmp_path / "final")
         merge_lora(load_llava(str(tiny_llava))[0], tmp_path / "final")
     assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_clip_prompts_longer_than_the_text_encoder_are_cut(tmp_path, label_build, tiny_clip):
+    """The tiny CLIP reads 64 text positions; a longer prompt failed inside the model (train and eval)."""
+    from tests.evaluation.conftest import make_build, mcqa_doc
+
+    from vlmforge.evaluation.items import ReadOptions
+    from vlmforge.evaluation.run import evaluate
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.evaluation.tasks import get_task
+
+    tail = " with a man riding horse next to red car on street" * 7  # 70 tokens and more
+    run(tmp_path / "run", [str(label_build.path)], tiny_clip, "clip", 1, batch_size=4, prompt="a {label}" + tail,
+        pad_to_square=False)
+    with pytest.raises(UserError, match="tokenize identically .*cut at 64 tokens"):  # the labels fall past the cut
+        run(tmp_path / "late", [str(label_build.path)], tiny_clip, "clip", 1, prompt=tail + " {label}",
+            pad_to_square=False)
+    build = make_build(tmp_path / "b", [mcqa_doc("cat", ["cat", "dog", "bird", "horse"])])
+    task = get_task("mcqa")
+    s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev",
+                 class_template="{}" + tail, quiet=True, plots=False)
+    assert s["counts"]["items"] == 1
+    s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev2",
+                 class_template=tail + " {}", quiet=True, plots=False)
+    assert s["counts"]["ties"] == 1  # every option cut away: one text, a tie

@@ -271,7 +271,10 @@ class LocalRunner(Runner):
         if not all(it.has_image for it in items):
             raise UserError("CLIP zero-shot needs an image for every item")
         unique = list(dict.fromkeys(p for ps in prompts for p in ps))
-        text = self.processor(text=unique, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        from vlmforge.training.clip import text_positions
+
+        text = self.processor(text=unique, padding=True, truncation=True, max_length=text_positions(self.model),
+                              return_tensors="pt").to(self.device)
         with torch.no_grad():
             img = self._features(self.model.get_image_features(
                 **self.processor(images=[_pil(it.image_bytes()) for it in items], return_tensors="pt").to(self.device)))

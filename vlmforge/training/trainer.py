@@ -146,7 +146,7 @@ class LlavaTask:
 
 class ClipTask:
     def __init__(self, cfg: TrainConfig, train_shards: list[ShardRef], val_shards: list[ShardRef] | None):
-        from vlmforge.training.clip import ClipCollator, ClipObjective, configure, labels_in, load_clip
+        from vlmforge.training.clip import ClipCollator, ClipObjective, configure, labels_in, load_clip, text_positions
 
         self.cfg = cfg
         model, self.processor = load_clip(cfg.model)
@@ -154,11 +154,10 @@ class ClipTask:
             _checkpoint_activations(model)
         self.model = configure(model, cfg.freeze_text)
         self.classes = labels_in(train_shards + (val_shards or []), cfg.label_field)
-        self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt)
+        self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt,
+                                       text_positions(model))
         self.collate = ClipCollator(self.processor, self.classes, cfg.label_field, cfg.pad_to_square)
-        metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by
-        if metric not in ("accuracy", "loss"):
-            raise UserError("--select-by must be accuracy or loss for CLIP")
+        metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by  # checked in _check_config
         self.select_metric, self.higher_is_better = metric, metric == "accuracy"
 
     def is_projector(self, name: str) -> bool:
@@ -223,6 +222,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.select_by not in ("auto", "loss", "accuracy"):
+        raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
+    if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
+        raise UserError("--select-by accuracy needs --mode clip; the other modes keep best/ by validation loss")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
