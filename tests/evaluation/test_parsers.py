@@ -18,7 +18,8 @@ from vlmforge.evaluation.parsers import (
     ("Not at all.", "yes"),  # LLaVA's script looks for lower-case "not" only
     ("There is a knot in the rope.", "yes"),  # "knot" is not "not"
     ("No,there is nothing", "yes"),  # LLaVA drops commas without adding a space: "Nothere"
-    ("", "yes"),
+    ("", None),  # no answer (an API's content filter): unparsed, not LLaVA's "yes"
+    (" \n", None),
 ])
 def test_pope_yes_no(text, expected):
     assert parse_yes_no(text).value == expected

@@ -192,7 +192,31 @@ def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
                 weight.add_(0.5)  # stands in for training
     trained = {n: w.detach().clone() for n, w in model.named_parameters() if n in names}
     export(model, processor, "projector", str(tiny_llava), tmp_path / "final")
-    runner = LocalRunner(str(tmp_path / "final"))
+    runner = LocalRunner(str(tmp_path))  # the run folder stands for its final/ (it was "Unrecognized model")
+    assert runner.name == str(tmp_path / "final")
     assert runner.scorings == ("generate", "loss")
     loaded = dict(runner.model.named_parameters())
     assert all(torch.equal(loaded[n], w) for n, w in trained.items())
+
+
+def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp_path):
+    """The tiny CLIP's tokenizer lower-cases: 'cat' and 'Cat' are one text to it. Such options get one score
+    (a tie, counted as wrong), not two near-equal ones where the first would win."""
+    from tests.evaluation.conftest import make_build, mcqa_doc
+
+    from vlmforge.evaluation.runners import LocalRunner
+
+    same = ["cat", "Cat", "CAT", "cAt"]
+    build = make_build(tmp_path / "b", [mcqa_doc("Cat", same), mcqa_doc("cat", same), mcqa_doc("CAT", ["dog"] + same[:3])])
+    task = get_task("mcqa")
+    ds = task.read([build], ReadOptions())
+    s = evaluate(task, ds, LocalRunner(str(tiny_clip)), tmp_path / "clip", quiet=True, plots=False)
+    recs = [json.loads(x) for x in (tmp_path / "clip" / PREDICTIONS).read_text().splitlines()]
+    assert len(set(recs[0]["scores"])) == 1 and len(set(recs[2]["scores"][1:])) == 1
+    assert recs[0]["status"] == recs[1]["status"] == "tie"
+    assert s["counts"]["ties"] == s["counts"]["ties_with_gold"] >= 2 and s["metrics"]["accuracy"] <= 1 / 3
+
+    # Loss scoring: options whose whole sequences tokenize the same (here the very same text) share one loss.
+    items = task.read([make_build(tmp_path / "l", [mcqa_doc("cat", ["cat", "dog", "cat", "bird"])])], ReadOptions()).items
+    losses = llava_runner.option_losses(items)[0]
+    assert losses[0] == losses[2] and losses[1] != losses[0]

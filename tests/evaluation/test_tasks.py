@@ -55,6 +55,43 @@ def test_mcqa_build_reader_and_hand_scored_metrics(mcqa_build, tmp_path):
     assert m["confusion"]["matrix"][3] == [0, 1, 0, 1, 1]  # gold D: once B, once D, once unparsed
 
 
+def test_tied_option_scores_count_as_wrong_and_are_reported(mcqa_build, tmp_path, capsys):
+    """Options sharing the best score (e.g. tokenized the same) are no answer, not the first of them."""
+    from vlmforge.evaluation.run import finish
+
+    task = get_task("mcqa")
+    items = task.read([mcqa_build], ReadOptions()).items[:3]  # gold A, D, D
+    scores = [[0.4, 0.4, 0.1, 0.1],  # A = B: first-wins would count it right
+              [0.1, 0.2, 0.3, 0.4],  # D, right
+              [0.3, 0.1, 0.3, 0.3]]  # A = C = D: holds the gold D
+    recs = [task.make_record(it, scores=s, scoring="clip") for it, s in zip(items, scores)]
+    assert [r["status"] for r in recs] == ["tie", "ok", "tie"]
+    assert recs[0]["tied"] == [0, 1] and recs[0]["prediction"] is None and "tied" not in recs[1]
+    m = task.score(recs)
+    assert m["accuracy"] == pytest.approx(1 / 3)
+    assert m["predicted_positions"] == {"A": 0, "D": 1, "?": 0, "tie": 2} and m["by_gold_position"]["A"]["accuracy"] == 0.0
+    losses = task.make_record(items[1], scores=[2.0, 1.5, 1.5, 3.0], scoring="loss")  # lowest loss ties
+    assert losses["status"] == "tie" and losses["tied"] == [1, 2]
+
+    summary = finish(task, recs + [losses], tmp_path / "out", plots=False)
+    assert summary["counts"]["ties"] == 3 and summary["counts"]["ties_with_gold"] == 2
+    assert summary["ties"]["examples"][0] == {"id": items[0].id, "options": ["cat", "dog"]}
+    assert summary["parse_failures"]["count"] == 0  # a tie is not a parse failure
+    shown = capsys.readouterr()
+    assert "3 of 4 items tie" in shown.err + shown.out and "| count: ties | 3 |" in shown.out
+    # Rescoring an old predictions file finds the ties too: they are read from the scores.
+    old = {k: v for k, v in recs[0].items() if k not in ("tied", "status", "parsed")}
+    assert task.interpret({**old, "prediction": "cat"}).status == "tie"
+
+
+def test_pope_loss_tie_counts_as_the_wrong_answer(tmp_path):
+    task = get_task("pope")
+    rows = [{"question_id": i, "image": "x.jpg", "text": "Is there a dog?", "label": lab} for i, lab in enumerate(["yes", "no"])]
+    ds = task.read([_write_jsonl(tmp_path / "coco_pope_random.json", rows)], ReadOptions())
+    m = task.score([task.make_record(it, scores=[1.0, 1.0], scoring="loss") for it in ds.items])
+    assert m["accuracy"] == 0.0 and (m["fn"], m["fp"]) == (1, 1)  # neither "yes" nor "no" is credited
+
+
 def test_mcqa_prompt_the_unseen_files(tmp_path):
     box = "[0.12, 0.2, 0.55, 0.61]"
     (tmp_path / "VG_100K").mkdir()
@@ -325,9 +362,9 @@ def test_grading_from_build_with_clip_scores(tmp_path):
     probs = [[0.7, 0.1, 0.1, 0.05, 0.05], [0.2, 0.5, 0.2, 0.05, 0.05],
              [0.1, 0.2, 0.3, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2, 0.1]]
     recs = [task.make_record(it, scores=p, scoring="clip") for it, p in zip(ds.items, probs)]
-    assert [r["parsed"] for r in recs] == [0, 1, 2, 0]
+    assert [r["parsed"] for r in recs] == [0, 1, 2, None] and recs[3]["status"] == "tie"  # 0.3 = 0.3
     m = task.score(recs)
-    assert m["accuracy"] == 0.75 and m["auc_binary"] == 1.0
+    assert m["accuracy"] == 0.75 and m["auc_binary"] == 1.0 and m["ties"] == 1
     assert m["by_grade_auc"]["3"]["auc"] == pytest.approx(2.5 / 3) and m["by_grade_auc"]["4"]["auc"] is None
 
 
@@ -428,3 +465,42 @@ def test_mmbench_without_images_warns(tmp_path, capsys):
     assert "has no 'image' column" in capsys.readouterr().err
     get_task("mmbench").read([_mmbench_tsv(tmp_path / "with.tsv")], ReadOptions())
     assert "image" not in capsys.readouterr().err
+
+
+def test_pope_refuses_a_build_and_files_without_questions(tmp_path, mcqa_build):
+    with pytest.raises(UserError, match="is a vlmforge build; pope reads POPE question files"):
+        get_task("pope").read([mcqa_build], ReadOptions())  # it read build.json as POPE: 0 items, exit 0
+    folder = tmp_path / "notpope"
+    folder.mkdir()
+    (folder / "meta.json").write_text(json.dumps({"name": "something else"}))
+    with pytest.raises(UserError, match="no POPE questions"):
+        get_task("pope").read([folder], ReadOptions())
+
+
+def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
+    """--split used to be ignored where the data has no splits: the run scored other data than asked for."""
+    ann, _ = _pope_files(tmp_path)
+    with pytest.raises(UserError, match="--split test does not apply here: POPE"):
+        get_task("pope").read([ann], ReadOptions(split="test"))
+    unseen = _write_jsonl(tmp_path / "unseen.json", [{"id": 1, "options": ["cat", "dog"], "answer_index": 0}])
+    for name in ("mcqa", "open", "grading"):
+        with pytest.raises(UserError, match="does not apply here: .*unseen.json is a file"):
+            get_task(name).read([unseen], ReadOptions(split="val"))
+    tsv = _mmbench_tsv(tmp_path / "mmbench.tsv")  # every row is split "dev"
+    ds = get_task("mmbench").read([tsv], ReadOptions(split="dev"))
+    assert len(ds.items) == 7 and ds.split == "dev"
+    with pytest.raises(UserError, match="no rows of split 'test' \\(splits: dev\\)"):
+        get_task("mmbench").read([tsv], ReadOptions(split="test"))
+
+
+def test_empty_build_and_empty_data_are_named(tmp_path):
+    from vlmforge.evaluation.items import Dataset
+    from vlmforge.evaluation.run import evaluate, finish
+
+    empty = make_split_build(tmp_path / "b", {"test": []})  # a selection that matched nothing
+    with pytest.raises(UserError, match="is empty \\(no shards, 0 samples\\): nothing to evaluate"):
+        get_task("open").read([empty], ReadOptions())
+    with pytest.raises(UserError, match="no items to evaluate in somewhere"):
+        evaluate(get_task("open"), Dataset([], source="somewhere"), None, tmp_path / "out", scoring="generate")
+    summary = finish(get_task("open"), [], tmp_path / "s", dataset=Dataset([], source="x", split="test"), quiet=True)
+    assert summary["data"] == "x" and summary["split"] == "test"  # an empty Dataset is falsy: this was None

@@ -38,6 +38,15 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     (["--mode", "dream"], "unknown mode"),
     (["--weights", "1,2"], "one weight per --shards"),
     (["--weights", "a"], "numbers separated by commas"),
+    (["--lr", "-1"], "--lr must be above 0 (got -1.0)"),  # was a ValueError traceback from AdamW
+    (["--lr", "nan"], "--lr must be above 0"),
+    (["--projector-lr", "0"], "--projector-lr must be above 0"),
+    (["--warmup-ratio", "2"], "--warmup-ratio must be between 0 and 1"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more"),
+    (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 (off) or more"),
+    (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
+    (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
+    (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)
@@ -79,6 +88,9 @@ def test_training_on_an_adapter_or_projector_export_points_to_merge(tmp_path, co
     assert isinstance(r.exception, UserError), r.output
     assert what in str(r.exception) and "vlmforge model merge" in str(r.exception)
     assert not (tmp_path / "run").exists()
+    if "vlmforge_export.json" in files:  # the run folder stands for its final/ (it was "Unrecognized model")
+        r = invoke("train", "--shards", coco_build.path, "--model", tmp_path, "--out", tmp_path / "run")
+        assert isinstance(r.exception, UserError) and what in str(r.exception), r.output
 
 
 @pytest.mark.parametrize("option, value", [("--batch-size", "4"), ("--lr", "1"), ("--epochs", "3"),
@@ -109,3 +121,38 @@ def test_validating_on_the_training_shards_warns(tmp_path, coco_build, tiny_llav
                "--val-split", "val")
     assert r.exit_code == 0, r.output
     assert "validation shard(s) are also training shards" in r.output
+
+
+def test_an_empty_build_is_named(tmp_path, tiny_llava):
+    from tests.evaluation.conftest import make_split_build
+
+    empty = make_split_build(tmp_path / "b", {"train": []})
+    r = invoke("train", "--shards", empty, "--model", tiny_llava, "--out", tmp_path / "run", "--max-steps", "1")
+    assert isinstance(r.exception, UserError) and "is empty (no shards, 0 samples)" in str(r.exception), r.output
+    r = invoke("train", "--shards", empty, "--split", "val", "--model", tiny_llava, "--out", tmp_path / "run2")
+    assert "is empty" in str(r.exception)  # was: "has no shards of split None"
+
+
+def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_llava):
+    """A tokenizer the model's embeddings or image token id do not fit failed inside forward() with a traceback."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.llava import load_llava
+
+    token_id = shutil.copytree(tiny_llava, tmp_path / "token-id")
+    cfg = json.loads((token_id / "config.json").read_text())
+    cfg["image_token_index"] = cfg["image_token_index"] + 3
+    (token_id / "config.json").write_text(json.dumps(cfg))
+    bigger = shutil.copytree(tiny_llava, tmp_path / "bigger")
+    tok = AutoTokenizer.from_pretrained(bigger)
+    tok.add_tokens([f"extra{i}" for i in range(40)])
+    tok.save_pretrained(bigger)
+    for model, message in ((token_id, "expects image_token_id"), (bigger, "but the model's embeddings only")):
+        with pytest.raises(UserError, match=message):
+            load_llava(str(model))  # what train loads
+        with pytest.raises(UserError, match=message):
+            LocalRunner(str(model)).setup()  # what eval loads
+    load_llava(str(tiny_llava))  # the model's own tokenizer fits

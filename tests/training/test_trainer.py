@@ -204,3 +204,74 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
 def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
     with pytest.raises(UserError, match="nothing to train"):  # the loose shards' conversations are empty
         run(tmp_path / "empty", [str(loose_shards[0])], tiny_llava, "full", 5)
+
+
+def test_logged_lr_is_the_rate_each_step_used(tmp_path, coco_build, tiny_llava):
+    """metrics.jsonl's lr is the rate the optimizer stepped with (not the next step's, after the scheduler)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        out, _ = run(tmp_path / "lr", [str(coco_build.path)], tiny_llava, "projector", 4, lr=0.01, scheduler="linear",
+                     batch_size=2, grad_accum=2, log_every=1, max_length=96)
+    finally:
+        handle.remove()
+    logged = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert used == pytest.approx([0.01, 0.0075, 0.005, 0.0025])  # one optimizer step per 2 micro-batches
+    assert logged == pytest.approx(used)
+
+
+def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
+    """3 batches an epoch, --grad-accum 2: each epoch ends with a step of its last batch alone. Steps used
+    to run on across the boundary, so --epochs 1 with more accumulation than batches trained two epochs."""
+    out, _ = run(tmp_path / "ga", [str(label_build.path)], tiny_clip, "clip", None, epochs=2, batch_size=8,
+                 grad_accum=2, log_keys=True, log_every=1, save_every=10, pad_to_square=False)
+    lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
+    per_step = [sum(1 for line in lines if line["step"] == s) for s in range(4)]
+    assert per_step == [2, 1, 2, 1]  # micro-batches of steps 1-4 (before: 2, 2, 2 and a fourth from epoch 3)
+    first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
+    assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the whole train split, once
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 16), (4, 1, 24)]
+
+
+def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):
+    """peft's own question to transformers printed a FutureWarning on every LoRA train, merge and eval."""
+    import warnings
+
+    from vlmforge.training.llava import configure, export, load_llava
+    from vlmforge.training.merge import merge_lora
+
+    model, processor = load_llava(str(tiny_llava))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        lora = configure(model, "lora")
+        export(lora, processor, "lora", str(tiny_llava), tmp_path / "final")
+        merge_lora(load_llava(str(tiny_llava))[0], tmp_path / "final")
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_clip_prompts_longer_than_the_text_encoder_are_cut(tmp_path, label_build, tiny_clip):
+    """The tiny CLIP reads 64 text positions; a longer prompt failed inside the model (train and eval)."""
+    from tests.evaluation.conftest import make_build, mcqa_doc
+
+    from vlmforge.evaluation.items import ReadOptions
+    from vlmforge.evaluation.run import evaluate
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.evaluation.tasks import get_task
+
+    tail = " with a man riding horse next to red car on street" * 7  # 70 tokens and more
+    run(tmp_path / "run", [str(label_build.path)], tiny_clip, "clip", 1, batch_size=4, prompt="a {label}" + tail,
+        pad_to_square=False)
+    with pytest.raises(UserError, match="tokenize identically .*cut at 64 tokens"):  # the labels fall past the cut
+        run(tmp_path / "late", [str(label_build.path)], tiny_clip, "clip", 1, prompt=tail + " {label}",
+            pad_to_square=False)
+    build = make_build(tmp_path / "b", [mcqa_doc("cat", ["cat", "dog", "bird", "horse"])])
+    task = get_task("mcqa")
+    s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev",
+                 class_template="{}" + tail, quiet=True, plots=False)
+    assert s["counts"]["items"] == 1
+    s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev2",
+                 class_template=tail + " {}", quiet=True, plots=False)
+    assert s["counts"]["ties"] == 1  # every option cut away: one text, a tie

@@ -136,6 +136,12 @@ def collect_items(paths: list[Path], split: str | None,
     return items, build_id, used
 
 
+def no_split(opts: ReadOptions, why: str) -> None:
+    """Refuse --split where the data has no splits: ignoring it would score other data than asked for."""
+    if opts.split is not None:
+        raise UserError(f"--split {opts.split} does not apply here: {why}")
+
+
 def build_split(path: Path, split: str | None) -> str:
     """The split of a build to evaluate: the one asked for, else `test`, else the build's only split
     unless that is `train`. Anything else needs --split: scoring training samples as test data, or
@@ -143,6 +149,8 @@ def build_split(path: Path, split: str | None) -> str:
     from vlmforge.manifests.read import open_build
 
     splits = sorted({s["split"] for s in open_build(path).info["shards"]})
+    if not splits:
+        raise UserError(f"build {path} is empty (no shards, 0 samples): nothing to evaluate")
     if split is not None:
         if split not in splits:
             raise UserError(f"build {path} has no split {split!r} (splits: {', '.join(splits)})")

@@ -3,6 +3,7 @@
 Each parser returns a `Parsed(value, status)`: status is "ok", "unparsed" (nothing usable found) or
 "multiple" (several different answers given, e.g. "Grade 3 or maybe 4"). Tasks count the last two
 apart instead of guessing, so a parse failure is visible in the summary rather than hidden in accuracy.
+Option scores (loss, CLIP) have a fourth status, "tie": several options share the best score.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ LETTERS = string.ascii_uppercase
 @dataclass(frozen=True)
 class Parsed:
     value: Any
-    status: str = "ok"  # ok | unparsed | multiple
+    status: str = "ok"  # ok | unparsed | multiple | tie
 
     @property
     def ok(self) -> bool:
@@ -34,7 +35,10 @@ def parse_yes_no(text: str) -> Parsed:
     "no" when one of its words is exactly "No", "no" or "not"; anything else is "yes".
 
     Kept literal on purpose (so numbers compare with published ones): "Not at all." counts as yes,
-    because the script looks for the lower-case "not" only."""
+    because the script looks for the lower-case "not" only. An empty answer (an API's refusal or
+    content filter) says neither: unparsed, not "yes"."""
+    if not text.strip():
+        return UNPARSED
     first = text.split(".", 1)[0] if "." in text else text
     words = first.replace(",", "").split(" ")
     return Parsed("no" if {"No", "no", "not"} & set(words) else "yes")

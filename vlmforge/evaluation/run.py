@@ -13,7 +13,7 @@ from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_recor
 from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run
 from vlmforge.evaluation.report import markdown_report, write_summary
 from vlmforge.evaluation.runners import Runner
-from vlmforge.evaluation.tasks import Record, Task, parse_counts
+from vlmforge.evaluation.tasks import Record, Task, best_indices, parse_counts
 from vlmforge.progress import console, progress_bar
 
 MAX_FAILURE_EXAMPLES = 20
@@ -50,6 +50,8 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     is refused, since its predictions would not be comparable. Scoring-only options (the parse mode,
     the soft-match threshold) are not part of it; change them freely, or rescore with `eval score`."""
     out = Path(out)
+    if not dataset.items:  # before the model loads
+        raise UserError(f"no items to evaluate in {dataset.source}")
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
         raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")
@@ -90,11 +92,16 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
     parsed = parse_counts(task, records)
     counts = {"items": len(records), "parsed": parsed["ok"], "unparsed": parsed["unparsed"],
               "multiple": parsed["multiple"], **(extra_counts or {})}
-    failures = []
+    failures, ties = [], []
     for rec in records:
         parsed = task.interpret(rec)
-        if not parsed.ok and len(failures) < MAX_FAILURE_EXAMPLES:
+        if parsed.status == "tie":
+            ties.append(rec)
+        elif not parsed.ok and len(failures) < MAX_FAILURE_EXAMPLES:
             failures.append({"id": rec["id"], "status": parsed.status, "prediction": rec.get("prediction")})
+    if any(rec.get("scores") for rec in records):  # only option scores can tie
+        counts["ties"] = len(ties)
+        counts["ties_with_gold"] = sum(task.tie_has_gold(rec) for rec in ties)
     files = [p.name for p in task.extra_outputs(records, dataset, out)]
     plot_files = [p.name for p in task.plots(records, metrics, out)] if plots and records else []
     summary = {
@@ -103,22 +110,34 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
         "backend": backend,
         "scoring": scoring,
         "task_options": {k: v for k, v in sorted(task.options.items()) if v is not None},
-        "data": dataset.source if dataset else None,
-        "data_build_id": dataset.build_id if dataset else None,
-        "split": dataset.split if dataset else None,
+        "data": dataset.source if dataset is not None else None,
+        "data_build_id": dataset.build_id if dataset is not None else None,
+        "split": dataset.split if dataset is not None else None,
         "metrics": metrics,
         "counts": counts,
         "parse_failures": {"count": counts["unparsed"] + counts["multiple"], "examples": failures},
+        "ties": {"count": len(ties), "with_gold": counts.get("ties_with_gold", 0),
+                 "examples": [_tie_example(rec) for rec in ties[:MAX_FAILURE_EXAMPLES]]},
         "predictions": predictions,
         "plots": plot_files,
         "files": files,
         "vlmforge_version": __version__,
     }
     write_summary(out, summary)
+    if ties and not quiet:
+        ex = _tie_example(ties[0])
+        console.print(f"[yellow]warning:[/] {len(ties)} of {len(records)} items tie: several options share the "
+                      f"best score (e.g. {ex['id']}: {' = '.join(map(repr, ex['options']))}), usually because "
+                      f"they tokenize the same; ties count as wrong ({counts['ties_with_gold']} held the right "
+                      "option)")
     if not quiet:
         print(markdown_report(summary), flush=True)  # stdout, so the table can be redirected into a file
         console.print(f"wrote {out / 'summary.json'}")
     return summary
+
+
+def _tie_example(rec: Record) -> dict[str, Any]:
+    return {"id": rec["id"], "options": [rec["options"][i] for i in best_indices(rec) if i < len(rec["options"])]}
 
 
 def _is_own_record(line: Record) -> bool:

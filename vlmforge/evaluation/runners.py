@@ -69,7 +69,9 @@ class LocalRunner(Runner):
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "auto", batch_size: int = 8,
                  max_new_tokens: int = 64, system: str | None = None):
-        self.name = str(model)
+        from vlmforge.training.llava import export_folder
+
+        self.name = export_folder(str(model))  # a run folder: its final/
         self.device = device
         self.dtype_name = dtype
         self.batch_size = batch_size
@@ -106,15 +108,19 @@ class LocalRunner(Runner):
             self.kind = "vlm"
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
         if adapter is not None:
-            from peft import PeftModel
+            from vlmforge.training.merge import merge_lora
 
-            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
+            self.model = merge_lora(self.model, Path(adapter))
         if projector is not None:
             from vlmforge.training.merge import load_projector
 
             self.model = load_projector(self.model, Path(projector) / "projector.safetensors")
         own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
         self.processor = AutoProcessor.from_pretrained(own if own and _has_processor(own) else path)
+        if self.kind == "vlm":
+            from vlmforge.training.llava import check_tokenizer
+
+            check_tokenizer(self.model, self.processor, self.name)
         self.model.to(self.device).eval()
 
     @staticmethod
@@ -213,13 +219,19 @@ class LocalRunner(Runner):
         for group in self._by_image(items):
             wanted = set(group)
             members = [(n, j) for n, j in seqs if n in wanted]
+            keys: dict[tuple[int, int], tuple[int, ...]] = {}
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
-                for (n, j), loss in zip(chunk, self._losses(items, chunk)):
-                    out[n][j] = loss
+                for (n, j), (loss, key) in zip(chunk, self._losses(items, chunk)):
+                    out[n][j], keys[n, j] = loss, key
+            for n in group:  # options of an item that tokenize the same get one loss, so they tie exactly
+                opts = range(len(out[n]))
+                first = _first_of_same([keys[n, j] for j in opts])
+                out[n] = [out[n][first[j]] for j in opts]
         return out
 
-    def _losses(self, items: list[EvalItem], chunk: list[tuple[int, int]]) -> list[float]:
+    def _losses(self, items: list[EvalItem], chunk: list[tuple[int, int]]) -> list[tuple[float, tuple[int, ...]]]:
+        """(loss, token ids of the whole sequence) per (item, option) of the chunk."""
         import torch
 
         with_image = items[chunk[0][0]].has_image
@@ -238,6 +250,7 @@ class LocalRunner(Runner):
         ids = f_batch["input_ids"]
         token_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         losses = []
+        keys = _token_keys(ids, f_batch["attention_mask"])
         for r in range(len(chunk)):
             n_full = int(f_batch["attention_mask"][r].sum())
             n_prompt = int(p_batch["attention_mask"][r].sum())
@@ -245,7 +258,7 @@ class LocalRunner(Runner):
             same = (ids[r, :n_prompt] == p_batch["input_ids"][r, :n_prompt]).long()
             start = int(same.cumprod(0).sum())
             picked = token_lp[r, max(start, 1) - 1 : n_full - 1]
-            losses.append(float(-picked.mean()) if picked.numel() else float("inf"))
+            losses.append((float(-picked.mean()) if picked.numel() else float("inf"), keys[r]))
         return losses
 
     # -- CLIP zero-shot --------------------------------------------------------------------------
@@ -258,13 +271,18 @@ class LocalRunner(Runner):
         if not all(it.has_image for it in items):
             raise UserError("CLIP zero-shot needs an image for every item")
         unique = list(dict.fromkeys(p for ps in prompts for p in ps))
+        from vlmforge.training.clip import text_positions
+
+        text = self.processor(text=unique, padding=True, truncation=True, max_length=text_positions(self.model),
+                              return_tensors="pt").to(self.device)
         with torch.no_grad():
             img = self._features(self.model.get_image_features(
                 **self.processor(images=[_pil(it.image_bytes()) for it in items], return_tensors="pt").to(self.device)))
-            txt = self._features(self.model.get_text_features(
-                **self.processor(text=unique, padding=True, truncation=True, return_tensors="pt").to(self.device)))
+            txt = self._features(self.model.get_text_features(**text))
             logits = self.model.logit_scale.exp() * img @ txt.T
-        col = {p: k for k, p in enumerate(unique)}
+        # Prompts that tokenize the same share one column, so they tie exactly (see tasks.best_indices).
+        first = _first_of_same(_token_keys(text["input_ids"], text["attention_mask"]))
+        col = {p: first[k] for k, p in enumerate(unique)}
         out = []
         for r, ps in enumerate(prompts):
             sel = logits[r, [col[p] for p in ps]]
@@ -277,6 +295,17 @@ class LocalRunner(Runner):
         feats = output if hasattr(output, "norm") else output.pooler_output
         feats = feats.float()
         return feats / feats.norm(dim=-1, keepdim=True)
+
+
+def _token_keys(input_ids, attention_mask) -> list[tuple[int, ...]]:
+    """Each row's tokens without padding: equal keys are texts the model cannot tell apart."""
+    return [tuple(row[mask.bool()].tolist()) for row, mask in zip(input_ids, attention_mask)]
+
+
+def _first_of_same(keys: list) -> list[int]:
+    """For each position, the first position holding an equal key."""
+    seen: dict[Any, int] = {}
+    return [seen.setdefault(k, i) for i, k in enumerate(keys)]
 
 
 def _has_processor(folder: str) -> bool:

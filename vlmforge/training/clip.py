@@ -30,6 +30,11 @@ def load_clip(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     return model, processor
 
 
+def text_positions(model: Any) -> int | None:
+    """How many tokens the text encoder takes: longer texts must be cut there (they fail inside the model)."""
+    return getattr(getattr(model.config, "text_config", None), "max_position_embeddings", None)
+
+
 def configure(model: Any, freeze_text: bool = False) -> Any:
     """Everything trains, except the text encoder and its projection when `freeze_text`."""
     for n, p in model.named_parameters():
@@ -104,19 +109,22 @@ class ClipCollator:
 class ClipObjective:
     """Losses and metrics over class prompts."""
 
-    def __init__(self, processor: Any, classes: Sequence[str], objective: str = "classes", prompt: str = DEFAULT_PROMPT):
+    def __init__(self, processor: Any, classes: Sequence[str], objective: str = "classes", prompt: str = DEFAULT_PROMPT,
+                 max_length: int | None = None):
         if objective not in ("classes", "contrastive"):
             raise UserError(f"unknown CLIP objective {objective!r}; use classes or contrastive")
         if "{label}" not in prompt:
             raise UserError("the class prompt must contain {label}")
         self.objective = objective
         self.classes = list(classes)
-        self.texts = processor.tokenizer([prompt.format(label=c) for c in classes], padding=True, return_tensors="pt")
+        self.texts = processor.tokenizer([prompt.format(label=c) for c in classes], padding=True, return_tensors="pt",
+                                         truncation=max_length is not None, max_length=max_length)
         seen: dict[tuple[int, ...], str] = {}
         for c, ids, mask in zip(self.classes, self.texts["input_ids"].tolist(), self.texts["attention_mask"].tolist()):
             key = tuple(i for i, m in zip(ids, mask) if m)
             if key in seen:
-                raise UserError(f"the prompts of classes {seen[key]!r} and {c!r} tokenize identically (unknown words?); "
+                why = "unknown words?" if max_length is None else f"unknown words, or cut at {max_length} tokens?"
+                raise UserError(f"the prompts of classes {seen[key]!r} and {c!r} tokenize identically ({why}); "
                                 "the model could not tell them apart")
             seen[key] = c
 

@@ -161,9 +161,13 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
                 raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
-            found = _build_shards(p, read_build_info(p / BUILD_JSON), i, split)
+            info = read_build_info(p / BUILD_JSON)
+            found = _build_shards(p, info, i, split)
             if not found:
-                raise UserError(f"build {spec} has no shards of split {split!r}")
+                splits = sorted({s["split"] for s in info["shards"]})
+                if not splits:
+                    raise UserError(f"build {spec} is empty (no shards, 0 samples)")
+                raise UserError(f"build {spec} has no shards of split {split!r} (splits: {', '.join(splits)})")
             refs.extend(found)
             continue
         paths = _expand(spec)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlmforge.errors import UserError
 
@@ -42,9 +44,41 @@ def export_kind(path: str) -> str | None:
     return "lora" if (p / "adapter_config.json").exists() else None
 
 
+def export_folder(name: str) -> str:
+    """A training run folder or a checkpoint stands for the model it exported (the run's final/, the
+    checkpoint's model/); any other name is returned as it is."""
+    p = Path(name)
+    if p.is_dir() and not any((p / f).exists() for f in ("config.json", "adapter_config.json", EXPORT_INFO)):
+        for sub in ("final", "model"):
+            if (p / sub / EXPORT_INFO).exists():
+                return str(p / sub)
+    return name
+
+
 def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
-    return load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    check_tokenizer(model, processor, path)
+    return model, processor
+
+
+def check_tokenizer(model: Any, processor: Any, path: str) -> None:
+    """Another model's tokenizer fails deep inside forward() (an index error, or image features that
+    match no image token); say so before anything runs."""
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None:
+        return
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise UserError(f"the tokenizer of {path} has {len(tok)} tokens but the model's embeddings only {rows}: "
+                        "the tokenizer is another model's, or tokens were added without resizing the embeddings")
+    token = getattr(processor, "image_token", None)
+    if token is None:
+        return
+    expected, got = getattr(model.config, "image_token_id", None), tok.convert_tokens_to_ids(token)
+    if expected != got:
+        raise UserError(f"the tokenizer of {path} gives the image token {token!r} id {got}, but the model's config "
+                        f"expects image_token_id {expected}: the tokenizer and the model do not belong together")
 
 
 def _is(name: str, parts: tuple[str, ...]) -> bool:
@@ -87,10 +121,20 @@ def configure(model: Any, mode: str, lora_r: int = 8, lora_alpha: int = 16, lora
         cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
                          modules_to_save=[projector_module_name(model)] if train_projector else None)
         try:
-            return get_peft_model(model, cfg)
+            with quiet_peft():
+                return get_peft_model(model, cfg)
         except ValueError as e:
             raise UserError(f"LoRA targets {targets} match no language-model layer: {str(e).splitlines()[0]}") from None
     raise UserError(f"unknown mode {mode!r}; use full, lora, projector or clip")
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft asks transformers for `is_gradient_checkpointing`, which then warns of its own deprecation on
+    every LoRA load: a note about library code that users can do nothing about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:

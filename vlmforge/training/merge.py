@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.errors import UserError
-from vlmforge.training.llava import EXPORT_INFO, load_llava, projector_names
+from vlmforge.training.llava import EXPORT_INFO, export_folder, load_llava, projector_names, quiet_peft
 
 
 def find_export(path: str | Path) -> Path:
     """The export folder behind `path`: itself, a run's final/ (or best/), or a checkpoint's model/."""
-    p = Path(path)
-    for candidate in (p, p / "final", p / "model"):
-        if (candidate / EXPORT_INFO).exists():
-            return candidate
+    p = Path(export_folder(str(path)))
+    if (p / EXPORT_INFO).exists():
+        return p
     raise UserError(f"{p} is not a training run, checkpoint or export folder (no {EXPORT_INFO} found)")
 
 
@@ -55,7 +54,8 @@ def merge_lora(model: Any, adapter_dir: Path) -> Any:
     """The base model with the adapter's weights folded in (and its fully trained modules)."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     return peft_model.merge_and_unload()
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,7 +146,7 @@ class LlavaTask:
 
 class ClipTask:
     def __init__(self, cfg: TrainConfig, train_shards: list[ShardRef], val_shards: list[ShardRef] | None):
-        from vlmforge.training.clip import ClipCollator, ClipObjective, configure, labels_in, load_clip
+        from vlmforge.training.clip import ClipCollator, ClipObjective, configure, labels_in, load_clip, text_positions
 
         self.cfg = cfg
         model, self.processor = load_clip(cfg.model)
@@ -154,11 +154,10 @@ class ClipTask:
             _checkpoint_activations(model)
         self.model = configure(model, cfg.freeze_text)
         self.classes = labels_in(train_shards + (val_shards or []), cfg.label_field)
-        self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt)
+        self.objective = ClipObjective(self.processor, self.classes, cfg.clip_objective, cfg.prompt,
+                                       text_positions(model))
         self.collate = ClipCollator(self.processor, self.classes, cfg.label_field, cfg.pad_to_square)
-        metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by
-        if metric not in ("accuracy", "loss"):
-            raise UserError("--select-by must be accuracy or loss for CLIP")
+        metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by  # checked in _check_config
         self.select_metric, self.higher_is_better = metric, metric == "accuracy"
 
     def is_projector(self, name: str) -> bool:
@@ -208,12 +207,25 @@ def _check_config(cfg: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise UserError("--max-steps must be at least 1")
+    ranges = {"lr": (cfg.lr, "above 0", cfg.lr > 0), "weight_decay": (cfg.weight_decay, "0 or more", cfg.weight_decay >= 0),
+              "warmup_ratio": (cfg.warmup_ratio, "between 0 and 1", 0 <= cfg.warmup_ratio <= 1),
+              "max_grad_norm": (cfg.max_grad_norm, "0 (off) or more", cfg.max_grad_norm >= 0),
+              "lora_dropout": (cfg.lora_dropout, "at least 0 and below 1", 0 <= cfg.lora_dropout < 1)}
+    if cfg.projector_lr is not None:
+        ranges["projector_lr"] = (cfg.projector_lr, "above 0", cfg.projector_lr > 0)
+    for name, (value, want, ok) in ranges.items():
+        if not ok:  # NaN fails every comparison, so it lands here too
+            raise UserError(f"--{name.replace('_', '-')} must be {want} (got {value})")
     if cfg.workers < 0:
         raise UserError("--workers must be 0 or more")
     if cfg.weights is not None and len(cfg.weights) != len(cfg.shards):
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.select_by not in ("auto", "loss", "accuracy"):
+        raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
+    if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
+        raise UserError("--select-by accuracy needs --mode clip; the other modes keep best/ by validation loss")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
@@ -339,8 +351,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
+    from vlmforge.training.llava import export_folder
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    cfg = replace(cfg, model=export_folder(cfg.model))  # a run folder: its final/
     _check_config(cfg)
     out, resume_from = _open_run(cfg)
     accelerator = _accelerator(cfg)
@@ -386,7 +401,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         batches = trained = 0
-        for batch in loader:
+        for batch, last in _with_last(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
             batches += 1
@@ -397,6 +412,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 with open(keys_log, "a") as f:
                     f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
             model.train()
+            if last:  # the epoch's last micro-batch ends the optimizer step: none spans two epochs
+                accelerator.step = cfg.grad_accum - 1
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 accelerator.backward(loss)
@@ -409,10 +426,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             window_samples += len(batch["keys"])
             if not accelerator.sync_gradients:
                 continue
+            used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
             scheduler.step()
             step += 1
             record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
-                      "loss": step_loss / step_micro, "lr": scheduler.get_last_lr()[0]}
+                      "loss": step_loss / step_micro, "lr": used_lr}
             window_loss += record["loss"]
             window_n += 1
             step_loss, step_micro = 0.0, 0
@@ -444,6 +462,19 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _with_last(items: Any) -> Any:
+    """(item, whether it is the last) for each item, reading one ahead."""
+    it = iter(items)
+    current = next(it, _NONE)
+    while current is not _NONE:
+        following = next(it, _NONE)
+        yield current, following is _NONE
+        current = following
+
+
+_NONE = object()
 
 
 def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,

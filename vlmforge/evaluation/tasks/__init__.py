@@ -56,26 +56,28 @@ class Task:
                        "scoring": scoring, "prediction": text}
         if scores is not None:
             rec["scores"] = [round(float(s), 6) for s in scores]
-            if rec["prediction"] is None and item.options:
-                best = self._best_index(rec)
-                rec["prediction"] = item.options[best]
+            best = best_indices(rec)
+            if len(best) > 1:
+                rec["tied"] = best
+            elif rec["prediction"] is None and item.options:
+                rec["prediction"] = item.options[best[0]]
         parsed = self.interpret(rec)
         rec["parsed"], rec["status"] = parsed.value, parsed.status
         return rec
 
-    @staticmethod
-    def _best_index(rec: Record) -> int:
-        scores = rec["scores"]
-        pick = min if rec.get("scoring") == "loss" else max  # losses: lower is better
-        return pick(range(len(scores)), key=lambda i: scores[i])
-
     def interpret(self, rec: Record) -> Parsed:
-        """The parsed prediction of a record: from option scores when it has them, else its text."""
+        """The parsed prediction of a record: from option scores when it has them, else its text.
+        Several options sharing the best score are a tie: no answer (see `best_indices`)."""
         if rec.get("scores"):
-            return Parsed(self.value_from_index(rec, self._best_index(rec)))
+            best = best_indices(rec)
+            return Parsed(None, "tie") if len(best) > 1 else Parsed(self.value_from_index(rec, best[0]))
         if rec.get("prediction") is None:
             return Parsed(None, "unparsed")
         return self.parse(rec)
+
+    def tie_has_gold(self, rec: Record) -> bool:
+        """Whether the right answer is among the options of a tie (a random pick could have been right)."""
+        return any(self.value_from_index(rec, i) == rec["answer"] for i in best_indices(rec))
 
     def parse(self, rec: Record) -> Parsed:
         raise NotImplementedError
@@ -131,9 +133,22 @@ def get_task(name: str, **options: Any) -> Task:
     return getattr(importlib.import_module(module), cls)(**options)
 
 
+def best_indices(rec: Record) -> list[int]:
+    """The options with the best score (lowest loss, else highest probability), as recorded (6 decimals).
+
+    More than one is a tie: options the model cannot tell apart, usually because they tokenize the same
+    (case, trailing punctuation, unknown words, text cut at the tokenizer's length). A tie counts as no
+    answer, like a text naming several options: wrong in accuracy, counted apart (`ties`, and
+    `ties_with_gold` for those a lucky pick would have got right). Taking the first option instead
+    would reward the gold position A."""
+    scores = rec["scores"]
+    best = (min if rec.get("scoring") == "loss" else max)(scores)
+    return [i for i, s in enumerate(scores) if s == best]
+
+
 def parse_counts(task: Task, records: list[Record]) -> dict[str, int]:
-    """How many predictions parsed, failed to parse, or named several answers."""
-    counts = {"ok": 0, "unparsed": 0, "multiple": 0}
+    """How many predictions parsed, failed to parse, named several answers, or tied on their scores."""
+    counts = {"ok": 0, "unparsed": 0, "multiple": 0, "tie": 0}
     for rec in records:
         counts[task.interpret(rec).status] += 1
     return counts

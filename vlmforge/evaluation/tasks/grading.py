@@ -2,8 +2,8 @@
 
 Data: a build from `vlmforge build grading` (json `grade`, or a numeric `label`), a graded folder tree
 (`root/[split/]grade/image`), or a JSON/JSONL file of {image, grade}. Grades are parsed from free text;
-unparseable and multiple-grade answers are counted apart and count as wrong in `accuracy` (and are
-left out of `accuracy_parsed`, the confusion matrix, MAE and kappa). With option scores (CLIP
+unparseable and multiple-grade answers, and ties of option scores, are counted apart and count as wrong
+in `accuracy` (and are left out of `accuracy_parsed`, the confusion matrix, MAE and kappa). With option scores (CLIP
 zero-shot, or loss scoring) it adds per-grade one-vs-rest AUC and the binary AUC of grades 2-4 vs 0-1.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, read_records, resolve_image,
+    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, no_split, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import (
     accuracy, binary_auc, confusion_matrix, grouped_accuracy, mean_absolute_error, one_vs_rest_auc,
@@ -94,6 +94,7 @@ class GradingTask(Task):
                 images, used = _folder_images(path, opts.split)
                 folder_splits.append(used)
                 return [item(ident, "", grade, image_path=str(f)) for ident, f, grade in images]
+            no_split(opts, f"{path} is a file, not a build or a graded folder")
             return [item(str(rec.get("id", i)), first_turns(rec)[0] or rec.get("text", ""),
                          _grade_of(rec, f"{path} record {rec.get('id', i)}", k),
                          image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
@@ -125,6 +126,7 @@ class GradingTask(Task):
             "n": len(records),
             "unparsed": sum(p.status == "unparsed" for p in parsed),
             "multiple": sum(p.status == "multiple" for p in parsed),
+            "ties": sum(p.status == "tie" for p in parsed),
             "by_grade": grouped_accuracy(correct, gold),
             "confusion": {"labels": [str(x) for x in labels], "matrix": confusion_matrix(g_ok, p_ok, labels)},
         }

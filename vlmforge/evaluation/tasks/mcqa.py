@@ -1,7 +1,8 @@
 """mcqa: multiple-choice class questions from `vlmforge build mcqa` or "Prompt the Unseen" MCQA files.
 
 Metrics: accuracy and macro accuracy (the mean of per-class accuracies, the paper's headline number),
-per class and per gold position (a model that favours "A" shows here).
+per class and per gold position (a model that favours "A" shows here). With option scores (loss, CLIP),
+options that share the best score are a tie and count as wrong (`tasks.best_indices`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, option_lines,
-    read_records, resolve_image,
+    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, no_split,
+    option_lines, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, confusion_matrix, grouped_accuracy, macro_accuracy
 from vlmforge.evaluation.parsers import LETTERS, Parsed, parse_letter
@@ -47,6 +48,7 @@ class McqaTask(Task):
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         def from_file(path: Path) -> list[EvalItem]:
+            no_split(opts, f"{path} is a file, not a build")
             prefix = f"{path.stem}-" if len(paths) > 1 else ""  # ids stay unique across files
             return [self._from_unseen_record(rec, i, path, opts, prefix) for i, rec in enumerate(read_records(path))]
 
@@ -129,8 +131,10 @@ class McqaTask(Task):
         correct = [self.is_correct(r, p) for r, p in zip(records, parsed)]
         classes = [r["meta"].get("class", "") for r in records]
         positions = [LETTERS[r["answer"]] for r in records]
-        chosen = [LETTERS[p.value] if p.ok and isinstance(p.value, int) else "?" for p in parsed]
-        letters = sorted(set(positions) | {c for c in chosen if c != "?"}) + ["?"]
+        chosen = [LETTERS[p.value] if p.ok and isinstance(p.value, int) else "tie" if p.status == "tie" else "?"
+                  for p in parsed]
+        letters = sorted(set(positions) | {c for c in chosen if c not in ("?", "tie")}) + ["?"]
+        letters += ["tie"] if "tie" in chosen else []
         return {
             "accuracy": accuracy(correct),
             "macro_accuracy": macro_accuracy(correct, classes),
@@ -148,5 +152,5 @@ class McqaTask(Task):
             plot_bars({k: v["accuracy"] for k, v in metrics["by_class"].items()}, out / "per_class_accuracy.png",
                       "MCQA accuracy per class", sort=True),
             plot_confusion(conf["matrix"], conf["labels"], out / "confusion_matrix.png",
-                           "gold vs predicted option (? = unparsed)"),
+                           "gold vs predicted option (? = unparsed, tie = several options share the best score)"),
         ]

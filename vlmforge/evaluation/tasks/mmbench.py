@@ -60,6 +60,13 @@ class MMBenchTask(Task):
 
             console.print(f"[yellow]warning:[/] {paths[0]} has no 'image' column: every question is asked without its image")
         images = {r["index"]: r.get("image", "") for r in rows}
+        if opts.split is not None:  # MMBench TSVs name each row's split (dev, test)
+            if "split" not in columns:
+                raise UserError(f"--split {opts.split}: {paths[0]} has no 'split' column to choose rows by")
+            found = sorted({r.get("split") or "" for r in rows})
+            rows = [r for r in rows if r.get("split") == opts.split]
+            if not rows:
+                raise UserError(f"{paths[0]} has no rows of split {opts.split!r} (splits: {', '.join(found)})")
         has_copies = any(int(r["index"]) >= CIRCULAR_OFFSET for r in rows)
         option_cols = [c for c in LETTERS if c in columns]
         items: list[EvalItem] = []
@@ -84,7 +91,8 @@ class MMBenchTask(Task):
         if opts.limit:
             keep = {it.meta["index"] for it in items[: opts.limit]}  # whole questions, all their rounds
             items = [it for it in items if it.meta["index"] in keep]
-        return Dataset(items, source=str(paths[0]), info={"columns": columns, "option_columns": option_cols})
+        return Dataset(items, source=str(paths[0]), info={"columns": columns, "option_columns": option_cols},
+                       split=opts.split)
 
     @staticmethod
     def _image(value: str, images: dict[str, str]) -> bytes | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, read_records, resolve_image,
+    Dataset, EvalItem, ReadOptions, apply_limit, collect_items, first_turns, no_split, read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, grouped_accuracy
 from vlmforge.evaluation.parsers import Parsed, contains_answer
@@ -38,6 +38,7 @@ class OpenTask(Task):
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         def from_file(path: Path) -> list[EvalItem]:
+            no_split(opts, f"{path} is a file, not a build")
             return [self._item(str(rec.get("id", rec.get("question_id", i))), rec, opts,
                                image_path=resolve_image(rec.get("image"), [opts.image_root, path.parent]))
                     for i, rec in enumerate(read_records(path))]

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.errors import UserError
-from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, apply_limit, read_records, resolve_image
+from vlmforge.evaluation.items import (
+    Dataset, EvalItem, ReadOptions, apply_limit, is_build, no_split, read_records, resolve_image,
+)
 from vlmforge.evaluation.metrics import binary_metrics, confusion_matrix
 from vlmforge.evaluation.parsers import Parsed, parse_yes_no
 from vlmforge.evaluation.report import plot_bars, plot_confusion
@@ -32,6 +34,8 @@ def _category_from_name(path: Path) -> str | None:
 def _files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
+        if is_build(p):
+            raise UserError(f"{p} is a vlmforge build; pope reads POPE question files (coco_pope_*.json)")
         if p.is_dir():
             out += sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl"))
         elif p.exists():
@@ -47,6 +51,7 @@ class PopeTask(Task):
     scoring_modes = ("generate", "loss")
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
+        no_split(opts, "POPE question files have no splits")
         lines: list[tuple[dict[str, Any], str | None, Path]] = []
         for f in _files(paths):
             cat = _category_from_name(f)
@@ -54,6 +59,8 @@ class PopeTask(Task):
         if not lines:
             raise UserError(f"no POPE questions in {', '.join(map(str, paths))}")
         questions = [x for x in lines if "text" in x[0]]
+        if not questions:
+            raise UserError(f"no POPE questions (records with 'text') in {', '.join(map(str, paths))}")
         labelled = [x for x in questions if x[0].get("label") is not None]
         unlabelled = [x for x in questions if x[0].get("label") is None]
         if unlabelled:
@@ -97,8 +104,9 @@ class PopeTask(Task):
         return ("yes", "no")[index]
 
     def score(self, records: list[Record]) -> dict[str, Any]:
-        pred = [self.interpret(r).value == "yes" for r in records]
         gold = [r["answer"] == "yes" for r in records]
+        # No answer (a yes/no tie of loss scores, or no text) counts as the wrong one.
+        pred = [p.value == "yes" if p.ok else not g for p, g in zip(map(self.interpret, records), gold)]
         cats = [r["meta"].get("category", "all") for r in records]
         out: dict[str, Any] = dict(binary_metrics(pred, gold))
         by: dict[str, Any] = {}

@@ -15,8 +15,8 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, first_turns, option_lines, read_records,
-    resolve_image,
+    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, first_turns, no_split, option_lines,
+    read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, grouped_accuracy
 from vlmforge.evaluation.parsers import Parsed, parse_letter
@@ -74,6 +74,7 @@ class ScienceQATask(Task):
         split = opts.split or "test"
         items: list[EvalItem] = []
         if llava_files:
+            no_split(opts, "LLaVA-format question files are one split each")
             for f in llava_files:
                 items += [self._from_llava(rec, problems, f, opts) for rec in read_records(f)]
         elif problems:
