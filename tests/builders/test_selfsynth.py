@@ -235,7 +235,15 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     r3 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(r2.path)},
                         answers=str(file3))
     assert r3.info["parents"] == [r2.build_id] and r3.sql("SELECT DISTINCT round FROM samples").fetchall() == [(3,)]
-    assert r3.sql("SELECT count(*) FROM builds").fetchall()[0][0] >= 2
+    # the whole chain, nearest first, each with its builder, version, id, config and its own parents
+    chain = r3.info["parent_builds"]
+    assert [(p["builder"], p["build_id"]) for p in chain] == [
+        ("selfsynth-round", r2.build_id), ("selfsynth", offline_build.build_id)]
+    assert chain[0]["config"] == r2.info["config"] and chain[0]["parents"] == [offline_build.build_id]
+    assert chain[1]["config"] == offline_build.info["config"] and chain[1]["config"]["concepts"] == "attributes"
+    assert chain[1]["version"] == offline_build.info["version"] and "shards" not in chain[1]
+    builds = r3.sql("SELECT builder, is_this_build FROM builds ORDER BY is_this_build DESC, builder").fetchall()
+    assert builds == [("selfsynth-round", True), ("selfsynth", False), ("selfsynth-round", False)]
     with pytest.raises(UserError, match="answers file not found"):
         vlmforge.build("selfsynth-round", "build", out=tmp_path / "o4", source_options={"path": str(r2.path)},
                        answers=str(tmp_path / "missing.jsonl"))

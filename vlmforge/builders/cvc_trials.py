@@ -50,7 +50,7 @@ class CvcTrialsConfig(BuildConfig):
 
 class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     name = "cvc-trials"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = CvcTrialsConfig
     description = ("CVC trial learning: K reasoning trials per occluded image, answers soft-matched to the label; "
                    "images solved only sometimes give chain-of-thought and short-answer samples.")

@@ -126,9 +126,16 @@ class GeneratorMixin:
 
 
 class FromBuildMixin:
-    """A builder whose source is a finished build (a round, trials): lineage comes with BuildSource."""
+    """A builder whose source is a finished build (a round, trials). Its lineage is the whole chain:
+    the parent and, from the parent's build.json, every build before it (round 3 names round 2, round
+    1 and the selfsynth build with their configs)."""
 
     src: Any
+
+    def __init__(self, config, source, *args: Any, **kwargs: Any):
+        super().__init__(config, source, *args, **kwargs)
+        if hasattr(source, "build") and hasattr(source, "parent_infos"):
+            source.parent_infos = lineage(source)
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any):
@@ -141,6 +148,18 @@ class FromBuildMixin:
         have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
         if not names <= have:
             raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
+
+
+def lineage(source) -> list[dict[str, Any]]:
+    """The parent build's record (as BuildSource keeps it) followed by its ancestors' from the
+    parent's `parent_builds`, each build once, nearest first."""
+    out = list(source.parent_infos)
+    seen = {p.get("build_id") for p in out}
+    for p in source.build.info.get("parent_builds") or []:
+        if isinstance(p, dict) and p.get("build_id") not in seen:
+            seen.add(p.get("build_id"))
+            out.append(p)
+    return out
 
 
 def _some(names: list[str], n: int = 3) -> str:

@@ -6,7 +6,9 @@ model's candidate answers per question, one line per question (`{"key", "questio
 candidates are scored by the information-bottleneck score against the image's concepts (other
 images' concepts as negatives); of those that name the label, the best is kept. Simple questions take
 the first candidate that names the label. Otherwise the answer falls back to "This is an image of
-{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent.
+{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent;
+build.json's `parent_builds` holds the whole chain (earlier rounds and the selfsynth build, each with
+its builder, version, build id and config).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class SelfSynthRoundConfig(BuildConfig):
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")
