@@ -11,6 +11,7 @@ from vlmforge.builders.grading import KL_DESCRIPTIONS, grade_of
 from vlmforge.errors import UserError
 
 from tests.derived_data import class_folder
+from tests.helpers import build_files
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,28 @@ def test_unknown_answer_placeholder(tmp_path, knees):
         vlmforge.build("grading", "imagefolder", out=tmp_path, source_options={"root": str(knees)},
                        answer_template="Grade {grade} {nope}")
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_draws_count_only_usable_images(tmp_path):
+    """A corrupt image drawn for a grade is a reject with its reason, and the next record of that grade
+    (in rank order) fills its slot: the draw is not short. Same inputs, same draw."""
+    from vlmforge.curation.selection import rank_value
+    from vlmforge.sample import make_key
+
+    root = class_folder(tmp_path / "knee", {"0": 6, "1": 6}, "train")
+    ranked = sorted((rank_value(0, make_key(f"train/1/{i:03d}")), i) for i in range(6))
+    first, second = (root / "train" / "1" / f"{i:03d}.jpg" for _, i in ranked[:2])
+    first.write_bytes(b"not an image")  # the two records drawn first for grade 1 are unusable
+    second.write_bytes(second.read_bytes()[:-2])  # truncated: no end-of-image marker
+    for opts in ({"per_grade": 3}, {"size": 6}):
+        b = vlmforge.build("grading", "imagefolder", out=tmp_path / str(opts), source_options={"root": str(root)}, **opts)
+        assert dict(b.sql("SELECT grade, count(*) FROM samples GROUP BY 1").fetchall()) == {0: 3, 1: 3}
+        rejects = sorted(b.sql("SELECT source_id, reason FROM rejects").fetchall())
+        assert rejects == sorted([(f"train/1/{first.name}", "corrupt_image"), (f"train/1/{second.name}", "truncated_image")])
+        keys = {r[0] for r in b.sql("SELECT key FROM samples WHERE grade = 1").fetchall()}
+        assert keys == {make_key(f"train/1/{i:03d}") for _, i in ranked[2:5]}  # the next three in rank order
+        selection = b.info["source"]["selection"]
+        assert selection["drawn"] == {"train/0": 3, "train/1": 3} and selection["unusable"] == {"train/1": 2}
+        assert "short" not in selection
+    again = vlmforge.build("grading", "imagefolder", out=tmp_path / "again", source_options={"root": str(root)}, size=6)
+    assert build_files(again.path) == build_files(b.path)
