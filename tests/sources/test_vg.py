@@ -87,3 +87,25 @@ def test_small_boxes_are_rejects(tmp_path, vg):
     rejects = b.sql("SELECT source_id, reason, detail FROM rejects WHERE reason = 'box_too_small'").fetchall()
     assert rejects == [("1:900", "box_too_small", "box 0x5 pixels is below --min-box-side 2")]
     assert len(b) == 6
+
+
+def test_boxes_reaching_outside_are_clipped(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"] += [  # image 1 is 40x30
+        {"object_id": 901, "x": 30, "y": -5, "w": 20, "h": 20, "names": ["kite"], "synsets": ["kite.n.03"]},
+        {"object_id": 902, "x": 39, "y": 10, "w": 8, "h": 8, "names": ["pole"], "synsets": ["pole.n.01"]}]
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    opts = {"objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)}
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", min_box_side=2, source_options=opts)
+    kite = next(s["json"] for s in b.samples() if s["__key__"] == "vg_1_901")
+    # x 30..50 and y -5..15 on a 40x30 image: x 30..40, y 0..15, in pixels and normalised alike
+    assert kite["box"] == [30, 0, 10, 15] and kite["box_normalised"] == [0.75, 0.0, 1.0, 0.5] and kite["box_clipped"]
+    assert kite["conversations"][1]["value"] == "[0.75, 0.00, 1.00, 0.50] kite"
+    rows = dict(b.sql("SELECT key, box_clipped FROM samples").fetchall())
+    assert rows.pop("vg_1_901") is True and not any(rows.values()) and len(rows) == 6
+    # 1 pixel of the pole is inside the image: below --min-box-side 2 once clipped
+    assert b.sql("SELECT reason FROM rejects WHERE source_id = '1:902'").fetchall() == [("box_too_small",)]
+    c = vlmforge.build("vg", "vg", out=tmp_path / "crop", crop=True, synsets=["kite.n.03"], source_options=opts)
+    (s,) = list(c.samples())
+    # margin 10% of the clipped 10x15 box: x 29..40, y 0..17 -> an 11x17 crop holding the box at x=1
+    assert Image.open(io.BytesIO(s["jpg"])).size == (11, 17) and s["json"]["box"] == [1, 0, 10, 15]

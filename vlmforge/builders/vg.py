@@ -2,7 +2,8 @@
 
 The human turn asks for the object, the answer holds its box and its class name, as in "Prompt the
 Unseen": by default `[x1, y1, x2, y2] name`, the box normalised to the stored image (0-1, two
-decimals, LLaVA-1.5's referring format). The class (`label`) is the synset's lemma
+decimals, LLaVA-1.5's referring format); a box that reaches outside the image is clipped to it (in
+pixels too: `box_clipped` says so). The class (`label`) is the synset's lemma
 (`traffic_light.n.01` -> `traffic light`), so subset and mcqa builds work on synsets. `--synsets-from
 FILE` keeps listed synsets only; `--max-objects-per-image N` keeps N objects per image chosen by hash
 of (seed, key); `--crop` stores the object's crop (with a margin) instead of the whole image.
@@ -46,13 +47,21 @@ def normalised_box(x: float, y: float, w: float, h: float, width: int, height: i
     return [round(min(max(v, 0.0), 1.0), 2) for v in (x / width, y / height, (x + w) / width, (y + h) / height)]
 
 
+def clip_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float]:
+    """(x, y, w, h) cut to the part inside a width x height image."""
+    x, y, w, h = box
+    x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+    return (x1, y1, x2 - x1, y2 - y1)
+
+
 def format_box(box: list[float]) -> str:
     return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
 
 
 class VgBuilder(Builder):
     name = "vg"
-    VERSION = "1.0.1"
+    VERSION = "1.1.0"
     Config = VgConfig
     description = "Visual Genome objects with synsets as object-centric LLaVA records (box and class in the answer)."
     batch_size = 8
@@ -62,7 +71,8 @@ class VgBuilder(Builder):
         ("name", pa.string(), "the object's own name in Visual Genome"),
         ("image_id", pa.int64(), "Visual Genome image id"),
         ("object_id", pa.int64(), "Visual Genome object id"),
-        ("box", pa.list_(pa.int32()), "object box [x, y, w, h] in pixels of the stored image"),
+        ("box", pa.list_(pa.int32()), "object box [x, y, w, h] in pixels of the stored image, clipped to it"),
+        ("box_clipped", pa.bool_(), "the annotated box reached outside the image and was clipped to it"),
     ]
 
     def __init__(self, config: VgConfig, source: Source):
@@ -123,23 +133,29 @@ class VgBuilder(Builder):
         return out
 
     def _sample(self, rec, img: EncodedImage, key, oid, osid, obj, synset, box) -> Sample | Reject:
-        x, y, w, h = box
         data, ext, width, height = img.data, img.ext, img.width, img.height
-        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            return Reject(osid, "bad_box", "vg", f"box {box} lies outside the {width}x{height} image")
+        if box[0] >= width or box[1] >= height or box[0] + box[2] <= 0 or box[1] + box[3] <= 0:
+            return Reject(osid, "bad_box", "vg", f"box {list(box)} lies outside the {width}x{height} image")
+        clipped = clip_box(box, width, height)
+        was_clipped = clipped != tuple(box)
+        x, y, w, h = box = clipped
+        if w < self.config.min_box_side or h < self.config.min_box_side:
+            return Reject(osid, "box_too_small", "vg", f"box {w:g}x{h:g} pixels inside the {width}x{height} image "
+                          f"is below --min-box-side {self.config.min_box_side}")
         if self.config.crop:
             data, (x, y, w, h), width, height = self._crop(img, box)
             ext = "jpg"
         label = synset_name(synset)
         names = object_names(obj)
         norm = normalised_box(x, y, w, h, width, height)
-        pixels = [int(round(v)) for v in (x, y, w, h)]
+        x1, y1, x2, y2 = (int(round(v)) for v in (x, y, x + w, y + h))  # corners: the box stays inside
+        pixels = [x1, y1, x2 - x1, y2 - y1]
         answer = self.config.answer_template.format(box=format_box(norm), box_pixels=pixels, name=label, synset=synset)
         doc = {"id": key, "image_id": rec["image_id"], "object_id": oid, "synset": synset, "label": label,
-               "name": names[0] if names else label, "box": pixels, "box_normalised": norm,
+               "name": names[0] if names else label, "box": pixels, "box_normalised": norm, "box_clipped": was_clipped,
                "conversations": [{"from": "human", "value": self.config.prompt}, {"from": "gpt", "value": answer}]}
         columns = {"label": label, "synset": synset, "name": doc["name"], "image_id": rec["image_id"],
-                   "object_id": oid, "box": pixels}
+                   "object_id": oid, "box": pixels, "box_clipped": was_clipped}
         return Sample(key=key, doc=doc, image=data, image_ext=ext, width=width, height=height, source_id=osid,
                       columns=columns)
 
