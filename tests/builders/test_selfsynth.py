@@ -314,3 +314,27 @@ def test_answers_files_and_parents_of_the_wrong_kind_are_one_error(tmp_path, off
         read_answers(bad)
     with pytest.raises(UserError, match="is a copy build; candidate answers are asked for the questions of a selfsynth"):
         write_candidate_answers(coco_build.path, tmp_path / "out.jsonl", "template", None)
+
+
+def test_unusable_answers_files_leave_no_unfinished_build(tmp_path, offline_build):
+    """An answers file that is empty, made from another build, or malformed is one error, and leaves
+    nothing behind: the corrected file (another build id) then builds in the same --out."""
+    good = tmp_path / "good.jsonl"
+    good.write_text(_answers_line(offline_build.sql("SELECT min(key) FROM samples").fetchall()[0][0], "Q?", ["x"]))
+    other = tmp_path / "other.jsonl"
+    other.write_text(_answers_line("not_in_parent", "Q?", ["x"]) + "\n" + _answers_line("neither", "Q?", ["x"]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"key": "k"}\n')
+    out = tmp_path / "out"
+    for path, error in ((empty, "has no answers"), (other, r"no key of answers file .* is in the parent build .*"
+                        r"the file's first: neither"), (malformed, "each line needs 'key'"),
+                        (tmp_path, "answers file is a folder")):
+        with pytest.raises(UserError, match=error):
+            vlmforge.build("selfsynth-round", "build", out=out, source_options={"path": str(offline_build.path)},
+                           answers=str(path))
+        assert not (out / "selfsynth-round").exists() or not any((out / "selfsynth-round").iterdir())
+    b = vlmforge.build("selfsynth-round", "build", out=out, source_options={"path": str(offline_build.path)},
+                       answers=str(good))
+    assert len(b) == 1 and b.sql("SELECT count(*) FROM rejects WHERE reason = 'no_answers'").fetchall() == [(11,)]

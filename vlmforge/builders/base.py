@@ -185,11 +185,17 @@ def run_build(
             from vlmforge.progress import console
             console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
         return build_dir
+    fresh = not build_dir.exists()
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet
-    builder.prepare()
+    try:
+        builder.prepare()
+    except BaseException:
+        if fresh:  # nothing was written yet: a corrected rerun (another config) must not meet an unfinished build
+            shutil.rmtree(build_dir, ignore_errors=True)
+        raise
 
     seen_keys: set[str] = set()
     columns = builder.columns

@@ -98,7 +98,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
             raise UserError("selfsynth-round needs --answers FILE (JSONL of candidate answers)")
         path = Path(config.answers)
         if not path.is_file():
-            raise UserError(f"answers file not found: {path}")
+            raise UserError(f"answers file {'is a folder' if path.is_dir() else 'not found'}: {path}")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if config.answers_sha256 and config.answers_sha256 != digest:
             raise UserError(f"answers file {path} does not match answers_sha256 {config.answers_sha256}")
@@ -110,10 +110,17 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
         self.require_parent_columns({"label", "concepts"}, "--from must be a selfsynth build or round")
         build = self.src.build
         self.answers = read_answers(self.config.answers)
+        if not self.answers:
+            raise UserError(f"answers file {self.config.answers} has no answers (it is empty)")
         rows = build.sql("SELECT DISTINCT unnest(concepts) AS c FROM samples ORDER BY c").fetchall()
         self.all_concepts = [r[0] for r in rows]
         keys = {r[0] for r in build.sql("SELECT key FROM samples").fetchall()}
         unknown = sorted(set(self.answers) - keys)
+        if keys and len(unknown) == len(self.answers):
+            # Every sample would be a no_answers reject: most likely the answers of another build.
+            raise UserError(f"no key of answers file {self.config.answers} is in the parent build {build.path} "
+                            f"(the file's first: {unknown[0]}; the build's first: {min(keys)}); were the answers "
+                            "made from another build?")
         if unknown:
             from vlmforge.progress import console
 
