@@ -278,6 +278,23 @@ def test_images_without_descriptions(tmp_path, cub, monkeypatch):
     assert len(b) == 8
 
 
+class _ProseConcepts(TemplateGenerator):
+    """Template texts, except that class concepts come as prose, never as a bullet list."""
+
+    def _one(self, req, i):
+        if (req.extra.get("template") or {}).get("task") == "concepts":
+            return "Birds are lovely animals with feathers."
+        return super()._one(req, i)
+
+
+def test_a_concept_generator_that_lists_nothing_is_an_error(tmp_path, cub, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "prose", f"{__name__}:_ProseConcepts")
+    with pytest.raises(BuildError, match=r"concept generator \(prose\) returned no bullet list of features for any of "
+                                         r"the 3 classes \(first answer: 'Birds are lovely"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub)}, generator="prose",
+                       questions=1)
+
+
 def test_selector_without_any_description():
     sel = ConceptSelector(shared_embedder("minilm"))
     assert sel.select({"a": [], "b": []}, {"a": "x", "b": "x"}, {"x": ["red bill"]}) == {"a": [], "b": []}

@@ -266,7 +266,14 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                   extra={"template": {"task": "concepts", "label": lab, "subject": self.subject}})
                 for lab in labels]
         texts = self._generate_all(gen, reqs, "concepts per class")
-        return {lab: parse_bullets(t[0]) for lab, t in zip(labels, texts)}
+        out = {lab: parse_bullets(t[0]) if t else [] for lab, t in zip(labels, texts)}
+        if out and not any(out.values()):
+            # Every image would be a no_concepts reject: an empty build hides a generator that lists nothing.
+            first = next((t[0] for t in texts if t and t[0].strip()), "")
+            raise BuildError(f"the concept generator ({backend}) returned no bullet list of features for any of the "
+                             f"{len(out)} classes (first answer: {first[:80]!r}); it must answer with '- feature' "
+                             "lines, or give --concepts FILE")
+        return out
 
     def _concepts_from_file(self, labels: list[str]) -> dict[str, list[str]]:
         path = Path(self.config.concepts)
