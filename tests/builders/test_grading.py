@@ -93,3 +93,12 @@ def test_draws_count_only_usable_images(tmp_path):
         assert "short" not in selection
     again = vlmforge.build("grading", "imagefolder", out=tmp_path / "again", source_options={"root": str(root)}, size=6)
     assert build_files(again.path) == build_files(b.path)
+
+
+def test_grades_from_a_build_and_an_unknown_label_column(tmp_path, knees):
+    a = vlmforge.build("grading", "imagefolder", out=tmp_path / "a", source_options={"root": str(knees)})
+    b = vlmforge.build("grading", "build", out=tmp_path / "b", source_options={"path": str(a.path)}, per_grade=1)
+    assert sorted(b.sql("SELECT split, grade FROM samples").fetchall()) == [(s, g) for s in ("test", "train") for g in range(5)]
+    with pytest.raises(UserError, match="the parent build has no column 'grade_kl'; its columns: .*label"):
+        vlmforge.build("grading", "build", out=tmp_path / "c", source_options={"path": str(a.path)},
+                       label_column="grade_kl")

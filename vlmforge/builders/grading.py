@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, check_template
-from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_column, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.curation.selection import rank_value
 from vlmforge.errors import UserError
@@ -89,6 +89,8 @@ class GradingPlan(Plan):
         from_build = _is_build(src)
         # With each record, what tells whether it is usable: its image file, or the parent's image format.
         fields = [cfg.label_column, "image_format"] if from_build else ["class_folder", "file"]
+        if from_build:
+            check_column(src, cfg.label_column)
         drawing = cfg.per_grade is not None or cfg.size is not None
         per_split: dict[str, Counter] = {}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
