@@ -109,3 +109,11 @@ def test_boxes_reaching_outside_are_clipped(tmp_path, vg):
     (s,) = list(c.samples())
     # margin 10% of the clipped 10x15 box: x 29..40, y 0..17 -> an 11x17 crop holding the box at x=1
     assert Image.open(io.BytesIO(s["jpg"])).size == (11, 17) and s["json"]["box"] == [1, 0, 10, 15]
+
+
+@pytest.mark.parametrize("synsets, error", [([], "lists no synset"),
+                                            (["clock.n.01", "dog"], "like dog.n.01; 'dog' is not one")])
+def test_synset_lists_that_match_nothing_are_one_error(tmp_path, vg, synsets, error):
+    with pytest.raises(UserError, match=error):
+        vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)}, synsets=synsets)
+    assert not any(tmp_path.iterdir())

@@ -12,6 +12,7 @@ of (seed, key); `--crop` stores the object's crop (with a margin) instead of the
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from vlmforge.sources.vg import object_names, synset_name
 VG_PROMPT = "<image>\nWhat is the main object in this image? Give its bounding box and its name."
 VG_ANSWER = "{box} {name}"
 ANSWER_FIELDS = ["box", "box_pixels", "name", "synset"]  # what _image() fills in
+SYNSET = re.compile(r"^\S+\.[nvasr]\.\d+$")  # lemma.pos.nn, e.g. traffic_light.n.01
 
 
 @dataclass
@@ -80,6 +82,12 @@ class VgBuilder(Builder):
         check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
         if config.max_objects_per_image is not None and config.max_objects_per_image < 1:
             raise UserError("--max-objects-per-image must be at least 1")
+        if config.synsets is not None:
+            if not config.synsets:
+                raise UserError("--synsets-from lists no synset: every object would be left out")
+            wrong = [x for x in config.synsets if not SYNSET.match(x)]
+            if wrong:  # plain names ("dog") match no object's synset: an empty build otherwise
+                raise UserError(f"--synsets-from lists WordNet synsets, one per line, like dog.n.01; {wrong[0]!r} is not one")
         self._synsets = set(config.synsets) if config.synsets is not None else None
 
     @classmethod
