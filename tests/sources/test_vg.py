@@ -117,3 +117,21 @@ def test_synset_lists_that_match_nothing_are_one_error(tmp_path, vg, synsets, er
     with pytest.raises(UserError, match=error):
         vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)}, synsets=synsets)
     assert not any(tmp_path.iterdir())
+
+
+def test_malformed_objects_are_rejects(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"] += [
+        "not an object", {"x": 1, "y": 1, "w": 5, "h": 5, "synsets": ["pole.n.01"]},  # no id
+        {"object_id": 101, "x": 1, "y": 1, "w": 5, "h": 5, "names": ["clock"], "synsets": ["clock.n.01"]},  # id again
+        {"object_id": 960, "x": 1, "y": 1, "w": float("nan"), "h": 3, "synsets": ["pole.n.01"]},
+        {"object_id": 961, "x": 1, "y": 1, "w": 5, "h": 5, "synsets": [7]},
+        {"object_id": "962", "x": 2, "y": 2, "w": 5, "h": 5, "synsets": "kite.n.03"}]  # one synset as text
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    rejects = sorted(b.sql("SELECT source_id, reason FROM rejects WHERE source_id LIKE '1:%'").fetchall())
+    assert rejects == [("1:#3", "invalid_record"), ("1:#4", "invalid_record"), ("1:101", "duplicate_object"),
+                       ("1:103", "no_synset"), ("1:960", "bad_box"), ("1:961", "invalid_record")]
+    kite = b.sql("SELECT label, box FROM samples WHERE key = 'vg_1_962'").fetchall()
+    assert kite == [("kite", [2, 2, 5, 5])] and len(b) == 7

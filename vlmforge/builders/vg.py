@@ -12,6 +12,8 @@ of (seed, key); `--crop` stores the object's crop (with a margin) instead of the
 from __future__ import annotations
 
 import io
+import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,19 @@ def clip_box(box: tuple[float, float, float, float], width: int, height: int) ->
     x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
     x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
     return (x1, y1, x2 - x1, y2 - y1)
+
+
+def _object_id(obj: Any) -> int | None:
+    """An object's id (`object_id`, or `id` in older releases) as an int; None when it has none."""
+    if not isinstance(obj, dict):
+        return None
+    oid = obj.get("object_id", obj.get("id"))
+    if isinstance(oid, bool) or not isinstance(oid, (int, str)):
+        return None
+    try:
+        return int(oid)
+    except ValueError:
+        return None
 
 
 def format_box(box: list[float]) -> str:
@@ -106,19 +121,37 @@ class VgBuilder(Builder):
         if "invalid" in rec:
             return [Reject(sid, "invalid_record", "source", rec["invalid"])]
         out: list[Sample | Reject] = []
+        objects = []
+        for n, obj in enumerate(rec["objects"]):
+            oid = _object_id(obj)
+            if oid is None:
+                out.append(Reject(f"{rec['image_id']}:#{n}", "invalid_record", "vg",
+                                  f"object #{n} of the image is not an object with an integer object_id"))
+            else:
+                objects.append((oid, json.dumps(obj, sort_keys=True), obj))
         chosen = []
-        for obj in sorted(rec["objects"], key=lambda o: int(o.get("object_id", o.get("id", 0)))):
-            oid = int(obj.get("object_id", obj.get("id", 0)))
+        seen: set[int] = set()
+        for oid, _, obj in sorted(objects, key=lambda o: o[:2]):  # by id: the file's order does not matter
             osid = f"{rec['image_id']}:{oid}"
+            if oid in seen:
+                out.append(Reject(osid, "duplicate_object", "vg", f"object id {oid} is listed twice for the image"))
+                continue
+            seen.add(oid)
             synsets = obj.get("synsets") or []
+            synsets = [synsets] if isinstance(synsets, str) else synsets
             if not synsets:
                 out.append(Reject(osid, "no_synset", "vg", "the object has no synset"))
+                continue
+            if not isinstance(synsets, list) or not isinstance(synsets[0], str):
+                out.append(Reject(osid, "invalid_record", "vg", f"synsets must be a list of names, got {synsets!r}"[:200]))
                 continue
             if self._synsets is not None and synsets[0] not in self._synsets:
                 continue
             try:
                 x, y, w, h = (float(obj[k]) for k in ("x", "y", "w", "h"))
             except (KeyError, TypeError, ValueError):
+                x = y = w = h = math.nan
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
                 out.append(Reject(osid, "bad_box", "vg", "the object has no numeric x, y, w, h"))
                 continue
             if w < self.config.min_box_side or h < self.config.min_box_side:
