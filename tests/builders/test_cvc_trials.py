@@ -204,3 +204,15 @@ def test_short_answers_differing_in_number_only_are_one():
     assert _singular_words("kites") == _singular_words("kite") == "kite"
     assert _singular_words("hot dogs") == "hot dog"
     assert [_singular_words(w) for w in ("glass", "bus", "tennis")] == ["glass", "bus", "tennis"]
+
+
+def test_an_embedder_that_does_not_load_is_one_error_and_the_fixed_rerun_builds(tmp_path, occlusion, monkeypatch):
+    """The failure comes from the workers, after the build folder was made: with no shard finished the
+    folder goes, so the corrected command (another build id) is not refused as an unfinished build."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    opts = {"path": str(occlusion.path)}
+    with pytest.raises(UserError, match="cannot load sentence embedder 'no-such-embedder'"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, embedder="no-such-embedder",
+                       trials=2, max_correct=2)
+    assert not (tmp_path / "cvc-trials" / CvcTrialsBuilder.VERSION).exists()
+    assert len(vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)) > 0

@@ -192,11 +192,18 @@ def run_build(
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet
     try:
         builder.prepare()
+        _write_splits(builder, build_dir, executor, limits, quiet)
     except BaseException:
-        if fresh:  # nothing was written yet: a corrected rerun (another config) must not meet an unfinished build
+        if fresh and not any((build_dir / "manifest").glob("*.stats.json")):
+            # No shard was finished: nothing to resume, and a corrected rerun (another config, another
+            # build id) must not be refused as meeting an unfinished build.
             shutil.rmtree(build_dir, ignore_errors=True)
         raise
+    return finalize_build(build_dir, ident, builder, quiet=quiet)
 
+
+def _write_splits(builder: Builder, build_dir: Path, executor, limits: ShardLimits, quiet: bool) -> None:
+    """Every split's shards, after those already complete."""
     seen_keys: set[str] = set()
     columns = builder.columns
     reserved = {name for name, _, _ in BASE_COLUMNS}
@@ -230,7 +237,6 @@ def run_build(
                 stream.close()  # an interrupt or a writer error: the executor stops its workers now
                 raise
         writer.finish(max(n_inputs, start))
-    return finalize_build(build_dir, ident, builder, quiet=quiet)
 
 
 def _keys_of_part(build_dir: Path, shard: str) -> list[str]:
