@@ -355,3 +355,22 @@ def test_unusable_answers_files_leave_no_unfinished_build(tmp_path, offline_buil
     b = vlmforge.build("selfsynth-round", "build", out=out, source_options={"path": str(offline_build.path)},
                        answers=str(good))
     assert len(b) == 1 and b.sql("SELECT count(*) FROM rejects WHERE reason = 'no_answers'").fetchall() == [(11,)]
+
+
+def test_candidate_answers_check_their_output_before_any_model_work(tmp_path, offline_build, monkeypatch):
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    asked = []
+    monkeypatch.setattr(TemplateGenerator, "setup", lambda self: asked.append(1))
+    with pytest.raises(UserError, match="is a folder; give the JSONL file"):
+        write_candidate_answers(offline_build.path, tmp_path, "template", None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write --output"):
+        write_candidate_answers(offline_build.path, tmp_path / "file" / "a.jsonl", "template", None)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(_answers_line(offline_build.sql("SELECT min(key) FROM samples").fetchall()[0][0], "Q?", ["x"]))
+    empty = vlmforge.build("selfsynth-round", "build", out=tmp_path / "e", answers=str(answers),
+                           source_options={"path": str(offline_build.path), "where": "false"})
+    with pytest.raises(UserError, match="has no samples: there is no question to answer"):
+        write_candidate_answers(empty.path, tmp_path / "a.jsonl", "template", None)
+    assert asked == [] and not list(tmp_path.glob("*.tmp"))
