@@ -35,6 +35,14 @@ def test_per_grade_draw_and_answer_template(tmp_path, knees):
     assert got == {("train", 0): 4, ("train", 1): 4, ("train", 2): 4, ("train", 3): 4, ("train", 4): 3,
                    ("test", 0): 2, ("test", 1): 2, ("test", 2): 2, ("test", 3): 2, ("test", 4): 3}
     assert b.info["source"]["selection"]["short"] == {"train": {"4": 1}, "test": {"0": 2, "1": 2, "2": 2, "3": 2, "4": 1}}
+    from vlmforge.builders.grading import GradingConfig, GradingPlan
+    from vlmforge.sources import open_source
+
+    plan = GradingPlan(GradingConfig(per_grade=4))
+    plan.fit(open_source("imagefolder", root=str(knees)))
+    assert plan.notes == ["fewer usable images than asked for (all taken): test grade 0 short by 2, test grade 1 "
+                          "short by 2, test grade 2 short by 2, test grade 3 short by 2, test grade 4 short by 1, "
+                          "train grade 4 short by 1"]
     for s in b.samples("train"):
         doc = s["json"]
         g = doc["grade"]

@@ -153,6 +153,8 @@ class GradingPlan(Plan):
             self.summary["unusable"] = unusable  # drawn, rejected (see rejects), and replaced by the next record
         if short:
             self.summary["short"] = short  # grades with fewer usable images than asked for: all were taken
+            self.notes.append("fewer usable images than asked for (all taken): " + ", ".join(
+                f"{split} grade {g} short by {n}" for split, per in short.items() for g, n in per.items()))
 
     def _usable(self, where: Any, from_build: bool) -> bool:
         """The check process() makes: the image loads for storage (a parent sample has an image)."""
