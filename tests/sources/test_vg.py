@@ -135,3 +135,20 @@ def test_malformed_objects_are_rejects(tmp_path, vg):
                        ("1:103", "no_synset"), ("1:960", "bad_box"), ("1:961", "invalid_record")]
     kite = b.sql("SELECT label, box FROM samples WHERE key = 'vg_1_962'").fetchall()
     assert kite == [("kite", [2, 2, 5, 5])] and len(b) == 7
+
+
+def test_the_per_image_cap_counts_usable_boxes_only(tmp_path, vg):
+    """The object ranked first for image 2 lies outside the image: it is a bad_box reject and the next
+    one in rank order takes its place, as if it had not been listed."""
+    from vlmforge.curation.selection import rank_value
+
+    objects = json.loads((vg / "objects.json").read_text())
+    image2 = objects[1]["objects"]
+    first = min(image2, key=lambda o: rank_value(0, f"vg_2_{o['object_id']}"))
+    first.update(x=100, y=100)  # the image is 40x30
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", max_objects_per_image=1, source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    second = min((o for o in image2 if o is not first), key=lambda o: rank_value(0, f"vg_2_{o['object_id']}"))
+    assert b.sql("SELECT object_id FROM samples WHERE image_id = 2").fetchall() == [(second["object_id"],)]
+    assert b.sql("SELECT reason FROM rejects WHERE source_id = ?", [f"2:{first['object_id']}"]).fetchall() == [("bad_box",)]

@@ -6,7 +6,8 @@ decimals, LLaVA-1.5's referring format); a box that reaches outside the image is
 pixels too: `box_clipped` says so). The class (`label`) is the synset's lemma
 (`traffic_light.n.01` -> `traffic light`), so subset and mcqa builds work on synsets. `--synsets-from
 FILE` keeps listed synsets only; `--max-objects-per-image N` keeps N objects per image chosen by hash
-of (seed, key); `--crop` stores the object's crop (with a margin) instead of the whole image.
+of (seed, key) among those with a usable box; `--crop` stores the object's crop (with a margin)
+instead of the whole image.
 """
 
 from __future__ import annotations
@@ -159,30 +160,40 @@ class VgBuilder(Builder):
                                   f"--min-box-side {self.config.min_box_side}"))
                 continue
             chosen.append((make_key("vg", rec["image_id"], oid), oid, osid, obj, synsets[0], (x, y, w, h)))
-        cap = self.config.max_objects_per_image
-        if cap is not None and len(chosen) > cap:
-            keep = {c[0] for c in sorted(chosen, key=lambda c: (rank_value(self.config.seed, c[0]), c[0]))[:cap]}
-            chosen = [c for c in chosen if c[0] in keep]
         if not chosen:
             return out
         try:
             img = load_for_storage(rec["file"], "quick", self.config.jpeg_quality)
         except ImageError as e:
             return out + [Reject(sid, e.reason, "read_image", e.detail)]
+        usable = []
         for key, oid, osid, obj, synset, box in chosen:
-            out.append(self._sample(rec, img, key, oid, osid, obj, synset, box))
+            fitted = self._fit_box(osid, box, img.width, img.height)
+            if isinstance(fitted, Reject):
+                out.append(fitted)
+            else:
+                usable.append((key, oid, osid, obj, synset, fitted))
+        cap = self.config.max_objects_per_image  # counts usable objects: a bad box leaves its place to another
+        if cap is not None and len(usable) > cap:
+            keep = {c[0] for c in sorted(usable, key=lambda c: (rank_value(self.config.seed, c[0]), c[0]))[:cap]}
+            usable = [c for c in usable if c[0] in keep]
+        for key, oid, osid, obj, synset, (box, was_clipped) in usable:
+            out.append(self._sample(rec, img, key, oid, osid, obj, synset, box, was_clipped))
         return out
 
-    def _sample(self, rec, img: EncodedImage, key, oid, osid, obj, synset, box) -> Sample | Reject:
-        data, ext, width, height = img.data, img.ext, img.width, img.height
+    def _fit_box(self, osid: str, box, width: int, height: int) -> tuple[tuple, bool] | Reject:
+        """The box clipped to the image and whether it had to be, or a reject."""
         if box[0] >= width or box[1] >= height or box[0] + box[2] <= 0 or box[1] + box[3] <= 0:
             return Reject(osid, "bad_box", "vg", f"box {list(box)} lies outside the {width}x{height} image")
         clipped = clip_box(box, width, height)
-        was_clipped = clipped != tuple(box)
-        x, y, w, h = box = clipped
-        if w < self.config.min_box_side or h < self.config.min_box_side:
-            return Reject(osid, "box_too_small", "vg", f"box {w:g}x{h:g} pixels inside the {width}x{height} image "
-                          f"is below --min-box-side {self.config.min_box_side}")
+        if clipped[2] < self.config.min_box_side or clipped[3] < self.config.min_box_side:
+            return Reject(osid, "box_too_small", "vg", f"box {clipped[2]:g}x{clipped[3]:g} pixels inside the "
+                          f"{width}x{height} image is below --min-box-side {self.config.min_box_side}")
+        return clipped, clipped != tuple(box)
+
+    def _sample(self, rec, img: EncodedImage, key, oid, osid, obj, synset, box, was_clipped: bool) -> Sample:
+        data, ext, width, height = img.data, img.ext, img.width, img.height
+        x, y, w, h = box
         if self.config.crop:
             data, (x, y, w, h), width, height = self._crop(img, box)
             ext = "jpg"
