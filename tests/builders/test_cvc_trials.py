@@ -204,3 +204,37 @@ def test_short_answers_differing_in_number_only_are_one():
     assert _singular_words("kites") == _singular_words("kite") == "kite"
     assert _singular_words("hot dogs") == "hot dog"
     assert [_singular_words(w) for w in ("glass", "bus", "tennis")] == ["glass", "bus", "tennis"]
+
+
+def test_an_embedder_that_does_not_load_is_one_error_and_the_fixed_rerun_builds(tmp_path, occlusion, monkeypatch):
+    """The failure comes from the workers, after the build folder was made: with no shard finished the
+    folder goes, so the corrected command (another build id) is not refused as an unfinished build."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    opts = {"path": str(occlusion.path)}
+    with pytest.raises(UserError, match="cannot load sentence embedder 'no-such-embedder'"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, embedder="no-such-embedder",
+                       trials=2, max_correct=2)
+    assert not (tmp_path / "cvc-trials" / CvcTrialsBuilder.VERSION).exists()
+    assert len(vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)) > 0
+
+
+class _SomeWithoutQuestion(_OcclusionLike):
+    """Occlusion-like samples, except that samples 3 and 7 carry no question (as a mix with another kind of build)."""
+
+    def process(self, batch):
+        out = super().process(batch)
+        for rec, (sample,) in zip(batch, out):
+            if rec["source_id"] in ("3", "7"):
+                del sample.doc["question"]
+        return out
+
+
+def test_parents_without_occlusion_questions(tmp_path, occlusion, trials):
+    with pytest.raises(UserError, match="is a cvc-trials build whose samples have no occlusion question"):
+        vlmforge.build("cvc-trials", "build", out=tmp_path / "a", source_options={"path": str(trials.path)})
+    mixed = vlmforge.open_build(run_build(_SomeWithoutQuestion(BuildConfig(), _Objects()), tmp_path / "p", quiet=True))
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path / "b", source_options={"path": str(mixed.path)})
+    assert b.sql("SELECT source_id FROM rejects WHERE reason = 'not_occlusion' ORDER BY 1").fetchall() == [
+        ("occ_003",), ("occ_007",)]
+    q = "SELECT parent_key, count(*) FROM samples GROUP BY 1 ORDER BY 1"
+    assert b.sql(q).fetchall() == trials.sql(q.replace("GROUP BY", "WHERE parent_key NOT IN ('occ_003', 'occ_007') GROUP BY")).fetchall()

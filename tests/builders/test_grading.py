@@ -11,6 +11,7 @@ from vlmforge.builders.grading import KL_DESCRIPTIONS, grade_of
 from vlmforge.errors import UserError
 
 from tests.derived_data import class_folder
+from tests.helpers import build_files
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,14 @@ def test_per_grade_draw_and_answer_template(tmp_path, knees):
     assert got == {("train", 0): 4, ("train", 1): 4, ("train", 2): 4, ("train", 3): 4, ("train", 4): 3,
                    ("test", 0): 2, ("test", 1): 2, ("test", 2): 2, ("test", 3): 2, ("test", 4): 3}
     assert b.info["source"]["selection"]["short"] == {"train": {"4": 1}, "test": {"0": 2, "1": 2, "2": 2, "3": 2, "4": 1}}
+    from vlmforge.builders.grading import GradingConfig, GradingPlan
+    from vlmforge.sources import open_source
+
+    plan = GradingPlan(GradingConfig(per_grade=4))
+    plan.fit(open_source("imagefolder", root=str(knees)))
+    assert plan.notes == ["fewer usable images than asked for (all taken): test grade 0 short by 2, test grade 1 "
+                          "short by 2, test grade 2 short by 2, test grade 3 short by 2, test grade 4 short by 1, "
+                          "train grade 4 short by 1"]
     for s in b.samples("train"):
         doc = s["json"]
         g = doc["grade"]
@@ -67,3 +76,37 @@ def test_unknown_answer_placeholder(tmp_path, knees):
         vlmforge.build("grading", "imagefolder", out=tmp_path, source_options={"root": str(knees)},
                        answer_template="Grade {grade} {nope}")
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_draws_count_only_usable_images(tmp_path):
+    """A corrupt image drawn for a grade is a reject with its reason, and the next record of that grade
+    (in rank order) fills its slot: the draw is not short. Same inputs, same draw."""
+    from vlmforge.curation.selection import rank_value
+    from vlmforge.sample import make_key
+
+    root = class_folder(tmp_path / "knee", {"0": 6, "1": 6}, "train")
+    ranked = sorted((rank_value(0, make_key(f"train/1/{i:03d}")), i) for i in range(6))
+    first, second = (root / "train" / "1" / f"{i:03d}.jpg" for _, i in ranked[:2])
+    first.write_bytes(b"not an image")  # the two records drawn first for grade 1 are unusable
+    second.write_bytes(second.read_bytes()[:-2])  # truncated: no end-of-image marker
+    for opts in ({"per_grade": 3}, {"size": 6}):
+        b = vlmforge.build("grading", "imagefolder", out=tmp_path / str(opts), source_options={"root": str(root)}, **opts)
+        assert dict(b.sql("SELECT grade, count(*) FROM samples GROUP BY 1").fetchall()) == {0: 3, 1: 3}
+        rejects = sorted(b.sql("SELECT source_id, reason FROM rejects").fetchall())
+        assert rejects == sorted([(f"train/1/{first.name}", "corrupt_image"), (f"train/1/{second.name}", "truncated_image")])
+        keys = {r[0] for r in b.sql("SELECT key FROM samples WHERE grade = 1").fetchall()}
+        assert keys == {make_key(f"train/1/{i:03d}") for _, i in ranked[2:5]}  # the next three in rank order
+        selection = b.info["source"]["selection"]
+        assert selection["drawn"] == {"train/0": 3, "train/1": 3} and selection["unusable"] == {"train/1": 2}
+        assert "short" not in selection
+    again = vlmforge.build("grading", "imagefolder", out=tmp_path / "again", source_options={"root": str(root)}, size=6)
+    assert build_files(again.path) == build_files(b.path)
+
+
+def test_grades_from_a_build_and_an_unknown_label_column(tmp_path, knees):
+    a = vlmforge.build("grading", "imagefolder", out=tmp_path / "a", source_options={"root": str(knees)})
+    b = vlmforge.build("grading", "build", out=tmp_path / "b", source_options={"path": str(a.path)}, per_grade=1)
+    assert sorted(b.sql("SELECT split, grade FROM samples").fetchall()) == [(s, g) for s in ("test", "train") for g in range(5)]
+    with pytest.raises(UserError, match="the parent build has no column 'grade_kl'; its columns: .*label"):
+        vlmforge.build("grading", "build", out=tmp_path / "c", source_options={"path": str(a.path)},
+                       label_column="grade_kl")

@@ -235,7 +235,15 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     r3 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(r2.path)},
                         answers=str(file3))
     assert r3.info["parents"] == [r2.build_id] and r3.sql("SELECT DISTINCT round FROM samples").fetchall() == [(3,)]
-    assert r3.sql("SELECT count(*) FROM builds").fetchall()[0][0] >= 2
+    # the whole chain, nearest first, each with its builder, version, id, config and its own parents
+    chain = r3.info["parent_builds"]
+    assert [(p["builder"], p["build_id"]) for p in chain] == [
+        ("selfsynth-round", r2.build_id), ("selfsynth", offline_build.build_id)]
+    assert chain[0]["config"] == r2.info["config"] and chain[0]["parents"] == [offline_build.build_id]
+    assert chain[1]["config"] == offline_build.info["config"] and chain[1]["config"]["concepts"] == "attributes"
+    assert chain[1]["version"] == offline_build.info["version"] and "shards" not in chain[1]
+    builds = r3.sql("SELECT builder, is_this_build FROM builds ORDER BY is_this_build DESC, builder").fetchall()
+    assert builds == [("selfsynth-round", True), ("selfsynth", False), ("selfsynth-round", False)]
     with pytest.raises(UserError, match="answers file not found"):
         vlmforge.build("selfsynth-round", "build", out=tmp_path / "o4", source_options={"path": str(r2.path)},
                        answers=str(tmp_path / "missing.jsonl"))
@@ -268,6 +276,23 @@ def test_images_without_descriptions(tmp_path, cub, monkeypatch):
                        questions=1)
     assert b.sql("SELECT reason, stage FROM rejects").fetchall() == [("no_descriptions", "descriptions")]
     assert len(b) == 8
+
+
+class _ProseConcepts(TemplateGenerator):
+    """Template texts, except that class concepts come as prose, never as a bullet list."""
+
+    def _one(self, req, i):
+        if (req.extra.get("template") or {}).get("task") == "concepts":
+            return "Birds are lovely animals with feathers."
+        return super()._one(req, i)
+
+
+def test_a_concept_generator_that_lists_nothing_is_an_error(tmp_path, cub, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "prose", f"{__name__}:_ProseConcepts")
+    with pytest.raises(BuildError, match=r"concept generator \(prose\) returned no bullet list of features for any of "
+                                         r"the 3 classes \(first answer: 'Birds are lovely"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub)}, generator="prose",
+                       questions=1)
 
 
 def test_selector_without_any_description():
@@ -306,3 +331,46 @@ def test_answers_files_and_parents_of_the_wrong_kind_are_one_error(tmp_path, off
         read_answers(bad)
     with pytest.raises(UserError, match="is a copy build; candidate answers are asked for the questions of a selfsynth"):
         write_candidate_answers(coco_build.path, tmp_path / "out.jsonl", "template", None)
+
+
+def test_unusable_answers_files_leave_no_unfinished_build(tmp_path, offline_build):
+    """An answers file that is empty, made from another build, or malformed is one error, and leaves
+    nothing behind: the corrected file (another build id) then builds in the same --out."""
+    good = tmp_path / "good.jsonl"
+    good.write_text(_answers_line(offline_build.sql("SELECT min(key) FROM samples").fetchall()[0][0], "Q?", ["x"]))
+    other = tmp_path / "other.jsonl"
+    other.write_text(_answers_line("not_in_parent", "Q?", ["x"]) + "\n" + _answers_line("neither", "Q?", ["x"]))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"key": "k"}\n')
+    out = tmp_path / "out"
+    for path, error in ((empty, "has no answers"), (other, r"no key of answers file .* is in the parent build .*"
+                        r"the file's first: neither"), (malformed, "each line needs 'key'"),
+                        (tmp_path, "answers file is a folder")):
+        with pytest.raises(UserError, match=error):
+            vlmforge.build("selfsynth-round", "build", out=out, source_options={"path": str(offline_build.path)},
+                           answers=str(path))
+        assert not (out / "selfsynth-round").exists() or not any((out / "selfsynth-round").iterdir())
+    b = vlmforge.build("selfsynth-round", "build", out=out, source_options={"path": str(offline_build.path)},
+                       answers=str(good))
+    assert len(b) == 1 and b.sql("SELECT count(*) FROM rejects WHERE reason = 'no_answers'").fetchall() == [(11,)]
+
+
+def test_candidate_answers_check_their_output_before_any_model_work(tmp_path, offline_build, monkeypatch):
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    asked = []
+    monkeypatch.setattr(TemplateGenerator, "setup", lambda self: asked.append(1))
+    with pytest.raises(UserError, match="is a folder; give the JSONL file"):
+        write_candidate_answers(offline_build.path, tmp_path, "template", None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write --output"):
+        write_candidate_answers(offline_build.path, tmp_path / "file" / "a.jsonl", "template", None)
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(_answers_line(offline_build.sql("SELECT min(key) FROM samples").fetchall()[0][0], "Q?", ["x"]))
+    empty = vlmforge.build("selfsynth-round", "build", out=tmp_path / "e", answers=str(answers),
+                           source_options={"path": str(offline_build.path), "where": "false"})
+    with pytest.raises(UserError, match="has no samples: there is no question to answer"):
+        write_candidate_answers(empty.path, tmp_path / "a.jsonl", "template", None)
+    assert asked == [] and not list(tmp_path.glob("*.tmp"))

@@ -87,3 +87,68 @@ def test_small_boxes_are_rejects(tmp_path, vg):
     rejects = b.sql("SELECT source_id, reason, detail FROM rejects WHERE reason = 'box_too_small'").fetchall()
     assert rejects == [("1:900", "box_too_small", "box 0x5 pixels is below --min-box-side 2")]
     assert len(b) == 6
+
+
+def test_boxes_reaching_outside_are_clipped(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"] += [  # image 1 is 40x30
+        {"object_id": 901, "x": 30, "y": -5, "w": 20, "h": 20, "names": ["kite"], "synsets": ["kite.n.03"]},
+        {"object_id": 902, "x": 39, "y": 10, "w": 8, "h": 8, "names": ["pole"], "synsets": ["pole.n.01"]}]
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    opts = {"objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)}
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", min_box_side=2, source_options=opts)
+    kite = next(s["json"] for s in b.samples() if s["__key__"] == "vg_1_901")
+    # x 30..50 and y -5..15 on a 40x30 image: x 30..40, y 0..15, in pixels and normalised alike
+    assert kite["box"] == [30, 0, 10, 15] and kite["box_normalised"] == [0.75, 0.0, 1.0, 0.5] and kite["box_clipped"]
+    assert kite["conversations"][1]["value"] == "[0.75, 0.00, 1.00, 0.50] kite"
+    rows = dict(b.sql("SELECT key, box_clipped FROM samples").fetchall())
+    assert rows.pop("vg_1_901") is True and not any(rows.values()) and len(rows) == 6
+    # 1 pixel of the pole is inside the image: below --min-box-side 2 once clipped
+    assert b.sql("SELECT reason FROM rejects WHERE source_id = '1:902'").fetchall() == [("box_too_small",)]
+    c = vlmforge.build("vg", "vg", out=tmp_path / "crop", crop=True, synsets=["kite.n.03"], source_options=opts)
+    (s,) = list(c.samples())
+    # margin 10% of the clipped 10x15 box: x 29..40, y 0..17 -> an 11x17 crop holding the box at x=1
+    assert Image.open(io.BytesIO(s["jpg"])).size == (11, 17) and s["json"]["box"] == [1, 0, 10, 15]
+
+
+@pytest.mark.parametrize("synsets, error", [([], "lists no synset"),
+                                            (["clock.n.01", "dog"], "like dog.n.01; 'dog' is not one")])
+def test_synset_lists_that_match_nothing_are_one_error(tmp_path, vg, synsets, error):
+    with pytest.raises(UserError, match=error):
+        vlmforge.build("vg", "vg", out=tmp_path, source_options={"root": str(vg)}, synsets=synsets)
+    assert not any(tmp_path.iterdir())
+
+
+def test_malformed_objects_are_rejects(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"] += [
+        "not an object", {"x": 1, "y": 1, "w": 5, "h": 5, "synsets": ["pole.n.01"]},  # no id
+        {"object_id": 101, "x": 1, "y": 1, "w": 5, "h": 5, "names": ["clock"], "synsets": ["clock.n.01"]},  # id again
+        {"object_id": 960, "x": 1, "y": 1, "w": float("nan"), "h": 3, "synsets": ["pole.n.01"]},
+        {"object_id": 961, "x": 1, "y": 1, "w": 5, "h": 5, "synsets": [7]},
+        {"object_id": "962", "x": 2, "y": 2, "w": 5, "h": 5, "synsets": "kite.n.03"}]  # one synset as text
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    rejects = sorted(b.sql("SELECT source_id, reason FROM rejects WHERE source_id LIKE '1:%'").fetchall())
+    assert rejects == [("1:#3", "invalid_record"), ("1:#4", "invalid_record"), ("1:101", "duplicate_object"),
+                       ("1:103", "no_synset"), ("1:960", "bad_box"), ("1:961", "invalid_record")]
+    kite = b.sql("SELECT label, box FROM samples WHERE key = 'vg_1_962'").fetchall()
+    assert kite == [("kite", [2, 2, 5, 5])] and len(b) == 7
+
+
+def test_the_per_image_cap_counts_usable_boxes_only(tmp_path, vg):
+    """The object ranked first for image 2 lies outside the image: it is a bad_box reject and the next
+    one in rank order takes its place, as if it had not been listed."""
+    from vlmforge.curation.selection import rank_value
+
+    objects = json.loads((vg / "objects.json").read_text())
+    image2 = objects[1]["objects"]
+    first = min(image2, key=lambda o: rank_value(0, f"vg_2_{o['object_id']}"))
+    first.update(x=100, y=100)  # the image is 40x30
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", max_objects_per_image=1, source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    second = min((o for o in image2 if o is not first), key=lambda o: rank_value(0, f"vg_2_{o['object_id']}"))
+    assert b.sql("SELECT object_id FROM samples WHERE image_id = 2").fetchall() == [(second["object_id"],)]
+    assert b.sql("SELECT reason FROM rejects WHERE source_id = ?", [f"2:{first['object_id']}"]).fetchall() == [("bad_box",)]

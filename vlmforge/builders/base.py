@@ -226,12 +226,25 @@ def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], execut
             from vlmforge.progress import console
             console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
         return build_dir
+    fresh = not build_dir.exists()
     (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet
-    builder.prepare()
+    try:
+        builder.prepare()
+        _write_splits(builder, build_dir, executor, limits, quiet)
+    except BaseException:
+        if fresh and not any((build_dir / "manifest").glob("*.stats.json")):
+            # No shard was finished: nothing to resume, and a corrected rerun (another config, another
+            # build id) must not be refused as meeting an unfinished build.
+            shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    return finalize_build(build_dir, ident, builder, quiet=quiet)
 
+
+def _write_splits(builder: Builder, build_dir: Path, executor, limits: ShardLimits, quiet: bool) -> None:
+    """Every split's shards, after those already complete."""
     seen_keys: set[str] = set()
     columns = builder.columns
     reserved = {name for name, _, _ in BASE_COLUMNS}
@@ -265,7 +278,6 @@ def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], execut
                 stream.close()  # an interrupt or a writer error: the executor stops its workers now
                 raise
         writer.finish(max(n_inputs, start))
-    return finalize_build(build_dir, ident, builder, quiet=quiet)
 
 
 def _keys_of_part(build_dir: Path, shard: str) -> list[str]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.selfsynth import FromBuildMixin, GeneratorMixin, stable_int
 from vlmforge.curation.generation import GenerationRequest
-from vlmforge.curation.instructions import short_answer_question, with_instruction
+from vlmforge.curation.instructions import short_answer_question, with_article, with_instruction
 from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, normalise
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -50,7 +50,7 @@ class CvcTrialsConfig(BuildConfig):
 
 class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     name = "cvc-trials"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = CvcTrialsConfig
     description = ("CVC trial learning: K reasoning trials per occluded image, answers soft-matched to the label; "
                    "images solved only sometimes give chain-of-thought and short-answer samples.")
@@ -84,6 +84,10 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     def prepare(self) -> None:
         """Labels per supercategory: the answer space the template backend guesses from."""
         self.require_parent_columns({"label", "supercategory"}, "--from must be an occlusion build")
+        first = next(self.src.build.samples(), None)
+        if first is not None and "question" not in first["json"]:  # e.g. a cvc-trials build: no occlusion question
+            raise UserError(f"{self.src.build.path} is {with_article(self.src.build.info['builder'])} build whose samples "
+                            "have no occlusion question: --from must be an occlusion build")
         rows = self.src.build.sql("SELECT DISTINCT supercategory, label FROM samples WHERE label IS NOT NULL "
                          "ORDER BY supercategory, label").fetchall()
         self.candidates = {}
@@ -97,10 +101,14 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         cfg = self.config
         gen = self._make_generator(cfg.generator, cfg.model)
-        parents, reqs = [], []
-        for rec in batch:
+        parents, reqs, missing = [], [], {}
+        for i, rec in enumerate(batch):
             parent = load_record_sample(rec)
             doc = json.loads(parent.pop("json"))
+            if not isinstance(doc.get("question"), str) or not doc.get("label"):
+                missing[i] = Reject(rec["source_id"], "not_occlusion", "trials",
+                                    "the parent sample has no occlusion question and label")
+                continue
             prompt = with_instruction(doc["question"], cfg.reasoning_suffix)
             reqs.append(GenerationRequest(
                 "<image>\n" + prompt, image=parent.get(rec["image_format"]), n=cfg.trials, temperature=cfg.temperature,
@@ -108,11 +116,12 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
                 extra={"template": {"task": "reason", "context": doc.get("supercategory") or "object",
                                     "candidates": self.candidates.get(doc.get("supercategory") or "", [doc["label"]])}}))
             parents.append((rec, parent, doc, prompt))
-        trials = gen(reqs)
+        trials = gen(reqs) if reqs else []
         answers = self._extract(trials)
         sims = self._matcher.similarity_many([(found, doc["label"]) for found, (_, _, doc, _) in zip(answers, parents)])
-        return [self._samples(rec, parent, doc, prompt, texts, found, sim)
-                for (rec, parent, doc, prompt), texts, found, sim in zip(parents, trials, answers, sims)]
+        made = iter([self._samples(rec, parent, doc, prompt, texts, found, sim)
+                     for (rec, parent, doc, prompt), texts, found, sim in zip(parents, trials, answers, sims)])
+        return [[missing[i]] if i in missing else next(made) for i in range(len(batch))]
 
     def _extract(self, trials: list[list[str]]) -> list[list[str]]:
         if self.config.extractor == "rule":

@@ -5,7 +5,9 @@ The grade is the class folder's name (its first integer when it has one: `2`, `K
 all grade 2). Prompt and answer come from templates (`{grade}`, `{description}`); descriptions per
 grade default to the Kellgren-Lawrence scale and can be given as a JSON file. `--per-grade N` draws N
 images of every grade (per split); `--size N` draws N in all, split evenly between the grades (the
-first grades get one more when N does not divide). Draws hash (seed, key): order-independent.
+first grades get one more when N does not divide). Draws hash (seed, key): order-independent. A
+drawn image that cannot be read is a reject with its reason and the next record of its grade takes
+its slot, so the draw counts usable images only.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, check_template
-from vlmforge.builders.derived import DerivedBuilder, Plan, iter_fields, parent_sample
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_column, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
-from vlmforge.curation.selection import fit_cuts
+from vlmforge.curation.selection import rank_value
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record, Source
@@ -71,6 +73,7 @@ class GradingPlan(Plan):
     def __init__(self, config: GradingConfig):
         super().__init__()
         self.config = config
+        self.picked: set[tuple[str, str]] | None = None  # (split, key) of the drawn records; None: all
         if config.per_grade is not None and config.size is not None:
             raise UserError("give --per-grade or --size, not both")
         check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
@@ -83,10 +86,24 @@ class GradingPlan(Plan):
 
     def fit(self, src: Source) -> None:
         cfg = self.config
-        fields = [cfg.label_column] if _is_build(src) else ["class_folder"]
+        from_build = _is_build(src)
+        # With each record, what tells whether it is usable: its image file, or the parent's image format.
+        fields = [cfg.label_column, "image_format"] if from_build else ["class_folder", "file"]
+        if from_build:
+            check_column(src, cfg.label_column)
+        drawing = cfg.per_grade is not None or cfg.size is not None
         per_split: dict[str, Counter] = {}
+        members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
         for split in src.splits():
-            per_split[split] = Counter(grade_of(v) for _, v in iter_fields(src, split, fields, key_of=_raw_key) if v is not None)
+            cnt: Counter = Counter()
+            for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
+                if value is None:
+                    continue
+                grade = grade_of(value)
+                cnt[grade] += 1
+                if drawing:
+                    members.setdefault((split, grade), []).append((key, where))
+            per_split[split] = cnt
         self.out_splits = list(src.splits())
         descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS
         grades = sorted({g for c in per_split.values() for g in c}, key=grade_sort_key)
@@ -94,40 +111,68 @@ class GradingPlan(Plan):
         if "{description}" in cfg.answer_template and missing:
             raise UserError(f"no description for grade(s) {missing}; give --descriptions FILE (JSON: grade -> text)")
         self.summary["grades"] = {s: dict(sorted(c.items(), key=lambda kv: grade_sort_key(kv[0]))) for s, c in per_split.items()}
-        if cfg.per_grade is None and cfg.size is None:
-            self.cuts = None
+        if not drawing:
+            self.picked = None
             self.counts = {s: sum(c.values()) for s, c in per_split.items()}
             return
-        wanted: dict[tuple[str, str], int] = {}
+        self._draw(per_split, members, from_build)
+
+    def _draw(self, per_split: dict[str, Counter], members: dict[tuple[str, str], list[tuple[str, Any]]],
+              from_build: bool) -> None:
+        """Each grade's share, walking its records in (rank value, key) order and counting only those
+        whose image can be stored: an unusable one is drawn too (it becomes a reject with its reason)
+        and the next record fills its slot."""
+        cfg = self.config
+        self.picked = set()
+        drawn: dict[str, int] = {}
+        unusable: dict[str, int] = {}
         short: dict[str, dict[str, int]] = {}
+        self.counts = {s: 0 for s in self.out_splits}
         for split, cnt in per_split.items():
             split_grades = sorted(cnt, key=grade_sort_key)
             shares = (even_shares(cfg.size, split_grades) if cfg.size is not None
                       else {g: cfg.per_grade for g in split_grades})
             for g in split_grades:
-                wanted[(split, g)] = min(shares[g], cnt[g])
-                if shares[g] > cnt[g]:
-                    short.setdefault(split, {})[g] = shares[g] - cnt[g]
-
-        def items():
-            for split in src.splits():
-                for key, v in iter_fields(src, split, fields, key_of=_raw_key):
-                    if v is not None:
-                        yield key, (split, grade_of(v))
-
-        self.cuts = fit_cuts(items, cfg.seed, lambda group, n: [wanted[group]])
-        self.counts = {s: sum(n for (b, _), n in wanted.items() if b == s) for s in self.out_splits}
-        self.summary["drawn"] = {f"{s}/{g}": n for (s, g), n in wanted.items()}
+                got = bad = 0
+                for key, where in sorted(members[(split, g)], key=lambda m: (rank_value(cfg.seed, m[0]), m[0])):
+                    if got == shares[g]:
+                        break
+                    self.picked.add((split, key))
+                    if self._usable(where, from_build):
+                        got += 1
+                    else:
+                        bad += 1
+                self.counts[split] += got + bad
+                drawn[f"{split}/{g}"] = got
+                if bad:
+                    unusable[f"{split}/{g}"] = bad
+                if got < shares[g]:
+                    short.setdefault(split, {})[g] = shares[g] - got
+        self.summary["drawn"] = drawn
+        if unusable:
+            self.summary["unusable"] = unusable  # drawn, rejected (see rejects), and replaced by the next record
         if short:
-            self.summary["short"] = short  # grades with fewer images than asked for: all were taken
+            self.summary["short"] = short  # grades with fewer usable images than asked for: all were taken
+            self.notes.append("fewer usable images than asked for (all taken): " + ", ".join(
+                f"{split} grade {g} short by {n}" for split, per in short.items() for g, n in per.items()))
+
+    def _usable(self, where: Any, from_build: bool) -> bool:
+        """The check process() makes: the image loads for storage (a parent sample has an image)."""
+        if from_build:
+            return where is not None
+        try:
+            load_for_storage(where, "quick", self.config.jpeg_quality)
+        except ImageError:
+            return False
+        return True
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         value = self.label(rec)
         if value is None:
             return None
-        if self.cuts is None:
+        if self.picked is None:
             return base_split
-        return base_split if self.cuts.part(_raw_key(rec), (base_split, grade_of(value))) == 0 else None
+        return base_split if (base_split, _raw_key(rec)) in self.picked else None
 
 
 def _is_build(src: Source) -> bool:
@@ -145,7 +190,7 @@ def _raw_key(rec: Record) -> str:
 
 class GradingBuilder(DerivedBuilder):
     name = "grading"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = GradingConfig
     description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
     batch_size = 32

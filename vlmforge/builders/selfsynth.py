@@ -126,9 +126,16 @@ class GeneratorMixin:
 
 
 class FromBuildMixin:
-    """A builder whose source is a finished build (a round, trials): lineage comes with BuildSource."""
+    """A builder whose source is a finished build (a round, trials). Its lineage is the whole chain:
+    the parent and, from the parent's build.json, every build before it (round 3 names round 2, round
+    1 and the selfsynth build with their configs)."""
 
     src: Any
+
+    def __init__(self, config, source, *args: Any, **kwargs: Any):
+        super().__init__(config, source, *args, **kwargs)
+        if hasattr(source, "build") and hasattr(source, "parent_infos"):
+            source.parent_infos = lineage(source)
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any):
@@ -141,6 +148,18 @@ class FromBuildMixin:
         have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
         if not names <= have:
             raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
+
+
+def lineage(source) -> list[dict[str, Any]]:
+    """The parent build's record (as BuildSource keeps it) followed by its ancestors' from the
+    parent's `parent_builds`, each build once, nearest first."""
+    out = list(source.parent_infos)
+    seen = {p.get("build_id") for p in out}
+    for p in source.build.info.get("parent_builds") or []:
+        if isinstance(p, dict) and p.get("build_id") not in seen:
+            seen.add(p.get("build_id"))
+            out.append(p)
+    return out
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -247,7 +266,14 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                   extra={"template": {"task": "concepts", "label": lab, "subject": self.subject}})
                 for lab in labels]
         texts = self._generate_all(gen, reqs, "concepts per class")
-        return {lab: parse_bullets(t[0]) for lab, t in zip(labels, texts)}
+        out = {lab: parse_bullets(t[0]) if t else [] for lab, t in zip(labels, texts)}
+        if out and not any(out.values()):
+            # Every image would be a no_concepts reject: an empty build hides a generator that lists nothing.
+            first = next((t[0] for t in texts if t and t[0].strip()), "")
+            raise BuildError(f"the concept generator ({backend}) returned no bullet list of features for any of the "
+                             f"{len(out)} classes (first answer: {first[:80]!r}); it must answer with '- feature' "
+                             "lines, or give --concepts FILE")
+        return out
 
     def _concepts_from_file(self, labels: list[str]) -> dict[str, list[str]]:
         path = Path(self.config.concepts)

@@ -6,7 +6,9 @@ model's candidate answers per question, one line per question (`{"key", "questio
 candidates are scored by the information-bottleneck score against the image's concepts (other
 images' concepts as negatives); of those that name the label, the best is kept. Simple questions take
 the first candidate that names the label. Otherwise the answer falls back to "This is an image of
-{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent.
+{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent;
+build.json's `parent_builds` holds the whole chain (earlier rounds and the selfsynth build, each with
+its builder, version, build id and config).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class SelfSynthRoundConfig(BuildConfig):
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")
@@ -96,7 +98,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
             raise UserError("selfsynth-round needs --answers FILE (JSONL of candidate answers)")
         path = Path(config.answers)
         if not path.is_file():
-            raise UserError(f"answers file not found: {path}")
+            raise UserError(f"answers file {'is a folder' if path.is_dir() else 'not found'}: {path}")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if config.answers_sha256 and config.answers_sha256 != digest:
             raise UserError(f"answers file {path} does not match answers_sha256 {config.answers_sha256}")
@@ -108,10 +110,17 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
         self.require_parent_columns({"label", "concepts"}, "--from must be a selfsynth build or round")
         build = self.src.build
         self.answers = read_answers(self.config.answers)
+        if not self.answers:
+            raise UserError(f"answers file {self.config.answers} has no answers (it is empty)")
         rows = build.sql("SELECT DISTINCT unnest(concepts) AS c FROM samples ORDER BY c").fetchall()
         self.all_concepts = [r[0] for r in rows]
         keys = {r[0] for r in build.sql("SELECT key FROM samples").fetchall()}
         unknown = sorted(set(self.answers) - keys)
+        if keys and len(unknown) == len(self.answers):
+            # Every sample would be a no_answers reject: most likely the answers of another build.
+            raise UserError(f"no key of answers file {self.config.answers} is in the parent build {build.path} "
+                            f"(the file's first: {unknown[0]}; the build's first: {min(keys)}); were the answers "
+                            "made from another build?")
         if unknown:
             from vlmforge.progress import console
 
@@ -212,36 +221,58 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
                             quiet: bool = True) -> int:
     """Ask `model` every question of a selfsynth build (or round) `samples` times and write the answers
     file of the next round: one JSONL line per question. Returns the number of questions."""
-    from vlmforge.builders.selfsynth import stable_int
-    from vlmforge.curation.generation import GenerationRequest, make_generator
+    from vlmforge.curation.generation import make_generator
+    from vlmforge.curation.instructions import with_article
     from vlmforge.manifests.read import open_build
     from vlmforge.progress import progress_bar
 
     build = open_build(build_path)
     if build.info["builder"] not in ("selfsynth", "selfsynth-round"):
-        raise UserError(f"{build_path} is a {build.info['builder']} build; candidate answers are asked for the "
-                        "questions of a selfsynth build or round")
-    gen = make_generator(backend, model, cache_dir=cache_dir, **(generator_options or {}))
-    gen.setup()
+        raise UserError(f"{build_path} is {with_article(build.info['builder'])} build; candidate answers are asked "
+                        "for the questions of a selfsynth build or round")
+    if not len(build):
+        raise UserError(f"{build_path} has no samples: there is no question to answer")
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise UserError(f"--output {out} is a folder; give the JSONL file to write")
+    gen = make_generator(backend, model, cache_dir=cache_dir, **(generator_options or {}))
     tmp = out.with_name(out.name + ".tmp")
-    n_questions = 0
-    with open(tmp, "w", encoding="utf-8") as f, progress_bar("candidate answers", total=len(build), disable=quiet) as advance:
-        for sample in build.samples():
-            doc = sample["json"]
-            image = next((sample[k] for k in ("jpg", "png", "webp") if k in sample), None)
-            qa = doc.get("qa") or []
-            reqs = [GenerationRequest("<image>\n" + item["question"], image=image, n=samples, temperature=temperature,
-                                      max_new_tokens=max_new_tokens, seed=stable_int(seed, sample["__key__"], "answers", q),
-                                      extra={"template": {"task": "answer", "label": doc.get("label"),
-                                                          "concepts": doc.get("concepts"), "qtype": item.get("type"),
-                                                          "subject": doc.get("subject", "object")}})
-                    for q, item in enumerate(qa)]
-            for item, texts in zip(qa, gen(reqs) if reqs else []):
-                f.write(json.dumps({"key": sample["__key__"], "question": item["question"], "type": item.get("type"),
-                                    "answers": texts}, ensure_ascii=False) + "\n")
-                n_questions += 1
-            advance(1)
+    try:  # before the model loads: a path that cannot be written fails now, not after the last answer
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "w", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write --output {out}: {e.strerror or e}") from None
+    try:
+        gen.setup()
+        with f, progress_bar("candidate answers", total=len(build), disable=quiet) as advance:
+            n_questions = _write_answers(f, build, gen, samples, temperature, max_new_tokens, seed, advance)
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)  # answers so far are in the response cache: a rerun asks only for the rest
+        raise
     tmp.replace(out)
+    return n_questions
+
+
+def _write_answers(f, build, gen, samples: int, temperature: float, max_new_tokens: int, seed: int, advance) -> int:
+    """One JSONL line per question of every sample of `build`: its candidate answers."""
+    from vlmforge.builders.selfsynth import stable_int
+    from vlmforge.curation.generation import GenerationRequest
+
+    n_questions = 0
+    for sample in build.samples():
+        doc = sample["json"]
+        image = next((sample[k] for k in ("jpg", "png", "webp") if k in sample), None)
+        qa = doc.get("qa") or []
+        reqs = [GenerationRequest("<image>\n" + item["question"], image=image, n=samples, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, seed=stable_int(seed, sample["__key__"], "answers", q),
+                                  extra={"template": {"task": "answer", "label": doc.get("label"),
+                                                      "concepts": doc.get("concepts"), "qtype": item.get("type"),
+                                                      "subject": doc.get("subject", "object")}})
+                for q, item in enumerate(qa)]
+        for item, texts in zip(qa, gen(reqs) if reqs else []):
+            f.write(json.dumps({"key": sample["__key__"], "question": item["question"], "type": item.get("type"),
+                                "answers": texts}, ensure_ascii=False) + "\n")
+            n_questions += 1
+        advance(1)
     return n_questions

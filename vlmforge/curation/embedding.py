@@ -38,12 +38,17 @@ class SentenceEmbedder:
             from vlmforge.curation.models import check_model_name
 
             check_model_name(path, "sentence embedder")
-            if MeanPooledEncoder.fits(path):
-                self._model = MeanPooledEncoder(path, self.device)
-            else:
-                from sentence_transformers import SentenceTransformer
+            try:
+                if MeanPooledEncoder.fits(path):
+                    self._model = MeanPooledEncoder(path, self.device)
+                else:
+                    from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(path, device=self.device)
+                    self._model = SentenceTransformer(path, device=self.device)
+            except (OSError, ValueError) as e:  # not a folder here, and no such model on the Hub (or offline)
+                from vlmforge.errors import UserError
+
+                raise UserError(f"cannot load sentence embedder {self.model_name!r}: {str(e).splitlines()[0]}") from None
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.setup()
