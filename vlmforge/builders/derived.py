@@ -244,7 +244,8 @@ def unlabelled_note(per_split: dict[str, Counter], column: str) -> list[str]:
 
 def parent_sample(rec: Record, columns: list[Column], key: str | None = None) -> Sample:
     """The parent's sample of a BuildSource record, image and json unchanged, with `columns` taken
-    from the parent manifest row."""
+    from the parent manifest row. Its `image_sha256` is the parent's, checked on reading: a builder
+    that replaces the image sets it to None."""
     parent = load_record_sample(rec)
     doc = json.loads(parent.pop("json"))
     parent_key = parent.pop("__key__")
@@ -252,7 +253,8 @@ def parent_sample(rec: Record, columns: list[Column], key: str | None = None) ->
     image = parent.pop(image_ext) if image_ext else None
     return Sample(key=key or parent_key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
                   height=rec["height"], source_id=rec["source_id"], extras=parent,
-                  columns={name: rec.get(name) for name, _, _ in columns})
+                  columns={name: rec.get(name) for name, _, _ in columns},
+                  image_sha256=rec["image_sha256"] if image is not None else None)
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:

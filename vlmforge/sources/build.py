@@ -92,5 +92,32 @@ class BuildSource(Source):
 
 
 def load_record_sample(rec: Record) -> dict[str, Any]:
-    """The parent sample of a BuildSource record, fields as bytes ('json' still encoded)."""
-    return read_sample_at(Path(rec["build_path"]) / rec["shard"], rec["offset"], rec["sample_bytes"])
+    """The parent sample of a BuildSource record, fields as bytes ('json' still encoded), checked
+    against the image and json sha256 of its manifest row: a damaged parent shard stops the derived
+    build with one error line instead of passing its damage on. (Other members, such as masks, have
+    no hash in the manifest; `vlmforge verify` checks whole shards.)"""
+    try:
+        sample = read_sample_at(Path(rec["build_path"]) / rec["shard"], rec["offset"], rec["sample_bytes"])
+    except ValueError:  # a damaged tar header (size or name)
+        sample = {}
+    problem = _damage(rec, sample)
+    if problem:
+        raise UserError(f"parent build {rec['build_path']} is damaged: {rec['shard']}, sample {rec['key']}: "
+                        f"{problem}; run vlmforge verify {rec['build_path']}")
+    return sample
+
+
+def _damage(rec: Record, sample: dict[str, Any]) -> str | None:
+    """How `sample` differs from what its manifest row `rec` records, or None."""
+    if sample.get("__key__") != rec["key"]:
+        return f"no such sample at offset {rec['offset']} (found {sample.get('__key__')!r})"
+    checks = [("json", rec["json_sha256"])]
+    if rec.get("image_format"):
+        checks.insert(0, (rec["image_format"], rec["image_sha256"]))
+    for field, digest in checks:
+        data = sample.get(field)
+        if data is None:
+            return f"its {field} member is missing"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"its {field} bytes differ from the sha256 the manifest records"
+    return None
