@@ -1,6 +1,7 @@
 """`subset`: class-preserving keeps every class, class-exclusive keeps whole classes, seen/unseen
 classes never meet, and the rule is recorded."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -78,6 +79,17 @@ def test_where_only_subset_records_its_rule(tmp_path, parent):
     assert b.info["source"]["where"] == "label IN ('cat', 'frog')"
     with pytest.raises(UserError, match="does not parse|Binder|column"):
         vlmforge.build("subset", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "where": "nosuch = 1"})
+
+
+def test_where_with_a_comment_works_and_one_that_escapes_its_parentheses_is_refused(tmp_path, parent):
+    opts = lambda where: {"path": str(parent.path), "where": where}  # noqa: E731
+    b = vlmforge.build("subset", "build", out=tmp_path / "c", source_options=opts("label = 'cat' -- the cats"))
+    assert set(_labels(b, "train")) == {"cat"} and len(b) == 12
+    # Each would otherwise read every split's records into each split, or fail halfway with a traceback.
+    for where, message in (("1=1) OR (1=1", "syntax error"), ("label", "Could not convert string"),
+                           ("   ", "syntax error"), ("1=1 /*", "unterminated")):
+        with pytest.raises(UserError, match=rf"^the condition '{re.escape(where)}' does not work on the manifest: .*{message}"):
+            vlmforge.build("subset", "build", out=tmp_path / "x", source_options=opts(where))
 
 
 def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):

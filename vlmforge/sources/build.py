@@ -37,15 +37,18 @@ class BuildSource(Source):
             import duckdb
 
             try:
-                self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
-            except duckdb.Error as e:
+                # Alone over every row (a ')' that would close the split's condition fails here, as
+                # does a value error on any row), then as records() runs it.
+                self.build.sql(f"SELECT count(*) FROM samples WHERE\n{where}\n").fetchall()
+                self.build.sql(self._query("", "count(*)"), [""]).fetchall()
+            except (duckdb.Error, UserError) as e:
                 raise UserError(f"the condition {where!r} does not work on the manifest: {str(e).splitlines()[0]}") from None
 
     def splits(self) -> list[str]:
         return self._splits
 
     def _query(self, split: str, what: str) -> str:
-        cond = f" AND ({self.where})" if self.where else ""
+        cond = f" AND (\n{self.where}\n)" if self.where else ""  # own lines: a '--' comment in it ends there
         return f"SELECT {what} FROM samples WHERE split = ?{cond}"
 
     def count(self, split: str) -> int:
