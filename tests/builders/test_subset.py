@@ -92,6 +92,14 @@ def test_where_with_a_comment_works_and_one_that_escapes_its_parentheses_is_refu
             vlmforge.build("subset", "build", out=tmp_path / "x", source_options=opts(where))
 
 
+def test_a_list_column_as_the_label_is_one_error_line(tmp_path, parent):
+    mcqa = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(parent.path)}, options=2)
+    for builder, cfg in (("subset", {"mode": "class-preserving", "fraction": 0.5}), ("mcqa", {})):
+        with pytest.raises(UserError, match=r"column 'options' holds VARCHAR\[\] values, not class labels"):
+            vlmforge.build(builder, "build", out=tmp_path / "x", source_options={"path": str(mcqa.path)},
+                           label_column="options", **cfg)
+
+
 def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
     opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
     train = vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["train"]))
