@@ -102,3 +102,8 @@ def test_a_vocabulary_without_the_answer_or_an_empty_question_is_refused(tmp_pat
     assert len(ok) == sum(n for c, n in CLASSES.items() if c not in ("puppy", "truck"))
     with pytest.raises(UserError, match="--question is empty"):
         vlmforge.build("mcqa", "build", out=tmp_path / "q", source_options=opts, question="  ")
+
+
+def test_an_embedder_without_hard_distractors_is_refused(tmp_path, parent):
+    with pytest.raises(UserError, match="--embedder goes with --distractors hard"):
+        vlmforge.build("mcqa", "build", out=tmp_path, source_options={"path": str(parent.path)}, embedder="some/model")

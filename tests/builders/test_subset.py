@@ -141,3 +141,14 @@ def test_seen_unseen_options_with_another_mode_are_refused():
 
     with pytest.raises(UserError, match="--unseen-fraction applies to --seen-unseen only"):
         SubsetPlan(SubsetConfig(mode="class-exclusive", fraction=0.5, unseen_fraction=0.3))
+
+
+def test_mode_options_without_their_mode_are_refused(tmp_path, parent):
+    """`subset --fraction 0.5` with no --mode kept the whole parent: the fraction was ignored."""
+    opts = {"path": str(parent.path)}
+    for cfg, message in (({"fraction": 0.5}, "--fraction needs a --mode"),
+                         ({"unseen_fraction": 0.5}, "--unseen-fraction needs a --mode"),
+                         ({"train_splits": ["train"]}, "--train-split needs a --mode"),
+                         ({"mode": "seen-unseen", "unseen_fraction": 0.3, "fraction": 0.5}, "--fraction applies to class-preserving")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("subset", "build", out=tmp_path, source_options=opts, **cfg)

@@ -60,6 +60,8 @@ class McqaPlan(Plan):
             raise UserError(f"--options must be between 2 and 26, got {config.options}")
         if config.distractors not in ("random", "hard"):
             raise UserError(f"--distractors must be random or hard, got {config.distractors!r}")
+        if config.embedder is not None and config.distractors != "hard":
+            raise UserError("--embedder goes with --distractors hard (random distractors use no model)")
         if not config.question.strip():
             raise UserError("--question is empty; give the question asked before the options")
 
