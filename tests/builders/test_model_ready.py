@@ -166,10 +166,10 @@ def test_a_model_ready_parent_is_refused(tmp_path, parent, ready, tiny_clip):
     resized and JPEG-encoded again: one error line instead."""
     sub = vlmforge.build("subset", "build", out=tmp_path / "sub", source_options={"path": str(ready.path), "where": "key > ''"})
     for p in (ready.path, sub.path):
-        with pytest.raises(UserError, match=rf"the parent {p} is already model-ready \(pad=square:.*;resize=32;.*\); "
-                                            "build model-ready from the build it was made from"):
+        with pytest.raises(UserError, match=rf"the parent {p} already holds model-ready images \(pad=square:.*;resize=32;.*\); "
+                                            "build model-ready from the build they were made from"):
             vlmforge.build("model-ready", "build", out=tmp_path / "again", source_options={"path": str(p)}, size=16)
     assert not (tmp_path / "again").exists()
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "model-ready", "--from", str(ready.path),
                         "--processor", str(tiny_clip), "--out", str(tmp_path / "again"), "-q"], capture_output=True, text=True)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "already model-ready" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "already holds model-ready images" in r.stderr

@@ -78,8 +78,8 @@ def refuse_model_ready_parent(src: Source) -> None:
         where = f" AND ({s.where})" if s.where else ""
         row = s.build.sql(f"SELECT image_transform FROM samples WHERE image_transform IS NOT NULL{where} LIMIT 1").fetchall()
         if row:
-            raise UserError(f"the parent {s.build.path} is already model-ready ({row[0][0]}); "
-                            "build model-ready from the build it was made from")
+            raise UserError(f"the parent {s.build.path} already holds model-ready images ({row[0][0]}); build "
+                            "model-ready from the build they were made from, or leave them out with --where \"image_transform IS NULL\"")
 
 
 class ModelReadyBuilder(DerivedBuilder):
