@@ -77,3 +77,16 @@ def test_intact_parents_copy_unchanged_and_the_digest_is_reused_only_for_unchang
             assert hashlib.sha256(s["jpg"]).hexdigest() == rows[s["__key__"]]
     before = dict(coco_build.sql("SELECT key, image_sha256 FROM samples").fetchall())
     assert dict(sub.sql("SELECT key, image_sha256 FROM samples").fetchall()) == before
+
+
+def test_a_parent_with_a_missing_or_foreign_manifest_part_is_refused(tmp_path, parent):
+    """A shard whose manifest part is gone made an empty (or short) child without a word."""
+    parts = sorted((parent.path / "manifest").glob("*-00000[0-9].parquet"))
+    (parent.path / "manifest.duckdb").unlink()
+    parts[0].unlink()
+    with pytest.raises(UserError, match=rf"parent build {parent.path} is incomplete \(manifest/{parts[0].name} is missing\)"):
+        vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})
+    parts[0].write_bytes(parts[-1].read_bytes())  # another shard's rows in its place
+    with pytest.raises(UserError, match=r"is damaged: its manifest has 9 samples of split 'val', build.json 12"):
+        vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})
+    assert not (tmp_path / "out").exists()

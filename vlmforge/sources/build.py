@@ -28,10 +28,17 @@ class BuildSource(Source):
         # The chosen splits are part of what the derived build reads, hence of its identity; None
         # when all are read, so that builds reading the whole parent keep their build ids.
         self.chosen_splits = self._splits if self._splits != all_splits else None
-        missing = [s["shard"] for s in self.build.info["shards"] if not (self.build.path / s["shard"]).is_file()]
+        missing = [name for s in self.build.info["shards"]
+                   for name in (s["shard"], "manifest/" + s["shard"].replace(".tar", ".parquet"))
+                   if not (self.build.path / name).is_file()]
         if missing:
             raise UserError(f"parent build {self.build.path} is incomplete ({missing[0]} is missing): "
                             f"run vlmforge verify {self.build.path}")
+        rows = dict(self.build.sql("SELECT split, count(*) FROM samples GROUP BY split").fetchall())
+        for split, stats in self.build.info["splits"].items():
+            if rows.get(split, 0) != stats.get("samples"):  # e.g. a stale manifest.duckdb
+                raise UserError(f"parent build {self.build.path} is damaged: its manifest has {rows.get(split, 0)} "
+                                f"samples of split {split!r}, build.json {stats.get('samples')}; run vlmforge verify {self.build.path}")
         if where:
             # Parse now, so a bad condition is one clear error before any work starts.
             import duckdb
