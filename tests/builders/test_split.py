@@ -98,6 +98,8 @@ def test_where_and_bad_options(tmp_path, parent):
                        fraction=0.5, splits="a=0.5")
     with pytest.raises(UserError, match="gives split 'val' the fraction 0; leave it out"):
         vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, splits="train=0.9,val=0")
+    with pytest.raises(UserError, match="--stratify-by is empty"):  # was a silently unstratified split
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, fraction=0.5, stratify_by="")
     with pytest.raises(UserError, match="more than 1"):
         vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, splits="a=0.6,b=0.6")
     with pytest.raises(UserError, match="no column"):

@@ -55,6 +55,8 @@ class SplitPlan(Plan):
             raise UserError(f"--splits gives split {empty[0]!r} the fraction 0; leave it out")
         if self.parts is None:
             check_fraction(config.fraction, "--fraction")
+        if config.stratify_by is not None and not config.stratify_by.strip():
+            raise UserError("--stratify-by is empty; name a column (or 'source'), or leave the option out")
         self.column: str | None = None
 
     def _group(self, base_split: str, stratum: Any) -> Any:
