@@ -75,7 +75,7 @@ def refuse_model_ready_parent(src: Source) -> None:
     for s in getattr(src, "build_sources", [src]):
         if not isinstance(s, BuildSource) or "image_transform" not in s.build.info.get("columns", {}):
             continue
-        where = f" AND ({s.where})" if s.where else ""
+        where = f" AND (\n{s.where}\n)" if s.where else ""
         row = s.build.sql(f"SELECT image_transform FROM samples WHERE image_transform IS NOT NULL{where} LIMIT 1").fetchall()
         if row:
             raise UserError(f"the parent {s.build.path} already holds model-ready images ({row[0][0]}); build "
