@@ -158,7 +158,9 @@ def main() -> None:
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and str(e) != "Query interrupted":  # DuckDB's Ctrl-C during a query
+            raise
         typer.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
 

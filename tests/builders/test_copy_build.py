@@ -248,3 +248,22 @@ def test_copy_reads_classification_sources(tmp_path):
     rows = b.sql("SELECT key, label, split FROM samples ORDER BY key").fetchall()
     assert rows and all(k.startswith("cub_") and lab for k, lab, _ in rows)
     assert {s for _, _, s in rows} <= {"train", "test"}
+
+
+def test_cli_refuses_options_of_another_source(tmp_path, sample_coco):
+    """An option the chosen source does not read was ignored: the build was made of something else
+    than the command line says (a --coco-root with --source imagefolder, a --split for class folders)."""
+    cli = [sys.executable, "-m", "vlmforge.cli", "build", "copy", "--out", str(tmp_path), "-q"]
+    for args, line in (
+            (["--source", "coco", "--coco-root", str(sample_coco), "--json", "x.json"],
+             "error: --json does not apply to --source coco (its options: --coco-root, --split, --captions, --instances, --images)"),
+            (["--source", "imagefolder", "--root", str(sample_coco), "--coco-root", str(sample_coco)],
+             "error: --coco-root does not apply to --source imagefolder (its options: --root)"),
+            (["--source", "imagefolder", "--root", str(sample_coco), "--split", "val2017"],
+             "error: --split does not apply to --source imagefolder (its options: --root)")):
+        r = subprocess.run(cli + args, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [line]
+    assert not any(tmp_path.iterdir())
+    r = subprocess.run(cli + ["--source", "coco", "--coco-root", str(sample_coco)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # --split defaults to val2017
+    assert len(vlmforge.open_build(tmp_path / "copy" / "1.1.0")) == 12

@@ -88,3 +88,22 @@ def test_unlabelled_or_empty_parent(tmp_path, parent):
     with pytest.raises(UserError, match="the --classes-from vocabulary has 2 distinct classes"):
         vlmforge.build("mcqa", "build", out=tmp_path / "v", source_options={"path": str(parent.path)},
                        classes=["cat", "dog"])
+
+
+def test_a_vocabulary_without_the_answer_or_an_empty_question_is_refused(tmp_path, parent):
+    """A --classes-from list lacking a record's class would make the answer the one option from outside
+    the list; an empty --question leaves the prompt without one."""
+    opts = {"path": str(parent.path)}
+    with pytest.raises(UserError, match=r"--classes-from lacks 2 of the parent's classes \(e.g. 'puppy', 'truck'\)"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "v", source_options=opts,
+                       classes=["airplane", "banana", "car", "cat", "dog", "kitten", "zebra"])
+    ok = vlmforge.build("mcqa", "build", out=tmp_path / "w", source_options={**opts, "where": "label NOT IN ('puppy', 'truck')"},
+                        classes=["airplane", "banana", "car", "cat", "DOG", "kitten", "zebra"])
+    assert len(ok) == sum(n for c, n in CLASSES.items() if c not in ("puppy", "truck"))
+    with pytest.raises(UserError, match="--question is empty"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "q", source_options=opts, question="  ")
+
+
+def test_an_embedder_without_hard_distractors_is_refused(tmp_path, parent):
+    with pytest.raises(UserError, match="--embedder goes with --distractors hard"):
+        vlmforge.build("mcqa", "build", out=tmp_path, source_options={"path": str(parent.path)}, embedder="some/model")

@@ -64,7 +64,7 @@ def test_parent_split_is_part_of_the_build_identity(tmp_path, parents):
     train = vlmforge.build("mix", "builds", out=tmp_path / "t", source_options=opts(splits=["train"]), take=["all", "all"])
     assert len(train) == 22 and train.build_id != whole.build_id
     with pytest.raises(UserError, match="holds another build"):
-        vlmforge.build("mix", "builds", out=tmp_path / "t", source_options=opts(splits=["val"]), take=["all", "all"])
+        vlmforge.build("mix", "builds", out=tmp_path / "t", source_options=opts(), take=["all", "all"])
     with pytest.raises(UserError, match="no split 'test'"):
         vlmforge.build("mix", "builds", out=tmp_path / "x", source_options=opts(splits=["test"]), take=["all", "all"])
 
@@ -79,3 +79,33 @@ def test_bad_into_weights_and_size(tmp_path, parents):
                          ({"weights": [1, 1], "size": -5}, "--size must be at least 1")):
         with pytest.raises(UserError, match=message):
             vlmforge.build("mix", "builds", out=tmp_path, source_options=opts, **cfg)
+
+
+def test_options_that_take_nothing_from_a_parent_are_refused(tmp_path, parents):
+    """A parent that would give no record (--take 0, a fraction or weight that rounds to 0, an empty
+    --parent-split) is an error, not a mix whose lineage names a parent it holds nothing of."""
+    pa, pb = parents
+    opts = {"paths": [str(pa.path), str(pb.path)]}
+    for cfg, source, message in (
+            ({"take": ["0", "all"]}, opts, r"--take takes all, a count of at least 1 .* got '0'"),
+            ({"take": ["all", "-3"]}, opts, "got '-3'"),
+            ({"take": ["all", "0.01"]}, opts, r"parent 2 \(.*\) would give 0 of its 12 records \(--take 0.01\)"),
+            ({"weights": [1, 0], "size": 5}, opts, r"parent 2 .* would give 0 of its 12 records \(weight 0 of --size 5\)"),
+            ({"weights": [1, 1], "size": 1}, opts, "parent 2 .* would give 0"),
+            ({"take": ["all", "all"]}, {**opts, "splits": ["val"]}, r"parent 1 .* has no records in the --parent-split"),
+            ({"take": ["all", "all"], "size": 5}, opts, "--size goes with --weights")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("mix", "builds", out=tmp_path, source_options=source, **cfg)
+    assert not (tmp_path / "mix").exists()  # refused before any folder is made
+
+
+def test_cli_take_zero_is_one_error_line(tmp_path, parents):
+    import subprocess
+    import sys
+
+    pa, pb = parents
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "mix", "--from", str(pa.path), "--from",
+                        str(pb.path), "--take", "0", "--take", "all", "--out", str(tmp_path), "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: --take takes all, a count of at least 1 or a fraction in (0, 1]; got '0'"]

@@ -159,3 +159,17 @@ def test_bad_arguments_are_one_error_line(tmp_path, parent, processor):
     assert r.returncode == 0, r.stderr
     built = vlmforge.open_build(tmp_path / "model-ready" / "1.0.0")
     assert built.sql("SELECT DISTINCT width, height FROM samples").fetchall() == [(24, 24)]
+
+
+def test_a_model_ready_parent_is_refused(tmp_path, parent, ready, tiny_clip):
+    """Applied twice (directly, or through a build derived from a model-ready one), images would be
+    resized and JPEG-encoded again: one error line instead."""
+    sub = vlmforge.build("subset", "build", out=tmp_path / "sub", source_options={"path": str(ready.path), "where": "key > ''"})
+    for p in (ready.path, sub.path):
+        with pytest.raises(UserError, match=rf"the parent {p} already holds model-ready images \(pad=square:.*;resize=32;.*\); "
+                                            "build model-ready from the build they were made from"):
+            vlmforge.build("model-ready", "build", out=tmp_path / "again", source_options={"path": str(p)}, size=16)
+    assert not (tmp_path / "again").exists()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "model-ready", "--from", str(ready.path),
+                        "--processor", str(tiny_clip), "--out", str(tmp_path / "again"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "already holds model-ready images" in r.stderr

@@ -14,6 +14,7 @@ from vlmforge.errors import UserError
 from vlmforge.export import split_llava_json
 
 from tests.derived_data import class_folder, llava_records, tiny_jpeg, write_json
+from tests.helpers import build_files
 
 
 def _kept(keys, seed, fraction, value=rank_value):
@@ -96,6 +97,10 @@ def test_where_and_bad_options(tmp_path, parent):
     with pytest.raises(UserError, match="either"):
         vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)},
                        fraction=0.5, splits="a=0.5")
+    with pytest.raises(UserError, match="gives split 'val' the fraction 0; leave it out"):
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, splits="train=0.9,val=0")
+    with pytest.raises(UserError, match="--stratify-by is empty"):  # was a silently unstratified split
+        vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, fraction=0.5, stratify_by="")
     with pytest.raises(UserError, match="more than 1"):
         vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, splits="a=0.6,b=0.6")
     with pytest.raises(UserError, match="no column"):
@@ -211,3 +216,19 @@ def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "split", "--source", "coco", "--fraction", "0.5",
                         "--out", str(tmp_path / "c")], capture_output=True, text=True)
     assert r.returncode == 2 and "--source must be build" in r.stderr
+
+
+def test_a_derived_build_never_lands_in_its_parents_folder(tmp_path, parent):
+    """`split --from builds/split/1.1.0` with the default --out builds aims at the parent's own folder:
+    --overwrite deleted the parent and left an empty build in its place."""
+    first = vlmforge.build("split", "build", out=tmp_path / "builds", source_options={"path": str(parent.path)}, fraction=0.5)
+    inner = vlmforge.build("split", "build", out=tmp_path / "a" / "split" / "1.1.0" / "in", fraction=0.5,
+                           source_options={"path": str(parent.path)})
+    before = build_files(first.path), build_files(inner.path)
+    for out, p in ((tmp_path / "builds", first), (tmp_path / "a", inner)):  # its folder, or one above it
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match=rf"{out / 'split' / '1.1.0'} is the folder of the parent build "
+                                                rf"{p.path}; choose another --out"):
+                vlmforge.build("split", "build", out=out, source_options={"path": str(p.path)}, fraction=0.5,
+                               overwrite=overwrite)
+    assert (build_files(first.path), build_files(inner.path)) == before

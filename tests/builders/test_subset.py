@@ -1,6 +1,7 @@
 """`subset`: class-preserving keeps every class, class-exclusive keeps whole classes, seen/unseen
 classes never meet, and the rule is recorded."""
 
+import re
 from collections import Counter
 
 import pytest
@@ -80,6 +81,25 @@ def test_where_only_subset_records_its_rule(tmp_path, parent):
         vlmforge.build("subset", "build", out=tmp_path / "x", source_options={"path": str(parent.path), "where": "nosuch = 1"})
 
 
+def test_where_with_a_comment_works_and_one_that_escapes_its_parentheses_is_refused(tmp_path, parent):
+    opts = lambda where: {"path": str(parent.path), "where": where}  # noqa: E731
+    b = vlmforge.build("subset", "build", out=tmp_path / "c", source_options=opts("label = 'cat' -- the cats"))
+    assert set(_labels(b, "train")) == {"cat"} and len(b) == 12
+    # Each would otherwise read every split's records into each split, or fail halfway with a traceback.
+    for where, message in (("1=1) OR (1=1", "syntax error"), ("label", "Could not convert string"),
+                           ("   ", "syntax error"), ("1=1 /*", "unterminated")):
+        with pytest.raises(UserError, match=rf"^the condition '{re.escape(where)}' does not work on the manifest: .*{message}"):
+            vlmforge.build("subset", "build", out=tmp_path / "x", source_options=opts(where))
+
+
+def test_a_list_column_as_the_label_is_one_error_line(tmp_path, parent):
+    mcqa = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(parent.path)}, options=2)
+    for builder, cfg in (("subset", {"mode": "class-preserving", "fraction": 0.5}), ("mcqa", {})):
+        with pytest.raises(UserError, match=r"column 'options' holds VARCHAR\[\] values, not class labels"):
+            vlmforge.build(builder, "build", out=tmp_path / "x", source_options={"path": str(mcqa.path)},
+                           label_column="options", **cfg)
+
+
 def test_parent_split_is_part_of_the_build_identity(tmp_path, parent):
     opts = lambda **kw: {"path": str(parent.path), **kw}  # noqa: E731
     train = vlmforge.build("subset", "build", out=tmp_path, source_options=opts(splits=["train"]))
@@ -121,3 +141,14 @@ def test_seen_unseen_options_with_another_mode_are_refused():
 
     with pytest.raises(UserError, match="--unseen-fraction applies to --seen-unseen only"):
         SubsetPlan(SubsetConfig(mode="class-exclusive", fraction=0.5, unseen_fraction=0.3))
+
+
+def test_mode_options_without_their_mode_are_refused(tmp_path, parent):
+    """`subset --fraction 0.5` with no --mode kept the whole parent: the fraction was ignored."""
+    opts = {"path": str(parent.path)}
+    for cfg, message in (({"fraction": 0.5}, "--fraction needs a --mode"),
+                         ({"unseen_fraction": 0.5}, "--unseen-fraction needs a --mode"),
+                         ({"train_splits": ["train"]}, "--train-split needs a --mode"),
+                         ({"mode": "seen-unseen", "unseen_fraction": 0.3, "fraction": 0.5}, "--fraction applies to class-preserving")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("subset", "build", out=tmp_path, source_options=opts, **cfg)

@@ -189,6 +189,7 @@ def run_build(
     executor = executor or LocalExecutor(1)
     ident = builder.identity()
     build_dir = build_dir_for(Path(out), builder)
+    _check_not_a_parent(build_dir, builder.src)
     with _build_lock(build_dir):
         return _run_locked(builder, build_dir, ident, executor, limits, overwrite, quiet)
 
@@ -278,6 +279,16 @@ def _write_splits(builder: Builder, build_dir: Path, executor, limits: ShardLimi
                 stream.close()  # an interrupt or a writer error: the executor stops its workers now
                 raise
         writer.finish(max(n_inputs, start))
+
+
+def _check_not_a_parent(build_dir: Path, src: Source) -> None:
+    """A derived build never lands in (or above) the folder of a build it reads: --overwrite would
+    delete its own parent. (`split --from builds/split/1.1.0` with the default --out builds does.)"""
+    here = build_dir.resolve()
+    for parent in getattr(src, "build_sources", [src]):
+        path = getattr(getattr(parent, "build", None), "path", None)
+        if path is not None and (Path(path).resolve() == here or here in Path(path).resolve().parents):
+            raise BuildError(f"{build_dir} is the folder of the parent build {path}; choose another --out")
 
 
 def _keys_of_part(build_dir: Path, shard: str) -> list[str]:

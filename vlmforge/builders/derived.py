@@ -214,19 +214,23 @@ def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = buil
         yield (key_of(rec),) + tuple(rec.get(f) for f in fields)
 
 
-def check_column(src: Source, column: str) -> None:
-    """A clear error when a plan names a column the parent manifest does not have."""
+def check_column(src: Source, column: str, scalar: bool = False) -> None:
+    """A clear error when a plan names a column the parent manifest does not have (or, with `scalar`,
+    one whose values are lists or structs, which cannot be class labels)."""
     builds = [s for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
     for b in builds:
-        cols = {r[0] for r in b.build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
-        if column not in cols:
-            raise UserError(f"the parent build has no column {column!r}; its columns: {', '.join(sorted(cols))}")
+        types = dict(b.build.sql("SELECT column_name, column_type FROM (DESCRIBE samples)").fetchall())
+        if column not in types:
+            raise UserError(f"the parent build has no column {column!r}; its columns: {', '.join(sorted(types))}")
+        if scalar and any(mark in types[column] for mark in ("[", "STRUCT", "MAP", "UNION")):
+            raise UserError(f"column {column!r} holds {types[column]} values, not class labels; "
+                            "name a text or number column with --label-column")
 
 
 def count_labels(src: Source, column: str) -> dict[str, Counter]:
     """Records per label (None: unlabelled) in each split of `src`. A parent with records but no
     label at all is an error; one with no records at all (a --where that matches none) is not."""
-    check_column(src, column)
+    check_column(src, column, scalar=True)
     per_split = {split: Counter(label for _, label in iter_fields(src, split, [column])) for split in src.splits()}
     total = sum(sum(c.values()) for c in per_split.values())
     if total and total == sum(c[None] for c in per_split.values()):
@@ -244,7 +248,8 @@ def unlabelled_note(per_split: dict[str, Counter], column: str) -> list[str]:
 
 def parent_sample(rec: Record, columns: list[Column], key: str | None = None) -> Sample:
     """The parent's sample of a BuildSource record, image and json unchanged, with `columns` taken
-    from the parent manifest row."""
+    from the parent manifest row. Its `image_sha256` is the parent's, checked on reading: a builder
+    that replaces the image sets it to None."""
     parent = load_record_sample(rec)
     doc = json.loads(parent.pop("json"))
     parent_key = parent.pop("__key__")
@@ -252,7 +257,8 @@ def parent_sample(rec: Record, columns: list[Column], key: str | None = None) ->
     image = parent.pop(image_ext) if image_ext else None
     return Sample(key=key or parent_key, doc=doc, image=image, image_ext=image_ext or "jpg", width=rec["width"],
                   height=rec["height"], source_id=rec["source_id"], extras=parent,
-                  columns={name: rec.get(name) for name, _, _ in columns})
+                  columns={name: rec.get(name) for name, _, _ in columns},
+                  image_sha256=rec["image_sha256"] if image is not None else None)
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:

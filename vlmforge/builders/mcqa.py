@@ -60,6 +60,10 @@ class McqaPlan(Plan):
             raise UserError(f"--options must be between 2 and 26, got {config.options}")
         if config.distractors not in ("random", "hard"):
             raise UserError(f"--distractors must be random or hard, got {config.distractors!r}")
+        if config.embedder is not None and config.distractors != "hard":
+            raise UserError("--embedder goes with --distractors hard (random distractors use no model)")
+        if not config.question.strip():
+            raise UserError("--question is empty; give the question asked before the options")
 
     def fit(self, src: Source) -> None:
         cfg, k, col = self.config, self.config.options, self.config.label_column
@@ -83,6 +87,12 @@ class McqaPlan(Plan):
                 where = "the --classes-from vocabulary" if cfg.classes is not None else f"split {split!r}"
                 raise UserError(f"{where} has {len(by_fold)} distinct classes; {k} options need at least {k} "
                                 "(use fewer --options or give --classes-from)")
+        if cfg.classes is not None:  # else the answer would be the one option from outside the vocabulary
+            known = {fold(c) for c in cfg.classes}
+            missing = sorted({label for cnt in labels.values() for label in cnt if fold(label) not in known})
+            if missing:
+                raise UserError(f"--classes-from lacks {len(missing)} of the parent's classes (e.g. "
+                                f"{', '.join(repr(m) for m in missing[:3])}); add them, or leave their records out with --where")
 
         def items():
             for split in src.splits():

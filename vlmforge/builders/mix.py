@@ -40,6 +40,7 @@ class MultiBuildSource(Source):
         if len(paths) < 2:
             raise UserError("a mix needs at least two parent builds (--from A --from B)")
         self.build_sources = [BuildSource(p, splits=splits) for p in paths]
+        self.chosen_splits = splits
         check_splits(list(dict.fromkeys(x for s in self.build_sources for x in s.build.info["splits"])),
                      splits, "--parent-split")
         ids = [s.build.build_id for s in self.build_sources]
@@ -98,10 +99,10 @@ def parse_take(spec: str, available: int) -> int:
                 raise ValueError
             return fraction_sizes([f], available)[0]
         n = int(spec)
-        if n < 0:
+        if n < 1:
             raise ValueError
     except ValueError:
-        raise UserError(f"--take takes all, a count or a fraction in (0, 1]; got {spec!r}") from None
+        raise UserError(f"--take takes all, a count of at least 1 or a fraction in (0, 1]; got {spec!r}") from None
     if n > available:
         raise UserError(f"--take {n} asks for more records than the parent has ({available})")
     return n
@@ -115,6 +116,8 @@ class MixPlan(Plan):
             raise UserError("give --take for every parent, or --weights with --size")
         if config.weights is not None and config.size is None:
             raise UserError("--weights needs --size N (the number of records in the mix)")
+        if config.take is not None and config.size is not None:
+            raise UserError("--size goes with --weights; with --take, each parent's count is its own")
         if config.size is not None and config.size < 1:
             raise UserError(f"--size must be at least 1, got {config.size}")
         if config.weights is not None and not all(math.isfinite(w) for w in config.weights):
@@ -138,6 +141,16 @@ class MixPlan(Plan):
             if short:
                 i, w, n = short[0]
                 raise UserError(f"parent {i + 1} would give {w} records but has {n}; lower --size or its weight")
+        empty = [i for i, w in enumerate(wanted) if w == 0]
+        if empty:  # a parent in the lineage that gave nothing is a mistake in the options
+            i = empty[0]
+            if not available[i]:
+                how = "has no records" + (" in the --parent-split splits" if src.chosen_splits else "")
+            elif cfg.take is not None:
+                how = f"would give 0 of its {available[i]} records (--take {cfg.take[i]})"
+            else:
+                how = f"would give 0 of its {available[i]} records (weight {cfg.weights[i]:g} of --size {cfg.size})"
+            raise UserError(f"parent {i + 1} ({parents[i].build.path}) {how}; leave it out or take more")
 
         def keyed():
             for i, p in enumerate(parents):

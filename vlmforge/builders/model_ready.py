@@ -26,10 +26,9 @@ from vlmforge.curation.images import encode_jpeg
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
+from vlmforge.sources.build import BuildSource
 
 PADS = ("square", "none")
-# What a model-ready image of a model-ready parent records: both transforms, in the order applied.
-CHAIN = " | "
 # Full-resolution chroma: these pixels go to the model as they are, and at the model's size the
 # originals' 4:2:0 chroma is no coarser than a pixel. Halving it again costs sharp colour edges
 # tens of levels for a decode only ~10% quicker.
@@ -69,6 +68,20 @@ def load_image_processor(config: ModelReadyConfig) -> Any:
     return load_checkpoint("image processor", name, lambda: AutoImageProcessor.from_pretrained(name, backend="pil"))
 
 
+def refuse_model_ready_parent(src: Source) -> None:
+    """A UserError when the parent records are already model-ready (a model-ready build, or one
+    derived from it): a second resize and JPEG pass would only lose detail and record a transform
+    the trainer does not know."""
+    for s in getattr(src, "build_sources", [src]):
+        if not isinstance(s, BuildSource) or "image_transform" not in s.build.info.get("columns", {}):
+            continue
+        where = f" AND (\n{s.where}\n)" if s.where else ""
+        row = s.build.sql(f"SELECT image_transform FROM samples WHERE image_transform IS NOT NULL{where} LIMIT 1").fetchall()
+        if row:
+            raise UserError(f"the parent {s.build.path} already holds model-ready images ({row[0][0]}); build "
+                            "model-ready from the build they were made from, or leave them out with --where \"image_transform IS NULL\"")
+
+
 class ModelReadyBuilder(DerivedBuilder):
     name = "model-ready"
     VERSION = "1.0.0"
@@ -88,6 +101,7 @@ class ModelReadyBuilder(DerivedBuilder):
         if not 1 <= config.quality <= 100:
             raise UserError(f"--quality must be between 1 and 100, got {config.quality}")
         super().__init__(config, source)
+        refuse_model_ready_parent(self.src.base)
         self.image_processor = load_image_processor(config)
         prep = self._preparer()
         if prep.transform is None:
@@ -122,13 +136,10 @@ class ModelReadyBuilder(DerivedBuilder):
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             return Reject(rec["source_id"], "corrupt_image", "model_ready", f"image of {rec['key']}: {e}")
         ready = self._prep.model_ready(img)
-        parent_transform = rec.get("image_transform")
-        orig_w = rec.get("orig_width") if parent_transform else rec["width"]
-        orig_h = rec.get("orig_height") if parent_transform else rec["height"]
-        transform = (parent_transform + CHAIN if parent_transform else "") + self.config.transform
         sample.image, sample.image_ext = encode_jpeg(ready, self.config.quality, CHROMA), "jpg"
+        sample.image_sha256 = None  # the parent's; the new image's is made from its bytes
         sample.width, sample.height = ready.size
-        own = {"orig_width": orig_w, "orig_height": orig_h, "image_transform": transform}
+        own = {"orig_width": rec["width"], "orig_height": rec["height"], "image_transform": self.config.transform}
         sample.columns.update(own)
         sample.doc.update(own)
         return sample

@@ -57,7 +57,16 @@ class SubsetPlan(Plan):
                                     ("--train-split", config.train_splits)) if v is not None]
             if given:
                 raise UserError(f"{given[0]} applies to --seen-unseen only, not --mode {config.mode}")
+        if config.mode is None:  # a --where-only subset: a fraction here would be ignored, the whole parent kept
+            given = [o for o, v in (("--fraction", config.fraction), ("--unseen-fraction", config.unseen_fraction),
+                                    ("--classes-from", config.seen_classes), ("--train-split", config.train_splits))
+                     if v is not None]
+            if given:
+                raise UserError(f"{given[0]} needs a --mode ({', '.join(MODES)}); without one, only --where filters")
         if config.mode == "seen-unseen":
+            if config.fraction is not None:
+                raise UserError("--fraction applies to class-preserving and class-exclusive, not seen-unseen "
+                                "(--unseen-fraction holds classes out)")
             if config.unseen_fraction is not None and config.seen_classes is not None:
                 raise UserError("give --unseen-fraction or --classes-from, not both")
             if config.unseen_fraction is None and config.seen_classes is None:

@@ -18,7 +18,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     def build_copy(
         source: SourceKind = "coco",
         coco_root: CocoRoot = None,
-        split: CocoSplit = "val2017",
+        split: CocoSplit = None,  # val2017 for coco; None tells that no --split was given
         captions: Captions = None,
         instances: Instances = None,
         images: Images = None,
@@ -36,7 +36,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         if check_images not in ("quick", "full"):
             raise UserError("--check-images must be quick or full")
         opts = {
-            "coco": dict(coco_root=coco_root, split=split, captions=captions, instances=instances, images=images),
+            "coco": dict(coco_root=coco_root, split=split or "val2017", captions=captions, instances=instances, images=images),
             "llava-json": dict(json=json_file, image_root=image_root),
             "imagefolder": dict(root=root),
             "cub": dict(root=root),
@@ -45,6 +45,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         }.get(source)
         if opts is None:
             raise UserError(f"unknown source {source!r}; use coco, llava-json, imagefolder, cub, fgvc-aircraft or stanford-dogs")
+        own = {"coco": ("--coco-root", "--split", "--captions", "--instances", "--images"),
+               "llava-json": ("--json", "--image-root")}.get(source, ("--root",))
+        given = {"--coco-root": coco_root, "--split": split, "--captions": captions, "--instances": instances,
+                 "--images": images, "--json": json_file, "--image-root": image_root, "--root": root}
+        stray = [o for o, v in given.items() if v is not None and o not in own]
+        if stray:  # else it would be ignored, and the build made of something else than the user meant
+            raise UserError(f"{stray[0]} does not apply to --source {source} (its options: {', '.join(own)})")
         src = CopyBuilder.open_source(source, **opts)
         cfg = CopyConfig(seed=seed, check_images=check_images, jpeg_quality=jpeg_quality)
         return BuildRun(CopyBuilder, cfg, src)

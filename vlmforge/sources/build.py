@@ -28,24 +28,34 @@ class BuildSource(Source):
         # The chosen splits are part of what the derived build reads, hence of its identity; None
         # when all are read, so that builds reading the whole parent keep their build ids.
         self.chosen_splits = self._splits if self._splits != all_splits else None
-        missing = [s["shard"] for s in self.build.info["shards"] if not (self.build.path / s["shard"]).is_file()]
+        missing = [name for s in self.build.info["shards"]
+                   for name in (s["shard"], "manifest/" + s["shard"].replace(".tar", ".parquet"))
+                   if not (self.build.path / name).is_file()]
         if missing:
             raise UserError(f"parent build {self.build.path} is incomplete ({missing[0]} is missing): "
                             f"run vlmforge verify {self.build.path}")
+        rows = dict(self.build.sql("SELECT split, count(*) FROM samples GROUP BY split").fetchall())
+        for split, stats in self.build.info["splits"].items():
+            if rows.get(split, 0) != stats.get("samples"):  # e.g. a stale manifest.duckdb
+                raise UserError(f"parent build {self.build.path} is damaged: its manifest has {rows.get(split, 0)} "
+                                f"samples of split {split!r}, build.json {stats.get('samples')}; run vlmforge verify {self.build.path}")
         if where:
             # Parse now, so a bad condition is one clear error before any work starts.
             import duckdb
 
             try:
-                self.build.sql(f"SELECT count(*) FROM samples WHERE {where}").fetchall()
-            except duckdb.Error as e:
+                # Alone over every row (a ')' that would close the split's condition fails here, as
+                # does a value error on any row), then as records() runs it.
+                self.build.sql(f"SELECT count(*) FROM samples WHERE\n{where}\n").fetchall()
+                self.build.sql(self._query("", "count(*)"), [""]).fetchall()
+            except (duckdb.Error, UserError) as e:
                 raise UserError(f"the condition {where!r} does not work on the manifest: {str(e).splitlines()[0]}") from None
 
     def splits(self) -> list[str]:
         return self._splits
 
     def _query(self, split: str, what: str) -> str:
-        cond = f" AND ({self.where})" if self.where else ""
+        cond = f" AND (\n{self.where}\n)" if self.where else ""  # own lines: a '--' comment in it ends there
         return f"SELECT {what} FROM samples WHERE split = ?{cond}"
 
     def count(self, split: str) -> int:
@@ -92,5 +102,32 @@ class BuildSource(Source):
 
 
 def load_record_sample(rec: Record) -> dict[str, Any]:
-    """The parent sample of a BuildSource record, fields as bytes ('json' still encoded)."""
-    return read_sample_at(Path(rec["build_path"]) / rec["shard"], rec["offset"], rec["sample_bytes"])
+    """The parent sample of a BuildSource record, fields as bytes ('json' still encoded), checked
+    against the image and json sha256 of its manifest row: a damaged parent shard stops the derived
+    build with one error line instead of passing its damage on. (Other members, such as masks, have
+    no hash in the manifest; `vlmforge verify` checks whole shards.)"""
+    try:
+        sample = read_sample_at(Path(rec["build_path"]) / rec["shard"], rec["offset"], rec["sample_bytes"])
+    except ValueError:  # a damaged tar header (size or name)
+        sample = {}
+    problem = _damage(rec, sample)
+    if problem:
+        raise UserError(f"parent build {rec['build_path']} is damaged: {rec['shard']}, sample {rec['key']}: "
+                        f"{problem}; run vlmforge verify {rec['build_path']}")
+    return sample
+
+
+def _damage(rec: Record, sample: dict[str, Any]) -> str | None:
+    """How `sample` differs from what its manifest row `rec` records, or None."""
+    if sample.get("__key__") != rec["key"]:
+        return f"no such sample at offset {rec['offset']} (found {sample.get('__key__')!r})"
+    checks = [("json", rec["json_sha256"])]
+    if rec.get("image_format"):
+        checks.insert(0, (rec["image_format"], rec["image_sha256"]))
+    for field, digest in checks:
+        data = sample.get(field)
+        if data is None:
+            return f"its {field} member is missing"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"its {field} bytes differ from the sha256 the manifest records"
+    return None
