@@ -161,6 +161,23 @@ def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
         hub.restore_build(bad, tmp_path / "out2")
 
 
+def test_pull_of_an_incomplete_repo_is_one_error_line(staged, tmp_path):
+    """A published shard or manifest part missing from the download is named, not a traceback."""
+    import shutil
+
+    _, repo = staged
+    pub = json.loads((repo / "publish.json").read_text())
+    for victim in (pub["shards"][-1]["path"], next(p for p in pub["manifest"] if p.endswith(".rejects.parquet"))):
+        bad = tmp_path / victim.replace("/", "_")
+        shutil.copytree(repo, bad)
+        (bad / victim).unlink()
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "pull", str(bad), "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: ") and victim in r.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
     b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
     plan = hub.plan_publish(b)

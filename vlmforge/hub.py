@@ -748,6 +748,10 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{src}/publish.json is not valid JSON ({e}); the published build is damaged") from None
     if pub.get("format") != PUBLISH_FORMAT or pub.get("build_id") != info.get("build_id"):
         raise UserError(f"{src}/publish.json does not describe the build in build.json (or is of a newer format)")
+    missing = [p for p in [hs["path"] for hs in pub["shards"]] + pub["manifest"] if not (src / p).is_file()]
+    if missing:  # e.g. a partial download: one line, before anything is written
+        raise UserError(f"{src} lacks {len(missing)} file(s) that publish.json names (e.g. {missing[0]}); "
+                        "the published build is incomplete, download it again")
     dest = Path(out) / info["builder"] / info["version"]
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         same = (dest / "build.json").exists() and json.loads((dest / "build.json").read_text()).get("build_id") == info["build_id"]
