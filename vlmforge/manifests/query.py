@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import open_build
+from vlmforge.manifests.read import check_manifest_parts, open_build
 from vlmforge.progress import console
 
 out_console = None
@@ -111,6 +111,7 @@ def diff_builds(a: Path, b: Path) -> dict[str, list[str]]:
 
     def rows(path: Path) -> dict[str, tuple]:
         bb = open_build(path)
+        check_manifest_parts(bb)
         out: dict[str, tuple] = {}
         for part in sorted((bb.path / "manifest").glob("*.parquet")):
             if part.name.endswith(".rejects.parquet"):

@@ -59,6 +59,7 @@ class Build:
         """A read-only connection to manifest.duckdb with access to other files switched off."""
         db = self.path / MANIFEST_DB
         if not db.exists():
+            check_manifest_parts(self)
             write_index(self.path, self.info)
         con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
         return con
@@ -86,6 +87,23 @@ class Build:
 
     def __len__(self) -> int:
         return sum(s["samples"] for s in self.info["shards"])
+
+
+def missing_manifest_parts(build: Build) -> list[str]:
+    """Manifest parts (samples and rejects) of build.json's shards that are not in manifest/."""
+    names = []
+    for s in build.info["shards"]:
+        part = s["shard"].replace(".tar", ".parquet")
+        names += [part, part.replace(".parquet", ".rejects.parquet")]
+    return [n for n in names if not (build.path / "manifest" / n).is_file()]
+
+
+def check_manifest_parts(build: Build) -> None:
+    """Refuse to read a manifest that lacks parts: its rows would be missing without a word."""
+    missing = missing_manifest_parts(build)
+    if missing:
+        raise UserError(f"{build.path} lacks {len(missing)} manifest part(s) (e.g. manifest/{missing[0]}); "
+                        "the build folder is damaged (`vlmforge verify` lists the problems), rebuild it with --overwrite")
 
 
 def open_build(path: str | Path) -> Build:

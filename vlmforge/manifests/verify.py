@@ -52,6 +52,11 @@ def verify_build(build: Build, quiet: bool = False) -> list[str]:
             if digest != s["sha256"]:
                 problems.append(f"{s['shard']}: sha256 {digest[:12]}... differs from build.json's {s['sha256'][:12]}...")
             part = build.path / "manifest" / s["shard"].replace(".tar", ".parquet")
+            rejects = part.with_name(part.name.replace(".parquet", ".rejects.parquet"))
+            if not rejects.exists():
+                problems.append(f"{rejects.name}: manifest part missing")
+            elif pq.read_metadata(rejects).num_rows != s["rejects"]:
+                problems.append(f"{rejects.name}: {pq.read_metadata(rejects).num_rows} rejects, build.json says {s['rejects']}")
             if not part.exists():
                 problems.append(f"{part.name}: manifest part missing")
                 advance(s["bytes"])

@@ -1,0 +1,46 @@
+"""`vlmforge verify`, `manifest ...`, `show` and `export llava` on damaged builds and user mistakes:
+one error line (exit 2) or a named problem (verify, exit 1), never a traceback or rows dropped silently."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "vlmforge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def one_error_line(r, *words):
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def build(tmp_path, coco_build):
+    """A private copy of the 12-sample, 3-shard COCO copy build."""
+    dst = tmp_path / "b"
+    shutil.copytree(coco_build.path, dst)
+    return dst
+
+
+def test_verify_names_a_missing_rejects_part(build):
+    (build / "manifest" / "val-000001.rejects.parquet").unlink()
+    r = run("verify", build)
+    assert r.returncode == 1 and "val-000001.rejects.parquet: manifest part missing" in r.stdout + r.stderr
+
+
+def test_reindex_and_diff_refuse_a_manifest_with_a_missing_part(build, coco_build):
+    """Before: reindex made an index without the part's rows, and diff reported them as removed keys."""
+    before = (build / "manifest.duckdb").read_bytes()
+    (build / "manifest" / "val-000001.parquet").unlink()
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000001.parquet", "damaged")
+    assert (build / "manifest.duckdb").read_bytes() == before
+    one_error_line(run("manifest", "diff", coco_build.path, build), "manifest/val-000001.parquet")
+    # a copy without manifest.duckdb is indexed on first use: refused the same way
+    (build / "manifest.duckdb").unlink()
+    one_error_line(run("manifest", "stats", build), "manifest/val-000001.parquet")
