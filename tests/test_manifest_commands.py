@@ -44,3 +44,22 @@ def test_reindex_and_diff_refuse_a_manifest_with_a_missing_part(build, coco_buil
     # a copy without manifest.duckdb is indexed on first use: refused the same way
     (build / "manifest.duckdb").unlink()
     one_error_line(run("manifest", "stats", build), "manifest/val-000001.parquet")
+
+
+def test_query_output_folder_is_made_and_mistakes_are_one_line(tmp_path, coco_build):
+    """Before: --output in a new folder was a FileNotFoundError traceback, --limit -1 showed all rows but
+    one, and an unknown --format emptied the --output file before it was refused."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "new" / "dir" / "keys.parquet"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "parquet", "-o", out)
+    assert r.returncode == 0 and pq.read_table(out).num_rows == 12
+    csv_out = tmp_path / "other" / "keys.csv"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "csv", "-o", csv_out)
+    assert r.returncode == 0 and len(csv_out.read_text().splitlines()) == 13
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--limit", "-1"), "--limit")
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "xml", "-o", csv_out),
+                   "xml")
+    assert len(csv_out.read_text().splitlines()) == 13
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT CAST('a' AS INT) FROM samples",
+                       "--format", "parquet", "-o", out), "query failed")

@@ -35,9 +35,25 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     return t
 
 
+def _output_file(path: Path) -> Path:
+    """`path` with its folder made; a path that cannot be written is a UserError."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for --output {path}: {e.strerror or e}") from None
+    return path
+
+
 def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
     import duckdb
 
+    if fmt not in ("table", "csv", "json", "parquet"):
+        raise UserError(f"unknown --format {fmt!r}; use table, csv, json or parquet")
+    if limit < 0:
+        raise UserError("--limit must be 0 or more")
     b = open_build(build)
     try:
         rel = b.sql(sql)
@@ -45,12 +61,21 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
     if rel is None:
         raise UserError("the statement returns no rows")
+    if fmt == "parquet" and output is None:
+        raise UserError("--format parquet needs --output FILE")
+    if output is not None:
+        output = _output_file(output)
     if fmt == "parquet":
-        if output is None:
-            raise UserError("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
-        pq.write_table(rel.fetch_arrow_table(), output)
+        try:
+            table = rel.fetch_arrow_table()
+        except duckdb.Error as e:
+            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        try:
+            pq.write_table(table, output)
+        except OSError as e:
+            raise UserError(f"cannot write --output {output}: {e}") from None
         console.print(f"[green]wrote[/] {output}")
         return
     names = list(rel.columns)
@@ -58,7 +83,10 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         rows = rel.fetchall()
     except duckdb.Error as e:
         raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
-    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        stream = open(output, "w", newline="") if output else sys.stdout
+    except OSError as e:
+        raise UserError(f"cannot write --output {output}: {e.strerror or e}") from None
     try:
         if fmt == "csv":
             w = csv.writer(stream)
@@ -79,8 +107,6 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
                 from rich.console import Console
 
                 Console(file=stream, width=200).print(t)
-        else:
-            raise UserError(f"unknown --format {fmt!r}; use table, csv, json or parquet")
     finally:
         if output:
             stream.close()
