@@ -107,3 +107,18 @@ def test_a_reject_example_shows_one_reject_detail_and_input_together():
                 "('not_grounded', 'grounding', 'a: from input 2', '2')) t(reason, stage, detail, source_id)")
     page = _rejects(con)
     assert "z: from input 1" in page and "a: from input 2" not in page
+
+
+def test_report_out_that_cannot_be_written_is_one_error_line(copy_build, tmp_path):
+    """Before: --out naming a folder, or a path under a file, was a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write")):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
+                            "--out", str(out)], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
+        assert words in r.stderr
+    out = tmp_path / "new" / "r.html"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and copy_build.build_id in out.read_text()

@@ -17,7 +17,7 @@ from typing import Any
 from vlmforge.manifests.read import Build, open_build
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.report import plots
-from vlmforge.report.show import caption, choose_samples, load_sample, panels
+from vlmforge.report.show import caption, choose_samples, load_sample, panels, save_output
 
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UTINYINT",
            "USMALLINT", "UINTEGER", "UBIGINT")
@@ -213,7 +213,5 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
 
 
 def write_report(build: Build | str | Path, out: Path, **kwargs: Any) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(build, **kwargs), encoding="utf-8")
-    return out
+    page = render_report(build, **kwargs)
+    return save_output(Path(out), lambda p: p.write_text(page, encoding="utf-8"))
