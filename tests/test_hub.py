@@ -312,6 +312,24 @@ def test_upload_resumes_after_a_failure_and_tags(occ, tmp_path, monkeypatch, cap
     assert TOKEN not in captured.out + captured.err
 
 
+def test_a_damaged_build_is_not_published(occ, tmp_path, monkeypatch):
+    """Before: a shard with a flipped byte was staged (linked as it is) and uploaded, its publish.json
+    naming build.json's sha256; only a later `pull` found out."""
+    import shutil
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    b = tmp_path / "b"
+    shutil.copytree(occ.path, b)
+    victim = b / occ.info["shards"][-1]["shard"]
+    raw = bytearray(victim.read_bytes())
+    raw[3000] ^= 1
+    victim.write_bytes(bytes(raw))
+    fake = FakeHub()
+    with pytest.raises(UserError, match=f"fails verification, so it is not published: {victim.name}: sha256"):
+        hub.publish(b, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+
+
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):
     plan = hub.plan_publish(occ, target_shard_bytes=200_000)
     real = hub._write_hub_shard

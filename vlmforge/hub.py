@@ -716,6 +716,12 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
         if not token:
             raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
         api = HfApi(token=token)
+    from vlmforge.manifests.verify import verify_build
+
+    problems = verify_build(b, quiet=quiet)  # never upload a damaged build (pull would refuse it anyway)
+    if problems:
+        raise UserError(f"{b.path} fails verification, so it is not published: {problems[0]}"
+                        + (f" (and {len(problems) - 1} more; `vlmforge verify` lists them)" if len(problems) > 1 else ""))
     staged = stage(plan, stage_dir, repo_id, license=license, tag=tag, quiet=quiet)
     reused = sum(1 for v in staged.values() if v["reused"])
     console.print(f"staged {len(staged)} shards in {stage_dir / 'repo'} ({reused} kept from an earlier run)")

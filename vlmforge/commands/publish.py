@@ -15,7 +15,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         "Publish a build to the Hugging Face Hub as a WebDataset dataset repo with a generated dataset card. "
         "Shards go to data/<split>/ (re-packed to --target-shard-bytes, at most 10,000 files per folder), the "
         "manifest to manifest/, plus build.json, publish.json and README.md; the revision is tagged with the "
-        "builder version. The token comes from HF_TOKEN or the login cache and is never printed. An "
+        "builder version. A build that fails `vlmforge verify` is refused. The token comes from HF_TOKEN or the login cache and is never printed. An "
         "interrupted upload resumes when the same command runs again."))
     def publish(
         build: BuildArg,
