@@ -246,7 +246,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
             ffn_module: str | None = None, batch_size: int = 4, device: str = "cpu", dtype: str = "auto",
             quiet: bool = False) -> Path:
     """prompts/<key>.json per prompt, summary.json, summary.md and ffn_summary.png in `out`."""
-    from vlmforge.analysis.samples import read_test_samples
+    from vlmforge.analysis.samples import read_test_samples, remove_stale
     from vlmforge.evaluation.report import markdown_table
     from vlmforge.progress import console, progress_bar
 
@@ -271,6 +271,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
     (out / "prompts").mkdir(parents=True, exist_ok=True)
     for rec in records:
         (out / "prompts" / f"{rec['key']}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
+    remove_stale(out / "prompts", {f"{rec['key']}.json" for rec in records}, ".json")
     rows = summarise(records)
     table = markdown_table(["layer", f"top-{top_k} share", "random share", "top hits", "random hits"],
                            [[r["layer"], r["top_share"], r["random_share"], r["top_hits"], r["random_hits"]] for r in rows])

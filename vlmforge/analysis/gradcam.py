@@ -256,7 +256,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     """Grad-CAM overlays (overlays/*.png), contact_sheet.png, heatmaps.npz and index.json in `out`."""
     import numpy as np
 
-    from vlmforge.analysis.samples import read_test_samples
+    from vlmforge.analysis.samples import read_test_samples, remove_stale
     from vlmforge.evaluation.runners import _pil
     from vlmforge.progress import console, progress_bar
 
@@ -308,6 +308,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     if true_class:
         arrays["true"] = np.stack(heat_true)
     np.savez_compressed(out / "heatmaps.npz", **arrays)
+    remove_stale(out / "overlays", {Path(it[k]).name for it in items for k in ("image", "true_image") if k in it}, ".png")
     known = [it for it in items if it["correct"] is not None]
     title = (f"Grad-CAM  {Path(model).name}  ·  {layer_name}  ·  {len(items)} images"
              + (f" (first {SHEET_MAX} shown)" if len(items) > SHEET_MAX else "") + (f"  ·  where {where}" if where else ""))

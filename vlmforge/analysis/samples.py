@@ -136,3 +136,11 @@ def read_test_samples(shards: str | Path, where: str | None = None, n: int | Non
     if not out.samples:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else f" in {shards}"))
     return out
+
+
+def remove_stale(folder: Path, written: set[str], suffix: str) -> None:
+    """Delete the files ending in `suffix` in `folder` that this run did not write: left by an earlier
+    run into the same output with another choice of samples, they would read as part of this one."""
+    for p in folder.glob(f"*{suffix}"):
+        if p.name not in written:
+            p.unlink()
