@@ -135,6 +135,25 @@ def test_card_yaml_and_datasets_load_the_published_layout(occ, staged, tmp_path)
     assert row["json"]["label"] == want["json"]["label"] and row["json"]["box"] == want["json"]["box"]
 
 
+def test_card_webdataset_snippet_says_which_fields_stay_bytes(staged):
+    """Before: the card's `.decode("pil")` snippet implied every image decodes, but a renamed image
+    field (mask_png: no dot left) reaches the user as bytes."""
+    import glob
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    plan, repo = staged
+    text = (repo / "README.md").read_text()
+    assert 'renamed image fields (`mask_png`, `orig_jpg`) stay bytes' in text
+    assert 'PIL.Image.open(io.BytesIO(sample["mask_png"]))' in text
+    ds = wds.WebDataset(sorted(glob.glob(str(repo / "data" / "val" / "*.tar"))), shardshuffle=False).decode("pil")
+    sample = next(iter(ds))
+    assert isinstance(sample["jpg"], Image.Image) and isinstance(sample["mask_png"], bytes)
+    assert Image.open(io.BytesIO(sample["mask_png"])).mode in ("1", "L")
+
+
 def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
     _, repo = staged
     dest = hub.restore_build(repo, tmp_path / "out")

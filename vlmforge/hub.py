@@ -528,7 +528,11 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                "fs = HfFileSystem()\n"
                f"urls = [fs.url(f) for f in fs.glob(\"datasets/{repo_id}@{rev}/{plan.data_files.get(first_split, '')}\")]\n"
                "ds = wds.WebDataset(urls, shardshuffle=False).decode(\"pil\")\n```\n")
-    out.append("Fields in `webdataset` are the published names above.\n")
+    kept_bytes = [pub for orig, pub in plan.fields.items() if pub != orig and field_feature(orig) == "image"]
+    out.append("Fields in `webdataset` are the published names above."
+               + (f" `decode(\"pil\")` decodes images by the extension after a field's last dot, so renamed image "
+                  f"fields ({', '.join(f'`{f}`' for f in kept_bytes)}) stay bytes; open one with "
+                  f"`PIL.Image.open(io.BytesIO(sample[\"{kept_bytes[0]}\"]))`." if kept_bytes else "") + "\n")
     out.append("As a vlmforge build folder (byte-identical to the original, checked by `vlmforge verify`):\n")
     out.append(f"```bash\nvlmforge pull {repo_id} --revision {rev} --out builds\n"
                f"vlmforge manifest stats builds/{info['builder']}/{info['version']}\n```\n")
