@@ -349,6 +349,21 @@ def test_a_damaged_build_is_not_published(occ, tmp_path, monkeypatch):
     assert fake.files == {} and not (tmp_path / "stage").exists()
 
 
+def test_an_invalid_tag_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: a --revision git cannot take as a tag was accepted, staged and uploaded, and failed only
+    at create_tag, after the whole upload."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake = FakeHub()
+    for tag in ("release 1", "v1..2", "1.2.0.lock", "x/"):
+        for dry_run in (True, False):
+            with pytest.raises(UserError, match="is not a valid tag name"):
+                hub.publish(occ.path, "lab/occ", api=fake, revision=tag, dry_run=dry_run,
+                            stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+    for tag in ("1.2.0", "v1.2.0-coco", "exp/occ_2+3"):
+        hub.check_tag(tag)
+
+
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):
     plan = hub.plan_publish(occ, target_shard_bytes=200_000)
     real = hub._write_hub_shard

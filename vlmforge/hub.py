@@ -558,6 +558,15 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"{repo_id!r} is not a Hub repo id; use NAMESPACE/NAME, e.g. my-lab/occlusion-coco")
 
 
+def check_tag(tag: str) -> None:
+    """A tag git accepts as a ref name (checked before staging: the Hub refuses it only after the upload)."""
+    bad = (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+/-]*", tag or "") or ".." in tag or "//" in tag
+           or tag.endswith((".", "/", ".lock")) or "/." in tag)
+    if bad:
+        raise UserError(f"--revision {tag!r} is not a valid tag name; use letters, digits and . _ + - / "
+                        "(e.g. 1.2.0 or v1.2.0-coco)")
+
+
 def _scrub(text: str, token: str | None) -> str:
     """`text` with the token blanked, for error messages that quote library exceptions."""
     return text.replace(token, "***") if token else text
@@ -702,6 +711,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     b = open_build(build_path)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)
     tag = revision or b.info["version"]
+    check_tag(tag)
     stage_dir = Path(stage_dir) if stage_dir else default_stage_dir(b)
     print_plan(plan, repo_id, tag)
     if dry_run:
