@@ -197,6 +197,18 @@ def test_pull_of_an_incomplete_repo_is_one_error_line(staged, tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_pull_says_what_a_local_path_is_not(staged, tmp_path):
+    """Before: --revision was ignored silently for a local clone (the checked-out files were restored
+    whatever revision was asked), and a mistyped local path was called 'not a Hub repo id'."""
+    _, repo = staged
+    with pytest.raises(UserError, match="local folder, read as it is: --revision applies to a Hub repo"):
+        hub.pull(str(repo), revision="9.9.9", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    for path in (str(tmp_path / "no" / "such"), "./nothere", str(repo / "README.md")):
+        with pytest.raises(UserError, match="is not a folder .* nor a Hub repo id"):
+            hub.pull(path, out=tmp_path / "out")
+
+
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
     b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
     plan = hub.plan_publish(b)

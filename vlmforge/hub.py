@@ -837,7 +837,12 @@ def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), ove
          download_dir: Path | None = None) -> Path:
     """Download a published build (or read a local clone of one) into `out/<builder>/<version>`."""
     src = Path(repo)
+    if src.is_dir() and revision:
+        raise UserError(f"{repo} is a local folder, read as it is: --revision applies to a Hub repo "
+                        "(check the revision out in the clone instead)")
     if not src.is_dir():
+        if src.exists() or repo.startswith(("/", ".", "~")) or repo.count("/") > 1:
+            raise UserError(f"{repo} is not a folder (a local clone of a published repo) nor a Hub repo id (NAMESPACE/NAME)")
         check_repo_id(repo)
         from huggingface_hub import snapshot_download
 

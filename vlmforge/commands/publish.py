@@ -39,7 +39,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         "build fails verification, 2 when it cannot be fetched or rebuilt (e.g. a shard whose sha256 differs)."))
     def pull(
         repo: Annotated[str, typer.Argument(help="Hub dataset repo NAMESPACE/NAME, or a local clone of a published repo")],
-        revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit (default: main)")] = None,
+        revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit of a Hub repo (default: main); not for a local clone")] = None,
         out: Annotated[Path, typer.Option("--out", help="root folder of builds; lands in OUT/<builder>/<version>/")] = Path("builds"),
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different build in the target folder")] = False,
     ) -> None:
