@@ -63,3 +63,16 @@ def test_query_output_folder_is_made_and_mistakes_are_one_line(tmp_path, coco_bu
     assert len(csv_out.read_text().splitlines()) == 13
     one_error_line(run("manifest", "query", coco_build.path, "SELECT CAST('a' AS INT) FROM samples",
                        "--format", "parquet", "-o", out), "query failed")
+
+
+def test_query_json_is_json_with_nan_and_infinity(coco_build):
+    """Before: NaN and infinities came out as NaN/Infinity, which JSON readers (jq, JSON.parse) refuse."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    r = run("manifest", "query", coco_build.path, "SELECT 'nan'::DOUBLE AS x, [1.0, 'inf'::DOUBLE] AS l, 1/0 AS d, "
+            "{'a': '-inf'::DOUBLE} AS s, 2.5::DOUBLE AS ok FROM samples LIMIT 1", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout, parse_constant=refuse) == {"x": None, "l": [1.0, None], "d": None, "s": {"a": None}, "ok": 2.5}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -45,6 +46,17 @@ def _output_file(path: Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot create the folder for --output {path}: {e.strerror or e}") from None
     return path
+
+
+def _finite(value):
+    """`value` with NaN and infinities as null: json.dumps writes them as NaN/Infinity, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
@@ -94,7 +106,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
             w.writerows(rows)
         elif fmt == "json":
             for r in rows:
-                stream.write(json.dumps(dict(zip(names, r)), default=str, ensure_ascii=False) + "\n")
+                stream.write(json.dumps(_finite(dict(zip(names, r))), default=str, ensure_ascii=False) + "\n")
         elif fmt == "table":
             shown = rows[:limit]
             target = _stdout() if output is None else None
