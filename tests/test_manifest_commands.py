@@ -76,3 +76,11 @@ def test_query_json_is_json_with_nan_and_infinity(coco_build):
             "{'a': '-inf'::DOUBLE} AS s, 2.5::DOUBLE AS ok FROM samples LIMIT 1", "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout, parse_constant=refuse) == {"x": None, "l": [1.0, None], "d": None, "s": {"a": None}, "ok": 2.5}
+
+
+def test_a_manifest_part_of_no_shard_is_found_and_refused(build):
+    """Before: verify said ok, and reindex counted the stray part's rows twice (12 + 5 samples)."""
+    shutil.copyfile(build / "manifest" / "val-000000.parquet", build / "manifest" / "val-000007.parquet")
+    r = run("verify", build)
+    assert r.returncode == 1 and "manifest/val-000007.parquet: manifest part of no shard in build.json" in r.stdout + r.stderr
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000007.parquet", "no shard in build.json")

@@ -89,21 +89,26 @@ class Build:
         return sum(s["samples"] for s in self.info["shards"])
 
 
-def missing_manifest_parts(build: Build) -> list[str]:
-    """Manifest parts (samples and rejects) of build.json's shards that are not in manifest/."""
+def manifest_part_problems(build: Build) -> tuple[list[str], list[str]]:
+    """(parts of build.json's shards missing from manifest/, Parquet files there that belong to no shard
+    of build.json). Sample and rejects parts both count."""
     names = []
     for s in build.info["shards"]:
         part = s["shard"].replace(".tar", ".parquet")
         names += [part, part.replace(".parquet", ".rejects.parquet")]
-    return [n for n in names if not (build.path / "manifest" / n).is_file()]
+    missing = [n for n in names if not (build.path / "manifest" / n).is_file()]
+    extra = sorted(p.name for p in (build.path / "manifest").glob("*.parquet") if p.name not in set(names))
+    return missing, extra
 
 
 def check_manifest_parts(build: Build) -> None:
-    """Refuse to read a manifest that lacks parts: its rows would be missing without a word."""
-    missing = missing_manifest_parts(build)
-    if missing:
-        raise UserError(f"{build.path} lacks {len(missing)} manifest part(s) (e.g. manifest/{missing[0]}); "
-                        "the build folder is damaged (`vlmforge verify` lists the problems), rebuild it with --overwrite")
+    """Refuse to index a manifest that lacks parts or holds others: its rows would be wrong without a word."""
+    missing, extra = manifest_part_problems(build)
+    if missing or extra:
+        what = (f"lacks {len(missing)} manifest part(s) (e.g. manifest/{missing[0]})" if missing else
+                f"holds {len(extra)} manifest part(s) of no shard in build.json (e.g. manifest/{extra[0]})")
+        raise UserError(f"{build.path} {what}; the build folder is damaged (`vlmforge verify` lists the problems), "
+                        "rebuild it with --overwrite")
 
 
 def open_build(path: str | Path) -> Build:

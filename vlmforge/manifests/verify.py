@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from vlmforge.manifests.read import Build, split_member
+from vlmforge.manifests.read import Build, manifest_part_problems, split_member
 from vlmforge.progress import progress_bar
 
 
@@ -38,6 +38,8 @@ def verify_build(build: Build, quiet: bool = False) -> list[str]:
     on_disk = {p.name for p in build.path.glob("*.tar")}
     for extra in sorted(on_disk - listed):
         problems.append(f"{extra}: shard on disk but not in build.json")
+    for extra in manifest_part_problems(build)[1]:
+        problems.append(f"manifest/{extra}: manifest part of no shard in build.json")
     total = sum(s["bytes"] for s in build.info["shards"])
     with progress_bar("verify", total=total, disable=quiet) as advance:
         for s in build.info["shards"]:
