@@ -46,15 +46,15 @@ def llava_record(key: str, doc: dict[str, Any], image_rel: str | None) -> dict[s
     return rec
 
 
-def _folder(path: str | Path, holds: str) -> Path:
-    """The export folder, made if missing; a path that cannot be one is a UserError."""
+def output_folder(path: str | Path, holds: str, what: str = "export") -> Path:
+    """The output folder, made if missing; a path that cannot be one is a UserError."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; the export needs a folder (for {holds})")
+        raise UserError(f"{out} is a file; the {what} needs a folder (for {holds})")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the export folder {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot create the {what} folder {out}: {e.strerror or e}") from None
     return out
 
 
@@ -74,7 +74,7 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
     _check_shard_sizes(b, split)
-    out = _folder(out_dir, "llava.json and images/")
+    out = output_folder(out_dir, "llava.json and images/")
     target = out / (f"llava_{split}.json" if split else "llava.json")
     tmp = target.with_name(target.name + ".tmp")
     from vlmforge.progress import progress_bar
@@ -154,7 +154,7 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     fractions = [f for _, f in parts]
     cuts = fit_cuts(lambda: ((keys[i], groups[i], values[i]) for i in range(n) if i not in invalid), seed,
                     lambda g, size: fraction_sizes(fractions, size))
-    out = _folder(out_dir, "the split files")
+    out = output_folder(out_dir, "the split files")
     targets = {name: out / f"{name}.json" for name, _ in parts}
     files = {name: open(p.with_name(p.name + ".tmp"), "wb") for name, p in targets.items()}
     written = {name: 0 for name in targets}

@@ -107,6 +107,18 @@ def test_a_rerun_into_the_same_folder_leaves_only_its_own_prompts(tiny_llava, la
     assert len(files) == summary["n_prompts"] == 2
 
 
+def test_out_and_device_are_checked_before_the_model_loads(tiny_llava, label_build, tmp_path):
+    """Before: --out naming a file failed with a traceback after every prompt was analysed."""
+    from vlmforge.errors import UserError
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(UserError, match="is a file; the analysis needs a folder"):
+        F.run_ffn(str(tiny_llava), label_build, taken, n=1, quiet=True)
+    with pytest.raises(UserError, match="is not a device"):
+        F.run_ffn(str(tiny_llava), label_build, tmp_path / "x", n=1, quiet=True, device="gpu")
+
+
 def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
     from vlmforge.errors import UserError
 

@@ -118,6 +118,26 @@ def test_a_rerun_into_the_same_folder_leaves_only_its_own_overlays(tiny_clip, la
     assert (out / "overlays" / "notes.txt").exists()  # only what an analysis writes is removed
 
 
+def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, label_build, tmp_path):
+    """Before: --out naming a file was a NotADirectoryError traceback after the whole analysis,
+    --device cuda without a GPU an AssertionError, and a class named twice went through."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    base = [sys.executable, "-m", "vlmforge.cli", "analyze", "gradcam", "--model", str(tiny_clip),
+            "--shards", str(label_build), "--n", "1", "-q"]
+    cases = [(["--out", str(taken)], "is a file; the analysis needs a folder"),
+             (["--out", str(tmp_path / "a"), "--device", "gpu"], "is not a device"),
+             (["--out", str(tmp_path / "b"), "--classes", "cat,horse,cat"], "names 'cat' more than once")]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["--out", str(tmp_path / "c"), "--device", "cuda"], "torch sees no CUDA GPU"))
+    for args, words in cases:
+        r = subprocess.run(base + args, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_classes_come_from_the_trainer_export(tiny_clip, tmp_path):
     (tmp_path / "vlmforge_export.json").write_text(json.dumps({"kind": "clip", "classes": ["b", "a"]}))
     assert G.default_classes(str(tmp_path), ["x", "y"]) == ["b", "a"]

@@ -246,10 +246,13 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
             ffn_module: str | None = None, batch_size: int = 4, device: str = "cpu", dtype: str = "auto",
             quiet: bool = False) -> Path:
     """prompts/<key>.json per prompt, summary.json, summary.md and ffn_summary.png in `out`."""
-    from vlmforge.analysis.samples import read_test_samples, remove_stale
+    from vlmforge.analysis.samples import check_device, read_test_samples, remove_stale
     from vlmforge.evaluation.report import markdown_table
+    from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
+    out = output_folder(out, "prompts/, summary.json, summary.md, ffn_summary.png", "analysis")
+    check_device(device)
     data = read_test_samples(shards, where, n, seed)
     for what, bad in (("label", [s.key for s in data.samples if s.label is None]),
                       ("image", [s.key for s in data.samples if s.image is None])):
@@ -267,7 +270,6 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
     with progress_bar("ffn analysis", total=len(jobs), disable=quiet) as advance:
         records = analyse_prompts(runner, jobs, top_k, n_tokens, seed, ffn_module, batch_size, advance)
 
-    out = Path(out)
     (out / "prompts").mkdir(parents=True, exist_ok=True)
     for rec in records:
         (out / "prompts" / f"{rec['key']}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
