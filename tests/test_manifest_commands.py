@@ -84,3 +84,21 @@ def test_a_manifest_part_of_no_shard_is_found_and_refused(build):
     r = run("verify", build)
     assert r.returncode == 1 and "manifest/val-000007.parquet: manifest part of no shard in build.json" in r.stdout + r.stderr
     one_error_line(run("manifest", "reindex", build), "manifest/val-000007.parquet", "no shard in build.json")
+
+
+def test_an_unreadable_manifest_part_is_a_finding_not_a_traceback(build):
+    """Before: verify, reindex and diff stopped with a pyarrow/duckdb traceback."""
+    part = build / "manifest" / "val-000001.parquet"
+    good = part.read_bytes()
+    part.write_bytes(b"not parquet")
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest/val-000001.parquet: manifest part unreadable" in r.stdout + r.stderr
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000001.parquet unreadable")
+    one_error_line(run("manifest", "diff", build, build), "manifest/val-000001.parquet unreadable")
+    raw = bytearray(good)  # footer intact, pages damaged
+    raw[100:1000] = bytes(b ^ 0xFF for b in raw[100:1000])
+    part.write_bytes(bytes(raw))
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest/val-000001.parquet: manifest part unreadable" in r.stdout + r.stderr
