@@ -104,3 +104,30 @@ def test_exporting_again_replaces_an_older_image_under_the_same_key(tmp_path, co
     image.write_bytes(bytes(len(original)))  # same size, other bytes: an older build's image
     export_llava(coco_build, tmp_path / "x", quiet=True)
     assert image.read_bytes() == original
+
+
+def test_a_damaged_shard_stops_the_export_instead_of_dropping_samples(tmp_path, coco_build):
+    """Before: a truncated shard was a tarfile traceback, and a member header with a flipped byte
+    ended the tar stream silently, so llava.json held only the samples before it."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from vlmforge.manifests.read import open_build
+
+    b = tmp_path / "b"
+    shutil.copytree(coco_build.path, b)
+    shard = b / "val-000001.tar"
+    offset = pq.read_table(b / "manifest" / "val-000001.parquet").column("offset").to_pylist()[2]
+    raw = bytearray(shard.read_bytes())
+    raw[offset + 3] ^= 0x20  # inside the third sample's first member name: its header checksum fails,
+    # so that shard gives 2 of its 5 samples (5 + 2 + the last shard's 2 = 9)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"read 9 of the 12 samples build.json lists; a shard of .* is damaged"):
+        export_llava(open_build(b), tmp_path / "x", quiet=True)
+    assert not (tmp_path / "x" / "llava.json").exists() and not (tmp_path / "x" / "llava.json.tmp").exists()
+    shard.write_bytes(bytes(raw[:-2000]))
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(b), "--out", str(tmp_path / "y")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "val-000001.tar is " in r.stderr, r.stderr
+    assert "bytes, build.json says" in r.stderr

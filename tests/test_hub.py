@@ -135,6 +135,25 @@ def test_card_yaml_and_datasets_load_the_published_layout(occ, staged, tmp_path)
     assert row["json"]["label"] == want["json"]["label"] and row["json"]["box"] == want["json"]["box"]
 
 
+def test_card_webdataset_snippet_says_which_fields_stay_bytes(staged):
+    """Before: the card's `.decode("pil")` snippet implied every image decodes, but a renamed image
+    field (mask_png: no dot left) reaches the user as bytes."""
+    import glob
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    plan, repo = staged
+    text = (repo / "README.md").read_text()
+    assert 'renamed image fields (`mask_png`, `orig_jpg`) stay bytes' in text
+    assert 'PIL.Image.open(io.BytesIO(sample["mask_png"]))' in text
+    ds = wds.WebDataset(sorted(glob.glob(str(repo / "data" / "val" / "*.tar"))), shardshuffle=False).decode("pil")
+    sample = next(iter(ds))
+    assert isinstance(sample["jpg"], Image.Image) and isinstance(sample["mask_png"], bytes)
+    assert Image.open(io.BytesIO(sample["mask_png"])).mode in ("1", "L")
+
+
 def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
     _, repo = staged
     dest = hub.restore_build(repo, tmp_path / "out")
@@ -159,6 +178,35 @@ def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
     victim.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="sha256"):
         hub.restore_build(bad, tmp_path / "out2")
+
+
+def test_pull_of_an_incomplete_repo_is_one_error_line(staged, tmp_path):
+    """A published shard or manifest part missing from the download is named, not a traceback."""
+    import shutil
+
+    _, repo = staged
+    pub = json.loads((repo / "publish.json").read_text())
+    for victim in (pub["shards"][-1]["path"], next(p for p in pub["manifest"] if p.endswith(".rejects.parquet"))):
+        bad = tmp_path / victim.replace("/", "_")
+        shutil.copytree(repo, bad)
+        (bad / victim).unlink()
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "pull", str(bad), "--out", str(tmp_path / "out")],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: ") and victim in r.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_pull_says_what_a_local_path_is_not(staged, tmp_path):
+    """Before: --revision was ignored silently for a local clone (the checked-out files were restored
+    whatever revision was asked), and a mistyped local path was called 'not a Hub repo id'."""
+    _, repo = staged
+    with pytest.raises(UserError, match="local folder, read as it is: --revision applies to a Hub repo"):
+        hub.pull(str(repo), revision="9.9.9", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    for path in (str(tmp_path / "no" / "such"), "./nothere", str(repo / "README.md")):
+        with pytest.raises(UserError, match="is not a folder .* nor a Hub repo id"):
+            hub.pull(path, out=tmp_path / "out")
 
 
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
@@ -293,6 +341,39 @@ def test_upload_resumes_after_a_failure_and_tags(occ, tmp_path, monkeypatch, cap
         hub.publish(other.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage3", revision="0.0.1", quiet=True)
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err
+
+
+def test_a_damaged_build_is_not_published(occ, tmp_path, monkeypatch):
+    """Before: a shard with a flipped byte was staged (linked as it is) and uploaded, its publish.json
+    naming build.json's sha256; only a later `pull` found out."""
+    import shutil
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    b = tmp_path / "b"
+    shutil.copytree(occ.path, b)
+    victim = b / occ.info["shards"][-1]["shard"]
+    raw = bytearray(victim.read_bytes())
+    raw[3000] ^= 1
+    victim.write_bytes(bytes(raw))
+    fake = FakeHub()
+    with pytest.raises(UserError, match=f"fails verification, so it is not published: {victim.name}: sha256"):
+        hub.publish(b, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+
+
+def test_an_invalid_tag_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: a --revision git cannot take as a tag was accepted, staged and uploaded, and failed only
+    at create_tag, after the whole upload."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake = FakeHub()
+    for tag in ("release 1", "v1..2", "1.2.0.lock", "x/"):
+        for dry_run in (True, False):
+            with pytest.raises(UserError, match="is not a valid tag name"):
+                hub.publish(occ.path, "lab/occ", api=fake, revision=tag, dry_run=dry_run,
+                            stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+    for tag in ("1.2.0", "v1.2.0-coco", "exp/occ_2+3"):
+        hub.check_tag(tag)
 
 
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):

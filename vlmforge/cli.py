@@ -129,9 +129,10 @@ def manifest_reindex(build: BuildArg) -> None:
     """Remake manifest.duckdb from the Parquet parts (e.g. after copying a build without it)."""
     from vlmforge.builders import get_builder
     from vlmforge.manifests.finalize import write_index
-    from vlmforge.manifests.read import open_build
+    from vlmforge.manifests.read import check_manifest_parts, open_build
 
     b = open_build(build)
+    check_manifest_parts(b)
     try:
         columns = get_builder(b.info["builder"]).columns
     except UserError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -45,15 +46,15 @@ def llava_record(key: str, doc: dict[str, Any], image_rel: str | None) -> dict[s
     return rec
 
 
-def _folder(path: str | Path, holds: str) -> Path:
-    """The export folder, made if missing; a path that cannot be one is a UserError."""
+def output_folder(path: str | Path, holds: str, what: str = "export") -> Path:
+    """The output folder, made if missing; a path that cannot be one is a UserError."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; the export needs a folder (for {holds})")
+        raise UserError(f"{out} is a file; the {what} needs a folder (for {holds})")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the export folder {out}: {e.strerror or e}") from None
+        raise UserError(f"cannot create the {what} folder {out}: {e.strerror or e}") from None
     return out
 
 
@@ -72,21 +73,41 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     b = build if isinstance(build, Build) else open_build(build)
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
-    out = _folder(out_dir, "llava.json and images/")
+    _check_shard_sizes(b, split)
+    out = output_folder(out_dir, "llava.json and images/")
     target = out / (f"llava_{split}.json" if split else "llava.json")
     tmp = target.with_name(target.name + ".tmp")
     from vlmforge.progress import progress_bar
 
     total = sum(s["samples"] for s in b.info["shards"] if split is None or s["split"] == split)
-    with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total, disable=quiet) as advance:
-        f.write("[")
-        for n, rec in enumerate(_records(b, split, out)):
-            f.write(",\n" if n else "\n")
-            f.write(json.dumps(rec, ensure_ascii=False))
-            advance(1)
-        f.write("\n]\n")
+    written, damage = 0, ""
+    try:
+        with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total, disable=quiet) as advance:
+            f.write("[")
+            for rec in _records(b, split, out):
+                f.write(",\n" if written else "\n")
+                f.write(json.dumps(rec, ensure_ascii=False))
+                written += 1
+                advance(1)
+            f.write("\n]\n")
+    except tarfile.TarError as e:
+        damage = f" ({e})"
+    if written != total:  # a damaged member header ends a tar stream early without an error
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"read {written} of the {total} samples build.json lists{damage}; a shard of {b.path} "
+                        f"is damaged (`vlmforge verify {b.path}` names it)")
     os.replace(tmp, target)
     return target
+
+
+def _check_shard_sizes(b: "Build", split: str | None) -> None:
+    """A missing or truncated shard stops the export before anything is written."""
+    for s in b.info["shards"]:
+        path = b.path / s["shard"]
+        if split not in (None, s["split"]) or (path.is_file() and path.stat().st_size == s["bytes"]):
+            continue
+        found = f"{path.stat().st_size} bytes, build.json says {s['bytes']}" if path.is_file() else "missing"
+        raise UserError(f"{path} is {found}; the build is damaged (`vlmforge verify {b.path}` checks it)")
 
 
 def _records(b: "Build", split: str | None, out: Path) -> Iterator[dict[str, Any]]:
@@ -133,7 +154,7 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     fractions = [f for _, f in parts]
     cuts = fit_cuts(lambda: ((keys[i], groups[i], values[i]) for i in range(n) if i not in invalid), seed,
                     lambda g, size: fraction_sizes(fractions, size))
-    out = _folder(out_dir, "the split files")
+    out = output_folder(out_dir, "the split files")
     targets = {name: out / f"{name}.json" for name, _ in parts}
     files = {name: open(p.with_name(p.name + ".tmp"), "wb") for name, p in targets.items()}
     written = {name: 0 for name in targets}

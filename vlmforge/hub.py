@@ -528,7 +528,11 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                "fs = HfFileSystem()\n"
                f"urls = [fs.url(f) for f in fs.glob(\"datasets/{repo_id}@{rev}/{plan.data_files.get(first_split, '')}\")]\n"
                "ds = wds.WebDataset(urls, shardshuffle=False).decode(\"pil\")\n```\n")
-    out.append("Fields in `webdataset` are the published names above.\n")
+    kept_bytes = [pub for orig, pub in plan.fields.items() if pub != orig and field_feature(orig) == "image"]
+    out.append("Fields in `webdataset` are the published names above."
+               + (f" `decode(\"pil\")` decodes images by the extension after a field's last dot, so renamed image "
+                  f"fields ({', '.join(f'`{f}`' for f in kept_bytes)}) stay bytes; open one with "
+                  f"`PIL.Image.open(io.BytesIO(sample[\"{kept_bytes[0]}\"]))`." if kept_bytes else "") + "\n")
     out.append("As a vlmforge build folder (byte-identical to the original, checked by `vlmforge verify`):\n")
     out.append(f"```bash\nvlmforge pull {repo_id} --revision {rev} --out builds\n"
                f"vlmforge manifest stats builds/{info['builder']}/{info['version']}\n```\n")
@@ -552,6 +556,15 @@ def _examples(b: Build, n: int = 3) -> list[list[Any]]:
 def check_repo_id(repo_id: str) -> None:
     if not _REPO_ID.match(repo_id or ""):
         raise UserError(f"{repo_id!r} is not a Hub repo id; use NAMESPACE/NAME, e.g. my-lab/occlusion-coco")
+
+
+def check_tag(tag: str) -> None:
+    """A tag git accepts as a ref name (checked before staging: the Hub refuses it only after the upload)."""
+    bad = (not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+/-]*", tag or "") or ".." in tag or "//" in tag
+           or tag.endswith((".", "/", ".lock")) or "/." in tag)
+    if bad:
+        raise UserError(f"--revision {tag!r} is not a valid tag name; use letters, digits and . _ + - / "
+                        "(e.g. 1.2.0 or v1.2.0-coco)")
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -698,6 +711,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     b = open_build(build_path)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)
     tag = revision or b.info["version"]
+    check_tag(tag)
     stage_dir = Path(stage_dir) if stage_dir else default_stage_dir(b)
     print_plan(plan, repo_id, tag)
     if dry_run:
@@ -716,6 +730,12 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
         if not token:
             raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
         api = HfApi(token=token)
+    from vlmforge.manifests.verify import verify_build
+
+    problems = verify_build(b, quiet=quiet)  # never upload a damaged build (pull would refuse it anyway)
+    if problems:
+        raise UserError(f"{b.path} fails verification, so it is not published: {problems[0]}"
+                        + (f" (and {len(problems) - 1} more; `vlmforge verify` lists them)" if len(problems) > 1 else ""))
     staged = stage(plan, stage_dir, repo_id, license=license, tag=tag, quiet=quiet)
     reused = sum(1 for v in staged.values() if v["reused"])
     console.print(f"staged {len(staged)} shards in {stage_dir / 'repo'} ({reused} kept from an earlier run)")
@@ -748,6 +768,10 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{src}/publish.json is not valid JSON ({e}); the published build is damaged") from None
     if pub.get("format") != PUBLISH_FORMAT or pub.get("build_id") != info.get("build_id"):
         raise UserError(f"{src}/publish.json does not describe the build in build.json (or is of a newer format)")
+    missing = [p for p in [hs["path"] for hs in pub["shards"]] + pub["manifest"] if not (src / p).is_file()]
+    if missing:  # e.g. a partial download: one line, before anything is written
+        raise UserError(f"{src} lacks {len(missing)} file(s) that publish.json names (e.g. {missing[0]}); "
+                        "the published build is incomplete, download it again")
     dest = Path(out) / info["builder"] / info["version"]
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         same = (dest / "build.json").exists() and json.loads((dest / "build.json").read_text()).get("build_id") == info["build_id"]
@@ -813,7 +837,12 @@ def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), ove
          download_dir: Path | None = None) -> Path:
     """Download a published build (or read a local clone of one) into `out/<builder>/<version>`."""
     src = Path(repo)
+    if src.is_dir() and revision:
+        raise UserError(f"{repo} is a local folder, read as it is: --revision applies to a Hub repo "
+                        "(check the revision out in the clone instead)")
     if not src.is_dir():
+        if src.exists() or repo.startswith(("/", ".", "~")) or repo.count("/") > 1:
+            raise UserError(f"{repo} is not a folder (a local clone of a published repo) nor a Hub repo id (NAMESPACE/NAME)")
         check_repo_id(repo)
         from huggingface_hub import snapshot_download
 

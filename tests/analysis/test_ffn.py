@@ -96,6 +96,29 @@ def test_cli_on_a_random_tiny_llava(tiny_llava, label_build, tmp_path):
     assert all(0 <= r["top_share"] <= 1 for r in summary["layers"])
 
 
+def test_a_rerun_into_the_same_folder_leaves_only_its_own_prompts(tiny_llava, label_build, tmp_path):
+    """Before: prompts/<key>.json of an earlier run with another --n or --where stayed beside the new ones."""
+    out = tmp_path / "ffn"
+    F.run_ffn(str(tiny_llava), label_build, out, n=4, quiet=True, dtype="float32")
+    assert len(list((out / "prompts").glob("*.json"))) == 4
+    F.run_ffn(str(tiny_llava), label_build, out, n=2, seed=5, quiet=True, dtype="float32")
+    summary = json.loads((out / "summary.json").read_text())
+    files = list((out / "prompts").glob("*.json"))
+    assert len(files) == summary["n_prompts"] == 2
+
+
+def test_out_and_device_are_checked_before_the_model_loads(tiny_llava, label_build, tmp_path):
+    """Before: --out naming a file failed with a traceback after every prompt was analysed."""
+    from vlmforge.errors import UserError
+
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(UserError, match="is a file; the analysis needs a folder"):
+        F.run_ffn(str(tiny_llava), label_build, taken, n=1, quiet=True)
+    with pytest.raises(UserError, match="is not a device"):
+        F.run_ffn(str(tiny_llava), label_build, tmp_path / "x", n=1, quiet=True, device="gpu")
+
+
 def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
     from vlmforge.errors import UserError
 

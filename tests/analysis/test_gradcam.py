@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,38 @@ def test_cli_writes_overlays_sheet_and_index(tiny_clip, label_build, tmp_path):
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 2 * 160 and sheet.height > 160
 
+
+
+def test_a_rerun_into_the_same_folder_leaves_only_its_own_overlays(tiny_clip, label_build, tmp_path):
+    """Before: overlays of an earlier run with another --n or --where stayed beside the new ones."""
+    out = tmp_path / "gc"
+    G.run_gradcam(str(tiny_clip), label_build, out, n=4, classes=CLASSES, true_class=True, size=32, quiet=True)
+    assert len(list((out / "overlays").glob("*.png"))) == 8
+    (out / "overlays" / "notes.txt").write_text("mine")
+    G.run_gradcam(str(tiny_clip), label_build, out, n=2, seed=5, classes=CLASSES, size=32, quiet=True)
+    index = json.loads((out / "index.json").read_text())
+    assert sorted(p.name for p in (out / "overlays").glob("*.png")) == sorted(Path(it["image"]).name for it in index["items"])
+    assert (out / "overlays" / "notes.txt").exists()  # only what an analysis writes is removed
+
+
+def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, label_build, tmp_path):
+    """Before: --out naming a file was a NotADirectoryError traceback after the whole analysis,
+    --device cuda without a GPU an AssertionError, and a class named twice went through."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    base = [sys.executable, "-m", "vlmforge.cli", "analyze", "gradcam", "--model", str(tiny_clip),
+            "--shards", str(label_build), "--n", "1", "-q"]
+    cases = [(["--out", str(taken)], "is a file; the analysis needs a folder"),
+             (["--out", str(tmp_path / "a"), "--device", "gpu"], "is not a device"),
+             (["--out", str(tmp_path / "b"), "--classes", "cat,horse,cat"], "names 'cat' more than once")]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append((["--out", str(tmp_path / "c"), "--device", "cuda"], "torch sees no CUDA GPU"))
+    for args, words in cases:
+        r = subprocess.run(base + args, capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_classes_come_from_the_trainer_export(tiny_clip, tmp_path):

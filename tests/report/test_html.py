@@ -107,3 +107,48 @@ def test_a_reject_example_shows_one_reject_detail_and_input_together():
                 "('not_grounded', 'grounding', 'a: from input 2', '2')) t(reason, stage, detail, source_id)")
     page = _rejects(con)
     assert "z: from input 1" in page and "a: from input 2" not in page
+
+
+def test_report_out_that_cannot_be_written_is_one_error_line(copy_build, tmp_path):
+    """Before: --out naming a folder, or a path under a file, was a traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write")):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
+                            "--out", str(out)], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
+        assert words in r.stderr
+    out = tmp_path / "new" / "r.html"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and copy_build.build_id in out.read_text()
+
+
+def test_distributions_skip_identifiers_and_free_text():
+    """Before: image_id and caption_id got histograms (a mean of ids), and a question column got a bar
+    chart whose labels, cut to 40 characters, made different questions look like one."""
+    import base64
+
+    import duckdb
+
+    from vlmforge.report.html import _distributions
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE samples AS SELECT i AS image_id, i % 3 + 1 AS objects, i * 0.5 AS score, "
+                "'Part of this image is hidden behind a cluster of gray blocks, number ' || (i % 4) AS question, "
+                "'cat' || (i % 30) AS category, 480 AS width, 360 AS height FROM range(60) t(i)")
+    cols = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_name = 'samples'").fetchall())
+    page = _distributions(con, cols, ["image_id", "objects", "score", "question", "category"])
+    tags = _Tags()
+    tags.feed(page)
+    alts = [i["alt"] for i in tags.imgs]
+    assert alts == ["histogram of objects", "histogram of score", "bar chart of category"]
+    assert "width = 480; height = 360" in page
+    # objects (1, 2, 3): one bar per value, not 20 bins with fractional ticks
+    hist = np.asarray(Image.open(io.BytesIO(base64.b64decode(tags.imgs[0]["src"].split(",", 1)[1]))).convert("RGB"))
+    row = hist[hist.shape[0] // 2].astype(int)  # the middle row crosses every bar (20 samples each)
+    bar_columns = (np.abs(row - [0x3B, 0x6E, 0xA5]).sum(axis=1) < 30).astype(int)
+    assert np.count_nonzero(np.diff(bar_columns) == 1) == 3
+    blue = np.nonzero(bar_columns)[0]
+    assert bar_columns.sum() > 0.6 * (blue[-1] - blue[0])  # wide bars with small gaps, not 3 thin bins of 20

@@ -83,6 +83,25 @@ def test_any_build_and_the_cli(copy_build, tmp_path):
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_an_out_file_pillow_cannot_write_is_one_error_line(copy_build, tmp_path):
+    """Before: an unknown suffix was a ValueError traceback after every sample was drawn."""
+    for name in ("sheet.gif2", "sheet", "sheet.psd"):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--n", "2",
+                            "--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: --out") and ".png or .jpg" in r.stderr
+        assert not (tmp_path / name).exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--n", "2",
+                        "--out", str(blocker / "sheet.png")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: cannot write")
+    out = tmp_path / "new" / "Sheet.JPG"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "show", str(copy_build.path), "--n", "2",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and Image.open(out).format == "JPEG"
+
+
 def test_multiple_choice_captions_show_options_and_gold():
     from vlmforge.report.show import caption
 

@@ -246,10 +246,13 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
             ffn_module: str | None = None, batch_size: int = 4, device: str = "cpu", dtype: str = "auto",
             quiet: bool = False) -> Path:
     """prompts/<key>.json per prompt, summary.json, summary.md and ffn_summary.png in `out`."""
-    from vlmforge.analysis.samples import read_test_samples
+    from vlmforge.analysis.samples import check_device, read_test_samples, remove_stale
     from vlmforge.evaluation.report import markdown_table
+    from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
+    out = output_folder(out, "prompts/, summary.json, summary.md, ffn_summary.png", "analysis")
+    check_device(device)
     data = read_test_samples(shards, where, n, seed)
     for what, bad in (("label", [s.key for s in data.samples if s.label is None]),
                       ("image", [s.key for s in data.samples if s.image is None])):
@@ -267,10 +270,10 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
     with progress_bar("ffn analysis", total=len(jobs), disable=quiet) as advance:
         records = analyse_prompts(runner, jobs, top_k, n_tokens, seed, ffn_module, batch_size, advance)
 
-    out = Path(out)
     (out / "prompts").mkdir(parents=True, exist_ok=True)
     for rec in records:
         (out / "prompts" / f"{rec['key']}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
+    remove_stale(out / "prompts", {f"{rec['key']}.json" for rec in records}, ".json")
     rows = summarise(records)
     table = markdown_table(["layer", f"top-{top_k} share", "random share", "top hits", "random hits"],
                            [[r["layer"], r["top_share"], r["random_share"], r["top_hits"], r["random_hits"]] for r in rows])

@@ -256,10 +256,13 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     """Grad-CAM overlays (overlays/*.png), contact_sheet.png, heatmaps.npz and index.json in `out`."""
     import numpy as np
 
-    from vlmforge.analysis.samples import read_test_samples
+    from vlmforge.analysis.samples import check_device, read_test_samples, remove_stale
     from vlmforge.evaluation.runners import _pil
+    from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
+    out = output_folder(out, "overlays/, contact_sheet.png, heatmaps.npz, index.json", "analysis")
+    check_device(device)
     data = read_test_samples(shards, where, n, seed)
     missing = [s.key for s in data.samples if s.image is None]
     if missing:
@@ -268,12 +271,14 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     classes = list(classes) if classes else default_classes(model, data.labels)
     if len(classes) < 2:
         raise UserError(f"need at least two classes, found {classes}; give --classes or data with labels")
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:  # two prompts of one class split its probability and make its index ambiguous
+        raise UserError(f"--classes names {', '.join(repr(c) for c in twice)} more than once")
     prompts = class_prompts(classes, class_template)
     feats = text_features(runner, prompts)
     layer_name, module = resolve_layer(runner.model, layer)
     index = {c: i for i, c in enumerate(classes)}
 
-    out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     items: list[dict[str, Any]] = []
     heat_pred, heat_true, cells = [], [], []
@@ -308,6 +313,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     if true_class:
         arrays["true"] = np.stack(heat_true)
     np.savez_compressed(out / "heatmaps.npz", **arrays)
+    remove_stale(out / "overlays", {Path(it[k]).name for it in items for k in ("image", "true_image") if k in it}, ".png")
     known = [it for it in items if it["correct"] is not None]
     title = (f"Grad-CAM  {Path(model).name}  ·  {layer_name}  ·  {len(items)} images"
              + (f" (first {SHEET_MAX} shown)" if len(items) > SHEET_MAX else "") + (f"  ·  where {where}" if where else ""))

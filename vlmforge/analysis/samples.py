@@ -1,4 +1,5 @@
-"""Test samples for the analyses: from a build folder or a shard glob, optionally filtered with SQL.
+"""Test samples for the analyses: from a build folder or a shard glob, optionally filtered with SQL;
+and the checks of --out and --device both analyses make before they load a model.
 
 The choice is deterministic and spread over the data: samples are taken in md5(seed:key) order (the
 order `vlmforge report sheet` uses), so `--n 16` of a build sorted by class does not return 16 images
@@ -136,3 +137,23 @@ def read_test_samples(shards: str | Path, where: str | None = None, n: int | Non
     if not out.samples:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else f" in {shards}"))
     return out
+
+
+def remove_stale(folder: Path, written: set[str], suffix: str) -> None:
+    """Delete the files ending in `suffix` in `folder` that this run did not write: left by an earlier
+    run into the same output with another choice of samples, they would read as part of this one."""
+    for p in folder.glob(f"*{suffix}"):
+        if p.name not in written:
+            p.unlink()
+
+
+def check_device(device: str) -> None:
+    """A --device torch can use here (checked before a model loads: torch's own errors are tracebacks)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")

@@ -15,7 +15,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         "Publish a build to the Hugging Face Hub as a WebDataset dataset repo with a generated dataset card. "
         "Shards go to data/<split>/ (re-packed to --target-shard-bytes, at most 10,000 files per folder), the "
         "manifest to manifest/, plus build.json, publish.json and README.md; the revision is tagged with the "
-        "builder version. The token comes from HF_TOKEN or the login cache and is never printed. An "
+        "builder version. A build that fails `vlmforge verify` is refused. The token comes from HF_TOKEN or the login cache and is never printed. An "
         "interrupted upload resumes when the same command runs again."))
     def publish(
         build: BuildArg,
@@ -39,7 +39,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         "build fails verification, 2 when it cannot be fetched or rebuilt (e.g. a shard whose sha256 differs)."))
     def pull(
         repo: Annotated[str, typer.Argument(help="Hub dataset repo NAMESPACE/NAME, or a local clone of a published repo")],
-        revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit (default: main)")] = None,
+        revision: Annotated[Optional[str], typer.Option("--revision", help="tag, branch or commit of a Hub repo (default: main); not for a local clone")] = None,
         out: Annotated[Path, typer.Option("--out", help="root folder of builds; lands in OUT/<builder>/<version>/")] = Path("builds"),
         overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a different build in the target folder")] = False,
     ) -> None:

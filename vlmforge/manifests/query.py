@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import open_build
+from vlmforge.manifests.read import check_manifest_parts, open_build
 from vlmforge.progress import console
 
 out_console = None
@@ -35,9 +36,36 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     return t
 
 
+def _output_file(path: Path) -> Path:
+    """`path` with its folder made; a path that cannot be written is a UserError."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder for --output {path}: {e.strerror or e}") from None
+    return path
+
+
+def _finite(value):
+    """`value` with NaN and infinities as null: json.dumps writes them as NaN/Infinity, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
     import duckdb
 
+    if fmt not in ("table", "csv", "json", "parquet"):
+        raise UserError(f"unknown --format {fmt!r}; use table, csv, json or parquet")
+    if limit < 0:
+        raise UserError("--limit must be 0 or more")
     b = open_build(build)
     try:
         rel = b.sql(sql)
@@ -45,12 +73,21 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
     if rel is None:
         raise UserError("the statement returns no rows")
+    if fmt == "parquet" and output is None:
+        raise UserError("--format parquet needs --output FILE")
+    if output is not None:
+        output = _output_file(output)
     if fmt == "parquet":
-        if output is None:
-            raise UserError("--format parquet needs --output FILE")
         import pyarrow.parquet as pq
 
-        pq.write_table(rel.fetch_arrow_table(), output)
+        try:
+            table = rel.fetch_arrow_table()
+        except duckdb.Error as e:
+            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        try:
+            pq.write_table(table, output)
+        except OSError as e:
+            raise UserError(f"cannot write --output {output}: {e}") from None
         console.print(f"[green]wrote[/] {output}")
         return
     names = list(rel.columns)
@@ -58,7 +95,10 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         rows = rel.fetchall()
     except duckdb.Error as e:
         raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
-    stream = open(output, "w", newline="") if output else sys.stdout
+    try:
+        stream = open(output, "w", newline="") if output else sys.stdout
+    except OSError as e:
+        raise UserError(f"cannot write --output {output}: {e.strerror or e}") from None
     try:
         if fmt == "csv":
             w = csv.writer(stream)
@@ -66,7 +106,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
             w.writerows(rows)
         elif fmt == "json":
             for r in rows:
-                stream.write(json.dumps(dict(zip(names, r)), default=str, ensure_ascii=False) + "\n")
+                stream.write(json.dumps(_finite(dict(zip(names, r))), default=str, ensure_ascii=False) + "\n")
         elif fmt == "table":
             shown = rows[:limit]
             target = _stdout() if output is None else None
@@ -79,8 +119,6 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
                 from rich.console import Console
 
                 Console(file=stream, width=200).print(t)
-        else:
-            raise UserError(f"unknown --format {fmt!r}; use table, csv, json or parquet")
     finally:
         if output:
             stream.close()
@@ -111,6 +149,7 @@ def diff_builds(a: Path, b: Path) -> dict[str, list[str]]:
 
     def rows(path: Path) -> dict[str, tuple]:
         bb = open_build(path)
+        check_manifest_parts(bb)
         out: dict[str, tuple] = {}
         for part in sorted((bb.path / "manifest").glob("*.parquet")):
             if part.name.endswith(".rejects.parquet"):

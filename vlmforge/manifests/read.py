@@ -59,6 +59,7 @@ class Build:
         """A read-only connection to manifest.duckdb with access to other files switched off."""
         db = self.path / MANIFEST_DB
         if not db.exists():
+            check_manifest_parts(self)
             write_index(self.path, self.info)
         con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
         return con
@@ -86,6 +87,42 @@ class Build:
 
     def __len__(self) -> int:
         return sum(s["samples"] for s in self.info["shards"])
+
+
+def manifest_part_problems(build: Build) -> dict[str, str]:
+    """{manifest/<part>: what is wrong} for each sample or rejects part of build.json's shards that is
+    missing or unreadable, and each Parquet file in manifest/ of no shard in build.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = []
+    for s in build.info["shards"]:
+        part = s["shard"].replace(".tar", ".parquet")
+        names += [part, part.replace(".parquet", ".rejects.parquet")]
+    problems: dict[str, str] = {}
+    for name in names:
+        path = build.path / "manifest" / name
+        if not path.is_file():
+            problems[f"manifest/{name}"] = "missing"
+            continue
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as e:
+            problems[f"manifest/{name}"] = f"unreadable ({str(e).splitlines()[0]})"
+    for p in sorted((build.path / "manifest").glob("*.parquet")):
+        if p.name not in set(names):
+            problems[f"manifest/{p.name}"] = "of no shard in build.json"
+    return problems
+
+
+def check_manifest_parts(build: Build) -> None:
+    """Refuse to index a manifest whose parts do not match build.json: its rows would be wrong without a word."""
+    problems = manifest_part_problems(build)
+    if problems:
+        path, what = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{build.path}: manifest part {path} {what}{more}; the build folder is damaged "
+                        "(`vlmforge verify` lists the problems), rebuild it with --overwrite")
 
 
 def open_build(path: str | Path) -> Build:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlmforge.manifests.read import Build, split_member
+from vlmforge.manifests.read import Build, manifest_part_problems, split_member
 from vlmforge.progress import progress_bar
 
 
@@ -38,6 +39,8 @@ def verify_build(build: Build, quiet: bool = False) -> list[str]:
     on_disk = {p.name for p in build.path.glob("*.tar")}
     for extra in sorted(on_disk - listed):
         problems.append(f"{extra}: shard on disk but not in build.json")
+    bad_parts = manifest_part_problems(build)
+    problems += [f"{path}: manifest part {what}" for path, what in bad_parts.items()]
     total = sum(s["bytes"] for s in build.info["shards"])
     with progress_bar("verify", total=total, disable=quiet) as advance:
         for s in build.info["shards"]:
@@ -52,11 +55,18 @@ def verify_build(build: Build, quiet: bool = False) -> list[str]:
             if digest != s["sha256"]:
                 problems.append(f"{s['shard']}: sha256 {digest[:12]}... differs from build.json's {s['sha256'][:12]}...")
             part = build.path / "manifest" / s["shard"].replace(".tar", ".parquet")
-            if not part.exists():
-                problems.append(f"{part.name}: manifest part missing")
+            rejects = part.with_name(part.name.replace(".parquet", ".rejects.parquet"))
+            if f"manifest/{rejects.name}" not in bad_parts and pq.read_metadata(rejects).num_rows != s["rejects"]:
+                problems.append(f"{rejects.name}: {pq.read_metadata(rejects).num_rows} rejects, build.json says {s['rejects']}")
+            if f"manifest/{part.name}" in bad_parts:
                 advance(s["bytes"])
                 continue
-            rows = pq.read_table(part, columns=["key"]).column("key").to_pylist()
+            try:
+                rows = pq.read_table(part, columns=["key"]).column("key").to_pylist()
+            except (pa.ArrowException, OSError) as e:  # damaged inside, with an intact footer
+                problems.append(f"manifest/{part.name}: manifest part unreadable ({str(e).splitlines()[0]})")
+                advance(s["bytes"])
+                continue
             try:
                 keys = _tar_keys(path)
             except Exception as e:  # a damaged tar is a finding, not a crash

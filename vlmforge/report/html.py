@@ -17,12 +17,19 @@ from typing import Any
 from vlmforge.manifests.read import Build, open_build
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.report import plots
-from vlmforge.report.show import caption, choose_samples, load_sample, panels
+from vlmforge.report.show import caption, choose_samples, load_sample, panels, save_output
 
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UTINYINT",
            "USMALLINT", "UINTEGER", "UBIGINT")
 BASE_NAMES = {name for name, _, _ in BASE_COLUMNS}
 MAX_CATEGORIES = 50  # a string column with more distinct values is not plotted as categories
+MAX_CATEGORY_CHARS = 40  # a longer value is free text (a question, a caption), and its bar label would be cut
+BARS = 20
+
+
+def _is_identifier(column: str) -> bool:
+    """image_id, caption_id...: numbers that name things; their histogram or mean means nothing."""
+    return column == "id" or column.endswith("_id")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#1d1d1f;padding:0 16px}
@@ -127,7 +134,8 @@ def _counts(b: Build, con, cols: dict[str, str]) -> str:
 def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
     """Histograms of numeric columns (the builder's own first, then image size) and bars of the
     builder's categorical string columns."""
-    numeric = [c for c in builder_cols if cols.get(c, "").split("(")[0] in NUMERIC] + ["width", "height"]
+    numeric = [c for c in builder_cols if cols.get(c, "").split("(")[0] in NUMERIC and not _is_identifier(c)]
+    numeric += ["width", "height"]
     figs, constant = [], []
     for c in numeric:
         distinct, some = con.execute(f'SELECT count(DISTINCT "{c}"), any_value("{c}") FROM samples').fetchall()[0]
@@ -143,9 +151,10 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
         if len(counts) == 1:
             constant.append(f"{c} = {counts[0][0]}")
-        elif 0 < len(counts) <= MAX_CATEGORIES:
-            figs.append(_img(plots.bar_png([k for k, _ in counts[:20]], [n for _, n in counts[:20]], f"samples per {c}"),
-                             "image/png", f"bar chart of {c}"))
+        elif 0 < len(counts) <= MAX_CATEGORIES and all(len(str(k)) <= MAX_CATEGORY_CHARS for k, _ in counts):
+            top = f" (top {BARS} of {len(counts)})" if len(counts) > BARS else ""
+            figs.append(_img(plots.bar_png([k for k, _ in counts[:BARS]], [n for _, n in counts[:BARS]],
+                                           f"samples per {c}{top}"), "image/png", f"bar chart of {c}"))
     note = f"<p>The same for every sample: {escape('; '.join(constant))}.</p>" if constant else ""
     return f'<div class="plots">{"".join(figs)}</div>{note}'
 
@@ -213,7 +222,5 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
 
 
 def write_report(build: Build | str | Path, out: Path, **kwargs: Any) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(build, **kwargs), encoding="utf-8")
-    return out
+    page = render_report(build, **kwargs)
+    return save_output(Path(out), lambda p: p.write_text(page, encoding="utf-8"))

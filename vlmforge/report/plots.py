@@ -38,7 +38,12 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
     vals = np.asarray(values if isinstance(values, np.ndarray) else [v for v in values if v is not None], dtype=float)
     fig, ax = _figure()
     if len(vals):
-        ax.hist(vals, bins=bins, color=COLOR, edgecolor="white")
+        lo, hi = vals.min(), vals.max()
+        if np.all(vals == np.round(vals)) and hi - lo < bins:  # small counts: one bar per integer, centred
+            ax.hist(vals, bins=np.arange(lo - 0.5, hi + 1.5), color=COLOR, edgecolor="white", rwidth=0.8)
+            ax.xaxis.set_major_locator(_integer_ticks())
+        else:
+            ax.hist(vals, bins=bins, color=COLOR, edgecolor="white")
         title = f"{title}  (n={len(vals)}, mean {vals.mean():.3g}, median {np.median(vals):.3g})"
     else:
         ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)

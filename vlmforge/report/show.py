@@ -12,7 +12,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
@@ -221,6 +221,21 @@ def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(
 def write_contact_sheet(build: Build, out: Path, **kwargs: Any) -> Path:
     """Render and save the sheet as PNG (or any format Pillow infers from `out`'s suffix)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(build, **kwargs).save(out)
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt not in Image.SAVE:  # checked before the samples are drawn
+        raise UserError(f"--out {out}: Pillow cannot write {out.suffix or 'a file without a suffix'}; "
+                        "name a .png or .jpg file")
+    sheet = contact_sheet(build, **kwargs)
+    return save_output(out, sheet.save)
+
+
+def save_output(out: Path, write: Callable[[Path], Any]) -> Path:
+    """Make `out`'s folder and call `write(out)`; a path that cannot be written is a UserError."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write(out)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     return out

@@ -1,0 +1,104 @@
+"""`vlmforge verify`, `manifest ...`, `show` and `export llava` on damaged builds and user mistakes:
+one error line (exit 2) or a named problem (verify, exit 1), never a traceback or rows dropped silently."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "vlmforge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def one_error_line(r, *words):
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.fixture
+def build(tmp_path, coco_build):
+    """A private copy of the 12-sample, 3-shard COCO copy build."""
+    dst = tmp_path / "b"
+    shutil.copytree(coco_build.path, dst)
+    return dst
+
+
+def test_verify_names_a_missing_rejects_part(build):
+    (build / "manifest" / "val-000001.rejects.parquet").unlink()
+    r = run("verify", build)
+    assert r.returncode == 1 and "val-000001.rejects.parquet: manifest part missing" in r.stdout + r.stderr
+
+
+def test_reindex_and_diff_refuse_a_manifest_with_a_missing_part(build, coco_build):
+    """Before: reindex made an index without the part's rows, and diff reported them as removed keys."""
+    before = (build / "manifest.duckdb").read_bytes()
+    (build / "manifest" / "val-000001.parquet").unlink()
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000001.parquet", "damaged")
+    assert (build / "manifest.duckdb").read_bytes() == before
+    one_error_line(run("manifest", "diff", coco_build.path, build), "manifest/val-000001.parquet")
+    # a copy without manifest.duckdb is indexed on first use: refused the same way
+    (build / "manifest.duckdb").unlink()
+    one_error_line(run("manifest", "stats", build), "manifest/val-000001.parquet")
+
+
+def test_query_output_folder_is_made_and_mistakes_are_one_line(tmp_path, coco_build):
+    """Before: --output in a new folder was a FileNotFoundError traceback, --limit -1 showed all rows but
+    one, and an unknown --format emptied the --output file before it was refused."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "new" / "dir" / "keys.parquet"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "parquet", "-o", out)
+    assert r.returncode == 0 and pq.read_table(out).num_rows == 12
+    csv_out = tmp_path / "other" / "keys.csv"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "csv", "-o", csv_out)
+    assert r.returncode == 0 and len(csv_out.read_text().splitlines()) == 13
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--limit", "-1"), "--limit")
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM samples", "--format", "xml", "-o", csv_out),
+                   "xml")
+    assert len(csv_out.read_text().splitlines()) == 13
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT CAST('a' AS INT) FROM samples",
+                       "--format", "parquet", "-o", out), "query failed")
+
+
+def test_query_json_is_json_with_nan_and_infinity(coco_build):
+    """Before: NaN and infinities came out as NaN/Infinity, which JSON readers (jq, JSON.parse) refuse."""
+    import json
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    r = run("manifest", "query", coco_build.path, "SELECT 'nan'::DOUBLE AS x, [1.0, 'inf'::DOUBLE] AS l, 1/0 AS d, "
+            "{'a': '-inf'::DOUBLE} AS s, 2.5::DOUBLE AS ok FROM samples LIMIT 1", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout, parse_constant=refuse) == {"x": None, "l": [1.0, None], "d": None, "s": {"a": None}, "ok": 2.5}
+
+
+def test_a_manifest_part_of_no_shard_is_found_and_refused(build):
+    """Before: verify said ok, and reindex counted the stray part's rows twice (12 + 5 samples)."""
+    shutil.copyfile(build / "manifest" / "val-000000.parquet", build / "manifest" / "val-000007.parquet")
+    r = run("verify", build)
+    assert r.returncode == 1 and "manifest/val-000007.parquet: manifest part of no shard in build.json" in r.stdout + r.stderr
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000007.parquet", "no shard in build.json")
+
+
+def test_an_unreadable_manifest_part_is_a_finding_not_a_traceback(build):
+    """Before: verify, reindex and diff stopped with a pyarrow/duckdb traceback."""
+    part = build / "manifest" / "val-000001.parquet"
+    good = part.read_bytes()
+    part.write_bytes(b"not parquet")
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest/val-000001.parquet: manifest part unreadable" in r.stdout + r.stderr
+    one_error_line(run("manifest", "reindex", build), "manifest/val-000001.parquet unreadable")
+    one_error_line(run("manifest", "diff", build, build), "manifest/val-000001.parquet unreadable")
+    raw = bytearray(good)  # footer intact, pages damaged
+    raw[100:1000] = bytes(b ^ 0xFF for b in raw[100:1000])
+    part.write_bytes(bytes(raw))
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest/val-000001.parquet: manifest part unreadable" in r.stdout + r.stderr
