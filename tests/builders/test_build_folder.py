@@ -31,11 +31,16 @@ def _fail_in_writer(monkeypatch, after: int) -> None:
 
 
 def test_a_failed_build_with_no_finished_shard_is_replaced_by_another_config(tmp_path, sample_coco, monkeypatch):
+    folder = tmp_path / "copy" / CopyBuilder.VERSION
     with monkeypatch.context() as m:
         _fail_in_writer(m, 0)
         with pytest.raises(OSError):
             vlmforge.build("copy", "coco", out=tmp_path, source_options=_opts(sample_coco))
-    folder = tmp_path / "copy" / CopyBuilder.VERSION
+        assert not folder.exists()  # a new folder that got no shard is removed on the error
+        # A folder that existed (empty) keeps its record of the unfinished build, as a killed run does.
+        folder.mkdir(parents=True)
+        with pytest.raises(OSError):
+            vlmforge.build("copy", "coco", out=tmp_path, source_options=_opts(sample_coco))
     assert (folder / "build.pending.json").exists() and not list((folder / "manifest").glob("*.stats.json"))
     # The corrected command (another config) needs no --overwrite: nothing was finished.
     b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_opts(sample_coco), seed=3)
