@@ -196,7 +196,7 @@ def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = buil
     """(key, *fields) for every record of `split`, cheaply: SQL over a parent manifest, the index of
     a LLaVA JSON file, or (other sources) the records themselves."""
     if isinstance(src, BuildSource):
-        cols = ", ".join(["key"] + [f'"{f}"' for f in fields])
+        cols = ", ".join(["key"] + [f'"{f}" AS _f{i}' for i, f in enumerate(fields)])  # aliased: a field may be `key`
         for row in src.rows(split, cols):
             yield tuple(row.values())
         return
