@@ -59,7 +59,11 @@ class Build:
         """A read-only connection to manifest.duckdb with access to other files switched off."""
         db = self.path / MANIFEST_DB
         if not db.exists():
-            write_index(self.path, self.info)
+            try:
+                write_index(self.path, self.info)
+            except duckdb.Error as e:  # a damaged manifest part
+                raise DamagedBuildError(f"the manifest of {self.path} cannot be read ({str(e).splitlines()[0]}); "
+                                        "the build folder is damaged, rebuild it with --overwrite") from None
         con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
         return con
 
