@@ -253,3 +253,12 @@ def test_stratify_by_a_column_of_unique_values(tmp_path, parent):
     assert b.src.notes == ["train: 1 records where the fraction gives 9: each of the 21 strata of label rounds on its own"]
     plain = SplitBuilder(SplitConfig(fraction=0.1, stratify_by="label"), BuildSource(parent.path))
     assert plain.src.count("train") == 4 and plain.src.notes == []
+
+
+def test_out_naming_a_file_is_one_error_line(tmp_path, parent):
+    (tmp_path / "afile").write_text("")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "split", "--from", str(parent.path), "--fraction",
+                        "0.5", "--out", str(tmp_path / "afile"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.1.0'}: "
+                                             f"Not a directory ({tmp_path / 'afile' / 'split' / '1.1.0' / 'manifest'})"]

@@ -186,7 +186,10 @@ def run_build(
             from vlmforge.progress import console
             console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
         return build_dir
-    (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
+    try:
+        (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out names a file, or a folder this user cannot write
+        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet
