@@ -266,7 +266,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {p} is not UTF-8 text (byte {e.start}); give one name per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def group_key(value: Hashable) -> Hashable:
