@@ -107,3 +107,13 @@ def test_a_vocabulary_without_the_answer_or_an_empty_question_is_refused(tmp_pat
 def test_an_embedder_without_hard_distractors_is_refused(tmp_path, parent):
     with pytest.raises(UserError, match="--embedder goes with --distractors hard"):
         vlmforge.build("mcqa", "build", out=tmp_path, source_options={"path": str(parent.path)}, embedder="some/model")
+
+
+def test_a_binary_classes_file_is_one_error_line(tmp_path):
+    from vlmforge.builders.derived import read_lines
+
+    (tmp_path / "c.txt").write_bytes(b"cat\n\xff\xfe dog\n")
+    with pytest.raises(UserError, match=r"--classes-from file .*c.txt is not UTF-8 text \(byte 4\)"):
+        read_lines(tmp_path / "c.txt", "--classes-from file")
+    (tmp_path / "d.txt").write_text("# seen\ncat\n\n  dog \n", encoding="utf-8")
+    assert read_lines(tmp_path / "d.txt", "--classes-from file") == ["cat", "dog"]

@@ -90,3 +90,11 @@ def test_a_parent_with_a_missing_or_foreign_manifest_part_is_refused(tmp_path, p
     with pytest.raises(UserError, match=r"is damaged: its manifest has 9 samples of split 'val', build.json 12"):
         vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_manifest_part_is_one_error_line(tmp_path, parent):
+    part = sorted((parent.path / "manifest").glob("*-000000.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-100])  # its footer cut off
+    (parent.path / "manifest.duckdb").unlink()
+    with pytest.raises(UserError, match=rf"the manifest of {parent.path} cannot be read \(.*{part.name}.*\); the build folder is damaged"):
+        vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})

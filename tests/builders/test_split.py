@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import vlmforge
-from vlmforge.builders.split import SplitBuilder
+from vlmforge.builders.split import SplitBuilder, SplitConfig
 from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value, round_half_up
 from vlmforge.errors import UserError
 from vlmforge.export import split_llava_json
@@ -232,3 +232,33 @@ def test_a_derived_build_never_lands_in_its_parents_folder(tmp_path, parent):
                 vlmforge.build("split", "build", out=out, source_options={"path": str(p.path)}, fraction=0.5,
                                overwrite=overwrite)
     assert (build_files(first.path), build_files(inner.path)) == before
+
+
+def test_stratify_by_a_column_of_unique_values(tmp_path, parent):
+    """Stratified by `key` the fields query returned `key` once (a dict row), every record fell out of
+    its stratum and the build was empty; and one-record strata only keep or drop whole records."""
+    from vlmforge.builders.derived import iter_fields
+    from vlmforge.sources.build import BuildSource
+
+    rows = list(iter_fields(BuildSource(parent.path), "train", ["key", "label"]))
+    assert len(rows) == 35 and all(len(r) == 3 and r[0] == r[1] and r[2] for r in rows)
+    with pytest.raises(UserError, match="--stratify-by key: every record has a value of its own"):
+        vlmforge.build("split", "build", out=tmp_path / "k", source_options={"path": str(parent.path)},
+                       fraction=0.5, stratify_by="key")
+    # 20 classes of one image and one of two: 40% keeps 1 record where the fraction gives 9; a note says so.
+    p = vlmforge.build("copy", "imagefolder", out=tmp_path / "p", source_options={
+        "root": str(class_folder(tmp_path / "f", {"a": 2, **{f"c{i:02d}": 1 for i in range(20)}}))})
+    b = SplitBuilder(SplitConfig(fraction=0.4, stratify_by="label"), BuildSource(p.path))
+    assert b.src.count("train") == 1
+    assert b.src.notes == ["train: 1 records where the fraction gives 9: each of the 21 strata of label rounds on its own"]
+    plain = SplitBuilder(SplitConfig(fraction=0.1, stratify_by="label"), BuildSource(parent.path))
+    assert plain.src.count("train") == 4 and plain.src.notes == []
+
+
+def test_out_naming_a_file_is_one_error_line(tmp_path, parent):
+    (tmp_path / "afile").write_text("")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "split", "--from", str(parent.path), "--fraction",
+                        "0.5", "--out", str(tmp_path / "afile"), "-q"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.1.0'}: "
+                                             f"Not a directory ({tmp_path / 'afile' / 'split' / '1.1.0' / 'manifest'})"]

@@ -152,3 +152,16 @@ def test_mode_options_without_their_mode_are_refused(tmp_path, parent):
                          ({"mode": "seen-unseen", "unseen_fraction": 0.3, "fraction": 0.5}, "--fraction applies to class-preserving")):
         with pytest.raises(UserError, match=message):
             vlmforge.build("subset", "build", out=tmp_path, source_options=opts, **cfg)
+
+
+def test_seen_unseen_without_a_training_split_says_so(tmp_path, parent):
+    """Every split of a parent without `train` (a typo'd or missing --train-split) became S_seen and
+    S_unseen with no word that no split keeps seen classes only."""
+    from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+    from vlmforge.sources.build import BuildSource
+
+    b = SubsetBuilder(SubsetConfig(mode="seen-unseen", unseen_fraction=0.34), BuildSource(parent.path, splits=["test"]))
+    assert b.src.splits() == ["test_seen", "test_unseen"]
+    assert b.src.notes == ["the parent has no training split train: no split keeps seen classes only (name yours with --train-split)"]
+    with_train = SubsetBuilder(SubsetConfig(mode="seen-unseen", unseen_fraction=0.34), BuildSource(parent.path))
+    assert "train" in with_train.src.splits() and with_train.src.notes == []

@@ -204,7 +204,10 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
-    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        build_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out names a file, or a folder this user cannot write
+        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
     # Beside the folder, not in it: --overwrite deletes the folder while the lock is held.
     with open(build_dir.parent / f".{build_dir.name}.lock", "a+") as fh:
         try:
@@ -228,7 +231,10 @@ def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], execut
             console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
         return build_dir
     fresh = not build_dir.exists()
-    (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
+    try:
+        (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out names a file, or a folder this user cannot write
+        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet

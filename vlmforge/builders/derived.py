@@ -196,7 +196,7 @@ def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = buil
     """(key, *fields) for every record of `split`, cheaply: SQL over a parent manifest, the index of
     a LLaVA JSON file, or (other sources) the records themselves."""
     if isinstance(src, BuildSource):
-        cols = ", ".join(["key"] + [f'"{f}"' for f in fields])
+        cols = ", ".join(["key"] + [f'"{f}" AS _f{i}' for i, f in enumerate(fields)])  # aliased: a field may be `key`
         for row in src.rows(split, cols):
             yield tuple(row.values())
         return
@@ -266,7 +266,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {p} is not UTF-8 text (byte {e.start}); give one name per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def group_key(value: Hashable) -> Hashable:

@@ -84,6 +84,7 @@ class SplitPlan(Plan):
             self.out_splits = list(src.splits())
             self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
         if self.column:
+            self._check_strata(src, sizes, fractions)
             per_stratum: dict[str, dict[str, int]] = {}
             for (b, stratum), v in sorted(sizes.items(), key=repr):
                 names = [n for n, _ in self.parts] if self.parts else [b]
@@ -93,6 +94,24 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+
+    def _check_strata(self, src: Source, sizes: dict, fractions: list[float]) -> None:
+        """Each stratum rounds on its own: refuse a column with one record per value (every record kept
+        whole or dropped whole, and a build.json entry per record), note a total far off the fraction."""
+        per_split = {s: src.count(s) for s in src.splits()}
+        n = sum(per_split.values())
+        if n > 1 and len(sizes) == n:
+            raise UserError(f"--stratify-by {self.config.stratify_by}: every record has a value of its own, so "
+                            "each stratum of one record is kept or dropped whole; name a coarser column")
+        if self.parts:
+            target = dict(zip(self.out_splits, fraction_sizes(fractions, n)))
+        else:
+            target = {s: fraction_sizes(fractions, per_split[s])[0] for s in self.out_splits}
+        for name, want in target.items():
+            got = self.counts.get(name, 0)
+            if abs(got - want) > max(1, 0.05 * want):
+                self.notes.append(f"{name}: {got} records where the fraction gives {want}: each of the {len(sizes)} "
+                                  f"strata of {self.config.stratify_by} rounds on its own")
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         stratum = rec.get(self.column) if self.column else None

@@ -153,6 +153,9 @@ class SubsetPlan(Plan):
             raise UserError("seen-unseen needs a test split besides the training splits "
                             f"{list(self.train_splits)}; make one first, e.g. "
                             "`vlmforge build split --splits train=0.8,test=0.2`")
+        if not any(s in self.train_splits for s in per_split):
+            self.notes.append(f"the parent has no training split {', '.join(self.train_splits)}: no split keeps seen classes "
+                              "only (name yours with --train-split)")
         self.out_splits = outs
         self.summary.update(seen_classes=sorted(self.seen), unseen_classes=sorted(self.unseen),
                             where_seen=sql_in(cfg.label_column, sorted(self.seen)),

@@ -60,7 +60,11 @@ class Build:
         db = self.path / MANIFEST_DB
         if not db.exists():
             check_manifest_parts(self)
-            write_index(self.path, self.info)
+            try:
+                write_index(self.path, self.info)
+            except duckdb.Error as e:  # a damaged manifest part
+                raise DamagedBuildError(f"the manifest of {self.path} cannot be read ({str(e).splitlines()[0]}); "
+                                        "the build folder is damaged, rebuild it with --overwrite") from None
         con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
         return con
 
