@@ -96,5 +96,5 @@ def test_an_unreadable_manifest_part_is_one_error_line(tmp_path, parent):
     part = sorted((parent.path / "manifest").glob("*-000000.parquet"))[0]
     part.write_bytes(part.read_bytes()[:-100])  # its footer cut off
     (parent.path / "manifest.duckdb").unlink()
-    with pytest.raises(UserError, match=rf"the manifest of {parent.path} cannot be read \(.*{part.name}.*\); the build folder is damaged"):
+    with pytest.raises(UserError, match=rf"{parent.path}: manifest part manifest/{part.name} unreadable \(.*\); the build folder is damaged"):
         vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})
