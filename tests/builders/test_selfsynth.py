@@ -49,7 +49,7 @@ def offline_build(tmp_path_factory, cub):
            "--max-samples-per-shard", "5"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return vlmforge.open_build(out / "selfsynth" / "1.1.0")
+    return vlmforge.open_build(out / "selfsynth" / SelfSynthBuilder.VERSION)
 
 
 def test_offline_attribute_path(offline_build):
@@ -374,3 +374,17 @@ def test_candidate_answers_check_their_output_before_any_model_work(tmp_path, of
     with pytest.raises(UserError, match="has no samples: there is no question to answer"):
         write_candidate_answers(empty.path, tmp_path / "a.jsonl", "template", None)
     assert asked == [] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_image_without_certain_attributes_says_so(tmp_path, cub):
+    import shutil
+
+    root = tmp_path / "cub"
+    shutil.copytree(cub, root)
+    labels = root / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
+    rows = [line.split() for line in labels.read_text().splitlines()]
+    labels.write_text("".join(" ".join(r[:2] + (["0"] if r[0] == "1" else r[2:3]) + r[3:]) + "\n" for r in rows))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", concepts="attributes", questions=1,
+                       source_options={"root": str(root), "attributes": True})
+    assert b.sql("SELECT reason, detail FROM rejects").fetchall() == [
+        ("no_concepts", "the image has no attribute of certainty >= 3")]

@@ -192,7 +192,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -381,7 +381,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                      "the generator returned no usable description of this image")]
                 continue
             if not sel or not sel["concepts"]:
-                results[i] = [Reject(sid, "no_concepts", "concepts", f"no concepts for class {rec['label']!r}")]
+                why = (f"the image has no attribute of certainty >= {cfg.min_certainty}"
+                       if self.concept_source == "attributes" else f"no concepts for class {rec['label']!r}")
+                results[i] = [Reject(sid, "no_concepts", "concepts", why)]
                 continue
             features = "\n".join(f"- {c}" for c in sel["concepts"])
             questions = self._questions(key)
