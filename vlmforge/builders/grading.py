@@ -13,6 +13,7 @@ its slot, so the draw counts usable images only.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -133,15 +134,16 @@ class GradingPlan(Plan):
             shares = (even_shares(cfg.size, split_grades) if cfg.size is not None
                       else {g: cfg.per_grade for g in split_grades})
             for g in split_grades:
-                got = bad = 0
-                for key, where in sorted(members[(split, g)], key=lambda m: (rank_value(cfg.seed, m[0]), m[0])):
-                    if got == shares[g]:
-                        break
-                    self.picked.add((split, key))
-                    if self._usable(where, from_build):
-                        got += 1
-                    else:
-                        bad += 1
+                ranked = sorted(members[(split, g)], key=lambda m: (rank_value(cfg.seed, m[0]), m[0]))
+                got = bad = position = 0
+                while got < shares[g] and position < len(ranked):
+                    # As many as still wanted, checked at once (in threads: decoding big X-rays is slow);
+                    # each of them is taken, usable or not, so the result is that of a walk one by one.
+                    batch = ranked[position : position + shares[g] - got]
+                    position += len(batch)
+                    for (key, _), ok in zip(batch, self._usable_many([w for _, w in batch], from_build)):
+                        self.picked.add((split, key))
+                        got, bad = (got + 1, bad) if ok else (got, bad + 1)
                 self.counts[split] += got + bad
                 drawn[f"{split}/{g}"] = got
                 if bad:
@@ -156,15 +158,24 @@ class GradingPlan(Plan):
             self.notes.append("fewer usable images than asked for (all taken): " + ", ".join(
                 f"{split} grade {g} short by {n}" for split, per in short.items() for g, n in per.items()))
 
-    def _usable(self, where: Any, from_build: bool) -> bool:
-        """The check process() makes: the image loads for storage (a parent sample has an image)."""
+    def _usable_many(self, wheres: list[Any], from_build: bool) -> list[bool]:
+        """The check process() makes, for each record: the image loads for storage (a parent sample has
+        an image)."""
         if from_build:
-            return where is not None
-        try:
-            load_for_storage(where, "quick", self.config.jpeg_quality)
-        except ImageError:
-            return False
-        return True
+            return [w is not None for w in wheres]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def usable(path: str) -> bool:
+            try:
+                load_for_storage(path, "quick", self.config.jpeg_quality)
+            except ImageError:
+                return False
+            return True
+
+        if len(wheres) < 2:
+            return [usable(w) for w in wheres]
+        with ThreadPoolExecutor(min(len(wheres), os.cpu_count() or 1, 16)) as pool:
+            return list(pool.map(usable, wheres))
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         value = self.label(rec)
