@@ -3,6 +3,7 @@ with its response cache) and `selfsynth-round` (scoring, fallback, lineage)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,10 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
     assert all(len(v["descriptions"]) <= 2 and len(v["concepts"]) == 3 for v in builder.selected.values())
     # A random model never spells the label: every image is accounted for as a rejected QA.
     assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
+    # ... and the detail shows what the model answered instead
+    details = [r[0] for r in a.sql("SELECT detail FROM rejects").fetchall()]
+    assert all(re.fullmatch(r"none of 2 answers names '.+' \(first answer: .*\)", d) for d in details)
+    assert sum("(first answer: '')" not in d for d in details) >= 5
     assert len(list(cache.rglob("*.json"))) == 27
 
     # The same build again, elsewhere: every response comes from the cache, the model is never called.

@@ -408,8 +408,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         label = rec["label"]
         kept = [(t, q, a) for (t, q), a in zip(questions, answers) if a and names_label(a, label)]
         if not kept:
+            first = next((a for a in answers if a), "")
             return Reject(rec["source_id"], "answer_misses_label", "qa",
-                          f"none of {len(questions)} answers names {label!r}")
+                          f"none of {len(questions)} answers names {label!r} (first answer: {first[:60]!r})")
         conv = []
         for n, (_, q, a) in enumerate(kept):
             conv += [{"from": "human", "value": ("<image>\n" if n == 0 else "") + q}, {"from": "gpt", "value": a}]
