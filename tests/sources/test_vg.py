@@ -163,3 +163,14 @@ def test_an_image_of_another_size_than_listed_is_a_reject(tmp_path, vg):
     assert b.sql("SELECT source_id, reason, detail FROM rejects WHERE source_id = '2'").fetchall() == [
         ("2", "size_mismatch", f"{vg}/VG_100K/2.jpg is 40x30, image_data.json says 80x60")]
     assert b.sql("SELECT DISTINCT image_id FROM samples").fetchall() == [(1,)]
+
+
+def test_an_image_listed_twice_is_a_reject(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects += [objects[0], {"image_id": "two", "objects": []}]
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+    assert len(b) == 6
+    assert sorted(b.sql("SELECT source_id, detail FROM rejects WHERE reason = 'invalid_record'").fetchall()) == [
+        ("#4", "objects.json entry whose image_id is not an integer"), ("1", "image 1 is listed twice in objects.json")]
