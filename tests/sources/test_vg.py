@@ -169,8 +169,10 @@ def test_an_image_listed_twice_is_a_reject(tmp_path, vg):
     objects = json.loads((vg / "objects.json").read_text())
     objects += [objects[0], {"image_id": "two", "objects": []}]
     (tmp_path / "objects.json").write_text(json.dumps(objects))
+    images = json.loads((vg / "image_data.json").read_text()) + ["junk", {"image_id": "x"}, {"width": 3}]
+    (tmp_path / "image_data.json").write_text(json.dumps(images))
     b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
-        "objects": str(tmp_path / "objects.json"), "image_data": str(vg / "image_data.json"), "images": str(vg)})
+        "objects": str(tmp_path / "objects.json"), "image_data": str(tmp_path / "image_data.json"), "images": str(vg)})
     assert len(b) == 6
     assert sorted(b.sql("SELECT source_id, detail FROM rejects WHERE reason = 'invalid_record'").fetchall()) == [
         ("#4", "objects.json entry whose image_id is not an integer"), ("1", "image 1 is listed twice in objects.json")]

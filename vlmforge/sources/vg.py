@@ -56,9 +56,11 @@ class VisualGenomeSource(Source):
             raise SourceError(f"{self.image_data} must be a list of images")
         self.image_info: dict[int, dict] = {}
         for im in doc:
-            iid = im.get("image_id", im.get("id"))
-            if iid is not None:
+            iid = im.get("image_id", im.get("id")) if isinstance(im, dict) else None
+            try:
                 self.image_info[int(iid)] = im
+            except (TypeError, ValueError):  # no usable id: objects.json entries for it are rejects
+                continue
 
     def image_path(self, image_id: int) -> Path:
         """Where the image is: the url's folder first, then the usual folders."""
