@@ -75,6 +75,7 @@ class GradingPlan(Plan):
         super().__init__()
         self.config = config
         self.picked: set[tuple[str, str]] | None = None  # (split, key) of the drawn records; None: all
+        self.duplicates: dict[str, str] = {}  # file -> the file whose key it has
         if config.per_grade is not None and config.size is not None:
             raise UserError("give --per-grade or --size, not both")
         check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
@@ -93,18 +94,22 @@ class GradingPlan(Plan):
         if from_build:
             check_column(src, cfg.label_column)
         drawing = cfg.per_grade is not None or cfg.size is not None
-        per_split: dict[str, Counter] = {}
+        per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        owners: dict[str, str] = {}  # key -> the file that has it (two files may differ by extension only)
+        rows = []
         for split in src.splits():
-            cnt: Counter = Counter()
             for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
-                if value is None:
-                    continue
-                grade = grade_of(value)
-                cnt[grade] += 1
-                if drawing:
-                    members.setdefault((split, grade), []).append((key, where))
-            per_split[split] = cnt
+                if value is not None:
+                    rows.append((split, key, grade_of(value), where))
+                    if not from_build:
+                        owners[key] = min(owners.get(key, where), where)
+        # The first file of a key (in path order) keeps it; any other is a duplicate_key reject.
+        self.duplicates = {where: owners[key] for _, key, _, where in rows if not from_build and owners[key] != where}
+        for split, key, grade, where in rows:
+            per_split[split][grade] += 1
+            if drawing and where not in self.duplicates:
+                members.setdefault((split, grade), []).append((key, where))
         self.out_splits = list(src.splits())
         descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS
         grades = sorted({g for c in per_split.values() for g in c}, key=grade_sort_key)
@@ -117,6 +122,9 @@ class GradingPlan(Plan):
             self.counts = {s: sum(c.values()) for s, c in per_split.items()}
             return
         self._draw(per_split, members, from_build)
+        for split, _, _, where in rows:
+            if where in self.duplicates:
+                self.counts[split] += 1
 
     def _draw(self, per_split: dict[str, Counter], members: dict[tuple[str, str], list[tuple[str, Any]]],
               from_build: bool) -> None:
@@ -181,7 +189,7 @@ class GradingPlan(Plan):
         value = self.label(rec)
         if value is None:
             return None
-        if self.picked is None:
+        if self.picked is None or rec.get("file") in self.duplicates:
             return base_split
         return base_split if (base_split, _raw_key(rec)) in self.picked else None
 
@@ -236,6 +244,9 @@ class GradingBuilder(DerivedBuilder):
             sample = parent_sample(rec, self.columns)
             if sample.image is None:
                 return Reject(rec["source_id"], "no_image", "grading", "the parent sample has no image")
+        elif rec["file"] in self.plan.duplicates:
+            return Reject(rec["source_id"], "duplicate_key", "grading", f"{rec['file']} has the key of "
+                          f"{self.plan.duplicates[rec['file']]} (the same path without its extension)")
         else:
             try:
                 img = load_for_storage(rec["file"], "quick", cfg.jpeg_quality)
