@@ -393,3 +393,14 @@ def test_an_image_without_certain_attributes_says_so(tmp_path, cub):
                        source_options={"root": str(root), "attributes": True})
     assert b.sql("SELECT reason, detail FROM rejects").fetchall() == [
         ("no_concepts", "the image has no attribute of certainty >= 3")]
+
+
+def test_files_differing_by_extension_only_are_one_sample(tmp_path):
+    from tests.derived_data import class_folder
+
+    root = class_folder(tmp_path / "birds", {"gull": 2, "tern": 2})
+    (root / "tern" / "001.png").write_bytes((root / "tern" / "001.jpg").read_bytes())
+    b = vlmforge.build("selfsynth", "imagefolder", out=tmp_path / "out", source_options={"root": str(root)},
+                       instructions=1, descriptions_per_instruction=1, questions=1)
+    assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("tern/001.png", "duplicate_key")]
+    assert len(b) == 4

@@ -25,7 +25,7 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, check_template
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_column, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
-from vlmforge.curation.selection import rank_value
+from vlmforge.curation.selection import key_clashes, rank_value
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record, Source
@@ -96,16 +96,13 @@ class GradingPlan(Plan):
         drawing = cfg.per_grade is not None or cfg.size is not None
         per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
-        owners: dict[str, str] = {}  # key -> the file that has it (two files may differ by extension only)
         rows = []
         for split in src.splits():
             for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
                 if value is not None:
                     rows.append((split, key, grade_of(value), where))
-                    if not from_build:
-                        owners[key] = min(owners.get(key, where), where)
-        # The first file of a key (in path order) keeps it; any other is a duplicate_key reject.
-        self.duplicates = {where: owners[key] for _, key, _, where in rows if not from_build and owners[key] != where}
+        # Two files may differ by extension only: the first keeps the key, the other is a duplicate_key reject.
+        self.duplicates = {} if from_build else key_clashes((key, where) for _, key, _, where in rows)
         for split, key, grade, where in rows:
             per_split[split][grade] += 1
             if drawing and where not in self.duplicates:
