@@ -139,7 +139,7 @@ class GradingPlan(Plan):
             shares = (even_shares(cfg.size, split_grades) if cfg.size is not None
                       else {g: cfg.per_grade for g in split_grades})
             for g in split_grades:
-                ranked = sorted(members[(split, g)], key=lambda m: (rank_value(cfg.seed, m[0]), m[0]))
+                ranked = sorted(members.get((split, g), []), key=lambda m: (rank_value(cfg.seed, m[0]), m[0]))
                 got = bad = position = 0
                 while got < shares[g] and position < len(ranked):
                     # As many as still wanted, checked at once (in threads: decoding big X-rays is slow);
