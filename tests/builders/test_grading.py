@@ -110,3 +110,14 @@ def test_grades_from_a_build_and_an_unknown_label_column(tmp_path, knees):
     with pytest.raises(UserError, match="the parent build has no column 'grade_kl'; its columns: .*label"):
         vlmforge.build("grading", "build", out=tmp_path / "c", source_options={"path": str(a.path)},
                        label_column="grade_kl")
+
+
+def test_files_differing_by_extension_only(tmp_path):
+    """Both would have the key of the path without its extension: the first in path order keeps it,
+    the other is a reject, drawn or not (the build used to stop on a duplicate key)."""
+    root = class_folder(tmp_path / "knee", {"0": 3, "1": 3}, "train")
+    (root / "train" / "1" / "001.png").write_bytes((root / "train" / "1" / "001.jpg").read_bytes())
+    for opts in ({}, {"per_grade": 3}):
+        b = vlmforge.build("grading", "imagefolder", out=tmp_path / str(opts), source_options={"root": str(root)}, **opts)
+        assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("train/1/001.png", "duplicate_key")]
+        assert dict(b.sql("SELECT grade, count(*) FROM samples GROUP BY 1").fetchall()) == {0: 3, 1: 3}

@@ -3,6 +3,7 @@ with its response cache) and `selfsynth-round` (scoring, fallback, lineage)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -49,7 +50,7 @@ def offline_build(tmp_path_factory, cub):
            "--max-samples-per-shard", "5"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return vlmforge.open_build(out / "selfsynth" / "1.1.0")
+    return vlmforge.open_build(out / "selfsynth" / SelfSynthBuilder.VERSION)
 
 
 def test_offline_attribute_path(offline_build):
@@ -146,6 +147,10 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
     assert all(len(v["descriptions"]) <= 2 and len(v["concepts"]) == 3 for v in builder.selected.values())
     # A random model never spells the label: every image is accounted for as a rejected QA.
     assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
+    # ... and the detail shows what the model answered instead
+    details = [r[0] for r in a.sql("SELECT detail FROM rejects").fetchall()]
+    assert all(re.fullmatch(r"none of 2 answers names '.+' \(first answer: .*\)", d) for d in details)
+    assert sum("(first answer: '')" not in d for d in details) >= 5
     assert len(list(cache.rglob("*.json"))) == 27
 
     # The same build again, elsewhere: every response comes from the cache, the model is never called.
@@ -374,3 +379,28 @@ def test_candidate_answers_check_their_output_before_any_model_work(tmp_path, of
     with pytest.raises(UserError, match="has no samples: there is no question to answer"):
         write_candidate_answers(empty.path, tmp_path / "a.jsonl", "template", None)
     assert asked == [] and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_image_without_certain_attributes_says_so(tmp_path, cub):
+    import shutil
+
+    root = tmp_path / "cub"
+    shutil.copytree(cub, root)
+    labels = root / "CUB_200_2011" / "attributes" / "image_attribute_labels.txt"
+    rows = [line.split() for line in labels.read_text().splitlines()]
+    labels.write_text("".join(" ".join(r[:2] + (["0"] if r[0] == "1" else r[2:3]) + r[3:]) + "\n" for r in rows))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", concepts="attributes", questions=1,
+                       source_options={"root": str(root), "attributes": True})
+    assert b.sql("SELECT reason, detail FROM rejects").fetchall() == [
+        ("no_concepts", "the image has no attribute of certainty >= 3")]
+
+
+def test_files_differing_by_extension_only_are_one_sample(tmp_path):
+    from tests.derived_data import class_folder
+
+    root = class_folder(tmp_path / "birds", {"gull": 2, "tern": 2})
+    (root / "tern" / "001.png").write_bytes((root / "tern" / "001.jpg").read_bytes())
+    b = vlmforge.build("selfsynth", "imagefolder", out=tmp_path / "out", source_options={"root": str(root)},
+                       instructions=1, descriptions_per_instruction=1, questions=1)
+    assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("tern/001.png", "duplicate_key")]
+    assert len(b) == 4

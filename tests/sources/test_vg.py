@@ -152,3 +152,27 @@ def test_the_per_image_cap_counts_usable_boxes_only(tmp_path, vg):
     second = min((o for o in image2 if o is not first), key=lambda o: rank_value(0, f"vg_2_{o['object_id']}"))
     assert b.sql("SELECT object_id FROM samples WHERE image_id = 2").fetchall() == [(second["object_id"],)]
     assert b.sql("SELECT reason FROM rejects WHERE source_id = ?", [f"2:{first['object_id']}"]).fetchall() == [("bad_box",)]
+
+
+def test_an_image_of_another_size_than_listed_is_a_reject(tmp_path, vg):
+    images = json.loads((vg / "image_data.json").read_text())
+    images[1].update(width=80, height=60)  # image 2's file is 40x30: its boxes would land elsewhere
+    (tmp_path / "image_data.json").write_text(json.dumps(images))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
+        "objects": str(vg / "objects.json"), "image_data": str(tmp_path / "image_data.json"), "images": str(vg)})
+    assert b.sql("SELECT source_id, reason, detail FROM rejects WHERE source_id = '2'").fetchall() == [
+        ("2", "size_mismatch", f"{vg}/VG_100K/2.jpg is 40x30, image_data.json says 80x60")]
+    assert b.sql("SELECT DISTINCT image_id FROM samples").fetchall() == [(1,)]
+
+
+def test_an_image_listed_twice_is_a_reject(tmp_path, vg):
+    objects = json.loads((vg / "objects.json").read_text())
+    objects += [objects[0], {"image_id": "two", "objects": []}]
+    (tmp_path / "objects.json").write_text(json.dumps(objects))
+    images = json.loads((vg / "image_data.json").read_text()) + ["junk", {"image_id": "x"}, {"width": 3}]
+    (tmp_path / "image_data.json").write_text(json.dumps(images))
+    b = vlmforge.build("vg", "vg", out=tmp_path / "out", source_options={
+        "objects": str(tmp_path / "objects.json"), "image_data": str(tmp_path / "image_data.json"), "images": str(vg)})
+    assert len(b) == 6
+    assert sorted(b.sql("SELECT source_id, detail FROM rejects WHERE reason = 'invalid_record'").fetchall()) == [
+        ("#4", "objects.json entry whose image_id is not an integer"), ("1", "image 1 is listed twice in objects.json")]

@@ -13,6 +13,7 @@ its slot, so the draw counts usable images only.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, check_template
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_column, iter_fields, parent_sample
 from vlmforge.curation.images import ImageError, load_for_storage
-from vlmforge.curation.selection import rank_value
+from vlmforge.curation.selection import key_clashes, rank_value
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record, Source
@@ -74,6 +75,7 @@ class GradingPlan(Plan):
         super().__init__()
         self.config = config
         self.picked: set[tuple[str, str]] | None = None  # (split, key) of the drawn records; None: all
+        self.duplicates: dict[str, str] = {}  # file -> the file whose key it has
         if config.per_grade is not None and config.size is not None:
             raise UserError("give --per-grade or --size, not both")
         check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
@@ -92,18 +94,19 @@ class GradingPlan(Plan):
         if from_build:
             check_column(src, cfg.label_column)
         drawing = cfg.per_grade is not None or cfg.size is not None
-        per_split: dict[str, Counter] = {}
+        per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        rows = []
         for split in src.splits():
-            cnt: Counter = Counter()
             for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
-                if value is None:
-                    continue
-                grade = grade_of(value)
-                cnt[grade] += 1
-                if drawing:
-                    members.setdefault((split, grade), []).append((key, where))
-            per_split[split] = cnt
+                if value is not None:
+                    rows.append((split, key, grade_of(value), where))
+        # Two files may differ by extension only: the first keeps the key, the other is a duplicate_key reject.
+        self.duplicates = {} if from_build else key_clashes((key, where) for _, key, _, where in rows)
+        for split, key, grade, where in rows:
+            per_split[split][grade] += 1
+            if drawing and where not in self.duplicates:
+                members.setdefault((split, grade), []).append((key, where))
         self.out_splits = list(src.splits())
         descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS
         grades = sorted({g for c in per_split.values() for g in c}, key=grade_sort_key)
@@ -116,6 +119,9 @@ class GradingPlan(Plan):
             self.counts = {s: sum(c.values()) for s, c in per_split.items()}
             return
         self._draw(per_split, members, from_build)
+        for split, _, _, where in rows:
+            if where in self.duplicates:
+                self.counts[split] += 1
 
     def _draw(self, per_split: dict[str, Counter], members: dict[tuple[str, str], list[tuple[str, Any]]],
               from_build: bool) -> None:
@@ -133,15 +139,16 @@ class GradingPlan(Plan):
             shares = (even_shares(cfg.size, split_grades) if cfg.size is not None
                       else {g: cfg.per_grade for g in split_grades})
             for g in split_grades:
-                got = bad = 0
-                for key, where in sorted(members[(split, g)], key=lambda m: (rank_value(cfg.seed, m[0]), m[0])):
-                    if got == shares[g]:
-                        break
-                    self.picked.add((split, key))
-                    if self._usable(where, from_build):
-                        got += 1
-                    else:
-                        bad += 1
+                ranked = sorted(members.get((split, g), []), key=lambda m: (rank_value(cfg.seed, m[0]), m[0]))
+                got = bad = position = 0
+                while got < shares[g] and position < len(ranked):
+                    # As many as still wanted, checked at once (in threads: decoding big X-rays is slow);
+                    # each of them is taken, usable or not, so the result is that of a walk one by one.
+                    batch = ranked[position : position + shares[g] - got]
+                    position += len(batch)
+                    for (key, _), ok in zip(batch, self._usable_many([w for _, w in batch], from_build)):
+                        self.picked.add((split, key))
+                        got, bad = (got + 1, bad) if ok else (got, bad + 1)
                 self.counts[split] += got + bad
                 drawn[f"{split}/{g}"] = got
                 if bad:
@@ -156,21 +163,30 @@ class GradingPlan(Plan):
             self.notes.append("fewer usable images than asked for (all taken): " + ", ".join(
                 f"{split} grade {g} short by {n}" for split, per in short.items() for g, n in per.items()))
 
-    def _usable(self, where: Any, from_build: bool) -> bool:
-        """The check process() makes: the image loads for storage (a parent sample has an image)."""
+    def _usable_many(self, wheres: list[Any], from_build: bool) -> list[bool]:
+        """The check process() makes, for each record: the image loads for storage (a parent sample has
+        an image)."""
         if from_build:
-            return where is not None
-        try:
-            load_for_storage(where, "quick", self.config.jpeg_quality)
-        except ImageError:
-            return False
-        return True
+            return [w is not None for w in wheres]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def usable(path: str) -> bool:
+            try:
+                load_for_storage(path, "quick", self.config.jpeg_quality)
+            except ImageError:
+                return False
+            return True
+
+        if len(wheres) < 2:
+            return [usable(w) for w in wheres]
+        with ThreadPoolExecutor(min(len(wheres), os.cpu_count() or 1, 16)) as pool:
+            return list(pool.map(usable, wheres))
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         value = self.label(rec)
         if value is None:
             return None
-        if self.picked is None:
+        if self.picked is None or rec.get("file") in self.duplicates:
             return base_split
         return base_split if (base_split, _raw_key(rec)) in self.picked else None
 
@@ -225,6 +241,9 @@ class GradingBuilder(DerivedBuilder):
             sample = parent_sample(rec, self.columns)
             if sample.image is None:
                 return Reject(rec["source_id"], "no_image", "grading", "the parent sample has no image")
+        elif rec["file"] in self.plan.duplicates:
+            return Reject(rec["source_id"], "duplicate_key", "grading", f"{rec['file']} has the key of "
+                          f"{self.plan.duplicates[rec['file']]} (the same path without its extension)")
         else:
             try:
                 img = load_for_storage(rec["file"], "quick", cfg.jpeg_quality)

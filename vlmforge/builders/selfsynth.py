@@ -30,6 +30,7 @@ from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR
                                         attribute_specificity, attribute_text, parse_bullets, select_attributes)
 from vlmforge.curation.generation import GenerationRequest, Generator, make_generator
 from vlmforge.curation.images import ImageError
+from vlmforge.curation.selection import key_clashes
 from vlmforge.curation.softmatch import names_label
 from vlmforge.errors import BuildError, UserError
 from vlmforge.progress import progress_bar
@@ -192,7 +193,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -212,6 +213,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)
         self.selected: dict[str, dict[str, Any]] = {}
+        self.duplicates: dict[str, str] = {}  # source id -> the source id whose key it has
         if config.concepts not in ("generate", "attributes"):
             path = Path(config.concepts)
             if not path.is_file():
@@ -232,8 +234,12 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
 
     def prepare(self) -> None:
         self.selected = {}
-        for split in self.src.splits():
-            recs = [r for r in self.src.records(split) if "invalid" not in r and r.get("label")]
+        usable = {split: [r for r in self.src.records(split) if "invalid" not in r and r.get("label")]
+                  for split in self.src.splits()}
+        # Files differing by extension only share a key: the first keeps it, the others are rejects.
+        self.duplicates = key_clashes((record_key(r), r["source_id"]) for recs in usable.values() for r in recs)
+        for split, recs in usable.items():
+            recs = [r for r in recs if r["source_id"] not in self.duplicates]
             if self.config.concepts == "attributes":
                 self.selected.update(self._select_by_attributes(recs))
             else:
@@ -369,6 +375,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if "invalid" in rec:
                 results[i] = [Reject(sid, "invalid_record", "source", rec["invalid"])]
                 continue
+            if sid in self.duplicates:
+                results[i] = [Reject(sid, "duplicate_key", "source", f"{sid} has the key of {self.duplicates[sid]} "
+                                     "(the same path without its extension)")]
+                continue
             try:
                 img = read_record_image(rec)
             except ImageError as e:
@@ -381,7 +391,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                      "the generator returned no usable description of this image")]
                 continue
             if not sel or not sel["concepts"]:
-                results[i] = [Reject(sid, "no_concepts", "concepts", f"no concepts for class {rec['label']!r}")]
+                why = (f"the image has no attribute of certainty >= {cfg.min_certainty}"
+                       if self.concept_source == "attributes" else f"no concepts for class {rec['label']!r}")
+                results[i] = [Reject(sid, "no_concepts", "concepts", why)]
                 continue
             features = "\n".join(f"- {c}" for c in sel["concepts"])
             questions = self._questions(key)
@@ -406,8 +418,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         label = rec["label"]
         kept = [(t, q, a) for (t, q), a in zip(questions, answers) if a and names_label(a, label)]
         if not kept:
+            first = next((a for a in answers if a), "")
             return Reject(rec["source_id"], "answer_misses_label", "qa",
-                          f"none of {len(questions)} answers names {label!r}")
+                          f"none of {len(questions)} answers names {label!r} (first answer: {first[:60]!r})")
         conv = []
         for n, (_, q, a) in enumerate(kept):
             conv += [{"from": "human", "value": ("<image>\n" if n == 0 else "") + q}, {"from": "gpt", "value": a}]

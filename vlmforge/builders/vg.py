@@ -7,7 +7,8 @@ pixels too: `box_clipped` says so). The class (`label`) is the synset's lemma
 (`traffic_light.n.01` -> `traffic light`), so subset and mcqa builds work on synsets. `--synsets-from
 FILE` keeps listed synsets only; `--max-objects-per-image N` keeps N objects per image chosen by hash
 of (seed, key) among those with a usable box; `--crop` stores the object's crop (with a margin)
-instead of the whole image.
+instead of the whole image. An image file of another size than image_data.json lists is a
+`size_mismatch` reject (its boxes are in the listed size's pixels).
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ class VgBuilder(Builder):
             img = load_for_storage(rec["file"], "quick", self.config.jpeg_quality)
         except ImageError as e:
             return out + [Reject(sid, e.reason, "read_image", e.detail)]
+        listed = (rec.get("width"), rec.get("height"))
+        if None not in listed and listed != (img.width, img.height):  # boxes are in the listed size's pixels
+            return out + [Reject(sid, "size_mismatch", "read_image", f"{rec['file']} is {img.width}x{img.height}, "
+                                 f"image_data.json says {listed[0]}x{listed[1]}")]
         usable = []
         for key, oid, osid, obj, synset, box in chosen:
             fitted = self._fit_box(osid, box, img.width, img.height)

@@ -138,6 +138,16 @@ def _break_ties(cuts: Cuts, items, pending, sorted_values) -> None:
             cuts.thresholds[group][i] = (v, keys[position - below])
 
 
+def key_clashes(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """(key, name) pairs -> {name: owner} for every name whose key another name has too, the owner
+    being the first of them in sorted order (it keeps the key; the others cannot be samples)."""
+    pairs = list(items)
+    owners: dict[str, str] = {}
+    for key, name in pairs:
+        owners[key] = min(owners.get(key, name), name)
+    return {name: owners[key] for key, name in pairs if owners[key] != name}
+
+
 def choose(names: Iterable[str], seed: int | str, count: int, salt: str = "") -> list[str]:
     """`count` names out of `names`, chosen by rank value (sorted by name in the result)."""
     unique = sorted(set(names))

@@ -56,9 +56,11 @@ class VisualGenomeSource(Source):
             raise SourceError(f"{self.image_data} must be a list of images")
         self.image_info: dict[int, dict] = {}
         for im in doc:
-            iid = im.get("image_id", im.get("id"))
-            if iid is not None:
+            iid = im.get("image_id", im.get("id")) if isinstance(im, dict) else None
+            try:
                 self.image_info[int(iid)] = im
+            except (TypeError, ValueError):  # no usable id: objects.json entries for it are rejects
+                continue
 
     def image_path(self, image_id: int) -> Path:
         """Where the image is: the url's folder first, then the usual folders."""
@@ -81,15 +83,24 @@ class VisualGenomeSource(Source):
         return len(self.image_info)
 
     def records(self, split: str) -> Iterator[Record]:
+        seen: set[int] = set()
         for i, (item, _, _) in enumerate(iter_json_array(self.objects)):
             if not isinstance(item, dict) or item.get("image_id", item.get("id")) is None:
                 yield {"source_id": f"#{i}", "invalid": "objects.json entry without an image_id"}
                 continue
-            image_id = int(item.get("image_id", item.get("id")))
+            try:
+                image_id = int(item.get("image_id", item.get("id")))
+            except (TypeError, ValueError):
+                yield {"source_id": f"#{i}", "invalid": "objects.json entry whose image_id is not an integer"}
+                continue
             info = self.image_info.get(image_id)
             if info is None:
                 yield {"source_id": str(image_id), "invalid": f"image {image_id} is not in image_data.json"}
                 continue
+            if image_id in seen:  # its objects would make samples of the same keys again
+                yield {"source_id": str(image_id), "invalid": f"image {image_id} is listed twice in objects.json"}
+                continue
+            seen.add(image_id)
             yield {"source_id": str(image_id), "image_id": image_id, "file": str(self.image_path(image_id)),
                    "width": info.get("width"), "height": info.get("height"), "objects": item.get("objects") or []}
 
