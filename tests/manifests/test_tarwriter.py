@@ -222,3 +222,33 @@ def test_the_writer_waits_rather_than_let_unhashed_shards_pile_up(tmp_path, monk
     assert [s["samples"] for s in stats] == [1, 1, 1, 1]
     for s in stats:
         assert s["sha256"] == hashlib.sha256((tmp_path / s["shard"]).read_bytes()).hexdigest()
+
+
+def test_an_interrupt_while_a_shard_is_sealed_stays_an_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C landing after a shard's file is closed but before the writer took note of it: stopping
+    the writer must not fail again on that file (a double close was an OSError traceback in place of
+    "interrupted; run the same command again"), and a rerun redoes that shard."""
+    import vlmforge.manifests.tarwriter as tw
+    from vlmforge.manifests.writer import ShardLimits, SplitWriter
+    from vlmforge.sample import Sample
+
+    finish = tw._FileHasher.finish
+    calls = {"n": 0}
+
+    def interrupted(self, size):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second shard's seal
+            raise KeyboardInterrupt
+        return finish(self, size)
+
+    monkeypatch.setattr(tw._FileHasher, "finish", interrupted)
+    (tmp_path / "manifest").mkdir()
+    w = SplitWriter(tmp_path, "train", [], {"builder": "t", "version": "0", "source": "s"},
+                    ShardLimits(max_samples=2, max_bytes=1 << 30), set())
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(10):
+            w.add(i, [Sample(key=f"k{i:03d}", image=bytes([i]) * 100, image_ext="jpg", width=1, height=1,
+                             source_id=str(i), doc={"i": i})])
+    w.abort()  # what run_build does with the interrupt: no error of its own
+    assert [p.name for p in sorted(tmp_path.glob("*.tar"))] == ["train-000000.tar"]
+    assert (tmp_path / "manifest" / "train-000000.stats.json").exists()

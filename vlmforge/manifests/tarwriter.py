@@ -290,9 +290,15 @@ class TarWriter:
         self._bufs.append(_ZEROS[:end])
         self.offset += end
         self._flush()
-        os.close(self._fd)
+        self._close_file()
         self._hasher.finish(self.offset)
         return self._hasher
+
+    def _close_file(self) -> None:
+        # Once only: an interrupt between sealing and the caller's bookkeeping ends in abort() too.
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def close(self) -> tuple[int, str]:
         """Finish the archive; returns (size, sha256)."""
@@ -301,7 +307,7 @@ class TarWriter:
 
     def abort(self) -> None:
         self._hasher.stop()
-        os.close(self._fd)
+        self._close_file()
 
     def __enter__(self) -> "TarWriter":
         return self
