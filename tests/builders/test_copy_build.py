@@ -267,3 +267,20 @@ def test_cli_refuses_options_of_another_source(tmp_path, sample_coco):
     r = subprocess.run(cli + ["--source", "coco", "--coco-root", str(sample_coco)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # --split defaults to val2017
     assert len(vlmforge.open_build(tmp_path / "copy" / "1.1.0")) == 12
+
+
+def test_imagefolder_files_that_differ_only_by_extension_are_two_samples(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    (root / "cat").mkdir(parents=True)
+    Image.new("RGB", (12, 10), (200, 10, 10)).save(root / "cat" / "001.jpg")
+    Image.new("RGB", (12, 10), (10, 200, 10)).save(root / "cat" / "001.png")
+    Image.new("RGB", (12, 10), (10, 10, 200)).save(root / "cat" / "002.jpg")
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "o", source_options={"root": str(root)})
+    rows = sorted(b.sql("SELECT key, original_format FROM samples").fetchall())
+    assert len(rows) == 3 and len({k for k, _ in rows}) == 3
+    from vlmforge.sample import make_key
+
+    assert (make_key("cat/002"), "JPEG") in rows  # a file alone with its name keeps the key it always had
+    assert {f for k, f in rows if k.startswith("cat-001")} == {"JPEG", "PNG"}

@@ -83,7 +83,7 @@ class CopyBuilder(Builder):
         if src == "coco":
             return f"{int(rec['image_id']):012d}"
         if src == "imagefolder":
-            return make_key(rec["source_id"].rsplit(".", 1)[0])
+            return make_key(rec["stem"])
         return make_key(rec["source_id"])
 
     def _doc(self, rec: Record) -> tuple[dict, dict]:

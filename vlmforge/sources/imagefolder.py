@@ -6,6 +6,7 @@ level is recognised when every top folder is a known split name (train, val, tes
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,12 +61,18 @@ class ImageFolderSource(Source):
         root = str(self.root)
         cut = 0 if root in ("", ".") else len(root) if root.endswith("/") else len(root) + 1
         labels: dict[str, str] = {}
-        for folder, path in self._files[split]:
+        items = self._files[split]
+        # Files that differ only by extension ("001.jpg", "001.png"): their names keep the extension
+        # where the rest drop it (`stem`), so that each still gets a sample of its own.
+        stems = Counter(str(path).rsplit(".", 1)[0] for _, path in items)
+        for folder, path in items:
             name = str(path)
             label = labels.get(folder)
             if label is None:
                 label = labels[folder] = clean_class_name(folder)
-            yield {"source_id": name[cut:], "file": name, "class_folder": folder, "label": label}
+            stem = name.rsplit(".", 1)[0]
+            yield {"source_id": name[cut:], "file": name, "class_folder": folder, "label": label,
+                   "stem": (stem if stems[stem] == 1 else name)[cut:]}
 
     def fingerprint(self) -> str:
         return fingerprint_files([], [p for items in self._files.values() for _, p in items], root=self.root)
