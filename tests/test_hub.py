@@ -376,6 +376,17 @@ def test_an_invalid_tag_is_refused_before_staging(occ, tmp_path, monkeypatch):
         hub.check_tag(tag)
 
 
+def test_a_build_without_samples_is_not_published(tmp_path):
+    """Before: it was staged with a card whose configs named no data file and whose loading example
+    read ds["train"][0] from a dataset with no split."""
+    b = vlmforge.build("copy", "build", out=tmp_path / "b", source_options={
+        "path": str(vlmforge.build("copy", "coco", out=tmp_path / "a").path), "where": "key = 'nothing'"})
+    assert len(b) == 0
+    with pytest.raises(UserError, match="has no samples .* nothing to publish"):
+        hub.publish(b.path, "lab/empty", dry_run=True, stage_dir=tmp_path / "stage")
+    assert not (tmp_path / "stage").exists()
+
+
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):
     plan = hub.plan_publish(occ, target_shard_bytes=200_000)
     real = hub._write_hub_shard
