@@ -152,3 +152,23 @@ def test_distributions_skip_identifiers_and_free_text():
     assert np.count_nonzero(np.diff(bar_columns) == 1) == 3
     blue = np.nonzero(bar_columns)[0]
     assert bar_columns.sum() > 0.6 * (blue[-1] - blue[0])  # wide bars with small gaps, not 3 thin bins of 20
+
+
+def test_a_single_value_with_nulls_is_not_called_the_same_for_every_sample():
+    """Before: a column holding one value in some samples and null in the rest was listed as
+    'the same for every sample'."""
+    import duckdb
+
+    from vlmforge.report.html import _distributions
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE samples AS SELECT CASE WHEN i < 7 THEN 'dog' END AS category, "
+                "CASE WHEN i < 3 THEN 2 END AS objects, 'blocks' AS fill, 480 AS width, 360 AS height, "
+                "NULL::DOUBLE AS score FROM range(10) t(i)")
+    cols = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                            "WHERE table_name = 'samples'").fetchall())
+    page = _distributions(con, cols, ["category", "objects", "fill", "score"])
+    assert "Columns with a single value: " in page and "same for every sample" not in page
+    assert "category = dog (null in 3 samples)" in page and "objects = 2 (null in 7 samples)" in page
+    assert "fill = blocks." in page and "score is always null;" in page and "width = 480;" in page
+
