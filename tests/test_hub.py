@@ -387,6 +387,17 @@ def test_a_build_without_samples_is_not_published(tmp_path):
     assert not (tmp_path / "stage").exists()
 
 
+def test_a_stage_under_a_file_is_one_error_line(occ, tmp_path):
+    """Before: NotADirectoryError traceback (dry run or not)."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for stage in (taken, taken / "below"):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ",
+                            "--dry-run", "--stage", str(stage)], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: --stage {stage}: {taken} is a file; the staged repo needs a folder"
+
+
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):
     plan = hub.plan_publish(occ, target_shard_bytes=200_000)
     real = hub._write_hub_shard

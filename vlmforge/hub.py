@@ -672,6 +672,15 @@ def default_stage_dir(build: Build) -> Path:
     return default_cache() / "publish" / build.build_id
 
 
+def _check_stage(stage_dir: Path) -> None:
+    """Refuse a --stage under a file before any work (it is made only when staging starts)."""
+    for p in (stage_dir / "repo", stage_dir, *stage_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"--stage {stage_dir}: {p} is a file; the staged repo needs a folder")
+            return
+
+
 def print_plan(plan: Plan, repo_id: str, tag: str) -> None:
     """The file plan as a table on stdout: one row per repo folder."""
     from rich.console import Console
@@ -716,6 +725,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     tag = revision or b.info["version"]
     check_tag(tag)
     stage_dir = Path(stage_dir) if stage_dir else default_stage_dir(b)
+    _check_stage(stage_dir)
     print_plan(plan, repo_id, tag)
     if dry_run:
         repo = stage_dir / "repo"
