@@ -2,7 +2,7 @@
 and the checks of --out and --device both analyses make before they load a model.
 
 The choice is deterministic and spread over the data: samples are taken in md5(seed:key) order (the
-order `vlmforge report sheet` uses), so `--n 16` of a build sorted by class does not return 16 images
+order `vlmforge show` uses), so `--n 16` of a build sorted by class does not return 16 images
 of the first class. Loose shards (no build.json beside them) are read whole and ordered the same way.
 """
 
