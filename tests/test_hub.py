@@ -209,6 +209,20 @@ def test_pull_says_what_a_local_path_is_not(staged, tmp_path):
             hub.pull(path, out=tmp_path / "out")
 
 
+def test_pull_into_a_path_under_a_file_is_one_error_line(staged, tmp_path):
+    """Before: NotADirectoryError tracebacks; with --overwrite a file in the target's place would be removed."""
+    _, repo = staged
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(UserError, match="cannot create the pull folder"):
+        hub.pull(str(repo), out=taken)
+    (tmp_path / "out" / "occlusion").mkdir(parents=True)
+    (tmp_path / "out" / "occlusion" / "0.0.1").write_text("mine")
+    with pytest.raises(UserError, match="0.0.1 is a file; the pulled build needs a folder"):
+        hub.pull(str(repo), out=tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "occlusion" / "0.0.1").read_text() == "mine"
+
+
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
     b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
     plan = hub.plan_publish(b)

@@ -768,6 +768,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
 def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     """Turn a published repo folder `src` back into the build folder `out/<builder>/<version>`,
     rebuilding the build's own shards (original field names and shard boundaries)."""
+    from vlmforge.export import output_folder
     from vlmforge.manifests.finalize import write_index
 
     src = Path(src)
@@ -786,6 +787,8 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{src} lacks {len(missing)} file(s) that publish.json names (e.g. {missing[0]}); "
                         "the published build is incomplete, download it again")
     dest = Path(out) / info["builder"] / info["version"]
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} is a file; the pulled build needs a folder there (choose another --out)")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         same = (dest / "build.json").exists() and json.loads((dest / "build.json").read_text()).get("build_id") == info["build_id"]
         if same:
@@ -793,7 +796,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{dest} holds something else; pass --overwrite or choose another --out")
     work = dest.with_name(dest.name + ".pulling")
     shutil.rmtree(work, ignore_errors=True)
-    (work / "manifest").mkdir(parents=True)
+    output_folder(work / "manifest", "the pulled build", "pull")
     inverse = {p: o for o, p in pub["fields"].items() if o != p}
     pieces: dict[str, list[tuple[str, int, int, int]]] = {}
     for hs in pub["shards"]:
