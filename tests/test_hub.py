@@ -178,6 +178,7 @@ def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
     victim.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="sha256"):
         hub.restore_build(bad, tmp_path / "out2")
+    assert list((tmp_path / "out2" / "occlusion").iterdir()) == []  # no half-restored 0.0.1.pulling left
 
 
 def test_pull_of_an_incomplete_repo_is_one_error_line(staged, tmp_path):

@@ -804,12 +804,16 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         for shard, start, end, _ in hs["pieces"]:
             pieces.setdefault(shard, []).append((hs["path"], pos, end - start, start))
             pos += end - start
-    for s in info["shards"]:
-        _restore_shard(src, work / s["shard"], s, pieces.get(s["shard"], []), inverse)
-    for rel in pub["manifest"]:
-        shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
-    shutil.copyfile(src / "build.json", work / "build.json")
-    write_index(work, info, _builder_columns(info["builder"]))
+    try:
+        for s in info["shards"]:
+            _restore_shard(src, work / s["shard"], s, pieces.get(s["shard"], []), inverse)
+        for rel in pub["manifest"]:
+            shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
+        shutil.copyfile(src / "build.json", work / "build.json")
+        write_index(work, info, _builder_columns(info["builder"]))
+    except BaseException:  # a shard that does not rebuild, an interrupt: leave no half build behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
