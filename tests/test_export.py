@@ -69,6 +69,12 @@ def test_export_of_a_derived_build_and_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     recs = check_llava_dataset(tmp_path / "x" / "llava_test.json", tmp_path / "x")
     assert len(recs) == 2 and all(r["conversations"][1]["value"] in "AB" for r in recs)
+    assert "holds every split" not in r.stderr
+    # without --split every split lands in one file: said, so that test records do not go into training unseen
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(m.path), "--out", str(tmp_path / "z")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "llava.json holds every split (test 2, train 6); --split NAME exports one" in r.stderr
+    assert len(json.loads((tmp_path / "z" / "llava.json").read_text())) == 8
     with pytest.raises(UserError, match="no split"):
         export_llava(m, tmp_path / "y", split="val")
     with pytest.raises(UserError, match="human turn"):

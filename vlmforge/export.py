@@ -97,6 +97,11 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
         raise UserError(f"read {written} of the {total} samples build.json lists{damage}; a shard of {b.path} "
                         f"is damaged (`vlmforge verify {b.path}` names it)")
     os.replace(tmp, target)
+    if split is None and len(b.info["splits"]) > 1 and not quiet:  # e.g. test records in a training file
+        from vlmforge.progress import console
+
+        counts = ", ".join(f"{name} {agg['samples']}" for name, agg in sorted(b.info["splits"].items()))
+        console.print(f"[yellow]note:[/] {target.name} holds every split ({counts}); --split NAME exports one")
     return target
 
 
