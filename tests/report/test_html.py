@@ -170,3 +170,12 @@ def test_a_single_value_with_nulls_is_not_called_the_same_for_every_sample():
     assert "category = dog (null in 3 samples)" in page and "objects = 2 (null in 7 samples)" in page
     assert "fill = blocks." in page and "score is always null;" in page and "width = 480;" in page
 
+
+
+def test_a_histogram_of_values_with_nan_and_infinity():
+    """Before: a numeric column holding NaN or inf stopped the report with matplotlib's ValueError."""
+    page = _distributions_of("SELECT CASE WHEN i = 0 THEN 'nan'::DOUBLE WHEN i = 1 THEN 'inf'::DOUBLE ELSE i * 0.1 END "
+                             "AS ppl, 480 AS width, 360 AS height FROM range(10) t(i)", ["ppl"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["histogram of ppl"]
