@@ -107,10 +107,10 @@ def test_a_damaged_sample_is_one_error_line(copy_build, tmp_path):
     JSONDecodeError, and a manifest offset pointing at another sample drew that sample silently."""
     import shutil
 
-    b = tmp_path / "b"
-    shutil.copytree(copy_build.path, b)
     from vlmforge.manifests.read import open_build
 
+    b = tmp_path / "b"
+    shutil.copytree(copy_build.path, b)
     build = open_build(b)
     row = choose_samples(build, n=1)[0]
     shard = b / row["shard"]
