@@ -132,6 +132,12 @@ def test_a_damaged_shard_stops_the_export_instead_of_dropping_samples(tmp_path, 
     with pytest.raises(UserError, match=r"read 9 of the 12 samples build.json lists; a shard of .* is damaged"):
         export_llava(open_build(b), tmp_path / "x", quiet=True)
     assert not (tmp_path / "x" / "llava.json").exists() and not (tmp_path / "x" / "llava.json.tmp").exists()
+    raw[offset + 3] ^= 0x20
+    raw[offset + 512 * 3 + 100] ^= 1  # inside the third sample's first member's data (its size: headers intact)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"sample \S+ in val-000001.tar is not the one its manifest row describes"):
+        export_llava(open_build(b), tmp_path / "x", quiet=True)
+    assert not (tmp_path / "x" / "llava.json").exists() and not (tmp_path / "x" / "llava.json.tmp").exists()
     shard.write_bytes(bytes(raw[:-2000]))
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(b), "--out", str(tmp_path / "y")],
                        capture_output=True, text=True)
