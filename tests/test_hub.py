@@ -224,6 +224,19 @@ def test_pull_into_a_path_under_a_file_is_one_error_line(staged, tmp_path):
     assert (tmp_path / "out" / "occlusion" / "0.0.1").read_text() == "mine"
 
 
+def test_pull_of_a_truncated_published_shard_says_so(staged, tmp_path):
+    """Before: 'shorter than its manifest says', though for a pull it is publish.json that says."""
+    import shutil
+
+    _, repo = staged
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad)
+    victim = bad / json.loads((bad / "publish.json").read_text())["shards"][0]["path"]
+    victim.write_bytes(victim.read_bytes()[:20_000])
+    with pytest.raises(UserError, match="is shorter than recorded .*publish.json.*truncated"):
+        hub.restore_build(bad, tmp_path / "out")
+
+
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
     b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
     plan = hub.plan_publish(b)

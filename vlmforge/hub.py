@@ -134,7 +134,8 @@ class _HashingWriter:
         while n:
             chunk = src.read(min(n, 1 << 22))
             if not chunk:
-                raise UserError(f"{getattr(src, 'name', 'a shard')} is shorter than its manifest says")
+                raise UserError(f"{getattr(src, 'name', 'a shard')} is shorter than recorded (in the build's "
+                                "manifest, or in publish.json for a published shard): truncated, e.g. by a partial download")
             self.write(chunk)
             n -= len(chunk)
 
