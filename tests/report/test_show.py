@@ -138,6 +138,12 @@ def test_a_damaged_sample_is_one_error_line(copy_build, tmp_path):
         load_sample(build, wrong)
 
 
+def test_more_columns_than_samples_leave_no_blank_columns(copy_build):
+    """Before: --cols 50 with 3 samples drew a sheet 50 cells wide, 47 of them blank."""
+    layout = SheetLayout(thumb=40)
+    assert contact_sheet(copy_build, n=3, cols=50, layout=layout).size == contact_sheet(copy_build, n=3, cols=3, layout=layout).size
+
+
 def test_multiple_choice_captions_show_options_and_gold():
     from vlmforge.report.show import caption
 

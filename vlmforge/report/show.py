@@ -209,7 +209,7 @@ def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(
     """A sheet with `title` on top and a grid of cells: each cell is (titled thumb-sized panels side by
     side, caption parts wrapped below them, caption colour)."""
     k = max(len(p) for p, _, _ in cells)
-    cols = cols or default_cols(k, len(cells))
+    cols = min(cols, len(cells)) if cols else default_cols(k, len(cells))  # no empty columns
     sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(15), font(12)
