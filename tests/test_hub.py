@@ -237,6 +237,30 @@ def test_pull_of_a_truncated_published_shard_says_so(staged, tmp_path):
         hub.restore_build(bad, tmp_path / "out")
 
 
+@pytest.mark.parametrize("where", ["build.json shard", "build.json builder", "publish.json manifest"])
+def test_pull_refuses_paths_outside_its_folders(staged, tmp_path, where):
+    """Before: a crafted build.json (shard '../../x.tar', builder '../..') made pull write outside --out,
+    and a crafted publish.json made it copy any readable file into the build."""
+    import shutil
+
+    _, repo = staged
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad)
+    info = json.loads((bad / "build.json").read_text())
+    pub = json.loads((bad / "publish.json").read_text())
+    if where == "build.json shard":
+        info["shards"][0]["shard"] = "../../escaped.tar"
+    elif where == "build.json builder":
+        info["builder"] = "../.."
+    else:
+        pub["manifest"][0] = "../../../../etc/hostname"
+    (bad / "build.json").write_text(json.dumps(info))
+    (bad / "publish.json").write_text(json.dumps(pub))
+    with pytest.raises(UserError, match="names a path outside its folder"):
+        hub.restore_build(bad, tmp_path / "out" / "deep")
+    assert not (tmp_path / "escaped.tar").exists() and not (tmp_path / "out").exists()
+
+
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
     b = vlmforge.build("copy", "coco", out=tmp_path / "b")  # the embedded sample; fields jpg and json only
     plan = hub.plan_publish(b)

@@ -783,7 +783,12 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{src}/publish.json is not valid JSON ({e}); the published build is damaged") from None
     if pub.get("format") != PUBLISH_FORMAT or pub.get("build_id") != info.get("build_id"):
         raise UserError(f"{src}/publish.json does not describe the build in build.json (or is of a newer format)")
-    missing = [p for p in [hs["path"] for hs in pub["shards"]] + pub["manifest"] if not (src / p).is_file()]
+    repo_paths = [hs["path"] for hs in pub["shards"]] + pub["manifest"]
+    names = [info["builder"], info["version"]] + [s["shard"] for s in info["shards"]]
+    unsafe = [p for p in repo_paths if not _inside(p)] + [n for n in names if not _inside(n) or "/" in n]
+    if unsafe:  # a crafted repo must not read or write outside the folders it is given
+        raise UserError(f"{src} names a path outside its folder ({unsafe[0]!r}); it is not a vlmforge publish")
+    missing = [p for p in repo_paths if not (src / p).is_file()]
     if missing:  # e.g. a partial download: one line, before anything is written
         raise UserError(f"{src} lacks {len(missing)} file(s) that publish.json names (e.g. {missing[0]}); "
                         "the published build is incomplete, download it again")
@@ -820,6 +825,12 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(work, dest)
     return dest
+
+
+def _inside(path: str) -> bool:
+    """A relative path that stays inside the folder it is joined to."""
+    parts = Path(path).parts
+    return bool(parts) and not Path(path).is_absolute() and ".." not in parts and "\\" not in path
 
 
 def _restore_shard(src: Path, target: Path, s: dict, pieces: list[tuple[str, int, int, int]],
