@@ -69,6 +69,12 @@ def test_export_of_a_derived_build_and_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     recs = check_llava_dataset(tmp_path / "x" / "llava_test.json", tmp_path / "x")
     assert len(recs) == 2 and all(r["conversations"][1]["value"] in "AB" for r in recs)
+    assert "holds every split" not in r.stderr
+    # without --split every split lands in one file: said, so that test records do not go into training unseen
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(m.path), "--out", str(tmp_path / "z")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "llava.json holds every split (test 2, train 6); --split NAME exports one" in r.stderr
+    assert len(json.loads((tmp_path / "z" / "llava.json").read_text())) == 8
     with pytest.raises(UserError, match="no split"):
         export_llava(m, tmp_path / "y", split="val")
     with pytest.raises(UserError, match="human turn"):
@@ -124,6 +130,12 @@ def test_a_damaged_shard_stops_the_export_instead_of_dropping_samples(tmp_path, 
     # so that shard gives 2 of its 5 samples (5 + 2 + the last shard's 2 = 9)
     shard.write_bytes(bytes(raw))
     with pytest.raises(UserError, match=r"read 9 of the 12 samples build.json lists; a shard of .* is damaged"):
+        export_llava(open_build(b), tmp_path / "x", quiet=True)
+    assert not (tmp_path / "x" / "llava.json").exists() and not (tmp_path / "x" / "llava.json.tmp").exists()
+    raw[offset + 3] ^= 0x20
+    raw[offset + 512 * 3 + 100] ^= 1  # inside the third sample's first member's data (its size: headers intact)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"sample \S+ in val-000001.tar is not the one its manifest row describes"):
         export_llava(open_build(b), tmp_path / "x", quiet=True)
     assert not (tmp_path / "x" / "llava.json").exists() and not (tmp_path / "x" / "llava.json.tmp").exists()
     shard.write_bytes(bytes(raw[:-2000]))

@@ -178,6 +178,7 @@ def test_pull_restores_the_build_byte_for_byte(occ, staged, tmp_path):
     victim.write_bytes(bytes(raw))
     with pytest.raises(UserError, match="sha256"):
         hub.restore_build(bad, tmp_path / "out2")
+    assert list((tmp_path / "out2" / "occlusion").iterdir()) == []  # no half-restored 0.0.1.pulling left
 
 
 def test_pull_of_an_incomplete_repo_is_one_error_line(staged, tmp_path):
@@ -207,6 +208,57 @@ def test_pull_says_what_a_local_path_is_not(staged, tmp_path):
     for path in (str(tmp_path / "no" / "such"), "./nothere", str(repo / "README.md")):
         with pytest.raises(UserError, match="is not a folder .* nor a Hub repo id"):
             hub.pull(path, out=tmp_path / "out")
+
+
+def test_pull_into_a_path_under_a_file_is_one_error_line(staged, tmp_path):
+    """Before: NotADirectoryError tracebacks; with --overwrite a file in the target's place would be removed."""
+    _, repo = staged
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(UserError, match="cannot create the pull folder"):
+        hub.pull(str(repo), out=taken)
+    (tmp_path / "out" / "occlusion").mkdir(parents=True)
+    (tmp_path / "out" / "occlusion" / "0.0.1").write_text("mine")
+    with pytest.raises(UserError, match="0.0.1 is a file; the pulled build needs a folder"):
+        hub.pull(str(repo), out=tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "occlusion" / "0.0.1").read_text() == "mine"
+
+
+def test_pull_of_a_truncated_published_shard_says_so(staged, tmp_path):
+    """Before: 'shorter than its manifest says', though for a pull it is publish.json that says."""
+    import shutil
+
+    _, repo = staged
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad)
+    victim = bad / json.loads((bad / "publish.json").read_text())["shards"][0]["path"]
+    victim.write_bytes(victim.read_bytes()[:20_000])
+    with pytest.raises(UserError, match="is shorter than recorded .*publish.json.*truncated"):
+        hub.restore_build(bad, tmp_path / "out")
+
+
+@pytest.mark.parametrize("where", ["build.json shard", "build.json builder", "publish.json manifest"])
+def test_pull_refuses_paths_outside_its_folders(staged, tmp_path, where):
+    """Before: a crafted build.json (shard '../../x.tar', builder '../..') made pull write outside --out,
+    and a crafted publish.json made it copy any readable file into the build."""
+    import shutil
+
+    _, repo = staged
+    bad = tmp_path / "bad"
+    shutil.copytree(repo, bad)
+    info = json.loads((bad / "build.json").read_text())
+    pub = json.loads((bad / "publish.json").read_text())
+    if where == "build.json shard":
+        info["shards"][0]["shard"] = "../../escaped.tar"
+    elif where == "build.json builder":
+        info["builder"] = "../.."
+    else:
+        pub["manifest"][0] = "../../../../etc/hostname"
+    (bad / "build.json").write_text(json.dumps(info))
+    (bad / "publish.json").write_text(json.dumps(pub))
+    with pytest.raises(UserError, match="names a path outside its folder"):
+        hub.restore_build(bad, tmp_path / "out" / "deep")
+    assert not (tmp_path / "escaped.tar").exists() and not (tmp_path / "out").exists()
 
 
 def test_unchanged_shards_are_linked_not_copied(tmp_path):
@@ -374,6 +426,28 @@ def test_an_invalid_tag_is_refused_before_staging(occ, tmp_path, monkeypatch):
     assert fake.files == {} and not (tmp_path / "stage").exists()
     for tag in ("1.2.0", "v1.2.0-coco", "exp/occ_2+3"):
         hub.check_tag(tag)
+
+
+def test_a_build_without_samples_is_not_published(tmp_path):
+    """Before: it was staged with a card whose configs named no data file and whose loading example
+    read ds["train"][0] from a dataset with no split."""
+    b = vlmforge.build("copy", "build", out=tmp_path / "b", source_options={
+        "path": str(vlmforge.build("copy", "coco", out=tmp_path / "a").path), "where": "key = 'nothing'"})
+    assert len(b) == 0
+    with pytest.raises(UserError, match="has no samples .* nothing to publish"):
+        hub.publish(b.path, "lab/empty", dry_run=True, stage_dir=tmp_path / "stage")
+    assert not (tmp_path / "stage").exists()
+
+
+def test_a_stage_under_a_file_is_one_error_line(occ, tmp_path):
+    """Before: NotADirectoryError traceback (dry run or not)."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for stage in (taken, taken / "below"):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ",
+                            "--dry-run", "--stage", str(stage)], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"error: --stage {stage}: {taken} is a file; the staged repo needs a folder"
 
 
 def test_staging_resumes_after_a_crash(occ, tmp_path, monkeypatch):

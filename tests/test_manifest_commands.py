@@ -102,3 +102,18 @@ def test_an_unreadable_manifest_part_is_a_finding_not_a_traceback(build):
     r = run("verify", build)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "manifest/val-000001.parquet: manifest part unreadable" in r.stdout + r.stderr
+
+
+def test_stats_list_a_split_without_samples(tmp_path, coco_copy):
+    """Before: the per-split table was made from sample rows, so a split whose inputs were all
+    rejected was missing from it."""
+    import vlmforge
+
+    for image in (coco_copy / "val2017").iterdir():
+        image.write_bytes(b"not an image")
+    b = vlmforge.build("copy", "coco", out=tmp_path, source_options={"coco_root": str(coco_copy), "split": "val2017"})
+    assert len(b) == 0 and b.info["splits"]["val"]["rejects"] == 12
+    r = run("manifest", "stats", b.path)
+    assert r.returncode == 0, r.stderr
+    rows = [line.replace("│", " ").split() for line in r.stdout.splitlines() if line.startswith("│")]
+    assert ["val", "0", str(b.info["splits"]["val"]["shards"]), "12"] in rows

@@ -66,7 +66,8 @@ def sample_classes(
 
 @app.command("verify")
 def verify(build: BuildArg) -> None:
-    """Re-hash every shard and check that shards and manifest agree key by key. Exits 1 on any difference."""
+    """Re-hash every shard, check that shards and manifest agree key by key and that the manifest parts are
+    those of build.json's shards, all readable. Exits 1 on any difference."""
     from vlmforge.manifests.read import DamagedBuildError, open_build
     from vlmforge.manifests.verify import verify_build
     from vlmforge.progress import console
@@ -109,7 +110,7 @@ def manifest_stats(build: BuildArg) -> None:
 
 @manifest_app.command("diff")
 def manifest_diff(a: BuildArg, b: BuildArg) -> None:
-    """Compare two builds by key: keys only in A, only in B, and samples whose image or json differ."""
+    """Compare two builds by key: keys only in A, only in B, and samples whose image or json differ. Exits 1 when any differ."""
     from vlmforge.manifests.query import print_diff
 
     if print_diff(a, b):

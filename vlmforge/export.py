@@ -92,11 +92,19 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
             f.write("\n]\n")
     except tarfile.TarError as e:
         damage = f" ({e})"
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if written != total:  # a damaged member header ends a tar stream early without an error
         tmp.unlink(missing_ok=True)
         raise UserError(f"read {written} of the {total} samples build.json lists{damage}; a shard of {b.path} "
                         f"is damaged (`vlmforge verify {b.path}` names it)")
     os.replace(tmp, target)
+    if split is None and len(b.info["splits"]) > 1 and not quiet:  # e.g. test records in a training file
+        from vlmforge.progress import console
+
+        counts = ", ".join(f"{name} {agg['samples']}" for name, agg in sorted(b.info["splits"].items()))
+        console.print(f"[yellow]note:[/] {target.name} holds every split ({counts}); --split NAME exports one")
     return target
 
 
@@ -111,19 +119,38 @@ def _check_shard_sizes(b: "Build", split: str | None) -> None:
 
 
 def _records(b: "Build", split: str | None, out: Path) -> Iterator[dict[str, Any]]:
-    for sample in b.samples(split):
-        key = sample["__key__"]
-        doc = sample["json"]
-        ext = next((f for f in ("jpg", "png", "webp") if f in sample), None)
-        rel = None
-        if ext is not None:
-            rel = _image_rel(key, ext)
-            path = out / rel
-            # A rerun skips images already written; an older build's image under the same key is replaced.
-            if not path.exists() or path.stat().st_size != len(sample[ext]) or path.read_bytes() != sample[ext]:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(sample[ext])
-        yield llava_record(key, doc, rel)
+    import pyarrow.parquet as pq
+
+    from vlmforge.manifests.read import iter_tar_samples
+
+    for s in b.info["shards"]:
+        if split not in (None, s["split"]):
+            continue
+        part = b.path / "manifest" / s["shard"].replace(".tar", ".parquet")
+        rows = {r["key"]: r for r in pq.read_table(part, columns=["key", "image_format", "image_sha256", "json_sha256"]).to_pylist()}
+        for sample in iter_tar_samples(b.path / s["shard"]):
+            key = sample["__key__"]
+            _check_digests(sample, rows.get(key), s["shard"], b.path)
+            doc = json.loads(sample["json"])
+            ext = next((f for f in ("jpg", "png", "webp") if f in sample), None)
+            rel = None
+            if ext is not None:
+                rel = _image_rel(key, ext)
+                path = out / rel
+                # A rerun skips images already written; an older build's image under the same key is replaced.
+                if not path.exists() or path.stat().st_size != len(sample[ext]) or path.read_bytes() != sample[ext]:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(sample[ext])
+            yield llava_record(key, doc, rel)
+
+
+def _check_digests(sample: dict[str, Any], row: dict[str, Any] | None, shard: str, build_dir: Path) -> None:
+    """A sample whose json or image bytes are not those its manifest row hashed is damaged: never exported."""
+    image = sample.get(row["image_format"]) if row and row["image_format"] else None
+    if (row is None or hashlib.sha256(sample.get("json", b"")).hexdigest() != row["json_sha256"]
+            or (row["image_format"] and (image is None or hashlib.sha256(image).hexdigest() != row["image_sha256"]))):
+        raise UserError(f"sample {sample['__key__']} in {shard} is not the one its manifest row describes "
+                        f"(other bytes or key); the build is damaged (`vlmforge verify {build_dir}` says more)")
 
 
 def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float | None = None,

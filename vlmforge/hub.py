@@ -134,7 +134,8 @@ class _HashingWriter:
         while n:
             chunk = src.read(min(n, 1 << 22))
             if not chunk:
-                raise UserError(f"{getattr(src, 'name', 'a shard')} is shorter than its manifest says")
+                raise UserError(f"{getattr(src, 'name', 'a shard')} is shorter than recorded (in the build's "
+                                "manifest, or in publish.json for a published shard): truncated, e.g. by a partial download")
             self.write(chunk)
             n -= len(chunk)
 
@@ -261,6 +262,9 @@ def plan_publish(build: Build, target_shard_bytes: int = DEFAULT_TARGET_SHARD_BY
         raise UserError("--target-shard-bytes must be positive")
     if max_files_per_folder < 1:
         raise UserError("max files per folder must be positive")
+    if not len(build):  # no data file for the card's configs to name, nothing for `datasets` to load
+        raise UserError(f"{build.path} has no samples (every input was rejected: `vlmforge manifest stats` "
+                        "says why); there is nothing to publish")
     by_split: dict[str, list[HubShard]] = {}
     for s in build.info["shards"]:
         shards = by_split.setdefault(s["split"], [])
@@ -669,6 +673,15 @@ def default_stage_dir(build: Build) -> Path:
     return default_cache() / "publish" / build.build_id
 
 
+def _check_stage(stage_dir: Path) -> None:
+    """Refuse a --stage under a file before any work (it is made only when staging starts)."""
+    for p in (stage_dir / "repo", stage_dir, *stage_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"--stage {stage_dir}: {p} is a file; the staged repo needs a folder")
+            return
+
+
 def print_plan(plan: Plan, repo_id: str, tag: str) -> None:
     """The file plan as a table on stdout: one row per repo folder."""
     from rich.console import Console
@@ -713,6 +726,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     tag = revision or b.info["version"]
     check_tag(tag)
     stage_dir = Path(stage_dir) if stage_dir else default_stage_dir(b)
+    _check_stage(stage_dir)
     print_plan(plan, repo_id, tag)
     if dry_run:
         repo = stage_dir / "repo"
@@ -755,6 +769,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
 def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     """Turn a published repo folder `src` back into the build folder `out/<builder>/<version>`,
     rebuilding the build's own shards (original field names and shard boundaries)."""
+    from vlmforge.export import output_folder
     from vlmforge.manifests.finalize import write_index
 
     src = Path(src)
@@ -768,11 +783,18 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{src}/publish.json is not valid JSON ({e}); the published build is damaged") from None
     if pub.get("format") != PUBLISH_FORMAT or pub.get("build_id") != info.get("build_id"):
         raise UserError(f"{src}/publish.json does not describe the build in build.json (or is of a newer format)")
-    missing = [p for p in [hs["path"] for hs in pub["shards"]] + pub["manifest"] if not (src / p).is_file()]
+    repo_paths = [hs["path"] for hs in pub["shards"]] + pub["manifest"]
+    names = [info["builder"], info["version"]] + [s["shard"] for s in info["shards"]]
+    unsafe = [p for p in repo_paths if not _inside(p)] + [n for n in names if not _inside(n) or "/" in n]
+    if unsafe:  # a crafted repo must not read or write outside the folders it is given
+        raise UserError(f"{src} names a path outside its folder ({unsafe[0]!r}); it is not a vlmforge publish")
+    missing = [p for p in repo_paths if not (src / p).is_file()]
     if missing:  # e.g. a partial download: one line, before anything is written
         raise UserError(f"{src} lacks {len(missing)} file(s) that publish.json names (e.g. {missing[0]}); "
                         "the published build is incomplete, download it again")
     dest = Path(out) / info["builder"] / info["version"]
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} is a file; the pulled build needs a folder there (choose another --out)")
     if dest.exists() and any(dest.iterdir()) and not overwrite:
         same = (dest / "build.json").exists() and json.loads((dest / "build.json").read_text()).get("build_id") == info["build_id"]
         if same:
@@ -780,7 +802,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         raise UserError(f"{dest} holds something else; pass --overwrite or choose another --out")
     work = dest.with_name(dest.name + ".pulling")
     shutil.rmtree(work, ignore_errors=True)
-    (work / "manifest").mkdir(parents=True)
+    output_folder(work / "manifest", "the pulled build", "pull")
     inverse = {p: o for o, p in pub["fields"].items() if o != p}
     pieces: dict[str, list[tuple[str, int, int, int]]] = {}
     for hs in pub["shards"]:
@@ -788,17 +810,27 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         for shard, start, end, _ in hs["pieces"]:
             pieces.setdefault(shard, []).append((hs["path"], pos, end - start, start))
             pos += end - start
-    for s in info["shards"]:
-        _restore_shard(src, work / s["shard"], s, pieces.get(s["shard"], []), inverse)
-    for rel in pub["manifest"]:
-        shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
-    shutil.copyfile(src / "build.json", work / "build.json")
-    write_index(work, info, _builder_columns(info["builder"]))
+    try:
+        for s in info["shards"]:
+            _restore_shard(src, work / s["shard"], s, pieces.get(s["shard"], []), inverse)
+        for rel in pub["manifest"]:
+            shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
+        shutil.copyfile(src / "build.json", work / "build.json")
+        write_index(work, info, _builder_columns(info["builder"]))
+    except BaseException:  # a shard that does not rebuild, an interrupt: leave no half build behind
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if dest.exists():
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(work, dest)
     return dest
+
+
+def _inside(path: str) -> bool:
+    """A relative path that stays inside the folder it is joined to."""
+    parts = Path(path).parts
+    return bool(parts) and not Path(path).is_absolute() and ".." not in parts and "\\" not in path
 
 
 def _restore_shard(src: Path, target: Path, s: dict, pieces: list[tuple[str, int, int, int]],

@@ -138,6 +138,19 @@ def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, labe
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_accuracy_counts_only_images_of_the_classes(tiny_clip, label_build, tmp_path):
+    """Before: with --classes naming some of the labels, an image of another label counted as wrong,
+    so the accuracy of a perfect classifier could read 0.33."""
+    out = G.run_gradcam(str(tiny_clip), label_build, tmp_path / "gc", n=7, classes=["cat", "dog"], size=32, quiet=True)
+    index = json.loads((out / "index.json").read_text())
+    items = index["items"]
+    assert {it["true"] for it in items} - {"cat", "dog"}, "the test needs images of another class"
+    for it in items:
+        assert it["correct"] == (it["true"] == it["predicted"] if it["true"] in ("cat", "dog") else None)
+    scored = [it for it in items if it["correct"] is not None]
+    assert index["scored"] == len(scored) and index["accuracy"] == sum(it["correct"] for it in scored) / len(scored)
+
+
 def test_classes_come_from_the_trainer_export(tiny_clip, tmp_path):
     (tmp_path / "vlmforge_export.json").write_text(json.dumps({"kind": "clip", "classes": ["b", "a"]}))
     assert G.default_classes(str(tmp_path), ["x", "y"]) == ["b", "a"]

@@ -45,3 +45,14 @@ def test_shard_glob_and_loose_shards(label_build, tmp_path):
         read_test_samples(f"{tmp_path}/nothing-*.tar")
     with pytest.raises(UserError, match="no sample matches"):
         read_test_samples(label_build, where="label = 'zebra'")
+
+
+def test_a_file_that_is_not_a_shard_among_loose_shards_is_one_error(label_build, tmp_path):
+    """Before: tarfile's ReadError traceback."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for p in sorted(label_build.glob("*.tar")):
+        shutil.copy(p, loose / p.name)
+    (loose / "notes.tar").write_text("not a tar")
+    with pytest.raises(UserError, match="notes.tar is not a readable tar shard"):
+        read_test_samples(f"{loose}/*.tar", n=2)

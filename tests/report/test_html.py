@@ -124,22 +124,28 @@ def test_report_out_that_cannot_be_written_is_one_error_line(copy_build, tmp_pat
     assert r.returncode == 0 and copy_build.build_id in out.read_text()
 
 
-def test_distributions_skip_identifiers_and_free_text():
-    """Before: image_id and caption_id got histograms (a mean of ids), and a question column got a bar
-    chart whose labels, cut to 40 characters, made different questions look like one."""
-    import base64
-
+def _distributions_of(select: str, builder_cols: list[str]) -> str:
+    """The report's distributions section for a samples table made by `select`."""
     import duckdb
 
     from vlmforge.report.html import _distributions
 
     con = duckdb.connect()
-    con.execute("CREATE TABLE samples AS SELECT i AS image_id, i % 3 + 1 AS objects, i * 0.5 AS score, "
-                "'Part of this image is hidden behind a cluster of gray blocks, number ' || (i % 4) AS question, "
-                "'cat' || (i % 30) AS category, 480 AS width, 360 AS height FROM range(60) t(i)")
+    con.execute(f"CREATE TABLE samples AS {select}")
     cols = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
                             "WHERE table_name = 'samples'").fetchall())
-    page = _distributions(con, cols, ["image_id", "objects", "score", "question", "category"])
+    return _distributions(con, cols, builder_cols)
+
+
+def test_distributions_skip_identifiers_and_free_text():
+    """Before: image_id and caption_id got histograms (a mean of ids), and a question column got a bar
+    chart whose labels, cut to 40 characters, made different questions look like one."""
+    import base64
+
+    page = _distributions_of("SELECT i AS image_id, i % 3 + 1 AS objects, i * 0.5 AS score, "
+                             "'Part of this image is hidden behind a cluster of gray blocks, number ' || (i % 4) AS question, "
+                             "'cat' || (i % 30) AS category, 480 AS width, 360 AS height FROM range(60) t(i)",
+                             ["image_id", "objects", "score", "question", "category"])
     tags = _Tags()
     tags.feed(page)
     alts = [i["alt"] for i in tags.imgs]
@@ -152,3 +158,24 @@ def test_distributions_skip_identifiers_and_free_text():
     assert np.count_nonzero(np.diff(bar_columns) == 1) == 3
     blue = np.nonzero(bar_columns)[0]
     assert bar_columns.sum() > 0.6 * (blue[-1] - blue[0])  # wide bars with small gaps, not 3 thin bins of 20
+
+
+def test_a_single_value_with_nulls_is_not_called_the_same_for_every_sample():
+    """Before: a column holding one value in some samples and null in the rest was listed as
+    'the same for every sample'."""
+    page = _distributions_of("SELECT CASE WHEN i < 7 THEN 'dog' END AS category, CASE WHEN i < 3 THEN 2 END AS objects, "
+                             "'blocks' AS fill, 480 AS width, 360 AS height, NULL::DOUBLE AS score FROM range(10) t(i)",
+                             ["category", "objects", "fill", "score"])
+    assert "Columns with a single value: " in page and "same for every sample" not in page
+    assert "category = dog (null in 3 samples)" in page and "objects = 2 (null in 7 samples)" in page
+    assert "fill = blocks." in page and "score is always null;" in page and "width = 480;" in page
+
+
+
+def test_a_histogram_of_values_with_nan_and_infinity():
+    """Before: a numeric column holding NaN or inf stopped the report with matplotlib's ValueError."""
+    page = _distributions_of("SELECT CASE WHEN i = 0 THEN 'nan'::DOUBLE WHEN i = 1 THEN 'inf'::DOUBLE ELSE i * 0.1 END "
+                             "AS ppl, 480 AS width, 360 AS height FROM range(10) t(i)", ["ppl"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["histogram of ppl"]

@@ -102,6 +102,48 @@ def test_an_out_file_pillow_cannot_write_is_one_error_line(copy_build, tmp_path)
     assert r.returncode == 0 and Image.open(out).format == "JPEG"
 
 
+def test_a_damaged_sample_is_one_error_line(copy_build, tmp_path):
+    """Before: an image that does not decode was Pillow's OSError traceback, a json that does not parse a
+    JSONDecodeError, and a manifest offset pointing at another sample drew that sample silently."""
+    import shutil
+
+    from vlmforge.manifests.read import open_build
+
+    b = tmp_path / "b"
+    shutil.copytree(copy_build.path, b)
+    build = open_build(b)
+    row = choose_samples(build, n=1)[0]
+    shard = b / row["shard"]
+    raw = bytearray(shard.read_bytes())
+    members = {}
+    pos = row["offset"]
+    while pos < row["offset"] + row["sample_bytes"]:
+        name = raw[pos:pos + 100].split(b"\0", 1)[0].decode()
+        size = int(raw[pos + 124:pos + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        members[name.split(".", 1)[1]] = pos + 512
+        pos += 512 + size + (-size % 512)
+    good = bytes(raw)
+    raw[members["jpg"] + 200:members["jpg"] + 2200] = bytes(2000)
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=f"sample {row['key']}: its jpg cannot be decoded"):
+        contact_sheet(build, where=f"key = '{row['key']}'")
+    raw = bytearray(good)
+    raw[members["json"]] = ord("#")
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=f"sample {row['key']} in {row['shard']}: its json does not parse"):
+        contact_sheet(build, where=f"key = '{row['key']}'")
+    shard.write_bytes(good)
+    wrong = dict(row, key="someone-else")
+    with pytest.raises(UserError, match="holds no sample someone-else at byte"):
+        load_sample(build, wrong)
+
+
+def test_more_columns_than_samples_leave_no_blank_columns(copy_build):
+    """Before: --cols 50 with 3 samples drew a sheet 50 cells wide, 47 of them blank."""
+    layout = SheetLayout(thumb=40)
+    assert contact_sheet(copy_build, n=3, cols=50, layout=layout).size == contact_sheet(copy_build, n=3, cols=3, layout=layout).size
+
+
 def test_multiple_choice_captions_show_options_and_gold():
     from vlmforge.report.show import caption
 

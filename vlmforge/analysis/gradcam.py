@@ -238,7 +238,8 @@ def _write_item(sample, view, probs, cam_pred, cam_true, classes: Sequence[str],
     p = int(probs.argmax())
     item = {"key": sample.key, "image": f"overlays/{sample.key}.png", "true": sample.label,
             "predicted": classes[p], "confidence": round(float(probs[p]), 6),
-            "correct": None if sample.label is None else sample.label == classes[p],
+            # None when the true class is unknown or not one of the classes: no answer could be right
+            "correct": sample.label == classes[p] if sample.label in classes else None,
             "probabilities": [round(float(x), 6) for x in probs]}
     panels = [(f"pred: {classes[p]}", overlay(view, cam_pred))]
     if cam_true is not None:
@@ -321,10 +322,10 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     doc = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
            "layer": layer_name, "classes": classes, "class_prompts": prompts,
            "grid": list(heat_pred[0].shape), "n": len(items),
-           "accuracy": (sum(it["correct"] for it in known) / len(known)) if known else None,
+           "accuracy": (sum(it["correct"] for it in known) / len(known)) if known else None, "scored": len(known),
            "contact_sheet": "contact_sheet.png", "heatmaps": "heatmaps.npz", "items": items}
     (out / "index.json").write_text(json.dumps(doc, indent=1) + "\n")
     if not quiet:
-        acc = f", accuracy {doc['accuracy']:.3f}" if doc["accuracy"] is not None else ""
+        acc = f", accuracy {doc['accuracy']:.3f} ({len(known)} of a class)" if doc["accuracy"] is not None else ""
         console.print(f"[green]wrote[/] {len(items)} Grad-CAM overlays{acc} to {out} (layer {layer_name})")
     return out

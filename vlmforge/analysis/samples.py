@@ -2,7 +2,7 @@
 and the checks of --out and --device both analyses make before they load a model.
 
 The choice is deterministic and spread over the data: samples are taken in md5(seed:key) order (the
-order `vlmforge report sheet` uses), so `--n 16` of a build sorted by class does not return 16 images
+order `vlmforge show` uses), so `--n 16` of a build sorted by class does not return 16 images
 of the first class. Loose shards (no build.json beside them) are read whole and ordered the same way.
 """
 
@@ -105,11 +105,18 @@ def _from_build(build: Build, shards: list[Path], where: str | None, n: int | No
 
 
 def _iter_loose(paths: list[Path]) -> Iterator[TestSample]:
+    import tarfile
+
     for p in paths:
-        for s in iter_tar_samples(p):
-            doc = json.loads(s["json"]) if "json" in s else {}
-            image = next((s[f] for f in IMAGE_FIELDS if f in s), None)
-            yield TestSample(s["__key__"], image, doc, label_of(doc))
+        try:
+            for s in iter_tar_samples(p):
+                doc = json.loads(s["json"]) if "json" in s else {}
+                image = next((s[f] for f in IMAGE_FIELDS if f in s), None)
+                yield TestSample(s["__key__"], image, doc, label_of(doc))
+        except (tarfile.TarError, OSError) as e:
+            raise UserError(f"{p} is not a readable tar shard ({e})") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{p}: a sample's json does not parse ({e})") from None
 
 
 def read_test_samples(shards: str | Path, where: str | None = None, n: int | None = None, seed: int = 0) -> TestSet:

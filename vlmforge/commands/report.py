@@ -24,7 +24,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         where: Where = None,
         n: Annotated[int, typer.Option("--n", min=1, max=400, help="number of samples")] = 16,
         seed: Seed = 0,
-        cols: Annotated[Optional[int], typer.Option("--cols", min=1, help="cells per row (default: 2 for triptychs, 4 for single images)")] = None,
+        cols: Annotated[Optional[int], typer.Option("--cols", min=1, help="cells per row (default: 2 for triptychs, 3 for pairs, 4 for single images)")] = None,
         thumb: Annotated[int, typer.Option("--thumb", min=32, max=1024, help="panel size in pixels")] = 192,
     ) -> None:
         from vlmforge.manifests.read import open_build

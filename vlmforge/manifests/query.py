@@ -129,9 +129,10 @@ def print_stats(build: Path) -> None:
     con = b.connect()
     out = _stdout()
     out.print(f"[bold]{b.info['builder']} {b.info['version']}[/]  build {b.build_id}  ({b.path})")
-    rows = con.execute("SELECT split, count(*) AS samples, count(DISTINCT shard) AS shards FROM samples GROUP BY 1 ORDER BY 1").fetchall()
-    rej = dict(con.execute("SELECT split, count(*) FROM rejects GROUP BY 1").fetchall())
-    out.print(_table("per split", ["split", "samples", "shards", "rejects"], [(s, n, k, rej.get(s, 0)) for s, n, k in rows]))
+    # From build.json, so that a split whose inputs were all rejected (no sample rows) is listed too.
+    splits = sorted(b.info["splits"].items())
+    out.print(_table("per split", ["split", "samples", "shards", "rejects"],
+                     [(s, a["samples"], a["shards"], a["rejects"]) for s, a in splits]))
     cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'samples'").fetchall()}
     if "label" in cols:
         labels = con.execute("SELECT label, count(*) FILTER (WHERE TRUE) AS n FROM samples WHERE label IS NOT NULL "

@@ -137,10 +137,19 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
     numeric = [c for c in builder_cols if cols.get(c, "").split("(")[0] in NUMERIC and not _is_identifier(c)]
     numeric += ["width", "height"]
     figs, constant = [], []
+
+    def one_value(c: str, value: Any) -> None:
+        """A column with one value says more in a sentence than in a plot, nulls counted."""
+        nulls = con.execute(f'SELECT count(*) FILTER (WHERE "{c}" IS NULL) FROM samples').fetchall()[0][0]
+        constant.append(f"{c} = {value}" + (f" (null in {nulls:,} samples)" if nulls else ""))
+
     for c in numeric:
         distinct, some = con.execute(f'SELECT count(DISTINCT "{c}"), any_value("{c}") FROM samples').fetchall()[0]
         if distinct <= 1:  # a histogram of one value says less than a sentence
-            constant.append(f"{c} = {some}" if distinct else f"{c} is always null")
+            if distinct:
+                one_value(c, some)
+            else:
+                constant.append(f"{c} is always null")
             continue
         values = con.execute(f'SELECT "{c}" FROM samples WHERE "{c}" IS NOT NULL').fetchnumpy()[c]
         figs.append(_img(plots.histogram_png(values, c, c), "image/png", f"histogram of {c}"))
@@ -150,12 +159,12 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
         counts = con.execute(f'SELECT "{c}", count(*) FROM samples WHERE "{c}" IS NOT NULL '
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
         if len(counts) == 1:
-            constant.append(f"{c} = {counts[0][0]}")
+            one_value(c, counts[0][0])
         elif 0 < len(counts) <= MAX_CATEGORIES and all(len(str(k)) <= MAX_CATEGORY_CHARS for k, _ in counts):
             top = f" (top {BARS} of {len(counts)})" if len(counts) > BARS else ""
             figs.append(_img(plots.bar_png([k for k, _ in counts[:BARS]], [n for _, n in counts[:BARS]],
                                            f"samples per {c}{top}"), "image/png", f"bar chart of {c}"))
-    note = f"<p>The same for every sample: {escape('; '.join(constant))}.</p>" if constant else ""
+    note = f"<p>Columns with a single value: {escape('; '.join(constant))}.</p>" if constant else ""
     return f'<div class="plots">{"".join(figs)}</div>{note}'
 
 

@@ -32,10 +32,14 @@ def _figure(width: float = 5.0, height: float = 3.0):
 
 
 def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 20) -> bytes:
-    """Histogram of `values` (None dropped) with the count, mean and median in the title."""
+    """Histogram of `values` (None dropped) with the count, mean and median in the title; NaN and
+    infinities are left out of the plot and counted in the title."""
     import numpy as np
 
     vals = np.asarray(values if isinstance(values, np.ndarray) else [v for v in values if v is not None], dtype=float)
+    finite = np.isfinite(vals)
+    left_out = f", {int((~finite).sum())} NaN/inf not shown" if not finite.all() else ""
+    vals = vals[finite]
     fig, ax = _figure()
     if len(vals):
         lo, hi = vals.min(), vals.max()
@@ -44,9 +48,10 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
             ax.xaxis.set_major_locator(_integer_ticks())
         else:
             ax.hist(vals, bins=bins, color=COLOR, edgecolor="white")
-        title = f"{title}  (n={len(vals)}, mean {vals.mean():.3g}, median {np.median(vals):.3g})"
+        title = f"{title}  (n={len(vals)}, mean {vals.mean():.3g}, median {np.median(vals):.3g}{left_out})"
     else:
-        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no finite values" if left_out else "no values", ha="center", va="center", transform=ax.transAxes)
+        title += left_out
     ax.yaxis.set_major_locator(_integer_ticks())
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)

@@ -45,13 +45,24 @@ def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
     import json
 
     sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    if sample.get("__key__") != row["key"]:
+        raise UserError(f"{row['shard']} holds no sample {row['key']} at byte {row['offset']}; the build is damaged "
+                        f"(`vlmforge verify {build.path}` says more)")
     if "json" in sample:
-        sample["json"] = json.loads(sample["json"])
+        try:
+            sample["json"] = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"sample {row['key']} in {row['shard']}: its json does not parse ({e}); the build is "
+                            f"damaged (`vlmforge verify {build.path}` says more)") from None
     return sample
 
 
-def _open(data: bytes, mode: str = "RGB") -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert(mode)
+def _open(sample: dict[str, Any], field: str, mode: str = "RGB") -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(sample[field])).convert(mode)
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying the bytes are not an image
+        raise UserError(f"sample {sample.get('__key__')}: its {field} cannot be decoded ({e}); the build is damaged "
+                        "(`vlmforge verify` names the shard)") from None
 
 
 def fit(img: Image.Image, size: int) -> Image.Image:
@@ -81,14 +92,14 @@ def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
     field = next((f for f in IMAGE_FIELDS if f in sample), None)
     if field is None:
         return [("text only", Image.new("RGB", (size, size), BACKDROP))]
-    image = _open(sample[field])
+    image = _open(sample, field)
     if "mask.png" not in sample:
         return [("image", fit(image, size))]
-    mask = _open(sample["mask.png"], "L")
+    mask = _open(sample, "mask.png", "L")
     out = []
     base = image
     if "orig.jpg" in sample:
-        base = _open(sample["orig.jpg"])
+        base = _open(sample, "orig.jpg")
         out.append(("original", fit(base, size)))
     out.append(("mask", outline_mask(base, mask, size)))
     out.append(("occluded", fit(image, size)))
@@ -198,7 +209,7 @@ def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(
     """A sheet with `title` on top and a grid of cells: each cell is (titled thumb-sized panels side by
     side, caption parts wrapped below them, caption colour)."""
     k = max(len(p) for p, _, _ in cells)
-    cols = cols or default_cols(k, len(cells))
+    cols = min(cols, len(cells)) if cols else default_cols(k, len(cells))  # no empty columns
     sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(15), font(12)
