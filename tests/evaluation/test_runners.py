@@ -220,3 +220,22 @@ def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp
     items = task.read([make_build(tmp_path / "l", [mcqa_doc("cat", ["cat", "dog", "cat", "bird"])])], ReadOptions()).items
     losses = llava_runner.option_losses(items)[0]
     assert losses[0] == losses[2] and losses[1] != losses[0]
+
+
+def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tiny_llava, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    def run(*extra):
+        return CliRunner().invoke(app, ["eval", "--task", "open", "--data", str(mcqa_build), "--model", str(tiny_llava),
+                                        "--out", str(tmp_path / "o"), "-q", *extra])
+
+    res = run("--device", "gpu")  # was torch's RuntimeError traceback
+    assert isinstance(res.exception, UserError) and "unknown --device 'gpu'" in str(res.exception)
+    if not torch.cuda.is_available():  # was "AssertionError: Torch not compiled with CUDA enabled"
+        res = run("--device", "cuda")
+        assert isinstance(res.exception, UserError) and "no CUDA GPU is available here" in str(res.exception)
+    res = run("--soft-threshold", "5")  # a cosine never reaches 5: every answer silently wrong
+    assert isinstance(res.exception, UserError) and "from -1 to 1" in str(res.exception)

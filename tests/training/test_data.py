@@ -120,6 +120,9 @@ def test_weights_repeat_and_subsample(loose_shards):
     assert {k for k in keys_of(next_epoch) if int(k[1:]) >= 17} != set(from_b)  # a new subset each epoch
     with pytest.raises(UserError, match="one weight per"):
         ShardStream(resolve_shards([a, b]), batch_size=8, weights=[1.0])
+    for weights in ([0.0, 0.0], [0.02, 0.0]):  # 17 * 0.02 rounds to 0: training waited for a batch forever
+        with pytest.raises(UserError, match="leave no sample in an epoch"):
+            ShardStream(resolve_shards([a, b]), batch_size=8, weights=weights)
 
 
 def test_shuffle_buffer_mixes_and_is_seeded():

@@ -30,6 +30,8 @@ def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], so
         raise UserError("give --task (see `vlmforge eval tasks`)")
     if parse not in (None, "strict", "lenient"):
         raise UserError("--parse must be strict or lenient")
+    if soft_threshold is not None and not -1 <= soft_threshold <= 1:
+        raise UserError(f"--soft-threshold is a cosine similarity, from -1 to 1 (got {soft_threshold})")
     strict = None if parse is None else parse == "strict"
     return get_task(name, strict=strict, embedder=embedder, soft_threshold=soft_threshold)
 

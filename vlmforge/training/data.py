@@ -403,6 +403,8 @@ class ShardStream(_iterable_base()):  # type: ignore[misc]
             raise UserError(f"{n_sources} shard sources but {len(self.weights)} weights; give one weight per --shards")
         if any(w < 0 for w in self.weights):
             raise UserError("weights must not be negative")
+        if self.epoch_size() == 0:  # an epoch of nothing: the run would wait for a batch forever
+            raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} leave no sample in an epoch")
         self.batch_size = batch_size
         self.collate = collate or _samples_only
         self.shuffle = shuffle

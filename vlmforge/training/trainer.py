@@ -222,6 +222,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
+        raise UserError(f"--deepspeed {cfg.deepspeed}: no such file (give a DeepSpeed JSON config)")
     if cfg.select_by not in ("auto", "loss", "accuracy"):
         raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
     if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
