@@ -239,3 +239,50 @@ def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tin
         assert isinstance(res.exception, UserError) and "no CUDA GPU is available here" in str(res.exception)
     res = run("--soft-threshold", "5")  # a cosine never reaches 5: every answer silently wrong
     assert isinstance(res.exception, UserError) and "from -1 to 1" in str(res.exception)
+    (tmp_path / "urls.csv").write_text("id,url\ntest000,http://example.com/a.jpg\n")
+    res = run("--image-urls", str(tmp_path / "urls.csv"))  # a local model read the files: the URLs went unused
+    assert isinstance(res.exception, UserError) and "--image-urls is for the openai backend" in str(res.exception)
+
+
+def test_api_model_on_pope_through_a_local_server(tmp_path, monkeypatch):
+    """`--backend openai` against a small OpenAI-compatible server on 127.0.0.1 (it answers by rule)."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from tests.curation.test_openai_backend import KEY, KEY_ENV, ChatServer
+    from vlmforge.cli import app
+
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(tiny_png(i))
+    rows = [("dog", "yes"), ("car", "no"), ("cat", "yes")]  # the server says yes to dogs only: 2 of 3 right
+    (tmp_path / "coco_pope_random.json").write_text("".join(json.dumps(
+        {"question_id": i, "image": f"img{i}.png", "text": f"Is there a {o} in the image?", "label": lab}) + "\n"
+        for i, (o, lab) in enumerate(rows)))
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server = ChatServer()
+    try:
+        def run(out, *extra):
+            res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(tmp_path / "coco_pope_random.json"),
+                                           "--backend", "openai", "--api-base", server.url, "--api-key-env", KEY_ENV,
+                                           "--model", "test-model", "--out", str(tmp_path / out), "-q", "--no-plots",
+                                           *extra])
+            assert res.exit_code == 0, res.output
+            return json.loads((tmp_path / out / "summary.json").read_text())
+
+        s = run("a")
+        assert s["metrics"]["accuracy"] == pytest.approx(2 / 3) and s["backend"] == "openai"
+        sent = server.requests[0]["body"]["messages"][-1]["content"]
+        image = next(c["image_url"]["url"] for c in sent if c["type"] == "image_url")
+        assert base64.b64decode(image.split(",", 1)[1]) == tiny_png(0)
+        server.fixed_reply = ""  # a content filter: no answer is neither yes nor no
+        s = run("b")
+        assert s["counts"]["unparsed"] == 3 and s["metrics"]["accuracy"] == 0.0 and s["metrics"]["yes_ratio"] is not None
+        (tmp_path / "urls.csv").write_text("img1.png,https://example.com/1.png\n")
+        server.fixed_reply = None
+        run("c", "--image-urls", str(tmp_path / "urls.csv"))
+        urls = [c["image_url"]["url"] for r in server.requests[-3:] for c in r["body"]["messages"][-1]["content"]
+                if c["type"] == "image_url"]
+        assert "https://example.com/1.png" in urls and sum(u.startswith("data:") for u in urls) == 2
+    finally:
+        server.close()

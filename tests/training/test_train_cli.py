@@ -45,7 +45,8 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more"),
     (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 (off) or more"),
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
-    (["--deepspeed", "/nonexistent/ds.json"], "no such file"),  # was accelerate's ValueError traceback
+    (["--deepspeed", "/nonexistent/ds.json"], "no such file"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
     (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
 ])

@@ -100,6 +100,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError("give --data (a build folder or the benchmark's files)")
         if not model and backend in ("local", "openai", "vllm", "transformers"):
             raise UserError(f"give --model for the {backend} backend")
+        if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
+            raise UserError(f"--image-urls is for the openai backend; the {backend} backend reads the images themselves")
         opts = ReadOptions(split=split, image_root=image_root, limit=limit, prompt=prompt, prompt_suffix=prompt_suffix,
                            rounds=rounds, num_grades=num_grades)
         dataset = t.read([p.resolve() for p in data], opts)  # absolute, so a resume from elsewhere matches

@@ -205,8 +205,9 @@ def _check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "epochs", "save_every", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise UserError("--max-steps must be at least 1")
+    for name in ("max_steps", "eval_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:  # --eval-every 0 fell back to --save-every
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     ranges = {"lr": (cfg.lr, "above 0", cfg.lr > 0), "weight_decay": (cfg.weight_decay, "0 or more", cfg.weight_decay >= 0),
               "warmup_ratio": (cfg.warmup_ratio, "between 0 and 1", 0 <= cfg.warmup_ratio <= 1),
               "max_grad_norm": (cfg.max_grad_norm, "0 (off) or more", cfg.max_grad_norm >= 0),
