@@ -275,3 +275,10 @@ def test_clip_prompts_longer_than_the_text_encoder_are_cut(tmp_path, label_build
     s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev2",
                  class_template=tail + " {}", quiet=True, plots=False)
     assert s["counts"]["ties"] == 1  # every option cut away: one text, a tie
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path, coco_build, tiny_llava, capsys):
+    run(tmp_path / "fresh", [str(coco_build.path)], tiny_llava, "projector", 1, resume=True, quiet=False, max_length=96)
+    assert "holds no checkpoint yet: --resume starts the run from its first step" in capsys.readouterr().err
+    run(tmp_path / "fresh", [str(coco_build.path)], tiny_llava, "projector", 1, resume=True, quiet=False, max_length=96)
+    assert "no checkpoint" not in capsys.readouterr().err  # it has one now

@@ -364,6 +364,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
+    if cfg.resume and resume_from is None and main and not cfg.quiet:  # a mistyped --out would start over unseen
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]note:[/] {out} holds no checkpoint yet: --resume starts the run from its first step")
 
     shards = resolve_shards(cfg.shards, cfg.split)
     val = _val_shards(cfg)
