@@ -158,3 +158,9 @@ def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_llava):
         with pytest.raises(UserError, match=message):
             LocalRunner(str(model)).setup()  # what eval loads
     load_llava(str(tiny_llava))  # the model's own tokenizer fits
+
+
+def test_model_commands_print_no_transformers_bars(tmp_path):
+    r = invoke("model", "init-tiny", "--kind", "causal-lm", "--out", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    assert "wrote tiny causal-lm model" in r.output and "Writing model shards" not in r.output, r.output

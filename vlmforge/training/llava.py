@@ -44,6 +44,13 @@ def export_kind(path: str) -> str | None:
     return "lora" if (p / "adapter_config.json").exists() else None
 
 
+def check_empty_out(out: Path, hint: str = "choose an empty --out") -> None:
+    """A model is written only into a new or empty folder: files of another model would mix with its own."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty; {hint}")
+
+
 def export_folder(name: str) -> str:
     """A training run folder or a checkpoint stands for the model it exported (the run's final/, the
     checkpoint's model/); any other name is returned as it is."""

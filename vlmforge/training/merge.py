@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.errors import UserError
-from vlmforge.training.llava import EXPORT_INFO, export_folder, load_llava, projector_names, quiet_peft
+from vlmforge.training.llava import (
+    EXPORT_INFO, check_empty_out, export_folder, load_llava, projector_names, quiet_peft,
+)
 
 
 def find_export(path: str | Path) -> Path:
@@ -27,8 +29,7 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
     info = json.loads((export / EXPORT_INFO).read_text())
     kind = info["kind"]
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose an empty --out")
+    check_empty_out(out)
     if kind in ("full", "clip"):
         shutil.copytree(export, out, dirs_exist_ok=True)
         return out
