@@ -287,3 +287,16 @@ def test_api_model_on_pope_through_a_local_server(tmp_path, monkeypatch):
         assert "https://example.com/1.png" in urls and sum(u.startswith("data:") for u in urls) == 2
     finally:
         server.close()
+
+
+def test_transformers_backend_generates_without_progress_bars(mcqa_build, tiny_llava, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--backend", "transformers",
+                                   "--model", str(tiny_llava), "--out", str(tmp_path / "o"), "-q", "--no-plots",
+                                   "--limit", "2", "--max-new-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert "Loading weights" not in res.output, res.output  # -q printed the backend's load bar
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["counts"]["items"] == 2

@@ -346,6 +346,10 @@ class GeneratorRunner(Runner):
             return
         import importlib
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
+
         from vlmforge.curation.generation import BACKENDS
 
         if self.backend not in BACKENDS:
