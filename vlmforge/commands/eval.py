@@ -66,7 +66,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         rounds: Rounds = None,
         num_grades: NumGrades = 5,
         parse: Parse = None,
-        class_template: Annotated[Optional[str], typer.Option("--class-template", help="CLIP: class prompt with {} for the class or grade (default per task, e.g. 'a photo of a {}.')")] = None,
+        class_template: Annotated[Optional[str], typer.Option("--class-template", help="CLIP: class prompt with {} (or {label}) for the class or grade (default per task, e.g. 'a photo of a {}.')")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="items per model call (loss scoring: sequences)")] = 8,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated answer")] = 64,
         device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend)")] = "cpu",
