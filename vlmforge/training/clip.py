@@ -117,8 +117,9 @@ class ClipObjective:
             raise UserError("the class prompt must contain {label}")
         self.objective = objective
         self.classes = list(classes)
-        self.texts = processor.tokenizer([prompt.format(label=c) for c in classes], padding=True, return_tensors="pt",
-                                         truncation=max_length is not None, max_length=max_length)
+        texts = [prompt.replace("{label}", c) for c in classes]  # not str.format: other braces stay as they are
+        self.texts = processor.tokenizer(texts, padding=True, return_tensors="pt", truncation=max_length is not None,
+                                         max_length=max_length)
         seen: dict[tuple[int, ...], str] = {}
         for c, ids, mask in zip(self.classes, self.texts["input_ids"].tolist(), self.texts["attention_mask"].tolist()):
             key = tuple(i for i, m in zip(ids, mask) if m)
