@@ -160,6 +160,25 @@ def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_llava):
     load_llava(str(tiny_llava))  # the model's own tokenizer fits
 
 
+def test_a_clip_tokenizer_bigger_than_the_text_table_is_refused(tmp_path, tiny_clip):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.clip import load_clip
+
+    load_clip(str(tiny_clip))
+    bigger = shutil.copytree(tiny_clip, tmp_path / "bigger")
+    tok = AutoTokenizer.from_pretrained(bigger)
+    tok.add_tokens([f"extra{i}" for i in range(40)])
+    tok.save_pretrained(bigger)
+    with pytest.raises(UserError, match="but the model's embeddings only"):
+        load_clip(str(bigger))
+    with pytest.raises(UserError, match="but the model's embeddings only"):
+        LocalRunner(str(bigger)).setup()
+
+
 def test_model_commands_print_no_transformers_bars(tmp_path):
     r = invoke("model", "init-tiny", "--kind", "causal-lm", "--out", tmp_path / "lm")
     assert r.exit_code == 0, r.output

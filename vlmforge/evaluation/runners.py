@@ -132,10 +132,9 @@ class LocalRunner(Runner):
             self.model = load_projector(self.model, Path(projector) / "projector.safetensors")
         own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
         self.processor = AutoProcessor.from_pretrained(own if own and _has_processor(own) else path)
-        if self.kind == "vlm":
-            from vlmforge.training.llava import check_tokenizer
+        from vlmforge.training.llava import check_tokenizer
 
-            check_tokenizer(self.model, self.processor, self.name)
+        check_tokenizer(self.model, self.processor, self.name)
         self.model.to(self.device).eval()
 
     @staticmethod

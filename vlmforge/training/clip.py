@@ -22,11 +22,12 @@ DEFAULT_PROMPT = "a photo of a {label}."
 
 def load_clip(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, processor) of a CLIP-style dual encoder (path or Hub id)."""
-    from vlmforge.training.llava import load_pretrained
+    from vlmforge.training.llava import check_tokenizer, load_pretrained
 
     model, processor = load_pretrained(path, "AutoModel", "a CLIP model", dtype)
     if not hasattr(model, "get_image_features") or not hasattr(model, "logit_scale"):
         raise UserError(f"{path} is a {type(model).__name__}, not a CLIP-style dual encoder")
+    check_tokenizer(model, processor, path)
     return model, processor
 
 

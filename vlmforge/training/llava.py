@@ -75,7 +75,10 @@ def check_tokenizer(model: Any, processor: Any, path: str) -> None:
     tok = getattr(processor, "tokenizer", None)
     if tok is None:
         return
-    rows = model.get_input_embeddings().num_embeddings
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except NotImplementedError:  # CLIP: its text tower's table
+        rows = model.config.text_config.vocab_size
     if len(tok) > rows:
         raise UserError(f"the tokenizer of {path} has {len(tok)} tokens but the model's embeddings only {rows}: "
                         "the tokenizer is another model's, or tokens were added without resizing the embeddings")
