@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlmforge.errors import UserError
-from vlmforge.evaluation.items import ReadOptions
+from vlmforge.evaluation.items import EvalItem, ReadOptions
 from vlmforge.evaluation.predictions import PREDICTIONS
 from vlmforge.evaluation.run import evaluate
 from vlmforge.evaluation.tasks import get_task
@@ -300,3 +300,25 @@ def test_transformers_backend_generates_without_progress_bars(mcqa_build, tiny_l
     assert res.exit_code == 0, res.output
     assert "Loading weights" not in res.output, res.output  # -q printed the backend's load bar
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["counts"]["items"] == 2
+
+
+def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
+    """A run trained with --template vicuna_v1 was evaluated through the processor's chat template: another
+    prompt format than the one it learned. The export records the template and eval writes prompts in it."""
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.formatting import render_vicuna
+    from vlmforge.training.llava import export, load_llava
+
+    model, processor = load_llava(str(tiny_llava))
+    export(model, processor, "full", str(tiny_llava), tmp_path / "vicuna", template="vicuna_v1")
+    export(model, processor, "full", str(tiny_llava), tmp_path / "chat")
+    runner = LocalRunner(str(tmp_path / "vicuna"))
+    runner.setup()
+    trained = render_vicuna([("user", "<image>\nWhat is it?"), ("assistant", "A cat.")], eos="</s>")
+    assert runner._chat("What is it?", True) == trained.text[: trained.spans[0][0]]  # all before the answer
+    assert runner.option_losses([EvalItem(id="1", prompt="What?", options=["cat", "dog"], image=tiny_png(1))])
+    chat = LocalRunner(str(tmp_path / "chat"))
+    chat.setup()
+    assert chat._chat("What is it?", True) == processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True, tokenize=False)

@@ -93,6 +93,7 @@ class LocalRunner(Runner):
         self.system = system
         self.kind: str | None = None
         self.model = self.processor = None
+        self.template = "chat"  # how prompts are written: the run's --template when it is a vlmforge export
 
     # -- loading ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -106,6 +107,9 @@ class LocalRunner(Runner):
         hf_logging.disable_progress_bar()
         check_model_name(self.name)
         _check_device(self.device)
+        from vlmforge.training.llava import export_info
+
+        self.template = export_info(self.name).get("template", "chat")
         path, adapter, projector = self._base_and_addition(self.name)
         dtype = _resolve_dtype(self.dtype_name, self.device)
         try:
@@ -174,6 +178,12 @@ class LocalRunner(Runner):
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if self.system:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system}]})
+        if self.template == "vicuna_v1":  # trained on LLaVA-1.5's format: asked in it too
+            from vlmforge.training.formatting import VICUNA_SYSTEM, render_vicuna
+
+            image = f"{self.processor.image_token}\n" if with_image else ""
+            turns = [("user", image + prompt), ("assistant", "")]
+            return render_vicuna(turns, eos="", system=self.system or VICUNA_SYSTEM).text
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = FALLBACK_TEMPLATE.format(prompt=prompt)

@@ -38,10 +38,10 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
 def export_kind(path: str) -> str | None:
     """What a vlmforge export (or a plain peft adapter folder) holds: full, lora, projector or clip;
     None for anything else, such as a Hub id or a transformers checkpoint."""
-    p = Path(path)
-    if (p / EXPORT_INFO).exists():
-        return json.loads((p / EXPORT_INFO).read_text()).get("kind")
-    return "lora" if (p / "adapter_config.json").exists() else None
+    info = export_info(path)
+    if info:
+        return info.get("kind")
+    return "lora" if (Path(path) / "adapter_config.json").exists() else None
 
 
 def check_empty_out(out: Path, hint: str = "choose an empty --out") -> None:
@@ -49,6 +49,12 @@ def check_empty_out(out: Path, hint: str = "choose an empty --out") -> None:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty; {hint}")
+
+
+def export_info(path: str) -> dict[str, Any]:
+    """The vlmforge_export.json of an export folder; {} for anything else."""
+    p = Path(path) / EXPORT_INFO
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def export_folder(name: str) -> str:
@@ -147,7 +153,7 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:
+def export(model: Any, processor: Any, mode: str, base: str, out: Path, template: str = "chat") -> Path:
     """Write what a run produced: a full checkpoint (full), an adapter (lora) or the projector's
     weights (projector), with the processor and a note naming the base model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -160,5 +166,6 @@ def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:
     else:
         model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / EXPORT_INFO).write_text(json.dumps({"kind": mode, "base": base}, indent=1) + "\n")
+    # The text template it was trained with: eval asks its questions the same way.
+    (out / EXPORT_INFO).write_text(json.dumps({"kind": mode, "base": base, "template": template}, indent=1) + "\n")
     return out

@@ -46,7 +46,8 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
     # The run's processor (it may carry a changed chat template), else the base model's.
     processor = _processor(export) or processor
     processor.save_pretrained(out)
-    (out / EXPORT_INFO).write_text(json.dumps({"kind": "full", "base": base, "merged_from": str(export.resolve()),
+    (out / EXPORT_INFO).write_text(json.dumps({"kind": "full", "base": base, "template": info.get("template", "chat"),
+                                               "merged_from": str(export.resolve()),
                                                "merged_kind": kind}, indent=1) + "\n")
     return out
 

@@ -141,7 +141,7 @@ class LlavaTask:
     def export(self, model: Any, out: Path) -> Path:
         from vlmforge.training.llava import export
 
-        return export(model, self.processor, self.cfg.mode, _abs_model(self.cfg.model), out)
+        return export(model, self.processor, self.cfg.mode, _abs_model(self.cfg.model), out, self.cfg.template)
 
 
 class ClipTask:
