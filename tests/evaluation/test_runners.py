@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vlmforge.errors import UserError
-from vlmforge.evaluation.items import ReadOptions
+from vlmforge.evaluation.items import EvalItem, ReadOptions
 from vlmforge.evaluation.predictions import PREDICTIONS
 from vlmforge.evaluation.run import evaluate
 from vlmforge.evaluation.tasks import get_task
@@ -220,3 +220,105 @@ def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp
     items = task.read([make_build(tmp_path / "l", [mcqa_doc("cat", ["cat", "dog", "cat", "bird"])])], ReadOptions()).items
     losses = llava_runner.option_losses(items)[0]
     assert losses[0] == losses[2] and losses[1] != losses[0]
+
+
+def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tiny_llava, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    def run(*extra):
+        return CliRunner().invoke(app, ["eval", "--task", "open", "--data", str(mcqa_build), "--model", str(tiny_llava),
+                                        "--out", str(tmp_path / "o"), "-q", *extra])
+
+    res = run("--device", "gpu")  # was torch's RuntimeError traceback
+    assert isinstance(res.exception, UserError) and "unknown --device 'gpu'" in str(res.exception)
+    if not torch.cuda.is_available():  # was "AssertionError: Torch not compiled with CUDA enabled"
+        res = run("--device", "cuda")
+        assert isinstance(res.exception, UserError) and "no CUDA GPU is available here" in str(res.exception)
+    res = run("--soft-threshold", "5")  # a cosine never reaches 5: every answer silently wrong
+    assert isinstance(res.exception, UserError) and "from -1 to 1" in str(res.exception)
+    (tmp_path / "urls.csv").write_text("id,url\ntest000,http://example.com/a.jpg\n")
+    res = run("--image-urls", str(tmp_path / "urls.csv"))  # a local model read the files: the URLs went unused
+    assert isinstance(res.exception, UserError) and "--image-urls is for the openai backend" in str(res.exception)
+
+
+def test_api_model_on_pope_through_a_local_server(tmp_path, monkeypatch):
+    """`--backend openai` against a small OpenAI-compatible server on 127.0.0.1 (it answers by rule)."""
+    import base64
+
+    from typer.testing import CliRunner
+
+    from tests.curation.test_openai_backend import KEY, KEY_ENV, ChatServer
+    from vlmforge.cli import app
+
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(tiny_png(i))
+    rows = [("dog", "yes"), ("car", "no"), ("cat", "yes")]  # the server says yes to dogs only: 2 of 3 right
+    (tmp_path / "coco_pope_random.json").write_text("".join(json.dumps(
+        {"question_id": i, "image": f"img{i}.png", "text": f"Is there a {o} in the image?", "label": lab}) + "\n"
+        for i, (o, lab) in enumerate(rows)))
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server = ChatServer()
+    try:
+        def run(out, *extra):
+            res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(tmp_path / "coco_pope_random.json"),
+                                           "--backend", "openai", "--api-base", server.url, "--api-key-env", KEY_ENV,
+                                           "--model", "test-model", "--out", str(tmp_path / out), "-q", "--no-plots",
+                                           *extra])
+            assert res.exit_code == 0, res.output
+            return json.loads((tmp_path / out / "summary.json").read_text())
+
+        s = run("a")
+        assert s["metrics"]["accuracy"] == pytest.approx(2 / 3) and s["backend"] == "openai"
+        sent = next(r["body"]["messages"][-1]["content"] for r in server.requests  # requests arrive in any order
+                    if "dog" in json.dumps(r["body"]["messages"][-1]["content"]))
+        image = next(c["image_url"]["url"] for c in sent if c["type"] == "image_url")
+        assert base64.b64decode(image.split(",", 1)[1]) == tiny_png(0)
+        server.fixed_reply = ""  # a content filter: no answer is neither yes nor no
+        s = run("b")
+        assert s["counts"]["unparsed"] == 3 and s["metrics"]["accuracy"] == 0.0 and s["metrics"]["yes_ratio"] is not None
+        (tmp_path / "urls.csv").write_text("img1.png,https://example.com/1.png\n")
+        server.fixed_reply = None
+        run("c", "--image-urls", str(tmp_path / "urls.csv"))
+        urls = [c["image_url"]["url"] for r in server.requests[-3:] for c in r["body"]["messages"][-1]["content"]
+                if c["type"] == "image_url"]
+        assert "https://example.com/1.png" in urls and sum(u.startswith("data:") for u in urls) == 2
+    finally:
+        server.close()
+
+
+def test_transformers_backend_generates_without_progress_bars(mcqa_build, tiny_llava, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--backend", "transformers",
+                                   "--model", str(tiny_llava), "--out", str(tmp_path / "o"), "-q", "--no-plots",
+                                   "--limit", "2", "--max-new-tokens", "2"])
+    assert res.exit_code == 0, res.output
+    assert "Loading weights" not in res.output, res.output  # -q printed the backend's load bar
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["counts"]["items"] == 2
+
+
+def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
+    """A run trained with --template vicuna_v1 was evaluated through the processor's chat template: another
+    prompt format than the one it learned. The export records the template and eval writes prompts in it."""
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.formatting import render_vicuna
+    from vlmforge.training.llava import export, load_llava
+
+    model, processor = load_llava(str(tiny_llava))
+    export(model, processor, "full", str(tiny_llava), tmp_path / "vicuna", template="vicuna_v1")
+    export(model, processor, "full", str(tiny_llava), tmp_path / "chat")
+    runner = LocalRunner(str(tmp_path / "vicuna"))
+    runner.setup()
+    trained = render_vicuna([("user", "<image>\nWhat is it?"), ("assistant", "A cat.")], eos="</s>")
+    assert runner._chat("What is it?", True) == trained.text[: trained.spans[0][0]]  # all before the answer
+    assert runner.option_losses([EvalItem(id="1", prompt="What?", options=["cat", "dog"], image=tiny_png(1))])
+    chat = LocalRunner(str(tmp_path / "chat"))
+    chat.setup()
+    assert chat._chat("What is it?", True) == processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True, tokenize=False)

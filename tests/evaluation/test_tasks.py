@@ -504,3 +504,17 @@ def test_empty_build_and_empty_data_are_named(tmp_path):
         evaluate(get_task("open"), Dataset([], source="somewhere"), None, tmp_path / "out", scoring="generate")
     summary = finish(get_task("open"), [], tmp_path / "s", dataset=Dataset([], source="x", split="test"), quiet=True)
     assert summary["data"] == "x" and summary["split"] == "test"  # an empty Dataset is falsy: this was None
+
+
+def test_class_templates_take_braces_or_label_and_need_a_place(mcqa_build, tmp_path):
+    from vlmforge.evaluation.run import evaluate
+
+    task = get_task("mcqa")
+    item = task.read([mcqa_build], ReadOptions()).items[0]
+    # `train --prompt` writes {label}: the same template works here (it was a KeyError traceback)
+    assert task.class_prompts(item, "a photo of a {label}.") == task.class_prompts(item, "a photo of a {}.")
+    assert task.class_prompts(item, "{} {x}")[0] == "cat {x}"  # other braces stay (str.format raised)
+    assert get_task("grading").class_prompts(item, "grade {label}")[:2] == ["grade 0", "grade 1"]
+    ds = task.read([mcqa_build], ReadOptions())
+    with pytest.raises(UserError, match="has no \\{\\} where the class goes"):  # every option one text: all ties
+        evaluate(task, ds, None, tmp_path / "o", class_template="a photo", quiet=True)

@@ -90,3 +90,13 @@ def test_a_missing_local_part_is_named(tmp_path):
 
     with pytest.raises(UserError, match="no model at .*nonexist"):
         compose_llava(str(tmp_path / "m" / "nonexist"), "Qwen/Qwen2-0.5B", tmp_path / "out")
+
+
+def test_composing_into_another_models_folder_is_refused(tmp_path):
+    from vlmforge.errors import UserError
+    from vlmforge.training.compose import compose_llava
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"another model")
+    with pytest.raises(UserError, match="exists and is not empty"):  # it wrote over the folder
+        compose_llava("any/vision", "any/lm", tmp_path / "out")

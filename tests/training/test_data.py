@@ -38,8 +38,13 @@ def test_resolve_build_folder_glob_and_loose_tars(coco_build, loose_shards):
         assert loose[1].offsets[0] == tf.getmembers()[0].offset
     with pytest.raises(UserError, match="no shards match"):
         resolve_shards([str(loose_shards[0].parent / "nothing-*.tar")])
-    with pytest.raises(UserError, match="no shards of split"):
+    with pytest.raises(UserError, match="no shards of split 'train2' \\(splits: val\\)"):
         resolve_shards([str(coco_build.path)], split="train2")
+    # A split with shard paths only applied to nothing: --split test trained on the glob's train tars
+    with pytest.raises(UserError, match="split 'test' applies to build folders, and none is given"):
+        resolve_shards([str(coco_build.path / "val-*.tar")], split="test")
+    mixed = resolve_shards([str(coco_build.path), str(loose_shards[0])], split="val")  # the split is the build's
+    assert sum(r.samples for r in mixed) == 12 + 17
 
 
 def test_samples_carry_every_member(loose_shards):
@@ -120,6 +125,9 @@ def test_weights_repeat_and_subsample(loose_shards):
     assert {k for k in keys_of(next_epoch) if int(k[1:]) >= 17} != set(from_b)  # a new subset each epoch
     with pytest.raises(UserError, match="one weight per"):
         ShardStream(resolve_shards([a, b]), batch_size=8, weights=[1.0])
+    for weights in ([0.0, 0.0], [0.02, 0.0]):  # 17 * 0.02 rounds to 0: training waited for a batch forever
+        with pytest.raises(UserError, match="leave no sample in an epoch"):
+            ShardStream(resolve_shards([a, b]), batch_size=8, weights=weights)
 
 
 def test_shuffle_buffer_mixes_and_is_seeded():

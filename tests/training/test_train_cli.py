@@ -45,6 +45,8 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     (["--weight-decay", "-0.1"], "--weight-decay must be 0 or more"),
     (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 (off) or more"),
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
+    (["--deepspeed", "/nonexistent/ds.json"], "no such file"),
+    (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
     (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
 ])
@@ -156,3 +158,28 @@ def test_a_tokenizer_of_another_model_is_refused(tmp_path, tiny_llava):
         with pytest.raises(UserError, match=message):
             LocalRunner(str(model)).setup()  # what eval loads
     load_llava(str(tiny_llava))  # the model's own tokenizer fits
+
+
+def test_a_clip_tokenizer_bigger_than_the_text_table_is_refused(tmp_path, tiny_clip):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.clip import load_clip
+
+    load_clip(str(tiny_clip))
+    bigger = shutil.copytree(tiny_clip, tmp_path / "bigger")
+    tok = AutoTokenizer.from_pretrained(bigger)
+    tok.add_tokens([f"extra{i}" for i in range(40)])
+    tok.save_pretrained(bigger)
+    with pytest.raises(UserError, match="but the model's embeddings only"):
+        load_clip(str(bigger))
+    with pytest.raises(UserError, match="but the model's embeddings only"):
+        LocalRunner(str(bigger)).setup()
+
+
+def test_model_commands_print_no_transformers_bars(tmp_path):
+    r = invoke("model", "init-tiny", "--kind", "causal-lm", "--out", tmp_path / "lm")
+    assert r.exit_code == 0, r.output
+    assert "wrote tiny causal-lm model" in r.output and "Writing model shards" not in r.output, r.output

@@ -275,3 +275,24 @@ def test_clip_prompts_longer_than_the_text_encoder_are_cut(tmp_path, label_build
     s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev2",
                  class_template=tail + " {}", quiet=True, plots=False)
     assert s["counts"]["ties"] == 1  # every option cut away: one text, a tie
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(tmp_path, coco_build, tiny_llava, capsys):
+    run(tmp_path / "fresh", [str(coco_build.path)], tiny_llava, "projector", 1, resume=True, quiet=False, max_length=96)
+    assert "holds no checkpoint yet: --resume starts the run from its first step" in capsys.readouterr().err
+    run(tmp_path / "fresh", [str(coco_build.path)], tiny_llava, "projector", 1, resume=True, quiet=False, max_length=96)
+    assert "no checkpoint" not in capsys.readouterr().err  # it has one now
+
+
+def test_clip_prompt_with_other_braces(tiny_clip):
+    """str.format made any other brace in --prompt a KeyError traceback."""
+    from transformers import AutoProcessor
+
+    from vlmforge.training.clip import ClipObjective
+
+    proc = AutoProcessor.from_pretrained(tiny_clip)
+    obj = ClipObjective(proc, ["cat", "dog"], prompt="a {label} {x}")
+    ids = obj.texts["input_ids"][0][obj.texts["attention_mask"][0].bool()]
+    assert proc.tokenizer.convert_ids_to_tokens(ids.tolist())[1:3] == ["a", "cat"] and len(ids) == 7  # + "{ x }"
+    with pytest.raises(UserError, match="must contain \\{label\\}"):
+        ClipObjective(proc, ["cat", "dog"], prompt="a photo")

@@ -30,6 +30,8 @@ def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], so
         raise UserError("give --task (see `vlmforge eval tasks`)")
     if parse not in (None, "strict", "lenient"):
         raise UserError("--parse must be strict or lenient")
+    if soft_threshold is not None and not -1 <= soft_threshold <= 1:
+        raise UserError(f"--soft-threshold is a cosine similarity, from -1 to 1 (got {soft_threshold})")
     strict = None if parse is None else parse == "strict"
     return get_task(name, strict=strict, embedder=embedder, soft_threshold=soft_threshold)
 
@@ -64,7 +66,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         rounds: Rounds = None,
         num_grades: NumGrades = 5,
         parse: Parse = None,
-        class_template: Annotated[Optional[str], typer.Option("--class-template", help="CLIP: class prompt with {} for the class or grade (default per task, e.g. 'a photo of a {}.')")] = None,
+        class_template: Annotated[Optional[str], typer.Option("--class-template", help="CLIP: class prompt with {} (or {label}) for the class or grade (default per task, e.g. 'a photo of a {}.')")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="items per model call (loss scoring: sequences)")] = 8,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated answer")] = 64,
         device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend)")] = "cpu",
@@ -98,6 +100,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError("give --data (a build folder or the benchmark's files)")
         if not model and backend in ("local", "openai", "vllm", "transformers"):
             raise UserError(f"give --model for the {backend} backend")
+        if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
+            raise UserError(f"--image-urls is for the openai backend; the {backend} backend reads the images themselves")
         opts = ReadOptions(split=split, image_root=image_root, limit=limit, prompt=prompt, prompt_suffix=prompt_suffix,
                            rounds=rounds, num_grades=num_grades)
         dataset = t.read([p.resolve() for p in data], opts)  # absolute, so a resume from elsewhere matches

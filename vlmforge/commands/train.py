@@ -23,6 +23,14 @@ def _floats(text: str | None, what: str) -> list[float] | None:
         raise UserError(f"{what} must be numbers separated by commas, e.g. 2,1") from None
 
 
+def _quiet_transformers() -> None:
+    """No 'Loading weights' / 'Writing model shards' bars or load reports between our own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
     app.add_typer(model_app, name="model")
 
@@ -112,10 +120,11 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
         from vlmforge.training.tiny import make_tiny, make_tiny_llava
 
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            from vlmforge.errors import UserError
+        if not overwrite:
+            from vlmforge.training.llava import check_empty_out
 
-            raise UserError(f"{out} exists and is not empty; pass --overwrite or choose another --out")
+            check_empty_out(out, "pass --overwrite or choose another --out")
+        _quiet_transformers()
         if kind == "llava":
             make_tiny_llava(out, seed=seed, init_range=init_range)
         else:
@@ -133,6 +142,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
         from vlmforge.training.merge import merge
 
+        _quiet_transformers()
         path = merge(src, out, base)
         console.print(f"[green]wrote[/] merged model to {path}")
 
@@ -150,6 +160,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
         from vlmforge.training.compose import compose_llava
 
+        _quiet_transformers()
         path = compose_llava(vision, language_model, out, feature_layer, strategy, seed)
         console.print(f"[green]wrote[/] composed model to {path}")
 

@@ -13,7 +13,7 @@ from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_recor
 from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run
 from vlmforge.evaluation.report import markdown_report, write_summary
 from vlmforge.evaluation.runners import Runner
-from vlmforge.evaluation.tasks import Record, Task, best_indices, parse_counts
+from vlmforge.evaluation.tasks import Record, Task, best_indices, check_template, parse_counts
 from vlmforge.progress import console, progress_bar
 
 MAX_FAILURE_EXAMPLES = 20
@@ -52,6 +52,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     out = Path(out)
     if not dataset.items:  # before the model loads
         raise UserError(f"no items to evaluate in {dataset.source}")
+    check_template(class_template)
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
         raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")

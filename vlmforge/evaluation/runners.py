@@ -51,6 +51,20 @@ def _pil(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
+def _check_device(device: str) -> None:
+    """A device torch does not know, or a GPU this machine lacks, fails before the model loads."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:1, mps ...") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here (use --device cpu)")
+
+
 def _resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -79,6 +93,7 @@ class LocalRunner(Runner):
         self.system = system
         self.kind: str | None = None
         self.model = self.processor = None
+        self.template = "chat"  # how prompts are written: the run's --template when it is a vlmforge export
 
     # -- loading ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -91,6 +106,10 @@ class LocalRunner(Runner):
 
         hf_logging.disable_progress_bar()
         check_model_name(self.name)
+        _check_device(self.device)
+        from vlmforge.training.llava import export_info
+
+        self.template = export_info(self.name).get("template", "chat")
         path, adapter, projector = self._base_and_addition(self.name)
         dtype = _resolve_dtype(self.dtype_name, self.device)
         try:
@@ -117,10 +136,9 @@ class LocalRunner(Runner):
             self.model = load_projector(self.model, Path(projector) / "projector.safetensors")
         own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
         self.processor = AutoProcessor.from_pretrained(own if own and _has_processor(own) else path)
-        if self.kind == "vlm":
-            from vlmforge.training.llava import check_tokenizer
+        from vlmforge.training.llava import check_tokenizer
 
-            check_tokenizer(self.model, self.processor, self.name)
+        check_tokenizer(self.model, self.processor, self.name)
         self.model.to(self.device).eval()
 
     @staticmethod
@@ -160,6 +178,12 @@ class LocalRunner(Runner):
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if self.system:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system}]})
+        if self.template == "vicuna_v1":  # trained on LLaVA-1.5's format: asked in it too
+            from vlmforge.training.formatting import VICUNA_SYSTEM, render_vicuna
+
+            image = f"{self.processor.image_token}\n" if with_image else ""
+            turns = [("user", image + prompt), ("assistant", "")]
+            return render_vicuna(turns, eos="", system=self.system or VICUNA_SYSTEM).text
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = FALLBACK_TEMPLATE.format(prompt=prompt)
@@ -330,6 +354,10 @@ class GeneratorRunner(Runner):
         if self.generator is not None:
             return
         import importlib
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
 
         from vlmforge.curation.generation import BACKENDS
 

@@ -22,11 +22,12 @@ DEFAULT_PROMPT = "a photo of a {label}."
 
 def load_clip(path: str, dtype: str = "float32") -> tuple[Any, Any]:
     """(model, processor) of a CLIP-style dual encoder (path or Hub id)."""
-    from vlmforge.training.llava import load_pretrained
+    from vlmforge.training.llava import check_tokenizer, load_pretrained
 
     model, processor = load_pretrained(path, "AutoModel", "a CLIP model", dtype)
     if not hasattr(model, "get_image_features") or not hasattr(model, "logit_scale"):
         raise UserError(f"{path} is a {type(model).__name__}, not a CLIP-style dual encoder")
+    check_tokenizer(model, processor, path)
     return model, processor
 
 
@@ -117,8 +118,9 @@ class ClipObjective:
             raise UserError("the class prompt must contain {label}")
         self.objective = objective
         self.classes = list(classes)
-        self.texts = processor.tokenizer([prompt.format(label=c) for c in classes], padding=True, return_tensors="pt",
-                                         truncation=max_length is not None, max_length=max_length)
+        texts = [prompt.replace("{label}", c) for c in classes]  # not str.format: other braces stay as they are
+        self.texts = processor.tokenizer(texts, padding=True, return_tensors="pt", truncation=max_length is not None,
+                                         max_length=max_length)
         seen: dict[tuple[int, ...], str] = {}
         for c, ids, mask in zip(self.classes, self.texts["input_ids"].tolist(), self.texts["attention_mask"].tolist()):
             key = tuple(i for i, m in zip(ids, mask) if m)

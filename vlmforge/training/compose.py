@@ -63,7 +63,9 @@ def compose_llava(vision: str, language_model: str, out: str | Path, feature_lay
     if strategy not in ("default", "full"):
         raise UserError("--strategy must be default (drop the first token, CLS) or full")
     from vlmforge.curation.models import check_model_name
+    from vlmforge.training.llava import check_empty_out
 
+    check_empty_out(Path(out))  # it wrote over another model's folder
     for name in (vision, language_model):  # a mistyped local path, not a Hub connection error
         check_model_name(name)
     try:

@@ -154,6 +154,9 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
     """Shards named by `specs`: build folders (their `split` shards; default train, or every split when
     the build has no train split), tar paths, globs or brace patterns (`train-{000000..000009}.tar`).
     Tars inside a build folder take their counts and offsets from its manifest; others are scanned."""
+    if split is not None and not any(Path(spec).is_dir() for spec in specs):  # it would be ignored
+        raise UserError(f"split {split!r} applies to build folders, and none is given ({specs[0]} is a shard "
+                        "path: shard paths have no splits)")
     refs: list[ShardRef] = []
     infos: dict[Path, dict | None] = {}  # build.json of each folder a globbed tar lives in
     for i, spec in enumerate(specs):
@@ -403,6 +406,8 @@ class ShardStream(_iterable_base()):  # type: ignore[misc]
             raise UserError(f"{n_sources} shard sources but {len(self.weights)} weights; give one weight per --shards")
         if any(w < 0 for w in self.weights):
             raise UserError("weights must not be negative")
+        if self.epoch_size() == 0:  # an epoch of nothing: the run would wait for a batch forever
+            raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} leave no sample in an epoch")
         self.batch_size = batch_size
         self.collate = collate or _samples_only
         self.shuffle = shuffle

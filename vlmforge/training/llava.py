@@ -38,10 +38,23 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
 def export_kind(path: str) -> str | None:
     """What a vlmforge export (or a plain peft adapter folder) holds: full, lora, projector or clip;
     None for anything else, such as a Hub id or a transformers checkpoint."""
-    p = Path(path)
-    if (p / EXPORT_INFO).exists():
-        return json.loads((p / EXPORT_INFO).read_text()).get("kind")
-    return "lora" if (p / "adapter_config.json").exists() else None
+    info = export_info(path)
+    if info:
+        return info.get("kind")
+    return "lora" if (Path(path) / "adapter_config.json").exists() else None
+
+
+def check_empty_out(out: Path, hint: str = "choose an empty --out") -> None:
+    """A model is written only into a new or empty folder: files of another model would mix with its own."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty; {hint}")
+
+
+def export_info(path: str) -> dict[str, Any]:
+    """The vlmforge_export.json of an export folder; {} for anything else."""
+    p = Path(path) / EXPORT_INFO
+    return json.loads(p.read_text()) if p.exists() else {}
 
 
 def export_folder(name: str) -> str:
@@ -68,7 +81,10 @@ def check_tokenizer(model: Any, processor: Any, path: str) -> None:
     tok = getattr(processor, "tokenizer", None)
     if tok is None:
         return
-    rows = model.get_input_embeddings().num_embeddings
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except NotImplementedError:  # CLIP: its text tower's table
+        rows = model.config.text_config.vocab_size
     if len(tok) > rows:
         raise UserError(f"the tokenizer of {path} has {len(tok)} tokens but the model's embeddings only {rows}: "
                         "the tokenizer is another model's, or tokens were added without resizing the embeddings")
@@ -137,7 +153,7 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
-def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:
+def export(model: Any, processor: Any, mode: str, base: str, out: Path, template: str = "chat") -> Path:
     """Write what a run produced: a full checkpoint (full), an adapter (lora) or the projector's
     weights (projector), with the processor and a note naming the base model."""
     out.mkdir(parents=True, exist_ok=True)
@@ -150,5 +166,6 @@ def export(model: Any, processor: Any, mode: str, base: str, out: Path) -> Path:
     else:
         model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / EXPORT_INFO).write_text(json.dumps({"kind": mode, "base": base}, indent=1) + "\n")
+    # The text template it was trained with: eval asks its questions the same way.
+    (out / EXPORT_INFO).write_text(json.dumps({"kind": mode, "base": base, "template": template}, indent=1) + "\n")
     return out

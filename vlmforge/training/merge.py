@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmforge.errors import UserError
-from vlmforge.training.llava import EXPORT_INFO, export_folder, load_llava, projector_names, quiet_peft
+from vlmforge.training.llava import (
+    EXPORT_INFO, check_empty_out, export_folder, load_llava, projector_names, quiet_peft,
+)
 
 
 def find_export(path: str | Path) -> Path:
@@ -27,8 +29,7 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
     info = json.loads((export / EXPORT_INFO).read_text())
     kind = info["kind"]
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose an empty --out")
+    check_empty_out(out)
     if kind in ("full", "clip"):
         shutil.copytree(export, out, dirs_exist_ok=True)
         return out
@@ -45,7 +46,8 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
     # The run's processor (it may carry a changed chat template), else the base model's.
     processor = _processor(export) or processor
     processor.save_pretrained(out)
-    (out / EXPORT_INFO).write_text(json.dumps({"kind": "full", "base": base, "merged_from": str(export.resolve()),
+    (out / EXPORT_INFO).write_text(json.dumps({"kind": "full", "base": base, "template": info.get("template", "chat"),
+                                               "merged_from": str(export.resolve()),
                                                "merged_kind": kind}, indent=1) + "\n")
     return out
 

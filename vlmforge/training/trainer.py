@@ -141,7 +141,7 @@ class LlavaTask:
     def export(self, model: Any, out: Path) -> Path:
         from vlmforge.training.llava import export
 
-        return export(model, self.processor, self.cfg.mode, _abs_model(self.cfg.model), out)
+        return export(model, self.processor, self.cfg.mode, _abs_model(self.cfg.model), out, self.cfg.template)
 
 
 class ClipTask:
@@ -205,8 +205,9 @@ def _check_config(cfg: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "epochs", "save_every", "log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise UserError("--max-steps must be at least 1")
+    for name in ("max_steps", "eval_every"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:  # --eval-every 0 fell back to --save-every
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     ranges = {"lr": (cfg.lr, "above 0", cfg.lr > 0), "weight_decay": (cfg.weight_decay, "0 or more", cfg.weight_decay >= 0),
               "warmup_ratio": (cfg.warmup_ratio, "between 0 and 1", 0 <= cfg.warmup_ratio <= 1),
               "max_grad_norm": (cfg.max_grad_norm, "0 (off) or more", cfg.max_grad_norm >= 0),
@@ -222,6 +223,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
+        raise UserError(f"--deepspeed {cfg.deepspeed}: no such file (give a DeepSpeed JSON config)")
     if cfg.select_by not in ("auto", "loss", "accuracy"):
         raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
     if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
@@ -361,6 +364,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
+    if cfg.resume and resume_from is None and main and not cfg.quiet:  # a mistyped --out would start over unseen
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]note:[/] {out} holds no checkpoint yet: --resume starts the run from its first step")
 
     shards = resolve_shards(cfg.shards, cfg.split)
     val = _val_shards(cfg)

@@ -47,7 +47,7 @@ class Task:
 
     def class_prompts(self, item: EvalItem, template: str | None) -> list[str]:
         """Texts CLIP compares the image with, one per option."""
-        return [(template or self.clip_template).format(opt) for opt in item.options]
+        return [fill_template(template or self.clip_template, opt) for opt in item.options]
 
     # -- records and parsing --------------------------------------------------------------------
     def make_record(self, item: EvalItem, text: str | None = None, scores: list[float] | None = None,
@@ -131,6 +131,18 @@ def get_task(name: str, **options: Any) -> Task:
         raise UserError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
     module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)(**options)
+
+
+def fill_template(template: str, value: Any) -> str:
+    """A class prompt: the template with the class where {} (or {label}, as `train --prompt` has it) stands.
+    Other braces are left alone."""
+    return template.replace("{label}", "{}").replace("{}", str(value))
+
+
+def check_template(template: str | None) -> None:
+    """A template without a place for the class makes every option the same text (all ties)."""
+    if template is not None and "{}" not in template and "{label}" not in template:
+        raise UserError(f"--class-template {template!r} has no {{}} where the class goes, e.g. 'a photo of a {{}}.'")
 
 
 def best_indices(rec: Record) -> list[int]:

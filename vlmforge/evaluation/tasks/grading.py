@@ -23,7 +23,7 @@ from vlmforge.evaluation.metrics import (
 )
 from vlmforge.evaluation.parsers import Parsed, parse_grade
 from vlmforge.evaluation.report import plot_bars, plot_confusion
-from vlmforge.evaluation.tasks import Record, Task
+from vlmforge.evaluation.tasks import Record, Task, fill_template
 
 DEFAULT_PROMPT = ("What is the Kellgren-Lawrence grade of this knee X-ray image? "
                   "Answer with the grade (0, 1, 2, 3 or 4).")
@@ -105,7 +105,7 @@ class GradingTask(Task):
                        info={"num_grades": k}, split=split or next((s for s in folder_splits if s), None))
 
     def class_prompts(self, item: EvalItem, template: str | None) -> list[str]:
-        return [(template or self.clip_template).format(g) for g in range(len(item.options))]
+        return [fill_template(template or self.clip_template, g) for g in range(len(item.options))]
 
     def parse(self, rec: Record) -> Parsed:
         return parse_grade(rec["prediction"], len(rec["options"]))
