@@ -75,5 +75,6 @@ def test_a_second_build_into_a_folder_being_built_stops(tmp_path, sample_coco):
         fcntl.flock(held, fcntl.LOCK_UN)
     b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_opts(sample_coco))
     assert b.path == folder and (folder / "build.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [CopyBuilder.VERSION]  # no lock file left beside it
     # Released at the end: the build runs again (up to date) at once.
     assert vlmforge.build("copy", "coco", out=tmp_path, source_options=_opts(sample_coco)).build_id == b.build_id

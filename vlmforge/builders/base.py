@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +199,8 @@ def run_build(
 def _build_lock(build_dir: Path) -> Iterator[None]:
     """Held while a process builds into `build_dir`: a second build of the same folder (the same
     command in another terminal, or another config) stops with one line instead of both writing the
-    same shards. The lock is the kernel's (flock), so a killed build never leaves it held."""
+    same shards. The lock is the kernel's (flock), so a killed build never leaves it held (only, at
+    worst, an empty `.<version>.lock` file beside the folder)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -208,16 +210,22 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
         build_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # --out names a file, or a folder this user cannot write
         raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
-    # Beside the folder, not in it: --overwrite deletes the folder while the lock is held.
-    with open(build_dir.parent / f".{build_dir.name}.lock", "a+") as fh:
+    # Beside the folder, not in it: --overwrite deletes the folder while the lock is held. Removed at
+    # the end, while still held; a process that opened the file just before finds it gone (another
+    # inode at that path, or none) and stops as if it were held.
+    path = build_dir.parent / f".{build_dir.name}.lock"
+    with open(path, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
+                raise OSError
         except OSError:
             raise BuildError(f"another vlmforge process is building into {build_dir}; wait for it to end, "
                              "or pass another --out") from None
         try:
             yield
         finally:
+            path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
