@@ -91,6 +91,10 @@ def test_llava_split_cli(tmp_path):
     val = json.loads((tmp_path / "o" / "val.json").read_text())
     assert (len(train), len(val)) == (24, 6)
     assert sorted(json.dumps(x) for x in train + val) == sorted(json.dumps(x) for x in recs)
+    # A split given the fraction 0 would be an empty file: refused, as `build split` refuses it.
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava-split", str(path), "--out", str(tmp_path / "z"),
+                        "--splits", "train=0.8,val=0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "gives split 'val' the fraction 0" in r.stderr and not (tmp_path / "z").exists()
 
 
 def test_export_to_a_file_path_is_a_user_error(tmp_path, coco_build):

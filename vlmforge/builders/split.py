@@ -50,9 +50,6 @@ class SplitPlan(Plan):
         if (config.fraction is None) == (config.splits is None):
             raise UserError("give either --fraction F or --splits NAME=F,NAME=F")
         self.parts = parse_named_fractions(config.splits) if config.splits else None
-        empty = [name for name, f in self.parts or [] if f == 0]
-        if empty:  # the split would be missing from the build, not empty
-            raise UserError(f"--splits gives split {empty[0]!r} the fraction 0; leave it out")
         if self.parts is None:
             check_fraction(config.fraction, "--fraction")
         if config.stratify_by is not None and not config.stratify_by.strip():

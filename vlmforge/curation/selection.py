@@ -174,6 +174,8 @@ def parse_named_fractions(text: str) -> list[tuple[str, float]]:
         if not sep or not name or not 0 <= frac <= 1:
             raise UserError(f"--splits takes NAME=FRACTION pairs like train=0.9,val=0.1; got {item!r}")
         check_split_name(name)
+        if frac == 0:  # the split would be missing from the output, not empty
+            raise UserError(f"--splits gives split {name!r} the fraction 0; leave it out")
         parts.append((name, frac))
     if len({n for n, _ in parts}) != len(parts):
         raise UserError(f"--splits names a split twice: {text}")
