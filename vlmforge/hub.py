@@ -487,7 +487,7 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
     hub_by_split: dict[str, list[HubShard]] = {}
     for s in plan.shards:
         hub_by_split.setdefault(s.split, []).append(s)
-    out.append(_md_table(["split", "samples", "rejected inputs", "shards", "bytes", "files"],
+    out.append(_md_table(["split", "samples", "rejects", "shards", "bytes", "files"],
                          [[split, agg["samples"], rejects.get(split, 0), len(hub_by_split.get(split, [])),
                            sum(s.bytes for s in hub_by_split.get(split, [])), f"`{plan.data_files.get(split, '')}`"]
                           for split, agg in info["splits"].items()]) + "\n")
@@ -517,7 +517,8 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
         out.append(_md_table(["key", "label", "question", "answer"], examples) + "\n")
     out.append("## Manifest\n")
     out.append("`manifest/` holds the build's Parquet manifest, one part per build shard (`shard` and `offset` "
-               "refer to the build's shards, which `vlmforge pull` restores), rejected inputs in "
+               "refer to the build's shards, which `vlmforge pull` restores), the rejects (inputs, or parts "
+               "of one such as an entity, that became no sample) in "
                "`*.rejects.parquet`, and per-shard stats.\n")
     out.append(_md_table(["column", "description"], [[f"`{k}`", v] for k, v in info.get("columns", {}).items()]) + "\n")
     first_split = next(iter(plan.data_files), "train")

@@ -106,7 +106,7 @@ def _counts(b: Build, con, cols: dict[str, str]) -> str:
     rejects = dict(con.execute("SELECT split, count(*) FROM rejects GROUP BY 1").fetchall())
     rows = [[split, agg["samples"], rejects.get(split, 0), agg["shards"], agg["bytes"]]
             for split, agg in b.info["splits"].items()]
-    out = [_table(["split", "samples", "rejected inputs", "shards", "bytes"], rows, {1, 2, 3, 4})]
+    out = [_table(["split", "samples", "rejects", "shards", "bytes"], rows, {1, 2, 3, 4})]
     if "label" in cols:
         labels = con.execute("SELECT label, split, count(*) FROM samples WHERE label IS NOT NULL "
                              "GROUP BY 1, 2").fetchall()
@@ -174,7 +174,7 @@ def _rejects(con) -> str:
                        "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2").fetchall()
     if not rows:
         return "<p>No input was rejected.</p>"
-    plot = _img(plots.bar_png([f"{r[0]} ({r[1]})" for r in rows[:20]], [r[2] for r in rows[:20]], "rejected inputs by reason"),
+    plot = _img(plots.bar_png([f"{r[0]} ({r[1]})" for r in rows[:20]], [r[2] for r in rows[:20]], "rejects by reason"),
                 "image/png", "bar chart of rejects by reason")
     table = _table(["reason", "stage", "inputs", "example detail", "example input"], [list(r) for r in rows], {2})
     return f'<div class="plots">{plot}{table}</div>'
@@ -217,7 +217,8 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
-        f'<p class="sub">{escape(info.get("description") or "")} {total:,} samples, {rejected:,} rejected inputs, '
+        f'<p class="sub">{escape(info.get("description") or "")} {total:,} samples, {rejected:,} rejects '
+        "(inputs, or parts of one such as an entity, that became no sample), "
         f'{len(info["shards"])} shards.</p>',
         "<h2>Identity and lineage</h2>", _identity(b),
         "<h2>Counts</h2>", _counts(b, con, cols),
