@@ -115,7 +115,7 @@ def test_out_and_device_are_checked_before_the_model_loads(tiny_llava, label_bui
     taken.write_text("")
     with pytest.raises(UserError, match="is a file; the analysis needs a folder"):
         F.run_ffn(str(tiny_llava), label_build, taken, n=1, quiet=True)
-    with pytest.raises(UserError, match="is not a device"):
+    with pytest.raises(UserError, match="unknown --device"):
         F.run_ffn(str(tiny_llava), label_build, tmp_path / "x", n=1, quiet=True, device="gpu")
 
 

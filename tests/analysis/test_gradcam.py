@@ -126,12 +126,12 @@ def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, labe
     base = [sys.executable, "-m", "vlmforge.cli", "analyze", "gradcam", "--model", str(tiny_clip),
             "--shards", str(label_build), "--n", "1", "-q"]
     cases = [(["--out", str(taken)], "is a file; the analysis needs a folder"),
-             (["--out", str(tmp_path / "a"), "--device", "gpu"], "is not a device"),
+             (["--out", str(tmp_path / "a"), "--device", "gpu"], "unknown --device"),
              (["--out", str(tmp_path / "b"), "--classes", "cat,horse,cat"], "names 'cat' more than once")]
     import torch
 
     if not torch.cuda.is_available():
-        cases.append((["--out", str(tmp_path / "c"), "--device", "cuda"], "torch sees no CUDA GPU"))
+        cases.append((["--out", str(tmp_path / "c"), "--device", "cuda"], "no CUDA GPU is available here"))
     for args, words in cases:
         r = subprocess.run(base + args, capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr and words in r.stderr, r.stderr

@@ -246,7 +246,8 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
             ffn_module: str | None = None, batch_size: int = 4, device: str = "cpu", dtype: str = "auto",
             quiet: bool = False) -> Path:
     """prompts/<key>.json per prompt, summary.json, summary.md and ffn_summary.png in `out`."""
-    from vlmforge.analysis.samples import check_device, read_test_samples, remove_stale
+    from vlmforge.analysis.samples import read_test_samples, remove_stale
+    from vlmforge.curation.models import check_device
     from vlmforge.evaluation.report import markdown_table
     from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar

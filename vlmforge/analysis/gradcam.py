@@ -257,7 +257,8 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     """Grad-CAM overlays (overlays/*.png), contact_sheet.png, heatmaps.npz and index.json in `out`."""
     import numpy as np
 
-    from vlmforge.analysis.samples import check_device, read_test_samples, remove_stale
+    from vlmforge.analysis.samples import read_test_samples, remove_stale
+    from vlmforge.curation.models import check_device
     from vlmforge.evaluation.runners import _pil
     from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar

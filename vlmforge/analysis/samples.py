@@ -152,15 +152,3 @@ def remove_stale(folder: Path, written: set[str], suffix: str) -> None:
     for p in folder.glob(f"*{suffix}"):
         if p.name not in written:
             p.unlink()
-
-
-def check_device(device: str) -> None:
-    """A --device torch can use here (checked before a model loads: torch's own errors are tracebacks)."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu")

@@ -68,3 +68,20 @@ def folder_stamp(folder) -> str:
     files = sorted(f for f in folder.rglob("*") if f.is_file())
     return hashlib.sha1("".join(f"{f.relative_to(folder)}:{f.stat().st_size}:{f.stat().st_mtime_ns};"
                                 for f in files).encode()).hexdigest()
+
+
+def check_device(device: str) -> None:
+    """A device torch does not know, or a GPU this machine lacks, fails before any model loads (torch's
+    own errors come later, as tracebacks)."""
+    import torch
+
+    from vlmforge.errors import UserError
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:1, mps ...") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here (use --device cpu)")

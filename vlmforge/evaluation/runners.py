@@ -51,20 +51,6 @@ def _pil(data: bytes):
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def _check_device(device: str) -> None:
-    """A device torch does not know, or a GPU this machine lacks, fails before the model loads."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise UserError(f"unknown --device {device!r}; use cpu, cuda, cuda:1, mps ...") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: MPS is not available here (use --device cpu)")
-
-
 def _resolve_dtype(dtype: str, device: str):
     import torch
 
@@ -106,7 +92,9 @@ class LocalRunner(Runner):
 
         hf_logging.disable_progress_bar()
         check_model_name(self.name)
-        _check_device(self.device)
+        from vlmforge.curation.models import check_device
+
+        check_device(self.device)
         from vlmforge.training.llava import export_info
 
         self.template = export_info(self.name).get("template", "chat")
