@@ -195,6 +195,13 @@ def run_build(
         return _run_locked(builder, build_dir, ident, executor, limits, overwrite, quiet)
 
 
+def _make_folder(folder: Path, build_dir: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out names a file, or a folder this user cannot write
+        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
+
+
 @contextlib.contextmanager
 def _build_lock(build_dir: Path) -> Iterator[None]:
     """Held while a process builds into `build_dir`: a second build of the same folder (the same
@@ -206,10 +213,7 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
-    try:
-        build_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # --out names a file, or a folder this user cannot write
-        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
+    _make_folder(build_dir.parent, build_dir)
     # Beside the folder, not in it: --overwrite deletes the folder while the lock is held. Removed at
     # the end, while still held; a process that opened the file just before finds it gone (another
     # inode at that path, or none) and stops as if it were held.
@@ -239,10 +243,7 @@ def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], execut
             console.print(f"[green]up to date[/] {build_dir} (build {ident['build_id']})")
         return build_dir
     fresh = not build_dir.exists()
-    try:
-        (build_dir / "manifest").mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # --out names a file, or a folder this user cannot write
-        raise BuildError(f"cannot make the build folder {build_dir}: {e.strerror} ({e.filename})") from None
+    _make_folder(build_dir / "manifest", build_dir)
     (build_dir / PENDING).write_text(json.dumps(ident, indent=1, sort_keys=True))
     builder.processes = max(1, int(getattr(executor, "workers", None) or getattr(executor, "concurrency", None) or 1))
     builder.quiet = quiet  # prepare() shows its progress bars unless quiet
