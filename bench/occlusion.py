@@ -1,6 +1,6 @@
 """Occlusion pipeline throughput, per stage and overall, next to decoding and re-encoding the same JPEGs.
 
-  python bench/occlusion.py [--images 200] [--textured] [--coco-root DIR --split val2017] [--repeats 3]
+  python bench/occlusion.py [--images 200] [--textured] [--coco-size] [--coco-root DIR --split val2017] [--repeats 3]
 
 The baseline decodes each source JPEG and encodes it again as JPEG (quality 95), with PIL and with
 OpenCV; the faster of the two is the target's baseline. A third row, one decode per image plus one
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shutil
 import statistics
 import tempfile
@@ -53,15 +54,29 @@ def baseline_cv2(files: list[str]) -> tuple[float, float]:
     return dec, enc
 
 
-def textured_copy(root: Path, out: Path, sigma: float = 14.0) -> Path:
+def textured_copy(root: Path, out: Path, sigma: float = 14.0, scale: float = 1.0) -> Path:
     """The sample with seeded grey noise (sigma 14) added to every image, saved at JPEG quality 92:
     about 0.5 bytes per pixel, as COCO's photos (~160 KB at 640x480), where the flat synthetic scenes
-    take 0.22. Decoding and encoding cost what they cost on photos; annotations are unchanged."""
-    shutil.copytree(root / "annotations", out / "annotations")
+    take 0.22. Decoding and encoding cost what they cost on photos. With `scale`, images are resized
+    first (4/3: the sample's 480x360 becomes COCO's usual 640x480) and the annotations scaled with them."""
+    (out / "annotations").mkdir(parents=True)
     (out / "val2017").mkdir(parents=True)
+    for f in sorted((root / "annotations").glob("*.json")):
+        doc = json.loads(f.read_text())
+        for im in doc["images"]:
+            im["width"], im["height"] = round(im["width"] * scale), round(im["height"] * scale)
+        for a in doc["annotations"]:
+            if "segmentation" in a:
+                a["segmentation"] = [[round(v * scale, 2) for v in poly] for poly in a["segmentation"]]
+                a["bbox"] = [round(v * scale, 2) for v in a["bbox"]]
+                a["area"] = a["area"] * scale * scale
+        (out / "annotations" / f.name).write_text(json.dumps(doc))
     rng = np.random.default_rng(0)
     for f in sorted((root / "val2017").glob("*.jpg")):
-        img = cv2.imread(str(f)).astype(np.float32)
+        img = cv2.imread(str(f))
+        if scale != 1.0:
+            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+        img = img.astype(np.float32)
         noise = rng.normal(0.0, sigma, img.shape[:2] + (1,)).astype(np.float32)
         cv2.imwrite(str(out / "val2017" / f.name), np.clip(img + noise, 0, 255).astype(np.uint8),
                     [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -120,6 +135,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--textured", action="store_true",
                     help="also measure on the sample with photo-like noise (JPEG bytes per pixel as COCO's)")
+    ap.add_argument("--coco-size", action="store_true",
+                    help="also measure on a textured copy at COCO's usual 640x480 (the sample is 480x360): "
+                         "per-image costs (the caption parse) weigh less against pixel costs")
     args = ap.parse_args()
     from vlmforge.executors.memory import tune_allocator
 
@@ -131,6 +149,8 @@ def main() -> None:
     datasets = {"sample": make_sample(work / "coco", images=args.images)}
     if args.textured:
         datasets["sample, textured"] = textured_copy(datasets["sample"], work / "coco-textured")
+    if args.coco_size:
+        datasets["sample, textured, 640x480"] = textured_copy(datasets["sample"], work / "coco-640", scale=4 / 3)
     if args.coco_root:
         datasets["coco"] = args.coco_root
     try:
