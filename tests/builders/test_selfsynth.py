@@ -95,6 +95,24 @@ def test_generated_concepts_offline(tmp_path, cub):
         assert all(d.startswith("The image shows a bird") for d in doc["descriptions"])
 
 
+def test_a_repeated_build_takes_description_vectors_from_the_cache(tmp_path, cub, monkeypatch):
+    from vlmforge.curation.embedding import SentenceEmbedder
+
+    monkeypatch.setenv("VLMFORGE_CACHE", str(tmp_path / "cache"))
+    opts = dict(source_options={"root": str(cub), "splits": ["train"]}, concepts="generate", questions=2)
+    first = vlmforge.build("selfsynth", "cub", out=tmp_path / "a", **opts)
+    assert list((tmp_path / "cache" / "embeddings").glob("*.npz"))
+
+    def no_model(self, texts, advance=None):
+        raise AssertionError("the embedding model ran again")
+
+    monkeypatch.setattr(SentenceEmbedder, "encode", no_model)
+    second = vlmforge.build("selfsynth", "cub", out=tmp_path / "b", **opts)
+    assert build_files(first.path) == build_files(second.path)
+    with pytest.raises(AssertionError, match="ran again"):  # --no-cache: no vectors read back
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "c", builder_attrs={"cache_dir": False}, **opts)
+
+
 def test_concepts_file_and_rejects(tmp_path, cub):
     data = tmp_path / "data"
     make_cub(data, attributes=False)

@@ -304,7 +304,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         return out
 
     def _select_by_descriptions(self, recs: list[Record], split: str) -> dict[str, dict[str, Any]]:
-        from vlmforge.curation.embedding import shared_embedder
+        from vlmforge.curation.embedding import CachedEmbedder
 
         cfg = self.config
         labels = sorted({r["label"] for r in recs})
@@ -335,7 +335,11 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
             raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
                              f"{len(descriptions)} images of split {split!r}; check that it answers image prompts")
-        selector = ConceptSelector(shared_embedder(cfg.embedder), cfg.ib_temperature, cfg.std_factor, cfg.min_concepts)
+        # Embedding thousands of descriptions is most of this step on a CPU: the vectors are cached
+        # with the responses (--no-cache turns both off), so a resumed build does not embed them again.
+        embedder = CachedEmbedder(cfg.embedder, False if self.cache_dir is False else None,
+                                  f"embedding descriptions {split}", self.quiet)
+        selector = ConceptSelector(embedder, cfg.ib_temperature, cfg.std_factor, cfg.min_concepts)
         picked = selector.select(descriptions, label_of, class_concepts)
         return {k: {"concepts": [c for c, _ in picked[k]], "scores": [round(s, 6) for _, s in picked[k]],
                     "descriptions": descriptions[k]} for k in picked}

@@ -6,6 +6,7 @@ sentence-transformers model path or Hub id can be given instead (e.g. BAAI/bge-m
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -50,14 +51,17 @@ class SentenceEmbedder:
 
                 raise UserError(f"cannot load sentence embedder {self.model_name!r}: {str(e).splitlines()[0]}") from None
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str], advance: Callable[[int], None] | None = None) -> np.ndarray:
+        """`advance(n)`, when given, is called as batches of n texts are done (a progress bar's)."""
         self.setup()
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if isinstance(self._model, MeanPooledEncoder):
-            return self._model.encode(list(texts), self.batch_size)
+            return self._model.encode(list(texts), self.batch_size, advance)
         vecs = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
                                   normalize_embeddings=True, show_progress_bar=False)
+        if advance is not None:
+            advance(len(texts))
         return vecs.astype(np.float32)
 
     @property
@@ -117,7 +121,7 @@ class MeanPooledEncoder:
         self.device = device
         self.dim = int(self.model.config.hidden_size)
 
-    def encode(self, texts: list[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int, advance: Callable[[int], None] | None = None) -> np.ndarray:
         import torch
 
         # sentence-transformers' order: longest first (numpy's default argsort), then batches.
@@ -134,6 +138,8 @@ class MeanPooledEncoder:
                 # normalised twice, as there: by the Normalize module, then by encode's option
                 unit = torch.nn.functional.normalize(torch.nn.functional.normalize(mean, p=2, dim=1), p=2, dim=1)
                 out[rows] = unit.float().cpu().numpy()
+                if advance is not None:
+                    advance(len(rows))
         return out
 
 
@@ -244,21 +250,21 @@ class EmbedderHelper:
 
 
 def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike | bool | None" = None,
-                  helper: "EmbedderHelper | None" = None) -> np.ndarray:
+                  helper: "EmbedderHelper | None" = None, advance: Callable[[int], None] | None = None) -> np.ndarray:
     """`shared_embedder(model).encode(texts)`, remembered on disk for this exact request (these texts in
     this order, this model and these libraries), so a resumed or repeated build gets back the very same
     vectors without loading the model (seconds of imports). The key
     is the whole request, never single texts, because a text's vector can differ in its last bits
     with the batch it was encoded in. `cache`: a folder, None for $VLMFORGE_CACHE/embeddings, False
     for none. `helper`: an EmbedderHelper to encode with on a miss (this process loads the model only if
-    it fails)."""
+    it fails). `advance` as in SentenceEmbedder.encode (not called on a hit)."""
     import hashlib
     import os
     from pathlib import Path
 
     def compute() -> np.ndarray:
         got = helper.encode(texts) if helper is not None and texts else None
-        return got if got is not None else shared_embedder(model).encode(texts)
+        return got if got is not None else shared_embedder(model).encode(texts, advance)
 
     ident = embedder_identity(model) if cache is not False else None
     if ident is None or not texts:
@@ -284,6 +290,27 @@ def cached_encode(model: str | None, texts: list[str], cache: "str | os.PathLike
     except OSError:
         pass  # a read-only cache only costs the next build the model load
     return vecs
+
+
+class CachedEmbedder:
+    """An embedder whose `encode` goes through `cached_encode`: a resumed or repeated build gets the
+    same vectors back without running the model. `cache` as there (None: $VLMFORGE_CACHE/embeddings).
+    A request of BAR_FROM texts or more shows a progress bar named `label` (unless `quiet`)."""
+
+    BAR_FROM = 256
+
+    def __init__(self, model: str | None = None, cache: "str | os.PathLike | bool | None" = None,
+                 label: str = "embedding", quiet: bool = True):
+        self.model = model
+        self.cache = cache
+        self.label = label
+        self.quiet = quiet
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from vlmforge.progress import progress_bar
+
+        with progress_bar(self.label, total=len(texts), disable=self.quiet or len(texts) < self.BAR_FROM) as advance:
+            return cached_encode(self.model, list(texts), self.cache, advance=advance)
 
 
 @lru_cache(maxsize=4)
