@@ -47,6 +47,21 @@ def test_a_failed_build_with_no_finished_shard_is_replaced_by_another_config(tmp
     assert b.info["config"]["seed"] == 3 and not (folder / "build.pending.json").exists()
 
 
+def test_a_failed_first_build_leaves_no_folder_behind(tmp_path, sample_coco, monkeypatch):
+    out = tmp_path / "new" / "builds"
+    (tmp_path / "kept").mkdir()
+    with monkeypatch.context() as m:
+        _fail_in_writer(m, 0)
+        with pytest.raises(OSError):
+            vlmforge.build("copy", "coco", out=out, source_options=_opts(sample_coco))
+        assert not (tmp_path / "new").exists()  # nor OUT/copy/, nor OUT, nor its new parent
+        with pytest.raises(OSError):  # folders that were there before stay
+            vlmforge.build("copy", "coco", out=tmp_path / "kept", source_options=_opts(sample_coco))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"] and not list((tmp_path / "kept").iterdir())
+    b = vlmforge.build("copy", "coco", out=out, source_options=_opts(sample_coco))
+    assert b.path == out / "copy" / CopyBuilder.VERSION and len(b) > 0
+
+
 def test_a_failed_build_with_finished_shards_is_kept(tmp_path, sample_coco, monkeypatch):
     with monkeypatch.context() as m:
         _fail_in_writer(m, 7)

@@ -213,12 +213,20 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX: no lock
         yield
         return
+    # Folders made here (OUT/, OUT/<builder>/) are removed again if the build leaves them empty (it
+    # failed before its first shard): a failed first command leaves nothing behind.
+    made = [p for p in (build_dir.parent, *build_dir.parent.parents) if not p.exists()]
     _make_folder(build_dir.parent, build_dir)
     # Beside the folder, not in it: --overwrite deletes the folder while the lock is held. Removed at
     # the end, while still held; a process that opened the file just before finds it gone (another
     # inode at that path, or none) and stops as if it were held.
     path = build_dir.parent / f".{build_dir.name}.lock"
-    with open(path, "a+") as fh:
+    try:
+        fh = open(path, "a+")
+    except FileNotFoundError:  # another build removed the folder it had made, just now: make it again
+        _make_folder(build_dir.parent, build_dir)
+        fh = open(path, "a+")
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
@@ -231,6 +239,11 @@ def _build_lock(build_dir: Path) -> Iterator[None]:
         finally:
             path.unlink(missing_ok=True)
             fcntl.flock(fh, fcntl.LOCK_UN)
+            for folder in made:  # deepest first; stops at the first that is not empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _run_locked(builder: Builder, build_dir: Path, ident: dict[str, Any], executor, limits: ShardLimits,
