@@ -518,3 +518,24 @@ def test_pull_help_names_both_exit_codes():
     r = CliRunner().invoke(app, ["pull", "--help"], terminal_width=200)
     text = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 0 and "Exit 1 when" in text and "2 when it cannot be fetched or rebuilt" in text
+
+
+def test_a_license_the_hub_does_not_know_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: any --license went into the card's YAML; the Hub refuses such a README.md, so the
+    publish failed only after the whole upload."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake = FakeHub()
+    for bad, hint in (("CC-BY-4.0", "did you mean cc-by-4.0?"), ("apache2", "did you mean apache-2.0"),
+                      ("cc-by-nc-4", "did you mean cc-by-nc-4.0"), ("my own terms", "or 'other' for a license")):
+        for dry_run in (True, False):
+            with pytest.raises(UserError, match="is not a Hugging Face Hub license id") as err:
+                hub.publish(occ.path, "lab/occ", api=fake, license=bad, dry_run=dry_run,
+                            stage_dir=tmp_path / "stage", quiet=True)
+            assert hint in str(err.value)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+    out = hub.publish(occ.path, "lab/occ", license="cc-by-nc-sa-4.0", dry_run=True, stage_dir=tmp_path / "ok")
+    meta = yaml.safe_load((out["stage"] / "repo" / "README.md").read_text().split("---")[1])
+    assert meta["license"] == "cc-by-nc-sa-4.0"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ",
+                        "--dry-run", "--license", "cc-by-4", "--stage", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "did you mean cc-by-4.0" in r.stderr

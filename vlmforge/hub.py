@@ -558,6 +558,38 @@ def _examples(b: Build, n: int = 3) -> list[list[Any]]:
 
 
 # -- talking to the Hub -----------------------------------------------------------------------
+# The license ids a card may name, in the order of the Hub's list (huggingface/hub-docs,
+# docs/hub/repositories-licenses.md, with the ids added to it up to 2026): the Hub refuses a commit
+# whose README.md names another, which would come only after the whole upload.
+HUB_LICENSES = (
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0",
+    "odc-by", "odbl", "openmdw-1.0", "openmdw-1.1", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa",
+    "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2",
+    "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
+)
+
+
+def check_license(license: str) -> None:
+    """Refuse a --license the Hub does not know, naming the closest ids it does."""
+    import difflib
+
+    if license in HUB_LICENSES:
+        return
+    lower = (license or "").strip().lower()
+    close = [lower] if lower in HUB_LICENSES else difflib.get_close_matches(lower, HUB_LICENSES, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UserError(f"--license {license!r} is not a Hugging Face Hub license id; {hint}"
+                    "use an id from https://huggingface.co/docs/hub/repositories-licenses (e.g. cc-by-4.0, "
+                    "apache-2.0), or 'other' for a license not listed there")
+
+
 def check_repo_id(repo_id: str) -> None:
     if not _REPO_ID.match(repo_id or ""):
         raise UserError(f"{repo_id!r} is not a Hub repo id; use NAMESPACE/NAME, e.g. my-lab/occlusion-coco")
@@ -722,6 +754,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     from vlmforge.progress import console
 
     check_repo_id(repo_id)
+    check_license(license)
     b = open_build(build_path)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)
     tag = revision or b.info["version"]
