@@ -110,6 +110,7 @@ def test_card_yaml_and_datasets_load_the_published_layout(occ, staged, tmp_path)
     body = text.split("---\n", 2)[2]
     assert occ.build_id in body and "| train | 6 | 2 | 3 |" in body and "| val | 4 | 0 | 2 |" in body
     assert "| refrigerator | 3 |" in body and "| object_too_large | 1 |" in body
+    assert "### Rejects by reason\n\n| reason | rejects |" in body and "inputs" not in body.split("## Fields")[0]
     assert "`mask_png` | image | `<key>.mask.png`" in body
     assert "What is hidden behind the grey box?" in body and '"keep_original": true' in body
 

@@ -502,8 +502,8 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                 out.append(f"... and {len(labels) - len(shown)} more (see the manifest).\n")
     reasons = con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     if reasons:
-        out.append("### Rejected inputs by reason\n")
-        out.append(_md_table(["reason", "inputs"], [list(r) for r in reasons]) + "\n")
+        out.append("### Rejects by reason\n")
+        out.append(_md_table(["reason", "rejects"], [list(r) for r in reasons]) + "\n")
     out.append("## Fields\n")
     out.append("Each sample is a group of tar members `<key>.<field>`. Field names are published lower-case "
                "and without dots, because the `datasets` library names a column after everything past the "
