@@ -100,6 +100,19 @@ def test_fgvc_reader(tmp_path):
         open_source("fgvc-aircraft", root=tmp_path / "nothing")
 
 
+def test_copy_of_fgvc_cuts_the_banner(tmp_path):
+    """Before: `build copy --source fgvc-aircraft` stored the images with their 20-pixel copyright banner
+    (the copy builder read the file itself and ignored the record's crop_bottom), unlike every other
+    reader of the source and unlike the README ('banner cropped')."""
+    import vlmforge
+
+    b = vlmforge.build("copy", "fgvc-aircraft", out=tmp_path / "b", source_options={"root": str(make_fgvc(tmp_path))})
+    assert b.sql("SELECT DISTINCT width, height FROM samples").fetchall() == [(60, 30)] and len(b) == 5
+    for sample in b.samples():
+        with Image.open(io.BytesIO(sample["jpg"])) as im:
+            assert im.size == (60, 30) and im.convert("RGB").getpixel((30, 29))[1] < 200  # not banner white
+
+
 @pytest.mark.parametrize("lists", ["mat", "txt", "none"])
 def test_stanford_dogs_reader(tmp_path, lists):
     make_dogs(tmp_path, lists=lists)

@@ -111,14 +111,16 @@ class FgvcAircraftSource(Source):
                 "splits": {s: len(v) for s, v in self._records.items()}}
 
 
-def read_record_image(rec: Record, check: str = "quick", jpeg_quality: int = 95):
-    """A classification record's image ready for a shard (`EncodedImage`), with the FGVC banner
-    (`crop_bottom` pixels) cut off when the record asks for it. Raises curation.images.ImageError."""
+def read_record_image(rec: Record, check: str = "quick", jpeg_quality: int = 95,
+                      keep: tuple[str, ...] = ("JPEG", "PNG")):
+    """A classification record's image ready for a shard (`EncodedImage`, formats in `keep` as they
+    are), with the FGVC banner (`crop_bottom` pixels) cut off when the record asks for it, as JPEG.
+    Raises curation.images.ImageError."""
     from PIL import Image
 
     from vlmforge.curation.images import EncodedImage, ImageError, load_for_storage
 
-    img = load_for_storage(rec["file"], check, jpeg_quality)
+    img = load_for_storage(rec["file"], check, jpeg_quality, keep=keep)
     crop = int(rec.get("crop_bottom") or 0)
     if not crop:
         return img
