@@ -134,3 +134,41 @@ def test_breed_names():
     assert breed_name("n02085782-Japanese_spaniel") == "Japanese spaniel"
     assert breed_name("n02096294-Australian_terrier") == "Australian terrier"
     assert breed_name("n02113799-standard_poodle") == "standard poodle"
+
+
+def test_cub_files_with_a_non_numeric_id_are_one_error_line(tmp_path):
+    """Before: ValueError tracebacks (invalid literal for int()) from images.txt, image_class_labels.txt."""
+    for name, line, field in (("images.txt", "x2 002.Laysan_Albatross/foo.jpg", "'x2'"),
+                              ("image_class_labels.txt", "1 abc", "'abc'"), ("bounding_boxes.txt", "1 4 5 wide 20", "'wide'")):
+        root = tmp_path / name
+        root.mkdir()
+        cub = make_cub(root)  # the CUB_200_2011 folder
+        lines = (cub / name).read_text().splitlines()
+        (cub / name).write_text("\n".join([line] + lines[1:]) + "\n")
+        with pytest.raises(SourceError, match=rf"{name}:1: field \d should be .*, got {field}"):
+            open_source("cub", root=cub)
+
+
+def test_a_file_listed_twice_is_a_reject_not_a_stopped_build(tmp_path):
+    """Before: an image listed twice in Stanford Dogs' lists (or in two of them), or twice in an FGVC split
+    file, stopped the build ('two samples share the key ...: the builder must derive unique keys'); a list
+    line without a breed folder made the key 'dogs_'."""
+    import vlmforge
+
+    make_dogs(tmp_path / "dogs", lists="txt")
+    train = tmp_path / "dogs" / "train_list.txt"
+    first = train.read_text().splitlines()[0]
+    train.write_text(train.read_text() + f"{first}\nstray.jpg\nother.jpg\n")
+    b = vlmforge.build("copy", "stanford-dogs", out=tmp_path / "o1", source_options={"root": str(tmp_path / "dogs")})
+    assert len(b) == 5
+    rejects = b.sql("SELECT source_id, reason, detail FROM rejects ORDER BY 1").fetchall()
+    assert rejects == [(first, "invalid_record", f"{first} is listed twice in train_list.txt, test_list.txt (first in split train)"),
+                       ("other.jpg", "invalid_record", "'other.jpg' is not <breed folder>/<file> under Images/"),
+                       ("stray.jpg", "invalid_record", "'stray.jpg' is not <breed folder>/<file> under Images/")]
+    fgvc = make_fgvc(tmp_path / "fgvc") / "data"
+    test = fgvc / "images_variant_test.txt"
+    test.write_text(test.read_text() + "0034309 707-320\n")  # a train image listed in test as well
+    b = vlmforge.build("copy", "fgvc-aircraft", out=tmp_path / "o2", source_options={"root": str(fgvc)})
+    assert len(b) == 5 and b.sql("SELECT split, source_id, detail FROM rejects").fetchall() == [
+        ("test", "0034309.jpg", "image 0034309 is listed twice in images_variant_train.txt, images_variant_val.txt, "
+                                "images_variant_test.txt (first in split train)")]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sources.base import Record, Source, fingerprint_files
+from vlmforge.sources.base import Record, Source, fingerprint_files, repeated_keys
 
 LEVELS = ("variant", "family", "manufacturer")
 BANNER_PX = 20
@@ -79,6 +79,10 @@ class FgvcAircraftSource(Source):
                     rec["crop_bottom"] = BANNER_PX
                 recs.append(rec)
             self._records[split] = recs
+        lists = ", ".join(f"images_{level}_{s}.txt" for s in self._records)
+        for (split, i), why in repeated_keys({s: [r["key"] for r in v] for s, v in self._records.items()}, lists).items():
+            rec = self._records[split][i]
+            rec["invalid"] = f"image {rec['source_id'][:-4]} is {why}"
         box_file = self.data / "images_box.txt"
         if box_file.exists():
             boxes = {}
