@@ -540,3 +540,31 @@ def test_a_license_the_hub_does_not_know_is_refused_before_staging(occ, tmp_path
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ",
                         "--dry-run", "--license", "cc-by-4", "--stage", str(tmp_path / "cli")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "did you mean cc-by-4.0" in r.stderr
+
+
+def test_a_split_name_datasets_refuses_is_loaded_under_a_name_it_takes(occ, tmp_path):
+    """Before: a build with split 'val-hard' (build split --splits val-hard=...) was published with that
+    split name in the card, and the card's own `load_dataset(...)` failed ('Split name should match
+    ...: dashes are not allowed')."""
+    from datasets import load_dataset
+
+    b = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(occ.path)},
+                       splits="train=0.5,val-hard=0.5")
+    plan = hub.plan_publish(b)
+    hub.stage(plan, tmp_path / "st", "lab/split", quiet=True)
+    repo = tmp_path / "st" / "repo"
+    text = (repo / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert {d["split"]: d["path"] for d in meta["configs"][0]["data_files"]} == {
+        "train": "data/train/*.tar", "val_hard": "data/val-hard/*.tar"}
+    assert "`val-hard` as `val_hard`" in text
+    ds = load_dataset(str(repo), cache_dir=str(tmp_path / "hf"))
+    counts = dict(b.sql("SELECT split, count(*) FROM samples GROUP BY 1").fetchall())
+    assert {k: v.num_rows for k, v in ds.items()} == {"train": counts["train"], "val_hard": counts["val-hard"]}
+    dest = hub.pull(str(repo), out=tmp_path / "pulled")  # the build itself keeps its own split name
+    assert build_files(dest) == build_files(b.path)
+    clash = vlmforge.build("split", "build", out=tmp_path / "c", source_options={"path": str(occ.path)},
+                           splits="val_hard=0.5,val-hard=0.5")
+    with pytest.raises(UserError, match="splits 'val-hard' and 'val_hard' would both load as 'val_hard'|"
+                                         "splits 'val_hard' and 'val-hard' would both load as 'val_hard'"):
+        hub.plan_publish(clash)

@@ -39,6 +39,7 @@ MAX_FILES_PER_FOLDER = 10_000
 PUBLISH_FORMAT = 1
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")  # the split names `datasets` accepts
 
 
 # -- field names ------------------------------------------------------------------------------
@@ -46,6 +47,12 @@ def hub_field(name: str) -> str:
     """A member field as published: lower case, `[a-z0-9_]` only ('mask.png' -> 'mask_png').
     Same length as the original, so renamed tar headers keep their layout."""
     return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def hub_split(split: str) -> str:
+    """A split as the card names it: `datasets` refuses other characters ('val-hard' -> 'val_hard'). The
+    repo's folders and `pull` keep the build's own name."""
+    return split if _SPLIT_NAME.match(split) else re.sub(r"\W", "_", split)
 
 
 def field_feature(name: str) -> str:
@@ -282,6 +289,11 @@ def plan_publish(build: Build, target_shard_bytes: int = DEFAULT_TARGET_SHARD_BY
                 last.samples += 1
             else:
                 cur.pieces.append(Piece(s["shard"], offset, offset + size, 1))
+    loads_as: dict[str, str] = {}
+    for split in by_split:
+        if loads_as.setdefault(hub_split(split), split) != split:
+            raise UserError(f"splits {loads_as[hub_split(split)]!r} and {split!r} would both load as {hub_split(split)!r} "
+                            "(`datasets` takes letters, digits and _ in split names); rename one in a split build")
     hub_shards: list[HubShard] = []
     data_files: dict[str, str] = {}
     for split, shards in by_split.items():
@@ -438,7 +450,7 @@ def card_metadata(plan: Plan, license: str = "unknown") -> dict[str, Any]:
         "tags": ["vlmforge", "webdataset", "llava", info["builder"]],
         "size_categories": [size_category(len(plan.build))],
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": split, "path": glob} for split, glob in plan.data_files.items()]}],
+                     "data_files": [{"split": hub_split(split), "path": glob} for split, glob in plan.data_files.items()]}],
         "dataset_info": {"features": features},
     }
 
@@ -491,6 +503,10 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                          [[split, agg["samples"], rejects.get(split, 0), len(hub_by_split.get(split, [])),
                            sum(s.bytes for s in hub_by_split.get(split, [])), f"`{plan.data_files.get(split, '')}`"]
                           for split, agg in info["splits"].items()]) + "\n")
+    renamed = [f"`{split}` as `{hub_split(split)}`" for split in plan.data_files if hub_split(split) != split]
+    if renamed:
+        out.append(f"`datasets` loads the split{'s' if len(renamed) > 1 else ''} {', '.join(renamed)} "
+                   "(it takes letters, digits and _ in split names).\n")
     if "label" in cols:
         labels = con.execute("SELECT label, count(*) FROM samples WHERE label IS NOT NULL "
                              "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
@@ -526,7 +542,7 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
     out.append("With `datasets` (images decode to PIL, `json` to a dict):\n")
     out.append("```python\nfrom datasets import load_dataset\n\n"
                f"ds = load_dataset(\"{repo_id}\", revision=\"{rev}\")\n"
-               f"sample = ds[\"{first_split}\"][0]\n"
+               f"sample = ds[\"{hub_split(first_split)}\"][0]\n"
                "sample[\"json\"][\"conversations\"]  # LLaVA format\n```\n")
     out.append("With `webdataset`, streaming the shards:\n")
     out.append("```python\nimport webdataset as wds\nfrom huggingface_hub import HfFileSystem\n\n"
