@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import check_manifest_parts, open_build, split_member
+from vlmforge.manifests.read import check_manifest_parts, open_build, parse_tar_bytes, split_member
 from vlmforge.progress import console
 
 out_console = None
@@ -182,8 +182,6 @@ def _members_differ(pa: Path, ra: dict, sha_a: dict, pb: Path, rb: dict, sha_b: 
     """`<key>.<field>` of each member other than the image and json that differs between the two samples."""
     from contextlib import ExitStack
 
-    from vlmforge.manifests.read import parse_tar_bytes
-
     out: list[str] = []
     with ExitStack() as stack:
         files: dict[Path, Any] = {}
@@ -198,7 +196,10 @@ def _members_differ(pa: Path, ra: dict, sha_a: dict, pb: Path, rb: dict, sha_b: 
                 except OSError as e:
                     raise UserError(f"cannot read {path} ({e.strerror}); `vlmforge verify` checks the build") from None
             files[path].seek(offset)
-            return dict(parse_tar_bytes(files[path].read(size)))
+            try:
+                return dict(parse_tar_bytes(files[path].read(size)))
+            except ValueError:  # a damaged tar header
+                raise UserError(f"{path}: no readable sample at byte {offset}; `vlmforge verify` checks the build") from None
 
         for k in sorted(keys, key=lambda k: (ra[k][2], ra[k][3])):  # A's shards read in order
             (_, _, shard_a, off_a, n_a, img_a), (_, _, shard_b, off_b, n_b, img_b) = ra[k], rb[k]
