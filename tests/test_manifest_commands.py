@@ -160,3 +160,17 @@ def test_diff_sees_a_member_other_than_image_and_json(tmp_path, sample_coco):
     r = run("manifest", "diff", a.path, b.path)
     assert r.returncode == 1 and f"{touched[0]}.mask.png" in r.stdout, r.stdout
     assert run("manifest", "diff", a.path, build_tiny_occlusion(sample_coco, tmp_path / "a2").path).returncode == 0
+
+
+def test_diff_of_a_shard_with_a_damaged_header_is_one_error_line(tmp_path, coco_build, sample_coco):
+    """Before the member comparison existed diff read no shard; a damaged header where the manifest points
+    must be one line (exit 2), not a ValueError traceback."""
+    import vlmforge
+
+    other = vlmforge.build("copy", "coco", out=tmp_path / "o", max_samples_per_shard=4,  # other offsets: read
+                           source_options={"coco_root": str(sample_coco), "split": "val2017"})
+    shard = other.path / other.info["shards"][0]["shard"]
+    raw = bytearray(shard.read_bytes())
+    raw[124:136] = b"not a size!\0"  # the first member's size field
+    shard.write_bytes(bytes(raw))
+    one_error_line(run("manifest", "diff", coco_build.path, other.path), f"{shard}: no readable sample at byte 0")
