@@ -172,3 +172,19 @@ def test_a_file_listed_twice_is_a_reject_not_a_stopped_build(tmp_path):
     assert len(b) == 5 and b.sql("SELECT split, source_id, detail FROM rejects").fetchall() == [
         ("test", "0034309.jpg", "image 0034309 is listed twice in images_variant_train.txt, images_variant_val.txt, "
                                 "images_variant_test.txt (first in split train)")]
+
+
+def test_a_cub_image_without_a_split_row_is_a_reject(tmp_path):
+    """Before: an image missing from train_test_split.txt (or marked 2) went to train without a word,
+    though it may be a test image (test leakage)."""
+    import vlmforge
+
+    cub = make_cub(tmp_path)
+    split_file = cub / "train_test_split.txt"
+    rows = split_file.read_text().splitlines()
+    split_file.write_text("\n".join([rows[0].split()[0] + " 2"] + rows[2:]) + "\n")  # image 1 marked 2, image 2 gone
+    b = vlmforge.build("copy", "cub", out=tmp_path / "o", source_options={"root": str(cub)})
+    assert len(b) == 10 and b.sql("SELECT split, source_id, detail FROM rejects ORDER BY 2").fetchall() == [
+        ("train", "001.Black_footed_Albatross/Black_footed_Albatross_0001_701.jpg",
+         "image 1: train_test_split.txt says '2', not 1 (train) or 0 (test)"),
+        ("train", "001.Black_footed_Albatross/Black_footed_Albatross_0002_702.jpg", "image 2 has no row in train_test_split.txt")]

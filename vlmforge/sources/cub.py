@@ -86,8 +86,11 @@ class CubSource(Source):
                 rec["label"] = clean_class_name(self.classes[int(cls)])
             if image_id in boxes:
                 rec["bbox"] = boxes[image_id]  # x, y, width, height
-            split = "train" if is_train.get(image_id, "1").strip() == "1" else "test"
-            self._records[split].append(rec)
+            flag = (is_train.get(image_id) or "").strip()
+            if flag not in ("0", "1"):  # not put in train on a guess: it may be a test image
+                rec.setdefault("invalid", f"image {image_id} has no row in train_test_split.txt" if not flag else
+                               f"image {image_id}: train_test_split.txt says {flag!r}, not 1 (train) or 0 (test)")
+            self._records["test" if flag == "0" else "train"].append(rec)
         self._splits = [s for s in ("train", "test") if self._records[s] and (splits is None or s in splits)]
         if splits:
             unknown = sorted(set(splits) - {"train", "test"})
