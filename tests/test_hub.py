@@ -110,6 +110,7 @@ def test_card_yaml_and_datasets_load_the_published_layout(occ, staged, tmp_path)
     body = text.split("---\n", 2)[2]
     assert occ.build_id in body and "| train | 6 | 2 | 3 |" in body and "| val | 4 | 0 | 2 |" in body
     assert "| refrigerator | 3 |" in body and "| object_too_large | 1 |" in body
+    assert "### Rejects by reason\n\n| reason | rejects |" in body and "inputs" not in body.split("## Fields")[0]
     assert "`mask_png` | image | `<key>.mask.png`" in body
     assert "What is hidden behind the grey box?" in body and '"keep_original": true' in body
 
@@ -518,3 +519,52 @@ def test_pull_help_names_both_exit_codes():
     r = CliRunner().invoke(app, ["pull", "--help"], terminal_width=200)
     text = " ".join(r.output.replace("│", " ").split())
     assert r.exit_code == 0 and "Exit 1 when" in text and "2 when it cannot be fetched or rebuilt" in text
+
+
+def test_a_license_the_hub_does_not_know_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: any --license went into the card's YAML; the Hub refuses such a README.md, so the
+    publish failed only after the whole upload."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    fake = FakeHub()
+    for bad, hint in (("CC-BY-4.0", "did you mean cc-by-4.0?"), ("apache2", "did you mean apache-2.0"),
+                      ("cc-by-nc-4", "did you mean cc-by-nc-4.0"), ("my own terms", "or 'other' for a license")):
+        for dry_run in (True, False):
+            with pytest.raises(UserError, match="is not a Hugging Face Hub license id") as err:
+                hub.publish(occ.path, "lab/occ", api=fake, license=bad, dry_run=dry_run,
+                            stage_dir=tmp_path / "stage", quiet=True)
+            assert hint in str(err.value)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+    out = hub.publish(occ.path, "lab/occ", license="cc-by-nc-sa-4.0", dry_run=True, stage_dir=tmp_path / "ok")
+    meta = yaml.safe_load((out["stage"] / "repo" / "README.md").read_text().split("---")[1])
+    assert meta["license"] == "cc-by-nc-sa-4.0"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ",
+                        "--dry-run", "--license", "cc-by-4", "--stage", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "did you mean cc-by-4.0" in r.stderr
+
+
+def test_a_split_name_datasets_refuses_is_loaded_under_a_name_it_takes(occ, tmp_path):
+    """Before: a build with split 'val-hard' (build split --splits val-hard=...) was published with that
+    split name in the card, and the card's own `load_dataset(...)` failed ('Split name should match
+    ...: dashes are not allowed')."""
+    from datasets import load_dataset
+
+    b = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(occ.path)},
+                       splits="train=0.5,val-hard=0.5")
+    plan = hub.plan_publish(b)
+    hub.stage(plan, tmp_path / "st", "lab/split", quiet=True)
+    repo = tmp_path / "st" / "repo"
+    text = (repo / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert {d["split"]: d["path"] for d in meta["configs"][0]["data_files"]} == {
+        "train": "data/train/*.tar", "val_hard": "data/val-hard/*.tar"}
+    assert "`val-hard` as `val_hard`" in text
+    ds = load_dataset(str(repo), cache_dir=str(tmp_path / "hf"))
+    counts = dict(b.sql("SELECT split, count(*) FROM samples GROUP BY 1").fetchall())
+    assert {k: v.num_rows for k, v in ds.items()} == {"train": counts["train"], "val_hard": counts["val-hard"]}
+    dest = hub.pull(str(repo), out=tmp_path / "pulled")  # the build itself keeps its own split name
+    assert build_files(dest) == build_files(b.path)
+    clash = vlmforge.build("split", "build", out=tmp_path / "c", source_options={"path": str(occ.path)},
+                           splits="val_hard=0.5,val-hard=0.5")
+    with pytest.raises(UserError, match="splits 'val-hard' and 'val_hard' would both load as 'val_hard'|"
+                                         "splits 'val_hard' and 'val-hard' would both load as 'val_hard'"):
+        hub.plan_publish(clash)

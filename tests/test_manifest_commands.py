@@ -1,6 +1,7 @@
 """`vlmforge verify`, `manifest ...`, `show` and `export llava` on damaged builds and user mistakes:
 one error line (exit 2) or a named problem (verify, exit 1), never a traceback or rows dropped silently."""
 
+import io
 import shutil
 import subprocess
 import sys
@@ -117,3 +118,59 @@ def test_stats_list_a_split_without_samples(tmp_path, coco_copy):
     assert r.returncode == 0, r.stderr
     rows = [line.replace("│", " ").split() for line in r.stdout.splitlines() if line.startswith("│")]
     assert ["val", "0", str(b.info["splits"]["val"]["shards"]), "12"] in rows
+
+
+def test_diff_sees_a_member_other_than_image_and_json(tmp_path, sample_coco):
+    """Before: diff compared only image_sha256 and json_sha256, so two builds differing only in a mask
+    (or in whether orig.jpg is kept) were reported identical, exit 0."""
+    from PIL import Image
+
+    from tests.report.tiny_occlusion import TinyOcclusion, build_tiny_occlusion
+    from vlmforge.manifests.query import diff_builds
+
+    a = build_tiny_occlusion(sample_coco, tmp_path / "a")
+    real = TinyOcclusion.process
+    touched = []
+
+    def one_mask_pixel_off(self, batch):
+        out = real(self, batch)
+        for group in out:
+            s = group[0]
+            if not touched and hasattr(s, "extras"):
+                mask = Image.open(io.BytesIO(s.extras["mask.png"]))
+                mask.putpixel((0, 0), 255 - mask.getpixel((0, 0)))
+                buf = io.BytesIO()
+                mask.save(buf, "PNG")
+                s.extras["mask.png"] = buf.getvalue()
+                touched.append(s.key)
+        return out
+
+    TinyOcclusion.process = one_mask_pixel_off
+    try:
+        b = build_tiny_occlusion(sample_coco, tmp_path / "b")
+    finally:
+        TinyOcclusion.process = real
+    no_orig = build_tiny_occlusion(sample_coco, tmp_path / "c", keep_original=False)
+    d = diff_builds(a.path, b.path)
+    assert d == {"only_in_a": [], "only_in_b": [], "image_differs": [], "json_differs": [],
+                 "other_member_differs": [f"{touched[0]}.mask.png"]}
+    keys = sorted(r[0] for r in a.sql("SELECT key FROM samples").fetchall())
+    assert diff_builds(a.path, no_orig.path)["other_member_differs"] == [f"{k}.orig.jpg" for k in keys]
+    assert not any(diff_builds(a.path, a.path).values())
+    r = run("manifest", "diff", a.path, b.path)
+    assert r.returncode == 1 and f"{touched[0]}.mask.png" in r.stdout, r.stdout
+    assert run("manifest", "diff", a.path, build_tiny_occlusion(sample_coco, tmp_path / "a2").path).returncode == 0
+
+
+def test_diff_of_a_shard_with_a_damaged_header_is_one_error_line(tmp_path, coco_build, sample_coco):
+    """Before the member comparison existed diff read no shard; a damaged header where the manifest points
+    must be one line (exit 2), not a ValueError traceback."""
+    import vlmforge
+
+    other = vlmforge.build("copy", "coco", out=tmp_path / "o", max_samples_per_shard=4,  # other offsets: read
+                           source_options={"coco_root": str(sample_coco), "split": "val2017"})
+    shard = other.path / other.info["shards"][0]["shard"]
+    raw = bytearray(shard.read_bytes())
+    raw[124:136] = b"not a size!\0"  # the first member's size field
+    shard.write_bytes(bytes(raw))
+    one_error_line(run("manifest", "diff", coco_build.path, other.path), f"{shard}: no readable sample at byte 0")

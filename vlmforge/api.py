@@ -18,6 +18,14 @@ def make_executor(name: str = "local", workers: int = 1, ray_address: str | None
     if name == "local":
         from vlmforge.executors.local import LocalExecutor
 
+        ray_only = {"--ray-address": ray_address, "--concurrency": concurrency,
+                    "--gpus-per-model-worker": gpus_per_model_worker}
+        given = [flag for flag, value in ray_only.items() if value is not None]
+        if given:  # else the build would run locally while the user meant the cluster
+            raise UserError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to --executor ray; "
+                            "add --executor ray, or leave "
+                            + ("them" if len(given) > 1 else "it") + " out to build with local processes")
+
         return LocalExecutor(workers)
     if name == "ray":
         try:

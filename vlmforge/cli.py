@@ -29,7 +29,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(sample_app, name="sample")
 
-BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.1.0")]
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.2.0")]
 
 
 @sample_app.command("coco")
@@ -110,7 +110,7 @@ def manifest_stats(build: BuildArg) -> None:
 
 @manifest_app.command("diff")
 def manifest_diff(a: BuildArg, b: BuildArg) -> None:
-    """Compare two builds by key: keys only in A, only in B, and samples whose image or json differ. Exits 1 when any differ."""
+    """Compare two builds by key: keys only in A, only in B, samples whose image or json differ, and other members (mask.png, orig.jpg, ...) that differ, read from both shards. Exits 1 when any differ."""
     from vlmforge.manifests.query import print_diff
 
     if print_diff(a, b):

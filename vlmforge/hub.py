@@ -39,6 +39,7 @@ MAX_FILES_PER_FOLDER = 10_000
 PUBLISH_FORMAT = 1
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")  # the split names `datasets` accepts
 
 
 # -- field names ------------------------------------------------------------------------------
@@ -46,6 +47,12 @@ def hub_field(name: str) -> str:
     """A member field as published: lower case, `[a-z0-9_]` only ('mask.png' -> 'mask_png').
     Same length as the original, so renamed tar headers keep their layout."""
     return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+def hub_split(split: str) -> str:
+    """A split as the card names it: `datasets` refuses other characters ('val-hard' -> 'val_hard'). The
+    repo's folders and `pull` keep the build's own name."""
+    return split if _SPLIT_NAME.match(split) else re.sub(r"\W", "_", split)
 
 
 def field_feature(name: str) -> str:
@@ -282,6 +289,11 @@ def plan_publish(build: Build, target_shard_bytes: int = DEFAULT_TARGET_SHARD_BY
                 last.samples += 1
             else:
                 cur.pieces.append(Piece(s["shard"], offset, offset + size, 1))
+    loads_as: dict[str, str] = {}
+    for split in by_split:
+        if loads_as.setdefault(hub_split(split), split) != split:
+            raise UserError(f"splits {loads_as[hub_split(split)]!r} and {split!r} would both load as {hub_split(split)!r} "
+                            "(`datasets` takes letters, digits and _ in split names); rename one in a split build")
     hub_shards: list[HubShard] = []
     data_files: dict[str, str] = {}
     for split, shards in by_split.items():
@@ -438,7 +450,7 @@ def card_metadata(plan: Plan, license: str = "unknown") -> dict[str, Any]:
         "tags": ["vlmforge", "webdataset", "llava", info["builder"]],
         "size_categories": [size_category(len(plan.build))],
         "configs": [{"config_name": "default",
-                     "data_files": [{"split": split, "path": glob} for split, glob in plan.data_files.items()]}],
+                     "data_files": [{"split": hub_split(split), "path": glob} for split, glob in plan.data_files.items()]}],
         "dataset_info": {"features": features},
     }
 
@@ -491,6 +503,10 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                          [[split, agg["samples"], rejects.get(split, 0), len(hub_by_split.get(split, [])),
                            sum(s.bytes for s in hub_by_split.get(split, [])), f"`{plan.data_files.get(split, '')}`"]
                           for split, agg in info["splits"].items()]) + "\n")
+    renamed = [f"`{split}` as `{hub_split(split)}`" for split in plan.data_files if hub_split(split) != split]
+    if renamed:
+        out.append(f"`datasets` loads the split{'s' if len(renamed) > 1 else ''} {', '.join(renamed)} "
+                   "(it takes letters, digits and _ in split names).\n")
     if "label" in cols:
         labels = con.execute("SELECT label, count(*) FROM samples WHERE label IS NOT NULL "
                              "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
@@ -502,8 +518,8 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
                 out.append(f"... and {len(labels) - len(shown)} more (see the manifest).\n")
     reasons = con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     if reasons:
-        out.append("### Rejected inputs by reason\n")
-        out.append(_md_table(["reason", "inputs"], [list(r) for r in reasons]) + "\n")
+        out.append("### Rejects by reason\n")
+        out.append(_md_table(["reason", "rejects"], [list(r) for r in reasons]) + "\n")
     out.append("## Fields\n")
     out.append("Each sample is a group of tar members `<key>.<field>`. Field names are published lower-case "
                "and without dots, because the `datasets` library names a column after everything past the "
@@ -526,7 +542,7 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
     out.append("With `datasets` (images decode to PIL, `json` to a dict):\n")
     out.append("```python\nfrom datasets import load_dataset\n\n"
                f"ds = load_dataset(\"{repo_id}\", revision=\"{rev}\")\n"
-               f"sample = ds[\"{first_split}\"][0]\n"
+               f"sample = ds[\"{hub_split(first_split)}\"][0]\n"
                "sample[\"json\"][\"conversations\"]  # LLaVA format\n```\n")
     out.append("With `webdataset`, streaming the shards:\n")
     out.append("```python\nimport webdataset as wds\nfrom huggingface_hub import HfFileSystem\n\n"
@@ -558,6 +574,38 @@ def _examples(b: Build, n: int = 3) -> list[list[Any]]:
 
 
 # -- talking to the Hub -----------------------------------------------------------------------
+# The license ids a card may name, in the order of the Hub's list (huggingface/hub-docs,
+# docs/hub/repositories-licenses.md, with the ids added to it up to 2026): the Hub refuses a commit
+# whose README.md names another, which would come only after the whole upload.
+HUB_LICENSES = (
+    "apache-2.0", "mit", "openrail", "bigscience-openrail-m", "creativeml-openrail-m", "bigscience-bloom-rail-1.0",
+    "bigcode-openrail-m", "afl-3.0", "artistic-2.0", "bsl-1.0", "bsd", "bsd-2-clause", "bsd-3-clause",
+    "bsd-3-clause-clear", "c-uda", "cc", "cc0-1.0", "cc-by-2.0", "cc-by-2.5", "cc-by-3.0", "cc-by-4.0",
+    "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0",
+    "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0", "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0",
+    "cdla-sharing-1.0", "cdla-permissive-1.0", "cdla-permissive-2.0", "wtfpl", "ecl-2.0", "epl-1.0", "epl-2.0",
+    "etalab-2.0", "eupl-1.1", "eupl-1.2", "agpl-3.0", "gfdl", "gpl", "gpl-2.0", "gpl-3.0", "lgpl", "lgpl-2.1",
+    "lgpl-3.0", "isc", "h-research", "intel-research", "lppl-1.3c", "ms-pl", "apple-ascl", "apple-amlr", "mpl-2.0",
+    "odc-by", "odbl", "openmdw-1.0", "openmdw-1.1", "openrail++", "osl-3.0", "postgresql", "ofl-1.1", "ncsa",
+    "unlicense", "zlib", "pddl", "lgpl-lr", "deepfloyd-if-license", "fair-noncommercial-research-license", "llama2",
+    "llama3", "llama3.1", "llama3.2", "llama3.3", "llama4", "grok2-community", "gemma", "unknown", "other",
+)
+
+
+def check_license(license: str) -> None:
+    """Refuse a --license the Hub does not know, naming the closest ids it does."""
+    import difflib
+
+    if license in HUB_LICENSES:
+        return
+    lower = (license or "").strip().lower()
+    close = [lower] if lower in HUB_LICENSES else difflib.get_close_matches(lower, HUB_LICENSES, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UserError(f"--license {license!r} is not a Hugging Face Hub license id; {hint}"
+                    "use an id from https://huggingface.co/docs/hub/repositories-licenses (e.g. cc-by-4.0, "
+                    "apache-2.0), or 'other' for a license not listed there")
+
+
 def check_repo_id(repo_id: str) -> None:
     if not _REPO_ID.match(repo_id or ""):
         raise UserError(f"{repo_id!r} is not a Hub repo id; use NAMESPACE/NAME, e.g. my-lab/occlusion-coco")
@@ -722,6 +770,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     from vlmforge.progress import console
 
     check_repo_id(repo_id)
+    check_license(license)
     b = open_build(build_path)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)
     tag = revision or b.info["version"]

@@ -266,7 +266,7 @@ def test_cli_refuses_options_of_another_source(tmp_path, sample_coco):
     assert not any(tmp_path.iterdir())
     r = subprocess.run(cli + ["--source", "coco", "--coco-root", str(sample_coco)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr  # --split defaults to val2017
-    assert len(vlmforge.open_build(tmp_path / "copy" / "1.1.0")) == 12
+    assert len(vlmforge.open_build(tmp_path / "copy" / CopyBuilder.VERSION)) == 12
 
 
 def test_imagefolder_files_that_differ_only_by_extension_are_two_samples(tmp_path):

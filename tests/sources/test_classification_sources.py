@@ -100,6 +100,19 @@ def test_fgvc_reader(tmp_path):
         open_source("fgvc-aircraft", root=tmp_path / "nothing")
 
 
+def test_copy_of_fgvc_cuts_the_banner(tmp_path):
+    """Before: `build copy --source fgvc-aircraft` stored the images with their 20-pixel copyright banner
+    (the copy builder read the file itself and ignored the record's crop_bottom), unlike every other
+    reader of the source and unlike the README ('banner cropped')."""
+    import vlmforge
+
+    b = vlmforge.build("copy", "fgvc-aircraft", out=tmp_path / "b", source_options={"root": str(make_fgvc(tmp_path))})
+    assert b.sql("SELECT DISTINCT width, height FROM samples").fetchall() == [(60, 30)] and len(b) == 5
+    for sample in b.samples():
+        with Image.open(io.BytesIO(sample["jpg"])) as im:
+            assert im.size == (60, 30) and im.convert("RGB").getpixel((30, 29))[1] < 200  # not banner white
+
+
 @pytest.mark.parametrize("lists", ["mat", "txt", "none"])
 def test_stanford_dogs_reader(tmp_path, lists):
     make_dogs(tmp_path, lists=lists)
@@ -121,3 +134,57 @@ def test_breed_names():
     assert breed_name("n02085782-Japanese_spaniel") == "Japanese spaniel"
     assert breed_name("n02096294-Australian_terrier") == "Australian terrier"
     assert breed_name("n02113799-standard_poodle") == "standard poodle"
+
+
+def test_cub_files_with_a_non_numeric_id_are_one_error_line(tmp_path):
+    """Before: ValueError tracebacks (invalid literal for int()) from images.txt, image_class_labels.txt."""
+    for name, line, field in (("images.txt", "x2 002.Laysan_Albatross/foo.jpg", "'x2'"),
+                              ("image_class_labels.txt", "1 abc", "'abc'"), ("bounding_boxes.txt", "1 4 5 wide 20", "'wide'")):
+        root = tmp_path / name
+        root.mkdir()
+        cub = make_cub(root)  # the CUB_200_2011 folder
+        lines = (cub / name).read_text().splitlines()
+        (cub / name).write_text("\n".join([line] + lines[1:]) + "\n")
+        with pytest.raises(SourceError, match=rf"{name}:1: field \d should be .*, got {field}"):
+            open_source("cub", root=cub)
+
+
+def test_a_file_listed_twice_is_a_reject_not_a_stopped_build(tmp_path):
+    """Before: an image listed twice in Stanford Dogs' lists (or in two of them), or twice in an FGVC split
+    file, stopped the build ('two samples share the key ...: the builder must derive unique keys'); a list
+    line without a breed folder made the key 'dogs_'."""
+    import vlmforge
+
+    make_dogs(tmp_path / "dogs", lists="txt")
+    train = tmp_path / "dogs" / "train_list.txt"
+    first = train.read_text().splitlines()[0]
+    train.write_text(train.read_text() + f"{first}\nstray.jpg\nother.jpg\n")
+    b = vlmforge.build("copy", "stanford-dogs", out=tmp_path / "o1", source_options={"root": str(tmp_path / "dogs")})
+    assert len(b) == 5
+    rejects = b.sql("SELECT source_id, reason, detail FROM rejects ORDER BY 1").fetchall()
+    assert rejects == [(first, "invalid_record", f"{first} is listed twice in train_list.txt, test_list.txt (first in split train)"),
+                       ("other.jpg", "invalid_record", "'other.jpg' is not <breed folder>/<file> under Images/"),
+                       ("stray.jpg", "invalid_record", "'stray.jpg' is not <breed folder>/<file> under Images/")]
+    fgvc = make_fgvc(tmp_path / "fgvc") / "data"
+    test = fgvc / "images_variant_test.txt"
+    test.write_text(test.read_text() + "0034309 707-320\n")  # a train image listed in test as well
+    b = vlmforge.build("copy", "fgvc-aircraft", out=tmp_path / "o2", source_options={"root": str(fgvc)})
+    assert len(b) == 5 and b.sql("SELECT split, source_id, detail FROM rejects").fetchall() == [
+        ("test", "0034309.jpg", "image 0034309 is listed twice in images_variant_train.txt, images_variant_val.txt, "
+                                "images_variant_test.txt (first in split train)")]
+
+
+def test_a_cub_image_without_a_split_row_is_a_reject(tmp_path):
+    """Before: an image missing from train_test_split.txt (or marked 2) went to train without a word,
+    though it may be a test image (test leakage)."""
+    import vlmforge
+
+    cub = make_cub(tmp_path)
+    split_file = cub / "train_test_split.txt"
+    rows = split_file.read_text().splitlines()
+    split_file.write_text("\n".join([rows[0].split()[0] + " 2"] + rows[2:]) + "\n")  # image 1 marked 2, image 2 gone
+    b = vlmforge.build("copy", "cub", out=tmp_path / "o", source_options={"root": str(cub)})
+    assert len(b) == 10 and b.sql("SELECT split, source_id, detail FROM rejects ORDER BY 2").fetchall() == [
+        ("train", "001.Black_footed_Albatross/Black_footed_Albatross_0001_701.jpg",
+         "image 1: train_test_split.txt says '2', not 1 (train) or 0 (test)"),
+        ("train", "001.Black_footed_Albatross/Black_footed_Albatross_0002_702.jpg", "image 2 has no row in train_test_split.txt")]

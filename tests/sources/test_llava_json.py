@@ -45,6 +45,21 @@ def test_reader_errors_say_what_is_wrong(tmp_path, text, message):
         list(iter_json_array(path, block=4))
 
 
+@pytest.mark.parametrize("text", ['[{"id": 1}]\n[{"id": 2}]\n', '[]x', '[{"id": 1}] , {"id": 2}', '[1,2]]'])
+def test_what_follows_the_list_is_not_dropped_silently(tmp_path, text):
+    """Before: items after the list's closing ']' (e.g. two lists appended into one file) were dropped
+    without a word; json.load refuses such a file ('Extra data')."""
+    path = tmp_path / "two.json"
+    path.write_text(text)
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        json.loads(text)
+    for block in (1, 3, 1 << 20):
+        with pytest.raises(SourceError, match="something follows the list's closing"):
+            list(iter_json_array(path, block=block))
+    path.write_text('[{"id": 1}]  \n\t')
+    assert [x for x, _, _ in iter_json_array(path, block=3)] == [{"id": 1}]
+
+
 def test_reader_memory_stays_bounded(tmp_path):
     recs = llava_records(6000)
     path = write_json(tmp_path / "big.json", recs)

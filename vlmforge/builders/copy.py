@@ -9,9 +9,10 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.derived import parent_sample
-from vlmforge.curation.images import ImageError, load_for_storage
+from vlmforge.curation.images import ImageError
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record
+from vlmforge.sources.fgvc import read_record_image
 
 DESCRIBE_PROMPT = "<image>\nDescribe this image briefly."
 CLASSIFY_PROMPT = "<image>\nWhat is shown in this image?"
@@ -25,7 +26,7 @@ class CopyConfig(BuildConfig):
 
 class CopyBuilder(Builder):
     name = "copy"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = CopyConfig
     description = "Copies a source (COCO, LLaVA JSON, class folders) into shards unchanged, with a LLaVA-format conversation."
     columns = [
@@ -55,8 +56,8 @@ class CopyBuilder(Builder):
         sample = Sample(key=self._key(rec), doc=doc, source_id=sid, columns=columns)
         if rec.get("file"):
             try:
-                img = load_for_storage(rec["file"], self.config.check_images, self.config.jpeg_quality,
-                                       keep=self.keep_formats())
+                img = read_record_image(rec, self.config.check_images, self.config.jpeg_quality,
+                                        keep=self.keep_formats())  # FGVC's banner cut off
             except ImageError as e:
                 return Reject(sid, e.reason, "read_image", e.detail)
             sample.image, sample.image_ext = img.data, img.ext

@@ -10,8 +10,10 @@ import multiprocessing as mp
 import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from vlmforge.errors import BuildError
 from vlmforge.sample import finish_results
 
 if TYPE_CHECKING:
@@ -60,14 +62,23 @@ class LocalExecutor:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["vlmforge.builders.base"])
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(builder,))
+        pending: deque[tuple[tuple[int, list], Future]] = deque()
         try:
-            pending: deque[Future] = deque()
-            for task in tasks:
-                pending.append(pool.submit(_run_batch, task))
-                if len(pending) >= 2 * self.workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            try:
+                for task in tasks:
+                    pending.append((task, pool.submit(_run_batch, task)))
+                    if len(pending) >= 2 * self.workers:
+                        yield pending[0][1].result()
+                        pending.popleft()
+                while pending:
+                    yield pending[0][1].result()
+                    pending.popleft()
+            except BrokenProcessPool:  # a worker was killed (the OOM killer, kill -9): say how to go on
+                first, batch = pending[0][0] if pending else (0, [None])
+                raise BuildError(
+                    f"a worker process died before inputs {first}-{first + len(batch) - 1} were done (killed, e.g. "
+                    "by the system when memory ran out: fewer --workers need less); complete shards are kept: "
+                    "rerun the same command to resume") from None
         except BaseException:  # an error, an interrupt, or the consumer closing this generator
             # Queued batches are dropped and the running ones finish (a batch is short), so that no
             # worker dies halfway through sending a result; a second interrupt stops them at once.

@@ -7,12 +7,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import check_manifest_parts, open_build
+from vlmforge.manifests.read import check_manifest_parts, open_build, parse_tar_bytes, split_member
 from vlmforge.progress import console
 
 out_console = None
@@ -144,35 +145,76 @@ def print_stats(build: Path) -> None:
         out.print(_table("rejects by reason", ["reason", "count"], reasons))
 
 
+_DIFF_COLUMNS = ["key", "image_sha256", "json_sha256", "shard", "offset", "sample_bytes", "image_format"]
+
+
 def diff_builds(a: Path, b: Path) -> dict[str, list[str]]:
-    """Keys only in A, only in B, and keys whose image or json differ."""
+    """Keys only in A, only in B, keys whose image or json differ, and the other members (`<key>.mask.png`,
+    `<key>.orig.jpg`, ...) that differ or exist on one side only. The manifest hashes only the image and
+    the json, so a sample whose two hashes agree is compared by its bytes in both shards."""
     import pyarrow.parquet as pq
 
-    def rows(path: Path) -> dict[str, tuple]:
+    def rows(path: Path) -> tuple[Path, dict[str, tuple], dict[str, str]]:
         bb = open_build(path)
         check_manifest_parts(bb)
         out: dict[str, tuple] = {}
         for part in sorted((bb.path / "manifest").glob("*.parquet")):
             if part.name.endswith(".rejects.parquet"):
                 continue
-            t = pq.read_table(part, columns=["key", "image_sha256", "json_sha256"])
-            for k, i, j in zip(*(t.column(c).to_pylist() for c in ("key", "image_sha256", "json_sha256"))):
-                out[k] = (i, j)
-        return out
+            t = pq.read_table(part, columns=_DIFF_COLUMNS)
+            for r in zip(*(t.column(c).to_pylist() for c in _DIFF_COLUMNS)):
+                out[r[0]] = r[1:]
+        return bb.path, out, {s["shard"]: s["sha256"] for s in bb.info["shards"]}
 
-    ra, rb = rows(a), rows(b)
+    (pa, ra, sha_a), (pb, rb, sha_b) = rows(a), rows(b)
+    both = sorted(set(ra) & set(rb))
+    same_hashes = [k for k in both if ra[k][:2] == rb[k][:2]]
     return {
         "only_in_a": sorted(set(ra) - set(rb)),
         "only_in_b": sorted(set(rb) - set(ra)),
-        "image_differs": sorted(k for k in set(ra) & set(rb) if ra[k][0] != rb[k][0]),
-        "json_differs": sorted(k for k in set(ra) & set(rb) if ra[k][1] != rb[k][1]),
+        "image_differs": [k for k in both if ra[k][0] != rb[k][0]],
+        "json_differs": [k for k in both if ra[k][1] != rb[k][1]],
+        "other_member_differs": _members_differ(pa, ra, sha_a, pb, rb, sha_b, same_hashes),
     }
+
+
+def _members_differ(pa: Path, ra: dict, sha_a: dict, pb: Path, rb: dict, sha_b: dict, keys: list[str]) -> list[str]:
+    """`<key>.<field>` of each member other than the image and json that differs between the two samples."""
+    from contextlib import ExitStack
+
+    out: list[str] = []
+    with ExitStack() as stack:
+        files: dict[Path, Any] = {}
+
+        def read(path: Path, offset: int, size: int) -> dict[str, bytes]:
+            if path not in files:
+                if len(files) >= 32:  # many shards: keep few open
+                    stack.close()
+                    files.clear()
+                try:
+                    files[path] = stack.enter_context(open(path, "rb"))
+                except OSError as e:
+                    raise UserError(f"cannot read {path} ({e.strerror}); `vlmforge verify` checks the build") from None
+            files[path].seek(offset)
+            try:
+                return dict(parse_tar_bytes(files[path].read(size)))
+            except ValueError:  # a damaged tar header
+                raise UserError(f"{path}: no readable sample at byte {offset}; `vlmforge verify` checks the build") from None
+
+        for k in sorted(keys, key=lambda k: (ra[k][2], ra[k][3])):  # A's shards read in order
+            (_, _, shard_a, off_a, n_a, img_a), (_, _, shard_b, off_b, n_b, img_b) = ra[k], rb[k]
+            if sha_a[shard_a] == sha_b[shard_b] and (off_a, n_a) == (off_b, n_b):
+                continue  # the same shard bytes: nothing to read
+            ma, mb = read(pa / shard_a, off_a, n_a), read(pb / shard_b, off_b, n_b)
+            compared = {"json", img_a, img_b}  # by the manifest's hashes
+            out += [n for n in ma.keys() | mb.keys() if ma.get(n) != mb.get(n) and split_member(n)[1] not in compared]
+    return sorted(out)
 
 
 def print_diff(a: Path, b: Path) -> bool:
     d = diff_builds(a, b)
     out = _stdout()
-    out.print(_table(f"{a} vs {b}", ["what", "keys", "examples"],
+    out.print(_table(f"{a} vs {b}", ["what", "count", "examples"],
                      [(k, len(v), ", ".join(v[:5])) for k, v in d.items()]))
     return any(d.values())
 

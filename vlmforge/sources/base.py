@@ -47,6 +47,20 @@ class Source:
         return self
 
 
+def repeated_keys(keys_by_split: dict[str, list[str]], listed_in: str) -> dict[tuple[str, int], str]:
+    """{(split, position): why} for each record whose key an earlier record of any split has (a file
+    listed twice, or in two splits): it becomes an invalid_record reject, not a second sample."""
+    first: dict[str, str] = {}
+    out: dict[tuple[str, int], str] = {}
+    for split, keys in keys_by_split.items():
+        for i, key in enumerate(keys):
+            if key in first:
+                out[split, i] = f"listed twice in {listed_in} (first in split {first[key]})"
+            else:
+                first[key] = split
+    return out
+
+
 def _parts(p: Path) -> tuple[str, ...]:
     return p.parts
 

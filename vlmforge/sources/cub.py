@@ -22,8 +22,9 @@ from vlmforge.sources.imagefolder import clean_class_name
 REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
 
 
-def read_id_table(path: Path, n_fields: int, what: str) -> list[list[str]]:
-    """Rows of a whitespace-separated id file; the last field keeps any spaces it holds."""
+def read_id_table(path: Path, n_fields: int, what: str, ints: int = 1, floats: int = 0) -> list[list[str]]:
+    """Rows of a whitespace-separated id file; the last field keeps any spaces it holds. The first
+    `ints` fields must be integers (ids) and the `floats` after them numbers."""
     if not path.exists():
         raise SourceError(f"{what} not found: {path}")
     rows = []
@@ -33,8 +34,18 @@ def read_id_table(path: Path, n_fields: int, what: str) -> list[list[str]]:
         parts = line.split(maxsplit=n_fields - 1)
         if len(parts) < n_fields:
             raise SourceError(f"{path}:{lineno}: expected {n_fields} fields, got {line!r}")
+        _check_numbers(parts, ints, floats, f"{path}:{lineno}")
         rows.append(parts)
     return rows
+
+
+def _check_numbers(parts: list[str], ints: int, floats: int, where: str) -> None:
+    for i, value in enumerate(parts[: ints + floats]):
+        try:
+            int(value) if i < ints else float(value)
+        except ValueError:
+            kind = "an integer id" if i < ints else "a number"
+            raise SourceError(f"{where}: field {i + 1} should be {kind}, got {value!r}") from None
 
 
 def find_cub_root(root: str | Path) -> Path:
@@ -55,11 +66,12 @@ class CubSource(Source):
         self.root = find_cub_root(root)
         self.with_attributes = attributes
         paths = dict(read_id_table(self.root / "images.txt", 2, "CUB images.txt"))
-        labels = dict(read_id_table(self.root / "image_class_labels.txt", 2, "CUB image_class_labels.txt"))
-        is_train = dict(read_id_table(self.root / "train_test_split.txt", 2, "CUB train_test_split.txt"))
+        labels = dict(read_id_table(self.root / "image_class_labels.txt", 2, "CUB image_class_labels.txt", ints=2))
+        is_train = dict(read_id_table(self.root / "train_test_split.txt", 2, "CUB train_test_split.txt", ints=2))
         self.classes = {int(i): folder for i, folder in read_id_table(self.root / "classes.txt", 2, "CUB classes.txt")}
         boxes_file = self.root / "bounding_boxes.txt"
-        boxes = {r[0]: [float(v) for v in r[1:]] for r in read_id_table(boxes_file, 5, "")} if boxes_file.exists() else {}
+        boxes = ({r[0]: [float(v) for v in r[1:]] for r in read_id_table(boxes_file, 5, "", floats=4)}
+                 if boxes_file.exists() else {})
         self._records: dict[str, list[Record]] = {"train": [], "test": []}
         for image_id in sorted(paths, key=int):
             rel = paths[image_id]
@@ -74,8 +86,11 @@ class CubSource(Source):
                 rec["label"] = clean_class_name(self.classes[int(cls)])
             if image_id in boxes:
                 rec["bbox"] = boxes[image_id]  # x, y, width, height
-            split = "train" if is_train.get(image_id, "1").strip() == "1" else "test"
-            self._records[split].append(rec)
+            flag = (is_train.get(image_id) or "").strip()
+            if flag not in ("0", "1"):  # not put in train on a guess: it may be a test image
+                rec.setdefault("invalid", f"image {image_id} has no row in train_test_split.txt" if not flag else
+                               f"image {image_id}: train_test_split.txt says {flag!r}, not 1 (train) or 0 (test)")
+            self._records["test" if flag == "0" else "train"].append(rec)
         self._splits = [s for s in ("train", "test") if self._records[s] and (splits is None or s in splits)]
         if splits:
             unknown = sorted(set(splits) - {"train", "test"})
@@ -110,6 +125,7 @@ class CubSource(Source):
                 # A few lines of the real file carry an extra field; the first four are what we use.
                 if len(parts) < 4:
                     raise SourceError(f"{path}:{lineno}: expected image id, attribute id, present, certainty")
+                _check_numbers(parts, 4, 0, f"{path}:{lineno}")
                 if parts[2] == "1":
                     present.setdefault(int(parts[0]), []).append([int(parts[1]), int(parts[3])])
         self._present = present

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sources.base import Record, Source, fingerprint_files
+from vlmforge.sources.base import Record, Source, fingerprint_files, repeated_keys
 from vlmforge.sources.imagefolder import clean_class_name
 
 _WNID = re.compile(r"^n\d{8}[-_]")
@@ -75,6 +75,8 @@ class StanfordDogsSource(Source):
             if unknown:
                 raise SourceError(f"Stanford Dogs at {self.root} has splits {sorted(self._files)}, not {unknown}")
             self._files = {s: v for s, v in self._files.items() if s in splits}
+        names = ", ".join(p.name for p in self._lists) or "Images/"
+        self._repeats = repeated_keys({s: [self._key(r) for r in v] for s, v in self._files.items()}, names)
 
     def _find_list(self, split: str) -> Path | None:
         for folder in (self.root / "lists", self.root):
@@ -90,12 +92,20 @@ class StanfordDogsSource(Source):
     def count(self, split: str) -> int:
         return len(self._files[split])
 
+    def _key(self, rel: str) -> str:
+        stem = rel.partition("/")[2].rsplit(".", 1)[0]
+        return f"dogs_{stem}".lower().replace(".", "-")
+
     def records(self, split: str) -> Iterator[Record]:
-        for rel in self._files[split]:
+        for i, rel in enumerate(self._files[split]):
             folder, _, name = rel.partition("/")
-            stem = name.rsplit(".", 1)[0]
-            yield {"source_id": rel, "key": f"dogs_{stem}".lower().replace(".", "-"), "file": str(self.images / rel),
+            rec = {"source_id": rel, "key": self._key(rel), "file": str(self.images / rel),
                    "class_folder": folder, "label": breed_name(folder)}
+            if not name or "/" in name:
+                rec["invalid"] = f"{rel!r} is not <breed folder>/<file> under Images/"
+            elif (split, i) in self._repeats:
+                rec["invalid"] = f"{rel} is {self._repeats[split, i]}"
+            yield rec
 
     def fingerprint(self) -> str:
         listed = [self.images / rel for rels in self._files.values() for rel in rels]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sources.base import Record, Source, fingerprint_files
+from vlmforge.sources.base import Record, Source, fingerprint_files, repeated_keys
 
 LEVELS = ("variant", "family", "manufacturer")
 BANNER_PX = 20
@@ -79,6 +79,10 @@ class FgvcAircraftSource(Source):
                     rec["crop_bottom"] = BANNER_PX
                 recs.append(rec)
             self._records[split] = recs
+        lists = ", ".join(f"images_{level}_{s}.txt" for s in self._records)
+        for (split, i), why in repeated_keys({s: [r["key"] for r in v] for s, v in self._records.items()}, lists).items():
+            rec = self._records[split][i]
+            rec["invalid"] = f"image {rec['source_id'][:-4]} is {why}"
         box_file = self.data / "images_box.txt"
         if box_file.exists():
             boxes = {}
@@ -111,14 +115,16 @@ class FgvcAircraftSource(Source):
                 "splits": {s: len(v) for s, v in self._records.items()}}
 
 
-def read_record_image(rec: Record, check: str = "quick", jpeg_quality: int = 95):
-    """A classification record's image ready for a shard (`EncodedImage`), with the FGVC banner
-    (`crop_bottom` pixels) cut off when the record asks for it. Raises curation.images.ImageError."""
+def read_record_image(rec: Record, check: str = "quick", jpeg_quality: int = 95,
+                      keep: tuple[str, ...] = ("JPEG", "PNG")):
+    """A classification record's image ready for a shard (`EncodedImage`, formats in `keep` as they
+    are), with the FGVC banner (`crop_bottom` pixels) cut off when the record asks for it, as JPEG.
+    Raises curation.images.ImageError."""
     from PIL import Image
 
     from vlmforge.curation.images import EncodedImage, ImageError, load_for_storage
 
-    img = load_for_storage(rec["file"], check, jpeg_quality)
+    img = load_for_storage(rec["file"], check, jpeg_quality, keep=keep)
     crop = int(rec.get("crop_bottom") or 0)
     if not crop:
         return img

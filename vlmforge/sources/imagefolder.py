@@ -34,7 +34,13 @@ class ImageFolderSource(Source):
         tops = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not tops:
             raise SourceError(f"{self.root} has no class folders (expected ROOT/<class>/<image>)")
-        if all(p.name.lower() in SPLIT_NAMES for p in tops):
+        split_tops = [p.name for p in tops if p.name.lower() in SPLIT_NAMES]
+        if split_tops and len(split_tops) < len(tops):  # else the split folders would become classes
+            others = [p.name for p in tops if p.name.lower() not in SPLIT_NAMES]
+            raise SourceError(f"{self.root} mixes split folders ({', '.join(split_tops)}) with other folders "
+                              f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); use ROOT/<split>/<class>/<image> "
+                              "for all of them or ROOT/<class>/<image> with no split folder")
+        if split_tops:
             self._splits = {p.name: p for p in tops}
         else:
             self._splits = {"train": self.root}

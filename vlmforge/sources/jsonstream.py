@@ -93,10 +93,19 @@ def _decode(t: _Text, pos: int) -> tuple[Any, int, int]:
         return obj, pos, end
 
 
-def iter_json_array(path: str | Path, block: int = BLOCK) -> Iterator[tuple[Any, int, int]]:
+def _check_end(t: _Text, pos: int) -> None:
+    """Only whitespace may follow the list's closing ']' (json.load refuses anything else)."""
+    c, at = _skip_ws(t, pos)
+    if c:
+        raise SourceError(f"something follows the list's closing ']' (near byte {t.byte_at(at)}: {c!r}); "
+                          "a file holds one JSON list")
+
+
+def iter_json_array(path: str | Path, block: int = BLOCK, what: str = "LLaVA JSON list") -> Iterator[tuple[Any, int, int]]:
     """Yields (item, start byte, end byte) for each item of the JSON array in `path`.
 
-    Raises SourceError when the file is not a JSON array or is malformed (with the byte offset)."""
+    Raises SourceError when the file is not a JSON array or is malformed (with the byte offset),
+    naming the file as `what`."""
     path = Path(path)
     with open(path, "rb") as f:
         t = _Text(f, block)
@@ -108,6 +117,7 @@ def iter_json_array(path: str | Path, block: int = BLOCK) -> Iterator[tuple[Any,
                 raise SourceError("it must be a JSON list (start with '[')")
             c, pos = _skip_ws(t, pos + 1)
             if c == "]":
+                _check_end(t, pos + 1)
                 return
             sep = _SEP.match
             while True:
@@ -118,6 +128,7 @@ def iter_json_array(path: str | Path, block: int = BLOCK) -> Iterator[tuple[Any,
                     pos = m.end()
                     continue
                 if m.group(2):
+                    _check_end(t, m.end())
                     return
                 # The separator runs into the block's end (or something else follows): look closer.
                 c, pos = _skip_ws(t, end)
@@ -126,13 +137,14 @@ def iter_json_array(path: str | Path, block: int = BLOCK) -> Iterator[tuple[Any,
                     if c in ("", "]"):
                         raise SourceError(f"a ',' is followed by {'the end of the file' if not c else ']'}")
                 elif c == "]":
+                    _check_end(t, pos + 1)
                     return
                 elif c == "":
                     raise SourceError("the file ends inside the list (no closing ']')")
                 else:
                     raise SourceError(f"expected ',' or ']' near byte {t.byte_at(pos)}, found {c!r}")
         except SourceError as e:
-            raise SourceError(f"{path} is not a valid LLaVA JSON list: {e}") from None
+            raise SourceError(f"{path} is not a valid {what}: {e}") from None
 
 
 class SpanReader:

@@ -84,7 +84,7 @@ class VisualGenomeSource(Source):
 
     def records(self, split: str) -> Iterator[Record]:
         seen: set[int] = set()
-        for i, (item, _, _) in enumerate(iter_json_array(self.objects)):
+        for i, (item, _, _) in enumerate(iter_json_array(self.objects, what="Visual Genome objects.json (a JSON list)")):
             if not isinstance(item, dict) or item.get("image_id", item.get("id")) is None:
                 yield {"source_id": f"#{i}", "invalid": "objects.json entry without an image_id"}
                 continue
