@@ -4,7 +4,8 @@ A derived build reads its parent through a `SelectedSource`: the parent's record
 `Plan` that decides, before any sample is written, which output split each record goes to (or none).
 Plans fit on keys and a few columns only (SQL over the parent manifest, or the LLaVA JSON index), so
 fitting a 665k-record parent keeps a few bytes per record. Unselected records are not rejects: the
-rule that left them out is the build's config, and the plan's summary lands in build.json.
+rule that left them out is the build's config, and the plan's summary lands in build.json. Lineage is
+the whole chain: build.json's `parent_builds` names the parents and every build before them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def check_splits(have, wanted: list[str] | None, option: str) -> None:
     unknown = [s for s in wanted or [] if s not in have]
     if unknown:
         raise UserError(f"{option}: the parent has no split {unknown[0]!r}; it has: {', '.join(have)}")
+
+
+def lineage(src: Source) -> list[dict[str, Any]]:
+    """The parent builds' records (as BuildSource keeps them), then their ancestors' from each parent's
+    `parent_builds`, each build once, nearest first: a mix of a split of a subset names all three
+    builds before it. Raw sources (no parent build) have none."""
+    parents = [s for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
+    chain = [info for s in parents for info in s.parent_infos]
+    chain += [p for s in parents for p in s.build.info.get("parent_builds") or [] if isinstance(p, dict)]
+    out, seen = [], set()
+    for info in chain:
+        if info.get("build_id") not in seen:
+            seen.add(info.get("build_id"))
+            out.append(info)
+    return out
 
 
 def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:
@@ -137,7 +153,7 @@ class SelectedSource(Source):
         self.plan = plan
         self.name = base.name
         self.parents = list(base.parents)
-        self.parent_infos = list(getattr(base, "parent_infos", []))
+        self.parent_infos = lineage(base)
         self.build_sources = list(getattr(base, "build_sources", [base]))
 
     def splits(self) -> list[str]:

@@ -154,7 +154,7 @@ class McqaPlan(Plan):
 
 class McqaBuilder(DerivedBuilder):
     name = "mcqa"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = McqaConfig
     description = "Multiple-choice test sets from a labelled build: k options, balanced gold positions."
     plan_class = McqaPlan

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, parent_sample
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
 from vlmforge.curation.selection import check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -48,7 +48,7 @@ class MultiBuildSource(Source):
             raise UserError("the same parent build is named twice")
         self.name = "mix"
         self.parents = ids
-        self.parent_infos = [info for s in self.build_sources for info in s.parent_infos]
+        self.parent_infos = lineage(self)
 
     def splits(self) -> list[str]:
         out: list[str] = []
@@ -189,7 +189,7 @@ class MixPlan(Plan):
 
 class MixBuilder(DerivedBuilder):
     name = "mix"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = MixConfig
     description = "Several builds combined by counts, fractions or weights; every parent kept in the lineage."
     plan_class = MixPlan

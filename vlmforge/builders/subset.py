@@ -191,7 +191,7 @@ class SubsetPlan(Plan):
 
 class SubsetBuilder(DerivedBuilder):
     name = "subset"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = SubsetConfig
     description = "Class-preserving, class-exclusive or seen/unseen subsets of a labelled build, or a SQL-filtered one."
     plan_class = SubsetPlan

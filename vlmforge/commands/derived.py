@@ -214,7 +214,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
     @export_app.command("llava")
     def export_llava_cmd(
-        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.1.0")],
+        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.2.0")],
         out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
         split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
     ) -> None:
