@@ -1,4 +1,5 @@
-"""`mcqa`: balanced gold letters, distractors never the answer, hard distractors, unseen classes."""
+"""`mcqa`: balanced gold letters, distractors never the answer nor a synonym of it, hard distractors,
+unseen classes."""
 
 from collections import Counter
 
@@ -46,15 +47,17 @@ def test_gold_balanced_and_distractors_never_the_answer(tmp_path, parent):
     again = vlmforge.build("mcqa", "build", out=tmp_path / "b", source_options={"path": str(parent.path)}, seed=5, workers=2)
     fa, fb = build_files(b.path), build_files(again.path)
     assert fa == fb
-    with pytest.raises(UserError, match="distinct classes"):
-        vlmforge.build("mcqa", "build", out=tmp_path / "c", options=9, source_options={"path": str(parent.path)})
+    with pytest.raises(UserError, match=r"split 'train' has 6 distinct classes \(names of one class count once, "
+                                        r"e.g. Dog and puppy\); 7 options need at least 7"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "c", options=7, source_options={"path": str(parent.path)})
 
 
 def test_hard_distractors_are_the_nearest_classes(tmp_path, parent):
     b = vlmforge.build("mcqa", "build", out=tmp_path, options=3, distractors="hard",
                        source_options={"path": str(parent.path), "where": "label IN ('airplane', 'car', 'cat', 'dog', 'kitten', 'puppy', 'truck')"})
-    # MiniLM's nearest names: cat -> kitten, dog; car -> truck, dog; dog -> puppy, cat.
-    want = {"cat": {"kitten", "dog"}, "car": {"truck", "dog"}, "dog": {"puppy", "cat"}}
+    # MiniLM's nearest names: cat -> kitten, dog, car; car -> truck, dog; dog -> puppy, cat, car. A kitten
+    # is a cat and a puppy a dog: never a distractor of each other, the next nearest instead.
+    want = {"cat": {"dog", "car"}, "car": {"truck", "dog"}, "dog": {"cat", "car"}}
     seen = set()
     for s in b.samples():
         doc = s["json"]
@@ -117,3 +120,22 @@ def test_a_binary_classes_file_is_one_error_line(tmp_path):
         read_lines(tmp_path / "c.txt", "--classes-from file")
     (tmp_path / "d.txt").write_text("# seen\ncat\n\n  dog \n", encoding="utf-8")
     assert read_lines(tmp_path / "d.txt", "--classes-from file") == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("distractors", ["random", "hard"])
+def test_a_synonym_of_the_answer_is_never_a_distractor(tmp_path, parent, distractors):
+    """'dog' and 'puppy' (or 'cat' and 'kitten') name one COCO category: as answer and distractor the
+    question would have two right options."""
+    from vlmforge.curation.grounding import SYNONYMS
+
+    category = {fold(w): cat for cat, words in SYNONYMS.items() for w in (cat, *words)}
+    b = vlmforge.build("mcqa", "build", out=tmp_path, distractors=distractors, source_options={"path": str(parent.path)})
+    assert len(b) == sum(CLASSES.values())
+    faced = Counter()
+    for s in b.samples():
+        opts = s["json"]["options"]
+        cats = [category.get(fold(o), fold(o)) for o in opts]
+        assert len(set(cats)) == len(opts), opts
+        faced.update(opts)
+    assert {"puppy", "kitten"} <= set(faced)  # still offered, with other answers
+    assert b.info["source"]["selection"]["synonyms"] == [["Dog", "puppy"], ["cat", "kitten"]]

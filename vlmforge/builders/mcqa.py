@@ -5,11 +5,14 @@ other classes of the same split (or of `--classes-from FILE`), either at random 
 classes by sentence-embedding similarity (`--distractors hard`). The gold letter's position is
 balanced exactly: within a split, keys ranked by sha256(seed:key) are cut into k equal runs, run i
 puts the answer at letter i. Everything is seeded by (seed, key), so the set is deterministic and
-does not depend on input order. Classes equal after case and space folding never face each other.
+does not depend on input order. Two options of a question never mean the same class: names equal after
+case and space folding, or naming one COCO category (by name, synonym or plural: 'dog', 'puppy' and
+'dogs'; 'car' and 'automobile'), are one class, so a synonym of the answer is never a distractor.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 from collections import Counter
@@ -46,6 +49,31 @@ def fold(name: str) -> str:
     return " ".join(name.replace("_", " ").lower().split())
 
 
+@functools.lru_cache(maxsize=1)
+def _coco_words() -> dict[str, str]:
+    from vlmforge.curation.grounding import word_to_category
+
+    return word_to_category()
+
+
+def meaning(name: str) -> str:
+    """The class an option names: the COCO category it is a name, synonym or plural of ('puppy' and
+    'dogs' -> 'dog'), else its folded name. Options of one question never share a meaning."""
+    folded = fold(name)
+    return _coco_words().get(folded, folded)
+
+
+def distinct_meanings(names: list[str]) -> list[str]:
+    """`names` in order, each one whose meaning an earlier one already has left out."""
+    seen: set[str] = set()
+    out = []
+    for n in names:
+        if meaning(n) not in seen:
+            seen.add(meaning(n))
+            out.append(n)
+    return out
+
+
 def format_prompt(question: str, options: list[str]) -> str:
     """'<image>\\n{question}\\nA. x\\nB. y\\n...\\nAnswer with the option's letter ...'."""
     lines = [f"{string.ascii_uppercase[i]}. {opt}" for i, opt in enumerate(options)]
@@ -76,17 +104,26 @@ class McqaPlan(Plan):
                 if label is not None:
                     labels[split][str(label)] += n
         self.vocab: dict[str, list[str]] = {}
+        synonyms: set[tuple[str, ...]] = set()
         for split, cnt in labels.items():
             names = sorted(set(cfg.classes)) if cfg.classes is not None else sorted(cnt)
-            # One spelling per folded name, so two options never mean the same class.
+            # One spelling per folded name; names of one class (synonyms) stay answers, never distractors.
             by_fold: dict[str, str] = {}
             for n in names:
                 by_fold.setdefault(fold(n), n)
             self.vocab[split] = sorted(by_fold.values())
-            if cnt and len(by_fold) < k:
+            groups: dict[str, list[str]] = {}
+            for n in self.vocab[split]:
+                groups.setdefault(meaning(n), []).append(n)
+            synonyms.update(tuple(g) for g in groups.values() if len(g) > 1)
+            if cnt and len(groups) < k:
                 where = "the --classes-from vocabulary" if cfg.classes is not None else f"split {split!r}"
-                raise UserError(f"{where} has {len(by_fold)} distinct classes; {k} options need at least {k} "
+                merged = [g for g in groups.values() if len(g) > 1]
+                same = f" (names of one class count once, e.g. {' and '.join(merged[0])})" if merged else ""
+                raise UserError(f"{where} has {len(groups)} distinct classes{same}; {k} options need at least {k} "
                                 "(use fewer --options or give --classes-from)")
+        if synonyms:
+            self.summary["synonyms"] = [list(g) for g in sorted(synonyms)]
         if cfg.classes is not None:  # else the answer would be the one option from outside the vocabulary
             known = {fold(c) for c in cfg.classes}
             missing = sorted({label for cnt in labels.values() for label in cnt if fold(label) not in known})
@@ -122,9 +159,9 @@ class McqaPlan(Plan):
             sims = vecs @ vecs[cols].T
             table = {}
             for i, name in enumerate(rows):
-                cand = [j for j in range(len(vocab)) if fold(vocab[j]) != fold(name)]
+                cand = [j for j in range(len(vocab)) if meaning(vocab[j]) != meaning(name)]
                 cand.sort(key=lambda j: (-round(float(sims[i, j]), 6), vocab[j]))
-                table[name] = [vocab[j] for j in cand]
+                table[name] = distinct_meanings([vocab[j] for j in cand])
             self.nearest[split] = table
         self.summary["embedder"] = embedder.model_name
 
@@ -144,8 +181,9 @@ class McqaPlan(Plan):
             pool = self.nearest[split][label][: k - 1]
             rng.shuffle(pool)
         else:
-            others = [c for c in self.vocab[split] if fold(c) != fold(label)]
-            pool = rng.sample(others, min(k - 1, len(others)))
+            others = [c for c in self.vocab[split] if meaning(c) != meaning(label)]
+            rng.shuffle(others)
+            pool = distinct_meanings(others)[: k - 1]
         if len(pool) < k - 1:
             raise UserError(f"class {label!r} has only {len(pool)} possible distractors; {k - 1} are needed")
         options = pool[:gold] + [label] + pool[gold:]
