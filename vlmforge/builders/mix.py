@@ -1,6 +1,6 @@
 """`mix`: several builds combined into one, by counts, fractions or weights; lineage keeps every parent.
 
-Per parent, `--take` says how much of it to keep: `all`, a count (`5000`), or a fraction (`0.5`);
+Per parent, `--take` says how much of it to keep: `all`, a count (`5000`, `5e3`), or a fraction (`0.5`);
 or `--weights 1,3 --size N` shares N records between the parents in those proportions (largest
 remainders, so the counts add up to N exactly). Which records are taken hashes (seed, key) within each
 parent. Records keep their parent's split (or all go to `--into SPLIT`) and their key; a key that two
@@ -88,24 +88,32 @@ def largest_remainder(weights: list[float], total: int) -> list[int]:
 
 
 def parse_take(spec: str, available: int) -> int:
-    """'all' -> available; '0.5' -> round(0.5 * available); '5000' -> 5000 (checked)."""
+    """'all' -> available; a fraction in (0, 1] ('0.5', '1.0': all) -> round(f * available); a whole
+    count ('5000', '5e3', '5000.0') -> that many (checked)."""
     spec = str(spec).strip().lower()
     if spec == "all":
         return available
     try:
-        if "." in spec or "e" in spec:
-            f = float(spec)
-            if not 0 < f <= 1:
-                raise ValueError
-            return fraction_sizes([f], available)[0]
-        n = int(spec)
-        if n < 1:
-            raise ValueError
+        x = float(spec)
     except ValueError:
-        raise UserError(f"--take takes all, a count of at least 1 or a fraction in (0, 1]; got {spec!r}") from None
+        x = math.nan
+    if ("." in spec or "e" in spec) and 0 < x <= 1:  # '1.0' is all of it, '1' one record
+        return fraction_sizes([x], available)[0]
+    if not (math.isfinite(x) and x >= 1 and x.is_integer()):
+        hint = f" (for {spec[:-1]}% write {float(spec[:-1]) / 100:g})" if spec.endswith("%") and _is_number(spec[:-1]) else ""
+        raise UserError(f"--take takes all, a whole count of at least 1 (5000 or 5e3) or a fraction in (0, 1] "
+                        f"(0.5); got {spec!r}{hint}")
+    n = int(spec) if spec.isdigit() else int(x)  # digits exactly, beyond float precision too
     if n > available:
-        raise UserError(f"--take {n} asks for more records than the parent has ({available})")
+        raise UserError(f"--take {spec} asks for {n} records, more than the parent has ({available})")
     return n
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 class MixPlan(Plan):

@@ -110,7 +110,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @build_command(build_app, "mix")
     def build_mix(
         parents: Annotated[list[Path], typer.Option("--from", help="a parent build (give two or more)")],
-        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count, or a fraction")] = None,
+        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count (5000 or 5e3) or a fraction in (0, 1] (0.5; 1.0 is all)")] = None,
         weights: Annotated[Optional[str], typer.Option("--weights", help="proportions per parent, e.g. 1,3 (with --size)")] = None,
         size: Annotated[Optional[int], typer.Option("--size", help="records in the mix (with --weights)")] = None,
         into: Annotated[Optional[str], typer.Option("--into", help="put every record in this split (default: keep the parents' splits)")] = None,
