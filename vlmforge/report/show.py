@@ -17,7 +17,7 @@ from typing import Any, Callable
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, read_sample_at
+from vlmforge.manifests.read import Build, no_samples_line, read_sample_at
 from vlmforge.sample import IMAGE_FIELDS
 
 OUTLINE = (255, 40, 40)
@@ -189,6 +189,8 @@ def default_cols(panels: int, n: int) -> int:
 def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int = 0, cols: int | None = None,
                   layout: SheetLayout = SheetLayout()) -> Image.Image:
     """The contact sheet as a PIL image (see the module docstring)."""
+    if not len(build):
+        raise UserError(no_samples_line(build))
     rows = choose_samples(build, where, n, seed)
     if not rows:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else ""))
