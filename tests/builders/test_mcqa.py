@@ -139,3 +139,25 @@ def test_a_synonym_of_the_answer_is_never_a_distractor(tmp_path, parent, distrac
         faced.update(opts)
     assert {"puppy", "kitten"} <= set(faced)  # still offered, with other answers
     assert b.info["source"]["selection"]["synonyms"] == [["Dog", "puppy"], ["cat", "kitten"]]
+
+
+def test_mcqa_of_an_occlusion_build_asks_its_question(tmp_path, sample_coco):
+    """An occlusion sample's answer is the hidden object: the default question is the sample's own
+    ("What might the animal occluded by the gray blocks be?"), without its request for reasoning, not
+    "What is the main object in this image?"; --question still overrides it."""
+    from vlmforge.builders.mcqa import DEFAULT_QUESTION, INSTRUCTION
+
+    occ = vlmforge.build("occlusion", "coco", out=tmp_path / "o", source_options={"coco_root": str(sample_coco)})
+    asked = dict(occ.sql("SELECT key, question FROM samples").fetchall())
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=3, source_options={"path": str(occ.path)})
+    assert len(b) == len(occ) > 0
+    for s in b.samples():
+        doc, own = s["json"], asked[s["__key__"]]
+        assert own.startswith(doc["question"]) and len(doc["question"]) > 20 and "reason" not in doc["question"].lower()
+        assert doc["conversations"][0]["value"] == format_prompt(doc["question"], doc["options"])
+        assert doc["conversations"][0]["value"].endswith(INSTRUCTION)
+    assert b.sql("SELECT count(*) FROM samples WHERE question = ?", [DEFAULT_QUESTION]).fetchall() == [(0,)]
+    mine = vlmforge.build("mcqa", "build", out=tmp_path / "q", options=3, source_options={"path": str(occ.path)},
+                          question="What is hidden?")
+    assert {s["json"]["question"] for s in mine.samples()} == {"What is hidden?"}
+    assert mine.sql("SELECT DISTINCT question FROM samples").fetchall() == [("What is hidden?",)]

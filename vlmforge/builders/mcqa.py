@@ -5,7 +5,9 @@ other classes of the same split (or of `--classes-from FILE`), either at random 
 classes by sentence-embedding similarity (`--distractors hard`). The gold letter's position is
 balanced exactly: within a split, keys ranked by sha256(seed:key) are cut into k equal runs, run i
 puts the answer at letter i. Everything is seeded by (seed, key), so the set is deterministic and
-does not depend on input order. Two options of a question never mean the same class: names equal after
+does not depend on input order. The question is --question, else the parent's own without its request
+for reasoning (an occlusion sample asks what is hidden), else "What is the main object in this image?".
+Two options of a question never mean the same class: names equal after
 case and space folding, or naming one COCO category (by name, synonym or plural: 'dog', 'puppy' and
 'dogs'; 'car' and 'automobile'), are one class, so a synonym of the answer is never a distractor.
 """
@@ -25,6 +27,7 @@ from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
     DerivedBuilder, Plan, build_key, count_labels, iter_fields, parent_sample, unlabelled_note,
 )
+from vlmforge.curation.instructions import question_stem
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -38,7 +41,7 @@ INSTRUCTION = "Answer with the option's letter from the given choices directly."
 class McqaConfig(BuildConfig):
     options: int = 4  # k options per question
     distractors: str = "random"  # random, or hard: the nearest classes by embedding similarity
-    question: str = DEFAULT_QUESTION
+    question: str | None = None  # default: the parent's own question (occlusion), else DEFAULT_QUESTION
     label_column: str = "label"
     classes: list[str] | None = None  # the answer vocabulary (from --classes-from); default: per split
     embedder: str | None = None  # sentence-transformers model for hard distractors (default MiniLM)
@@ -90,7 +93,7 @@ class McqaPlan(Plan):
             raise UserError(f"--distractors must be random or hard, got {config.distractors!r}")
         if config.embedder is not None and config.distractors != "hard":
             raise UserError("--embedder goes with --distractors hard (random distractors use no model)")
-        if not config.question.strip():
+        if config.question is not None and not config.question.strip():
             raise UserError("--question is empty; give the question asked before the options")
 
     def fit(self, src: Source) -> None:
@@ -203,6 +206,14 @@ class McqaBuilder(DerivedBuilder):
         ("answer", pa.string(), "letter of the correct option"),
     ]
 
+    def asked(self, rec: Record) -> str:
+        """--question, else the parent's own question without its request for reasoning (an occlusion
+        sample asks for the hidden object, not the main one), else DEFAULT_QUESTION."""
+        if self.config.question is not None:
+            return self.config.question
+        own = rec.get("question")
+        return question_stem(own) if isinstance(own, str) and own.strip() else DEFAULT_QUESTION
+
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         out: list[list[Sample | Reject]] = []
         for rec in batch:
@@ -213,14 +224,15 @@ class McqaBuilder(DerivedBuilder):
                 out.append([Reject(rec["source_id"], "no_image", "mcqa", "the parent sample has no image")])
                 continue
             letter = string.ascii_uppercase[gold]
+            question = self.asked(rec)
             sample.doc = {
                 "id": sample.key,
                 "label": str(rec[self.config.label_column]),
-                "question": self.config.question,
+                "question": question,
                 "options": options,
                 "answer_index": gold,
                 "answer": letter,
-                "conversations": [{"from": "human", "value": format_prompt(self.config.question, options)},
+                "conversations": [{"from": "human", "value": format_prompt(question, options)},
                                   {"from": "gpt", "value": letter}],
                 "parent": {"build_id": self.src.parents[0], "key": rec["key"]},
             }
@@ -228,5 +240,7 @@ class McqaBuilder(DerivedBuilder):
                 if extra in rec and rec[extra] is not None:
                     sample.doc[extra] = rec[extra]
             sample.columns.update(label=sample.doc["label"], options=options, answer_index=gold, answer=letter)
+            if "question" in sample.columns:
+                sample.columns["question"] = question
             out.append([sample])
         return out

@@ -86,7 +86,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         parent: From = None,
         options: Annotated[int, typer.Option("--options", "-k", help="options per question")] = 4,
         distractors: Annotated[str, typer.Option("--distractors", help="random, or hard: the nearest classes by embedding similarity")] = "random",
-        question: Annotated[str, typer.Option("--question", help="the question before the options")] = "What is the main object in this image?",
+        question: Annotated[Optional[str], typer.Option("--question", help="the question before the options (default: the parent's own question without its request for reasoning, as occlusion builds have; else 'What is the main object in this image?')")] = None,
         classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="answer vocabulary, one class per line (default: the classes of each split)")] = None,
         embedder: Annotated[Optional[str], typer.Option("--embedder", help="sentence-transformers model path or Hub id for --distractors hard (default: offline MiniLM)")] = None,
         label_column: LabelColumn = "label",
