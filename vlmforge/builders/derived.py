@@ -243,11 +243,18 @@ def check_column(src: Source, column: str, scalar: bool = False) -> None:
                             "name a text or number column with --label-column")
 
 
+def class_name(value: Any) -> str | None:
+    """A label value as a class name: text whatever the column's type (a grade is a number), None for
+    unlabelled."""
+    return None if value is None else str(value)
+
+
 def count_labels(src: Source, column: str) -> dict[str, Counter]:
-    """Records per label (None: unlabelled) in each split of `src`. A parent with records but no
+    """Records per class name (None: unlabelled) in each split of `src`. A parent with records but no
     label at all is an error; one with no records at all (a --where that matches none) is not."""
     check_column(src, column, scalar=True)
-    per_split = {split: Counter(label for _, label in iter_fields(src, split, [column])) for split in src.splits()}
+    per_split = {split: Counter(class_name(label) for _, label in iter_fields(src, split, [column]))
+                 for split in src.splits()}
     total = sum(sum(c.values()) for c in per_split.values())
     if total and total == sum(c[None] for c in per_split.values()):
         raise UserError(f"the parent has no values in column {column!r}: it is not a labelled build "

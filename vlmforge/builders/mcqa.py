@@ -100,12 +100,8 @@ class McqaPlan(Plan):
         cfg, k, col = self.config, self.config.options, self.config.label_column
         per_split = count_labels(src, col)
         self.notes += unlabelled_note(per_split, col)
-        labels: dict[str, Counter] = {}
-        for split, cnt in per_split.items():
-            labels[split] = Counter()
-            for label, n in cnt.items():
-                if label is not None:
-                    labels[split][str(label)] += n
+        labels = {split: Counter({label: n for label, n in cnt.items() if label is not None})
+                  for split, cnt in per_split.items()}
         self.vocab: dict[str, list[str]] = {}
         synonyms: set[tuple[str, ...]] = set()
         for split, cnt in labels.items():

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
-    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, count_labels, iter_fields, parent_sample, unlabelled_note,
+    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, class_name, count_labels, iter_fields, parent_sample,
+    unlabelled_note,
 )
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
@@ -102,7 +103,7 @@ class SubsetPlan(Plan):
             for split in src.splits():
                 for key, label in iter_fields(src, split, [col]):
                     if label is not None:
-                        yield key, (split, label)
+                        yield key, (split, class_name(label))
 
         self.cuts = fit_cuts(items, self.config.seed, lambda g, n: [max(1, round_half_up(f * n)) if n else 0])
         sizes = self.cuts.counts()
@@ -167,7 +168,7 @@ class SubsetPlan(Plan):
         mode = self.config.mode
         if mode is None:
             return base_split
-        label = rec.get(self.config.label_column)
+        label = class_name(rec.get(self.config.label_column))
         if label is None:
             return None
         if mode == "class-preserving":
@@ -186,7 +187,7 @@ class SubsetPlan(Plan):
     def class_set(self, rec: Record) -> str | None:
         if self.config.mode != "seen-unseen":
             return None
-        return "seen" if rec.get(self.config.label_column) in self.seen else "unseen"
+        return "seen" if class_name(rec.get(self.config.label_column)) in self.seen else "unseen"
 
 
 class SubsetBuilder(DerivedBuilder):
