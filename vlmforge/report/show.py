@@ -122,14 +122,15 @@ def caption(row: dict[str, Any], doc: dict[str, Any]) -> list[str]:
         parts.append(f"label: {label}")
     q, a = first_turns(doc)
     question = doc.get("question") or q
-    if question:
-        parts.append(f"Q: {question}")
     options = doc.get("options")
-    if isinstance(options, list) and options:  # multiple choice: the options and the gold letter
+    if isinstance(options, list) and options:  # multiple choice: the options and the gold letter, then
+        # the question (a long one, as occlusion samples ask, is cut short instead of the options)
         parts.append("  ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options)))
         if doc.get("answer"):
             parts.append(f"gold: {doc['answer']}")
-    elif a:
+    if question:
+        parts.append(f"Q: {question}")
+    if a and not (isinstance(options, list) and options):
         parts.append(f"A: {a}")
     return parts
 
