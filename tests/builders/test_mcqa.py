@@ -87,6 +87,8 @@ def test_unlabelled_or_empty_parent(tmp_path, parent):
                        label_column="subsource")
     # A --where that matches nothing is an empty build (as for split and subset), not a crash.
     b = vlmforge.build("mcqa", "build", out=tmp_path / "e", source_options={"path": str(parent.path), "where": "label = 'zebra'"})
+    with pytest.raises(UserError, match="split 'train' has 1 distinct class; 4 options need at least 4"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "o", source_options={"path": str(parent.path), "where": "label = 'cat'"})
     assert len(b) == 0 and b.sql('SELECT count(*) FROM samples WHERE "offset" >= 0').fetchall() == [(0,)]
     with pytest.raises(UserError, match="the --classes-from vocabulary has 2 distinct classes"):
         vlmforge.build("mcqa", "build", out=tmp_path / "v", source_options={"path": str(parent.path)},

@@ -164,7 +164,12 @@ def test_seen_unseen_without_a_training_split_says_so(tmp_path, parent):
     assert b.src.splits() == ["test_seen", "test_unseen"]
     assert b.src.notes == ["the parent has no training split train: no split keeps seen classes only (name yours with --train-split)"]
     with_train = SubsetBuilder(SubsetConfig(mode="seen-unseen", unseen_fraction=0.34), BuildSource(parent.path))
-    assert "train" in with_train.src.splits() and with_train.src.notes == []
+    assert "train" in with_train.src.splits()
+    # the training records of unseen classes are left out: counted, said, not dropped unseen
+    unseen = with_train.src.plan.unseen
+    n = sum(COUNTS[c] for c in unseen)
+    assert with_train.src.notes == [f"{n} records of unseen classes in train are left out (training keeps seen classes only)"]
+    assert with_train.src.describe()["selection"]["unseen_left_out_of_training"] == n > 0
 
 
 def test_a_numeric_label_column_is_a_class_name(tmp_path):

@@ -119,7 +119,8 @@ class McqaPlan(Plan):
                 where = "the --classes-from vocabulary" if cfg.classes is not None else f"split {split!r}"
                 merged = [g for g in groups.values() if len(g) > 1]
                 same = f" (names of one class count once, e.g. {' and '.join(merged[0])})" if merged else ""
-                raise UserError(f"{where} has {len(groups)} distinct classes{same}; {k} options need at least {k} "
+                raise UserError(f"{where} has {len(groups)} distinct class{'' if len(groups) == 1 else 'es'}{same}; "
+                                f"{k} options need at least {k} "
                                 "(use fewer --options or give --classes-from)")
         if synonyms:
             self.summary["synonyms"] = [list(g) for g in sorted(synonyms)]

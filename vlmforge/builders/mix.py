@@ -139,11 +139,11 @@ class MixPlan(Plan):
         available = [sum(p.count(s) for s in p.splits()) for p in parents]
         if cfg.take is not None:
             if len(cfg.take) != len(parents):
-                raise UserError(f"--take is given {len(cfg.take)} times for {len(parents)} parents")
+                raise UserError(f"--take: {len(cfg.take)} given for {len(parents)} parents; give one per --from, in order")
             wanted = [parse_take(t, n) for t, n in zip(cfg.take, available)]
         else:
             if len(cfg.weights) != len(parents):
-                raise UserError(f"{len(cfg.weights)} weights for {len(parents)} parents")
+                raise UserError(f"--weights: {len(cfg.weights)} given for {len(parents)} parents; give one per --from, in order")
             wanted = largest_remainder(cfg.weights, cfg.size)
             short = [(i, w, n) for i, (w, n) in enumerate(zip(wanted, available)) if w > n]
             if short:

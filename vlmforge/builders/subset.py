@@ -141,12 +141,14 @@ class SubsetPlan(Plan):
         self.unseen = set(classes) - self.seen
         outs: list[str] = []
         self.counts = {}
+        left_out = 0  # training records of unseen classes
         for split, cnt in per_split.items():
             seen_n = sum(c for label, c in cnt.items() if label in self.seen)
             unseen_n = sum(c for label, c in cnt.items() if label in self.unseen)
             if split in self.train_splits:
                 outs.append(split)
                 self.counts[split] = seen_n
+                left_out += unseen_n
             else:
                 outs += [f"{split}_seen", f"{split}_unseen"]
                 self.counts[f"{split}_seen"], self.counts[f"{split}_unseen"] = seen_n, unseen_n
@@ -157,8 +159,12 @@ class SubsetPlan(Plan):
         if not any(s in self.train_splits for s in per_split):
             self.notes.append(f"the parent has no training split {', '.join(self.train_splits)}: no split keeps seen classes "
                               "only (name yours with --train-split)")
+        if left_out:
+            self.notes.append(f"{left_out} records of unseen classes in {', '.join(s for s in per_split if s in self.train_splits)} "
+                              "are left out (training keeps seen classes only)")
         self.out_splits = outs
         self.summary.update(seen_classes=sorted(self.seen), unseen_classes=sorted(self.unseen),
+                            unseen_left_out_of_training=left_out,
                             where_seen=sql_in(cfg.label_column, sorted(self.seen)),
                             where_unseen=sql_in(cfg.label_column, sorted(self.unseen)),
                             train_splits=list(self.train_splits))
