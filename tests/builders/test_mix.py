@@ -129,3 +129,14 @@ def test_take_in_exponent_form_is_a_count(tmp_path, parents):
                           ("2e1", r"--take 2e1 asks for 20 records, more than the parent has \(12\)")):
         with pytest.raises(UserError, match=message):
             vlmforge.build("mix", "builds", out=tmp_path / "x", source_options=opts, take=[take, "all"])
+
+
+def test_a_parent_without_samples_is_named_not_a_column_type_clash(tmp_path, parents):
+    """A build without samples has no manifest part to read column types from: a mix naming it said
+    "column 'n_turns' is string in one parent and int32 in another" instead of what is wrong."""
+    pa, pb = parents
+    empty = vlmforge.build("subset", "build", out=tmp_path / "e", source_options={"path": str(pa.path), "where": "width < 0"})
+    assert len(empty) == 0
+    with pytest.raises(UserError, match=rf"^parent 2 \({empty.path}\) has no records; leave it out or take more$"):
+        vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(pb.path), str(empty.path)]},
+                       take=["all", "all"])

@@ -69,37 +69,35 @@ def lineage(src: Source) -> list[dict[str, Any]]:
 
 def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:
     """Manifest columns a derived build carries: the parent's own (non-base) columns with their types
-    and descriptions, then `own` columns not already among them."""
-    out: list[Column] = []
+    and descriptions, then `own` columns not already among them. A parent without samples (no manifest
+    part) names its columns but leaves their types to the other parents."""
     builds = [s.build for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
     reserved = {name for name, _, _ in BASE_COLUMNS}
-    seen: dict[str, pa.DataType] = {}
+    seen: dict[str, list] = {}  # name -> [type or None, description]
     for build in builds:
         descriptions = build.info.get("columns", {})
         for name, typ in _manifest_types(build).items():
             if name in reserved:
                 continue
-            if name in seen:
-                if seen[name] != typ:
-                    raise UserError(f"column {name!r} is {seen[name]} in one parent and {typ} in another")
-                continue
-            seen[name] = typ
-            out.append((name, typ, descriptions.get(name, "")))
+            have = seen.setdefault(name, [typ, descriptions.get(name, "")])
+            if have[0] is None:
+                have[0] = typ
+            elif typ is not None and have[0] != typ:
+                raise UserError(f"column {name!r} is {have[0]} in one parent and {typ} in another")
     for name, typ, desc in own:
-        if name not in seen:
-            seen[name] = typ
-            out.append((name, typ, desc))
-    return out
+        have = seen.setdefault(name, [typ, desc])
+        have[0] = have[0] or typ
+    return [(name, typ or pa.string(), desc) for name, (typ, desc) in seen.items()]
 
 
-def _manifest_types(build) -> dict[str, pa.DataType]:
+def _manifest_types(build) -> dict[str, pa.DataType | None]:
     import pyarrow.parquet as pq
 
     parts = sorted(p for p in (build.path / "manifest").glob("*.parquet") if not p.name.endswith(".rejects.parquet"))
     if parts:
         schema = pq.read_schema(parts[0])
         return {f.name: f.type for f in schema}
-    return {name: pa.string() for name in build.info.get("columns", {})}
+    return {name: None for name in build.info.get("columns", {})}
 
 
 class Plan:
