@@ -3,10 +3,11 @@ unseen classes."""
 
 from collections import Counter
 
+import pyarrow as pa
 import pytest
 
 import vlmforge
-from vlmforge.builders.mcqa import fold, format_prompt
+from vlmforge.builders.mcqa import McqaConfig, fold, format_prompt
 from vlmforge.curation.selection import fraction_sizes
 from vlmforge.errors import UserError
 
@@ -163,3 +164,42 @@ def test_mcqa_of_an_occlusion_build_asks_its_question(tmp_path, sample_coco):
                           question="What is hidden?")
     assert {s["json"]["question"] for s in mine.samples()} == {"What is hidden?"}
     assert mine.sql("SELECT DISTINCT question FROM samples").fetchall() == [("What is hidden?",)]
+
+
+def test_labels_the_parent_grounded_to_one_category_are_one_class(tmp_path):
+    """An occlusion build's `category` column knows matches the synonym table does not ('pooch' and
+    'doggie' grounded to dog by similarity): they never face 'dog' or each other."""
+    from vlmforge.builders.base import run_build
+    from vlmforge.builders.derived import DerivedBuilder, KeepAllPlan, parent_sample
+    from vlmforge.builders.mcqa import McqaPlan
+    from vlmforge.manifests.read import open_build
+    from vlmforge.sources.build import BuildSource
+
+    grounded = {"dog": "dog", "doggie": "dog", "pooch": "dog", "cat": "cat", "bus": "bus", "kite": "kite",
+                "bowl": "bowl"}
+
+    class Grounded(DerivedBuilder):
+        name, VERSION, plan_class = "grounded", "0.0.1", KeepAllPlan
+        own_columns = [("category", pa.string(), "COCO category")]
+
+        def process(self, batch):
+            out = []
+            for rec in batch:
+                s = parent_sample(rec, self.columns)
+                s.columns["category"] = grounded[rec["label"]]
+                out.append([s])
+            return out
+
+    root = class_folder(tmp_path / "f", {name: 3 for name in grounded})
+    labelled = vlmforge.build("copy", "imagefolder", out=tmp_path / "c", source_options={"root": str(root)})
+    parent = open_build(run_build(Grounded(Grounded.Config(), BuildSource(labelled.path)), tmp_path / "g", quiet=True))
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(parent.path)})
+    assert len(b) == 3 * len(grounded)
+    for s in b.samples():
+        cats = [grounded[o] for o in s["json"]["options"]]
+        assert len(set(cats)) == 4, s["json"]["options"]
+    assert b.info["source"]["selection"]["synonyms"] == [["dog", "doggie", "pooch"]]
+    # without the column, only the synonym table speaks: 'pooch' is a class of its own
+    plain = McqaPlan(McqaConfig())
+    plain.fit(BuildSource(labelled.path))
+    assert plain.meaning("pooch") == "pooch" and plain.meaning("puppy") == "dog"

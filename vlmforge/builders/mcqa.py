@@ -7,9 +7,10 @@ balanced exactly: within a split, keys ranked by sha256(seed:key) are cut into k
 puts the answer at letter i. Everything is seeded by (seed, key), so the set is deterministic and
 does not depend on input order. The question is --question, else the parent's own without its request
 for reasoning (an occlusion sample asks what is hidden), else "What is the main object in this image?".
-Two options of a question never mean the same class: names equal after
-case and space folding, or naming one COCO category (by name, synonym or plural: 'dog', 'puppy' and
-'dogs'; 'car' and 'automobile'), are one class, so a synonym of the answer is never a distractor.
+Two options of a question never mean the same class: names equal after case and space folding, or
+naming one COCO category (the parent's `category` column where it has one, as occlusion builds do;
+else by name, synonym or plural: 'dog', 'puppy' and 'dogs'; 'car' and 'automobile'), are one class,
+so a synonym of the answer is never a distractor.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import random
 import string
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
-    DerivedBuilder, Plan, build_key, count_labels, iter_fields, parent_sample, unlabelled_note,
+    DerivedBuilder, Plan, build_key, check_column, class_name, count_labels, iter_fields, parent_sample, unlabelled_note,
 )
 from vlmforge.curation.instructions import question_stem
 from vlmforge.curation.selection import fit_cuts, fraction_sizes
@@ -59,14 +61,14 @@ def _coco_words() -> dict[str, str]:
     return word_to_category()
 
 
-def meaning(name: str) -> str:
-    """The class an option names: the COCO category it is a name, synonym or plural of ('puppy' and
-    'dogs' -> 'dog'), else its folded name. Options of one question never share a meaning."""
+def coco_meaning(name: str) -> str:
+    """The COCO category `name` is a name, synonym or plural of ('puppy' and 'dogs' -> 'dog'), else its
+    folded name."""
     folded = fold(name)
     return _coco_words().get(folded, folded)
 
 
-def distinct_meanings(names: list[str]) -> list[str]:
+def distinct_meanings(names: list[str], meaning: Callable[[str], str]) -> list[str]:
     """`names` in order, each one whose meaning an earlier one already has left out."""
     seen: set[str] = set()
     out = []
@@ -95,6 +97,8 @@ class McqaPlan(Plan):
             raise UserError("--embedder goes with --distractors hard (random distractors use no model)")
         if config.question is not None and not config.question.strip():
             raise UserError("--question is empty; give the question asked before the options")
+        self.categories: dict[str, str] = {}
+        self._meanings: dict[str, str] = {}
 
     def fit(self, src: Source) -> None:
         cfg, k, col = self.config, self.config.options, self.config.label_column
@@ -102,6 +106,7 @@ class McqaPlan(Plan):
         self.notes += unlabelled_note(per_split, col)
         labels = {split: Counter({label: n for label, n in cnt.items() if label is not None})
                   for split, cnt in per_split.items()}
+        self.categories = self._data_categories(src)
         self.vocab: dict[str, list[str]] = {}
         synonyms: set[tuple[str, ...]] = set()
         for split, cnt in labels.items():
@@ -113,7 +118,7 @@ class McqaPlan(Plan):
             self.vocab[split] = sorted(by_fold.values())
             groups: dict[str, list[str]] = {}
             for n in self.vocab[split]:
-                groups.setdefault(meaning(n), []).append(n)
+                groups.setdefault(self.meaning(n), []).append(n)
             synonyms.update(tuple(g) for g in groups.values() if len(g) > 1)
             if cnt and len(groups) < k:
                 where = "the --classes-from vocabulary" if cfg.classes is not None else f"split {split!r}"
@@ -146,6 +151,29 @@ class McqaPlan(Plan):
         if cfg.distractors == "hard":
             self._fit_nearest(labels)
 
+    def _data_categories(self, src: Source) -> dict[str, str]:
+        """Folded label -> the COCO category its records were grounded to, from the parent's `category`
+        column (occlusion builds), for labels whose records all have one: it knows the grounder's
+        matches by similarity ('doggie' -> dog) that the synonym table does not."""
+        try:
+            check_column(src, "category", scalar=True)
+        except UserError:  # no such column: the synonym table alone
+            return {}
+        found: dict[str, set[str]] = {}
+        for split in src.splits():
+            for _, label, category in iter_fields(src, split, [self.config.label_column, "category"]):
+                if label is not None and category is not None:
+                    found.setdefault(fold(class_name(label)), set()).add(str(category))
+        return {label: cats.pop() for label, cats in found.items() if len(cats) == 1}
+
+    def meaning(self, name: str) -> str:
+        """The class an option names: the COCO category of its records, else the one it is a name,
+        synonym or plural of, else its folded name. Options of one question never share a meaning."""
+        found = self._meanings.get(name)
+        if found is None:  # asked for every option of every record: worked out once per name
+            found = self._meanings[name] = self.categories.get(fold(name)) or coco_meaning(name)
+        return found
+
     def _fit_nearest(self, labels: dict[str, Counter]) -> None:
         """For every class of a split, the vocabulary's other classes ordered by cosine similarity of
         their names' embeddings (ties by name)."""
@@ -159,9 +187,9 @@ class McqaPlan(Plan):
             sims = vecs @ vecs[cols].T
             table = {}
             for i, name in enumerate(rows):
-                cand = [j for j in range(len(vocab)) if meaning(vocab[j]) != meaning(name)]
+                cand = [j for j in range(len(vocab)) if self.meaning(vocab[j]) != self.meaning(name)]
                 cand.sort(key=lambda j: (-round(float(sims[i, j]), 6), vocab[j]))
-                table[name] = distinct_meanings([vocab[j] for j in cand])
+                table[name] = distinct_meanings([vocab[j] for j in cand], self.meaning)
             self.nearest[split] = table
         self.summary["embedder"] = embedder.model_name
 
@@ -181,9 +209,9 @@ class McqaPlan(Plan):
             pool = self.nearest[split][label][: k - 1]
             rng.shuffle(pool)
         else:
-            others = [c for c in self.vocab[split] if meaning(c) != meaning(label)]
+            others = [c for c in self.vocab[split] if self.meaning(c) != self.meaning(label)]
             rng.shuffle(others)
-            pool = distinct_meanings(others)[: k - 1]
+            pool = distinct_meanings(others, self.meaning)[: k - 1]
         if len(pool) < k - 1:
             raise UserError(f"class {label!r} has only {len(pool)} possible distractors; {k - 1} are needed")
         options = pool[:gold] + [label] + pool[gold:]
