@@ -100,20 +100,15 @@ def parse_take(spec: str, available: int) -> int:
     if ("." in spec or "e" in spec) and 0 < x <= 1:  # '1.0' is all of it, '1' one record
         return fraction_sizes([x], available)[0]
     if not (math.isfinite(x) and x >= 1 and x.is_integer()):
-        hint = f" (for {spec[:-1]}% write {float(spec[:-1]) / 100:g})" if spec.endswith("%") and _is_number(spec[:-1]) else ""
+        hint = ""
+        if spec.endswith("%") and spec[:-1].replace(".", "", 1).isdigit():
+            hint = f" (for {spec} write {float(spec[:-1]) / 100:g})"
         raise UserError(f"--take takes all, a whole count of at least 1 (5000 or 5e3) or a fraction in (0, 1] "
                         f"(0.5); got {spec!r}{hint}")
     n = int(spec) if spec.isdigit() else int(x)  # digits exactly, beyond float precision too
     if n > available:
         raise UserError(f"--take {spec} asks for {n} records, more than the parent has ({available})")
     return n
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
 
 
 class MixPlan(Plan):
