@@ -135,12 +135,12 @@ def prepare_model_ready(work: Path, paths: dict) -> None:
 
     out = work / f"build-ready-{paths['small_json'].stem}"
     seconds = out / "build-seconds.txt"
-    if not (out / "model-ready" / "1.0.0" / "build.json").exists():
+    if not (out / "model-ready" / "1.1.0" / "build.json").exists():
         t = time.perf_counter()
         vlmforge.build("model-ready", "build", out=out, workers=2, quiet=False,
                        source_options={"path": str(paths["small_build"])}, size=IMAGE_SIZE)
         seconds.write_text(f"{time.perf_counter() - t:.3f}\n")
-    paths["ready_build"] = out / "model-ready" / "1.0.0"
+    paths["ready_build"] = out / "model-ready" / "1.1.0"
     paths["ready_seconds"] = float(seconds.read_text()) if seconds.exists() else None
     folder = work / f"images_ready-{paths['small_json'].stem}"
     done = folder / ".complete"

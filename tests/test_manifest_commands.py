@@ -174,3 +174,25 @@ def test_diff_of_a_shard_with_a_damaged_header_is_one_error_line(tmp_path, coco_
     raw[124:136] = b"not a size!\0"  # the first member's size field
     shard.write_bytes(bytes(raw))
     one_error_line(run("manifest", "diff", coco_build.path, other.path), f"{shard}: no readable sample at byte 0")
+
+
+def test_show_and_stats_on_a_build_without_samples_say_so(tmp_path, coco_copy, coco_build):
+    """Before: `show` said "no sample matches", as if a filter had left the samples out, and `manifest
+    stats` printed an empty table."""
+    import vlmforge
+
+    for image in (coco_copy / "val2017").iterdir():
+        image.write_bytes(b"not an image")
+    rejected = vlmforge.build("copy", "coco", out=tmp_path / "r", source_options={"coco_root": str(coco_copy), "split": "val2017"})
+    none = vlmforge.build("subset", "build", out=tmp_path / "n", source_options={"path": str(coco_build.path), "where": "width < 0"})
+    assert len(rejected) == len(none) == 0
+    for b, says in ((rejected, f"{rejected.path} has no samples, and 12 rejects (vlmforge manifest stats {rejected.path} "
+                               "counts them by reason)"),
+                    (none, f"{none.path} has no samples and no rejects: its source gave no record")):
+        for where in ((), ("--where", "width > 0")):
+            one_error_line(run("show", b.path, "--out", tmp_path / "s.png", *where), says)
+        r = run("manifest", "stats", b.path)
+        assert r.returncode == 0 and says in " ".join(r.stdout.split()), r.stdout
+    assert "┃ split" not in run("manifest", "stats", none.path).stdout  # no table of no split
+    r = run("show", coco_build.path, "--where", "width < 0", "--out", tmp_path / "s.png")
+    one_error_line(r, "no sample matches --where 'width < 0'")

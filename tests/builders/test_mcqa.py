@@ -1,11 +1,13 @@
-"""`mcqa`: balanced gold letters, distractors never the answer, hard distractors, unseen classes."""
+"""`mcqa`: balanced gold letters, distractors never the answer nor a synonym of it, hard distractors,
+unseen classes."""
 
 from collections import Counter
 
+import pyarrow as pa
 import pytest
 
 import vlmforge
-from vlmforge.builders.mcqa import fold, format_prompt
+from vlmforge.builders.mcqa import McqaConfig, fold, format_prompt
 from vlmforge.curation.selection import fraction_sizes
 from vlmforge.errors import UserError
 
@@ -46,15 +48,17 @@ def test_gold_balanced_and_distractors_never_the_answer(tmp_path, parent):
     again = vlmforge.build("mcqa", "build", out=tmp_path / "b", source_options={"path": str(parent.path)}, seed=5, workers=2)
     fa, fb = build_files(b.path), build_files(again.path)
     assert fa == fb
-    with pytest.raises(UserError, match="distinct classes"):
-        vlmforge.build("mcqa", "build", out=tmp_path / "c", options=9, source_options={"path": str(parent.path)})
+    with pytest.raises(UserError, match=r"split 'train' has 6 distinct classes \(names of one class count once, "
+                                        r"e.g. Dog and puppy\); 7 options need at least 7"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "c", options=7, source_options={"path": str(parent.path)})
 
 
 def test_hard_distractors_are_the_nearest_classes(tmp_path, parent):
     b = vlmforge.build("mcqa", "build", out=tmp_path, options=3, distractors="hard",
                        source_options={"path": str(parent.path), "where": "label IN ('airplane', 'car', 'cat', 'dog', 'kitten', 'puppy', 'truck')"})
-    # MiniLM's nearest names: cat -> kitten, dog; car -> truck, dog; dog -> puppy, cat.
-    want = {"cat": {"kitten", "dog"}, "car": {"truck", "dog"}, "dog": {"puppy", "cat"}}
+    # MiniLM's nearest names: cat -> kitten, dog, car; car -> truck, dog; dog -> puppy, cat, car. A kitten
+    # is a cat and a puppy a dog: never a distractor of each other, the next nearest instead.
+    want = {"cat": {"dog", "car"}, "car": {"truck", "dog"}, "dog": {"cat", "car"}}
     seen = set()
     for s in b.samples():
         doc = s["json"]
@@ -84,6 +88,8 @@ def test_unlabelled_or_empty_parent(tmp_path, parent):
                        label_column="subsource")
     # A --where that matches nothing is an empty build (as for split and subset), not a crash.
     b = vlmforge.build("mcqa", "build", out=tmp_path / "e", source_options={"path": str(parent.path), "where": "label = 'zebra'"})
+    with pytest.raises(UserError, match="split 'train' has 1 distinct class; 4 options need at least 4"):
+        vlmforge.build("mcqa", "build", out=tmp_path / "o", source_options={"path": str(parent.path), "where": "label = 'cat'"})
     assert len(b) == 0 and b.sql('SELECT count(*) FROM samples WHERE "offset" >= 0').fetchall() == [(0,)]
     with pytest.raises(UserError, match="the --classes-from vocabulary has 2 distinct classes"):
         vlmforge.build("mcqa", "build", out=tmp_path / "v", source_options={"path": str(parent.path)},
@@ -117,3 +123,83 @@ def test_a_binary_classes_file_is_one_error_line(tmp_path):
         read_lines(tmp_path / "c.txt", "--classes-from file")
     (tmp_path / "d.txt").write_text("# seen\ncat\n\n  dog \n", encoding="utf-8")
     assert read_lines(tmp_path / "d.txt", "--classes-from file") == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("distractors", ["random", "hard"])
+def test_a_synonym_of_the_answer_is_never_a_distractor(tmp_path, parent, distractors):
+    """'dog' and 'puppy' (or 'cat' and 'kitten') name one COCO category: as answer and distractor the
+    question would have two right options."""
+    from vlmforge.curation.grounding import SYNONYMS
+
+    category = {fold(w): cat for cat, words in SYNONYMS.items() for w in (cat, *words)}
+    b = vlmforge.build("mcqa", "build", out=tmp_path, distractors=distractors, source_options={"path": str(parent.path)})
+    assert len(b) == sum(CLASSES.values())
+    faced = Counter()
+    for s in b.samples():
+        opts = s["json"]["options"]
+        cats = [category.get(fold(o), fold(o)) for o in opts]
+        assert len(set(cats)) == len(opts), opts
+        faced.update(opts)
+    assert {"puppy", "kitten"} <= set(faced)  # still offered, with other answers
+    assert b.info["source"]["selection"]["synonyms"] == [["Dog", "puppy"], ["cat", "kitten"]]
+
+
+def test_mcqa_of_an_occlusion_build_asks_its_question(tmp_path, sample_coco):
+    """An occlusion sample's answer is the hidden object: the default question is the sample's own
+    ("What might the animal occluded by the gray blocks be?"), without its request for reasoning, not
+    "What is the main object in this image?"; --question still overrides it."""
+    from vlmforge.builders.mcqa import DEFAULT_QUESTION, INSTRUCTION
+
+    occ = vlmforge.build("occlusion", "coco", out=tmp_path / "o", source_options={"coco_root": str(sample_coco)})
+    asked = dict(occ.sql("SELECT key, question FROM samples").fetchall())
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=3, source_options={"path": str(occ.path)})
+    assert len(b) == len(occ) > 0
+    for s in b.samples():
+        doc, own = s["json"], asked[s["__key__"]]
+        assert own.startswith(doc["question"]) and len(doc["question"]) > 20 and "reason" not in doc["question"].lower()
+        assert doc["conversations"][0]["value"] == format_prompt(doc["question"], doc["options"])
+        assert doc["conversations"][0]["value"].endswith(INSTRUCTION)
+    assert b.sql("SELECT count(*) FROM samples WHERE question = ?", [DEFAULT_QUESTION]).fetchall() == [(0,)]
+    mine = vlmforge.build("mcqa", "build", out=tmp_path / "q", options=3, source_options={"path": str(occ.path)},
+                          question="What is hidden?")
+    assert {s["json"]["question"] for s in mine.samples()} == {"What is hidden?"}
+    assert mine.sql("SELECT DISTINCT question FROM samples").fetchall() == [("What is hidden?",)]
+
+
+def test_labels_the_parent_grounded_to_one_category_are_one_class(tmp_path):
+    """An occlusion build's `category` column knows matches the synonym table does not ('pooch' and
+    'doggie' grounded to dog by similarity): they never face 'dog' or each other."""
+    from vlmforge.builders.base import run_build
+    from vlmforge.builders.derived import DerivedBuilder, KeepAllPlan, parent_sample
+    from vlmforge.builders.mcqa import McqaPlan
+    from vlmforge.manifests.read import open_build
+    from vlmforge.sources.build import BuildSource
+
+    grounded = {"dog": "dog", "doggie": "dog", "pooch": "dog", "cat": "cat", "bus": "bus", "kite": "kite",
+                "bowl": "bowl"}
+
+    class Grounded(DerivedBuilder):
+        name, VERSION, plan_class = "grounded", "0.0.1", KeepAllPlan
+        own_columns = [("category", pa.string(), "COCO category")]
+
+        def process(self, batch):
+            out = []
+            for rec in batch:
+                s = parent_sample(rec, self.columns)
+                s.columns["category"] = grounded[rec["label"]]
+                out.append([s])
+            return out
+
+    root = class_folder(tmp_path / "f", {name: 3 for name in grounded})
+    labelled = vlmforge.build("copy", "imagefolder", out=tmp_path / "c", source_options={"root": str(root)})
+    parent = open_build(run_build(Grounded(Grounded.Config(), BuildSource(labelled.path)), tmp_path / "g", quiet=True))
+    b = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(parent.path)})
+    assert len(b) == 3 * len(grounded)
+    for s in b.samples():
+        cats = [grounded[o] for o in s["json"]["options"]]
+        assert len(set(cats)) == 4, s["json"]["options"]
+    assert b.info["source"]["selection"]["synonyms"] == [["dog", "doggie", "pooch"]]
+    # without the column, only the synonym table speaks: 'pooch' is a class of its own
+    plain = McqaPlan(McqaConfig())
+    plain.fit(BuildSource(labelled.path))
+    assert plain.meaning("pooch") == "pooch" and plain.meaning("puppy") == "dog"

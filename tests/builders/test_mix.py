@@ -87,13 +87,15 @@ def test_options_that_take_nothing_from_a_parent_are_refused(tmp_path, parents):
     pa, pb = parents
     opts = {"paths": [str(pa.path), str(pb.path)]}
     for cfg, source, message in (
-            ({"take": ["0", "all"]}, opts, r"--take takes all, a count of at least 1 .* got '0'"),
+            ({"take": ["0", "all"]}, opts, r"--take takes all, a whole count of at least 1 .* got '0'"),
             ({"take": ["all", "-3"]}, opts, "got '-3'"),
             ({"take": ["all", "0.01"]}, opts, r"parent 2 \(.*\) would give 0 of its 12 records \(--take 0.01\)"),
             ({"weights": [1, 0], "size": 5}, opts, r"parent 2 .* would give 0 of its 12 records \(weight 0 of --size 5\)"),
             ({"weights": [1, 1], "size": 1}, opts, "parent 2 .* would give 0"),
             ({"take": ["all", "all"]}, {**opts, "splits": ["val"]}, r"parent 1 .* has no records in the --parent-split"),
-            ({"take": ["all", "all"], "size": 5}, opts, "--size goes with --weights")):
+            ({"take": ["all", "all"], "size": 5}, opts, "--size goes with --weights"),
+            ({"take": ["all"]}, opts, r"^--take: 1 given for 2 parents; give one per --from, in order$"),
+            ({"weights": [1, 2, 3], "size": 5}, opts, r"^--weights: 3 given for 2 parents; give one per --from, in order$")):
         with pytest.raises(UserError, match=message):
             vlmforge.build("mix", "builds", out=tmp_path, source_options=source, **cfg)
     assert not (tmp_path / "mix").exists()  # refused before any folder is made
@@ -108,4 +110,33 @@ def test_cli_take_zero_is_one_error_line(tmp_path, parents):
                         str(pb.path), "--take", "0", "--take", "all", "--out", str(tmp_path), "-q"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == ["error: --take takes all, a count of at least 1 or a fraction in (0, 1]; got '0'"]
+    assert r.stderr.strip().splitlines() == [
+        "error: --take takes all, a whole count of at least 1 (5000 or 5e3) or a fraction in (0, 1] (0.5); got '0'"]
+
+
+def test_take_in_exponent_form_is_a_count(tmp_path, parents):
+    """`--take 1e1` means ten records (as 10 and 10.0 do), not an error; 1.0 stays the whole parent and
+    what is neither a whole count nor a fraction is one error line."""
+    pa, pb = parents
+    opts = {"paths": [str(pa.path), str(pb.path)]}
+    counts = {}
+    for take in ("1e1", "10.0", "10", "1.0", "5e-1"):
+        m = vlmforge.build("mix", "builds", out=tmp_path / take, source_options=opts, take=[take, "all"])
+        counts[take] = dict(m.sql("SELECT parent_build, count(*) FROM samples GROUP BY 1").fetchall())[pa.build_id]
+    assert counts == {"1e1": 10, "10.0": 10, "10": 10, "1.0": 12, "5e-1": 6}
+    for take, message in (("2.5", r"a whole count of at least 1 \(5000 or 5e3\) or a fraction in \(0, 1\] \(0.5\); got '2.5'$"),
+                          ("50%", r"got '50%' \(for 50% write 0.5\)"),
+                          ("2e1", r"--take 2e1 asks for 20 records, more than the parent has \(12\)")):
+        with pytest.raises(UserError, match=message):
+            vlmforge.build("mix", "builds", out=tmp_path / "x", source_options=opts, take=[take, "all"])
+
+
+def test_a_parent_without_samples_is_named_not_a_column_type_clash(tmp_path, parents):
+    """A build without samples has no manifest part to read column types from: a mix naming it said
+    "column 'n_turns' is string in one parent and int32 in another" instead of what is wrong."""
+    pa, pb = parents
+    empty = vlmforge.build("subset", "build", out=tmp_path / "e", source_options={"path": str(pa.path), "where": "width < 0"})
+    assert len(empty) == 0
+    with pytest.raises(UserError, match=rf"^parent 2 \({empty.path}\) has no records; leave it out or take more$"):
+        vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(pb.path), str(empty.path)]},
+                       take=["all", "all"])

@@ -157,7 +157,7 @@ def test_bad_arguments_are_one_error_line(tmp_path, parent, processor):
     assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
     r = cli("--from", str(parent.path), "--size", "24")
     assert r.returncode == 0, r.stderr
-    built = vlmforge.open_build(tmp_path / "model-ready" / "1.0.0")
+    built = vlmforge.open_build(tmp_path / "model-ready" / "1.1.0")
     assert built.sql("SELECT DISTINCT width, height FROM samples").fetchall() == [(24, 24)]
 
 

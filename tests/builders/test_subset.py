@@ -164,4 +164,30 @@ def test_seen_unseen_without_a_training_split_says_so(tmp_path, parent):
     assert b.src.splits() == ["test_seen", "test_unseen"]
     assert b.src.notes == ["the parent has no training split train: no split keeps seen classes only (name yours with --train-split)"]
     with_train = SubsetBuilder(SubsetConfig(mode="seen-unseen", unseen_fraction=0.34), BuildSource(parent.path))
-    assert "train" in with_train.src.splits() and with_train.src.notes == []
+    assert "train" in with_train.src.splits()
+    # the training records of unseen classes are left out: counted, said, not dropped unseen
+    unseen = with_train.src.plan.unseen
+    n = sum(COUNTS[c] for c in unseen)
+    assert with_train.src.notes == [f"{n} records of unseen classes in train are left out (training keeps seen classes only)"]
+    assert with_train.src.describe()["selection"]["unseen_left_out_of_training"] == n > 0
+
+
+def test_a_numeric_label_column_is_a_class_name(tmp_path):
+    """Grades are numbers: class-exclusive and seen-unseen over --label-column grade stopped with a
+    TypeError (str + int) while ranking the classes."""
+    root = tmp_path / "knee"
+    class_folder(root, {"0": 6, "1": 5, "2": 4, "3": 3}, "train")
+    class_folder(root, {"0": 2, "1": 2, "2": 2, "3": 2}, "test")
+    graded = vlmforge.build("grading", "imagefolder", out=tmp_path / "g", source_options={"root": str(root)})
+    src = {"path": str(graded.path)}
+    ex = vlmforge.build("subset", "build", out=tmp_path / "x", source_options=src, mode="class-exclusive",
+                        fraction=0.5, label_column="grade")
+    kept = ex.info["source"]["selection"]["kept_classes"]
+    assert len(kept) == 2 and ex.sql(f"SELECT count(*) FROM samples WHERE {ex.info['source']['selection']['where']}"
+                                     ).fetchall() == [(len(ex),)]
+    per_grade = dict(graded.sql("SELECT grade, count(*) FROM samples GROUP BY 1").fetchall())
+    assert len(ex) == sum(per_grade[int(g)] for g in kept)
+    su = vlmforge.build("subset", "build", out=tmp_path / "s", source_options=src, mode="seen-unseen",
+                        seen_classes=["0", "2"], label_column="grade")
+    assert _labels(su, "train") == {"0": 6, "2": 4} and _labels(su, "test_unseen") == {"1": 2, "3": 2}
+    assert {r[0] for r in su.sql("SELECT DISTINCT class_set FROM samples WHERE split = 'test_seen'").fetchall()} == {"seen"}

@@ -153,3 +153,5 @@ def test_multiple_choice_captions_show_options_and_gold():
     parts = caption({"key": "k", "split": "test", "label": "dog"}, doc)
     assert "A. cat  B. dog  C. bus" in parts and "gold: B" in parts
     assert not any(p.startswith("A: ") for p in parts)
+    # the options come before the question: a long question (occlusion mcqa) is what gets cut short
+    assert parts.index("gold: B") < parts.index("Q: What is the main object?")

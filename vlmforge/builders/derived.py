@@ -4,7 +4,8 @@ A derived build reads its parent through a `SelectedSource`: the parent's record
 `Plan` that decides, before any sample is written, which output split each record goes to (or none).
 Plans fit on keys and a few columns only (SQL over the parent manifest, or the LLaVA JSON index), so
 fitting a 665k-record parent keeps a few bytes per record. Unselected records are not rejects: the
-rule that left them out is the build's config, and the plan's summary lands in build.json.
+rule that left them out is the build's config, and the plan's summary lands in build.json. Lineage is
+the whole chain: build.json's `parent_builds` names the parents and every build before them.
 """
 
 from __future__ import annotations
@@ -51,39 +52,52 @@ def check_splits(have, wanted: list[str] | None, option: str) -> None:
         raise UserError(f"{option}: the parent has no split {unknown[0]!r}; it has: {', '.join(have)}")
 
 
+def lineage(src: Source) -> list[dict[str, Any]]:
+    """The parent builds' records (as BuildSource keeps them), then their ancestors' from each parent's
+    `parent_builds`, each build once, nearest first: a mix of a split of a subset names all three
+    builds before it. Raw sources (no parent build) have none."""
+    parents = [s for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
+    chain = [info for s in parents for info in s.parent_infos]
+    chain += [p for s in parents for p in s.build.info.get("parent_builds") or [] if isinstance(p, dict)]
+    out, seen = [], set()
+    for info in chain:
+        if info.get("build_id") not in seen:
+            seen.add(info.get("build_id"))
+            out.append(info)
+    return out
+
+
 def parent_columns(src: Source, own: list[Column] = ()) -> list[Column]:
     """Manifest columns a derived build carries: the parent's own (non-base) columns with their types
-    and descriptions, then `own` columns not already among them."""
-    out: list[Column] = []
+    and descriptions, then `own` columns not already among them. A parent without samples (no manifest
+    part) names its columns but leaves their types to the other parents."""
     builds = [s.build for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
     reserved = {name for name, _, _ in BASE_COLUMNS}
-    seen: dict[str, pa.DataType] = {}
+    seen: dict[str, list] = {}  # name -> [type or None, description]
     for build in builds:
         descriptions = build.info.get("columns", {})
         for name, typ in _manifest_types(build).items():
             if name in reserved:
                 continue
-            if name in seen:
-                if seen[name] != typ:
-                    raise UserError(f"column {name!r} is {seen[name]} in one parent and {typ} in another")
-                continue
-            seen[name] = typ
-            out.append((name, typ, descriptions.get(name, "")))
+            have = seen.setdefault(name, [typ, descriptions.get(name, "")])
+            if have[0] is None:
+                have[0] = typ
+            elif typ is not None and have[0] != typ:
+                raise UserError(f"column {name!r} is {have[0]} in one parent and {typ} in another")
     for name, typ, desc in own:
-        if name not in seen:
-            seen[name] = typ
-            out.append((name, typ, desc))
-    return out
+        have = seen.setdefault(name, [typ, desc])
+        have[0] = have[0] or typ
+    return [(name, typ or pa.string(), desc) for name, (typ, desc) in seen.items()]
 
 
-def _manifest_types(build) -> dict[str, pa.DataType]:
+def _manifest_types(build) -> dict[str, pa.DataType | None]:
     import pyarrow.parquet as pq
 
     parts = sorted(p for p in (build.path / "manifest").glob("*.parquet") if not p.name.endswith(".rejects.parquet"))
     if parts:
         schema = pq.read_schema(parts[0])
         return {f.name: f.type for f in schema}
-    return {name: pa.string() for name in build.info.get("columns", {})}
+    return {name: None for name in build.info.get("columns", {})}
 
 
 class Plan:
@@ -137,7 +151,7 @@ class SelectedSource(Source):
         self.plan = plan
         self.name = base.name
         self.parents = list(base.parents)
-        self.parent_infos = list(getattr(base, "parent_infos", []))
+        self.parent_infos = lineage(base)
         self.build_sources = list(getattr(base, "build_sources", [base]))
 
     def splits(self) -> list[str]:
@@ -227,11 +241,18 @@ def check_column(src: Source, column: str, scalar: bool = False) -> None:
                             "name a text or number column with --label-column")
 
 
+def class_name(value: Any) -> str | None:
+    """A label value as a class name: text whatever the column's type (a grade is a number), None for
+    unlabelled."""
+    return None if value is None else str(value)
+
+
 def count_labels(src: Source, column: str) -> dict[str, Counter]:
-    """Records per label (None: unlabelled) in each split of `src`. A parent with records but no
+    """Records per class name (None: unlabelled) in each split of `src`. A parent with records but no
     label at all is an error; one with no records at all (a --where that matches none) is not."""
     check_column(src, column, scalar=True)
-    per_split = {split: Counter(label for _, label in iter_fields(src, split, [column])) for split in src.splits()}
+    per_split = {split: Counter(class_name(label) for _, label in iter_fields(src, split, [column]))
+                 for split in src.splits()}
     total = sum(sum(c.values()) for c in per_split.values())
     if total and total == sum(c[None] for c in per_split.values()):
         raise UserError(f"the parent has no values in column {column!r}: it is not a labelled build "

@@ -206,7 +206,7 @@ def _raw_key(rec: Record) -> str:
 
 class GradingBuilder(DerivedBuilder):
     name = "grading"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = GradingConfig
     description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
     batch_size = 32

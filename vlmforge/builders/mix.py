@@ -1,6 +1,6 @@
 """`mix`: several builds combined into one, by counts, fractions or weights; lineage keeps every parent.
 
-Per parent, `--take` says how much of it to keep: `all`, a count (`5000`), or a fraction (`0.5`);
+Per parent, `--take` says how much of it to keep: `all`, a count (`5000`, `5e3`), or a fraction (`0.5`);
 or `--weights 1,3 --size N` shares N records between the parents in those proportions (largest
 remainders, so the counts add up to N exactly). Which records are taken hashes (seed, key) within each
 parent. Records keep their parent's split (or all go to `--into SPLIT`) and their key; a key that two
@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
-from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, parent_sample
+from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
 from vlmforge.curation.selection import check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
@@ -48,7 +48,7 @@ class MultiBuildSource(Source):
             raise UserError("the same parent build is named twice")
         self.name = "mix"
         self.parents = ids
-        self.parent_infos = [info for s in self.build_sources for info in s.parent_infos]
+        self.parent_infos = lineage(self)
 
     def splits(self) -> list[str]:
         out: list[str] = []
@@ -88,23 +88,26 @@ def largest_remainder(weights: list[float], total: int) -> list[int]:
 
 
 def parse_take(spec: str, available: int) -> int:
-    """'all' -> available; '0.5' -> round(0.5 * available); '5000' -> 5000 (checked)."""
+    """'all' -> available; a fraction in (0, 1] ('0.5', '1.0': all) -> round(f * available); a whole
+    count ('5000', '5e3', '5000.0') -> that many (checked)."""
     spec = str(spec).strip().lower()
     if spec == "all":
         return available
     try:
-        if "." in spec or "e" in spec:
-            f = float(spec)
-            if not 0 < f <= 1:
-                raise ValueError
-            return fraction_sizes([f], available)[0]
-        n = int(spec)
-        if n < 1:
-            raise ValueError
+        x = float(spec)
     except ValueError:
-        raise UserError(f"--take takes all, a count of at least 1 or a fraction in (0, 1]; got {spec!r}") from None
+        x = math.nan
+    if ("." in spec or "e" in spec) and 0 < x <= 1:  # '1.0' is all of it, '1' one record
+        return fraction_sizes([x], available)[0]
+    if not (math.isfinite(x) and x >= 1 and x.is_integer()):
+        hint = ""
+        if spec.endswith("%") and spec[:-1].replace(".", "", 1).isdigit():
+            hint = f" (for {spec} write {float(spec[:-1]) / 100:g})"
+        raise UserError(f"--take takes all, a whole count of at least 1 (5000 or 5e3) or a fraction in (0, 1] "
+                        f"(0.5); got {spec!r}{hint}")
+    n = int(spec) if spec.isdigit() else int(x)  # digits exactly, beyond float precision too
     if n > available:
-        raise UserError(f"--take {n} asks for more records than the parent has ({available})")
+        raise UserError(f"--take {spec} asks for {n} records, more than the parent has ({available})")
     return n
 
 
@@ -131,11 +134,11 @@ class MixPlan(Plan):
         available = [sum(p.count(s) for s in p.splits()) for p in parents]
         if cfg.take is not None:
             if len(cfg.take) != len(parents):
-                raise UserError(f"--take is given {len(cfg.take)} times for {len(parents)} parents")
+                raise UserError(f"--take: {len(cfg.take)} given for {len(parents)} parents; give one per --from, in order")
             wanted = [parse_take(t, n) for t, n in zip(cfg.take, available)]
         else:
             if len(cfg.weights) != len(parents):
-                raise UserError(f"{len(cfg.weights)} weights for {len(parents)} parents")
+                raise UserError(f"--weights: {len(cfg.weights)} given for {len(parents)} parents; give one per --from, in order")
             wanted = largest_remainder(cfg.weights, cfg.size)
             short = [(i, w, n) for i, (w, n) in enumerate(zip(wanted, available)) if w > n]
             if short:
@@ -189,7 +192,7 @@ class MixPlan(Plan):
 
 class MixBuilder(DerivedBuilder):
     name = "mix"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = MixConfig
     description = "Several builds combined by counts, fractions or weights; every parent kept in the lineage."
     plan_class = MixPlan

@@ -84,7 +84,7 @@ def refuse_model_ready_parent(src: Source) -> None:
 
 class ModelReadyBuilder(DerivedBuilder):
     name = "model-ready"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = ModelReadyConfig
     description = "A parent build with its images padded, resized and cropped as the model's image processor does."
     plan_class = KeepAllPlan

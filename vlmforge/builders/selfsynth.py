@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
+from vlmforge.builders.derived import lineage
 from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR, ConceptSelector,
                                         attribute_specificity, attribute_text, parse_bullets, select_attributes)
 from vlmforge.curation.generation import GenerationRequest, Generator, make_generator
@@ -149,18 +150,6 @@ class FromBuildMixin:
         have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
         if not names <= have:
             raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
-
-
-def lineage(source) -> list[dict[str, Any]]:
-    """The parent build's record (as BuildSource keeps it) followed by its ancestors' from the
-    parent's `parent_builds`, each build once, nearest first."""
-    out = list(source.parent_infos)
-    seen = {p.get("build_id") for p in out}
-    for p in source.build.info.get("parent_builds") or []:
-        if isinstance(p, dict) and p.get("build_id") not in seen:
-            seen.add(p.get("build_id"))
-            out.append(p)
-    return out
 
 
 def _some(names: list[str], n: int = 3) -> str:

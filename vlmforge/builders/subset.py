@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import (
-    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, count_labels, iter_fields, parent_sample, unlabelled_note,
+    TRAIN_SPLITS, DerivedBuilder, Plan, build_key, check_splits, class_name, count_labels, iter_fields, parent_sample,
+    unlabelled_note,
 )
 from vlmforge.curation.selection import check_fraction, choose, fit_cuts, round_half_up
 from vlmforge.errors import UserError
@@ -102,7 +103,7 @@ class SubsetPlan(Plan):
             for split in src.splits():
                 for key, label in iter_fields(src, split, [col]):
                     if label is not None:
-                        yield key, (split, label)
+                        yield key, (split, class_name(label))
 
         self.cuts = fit_cuts(items, self.config.seed, lambda g, n: [max(1, round_half_up(f * n)) if n else 0])
         sizes = self.cuts.counts()
@@ -140,12 +141,14 @@ class SubsetPlan(Plan):
         self.unseen = set(classes) - self.seen
         outs: list[str] = []
         self.counts = {}
+        left_out = 0  # training records of unseen classes
         for split, cnt in per_split.items():
             seen_n = sum(c for label, c in cnt.items() if label in self.seen)
             unseen_n = sum(c for label, c in cnt.items() if label in self.unseen)
             if split in self.train_splits:
                 outs.append(split)
                 self.counts[split] = seen_n
+                left_out += unseen_n
             else:
                 outs += [f"{split}_seen", f"{split}_unseen"]
                 self.counts[f"{split}_seen"], self.counts[f"{split}_unseen"] = seen_n, unseen_n
@@ -156,8 +159,12 @@ class SubsetPlan(Plan):
         if not any(s in self.train_splits for s in per_split):
             self.notes.append(f"the parent has no training split {', '.join(self.train_splits)}: no split keeps seen classes "
                               "only (name yours with --train-split)")
+        if left_out:
+            self.notes.append(f"{left_out} records of unseen classes in {', '.join(s for s in per_split if s in self.train_splits)} "
+                              "are left out (training keeps seen classes only)")
         self.out_splits = outs
         self.summary.update(seen_classes=sorted(self.seen), unseen_classes=sorted(self.unseen),
+                            unseen_left_out_of_training=left_out,
                             where_seen=sql_in(cfg.label_column, sorted(self.seen)),
                             where_unseen=sql_in(cfg.label_column, sorted(self.unseen)),
                             train_splits=list(self.train_splits))
@@ -167,7 +174,7 @@ class SubsetPlan(Plan):
         mode = self.config.mode
         if mode is None:
             return base_split
-        label = rec.get(self.config.label_column)
+        label = class_name(rec.get(self.config.label_column))
         if label is None:
             return None
         if mode == "class-preserving":
@@ -186,12 +193,12 @@ class SubsetPlan(Plan):
     def class_set(self, rec: Record) -> str | None:
         if self.config.mode != "seen-unseen":
             return None
-        return "seen" if rec.get(self.config.label_column) in self.seen else "unseen"
+        return "seen" if class_name(rec.get(self.config.label_column)) in self.seen else "unseen"
 
 
 class SubsetBuilder(DerivedBuilder):
     name = "subset"
-    VERSION = "1.0.0"
+    VERSION = "1.1.0"
     Config = SubsetConfig
     description = "Class-preserving, class-exclusive or seen/unseen subsets of a labelled build, or a SQL-filtered one."
     plan_class = SubsetPlan

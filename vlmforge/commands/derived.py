@@ -86,7 +86,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         parent: From = None,
         options: Annotated[int, typer.Option("--options", "-k", help="options per question")] = 4,
         distractors: Annotated[str, typer.Option("--distractors", help="random, or hard: the nearest classes by embedding similarity")] = "random",
-        question: Annotated[str, typer.Option("--question", help="the question before the options")] = "What is the main object in this image?",
+        question: Annotated[Optional[str], typer.Option("--question", help="the question before the options (default: the parent's own question without its request for reasoning, as occlusion builds have; else 'What is the main object in this image?')")] = None,
         classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="answer vocabulary, one class per line (default: the classes of each split)")] = None,
         embedder: Annotated[Optional[str], typer.Option("--embedder", help="sentence-transformers model path or Hub id for --distractors hard (default: offline MiniLM)")] = None,
         label_column: LabelColumn = "label",
@@ -110,7 +110,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     @build_command(build_app, "mix")
     def build_mix(
         parents: Annotated[list[Path], typer.Option("--from", help="a parent build (give two or more)")],
-        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count, or a fraction")] = None,
+        take: Annotated[Optional[list[str]], typer.Option("--take", help="per parent, in order: all, a count (5000 or 5e3) or a fraction in (0, 1] (0.5; 1.0 is all)")] = None,
         weights: Annotated[Optional[str], typer.Option("--weights", help="proportions per parent, e.g. 1,3 (with --size)")] = None,
         size: Annotated[Optional[int], typer.Option("--size", help="records in the mix (with --weights)")] = None,
         into: Annotated[Optional[str], typer.Option("--into", help="put every record in this split (default: keep the parents' splits)")] = None,
@@ -214,7 +214,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
     @export_app.command("llava")
     def export_llava_cmd(
-        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.1.0")],
+        build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.2.0")],
         out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
         split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
     ) -> None:

@@ -83,7 +83,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         quiet: Quiet = False,
         no_plots: NoPlots = False,
     ) -> None:
-        """Run a model on a task. Example: vlmforge eval --task mcqa --data builds/mcqa/1.0.0 --model ckpt/ --out evals/run1"""
+        """Run a model on a task. Example: vlmforge eval --task mcqa --data builds/mcqa/1.1.0 --model ckpt/ --out evals/run1"""
         if ctx.invoked_subcommand is not None:
             return
         if task is None and not data:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import check_manifest_parts, open_build, parse_tar_bytes, split_member
+from vlmforge.manifests.read import check_manifest_parts, no_samples_line, open_build, parse_tar_bytes, split_member
 from vlmforge.progress import console
 
 out_console = None
@@ -132,8 +132,11 @@ def print_stats(build: Path) -> None:
     out.print(f"[bold]{b.info['builder']} {b.info['version']}[/]  build {b.build_id}  ({b.path})")
     # From build.json, so that a split whose inputs were all rejected (no sample rows) is listed too.
     splits = sorted(b.info["splits"].items())
-    out.print(_table("per split", ["split", "samples", "shards", "rejects"],
-                     [(s, a["samples"], a["shards"], a["rejects"]) for s, a in splits]))
+    if splits:
+        out.print(_table("per split", ["split", "samples", "shards", "rejects"],
+                         [(s, a["samples"], a["shards"], a["rejects"]) for s, a in splits]))
+    if not len(b):
+        out.print(no_samples_line(b), highlight=False)
     cols = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'samples'").fetchall()}
     if "label" in cols:
         labels = con.execute("SELECT label, count(*) FILTER (WHERE TRUE) AS n FROM samples WHERE label IS NOT NULL "

@@ -93,6 +93,17 @@ class Build:
         return sum(s["samples"] for s in self.info["shards"])
 
 
+def no_samples_line(build: Build) -> str:
+    """What a build without samples holds instead: the line commands that would show samples say (not
+    'no sample matches', which blames a filter)."""
+    rejects = sum(s["rejects"] for s in build.info["splits"].values())
+    if rejects:
+        return (f"{build.path} has no samples, and {rejects} rejects (vlmforge manifest stats {build.path} "
+                "counts them by reason)")
+    return (f"{build.path} has no samples and no rejects: its source gave no record (e.g. a --where or "
+            "--parent-split that matched none)")
+
+
 def manifest_part_problems(build: Build) -> dict[str, str]:
     """{manifest/<part>: what is wrong} for each sample or rejects part of build.json's shards that is
     missing or unreadable, and each Parquet file in manifest/ of no shard in build.json."""

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, read_sample_at
+from vlmforge.manifests.read import Build, no_samples_line, read_sample_at
 from vlmforge.sample import IMAGE_FIELDS
 
 OUTLINE = (255, 40, 40)
@@ -122,14 +122,15 @@ def caption(row: dict[str, Any], doc: dict[str, Any]) -> list[str]:
         parts.append(f"label: {label}")
     q, a = first_turns(doc)
     question = doc.get("question") or q
-    if question:
-        parts.append(f"Q: {question}")
     options = doc.get("options")
-    if isinstance(options, list) and options:  # multiple choice: the options and the gold letter
+    if isinstance(options, list) and options:  # multiple choice: the options and the gold letter, then
+        # the question (a long one, as occlusion samples ask, is cut short instead of the options)
         parts.append("  ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options)))
         if doc.get("answer"):
             parts.append(f"gold: {doc['answer']}")
-    elif a:
+    if question:
+        parts.append(f"Q: {question}")
+    if a and not (isinstance(options, list) and options):
         parts.append(f"A: {a}")
     return parts
 
@@ -189,6 +190,8 @@ def default_cols(panels: int, n: int) -> int:
 def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int = 0, cols: int | None = None,
                   layout: SheetLayout = SheetLayout()) -> Image.Image:
     """The contact sheet as a PIL image (see the module docstring)."""
+    if not len(build):
+        raise UserError(no_samples_line(build))
     rows = choose_samples(build, where, n, seed)
     if not rows:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else ""))
