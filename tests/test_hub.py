@@ -435,7 +435,7 @@ def test_a_build_without_samples_is_not_published(tmp_path):
     b = vlmforge.build("copy", "build", out=tmp_path / "b", source_options={
         "path": str(vlmforge.build("copy", "coco", out=tmp_path / "a").path), "where": "key = 'nothing'"})
     assert len(b) == 0
-    with pytest.raises(UserError, match="has no samples .* nothing to publish"):
+    with pytest.raises(UserError, match="has no samples and no rejects: its source gave no record .*; there is nothing to publish"):
         hub.publish(b.path, "lab/empty", dry_run=True, stage_dir=tmp_path / "stage")
     assert not (tmp_path / "stage").exists()
 

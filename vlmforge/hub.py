@@ -270,8 +270,9 @@ def plan_publish(build: Build, target_shard_bytes: int = DEFAULT_TARGET_SHARD_BY
     if max_files_per_folder < 1:
         raise UserError("max files per folder must be positive")
     if not len(build):  # no data file for the card's configs to name, nothing for `datasets` to load
-        raise UserError(f"{build.path} has no samples (every input was rejected: `vlmforge manifest stats` "
-                        "says why); there is nothing to publish")
+        from vlmforge.manifests.read import no_samples_line
+
+        raise UserError(f"{no_samples_line(build)}; there is nothing to publish")
     by_split: dict[str, list[HubShard]] = {}
     for s in build.info["shards"]:
         shards = by_split.setdefault(s["split"], [])

@@ -56,3 +56,14 @@ def test_a_file_that_is_not_a_shard_among_loose_shards_is_one_error(label_build,
     (loose / "notes.tar").write_text("not a tar")
     with pytest.raises(UserError, match="notes.tar is not a readable tar shard"):
         read_test_samples(f"{loose}/*.tar", n=2)
+
+
+def test_a_build_without_samples_is_named_as_such(tmp_path, coco_build):
+    """Before: 'no sample matches in ...', as if a filter had left the samples out."""
+    import vlmforge
+
+    none = vlmforge.build("subset", "build", out=tmp_path, source_options={"path": str(coco_build.path), "where": "width < 0"})
+    with pytest.raises(UserError, match=f"^{none.path} has no samples and no rejects"):
+        read_test_samples(none.path)
+    with pytest.raises(UserError, match="no sample matches --where"):  # a filter that matches nothing still says so
+        read_test_samples(coco_build.path, where="width < 0")

@@ -125,6 +125,10 @@ def read_test_samples(shards: str | Path, where: str | None = None, n: int | Non
     if n is not None and n < 1:
         raise UserError("--n must be at least 1")
     build, paths = _expand(shards)
+    if build is not None and not len(build):
+        from vlmforge.manifests.read import no_samples_line
+
+        raise UserError(no_samples_line(build))
     if build is not None:
         out = _from_build(build, paths, where, n, seed)
     else:
