@@ -49,6 +49,8 @@ def test_a_chain_of_derived_builds_records_every_ancestor(tmp_path, roots):
     assert _chain(mcqa) == [_entry(part), _entry(sub), _entry(root)]
     ready = vlmforge.build("model-ready", "build", out=tmp_path / "r", source_options={"path": str(mix.path)}, size=8)
     assert _chain(ready) == [_entry(mix)] + _chain(mix)
+    copy = vlmforge.build("copy", "build", out=tmp_path / "c", source_options={"path": str(part.path)})  # Python API only
+    assert _chain(copy) == [_entry(part), _entry(sub), _entry(root)]
 
 
 def test_a_build_reached_twice_is_named_once(tmp_path, roots):

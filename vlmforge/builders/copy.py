@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.derived import parent_sample
+from vlmforge.builders.derived import lineage, parent_sample
 from vlmforge.curation.images import ImageError
 from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record
@@ -36,6 +36,13 @@ class CopyBuilder(Builder):
         ("original_format", pa.string(), "image format as read from the source (JPEG, PNG, GIF, ...)"),
     ]
     batch_size = 64
+
+    def __init__(self, config: CopyConfig, source):
+        super().__init__(config, source)
+        from vlmforge.sources.build import BuildSource
+
+        if isinstance(source, BuildSource):  # a copy of a build names every build before it, as derived builds do
+            source.parent_infos = lineage(source)
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         return [[self._one(rec)] for rec in batch]
