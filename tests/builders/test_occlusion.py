@@ -294,3 +294,32 @@ def test_questions_say_several_when_several_objects_are_hidden(tmp_path, sample_
     assert many and len(many) < len(rows)
     for objects, question, entity in rows:
         assert ("several" in question.lower() or " are most likely" in question) == (objects > 1), question
+
+
+def test_grounding_dino_hides_one_detection_for_a_singular_phrase_and_all_for_a_plural(tmp_path, sample_coco, tiny_models):
+    """A random detector finds many boxes per label: "a bench" hides the best one (one object, singular
+    question); "two couches" hides every detection, and its box is theirs together. Places ("a kitchen")
+    are not grounded, as with annotations."""
+    from vlmforge.curation.grounding import is_not_object
+
+    b = vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True,
+                       grounder="grounding-dino", dino_model=str(tiny_models["dino"]), box_threshold=0.0,
+                       text_threshold=0.0, segmenter="box", causality="none", min_area=0.0, max_area=1.0, fill="solid")
+    singular = plural = 0
+    for s in b.samples():
+        doc = s["json"]
+        assert not is_not_object(doc["label"]), doc
+        mask = np.asarray(Image.open(io.BytesIO(s["mask.png"]))) > 0
+        x, y, w, h = doc["box"]
+        inside = np.zeros_like(mask)  # the recorded box (rounded to 0.01 px), give or take a pixel
+        inside[max(int(y) - 1, 0) : int(y + h) + 2, max(int(x) - 1, 0) : int(x + w) + 2] = True
+        assert mask[~inside].sum() == 0  # nothing hidden outside the recorded box
+        if re.match(r"(a|an) ", doc["entity"], re.IGNORECASE):
+            singular += 1
+            assert doc["objects"] == 1 and "several" not in doc["question"].lower(), doc
+            assert mask[int(np.ceil(y)) : int(y + h), int(np.ceil(x)) : int(x + w)].all()  # that one detection's box
+        elif re.match(r"(two|three|several) ", doc["entity"], re.IGNORECASE):
+            plural += doc["objects"] > 1
+    assert singular and plural
+    places = b.sql("SELECT count(*) FROM rejects WHERE reason = 'not_grounded' AND detail LIKE '%kitchen%'").fetchall()
+    assert places[0][0] > 0

@@ -212,11 +212,7 @@ class AnnotationGrounder:
         else:
             chosen = [self._pick_one(phrase, anns, image, masks)]
         boxes = [list(map(float, a["bbox"])) for a in chosen]
-        x0 = min(b[0] for b in boxes)
-        y0 = min(b[1] for b in boxes)
-        x1 = max(b[0] + b[2] for b in boxes)
-        y1 = max(b[1] + b[3] for b in boxes)
-        return Grounding([x0, y0, x1 - x0, y1 - y0], cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        return Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
 
     @staticmethod
     def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
@@ -234,6 +230,22 @@ class AnnotationGrounder:
 
             return min(anns, key=lambda a: (distance(a), -_area(a), a["id"]))
         return max(anns, key=lambda a: (_area(a), -a["id"]))
+
+
+def union_box(boxes: list[list[float]]) -> list[float]:
+    """The [x, y, w, h] box around all of `boxes`."""
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def for_entity(found: Grounding, plural: bool) -> Grounding:
+    """A detector's grounding of a label as one entity takes it: a plural phrase hides every
+    detection (its box: their union), a singular one the best only."""
+    from dataclasses import replace
+
+    boxes = found.boxes if plural and found.boxes else [found.box]
+    return replace(found, box=union_box(boxes), boxes=boxes)
 
 
 def _area(ann: dict) -> float:
