@@ -79,12 +79,13 @@ def is_not_object(label: str) -> bool:
 def names_part_of_other(label: str) -> bool:
     """A compound whose modifier names one category and whose head names another or none ("toilet
     seat", "pizza box", "dog bed") is a thing of or for that object, not the object: it is not matched
-    by its last word or by similarity. A person word as head stays a person ("bus driver")."""
+    by its last word or by similarity. A person word as head stays a person ("bus driver"); as a
+    modifier it says whose or what age ("passenger train", "baby elephant"): the head's object still."""
     words = label.split()
     if len(words) < 2 or label in _WORDS:
         return False
     head = _WORDS.get(words[-1])
-    modifiers = {_WORDS.get(w) for w in words[:-1]} - {None}
+    modifiers = {_WORDS.get(w) for w in words[:-1]} - {None, "person"}
     return bool(modifiers) and head != "person" and (head is None or bool(modifiers - {head}))
 
 
