@@ -323,3 +323,16 @@ def test_grounding_dino_hides_one_detection_for_a_singular_phrase_and_all_for_a_
     assert singular and plural
     places = b.sql("SELECT count(*) FROM rejects WHERE reason = 'not_grounded' AND detail LIKE '%kitchen%'").fetchall()
     assert places[0][0] > 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"grounder": "grounding-dino", "dino_model": "sam", "segmenter": "box", "workers": 2},
+     "cannot load Grounding DINO '{sam}' (is it a Grounding DINO checkpoint?): Unrecognized configuration class"),
+    ({"causality": "mlm", "mlm_model": "sam"}, "cannot load masked LM '{sam}' (is it a masked LM checkpoint?)"),
+])
+def test_a_checkpoint_of_another_kind_is_one_error_line(tmp_path, sample_coco, tiny_models, options, message):
+    """transformers says ValueError for a config its Auto class cannot take; from a worker process's
+    setup it broke the pool (a BrokenProcessPool traceback)."""
+    options = {k: str(tiny_models[v]) if k.endswith("_model") else v for k, v in options.items()}
+    with pytest.raises(UserError, match=re.escape(message.format(sam=tiny_models["sam"]))):
+        vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True, **options)

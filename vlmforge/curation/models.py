@@ -9,7 +9,8 @@ T = TypeVar("T")
 
 def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
     """Run `load()` (from_pretrained calls) with transformers' progress bars off; a missing or
-    unreadable checkpoint becomes one UserError line naming `what` and `name`."""
+    unreadable checkpoint, or one of another kind (transformers raises ValueError for a config or
+    tokenizer its Auto class cannot take), becomes one UserError line naming `what` and `name`."""
     from vlmforge.errors import UserError
     from vlmforge.progress import quiet_model_loading
 
@@ -19,6 +20,8 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
         return load()
     except OSError as e:
         raise UserError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise UserError(f"cannot load {what} {name!r} (is it a {what} checkpoint?): {str(e).splitlines()[0]}") from None
 
 
 def check_model_name(name: str | None, what: str = "model") -> None:
