@@ -187,3 +187,16 @@ def test_generative_extractor_runs_a_real_causal_lm(tmp_path):
     out = ex(caps)
     assert len(out) == 3 and all(e.phrase.lower() in c.lower() for c, ents in zip(caps, out) for e in ents)
     assert gen.misses == 3 and ex(caps) == out and gen.hits == 3  # answers cached per request
+
+
+def test_object_words_the_parser_misreads_as_adjective_or_verb_are_entities(extract):
+    """The small English model tags "oven" JJ or VBN at the start of a caption and "sink" VB after
+    "and": no noun chunk holds them, and the oven or sink was never hidden."""
+    caps = ["An oven and a microwave in a kitchen.", "A white oven in a kitchen.",
+            "A refrigerator, stove and sink in a kitchen.", "A man sinks a putt on the green.",
+            "An orange cat on a couch."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][:2] == [("An oven", "oven", "oven", False), ("a microwave", "microwave", "microwave", False)]
+    assert ("A white oven", "oven", "oven", False) in got[1]
+    assert [g[1] for g in got[2]] == ["refrigerator", "stove", "sink", "kitchen"]  # in caption order
+    assert "sink" not in [g[1] for g in got[3]] and [g[1] for g in got[4]] == ["cat", "couch"]  # verbs, adjectives stay out

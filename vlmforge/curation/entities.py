@@ -107,6 +107,36 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
+@lru_cache(maxsize=1)
+def _object_words() -> frozenset[str]:
+    """COCO's object names, synonyms and their plural forms, one word each."""
+    from vlmforge.curation.grounding import word_to_category
+
+    return frozenset(w for w in word_to_category() if " " not in w)
+
+
+def _misread_noun(tok) -> bool:
+    """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
+    "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
+    it or "and" joins it to a noun."""
+    if tok.pos_ in ("NOUN", "PROPN", "PRON") or tok.lower_ not in _object_words():
+        return False
+    return any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+
+
+def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
+    """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
+    singular, its phrase from its article and adjectives on."""
+    words = _object_words()
+    word = tok.lower_
+    plural = word not in PLURALIA and word.endswith("s") and word[:-1] in words
+    label = word[:-1] if plural else word
+    mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
+    first = min([tok.i] + [t.left_edge.i for t in mods])
+    plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
+    return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
+
+
 @lru_cache(maxsize=2)
 def load_spacy(model: str = SPACY_MODEL):
     """The spaCy pipeline without NER (noun chunks need the tagger and parser only), loaded once per process."""
@@ -228,6 +258,14 @@ class SpacyEntityExtractor:
                 seen.add((label, start))
                 taken = last
                 ents.append(Entity(doc[chunk.start : last + 1].text, label, start, end, plural))
+            misread = [t for t in doc if _misread_noun(t)]
+            if misread:
+                held = {t.i for chunk in doc.noun_chunks for t in chunk}
+                held |= {t.i for t in misread if any(e.start <= t.idx < e.end for e in ents)}
+                extra = [_misread_entity(t) for t in misread if t.i not in held]
+                ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
+                         for label, start, end, plural, first, last in extra]
+                ents.sort(key=lambda e: e.start)
             out.append(ents)
         return out
 
@@ -236,7 +274,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 3  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words
+EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread nouns
 
 
 class EntityCache:
