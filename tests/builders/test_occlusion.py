@@ -336,3 +336,14 @@ def test_a_checkpoint_of_another_kind_is_one_error_line(tmp_path, sample_coco, t
     options = {k: str(tiny_models[v]) if k.endswith("_model") else v for k, v in options.items()}
     with pytest.raises(UserError, match=re.escape(message.format(sam=tiny_models["sam"]))):
         vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True, **options)
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown --device 'foo'"), ("cuda", "no CUDA GPU is available")])
+def test_a_device_that_is_not_here_is_one_error_line(tmp_path, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "--device", device, "--out",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

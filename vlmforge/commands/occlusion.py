@@ -61,6 +61,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
+        if device is not None:
+            from vlmforge.curation.models import check_device
+
+            check_device(device)
         if generator_option and entity_extractor == "spacy":
             from vlmforge.errors import UserError
 
