@@ -326,16 +326,37 @@ def test_grounding_dino_hides_one_detection_for_a_singular_phrase_and_all_for_a_
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"grounder": "grounding-dino", "dino_model": "sam", "segmenter": "box", "workers": 2},
-     "cannot load Grounding DINO '{sam}' (is it a Grounding DINO checkpoint?): Unrecognized configuration class"),
-    ({"causality": "mlm", "mlm_model": "sam"}, "cannot load masked LM '{sam}' (is it a masked LM checkpoint?)"),
+    ({"grounder": "grounding-dino", "dino_model": "sam", "segmenter": "box"},
+     "{sam} is a 'sam' checkpoint, not a Grounding DINO (model types: grounding-dino, mm-grounding-dino)"),
+    ({"grounder": "grounding-dino", "dino_model": "dino", "segmenter": "sam", "sam_model": "mlm"},
+     "{mlm} is a 'bert' checkpoint, not a SAM (model types: sam)"),
+    ({"causality": "mlm", "mlm_model": "sam"}, "{sam} is a 'sam' checkpoint, not a masked LM (model types: albert,"),
 ])
-def test_a_checkpoint_of_another_kind_is_one_error_line(tmp_path, sample_coco, tiny_models, options, message):
-    """transformers says ValueError for a config its Auto class cannot take; from a worker process's
-    setup it broke the pool (a BrokenProcessPool traceback)."""
+def test_a_checkpoint_of_another_kind_is_one_error_line_before_the_captions_are_parsed(
+        tmp_path, sample_coco, tiny_models, options, message, monkeypatch):
+    """transformers said ValueError (a traceback) for a config its Auto class cannot take, after every
+    caption was parsed (minutes on COCO train): the config is read first now."""
+    from vlmforge.builders import occlusion
+
+    monkeypatch.setattr(occlusion, "extract_entities", lambda *a, **k: pytest.fail("captions parsed first"))
     options = {k: str(tiny_models[v]) if k.endswith("_model") else v for k, v in options.items()}
-    with pytest.raises(UserError, match=re.escape(message.format(sam=tiny_models["sam"]))):
+    message = message.format(**{k: str(v) for k, v in tiny_models.items()})
+    with pytest.raises(UserError, match=re.escape(message)):
         vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True, **options)
+
+
+def test_a_model_that_fails_to_load_in_a_worker_is_one_error_line(tmp_path, sample_coco, tiny_models):
+    """A masked LM folder without its tokenizer: transformers says ValueError, in each worker's setup,
+    which broke the process pool (a BrokenProcessPool traceback)."""
+    import shutil
+
+    broken = tmp_path / "mlm"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models["mlm"] / name, broken / name)
+    with pytest.raises(UserError, match=re.escape(f"cannot load masked LM '{broken}'")):
+        vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(sample_coco), quiet=True,
+                       causality="mlm", mlm_model=str(broken), workers=2)
 
 
 @pytest.mark.parametrize("device, message", [("foo", "unknown --device 'foo'"), ("cuda", "no CUDA GPU is available")])

@@ -188,12 +188,28 @@ class OcclusionBuilder(Builder):
     def prepare(self) -> None:
         """Extract every caption's entities once (they feed both co-occurrence statistics and the
         per-image work) and fit the co-occurrence scorer over all images."""
+        self._check_models()
         helpers: list = []
         try:
             self._prepare(helpers)
         finally:
             for helper in helpers:
                 helper.close(wait=False)
+
+    def _check_models(self) -> None:
+        """Each model stage's checkpoint exists and is of its kind (its config is read, not the model)
+        before the captions are parsed: on COCO train that takes minutes, and the models load after."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        from vlmforge.curation.models import check_model_kind
+
+        cfg = self.config
+        for what, name, kinds, used in (
+                ("masked LM", cfg.mlm_model, MODEL_FOR_MASKED_LM_MAPPING_NAMES, cfg.causality == "mlm"),
+                ("Grounding DINO", cfg.dino_model, GroundingDinoGrounder.model_types, cfg.grounder == "grounding-dino"),
+                ("SAM", cfg.sam_model, SamSegmenter.model_types, cfg.segmenter == "sam")):
+            if used:
+                check_model_kind(what, name, kinds)
 
     def _start_embedder_helper(self, helpers: list) -> None:
         """Captions are about to be parsed here: the sentence-embedding model loads meanwhile in a

@@ -260,6 +260,7 @@ class GroundingDinoGrounder:
 
     name = "grounding-dino"
     resources = {"cpu": 1, "gpu": 1}
+    model_types = ("grounding-dino", "mm-grounding-dino")  # with post_process_grounded_object_detection
 
     def __init__(self, model: str = "IDEA-Research/grounding-dino-tiny", box_threshold: float = 0.35,
                  text_threshold: float = 0.25, nms_iou: float = 0.5, device: str | None = None):
