@@ -200,3 +200,12 @@ def test_object_words_the_parser_misreads_as_adjective_or_verb_are_entities(extr
     assert ("A white oven", "oven", "oven", False) in got[1]
     assert [g[1] for g in got[2]] == ["refrigerator", "stove", "sink", "kitchen"]  # in caption order
     assert "sink" not in [g[1] for g in got[3]] and [g[1] for g in got[4]] == ["cat", "couch"]  # verbs, adjectives stay out
+
+
+def test_a_chunk_holding_two_noun_phrases_gives_both(extract):
+    """"on a couch playing video games": the parser hangs couch on games (nmod), one chunk whose label
+    was "video game" only; the couch was never hidden."""
+    cap = "A man and a woman sitting on a couch playing video games with wii remotes."
+    got = [(e.label, cap[e.start : e.end]) for e in extract([cap])[0]]
+    assert got == [("man", "man"), ("woman", "woman"), ("couch", "couch"), ("video game", "video games"),
+                   ("wii remote", "wii remotes")]

@@ -107,6 +107,20 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
+def _split_chunks(chunks):
+    """Noun chunks, each one that holds two noun phrases split in two: the parser sometimes hangs a noun
+    before a verb on the next one ("a couch playing video games": couch as nmod of games)."""
+    for chunk in chunks:
+        noun = next((t for t in chunk if t.dep_ == "nmod" and t.pos_ == "NOUN" and t.i + 1 < chunk.root.i
+                     and chunk.doc[t.i + 1].pos_ == "VERB"), None)
+        if noun is None:
+            yield chunk
+            continue
+        first = chunk.doc[chunk.start : noun.i + 1]  # its "a" may be the article of games: then "couch" alone
+        yield first if first.root == noun else chunk.doc[noun.left_edge.i : noun.i + 1]
+        yield chunk.doc[noun.i + 2 : chunk.end]
+
+
 @lru_cache(maxsize=1)
 def _object_words() -> frozenset[str]:
     """COCO's object names, synonyms and their plural forms, one word each."""
@@ -246,7 +260,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            for chunk in doc.noun_chunks:
+            for chunk in _split_chunks(doc.noun_chunks):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk)
@@ -274,7 +288,8 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread nouns
+EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+# nouns, chunks holding two phrases
 
 
 class EntityCache:
