@@ -199,17 +199,17 @@ class OcclusionBuilder(Builder):
     def _check_models(self) -> None:
         """Each model stage's checkpoint exists and is of its kind (its config is read, not the model)
         before the captions are parsed: on COCO train that takes minutes, and the models load after."""
-        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
-
         from vlmforge.curation.models import check_model_kind
 
         cfg = self.config
-        for what, name, kinds, used in (
-                ("masked LM", cfg.mlm_model, MODEL_FOR_MASKED_LM_MAPPING_NAMES, cfg.causality == "mlm"),
-                ("Grounding DINO", cfg.dino_model, GroundingDinoGrounder.model_types, cfg.grounder == "grounding-dino"),
-                ("SAM", cfg.sam_model, SamSegmenter.model_types, cfg.segmenter == "sam")):
-            if used:
-                check_model_kind(what, name, kinds)
+        if cfg.causality == "mlm":
+            from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+            check_model_kind("masked LM", cfg.mlm_model, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        if cfg.grounder == "grounding-dino":
+            check_model_kind("Grounding DINO", cfg.dino_model, GroundingDinoGrounder.model_types)
+        if cfg.segmenter == "sam":
+            check_model_kind("SAM", cfg.sam_model, SamSegmenter.model_types)
 
     def _start_embedder_helper(self, helpers: list) -> None:
         """Captions are about to be parsed here: the sentence-embedding model loads meanwhile in a
