@@ -209,3 +209,12 @@ def test_a_chunk_holding_two_noun_phrases_gives_both(extract):
     got = [(e.label, cap[e.start : e.end]) for e in extract([cap])[0]]
     assert got == [("man", "man"), ("woman", "woman"), ("couch", "couch"), ("video game", "video games"),
                    ("wii remote", "wii remotes")]
+
+
+def test_a_colour_taken_for_a_compound_stays_out_of_the_label(extract):
+    """"the orange cat": the parser reads orange as a noun compound; the label "orange cat" named a
+    thing of an orange (grounding), and the cat was never hidden."""
+    caps = ["The orange cat is on the couch.", "An orange and a banana on a table."]
+    got = [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
+    assert got[0][0] == ("The orange cat", "cat")
+    assert got[1][0] == ("An orange", "orange")  # the fruit is still one

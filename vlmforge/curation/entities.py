@@ -94,8 +94,9 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus").
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start
+    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus")
+    # or a colour the parser took for a noun ("the orange cat": a cat, not a thing of an orange).
+    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and t.lower_ not in _colour_words()
              and not (t.i > 0 and doc[t.i - 1].text == "-") and not (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")]
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
@@ -119,6 +120,13 @@ def _split_chunks(chunks):
         first = chunk.doc[chunk.start : noun.i + 1]  # its "a" may be the article of games: then "couch" alone
         yield first if first.root == noun else chunk.doc[noun.left_edge.i : noun.i + 1]
         yield chunk.doc[noun.i + 2 : chunk.end]
+
+
+@lru_cache(maxsize=1)
+def _colour_words() -> frozenset[str]:
+    from vlmforge.curation.grounding import COLOR_WORDS
+
+    return frozenset(COLOR_WORDS)
 
 
 @lru_cache(maxsize=1)
@@ -289,7 +297,7 @@ class SpacyEntityExtractor:
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
 EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
-# nouns, chunks holding two phrases
+# nouns, chunks holding two phrases, colours out of compounds
 
 
 class EntityCache:
