@@ -152,7 +152,10 @@ def test_generated_lines_become_entities_checked_against_the_caption():
     assert entities_from_lines("People sit on a bench.", "People | person\na bench | bench")[0].plural
     chatty = "Here are the objects:\n\n1. **People** | *person*\n2. `a bench` | bench\n\nLet me know!"
     assert [e.label for e in entities_from_lines("People sit on a bench.", chatty)] == ["person", "bench"]
-    # a label given in the plural is kept as written (the grounder folds plural forms itself)
+    # a label given in the plural is an object's singular where it names one (the answer and the
+    # co-occurrence counts are the spaCy path's "dog"), else kept as written (the grounder folds plurals)
+    assert [(e.label, e.plural) for e in entities_from_lines("Two dogs.", "Two dogs | dogs")] == [("dog", True)]
+    assert [(e.label, e.plural) for e in entities_from_lines("Two buses.", "Two buses | buses")] == [("bus", True)]
     assert [(e.label, e.plural) for e in entities_from_lines("Two boxes.", "Two boxes | boxes")] == [("boxes", True)]
     assert entities_from_lines("A cat.", "") == [] and entities_from_lines("A cat.", "nonsense without a bar") == []
 

@@ -137,6 +137,21 @@ def _object_words() -> frozenset[str]:
     return frozenset(w for w in word_to_category() if " " not in w)
 
 
+@lru_cache(maxsize=1)
+def _object_names() -> frozenset[str]:
+    """COCO's object names and synonyms, one word each, singular."""
+    from vlmforge.curation.grounding import SYNONYMS
+
+    return frozenset(w for cat, words in SYNONYMS.items() for w in (cat, *words) if " " not in w)
+
+
+def _object_singular(word: str) -> str:
+    """An object name's singular for its plural ("dogs", "buses"); any other word as it is."""
+    if not word.endswith("s") or word in PLURALIA or word in _object_names():
+        return word
+    return next((w for w in (word[:-1], word[:-2]) if w in _object_names()), word)
+
+
 def _misread_noun(tok) -> bool:
     """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
@@ -149,10 +164,9 @@ def _misread_noun(tok) -> bool:
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
     singular, its phrase from its article and adjectives on."""
-    words = _object_words()
     word = tok.lower_
-    plural = word not in PLURALIA and word.endswith("s") and word[:-1] in words
-    label = word[:-1] if plural else word
+    label = _object_singular(word)
+    plural = label != word
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
     first = min([tok.i] + [t.left_edge.i for t in mods])
     plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
@@ -514,6 +528,7 @@ def _entity_in_span(caption: str, start: int, end: int, label: str) -> Entity | 
         return None
     words = [w for w in words if w not in ("a", "an", "the")] or words
     head = IRREGULAR.get(words[-1], words[-1])
+    head = _object_singular(head)  # "dogs" though the prompt asks for the singular
     words[-1] = head
     label = " ".join(words)
     if head in PRONOUNS or head in SCENE_WORDS or not re.fullmatch(r"[a-z][a-z -]*", label):
