@@ -368,3 +368,13 @@ def test_a_device_that_is_not_here_is_one_error_line(tmp_path, device, message):
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "--device", device, "--out",
                         str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_export_path_that_is_a_file_is_refused_before_the_build(tmp_path):
+    """It was found only once the build had finished (hours on COCO train)."""
+    target = tmp_path / "llava.json"
+    target.write_text("[]")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "--export-llava", str(target),
+                        "--out", str(tmp_path / "builds")], capture_output=True, text=True)
+    assert r.returncode == 2 and f"--export-llava {target} is a file" in r.stderr, r.stderr
+    assert not (tmp_path / "builds").exists()

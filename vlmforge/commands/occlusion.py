@@ -52,6 +52,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
         ask the model to infer them. With no COCO paths, builds from the embedded sample."""
         from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+        from vlmforge.errors import UserError
 
         cfg = OcclusionConfig(
             seed=seed, entity_extractor=entity_extractor, entity_model=entity_model, causality=causality,
@@ -61,13 +62,14 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
+        if export_llava is not None and export_llava.exists() and not export_llava.is_dir():
+            # Said now, not after a build of hours.
+            raise UserError(f"--export-llava {export_llava} is a file; it needs a folder (for llava.json and images/)")
         if device is not None:
             from vlmforge.curation.models import check_device
 
             check_device(device)
         if generator_option and entity_extractor == "spacy":
-            from vlmforge.errors import UserError
-
             raise UserError("-G options go to the entity extractor's generation backend; "
                             "with --entity-extractor spacy there is none")
         src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,
