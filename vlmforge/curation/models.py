@@ -24,7 +24,7 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
         raise UserError(f"cannot load {what} {name!r} (is it a {what} checkpoint?): {str(e).splitlines()[0]}") from None
 
 
-def check_model_kind(what: str, name: str, kinds: "Collection[str]") -> None:
+def check_model_kind(what: str, name: str, kinds: Collection[str]) -> None:
     """Read only the checkpoint's config: a missing checkpoint, or one whose model type is not in `kinds`,
     is a UserError at once, before long work that the model's stage follows (it loads later)."""
     from transformers import AutoConfig
