@@ -138,6 +138,13 @@ def _object_words() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _object_word_ids() -> frozenset[int]:
+    from spacy.strings import get_string_id
+
+    return frozenset(get_string_id(w) for w in _object_words())
+
+
+@lru_cache(maxsize=1)
 def _object_names() -> frozenset[str]:
     """COCO's object names and synonyms, one word each, singular."""
     from vlmforge.curation.grounding import SYNONYMS
@@ -156,7 +163,7 @@ def _misread_noun(tok) -> bool:
     """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
     it or "and" joins it to a noun."""
-    if tok.pos_ in ("NOUN", "PROPN", "PRON") or tok.lower_ not in _object_words():
+    if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
     return any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
 
