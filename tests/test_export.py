@@ -147,3 +147,11 @@ def test_a_damaged_shard_stops_the_export_instead_of_dropping_samples(tmp_path, 
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "val-000001.tar is " in r.stderr, r.stderr
     assert "bytes, build.json says" in r.stderr
+
+
+def test_export_into_the_build_itself_is_refused(llava_build):
+    b, _ = llava_build
+    for inside in (b.path, b.path / "llava"):
+        with pytest.raises(UserError, match="is inside the build"):
+            export_llava(b, inside)
+    assert not (b.path / "llava.json").exists() and not (b.path / "images").exists() and not (b.path / "llava").exists()

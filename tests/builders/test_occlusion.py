@@ -294,3 +294,87 @@ def test_questions_say_several_when_several_objects_are_hidden(tmp_path, sample_
     assert many and len(many) < len(rows)
     for objects, question, entity in rows:
         assert ("several" in question.lower() or " are most likely" in question) == (objects > 1), question
+
+
+def test_grounding_dino_hides_one_detection_for_a_singular_phrase_and_all_for_a_plural(tmp_path, sample_coco, tiny_models):
+    """A random detector finds many boxes per label: "a bench" hides the best one (one object, singular
+    question); "two couches" hides every detection, and its box is theirs together. Places ("a kitchen")
+    are not grounded, as with annotations."""
+    from vlmforge.curation.grounding import is_not_object
+
+    b = vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True,
+                       grounder="grounding-dino", dino_model=str(tiny_models["dino"]), box_threshold=0.0,
+                       text_threshold=0.0, segmenter="box", causality="none", min_area=0.0, max_area=1.0, fill="solid")
+    singular = plural = 0
+    for s in b.samples():
+        doc = s["json"]
+        assert not is_not_object(doc["label"]), doc
+        mask = np.asarray(Image.open(io.BytesIO(s["mask.png"]))) > 0
+        x, y, w, h = doc["box"]
+        inside = np.zeros_like(mask)  # the recorded box (rounded to 0.01 px), give or take a pixel
+        inside[max(int(y) - 1, 0) : int(y + h) + 2, max(int(x) - 1, 0) : int(x + w) + 2] = True
+        assert mask[~inside].sum() == 0  # nothing hidden outside the recorded box
+        if re.match(r"(a|an) ", doc["entity"], re.IGNORECASE):
+            singular += 1
+            assert doc["objects"] == 1 and "several" not in doc["question"].lower(), doc
+            assert mask[int(np.ceil(y)) : int(y + h), int(np.ceil(x)) : int(x + w)].all()  # that one detection's box
+        elif re.match(r"(two|three|several) ", doc["entity"], re.IGNORECASE):
+            plural += doc["objects"] > 1
+    assert singular and plural
+    places = b.sql("SELECT count(*) FROM rejects WHERE reason = 'not_grounded' AND detail LIKE '%kitchen%'").fetchall()
+    assert places[0][0] > 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"grounder": "grounding-dino", "dino_model": "sam", "segmenter": "box"},
+     "{sam} is a 'sam' checkpoint, not a Grounding DINO (model types: grounding-dino, mm-grounding-dino)"),
+    ({"grounder": "grounding-dino", "dino_model": "dino", "segmenter": "sam", "sam_model": "mlm"},
+     "{mlm} is a 'bert' checkpoint, not a SAM (model types: sam)"),
+    ({"causality": "mlm", "mlm_model": "sam"}, "{sam} is a 'sam' checkpoint, not a masked LM (model types: albert,"),
+])
+def test_a_checkpoint_of_another_kind_is_one_error_line_before_the_captions_are_parsed(
+        tmp_path, sample_coco, tiny_models, options, message, monkeypatch):
+    """transformers said ValueError (a traceback) for a config its Auto class cannot take, after every
+    caption was parsed (minutes on COCO train): the config is read first now."""
+    from vlmforge.builders import occlusion
+
+    monkeypatch.setattr(occlusion, "extract_entities", lambda *a, **k: pytest.fail("captions parsed first"))
+    options = {k: str(tiny_models[v]) if k.endswith("_model") else v for k, v in options.items()}
+    message = message.format(**{k: str(v) for k, v in tiny_models.items()})
+    with pytest.raises(UserError, match=re.escape(message)):
+        vlmforge.build("occlusion", "coco", out=tmp_path, source_options=_src(sample_coco), quiet=True, **options)
+
+
+def test_a_model_that_fails_to_load_in_a_worker_is_one_error_line(tmp_path, sample_coco, tiny_models):
+    """A masked LM folder without its tokenizer: transformers says ValueError, in each worker's setup,
+    which broke the process pool (a BrokenProcessPool traceback)."""
+    import shutil
+
+    broken = tmp_path / "mlm"
+    broken.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_models["mlm"] / name, broken / name)
+    with pytest.raises(UserError, match=re.escape(f"cannot load masked LM '{broken}'")):
+        vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(sample_coco), quiet=True,
+                       causality="mlm", mlm_model=str(broken), workers=2)
+
+
+@pytest.mark.parametrize("device, message", [("foo", "unknown --device 'foo'"), ("cuda", "no CUDA GPU is available")])
+def test_a_device_that_is_not_here_is_one_error_line(tmp_path, device, message):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "--device", device, "--out",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_export_path_that_is_a_file_is_refused_before_the_build(tmp_path):
+    """It was found only once the build had finished (hours on COCO train)."""
+    target = tmp_path / "llava.json"
+    target.write_text("[]")
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "occlusion", "--export-llava", str(target),
+                        "--out", str(tmp_path / "builds")], capture_output=True, text=True)
+    assert r.returncode == 2 and f"--export-llava {target} is a file" in r.stderr, r.stderr
+    assert not (tmp_path / "builds").exists()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from vlmforge.builders.occlusion import OcclusionBuilder
+
 
 def _descendants(pid: int) -> set[int]:
     """Processes below `pid`, from /proc (Linux)."""
@@ -58,7 +60,7 @@ def whole(tmp_path_factory):
     env = {**os.environ, "VLMFORGE_CACHE": str(tmp / "cache")}
     args = ["build", "occlusion", "--coco-root", str(root), "--max-samples-per-shard", "4", "--quiet"]
     subprocess.run([*VLMFORGE, *args, "--out", str(tmp / "whole")], env=env, check=True, timeout=300)
-    return args, env, _hashes(tmp / "whole" / "occlusion" / "1.2.0")
+    return args, env, _hashes(tmp / "whole" / "occlusion" / OcclusionBuilder.VERSION)
 
 
 @pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "kill-int"])
@@ -68,7 +70,7 @@ def test_sigint_stops_workers_and_the_build_resumes_to_the_same_bytes(tmp_path, 
     out = tmp_path / "out"
     proc = subprocess.Popen([*vlmforge, *args, "--out", str(out), "--workers", "2"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    build = out / "occlusion" / "1.2.0"
+    build = out / "occlusion" / OcclusionBuilder.VERSION
     deadline = time.monotonic() + 120
     workers: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:

@@ -49,6 +49,16 @@ def test_root_and_explicit_files_together_are_refused(sample_coco):
         resolve_coco_paths(coco_root=sample_coco, captions=cap, images=sample_coco / "val2017")
 
 
+def test_a_split_the_root_lacks_names_the_splits_it_has(coco_copy):
+    """`--coco-root` of a train2017 download with the default --split val2017."""
+    for kind in ("captions", "instances"):
+        (coco_copy / "annotations" / f"{kind}_val2017.json").rename(coco_copy / "annotations" / f"{kind}_train2017.json")
+    (coco_copy / "annotations" / "person_keypoints_train2017.json").write_text("{}")
+    with pytest.raises(SourceError, match=re.escape("nor instances_val2017.json (it has --split train2017)")):
+        resolve_coco_paths(coco_root=coco_copy, split="val2017")
+    assert resolve_coco_paths(coco_root=coco_copy, split="train2017")[3] == "train2017"
+
+
 def test_unusable_annotations_become_rejects_and_the_build_goes_on(coco_copy, tmp_path):
     cap, ins = _files(coco_copy)
     doc = json.loads(ins.read_text())

@@ -24,7 +24,9 @@ from PIL import Image
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
-from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder
+from vlmforge.curation.grounding import (
+    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, for_entity, is_not_object,
+)
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.models import check_model_name
@@ -116,7 +118,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -186,12 +188,28 @@ class OcclusionBuilder(Builder):
     def prepare(self) -> None:
         """Extract every caption's entities once (they feed both co-occurrence statistics and the
         per-image work) and fit the co-occurrence scorer over all images."""
+        self._check_models()
         helpers: list = []
         try:
             self._prepare(helpers)
         finally:
             for helper in helpers:
                 helper.close(wait=False)
+
+    def _check_models(self) -> None:
+        """Each model stage's checkpoint exists and is of its kind (its config is read, not the model)
+        before the captions are parsed: on COCO train that takes minutes, and the models load after."""
+        from vlmforge.curation.models import check_model_kind
+
+        cfg = self.config
+        if cfg.causality == "mlm":
+            from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+            check_model_kind("masked LM", cfg.mlm_model, MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+        if cfg.grounder == "grounding-dino":
+            check_model_kind("Grounding DINO", cfg.dino_model, GroundingDinoGrounder.model_types)
+        if cfg.segmenter == "sam":
+            check_model_kind("SAM", cfg.sam_model, SamSegmenter.model_types)
 
     def _start_embedder_helper(self, helpers: list) -> None:
         """Captions are about to be parsed here: the sentence-embedding model loads meanwhile in a
@@ -393,10 +411,13 @@ class OcclusionBuilder(Builder):
                         results[i].append(self._reject(rec, c, "bad_segmentation", "grounding", str(e)))
                         broken.add(id(c))
         else:
-            found = self.grounder([w[3].pil for w in work], [sorted({c.entity.label for c in w[4]}) for w in work])
+            # Places and substances ("kitchen", "grass") are not asked for: as with annotations, never grounded.
+            found = self.grounder([w[3].pil for w in work],
+                                  [sorted({c.entity.label for c in w[4] if not is_not_object(c.entity.label)}) for w in work])
             for (i, rec, _img, _px, cands), dets in zip(work, found):
                 for c in cands:
-                    c.grounding = dets.get(c.entity.label)
+                    g = dets.get(c.entity.label)
+                    c.grounding = None if g is None else for_entity(g, c.entity.plural)
         for i, rec, _img, px, cands in work:
             for c in cands:
                 if c.grounding is None and id(c) not in broken:
@@ -470,8 +491,8 @@ class OcclusionBuilder(Builder):
                 except SegmentationError as e:  # kept in place of the mask: the caller rejects the candidate
                     out.append(e)
             return out
-        # A plural phrase ("two dogs") hides every detection of its label; a singular one the best.
-        per_cand = [c.grounding.boxes if c.entity.plural and c.grounding.boxes else [c.grounding.box] for c in cands]
+        # A plural phrase ("two dogs") hides every detection of its label; a singular one the best (for_entity).
+        per_cand = [c.grounding.boxes or [c.grounding.box] for c in cands]
         if seg == "box":
             return [MaskCrop.from_full(box_mask(boxes, h, w)) for boxes in per_cand]
         flat = [b for boxes in per_cand for b in boxes]

@@ -40,8 +40,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         sam_model: Annotated[str, typer.Option(help="sam: checkpoint path or Hub id")] = "facebook/sam-vit-base",
         fill: Annotated[str, typer.Option(help="blocks (the paper's), solid, blur, noise or inpaint")] = "blocks",
         dilate: Annotated[int, typer.Option(min=0, help="dilate masks by this many pixels before filling")] = 0,
-        min_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers less of the image than this")] = 0.005,
-        max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more of the image than this")] = 0.5,
+        min_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers less than this fraction of the image's pixels")] = 0.005,
+        max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more than this fraction of the image's pixels")] = 0.5,
         max_entities: Annotated[int, typer.Option(min=1, help="at most this many occluded samples per image")] = 3,
         keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (sources other than JPEG converted to RGB JPEG)")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
@@ -52,6 +52,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
         ask the model to infer them. With no COCO paths, builds from the embedded sample."""
         from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+        from vlmforge.errors import UserError
 
         cfg = OcclusionConfig(
             seed=seed, entity_extractor=entity_extractor, entity_model=entity_model, causality=causality,
@@ -61,9 +62,14 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
-        if generator_option and entity_extractor == "spacy":
-            from vlmforge.errors import UserError
+        if export_llava is not None and export_llava.exists() and not export_llava.is_dir():
+            # Said now, not after a build of hours.
+            raise UserError(f"--export-llava {export_llava} is a file; it needs a folder (for llava.json and images/)")
+        if device is not None:
+            from vlmforge.curation.models import check_device
 
+            check_device(device)
+        if generator_option and entity_extractor == "spacy":
             raise UserError("-G options go to the entity extractor's generation backend; "
                             "with --entity-extractor spacy there is none")
         src = OcclusionBuilder.open_source(source, coco_root=coco_root, split=split, captions=captions,

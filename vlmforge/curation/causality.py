@@ -101,6 +101,10 @@ class MaskedLMScorer:
             AutoTokenizer.from_pretrained(self.model_name), AutoModelForMaskedLM.from_pretrained(self.model_name)))
         if not getattr(self._tok, "is_fast", False):
             raise UserError(f"{self.model_name}: the mlm backend needs a fast tokenizer (character offsets)")
+        if set(self._tok("a dog on a bench", add_special_tokens=False)["input_ids"]) <= {self._tok.unk_token_id}:
+            # transformers makes an empty tokenizer for a folder without tokenizer files: every word unknown
+            raise UserError(f"cannot load masked LM {self.model_name!r}: its tokenizer knows no word "
+                            "(are the tokenizer files missing?)")
         self._device = torch_device(self.device)
         self._model = model.eval().to(self._device)
 

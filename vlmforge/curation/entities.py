@@ -94,8 +94,9 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus").
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start
+    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus")
+    # or a colour the parser took for a noun ("the orange cat": a cat, not a thing of an orange).
+    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and t.lower_ not in _colour_words()
              and not (t.i > 0 and doc[t.i - 1].text == "-") and not (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")]
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
@@ -105,6 +106,78 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     label = " ".join(words)
     plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
+
+
+def _split_chunks(chunks):
+    """Noun chunks, each one that holds two noun phrases split in two: the parser sometimes hangs a noun
+    before a verb on the next one ("a couch playing video games": couch as nmod of games)."""
+    for chunk in chunks:
+        noun = next((t for t in chunk if t.dep_ == "nmod" and t.pos_ == "NOUN" and t.i + 1 < chunk.root.i
+                     and chunk.doc[t.i + 1].pos_ == "VERB"), None)
+        if noun is None:
+            yield chunk
+            continue
+        first = chunk.doc[chunk.start : noun.i + 1]  # its "a" may be the article of games: then "couch" alone
+        yield first if first.root == noun else chunk.doc[noun.left_edge.i : noun.i + 1]
+        yield chunk.doc[noun.i + 2 : chunk.end]
+
+
+@lru_cache(maxsize=1)
+def _colour_words() -> frozenset[str]:
+    from vlmforge.curation.grounding import COLOR_WORDS
+
+    return frozenset(COLOR_WORDS)
+
+
+@lru_cache(maxsize=1)
+def _object_words() -> frozenset[str]:
+    """COCO's object names, synonyms and their plural forms, one word each."""
+    from vlmforge.curation.grounding import word_to_category
+
+    return frozenset(w for w in word_to_category() if " " not in w)
+
+
+@lru_cache(maxsize=1)
+def _object_word_ids() -> frozenset[int]:
+    from spacy.strings import get_string_id
+
+    return frozenset(get_string_id(w) for w in _object_words())
+
+
+@lru_cache(maxsize=1)
+def _object_names() -> frozenset[str]:
+    """COCO's object names and synonyms, one word each, singular."""
+    from vlmforge.curation.grounding import SYNONYMS
+
+    return frozenset(w for cat, words in SYNONYMS.items() for w in (cat, *words) if " " not in w)
+
+
+def _object_singular(word: str) -> str:
+    """An object name's singular for its plural ("dogs", "buses"); any other word as it is."""
+    if not word.endswith("s") or word in PLURALIA or word in _object_names():
+        return word
+    return next((w for w in (word[:-1], word[:-2]) if w in _object_names()), word)
+
+
+def _misread_noun(tok) -> bool:
+    """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
+    "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
+    it or "and" joins it to a noun."""
+    if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
+        return False
+    return any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+
+
+def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
+    """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
+    singular, its phrase from its article and adjectives on."""
+    word = tok.lower_
+    label = _object_singular(word)
+    plural = label != word
+    mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
+    first = min([tok.i] + [t.left_edge.i for t in mods])
+    plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
+    return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
 
 
 @lru_cache(maxsize=2)
@@ -216,7 +289,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            for chunk in doc.noun_chunks:
+            for chunk in _split_chunks(doc.noun_chunks):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk)
@@ -228,6 +301,14 @@ class SpacyEntityExtractor:
                 seen.add((label, start))
                 taken = last
                 ents.append(Entity(doc[chunk.start : last + 1].text, label, start, end, plural))
+            misread = [t for t in doc if _misread_noun(t)]
+            if misread:
+                held = {t.i for chunk in doc.noun_chunks for t in chunk}
+                held |= {t.i for t in misread if any(e.start <= t.idx < e.end for e in ents)}
+                extra = [_misread_entity(t) for t in misread if t.i not in held]
+                ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
+                         for label, start, end, plural, first, last in extra]
+                ents.sort(key=lambda e: e.start)
             out.append(ents)
         return out
 
@@ -236,7 +317,8 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 3  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words
+EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+# nouns, chunks holding two phrases, colours out of compounds
 
 
 class EntityCache:
@@ -453,6 +535,7 @@ def _entity_in_span(caption: str, start: int, end: int, label: str) -> Entity | 
         return None
     words = [w for w in words if w not in ("a", "an", "the")] or words
     head = IRREGULAR.get(words[-1], words[-1])
+    head = _object_singular(head)  # "dogs" though the prompt asks for the singular
     words[-1] = head
     label = " ".join(words)
     if head in PRONOUNS or head in SCENE_WORDS or not re.fullmatch(r"[a-z][a-z -]*", label):

@@ -79,12 +79,13 @@ def is_not_object(label: str) -> bool:
 def names_part_of_other(label: str) -> bool:
     """A compound whose modifier names one category and whose head names another or none ("toilet
     seat", "pizza box", "dog bed") is a thing of or for that object, not the object: it is not matched
-    by its last word or by similarity. A person word as head stays a person ("bus driver")."""
+    by its last word or by similarity. A person word as head stays a person ("bus driver"); as a
+    modifier it says whose or what age ("passenger train", "baby elephant"): the head's object still."""
     words = label.split()
     if len(words) < 2 or label in _WORDS:
         return False
     head = _WORDS.get(words[-1])
-    modifiers = {_WORDS.get(w) for w in words[:-1]} - {None}
+    modifiers = {_WORDS.get(w) for w in words[:-1]} - {None, "person"}
     return bool(modifiers) and head != "person" and (head is None or bool(modifiers - {head}))
 
 
@@ -212,11 +213,7 @@ class AnnotationGrounder:
         else:
             chosen = [self._pick_one(phrase, anns, image, masks)]
         boxes = [list(map(float, a["bbox"])) for a in chosen]
-        x0 = min(b[0] for b in boxes)
-        y0 = min(b[1] for b in boxes)
-        x1 = max(b[0] + b[2] for b in boxes)
-        y1 = max(b[1] + b[3] for b in boxes)
-        return Grounding([x0, y0, x1 - x0, y1 - y0], cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        return Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
 
     @staticmethod
     def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
@@ -236,6 +233,22 @@ class AnnotationGrounder:
         return max(anns, key=lambda a: (_area(a), -a["id"]))
 
 
+def union_box(boxes: list[list[float]]) -> list[float]:
+    """The [x, y, w, h] box around all of `boxes`."""
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def for_entity(found: Grounding, plural: bool) -> Grounding:
+    """A detector's grounding of a label as one entity takes it: a plural phrase hides every
+    detection (its box: their union), a singular one the best only."""
+    from dataclasses import replace
+
+    boxes = found.boxes if plural and found.boxes else [found.box]
+    return replace(found, box=union_box(boxes), boxes=boxes)
+
+
 def _area(ann: dict) -> float:
     """The instance's area, or its box's where a COCO-format file leaves `area` out."""
     area = ann.get("area")
@@ -247,6 +260,7 @@ class GroundingDinoGrounder:
 
     name = "grounding-dino"
     resources = {"cpu": 1, "gpu": 1}
+    model_types = ("grounding-dino", "mm-grounding-dino")  # with post_process_grounded_object_detection
 
     def __init__(self, model: str = "IDEA-Research/grounding-dino-tiny", box_threshold: float = 0.35,
                  text_threshold: float = 0.25, nms_iou: float = 0.5, device: str | None = None):

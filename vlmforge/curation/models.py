@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Collection, TypeVar
 
 T = TypeVar("T")
 
 
 def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
     """Run `load()` (from_pretrained calls) with transformers' progress bars off; a missing or
-    unreadable checkpoint becomes one UserError line naming `what` and `name`."""
+    unreadable checkpoint, or one of another kind (transformers raises ValueError for a config or
+    tokenizer its Auto class cannot take), becomes one UserError line naming `what` and `name`."""
     from vlmforge.errors import UserError
     from vlmforge.progress import quiet_model_loading
 
@@ -19,6 +20,23 @@ def load_checkpoint(what: str, name: str, load: Callable[[], T]) -> T:
         return load()
     except OSError as e:
         raise UserError(f"cannot load {what} {name!r}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise UserError(f"cannot load {what} {name!r} (is it a {what} checkpoint?): {str(e).splitlines()[0]}") from None
+
+
+def check_model_kind(what: str, name: str, kinds: Collection[str]) -> None:
+    """Read only the checkpoint's config: a missing checkpoint, or one whose model type is not in `kinds`,
+    is a UserError at once, before long work that the model's stage follows (it loads later)."""
+    from transformers import AutoConfig
+
+    from vlmforge.errors import UserError
+
+    config = load_checkpoint(what, name, lambda: AutoConfig.from_pretrained(name))
+    if config.model_type not in kinds:
+        named = sorted(kinds)
+        more = f" and {len(named) - 6} more" if len(named) > 6 else ""
+        raise UserError(f"{name} is a {config.model_type!r} checkpoint, not a {what} (model types: "
+                        f"{', '.join(named[:6])}{more})")
 
 
 def check_model_name(name: str | None, what: str = "model") -> None:

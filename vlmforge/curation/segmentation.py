@@ -194,6 +194,7 @@ def box_mask(boxes: list[list[float]], height: int, width: int) -> np.ndarray:
 class SamSegmenter:
     name = "sam"
     resources = {"cpu": 1, "gpu": 1}
+    model_types = ("sam",)  # what SamModel loads
 
     def __init__(self, model: str = "facebook/sam-vit-base", device: str | None = None):
         self.model_name = model

@@ -13,27 +13,33 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from vlmforge.errors import BuildError
+from vlmforge.errors import BuildError, UserError
 from vlmforge.sample import finish_results
 
 if TYPE_CHECKING:
     from vlmforge.builders.base import Builder
 
 _WORKER_BUILDER: "Builder | None" = None
+_SETUP_ERROR: "UserError | None" = None
 
 
 def _init_worker(builder: "Builder") -> None:
-    global _WORKER_BUILDER
+    global _WORKER_BUILDER, _SETUP_ERROR
     from vlmforge.executors.memory import tune_allocator
 
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop (see map_batches).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()
-    builder.setup()
+    try:
+        builder.setup()
+    except UserError as e:  # raised with the first batch: from an initializer it only breaks the pool
+        _SETUP_ERROR = e
     _WORKER_BUILDER = builder
 
 
 def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
+    if _SETUP_ERROR is not None:
+        raise _SETUP_ERROR
     assert _WORKER_BUILDER is not None
     first, batch = task
     # The writer is on this machine and reads the same files: passthrough images go by reference.

@@ -169,7 +169,12 @@ def resolve_coco_paths(
         cap = root / "annotations" / f"captions_{split}.json"
         ins = root / "annotations" / f"instances_{split}.json"
         if not cap.exists() and not ins.exists():
-            raise SourceError(f"{root}/annotations has neither captions_{split}.json nor instances_{split}.json")
+            import re
+
+            found = sorted({m.group(1) for p in (root / "annotations").glob("*_*.json")
+                            if (m := re.fullmatch(r"(?:captions|instances)_(.+)\.json", p.name))})
+            hint = f" (it has --split {' or '.join(found)})" if found else ""
+            raise SourceError(f"{root}/annotations has neither captions_{split}.json nor instances_{split}.json{hint}")
         return root / split, cap if cap.exists() else None, ins if ins.exists() else None, split
     if images is not None or captions is not None or instances is not None:
         if images is None:
