@@ -166,3 +166,13 @@ def test_image_facts_take_the_right_article():
     buf = io.BytesIO()
     Image.new("RGB", (40, 40), (128, 128, 128)).save(buf, "PNG")
     assert image_facts(buf.getvalue())[1:] == ["an evenly lit scene", "a nearly square frame"]
+
+
+def test_an_encoder_checkpoint_is_refused_as_a_generation_model(tmp_path):
+    """Before: BERT loaded as a causal LM (transformers allows it) and generating raised an IndexError
+    from torch's embedding."""
+    from vlmforge.training.tiny import make_tiny_mlm
+
+    gen = make_generator("transformers", str(make_tiny_mlm(tmp_path / "mlm")))
+    with pytest.raises(UserError, match="is a 'bert' checkpoint, an encoder \\(masked LM\\) that does not generate text"):
+        gen([GenerationRequest("Hello")])

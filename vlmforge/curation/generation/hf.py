@@ -78,6 +78,13 @@ class TransformersGenerator(Generator):
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model {self.model!r}: {str(e).splitlines()[0]}") from None
         self.is_vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+        if (not self.is_vision and config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+                and not getattr(config, "is_decoder", False) and not getattr(config, "is_encoder_decoder", False)):
+            # transformers loads e.g. BERT as a causal LM with a warning; generating with it fails deep in torch
+            raise UserError(f"{self.model} is a {config.model_type!r} checkpoint, an encoder (masked LM) that does not "
+                            "generate text: give a causal LM or an image-text-to-text model")
         kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=self.trust_remote_code)
         if self.is_vision:
             from transformers import AutoModelForImageTextToText, AutoProcessor
