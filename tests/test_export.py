@@ -155,3 +155,11 @@ def test_export_into_the_build_itself_is_refused(llava_build):
         with pytest.raises(UserError, match="is inside the build"):
             export_llava(b, inside)
     assert not (b.path / "llava.json").exists() and not (b.path / "images").exists() and not (b.path / "llava").exists()
+
+
+def test_a_build_without_samples_is_not_exported(tmp_path, coco_build):
+    """Before: llava.json held [] and the command said nothing."""
+    none = vlmforge.build("subset", "build", out=tmp_path / "b", source_options={"path": str(coco_build.path), "where": "width < 0"})
+    with pytest.raises(UserError, match="has no samples and no rejects: .*; there is nothing to export"):
+        export_llava(none, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

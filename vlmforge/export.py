@@ -74,6 +74,10 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
     _check_shard_sizes(b, split)
+    if not len(b):  # an empty llava.json would train on nothing without a word
+        from vlmforge.manifests.read import no_samples_line
+
+        raise UserError(f"{no_samples_line(b)}; there is nothing to export")
     if Path(out_dir).resolve().is_relative_to(b.path.resolve()):  # a build is read, never written into
         raise UserError(f"{out_dir} is inside the build {b.path}; export to a folder of its own")
     out = output_folder(out_dir, "llava.json and images/")
