@@ -55,7 +55,8 @@ def test_llava_mode_loss_falls_and_run_is_saved(llava_runs, mode):
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["epoch_size"] == 12 and run_info["total_steps"] == 24 and run_info["builds"][0]["builder"] == "copy"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [4, 8, 12, 16, 20, 24] and metrics[-1]["samples_seen"] == 12
+    # samples_seen counts over the run: 24 steps of 4 (it used to start again each epoch, ending at 12)
+    assert [m["step"] for m in metrics] == [4, 8, 12, 16, 20, 24] and metrics[-1]["samples_seen"] == 96
     assert [c.name for c in checkpoints(out)] == ["checkpoint-000012", "checkpoint-000024"]
     ckpt = checkpoints(out)[-1]
     assert json.loads((ckpt / "position.json").read_text()) == {"step": 24, "epoch": 7, "samples_seen": 12, "seed": 0}
@@ -233,7 +234,37 @@ def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
     first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
     assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the whole train split, once
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 16), (4, 1, 24)]
+    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 40), (4, 1, 48)]
+
+
+def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path, label_build, tiny_clip):
+    """3 image batches then one whose samples all drop (no image, no label), --grad-accum 2: the third batch
+    is a step of its own. The empty last batch used to carry its accumulation into the next epoch's first step."""
+    import numpy as np
+
+    from tests.training.conftest import write_tar
+
+    from vlmforge.training.data import ShardStream, resolve_shards
+
+    loose = write_tar(tmp_path / "nolabel.tar", [f"n{i}" for i in range(8)])
+    shards = [str(label_build.path), str(loose)]
+    refs = resolve_shards(shards)
+    loose_ids = set(range(sum(r.samples for r in refs) - 8, sum(r.samples for r in refs)))
+
+    def last_batch(seed: int, epoch: int) -> set[int]:
+        return set(ShardStream(refs, 8, seed=seed, shuffle_buffer=1).epoch_order(epoch)[np.arange(24, 32)].tolist())
+
+    # a seed whose first epoch reads the label-less shard last, and whose second does not
+    seed = next(s for s in range(100) if last_batch(s, 0) == loose_ids and last_batch(s, 1) != loose_ids)
+    out, _ = run(tmp_path / "ga", shards, tiny_clip, "clip", None, epochs=2, batch_size=8, grad_accum=2, seed=seed,
+                 shuffle_buffer=1, log_keys=True, log_every=1, save_every=10, pad_to_square=False)
+    lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
+    assert [sum(1 for line in lines if line["step"] == s) for s in range(2)] == [2, 1]
+    first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
+    assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the image samples of epoch 0, once
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["epoch"], m["samples_seen"], m["dropped"]) for m in metrics[:2]] == [(0, 16, 0), (0, 24, 0)]
+    assert metrics[-1]["dropped"] == 16 and metrics[-1]["samples_seen"] == 64  # two epochs of 32
 
 
 def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):

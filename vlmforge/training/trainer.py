@@ -408,7 +408,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         batches = trained = 0
-        for batch, last in _with_last(loader):
+        for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
             batches += 1
@@ -436,7 +436,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
             scheduler.step()
             step += 1
-            record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
+            # samples_seen counts over the whole run (the position's count starts again each epoch)
+            record = {"step": step, "epoch": position.epoch,
+                      "samples_seen": position.epoch * epoch_size + position.samples_seen,
                       "loss": step_loss / step_micro, "lr": used_lr}
             window_loss += record["loss"]
             window_n += 1
@@ -471,17 +473,24 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     return out
 
 
-def _with_last(items: Any) -> Any:
-    """(item, whether it is the last) for each item, reading one ahead."""
-    it = iter(items)
-    current = next(it, _NONE)
-    while current is not _NONE:
-        following = next(it, _NONE)
-        yield current, following is _NONE
-        current = following
-
-
-_NONE = object()
+def _with_last_kept(batches: Any) -> Any:
+    """(batch, whether it is the last batch that kept a sample) for each batch, in order, reading ahead
+    past batches that kept none: an epoch ending in such batches still ends its optimizer step."""
+    current, empty_after = None, []
+    for batch in batches:
+        if batch["keys"] and current is not None:
+            yield current, False
+            yield from ((b, False) for b in empty_after)
+            empty_after = []
+        if batch["keys"]:
+            current = batch
+        elif current is None:
+            yield batch, False
+        else:
+            empty_after.append(batch)
+    if current is not None:
+        yield current, True
+    yield from ((b, False) for b in empty_after)
 
 
 def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,
