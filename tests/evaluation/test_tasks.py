@@ -254,6 +254,27 @@ def test_scienceqa_llava_question_file_with_problems(tmp_path):
     assert [it.answer for it in alone.items] == [1, 0] and alone.items[0].meta["has_text"] is True
 
 
+def test_scienceqa_llava_file_with_options_on_one_line(tmp_path):
+    """LLaVA's convert_sqa_to_llava writes "Options: (A) x (B) y" on one line; the reader found no option
+    there, so without problems.json every record failed ("no gold answer")."""
+    llava = tmp_path / "llava_test_QCM-A.json"
+    llava.write_text(json.dumps([
+        {"id": "7", "image": "7/image.png", "conversations": [
+            {"from": "human", "value": "Question: Which word is a noun?\nContext: N/A\nOptions: (A) run (B) the cat (C) blue\n<image>"},
+            {"from": "gpt", "value": "Answer: The answer is B."}]},
+        {"id": "8", "conversations": [
+            {"from": "human", "value": "Context: The sun is hot.\nQuestion: Is it hot?\nOptions: (A) yes (B) no"},
+            {"from": "gpt", "value": "Answer: The answer is A."}]},
+    ]))
+    ds = get_task("scienceqa").read([llava], ReadOptions(image_root=tmp_path))
+    assert [(it.id, it.options, it.answer) for it in ds.items] == [("7", ["run", "the cat", "blue"], 1), ("8", ["yes", "no"], 0)]
+    assert [it.meta["has_text"] for it in ds.items] == [False, True]
+    assert ds.items[0].image_path == str(tmp_path / "7" / "image.png")
+    # the instruction LLaVA's model_vqa_science adds, once
+    assert all(it.prompt.endswith("\nAnswer with the option's letter from the given choices directly.")
+               and it.prompt.count("option's letter") == 1 and "<image>" not in it.prompt for it in ds.items)
+
+
 # -- mmbench -----------------------------------------------------------------------------------
 def _mmbench_tsv(path: Path) -> Path:
     img = base64.b64encode(tiny_png(5)).decode()
