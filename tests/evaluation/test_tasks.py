@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,29 @@ def test_mmbench_circular_evaluation_and_submission(tmp_path):
     assert [(r["index"], r["prediction"], r["answer"]) for r in sub] == [("0", "B", "B"), ("1", "A", "A")]
     one = task.read([tsv], ReadOptions(rounds=1))
     assert [it.id for it in one.items] == ["0-0", "1-0"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("answer", "E", "row 0 has answer 'E', not the letter of one of its 4 options"),
+    ("index", "q0", "index 'q0' is not a number"),
+])
+def test_mmbench_bad_rows_are_named(tmp_path, field, value, message):
+    """A gold letter past the options, or an index that is no number, was a ValueError traceback."""
+    tsv = _mmbench_tsv(tmp_path / "mm.tsv")
+    with open(tsv, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+
+    def read_with(v: str):
+        rows[0][field] = v
+        with open(tsv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+            w.writeheader()
+            w.writerows(rows)
+        return get_task("mmbench").read([tsv], ReadOptions())
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_with(value)
+    assert read_with({"answer": "b", "index": "0"}[field]).items[0].answer == 1  # a lower-case letter is that letter
 
 
 def test_mmbench_file_with_circular_copies(tmp_path):
