@@ -177,6 +177,18 @@ def test_refuses_before_any_model_call(llava_runner, tmp_path):
     assert not (tmp_path / "out" / PREDICTIONS).exists()
 
 
+def test_out_that_is_a_file_or_a_build_is_refused(mcqa_build, llava_runner, tmp_path):
+    """--out naming a file was a FileExistsError traceback; naming a build put predictions among its shards."""
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    before = sorted(p.name for p in mcqa_build.iterdir())
+    for out, message in ((mcqa_build / "build.json", "is a file"), (mcqa_build, "is a build folder"),
+                         (mcqa_build / "build.json" / "ev", "cannot make the output folder")):
+        with pytest.raises(UserError, match=message):
+            evaluate(task, ds, llava_runner, out, quiet=True, plots=False)
+    assert sorted(p.name for p in mcqa_build.iterdir()) == before
+
+
 def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
     """`train --mode projector` writes final/ with projector.safetensors only: eval puts it into the base."""
     import torch

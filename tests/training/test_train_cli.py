@@ -55,6 +55,19 @@ def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     assert isinstance(r.exception, UserError) and message in str(r.exception)
 
 
+def test_out_that_is_a_file_or_holds_no_run_is_refused(tmp_path, coco_build, tiny_llava):
+    """--out naming a file was a FileExistsError traceback; naming a build (any folder holding no run)
+    wrote run.json, checkpoints and final/ among its shards."""
+    before = sorted(p.name for p in coco_build.path.iterdir())
+    for out, message in ((coco_build.path / "build.json", "is a file"),
+                         (coco_build.path, "is not empty and holds no run"),
+                         (coco_build.path / "build.json" / "run", "cannot make the run folder")):
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--max-steps", "1",
+                   "--batch-size", "2", "--workers", "0", "-q")
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+    assert sorted(p.name for p in coco_build.path.iterdir()) == before
+
+
 def test_help_lists_the_commands():
     r = invoke("model", "--help")
     assert r.exit_code == 0 and "init-tiny" in r.output and "merge" in r.output

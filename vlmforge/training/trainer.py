@@ -256,6 +256,10 @@ def checkpoints(out: Path) -> list[Path]:
 def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     out = Path(cfg.out)
     run_json = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give the folder for the run")
+    if not run_json.exists() and out.is_dir() and any(out.iterdir()):  # a build, or other runs' parent folder
+        raise UserError(f"--out {out} is not empty and holds no run (no run.json); choose a new or empty folder")
     if run_json.exists():
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -497,7 +501,10 @@ def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: li
                     total: int, world: int, resume_from: Path | None) -> None:
     from vlmforge import __version__
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, or a folder this user cannot write
+        raise UserError(f"cannot make the run folder {out}: {e.strerror} ({e.filename})") from None
     record = {"config": asdict(cfg), "epoch_size": epoch_size, "total_steps": total, "world_size": world,
               "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
               "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,
