@@ -127,11 +127,11 @@ def test_merge_projector_writes_a_full_checkpoint(llava_runs, tiny_llava, coco_b
 
 def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny_llava):
     shards = [str(coco_build.path)]
-    common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1)
+    common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1, log_every=1)
     straight, straight_losses = run(tmp_path / "a", shards, tiny_llava, "lora", 6, save_every=3, **common)
     first = tmp_path / "b"
-    with pytest.raises(Killed):  # after checkpoint-000003, during step 4
-        run(first, shards, tiny_llava, "lora", 6, save_every=3, kill_at=4, **common)
+    with pytest.raises(Killed):  # after checkpoint-000003 and step 4's log line, during step 5
+        run(first, shards, tiny_llava, "lora", 6, save_every=3, kill_at=5, **common)
     with pytest.raises(UserError, match="--resume"):
         run(first, shards, tiny_llava, "lora", 6, save_every=3, **common)
     with pytest.raises(UserError, match="seed changed"):
@@ -141,9 +141,14 @@ def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny
     _, resumed_losses = run(first, shards, tiny_llava, "lora", 6, save_every=3, resume=True, **common)
 
     def keys(out):
-        """The keys of each step's batch (the killed step's batch is logged twice: keep the last)."""
-        lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
-        return list({line["step"]: line["keys"] for line in lines}.values())
+        """The keys of each step's batch."""
+        return [json.loads(line)["keys"] for line in (out / "keys.jsonl").read_text().splitlines()]
+
+    # The logs read as one run: the lines of steps 4-5 from before the kill are gone, not there twice.
+    logged = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in logged] == pytest.approx(straight_losses, rel=1e-4)
+    assert [json.loads(line)["step"] for line in (first / "keys.jsonl").read_text().splitlines()] == list(range(6))
 
     # Steps 4-6 of the resumed run saw the same samples as steps 4-6 of the uninterrupted one, and none twice.
     assert keys(first) == keys(straight)

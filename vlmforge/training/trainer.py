@@ -400,6 +400,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     accelerator.wait_for_everyone()  # the run folder exists before any rank writes into it
     log = _Log(out / "metrics.jsonl", main, cfg.quiet)
     keys_log = (out / ("keys.jsonl" if rank == 0 else f"keys-rank{rank}.jsonl")) if cfg.log_keys else None
+    if cfg.resume:  # steps after the checkpoint are done again: their lines would show twice
+        if main:
+            _keep_lines(out / "metrics.jsonl", lambda r: r["step"] <= step)
+        if keys_log is not None:
+            _keep_lines(keys_log, lambda r: r["step"] < step)  # keys lines count steps from 0
     eval_every = cfg.eval_every or cfg.save_every
     best: float | None = _best_so_far(out) if resume_from else None
 
@@ -475,6 +480,20 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _keep_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSON-lines log with the records `keep` accepts (a line cut off by a kill goes too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if keep(json.loads(line)):
+                kept.append(line + "\n")
+        except ValueError:
+            continue
+    path.write_text("".join(kept))
 
 
 def _with_last_kept(batches: Any) -> Any:
