@@ -189,6 +189,24 @@ def test_out_that_is_a_file_or_a_build_is_refused(mcqa_build, llava_runner, tmp_
     assert sorted(p.name for p in mcqa_build.iterdir()) == before
 
 
+@pytest.mark.parametrize("scoring", ["generate", "loss"])
+def test_an_image_that_does_not_decode_is_named(llava_runner, tmp_path, scoring):
+    """A corrupt or cut-off image file was PIL's traceback in the middle of the run."""
+    (tmp_path / "good.png").write_bytes(tiny_png(1))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "cut.png").write_bytes(tiny_png(2)[:40])
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text("".join(json.dumps({"question_id": i, "image": name, "text": "Is there a dog?", "label": "yes"}) + "\n"
+                            for i, name in enumerate(["good.png", "bad.jpg", "cut.png"])))
+    task = get_task("pope")
+    ds = task.read([pope], ReadOptions(image_root=tmp_path))
+    with pytest.raises(UserError, match=f"item 1 \\({tmp_path / 'bad.jpg'}\\) cannot be decoded: it is not an image"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", scoring=scoring, quiet=True, plots=False)
+    ds.items = [ds.items[0], ds.items[2]]
+    with pytest.raises(UserError, match="item 2 .* cannot be decoded"):
+        evaluate(task, ds, llava_runner, tmp_path / "out2", scoring=scoring, quiet=True, plots=False)
+
+
 def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
     """`train --mode projector` writes final/ with projector.safetensors only: eval puts it into the base."""
     import torch
