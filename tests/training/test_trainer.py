@@ -272,6 +272,23 @@ def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path
     assert metrics[-1]["dropped"] == 16 and metrics[-1]["samples_seen"] == 64  # two epochs of 32
 
 
+def test_clip_training_leaves_out_images_that_do_not_decode(tmp_path, label_build, tiny_clip, capsys):
+    """A sample whose image is not an image stopped the run with PIL's traceback."""
+    import webdataset as wds
+
+    first = next(iter(label_build.samples()))
+    with wds.TarWriter(str(tmp_path / "mixed.tar")) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"k{i}", "png": b"not an image" if i == 3 else first["png"],
+                        "json": {"label": first["json"]["label"]}})
+    out, _ = run(tmp_path / "run", [str(tmp_path / "mixed.tar")], tiny_clip, "clip", 3, batch_size=2, shuffle_buffer=1,
+                 log_keys=True, log_every=1, pad_to_square=False, quiet=False)
+    trained = [k for line in (out / "keys.jsonl").read_text().splitlines() for k in json.loads(line)["keys"]]
+    assert sorted(trained) == ["k0", "k1", "k2", "k4", "k5"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["dropped"] == 1
+    assert "left out 1 sample(s) whose image does not decode: k3" in capsys.readouterr().err
+
+
 def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):
     """peft's own question to transformers printed a FutureWarning on every LoRA train, merge and eval."""
     import warnings

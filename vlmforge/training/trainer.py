@@ -420,6 +420,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
+            if batch.get("unreadable") and not cfg.quiet:
+                from vlmforge.progress import console
+
+                console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
+                              f"not decode: {', '.join(batch['unreadable'])}")
             batches += 1
             if not batch["keys"]:
                 continue
