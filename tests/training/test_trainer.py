@@ -242,9 +242,10 @@ def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
     assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 40), (4, 1, 48)]
 
 
-def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path, label_build, tiny_clip):
-    """3 image batches then one whose samples all drop (no image, no label), --grad-accum 2: the third batch
-    is a step of its own. The empty last batch used to carry its accumulation into the next epoch's first step."""
+def _ending_in_an_empty_batch(tmp_path: Path, label_build) -> tuple[list[str], int]:
+    """Shards (the label build's 24 train images, then 8 samples with no image and no label) and a seed
+    whose first epoch, in batches of 8 with no shuffle buffer, ends with the 8 label-less samples (and
+    whose second epoch does not)."""
     import numpy as np
 
     from tests.training.conftest import write_tar
@@ -259,8 +260,13 @@ def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path
     def last_batch(seed: int, epoch: int) -> set[int]:
         return set(ShardStream(refs, 8, seed=seed, shuffle_buffer=1).epoch_order(epoch)[np.arange(24, 32)].tolist())
 
-    # a seed whose first epoch reads the label-less shard last, and whose second does not
-    seed = next(s for s in range(100) if last_batch(s, 0) == loose_ids and last_batch(s, 1) != loose_ids)
+    return shards, next(s for s in range(100) if last_batch(s, 0) == loose_ids and last_batch(s, 1) != loose_ids)
+
+
+def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path, label_build, tiny_clip):
+    """3 image batches then one whose samples all drop (no image, no label), --grad-accum 2: the third batch
+    is a step of its own. The empty last batch used to carry its accumulation into the next epoch's first step."""
+    shards, seed = _ending_in_an_empty_batch(tmp_path, label_build)
     out, _ = run(tmp_path / "ga", shards, tiny_clip, "clip", None, epochs=2, batch_size=8, grad_accum=2, seed=seed,
                  shuffle_buffer=1, log_keys=True, log_every=1, save_every=10, pad_to_square=False)
     lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
@@ -270,6 +276,17 @@ def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(m["epoch"], m["samples_seen"], m["dropped"]) for m in metrics[:2]] == [(0, 16, 0), (0, 24, 0)]
     assert metrics[-1]["dropped"] == 16 and metrics[-1]["samples_seen"] == 64  # two epochs of 32
+
+
+def test_resume_before_an_epochs_empty_last_batch(tmp_path, label_build, tiny_clip):
+    """A checkpoint after the epoch's last batch with samples, then only batches without: the resumed run
+    read nothing to train in what was left of the epoch and stopped ("a whole epoch had nothing to train")."""
+    shards, seed = _ending_in_an_empty_batch(tmp_path, label_build)
+    opts = dict(epochs=2, batch_size=8, seed=seed, shuffle_buffer=1, save_every=3, pad_to_square=False)
+    with pytest.raises(Killed):  # after checkpoint-000003, the last step of epoch 0
+        run(tmp_path / "r", shards, tiny_clip, "clip", None, kill_at=4, **opts)
+    out, losses = run(tmp_path / "r", shards, tiny_clip, "clip", None, resume=True, **opts)
+    assert len(losses) == 3 and [c.name for c in checkpoints(out)][-1] == "checkpoint-000006"
 
 
 def test_clip_training_leaves_out_images_that_do_not_decode(tmp_path, label_build, tiny_clip, capsys):

@@ -411,7 +411,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     window_loss, window_n, window_samples, dropped = 0.0, 0, 0, 0
     step_loss, step_micro = 0.0, 0
     t0 = time.time()
-    while step < total:
+    ended = False
+    while step < total and not ended:
+        from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
@@ -459,21 +461,23 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             step_loss, step_micro = 0.0, 0
             if on_step is not None:
                 on_step(step, record)
-            if step % cfg.log_every == 0 or step == total:
+            # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
+            ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
+            if step % cfg.log_every == 0 or ended:
                 loss_t = accelerator.reduce(torch.tensor(window_loss / window_n, device=accelerator.device), "mean")
                 elapsed = time.time() - t0
                 log.write({**record, "loss": float(loss_t), "samples_per_s": window_samples * world / max(elapsed, 1e-9),
                            "dropped": dropped})
                 window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.time()
-            if val and (step % eval_every == 0 or step == total):
+            if val and (step % eval_every == 0 or ended):
                 best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
-            if step % cfg.save_every == 0 or step == total:
+            if step % cfg.save_every == 0 or ended:
                 _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
-            if step >= total:
+            if ended:
                 break
-        if step >= total:
+        if ended:
             break
-        if batches and not trained:
+        if batches and not trained and from_start:
             raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
                             "truncation (check the conversations and --max-length)")
         position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
