@@ -536,6 +536,16 @@ def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
     assert len(ds.items) == 7 and ds.split == "dev"
     with pytest.raises(UserError, match="no rows of split 'test' \\(splits: dev\\)"):
         get_task("mmbench").read([tsv], ReadOptions(split="test"))
+    knee = tmp_path / "knee"
+    for split in ("train", "val"):
+        (knee / split / "0").mkdir(parents=True)
+        (knee / split / "0" / "a.png").write_bytes(tiny_png(1))
+    with pytest.raises(UserError, match="holds train, val; choose one with --split"):
+        get_task("grading").read([knee], ReadOptions())
+    # a split it does not hold is named as such (it said: choose one with --split, though one was chosen)
+    with pytest.raises(UserError, match="has no split 'test' \\(it holds train, val\\)"):
+        get_task("grading").read([knee], ReadOptions(split="test"))
+    assert get_task("grading").read([knee], ReadOptions(split="val")).split == "val"
 
 
 def test_empty_build_and_empty_data_are_named(tmp_path):
