@@ -155,6 +155,19 @@ def _pope_files(root: Path) -> tuple[Path, Path]:
     return ann, combined
 
 
+def test_pope_labels_follow_the_question_not_the_line_order(tmp_path):
+    """A combined question file in another order than the category files (e.g. merged from chunks) took
+    its labels by position, so questions got each other's labels."""
+    ann, combined = _pope_files(tmp_path)
+    lines = combined.read_text().splitlines()
+    combined.write_text("\n".join(lines[::-1]) + "\n")
+    ds = get_task("pope").read([combined, ann], ReadOptions())
+    want = {("random", "dog"): "yes", ("random", "car"): "no", ("random", "cat"): "no",
+            ("adversarial", "bus"): "yes", ("adversarial", "sink"): "yes", ("adversarial", "fork"): "no"}
+    got = {(it.meta["category"], it.prompt.split()[3]): it.answer for it in ds.items}
+    assert got == want
+
+
 def test_pope_scores_llava_answer_file_by_hand(tmp_path):
     ann, combined = _pope_files(tmp_path)
     answers = _write_jsonl(tmp_path / "answers.jsonl", [
