@@ -115,6 +115,16 @@ def test_mcqa_prompt_the_unseen_files(tmp_path):
     assert a.loss_prefix == box and a.loss_targets[1] == " black footed albatross"
     assert box in a.prompt and "B. black footed albatross" in a.prompt
     assert a.image_bytes() == tiny_png(1)
+    # A question that only contains "A." gets its options; one that lists them as "(A) ..." not twice
+    asked = tmp_path / "asked.json"
+    asked.write_text(json.dumps([
+        {"id": "f", "conversations": [{"from": "human", "value": "Is this a U.S.A. flag?"}], "options": ["yes", "no"],
+         "answer_index": 0},
+        {"id": "g", "conversations": [{"from": "human", "value": "Which? (A) cat (B) dog"}], "options": ["cat", "dog"],
+         "answer_index": 1}]))
+    f, g = task.read([asked], ReadOptions()).items
+    assert f.prompt == "Is this a U.S.A. flag?\nA. yes\nB. no\nAnswer with the option's letter from the given choices directly."
+    assert g.prompt.count("cat") == 1
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": 1, "image": "x.jpg"}]))
     with pytest.raises(UserError, match="no options"):
