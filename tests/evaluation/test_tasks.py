@@ -165,6 +165,29 @@ def _pope_files(root: Path) -> tuple[Path, Path]:
     return ann, combined
 
 
+def test_a_prediction_file_answering_items_twice(tmp_path):
+    """Repeated lines (answer files merged from chunks) were each scored: n above the item count, and
+    items_without_prediction negative. Repeats are scored once; two different answers are an error."""
+    ann, combined = _pope_files(tmp_path)
+    lines = [{"question_id": i, "text": t} for i, t in enumerate(["Yes", "No", "No", "No", "Yes", "No"], 1)]
+    answers = _write_jsonl(tmp_path / "answers.jsonl", lines + lines[:2])
+    s = score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "o", quiet=True)
+    once = score_predictions(get_task("pope"), _write_jsonl(tmp_path / "once.jsonl", lines), [combined, ann],
+                             ReadOptions(), tmp_path / "o1", quiet=True)
+    assert s["metrics"] == once["metrics"] and s["metrics"]["n"] == 6
+    assert s["counts"]["repeated_predictions"] == 2 and s["counts"]["items_without_prediction"] == 0
+    differing = _write_jsonl(tmp_path / "differing.jsonl", lines + [{"question_id": 2, "text": "Yes"}])
+    with pytest.raises(UserError, match="answers item 2 twice, differently \\('No' and 'Yes'\\)"):
+        score_predictions(get_task("pope"), differing, [combined, ann], ReadOptions(), tmp_path / "o2", quiet=True)
+    # our own predictions.jsonl, appended to itself, scores the same
+    task = get_task("pope")
+    items = task.read([combined, ann], ReadOptions()).items
+    own = [task.make_record(it, text=line["text"]) for it, line in zip(items, lines)]
+    twice = _write_jsonl(tmp_path / "predictions.jsonl", own + own)
+    s = score_predictions(task, twice, [], ReadOptions(), tmp_path / "o3", quiet=True)
+    assert s["metrics"] == once["metrics"] and s["counts"]["repeated_predictions"] == 6
+
+
 def test_pope_labels_follow_the_question_not_the_line_order(tmp_path):
     """A combined question file in another order than the category files (e.g. merged from chunks) took
     its labels by position, so questions got each other's labels."""
