@@ -34,6 +34,24 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     assert isinstance(r.exception, UserError) and "--resume" in str(r.exception)
 
 
+def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, monkeypatch):
+    """A config that is not JSON was a JSONDecodeError traceback; DeepSpeed missing was accelerate's ImportError."""
+    import importlib.util
+
+    bad, good = tmp_path / "bad.json", tmp_path / "ds.json"
+    bad.write_text("zero: 2")
+    good.write_text('{"zero_optimization": {"stage": 2}}')
+    r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run",
+               "--deepspeed", bad)
+    assert isinstance(r.exception, UserError) and f"--deepspeed {bad} is not a JSON config" in str(r.exception)
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find(name, *a))
+    r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run",
+               "--deepspeed", good)
+    assert isinstance(r.exception, UserError) and "needs DeepSpeed, which is not installed" in str(r.exception)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "dream"], "unknown mode"),
     (["--weights", "1,2"], "one weight per --shards"),

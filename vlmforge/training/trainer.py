@@ -223,8 +223,8 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
-    if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
-        raise UserError(f"--deepspeed {cfg.deepspeed}: no such file (give a DeepSpeed JSON config)")
+    if cfg.deepspeed:
+        _check_deepspeed(cfg.deepspeed)
     if cfg.select_by not in ("auto", "loss", "accuracy"):
         raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
     if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
@@ -232,6 +232,19 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
+
+
+def _check_deepspeed(config: str) -> None:
+    import importlib.util
+
+    if not Path(config).is_file():
+        raise UserError(f"--deepspeed {config}: no such file (give a DeepSpeed JSON config)")
+    try:
+        json.loads(Path(config).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"--deepspeed {config} is not a JSON config ({e})") from None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("--deepspeed needs DeepSpeed, which is not installed here (pip install deepspeed)")
 
 
 def _check_model(model: str) -> None:
