@@ -594,6 +594,22 @@ def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
     assert get_task("grading").read([knee], ReadOptions(split="val")).split == "val"
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--task", "mcqa", "--prompt", "Which?"], "--prompt applies to grading and open, not mcqa"),
+    (["--task", "scienceqa", "--prompt-suffix", ""], "--prompt-suffix applies to pope, not scienceqa"),
+    (["--task", "pope", "--rounds", "2"], "--rounds applies to mmbench, not pope"),
+    (["score", "--task", "pope", "--rounds", "2", "--predictions", "p.jsonl"], "--rounds applies to mmbench"),
+])
+def test_task_options_given_to_another_task_are_refused(args, message):
+    """They were read by no one: the run went on as if they had not been given."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    r = CliRunner().invoke(app, ["eval", *args, "--data", "x", "--model", "m"] if args[0] != "score" else ["eval", *args])
+    assert isinstance(r.exception, UserError) and message in str(r.exception)
+
+
 def test_empty_build_and_empty_data_are_named(tmp_path):
     from vlmforge.evaluation.items import Dataset
     from vlmforge.evaluation.run import evaluate, finish
