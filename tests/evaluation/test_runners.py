@@ -153,8 +153,8 @@ def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     again = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(tiny_llava),
-                                     "--scoring", "loss", "--limit", "4", "--out", str(out), "--prompt", "Which?", "-q"])
-    assert isinstance(again.exception, UserError) and "differs in prompt" in str(again.exception)
+                                     "--scoring", "loss", "--limit", "4", "--out", str(out), "--system", "Be brief.", "-q"])
+    assert isinstance(again.exception, UserError) and "differs in system" in str(again.exception)
     assert summary["scoring"] == "loss" and summary["counts"]["items"] == 4 and summary["counts"]["unparsed"] == 0
     assert summary["split"] == "test"  # the split read is on record
     res = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(out / PREDICTIONS),
