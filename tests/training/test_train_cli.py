@@ -67,6 +67,11 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
     (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
+    # options no other mode reads were silently ignored
+    (["--mode", "full", "--freeze-text"], "--freeze-text applies to --mode clip, not --mode full"),
+    (["--mode", "lora", "--prompt", "a {label}"], "--prompt applies to --mode clip, not --mode lora"),
+    (["--mode", "projector", "--lora-r", "16"], "--lora-r applies to --mode lora, not --mode projector"),
+    (["--mode", "clip", "--freeze-projector"], "--freeze-projector applies to --mode lora, not --mode clip"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)

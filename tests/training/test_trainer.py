@@ -21,7 +21,9 @@ def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_a
         **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
-                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True, lora_dropout=0.0)
+                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True)
+    if mode == "lora":
+        opts["lora_dropout"] = 0.0
     opts.update(kw)
     cfg = TrainConfig(shards=shards, model=str(model), out=str(out), mode=mode, **opts)
 

@@ -229,6 +229,13 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
     if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
         raise UserError("--select-by accuracy needs --mode clip; the other modes keep best/ by validation loss")
+    defaults = TrainConfig(shards=[], model="", out="")
+    for mode, names in (("clip", ("clip_objective", "freeze_text", "prompt", "label_field")),
+                        ("lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_projector"))):
+        changed = [n for n in names if getattr(cfg, n) != getattr(defaults, n)]
+        if changed and cfg.mode != mode:  # read by no other mode: the run would go on as if not given
+            option = "--freeze-projector" if changed[0] == "train_projector" else f"--{changed[0].replace('_', '-')}"
+            raise UserError(f"{option} applies to --mode {mode}, not --mode {cfg.mode}")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
