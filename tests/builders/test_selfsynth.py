@@ -272,6 +272,20 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
                        answers=str(tmp_path / "missing.jsonl"))
 
 
+def test_round_seed_is_not_part_of_the_build(tmp_path, offline_build):
+    """A round draws nothing at random: --seed changed the build id (and so the folder's identity) but
+    not one byte of the samples. It is left out of the config, so any seed is the same build."""
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    answers = tmp_path / "r2.jsonl"
+    write_candidate_answers(offline_build.path, answers, "template", None, samples=2)
+    a, b = (vlmforge.build("selfsynth-round", "build", out=tmp_path / name, source_options={"path": str(offline_build.path)},
+                           answers=str(answers), seed=seed) for name, seed in (("a", 0), ("b", 7)))
+    assert a.build_id == b.build_id and "seed" not in a.info["config"]
+    fa, fb = build_files(a.path), build_files(b.path)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
 class _MuteDescriber(TemplateGenerator):
     """Template texts, except that it describes no image listed in `mute` (every image when None)."""
 

@@ -153,8 +153,8 @@ def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     again = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(tiny_llava),
-                                     "--scoring", "loss", "--limit", "4", "--out", str(out), "--prompt", "Which?", "-q"])
-    assert isinstance(again.exception, UserError) and "differs in prompt" in str(again.exception)
+                                     "--scoring", "loss", "--limit", "4", "--out", str(out), "--system", "Be brief.", "-q"])
+    assert isinstance(again.exception, UserError) and "differs in system" in str(again.exception)
     assert summary["scoring"] == "loss" and summary["counts"]["items"] == 4 and summary["counts"]["unparsed"] == 0
     assert summary["split"] == "test"  # the split read is on record
     res = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(out / PREDICTIONS),
@@ -175,6 +175,36 @@ def test_refuses_before_any_model_call(llava_runner, tmp_path):
     with pytest.raises(UserError, match="does not support --scoring clip"):
         evaluate(task, ds, llava_runner, tmp_path / "out", scoring="clip", quiet=True)
     assert not (tmp_path / "out" / PREDICTIONS).exists()
+
+
+def test_out_that_is_a_file_or_a_build_is_refused(mcqa_build, llava_runner, tmp_path):
+    """--out naming a file was a FileExistsError traceback; naming a build put predictions among its shards."""
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    before = sorted(p.name for p in mcqa_build.iterdir())
+    for out, message in ((mcqa_build / "build.json", "is a file"), (mcqa_build, "is a build folder"),
+                         (mcqa_build / "build.json" / "ev", "cannot make the output folder")):
+        with pytest.raises(UserError, match=message):
+            evaluate(task, ds, llava_runner, out, quiet=True, plots=False)
+    assert sorted(p.name for p in mcqa_build.iterdir()) == before
+
+
+@pytest.mark.parametrize("scoring", ["generate", "loss"])
+def test_an_image_that_does_not_decode_is_named(llava_runner, tmp_path, scoring):
+    """A corrupt or cut-off image file was PIL's traceback in the middle of the run."""
+    (tmp_path / "good.png").write_bytes(tiny_png(1))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "cut.png").write_bytes(tiny_png(2)[:40])
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text("".join(json.dumps({"question_id": i, "image": name, "text": "Is there a dog?", "label": "yes"}) + "\n"
+                            for i, name in enumerate(["good.png", "bad.jpg", "cut.png"])))
+    task = get_task("pope")
+    ds = task.read([pope], ReadOptions(image_root=tmp_path))
+    with pytest.raises(UserError, match=f"item 1 \\({tmp_path / 'bad.jpg'}\\) cannot be decoded: it is not an image"):
+        evaluate(task, ds, llava_runner, tmp_path / "out", scoring=scoring, quiet=True, plots=False)
+    ds.items = [ds.items[0], ds.items[2]]
+    with pytest.raises(UserError, match="item 2 .* cannot be decoded"):
+        evaluate(task, ds, llava_runner, tmp_path / "out2", scoring=scoring, quiet=True, plots=False)
 
 
 def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,16 @@ def test_mcqa_prompt_the_unseen_files(tmp_path):
     assert a.loss_prefix == box and a.loss_targets[1] == " black footed albatross"
     assert box in a.prompt and "B. black footed albatross" in a.prompt
     assert a.image_bytes() == tiny_png(1)
+    # A question that only contains "A." gets its options; one that lists them as "(A) ..." not twice
+    asked = tmp_path / "asked.json"
+    asked.write_text(json.dumps([
+        {"id": "f", "conversations": [{"from": "human", "value": "Is this a U.S.A. flag?"}], "options": ["yes", "no"],
+         "answer_index": 0},
+        {"id": "g", "conversations": [{"from": "human", "value": "Which? (A) cat (B) dog"}], "options": ["cat", "dog"],
+         "answer_index": 1}]))
+    f, g = task.read([asked], ReadOptions()).items
+    assert f.prompt == "Is this a U.S.A. flag?\nA. yes\nB. no\nAnswer with the option's letter from the given choices directly."
+    assert g.prompt.count("cat") == 1
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": 1, "image": "x.jpg"}]))
     with pytest.raises(UserError, match="no options"):
@@ -152,6 +163,42 @@ def _pope_files(root: Path) -> tuple[Path, Path]:
         for n, (cat, i, o) in enumerate([("random", 0, "dog"), ("random", 1, "car"), ("random", 2, "cat"),
                                          ("adversarial", 0, "bus"), ("adversarial", 1, "sink"), ("adversarial", 2, "fork")])])
     return ann, combined
+
+
+def test_a_prediction_file_answering_items_twice(tmp_path):
+    """Repeated lines (answer files merged from chunks) were each scored: n above the item count, and
+    items_without_prediction negative. Repeats are scored once; two different answers are an error."""
+    ann, combined = _pope_files(tmp_path)
+    lines = [{"question_id": i, "text": t} for i, t in enumerate(["Yes", "No", "No", "No", "Yes", "No"], 1)]
+    answers = _write_jsonl(tmp_path / "answers.jsonl", lines + lines[:2])
+    s = score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "o", quiet=True)
+    once = score_predictions(get_task("pope"), _write_jsonl(tmp_path / "once.jsonl", lines), [combined, ann],
+                             ReadOptions(), tmp_path / "o1", quiet=True)
+    assert s["metrics"] == once["metrics"] and s["metrics"]["n"] == 6
+    assert s["counts"]["repeated_predictions"] == 2 and s["counts"]["items_without_prediction"] == 0
+    differing = _write_jsonl(tmp_path / "differing.jsonl", lines + [{"question_id": 2, "text": "Yes"}])
+    with pytest.raises(UserError, match="answers item 2 twice, differently \\('No' and 'Yes'\\)"):
+        score_predictions(get_task("pope"), differing, [combined, ann], ReadOptions(), tmp_path / "o2", quiet=True)
+    # our own predictions.jsonl, appended to itself, scores the same
+    task = get_task("pope")
+    items = task.read([combined, ann], ReadOptions()).items
+    own = [task.make_record(it, text=line["text"]) for it, line in zip(items, lines)]
+    twice = _write_jsonl(tmp_path / "predictions.jsonl", own + own)
+    s = score_predictions(task, twice, [], ReadOptions(), tmp_path / "o3", quiet=True)
+    assert s["metrics"] == once["metrics"] and s["counts"]["repeated_predictions"] == 6
+
+
+def test_pope_labels_follow_the_question_not_the_line_order(tmp_path):
+    """A combined question file in another order than the category files (e.g. merged from chunks) took
+    its labels by position, so questions got each other's labels."""
+    ann, combined = _pope_files(tmp_path)
+    lines = combined.read_text().splitlines()
+    combined.write_text("\n".join(lines[::-1]) + "\n")
+    ds = get_task("pope").read([combined, ann], ReadOptions())
+    want = {("random", "dog"): "yes", ("random", "car"): "no", ("random", "cat"): "no",
+            ("adversarial", "bus"): "yes", ("adversarial", "sink"): "yes", ("adversarial", "fork"): "no"}
+    got = {(it.meta["category"], it.prompt.split()[3]): it.answer for it in ds.items}
+    assert got == want
 
 
 def test_pope_scores_llava_answer_file_by_hand(tmp_path):
@@ -254,6 +301,27 @@ def test_scienceqa_llava_question_file_with_problems(tmp_path):
     assert [it.answer for it in alone.items] == [1, 0] and alone.items[0].meta["has_text"] is True
 
 
+def test_scienceqa_llava_file_with_options_on_one_line(tmp_path):
+    """LLaVA's convert_sqa_to_llava writes "Options: (A) x (B) y" on one line; the reader found no option
+    there, so without problems.json every record failed ("no gold answer")."""
+    llava = tmp_path / "llava_test_QCM-A.json"
+    llava.write_text(json.dumps([
+        {"id": "7", "image": "7/image.png", "conversations": [
+            {"from": "human", "value": "Question: Which word is a noun?\nContext: N/A\nOptions: (A) run (B) the cat (C) blue\n<image>"},
+            {"from": "gpt", "value": "Answer: The answer is B."}]},
+        {"id": "8", "conversations": [
+            {"from": "human", "value": "Context: The sun is hot.\nQuestion: Is it hot?\nOptions: (A) yes (B) no"},
+            {"from": "gpt", "value": "Answer: The answer is A."}]},
+    ]))
+    ds = get_task("scienceqa").read([llava], ReadOptions(image_root=tmp_path))
+    assert [(it.id, it.options, it.answer) for it in ds.items] == [("7", ["run", "the cat", "blue"], 1), ("8", ["yes", "no"], 0)]
+    assert [it.meta["has_text"] for it in ds.items] == [False, True]
+    assert ds.items[0].image_path == str(tmp_path / "7" / "image.png")
+    # the instruction LLaVA's model_vqa_science adds, once
+    assert all(it.prompt.endswith("\nAnswer with the option's letter from the given choices directly.")
+               and it.prompt.count("option's letter") == 1 and "<image>" not in it.prompt for it in ds.items)
+
+
 # -- mmbench -----------------------------------------------------------------------------------
 def _mmbench_tsv(path: Path) -> Path:
     img = base64.b64encode(tiny_png(5)).decode()
@@ -301,6 +369,29 @@ def test_mmbench_circular_evaluation_and_submission(tmp_path):
     assert [(r["index"], r["prediction"], r["answer"]) for r in sub] == [("0", "B", "B"), ("1", "A", "A")]
     one = task.read([tsv], ReadOptions(rounds=1))
     assert [it.id for it in one.items] == ["0-0", "1-0"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("answer", "E", "row 0 has answer 'E', not the letter of one of its 4 options"),
+    ("index", "q0", "index 'q0' is not a number"),
+])
+def test_mmbench_bad_rows_are_named(tmp_path, field, value, message):
+    """A gold letter past the options, or an index that is no number, was a ValueError traceback."""
+    tsv = _mmbench_tsv(tmp_path / "mm.tsv")
+    with open(tsv, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+
+    def read_with(v: str):
+        rows[0][field] = v
+        with open(tsv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+            w.writeheader()
+            w.writerows(rows)
+        return get_task("mmbench").read([tsv], ReadOptions())
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        read_with(value)
+    assert read_with({"answer": "b", "index": "0"}[field]).items[0].answer == 1  # a lower-case letter is that letter
 
 
 def test_mmbench_file_with_circular_copies(tmp_path):
@@ -491,6 +582,32 @@ def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
     assert len(ds.items) == 7 and ds.split == "dev"
     with pytest.raises(UserError, match="no rows of split 'test' \\(splits: dev\\)"):
         get_task("mmbench").read([tsv], ReadOptions(split="test"))
+    knee = tmp_path / "knee"
+    for split in ("train", "val"):
+        (knee / split / "0").mkdir(parents=True)
+        (knee / split / "0" / "a.png").write_bytes(tiny_png(1))
+    with pytest.raises(UserError, match="holds train, val; choose one with --split"):
+        get_task("grading").read([knee], ReadOptions())
+    # a split it does not hold is named as such (it said: choose one with --split, though one was chosen)
+    with pytest.raises(UserError, match="has no split 'test' \\(it holds train, val\\)"):
+        get_task("grading").read([knee], ReadOptions(split="test"))
+    assert get_task("grading").read([knee], ReadOptions(split="val")).split == "val"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "mcqa", "--prompt", "Which?"], "--prompt applies to grading and open, not mcqa"),
+    (["--task", "scienceqa", "--prompt-suffix", ""], "--prompt-suffix applies to pope, not scienceqa"),
+    (["--task", "pope", "--rounds", "2"], "--rounds applies to mmbench, not pope"),
+    (["score", "--task", "pope", "--rounds", "2", "--predictions", "p.jsonl"], "--rounds applies to mmbench"),
+])
+def test_task_options_given_to_another_task_are_refused(args, message):
+    """They were read by no one: the run went on as if they had not been given."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    r = CliRunner().invoke(app, ["eval", *args, "--data", "x", "--model", "m"] if args[0] != "score" else ["eval", *args])
+    assert isinstance(r.exception, UserError) and message in str(r.exception)
 
 
 def test_empty_build_and_empty_data_are_named(tmp_path):

@@ -38,6 +38,11 @@ def test_resolve_build_folder_glob_and_loose_tars(coco_build, loose_shards):
         assert loose[1].offsets[0] == tf.getmembers()[0].offset
     with pytest.raises(UserError, match="no shards match"):
         resolve_shards([str(loose_shards[0].parent / "nothing-*.tar")])
+    with pytest.raises(UserError, match="no shards match"):
+        resolve_shards([str(loose_shards[0].parent / "nothing.tar")])
+    # A brace range past the shards that exist trained on those that did, without a word
+    with pytest.raises(UserError, match="2 of the shards .* names do not exist \\(first: .*part-03.tar\\)"):
+        resolve_shards([str(loose_shards[0].parent / "part-{00..04}.tar")])
     with pytest.raises(UserError, match="no shards of split 'train2' \\(splits: val\\)"):
         resolve_shards([str(coco_build.path)], split="train2")
     # A split with shard paths only applied to nothing: --split test trained on the glob's train tars

@@ -111,6 +111,17 @@ def test_collator_mixes_text_only_and_image_samples(processor, coco_build):
     assert batch["labels"][batch["attention_mask"] == 0].eq(IGNORE_INDEX).all()
 
 
+def test_collator_leaves_out_a_sample_whose_image_does_not_decode(processor, coco_build):
+    """A corrupt image was PIL's traceback in the middle of training; it is left out, counted and named."""
+    from vlmforge.training.collate import LlavaCollator
+
+    good = [s for _, s in zip(range(2), coco_build.samples())]
+    bad = {**good[1], "__key__": "bad", "jpg": good[1]["jpg"][:200]}  # cut short
+    batch = LlavaCollator(processor, "chat", 256)([good[0], bad, good[1]])
+    assert batch["keys"] == [good[0]["__key__"], good[1]["__key__"]] and batch["dropped"] == 1
+    assert batch["unreadable"] == ["bad"] and batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2
+
+
 @pytest.mark.parametrize("pad", [True, False])
 def test_fast_image_path_matches_the_processor(coco_build, pad):
     from transformers import CLIPImageProcessorPil

@@ -34,6 +34,24 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     assert isinstance(r.exception, UserError) and "--resume" in str(r.exception)
 
 
+def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, monkeypatch):
+    """A config that is not JSON was a JSONDecodeError traceback; DeepSpeed missing was accelerate's ImportError."""
+    import importlib.util
+
+    bad, good = tmp_path / "bad.json", tmp_path / "ds.json"
+    bad.write_text("zero: 2")
+    good.write_text('{"zero_optimization": {"stage": 2}}')
+    r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run",
+               "--deepspeed", bad)
+    assert isinstance(r.exception, UserError) and f"--deepspeed {bad} is not a JSON config" in str(r.exception)
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find(name, *a))
+    r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run",
+               "--deepspeed", good)
+    assert isinstance(r.exception, UserError) and "needs DeepSpeed, which is not installed" in str(r.exception)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mode", "dream"], "unknown mode"),
     (["--weights", "1,2"], "one weight per --shards"),
@@ -49,10 +67,28 @@ def test_init_tiny_train_merge(tmp_path, coco_build):
     (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
     (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
+    # options no other mode reads were silently ignored
+    (["--mode", "full", "--freeze-text"], "--freeze-text applies to --mode clip, not --mode full"),
+    (["--mode", "lora", "--prompt", "a {label}"], "--prompt applies to --mode clip, not --mode lora"),
+    (["--mode", "projector", "--lora-r", "16"], "--lora-r applies to --mode lora, not --mode projector"),
+    (["--mode", "clip", "--freeze-projector"], "--freeze-projector applies to --mode lora, not --mode clip"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)
     assert isinstance(r.exception, UserError) and message in str(r.exception)
+
+
+def test_out_that_is_a_file_or_holds_no_run_is_refused(tmp_path, coco_build, tiny_llava):
+    """--out naming a file was a FileExistsError traceback; naming a build (any folder holding no run)
+    wrote run.json, checkpoints and final/ among its shards."""
+    before = sorted(p.name for p in coco_build.path.iterdir())
+    for out, message in ((coco_build.path / "build.json", "is a file"),
+                         (coco_build.path, "is not empty and holds no run"),
+                         (coco_build.path / "build.json" / "run", "cannot make the run folder")):
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--max-steps", "1",
+                   "--batch-size", "2", "--workers", "0", "-q")
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+    assert sorted(p.name for p in coco_build.path.iterdir()) == before
 
 
 def test_help_lists_the_commands():

@@ -21,7 +21,9 @@ def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_a
         **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
-                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True, lora_dropout=0.0)
+                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True)
+    if mode == "lora":
+        opts["lora_dropout"] = 0.0
     opts.update(kw)
     cfg = TrainConfig(shards=shards, model=str(model), out=str(out), mode=mode, **opts)
 
@@ -55,7 +57,8 @@ def test_llava_mode_loss_falls_and_run_is_saved(llava_runs, mode):
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["epoch_size"] == 12 and run_info["total_steps"] == 24 and run_info["builds"][0]["builder"] == "copy"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [4, 8, 12, 16, 20, 24] and metrics[-1]["samples_seen"] == 12
+    # samples_seen counts over the run: 24 steps of 4 (it used to start again each epoch, ending at 12)
+    assert [m["step"] for m in metrics] == [4, 8, 12, 16, 20, 24] and metrics[-1]["samples_seen"] == 96
     assert [c.name for c in checkpoints(out)] == ["checkpoint-000012", "checkpoint-000024"]
     ckpt = checkpoints(out)[-1]
     assert json.loads((ckpt / "position.json").read_text()) == {"step": 24, "epoch": 7, "samples_seen": 12, "seed": 0}
@@ -126,11 +129,11 @@ def test_merge_projector_writes_a_full_checkpoint(llava_runs, tiny_llava, coco_b
 
 def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny_llava):
     shards = [str(coco_build.path)]
-    common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1)
+    common = dict(batch_size=3, shuffle_buffer=4, seed=5, log_keys=True, lora_dropout=0.1, log_every=1)
     straight, straight_losses = run(tmp_path / "a", shards, tiny_llava, "lora", 6, save_every=3, **common)
     first = tmp_path / "b"
-    with pytest.raises(Killed):  # after checkpoint-000003, during step 4
-        run(first, shards, tiny_llava, "lora", 6, save_every=3, kill_at=4, **common)
+    with pytest.raises(Killed):  # after checkpoint-000003 and step 4's log line, during step 5
+        run(first, shards, tiny_llava, "lora", 6, save_every=3, kill_at=5, **common)
     with pytest.raises(UserError, match="--resume"):
         run(first, shards, tiny_llava, "lora", 6, save_every=3, **common)
     with pytest.raises(UserError, match="seed changed"):
@@ -140,9 +143,14 @@ def test_resume_continues_with_the_next_unseen_sample(tmp_path, coco_build, tiny
     _, resumed_losses = run(first, shards, tiny_llava, "lora", 6, save_every=3, resume=True, **common)
 
     def keys(out):
-        """The keys of each step's batch (the killed step's batch is logged twice: keep the last)."""
-        lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
-        return list({line["step"]: line["keys"] for line in lines}.values())
+        """The keys of each step's batch."""
+        return [json.loads(line)["keys"] for line in (out / "keys.jsonl").read_text().splitlines()]
+
+    # The logs read as one run: the lines of steps 4-5 from before the kill are gone, not there twice.
+    logged = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in logged] == pytest.approx(straight_losses, rel=1e-4)
+    assert [json.loads(line)["step"] for line in (first / "keys.jsonl").read_text().splitlines()] == list(range(6))
 
     # Steps 4-6 of the resumed run saw the same samples as steps 4-6 of the uninterrupted one, and none twice.
     assert keys(first) == keys(straight)
@@ -233,7 +241,71 @@ def test_no_optimizer_step_spans_two_epochs(tmp_path, label_build, tiny_clip):
     first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
     assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the whole train split, once
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 16), (4, 1, 24)]
+    assert [(m["step"], m["epoch"], m["samples_seen"]) for m in metrics] == [(1, 0, 16), (2, 0, 24), (3, 1, 40), (4, 1, 48)]
+
+
+def _ending_in_an_empty_batch(tmp_path: Path, label_build) -> tuple[list[str], int]:
+    """Shards (the label build's 24 train images, then 8 samples with no image and no label) and a seed
+    whose first epoch, in batches of 8 with no shuffle buffer, ends with the 8 label-less samples (and
+    whose second epoch does not)."""
+    import numpy as np
+
+    from tests.training.conftest import write_tar
+
+    from vlmforge.training.data import ShardStream, resolve_shards
+
+    loose = write_tar(tmp_path / "nolabel.tar", [f"n{i}" for i in range(8)])
+    shards = [str(label_build.path), str(loose)]
+    refs = resolve_shards(shards)
+    loose_ids = set(range(sum(r.samples for r in refs) - 8, sum(r.samples for r in refs)))
+
+    def last_batch(seed: int, epoch: int) -> set[int]:
+        return set(ShardStream(refs, 8, seed=seed, shuffle_buffer=1).epoch_order(epoch)[np.arange(24, 32)].tolist())
+
+    return shards, next(s for s in range(100) if last_batch(s, 0) == loose_ids and last_batch(s, 1) != loose_ids)
+
+
+def test_an_epoch_ending_in_batches_without_samples_still_ends_its_step(tmp_path, label_build, tiny_clip):
+    """3 image batches then one whose samples all drop (no image, no label), --grad-accum 2: the third batch
+    is a step of its own. The empty last batch used to carry its accumulation into the next epoch's first step."""
+    shards, seed = _ending_in_an_empty_batch(tmp_path, label_build)
+    out, _ = run(tmp_path / "ga", shards, tiny_clip, "clip", None, epochs=2, batch_size=8, grad_accum=2, seed=seed,
+                 shuffle_buffer=1, log_keys=True, log_every=1, save_every=10, pad_to_square=False)
+    lines = [json.loads(line) for line in (out / "keys.jsonl").read_text().splitlines()]
+    assert [sum(1 for line in lines if line["step"] == s) for s in range(2)] == [2, 1]
+    first_epoch = [k for line in lines if line["step"] < 2 for k in line["keys"]]
+    assert len(first_epoch) == len(set(first_epoch)) == 24  # steps 1-2: the image samples of epoch 0, once
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["epoch"], m["samples_seen"], m["dropped"]) for m in metrics[:2]] == [(0, 16, 0), (0, 24, 0)]
+    assert metrics[-1]["dropped"] == 16 and metrics[-1]["samples_seen"] == 64  # two epochs of 32
+
+
+def test_resume_before_an_epochs_empty_last_batch(tmp_path, label_build, tiny_clip):
+    """A checkpoint after the epoch's last batch with samples, then only batches without: the resumed run
+    read nothing to train in what was left of the epoch and stopped ("a whole epoch had nothing to train")."""
+    shards, seed = _ending_in_an_empty_batch(tmp_path, label_build)
+    opts = dict(epochs=2, batch_size=8, seed=seed, shuffle_buffer=1, save_every=3, pad_to_square=False)
+    with pytest.raises(Killed):  # after checkpoint-000003, the last step of epoch 0
+        run(tmp_path / "r", shards, tiny_clip, "clip", None, kill_at=4, **opts)
+    out, losses = run(tmp_path / "r", shards, tiny_clip, "clip", None, resume=True, **opts)
+    assert len(losses) == 3 and [c.name for c in checkpoints(out)][-1] == "checkpoint-000006"
+
+
+def test_clip_training_leaves_out_images_that_do_not_decode(tmp_path, label_build, tiny_clip, capsys):
+    """A sample whose image is not an image stopped the run with PIL's traceback."""
+    import webdataset as wds
+
+    first = next(iter(label_build.samples()))
+    with wds.TarWriter(str(tmp_path / "mixed.tar")) as sink:
+        for i in range(6):
+            sink.write({"__key__": f"k{i}", "png": b"not an image" if i == 3 else first["png"],
+                        "json": {"label": first["json"]["label"]}})
+    out, _ = run(tmp_path / "run", [str(tmp_path / "mixed.tar")], tiny_clip, "clip", 3, batch_size=2, shuffle_buffer=1,
+                 log_keys=True, log_every=1, pad_to_square=False, quiet=False)
+    trained = [k for line in (out / "keys.jsonl").read_text().splitlines() for k in json.loads(line)["keys"]]
+    assert sorted(trained) == ["k0", "k1", "k2", "k4", "k5"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["dropped"] == 1
+    assert "left out 1 sample(s) whose image does not decode: k3" in capsys.readouterr().err
 
 
 def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):

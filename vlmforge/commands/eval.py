@@ -36,6 +36,15 @@ def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], so
     return get_task(name, strict=strict, embedder=embedder, soft_threshold=soft_threshold)
 
 
+def _check_applies(task_name: str, **given) -> None:
+    """Refuse a task option given to a task that does not read it: it would be silently ignored."""
+    from vlmforge.errors import UserError
+
+    for option, (value, tasks) in given.items():
+        if value is not None and task_name not in tasks:
+            raise UserError(f"--{option.replace('_', '-')} applies to {' and '.join(tasks)}, not {task_name}")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rstrip("/").split("/")[-1]).strip("-") or "model"
 
@@ -96,6 +105,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
 
         t = _task(task, parse, embedder, soft_threshold)
+        _check_applies(t.name, prompt=(prompt, ("grading", "open")), prompt_suffix=(prompt_suffix, ("pope",)),
+                       rounds=(rounds, ("mmbench",)))
         if not data:
             raise UserError("give --data (a build folder or the benchmark's files)")
         if not model and backend in ("local", "openai", "vllm", "transformers"):
@@ -146,6 +157,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.evaluation.run import score_predictions
 
         t = _task(task, parse, embedder, soft_threshold)
+        _check_applies(t.name, rounds=(rounds, ("mmbench",)))
         opts = ReadOptions(split=split, image_root=image_root, rounds=rounds, num_grades=num_grades)
         out = out or predictions.parent / f"{predictions.stem}-{t.name}-scores"
         score_predictions(t, predictions, list(annotations or []), opts, out, quiet=quiet, plots=not no_plots)

@@ -60,6 +60,10 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
     """Refuse to continue predictions made by a different run; --overwrite starts over."""
     run_file = out / RUN_FILE
     preds = out / PREDICTIONS
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give the folder for the predictions and report")
+    if (out / "build.json").exists():  # its predictions, summary and plots would land among the shards
+        raise UserError(f"--out {out} is a build folder; write the evaluation elsewhere")
     if overwrite:
         preds.unlink(missing_ok=True)
     elif run_file.exists():
@@ -70,5 +74,8 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
                             "pass --overwrite to start again or choose another --out")
     elif preds.exists():
         raise UserError(f"{preds} exists but has no {RUN_FILE}; pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the output folder {out}: {e.strerror} ({e.filename})") from None
     run_file.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")

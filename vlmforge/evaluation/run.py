@@ -162,6 +162,23 @@ def _check_own_task(task: Task, records: list[Record], predictions: Path) -> Non
                         f"{odd['answer']!r}); score it with the task that made it")
 
 
+def _once_per_item(records: list[Record], predictions: Path, quiet: bool) -> tuple[list[Record], dict[str, int]]:
+    """Records with each item once: a line that repeats an earlier answer of its item (answer files
+    merged from chunks, a file appended twice) is counted in `repeated_predictions` and scored once;
+    two different answers to one item are an error (which one counts?)."""
+    first: dict[str, Record] = {}
+    for rec in records:
+        prev = first.setdefault(str(rec["id"]), rec)
+        if prev is not rec and (prev.get("prediction"), prev.get("scores")) != (rec.get("prediction"), rec.get("scores")):
+            raise UserError(f"{predictions} answers item {rec['id']} twice, differently "
+                            f"({prev.get('prediction')!r} and {rec.get('prediction')!r}); keep one answer per item")
+    repeats = len(records) - len(first)
+    if repeats and not quiet:
+        console.print(f"[yellow]warning:[/] {repeats} lines of {predictions} repeat an answer already given; "
+                      "each item is scored once")
+    return list(first.values()), ({"repeated_predictions": repeats} if repeats else {})
+
+
 def score_predictions(task: Task, predictions: Path, annotations: list[Path], opts: ReadOptions, out: Path,
                       quiet: bool = False, plots: bool = True) -> dict[str, Any]:
     """Score a predictions file with no model: our own predictions.jsonl (self-contained), a file that
@@ -190,7 +207,8 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
         if not records:
             raise UserError(f"no prediction in {predictions} matches an item of the annotations "
                             f"(prediction ids like {unmatched[:3]}, item ids like {list(by_id)[:3]})")
-        extra = {"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)}
+        records, extra = _once_per_item(records, predictions, quiet)
+        extra.update({"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)})
         if not quiet and (unmatched or len(records) < len(by_id)):  # the score covers part of the data only
             from vlmforge.progress import console
 
@@ -204,6 +222,7 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
                                 "(question files, problems.json, the TSV, the build)")
             _check_own_task(task, lines, predictions)
             records = lines
+        records, extra = _once_per_item(records, predictions, quiet)
     return finish(task, records, out, dataset=dataset, model=None, backend=None,
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)

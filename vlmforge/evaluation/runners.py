@@ -45,10 +45,17 @@ class Runner:
         raise UserError(f"the {self.backend} runner is not a CLIP model")
 
 
-def _pil(data: bytes):
-    from PIL import Image
+def _pil(item: EvalItem):
+    """The item's image as RGB; an image that does not decode is one error line naming the item."""
+    from PIL import Image, UnidentifiedImageError
 
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    try:
+        return Image.open(io.BytesIO(item.image_bytes())).convert("RGB")
+    except (OSError, ValueError) as e:  # not an image, or cut short
+        where = f" ({item.image_path})" if item.image_path else ""
+        why = "it is not an image file" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"the image of item {item.id}{where} cannot be decoded: {why}; replace it and run the "
+                        "same command again to go on") from None
 
 
 def _resolve_dtype(dtype: str, device: str):
@@ -208,7 +215,7 @@ class LocalRunner(Runner):
         for group in self._by_image(items):
             with_image = items[group[0]].has_image
             texts = [self._chat(items[i].prompt, with_image) for i in group]
-            images = [_pil(items[i].image_bytes()) for i in group] if with_image else None
+            images = [_pil(items[i]) for i in group] if with_image else None
             batch = self._encode(texts, images, "left")
             with torch.no_grad():
                 ids = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
@@ -253,7 +260,7 @@ class LocalRunner(Runner):
             prefix = self._chat(it.prompt, with_image) + it.loss_prefix
             prompts.append(prefix)
             fulls.append(prefix + (it.loss_targets or it.options)[j])
-        images = [_pil(items[n].image_bytes()) for n, _ in chunk] if with_image else None
+        images = [_pil(items[n]) for n, _ in chunk] if with_image else None
         p_batch = self._encode(prompts, images, "right")
         f_batch = self._encode(fulls, images, "right")
         with torch.no_grad():
@@ -289,7 +296,7 @@ class LocalRunner(Runner):
                               return_tensors="pt").to(self.device)
         with torch.no_grad():
             img = self._features(self.model.get_image_features(
-                **self.processor(images=[_pil(it.image_bytes()) for it in items], return_tensors="pt").to(self.device)))
+                **self.processor(images=[_pil(it) for it in items], return_tensors="pt").to(self.device)))
             txt = self._features(self.model.get_text_features(**text))
             logits = self.model.logit_scale.exp() * img @ txt.T
         # Prompts that tokenize the same share one column, so they tie exactly (see tasks.best_indices).

@@ -80,8 +80,8 @@ def labels_in(shards: Sequence[Any], label_field: str = "label") -> list[str]:
 
 
 class ClipCollator:
-    """Shard samples to {pixel_values, class_idx, keys, dropped}; samples without a known label or
-    image are dropped (counted)."""
+    """Shard samples to {pixel_values, class_idx, keys, dropped, unreadable}; samples without a known
+    label or image are dropped (counted), those whose image does not decode also listed in `unreadable`."""
 
     def __init__(self, processor: Any, classes: Sequence[str], label_field: str = "label", pad_to_square: bool = False):
         self.index = {c: i for i, c in enumerate(classes)}
@@ -91,16 +91,20 @@ class ClipCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        imgs, idx, keys = [], [], []
+        imgs, idx, keys, unreadable = [], [], [], []
         for s in samples:
             f = image_field(s)
             label = s.get("json", {}).get(self.label_field)
             if f is None or label is None or str(label) not in self.index:
                 continue
-            imgs.append(self.images.load(s[f], s.get("json", {}).get("image_transform")))
+            image = self.images.try_load(s[f], s.get("json", {}).get("image_transform"))
+            if image is None:
+                unreadable.append(s["__key__"])
+                continue
+            imgs.append(image)
             idx.append(self.index[str(label)])
             keys.append(s["__key__"])
-        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys)}
+        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable}
         if imgs:
             batch["pixel_values"] = self.images(imgs)
             batch["class_idx"] = torch.tensor(idx, dtype=torch.long)

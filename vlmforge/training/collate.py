@@ -16,8 +16,9 @@ class LlavaCollator:
     """Callable on a list of shard samples (json parsed, image bytes): returns
     {input_ids, attention_mask, labels, pixel_values (when any image), keys, dropped}.
 
-    Samples with nothing to train (no assistant turn, or truncated away) are left out and counted in
-    `dropped`; text-only samples sit in the same batch as image samples."""
+    Samples with nothing to train (no assistant turn, or truncated away) or an image that does not
+    decode are left out and counted in `dropped` (the latter also listed in `unreadable`); text-only
+    samples sit in the same batch as image samples."""
 
     def __init__(self, processor: Any, template: str = "chat", max_length: int = 2048, pad_to_square: bool = True):
         tok = processor.tokenizer
@@ -38,16 +39,20 @@ class LlavaCollator:
             fields.append(f)
             items.append((s.get("json", {}).get("conversations", []), f is not None))
         encoded = self.text(items)
-        ids, labels, images, keys = [], [], [], []
+        ids, labels, images, keys, unreadable = [], [], [], [], []
         for s, f, enc in zip(samples, fields, encoded):
             if enc is None:
                 continue
+            if enc[2]:
+                image = self.images.try_load(s[f], s.get("json", {}).get("image_transform"))
+                if image is None:
+                    unreadable.append(s["__key__"])
+                    continue
+                images.append(image)
             ids.append(enc[0])
             labels.append(enc[1])
             keys.append(s["__key__"])
-            if enc[2]:
-                images.append(self.images.load(s[f], s.get("json", {}).get("image_transform")))
-        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys)}
+        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable}
         if not ids:
             return batch
         input_ids = pad_batch(ids, self.pad_id)

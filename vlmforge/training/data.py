@@ -144,9 +144,16 @@ def _expand(spec: str) -> list[str]:
     from braceexpand import braceexpand
 
     paths: list[str] = []
+    missing: list[str] = []
     for pattern in braceexpand(spec):
-        hits = sorted(glob.glob(os.path.expanduser(pattern)))
-        paths.extend(hits if glob.has_magic(pattern) else ([pattern] if os.path.exists(pattern) else []))
+        if glob.has_magic(pattern):
+            paths.extend(sorted(glob.glob(os.path.expanduser(pattern))))
+        elif os.path.exists(os.path.expanduser(pattern)):
+            paths.append(os.path.expanduser(pattern))
+        else:
+            missing.append(pattern)
+    if missing and (paths or len(missing) > 1):  # a brace range naming shards that are not there
+        raise UserError(f"{len(missing)} of the shards {spec!r} names do not exist (first: {missing[0]})")
     return paths
 
 

@@ -229,6 +229,13 @@ class ImagePreparer:
             self._check_model_ready(transform)
         return expand_to_square(img, self.background) if self.pad_to_square else img
 
+    def try_load(self, data: bytes, transform: str | None = None) -> Image.Image | None:
+        """`load`, or None when the bytes do not decode (not an image, or cut short)."""
+        try:
+            return self.load(data, transform)
+        except (OSError, ValueError):
+            return None
+
     def model_ready(self, img: Image.Image) -> Image.Image:
         """The processor's resize and crop of a loaded image, as 8-bit pixels: what it would go on
         to rescale and normalise."""

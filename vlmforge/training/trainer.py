@@ -223,15 +223,35 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
-    if cfg.deepspeed and not Path(cfg.deepspeed).is_file():
-        raise UserError(f"--deepspeed {cfg.deepspeed}: no such file (give a DeepSpeed JSON config)")
+    if cfg.deepspeed:
+        _check_deepspeed(cfg.deepspeed)
     if cfg.select_by not in ("auto", "loss", "accuracy"):
         raise UserError(f"unknown --select-by {cfg.select_by!r}; use auto, loss or accuracy")
     if cfg.select_by == "accuracy" and cfg.mode != "clip":  # it was ignored: best/ went by loss
         raise UserError("--select-by accuracy needs --mode clip; the other modes keep best/ by validation loss")
+    defaults = TrainConfig(shards=[], model="", out="")
+    for mode, names in (("clip", ("clip_objective", "freeze_text", "prompt", "label_field")),
+                        ("lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_targets", "train_projector"))):
+        changed = [n for n in names if getattr(cfg, n) != getattr(defaults, n)]
+        if changed and cfg.mode != mode:  # read by no other mode: the run would go on as if not given
+            option = "--freeze-projector" if changed[0] == "train_projector" else f"--{changed[0].replace('_', '-')}"
+            raise UserError(f"{option} applies to --mode {mode}, not --mode {cfg.mode}")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
+
+
+def _check_deepspeed(config: str) -> None:
+    import importlib.util
+
+    if not Path(config).is_file():
+        raise UserError(f"--deepspeed {config}: no such file (give a DeepSpeed JSON config)")
+    try:
+        json.loads(Path(config).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"--deepspeed {config} is not a JSON config ({e})") from None
+    if importlib.util.find_spec("deepspeed") is None:
+        raise UserError("--deepspeed needs DeepSpeed, which is not installed here (pip install deepspeed)")
 
 
 def _check_model(model: str) -> None:
@@ -256,6 +276,10 @@ def checkpoints(out: Path) -> list[Path]:
 def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     out = Path(cfg.out)
     run_json = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give the folder for the run")
+    if not run_json.exists() and out.is_dir() and any(out.iterdir()):  # a build, or other runs' parent folder
+        raise UserError(f"--out {out} is not empty and holds no run (no run.json); choose a new or empty folder")
     if run_json.exists():
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
@@ -396,21 +420,33 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     accelerator.wait_for_everyone()  # the run folder exists before any rank writes into it
     log = _Log(out / "metrics.jsonl", main, cfg.quiet)
     keys_log = (out / ("keys.jsonl" if rank == 0 else f"keys-rank{rank}.jsonl")) if cfg.log_keys else None
+    if cfg.resume:  # steps after the checkpoint are done again: their lines would show twice
+        if main:
+            _keep_lines(out / "metrics.jsonl", lambda r: r["step"] <= step)
+        if keys_log is not None:
+            _keep_lines(keys_log, lambda r: r["step"] < step)  # keys lines count steps from 0
     eval_every = cfg.eval_every or cfg.save_every
     best: float | None = _best_so_far(out) if resume_from else None
 
     window_loss, window_n, window_samples, dropped = 0.0, 0, 0, 0
     step_loss, step_micro = 0.0, 0
     t0 = time.time()
-    while step < total:
+    ended = False
+    while step < total and not ended:
+        from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         batches = trained = 0
-        for batch, last in _with_last(loader):
+        for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
+            if batch.get("unreadable") and not cfg.quiet:
+                from vlmforge.progress import console
+
+                console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
+                              f"not decode: {', '.join(batch['unreadable'])}")
             batches += 1
             if not batch["keys"]:
                 continue
@@ -436,28 +472,32 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
             scheduler.step()
             step += 1
-            record = {"step": step, "epoch": position.epoch, "samples_seen": position.samples_seen,
+            # samples_seen counts over the whole run (the position's count starts again each epoch)
+            record = {"step": step, "epoch": position.epoch,
+                      "samples_seen": position.epoch * epoch_size + position.samples_seen,
                       "loss": step_loss / step_micro, "lr": used_lr}
             window_loss += record["loss"]
             window_n += 1
             step_loss, step_micro = 0.0, 0
             if on_step is not None:
                 on_step(step, record)
-            if step % cfg.log_every == 0 or step == total:
+            # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
+            ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
+            if step % cfg.log_every == 0 or ended:
                 loss_t = accelerator.reduce(torch.tensor(window_loss / window_n, device=accelerator.device), "mean")
                 elapsed = time.time() - t0
                 log.write({**record, "loss": float(loss_t), "samples_per_s": window_samples * world / max(elapsed, 1e-9),
                            "dropped": dropped})
                 window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.time()
-            if val and (step % eval_every == 0 or step == total):
+            if val and (step % eval_every == 0 or ended):
                 best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
-            if step % cfg.save_every == 0 or step == total:
+            if step % cfg.save_every == 0 or ended:
                 _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
-            if step >= total:
+            if ended:
                 break
-        if step >= total:
+        if ended:
             break
-        if batches and not trained:
+        if batches and not trained and from_start:
             raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
                             "truncation (check the conversations and --max-length)")
         position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
@@ -471,24 +511,48 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     return out
 
 
-def _with_last(items: Any) -> Any:
-    """(item, whether it is the last) for each item, reading one ahead."""
-    it = iter(items)
-    current = next(it, _NONE)
-    while current is not _NONE:
-        following = next(it, _NONE)
-        yield current, following is _NONE
-        current = following
+def _keep_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
+    """Rewrite a JSON-lines log with the records `keep` accepts (a line cut off by a kill goes too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if keep(json.loads(line)):
+                kept.append(line + "\n")
+        except ValueError:
+            continue
+    path.write_text("".join(kept))
 
 
-_NONE = object()
+def _with_last_kept(batches: Any) -> Any:
+    """(batch, whether it is the last batch that kept a sample) for each batch, in order, reading ahead
+    past batches that kept none: an epoch ending in such batches still ends its optimizer step."""
+    current, empty_after = None, []
+    for batch in batches:
+        if batch["keys"] and current is not None:
+            yield current, False
+            yield from ((b, False) for b in empty_after)
+            empty_after = []
+        if batch["keys"]:
+            current = batch
+        elif current is None:
+            yield batch, False
+        else:
+            empty_after.append(batch)
+    if current is not None:
+        yield current, True
+    yield from ((b, False) for b in empty_after)
 
 
 def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: list[ShardRef] | None, epoch_size: int,
                     total: int, world: int, resume_from: Path | None) -> None:
     from vlmforge import __version__
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, or a folder this user cannot write
+        raise UserError(f"cannot make the run folder {out}: {e.strerror} ({e.filename})") from None
     record = {"config": asdict(cfg), "epoch_size": epoch_size, "total_steps": total, "world_size": world,
               "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
               "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,

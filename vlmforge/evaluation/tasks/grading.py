@@ -49,8 +49,10 @@ def _folder_images(root: Path, split: str | None) -> tuple[list[tuple[str, Path,
     if subdirs and not all(d.name.isdigit() for d in subdirs):
         names = [d.name for d in subdirs]
         split = split or ("test" if "test" in names else None)
-        if split is None or not (root / split).is_dir():
+        if split is None:
             raise UserError(f"{root} holds {', '.join(names)}; choose one with --split")
+        if not (root / split).is_dir():
+            raise UserError(f"{root} has no split {split!r} (it holds {', '.join(names)})")
         root = root / split
         subdirs = sorted(d for d in root.iterdir() if d.is_dir())
     out = []

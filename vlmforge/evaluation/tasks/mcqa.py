@@ -25,6 +25,7 @@ from vlmforge.evaluation.tasks import Record, Task
 OPTION_KEYS = ("options", "choices", "candidates", "mcqa_options", "mcqa_choices", "mcqa_candidates", "losses")
 GOLD_KEYS = ("answer_index", "mcqa_gt", "gt_index", "gold_index", "label_index", "answer_idx")
 _BOX_ANSWER = re.compile(r"^\s*(\[[^\]]*\])\s*(.*)$", re.S)  # "[x1, y1, x2, y2] class name"
+_LISTS_OPTIONS = re.compile(r"(?:^|\s)\(?A[.)]\s")  # "A. cat" or "(A) cat", not "U.S.A. flag"
 
 
 def class_of_option(text: str) -> str:
@@ -94,7 +95,7 @@ class McqaTask(Task):
             question = f"What is the object in the region {box.group(1)}?"
         else:
             question = "What is the main object in the image?"
-        if "A." not in question:
+        if not _LISTS_OPTIONS.search(question):
             question = f"{question}\n{option_lines(names)}\n{LETTER_INSTRUCTION}"
         # Loss scoring as the paper does: the model's loss of "[box] name" for each candidate name.
         loss_prefix = box.group(1) if box else ""

@@ -32,6 +32,13 @@ def _missing(value: str | None) -> bool:
     return value is None or value.strip() == "" or value.strip().lower() == "nan"
 
 
+def _index(row: dict[str, str], path: Path) -> int:
+    try:
+        return int(row["index"])
+    except (TypeError, ValueError):
+        raise UserError(f"{path}: index {row['index']!r} is not a number; is it an MMBench TSV?") from None
+
+
 def read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
     with open(path, newline="", encoding="utf-8") as f:
@@ -67,13 +74,17 @@ class MMBenchTask(Task):
             rows = [r for r in rows if r.get("split") == opts.split]
             if not rows:
                 raise UserError(f"{paths[0]} has no rows of split {opts.split!r} (splits: {', '.join(found)})")
-        has_copies = any(int(r["index"]) >= CIRCULAR_OFFSET for r in rows)
+        has_copies = any(_index(r, paths[0]) >= CIRCULAR_OFFSET for r in rows)
         option_cols = [c for c in LETTERS if c in columns]
         items: list[EvalItem] = []
         for row in rows:
             options = [row[c] for c in option_cols if not _missing(row.get(c))]
-            gold = None if _missing(row.get("answer")) else LETTERS.index(row["answer"].strip())
-            index = int(row["index"])
+            index = _index(row, paths[0])
+            gold = None if _missing(row.get("answer")) else row["answer"].strip().upper()
+            if gold is not None and gold not in LETTERS[: len(options)]:
+                raise UserError(f"{paths[0]}: row {index} has answer {row['answer']!r}, not the letter of one of "
+                                f"its {len(options)} options")
+            gold = None if gold is None else LETTERS.index(gold)
             rounds = 1 if has_copies else min(opts.rounds or len(options), len(options))
             for r in range(rounds):
                 order = list(range(r, len(options))) + list(range(r))

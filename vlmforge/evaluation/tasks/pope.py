@@ -2,8 +2,9 @@
 
 Reads POPE question files (JSON lines: question_id, image, text, label, and category or a file name
 like coco_pope_adversarial.json), one file or a folder of them. LLaVA's combined question file
-(llava_pope_test.jsonl) has categories but no labels; give the coco_pope_*.json files too and labels
-are matched per category in file order, as LLaVA's eval_pope.py does. Answers are parsed with
+(llava_pope_test.jsonl) has categories but no labels; give the coco_pope_*.json files too and each
+question takes the label of the same category, image and question there (in file order, as LLaVA's
+eval_pope.py does, when the files do not hold the same questions). Answers are parsed with
 LLaVA's rule; metrics per category and over all: accuracy, precision, recall, F1, yes-ratio.
 """
 
@@ -29,6 +30,11 @@ SUFFIX = "Answer the question using a single word or phrase."
 def _category_from_name(path: Path) -> str | None:
     stem = path.stem.lower()
     return next((c for c in CATEGORIES if stem.endswith(c) or f"_{c}" in stem), None)
+
+
+def _question_key(rec: dict[str, Any], category: str | None) -> tuple:
+    """A question as (category, image, text without the answer instruction)."""
+    return category, rec.get("image"), str(rec.get("text", "")).replace(SUFFIX, "").strip()
 
 
 def _files(paths: list[Path]) -> list[Path]:
@@ -64,12 +70,18 @@ class PopeTask(Task):
         labelled = [x for x in questions if x[0].get("label") is not None]
         unlabelled = [x for x in questions if x[0].get("label") is None]
         if unlabelled:
-            # The combined question file: take labels, in order, from the per-category files.
+            # The combined question file: each question's label from the per-category file's question on
+            # the same image with the same text; failing that, in order, as LLaVA's eval_pope.py does.
+            by_question = {_question_key(rec, cat): rec["label"] for rec, cat, _ in labelled}
+            if len(by_question) == len(labelled) and all(_question_key(rec, cat) in by_question
+                                                         for rec, cat, _ in unlabelled):
+                for rec, cat, _ in unlabelled:
+                    rec["label"] = by_question[_question_key(rec, cat)]
             by_cat: dict[str | None, list[str]] = defaultdict(list)
             for rec, cat, f in labelled:
                 by_cat[cat].append(rec["label"])
             cursor: dict[str | None, int] = defaultdict(int)
-            for rec, cat, f in unlabelled:
+            for rec, cat, f in (x for x in unlabelled if x[0].get("label") is None):
                 if cursor[cat] >= len(by_cat[cat]):
                     raise UserError(f"{f}: question {rec.get('question_id')} has no label and no "
                                     f"coco_pope_{cat}.json was given to take it from")

@@ -19,12 +19,24 @@ from vlmforge.evaluation.items import (
     read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, grouped_accuracy
-from vlmforge.evaluation.parsers import Parsed, parse_letter
+from vlmforge.evaluation.parsers import LETTERS, Parsed, parse_letter
 from vlmforge.evaluation.report import plot_bars
 from vlmforge.evaluation.tasks import Record, Task
 
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}
 _OPTION_LINE = re.compile(r"^\(?([A-Z])[.)]\s+(.*)$", re.M)
+_INLINE_OPTION = re.compile(r"\(([A-Z])\)\s+")
+
+
+def _options_in(text: str) -> list[str]:
+    """Option texts of a question: one line "Options: (A) x (B) y" (LLaVA's convert_sqa_to_llava), or
+    one option a line ("A. x", "(A) x")."""
+    for line in text.splitlines():
+        parts = _INLINE_OPTION.split(line)  # [before, "A", "x ", "B", "y"]
+        letters = parts[1::2]
+        if len(letters) >= 2 and "".join(letters) == LETTERS[: len(letters)]:
+            return [o.strip() for o in parts[2::2]]
+    return [m.group(2).strip() for m in _OPTION_LINE.finditer(text)]
 
 
 def _grade_band(grade: str | None) -> str | None:
@@ -105,7 +117,7 @@ class ScienceQATask(Task):
         human, gpt = first_turns(rec)
         human = human or rec.get("text", "")
         pr = problems.get(pid)
-        options = [m.group(2).strip() for m in _OPTION_LINE.finditer(human)] or (pr or {}).get("choices", [])
+        options = _options_in(human) or (pr or {}).get("choices", [])
         if pr is not None:
             answer = int(pr["answer"])
             meta = _meta(pr)
@@ -116,6 +128,8 @@ class ScienceQATask(Task):
             answer = parsed.value
             has_text = bool(re.search(r"Context:\s*\S", human)) and "Context: N/A" not in human
             meta = {"subject": None, "has_text": has_text, "has_image": "image" in rec, "grade": None}
+        if LETTER_INSTRUCTION not in human:  # LLaVA's model_vqa_science adds it (--single-pred-prompt)
+            human = f"{human}\n{LETTER_INSTRUCTION}"
         return EvalItem(id=pid, prompt=human, answer=answer, options=[str(o) for o in options], meta=meta,
                         image_path=resolve_image(rec.get("image"), [opts.image_root, f.parent]))
 
