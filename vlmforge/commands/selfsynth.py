@@ -92,15 +92,15 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         answers: Annotated[Path, typer.Option("--answers", help="JSONL of candidate answers: {key, question, answers: [...]} per line")],
         where: Where = None,
         embedder: Embedder = "minilm",
-        seed: Seed = 0,
         quiet: Quiet = False,
     ) -> BuildRun:
         """Rejection-sampling round k+1: score a model's candidate answers against each image's concepts,
-        keep the best one that names the label, else "This is an image of {label}."."""
+        keep the best one that names the label, else "This is an image of {label}.". Nothing is drawn at
+        random (no --seed): the candidates' seed is selfsynth-answers'."""
         from vlmforge.builders.selfsynth_round import SelfSynthRoundBuilder, SelfSynthRoundConfig
 
         src = SelfSynthRoundBuilder.open_source("build", path=from_build, where=where)
-        cfg = SelfSynthRoundConfig(seed=seed, answers=str(answers), embedder=embedder)
+        cfg = SelfSynthRoundConfig(answers=str(answers), embedder=embedder)
         return BuildRun(SelfSynthRoundBuilder, cfg, src)
 
     @build_command(build_app, "cvc-trials")
