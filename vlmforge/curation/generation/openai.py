@@ -61,6 +61,8 @@ class OpenAIGenerator(Generator):
         if not model:
             raise UserError("the openai backend needs --model (the model name the endpoint serves)")
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not self.base_url.lower().startswith(("http://", "https://")):  # httpx: "UnsupportedProtocol", per request
+            raise UserError(f"base_url {self.base_url!r} needs its scheme: http://{self.base_url} or https://{self.base_url}")
         self.api_key_env = api_key_env
         self.concurrency = _number("concurrency", concurrency, int, 1)
         self.max_retries = _number("max_retries", max_retries, int, 0)
