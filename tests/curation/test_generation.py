@@ -77,6 +77,23 @@ def test_cache_second_run_makes_no_backend_call(tmp_path, tiny_lm):
     assert calls == [2, 1] and len(changed[0]) == 3
 
 
+def test_cache_asks_again_when_the_model_folder_gets_new_weights(tmp_path):
+    """A model retrained into the same folder (the next round's `--model runs/round1/final`) is asked
+    again: its answers are not the old weights' cached ones."""
+    from vlmforge.training.tiny import make_tiny_causal_lm
+
+    folder = make_tiny_causal_lm(tmp_path / "model", seed=0)
+    reqs = [GenerationRequest("What is in the image?", max_new_tokens=8, temperature=1.0, n=2, seed=5)]
+    before = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")(reqs)
+    make_tiny_causal_lm(folder, seed=1)  # new weights, same path
+    gen = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")
+    after = gen(reqs)
+    assert (gen.hits, gen.misses) == (0, 1)
+    assert after != before and after == make_generator("transformers", str(folder), cache_dir=False)(reqs)
+    again = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")
+    assert again(reqs) == after and (again.hits, again.misses) == (1, 0)
+
+
 def test_transformers_causal_lm_batches_and_seeds(tiny_lm):
     gen = make_generator("transformers", tiny_lm, cache_dir=False, batch_size=2)
     reqs = [GenerationRequest(f"Describe the image {i}.", system="Be brief." if i % 2 else None, max_new_tokens=5,
@@ -176,3 +193,15 @@ def test_an_encoder_checkpoint_is_refused_as_a_generation_model(tmp_path):
     gen = make_generator("transformers", str(make_tiny_mlm(tmp_path / "mlm")))
     with pytest.raises(UserError, match="is a 'bert' checkpoint, an encoder \\(masked LM\\) that does not generate text"):
         gen([GenerationRequest("Hello")])
+
+
+def test_bad_dtype_and_a_missing_gpu_are_one_error_line(tiny_lm):
+    import torch
+
+    with pytest.raises(UserError, match="unknown --dtype 'float64x'"):
+        make_generator("transformers", tiny_lm, dtype="float64x")
+    with pytest.raises(UserError, match="unknown --device 'cpux'"):
+        make_generator("transformers", tiny_lm, cache_dir=False, device="cpux").setup()
+    if not torch.cuda.is_available():  # torch raised an AssertionError traceback here
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            make_generator("transformers", tiny_lm, cache_dir=False, device="cuda").setup()

@@ -68,6 +68,17 @@ class Generator:
         return self.model
 
 
+def local_model_identity(model: str | None) -> str | None:
+    """A model for the response cache's key: a Hub id as given; a local folder with the sizes and
+    modification times of its files, so new weights in the same folder (a model retrained for the next
+    round) are asked again instead of answered from the old model's cache."""
+    from vlmforge.curation.models import folder_stamp
+
+    if not model or not Path(model).expanduser().is_dir():
+        return model
+    return f"{model} @ {folder_stamp(Path(model).expanduser())}"
+
+
 # backend name -> "module:Class". make_generator() imports on demand (vllm is an optional extra).
 BACKENDS: dict[str, str] = {
     "transformers": "vlmforge.curation.generation.hf:TransformersGenerator",

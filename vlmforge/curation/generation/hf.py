@@ -11,10 +11,11 @@ import hashlib
 import io
 from typing import Any
 
-from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
 from vlmforge.errors import UserError
 
 IMAGE_TOKEN = "<image>"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _strip_image_token(prompt: str) -> str:
@@ -48,6 +49,8 @@ class TransformersGenerator(Generator):
         if not model:
             raise UserError("the transformers generator needs --model (a local checkpoint folder or a Hub id)")
         super().__init__(model, **options)
+        if dtype not in DTYPES:
+            raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}")
         self.device = device
         self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
@@ -56,6 +59,9 @@ class TransformersGenerator(Generator):
         self._processor = None  # AutoProcessor for image-text-to-text models
         self._tokenizer = None
         self.is_vision = False
+
+    def cache_identity(self) -> str | None:
+        return local_model_identity(self.model)
 
     def setup(self) -> None:
         if self._model is not None:
@@ -70,8 +76,9 @@ class TransformersGenerator(Generator):
         dtype = self.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        from vlmforge.curation.models import check_model_name
+        from vlmforge.curation.models import check_device, check_model_name
 
+        check_device(device)  # torch's own error for a missing GPU is a traceback after the model loads
         check_model_name(self.model, "generation model")
         try:
             config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
 from vlmforge.errors import UserError
 
 INSTALL_HINT = ("the vllm backend needs the optional vllm package, which pins its own torch: install it in a "
@@ -58,6 +58,9 @@ class VllmGenerator(Generator):
         if max_model_len:
             self.engine_args["max_model_len"] = max_model_len
         self._llm = None
+
+    def cache_identity(self) -> str | None:
+        return local_model_identity(self.model)
 
     def setup(self) -> None:
         if self._llm is not None:
