@@ -286,6 +286,38 @@ def test_round_seed_is_not_part_of_the_build(tmp_path, offline_build):
     assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
 
 
+def test_where_a_concepts_or_answers_file_lies_is_not_part_of_the_build(tmp_path, cub, offline_build, monkeypatch):
+    """The same file given by another path (relative, from another folder, a copy) is the same build: a
+    resumed or repeated command was refused as 'another build' when the path was spelt differently."""
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    concepts = {lab: ["dark plumage", "white head", "long narrow wings", "pink bill"]
+                for lab in ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")}
+    for folder in ("a", "b"):
+        (tmp_path / folder / f"{folder}.json").write_text(json.dumps(concepts))
+    write_candidate_answers(offline_build.path, tmp_path / "a" / "r2.jsonl", "template", None, samples=2)
+    (tmp_path / "b" / "copy.jsonl").write_bytes((tmp_path / "a" / "r2.jsonl").read_bytes())
+    built = {}
+    for folder, name in (("a", "a.json"), ("b", str(tmp_path / "b" / "b.json"))):
+        monkeypatch.chdir(tmp_path / folder)
+        ss = vlmforge.build("selfsynth", "cub", out=tmp_path / "ss", source_options={"root": str(cub)}, concepts=name)
+        rd = vlmforge.build("selfsynth-round", "build", out=tmp_path / "rd", source_options={"path": str(offline_build.path)},
+                            answers="r2.jsonl" if folder == "a" else "copy.jsonl")
+        built[folder] = (ss, rd)  # the second command finds the first build up to date (no 'another build' error)
+    for x, y in zip(built["a"], built["b"]):
+        assert x.build_id == y.build_id and x.path == y.path
+    ss, rd = built["a"]
+    assert ss.info["config"]["concepts"] == "file" and len(ss.info["config"]["concepts_sha256"]) == 64
+    assert "answers" not in rd.info["config"] and len(rd.info["config"]["answers_sha256"]) == 64
+    # another content is another build
+    (tmp_path / "a" / "a.json").write_text(json.dumps({**concepts, "Sooty Albatross": ["sooty plumage", "dark bill"]}))
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(BuildError, match="another build"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "ss", source_options={"root": str(cub)}, concepts="a.json")
+
+
 class _MuteDescriber(TemplateGenerator):
     """Template texts, except that it describes no image listed in `mute` (every image when None)."""
 

@@ -179,10 +179,16 @@ class SelfSynthConfig(BuildConfig):
     qa_temperature: float = 0.3
     max_new_tokens: int = 256
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["concepts"] not in ("generate", "attributes"):
+            d["concepts"] = "file"  # the file's content (concepts_sha256) is the build, not where it lies
+        return d
+
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
