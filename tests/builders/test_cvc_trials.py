@@ -196,6 +196,10 @@ def test_fewer_trials_than_the_default_max_correct(tmp_path, occlusion):
     assert r.exit_code == 0, r.output
     info = json.loads(next(tmp_path.rglob("build.json")).read_text())
     assert info["config"]["max_correct"] == 2 and info["config"]["trials"] == 2
+    # the Python API has the CLI's default (it refused trials=2 for a --max-correct 4 nobody gave)
+    api = vlmforge.build("cvc-trials", "build", out=tmp_path, quiet=True, trials=2, source_options={
+        "path": str(occlusion.path), "where": "key IN (SELECT key FROM samples ORDER BY key LIMIT 3)"})
+    assert api.info["build_id"] == info["build_id"] and api.info["config"] == info["config"]
 
 
 def test_short_answers_differing_in_number_only_are_one():

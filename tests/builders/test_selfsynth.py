@@ -129,8 +129,16 @@ def test_concepts_file_and_rejects(tmp_path, cub):
         "dark plumage", "pale face ring", "long wings", "white head", "dark back", "pink bill"}
     with pytest.raises(UserError, match="--concepts"):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "x", source_options={"root": str(data)}, concepts="nope.json")
-    with pytest.raises(UserError, match="attribute files"):
+    with pytest.raises(UserError, match="attribute labels not found"):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "y", source_options={"root": str(data)}, concepts="attributes")
+
+
+def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offline_build):
+    """vlmforge.build("selfsynth", "cub", concepts="attributes") needed source_options attributes=True, which
+    the CLI adds for --concepts attributes; without it the build said the files were missing."""
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path, max_samples_per_shard=5, concepts="attributes",
+                       source_options={"root": str(cub)})
+    assert b.build_id == offline_build.build_id and b.info["source"]["attributes"] is True
 
 
 def test_transformers_model_path_and_cache(tmp_path, cub):

@@ -45,7 +45,7 @@ class CvcTrialsConfig(BuildConfig):
     embedder: str = "minilm"  # or e.g. BAAI/bge-m3
     threshold: float = DEFAULT_THRESHOLD
     min_correct: int = 1
-    max_correct: int = 4
+    max_correct: int | None = None  # default: 4, or trials when fewer
 
 
 class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
@@ -73,6 +73,8 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
         super().__init__(config, source)
         if config.extractor not in ("rule", "generator"):
             raise UserError("--extractor must be rule or generator")
+        if config.max_correct is None:
+            config.max_correct = min(4, config.trials)
         if not -1 <= config.threshold <= 1:  # a cosine similarity: 2 would call every answer wrong
             raise UserError(f"--threshold must be between -1 and 1 (a cosine similarity), got {config.threshold}")
         if not 1 <= config.min_correct <= config.max_correct <= config.trials:

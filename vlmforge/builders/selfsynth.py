@@ -204,6 +204,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
 
     def __init__(self, config: SelfSynthConfig, source, generator_options: dict[str, Any] | None = None,
                  cache_dir: str | Path | None = None, quiet: bool = True):
+        if config.concepts == "attributes" and getattr(source, "with_attributes", None) is False:
+            # CUB opened without its attribute files (the Python API; the CLI asks for them): read them now
+            source = type(source)(source.root, source.splits(), attributes=True)
         super().__init__(config, source)
         self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)

@@ -134,8 +134,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = CvcTrialsBuilder.open_source("build", path=from_build, where=where)
         cfg = CvcTrialsConfig(seed=seed, generator=generator, model=model, trials=trials, temperature=temperature,
                               top_p=top_p, max_new_tokens=max_new_tokens, extractor=extractor, embedder=embedder,
-                              threshold=threshold, min_correct=min_correct,
-                              max_correct=min(4, trials) if max_correct is None else max_correct)
+                              threshold=threshold, min_correct=min_correct, max_correct=max_correct)
         builder = functools.partial(CvcTrialsBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
                                     cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
         return BuildRun(builder, cfg, src)
