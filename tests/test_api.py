@@ -44,3 +44,12 @@ def test_a_file_option_may_be_a_path(tmp_path):
     b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", concepts=concepts, instructions=1, questions=1,
                        source_options={"root": str(tmp_path / "data"), "splits": ["train"]})
     assert b.info["config"]["concepts"] == "file" and len(b) == 1
+
+
+def test_samples_of_a_split_the_build_lacks_is_an_error(tmp_path):
+    # b.samples("validation") was an empty loop: a typo read as "no data"
+    b = vlmforge.build("copy", "coco", out=tmp_path)
+    assert [s["__key__"] for s in b.samples("val")] and len(list(b.samples())) == len(b)
+    with pytest.raises(UserError, match=r"has no split 'validation' \(splits: val\)"):
+        b.samples("validation")
+    assert "build_id" not in repr(b) and str(b.path) in repr(b)  # repr is not all of build.json
