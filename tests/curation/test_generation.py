@@ -43,8 +43,17 @@ def test_request_key_covers_every_field():
                          ("temperature", 0.8), ("top_p", 1.0), ("n", 3), ("seed", 2), ("max_new_tokens", 9),
                          ("stop", ["\n"])]:
         variants.append(("transformers", "m", GenerationRequest(**{**base.__dict__, field: value})))
+    variants.append(("openai", "m", GenerationRequest(**{**base.__dict__, "extra": {"api_params": {"top_k": 5}}})))
     keys = {request_key(b, m, r) for b, m, r in variants}
     assert len(keys) == len(variants) and k not in keys
+
+
+def test_template_hints_are_not_part_of_a_cached_request():
+    """cvc-trials hints the template backend with every label of the parent build: another parent (one
+    more label) made a model answer each trial again, though the model never sees the hint."""
+    a = GenerationRequest("Reason.", image=_jpeg(), n=16, extra={"template": {"candidates": ["cat", "dog"]}})
+    b = GenerationRequest("Reason.", image=_jpeg(), n=16, extra={"template": {"candidates": ["cat", "dog", "cow"]}})
+    assert request_key("transformers", "m", a) == request_key("transformers", "m", b)
 
 
 def test_cache_second_run_makes_no_backend_call(tmp_path, tiny_lm):

@@ -90,7 +90,7 @@ BACKENDS: dict[str, str] = {
 
 def request_key(backend: str, model: str | None, req: GenerationRequest) -> str:
     """sha256 of everything that can change a request's answer: backend, model, prompt, system,
-    the image's sha256, sampling parameters, n and seed (and backend hints in `extra`)."""
+    the image's sha256, sampling parameters, n and seed (and `extra`'s endpoint options)."""
     payload = {
         "backend": backend,
         "model": model,
@@ -103,7 +103,9 @@ def request_key(backend: str, model: str | None, req: GenerationRequest) -> str:
         "n": req.n,
         "seed": req.seed,
         "stop": list(req.stop),
-        "extra": req.extra,
+        # The template backend's hints (the label's candidates, annotated facts) reach no model, and that
+        # backend is never cached: a hint that changes (another parent build) must not make a model answer again.
+        "extra": {k: v for k, v in req.extra.items() if k != "template"},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
