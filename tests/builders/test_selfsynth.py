@@ -133,6 +133,16 @@ def test_concepts_file_and_rejects(tmp_path, cub):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "y", source_options={"root": str(data)}, concepts="attributes")
 
 
+def test_a_concept_listed_twice_in_a_file_is_one_concept(tmp_path, cub):
+    # a file's list was taken as is: "dark bill" twice could be selected twice, and listed twice to the QA model
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"Black footed Albatross": ["Dark bill", "dark bill ", "long wings", " ", "pale ring"]}))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", concepts=str(concepts), instructions=1, questions=1,
+                       source_options={"root": str(cub), "splits": ["train"]})
+    rows = b.sql("SELECT concepts FROM samples").fetchall()
+    assert rows and all(sorted(r[0]) == ["Dark bill", "long wings", "pale ring"] for r in rows)
+
+
 def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offline_build):
     """vlmforge.build("selfsynth", "cub", concepts="attributes") needed source_options attributes=True, which
     the CLI adds for --concepts attributes; without it the build said the files were missing."""

@@ -28,7 +28,8 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.derived import lineage
 from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR, ConceptSelector,
-                                        attribute_specificity, attribute_text, parse_bullets, select_attributes)
+                                        attribute_specificity, attribute_text, parse_bullets, select_attributes,
+                                        unique_concepts)
 from vlmforge.curation.generation import GenerationRequest, Generator, make_generator
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
@@ -298,7 +299,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         out = {}
         for lab in labels:
             v = doc.get(lab, [])
-            out[lab] = parse_bullets(v) if isinstance(v, str) else [x.strip() for x in v if x.strip()]
+            out[lab] = parse_bullets(v) if isinstance(v, str) else unique_concepts(v)  # a repeat is one concept
         return out
 
     def _select_by_descriptions(self, recs: list[Record], split: str) -> dict[str, dict[str, Any]]:

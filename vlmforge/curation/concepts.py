@@ -28,18 +28,23 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022\u25cf+]|\d{1,3}[.)])\s+(.*\S)\s*$")
 def parse_bullets(text: str) -> list[str]:
     """Bullet or numbered list items of a generated text, cleaned and de-duplicated (case-blind).
     Markdown emphasis is dropped; headings ("**Plumage:**" alone) and empty items are skipped."""
-    out: list[str] = []
-    seen: set[str] = set()
+    items = []
     for line in text.splitlines():
         m = _BULLET.match(line)
-        if not m:
-            continue
-        item = m.group(1).replace("**", "").replace("__", "").strip().rstrip(".;,").strip()
-        if not item or item.endswith(":"):
-            continue
-        k = item.lower()
-        if k not in seen:
-            seen.add(k)
+        if m:
+            item = m.group(1).replace("**", "").replace("__", "").strip().rstrip(".;,").strip()
+            if not item.endswith(":"):
+                items.append(item)
+    return unique_concepts(items)
+
+
+def unique_concepts(items: Sequence[str]) -> list[str]:
+    """Items stripped, empty ones dropped, the first of those equal but for case kept."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in (x.strip() for x in items):
+        if item and item.lower() not in seen:
+            seen.add(item.lower())
             out.append(item)
     return out
 
