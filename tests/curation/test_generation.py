@@ -214,3 +214,15 @@ def test_bad_dtype_and_a_missing_gpu_are_one_error_line(tiny_lm):
     if not torch.cuda.is_available():  # torch raised an AssertionError traceback here
         with pytest.raises(UserError, match="no CUDA GPU"):
             make_generator("transformers", tiny_lm, cache_dir=False, device="cuda").setup()
+
+
+def test_greedy_requests_for_several_texts(tiny_lm, tiny_llava):
+    # --describe-temperature 0 with 2 descriptions per instruction was a ValueError traceback from transformers
+    for model, image in ((tiny_lm, None), (tiny_llava, _jpeg())):
+        gen = make_generator("transformers", model, cache_dir=False, batch_size=2)
+        reqs = [GenerationRequest(f"<image>\nDescribe {i}.", image=image, max_new_tokens=5, temperature=0.0, n=3)
+                for i in range(3)]
+        out = gen(reqs)
+        single = gen([GenerationRequest(r.prompt, image=image, max_new_tokens=5) for r in reqs])
+        assert [len(t) for t in out] == [3, 3, 3]
+        assert all(texts == [one[0]] * 3 for texts, one in zip(out, single))  # greedy: one text, n times

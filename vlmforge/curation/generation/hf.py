@@ -174,8 +174,11 @@ class TransformersGenerator(Generator):
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         sample = first.temperature > 0
+        # Greedy decoding gives one text however often it is asked (and transformers refuses n > 1 for it):
+        # generate it once and repeat it n times.
+        n = first.n if sample else 1
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=first.max_new_tokens, do_sample=sample,
-                                          num_return_sequences=first.n, pad_token_id=self._tokenizer.pad_token_id)
+                                          num_return_sequences=n, pad_token_id=self._tokenizer.pad_token_id)
         if sample:
             gen_kwargs.update(temperature=first.temperature, top_p=first.top_p)
             torch.manual_seed(_batch_seed(reqs))
@@ -185,8 +188,8 @@ class TransformersGenerator(Generator):
             seqs = self._model.generate(**inputs, **gen_kwargs)
         new = seqs[:, inputs["input_ids"].shape[1] :]
         decoded = self._tokenizer.batch_decode(new, skip_special_tokens=True)
-        n = first.n
-        return [[_truncate_at_stop(decoded[i * n + j], r.stop) for j in range(n)] for i, r in enumerate(reqs)]
+        return [[_truncate_at_stop(decoded[i * n + (j if sample else 0)], r.stop) for j in range(first.n)]
+                for i, r in enumerate(reqs)]
 
     def __getstate__(self):
         state = dict(self.__dict__)
