@@ -135,9 +135,14 @@ class ConceptSelector:
                 if hi == lo:
                     out[k] = []
                     continue
-                rest = np.maximum(total - exps[:, lo:hi].sum(axis=1), 0.0)
-                with np.errstate(divide="ignore"):  # no other image at all: log 0 = -inf, score 0
-                    log_neg = np.log(rest) + shift[:, 0]
+                rest = total - exps[:, lo:hi].sum(axis=1)
+                with np.errstate(divide="ignore"):
+                    log_neg = np.log(np.maximum(rest, 0.0)) + shift[:, 0]
+                # Where the other images' share is below float precision next to this image's own (a small t),
+                # the subtraction lost it: sum theirs directly (no other image at all: -inf, score 0).
+                lost = rest <= total * 1e-9
+                if lost.any():
+                    log_neg[lost] = _logsumexp(np.delete(logits[lost], np.s_[lo:hi], axis=1))
                 scores = ib_scores(desc_vec[lo:hi], cvec, t=self.t, neg_log_sum=log_neg)
                 out[k] = select_concepts(names, scores, self.std_factor, self.min_keep)
         return out
