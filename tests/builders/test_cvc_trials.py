@@ -203,11 +203,11 @@ def test_fewer_trials_than_the_default_max_correct(tmp_path, occlusion):
 
 
 def test_short_answers_differing_in_number_only_are_one():
-    from vlmforge.builders.cvc_trials import _singular_words
+    from vlmforge.curation.softmatch import same_in_number
 
-    assert _singular_words("kites") == _singular_words("kite") == "kite"
-    assert _singular_words("hot dogs") == "hot dog"
-    assert [_singular_words(w) for w in ("glass", "bus", "tennis")] == ["glass", "bus", "tennis"]
+    assert same_in_number("kites", "kite") and same_in_number("hot dogs", "hot dog")
+    assert same_in_number("a kite", "kites") and same_in_number("wine glasses", "wine glass")
+    assert not same_in_number("hot dog", "dog") and not same_in_number("kite", "frisbee")
 
 
 def test_an_embedder_that_does_not_load_is_one_error_and_the_fixed_rerun_builds(tmp_path, occlusion, monkeypatch):

@@ -42,3 +42,21 @@ def test_soft_match_threshold():
     s = float(m.similarity(["banana"], "car")[0])
     assert SoftMatcher(m.embedder, threshold=s - 1e-4).matches(["banana"], "car") == [True]
     assert SoftMatcher(m.embedder, threshold=s).matches(["banana"], "car") == [False]  # strictly above counts
+
+
+def test_the_label_in_another_number_or_with_a_count_matches():
+    """An occlusion question about several objects gets plural answers; MiniLM's cosine of "dogs" and "dog"
+    is 0.82, "benches"/"bench" 0.75, "men"/"man" 0.56: right answers were counted wrong at 0.85."""
+    from vlmforge.curation.softmatch import same_in_number
+
+    m = SoftMatcher(None)
+    right = [("dogs", "dog"), ("benches", "bench"), ("men", "man"), ("people", "person"), ("two birds", "bird"),
+             ("A dog.", "dog"), ("a couple of cups", "cup"), ("buses", "bus"), ("strawberries", "strawberry"),
+             ("wine glasses", "wine glass"), ("skis", "skis"), ("ski", "skis")]
+    for answer, label in right:
+        assert same_in_number(answer, label), (answer, label)
+        assert m.matches([answer], label) == [True], (answer, label)
+    for answer, label in [("cat", "dog"), ("hot dog", "dog"), ("dog", "hot dog"), ("the", "dog"), ("", "dog"),
+                          ("bus stop", "bus")]:
+        assert not same_in_number(answer, label), (answer, label)
+    assert m.matches(["cat", "frisbee"], "dog") == [False, False]
