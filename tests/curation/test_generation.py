@@ -226,3 +226,30 @@ def test_greedy_requests_for_several_texts(tiny_lm, tiny_llava):
         single = gen([GenerationRequest(r.prompt, image=image, max_new_tokens=5) for r in reqs])
         assert [len(t) for t in out] == [3, 3, 3]
         assert all(texts == [one[0]] * 3 for texts, one in zip(out, single))  # greedy: one text, n times
+
+
+def test_vllm_greedy_requests_for_several_texts(monkeypatch):
+    """vLLM is not installed here: a stand-in engine records the sampling parameters it is given."""
+    import sys
+    import types
+
+    from vlmforge.curation.generation.vllm import VllmGenerator
+
+    class Params:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            pass
+
+        def chat(self, messages, sampling_params, use_tqdm):
+            self.seen = sampling_params
+            one = types.SimpleNamespace
+            return [one(outputs=[one(text=f" text {i}.{j} ") for j in range(p.n)]) for i, p in enumerate(sampling_params)]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=Params))
+    gen = VllmGenerator("some/model")
+    out = gen([GenerationRequest("a", n=3), GenerationRequest("b", temperature=0.7, n=2, seed=4)])
+    assert [p.n for p in gen._llm.seen] == [1, 2]  # vLLM refuses n > 1 without sampling in some versions
+    assert out == [["text 0.0"] * 3, ["text 1.0", "text 1.1"]]

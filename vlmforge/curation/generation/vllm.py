@@ -73,8 +73,10 @@ class VllmGenerator(Generator):
         self._llm = vllm.LLM(**self.engine_args)
 
     def _params(self, req: GenerationRequest):
-        return self._vllm.SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p if req.temperature > 0 else 1.0,
-                                         max_tokens=req.max_new_tokens, seed=req.seed, stop=list(req.stop) or None)
+        # Greedy decoding gives one text however often it is asked: ask once, repeat it (as transformers does).
+        return self._vllm.SamplingParams(n=req.n if req.temperature > 0 else 1, temperature=req.temperature,
+                                         top_p=req.top_p if req.temperature > 0 else 1.0, max_tokens=req.max_new_tokens,
+                                         seed=req.seed, stop=list(req.stop) or None)
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         self.setup()
@@ -82,7 +84,8 @@ class VllmGenerator(Generator):
         # sampling parameters keep each request's n, seed and temperature.
         outputs = self._llm.chat([chat_messages(r) for r in requests], sampling_params=[self._params(r) for r in requests],
                                  use_tqdm=False)
-        return [[c.text.strip() for c in o.outputs] for o in outputs]
+        return [[c.text.strip() for c in o.outputs] * (r.n if r.temperature <= 0 else 1)
+                for r, o in zip(requests, outputs)]
 
     def __getstate__(self):
         state = dict(self.__dict__)
