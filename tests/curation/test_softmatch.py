@@ -30,6 +30,10 @@ def test_names_label():
     assert names_label("Nothing else but a gull.", "gull")
     assert not names_label("A category of animals.", "cat")
     assert names_label("Laysan Albatross", "Albatross")
+    # the label in the plural names it too (a right answer was dropped as answer_misses_label)
+    assert names_label("These are two Laysan Albatrosses.", "Laysan Albatross") and names_label("Two men.", "man")
+    assert not names_label("These are not Laysan Albatrosses.", "Laysan Albatross")
+    assert not names_label("Laysan birds.", "Laysan Albatross")
     assert normalise("  Laysan_Albatross!! ") == "laysan albatross"
 
 
