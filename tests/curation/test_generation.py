@@ -253,3 +253,21 @@ def test_vllm_greedy_requests_for_several_texts(monkeypatch):
     out = gen([GenerationRequest("a", n=3), GenerationRequest("b", temperature=0.7, n=2, seed=4)])
     assert [p.n for p in gen._llm.seen] == [1, 2]  # vLLM refuses n > 1 without sampling in some versions
     assert out == [["text 0.0"] * 3, ["text 1.0", "text 1.1"]]
+
+
+def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):
+    # the README's `selfsynth-answers --model runs/round1` failed: 'Unrecognized model in runs/round1'
+    import shutil
+
+    from vlmforge.training.llava import EXPORT_INFO
+
+    shutil.copytree(tiny_lm, tmp_path / "run" / "final")
+    (tmp_path / "run" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "full"}))
+    gen = make_generator("transformers", str(tmp_path / "run"), cache_dir=False)
+    assert gen.model == str(tmp_path / "run" / "final")
+    assert len(gen([GenerationRequest("Hello.", max_new_tokens=3)])[0]) == 1
+    (tmp_path / "lora" / "final").mkdir(parents=True)
+    (tmp_path / "lora" / "final" / "adapter_config.json").write_text("{}")
+    (tmp_path / "lora" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "lora"}))
+    with pytest.raises(UserError, match="holds a LoRA adapter, not a whole model: merge it first"):
+        make_generator("transformers", str(tmp_path / "lora"), cache_dir=False).setup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
 from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
@@ -48,7 +49,9 @@ class TransformersGenerator(Generator):
                  trust_remote_code: bool = False, **options: Any):
         if not model:
             raise UserError("the transformers generator needs --model (a local checkpoint folder or a Hub id)")
-        super().__init__(model, **options)
+        from vlmforge.training.llava import export_folder
+
+        super().__init__(export_folder(model), **options)  # a training run folder: its final/ model
         if dtype not in DTYPES:
             raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}")
         self.device = device
@@ -80,6 +83,9 @@ class TransformersGenerator(Generator):
 
         check_device(device)  # torch's own error for a missing GPU is a traceback after the model loads
         check_model_name(self.model, "generation model")
+        if (Path(self.model) / "adapter_config.json").exists() and not (Path(self.model) / "config.json").exists():
+            raise UserError(f"{self.model} holds a LoRA adapter, not a whole model: merge it first "
+                            "(vlmforge model merge RUN --out DIR) and give DIR")
         try:
             config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as e:
