@@ -266,6 +266,9 @@ def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):
     gen = make_generator("transformers", str(tmp_path / "run"), cache_dir=False)
     assert gen.model == str(tmp_path / "run" / "final")
     assert len(gen([GenerationRequest("Hello.", max_new_tokens=3)])[0]) == 1
+    from vlmforge.curation.generation.vllm import VllmGenerator
+
+    assert VllmGenerator(str(tmp_path / "run")).engine_args["model"] == str(tmp_path / "run" / "final")
     (tmp_path / "lora" / "final").mkdir(parents=True)
     (tmp_path / "lora" / "final" / "adapter_config.json").write_text("{}")
     (tmp_path / "lora" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "lora"}))

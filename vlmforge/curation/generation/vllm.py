@@ -51,6 +51,9 @@ class VllmGenerator(Generator):
                  **options: Any):
         if not model:
             raise UserError("the vllm generator needs --model (a local checkpoint folder or a Hub id)")
+        from vlmforge.training.llava import export_folder
+
+        model = export_folder(model)  # a training run folder: its final/ model
         super().__init__(model, **options)
         self.engine_args = dict(model=model, tensor_parallel_size=tensor_parallel_size,
                                 gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
