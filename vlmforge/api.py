@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,21 @@ def make_executor(name: str = "local", workers: int = 1, ray_address: str | None
     raise UserError(f"unknown executor {name!r}; use local or ray")
 
 
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_option_type(builder: str, name: str, value: Any, annotation: str) -> None:
+    """A config value of the wrong simple type (trials="16") is one error line, not a TypeError deep in
+    the build. Annotations other than int, float, str, bool and None are not checked."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if not all(k in _SIMPLE_TYPES or k == "None" for k in kinds) or (value is None and "None" in kinds):
+        return
+    ok = any(k in _SIMPLE_TYPES and isinstance(value, _SIMPLE_TYPES[k]) and (k == "bool" or not isinstance(value, bool))
+             for k in kinds)
+    if not ok:
+        raise UserError(f"{builder} option {name} must be {' or '.join(kinds)}, not {value!r}")
+
+
 def build(
     builder: str,
     source: str | None = None,
@@ -63,11 +79,16 @@ def build(
     `builder_attrs` are set on the builder outside its identity, as the CLI sets them (e.g. `device`,
     `generator_options`)."""
     cls = get_builder(builder)
+    fields = cls.Config.__dataclass_fields__
+    unknown = sorted(set(config) - set(fields))
+    if unknown:  # checked before the source opens, whose errors name CLI options (root=... is not --root)
+        raise UserError(f"{builder} has no option(s) {unknown}; its options: {sorted(fields)} "
+                        "(the source's, such as root or splits, go in source_options={...})")
+    for name, value in config.items():
+        if isinstance(value, os.PathLike):  # a file option given as a Path: stored as text (build.json is JSON)
+            config[name] = value = os.fspath(value)
+        check_option_type(builder, name, value, str(fields[name].type))
     src = cls.open_source(source, **(source_options or {}))
-    fields = set(cls.Config.__dataclass_fields__)
-    unknown = sorted(set(config) - fields)
-    if unknown:
-        raise UserError(f"{builder} has no option(s) {unknown}; its options: {sorted(fields)}")
     cfg = cls.Config(**config)
     b = cls(cfg, src)
     for name, value in (builder_attrs or {}).items():

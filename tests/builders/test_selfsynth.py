@@ -129,8 +129,26 @@ def test_concepts_file_and_rejects(tmp_path, cub):
         "dark plumage", "pale face ring", "long wings", "white head", "dark back", "pink bill"}
     with pytest.raises(UserError, match="--concepts"):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "x", source_options={"root": str(data)}, concepts="nope.json")
-    with pytest.raises(UserError, match="attribute files"):
+    with pytest.raises(UserError, match="attribute labels not found"):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "y", source_options={"root": str(data)}, concepts="attributes")
+
+
+def test_a_concept_listed_twice_in_a_file_is_one_concept(tmp_path, cub):
+    # a file's list was taken as is: "dark bill" twice could be selected twice, and listed twice to the QA model
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({"Black footed Albatross": ["Dark bill", "dark bill ", "long wings", " ", "pale ring"]}))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", concepts=str(concepts), instructions=1, questions=1,
+                       source_options={"root": str(cub), "splits": ["train"]})
+    rows = b.sql("SELECT concepts FROM samples").fetchall()
+    assert rows and all(sorted(r[0]) == ["Dark bill", "long wings", "pale ring"] for r in rows)
+
+
+def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offline_build):
+    """vlmforge.build("selfsynth", "cub", concepts="attributes") needed source_options attributes=True, which
+    the CLI adds for --concepts attributes; without it the build said the files were missing."""
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path, max_samples_per_shard=5, concepts="attributes",
+                       source_options={"root": str(cub)})
+    assert b.build_id == offline_build.build_id and b.info["source"]["attributes"] is True
 
 
 def test_transformers_model_path_and_cache(tmp_path, cub):
@@ -284,6 +302,38 @@ def test_round_seed_is_not_part_of_the_build(tmp_path, offline_build):
     assert a.build_id == b.build_id and "seed" not in a.info["config"]
     fa, fb = build_files(a.path), build_files(b.path)
     assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+
+
+def test_where_a_concepts_or_answers_file_lies_is_not_part_of_the_build(tmp_path, cub, offline_build, monkeypatch):
+    """The same file given by another path (relative, from another folder, a copy) is the same build: a
+    resumed or repeated command was refused as 'another build' when the path was spelt differently."""
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    concepts = {lab: ["dark plumage", "white head", "long narrow wings", "pink bill"]
+                for lab in ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")}
+    for folder in ("a", "b"):
+        (tmp_path / folder / f"{folder}.json").write_text(json.dumps(concepts))
+    write_candidate_answers(offline_build.path, tmp_path / "a" / "r2.jsonl", "template", None, samples=2)
+    (tmp_path / "b" / "copy.jsonl").write_bytes((tmp_path / "a" / "r2.jsonl").read_bytes())
+    built = {}
+    for folder, name in (("a", "a.json"), ("b", str(tmp_path / "b" / "b.json"))):
+        monkeypatch.chdir(tmp_path / folder)
+        ss = vlmforge.build("selfsynth", "cub", out=tmp_path / "ss", source_options={"root": str(cub)}, concepts=name)
+        rd = vlmforge.build("selfsynth-round", "build", out=tmp_path / "rd", source_options={"path": str(offline_build.path)},
+                            answers="r2.jsonl" if folder == "a" else "copy.jsonl")
+        built[folder] = (ss, rd)  # the second command finds the first build up to date (no 'another build' error)
+    for x, y in zip(built["a"], built["b"]):
+        assert x.build_id == y.build_id and x.path == y.path
+    ss, rd = built["a"]
+    assert ss.info["config"]["concepts"] == "file" and len(ss.info["config"]["concepts_sha256"]) == 64
+    assert "answers" not in rd.info["config"] and len(rd.info["config"]["answers_sha256"]) == 64
+    # another content is another build
+    (tmp_path / "a" / "a.json").write_text(json.dumps({**concepts, "Sooty Albatross": ["sooty plumage", "dark bill"]}))
+    monkeypatch.chdir(tmp_path / "a")
+    with pytest.raises(BuildError, match="another build"):
+        vlmforge.build("selfsynth", "cub", out=tmp_path / "ss", source_options={"root": str(cub)}, concepts="a.json")
 
 
 class _MuteDescriber(TemplateGenerator):

@@ -90,3 +90,23 @@ def test_selector_matches_direct_scores_with_real_embeddings():
         assert [c for c, _ in got[key]] == [c for c, _ in want]
         assert [s for _, s in got[key]] == pytest.approx([s for _, s in want], rel=1e-5)
     assert [c for c, _ in got["a"]][:2] == ["hooked bill", "black plumage"]
+
+
+def test_selector_keeps_far_negatives_at_a_small_temperature():
+    """At t = 0.01 the other images' terms are below float precision next to the image's best description:
+    subtracting the image's own terms from the total left 0, so the negatives were log 0 = -inf and the
+    image's weaker description scored log(1) = 0 instead of about -28."""
+
+    class Fixed:
+        vectors = {"own1": [1.0, 0.0, 0.0], "own2": [0.0, 0.0, 1.0], "other": [0.0, 1.0, 0.0],
+                   "c1": [0.96, 0.28, 0.0], "c2": [0.8, 0.6, 0.0], "c3": [0.6, 0.8, 0.0]}
+
+        def encode(self, texts):
+            return np.array([self.vectors[t] for t in texts])
+
+    emb = Fixed()
+    got = ConceptSelector(emb, t=0.01, min_keep=3).select({"a": ["own1", "own2"], "b": ["other"]},
+                                                            {"a": "x", "b": "y"}, {"x": ["c1", "c2", "c3"], "y": []})
+    want = ib_scores(emb.encode(["own1", "own2"]), emb.encode(["c1", "c2", "c3"]), emb.encode(["other"]), t=0.01)
+    assert want[0] == pytest.approx(-28, abs=0.01)  # the premise: own2 against c1, negatives s(c1, other) = 0.28
+    assert dict(got["a"]) == pytest.approx(dict(zip(["c1", "c2", "c3"], want)), rel=1e-9)

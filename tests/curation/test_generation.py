@@ -43,8 +43,17 @@ def test_request_key_covers_every_field():
                          ("temperature", 0.8), ("top_p", 1.0), ("n", 3), ("seed", 2), ("max_new_tokens", 9),
                          ("stop", ["\n"])]:
         variants.append(("transformers", "m", GenerationRequest(**{**base.__dict__, field: value})))
+    variants.append(("openai", "m", GenerationRequest(**{**base.__dict__, "extra": {"api_params": {"top_k": 5}}})))
     keys = {request_key(b, m, r) for b, m, r in variants}
     assert len(keys) == len(variants) and k not in keys
+
+
+def test_template_hints_are_not_part_of_a_cached_request():
+    """cvc-trials hints the template backend with every label of the parent build: another parent (one
+    more label) made a model answer each trial again, though the model never sees the hint."""
+    a = GenerationRequest("Reason.", image=_jpeg(), n=16, extra={"template": {"candidates": ["cat", "dog"]}})
+    b = GenerationRequest("Reason.", image=_jpeg(), n=16, extra={"template": {"candidates": ["cat", "dog", "cow"]}})
+    assert request_key("transformers", "m", a) == request_key("transformers", "m", b)
 
 
 def test_cache_second_run_makes_no_backend_call(tmp_path, tiny_lm):
@@ -75,6 +84,23 @@ def test_cache_second_run_makes_no_backend_call(tmp_path, tiny_lm):
     assert (second.hits, second.misses) == (2, 0)
     changed = second([GenerationRequest("What is in the image?", max_new_tokens=6, temperature=1.0, n=3, seed=6)])
     assert calls == [2, 1] and len(changed[0]) == 3
+
+
+def test_cache_asks_again_when_the_model_folder_gets_new_weights(tmp_path):
+    """A model retrained into the same folder (the next round's `--model runs/round1/final`) is asked
+    again: its answers are not the old weights' cached ones."""
+    from vlmforge.training.tiny import make_tiny_causal_lm
+
+    folder = make_tiny_causal_lm(tmp_path / "model", seed=0)
+    reqs = [GenerationRequest("What is in the image?", max_new_tokens=8, temperature=1.0, n=2, seed=5)]
+    before = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")(reqs)
+    make_tiny_causal_lm(folder, seed=1)  # new weights, same path
+    gen = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")
+    after = gen(reqs)
+    assert (gen.hits, gen.misses) == (0, 1)
+    assert after != before and after == make_generator("transformers", str(folder), cache_dir=False)(reqs)
+    again = make_generator("transformers", str(folder), cache_dir=tmp_path / "cache")
+    assert again(reqs) == after and (again.hits, again.misses) == (1, 0)
 
 
 def test_transformers_causal_lm_batches_and_seeds(tiny_lm):
@@ -176,3 +202,75 @@ def test_an_encoder_checkpoint_is_refused_as_a_generation_model(tmp_path):
     gen = make_generator("transformers", str(make_tiny_mlm(tmp_path / "mlm")))
     with pytest.raises(UserError, match="is a 'bert' checkpoint, an encoder \\(masked LM\\) that does not generate text"):
         gen([GenerationRequest("Hello")])
+
+
+def test_bad_dtype_and_a_missing_gpu_are_one_error_line(tiny_lm):
+    import torch
+
+    with pytest.raises(UserError, match="unknown --dtype 'float64x'"):
+        make_generator("transformers", tiny_lm, dtype="float64x")
+    with pytest.raises(UserError, match="unknown --device 'cpux'"):
+        make_generator("transformers", tiny_lm, cache_dir=False, device="cpux").setup()
+    if not torch.cuda.is_available():  # torch raised an AssertionError traceback here
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            make_generator("transformers", tiny_lm, cache_dir=False, device="cuda").setup()
+
+
+def test_greedy_requests_for_several_texts(tiny_lm, tiny_llava):
+    # --describe-temperature 0 with 2 descriptions per instruction was a ValueError traceback from transformers
+    for model, image in ((tiny_lm, None), (tiny_llava, _jpeg())):
+        gen = make_generator("transformers", model, cache_dir=False, batch_size=2)
+        reqs = [GenerationRequest(f"<image>\nDescribe {i}.", image=image, max_new_tokens=5, temperature=0.0, n=3)
+                for i in range(3)]
+        out = gen(reqs)
+        single = gen([GenerationRequest(r.prompt, image=image, max_new_tokens=5) for r in reqs])
+        assert [len(t) for t in out] == [3, 3, 3]
+        assert all(texts == [one[0]] * 3 for texts, one in zip(out, single))  # greedy: one text, n times
+
+
+def test_vllm_greedy_requests_for_several_texts(monkeypatch):
+    """vLLM is not installed here: a stand-in engine records the sampling parameters it is given."""
+    import sys
+    import types
+
+    from vlmforge.curation.generation.vllm import VllmGenerator
+
+    class Params:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    class LLM:
+        def __init__(self, **kw):
+            pass
+
+        def chat(self, messages, sampling_params, use_tqdm):
+            self.seen = sampling_params
+            one = types.SimpleNamespace
+            return [one(outputs=[one(text=f" text {i}.{j} ") for j in range(p.n)]) for i, p in enumerate(sampling_params)]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=Params))
+    gen = VllmGenerator("some/model")
+    out = gen([GenerationRequest("a", n=3), GenerationRequest("b", temperature=0.7, n=2, seed=4)])
+    assert [p.n for p in gen._llm.seen] == [1, 2]  # vLLM refuses n > 1 without sampling in some versions
+    assert out == [["text 0.0"] * 3, ["text 1.0", "text 1.1"]]
+
+
+def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):
+    # the README's `selfsynth-answers --model runs/round1` failed: 'Unrecognized model in runs/round1'
+    import shutil
+
+    from vlmforge.training.llava import EXPORT_INFO
+
+    shutil.copytree(tiny_lm, tmp_path / "run" / "final")
+    (tmp_path / "run" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "full"}))
+    gen = make_generator("transformers", str(tmp_path / "run"), cache_dir=False)
+    assert gen.model == str(tmp_path / "run" / "final")
+    assert len(gen([GenerationRequest("Hello.", max_new_tokens=3)])[0]) == 1
+    from vlmforge.curation.generation.vllm import VllmGenerator
+
+    assert VllmGenerator(str(tmp_path / "run")).engine_args["model"] == str(tmp_path / "run" / "final")
+    (tmp_path / "lora" / "final").mkdir(parents=True)
+    (tmp_path / "lora" / "final" / "adapter_config.json").write_text("{}")
+    (tmp_path / "lora" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "lora"}))
+    with pytest.raises(UserError, match="holds a LoRA adapter, not a whole model: merge it first"):
+        make_generator("transformers", str(tmp_path / "lora"), cache_dir=False).setup()

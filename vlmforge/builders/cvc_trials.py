@@ -20,7 +20,7 @@ from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.selfsynth import FromBuildMixin, GeneratorMixin, stable_int
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.instructions import short_answer_question, with_article, with_instruction
-from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, normalise
+from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, same_in_number
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record
@@ -45,12 +45,12 @@ class CvcTrialsConfig(BuildConfig):
     embedder: str = "minilm"  # or e.g. BAAI/bge-m3
     threshold: float = DEFAULT_THRESHOLD
     min_correct: int = 1
-    max_correct: int = 4
+    max_correct: int | None = None  # default: 4, or trials when fewer
 
 
 class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     name = "cvc-trials"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = CvcTrialsConfig
     description = ("CVC trial learning: K reasoning trials per occluded image, answers soft-matched to the label; "
                    "images solved only sometimes give chain-of-thought and short-answer samples.")
@@ -73,6 +73,8 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
         super().__init__(config, source)
         if config.extractor not in ("rule", "generator"):
             raise UserError("--extractor must be rule or generator")
+        if config.max_correct is None:
+            config.max_correct = min(4, config.trials)
         if not -1 <= config.threshold <= 1:  # a cosine similarity: 2 would call every answer wrong
             raise UserError(f"--threshold must be between -1 and 1 (a cosine similarity), got {config.threshold}")
         if not 1 <= config.min_correct <= config.max_correct <= config.trials:
@@ -164,18 +166,10 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
 
         for j in correct:
             out.append(make(f"cot{j:02d}", "cot", j, prompt, texts[j].strip()))
-        seen: set[str] = set()
+        seen: list[str] = []
         for j in correct:
-            norm = _singular_words(normalise(found[j]))  # "kites" and "kite" are one answer
-            if norm in seen:
+            if any(same_in_number(found[j], s) for s in seen):  # "kites", "a kite" and "kite" are one answer
                 continue
-            seen.add(norm)
+            seen.append(found[j])
             out.append(make(f"ans{len(seen) - 1:02d}", "answer", j, short_answer_question(doc["question"]), found[j]))
         return out
-
-
-def _singular_words(text: str) -> str:
-    """A plain plural -s dropped from each word ("kites" -> "kite"; "glass", "bus" kept), for telling
-    apart answers that say different things rather than the same thing in another number."""
-    return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")) else w
-                    for w in text.split())

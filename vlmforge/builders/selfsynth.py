@@ -28,7 +28,8 @@ import pyarrow as pa
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.builders.derived import lineage
 from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR, ConceptSelector,
-                                        attribute_specificity, attribute_text, parse_bullets, select_attributes)
+                                        attribute_specificity, attribute_text, parse_bullets, select_attributes,
+                                        unique_concepts)
 from vlmforge.curation.generation import GenerationRequest, Generator, make_generator
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
@@ -179,10 +180,16 @@ class SelfSynthConfig(BuildConfig):
     qa_temperature: float = 0.3
     max_new_tokens: int = 256
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["concepts"] not in ("generate", "attributes"):
+            d["concepts"] = "file"  # the file's content (concepts_sha256) is the build, not where it lies
+        return d
+
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -198,6 +205,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
 
     def __init__(self, config: SelfSynthConfig, source, generator_options: dict[str, Any] | None = None,
                  cache_dir: str | Path | None = None, quiet: bool = True):
+        if config.concepts == "attributes" and getattr(source, "with_attributes", None) is False:
+            # CUB opened without its attribute files (the Python API; the CLI asks for them): read them now
+            source = type(source)(source.root, source.splits(), attributes=True)
         super().__init__(config, source)
         self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)
@@ -289,7 +299,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         out = {}
         for lab in labels:
             v = doc.get(lab, [])
-            out[lab] = parse_bullets(v) if isinstance(v, str) else [x.strip() for x in v if x.strip()]
+            out[lab] = parse_bullets(v) if isinstance(v, str) else unique_concepts(v)  # a repeat is one concept
         return out
 
     def _select_by_descriptions(self, recs: list[Record], split: str) -> dict[str, dict[str, Any]]:

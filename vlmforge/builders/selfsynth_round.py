@@ -77,12 +77,13 @@ class SelfSynthRoundConfig(BuildConfig):
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         del d["seed"]  # a round draws nothing at random: another --seed is the same build
+        del d["answers"]  # the file's content (answers_sha256) is the build, not where it lies
         return d
 
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")

@@ -19,7 +19,7 @@ GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses (nor the embeddings of descriptions) on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
-FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.2.0")]
+FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.3.0")]
 FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/1.3.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
 
@@ -134,8 +134,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         src = CvcTrialsBuilder.open_source("build", path=from_build, where=where)
         cfg = CvcTrialsConfig(seed=seed, generator=generator, model=model, trials=trials, temperature=temperature,
                               top_p=top_p, max_new_tokens=max_new_tokens, extractor=extractor, embedder=embedder,
-                              threshold=threshold, min_correct=min_correct,
-                              max_correct=min(4, trials) if max_correct is None else max_correct)
+                              threshold=threshold, min_correct=min_correct, max_correct=max_correct)
         builder = functools.partial(CvcTrialsBuilder, generator_options=generator_options(device, dtype, gen_batch_size, generator_option),
                                     cache_dir=_cache(cache_dir, no_cache), quiet=quiet)
         return BuildRun(builder, cfg, src)

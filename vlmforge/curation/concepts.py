@@ -28,18 +28,23 @@ _BULLET = re.compile(r"^\s*(?:[-*\u2022\u25cf+]|\d{1,3}[.)])\s+(.*\S)\s*$")
 def parse_bullets(text: str) -> list[str]:
     """Bullet or numbered list items of a generated text, cleaned and de-duplicated (case-blind).
     Markdown emphasis is dropped; headings ("**Plumage:**" alone) and empty items are skipped."""
-    out: list[str] = []
-    seen: set[str] = set()
+    items = []
     for line in text.splitlines():
         m = _BULLET.match(line)
-        if not m:
-            continue
-        item = m.group(1).replace("**", "").replace("__", "").strip().rstrip(".;,").strip()
-        if not item or item.endswith(":"):
-            continue
-        k = item.lower()
-        if k not in seen:
-            seen.add(k)
+        if m:
+            item = m.group(1).replace("**", "").replace("__", "").strip().rstrip(".;,").strip()
+            if not item.endswith(":"):
+                items.append(item)
+    return unique_concepts(items)
+
+
+def unique_concepts(items: Sequence[str]) -> list[str]:
+    """Items stripped, empty ones dropped, the first of those equal but for case kept."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for item in (x.strip() for x in items):
+        if item and item.lower() not in seen:
+            seen.add(item.lower())
             out.append(item)
     return out
 
@@ -130,9 +135,14 @@ class ConceptSelector:
                 if hi == lo:
                     out[k] = []
                     continue
-                rest = np.maximum(total - exps[:, lo:hi].sum(axis=1), 0.0)
-                with np.errstate(divide="ignore"):  # no other image at all: log 0 = -inf, score 0
-                    log_neg = np.log(rest) + shift[:, 0]
+                rest = total - exps[:, lo:hi].sum(axis=1)
+                with np.errstate(divide="ignore"):
+                    log_neg = np.log(np.maximum(rest, 0.0)) + shift[:, 0]
+                # Where the other images' share is below float precision next to this image's own (a small t),
+                # the subtraction lost it: sum theirs directly (no other image at all: -inf, score 0).
+                lost = rest <= total * 1e-9
+                if lost.any():
+                    log_neg[lost] = _logsumexp(np.delete(logits[lost], np.s_[lo:hi], axis=1))
                 scores = ib_scores(desc_vec[lo:hi], cvec, t=self.t, neg_log_sum=log_neg)
                 out[k] = select_concepts(names, scores, self.std_factor, self.min_keep)
         return out

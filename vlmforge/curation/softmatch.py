@@ -63,18 +63,53 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+IRREGULAR_PLURALS = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+                     "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "leaves": "leaf",
+                     "wolves": "wolf", "shelves": "shelf", "calves": "calf", "halves": "half", "oxen": "ox"}
+# Words before a noun that say how many, not what: "two dogs", "a couple of cows", "the kites".
+QUANTITY_WORDS = frozenset("a an the some several many few multiple couple of one two three four five six seven "
+                           "eight nine ten".split())
+
+
+def _word_forms(word: str) -> set[str]:
+    """The word and what it may be the plural of ("buses" -> bus, "berries" -> berry, "men" -> man)."""
+    forms = {word, IRREGULAR_PLURALS.get(word, word)}
+    if len(word) > 2 and word.endswith("s") and not word.endswith("ss"):
+        forms.add(word[:-1])
+    if len(word) > 3 and word.endswith("es"):
+        forms.add(word[:-2])
+    if len(word) > 4 and word.endswith("ies"):
+        forms.add(word[:-3] + "y")
+    return forms
+
+
+def same_in_number(answer: str, label: str) -> bool:
+    """Whether `answer` says `label` but for number and a leading article or count ("two dogs" for "dog",
+    "men" for "man"): the embedding cosine of such pairs can fall below the threshold (MiniLM: "dogs" 0.82)."""
+    words = [w.split() for w in (normalise(answer), normalise(label))]
+    for i, ws in enumerate(words):
+        while len(ws) > 1 and ws[0] in QUANTITY_WORDS:
+            ws = ws[1:]
+        words[i] = ws
+    a, b = words
+    return bool(a) and len(a) == len(b) and all(_word_forms(x) & _word_forms(y) for x, y in zip(a, b))
+
+
 NEGATIONS = frozenset("not no never nor neither isnt arent wasnt werent cannot cant doesnt dont".split())
 
 
 def names_label(text: str, label: str) -> bool:
-    """Whether `text` names `label` as whole words (after normalising both), in a mention that no
-    negation within the three words before denies ("This is not a Black footed Albatross")."""
+    """Whether `text` names `label` as whole words (after normalising both; its last word may be plural:
+    "two Laysan Albatrosses"), in a mention that no negation within the three words before denies ("This
+    is not a Black footed Albatross")."""
     lab = normalise(label).split()
     words = normalise(text).split()
     if not lab:
         return False
+    last = _word_forms(lab[-1])
     for i in range(len(words) - len(lab) + 1):
-        if words[i : i + len(lab)] == lab and not NEGATIONS & set(words[max(0, i - 3) : i]):
+        if (words[i : i + len(lab) - 1] == lab[:-1] and _word_forms(words[i + len(lab) - 1]) & last
+                and not NEGATIONS & set(words[max(0, i - 3) : i])):
             return True
     return False
 
@@ -101,8 +136,9 @@ class SoftMatcher:
                 out.append(np.zeros(0, np.float64))
                 continue
             sims = vecs[[index[a] for a in answers]] @ vecs[index[target]]
-            # Identical text is a match whatever rounding says; empty answers match nothing.
-            sims = np.where([a == target for a in answers], 1.0, sims)
+            # The label itself (but for number, an article or a count) is a match whatever the embedding
+            # says; empty answers match nothing.
+            sims = np.where([a == target or same_in_number(a, target) for a in answers], 1.0, sims)
             out.append(np.where([not a for a in answers], 0.0, sims))
         return out
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -49,7 +49,7 @@ class Build:
     """A finished build folder. `info` is build.json; `sql()` runs read-only queries on the manifest."""
 
     path: Path
-    info: dict[str, Any]
+    info: dict[str, Any] = field(repr=False)  # build.json: pages of text at a prompt
 
     @property
     def build_id(self) -> str:
@@ -82,7 +82,14 @@ class Build:
         return [self.path / s["shard"] for s in self.info["shards"] if split is None or s["split"] == split]
 
     def samples(self, split: str | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
-        """Samples in shard order: '__key__', image bytes under their field, 'json' parsed when decode."""
+        """Samples in shard order: '__key__', image bytes under their field, 'json' parsed when decode.
+        A split the build does not have is an error, not an empty loop (b.samples("validation"))."""
+        if split is not None and not self.shards(split):
+            have = sorted({s["split"] for s in self.info["shards"]})
+            raise UserError(f"{self.path} has no split {split!r} (splits: {', '.join(have) or 'none'})")
+        return self._samples(split, decode)
+
+    def _samples(self, split: str | None, decode: bool) -> Iterator[dict[str, Any]]:
         for shard in self.shards(split):
             for sample in iter_tar_samples(shard):
                 if decode and "json" in sample:

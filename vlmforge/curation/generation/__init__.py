@@ -68,6 +68,17 @@ class Generator:
         return self.model
 
 
+def local_model_identity(model: str | None) -> str | None:
+    """A model for the response cache's key: a Hub id as given; a local folder with the sizes and
+    modification times of its files, so new weights in the same folder (a model retrained for the next
+    round) are asked again instead of answered from the old model's cache."""
+    from vlmforge.curation.models import folder_stamp
+
+    if not model or not Path(model).expanduser().is_dir():
+        return model
+    return f"{model} @ {folder_stamp(Path(model).expanduser())}"
+
+
 # backend name -> "module:Class". make_generator() imports on demand (vllm is an optional extra).
 BACKENDS: dict[str, str] = {
     "transformers": "vlmforge.curation.generation.hf:TransformersGenerator",
@@ -79,7 +90,7 @@ BACKENDS: dict[str, str] = {
 
 def request_key(backend: str, model: str | None, req: GenerationRequest) -> str:
     """sha256 of everything that can change a request's answer: backend, model, prompt, system,
-    the image's sha256, sampling parameters, n and seed (and backend hints in `extra`)."""
+    the image's sha256, sampling parameters, n and seed (and `extra`'s endpoint options)."""
     payload = {
         "backend": backend,
         "model": model,
@@ -92,7 +103,9 @@ def request_key(backend: str, model: str | None, req: GenerationRequest) -> str:
         "n": req.n,
         "seed": req.seed,
         "stop": list(req.stop),
-        "extra": req.extra,
+        # The template backend's hints (the label's candidates, annotated facts) reach no model, and that
+        # backend is never cached: a hint that changes (another parent build) must not make a model answer again.
+        "extra": {k: v for k, v in req.extra.items() if k != "template"},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 from typing import Any
 
-from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
 from vlmforge.errors import UserError
 
 IMAGE_TOKEN = "<image>"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _strip_image_token(prompt: str) -> str:
@@ -47,7 +49,11 @@ class TransformersGenerator(Generator):
                  trust_remote_code: bool = False, **options: Any):
         if not model:
             raise UserError("the transformers generator needs --model (a local checkpoint folder or a Hub id)")
-        super().__init__(model, **options)
+        from vlmforge.training.llava import export_folder
+
+        super().__init__(export_folder(model), **options)  # a training run folder: its final/ model
+        if dtype not in DTYPES:
+            raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}")
         self.device = device
         self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
@@ -56,6 +62,9 @@ class TransformersGenerator(Generator):
         self._processor = None  # AutoProcessor for image-text-to-text models
         self._tokenizer = None
         self.is_vision = False
+
+    def cache_identity(self) -> str | None:
+        return local_model_identity(self.model)
 
     def setup(self) -> None:
         if self._model is not None:
@@ -70,9 +79,13 @@ class TransformersGenerator(Generator):
         dtype = self.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        from vlmforge.curation.models import check_model_name
+        from vlmforge.curation.models import check_device, check_model_name
 
+        check_device(device)  # torch's own error for a missing GPU is a traceback after the model loads
         check_model_name(self.model, "generation model")
+        if (Path(self.model) / "adapter_config.json").exists() and not (Path(self.model) / "config.json").exists():
+            raise UserError(f"{self.model} holds a LoRA adapter, not a whole model: merge it first "
+                            "(vlmforge model merge RUN --out DIR) and give DIR")
         try:
             config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as e:
@@ -167,8 +180,11 @@ class TransformersGenerator(Generator):
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
         sample = first.temperature > 0
+        # Greedy decoding gives one text however often it is asked (and transformers refuses n > 1 for it):
+        # generate it once and repeat it n times.
+        n = first.n if sample else 1
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=first.max_new_tokens, do_sample=sample,
-                                          num_return_sequences=first.n, pad_token_id=self._tokenizer.pad_token_id)
+                                          num_return_sequences=n, pad_token_id=self._tokenizer.pad_token_id)
         if sample:
             gen_kwargs.update(temperature=first.temperature, top_p=first.top_p)
             torch.manual_seed(_batch_seed(reqs))
@@ -178,8 +194,8 @@ class TransformersGenerator(Generator):
             seqs = self._model.generate(**inputs, **gen_kwargs)
         new = seqs[:, inputs["input_ids"].shape[1] :]
         decoded = self._tokenizer.batch_decode(new, skip_special_tokens=True)
-        n = first.n
-        return [[_truncate_at_stop(decoded[i * n + j], r.stop) for j in range(n)] for i, r in enumerate(reqs)]
+        return [[_truncate_at_stop(decoded[i * n + (j if sample else 0)], r.stop) for j in range(first.n)]
+                for i, r in enumerate(reqs)]
 
     def __getstate__(self):
         state = dict(self.__dict__)

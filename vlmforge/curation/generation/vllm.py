@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from vlmforge.curation.generation import GenerationRequest, Generator
+from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
 from vlmforge.errors import UserError
 
 INSTALL_HINT = ("the vllm backend needs the optional vllm package, which pins its own torch: install it in a "
@@ -51,6 +51,9 @@ class VllmGenerator(Generator):
                  **options: Any):
         if not model:
             raise UserError("the vllm generator needs --model (a local checkpoint folder or a Hub id)")
+        from vlmforge.training.llava import export_folder
+
+        model = export_folder(model)  # a training run folder: its final/ model
         super().__init__(model, **options)
         self.engine_args = dict(model=model, tensor_parallel_size=tensor_parallel_size,
                                 gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
@@ -58,6 +61,9 @@ class VllmGenerator(Generator):
         if max_model_len:
             self.engine_args["max_model_len"] = max_model_len
         self._llm = None
+
+    def cache_identity(self) -> str | None:
+        return local_model_identity(self.model)
 
     def setup(self) -> None:
         if self._llm is not None:
@@ -70,8 +76,10 @@ class VllmGenerator(Generator):
         self._llm = vllm.LLM(**self.engine_args)
 
     def _params(self, req: GenerationRequest):
-        return self._vllm.SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p if req.temperature > 0 else 1.0,
-                                         max_tokens=req.max_new_tokens, seed=req.seed, stop=list(req.stop) or None)
+        # Greedy decoding gives one text however often it is asked: ask once, repeat it (as transformers does).
+        return self._vllm.SamplingParams(n=req.n if req.temperature > 0 else 1, temperature=req.temperature,
+                                         top_p=req.top_p if req.temperature > 0 else 1.0, max_tokens=req.max_new_tokens,
+                                         seed=req.seed, stop=list(req.stop) or None)
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         self.setup()
@@ -79,7 +87,8 @@ class VllmGenerator(Generator):
         # sampling parameters keep each request's n, seed and temperature.
         outputs = self._llm.chat([chat_messages(r) for r in requests], sampling_params=[self._params(r) for r in requests],
                                  use_tqdm=False)
-        return [[c.text.strip() for c in o.outputs] for o in outputs]
+        return [[c.text.strip() for c in o.outputs] * (r.n if r.temperature <= 0 else 1)
+                for r, o in zip(requests, outputs)]
 
     def __getstate__(self):
         state = dict(self.__dict__)
