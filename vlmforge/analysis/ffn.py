@@ -157,7 +157,7 @@ class PromptJob:
 def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens: int = 3, seed: int = 0,
                     ffn_module: str | None = None, batch_size: int = 4, advance=lambda n=1: None) -> list[dict[str, Any]]:
     """One record per prompt (see `run_ffn`), in the order given."""
-    from vlmforge.evaluation.runners import _pil
+    from vlmforge.evaluation.runners import pil_image
 
     model, tok = runner.model, runner.processor.tokenizer
     _, downs = down_projections(model, ffn_module)
@@ -177,7 +177,7 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
     records = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        batch = runner._encode([j.prompt for j in chunk], [_pil(j.image) for j in chunk], "left")
+        batch = runner._encode([j.prompt for j in chunk], [pil_image(j.image, f"sample {j.key}") for j in chunk], "left")
         acts, next_ids = last_position_inputs(model, batch, downs)
         for b, job in enumerate(chunk):
             gt = next_token_id(tok, job.prompt, job.full)

@@ -259,7 +259,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
 
     from vlmforge.analysis.samples import read_test_samples, remove_stale
     from vlmforge.curation.models import check_device
-    from vlmforge.evaluation.runners import _pil
+    from vlmforge.evaluation.runners import pil_image
     from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
@@ -288,7 +288,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     with progress_bar("grad-cam", total=len(data.samples), disable=quiet) as advance:
         for start in range(0, len(data.samples), batch_size):
             batch = data.samples[start : start + batch_size]
-            images = [_pil(s.image) for s in batch]
+            images = [pil_image(s.image, f"sample {s.key}") for s in batch]
             pixels = runner.processor(images=images, return_tensors="pt")["pixel_values"].to(runner.device, runner.model.dtype)
             extra = [[index.get(s.label) for s in batch]] if true_class else []
             res = gradcam(runner.model, module, pixels, feats, extra)

@@ -47,14 +47,18 @@ class Runner:
 
 def _pil(item: EvalItem):
     """The item's image as RGB; an image that does not decode is one error line naming the item."""
+    return pil_image(item.image_bytes(), f"item {item.id}" + (f" ({item.image_path})" if item.image_path else ""))
+
+
+def pil_image(data: bytes, what: str):
+    """Image bytes as RGB; bytes that do not decode are one error line naming `what` (an item, a sample)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        return Image.open(io.BytesIO(item.image_bytes())).convert("RGB")
+        return Image.open(io.BytesIO(data)).convert("RGB")
     except (OSError, ValueError) as e:  # not an image, or cut short
-        where = f" ({item.image_path})" if item.image_path else ""
         why = "it is not an image file" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise UserError(f"the image of item {item.id}{where} cannot be decoded: {why}; replace it and run the "
+        raise UserError(f"the image of {what} cannot be decoded: {why}; replace it and run the "
                         "same command again to go on") from None
 
 
