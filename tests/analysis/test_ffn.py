@@ -124,3 +124,14 @@ def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
 
     with pytest.raises(UserError, match="CLIP"):
         F.run_ffn(str(tiny_clip), label_build, tmp_path, n=1, quiet=True)
+
+
+def test_the_summary_plot_has_one_tick_per_layer_number():
+    """Before: a 2-layer model's plot had ticks at layers 0.2, 0.4 ..."""
+    from vlmforge.analysis.ffn import summary_figure
+
+    rows = [{"layer": i, "top_share": 0.5, "random_share": 0.0} for i in range(2)]
+    ax = summary_figure(rows, "t").axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

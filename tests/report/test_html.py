@@ -85,6 +85,10 @@ def test_report_renders_in_headless_chromium(occ_build, copy_build, tmp_path):
             images = browser.eval("[...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height])")
             assert len(images) == n_images
             assert all(done and w > 0 and h > 0 for done, w, h in images), images
+            # every picture keeps its shape: a plot beside a taller table or plot is not stretched to its height
+            shapes = browser.eval("[...document.images].map(i => [i.alt, i.naturalWidth / i.naturalHeight, "
+                                  "i.clientWidth / i.clientHeight])")
+            assert [s for s in shapes if abs(s[1] - s[2]) > 0.02 * s[1]] == []
             tables = browser.eval("[...document.querySelectorAll('table')].map(t => [t.rows.length, t.getBoundingClientRect().height])")
             assert len(tables) == n_tables and all(rows >= 2 and h > 0 for rows, h in tables), tables
             assert browser.eval("document.title").startswith(("occlusion 0.0.1", f"copy {CopyBuilder.VERSION}"))
@@ -110,10 +114,12 @@ def test_a_reject_example_shows_one_reject_detail_and_input_together():
 
 
 def test_report_out_that_cannot_be_written_is_one_error_line(copy_build, tmp_path):
-    """Before: --out naming a folder, or a path under a file, was a traceback."""
+    """Before: --out naming a folder, or a path under a file, was a traceback; an HTML page was written
+    into report.png."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write")):
+    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write"),
+                       (tmp_path / "report.png", "name a .html file")):
         r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
                             "--out", str(out)], capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
@@ -179,3 +185,13 @@ def test_a_histogram_of_values_with_nan_and_infinity():
     tags = _Tags()
     tags.feed(page)
     assert [i["alt"] for i in tags.imgs] == ["histogram of ppl"]
+
+
+def test_a_build_with_no_samples_has_no_column_statements(occ_build, tmp_path):
+    """Before: an empty build's report said 'width is always null', as if samples had no width."""
+    import vlmforge
+
+    empty = vlmforge.build("copy", "build", out=tmp_path, source_options={"path": str(occ_build.path), "where": "1 = 0"})
+    assert len(empty) == 0
+    page = render_report(empty)
+    assert "always null" not in page and "No samples." in page and "No sample to show." in page

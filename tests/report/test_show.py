@@ -155,3 +155,33 @@ def test_multiple_choice_captions_show_options_and_gold():
     assert not any(p.startswith("A: ") for p in parts)
     # the options come before the question: a long question (occlusion mcqa) is what gets cut short
     assert parts.index("gold: B") < parts.index("Q: What is the main object?")
+
+
+def test_a_word_wider_than_the_cell_is_cut_into_lines_that_fit():
+    """Before: a long key (imagefolder: train-cup-000000102960_275-8bc9836a) was drawn on one line, over
+    the next cell's caption."""
+    from vlmforge.report.show import font, wrap
+
+    fnt, key = font(12), "train-refrigerator-000000103515_323-f273a52f"
+    width = int(fnt.getlength(key) / 3)
+    lines = wrap([f"{key} (train)"], fnt, width, 10)
+    assert len(lines) >= 3 and all(fnt.getlength(line) <= width for line in lines), lines
+    assert "".join(lines).replace(" ", "") == f"{key}(train)"  # cut, nothing lost
+    short = int(fnt.getlength("a short caption")) - 1
+    assert wrap(["a short caption"], fnt, short, 10) == ["a short", "caption"]  # words that fit still wrap whole
+
+
+def test_a_small_image_fills_its_panel_and_its_mask_stays_on_it():
+    """Before: a 32-pixel image (model-ready builds at a small --size, cut-out objects) was drawn 32
+    pixels wide in the middle of a 96-pixel panel."""
+    from vlmforge.report.show import BACKDROP, fit, outline_mask
+
+    img = Image.new("RGB", (32, 24), (255, 255, 255))
+    shown = np.asarray(fit(img, 96))
+    ys, xs = np.nonzero((shown != BACKDROP).any(axis=2))
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0, 95, 12, 83)  # 96x72, centred
+    mask = Image.new("L", (32, 24), 0)
+    mask.paste(255, (0, 0, 16, 24))  # the left half
+    red = np.argwhere((np.asarray(outline_mask(img, mask, 96)) == OUTLINE).all(axis=2))
+    # the outline straddles the mask border by a pixel
+    assert len(red) and red[:, 1].max() <= 49 and red[:, 0].min() >= 11 and red[:, 0].max() <= 84

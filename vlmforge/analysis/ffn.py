@@ -223,9 +223,10 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Line plot of both shares per layer."""
+def summary_figure(rows: Sequence[dict[str, Any]], title: str):
+    """Line plot of both shares per layer, one tick per layer number (no 0.5 layers)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6, 3.4), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -233,11 +234,16 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     ax.plot(layers, [r["top_share"] for r in rows], marker="o", label="top-k active neurons")
     ax.plot(layers, [r["random_share"] for r in rows], marker="x", linestyle="--", label="random neurons")
     ax.set_xlabel("decoder layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("share of prompts with the class token")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    return fig
+
+
+def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    summary_figure(rows, title).savefig(path, format="png", metadata={"Software": None})
     return path
 
 

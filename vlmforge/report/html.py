@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from vlmforge.errors import UserError
 from vlmforge.manifests.read import Build, open_build
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.report import plots
@@ -38,7 +39,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px soli
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;font-size:.9em}
 th{background:#f3f5f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.85em}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{border:1px solid #eee}
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.plots img{border:1px solid #eee}
 .gallery{display:grid;gap:14px}
 figure{margin:0;border:1px solid #e3e3e3;padding:6px;background:#fafafa}
 figure .panels{display:flex;gap:4px}figure .panels div{font-size:.75em;color:#666}
@@ -222,8 +223,8 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
         f'{len(info["shards"])} shards.</p>',
         "<h2>Identity and lineage</h2>", _identity(b),
         "<h2>Counts</h2>", _counts(b, con, cols),
-        "<h2>Distributions</h2>", _distributions(con, cols, builder_cols),
-        "<h2>Rejected inputs</h2>", _rejects(con),
+        "<h2>Distributions</h2>", _distributions(con, cols, builder_cols) if total else "<p>No samples.</p>",
+        "<h2>Rejects</h2>", _rejects(con),
         f"<h2>Samples ({len(rows)} shown{', where ' + escape(where) if where else ''}, chosen by md5(seed:key), seed {seed})</h2>",
         _gallery(b, rows, numeric_cols, thumb) if rows else "<p>No sample to show.</p>",
         "</body></html>",
@@ -232,5 +233,9 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
 
 
 def write_report(build: Build | str | Path, out: Path, **kwargs: Any) -> Path:
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm") and not out.is_dir():  # checked before the page is made
+        raise UserError(f"--out {out}: the report is an HTML page; name a .html file "
+                        "(`vlmforge show` draws a PNG contact sheet)")
     page = render_report(build, **kwargs)
     return save_output(Path(out), lambda p: p.write_text(page, encoding="utf-8"))

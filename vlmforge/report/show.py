@@ -66,9 +66,10 @@ def _open(sample: dict[str, Any], field: str, mode: str = "RGB") -> Image.Image:
 
 
 def fit(img: Image.Image, size: int) -> Image.Image:
-    """`img` scaled to fit a size x size square, centred on a dark backdrop."""
-    img = img.copy()
-    img.thumbnail((size, size), Image.Resampling.BILINEAR)
+    """`img` scaled to fit a size x size square (up as well as down: a 64-pixel image fills the panel),
+    centred on a dark backdrop."""
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
     out = Image.new("RGB", (size, size), BACKDROP)
     out.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return out
@@ -146,11 +147,18 @@ def wrap(parts: list[str], fnt, width: int, max_lines: int) -> list[str]:
         line = ""
         for word in part.split():
             trial = f"{line} {word}" if line else word
-            if fnt.getlength(trial) <= width or not line:
+            if fnt.getlength(trial) <= width:
                 line = trial
-            else:
+                continue
+            if line:
                 lines.append(line)
-                line = word
+            while fnt.getlength(word) > width:  # a word wider than the cell (a long key) is cut, not drawn
+                cut = len(word) - 1               # over the next cell
+                while cut > 1 and fnt.getlength(word[:cut]) > width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
         lines.append(line)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
