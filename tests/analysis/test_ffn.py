@@ -135,3 +135,24 @@ def test_the_summary_plot_has_one_tick_per_layer_number():
     lo, hi = ax.get_xlim()
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_class_name_whose_first_token_is_a_space_is_read_at_the_name(tiny_llava):
+    """Before: the tiny tokenizer splits ' sheep' into ' ' + 's' ...; the class token was ' ', which no
+    neuron's tokens can match once stripped, so every such prompt counted as a miss at every layer."""
+    import numpy as np
+
+    from transformers import AutoTokenizer
+
+    from tests.analysis.conftest import png
+
+    tok = AutoTokenizer.from_pretrained(tiny_llava)
+    prompt = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+    assert tok.decode([F.next_token_id(tok, prompt, prompt + " sheep")]) == " "  # the case in question
+    longer, gt = F.class_token(tok, prompt, prompt + " sheep")
+    assert longer == prompt + " " and tok.decode([gt]).strip() and "sheep".startswith(tok.decode([gt]).strip())
+    assert F.class_token(tok, prompt, prompt + " cat") == (prompt, F.next_token_id(tok, prompt, prompt + " cat"))
+    runner = F.load_vlm(str(tiny_llava), dtype="float32")
+    image = png(np.zeros((32, 32, 3), dtype="uint8"))
+    [rec] = F.analyse_prompts(runner, [F.PromptJob("k", "sheep", prompt, prompt + " sheep", image)])
+    assert rec["prompt"] == prompt + " " and rec["gt_token_id"] == gt and rec["gt_token"].strip()

@@ -140,6 +140,23 @@ def next_token_id(tokenizer, prompt: str, full: str) -> int | None:
     return f[same] if same < len(f) else None
 
 
+def class_token(tokenizer, prompt: str, full: str) -> tuple[str, int | None]:
+    """(prompt to run, the class name's first token id). A first token that is only a space (a small
+    BPE splits ' sheep' into ' ' + 's' ..., Llama writes '▁' before a digit) is moved into the prompt
+    when the longer prompt tokenizes that way, so the last position is where the model writes the
+    name itself; else the prompt has no class token (None): a space names no class."""
+    gt = next_token_id(tokenizer, prompt, full)
+    if gt is None or tokenizer.decode([gt]).strip():
+        return prompt, gt
+    longer = prompt + tokenizer.decode([gt])
+    ids = tokenizer(longer, add_special_tokens=False)["input_ids"]
+    f = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if longer != prompt and ids[-1:] == [gt] and f[: len(ids)] == ids and len(f) > len(ids) \
+            and tokenizer.decode([f[len(ids)]]).strip():
+        return longer, f[len(ids)]
+    return prompt, None
+
+
 def _norm(token: str) -> str:
     return token.strip().lower()
 
@@ -177,12 +194,13 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
     records = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        batch = runner._encode([j.prompt for j in chunk], [pil_image(j.image, f"sample {j.key}") for j in chunk], "left")
+        prompts, gts = zip(*(class_token(tok, j.prompt, j.full) for j in chunk))
+        batch = runner._encode(list(prompts), [pil_image(j.image, f"sample {j.key}") for j in chunk], "left")
         acts, next_ids = last_position_inputs(model, batch, downs)
         for b, job in enumerate(chunk):
-            gt = next_token_id(tok, job.prompt, job.full)
+            gt = gts[b]
             gt_text = tok.decode([gt]) if gt is not None else None
-            rec: dict[str, Any] = {"key": job.key, "gt_label": job.label, "prompt": job.prompt,
+            rec: dict[str, Any] = {"key": job.key, "gt_label": job.label, "prompt": prompts[b],
                                    "gt_token": gt_text, "gt_token_id": gt,
                                    "next_token": tok.decode([int(next_ids[b])]),
                                    "top_neurons_per_layer": [], "top_activations_per_layer": [],
