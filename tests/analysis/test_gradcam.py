@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.analysis.conftest import CLASSES, GRID, REGION
 from vlmforge.analysis import gradcam as G
+from vlmforge.analysis.samples import read_test_samples
 from vlmforge.errors import UserError
 
 
@@ -92,6 +93,8 @@ def test_cli_writes_overlays_sheet_and_index(tiny_clip, label_build, tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["classes"] == CLASSES and index["class_prompts"] == ["a photo of a cat.", "a photo of a horse."]
     assert len(index["items"]) == 2
+    split = read_test_samples(label_build, n=1).samples[0].split
+    assert index["splits"] == {split: 2}  # which data the images came from
     for it in index["items"]:
         assert it["true"] == "horse" and it["predicted"] in CLASSES
         assert set(it) >= {"key", "image", "true", "predicted", "confidence", "correct", "true_image"}

@@ -279,6 +279,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
     out = output_folder(out, "prompts/, summary.json, summary.md, ffn_summary.png", "analysis")
     check_device(device)
     data = read_test_samples(shards, where, n, seed)
+    data.warn_if_training(quiet)
     for what, bad in (("label", [s.key for s in data.samples if s.label is None]),
                       ("image", [s.key for s in data.samples if s.image is None])):
         if bad:
@@ -304,6 +305,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
                            [[r["layer"], r["top_share"], r["random_share"], r["top_hits"], r["random_hits"]] for r in rows])
     scored = sum(r["gt_token_id"] is not None for r in records)
     summary = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
+               "splits": data.split_counts(),
                "n_prompts": len(records), "n_scored": scored, "top_k": top_k, "tokens_per_neuron": n_tokens,
                "ffn_module": down_projections(runner.model, ffn_module)[0],
                "layers": rows, "plot": "ffn_summary.png", "table": "summary.md"}

@@ -266,6 +266,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     out = output_folder(out, "overlays/, contact_sheet.png, heatmaps.npz, index.json", "analysis")
     check_device(device)
     data = read_test_samples(shards, where, n, seed)
+    data.warn_if_training(quiet)
     missing = [s.key for s in data.samples if s.image is None]
     if missing:
         raise UserError(f"{len(missing)} chosen sample(s) have no image (e.g. {missing[0]}); filter them with --where")
@@ -321,7 +322,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
              + (f" (first {SHEET_MAX} shown)" if len(items) > SHEET_MAX else "") + (f"  ·  where {where}" if where else ""))
     save_png(contact_sheet(cells, title), out / "contact_sheet.png")
     doc = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
-           "layer": layer_name, "classes": classes, "class_prompts": prompts,
+           "splits": data.split_counts(), "layer": layer_name, "classes": classes, "class_prompts": prompts,
            "grid": list(heat_pred[0].shape), "n": len(items),
            "accuracy": (sum(it["correct"] for it in known) / len(known)) if known else None, "scored": len(known),
            "contact_sheet": "contact_sheet.png", "heatmaps": "heatmaps.npz", "items": items}
