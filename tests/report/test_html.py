@@ -195,3 +195,16 @@ def test_a_build_with_no_samples_has_no_column_statements(occ_build, tmp_path):
     assert len(empty) == 0
     page = render_report(empty)
     assert "always null" not in page and "No samples." in page and "No sample to show." in page
+
+
+def test_dollar_signs_in_values_are_drawn_as_text():
+    """Before: a value such as 'a $x^$ b' (prices, LaTeX in LLaVA data) was parsed by matplotlib as a
+    formula: ValueError, no report."""
+    from vlmforge.report import plots
+
+    page = _distributions_of("SELECT CASE WHEN i < 3 THEN 'a $x^$ b' ELSE '$\\frac$' END AS category, "
+                             "i AS \"cost $\", 480 AS width, 360 AS height FROM range(6) t(i)", ["category", "cost $"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["histogram of cost $", "bar chart of category"]
+    assert plots.plain("$5-$10") == r"\$5-\$10"

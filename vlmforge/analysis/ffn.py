@@ -246,6 +246,8 @@ def summary_figure(rows: Sequence[dict[str, Any]], title: str):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from vlmforge.report.plots import plain
+
     fig = Figure(figsize=(6, 3.4), dpi=100, layout="constrained")
     ax = fig.subplots()
     layers = [r["layer"] for r in rows]
@@ -255,7 +257,7 @@ def summary_figure(rows: Sequence[dict[str, Any]], title: str):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("share of prompts with the class token")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.legend(fontsize=8)
     return fig
 
