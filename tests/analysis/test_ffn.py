@@ -32,6 +32,11 @@ def test_question_and_answer_prefix():
     assert F.question_and_prefix(doc, "Black footed Albatross") == ("What is the object in the region?",
                                                                     "[0.1, 0.2, 0.5, 0.6]")
     assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, "")
+    # the label as a word: before, the 'cat' of 'indicate' cut the prefix to 'These features indi'
+    doc = {"conversations": [{"from": "human", "value": "What is it?"},
+                             {"from": "gpt", "value": "These features indicate a Cat, not a dog."}]}
+    assert F.question_and_prefix(doc, "cat") == ("What is it?", "These features indicate a")
+    assert F.question_and_prefix(doc, "do") == ("What is it?", "")
 
 
 def test_handset_model_tokens_by_hand(handset_llava, label_build, tmp_path):

@@ -105,12 +105,15 @@ def last_position_inputs(model, batch, modules: Sequence[Any]) -> tuple[list[Any
 # -- prompts ---------------------------------------------------------------------------------------
 def question_and_prefix(doc: dict[str, Any], label: str) -> tuple[str, str]:
     """The sample's first question, and its answer up to the label ('[0.1, 0.2, 0.5, 0.6] Albatross'
-    -> '[0.1, 0.2, 0.5, 0.6]'); an empty prefix when the answer does not contain the label."""
+    -> '[0.1, 0.2, 0.5, 0.6]'); the label as a word ('cat' in 'these indicate a cat' is not the one in
+    'indicate'); an empty prefix when the answer does not contain the label."""
+    import re
+
     from vlmforge.evaluation.items import first_turns
 
     human, gpt = first_turns(doc)
-    at = gpt.lower().find(label.lower())
-    return human or DEFAULT_QUESTION, gpt[:at].rstrip() if at > 0 else ""
+    found = re.search(rf"(?<!\w){re.escape(label)}(?!\w)", gpt, re.IGNORECASE)
+    return human or DEFAULT_QUESTION, gpt[: found.start()].rstrip() if found else ""
 
 
 def prompt_texts(processor, question: str, prefix: str, label: str) -> tuple[str, str]:
