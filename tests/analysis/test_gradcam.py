@@ -160,3 +160,15 @@ def test_classes_come_from_the_trainer_export(tiny_clip, tmp_path):
     assert G.default_classes(str(tiny_clip), ["x", "y"]) == ["x", "y"]
     with pytest.raises(UserError):
         G.class_prompts(["a"], "no placeholder")
+
+
+def test_a_run_folder_gives_the_classes_its_final_model_was_trained_on(tiny_clip, label_build, tmp_path):
+    """Before: --model runs/clip loaded runs/clip/final but read the classes from runs/clip (none there),
+    so the prompts were the test data's labels, not the classes the model was trained on."""
+    import shutil
+
+    final = tmp_path / "run" / "final"
+    shutil.copytree(tiny_clip, final)
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "clip", "classes": ["horse", "cat", "cow"]}))
+    out = G.run_gradcam(str(tmp_path / "run"), label_build, tmp_path / "gc", n=2, size=32, quiet=True)
+    assert json.loads((out / "index.json").read_text())["classes"] == ["horse", "cat", "cow"]

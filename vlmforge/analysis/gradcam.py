@@ -271,7 +271,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     if missing:
         raise UserError(f"{len(missing)} chosen sample(s) have no image (e.g. {missing[0]}); filter them with --where")
     runner = load_clip(model, device, dtype)
-    classes = list(classes) if classes else default_classes(model, data.labels)
+    classes = list(classes) if classes else default_classes(runner.name, data.labels)  # a run folder: its final/
     if len(classes) < 2:
         raise UserError(f"need at least two classes, found {classes}; give --classes or data with labels")
     twice = sorted({c for c in classes if classes.count(c) > 1})
