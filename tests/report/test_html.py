@@ -208,3 +208,16 @@ def test_dollar_signs_in_values_are_drawn_as_text():
     tags.feed(page)
     assert [i["alt"] for i in tags.imgs] == ["histogram of cost $", "bar chart of category"]
     assert plots.plain("$5-$10") == r"\$5-\$10"
+
+
+def test_a_damaged_manifest_index_is_one_line_naming_reindex(copy_build, tmp_path):
+    """Before: report stopped with DuckDB's IOException traceback, and show blamed a --where it was not given."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(copy_build.path, b)
+    (b / "manifest.duckdb").write_text("not a database")
+    for cmd in (["report", str(b), "--out", str(tmp_path / "r.html")], ["show", str(b), "--out", str(tmp_path / "s.png")]):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", *cmd], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "manifest reindex" in r.stderr and "--where" not in r.stderr
