@@ -136,6 +136,9 @@ def test_a_damaged_sample_is_one_error_line(copy_build, tmp_path):
     wrong = dict(row, key="someone-else")
     with pytest.raises(UserError, match="holds no sample someone-else at byte"):
         load_sample(build, wrong)
+    shard.unlink()  # before: FileNotFoundError traceback from show, report and the analyses
+    with pytest.raises(UserError, match=f"cannot read {row['shard']} of .*the build is damaged"):
+        contact_sheet(build, where=f"key = '{row['key']}'")
 
 
 def test_more_columns_than_samples_leave_no_blank_columns(copy_build):

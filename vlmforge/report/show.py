@@ -44,7 +44,11 @@ def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
     """The sample's members ({field: bytes}, 'json' parsed) read at its manifest offset."""
     import json
 
-    sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    try:
+        sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    except OSError as e:  # a shard missing or unreadable
+        raise UserError(f"cannot read {row['shard']} of {build.path} ({e.strerror or e}); the build is damaged "
+                        f"(`vlmforge verify {build.path}` says more)") from None
     if sample.get("__key__") != row["key"]:
         raise UserError(f"{row['shard']} holds no sample {row['key']} at byte {row['offset']}; the build is damaged "
                         f"(`vlmforge verify {build.path}` says more)")
