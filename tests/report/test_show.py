@@ -188,3 +188,16 @@ def test_a_small_image_fills_its_panel_and_its_mask_stays_on_it():
     red = np.argwhere((np.asarray(outline_mask(img, mask, 96)) == OUTLINE).all(axis=2))
     # the outline straddles the mask border by a pixel
     assert len(red) and red[:, 1].max() <= 49 and red[:, 0].min() >= 11 and red[:, 0].max() <= 84
+
+
+def test_a_sheet_too_large_to_draw_is_one_error_line(copy_build, monkeypatch):
+    """Before: --n 400 --thumb 1024 drew a 4136 x 110800 sheet: 3.6 GB of memory, a minute, a 117 MB PNG."""
+    from vlmforge.report import show
+
+    drawn = []
+    monkeypatch.setattr(show, "MAX_SHEET_PIXELS", 1_000_000)
+    monkeypatch.setattr(show, "fit", lambda img, size: drawn.append(size) or Image.new("RGB", (size, size)))
+    with pytest.raises(UserError, match=r"would be 1,064 x 1,396 pixels; lower --n or --thumb"):
+        contact_sheet(copy_build, n=16, layout=SheetLayout(thumb=256))  # 4 x 4 cells of 256 px
+    assert 256 not in drawn  # refused before any panel was drawn at full size
+    assert contact_sheet(copy_build, n=4, layout=SheetLayout(thumb=256)).size == (1064, 376)

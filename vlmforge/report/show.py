@@ -22,6 +22,7 @@ from vlmforge.sample import IMAGE_FIELDS
 
 OUTLINE = (255, 40, 40)
 BACKDROP = (32, 32, 32)
+MAX_SHEET_PIXELS = 100_000_000  # 300 MB as RGB; 400 triptychs at the default --thumb are 66 million
 
 
 def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: int = 0) -> list[dict[str, Any]]:
@@ -199,6 +200,17 @@ def default_cols(panels: int, n: int) -> int:
     return max(1, min(n, 2 if panels >= 3 else 3 if panels == 2 else 4))
 
 
+def sheet_columns(layout: SheetLayout, n: int, panels: int, cols: int | None) -> int:
+    """Cells per row for `n` cells (no empty columns); a sheet above MAX_SHEET_PIXELS is a UserError
+    (400 samples at --thumb 1024 took 3.6 GB of memory and a minute for a 117 MB PNG)."""
+    cols = min(cols, n) if cols else default_cols(panels, n)
+    w, h = layout.size(n, panels, cols)
+    if w * h > MAX_SHEET_PIXELS:
+        raise UserError(f"a sheet of {n} samples at --thumb {layout.thumb} would be {w:,} x {h:,} pixels; "
+                        "lower --n or --thumb")
+    return cols
+
+
 def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int = 0, cols: int | None = None,
                   layout: SheetLayout = SheetLayout()) -> Image.Image:
     """The contact sheet as a PIL image (see the module docstring)."""
@@ -207,6 +219,8 @@ def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int
     rows = choose_samples(build, where, n, seed)
     if not rows:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else ""))
+    # checked before any panel is drawn (a triptych of 1024-pixel panels is 9 MB per sample)
+    sheet_columns(layout, len(rows), len(panels(load_sample(build, rows[0]), 1)), cols)
     cells = []
     for row in rows:
         sample = load_sample(build, row)
@@ -224,7 +238,7 @@ def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(
     """A sheet with `title` on top and a grid of cells: each cell is (titled thumb-sized panels side by
     side, caption parts wrapped below them, caption colour)."""
     k = max(len(p) for p, _, _ in cells)
-    cols = min(cols, len(cells)) if cols else default_cols(k, len(cells))  # no empty columns
+    cols = sheet_columns(layout, len(cells), k, cols)
     sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(15), font(12)
