@@ -31,12 +31,12 @@ def test_question_and_answer_prefix():
                              {"from": "gpt", "value": "[0.1, 0.2, 0.5, 0.6] Black footed Albatross"}]}
     assert F.question_and_prefix(doc, "Black footed Albatross") == ("What is the object in the region?",
                                                                     "[0.1, 0.2, 0.5, 0.6]")
-    assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, "")
+    assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, None)
     # the label as a word: before, the 'cat' of 'indicate' cut the prefix to 'These features indi'
     doc = {"conversations": [{"from": "human", "value": "What is it?"},
                              {"from": "gpt", "value": "These features indicate a Cat, not a dog."}]}
     assert F.question_and_prefix(doc, "cat") == ("What is it?", "These features indicate a")
-    assert F.question_and_prefix(doc, "do") == ("What is it?", "")
+    assert F.question_and_prefix(doc, "do") == ("What is it?", None)
 
 
 def test_handset_model_tokens_by_hand(handset_llava, label_build, tmp_path):
@@ -161,3 +161,19 @@ def test_a_class_name_whose_first_token_is_a_space_is_read_at_the_name(tiny_llav
     image = png(np.zeros((32, 32, 3), dtype="uint8"))
     [rec] = F.analyse_prompts(runner, [F.PromptJob("k", "sheep", prompt, prompt + " sheep", image)])
     assert rec["prompt"] == prompt + " " and rec["gt_token_id"] == gt and rec["gt_token"].strip()
+
+
+def test_answers_that_do_not_name_the_label_are_counted_and_warned_about(tiny_llava, label_build, tmp_path, capsys):
+    """Before: on a multiple-choice build (answer 'B') the prompts silently ended where the letter goes,
+    and the share of the class name there was reported like any other."""
+    import vlmforge
+
+    mcqa = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(label_build)}, options=2)
+    out = F.run_ffn(str(tiny_llava), mcqa.path, tmp_path / "ffn", n=3, dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 3
+    assert "the answers of 3 of 3 samples do not name their label" in capsys.readouterr().err
+    out = F.run_ffn(str(tiny_llava), label_build, tmp_path / "ffn2", n=3, dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 0
+    assert "do not name their label" not in capsys.readouterr().err
+    out = F.run_ffn(str(tiny_llava), mcqa.path, tmp_path / "ffn3", n=3, answer_prefix="It is a", dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 0

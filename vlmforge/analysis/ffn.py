@@ -103,17 +103,17 @@ def last_position_inputs(model, batch, modules: Sequence[Any]) -> tuple[list[Any
 
 
 # -- prompts ---------------------------------------------------------------------------------------
-def question_and_prefix(doc: dict[str, Any], label: str) -> tuple[str, str]:
+def question_and_prefix(doc: dict[str, Any], label: str) -> tuple[str, str | None]:
     """The sample's first question, and its answer up to the label ('[0.1, 0.2, 0.5, 0.6] Albatross'
     -> '[0.1, 0.2, 0.5, 0.6]'); the label as a word ('cat' in 'these indicate a cat' is not the one in
-    'indicate'); an empty prefix when the answer does not contain the label."""
+    'indicate'); None when the answer does not name the label (a multiple-choice letter)."""
     import re
 
     from vlmforge.evaluation.items import first_turns
 
     human, gpt = first_turns(doc)
     found = re.search(rf"(?<!\w){re.escape(label)}(?!\w)", gpt, re.IGNORECASE)
-    return human or DEFAULT_QUESTION, gpt[: found.start()].rstrip() if found else ""
+    return human or DEFAULT_QUESTION, gpt[: found.start()].rstrip() if found else None
 
 
 def prompt_texts(processor, question: str, prefix: str, label: str) -> tuple[str, str]:
@@ -291,13 +291,20 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
             raise UserError(f"{len(bad)} chosen sample(s) have no {what} (e.g. {bad[0]}): the analysis needs an image "
                             "and its ground-truth class (a label column or json 'label'); filter with --where")
     runner = load_vlm(model, device, dtype)
-    jobs = []
+    jobs, unnamed = [], []
     for s in data.samples:
         q, prefix = question_and_prefix(s.doc, s.label)
+        if prefix is None and answer_prefix is None:
+            unnamed.append(s.key)
         q = question or q
-        prefix = prefix if answer_prefix is None else answer_prefix.strip()
+        prefix = (prefix or "") if answer_prefix is None else answer_prefix.strip()
         prompt, full = prompt_texts(runner.processor, q, prefix, s.label)
         jobs.append(PromptJob(s.key, s.label, prompt, full, s.image))
+    if unnamed and not quiet:
+        console.print(f"[yellow]warning[/] the answers of {len(unnamed)} of {len(jobs)} samples do not name their "
+                      f"label (e.g. {unnamed[0]}; a multiple-choice answer is a letter): their prompts end where "
+                      "the answer starts, where the model may be asked for something else; --question and "
+                      "--answer-prefix set the prompt")
     with progress_bar("ffn analysis", total=len(jobs), disable=quiet) as advance:
         records = analyse_prompts(runner, jobs, top_k, n_tokens, seed, ffn_module, batch_size, advance)
 
@@ -310,7 +317,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
                            [[r["layer"], r["top_share"], r["random_share"], r["top_hits"], r["random_hits"]] for r in rows])
     scored = sum(r["gt_token_id"] is not None for r in records)
     summary = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
-               "splits": data.split_counts(),
+               "splits": data.split_counts(), "answers_without_label": len(unnamed),
                "n_prompts": len(records), "n_scored": scored, "top_k": top_k, "tokens_per_neuron": n_tokens,
                "ffn_module": down_projections(runner.model, ffn_module)[0],
                "layers": rows, "plot": "ffn_summary.png", "table": "summary.md"}
