@@ -201,3 +201,23 @@ def test_a_sheet_too_large_to_draw_is_one_error_line(copy_build, monkeypatch):
         contact_sheet(copy_build, n=16, layout=SheetLayout(thumb=256))  # 4 x 4 cells of 256 px
     assert 256 not in drawn  # refused before any panel was drawn at full size
     assert contact_sheet(copy_build, n=4, layout=SheetLayout(thumb=256)).size == (1064, 376)
+
+
+def test_a_model_ready_build_outlines_the_mask_where_the_object_is(occ_build, tmp_path):
+    """Before: a model-ready build keeps the original's mask.png but stores the image padded to a square
+    and resized; the mask was stretched over the padded image, its outline off the hidden object."""
+    import vlmforge
+
+    ready = vlmforge.build("model-ready", "build", out=tmp_path, source_options={"path": str(occ_build.path)}, size=96)
+    row = choose_samples(ready, n=1)[0]
+    sample = load_sample(ready, row)
+    sample.pop("orig.jpg")  # as an occlusion build made without --keep-original
+    x, y, w, h = sample["json"]["box"]
+    assert (row["width"], row["height"]) == (96, 96) and sample["json"]["orig_width"] == 480
+    # 480x360 padded to 480x480 (60 rows above), then scaled by 96 / 480
+    want = (0.2 * x, 0.2 * (y + 60), 0.2 * (x + w), 0.2 * (y + 60 + h))
+    [(name, shown), _] = panels(sample, 96)
+    ys, xs = np.nonzero((np.asarray(shown) == OUTLINE).all(axis=2))
+    assert name == "mask" and len(xs)
+    got = (xs.min(), ys.min(), xs.max(), ys.max())
+    assert all(abs(g - e) <= 2 for g, e in zip(got, want)), (got, want)

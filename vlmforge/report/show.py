@@ -83,13 +83,46 @@ def fit(img: Image.Image, size: int) -> Image.Image:
 def outline_mask(base: Image.Image, mask: Image.Image, size: int) -> Image.Image:
     """`base` fitted to the square with the mask's region tinted and its border drawn in red."""
     shown = fit(base, size)
-    m = mask.convert("L").resize(base.size, Image.Resampling.NEAREST)
+    m = mask.convert("L").resize(base.size, Image.Resampling.NEAREST)  # the same size: panels() maps it
     m = fit(m.convert("RGB"), size).convert("L").point(lambda v: 255 if v > 127 else 0)
     edge = ImageChops.difference(m.filter(ImageFilter.MaxFilter(3)), m.filter(ImageFilter.MinFilter(3)))
     tint = Image.blend(shown, Image.new("RGB", shown.size, OUTLINE), 0.3)
     shown = Image.composite(tint, shown, m)
     shown.paste(OUTLINE, mask=edge)
     return shown
+
+
+def mask_like_image(mask: Image.Image, image: Image.Image, doc: dict[str, Any]) -> Image.Image:
+    """`mask` in the stored image's geometry. A model-ready build stores the image padded, resized and
+    cropped (json `image_transform`, e.g. 'pad=square:122,116,104;resize=336;crop=336;resample=bicubic')
+    but keeps the mask of the original: the same steps, with nearest-neighbour resampling, bring it
+    over. Other masks of another size are scaled to the image."""
+    from vlmforge.training.images import PixelSteps, _Fallback, expand_to_square
+
+    transform = doc.get("image_transform")
+    if mask.size == image.size or not isinstance(transform, str):
+        return mask.resize(image.size, Image.Resampling.NEAREST)
+    parts = dict(p.split("=", 1) for p in transform.split(";") if "=" in p)
+
+    def hw(value: str) -> tuple[int, int]:
+        h, _, w = value.partition("x")
+        return int(h), int(w or h)
+
+    if parts.get("pad", "none").startswith("square"):
+        mask = expand_to_square(mask, 0)
+    try:
+        crop = hw(parts["crop"]) if "crop" in parts else None
+        resize = parts["resize"]
+        # 'resize=336' is a shortest edge or a fixed 336x336: the one that gives the image's size
+        tries = [PixelSteps(Image.Resampling.NEAREST, resize_to=hw(resize), crop=crop)]
+        if "x" not in resize:
+            tries.insert(0, PixelSteps(Image.Resampling.NEAREST, shortest_edge=int(resize), crop=crop))
+        for steps in tries:
+            if (out := steps(mask)).size == image.size:
+                return out
+    except (KeyError, ValueError, _Fallback):  # a transform these steps do not reproduce
+        pass
+    return mask.resize(image.size, Image.Resampling.NEAREST)
 
 
 def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
@@ -107,6 +140,7 @@ def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
     if "orig.jpg" in sample:
         base = _open(sample, "orig.jpg")
         out.append(("original", fit(base, size)))
+    mask = mask_like_image(mask, base, sample.get("json") or {})
     out.append(("mask", outline_mask(base, mask, size)))
     out.append(("occluded", fit(image, size)))
     return out
