@@ -122,6 +122,9 @@ def test_out_and_device_are_checked_before_the_model_loads(tiny_llava, label_bui
         F.run_ffn(str(tiny_llava), label_build, taken, n=1, quiet=True)
     with pytest.raises(UserError, match="unknown --device"):
         F.run_ffn(str(tiny_llava), label_build, tmp_path / "x", n=1, quiet=True, device="gpu")
+    # before: torch's 'selected index k out of range' traceback
+    with pytest.raises(UserError, match=r"--tokens 100000 is too large: the vocabulary has \d+ tokens"):
+        F.run_ffn(str(tiny_llava), label_build, tmp_path / "y", n=1, n_tokens=100000, quiet=True, dtype="float32")
 
 
 def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):

@@ -185,6 +185,8 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
     width = downs[0].in_features
     if top_k * 2 > width:
         raise UserError(f"--top-k {top_k} is too large: the FFN has {width} neurons (top + random must fit)")
+    if n_tokens > unembed.shape[0]:
+        raise UserError(f"--tokens {n_tokens} is too large: the vocabulary has {unembed.shape[0]} tokens")
     cache: dict[tuple[int, int], list[int]] = {}
 
     def tokens_of(layer: int, neurons: list[int]) -> list[int]:
