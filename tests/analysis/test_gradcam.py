@@ -129,6 +129,8 @@ def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, labe
     base = [sys.executable, "-m", "vlmforge.cli", "analyze", "gradcam", "--model", str(tiny_clip),
             "--shards", str(label_build), "--n", "1", "-q"]
     cases = [(["--out", str(taken)], "is a file; the analysis needs a folder"),
+             # before: accepted, each overlay then took gigabytes (a float RGBA heatmap of 20000 x 20000)
+             (["--out", str(taken), "--size", "20000"], "--size"),
              (["--out", str(tmp_path / "a"), "--device", "gpu"], "unknown --device"),
              (["--out", str(tmp_path / "b"), "--classes", "cat,horse,cat"], "names 'cat' more than once")]
     import torch

@@ -27,6 +27,7 @@ from vlmforge.errors import UserError
 
 OVERLAY_ALPHA = 0.45
 SHEET_MAX = 64
+MAX_SIZE = 2048
 
 
 # -- model, classes, prompts -----------------------------------------------------------------------
@@ -263,6 +264,8 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
+    if size > MAX_SIZE:  # a float RGBA heatmap of 20000 x 20000 pixels is gigabytes per image
+        raise UserError(f"--size {size} is too large: an overlay is at most {MAX_SIZE} pixels a side")
     out = output_folder(out, "overlays/, contact_sheet.png, heatmaps.npz, index.json", "analysis")
     check_device(device)
     data = read_test_samples(shards, where, n, seed)

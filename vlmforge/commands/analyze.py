@@ -36,7 +36,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         class_template: Annotated[Optional[str], typer.Option("--class-template", help="class prompt with {} (or {label}) for the class name; default the evaluator's 'a photo of a {}.'")] = None,
         layer: Annotated[Optional[str], typer.Option("--layer", help="target module name as in model.named_modules(), e.g. vision_model.encoder.layers.10 (default: the last ViT block's input norm, layer_norm1, for class-token towers, else the last block)")] = None,
         true_class: Annotated[bool, typer.Option("--true-class", help="also draw the heatmap of the true class (when it is one of the classes)")] = False,
-        size: Annotated[int, typer.Option("--size", min=32, help="side of each overlay PNG in pixels")] = 224,
+        size: Annotated[int, typer.Option("--size", min=32, help="side of each overlay PNG in pixels (at most 2048)")] = 224,
         batch_size: BatchSize = 8,
         device: Device = "cpu",
         dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto")] = "float32",
