@@ -221,3 +221,13 @@ def test_a_damaged_manifest_index_is_one_line_naming_reindex(copy_build, tmp_pat
         r = subprocess.run([sys.executable, "-m", "vlmforge.cli", *cmd], capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
         assert "manifest reindex" in r.stderr and "--where" not in r.stderr
+
+
+def test_boolean_columns_are_counted():
+    """Before: a BOOLEAN column (vg's box_clipped) was in neither the plots nor the single-value line."""
+    page = _distributions_of("SELECT i % 4 = 0 AS box_clipped, false AS truncated, 480 AS width, 360 AS height "
+                             "FROM range(8) t(i)", ["box_clipped", "truncated"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["bar chart of box_clipped"]
+    assert "truncated = False" in page

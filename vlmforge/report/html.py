@@ -155,7 +155,7 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
         values = con.execute(f'SELECT "{c}" FROM samples WHERE "{c}" IS NOT NULL').fetchnumpy()[c]
         figs.append(_img(plots.histogram_png(values, c, c), "image/png", f"histogram of {c}"))
     for c in builder_cols:
-        if c == "label" or cols.get(c) != "VARCHAR":
+        if c == "label" or cols.get(c) not in ("VARCHAR", "BOOLEAN"):  # BOOLEAN: vg's box_clipped
             continue
         counts = con.execute(f'SELECT "{c}", count(*) FROM samples WHERE "{c}" IS NOT NULL '
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
