@@ -172,6 +172,7 @@ def test_a_word_wider_than_the_cell_is_cut_into_lines_that_fit():
     assert "".join(lines).replace(" ", "") == f"{key}(train)"  # cut, nothing lost
     short = int(fnt.getlength("a short caption")) - 1
     assert wrap(["a short caption"], fnt, short, 10) == ["a short", "caption"]  # words that fit still wrap whole
+    assert wrap(["key"], fnt, 1, 10) == ["k", "e", "y"]  # narrower than one character: one per line, and an end
 
 
 def test_a_small_image_fills_its_panel_and_its_mask_stays_on_it():

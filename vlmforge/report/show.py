@@ -191,8 +191,9 @@ def wrap(parts: list[str], fnt, width: int, max_lines: int) -> list[str]:
                 continue
             if line:
                 lines.append(line)
-            while fnt.getlength(word) > width:  # a word wider than the cell (a long key) is cut, not drawn
-                cut = len(word) - 1               # over the next cell
+            # a word wider than the cell (a long key) is cut, not drawn over the next cell
+            while len(word) > 1 and fnt.getlength(word) > width:
+                cut = len(word) - 1
                 while cut > 1 and fnt.getlength(word[:cut]) > width:
                     cut -= 1
                 lines.append(word[:cut])
