@@ -231,3 +231,12 @@ def test_boolean_columns_are_counted():
     tags.feed(page)
     assert [i["alt"] for i in tags.imgs] == ["bar chart of box_clipped"]
     assert "truncated = False" in page
+
+
+def test_a_gallery_where_that_matches_nothing_is_said(copy_build, tmp_path):
+    """Before: the page said 'No sample to show.' and the command only 'wrote', as for an empty build."""
+    out = tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--where", "width < 0",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "no sample matches --where 'width < 0'" in r.stderr, r.stderr
+    assert "No sample matches where width &lt; 0." in out.read_text()

@@ -226,16 +226,22 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
         "<h2>Distributions</h2>", _distributions(con, cols, builder_cols) if total else "<p>No samples.</p>",
         "<h2>Rejects</h2>", _rejects(con),
         f"<h2>Samples ({len(rows)} shown{', where ' + escape(where) if where else ''}, chosen by md5(seed:key), seed {seed})</h2>",
-        _gallery(b, rows, numeric_cols, thumb) if rows else "<p>No sample to show.</p>",
+        _gallery(b, rows, numeric_cols, thumb) if rows else
+        f"<p>No sample matches where {escape(where)}.</p>" if where and len(b) else "<p>No sample to show.</p>",
         "</body></html>",
     ]
     return "\n".join(parts)
 
 
 def write_report(build: Build | str | Path, out: Path, **kwargs: Any) -> Path:
+    """Write the page to `out` (.html); a --where that matches no sample is said (the gallery is empty)."""
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm") and not out.is_dir():  # checked before the page is made
         raise UserError(f"--out {out}: the report is an HTML page; name a .html file "
                         "(`vlmforge show` draws a PNG contact sheet)")
     page = render_report(build, **kwargs)
+    if kwargs.get("where") and "<p>No sample matches where" in page:
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]warning[/] no sample matches --where {kwargs['where']!r}: the gallery is empty")
     return save_output(Path(out), lambda p: p.write_text(page, encoding="utf-8"))
