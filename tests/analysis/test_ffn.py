@@ -31,7 +31,12 @@ def test_question_and_answer_prefix():
                              {"from": "gpt", "value": "[0.1, 0.2, 0.5, 0.6] Black footed Albatross"}]}
     assert F.question_and_prefix(doc, "Black footed Albatross") == ("What is the object in the region?",
                                                                     "[0.1, 0.2, 0.5, 0.6]")
-    assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, "")
+    assert F.question_and_prefix({"conversations": []}, "cat") == (F.DEFAULT_QUESTION, None)
+    # the label as a word: before, the 'cat' of 'indicate' cut the prefix to 'These features indi'
+    doc = {"conversations": [{"from": "human", "value": "What is it?"},
+                             {"from": "gpt", "value": "These features indicate a Cat, not a dog."}]}
+    assert F.question_and_prefix(doc, "cat") == ("What is it?", "These features indicate a")
+    assert F.question_and_prefix(doc, "do") == ("What is it?", None)
 
 
 def test_handset_model_tokens_by_hand(handset_llava, label_build, tmp_path):
@@ -117,6 +122,9 @@ def test_out_and_device_are_checked_before_the_model_loads(tiny_llava, label_bui
         F.run_ffn(str(tiny_llava), label_build, taken, n=1, quiet=True)
     with pytest.raises(UserError, match="unknown --device"):
         F.run_ffn(str(tiny_llava), label_build, tmp_path / "x", n=1, quiet=True, device="gpu")
+    # before: torch's 'selected index k out of range' traceback
+    with pytest.raises(UserError, match=r"--tokens 100000 is too large: the vocabulary has \d+ tokens"):
+        F.run_ffn(str(tiny_llava), label_build, tmp_path / "y", n=1, n_tokens=100000, quiet=True, dtype="float32")
 
 
 def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
@@ -124,3 +132,51 @@ def test_clip_model_is_refused(tiny_clip, label_build, tmp_path):
 
     with pytest.raises(UserError, match="CLIP"):
         F.run_ffn(str(tiny_clip), label_build, tmp_path, n=1, quiet=True)
+
+
+def test_the_summary_plot_has_one_tick_per_layer_number():
+    """Before: a 2-layer model's plot had ticks at layers 0.2, 0.4 ..."""
+    from vlmforge.analysis.ffn import summary_figure
+
+    rows = [{"layer": i, "top_share": 0.5, "random_share": 0.0} for i in range(2)]
+    ax = summary_figure(rows, "t").axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_class_name_whose_first_token_is_a_space_is_read_at_the_name(tiny_llava):
+    """Before: the tiny tokenizer splits ' sheep' into ' ' + 's' ...; the class token was ' ', which no
+    neuron's tokens can match once stripped, so every such prompt counted as a miss at every layer."""
+    import numpy as np
+
+    from transformers import AutoTokenizer
+
+    from tests.analysis.conftest import png
+
+    tok = AutoTokenizer.from_pretrained(tiny_llava)
+    prompt = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
+    assert tok.decode([F.next_token_id(tok, prompt, prompt + " sheep")]) == " "  # the case in question
+    longer, gt = F.class_token(tok, prompt, prompt + " sheep")
+    assert longer == prompt + " " and tok.decode([gt]).strip() and "sheep".startswith(tok.decode([gt]).strip())
+    assert F.class_token(tok, prompt, prompt + " cat") == (prompt, F.next_token_id(tok, prompt, prompt + " cat"))
+    runner = F.load_vlm(str(tiny_llava), dtype="float32")
+    image = png(np.zeros((32, 32, 3), dtype="uint8"))
+    [rec] = F.analyse_prompts(runner, [F.PromptJob("k", "sheep", prompt, prompt + " sheep", image)])
+    assert rec["prompt"] == prompt + " " and rec["gt_token_id"] == gt and rec["gt_token"].strip()
+
+
+def test_answers_that_do_not_name_the_label_are_counted_and_warned_about(tiny_llava, label_build, tmp_path, capsys):
+    """Before: on a multiple-choice build (answer 'B') the prompts silently ended where the letter goes,
+    and the share of the class name there was reported like any other."""
+    import vlmforge
+
+    mcqa = vlmforge.build("mcqa", "build", out=tmp_path / "m", source_options={"path": str(label_build)}, options=2)
+    out = F.run_ffn(str(tiny_llava), mcqa.path, tmp_path / "ffn", n=3, dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 3
+    assert "the answers of 3 of 3 samples do not name their label" in capsys.readouterr().err
+    out = F.run_ffn(str(tiny_llava), label_build, tmp_path / "ffn2", n=3, dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 0
+    assert "do not name their label" not in capsys.readouterr().err
+    out = F.run_ffn(str(tiny_llava), mcqa.path, tmp_path / "ffn3", n=3, answer_prefix="It is a", dtype="float32")
+    assert json.loads((out / "summary.json").read_text())["answers_without_label"] == 0

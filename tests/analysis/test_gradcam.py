@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.analysis.conftest import CLASSES, GRID, REGION
 from vlmforge.analysis import gradcam as G
+from vlmforge.analysis.samples import read_test_samples
 from vlmforge.errors import UserError
 
 
@@ -92,6 +93,8 @@ def test_cli_writes_overlays_sheet_and_index(tiny_clip, label_build, tmp_path):
     index = json.loads((out / "index.json").read_text())
     assert index["classes"] == CLASSES and index["class_prompts"] == ["a photo of a cat.", "a photo of a horse."]
     assert len(index["items"]) == 2
+    split = read_test_samples(label_build, n=1).samples[0].split
+    assert index["splits"] == {split: 2}  # which data the images came from
     for it in index["items"]:
         assert it["true"] == "horse" and it["predicted"] in CLASSES
         assert set(it) >= {"key", "image", "true", "predicted", "confidence", "correct", "true_image"}
@@ -126,6 +129,8 @@ def test_user_mistakes_are_one_error_line_before_the_model_loads(tiny_clip, labe
     base = [sys.executable, "-m", "vlmforge.cli", "analyze", "gradcam", "--model", str(tiny_clip),
             "--shards", str(label_build), "--n", "1", "-q"]
     cases = [(["--out", str(taken)], "is a file; the analysis needs a folder"),
+             # before: accepted, each overlay then took gigabytes (a float RGBA heatmap of 20000 x 20000)
+             (["--out", str(taken), "--size", "20000"], "--size"),
              (["--out", str(tmp_path / "a"), "--device", "gpu"], "unknown --device"),
              (["--out", str(tmp_path / "b"), "--classes", "cat,horse,cat"], "names 'cat' more than once")]
     import torch
@@ -157,3 +162,15 @@ def test_classes_come_from_the_trainer_export(tiny_clip, tmp_path):
     assert G.default_classes(str(tiny_clip), ["x", "y"]) == ["x", "y"]
     with pytest.raises(UserError):
         G.class_prompts(["a"], "no placeholder")
+
+
+def test_a_run_folder_gives_the_classes_its_final_model_was_trained_on(tiny_clip, label_build, tmp_path):
+    """Before: --model runs/clip loaded runs/clip/final but read the classes from runs/clip (none there),
+    so the prompts were the test data's labels, not the classes the model was trained on."""
+    import shutil
+
+    final = tmp_path / "run" / "final"
+    shutil.copytree(tiny_clip, final)
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "clip", "classes": ["horse", "cat", "cow"]}))
+    out = G.run_gradcam(str(tmp_path / "run"), label_build, tmp_path / "gc", n=2, size=32, quiet=True)
+    assert json.loads((out / "index.json").read_text())["classes"] == ["horse", "cat", "cow"]

@@ -67,3 +67,26 @@ def test_a_build_without_samples_is_named_as_such(tmp_path, coco_build):
         read_test_samples(none.path)
     with pytest.raises(UserError, match="no sample matches --where"):  # a filter that matches nothing still says so
         read_test_samples(coco_build.path, where="width < 0")
+
+
+def test_chosen_samples_say_their_splits_and_training_images_are_named(tmp_path, capsys):
+    """Before: a build folder gave every split, training images included, with nothing said; gradcam's
+    accuracy then counted images the model was trained on."""
+    import numpy as np
+
+    import vlmforge
+    from tests.analysis.conftest import png
+
+    for split, n in (("train", 3), ("test", 2)):
+        (tmp_path / "imgs" / split / "cat").mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "imgs" / split / "cat" / f"{i}.png").write_bytes(png(np.full((8, 8, 3), 40 * i + n, "uint8")))
+    build = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(tmp_path / "imgs")}).path
+    every = read_test_samples(build)
+    assert every.split_counts() == {"test": 2, "train": 3}
+    every.warn_if_training()
+    assert "3 of the 5 chosen samples are from the train split" in capsys.readouterr().err
+    test = read_test_samples(build, where="split = 'test'")
+    assert test.split_counts() == {"test": 2}
+    test.warn_if_training()
+    assert "train" not in capsys.readouterr().err

@@ -85,6 +85,10 @@ def test_report_renders_in_headless_chromium(occ_build, copy_build, tmp_path):
             images = browser.eval("[...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().height])")
             assert len(images) == n_images
             assert all(done and w > 0 and h > 0 for done, w, h in images), images
+            # every picture keeps its shape: a plot beside a taller table or plot is not stretched to its height
+            shapes = browser.eval("[...document.images].map(i => [i.alt, i.naturalWidth / i.naturalHeight, "
+                                  "i.clientWidth / i.clientHeight])")
+            assert [s for s in shapes if abs(s[1] - s[2]) > 0.02 * s[1]] == []
             tables = browser.eval("[...document.querySelectorAll('table')].map(t => [t.rows.length, t.getBoundingClientRect().height])")
             assert len(tables) == n_tables and all(rows >= 2 and h > 0 for rows, h in tables), tables
             assert browser.eval("document.title").startswith(("occlusion 0.0.1", f"copy {CopyBuilder.VERSION}"))
@@ -110,10 +114,12 @@ def test_a_reject_example_shows_one_reject_detail_and_input_together():
 
 
 def test_report_out_that_cannot_be_written_is_one_error_line(copy_build, tmp_path):
-    """Before: --out naming a folder, or a path under a file, was a traceback."""
+    """Before: --out naming a folder, or a path under a file, was a traceback; an HTML page was written
+    into report.png."""
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write")):
+    for out, words in ((tmp_path, "is a folder"), (blocker / "r.html", "cannot write"),
+                       (tmp_path / "report.png", "name a .html file")):
         r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--n", "1",
                             "--out", str(out)], capture_output=True, text=True)
         assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
@@ -179,3 +185,58 @@ def test_a_histogram_of_values_with_nan_and_infinity():
     tags = _Tags()
     tags.feed(page)
     assert [i["alt"] for i in tags.imgs] == ["histogram of ppl"]
+
+
+def test_a_build_with_no_samples_has_no_column_statements(occ_build, tmp_path):
+    """Before: an empty build's report said 'width is always null', as if samples had no width."""
+    import vlmforge
+
+    empty = vlmforge.build("copy", "build", out=tmp_path, source_options={"path": str(occ_build.path), "where": "1 = 0"})
+    assert len(empty) == 0
+    page = render_report(empty)
+    assert "always null" not in page and "No samples." in page and "No sample to show." in page
+
+
+def test_dollar_signs_in_values_are_drawn_as_text():
+    """Before: a value such as 'a $x^$ b' (prices, LaTeX in LLaVA data) was parsed by matplotlib as a
+    formula: ValueError, no report."""
+    from vlmforge.report import plots
+
+    page = _distributions_of("SELECT CASE WHEN i < 3 THEN 'a $x^$ b' ELSE '$\\frac$' END AS category, "
+                             "i AS \"cost $\", 480 AS width, 360 AS height FROM range(6) t(i)", ["category", "cost $"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["histogram of cost $", "bar chart of category"]
+    assert plots.plain("$5-$10") == r"\$5-\$10"
+
+
+def test_a_damaged_manifest_index_is_one_line_naming_reindex(copy_build, tmp_path):
+    """Before: report stopped with DuckDB's IOException traceback, and show blamed a --where it was not given."""
+    import shutil
+
+    b = tmp_path / "b"
+    shutil.copytree(copy_build.path, b)
+    (b / "manifest.duckdb").write_text("not a database")
+    for cmd in (["report", str(b), "--out", str(tmp_path / "r.html")], ["show", str(b), "--out", str(tmp_path / "s.png")]):
+        r = subprocess.run([sys.executable, "-m", "vlmforge.cli", *cmd], capture_output=True, text=True)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert "manifest reindex" in r.stderr and "--where" not in r.stderr
+
+
+def test_boolean_columns_are_counted():
+    """Before: a BOOLEAN column (vg's box_clipped) was in neither the plots nor the single-value line."""
+    page = _distributions_of("SELECT i % 4 = 0 AS box_clipped, false AS truncated, 480 AS width, 360 AS height "
+                             "FROM range(8) t(i)", ["box_clipped", "truncated"])
+    tags = _Tags()
+    tags.feed(page)
+    assert [i["alt"] for i in tags.imgs] == ["bar chart of box_clipped"]
+    assert "truncated = False" in page
+
+
+def test_a_gallery_where_that_matches_nothing_is_said(copy_build, tmp_path):
+    """Before: the page said 'No sample to show.' and the command only 'wrote', as for an empty build."""
+    out = tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "report", str(copy_build.path), "--where", "width < 0",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and "no sample matches --where 'width < 0'" in r.stderr, r.stderr
+    assert "No sample matches where width &lt; 0." in out.read_text()

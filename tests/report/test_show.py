@@ -136,6 +136,9 @@ def test_a_damaged_sample_is_one_error_line(copy_build, tmp_path):
     wrong = dict(row, key="someone-else")
     with pytest.raises(UserError, match="holds no sample someone-else at byte"):
         load_sample(build, wrong)
+    shard.unlink()  # before: FileNotFoundError traceback from show, report and the analyses
+    with pytest.raises(UserError, match=f"cannot read {row['shard']} of .*the build is damaged"):
+        contact_sheet(build, where=f"key = '{row['key']}'")
 
 
 def test_more_columns_than_samples_leave_no_blank_columns(copy_build):
@@ -155,3 +158,67 @@ def test_multiple_choice_captions_show_options_and_gold():
     assert not any(p.startswith("A: ") for p in parts)
     # the options come before the question: a long question (occlusion mcqa) is what gets cut short
     assert parts.index("gold: B") < parts.index("Q: What is the main object?")
+
+
+def test_a_word_wider_than_the_cell_is_cut_into_lines_that_fit():
+    """Before: a long key (imagefolder: train-cup-000000102960_275-8bc9836a) was drawn on one line, over
+    the next cell's caption."""
+    from vlmforge.report.show import font, wrap
+
+    fnt, key = font(12), "train-refrigerator-000000103515_323-f273a52f"
+    width = int(fnt.getlength(key) / 3)
+    lines = wrap([f"{key} (train)"], fnt, width, 10)
+    assert len(lines) >= 3 and all(fnt.getlength(line) <= width for line in lines), lines
+    assert "".join(lines).replace(" ", "") == f"{key}(train)"  # cut, nothing lost
+    short = int(fnt.getlength("a short caption")) - 1
+    assert wrap(["a short caption"], fnt, short, 10) == ["a short", "caption"]  # words that fit still wrap whole
+    assert wrap(["key"], fnt, 1, 10) == ["k", "e", "y"]  # narrower than one character: one per line, and an end
+
+
+def test_a_small_image_fills_its_panel_and_its_mask_stays_on_it():
+    """Before: a 32-pixel image (model-ready builds at a small --size, cut-out objects) was drawn 32
+    pixels wide in the middle of a 96-pixel panel."""
+    from vlmforge.report.show import BACKDROP, fit, outline_mask
+
+    img = Image.new("RGB", (32, 24), (255, 255, 255))
+    shown = np.asarray(fit(img, 96))
+    ys, xs = np.nonzero((shown != BACKDROP).any(axis=2))
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0, 95, 12, 83)  # 96x72, centred
+    mask = Image.new("L", (32, 24), 0)
+    mask.paste(255, (0, 0, 16, 24))  # the left half
+    red = np.argwhere((np.asarray(outline_mask(img, mask, 96)) == OUTLINE).all(axis=2))
+    # the outline straddles the mask border by a pixel
+    assert len(red) and red[:, 1].max() <= 49 and red[:, 0].min() >= 11 and red[:, 0].max() <= 84
+
+
+def test_a_sheet_too_large_to_draw_is_one_error_line(copy_build, monkeypatch):
+    """Before: --n 400 --thumb 1024 drew a 4136 x 110800 sheet: 3.6 GB of memory, a minute, a 117 MB PNG."""
+    from vlmforge.report import show
+
+    drawn = []
+    monkeypatch.setattr(show, "MAX_SHEET_PIXELS", 1_000_000)
+    monkeypatch.setattr(show, "fit", lambda img, size: drawn.append(size) or Image.new("RGB", (size, size)))
+    with pytest.raises(UserError, match=r"would be 1,064 x 1,396 pixels; lower --n or --thumb"):
+        contact_sheet(copy_build, n=16, layout=SheetLayout(thumb=256))  # 4 x 4 cells of 256 px
+    assert 256 not in drawn  # refused before any panel was drawn at full size
+    assert contact_sheet(copy_build, n=4, layout=SheetLayout(thumb=256)).size == (1064, 376)
+
+
+def test_a_model_ready_build_outlines_the_mask_where_the_object_is(occ_build, tmp_path):
+    """Before: a model-ready build keeps the original's mask.png but stores the image padded to a square
+    and resized; the mask was stretched over the padded image, its outline off the hidden object."""
+    import vlmforge
+
+    ready = vlmforge.build("model-ready", "build", out=tmp_path, source_options={"path": str(occ_build.path)}, size=96)
+    row = choose_samples(ready, n=1)[0]
+    sample = load_sample(ready, row)
+    sample.pop("orig.jpg")  # as an occlusion build made without --keep-original
+    x, y, w, h = sample["json"]["box"]
+    assert (row["width"], row["height"]) == (96, 96) and sample["json"]["orig_width"] == 480
+    # 480x360 padded to 480x480 (60 rows above), then scaled by 96 / 480
+    want = (0.2 * x, 0.2 * (y + 60), 0.2 * (x + w), 0.2 * (y + 60 + h))
+    [(name, shown), _] = panels(sample, 96)
+    ys, xs = np.nonzero((np.asarray(shown) == OUTLINE).all(axis=2))
+    assert name == "mask" and len(xs)
+    got = (xs.min(), ys.min(), xs.max(), ys.max())
+    assert all(abs(g - e) <= 2 for g, e in zip(got, want)), (got, want)

@@ -103,14 +103,17 @@ def last_position_inputs(model, batch, modules: Sequence[Any]) -> tuple[list[Any
 
 
 # -- prompts ---------------------------------------------------------------------------------------
-def question_and_prefix(doc: dict[str, Any], label: str) -> tuple[str, str]:
+def question_and_prefix(doc: dict[str, Any], label: str) -> tuple[str, str | None]:
     """The sample's first question, and its answer up to the label ('[0.1, 0.2, 0.5, 0.6] Albatross'
-    -> '[0.1, 0.2, 0.5, 0.6]'); an empty prefix when the answer does not contain the label."""
+    -> '[0.1, 0.2, 0.5, 0.6]'); the label as a word ('cat' in 'these indicate a cat' is not the one in
+    'indicate'); None when the answer does not name the label (a multiple-choice letter)."""
+    import re
+
     from vlmforge.evaluation.items import first_turns
 
     human, gpt = first_turns(doc)
-    at = gpt.lower().find(label.lower())
-    return human or DEFAULT_QUESTION, gpt[:at].rstrip() if at > 0 else ""
+    found = re.search(rf"(?<!\w){re.escape(label)}(?!\w)", gpt, re.IGNORECASE)
+    return human or DEFAULT_QUESTION, gpt[: found.start()].rstrip() if found else None
 
 
 def prompt_texts(processor, question: str, prefix: str, label: str) -> tuple[str, str]:
@@ -140,6 +143,23 @@ def next_token_id(tokenizer, prompt: str, full: str) -> int | None:
     return f[same] if same < len(f) else None
 
 
+def class_token(tokenizer, prompt: str, full: str) -> tuple[str, int | None]:
+    """(prompt to run, the class name's first token id). A first token that is only a space (a small
+    BPE splits ' sheep' into ' ' + 's' ..., Llama writes '▁' before a digit) is moved into the prompt
+    when the longer prompt tokenizes that way, so the last position is where the model writes the
+    name itself; else the prompt has no class token (None): a space names no class."""
+    gt = next_token_id(tokenizer, prompt, full)
+    if gt is None or tokenizer.decode([gt]).strip():
+        return prompt, gt
+    longer = prompt + tokenizer.decode([gt])
+    ids = tokenizer(longer, add_special_tokens=False)["input_ids"]
+    f = tokenizer(full, add_special_tokens=False)["input_ids"]
+    if longer != prompt and ids[-1:] == [gt] and f[: len(ids)] == ids and len(f) > len(ids) \
+            and tokenizer.decode([f[len(ids)]]).strip():
+        return longer, f[len(ids)]
+    return prompt, None
+
+
 def _norm(token: str) -> str:
     return token.strip().lower()
 
@@ -165,6 +185,8 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
     width = downs[0].in_features
     if top_k * 2 > width:
         raise UserError(f"--top-k {top_k} is too large: the FFN has {width} neurons (top + random must fit)")
+    if n_tokens > unembed.shape[0]:
+        raise UserError(f"--tokens {n_tokens} is too large: the vocabulary has {unembed.shape[0]} tokens")
     cache: dict[tuple[int, int], list[int]] = {}
 
     def tokens_of(layer: int, neurons: list[int]) -> list[int]:
@@ -177,12 +199,13 @@ def analyse_prompts(runner, jobs: Sequence[PromptJob], top_k: int = 3, n_tokens:
     records = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        batch = runner._encode([j.prompt for j in chunk], [pil_image(j.image, f"sample {j.key}") for j in chunk], "left")
+        prompts, gts = zip(*(class_token(tok, j.prompt, j.full) for j in chunk))
+        batch = runner._encode(list(prompts), [pil_image(j.image, f"sample {j.key}") for j in chunk], "left")
         acts, next_ids = last_position_inputs(model, batch, downs)
         for b, job in enumerate(chunk):
-            gt = next_token_id(tok, job.prompt, job.full)
+            gt = gts[b]
             gt_text = tok.decode([gt]) if gt is not None else None
-            rec: dict[str, Any] = {"key": job.key, "gt_label": job.label, "prompt": job.prompt,
+            rec: dict[str, Any] = {"key": job.key, "gt_label": job.label, "prompt": prompts[b],
                                    "gt_token": gt_text, "gt_token_id": gt,
                                    "next_token": tok.decode([int(next_ids[b])]),
                                    "top_neurons_per_layer": [], "top_activations_per_layer": [],
@@ -223,9 +246,12 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """Line plot of both shares per layer."""
+def summary_figure(rows: Sequence[dict[str, Any]], title: str):
+    """Line plot of both shares per layer, one tick per layer number (no 0.5 layers)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from vlmforge.report.plots import plain
 
     fig = Figure(figsize=(6, 3.4), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -233,11 +259,16 @@ def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
     ax.plot(layers, [r["top_share"] for r in rows], marker="o", label="top-k active neurons")
     ax.plot(layers, [r["random_share"] for r in rows], marker="x", linestyle="--", label="random neurons")
     ax.set_xlabel("decoder layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("share of prompts with the class token")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     ax.legend(fontsize=8)
-    fig.savefig(path, format="png", metadata={"Software": None})
+    return fig
+
+
+def plot_summary(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    summary_figure(rows, title).savefig(path, format="png", metadata={"Software": None})
     return path
 
 
@@ -255,19 +286,27 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
     out = output_folder(out, "prompts/, summary.json, summary.md, ffn_summary.png", "analysis")
     check_device(device)
     data = read_test_samples(shards, where, n, seed)
+    data.warn_if_training(quiet)
     for what, bad in (("label", [s.key for s in data.samples if s.label is None]),
                       ("image", [s.key for s in data.samples if s.image is None])):
         if bad:
             raise UserError(f"{len(bad)} chosen sample(s) have no {what} (e.g. {bad[0]}): the analysis needs an image "
                             "and its ground-truth class (a label column or json 'label'); filter with --where")
     runner = load_vlm(model, device, dtype)
-    jobs = []
+    jobs, unnamed = [], []
     for s in data.samples:
         q, prefix = question_and_prefix(s.doc, s.label)
+        if prefix is None and answer_prefix is None:
+            unnamed.append(s.key)
         q = question or q
-        prefix = prefix if answer_prefix is None else answer_prefix.strip()
+        prefix = (prefix or "") if answer_prefix is None else answer_prefix.strip()
         prompt, full = prompt_texts(runner.processor, q, prefix, s.label)
         jobs.append(PromptJob(s.key, s.label, prompt, full, s.image))
+    if unnamed and not quiet:
+        console.print(f"[yellow]warning[/] the answers of {len(unnamed)} of {len(jobs)} samples do not name their "
+                      f"label (e.g. {unnamed[0]}; a multiple-choice answer is a letter): their prompts end where "
+                      "the answer starts, where the model may be asked for something else; --question and "
+                      "--answer-prefix set the prompt")
     with progress_bar("ffn analysis", total=len(jobs), disable=quiet) as advance:
         records = analyse_prompts(runner, jobs, top_k, n_tokens, seed, ffn_module, batch_size, advance)
 
@@ -280,6 +319,7 @@ def run_ffn(model: str, shards: str | Path, out: Path, where: str | None = None,
                            [[r["layer"], r["top_share"], r["random_share"], r["top_hits"], r["random_hits"]] for r in rows])
     scored = sum(r["gt_token_id"] is not None for r in records)
     summary = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
+               "splits": data.split_counts(), "answers_without_label": len(unnamed),
                "n_prompts": len(records), "n_scored": scored, "top_k": top_k, "tokens_per_neuron": n_tokens,
                "ffn_module": down_projections(runner.model, ffn_module)[0],
                "layers": rows, "plot": "ffn_summary.png", "table": "summary.md"}

@@ -27,6 +27,7 @@ from vlmforge.errors import UserError
 
 OVERLAY_ALPHA = 0.45
 SHEET_MAX = 64
+MAX_SIZE = 2048
 
 
 # -- model, classes, prompts -----------------------------------------------------------------------
@@ -263,14 +264,17 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
     from vlmforge.export import output_folder
     from vlmforge.progress import console, progress_bar
 
+    if size > MAX_SIZE:  # a float RGBA heatmap of 20000 x 20000 pixels is gigabytes per image
+        raise UserError(f"--size {size} is too large: an overlay is at most {MAX_SIZE} pixels a side")
     out = output_folder(out, "overlays/, contact_sheet.png, heatmaps.npz, index.json", "analysis")
     check_device(device)
     data = read_test_samples(shards, where, n, seed)
+    data.warn_if_training(quiet)
     missing = [s.key for s in data.samples if s.image is None]
     if missing:
         raise UserError(f"{len(missing)} chosen sample(s) have no image (e.g. {missing[0]}); filter them with --where")
     runner = load_clip(model, device, dtype)
-    classes = list(classes) if classes else default_classes(model, data.labels)
+    classes = list(classes) if classes else default_classes(runner.name, data.labels)  # a run folder: its final/
     if len(classes) < 2:
         raise UserError(f"need at least two classes, found {classes}; give --classes or data with labels")
     twice = sorted({c for c in classes if classes.count(c) > 1})
@@ -321,7 +325,7 @@ def run_gradcam(model: str, shards: str | Path, out: Path, where: str | None = N
              + (f" (first {SHEET_MAX} shown)" if len(items) > SHEET_MAX else "") + (f"  ·  where {where}" if where else ""))
     save_png(contact_sheet(cells, title), out / "contact_sheet.png")
     doc = {"model": str(model), "data": data.source, "build_id": data.build_id, "where": where, "seed": seed,
-           "layer": layer_name, "classes": classes, "class_prompts": prompts,
+           "splits": data.split_counts(), "layer": layer_name, "classes": classes, "class_prompts": prompts,
            "grid": list(heat_pred[0].shape), "n": len(items),
            "accuracy": (sum(it["correct"] for it in known) / len(known)) if known else None, "scored": len(known),
            "contact_sheet": "contact_sheet.png", "heatmaps": "heatmaps.npz", "items": items}

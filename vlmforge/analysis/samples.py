@@ -25,12 +25,13 @@ LABEL_KEYS = ("label", "class", "grade")
 
 @dataclass
 class TestSample:
-    """One test sample: key, image bytes, its json document and its label (None when it has none)."""
+    """One test sample: key, image bytes, its json document, its label and split (None when unknown)."""
 
     key: str
     image: bytes | None
     doc: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    split: str | None = None
 
 
 @dataclass
@@ -41,6 +42,24 @@ class TestSet:
     labels: list[str]
     source: str
     build_id: str | None = None
+
+    def split_counts(self) -> dict[str, int]:
+        """Chosen samples per split (samples read from a build; loose shards have no split)."""
+        counts: dict[str, int] = {}
+        for s in self.samples:
+            if s.split is not None:
+                counts[s.split] = counts.get(s.split, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def warn_if_training(self, quiet: bool = False) -> None:
+        """Say how many chosen samples are training data: a build folder gives every split unless
+        --where picks one, and an analysis of training images reads better than it should."""
+        from vlmforge.progress import console
+
+        n = self.split_counts().get("train", 0)
+        if n and not quiet:
+            console.print(f"[yellow]warning[/] {n} of the {len(self.samples)} chosen samples are from the train "
+                          "split; --where \"split = 'test'\" takes test samples only")
 
 
 def label_of(doc: dict[str, Any], row: dict[str, Any] | None = None) -> str | None:
@@ -97,7 +116,7 @@ def _from_build(build: Build, shards: list[Path], where: str | None, n: int | No
         s = load_sample(build, row)
         doc = s.get("json") or {}
         image = next((s[f] for f in IMAGE_FIELDS if f in s), None)
-        samples.append(TestSample(row["key"], image, doc, label_of(doc, row)))
+        samples.append(TestSample(row["key"], image, doc, label_of(doc, row), row.get("split")))
     labels = _build_labels(build, shard_cond)
     if labels is None:
         labels = sorted({s.label for s in samples if s.label is not None})

@@ -36,7 +36,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         class_template: Annotated[Optional[str], typer.Option("--class-template", help="class prompt with {} (or {label}) for the class name; default the evaluator's 'a photo of a {}.'")] = None,
         layer: Annotated[Optional[str], typer.Option("--layer", help="target module name as in model.named_modules(), e.g. vision_model.encoder.layers.10 (default: the last ViT block's input norm, layer_norm1, for class-token towers, else the last block)")] = None,
         true_class: Annotated[bool, typer.Option("--true-class", help="also draw the heatmap of the true class (when it is one of the classes)")] = False,
-        size: Annotated[int, typer.Option("--size", min=32, help="side of each overlay PNG in pixels")] = 224,
+        size: Annotated[int, typer.Option("--size", min=32, help="side of each overlay PNG in pixels (at most 2048)")] = 224,
         batch_size: BatchSize = 8,
         device: Device = "cpu",
         dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto")] = "float32",
@@ -44,7 +44,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     ) -> None:
         """Grad-CAM of a CLIP classifier over class prompts: for each test image, the heatmap of the predicted class (and with --true-class the true one) overlaid on the image (overlays/*.png), a contact_sheet.png, heatmaps.npz (the raw grids) and index.json (image, true, predicted, confidence).
 
-        Example: vlmforge analyze gradcam --model runs/clip/best --shards builds/copy/1.2.0 --where "split = 'test'" --out analysis/gradcam"""
+        Example: vlmforge analyze gradcam --model runs/clip --shards builds/copy/1.2.0 --where "split = 'test'" --out analysis/gradcam"""
         from vlmforge.analysis.gradcam import run_gradcam
 
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
@@ -72,7 +72,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     ) -> None:
         """Which tokens the most active FFN neurons promote, layer by layer: one forward pass per prompt (image + question + answer prefix up to the class name); at the last position of every decoder layer the top-k neurons by input activation of the FFN down-projection (and k random ones) are projected through the unembedding. Writes prompts/<key>.json per prompt, summary.json, summary.md (per layer, the share of prompts whose ground-truth class token is among the top tokens) and ffn_summary.png.
 
-        Example: vlmforge analyze ffn --model runs/llava/merged --shards builds/copy/1.2.0 --n 200 --out analysis/ffn"""
+        Example: vlmforge analyze ffn --model models/demo-merged --shards builds/copy/1.2.0 --n 200 --out analysis/ffn"""
         from vlmforge.analysis.ffn import run_ffn
 
         run_ffn(model, shards, out, where=where, n=n, seed=seed, top_k=top_k, n_tokens=tokens, question=question,

@@ -65,8 +65,11 @@ class Build:
             except duckdb.Error as e:  # a damaged manifest part
                 raise DamagedBuildError(f"the manifest of {self.path} cannot be read ({str(e).splitlines()[0]}); "
                                         "the build folder is damaged, rebuild it with --overwrite") from None
-        con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
-        return con
+        try:
+            return duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
+        except duckdb.Error as e:  # not a DuckDB file (damaged), or locked
+            raise UserError(f"cannot open {db}: {str(e).splitlines()[0]}; `vlmforge manifest reindex {self.path}` "
+                            "rebuilds it from the manifest parts") from None
 
     def sql(self, query: str, params: list | None = None) -> duckdb.DuckDBPyRelation:
         """Run one read-only statement and return its relation (call .fetchall(), .df(), ...)."""

@@ -14,6 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from vlmforge.errors import UserError
 from vlmforge.manifests.read import Build, open_build
 from vlmforge.manifests.schema import BASE_COLUMNS
 from vlmforge.report import plots
@@ -38,7 +39,7 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px soli
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top;font-size:.9em}
 th{background:#f3f5f8}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:.85em}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{border:1px solid #eee}
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}.plots img{border:1px solid #eee}
 .gallery{display:grid;gap:14px}
 figure{margin:0;border:1px solid #e3e3e3;padding:6px;background:#fafafa}
 figure .panels{display:flex;gap:4px}figure .panels div{font-size:.75em;color:#666}
@@ -154,7 +155,7 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
         values = con.execute(f'SELECT "{c}" FROM samples WHERE "{c}" IS NOT NULL').fetchnumpy()[c]
         figs.append(_img(plots.histogram_png(values, c, c), "image/png", f"histogram of {c}"))
     for c in builder_cols:
-        if c == "label" or cols.get(c) != "VARCHAR":
+        if c == "label" or cols.get(c) not in ("VARCHAR", "BOOLEAN"):  # BOOLEAN: vg's box_clipped
             continue
         counts = con.execute(f'SELECT "{c}", count(*) FROM samples WHERE "{c}" IS NOT NULL '
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
@@ -222,15 +223,25 @@ def render_report(build: Build | str | Path, n: int = 24, seed: int = 0, where: 
         f'{len(info["shards"])} shards.</p>',
         "<h2>Identity and lineage</h2>", _identity(b),
         "<h2>Counts</h2>", _counts(b, con, cols),
-        "<h2>Distributions</h2>", _distributions(con, cols, builder_cols),
-        "<h2>Rejected inputs</h2>", _rejects(con),
+        "<h2>Distributions</h2>", _distributions(con, cols, builder_cols) if total else "<p>No samples.</p>",
+        "<h2>Rejects</h2>", _rejects(con),
         f"<h2>Samples ({len(rows)} shown{', where ' + escape(where) if where else ''}, chosen by md5(seed:key), seed {seed})</h2>",
-        _gallery(b, rows, numeric_cols, thumb) if rows else "<p>No sample to show.</p>",
+        _gallery(b, rows, numeric_cols, thumb) if rows else
+        f"<p>No sample matches where {escape(where)}.</p>" if where and len(b) else "<p>No sample to show.</p>",
         "</body></html>",
     ]
     return "\n".join(parts)
 
 
 def write_report(build: Build | str | Path, out: Path, **kwargs: Any) -> Path:
+    """Write the page to `out` (.html); a --where that matches no sample is said (the gallery is empty)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm") and not out.is_dir():  # checked before the page is made
+        raise UserError(f"--out {out}: the report is an HTML page; name a .html file "
+                        "(`vlmforge show` draws a PNG contact sheet)")
     page = render_report(build, **kwargs)
+    if kwargs.get("where") and "<p>No sample matches where" in page:
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]warning[/] no sample matches --where {kwargs['where']!r}: the gallery is empty")
     return save_output(Path(out), lambda p: p.write_text(page, encoding="utf-8"))

@@ -18,6 +18,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def plain(text) -> str:
+    """`text` as matplotlib should draw it: '$' escaped, so '$5-$10' or 'a $x^$' is text, not math
+    (an unbalanced formula was a ValueError and no report)."""
+    return str(text).replace("$", r"\$")
+
+
 def _integer_ticks():
     from matplotlib.ticker import MaxNLocator
 
@@ -48,13 +54,13 @@ def histogram_png(values: Sequence[float], title: str, xlabel: str, bins: int = 
             ax.xaxis.set_major_locator(_integer_ticks())
         else:
             ax.hist(vals, bins=bins, color=COLOR, edgecolor="white")
-        title = f"{title}  (n={len(vals)}, mean {vals.mean():.3g}, median {np.median(vals):.3g}{left_out})"
+        title = f"{plain(title)}  (n={len(vals)}, mean {vals.mean():.3g}, median {np.median(vals):.3g}{left_out})"
     else:
         ax.text(0.5, 0.5, "no finite values" if left_out else "no values", ha="center", va="center", transform=ax.transAxes)
-        title += left_out
+        title = plain(title) + left_out
     ax.yaxis.set_major_locator(_integer_ticks())
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel(plain(xlabel))
     ax.set_ylabel("samples")
     return _png(fig)
 
@@ -64,9 +70,9 @@ def bar_png(names: Sequence[str], counts: Sequence[int], title: str, xlabel: str
     fig, ax = _figure(5.0, max(1.6, 0.5 + 0.22 * len(names)))
     ys = list(range(len(names)))
     ax.barh(ys, list(counts), color=COLOR)
-    ax.set_yticks(ys, [str(n)[:40] for n in names], fontsize=8)
+    ax.set_yticks(ys, [plain(str(n)[:40]) for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(_integer_ticks())
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel)
+    ax.set_title(plain(title), fontsize=9)
+    ax.set_xlabel(plain(xlabel))
     return _png(fig)

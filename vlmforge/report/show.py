@@ -22,6 +22,7 @@ from vlmforge.sample import IMAGE_FIELDS
 
 OUTLINE = (255, 40, 40)
 BACKDROP = (32, 32, 32)
+MAX_SHEET_PIXELS = 100_000_000  # 300 MB as RGB; 400 triptychs at the default --thumb are 66 million
 
 
 def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: int = 0) -> list[dict[str, Any]]:
@@ -44,7 +45,11 @@ def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
     """The sample's members ({field: bytes}, 'json' parsed) read at its manifest offset."""
     import json
 
-    sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    try:
+        sample = read_sample_at(build.path / row["shard"], row["offset"], row["sample_bytes"])
+    except OSError as e:  # a shard missing or unreadable
+        raise UserError(f"cannot read {row['shard']} of {build.path} ({e.strerror or e}); the build is damaged "
+                        f"(`vlmforge verify {build.path}` says more)") from None
     if sample.get("__key__") != row["key"]:
         raise UserError(f"{row['shard']} holds no sample {row['key']} at byte {row['offset']}; the build is damaged "
                         f"(`vlmforge verify {build.path}` says more)")
@@ -66,9 +71,10 @@ def _open(sample: dict[str, Any], field: str, mode: str = "RGB") -> Image.Image:
 
 
 def fit(img: Image.Image, size: int) -> Image.Image:
-    """`img` scaled to fit a size x size square, centred on a dark backdrop."""
-    img = img.copy()
-    img.thumbnail((size, size), Image.Resampling.BILINEAR)
+    """`img` scaled to fit a size x size square (up as well as down: a 64-pixel image fills the panel),
+    centred on a dark backdrop."""
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
     out = Image.new("RGB", (size, size), BACKDROP)
     out.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return out
@@ -77,13 +83,46 @@ def fit(img: Image.Image, size: int) -> Image.Image:
 def outline_mask(base: Image.Image, mask: Image.Image, size: int) -> Image.Image:
     """`base` fitted to the square with the mask's region tinted and its border drawn in red."""
     shown = fit(base, size)
-    m = mask.convert("L").resize(base.size, Image.Resampling.NEAREST)
+    m = mask.convert("L").resize(base.size, Image.Resampling.NEAREST)  # the same size: panels() maps it
     m = fit(m.convert("RGB"), size).convert("L").point(lambda v: 255 if v > 127 else 0)
     edge = ImageChops.difference(m.filter(ImageFilter.MaxFilter(3)), m.filter(ImageFilter.MinFilter(3)))
     tint = Image.blend(shown, Image.new("RGB", shown.size, OUTLINE), 0.3)
     shown = Image.composite(tint, shown, m)
     shown.paste(OUTLINE, mask=edge)
     return shown
+
+
+def mask_like_image(mask: Image.Image, image: Image.Image, doc: dict[str, Any]) -> Image.Image:
+    """`mask` in the stored image's geometry. A model-ready build stores the image padded, resized and
+    cropped (json `image_transform`, e.g. 'pad=square:122,116,104;resize=336;crop=336;resample=bicubic')
+    but keeps the mask of the original: the same steps, with nearest-neighbour resampling, bring it
+    over. Other masks of another size are scaled to the image."""
+    from vlmforge.training.images import PixelSteps, _Fallback, expand_to_square
+
+    transform = doc.get("image_transform")
+    if mask.size == image.size or not isinstance(transform, str):
+        return mask.resize(image.size, Image.Resampling.NEAREST)
+    parts = dict(p.split("=", 1) for p in transform.split(";") if "=" in p)
+
+    def hw(value: str) -> tuple[int, int]:
+        h, _, w = value.partition("x")
+        return int(h), int(w or h)
+
+    if parts.get("pad", "none").startswith("square"):
+        mask = expand_to_square(mask, 0)
+    try:
+        crop = hw(parts["crop"]) if "crop" in parts else None
+        resize = parts["resize"]
+        # 'resize=336' is a shortest edge or a fixed 336x336: the one that gives the image's size
+        tries = [PixelSteps(Image.Resampling.NEAREST, resize_to=hw(resize), crop=crop)]
+        if "x" not in resize:
+            tries.insert(0, PixelSteps(Image.Resampling.NEAREST, shortest_edge=int(resize), crop=crop))
+        for steps in tries:
+            if (out := steps(mask)).size == image.size:
+                return out
+    except (KeyError, ValueError, _Fallback):  # a transform these steps do not reproduce
+        pass
+    return mask.resize(image.size, Image.Resampling.NEAREST)
 
 
 def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
@@ -101,6 +140,7 @@ def panels(sample: dict[str, Any], size: int) -> list[tuple[str, Image.Image]]:
     if "orig.jpg" in sample:
         base = _open(sample, "orig.jpg")
         out.append(("original", fit(base, size)))
+    mask = mask_like_image(mask, base, sample.get("json") or {})
     out.append(("mask", outline_mask(base, mask, size)))
     out.append(("occluded", fit(image, size)))
     return out
@@ -146,11 +186,19 @@ def wrap(parts: list[str], fnt, width: int, max_lines: int) -> list[str]:
         line = ""
         for word in part.split():
             trial = f"{line} {word}" if line else word
-            if fnt.getlength(trial) <= width or not line:
+            if fnt.getlength(trial) <= width:
                 line = trial
-            else:
+                continue
+            if line:
                 lines.append(line)
-                line = word
+            # a word wider than the cell (a long key) is cut, not drawn over the next cell
+            while len(word) > 1 and fnt.getlength(word) > width:
+                cut = len(word) - 1
+                while cut > 1 and fnt.getlength(word[:cut]) > width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
         lines.append(line)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
@@ -187,6 +235,17 @@ def default_cols(panels: int, n: int) -> int:
     return max(1, min(n, 2 if panels >= 3 else 3 if panels == 2 else 4))
 
 
+def sheet_columns(layout: SheetLayout, n: int, panels: int, cols: int | None) -> int:
+    """Cells per row for `n` cells (no empty columns); a sheet above MAX_SHEET_PIXELS is a UserError
+    (400 samples at --thumb 1024 took 3.6 GB of memory and a minute for a 117 MB PNG)."""
+    cols = min(cols, n) if cols else default_cols(panels, n)
+    w, h = layout.size(n, panels, cols)
+    if w * h > MAX_SHEET_PIXELS:
+        raise UserError(f"a sheet of {n} samples at --thumb {layout.thumb} would be {w:,} x {h:,} pixels; "
+                        "lower --n or --thumb")
+    return cols
+
+
 def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int = 0, cols: int | None = None,
                   layout: SheetLayout = SheetLayout()) -> Image.Image:
     """The contact sheet as a PIL image (see the module docstring)."""
@@ -195,6 +254,8 @@ def contact_sheet(build: Build, where: str | None = None, n: int = 16, seed: int
     rows = choose_samples(build, where, n, seed)
     if not rows:
         raise UserError("no sample matches" + (f" --where {where!r}" if where else ""))
+    # checked before any panel is drawn (a triptych of 1024-pixel panels is 9 MB per sample)
+    sheet_columns(layout, len(rows), len(panels(load_sample(build, rows[0]), 1)), cols)
     cells = []
     for row in rows:
         sample = load_sample(build, row)
@@ -212,7 +273,7 @@ def draw_sheet(cells: list[Cell], title: str, layout: SheetLayout = SheetLayout(
     """A sheet with `title` on top and a grid of cells: each cell is (titled thumb-sized panels side by
     side, caption parts wrapped below them, caption colour)."""
     k = max(len(p) for p, _, _ in cells)
-    cols = min(cols, len(cells)) if cols else default_cols(k, len(cells))  # no empty columns
+    cols = sheet_columns(layout, len(cells), k, cols)
     sheet = Image.new("RGB", layout.size(len(cells), k, cols), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     title_font, text_font = font(15), font(12)
