@@ -144,14 +144,16 @@ def _distributions_of(select: str, builder_cols: list[str]) -> str:
 
 
 def test_distributions_skip_identifiers_and_free_text():
-    """Before: image_id and caption_id got histograms (a mean of ids), and a question column got a bar
-    chart whose labels, cut to 40 characters, made different questions look like one."""
+    """Before: image_id and caption_id got histograms (a mean of ids), cvc-trials' parent_key a bar chart,
+    and a question column got a bar chart whose labels, cut to 40 characters, made different questions
+    look like one."""
     import base64
 
     page = _distributions_of("SELECT i AS image_id, i % 3 + 1 AS objects, i * 0.5 AS score, "
                              "'Part of this image is hidden behind a cluster of gray blocks, number ' || (i % 4) AS question, "
-                             "'cat' || (i % 30) AS category, 480 AS width, 360 AS height FROM range(60) t(i)",
-                             ["image_id", "objects", "score", "question", "category"])
+                             "'cat' || (i % 30) AS category, 'k' || (i % 6) AS parent_key, "
+                             "480 AS width, 360 AS height FROM range(60) t(i)",
+                             ["image_id", "objects", "score", "question", "category", "parent_key"])
     tags = _Tags()
     tags.feed(page)
     alts = [i["alt"] for i in tags.imgs]

@@ -134,7 +134,7 @@ def print_summary(build_dir: Path, info: dict[str, Any]) -> None:
     )
     if not samples and not rejects:
         console.print("  [yellow]note:[/] the source gave no record: an empty build "
-                      "(check --where, --parent-split and the fractions or counts)")
+                      "(e.g. a --where, --parent-split, fraction or count that selected nothing)")
     if rejects:
         con = duckdb.connect(str(build_dir / MANIFEST_DB), read_only=True)
         try:

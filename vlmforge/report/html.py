@@ -29,8 +29,8 @@ BARS = 20
 
 
 def _is_identifier(column: str) -> bool:
-    """image_id, caption_id...: numbers that name things; their histogram or mean means nothing."""
-    return column == "id" or column.endswith("_id")
+    """image_id, caption_id, parent_key...: values that name things; their histogram, mean or bars mean nothing."""
+    return column in ("id", "key") or column.endswith(("_id", "_key"))
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#1d1d1f;padding:0 16px}
@@ -155,7 +155,7 @@ def _distributions(con, cols: dict[str, str], builder_cols: list[str]) -> str:
         values = con.execute(f'SELECT "{c}" FROM samples WHERE "{c}" IS NOT NULL').fetchnumpy()[c]
         figs.append(_img(plots.histogram_png(values, c, c), "image/png", f"histogram of {c}"))
     for c in builder_cols:
-        if c == "label" or cols.get(c) not in ("VARCHAR", "BOOLEAN"):  # BOOLEAN: vg's box_clipped
+        if c == "label" or _is_identifier(c) or cols.get(c) not in ("VARCHAR", "BOOLEAN"):  # BOOLEAN: vg's box_clipped
             continue
         counts = con.execute(f'SELECT "{c}", count(*) FROM samples WHERE "{c}" IS NOT NULL '
                              f"GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
