@@ -486,3 +486,16 @@ def test_files_differing_by_extension_only_are_one_sample(tmp_path):
                        instructions=1, descriptions_per_instruction=1, questions=1)
     assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("tern/001.png", "duplicate_key")]
     assert len(b) == 4
+
+
+def test_a_round_warns_of_unused_answers_unless_quiet(tmp_path, offline_build):
+    key = offline_build.sql("SELECT key FROM samples ORDER BY key LIMIT 1").fetchall()[0][0]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(_answers_line(key, "What bird is this?", ["A bird."]) + "\n"
+                       + _answers_line("not_in_parent", "Q?", ["x"]) + "\n")
+    base = [sys.executable, "-m", "vlmforge.cli", "build", "selfsynth-round", "--from", str(offline_build.path),
+            "--answers", str(answers)]
+    loud = subprocess.run(base + ["--out", str(tmp_path / "a")], capture_output=True, text=True)
+    assert loud.returncode == 0 and "1 keys of the answers file are not in the parent build" in loud.stderr
+    quiet = subprocess.run(base + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # --quiet prints nothing but errors

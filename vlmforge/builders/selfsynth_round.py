@@ -127,7 +127,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
             raise UserError(f"no key of answers file {self.config.answers} is in the parent build {build.path} "
                             f"(the file's first: {unknown[0]}; the build's first: {min(keys)}); were the answers "
                             "made from another build?")
-        if unknown:
+        if unknown and not getattr(self, "quiet", False):  # --quiet prints nothing but errors
             from vlmforge.progress import console
 
             console.print(f"[yellow]warning[/] {len(unknown)} keys of the answers file are not in the parent build "
