@@ -66,6 +66,27 @@ def torch_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_dtype(name: str) -> None:
+    """A --dtype that is not one of DTYPES is a UserError (checked before any model loads)."""
+    if name not in DTYPES:
+        from vlmforge.errors import UserError
+
+        raise UserError(f"unknown --dtype {name!r}; use auto, float32, bfloat16 or float16")
+
+
+def torch_dtype(name: str, device: str):
+    """The torch dtype for --dtype `name` on `device`: auto is bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    check_dtype(name)
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, name)
+
+
 def installed_version(package: str) -> str:
     """An installed distribution's version, "?" when it is not installed (for cache keys)."""
     from importlib.metadata import PackageNotFoundError, version

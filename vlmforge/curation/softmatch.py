@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from vlmforge.curation.embedding import SentenceEmbedder, shared_embedder
+from vlmforge.curation.entities import IRREGULAR
 
 DEFAULT_THRESHOLD = 0.85
 
@@ -63,9 +64,9 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-IRREGULAR_PLURALS = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
-                     "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "leaves": "leaf",
-                     "wolves": "wolf", "shelves": "shelf", "calves": "calf", "halves": "half", "oxen": "ox"}
+# The entity extractor's irregular plurals, and a few more that answers use.
+IRREGULAR_PLURALS = {**IRREGULAR, "leaves": "leaf", "wolves": "wolf", "shelves": "shelf", "calves": "calf",
+                     "halves": "half", "oxen": "ox"}
 # Words before a noun that say how many, not what: "two dogs", "a couple of cows", "the kites".
 QUANTITY_WORDS = frozenset("a an the some several many few multiple couple of one two three four five six seven "
                            "eight nine ten".split())

@@ -62,17 +62,6 @@ def pil_image(data: bytes, what: str):
                         "same command again to go on") from None
 
 
-def _resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise UserError(f"unknown --dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
-
-
 class LocalRunner(Runner):
     """A transformers checkpoint: LLaVA-style image-text-to-text or CLIP, by path or Hub id."""
 
@@ -103,14 +92,14 @@ class LocalRunner(Runner):
 
         hf_logging.disable_progress_bar()
         check_model_name(self.name)
-        from vlmforge.curation.models import check_device
+        from vlmforge.curation.models import check_device, torch_dtype
 
         check_device(self.device)
         from vlmforge.training.llava import export_info
 
         self.template = export_info(self.name).get("template", "chat")
         path, adapter, projector = self._base_and_addition(self.name)
-        dtype = _resolve_dtype(self.dtype_name, self.device)
+        dtype = torch_dtype(self.dtype_name, self.device)
         try:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:

@@ -16,7 +16,6 @@ from vlmforge.curation.generation import GenerationRequest, Generator, local_mod
 from vlmforge.errors import UserError
 
 IMAGE_TOKEN = "<image>"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _strip_image_token(prompt: str) -> str:
@@ -52,8 +51,9 @@ class TransformersGenerator(Generator):
         from vlmforge.training.llava import export_folder
 
         super().__init__(export_folder(model), **options)  # a training run folder: its final/ model
-        if dtype not in DTYPES:
-            raise UserError(f"unknown --dtype {dtype!r}; use {', '.join(DTYPES)}")
+        from vlmforge.curation.models import check_dtype
+
+        check_dtype(dtype)
         self.device = device
         self.dtype = dtype
         self.batch_size = max(1, int(batch_size))
@@ -76,10 +76,7 @@ class TransformersGenerator(Generator):
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = self.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        from vlmforge.curation.models import check_device, check_model_name
+        from vlmforge.curation.models import check_device, check_model_name, torch_dtype
 
         check_device(device)  # torch's own error for a missing GPU is a traceback after the model loads
         check_model_name(self.model, "generation model")
@@ -98,7 +95,7 @@ class TransformersGenerator(Generator):
             # transformers loads e.g. BERT as a causal LM with a warning; generating with it fails deep in torch
             raise UserError(f"{self.model} is a {config.model_type!r} checkpoint, an encoder (masked LM) that does not "
                             "generate text: give a causal LM or an image-text-to-text model")
-        kwargs = dict(dtype=getattr(torch, dtype), trust_remote_code=self.trust_remote_code)
+        kwargs = dict(dtype=torch_dtype(self.dtype, device), trust_remote_code=self.trust_remote_code)
         if self.is_vision:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
