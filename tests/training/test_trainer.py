@@ -69,6 +69,42 @@ def test_llava_mode_loss_falls_and_run_is_saved(llava_runs, mode):
     assert expect[mode] in files and "tokenizer.json" in files and "processor_config.json" in files
 
 
+@pytest.mark.parametrize("mode", ["full", "lora", "projector"])
+def test_llava_mode_trains_its_weights_and_no_others(llava_runs, tiny_llava, mode):
+    """The last checkpoint holds exactly the weights the mode trains, each moved from the base; what it
+    exports is those weights; the weights it freezes stay bit-identical."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vlmforge.training.llava import projector_names
+
+    out, _ = llava_runs[mode]
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava)
+    base = dict(model.named_parameters())
+    trained = torch.load(checkpoints(out)[-1] / "trainer_state.pt", weights_only=False)["params"]
+    projector = set(projector_names(model))
+    if mode == "lora":  # LoRA pairs on the language model, and the projector's trainable copy
+        lora = {n for n in trained if ".lora_A.default." in n or ".lora_B.default." in n}
+        copies = {n.replace("base_model.model.", "").replace("modules_to_save.default.", ""): n
+                  for n in set(trained) - lora}
+        assert lora and all("language_model" in n for n in lora) and set(copies) == projector
+        assert all(not torch.equal(trained[copies[n]], base[n]) for n in projector)
+        assert all(trained[n].abs().sum() > 0 for n in lora if ".lora_B." in n)  # lora_B starts at zero
+        adapter = load_file(str(out / "final" / "adapter_model.safetensors"))
+        written = {n.replace("modules_to_save.", "").replace(".default", ""): w for n, w in trained.items()}
+        assert adapter.keys() == written.keys() and all(torch.equal(adapter[n], w) for n, w in written.items())
+        return
+    frozen_names = {"full": {n for n in base if "vision_tower" in n}, "projector": set(base) - projector}[mode]
+    assert set(trained) == set(base) - frozen_names
+    assert all(not torch.equal(trained[n], base[n]) for n in trained), [n for n in trained if torch.equal(trained[n], base[n])]
+    final = (AutoModelForImageTextToText.from_pretrained(out / "final").state_dict() if mode == "full"
+             else load_file(str(out / "final" / "projector.safetensors")))
+    assert all(torch.equal(final[n], trained[n]) for n in trained)
+    if mode == "full":
+        assert all(torch.equal(final[n], base[n]) for n in frozen_names)
+
+
 def _logits(model, batch):
     import torch
 
