@@ -478,7 +478,9 @@ def test_open_containment_and_soft_match(tmp_path):
                            ["Black footed Albatross", "dog", "dog"])
     assert cos[0] > 0.95  # the same words
     assert cos[1] > cos[2]  # the best sentence counts, not the whole answer
-    assert m["soft_threshold"] == 0.85 and 0 <= m["soft_match_accuracy"] <= 1
+    # Only the albatross answer is near its reference in meaning (MiniLM cosine about 0.94; the dog answers
+    # 0.6 and below): containment counts "Two dogs" right, the soft match does not.
+    assert m["soft_threshold"] == 0.85 and m["soft_match_accuracy"] == 0.25
 
 
 # -- splits, missing and broken inputs -------------------------------------------------------------
