@@ -242,7 +242,13 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["total_steps"] == 3
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
-    assert evals and evals[-1]["tokens"] > 0  # validation summed over both ranks
+    # validation summed over both ranks: the answer tokens of all 12 samples, each once
+    from transformers import AutoProcessor
+
+    from vlmforge.training.collate import LlavaCollator
+
+    labels = LlavaCollator(AutoProcessor.from_pretrained(tiny_llava), "chat", 96)(list(coco_build.samples()))["labels"]
+    assert evals and evals[-1]["tokens"] == int((labels[:, 1:] != -100).sum())
 
 
 def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
