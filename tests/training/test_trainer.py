@@ -209,6 +209,15 @@ def test_clip_modes_train_and_keep_the_best(tmp_path, label_build, tiny_clip):
     assert len(evals) == 2 and max(e["accuracy"] for e in evals) == best["accuracy"]
     export = json.loads((out / "final" / "vlmforge_export.json").read_text())
     assert export["classes"] == ["black", "red", "yellow"]
+    # best/ reloaded scores the val split as recorded: it is the model that was evaluated
+    from transformers import AutoProcessor
+
+    from vlmforge.training.clip import ClipCollator, ClipObjective
+
+    proc, model = AutoProcessor.from_pretrained(out / "best"), AutoModel.from_pretrained(out / "best").eval()
+    val = ClipCollator(proc, export["classes"])(list(label_build.samples("val")))
+    again = ClipObjective(proc, export["classes"]).evaluate(model, [val], "cpu")
+    assert again == {"loss": pytest.approx(best["loss"], rel=1e-5), "accuracy": 1.0, "samples": 9}
 
     out2, losses2 = run(tmp_path / "contrastive", [str(label_build.path)], tiny_clip, "clip", 12, batch_size=8,
                         clip_objective="contrastive", freeze_text=True, pad_to_square=False, lr=3e-3)
