@@ -116,8 +116,16 @@ def test_clip_zero_shot_on_graded_folder(tiny_clip, tmp_path):
     with torch.no_grad():
         out = runner.model(**runner.processor(text=prompts, images=[image], return_tensors="pt", padding=True))
     assert recs[0]["scores"] == pytest.approx(torch.softmax(out.logits_per_image[0], -1).tolist(), abs=1e-5)
-    m = s["metrics"]
-    assert "auc_binary" in m and set(m["by_grade_auc"]) == {"0", "1", "2", "3", "4"}
+    # The AUCs are those of the recorded probabilities (scikit-learn as the second opinion): KL 2-4 against
+    # 0-1 on p(grade >= 2), and each grade against the rest.
+    from sklearn.metrics import roc_auc_score
+
+    m, gold = s["metrics"], [r["answer"] for r in recs]
+    assert gold == [0, 1, 1, 2, 3, 3, 4]
+    assert m["auc_binary"] == pytest.approx(roc_auc_score([g >= 2 for g in gold], [sum(r["scores"][2:]) for r in recs]))
+    assert m["by_grade_auc"] == {str(g): {"auc": pytest.approx(roc_auc_score([x == g for x in gold],
+                                                                             [r["scores"][g] for r in recs]))}
+                                 for g in range(5)}
     with pytest.raises(UserError, match="cannot do --scoring generate"):
         evaluate(task, ds, runner, tmp_path / "other", scoring="generate", quiet=True)
 
