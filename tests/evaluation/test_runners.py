@@ -248,12 +248,14 @@ def test_projector_only_export_loads_onto_its_base(tiny_llava, tmp_path):
             if name in names:
                 weight.add_(0.5)  # stands in for training
     trained = {n: w.detach().clone() for n, w in model.named_parameters() if n in names}
+    base = {n: w.detach().clone() for n, w in model.named_parameters() if n not in names}
     export(model, processor, "projector", str(tiny_llava), tmp_path / "final")
     runner = LocalRunner(str(tmp_path))  # the run folder stands for its final/ (it was "Unrecognized model")
     assert runner.name == str(tmp_path / "final")
     assert runner.scorings == ("generate", "loss")
     loaded = dict(runner.model.named_parameters())
-    assert all(torch.equal(loaded[n], w) for n, w in trained.items())
+    assert loaded.keys() == trained.keys() | base.keys()
+    assert all(torch.equal(loaded[n], w) for n, w in (trained | base).items())  # the rest is the base's own
 
 
 def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp_path):
