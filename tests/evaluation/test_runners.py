@@ -54,31 +54,37 @@ def test_generate_on_mcqa_build_writes_report(mcqa_build, llava_runner, tmp_path
         evaluate(task, ds, llava_runner, tmp_path, scoring="loss", quiet=True)
 
 
-def test_loss_scoring_matches_the_models_own_loss(mcqa_build, llava_runner):
-    import torch
+def _own_loss(runner, prompt: str, target: str, image: bytes) -> float:
+    """transformers' own mean cross-entropy of `target` after `prompt`, the prompt's tokens masked (up to the
+    first token where prompt and prompt + target tokenize differently: a merge across the boundary)."""
+    import io
 
+    import torch
+    from PIL import Image
+
+    pil = Image.open(io.BytesIO(image)).convert("RGB")
+    short = runner.processor(text=[prompt], images=[pil], return_tensors="pt")["input_ids"][0].tolist()
+    full = runner.processor(text=[prompt + target], images=[pil], return_tensors="pt")
+    same = next((i for i, (a, b) in enumerate(zip(short, full["input_ids"][0].tolist())) if a != b), len(short))
+    labels = full["input_ids"].clone()
+    labels[:, :same] = -100
+    with torch.no_grad():
+        return runner.model(**full, labels=labels).loss.item()
+
+
+def test_loss_scoring_matches_the_models_own_loss(mcqa_build, llava_runner):
     task = get_task("mcqa")
     ds = task.read([mcqa_build], ReadOptions())
     items = ds.items[:2]
     losses = llava_runner.option_losses(items)
     assert [len(x) for x in losses] == [4, 4]
     # Independent check: transformers' own mean cross-entropy with the prompt masked out.
-    proc, model = llava_runner.processor, llava_runner.model
-    from PIL import Image
-    import io
-
     item = items[1]
-    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.prompt}]}],
-                                      add_generation_prompt=True, tokenize=False)
-    image = Image.open(io.BytesIO(item.image)).convert("RGB")
-    n_prompt = proc(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    prompt = llava_runner.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.prompt}]}],
+        add_generation_prompt=True, tokenize=False)
     for j, option in enumerate(item.options):
-        full = proc(text=[prompt + option], images=[image], return_tensors="pt")
-        labels = full["input_ids"].clone()
-        labels[:, :n_prompt] = -100
-        with torch.no_grad():
-            ref = model(**full, labels=labels).loss.item()
-        assert losses[1][j] == pytest.approx(ref, rel=1e-4, abs=1e-5)
+        assert losses[1][j] == pytest.approx(_own_loss(llava_runner, prompt, option, item.image), rel=1e-4, abs=1e-5)
     # Batch composition does not change the numbers (padding is masked).
     llava_runner.batch_size = 1
     try:
@@ -377,10 +383,14 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     runner = LocalRunner(str(tmp_path / "vicuna"))
     runner.setup()
     trained = render_vicuna([("user", "<image>\nWhat is it?"), ("assistant", "A cat.")], eos="</s>")
-    assert runner._chat("What is it?", True) == trained.text[: trained.spans[0][0]]  # all before the answer
-    assert runner.option_losses([EvalItem(id="1", prompt="What?", options=["cat", "dog"], image=tiny_png(1))])
+    asked = trained.text[: trained.spans[0][0]]  # all before the answer
+    assert runner._chat("What is it?", True) == asked
+    item = EvalItem(id="1", prompt="What is it?", options=["cat", "dog"], image=tiny_png(1))
+    losses = runner.option_losses([item])[0]  # " cat" merges with the prompt's last space: scored from there
+    assert losses == pytest.approx([_own_loss(runner, asked, o, item.image) for o in item.options], rel=1e-4)
     chat = LocalRunner(str(tmp_path / "chat"))
     chat.setup()
+    assert chat.option_losses([item])[0] != pytest.approx(losses, rel=1e-3)  # another prompt, other losses
     assert chat._chat("What is it?", True) == processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
         add_generation_prompt=True, tokenize=False)
