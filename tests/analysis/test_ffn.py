@@ -98,7 +98,11 @@ def test_cli_on_a_random_tiny_llava(tiny_llava, label_build, tmp_path):
     assert all(len(x) == 8 for x in rec["top_toks_per_layer"] + rec["random_toks_per_layer"])
     summary = json.loads((out / "summary.json").read_text())
     assert [r["layer"] for r in summary["layers"]] == [0, 1]
-    assert all(0 <= r["top_share"] <= 1 for r in summary["layers"])
+    # each layer's shares are the fractions of the two prompts whose neurons' tokens hit the class token
+    recs = [json.loads(f.read_text()) for f in files]
+    for r in summary["layers"]:
+        assert r["top_share"] == sum(x["top_hit_per_layer"][r["layer"]] for x in recs) / 2
+        assert r["random_share"] == sum(x["random_hit_per_layer"][r["layer"]] for x in recs) / 2
 
 
 def test_a_rerun_into_the_same_folder_leaves_only_its_own_prompts(tiny_llava, label_build, tmp_path):

@@ -96,7 +96,9 @@ def test_cli_writes_overlays_sheet_and_index(tiny_clip, label_build, tmp_path):
     split = read_test_samples(label_build, n=1).samples[0].split
     assert index["splits"] == {split: 2}  # which data the images came from
     for it in index["items"]:
-        assert it["true"] == "horse" and it["predicted"] in CLASSES
+        probs = it["probabilities"]
+        assert it["true"] == "horse" and it["predicted"] == CLASSES[probs.index(max(probs))]
+        assert it["correct"] == (it["predicted"] == "horse")
         assert set(it) >= {"key", "image", "true", "predicted", "confidence", "correct", "true_image"}
         assert it["confidence"] == max(it["probabilities"]) and abs(sum(it["probabilities"]) - 1) < 1e-4
         for f in (it["image"], it["true_image"]):

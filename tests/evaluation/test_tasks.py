@@ -229,7 +229,7 @@ def test_pope_reads_category_files_alone(tmp_path):
     ds = get_task("pope").read([ann], ReadOptions(image_root=tmp_path / "val2014"))
     assert len(ds) == 6
     # question ids repeat across the category files, so ids carry the category
-    assert {it.id for it in ds.items} >= {"random-1", "adversarial-1"}
+    assert sorted(it.id for it in ds.items) == [f"{c}-{i}" for c in ("adversarial", "random") for i in (1, 2, 3)]
     assert ds.items[0].prompt.endswith("Answer the question using a single word or phrase.")
     assert ds.items[0].image_path == str(tmp_path / "val2014" / "COCO_val2014_000000000000.jpg")
     with pytest.raises(UserError, match="no label"):
@@ -478,7 +478,9 @@ def test_open_containment_and_soft_match(tmp_path):
                            ["Black footed Albatross", "dog", "dog"])
     assert cos[0] > 0.95  # the same words
     assert cos[1] > cos[2]  # the best sentence counts, not the whole answer
-    assert m["soft_threshold"] == 0.85 and 0 <= m["soft_match_accuracy"] <= 1
+    # Only the albatross answer is near its reference in meaning (MiniLM cosine about 0.94; the dog answers
+    # 0.6 and below): containment counts "Two dogs" right, the soft match does not.
+    assert m["soft_threshold"] == 0.85 and m["soft_match_accuracy"] == 0.25
 
 
 # -- splits, missing and broken inputs -------------------------------------------------------------

@@ -180,13 +180,20 @@ def test_a_single_value_with_nulls_is_not_called_the_same_for_every_sample():
 
 
 
-def test_a_histogram_of_values_with_nan_and_infinity():
+def test_a_histogram_of_values_with_nan_and_infinity(monkeypatch):
     """Before: a numeric column holding NaN or inf stopped the report with matplotlib's ValueError."""
+    from matplotlib.axes import Axes
+
+    titles = []
+    set_title = Axes.set_title
+    monkeypatch.setattr(Axes, "set_title", lambda ax, text, **kw: titles.append(text) or set_title(ax, text, **kw))
     page = _distributions_of("SELECT CASE WHEN i = 0 THEN 'nan'::DOUBLE WHEN i = 1 THEN 'inf'::DOUBLE ELSE i * 0.1 END "
                              "AS ppl, 480 AS width, 360 AS height FROM range(10) t(i)", ["ppl"])
     tags = _Tags()
     tags.feed(page)
     assert [i["alt"] for i in tags.imgs] == ["histogram of ppl"]
+    # the finite values 0.2 .. 0.9 are drawn; the NaN and the inf are counted in the title
+    assert titles == ["ppl  (n=8, mean 0.55, median 0.55, 2 NaN/inf not shown)"]
 
 
 def test_a_build_with_no_samples_has_no_column_statements(occ_build, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -59,7 +61,9 @@ def test_compose_keeps_pretrained_parts_and_trains(tmp_path, coco_build, vision_
                       lr=3e-2, batch_size=4, max_steps=6, workers=0, save_every=6, warmup_ratio=0.0,
                       scheduler="constant", max_length=128, quiet=True),
           on_step=lambda step, rec: losses.append(rec["loss"]))
-    assert len(losses) == 6 and all(l == l for l in losses)  # image tokens and features line up; no NaN
+    # Image tokens and features line up: the loss is finite and the projector alone brings it down.
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses), losses
+    assert sum(losses[3:]) < 0.97 * sum(losses[:3]), losses  # two epochs of the same 12 samples
 
 
 @pytest.mark.parametrize("layer", [3, -4, 99])

@@ -69,6 +69,42 @@ def test_llava_mode_loss_falls_and_run_is_saved(llava_runs, mode):
     assert expect[mode] in files and "tokenizer.json" in files and "processor_config.json" in files
 
 
+@pytest.mark.parametrize("mode", ["full", "lora", "projector"])
+def test_llava_mode_trains_its_weights_and_no_others(llava_runs, tiny_llava, mode):
+    """The last checkpoint holds exactly the weights the mode trains, each moved from the base; what it
+    exports is those weights; the weights it freezes stay bit-identical."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    from vlmforge.training.llava import projector_names
+
+    out, _ = llava_runs[mode]
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava)
+    base = dict(model.named_parameters())
+    trained = torch.load(checkpoints(out)[-1] / "trainer_state.pt", weights_only=False)["params"]
+    projector = set(projector_names(model))
+    if mode == "lora":  # LoRA pairs on the language model, and the projector's trainable copy
+        lora = {n for n in trained if ".lora_A.default." in n or ".lora_B.default." in n}
+        copies = {n.replace("base_model.model.", "").replace("modules_to_save.default.", ""): n
+                  for n in set(trained) - lora}
+        assert lora and all("language_model" in n for n in lora) and set(copies) == projector
+        assert all(not torch.equal(trained[copies[n]], base[n]) for n in projector)
+        assert all(trained[n].abs().sum() > 0 for n in lora if ".lora_B." in n)  # lora_B starts at zero
+        adapter = load_file(str(out / "final" / "adapter_model.safetensors"))
+        written = {n.replace("modules_to_save.", "").replace(".default", ""): w for n, w in trained.items()}
+        assert adapter.keys() == written.keys() and all(torch.equal(adapter[n], w) for n, w in written.items())
+        return
+    frozen_names = {"full": {n for n in base if "vision_tower" in n}, "projector": set(base) - projector}[mode]
+    assert set(trained) == set(base) - frozen_names
+    assert all(not torch.equal(trained[n], base[n]) for n in trained), [n for n in trained if torch.equal(trained[n], base[n])]
+    final = (AutoModelForImageTextToText.from_pretrained(out / "final").state_dict() if mode == "full"
+             else load_file(str(out / "final" / "projector.safetensors")))
+    assert all(torch.equal(final[n], trained[n]) for n in trained)
+    if mode == "full":
+        assert all(torch.equal(final[n], base[n]) for n in frozen_names)
+
+
 def _logits(model, batch):
     import torch
 
@@ -173,6 +209,15 @@ def test_clip_modes_train_and_keep_the_best(tmp_path, label_build, tiny_clip):
     assert len(evals) == 2 and max(e["accuracy"] for e in evals) == best["accuracy"]
     export = json.loads((out / "final" / "vlmforge_export.json").read_text())
     assert export["classes"] == ["black", "red", "yellow"]
+    # best/ reloaded scores the val split as recorded: it is the model that was evaluated
+    from transformers import AutoProcessor
+
+    from vlmforge.training.clip import ClipCollator, ClipObjective
+
+    proc, model = AutoProcessor.from_pretrained(out / "best"), AutoModel.from_pretrained(out / "best").eval()
+    val = ClipCollator(proc, export["classes"])(list(label_build.samples("val")))
+    again = ClipObjective(proc, export["classes"]).evaluate(model, [val], "cpu")
+    assert again == {"loss": pytest.approx(best["loss"], rel=1e-5), "accuracy": 1.0, "samples": 9}
 
     out2, losses2 = run(tmp_path / "contrastive", [str(label_build.path)], tiny_clip, "clip", 12, batch_size=8,
                         clip_objective="contrastive", freeze_text=True, pad_to_square=False, lr=3e-3)
@@ -206,7 +251,13 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
     info = json.loads((out / "run.json").read_text())
     assert info["world_size"] == 2 and info["total_steps"] == 3
     evals = [json.loads(line)["eval"] for line in (out / "metrics.jsonl").read_text().splitlines() if "eval" in line]
-    assert evals and evals[-1]["tokens"] > 0  # validation summed over both ranks
+    # validation summed over both ranks: the answer tokens of all 12 samples, each once
+    from transformers import AutoProcessor
+
+    from vlmforge.training.collate import LlavaCollator
+
+    labels = LlavaCollator(AutoProcessor.from_pretrained(tiny_llava), "chat", 96)(list(coco_build.samples()))["labels"]
+    assert evals and evals[-1]["tokens"] == int((labels[:, 1:] != -100).sum())
 
 
 def test_shards_with_nothing_to_train_are_an_error(tmp_path, loose_shards, tiny_llava):
@@ -343,7 +394,7 @@ def test_clip_prompts_longer_than_the_text_encoder_are_cut(tmp_path, label_build
     task = get_task("mcqa")
     s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev",
                  class_template="{}" + tail, quiet=True, plots=False)
-    assert s["counts"]["items"] == 1
+    assert s["counts"]["items"] == 1 and s["counts"]["ties"] == 0  # the options come before the cut: told apart
     s = evaluate(task, task.read([build], ReadOptions()), LocalRunner(str(tiny_clip)), tmp_path / "ev2",
                  class_template=tail + " {}", quiet=True, plots=False)
     assert s["counts"]["ties"] == 1  # every option cut away: one text, a tie
