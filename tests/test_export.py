@@ -163,3 +163,82 @@ def test_a_build_without_samples_is_not_exported(tmp_path, coco_build):
     with pytest.raises(UserError, match="has no samples and no rejects: .*; there is nothing to export"):
         export_llava(none, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vlmforge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_llava_split_again_with_other_settings_never_mixes_two_runs(tmp_path):
+    """Before: a --fraction 0.5 run into the folder of a train=0.8,val=0.2 run wrote train.json and left
+    the earlier run's val.json beside it, so that the folder mixed two runs without a word."""
+    path = write_json(tmp_path / "mix.json", llava_records(30))
+    out = tmp_path / "o"
+    assert _cli("export", "llava-split", path, "--out", out, "--splits", "train=0.8,val=0.2").returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _cli("export", "llava-split", path, "--out", out, "--splits", "train=0.8,val=0.2", "-q").returncode == 0  # the same run again
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    r = _cli("export", "llava-split", path, "--out", out, "--fraction", "0.5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "holds the split of mix.json (--splits train=0.8,val=0.2 --seed 0): train.json, val.json" in r.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before anything was written
+    r = _cli("export", "llava-split", path, "--out", out, "--fraction", "0.5", "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["train.json", "vlmforge.export.json"]
+    record = json.loads((out / "vlmforge.export.json").read_text())
+    assert record["files"] == {"train.json": {"split": "train", "records": 15}}
+    assert len(json.loads((out / "train.json").read_text())) == 15
+    # JSON files no export recorded (an older vlmforge's split, or anything else) are not written beside either
+    (out / "vlmforge.export.json").unlink()
+    (out / "notes.json").write_text("{}")
+    r = _cli("export", "llava-split", path, "--out", out, "--fraction", "0.5")
+    assert r.returncode == 2 and "holds files no vlmforge export recorded: notes.json, train.json" in r.stderr, r.stderr
+    assert _cli("export", "llava-split", path, "--out", out, "--splits", "a=0.5", "--overwrite").returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "notes.json", "train.json", "vlmforge.export.json"]  # never removed
+    # the file being split is never a split file, nor one of the files --overwrite replaces
+    r = _cli("export", "llava-split", out / "a.json", "--out", out, "--splits", "a=0.5", "--overwrite")
+    assert r.returncode == 2 and "would write over" in r.stderr and len(json.loads((out / "a.json").read_text())) == 15
+
+
+def test_llava_split_says_which_records_are_in_no_file(tmp_path):
+    recs = llava_records(6)
+    path = write_json(tmp_path / "mix.json", recs[:2] + [{"id": "x"}, 7] + recs[2:])
+    r = _cli("export", "llava-split", path, "--out", tmp_path / "o", "--fraction", "1")
+    assert r.returncode == 0, r.stderr
+    assert "2 of the 8 records are not LLaVA records" in r.stderr and "#2, #3" in r.stderr
+    assert len(json.loads((tmp_path / "o" / "train.json").read_text())) == 6
+
+
+def test_splits_of_one_build_share_a_folder_and_another_build_is_refused(tmp_path, coco_build, llava_build):
+    other, _ = llava_build
+    out = tmp_path / "x"
+    first = export_llava(other, out, quiet=True)
+    export_llava(other, out, split="train", quiet=True)  # the same build: its files live side by side
+    images = sorted(p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file())
+    with pytest.raises(UserError, match=r"holds the export of build copy 1\.2\.0 \S+ \(.*\): images/, llava\.json, "
+                                        r"llava_train\.json; export to a new folder, or add --overwrite"):
+        export_llava(coco_build, out, quiet=True)
+    assert sorted(p.relative_to(out) for p in (out / "images").rglob("*") if p.is_file()) == images
+    assert json.loads(first.read_text())[0]["id"] == "000000"
+    path = export_llava(coco_build, out, quiet=True, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "llava.json", "vlmforge.export.json"]
+    recs = check_llava_dataset(path, out)
+    kept = sorted(str(p.relative_to(out)) for p in (out / "images").rglob("*") if p.is_file())
+    assert kept == sorted(r["image"] for r in recs) and len(recs) == 12  # the other build's images are gone
+    assert all(any(d.iterdir()) for d in (out / "images").iterdir())  # and their emptied folders
+    # an images/ folder the export did not make is not the export's to clean
+    mine = tmp_path / "mine"
+    (mine / "images" / "ab").mkdir(parents=True)
+    (mine / "images" / "ab" / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="holds files no vlmforge export recorded: images/"):
+        export_llava(other, mine, quiet=True)
+    export_llava(other, mine, quiet=True, overwrite=True)
+    export_llava(coco_build, mine, quiet=True, overwrite=True)
+    assert (mine / "images" / "ab" / "photo.jpg").exists()
+
+
+def test_occlusion_export_folder_of_another_build_is_refused_before_the_build(tmp_path, coco_build):
+    export_llava(coco_build, tmp_path / "x", quiet=True)
+    r = _cli("build", "occlusion", "--out", tmp_path / "b", "--export-llava", tmp_path / "x", "-q")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "holds the export of build copy" in r.stderr, r.stderr
+    assert not (tmp_path / "b").exists()
