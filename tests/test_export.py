@@ -205,7 +205,7 @@ def test_llava_split_says_which_records_are_in_no_file(tmp_path):
     path = write_json(tmp_path / "mix.json", recs[:2] + [{"id": "x"}, 7] + recs[2:])
     r = _cli("export", "llava-split", path, "--out", tmp_path / "o", "--fraction", "1")
     assert r.returncode == 0, r.stderr
-    assert "2 of the 8 records are not LLaVA records" in r.stderr and "#2, #3" in r.stderr
+    assert "2 of the 8 records are no usable LLaVA record" in r.stderr and "#2, #3" in r.stderr
     assert len(json.loads((tmp_path / "o" / "train.json").read_text())) == 6
 
 

@@ -344,6 +344,7 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
         from vlmforge.progress import console
 
         first = ", ".join(f"#{i}" for i in sorted(invalid)[:5])
-        console.print(f"[yellow]note:[/] {len(invalid)} of the {n} records are not LLaVA records (an object with a "
-                      f"'conversations' list) and are in no split file: {first}{' ...' if len(invalid) > 5 else ''}")
+        console.print(f"[yellow]note:[/] {len(invalid)} of the {n} records are no usable LLaVA record (not an object with "
+                      f"a 'conversations' list, or holding a lone surrogate escape) and are in no split file: {first}"
+                      f"{' ...' if len(invalid) > 5 else ''}")
     return targets
