@@ -242,3 +242,39 @@ def test_occlusion_export_folder_of_another_build_is_refused_before_the_build(tm
     r = _cli("build", "occlusion", "--out", tmp_path / "b", "--export-llava", tmp_path / "x", "-q")
     assert r.returncode == 2 and "Traceback" not in r.stderr and "holds the export of build copy" in r.stderr, r.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_records_llava_cannot_train_on_are_refused_by_name():
+    """Before: they were exported, and LLaVA's preprocess stopped on them (an assertion on the roles, a
+    KeyError for 'user', an image-token count that no image matches) or the export was a traceback."""
+    def turns(*pairs):
+        return {"conversations": [{"from": f, "value": v} for f, v in pairs]}
+
+    with pytest.raises(UserError, match=r"sample k: turn 2 is from 'assistant'; LLaVA's scripts take turns from human and gpt"):
+        llava_record("k", turns(("human", "<image>\nq"), ("assistant", "a")), "images/k.jpg")
+    with pytest.raises(UserError, match="turn 3 is from 'gpt'"):
+        llava_record("k", turns(("human", "q"), ("gpt", "a"), ("gpt", "b")), None)
+    with pytest.raises(UserError, match=r"sample k has 2 <image> tokens; LLaVA's scripts take one per image"):
+        llava_record("k", turns(("human", "<image>\nq"), ("gpt", "a"), ("human", "<image>\nr"), ("gpt", "b")), "images/k.jpg")
+    with pytest.raises(UserError, match="a conversation turn is not an object"):
+        llava_record("k", {"conversations": ["hello", "hi"]}, None)
+    ok = llava_record("k", turns(("human", "q"), ("gpt", "a"), ("human", "r"), ("gpt", "b")), "images/k.jpg")
+    assert ok["conversations"][0]["value"] == "<image>\nq" and ok["conversations"][2]["value"] == "r"
+
+
+def test_export_into_another_build_or_of_an_empty_split_is_refused(tmp_path, coco_build, llava_build):
+    """Before: llava.json and images/ were written into another build's folder, and a split holding
+    only rejects gave an empty llava_<split>.json without a word."""
+    other, _ = llava_build
+    with pytest.raises(UserError, match=f"is inside the build {other.path}"):
+        export_llava(coco_build, other.path / "x", quiet=True)
+    assert not (other.path / "x").exists()
+    root = tmp_path / "data"
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "test" / "cat").mkdir(parents=True)
+    (root / "train" / "cat" / "a.jpg").write_bytes(tiny_jpeg(1))
+    (root / "test" / "cat" / "b.heic").write_bytes(b"x")
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(root)})
+    with pytest.raises(UserError, match=r"the split test of .* has no samples, and 1 rejects; there is nothing to export"):
+        export_llava(b, tmp_path / "x", split="test", quiet=True)
+    assert not (tmp_path / "x").exists()

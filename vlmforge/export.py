@@ -2,8 +2,9 @@
 
 `export_llava` writes a LLaVA instruction JSON and an image folder that the official LLaVA training
 scripts take as they are (`--data_path OUT/llava.json --image_folder OUT`): records `id`, `image`
-(relative to OUT), `conversations` starting with a human turn, `<image>` in the first human turn of
-every record with an image, none in text-only records. The JSON is written record by record, so a
+(relative to OUT), `conversations` of human and gpt turns in turn, human first, one `<image>` in every
+record with an image (in the first human turn when the sample has none), none in text-only records;
+a sample LLaVA's preprocess would stop on stops the export, named. The JSON is written record by record, so a
 large build never sits in memory.
 
 `split_llava_json` splits a LLaVA JSON file into LLaVA JSON files directly, keeping the very records
@@ -36,15 +37,25 @@ EXPORT_RECORD = "vlmforge.export.json"  # a dot: no split name (and so no split 
 
 def llava_record(key: str, doc: dict[str, Any], image_rel: str | None) -> dict[str, Any]:
     """The record LLaVA's scripts read, from a sample's json: conversations checked, `<image>` placed."""
-    turns = [{"from": t.get("from"), "value": str(t.get("value", ""))} for t in doc.get("conversations") or []]
-    if not turns:
+    raw = doc.get("conversations") or []
+    if not raw:
         raise UserError(f"sample {key} has no conversation; LLaVA needs at least one human and one gpt turn")
+    if not all(isinstance(t, dict) for t in raw):
+        raise UserError(f"sample {key}: a conversation turn is not an object with 'from' and 'value'")
+    turns = [{"from": t.get("from"), "value": str(t.get("value", ""))} for t in raw]
     if turns[0]["from"] != "human":
         raise UserError(f"sample {key}: the conversation must start with a human turn")
+    for i, t in enumerate(turns):  # LLaVA's preprocess asserts this (and knows no other role)
+        if t["from"] != ("human", "gpt")[i % 2]:
+            raise UserError(f"sample {key}: turn {i + 1} is from {t['from']!r}; LLaVA's scripts take turns from "
+                            "human and gpt in turn, human first")
+    tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns)
     if image_rel is None:
         for t in turns:
             t["value"] = t["value"].replace(IMAGE_TOKEN, "").strip()
-    elif not any(IMAGE_TOKEN in t["value"] for t in turns):
+    elif tokens > 1:  # LLaVA would look for as many images, and stop
+        raise UserError(f"sample {key} has {tokens} {IMAGE_TOKEN} tokens; LLaVA's scripts take one per image")
+    elif not tokens:
         turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
     rec: dict[str, Any] = {"id": key}
     if image_rel is not None:
@@ -188,6 +199,13 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
         raise UserError(f"{no_samples_line(b)}; there is nothing to export")
     if Path(out_dir).resolve().is_relative_to(b.path.resolve()):  # a build is read, never written into
         raise UserError(f"{out_dir} is inside the build {b.path}; export to a folder of its own")
+    for folder in (Path(out_dir).resolve(), *Path(out_dir).resolve().parents):  # nor is any other
+        if (folder / "build.json").is_file() and (folder / "manifest").is_dir():
+            raise UserError(f"{out_dir} is inside the build {folder}; export to a folder of its own")
+    total = sum(s["samples"] for s in b.info["shards"] if split is None or s["split"] == split)
+    if not total:  # a split of rejects only: an empty JSON would train on nothing without a word
+        raise UserError(f"the split {split} of {b.path} has no samples, and {b.info['splits'][split]['rejects']} rejects; "
+                        "there is nothing to export")
     target_name = f"llava_{split}.json" if split else "llava.json"
     ident = {"build_id": b.build_id, "builder": b.info["builder"], "version": b.info["version"]}
     about = f"the export of build {b.info['builder']} {b.info['version']} {b.build_id} ({b.path})"
@@ -200,7 +218,6 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     images: set[str] = set()
     from vlmforge.progress import progress_bar
 
-    total = sum(s["samples"] for s in b.info["shards"] if split is None or s["split"] == split)
     written, damage = 0, ""
     try:
         with open(tmp, "w", encoding="utf-8") as f, progress_bar(f"export {target.name}", total=total, disable=quiet) as advance:
