@@ -104,6 +104,10 @@ def test_export_to_a_file_path_is_a_user_error(tmp_path, coco_build):
         export_llava(coco_build, taken)
     with pytest.raises(UserError, match="cannot create the export folder"):
         export_llava(coco_build, taken / "below")
+    (tmp_path / "x" / "vlmforge.export.json").mkdir(parents=True)  # where the export records itself: no file
+    with pytest.raises(UserError, match=r"cannot write .*vlmforge.export.json: Is a directory"):
+        export_llava(coco_build, tmp_path / "x")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["vlmforge.export.json"]
 
 
 def test_exporting_again_replaces_an_older_image_under_the_same_key(tmp_path, coco_build):

@@ -134,8 +134,12 @@ class ExportClaim:
                **{k: v for k, v in pending.items() if v}}
         path = self.out / EXPORT_RECORD
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        try:  # the export's first write: a folder it cannot write to is said here
+            tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _holds_files(folder: Path) -> bool:
