@@ -89,3 +89,19 @@ def test_other_files_change_no_key_and_an_empty_folder_names_them(tmp_path):
     (heic / "cat" / "a.HEIC").write_bytes(b"x")
     with pytest.raises(UserError, match=r"no images found under .* \(1 other files: a.HEIC: HEIC images are not read"):
         open_source("imagefolder", root=heic)
+
+
+def test_image_bytes_are_told_apart_from_text_that_starts_alike(tmp_path):
+    from vlmforge.sources.imagefolder import _not_read
+
+    for name, data, reason in (("a.csv", b"BMW,Audi\n", "not_an_image"), ("b.dat", b"BMW,Audi,Opel,Fiat\n", "not_an_image"),
+                               ("c.bin", Image.new("RGB", (4, 4)).tobytes(), "not_an_image"),
+                               ("d.txt", b"\xff\xd8\xff", "not_an_image")):  # a text file is not opened
+        (tmp_path / name).write_bytes(data)
+        assert _not_read(tmp_path / name)[0] == reason, name
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="BMP")
+    (tmp_path / "e.dat").write_bytes(buf.getvalue())
+    assert _not_read(tmp_path / "e.dat") == ("unsupported_image", "a BMP image under the extension '.dat'; rename it to .bmp to read it")

@@ -32,6 +32,9 @@ SIGNATURES = ((b"\xff\xd8\xff", "JPEG", ".jpg"), (b"\x89PNG\r\n\x1a\n", "PNG", "
               (b"BM", "BMP", ".bmp"), (b"II*\0", "TIFF", ".tif"), (b"MM\0*", "TIFF", ".tif"),
               (b"RIFF", "WebP", ".webp"), (b"\0\0\0\x0cjP  ", "JPEG 2000", ".jp2"))
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+# Extensions of files that are never images: not opened to look for image bytes.
+OTHER_SUFFIXES = {".txt", ".json", ".jsonl", ".csv", ".tsv", ".xml", ".md", ".yaml", ".yml", ".html", ".pdf",
+                  ".npy", ".npz", ".pt", ".pkl", ".mat", ".zip", ".tar", ".gz", ".mp4", ".avi", ".mov", ".wav"}
 
 
 def clean_class_name(folder: str) -> str:
@@ -130,6 +133,9 @@ def _not_read(path: Path) -> tuple[str, str]:
     suffix = path.suffix.lower()
     if suffix in UNREAD_IMAGES:
         return "unsupported_image", f"{UNREAD_IMAGES[suffix]} images are not read; convert it to JPEG or PNG"
+    not_image = "not_an_image", f"not an image file ({suffix or 'no extension'}); only image files are read"
+    if suffix in OTHER_SUFFIXES:
+        return not_image
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -137,11 +143,11 @@ def _not_read(path: Path) -> tuple[str, str]:
         return "not_an_image", f"not read: {e.strerror or e}"
     named = f"under the extension {suffix!r}" if suffix else "without an extension"
     for magic, fmt, ext in SIGNATURES:
-        if head.startswith(magic) and (fmt != "WebP" or head[8:12] == b"WEBP"):
+        if head.startswith(magic) and {"WebP": head[8:12] == b"WEBP", "BMP": head[6:10] == bytes(4)}.get(fmt, True):
             return "unsupported_image", f"a {fmt} image {named}; rename it to {ext} to read it"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1"):
         return "unsupported_image", f"a HEIF image {named}; HEIF images are not read: convert it to JPEG or PNG"
-    return "not_an_image", f"not an image file ({suffix or 'no extension'}); only image files are read"
+    return not_image
 
 
 def _example(unread: dict[str, list[tuple[Path, tuple[str, str]]]]) -> str:
