@@ -282,3 +282,17 @@ def test_export_into_another_build_or_of_an_empty_split_is_refused(tmp_path, coc
     with pytest.raises(UserError, match=r"the split test of .* has no samples, and 1 rejects; there is nothing to export"):
         export_llava(b, tmp_path / "x", split="test", quiet=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_png_images_and_unicode_text_are_exported_as_stored(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "café").mkdir(parents=True)
+    Image.new("RGBA", (8, 6), (1, 2, 3, 128)).save(root / "café" / "a.png")
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(root)})
+    path = export_llava(b, tmp_path / "x", quiet=True)
+    assert "café" in path.read_text(encoding="utf-8")  # UTF-8, as LLaVA's json.load reads it
+    (rec,) = check_llava_dataset(path, tmp_path / "x")
+    assert rec["image"].endswith(".png") and rec["conversations"][1]["value"] == "café"
+    assert (tmp_path / "x" / rec["image"]).read_bytes() == (root / "café" / "a.png").read_bytes()

@@ -275,7 +275,7 @@ def _records(b: "Build", split: str | None, out: Path, images: set[str]) -> Iter
             key = sample["__key__"]
             _check_digests(sample, rows.get(key), s["shard"], b.path)
             doc = json.loads(sample["json"])
-            ext = next((f for f in ("jpg", "png", "webp") if f in sample), None)
+            ext = rows[key]["image_format"] or None  # the member the manifest hashed as the image
             rel = None
             if ext is not None:
                 rel = _image_rel(key, ext)
