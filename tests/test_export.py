@@ -296,3 +296,19 @@ def test_png_images_and_unicode_text_are_exported_as_stored(tmp_path):
     (rec,) = check_llava_dataset(path, tmp_path / "x")
     assert rec["image"].endswith(".png") and rec["conversations"][1]["value"] == "café"
     assert (tmp_path / "x" / rec["image"]).read_bytes() == (root / "café" / "a.png").read_bytes()
+
+
+def test_an_export_of_json_files_never_owns_an_images_folder(tmp_path, llava_build):
+    """Before: the split's record said images/ was its own, so an export replacing it with --overwrite
+    removed images a user had put there since."""
+    b, _ = llava_build
+    out = tmp_path / "o"
+    assert _cli("export", "llava-split", write_json(tmp_path / "m.json", llava_records(4)), "--out", out, "--fraction", "1",
+                "-q").returncode == 0
+    (out / "images" / "zz").mkdir(parents=True)
+    (out / "images" / "zz" / "mine.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"holds the split of m.json \(--fraction 1.0 --seed 0\): train.json and files no "
+                                        r"vlmforge export recorded: images/"):
+        export_llava(b, out, quiet=True)
+    export_llava(b, out, quiet=True, overwrite=True)
+    assert (out / "images" / "zz" / "mine.jpg").exists() and not (out / "train.json").exists()

@@ -94,7 +94,8 @@ class ExportClaim:
         self.kept: dict[str, Any] = dict(prior["files"]) if same else {}
         self.stale: list[str] = list(prior.get("stale") or []) if same else []
         self.sweep = bool(prior.get("sweep_images")) if same else False
-        self.own_images = bool(prior.get("own_images")) if same else not _holds_files(out / "images")
+        self.own_images = (bool(prior.get("own_images")) if same  # (an export of JSON files only has none)
+                           else of_kind("images") and not _holds_files(out / "images"))
         if same or not out.is_dir():
             return
         recorded = set(prior["files"]) if prior else set()
@@ -322,10 +323,14 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
         raise UserError(f"--out {out_dir} would write over {src}, the file being split; give another folder")
     settings = {"fraction": fraction} if splits is None else {"splits": ",".join(f"{n}={f}" for n, f in parts)}
     settings.update(stratify_by=stratify_by, seed=seed)
-    about = "the split of {} ({})".format(src.name, " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items()
-                                                             if v is not None))
-    claim = ExportClaim(Path(out_dir), "export llava-split", {"source": src.name, "source_bytes": src.stat().st_size, **settings},
-                        about, lambda name: _is_json_file(name) and (Path(out_dir) / name).resolve() != src.resolve(), {f"{name}.json" for name, _ in parts}, overwrite)
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if v is not None)
+    ident = {"source": src.name, "source_bytes": src.stat().st_size, **settings}
+
+    def of_kind(name: str) -> bool:  # a JSON file, but not the one being split
+        return _is_json_file(name) and (Path(out_dir) / name).resolve() != src.resolve()
+
+    claim = ExportClaim(Path(out_dir), "export llava-split", ident, f"the split of {src.name} ({options})", of_kind,
+                        {f"{name}.json" for name, _ in parts}, overwrite)
     idx = scan(src)
     n = len(idx.ids)
     keys, idx.ids = [sample_key(sid) for sid in idx.ids], []  # the ids are needed only as keys
