@@ -89,6 +89,8 @@ def test_other_files_change_no_key_and_an_empty_folder_names_them(tmp_path):
     (heic / "cat" / "a.HEIC").write_bytes(b"x")
     with pytest.raises(UserError, match=r"no images found under .* \(1 other files: a.HEIC: HEIC images are not read"):
         open_source("imagefolder", root=heic)
+    with pytest.raises(UserError, match=r"a.HEIC is a file; --root takes the folder that holds the class folders"):
+        open_source("imagefolder", root=heic / "cat" / "a.HEIC")  # it said "image folder not found"
 
 
 def test_image_bytes_are_told_apart_from_text_that_starts_alike(tmp_path):

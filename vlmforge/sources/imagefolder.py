@@ -49,6 +49,8 @@ class ImageFolderSource(Source):
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.is_file():
+            raise SourceError(f"{self.root} is a file; --root takes the folder that holds the class folders")
         if not self.root.is_dir():
             raise SourceError(f"image folder not found: {self.root}")
         tops = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
