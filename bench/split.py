@@ -53,7 +53,7 @@ OURS = r"""
 import json, resource, sys, time
 t = time.perf_counter()
 from vlmforge.export import split_llava_json
-out = split_llava_json(sys.argv[1], sys.argv[2], fraction=0.5, seed=int(sys.argv[3]))
+out = split_llava_json(sys.argv[1], sys.argv[2], fraction=0.5, seed=int(sys.argv[3]), overwrite=True)
 kept = sum(1 for _ in open(out["train"], "rb")) - 2  # one record per line between '[' and ']'
 print(json.dumps({"seconds": time.perf_counter() - t, "kept": kept,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -32,3 +32,78 @@ def test_split_folders_beside_other_folders_are_refused(tmp_path):
     src = open_source("imagefolder", root=root)  # the split layout alone is read as such
     assert src.splits() == ["test", "train"]
     assert sorted(r["label"] for r in src.records("train")) == ["cat", "dog"]
+
+
+def _folder_with_other_files(root, cat="cat", dog="dog"):
+    """Two classes of images in every format read, and the files a real folder also holds."""
+    img = Image.new("RGB", (20, 16), (10, 200, 30))
+    (root / "cat").mkdir(parents=True)
+    (root / "dog" / ".cache").mkdir(parents=True)
+    img.save(root / "cat" / "a.jpg")
+    img.save(root / "cat" / "c.avif")
+    img.save(root / "dog" / "d.jp2", format="JPEG2000")
+    img.save(root / "dog" / "e.dat", format="JPEG")  # a misnamed image
+    img.save(root / "dog" / "f", format="PNG")
+    img.save(root / "loose.jpg")  # beside the class folders
+    (root / "cat" / "g.heic").write_bytes(b"\0\0\0\x18ftypheic" + bytes(40))
+    (root / "cat" / "a.txt").write_text("a cat")  # a caption sidecar: same stem as a.jpg
+    for junk in ("cat/.DS_Store", "dog/Thumbs.db", "dog/.cache/x.txt", "README.md"):
+        (root / junk).write_text("x")
+    (root / "cat").rename(root / cat)
+    (root / "dog").rename(root / dog)
+    return root
+
+
+@pytest.mark.parametrize("builder", ["copy", "grading", "selfsynth"])
+def test_files_that_are_not_read_are_rejects_with_their_reason(tmp_path, builder):
+    """Before: a .heic, .jp2, .avif, a misnamed image or a sidecar in a class folder was skipped without
+    a word (no sample, no reject); .jp2 and .avif are now read."""
+    import vlmforge
+
+    cat, dog = ("0", "1") if builder == "grading" else ("cat", "dog")  # grading reads grade folders
+    root = _folder_with_other_files(tmp_path / "data", cat, dog)
+    options = {"generator": "template", "concepts": "generate"} if builder == "selfsynth" else {}
+    b = vlmforge.build(builder, "imagefolder", out=tmp_path / "b", source_options={"root": str(root)}, **options)
+    rejects = {sid.replace(f"{cat}/", "cat/").replace(f"{dog}/", "dog/"): reason
+               for sid, reason in b.sql("SELECT source_id, reason FROM rejects").fetchall()}
+    assert rejects == {"cat/g.heic": "unsupported_image", "dog/e.dat": "unsupported_image", "dog/f": "unsupported_image",
+                       "cat/a.txt": "not_an_image", "loose.jpg": "no_class"}
+    details = {sid.rsplit("/", 1)[-1]: d for sid, d in b.sql("SELECT source_id, detail FROM rejects").fetchall()}
+    assert details["e.dat"] == "a JPEG image under the extension '.dat'; rename it to .jpg to read it"
+    assert details["f"] == "a PNG image without an extension; rename it to .png to read it"
+    assert "HEIC images are not read" in details["g.heic"]
+    read = sorted(r[0].rsplit("/", 1)[-1] for r in b.sql("SELECT source_id FROM samples").fetchall())
+    assert read == ["a.jpg", "c.avif", "d.jp2"]
+
+
+def test_other_files_change_no_key_and_an_empty_folder_names_them(tmp_path):
+    import vlmforge
+
+    root = _folder_with_other_files(tmp_path / "data")
+    keys = {r["source_id"]: r["stem"] for r in open_source("imagefolder", root=root).records("train") if "stem" in r}
+    assert keys["cat/a.jpg"] == "cat/a"  # the sidecar a.txt does not make a.jpg's key keep its extension
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(root)})
+    assert b.info["splits"]["train"]["samples"] == 3 and b.info["splits"]["train"]["rejects"] == 5
+    heic = tmp_path / "heic"
+    (heic / "cat").mkdir(parents=True)
+    (heic / "cat" / "a.HEIC").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"no images found under .* \(1 other files: a.HEIC: HEIC images are not read"):
+        open_source("imagefolder", root=heic)
+    with pytest.raises(UserError, match=r"a.HEIC is a file; --root takes the folder that holds the class folders"):
+        open_source("imagefolder", root=heic / "cat" / "a.HEIC")  # it said "image folder not found"
+
+
+def test_image_bytes_are_told_apart_from_text_that_starts_alike(tmp_path):
+    from vlmforge.sources.imagefolder import _not_read
+
+    for name, data, reason in (("a.csv", b"BMW,Audi\n", "not_an_image"), ("b.dat", b"BMW,Audi,Opel,Fiat\n", "not_an_image"),
+                               ("c.bin", Image.new("RGB", (4, 4)).tobytes(), "not_an_image"),
+                               ("d.txt", b"\xff\xd8\xff", "not_an_image")):  # a text file is not opened
+        (tmp_path / name).write_bytes(data)
+        assert _not_read(tmp_path / name)[0] == reason, name
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="BMP")
+    (tmp_path / "e.dat").write_bytes(buf.getvalue())
+    assert _not_read(tmp_path / "e.dat") == ("unsupported_image", "a BMP image under the extension '.dat'; rename it to .bmp to read it")

@@ -165,3 +165,19 @@ def test_unusable_image_fields_are_rejects_with_stable_details(tmp_path):
     # split reads the same records: rejects, not a crash.
     s = vlmforge.build("split", "llava-json", out=tmp_path / "s", source_options=opts, fraction=1.0)
     assert len(s) == 3 and s.sql("SELECT count(*) FROM rejects").fetchall() == [(3,)]
+
+
+def test_a_lone_surrogate_is_an_invalid_record_not_a_crash(tmp_path):
+    """Before: a caption holding the escape \\ud800 (valid JSON, no text) stopped the copy build with a
+    UnicodeEncodeError traceback when its sample's json was written."""
+    def text_only(rid, answer):
+        return {"id": rid, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": answer}]}
+
+    # json.dumps writes the emoji as a surrogate pair (fine) and the lone one as \ud800
+    text = json.dumps([text_only("ok", "fine"), text_only("bad", "a \ud800 b"), text_only("emoji", "a \U0001f600 b")])
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    assert scan(path).invalid == {1}
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options={"json": str(path), "image_root": str(tmp_path)})
+    assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("bad", "invalid_record")]
+    assert sorted(r[0] for r in b.sql("SELECT source_id FROM samples").fetchall()) == ["emoji", "ok"]

@@ -97,10 +97,13 @@ class GradingPlan(Plan):
         per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
         rows = []
+        unread: Counter = Counter()  # files of the folder that are no image to read: each a reject
         for split in src.splits():
             for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
                 if value is not None:
                     rows.append((split, key, grade_of(value), where))
+                elif not from_build:
+                    unread[split] += 1
         # Two files may differ by extension only: the first keeps the key, the other is a duplicate_key reject.
         self.duplicates = {} if from_build else key_clashes((key, where) for _, key, _, where in rows)
         for split, key, grade, where in rows:
@@ -116,12 +119,14 @@ class GradingPlan(Plan):
         self.summary["grades"] = {s: dict(sorted(c.items(), key=lambda kv: grade_sort_key(kv[0]))) for s, c in per_split.items()}
         if not drawing:
             self.picked = None
-            self.counts = {s: sum(c.values()) for s, c in per_split.items()}
+            self.counts = {s: sum(c.values()) + unread[s] for s, c in per_split.items()}
             return
         self._draw(per_split, members, from_build)
         for split, _, _, where in rows:
             if where in self.duplicates:
                 self.counts[split] += 1
+        for split, n in unread.items():
+            self.counts[split] += n
 
     def _draw(self, per_split: dict[str, Counter], members: dict[tuple[str, str], list[tuple[str, Any]]],
               from_build: bool) -> None:
@@ -183,6 +188,8 @@ class GradingPlan(Plan):
             return list(pool.map(usable, wheres))
 
     def assign(self, rec: Record, base_split: str) -> str | None:
+        if "unusable" in rec:  # drawn or not, a reject
+            return base_split
         value = self.label(rec)
         if value is None:
             return None
@@ -206,7 +213,7 @@ def _raw_key(rec: Record) -> str:
 
 class GradingBuilder(DerivedBuilder):
     name = "grading"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = GradingConfig
     description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
     batch_size = 32
@@ -233,6 +240,9 @@ class GradingBuilder(DerivedBuilder):
         return [[self._one(rec)] for rec in batch]
 
     def _one(self, rec: Record) -> Sample | Reject:
+        if "unusable" in rec:  # a file of the folder that is no image to read
+            reason, detail = rec["unusable"]
+            return Reject(rec["source_id"], reason, "source", detail)
         cfg = self.config
         grade = grade_of(self.plan.label(rec))
         descriptions = cfg.descriptions if cfg.descriptions is not None else KL_DESCRIPTIONS

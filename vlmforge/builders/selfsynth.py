@@ -189,7 +189,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -377,6 +377,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             sid = rec["source_id"]
             if "invalid" in rec:
                 results[i] = [Reject(sid, "invalid_record", "source", rec["invalid"])]
+                continue
+            if "unusable" in rec:  # a file the source lists but cannot read as a sample (reason, detail)
+                reason, detail = rec["unusable"]
+                results[i] = [Reject(sid, reason, "source", detail)]
                 continue
             if sid in self.duplicates:
                 results[i] = [Reject(sid, "duplicate_key", "source", f"{sid} has the key of {self.duplicates[sid]} "

@@ -7,15 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlmforge.commands._common import BuildRun, ImageRoot, JsonFile, Seed, build_command
+from vlmforge.commands._common import BuildRun, ImageRoot, JsonFile, Quiet, Seed, build_command
 
 export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
 
-From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.2.0")]
+From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.3.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition over the parent manifest, e.g. \"label IN ('cat', 'dog')\"")]
 ParentSplits = Annotated[Optional[list[str]], typer.Option("--parent-split", help="use only this parent split (repeatable; default: all)")]
 LabelColumn = Annotated[str, typer.Option("--label-column", help="manifest column holding the class")]
 ClassesFrom = Annotated[Optional[Path], typer.Option("--classes-from", help="text file, one class per line")]
+ExportOverwrite = Annotated[bool, typer.Option("--overwrite", help="replace another export in the --out folder (its files are removed)")]
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
@@ -217,15 +218,19 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         build: Annotated[Path, typer.Argument(help="build folder, e.g. builds/split/1.2.0")],
         out: Annotated[Path, typer.Option("--out", help="folder for llava.json and images/")],
         split: Annotated[Optional[str], typer.Option("--split", help="export this split only (file llava_<split>.json)")] = None,
+        overwrite: ExportOverwrite = False,
+        quiet: Quiet = False,
     ) -> None:
         """Write a build as LLaVA instruction JSON + image folder.
 
-        For the official LLaVA scripts: --data_path OUT/llava.json --image_folder OUT."""
+        For the official LLaVA scripts: --data_path OUT/llava.json --image_folder OUT. Splits of one
+        build may share a folder; the export of another build there is refused unless --overwrite."""
         from vlmforge.export import export_llava
         from vlmforge.progress import console
 
-        path = export_llava(build, out, split=split)
-        console.print(f"[green]wrote[/] {path}")
+        path = export_llava(build, out, split=split, quiet=quiet, overwrite=overwrite)
+        if not quiet:
+            console.print(f"[green]wrote[/] {path}")
 
     @export_app.command("llava-split")
     def export_llava_split(
@@ -235,14 +240,18 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         splits: Annotated[Optional[str], typer.Option("--splits", help="or partition: train=0.9,val=0.1")] = None,
         stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="'source': the fraction within each sub-dataset")] = None,
         seed: Seed = 0,
+        overwrite: ExportOverwrite = False,
+        quiet: Quiet = False,
     ) -> None:
         """Split a LLaVA JSON file straight into LLaVA JSON files, streaming.
 
         Records are copied byte for byte; the kept ones are exactly those `build split --source
-        llava-json` keeps (same keys, same hashing)."""
+        llava-json` keeps (same keys, same hashing). The split of another file or with other settings
+        in the --out folder is refused unless --overwrite."""
         from vlmforge.export import split_llava_json
         from vlmforge.progress import console
 
-        for name, path in split_llava_json(json_file, out, fraction=fraction, splits=splits,
-                                           stratify_by=stratify_by, seed=seed).items():
-            console.print(f"[green]wrote[/] {name}: {path}")
+        for name, path in split_llava_json(json_file, out, fraction=fraction, splits=splits, stratify_by=stratify_by,
+                                           seed=seed, overwrite=overwrite, quiet=quiet).items():
+            if not quiet:
+                console.print(f"[green]wrote[/] {name}: {path}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlmforge.commands._common import (
-    BuildRun, Captions, CocoRoot, CocoSplit, GenOptions, Images, Instances, Seed, build_command,
+    BuildRun, Captions, CocoRoot, CocoSplit, GenOptions, Images, Instances, Out, Overwrite, Seed, build_command,
     generator_options,
 )
 
@@ -46,8 +46,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (sources other than JPEG converted to RGB JPEG)")] = False,
         jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
-        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts (--data_path DIR/llava.json --image_folder DIR)")] = None,
+        export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts (--data_path DIR/llava.json --image_folder DIR); the export of another build in DIR is replaced only with --overwrite")] = None,
         seed: Seed = 0,
+        out: Out = Path("builds"),
+        overwrite: Overwrite = False,
     ) -> BuildRun:
         """Causal-entity occlusion (CVC): hide objects that captions name and their context predicts, and
         ask the model to infer them. With no COCO paths, builds from the embedded sample."""
@@ -62,9 +64,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
-        if export_llava is not None and export_llava.exists() and not export_llava.is_dir():
-            # Said now, not after a build of hours.
-            raise UserError(f"--export-llava {export_llava} is a file; it needs a folder (for llava.json and images/)")
+        if export_llava is not None:  # said now, not after a build of hours
+            from vlmforge.export import check_llava_export_folder
+
+            if export_llava.exists() and not export_llava.is_dir():
+                raise UserError(f"--export-llava {export_llava} is a file; it needs a folder (for llava.json and images/)")
+            check_llava_export_folder(export_llava, out / OcclusionBuilder.name / OcclusionBuilder.VERSION, overwrite)
         if device is not None:
             from vlmforge.curation.models import check_device
 
@@ -76,13 +81,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                                            instances=instances, images=images)
         attrs = {"device": device, "generator_options": generator_options(None, None, None, generator_option)}
         return BuildRun(OcclusionBuilder, cfg, src, attrs=attrs,
-                        after=None if export_llava is None else lambda path, quiet: _export(path, export_llava, quiet))
+                        after=None if export_llava is None else lambda path, quiet: _export(path, export_llava, quiet, overwrite))
 
 
-def _export(path: Path, out: Path, quiet: bool) -> None:
+def _export(path: Path, out: Path, quiet: bool, overwrite: bool) -> None:
     from vlmforge.export import export_llava
     from vlmforge.progress import console
 
-    written = export_llava(path, out, quiet=quiet)
+    written = export_llava(path, out, quiet=quiet, overwrite=overwrite)
     if not quiet:
         console.print(f"[green]wrote[/] {written}")

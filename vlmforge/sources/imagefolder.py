@@ -1,7 +1,14 @@
 """Class-per-folder image datasets: `ROOT/<class>/<image>` or `ROOT/<split>/<class>/<image>`.
 
 Covers HAM10000-style, chest X-ray, plant disease and graded trees (`split/grade/image`). The split
-level is recognised when every top folder is a known split name (train, val, test, ...)."""
+level is recognised when every top folder is a known split name (train, val, test, ...).
+
+Every file in a class folder is an input: an image (by extension) is a record to read; any other file
+is a record the builder turns into a reject with its reason (`unsupported_image`: HEIC, JPEG XL, raw,
+SVG, or image bytes under another extension; `not_an_image`: text, JSON, CSV sidecars and the rest),
+so nothing is lost without a word. An image beside the class folders is a `no_class` reject. Skipped
+without a record: system files (hidden names such as .DS_Store, Thumbs.db, desktop.ini) that are not
+images, and non-image files beside the class folders (README, LICENSE, label lists)."""
 
 from __future__ import annotations
 
@@ -13,8 +20,21 @@ from typing import Any, Iterator
 from vlmforge.errors import SourceError
 from vlmforge.sources.base import Record, Source, _parts, fingerprint_files
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                  ".jp2", ".j2k", ".jpx", ".avif", ".pbm", ".pgm", ".ppm"}  # what the pinned Pillow reads
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "dev", "auto_test"}
+# Image formats Pillow does not read here, by extension.
+UNREAD_IMAGES = {".heic": "HEIC", ".heif": "HEIF", ".hif": "HEIF", ".jxl": "JPEG XL", ".svg": "SVG", ".svgz": "SVG",
+                 ".dng": "raw", ".cr2": "raw", ".cr3": "raw", ".nef": "raw", ".arw": "raw", ".orf": "raw",
+                 ".rw2": "raw", ".raf": "raw", ".exr": "OpenEXR", ".hdr": "Radiance HDR", ".psd": "Photoshop"}
+# Leading bytes of the formats read, for image files under another extension.
+SIGNATURES = ((b"\xff\xd8\xff", "JPEG", ".jpg"), (b"\x89PNG\r\n\x1a\n", "PNG", ".png"), (b"GIF8", "GIF", ".gif"),
+              (b"BM", "BMP", ".bmp"), (b"II*\0", "TIFF", ".tif"), (b"MM\0*", "TIFF", ".tif"),
+              (b"RIFF", "WebP", ".webp"), (b"\0\0\0\x0cjP  ", "JPEG 2000", ".jp2"))
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+# Extensions of files that are never images: not opened to look for image bytes.
+OTHER_SUFFIXES = {".txt", ".json", ".jsonl", ".csv", ".tsv", ".xml", ".md", ".yaml", ".yml", ".html", ".pdf",
+                  ".npy", ".npz", ".pt", ".pkl", ".mat", ".zip", ".tar", ".gz", ".mp4", ".avi", ".mov", ".wav"}
 
 
 def clean_class_name(folder: str) -> str:
@@ -29,6 +49,8 @@ class ImageFolderSource(Source):
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if self.root.is_file():
+            raise SourceError(f"{self.root} is a file; --root takes the folder that holds the class folders")
         if not self.root.is_dir():
             raise SourceError(f"image folder not found: {self.root}")
         tops = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -45,27 +67,42 @@ class ImageFolderSource(Source):
         else:
             self._splits = {"train": self.root}
         self._files: dict[str, list[tuple[str, Path]]] = {}
+        self._unread: dict[str, list[tuple[Path, tuple[str, str]]]] = {}  # files that become rejects
         for split, folder in self._splits.items():
-            items = []
+            items, unread = [], []
+            # Images beside the class folders (those beside the split folders go with the first split).
+            beside = [folder] if folder == self.root or split != tops[0].name else [self.root, folder]
+            for f in sorted((f for d in beside for f in d.iterdir() if f.is_file()), key=_parts):
+                if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                    unread.append((f, ("no_class", "an image outside the class folders has no class; move it into one")))
             for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 for f in sorted(cls.rglob("*"), key=_parts):  # Path order, by parts: quicker
-                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    if not f.is_file():
+                        continue
+                    if f.suffix.lower() in IMAGE_SUFFIXES:
                         items.append((cls.name, f))
+                    elif not _system_file(f, cls):
+                        unread.append((f, _not_read(f)))
             self._files[split] = items
+            self._unread[split] = unread
         if not any(self._files.values()):
-            raise SourceError(f"no images found under {self.root}")
+            found = sum(len(u) for u in self._unread.values())
+            raise SourceError(f"no images found under {self.root}" + (f" ({found} other files: {_example(self._unread)})"
+                                                                      if found else ""))
 
     def splits(self) -> list[str]:
         return list(self._splits)
 
     def count(self, split: str) -> int:
-        return len(self._files[split])
+        return len(self._files[split]) + len(self._unread[split])
 
     def records(self, split: str) -> Iterator[Record]:
         # Every listed path lies under root (rglob below it), so its relative path is the rest of its
         # string: what relative_to() gives, without building Path objects 10,000s of times.
         root = str(self.root)
         cut = 0 if root in ("", ".") else len(root) if root.endswith("/") else len(root) + 1
+        for path, (reason, detail) in self._unread[split]:
+            yield {"source_id": str(path)[cut:], "file": str(path), "unusable": (reason, detail)}
         labels: dict[str, str] = {}
         items = self._files[split]
         # Files that differ only by extension ("001.jpg", "001.png"): their names keep the extension
@@ -81,7 +118,40 @@ class ImageFolderSource(Source):
                    "stem": (stem if stems[stem] == 1 else name)[cut:]}
 
     def fingerprint(self) -> str:
-        return fingerprint_files([], [p for items in self._files.values() for _, p in items], root=self.root)
+        listed = [p for items in self._files.values() for _, p in items]
+        return fingerprint_files([], listed + [p for unread in self._unread.values() for p, _ in unread], root=self.root)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "splits": {s: len(v) for s, v in self._files.items()}}
+
+
+def _system_file(path: Path, cls: Path) -> bool:
+    """A file the system or a viewer left (.DS_Store, Thumbs.db, anything hidden), not data."""
+    return path.name.lower() in SYSTEM_FILES or any(part.startswith(".") for part in path.relative_to(cls).parts)
+
+
+def _not_read(path: Path) -> tuple[str, str]:
+    """(reason, detail) for a file in a class folder that is not read as an image."""
+    suffix = path.suffix.lower()
+    if suffix in UNREAD_IMAGES:
+        return "unsupported_image", f"{UNREAD_IMAGES[suffix]} images are not read; convert it to JPEG or PNG"
+    not_image = "not_an_image", f"not an image file ({suffix or 'no extension'}); only image files are read"
+    if suffix in OTHER_SUFFIXES:
+        return not_image
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as e:
+        return "not_an_image", f"not read: {e.strerror or e}"
+    named = f"under the extension {suffix!r}" if suffix else "without an extension"
+    for magic, fmt, ext in SIGNATURES:
+        if head.startswith(magic) and {"WebP": head[8:12] == b"WEBP", "BMP": head[6:10] == bytes(4)}.get(fmt, True):
+            return "unsupported_image", f"a {fmt} image {named}; rename it to {ext} to read it"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1"):
+        return "unsupported_image", f"a HEIF image {named}; HEIF images are not read: convert it to JPEG or PNG"
+    return not_image
+
+
+def _example(unread: dict[str, list[tuple[Path, tuple[str, str]]]]) -> str:
+    path, (_, detail) = next(item for items in unread.values() for item in items)
+    return f"{path.name}: {detail}"

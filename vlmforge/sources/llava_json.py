@@ -56,11 +56,41 @@ def content_digest(rec: dict) -> str:
     return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=6).hexdigest()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(obj: Any) -> bool:
+    """Whether any text in `obj` holds a lone surrogate (a JSON escape such as \\ud800 with no pair):
+    valid JSON, but no text UTF-8 can hold, so no sample or reject could be written with it."""
+    kind = type(obj)
+    if kind is str:
+        return not obj.isascii() and _SURROGATE.search(obj) is not None
+    if kind is dict:
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in obj.items())
+    if kind is list:
+        return any(_lone_surrogate(v) for v in obj)
+    return False
+
+
+def _surrogate_escapes(path: Path) -> bool:
+    """Whether the file holds any surrogate escape (paired ones, as json.dump writes emoji, included)."""
+    pattern = re.compile(rb"\\u[dD][89a-fA-F]")
+    tail = b""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            if pattern.search(tail + block[:8]) or pattern.search(block):
+                return True
+            tail = block[-8:]
+    return False
+
+
 def _invalid(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return f"record is a {type(rec).__name__}, not an object"
     if not isinstance(rec.get("conversations"), list):
         return "record has no 'conversations' list"
+    if _lone_surrogate(rec):
+        return "record holds a lone surrogate escape (e.g. \\ud800), which is no text"
     return None
 
 
@@ -94,16 +124,17 @@ def scan(path: Path) -> LlavaIndex:
     repeated id, whose repetition shows only later)."""
     idx = LlavaIndex()
     ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
+    surrogates = _surrogate_escapes(path)  # records are walked for lone ones only where the file has any
     first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
     for i, (rec, start, end) in enumerate(iter_json_array(path)):
         starts.append(start)
         ends.append(end)
-        if type(rec) is not dict or type(rec.get("conversations")) is not list:
+        if type(rec) is not dict or type(rec.get("conversations")) is not list or (surrogates and _lone_surrogate(rec)):
             idx.invalid.add(i)
             rid = rec.get("id") if isinstance(rec, dict) else None
-            ids.append(f"#{i}" if rid is None else str(rid))
+            ids.append(f"#{i}" if rid is None or _lone_surrogate(rid) else str(rid))
             subsources.append("invalid")
             continue
         subsources.append(source_of_image(rec.get("image")))
