@@ -442,6 +442,20 @@ def test_grading_metrics_by_hand(tmp_path):
         task.read([root], ReadOptions())
 
 
+def test_grading_folder_reads_every_image_and_refuses_one_it_cannot(tmp_path):
+    task = get_task("grading")
+    grade = tmp_path / "knee" / "1"
+    grade.mkdir(parents=True)
+    (grade / "a.png").write_bytes(tiny_png(1))
+    (grade / "b.ppm").write_bytes(b"P6\n1 1\n255\n\x01\x02\x03")  # read by Pillow: an item too
+    (grade / "notes.txt").write_text("sidecar")  # not an image: not an item, no error
+    (grade / ".DS_Store").write_bytes(b"\0")
+    assert [it.id for it in task.read([tmp_path / "knee"], ReadOptions()).items] == ["1/a.png", "1/b.ppm"]
+    (grade / "c.heic").write_bytes(b"\0\0\0\x18ftypheic")
+    with pytest.raises(UserError, match=r"1 image file.*1/c.heic \(HEIC images are not read"):
+        task.read([tmp_path / "knee"], ReadOptions())
+
+
 def test_grading_from_build_with_clip_scores(tmp_path):
     docs = [{"grade": g, "conversations": [{"from": "human", "value": "<image>\nWhat is the KL grade?"},
                                            {"from": "gpt", "value": f"Grade {g}"}]} for g in (0, 1, 2, 3)]

@@ -130,6 +130,14 @@ def _system_file(path: Path, cls: Path) -> bool:
     return path.name.lower() in SYSTEM_FILES or any(part.startswith(".") for part in path.relative_to(cls).parts)
 
 
+def unread_file(path: Path, folder: Path) -> tuple[str, str] | None:
+    """Why a file under a class (or grade) `folder` is not read as an image: (reason, detail), or
+    None for an image that is read and for a file the system left (not data)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES or _system_file(path, folder):
+        return None
+    return _not_read(path)
+
+
 def _not_read(path: Path) -> tuple[str, str]:
     """(reason, detail) for a file in a class folder that is not read as an image."""
     suffix = path.suffix.lower()

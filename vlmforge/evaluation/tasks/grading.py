@@ -24,10 +24,10 @@ from vlmforge.evaluation.metrics import (
 from vlmforge.evaluation.parsers import Parsed, parse_grade
 from vlmforge.evaluation.report import plot_bars, plot_confusion
 from vlmforge.evaluation.tasks import Record, Task, fill_template
+from vlmforge.sources.imagefolder import IMAGE_SUFFIXES, unread_file
 
 DEFAULT_PROMPT = ("What is the Kellgren-Lawrence grade of this knee X-ray image? "
                   "Answer with the grade (0, 1, 2, 3 or 4).")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 BINARY_FROM = 2  # KL 2-4 (definite osteoarthritis) vs 0-1
 
 
@@ -55,13 +55,21 @@ def _folder_images(root: Path, split: str | None) -> tuple[list[tuple[str, Path,
             raise UserError(f"{root} has no split {split!r} (it holds {', '.join(names)})")
         root = root / split
         subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-    out = []
+    out, unread = [], []
     for d in subdirs:
         if not d.name.isdigit():
             continue
         for f in sorted(d.rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if not f.is_file():
+                continue
+            why = unread_file(f, d)
+            if why is None and f.suffix.lower() in IMAGE_SUFFIXES:
                 out.append((f"{d.name}/{f.relative_to(d).as_posix()}", f, int(d.name)))
+            elif why is not None and why[0] == "unsupported_image":
+                unread.append(f"{f.relative_to(root).as_posix()} ({why[1]})")
+    if unread:  # an image left out would change every metric without a word
+        raise UserError(f"{root} holds {len(unread)} image file(s) that cannot be read: {'; '.join(unread[:3])}"
+                        + (" ..." if len(unread) > 3 else ""))
     return out, split
 
 
