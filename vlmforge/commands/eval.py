@@ -80,7 +80,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated answer")] = 64,
         device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend)")] = "cpu",
         dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (local backend)")] = "auto",
-        system: Annotated[Optional[str], typer.Option("--system", help="system prompt")] = None,
+        system: Annotated[Optional[str], typer.Option("--system", help="system prompt (default: none, or LLaVA-1.5's for a run trained with --template vicuna_v1)")] = None,
         api_base: Annotated[Optional[str], typer.Option("--api-base", help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL or api.openai.com)")] = None,
         api_key_env: Annotated[str, typer.Option("--api-key-env", help="openai: environment variable holding the API key (never printed)")] = "OPENAI_API_KEY",
         concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="openai: requests in flight at once")] = 8,
