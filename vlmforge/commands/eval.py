@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-Task = Annotated[Optional[str], typer.Option("--task", "-t", help="mcqa, pope, scienceqa, mmbench, grading or open")]
+Task = Annotated[Optional[str], typer.Option("--task", "-t", help="mcqa, pope, scienceqa, mmbench, grading or open (required to evaluate or score; `vlmforge eval tasks` lists them)")]
 Split = Annotated[Optional[str], typer.Option("--split", help="split to read (builds, ScienceQA pid_splits, graded folders, the MMBench TSV's split column); default test (a build without one: its only split, unless that is train; an MMBench TSV: every row)")]
 ImageRoot = Annotated[Optional[Path], typer.Option("--image-root", help="folder that image paths in question files are relative to (COCO val2014 for POPE, ScienceQA images/test, VG images)")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="only the first N items (MMBench: whole questions)")]
