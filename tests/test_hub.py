@@ -414,6 +414,23 @@ def test_a_damaged_build_is_not_published(occ, tmp_path, monkeypatch):
     assert fake.files == {} and not (tmp_path / "stage").exists()
 
 
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_build_missing_a_shard_is_one_error_line(occ, tmp_path, monkeypatch, dry_run):
+    """Before: `publish` (with or without --dry-run) of a build whose shard was deleted ended in a
+    FileNotFoundError traceback from planning, before verification could refuse it."""
+    import shutil
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    b = tmp_path / "b"
+    shutil.copytree(occ.path, b)
+    victim = b / occ.info["shards"][0]["shard"]
+    victim.unlink()
+    fake = FakeHub()
+    with pytest.raises(UserError, match=f"fails verification, so it is not published: {victim.name}: missing"):
+        hub.publish(b, "lab/occ", api=fake, stage_dir=tmp_path / "stage", dry_run=dry_run, quiet=True)
+    assert fake.files == {} and not (tmp_path / "stage").exists()
+
+
 def test_an_invalid_tag_is_refused_before_staging(occ, tmp_path, monkeypatch):
     """Before: a --revision git cannot take as a tag was accepted, staged and uploaded, and failed only
     at create_tag, after the whole upload."""

@@ -759,6 +759,11 @@ def print_plan(plan: Plan, repo_id: str, tag: str) -> None:
                              + (", ".join(f"{k} -> {v}" for k, v in plan.rename.items()) or "none"))
 
 
+def _refuse_damaged(b: Build, problems: list[str]) -> None:
+    raise UserError(f"{b.path} fails verification, so it is not published: {problems[0]}"
+                    + (f" (and {len(problems) - 1} more; `vlmforge verify` lists them)" if len(problems) > 1 else ""))
+
+
 def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
             dry_run: bool = False, target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES, license: str = "unknown",
             stage_dir: Path | None = None, api=None, max_files_per_folder: int = MAX_FILES_PER_FOLDER,
@@ -773,6 +778,9 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     check_repo_id(repo_id)
     check_license(license)
     b = open_build(build_path)
+    missing = [f"{s['shard']}: missing" for s in b.info["shards"] if not (b.path / s["shard"]).is_file()]
+    if missing:  # planning reads every shard: refuse before it ends in a traceback
+        _refuse_damaged(b, missing)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)
     tag = revision or b.info["version"]
     check_tag(tag)
@@ -799,8 +807,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
 
     problems = verify_build(b, quiet=quiet)  # never upload a damaged build (pull would refuse it anyway)
     if problems:
-        raise UserError(f"{b.path} fails verification, so it is not published: {problems[0]}"
-                        + (f" (and {len(problems) - 1} more; `vlmforge verify` lists them)" if len(problems) > 1 else ""))
+        _refuse_damaged(b, problems)
     staged = stage(plan, stage_dir, repo_id, license=license, tag=tag, quiet=quiet)
     reused = sum(1 for v in staged.values() if v["reused"])
     console.print(f"staged {len(staged)} shards in {stage_dir / 'repo'} ({reused} kept from an earlier run)")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from vlmforge.commands._common import (
-    BuildRun, Captions, CocoRoot, CocoSplit, ImageRoot, Images, Instances, JsonFile, Root, Seed, SourceKind,
+    BuildRun, Captions, CocoRoot, ImageRoot, Images, Instances, JsonFile, Root, Seed, SourceKind,
     build_command,
 )
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     def build_copy(
         source: SourceKind = "coco",
         coco_root: CocoRoot = None,
-        split: CocoSplit = None,  # val2017 for coco; None tells that no --split was given
+        split: Annotated[Optional[str], typer.Option("--split", help="COCO split folder name, e.g. val2017 or train2017 (default: val2017)")] = None,  # None: no --split given
         captions: Captions = None,
         instances: Instances = None,
         images: Images = None,

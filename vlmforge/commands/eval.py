@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-Task = Annotated[Optional[str], typer.Option("--task", "-t", help="mcqa, pope, scienceqa, mmbench, grading or open")]
-Split = Annotated[Optional[str], typer.Option("--split", help="split to read (builds, ScienceQA pid_splits, graded folders, the MMBench TSV's split column); default test, or a build's only split unless that is train")]
+Task = Annotated[Optional[str], typer.Option("--task", "-t", help="mcqa, pope, scienceqa, mmbench, grading or open (required to evaluate or score; `vlmforge eval tasks` lists them)")]
+Split = Annotated[Optional[str], typer.Option("--split", help="split to read (builds, ScienceQA pid_splits, graded folders, the MMBench TSV's split column); default test (a build without one: its only split, unless that is train; an MMBench TSV: every row)")]
 ImageRoot = Annotated[Optional[Path], typer.Option("--image-root", help="folder that image paths in question files are relative to (COCO val2014 for POPE, ScienceQA images/test, VG images)")]
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="only the first N items (MMBench: whole questions)")]
 Rounds = Annotated[Optional[int], typer.Option("--rounds", min=1, help="MMBench: rotations per question (default: one per option; 1 = no circular evaluation)")]
@@ -80,7 +80,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated answer")] = 64,
         device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend)")] = "cpu",
         dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (local backend)")] = "auto",
-        system: Annotated[Optional[str], typer.Option("--system", help="system prompt")] = None,
+        system: Annotated[Optional[str], typer.Option("--system", help="system prompt (default: none, or LLaVA-1.5's for a run trained with --template vicuna_v1)")] = None,
         api_base: Annotated[Optional[str], typer.Option("--api-base", help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL or api.openai.com)")] = None,
         api_key_env: Annotated[str, typer.Option("--api-key-env", help="openai: environment variable holding the API key (never printed)")] = "OPENAI_API_KEY",
         concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="openai: requests in flight at once")] = 8,

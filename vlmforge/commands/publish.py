@@ -24,7 +24,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         revision: Annotated[Optional[str], typer.Option("--revision", help="tag for this upload (default: the builder version)")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the file plan and write the card locally; no network")] = False,
         target_shard_bytes: Annotated[int, typer.Option("--target-shard-bytes", min=1, help="re-pack shards to about this size (the Hub likes ~1 GB)")] = 1 << 30,
-        license: Annotated[str, typer.Option("--license", help="the Hub license id for the card (e.g. cc-by-4.0, apache-2.0, other; https://huggingface.co/docs/hub/repositories-licenses); unknown by default")] = "unknown",
+        license: Annotated[str, typer.Option("--license", help="the Hub license id for the card (e.g. cc-by-4.0, apache-2.0, other; https://huggingface.co/docs/hub/repositories-licenses)")] = "unknown",
         stage: Annotated[Optional[Path], typer.Option("--stage", help="folder for the upload copy (default: the vlmforge cache); kept so a rerun resumes")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     ) -> None:

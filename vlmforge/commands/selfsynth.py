@@ -13,9 +13,9 @@ from vlmforge.commands._common import BuildRun, GenOptions, Quiet, Seed, build_c
 
 Generator = Annotated[str, typer.Option("--generator", help="generation backend: template (no model), transformers, vllm or openai")]
 Model = Annotated[Optional[str], typer.Option("--model", help="checkpoint folder or Hub id (transformers, vllm), or the endpoint's model name (openai)")]
-Device = Annotated[Optional[str], typer.Option("--device", help="transformers backend: auto, cpu, cuda, cuda:1")]
-Dtype = Annotated[Optional[str], typer.Option("--dtype", help="transformers backend: auto, float32, bfloat16, float16")]
-GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help="transformers backend: requests per forward pass")]
+Device = Annotated[Optional[str], typer.Option("--device", help="transformers backend: auto (cuda if present, else cpu), cpu, cuda, cuda:1 (default: auto)")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="transformers backend: auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16, float16 (default: auto)")]
+GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help="transformers backend: requests per forward pass (default: 8)")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses (nor the embeddings of descriptions) on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
