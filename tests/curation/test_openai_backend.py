@@ -35,7 +35,8 @@ def _png() -> bytes:
 
 class ChatServer:
     """POST /v1/chat/completions. `plan` holds what the next requests get instead of an answer: an HTTP
-    status to fail with, or "stall" (answer after 1 s, past the client's timeout)."""
+    status to fail with, a (status, body, headers) reply, or "stall" (answer after 1 s, past the client's
+    timeout)."""
 
     def __init__(self):
         self.requests: list[dict] = []
@@ -66,6 +67,9 @@ class ChatServer:
                         self.send_header("Content-Length", str(len(page)))
                         self.end_headers()
                         self.wfile.write(page)
+                        return
+                    if isinstance(action, tuple):  # (status, JSON body, headers) as given
+                        self._send(*action)
                         return
                     if isinstance(action, int):
                         self._send(action, {"error": {"message": f"planned failure {action}"}},
@@ -329,3 +333,92 @@ def test_a_failed_request_keeps_the_batch_answers_that_came(server, monkeypatch,
     server.plan = [400]
     with pytest.raises(PartialAnswers, match="answered 400"):  # no cache: the same error line
         _gen(server)(reqs)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on leaving: nothing listens there
+
+
+def test_an_unreachable_endpoint_fails_fast_naming_the_url(monkeypatch):
+    import httpx
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    gen = OpenAIGenerator(model="m", base_url=url, api_key_env=KEY_ENV)  # default backoff and retries
+    start = time.monotonic()
+    with pytest.raises(APIError, match=rf"cannot connect to {url} \(Connection refused\); is the server running"):
+        gen([GenerationRequest(prompt="x")])
+    assert time.monotonic() - start < 5  # one quick retry, not six with backoff (about a minute)
+    # Tried 1 + connect_retries times; a connection that times out reads the same, with the limit.
+    tries = []
+
+    def no_connection(*args, **kwargs):
+        tries.append(1)
+        raise httpx.ConnectTimeout("timed out")
+
+    gen = OpenAIGenerator(model="m", base_url=url, api_key_env=KEY_ENV, backoff=0.01, connect_retries=2,
+                          connect_timeout=3)
+    gen.setup()
+    monkeypatch.setattr(gen._client, "post", no_connection)
+    with pytest.raises(APIError, match=rf"cannot connect to {url} \(no connection within 3 s\)"):
+        gen([GenerationRequest(prompt="x")])
+    assert len(tries) == 3
+    assert gen._client.timeout.connect == 3 and gen._client.timeout.read == 120
+
+
+def test_refusals_say_what_to_check_and_odd_error_bodies_are_read(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    quota = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    server.plan = [(401, {"error": {"message": "Incorrect API key provided"}}),
+                   (404, {"object": "error", "message": "The model `m` does not exist."}),  # older vLLM
+                   (404, {"detail": "Not Found"}),  # FastAPI: a base URL without /v1
+                   (400, "just a string"), (400, [1, 2]),
+                   (429, quota)]
+    expected = [rf"answered 401: Incorrect API key provided; \${KEY_ENV} is not set",
+                r"answered 404: The model `m` does not exist.; check the model name \('test-model'\)",
+                r"answered 404: Not Found; check the model name .* the API's /v1",
+                r"answered 400: \"just a string\"", r"answered 400: \[1, 2\]",
+                r"answered 429: You exceeded your current quota; the account is out of quota"]
+    for n, pattern in enumerate(expected, 1):
+        with pytest.raises(APIError, match=pattern):
+            _gen(server)([GenerationRequest(prompt="x")])
+        assert len(server.requests) == n  # none of them retried
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.plan = [401]
+    with pytest.raises(APIError, match=rf"the key in \${KEY_ENV} was refused"):
+        _gen(server)([GenerationRequest(prompt="x")])
+    # A negative Retry-After waits nothing (it crashed time.sleep); a slow server's error names the timeout.
+    server.plan = [(503, {"error": "busy"}, {"Retry-After": "-3"})]
+    assert _gen(server)([GenerationRequest(prompt="y")]) == [["echo: y"]]
+    server.plan = ["stall", "stall"]
+    with pytest.raises(APIError, match=r"failed 2 times \(last: no answer within 0.3 s, the timeout\)"):
+        _gen(server, timeout=0.3, max_retries=1)([GenerationRequest(prompt="z")])
+
+
+def test_cli_eval_against_a_dead_or_slow_endpoint_is_one_error_line(server, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.errors import UserError
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text("".join(json.dumps({"question_id": i, "image": "0.png", "text": f"Is there a dog {i}?",
+                                     "label": "yes"}) + "\n" for i in range(20)))
+    base = ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m", "--api-key-env", KEY_ENV]
+    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    start = time.monotonic()
+    res = CliRunner().invoke(app, base + ["--api-base", dead, "--out", str(tmp_path / "dead")])
+    assert isinstance(res.exception, UserError)  # main() prints it as one line
+    assert f"cannot connect to {dead} (Connection refused)" in str(res.exception)
+    assert time.monotonic() - start < 10  # it took about two minutes
+    server.plan = ["stall"]
+    res = CliRunner().invoke(app, base + ["--api-base", server.url, "--timeout", "0.3", "--max-retries", "0",
+                                          "--concurrency", "1", "--out", str(tmp_path / "slow")])
+    assert isinstance(res.exception, UserError)
+    assert "failed once (last: no answer within 0.3 s, the timeout)" in str(res.exception)

@@ -2,9 +2,12 @@
 hosted APIs).
 
 Images travel inline as base64 data URLs (or as a URL given in `request.extra["image_url"]`). Requests
-run in a bounded thread pool; 429, 5xx, timeouts and dropped connections are retried with exponential
-backoff (honouring Retry-After). The API key is read from an environment variable at setup and is sent
-only in the Authorization header: it is never printed, logged, stored in options or shown in errors.
+run in a bounded thread pool; 429, 5xx, read timeouts and dropped connections are retried with exponential
+backoff (honouring Retry-After). An endpoint that cannot be reached at all (connection refused, unknown
+host, no connection within connect_timeout) is not transient the same way: it is tried connect_retries
+more times after a short wait, then fails with one line naming the URL. The API key is read from an
+environment variable at setup and is sent only in the Authorization header: it is never printed, logged,
+stored in options or shown in errors.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +52,9 @@ class APIError(UserError):
 class OpenAIGenerator(Generator):
     """Options: base_url (default $OPENAI_BASE_URL or api.openai.com), api_key_env (the variable holding
     the key, default OPENAI_API_KEY; unset is fine for local servers), concurrency (parallel requests, 8),
-    max_retries (6), backoff (first wait in seconds, 1.0, doubling up to max_backoff 60), timeout (120 s),
+    max_retries (retries on 429/5xx/read timeouts/dropped connections, 6), backoff (first wait in seconds,
+    1.0, doubling up to max_backoff 60), timeout (seconds to wait for an answer, 120), connect_timeout
+    (seconds to wait for a connection, 10), connect_retries (retries when the endpoint cannot be reached, 1),
     n_per_request (ask for at most this many samples per request; the rest in further requests)."""
 
     backend = "openai"
@@ -56,7 +62,8 @@ class OpenAIGenerator(Generator):
 
     def __init__(self, model: str | None = None, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, max_retries: int = 6, backoff: float = 1.0, max_backoff: float = 60.0,
-                 timeout: float = 120.0, n_per_request: int | None = None, **options: Any):
+                 timeout: float = 120.0, connect_timeout: float = 10.0, connect_retries: int = 1,
+                 n_per_request: int | None = None, **options: Any):
         super().__init__(model, **options)
         if not model:
             raise UserError("the openai backend needs --model (the model name the endpoint serves)")
@@ -69,6 +76,8 @@ class OpenAIGenerator(Generator):
         self.backoff = _number("backoff", backoff, float, 0)
         self.max_backoff = _number("max_backoff", max_backoff, float, 0)
         self.timeout = _number("timeout", timeout, float, 0.001)
+        self.connect_timeout = _number("connect_timeout", connect_timeout, float, 0.001)
+        self.connect_retries = _number("connect_retries", connect_retries, int, 0)
         self.n_per_request = None if n_per_request is None else _number("n_per_request", n_per_request, int, 1)
         self._warned = False
         self._key: str | None = None  # never part of options, repr or messages
@@ -97,7 +106,8 @@ class OpenAIGenerator(Generator):
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout, limits=limits)
+        timeout = httpx.Timeout(self.timeout, connect=min(self.connect_timeout, self.timeout))
+        self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, limits=limits)
 
     def close(self) -> None:
         if self._client is not None:
@@ -130,7 +140,7 @@ class OpenAIGenerator(Generator):
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
             try:
-                return min(float(retry_after), self.max_backoff)
+                return min(max(float(retry_after), 0.0), self.max_backoff)
             except ValueError:
                 pass
         base = min(self.backoff * 2 ** attempt, self.max_backoff)
@@ -140,28 +150,53 @@ class OpenAIGenerator(Generator):
         import httpx
 
         last = ""
-        for attempt in range(self.max_retries + 1):
+        attempt = unreachable = 0
+        while True:
             retry_after = None
             try:
                 resp = self._client.post("/chat/completions", json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                # Nothing listens there (or the host is unknown): waiting minutes would rarely help.
+                if unreachable >= self.connect_retries:
+                    raise APIError(f"cannot connect to {self.base_url} ({_unreachable(e, self.connect_timeout)}); "
+                                   "is the server running and the address right? Run again to resume "
+                                   "once it answers") from None
+                unreachable += 1
+                time.sleep(self._wait(0, None))
+                continue
             except (httpx.TimeoutException, httpx.TransportError) as e:
-                last = type(e).__name__
+                last = (f"no answer within {self.timeout:g} s, the timeout" if isinstance(e, httpx.ReadTimeout)
+                        else type(e).__name__)
             else:
                 if resp.status_code == 200:
                     return self._choices(resp)
-                if resp.status_code not in RETRY_STATUS:
-                    raise APIError(f"{self.base_url} answered {resp.status_code}: {_error_text(resp)}"
-                                   + (f" (check ${self.api_key_env})" if resp.status_code in (401, 403) else ""))
+                if resp.status_code not in RETRY_STATUS or _out_of_quota(resp):
+                    raise APIError(self._refusal(resp))
                 last = f"HTTP {resp.status_code}: {_error_text(resp)}"
                 retry_after = resp.headers.get("retry-after")
-            if attempt < self.max_retries:
-                if not self._warned:  # retries can take minutes: say why the build is waiting, once
-                    self._warned = True
-                    sys.stderr.write(f"openai: {self.base_url} failed ({last}); retrying up to "
-                                     f"{self.max_retries} times\n")
-                time.sleep(self._wait(attempt, retry_after))
+            if attempt >= self.max_retries:
+                break
+            if not self._warned:  # retries can take minutes: say why the build is waiting, once
+                self._warned = True
+                sys.stderr.write(f"openai: {self.base_url} failed ({last}); retrying up to "
+                                 f"{self.max_retries} times\n")
+            time.sleep(self._wait(attempt, retry_after))
+            attempt += 1
         tries = "once" if self.max_retries == 0 else f"{self.max_retries + 1} times"
         raise APIError(f"{self.base_url} failed {tries} (last: {last}); run again to resume")
+
+    def _refusal(self, resp) -> str:
+        """One line for an answer retrying will not change, with what to check."""
+        code = resp.status_code
+        hint = ""
+        if code in (401, 403):
+            hint = (f"; the key in ${self.api_key_env} was refused" if self._key else
+                    f"; ${self.api_key_env} is not set: set it to the endpoint's key")
+        elif code == 404:
+            hint = f"; check the model name ({self.model!r}) and that the base URL is the API's /v1"
+        elif code == 429:
+            hint = "; the account is out of quota"
+        return f"{self.base_url} answered {code}: {_error_text(resp) or 'no message'}{hint}"
 
     def _choices(self, resp) -> list[str]:
         """The texts of a 200 answer; one that is not a chat completion (a proxy's login page) is an error."""
@@ -227,10 +262,33 @@ def _number(name: str, value: Any, kind: type, minimum: float) -> Any:
 
 
 def _error_text(resp) -> str:
-    """The endpoint's error message, short (bodies never hold our key; headers are not shown)."""
+    """The endpoint's error message, short (bodies never hold our key; headers are not shown). OpenAI
+    writes {"error": {"message"}}, older vLLM {"message"}, FastAPI {"detail"}; other bodies as they are."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    msg = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err
+        msg = msg or doc.get("message") or doc.get("detail")
+    return " ".join(str(msg or resp.text).split())[:300]
+
+
+def _out_of_quota(resp) -> bool:
+    """OpenAI answers 429 both for a rate limit (retry) and for an exhausted quota (retrying cannot help)."""
     try:
         err = resp.json().get("error")
-        msg = err.get("message") if isinstance(err, dict) else err
-    except ValueError:
-        msg = resp.text
-    return str(msg or "")[:300]
+    except (ValueError, AttributeError):
+        return False
+    return resp.status_code == 429 and isinstance(err, dict) and "insufficient_quota" in (err.get("code"), err.get("type"))
+
+
+def _unreachable(error: Exception, connect_timeout: float) -> str:
+    """Why a connection failed, in words: 'Connection refused', 'Name or service not known'."""
+    import httpx
+
+    if isinstance(error, httpx.ConnectTimeout):
+        return f"no connection within {connect_timeout:g} s"
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", str(error)) or type(error).__name__
