@@ -35,8 +35,8 @@ def _png() -> bytes:
 
 class ChatServer:
     """POST /v1/chat/completions. `plan` holds what the next requests get instead of an answer: an HTTP
-    status to fail with, a (status, body, headers) reply, or "stall" (answer after 1 s, past the client's
-    timeout)."""
+    status to fail with, a (status, body, headers) reply, "stall" (answer after 1 s, past the client's
+    timeout), or a function to call before stalling."""
 
     def __init__(self):
         self.requests: list[dict] = []
@@ -75,6 +75,9 @@ class ChatServer:
                         self._send(action, {"error": {"message": f"planned failure {action}"}},
                                    {"Retry-After": "0"} if action == 429 else {})
                         return
+                    if callable(action):  # something to do meanwhile (an interrupt), then stall
+                        action()
+                        action = "stall"
                     time.sleep(1.0 if action == "stall" else server.delay)
                     self._send(200, server.answer(body))
                 except (BrokenPipeError, ConnectionResetError):
@@ -422,3 +425,28 @@ def test_cli_eval_against_a_dead_or_slow_endpoint_is_one_error_line(server, monk
                                           "--concurrency", "1", "--out", str(tmp_path / "slow")])
     assert isinstance(res.exception, UserError)
     assert "failed once (last: no answer within 0.3 s, the timeout)" in str(res.exception)
+
+
+def test_an_interrupt_keeps_the_answers_that_came_and_sends_no_more(server, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from vlmforge.curation.generation import make_generator
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reqs = [GenerationRequest(prompt=f"question {i}") for i in range(8)]
+
+    def ctrl_c():  # while two requests are in flight, after the first two answers came
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    server.plan = [None, None, ctrl_c] + ["stall"] * 5
+    gen = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, concurrency=2)
+    with pytest.raises(KeyboardInterrupt):
+        gen(reqs)
+    assert len(list(tmp_path.rglob("*.json"))) == 2  # the two answers that came are kept
+    assert len(server.requests) == 4
+    time.sleep(1.5)  # the requests in flight end; the queued ones are never sent
+    assert len(server.requests) == 4
+    again = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url)(reqs)
+    assert again == [[f"echo: question {i}"] for i in range(8)] and len(server.requests) == 10

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlmforge.errors import UserError
 from vlmforge.registry import load_registered
@@ -61,6 +61,11 @@ class Generator:
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         raise NotImplementedError
+
+    def stream(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, list[str]]]:
+        """(request index, texts) as each answer comes, in any order, so the response cache keeps what
+        came before an interrupt; backends that answer a batch at once yield after it."""
+        yield from enumerate(self(requests))
 
     def cache_identity(self) -> str | None:
         """What, besides the request, decides the answers, for the response cache's key: the model
@@ -175,20 +180,20 @@ class CachedGenerator(Generator):
                 self._ready = True
             self.misses += len(todo)
             items = list(todo.items())
-            try:
-                answers = dict(enumerate(self.inner([req for _, req in items])))
-            except PartialAnswers as part:
-                answers, error = part.answers, part.error
-            else:
-                error = None
-            for i, texts in answers.items():
-                (key, req), texts = items[i], [str(t) for t in texts]
-                if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
-                    self._write(key, req, texts)   # answer: asked again next time, not kept
-                found[key] = texts
-            if error is not None:
-                raise error
+            try:  # each answer is written as it comes: an interrupted batch keeps what came
+                for i, texts in self.inner.stream([req for _, req in items]):
+                    found[items[i][0]] = self._keep(*items[i], texts)
+            except PartialAnswers as part:  # a backend that gave up part way through a batch
+                for i, texts in part.answers.items():
+                    self._keep(*items[i], texts)
+                raise part.error from None
         return [list(found[k]) for k in keys]
+
+    def _keep(self, key: str, req: GenerationRequest, texts: list[str]) -> list[str]:
+        texts = [str(t) for t in texts]
+        if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
+            self._write(key, req, texts)   # answer: asked again next time, not kept
+        return texts
 
     def __getstate__(self):
         state = dict(self.__dict__)

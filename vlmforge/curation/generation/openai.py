@@ -17,9 +17,9 @@ import os
 import random
 import re
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Iterator
 
 from vlmforge.curation.generation import GenerationRequest, Generator, PartialAnswers
 from vlmforge.errors import UserError
@@ -80,6 +80,7 @@ class OpenAIGenerator(Generator):
         self.connect_retries = _number("connect_retries", connect_retries, int, 0)
         self.n_per_request = None if n_per_request is None else _number("n_per_request", n_per_request, int, 1)
         self._warned = False
+        self._stop = threading.Event()  # set on an interrupt: retry loops end, so the process can exit
         self._key: str | None = None  # never part of options, repr or messages
         self._client = None
 
@@ -90,11 +91,16 @@ class OpenAIGenerator(Generator):
         return f"OpenAIGenerator(model={self.model!r}, base_url={self.base_url!r}, key from ${self.api_key_env})"
 
     def __getstate__(self):
-        # Workers read the key from their own environment; clients do not pickle.
+        # Workers read the key from their own environment; clients and events do not pickle.
         state = dict(self.__dict__)
         state["_key"] = None
         state["_client"] = None
+        state["_stop"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._stop = threading.Event()
 
     def setup(self) -> None:
         import httpx
@@ -146,12 +152,18 @@ class OpenAIGenerator(Generator):
         base = min(self.backoff * 2 ** attempt, self.max_backoff)
         return base * (0.5 + random.random() / 2)  # jitter keeps parallel retries from colliding
 
+    def _pause(self, seconds: float) -> None:
+        """Wait before a retry; after an interrupt, give up instead."""
+        if self._stop.wait(seconds):
+            raise APIError("interrupted")
+
     def _post(self, body: dict[str, Any]) -> list[str]:
         import httpx
 
         last = ""
         attempt = unreachable = 0
         while True:
+            self._pause(0)
             retry_after = None
             try:
                 resp = self._client.post("/chat/completions", json=body)
@@ -162,7 +174,7 @@ class OpenAIGenerator(Generator):
                                    "is the server running and the address right? Run again to resume "
                                    "once it answers") from None
                 unreachable += 1
-                time.sleep(self._wait(0, None))
+                self._pause(self._wait(0, None))
                 continue
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = (f"no answer within {self.timeout:g} s, the timeout" if isinstance(e, httpx.ReadTimeout)
@@ -180,7 +192,7 @@ class OpenAIGenerator(Generator):
                 self._warned = True
                 sys.stderr.write(f"openai: {self.base_url} failed ({last}); retrying up to "
                                  f"{self.max_retries} times\n")
-            time.sleep(self._wait(attempt, retry_after))
+            self._pause(self._wait(attempt, retry_after))
             attempt += 1
         tries = "once" if self.max_retries == 0 else f"{self.max_retries + 1} times"
         raise APIError(f"{self.base_url} failed {tries} (last: {last}); run again to resume")
@@ -221,20 +233,43 @@ class OpenAIGenerator(Generator):
             texts += got  # endpoints that ignore n return one choice; ask again for the rest
         return texts[: req.n]
 
-    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+    def stream(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, list[str]]]:
+        """Answers as they come. A request the endpoint refuses does not stop the others; the first such
+        error is raised after them. An interrupt (Ctrl-C) sends no further request and ends the retries."""
         self.setup()
+        self._stop.clear()
         if len(requests) <= 1 or self.concurrency == 1:
-            return [self._one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            futures = [pool.submit(self._one, r) for r in requests]
-        answers, error = {}, None
-        for i, future in enumerate(futures):
-            try:
-                answers[i] = future.result()
-            except APIError as e:  # the others' answers are kept (cached) before the error is raised
-                error = error or e
+            for i, req in enumerate(requests):
+                yield i, self._one(req)
+            return
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
+        futures = {pool.submit(self._one, req): i for i, req in enumerate(requests)}
+        error = None
+        try:
+            for future in as_completed(futures):
+                try:
+                    texts = future.result()
+                except APIError as e:
+                    error = error or e
+                    continue
+                yield futures[future], texts
+        except BaseException:
+            self._stop.set()  # requests in flight end with their answer; queued ones are not sent
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         if error is not None:
-            raise PartialAnswers(answers, error)
+            raise error
+
+    def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
+        answers: dict[int, list[str]] = {}
+        try:
+            for i, texts in self.stream(requests):
+                answers[i] = texts
+        except APIError as e:
+            if answers:  # the response cache keeps them; without one this reads as the error itself
+                raise PartialAnswers(answers, e) from None
+            raise
         return [answers[i] for i in range(len(requests))]
 
 
