@@ -18,6 +18,7 @@ import pytest
 
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.generation.openai import APIError, OpenAIGenerator
+from vlmforge.evaluation.predictions import PREDICTIONS
 
 KEY = "sk-test-3f9a-do-not-leak"
 KEY_ENV = "VLMFORGE_TEST_API_KEY"
@@ -44,6 +45,7 @@ class ChatServer:
         self.ignore_n = False
         self.fixed_reply: str | None = None  # every answer's text, when set
         self.delay = 0.0
+        self.refuse: str | None = None  # questions with this word get 400, as a content filter answers
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
         server = self
@@ -57,6 +59,8 @@ class ChatServer:
                 with server.lock:
                     server.requests.append({"auth": self.headers.get("Authorization"), "path": self.path, "body": body})
                     action = server.plan.pop(0) if server.plan else None
+                    if server.refuse and server.refuse in json.dumps(body["messages"]):
+                        action = (400, {"error": {"message": "the prompt was filtered", "code": "content_filter"}})
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                 try:
@@ -242,6 +246,55 @@ def test_eval_pope_with_the_api_runner(server, monkeypatch, tmp_path):
     evaluate(task, ds, runner, tmp_path / "urls", quiet=True, plots=False)
     sent = [r["body"]["messages"][-1]["content"][1]["image_url"]["url"] for r in server.requests[6:]]
     assert sorted(sent) == [f"https://example.org/{i}.png" for i in range(5)]
+
+
+def _pope(tmp_path, objects: list[str], labels: list[str] | None = None):
+    from vlmforge.evaluation.items import ReadOptions
+    from vlmforge.evaluation.tasks import get_task
+
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text("".join(json.dumps({"question_id": i, "image": "0.png", "text": f"Is there a {obj} in the image?",
+                                     "label": (labels or ["yes"] * len(objects))[i]}) + "\n"
+                         for i, obj in enumerate(objects)))
+    task = get_task("pope")
+    return task, task.read([q], ReadOptions(image_root=tmp_path))
+
+
+def test_eval_records_an_item_the_endpoint_refuses_and_keeps_a_failed_batchs_answers(server, monkeypatch, tmp_path):
+    from vlmforge.evaluation.run import evaluate
+    from vlmforge.evaluation.runners import GeneratorRunner
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    task, ds = _pope(tmp_path, ["dog", "cat", "dog", "bus", "dog", "cow"], ["yes", "no", "yes", "no", "yes", "no"])
+
+    def runner():
+        return GeneratorRunner("openai", "m", batch_size=4, base_url=server.url, api_key_env=KEY_ENV,
+                               concurrency=2, backoff=0.01)
+
+    # One item refused (a content filter): recorded with the endpoint's words, counted, and wrong.
+    server.refuse = "cat"
+    s = evaluate(task, ds, runner(), tmp_path / "out", quiet=True, plots=False)
+    assert s["counts"]["refused"] == 1 and s["metrics"]["accuracy"] == pytest.approx(5 / 6)
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / PREDICTIONS).read_text().splitlines())}
+    assert "answered 400: the prompt was filtered" in recs["1"]["refused"] and recs["1"]["prediction"] is None
+    assert len(server.requests) == 6
+    evaluate(task, ds, runner(), tmp_path / "out", quiet=True, plots=False)
+    assert len(server.requests) == 6  # a rerun asks nothing
+    # Every item of a batch refused is the requests' shape, not the items: an error, nothing recorded.
+    server.refuse = "image"
+    with pytest.raises(APIError, match="answered 400"):
+        evaluate(task, ds, runner(), tmp_path / "all", quiet=True, plots=False)
+    assert (tmp_path / "all" / PREDICTIONS).read_text() == ""
+    # A request that stops the run (a bad key) keeps the batch's other answers: a rerun asks only the rest.
+    server.refuse = None
+    server.plan = [401]
+    with pytest.raises(APIError, match="answered 401"):
+        evaluate(task, ds, runner(), tmp_path / "key", quiet=True, plots=False)
+    assert len((tmp_path / "key" / PREDICTIONS).read_text().splitlines()) == 3
+    asked = len(server.requests)
+    s = evaluate(task, ds, runner(), tmp_path / "key", quiet=True, plots=False)
+    assert len(server.requests) == asked + 3 and s["metrics"]["accuracy"] == 1.0 and "refused" not in s["counts"]
 
 
 def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
@@ -450,3 +503,32 @@ def test_an_interrupt_keeps_the_answers_that_came_and_sends_no_more(server, monk
     assert len(server.requests) == 4
     again = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url)(reqs)
     assert again == [[f"echo: question {i}"] for i in range(8)] and len(server.requests) == 10
+
+
+def test_a_refused_request_does_not_stop_the_others_but_a_bad_key_does(server, monkeypatch):
+    from vlmforge.curation.generation.openai import FailedRequests
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reqs = [GenerationRequest(prompt=p) for p in ("a dog", "a cat", "a cow")]
+    server.refuse = "cat"
+    gen = _gen(server, concurrency=1)
+    got = {}
+    with pytest.raises(FailedRequests, match="answered 400: the prompt was filtered") as err:
+        for i, texts in gen.stream(reqs):
+            got[i] = texts
+    assert got == {0: ["echo: a dog"], 2: ["echo: a cow"]} and list(err.value.errors) == [1]
+    assert err.value.about_request
+    server.refuse, server.plan = None, [401]
+    with pytest.raises(FailedRequests, match="answered 401") as err:
+        list(gen.stream(reqs))
+    assert len(server.requests) == 4 and not err.value.about_request  # the next two would fail the same way
+    # An endpoint found unreachable by one request fails the batch's others at once.
+    gen = OpenAIGenerator(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key_env=KEY_ENV,
+                          concurrency=4, backoff=0.05)
+    gen.setup()
+    tries = []
+    post = gen._client.post
+    monkeypatch.setattr(gen._client, "post", lambda *a, **kw: tries.append(1) or post(*a, **kw))
+    with pytest.raises(FailedRequests, match="cannot connect") as err:
+        list(gen.stream([GenerationRequest(prompt=f"q{i}") for i in range(16)]))
+    assert len(err.value.errors) == 16 and len(tries) <= 8  # not a try and a retry for each of the 16

@@ -26,6 +26,7 @@ from vlmforge.errors import UserError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REQUEST_REFUSALS = {400, 413, 422}  # bad request, too large, unprocessable: this request, not the endpoint
 
 
 def image_mime(data: bytes) -> str:
@@ -47,6 +48,25 @@ def data_url(data: bytes) -> str:
 
 class APIError(UserError):
     """The endpoint refused a request in a way retrying will not fix (bad key, bad model, bad request)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def about_request(self) -> bool:
+        """Whether the refusal is about this request's content (a filtered image, a prompt too long),
+        not about the endpoint, key or model that every request shares."""
+        return self.status in REQUEST_REFUSALS
+
+
+class FailedRequests(APIError):
+    """Some requests of a batch failed: each one's error by request index. It reads as the first."""
+
+    def __init__(self, errors: dict[int, APIError]):
+        first = errors[min(errors)]
+        super().__init__(str(first), first.status)
+        self.errors = errors
 
 
 class OpenAIGenerator(Generator):
@@ -81,6 +101,7 @@ class OpenAIGenerator(Generator):
         self.n_per_request = None if n_per_request is None else _number("n_per_request", n_per_request, int, 1)
         self._warned = False
         self._stop = threading.Event()  # set on an interrupt: retry loops end, so the process can exit
+        self._down: APIError | None = None  # the endpoint could not be reached during this batch
         self._key: str | None = None  # never part of options, repr or messages
         self._client = None
 
@@ -95,7 +116,7 @@ class OpenAIGenerator(Generator):
         state = dict(self.__dict__)
         state["_key"] = None
         state["_client"] = None
-        state["_stop"] = None
+        state["_stop"] = state["_down"] = None
         return state
 
     def __setstate__(self, state):
@@ -164,15 +185,18 @@ class OpenAIGenerator(Generator):
         attempt = unreachable = 0
         while True:
             self._pause(0)
+            if self._down is not None:  # another request of the batch found nothing there: no need to try again
+                raise self._down
             retry_after = None
             try:
                 resp = self._client.post("/chat/completions", json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 # Nothing listens there (or the host is unknown): waiting minutes would rarely help.
                 if unreachable >= self.connect_retries:
-                    raise APIError(f"cannot connect to {self.base_url} ({_unreachable(e, self.connect_timeout)}); "
-                                   "is the server running and the address right? Run again to resume "
-                                   "once it answers") from None
+                    self._down = APIError(f"cannot connect to {self.base_url} ({_unreachable(e, self.connect_timeout)}); "
+                                          "is the server running and the address right? Run again to resume "
+                                          "once it answers")
+                    raise self._down from None
                 unreachable += 1
                 self._pause(self._wait(0, None))
                 continue
@@ -183,7 +207,7 @@ class OpenAIGenerator(Generator):
                 if resp.status_code == 200:
                     return self._choices(resp)
                 if resp.status_code not in RETRY_STATUS or _out_of_quota(resp):
-                    raise APIError(self._refusal(resp))
+                    raise APIError(self._refusal(resp), resp.status_code)
                 last = f"HTTP {resp.status_code}: {_error_text(resp)}"
                 retry_after = resp.headers.get("retry-after")
             if attempt >= self.max_retries:
@@ -234,32 +258,41 @@ class OpenAIGenerator(Generator):
         return texts[: req.n]
 
     def stream(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, list[str]]]:
-        """Answers as they come. A request the endpoint refuses does not stop the others; the first such
-        error is raised after them. An interrupt (Ctrl-C) sends no further request and ends the retries."""
+        """Answers as they come. A request the endpoint refuses does not stop the others; after them,
+        FailedRequests holds each failed one's error. An interrupt (Ctrl-C) sends no further request
+        and ends the retries."""
         self.setup()
         self._stop.clear()
+        self._down = None
+        failed: dict[int, APIError] = {}
         if len(requests) <= 1 or self.concurrency == 1:
             for i, req in enumerate(requests):
-                yield i, self._one(req)
-            return
-        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
-        futures = {pool.submit(self._one, req): i for i, req in enumerate(requests)}
-        error = None
-        try:
-            for future in as_completed(futures):
                 try:
-                    texts = future.result()
+                    texts = self._one(req)
                 except APIError as e:
-                    error = error or e
+                    failed[i] = e
+                    if not e.about_request:  # the next request would fail the same way
+                        break
                     continue
-                yield futures[future], texts
-        except BaseException:
-            self._stop.set()  # requests in flight end with their answer; queued ones are not sent
-            raise
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
-        if error is not None:
-            raise error
+                yield i, texts
+        else:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
+            futures = {pool.submit(self._one, req): i for i, req in enumerate(requests)}
+            try:
+                for future in as_completed(futures):
+                    try:
+                        texts = future.result()
+                    except APIError as e:
+                        failed[futures[future]] = e
+                        continue
+                    yield futures[future], texts
+            except BaseException:
+                self._stop.set()  # requests in flight end with their answer; queued ones are not sent
+                raise
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        if failed:
+            raise FailedRequests(failed)
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         answers: dict[int, list[str]] = {}
