@@ -132,6 +132,10 @@ def test_vllm_absent_is_a_user_error():
     gen = make_generator("vllm", "some/model", cache_dir=False)
     with pytest.raises(UserError, match="optional vllm"):
         gen([GenerationRequest("hi")])
+    from vlmforge.evaluation.runners import GeneratorRunner
+
+    with pytest.raises(UserError, match="optional vllm.*eval: --api-base http://HOST:PORT/v1"):  # eval has no -G
+        GeneratorRunner("vllm", "some/model").setup()
 
 
 def test_unknown_backend_and_missing_model():

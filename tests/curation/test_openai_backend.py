@@ -532,3 +532,27 @@ def test_a_refused_request_does_not_stop_the_others_but_a_bad_key_does(server, m
     with pytest.raises(FailedRequests, match="cannot connect") as err:
         list(gen.stream([GenerationRequest(prompt=f"q{i}") for i in range(16)]))
     assert len(err.value.errors) == 16 and len(tries) <= 8  # not a try and a retry for each of the 16
+
+
+def test_batch_errors_cross_to_the_parent_process():
+    """A build's worker process raises them; the parent unpickles them (they failed to unpickle, which
+    broke the process pool instead of printing the error line)."""
+    from vlmforge.curation.generation import PartialAnswers
+    from vlmforge.curation.generation.openai import FailedRequests
+
+    failed = FailedRequests({2: APIError("answered 400: filtered", 400), 5: APIError("answered 401: key", 401)})
+    back = pickle.loads(pickle.dumps(failed))
+    assert str(back) == "answered 400: filtered" and back.about_request and list(back.errors) == [2, 5]
+    part = pickle.loads(pickle.dumps(PartialAnswers({0: ["a"]}, failed)))
+    assert part.answers == {0: ["a"]} and str(part) == "answered 400: filtered" and part.error.errors[5].status == 401
+
+
+def test_an_answer_without_text_is_empty_and_says_why_once(server, monkeypatch, capsys):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cut = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None, "reasoning_content": "Hmm"},
+                        "finish_reason": "length"}]}
+    server.plan = [(200, cut), (200, cut)]
+    gen = _gen(server)
+    assert gen([GenerationRequest(prompt="x")]) == [[""]] and gen([GenerationRequest(prompt="y")]) == [[""]]
+    err = capsys.readouterr().err
+    assert err.count("answered without text") == 1 and "'length': a reasoning model may need more max new tokens" in err

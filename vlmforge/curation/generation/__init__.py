@@ -44,6 +44,9 @@ class PartialAnswers(UserError):
         self.answers = answers
         self.error = error
 
+    def __reduce__(self):  # a build's worker process sends it to the parent
+        return (PartialAnswers, (self.answers, self.error))
+
 
 class Generator:
     """Base class. `setup()` loads once per worker; `__call__(requests)` returns n texts per request."""

@@ -68,6 +68,9 @@ class FailedRequests(APIError):
         super().__init__(str(first), first.status)
         self.errors = errors
 
+    def __reduce__(self):  # a build's worker process sends it to the parent
+        return (FailedRequests, (self.errors,))
+
 
 class OpenAIGenerator(Generator):
     """Options: base_url (default $OPENAI_BASE_URL or api.openai.com), api_key_env (the variable holding
@@ -99,7 +102,7 @@ class OpenAIGenerator(Generator):
         self.connect_timeout = _number("connect_timeout", connect_timeout, float, 0.001)
         self.connect_retries = _number("connect_retries", connect_retries, int, 0)
         self.n_per_request = None if n_per_request is None else _number("n_per_request", n_per_request, int, 1)
-        self._warned = False
+        self._warned = self._warned_empty = False
         self._stop = threading.Event()  # set on an interrupt: retry loops end, so the process can exit
         self._down: APIError | None = None  # the endpoint could not be reached during this batch
         self._key: str | None = None  # never part of options, repr or messages
@@ -239,10 +242,18 @@ class OpenAIGenerator(Generator):
         try:
             doc = resp.json()
             choices = sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0))
-            return [_text((c.get("message") or {}).get("content")) for c in choices]
+            texts = [_text((c.get("message") or {}).get("content")) for c in choices]
+            reason = next((c.get("finish_reason") for c, t in zip(choices, texts) if not t), False)
         except (ValueError, AttributeError, TypeError):
             raise APIError(f"{self.base_url} answered 200 but not with a chat completion (is it an "
                            f"OpenAI-compatible /v1 endpoint?): {resp.text[:120]!r}") from None
+        if reason is not False and not self._warned_empty:  # say why answers are empty (all of them, often), once
+            self._warned_empty = True
+            why = f" (finish_reason {reason!r})" if reason else ""
+            if reason == "length":
+                why = " (finish_reason 'length': a reasoning model may need more max new tokens)"
+            sys.stderr.write(f"openai: {self.base_url} answered without text{why}; such answers are empty\n")
+        return texts
 
     def _one(self, req: GenerationRequest) -> list[str]:
         texts: list[str] = []

@@ -15,7 +15,7 @@ from vlmforge.errors import UserError
 
 INSTALL_HINT = ("the vllm backend needs the optional vllm package, which pins its own torch: install it in a "
                 "separate GPU environment (pip install 'vlmforge[vllm]'), or run `vllm serve MODEL` and use "
-                "the openai backend with -G base_url=http://HOST:PORT/v1")
+                "the openai backend with -G base_url=http://HOST:PORT/v1 (eval: --api-base http://HOST:PORT/v1)")
 
 
 def image_data_url(data: bytes) -> str:
