@@ -151,8 +151,10 @@ class CachedGenerator(Generator):
     def _read(self, key: str) -> list[str] | None:
         try:
             entry = json.loads(self._path(key).read_text())
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
+        except OSError as e:
+            raise self._unusable(e) from None
         texts = entry.get("texts")
         return texts if isinstance(texts, list) else None
 
@@ -179,6 +181,7 @@ class CachedGenerator(Generator):
         self.hits += len(found)
         if todo:
             if not self._ready:
+                self._check_writable()  # before a request is paid for, not after its answer came
                 self.inner.setup()
                 self._ready = True
             self.misses += len(todo)
@@ -191,6 +194,19 @@ class CachedGenerator(Generator):
                     self._keep(*items[i], texts)
                 raise part.error from None
         return [list(found[k]) for k in keys]
+
+    def _check_writable(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise self._unusable(e) from None
+
+    def _unusable(self, error: OSError) -> UserError:
+        return UserError(f"the response cache {self.cache_dir} cannot be used ({error.strerror or error}); set "
+                         "$VLMFORGE_CACHE (or --cache-dir) to a folder you can write, or turn the cache off")
 
     def _keep(self, key: str, req: GenerationRequest, texts: list[str]) -> list[str]:
         texts = [str(t) for t in texts]
