@@ -332,6 +332,8 @@ def test_bad_answers_and_bad_options_are_one_error_line(server, monkeypatch, tmp
         _gen(server, max_retries=-1)
     with pytest.raises(UserError, match="base_url '127.0.0.1:8000/v1' needs its scheme: http://127.0.0.1:8000/v1"):
         make_generator("openai", "m", cache_dir=tmp_path, base_url="127.0.0.1:8000/v1")
+    with pytest.raises(UserError, match=r"is the endpoint; give the API's base URL: http://h:8000/v1$"):
+        make_generator("openai", "m", cache_dir=tmp_path, base_url="http://h:8000/v1/chat/completions/")
     with pytest.raises(UserError, match="the openai backend has no option 'base-url'; its options: base_url"):
         make_generator("openai", "m", cache_dir=tmp_path, **{"base-url": server.url})
     make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, device="cuda")  # shared options pass

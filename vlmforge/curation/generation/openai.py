@@ -93,6 +93,9 @@ class OpenAIGenerator(Generator):
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not self.base_url.lower().startswith(("http://", "https://")):  # httpx: "UnsupportedProtocol", per request
             raise UserError(f"base_url {self.base_url!r} needs its scheme: http://{self.base_url} or https://{self.base_url}")
+        if self.base_url.endswith("/chat/completions"):  # requests would go to .../chat/completions/chat/completions
+            raise UserError(f"base_url {self.base_url!r} is the endpoint; give the API's base URL: "
+                            f"{self.base_url[: -len('/chat/completions')]}")
         self.api_key_env = api_key_env
         self.concurrency = _number("concurrency", concurrency, int, 1)
         self.max_retries = _number("max_retries", max_retries, int, 0)
