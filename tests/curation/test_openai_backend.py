@@ -18,6 +18,7 @@ import pytest
 
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.generation.openai import APIError, OpenAIGenerator
+from vlmforge.errors import UserError
 from vlmforge.evaluation.predictions import PREDICTIONS
 
 KEY = "sk-test-3f9a-do-not-leak"
@@ -317,7 +318,6 @@ def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
 
 def test_bad_answers_and_bad_options_are_one_error_line(server, monkeypatch, tmp_path):
     from vlmforge.curation.generation import make_generator
-    from vlmforge.errors import UserError
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     server.plan = ["html"]
@@ -461,7 +461,6 @@ def test_cli_eval_against_a_dead_or_slow_endpoint_is_one_error_line(server, monk
     from typer.testing import CliRunner
 
     from vlmforge.cli import app
-    from vlmforge.errors import UserError
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     (tmp_path / "0.png").write_bytes(_png())
@@ -558,3 +557,21 @@ def test_an_answer_without_text_is_empty_and_says_why_once(server, monkeypatch, 
     assert gen([GenerationRequest(prompt="x")]) == [[""]] and gen([GenerationRequest(prompt="y")]) == [[""]]
     err = capsys.readouterr().err
     assert err.count("answered without text") == 1 and "'length': a reasoning model may need more max new tokens" in err
+
+
+def test_a_key_with_a_line_break_is_trimmed_and_one_that_cannot_be_sent_is_one_error_line(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, f"  {KEY}\n")  # read from a file with its line break
+    assert _gen(server)([GenerationRequest(prompt="x")]) == [["echo: x"]]
+    assert server.requests[-1]["auth"] == f"Bearer {KEY}"
+    monkeypatch.setenv(KEY_ENV, KEY + "\u00e9")  # it crashed with UnicodeEncodeError
+    with pytest.raises(UserError, match=rf"\${KEY_ENV} holds a character an API key does not have") as err:
+        _gen(server)([GenerationRequest(prompt="x")])
+    assert KEY not in str(err.value)
+    monkeypatch.setenv(KEY_ENV, KEY + "\nsecond line")  # it was retried six times as a 'LocalProtocolError'
+    with pytest.raises(UserError, match="holds a character"):
+        _gen(server)([GenerationRequest(prompt="x")])
+    assert len(server.requests) == 1
+    monkeypatch.delenv(KEY_ENV)
+    server.plan = [(200, {"error": {"message": "upstream model overloaded"}})]  # a proxy's error in a 200 answer
+    with pytest.raises(APIError, match="answered 200 with an error: upstream model overloaded"):
+        _gen(server)([GenerationRequest(prompt="y")])

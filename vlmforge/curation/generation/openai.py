@@ -134,7 +134,10 @@ class OpenAIGenerator(Generator):
 
         if self._client is not None:
             return
-        self._key = os.environ.get(self.api_key_env) or None
+        self._key = os.environ.get(self.api_key_env, "").strip() or None  # a key file's line break is not part of it
+        if self._key and not (self._key.isascii() and self._key.isprintable()):  # not sendable in a header
+            raise UserError(f"${self.api_key_env} holds a character an API key does not have (a line break, "
+                            "a non-ASCII letter); set it to the key alone")
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
@@ -244,6 +247,8 @@ class OpenAIGenerator(Generator):
         """The texts of a 200 answer; one that is not a chat completion (a proxy's login page) is an error."""
         try:
             doc = resp.json()
+            if "choices" not in doc and doc.get("error"):  # some proxies put errors in a 200 answer
+                raise APIError(f"{self.base_url} answered 200 with an error: {_error_text(resp)}")
             choices = sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0))
             texts = [_text((c.get("message") or {}).get("content")) for c in choices]
             reason = next((c.get("finish_reason") for c, t in zip(choices, texts) if not t), False)
