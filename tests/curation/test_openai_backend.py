@@ -575,3 +575,48 @@ def test_a_key_with_a_line_break_is_trimmed_and_one_that_cannot_be_sent_is_one_e
     server.plan = [(200, {"error": {"message": "upstream model overloaded"}})]  # a proxy's error in a 200 answer
     with pytest.raises(APIError, match="answered 200 with an error: upstream model overloaded"):
         _gen(server)([GenerationRequest(prompt="y")])
+
+
+def test_ctrl_c_ends_the_process_without_waiting_for_the_requests_in_flight(server, monkeypatch, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server.delay = 6.0  # a slow model
+    script = ("import sys\nfrom vlmforge.curation.generation import GenerationRequest\n"
+              "from vlmforge.curation.generation.openai import OpenAIGenerator\n"
+              "OpenAIGenerator(model='m', base_url=sys.argv[1], concurrency=2)"
+              "([GenerationRequest(prompt=f'q{i}') for i in range(4)])\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", script, server.url], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(server.requests) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        assert proc.wait(timeout=20) != 0 and "KeyboardInterrupt" in proc.stderr.read()
+        assert time.monotonic() - start < 3  # the two answers in flight take six seconds
+        assert len(server.requests) == 2  # the queued two were never sent
+    finally:
+        proc.kill()
+
+
+def test_cli_eval_says_how_to_go_on_after_ctrl_c(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmforge.evaluation.run
+    from vlmforge.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vlmforge.evaluation.run, "evaluate", interrupted)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 130
+    assert f"interrupted: the predictions so far are in {tmp_path / 'out' / 'predictions.jsonl'}; run the same" in res.output

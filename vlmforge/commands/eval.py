@@ -134,8 +134,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             console.print(f"evaluating split {dataset.split!r}, the only split of {dataset.source}")
         settings = {"split": dataset.split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
                     "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype}
-        evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
-                 quiet=quiet, plots=not no_plots, settings=settings)
+        try:
+            evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
+                     quiet=quiet, plots=not no_plots, settings=settings)
+        except KeyboardInterrupt:  # the CLI framework would end with a bare newline
+            typer.echo(f"\ninterrupted: the predictions so far are in {out / 'predictions.jsonl'}; run the same "
+                       "command again to resume", err=True)
+            raise typer.Exit(130) from None
 
     @eval_app.command("score")
     def eval_score(

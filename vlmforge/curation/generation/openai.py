@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import base64
 import os
+import queue
 import random
 import re
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Iterator
 
 from vlmforge.curation.generation import GenerationRequest, Generator, PartialAnswers
@@ -295,21 +295,17 @@ class OpenAIGenerator(Generator):
                     continue
                 yield i, texts
         else:
-            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
-            futures = {pool.submit(self._one, req): i for i, req in enumerate(requests)}
             try:
-                for future in as_completed(futures):
-                    try:
-                        texts = future.result()
-                    except APIError as e:
-                        failed[futures[future]] = e
-                        continue
-                    yield futures[future], texts
+                for i, texts, error in _in_threads(self._one, requests, self.concurrency, self._stop):
+                    if error is None:
+                        yield i, texts
+                    elif isinstance(error, APIError):
+                        failed[i] = error
+                    else:
+                        raise error
             except BaseException:
-                self._stop.set()  # requests in flight end with their answer; queued ones are not sent
+                self._stop.set()  # queued requests are not sent and retries end
                 raise
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
         if failed:
             raise FailedRequests(failed)
 
@@ -323,6 +319,32 @@ class OpenAIGenerator(Generator):
                 raise PartialAnswers(answers, e) from None
             raise
         return [answers[i] for i in range(len(requests))]
+
+
+def _in_threads(fn, items: list, workers: int, stop: threading.Event) -> Iterator[tuple[int, Any, BaseException | None]]:
+    """(index, fn(item), None) or (index, None, error) for each item as it finishes, `workers` at a time.
+    Daemon threads: after an interrupt the process ends at once instead of waiting out the requests in
+    flight (up to the timeout each); items not started when `stop` is set are skipped."""
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    for i, item in enumerate(items):
+        todo.put((i, item))
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                i, item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((i, fn(item), None))
+            except BaseException as e:  # handed to the caller
+                done.put((i, None, e))
+
+    for _ in range(min(workers, len(items))):
+        threading.Thread(target=work, daemon=True).start()
+    for _ in items:
+        yield done.get()
 
 
 def _text(content: Any) -> str:
