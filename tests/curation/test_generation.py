@@ -280,7 +280,7 @@ def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):
         make_generator("transformers", str(tmp_path / "lora"), cache_dir=False).setup()
 
 
-def test_a_cache_folder_that_cannot_be_written_fails_before_any_request(tmp_path):
+def test_a_cache_folder_that_cannot_be_written_fails_before_any_request(tmp_path, monkeypatch):
     from vlmforge.curation.generation import Generator
 
     asked = []
@@ -299,3 +299,11 @@ def test_a_cache_folder_that_cannot_be_written_fails_before_any_request(tmp_path
     assert asked == []  # nothing was paid for and then lost
     gen = CachedGenerator(Counting("m"), tmp_path / "ok")
     assert gen([GenerationRequest("hi")]) == [["an answer"]] and len(list((tmp_path / "ok").rglob("*.json"))) == 1
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vlmforge.curation.generation.os.replace", disk_full)
+    with pytest.raises(UserError, match=r"the response cache .*ok cannot be used \(No space left on device\)"):
+        gen([GenerationRequest("another")])
+    assert [p.name for p in (tmp_path / "ok").rglob("*") if p.is_file()] == [next((tmp_path / "ok").rglob("*.json")).name]

@@ -160,11 +160,15 @@ class CachedGenerator(Generator):
 
     def _write(self, key: str, req: GenerationRequest, texts: list[str]) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"backend": self.backend, "model": self.model, "prompt": req.prompt[:2000],
-                                   "texts": texts}, ensure_ascii=False))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"backend": self.backend, "model": self.model, "prompt": req.prompt[:2000],
+                                       "texts": texts}, ensure_ascii=False))
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk
+            tmp.unlink(missing_ok=True)
+            raise self._unusable(e) from None
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         keys = [request_key(self.backend, self.identity, r) for r in requests]
