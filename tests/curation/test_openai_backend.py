@@ -620,3 +620,16 @@ def test_cli_eval_says_how_to_go_on_after_ctrl_c(monkeypatch, tmp_path):
                                    "--out", str(tmp_path / "out")])
     assert res.exit_code == 130
     assert f"interrupted: the predictions so far are in {tmp_path / 'out' / 'predictions.jsonl'}; run the same" in res.output
+
+
+def test_a_call_after_an_interrupted_one_does_not_wake_its_threads(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.delay = 0.3
+    gen = _gen(server, concurrency=2)
+    answers = gen.stream([GenerationRequest(prompt=f"old {i}") for i in range(8)])
+    next(answers)
+    answers.close()  # what an interrupt in the caller does
+    assert gen([GenerationRequest(prompt="new")]) == [["echo: new"]]
+    time.sleep(1.0)
+    old = [r for r in server.requests if "old" in json.dumps(r["body"]["messages"])]
+    assert len(old) <= 4  # the first two, and at most one more each that had started: not all eight

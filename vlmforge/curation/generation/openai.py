@@ -281,7 +281,7 @@ class OpenAIGenerator(Generator):
         FailedRequests holds each failed one's error. An interrupt (Ctrl-C) sends no further request
         and ends the retries."""
         self.setup()
-        self._stop.clear()
+        self._stop = threading.Event()  # a fresh one: threads of an interrupted call stay stopped
         self._down = None
         failed: dict[int, APIError] = {}
         if len(requests) <= 1 or self.concurrency == 1:
