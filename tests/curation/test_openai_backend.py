@@ -633,3 +633,24 @@ def test_a_call_after_an_interrupted_one_does_not_wake_its_threads(server, monke
     time.sleep(1.0)
     old = [r for r in server.requests if "old" in json.dumps(r["body"]["messages"])]
     assert len(old) <= 4  # the first two, and at most one more each that had started: not all eight
+
+
+def test_an_image_in_a_format_chat_apis_refuse_is_sent_as_png(server, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from vlmforge.curation.generation.vllm import chat_messages
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 200, 30)).save(buf, "BMP")  # it was an error: 'not JPEG, PNG, WebP or GIF'
+    assert _gen(server)([GenerationRequest(prompt="<image>\nWhat?", image=buf.getvalue())]) == [["echo: What?"]]
+    url = server.requests[-1]["body"]["messages"][-1]["content"][1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.format == "PNG" and sent.size == (5, 4) and sent.getpixel((2, 2)) == (10, 200, 30)
+    vllm_url = chat_messages(GenerationRequest(prompt="x", image=buf.getvalue()))[0]["content"][0]["image_url"]["url"]
+    assert vllm_url == url  # the vllm backend builds its data URLs the same way
+    with pytest.raises(UserError, match="an image to send cannot be decoded"):
+        _gen(server)([GenerationRequest(prompt="x", image=b"not an image at all")])

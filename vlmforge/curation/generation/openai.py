@@ -29,8 +29,9 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 REQUEST_REFUSALS = {400, 413, 422}  # bad request, too large, unprocessable: this request, not the endpoint
 
 
-def image_mime(data: bytes) -> str:
-    """The MIME type of encoded image bytes, from their magic number."""
+def image_mime(data: bytes) -> str | None:
+    """The MIME type of encoded image bytes, from their magic number: JPEG, PNG, WebP or GIF (what chat
+    APIs accept), else None."""
     if data[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
@@ -39,11 +40,25 @@ def image_mime(data: bytes) -> str:
         return "image/webp"
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
-    raise UserError("the image is not JPEG, PNG, WebP or GIF; chat APIs accept only these")
+    return None
 
 
 def data_url(data: bytes) -> str:
-    return f"data:{image_mime(data)};base64,{base64.b64encode(data).decode('ascii')}"
+    """The image as a data URL; another format (BMP, TIFF) is sent as PNG, since chat APIs refuse it."""
+    mime = image_mime(data)
+    if mime is None:
+        import io
+
+        from PIL import Image
+
+        try:
+            image = Image.open(io.BytesIO(data))
+            buf = io.BytesIO()
+            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buf, "PNG")
+        except (OSError, ValueError) as e:
+            raise UserError(f"an image to send cannot be decoded ({e})") from None
+        data, mime = buf.getvalue(), "image/png"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 class APIError(UserError):
