@@ -40,7 +40,7 @@ class ChatServer:
     status to fail with, a (status, body, headers) reply, "stall" (answer after 1 s, past the client's
     timeout), or a function to call before stalling."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.requests: list[dict] = []
         self.plan: list = []
         self.ignore_n = False
@@ -101,7 +101,7 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
@@ -654,3 +654,19 @@ def test_an_image_in_a_format_chat_apis_refuse_is_sent_as_png(server, monkeypatc
     assert vllm_url == url  # the vllm backend builds its data URLs the same way
     with pytest.raises(UserError, match="an image to send cannot be decoded"):
         _gen(server)([GenerationRequest(prompt="x", image=b"not an image at all")])
+
+
+def test_connect_retries_back_off_to_wait_for_a_server_still_starting(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    port = _closed_port()
+    started = []
+    timer = threading.Timer(1.5, lambda: started.append(ChatServer(port)))  # `vllm serve` still loading
+    timer.start()
+    try:
+        gen = OpenAIGenerator(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV,
+                              connect_retries=6, backoff=0.2, max_backoff=10)
+        assert gen([GenerationRequest(prompt="up yet?")]) == [["echo: up yet?"]]  # waits 0.1-0.2, 0.2-0.4, 0.4-0.8 ...
+    finally:
+        timer.join()
+        for srv in started:
+            srv.close()

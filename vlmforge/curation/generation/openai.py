@@ -92,7 +92,8 @@ class OpenAIGenerator(Generator):
     the key, default OPENAI_API_KEY; unset is fine for local servers), concurrency (parallel requests, 8),
     max_retries (retries on 429/5xx/read timeouts/dropped connections, 6), backoff (first wait in seconds,
     1.0, doubling up to max_backoff 60), timeout (seconds to wait for an answer, 120), connect_timeout
-    (seconds to wait for a connection, 10), connect_retries (retries when the endpoint cannot be reached, 1),
+    (seconds to wait for a connection, 10), connect_retries (retries, with the same backoff, when the endpoint
+    cannot be reached, 1; 10 waits 2.5 to 5 minutes for a server that is still starting),
     n_per_request (ask for at most this many samples per request; the rest in further requests)."""
 
     backend = "openai"
@@ -221,8 +222,8 @@ class OpenAIGenerator(Generator):
                                           "is the server running and the address right? Run again to resume "
                                           "once it answers")
                     raise self._down from None
+                self._pause(self._wait(unreachable, None))
                 unreachable += 1
-                self._pause(self._wait(0, None))
                 continue
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = (f"no answer within {self.timeout:g} s, the timeout" if isinstance(e, httpx.ReadTimeout)
