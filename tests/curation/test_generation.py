@@ -132,6 +132,10 @@ def test_vllm_absent_is_a_user_error():
     gen = make_generator("vllm", "some/model", cache_dir=False)
     with pytest.raises(UserError, match="optional vllm"):
         gen([GenerationRequest("hi")])
+    from vlmforge.evaluation.runners import GeneratorRunner
+
+    with pytest.raises(UserError, match="optional vllm.*eval: --api-base http://HOST:PORT/v1"):  # eval has no -G
+        GeneratorRunner("vllm", "some/model").setup()
 
 
 def test_unknown_backend_and_missing_model():
@@ -274,3 +278,32 @@ def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):
     (tmp_path / "lora" / "final" / EXPORT_INFO).write_text(json.dumps({"mode": "lora"}))
     with pytest.raises(UserError, match="holds a LoRA adapter, not a whole model: merge it first"):
         make_generator("transformers", str(tmp_path / "lora"), cache_dir=False).setup()
+
+
+def test_a_cache_folder_that_cannot_be_written_fails_before_any_request(tmp_path, monkeypatch):
+    from vlmforge.curation.generation import Generator
+
+    asked = []
+
+    class Counting(Generator):
+        backend = "counting"
+
+        def __call__(self, requests):
+            asked.extend(requests)
+            return [["an answer"] for _ in requests]
+
+    (tmp_path / "a-file").write_text("")
+    gen = CachedGenerator(Counting("m"), tmp_path / "a-file" / "generation")  # $VLMFORGE_CACHE set to a file
+    with pytest.raises(UserError, match=r"the response cache .*a-file/generation cannot be used \(Not a directory\)"):
+        gen([GenerationRequest("hi")])
+    assert asked == []  # nothing was paid for and then lost
+    gen = CachedGenerator(Counting("m"), tmp_path / "ok")
+    assert gen([GenerationRequest("hi")]) == [["an answer"]] and len(list((tmp_path / "ok").rglob("*.json"))) == 1
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vlmforge.curation.generation.os.replace", disk_full)
+    with pytest.raises(UserError, match=r"the response cache .*ok cannot be used \(No space left on device\)"):
+        gen([GenerationRequest("another")])
+    assert [p.name for p in (tmp_path / "ok").rglob("*") if p.is_file()] == [next((tmp_path / "ok").rglob("*.json")).name]

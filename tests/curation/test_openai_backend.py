@@ -18,6 +18,8 @@ import pytest
 
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.generation.openai import APIError, OpenAIGenerator
+from vlmforge.errors import UserError
+from vlmforge.evaluation.predictions import PREDICTIONS
 
 KEY = "sk-test-3f9a-do-not-leak"
 KEY_ENV = "VLMFORGE_TEST_API_KEY"
@@ -35,14 +37,16 @@ def _png() -> bytes:
 
 class ChatServer:
     """POST /v1/chat/completions. `plan` holds what the next requests get instead of an answer: an HTTP
-    status to fail with, or "stall" (answer after 1 s, past the client's timeout)."""
+    status to fail with, a (status, body, headers) reply, "stall" (answer after 1 s, past the client's
+    timeout), or a function to call before stalling."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.requests: list[dict] = []
         self.plan: list = []
         self.ignore_n = False
         self.fixed_reply: str | None = None  # every answer's text, when set
         self.delay = 0.0
+        self.refuse: str | None = None  # questions with this word get 400, as a content filter answers
         self.lock = threading.Lock()
         self.inflight = self.max_inflight = 0
         server = self
@@ -56,6 +60,8 @@ class ChatServer:
                 with server.lock:
                     server.requests.append({"auth": self.headers.get("Authorization"), "path": self.path, "body": body})
                     action = server.plan.pop(0) if server.plan else None
+                    if server.refuse and server.refuse in json.dumps(body["messages"]):
+                        action = (400, {"error": {"message": "the prompt was filtered", "code": "content_filter"}})
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                 try:
@@ -67,10 +73,16 @@ class ChatServer:
                         self.end_headers()
                         self.wfile.write(page)
                         return
+                    if isinstance(action, tuple):  # (status, JSON body, headers) as given
+                        self._send(*action)
+                        return
                     if isinstance(action, int):
                         self._send(action, {"error": {"message": f"planned failure {action}"}},
                                    {"Retry-After": "0"} if action == 429 else {})
                         return
+                    if callable(action):  # something to do meanwhile (an interrupt), then stall
+                        action()
+                        action = "stall"
                     time.sleep(1.0 if action == "stall" else server.delay)
                     self._send(200, server.answer(body))
                 except (BrokenPipeError, ConnectionResetError):
@@ -89,7 +101,7 @@ class ChatServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
@@ -237,6 +249,55 @@ def test_eval_pope_with_the_api_runner(server, monkeypatch, tmp_path):
     assert sorted(sent) == [f"https://example.org/{i}.png" for i in range(5)]
 
 
+def _pope(tmp_path, objects: list[str], labels: list[str] | None = None):
+    from vlmforge.evaluation.items import ReadOptions
+    from vlmforge.evaluation.tasks import get_task
+
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text("".join(json.dumps({"question_id": i, "image": "0.png", "text": f"Is there a {obj} in the image?",
+                                     "label": (labels or ["yes"] * len(objects))[i]}) + "\n"
+                         for i, obj in enumerate(objects)))
+    task = get_task("pope")
+    return task, task.read([q], ReadOptions(image_root=tmp_path))
+
+
+def test_eval_records_an_item_the_endpoint_refuses_and_keeps_a_failed_batchs_answers(server, monkeypatch, tmp_path):
+    from vlmforge.evaluation.run import evaluate
+    from vlmforge.evaluation.runners import GeneratorRunner
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    task, ds = _pope(tmp_path, ["dog", "cat", "dog", "bus", "dog", "cow"], ["yes", "no", "yes", "no", "yes", "no"])
+
+    def runner():
+        return GeneratorRunner("openai", "m", batch_size=4, base_url=server.url, api_key_env=KEY_ENV,
+                               concurrency=2, backoff=0.01)
+
+    # One item refused (a content filter): recorded with the endpoint's words, counted, and wrong.
+    server.refuse = "cat"
+    s = evaluate(task, ds, runner(), tmp_path / "out", quiet=True, plots=False)
+    assert s["counts"]["refused"] == 1 and s["metrics"]["accuracy"] == pytest.approx(5 / 6)
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "out" / PREDICTIONS).read_text().splitlines())}
+    assert "answered 400: the prompt was filtered" in recs["1"]["refused"] and recs["1"]["prediction"] is None
+    assert len(server.requests) == 6
+    evaluate(task, ds, runner(), tmp_path / "out", quiet=True, plots=False)
+    assert len(server.requests) == 6  # a rerun asks nothing
+    # Every item of a batch refused is the requests' shape, not the items: an error, nothing recorded.
+    server.refuse = "image"
+    with pytest.raises(APIError, match="answered 400"):
+        evaluate(task, ds, runner(), tmp_path / "all", quiet=True, plots=False)
+    assert (tmp_path / "all" / PREDICTIONS).read_text() == ""
+    # A request that stops the run (a bad key) keeps the batch's other answers: a rerun asks only the rest.
+    server.refuse = None
+    server.plan = [401]
+    with pytest.raises(APIError, match="answered 401"):
+        evaluate(task, ds, runner(), tmp_path / "key", quiet=True, plots=False)
+    assert len((tmp_path / "key" / PREDICTIONS).read_text().splitlines()) == 3
+    asked = len(server.requests)
+    s = evaluate(task, ds, runner(), tmp_path / "key", quiet=True, plots=False)
+    assert len(server.requests) == asked + 3 and s["metrics"]["accuracy"] == 1.0 and "refused" not in s["counts"]
+
+
 def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
@@ -257,7 +318,6 @@ def test_cli_eval_with_openai_backend(server, monkeypatch, tmp_path):
 
 def test_bad_answers_and_bad_options_are_one_error_line(server, monkeypatch, tmp_path):
     from vlmforge.curation.generation import make_generator
-    from vlmforge.errors import UserError
 
     monkeypatch.delenv(KEY_ENV, raising=False)
     server.plan = ["html"]
@@ -272,6 +332,8 @@ def test_bad_answers_and_bad_options_are_one_error_line(server, monkeypatch, tmp
         _gen(server, max_retries=-1)
     with pytest.raises(UserError, match="base_url '127.0.0.1:8000/v1' needs its scheme: http://127.0.0.1:8000/v1"):
         make_generator("openai", "m", cache_dir=tmp_path, base_url="127.0.0.1:8000/v1")
+    with pytest.raises(UserError, match=r"is the endpoint; give the API's base URL: http://h:8000/v1$"):
+        make_generator("openai", "m", cache_dir=tmp_path, base_url="http://h:8000/v1/chat/completions/")
     with pytest.raises(UserError, match="the openai backend has no option 'base-url'; its options: base_url"):
         make_generator("openai", "m", cache_dir=tmp_path, **{"base-url": server.url})
     make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, device="cuda")  # shared options pass
@@ -329,3 +391,282 @@ def test_a_failed_request_keeps_the_batch_answers_that_came(server, monkeypatch,
     server.plan = [400]
     with pytest.raises(PartialAnswers, match="answered 400"):  # no cache: the same error line
         _gen(server)(reqs)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed on leaving: nothing listens there
+
+
+def test_an_unreachable_endpoint_fails_fast_naming_the_url(monkeypatch):
+    import httpx
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    gen = OpenAIGenerator(model="m", base_url=url, api_key_env=KEY_ENV)  # default backoff and retries
+    start = time.monotonic()
+    with pytest.raises(APIError, match=rf"cannot connect to {url} \(Connection refused\); is the server running"):
+        gen([GenerationRequest(prompt="x")])
+    assert time.monotonic() - start < 5  # one quick retry, not six with backoff (about a minute)
+    # Tried 1 + connect_retries times; a connection that times out reads the same, with the limit.
+    tries = []
+
+    def no_connection(*args, **kwargs):
+        tries.append(1)
+        raise httpx.ConnectTimeout("timed out")
+
+    gen = OpenAIGenerator(model="m", base_url=url, api_key_env=KEY_ENV, backoff=0.01, connect_retries=2,
+                          connect_timeout=3)
+    gen.setup()
+    monkeypatch.setattr(gen._client, "post", no_connection)
+    with pytest.raises(APIError, match=rf"cannot connect to {url} \(no connection within 3 s\)"):
+        gen([GenerationRequest(prompt="x")])
+    assert len(tries) == 3
+    assert gen._client.timeout.connect == 3 and gen._client.timeout.read == 120
+
+
+def test_refusals_say_what_to_check_and_odd_error_bodies_are_read(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    quota = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    server.plan = [(401, {"error": {"message": "Incorrect API key provided"}}),
+                   (404, {"object": "error", "message": "The model `m` does not exist."}),  # older vLLM
+                   (404, {"detail": "Not Found"}),  # FastAPI: a base URL without /v1
+                   (400, "just a string"), (400, [1, 2]),
+                   (429, quota)]
+    expected = [rf"answered 401: Incorrect API key provided; \${KEY_ENV} is not set",
+                r"answered 404: The model `m` does not exist.; check the model name \('test-model'\)",
+                r"answered 404: Not Found; check the model name .* the API's /v1",
+                r"answered 400: \"just a string\"", r"answered 400: \[1, 2\]",
+                r"answered 429: You exceeded your current quota; the account is out of quota"]
+    for n, pattern in enumerate(expected, 1):
+        with pytest.raises(APIError, match=pattern):
+            _gen(server)([GenerationRequest(prompt="x")])
+        assert len(server.requests) == n  # none of them retried
+    monkeypatch.setenv(KEY_ENV, KEY)
+    server.plan = [401]
+    with pytest.raises(APIError, match=rf"the key in \${KEY_ENV} was refused"):
+        _gen(server)([GenerationRequest(prompt="x")])
+    # A negative Retry-After waits nothing (it crashed time.sleep); a slow server's error names the timeout.
+    server.plan = [(503, {"error": "busy"}, {"Retry-After": "-3"})]
+    assert _gen(server)([GenerationRequest(prompt="y")]) == [["echo: y"]]
+    server.plan = ["stall", "stall"]
+    with pytest.raises(APIError, match=r"failed 2 times \(last: no answer within 0.3 s, the timeout\)"):
+        _gen(server, timeout=0.3, max_retries=1)([GenerationRequest(prompt="z")])
+
+
+def test_cli_eval_against_a_dead_or_slow_endpoint_is_one_error_line(server, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text("".join(json.dumps({"question_id": i, "image": "0.png", "text": f"Is there a dog {i}?",
+                                     "label": "yes"}) + "\n" for i in range(20)))
+    base = ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m", "--api-key-env", KEY_ENV]
+    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    start = time.monotonic()
+    res = CliRunner().invoke(app, base + ["--api-base", dead, "--out", str(tmp_path / "dead")])
+    assert isinstance(res.exception, UserError)  # main() prints it as one line
+    assert f"cannot connect to {dead} (Connection refused)" in str(res.exception)
+    assert time.monotonic() - start < 10  # it took about two minutes
+    server.plan = ["stall"]
+    res = CliRunner().invoke(app, base + ["--api-base", server.url, "--timeout", "0.3", "--max-retries", "0",
+                                          "--concurrency", "1", "--out", str(tmp_path / "slow")])
+    assert isinstance(res.exception, UserError)
+    assert "failed once (last: no answer within 0.3 s, the timeout)" in str(res.exception)
+
+
+def test_an_interrupt_keeps_the_answers_that_came_and_sends_no_more(server, monkeypatch, tmp_path):
+    import os
+    import signal
+
+    from vlmforge.curation.generation import make_generator
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reqs = [GenerationRequest(prompt=f"question {i}") for i in range(8)]
+
+    def ctrl_c():  # while two requests are in flight, after the first two answers came
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    server.plan = [None, None, ctrl_c] + ["stall"] * 5
+    gen = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url, concurrency=2)
+    with pytest.raises(KeyboardInterrupt):
+        gen(reqs)
+    assert len(list(tmp_path.rglob("*.json"))) == 2  # the two answers that came are kept
+    assert len(server.requests) == 4
+    time.sleep(1.5)  # the requests in flight end; the queued ones are never sent
+    assert len(server.requests) == 4
+    again = make_generator("openai", "m", cache_dir=tmp_path, base_url=server.url)(reqs)
+    assert again == [[f"echo: question {i}"] for i in range(8)] and len(server.requests) == 10
+
+
+def test_a_refused_request_does_not_stop_the_others_but_a_bad_key_does(server, monkeypatch):
+    from vlmforge.curation.generation.openai import FailedRequests
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    reqs = [GenerationRequest(prompt=p) for p in ("a dog", "a cat", "a cow")]
+    server.refuse = "cat"
+    gen = _gen(server, concurrency=1)
+    got = {}
+    with pytest.raises(FailedRequests, match="answered 400: the prompt was filtered") as err:
+        for i, texts in gen.stream(reqs):
+            got[i] = texts
+    assert got == {0: ["echo: a dog"], 2: ["echo: a cow"]} and list(err.value.errors) == [1]
+    assert err.value.about_request
+    server.refuse, server.plan = None, [401]
+    with pytest.raises(FailedRequests, match="answered 401") as err:
+        list(gen.stream(reqs))
+    assert len(server.requests) == 4 and not err.value.about_request  # the next two would fail the same way
+    # An endpoint found unreachable by one request fails the batch's others at once.
+    gen = OpenAIGenerator(model="m", base_url=f"http://127.0.0.1:{_closed_port()}/v1", api_key_env=KEY_ENV,
+                          concurrency=4, backoff=0.05)
+    gen.setup()
+    tries = []
+    post = gen._client.post
+    monkeypatch.setattr(gen._client, "post", lambda *a, **kw: tries.append(1) or post(*a, **kw))
+    with pytest.raises(FailedRequests, match="cannot connect") as err:
+        list(gen.stream([GenerationRequest(prompt=f"q{i}") for i in range(16)]))
+    assert len(err.value.errors) == 16 and len(tries) <= 8  # not a try and a retry for each of the 16
+
+
+def test_batch_errors_cross_to_the_parent_process():
+    """A build's worker process raises them; the parent unpickles them (they failed to unpickle, which
+    broke the process pool instead of printing the error line)."""
+    from vlmforge.curation.generation import PartialAnswers
+    from vlmforge.curation.generation.openai import FailedRequests
+
+    failed = FailedRequests({2: APIError("answered 400: filtered", 400), 5: APIError("answered 401: key", 401)})
+    back = pickle.loads(pickle.dumps(failed))
+    assert str(back) == "answered 400: filtered" and back.about_request and list(back.errors) == [2, 5]
+    part = pickle.loads(pickle.dumps(PartialAnswers({0: ["a"]}, failed)))
+    assert part.answers == {0: ["a"]} and str(part) == "answered 400: filtered" and part.error.errors[5].status == 401
+
+
+def test_an_answer_without_text_is_empty_and_says_why_once(server, monkeypatch, capsys):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    cut = {"choices": [{"index": 0, "message": {"role": "assistant", "content": None, "reasoning_content": "Hmm"},
+                        "finish_reason": "length"}]}
+    server.plan = [(200, cut), (200, cut)]
+    gen = _gen(server)
+    assert gen([GenerationRequest(prompt="x")]) == [[""]] and gen([GenerationRequest(prompt="y")]) == [[""]]
+    err = capsys.readouterr().err
+    assert err.count("answered without text") == 1 and "'length': a reasoning model may need more max new tokens" in err
+
+
+def test_a_key_with_a_line_break_is_trimmed_and_one_that_cannot_be_sent_is_one_error_line(server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, f"  {KEY}\n")  # read from a file with its line break
+    assert _gen(server)([GenerationRequest(prompt="x")]) == [["echo: x"]]
+    assert server.requests[-1]["auth"] == f"Bearer {KEY}"
+    monkeypatch.setenv(KEY_ENV, KEY + "\u00e9")  # it crashed with UnicodeEncodeError
+    with pytest.raises(UserError, match=rf"\${KEY_ENV} holds a character an API key does not have") as err:
+        _gen(server)([GenerationRequest(prompt="x")])
+    assert KEY not in str(err.value)
+    monkeypatch.setenv(KEY_ENV, KEY + "\nsecond line")  # it was retried six times as a 'LocalProtocolError'
+    with pytest.raises(UserError, match="holds a character"):
+        _gen(server)([GenerationRequest(prompt="x")])
+    assert len(server.requests) == 1
+    monkeypatch.delenv(KEY_ENV)
+    server.plan = [(200, {"error": {"message": "upstream model overloaded"}})]  # a proxy's error in a 200 answer
+    with pytest.raises(APIError, match="answered 200 with an error: upstream model overloaded"):
+        _gen(server)([GenerationRequest(prompt="y")])
+
+
+def test_ctrl_c_ends_the_process_without_waiting_for_the_requests_in_flight(server, monkeypatch, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server.delay = 6.0  # a slow model
+    script = ("import sys\nfrom vlmforge.curation.generation import GenerationRequest\n"
+              "from vlmforge.curation.generation.openai import OpenAIGenerator\n"
+              "OpenAIGenerator(model='m', base_url=sys.argv[1], concurrency=2)"
+              "([GenerationRequest(prompt=f'q{i}') for i in range(4)])\n")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen([sys.executable, "-c", script, server.url], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(server.requests) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        assert proc.wait(timeout=20) != 0 and "KeyboardInterrupt" in proc.stderr.read()
+        assert time.monotonic() - start < 3  # the two answers in flight take six seconds
+        assert len(server.requests) == 2  # the queued two were never sent
+    finally:
+        proc.kill()
+
+
+def test_cli_eval_says_how_to_go_on_after_ctrl_c(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import vlmforge.evaluation.run
+    from vlmforge.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vlmforge.evaluation.run, "evaluate", interrupted)
+    (tmp_path / "0.png").write_bytes(_png())
+    q = tmp_path / "coco_pope_random.json"
+    q.write_text(json.dumps({"question_id": 0, "image": "0.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    res = CliRunner().invoke(app, ["eval", "--task", "pope", "--data", str(q), "--backend", "openai", "--model", "m",
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 130
+    assert f"interrupted: the predictions so far are in {tmp_path / 'out' / 'predictions.jsonl'}; run the same" in res.output
+
+
+def test_a_call_after_an_interrupted_one_does_not_wake_its_threads(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.delay = 0.3
+    gen = _gen(server, concurrency=2)
+    answers = gen.stream([GenerationRequest(prompt=f"old {i}") for i in range(8)])
+    next(answers)
+    answers.close()  # what an interrupt in the caller does
+    assert gen([GenerationRequest(prompt="new")]) == [["echo: new"]]
+    time.sleep(1.0)
+    old = [r for r in server.requests if "old" in json.dumps(r["body"]["messages"])]
+    assert len(old) <= 4  # the first two, and at most one more each that had started: not all eight
+
+
+def test_an_image_in_a_format_chat_apis_refuse_is_sent_as_png(server, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from vlmforge.curation.generation.vllm import chat_messages
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    buf = io.BytesIO()
+    Image.new("RGB", (5, 4), (10, 200, 30)).save(buf, "BMP")  # it was an error: 'not JPEG, PNG, WebP or GIF'
+    assert _gen(server)([GenerationRequest(prompt="<image>\nWhat?", image=buf.getvalue())]) == [["echo: What?"]]
+    url = server.requests[-1]["body"]["messages"][-1]["content"][1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.format == "PNG" and sent.size == (5, 4) and sent.getpixel((2, 2)) == (10, 200, 30)
+    vllm_url = chat_messages(GenerationRequest(prompt="x", image=buf.getvalue()))[0]["content"][0]["image_url"]["url"]
+    assert vllm_url == url  # the vllm backend builds its data URLs the same way
+    with pytest.raises(UserError, match="an image to send cannot be decoded"):
+        _gen(server)([GenerationRequest(prompt="x", image=b"not an image at all")])
+
+
+def test_connect_retries_back_off_to_wait_for_a_server_still_starting(monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    port = _closed_port()
+    started = []
+    timer = threading.Timer(1.5, lambda: started.append(ChatServer(port)))  # `vllm serve` still loading
+    timer.start()
+    try:
+        gen = OpenAIGenerator(model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=KEY_ENV,
+                              connect_retries=6, backoff=0.2, max_backoff=10)
+        assert gen([GenerationRequest(prompt="up yet?")]) == [["echo: up yet?"]]  # waits 0.1-0.2, 0.2-0.4, 0.4-0.8 ...
+    finally:
+        timer.join()
+        for srv in started:
+            srv.close()

@@ -84,7 +84,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         api_base: Annotated[Optional[str], typer.Option("--api-base", help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL or api.openai.com)")] = None,
         api_key_env: Annotated[str, typer.Option("--api-key-env", help="openai: environment variable holding the API key (never printed)")] = "OPENAI_API_KEY",
         concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="openai: requests in flight at once")] = 8,
-        max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="openai: retries on 429/5xx/timeouts, with exponential backoff")] = 6,
+        max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="openai: retries on 429/5xx/timeouts, with exponential backoff (an endpoint that cannot be reached fails after one quick retry)")] = 6,
+        timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="openai: seconds to wait for each answer before retrying")] = 120.0,
         image_urls: Annotated[Optional[Path], typer.Option("--image-urls", help="openai: CSV of id,url (item id or image file name) to send URLs instead of image bytes")] = None,
         embedder: Embedder = None,
         soft_threshold: SoftThreshold = None,
@@ -121,7 +122,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                                  max_new_tokens=max_new_tokens, system=system)
         else:
             extra = {"base_url": api_base, "api_key_env": api_key_env, "concurrency": concurrency,
-                     "max_retries": max_retries} if backend == "openai" else {}
+                     "max_retries": max_retries, "timeout": timeout} if backend == "openai" else {}
             runner = GeneratorRunner(backend, model, batch_size=max(batch_size, concurrency * 2 if backend == "openai" else batch_size),
                                      max_new_tokens=max_new_tokens, system=system, **extra)
         if image_urls is not None:
@@ -133,8 +134,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             console.print(f"evaluating split {dataset.split!r}, the only split of {dataset.source}")
         settings = {"split": dataset.split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
                     "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype}
-        evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
-                 quiet=quiet, plots=not no_plots, settings=settings)
+        try:
+            evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
+                     quiet=quiet, plots=not no_plots, settings=settings)
+        except KeyboardInterrupt:  # the CLI framework would end with a bare newline
+            typer.echo(f"\ninterrupted: the predictions so far are in {out / 'predictions.jsonl'}; run the same "
+                       "command again to resume", err=True)
+            raise typer.Exit(130) from None
 
     @eval_app.command("score")
     def eval_score(

@@ -12,7 +12,7 @@ from vlmforge.errors import UserError
 from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_records
 from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run
 from vlmforge.evaluation.report import markdown_report, write_summary
-from vlmforge.evaluation.runners import Runner
+from vlmforge.evaluation.runners import PartialPredictions, Runner
 from vlmforge.evaluation.tasks import Record, Task, best_indices, check_template, parse_counts
 from vlmforge.progress import console, progress_bar
 
@@ -74,8 +74,13 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
         advance(len(ids) - len(todo))
         for start in range(0, len(todo), runner.batch_size):
             batch = todo[start : start + runner.batch_size]
-            records = predict_batch(task, runner, batch, scoring, class_template)
+            try:
+                records, error = predict_batch(task, runner, batch, scoring, class_template), None
+            except PartialPredictions as part:  # an API model answered part of the batch
+                records, error = part.records(task, batch), part.error
             log.append(records)
+            if error is not None:
+                raise error
             done.update((r["id"], r) for r in records)
             advance(len(batch))
     records = [done[i] for i in ids]
@@ -100,6 +105,9 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
             ties.append(rec)
         elif not parsed.ok and len(failures) < MAX_FAILURE_EXAMPLES:
             failures.append({"id": rec["id"], "status": parsed.status, "prediction": rec.get("prediction")})
+    refused = [rec for rec in records if rec.get("refused")]
+    if refused:
+        counts["refused"] = len(refused)
     if any(rec.get("scores") for rec in records):  # only option scores can tie
         counts["ties"] = len(ties)
         counts["ties_with_gold"] = sum(task.tie_has_gold(rec) for rec in ties)
@@ -131,6 +139,10 @@ def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None
                       f"best score (e.g. {ex['id']}: {' = '.join(map(repr, ex['options']))}), usually because "
                       f"they tokenize the same; ties count as wrong ({counts['ties_with_gold']} held the right "
                       "option)")
+    if refused and not quiet:
+        console.print(f"[yellow]warning:[/] the endpoint refused {len(refused)} of {len(records)} items (e.g. "
+                      f"{refused[0]['id']}: {refused[0]['refused']}); they count as wrong (--overwrite asks "
+                      "every item again)")
     if not quiet:
         print(markdown_report(summary), flush=True)  # stdout, so the table can be redirected into a file
         console.print(f"wrote {out / 'summary.json'}")

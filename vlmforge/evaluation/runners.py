@@ -370,7 +370,37 @@ class GeneratorRunner(Runner):
             marker = "<image>\n" if (image is not None or it.image_url) else ""
             requests.append(GenerationRequest(prompt=marker + it.prompt, image=image, system=self.system,
                                               max_new_tokens=self.max_new_tokens, temperature=0.0, extra=extra))
-        return [texts[0] if texts else "" for texts in self.generator(requests)]
+        texts: dict[int, str] = {}
+        try:
+            for i, answer in self.generator.stream(requests):
+                texts[i] = answer[0] if answer else ""
+        except BaseException as e:  # the texts that came are written before the error ends the run
+            failed = getattr(e, "errors", None) or {}
+            refused = {i: str(err) for i, err in failed.items() if getattr(err, "about_request", False)}
+            # Every item of a batch refused is about the requests' shape (images a model does not take).
+            if not failed or len(refused) < len(failed) or (len(items) > 1 and not texts):
+                raise PartialPredictions(texts, {}, e) from None
+            raise PartialPredictions(texts, refused, None) from None
+        return [texts[i] for i in range(len(items))]
+
+
+class PartialPredictions(UserError):
+    """A batch in which some items got no text: the texts that came (by item index), the items the
+    endpoint refused (index -> its words: they are recorded and count as wrong; a content filter, an
+    image too large), and the error that stops the run, if any (raised once the texts that came are
+    written, so a rerun asks only for the rest)."""
+
+    def __init__(self, texts: dict[int, str], refused: dict[int, str], error: BaseException | None):
+        super().__init__(str(error) if error is not None else f"{len(refused)} requests refused")
+        self.texts, self.refused, self.error = texts, refused, error
+
+    def records(self, task, items: list[EvalItem]) -> list[dict[str, Any]]:
+        out = [task.make_record(items[i], text=t) for i, t in sorted(self.texts.items())]
+        for i, why in sorted(self.refused.items()):
+            rec = task.make_record(items[i], text=None)
+            rec["refused"] = why
+            out.append(rec)
+        return out
 
 
 def load_image_urls(path: Path) -> dict[str, str]:

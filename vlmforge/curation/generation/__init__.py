@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlmforge.errors import UserError
 from vlmforge.registry import load_registered
@@ -44,6 +44,9 @@ class PartialAnswers(UserError):
         self.answers = answers
         self.error = error
 
+    def __reduce__(self):  # a build's worker process sends it to the parent
+        return (PartialAnswers, (self.answers, self.error))
+
 
 class Generator:
     """Base class. `setup()` loads once per worker; `__call__(requests)` returns n texts per request."""
@@ -61,6 +64,11 @@ class Generator:
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         raise NotImplementedError
+
+    def stream(self, requests: list[GenerationRequest]) -> Iterator[tuple[int, list[str]]]:
+        """(request index, texts) as each answer comes, in any order, so the response cache keeps what
+        came before an interrupt; backends that answer a batch at once yield after it."""
+        yield from enumerate(self(requests))
 
     def cache_identity(self) -> str | None:
         """What, besides the request, decides the answers, for the response cache's key: the model
@@ -143,18 +151,24 @@ class CachedGenerator(Generator):
     def _read(self, key: str) -> list[str] | None:
         try:
             entry = json.loads(self._path(key).read_text())
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
+        except OSError as e:
+            raise self._unusable(e) from None
         texts = entry.get("texts")
         return texts if isinstance(texts, list) else None
 
     def _write(self, key: str, req: GenerationRequest, texts: list[str]) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"backend": self.backend, "model": self.model, "prompt": req.prompt[:2000],
-                                   "texts": texts}, ensure_ascii=False))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"backend": self.backend, "model": self.model, "prompt": req.prompt[:2000],
+                                       "texts": texts}, ensure_ascii=False))
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk
+            tmp.unlink(missing_ok=True)
+            raise self._unusable(e) from None
 
     def __call__(self, requests: list[GenerationRequest]) -> list[list[str]]:
         keys = [request_key(self.backend, self.identity, r) for r in requests]
@@ -171,24 +185,38 @@ class CachedGenerator(Generator):
         self.hits += len(found)
         if todo:
             if not self._ready:
+                self._check_writable()  # before a request is paid for, not after its answer came
                 self.inner.setup()
                 self._ready = True
             self.misses += len(todo)
             items = list(todo.items())
-            try:
-                answers = dict(enumerate(self.inner([req for _, req in items])))
-            except PartialAnswers as part:
-                answers, error = part.answers, part.error
-            else:
-                error = None
-            for i, texts in answers.items():
-                (key, req), texts = items[i], [str(t) for t in texts]
-                if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
-                    self._write(key, req, texts)   # answer: asked again next time, not kept
-                found[key] = texts
-            if error is not None:
-                raise error
+            try:  # each answer is written as it comes: an interrupted batch keeps what came
+                for i, texts in self.inner.stream([req for _, req in items]):
+                    found[items[i][0]] = self._keep(*items[i], texts)
+            except PartialAnswers as part:  # a backend that gave up part way through a batch
+                for i, texts in part.answers.items():
+                    self._keep(*items[i], texts)
+                raise part.error from None
         return [list(found[k]) for k in keys]
+
+    def _check_writable(self) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test.{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise self._unusable(e) from None
+
+    def _unusable(self, error: OSError) -> UserError:
+        return UserError(f"the response cache {self.cache_dir} cannot be used ({error.strerror or error}); set "
+                         "$VLMFORGE_CACHE (or --cache-dir) to a folder you can write, or turn the cache off")
+
+    def _keep(self, key: str, req: GenerationRequest, texts: list[str]) -> list[str]:
+        texts = [str(t) for t in texts]
+        if any(t.strip() for t in texts):  # an empty answer is more often a fault than a model's
+            self._write(key, req, texts)   # answer: asked again next time, not kept
+        return texts
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -7,21 +7,15 @@ machine without it, `vllm serve MODEL` plus the `openai` backend is the portable
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
+from vlmforge.curation.generation.openai import data_url
 from vlmforge.errors import UserError
 
 INSTALL_HINT = ("the vllm backend needs the optional vllm package, which pins its own torch: install it in a "
                 "separate GPU environment (pip install 'vlmforge[vllm]'), or run `vllm serve MODEL` and use "
-                "the openai backend with -G base_url=http://HOST:PORT/v1")
-
-
-def image_data_url(data: bytes) -> str:
-    """An encoded image as a data URL; the MIME type comes from the magic bytes."""
-    mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+                "the openai backend with -G base_url=http://HOST:PORT/v1 (eval: --api-base http://HOST:PORT/v1)")
 
 
 def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
@@ -33,7 +27,7 @@ def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
         msgs.append({"role": "system", "content": req.system})
     content: list[dict[str, Any]] = []
     if req.image is not None:
-        content.append({"type": "image_url", "image_url": {"url": image_data_url(req.image)}})
+        content.append({"type": "image_url", "image_url": {"url": data_url(req.image)}})
     content.append({"type": "text", "text": text})
     msgs.append({"role": "user", "content": content})
     return msgs
