@@ -196,3 +196,33 @@ def test_show_and_stats_on_a_build_without_samples_say_so(tmp_path, coco_copy, c
     assert "┃ split" not in run("manifest", "stats", none.path).stdout  # no table of no split
     r = run("show", coco_build.path, "--where", "width < 0", "--out", tmp_path / "s.png")
     one_error_line(r, "no sample matches --where 'width < 0'")
+
+
+def test_readers_refuse_a_build_with_a_missing_or_cut_shard(build, coco_build):
+    """Before: diff reported no difference (exit 0), eval stopped with a FileNotFoundError traceback,
+    and training with one from a data loader worker."""
+    from vlmforge.errors import UserError
+    from vlmforge.evaluation.items import iter_build
+    from vlmforge.manifests.read import open_build
+    from vlmforge.training.data import resolve_shards
+
+    shard = build / "val-000001.tar"
+    data = shard.read_bytes()
+    shard.unlink()
+    one_error_line(run("manifest", "diff", coco_build.path, build), "val-000001.tar: missing", "vlmforge verify")
+    for read in (lambda: list(iter_build(build, "val")), lambda: resolve_shards([str(build)]),
+                 lambda: list(open_build(build).samples())):
+        with pytest.raises(UserError, match=r"is damaged: shard val-000001.tar: missing"):
+            read()
+    shard.write_bytes(data[:-1024])  # cut short: a stat tells it from the shard build.json records
+    with pytest.raises(UserError, match=rf"val-000001.tar: {len(data) - 1024} bytes, build.json records {len(data)}"):
+        resolve_shards([str(build)])
+    shard.write_bytes(data)
+    assert len(list(iter_build(build, "val"))) == 12
+
+
+def test_reindex_says_what_it_indexed(build):
+    (build / "manifest.duckdb").unlink()
+    r = run("manifest", "reindex", build)
+    assert r.returncode == 0, r.stderr
+    assert f"reindexed {build / 'manifest.duckdb'}: 12 samples from 3 manifest parts" in " ".join((r.stdout + r.stderr).split())

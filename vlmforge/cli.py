@@ -129,8 +129,9 @@ def manifest_columns(build: BuildArg) -> None:
 def manifest_reindex(build: BuildArg) -> None:
     """Remake manifest.duckdb from the Parquet parts (e.g. after copying a build without it)."""
     from vlmforge.builders import get_builder
-    from vlmforge.manifests.finalize import write_index
+    from vlmforge.manifests.finalize import MANIFEST_DB, write_index
     from vlmforge.manifests.read import check_manifest_parts, open_build
+    from vlmforge.progress import console
 
     b = open_build(build)
     check_manifest_parts(b)
@@ -139,6 +140,8 @@ def manifest_reindex(build: BuildArg) -> None:
     except UserError:
         columns = []
     write_index(b.path, b.info, columns)
+    n = b.sql("SELECT count(*) FROM samples").fetchall()[0][0]
+    console.print(f"reindexed {b.path / MANIFEST_DB}: {n} samples from {len(b.info['shards'])} manifest parts")
 
 
 def _register_plugins() -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, open_build, read_build_info, read_sample_at
+from vlmforge.manifests.read import Build, open_build, read_build_info, read_sample_at, shard_problems
 
 BLOCK = 512
 RECORD = 20 * BLOCK
@@ -778,7 +778,7 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     check_repo_id(repo_id)
     check_license(license)
     b = open_build(build_path)
-    missing = [f"{s['shard']}: missing" for s in b.info["shards"] if not (b.path / s["shard"]).is_file()]
+    missing = shard_problems(b.path, b.info)
     if missing:  # planning reads every shard: refuse before it ends in a traceback
         _refuse_damaged(b, missing)
     plan = plan_publish(b, target_shard_bytes, max_files_per_folder)

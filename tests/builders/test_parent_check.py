@@ -84,7 +84,7 @@ def test_a_parent_with_a_missing_or_foreign_manifest_part_is_refused(tmp_path, p
     parts = sorted((parent.path / "manifest").glob("*-00000[0-9].parquet"))
     (parent.path / "manifest.duckdb").unlink()
     parts[0].unlink()
-    with pytest.raises(UserError, match=rf"parent build {parent.path} is incomplete \(manifest/{parts[0].name} is missing\)"):
+    with pytest.raises(UserError, match=rf"parent build {parent.path} is incomplete \(manifest/{parts[0].name}: missing\)"):
         vlmforge.build("subset", "build", out=tmp_path / "out", source_options={"path": str(parent.path)})
     parts[0].write_bytes(parts[-1].read_bytes())  # another shard's rows in its place
     with pytest.raises(UserError, match=r"is damaged: its manifest has 9 samples of split 'val', build.json 12"):

@@ -359,6 +359,19 @@ def test_clip_training_leaves_out_images_that_do_not_decode(tmp_path, label_buil
     assert "left out 1 sample(s) whose image does not decode: k3" in capsys.readouterr().err
 
 
+def test_images_made_for_another_size_are_reported_once(tmp_path, label_build, tiny_clip, capsys):
+    """A model-ready build for another processor: each data loader worker printed a raw UserWarning."""
+    import vlmforge
+
+    other = vlmforge.build("model-ready", "build", out=tmp_path / "ready", size=48, quiet=True,
+                           source_options={"path": str(label_build.path)})
+    run(tmp_path / "run", [str(other.path)], tiny_clip, "clip", 4, batch_size=2, workers=2, pad_to_square=False, quiet=False)
+    err = capsys.readouterr().err
+    assert "UserWarning" not in err
+    assert " ".join(err.split()).count("images were made model-ready with 'pad=") == 1, err
+    assert "resize=48" in err
+
+
 def test_lora_load_prints_no_library_deprecation_warning(tiny_llava, tmp_path):
     """peft's own question to transformers printed a FutureWarning on every LoRA train, merge and eval."""
     import warnings

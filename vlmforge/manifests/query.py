@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import check_manifest_parts, no_samples_line, open_build, parse_tar_bytes, split_member
+from vlmforge.manifests.read import check_manifest_parts, check_shards, no_samples_line, open_build, parse_tar_bytes, split_member
 from vlmforge.progress import console
 
 out_console = None
@@ -160,6 +160,7 @@ def diff_builds(a: Path, b: Path) -> dict[str, list[str]]:
     def rows(path: Path) -> tuple[Path, dict[str, tuple], dict[str, str]]:
         bb = open_build(path)
         check_manifest_parts(bb)
+        check_shards(bb.path, bb.info)  # the members of samples that agree are read from both shards
         out: dict[str, tuple] = {}
         for part in sorted((bb.path / "manifest").glob("*.parquet")):
             if part.name.endswith(".rejects.parquet"):

@@ -86,10 +86,12 @@ class Build:
 
     def samples(self, split: str | None = None, decode: bool = True) -> Iterator[dict[str, Any]]:
         """Samples in shard order: '__key__', image bytes under their field, 'json' parsed when decode.
-        A split the build does not have is an error, not an empty loop (b.samples("validation"))."""
+        A split the build does not have is an error, not an empty loop (b.samples("validation")); so is
+        a shard that is missing or not the size build.json records (check_shards)."""
         if split is not None and not self.shards(split):
             have = sorted({s["split"] for s in self.info["shards"]})
             raise UserError(f"{self.path} has no split {split!r} (splits: {', '.join(have) or 'none'})")
+        check_shards(self.path, self.info, split)
         return self._samples(split, decode)
 
     def _samples(self, split: str | None, decode: bool) -> Iterator[dict[str, Any]]:
@@ -112,6 +114,33 @@ def no_samples_line(build: Build) -> str:
                 "counts them by reason)")
     return (f"{build.path} has no samples and no rejects: its source gave no record (e.g. a --where or "
             "--parent-split that matched none)")
+
+
+def shard_problems(path: Path, info: dict[str, Any], split: str | None = None) -> list[str]:
+    """'<shard>: missing' or '<shard>: N bytes, build.json records M' for each shard of `split` (every
+    split when None) that is not as build.json records it. A stat per shard, no hashing (`verify` hashes)."""
+    out = []
+    for s in info["shards"]:
+        if split is not None and s["split"] != split:
+            continue
+        try:
+            size = (Path(path) / s["shard"]).stat().st_size
+        except OSError:
+            out.append(f"{s['shard']}: missing")
+            continue
+        if "bytes" in s and size != s["bytes"]:
+            out.append(f"{s['shard']}: {size} bytes, build.json records {s['bytes']}")
+    return out
+
+
+def check_shards(path: Path, info: dict[str, Any], split: str | None = None) -> None:
+    """Refuse to read a build whose shards are not all there: its samples would be cut short without a
+    word, or end in a traceback part way."""
+    problems = shard_problems(path, info, split)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DamagedBuildError(f"{path} is damaged: shard {problems[0]}{more}; `vlmforge verify {path}` lists "
+                                "the problems, rebuild it with --overwrite")
 
 
 def manifest_part_problems(build: Build) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import UserError
-from vlmforge.manifests.read import Build, open_build, read_sample_at
+from vlmforge.manifests.read import Build, open_build, read_sample_at, shard_problems
 from vlmforge.sources.base import Record, Source
 
 
@@ -28,11 +28,11 @@ class BuildSource(Source):
         # The chosen splits are part of what the derived build reads, hence of its identity; None
         # when all are read, so that builds reading the whole parent keep their build ids.
         self.chosen_splits = self._splits if self._splits != all_splits else None
-        missing = [name for s in self.build.info["shards"]
-                   for name in (s["shard"], "manifest/" + s["shard"].replace(".tar", ".parquet"))
-                   if not (self.build.path / name).is_file()]
+        missing = shard_problems(self.build.path, self.build.info) + [
+            f"{name}: missing" for name in ("manifest/" + s["shard"].replace(".tar", ".parquet") for s in self.build.info["shards"])
+            if not (self.build.path / name).is_file()]
         if missing:
-            raise UserError(f"parent build {self.build.path} is incomplete ({missing[0]} is missing): "
+            raise UserError(f"parent build {self.build.path} is incomplete ({missing[0]}): "
                             f"run vlmforge verify {self.build.path}")
         rows = dict(self.build.sql("SELECT split, count(*) FROM samples GROUP BY split").fetchall())
         for split, stats in self.build.info["splits"].items():

@@ -104,7 +104,8 @@ class ClipCollator:
             imgs.append(image)
             idx.append(self.index[str(label)])
             keys.append(s["__key__"])
-        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable}
+        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable,
+                                 "prepared_again": self.images.take_mismatched()}
         if imgs:
             batch["pixel_values"] = self.images(imgs)
             batch["class_idx"] = torch.tensor(idx, dtype=torch.long)

@@ -52,7 +52,8 @@ class LlavaCollator:
             ids.append(enc[0])
             labels.append(enc[1])
             keys.append(s["__key__"])
-        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable}
+        batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable,
+                                 "prepared_again": self.images.take_mismatched()}
         if not ids:
             return batch
         input_ids = pad_batch(ids, self.pad_id)

@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
-from vlmforge.manifests.read import long_name, parse_tar_bytes, read_build_info, split_member, tar_header
+from vlmforge.manifests.read import check_shards, long_name, parse_tar_bytes, read_build_info, split_member, tar_header
 
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
@@ -135,6 +135,7 @@ def _build_shards(build_dir: Path, info: dict, source: int, split: str | None = 
                 continue
         elif split is not None and s["split"] != split:
             continue
+        check_shards(build_dir, {"shards": [s]})  # a missing tar would end in a data loader worker's traceback
         part = build_dir / "manifest" / (Path(s["shard"]).stem + ".parquet")
         out.append(ShardRef(str(path), int(s["samples"]), source, str(part) if part.exists() else None))
     return out

@@ -11,7 +11,6 @@ processor is simply called. The same steps make the images of model-ready builds
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -190,6 +189,7 @@ class ImagePreparer:
         if self._fast is not None and not self._agrees():
             self._fast = self.steps = None
         self._checked: set[str] = set()
+        self.mismatched: list[str] = []  # model-ready transforms found unlike ours, not yet reported
 
     @property
     def uses_fast_path(self) -> bool:
@@ -245,11 +245,14 @@ class ImagePreparer:
 
     def _check_model_ready(self, transform: str) -> None:
         self._checked.add(transform)
-        ours = self.transform
-        if ours is not None and transform != ours:
-            warnings.warn(f"images were made model-ready with {transform!r}, but training prepares images with "
-                          f"{ours!r}: they are prepared again (slower, and not the pixels the originals would give)",
-                          stacklevel=3)
+        if self.transform is not None and transform != self.transform:
+            self.mismatched.append(transform)
+
+    def take_mismatched(self) -> list[str]:
+        """The model-ready transforms unlike this processor's found since the last call (a collate
+        puts them in its batch: the training process reports them once, whatever the worker count)."""
+        out, self.mismatched = self.mismatched, []
+        return out
 
     def __call__(self, images: Sequence[Image.Image]) -> Any:
         if self._fast is not None:

@@ -429,6 +429,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     best: float | None = _best_so_far(out) if resume_from else None
 
     window_loss, window_n, window_samples, dropped = 0.0, 0, 0, 0
+    prepared_again: set[str] = set()  # model-ready transforms unlike the processor's, reported once each
+    images_transform = getattr(getattr(task.collate, "images", None), "transform", None)
     step_loss, step_micro = 0.0, 0
     t0 = time.time()
     ended = False
@@ -447,6 +449,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
                 console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
                               f"not decode: {', '.join(batch['unreadable'])}")
+            for transform in batch.get("prepared_again", []):
+                if transform not in prepared_again and not cfg.quiet:
+                    from vlmforge.progress import console
+
+                    console.print(f"[yellow]warning:[/] images were made model-ready with {transform!r}, but training "
+                                  f"prepares images with {images_transform!r}: they are prepared again (slower, and not "
+                                  "the pixels the originals would give)")
+                prepared_again.add(transform)
             batches += 1
             if not batch["keys"]:
                 continue
