@@ -82,3 +82,45 @@ def test_a_person_word_before_an_object_still_names_the_object():
     got = AnnotationGrounder(cats).ground("a baby elephant", "baby elephant", False, anns)
     assert got is not None and got.category == "elephant" and got.instance_ids == [1]
     assert AnnotationGrounder(cats).ground("the toilet seat", "toilet seat", False, anns) is None
+
+
+def _people(n):
+    """n person instances, the first the largest."""
+    return [{"id": k, "category_id": 1, "bbox": [30 * k, 0, 20, 40 - k], "area": 20 * (40 - k)} for k in range(1, n + 1)]
+
+
+def test_distinct_entities_of_a_caption_take_distinct_instances():
+    """"A man and a woman": both took the largest person, and the woman became a duplicate of the man
+    though another person was free."""
+    g = AnnotationGrounder(CATS)
+    got = g.ground_caption([("A man", "man", False), ("a woman", "woman", False)], _people(2))
+    assert [x.instance_ids for x in got] == [[1], [2]]
+    # a plural takes the instances the singular ones leave; with none left, an entity is not grounded
+    got = g.ground_caption([("Two kids", "kid", True), ("a woman", "woman", False)], _people(3))
+    assert [x.instance_ids for x in got] == [[2, 3], [1]]
+    got = g.ground_caption([("A man", "man", False), ("a woman", "woman", False), ("a child", "child", False)], _people(2))
+    assert [x.instance_ids for x in got[:2]] == [[1], [2]]
+    assert "the caption's other entities hold every person instance (2)" in str(got[2])
+    # the same word twice is two objects too; other categories do not interfere
+    got = g.ground_caption([("a man", "man", False), ("a dog", "dog", False), ("another man", "man", False)],
+                           _people(2) + [{"id": 9, "category_id": 18, "bbox": [0, 50, 9, 9], "area": 81}])
+    assert [x.instance_ids for x in got] == [[1], [9], [2]]
+
+
+def test_a_word_names_the_same_instance_in_every_caption_of_an_image():
+    """Captions are read in order with one `named` table: "a man" is the man an earlier caption
+    named, and the caption's other words spread over the rest."""
+    img, anns, masks = _image_with_instances()
+    g = AnnotationGrounder(CATS)
+    named: dict = {}
+    first = g.ground_caption([("A man", "man", False)], _people(3), named=named)
+    assert first[0].instance_ids == [1]
+    again = g.ground_caption([("A woman", "woman", False), ("a man", "man", False)], _people(3), named=named)
+    assert [x.instance_ids for x in again] == [[2], [1]]  # not the man's instance for the woman
+    # colour words are part of the word: a red car and, in another caption, a blue one stay apart
+    named = {}
+    assert g.ground_caption([("a red car", "car", False)], anns, img, masks, named)[0].instance_ids == [1]
+    got = g.ground_caption([("a car", "car", False), ("a red car", "car", False)], anns, img, masks, named)
+    assert [x.instance_ids for x in got] == [[2], [1]]
+    got = g.ground_caption([("a blue car", "car", False)], anns, img, masks, named)
+    assert got[0].instance_ids == [2]

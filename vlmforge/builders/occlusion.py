@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import cv2
@@ -118,7 +119,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -399,17 +400,22 @@ class OcclusionBuilder(Builder):
             entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
     def _ground(self, work, results) -> None:
-        broken: set[int] = set()  # candidates rejected for a bad segmentation (id of the candidate)
+        broken: set[int] = set()  # candidates rejected with a reason of their own (id of the candidate)
         if self.config.grounder == "annotations":
             for i, rec, _img, px, cands in work:
                 masks = self._instance_masks(rec)
-                for c in cands:
-                    try:  # picking one of several instances by colour reads their masks
-                        c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
-                                                           rec["instances"], px.rgb, masks)
-                    except SegmentationError as e:
-                        results[i].append(self._reject(rec, c, "bad_segmentation", "grounding", str(e)))
-                        broken.add(id(c))
+                named: dict = {}  # a caption's word -> the instance it named: later captions name it again
+                for _, group in groupby(cands, key=lambda c: c.caption["id"]):
+                    group = list(group)
+                    found = self.grounder.ground_caption([(c.entity.phrase, c.entity.label, c.entity.plural)
+                                                         for c in group], rec["instances"], px.rgb, masks, named)
+                    for c, g in zip(group, found):
+                        if isinstance(g, Exception):  # picking one of several instances by colour reads their masks
+                            reason = "bad_segmentation" if isinstance(g, SegmentationError) else "not_grounded"
+                            results[i].append(self._reject(rec, c, reason, "grounding", str(g)))
+                            broken.add(id(c))
+                        else:
+                            c.grounding = g
         else:
             # Places and substances ("kitchen", "grass") are not asked for: as with annotations, never grounded.
             found = self.grounder([w[3].pil for w in work],

@@ -4,7 +4,8 @@
   name, synonyms and plural forms, then by sentence-embedding similarity (MiniLM) against the
   categories present. Among several instances of the category: a plural phrase takes them all; a
   singular one takes the instance whose mean colour is nearest a colour word of the phrase, else the
-  largest.
+  largest. Distinct entities of one caption take distinct instances, and a word names the same instance
+  in every caption of an image (AnnotationGrounder.ground_caption).
 - `grounding-dino`: transformers' Grounding DINO (any checkpoint, e.g. IDEA-Research/grounding-dino-tiny),
   batched over images, box/text thresholds, non-maximum suppression.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmforge.curation.segmentation import MaskCrop
+from vlmforge.curation.segmentation import MaskCrop, SegmentationError
 
 # COCO category -> other words captions use for it.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -141,6 +142,10 @@ class Grounding:
     boxes: list[list[float]] = field(default_factory=list)  # one per instance/detection (plural phrases)
 
 
+class NoFreeInstance(Exception):
+    """Every instance of the category an entity names is held by another entity of its caption."""
+
+
 class AnnotationGrounder:
     name = "annotations"
     resources = {"cpu": 1}
@@ -189,36 +194,74 @@ class AnnotationGrounder:
 
     def ground(self, phrase: str, label: str, plural: bool, instances: list[dict], image: np.ndarray | None = None,
                masks: dict[int, MaskCrop | np.ndarray] | None = None) -> Grounding | None:
+        """One entity's grounding (see ground_caption); a broken segmentation raises SegmentationError."""
+        got = self.ground_caption([(phrase, label, plural)], instances, image, masks)[0]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def ground_caption(self, entities: list[tuple[str, str, bool]], instances: list[dict], image: np.ndarray | None = None,
+                       masks: dict[int, MaskCrop | np.ndarray] | None = None, named: dict | None = None,
+                       ) -> list[Grounding | None | NoFreeInstance | SegmentationError]:
+        """Groundings of one caption's entities, (phrase, label, plural) each, in order; None where not
+        grounded, an error in place of one that cannot be (the caller rejects that entity).
+
+        Distinct entities of one caption are distinct objects ("a man and a woman"): singular ones take
+        distinct instances, each the best one no other has taken, and plural ones take the instances no
+        singular one holds. `named`, kept by the caller over an image's captions in order, maps a word
+        (label and colour words) to the instance it first named, which it names again in a later
+        caption ("a man" is the same man in every caption) before the caption's other words choose."""
         by_cat: dict[str, list[dict]] = {}
         for ann in instances:
             by_cat.setdefault(self.categories[ann["category_id"]]["name"], []).append(ann)
+        named = {} if named is None else named
+        matches = [self._category(label, by_cat) for _, label, _ in entities]
+        out: list[Grounding | None | NoFreeInstance | SegmentationError] = [None] * len(entities)
+        held: set[int] = set()
+        words = [(label, tuple(w for w in _words(phrase) if w in COLOR_WORDS)) for phrase, label, _ in entities]
+        singular = [k for k, m in enumerate(matches) if m and not entities[k][2]]
+        plural = [k for k, m in enumerate(matches) if m and entities[k][2]]
+        for k in sorted(singular, key=lambda k: (words[k] not in named, k)) + plural:
+            phrase, label, is_plural = entities[k]
+            cat, score, method = matches[k]
+            anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
+            free = [a for a in anns if int(a["id"]) not in held]
+            if not free:
+                out[k] = NoFreeInstance(f"{label}: the caption's other entities hold every {cat} instance ({len(anns)})")
+                continue
+            if is_plural or len(free) == 1:
+                chosen = free
+            else:
+                again = [a for a in free if int(a["id"]) == named.get(words[k])]
+                try:
+                    chosen = again or [self._pick_one(phrase, free, image, masks)]
+                except SegmentationError as e:
+                    out[k] = e
+                    continue
+            if not is_plural:
+                held.add(int(chosen[0]["id"]))
+                named.setdefault(words[k], int(chosen[0]["id"]))
+            boxes = [list(map(float, a["bbox"])) for a in chosen]
+            out[k] = Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        return out
+
+    def _category(self, label: str, by_cat: dict[str, list[dict]]) -> tuple[str, float, str] | None:
+        """(category present in the image, score, method) for a label, or None."""
         if not by_cat or is_not_object(label):
             return None
         cat = category_for_label(label, set(by_cat))
-        method, score = "name", 1.0
         if cat is None and category_for_label(label) is not None:
             return None  # a known category that is not in this image ("cat" must not become "dog")
-        if cat is None or cat not in by_cat:
-            if names_part_of_other(label):
-                return None
-            cat, score = self._embedding_match(label, sorted(by_cat))
-            method = "embedding"
-            if cat is None:
-                return None
-        anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
-        if plural and len(anns) > 1:
-            chosen = anns
-        elif len(anns) == 1:
-            chosen = anns
-        else:
-            chosen = [self._pick_one(phrase, anns, image, masks)]
-        boxes = [list(map(float, a["bbox"])) for a in chosen]
-        return Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        if cat is not None and cat in by_cat:
+            return cat, 1.0, "name"
+        if names_part_of_other(label):
+            return None
+        cat, score = self._embedding_match(label, sorted(by_cat))
+        return None if cat is None else (cat, score, "embedding")
 
     @staticmethod
     def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
-        words = [w.strip(",.").lower() for w in phrase.split()]
-        colours = [COLOR_WORDS[w] for w in words if w in COLOR_WORDS]
+        colours = [COLOR_WORDS[w] for w in _words(phrase) if w in COLOR_WORDS]
         if colours and image is not None and masks is not None:
             target = np.array(colours[0], np.float32)
 
@@ -231,6 +274,10 @@ class AnnotationGrounder:
 
             return min(anns, key=lambda a: (distance(a), -_area(a), a["id"]))
         return max(anns, key=lambda a: (_area(a), -a["id"]))
+
+
+def _words(phrase: str) -> list[str]:
+    return [w.strip(",.").lower() for w in phrase.split()]
 
 
 def union_box(boxes: list[list[float]]) -> list[float]:
