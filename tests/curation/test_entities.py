@@ -221,3 +221,15 @@ def test_a_colour_taken_for_a_compound_stays_out_of_the_label(extract):
     got = [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
     assert got[0][0] == ("The orange cat", "cat")
     assert got[1][0] == ("An orange", "orange")  # the fruit is still one
+
+
+def test_a_toaster_oven_is_one_object(extract):
+    """"A toaster oven sitting on ...": the parser takes "oven" for a verb, and the label was "toaster"
+    (a wrong answer where the image has an oven only, and no object at all for "Two toaster ovens")."""
+    caps = ["A toaster oven sitting on a kitchen counter.", "The toaster oven is open.", "Two toaster ovens on a shelf.",
+            "A black toaster oven next to a toaster."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][0] == ("A toaster oven", "toaster oven", "toaster oven", False)
+    assert got[1][0] == ("The toaster oven", "toaster oven", "toaster oven", False)
+    assert got[2][0] == ("Two toaster ovens", "toaster oven", "toaster ovens", True)
+    assert [g[1] for g in got[3]] == ["toaster oven", "toaster"]

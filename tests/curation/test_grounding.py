@@ -124,3 +124,14 @@ def test_a_word_names_the_same_instance_in_every_caption_of_an_image():
     assert [x.instance_ids for x in got] == [[2], [1]]
     got = g.ground_caption([("a blue car", "car", False)], anns, img, masks, named)
     assert got[0].instance_ids == [2]
+
+
+def test_a_toaster_oven_grounds_to_an_oven_or_a_toaster():
+    """It was a thing of a toaster (names_part_of_other): never grounded."""
+    cats = {79: {"name": "oven"}, 80: {"name": "toaster"}, 78: {"name": "microwave"}}
+    oven, toaster, microwave = ({"id": k, "category_id": c, "bbox": [20 * k, 0, 10, 10], "area": 100}
+                                for k, c in enumerate(cats, 1))
+    g = AnnotationGrounder(cats)
+    assert g.ground("a toaster oven", "toaster oven", False, [oven, toaster]).category == "oven"
+    assert g.ground("a toaster oven", "toaster oven", False, [toaster, microwave]).category == "toaster"
+    assert g.ground("a toaster oven", "toaster oven", False, [microwave]) is None  # not the microwave

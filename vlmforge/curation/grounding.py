@@ -49,8 +49,8 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "toilet": (), "tv": ("television", "screen", "monitor", "tv set", "computer monitor", "computer screen"),
     "laptop": ("computer", "notebook"), "mouse": ("computer mouse",), "remote": ("remote control", "controller"),
     "keyboard": ("computer keyboard",), "cell phone": ("phone", "cellphone", "smartphone", "mobile phone"),
-    "microwave": ("microwave oven",), "oven": ("stove",),
-    "toaster": (), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
+    "microwave": ("microwave oven",), "oven": ("stove", "toaster oven"),
+    "toaster": ("toaster oven",), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
     "scissors": (), "teddy bear": ("teddy", "stuffed animal"), "hair drier": ("hair dryer", "blow dryer"),
     "toothbrush": (),
 }
