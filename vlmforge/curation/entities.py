@@ -110,17 +110,29 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
 
 
 def _split_chunks(chunks):
-    """Noun chunks, each one that holds two noun phrases split in two: the parser sometimes hangs a noun
-    before a verb on the next one ("a couch playing video games": couch as nmod of games)."""
+    """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
+    before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
+    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker)."""
     for chunk in chunks:
-        noun = next((t for t in chunk if t.dep_ == "nmod" and t.pos_ == "NOUN" and t.i + 1 < chunk.root.i
-                     and chunk.doc[t.i + 1].pos_ == "VERB"), None)
-        if noun is None:
-            yield chunk
-            continue
-        first = chunk.doc[chunk.start : noun.i + 1]  # its "a" may be the article of games: then "couch" alone
-        yield first if first.root == noun else chunk.doc[noun.left_edge.i : noun.i + 1]
-        yield chunk.doc[noun.i + 2 : chunk.end]
+        doc, start = chunk.doc, chunk.start
+        for t in chunk:
+            if t.pos_ != "NOUN" or t.i + 1 >= chunk.root.i:
+                continue
+            if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
+                rest = t.i + 2  # the verb belongs to neither
+            elif t.dep_ in ("nmod", "conj") and doc[t.i + 1].lower_ in _LIST_WORDS and t.lower in _object_word_ids():
+                rest = t.i + 1
+                while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
+                    rest += 1
+            else:
+                continue
+            piece = doc[start : t.i + 1]  # its "a" may be the article of the last noun: then the noun alone
+            yield piece if piece.root == t else doc[max(t.left_edge.i, start) : t.i + 1]
+            start = rest
+        yield chunk if start == chunk.start else doc[start : chunk.end]
+
+
+_LIST_WORDS = frozenset({",", "and", "or", "&"})
 
 
 @lru_cache(maxsize=1)
@@ -163,10 +175,11 @@ def _object_singular(word: str) -> str:
 def _misread_noun(tok) -> bool:
     """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
-    it or "and" joins it to a noun."""
+    it or "and" joins it to a noun ("Oven, microwave and refrigerator": oven/JJ heads the list)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
-    return any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+    return (any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+            or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights))
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
@@ -319,7 +332,7 @@ class SpacyEntityExtractor:
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
-# nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven"
+# nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk
 
 
 class EntityCache:
