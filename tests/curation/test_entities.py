@@ -245,3 +245,16 @@ def test_objects_listed_in_one_chunk_are_each_an_entity(extract):
     assert got[1][:2] == [("refrigerator", "refrigerator", False), ("cabinet", "cabinets", True)]
     assert [g[0] for g in got[2]] == ["oven", "microwave", "refrigerator", "kitchen"]  # "Oven" tagged JJ heads the list
     assert [g[0] for g in got[3]] == ["shaker", "table"]  # words that name no object are not split off
+
+
+def test_words_that_describe_the_thing_stay_out_of_the_label(extract):
+    """"A red double decker bus" was labelled "decker bus" (the answer), "a stainless steel refrigerator"
+    "steel refrigerator", and "a glass vase" a thing of a wine glass, never grounded."""
+    caps = ["A red double decker bus driving down a street.", "A stainless steel refrigerator in a kitchen.",
+            "A glass vase with red roses.", "A stone bench next to a paper plate.", "A small dog bed on the floor.",
+            "A wine glass and a glass bottle."]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][0] == ("bus", "bus") and got[1][0] == ("refrigerator", "refrigerator") and got[2][0] == ("vase", "vase")
+    assert [g[0] for g in got[3]] == ["bench", "plate"]
+    assert got[4][0] == ("dog bed", "dog bed")  # an object word that names what the thing is for stays
+    assert [g[0] for g in got[5]] == ["wine glass", "bottle"]

@@ -95,10 +95,8 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus")
-    # or a colour the parser took for a noun ("the orange cat": a cat, not a thing of an orange).
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and t.lower_ not in _colour_words()
-             and not (t.i > 0 and doc[t.i - 1].text == "-") and not (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")]
+    # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
+    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and not _describes(t)]
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
     before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
@@ -107,6 +105,22 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     label = " ".join(words)
     plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
+
+
+# Materials the parser takes for compounds: "a glass vase" is a vase (and not a thing of a wine glass).
+MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leather ceramic porcelain marble concrete
+    wicker silver gold iron tin cardboard rubber cloth bamboo granite tile cement chrome aluminum aluminium copper
+    brass styrofoam foam""".split())
+
+
+def _describes(t) -> bool:
+    """A compound that describes the thing rather than names it: hyphenated into a modifier ("double-decker
+    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), or a
+    word that is no object with an adjective of its own ("a double decker bus", "stainless steel")."""
+    doc = t.doc
+    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS
+            or (t.i > 0 and doc[t.i - 1].text == "-") or (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")
+            or (t.lower not in _object_word_ids() and any(c.dep_ == "amod" for c in t.lefts)))
 
 
 def _split_chunks(chunks):
@@ -332,7 +346,8 @@ class SpacyEntityExtractor:
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
-# nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk
+# nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
+# materials and described words out of compounds
 
 
 class EntityCache:
