@@ -258,3 +258,19 @@ def test_words_that_describe_the_thing_stay_out_of_the_label(extract):
     assert [g[0] for g in got[3]] == ["bench", "plate"]
     assert got[4][0] == ("dog bed", "dog bed")  # an object word that names what the thing is for stays
     assert [g[0] for g in got[5]] == ["wine glass", "bottle"]
+
+
+def test_captions_that_start_with_a_bare_noun(extract):
+    """A caption's first word is often a bare noun the small parser misreads: "Umbrellas" as a name
+    (label "umbrellas", singular: one umbrella hidden), "Train" and "Sink" as verbs, "Boy" as an
+    interjection (all lost), "duck" as the compound of "swimming" (label "duck swimming")."""
+    caps = ["Umbrellas on a beach.", "Bananas, apples and oranges on display.", "Train on the tracks.",
+            "Sink in a bathroom.", "Boy eating a donut.", "A duck swimming in a pond.", "A dog painting on a wall.",
+            "Woman holding an umbrella."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][0] == ("Umbrellas", "umbrella", "Umbrellas", True)
+    assert got[1][0] == ("Bananas", "banana", "Bananas", True)
+    assert got[2][0] == ("Train", "train", "Train", False) and got[3][0][1] == "sink" and got[4][0][1] == "boy"
+    assert got[5][0] == ("A duck", "duck", "duck", False)
+    assert got[6][0][1] == "dog painting"  # a painting of a dog, not a dog
+    assert [g[1] for g in got[7]] == ["woman", "umbrella"]

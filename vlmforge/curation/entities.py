@@ -71,6 +71,11 @@ def _fixed_after(head, nxt) -> str | None:
     return None
 
 
+# Nouns in -ing that name a thing: "a dog painting" is a painting, not a dog that paints.
+NOT_GERUNDS = frozenset("painting drawing building ceiling clothing wedding icing frosting topping filling railing "
+                        "awning bedding".split())
+
+
 def _counted(chunk, head) -> bool:
     """A number counts the head ("two dogs"), not a modifier ("a 3-year-old boy")."""
     return any(t.like_num and t.dep_ == "nummod" and t.head.i == head.i and t.lower_ not in ("one", "1")
@@ -85,6 +90,10 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return None
     doc = head.doc
     last = chunk.end - 1
+    named = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
+    if named and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids():
+        head = named[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
+        last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
     if label is not None:
@@ -93,6 +102,10 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return label, head.idx, nxt.idx + len(nxt.text), plural, nxt.i
     word = head.text.lower()
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
+    # A capitalised plural taken for a name ("Umbrellas on a beach": NNP) is not lemmatised.
+    named_plural = head.tag_ in ("NNP", "NNPS") and _object_singular(lemma) != lemma
+    if named_plural:
+        lemma = _object_singular(lemma)
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
     # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
@@ -103,7 +116,7 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
         start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
-    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or _counted(chunk, head)
+    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or named_plural or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
@@ -189,11 +202,13 @@ def _object_singular(word: str) -> str:
 def _misread_noun(tok) -> bool:
     """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
-    it or "and" joins it to a noun ("Oven, microwave and refrigerator": oven/JJ heads the list)."""
+    it or "and" joins it to a noun ("Oven, microwave and refrigerator": oven/JJ heads the list), or when it
+    starts the caption with no object of its own ("Train on the tracks": train/VB, "Boy eating": boy/UH)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
     return (any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
-            or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights))
+            or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
+            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
@@ -347,7 +362,8 @@ class SpacyEntityExtractor:
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
-# materials and described words out of compounds
+# materials and described words out of compounds, capitalised plurals, object words misread at the start or
+# taken for the compound of a verb
 
 
 class EntityCache:
