@@ -274,3 +274,12 @@ def test_captions_that_start_with_a_bare_noun(extract):
     assert got[5][0] == ("A duck", "duck", "duck", False)
     assert got[6][0][1] == "dog painting"  # a painting of a dog, not a dog
     assert [g[1] for g in got[7]] == ["woman", "umbrella"]
+
+
+def test_an_object_that_owns_the_head_is_an_entity_too(extract):
+    """"A dog's head" was one chunk labelled "head": the dog, the thing in the image, was lost."""
+    caps = ["A dog's head resting on a pillow.", "A little girl's teddy bear sitting on a bed.", "His dog's bowl."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][:2] == [("A dog", "dog", "dog"), ("head", "head", "head")]
+    assert got[1][:2] == [("A little girl", "girl", "girl"), ("teddy bear", "teddy bear", "teddy bear")]
+    assert got[2] == [("His dog", "dog", "dog"), ("bowl", "bowl", "bowl")]

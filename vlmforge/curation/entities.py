@@ -139,7 +139,8 @@ def _describes(t) -> bool:
 def _split_chunks(chunks):
     """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
     before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
-    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker)."""
+    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker); an
+    object that owns the chunk's head is one too ("a dog's head")."""
     for chunk in chunks:
         doc, start = chunk.doc, chunk.start
         for t in chunk:
@@ -147,6 +148,8 @@ def _split_chunks(chunks):
                 continue
             if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
                 rest = t.i + 2  # the verb belongs to neither
+            elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
+                rest = t.i + 2  # "a dog's head": the dog, and its head
             elif t.dep_ in ("nmod", "conj") and doc[t.i + 1].lower_ in _LIST_WORDS and t.lower in _object_word_ids():
                 rest = t.i + 1
                 while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
@@ -363,7 +366,7 @@ class SpacyEntityExtractor:
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
-# taken for the compound of a verb
+# taken for the compound of a verb, possessors
 
 
 class EntityCache:
