@@ -239,12 +239,14 @@ def test_objects_listed_in_one_chunk_are_each_an_entity(extract):
     """The parser hangs a list of objects on its last noun ("microwave" nmod and "toaster" conj of
     "maker"): one chunk, labelled "maker", and the microwave and toaster were never hidden."""
     caps = ["A microwave, toaster and coffee maker on a counter.", "A refrigerator and wooden cabinets in a kitchen.",
-            "Oven, microwave and refrigerator in a kitchen.", "A salt and pepper shaker on a table."]
+            "Oven, microwave and refrigerator in a kitchen.", "A salt and pepper shaker on a table.",
+            "A knife, fork and spoon on a napkin."]
     got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
     assert [g[0] for g in got[0]][:2] == ["microwave", "toaster"] and got[0][-1][0] == "counter"
     assert got[1][:2] == [("refrigerator", "refrigerator", False), ("cabinet", "cabinets", True)]
     assert [g[0] for g in got[2]] == ["oven", "microwave", "refrigerator", "kitchen"]  # "Oven" tagged JJ heads the list
     assert [g[0] for g in got[3]] == ["shaker", "table"]  # words that name no object are not split off
+    assert [g[0] for g in got[4]] == ["knife", "fork", "spoon", "napkin"]  # fork/VB, and spoon/VB joined to it
 
 
 def test_words_that_describe_the_thing_stay_out_of_the_label(extract):

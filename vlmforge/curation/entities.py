@@ -205,11 +205,13 @@ def _object_singular(word: str) -> str:
 def _misread_noun(tok) -> bool:
     """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
-    it or "and" joins it to a noun ("Oven, microwave and refrigerator": oven/JJ heads the list), or when it
+    it or "and" joins it to a noun or to another object word ("a knife, fork and spoon": fork/VB, spoon/VB), or
+    heads such a list ("Oven, microwave and refrigerator": oven/JJ), or when it
     starts the caption with no object of its own ("Train on the tracks": train/VB, "Boy eating": boy/UH)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
-    return (any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+    return (any(t.dep_ == "det" for t in tok.lefts)
+            or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
 
