@@ -32,8 +32,9 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
                "nurse", "doctor", "clown", "shopper", "traveler", "boarder", "kiteboarder", "windsurfer",
                "wakeboarder", "parasailer"),
     "bicycle": ("bike", "cycle"), "car": ("automobile", "taxi", "cab", "sedan", "suv", "vehicle"),
-    "motorcycle": ("motorbike", "motor bike", "dirt bike", "scooter", "moped"), "airplane": ("plane", "jet", "aircraft", "airliner"),
-    "bus": ("coach", "double-decker"), "train": ("locomotive", "tram", "subway", "cable car"), "truck": ("lorry", "pickup", "fire engine"),
+    "motorcycle": ("motorbike", "motor bike", "dirt bike", "scooter", "moped"),
+    "airplane": ("plane", "jet", "aircraft", "airliner"), "bus": ("coach", "double-decker"),
+    "train": ("locomotive", "tram", "subway", "cable car"), "truck": ("lorry", "pickup", "fire engine"),
     "boat": ("ship", "sailboat", "canoe", "kayak", "yacht", "ferry"),
     "traffic light": ("stoplight", "stop light", "traffic signal", "signal light"), "fire hydrant": ("hydrant",),
     "stop sign": ("sign",), "parking meter": ("meter",), "bench": ("park bench",),
@@ -44,15 +45,18 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "tie": ("necktie",), "suitcase": ("luggage", "bag", "suit case"), "frisbee": ("disc",), "skis": ("ski", "skiis"),
     "sports ball": ("ball", "soccer ball", "football", "baseball", "tennis ball", "basketball"),
     "kite": (), "baseball bat": ("bat",), "baseball glove": ("glove", "mitt"), "skateboard": ("board",),
-    "surfboard": ("surf board", "board"), "snowboard": ("snow board", "board"), "tennis racket": ("racket", "racquet"), "bottle": (),
+    "surfboard": ("surf board", "board"), "snowboard": ("snow board", "board"),  # "board": skateboard first
+    "tennis racket": ("racket", "racquet"), "bottle": (),
     "wine glass": ("glass",), "cup": ("mug", "coffee cup"), "fork": (), "knife": (), "spoon": (),
     "bowl": (), "banana": (), "apple": (), "sandwich": ("burger", "sub", "hamburger"), "orange": (),
     "broccoli": (), "carrot": (), "hot dog": ("hotdog",), "pizza": (), "donut": ("doughnut",),
     "cake": ("cupcake",), "chair": ("stool", "seat"), "couch": ("sofa",),
     "potted plant": ("plant", "houseplant", "flower pot"), "bed": (), "dining table": ("table", "dinner table"),
-    "toilet": (), "tv": ("television", "screen", "monitor", "tv set", "television set", "computer monitor", "computer screen"),
+    "toilet": (),
+    "tv": ("television", "screen", "monitor", "tv set", "television set", "computer monitor", "computer screen"),
     "laptop": ("computer", "notebook"), "mouse": ("computer mouse",), "remote": ("remote control", "controller"),
-    "keyboard": ("computer keyboard",), "cell phone": ("phone", "cellphone", "smartphone", "mobile phone", "iphone"),
+    "keyboard": ("computer keyboard",),
+    "cell phone": ("phone", "cellphone", "smartphone", "mobile phone", "iphone"),
     "microwave": ("microwave oven",), "oven": ("stove", "toaster oven"),
     "toaster": ("toaster oven",), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
     "scissors": (), "teddy bear": ("teddy", "stuffed animal"), "hair drier": ("hair dryer", "blow dryer"),
@@ -84,8 +88,10 @@ NOT_OBJECTS = frozenset(
 def is_not_object(label: str) -> bool:
     """A place, a substance or a thing COCO has no category for; a compound too whose last word is one
     ("tennis court", "living room", "skate park"), unless it names an object ("flower pot")."""
+    if label in NOT_OBJECTS:
+        return True
     last = label.split()[-1]
-    return label in NOT_OBJECTS or (label not in _WORDS and (last in NOT_OBJECTS or last in ("room", "station", "lot")))
+    return label not in _WORDS and (last in NOT_OBJECTS or last in ("room", "station", "lot"))
 
 
 def names_part_of_other(label: str) -> bool:
