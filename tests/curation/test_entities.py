@@ -285,3 +285,15 @@ def test_an_object_that_owns_the_head_is_an_entity_too(extract):
     assert got[0][:2] == [("A dog", "dog", "dog"), ("head", "head", "head")]
     assert got[1][:2] == [("A little girl", "girl", "girl"), ("teddy bear", "teddy bear", "teddy bear")]
     assert got[2] == [("His dog", "dog", "dog"), ("bowl", "bowl", "bowl")]
+
+
+def test_object_nouns_no_chunk_holds_and_plurals_the_lemmatiser_misses(extract):
+    """"Two knives next to each other": knives is an npadvmod of "next", which spaCy makes no noun chunk
+    of (no entity at all); "vases" was lemmatised "vas" and "wine glasses" kept as spectacles' "glasses"."""
+    caps = ["Two knives next to each other.", "Two parking meters next to each other.", "Vases in a room.",
+            "Two wine glasses on a table.", "A man wearing glasses.", "Two vases next to each other on a shelf."]
+    got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("knife", "knives", True)] and got[1] == [("parking meter", "parking meters", True)]
+    assert got[2][0] == ("vase", "Vases", True) and got[3][0] == ("wine glass", "wine glasses", True)
+    assert ("glasses", "glasses", False) in got[4]
+    assert got[5][0] == ("vase", "vases", True)  # vases/VBZ counted by "Two"

@@ -102,21 +102,25 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return label, head.idx, nxt.idx + len(nxt.text), plural, nxt.i
     word = head.text.lower()
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
-    # A capitalised plural taken for a name ("Umbrellas on a beach": NNP) is not lemmatised.
-    named_plural = head.tag_ in ("NNP", "NNPS") and _object_singular(lemma) != lemma
-    if named_plural:
-        lemma = _object_singular(lemma)
+    # An object's plural the lemmatiser misses: taken for a name ("Umbrellas on a beach": NNP), or cut
+    # wrong ("vases" -> "vas").
+    missed_plural = lemma not in _object_names() and _object_singular(word) != word
+    if missed_plural:
+        lemma = _object_singular(word)
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
     # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
     parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and not _describes(t)]
+    glasses = word in PLURALIA and parts and f"{parts[-1].lower_} {head.lemma_.lower()}" in FIXED_COMPOUNDS
+    if glasses:  # "wine glasses": glasses of wine, not spectacles
+        lemma = head.lemma_.lower()
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
     before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
     if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
         start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
-    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or named_plural or _counted(chunk, head)
+    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
@@ -165,6 +169,18 @@ def _split_chunks(chunks):
 _LIST_WORDS = frozenset({",", "and", "or", "&"})
 
 
+def _noun_phrases(doc):
+    """The noun chunks (split by _split_chunks) and, in order among them, the object nouns spaCy makes no
+    chunk of for their dependency label: "Two knives next to each other" (knives: npadvmod)."""
+    from spacy.symbols import NOUN, npadvmod
+
+    chunks = list(_split_chunks(doc.noun_chunks))
+    held = {t.i for c in chunks for t in c}
+    loose = [doc[t.left_edge.i : t.i + 1] for t in doc if t.dep == npadvmod and t.pos == NOUN
+             and t.lower in _object_word_ids() and t.i not in held]
+    return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
 @lru_cache(maxsize=1)
 def _colour_words() -> frozenset[str]:
     from vlmforge.curation.grounding import COLOR_WORDS
@@ -174,10 +190,11 @@ def _colour_words() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def _object_words() -> frozenset[str]:
-    """COCO's object names, synonyms and their plural forms, one word each."""
+    """COCO's object names, synonyms and their plural forms (irregular ones too: "knives"), one word each."""
     from vlmforge.curation.grounding import word_to_category
 
-    return frozenset(w for w in word_to_category() if " " not in w)
+    words = {w for w in word_to_category() if " " not in w}
+    return frozenset(words | {plural for plural, one in IRREGULAR.items() if one in words})
 
 
 @lru_cache(maxsize=1)
@@ -207,13 +224,14 @@ def _misread_noun(tok) -> bool:
     "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
     it or "and" joins it to a noun or to another object word ("a knife, fork and spoon": fork/VB, spoon/VB), or
     heads such a list ("Oven, microwave and refrigerator": oven/JJ), or when it
-    starts the caption with no object of its own ("Train on the tracks": train/VB, "Boy eating": boy/UH)."""
+    starts the caption with no object of its own ("Train on the tracks": train/VB, "Boy eating": boy/UH), or
+    a number counts it ("Two vases next to ...": vases/VBZ)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
     return (any(t.dep_ == "det" for t in tok.lefts)
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
-            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
+            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)) or any(t.like_num for t in tok.lefts))
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
@@ -337,7 +355,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            for chunk in _split_chunks(doc.noun_chunks):
+            for chunk in _noun_phrases(doc):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk)
@@ -368,7 +386,7 @@ class SpacyEntityExtractor:
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
-# taken for the compound of a verb, possessors
+# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses"
 
 
 class EntityCache:
