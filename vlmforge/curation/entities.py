@@ -120,7 +120,8 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
         start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
-    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
+    plural = ((head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses
+              or _counted(chunk, head))
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
