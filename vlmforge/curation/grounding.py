@@ -28,7 +28,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
                "waitress", "customer", "spectator", "student", "soldier", "athlete", "farmer", "cyclist",
                "jockey", "teenager", "umpire", "pitcher", "mother", "father", "mom", "dad", "son", "daughter",
                "husband", "wife", "bride", "groom", "friend", "businessman", "skater", "biker", "motorcyclist",
-               "hiker", "swimmer", "runner", "teen", "infant", "youngster", "fireman", "firefighter", "cowboy",
+               "hiker", "swimmer", "teen", "infant", "youngster", "fireman", "firefighter", "cowboy",
                "nurse", "doctor", "clown", "shopper", "traveler", "boarder", "kiteboarder", "windsurfer",
                "wakeboarder", "parasailer"),
     "bicycle": ("bike", "cycle"), "car": ("automobile", "taxi", "cab", "sedan", "suv", "vehicle"),
