@@ -90,9 +90,10 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return None
     doc = head.doc
     last = chunk.end - 1
-    named = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
-    if named and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids():
-        head = named[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
+    nouns = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
+    if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
+            and head.lower not in _object_word_ids()):
+        head = nouns[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
         last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
@@ -221,18 +222,18 @@ def _object_singular(word: str) -> str:
 
 
 def _misread_noun(tok) -> bool:
-    """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
-    "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
-    it or "and" joins it to a noun or to another object word ("a knife, fork and spoon": fork/VB, spoon/VB), or
-    heads such a list ("Oven, microwave and refrigerator": oven/JJ), or when it
-    starts the caption with no object of its own ("Train on the tracks": train/VB, "Boy eating": boy/UH), or
-    a number counts it ("Two vases next to ...": vases/VBZ)."""
+    """An object word the small parser took for an adjective, verb or the like ("An oven and a microwave":
+    oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
+    number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
+    object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
+    oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
+    "Boy eating a donut": boy/UH)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
-    return (any(t.dep_ == "det" for t in tok.lefts)
+    return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
-            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)) or any(t.like_num for t in tok.lefts))
+            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
