@@ -297,3 +297,15 @@ def test_object_nouns_no_chunk_holds_and_plurals_the_lemmatiser_misses(extract):
     assert got[2][0] == ("vase", "Vases", True) and got[3][0] == ("wine glass", "wine glasses", True)
     assert ("glasses", "glasses", False) in got[4]
     assert got[5][0] == ("vase", "vases", True)  # vases/VBZ counted by "Two"
+
+
+def test_an_animals_baby_is_its_young_not_a_person(extract):
+    """"An elephant and her baby": "baby" is a person word, and with a person in the image that person
+    was hidden with the answer "baby"."""
+    caps = ["An elephant and her baby walking.", "A giraffe in a field with its baby.",
+            "Two elephants with their babies.", "A woman and her baby.", "A woman with a dog holding her baby.", "A dog and a baby on a couch."]
+    got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][1] == ("baby elephant", "baby", False) and got[1][2] == ("baby giraffe", "baby", False)
+    assert got[2][1] == ("baby elephant", "babies", True)
+    assert [g[0] for g in got[3]] == ["woman", "baby"] and [g[0] for g in got[4]] == ["woman", "dog", "baby"]
+    assert [g[0] for g in got[5]] == ["dog", "baby", "couch"]  # not the dog's: no possessive

@@ -248,6 +248,24 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
 
 
+def _young_of_animals(ents: list[Entity]) -> list[Entity]:
+    """"An elephant and her baby": a baby whose owner is an animal (the object named last before it, and no
+    person named before it) is its young, "baby elephant", grounded as an elephant; as a person word it hid
+    a person with the answer "baby"."""
+    from dataclasses import replace
+
+    from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, category_for_label
+
+    out: list[Entity] = []
+    for e in ents:
+        if e.label == "baby" and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
+            before = [c for c in map(category_for_label, (o.label for o in out)) if c]
+            if before and "person" not in before and COCO_SUPERCATEGORIES.get(before[-1]) == "animal":
+                e = replace(e, label=f"baby {before[-1]}")
+        out.append(e)
+    return out
+
+
 @lru_cache(maxsize=2)
 def load_spacy(model: str = SPACY_MODEL):
     """The spaCy pipeline without NER (noun chunks need the tagger and parser only), loaded once per process."""
@@ -377,6 +395,8 @@ class SpacyEntityExtractor:
                 ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
                          for label, start, end, plural, first, last in extra]
                 ents.sort(key=lambda e: e.start)
+            if any(e.label == "baby" for e in ents):
+                ents = _young_of_animals(ents)
             out.append(ents)
         return out
 
@@ -388,7 +408,7 @@ class SpacyEntityExtractor:
 EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
-# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses"
+# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies
 
 
 class EntityCache:
