@@ -413,3 +413,21 @@ def test_a_man_and_a_woman_hide_two_people_and_a_word_names_one_person_in_every_
     assert rejects["1:2:0"].startswith("duplicate_object: man")
     assert rejects["1:3:0"].startswith("duplicate_object: woman") and rejects["1:3:1"].startswith("duplicate_object: man")
     assert rejects["1:4:2"] == "not_grounded: boy: the caption's other entities hold every person instance (2)"
+
+
+def test_grounding_dino_hides_one_person_once_for_a_man_and_a_woman(tmp_path, tiny_models, monkeypatch):
+    """Two queries of the detector found nearly the same box, one labelled "man", one "woman": both
+    became samples, one person hidden twice with two answers. The woman now takes the other person."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    p1, p1b, p2 = [20.0, 40.0, 60.0, 150.0], [22.0, 41.0, 59.0, 148.0], [120.0, 60.0, 50.0, 120.0]
+    dets = {"man": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1, p2]),
+            "woman": Grounding(p1b, "person", 0.8, "grounding-dino", boxes=[p1b, p2])}
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {k: copy.deepcopy(v) for k, v in dets.items() if k in ls} for ls in labels])
+    root = _coco_of(tmp_path / "coco", ["A man and a woman sitting on a bench."],
+                    [("person", p1), ("person", p2), ("bench", [10, 150, 250, 60])])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    assert b.sql("SELECT label, box FROM samples ORDER BY key").fetchall() == [("man", p1), ("woman", p2)]

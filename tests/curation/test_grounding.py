@@ -163,3 +163,27 @@ def test_compound_and_colloquial_names_ground_to_their_category():
                        ("skiis", "skis"), ("television set", "tv"), ("mountain bike", "bicycle")):
         assert category_for_label(label) == cat, label
     assert category_for_label("board", {"snowboard", "person"}) == "snowboard" and category_for_label("board") == "skateboard"
+
+
+def test_detections_of_one_caption_go_to_distinct_entities():
+    """Grounding DINO may find the same person for "man" and for "woman" (two queries, near-equal boxes,
+    one label each): both were hidden, as two objects, with two answers for one person."""
+    from vlmforge.curation.grounding import Grounding, detections_for_caption
+
+    p1, p1b, p2 = [10.0, 10.0, 40.0, 100.0], [12.0, 11.0, 40.0, 98.0], [80.0, 10.0, 40.0, 90.0]
+    bench = [0.0, 60.0, 150.0, 50.0]  # overlaps the people: another category
+    found = {"man": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1, p2]),
+             "woman": Grounding(p1b, "person", 0.8, "grounding-dino", boxes=[p1b, p2]),
+             "bench": Grounding(bench, "bench", 0.7, "grounding-dino", boxes=[bench]),
+             "person": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1, p2])}
+    named: dict = {}
+    got = detections_for_caption([("A man", "man", False), ("a woman", "woman", False), ("a bench", "bench", False)],
+                                 found, named)
+    assert [g.boxes for g in got] == [[p1], [p2], [bench]] and got[1].box == p2
+    again = detections_for_caption([("A woman", "woman", False), ("a man", "man", False)], found, named)
+    assert [g.boxes for g in again] == [[p2], [p1]]  # each word its box of the first caption
+    got = detections_for_caption([("A man", "man", False), ("two people", "person", True)], found, {})
+    assert [g.boxes for g in got] == [[p1], [p2]]  # a plural takes the detections left
+    got = detections_for_caption([("A man", "man", False), ("a woman", "woman", False), ("a boy", "person", False)],
+                                 found, {})
+    assert "every person detection (2)" in str(got[2])

@@ -235,10 +235,8 @@ class AnnotationGrounder:
         matches = [self._category(label, by_cat) for _, label, _ in entities]
         out: list[Grounding | None | NoFreeInstance | SegmentationError] = [None] * len(entities)
         held: set[int] = set()
-        words = [(label, tuple(w for w in _words(phrase) if w in COLOR_WORDS)) for phrase, label, _ in entities]
-        singular = [k for k, m in enumerate(matches) if m and not entities[k][2]]
-        plural = [k for k, m in enumerate(matches) if m and entities[k][2]]
-        for k in sorted(singular, key=lambda k: (words[k] not in named, k)) + plural:
+        words = [_word_key(phrase, label) for phrase, label, _ in entities]
+        for k in _claim_order(entities, [m is not None for m in matches], words, named):
             phrase, label, is_plural = entities[k]
             cat, score, method = matches[k]
             anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
@@ -297,20 +295,65 @@ def _words(phrase: str) -> list[str]:
     return [w.strip(",.").lower() for w in phrase.split()]
 
 
+def _word_key(phrase: str, label: str) -> tuple:
+    """What names one object in every caption of an image: the label and the phrase's colour words."""
+    return label, tuple(w for w in _words(phrase) if w in COLOR_WORDS)
+
+
+def _claim_order(entities: list[tuple[str, str, bool]], found: list[bool], words: list[tuple],
+                 named: dict) -> list[int]:
+    """The order a caption's grounded entities choose in: singular ones whose word an earlier caption
+    bound first, then the other singular ones, then plural ones (which take what is left), each in
+    caption order."""
+    singular = [k for k, ok in enumerate(found) if ok and not entities[k][2]]
+    plural = [k for k, ok in enumerate(found) if ok and entities[k][2]]
+    return sorted(singular, key=lambda k: (words[k] not in named, k)) + plural
+
+
+def detections_for_caption(entities: list[tuple[str, str, bool]], found: dict[str, Grounding], named: dict,
+                           iou: float = 0.5) -> list[Grounding | None | NoFreeInstance]:
+    """A detector's groundings (label -> Grounding, its boxes best first) for one caption's entities, as
+    AnnotationGrounder.ground_caption takes instances: a detection overlapping (IoU >= `iou`) a box another
+    singular entity of the caption holds for the same category (or label, without one) is that object, so
+    a singular entity takes its best detection that overlaps none, a plural one all such detections; a
+    word takes the box it took in an earlier caption of the image again (`named`)."""
+    from dataclasses import replace
+
+    out: list[Grounding | None | NoFreeInstance] = [None] * len(entities)
+    held: list[tuple[str, list[float]]] = []
+    words = [_word_key(phrase, label) for phrase, label, _ in entities]
+    for k in _claim_order(entities, [label in found for _, label, _ in entities], words, named):
+        phrase, label, plural = entities[k]
+        g = found[label]
+        kind = g.category or label
+        boxes = g.boxes or [g.box]
+        free = [b for b in boxes if not any(other == kind and box_iou(b, h) >= iou for other, h in held)]
+        if not free:
+            out[k] = NoFreeInstance(f"{label}: the caption's other entities hold every {kind} detection "
+                                    f"({len(boxes)})")
+            continue
+        chosen = free if plural else [named[words[k]] if named.get(words[k]) in free else free[0]]
+        if not plural:
+            held.append((kind, chosen[0]))
+            named.setdefault(words[k], chosen[0])
+        out[k] = replace(g, box=union_box(chosen), boxes=chosen)
+    return out
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 def union_box(boxes: list[list[float]]) -> list[float]:
     """The [x, y, w, h] box around all of `boxes`."""
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     return [x0, y0, x1 - x0, y1 - y0]
-
-
-def for_entity(found: Grounding, plural: bool) -> Grounding:
-    """A detector's grounding of a label as one entity takes it: a plural phrase hides every
-    detection (its box: their union), a singular one the best only."""
-    from dataclasses import replace
-
-    boxes = found.boxes if plural and found.boxes else [found.box]
-    return replace(found, box=union_box(boxes), boxes=boxes)
 
 
 def _area(ann: dict) -> float:
