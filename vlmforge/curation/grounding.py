@@ -7,7 +7,8 @@
   largest. Distinct entities of one caption take distinct instances, and a word names the same instance
   in every caption of an image (AnnotationGrounder.ground_caption).
 - `grounding-dino`: transformers' Grounding DINO (any checkpoint, e.g. IDEA-Research/grounding-dino-tiny),
-  batched over images, box/text thresholds, non-maximum suppression.
+  batched over images, box/text thresholds, non-maximum suppression; detections_for_caption gives a
+  caption's entities distinct detections as ground_caption gives them distinct instances.
 """
 
 from __future__ import annotations
