@@ -378,3 +378,56 @@ def test_an_export_path_that_is_a_file_is_refused_before_the_build(tmp_path):
                         "--out", str(tmp_path / "builds")], capture_output=True, text=True)
     assert r.returncode == 2 and f"--export-llava {target} is a file" in r.stderr, r.stderr
     assert not (tmp_path / "builds").exists()
+
+
+def _coco_of(root, captions, boxes):
+    """One 320x240 image with box-shaped instances, (category, [x, y, w, h]) each, and its captions."""
+    from vlmforge.sources.sample_coco import CATEGORIES
+
+    (root / "annotations").mkdir(parents=True)
+    (root / "val2017").mkdir()
+    Image.new("RGB", (320, 240), (90, 120, 150)).save(root / "val2017" / "000000000001.jpg", quality=90)
+    image = {"id": 1, "file_name": "000000000001.jpg", "width": 320, "height": 240}
+    anns = [{"id": k, "image_id": 1, "category_id": CATEGORIES[cat][0], "bbox": box, "area": box[2] * box[3],
+             "iscrowd": 0, "segmentation": [[box[0], box[1], box[0] + box[2], box[1], box[0] + box[2],
+                                             box[1] + box[3], box[0], box[1] + box[3]]]}
+            for k, (cat, box) in enumerate(boxes, 1)]
+    cats = sorted({(CATEGORIES[cat][0], cat) for cat, _ in boxes})
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": [image], "annotations": anns, "categories": [{"id": i, "name": n} for i, n in cats]}))
+    (root / "annotations" / "captions_val2017.json").write_text(json.dumps(
+        {"images": [image], "annotations": [{"id": k, "image_id": 1, "caption": c} for k, c in enumerate(captions, 1)]}))
+    return root
+
+
+def test_a_man_and_a_woman_hide_two_people_and_a_word_names_one_person_in_every_caption(tmp_path):
+    """Both took the largest person, and the woman was rejected as a duplicate of the man although a
+    second person was free. A later caption's "a man" is still the first caption's man."""
+    root = _coco_of(tmp_path / "coco", ["A man and a woman sitting on a bench.", "A man sitting on a bench.",
+                                        "A woman and a man are sitting on a bench.", "A man, a woman and a boy on a bench."],
+                    [("person", [20, 40, 60, 150]), ("person", [120, 60, 50, 120]), ("bench", [10, 150, 250, 60])])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True, causality="none")
+    hidden = b.sql("SELECT caption_id, label, box FROM samples WHERE category = 'person' ORDER BY key").fetchall()
+    assert hidden == [(1, "man", [20.0, 40.0, 60.0, 150.0]), (1, "woman", [120.0, 60.0, 50.0, 120.0])]
+    rejects = dict(b.sql("SELECT source_id, reason || ': ' || detail FROM rejects").fetchall())
+    assert rejects["1:2:0"].startswith("duplicate_object: man")
+    assert rejects["1:3:0"].startswith("duplicate_object: woman") and rejects["1:3:1"].startswith("duplicate_object: man")
+    assert rejects["1:4:2"] == "not_grounded: boy: the caption's other entities hold every person instance (2)"
+
+
+def test_grounding_dino_hides_one_person_once_for_a_man_and_a_woman(tmp_path, tiny_models, monkeypatch):
+    """Two queries of the detector found nearly the same box, one labelled "man", one "woman": both
+    became samples, one person hidden twice with two answers. The woman now takes the other person."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    p1, p1b, p2 = [20.0, 40.0, 60.0, 150.0], [22.0, 41.0, 59.0, 148.0], [120.0, 60.0, 50.0, 120.0]
+    dets = {"man": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1, p2]),
+            "woman": Grounding(p1b, "person", 0.8, "grounding-dino", boxes=[p1b, p2])}
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {k: copy.deepcopy(v) for k, v in dets.items() if k in ls} for ls in labels])
+    root = _coco_of(tmp_path / "coco", ["A man and a woman sitting on a bench."],
+                    [("person", p1), ("person", p2), ("bench", [10, 150, 250, 60])])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    assert b.sql("SELECT label, box FROM samples ORDER BY key").fetchall() == [("man", p1), ("woman", p2)]

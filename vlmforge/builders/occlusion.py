@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import cv2
@@ -25,7 +26,8 @@ from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
 from vlmforge.curation.grounding import (
-    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, for_entity, is_not_object,
+    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, detections_for_caption,
+    is_not_object,
 )
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
 from vlmforge.curation.instructions import occlusion_question, type_word
@@ -118,7 +120,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -399,25 +401,29 @@ class OcclusionBuilder(Builder):
             entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
     def _ground(self, work, results) -> None:
-        broken: set[int] = set()  # candidates rejected for a bad segmentation (id of the candidate)
-        if self.config.grounder == "annotations":
-            for i, rec, _img, px, cands in work:
-                masks = self._instance_masks(rec)
-                for c in cands:
-                    try:  # picking one of several instances by colour reads their masks
-                        c.grounding = self.grounder.ground(c.entity.phrase, c.entity.label, c.entity.plural,
-                                                           rec["instances"], px.rgb, masks)
-                    except SegmentationError as e:
-                        results[i].append(self._reject(rec, c, "bad_segmentation", "grounding", str(e)))
-                        broken.add(id(c))
-        else:
+        broken: set[int] = set()  # candidates rejected with a reason of their own (id of the candidate)
+        detections = None
+        if self.config.grounder != "annotations":
             # Places and substances ("kitchen", "grass") are not asked for: as with annotations, never grounded.
-            found = self.grounder([w[3].pil for w in work],
-                                  [sorted({c.entity.label for c in w[4] if not is_not_object(c.entity.label)}) for w in work])
-            for (i, rec, _img, _px, cands), dets in zip(work, found):
-                for c in cands:
-                    g = dets.get(c.entity.label)
-                    c.grounding = None if g is None else for_entity(g, c.entity.plural)
+            labels = [sorted({c.entity.label for c in w[4] if not is_not_object(c.entity.label)}) for w in work]
+            detections = self.grounder([w[3].pil for w in work], labels)
+        for n, (i, rec, _img, px, cands) in enumerate(work):
+            named: dict = {}  # a caption's word -> the object it named: later captions name it again
+            for _, group in groupby(cands, key=lambda c: c.caption["id"]):
+                group = list(group)
+                ents = [(c.entity.phrase, c.entity.label, c.entity.plural) for c in group]
+                if detections is None:
+                    found = self.grounder.ground_caption(ents, rec["instances"], px.rgb, self._instance_masks(rec),
+                                                         named)
+                else:
+                    found = detections_for_caption(ents, detections[n], named, self.grounder.nms_iou)
+                for c, g in zip(group, found):
+                    if isinstance(g, Exception):  # picking one of several instances by colour reads their masks
+                        reason = "bad_segmentation" if isinstance(g, SegmentationError) else "not_grounded"
+                        results[i].append(self._reject(rec, c, reason, "grounding", str(g)))
+                        broken.add(id(c))
+                    else:
+                        c.grounding = g
         for i, rec, _img, px, cands in work:
             for c in cands:
                 if c.grounding is None and id(c) not in broken:
@@ -491,7 +497,8 @@ class OcclusionBuilder(Builder):
                 except SegmentationError as e:  # kept in place of the mask: the caller rejects the candidate
                     out.append(e)
             return out
-        # A plural phrase ("two dogs") hides every detection of its label; a singular one the best (for_entity).
+        # A plural phrase ("two dogs") hides every detection of its label; a singular one the best one free
+        # (detections_for_caption).
         per_cand = [c.grounding.boxes or [c.grounding.box] for c in cands]
         if seg == "box":
             return [MaskCrop.from_full(box_mask(boxes, h, w)) for boxes in per_cand]

@@ -52,6 +52,7 @@ FIXED_COMPOUNDS = frozenset({
     "hot dog", "potted plant", "fire hydrant", "stop sign", "parking meter", "dining table", "cell phone",
     "teddy bear", "wine glass", "traffic light", "baseball bat", "baseball glove", "tennis racket",
     "sports ball", "hair drier", "hair dryer", "fire truck", "ice cream", "remote control", "stuffed animal",
+    "toaster oven",
 })
 
 
@@ -70,6 +71,11 @@ def _fixed_after(head, nxt) -> str | None:
     return None
 
 
+# Nouns in -ing that name a thing: "a dog painting" is a painting, not a dog that paints.
+NOT_GERUNDS = frozenset("painting drawing building ceiling clothing wedding icing frosting topping filling railing "
+                        "awning bedding".split())
+
+
 def _counted(chunk, head) -> bool:
     """A number counts the head ("two dogs"), not a modifier ("a 3-year-old boy")."""
     return any(t.like_num and t.dep_ == "nummod" and t.head.i == head.i and t.lower_ not in ("one", "1")
@@ -84,6 +90,11 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return None
     doc = head.doc
     last = chunk.end - 1
+    nouns = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
+    if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
+            and head.lower not in _object_word_ids()):
+        head = nouns[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
+        last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
     if label is not None:
@@ -92,34 +103,84 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
         return label, head.idx, nxt.idx + len(nxt.text), plural, nxt.i
     word = head.text.lower()
     lemma = word if word in PLURALIA else IRREGULAR.get(word, head.lemma_.lower())
+    # An object's plural the lemmatiser misses: taken for a name ("Umbrellas on a beach": NNP), or cut
+    # wrong ("vases" -> "vas").
+    missed_plural = lemma not in _object_names() and _object_singular(word) != word
+    if missed_plural:
+        lemma = _object_singular(word)
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless hyphenated into a modifier ("double-decker bus")
-    # or a colour the parser took for a noun ("the orange cat": a cat, not a thing of an orange).
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and t.lower_ not in _colour_words()
-             and not (t.i > 0 and doc[t.i - 1].text == "-") and not (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")]
+    # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
+    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and not _describes(t)]
+    glasses = word in PLURALIA and parts and f"{parts[-1].lower_} {head.lemma_.lower()}" in FIXED_COMPOUNDS
+    if glasses:  # "wine glasses": glasses of wine, not spectacles
+        lemma = head.lemma_.lower()
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
     before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
     if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
         start_tok, words = before, [before.text.lower(), *words]
     label = " ".join(words)
-    plural = (head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or _counted(chunk, head)
+    plural = ((head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses
+              or _counted(chunk, head))
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
+# Materials the parser takes for compounds: "a glass vase" is a vase (and not a thing of a wine glass).
+MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leather ceramic porcelain marble concrete
+    wicker silver gold iron tin cardboard rubber cloth bamboo granite tile cement chrome aluminum aluminium copper
+    brass styrofoam foam""".split())
+
+
+def _describes(t) -> bool:
+    """A compound that describes the thing rather than names it: hyphenated into a modifier ("double-decker
+    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), or a
+    word that is no object with an adjective of its own ("a double decker bus", "stainless steel")."""
+    doc = t.doc
+    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS
+            or (t.i > 0 and doc[t.i - 1].text == "-") or (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")
+            or (t.lower not in _object_word_ids() and any(c.dep_ == "amod" for c in t.lefts)))
+
+
 def _split_chunks(chunks):
-    """Noun chunks, each one that holds two noun phrases split in two: the parser sometimes hangs a noun
-    before a verb on the next one ("a couch playing video games": couch as nmod of games)."""
+    """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
+    before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
+    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker); an
+    object that owns the chunk's head is one too ("a dog's head")."""
     for chunk in chunks:
-        noun = next((t for t in chunk if t.dep_ == "nmod" and t.pos_ == "NOUN" and t.i + 1 < chunk.root.i
-                     and chunk.doc[t.i + 1].pos_ == "VERB"), None)
-        if noun is None:
-            yield chunk
-            continue
-        first = chunk.doc[chunk.start : noun.i + 1]  # its "a" may be the article of games: then "couch" alone
-        yield first if first.root == noun else chunk.doc[noun.left_edge.i : noun.i + 1]
-        yield chunk.doc[noun.i + 2 : chunk.end]
+        doc, start = chunk.doc, chunk.start
+        for t in chunk:
+            if t.pos_ != "NOUN" or t.i + 1 >= chunk.root.i:
+                continue
+            if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
+                rest = t.i + 2  # the verb belongs to neither
+            elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
+                rest = t.i + 2  # "a dog's head": the dog, and its head
+            elif t.dep_ in ("nmod", "conj") and doc[t.i + 1].lower_ in _LIST_WORDS and t.lower in _object_word_ids():
+                rest = t.i + 1
+                while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
+                    rest += 1
+            else:
+                continue
+            piece = doc[start : t.i + 1]  # its "a" may be the article of the last noun: then the noun alone
+            yield piece if piece.root == t else doc[max(t.left_edge.i, start) : t.i + 1]
+            start = rest
+        yield chunk if start == chunk.start else doc[start : chunk.end]
+
+
+_LIST_WORDS = frozenset({",", "and", "or", "&"})
+
+
+def _noun_phrases(doc):
+    """The noun chunks (split by _split_chunks) and, in order among them, the object nouns spaCy makes no
+    chunk of for their dependency label: "Two knives next to each other" (knives: npadvmod)."""
+    from spacy.symbols import NOUN, npadvmod
+
+    chunks = list(_split_chunks(doc.noun_chunks))
+    held = {t.i for c in chunks for t in c}
+    loose = [doc[t.left_edge.i : t.i + 1] for t in doc if t.dep == npadvmod and t.pos == NOUN
+             and t.lower in _object_word_ids() and t.i not in held]
+    return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
 @lru_cache(maxsize=1)
@@ -131,10 +192,11 @@ def _colour_words() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def _object_words() -> frozenset[str]:
-    """COCO's object names, synonyms and their plural forms, one word each."""
+    """COCO's object names, synonyms and their plural forms (irregular ones too: "knives"), one word each."""
     from vlmforge.curation.grounding import word_to_category
 
-    return frozenset(w for w in word_to_category() if " " not in w)
+    words = {w for w in word_to_category() if " " not in w}
+    return frozenset(words | {plural for plural, one in IRREGULAR.items() if one in words})
 
 
 @lru_cache(maxsize=1)
@@ -160,12 +222,18 @@ def _object_singular(word: str) -> str:
 
 
 def _misread_noun(tok) -> bool:
-    """An object word the small parser took for an adjective or verb ("An oven and a microwave": oven/JJ,
-    "stove and sink": sink/VB), which no noun chunk then holds: it is a noun when an article belongs to
-    it or "and" joins it to a noun."""
+    """An object word the small parser took for an adjective, verb or the like ("An oven and a microwave":
+    oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
+    number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
+    object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
+    oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
+    "Boy eating a donut": boy/UH)."""
     if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
         return False
-    return any(t.dep_ == "det" for t in tok.lefts) or (tok.dep_ == "conj" and tok.head.pos_ in ("NOUN", "PROPN"))
+    return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
+            or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
+            or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
+            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
@@ -178,6 +246,24 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     first = min([tok.i] + [t.left_edge.i for t in mods])
     plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
     return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
+
+
+def _young_of_animals(ents: list[Entity]) -> list[Entity]:
+    """"An elephant and her baby": a baby whose owner is an animal (the object named last before it, and no
+    person named before it) is its young, "baby elephant", grounded as an elephant; as a person word it hid
+    a person with the answer "baby"."""
+    from dataclasses import replace
+
+    from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, category_for_label
+
+    out: list[Entity] = []
+    for e in ents:
+        if e.label == "baby" and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
+            before = [c for c in map(category_for_label, (o.label for o in out)) if c]
+            if before and "person" not in before and COCO_SUPERCATEGORIES.get(before[-1]) == "animal":
+                e = replace(e, label=f"baby {before[-1]}")
+        out.append(e)
+    return out
 
 
 @lru_cache(maxsize=2)
@@ -289,7 +375,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            for chunk in _split_chunks(doc.noun_chunks):
+            for chunk in _noun_phrases(doc):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk)
@@ -309,6 +395,8 @@ class SpacyEntityExtractor:
                 ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
                          for label, start, end, plural, first, last in extra]
                 ents.sort(key=lambda e: e.start)
+            if any(e.label == "baby" for e in ents):
+                ents = _young_of_animals(ents)
             out.append(ents)
         return out
 
@@ -317,8 +405,10 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 4  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
-# nouns, chunks holding two phrases, colours out of compounds
+EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+# nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
+# materials and described words out of compounds, capitalised plurals, object words misread at the start or
+# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies
 
 
 class EntityCache:

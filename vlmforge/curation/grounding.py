@@ -4,9 +4,11 @@
   name, synonyms and plural forms, then by sentence-embedding similarity (MiniLM) against the
   categories present. Among several instances of the category: a plural phrase takes them all; a
   singular one takes the instance whose mean colour is nearest a colour word of the phrase, else the
-  largest.
+  largest. Distinct entities of one caption take distinct instances, and a word names the same instance
+  in every caption of an image (AnnotationGrounder.ground_caption).
 - `grounding-dino`: transformers' Grounding DINO (any checkpoint, e.g. IDEA-Research/grounding-dino-tiny),
-  batched over images, box/text thresholds, non-maximum suppression.
+  batched over images, box/text thresholds, non-maximum suppression; detections_for_caption gives a
+  caption's entities distinct detections as ground_caption gives them distinct instances.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmforge.curation.segmentation import MaskCrop
+from vlmforge.curation.segmentation import MaskCrop, SegmentationError
 
 # COCO category -> other words captions use for it.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -25,33 +27,41 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
                "pedestrian", "batter", "catcher", "chef", "worker", "men", "women", "someone", "driver",
                "passenger", "pilot", "officer", "policeman", "cop", "tourist", "vendor", "cook", "waiter",
                "waitress", "customer", "spectator", "student", "soldier", "athlete", "farmer", "cyclist",
-               "jockey", "teenager", "umpire", "pitcher"),
+               "jockey", "teenager", "umpire", "pitcher", "mother", "father", "mom", "dad", "son", "daughter",
+               "husband", "wife", "bride", "groom", "friend", "businessman", "skater", "biker", "motorcyclist",
+               "hiker", "swimmer", "teen", "infant", "youngster", "fireman", "firefighter", "cowboy",
+               "nurse", "doctor", "clown", "shopper", "traveler", "boarder", "kiteboarder", "windsurfer",
+               "wakeboarder", "parasailer"),
     "bicycle": ("bike", "cycle"), "car": ("automobile", "taxi", "cab", "sedan", "suv", "vehicle"),
-    "motorcycle": ("motorbike", "scooter", "moped"), "airplane": ("plane", "jet", "aircraft", "airliner"),
-    "bus": ("coach", "double-decker"), "train": ("locomotive", "tram", "subway"), "truck": ("lorry", "pickup"),
+    "motorcycle": ("motorbike", "motor bike", "dirt bike", "scooter", "moped"),
+    "airplane": ("plane", "jet", "aircraft", "airliner"), "bus": ("coach", "double-decker"),
+    "train": ("locomotive", "tram", "subway", "cable car"), "truck": ("lorry", "pickup", "fire engine"),
     "boat": ("ship", "sailboat", "canoe", "kayak", "yacht", "ferry"),
-    "traffic light": ("stoplight", "traffic signal", "signal light"), "fire hydrant": ("hydrant",),
+    "traffic light": ("stoplight", "stop light", "traffic signal", "signal light"), "fire hydrant": ("hydrant",),
     "stop sign": ("sign",), "parking meter": ("meter",), "bench": ("park bench",),
     "bird": ("pigeon", "seagull", "gull", "duck", "parrot", "sparrow"), "cat": ("kitten", "kitty"),
     "dog": ("puppy", "pup", "doggy"), "horse": ("pony", "foal"), "sheep": ("lamb", "ram"),
-    "cow": ("cattle", "bull", "calf", "ox"), "elephant": (), "bear": ("grizzly",), "zebra": (), "giraffe": (),
+    "cow": ("cattle", "bull", "calf", "ox"), "elephant": (), "bear": ("grizzly", "cub"), "zebra": (), "giraffe": (),
     "backpack": ("rucksack", "knapsack"), "umbrella": ("parasol",), "handbag": ("purse", "bag", "handbag"),
-    "tie": ("necktie",), "suitcase": ("luggage", "bag"), "frisbee": ("disc",), "skis": ("ski",),
-    "snowboard": (), "sports ball": ("ball", "soccer ball", "football", "baseball", "tennis ball", "basketball"),
+    "tie": ("necktie",), "suitcase": ("luggage", "bag", "suit case"), "frisbee": ("disc",), "skis": ("ski", "skiis"),
+    "sports ball": ("ball", "soccer ball", "football", "baseball", "tennis ball", "basketball"),
     "kite": (), "baseball bat": ("bat",), "baseball glove": ("glove", "mitt"), "skateboard": ("board",),
-    "surfboard": ("surf board", "board"), "tennis racket": ("racket", "racquet"), "bottle": (),
+    "surfboard": ("surf board", "board"), "snowboard": ("snow board", "board"),  # "board": skateboard first
+    "tennis racket": ("racket", "racquet"), "bottle": (),
     "wine glass": ("glass",), "cup": ("mug", "coffee cup"), "fork": (), "knife": (), "spoon": (),
     "bowl": (), "banana": (), "apple": (), "sandwich": ("burger", "sub", "hamburger"), "orange": (),
     "broccoli": (), "carrot": (), "hot dog": ("hotdog",), "pizza": (), "donut": ("doughnut",),
     "cake": ("cupcake",), "chair": ("stool", "seat"), "couch": ("sofa",),
     "potted plant": ("plant", "houseplant", "flower pot"), "bed": (), "dining table": ("table", "dinner table"),
-    "toilet": (), "tv": ("television", "screen", "monitor", "tv set", "computer monitor", "computer screen"),
+    "toilet": (),
+    "tv": ("television", "screen", "monitor", "tv set", "television set", "computer monitor", "computer screen"),
     "laptop": ("computer", "notebook"), "mouse": ("computer mouse",), "remote": ("remote control", "controller"),
-    "keyboard": ("computer keyboard",), "cell phone": ("phone", "cellphone", "smartphone", "mobile phone"),
-    "microwave": ("microwave oven",), "oven": ("stove",),
-    "toaster": (), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
+    "keyboard": ("computer keyboard",),
+    "cell phone": ("phone", "cellphone", "smartphone", "mobile phone", "iphone"),
+    "microwave": ("microwave oven",), "oven": ("stove", "toaster oven"),
+    "toaster": ("toaster oven",), "sink": (), "refrigerator": ("fridge",), "book": ("novel",), "clock": (), "vase": (),
     "scissors": (), "teddy bear": ("teddy", "stuffed animal"), "hair drier": ("hair dryer", "blow dryer"),
-    "toothbrush": (),
+    "toothbrush": ("tooth brush",),
 }
 COLOR_WORDS = {
     "red": (200, 40, 40), "blue": (40, 70, 200), "green": (50, 160, 60), "yellow": (230, 200, 40),
@@ -66,14 +76,23 @@ COLOR_WORDS = {
 NOT_OBJECTS = frozenset(
     """bathroom bedroom kitchen room office restaurant airport station park zoo farm pasture field beach street
     road city yard court shop store market hallway garage classroom hotel sidewalk glasses sunglasses
-    eyeglasses wine beer coffee tea water juice milk food meal snow sand grass""".split()
+    eyeglasses wine beer coffee tea water juice milk food meal snow sand grass bread dinner lunch breakfast hair
+    toothpaste brush pot sail surf cone tennis soccer golf volleyball hockey game match kiteboarding kitesurfing
+    windsurfing""".split()
 ) | {"parking lot", "bus stop", "train station", "living room", "dining room", "cutting board", "bulletin board",
-     "ironing board", "diving board", "street sign", "road sign"}
+     "ironing board", "diving board", "street sign", "road sign", "street light", "street lamp", "lamp post"}
+# Sports and things like them score near an object by embedding ("tennis" -> tennis racket 0.83, "soccer"
+# -> sports ball, "pot" -> potted plant, "hair" -> hair drier, "traffic cone" -> traffic light): the
+# object would be hidden with a wrong answer.
 
 
 def is_not_object(label: str) -> bool:
-    """A place, a substance or a thing COCO has no category for ("living room" by its last word too)."""
-    return label in NOT_OBJECTS or label.split()[-1] in ("room", "station", "lot")
+    """A place, a substance or a thing COCO has no category for; a compound too whose last word is one
+    ("tennis court", "living room", "skate park"), unless it names an object ("flower pot")."""
+    if label in NOT_OBJECTS:
+        return True
+    last = label.split()[-1]
+    return label not in _WORDS and (last in NOT_OBJECTS or last in ("room", "station", "lot"))
 
 
 def names_part_of_other(label: str) -> bool:
@@ -141,6 +160,10 @@ class Grounding:
     boxes: list[list[float]] = field(default_factory=list)  # one per instance/detection (plural phrases)
 
 
+class NoFreeInstance(Exception):
+    """Every instance of the category an entity names is held by another entity of its caption."""
+
+
 class AnnotationGrounder:
     name = "annotations"
     resources = {"cpu": 1}
@@ -189,36 +212,72 @@ class AnnotationGrounder:
 
     def ground(self, phrase: str, label: str, plural: bool, instances: list[dict], image: np.ndarray | None = None,
                masks: dict[int, MaskCrop | np.ndarray] | None = None) -> Grounding | None:
+        """One entity's grounding (see ground_caption); a broken segmentation raises SegmentationError."""
+        got = self.ground_caption([(phrase, label, plural)], instances, image, masks)[0]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def ground_caption(self, entities: list[tuple[str, str, bool]], instances: list[dict], image: np.ndarray | None = None,
+                       masks: dict[int, MaskCrop | np.ndarray] | None = None, named: dict | None = None,
+                       ) -> list[Grounding | None | NoFreeInstance | SegmentationError]:
+        """Groundings of one caption's entities, (phrase, label, plural) each, in order; None where not
+        grounded, an error in place of one that cannot be (the caller rejects that entity).
+
+        Distinct entities of one caption are distinct objects ("a man and a woman"): singular ones take
+        distinct instances, each the best one no other has taken, and plural ones take the instances no
+        singular one holds. `named`, kept by the caller over an image's captions in order, maps a word
+        (label and colour words) to the instance it first named, which it names again in a later
+        caption ("a man" is the same man in every caption) before the caption's other words choose."""
         by_cat: dict[str, list[dict]] = {}
         for ann in instances:
             by_cat.setdefault(self.categories[ann["category_id"]]["name"], []).append(ann)
+        named = {} if named is None else named
+        matches = [self._category(label, by_cat) for _, label, _ in entities]
+        out: list[Grounding | None | NoFreeInstance | SegmentationError] = [None] * len(entities)
+        held: set[int] = set()
+        words = [_word_key(phrase, label) for phrase, label, _ in entities]
+        for k in _claim_order(entities, [m is not None for m in matches], words, named):
+            phrase, label, is_plural = entities[k]
+            cat, score, method = matches[k]
+            anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
+            free = [a for a in anns if int(a["id"]) not in held]
+            if not free:
+                out[k] = NoFreeInstance(f"{label}: the caption's other entities hold every {cat} instance ({len(anns)})")
+                continue
+            if is_plural or len(free) == 1:
+                chosen = free
+            else:
+                again = [a for a in free if int(a["id"]) == named.get(words[k])]
+                try:
+                    chosen = again or [self._pick_one(phrase, free, image, masks)]
+                except SegmentationError as e:
+                    out[k] = e
+                    continue
+            if not is_plural:
+                held.add(int(chosen[0]["id"]))
+                named.setdefault(words[k], int(chosen[0]["id"]))
+            boxes = [list(map(float, a["bbox"])) for a in chosen]
+            out[k] = Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        return out
+
+    def _category(self, label: str, by_cat: dict[str, list[dict]]) -> tuple[str, float, str] | None:
+        """(category present in the image, score, method) for a label, or None."""
         if not by_cat or is_not_object(label):
             return None
         cat = category_for_label(label, set(by_cat))
-        method, score = "name", 1.0
         if cat is None and category_for_label(label) is not None:
             return None  # a known category that is not in this image ("cat" must not become "dog")
-        if cat is None or cat not in by_cat:
-            if names_part_of_other(label):
-                return None
-            cat, score = self._embedding_match(label, sorted(by_cat))
-            method = "embedding"
-            if cat is None:
-                return None
-        anns = [a for a in by_cat[cat] if not a.get("iscrowd")] or by_cat[cat]
-        if plural and len(anns) > 1:
-            chosen = anns
-        elif len(anns) == 1:
-            chosen = anns
-        else:
-            chosen = [self._pick_one(phrase, anns, image, masks)]
-        boxes = [list(map(float, a["bbox"])) for a in chosen]
-        return Grounding(union_box(boxes), cat, score, method, [int(a["id"]) for a in chosen], boxes)
+        if cat is not None and cat in by_cat:
+            return cat, 1.0, "name"
+        if names_part_of_other(label):
+            return None
+        cat, score = self._embedding_match(label, sorted(by_cat))
+        return None if cat is None else (cat, score, "embedding")
 
     @staticmethod
     def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
-        words = [w.strip(",.").lower() for w in phrase.split()]
-        colours = [COLOR_WORDS[w] for w in words if w in COLOR_WORDS]
+        colours = [COLOR_WORDS[w] for w in _words(phrase) if w in COLOR_WORDS]
         if colours and image is not None and masks is not None:
             target = np.array(colours[0], np.float32)
 
@@ -233,20 +292,69 @@ class AnnotationGrounder:
         return max(anns, key=lambda a: (_area(a), -a["id"]))
 
 
+def _words(phrase: str) -> list[str]:
+    return [w.strip(",.").lower() for w in phrase.split()]
+
+
+def _word_key(phrase: str, label: str) -> tuple:
+    """What names one object in every caption of an image: the label and the phrase's colour words."""
+    return label, tuple(w for w in _words(phrase) if w in COLOR_WORDS)
+
+
+def _claim_order(entities: list[tuple[str, str, bool]], found: list[bool], words: list[tuple],
+                 named: dict) -> list[int]:
+    """The order a caption's grounded entities choose in: singular ones whose word an earlier caption
+    bound first, then the other singular ones, then plural ones (which take what is left), each in
+    caption order."""
+    singular = [k for k, ok in enumerate(found) if ok and not entities[k][2]]
+    plural = [k for k, ok in enumerate(found) if ok and entities[k][2]]
+    return sorted(singular, key=lambda k: (words[k] not in named, k)) + plural
+
+
+def detections_for_caption(entities: list[tuple[str, str, bool]], found: dict[str, Grounding], named: dict,
+                           iou: float = 0.5) -> list[Grounding | None | NoFreeInstance]:
+    """A detector's groundings (label -> Grounding, its boxes best first) for one caption's entities, as
+    AnnotationGrounder.ground_caption takes instances: a detection overlapping (IoU >= `iou`) a box another
+    singular entity of the caption holds for the same category (or label, without one) is that object, so
+    a singular entity takes its best detection that overlaps none, a plural one all such detections; a
+    word takes the box it took in an earlier caption of the image again (`named`)."""
+    from dataclasses import replace
+
+    out: list[Grounding | None | NoFreeInstance] = [None] * len(entities)
+    held: list[tuple[str, list[float]]] = []
+    words = [_word_key(phrase, label) for phrase, label, _ in entities]
+    for k in _claim_order(entities, [label in found for _, label, _ in entities], words, named):
+        phrase, label, plural = entities[k]
+        g = found[label]
+        kind = g.category or label
+        boxes = g.boxes or [g.box]
+        free = [b for b in boxes if not any(other == kind and box_iou(b, h) >= iou for other, h in held)]
+        if not free:
+            out[k] = NoFreeInstance(f"{label}: the caption's other entities hold every {kind} detection "
+                                    f"({len(boxes)})")
+            continue
+        chosen = free if plural else [named[words[k]] if named.get(words[k]) in free else free[0]]
+        if not plural:
+            held.append((kind, chosen[0]))
+            named.setdefault(words[k], chosen[0])
+        out[k] = replace(g, box=union_box(chosen), boxes=chosen)
+    return out
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    """Intersection over union of two [x, y, w, h] boxes."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
 def union_box(boxes: list[list[float]]) -> list[float]:
     """The [x, y, w, h] box around all of `boxes`."""
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     return [x0, y0, x1 - x0, y1 - y0]
-
-
-def for_entity(found: Grounding, plural: bool) -> Grounding:
-    """A detector's grounding of a label as one entity takes it: a plural phrase hides every
-    detection (its box: their union), a singular one the best only."""
-    from dataclasses import replace
-
-    boxes = found.boxes if plural and found.boxes else [found.box]
-    return replace(found, box=union_box(boxes), boxes=boxes)
 
 
 def _area(ann: dict) -> float:
