@@ -603,3 +603,34 @@ def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, 
         write_candidate_answers(offline_build.path, tmp_path / "none.jsonl", "openai", "m", samples=1,
                                 generator_options=options, cache_dir=False)
     assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_candidate_answers_from_a_projector_only_or_lora_run(tmp_path, offline_build):
+    """`selfsynth-answers --model runs/round1` of a `train --mode projector` (or lora) run failed with
+    'cannot load model ... Unrecognized model': the run goes onto its base as `vlmforge eval` loads it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.training.llava import export, load_llava, projector_names
+    from vlmforge.training.tiny import make_tiny_llava
+
+    base = str(make_tiny_llava(tmp_path / "tiny"))
+    model, processor = load_llava(base)
+    with torch.no_grad():
+        for name in projector_names(model):
+            model.get_parameter(name).fill_(0.25)  # stands in for training
+    export(model, processor, "projector", base, tmp_path / "proj" / "final")
+    gen = make_generator("transformers", str(tmp_path / "proj"), cache_dir=False, device="cpu")
+    gen.setup()
+    assert all(bool((gen._model.get_parameter(name) == 0.25).all()) for name in projector_names(model))
+    lora = get_peft_model(load_llava(base)[0], LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    export(lora, processor, "lora", base, tmp_path / "lora" / "final")
+    for run in ("proj", "lora"):
+        out = tmp_path / f"{run}.jsonl"
+        r = CliRunner().invoke(app, ["selfsynth-answers", "--from", str(offline_build.path), "-o", str(out), "--model",
+                                     str(tmp_path / run), "--samples", "1", "--max-new-tokens", "2", "--device", "cpu",
+                                     "--no-cache", "--quiet"])
+        assert r.exit_code == 0, r.output
+        assert len(out.read_text().splitlines()) == 12 * 4
