@@ -583,8 +583,8 @@ def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, 
     assert all(line["answers"] == [] and "answered 400: the prompt was filtered" in line["refused"] for line in refused)
     assert all(line["answers"] for line in lines if "refused" not in line)
     assert "the endpoint refused 4 of 48 questions" in " ".join(capsys.readouterr().err.split())
-    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(offline_build.path)},
-                        answers=str(out))
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2",
+                        source_options={"path": str(offline_build.path)}, answers=str(out))
     assert len(r2) == 11 and r2.sql("SELECT source_id, reason, stage FROM rejects").fetchall() == [
         (first["__key__"], "refused_by_endpoint", "answers")]
     # One question refused is left out of its sample, counted as unanswered.
@@ -592,8 +592,8 @@ def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, 
     chat_server.refuse = question
     write_candidate_answers(offline_build.path, out, "openai", "m", samples=1, generator_options=options,
                             cache_dir=False)
-    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(offline_build.path)},
-                        answers=str(out))
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3",
+                        source_options={"path": str(offline_build.path)}, answers=str(out))
     asking = sorted({line["key"] for line in lines if line["question"] == question})
     assert r2.sql("SELECT key, n_unanswered FROM samples WHERE n_unanswered > 0 ORDER BY key").fetchall() == [
         (key, 1) for key in asking] and len(r2) == 12

@@ -8,9 +8,9 @@ images' concepts as negatives); of those that name the label, the best is kept. 
 the first candidate that names the label. Otherwise the answer falls back to "This is an image of
 {label}.". A question the endpoint refused to answer (selfsynth-answers writes its line with
 `"refused"`, the endpoint's words, and no answers) is left out like one without a line; a sample whose
-every question was refused is a `refused_by_endpoint` reject. Keys and images stay those of the parent, whose build id becomes this build's parent;
-build.json's `parent_builds` holds the whole chain (earlier rounds and the selfsynth build, each with
-its builder, version, build id and config).
+every question was refused is a `refused_by_endpoint` reject. Keys and images stay those of the parent,
+whose build id becomes this build's parent; build.json's `parent_builds` holds the whole chain (earlier
+rounds and the selfsynth build, each with its builder, version, build id and config).
 """
 
 from __future__ import annotations
