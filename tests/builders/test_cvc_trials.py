@@ -242,3 +242,30 @@ def test_parents_without_occlusion_questions(tmp_path, occlusion, trials):
         ("occ_003",), ("occ_007",)]
     q = "SELECT parent_key, count(*) FROM samples GROUP BY 1 ORDER BY 1"
     assert b.sql(q).fetchall() == trials.sql(q.replace("GROUP BY", "WHERE parent_key NOT IN ('occ_003', 'occ_007') GROUP BY")).fetchall()
+
+
+def test_an_image_the_endpoint_refuses_is_a_reject_at_its_stage(tmp_path, occlusion):
+    from tests.curation.test_openai_backend import ChatServer
+
+    server = ChatServer()
+    try:
+        server.refuse = "there is a animal"  # the animals' questions (a content filter); vehicles are answered
+        options = {"base_url": server.url, "backoff": 0.01}
+        cfg = CvcTrialsConfig(generator="openai", model="m", trials=2, max_correct=2)
+        src = open_source("build", path=str(occlusion.path))
+        b = vlmforge.open_build(run_build(CvcTrialsBuilder(cfg, src, options, tmp_path / "cache"), tmp_path / "a",
+                                          quiet=True))
+        q = "SELECT reason, stage, count(*) FROM rejects GROUP BY ALL ORDER BY ALL"
+        assert b.sql(q).fetchall() == [("refused_by_endpoint", "trials", 5), ("too_hard", "trials", 7)]
+        refusals = "SELECT DISTINCT detail FROM rejects WHERE reason = 'refused_by_endpoint'"
+        assert b.sql(refusals).fetchall() == [(f"{server.url} answered 400: the prompt was filtered",)]
+        assert len(list((tmp_path / "cache").rglob("*.json"))) == 7  # refusals are asked again next time
+        # With the generator extractor, one image's trials (their texts echo its seed) are refused there.
+        key = "occ_000"
+        server.refuse = f"(seed {stable_int(0, key, 'trials')}, "
+        cfg = CvcTrialsConfig(generator="openai", model="m", trials=2, max_correct=2, extractor="generator")
+        b = vlmforge.open_build(run_build(CvcTrialsBuilder(cfg, src, options, False), tmp_path / "b", quiet=True))
+        assert b.sql(q).fetchall() == [("refused_by_endpoint", "extract", 1), ("too_hard", "trials", 11)]
+        assert b.sql("SELECT source_id FROM rejects WHERE stage = 'extract'").fetchall() == [(key,)]
+    finally:
+        server.close()

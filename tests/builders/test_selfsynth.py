@@ -499,3 +499,138 @@ def test_a_round_warns_of_unused_answers_unless_quiet(tmp_path, offline_build):
     assert loud.returncode == 0 and "1 keys of the answers file are not in the parent build" in loud.stderr
     quiet = subprocess.run(base + ["--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr  # --quiet prints nothing but errors
+
+
+# -- requests an endpoint refuses -------------------------------------------------------------------
+@pytest.fixture
+def chat_server():
+    """An OpenAI-compatible server on 127.0.0.1 that echoes prompts; `refuse` makes it answer 400 (a
+    content filter) to requests holding that text."""
+    from tests.curation.test_openai_backend import ChatServer
+
+    server = ChatServer()
+    yield server
+    server.close()
+
+
+def _openai_build(out, cub, server, cache, attributes=False, **config):
+    src = open_source("cub", root=str(cub), splits=["train"], attributes=attributes)
+    builder = SelfSynthBuilder(SelfSynthConfig(generator="openai", model="m", questions=2, **config), src,
+                               generator_options={"base_url": server.url, "backoff": 0.01}, cache_dir=cache)
+    return vlmforge.open_build(run_build(builder, out, quiet=True))
+
+
+def test_an_image_the_endpoint_refuses_is_a_reject_asked_again_next_time(tmp_path, cub, chat_server):
+    from vlmforge.curation.generation.openai import data_url
+
+    concepts = tmp_path / "concepts.json"
+    concepts.write_text(json.dumps({lab: ["dark plumage", "white head", "long narrow wings", "pink bill"]
+                                    for lab in ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")}))
+    image = sorted((cub / "CUB_200_2011" / "images").glob("003.*/*.jpg"))[0]
+    chat_server.refuse = data_url(image.read_bytes())  # the filter refuses this one image, whatever the prompt
+    config = {"concepts": str(concepts), "instructions": 1, "descriptions_per_instruction": 1}
+    a = _openai_build(tmp_path / "a", cub, chat_server, tmp_path / "cache", **config)
+    assert a.sql("SELECT source_id, reason, stage, detail FROM rejects").fetchall() == [
+        (f"{image.parent.name}/{image.name}", "refused_by_endpoint", "descriptions",
+         f"{chat_server.url} answered 400: the prompt was filtered")]
+    assert len(a) == 8  # the other images' answers echo the prompt, which names the label
+    # The refusal is not an answer in the cache: the rerun asks for it again, and only for it.
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 8 + 8 * 2
+    asked = len(chat_server.requests)
+    b = _openai_build(tmp_path / "b", cub, chat_server, tmp_path / "cache", **config)
+    assert [data_url(image.read_bytes()) in json.dumps(r["body"]) for r in chat_server.requests[asked:]] == [True]
+    fa, fb = build_files(a.path), build_files(b.path)
+    assert fa.keys() == fb.keys() and all(fa[k] == fb[k] for k in fa)
+    # An error about the endpoint, not a request, still stops the build with its line.
+    chat_server.refuse, chat_server.plan = None, [401] * 4
+    with pytest.raises(UserError, match="answered 401: planned failure 401"):
+        _openai_build(tmp_path / "c", cub, chat_server, tmp_path / "cache2", **config)
+
+
+def test_a_refused_class_or_question_is_a_reject_without_a_cache(tmp_path, cub, chat_server):
+    chat_server.refuse = "Sooty Albatross"  # in its concept request and its questions
+    chat_server.fixed_reply = "- dark plumage\n- long narrow wings\n- hooked bill"
+    a = _openai_build(tmp_path / "a", cub, chat_server, False, instructions=1, descriptions_per_instruction=1)
+    q = "SELECT reason, stage, count(*) FROM rejects GROUP BY ALL ORDER BY ALL"
+    assert a.sql(q).fetchall() == [("answer_misses_label", "qa", 6), ("refused_by_endpoint", "concepts", 3)]
+    # Its images were asked nothing more: one request per class, then one description and 2 questions each.
+    assert len(chat_server.requests) == 3 + 6 * 3
+    chat_server.fixed_reply = None
+    b = _openai_build(tmp_path / "b", cub, chat_server, False, concepts="attributes", attributes=True)
+    assert b.sql(q).fetchall() == [("refused_by_endpoint", "qa", 3)] and len(b) == 6
+    detail = b.sql("SELECT DISTINCT detail FROM rejects").fetchall()
+    assert detail == [(f"{chat_server.url} answered 400: the prompt was filtered",)]
+    # Every image of a batch refused is about the requests' shape (a model that takes no image): an error.
+    chat_server.refuse = "Question:"
+    with pytest.raises(BuildError, match="the endpoint refused the requests of every image of a batch: .* answered "
+                                         "400: the prompt was filtered"):
+        _openai_build(tmp_path / "c", cub, chat_server, False, concepts="attributes", attributes=True)
+
+
+def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, offline_build, chat_server, capsys):
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+    from vlmforge.curation.generation.openai import data_url
+
+    first = next(offline_build.samples())
+    chat_server.refuse = data_url(first["jpg"])  # every question about this image is refused
+    out = tmp_path / "r2.jsonl"
+    options = {"base_url": chat_server.url, "backoff": 0.01}
+    assert write_candidate_answers(offline_build.path, out, "openai", "m", samples=1, generator_options=options,
+                                   cache_dir=tmp_path / "cache", quiet=False) == 12 * 4
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    refused = [line for line in lines if "refused" in line]
+    assert {line["key"] for line in refused} == {first["__key__"]} and len(refused) == 4
+    assert all(line["answers"] == [] and "answered 400: the prompt was filtered" in line["refused"] for line in refused)
+    assert all(line["answers"] for line in lines if "refused" not in line)
+    assert "the endpoint refused 4 of 48 questions" in " ".join(capsys.readouterr().err.split())
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2",
+                        source_options={"path": str(offline_build.path)}, answers=str(out))
+    assert len(r2) == 11 and r2.sql("SELECT source_id, reason, stage FROM rejects").fetchall() == [
+        (first["__key__"], "refused_by_endpoint", "answers")]
+    # One question refused is left out of its sample, counted as unanswered.
+    question = lines[1]["question"]
+    chat_server.refuse = question
+    write_candidate_answers(offline_build.path, out, "openai", "m", samples=1, generator_options=options,
+                            cache_dir=False)
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3",
+                        source_options={"path": str(offline_build.path)}, answers=str(out))
+    asking = sorted({line["key"] for line in lines if line["question"] == question})
+    assert r2.sql("SELECT key, n_unanswered FROM samples WHERE n_unanswered > 0 ORDER BY key").fetchall() == [
+        (key, 1) for key in asking] and len(r2) == 12
+    # Every question refused is about the requests' shape: an error, and no answers file.
+    chat_server.refuse = "bird"
+    with pytest.raises(UserError, match="the endpoint refused every question: .*answered 400"):
+        write_candidate_answers(offline_build.path, tmp_path / "none.jsonl", "openai", "m", samples=1,
+                                generator_options=options, cache_dir=False)
+    assert not (tmp_path / "none.jsonl").exists()
+
+
+def test_candidate_answers_from_a_projector_only_or_lora_run(tmp_path, offline_build):
+    """`selfsynth-answers --model runs/round1` of a `train --mode projector` (or lora) run failed with
+    'cannot load model ... Unrecognized model': the run goes onto its base as `vlmforge eval` loads it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.training.llava import export, load_llava, projector_names
+    from vlmforge.training.tiny import make_tiny_llava
+
+    base = str(make_tiny_llava(tmp_path / "tiny"))
+    model, processor = load_llava(base)
+    with torch.no_grad():
+        for name in projector_names(model):
+            model.get_parameter(name).fill_(0.25)  # stands in for training
+    export(model, processor, "projector", base, tmp_path / "proj" / "final")
+    gen = make_generator("transformers", str(tmp_path / "proj"), cache_dir=False, device="cpu")
+    gen.setup()
+    assert all(bool((gen._model.get_parameter(name) == 0.25).all()) for name in projector_names(model))
+    lora = get_peft_model(load_llava(base)[0], LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    export(lora, processor, "lora", base, tmp_path / "lora" / "final")
+    for run in ("proj", "lora"):
+        out = tmp_path / f"{run}.jsonl"
+        r = CliRunner().invoke(app, ["selfsynth-answers", "--from", str(offline_build.path), "-o", str(out), "--model",
+                                     str(tmp_path / run), "--samples", "1", "--max-new-tokens", "2", "--device", "cpu",
+                                     "--no-cache", "--quiet"])
+        assert r.exit_code == 0, r.output
+        assert len(out.read_text().splitlines()) == 12 * 4

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import FromBuildMixin, GeneratorMixin, stable_int
+from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, GeneratorMixin, ask, refused_by_owner, stable_int
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.instructions import short_answer_question, with_article, with_instruction
 from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, same_in_number
@@ -103,13 +103,13 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         cfg = self.config
         gen = self._make_generator(cfg.generator, cfg.model)
-        parents, reqs, missing = [], [], {}
+        parents, reqs, done = [], [], {}
         for i, rec in enumerate(batch):
             parent = load_record_sample(rec)
             doc = json.loads(parent.pop("json"))
             if not isinstance(doc.get("question"), str) or not doc.get("label"):
-                missing[i] = Reject(rec["source_id"], "not_occlusion", "trials",
-                                    "the parent sample has no occlusion question and label")
+                done[i] = [Reject(rec["source_id"], "not_occlusion", "trials",
+                                  "the parent sample has no occlusion question and label")]
                 continue
             prompt = with_instruction(doc["question"], cfg.reasoning_suffix)
             reqs.append(GenerationRequest(
@@ -117,26 +117,38 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
                 top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=stable_int(cfg.seed, rec["key"], "trials"),
                 extra={"template": {"task": "reason", "context": doc.get("supercategory") or "object",
                                     "candidates": self.candidates.get(doc.get("supercategory") or "", [doc["label"]])}}))
-            parents.append((rec, parent, doc, prompt))
-        trials = gen(reqs) if reqs else []
-        answers = self._extract(trials)
-        sims = self._matcher.similarity_many([(found, doc["label"]) for found, (_, _, doc, _) in zip(answers, parents)])
-        made = iter([self._samples(rec, parent, doc, prompt, texts, found, sim)
-                     for (rec, parent, doc, prompt), texts, found, sim in zip(parents, trials, answers, sims)])
-        return [[missing[i]] if i in missing else next(made) for i in range(len(batch))]
+            parents.append((i, rec, parent, doc, prompt))
+        trials, refused = ask(gen, reqs) if reqs else ([], {})
+        for i, words in refused_by_owner(refused, [p[0] for p in parents], "image of a batch").items():
+            done[i] = [Reject(batch[i]["source_id"], REFUSED, "trials", words)]
+        asked = [(p, texts) for p, texts in zip(parents, trials) if texts is not None]
+        answers, refused = self._extract([texts for _, texts in asked])
+        for j, words in refused.items():
+            i = asked[j][0][0]
+            done[i] = [Reject(batch[i]["source_id"], REFUSED, "extract", words)]
+        asked = [(p, texts, found) for (p, texts), found in zip(asked, answers) if found is not None]
+        sims = self._matcher.similarity_many([(found, p[3]["label"]) for p, _, found in asked])
+        for ((i, rec, parent, doc, prompt), texts, found), sim in zip(asked, sims):
+            done[i] = self._samples(rec, parent, doc, prompt, texts, found, sim)
+        return [done[i] for i in range(len(batch))]
 
-    def _extract(self, trials: list[list[str]]) -> list[list[str]]:
+    def _extract(self, trials: list[list[str]]) -> tuple[list[list[str] | None], dict[int, str]]:
+        """Each image's final answers (None where the endpoint refused to extract one), and the refusals
+        by image index."""
         if self.config.extractor == "rule":
-            return [[extract_answer(t) for t in texts] for texts in trials]
+            return [[extract_answer(t) for t in texts] for texts in trials], {}
         gen = self._make_generator(self.config.generator, self.config.model)
         flat = [t for texts in trials for t in texts]
         reqs = [GenerationRequest(EXTRACT_PROMPT.format(text=t), max_new_tokens=32, seed=self.config.seed,
                                   extra={"template": {"task": "extract", "text": t}}) for t in flat]
-        outs = [o[0] if o else "" for o in gen(reqs)] if reqs else []
+        outs, refused = ask(gen, reqs) if reqs else ([], {})
+        refused_images = refused_by_owner(refused, [j for j, texts in enumerate(trials) for _ in texts],
+                                          "image of a batch")
         cleaned = [extract_answer(o) if "answer" in o.lower() else o.strip().splitlines()[0] if o.strip() else ""
-                   for o in outs]
+                   for o in (o[0] if o else "" for o in outs)]
         it = iter(cleaned)
-        return [[next(it) for _ in texts] for texts in trials]
+        found = [[next(it) for _ in texts] for texts in trials]
+        return [None if j in refused_images else f for j, f in enumerate(found)], refused_images
 
     def _samples(self, rec: Record, parent: dict, doc: dict, prompt: str, texts: list[str],
                  found: list[str], sims) -> list[Sample | Reject]:

@@ -30,7 +30,7 @@ from vlmforge.builders.derived import lineage
 from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR, ConceptSelector,
                                         attribute_specificity, attribute_text, parse_bullets, select_attributes,
                                         unique_concepts)
-from vlmforge.curation.generation import GenerationRequest, Generator, make_generator
+from vlmforge.curation.generation import GenerationRequest, Generator, PartialAnswers, make_generator
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
 from vlmforge.curation.softmatch import names_label
@@ -64,6 +64,41 @@ QUESTIONS = {
 QUESTION_WEIGHTS = {"simple": 0.4, "explain": 0.3, "cot": 0.3}
 QA_PROMPT = ("This is a picture of a {label} with the following visual features:\n\n{features}\n\n"
              "Based on the information provided, please answer the following question.\nQuestion: {question}")
+
+
+REFUSED = "refused_by_endpoint"  # reject reason: the endpoint refused a request for its content
+
+
+def ask(gen: Generator, requests: list[GenerationRequest]) -> tuple[list[list[str] | None], dict[int, str]]:
+    """Each request's texts, None for one the endpoint refused for its content (a content filter, an
+    image too large: HTTP 400/413/422), and those refusals by request index in the endpoint's words.
+    A refusal is not cached, so a rerun asks again; any other error (a bad key or model, an endpoint
+    down) is raised as it is, since every request would meet it."""
+    try:
+        return list(gen(requests)), {}
+    except UserError as e:
+        # Without a response cache the answers that came travel with the error; with one, it kept them.
+        error, answers = (e.error, e.answers) if isinstance(e, PartialAnswers) else (e, None)
+        errors = getattr(error, "errors", None)
+        if not errors or not all(getattr(err, "about_request", False) for err in errors.values()):
+            raise
+    refused = {i: str(err) for i, err in sorted(errors.items())}
+    rest = [i for i in range(len(requests)) if i not in refused]
+    if answers is None:  # read back from the cache, where they were written as they came
+        answers = dict(zip(rest, gen([requests[i] for i in rest]))) if rest else {}
+    return [None if i in refused else list(answers[i]) for i in range(len(requests))], refused
+
+
+def refused_by_owner(refused: dict[int, str], owners: list[Any], of_all: str) -> dict[Any, str]:
+    """The endpoint's words for each owner (record key, class) of a refused request, the first when it
+    has several. When every owner of several was refused, the refusals are about the requests' shape (a
+    model that takes no images), not their content: that stops the build, as any endpoint error does."""
+    out: dict[Any, str] = {}
+    for i, words in sorted(refused.items()):
+        out.setdefault(owners[i], words)
+    if len(set(owners)) > 1 and len(out) == len(set(owners)):
+        raise BuildError(f"the endpoint refused the requests of every {of_all}: {next(iter(out.values()))}")
+    return out
 
 
 def stable_int(*parts: Any) -> int:
@@ -112,15 +147,19 @@ class GeneratorMixin:
         return cache[(backend, model)]
 
     def _generate_all(self, gen: Generator, requests: list[GenerationRequest], label: str,
-                      chunk: int = 32) -> list[list[str]]:
-        """Many requests in chunks, with a progress bar (the response cache makes reruns instant)."""
-        out: list[list[str]] = []
+                      chunk: int = 32) -> tuple[list[list[str] | None], dict[int, str]]:
+        """Many requests in chunks, with a progress bar (the response cache makes reruns instant): the
+        texts, None for a request the endpoint refused, and the refusals by request index (see `ask`)."""
+        out: list[list[str] | None] = []
+        refused: dict[int, str] = {}
         with progress_bar(label, total=len(requests), disable=self.quiet or not requests) as advance:
             for i in range(0, len(requests), chunk):
                 part = requests[i : i + chunk]
-                out.extend(gen(part))
+                texts, no = ask(gen, part)
+                out.extend(texts)
+                refused.update((i + j, words) for j, words in no.items())
                 advance(len(part))
-        return out
+        return out, refused
 
     def __getstate__(self):
         state = super().__getstate__()
@@ -212,6 +251,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         self._init_generation(generator_options, cache_dir, quiet)
         self.subject = subject_of(source, config.subject)
         self.selected: dict[str, dict[str, Any]] = {}
+        self.refused: dict[str, tuple[str, str]] = {}  # key -> (stage, the endpoint's words): rejects
         self.duplicates: dict[str, str] = {}  # source id -> the source id whose key it has
         if config.concepts not in ("generate", "attributes"):
             path = Path(config.concepts)
@@ -232,7 +272,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         return "attributes" if c == "attributes" else "generated" if c == "generate" else "file"
 
     def prepare(self) -> None:
-        self.selected = {}
+        self.selected, self.refused = {}, {}
         usable = {split: [r for r in self.src.records(split) if "invalid" not in r and r.get("label")]
                   for split in self.src.splits()}
         # Files differing by extension only share a key: the first keeps it, the others are rejects.
@@ -260,9 +300,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                     "scores": [round(s, 6) for _, s in picked], "descriptions": []}
         return out
 
-    def _class_concepts(self, labels: list[str]) -> dict[str, list[str]]:
+    def _class_concepts(self, labels: list[str]) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """Concepts per class, and the classes whose request the endpoint refused (their words)."""
         if self.config.concepts != "generate":
-            return self._concepts_from_file(labels)
+            return self._concepts_from_file(labels), {}
         cfg = self.config
         backend = cfg.concept_generator or cfg.generator
         gen = self._make_generator(backend, cfg.concept_model or (cfg.model if backend == cfg.generator else None))
@@ -270,15 +311,16 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                                   max_new_tokens=max(cfg.max_new_tokens, 256), seed=cfg.seed,
                                   extra={"template": {"task": "concepts", "label": lab, "subject": self.subject}})
                 for lab in labels]
-        texts = self._generate_all(gen, reqs, "concepts per class")
-        out = {lab: parse_bullets(t[0]) if t else [] for lab, t in zip(labels, texts)}
+        texts, refused = self._generate_all(gen, reqs, "concepts per class")
+        refused_labels = refused_by_owner(refused, labels, "class")
+        out = {lab: parse_bullets(t[0]) if t else [] for lab, t in zip(labels, texts) if t is not None}
         if out and not any(out.values()):
             # Every image would be a no_concepts reject: an empty build hides a generator that lists nothing.
             first = next((t[0] for t in texts if t and t[0].strip()), "")
             raise BuildError(f"the concept generator ({backend}) returned no bullet list of features for any of the "
                              f"{len(out)} classes (first answer: {first[:80]!r}); it must answer with '- feature' "
                              "lines, or give --concepts FILE")
-        return out
+        return out, refused_labels
 
     def _concepts_from_file(self, labels: list[str]) -> dict[str, list[str]]:
         path = Path(self.config.concepts)
@@ -307,7 +349,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
 
         cfg = self.config
         labels = sorted({r["label"] for r in recs})
-        class_concepts = self._class_concepts(labels)
+        class_concepts, refused_labels = self._class_concepts(labels)
         gen = self._make_generator(cfg.generator, cfg.model)
         reqs: list[GenerationRequest] = []
         owners: list[str] = []
@@ -318,6 +360,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             except ImageError:
                 continue  # process() rejects it with the reason
             key = record_key(rec)
+            if rec["label"] in refused_labels:  # rejected: its descriptions would not be used
+                self.refused[key] = ("concepts", refused_labels[rec["label"]])
+                continue
             label_of[key] = rec["label"]
             for j, template in enumerate(DESCRIBE_PROMPTS[: cfg.instructions]):
                 reqs.append(GenerationRequest(
@@ -326,10 +371,15 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                     seed=stable_int(cfg.seed, key, "describe", j),
                     extra={"template": {"task": "describe", "subject": self.subject, "facts": self._facts(rec)}}))
                 owners.append(key)
-        texts = self._generate_all(gen, reqs, f"descriptions {split}")
+        texts, refused = self._generate_all(gen, reqs, f"descriptions {split}")
+        refused_keys = refused_by_owner(refused, owners, f"image of split {split!r}")
+        self.refused.update((key, ("descriptions", words)) for key, words in refused_keys.items())
+        # A refused image is a reject, and its other descriptions are no other image's negatives.
+        label_of = {k: lab for k, lab in label_of.items() if k not in refused_keys}
         descriptions: dict[str, list[str]] = {k: [] for k in label_of}
         for key, outs in zip(owners, texts):
-            descriptions[key].extend(t.strip() for t in outs if t.strip())
+            if key in label_of:
+                descriptions[key].extend(t.strip() for t in outs if t.strip())
         if descriptions and not any(descriptions.values()):
             # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
             raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
@@ -392,6 +442,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                 results[i] = [Reject(sid, e.reason, "read_image", e.detail)]
                 continue
             key = record_key(rec)
+            if key in self.refused:
+                stage, words = self.refused[key]
+                results[i] = [Reject(sid, REFUSED, stage, words)]
+                continue
             sel = self.selected.get(key)
             if sel and not sel["concepts"] and not sel["descriptions"] and self.concept_source != "attributes":
                 results[i] = [Reject(sid, "no_descriptions", "descriptions",
@@ -412,11 +466,16 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                     extra={"template": {"task": "answer", "label": rec["label"], "concepts": sel["concepts"],
                                         "qtype": qtype, "subject": self.subject}}))
             pending.append((i, rec, img, questions, sel))
-        answers = self._make_generator(cfg.generator, cfg.model)(reqs) if reqs else []
+        answers, refused = ask(self._make_generator(cfg.generator, cfg.model), reqs) if reqs else ([], {})
+        owners = [rec["source_id"] for _, rec, _, questions, _ in pending for _ in questions]
+        refused_ids = refused_by_owner(refused, owners, "image of a batch")
         pos = 0
         for i, rec, img, questions, sel in pending:
             outs = answers[pos : pos + len(questions)]
             pos += len(questions)
+            if rec["source_id"] in refused_ids:
+                results[i] = [Reject(rec["source_id"], REFUSED, "qa", refused_ids[rec["source_id"]])]
+                continue
             results[i] = [self._sample(rec, img, questions, [o[0].strip() if o else "" for o in outs], sel)]
         return results
 

@@ -6,9 +6,11 @@ model's candidate answers per question, one line per question (`{"key", "questio
 candidates are scored by the information-bottleneck score against the image's concepts (other
 images' concepts as negatives); of those that name the label, the best is kept. Simple questions take
 the first candidate that names the label. Otherwise the answer falls back to "This is an image of
-{label}.". Keys and images stay those of the parent, whose build id becomes this build's parent;
-build.json's `parent_builds` holds the whole chain (earlier rounds and the selfsynth build, each with
-its builder, version, build id and config).
+{label}.". A question the endpoint refused to answer (selfsynth-answers writes its line with
+`"refused"`, the endpoint's words, and no answers) is left out like one without a line; a sample whose
+every question was refused is a `refused_by_endpoint` reject. Keys and images stay those of the parent,
+whose build id becomes this build's parent; build.json's `parent_builds` holds the whole chain (earlier
+rounds and the selfsynth build, each with its builder, version, build id and config).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import FromBuildMixin, question_type_of
+from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, ask, question_type_of
 from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
 from vlmforge.curation.softmatch import names_label
 from vlmforge.errors import UserError
@@ -60,6 +62,8 @@ def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
             row["question"], {"question": row["question"], "type": row.get("type"), "answers": []})
         entry["answers"].extend(str(c) for c in cands)
         entry["type"] = entry["type"] or row.get("type")
+        if row.get("refused"):  # the endpoint's words (selfsynth-answers): left out unless answered elsewhere
+            entry.setdefault("refused", str(row["refused"]))
     return {k: list(v.values()) for k, v in out.items()}
 
 
@@ -149,8 +153,12 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
         return [[self._one(rec)] for rec in batch]
 
     def _one(self, rec: Record) -> Sample | Reject:
-        entries = self.answers.get(rec["key"])
+        entries = self.answers.get(rec["key"]) or []
+        refused = [e["refused"] for e in entries if e.get("refused") and not e["answers"]]
+        entries = [e for e in entries if e["answers"] or not e.get("refused")]
         if not entries:
+            if refused:
+                return Reject(rec["source_id"], REFUSED, "answers", refused[0])
             return Reject(rec["source_id"], "no_answers", "answers", "the answers file has no line for this key")
         parent = load_record_sample(rec)
         doc = json.loads(parent.pop("json"))
@@ -251,21 +259,31 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
     try:
         gen.setup()
         with f, progress_bar("candidate answers", total=len(build), disable=quiet) as advance:
-            n_questions = _write_answers(f, build, gen, samples, temperature, max_new_tokens, seed, advance)
+            n_questions, refused = _write_answers(f, build, gen, samples, temperature, max_new_tokens, seed, advance)
+        if refused and len(refused) == n_questions:  # about the requests' shape (a model that takes no images)
+            raise UserError(f"the endpoint refused every question: {refused[0]}")
     except BaseException:
         f.close()
         tmp.unlink(missing_ok=True)  # answers so far are in the response cache: a rerun asks only for the rest
         raise
     tmp.replace(out)
+    if refused and not quiet:
+        from vlmforge.progress import console
+
+        console.print(f"[yellow]warning[/] the endpoint refused {len(refused)} of {n_questions} questions (first: "
+                      f"{refused[0]}); their lines say so, and the next round leaves them out. Run again to ask again")
     return n_questions
 
 
-def _write_answers(f, build, gen, samples: int, temperature: float, max_new_tokens: int, seed: int, advance) -> int:
-    """One JSONL line per question of every sample of `build`: its candidate answers."""
+def _write_answers(f, build, gen, samples: int, temperature: float, max_new_tokens: int, seed: int,
+                   advance) -> tuple[int, list[str]]:
+    """One JSONL line per question of every sample of `build`: its candidate answers, or for a question
+    the endpoint refused, no answers and its words under "refused". Returns the number of questions and
+    the refusals."""
     from vlmforge.builders.selfsynth import stable_int
     from vlmforge.curation.generation import GenerationRequest
 
-    n_questions = 0
+    n_questions, refusals = 0, []
     for sample in build.samples():
         doc = sample["json"]
         image = next((sample[k] for k in ("jpg", "png", "webp") if k in sample), None)
@@ -276,9 +294,14 @@ def _write_answers(f, build, gen, samples: int, temperature: float, max_new_toke
                                                       "concepts": doc.get("concepts"), "qtype": item.get("type"),
                                                       "subject": doc.get("subject", "object")}})
                 for q, item in enumerate(qa)]
-        for item, texts in zip(qa, gen(reqs) if reqs else []):
-            f.write(json.dumps({"key": sample["__key__"], "question": item["question"], "type": item.get("type"),
-                                "answers": texts}, ensure_ascii=False) + "\n")
+        answers, refused = ask(gen, reqs) if reqs else ([], {})
+        for q, (item, texts) in enumerate(zip(qa, answers)):
+            line = {"key": sample["__key__"], "question": item["question"], "type": item.get("type"),
+                    "answers": texts or []}
+            if q in refused:
+                line["refused"] = refused[q]
+                refusals.append(refused[q])
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
             n_questions += 1
         advance(1)
-    return n_questions
+    return n_questions, refusals

@@ -196,7 +196,9 @@ class CachedGenerator(Generator):
             except PartialAnswers as part:  # a backend that gave up part way through a batch
                 for i, texts in part.answers.items():
                     self._keep(*items[i], texts)
-                raise part.error from None
+                raise _by_request(part.error, items, keys) from None
+            except Exception as e:
+                raise _by_request(e, items, keys)
         return [list(found[k]) for k in keys]
 
     def _check_writable(self) -> None:
@@ -222,6 +224,16 @@ class CachedGenerator(Generator):
         state = dict(self.__dict__)
         state["_ready"] = False  # a worker that gets a pickled copy sets up its own backend
         return state
+
+
+def _by_request(error: BaseException, items: list[tuple[str, GenerationRequest]], keys: list[str]) -> BaseException:
+    """A batch error that names its failed requests (`errors`, by index in what the backend was asked:
+    the cache's misses) renamed by their places in the caller's requests, every repeat included."""
+    errors = getattr(error, "errors", None)
+    if isinstance(errors, dict):
+        failed = {items[i][0]: err for i, err in errors.items()}
+        error.errors = {n: failed[k] for n, k in enumerate(keys) if k in failed}
+    return error
 
 
 def generator_class(backend: str) -> type[Generator]:

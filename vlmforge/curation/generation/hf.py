@@ -80,13 +80,16 @@ class TransformersGenerator(Generator):
 
         check_device(device)  # torch's own error for a missing GPU is a traceback after the model loads
         check_model_name(self.model, "generation model")
-        if (Path(self.model) / "adapter_config.json").exists() and not (Path(self.model) / "config.json").exists():
-            raise UserError(f"{self.model} holds a LoRA adapter, not a whole model: merge it first "
-                            "(vlmforge model merge RUN --out DIR) and give DIR")
+        from vlmforge.evaluation.runners import LocalRunner, _has_processor
+
+        # A LoRA or projector-only run goes onto the base model it names, as `vlmforge eval` loads it.
+        path, adapter, projector = LocalRunner._base_and_addition(self.model)
+        own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
+        own = own if own and _has_processor(own) else path
         try:
-            config = AutoConfig.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load model {self.model!r}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
         self.is_vision = config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -99,14 +102,22 @@ class TransformersGenerator(Generator):
         if self.is_vision:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            self._processor = AutoProcessor.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
+            self._processor = AutoProcessor.from_pretrained(own, trust_remote_code=self.trust_remote_code)
             self._tokenizer = self._processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(self.model, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model, trust_remote_code=self.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(self.model, **kwargs)
+            self._tokenizer = AutoTokenizer.from_pretrained(own, trust_remote_code=self.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if adapter is not None:
+            from vlmforge.training.merge import merge_lora
+
+            model = merge_lora(model, Path(adapter))
+        if projector is not None:
+            from vlmforge.training.merge import load_projector
+
+            model = load_projector(model, Path(projector) / "projector.safetensors")
         # Decoder-only batches must be padded on the left so every row ends where generation starts.
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token is None:
