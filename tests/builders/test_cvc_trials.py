@@ -12,7 +12,8 @@ import vlmforge
 from vlmforge.builders.base import BuildConfig, Builder, run_build
 from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
 from vlmforge.builders.selfsynth import stable_int
-from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
+from vlmforge.curation.generation.template import TemplateGenerator
 from vlmforge.curation.softmatch import extract_answer, normalise
 from vlmforge.curation.instructions import question_stem
 from vlmforge.errors import UserError
@@ -90,9 +91,9 @@ def occlusion(tmp_path_factory):
     return vlmforge.open_build(run_build(_OcclusionLike(BuildConfig(), _Objects()), out, quiet=True))
 
 
-def _expected_correct(parent) -> dict[str, int]:
-    """Correct trials per parent key, worked out apart from the builder: the template backend's 16
-    guesses among the labels of the supercategory, counted when the extracted answer is the label."""
+def _template_answers(parent) -> dict[str, tuple[str, list[str]]]:
+    """Per parent key, the label and the 16 trials' answers, worked out apart from the builder: the
+    template backend's guesses among the labels of the supercategory, as the rules extract them."""
     gen = make_generator("template")
     labels: dict[str, list[str]] = {}
     for label, sup in sorted(set(OBJECTS)):
@@ -104,8 +105,13 @@ def _expected_correct(parent) -> dict[str, int]:
         req = GenerationRequest("<image>\n" + prompt, n=16, seed=stable_int(0, s["__key__"], "trials"),
                                 extra={"template": {"task": "reason", "context": doc["supercategory"],
                                                     "candidates": labels[doc["supercategory"]]}})
-        out[s["__key__"]] = sum(extract_answer(t) == doc["label"] for t in gen([req])[0])
+        out[s["__key__"]] = (doc["label"], [extract_answer(t) for t in gen([req])[0]])
     return out
+
+
+def _expected_correct(parent) -> dict[str, int]:
+    """Correct trials per parent key: those whose answer is the label."""
+    return {key: answers.count(label) for key, (label, answers) in _template_answers(parent).items()}
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +174,38 @@ def test_generator_extractor_agrees_with_rules(tmp_path, occlusion, trials):
                            extractor="generator")
     q = "SELECT key, answer, n_correct FROM samples ORDER BY key"
     assert other.sql(q).fetchall() == trials.sql(q).fetchall() and other.build_id != trials.build_id
+
+
+class _SynonymTrials(TemplateGenerator):
+    """Template trials whose final answers call a car an automobile (MiniLM cosine 0.86 to 'car'), a truck a
+    lorry (0.54) and a dog dogs (the label in the plural)."""
+
+    words = {"car": "automobile", "truck": "lorry", "dog": "dogs"}
+
+    def _one(self, req, i):
+        text = super()._one(req, i)
+        if (req.extra.get("template") or {}).get("task") != "reason":
+            return text
+        head, guess = text.rsplit("Final answer: ", 1)
+        return f"{head}Final answer: {self.words.get(guess[:-1], guess[:-1])}."
+
+
+def test_answers_are_soft_matched_to_the_label(tmp_path, occlusion, monkeypatch):
+    """An answer counts when its embedding is close to the label's (automobile for car), or it is the label
+    in another number (dogs for dog); a far one (lorry for truck) does not, though it means the same."""
+    monkeypatch.setitem(BACKENDS, "synonyms", f"{__name__}:_SynonymTrials")
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                       generator="synonyms", max_correct=16)
+    plain = _template_answers(occlusion)
+    want = {key: sum(a == label != "truck" for a in answers) for key, (label, answers) in plain.items()}
+    assert {label for label, answers in plain.values() if label in answers} >= {"car", "truck", "dog"}  # each occurs
+    got = dict(b.sql("SELECT parent_key, any_value(n_correct) FROM samples GROUP BY 1").fetchall())
+    assert got == {key: n for key, n in want.items() if n}
+    rejects = dict(b.sql("SELECT source_id, detail FROM rejects").fetchall())
+    assert rejects == {key: "pass rate 0/16" for key, n in want.items() if not n}
+    answered = b.sql("SELECT DISTINCT label, answer, round(similarity, 4) FROM samples WHERE label IN ('car', 'dog', 'truck') "
+                     "ORDER BY 1").fetchall()
+    assert answered == [("car", "automobile", 0.8645), ("dog", "dogs", 1.0)]
 
 
 def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
