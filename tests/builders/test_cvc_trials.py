@@ -212,12 +212,35 @@ def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
     from vlmforge.training.tiny import make_tiny_llava
 
     model = str(make_tiny_llava(tmp_path / "tiny"))
-    cfg = CvcTrialsConfig(generator="transformers", model=model, trials=3, max_new_tokens=6, max_correct=3)
-    src = open_source("build", path=str(occlusion.path), where="supercategory = 'animal'")
-    b = vlmforge.open_build(run_build(CvcTrialsBuilder(cfg, src, cache_dir=tmp_path / "cache"), tmp_path / "o", quiet=True))
+    animals = "supercategory = 'animal'"
+
+    def build(out, **options):
+        # one request per forward pass: a sampled batch is seeded by its requests, so each can be asked again alone
+        cfg = CvcTrialsConfig(generator="transformers", model=model, trials=3, max_new_tokens=6, max_correct=3, **options)
+        builder = CvcTrialsBuilder(cfg, open_source("build", path=str(occlusion.path), where=animals),
+                                   cache_dir=tmp_path / "cache", generator_options={"batch_size": 1})
+        return vlmforge.open_build(run_build(builder, tmp_path / out, quiet=True))
+
+    b = build("o")
     # A random model names no label: all five animals are rejected as too hard, with their pass rates.
     assert b.sql("SELECT reason, detail, count(*) FROM rejects GROUP BY ALL").fetchall() == [("too_hard", "pass rate 0/3", 5)]
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 5  # one request (n=3) per image
+    # Every non-empty answer counted correct (threshold -1): each trial is a chain-of-thought sample holding
+    # the model's own text for that image's prompt, asked again here apart from the build and its cache.
+    every = build("every", threshold=-1.0, min_correct=3)
+    model_gen = make_generator("transformers", model, cache_dir=False, batch_size=1)
+    cot = {(r[0], r[1]): r[2:] for r in every.sql("SELECT parent_key, trial, answer, key FROM samples WHERE "
+                                                   "sample_kind = 'cot'").fetchall()}
+    texts = {s["__key__"]: s["json"]["conversations"][1]["value"] for s in every.samples()}
+    parents = [s for s in occlusion.samples() if s["json"]["supercategory"] == "animal"]
+    assert len(parents) == 5 and len(cot) == 15
+    for p in parents:
+        prompt = f"<image>\n{p['json']['question']} {CvcTrialsConfig().reasoning_suffix}"
+        trials = model_gen([GenerationRequest(prompt, image=p["jpg"], n=3, temperature=1.0, top_p=0.9, max_new_tokens=6,
+                                              seed=stable_int(0, p["__key__"], "trials"))])[0]
+        for j, text in enumerate(trials):
+            answer, key = cot[(p["__key__"], j)]
+            assert texts[key] == text.strip() and answer == extract_answer(text)
     no_super = vlmforge.open_build(run_build(_NoSupercategory(BuildConfig(), _Objects(False)), tmp_path / "p", quiet=True))
     with pytest.raises(UserError, match="occlusion build"):
         vlmforge.build("cvc-trials", "build", out=tmp_path / "q", source_options={"path": str(no_super.path)})
@@ -257,7 +280,11 @@ def test_an_embedder_that_does_not_load_is_one_error_and_the_fixed_rerun_builds(
         vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, embedder="no-such-embedder",
                        trials=2, max_correct=2)
     assert not (tmp_path / "cvc-trials" / CvcTrialsBuilder.VERSION).exists()
-    assert len(vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)) > 0
+    fixed = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)
+    # the template's i-th trial does not depend on n: the first two of the 16; a chain of thought per correct
+    # trial and one short answer per image solved once or twice
+    correct = {key: answers[:2].count(label) for key, (label, answers) in _template_answers(occlusion).items()}
+    assert len(fixed) == sum(c + 1 for c in correct.values() if c) > 0
 
 
 class _SomeWithoutQuestion(_OcclusionLike):
