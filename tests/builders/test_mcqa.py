@@ -74,7 +74,7 @@ def test_mcqa_on_unseen_classes(tmp_path, parent):
     unseen = set(sub.info["source"]["selection"]["unseen_classes"])
     b = vlmforge.build("mcqa", "build", out=tmp_path / "m", options=3,
                        source_options={"path": str(sub.path), "splits": ["test_unseen"]})
-    assert len(b) > 0 and list(b.info["splits"]) == ["test_unseen"]
+    assert len(b) == sub.info["splits"]["test_unseen"]["samples"] > 0 and list(b.info["splits"]) == ["test_unseen"]
     for s in b.samples():
         assert set(s["json"]["options"]) <= unseen and s["json"]["class_set"] == "unseen"
 

@@ -304,6 +304,14 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(offline_build.path)},
                         answers=str(file2))
     assert len(r2) == 12 and r2.sql("SELECT sum(n_fallback), min(round), max(round) FROM samples").fetchall() == [(0, 2, 2)]
+    # every answer of the round is one of the candidates generated for its image and question, naming the label
+    candidates = {(row["key"], row["question"]): row["answers"] for row in map(json.loads, file2.read_text().splitlines())}
+    assert len(candidates) == 12 * 4 and all(len(a) == 3 for a in candidates.values())
+    for s in r2.samples():
+        doc = s["json"]
+        assert len(doc["qa"]) == 4
+        for qa in doc["qa"]:
+            assert qa["answer"] in candidates[(s["__key__"], qa["question"])] and names_label(qa["answer"], doc["label"])
     file3 = tmp_path / "r3.jsonl"
     write_candidate_answers(r2.path, file3, "template", None, samples=2, seed=1)
     r3 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(r2.path)},
