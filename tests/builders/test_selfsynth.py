@@ -13,7 +13,7 @@ import vlmforge
 from tests.classification_fixtures import make_cub
 from tests.helpers import build_files
 from vlmforge.builders.base import run_build
-from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
+from vlmforge.builders.selfsynth import QA_PROMPT, SelfSynthBuilder, SelfSynthConfig, stable_int
 from vlmforge.curation.concepts import ConceptSelector, ib_scores, parse_bullets, select_concepts
 from vlmforge.curation.embedding import shared_embedder
 from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
@@ -64,12 +64,21 @@ def test_offline_attribute_path(offline_build):
             assert concepts == WANT_CONCEPTS[label], key
         assert source == "attributes" and n_qa == len(qtypes) == 4 and dropped == 0
         assert set(qtypes) <= {"simple", "explain", "cot"}
+    gen = make_generator("template")
     for s in b.samples():
         doc = s["json"]
         conv = doc["conversations"]
         assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in c["value"] for c in conv[1:])
         assert [c["from"] for c in conv] == ["human", "gpt"] * 4
         assert all(names_label(qa["answer"], doc["label"]) for qa in doc["qa"])
+        # each answer is the generator's own for the QA prompt of that image's label, concepts and question
+        features = "\n".join(f"- {c}" for c in doc["concepts"])
+        for q, qa in enumerate(doc["qa"]):
+            req = GenerationRequest("<image>\n" + QA_PROMPT.format(label=doc["label"], features=features, question=qa["question"]),
+                                    seed=stable_int(0, s["__key__"], "qa", q), extra={"template": {
+                                        "task": "answer", "label": doc["label"], "concepts": doc["concepts"],
+                                        "qtype": qa["type"], "subject": "bird"}})
+            assert qa["answer"] == gen([req])[0][0] and conv[2 * q + 1]["value"] == qa["answer"]
         assert doc["concept_scores"] == sorted(doc["concept_scores"], reverse=True)
     assert b.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 0
 
@@ -165,7 +174,7 @@ def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offlin
 
 
 def test_transformers_model_path_and_cache(tmp_path, cub):
-    from vlmforge.builders.selfsynth import DESCRIBE_PROMPTS, QA_PROMPT, record_key, stable_int
+    from vlmforge.builders.selfsynth import DESCRIBE_PROMPTS, record_key
     from vlmforge.sources.fgvc import read_record_image
     from vlmforge.training.tiny import make_tiny_llava
 
