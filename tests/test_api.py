@@ -24,12 +24,17 @@ def test_a_config_value_of_the_wrong_type_is_one_error(tmp_path, name, value, wa
         vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(tmp_path)}, **{name: value})
 
 
-def test_right_types_pass_the_check():
+def test_right_types_pass_the_check_and_wrong_ones_do_not():
     from vlmforge.api import check_option_type
 
     for value, annotation in ((2, "float"), (0.5, "float"), (None, "str | None"), ("x", "str | None"), (3, "int | None"),
-                              (False, "bool"), (["a"], "list[str] | None")):
+                              (False, "bool"), (["a"], "list[str] | None"), (None, "int | None")):
         check_option_type("b", "o", value, annotation)
+    # a bool is no number, an int no bool, None only where the annotation allows it
+    for value, annotation in (("2", "float"), (True, "float"), (True, "int | None"), (1, "bool"), (3, "str | None"),
+                              (None, "int"), (2.0, "int")):
+        with pytest.raises(UserError, match=rf"^b option o must be {annotation.replace('|', 'or')}, not {value!r}$"):
+            check_option_type("b", "o", value, annotation)
 
 
 def test_a_file_option_may_be_a_path(tmp_path):

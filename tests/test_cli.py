@@ -1,7 +1,9 @@
 import json
+import re
 import subprocess
 import sys
 
+import vlmforge
 from vlmforge.builders.copy import CopyBuilder
 
 
@@ -34,9 +36,16 @@ def test_query_formats_and_refusal(tmp_path, sample_coco):
     r = run("manifest", "query", str(b), "DELETE FROM samples")
     assert r.returncode == 2 and "read-only" in r.stderr
     r = run("manifest", "stats", str(b))
-    assert r.returncode == 0 and "val" in r.stdout
+    assert r.returncode == 0 and re.search(r"│ val +│ 12 +│ 1 +│ 0 +│", r.stdout), r.stdout  # samples, shards, rejects
     r = run("manifest", "diff", str(b), str(b))
-    assert r.returncode == 0
+    counts = dict(re.findall(r"│ (\w+) +│ (\d+) +│", r.stdout))
+    assert r.returncode == 0 and counts == dict.fromkeys(
+        ["only_in_a", "only_in_b", "image_differs", "json_differs", "other_member_differs"], "0"), r.stdout
+    fewer = vlmforge.build("subset", "build", out=tmp_path / "f", source_options={
+        "path": str(b), "where": "key NOT IN (SELECT key FROM samples ORDER BY key LIMIT 3)"})
+    r = run("manifest", "diff", str(b), str(fewer.path))
+    counts = dict(re.findall(r"│ (\w+) +│ (\d+) +│", r.stdout))
+    assert counts["only_in_a"] == "3" and counts["only_in_b"] == "0" and counts["json_differs"] == "0", r.stdout
     assert run("sample", "coco", "--out", str(tmp_path / "s"), "--images", "2").returncode == 0
     assert (tmp_path / "s" / "annotations" / "instances_val2017.json").exists()
 

@@ -187,9 +187,11 @@ def test_sigkill_and_resume_is_identical(tmp_path, tmp_path_factory):
 
 
 def test_other_config_in_same_folder_is_refused(tmp_path, sample_coco):
-    vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))
+    first = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))
+    stamps = {p: p.stat().st_mtime_ns for p in first.path.rglob("*") if p.is_file() and p.name != "manifest.duckdb"}
     again = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco))  # up to date
-    assert again.build_id
+    assert again.build_id == first.build_id and again.path == first.path
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing written again
     with pytest.raises(UserError, match="another build"):
         vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), seed=1)
     b = vlmforge.build("copy", "coco", out=tmp_path, source_options=_coco_opts(sample_coco), seed=1, overwrite=True)
@@ -246,8 +248,11 @@ def test_copy_reads_classification_sources(tmp_path):
     root = make_cub(tmp_path / "cub")
     b = vlmforge.build("copy", "cub", out=tmp_path / "o", source_options={"root": str(root)})
     rows = b.sql("SELECT key, label, split FROM samples ORDER BY key").fetchall()
-    assert rows and all(k.startswith("cub_") and lab for k, lab, _ in rows)
-    assert {s for _, _, s in rows} <= {"train", "test"}
+    assert len({k for k, _, _ in rows}) == 12 and all(k.startswith("cub_") for k, _, _ in rows)
+    # 4 images per class, the last of each in the test split (train_test_split.txt)
+    per_class = dict(b.sql("SELECT label || '/' || split, count(*) FROM samples GROUP BY 1").fetchall())
+    assert per_class == {f"{label}/{split}": n for label in ("Black footed Albatross", "Laysan Albatross", "Sooty Albatross")
+                         for split, n in (("train", 3), ("test", 1))}
 
 
 def test_cli_refuses_options_of_another_source(tmp_path, sample_coco):

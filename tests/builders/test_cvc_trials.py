@@ -12,7 +12,8 @@ import vlmforge
 from vlmforge.builders.base import BuildConfig, Builder, run_build
 from vlmforge.builders.cvc_trials import CvcTrialsBuilder, CvcTrialsConfig
 from vlmforge.builders.selfsynth import stable_int
-from vlmforge.curation.generation import GenerationRequest, make_generator
+from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
+from vlmforge.curation.generation.template import TemplateGenerator
 from vlmforge.curation.softmatch import extract_answer, normalise
 from vlmforge.curation.instructions import question_stem
 from vlmforge.errors import UserError
@@ -90,9 +91,9 @@ def occlusion(tmp_path_factory):
     return vlmforge.open_build(run_build(_OcclusionLike(BuildConfig(), _Objects()), out, quiet=True))
 
 
-def _expected_correct(parent) -> dict[str, int]:
-    """Correct trials per parent key, worked out apart from the builder: the template backend's 16
-    guesses among the labels of the supercategory, counted when the extracted answer is the label."""
+def _template_answers(parent) -> dict[str, tuple[str, list[str]]]:
+    """Per parent key, the label and the 16 trials' answers, worked out apart from the builder: the
+    template backend's guesses among the labels of the supercategory, as the rules extract them."""
     gen = make_generator("template")
     labels: dict[str, list[str]] = {}
     for label, sup in sorted(set(OBJECTS)):
@@ -104,8 +105,13 @@ def _expected_correct(parent) -> dict[str, int]:
         req = GenerationRequest("<image>\n" + prompt, n=16, seed=stable_int(0, s["__key__"], "trials"),
                                 extra={"template": {"task": "reason", "context": doc["supercategory"],
                                                     "candidates": labels[doc["supercategory"]]}})
-        out[s["__key__"]] = sum(extract_answer(t) == doc["label"] for t in gen([req])[0])
+        out[s["__key__"]] = (doc["label"], [extract_answer(t) for t in gen([req])[0]])
     return out
+
+
+def _expected_correct(parent) -> dict[str, int]:
+    """Correct trials per parent key: those whose answer is the label."""
+    return {key: answers.count(label) for key, (label, answers) in _template_answers(parent).items()}
 
 
 @pytest.fixture(scope="module")
@@ -170,16 +176,71 @@ def test_generator_extractor_agrees_with_rules(tmp_path, occlusion, trials):
     assert other.sql(q).fetchall() == trials.sql(q).fetchall() and other.build_id != trials.build_id
 
 
+class _SynonymTrials(TemplateGenerator):
+    """Template trials whose final answers call a car an automobile (MiniLM cosine 0.86 to 'car'), a truck a
+    lorry (0.54) and a dog dogs (the label in the plural)."""
+
+    words = {"car": "automobile", "truck": "lorry", "dog": "dogs"}
+
+    def _one(self, req, i):
+        text = super()._one(req, i)
+        if (req.extra.get("template") or {}).get("task") != "reason":
+            return text
+        head, guess = text.rsplit("Final answer: ", 1)
+        return f"{head}Final answer: {self.words.get(guess[:-1], guess[:-1])}."
+
+
+def test_answers_are_soft_matched_to_the_label(tmp_path, occlusion, monkeypatch):
+    """An answer counts when its embedding is close to the label's (automobile for car), or it is the label
+    in another number (dogs for dog); a far one (lorry for truck) does not, though it means the same."""
+    monkeypatch.setitem(BACKENDS, "synonyms", f"{__name__}:_SynonymTrials")
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                       generator="synonyms", max_correct=16)
+    plain = _template_answers(occlusion)
+    want = {key: sum(a == label != "truck" for a in answers) for key, (label, answers) in plain.items()}
+    assert {label for label, answers in plain.values() if label in answers} >= {"car", "truck", "dog"}  # each occurs
+    got = dict(b.sql("SELECT parent_key, any_value(n_correct) FROM samples GROUP BY 1").fetchall())
+    assert got == {key: n for key, n in want.items() if n}
+    rejects = dict(b.sql("SELECT source_id, detail FROM rejects").fetchall())
+    assert rejects == {key: "pass rate 0/16" for key, n in want.items() if not n}
+    answered = b.sql("SELECT DISTINCT label, answer, round(similarity, 4) FROM samples WHERE label IN ('car', 'dog', 'truck') "
+                     "ORDER BY 1").fetchall()
+    assert answered == [("car", "automobile", 0.8645), ("dog", "dogs", 1.0)]
+
+
 def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
     from vlmforge.training.tiny import make_tiny_llava
 
     model = str(make_tiny_llava(tmp_path / "tiny"))
-    cfg = CvcTrialsConfig(generator="transformers", model=model, trials=3, max_new_tokens=6, max_correct=3)
-    src = open_source("build", path=str(occlusion.path), where="supercategory = 'animal'")
-    b = vlmforge.open_build(run_build(CvcTrialsBuilder(cfg, src, cache_dir=tmp_path / "cache"), tmp_path / "o", quiet=True))
+    animals = "supercategory = 'animal'"
+
+    def build(out, **options):
+        # one request per forward pass: a sampled batch is seeded by its requests, so each can be asked again alone
+        cfg = CvcTrialsConfig(generator="transformers", model=model, trials=3, max_new_tokens=6, max_correct=3, **options)
+        builder = CvcTrialsBuilder(cfg, open_source("build", path=str(occlusion.path), where=animals),
+                                   cache_dir=tmp_path / "cache", generator_options={"batch_size": 1})
+        return vlmforge.open_build(run_build(builder, tmp_path / out, quiet=True))
+
+    b = build("o")
     # A random model names no label: all five animals are rejected as too hard, with their pass rates.
     assert b.sql("SELECT reason, detail, count(*) FROM rejects GROUP BY ALL").fetchall() == [("too_hard", "pass rate 0/3", 5)]
     assert len(list((tmp_path / "cache").rglob("*.json"))) == 5  # one request (n=3) per image
+    # Every non-empty answer counted correct (threshold -1): each trial is a chain-of-thought sample holding
+    # the model's own text for that image's prompt, asked again here apart from the build and its cache.
+    every = build("every", threshold=-1.0, min_correct=3)
+    model_gen = make_generator("transformers", model, cache_dir=False, batch_size=1)
+    cot = {(r[0], r[1]): r[2:] for r in every.sql("SELECT parent_key, trial, answer, key FROM samples WHERE "
+                                                   "sample_kind = 'cot'").fetchall()}
+    texts = {s["__key__"]: s["json"]["conversations"][1]["value"] for s in every.samples()}
+    parents = [s for s in occlusion.samples() if s["json"]["supercategory"] == "animal"]
+    assert len(parents) == 5 and len(cot) == 15
+    for p in parents:
+        prompt = f"<image>\n{p['json']['question']} {CvcTrialsConfig().reasoning_suffix}"
+        trials = model_gen([GenerationRequest(prompt, image=p["jpg"], n=3, temperature=1.0, top_p=0.9, max_new_tokens=6,
+                                              seed=stable_int(0, p["__key__"], "trials"))])[0]
+        for j, text in enumerate(trials):
+            answer, key = cot[(p["__key__"], j)]
+            assert texts[key] == text.strip() and answer == extract_answer(text)
     no_super = vlmforge.open_build(run_build(_NoSupercategory(BuildConfig(), _Objects(False)), tmp_path / "p", quiet=True))
     with pytest.raises(UserError, match="occlusion build"):
         vlmforge.build("cvc-trials", "build", out=tmp_path / "q", source_options={"path": str(no_super.path)})
@@ -219,7 +280,11 @@ def test_an_embedder_that_does_not_load_is_one_error_and_the_fixed_rerun_builds(
         vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, embedder="no-such-embedder",
                        trials=2, max_correct=2)
     assert not (tmp_path / "cvc-trials" / CvcTrialsBuilder.VERSION).exists()
-    assert len(vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)) > 0
+    fixed = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options=opts, trials=2, max_correct=2)
+    # the template's i-th trial does not depend on n: the first two of the 16; a chain of thought per correct
+    # trial and one short answer per image solved once or twice
+    correct = {key: answers[:2].count(label) for key, (label, answers) in _template_answers(occlusion).items()}
+    assert len(fixed) == sum(c + 1 for c in correct.values() if c) > 0
 
 
 class _SomeWithoutQuestion(_OcclusionLike):

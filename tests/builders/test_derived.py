@@ -1,4 +1,7 @@
-"""What every derived build shares: the lineage in build.json names the whole chain of ancestors."""
+"""What every derived build shares: the lineage in build.json names the whole chain of ancestors, and the
+same parents give the same bytes in any process."""
+
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +62,40 @@ def test_a_build_reached_twice_is_named_once(tmp_path, roots):
     mix = vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(half.path), str(root.path)]},
                          take=["all", "1"])
     assert _chain(mix) == [_entry(half), _entry(root)]
+
+
+def _derived_builds(a: str, b: str, out: Path) -> dict[str, Path]:
+    """A split, two subsets, an MCQA set and a mix of parents `a` and `b`, built into `out`."""
+    split = vlmforge.build("split", "build", out=out / "split", source_options={"path": a}, fraction=0.5, stratify_by="label")
+    made = {"split": split,
+            "preserving": vlmforge.build("subset", "build", out=out / "p", source_options={"path": a},
+                                         mode="class-preserving", fraction=0.5),
+            "seen-unseen": vlmforge.build("subset", "build", out=out / "su", source_options={"path": a},
+                                          mode="seen-unseen", unseen_fraction=0.34),
+            "mcqa": vlmforge.build("mcqa", "build", out=out / "q", source_options={"path": a}, options=3),
+            "mix": vlmforge.build("mix", "builds", out=out / "m", source_options={"paths": [str(split.path), b]},
+                                  weights=[2, 1], size=12, into="train")}
+    return {name: build.path for name, build in made.items()}
+
+
+def test_derived_builds_are_the_same_in_a_fresh_process_under_another_string_hash_seed(tmp_path, roots):
+    """Set and dict order of strings follows PYTHONHASHSEED, which differs from process to process: no
+    class choice, split, draw or option order may follow it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import build_files
+
+    a, b = (str(r.path) for r in roots)
+    here = _derived_builds(a, b, tmp_path / "here")
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    script = ("import sys; from pathlib import Path; from tests.builders.test_derived import _derived_builds; "
+              "_derived_builds(sys.argv[1], sys.argv[2], Path(sys.argv[3])); print(hash('vlmforge'))")
+    r = subprocess.run([sys.executable, "-c", script, a, b, str(tmp_path / "there")], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONHASHSEED": seed})
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[-1]) != hash("vlmforge")  # the premise: another string hash
+    for name, path in here.items():
+        there = tmp_path / "there" / path.relative_to(tmp_path / "here")
+        assert build_files(there) == build_files(path), name

@@ -29,7 +29,10 @@ def test_counts_and_fractions_with_lineage(tmp_path, parents):
     assert m.info["parents"] == [pa.build_id, pb.build_id]
     ids = {r[0] for r in m.sql("SELECT build_id FROM builds WHERE NOT is_this_build").fetchall()}
     assert ids == {pa.build_id, pb.build_id}
-    assert {r[0] for r in m.sql("SELECT DISTINCT split FROM samples").fetchall()} <= {"train", "val"}
+    # every record keeps its key and its split in its parent
+    split_of = {(p.build_id, k): s for p in parents for k, s in p.sql("SELECT key, split FROM samples").fetchall()}
+    rows = m.sql("SELECT parent_build, parent_key, key, split FROM samples").fetchall()
+    assert all(split_of[(b, pk)] == s and k == pk for b, pk, k, s in rows)
     # The parents' samples come through unchanged.
     from_a = {x["__key__"]: x["jpg"] for x in pa.samples()}
     for x in m.samples():

@@ -13,8 +13,8 @@ import vlmforge
 from tests.classification_fixtures import make_cub
 from tests.helpers import build_files
 from vlmforge.builders.base import run_build
-from vlmforge.builders.selfsynth import SelfSynthBuilder, SelfSynthConfig
-from vlmforge.curation.concepts import ConceptSelector, ib_scores, parse_bullets
+from vlmforge.builders.selfsynth import QA_PROMPT, SelfSynthBuilder, SelfSynthConfig, stable_int
+from vlmforge.curation.concepts import ConceptSelector, ib_scores, parse_bullets, select_concepts
 from vlmforge.curation.embedding import shared_embedder
 from vlmforge.curation.generation import BACKENDS, GenerationRequest, make_generator
 from vlmforge.curation.generation.template import TemplateGenerator
@@ -64,12 +64,21 @@ def test_offline_attribute_path(offline_build):
             assert concepts == WANT_CONCEPTS[label], key
         assert source == "attributes" and n_qa == len(qtypes) == 4 and dropped == 0
         assert set(qtypes) <= {"simple", "explain", "cot"}
+    gen = make_generator("template")
     for s in b.samples():
         doc = s["json"]
         conv = doc["conversations"]
         assert conv[0]["value"].startswith("<image>\n") and not any("<image>" in c["value"] for c in conv[1:])
         assert [c["from"] for c in conv] == ["human", "gpt"] * 4
         assert all(names_label(qa["answer"], doc["label"]) for qa in doc["qa"])
+        # each answer is the generator's own for the QA prompt of that image's label, concepts and question
+        features = "\n".join(f"- {c}" for c in doc["concepts"])
+        for q, qa in enumerate(doc["qa"]):
+            req = GenerationRequest("<image>\n" + QA_PROMPT.format(label=doc["label"], features=features, question=qa["question"]),
+                                    seed=stable_int(0, s["__key__"], "qa", q), extra={"template": {
+                                        "task": "answer", "label": doc["label"], "concepts": doc["concepts"],
+                                        "qtype": qa["type"], "subject": "bird"}})
+            assert qa["answer"] == gen([req])[0][0] and conv[2 * q + 1]["value"] == qa["answer"]
         assert doc["concept_scores"] == sorted(doc["concept_scores"], reverse=True)
     assert b.sql("SELECT count(*) FROM rejects").fetchall()[0][0] == 0
 
@@ -85,14 +94,24 @@ def test_generated_concepts_offline(tmp_path, cub):
     b = vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub), "splits": ["train"]},
                        concepts="generate", questions=2)
     gen = make_generator("template")
-    assert len(b) == 9
-    for s in b.samples():
-        doc = s["json"]
+    emb = shared_embedder(None)
+    docs = {s["__key__"]: s["json"] for s in b.samples()}
+    assert len(docs) == 9
+    left_out = 0
+    for key, doc in docs.items():
         offered = parse_bullets(gen([GenerationRequest("c", extra={"template": {
             "task": "concepts", "label": doc["label"], "subject": "bird"}})])[0][0])
-        assert 3 <= len(doc["concepts"]) <= len(offered) and set(doc["concepts"]) <= set(offered)
         assert len(doc["descriptions"]) == 6 and doc["concept_source"] == "generated"
         assert all(d.startswith("The image shows a bird") for d in doc["descriptions"])
+        # The IB selection, scored here directly: the class's generated concepts against the image's own
+        # descriptions, every other image's descriptions as negatives; mean + 0.4 std, at least three.
+        others = [d for k, other in sorted(docs.items()) if k != key for d in other["descriptions"]]
+        scores = ib_scores(emb.encode(doc["descriptions"]), emb.encode(offered), emb.encode(others))
+        want = select_concepts(offered, scores)
+        assert doc["concepts"] == [c for c, _ in want], key
+        assert doc["concept_scores"] == pytest.approx([s for _, s in want], abs=1e-5)
+        left_out += len(offered) - len(want)
+    assert left_out > 0  # the selection chose, it did not keep every concept
 
 
 def test_a_repeated_build_takes_description_vectors_from_the_cache(tmp_path, cub, monkeypatch):
@@ -125,8 +144,11 @@ def test_concepts_file_and_rejects(tmp_path, cub):
     rejects = dict(b.sql("SELECT source_id, reason FROM rejects").fetchall())
     assert rejects["002.Laysan_Albatross/Laysan_Albatross_0001_705.jpg"] == "missing_image"
     assert sorted(r for s, r in rejects.items() if s.startswith("003")) == ["no_concepts"] * 4
-    assert len(b) == 7 and {c for r in b.sql("SELECT concepts FROM samples").fetchall() for c in r[0]} <= {
-        "dark plumage", "pale face ring", "long wings", "white head", "dark back", "pink bill"}
+    # each image keeps its own class's three concepts (at least three are kept), best first
+    given = {"Black footed Albatross": {"dark plumage", "pale face ring", "long wings"},
+             "Laysan Albatross": {"white head", "dark back", "pink bill"}}
+    rows = b.sql("SELECT label, concepts FROM samples").fetchall()
+    assert len(rows) == 7 and all(set(concepts) == given[label] for label, concepts in rows)
     with pytest.raises(UserError, match="--concepts"):
         vlmforge.build("selfsynth", "cub", out=tmp_path / "x", source_options={"root": str(data)}, concepts="nope.json")
     with pytest.raises(UserError, match="attribute labels not found"):
@@ -152,6 +174,8 @@ def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offlin
 
 
 def test_transformers_model_path_and_cache(tmp_path, cub):
+    from vlmforge.builders.selfsynth import DESCRIBE_PROMPTS, record_key
+    from vlmforge.sources.fgvc import read_record_image
     from vlmforge.training.tiny import make_tiny_llava
 
     model = str(make_tiny_llava(tmp_path / "tiny"))
@@ -163,7 +187,9 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
                           descriptions_per_instruction=2, questions=2, max_new_tokens=6)
 
     def build(out, spy_calls=None):
-        builder = SelfSynthBuilder(cfg, open_source("cub", root=str(cub), splits=["train"]), cache_dir=cache)
+        # one request per forward pass: a sampled batch is seeded by its requests, so each text can be asked again alone
+        builder = SelfSynthBuilder(cfg, open_source("cub", root=str(cub), splits=["train"]), cache_dir=cache,
+                                   generator_options={"batch_size": 1})
         if spy_calls is not None:
             gen = builder._make_generator("transformers", model)
             real = type(gen.inner)
@@ -179,14 +205,30 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
     first_calls: list[int] = []
     builder, a = build(tmp_path / "a", first_calls)
     assert sum(first_calls) == 9 + 9 * 2  # one description request and two questions per image
-    # The model's own descriptions (2 samples per image; empty texts dropped) went into the IB selection.
-    assert all(len(v["descriptions"]) <= 2 and len(v["concepts"]) == 3 for v in builder.selected.values())
-    # A random model never spells the label: every image is accounted for as a rejected QA.
+    # The model's own texts went into the build, asked again here without the builder or its cache: the
+    # descriptions of an image (empty texts dropped) that the IB selection read, and its first answer
+    # (one image per class: each text asked again costs a forward pass).
+    model_gen = make_generator("transformers", model, cache_dir=False, batch_size=1)
+    details = dict(a.sql("SELECT source_id, detail FROM rejects").fetchall())
+    records = list(open_source("cub", root=str(cub), splits=["train"]).records("train"))
+    assert len({r["label"] for r in records[::3]}) == 3
+    for rec in records[::3]:
+        key, image = record_key(rec), read_record_image(rec).data
+        described = model_gen([GenerationRequest(
+            "<image>\n" + DESCRIBE_PROMPTS[0].format(subject="bird"), image=image, n=2, temperature=0.7, top_p=0.95,
+            max_new_tokens=6, seed=stable_int(0, key, "describe", 0))])[0]
+        assert builder.selected[key]["descriptions"] == [t.strip() for t in described if t.strip()], key
+        assert len(builder.selected[key]["concepts"]) == 3
+        features = "\n".join(f"- {c}" for c in builder.selected[key]["concepts"])
+        answers = [model_gen([GenerationRequest(
+            "<image>\n" + QA_PROMPT.format(label=rec["label"], features=features, question=q), image=image,
+            temperature=0.3, max_new_tokens=6, seed=stable_int(0, key, "qa", i))])[0][0].strip()
+            for i, (_, q) in enumerate(builder._questions(key))]
+        # A random model never spells the label: the image is a rejected QA, with what the model answered
+        first = next((t for t in answers if t), "")
+        assert details[rec["source_id"]] == f"none of 2 answers names {rec['label']!r} (first answer: {first[:60]!r})"
     assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
-    # ... and the detail shows what the model answered instead
-    details = [r[0] for r in a.sql("SELECT detail FROM rejects").fetchall()]
-    assert all(re.fullmatch(r"none of 2 answers names '.+' \(first answer: .*\)", d) for d in details)
-    assert sum("(first answer: '')" not in d for d in details) >= 5
+    assert sum("(first answer: '')" not in d for d in details.values()) >= 5
     assert len(list(cache.rglob("*.json"))) == 27
 
     # The same build again, elsewhere: every response comes from the cache, the model is never called.
@@ -271,6 +313,14 @@ def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
     r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(offline_build.path)},
                         answers=str(file2))
     assert len(r2) == 12 and r2.sql("SELECT sum(n_fallback), min(round), max(round) FROM samples").fetchall() == [(0, 2, 2)]
+    # every answer of the round is one of the candidates generated for its image and question, naming the label
+    candidates = {(row["key"], row["question"]): row["answers"] for row in map(json.loads, file2.read_text().splitlines())}
+    assert len(candidates) == 12 * 4 and all(len(a) == 3 for a in candidates.values())
+    for s in r2.samples():
+        doc = s["json"]
+        assert len(doc["qa"]) == 4
+        for qa in doc["qa"]:
+            assert qa["answer"] in candidates[(s["__key__"], qa["question"])] and names_label(qa["answer"], doc["label"])
     file3 = tmp_path / "r3.jsonl"
     write_candidate_answers(r2.path, file3, "template", None, samples=2, seed=1)
     r3 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o3", source_options={"path": str(r2.path)},

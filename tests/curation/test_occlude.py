@@ -44,12 +44,21 @@ def test_blocks_are_deterministic_per_seed():
 
 @pytest.mark.parametrize("fill", ["solid", "blur", "noise", "inpaint"])
 def test_other_fills_change_only_the_dilated_mask(fill):
+    import cv2
+
     img, mask, box = _scene()
     img[50:70, 60:110] = (10, 200, 10)  # a green object to hide
     out, changed = occlude(img, mask, box, fill, np.random.default_rng(0), dilate_px=3)
-    assert changed.sum() > mask.sum()  # dilation grew the region
+    # the mask grown by 3 pixels (an elliptic 7 x 7 kernel), and nothing else, changes
+    want = cv2.dilate(mask.view(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))).view(bool)
+    assert np.array_equal(changed, want) and changed.sum() > mask.sum()
     assert (out[~changed] == img[~changed]).all()
-    assert not (out[50:70, 60:110] == (10, 200, 10)).all()
+    hidden = (out[50:70, 60:110] == (10, 200, 10)).all(axis=-1)
+    assert hidden.mean() < 0.01  # the green object is gone
+    if fill == "solid":
+        assert set(map(tuple, out[changed].reshape(-1, 3))) == {FILL_RGB}
+    if fill == "blur":  # the frame blurred at sigma min(w, h) / 4 = 15, inside the region
+        assert np.array_equal(out[changed], cv2.GaussianBlur(img, (0, 0), sigmaX=15, sigmaY=15)[changed])
 
 
 def test_bilevel_png_is_a_standard_one_bit_png_of_the_mask():

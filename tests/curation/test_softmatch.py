@@ -42,7 +42,12 @@ def test_soft_match_threshold():
     sims = m.similarity(["Car", "banana", "", "the  car!"], "car")
     assert sims[0] == 1.0 and sims[2] == 0.0 and sims[1] < 0.6
     assert m.matches(["Car", "banana", ""], "car") == [True, False, False]
-    assert m.matches(["motorbike"], "motorcycle") == [bool(m.similarity(["motorbike"], "motorcycle")[0] > 0.85)]
+    # the cosine of the normalised texts' embeddings: automobile/car 0.86 counts, motorbike/motorcycle 0.81 not
+    vecs = m.embedder.encode(["automobile", "car", "motorbike", "motorcycle"]).astype(float)
+    sims = m.similarity_many([(["Automobile!"], "car"), (["motorbike"], "Motorcycle")])
+    assert [float(s[0]) for s in sims] == pytest.approx([vecs[0] @ vecs[1], vecs[2] @ vecs[3]], abs=1e-6)
+    assert [float(s[0]) for s in sims] == pytest.approx([0.8645, 0.8081], abs=1e-4)
+    assert m.matches(["automobile", "motorbike"], "car") == [True, False] and m.matches(["motorbike"], "motorcycle") == [False]
     s = float(m.similarity(["banana"], "car")[0])
     assert SoftMatcher(m.embedder, threshold=s - 1e-4).matches(["banana"], "car") == [True]
     assert SoftMatcher(m.embedder, threshold=s).matches(["banana"], "car") == [False]  # strictly above counts
