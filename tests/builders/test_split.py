@@ -263,3 +263,36 @@ def test_out_naming_a_file_is_one_error_line(tmp_path, parent):
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.2.0'}: "
                            f"Not a directory ({tmp_path / 'afile'}")
+
+
+def test_group_by_keeps_records_of_one_value_together(tmp_path, parent):
+    """An occlusion build has several samples per image; split record by record, one image landed in
+    train and test. --group-by hashes the column's values: the fractions count values."""
+    b = vlmforge.build("split", "build", out=tmp_path / "g", source_options={"path": str(parent.path)},
+                       splits="train=0.5,test=0.5", group_by="label")
+    rows = b.sql("SELECT label, list(DISTINCT split), count(*) FROM samples GROUP BY 1").fetchall()
+    assert all(len(splits) == 1 for _, splits, _ in rows)  # no class in both splits
+    per_label = dict(parent.sql("SELECT label, count(*) FROM samples GROUP BY 1").fetchall())
+    assert {label: n for label, _, n in rows} == per_label  # every record kept
+    where = {label: splits[0] for label, splits, _ in rows}
+    assert sorted(where.values()) == ["test", "test", "train", "train"]  # 2 of the 4 values each
+    counts = dict(b.sql("SELECT split, count(*) FROM samples GROUP BY 1").fetchall())
+    assert counts == {s: sum(n for label, n in per_label.items() if where[label] == s) for s in ("train", "test")}
+    assert b.info["source"]["selection"]["groups"] == {"column": "label", "per_split": {"train": 2, "test": 2}}
+    again = vlmforge.build("split", "build", out=tmp_path / "g2", source_options={"path": str(parent.path)},
+                           splits="train=0.5,test=0.5", group_by="label")
+    assert build_files(again.path) == build_files(b.path)
+    # --fraction: half the values of each parent split, whole
+    f = vlmforge.build("split", "build", out=tmp_path / "f", source_options={"path": str(parent.path)},
+                       fraction=0.5, group_by="label")
+    for split in ("train", "test"):
+        labels = {r[0] for r in f.sql(f"SELECT DISTINCT label FROM samples WHERE split = '{split}'").fetchall()}
+        assert len(labels) == 2
+        assert _keys(f, split) == {r[0] for r in parent.sql(
+            f"SELECT key FROM samples WHERE split = '{split}' AND label IN ({', '.join(repr(x) for x in labels)})").fetchall()}
+    plain = vlmforge.build("split", "build", out=tmp_path / "p", source_options={"path": str(parent.path)}, fraction=0.5)
+    assert "group_by" not in plain.info["config"]  # builds without the option keep their id
+    for bad, msg in ((dict(group_by="nope"), "no column 'nope'"), (dict(group_by=" "), "--group-by is empty"),
+                     (dict(group_by="label", stratify_by="label"), "cannot be combined")):
+        with pytest.raises(UserError, match=msg):
+            vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, fraction=0.5, **bad)

@@ -5,7 +5,9 @@ does not depend on input order or sharding, and each part is exact to within one
 `--fraction 0.5` keeps round(n / 2) records of every parent split (the LLaVA-1.5 data-efficiency
 half); `--splits train=0.9,val=0.1` pools the parent's records and cuts them into new splits;
 `--stratify-by COLUMN` applies the fraction within each value of a manifest column (`source` means
-the LLaVA sub-dataset: coco, gqa, ocr_vqa, textvqa, vg, text-only).
+the LLaVA sub-dataset: coco, gqa, ocr_vqa, textvqa, vg, text-only). `--group-by COLUMN` keeps the
+records that share a value together (`image_id`: an occlusion build's samples of one image): the
+fractions then count the column's values, hashed as keys, and a record without a value is its own group.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class SplitConfig(CopyConfig):
     fraction: float | None = None  # keep this fraction of every parent split
     splits: str | None = None  # or partition into named splits: "train=0.9,val=0.1"
     stratify_by: str | None = None  # exact fraction within each value of this column
+    group_by: str | None = None  # records sharing a value of this column go to one split together
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["group_by"] is None:
+            del d["group_by"]  # builds from before this option keep their id
+        return d
 
 
 def stratum_column(src: Source, name: str | None) -> str | None:
@@ -54,6 +63,10 @@ class SplitPlan(Plan):
             check_fraction(config.fraction, "--fraction")
         if config.stratify_by is not None and not config.stratify_by.strip():
             raise UserError("--stratify-by is empty; name a column (or 'source'), or leave the option out")
+        if config.group_by is not None and not config.group_by.strip():
+            raise UserError("--group-by is empty; name a column (e.g. image_id), or leave the option out")
+        if config.group_by is not None and config.stratify_by is not None:
+            raise UserError("--group-by and --stratify-by cannot be combined: a group may span strata")
         self.column: str | None = None
 
     def _group(self, base_split: str, stratum: Any) -> Any:
@@ -64,16 +77,31 @@ class SplitPlan(Plan):
         self.column = stratum_column(src, self.config.stratify_by)
         if self.column:
             check_column(src, self.column)
-        fields = [self.column] if self.column else []
+        by = self.config.group_by
+        if by and not isinstance(src, BuildSource):  # a raw record lacking the field would be a group alone
+            raise UserError("--group-by needs a parent build (--from); copy the JSON into a build first "
+                            "(vlmforge build copy --source llava-json) and split that")
+        if by:
+            check_column(src, by)
+        fields = [self.column] if self.column else [by] if by else []
         fractions = [f for _, f in self.parts] if self.parts else [self.config.fraction]
 
         def items():
+            seen = set()  # with --group-by, each group once: the unit the fractions count
             for split in src.splits():
                 for key, *values in iter_fields(src, split, fields):
-                    yield key, self._group(split, values[0] if values else None)
+                    if by:
+                        item = (_unit(key, values[0]), self._group(split, None))
+                        if item not in seen:
+                            seen.add(item)
+                            yield item
+                    else:
+                        yield key, self._group(split, values[0] if values else None)
 
         self.cuts = fit_cuts(items, self.config.seed, lambda group, n: fraction_sizes(fractions, n))
         sizes = self.cuts.counts()
+        if by:
+            sizes = self._record_sizes(src, by, sizes)
         if self.parts:
             self.out_splits = [name for name, _ in self.parts]
             self.counts = {name: sum(s[i] for s in sizes.values()) for i, (name, _) in enumerate(self.parts)}
@@ -91,6 +119,23 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+
+    def _record_sizes(self, src: Source, by: str, groups: dict) -> dict:
+        """The parts' sizes in records (the cuts count groups), and a summary of both."""
+        sizes = {g: [0] * len(v) for g, v in groups.items()}
+        for split in src.splits():
+            group = self._group(split, None)
+            for key, value in iter_fields(src, split, [by]):
+                i = self.cuts.part(_unit(key, value), group)
+                if i is not None:
+                    sizes[group][i] += 1
+        names = [n for n, _ in self.parts] if self.parts else None
+        per = {}
+        for (b, _), v in sorted(groups.items(), key=repr):
+            for name, count in zip(names or [b], v):
+                per[name] = per.get(name, 0) + count
+        self.summary["groups"] = {"column": by, "per_split": per}
+        return sizes
 
     def _check_strata(self, src: Source, sizes: dict, fractions: list[float]) -> None:
         """Each stratum rounds on its own: refuse a column with one record per value (every record kept
@@ -112,10 +157,18 @@ class SplitPlan(Plan):
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         stratum = rec.get(self.column) if self.column else None
-        i = self.cuts.part(build_key(rec), self._group(base_split, stratum))
+        by = self.config.group_by
+        unit = _unit(build_key(rec), rec.get(by)) if by else build_key(rec)
+        i = self.cuts.part(unit, self._group(base_split, stratum))
         if i is None:
             return None
         return self.parts[i][0] if self.parts else base_split
+
+
+def _unit(key: str, value: Any) -> str:
+    """What --group-by hashes for a record: its group's value, or its own key when it has none (the
+    two never meet: a key has no '=')."""
+    return f"={value}" if value is not None else key
 
 
 class SplitBuilder(DerivedBuilder, CopyBuilder):

@@ -31,6 +31,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         fraction: Annotated[Optional[float], typer.Option("--fraction", help="keep this fraction of every parent split (exact to one record)")] = None,
         splits: Annotated[Optional[str], typer.Option("--splits", help="partition into named splits instead, e.g. train=0.9,val=0.1: all the parent's records, its splits merged (a parent test record may land in train; --parent-split train re-splits train alone); fractions summing below 1 leave the rest out")] = None,
         stratify_by: Annotated[Optional[str], typer.Option("--stratify-by", help="apply the fraction within each value of this column; 'source' = LLaVA sub-dataset")] = None,
+        group_by: Annotated[Optional[str], typer.Option("--group-by", help="keep records sharing a value of this column in one split, e.g. image_id (an occlusion build's samples of one image); the fractions then count the column's values")] = None,
         where: Where = None,
         parent_split: ParentSplits = None,
         jpeg_quality: Annotated[int, typer.Option("--jpeg-quality", min=1, max=100, help="quality of images converted to JPEG (llava-json)")] = 95,
@@ -47,7 +48,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"--source must be build (with --from) or llava-json (with --json), got {source!r}")
         src = SplitBuilder.open_source(source, path=parent, where=where, splits=parent_split, json=json_file,
                                        image_root=image_root)
-        cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, jpeg_quality=jpeg_quality)
+        cfg = SplitConfig(seed=seed, fraction=fraction, splits=splits, stratify_by=stratify_by, group_by=group_by,
+                          jpeg_quality=jpeg_quality)
         return SplitBuilder, cfg, src
 
     @build_command(build_app, "subset")
