@@ -107,3 +107,18 @@ def test_image_bytes_are_told_apart_from_text_that_starts_alike(tmp_path):
     Image.new("RGB", (4, 4)).save(buf, format="BMP")
     (tmp_path / "e.dat").write_bytes(buf.getvalue())
     assert _not_read(tmp_path / "e.dat") == ("unsupported_image", "a BMP image under the extension '.dat'; rename it to .bmp to read it")
+
+
+def test_a_macos_zip_folder_is_no_class_and_no_split(tmp_path):
+    """A folder unzipped from a Mac zip holds __MACOSX/ (resource forks named like the images): it became
+    a class of its own, or, beside split folders, stopped the build as a mixed layout."""
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / split / "cat" / "a.jpg")
+        (tmp_path / "__MACOSX" / split / "cat").mkdir(parents=True)
+        (tmp_path / "__MACOSX" / split / "cat" / "._a.jpg").write_bytes(b"\0\x05\x16\x07")
+    (tmp_path / "train" / "__MACOSX" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "__MACOSX" / "cat" / "._b.jpg").write_bytes(b"\0\x05\x16\x07")
+    src = open_source("imagefolder", root=tmp_path)
+    assert src.splits() == ["test", "train"]
+    assert [(r["source_id"], r.get("label")) for r in src.records("train")] == [("train/cat/a.jpg", "cat")]

@@ -53,7 +53,7 @@ class ImageFolderSource(Source):
             raise SourceError(f"{self.root} is a file; --root takes the folder that holds the class folders")
         if not self.root.is_dir():
             raise SourceError(f"image folder not found: {self.root}")
-        tops = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        tops = sorted(p for p in self.root.iterdir() if p.is_dir() and not _system_folder(p.name))
         if not tops:
             raise SourceError(f"{self.root} has no class folders (expected ROOT/<class>/<image>)")
         split_tops = [p.name for p in tops if p.name.lower() in SPLIT_NAMES]
@@ -75,7 +75,7 @@ class ImageFolderSource(Source):
             for f in sorted((f for d in beside for f in d.iterdir() if f.is_file()), key=_parts):
                 if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                     unread.append((f, ("no_class", "an image outside the class folders has no class; move it into one")))
-            for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not _system_folder(p.name)):
                 for f in sorted(cls.rglob("*"), key=_parts):  # Path order, by parts: quicker
                     if not f.is_file():
                         continue
@@ -127,7 +127,12 @@ class ImageFolderSource(Source):
 
 def _system_file(path: Path, cls: Path) -> bool:
     """A file the system or a viewer left (.DS_Store, Thumbs.db, anything hidden), not data."""
-    return path.name.lower() in SYSTEM_FILES or any(part.startswith(".") for part in path.relative_to(cls).parts)
+    return path.name.lower() in SYSTEM_FILES or any(map(_system_folder, path.relative_to(cls).parts))
+
+
+def _system_folder(name: str) -> bool:
+    """A hidden folder, or the resource forks macOS puts in a zip it makes (__MACOSX): never a class."""
+    return name.startswith(".") or name == "__MACOSX"
 
 
 def unread_file(path: Path, folder: Path) -> tuple[str, str] | None:
