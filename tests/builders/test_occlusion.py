@@ -13,7 +13,7 @@ from PIL import Image
 
 import vlmforge
 from vlmforge.curation.occlude import FILL_RGB
-from vlmforge.errors import UserError
+from vlmforge.errors import BuildError, UserError
 
 from tests.helpers import build_files
 
@@ -196,9 +196,8 @@ def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     assert any(hasattr(r, "key") for per in got for r in per)
 
 
-def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path, sample_coco):
-    """--entity-extractor openai against a local server whose 'model' answers with spaCy's own noun
-    chunks: the build asks for every distinct caption once, and builds the same samples as spaCy does."""
+def _chunk_server():
+    """A local OpenAI-compatible server whose 'model' answers with spaCy's own noun chunks."""
     from tests.curation.test_openai_backend import ChatServer
     from vlmforge.curation.entities import SpacyEntityExtractor
 
@@ -211,7 +210,13 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
             return {"id": "x", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": lines}, "finish_reason": "stop"}]}
 
-    server = ChunkServer()
+    return ChunkServer()
+
+
+def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path, sample_coco):
+    """--entity-extractor openai against a local server whose 'model' answers with spaCy's own noun
+    chunks: the build asks for every distinct caption once, and builds the same samples as spaCy does."""
+    server = _chunk_server()
     try:
         a = vlmforge.build("occlusion", "coco", out=tmp_path / "spacy", source_options=_src(sample_coco))
         with pytest.raises(UserError, match="needs --entity-model"):
@@ -230,6 +235,37 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
     fields = ("jpg", "json", "mask.png")
     assert [[s[f] for f in fields] for s in a.samples()] == [[s[f] for f in fields] for s in b.samples()]
     assert len(list(a.samples())) >= 10
+
+
+def test_a_caption_the_endpoint_refuses_is_a_reject_and_the_others_build(tmp_path, sample_coco):
+    """A caption the endpoint refuses for its content (400) stopped the build on every rerun: it is a
+    refused_by_endpoint reject of its caption, the other captions build, and the next run asks again."""
+    server = _chunk_server()
+    server.refuse = "a gray sheep"  # caption 9 of image 100040, in no other caption nor the prompt's examples
+
+    def build(out, workers=1, **attrs):
+        return vlmforge.build("occlusion", "coco", out=tmp_path / out, source_options=_src(sample_coco), quiet=True,
+                              entity_extractor="openai", entity_model="chunker", workers=workers,
+                              builder_attrs={"generator_options": {"base_url": server.url, "backoff": 0.01}, **attrs})
+
+    try:
+        b = build("a", workers=2)
+        asked = len(server.requests)
+        server.refuse = None
+        again = build("b")  # the refusal was not cached: only it is asked again
+        assert len(server.requests) == asked + 1 and "a gray sheep" in json.dumps(server.requests[-1]["body"])
+        server.refuse = "Caption:"  # every caption refused: the requests' shape, not their content
+        with pytest.raises(BuildError, match="the endpoint refused the requests of every caption: .*answered 400"):
+            build("c", entity_cache=False)
+    finally:
+        server.close()
+    rejects = b.sql("SELECT source_id, reason, stage, detail FROM rejects WHERE reason = 'refused_by_endpoint'").fetchall()
+    assert [r[:3] for r in rejects] == [("100040:9", "refused_by_endpoint", "entities")]
+    assert "answered 400: the prompt was filtered" in rejects[0][3]
+    got = b.sql("SELECT caption_id FROM samples").fetchall()
+    assert got and 9 not in {r[0] for r in got}
+    assert again.sql("SELECT count(*) FROM rejects WHERE reason = 'refused_by_endpoint'").fetchall() == [(0,)]
+    assert b.sql("SELECT count(*) FROM rejects WHERE source_id LIKE '100040:9:%'").fetchall() == [(0,)]
 
 
 def test_a_generation_model_that_names_nothing_is_an_error(tmp_path, sample_coco):

@@ -25,6 +25,7 @@ from PIL import Image
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
+from vlmforge.curation.generation import REFUSED
 from vlmforge.curation.grounding import (
     COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, detections_for_caption,
     is_not_object,
@@ -160,6 +161,7 @@ class OcclusionBuilder(Builder):
         # repeated or resumed build then never loads the sentence-embedding model.
         self.vector_cache: str | bool | None = None
         self.entities: dict[int, list[Entity]] = {}
+        self.refused: dict[int, str] = {}  # caption id -> the endpoint's words, for a caption it refused
         self.scorer = None
         self.label_vectors: dict[str, np.ndarray] = {}  # made by prepare() for the annotation grounder
         # Seconds spent per stage in this process (bench/occlusion.py reads them).
@@ -236,13 +238,15 @@ class OcclusionBuilder(Builder):
         t0 = time.perf_counter()
         ds = self.src.ds
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
+        refused: dict[str, str] = {}
         if self.config.entity_extractor == "spacy":
             with progress_bar("entities", total=len(caps), disable=getattr(self, "quiet", False)) as advance:
                 found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
                                          self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
         else:
-            found = self._generate_entities([c["caption"] for c in caps], helpers)
+            found, refused = self._generate_entities([c["caption"] for c in caps], helpers)
         self.entities = {int(cap["id"]): ents for cap, ents in zip(caps, found)}
+        self.refused = {int(cap["id"]): refused[cap["caption"]] for cap in caps if cap["caption"] in refused}
         if self.config.causality == "cooccurrence":
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
                 self._labels_of_image(image_id) for image_id in sorted(ds.captions))
@@ -256,10 +260,12 @@ class OcclusionBuilder(Builder):
             self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
 
-    def _generate_entities(self, captions: list[str], helpers: list) -> list[list[Entity]]:
+    def _generate_entities(self, captions: list[str], helpers: list) -> tuple[list[list[Entity]], dict[str, str]]:
         """Entities from a generation model prompted few-shot, each distinct caption asked once; its
-        answers are cached with the generator's response cache (off with the entity cache)."""
-        from vlmforge.curation.generation import make_generator
+        answers are cached with the generator's response cache (off with the entity cache). Also the
+        captions the endpoint refused for their content, with its words (generation.ask): rejects."""
+        from vlmforge.curation.entities import entities_from_lines
+        from vlmforge.curation.generation import ask, make_generator, refused_by_owner
         from vlmforge.progress import progress_bar
 
         cfg = self.config
@@ -272,16 +278,20 @@ class OcclusionBuilder(Builder):
         todo = list(dict.fromkeys(captions))
         self._start_embedder_helper(helpers)
         got: dict[str, list[Entity]] = {}
+        refused: dict[int, str] = {}  # index in todo -> the endpoint's words
         with progress_bar("entities", total=len(todo), disable=getattr(self, "quiet", False)) as advance:
             for k in range(0, len(todo), 64):
                 chunk = todo[k : k + 64]
-                got.update(zip(chunk, extractor(chunk)))
+                texts, no = ask(gen, extractor.requests(chunk))
+                got.update((c, entities_from_lines(c, t[0] if t else "")) for c, t in zip(chunk, texts) if t is not None)
+                refused.update((k + j, words) for j, words in no.items())
                 advance(len(chunk))
-        if todo and not any(got.values()):
+        refused_captions = refused_by_owner(refused, todo, "caption")
+        if got and not any(got.values()):
             raise UserError(f"the {cfg.entity_extractor} model {cfg.entity_model!r} named no entity in any of "
-                            f"{len(todo)} captions: its answers gave no 'phrase | label' line whose phrase is in "
+                            f"{len(got)} captions: its answers gave no 'phrase | label' line whose phrase is in "
                             "the caption; check the model or the endpoint")
-        return [got[c] for c in captions]
+        return [got.get(c, []) for c in captions], refused_captions
 
     def _all_labels(self) -> list[str]:
         return sorted({e.label for ents in self.entities.values() for e in ents})
@@ -298,11 +308,12 @@ class OcclusionBuilder(Builder):
         for rec in records:
             caps = rec.get("captions") or ()
             rec["entities"] = {int(c["id"]): self.entities.get(int(c["id"]), []) for c in caps}
+            rec["refused"] = {int(c["id"]): self.refused[int(c["id"])] for c in caps if int(c["id"]) in self.refused}
             yield rec
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["entities"] = {}  # workers read them from the records (with_prepared)
+        state["entities"] = state["refused"] = {}  # workers read them from the records (with_prepared)
         return state
 
     # -- worker: models --------------------------------------------------------------------------
@@ -359,11 +370,16 @@ class OcclusionBuilder(Builder):
                                          f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "
                                          f"{size[1]}x{size[0]}"))
                 continue
-            entities = rec.get("entities", self.entities)
+            entities, refused = rec.get("entities", self.entities), rec.get("refused", self.refused)
+            refused = {int(cap["id"]): refused[int(cap["id"])] for cap in rec["captions"] if int(cap["id"]) in refused}
+            for cap_id, words in refused.items():
+                results[i].append(Reject(f"{rec['image_id']}:{cap_id}", REFUSED, "entities", words))
             cands = [_Candidate(cap, k, ent) for cap in rec["captions"]
                      for k, ent in enumerate(entities.get(int(cap["id"]), []))]
-            if not cands:
-                results[i].append(Reject(rec["source_id"], "no_entities", "entities", "no caption names an object"))
+            if not cands and len(refused) < len(rec["captions"]):  # refusals say why for the captions they hit
+                results[i].append(Reject(rec["source_id"], "no_entities", "entities",
+                                         "no caption names an object" if not refused else
+                                         "no caption the endpoint answered names an object"))
             work.append((i, rec, img, _Pixels(bgr), cands))
         t1 = time.perf_counter()
         self._score_causality(work, results)
