@@ -467,3 +467,29 @@ def test_grounding_dino_hides_one_person_once_for_a_man_and_a_woman(tmp_path, ti
     b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
                        causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
     assert b.sql("SELECT label, box FROM samples ORDER BY key").fetchall() == [("man", p1), ("woman", p2)]
+
+
+def test_grounding_dino_hides_an_object_once_though_later_captions_call_it_otherwise(tmp_path, tiny_models, monkeypatch):
+    """Each word is its own detector query: "a man" and, in the next caption, "a person" found nearly the
+    same box, and the one man was hidden twice, once per caption, with two answers. A later caption's
+    detection overlapping (IoU >= 0.5) an object already hidden, of its category, is that object."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    p1, p1b, p1c, p2 = [20.0, 40.0, 60.0, 150.0], [22.0, 41.0, 59.0, 148.0], [21.0, 39.0, 61.0, 149.0], [120.0, 60.0, 50.0, 120.0]
+    bench = [10.0, 150.0, 250.0, 60.0]
+    dets = {"man": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1]),
+            "person": Grounding(p1b, "person", 0.8, "grounding-dino", boxes=[p1b, p2]),
+            "people": Grounding(p1c, "person", 0.7, "grounding-dino", boxes=[p1c, p2]),
+            "bench": Grounding(bench, "bench", 0.9, "grounding-dino", boxes=[bench])}
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {k: copy.deepcopy(v) for k, v in dets.items() if k in ls} for ls in labels])
+    root = _coco_of(tmp_path / "coco", ["A man sitting on a bench.", "A person sitting on a bench.",
+                                        "Two people near a bench."],
+                    [("person", p1), ("person", p2), ("bench", bench)])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    assert b.sql("SELECT caption_id, label, objects FROM samples ORDER BY key").fetchall() == [
+        (1, "man", 1), (1, "bench", 1), (3, "person", 2)]  # two people are another object than one man
+    rejects = dict(b.sql("SELECT source_id, reason || ': ' || detail FROM rejects").fetchall())
+    assert rejects["1:2:0"].startswith("duplicate_object: person") and rejects["1:2:1"].startswith("duplicate_object: bench")

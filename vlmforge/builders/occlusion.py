@@ -27,7 +27,7 @@ from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, Maske
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
 from vlmforge.curation.generation import REFUSED
 from vlmforge.curation.grounding import (
-    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, detections_for_caption,
+    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, box_iou, detections_for_caption,
     is_not_object,
 )
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
@@ -460,15 +460,12 @@ class OcclusionBuilder(Builder):
         out: list[Sample | Reject] = []
         h, w = px.bgr.shape[:2]
         # One object is hidden once per image: the first caption (by id) that names it wins.
-        seen: set = set()
+        iou = getattr(self.grounder, "nms_iou", 0.5)
         unique: list[_Candidate] = []
         for c in cands:
-            g = c.grounding
-            ident = tuple(g.instance_ids) if g.instance_ids else (g.category or c.entity.label, tuple(round(v) for v in g.box))
-            if ident in seen:
+            if any(_same_object(c, u, iou) for u in unique):
                 out.append(self._reject(rec, c, "duplicate_object", "dedupe", f"{c.entity.label}: the object an earlier caption names (one sample per object)"))
                 continue
-            seen.add(ident)
             unique.append(c)
         masks = self._masks(rec, px, unique, h, w)
         for c, mask in zip(unique, masks):
@@ -614,6 +611,20 @@ class _LazyMasks(dict):
         mask = annotation_crop(self._anns[ann_id], *self._size)
         self[ann_id] = mask
         return mask
+
+
+def _same_object(a: _Candidate, b: _Candidate, iou: float) -> bool:
+    """Whether two candidates hide the same object(s): the same instances, or for a detector the same
+    number of boxes of one category (or label, without one), each overlapping one of the other's by
+    IoU >= `iou`. Each word is its own detector query, so "a man" and a later caption's "a person" find
+    nearly, not exactly, the same box."""
+    ga, gb = a.grounding, b.grounding
+    if ga.instance_ids or gb.instance_ids:
+        return ga.instance_ids == gb.instance_ids
+    if (ga.category or a.entity.label) != (gb.category or b.entity.label):
+        return False
+    boxes_a, boxes_b = ga.boxes or [ga.box], gb.boxes or [gb.box]
+    return len(boxes_a) == len(boxes_b) and all(any(x == y or box_iou(x, y) >= iou for y in boxes_b) for x in boxes_a)
 
 
 def _rank(c: _Candidate, method: str) -> float:
