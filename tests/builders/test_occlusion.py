@@ -493,3 +493,17 @@ def test_grounding_dino_hides_an_object_once_though_later_captions_call_it_other
         (1, "man", 1), (1, "bench", 1), (3, "person", 2)]  # two people are another object than one man
     rejects = dict(b.sql("SELECT source_id, reason || ': ' || detail FROM rejects").fetchall())
     assert rejects["1:2:0"].startswith("duplicate_object: person") and rejects["1:2:1"].startswith("duplicate_object: bench")
+
+
+def test_model_stages_on_the_cpu_ask_no_gpu_of_the_ray_cluster(sample_coco):
+    """--device cpu with a model stage still asked Ray for a GPU per worker: on a cluster without one
+    the build was refused ('the model stage asks for 1 GPU per worker but the Ray cluster has no GPU')."""
+    from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+    from vlmforge.executors.ray import declared_resources, plan_stage
+
+    src = OcclusionBuilder.open_source("coco", **_src(sample_coco))
+    b = OcclusionBuilder(OcclusionConfig(causality="mlm"), src)
+    assert declared_resources(b) == {"cpu": 1.0, "gpu": 1.0}
+    b.device = "cpu"
+    assert declared_resources(b) == {"cpu": 1.0}
+    assert plan_stage(declared_resources(b), True, {"CPU": 4.0}).num_gpus == 0

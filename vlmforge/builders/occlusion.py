@@ -170,10 +170,10 @@ class OcclusionBuilder(Builder):
     @property
     def resources(self) -> dict[str, float]:
         """What one worker needs (the ray executor places workers by it): a GPU when a model stage
-        (Grounding DINO, SAM, masked LM) is configured, else one CPU."""
+        (Grounding DINO, SAM, masked LM) is configured and --device is not cpu, else one CPU."""
         cfg = self.config
         models = [cfg.grounder == "grounding-dino", cfg.segmenter == "sam", cfg.causality == "mlm"]
-        return {"cpu": 1, "gpu": 1} if any(models) else {"cpu": 1}
+        return {"cpu": 1, "gpu": 1} if any(models) and self.device != "cpu" else {"cpu": 1}
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
