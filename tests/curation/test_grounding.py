@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from vlmforge.curation.grounding import AnnotationGrounder, category_for_label
 from vlmforge.curation.segmentation import annotation_mask
@@ -187,3 +188,36 @@ def test_detections_of_one_caption_go_to_distinct_entities():
     got = detections_for_caption([("A man", "man", False), ("a woman", "woman", False), ("a boy", "person", False)],
                                  found, {})
     assert "every person detection (2)" in str(got[2])
+
+
+def test_a_detection_goes_to_the_label_its_tokens_score_highest(tmp_path):
+    """transformers' post-processing names a box by every token over --text-threshold: with "man .
+    person . woman ." one box came back as "person woman", read as "man" (a substring of "woman"), and a
+    woman was hidden with the answer "man". Each box now goes to the label whose tokens score highest."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image
+
+    from vlmforge.curation.grounding import GroundingDinoGrounder, label_spans
+    from vlmforge.training.tiny import make_tiny_grounding_dino
+
+    g = GroundingDinoGrounder(str(make_tiny_grounding_dino(tmp_path / "dino")), box_threshold=0.35, text_threshold=0.25)
+    g.setup()
+    labels = ["man", "person", "woman"]
+    ids = g._proc(text="man . person . woman .")["input_ids"]
+    tok = g._proc.tokenizer
+    spans = label_spans(ids, set(tok.all_special_ids) | {tok.convert_tokens_to_ids(".")})
+    assert [tok.decode([ids[p] for p in s]) for s in spans] == labels
+    wanted = [{"man": 0.1, "person": 0.6, "woman": 0.8}, {"man": 0.9}, {"man": 0.3, "woman": 0.2}]
+    logits = torch.full((1, len(wanted), 256), -20.0)
+    for q, scores in enumerate(wanted):
+        for label, p in scores.items():
+            logits[0, q, spans[labels.index(label)]] = math.log(p / (1 - p))
+    boxes = torch.tensor([[[0.25, 0.5, 0.2, 0.5], [0.75, 0.5, 0.2, 0.5], [0.5, 0.5, 0.1, 0.1]]])
+    g._model = lambda **batch: SimpleNamespace(logits=logits, pred_boxes=boxes)
+    found = g([Image.new("RGB", (200, 100))], [labels])[0]
+    assert sorted(found) == ["man", "woman"]  # the third box scores 0.3 at best: under --box-threshold
+    assert found["woman"].box == pytest.approx([30.0, 25.0, 40.0, 50.0]) and found["woman"].score == pytest.approx(0.8)
+    assert found["man"].box == pytest.approx([130.0, 25.0, 40.0, 50.0]) and found["woman"].category == "person"
