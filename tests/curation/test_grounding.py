@@ -221,3 +221,23 @@ def test_a_detection_goes_to_the_label_its_tokens_score_highest(tmp_path):
     assert sorted(found) == ["man", "woman"]  # the third box scores 0.3 at best: under --box-threshold
     assert found["woman"].box == pytest.approx([30.0, 25.0, 40.0, 50.0]) and found["woman"].score == pytest.approx(0.8)
     assert found["man"].box == pytest.approx([130.0, 25.0, 40.0, 50.0]) and found["woman"].category == "person"
+
+
+def test_labels_past_the_models_text_positions_are_cut_off_not_an_error(tmp_path):
+    """An image whose captions name more labels than the model's text positions hold (256 tokens for
+    grounding-dino-tiny, 64 for the tiny one) stopped the build with a RuntimeError about tensor sizes."""
+    from PIL import Image
+
+    from vlmforge.curation.grounding import GroundingDinoGrounder
+    from vlmforge.training.tiny import make_tiny_grounding_dino
+
+    g = GroundingDinoGrounder(str(make_tiny_grounding_dino(tmp_path / "dino")), box_threshold=0.0, text_threshold=0.0)
+    g.setup()
+    words = ["dog", "cat", "bench", "kite", "bird", "person", "car", "cup", "bowl", "chair"]
+    labels = [f"{a} {b}" for a in words for b in words]  # 100 labels, 300 tokens
+    ids = g._proc(text=" . ".join(labels) + " .")["input_ids"]
+    assert len(ids) > g._model.config.max_text_len
+    found = g([Image.new("RGB", (64, 48))] * 2, [labels, ["dog", "cat"]])
+    asked = {lab for lab in labels if len(g._proc(text=" . ".join(labels[: labels.index(lab) + 1]) + " .")["input_ids"])
+             <= g._model.config.max_text_len - 1}
+    assert found[0] and set(found[0]) <= asked and found[1]

@@ -389,6 +389,7 @@ class GroundingDinoGrounder:
             AutoProcessor.from_pretrained(self.model_name),
             AutoModelForZeroShotObjectDetection.from_pretrained(self.model_name)))
         self._device = torch_device(self.device)
+        self._max_text = getattr(model.config, "max_text_len", 256)  # text positions: tokens per prompt
         self._model = model.eval().to(self._device)
 
     def __call__(self, images: list, labels: list[list[str]]) -> list[dict[str, Grounding]]:
@@ -405,8 +406,11 @@ class GroundingDinoGrounder:
         if not todo:
             return out
         names = [list(dict.fromkeys(labels[i])) for i in todo]
+        # A prompt longer than the model's text positions would stop the build: the labels past them
+        # are cut off, and not found.
         batch = self._proc(images=[images[i] for i in todo], text=[" . ".join(n) + " ." for n in names],
-                           return_tensors="pt", padding=True)
+                           return_tensors="pt", padding=True, truncation=True,
+                           max_length=self._max_text)
         with torch.no_grad():
             outputs = self._model(**{k: v.to(self._device) for k, v in batch.items()})
         probs = outputs.logits.float().sigmoid().cpu()  # (images, queries, text positions)
@@ -414,11 +418,12 @@ class GroundingDinoGrounder:
         tok = self._proc.tokenizer
         breaks = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(".")}
         for row, i in enumerate(todo):
-            spans = label_spans(batch["input_ids"][row].tolist(), breaks)[: len(names[row])]
+            spans = label_spans(batch["input_ids"][row].tolist(), breaks)
+            if len(spans) < len(names[row]):  # the prompt was cut off: its last label may be a part of one
+                spans = spans[:-1]
             if not spans:
                 continue
-            # Per query, each label's score: its tokens' best probability (a label cut off by the
-            # tokenizer's 256 tokens is not asked for).
+            # Per query, each label's score: its tokens' best probability.
             per_label = torch.stack([probs[row][:, span].max(-1).values for span in spans], -1)
             score, best = per_label.max(-1)
             width, height = images[i].size
