@@ -507,3 +507,26 @@ def test_model_stages_on_the_cpu_ask_no_gpu_of_the_ray_cluster(sample_coco):
     b.device = "cpu"
     assert declared_resources(b) == {"cpu": 1.0}
     assert plan_stage(declared_resources(b), True, {"CPU": 4.0}).num_gpus == 0
+
+
+def test_a_not_grounded_reject_says_why(tmp_path, tiny_models, monkeypatch):
+    """not_grounded rejects named the phrase and caption only: a place never asked for, an object the
+    detector did not find over its thresholds and one the annotations lack all read alike."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    dog = [20.0, 40.0, 60.0, 50.0]
+    root = _coco_of(tmp_path / "coco", ["A dog and a cat in a kitchen."], [("dog", dog)])
+    plain = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(root), quiet=True, causality="none")
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {"dog": Grounding(dog, "dog", 0.9, "grounding-dino", boxes=[dog])} for _ in labels])
+    dino = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(root), quiet=True,
+                          causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    q = "SELECT source_id, detail FROM rejects WHERE reason = 'not_grounded' ORDER BY 1"
+    place = "'a kitchen' in 'A dog and a cat in a kitchen.': a place, a substance or a thing with no COCO category"
+    assert [d for _, d in plain.sql(q).fetchall()] == [
+        "'a cat' in 'A dog and a cat in a kitchen.': none of the image's annotated instances is what 'cat' names",
+        place + ", never grounded"]
+    assert [d for _, d in dino.sql(q).fetchall()] == [
+        "'a cat' in 'A dog and a cat in a kitchen.': Grounding DINO found no box for 'cat' over --box-threshold 0.35 "
+        "and --text-threshold 0.25", place + ", never grounded"]

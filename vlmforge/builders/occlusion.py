@@ -443,12 +443,23 @@ class OcclusionBuilder(Builder):
         for i, rec, _img, px, cands in work:
             for c in cands:
                 if c.grounding is None and id(c) not in broken:
-                    results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
+                    results[i].append(self._reject(rec, c, "not_grounded", "grounding",
+                                                   f"{c.entity.phrase!r} in {c.caption['caption']!r}: "
+                                                   + self._why_not_grounded(c.entity.label)))
             cands[:] = [c for c in cands if c.grounding is not None]
             h, w = px.bgr.shape[:2]
             for c in cands:  # a box reaching past the image would size the blocks for pixels that do not exist
                 c.grounding.box = _clip_box(c.grounding.box, w, h)
                 c.grounding.boxes = [_clip_box(b, w, h) for b in c.grounding.boxes]
+
+    def _why_not_grounded(self, label: str) -> str:
+        cfg = self.config
+        if is_not_object(label):
+            return "a place, a substance or a thing with no COCO category, never grounded"
+        if cfg.grounder == "grounding-dino":
+            return (f"Grounding DINO found no box for {label!r} over --box-threshold {cfg.box_threshold} "
+                    f"and --text-threshold {cfg.text_threshold}")
+        return f"none of the image's annotated instances is what {label!r} names"
 
     def _instance_masks(self, rec: Record) -> "_LazyMasks":
         if "_masks" not in rec:
