@@ -530,3 +530,15 @@ def test_a_not_grounded_reject_says_why(tmp_path, tiny_models, monkeypatch):
     assert [d for _, d in dino.sql(q).fetchall()] == [
         "'a cat' in 'A dog and a cat in a kitchen.': Grounding DINO found no box for 'cat' over --box-threshold 0.35 "
         "and --text-threshold 0.25", place + ", never grounded"]
+
+
+def test_a_label_past_the_masked_lms_tokens_says_so(tmp_path, tiny_models):
+    """A label the masked LM could not score (past its first 128 tokens) was a low_causality reject
+    reading 'bench: inf'."""
+    caption = "A dog " + "and a very big green field " * 25 + "near a bench."
+    root = _coco_of(tmp_path / "coco", [caption], [("dog", [20, 40, 60, 50]), ("bench", [100, 150, 150, 60])])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="mlm", mlm_model=str(tiny_models["mlm"]), min_ppl=0.0, max_ppl=1e9)
+    assert b.sql("SELECT label FROM samples").fetchall() == [("dog",)]
+    assert b.sql("SELECT detail FROM rejects WHERE reason = 'low_causality' AND detail LIKE 'bench%'").fetchall() == [
+        ("bench: not scored: it lies past the masked LM's first 128 tokens",)]

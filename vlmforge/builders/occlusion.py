@@ -412,7 +412,9 @@ class OcclusionBuilder(Builder):
         for (i, rec, c), v in zip(owners, values):
             c.causality = float(v)
             if not self.scorer.keep(v):
-                results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {v:.3f}"))
+                why = (f"{v:.3f}" if v != float("inf") else
+                       f"not scored: it lies past the masked LM's first {self.scorer.max_length} tokens")
+                results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {why}"))
         for entry in work:
             entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
