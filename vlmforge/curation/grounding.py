@@ -416,7 +416,8 @@ class GroundingDinoGrounder:
         probs = outputs.logits.float().sigmoid().cpu()  # (images, queries, text positions)
         centres = outputs.pred_boxes.float().cpu()  # (images, queries, 4): cx, cy, w, h in [0, 1]
         tok = self._proc.tokenizer
-        breaks = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(".")}
+        # An unknown word ([UNK]) is still its label's token: a break there would shift every label after it.
+        breaks = (set(tok.all_special_ids) - {tok.unk_token_id}) | {tok.convert_tokens_to_ids(".")}
         for row, i in enumerate(todo):
             spans = label_spans(batch["input_ids"][row].tolist(), breaks)
             if len(spans) < len(names[row]):  # the prompt was cut off: its last label may be a part of one
