@@ -13,7 +13,7 @@ from PIL import Image
 
 import vlmforge
 from vlmforge.curation.occlude import FILL_RGB
-from vlmforge.errors import UserError
+from vlmforge.errors import BuildError, UserError
 
 from tests.helpers import build_files
 
@@ -196,9 +196,8 @@ def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     assert any(hasattr(r, "key") for per in got for r in per)
 
 
-def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path, sample_coco):
-    """--entity-extractor openai against a local server whose 'model' answers with spaCy's own noun
-    chunks: the build asks for every distinct caption once, and builds the same samples as spaCy does."""
+def _chunk_server():
+    """A local OpenAI-compatible server whose 'model' answers with spaCy's own noun chunks."""
     from tests.curation.test_openai_backend import ChatServer
     from vlmforge.curation.entities import SpacyEntityExtractor
 
@@ -211,7 +210,13 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
             return {"id": "x", "object": "chat.completion", "model": body["model"],
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": lines}, "finish_reason": "stop"}]}
 
-    server = ChunkServer()
+    return ChunkServer()
+
+
+def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path, sample_coco):
+    """--entity-extractor openai against a local server whose 'model' answers with spaCy's own noun
+    chunks: the build asks for every distinct caption once, and builds the same samples as spaCy does."""
+    server = _chunk_server()
     try:
         a = vlmforge.build("occlusion", "coco", out=tmp_path / "spacy", source_options=_src(sample_coco))
         with pytest.raises(UserError, match="needs --entity-model"):
@@ -230,6 +235,37 @@ def test_entities_from_a_generation_model_over_an_openai_compatible_api(tmp_path
     fields = ("jpg", "json", "mask.png")
     assert [[s[f] for f in fields] for s in a.samples()] == [[s[f] for f in fields] for s in b.samples()]
     assert len(list(a.samples())) >= 10
+
+
+def test_a_caption_the_endpoint_refuses_is_a_reject_and_the_others_build(tmp_path, sample_coco):
+    """A caption the endpoint refuses for its content (400) stopped the build on every rerun: it is a
+    refused_by_endpoint reject of its caption, the other captions build, and the next run asks again."""
+    server = _chunk_server()
+    server.refuse = "a gray sheep"  # caption 9 of image 100040, in no other caption nor the prompt's examples
+
+    def build(out, workers=1, **attrs):
+        return vlmforge.build("occlusion", "coco", out=tmp_path / out, source_options=_src(sample_coco), quiet=True,
+                              entity_extractor="openai", entity_model="chunker", workers=workers,
+                              builder_attrs={"generator_options": {"base_url": server.url, "backoff": 0.01}, **attrs})
+
+    try:
+        b = build("a", workers=2)
+        asked = len(server.requests)
+        server.refuse = None
+        again = build("b")  # the refusal was not cached: only it is asked again
+        assert len(server.requests) == asked + 1 and "a gray sheep" in json.dumps(server.requests[-1]["body"])
+        server.refuse = "Caption:"  # every caption refused: the requests' shape, not their content
+        with pytest.raises(BuildError, match="the endpoint refused the requests of every caption: .*answered 400"):
+            build("c", entity_cache=False)
+    finally:
+        server.close()
+    rejects = b.sql("SELECT source_id, reason, stage, detail FROM rejects WHERE reason = 'refused_by_endpoint'").fetchall()
+    assert [r[:3] for r in rejects] == [("100040:9", "refused_by_endpoint", "entities")]
+    assert "answered 400: the prompt was filtered" in rejects[0][3]
+    got = b.sql("SELECT caption_id FROM samples").fetchall()
+    assert got and 9 not in {r[0] for r in got}
+    assert again.sql("SELECT count(*) FROM rejects WHERE reason = 'refused_by_endpoint'").fetchall() == [(0,)]
+    assert b.sql("SELECT count(*) FROM rejects WHERE source_id LIKE '100040:9:%'").fetchall() == [(0,)]
 
 
 def test_a_generation_model_that_names_nothing_is_an_error(tmp_path, sample_coco):
@@ -431,3 +467,78 @@ def test_grounding_dino_hides_one_person_once_for_a_man_and_a_woman(tmp_path, ti
     b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
                        causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
     assert b.sql("SELECT label, box FROM samples ORDER BY key").fetchall() == [("man", p1), ("woman", p2)]
+
+
+def test_grounding_dino_hides_an_object_once_though_later_captions_call_it_otherwise(tmp_path, tiny_models, monkeypatch):
+    """Each word is its own detector query: "a man" and, in the next caption, "a person" found nearly the
+    same box, and the one man was hidden twice, once per caption, with two answers. A later caption's
+    detection overlapping (IoU >= 0.5) an object already hidden, of its category, is that object."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    p1, p1b, p1c, p2 = [20.0, 40.0, 60.0, 150.0], [22.0, 41.0, 59.0, 148.0], [21.0, 39.0, 61.0, 149.0], [120.0, 60.0, 50.0, 120.0]
+    bench = [10.0, 150.0, 250.0, 60.0]
+    dets = {"man": Grounding(p1, "person", 0.9, "grounding-dino", boxes=[p1]),
+            "person": Grounding(p1b, "person", 0.8, "grounding-dino", boxes=[p1b, p2]),
+            "people": Grounding(p1c, "person", 0.7, "grounding-dino", boxes=[p1c, p2]),
+            "bench": Grounding(bench, "bench", 0.9, "grounding-dino", boxes=[bench])}
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {k: copy.deepcopy(v) for k, v in dets.items() if k in ls} for ls in labels])
+    root = _coco_of(tmp_path / "coco", ["A man sitting on a bench.", "A person sitting on a bench.",
+                                        "Two people near a bench."],
+                    [("person", p1), ("person", p2), ("bench", bench)])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    assert b.sql("SELECT caption_id, label, objects FROM samples ORDER BY key").fetchall() == [
+        (1, "man", 1), (1, "bench", 1), (3, "person", 2)]  # two people are another object than one man
+    rejects = dict(b.sql("SELECT source_id, reason || ': ' || detail FROM rejects").fetchall())
+    assert rejects["1:2:0"].startswith("duplicate_object: person") and rejects["1:2:1"].startswith("duplicate_object: bench")
+
+
+def test_model_stages_on_the_cpu_ask_no_gpu_of_the_ray_cluster(sample_coco):
+    """--device cpu with a model stage still asked Ray for a GPU per worker: on a cluster without one
+    the build was refused ('the model stage asks for 1 GPU per worker but the Ray cluster has no GPU')."""
+    from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+    from vlmforge.executors.ray import declared_resources, plan_stage
+
+    src = OcclusionBuilder.open_source("coco", **_src(sample_coco))
+    b = OcclusionBuilder(OcclusionConfig(causality="mlm"), src)
+    assert declared_resources(b) == {"cpu": 1.0, "gpu": 1.0}
+    b.device = "cpu"
+    assert declared_resources(b) == {"cpu": 1.0}
+    assert plan_stage(declared_resources(b), True, {"CPU": 4.0}).num_gpus == 0
+
+
+def test_a_not_grounded_reject_says_why(tmp_path, tiny_models, monkeypatch):
+    """not_grounded rejects named the phrase and caption only: a place never asked for, an object the
+    detector did not find over its thresholds and one the annotations lack all read alike."""
+    from vlmforge.curation.grounding import Grounding, GroundingDinoGrounder
+
+    dog = [20.0, 40.0, 60.0, 50.0]
+    root = _coco_of(tmp_path / "coco", ["A dog and a cat in a kitchen."], [("dog", dog)])
+    plain = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(root), quiet=True, causality="none")
+    monkeypatch.setattr(GroundingDinoGrounder, "setup", lambda self: None)
+    monkeypatch.setattr(GroundingDinoGrounder, "__call__", lambda self, images, labels: [
+        {"dog": Grounding(dog, "dog", 0.9, "grounding-dino", boxes=[dog])} for _ in labels])
+    dino = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(root), quiet=True,
+                          causality="none", grounder="grounding-dino", dino_model=str(tiny_models["dino"]), segmenter="box")
+    q = "SELECT source_id, detail FROM rejects WHERE reason = 'not_grounded' ORDER BY 1"
+    place = "'a kitchen' in 'A dog and a cat in a kitchen.': a place, a substance or a thing with no COCO category"
+    assert [d for _, d in plain.sql(q).fetchall()] == [
+        "'a cat' in 'A dog and a cat in a kitchen.': none of the image's annotated instances is what 'cat' names",
+        place + ", never grounded"]
+    assert [d for _, d in dino.sql(q).fetchall()] == [
+        "'a cat' in 'A dog and a cat in a kitchen.': Grounding DINO found no box for 'cat' over --box-threshold 0.35 "
+        "and --text-threshold 0.25", place + ", never grounded"]
+
+
+def test_a_label_past_the_masked_lms_tokens_says_so(tmp_path, tiny_models):
+    """A label the masked LM could not score (past its first 128 tokens) was a low_causality reject
+    reading 'bench: inf'."""
+    caption = "A dog " + "and a very big green field " * 25 + "near a bench."
+    root = _coco_of(tmp_path / "coco", [caption], [("dog", [20, 40, 60, 50]), ("bench", [100, 150, 150, 60])])
+    b = vlmforge.build("occlusion", "coco", out=tmp_path / "out", source_options=_src(root), quiet=True,
+                       causality="mlm", mlm_model=str(tiny_models["mlm"]), min_ppl=0.0, max_ppl=1e9)
+    assert b.sql("SELECT label FROM samples").fetchall() == [("dog",)]
+    assert b.sql("SELECT detail FROM rejects WHERE reason = 'low_causality' AND detail LIKE 'bench%'").fetchall() == [
+        ("bench: not scored: it lies past the masked LM's first 128 tokens",)]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from vlmforge.curation.grounding import AnnotationGrounder, category_for_label
 from vlmforge.curation.segmentation import annotation_mask
@@ -187,3 +188,74 @@ def test_detections_of_one_caption_go_to_distinct_entities():
     got = detections_for_caption([("A man", "man", False), ("a woman", "woman", False), ("a boy", "person", False)],
                                  found, {})
     assert "every person detection (2)" in str(got[2])
+
+
+def _dino_answering(tmp_path, labels: list[str], wanted: list[dict[str, float]], boxes: list[list[float]]):
+    """The tiny Grounding DINO whose model returns, per query, the given probabilities on each label's
+    tokens (and boxes, cx cy w h in [0, 1]) for the prompt of `labels`."""
+    import math
+    from types import SimpleNamespace
+
+    import torch
+
+    from vlmforge.curation.grounding import GroundingDinoGrounder
+    from vlmforge.training.tiny import make_tiny_grounding_dino
+
+    g = GroundingDinoGrounder(str(make_tiny_grounding_dino(tmp_path / "dino")), box_threshold=0.35, text_threshold=0.25)
+    g.setup()
+    ids = g._proc(text=" . ".join(labels) + " .")["input_ids"]
+    dots = [k for k, t in enumerate(ids) if t == g._proc.tokenizer.convert_tokens_to_ids(".")]
+    spans = [list(range(a + 1, b)) for a, b in zip([0] + dots, dots)]  # between [CLS] or "." and the next "."
+    logits = torch.full((1, len(wanted), 256), -20.0)
+    for q, scores in enumerate(wanted):
+        for label, p in scores.items():
+            logits[0, q, spans[labels.index(label)]] = math.log(p / (1 - p))
+    g._model = lambda **batch: SimpleNamespace(logits=logits, pred_boxes=torch.tensor([boxes]))
+    return g
+
+
+def test_a_detection_goes_to_the_label_its_tokens_score_highest(tmp_path):
+    """transformers' post-processing names a box by every token over --text-threshold: with "man .
+    person . woman ." one box came back as "person woman", read as "man" (a substring of "woman"), and a
+    woman was hidden with the answer "man". Each box now goes to the label whose tokens score highest."""
+    from PIL import Image
+
+    labels = ["man", "person", "woman"]
+    g = _dino_answering(tmp_path, labels, [{"man": 0.1, "person": 0.6, "woman": 0.8}, {"man": 0.9},
+                                           {"man": 0.3, "woman": 0.2}],
+                        [[0.25, 0.5, 0.2, 0.5], [0.75, 0.5, 0.2, 0.5], [0.5, 0.5, 0.1, 0.1]])
+    found = g([Image.new("RGB", (200, 100))], [labels])[0]
+    assert sorted(found) == ["man", "woman"]  # the third box scores 0.3 at best: under --box-threshold
+    assert found["woman"].box == pytest.approx([30.0, 25.0, 40.0, 50.0]) and found["woman"].score == pytest.approx(0.8)
+    assert found["man"].box == pytest.approx([130.0, 25.0, 40.0, 50.0]) and found["woman"].category == "person"
+
+
+def test_a_word_the_tokenizer_does_not_know_keeps_the_labels_after_it_in_place(tmp_path):
+    """An unknown word ([UNK], a special token) read as a separator shifted the labels after it: the
+    dog's box came back as the unknown word's."""
+    from PIL import Image
+
+    labels = ["xyzzyq", "dog", "cat"]
+    g = _dino_answering(tmp_path, labels, [{"dog": 0.9}], [[0.5, 0.5, 0.2, 0.2]])
+    assert g._proc.tokenizer.unk_token_id in g._proc(text="xyzzyq . dog . cat .")["input_ids"]
+    assert list(g([Image.new("RGB", (200, 100))], [labels])[0]) == ["dog"]
+
+
+def test_labels_past_the_models_text_positions_are_cut_off_not_an_error(tmp_path):
+    """An image whose captions name more labels than the model's text positions hold (256 tokens for
+    grounding-dino-tiny, 64 for the tiny one) stopped the build with a RuntimeError about tensor sizes."""
+    from PIL import Image
+
+    from vlmforge.curation.grounding import GroundingDinoGrounder
+    from vlmforge.training.tiny import make_tiny_grounding_dino
+
+    g = GroundingDinoGrounder(str(make_tiny_grounding_dino(tmp_path / "dino")), box_threshold=0.0, text_threshold=0.0)
+    g.setup()
+    words = ["dog", "cat", "bench", "kite", "bird", "person", "car", "cup", "bowl", "chair"]
+    labels = [f"{a} {b}" for a in words for b in words]  # 100 labels, 300 tokens
+    ids = g._proc(text=" . ".join(labels) + " .")["input_ids"]
+    assert len(ids) > g._model.config.max_text_len
+    found = g([Image.new("RGB", (64, 48))] * 2, [labels, ["dog", "cat"]])
+    asked = {lab for lab in labels if len(g._proc(text=" . ".join(labels[: labels.index(lab) + 1]) + " .")["input_ids"])
+             <= g._model.config.max_text_len - 1}
+    assert found[0] and set(found[0]) <= asked and found[1]

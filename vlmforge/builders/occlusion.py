@@ -25,8 +25,9 @@ from PIL import Image
 from vlmforge.builders.base import BuildConfig, Builder
 from vlmforge.curation.causality import CausalityItem, CooccurrenceScorer, MaskedLMScorer
 from vlmforge.curation.entities import SPACY_MODEL, Entity, GenerativeEntityExtractor, extract_entities
+from vlmforge.curation.generation import REFUSED
 from vlmforge.curation.grounding import (
-    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, detections_for_caption,
+    COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, box_iou, detections_for_caption,
     is_not_object,
 )
 from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
@@ -160,6 +161,7 @@ class OcclusionBuilder(Builder):
         # repeated or resumed build then never loads the sentence-embedding model.
         self.vector_cache: str | bool | None = None
         self.entities: dict[int, list[Entity]] = {}
+        self.refused: dict[int, str] = {}  # caption id -> the endpoint's words, for a caption it refused
         self.scorer = None
         self.label_vectors: dict[str, np.ndarray] = {}  # made by prepare() for the annotation grounder
         # Seconds spent per stage in this process (bench/occlusion.py reads them).
@@ -168,10 +170,10 @@ class OcclusionBuilder(Builder):
     @property
     def resources(self) -> dict[str, float]:
         """What one worker needs (the ray executor places workers by it): a GPU when a model stage
-        (Grounding DINO, SAM, masked LM) is configured, else one CPU."""
+        (Grounding DINO, SAM, masked LM) is configured and --device is not cpu, else one CPU."""
         cfg = self.config
         models = [cfg.grounder == "grounding-dino", cfg.segmenter == "sam", cfg.causality == "mlm"]
-        return {"cpu": 1, "gpu": 1} if any(models) else {"cpu": 1}
+        return {"cpu": 1, "gpu": 1} if any(models) and self.device != "cpu" else {"cpu": 1}
 
     @classmethod
     def open_source(cls, kind: str | None, **options: Any) -> Source:
@@ -236,13 +238,15 @@ class OcclusionBuilder(Builder):
         t0 = time.perf_counter()
         ds = self.src.ds
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
+        refused: dict[str, str] = {}
         if self.config.entity_extractor == "spacy":
             with progress_bar("entities", total=len(caps), disable=getattr(self, "quiet", False)) as advance:
                 found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
                                          self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
         else:
-            found = self._generate_entities([c["caption"] for c in caps], helpers)
+            found, refused = self._generate_entities([c["caption"] for c in caps], helpers)
         self.entities = {int(cap["id"]): ents for cap, ents in zip(caps, found)}
+        self.refused = {int(cap["id"]): refused[cap["caption"]] for cap in caps if cap["caption"] in refused}
         if self.config.causality == "cooccurrence":
             self.scorer = CooccurrenceScorer(self.config.min_causality).fit(
                 self._labels_of_image(image_id) for image_id in sorted(ds.captions))
@@ -256,10 +260,12 @@ class OcclusionBuilder(Builder):
             self.label_vectors = dict(grounder.vectors)
             self.stage_seconds["grounding"] += time.perf_counter() - t0
 
-    def _generate_entities(self, captions: list[str], helpers: list) -> list[list[Entity]]:
+    def _generate_entities(self, captions: list[str], helpers: list) -> tuple[list[list[Entity]], dict[str, str]]:
         """Entities from a generation model prompted few-shot, each distinct caption asked once; its
-        answers are cached with the generator's response cache (off with the entity cache)."""
-        from vlmforge.curation.generation import make_generator
+        answers are cached with the generator's response cache (off with the entity cache). Also the
+        captions the endpoint refused for their content, with its words (generation.ask): rejects."""
+        from vlmforge.curation.entities import entities_from_lines
+        from vlmforge.curation.generation import ask, make_generator, refused_by_owner
         from vlmforge.progress import progress_bar
 
         cfg = self.config
@@ -272,16 +278,20 @@ class OcclusionBuilder(Builder):
         todo = list(dict.fromkeys(captions))
         self._start_embedder_helper(helpers)
         got: dict[str, list[Entity]] = {}
+        refused: dict[int, str] = {}  # index in todo -> the endpoint's words
         with progress_bar("entities", total=len(todo), disable=getattr(self, "quiet", False)) as advance:
             for k in range(0, len(todo), 64):
                 chunk = todo[k : k + 64]
-                got.update(zip(chunk, extractor(chunk)))
+                texts, no = ask(gen, extractor.requests(chunk))
+                got.update((c, entities_from_lines(c, t[0] if t else "")) for c, t in zip(chunk, texts) if t is not None)
+                refused.update((k + j, words) for j, words in no.items())
                 advance(len(chunk))
-        if todo and not any(got.values()):
+        refused_captions = refused_by_owner(refused, todo, "caption")
+        if got and not any(got.values()):
             raise UserError(f"the {cfg.entity_extractor} model {cfg.entity_model!r} named no entity in any of "
-                            f"{len(todo)} captions: its answers gave no 'phrase | label' line whose phrase is in "
+                            f"{len(got)} captions: its answers gave no 'phrase | label' line whose phrase is in "
                             "the caption; check the model or the endpoint")
-        return [got[c] for c in captions]
+        return [got.get(c, []) for c in captions], refused_captions
 
     def _all_labels(self) -> list[str]:
         return sorted({e.label for ents in self.entities.values() for e in ents})
@@ -298,11 +308,12 @@ class OcclusionBuilder(Builder):
         for rec in records:
             caps = rec.get("captions") or ()
             rec["entities"] = {int(c["id"]): self.entities.get(int(c["id"]), []) for c in caps}
+            rec["refused"] = {int(c["id"]): self.refused[int(c["id"])] for c in caps if int(c["id"]) in self.refused}
             yield rec
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state["entities"] = {}  # workers read them from the records (with_prepared)
+        state["entities"] = state["refused"] = {}  # workers read them from the records (with_prepared)
         return state
 
     # -- worker: models --------------------------------------------------------------------------
@@ -359,11 +370,16 @@ class OcclusionBuilder(Builder):
                                          f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "
                                          f"{size[1]}x{size[0]}"))
                 continue
-            entities = rec.get("entities", self.entities)
+            entities, refused = rec.get("entities", self.entities), rec.get("refused", self.refused)
+            refused = {int(cap["id"]): refused[int(cap["id"])] for cap in rec["captions"] if int(cap["id"]) in refused}
+            for cap_id, words in refused.items():
+                results[i].append(Reject(f"{rec['image_id']}:{cap_id}", REFUSED, "entities", words))
             cands = [_Candidate(cap, k, ent) for cap in rec["captions"]
                      for k, ent in enumerate(entities.get(int(cap["id"]), []))]
-            if not cands:
-                results[i].append(Reject(rec["source_id"], "no_entities", "entities", "no caption names an object"))
+            if not cands and len(refused) < len(rec["captions"]):  # refusals say why for the captions they hit
+                results[i].append(Reject(rec["source_id"], "no_entities", "entities",
+                                         "no caption names an object" if not refused else
+                                         "no caption the endpoint answered names an object"))
             work.append((i, rec, img, _Pixels(bgr), cands))
         t1 = time.perf_counter()
         self._score_causality(work, results)
@@ -396,7 +412,9 @@ class OcclusionBuilder(Builder):
         for (i, rec, c), v in zip(owners, values):
             c.causality = float(v)
             if not self.scorer.keep(v):
-                results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {v:.3f}"))
+                why = (f"{v:.3f}" if v != float("inf") else
+                       f"not scored: it lies past the masked LM's first {self.scorer.max_length} tokens")
+                results[i].append(self._reject(rec, c, "low_causality", "causality", f"{c.entity.label}: {why}"))
         for entry in work:
             entry[4][:] = [c for c in entry[4] if c.causality is None or self.scorer.keep(c.causality)]
 
@@ -427,12 +445,23 @@ class OcclusionBuilder(Builder):
         for i, rec, _img, px, cands in work:
             for c in cands:
                 if c.grounding is None and id(c) not in broken:
-                    results[i].append(self._reject(rec, c, "not_grounded", "grounding"))
+                    results[i].append(self._reject(rec, c, "not_grounded", "grounding",
+                                                   f"{c.entity.phrase!r} in {c.caption['caption']!r}: "
+                                                   + self._why_not_grounded(c.entity.label)))
             cands[:] = [c for c in cands if c.grounding is not None]
             h, w = px.bgr.shape[:2]
             for c in cands:  # a box reaching past the image would size the blocks for pixels that do not exist
                 c.grounding.box = _clip_box(c.grounding.box, w, h)
                 c.grounding.boxes = [_clip_box(b, w, h) for b in c.grounding.boxes]
+
+    def _why_not_grounded(self, label: str) -> str:
+        cfg = self.config
+        if is_not_object(label):
+            return "a place, a substance or a thing with no COCO category, never grounded"
+        if cfg.grounder == "grounding-dino":
+            return (f"Grounding DINO found no box for {label!r} over --box-threshold {cfg.box_threshold} "
+                    f"and --text-threshold {cfg.text_threshold}")
+        return f"none of the image's annotated instances is what {label!r} names"
 
     def _instance_masks(self, rec: Record) -> "_LazyMasks":
         if "_masks" not in rec:
@@ -444,15 +473,12 @@ class OcclusionBuilder(Builder):
         out: list[Sample | Reject] = []
         h, w = px.bgr.shape[:2]
         # One object is hidden once per image: the first caption (by id) that names it wins.
-        seen: set = set()
+        iou = getattr(self.grounder, "nms_iou", 0.5)
         unique: list[_Candidate] = []
         for c in cands:
-            g = c.grounding
-            ident = tuple(g.instance_ids) if g.instance_ids else (g.category or c.entity.label, tuple(round(v) for v in g.box))
-            if ident in seen:
+            if any(_same_object(c, u, iou) for u in unique):
                 out.append(self._reject(rec, c, "duplicate_object", "dedupe", f"{c.entity.label}: the object an earlier caption names (one sample per object)"))
                 continue
-            seen.add(ident)
             unique.append(c)
         masks = self._masks(rec, px, unique, h, w)
         for c, mask in zip(unique, masks):
@@ -598,6 +624,20 @@ class _LazyMasks(dict):
         mask = annotation_crop(self._anns[ann_id], *self._size)
         self[ann_id] = mask
         return mask
+
+
+def _same_object(a: _Candidate, b: _Candidate, iou: float) -> bool:
+    """Whether two candidates hide the same object(s): the same instances, or for a detector the same
+    number of boxes of one category (or label, without one), each overlapping one of the other's by
+    IoU >= `iou`. Each word is its own detector query, so "a man" and a later caption's "a person" find
+    nearly, not exactly, the same box."""
+    ga, gb = a.grounding, b.grounding
+    if ga.instance_ids or gb.instance_ids:
+        return ga.instance_ids == gb.instance_ids
+    if (ga.category or a.entity.label) != (gb.category or b.entity.label):
+        return False
+    boxes_a, boxes_b = ga.boxes or [ga.box], gb.boxes or [gb.box]
+    return len(boxes_a) == len(boxes_b) and all(any(x == y or box_iou(x, y) >= iou for y in boxes_b) for x in boxes_a)
 
 
 def _rank(c: _Candidate, method: str) -> float:

@@ -30,7 +30,7 @@ from vlmforge.builders.derived import lineage
 from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR, ConceptSelector,
                                         attribute_specificity, attribute_text, parse_bullets, select_attributes,
                                         unique_concepts)
-from vlmforge.curation.generation import GenerationRequest, Generator, PartialAnswers, make_generator
+from vlmforge.curation.generation import REFUSED, GenerationRequest, Generator, ask, make_generator, refused_by_owner
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
 from vlmforge.curation.softmatch import names_label
@@ -64,41 +64,6 @@ QUESTIONS = {
 QUESTION_WEIGHTS = {"simple": 0.4, "explain": 0.3, "cot": 0.3}
 QA_PROMPT = ("This is a picture of a {label} with the following visual features:\n\n{features}\n\n"
              "Based on the information provided, please answer the following question.\nQuestion: {question}")
-
-
-REFUSED = "refused_by_endpoint"  # reject reason: the endpoint refused a request for its content
-
-
-def ask(gen: Generator, requests: list[GenerationRequest]) -> tuple[list[list[str] | None], dict[int, str]]:
-    """Each request's texts, None for one the endpoint refused for its content (a content filter, an
-    image too large: HTTP 400/413/422), and those refusals by request index in the endpoint's words.
-    A refusal is not cached, so a rerun asks again; any other error (a bad key or model, an endpoint
-    down) is raised as it is, since every request would meet it."""
-    try:
-        return list(gen(requests)), {}
-    except UserError as e:
-        # Without a response cache the answers that came travel with the error; with one, it kept them.
-        error, answers = (e.error, e.answers) if isinstance(e, PartialAnswers) else (e, None)
-        errors = getattr(error, "errors", None)
-        if not errors or not all(getattr(err, "about_request", False) for err in errors.values()):
-            raise
-    refused = {i: str(err) for i, err in sorted(errors.items())}
-    rest = [i for i in range(len(requests)) if i not in refused]
-    if answers is None:  # read back from the cache, where they were written as they came
-        answers = dict(zip(rest, gen([requests[i] for i in rest]))) if rest else {}
-    return [None if i in refused else list(answers[i]) for i in range(len(requests))], refused
-
-
-def refused_by_owner(refused: dict[int, str], owners: list[Any], of_all: str) -> dict[Any, str]:
-    """The endpoint's words for each owner (record key, class) of a refused request, the first when it
-    has several. When every owner of several was refused, the refusals are about the requests' shape (a
-    model that takes no images), not their content: that stops the build, as any endpoint error does."""
-    out: dict[Any, str] = {}
-    for i, words in sorted(refused.items()):
-        out.setdefault(owners[i], words)
-    if len(set(owners)) > 1 and len(out) == len(set(owners)):
-        raise BuildError(f"the endpoint refused the requests of every {of_all}: {next(iter(out.values()))}")
-    return out
 
 
 def stable_int(*parts: Any) -> int:

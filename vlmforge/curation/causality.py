@@ -80,6 +80,8 @@ class MaskedLMScorer:
     name = "mlm"
     resources = {"cpu": 1, "gpu": 0.25}
 
+    max_length = 128  # tokens of a caption scored; a label past them is not scored (inf)
+
     def __init__(self, model: str = "FacebookAI/roberta-large", min_ppl: float = 1.0, max_ppl: float = 3.33,
                  batch_size: int = 32, device: str | None = None):
         self.model_name = model
@@ -116,7 +118,7 @@ class MaskedLMScorer:
         for i in range(0, len(items), self.batch_size):
             chunk = items[i : i + self.batch_size]
             enc = self._tok([it.caption for it in chunk], return_offsets_mapping=True, padding=True,
-                            truncation=True, max_length=128, return_tensors="pt")
+                            truncation=True, max_length=self.max_length, return_tensors="pt")
             offsets = enc.pop("offset_mapping")
             ids = enc["input_ids"].clone()
             masked = torch.zeros_like(ids, dtype=torch.bool)

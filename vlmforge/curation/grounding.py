@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -390,10 +389,15 @@ class GroundingDinoGrounder:
             AutoProcessor.from_pretrained(self.model_name),
             AutoModelForZeroShotObjectDetection.from_pretrained(self.model_name)))
         self._device = torch_device(self.device)
+        self._max_text = getattr(model.config, "max_text_len", 256)  # text positions: tokens per prompt
         self._model = model.eval().to(self._device)
 
     def __call__(self, images: list, labels: list[list[str]]) -> list[dict[str, Grounding]]:
-        """For each PIL image and its entity labels: label -> Grounding (labels not found are absent)."""
+        """For each PIL image and its entity labels: label -> Grounding (labels not found are absent).
+        A box goes to the one label whose tokens score highest for it, above both thresholds: the
+        phrase transformers' post-processing gives joins every token over --text-threshold ("woman
+        person" for one box when the prompt is "man . person . woman ."), which no label can be read
+        from ("man" is in "woman")."""
         import torch
 
         self.setup()
@@ -401,25 +405,34 @@ class GroundingDinoGrounder:
         todo = [i for i, ls in enumerate(labels) if ls]
         if not todo:
             return out
-        texts = [" . ".join(dict.fromkeys(labels[i])) + " ." for i in todo]
-        batch = self._proc(images=[images[i] for i in todo], text=texts, return_tensors="pt", padding=True)
+        names = [list(dict.fromkeys(labels[i])) for i in todo]
+        # A prompt longer than the model's text positions would stop the build: the labels past them
+        # are cut off, and not found.
+        batch = self._proc(images=[images[i] for i in todo], text=[" . ".join(n) + " ." for n in names],
+                           return_tensors="pt", padding=True, truncation=True,
+                           max_length=self._max_text)
         with torch.no_grad():
             outputs = self._model(**{k: v.to(self._device) for k, v in batch.items()})
-        with warnings.catch_warnings():  # transformers warns about its own `labels` key on every call
-            warnings.simplefilter("ignore", FutureWarning)
-            results = self._proc.post_process_grounded_object_detection(
-                outputs, batch["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
-                target_sizes=[im.size[::-1] for im in (images[i] for i in todo)],
-            )
-        for i, res in zip(todo, results):
+        probs = outputs.logits.float().sigmoid().cpu()  # (images, queries, text positions)
+        centres = outputs.pred_boxes.float().cpu()  # (images, queries, 4): cx, cy, w, h in [0, 1]
+        tok = self._proc.tokenizer
+        # An unknown word ([UNK]) is still its label's token: a break there would shift every label after it.
+        breaks = (set(tok.all_special_ids) - {tok.unk_token_id}) | {tok.convert_tokens_to_ids(".")}
+        for row, i in enumerate(todo):
+            spans = label_spans(batch["input_ids"][row].tolist(), breaks)
+            if len(spans) < len(names[row]):  # the prompt was cut off: its last label may be a part of one
+                spans = spans[:-1]
+            if not spans:
+                continue
+            # Per query, each label's score: its tokens' best probability.
+            per_label = torch.stack([probs[row][:, span].max(-1).values for span in spans], -1)
+            score, best = per_label.max(-1)
+            width, height = images[i].size
             found: dict[str, list[tuple[list[float], float]]] = {}
-            names = res["text_labels"] if "text_labels" in res else res["labels"]
-            for box, score, name in zip(res["boxes"].tolist(), res["scores"].tolist(), names):
-                match = _match_label(str(name), labels[i])
-                if match is None:
-                    continue
-                x0, y0, x1, y1 = box
-                found.setdefault(match, []).append(([x0, y0, x1 - x0, y1 - y0], float(score)))
+            for q in ((score > self.box_threshold) & (score > self.text_threshold)).nonzero().flatten().tolist():
+                cx, cy, w, h = centres[row, q].tolist()
+                box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+                found.setdefault(names[row][int(best[q])], []).append((box, float(score[q])))
             for label, dets in found.items():
                 keep = nms([d[0] for d in dets], [d[1] for d in dets], self.nms_iou)
                 dets = [dets[k] for k in keep]
@@ -435,14 +448,17 @@ class GroundingDinoGrounder:
         return state
 
 
-def _match_label(detected: str, labels: list[str]) -> str | None:
-    detected = detected.strip().lower()
-    if detected in labels:
-        return detected
-    for label in labels:  # Grounding DINO may return a sub-phrase or a merge of neighbouring tokens
-        if detected and (detected in label or label in detected):
-            return label
-    return None
+def label_spans(input_ids: list[int], breaks: set[int]) -> list[list[int]]:
+    """Token positions of each label of a "label . label ." prompt, in order: the runs between
+    separators (".", [CLS], [SEP], padding)."""
+    spans: list[list[int]] = [[]]
+    for pos, tid in enumerate(input_ids):
+        if tid in breaks:
+            if spans[-1]:
+                spans.append([])
+        else:
+            spans[-1].append(pos)
+    return [s for s in spans if s]
 
 
 def nms(boxes: list[list[float]], scores: list[float], iou: float) -> list[int]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from vlmforge.errors import UserError
+from vlmforge.errors import BuildError, UserError
 from vlmforge.registry import load_registered
 
 
@@ -251,7 +251,7 @@ def check_options(cls: type[Generator], backend: str, options: dict[str, Any]) -
     would otherwise send every request to the default endpoint."""
     import inspect
 
-    from vlmforge.errors import UserError
+    from vlmforge.errors import BuildError, UserError
 
     known = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "options")]
     unknown = sorted(set(options) - set(known) - SHARED_OPTIONS)
@@ -271,3 +271,38 @@ def make_generator(backend: str, model: str | None = None, cache_dir: str | Path
     if cache_dir is False or not getattr(cls, "cacheable", True):
         return gen
     return CachedGenerator(gen, default_cache_dir() if cache_dir is None else cache_dir)
+
+
+REFUSED = "refused_by_endpoint"  # reject reason: the endpoint refused a request for its content
+
+
+def ask(gen: Generator, requests: list[GenerationRequest]) -> tuple[list[list[str] | None], dict[int, str]]:
+    """Each request's texts, None for one the endpoint refused for its content (a content filter, an
+    image too large: HTTP 400/413/422), and those refusals by request index in the endpoint's words.
+    A refusal is not cached, so a rerun asks again; any other error (a bad key or model, an endpoint
+    down) is raised as it is, since every request would meet it."""
+    try:
+        return list(gen(requests)), {}
+    except UserError as e:
+        # Without a response cache the answers that came travel with the error; with one, it kept them.
+        error, answers = (e.error, e.answers) if isinstance(e, PartialAnswers) else (e, None)
+        errors = getattr(error, "errors", None)
+        if not errors or not all(getattr(err, "about_request", False) for err in errors.values()):
+            raise
+    refused = {i: str(err) for i, err in sorted(errors.items())}
+    rest = [i for i in range(len(requests)) if i not in refused]
+    if answers is None:  # read back from the cache, where they were written as they came
+        answers = dict(zip(rest, gen([requests[i] for i in rest]))) if rest else {}
+    return [None if i in refused else list(answers[i]) for i in range(len(requests))], refused
+
+
+def refused_by_owner(refused: dict[int, str], owners: list[Any], of_all: str) -> dict[Any, str]:
+    """The endpoint's words for each owner (record key, class) of a refused request, the first when it
+    has several. When every owner of several was refused, the refusals are about the requests' shape (a
+    model that takes no images), not their content: that stops the build, as any endpoint error does."""
+    out: dict[Any, str] = {}
+    for i, words in sorted(refused.items()):
+        out.setdefault(owners[i], words)
+    if len(set(owners)) > 1 and len(out) == len(set(owners)):
+        raise BuildError(f"the endpoint refused the requests of every {of_all}: {next(iter(out.values()))}")
+    return out
