@@ -22,6 +22,7 @@ import glob
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -158,10 +159,12 @@ def _expand(spec: str) -> list[str]:
     return paths
 
 
-def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[ShardRef]:
+def resolve_shards(specs: Sequence[str], split: str | None = None, training: bool = False) -> list[ShardRef]:
     """Shards named by `specs`: build folders (their `split` shards; default train, or every split when
     the build has no train split), tar paths, globs or brace patterns (`train-{000000..000009}.tar`).
-    Tars inside a build folder take their counts and offsets from its manifest; others are scanned."""
+    Tars inside a build folder take their counts and offsets from its manifest; others are scanned.
+    With `training`, a build without a train split but with a test split needs `split` named: its
+    default, every split, would train on the test data."""
     if split is not None and not any(Path(spec).is_dir() for spec in specs):  # it would be ignored
         raise UserError(f"split {split!r} applies to build folders, and none is given ({specs[0]} is a shard "
                         "path: shard paths have no splits)")
@@ -173,9 +176,13 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
             if not (p / BUILD_JSON).exists():
                 raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
+            splits = sorted({s["split"] for s in info["shards"]})
+            tests = [s for s in splits if re.fullmatch(r"test([_-].*)?", s)]
+            if training and split is None and tests and "train" not in splits:
+                raise UserError(f"build {spec} has no train split, so training on all of it would train on its "
+                                f"{tests[0]} split (splits: {', '.join(splits)}); name a split with --split to do so")
             found = _build_shards(p, info, i, split)
             if not found:
-                splits = sorted({s["split"] for s in info["shards"]})
                 if not splits:
                     raise UserError(f"build {spec} is empty (no shards, 0 samples)")
                 raise UserError(f"build {spec} has no shards of split {split!r} (splits: {', '.join(splits)})")
