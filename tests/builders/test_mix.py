@@ -96,6 +96,10 @@ def test_options_that_take_nothing_from_a_parent_are_refused(tmp_path, parents):
             ({"weights": [1, 0], "size": 5}, opts, r"parent 2 .* would give 0 of its 12 records \(weight 0 of --size 5\)"),
             ({"weights": [1, 1], "size": 1}, opts, "parent 2 .* would give 0"),
             ({"take": ["all", "all"]}, {**opts, "splits": ["val"]}, r"parent 1 .* has no records in the --parent-split"),
+            # A count for such a parent said "asks for 5 records, more than the parent has (0)"
+            ({"take": ["5", "all"]}, {**opts, "splits": ["val"]},
+             r"^parent 1 \(.*\) has no records in the --parent-split splits \(its splits: train\); leave it out or "
+             r"name one of its splits$"),
             ({"take": ["all", "all"], "size": 5}, opts, "--size goes with --weights"),
             ({"take": ["all"]}, opts, r"^--take: 1 given for 2 parents; give one per --from, in order$"),
             ({"weights": [1, 2, 3], "size": 5}, opts, r"^--weights: 3 given for 2 parents; give one per --from, in order$")):

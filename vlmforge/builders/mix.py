@@ -132,6 +132,13 @@ class MixPlan(Plan):
         assert isinstance(src, MultiBuildSource)
         cfg, parents = self.config, src.build_sources
         available = [sum(p.count(s) for s in p.splits()) for p in parents]
+        if 0 in available:  # before --take N is counted against nothing
+            i = available.index(0)
+            how = "has no records; leave it out or take more"
+            if src.chosen_splits:
+                how = (f"has no records in the --parent-split splits (its splits: "
+                       f"{', '.join(parents[i].build.info['splits'])}); leave it out or name one of its splits")
+            raise UserError(f"parent {i + 1} ({parents[i].build.path}) {how}")
         if cfg.take is not None:
             if len(cfg.take) != len(parents):
                 raise UserError(f"--take: {len(cfg.take)} given for {len(parents)} parents; give one per --from, in order")
@@ -147,9 +154,7 @@ class MixPlan(Plan):
         empty = [i for i, w in enumerate(wanted) if w == 0]
         if empty:  # a parent in the lineage that gave nothing is a mistake in the options
             i = empty[0]
-            if not available[i]:
-                how = "has no records" + (" in the --parent-split splits" if src.chosen_splits else "")
-            elif cfg.take is not None:
+            if cfg.take is not None:
                 how = f"would give 0 of its {available[i]} records (--take {cfg.take[i]})"
             else:
                 how = f"would give 0 of its {available[i]} records (weight {cfg.weights[i]:g} of --size {cfg.size})"
