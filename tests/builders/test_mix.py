@@ -6,7 +6,7 @@ import vlmforge
 from vlmforge.builders.mix import largest_remainder
 from vlmforge.errors import UserError
 
-from tests.derived_data import class_folder
+from tests.derived_data import class_folder, tiny_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +147,22 @@ def test_a_parent_without_samples_is_named_not_a_column_type_clash(tmp_path, par
     with pytest.raises(UserError, match=rf"^parent 2 \({empty.path}\) has no records; leave it out or take more$"):
         vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(pb.path), str(empty.path)]},
                        take=["all", "all"])
+
+
+def test_parents_that_share_samples_are_noted(tmp_path, parents):
+    """A mix of a build and one derived from it (its train split, say) held their shared samples twice,
+    and the derived build's left-out records with them, without a word."""
+    from vlmforge.builders.mix import MixBuilder, MixConfig
+
+    pa, pb = parents
+    half = vlmforge.build("split", "build", out=tmp_path / "h", source_options={"path": str(pa.path)}, fraction=0.5)
+    b = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(half.path), str(pa.path)]))
+    assert b.src.count("train") == len(half) + len(pa)  # fits the plan
+    assert b.src.notes == [f"{len(half)} records of parent 2 ({pa.path}) have the image of a record of an earlier "
+                           "parent: the same samples twice (is one parent derived from the other?)"]
+    (tmp_path / "z" / "zebra").mkdir(parents=True)
+    for i in range(3):  # images of their own (class_folder's repeat across folders)
+        (tmp_path / "z" / "zebra" / f"{i}.jpg").write_bytes(tiny_jpeg(50_000 + i))
+    pz = vlmforge.build("copy", "imagefolder", out=tmp_path / "pz", source_options={"root": str(tmp_path / "z")})
+    other = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(pa.path), str(pz.path)]))
+    assert other.src.count("train") == len(pa) + 3 and other.src.notes == []

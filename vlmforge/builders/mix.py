@@ -179,12 +179,28 @@ class MixPlan(Plan):
                 out = cfg.into or split
                 counts[out] = counts.get(out, 0) + 1
         del taken
+        self._note_repeated_images(parents)
         self.out_splits = [cfg.into] if cfg.into else src.splits()
         self.counts = counts
         self.summary["taken"] = {p.build.build_id: w for p, w in zip(parents, wanted)}
         self.summary["available"] = {p.build.build_id: n for p, n in zip(parents, available)}
         if self.renamed:
             self.summary["renamed_keys"] = len(self.renamed)
+
+    def _note_repeated_images(self, parents: list[BuildSource]) -> None:
+        """Parents that share samples (a build and one derived from it, such as its train split) put
+        them in the mix twice, and with them whatever the derived build left out (its test split)."""
+        first: dict[str, int] = {}
+        repeated: dict[int, int] = {}
+        for i, p in enumerate(parents):
+            for split in p.splits():
+                for key, sha in iter_fields(p, split, ["image_sha256"]):
+                    # 64 bits of the hash are plenty for a note, and a quarter of the memory.
+                    if sha is not None and self.cuts.part(key, i) == 0 and first.setdefault(sha[:16], i) != i:
+                        repeated[i] = repeated.get(i, 0) + 1
+        for i, n in sorted(repeated.items()):
+            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image of a record "
+                              "of an earlier parent: the same samples twice (is one parent derived from the other?)")
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         if self.cuts.part(rec["key"], rec["parent_index"]) != 0:
