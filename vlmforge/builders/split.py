@@ -91,6 +91,23 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+        self._note_shared_images(src, fields)
+
+    def _note_shared_images(self, src: Source, fields: list[str]) -> None:
+        """Records are split one by one: samples of one image (an occlusion build hides several objects
+        of it) may land in train and test, so a test image's scene was seen in training."""
+        if not self.parts or not isinstance(src, BuildSource) or "image_id" not in src.build.info.get("columns", {}):
+            return
+        parts: dict[Any, set[int]] = {}
+        for split in src.splits():
+            for key, *values in iter_fields(src, split, fields + ["image_id"]):
+                i = self.cuts.part(key, self._group(split, values[0] if fields else None))
+                if i is not None and values[-1] is not None:
+                    parts.setdefault(values[-1], set()).add(i)
+        shared = sum(len(p) > 1 for p in parts.values())
+        if shared:
+            self.notes.append(f"{shared} of {len(parts)} images (image_id) have samples in more than one of the new "
+                              "splits: they are not disjoint by image")
 
     def _check_strata(self, src: Source, sizes: dict, fractions: list[float]) -> None:
         """Each stratum rounds on its own: refuse a column with one record per value (every record kept
