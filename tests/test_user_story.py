@@ -118,5 +118,6 @@ def test_occlusion_split_mcqa_mix_train_eval_export_publish(tmp_path, sample_coc
     card = (tmp_path / "st" / "repo" / "README.md").read_text()
     assert "license: cc-by-4.0" in card
     assert f"| train | {n} | 0 | 1 |" in card
+    assert "\n3 samples have no label.\n" in card  # the COCO copy's
     assert f"| split | 1.2.0 | {occ.build_id} | train | {len(train_keys)} |" in card
     assert f"| {coco_build.build_id} | copy | 1.3.0 |  | all | 3 |" in card  # its only split, val

@@ -530,6 +530,9 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
             out.append(_md_table(["label", "samples"], [list(r) for r in shown]) + "\n")
             if len(labels) > len(shown):
                 out.append(f"... and {len(labels) - len(shown)} more (see the manifest).\n")
+            unlabelled = sum(agg["samples"] for agg in info["splits"].values()) - sum(n for _, n in labels)
+            if unlabelled:  # e.g. a mix's records of a parent without labels
+                out.append(f"{unlabelled} samples have no label.\n")
     reasons = con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     if reasons:
         out.append("### Rejects by reason\n")
