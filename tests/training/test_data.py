@@ -185,6 +185,13 @@ def test_a_build_without_train_split_is_not_trained_on_its_test_split(tmp_path, 
     counts = {s: b.info["splits"][s]["samples"] for s in ("val", "test")}
     assert sum(r.samples for r in resolve_shards([str(b.path)], "val", training=True)) == counts["val"]
     assert sum(r.samples for r in resolve_shards([str(b.path)], "test", training=True)) == counts["test"]
+    # A glob over the build's tars took its test shards along with the others.
+    with pytest.raises(UserError, match=f"^'{b.path}/\\*.tar' matches shards of the splits test, val, so training "
+                                        "would read test data; give the build folder \\(its train split\\) or one "
+                                        "split's shards$"):
+        resolve_shards([str(b.path / "*.tar")], training=True)
+    assert sum(r.samples for r in resolve_shards([str(b.path / "test-*.tar")], training=True)) == counts["test"]
+    assert sum(r.samples for r in resolve_shards([str(b.path / "*.tar")])) == 12
     # Validation data and a build whose only split is not a test split keep the default: every split.
     assert sum(r.samples for r in resolve_shards([str(b.path)])) == 12
     assert sum(r.samples for r in resolve_shards([str(coco_build.path)], training=True)) == 12

@@ -159,6 +159,9 @@ def _expand(spec: str) -> list[str]:
     return paths
 
 
+TEST_SPLIT = re.compile(r"test([_-].*)?")  # test, test_seen, test-hard: held-out data
+
+
 def resolve_shards(specs: Sequence[str], split: str | None = None, training: bool = False) -> list[ShardRef]:
     """Shards named by `specs`: build folders (their `split` shards; default train, or every split when
     the build has no train split), tar paths, globs or brace patterns (`train-{000000..000009}.tar`).
@@ -177,7 +180,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
                 raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
             splits = sorted({s["split"] for s in info["shards"]})
-            tests = [s for s in splits if re.fullmatch(r"test([_-].*)?", s)]
+            tests = [s for s in splits if TEST_SPLIT.fullmatch(s)]
             if training and split is None and tests and "train" not in splits:
                 raise UserError(f"build {spec} has no train split, so training on all of it would train on its "
                                 f"{tests[0]} split (splits: {', '.join(splits)}); name a split with --split to do so")
@@ -191,6 +194,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         paths = _expand(spec)
         if not paths:
             raise UserError(f"no shards match {spec!r}")
+        matched: set[str] = set()  # splits of build shards the pattern matched
         for path in paths:
             resolved = Path(path).resolve()
             if resolved.parent not in infos:
@@ -200,9 +204,14 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
             found = _build_shards(resolved.parent, info, i, only={str(resolved)}) if info else []
             if found:
                 refs.extend(found)
+                matched.update(s["split"] for s in info["shards"] if s["shard"] == resolved.name)
             else:
                 off, lengths = scan_tar(resolved)
                 refs.append(ShardRef(str(resolved), len(off), i, None, off, lengths))
+        tests = sorted(s for s in matched if TEST_SPLIT.fullmatch(s))
+        if training and tests and len(matched) > 1:  # 'build/*.tar': the train and the test shards
+            raise UserError(f"{spec!r} matches shards of the splits {', '.join(sorted(matched))}, so training would "
+                            f"read {tests[0]} data; give the build folder (its train split) or one split's shards")
     return [r for r in refs if r.samples > 0]
 
 
