@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
-from vlmforge.curation.selection import check_split_name, fit_cuts, fraction_sizes
+from vlmforge.curation.selection import TEST_SPLIT, check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
@@ -180,6 +180,12 @@ class MixPlan(Plan):
                 counts[out] = counts.get(out, 0) + 1
         del taken
         self._note_repeated_images(parents)
+        if cfg.into is not None and not TEST_SPLIT.fullmatch(cfg.into):
+            for i, p in enumerate(parents):  # e.g. --into train with a split build's test split unasked for
+                held_out = [s for s in p.splits() if TEST_SPLIT.fullmatch(s) and p.count(s)]
+                if held_out and not src.chosen_splits:
+                    self.notes.append(f"--into {cfg.into} puts records of parent {i + 1}'s {held_out[0]} split into "
+                                      f"{cfg.into}; --parent-split names the splits to read")
         self.out_splits = [cfg.into] if cfg.into else src.splits()
         self.counts = counts
         self.summary["taken"] = {p.build.build_id: w for p, w in zip(parents, wanted)}

@@ -22,13 +22,13 @@ import glob
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vlmforge.curation.selection import TEST_SPLIT
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
 from vlmforge.manifests.read import check_shards, long_name, parse_tar_bytes, read_build_info, split_member, tar_header
@@ -157,9 +157,6 @@ def _expand(spec: str) -> list[str]:
     if missing and (paths or len(missing) > 1):  # a brace range naming shards that are not there
         raise UserError(f"{len(missing)} of the shards {spec!r} names do not exist (first: {missing[0]})")
     return paths
-
-
-TEST_SPLIT = re.compile(r"test([_-].*)?")  # test, test_seen, test-hard: held-out data
 
 
 def resolve_shards(specs: Sequence[str], split: str | None = None, training: bool = False) -> list[ShardRef]:
