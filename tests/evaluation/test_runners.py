@@ -421,3 +421,18 @@ def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runn
     # A model with no run behind it has nothing to compare.
     s = evaluate(task, ds, llava_runner, tmp_path / "e2", scoring="loss", quiet=True, plots=False)
     assert "seen_in_training" not in s["counts"]
+
+
+def test_scoring_our_own_predictions_again_keeps_what_they_are_of(mcqa_build, llava_runner, tmp_path):
+    """`eval score` of an eval's predictions.jsonl wrote a summary with model, data and split all null."""
+    from vlmforge.evaluation.run import score_predictions
+
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    first = evaluate(task, ds, llava_runner, tmp_path / "e", scoring="loss", quiet=True, plots=False,
+                     settings={"split": ds.split})  # as `vlmforge eval` records it
+    again = score_predictions(task, tmp_path / "e" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", quiet=True,
+                              plots=False)
+    keys = ("model", "backend", "data", "data_build_id", "split", "metrics")
+    assert first["split"] == "test" and first["data_build_id"]
+    assert {k: again[k] for k in keys} == {k: first[k] for k in keys}

@@ -265,6 +265,14 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             _check_own_task(task, lines, predictions)
             records = lines
         records, extra = _once_per_item(records, predictions, quiet)
-    return finish(task, records, out, dataset=dataset, model=None, backend=None,
+    origin: dict[str, Any] = {}
+    if dataset is None and predictions.name == PREDICTIONS and (predictions.parent / RUN_FILE).is_file():
+        try:  # our own eval's predictions: its run.json says what model and data they are of
+            origin = json.loads((predictions.parent / RUN_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            origin = {}
+        if origin.get("data"):
+            dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"), split=origin.get("split"))
+    return finish(task, records, out, dataset=dataset, model=origin.get("model"), backend=origin.get("backend"),
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)
