@@ -400,8 +400,10 @@ def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runn
     """Evaluating a run on images it was trained on gave held-out looking scores without a word."""
     from tests.evaluation.conftest import MCQA_CLASSES as MCQA, make_split_build, mcqa_doc
 
+    from vlmforge.evaluation.run import seen_in_training
     from vlmforge.evaluation.runners import LocalRunner
     from vlmforge.training.llava import export, load_llava
+    from vlmforge.training.merge import merge
 
     # Images come from each sample's index: train's two are the first two of test's four.
     build = make_split_build(tmp_path / "b", {"train": [mcqa_doc(c, MCQA) for c in MCQA[:2]],
@@ -418,6 +420,8 @@ def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runn
     out = shown.err + shown.out
     assert "2 of 4 items show an image the model was trained on" in " ".join(out.split())
     assert f"(run{run}):" in "".join(out.split())  # the console wraps the path
+    # A model merged from the run is the run's model.
+    assert seen_in_training(ds, str(merge(run, tmp_path / "merged"))) == (2, run)
     # A model with no run behind it has nothing to compare.
     s = evaluate(task, ds, llava_runner, tmp_path / "e2", scoring="loss", quiet=True, plots=False)
     assert "seen_in_training" not in s["counts"]

@@ -43,16 +43,19 @@ def check_images(dataset: Dataset) -> None:
 
 def seen_in_training(dataset: Dataset, model: str) -> tuple[int, Path] | None:
     """How many items show an image the model was trained on, and its run folder, when `model` is a
-    vlmforge run's export (final/, best/, a checkpoint's model/) whose training builds are still
-    there; None otherwise. Images are compared by sha256 against the training shards' manifests."""
+    vlmforge run's export (final/, best/, a checkpoint's model/, or one merged from it) whose training
+    builds are still there; None otherwise. Images are compared by sha256 against the training
+    shards' manifests."""
     import hashlib
 
     import pyarrow.parquet as pq
 
     from vlmforge.training.data import resolve_shards
-    from vlmforge.training.llava import EXPORT_INFO, export_folder
+    from vlmforge.training.llava import EXPORT_INFO, export_folder, export_info
 
     export = Path(export_folder(model))
+    if export_info(str(export)).get("merged_from"):  # `vlmforge model merge RUN`: that run's export
+        export = Path(export_info(str(export))["merged_from"])
     runs = [p for p in (export.parent, export.parent.parent) if (p / "run.json").is_file()]  # the training run's
     if not (export / EXPORT_INFO).is_file() or not runs:
         return None
