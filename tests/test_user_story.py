@@ -34,6 +34,9 @@ def test_a_run_folder_given_as_data_and_a_build_given_as_model_are_named(tmp_pat
                                      "--out", tmp_path / "e")) == as_data
     assert one_line_error(invoke("build", "mcqa", "--from", run, "--out", tmp_path / "b")) == as_data
     assert one_line_error(invoke("export", "llava", run, "--out", tmp_path / "x")) == as_data
+    (tmp_path / "m").mkdir()  # the data is checked before a model loads
+    assert one_line_error(invoke("train", "--shards", run, "--model", tmp_path / "m", "--out", tmp_path / "r")) == (
+        f"{run} is a training run (a model: give it as --model); give a finished build or shard paths")
     as_model = f"{coco_build.path} is a vlmforge build (data), not a model"
     assert one_line_error(invoke("train", "--shards", coco_build.path, "--model", coco_build.path, "--mode", "projector",
                                  "--out", tmp_path / "r")) == as_model

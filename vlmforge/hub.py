@@ -506,9 +506,9 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
 
         head = ["build id", "builder", "version", "its parents", "splits read"] + (["samples taken"] if taken else [])
         out.append("### Parent builds\n")
-        out.append(_md_table(head, [[p.get("build_id"), p.get("builder"), p.get("version"), ", ".join(p.get("parents", [])),
-                                     what_read(p.get("build_id"))] + ([taken.get(p.get("build_id"), "")] if taken else [])
-                                    for p in parents]) + "\n")
+        table = [[p.get("build_id"), p.get("builder"), p.get("version"), ", ".join(p.get("parents", [])),
+                  what_read(p.get("build_id"))] + ([taken.get(p.get("build_id"), "")] if taken else []) for p in parents]
+        out.append(_md_table(head, table) + "\n")
     out.append("## Contents\n")
     hub_by_split: dict[str, list[HubShard]] = {}
     for s in plan.shards:

@@ -275,7 +275,8 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
         except (OSError, json.JSONDecodeError):
             origin = {}
         if origin.get("data"):
-            dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"), split=origin.get("split"))
+            dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"),
+                              split=origin.get("split"))
     return finish(task, records, out, dataset=dataset, model=origin.get("model"), backend=origin.get("backend"),
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)

@@ -174,7 +174,10 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
+                what = "a folder without build.json"
+                if (p / "run.json").is_file():
+                    what = "a training run (a model: give it as --model)"
+                raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
             splits = sorted({s["split"] for s in info["shards"]})
             tests = [s for s in splits if TEST_SPLIT.fullmatch(s)]
