@@ -585,3 +585,21 @@ def test_a_split_name_datasets_refuses_is_loaded_under_a_name_it_takes(occ, tmp_
     with pytest.raises(UserError, match="splits 'val-hard' and 'val_hard' would both load as 'val_hard'|"
                                          "splits 'val_hard' and 'val-hard' would both load as 'val_hard'"):
         hub.plan_publish(clash)
+
+
+def test_card_names_what_a_derived_build_read_of_each_parent(occ, tmp_path):
+    """A mix's card named its parents but not which of their splits it read nor how many samples it took
+    of each: the card of a mix of a split build's train split read as if it held the test split too."""
+    half = vlmforge.build("split", "build", out=tmp_path / "s", source_options={"path": str(occ.path)},
+                          splits="train=0.5,test=0.5")
+    mix = vlmforge.build("mix", "builds", out=tmp_path / "m", take=["all", "1"],
+                         source_options={"paths": [str(occ.path), str(half.path)], "splits": ["train"]})
+    hub.publish(mix.path, "lab/mix", dry_run=True, stage_dir=tmp_path / "st", quiet=True)
+    card = (tmp_path / "st" / "repo" / "README.md").read_text()
+    table = card.split("### Parent builds\n", 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    assert table[0] == "| build id | builder | version | its parents | splits read | samples taken |"
+    rows = {r.split(" | ")[0].strip("| "): r for r in table[2:]}
+    n_train = occ.info["splits"]["train"]["samples"]
+    assert rows[occ.build_id] == f"| {occ.build_id} | occlusion | {occ.info['version']} |  | train | {n_train} |"
+    assert rows[half.build_id] == f"| {half.build_id} | split | {half.info['version']} | {occ.build_id} | train | 1 |"
+    assert len(mix) == n_train + 1

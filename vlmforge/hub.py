@@ -492,10 +492,23 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
            "Config:\n", "```json\n" + json.dumps(info.get("config", {}), indent=1, sort_keys=True) + "\n```\n"]
     parents = info.get("parent_builds") or []
     if parents:
+        # What was read of each direct parent (its splits, a filter) and, for a mix, how many samples.
+        source = info.get("source") or {}
+        read = {e.get("build_id"): e for e in source.get("parents") or [source] if isinstance(e, dict)}
+        taken = (source.get("selection") or {}).get("taken") or {}
+
+        def what_read(build_id: str) -> str:
+            e = read.get(build_id)
+            if e is None:
+                return ""
+            where = f" where {e['where']}" if e.get("where") else ""
+            return (", ".join(e["splits"]) if e.get("splits") else "all") + where
+
+        head = ["build id", "builder", "version", "its parents", "splits read"] + (["samples taken"] if taken else [])
         out.append("### Parent builds\n")
-        out.append(_md_table(["build id", "builder", "version", "its parents"],
-                             [[p.get("build_id"), p.get("builder"), p.get("version"), ", ".join(p.get("parents", []))]
-                              for p in parents]) + "\n")
+        table = [[p.get("build_id"), p.get("builder"), p.get("version"), ", ".join(p.get("parents", [])),
+                  what_read(p.get("build_id"))] + ([taken.get(p.get("build_id"), "")] if taken else []) for p in parents]
+        out.append(_md_table(head, table) + "\n")
     out.append("## Contents\n")
     hub_by_split: dict[str, list[HubShard]] = {}
     for s in plan.shards:
@@ -517,6 +530,9 @@ def render_card(plan: Plan, repo_id: str, license: str = "unknown", tag: str | N
             out.append(_md_table(["label", "samples"], [list(r) for r in shown]) + "\n")
             if len(labels) > len(shown):
                 out.append(f"... and {len(labels) - len(shown)} more (see the manifest).\n")
+            unlabelled = sum(agg["samples"] for agg in info["splits"].values()) - sum(n for _, n in labels)
+            if unlabelled:  # e.g. a mix's records of a parent without labels
+                out.append(f"{unlabelled} samples have no label.\n")
     reasons = con.execute("SELECT reason, count(*) FROM rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     if reasons:
         out.append("### Rejects by reason\n")

@@ -6,7 +6,7 @@ import vlmforge
 from vlmforge.builders.mix import largest_remainder
 from vlmforge.errors import UserError
 
-from tests.derived_data import class_folder
+from tests.derived_data import class_folder, tiny_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,10 @@ def test_options_that_take_nothing_from_a_parent_are_refused(tmp_path, parents):
             ({"weights": [1, 0], "size": 5}, opts, r"parent 2 .* would give 0 of its 12 records \(weight 0 of --size 5\)"),
             ({"weights": [1, 1], "size": 1}, opts, "parent 2 .* would give 0"),
             ({"take": ["all", "all"]}, {**opts, "splits": ["val"]}, r"parent 1 .* has no records in the --parent-split"),
+            # A count for such a parent said "asks for 5 records, more than the parent has (0)"
+            ({"take": ["5", "all"]}, {**opts, "splits": ["val"]},
+             r"^parent 1 \(.*\) has no records in the --parent-split splits \(its splits: train\); leave it out or "
+             r"name one of its splits$"),
             ({"take": ["all", "all"], "size": 5}, opts, "--size goes with --weights"),
             ({"take": ["all"]}, opts, r"^--take: 1 given for 2 parents; give one per --from, in order$"),
             ({"weights": [1, 2, 3], "size": 5}, opts, r"^--weights: 3 given for 2 parents; give one per --from, in order$")):
@@ -143,3 +147,49 @@ def test_a_parent_without_samples_is_named_not_a_column_type_clash(tmp_path, par
     with pytest.raises(UserError, match=rf"^parent 2 \({empty.path}\) has no records; leave it out or take more$"):
         vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(pb.path), str(empty.path)]},
                        take=["all", "all"])
+
+
+def zebras(tmp_path, n: int = 3):
+    """A build of n images of its own (class_folder's images repeat across folders), split train."""
+    (tmp_path / "z" / "zebra").mkdir(parents=True)
+    for i in range(n):
+        (tmp_path / "z" / "zebra" / f"{i}.jpg").write_bytes(tiny_jpeg(50_000 + i))
+    return vlmforge.build("copy", "imagefolder", out=tmp_path / "pz", source_options={"root": str(tmp_path / "z")})
+
+
+def test_parents_that_share_samples_are_noted(tmp_path, parents):
+    """A mix of a build and one derived from it (its train split, say) held their shared samples twice,
+    and the derived build's left-out records with them, without a word."""
+    from vlmforge.builders.mix import MixBuilder, MixConfig
+
+    pa, pb = parents
+    half = vlmforge.build("split", "build", out=tmp_path / "h", source_options={"path": str(pa.path)}, fraction=0.5)
+    b = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(half.path), str(pa.path)]))
+    assert b.src.count("train") == len(half) + len(pa)  # fits the plan
+    assert b.src.notes == [f"{len(half)} records of parent 2 ({pa.path}) have the image of a record of an earlier "
+                           "parent: the same samples twice (is one parent derived from the other?)"]
+    pz = zebras(tmp_path)
+    other = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(pa.path), str(pz.path)]))
+    assert other.src.count("train") == len(pa) + 3 and other.src.notes == []
+
+
+def test_into_a_training_split_notes_a_parent_test_split_it_takes(tmp_path, parents):
+    """--into train without --parent-split put a split build's test records into train without a word."""
+    from vlmforge.builders.mix import MixBuilder, MixConfig
+
+    pa, _ = parents
+    pz = zebras(tmp_path)
+    parts = vlmforge.build("split", "build", out=tmp_path / "h", source_options={"path": str(pa.path)},
+                           splits="train=0.5,test=0.5")
+    n_test = parts.info["splits"]["test"]["samples"]
+
+    def notes(into, splits=None):
+        b = MixBuilder(MixConfig(take=["all", "all"], into=into),
+                       MixBuilder.open_source(None, paths=[str(parts.path), str(pz.path)], splits=splits))
+        b.src.count(into)  # fits the plan
+        return b.src.notes
+
+    assert n_test and notes("train") == ["--into train puts records of parent 1's test split into train; "
+                                         "--parent-split names the splits to read"]
+    assert notes("train", splits=["train"]) == []
+    assert notes("test") == []

@@ -296,3 +296,45 @@ def test_group_by_keeps_records_of_one_value_together(tmp_path, parent):
                      (dict(group_by="label", stratify_by="label"), "cannot be combined")):
         with pytest.raises(UserError, match=msg):
             vlmforge.build("split", "build", out=tmp_path / "x", source_options={"path": str(parent.path)}, fraction=0.5, **bad)
+
+
+def test_a_partition_that_puts_one_image_in_two_splits_is_noted(tmp_path):
+    """Records are split one by one: an occlusion build's samples of one image (several objects hidden)
+    landed in train and test without a word, so test scenes had been seen in training."""
+    import pyarrow as pa
+
+    from vlmforge.builders.base import Builder, BuildConfig, run_build
+    from vlmforge.sample import Sample
+    from vlmforge.sources.build import BuildSource
+
+    from tests.evaluation.conftest import ListSource
+
+    class ObjectsOfImages(Builder):
+        name = "objects"
+        VERSION = "0.0.1"
+        Config = BuildConfig
+        columns = [("image_id", pa.int64(), "image the sample hides an object of")]
+
+        def process(self, batch):
+            return [[Sample(key=r["source_id"], doc={"image_id": r["image_id"]}, image=tiny_jpeg(r["seed"]),
+                            image_ext="jpg", width=12, height=10, source_id=r["source_id"],
+                            columns={"image_id": r["image_id"]})] for r in batch]
+
+    recs = [{"source_id": f"{img:03d}-{j}", "image_id": img, "seed": img * 10 + j} for img in range(20) for j in range(3)]
+    parent = run_build(ObjectsOfImages(BuildConfig(), ListSource({"val": recs})), out=tmp_path / "p", quiet=True)
+    built = vlmforge.build("split", "build", out=tmp_path / "s", source_options={"path": str(parent)},
+                           splits="train=0.5,test=0.5")
+    split_of = {}
+    for key, split in built.sql("SELECT key, split FROM samples").fetchall():
+        split_of.setdefault(key.split("-")[0], set()).add(split)
+    shared = sum(len(s) > 1 for s in split_of.values())
+    b = SplitBuilder(SplitConfig(splits="train=0.5,test=0.5"), BuildSource(parent))
+    assert b.src.count("train") == 30
+    assert shared > 0 and b.src.notes == [f"{shared} of 20 images (image_id) have samples in more than one of the "
+                                          "new splits: they are not disjoint by image (--group-by image_id keeps "
+                                          "them together)"]
+    grouped = SplitBuilder(SplitConfig(splits="train=0.5,test=0.5", group_by="image_id"), BuildSource(parent))
+    assert grouped.src.notes == [] and grouped.src.count("train") + grouped.src.count("test") == 60
+    # A fraction keeps each parent split apart: nothing to note.
+    half = SplitBuilder(SplitConfig(fraction=0.5), BuildSource(parent))
+    assert half.src.count("val") == 30 and half.src.notes == []

@@ -394,3 +394,49 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     assert chat._chat("What is it?", True) == processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
         add_generation_prompt=True, tokenize=False)
+
+
+def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runner, tmp_path, capsys):
+    """Evaluating a run on images it was trained on gave held-out looking scores without a word."""
+    from tests.evaluation.conftest import MCQA_CLASSES as MCQA, make_split_build, mcqa_doc
+
+    from vlmforge.evaluation.run import seen_in_training
+    from vlmforge.evaluation.runners import LocalRunner
+    from vlmforge.training.llava import export, load_llava
+    from vlmforge.training.merge import merge
+
+    # Images come from each sample's index: train's two are the first two of test's four.
+    build = make_split_build(tmp_path / "b", {"train": [mcqa_doc(c, MCQA) for c in MCQA[:2]],
+                                              "test": [mcqa_doc(c, MCQA) for c in MCQA]})
+    run = tmp_path / "run"
+    model, processor = load_llava(str(tiny_llava))
+    export(model, processor, "projector", str(tiny_llava), run / "final")
+    (run / "run.json").write_text(json.dumps({"config": {"shards": [str(build)], "split": None}}))  # as train writes
+    task = get_task("mcqa")
+    ds = task.read([build], ReadOptions())
+    s = evaluate(task, ds, LocalRunner(str(run)), tmp_path / "e1", scoring="loss", plots=False)
+    assert ds.split == "test" and s["counts"]["seen_in_training"] == 2
+    shown = capsys.readouterr()
+    out = shown.err + shown.out
+    assert "2 of 4 items show an image the model was trained on" in " ".join(out.split())
+    assert f"(run{run}):" in "".join(out.split())  # the console wraps the path
+    # A model merged from the run is the run's model.
+    assert seen_in_training(ds, str(merge(run, tmp_path / "merged"))) == (2, run)
+    # A model with no run behind it has nothing to compare.
+    s = evaluate(task, ds, llava_runner, tmp_path / "e2", scoring="loss", quiet=True, plots=False)
+    assert "seen_in_training" not in s["counts"]
+
+
+def test_scoring_our_own_predictions_again_keeps_what_they_are_of(mcqa_build, llava_runner, tmp_path):
+    """`eval score` of an eval's predictions.jsonl wrote a summary with model, data and split all null."""
+    from vlmforge.evaluation.run import score_predictions
+
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    first = evaluate(task, ds, llava_runner, tmp_path / "e", scoring="loss", quiet=True, plots=False,
+                     settings={"split": ds.split})  # as `vlmforge eval` records it
+    again = score_predictions(task, tmp_path / "e" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", quiet=True,
+                              plots=False)
+    keys = ("model", "backend", "data", "data_build_id", "split", "metrics")
+    assert first["split"] == "test" and first["data_build_id"]
+    assert {k: again[k] for k in keys} == {k: first[k] for k in keys}

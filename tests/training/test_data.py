@@ -170,3 +170,28 @@ def test_a_damaged_build_json_is_one_error(tmp_path, coco_build):
     for spec in (str(copy), str(copy / "*.tar")):
         with pytest.raises(UserError, match="build.json is not valid JSON"):
             resolve_shards([spec])
+
+
+def test_a_build_without_train_split_is_not_trained_on_its_test_split(tmp_path, coco_build):
+    """Every split of a build without a train split was the default: an mcqa or val/test build trained
+    on its test data without a word."""
+    import vlmforge
+
+    b = vlmforge.build("split", "build", out=tmp_path, source_options={"path": str(coco_build.path)},
+                       splits="val=0.5,test=0.5")
+    with pytest.raises(UserError, match="has no train split, so training on all of it would train on its test "
+                                        "split \\(splits: test, val\\); name a split with --split"):
+        resolve_shards([str(b.path)], training=True)
+    counts = {s: b.info["splits"][s]["samples"] for s in ("val", "test")}
+    assert sum(r.samples for r in resolve_shards([str(b.path)], "val", training=True)) == counts["val"]
+    assert sum(r.samples for r in resolve_shards([str(b.path)], "test", training=True)) == counts["test"]
+    # A glob over the build's tars took its test shards along with the others.
+    with pytest.raises(UserError, match=f"^'{b.path}/\\*.tar' matches shards of the splits test, val, so training "
+                                        "would read test data; give the build folder \\(its train split\\) or one "
+                                        "split's shards$"):
+        resolve_shards([str(b.path / "*.tar")], training=True)
+    assert sum(r.samples for r in resolve_shards([str(b.path / "test-*.tar")], training=True)) == counts["test"]
+    assert sum(r.samples for r in resolve_shards([str(b.path / "*.tar")])) == 12
+    # Validation data and a build whose only split is not a test split keep the default: every split.
+    assert sum(r.samples for r in resolve_shards([str(b.path)])) == 12
+    assert sum(r.samples for r in resolve_shards([str(coco_build.path)], training=True)) == 12

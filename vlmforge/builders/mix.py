@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
-from vlmforge.curation.selection import check_split_name, fit_cuts, fraction_sizes
+from vlmforge.curation.selection import TEST_SPLIT, check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record, Source
@@ -132,6 +132,13 @@ class MixPlan(Plan):
         assert isinstance(src, MultiBuildSource)
         cfg, parents = self.config, src.build_sources
         available = [sum(p.count(s) for s in p.splits()) for p in parents]
+        if 0 in available:  # before --take N is counted against nothing
+            i = available.index(0)
+            how = "has no records; leave it out or take more"
+            if src.chosen_splits:
+                how = (f"has no records in the --parent-split splits (its splits: "
+                       f"{', '.join(parents[i].build.info['splits'])}); leave it out or name one of its splits")
+            raise UserError(f"parent {i + 1} ({parents[i].build.path}) {how}")
         if cfg.take is not None:
             if len(cfg.take) != len(parents):
                 raise UserError(f"--take: {len(cfg.take)} given for {len(parents)} parents; give one per --from, in order")
@@ -147,9 +154,7 @@ class MixPlan(Plan):
         empty = [i for i, w in enumerate(wanted) if w == 0]
         if empty:  # a parent in the lineage that gave nothing is a mistake in the options
             i = empty[0]
-            if not available[i]:
-                how = "has no records" + (" in the --parent-split splits" if src.chosen_splits else "")
-            elif cfg.take is not None:
+            if cfg.take is not None:
                 how = f"would give 0 of its {available[i]} records (--take {cfg.take[i]})"
             else:
                 how = f"would give 0 of its {available[i]} records (weight {cfg.weights[i]:g} of --size {cfg.size})"
@@ -174,12 +179,34 @@ class MixPlan(Plan):
                 out = cfg.into or split
                 counts[out] = counts.get(out, 0) + 1
         del taken
+        self._note_repeated_images(parents)
+        if cfg.into is not None and not TEST_SPLIT.fullmatch(cfg.into):
+            for i, p in enumerate(parents):  # e.g. --into train with a split build's test split unasked for
+                held_out = [s for s in p.splits() if TEST_SPLIT.fullmatch(s) and p.count(s)]
+                if held_out and not src.chosen_splits:
+                    self.notes.append(f"--into {cfg.into} puts records of parent {i + 1}'s {held_out[0]} split into "
+                                      f"{cfg.into}; --parent-split names the splits to read")
         self.out_splits = [cfg.into] if cfg.into else src.splits()
         self.counts = counts
         self.summary["taken"] = {p.build.build_id: w for p, w in zip(parents, wanted)}
         self.summary["available"] = {p.build.build_id: n for p, n in zip(parents, available)}
         if self.renamed:
             self.summary["renamed_keys"] = len(self.renamed)
+
+    def _note_repeated_images(self, parents: list[BuildSource]) -> None:
+        """Parents that share samples (a build and one derived from it, such as its train split) put
+        them in the mix twice, and with them whatever the derived build left out (its test split)."""
+        first: dict[str, int] = {}
+        repeated: dict[int, int] = {}
+        for i, p in enumerate(parents):
+            for split in p.splits():
+                for key, sha in iter_fields(p, split, ["image_sha256"]):
+                    # 64 bits of the hash are plenty for a note, and a quarter of the memory.
+                    if sha is not None and self.cuts.part(key, i) == 0 and first.setdefault(sha[:16], i) != i:
+                        repeated[i] = repeated.get(i, 0) + 1
+        for i, n in sorted(repeated.items()):
+            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image of a record "
+                              "of an earlier parent: the same samples twice (is one parent derived from the other?)")
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         if self.cuts.part(rec["key"], rec["parent_index"]) != 0:

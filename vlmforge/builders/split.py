@@ -119,16 +119,32 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+        self._note_shared_images(src, fields)
+
+    def _note_shared_images(self, src: Source, fields: list[str]) -> None:
+        """Records are split one by one: samples of one image (an occlusion build hides several objects
+        of it) may land in train and test, so a test image's scene was seen in training."""
+        if not self.parts or not isinstance(src, BuildSource) or "image_id" not in src.build.info.get("columns", {}):
+            return
+        parts: dict[Any, set[int]] = {}
+        for split in src.splits():
+            for key, *values in iter_fields(src, split, fields + ["image_id"]):
+                i = self._part(key, split, values[0] if fields else None)
+                if i is not None and values[-1] is not None:
+                    parts.setdefault(values[-1], set()).add(i)
+        shared = sum(len(p) > 1 for p in parts.values())
+        if shared:
+            self.notes.append(f"{shared} of {len(parts)} images (image_id) have samples in more than one of the new "
+                              "splits: they are not disjoint by image (--group-by image_id keeps them together)")
 
     def _record_sizes(self, src: Source, by: str, groups: dict) -> dict:
         """The parts' sizes in records (the cuts count groups), and a summary of both."""
         sizes = {g: [0] * len(v) for g, v in groups.items()}
         for split in src.splits():
-            group = self._group(split, None)
             for key, value in iter_fields(src, split, [by]):
-                i = self.cuts.part(_unit(key, value), group)
+                i = self._part(key, split, value)
                 if i is not None:
-                    sizes[group][i] += 1
+                    sizes[self._group(split, None)][i] += 1
         names = [n for n, _ in self.parts] if self.parts else None
         per = {}
         for (b, _), v in sorted(groups.items(), key=repr):
@@ -155,11 +171,15 @@ class SplitPlan(Plan):
                 self.notes.append(f"{name}: {got} records where the fraction gives {want}: each of the {len(sizes)} "
                                   f"strata of {self.config.stratify_by} rounds on its own")
 
+    def _part(self, key: str, split: str, value: Any) -> int | None:
+        """The part a record falls in; `value`: its --group-by or --stratify-by field (None without)."""
+        if self.config.group_by:
+            return self.cuts.part(_unit(key, value), self._group(split, None))
+        return self.cuts.part(key, self._group(split, value))
+
     def assign(self, rec: Record, base_split: str) -> str | None:
-        stratum = rec.get(self.column) if self.column else None
-        by = self.config.group_by
-        unit = _unit(build_key(rec), rec.get(by)) if by else build_key(rec)
-        i = self.cuts.part(unit, self._group(base_split, stratum))
+        field = self.config.group_by or self.column
+        i = self._part(build_key(rec), base_split, rec.get(field) if field else None)
         if i is None:
             return None
         return self.parts[i][0] if self.parts else base_split

@@ -40,7 +40,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         model: Annotated[str, typer.Option("--model", help="model path or Hub id (a LLaVA-style model, or CLIP for --mode clip)")],
         out: Annotated[Path, typer.Option("--out", help="run folder: run.json, metrics.jsonl, checkpoint-*/, final/, best/")],
         mode: Annotated[str, typer.Option("--mode", help="full (language model + projector), lora, projector, or clip")] = "lora",
-        split: Annotated[Optional[str], typer.Option("--split", help="split of build folders to train on (default train, or all when a build has no train split)")] = None,
+        split: Annotated[Optional[str], typer.Option("--split", help="split of build folders to train on (default train, or all when a build has no train split and no test split)")] = None,
         weights: Annotated[Optional[str], typer.Option("--weights", help="one weight per --shards, e.g. 2,1: a source of n samples gives round(w*n) samples per epoch (default: 1 each)")] = None,
         val_shards: Annotated[Optional[list[str]], typer.Option("--val-shards", help="validation data: a build folder (its val, validation or test split unless --val-split), tar paths or globs; default: no validation")] = None,
         val_split: Annotated[Optional[str], typer.Option("--val-split", help="validation split; without --val-shards it is read from the --shards builds (default: no validation)")] = None,

@@ -51,6 +51,8 @@ def check_model_name(name: str | None, what: str = "model") -> None:
     if not name:
         return
     p = Path(name).expanduser()
+    if (p / "build.json").is_file():  # transformers would say it finds no processor or model_type
+        raise UserError(f"{name} is a vlmforge build (data), not a {what}")
     if p.exists():
         return
     looks_local = (name.startswith(("/", ".", "~")) or name.count("/") > 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -153,6 +154,9 @@ def choose(names: Iterable[str], seed: int | str, count: int, salt: str = "") ->
     unique = sorted(set(names))
     ranked = sorted(unique, key=lambda k: (rank_value(seed, salt + k), k))
     return sorted(ranked[:count])
+
+
+TEST_SPLIT = re.compile(r"test([_-].*)?")  # test, test_seen, test-hard: held-out data
 
 
 def check_split_name(name: str) -> None:

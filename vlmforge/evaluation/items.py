@@ -75,6 +75,10 @@ class ReadOptions:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """A JSON list (or {"data": [...]}, or a dict of records keyed by id) or a JSONL file."""
+    if path.is_dir():
+        from vlmforge.manifests.read import open_build
+
+        open_build(path)  # a folder without build.json: says what it is instead
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if stripped.startswith("["):

@@ -41,6 +41,35 @@ def check_images(dataset: Dataset) -> None:
         raise UserError(f"{len(missing)} of {len(dataset)} images are missing, e.g. {missing[0]}; check --image-root")
 
 
+def seen_in_training(dataset: Dataset, model: str) -> tuple[int, Path] | None:
+    """How many items show an image the model was trained on, and its run folder, when `model` is a
+    vlmforge run's export (final/, best/, a checkpoint's model/, or one merged from it) whose training
+    builds are still there; None otherwise. Images are compared by sha256 against the training
+    shards' manifests."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from vlmforge.training.data import resolve_shards
+    from vlmforge.training.llava import EXPORT_INFO, export_folder, export_info
+
+    export = Path(export_folder(model))
+    if export_info(str(export)).get("merged_from"):  # `vlmforge model merge RUN`: that run's export
+        export = Path(export_info(str(export))["merged_from"])
+    runs = [p for p in (export.parent, export.parent.parent) if (p / "run.json").is_file()]  # the training run's
+    if not (export / EXPORT_INFO).is_file() or not runs:
+        return None
+    try:
+        cfg = json.loads((runs[0] / "run.json").read_text())["config"]
+        shards = resolve_shards(cfg["shards"], cfg.get("split"))
+        trained = {h for s in shards if s.part for h in pq.read_table(s.part, columns=["image_sha256"])[0].to_pylist()}
+    except (OSError, KeyError, TypeError, ValueError, UserError):  # the training data moved or changed
+        return None
+    trained.discard(None)
+    images = (it.image_bytes() for it in dataset.items)
+    return sum(b is not None and hashlib.sha256(b).hexdigest() in trained for b in images), runs[0]
+
+
 def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
              class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
              plots: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,6 +92,10 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
         dup = next(i for i in ids if ids.count(i) > 1)
         raise UserError(f"item id {dup!r} occurs more than once in {dataset.source}")
     check_images(dataset)
+    seen = seen_in_training(dataset, runner.name)
+    if seen and seen[0] and not quiet:
+        console.print(f"[yellow]warning:[/] {seen[0]} of {len(dataset)} items show an image the model was trained on "
+                      f"(run {seen[1]}): their scores are not held-out")
     run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
            "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
            **(settings or {})}
@@ -85,7 +118,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
             advance(len(batch))
     records = [done[i] for i in ids]
     return finish(task, records, out, dataset=dataset, model=runner.name, backend=runner.backend, scoring=scoring,
-                  quiet=quiet, plots=plots)
+                  quiet=quiet, plots=plots, extra_counts={"seen_in_training": seen[0]} if seen else None)
 
 
 def finish(task: Task, records: list[Record], out: Path, dataset: Dataset | None = None, model: str | None = None,
@@ -235,6 +268,15 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             _check_own_task(task, lines, predictions)
             records = lines
         records, extra = _once_per_item(records, predictions, quiet)
-    return finish(task, records, out, dataset=dataset, model=None, backend=None,
+    origin: dict[str, Any] = {}
+    if dataset is None and predictions.name == PREDICTIONS and (predictions.parent / RUN_FILE).is_file():
+        try:  # our own eval's predictions: its run.json says what model and data they are of
+            origin = json.loads((predictions.parent / RUN_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            origin = {}
+        if origin.get("data"):
+            dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"),
+                              split=origin.get("split"))
+    return finish(task, records, out, dataset=dataset, model=origin.get("model"), backend=origin.get("backend"),
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)

@@ -188,6 +188,8 @@ def open_build(path: str | Path) -> Build:
         inside = sorted(str(b.parent) for pattern in (f"*/{BUILD_JSON}", f"*/*/{BUILD_JSON}")
                         for b in p.glob(pattern)) if p.is_dir() else []
         hint = f"; builds under it: {', '.join(inside[:3])}" + (" ..." if len(inside) > 3 else "") if inside else ""
+        if (p / "run.json").is_file() and (p / "final").is_dir():
+            hint = "; it is a training run (a model: give it as --model)"
         raise UserError(f"{p} is not a vlmforge build folder (no build.json){hint}")
     return Build(p, read_build_info(info_path))
 

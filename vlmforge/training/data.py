@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vlmforge.curation.selection import TEST_SPLIT
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
 from vlmforge.manifests.read import check_shards, long_name, parse_tar_bytes, read_build_info, split_member, tar_header
@@ -158,10 +159,12 @@ def _expand(spec: str) -> list[str]:
     return paths
 
 
-def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[ShardRef]:
+def resolve_shards(specs: Sequence[str], split: str | None = None, training: bool = False) -> list[ShardRef]:
     """Shards named by `specs`: build folders (their `split` shards; default train, or every split when
     the build has no train split), tar paths, globs or brace patterns (`train-{000000..000009}.tar`).
-    Tars inside a build folder take their counts and offsets from its manifest; others are scanned."""
+    Tars inside a build folder take their counts and offsets from its manifest; others are scanned.
+    With `training`, a build without a train split but with a test split needs `split` named: its
+    default, every split, would train on the test data."""
     if split is not None and not any(Path(spec).is_dir() for spec in specs):  # it would be ignored
         raise UserError(f"split {split!r} applies to build folders, and none is given ({specs[0]} is a shard "
                         "path: shard paths have no splits)")
@@ -171,11 +174,18 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                raise UserError(f"{spec} is a folder without build.json; give a finished build or shard paths")
+                what = "a folder without build.json"
+                if (p / "run.json").is_file():
+                    what = "a training run (a model: give it as --model)"
+                raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
+            splits = sorted({s["split"] for s in info["shards"]})
+            tests = [s for s in splits if TEST_SPLIT.fullmatch(s)]
+            if training and split is None and tests and "train" not in splits:
+                raise UserError(f"build {spec} has no train split, so training on all of it would train on its "
+                                f"{tests[0]} split (splits: {', '.join(splits)}); name a split with --split to do so")
             found = _build_shards(p, info, i, split)
             if not found:
-                splits = sorted({s["split"] for s in info["shards"]})
                 if not splits:
                     raise UserError(f"build {spec} is empty (no shards, 0 samples)")
                 raise UserError(f"build {spec} has no shards of split {split!r} (splits: {', '.join(splits)})")
@@ -184,6 +194,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
         paths = _expand(spec)
         if not paths:
             raise UserError(f"no shards match {spec!r}")
+        matched: set[str] = set()  # splits of build shards the pattern matched
         for path in paths:
             resolved = Path(path).resolve()
             if resolved.parent not in infos:
@@ -193,9 +204,14 @@ def resolve_shards(specs: Sequence[str], split: str | None = None) -> list[Shard
             found = _build_shards(resolved.parent, info, i, only={str(resolved)}) if info else []
             if found:
                 refs.extend(found)
+                matched.update(s["split"] for s in info["shards"] if s["shard"] == resolved.name)
             else:
                 off, lengths = scan_tar(resolved)
                 refs.append(ShardRef(str(resolved), len(off), i, None, off, lengths))
+        tests = sorted(s for s in matched if TEST_SPLIT.fullmatch(s))
+        if training and tests and len(matched) > 1:  # 'build/*.tar': the train and the test shards
+            raise UserError(f"{spec!r} matches shards of the splits {', '.join(sorted(matched))}, so training would "
+                            f"read {tests[0]} data; give the build folder (its train split) or one split's shards")
     return [r for r in refs if r.samples > 0]
 
 

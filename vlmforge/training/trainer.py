@@ -393,7 +393,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
         console.print(f"[yellow]note:[/] {out} holds no checkpoint yet: --resume starts the run from its first step")
 
-    shards = resolve_shards(cfg.shards, cfg.split)
+    shards = resolve_shards(cfg.shards, cfg.split, training=True)
     val = _val_shards(cfg)
     same = {s.path for s in val or []} & {s.path for s in shards}
     if same and main and not cfg.quiet:  # best/ would then be chosen on the training data itself
