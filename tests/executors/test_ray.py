@@ -255,6 +255,27 @@ def test_a_failing_setup_is_reported_as_the_users_error(ray_session, tmp_path, s
     assert str(err.value) == "model 'nowhere/tiny' not found: give a local path or a Hub id"
 
 
+class CodedError(UserError):
+    def __init__(self, message: str, code: int):  # pickle cannot rebuild it from its args alone
+        super().__init__(message)
+        self.code = code
+
+
+class CodedErrorCopy(SmallBatchCopy):
+    def process(self, batch):
+        if any(r["source_id"] == self.victim for r in batch):
+            raise CodedError(f"image {self.victim} names a model that does not exist", 3)
+        return super().process(batch)
+
+
+def test_a_worker_error_pickle_cannot_rebuild_is_the_users_error(ray_session, tmp_path, sample_coco):
+    """Before: Ray's UnserializableException with the worker's whole traceback."""
+    b = _builder(CodedErrorCopy, sample_coco, tmp_path / "log", victim_index=5)
+    with pytest.raises(UserError) as err:
+        run_build(b, tmp_path / "out", RayExecutor(), LIMITS, quiet=True)
+    assert str(err.value) == f"image {b.victim} names a model that does not exist"
+
+
 def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_coco):
     """ray.init retries an address nothing answers at for ever; the executor checks it first."""
     import socket

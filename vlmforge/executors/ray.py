@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from vlmforge.errors import BuildError, UserError
+from vlmforge.executors.local import check_workers, sendable
 from vlmforge.sample import finish_results
 
 if TYPE_CHECKING:
@@ -35,6 +36,15 @@ _WORKER_BUILDER: tuple[str, Any] | None = None
 
 CONNECT_TIMEOUT_S = 10
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)$")  # host:port, ray://host:port, [v6]:port
+
+
+def check_address(address: str, option: str = "--ray-address") -> None:
+    """A UserError for an address Ray cannot parse (ray.init raises a ValueError with a traceback)."""
+    value = address.strip()
+    if value in ("auto", "local") or "://" in value or _HOST_PORT.match(value):
+        return
+    raise UserError(f"{option} {address!r} is not a Ray address; give auto, HOST:PORT (the address "
+                    "`ray start --head` printed) or ray://HOST:PORT")
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -137,15 +147,21 @@ def _process_batch(holder: list, batch: list) -> list:
     import ray
 
     ref = holder[0]
-    if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
-        _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
-        from vlmforge.executors.memory import tune_allocator
+    try:
+        if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
+            _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
+            from vlmforge.executors.memory import tune_allocator
 
-        tune_allocator()
-        builder = ray.get(ref)
-        builder.setup()
-        _WORKER_BUILDER = (ref.hex(), builder)
-    return finish_results(_WORKER_BUILDER[1].process(batch))
+            tune_allocator()
+            builder = ray.get(ref)
+            builder.setup()
+            _WORKER_BUILDER = (ref.hex(), builder)
+        return finish_results(_WORKER_BUILDER[1].process(batch))
+    except Exception as e:
+        error = sendable(e)
+        if error is e:
+            raise
+        raise error from e
 
 
 class _BuilderActor:
@@ -173,6 +189,7 @@ class RayExecutor:
         gpus_per_model_worker: float | None = None,
         max_retries: int = 3,
     ):
+        check_workers(workers)
         if concurrency is not None and concurrency < 1:
             raise UserError("--concurrency must be at least 1")
         if gpus_per_model_worker is not None and gpus_per_model_worker < 0:
@@ -180,6 +197,7 @@ class RayExecutor:
         self.address = address
         joining = address or os.environ.get("RAY_ADDRESS")
         if joining:
+            check_address(joining, "--ray-address" if address else "RAY_ADDRESS")
             check_reachable(joining)  # here, before a build writes anything
         # --workers N > 1 with the ray executor means N workers, unless --concurrency says otherwise.
         self.concurrency = concurrency or (workers if workers > 1 else None)
