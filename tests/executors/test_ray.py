@@ -22,7 +22,7 @@ from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.curation.embedding import SentenceEmbedder
 from vlmforge.errors import BuildError, UserError
 from vlmforge.executors.local import LocalExecutor
-from vlmforge.executors.ray import RayExecutor, declared_resources, plan_stage
+from vlmforge.executors.ray import CONNECT_TIMEOUT_S, RayExecutor, declared_resources, plan_stage
 from vlmforge.manifests.verify import verify_build
 from vlmforge.manifests.writer import ShardLimits, complete_shards
 from vlmforge.sources import open_source
@@ -283,7 +283,6 @@ def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_c
     from typer.testing import CliRunner
 
     from vlmforge.cli import app
-    from vlmforge.executors.ray import CONNECT_TIMEOUT_S
 
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
@@ -295,3 +294,22 @@ def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_c
     assert str(r.exception).startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert time.monotonic() - start < CONNECT_TIMEOUT_S
     assert not list(tmp_path.rglob("build.pending.json"))
+
+
+def test_a_cluster_that_wants_a_token_the_command_lacks_is_one_line_at_once(ray_session, tmp_path, sample_coco):
+    """Ray 2.60 turns token authentication on; a HOST:PORT address without RAY_AUTH_MODE=token gets no
+    token through. Before: ray.init retried for 20 s, a warning line a second, then said it."""
+    import subprocess
+    import sys
+
+    address = ray_session.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "copy", "--coco-root", str(sample_coco),
+                        "--out", str(tmp_path / "out"), "--executor", "ray", "--ray-address", address, "-q"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: the Ray cluster at {address} asks for its token (Ray's token authentication) and this command "
+        "gives no token: set RAY_AUTH_MODE=token and the token that `ray get-auth-token` prints on the head node "
+        "in RAY_AUTH_TOKEN (or ~/.ray/auth_token)"], r.stderr
+    assert time.monotonic() - start < CONNECT_TIMEOUT_S and not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ flight. A worker or actor that dies (killed process, lost node) is restarted and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -60,6 +61,46 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); check the address that "
                         "`ray start --head` printed and that the cluster is running") from None
+
+
+def check_token(address: str) -> None:
+    """Fail at once when a cluster's host:port refuses this driver's token. Ray 2.60 clusters ask for
+    one by default, and ray.init, without it, retries for 20 s with a warning line each second."""
+    m = _HOST_PORT.match(address.strip())
+    if not m or address.strip().startswith("ray://"):
+        return
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray: leave it to ray.init
+        return
+    with _stderr_silenced():  # Ray's C++ client logs the refusal too, as a warning line
+        try:
+            GcsClient(address=f"{m.group(1)}:{m.group(2)}")
+        except AuthenticationError:
+            refused = True
+        except Exception:  # anything else is ray.init's to report
+            refused = False
+        else:
+            refused = False
+    if refused:
+        state = "gives a token it does not accept" if os.environ.get("RAY_AUTH_MODE") == "token" else "gives no token"
+        raise UserError(f"the Ray cluster at {address} asks for its token (Ray's token authentication) and this "
+                        f"command {state}: set RAY_AUTH_MODE=token and the token that `ray get-auth-token` prints "
+                        "on the head node in RAY_AUTH_TOKEN (or ~/.ray/auth_token)")
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null for the block (C++ libraries write to it directly)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class StagePlan(NamedTuple):
@@ -199,6 +240,7 @@ class RayExecutor:
         if joining:
             check_address(joining, "--ray-address" if address else "RAY_ADDRESS")
             check_reachable(joining)  # here, before a build writes anything
+            check_token(joining)
         # --workers N > 1 with the ray executor means N workers, unless --concurrency says otherwise.
         self.concurrency = concurrency or (workers if workers > 1 else None)
         self.gpus_per_model_worker = gpus_per_model_worker
