@@ -7,8 +7,10 @@ workers. At most `2 * workers` batches are in flight: a slow writer never lets r
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +32,7 @@ def _init_worker(builder: "Builder") -> None:
 
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop (see map_batches).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     tune_allocator()
     try:
         builder.setup()
@@ -56,6 +59,20 @@ def sendable(error: BaseException) -> BaseException:
         if isinstance(error, UserError):
             return UserError(str(error))
         return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the build process ends without shutting the pool down (SIGKILL, SIGTERM,
+    the out-of-memory killer): else the workers wait for work for ever, each holding its models."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the pipe closes, i.e. when it is gone
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vlmforge-parent-watch", daemon=True).start()
 
 
 def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
