@@ -166,6 +166,20 @@ def test_declared_resources_come_from_the_builder_or_its_backends(sample_coco):
 
 # -- builds on Ray ----------------------------------------------------------------------------------
 
+def test_a_quiet_build_on_a_private_ray_instance_prints_nothing(tmp_path, sample_coco):
+    """Before: Ray's warning that token authentication is on, in every build, `--quiet` or not. (Before
+    the module's Ray session starts: this build starts its own instance.)"""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "copy", "--coco-root", str(sample_coco),
+                        "--out", str(tmp_path), "--executor", "ray", "--concurrency", "1", "-q"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stderr
+    assert len(build_files(tmp_path / "copy" / CopyBuilder.VERSION)) > 3
+
+
 def test_copy_build_on_ray_tasks_is_byte_identical(ray_session, tmp_path, sample_coco, local_copy):
     b = _builder(SmallBatchCopy, sample_coco, tmp_path / "log")
     ex = RayExecutor()

@@ -16,6 +16,7 @@ flight. A worker or actor that dies (killed process, lost node) is restarted and
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -101,6 +102,17 @@ def _stderr_silenced() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+class _AuthOnNotice(logging.Filter):
+    """Drops Ray's warning that token authentication is on (Ray's default, printed by every build):
+    `--quiet` prints nothing but errors. Its warning that authentication is off stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+_AUTH_ON_NOTICE = _AuthOnNotice()
 
 
 class StagePlan(NamedTuple):
@@ -254,6 +266,7 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_ON_NOTICE)
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
         if self.address or os.environ.get("RAY_ADDRESS"):
             # Ship this driver's vlmforge to every worker: all nodes then run the same code, which
