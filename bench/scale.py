@@ -6,7 +6,12 @@ also checked byte-identical to the first 1-worker build. Ray runs on a local ins
 started once before the timings (its start-up is printed on its own line, not counted per build).
 
   python bench/scale.py [--images 400] [--repeats 3] [--builder copy] [--check-images full]
-                        [--work bench/_work]
+                        [--work bench/_work] [--memory 40000]
+
+With `--memory N`, it measures memory instead: a 2-worker copy build of N tiny images (an image folder
+of 16x16 JPEGs, so that per-record overhead dominates) runs as the CLI would, and the build process's
+resident memory is printed at each quarter of the run, with its peak and the largest worker's. A flat
+line is the aim: nothing the driver keeps may grow with the number of records beyond their keys.
 
 Source: the embedded COCO-format sample at `--images` images (`vlmforge sample coco`). With the copy
 builder, `--check-images full` decodes every pixel of every image in the workers, so there is CPU work
@@ -25,6 +30,9 @@ import sys
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's vlmforge and tests, from any working directory
+
 
 def build_once(builder: str, source: Path, out: Path, executor, check_images: str) -> Path:
     from vlmforge.builders import get_builder
@@ -36,6 +44,78 @@ def build_once(builder: str, source: Path, out: Path, executor, check_images: st
     return run_build(cls(config, src), out, executor, overwrite=True, quiet=True)
 
 
+def tiny_folder(root: Path, n: int) -> Path:
+    """`n` 16x16 JPEGs in 10 class folders (made once)."""
+    import cv2
+    import numpy as np
+
+    if len(list(root.glob("*/*.jpg"))) == n:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"c{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ok, jpg = cv2.imencode(".jpg", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+        (folder / f"{i:07d}.jpg").write_bytes(jpg.tobytes())
+    return root
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = {int(k) for k in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo.extend(kids - out)
+            out |= kids
+    return out
+
+
+def memory(n: int, work: Path) -> int:
+    """The build process's resident memory over a 2-worker copy build of `n` tiny images (Linux)."""
+    import subprocess
+
+    root = tiny_folder(work / f"tiny-{n}", n)
+    out = work / "memory-out"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "vlmforge.cli", "build", "copy", "--source", "imagefolder", "--root", str(root),
+           "--out", str(out), "--workers", "2", "-q"]
+    t = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(cmd, env=env)
+    samples: list[tuple[float, float]] = []  # (driver MB, largest worker MB)
+    while proc.poll() is None:
+        workers = [_rss_mb(k) for k in _children(proc.pid)]
+        samples.append((_rss_mb(proc.pid), max(workers, default=0.0)))
+        time.sleep(0.1)
+    took = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    if proc.returncode != 0 or len(samples) < 4:
+        print(f"error: the build exited with {proc.returncode} after {took:.1f}s", file=sys.stderr)
+        return 1
+    quarters = [samples[len(samples) * q // 4 - 1][0] for q in (1, 2, 3, 4)]
+    print(f"copy build of {n:,} tiny images, 2 workers, {took:.1f}s; build process RSS (MB) at each quarter "
+          f"of the run: {', '.join(f'{m:.0f}' for m in quarters)}; peak {max(s[0] for s in samples):.0f}; "
+          f"largest worker {max(s[1] for s in samples):.0f}")
+    print(json.dumps({"images": n, "seconds": round(took, 1), "driver_rss_mb_quarters": [round(m) for m in quarters],
+                      "driver_peak_mb": round(max(s[0] for s in samples)),
+                      "worker_peak_mb": round(max(s[1] for s in samples))}))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=400)
@@ -43,7 +123,10 @@ def main() -> int:
     ap.add_argument("--builder", default="copy")
     ap.add_argument("--check-images", default="full", choices=["quick", "full"])
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / "_work")
+    ap.add_argument("--memory", type=int, metavar="N", help="measure memory over a build of N tiny images instead")
     args = ap.parse_args()
+    if args.memory:
+        return memory(args.memory, args.work)
 
     from tests.helpers import build_files
     from vlmforge.executors.local import LocalExecutor

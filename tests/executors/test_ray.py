@@ -22,7 +22,7 @@ from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.curation.embedding import SentenceEmbedder
 from vlmforge.errors import BuildError, UserError
 from vlmforge.executors.local import LocalExecutor
-from vlmforge.executors.ray import RayExecutor, declared_resources, plan_stage
+from vlmforge.executors.ray import CONNECT_TIMEOUT_S, RayExecutor, declared_resources, plan_stage
 from vlmforge.manifests.verify import verify_build
 from vlmforge.manifests.writer import ShardLimits, complete_shards
 from vlmforge.sources import open_source
@@ -166,6 +166,20 @@ def test_declared_resources_come_from_the_builder_or_its_backends(sample_coco):
 
 # -- builds on Ray ----------------------------------------------------------------------------------
 
+def test_a_quiet_build_on_a_private_ray_instance_prints_nothing(tmp_path, sample_coco):
+    """Before: Ray's warning that token authentication is on, in every build, `--quiet` or not. (Before
+    the module's Ray session starts: this build starts its own instance.)"""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "copy", "--coco-root", str(sample_coco),
+                        "--out", str(tmp_path), "--executor", "ray", "--concurrency", "1", "-q"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stderr
+    assert len(build_files(tmp_path / "copy" / CopyBuilder.VERSION)) > 3
+
+
 def test_copy_build_on_ray_tasks_is_byte_identical(ray_session, tmp_path, sample_coco, local_copy):
     b = _builder(SmallBatchCopy, sample_coco, tmp_path / "log")
     ex = RayExecutor()
@@ -255,6 +269,27 @@ def test_a_failing_setup_is_reported_as_the_users_error(ray_session, tmp_path, s
     assert str(err.value) == "model 'nowhere/tiny' not found: give a local path or a Hub id"
 
 
+class CodedError(UserError):
+    def __init__(self, message: str, code: int):  # pickle cannot rebuild it from its args alone
+        super().__init__(message)
+        self.code = code
+
+
+class CodedErrorCopy(SmallBatchCopy):
+    def process(self, batch):
+        if any(r["source_id"] == self.victim for r in batch):
+            raise CodedError(f"image {self.victim} names a model that does not exist", 3)
+        return super().process(batch)
+
+
+def test_a_worker_error_pickle_cannot_rebuild_is_the_users_error(ray_session, tmp_path, sample_coco):
+    """Before: Ray's UnserializableException with the worker's whole traceback."""
+    b = _builder(CodedErrorCopy, sample_coco, tmp_path / "log", victim_index=5)
+    with pytest.raises(UserError) as err:
+        run_build(b, tmp_path / "out", RayExecutor(), LIMITS, quiet=True)
+    assert str(err.value) == f"image {b.victim} names a model that does not exist"
+
+
 def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_coco):
     """ray.init retries an address nothing answers at for ever; the executor checks it first."""
     import socket
@@ -262,7 +297,6 @@ def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_c
     from typer.testing import CliRunner
 
     from vlmforge.cli import app
-    from vlmforge.executors.ray import CONNECT_TIMEOUT_S
 
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
@@ -274,3 +308,22 @@ def test_unreachable_cluster_fails_at_once_and_writes_nothing(tmp_path, sample_c
     assert str(r.exception).startswith(f"cannot reach the Ray cluster at 127.0.0.1:{port}")
     assert time.monotonic() - start < CONNECT_TIMEOUT_S
     assert not list(tmp_path.rglob("build.pending.json"))
+
+
+def test_a_cluster_that_wants_a_token_the_command_lacks_is_one_line_at_once(ray_session, tmp_path, sample_coco):
+    """Ray 2.60 turns token authentication on; a HOST:PORT address without RAY_AUTH_MODE=token gets no
+    token through. Before: ray.init retried for 20 s, a warning line a second, then said it."""
+    import subprocess
+    import sys
+
+    address = ray_session.get_runtime_context().gcs_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "copy", "--coco-root", str(sample_coco),
+                        "--out", str(tmp_path / "out"), "--executor", "ray", "--ray-address", address, "-q"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: the Ray cluster at {address} asks for its token (Ray's token authentication) and this command "
+        "gives no token: set RAY_AUTH_MODE=token and the token that `ray get-auth-token` prints on the head node "
+        "in RAY_AUTH_TOKEN (or ~/.ray/auth_token)"], r.stderr
+    assert time.monotonic() - start < CONNECT_TIMEOUT_S and not (tmp_path / "out").exists()

@@ -7,7 +7,10 @@ workers. At most `2 * workers` batches are in flight: a slow writer never lets r
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import pickle
 import signal
+import threading
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +32,7 @@ def _init_worker(builder: "Builder") -> None:
 
     # Ctrl-C reaches the whole process group; the parent alone decides how to stop (see map_batches).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
     tune_allocator()
     try:
         builder.setup()
@@ -37,13 +41,53 @@ def _init_worker(builder: "Builder") -> None:
     _WORKER_BUILDER = builder
 
 
+def check_workers(workers: object) -> None:
+    """A UserError, not a TypeError or a silent default, for a worker count below 1 or not a number."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--workers must be a whole number of at least 1, not {workers!r}")
+
+
+def sendable(error: BaseException) -> BaseException:
+    """`error`, or, when it cannot be unpickled in the driver (an exception whose constructor takes
+    more than its message), one of its kind that can: a UserError stays a UserError (one line on the
+    CLI), anything else becomes a RuntimeError naming its type. Else the local pool reads it as a
+    killed worker and Ray as an UnserializableException."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        if isinstance(error, UserError):
+            return UserError(str(error))
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the build process ends without shutting the pool down (SIGKILL, SIGTERM,
+    the out-of-memory killer): else the workers wait for work for ever, each holding its models."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the parent's end of the pipe closes, i.e. when it is gone
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vlmforge-parent-watch", daemon=True).start()
+
+
 def _run_batch(task: tuple[int, list]) -> tuple[int, int, list]:
-    if _SETUP_ERROR is not None:
-        raise _SETUP_ERROR
-    assert _WORKER_BUILDER is not None
-    first, batch = task
-    # The writer is on this machine and reads the same files: passthrough images go by reference.
-    return first, len(batch), finish_results(_WORKER_BUILDER.process(batch), by_reference=True)
+    try:
+        if _SETUP_ERROR is not None:
+            raise _SETUP_ERROR
+        assert _WORKER_BUILDER is not None
+        first, batch = task
+        # The writer is on this machine and reads the same files: passthrough images go by reference.
+        return first, len(batch), finish_results(_WORKER_BUILDER.process(batch), by_reference=True)
+    except Exception as e:
+        error = sendable(e)
+        if error is e:
+            raise
+        raise error from e  # the worker's traceback, with the original, comes with it
 
 
 class LocalExecutor:
@@ -52,8 +96,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, workers: int = 1):
-        if workers < 1:
-            raise ValueError("workers must be at least 1")
+        check_workers(workers)
         self.workers = workers
 
     def map_batches(self, builder: "Builder", tasks: Iterable[tuple[int, list]]) -> Iterator[tuple[int, int, list]]:

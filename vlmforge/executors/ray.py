@@ -15,6 +15,8 @@ flight. A worker or actor that dies (killed process, lost node) is restarted and
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from vlmforge.errors import BuildError, UserError
+from vlmforge.executors.local import check_workers, sendable
 from vlmforge.sample import finish_results
 
 if TYPE_CHECKING:
@@ -35,6 +38,15 @@ _WORKER_BUILDER: tuple[str, Any] | None = None
 
 CONNECT_TIMEOUT_S = 10
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)$")  # host:port, ray://host:port, [v6]:port
+
+
+def check_address(address: str, option: str = "--ray-address") -> None:
+    """A UserError for an address Ray cannot parse (ray.init raises a ValueError with a traceback)."""
+    value = address.strip()
+    if value in ("auto", "local") or "://" in value or _HOST_PORT.match(value):
+        return
+    raise UserError(f"{option} {address!r} is not a Ray address; give auto, HOST:PORT (the address "
+                    "`ray start --head` printed) or ray://HOST:PORT")
 
 
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -50,6 +62,57 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise UserError(f"cannot reach the Ray cluster at {address} ({reason}); check the address that "
                         "`ray start --head` printed and that the cluster is running") from None
+
+
+def check_token(address: str) -> None:
+    """Fail at once when a cluster's host:port refuses this driver's token. Ray 2.60 clusters ask for
+    one by default, and ray.init, without it, retries for 20 s with a warning line each second."""
+    m = _HOST_PORT.match(address.strip())
+    if not m or address.strip().startswith("ray://"):
+        return
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray: leave it to ray.init
+        return
+    with _stderr_silenced():  # Ray's C++ client logs the refusal too, as a warning line
+        try:
+            GcsClient(address=f"{m.group(1)}:{m.group(2)}")
+        except AuthenticationError:
+            refused = True
+        except Exception:  # anything else is ray.init's to report
+            refused = False
+        else:
+            refused = False
+    if refused:
+        state = "gives a token it does not accept" if os.environ.get("RAY_AUTH_MODE") == "token" else "gives no token"
+        raise UserError(f"the Ray cluster at {address} asks for its token (Ray's token authentication) and this "
+                        f"command {state}: set RAY_AUTH_MODE=token and the token that `ray get-auth-token` prints "
+                        "on the head node in RAY_AUTH_TOKEN (or ~/.ray/auth_token)")
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null for the block (C++ libraries write to it directly)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _AuthOnNotice(logging.Filter):
+    """Drops Ray's warning that token authentication is on (Ray's default, printed by every build):
+    `--quiet` prints nothing but errors. Its warning that authentication is off stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+_AUTH_ON_NOTICE = _AuthOnNotice()
 
 
 class StagePlan(NamedTuple):
@@ -137,15 +200,21 @@ def _process_batch(holder: list, batch: list) -> list:
     import ray
 
     ref = holder[0]
-    if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
-        _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
-        from vlmforge.executors.memory import tune_allocator
+    try:
+        if _WORKER_BUILDER is None or _WORKER_BUILDER[0] != ref.hex():
+            _WORKER_BUILDER = None  # let a previous build's builder go before loading this one
+            from vlmforge.executors.memory import tune_allocator
 
-        tune_allocator()
-        builder = ray.get(ref)
-        builder.setup()
-        _WORKER_BUILDER = (ref.hex(), builder)
-    return finish_results(_WORKER_BUILDER[1].process(batch))
+            tune_allocator()
+            builder = ray.get(ref)
+            builder.setup()
+            _WORKER_BUILDER = (ref.hex(), builder)
+        return finish_results(_WORKER_BUILDER[1].process(batch))
+    except Exception as e:
+        error = sendable(e)
+        if error is e:
+            raise
+        raise error from e
 
 
 class _BuilderActor:
@@ -173,6 +242,7 @@ class RayExecutor:
         gpus_per_model_worker: float | None = None,
         max_retries: int = 3,
     ):
+        check_workers(workers)
         if concurrency is not None and concurrency < 1:
             raise UserError("--concurrency must be at least 1")
         if gpus_per_model_worker is not None and gpus_per_model_worker < 0:
@@ -180,7 +250,9 @@ class RayExecutor:
         self.address = address
         joining = address or os.environ.get("RAY_ADDRESS")
         if joining:
+            check_address(joining, "--ray-address" if address else "RAY_ADDRESS")
             check_reachable(joining)  # here, before a build writes anything
+            check_token(joining)
         # --workers N > 1 with the ray executor means N workers, unless --concurrency says otherwise.
         self.concurrency = concurrency or (workers if workers > 1 else None)
         self.gpus_per_model_worker = gpus_per_model_worker
@@ -194,6 +266,7 @@ class RayExecutor:
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_ON_NOTICE)
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
         if self.address or os.environ.get("RAY_ADDRESS"):
             # Ship this driver's vlmforge to every worker: all nodes then run the same code, which
