@@ -149,8 +149,8 @@ def test_a_damaged_shard_stops_the_export_instead_of_dropping_samples(tmp_path, 
     shard.write_bytes(bytes(raw[:-2000]))
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "export", "llava", str(b), "--out", str(tmp_path / "y")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "val-000001.tar is " in r.stderr, r.stderr
-    assert "bytes, build.json says" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "shard val-000001.tar: " in r.stderr, r.stderr
+    assert "bytes, build.json records" in " ".join(r.stderr.split())
 
 
 def test_export_into_the_build_itself_is_refused(llava_build):

@@ -192,12 +192,12 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
     Exporting the same build into a folder again reuses the images already there that are byte-identical
     and replaces the others; the export of another build there is refused unless `overwrite`, which
     replaces it (its JSON files and the images this export does not write are removed)."""
-    from vlmforge.manifests.read import Build, open_build
+    from vlmforge.manifests.read import Build, check_shards, open_build
 
     b = build if isinstance(build, Build) else open_build(build)
     if split is not None and split not in b.info["splits"]:
         raise UserError(f"the build has no split {split!r}; it has: {', '.join(b.info['splits'])}")
-    _check_shard_sizes(b, split)
+    check_shards(b.path, b.info, split)  # a missing or cut shard stops the export before anything is written
     if not len(b):  # an empty llava.json would train on nothing without a word
         from vlmforge.manifests.read import no_samples_line
 
@@ -250,16 +250,6 @@ def export_llava(build: "str | Path | Build", out_dir: str | Path, split: str | 
         counts = ", ".join(f"{name} {agg['samples']}" for name, agg in sorted(b.info["splits"].items()))
         console.print(f"[yellow]note:[/] {target.name} holds every split ({counts}); --split NAME exports one")
     return target
-
-
-def _check_shard_sizes(b: "Build", split: str | None) -> None:
-    """A missing or truncated shard stops the export before anything is written."""
-    for s in b.info["shards"]:
-        path = b.path / s["shard"]
-        if split not in (None, s["split"]) or (path.is_file() and path.stat().st_size == s["bytes"]):
-            continue
-        found = f"{path.stat().st_size} bytes, build.json says {s['bytes']}" if path.is_file() else "missing"
-        raise UserError(f"{path} is {found}; the build is damaged (`vlmforge verify {b.path}` checks it)")
 
 
 def _records(b: "Build", split: str | None, out: Path, images: set[str]) -> Iterator[dict[str, Any]]:
