@@ -188,10 +188,18 @@ def open_build(path: str | Path) -> Build:
         inside = sorted(str(b.parent) for pattern in (f"*/{BUILD_JSON}", f"*/*/{BUILD_JSON}")
                         for b in p.glob(pattern)) if p.is_dir() else []
         hint = f"; builds under it: {', '.join(inside[:3])}" + (" ..." if len(inside) > 3 else "") if inside else ""
-        if (p / "run.json").is_file() and (p / "final").is_dir():
-            hint = "; it is a training run (a model: give it as --model)"
+        if is_training_run(p):
+            hint = f"; it is {TRAINING_RUN}"
         raise UserError(f"{p} is not a vlmforge build folder (no build.json){hint}")
     return Build(p, read_build_info(info_path))
+
+
+TRAINING_RUN = "a training run (a model: give it as --model)"
+
+
+def is_training_run(path: Path) -> bool:
+    """A `vlmforge train` output folder, given where a build is expected."""
+    return (path / "run.json").is_file()
 
 
 class DamagedBuildError(UserError):

@@ -31,7 +31,9 @@ import numpy as np
 from vlmforge.curation.selection import TEST_SPLIT
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import BUILD_JSON
-from vlmforge.manifests.read import check_shards, long_name, parse_tar_bytes, read_build_info, split_member, tar_header
+from vlmforge.manifests.read import (
+    TRAINING_RUN, check_shards, is_training_run, long_name, parse_tar_bytes, read_build_info, split_member, tar_header,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
@@ -174,9 +176,7 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                what = "a folder without build.json"
-                if (p / "run.json").is_file():
-                    what = "a training run (a model: give it as --model)"
+                what = TRAINING_RUN if is_training_run(p) else "a folder without build.json"
                 raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
             splits = sorted({s["split"] for s in info["shards"]})
