@@ -411,6 +411,31 @@ def test_mmbench_file_with_circular_copies(tmp_path):
     assert ds.items[1].image == tiny_png(5)  # "7" points at row 7's image
     recs = _records(task, ds, {"7-0": "A", "1000007-0": "A"})
     assert task.score(recs)["circular_accuracy"] == 0.0
+    one = task.read([tsv], ReadOptions(rounds=1))  # --rounds was ignored for a file with copies
+    assert [it.id for it in one.items] == ["7-0"]
+    assert task.score(_records(task, one, {"7-0": "A"}))["circular_accuracy"] == 1.0
+
+
+def test_mmbench_questions_with_unanswered_rounds_are_not_circular_right(tmp_path):
+    """LLaVA answers of round 0 only (model_vqa_mmbench without --all-rounds) gave circular accuracy =
+    single-pass accuracy: a question counted as right in every round from the one round it had."""
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    task = get_task("mmbench")
+    first_only = _write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 0, "round_id": 0, "text": "B"},
+                                                           {"question_id": 1, "round_id": 0, "text": "A"}])
+    m = score_predictions(task, first_only, [tsv], ReadOptions(), tmp_path / "o", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] is None and m["single_pass_accuracy"] == 1.0
+    assert m["n_questions"] == 0 and m["n_incomplete_questions"] == 2
+    # q0 answered in all 4 rounds (right), q1 in 2 of its 3: only q0 is scored circularly
+    lines = [{"question_id": 0, "round_id": r, "text": t} for r, t in enumerate(["B", "A", "D", "C"])]
+    lines += [{"question_id": 1, "round_id": r, "text": t} for r, t in enumerate(["A", "A"])]
+    part = _write_jsonl(tmp_path / "part.jsonl", lines)
+    m = score_predictions(task, part, [tsv], ReadOptions(), tmp_path / "o2", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] == 1.0 and m["n_questions"] == 1 and m["n_incomplete_questions"] == 1
+    assert m["by_category"] == {"color": {"accuracy": 1.0, "n": 1}}
+    # --rounds 2 asks two rounds: both answered is complete (q1 is wrong in round 1)
+    m = score_predictions(task, part, [tsv], ReadOptions(rounds=2), tmp_path / "o3", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] == 0.5 and m["n_questions"] == 2 and m["n_incomplete_questions"] == 0
 
 
 # -- grading -----------------------------------------------------------------------------------
