@@ -175,6 +175,26 @@ def test_interrupted_run_resumes_without_repeating_items(mcqa_build, llava_runne
     assert resumed["metrics"] == full["metrics"]
 
 
+def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
+    """A label corrected between a run and its resume: the kept prediction was scored against the old label."""
+    pope = tmp_path / "coco_pope_random.json"
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(tiny_png(i))
+
+    def write(labels):
+        pope.write_text("".join(json.dumps({"question_id": i, "image": f"img{i}.png", "text": "Is there a dog?",
+                                            "label": lab}) + "\n" for i, lab in enumerate(labels)))
+        return task.read([pope], ReadOptions())
+
+    task = get_task("pope")
+    evaluate(task, write(["yes", "no", "yes"]), llava_runner, tmp_path / "o", quiet=True, plots=False)
+    ds = write(["yes", "yes", "yes"])
+    with pytest.raises(UserError, match=r"data changed since .* item 1 has answer 'yes'.*made for answer 'no'"):
+        evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False)
+    s = evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False, overwrite=True)
+    assert s["metrics"]["tp"] + s["metrics"]["fn"] == 3  # every gold answer is the new one
+
+
 def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
     from typer.testing import CliRunner
 

@@ -70,6 +70,19 @@ def seen_in_training(dataset: Dataset, model: str) -> tuple[int, Path] | None:
     return sum(b is not None and hashlib.sha256(b).hexdigest() in trained for b in images), runs[0]
 
 
+def check_same_questions(done: dict[str, Record], dataset: Dataset, predictions: Path) -> None:
+    """Predictions kept for a resume must be of the questions as they are now: an item whose gold answer
+    or options changed since (a corrected label, another file at the same path) would be scored
+    against the old ones."""
+    for it in dataset.items:
+        rec = done.get(it.id)
+        if rec is not None and (rec.get("answer"), rec.get("options")) != (it.answer, list(it.options)):
+            raise UserError(f"the data changed since {predictions} was written: item {it.id} has answer "
+                            f"{it.answer!r} and options {it.options}, its prediction there was made for answer "
+                            f"{rec.get('answer')!r} and options {rec.get('options')}; pass --overwrite to ask "
+                            "again, or rescore those answers with `vlmforge eval score --annotations DATA`")
+
+
 def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
              class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
              plots: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -102,6 +115,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     check_run(out, run, overwrite)
     log = PredictionLog(out / PREDICTIONS)
     done = log.load()
+    check_same_questions(done, dataset, log.path)
     todo = [it for it in dataset.items if it.id not in done]
     with progress_bar(f"eval {task.name}", total=len(ids), disable=quiet) as advance:
         advance(len(ids) - len(todo))
