@@ -310,6 +310,21 @@ def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp
     assert losses[0] == losses[2] and losses[1] != losses[0]
 
 
+@pytest.mark.parametrize("kind", ["causal-lm", "mlm"])
+def test_a_model_that_is_not_a_vlm_is_named(kind, mcqa_build, tmp_path):
+    """A text-only LM as --model was transformers' ValueError traceback listing every VLM config class."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.training.tiny import make_tiny
+
+    model = make_tiny(kind, tmp_path / kind)
+    res = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(model),
+                                   "--out", str(tmp_path / "o"), "-q"])
+    assert isinstance(res.exception, UserError), res.exception
+    assert f"is a {'llama' if kind == 'causal-lm' else 'bert'!r} checkpoint, neither a vision-language" in str(res.exception)
+
+
 def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tiny_llava, tmp_path):
     import torch
     from typer.testing import CliRunner

@@ -104,6 +104,12 @@ class LocalRunner(Runner):
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and config.model_type != "clip":
+            # transformers' own refusal is a traceback listing a hundred config classes
+            raise UserError(f"model {path!r} is a {config.model_type!r} checkpoint, neither a vision-language "
+                            "(image-text-to-text, LLaVA-style) model nor CLIP, the two the local backend evaluates")
         if config.model_type == "clip":
             from transformers import CLIPModel
 
