@@ -204,7 +204,8 @@ def test_pope_labels_follow_the_question_not_the_line_order(tmp_path):
 def test_pope_scores_llava_answer_file_by_hand(tmp_path):
     ann, combined = _pope_files(tmp_path)
     answers = _write_jsonl(tmp_path / "answers.jsonl", [
-        {"question_id": 1, "prompt": "...", "text": "Yes, there is a dog.", "answer_id": "x", "model_id": "m", "metadata": {}},
+        {"question_id": 1, "prompt": "Is there a dog in the image?\nAnswer the question using a single word or phrase.",
+         "text": "Yes, there is a dog.", "answer_id": "x", "model_id": "m", "metadata": {}},
         {"question_id": 2, "text": "No, there is not."},
         {"question_id": 3, "text": "There is a cat in the image."},
         {"question_id": 4, "text": "I am not sure."},
@@ -222,6 +223,37 @@ def test_pope_scores_llava_answer_file_by_hand(tmp_path):
     assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
     assert list(m["by_category"]) == ["random", "adversarial"]
     assert (tmp_path / "out" / "confusion_matrix.png").exists()
+
+
+def test_answers_numbered_as_another_question_file_are_refused(tmp_path):
+    """LLaVA's POPE answers are numbered as in llava_pope_test.jsonl; scored against one coco_pope file alone,
+    answer 1 (there: adversarial "bus") was paired with random question 1 ("dog") by its id."""
+    ann, combined = _pope_files(tmp_path)
+    questions = [json.loads(x) for x in combined.read_text().splitlines()]
+    adversarial_first = questions[3:] + questions[:3]  # numbered 1-6 in a file that lists adversarial first
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": n, "prompt": q["text"], "text": "Yes"} for n, q in enumerate(adversarial_first, 1)])
+    with pytest.raises(UserError, match=r"3 answers in .* were asked other questions .* id 1: asked 'Is there a bus "
+                                        r"in the image\?.*the item is 'Is there a dog in the image\?'"):
+        score_predictions(get_task("pope"), answers, [ann / "coco_pope_random.json"], ReadOptions(), tmp_path / "o",
+                          quiet=True)
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [  # numbered as the combined file they were made from
+        {"question_id": q["question_id"], "prompt": q["text"], "text": "Yes"} for q in questions])
+    s = score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "o", quiet=True)
+    assert s["counts"]["items"] == 6 and s["metrics"]["yes_ratio"] == 1.0
+    # MMBench: LLaVA's model_vqa_mmbench records hint + question + options as the prompt
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    llava = {0: "What color is the sky?\nA. red\nB. blue\nC. green\nD. black",
+             1: "Look closely.\nHow many cats?\nA. one\nB. two\nC. three"}
+    answers = _write_jsonl(tmp_path / "mm.jsonl", [{"question_id": q, "round_id": 0, "prompt": t, "text": "A"}
+                                                   for q, t in llava.items()])
+    m = score_predictions(get_task("mmbench"), answers, [tsv], ReadOptions(rounds=1), tmp_path / "m", quiet=True,
+                          plots=False)["metrics"]
+    assert m["single_pass_accuracy"] == 0.5
+    answers = _write_jsonl(tmp_path / "mm.jsonl", [{"question_id": 1 - q, "round_id": 0, "prompt": t, "text": "A"}
+                                                   for q, t in llava.items()])
+    with pytest.raises(UserError, match="2 answers in .* were asked other questions"):
+        score_predictions(get_task("mmbench"), answers, [tsv], ReadOptions(rounds=1), tmp_path / "m", quiet=True)
 
 
 def test_pope_reads_category_files_alone(tmp_path):

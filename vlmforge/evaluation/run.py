@@ -251,7 +251,7 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
     if annotations:
         dataset = task.read(annotations, opts)
         by_id = {it.id: it for it in dataset.items}
-        records, unmatched = [], []
+        records, unmatched, other = [], [], []
         for line in lines:
             ident = str(line["id"]) if _is_own_record(line) else task.external_id(line)
             item = by_id.get(ident) if ident is not None else None
@@ -261,8 +261,16 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             if _is_own_record(line):
                 records.append(task.make_record(item, text=line.get("prediction"), scores=line.get("scores"),
                                                 scoring=line.get("scoring", "generate")))
+            elif not task.same_question(line, item):
+                other.append((line, item))
             else:
                 records.append(task.make_record(item, text=task.external_text(line)))
+        if other:
+            line, item = other[0]
+            raise UserError(f"{len(other)} answers in {predictions} were asked other questions than the items of "
+                            f"the annotations with their ids (e.g. id {item.id}: asked {line['prompt'][:80]!r}, the "
+                            f"item is {item.prompt.splitlines()[0][:80]!r}); give the question file the answers were "
+                            "made from (POPE: LLaVA's llava_pope_test.jsonl with the coco_pope files)")
         if not records:
             raise UserError(f"no prediction in {predictions} matches an item of the annotations "
                             f"(prediction ids like {unmatched[:3]}, item ids like {list(by_id)[:3]})")

@@ -52,6 +52,7 @@ def read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 class MMBenchTask(Task):
     name = "mmbench"
     description = "MMBench TSV with circular evaluation over option rotations; submission export"
+    checks_prompts = True
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         if len(paths) != 1:

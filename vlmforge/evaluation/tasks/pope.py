@@ -55,6 +55,7 @@ class PopeTask(Task):
     name = "pope"
     description = "POPE yes/no object hallucination (random, popular, adversarial)"
     scoring_modes = ("generate", "loss")
+    checks_prompts = True
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         no_split(opts, "POPE question files have no splits")
