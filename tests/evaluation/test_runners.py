@@ -175,6 +175,17 @@ def test_interrupted_run_resumes_without_repeating_items(mcqa_build, llava_runne
     assert resumed["metrics"] == full["metrics"]
 
 
+def test_overwrite_removes_the_old_report(mcqa_build, llava_runner, tmp_path):
+    """--overwrite stopped before its report left the old run's summary.json and plots beside its predictions."""
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    old = evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True)
+    assert (tmp_path / "o" / "summary.json").exists() and old["plots"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, ds, _Interrupting(llava_runner, stop_after=1), tmp_path / "o", quiet=True, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [PREDICTIONS, "run.json"]
+
+
 def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
     """A label corrected between a run and its resume: the kept prediction was scored against the old label."""
     pope = tmp_path / "coco_pope_random.json"

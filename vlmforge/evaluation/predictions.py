@@ -66,6 +66,7 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         raise UserError(f"--out {out} is a build folder; write the evaluation elsewhere")
     if overwrite:
         preds.unlink(missing_ok=True)
+        _remove_report(out)
     elif run_file.exists():
         old = json.loads(run_file.read_text())
         if old != run:
@@ -79,3 +80,18 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
     except OSError as e:
         raise UserError(f"cannot make the output folder {out}: {e.strerror} ({e.filename})") from None
     run_file.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+
+
+def _remove_report(out: Path) -> None:
+    """The summary, plots and task files of the predictions discarded: a run stopped before its own
+    report would leave the old run's numbers beside its predictions."""
+    summary = out / "summary.json"
+    if not summary.is_file():
+        return
+    try:
+        doc = json.loads(summary.read_text())
+    except json.JSONDecodeError:
+        doc = {}
+    for name in [*doc.get("plots", []), *doc.get("files", [])]:
+        (out / Path(name).name).unlink(missing_ok=True)
+    summary.unlink()
