@@ -134,6 +134,13 @@ def test_clip_zero_shot_on_graded_folder(tiny_clip, tmp_path):
                                  for g in range(5)}
     with pytest.raises(UserError, match="cannot do --scoring generate"):
         evaluate(task, ds, runner, tmp_path / "other", scoring="generate", quiet=True)
+    # a task CLIP cannot score, with no --scoring given: said so about the model, not about an option not given
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "1.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    (tmp_path / "1.png").write_bytes(tiny_png(1))
+    with pytest.raises(UserError, match=r"model .* can only do --scoring clip, which task pope does not support "
+                                        r"\(it supports generate, loss\): give a vision-language model"):
+        evaluate(get_task("pope"), get_task("pope").read([pope], ReadOptions()), runner, tmp_path / "p", quiet=True)
 
 
 class _Interrupting:

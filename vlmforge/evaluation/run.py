@@ -95,6 +95,10 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     if not dataset.items:  # before the model loads
         raise UserError(f"no items to evaluate in {dataset.source}")
     check_template(class_template)
+    if scoring is None and not set(runner.scorings) & set(task.scoring_modes):  # e.g. a CLIP model on POPE
+        raise UserError(f"model {runner.name} can only do --scoring {', '.join(runner.scorings)}, which task "
+                        f"{task.name} does not support (it supports {', '.join(task.scoring_modes)}): give a "
+                        "vision-language model")
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
         raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")
