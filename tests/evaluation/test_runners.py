@@ -193,6 +193,23 @@ def test_overwrite_removes_the_old_report(mcqa_build, llava_runner, tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [PREDICTIONS, "run.json"]
 
 
+def test_scoring_a_stopped_runs_predictions_says_so(mcqa_build, llava_runner, tmp_path, capsys):
+    """`eval score` of an interrupted run's predictions.jsonl scored the answered part as the whole run."""
+    from vlmforge.evaluation.run import score_predictions
+
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, ds, _Interrupting(llava_runner, stop_after=1), tmp_path / "o", quiet=True)
+    capsys.readouterr()
+    s = score_predictions(task, tmp_path / "o" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", plots=False)
+    assert s["counts"]["items"] == 3 and s["counts"]["items_without_prediction"] == 3
+    assert "answers 3 of the 6 items its run asks: the run stopped" in " ".join(capsys.readouterr().err.split())
+    evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False)  # finished: no warning
+    s = score_predictions(task, tmp_path / "o" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", plots=False)
+    assert "items_without_prediction" not in s["counts"] and "run stopped" not in capsys.readouterr().err
+
+
 def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
     """A label corrected between a run and its resume: the kept prediction was scored against the old label."""
     pope = tmp_path / "coco_pope_random.json"

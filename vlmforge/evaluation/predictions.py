@@ -56,8 +56,9 @@ class PredictionLog:
             os.fsync(f.fileno())
 
 
-def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to continue predictions made by a different run; --overwrite starts over."""
+def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None = None) -> None:
+    """Refuse to continue predictions made by a different run; --overwrite starts over. `items` (how many
+    the run asks, which --limit may change on a resume) is recorded beside the run's identity."""
     run_file = out / RUN_FILE
     preds = out / PREDICTIONS
     if out.exists() and not out.is_dir():
@@ -69,6 +70,7 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         _remove_report(out)
     elif run_file.exists():
         old = json.loads(run_file.read_text())
+        old.pop("items", None)
         if old != run:
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
             raise UserError(f"{out} holds predictions of another run (differs in {', '.join(diff)}); "
@@ -79,7 +81,7 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make the output folder {out}: {e.strerror} ({e.filename})") from None
-    run_file.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+    run_file.write_text(json.dumps({**run, "items": items} if items is not None else run, indent=1, sort_keys=True) + "\n")
 
 
 def _remove_report(out: Path) -> None:

@@ -116,7 +116,7 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
            "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
            **(settings or {})}
-    check_run(out, run, overwrite)
+    check_run(out, run, overwrite, items=len(ids))
     log = PredictionLog(out / PREDICTIONS)
     done = log.load()
     check_same_questions(done, dataset, log.path)
@@ -281,8 +281,6 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
         records, extra = _once_per_item(records, predictions, quiet)
         extra.update({"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)})
         if not quiet and (unmatched or len(records) < len(by_id)):  # the score covers part of the data only
-            from vlmforge.progress import console
-
             console.print(f"[yellow]warning:[/] scored {len(records)} of {len(by_id)} items; "
                           f"{len(unmatched)} predictions match no item (ids like {unmatched[:3]})")
     else:
@@ -303,6 +301,11 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
         if origin.get("data"):
             dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"),
                               split=origin.get("split"))
+        if isinstance(origin.get("items"), int) and len(records) < origin["items"]:  # a run stopped part way
+            extra["items_without_prediction"] = origin["items"] - len(records)
+            if not quiet:
+                console.print(f"[yellow]warning:[/] {predictions} answers {len(records)} of the {origin['items']} "
+                              "items its run asks: the run stopped; rerun its eval command to finish it")
     return finish(task, records, out, dataset=dataset, model=origin.get("model"), backend=origin.get("backend"),
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)
