@@ -380,6 +380,16 @@ def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tin
     (tmp_path / "urls.csv").write_text("id,url\ntest000,http://example.com/a.jpg\n")
     res = run("--image-urls", str(tmp_path / "urls.csv"))  # a local model read the files: the URLs went unused
     assert isinstance(res.exception, UserError) and "--image-urls is for the openai backend" in str(res.exception)
+    # --device and --dtype reached the local backend only: the transformers backend ran on a GPU when there was one
+    res = run("--backend", "transformers", "--device", "gpu")
+    assert isinstance(res.exception, UserError) and "unknown --device 'gpu'" in str(res.exception)
+    res = run("--backend", "transformers", "--dtype", "float17")
+    assert isinstance(res.exception, UserError) and "unknown --dtype 'float17'" in str(res.exception)
+    for backend, option, message in (("vllm", "--device", "--device does not apply to the vllm backend (vLLM places"),
+                                     ("openai", "--dtype", "--dtype does not apply to the openai backend"),
+                                     ("local", "--api-base", "--api-base is for the openai backend, not local")):
+        res = run("--backend", backend, option, "http://127.0.0.1:1/v1" if option == "--api-base" else "float16")
+        assert isinstance(res.exception, UserError) and message in str(res.exception), res.exception
 
 
 def test_api_model_on_pope_through_a_local_server(tmp_path, monkeypatch):

@@ -342,16 +342,7 @@ class GeneratorRunner(Runner):
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.generator = None
-
-    def setup(self) -> None:
-        if self.generator is not None:
-            return
         import importlib
-
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
 
         from vlmforge.curation.generation import BACKENDS
 
@@ -362,8 +353,19 @@ class GeneratorRunner(Runner):
             gen_cls = getattr(importlib.import_module(module), cls)
         except ImportError as e:
             raise UserError(f"the {self.backend} backend is not available here ({e})") from None
+        # Made here, loaded in setup(): the backends check their options as they are made, so a bad one
+        # stops the run before it writes anything.
         self.generator = gen_cls(model=self.model, **self.options)
+        self._ready = False
+
+    def setup(self) -> None:
+        if self._ready:
+            return
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
         self.generator.setup()
+        self._ready = True
 
     def generate(self, items: list[EvalItem]) -> list[str]:
         from vlmforge.curation.generation import GenerationRequest
