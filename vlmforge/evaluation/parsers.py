@@ -46,6 +46,7 @@ def parse_yes_no(text: str) -> Parsed:
 
 # -- option letters (ScienceQA, MMBench, MCQA) -----------------------------------------------------
 _ANSWER_IS = re.compile(r"The answer is ([A-Z])\.")
+_ANSWER_IS_LLAVA = re.compile(r"The answer is ([A-Z]).")  # eval_science_qa.py's: any character after the letter
 # The letter itself stays case-sensitive: "the answer is a cat" names no option.
 _ANSWER_IS_LOOSE = re.compile(r"(?:[Aa]nswer(?: is|:)|\b[Oo]ption(?: is|:)?|\b[Cc]hoice(?: is|:)?)\s*:?\s*\(?([A-Z])\b(?![-'])")
 _MARKED_LETTER = re.compile(r"(?:^|[\s(\[])\(?([A-Z])(?:\)|\.(?=\s|$)|:(?=\s|$))")
@@ -63,7 +64,8 @@ def parse_letter(text: str, n_options: int, options: list[str] | None = None, st
     """The option a free answer picks, as an index into the options (A=0).
 
     Strict (ScienceQA as LLaVA scores it): the whole answer is a letter ("B"), or starts with a
-    letter and ". " ("B. a cat"), or contains exactly one "The answer is X." Otherwise unparsed.
+    letter and ". " ("B. a cat"), or contains "The answer is X" and one character once, and only once
+    (the pattern of LLaVA's eval_science_qa.py). Otherwise unparsed.
     Lenient (the default for MCQA and MMBench) ignores Markdown emphasis ("**B**") and adds: a lone
     lower-case letter ("b", "(b)"), "answer: (B)", "Option B", a single marked letter such as "(B)",
     "B)" or "B." anywhere, and, when `options` are given, the one option whose text the answer contains.
@@ -77,9 +79,10 @@ def parse_letter(text: str, n_options: int, options: list[str] | None = None, st
         if not strict and len(set(_LISTED_OPTION.findall(t)) & set(valid)) > 1:
             return Parsed(None, "multiple")  # "A. cat\nB. dog\n...": the options echoed, not one chosen
         return Parsed(valid.index(t[0]))
-    found = set(_ANSWER_IS.findall(t))
-    if len(found) == 1 and found <= set(valid):
-        return Parsed(valid.index(found.pop()))
+    # Strict counts every match, as LLaVA does: "The answer is B. ... The answer is B." is no answer there.
+    found = _ANSWER_IS_LLAVA.findall(t) if strict else sorted(set(_ANSWER_IS.findall(t)))
+    if len(found) == 1 and found[0] in valid:
+        return Parsed(valid.index(found[0]))
     if strict:
         return UNPARSED
     if (lone := _LONE_LETTER.fullmatch(t)) and lone.group(1).upper() in valid:
