@@ -342,6 +342,12 @@ class GeneratorRunner(Runner):
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.options = {k: v for k, v in options.items() if v is not None}
+        if backend in ("transformers", "vllm") and model:
+            from vlmforge.training.llava import export_folder, export_info
+
+            if export_info(export_folder(model)).get("template") == "vicuna_v1":  # they ask in the chat template
+                raise UserError(f"{model} was trained on LLaVA-1.5's vicuna_v1 text (`train --template vicuna_v1`), "
+                                f"which the {backend} backend does not write: evaluate it with --backend local")
         import importlib
 
         from vlmforge.curation.generation import BACKENDS
