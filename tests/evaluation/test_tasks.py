@@ -634,6 +634,8 @@ def test_mmbench_without_images_warns(tmp_path, capsys):
 def test_pope_refuses_a_build_and_files_without_questions(tmp_path, mcqa_build):
     with pytest.raises(UserError, match="is a vlmforge build; pope reads POPE question files"):
         get_task("pope").read([mcqa_build], ReadOptions())  # it read build.json as POPE: 0 items, exit 0
+    with pytest.raises(UserError, match="is a vlmforge build; scienceqa reads ScienceQA's folder"):
+        get_task("scienceqa").read([mcqa_build], ReadOptions())  # was "give ScienceQA's folder ...", as if none given
     folder = tmp_path / "notpope"
     folder.mkdir()
     (folder / "meta.json").write_text(json.dumps({"name": "something else"}))
