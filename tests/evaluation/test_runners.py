@@ -230,6 +230,23 @@ def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
     assert s["metrics"]["tp"] + s["metrics"]["fn"] == 3  # every gold answer is the new one
 
 
+def test_a_damaged_line_before_the_end_is_not_cut_off(tmp_path):
+    """Only a torn last line is trimmed: a bad line in the middle cut the file there, dropping the predictions after it."""
+    from vlmforge.evaluation.predictions import PredictionLog
+
+    path = tmp_path / PREDICTIONS
+    good = '{"id": "a", "prediction": "A"}\n'
+    path.write_text(good + "<<<<<<< merged\n" + '{"id": "b", "prediction": "B"}\n')
+    with pytest.raises(UserError, match=r"line 2 is not a prediction record; remove that line to resume"):
+        PredictionLog(path).load()
+    assert path.read_text().endswith('"B"}\n')  # nothing was cut
+    path.write_text(good + '{"no_id": 1}\n' + good)  # was KeyError: 'id'
+    with pytest.raises(UserError, match="line 2 is not a prediction record"):
+        PredictionLog(path).load()
+    path.write_text(good + '{"id": "b", "pred')
+    assert list(PredictionLog(path).load()) == ["a"] and path.read_text() == good
+
+
 def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
     from typer.testing import CliRunner
 

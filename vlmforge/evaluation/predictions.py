@@ -33,14 +33,19 @@ class PredictionLog:
         done: dict[str, dict[str, Any]] = {}
         good_end = 0
         pos = 0
-        for line in raw.splitlines(keepends=True):
+        lines = raw.splitlines(keepends=True)
+        for n, line in enumerate(lines, 1):
             pos += len(line)
-            if not line.endswith(b"\n"):
-                break  # torn write: the process died mid-line
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
+                rec = json.loads(line) if line.endswith(b"\n") else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if not isinstance(rec, dict) or "id" not in rec:
+                if n == len(lines):
+                    break  # torn write: the process died mid-line
+                # Not the end: cutting the file here would drop the predictions after it.
+                raise UserError(f"{self.path} line {n} is not a prediction record; remove that line to resume, "
+                                "or pass --overwrite to start again")
             done[str(rec["id"])] = rec
             good_end = pos
         if good_end < len(raw):
