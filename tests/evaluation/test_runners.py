@@ -231,7 +231,8 @@ def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
 
 
 def test_a_damaged_line_before_the_end_is_not_cut_off(tmp_path):
-    """Only a torn last line is trimmed: a bad line in the middle cut the file there, dropping the predictions after it."""
+    """Only a torn last line is trimmed: a bad line in the middle cut the file there, dropping the predictions after it.
+    A damaged run.json is one error line."""
     from vlmforge.evaluation.predictions import PredictionLog
 
     path = tmp_path / PREDICTIONS
@@ -245,6 +246,13 @@ def test_a_damaged_line_before_the_end_is_not_cut_off(tmp_path):
         PredictionLog(path).load()
     path.write_text(good + '{"id": "b", "pred')
     assert list(PredictionLog(path).load()) == ["a"] and path.read_text() == good
+    from vlmforge.evaluation.predictions import RUN_FILE, check_run
+
+    (tmp_path / RUN_FILE).write_text('{"task": "mc')  # was a JSONDecodeError traceback
+    with pytest.raises(UserError, match="run.json is damaged.*pass --overwrite"):
+        check_run(tmp_path, {"task": "mcqa"}, overwrite=False)
+    check_run(tmp_path, {"task": "mcqa"}, overwrite=True, items=2)
+    assert json.loads((tmp_path / RUN_FILE).read_text()) == {"task": "mcqa", "items": 2}
 
 
 def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):

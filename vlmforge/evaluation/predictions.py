@@ -74,7 +74,11 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None
         preds.unlink(missing_ok=True)
         _remove_report(out)
     elif run_file.exists():
-        old = json.loads(run_file.read_text())
+        try:
+            old = json.loads(run_file.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{run_file} is damaged, so its predictions cannot be told apart from another run's; "
+                            "pass --overwrite to start again or choose another --out") from None
         old.pop("items", None)
         if old != run:
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
@@ -86,7 +90,9 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make the output folder {out}: {e.strerror} ({e.filename})") from None
-    run_file.write_text(json.dumps({**run, "items": items} if items is not None else run, indent=1, sort_keys=True) + "\n")
+    tmp = run_file.with_name(RUN_FILE + ".tmp")  # whole or not there: a run killed as it writes leaves no half file
+    tmp.write_text(json.dumps({**run, "items": items} if items is not None else run, indent=1, sort_keys=True) + "\n")
+    tmp.replace(run_file)
 
 
 def _remove_report(out: Path) -> None:
