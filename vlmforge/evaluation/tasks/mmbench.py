@@ -13,6 +13,7 @@ installed.
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
 import sys
 from collections import Counter, defaultdict
@@ -104,7 +105,7 @@ class MMBenchTask(Task):
                           "rounds": asked, "order": order, "category": row.get("category"),
                           "l2_category": row.get("l2-category", row.get("L2-category")),
                           "question": row["question"], "split": row.get("split")},
-                    image=self._image(row.get("image", ""), images),
+                    image=self._image(row.get("image", ""), images, f"{paths[0]}: row {index}"),
                 ))
         if opts.limit:
             keep = {it.meta["index"] for it in items[: opts.limit]}  # whole questions, all their rounds
@@ -113,11 +114,14 @@ class MMBenchTask(Task):
                        split=opts.split)
 
     @staticmethod
-    def _image(value: str, images: dict[str, str]) -> bytes | None:
+    def _image(value: str, images: dict[str, str], where: str) -> bytes | None:
         # Rotated copies may point at the row holding the image by its index.
         if value and value.isdigit() and len(value) < 16 and value in images:
             value = images[value]
-        return base64.b64decode(value) if value else None
+        try:
+            return base64.b64decode(value) if value else None
+        except binascii.Error as e:
+            raise UserError(f"{where} has an image that is not base64 ({e}); is the TSV cut short?") from None
 
     def parse(self, rec: Record) -> Parsed:
         return parse_letter(rec["prediction"], len(rec["options"]), rec["options"],
