@@ -643,6 +643,9 @@ def test_pope_refuses_a_build_and_files_without_questions(tmp_path, mcqa_build):
     (folder / "meta.json").write_text(json.dumps({"name": "something else"}))
     with pytest.raises(UserError, match="no POPE questions"):
         get_task("pope").read([folder], ReadOptions())
+    (folder / "q.json").write_text(json.dumps({"question_id": 1, "text": "Is there a dog?", "label": "yes"}))
+    with pytest.raises(UserError, match="question 1 names no image"):  # was asked with no image at all
+        get_task("pope").read([folder / "q.json"], ReadOptions())
 
 
 def test_split_that_does_not_apply_is_refused_or_used(tmp_path):
