@@ -266,6 +266,7 @@ def test_vllm_greedy_requests_for_several_texts(monkeypatch):
     ("projector", r"final is a projector-only export of `vlmforge train --mode projector`, .*vlmforge model merge"),
     ("peft", r"final is a PEFT adapter, not a model vLLM loads: merge it into its base model"),
     ("clip", r"final is a CLIP model, which does not generate text"),
+    ("missing", r"no model at .*/run/final \(the generation model; not a folder"),  # vLLM took it for a Hub id
 ])
 def test_vllm_refuses_a_run_that_is_not_a_full_model(tmp_path, kind, message):
     """vLLM was handed a LoRA or projector-only run folder as a model: it failed deep in its engine."""
@@ -276,12 +277,14 @@ def test_vllm_refuses_a_run_that_is_not_a_full_model(tmp_path, kind, message):
     from vlmforge.training.llava import EXPORT_INFO
 
     final = tmp_path / "run" / "final"
-    final.mkdir(parents=True)
+    (tmp_path / "run").mkdir()
+    if kind != "missing":
+        final.mkdir()
     if kind in ("lora", "peft"):
         (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "some/base"}))
-    if kind != "peft":
+    if kind not in ("peft", "missing"):
         (final / EXPORT_INFO).write_text(json.dumps({"kind": kind, "base": "some/base", "template": "chat"}))
-    model = str(final if kind == "peft" else tmp_path / "run")  # a run folder stands for its final/ export
+    model = str(final if kind in ("peft", "missing") else tmp_path / "run")  # a run folder stands for its final/
     with pytest.raises(UserError, match=message):  # before vLLM is imported: it is not installed here
         VllmGenerator(model)
     (tmp_path / "q.json").write_text(json.dumps([{"id": "1", "text": "What is it?", "label": "cat"}]))

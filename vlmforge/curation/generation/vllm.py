@@ -36,10 +36,13 @@ def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
 
 
 def check_loadable(model: str) -> None:
-    """Refuse, before vLLM starts, what it would not load as a model: a LoRA adapter or a projector-only
-    export of `vlmforge train` (merged, they are full models), a plain PEFT adapter, a CLIP model."""
+    """Refuse, before vLLM starts, what it would not load as a model: a local path that does not exist
+    (vLLM would take it for a Hub id), a build, a LoRA adapter or a projector-only export of `vlmforge
+    train` (merged, they are full models), a plain PEFT adapter, a CLIP model."""
+    from vlmforge.curation.models import check_model_name
     from vlmforge.training.llava import EXPORT_INFO, export_kind
 
+    check_model_name(model, "generation model")
     kind = export_kind(model)
     other = "or use the transformers backend (eval: --backend local), which loads it as it is"
     if kind == "lora" and not (Path(model) / EXPORT_INFO).is_file():
