@@ -4,6 +4,7 @@ LM and LLaVA), the vllm backend's absence, and the template backend."""
 import importlib.util
 import io
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -257,6 +258,39 @@ def test_vllm_greedy_requests_for_several_texts(monkeypatch):
     out = gen([GenerationRequest("a", n=3), GenerationRequest("b", temperature=0.7, n=2, seed=4)])
     assert [p.n for p in gen._llm.seen] == [1, 2]  # vLLM refuses n > 1 without sampling in some versions
     assert out == [["text 0.0"] * 3, ["text 1.0", "text 1.1"]]
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("lora", r"final is a LoRA adapter of `vlmforge train --mode lora`, not a full model vLLM loads: merge it "
+             r"first \(`vlmforge model merge .*/run/final --out DIR`, then --model DIR\), or use the transformers"),
+    ("projector", r"final is a projector-only export of `vlmforge train --mode projector`, .*vlmforge model merge"),
+    ("peft", r"final is a PEFT adapter, not a model vLLM loads: merge it into its base model"),
+    ("clip", r"final is a CLIP model, which does not generate text"),
+    ("missing", r"no model at .*/run/final \(the generation model; not a folder"),  # vLLM took it for a Hub id
+])
+def test_vllm_refuses_a_run_that_is_not_a_full_model(tmp_path, kind, message):
+    """vLLM was handed a LoRA or projector-only run folder as a model: it failed deep in its engine."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.curation.generation.vllm import VllmGenerator
+    from vlmforge.training.llava import EXPORT_INFO
+
+    final = tmp_path / "run" / "final"
+    (tmp_path / "run").mkdir()
+    if kind != "missing":
+        final.mkdir()
+    if kind in ("lora", "peft"):
+        (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "some/base"}))
+    if kind not in ("peft", "missing"):
+        (final / EXPORT_INFO).write_text(json.dumps({"kind": kind, "base": "some/base", "template": "chat"}))
+    model = str(final if kind in ("peft", "missing") else tmp_path / "run")  # a run folder stands for its final/
+    with pytest.raises(UserError, match=message):  # before vLLM is imported: it is not installed here
+        VllmGenerator(model)
+    (tmp_path / "q.json").write_text(json.dumps([{"id": "1", "text": "What is it?", "label": "cat"}]))
+    res = CliRunner().invoke(app, ["eval", "--task", "open", "--data", str(tmp_path / "q.json"), "--backend", "vllm",
+                                   "--model", model, "--out", str(tmp_path / "o"), "-q"])
+    assert isinstance(res.exception, UserError) and re.search(message, str(res.exception))
 
 
 def test_a_training_run_folder_stands_for_its_final_model(tmp_path, tiny_lm):

@@ -35,6 +35,9 @@ def test_pope_yes_no(text, expected):
     ("The answer is A. No. The answer is B.", 4, None),  # two different answers
     ("The answer is A. Or maybe the answer is B.", 4, 0),  # LLaVA's pattern is case-sensitive: one hit
     ("(B)", 4, None),  # strict: not one of LLaVA's forms
+    ("The answer is B.\nThe answer is B.", 4, None),  # LLaVA counts matches: twice is no answer
+    ("The answer is B)", 4, 1),  # LLaVA's pattern takes any character after the letter
+    ("The answer is B", 4, None),
     ("B.", 4, None),
 ])
 def test_letter_strict_is_llava_scienceqa_rule(text, n, expected):
@@ -53,6 +56,20 @@ def test_letter_strict_is_llava_scienceqa_rule(text, n, expected):
     ("It could be a cat or a dog.", ["cat", "dog"], None, "multiple"),
     ("a hot dog stand", ["hot dog", "dog"], 0, "ok"),  # "dog" inside the named "hot dog" is not a second answer
     ("Nothing I can tell.", ["cat", "dog"], None, "unparsed"),
+    ("The answer is B.\nThe answer is B.", None, 1, "ok"),  # lenient: one answer, repeated
+    # the options echoed one a line named A (or D: the first line) as the answer
+    ("A. cat\nB. dog\nC. bird\nD. horse", ["cat", "dog", "bird", "horse"], None, "multiple"),
+    ("D. horse\nA. cat", None, None, "multiple"),
+    ("B. dog\nThe bird is behind it.", None, 1, "ok"),
+    ("b", None, 1, "ok"),  # a whole answer of one lower-case letter was unparsed
+    ("(c)", None, 2, "ok"),
+    ("e", None, None, "unparsed"),
+    ("**B**", None, 1, "ok"),  # Markdown emphasis (API models)
+    ("**Answer:** B", None, 1, "ok"),
+    ("Option B", None, 1, "ok"),
+    ("Correct option: C", None, 2, "ok"),
+    ("A and C", None, None, "multiple"),  # several letters were unparsed
+    ("A, C.", None, None, "multiple"),
 ])
 def test_letter_lenient(text, options, expected, status):
     p = parse_letter(text, 4 if options is None else len(options), options)

@@ -134,6 +134,13 @@ def test_clip_zero_shot_on_graded_folder(tiny_clip, tmp_path):
                                  for g in range(5)}
     with pytest.raises(UserError, match="cannot do --scoring generate"):
         evaluate(task, ds, runner, tmp_path / "other", scoring="generate", quiet=True)
+    # a task CLIP cannot score, with no --scoring given: said so about the model, not about an option not given
+    pope = tmp_path / "coco_pope_random.json"
+    pope.write_text(json.dumps({"question_id": 1, "image": "1.png", "text": "Is there a dog?", "label": "yes"}) + "\n")
+    (tmp_path / "1.png").write_bytes(tiny_png(1))
+    with pytest.raises(UserError, match=r"model .* can only do --scoring clip, which task pope does not support "
+                                        r"\(it supports generate, loss\): give a vision-language model"):
+        evaluate(get_task("pope"), get_task("pope").read([pope], ReadOptions()), runner, tmp_path / "p", quiet=True)
 
 
 class _Interrupting:
@@ -173,6 +180,79 @@ def test_interrupted_run_resumes_without_repeating_items(mcqa_build, llava_runne
     whole = (tmp_path / "whole" / PREDICTIONS).read_text()
     assert pred.read_text() == whole  # greedy decoding: the same predictions as an uninterrupted run
     assert resumed["metrics"] == full["metrics"]
+
+
+def test_overwrite_removes_the_old_report(mcqa_build, llava_runner, tmp_path):
+    """--overwrite stopped before its report left the old run's summary.json and plots beside its predictions."""
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    old = evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True)
+    assert (tmp_path / "o" / "summary.json").exists() and old["plots"]
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, ds, _Interrupting(llava_runner, stop_after=1), tmp_path / "o", quiet=True, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [PREDICTIONS, "run.json"]
+
+
+def test_scoring_a_stopped_runs_predictions_says_so(mcqa_build, llava_runner, tmp_path, capsys):
+    """`eval score` of an interrupted run's predictions.jsonl scored the answered part as the whole run."""
+    from vlmforge.evaluation.run import score_predictions
+
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(task, ds, _Interrupting(llava_runner, stop_after=1), tmp_path / "o", quiet=True)
+    capsys.readouterr()
+    s = score_predictions(task, tmp_path / "o" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", plots=False)
+    assert s["counts"]["items"] == 3 and s["counts"]["items_without_prediction"] == 3
+    assert "answers 3 of the 6 items its run asks: the run stopped" in " ".join(capsys.readouterr().err.split())
+    evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False)  # finished: no warning
+    s = score_predictions(task, tmp_path / "o" / PREDICTIONS, [], ReadOptions(), tmp_path / "s", plots=False)
+    assert "items_without_prediction" not in s["counts"] and "run stopped" not in capsys.readouterr().err
+
+
+def test_resume_on_changed_data_is_refused(llava_runner, tmp_path):
+    """A label corrected between a run and its resume: the kept prediction was scored against the old label."""
+    pope = tmp_path / "coco_pope_random.json"
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(tiny_png(i))
+
+    def write(labels):
+        pope.write_text("".join(json.dumps({"question_id": i, "image": f"img{i}.png", "text": "Is there a dog?",
+                                            "label": lab}) + "\n" for i, lab in enumerate(labels)))
+        return task.read([pope], ReadOptions())
+
+    task = get_task("pope")
+    evaluate(task, write(["yes", "no", "yes"]), llava_runner, tmp_path / "o", quiet=True, plots=False)
+    ds = write(["yes", "yes", "yes"])
+    with pytest.raises(UserError, match=r"data changed since .* item 1 has answer 'yes'.*made for answer 'no'"):
+        evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False)
+    s = evaluate(task, ds, llava_runner, tmp_path / "o", quiet=True, plots=False, overwrite=True)
+    assert s["metrics"]["tp"] + s["metrics"]["fn"] == 3  # every gold answer is the new one
+
+
+def test_a_damaged_line_before_the_end_is_not_cut_off(tmp_path):
+    """Only a torn last line is trimmed: a bad line in the middle cut the file there, dropping the predictions after it.
+    A damaged run.json is one error line."""
+    from vlmforge.evaluation.predictions import PredictionLog
+
+    path = tmp_path / PREDICTIONS
+    good = '{"id": "a", "prediction": "A"}\n'
+    path.write_text(good + "<<<<<<< merged\n" + '{"id": "b", "prediction": "B"}\n')
+    with pytest.raises(UserError, match=r"line 2 is not a prediction record; remove that line to resume"):
+        PredictionLog(path).load()
+    assert path.read_text().endswith('"B"}\n')  # nothing was cut
+    path.write_text(good + '{"no_id": 1}\n' + good)  # was KeyError: 'id'
+    with pytest.raises(UserError, match="line 2 is not a prediction record"):
+        PredictionLog(path).load()
+    path.write_text(good + '{"id": "b", "pred')
+    assert list(PredictionLog(path).load()) == ["a"] and path.read_text() == good
+    from vlmforge.evaluation.predictions import RUN_FILE, check_run
+
+    (tmp_path / RUN_FILE).write_text('{"task": "mc')  # was a JSONDecodeError traceback
+    with pytest.raises(UserError, match="run.json is damaged.*pass --overwrite"):
+        check_run(tmp_path, {"task": "mcqa"}, overwrite=False)
+    check_run(tmp_path, {"task": "mcqa"}, overwrite=True, items=2)
+    assert json.loads((tmp_path / RUN_FILE).read_text()) == {"task": "mcqa", "items": 2}
 
 
 def test_cli_eval_and_score(mcqa_build, tiny_llava, tmp_path):
@@ -290,6 +370,21 @@ def test_options_that_tokenize_the_same_tie_exactly(tiny_clip, llava_runner, tmp
     assert losses[0] == losses[2] and losses[1] != losses[0]
 
 
+@pytest.mark.parametrize("kind", ["causal-lm", "mlm"])
+def test_a_model_that_is_not_a_vlm_is_named(kind, mcqa_build, tmp_path):
+    """A text-only LM as --model was transformers' ValueError traceback listing every VLM config class."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+    from vlmforge.training.tiny import make_tiny
+
+    model = make_tiny(kind, tmp_path / kind)
+    res = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(mcqa_build), "--model", str(model),
+                                   "--out", str(tmp_path / "o"), "-q"])
+    assert isinstance(res.exception, UserError), res.exception
+    assert f"is a {'llama' if kind == 'causal-lm' else 'bert'!r} checkpoint, neither a vision-language" in str(res.exception)
+
+
 def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tiny_llava, tmp_path):
     import torch
     from typer.testing import CliRunner
@@ -310,6 +405,16 @@ def test_device_and_threshold_are_checked_before_the_model_loads(mcqa_build, tin
     (tmp_path / "urls.csv").write_text("id,url\ntest000,http://example.com/a.jpg\n")
     res = run("--image-urls", str(tmp_path / "urls.csv"))  # a local model read the files: the URLs went unused
     assert isinstance(res.exception, UserError) and "--image-urls is for the openai backend" in str(res.exception)
+    # --device and --dtype reached the local backend only: the transformers backend ran on a GPU when there was one
+    res = run("--backend", "transformers", "--device", "gpu")
+    assert isinstance(res.exception, UserError) and "unknown --device 'gpu'" in str(res.exception)
+    res = run("--backend", "transformers", "--dtype", "float17")
+    assert isinstance(res.exception, UserError) and "unknown --dtype 'float17'" in str(res.exception)
+    for backend, option, message in (("vllm", "--device", "--device does not apply to the vllm backend (vLLM places"),
+                                     ("openai", "--dtype", "--dtype does not apply to the openai backend"),
+                                     ("local", "--api-base", "--api-base is for the openai backend, not local")):
+        res = run("--backend", backend, option, "http://127.0.0.1:1/v1" if option == "--api-base" else "float16")
+        assert isinstance(res.exception, UserError) and message in str(res.exception), res.exception
 
 
 def test_api_model_on_pope_through_a_local_server(tmp_path, monkeypatch):
@@ -394,6 +499,14 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     assert chat._chat("What is it?", True) == processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
         add_generation_prompt=True, tokenize=False)
+    # the generation backends ask in the model's chat template: they were asking this run in another format
+    from vlmforge.evaluation.runners import GeneratorRunner
+
+    for backend in ("transformers", "vllm"):
+        with pytest.raises(UserError, match=f"trained on LLaVA-1.5's vicuna_v1 text .* the {backend} backend does "
+                                            "not write: evaluate it with --backend local"):
+            GeneratorRunner(backend, str(tmp_path / "vicuna"))
+    assert GeneratorRunner("transformers", str(tmp_path / "chat")).generator.model == str(tmp_path / "chat")
 
 
 def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runner, tmp_path, capsys):

@@ -204,7 +204,8 @@ def test_pope_labels_follow_the_question_not_the_line_order(tmp_path):
 def test_pope_scores_llava_answer_file_by_hand(tmp_path):
     ann, combined = _pope_files(tmp_path)
     answers = _write_jsonl(tmp_path / "answers.jsonl", [
-        {"question_id": 1, "prompt": "...", "text": "Yes, there is a dog.", "answer_id": "x", "model_id": "m", "metadata": {}},
+        {"question_id": 1, "prompt": "Is there a dog in the image?\nAnswer the question using a single word or phrase.",
+         "text": "Yes, there is a dog.", "answer_id": "x", "model_id": "m", "metadata": {}},
         {"question_id": 2, "text": "No, there is not."},
         {"question_id": 3, "text": "There is a cat in the image."},
         {"question_id": 4, "text": "I am not sure."},
@@ -222,6 +223,37 @@ def test_pope_scores_llava_answer_file_by_hand(tmp_path):
     assert m["accuracy"] == pytest.approx(4 / 6) and m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
     assert list(m["by_category"]) == ["random", "adversarial"]
     assert (tmp_path / "out" / "confusion_matrix.png").exists()
+
+
+def test_answers_numbered_as_another_question_file_are_refused(tmp_path):
+    """LLaVA's POPE answers are numbered as in llava_pope_test.jsonl; scored against one coco_pope file alone,
+    answer 1 (there: adversarial "bus") was paired with random question 1 ("dog") by its id."""
+    ann, combined = _pope_files(tmp_path)
+    questions = [json.loads(x) for x in combined.read_text().splitlines()]
+    adversarial_first = questions[3:] + questions[:3]  # numbered 1-6 in a file that lists adversarial first
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": n, "prompt": q["text"], "text": "Yes"} for n, q in enumerate(adversarial_first, 1)])
+    with pytest.raises(UserError, match=r"3 answers in .* were asked other questions .* id 1: asked 'Is there a bus "
+                                        r"in the image\?.*the item is 'Is there a dog in the image\?'"):
+        score_predictions(get_task("pope"), answers, [ann / "coco_pope_random.json"], ReadOptions(), tmp_path / "o",
+                          quiet=True)
+    answers = _write_jsonl(tmp_path / "answers.jsonl", [  # numbered as the combined file they were made from
+        {"question_id": q["question_id"], "prompt": q["text"], "text": "Yes"} for q in questions])
+    s = score_predictions(get_task("pope"), answers, [combined, ann], ReadOptions(), tmp_path / "o", quiet=True)
+    assert s["counts"]["items"] == 6 and s["metrics"]["yes_ratio"] == 1.0
+    # MMBench: LLaVA's model_vqa_mmbench records hint + question + options as the prompt
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    llava = {0: "What color is the sky?\nA. red\nB. blue\nC. green\nD. black",
+             1: "Look closely.\nHow many cats?\nA. one\nB. two\nC. three"}
+    answers = _write_jsonl(tmp_path / "mm.jsonl", [{"question_id": q, "round_id": 0, "prompt": t, "text": "A"}
+                                                   for q, t in llava.items()])
+    m = score_predictions(get_task("mmbench"), answers, [tsv], ReadOptions(rounds=1), tmp_path / "m", quiet=True,
+                          plots=False)["metrics"]
+    assert m["single_pass_accuracy"] == 0.5
+    answers = _write_jsonl(tmp_path / "mm.jsonl", [{"question_id": 1 - q, "round_id": 0, "prompt": t, "text": "A"}
+                                                   for q, t in llava.items()])
+    with pytest.raises(UserError, match="2 answers in .* were asked other questions"):
+        score_predictions(get_task("mmbench"), answers, [tsv], ReadOptions(rounds=1), tmp_path / "m", quiet=True)
 
 
 def test_pope_reads_category_files_alone(tmp_path):
@@ -374,6 +406,7 @@ def test_mmbench_circular_evaluation_and_submission(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("answer", "E", "row 0 has answer 'E', not the letter of one of its 4 options"),
     ("index", "q0", "index 'q0' is not a number"),
+    ("image", "not-base64!!", "row 0 has an image that is not base64"),  # was a binascii.Error traceback
 ])
 def test_mmbench_bad_rows_are_named(tmp_path, field, value, message):
     """A gold letter past the options, or an index that is no number, was a ValueError traceback."""
@@ -391,7 +424,8 @@ def test_mmbench_bad_rows_are_named(tmp_path, field, value, message):
 
     with pytest.raises(UserError, match=re.escape(message)):
         read_with(value)
-    assert read_with({"answer": "b", "index": "0"}[field]).items[0].answer == 1  # a lower-case letter is that letter
+    if field != "image":
+        assert read_with({"answer": "b", "index": "0"}[field]).items[0].answer == 1  # a lower-case letter is that letter
 
 
 def test_mmbench_file_with_circular_copies(tmp_path):
@@ -411,6 +445,31 @@ def test_mmbench_file_with_circular_copies(tmp_path):
     assert ds.items[1].image == tiny_png(5)  # "7" points at row 7's image
     recs = _records(task, ds, {"7-0": "A", "1000007-0": "A"})
     assert task.score(recs)["circular_accuracy"] == 0.0
+    one = task.read([tsv], ReadOptions(rounds=1))  # --rounds was ignored for a file with copies
+    assert [it.id for it in one.items] == ["7-0"]
+    assert task.score(_records(task, one, {"7-0": "A"}))["circular_accuracy"] == 1.0
+
+
+def test_mmbench_questions_with_unanswered_rounds_are_not_circular_right(tmp_path):
+    """LLaVA answers of round 0 only (model_vqa_mmbench without --all-rounds) gave circular accuracy =
+    single-pass accuracy: a question counted as right in every round from the one round it had."""
+    tsv = _mmbench_tsv(tmp_path / "mmbench_dev.tsv")
+    task = get_task("mmbench")
+    first_only = _write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 0, "round_id": 0, "text": "B"},
+                                                           {"question_id": 1, "round_id": 0, "text": "A"}])
+    m = score_predictions(task, first_only, [tsv], ReadOptions(), tmp_path / "o", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] is None and m["single_pass_accuracy"] == 1.0
+    assert m["n_questions"] == 0 and m["n_incomplete_questions"] == 2
+    # q0 answered in all 4 rounds (right), q1 in 2 of its 3: only q0 is scored circularly
+    lines = [{"question_id": 0, "round_id": r, "text": t} for r, t in enumerate(["B", "A", "D", "C"])]
+    lines += [{"question_id": 1, "round_id": r, "text": t} for r, t in enumerate(["A", "A"])]
+    part = _write_jsonl(tmp_path / "part.jsonl", lines)
+    m = score_predictions(task, part, [tsv], ReadOptions(), tmp_path / "o2", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] == 1.0 and m["n_questions"] == 1 and m["n_incomplete_questions"] == 1
+    assert m["by_category"] == {"color": {"accuracy": 1.0, "n": 1}}
+    # --rounds 2 asks two rounds: both answered is complete (q1 is wrong in round 1)
+    m = score_predictions(task, part, [tsv], ReadOptions(rounds=2), tmp_path / "o3", quiet=True, plots=False)["metrics"]
+    assert m["circular_accuracy"] == 0.5 and m["n_questions"] == 2 and m["n_incomplete_questions"] == 0
 
 
 # -- grading -----------------------------------------------------------------------------------
@@ -577,11 +636,16 @@ def test_mmbench_without_images_warns(tmp_path, capsys):
 def test_pope_refuses_a_build_and_files_without_questions(tmp_path, mcqa_build):
     with pytest.raises(UserError, match="is a vlmforge build; pope reads POPE question files"):
         get_task("pope").read([mcqa_build], ReadOptions())  # it read build.json as POPE: 0 items, exit 0
+    with pytest.raises(UserError, match="is a vlmforge build; scienceqa reads ScienceQA's folder"):
+        get_task("scienceqa").read([mcqa_build], ReadOptions())  # was "give ScienceQA's folder ...", as if none given
     folder = tmp_path / "notpope"
     folder.mkdir()
     (folder / "meta.json").write_text(json.dumps({"name": "something else"}))
     with pytest.raises(UserError, match="no POPE questions"):
         get_task("pope").read([folder], ReadOptions())
+    (folder / "q.json").write_text(json.dumps({"question_id": 1, "text": "Is there a dog?", "label": "yes"}))
+    with pytest.raises(UserError, match="question 1 names no image"):  # was asked with no image at all
+        get_task("pope").read([folder / "q.json"], ReadOptions())
 
 
 def test_split_that_does_not_apply_is_refused_or_used(tmp_path):

@@ -78,8 +78,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         class_template: Annotated[Optional[str], typer.Option("--class-template", help="CLIP: class prompt with {} (or {label}) for the class or grade (default per task, e.g. 'a photo of a {}.')")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="items per model call (loss scoring: sequences)")] = 8,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest generated answer")] = 64,
-        device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend)")] = "cpu",
-        dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (local backend)")] = "auto",
+        device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (local backend: default cpu; transformers backend: default a GPU if there is one)")] = None,
+        dtype: Annotated[Optional[str], typer.Option("--dtype", help="auto, float32, bfloat16 or float16 (local, transformers and vllm backends; default auto)")] = None,
         system: Annotated[Optional[str], typer.Option("--system", help="system prompt (default: none, or LLaVA-1.5's for a run trained with --template vicuna_v1)")] = None,
         api_base: Annotated[Optional[str], typer.Option("--api-base", help="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1 (default $OPENAI_BASE_URL or api.openai.com)")] = None,
         api_key_env: Annotated[str, typer.Option("--api-key-env", help="openai: environment variable holding the API key (never printed)")] = "OPENAI_API_KEY",
@@ -114,15 +114,28 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"give --model for the {backend} backend")
         if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
             raise UserError(f"--image-urls is for the openai backend; the {backend} backend reads the images themselves")
+        if api_base is not None and backend != "openai":
+            raise UserError(f"--api-base is for the openai backend, not {backend}")
+        if device is not None and backend in ("local", "transformers"):
+            from vlmforge.curation.models import check_device
+
+            check_device(device)  # before the data is read and the run's folder is made
         opts = ReadOptions(split=split, image_root=image_root, limit=limit, prompt=prompt, prompt_suffix=prompt_suffix,
                            rounds=rounds, num_grades=num_grades)
         dataset = t.read([p.resolve() for p in data], opts)  # absolute, so a resume from elsewhere matches
         if backend == "local":
-            runner = LocalRunner(model, device=device, dtype=dtype, batch_size=batch_size,
+            runner = LocalRunner(model, device=device or "cpu", dtype=dtype or "auto", batch_size=batch_size,
                                  max_new_tokens=max_new_tokens, system=system)
         else:
+            # Options the backend reads; one it has not would be ignored, so it is refused.
+            takes = {"transformers": {"device": device, "dtype": dtype},
+                     "vllm": {"dtype": dtype}}.get(backend, {})
+            given = [name for name, value in (("device", device), ("dtype", dtype)) if value is not None and name not in takes]
+            if given:
+                raise UserError(f"--{given[0]} does not apply to the {backend} backend"
+                                + (" (vLLM places the model on the GPUs itself)" if backend == "vllm" else ""))
             extra = {"base_url": api_base, "api_key_env": api_key_env, "concurrency": concurrency,
-                     "max_retries": max_retries, "timeout": timeout} if backend == "openai" else {}
+                     "max_retries": max_retries, "timeout": timeout} if backend == "openai" else takes
             runner = GeneratorRunner(backend, model, batch_size=max(batch_size, concurrency * 2 if backend == "openai" else batch_size),
                                      max_new_tokens=max_new_tokens, system=system, **extra)
         if image_urls is not None:
@@ -133,7 +146,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         if split is None and dataset.split not in (None, "test") and not quiet:
             console.print(f"evaluating split {dataset.split!r}, the only split of {dataset.source}")
         settings = {"split": dataset.split, "prompt": prompt, "prompt_suffix": prompt_suffix, "rounds": rounds,
-                    "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype}
+                    "num_grades": num_grades, "max_new_tokens": max_new_tokens, "system": system, "dtype": dtype or "auto"}
         try:
             evaluate(t, dataset, runner, out, scoring=scoring, class_template=class_template, overwrite=overwrite,
                      quiet=quiet, plots=not no_plots, settings=settings)

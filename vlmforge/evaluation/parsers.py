@@ -46,9 +46,13 @@ def parse_yes_no(text: str) -> Parsed:
 
 # -- option letters (ScienceQA, MMBench, MCQA) -----------------------------------------------------
 _ANSWER_IS = re.compile(r"The answer is ([A-Z])\.")
+_ANSWER_IS_LLAVA = re.compile(r"The answer is ([A-Z]).")  # eval_science_qa.py's: any character after the letter
 # The letter itself stays case-sensitive: "the answer is a cat" names no option.
-_ANSWER_IS_LOOSE = re.compile(r"[Aa]nswer(?: is|:)\s*:?\s*\(?([A-Z])\b(?![-'])")
+_ANSWER_IS_LOOSE = re.compile(r"(?:[Aa]nswer(?: is|:)|\b[Oo]ption(?: is|:)?|\b[Cc]hoice(?: is|:)?)\s*:?\s*\(?([A-Z])\b(?![-'])")
 _MARKED_LETTER = re.compile(r"(?:^|[\s(\[])\(?([A-Z])(?:\)|\.(?=\s|$)|:(?=\s|$))")
+_LISTED_OPTION = re.compile(r"^\s*\(?([A-Z])[.):]\s", re.M)  # "B. dog" on a line of its own
+_LONE_LETTER = re.compile(r"\(?([A-Za-z])[.):]?")  # the whole answer: "b", "(b)", "B)"
+_LETTER_LIST = re.compile(r"\(?([A-Z])\)?(?:\s*(?:,|/|&|\band\b|\bor\b)\s*\(?[A-Z]\)?)+\.?")  # "A, C", "A and C"
 _NORM = re.compile(r"[^a-z0-9 ]+")
 
 
@@ -60,24 +64,31 @@ def parse_letter(text: str, n_options: int, options: list[str] | None = None, st
     """The option a free answer picks, as an index into the options (A=0).
 
     Strict (ScienceQA as LLaVA scores it): the whole answer is a letter ("B"), or starts with a
-    letter and ". " ("B. a cat"), or contains exactly one "The answer is X." Otherwise unparsed.
-    Lenient (the default for MCQA and MMBench) adds: "answer: (B)", a single marked letter such as
-    "(B)", "B)" or "B." anywhere, and, when `options` are given, the one option whose text the answer
-    contains. A bare capital "A" inside a sentence is not read as a letter (it is usually the article).
-    Two different letters found at the same step -> "multiple"."""
+    letter and ". " ("B. a cat"), or contains "The answer is X" and one character once, and only once
+    (the pattern of LLaVA's eval_science_qa.py). Otherwise unparsed.
+    Lenient (the default for MCQA and MMBench) ignores Markdown emphasis ("**B**") and adds: a lone
+    lower-case letter ("b", "(b)"), "answer: (B)", "Option B", a single marked letter such as "(B)",
+    "B)" or "B." anywhere, and, when `options` are given, the one option whose text the answer contains.
+    A bare capital "A" inside a sentence is not read as a letter (it is usually the article). Two
+    different letters found at the same step ("A and C", the options echoed one a line) -> "multiple"."""
     valid = LETTERS[:n_options]
-    t = text.strip()
+    t = text.strip() if strict else text.replace("*", "").strip()
     if len(t) == 1 and t in valid:
         return Parsed(valid.index(t))
     if len(t) >= 3 and t[0] in valid and t[1:3] == ". ":
+        if not strict and len(set(_LISTED_OPTION.findall(t)) & set(valid)) > 1:
+            return Parsed(None, "multiple")  # "A. cat\nB. dog\n...": the options echoed, not one chosen
         return Parsed(valid.index(t[0]))
-    found = set(_ANSWER_IS.findall(t))
-    if len(found) == 1 and found <= set(valid):
-        return Parsed(valid.index(found.pop()))
+    # Strict counts every match, as LLaVA does: "The answer is B. ... The answer is B." is no answer there.
+    found = _ANSWER_IS_LLAVA.findall(t) if strict else sorted(set(_ANSWER_IS.findall(t)))
+    if len(found) == 1 and found[0] in valid:
+        return Parsed(valid.index(found[0]))
     if strict:
         return UNPARSED
-    if len(t) == 2 and t[0] in valid and t[1] in ".):":
-        return Parsed(valid.index(t[0]))
+    if (lone := _LONE_LETTER.fullmatch(t)) and lone.group(1).upper() in valid:
+        return Parsed(valid.index(lone.group(1).upper()))
+    if _LETTER_LIST.fullmatch(t) and len(set(re.findall(r"[A-Z]", t)) & set(valid)) > 1:
+        return Parsed(None, "multiple")
     for pattern in (_ANSWER_IS_LOOSE, _MARKED_LETTER):
         hits = set(pattern.findall(t)) & set(valid)
         if len(hits) == 1:

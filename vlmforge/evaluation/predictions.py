@@ -33,14 +33,19 @@ class PredictionLog:
         done: dict[str, dict[str, Any]] = {}
         good_end = 0
         pos = 0
-        for line in raw.splitlines(keepends=True):
+        lines = raw.splitlines(keepends=True)
+        for n, line in enumerate(lines, 1):
             pos += len(line)
-            if not line.endswith(b"\n"):
-                break  # torn write: the process died mid-line
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break
+                rec = json.loads(line) if line.endswith(b"\n") else None
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if not isinstance(rec, dict) or "id" not in rec:
+                if n == len(lines):
+                    break  # torn write: the process died mid-line
+                # Not the end: cutting the file here would drop the predictions after it.
+                raise UserError(f"{self.path} line {n} is not a prediction record; remove that line to resume, "
+                                "or pass --overwrite to start again")
             done[str(rec["id"])] = rec
             good_end = pos
         if good_end < len(raw):
@@ -56,8 +61,9 @@ class PredictionLog:
             os.fsync(f.fileno())
 
 
-def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to continue predictions made by a different run; --overwrite starts over."""
+def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None = None) -> None:
+    """Refuse to continue predictions made by a different run; --overwrite starts over. `items` (how many
+    the run asks, which --limit may change on a resume) is recorded beside the run's identity."""
     run_file = out / RUN_FILE
     preds = out / PREDICTIONS
     if out.exists() and not out.is_dir():
@@ -66,8 +72,14 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         raise UserError(f"--out {out} is a build folder; write the evaluation elsewhere")
     if overwrite:
         preds.unlink(missing_ok=True)
+        _remove_report(out)
     elif run_file.exists():
-        old = json.loads(run_file.read_text())
+        try:
+            old = json.loads(run_file.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{run_file} is damaged, so its predictions cannot be told apart from another run's; "
+                            "pass --overwrite to start again or choose another --out") from None
+        old.pop("items", None)
         if old != run:
             diff = sorted(k for k in set(old) | set(run) if old.get(k) != run.get(k))
             raise UserError(f"{out} holds predictions of another run (differs in {', '.join(diff)}); "
@@ -78,4 +90,21 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot make the output folder {out}: {e.strerror} ({e.filename})") from None
-    run_file.write_text(json.dumps(run, indent=1, sort_keys=True) + "\n")
+    tmp = run_file.with_name(RUN_FILE + ".tmp")  # whole or not there: a run killed as it writes leaves no half file
+    tmp.write_text(json.dumps({**run, "items": items} if items is not None else run, indent=1, sort_keys=True) + "\n")
+    tmp.replace(run_file)
+
+
+def _remove_report(out: Path) -> None:
+    """The summary, plots and task files of the predictions discarded: a run stopped before its own
+    report would leave the old run's numbers beside its predictions."""
+    summary = out / "summary.json"
+    if not summary.is_file():
+        return
+    try:
+        doc = json.loads(summary.read_text())
+    except json.JSONDecodeError:
+        doc = {}
+    for name in [*doc.get("plots", []), *doc.get("files", [])]:
+        (out / Path(name).name).unlink(missing_ok=True)
+    summary.unlink()

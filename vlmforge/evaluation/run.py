@@ -70,6 +70,19 @@ def seen_in_training(dataset: Dataset, model: str) -> tuple[int, Path] | None:
     return sum(b is not None and hashlib.sha256(b).hexdigest() in trained for b in images), runs[0]
 
 
+def check_same_questions(done: dict[str, Record], dataset: Dataset, predictions: Path) -> None:
+    """Predictions kept for a resume must be of the questions as they are now: an item whose gold answer
+    or options changed since (a corrected label, another file at the same path) would be scored
+    against the old ones."""
+    for it in dataset.items:
+        rec = done.get(it.id)
+        if rec is not None and (rec.get("answer"), rec.get("options")) != (it.answer, list(it.options)):
+            raise UserError(f"the data changed since {predictions} was written: item {it.id} has answer "
+                            f"{it.answer!r} and options {it.options}, its prediction there was made for answer "
+                            f"{rec.get('answer')!r} and options {rec.get('options')}; pass --overwrite to ask "
+                            "again, or rescore those answers with `vlmforge eval score --annotations DATA`")
+
+
 def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: str | None = None,
              class_template: str | None = None, overwrite: bool = False, quiet: bool = False,
              plots: bool = True, settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,6 +95,10 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     if not dataset.items:  # before the model loads
         raise UserError(f"no items to evaluate in {dataset.source}")
     check_template(class_template)
+    if scoring is None and not set(runner.scorings) & set(task.scoring_modes):  # e.g. a CLIP model on POPE
+        raise UserError(f"model {runner.name} can only do --scoring {', '.join(runner.scorings)}, which task "
+                        f"{task.name} does not support (it supports {', '.join(task.scoring_modes)}): give a "
+                        "vision-language model")
     scoring = scoring or runner.default_scoring
     if scoring not in task.scoring_modes:
         raise UserError(f"task {task.name} does not support --scoring {scoring} (it supports {', '.join(task.scoring_modes)})")
@@ -99,9 +116,10 @@ def evaluate(task: Task, dataset: Dataset, runner: Runner, out: Path, scoring: s
     run = {"task": task.name, "model": runner.name, "backend": runner.backend, "scoring": scoring,
            "data": dataset.source, "data_build_id": dataset.build_id, "class_template": class_template,
            **(settings or {})}
-    check_run(out, run, overwrite)
+    check_run(out, run, overwrite, items=len(ids))
     log = PredictionLog(out / PREDICTIONS)
     done = log.load()
+    check_same_questions(done, dataset, log.path)
     todo = [it for it in dataset.items if it.id not in done]
     with progress_bar(f"eval {task.name}", total=len(ids), disable=quiet) as advance:
         advance(len(ids) - len(todo))
@@ -237,7 +255,7 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
     if annotations:
         dataset = task.read(annotations, opts)
         by_id = {it.id: it for it in dataset.items}
-        records, unmatched = [], []
+        records, unmatched, other = [], [], []
         for line in lines:
             ident = str(line["id"]) if _is_own_record(line) else task.external_id(line)
             item = by_id.get(ident) if ident is not None else None
@@ -247,16 +265,22 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
             if _is_own_record(line):
                 records.append(task.make_record(item, text=line.get("prediction"), scores=line.get("scores"),
                                                 scoring=line.get("scoring", "generate")))
+            elif not task.same_question(line, item):
+                other.append((line, item))
             else:
                 records.append(task.make_record(item, text=task.external_text(line)))
+        if other:
+            line, item = other[0]
+            raise UserError(f"{len(other)} answers in {predictions} were asked other questions than the items of "
+                            f"the annotations with their ids (e.g. id {item.id}: asked {line['prompt'][:80]!r}, the "
+                            f"item is {item.prompt.splitlines()[0][:80]!r}); give the question file the answers were "
+                            "made from (POPE: LLaVA's llava_pope_test.jsonl with the coco_pope files)")
         if not records:
             raise UserError(f"no prediction in {predictions} matches an item of the annotations "
                             f"(prediction ids like {unmatched[:3]}, item ids like {list(by_id)[:3]})")
         records, extra = _once_per_item(records, predictions, quiet)
         extra.update({"unmatched_predictions": len(unmatched), "items_without_prediction": len(by_id) - len(records)})
         if not quiet and (unmatched or len(records) < len(by_id)):  # the score covers part of the data only
-            from vlmforge.progress import console
-
             console.print(f"[yellow]warning:[/] scored {len(records)} of {len(by_id)} items; "
                           f"{len(unmatched)} predictions match no item (ids like {unmatched[:3]})")
     else:
@@ -277,6 +301,11 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
         if origin.get("data"):
             dataset = Dataset([], source=origin["data"], build_id=origin.get("data_build_id"),
                               split=origin.get("split"))
+        if isinstance(origin.get("items"), int) and len(records) < origin["items"]:  # a run stopped part way
+            extra["items_without_prediction"] = origin["items"] - len(records)
+            if not quiet:
+                console.print(f"[yellow]warning:[/] {predictions} answers {len(records)} of the {origin['items']} "
+                              "items its run asks: the run stopped; rerun its eval command to finish it")
     return finish(task, records, out, dataset=dataset, model=origin.get("model"), backend=origin.get("backend"),
                   scoring=records[0].get("scoring") if records else None, quiet=quiet, plots=plots,
                   predictions=str(predictions), extra_counts=extra)

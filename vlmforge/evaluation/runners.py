@@ -104,6 +104,12 @@ class LocalRunner(Runner):
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES and config.model_type != "clip":
+            # transformers' own refusal is a traceback listing a hundred config classes
+            raise UserError(f"model {path!r} is a {config.model_type!r} checkpoint, neither a vision-language "
+                            "(image-text-to-text, LLaVA-style) model nor CLIP, the two the local backend evaluates")
         if config.model_type == "clip":
             from transformers import CLIPModel
 
@@ -336,16 +342,13 @@ class GeneratorRunner(Runner):
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.options = {k: v for k, v in options.items() if v is not None}
-        self.generator = None
+        if backend in ("transformers", "vllm") and model:
+            from vlmforge.training.llava import export_folder, export_info
 
-    def setup(self) -> None:
-        if self.generator is not None:
-            return
+            if export_info(export_folder(model)).get("template") == "vicuna_v1":  # they ask in the chat template
+                raise UserError(f"{model} was trained on LLaVA-1.5's vicuna_v1 text (`train --template vicuna_v1`), "
+                                f"which the {backend} backend does not write: evaluate it with --backend local")
         import importlib
-
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
 
         from vlmforge.curation.generation import BACKENDS
 
@@ -356,8 +359,19 @@ class GeneratorRunner(Runner):
             gen_cls = getattr(importlib.import_module(module), cls)
         except ImportError as e:
             raise UserError(f"the {self.backend} backend is not available here ({e})") from None
+        # Made here, loaded in setup(): the backends check their options as they are made, so a bad one
+        # stops the run before it writes anything.
         self.generator = gen_cls(model=self.model, **self.options)
+        self._ready = False
+
+    def setup(self) -> None:
+        if self._ready:
+            return
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the transformers backend's 'Loading weights' bar, even with -q
         self.generator.setup()
+        self._ready = True
 
     def generate(self, items: list[EvalItem]) -> list[str]:
         from vlmforge.curation.generation import GenerationRequest

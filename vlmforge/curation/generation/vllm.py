@@ -2,11 +2,13 @@
 
 vLLM pins its own torch and an older transformers, so it is an optional extra installed in a
 separate GPU environment (`pip install 'vlmforge[vllm]'`); it is imported only in `setup()`. On a
-machine without it, `vllm serve MODEL` plus the `openai` backend is the portable route.
+machine without it, `vllm serve MODEL` plus the `openai` backend is the portable route. vLLM loads full
+checkpoints: a LoRA or projector-only run of `vlmforge train` is refused with the command that merges it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vlmforge.curation.generation import GenerationRequest, Generator, local_model_identity
@@ -33,6 +35,27 @@ def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
     return msgs
 
 
+def check_loadable(model: str) -> None:
+    """Refuse, before vLLM starts, what it would not load as a model: a local path that does not exist
+    (vLLM would take it for a Hub id), a build, a LoRA adapter or a projector-only export of `vlmforge
+    train` (merged, they are full models), a plain PEFT adapter, a CLIP model."""
+    from vlmforge.curation.models import check_model_name
+    from vlmforge.training.llava import EXPORT_INFO, export_kind
+
+    check_model_name(model, "generation model")
+    kind = export_kind(model)
+    other = "or use the transformers backend (eval: --backend local), which loads it as it is"
+    if kind == "lora" and not (Path(model) / EXPORT_INFO).is_file():
+        raise UserError(f"{model} is a PEFT adapter, not a model vLLM loads: merge it into its base model "
+                        f"(peft's merge_and_unload, then save_pretrained) and give that folder, {other}")
+    if kind in ("lora", "projector"):
+        what = "a LoRA adapter" if kind == "lora" else "a projector-only export"
+        raise UserError(f"{model} is {what} of `vlmforge train --mode {kind}`, not a full model vLLM loads: merge "
+                        f"it first (`vlmforge model merge {model} --out DIR`, then --model DIR), {other}")
+    if kind == "clip":
+        raise UserError(f"{model} is a CLIP model, which does not generate text")
+
+
 class VllmGenerator(Generator):
     """Options: tensor_parallel_size (1), gpu_memory_utilization (0.85), max_model_len (None),
     dtype ("auto"), trust_remote_code (False)."""
@@ -48,6 +71,7 @@ class VllmGenerator(Generator):
         from vlmforge.training.llava import export_folder
 
         model = export_folder(model)  # a training run folder: its final/ model
+        check_loadable(model)
         super().__init__(model, **options)
         self.engine_args = dict(model=model, tensor_parallel_size=tensor_parallel_size,
                                 gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,

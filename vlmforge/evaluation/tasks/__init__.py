@@ -37,6 +37,7 @@ class Task:
     # item.loss_targets), clip (CLIP zero-shot over class prompts).
     scoring_modes: tuple[str, ...] = ("generate", "loss", "clip")
     clip_template: str = "a photo of a {}."
+    checks_prompts: bool = False  # see `same_question`: tasks whose answer files record prompts we know the form of
 
     def __init__(self, **options: Any):
         self.options = options
@@ -100,6 +101,15 @@ class Task:
             if line.get(key) is not None:
                 return str(line[key])
         return None
+
+    def same_question(self, line: Record, item: EvalItem) -> bool:
+        """Whether a foreign prediction line that records its prompt (LLaVA's answer files do) was asked the
+        item's question: the item's first line (the question, or the hint before it) must be in it. Ids
+        alone pair answers with other questions when they are numbered as in another question file."""
+        prompt = line.get("prompt")
+        if not self.checks_prompts or not isinstance(prompt, str) or not item.prompt.strip():
+            return True
+        return " ".join(item.prompt.split("\n", 1)[0].lower().split()) in " ".join(prompt.lower().split())
 
     def external_text(self, line: Record) -> str | None:
         for key in ("prediction", "text", "response", "output", "answer_text"):

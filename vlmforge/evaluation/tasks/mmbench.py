@@ -3,7 +3,9 @@
 Circular evaluation: each question is asked once per rotation of its options (round r shows the
 options shifted left by r, as LLaVA's model_vqa_mmbench --all-rounds does) and counts as right only
 if every round is right. TSVs that already hold the rotated copies (index >= 1,000,000, as in the
-original MMBench files) are grouped by index mod 1,000,000 instead of rotated again. Writes the
+original MMBench files) are grouped by index mod 1,000,000 instead of rotated again (--rounds keeps the
+first copies). A question with a round unanswered (answers of round 0 only) is left out of circular
+accuracy and counted in `n_incomplete_questions`. Writes the
 submission sheet (index, question, options, prediction, ...) as TSV, and as XLSX when openpyxl is
 installed.
 """
@@ -11,9 +13,10 @@ installed.
 from __future__ import annotations
 
 import base64
+import binascii
 import csv
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ def read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 class MMBenchTask(Task):
     name = "mmbench"
     description = "MMBench TSV with circular evaluation over option rotations; submission export"
+    checks_prompts = True
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         if len(paths) != 1:
@@ -75,6 +79,9 @@ class MMBenchTask(Task):
             if not rows:
                 raise UserError(f"{paths[0]} has no rows of split {opts.split!r} (splits: {', '.join(found)})")
         has_copies = any(_index(r, paths[0]) >= CIRCULAR_OFFSET for r in rows)
+        if has_copies and opts.rounds:  # the copies are the rounds: keep the first --rounds of each question
+            rows = [r for r in rows if _index(r, paths[0]) // CIRCULAR_OFFSET < opts.rounds]
+        copies = Counter(_index(r, paths[0]) % CIRCULAR_OFFSET for r in rows)
         option_cols = [c for c in LETTERS if c in columns]
         items: list[EvalItem] = []
         for row in rows:
@@ -86,6 +93,7 @@ class MMBenchTask(Task):
                                 f"its {len(options)} options")
             gold = None if gold is None else LETTERS.index(gold)
             rounds = 1 if has_copies else min(opts.rounds or len(options), len(options))
+            asked = copies[index % CIRCULAR_OFFSET] if has_copies else rounds  # rounds the question is asked in
             for r in range(rounds):
                 order = list(range(r, len(options))) + list(range(r))
                 shown = [options[i] for i in order]
@@ -94,10 +102,10 @@ class MMBenchTask(Task):
                     id=f"{index}-{r}", prompt=f"{question}\n{option_lines(shown)}\n{LETTER_INSTRUCTION}",
                     answer=None if gold is None else order.index(gold), options=shown,
                     meta={"index": index % CIRCULAR_OFFSET, "round": r if not has_copies else index // CIRCULAR_OFFSET,
-                          "order": order, "category": row.get("category"),
+                          "rounds": asked, "order": order, "category": row.get("category"),
                           "l2_category": row.get("l2-category", row.get("L2-category")),
                           "question": row["question"], "split": row.get("split")},
-                    image=self._image(row.get("image", ""), images),
+                    image=self._image(row.get("image", ""), images, f"{paths[0]}: row {index}"),
                 ))
         if opts.limit:
             keep = {it.meta["index"] for it in items[: opts.limit]}  # whole questions, all their rounds
@@ -106,11 +114,14 @@ class MMBenchTask(Task):
                        split=opts.split)
 
     @staticmethod
-    def _image(value: str, images: dict[str, str]) -> bytes | None:
+    def _image(value: str, images: dict[str, str], where: str) -> bytes | None:
         # Rotated copies may point at the row holding the image by its index.
         if value and value.isdigit() and len(value) < 16 and value in images:
             value = images[value]
-        return base64.b64decode(value) if value else None
+        try:
+            return base64.b64decode(value) if value else None
+        except binascii.Error as e:
+            raise UserError(f"{where} has an image that is not base64 ({e}); is the TSV cut short?") from None
 
     def parse(self, rec: Record) -> Parsed:
         return parse_letter(rec["prediction"], len(rec["options"]), rec["options"],
@@ -125,15 +136,20 @@ class MMBenchTask(Task):
     def score(self, records: list[Record]) -> dict[str, Any]:
         scored = [r for r in records if r["answer"] is not None]
         by_question: dict[int, list[bool]] = defaultdict(list)
+        seen: dict[int, set[int]] = defaultdict(set)
         first: dict[int, Record] = {}
         meta: dict[int, dict[str, Any]] = {}
         for r in scored:
             q = r["meta"]["index"]
             meta.setdefault(q, r["meta"])
             by_question[q].append(self.is_correct(r, self.interpret(r)))
+            seen[q].add(r["meta"]["round"])
             if r["meta"]["round"] == 0:
                 first[q] = r
-        circular = {q: all(v) for q, v in by_question.items()}
+        # A question with rounds unanswered (answers of round 0 only, a partial file) is not circular-right
+        # because the rounds it has are; it is left out and counted. Records without "rounds" predate it.
+        incomplete = {q for q in by_question if len(seen[q]) < meta[q].get("rounds", 0)}
+        circular = {q: all(v) for q, v in by_question.items() if q not in incomplete}
 
         def grouped(field: str) -> dict[str, Any]:
             groups: dict[str, list[bool]] = defaultdict(list)
@@ -145,6 +161,7 @@ class MMBenchTask(Task):
             "circular_accuracy": accuracy(list(circular.values())),
             "single_pass_accuracy": accuracy([self.is_correct(r, self.interpret(r)) for r in first.values()]),
             "n_questions": len(circular),
+            "n_incomplete_questions": len(incomplete),
             "n_rounds": len(scored),
             "n_without_answer": len(records) - len(scored),
             "by_category": grouped("category"),

@@ -55,6 +55,7 @@ class PopeTask(Task):
     name = "pope"
     description = "POPE yes/no object hallucination (random, popular, adversarial)"
     scoring_modes = ("generate", "loss")
+    checks_prompts = True
 
     def read(self, paths: list[Path], opts: ReadOptions) -> Dataset:
         no_split(opts, "POPE question files have no splits")
@@ -99,6 +100,8 @@ class PopeTask(Task):
             label = str(rec["label"]).strip().lower()
             if label not in ("yes", "no"):
                 raise UserError(f"{f}: question {qid} has label {rec['label']!r}; POPE labels are yes or no")
+            if not rec.get("image"):  # asked without it, every answer is a guess
+                raise UserError(f"{f}: question {qid} names no image; POPE questions are about one ('image': file name)")
             items.append(EvalItem(
                 id=qid if unique else f"{cat}-{qid}", prompt=text, answer=label, options=["Yes", "No"],
                 meta={"category": cat or "all", "question_id": rec.get("question_id")},

@@ -15,7 +15,7 @@ from typing import Any
 
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import (
-    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, first_turns, no_split, option_lines,
+    LETTER_INSTRUCTION, Dataset, EvalItem, ReadOptions, apply_limit, first_turns, is_build, no_split, option_lines,
     read_records, resolve_image,
 )
 from vlmforge.evaluation.metrics import accuracy, grouped_accuracy
@@ -63,6 +63,9 @@ def _load_problems(paths: list[Path]) -> tuple[dict[str, Any], dict[str, list[st
     for p in paths:
         if not p.exists():
             raise UserError(f"{p} does not exist")
+        if is_build(p):
+            raise UserError(f"{p} is a vlmforge build; scienceqa reads ScienceQA's folder (problems.json, "
+                            "pid_splits.json) or LLaVA-format question files")
     for p in paths:
         folder = p if p.is_dir() else p.parent
         file = p / "problems.json" if p.is_dir() else p
