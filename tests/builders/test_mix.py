@@ -193,3 +193,18 @@ def test_into_a_training_split_notes_a_parent_test_split_it_takes(tmp_path, pare
                                          "--parent-split names the splits to read"]
     assert notes("train", splits=["train"]) == []
     assert notes("test") == []
+
+
+def test_shared_keys_near_the_longest_key_are_renamed_within_it(tmp_path):
+    from vlmforge.sample import MAX_KEY
+
+    from tests.derived_data import long_ids_json
+
+    a = vlmforge.build("copy", "llava-json", out=tmp_path / "a", source_options={"json": str(long_ids_json(tmp_path))})
+    b = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(a.path)}, fraction=1.0)
+    m = vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(a.path), str(b.path)]},
+                       take=["all", "all"])
+    rows = m.sql("SELECT key, parent_key, parent_build FROM samples").fetchall()
+    assert len(rows) == len({k for k, _, _ in rows}) == 2 * len(a)
+    assert max(len(k) for k, _, _ in rows) == MAX_KEY  # the long parent keys, renamed, fit
+    assert all(k.startswith(p[:8] + "-") for k, _, p in rows)

@@ -20,7 +20,7 @@ from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
 from vlmforge.curation.selection import TEST_SPLIT, check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
-from vlmforge.sample import Reject, Sample
+from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.build import BuildSource
 
@@ -242,7 +242,7 @@ class MixBuilder(DerivedBuilder):
             parent_id = self.src.parents[i]
             key = rec["key"]
             if (i, key) in self.plan.renamed:
-                key = f"{parent_id[:8]}-{key}"
+                key = make_key(f"{parent_id[:8]}-{key}")  # as it is, unless too long for a key
             sample = parent_sample(rec, self.columns, key=key)
             sample.columns.update(parent_build=parent_id, parent_key=rec["key"])
             out.append([sample])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sample import make_key
+from vlmforge.sample import MAX_KEY, make_key
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.jsonstream import SpanReader, iter_json_array
 
@@ -37,7 +37,7 @@ def source_of_image(image: str | None) -> str:
     return {"coco": "coco", "gqa": "gqa", "ocr_vqa": "ocr_vqa", "textvqa": "textvqa", "vg": "vg"}.get(top, top)
 
 
-_CLEAN_KEY = re.compile(r"[a-z0-9_][a-z0-9_-]{0,179}")
+_CLEAN_KEY = re.compile(rf"[a-z0-9_][a-z0-9_-]{{0,{MAX_KEY - 1}}}")
 
 
 def sample_key(source_id: str) -> str:
