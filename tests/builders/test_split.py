@@ -133,6 +133,8 @@ def test_llava_split_same_records_whatever_order(tmp_path):
     # The same content stays under the same key in both orders, repeated ids included.
     content = lambda build: {x["__key__"]: x["json"]["conversations"] for x in build.samples()}  # noqa: E731
     assert content(ba) == content(bb)
+    with pytest.raises(UserError, match="--stratify-by label: a LLaVA JSON file can be stratified by source"):
+        vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options=opts(a), fraction=0.5, stratify_by="label")
     # The JSON-to-JSON split keeps exactly the same records, copied verbatim.
     for f in (a, b):
         out = split_llava_json(f, tmp_path / f.stem, fraction=0.5, stratify_by="source")

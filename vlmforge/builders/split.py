@@ -75,6 +75,11 @@ class SplitPlan(Plan):
 
     def fit(self, src: Source) -> None:
         self.column = stratum_column(src, self.config.stratify_by)
+        if self.column and not isinstance(src, BuildSource) and self.column != "subsource":
+            # A raw record has no such field: every record would be one stratum, the split unstratified.
+            raise UserError(f"--stratify-by {self.config.stratify_by}: a LLaVA JSON file can be stratified by source "
+                            "(its sub-dataset) only; to stratify by a column, copy it into a build first "
+                            "(vlmforge build copy --source llava-json) and split that")
         if self.column:
             check_column(src, self.column)
         by = self.config.group_by
