@@ -221,15 +221,15 @@ def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
 
 
 def test_a_derived_build_never_lands_in_its_parents_folder(tmp_path, parent):
-    """`split --from builds/split/1.2.0` with the default --out builds aims at the parent's own folder:
+    """`split --from builds/split/1.3.0` with the default --out builds aims at the parent's own folder:
     --overwrite deleted the parent and left an empty build in its place."""
     first = vlmforge.build("split", "build", out=tmp_path / "builds", source_options={"path": str(parent.path)}, fraction=0.5)
-    inner = vlmforge.build("split", "build", out=tmp_path / "a" / "split" / "1.2.0" / "in", fraction=0.5,
+    inner = vlmforge.build("split", "build", out=tmp_path / "a" / "split" / "1.3.0" / "in", fraction=0.5,
                            source_options={"path": str(parent.path)})
     before = build_files(first.path), build_files(inner.path)
     for out, p in ((tmp_path / "builds", first), (tmp_path / "a", inner)):  # its folder, or one above it
         for overwrite in (False, True):
-            with pytest.raises(UserError, match=rf"{out / 'split' / '1.2.0'} is the folder of the parent build "
+            with pytest.raises(UserError, match=rf"{out / 'split' / '1.3.0'} is the folder of the parent build "
                                                 rf"{p.path}; choose another --out"):
                 vlmforge.build("split", "build", out=out, source_options={"path": str(p.path)}, fraction=0.5,
                                overwrite=overwrite)
@@ -263,7 +263,7 @@ def test_out_naming_a_file_is_one_error_line(tmp_path, parent):
                         "0.5", "--out", str(tmp_path / "afile"), "-q"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.2.0'}: "
+    assert line.startswith(f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.3.0'}: "
                            f"Not a directory ({tmp_path / 'afile'}")
 
 

@@ -200,7 +200,7 @@ class SplitBuilder(DerivedBuilder, CopyBuilder):
     """Copy's processing (raw LLaVA JSON records or parent samples) behind a SplitPlan."""
 
     name = "split"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = SplitConfig
     description = "A hashed fraction of a parent build or LLaVA JSON, or its partition into named splits."
     plan_class = SplitPlan

@@ -7,12 +7,14 @@ decoded one record at a time (`jsonstream`), so a 1 GB file never sits in memory
 Record ids are the source ids. mix665k repeats ids (the same image in several sub-datasets, with
 different conversations), so a repeated id is told apart by a digest of the record's content, not by
 its position: the ids, and hence the sample keys, do not depend on the order of the records.
+The fingerprint covers the file and its records' image paths and file sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,13 +30,27 @@ from vlmforge.sources.jsonstream import SpanReader, iter_json_array
 SUBSOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg", "text-only")
 
 
-def source_of_image(image: str | None) -> str:
-    """The sub-dataset a mix665k record comes from, by its image path: coco, gqa, ocr_vqa, textvqa,
-    vg, or text-only."""
+def source_of_image(image: Any) -> str:
+    """The sub-dataset a mix665k record comes from, by its image path (the first one of a list): coco,
+    gqa, ocr_vqa, textvqa, vg, or text-only. That is the path's first folder ('./' left out; of an
+    absolute path, the first of those five among its folders), else 'other'."""
+    if isinstance(image, list) and image:
+        image = image[0]
     if not image:
         return "text-only"
-    top = str(image).replace("\\", "/").split("/", 1)[0].lower()
-    return {"coco": "coco", "gqa": "gqa", "ocr_vqa": "ocr_vqa", "textvqa": "textvqa", "vg": "vg"}.get(top, top)
+    if not isinstance(image, str):
+        return "other"
+    parts = [p.lower() for p in image.replace("\\", "/").split("/")[:-1] if p not in ("", ".")]
+    if image.startswith("/"):
+        parts = [p for p in parts if p in SUBSOURCES] or parts
+    return parts[0] if parts else "other"
+
+
+def one_image(image: Any) -> Any:
+    """A record's `image` field, a list of one path (as LLaVA-NeXT data writes some) read as that path."""
+    if isinstance(image, list) and len(image) == 1 and isinstance(image[0], str):
+        return image[0]
+    return image
 
 
 _CLEAN_KEY = re.compile(rf"[a-z0-9_][a-z0-9_-]{{0,{MAX_KEY - 1}}}")
@@ -114,20 +130,23 @@ class LlavaIndex:
     starts: array = field(default_factory=lambda: array("Q"))
     ends: array = field(default_factory=lambda: array("Q"))
     invalid: set[int] = field(default_factory=set)
+    images_digest: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def scan(path: Path) -> LlavaIndex:
+def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     """Index a LLaVA JSON file in one streaming pass (plus a re-read of the first record of each
-    repeated id, whose repetition shows only later)."""
+    repeated id, whose repetition shows only later). With `image_root`, the records' image paths and
+    the sizes of their files are digested too (`images_digest`)."""
     idx = LlavaIndex()
     ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
     surrogates = _surrogate_escapes(path)  # records are walked for lone ones only where the file has any
     first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
+    images = hashlib.sha256() if image_root is not None else None
     for i, (rec, start, end) in enumerate(iter_json_array(path)):
         starts.append(start)
         ends.append(end)
@@ -138,6 +157,8 @@ def scan(path: Path) -> LlavaIndex:
             subsources.append("invalid")
             continue
         subsources.append(source_of_image(rec.get("image")))
+        if images is not None:
+            _hash_image(images, image_root, rec.get("image"))
         rid = rec.get("id")
         if rid is None or rid == "":
             ids.append(f"noid#{content_digest(rec)}")
@@ -172,7 +193,22 @@ def scan(path: Path) -> LlavaIndex:
             seen[name] += 1
             if seen[name] > 1:
                 ids[i] = f"{name}#{seen[name] - 1}"
+    if images is not None:
+        idx.images_digest = images.hexdigest()
     return idx
+
+
+def _hash_image(h: Any, root: Path, image: Any) -> None:
+    """Fold a record's image path and file size (-1: no file) into `h`: images added, replaced or
+    removed after a build make another build, as for other sources (too many to hash whole)."""
+    image = one_image(image)
+    if not image or not isinstance(image, str):
+        return
+    try:
+        size = os.stat(root / image).st_size
+    except OSError:
+        size = -1
+    h.update(f"{image}\0{size}\0".encode())
 
 
 class LlavaJsonSource(Source):
@@ -195,7 +231,7 @@ class LlavaJsonSource(Source):
     def index(self) -> LlavaIndex:
         """The file's index (one streaming pass, done once)."""
         if self._index is None:
-            self._index = scan(self.path)
+            self._index = scan(self.path, self.image_root)
         return self._index
 
     def __getstate__(self) -> dict[str, Any]:
@@ -218,7 +254,7 @@ class LlavaJsonSource(Source):
             if problem:
                 yield {"source_id": sid, "index": i, "invalid": problem}
                 continue
-            image = rec.get("image")
+            image = one_image(rec.get("image"))
             out = {"source_id": sid, "index": i, "record": rec, "file": None, "subsource": idx.subsources[i]}
             problem = _image_problem(image) if image else None
             if problem:
@@ -232,6 +268,7 @@ class LlavaJsonSource(Source):
         with open(self.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
+        h.update(self.index().images_digest.encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
