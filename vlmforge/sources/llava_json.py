@@ -147,6 +147,7 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
     images = hashlib.sha256() if image_root is not None else None
+    root = str(image_root)
     for i, (rec, start, end) in enumerate(iter_json_array(path)):
         starts.append(start)
         ends.append(end)
@@ -158,7 +159,7 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
             continue
         subsources.append(source_of_image(rec.get("image")))
         if images is not None:
-            _hash_image(images, image_root, rec.get("image"))
+            _hash_image(images, root, rec.get("image"))
         rid = rec.get("id")
         if rid is None or rid == "":
             ids.append(f"noid#{content_digest(rec)}")
@@ -198,14 +199,14 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     return idx
 
 
-def _hash_image(h: Any, root: Path, image: Any) -> None:
+def _hash_image(h: Any, root: str, image: Any) -> None:
     """Fold a record's image path and file size (-1: no file) into `h`: images added, replaced or
     removed after a build make another build, as for other sources (too many to hash whole)."""
     image = one_image(image)
     if not image or not isinstance(image, str):
         return
     try:
-        size = os.stat(root / image).st_size
+        size = os.stat(os.path.join(root, image)).st_size
     except OSError:
         size = -1
     h.update(f"{image}\0{size}\0".encode())
