@@ -200,13 +200,16 @@ class MixPlan(Plan):
         repeated: dict[int, int] = {}
         for i, p in enumerate(parents):
             for split in p.splits():
-                for key, sha in iter_fields(p, split, ["image_sha256"]):
-                    # 64 bits of the hash are plenty for a note, and a quarter of the memory.
-                    if sha is not None and self.cuts.part(key, i) == 0 and first.setdefault(sha[:16], i) != i:
+                for key, image, text in iter_fields(p, split, ["image_sha256", "json_sha256"]):
+                    # A text-only record by its json. 64 bits of the hash are plenty for a note, and a
+                    # quarter of the memory.
+                    sha = "i" + image[:16] if image is not None else "t" + text[:16]
+                    if self.cuts.part(key, i) == 0 and first.setdefault(sha, i) != i:
                         repeated[i] = repeated.get(i, 0) + 1
         for i, n in sorted(repeated.items()):
-            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image of a record "
-                              "of an earlier parent: the same samples twice (is one parent derived from the other?)")
+            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image (text-only: the "
+                              "json) of a record of an earlier parent: the same samples twice (is one parent derived "
+                              "from the other?)")
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         if self.cuts.part(rec["key"], rec["parent_index"]) != 0:
