@@ -133,6 +133,13 @@ def test_llava_split_same_records_whatever_order(tmp_path):
     # The same content stays under the same key in both orders, repeated ids included.
     content = lambda build: {x["__key__"]: x["json"]["conversations"] for x in build.samples()}  # noqa: E731
     assert content(ba) == content(bb)
+    # Records that are no LLaVA record are rejects, all of them: before, those the hash left out (and with
+    # --stratify-by every one) were in no split and in no rejects table.
+    broken = write_json(tmp_path / "c.json", recs + [{"id": f"bad{i}", "conversations": "none"} for i in range(6)])
+    for how in (dict(fraction=0.5), dict(fraction=0.5, stratify_by="source"), dict(splits="x=0.2,y=0.3")):
+        c = vlmforge.build("split", "llava-json", out=tmp_path / "c", source_options=opts(broken), overwrite=True, **how)
+        assert sorted(c.sql("SELECT source_id, reason FROM rejects").fetchall()) == [(f"bad{i}", "invalid_record") for i in range(6)]
+        assert len(c) == 30 and (_keys(c) == _keys(ba) or "stratify_by" not in how)  # the same selection
     with pytest.raises(UserError, match="--stratify-by label: a LLaVA JSON file can be stratified by source"):
         vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options=opts(a), fraction=0.5, stratify_by="label")
     # The JSON-to-JSON split keeps exactly the same records, copied verbatim.
