@@ -191,3 +191,21 @@ def test_a_numeric_label_column_is_a_class_name(tmp_path):
                         seen_classes=["0", "2"], label_column="grade")
     assert _labels(su, "train") == {"0": 6, "2": 4} and _labels(su, "test_unseen") == {"1": 2, "3": 2}
     assert {r[0] for r in su.sql("SELECT DISTINCT class_set FROM samples WHERE split = 'test_seen'").fetchall()} == {"seen"}
+
+
+def test_a_class_without_training_records_is_unseen(tmp_path, parent):
+    """Before: the hash could call a class seen that no training record has (a rare label of a split
+    occlusion build), and its test records went to test_seen as if the model had learnt it."""
+    from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+
+    where = "NOT (split = 'train' AND label IN ('frog', 'newt'))"
+    opts = {"path": str(parent.path), "where": where}
+    b = vlmforge.build("subset", "build", out=tmp_path / "a", source_options=opts, mode="seen-unseen", unseen_fraction=0.2)
+    trained = set(_labels(b, "train"))
+    assert set(_labels(b, "test_seen")) == trained and {"frog", "newt"} <= set(_labels(b, "test_unseen"))
+    moved = b.info["source"]["selection"]["unseen_without_training_records"]  # those the hash had called seen
+    assert len(trained) == 4 and moved and set(moved) <= {"frog", "newt"}
+    listed = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["cat", "frog"]), SubsetBuilder.open_source("build", **opts))
+    assert listed.src.count("test_seen") == 4  # the user's list stands, and is noted
+    assert listed.src.notes == ["1 classes have no record in train, yet --classes-from lists them as seen: frog",
+                                "15 records of unseen classes in train are left out (training keeps seen classes only)"]
