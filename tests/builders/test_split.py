@@ -11,6 +11,7 @@ import vlmforge
 from vlmforge.builders.split import SplitBuilder, SplitConfig
 from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value
 from vlmforge.errors import UserError
+from vlmforge.sources.build import BuildSource
 from vlmforge.export import split_llava_json
 
 from tests.derived_data import class_folder, llava_records, tiny_jpeg, write_json
@@ -86,6 +87,9 @@ def test_partition_is_disjoint_and_covers(tmp_path, parent):
     assert [len(parts[s]) for s in ("train", "val", "test")] == [37, 11, 5]  # of 53
     assert parts["train"] | parts["val"] | parts["test"] == _keys(parent)
     assert not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
+    # Fractions that add up to less than 1 (a split forgotten) leave records out: said, not silent.
+    plan = SplitBuilder(SplitConfig(splits="train=0.7,val=0.2"), BuildSource(parent.path)).src
+    assert plan.count("train") == 37 and plan.notes == ["the --splits fractions add up to 0.9: 5 of the 53 records are in no split"]
 
 
 def test_where_and_bad_options(tmp_path, parent):
@@ -247,7 +251,6 @@ def test_stratify_by_a_column_of_unique_values(tmp_path, parent):
     """Stratified by `key` the fields query returned `key` once (a dict row), every record fell out of
     its stratum and the build was empty; and one-record strata only keep or drop whole records."""
     from vlmforge.builders.derived import iter_fields
-    from vlmforge.sources.build import BuildSource
 
     rows = list(iter_fields(BuildSource(parent.path), "train", ["key", "label"]))
     assert len(rows) == 35 and all(len(r) == 3 and r[0] == r[1] and r[2] for r in rows)

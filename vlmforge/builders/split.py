@@ -124,7 +124,20 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+        if self.parts and sum(fractions) < 1 - 1e-9:
+            self._note_left_out(src, sum(fractions))
         self._note_shared_images(src, fields)
+
+    def _note_left_out(self, src: Source, total: float) -> None:
+        """A partition whose fractions add up to less than 1 (a split forgotten) leaves records out: said."""
+        from vlmforge.sources.llava_json import LlavaJsonSource
+
+        n = sum(src.count(s) for s in src.splits())
+        if isinstance(src, LlavaJsonSource):
+            n -= len(src.index().invalid)  # rejects, not records
+        left = n - sum(self.counts.values())
+        if left:
+            self.notes.append(f"the --splits fractions add up to {total:g}: {left} of the {n} records are in no split")
 
     def _note_shared_images(self, src: Source, fields: list[str]) -> None:
         """Records are split one by one: samples of one image (an occlusion build hides several objects
