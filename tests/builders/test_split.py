@@ -89,7 +89,14 @@ def test_partition_is_disjoint_and_covers(tmp_path, parent):
     assert not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
     # Fractions that add up to less than 1 (a split forgotten) leave records out: said, not silent.
     plan = SplitBuilder(SplitConfig(splits="train=0.7,val=0.2"), BuildSource(parent.path)).src
-    assert plan.count("train") == 37 and plan.notes == ["the --splits fractions add up to 0.9: 5 of the 53 records are in no split"]
+    assert plan.count("train") == 37 and plan.notes[0] == "the --splits fractions add up to 0.9: 5 of the 53 records are in no split"
+    # The parent's test records pooled into train: said (before: without a word), unless --parent-split chose.
+    moved = len(parts["train"] & _keys(parent, "test"))
+    assert moved and plan.notes[1:] == [f"--splits pools every parent split: records of the parent's test split go to "
+                                        f"other splits ({moved} to train, {len(parts['val'] & _keys(parent, 'test'))} to "
+                                        "val); --parent-split names the splits to read"]
+    chosen = SplitBuilder(SplitConfig(splits="train=0.5,val=0.5"), BuildSource(parent.path, splits=["test"])).src
+    assert chosen.count("train") == 9 and chosen.notes == []
 
 
 def test_where_and_bad_options(tmp_path, parent):

@@ -12,6 +12,7 @@ fractions then count the column's values, hashed as keys, and a record without a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.builders.derived import (
     DerivedBuilder, Plan, build_key, check_column, group_key, iter_fields, open_parent,
 )
-from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
+from vlmforge.curation.selection import TEST_SPLIT, check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
 from vlmforge.errors import UserError
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.build import BuildSource
@@ -126,7 +127,23 @@ class SplitPlan(Plan):
                                 f"round(fraction * n) per group")
         if self.parts and sum(fractions) < 1 - 1e-9:
             self._note_left_out(src, sum(fractions))
+        if self.parts:
+            self._note_test_records_trained(src, fields)
         self._note_shared_images(src, fields)
+
+    def _note_test_records_trained(self, src: Source, fields: list[str]) -> None:
+        """A partition pools the parent's splits: its held-out test records may land in train."""
+        if not isinstance(src, BuildSource) or src.chosen_splits is not None:
+            return
+        names = [n for n, _ in self.parts]
+        for split in (s for s in src.splits() if TEST_SPLIT.fullmatch(s)):
+            parts = [self._part(key, split, values[0] if fields else None)
+                     for key, *values in iter_fields(src, split, fields)]
+            moved = Counter(names[i] for i in parts if i is not None and not TEST_SPLIT.fullmatch(names[i]))
+            if moved:
+                where = ", ".join(f"{n} to {name}" for name, n in sorted(moved.items()))
+                self.notes.append(f"--splits pools every parent split: records of the parent's {split} split go to other "
+                                  f"splits ({where}); --parent-split names the splits to read")
 
     def _note_left_out(self, src: Source, total: float) -> None:
         """A partition whose fractions add up to less than 1 (a split forgotten) leaves records out: said."""
