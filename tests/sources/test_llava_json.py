@@ -203,16 +203,25 @@ def test_image_paths_as_llava_next_and_other_tools_write_them(tmp_path):
 def test_images_added_after_a_build_make_another_build(tmp_path):
     """Before: the fingerprint was the JSON file's alone, so after the missing images were downloaded the
     same command said 'up to date' and kept their records as missing_image rejects."""
+    from vlmforge.builders.split import SplitBuilder, SplitConfig
+    from vlmforge.sources.llava_json import LlavaJsonSource
+
     recs = [r for r in llava_records(12) if "image" in r]
     path = write_json(tmp_path / "llava.json", recs)
     (tmp_path / "coco").mkdir()
     opts = {"json": str(path), "image_root": str(tmp_path)}
     before = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts)
     assert len(before) == 0 and before.sql("SELECT count(*) FROM rejects").fetchall() == [(len(recs),)]
+    # A wrong or forgotten --image-root is said once, after the build, for copy and split alike.
+    half = SplitBuilder(SplitConfig(fraction=0.5), LlavaJsonSource(path, tmp_path)).src
+    assert half.count("train") == len(recs) // 2 and half.notes == [
+        f"{len(recs)} of the file's records name an image that is not under {tmp_path} "
+        "(--image-root; default: the JSON file's folder)"]
     for r in recs:
         (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / r["image"]).write_bytes(_image("RGB", "JPEG"))
     after = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts, overwrite=True)
     assert after.build_id != before.build_id and len(after) == len(recs)
+    assert LlavaJsonSource(path, tmp_path).notes == []
     (tmp_path / recs[0]["image"]).write_bytes(_image("L", "PNG"))  # replaced by another file
     assert vlmforge.build("copy", "llava-json", out=tmp_path / "c", source_options=opts).build_id != after.build_id

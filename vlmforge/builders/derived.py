@@ -171,7 +171,7 @@ class SelectedSource(Source):
 
     @property
     def notes(self) -> list[str]:
-        return self.plan.notes
+        return self.plan.notes + getattr(self.base, "notes", [])
 
     def fingerprint(self) -> str:
         return self.base.fingerprint()

@@ -131,6 +131,7 @@ class LlavaIndex:
     ends: array = field(default_factory=lambda: array("Q"))
     invalid: set[int] = field(default_factory=set)
     images_digest: str = ""
+    missing_images: int = 0  # records whose image file is not there
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,8 +159,8 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
             subsources.append("invalid")
             continue
         subsources.append(source_of_image(rec.get("image")))
-        if images is not None:
-            _hash_image(images, root, rec.get("image"))
+        if images is not None and not _hash_image(images, root, rec.get("image")):
+            idx.missing_images += 1
         rid = rec.get("id")
         if rid is None or rid == "":
             ids.append(f"noid#{content_digest(rec)}")
@@ -199,17 +200,19 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     return idx
 
 
-def _hash_image(h: Any, root: str, image: Any) -> None:
+def _hash_image(h: Any, root: str, image: Any) -> bool:
     """Fold a record's image path and file size (-1: no file) into `h`: images added, replaced or
-    removed after a build make another build, as for other sources (too many to hash whole)."""
+    removed after a build make another build, as for other sources (too many to hash whole). False
+    when the image file is not there."""
     image = one_image(image)
     if not image or not isinstance(image, str):
-        return
+        return True
     try:
         size = os.stat(os.path.join(root, image)).st_size
     except OSError:
         size = -1
     h.update(f"{image}\0{size}\0".encode())
+    return size >= 0
 
 
 class LlavaJsonSource(Source):
@@ -274,3 +277,12 @@ class LlavaJsonSource(Source):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "file": self.path.name}
+
+    @property
+    def notes(self) -> list[str]:
+        """Printed after the build's summary: a wrong or forgotten --image-root shows at once."""
+        missing = self.index().missing_images
+        if not missing:
+            return []
+        return [f"{missing} of the file's records name an image that is not under {self.image_root} "
+                "(--image-root; default: the JSON file's folder)"]
