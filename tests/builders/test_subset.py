@@ -209,3 +209,20 @@ def test_a_class_without_training_records_is_unseen(tmp_path, parent):
     assert listed.src.count("test_seen") == 4  # the user's list stands, and is noted
     assert listed.src.notes == ["1 classes have no record in train, yet --classes-from lists them as seen: frog",
                                 "15 records of unseen classes in train are left out (training keeps seen classes only)"]
+
+
+def test_unseen_classes_that_name_a_seen_one_are_noted(tmp_path):
+    """Before: 'puppy' held out while 'dog' was trained passed for an unseen class without a word."""
+    from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+    from vlmforge.sources.build import BuildSource
+
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        class_folder(root, {"dog": 2, "puppy": 2, "cat": 2, "kittens": 2, "newt": 2}, split)
+    p = vlmforge.build("copy", "imagefolder", out=tmp_path / "p", source_options={"root": str(root)})
+    b = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["dog", "cat"]), BuildSource(p.path)).src
+    assert b.count("test_unseen") == 6
+    assert b.notes[0] == ("2 unseen classes name the same thing as a seen class (kittens ~ cat, puppy ~ dog); a column "
+                          "of categories (--label-column) holds them out together")
+    other = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["dog", "puppy"]), BuildSource(p.path)).src
+    assert other.count("test_seen") == 4 and not any("name the same thing" in n for n in other.notes)

@@ -152,6 +152,7 @@ class SubsetPlan(Plan):
             self.notes.append(f"{len(untrained)} classes have no record in {', '.join(self.train_splits)}, {how}: "
                               f"{', '.join(untrained[:5])}{' ...' if len(untrained) > 5 else ''}")
         self.unseen = set(classes) - self.seen
+        self._note_unseen_synonyms()
         outs: list[str] = []
         self.counts = {}
         left_out = 0  # training records of unseen classes
@@ -181,6 +182,18 @@ class SubsetPlan(Plan):
                             where_seen=sql_in(cfg.label_column, sorted(self.seen)),
                             where_unseen=sql_in(cfg.label_column, sorted(self.unseen)),
                             train_splits=list(self.train_splits))
+
+    def _note_unseen_synonyms(self) -> None:
+        """Unseen classes that name a seen one (case, a synonym or plural: 'Dog', 'puppy', 'woman' for
+        'dog', 'dog', 'man') were seen under another name: said, as the split is by name."""
+        from vlmforge.builders.mcqa import coco_meaning
+
+        seen = {coco_meaning(c): c for c in sorted(self.seen)}
+        pairs = [f"{c} ~ {seen[coco_meaning(c)]}" for c in sorted(self.unseen) if coco_meaning(c) in seen]
+        if pairs:
+            self.notes.append(f"{len(pairs)} unseen classes name the same thing as a seen class ({', '.join(pairs[:5])}"
+                              f"{' ...' if len(pairs) > 5 else ''}); a column of categories (--label-column) "
+                              "holds them out together")
 
     # -- assigning --------------------------------------------------------------------------
     def assign(self, rec: Record, base_split: str) -> str | None:
