@@ -213,7 +213,7 @@ class SplitPlan(Plan):
         return self.cuts.part(key, self._group(split, value))
 
     def assign(self, rec: Record, base_split: str) -> str | None:
-        if "invalid" in rec:  # a raw record that is no LLaVA record: a reject whatever the selection
+        if "invalid" in rec and "build_path" not in rec:  # a raw record that is no LLaVA record: a reject, always
             return self.parts[0][0] if self.parts else base_split
         field = self.config.group_by or self.column
         i = self._part(build_key(rec), base_split, rec.get(field) if field else None)
