@@ -51,6 +51,15 @@ def llava_records(n: int, seed: int = 0, duplicate_every: int = 0) -> list[dict]
     return out
 
 
+def long_ids_json(folder: Path) -> Path:
+    """FOLDER/llava.json: text-only records with ids too long for a key, two alike in their first 120
+    characters."""
+    recs = [r for r in llava_records(18) if "image" not in r]
+    for r, rid in zip(recs, ["a" * 120 + "0", "a" * 120 + "1", "B" * 200]):
+        r["id"] = rid
+    return write_json(folder / "llava.json", recs)
+
+
 def write_json(path: Path, doc, indent: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=indent, ensure_ascii=False))

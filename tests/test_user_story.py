@@ -64,7 +64,7 @@ def test_occlusion_split_mcqa_mix_train_eval_export_publish(tmp_path, sample_coc
     occ = build_tiny_occlusion(sample_coco, tmp_path / "occ")
     out = tmp_path / "builds"
     ok("build", "split", "--from", occ.path, "--splits", "train=0.5,test=0.5", "--out", out, "-q")
-    split = out / "split" / "1.2.0"
+    split = out / "split" / "1.3.0"
     test_labels = dict(rows(split, "SELECT key, label FROM samples WHERE split = 'test'"))
     train_keys = {k for (k,) in rows(split, "SELECT key FROM samples WHERE split = 'train'")}
     assert test_labels and train_keys and not train_keys & set(test_labels)
@@ -122,5 +122,5 @@ def test_occlusion_split_mcqa_mix_train_eval_export_publish(tmp_path, sample_coc
     assert "license: cc-by-4.0" in card
     assert f"| train | {n} | 0 | 1 |" in card
     assert "\n3 samples have no label.\n" in card  # the COCO copy's
-    assert f"| split | 1.2.0 | {occ.build_id} | train | {len(train_keys)} |" in card
-    assert f"| {coco_build.build_id} | copy | 1.3.0 |  | all | 3 |" in card  # its only split, val
+    assert f"| split | 1.3.0 | {occ.build_id} | train | {len(train_keys)} |" in card
+    assert f"| {coco_build.build_id} | copy | 1.4.0 |  | all | 3 |" in card  # its only split, val

@@ -15,19 +15,21 @@ from typing import Any
 
 IMAGE_FIELDS = ("jpg", "png", "webp")
 _KEY_CHARS = re.compile(r"[^a-z0-9_-]+")
+MAX_KEY = 95  # '<key>.json' fits the 100 bytes of a tar member name
 
 
 def make_key(*parts: Any) -> str:
     """A stable sample key from source ids: lower-case, `[a-z0-9_-]` only, parts joined by `_`.
 
-    When cleaning changed the text (so two different ids could collide), a short hash of the
-    original text is appended, keeping the key unique and still derived only from the ids.
+    When cleaning changed the text (so two different ids could collide), or the key is longer than
+    MAX_KEY and is cut, a short hash of the original text is appended, keeping the key unique and
+    still derived only from the ids.
     """
     raw = "_".join(str(p) for p in parts)
     clean = _KEY_CHARS.sub("-", raw.lower()).strip("-") or "sample"
-    if clean != raw:
-        clean = f"{clean}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
-    return clean[:180]
+    if clean != raw or len(clean) > MAX_KEY:  # a long key is cut, and keeps its hash to stay unique
+        clean = f"{clean[:MAX_KEY - 9]}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+    return clean
 
 
 def dumps_json(doc: Any) -> bytes:

@@ -289,3 +289,26 @@ def test_imagefolder_files_that_differ_only_by_extension_are_two_samples(tmp_pat
 
     assert (make_key("cat/002"), "JPEG") in rows  # a file alone with its name keeps the key it always had
     assert {f for k, f in rows if k.startswith("cat-001")} == {"JPEG", "PNG"}
+
+
+def test_long_file_names_and_ids_make_keys_a_tar_member_name_holds(tmp_path):
+    from vlmforge.sample import MAX_KEY, make_key
+
+    from tests.derived_data import class_folder, long_ids_json
+
+    # Web-scraped file names share long prefixes: cut keys keep a hash of the whole name, so they stay apart.
+    root = class_folder(tmp_path / "folder", {"american_pit_bull_terrier": 2}, "train")
+    folder = root / "train" / "american_pit_bull_terrier"
+    stem = "photo_of_a_dog_downloaded_from_the_internet_at_high_resolution_number_{}_version_final"
+    for i, f in enumerate(sorted(folder.iterdir())):
+        f.rename(folder / (stem.format(i) + ".jpg"))
+    b = vlmforge.build("copy", "imagefolder", out=tmp_path / "o", source_options={"root": str(root)})
+    keys = [k for (k,) in b.sql("SELECT key FROM samples").fetchall()]
+    assert len(keys) == len(set(keys)) == 2 and all(len(k) <= MAX_KEY for k in keys)
+    assert len(make_key("x" * MAX_KEY)) == MAX_KEY == len(make_key("x" * (MAX_KEY + 1)))
+    assert make_key("x" * MAX_KEY) == "x" * MAX_KEY  # a key short enough stays as it was
+
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "l", source_options={"json": str(long_ids_json(tmp_path))})
+    keys = [k for (k,) in b.sql("SELECT key FROM samples").fetchall()]
+    assert len(keys) == len(set(keys)) == 3 and all(len(k) <= MAX_KEY for k in keys)
+

@@ -121,6 +121,9 @@ def test_a_binary_classes_file_is_one_error_line(tmp_path):
         read_lines(tmp_path / "c.txt", "--classes-from file")
     (tmp_path / "d.txt").write_text("# seen\ncat\n\n  dog \n", encoding="utf-8")
     assert read_lines(tmp_path / "d.txt", "--classes-from file") == ["cat", "dog"]
+    # Before: Notepad's byte order mark stayed on the first name, an option '\ufeffcat' no parent label matched.
+    (tmp_path / "e.txt").write_text("cat\r\ndog\r\n", encoding="utf-8-sig")
+    assert read_lines(tmp_path / "e.txt", "--classes-from file") == ["cat", "dog"]
 
 
 @pytest.mark.parametrize("distractors", ["random", "hard"])

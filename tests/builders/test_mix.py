@@ -166,8 +166,8 @@ def test_parents_that_share_samples_are_noted(tmp_path, parents):
     half = vlmforge.build("split", "build", out=tmp_path / "h", source_options={"path": str(pa.path)}, fraction=0.5)
     b = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(half.path), str(pa.path)]))
     assert b.src.count("train") == len(half) + len(pa)  # fits the plan
-    assert b.src.notes == [f"{len(half)} records of parent 2 ({pa.path}) have the image of a record of an earlier "
-                           "parent: the same samples twice (is one parent derived from the other?)"]
+    assert b.src.notes == [f"{len(half)} records of parent 2 ({pa.path}) have the image (text-only: the json) of a "
+                           "record of an earlier parent: the same samples twice (is one parent derived from the other?)"]
     pz = zebras(tmp_path)
     other = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(pa.path), str(pz.path)]))
     assert other.src.count("train") == len(pa) + 3 and other.src.notes == []
@@ -193,3 +193,32 @@ def test_into_a_training_split_notes_a_parent_test_split_it_takes(tmp_path, pare
                                          "--parent-split names the splits to read"]
     assert notes("train", splits=["train"]) == []
     assert notes("test") == []
+
+
+def test_shared_keys_near_the_longest_key_are_renamed_within_it(tmp_path):
+    from vlmforge.sample import MAX_KEY
+
+    from tests.derived_data import long_ids_json
+
+    a = vlmforge.build("copy", "llava-json", out=tmp_path / "a", source_options={"json": str(long_ids_json(tmp_path))})
+    b = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(a.path)}, fraction=1.0)
+    m = vlmforge.build("mix", "builds", out=tmp_path / "m", source_options={"paths": [str(a.path), str(b.path)]},
+                       take=["all", "all"])
+    rows = m.sql("SELECT key, parent_key, parent_build FROM samples").fetchall()
+    assert len(rows) == len({k for k, _, _ in rows}) == 2 * len(a)
+    assert max(len(k) for k, _, _ in rows) == MAX_KEY  # the long parent keys, renamed, fit
+    assert all(k.startswith(p[:8] + "-") for k, _, p in rows)
+
+
+def test_text_only_samples_two_parents_share_are_noted(tmp_path):
+    """Before: only records with an image were compared, so a LLaVA build mixed with its own split noted
+    none of its text-only samples twice."""
+    from vlmforge.builders.mix import MixBuilder, MixConfig
+
+    from tests.derived_data import long_ids_json
+
+    a = vlmforge.build("copy", "llava-json", out=tmp_path / "a", source_options={"json": str(long_ids_json(tmp_path))})
+    b = vlmforge.build("split", "build", out=tmp_path / "b", source_options={"path": str(a.path)}, fraction=0.7)
+    m = MixBuilder(MixConfig(take=["all", "all"]), MixBuilder.open_source(None, paths=[str(a.path), str(b.path)]))
+    assert m.src.count("train") == 5 and len(b) == 2
+    assert m.src.notes[0].startswith(f"2 records of parent 2 ({b.path}) have the image (text-only: the json)")

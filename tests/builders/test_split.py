@@ -11,6 +11,7 @@ import vlmforge
 from vlmforge.builders.split import SplitBuilder, SplitConfig
 from vlmforge.curation.selection import fit_cuts, fraction_sizes, rank_value
 from vlmforge.errors import UserError
+from vlmforge.sources.build import BuildSource
 from vlmforge.export import split_llava_json
 
 from tests.derived_data import class_folder, llava_records, tiny_jpeg, write_json
@@ -86,6 +87,16 @@ def test_partition_is_disjoint_and_covers(tmp_path, parent):
     assert [len(parts[s]) for s in ("train", "val", "test")] == [37, 11, 5]  # of 53
     assert parts["train"] | parts["val"] | parts["test"] == _keys(parent)
     assert not (parts["train"] & parts["val"]) and not (parts["val"] & parts["test"])
+    # Fractions that add up to less than 1 (a split forgotten) leave records out: said, not silent.
+    plan = SplitBuilder(SplitConfig(splits="train=0.7,val=0.2"), BuildSource(parent.path)).src
+    assert plan.count("train") == 37 and plan.notes[0] == "the --splits fractions add up to 0.9: 5 of the 53 records are in no split"
+    # The parent's test records pooled into train: said (before: without a word), unless --parent-split chose.
+    moved = len(parts["train"] & _keys(parent, "test"))
+    assert moved and plan.notes[1:] == [f"--splits pools every parent split: records of the parent's test split go to "
+                                        f"other splits ({moved} to train, {len(parts['val'] & _keys(parent, 'test'))} to "
+                                        "val); --parent-split names the splits to read"]
+    chosen = SplitBuilder(SplitConfig(splits="train=0.5,val=0.5"), BuildSource(parent.path, splits=["test"])).src
+    assert chosen.count("train") == 9 and chosen.notes == []
 
 
 def test_where_and_bad_options(tmp_path, parent):
@@ -133,6 +144,15 @@ def test_llava_split_same_records_whatever_order(tmp_path):
     # The same content stays under the same key in both orders, repeated ids included.
     content = lambda build: {x["__key__"]: x["json"]["conversations"] for x in build.samples()}  # noqa: E731
     assert content(ba) == content(bb)
+    # Records that are no LLaVA record are rejects, all of them: before, those the hash left out (and with
+    # --stratify-by every one) were in no split and in no rejects table.
+    broken = write_json(tmp_path / "c.json", recs + [{"id": f"bad{i}", "conversations": "none"} for i in range(6)])
+    for how in (dict(fraction=0.5), dict(fraction=0.5, stratify_by="source"), dict(splits="x=0.2,y=0.3")):
+        c = vlmforge.build("split", "llava-json", out=tmp_path / "c", source_options=opts(broken), overwrite=True, **how)
+        assert sorted(c.sql("SELECT source_id, reason FROM rejects").fetchall()) == [(f"bad{i}", "invalid_record") for i in range(6)]
+        assert len(c) == 30 and (_keys(c) == _keys(ba) or "stratify_by" not in how)  # the same selection
+    with pytest.raises(UserError, match="--stratify-by label: a LLaVA JSON file can be stratified by source"):
+        vlmforge.build("split", "llava-json", out=tmp_path / "x", source_options=opts(a), fraction=0.5, stratify_by="label")
     # The JSON-to-JSON split keeps exactly the same records, copied verbatim.
     for f in (a, b):
         out = split_llava_json(f, tmp_path / f.stem, fraction=0.5, stratify_by="source")
@@ -219,15 +239,15 @@ def test_llava_json_refuses_parent_options_and_mixed_sources(tmp_path, parent):
 
 
 def test_a_derived_build_never_lands_in_its_parents_folder(tmp_path, parent):
-    """`split --from builds/split/1.2.0` with the default --out builds aims at the parent's own folder:
+    """`split --from builds/split/1.3.0` with the default --out builds aims at the parent's own folder:
     --overwrite deleted the parent and left an empty build in its place."""
     first = vlmforge.build("split", "build", out=tmp_path / "builds", source_options={"path": str(parent.path)}, fraction=0.5)
-    inner = vlmforge.build("split", "build", out=tmp_path / "a" / "split" / "1.2.0" / "in", fraction=0.5,
+    inner = vlmforge.build("split", "build", out=tmp_path / "a" / "split" / "1.3.0" / "in", fraction=0.5,
                            source_options={"path": str(parent.path)})
     before = build_files(first.path), build_files(inner.path)
     for out, p in ((tmp_path / "builds", first), (tmp_path / "a", inner)):  # its folder, or one above it
         for overwrite in (False, True):
-            with pytest.raises(UserError, match=rf"{out / 'split' / '1.2.0'} is the folder of the parent build "
+            with pytest.raises(UserError, match=rf"{out / 'split' / '1.3.0'} is the folder of the parent build "
                                                 rf"{p.path}; choose another --out"):
                 vlmforge.build("split", "build", out=out, source_options={"path": str(p.path)}, fraction=0.5,
                                overwrite=overwrite)
@@ -238,7 +258,6 @@ def test_stratify_by_a_column_of_unique_values(tmp_path, parent):
     """Stratified by `key` the fields query returned `key` once (a dict row), every record fell out of
     its stratum and the build was empty; and one-record strata only keep or drop whole records."""
     from vlmforge.builders.derived import iter_fields
-    from vlmforge.sources.build import BuildSource
 
     rows = list(iter_fields(BuildSource(parent.path), "train", ["key", "label"]))
     assert len(rows) == 35 and all(len(r) == 3 and r[0] == r[1] and r[2] for r in rows)
@@ -261,7 +280,7 @@ def test_out_naming_a_file_is_one_error_line(tmp_path, parent):
                         "0.5", "--out", str(tmp_path / "afile"), "-q"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.2.0'}: "
+    assert line.startswith(f"error: cannot make the build folder {tmp_path / 'afile' / 'split' / '1.3.0'}: "
                            f"Not a directory ({tmp_path / 'afile'}")
 
 

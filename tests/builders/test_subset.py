@@ -191,3 +191,38 @@ def test_a_numeric_label_column_is_a_class_name(tmp_path):
                         seen_classes=["0", "2"], label_column="grade")
     assert _labels(su, "train") == {"0": 6, "2": 4} and _labels(su, "test_unseen") == {"1": 2, "3": 2}
     assert {r[0] for r in su.sql("SELECT DISTINCT class_set FROM samples WHERE split = 'test_seen'").fetchall()} == {"seen"}
+
+
+def test_a_class_without_training_records_is_unseen(tmp_path, parent):
+    """Before: the hash could call a class seen that no training record has (a rare label of a split
+    occlusion build), and its test records went to test_seen as if the model had learnt it."""
+    from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+
+    where = "NOT (split = 'train' AND label IN ('frog', 'newt'))"
+    opts = {"path": str(parent.path), "where": where}
+    b = vlmforge.build("subset", "build", out=tmp_path / "a", source_options=opts, mode="seen-unseen", unseen_fraction=0.2)
+    trained = set(_labels(b, "train"))
+    assert set(_labels(b, "test_seen")) == trained and {"frog", "newt"} <= set(_labels(b, "test_unseen"))
+    moved = b.info["source"]["selection"]["unseen_without_training_records"]  # those the hash had called seen
+    assert len(trained) == 4 and moved and set(moved) <= {"frog", "newt"}
+    listed = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["cat", "frog"]), SubsetBuilder.open_source("build", **opts))
+    assert listed.src.count("test_seen") == 4  # the user's list stands, and is noted
+    assert listed.src.notes == ["1 classes have no record in train, yet --classes-from lists them as seen: frog",
+                                "15 records of unseen classes in train are left out (training keeps seen classes only)"]
+
+
+def test_unseen_classes_that_name_a_seen_one_are_noted(tmp_path):
+    """Before: 'puppy' held out while 'dog' was trained passed for an unseen class without a word."""
+    from vlmforge.builders.subset import SubsetBuilder, SubsetConfig
+    from vlmforge.sources.build import BuildSource
+
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        class_folder(root, {"dog": 2, "puppy": 2, "cat": 2, "kittens": 2, "newt": 2}, split)
+    p = vlmforge.build("copy", "imagefolder", out=tmp_path / "p", source_options={"root": str(root)})
+    b = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["dog", "cat"]), BuildSource(p.path)).src
+    assert b.count("test_unseen") == 6
+    assert b.notes[0] == ("2 unseen classes name the same thing as a seen class (kittens ~ cat, puppy ~ dog); a column "
+                          "of categories (--label-column) holds them out together")
+    other = SubsetBuilder(SubsetConfig(mode="seen-unseen", seen_classes=["dog", "puppy"]), BuildSource(p.path)).src
+    assert other.count("test_seen") == 4 and not any("name the same thing" in n for n in other.notes)

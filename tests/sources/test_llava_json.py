@@ -181,3 +181,47 @@ def test_a_lone_surrogate_is_an_invalid_record_not_a_crash(tmp_path):
     b = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options={"json": str(path), "image_root": str(tmp_path)})
     assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("bad", "invalid_record")]
     assert sorted(r[0] for r in b.sql("SELECT source_id FROM samples").fetchall()) == ["emoji", "ok"]
+
+
+def test_image_paths_as_llava_next_and_other_tools_write_them(tmp_path):
+    """Before: a list of one path was a multi_image reject, './coco/...' the sub-dataset '.', an absolute
+    path's the empty string."""
+    root = tmp_path / "img"
+    for rel in ("gqa/images/1.jpg", "coco/train2017/2.jpg", "ocr_vqa/images/3.jpg"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(_image("RGB", "JPEG"))
+    turns = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    images = {"listed": ["gqa/images/1.jpg"], "dot": "./coco/train2017/2.jpg", "abs": str(root / "ocr_vqa/images/3.jpg"),
+              "two": ["gqa/images/1.jpg", "coco/train2017/2.jpg"]}
+    path = write_json(tmp_path / "llava.json", [{"id": k, "image": v, "conversations": turns} for k, v in images.items()])
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options={"json": str(path), "image_root": str(root)})
+    rows = dict(b.sql("SELECT source_id, subsource FROM samples WHERE image_format = 'jpg'").fetchall())
+    assert rows == {"listed": "gqa", "dot": "coco", "abs": "ocr_vqa"}
+    assert b.sql("SELECT source_id, reason FROM rejects").fetchall() == [("two", "multi_image")]
+
+
+def test_images_added_after_a_build_make_another_build(tmp_path):
+    """Before: the fingerprint was the JSON file's alone, so after the missing images were downloaded the
+    same command said 'up to date' and kept their records as missing_image rejects."""
+    from vlmforge.builders.split import SplitBuilder, SplitConfig
+    from vlmforge.sources.llava_json import LlavaJsonSource
+
+    recs = [r for r in llava_records(12) if "image" in r]
+    path = write_json(tmp_path / "llava.json", recs)
+    (tmp_path / "coco").mkdir()
+    opts = {"json": str(path), "image_root": str(tmp_path)}
+    before = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts)
+    assert len(before) == 0 and before.sql("SELECT count(*) FROM rejects").fetchall() == [(len(recs),)]
+    # A wrong or forgotten --image-root is said once, after the build, for copy and split alike.
+    half = SplitBuilder(SplitConfig(fraction=0.5), LlavaJsonSource(path, tmp_path)).src
+    assert half.count("train") == len(recs) // 2 and half.notes == [
+        f"{len(recs)} of the file's records name an image that is not under {tmp_path} "
+        "(--image-root; default: the JSON file's folder)"]
+    for r in recs:
+        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / r["image"]).write_bytes(_image("RGB", "JPEG"))
+    after = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options=opts, overwrite=True)
+    assert after.build_id != before.build_id and len(after) == len(recs)
+    assert LlavaJsonSource(path, tmp_path).notes == []
+    (tmp_path / recs[0]["image"]).write_bytes(_image("L", "PNG"))  # replaced by another file
+    assert vlmforge.build("copy", "llava-json", out=tmp_path / "c", source_options=opts).build_id != after.build_id

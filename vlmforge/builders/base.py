@@ -311,7 +311,7 @@ def _write_splits(builder: Builder, build_dir: Path, executor, limits: ShardLimi
 
 def _check_not_a_parent(build_dir: Path, src: Source) -> None:
     """A derived build never lands in (or above) the folder of a build it reads: --overwrite would
-    delete its own parent. (`split --from builds/split/1.2.0` with the default --out builds does.)"""
+    delete its own parent. (`split --from builds/split/1.3.0` with the default --out builds does.)"""
     here = build_dir.resolve()
     for parent in getattr(src, "build_sources", [src]):
         path = getattr(getattr(parent, "build", None), "path", None)

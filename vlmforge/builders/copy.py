@@ -26,12 +26,12 @@ class CopyConfig(BuildConfig):
 
 class CopyBuilder(Builder):
     name = "copy"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = CopyConfig
     description = "Copies a source (COCO, LLaVA JSON, class folders) into shards unchanged, with a LLaVA-format conversation."
     columns = [
         ("label", pa.string(), "class label (imagefolder sources); null otherwise"),
-        ("subsource", pa.string(), "LLaVA JSON sub-dataset by image path (coco, gqa, ocr_vqa, textvqa, vg, text-only)"),
+        ("subsource", pa.string(), "LLaVA JSON sub-dataset: coco, gqa, ocr_vqa, textvqa, vg, text-only, else the image path's first folder or other"),
         ("n_turns", pa.int32(), "number of conversation turns"),
         ("original_format", pa.string(), "image format as read from the source (JPEG, PNG, GIF, ...)"),
     ]

@@ -171,7 +171,7 @@ class SelectedSource(Source):
 
     @property
     def notes(self) -> list[str]:
-        return self.plan.notes
+        return self.plan.notes + getattr(self.base, "notes", [])
 
     def fingerprint(self) -> str:
         return self.base.fingerprint()
@@ -283,12 +283,13 @@ def parent_sample(rec: Record, columns: list[Column], key: str | None = None) ->
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
-    """Non-empty, stripped lines of a text file (class lists); '#' starts a comment line."""
+    """Non-empty, stripped lines of a text file (class lists); '#' starts a comment line. A byte order
+    mark (Windows editors write one) is not part of the first name."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise UserError(f"{what} {p} is not UTF-8 text (byte {e.start}); give one name per line") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]

@@ -20,7 +20,7 @@ from vlmforge.builders.base import BuildConfig
 from vlmforge.builders.derived import DerivedBuilder, Plan, check_splits, iter_fields, lineage, parent_sample
 from vlmforge.curation.selection import TEST_SPLIT, check_split_name, fit_cuts, fraction_sizes
 from vlmforge.errors import UserError
-from vlmforge.sample import Reject, Sample
+from vlmforge.sample import Reject, Sample, make_key
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.build import BuildSource
 
@@ -200,13 +200,16 @@ class MixPlan(Plan):
         repeated: dict[int, int] = {}
         for i, p in enumerate(parents):
             for split in p.splits():
-                for key, sha in iter_fields(p, split, ["image_sha256"]):
-                    # 64 bits of the hash are plenty for a note, and a quarter of the memory.
-                    if sha is not None and self.cuts.part(key, i) == 0 and first.setdefault(sha[:16], i) != i:
+                for key, image, text in iter_fields(p, split, ["image_sha256", "json_sha256"]):
+                    # A text-only record by its json. 64 bits of the hash are plenty for a note, and a
+                    # quarter of the memory.
+                    sha = "i" + image[:16] if image is not None else "t" + text[:16]
+                    if self.cuts.part(key, i) == 0 and first.setdefault(sha, i) != i:
                         repeated[i] = repeated.get(i, 0) + 1
         for i, n in sorted(repeated.items()):
-            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image of a record "
-                              "of an earlier parent: the same samples twice (is one parent derived from the other?)")
+            self.notes.append(f"{n} records of parent {i + 1} ({parents[i].build.path}) have the image (text-only: the "
+                              "json) of a record of an earlier parent: the same samples twice (is one parent derived "
+                              "from the other?)")
 
     def assign(self, rec: Record, base_split: str) -> str | None:
         if self.cuts.part(rec["key"], rec["parent_index"]) != 0:
@@ -242,7 +245,7 @@ class MixBuilder(DerivedBuilder):
             parent_id = self.src.parents[i]
             key = rec["key"]
             if (i, key) in self.plan.renamed:
-                key = f"{parent_id[:8]}-{key}"
+                key = make_key(f"{parent_id[:8]}-{key}")  # as it is, unless too long for a key
             sample = parent_sample(rec, self.columns, key=key)
             sample.columns.update(parent_build=parent_id, parent_key=rec["key"])
             out.append([sample])

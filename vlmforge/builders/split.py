@@ -12,6 +12,7 @@ fractions then count the column's values, hashed as keys, and a record without a
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from vlmforge.builders.copy import CopyBuilder, CopyConfig
 from vlmforge.builders.derived import (
     DerivedBuilder, Plan, build_key, check_column, group_key, iter_fields, open_parent,
 )
-from vlmforge.curation.selection import check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
+from vlmforge.curation.selection import TEST_SPLIT, check_fraction, fit_cuts, fraction_sizes, parse_named_fractions
 from vlmforge.errors import UserError
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.build import BuildSource
@@ -75,6 +76,11 @@ class SplitPlan(Plan):
 
     def fit(self, src: Source) -> None:
         self.column = stratum_column(src, self.config.stratify_by)
+        if self.column and not isinstance(src, BuildSource) and self.column != "subsource":
+            # A raw record has no such field: every record would be one stratum, the split unstratified.
+            raise UserError(f"--stratify-by {self.config.stratify_by}: a LLaVA JSON file can be stratified by source "
+                            "(its sub-dataset) only; to stratify by a column, copy it into a build first "
+                            "(vlmforge build copy --source llava-json) and split that")
         if self.column:
             check_column(src, self.column)
         by = self.config.group_by
@@ -119,7 +125,36 @@ class SplitPlan(Plan):
             self.summary["per_stratum"] = per_stratum
         self.summary["rule"] = (f"rank keys by sha256('{self.config.seed}:' + key), keep the first "
                                 f"round(fraction * n) per group")
+        if self.parts and sum(fractions) < 1 - 1e-9:
+            self._note_left_out(src, sum(fractions))
+        if self.parts:
+            self._note_test_records_trained(src, fields)
         self._note_shared_images(src, fields)
+
+    def _note_test_records_trained(self, src: Source, fields: list[str]) -> None:
+        """A partition pools the parent's splits: its held-out test records may land in train."""
+        if not isinstance(src, BuildSource) or src.chosen_splits is not None:
+            return
+        names = [n for n, _ in self.parts]
+        for split in (s for s in src.splits() if TEST_SPLIT.fullmatch(s)):
+            parts = [self._part(key, split, values[0] if fields else None)
+                     for key, *values in iter_fields(src, split, fields)]
+            moved = Counter(names[i] for i in parts if i is not None and not TEST_SPLIT.fullmatch(names[i]))
+            if moved:
+                where = ", ".join(f"{n} to {name}" for name, n in sorted(moved.items()))
+                self.notes.append(f"--splits pools every parent split: records of the parent's {split} split go to other "
+                                  f"splits ({where}); --parent-split names the splits to read")
+
+    def _note_left_out(self, src: Source, total: float) -> None:
+        """A partition whose fractions add up to less than 1 (a split forgotten) leaves records out: said."""
+        from vlmforge.sources.llava_json import LlavaJsonSource
+
+        n = sum(src.count(s) for s in src.splits())
+        if isinstance(src, LlavaJsonSource):
+            n -= len(src.index().invalid)  # rejects, not records
+        left = n - sum(self.counts.values())
+        if left:
+            self.notes.append(f"the --splits fractions add up to {total:g}: {left} of the {n} records are in no split")
 
     def _note_shared_images(self, src: Source, fields: list[str]) -> None:
         """Records are split one by one: samples of one image (an occlusion build hides several objects
@@ -178,6 +213,8 @@ class SplitPlan(Plan):
         return self.cuts.part(key, self._group(split, value))
 
     def assign(self, rec: Record, base_split: str) -> str | None:
+        if "invalid" in rec and "build_path" not in rec:  # a raw record that is no LLaVA record: a reject, always
+            return self.parts[0][0] if self.parts else base_split
         field = self.config.group_by or self.column
         i = self._part(build_key(rec), base_split, rec.get(field) if field else None)
         if i is None:
@@ -195,7 +232,7 @@ class SplitBuilder(DerivedBuilder, CopyBuilder):
     """Copy's processing (raw LLaVA JSON records or parent samples) behind a SplitPlan."""
 
     name = "split"
-    VERSION = "1.2.0"
+    VERSION = "1.3.0"
     Config = SplitConfig
     description = "A hashed fraction of a parent build or LLaVA JSON, or its partition into named splits."
     plan_class = SplitPlan

@@ -5,7 +5,8 @@ Modes (the class is a manifest column, `label` unless told otherwise):
 - `class-exclusive --fraction F`: round(F * C) of the C classes (at least 1) stay, with all their samples.
 - `seen-unseen`: the class vocabulary is cut into seen and unseen classes (`--unseen-fraction U`
   chosen by hash, or the seen classes listed in `--classes-from FILE`). Training splits keep only
-  seen classes; every other split S becomes S_seen and S_unseen.
+  seen classes; every other split S becomes S_seen and S_unseen. Chosen by hash, a class without a
+  training record is unseen.
 - no mode: only the `--where` SQL condition over the parent manifest filters.
 Choices hash (seed, key) or (seed, class name); the class lists and the equivalent SQL condition are
 recorded in build.json (`source.selection`).
@@ -138,7 +139,20 @@ class SubsetPlan(Plan):
             if n_unseen >= len(classes):
                 raise UserError(f"--unseen-fraction {cfg.unseen_fraction} leaves no seen class of {len(classes)}")
             self.seen = set(classes) - set(choose(classes, cfg.seed, n_unseen, salt="unseen:"))
+        trained = {c for split, cnt in per_split.items() if split in self.train_splits for c in cnt if c is not None}
+        untrained = sorted(self.seen - trained) if trained else []  # no training split: nothing to tell
+        if untrained:
+            # A class no training record has is not seen: in test_seen it would pass for one the model learnt.
+            if cfg.seen_classes is None:
+                self.seen -= set(untrained)
+                if not self.seen:
+                    raise UserError("no class of the training splits is left seen; lower --unseen-fraction")
+                self.summary["unseen_without_training_records"] = untrained
+            how = "so they are unseen" if cfg.seen_classes is None else "yet --classes-from lists them as seen"
+            self.notes.append(f"{len(untrained)} classes have no record in {', '.join(self.train_splits)}, {how}: "
+                              f"{', '.join(untrained[:5])}{' ...' if len(untrained) > 5 else ''}")
         self.unseen = set(classes) - self.seen
+        self._note_unseen_synonyms()
         outs: list[str] = []
         self.counts = {}
         left_out = 0  # training records of unseen classes
@@ -169,6 +183,18 @@ class SubsetPlan(Plan):
                             where_unseen=sql_in(cfg.label_column, sorted(self.unseen)),
                             train_splits=list(self.train_splits))
 
+    def _note_unseen_synonyms(self) -> None:
+        """Unseen classes that name a seen one (case, a synonym or plural: 'Dog', 'puppy', 'woman' for
+        'dog', 'dog', 'man') were seen under another name: said, as the split is by name."""
+        from vlmforge.builders.mcqa import coco_meaning
+
+        seen = {coco_meaning(c): c for c in sorted(self.seen)}
+        pairs = [f"{c} ~ {seen[coco_meaning(c)]}" for c in sorted(self.unseen) if coco_meaning(c) in seen]
+        if pairs:
+            self.notes.append(f"{len(pairs)} unseen classes name the same thing as a seen class ({', '.join(pairs[:5])}"
+                              f"{' ...' if len(pairs) > 5 else ''}); a column of categories (--label-column) "
+                              "holds them out together")
+
     # -- assigning --------------------------------------------------------------------------
     def assign(self, rec: Record, base_split: str) -> str | None:
         mode = self.config.mode
@@ -198,7 +224,7 @@ class SubsetPlan(Plan):
 
 class SubsetBuilder(DerivedBuilder):
     name = "subset"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = SubsetConfig
     description = "Class-preserving, class-exclusive or seen/unseen subsets of a labelled build, or a SQL-filtered one."
     plan_class = SubsetPlan

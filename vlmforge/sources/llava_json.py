@@ -7,12 +7,14 @@ decoded one record at a time (`jsonstream`), so a 1 GB file never sits in memory
 Record ids are the source ids. mix665k repeats ids (the same image in several sub-datasets, with
 different conversations), so a repeated id is told apart by a digest of the record's content, not by
 its position: the ids, and hence the sample keys, do not depend on the order of the records.
+The fingerprint covers the file and its records' image paths and file sizes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,23 +23,37 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vlmforge.errors import SourceError
-from vlmforge.sample import make_key
+from vlmforge.sample import MAX_KEY, make_key
 from vlmforge.sources.base import Record, Source
 from vlmforge.sources.jsonstream import SpanReader, iter_json_array
 
 SUBSOURCES = ("coco", "gqa", "ocr_vqa", "textvqa", "vg", "text-only")
 
 
-def source_of_image(image: str | None) -> str:
-    """The sub-dataset a mix665k record comes from, by its image path: coco, gqa, ocr_vqa, textvqa,
-    vg, or text-only."""
+def source_of_image(image: Any) -> str:
+    """The sub-dataset a mix665k record comes from, by its image path (the first one of a list): coco,
+    gqa, ocr_vqa, textvqa, vg, or text-only. That is the path's first folder ('./' left out; of an
+    absolute path, the first of those five among its folders), else 'other'."""
+    if isinstance(image, list) and image:
+        image = image[0]
     if not image:
         return "text-only"
-    top = str(image).replace("\\", "/").split("/", 1)[0].lower()
-    return {"coco": "coco", "gqa": "gqa", "ocr_vqa": "ocr_vqa", "textvqa": "textvqa", "vg": "vg"}.get(top, top)
+    if not isinstance(image, str):
+        return "other"
+    parts = [p.lower() for p in image.replace("\\", "/").split("/")[:-1] if p not in ("", ".")]
+    if image.startswith("/"):
+        parts = [p for p in parts if p in SUBSOURCES] or parts
+    return parts[0] if parts else "other"
 
 
-_CLEAN_KEY = re.compile(r"[a-z0-9_][a-z0-9_-]{0,179}")
+def one_image(image: Any) -> Any:
+    """A record's `image` field, a list of one path (as LLaVA-NeXT data writes some) read as that path."""
+    if isinstance(image, list) and len(image) == 1 and isinstance(image[0], str):
+        return image[0]
+    return image
+
+
+_CLEAN_KEY = re.compile(rf"[a-z0-9_][a-z0-9_-]{{0,{MAX_KEY - 1}}}")
 
 
 def sample_key(source_id: str) -> str:
@@ -114,20 +130,25 @@ class LlavaIndex:
     starts: array = field(default_factory=lambda: array("Q"))
     ends: array = field(default_factory=lambda: array("Q"))
     invalid: set[int] = field(default_factory=set)
+    images_digest: str = ""
+    missing_images: int = 0  # records whose image file is not there
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def scan(path: Path) -> LlavaIndex:
+def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     """Index a LLaVA JSON file in one streaming pass (plus a re-read of the first record of each
-    repeated id, whose repetition shows only later)."""
+    repeated id, whose repetition shows only later). With `image_root`, the records' image paths and
+    the sizes of their files are digested too (`images_digest`)."""
     idx = LlavaIndex()
     ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
     surrogates = _surrogate_escapes(path)  # records are walked for lone ones only where the file has any
     first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
+    images = hashlib.sha256() if image_root is not None else None
+    root = str(image_root)
     for i, (rec, start, end) in enumerate(iter_json_array(path)):
         starts.append(start)
         ends.append(end)
@@ -138,6 +159,8 @@ def scan(path: Path) -> LlavaIndex:
             subsources.append("invalid")
             continue
         subsources.append(source_of_image(rec.get("image")))
+        if images is not None and not _hash_image(images, root, rec.get("image")):
+            idx.missing_images += 1
         rid = rec.get("id")
         if rid is None or rid == "":
             ids.append(f"noid#{content_digest(rec)}")
@@ -172,7 +195,24 @@ def scan(path: Path) -> LlavaIndex:
             seen[name] += 1
             if seen[name] > 1:
                 ids[i] = f"{name}#{seen[name] - 1}"
+    if images is not None:
+        idx.images_digest = images.hexdigest()
     return idx
+
+
+def _hash_image(h: Any, root: str, image: Any) -> bool:
+    """Fold a record's image path and file size (-1: no file) into `h`: images added, replaced or
+    removed after a build make another build, as for other sources (too many to hash whole). False
+    when the image file is not there."""
+    image = one_image(image)
+    if not image or not isinstance(image, str):
+        return True
+    try:
+        size = os.stat(os.path.join(root, image)).st_size
+    except OSError:
+        size = -1
+    h.update(f"{image}\0{size}\0".encode())
+    return size >= 0
 
 
 class LlavaJsonSource(Source):
@@ -195,7 +235,7 @@ class LlavaJsonSource(Source):
     def index(self) -> LlavaIndex:
         """The file's index (one streaming pass, done once)."""
         if self._index is None:
-            self._index = scan(self.path)
+            self._index = scan(self.path, self.image_root)
         return self._index
 
     def __getstate__(self) -> dict[str, Any]:
@@ -218,7 +258,7 @@ class LlavaJsonSource(Source):
             if problem:
                 yield {"source_id": sid, "index": i, "invalid": problem}
                 continue
-            image = rec.get("image")
+            image = one_image(rec.get("image"))
             out = {"source_id": sid, "index": i, "record": rec, "file": None, "subsource": idx.subsources[i]}
             problem = _image_problem(image) if image else None
             if problem:
@@ -232,7 +272,17 @@ class LlavaJsonSource(Source):
         with open(self.path, "rb") as f:
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
+        h.update(self.index().images_digest.encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "file": self.path.name}
+
+    @property
+    def notes(self) -> list[str]:
+        """Printed after the build's summary: a wrong or forgotten --image-root shows at once."""
+        missing = self.index().missing_images
+        if not missing:
+            return []
+        return [f"{missing} of the file's records name an image that is not under {self.image_root} "
+                "(--image-root; default: the JSON file's folder)"]
