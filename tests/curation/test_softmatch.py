@@ -14,6 +14,15 @@ from vlmforge.curation.softmatch import SoftMatcher, extract_answer, names_label
     ("Answer: car. Wait, looking again, the answer is truck.", "truck"),
     ("Wheels show below the blocks. A bicycle", "bicycle"),
     ("", ""),
+    # the answer said as a sentence: MiniLM's cosine of "it is a bus" and "bus" is 0.89, "the hidden object is
+    # most likely a dog" and "dog" 0.53: right answers were counted wrong
+    ("Final answer: It is a bus.", "bus"),
+    ("Final answer: The occluded object is a bus (a double-decker).", "bus"),
+    ("The hidden object is most likely a dog.", "dog"),
+    ("Therefore, the occluded object is a dog.", "dog"),
+    ("So, it's a kite.", "kite"),
+    ("Dog is my final answer.", "Dog"),
+    ("Final answer: It is not a dog.", "not a dog"),
 ])
 def test_extract_answer(text, want):
     assert extract_answer(text) == want
@@ -69,3 +78,11 @@ def test_the_label_in_another_number_or_with_a_count_matches():
                           ("bus stop", "bus")]:
         assert not same_in_number(answer, label), (answer, label)
     assert m.matches(["cat", "frisbee"], "dog") == [False, False]
+
+
+def test_the_label_itself_matches_at_any_threshold_and_an_empty_answer_never():
+    """README: correct when the cosine is above --threshold, or when the answer is the label but for number,
+    an article or a count. At --threshold 1 the label itself (cosine 1) was counted wrong; at -1 an empty
+    answer (cosine 0) counted."""
+    assert SoftMatcher(threshold=1.0).matches(["Dog", "two dogs", "puppy", ""], "dog") == [True, True, False, False]
+    assert SoftMatcher(threshold=-1.0).matches(["", " . ", "banana"], "car") == [False, False, True]
