@@ -209,7 +209,7 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
     # descriptions of an image (empty texts dropped) that the IB selection read, and its first answer
     # (one image per class: each text asked again costs a forward pass).
     model_gen = make_generator("transformers", model, cache_dir=False, batch_size=1)
-    details = dict(a.sql("SELECT source_id, detail FROM rejects").fetchall())
+    details = {r[0]: r[1:] for r in a.sql("SELECT source_id, reason, detail FROM rejects").fetchall()}
     records = list(open_source("cub", root=str(cub), splits=["train"]).records("train"))
     assert len({r["label"] for r in records[::3]}) == 3
     for rec in records[::3]:
@@ -224,11 +224,14 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
             "<image>\n" + QA_PROMPT.format(label=rec["label"], features=features, question=q), image=image,
             temperature=0.3, max_new_tokens=6, seed=stable_int(0, key, "qa", i))])[0][0].strip()
             for i, (_, q) in enumerate(builder._questions(key))]
-        # A random model never spells the label: the image is a rejected QA, with what the model answered
+        # A random model never spells the label: the image is a rejected QA, with what the model answered;
+        # when it answered nothing at all, that is what the reject says
         first = next((t for t in answers if t), "")
-        assert details[rec["source_id"]] == f"none of 2 answers names {rec['label']!r} (first answer: {first[:60]!r})"
-    assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
-    assert sum("(first answer: '')" not in d for d in details.values()) >= 5
+        want = (("answer_misses_label", f"none of 2 answers names {rec['label']!r} (first answer: {first[:60]!r})")
+                if first else ("empty_answers", "the generator returned 2 empty answers"))
+        assert details[rec["source_id"]] == want
+    assert len(a) == 0 and len(details) == 9
+    assert sum(reason == "answer_misses_label" for reason, _ in details.values()) >= 5
     assert len(list(cache.rglob("*.json"))) == 27
 
     # The same build again, elsewhere: every response comes from the cache, the model is never called.
@@ -303,6 +306,21 @@ def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
     parent_imgs = {s["__key__"]: s["jpg"] for s in parent.samples()}
     assert all(got[k]["jpg"] == parent_imgs[k] for k in got)
     assert got[keys[0]]["json"]["conversations"][0]["value"] == "<image>\n" + q_explain
+
+
+def test_candidate_answers_for_a_subset_of_a_selfsynth_build(tmp_path, offline_build):
+    """`build selfsynth-round` took a subset of a selfsynth build, but `selfsynth-answers` refused it ('is a
+    subset build'): a round on part of the data could not be asked for."""
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    half = vlmforge.build("subset", "build", out=tmp_path / "half", source_options={"path": str(offline_build.path)},
+                          mode="class-preserving", fraction=0.5)
+    assert 0 < len(half) < len(offline_build)
+    answers = tmp_path / "r2.jsonl"
+    assert write_candidate_answers(half.path, answers, "template", None, samples=2) == len(half) * 4
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(half.path)},
+                        answers=str(answers))
+    assert len(r2) == len(half) and r2.sql("SELECT DISTINCT round FROM samples").fetchall() == [(2,)]
 
 
 def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
@@ -615,6 +633,16 @@ def test_a_refused_class_or_question_is_a_reject_without_a_cache(tmp_path, cub, 
     with pytest.raises(BuildError, match="the endpoint refused the requests of every image of a batch: .* answered "
                                          "400: the prompt was filtered"):
         _openai_build(tmp_path / "c", cub, chat_server, False, concepts="attributes", attributes=True)
+
+
+def test_empty_answers_are_their_own_reject(tmp_path, cub, chat_server):
+    """An endpoint answering with no text (a reasoning model out of tokens) made every image an
+    answer_misses_label reject, as if the model had named another bird."""
+    chat_server.fixed_reply = ""
+    a = _openai_build(tmp_path / "a", cub, chat_server, tmp_path / "cache", concepts="attributes", attributes=True)
+    assert len(a) == 0 and a.sql("SELECT reason, stage, detail, count(*) FROM rejects GROUP BY ALL").fetchall() == [
+        ("empty_answers", "qa", "the generator returned 2 empty answers", 9)]
+    assert not list((tmp_path / "cache").rglob("*.json"))  # asked again next time
 
 
 def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, offline_build, chat_server, capsys):

@@ -11,7 +11,8 @@ Recipe, per split of a labelled source (CUB, FGVC-Aircraft, Stanford Dogs, class
    With CUB attributes: the image's own positive attributes weighted by class specificity;
 4. QA (process, per batch): several questions (simple, explain, step-by-step) answered from "This is
    a picture of a {label} with the following visual features: ..."; a pair is kept only when the
-   answer names the label. One sample per image, kept pairs as turns, in LLaVA format.
+   answer names the label (every answer empty: an `empty_answers` reject). One sample per image, kept
+   pairs as turns, in LLaVA format.
 """
 
 from __future__ import annotations
@@ -152,9 +153,15 @@ class FromBuildMixin:
 
     def require_parent_columns(self, names: set[str], hint: str) -> None:
         build = self.src.build
-        have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
-        if not names <= have:
-            raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
+        missing = missing_columns(build, names)
+        if missing:
+            raise BuildError(f"{build.path} has no {'/'.join(missing)} column: {hint}")
+
+
+def missing_columns(build, names: set[str]) -> list[str]:
+    """Those of `names` the build's manifest has no column for."""
+    have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+    return sorted(names - have)
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -193,7 +200,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.4.0"
+    VERSION = "1.5.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -448,6 +455,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                 sel: dict[str, Any]) -> Sample | Reject:
         label = rec["label"]
         kept = [(t, q, a) for (t, q), a in zip(questions, answers) if a and names_label(a, label)]
+        if not any(answers):  # a fault (empty completions), not answers that miss the label
+            return Reject(rec["source_id"], "empty_answers", "qa",
+                          f"the generator returned {len(questions)} empty answers")
         if not kept:
             first = next((a for a in answers if a), "")
             return Reject(rec["source_id"], "answer_misses_label", "qa",

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, ask, question_type_of
+from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, ask, missing_columns, question_type_of
 from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
 from vlmforge.curation.softmatch import names_label
 from vlmforge.errors import UserError
@@ -241,9 +241,9 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
     from vlmforge.progress import progress_bar
 
     build = open_build(build_path)
-    if build.info["builder"] not in ("selfsynth", "selfsynth-round"):
+    if missing_columns(build, {"label", "concepts"}):  # a subset, split or mix of a selfsynth build has them
         raise UserError(f"{build_path} is {with_article(build.info['builder'])} build; candidate answers are asked "
-                        "for the questions of a selfsynth build or round")
+                        "for the questions of a selfsynth build or round (or a subset or split of one)")
     if not len(build):
         raise UserError(f"{build_path} has no samples: there is no question to answer")
     out = Path(output)
