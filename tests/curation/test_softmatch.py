@@ -43,6 +43,13 @@ def test_names_label():
     assert names_label("These are two Laysan Albatrosses.", "Laysan Albatross") and names_label("Two men.", "man")
     assert not names_label("These are not Laysan Albatrosses.", "Laysan Albatross")
     assert not names_label("Laysan birds.", "Laysan Albatross")
+    # CUB drops the possessive of its names (Brewer_Blackbird, Forsters_Tern, Chuck_will_Widow); an answer
+    # that spells it ("Brewer's Blackbird") names the label, and was dropped as answer_misses_label
+    assert names_label("This is a Brewer's Blackbird.", "Brewer Blackbird")
+    assert names_label("A Forster’s Tern in flight.", "Forsters Tern") and names_label("Forsters Tern", "Forsters Tern")
+    assert names_label("It is a Chuck-will's-widow.", "Chuck will Widow")
+    assert not names_label("This is a Brewer's Sparrow.", "Brewer Blackbird")
+    assert not names_label("This is not a Brewer's Blackbird.", "Brewer Blackbird")
     assert normalise("  Laysan_Albatross!! ") == "laysan albatross"
 
 

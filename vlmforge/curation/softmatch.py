@@ -120,16 +120,16 @@ NEGATIONS = frozenset("not no never nor neither isnt arent wasnt werent cannot c
 
 
 def names_label(text: str, label: str) -> bool:
-    """Whether `text` names `label` as whole words (after normalising both; its last word may be plural:
-    "two Laysan Albatrosses"), in a mention that no negation within the three words before denies ("This
+    """Whether `text` names `label` as whole words (after normalising both; a word may differ in number or
+    by a possessive: "two Laysan Albatrosses", "Brewer's Blackbird" for CUB's Brewer Blackbird, "Forster's
+    Tern" for Forsters Tern), in a mention that no negation within the three words before denies ("This
     is not a Black footed Albatross")."""
-    lab = normalise(label).split()
+    lab = [_word_forms(w) for w in normalise(label).split()]
     words = normalise(text).split()
     if not lab:
         return False
-    last = _word_forms(lab[-1])
     for i in range(len(words) - len(lab) + 1):
-        if (words[i : i + len(lab) - 1] == lab[:-1] and _word_forms(words[i + len(lab) - 1]) & last
+        if (all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
                 and not NEGATIONS & set(words[max(0, i - 3) : i])):
             return True
     return False
