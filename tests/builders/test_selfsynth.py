@@ -458,6 +458,10 @@ def test_selector_without_any_description():
 @pytest.mark.parametrize("doc, error", [
     ({"Black footed Albatross": 5}, "the value for 'Black footed Albatross' must be a list of features"),
     ({"Black footed Albatross": {"dark wings": 1}}, "must be a list of features .* not {\"dark wings\": 1}"),
+    # prose, not a bullet list: its class's images were all no_concepts rejects
+    ({"Black footed Albatross": "dark wings, white head", "Laysan Albatross": ["white head"]},
+     r"the value for 'Black footed Albatross' is text without '- feature' lines; give a list of features, not "
+     r"\"dark wings, white head\""),
     ({"001.Black_footed_Albatross": ["dark wings"]},
      r"no entry for any label of this build \(labels: 'Black footed Albatross', .*the file has: '001.Black"),
 ])

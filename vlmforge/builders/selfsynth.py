@@ -306,6 +306,9 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 raise UserError(f"concepts file {path}: the value for {lab!r} must be a list of features (strings) "
                                 f"or one bulleted text, not {json.dumps(v)[:60]}")
+            if isinstance(v, str) and v.strip() and not parse_bullets(v):  # its images would all be no_concepts
+                raise UserError(f"concepts file {path}: the value for {lab!r} is text without '- feature' lines; "
+                                f"give a list of features, not {json.dumps(v)[:60]}")
         if labels and not any(lab in doc for lab in labels):
             # Every image would be a no_concepts reject: most likely the file is keyed by folder names or ids.
             raise UserError(f"concepts file {path} has no entry for any label of this build "
