@@ -165,6 +165,23 @@ def test_a_concept_listed_twice_in_a_file_is_one_concept(tmp_path, cub):
     assert rows and all(sorted(r[0]) == ["Dark bill", "long wings", "pale ring"] for r in rows)
 
 
+def test_a_concepts_file_keyed_in_another_case_or_spelling(tmp_path, cub):
+    """Keys that differ from the labels in case or separators only ('black_footed_albatross', 'Laysan-Albatross')
+    found no entry: their classes' images were all no_concepts rejects."""
+    doc = {"black_footed_albatross": ["dark plumage", "pale bill", "long wings"],
+           "Laysan-Albatross": ["white head", "grey back", "pink bill"],
+           "Sooty Albatross": ["sooty plumage", "dark bill", "narrow wings"]}
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps(doc))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", source_options={"root": str(cub)}, concepts=str(path),
+                       questions=1)
+    images = list((cub / "CUB_200_2011" / "images").rglob("*.jpg"))
+    assert b.sql("SELECT count(*) FROM rejects").fetchall() == [(0,)] and len(b) == len(images)
+    got = dict(b.sql("SELECT label, list_sort(flatten(list(concepts))) FROM samples GROUP BY 1").fetchall())
+    want = dict(zip(("Black footed Albatross", "Laysan Albatross", "Sooty Albatross"), doc.values()))
+    assert {k: sorted(set(v)) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+
+
 def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offline_build):
     """vlmforge.build("selfsynth", "cub", concepts="attributes") needed source_options attributes=True, which
     the CLI adds for --concepts attributes; without it the build said the files were missing."""

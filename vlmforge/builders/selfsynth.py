@@ -34,7 +34,7 @@ from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR
 from vlmforge.curation.generation import REFUSED, GenerationRequest, Generator, ask, make_generator, refused_by_owner
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
-from vlmforge.curation.softmatch import names_label
+from vlmforge.curation.softmatch import names_label, normalise
 from vlmforge.errors import BuildError, UserError
 from vlmforge.progress import progress_bar
 from vlmforge.sample import Reject, Sample, make_key
@@ -309,13 +309,18 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if isinstance(v, str) and v.strip() and not parse_bullets(v):  # its images would all be no_concepts
                 raise UserError(f"concepts file {path}: the value for {lab!r} is text without '- feature' lines; "
                                 f"give a list of features, not {json.dumps(v)[:60]}")
-        if labels and not any(lab in doc for lab in labels):
+        # A key that differs from a label in case or separators only ("black_footed_albatross") is its entry.
+        by_name: dict[str, str] = {}
+        for k in sorted(doc):
+            by_name.setdefault(normalise(k), k)
+        keys = {lab: lab if lab in doc else by_name.get(normalise(lab)) for lab in labels}
+        if labels and not any(keys.values()):
             # Every image would be a no_concepts reject: most likely the file is keyed by folder names or ids.
             raise UserError(f"concepts file {path} has no entry for any label of this build "
                             f"(labels: {_some(labels)}; the file has: {_some(sorted(doc))})")
         out = {}
         for lab in labels:
-            v = doc.get(lab, [])
+            v = doc[keys[lab]] if keys[lab] is not None else []
             out[lab] = parse_bullets(v) if isinstance(v, str) else unique_concepts(v)  # a repeat is one concept
         return out
 
