@@ -240,6 +240,15 @@ def test_answers_said_as_sentences_count_and_empty_trials_are_no_pass_rate(tmp_p
         k: ("too_hard", "pass rate 0/16") for k, n in want.items() if not n}
 
 
+def test_a_trial_echoing_the_image_token_keeps_one_image(tmp_path, occlusion, monkeypatch):
+    """A trial holding '<image>' became a chain-of-thought reply with a second image in it."""
+    monkeypatch.setitem(BACKENDS, "echo", "tests.builders.test_selfsynth:_EchoAnswers")
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                       generator="echo")
+    convs = [s["json"]["conversations"] for s in b.samples() if s["json"]["kind"] == "cot"]
+    assert convs and all([t["value"].count("<image>") for t in conv] == [1, 0] for conv in convs)
+
+
 def test_the_label_itself_is_correct_at_threshold_one(tmp_path, occlusion, trials):
     """--threshold 1 (only the label itself) called every trial wrong: no cosine is above 1."""
     exact = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},

@@ -450,6 +450,25 @@ def test_images_without_descriptions(tmp_path, cub, monkeypatch):
     assert len(b) == 8
 
 
+class _EchoAnswers(TemplateGenerator):
+    """Template texts, except that answers and reasoning trials begin by echoing their prompt's image token."""
+
+    def _one(self, req, i):
+        text = super()._one(req, i)
+        return "<image>\n" + text if (req.extra.get("template") or {}).get("task") in ("answer", "reason") else text
+
+
+def test_an_answer_echoing_the_image_token_keeps_one_image(tmp_path, cub, monkeypatch):
+    """An answer holding '<image>' went into the conversation as it was: a second image in the sample, which
+    `export llava` and LLaVA's training refuse."""
+    monkeypatch.setitem(BACKENDS, "echo", f"{__name__}:_EchoAnswers")
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub)}, concepts="attributes",
+                       generator="echo", questions=2)
+    convs = [s["json"]["conversations"] for s in b.samples()]
+    assert len(convs) == len(b) > 0
+    assert all([t["value"].count("<image>") for t in conv] == [1, 0, 0, 0] for conv in convs)
+
+
 class _ProseConcepts(TemplateGenerator):
     """Template texts, except that class concepts come as prose, never as a bullet list."""
 

@@ -19,7 +19,8 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, GeneratorMixin, ask, refused_by_owner, stable_int
+from vlmforge.builders.selfsynth import (REFUSED, FromBuildMixin, GeneratorMixin, ask, model_text, refused_by_owner,
+                                        stable_int)
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.instructions import short_answer_question, with_article, with_instruction
 from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, clean_answer, extract_answer, same_in_number
@@ -181,7 +182,7 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
                           height=rec["height"], source_id=rec["source_id"], extras=dict(parent), columns=meta)
 
         for j in correct:
-            out.append(make(f"cot{j:02d}", "cot", j, prompt, texts[j].strip()))
+            out.append(make(f"cot{j:02d}", "cot", j, prompt, model_text(texts[j])))
         seen: list[str] = []
         for j in correct:
             if any(same_in_number(found[j], s) for s in seen):  # "kites", "a kite" and "kite" are one answer

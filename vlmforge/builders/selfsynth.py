@@ -72,6 +72,12 @@ def stable_int(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
 
 
+def model_text(text: str) -> str:
+    """A generated text for an answer turn: stripped, without `<image>` (a model echoing its prompt would
+    put a second image into the conversation, which LLaVA's training refuses)."""
+    return text.replace("<image>", "").strip()
+
+
 def subject_of(source, configured: str | None) -> str:
     return configured or getattr(source, "subject", None) or "object"
 
@@ -456,7 +462,7 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if rec["source_id"] in refused_ids:
                 results[i] = [Reject(rec["source_id"], REFUSED, "qa", refused_ids[rec["source_id"]])]
                 continue
-            results[i] = [self._sample(rec, img, questions, [o[0].strip() if o else "" for o in outs], sel)]
+            results[i] = [self._sample(rec, img, questions, [model_text(o[0]) if o else "" for o in outs], sel)]
         return results
 
     def _sample(self, rec: Record, img, questions: list[tuple[str, str]], answers: list[str],

@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, ask, missing_columns, question_type_of
+from vlmforge.builders.selfsynth import (REFUSED, FromBuildMixin, ask, missing_columns, model_text,
+                                        question_type_of)
 from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
 from vlmforge.curation.softmatch import names_label
 from vlmforge.errors import UserError
@@ -65,10 +66,6 @@ def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         if row.get("refused"):  # the endpoint's words (selfsynth-answers): left out unless answered elsewhere
             entry.setdefault("refused", str(row["refused"]))
     return {k: list(v.values()) for k, v in out.items()}
-
-
-def _clean_candidate(text: str) -> str:
-    return text.replace("<image>", "").strip()
 
 
 @dataclass
@@ -146,7 +143,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         # Embed every candidate of the batch in one call: per-question calls would dominate the run.
-        texts = sorted({_clean_candidate(c) for rec in batch for e in self.answers.get(rec["key"], [])
+        texts = sorted({model_text(c) for rec in batch for e in self.answers.get(rec["key"], [])
                         for c in e["answers"]} - {""})
         vecs = self._embedder.encode(texts).astype(np.float64) if texts else np.zeros((0, 1))
         self._cand_index = {t: vecs[i] for i, t in enumerate(texts)}
@@ -194,7 +191,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
 
     def _choose(self, cands: list[str], qtype: str, label: str, concepts: list[str]) -> tuple[str | None, float | None]:
         """(kept answer, its score) or (None, None) when no candidate may be kept."""
-        cands = [c for c in (_clean_candidate(c) for c in cands) if c]
+        cands = [c for c in (model_text(c) for c in cands) if c]
         if not cands:
             return None, None
         if qtype == "simple" or not concepts:
