@@ -469,6 +469,28 @@ def test_an_answer_echoing_the_image_token_keeps_one_image(tmp_path, cub, monkey
     assert all([t["value"].count("<image>") for t in conv] == [1, 0, 0, 0] for conv in convs)
 
 
+def test_a_split_of_one_image_says_its_concepts_are_not_chosen_by_score(tmp_path):
+    """A split holding one image has no other image's descriptions to score its concepts against: each
+    scores 0 and the first ones are kept, which the build did without a word."""
+    from PIL import Image
+
+    for split, name in (("train", "cat/a.jpg"), ("train", "dog/b.jpg"), ("test", "cat/c.jpg")):
+        (tmp_path / "data" / split / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), (40 * len(split), 90, 30 * len(name))).save(tmp_path / "data" / split / name)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--source", "imagefolder", "--root",
+                        str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--questions", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "split 'test' has one described image" in err and "split 'train'" not in err
+    b = vlmforge.open_build(next((tmp_path / "out").rglob("build.json")).parent)
+    split_of = dict(b.sql("SELECT key, split FROM samples").fetchall())
+    scores: dict[str, set[float]] = {}
+    for s in b.samples():
+        scores.setdefault(split_of[s["__key__"]], set()).update(s["json"]["concept_scores"])
+    assert len(split_of) == 3 and scores["test"] == {0.0} and 0.0 not in scores["train"]
+
+
 class _ProseConcepts(TemplateGenerator):
     """Template texts, except that class concepts come as prose, never as a bullet list."""
 

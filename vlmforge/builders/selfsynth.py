@@ -370,6 +370,11 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
             raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
                              f"{len(descriptions)} images of split {split!r}; check that it answers image prompts")
+        if sum(map(bool, descriptions.values())) == 1 and not self.quiet:
+            from vlmforge.progress import console
+
+            console.print(f"[yellow]warning[/] split {split!r} has one described image: with no other image's "
+                          "descriptions to compare with, every concept scores 0 and the first of its class's are kept")
         # Embedding thousands of descriptions is most of this step on a CPU: the vectors are cached
         # with the responses (--no-cache turns both off), so a resumed build does not embed them again.
         embedder = CachedEmbedder(cfg.embedder, False if self.cache_dir is False else None,
