@@ -22,6 +22,7 @@ from vlmforge.curation.softmatch import SoftMatcher, extract_answer, names_label
     ("Therefore, the occluded object is a dog.", "dog"),
     ("So, it's a kite.", "kite"),
     ("Dog is my final answer.", "Dog"),
+    ("Final answer: a teddy bear is hidden behind the blocks.", "teddy bear"),
     ("Final answer: It is not a dog.", "not a dog"),
 ])
 def test_extract_answer(text, want):

@@ -38,6 +38,9 @@ _COPULA = re.compile(r"^(?:(?:so|therefore|thus|hence|overall|finally|in conclus
                      r"(?P<subject>(?:[\w'-]+\s+){0,5}?)(?:is|are|must be|should be|would be|could be|might be|"
                      r"may be|seems to be|appears to be)\s+(?:most\s+)?(?:likely\s+|probably\s+|possibly\s+|"
                      r"definitely\s+|clearly\s+)?(?=\S)", re.I)
+# Words after a copula that say where or how the answer is, not what: "a teddy bear is hidden there".
+_STATE_WORDS = frozenset("hidden occluded covered concealed masked obscured blocked behind under underneath beneath "
+                         "there here visible partially partly".split())
 # A trailing aside: "bus (a double-decker)".
 _ASIDE = re.compile(r"(?<=\S)\s*\([^()]*\)$")
 
@@ -53,9 +56,11 @@ def clean_answer(phrase: str) -> str:
     phrase = _CONTRACTION.sub(r"\1 is", _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,")))
     m = _COPULA.match(phrase)
     if m:
-        # "Dog is my final answer": the subject is the answer; else what follows the copula is.
+        # "Dog is my final answer", "a teddy bear is hidden": the subject is the answer; else what follows
+        # the copula is.
         rest = phrase[m.end():]
-        phrase = m.group("subject") if "answer" in rest.lower() and m.group("subject").strip() else rest
+        about = "answer" in rest.lower() or rest.split()[0].lower().strip(",.") in _STATE_WORDS
+        phrase = m.group("subject") if about and m.group("subject").strip() else rest
         phrase = _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,"))
     return _ASIDE.sub("", phrase).strip(" \t\"'`*:.,")
 
