@@ -208,6 +208,55 @@ def test_answers_are_soft_matched_to_the_label(tmp_path, occlusion, monkeypatch)
     assert answered == [("car", "automobile", 0.8645), ("dog", "dogs", 1.0)]
 
 
+class _SentenceTrials(TemplateGenerator):
+    """Template trials whose final answers are sentences ("Final answer: It is a car."), except for horses:
+    there every trial comes back empty (a reasoning model out of tokens)."""
+
+    def _one(self, req, i):
+        text = super()._one(req, i)
+        if (req.extra.get("template") or {}).get("task") != "reason":
+            return text
+        head, guess = text.rsplit("Final answer: ", 1)
+        return "" if "horse" in req.extra["template"]["candidates"] else f"{head}Final answer: It is a {guess}"
+
+
+def test_answers_said_as_sentences_count_and_empty_trials_are_no_pass_rate(tmp_path, occlusion, monkeypatch):
+    """'Final answer: It is a car.' was extracted as 'It is a car' (MiniLM: 0.89 to car, but 'It is a
+    television' 0.72 to television), and an image whose trials all came back empty was a too_hard reject
+    with 'pass rate 0/16'."""
+    monkeypatch.setitem(BACKENDS, "sentences", f"{__name__}:_SentenceTrials")
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                       generator="sentences", max_correct=16)
+    plain = _template_answers(occlusion)
+    animals = {s["__key__"] for s in occlusion.samples() if s["json"]["supercategory"] == "animal"}
+    want = {key: answers.count(label) for key, (label, answers) in plain.items() if key not in animals}
+    got = dict(b.sql("SELECT parent_key, any_value(n_correct) FROM samples GROUP BY 1").fetchall())
+    assert got == {key: n for key, n in want.items() if n} and got
+    assert {r[0] for r in b.sql("SELECT DISTINCT answer FROM samples").fetchall()} <= {label for label, _ in OBJECTS}
+    rejects = {r[0]: r[1:] for r in b.sql("SELECT source_id, reason, detail FROM rejects").fetchall()}
+    assert {k: v for k, v in rejects.items() if k in animals} == {
+        k: ("empty_trials", "the generator returned 16 empty trials") for k in animals}
+    assert {k: v for k, v in rejects.items() if k not in animals} == {
+        k: ("too_hard", "pass rate 0/16") for k, n in want.items() if not n}
+
+
+def test_a_trial_echoing_the_image_token_keeps_one_image(tmp_path, occlusion, monkeypatch):
+    """A trial holding '<image>' became a chain-of-thought reply with a second image in it."""
+    monkeypatch.setitem(BACKENDS, "echo", "tests.builders.test_selfsynth:_EchoAnswers")
+    b = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                       generator="echo")
+    convs = [s["json"]["conversations"] for s in b.samples() if s["json"]["kind"] == "cot"]
+    assert convs and all([t["value"].count("<image>") for t in conv] == [1, 0] for conv in convs)
+
+
+def test_the_label_itself_is_correct_at_threshold_one(tmp_path, occlusion, trials):
+    """--threshold 1 (only the label itself) called every trial wrong: no cosine is above 1."""
+    exact = vlmforge.build("cvc-trials", "build", out=tmp_path, source_options={"path": str(occlusion.path)},
+                           threshold=1.0)
+    q = "SELECT parent_key, n_correct, count(*) FROM samples GROUP BY ALL ORDER BY ALL"
+    assert exact.sql(q).fetchall() == trials.sql(q).fetchall() and len(exact)
+
+
 def test_transformers_trials_and_parent_checks(tmp_path, occlusion):
     from vlmforge.training.tiny import make_tiny_llava
 

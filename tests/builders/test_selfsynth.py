@@ -165,6 +165,23 @@ def test_a_concept_listed_twice_in_a_file_is_one_concept(tmp_path, cub):
     assert rows and all(sorted(r[0]) == ["Dark bill", "long wings", "pale ring"] for r in rows)
 
 
+def test_a_concepts_file_keyed_in_another_case_or_spelling(tmp_path, cub):
+    """Keys that differ from the labels in case or separators only ('black_footed_albatross', 'Laysan-Albatross')
+    found no entry: their classes' images were all no_concepts rejects."""
+    doc = {"black_footed_albatross": ["dark plumage", "pale bill", "long wings"],
+           "Laysan-Albatross": ["white head", "grey back", "pink bill"],
+           "Sooty Albatross": ["sooty plumage", "dark bill", "narrow wings"]}
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps(doc))
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path / "out", source_options={"root": str(cub)}, concepts=str(path),
+                       questions=1)
+    images = list((cub / "CUB_200_2011" / "images").rglob("*.jpg"))
+    assert b.sql("SELECT count(*) FROM rejects").fetchall() == [(0,)] and len(b) == len(images)
+    got = dict(b.sql("SELECT label, list_sort(flatten(list(concepts))) FROM samples GROUP BY 1").fetchall())
+    want = dict(zip(("Black footed Albatross", "Laysan Albatross", "Sooty Albatross"), doc.values()))
+    assert {k: sorted(set(v)) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+
+
 def test_api_concepts_attributes_reads_the_attribute_files(tmp_path, cub, offline_build):
     """vlmforge.build("selfsynth", "cub", concepts="attributes") needed source_options attributes=True, which
     the CLI adds for --concepts attributes; without it the build said the files were missing."""
@@ -209,7 +226,7 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
     # descriptions of an image (empty texts dropped) that the IB selection read, and its first answer
     # (one image per class: each text asked again costs a forward pass).
     model_gen = make_generator("transformers", model, cache_dir=False, batch_size=1)
-    details = dict(a.sql("SELECT source_id, detail FROM rejects").fetchall())
+    details = {r[0]: r[1:] for r in a.sql("SELECT source_id, reason, detail FROM rejects").fetchall()}
     records = list(open_source("cub", root=str(cub), splits=["train"]).records("train"))
     assert len({r["label"] for r in records[::3]}) == 3
     for rec in records[::3]:
@@ -224,11 +241,14 @@ def test_transformers_model_path_and_cache(tmp_path, cub):
             "<image>\n" + QA_PROMPT.format(label=rec["label"], features=features, question=q), image=image,
             temperature=0.3, max_new_tokens=6, seed=stable_int(0, key, "qa", i))])[0][0].strip()
             for i, (_, q) in enumerate(builder._questions(key))]
-        # A random model never spells the label: the image is a rejected QA, with what the model answered
+        # A random model never spells the label: the image is a rejected QA, with what the model answered;
+        # when it answered nothing at all, that is what the reject says
         first = next((t for t in answers if t), "")
-        assert details[rec["source_id"]] == f"none of 2 answers names {rec['label']!r} (first answer: {first[:60]!r})"
-    assert len(a) == 0 and a.sql("SELECT reason, count(*) FROM rejects GROUP BY 1").fetchall() == [("answer_misses_label", 9)]
-    assert sum("(first answer: '')" not in d for d in details.values()) >= 5
+        want = (("answer_misses_label", f"none of 2 answers names {rec['label']!r} (first answer: {first[:60]!r})")
+                if first else ("empty_answers", "the generator returned 2 empty answers"))
+        assert details[rec["source_id"]] == want
+    assert len(a) == 0 and len(details) == 9
+    assert sum(reason == "answer_misses_label" for reason, _ in details.values()) >= 5
     assert len(list(cache.rglob("*.json"))) == 27
 
     # The same build again, elsewhere: every response comes from the cache, the model is never called.
@@ -303,6 +323,21 @@ def test_round_scores_candidates_and_falls_back(tmp_path, offline_build):
     parent_imgs = {s["__key__"]: s["jpg"] for s in parent.samples()}
     assert all(got[k]["jpg"] == parent_imgs[k] for k in got)
     assert got[keys[0]]["json"]["conversations"][0]["value"] == "<image>\n" + q_explain
+
+
+def test_candidate_answers_for_a_subset_of_a_selfsynth_build(tmp_path, offline_build):
+    """`build selfsynth-round` took a subset of a selfsynth build, but `selfsynth-answers` refused it ('is a
+    subset build'): a round on part of the data could not be asked for."""
+    from vlmforge.builders.selfsynth_round import write_candidate_answers
+
+    half = vlmforge.build("subset", "build", out=tmp_path / "half", source_options={"path": str(offline_build.path)},
+                          mode="class-preserving", fraction=0.5)
+    assert 0 < len(half) < len(offline_build)
+    answers = tmp_path / "r2.jsonl"
+    assert write_candidate_answers(half.path, answers, "template", None, samples=2) == len(half) * 4
+    r2 = vlmforge.build("selfsynth-round", "build", out=tmp_path / "o2", source_options={"path": str(half.path)},
+                        answers=str(answers))
+    assert len(r2) == len(half) and r2.sql("SELECT DISTINCT round FROM samples").fetchall() == [(2,)]
 
 
 def test_rounds_chain_with_generated_answers(tmp_path, offline_build):
@@ -415,6 +450,47 @@ def test_images_without_descriptions(tmp_path, cub, monkeypatch):
     assert len(b) == 8
 
 
+class _EchoAnswers(TemplateGenerator):
+    """Template texts, except that answers and reasoning trials begin by echoing their prompt's image token."""
+
+    def _one(self, req, i):
+        text = super()._one(req, i)
+        return "<image>\n" + text if (req.extra.get("template") or {}).get("task") in ("answer", "reason") else text
+
+
+def test_an_answer_echoing_the_image_token_keeps_one_image(tmp_path, cub, monkeypatch):
+    """An answer holding '<image>' went into the conversation as it was: a second image in the sample, which
+    `export llava` and LLaVA's training refuse."""
+    monkeypatch.setitem(BACKENDS, "echo", f"{__name__}:_EchoAnswers")
+    b = vlmforge.build("selfsynth", "cub", out=tmp_path, source_options={"root": str(cub)}, concepts="attributes",
+                       generator="echo", questions=2)
+    convs = [s["json"]["conversations"] for s in b.samples()]
+    assert len(convs) == len(b) > 0
+    assert all([t["value"].count("<image>") for t in conv] == [1, 0, 0, 0] for conv in convs)
+
+
+def test_a_split_of_one_image_says_its_concepts_are_not_chosen_by_score(tmp_path):
+    """A split holding one image has no other image's descriptions to score its concepts against: each
+    scores 0 and the first ones are kept, which the build did without a word."""
+    from PIL import Image
+
+    for split, name in (("train", "cat/a.jpg"), ("train", "dog/b.jpg"), ("test", "cat/c.jpg")):
+        (tmp_path / "data" / split / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 24), (40 * len(split), 90, 30 * len(name))).save(tmp_path / "data" / split / name)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "build", "selfsynth", "--source", "imagefolder", "--root",
+                        str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--questions", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "split 'test' has one described image" in err and "split 'train'" not in err
+    b = vlmforge.open_build(next((tmp_path / "out").rglob("build.json")).parent)
+    split_of = dict(b.sql("SELECT key, split FROM samples").fetchall())
+    scores: dict[str, set[float]] = {}
+    for s in b.samples():
+        scores.setdefault(split_of[s["__key__"]], set()).update(s["json"]["concept_scores"])
+    assert len(split_of) == 3 and scores["test"] == {0.0} and 0.0 not in scores["train"]
+
+
 class _ProseConcepts(TemplateGenerator):
     """Template texts, except that class concepts come as prose, never as a bullet list."""
 
@@ -440,6 +516,10 @@ def test_selector_without_any_description():
 @pytest.mark.parametrize("doc, error", [
     ({"Black footed Albatross": 5}, "the value for 'Black footed Albatross' must be a list of features"),
     ({"Black footed Albatross": {"dark wings": 1}}, "must be a list of features .* not {\"dark wings\": 1}"),
+    # prose, not a bullet list: its class's images were all no_concepts rejects
+    ({"Black footed Albatross": "dark wings, white head", "Laysan Albatross": ["white head"]},
+     r"the value for 'Black footed Albatross' is text without '- feature' lines; give a list of features, not "
+     r"\"dark wings, white head\""),
     ({"001.Black_footed_Albatross": ["dark wings"]},
      r"no entry for any label of this build \(labels: 'Black footed Albatross', .*the file has: '001.Black"),
 ])
@@ -615,6 +695,16 @@ def test_a_refused_class_or_question_is_a_reject_without_a_cache(tmp_path, cub, 
     with pytest.raises(BuildError, match="the endpoint refused the requests of every image of a batch: .* answered "
                                          "400: the prompt was filtered"):
         _openai_build(tmp_path / "c", cub, chat_server, False, concepts="attributes", attributes=True)
+
+
+def test_empty_answers_are_their_own_reject(tmp_path, cub, chat_server):
+    """An endpoint answering with no text (a reasoning model out of tokens) made every image an
+    answer_misses_label reject, as if the model had named another bird."""
+    chat_server.fixed_reply = ""
+    a = _openai_build(tmp_path / "a", cub, chat_server, tmp_path / "cache", concepts="attributes", attributes=True)
+    assert len(a) == 0 and a.sql("SELECT reason, stage, detail, count(*) FROM rejects GROUP BY ALL").fetchall() == [
+        ("empty_answers", "qa", "the generator returned 2 empty answers", 9)]
+    assert not list((tmp_path / "cache").rglob("*.json"))  # asked again next time
 
 
 def test_candidate_answers_note_a_refusal_and_the_round_leaves_it_out(tmp_path, offline_build, chat_server, capsys):

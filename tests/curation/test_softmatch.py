@@ -14,6 +14,16 @@ from vlmforge.curation.softmatch import SoftMatcher, extract_answer, names_label
     ("Answer: car. Wait, looking again, the answer is truck.", "truck"),
     ("Wheels show below the blocks. A bicycle", "bicycle"),
     ("", ""),
+    # the answer said as a sentence: MiniLM's cosine of "it is a bus" and "bus" is 0.89, "the hidden object is
+    # most likely a dog" and "dog" 0.53: right answers were counted wrong
+    ("Final answer: It is a bus.", "bus"),
+    ("Final answer: The occluded object is a bus (a double-decker).", "bus"),
+    ("The hidden object is most likely a dog.", "dog"),
+    ("Therefore, the occluded object is a dog.", "dog"),
+    ("So, it's a kite.", "kite"),
+    ("Dog is my final answer.", "Dog"),
+    ("Final answer: a teddy bear is hidden behind the blocks.", "teddy bear"),
+    ("Final answer: It is not a dog.", "not a dog"),
 ])
 def test_extract_answer(text, want):
     assert extract_answer(text) == want
@@ -34,6 +44,13 @@ def test_names_label():
     assert names_label("These are two Laysan Albatrosses.", "Laysan Albatross") and names_label("Two men.", "man")
     assert not names_label("These are not Laysan Albatrosses.", "Laysan Albatross")
     assert not names_label("Laysan birds.", "Laysan Albatross")
+    # CUB drops the possessive of its names (Brewer_Blackbird, Forsters_Tern, Chuck_will_Widow); an answer
+    # that spells it ("Brewer's Blackbird") names the label, and was dropped as answer_misses_label
+    assert names_label("This is a Brewer's Blackbird.", "Brewer Blackbird")
+    assert names_label("A Forster’s Tern in flight.", "Forsters Tern") and names_label("Forsters Tern", "Forsters Tern")
+    assert names_label("It is a Chuck-will's-widow.", "Chuck will Widow")
+    assert not names_label("This is a Brewer's Sparrow.", "Brewer Blackbird")
+    assert not names_label("This is not a Brewer's Blackbird.", "Brewer Blackbird")
     assert normalise("  Laysan_Albatross!! ") == "laysan albatross"
 
 
@@ -69,3 +86,11 @@ def test_the_label_in_another_number_or_with_a_count_matches():
                           ("bus stop", "bus")]:
         assert not same_in_number(answer, label), (answer, label)
     assert m.matches(["cat", "frisbee"], "dog") == [False, False]
+
+
+def test_the_label_itself_matches_at_any_threshold_and_an_empty_answer_never():
+    """README: correct when the cosine is above --threshold, or when the answer is the label but for number,
+    an article or a count. At --threshold 1 the label itself (cosine 1) was counted wrong; at -1 an empty
+    answer (cosine 0) counted."""
+    assert SoftMatcher(threshold=1.0).matches(["Dog", "two dogs", "puppy", ""], "dog") == [True, True, False, False]
+    assert SoftMatcher(threshold=-1.0).matches(["", " . ", "banana"], "car") == [False, False, True]

@@ -2,10 +2,12 @@
 
 For each occluded image the generator writes K reasoning trials (paper: 16, temperature 1, top_p
 0.9). Each trial's final answer is extracted (rules, or a generator prompt) and compared with the
-label by embedding cosine (offline MiniLM; BGE-M3 when given): correct when above 0.85. Images the
+label by embedding cosine (offline MiniLM; BGE-M3 when given): correct when above 0.85, or when it is
+the label but for number (`SoftMatcher.is_match`). Images the
 model solves only sometimes (1 <= correct <= 4 of 16 by default) are the useful ones: each yields
 one chain-of-thought sample per correct trial and one short-answer sample per distinct correct
-answer, in LLaVA format. Pass rates land in the manifest (kept) and in the rejects (too easy/hard).
+answer, in LLaVA format. Pass rates land in the manifest (kept) and in the rejects (too easy/hard);
+an image whose trials are all empty (a generator fault) is an `empty_trials` reject.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, GeneratorMixin, ask, refused_by_owner, stable_int
+from vlmforge.builders.selfsynth import (REFUSED, FromBuildMixin, GeneratorMixin, ask, model_text, refused_by_owner,
+                                        stable_int)
 from vlmforge.curation.generation import GenerationRequest
 from vlmforge.curation.instructions import short_answer_question, with_article, with_instruction
-from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, extract_answer, same_in_number
+from vlmforge.curation.softmatch import DEFAULT_THRESHOLD, SoftMatcher, clean_answer, extract_answer, same_in_number
 from vlmforge.errors import UserError
 from vlmforge.sample import Reject, Sample
 from vlmforge.sources.base import Record
@@ -50,7 +53,7 @@ class CvcTrialsConfig(BuildConfig):
 
 class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
     name = "cvc-trials"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = CvcTrialsConfig
     description = ("CVC trial learning: K reasoning trials per occluded image, answers soft-matched to the label; "
                    "images solved only sometimes give chain-of-thought and short-answer samples.")
@@ -144,7 +147,7 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
         outs, refused = ask(gen, reqs) if reqs else ([], {})
         refused_images = refused_by_owner(refused, [j for j, texts in enumerate(trials) for _ in texts],
                                           "image of a batch")
-        cleaned = [extract_answer(o) if "answer" in o.lower() else o.strip().splitlines()[0] if o.strip() else ""
+        cleaned = [extract_answer(o) if "answer" in o.lower() else clean_answer(o)
                    for o in (o[0] if o else "" for o in outs)]
         it = iter(cleaned)
         found = [[next(it) for _ in texts] for texts in trials]
@@ -154,8 +157,10 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
                  found: list[str], sims) -> list[Sample | Reject]:
         cfg = self.config
         label = doc["label"]
-        correct = [j for j, s in enumerate(sims) if s > cfg.threshold]
         n = len(texts)
+        if not any(t.strip() for t in texts):  # a fault (an empty completion), not an image too hard
+            return [Reject(rec["source_id"], "empty_trials", "trials", f"the generator returned {n} empty trials")]
+        correct = [j for j, s in enumerate(sims) if self._matcher.is_match(found[j], label, s)]
         if len(correct) < cfg.min_correct or len(correct) > cfg.max_correct:
             reason = "too_hard" if len(correct) < cfg.min_correct else "too_easy"
             return [Reject(rec["source_id"], reason, "trials", f"pass rate {len(correct)}/{n}")]
@@ -177,7 +182,7 @@ class CvcTrialsBuilder(GeneratorMixin, FromBuildMixin, Builder):
                           height=rec["height"], source_id=rec["source_id"], extras=dict(parent), columns=meta)
 
         for j in correct:
-            out.append(make(f"cot{j:02d}", "cot", j, prompt, texts[j].strip()))
+            out.append(make(f"cot{j:02d}", "cot", j, prompt, model_text(texts[j])))
         seen: list[str] = []
         for j in correct:
             if any(same_in_number(found[j], s) for s in seen):  # "kites", "a kite" and "kite" are one answer

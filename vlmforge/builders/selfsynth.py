@@ -11,7 +11,8 @@ Recipe, per split of a labelled source (CUB, FGVC-Aircraft, Stanford Dogs, class
    With CUB attributes: the image's own positive attributes weighted by class specificity;
 4. QA (process, per batch): several questions (simple, explain, step-by-step) answered from "This is
    a picture of a {label} with the following visual features: ..."; a pair is kept only when the
-   answer names the label. One sample per image, kept pairs as turns, in LLaVA format.
+   answer names the label (every answer empty: an `empty_answers` reject). One sample per image, kept
+   pairs as turns, in LLaVA format.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from vlmforge.curation.concepts import (IB_TEMPERATURE, MIN_CONCEPTS, STD_FACTOR
 from vlmforge.curation.generation import REFUSED, GenerationRequest, Generator, ask, make_generator, refused_by_owner
 from vlmforge.curation.images import ImageError
 from vlmforge.curation.selection import key_clashes
-from vlmforge.curation.softmatch import names_label
+from vlmforge.curation.softmatch import names_label, normalise
 from vlmforge.errors import BuildError, UserError
 from vlmforge.progress import progress_bar
 from vlmforge.sample import Reject, Sample, make_key
@@ -69,6 +70,12 @@ QA_PROMPT = ("This is a picture of a {label} with the following visual features:
 def stable_int(*parts: Any) -> int:
     """A 31-bit seed from parts (config seed, key, index): the same on every run and machine."""
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big") >> 1
+
+
+def model_text(text: str) -> str:
+    """A generated text for an answer turn: stripped, without `<image>` (a model echoing its prompt would
+    put a second image into the conversation, which LLaVA's training refuses)."""
+    return text.replace("<image>", "").strip()
 
 
 def subject_of(source, configured: str | None) -> str:
@@ -152,9 +159,15 @@ class FromBuildMixin:
 
     def require_parent_columns(self, names: set[str], hint: str) -> None:
         build = self.src.build
-        have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
-        if not names <= have:
-            raise BuildError(f"{build.path} has no {'/'.join(sorted(names - have))} column: {hint}")
+        missing = missing_columns(build, names)
+        if missing:
+            raise BuildError(f"{build.path} has no {'/'.join(missing)} column: {hint}")
+
+
+def missing_columns(build, names: set[str]) -> list[str]:
+    """Those of `names` the build's manifest has no column for."""
+    have = {r[0] for r in build.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+    return sorted(names - have)
 
 
 def _some(names: list[str], n: int = 3) -> str:
@@ -193,7 +206,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.4.0"
+    VERSION = "1.5.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -299,13 +312,21 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if not isinstance(v, str) and not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
                 raise UserError(f"concepts file {path}: the value for {lab!r} must be a list of features (strings) "
                                 f"or one bulleted text, not {json.dumps(v)[:60]}")
-        if labels and not any(lab in doc for lab in labels):
+            if isinstance(v, str) and v.strip() and not parse_bullets(v):  # its images would all be no_concepts
+                raise UserError(f"concepts file {path}: the value for {lab!r} is text without '- feature' lines; "
+                                f"give a list of features, not {json.dumps(v)[:60]}")
+        # A key that differs from a label in case or separators only ("black_footed_albatross") is its entry.
+        by_name: dict[str, str] = {}
+        for k in sorted(doc):
+            by_name.setdefault(normalise(k), k)
+        keys = {lab: lab if lab in doc else by_name.get(normalise(lab)) for lab in labels}
+        if labels and not any(keys.values()):
             # Every image would be a no_concepts reject: most likely the file is keyed by folder names or ids.
             raise UserError(f"concepts file {path} has no entry for any label of this build "
                             f"(labels: {_some(labels)}; the file has: {_some(sorted(doc))})")
         out = {}
         for lab in labels:
-            v = doc.get(lab, [])
+            v = doc[keys[lab]] if keys[lab] is not None else []
             out[lab] = parse_bullets(v) if isinstance(v, str) else unique_concepts(v)  # a repeat is one concept
         return out
 
@@ -349,6 +370,11 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             # Every image would be rejected: an empty build hides a broken generator, so stop and say so.
             raise BuildError(f"the generator ({cfg.generator}) returned no usable description for any of the "
                              f"{len(descriptions)} images of split {split!r}; check that it answers image prompts")
+        if sum(map(bool, descriptions.values())) == 1 and not self.quiet:
+            from vlmforge.progress import console
+
+            console.print(f"[yellow]warning[/] split {split!r} has one described image: with no other image's "
+                          "descriptions to compare with, every concept scores 0 and the first of its class's are kept")
         # Embedding thousands of descriptions is most of this step on a CPU: the vectors are cached
         # with the responses (--no-cache turns both off), so a resumed build does not embed them again.
         embedder = CachedEmbedder(cfg.embedder, False if self.cache_dir is False else None,
@@ -441,13 +467,16 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
             if rec["source_id"] in refused_ids:
                 results[i] = [Reject(rec["source_id"], REFUSED, "qa", refused_ids[rec["source_id"]])]
                 continue
-            results[i] = [self._sample(rec, img, questions, [o[0].strip() if o else "" for o in outs], sel)]
+            results[i] = [self._sample(rec, img, questions, [model_text(o[0]) if o else "" for o in outs], sel)]
         return results
 
     def _sample(self, rec: Record, img, questions: list[tuple[str, str]], answers: list[str],
                 sel: dict[str, Any]) -> Sample | Reject:
         label = rec["label"]
         kept = [(t, q, a) for (t, q), a in zip(questions, answers) if a and names_label(a, label)]
+        if not any(answers):  # a fault (empty completions), not answers that miss the label
+            return Reject(rec["source_id"], "empty_answers", "qa",
+                          f"the generator returned {len(questions)} empty answers")
         if not kept:
             first = next((a for a in answers if a), "")
             return Reject(rec["source_id"], "answer_misses_label", "qa",

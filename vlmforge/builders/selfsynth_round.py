@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, Builder
-from vlmforge.builders.selfsynth import REFUSED, FromBuildMixin, ask, question_type_of
+from vlmforge.builders.selfsynth import (REFUSED, FromBuildMixin, ask, missing_columns, model_text,
+                                        question_type_of)
 from vlmforge.curation.concepts import IB_TEMPERATURE, ib_scores
 from vlmforge.curation.softmatch import names_label
 from vlmforge.errors import UserError
@@ -67,10 +68,6 @@ def read_answers(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return {k: list(v.values()) for k, v in out.items()}
 
 
-def _clean_candidate(text: str) -> str:
-    return text.replace("<image>", "").strip()
-
-
 @dataclass
 class SelfSynthRoundConfig(BuildConfig):
     answers: str = ""  # JSONL of candidate answers
@@ -87,7 +84,7 @@ class SelfSynthRoundConfig(BuildConfig):
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.4.0"
+    VERSION = "1.5.0"
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")
@@ -146,7 +143,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         # Embed every candidate of the batch in one call: per-question calls would dominate the run.
-        texts = sorted({_clean_candidate(c) for rec in batch for e in self.answers.get(rec["key"], [])
+        texts = sorted({model_text(c) for rec in batch for e in self.answers.get(rec["key"], [])
                         for c in e["answers"]} - {""})
         vecs = self._embedder.encode(texts).astype(np.float64) if texts else np.zeros((0, 1))
         self._cand_index = {t: vecs[i] for i, t in enumerate(texts)}
@@ -194,7 +191,7 @@ class SelfSynthRoundBuilder(FromBuildMixin, Builder):
 
     def _choose(self, cands: list[str], qtype: str, label: str, concepts: list[str]) -> tuple[str | None, float | None]:
         """(kept answer, its score) or (None, None) when no candidate may be kept."""
-        cands = [c for c in (_clean_candidate(c) for c in cands) if c]
+        cands = [c for c in (model_text(c) for c in cands) if c]
         if not cands:
             return None, None
         if qtype == "simple" or not concepts:
@@ -241,9 +238,9 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
     from vlmforge.progress import progress_bar
 
     build = open_build(build_path)
-    if build.info["builder"] not in ("selfsynth", "selfsynth-round"):
+    if missing_columns(build, {"label", "concepts"}):  # a subset, split or mix of a selfsynth build has them
         raise UserError(f"{build_path} is {with_article(build.info['builder'])} build; candidate answers are asked "
-                        "for the questions of a selfsynth build or round")
+                        "for the questions of a selfsynth build or round (or a subset or split of one)")
     if not len(build):
         raise UserError(f"{build_path} has no samples: there is no question to answer")
     out = Path(output)

@@ -19,7 +19,7 @@ GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses (nor the embeddings of descriptions) on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
-FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.4.0")]
+FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.5.0")]
 FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/1.4.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
 
@@ -115,7 +115,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="longest trial, in tokens")] = 512,
         extractor: Annotated[str, typer.Option("--extractor", help="final-answer extraction: rule or generator")] = "rule",
         embedder: Embedder = "minilm",
-        threshold: Annotated[float, typer.Option("--threshold", help="cosine above which an answer matches the label")] = 0.85,
+        threshold: Annotated[float, typer.Option("--threshold", help="cosine above which an answer matches the label (the label itself, in any number, matches at any threshold)")] = 0.85,
         min_correct: Annotated[int, typer.Option("--min-correct", min=1, help="keep images with at least this many correct trials")] = 1,
         max_correct: Annotated[Optional[int], typer.Option("--max-correct", min=1, help="... and at most this many (default: 4, or --trials when fewer)")] = None,
         device: Device = None,

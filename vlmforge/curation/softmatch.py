@@ -1,9 +1,10 @@
 """Answer extraction and soft matching against a label.
 
 `extract_answer` pulls the final answer out of a reasoning text by rules ("Final answer: X",
-"\\boxed{X}", "the answer is X", ...). `SoftMatcher` compares answers with labels by the cosine of their
-sentence embeddings (offline default MiniLM; any sentence-transformers model, e.g. BAAI/bge-m3) and
-calls an answer correct when the cosine is above a threshold (0.85, as CVC does). `names_label` is the
+"\\boxed{X}", "the answer is X", ...), then out of a sentence saying it ("it is a bus" -> bus).
+`SoftMatcher` compares answers with labels by the cosine of their sentence embeddings (offline default
+MiniLM; any sentence-transformers model, e.g. BAAI/bge-m3) and calls an answer correct when the cosine
+is above a threshold (0.85, as CVC does) or the answer is the label but for number. `names_label` is the
 strict test used where an answer must spell the label out.
 """
 
@@ -30,23 +31,47 @@ _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.I)
 _SENTENCE_END = re.compile(r"(?<=[A-Za-z0-9]{3})\.(?:\s|$)|[!?;](?:\s|$)")
 
 
-def _clean(phrase: str) -> str:
+# A phrase that is a sentence about the answer ("it is a bus", "the hidden object is most likely a dog"):
+# a short subject, a copula and the answer after it.
+_CONTRACTION = re.compile(r"\b(it|this|that|there|what)['\u2019]s\b", re.I)
+_COPULA = re.compile(r"^(?:(?:so|therefore|thus|hence|overall|finally|in conclusion)\s*,?\s+)?"
+                     r"(?P<subject>(?:[\w'-]+\s+){0,5}?)(?:is|are|must be|should be|would be|could be|might be|"
+                     r"may be|seems to be|appears to be)\s+(?:most\s+)?(?:likely\s+|probably\s+|possibly\s+|"
+                     r"definitely\s+|clearly\s+)?(?=\S)", re.I)
+# Words after a copula that say where or how the answer is, not what: "a teddy bear is hidden there".
+_STATE_WORDS = frozenset("hidden occluded covered concealed masked obscured blocked behind under underneath beneath "
+                         "there here visible partially partly".split())
+# A trailing aside: "bus (a double-decker)".
+_ASIDE = re.compile(r"(?<=\S)\s*\([^()]*\)$")
+
+
+def clean_answer(phrase: str) -> str:
+    """An answer phrase without emphasis, what follows its first line or sentence, a leading article, the
+    sentence around it ("it is a bus" -> bus) and a trailing aside."""
     phrase = phrase.replace("**", "").replace("__", "").strip()
     phrase = phrase.splitlines()[0] if phrase else ""
     m = _SENTENCE_END.search(phrase)
     if m:
         phrase = phrase[: m.start()]
-    phrase = _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,"))
-    return phrase.strip(" \t\"'`*:.,")
+    phrase = _CONTRACTION.sub(r"\1 is", _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,")))
+    m = _COPULA.match(phrase)
+    if m:
+        # "Dog is my final answer", "a teddy bear is hidden": the subject is the answer; else what follows
+        # the copula is.
+        rest = phrase[m.end():]
+        about = "answer" in rest.lower() or rest.split()[0].lower().strip(",.") in _STATE_WORDS
+        phrase = m.group("subject") if about and m.group("subject").strip() else rest
+        phrase = _ARTICLE.sub("", phrase.strip(" \t\"'`*:.,"))
+    return _ASIDE.sub("", phrase).strip(" \t\"'`*:.,")
 
 
 def extract_answer(text: str) -> str:
     """The final answer phrase of a reasoning text; the last sentence when no rule matches."""
-    boxed = [_clean(m.group(1)) for m in _BOXED.finditer(text)]
+    boxed = [clean_answer(m.group(1)) for m in _BOXED.finditer(text)]
     if any(boxed):
         return [b for b in boxed if b][-1]
     for trigger in _TRIGGERS:
-        found = [_clean(text[m.end():]) for m in trigger.finditer(text)]
+        found = [clean_answer(text[m.end():]) for m in trigger.finditer(text)]
         found = [f for f in found if f]
         if found:
             return found[-1]
@@ -54,7 +79,7 @@ def extract_answer(text: str) -> str:
     if not lines:
         return ""
     sentences = [s for s in re.split(r"(?<=[a-z0-9]{3})[.!?]\s+", lines[-1]) if s.strip()]
-    return _clean(sentences[-1] if sentences else lines[-1])
+    return clean_answer(sentences[-1] if sentences else lines[-1])
 
 
 def normalise(text: str) -> str:
@@ -100,23 +125,23 @@ NEGATIONS = frozenset("not no never nor neither isnt arent wasnt werent cannot c
 
 
 def names_label(text: str, label: str) -> bool:
-    """Whether `text` names `label` as whole words (after normalising both; its last word may be plural:
-    "two Laysan Albatrosses"), in a mention that no negation within the three words before denies ("This
+    """Whether `text` names `label` as whole words (after normalising both; a word may differ in number or
+    by a possessive: "two Laysan Albatrosses", "Brewer's Blackbird" for CUB's Brewer Blackbird, "Forster's
+    Tern" for Forsters Tern), in a mention that no negation within the three words before denies ("This
     is not a Black footed Albatross")."""
-    lab = normalise(label).split()
+    lab = [_word_forms(w) for w in normalise(label).split()]
     words = normalise(text).split()
     if not lab:
         return False
-    last = _word_forms(lab[-1])
     for i in range(len(words) - len(lab) + 1):
-        if (words[i : i + len(lab) - 1] == lab[:-1] and _word_forms(words[i + len(lab) - 1]) & last
+        if (all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
                 and not NEGATIONS & set(words[max(0, i - 3) : i])):
             return True
     return False
 
 
 class SoftMatcher:
-    """`similarity(answers, label)` -> cosines; `matches(...)` -> cosine > threshold."""
+    """`similarity(answers, label)` -> cosines; `matches(...)` -> whether each answer counts (`is_match`)."""
 
     def __init__(self, embedder: SentenceEmbedder | str | None = None, threshold: float = DEFAULT_THRESHOLD):
         self.embedder = embedder if isinstance(embedder, SentenceEmbedder) else shared_embedder(embedder)
@@ -144,4 +169,9 @@ class SoftMatcher:
         return out
 
     def matches(self, answers: list[str], label: str) -> list[bool]:
-        return [bool(s > self.threshold) for s in self.similarity(answers, label)]
+        return [self.is_match(a, label, s) for a, s in zip(answers, self.similarity(answers, label))]
+
+    def is_match(self, answer: str, label: str, similarity: float) -> bool:
+        """A non-empty answer whose cosine is above the threshold, or that is the label but for number, an
+        article or a count, whatever the threshold (--threshold 1 keeps the label itself)."""
+        return bool(normalise(answer)) and (similarity > self.threshold or same_in_number(answer, label))
