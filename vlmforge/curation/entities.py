@@ -25,6 +25,8 @@ SCENE_WORDS = frozenset(
     several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
     collection selection array batch cluster""".split()
 )
+# Collective words that, without "of ..." after them, name people: "A couple on a bench" is two persons.
+PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
 # Words that are plural in form for one thing: the label keeps the word ("scissors", not "scissor").
 PLURALIA = frozenset("""scissors clothes glasses sunglasses eyeglasses goggles pants jeans shorts trousers tongs
     binoculars headphones earphones pajamas""".split())
@@ -82,18 +84,60 @@ def _counted(chunk, head) -> bool:
                for t in chunk if t.i < head.i)
 
 
-def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
+def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int, bool, int] | None:
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
-    the last token lies past the chunk when a fixed compound's second word was left out of it."""
+    the last token lies past the chunk when a fixed compound's second word was left out of it, or
+    the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
+    got = _chunk_label(chunk)
+    if got is None:
+        return None
+    label, start, end, plural, last = got
+    nxt = _goes_on(label, chunk.doc, last, verbs)
+    if nxt is None:
+        return got
+    second = "stand" if nxt.lower_ == "stands" else _object_singular(nxt.lower_)
+    return f"{label} {second}", start, nxt.idx + len(nxt.text), plural or nxt.lower_ != second, nxt.i
+
+
+# What "hot dog" + these words name is a stall or a cart, not a hot dog.
+STALLS = frozenset("stand stands cart carts stall stalls".split())
+
+
+def _goes_on(label: str, doc, last: int, verbs: frozenset[str]):
+    """The word after a label that the name goes on with, or None: "a hot dog stand" (the parser takes
+    "stand" for the head, or a verb, with "dog" its subject), "A mother bear with her cubs" ("bear" a
+    verb whose singular subject "mother" cannot go with its base form: a name, not a clause), "A pizza
+    oven" ("oven" a participle of "pizza"), "Baby carrots" ("carrots" a verb, which no verb is)."""
+    if last + 1 >= len(doc):
+        return None
+    nxt, end = doc[last + 1], doc[last]
+    if label == "hot dog" and nxt.lower_ in STALLS:
+        return nxt
+    if end.tag_ != "NN" or not (nxt.lower_ == "stand" or nxt.lower in _object_word_ids()):
+        return None
+    if end.head.i == nxt.i:
+        named = nxt.tag_ in ("VB", "VBP", "NN") or (nxt.tag_ == "VBZ" and _object_singular(nxt.lower_) not in verbs)
+    else:
+        named = nxt.head.i == end.i and nxt.dep_ == "acl" and nxt.tag_ == "VBN"
+    return nxt if named else None
+
+
+def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
+    """_label_of within the chunk (and a fixed compound's second word past it)."""
     head = chunk.root
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
         return None
     doc = head.doc
     last = chunk.end - 1
-    nouns = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
+    nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()]
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
-        head = nouns[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
+        # "A duck swimming": the verb taken for the head and the duck for its compound ("a surfboard
+        # walking": for its adjective)
+        head = nouns[-1]
+        last = head.i
+    elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
+        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
         last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
@@ -108,18 +152,31 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     missed_plural = lemma not in _object_names() and _object_singular(word) != word
     if missed_plural:
         lemma = _object_singular(word)
+    if lemma in PEOPLE_GROUPS and not (head.i + 1 < len(doc) and doc[head.i + 1].lower_ == "of"):
+        return "person", head.idx, head.idx + len(head.text), True, last  # "a couple", not "a couple of"
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and not _describes(t)]
+    # Compounds join the label ("traffic light") unless they only describe the thing (_describes); so
+    # does a noun the parser made a conj of the list item before ("toaster and coffee maker").
+    parts = [t for t in head.lefts if (t.dep_ == "compound" or t.dep_ == "amod" and t.lower in _object_word_ids())
+             and t.i >= chunk.start and not _describes(t)]  # "an oven mitt": oven/JJ
+    k = head.i - 1
+    while (k >= chunk.start and doc[k].dep_ == "conj" and doc[k].pos_ in ("NOUN", "PROPN")
+           and not chunk.start <= doc[k].head.i < chunk.end and not _describes(doc[k])):
+        parts.append(doc[k])
+        k -= 1
     glasses = word in PLURALIA and parts and f"{parts[-1].lower_} {head.lemma_.lower()}" in FIXED_COMPOUNDS
     if glasses:  # "wine glasses": glasses of wine, not spectacles
         lemma = head.lemma_.lower()
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
     before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
-    if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
-        start_tok, words = before, [before.text.lower(), *words]
+    # "hot dog (stand)", "an ironing board" (not a skateboard), "a stuffed dog" (a toy)
+    from vlmforge.curation.grounding import TOY_WORDS
+
+    if before is not None and (f"{before.lower_} {words[0]}" in _known_names()
+                               or before.lower_ in TOY_WORDS and len(words) == 1 and words[0] in _object_words()):
+        start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
     plural = ((head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses
               or _counted(chunk, head))
@@ -134,21 +191,36 @@ MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leathe
 
 def _describes(t) -> bool:
     """A compound that describes the thing rather than names it: hyphenated into a modifier ("double-decker
-    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), or a
-    word that is no object with an adjective of its own ("a double decker bus", "stainless steel")."""
+    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), a
+    brand (_brand), or a word that is no object with an adjective of its own ("a double decker bus",
+    "stainless steel")."""
     doc = t.doc
-    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS
+    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS or _brand(t)
             or (t.i > 0 and doc[t.i - 1].text == "-") or (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")
             or (t.lower not in _object_word_ids() and any(c.dep_ == "amod" for c in t.lefts)))
+
+
+def _brand(t) -> bool:
+    """A capitalised name before an object inside a caption ("a Samsung phone", "an Apple laptop"), unless
+    the two make a known name ("a Teddy bear")."""
+    return (t.tag_ in ("NNP", "NNPS") and t.i > 0 and t.text[:1].isupper() and not t.is_upper
+            and t.head.lower in _object_word_ids()
+            and f"{t.lower_} {_singular(t.head)}" not in _known_names())
 
 
 def _split_chunks(chunks):
     """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
     before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
     objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker); an
-    object that owns the chunk's head is one too ("a dog's head")."""
+    object that owns the chunk's head is one too ("a dog's head"). A verb in -ing the parser took for a
+    compound right after a noun is left out ("a high chair eating cake": the cake)."""
     for chunk in chunks:
         doc, start = chunk.doc, chunk.start
+        first = doc[start]
+        if (first.tag_ == "VBG" and first.dep_ == "compound" and start > 0 and start + 1 < chunk.end
+                and doc[start - 1].pos_ in ("NOUN", "PROPN")):
+            start += 1
+            chunk = doc[start : chunk.end]
         for t in chunk:
             if t.pos_ != "NOUN" or t.i + 1 >= chunk.root.i:
                 continue
@@ -200,6 +272,15 @@ def _object_words() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _known_names() -> frozenset[str]:
+    """COCO's object names, synonyms, their plural forms, FIXED_COMPOUNDS and the names of things that are
+    no object ("ironing board"), any number of words."""
+    from vlmforge.curation.grounding import NOT_OBJECTS, word_to_category
+
+    return frozenset(word_to_category()) | FIXED_COMPOUNDS | NOT_OBJECTS
+
+
+@lru_cache(maxsize=1)
 def _object_word_ids() -> frozenset[int]:
     from spacy.strings import get_string_id
 
@@ -248,20 +329,24 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
 
 
+# Person words that name an animal's kin after "its", "her" (_young_of_animals): word -> the label's first word.
+ANIMAL_KIN = {"baby": "baby", "mother": "mother", "mom": "mother", "mama": "mother", "mommy": "mother"}
+
+
 def _young_of_animals(ents: list[Entity]) -> list[Entity]:
     """"An elephant and her baby": a baby whose owner is an animal (the object named last before it, and no
     person named before it) is its young, "baby elephant", grounded as an elephant; as a person word it hid
-    a person with the answer "baby"."""
+    a person with the answer "baby". A mother likewise ("A baby giraffe and its mother": "mother giraffe")."""
     from dataclasses import replace
 
     from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, category_for_label
 
     out: list[Entity] = []
     for e in ents:
-        if e.label == "baby" and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
+        if e.label in ANIMAL_KIN and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
             before = [c for c in map(category_for_label, (o.label for o in out)) if c]
             if before and "person" not in before and COCO_SUPERCATEGORIES.get(before[-1]) == "animal":
-                e = replace(e, label=f"baby {before[-1]}")
+                e = replace(e, label=f"{ANIMAL_KIN[e.label]} {before[-1]}")
         out.append(e)
     return out
 
@@ -277,6 +362,14 @@ def load_spacy(model: str = SPACY_MODEL):
         from vlmforge.errors import UserError
 
         raise UserError(f"spaCy pipeline {model!r} is not installed: {e}") from None
+
+
+def _known_verbs(nlp) -> frozenset[str]:
+    """The verbs the pipeline's rule lemmatizer knows (WordNet's), or none for a pipeline without them."""
+    try:
+        return frozenset(nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")["verb"])
+    except (KeyError, AttributeError):
+        return frozenset()
 
 
 class _MemoAttributes:
@@ -359,11 +452,13 @@ class SpacyEntityExtractor:
         self.model = model
         self._nlp = None
         self._memo: _MemoAttributes | None = None
+        self._verbs: frozenset[str] = frozenset()
 
     def setup(self) -> None:
         if self._nlp is None:
             self._nlp = load_spacy(self.model)
             self._memo = _MemoAttributes(self._nlp) if _MemoAttributes.applies_to(self._nlp) else None
+            self._verbs = _known_verbs(self._nlp)
 
     def _docs(self, captions: Iterable[str]):
         if self._memo is None:
@@ -378,7 +473,7 @@ class SpacyEntityExtractor:
             for chunk in _noun_phrases(doc):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
-                got = _label_of(chunk)
+                got = _label_of(chunk, self._verbs)
                 if got is None:
                     continue
                 label, start, end, plural, last = got
@@ -395,20 +490,22 @@ class SpacyEntityExtractor:
                 ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
                          for label, start, end, plural, first, last in extra]
                 ents.sort(key=lambda e: e.start)
-            if any(e.label == "baby" for e in ents):
+            if any(e.label in ANIMAL_KIN for e in ents):
                 ents = _young_of_animals(ents)
             out.append(ents)
         return out
 
     def __getstate__(self):
-        return {"model": self.model, "_nlp": None, "_memo": None}
+        return {"model": self.model, "_nlp": None, "_memo": None, "_verbs": frozenset()}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 6  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
-# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies
+# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
+# compound ("coffee maker"), names going on past the chunk ("hot dog stand", "mother bear"), people groups
+# ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers
 
 
 class EntityCache:
