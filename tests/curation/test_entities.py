@@ -383,3 +383,14 @@ def test_brands_toys_slices_and_animal_mothers(extract):
     assert got[6][0] == ("pizza", "pizza") and got[7][0] == ("apple", "Apple")
     assert got[8] == [("baby giraffe", "baby giraffe"), ("mother giraffe", "mother")]
     assert [lab for lab, _ in got[9]] == ["woman", "mother"]  # a person's mother is a person
+
+
+def test_a_plural_tag_on_a_word_with_no_plural_form_is_singular(extract):
+    """"ELEPHANT" (NNPS) and "An oven mitt" (NNS) were plural: every elephant or glove was hidden and the
+    question said "several"; "Geese on a lake" (geese/JJ, and no bird word) named nothing."""
+    caps = ["ELEPHANT", "A ZEBRA ON A ROAD.", "An oven mitt on the counter.", "Sheep in a field.", "People on a beach.",
+            "TWO DOGS PLAYING", "Geese on a lake.", "A swan in a pond."]
+    got = [[(e.label, e.plural) for e in ents] for ents in extract(caps)]
+    assert got[0] == [("elephant", False)] and got[1][0] == ("zebra", False) and got[2][0] == ("oven mitt", False)
+    assert got[3][0] == ("sheep", True) and got[4][0] == ("person", True) and got[5][0] == ("dog", True)
+    assert got[6][0] == ("goose", True) and got[7][0] == ("swan", False)

@@ -30,6 +30,8 @@ PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
 # Words that are plural in form for one thing: the label keeps the word ("scissors", not "scissor").
 PLURALIA = frozenset("""scissors clothes glasses sunglasses eyeglasses goggles pants jeans shorts trousers tongs
     binoculars headphones earphones pajamas""".split())
+# Plurals the same as their singular.
+SAME_PLURAL = frozenset("sheep deer fish cattle bison moose aircraft".split())
 # spaCy lemmatises a few COCO-relevant plurals to themselves; fold them into the singular.
 IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
              "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "skis": "ski"}
@@ -178,8 +180,9 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
                                or before.lower_ in TOY_WORDS and len(words) == 1 and words[0] in _object_words()):
         start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
-    plural = ((head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses
-              or _counted(chunk, head))
+    # A plural tag on a word with no plural form is the tagger's slip ("ELEPHANT"/NNPS, "An oven mitt"/NNS).
+    tagged = head.tag_ in ("NNS", "NNPS") and (word.endswith("s") or word != lemma or word in SAME_PLURAL)
+    plural = (tagged and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
@@ -321,7 +324,7 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
     singular, its phrase from its article and adjectives on."""
     word = tok.lower_
-    label = _object_singular(word)
+    label = IRREGULAR.get(word) or _object_singular(word)
     plural = label != word
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
     first = min([tok.i] + [t.left_edge.i for t in mods])
@@ -505,7 +508,8 @@ EXTRACTOR_VERSION = 6  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
 # compound ("coffee maker"), names going on past the chunk ("hot dog stand", "mother bear"), people groups
-# ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers
+# ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
+# a plural form, bird names
 
 
 class EntityCache:
