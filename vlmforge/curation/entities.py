@@ -162,11 +162,11 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
     # does a noun the parser made a conj of the list item before ("toaster and coffee maker").
     parts = [t for t in head.lefts if (t.dep_ == "compound" or t.dep_ == "amod" and t.lower in _object_word_ids())
              and t.i >= chunk.start and not _describes(t)]  # "an oven mitt": oven/JJ
-    k = head.i - 1
-    while (k >= chunk.start and doc[k].dep_ == "conj" and doc[k].pos_ in ("NOUN", "PROPN")
-           and not chunk.start <= doc[k].head.i < chunk.end and not _describes(doc[k])):
-        parts.append(doc[k])
-        k -= 1
+    for k in range(head.i - 1, chunk.start - 1, -1):
+        t = doc[k]
+        if t.dep_ != "conj" or t.pos_ not in ("NOUN", "PROPN") or chunk.start <= t.head.i < chunk.end or _describes(t):
+            break
+        parts.append(t)
     glasses = word in PLURALIA and parts and f"{parts[-1].lower_} {head.lemma_.lower()}" in FIXED_COMPOUNDS
     if glasses:  # "wine glasses": glasses of wine, not spectacles
         lemma = head.lemma_.lower()
@@ -174,10 +174,8 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
     before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
     # "hot dog (stand)", "an ironing board" (not a skateboard), "a stuffed dog" (a toy)
-    from vlmforge.curation.grounding import TOY_WORDS
-
     if before is not None and (f"{before.lower_} {words[0]}" in _known_names()
-                               or before.lower_ in TOY_WORDS and len(words) == 1 and words[0] in _object_words()):
+                               or before.lower_ in _toy_words() and len(words) == 1 and words[0] in _object_words()):
         start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
     # A plural tag on a word with no plural form is the tagger's slip ("ELEPHANT"/NNPS, "An oven mitt"/NNS).
@@ -272,6 +270,13 @@ def _object_words() -> frozenset[str]:
 
     words = {w for w in word_to_category() if " " not in w}
     return frozenset(words | {plural for plural, one in IRREGULAR.items() if one in words})
+
+
+@lru_cache(maxsize=1)
+def _toy_words() -> frozenset[str]:
+    from vlmforge.curation.grounding import TOY_WORDS
+
+    return TOY_WORDS
 
 
 @lru_cache(maxsize=1)
