@@ -158,6 +158,9 @@ def test_generated_lines_become_entities_checked_against_the_caption():
     assert [(e.label, e.plural) for e in entities_from_lines("Two buses.", "Two buses | buses")] == [("bus", True)]
     assert [(e.label, e.plural) for e in entities_from_lines("Two boxes.", "Two boxes | boxes")] == [("boxes", True)]
     assert entities_from_lines("A cat.", "") == [] and entities_from_lines("A cat.", "nonsense without a bar") == []
+    # a couple is persons, as on the spaCy path; "a couple of" is a count
+    assert [(e.label, e.plural) for e in entities_from_lines("A couple on a bench.", "A couple | couple")] == [("person", True)]
+    assert entities_from_lines("A couple of dogs.", "A couple | couple") == []
 
 
 def test_spacys_own_chunks_as_answer_lines_give_spacys_entities(extract):
@@ -168,7 +171,8 @@ def test_spacys_own_chunks_as_answer_lines_give_spacys_entities(extract):
             "A man holding a slice of pizza next to his brown dog.",
             "Several zebras graze beside a wooden fence under a cloudy sky.",
             "Three teddy bears sit on a couch with a remote control.",
-            "A woman rides a bicycle past parked cars and a fire hydrant."]
+            "A woman rides a bicycle past parked cars and a fire hydrant.",
+            "A young couple sitting on a bench next to a hot dog stand."]
     for cap, ents in zip(caps, extract(caps)):
         lines = "\n".join(f"{e.phrase} | {e.label}" for e in ents)
         assert entities_from_lines(cap, lines) == ents, cap

@@ -734,9 +734,14 @@ def _entity_in_span(caption: str, start: int, end: int, label: str) -> Entity | 
     head = _object_singular(head)  # "dogs" though the prompt asks for the singular
     words[-1] = head
     label = " ".join(words)
+    tokens = [(m.group().lower(), m.start() + start, m.end() + start) for m in _WORD.finditer(caption[start:end])]
+    if head in PEOPLE_GROUPS or head == "person":  # "A couple | couple" or "| person": persons, as the spaCy path
+        group = [t for t in tokens if (t[0] in PEOPLE_GROUPS or t[0][:-1] in PEOPLE_GROUPS or t[0] == "families")
+                 and not re.match(r"\s+of\b", caption[t[2]:], re.IGNORECASE)]
+        if group:
+            return Entity(caption[start:end], "person", group[-1][1], group[-1][2], True)
     if head in PRONOUNS or head in SCENE_WORDS or not re.fullmatch(r"[a-z][a-z -]*", label):
         return None
-    tokens = [(m.group().lower(), m.start() + start, m.end() + start) for m in _WORD.finditer(caption[start:end])]
     # The head is the last word of the phrase that is the label's head or one of its plurals.
     hit = None
     for k in range(len(tokens) - 1, -1, -1):
