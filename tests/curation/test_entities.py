@@ -358,8 +358,8 @@ def test_words_the_parser_joins_wrongly_to_an_object(extract):
     """Each of these hid a wrong object or gave a wrong answer: "a surfboard walking" (surfboard/JJ) lost the
     surfboard, "a high chair eating cake" answered "eating cake", "A mother bear" (bear/VB) hid a person
     as "mother", "A pizza oven" (oven/VBN) hid the pizza, "Baby carrots" (carrots/VBZ) hid a person as
-    "baby", "An oven mitt" (oven/JJ) hid a baseball glove as "mitt", "An ironing board" hid a
-    skateboard as "board"."""
+    "baby", "An oven mitt" (oven/JJ) hid a baseball glove as "mitt", "An ironing board" and "a knife and
+    cutting board" hid a skateboard as "board"."""
     caps = ["A man with a surfboard walking on the beach.", "A child in a high chair eating cake.",
             "A mother bear with her cubs.", "A pizza oven in a restaurant.", "Baby carrots in a bowl.",
             "An oven mitt on the counter.", "An ironing board in a room.", "A man trains a dog."]
@@ -371,6 +371,11 @@ def test_words_the_parser_joins_wrongly_to_an_object(extract):
     assert got[4][0][1:] == ("baby carrot", "Baby carrots") and extract([caps[4]])[0][0].plural
     assert got[5][0][1] == "oven mitt" and got[6][0][1] == "ironing board"
     assert [g[1] for g in got[7]] == ["man", "dog"]  # "trains" is a verb: no "man train"
+    # a list's last item: "cutting" a VBG outside any chunk, or a chunk of its own ("cutting" + "boards")
+    caps = ["A fork, knife and cutting board.", "A fork, knife and cutting boards."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][2] == ("cutting board", "cutting board", "cutting board", False)
+    assert got[1][2] == ("cutting boards", "cutting board", "cutting boards", True)
 
 
 def test_brands_toys_slices_and_animal_mothers(extract):

@@ -66,11 +66,11 @@ def _singular(tok) -> str:
 
 
 def _fixed_after(head, nxt) -> str | None:
-    """The fixed compound `head` + `nxt` make, whatever the parser took `nxt` for ("teddy bears"
-    with "bears" as a verb), or None."""
+    """The fixed compound (or other known two-word name: "cutting" + "boards") `head` + `nxt` make,
+    whatever the parser took `nxt` for ("teddy bears" with "bears" as a verb), or None."""
     word = nxt.text.lower()
     for second in dict.fromkeys((_singular(nxt), word, word[:-1] if word.endswith("s") else word)):
-        if f"{head.text.lower()} {second}" in FIXED_COMPOUNDS:
+        if f"{head.text.lower()} {second}" in _known_names():
             return f"{head.text.lower()} {second}"
     return None
 
@@ -172,10 +172,13 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
         lemma = head.lemma_.lower()
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
-    before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
-    # "hot dog (stand)", "an ironing board" (not a skateboard), "a stuffed dog" (a toy)
-    if before is not None and (f"{before.lower_} {words[0]}" in _known_names()
-                               or before.lower_ in _toy_words() and len(words) == 1 and words[0] in _object_words()):
+    before = doc[start_tok.i - 1] if start_tok.i > 0 else None
+    # "hot dog (stand)", "an ironing board" (not a skateboard), "a stuffed dog" (a toy); a word outside the
+    # chunk when no chunk holds it ("knife and cutting board": cutting/VBG, and "board" a skateboard)
+    inside = before is not None and before.i >= chunk.start
+    if before is not None and (f"{before.lower_} {words[0]}" in _known_names() and (inside or before.pos_ == "VERB")
+                               or inside and before.lower_ in _toy_words() and len(words) == 1
+                               and words[0] in _object_words()):
         start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
     # A plural tag on a word with no plural form is the tagger's slip ("ELEPHANT"/NNPS, "An oven mitt"/NNS).
@@ -281,11 +284,11 @@ def _toy_words() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def _known_names() -> frozenset[str]:
-    """COCO's object names, synonyms, their plural forms, FIXED_COMPOUNDS and the names of things that are
-    no object ("ironing board"), any number of words."""
-    from vlmforge.curation.grounding import NOT_OBJECTS, word_to_category
+    """COCO's object names and synonyms, FIXED_COMPOUNDS and the names of things that are no object
+    ("ironing board"), any number of words, singular."""
+    from vlmforge.curation.grounding import NOT_OBJECTS, SYNONYMS
 
-    return frozenset(word_to_category()) | FIXED_COMPOUNDS | NOT_OBJECTS
+    return frozenset(w for cat, words in SYNONYMS.items() for w in (cat, *words)) | FIXED_COMPOUNDS | NOT_OBJECTS
 
 
 @lru_cache(maxsize=1)
@@ -489,7 +492,8 @@ class SpacyEntityExtractor:
                     continue
                 seen.add((label, start))
                 taken = last
-                ents.append(Entity(doc[chunk.start : last + 1].text, label, start, end, plural))
+                first = chunk.start - 1 if start < doc[chunk.start].idx else chunk.start  # "cutting" + "board"
+                ents.append(Entity(doc[first : last + 1].text, label, start, end, plural))
             misread = [t for t in doc if _misread_noun(t)]
             if misread:
                 held = {t.i for chunk in doc.noun_chunks for t in chunk}
