@@ -345,13 +345,15 @@ def test_a_couple_is_two_persons(extract):
     """"A couple on a bench": "couple" was a scene word (as in "a couple of dogs") and the people were
     never hidden; without "of" it names persons, a plural person entity (all free person instances)."""
     caps = ["A couple on a bench", "An elderly couple sits on a bench.", "Couples dancing at a wedding.",
-            "A couple of dogs on a bench.", "A family having a picnic.", "A couple of people on a bench."]
+            "A couple of dogs on a bench.", "A family having a picnic.", "A couple of people on a bench.",
+            "A family of elephants."]
     got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
     assert got[0] == [("person", "couple", True), ("bench", "bench", False)]
     assert got[1][0] == ("person", "couple", True) and got[2][0] == ("person", "Couples", True)
     assert [lab for lab, _, _ in got[3]] == ["dog", "bench"]  # "a couple of": a count, as before
     assert got[4][0] == ("person", "family", True)
     assert [(lab, text) for lab, text, _ in got[5]] == [("person", "people"), ("bench", "bench")]
+    assert [lab for lab, _, _ in got[6]] == ["elephant"]  # not "family", a thing by its own name
 
 
 def test_words_the_parser_joins_wrongly_to_an_object(extract):

@@ -23,7 +23,7 @@ SCENE_WORDS = frozenset(
     foreground scene shot close closeup close-up area lot couple group bunch pair day night time way kind type
     sort piece part edge corner distance left right one other something someone thing things many few some
     several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
-    collection selection array batch cluster""".split()
+    collection selection array batch cluster family""".split()
 )
 # Collective words that, without "of ..." after them, name people: "A couple on a bench" is two persons.
 PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
