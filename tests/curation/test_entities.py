@@ -158,6 +158,9 @@ def test_generated_lines_become_entities_checked_against_the_caption():
     assert [(e.label, e.plural) for e in entities_from_lines("Two buses.", "Two buses | buses")] == [("bus", True)]
     assert [(e.label, e.plural) for e in entities_from_lines("Two boxes.", "Two boxes | boxes")] == [("boxes", True)]
     assert entities_from_lines("A cat.", "") == [] and entities_from_lines("A cat.", "nonsense without a bar") == []
+    # a couple is persons, as on the spaCy path; "a couple of" is a count
+    assert [(e.label, e.plural) for e in entities_from_lines("A couple on a bench.", "A couple | couple")] == [("person", True)]
+    assert entities_from_lines("A couple of dogs.", "A couple | couple") == []
 
 
 def test_spacys_own_chunks_as_answer_lines_give_spacys_entities(extract):
@@ -168,7 +171,8 @@ def test_spacys_own_chunks_as_answer_lines_give_spacys_entities(extract):
             "A man holding a slice of pizza next to his brown dog.",
             "Several zebras graze beside a wooden fence under a cloudy sky.",
             "Three teddy bears sit on a couch with a remote control.",
-            "A woman rides a bicycle past parked cars and a fire hydrant."]
+            "A woman rides a bicycle past parked cars and a fire hydrant.",
+            "A young couple sitting on a bench next to a hot dog stand."]
     for cap, ents in zip(caps, extract(caps)):
         lines = "\n".join(f"{e.phrase} | {e.label}" for e in ents)
         assert entities_from_lines(cap, lines) == ents, cap
@@ -309,3 +313,95 @@ def test_an_animals_baby_is_its_young_not_a_person(extract):
     assert got[2][1] == ("baby elephant", "babies", True)
     assert [g[0] for g in got[3]] == ["woman", "baby"] and [g[0] for g in got[4]] == ["woman", "dog", "baby"]
     assert [g[0] for g in got[5]] == ["dog", "baby", "couch"]  # not the dog's: no possessive
+
+
+def test_a_compound_that_ends_a_list_keeps_its_first_word(extract):
+    """The parser makes "coffee" a conj of the item before ("toaster and coffee"), not a compound of
+    "maker": the list's last entity was labelled "maker"."""
+    caps = ["A microwave, toaster and coffee maker.", "A kitchen with a microwave, toaster and coffee maker.",
+            "There is a stove, refrigerator and coffee maker in the kitchen.", "A microwave and coffee maker on a shelf.",
+            "Microwave, toaster and coffee maker on a counter.", "A salt and pepper shaker on a table."]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    for cap, ents in zip(caps[:5], got):
+        assert ("coffee maker", "coffee maker") in ents and "maker" not in [lab for lab, _ in ents], cap
+    assert [lab for lab, _ in got[2]] == ["stove", "refrigerator", "coffee maker", "kitchen"]
+    assert got[5][0] == ("shaker", "shaker")  # "salt" and "pepper" hang on each other inside the chunk
+
+
+def test_a_hot_dog_stand_is_no_hot_dog(extract):
+    """"A hot dog stand on a city street": the parser takes "stand" for the head of a clause whose
+    subject is "dog", and the label was "hot dog": a hot dog would be hidden with that answer."""
+    caps = ["A hot dog stand on a city street.", "A hot dog stand with a man and a woman.",
+            "Two hot dog stands on a street.", "A man standing at a hot dog stand.", "A man eating a hot dog.",
+            "A dog stands on a couch."]
+    got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    for ents in got[:4]:
+        assert "hot dog" not in [lab for lab, _, _ in ents]
+    assert got[0][0] == ("hot dog stand", "hot dog stand", False) and got[2][0] == ("hot dog stand", "hot dog stands", True)
+    assert ("hot dog", "hot dog", False) in got[4] and got[5][0] == ("dog", "dog", False)  # a dog that stands
+
+
+def test_a_couple_is_two_persons(extract):
+    """"A couple on a bench": "couple" was a scene word (as in "a couple of dogs") and the people were
+    never hidden; without "of" it names persons, a plural person entity (all free person instances)."""
+    caps = ["A couple on a bench", "An elderly couple sits on a bench.", "Couples dancing at a wedding.",
+            "A couple of dogs on a bench.", "A family having a picnic.", "A couple of people on a bench.",
+            "A family of elephants."]
+    got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("person", "couple", True), ("bench", "bench", False)]
+    assert got[1][0] == ("person", "couple", True) and got[2][0] == ("person", "Couples", True)
+    assert [lab for lab, _, _ in got[3]] == ["dog", "bench"]  # "a couple of": a count, as before
+    assert got[4][0] == ("person", "family", True)
+    assert [(lab, text) for lab, text, _ in got[5]] == [("person", "people"), ("bench", "bench")]
+    assert [lab for lab, _, _ in got[6]] == ["elephant"]  # not "family", a thing by its own name
+
+
+def test_words_the_parser_joins_wrongly_to_an_object(extract):
+    """Each of these hid a wrong object or gave a wrong answer: "a surfboard walking" (surfboard/JJ) lost the
+    surfboard, "a high chair eating cake" answered "eating cake", "A mother bear" (bear/VB) hid a person
+    as "mother", "A pizza oven" (oven/VBN) hid the pizza, "Baby carrots" (carrots/VBZ) hid a person as
+    "baby", "An oven mitt" (oven/JJ) hid a baseball glove as "mitt", "An ironing board" and "a knife and
+    cutting board" hid a skateboard as "board"."""
+    caps = ["A man with a surfboard walking on the beach.", "A child in a high chair eating cake.",
+            "A mother bear with her cubs.", "A pizza oven in a restaurant.", "Baby carrots in a bowl.",
+            "An oven mitt on the counter.", "An ironing board in a room.", "A man trains a dog."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][1] == ("a surfboard", "surfboard", "surfboard")
+    assert got[1][2] == ("cake", "cake", "cake")
+    assert got[2][0] == ("A mother bear", "mother bear", "mother bear")
+    assert got[3][0][1:] == ("pizza oven", "pizza oven")
+    assert got[4][0][1:] == ("baby carrot", "Baby carrots") and extract([caps[4]])[0][0].plural
+    assert got[5][0][1] == "oven mitt" and got[6][0][1] == "ironing board"
+    assert [g[1] for g in got[7]] == ["man", "dog"]  # "trains" is a verb: no "man train"
+    # a list's last item: "cutting" a VBG outside any chunk, or a chunk of its own ("cutting" + "boards")
+    caps = ["A fork, knife and cutting board.", "A fork, knife and cutting boards."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][2] == ("cutting board", "cutting board", "cutting board", False)
+    assert got[1][2] == ("cutting boards", "cutting board", "cutting boards", True)
+
+
+def test_brands_toys_slices_and_animal_mothers(extract):
+    """"A Samsung phone" was labelled "samsung phone" (the answer) and "An Apple laptop" a thing of an
+    apple, never grounded; "A stuffed dog" hid a dog; "A pizza slice" named nothing; "A baby giraffe
+    and its mother" hid a person as "mother"."""
+    caps = ["A Samsung phone on a table.", "An Apple laptop next to a mug.", "A Coca Cola bottle.", "A Nike shoe.",
+            "A Teddy bear on a bed.", "A stuffed dog on a bed.", "A pizza slice on a plate.", "Apple slices on a plate.",
+            "A baby giraffe and its mother.", "A woman and her mother."]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0][0] == ("phone", "phone") and got[1][0] == ("laptop", "laptop") and got[2][0] == ("bottle", "bottle")
+    assert got[3][0][0] == "nike shoe"  # no object: as written
+    assert got[4][0][0] == "teddy bear" and got[5][0] == ("stuffed dog", "stuffed dog")
+    assert got[6][0] == ("pizza", "pizza") and got[7][0] == ("apple", "Apple")
+    assert got[8] == [("baby giraffe", "baby giraffe"), ("mother giraffe", "mother")]
+    assert [lab for lab, _ in got[9]] == ["woman", "mother"]  # a person's mother is a person
+
+
+def test_a_plural_tag_on_a_word_with_no_plural_form_is_singular(extract):
+    """"ELEPHANT" (NNPS) and "An oven mitt" (NNS) were plural: every elephant or glove was hidden and the
+    question said "several"; "Geese on a lake" (geese/JJ, and no bird word) named nothing."""
+    caps = ["ELEPHANT", "A ZEBRA ON A ROAD.", "An oven mitt on the counter.", "Sheep in a field.", "People on a beach.",
+            "TWO DOGS PLAYING", "Geese on a lake.", "A swan in a pond."]
+    got = [[(e.label, e.plural) for e in ents] for ents in extract(caps)]
+    assert got[0] == [("elephant", False)] and got[1][0] == ("zebra", False) and got[2][0] == ("oven mitt", False)
+    assert got[3][0] == ("sheep", True) and got[4][0] == ("person", True) and got[5][0] == ("dog", True)
+    assert got[6][0] == ("goose", True) and got[7][0] == ("swan", False)

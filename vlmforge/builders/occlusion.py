@@ -121,7 +121,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.4.0"
+    VERSION = "1.5.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")

@@ -23,11 +23,15 @@ SCENE_WORDS = frozenset(
     foreground scene shot close closeup close-up area lot couple group bunch pair day night time way kind type
     sort piece part edge corner distance left right one other something someone thing things many few some
     several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
-    collection selection array batch cluster""".split()
+    collection selection array batch cluster family""".split()
 )
+# Collective words that, without "of ..." after them, name people: "A couple on a bench" is two persons.
+PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
 # Words that are plural in form for one thing: the label keeps the word ("scissors", not "scissor").
 PLURALIA = frozenset("""scissors clothes glasses sunglasses eyeglasses goggles pants jeans shorts trousers tongs
     binoculars headphones earphones pajamas""".split())
+# Plurals the same as their singular.
+SAME_PLURAL = frozenset("sheep deer fish cattle bison moose aircraft".split())
 # spaCy lemmatises a few COCO-relevant plurals to themselves; fold them into the singular.
 IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
              "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "skis": "ski"}
@@ -62,11 +66,11 @@ def _singular(tok) -> str:
 
 
 def _fixed_after(head, nxt) -> str | None:
-    """The fixed compound `head` + `nxt` make, whatever the parser took `nxt` for ("teddy bears"
-    with "bears" as a verb), or None."""
+    """The fixed compound (or other known two-word name: "cutting" + "boards") `head` + `nxt` make,
+    whatever the parser took `nxt` for ("teddy bears" with "bears" as a verb), or None."""
     word = nxt.text.lower()
     for second in dict.fromkeys((_singular(nxt), word, word[:-1] if word.endswith("s") else word)):
-        if f"{head.text.lower()} {second}" in FIXED_COMPOUNDS:
+        if f"{head.text.lower()} {second}" in _known_names():
             return f"{head.text.lower()} {second}"
     return None
 
@@ -82,18 +86,60 @@ def _counted(chunk, head) -> bool:
                for t in chunk if t.i < head.i)
 
 
-def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
+def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int, bool, int] | None:
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
-    the last token lies past the chunk when a fixed compound's second word was left out of it."""
+    the last token lies past the chunk when a fixed compound's second word was left out of it, or
+    the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
+    got = _chunk_label(chunk)
+    if got is None:
+        return None
+    label, start, end, plural, last = got
+    nxt = _goes_on(label, chunk.doc, last, verbs)
+    if nxt is None:
+        return got
+    second = "stand" if nxt.lower_ == "stands" else _object_singular(nxt.lower_)
+    return f"{label} {second}", start, nxt.idx + len(nxt.text), plural or nxt.lower_ != second, nxt.i
+
+
+# What "hot dog" + these words name is a stall or a cart, not a hot dog.
+STALLS = frozenset("stand stands cart carts stall stalls".split())
+
+
+def _goes_on(label: str, doc, last: int, verbs: frozenset[str]):
+    """The word after a label that the name goes on with, or None: "a hot dog stand" (the parser takes
+    "stand" for the head, or a verb, with "dog" its subject), "A mother bear with her cubs" ("bear" a
+    verb whose singular subject "mother" cannot go with its base form: a name, not a clause), "A pizza
+    oven" ("oven" a participle of "pizza"), "Baby carrots" ("carrots" a verb, which no verb is)."""
+    if last + 1 >= len(doc):
+        return None
+    nxt, end = doc[last + 1], doc[last]
+    if label == "hot dog" and nxt.lower_ in STALLS:
+        return nxt
+    if end.tag_ != "NN" or not (nxt.lower_ == "stand" or nxt.lower in _object_word_ids()):
+        return None
+    if end.head.i == nxt.i:
+        named = nxt.tag_ in ("VB", "VBP", "NN") or (nxt.tag_ == "VBZ" and _object_singular(nxt.lower_) not in verbs)
+    else:
+        named = nxt.head.i == end.i and nxt.dep_ == "acl" and nxt.tag_ == "VBN"
+    return nxt if named else None
+
+
+def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
+    """_label_of within the chunk (and a fixed compound's second word past it)."""
     head = chunk.root
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
         return None
     doc = head.doc
     last = chunk.end - 1
-    nouns = [t for t in head.lefts if t.dep_ == "compound" and t.lower in _object_word_ids()]
+    nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()]
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
-        head = nouns[-1]  # "A duck swimming": the verb taken for the head and the duck for its compound
+        # "A duck swimming": the verb taken for the head and the duck for its compound ("a surfboard
+        # walking": for its adjective)
+        head = nouns[-1]
+        last = head.i
+    elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
+        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
         last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
@@ -108,21 +154,36 @@ def _label_of(chunk) -> tuple[str, int, int, bool, int] | None:
     missed_plural = lemma not in _object_names() and _object_singular(word) != word
     if missed_plural:
         lemma = _object_singular(word)
+    if lemma in PEOPLE_GROUPS and not (head.i + 1 < len(doc) and doc[head.i + 1].lower_ == "of"):
+        return "person", head.idx, head.idx + len(head.text), True, last  # "a couple", not "a couple of"
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
-    # Compounds join the label ("traffic light") unless they only describe the thing (_describes).
-    parts = [t for t in head.lefts if t.dep_ == "compound" and t.i >= chunk.start and not _describes(t)]
+    # Compounds join the label ("traffic light") unless they only describe the thing (_describes); so
+    # does a noun the parser made a conj of the list item before ("toaster and coffee maker").
+    parts = [t for t in head.lefts if (t.dep_ == "compound" or t.dep_ == "amod" and t.lower in _object_word_ids())
+             and t.i >= chunk.start and not _describes(t)]  # "an oven mitt": oven/JJ
+    for k in range(head.i - 1, chunk.start - 1, -1):
+        t = doc[k]
+        if t.dep_ != "conj" or t.pos_ not in ("NOUN", "PROPN") or chunk.start <= t.head.i < chunk.end or _describes(t):
+            break
+        parts.append(t)
     glasses = word in PLURALIA and parts and f"{parts[-1].lower_} {head.lemma_.lower()}" in FIXED_COMPOUNDS
     if glasses:  # "wine glasses": glasses of wine, not spectacles
         lemma = head.lemma_.lower()
     start_tok = min([head] + parts, key=lambda t: t.i)
     words = [t.text.lower() for t in sorted(parts, key=lambda t: t.i)] + [lemma]
-    before = doc[start_tok.i - 1] if start_tok.i > chunk.start else None
-    if before is not None and f"{before.text.lower()} {words[0]}" in FIXED_COMPOUNDS:  # "hot dog (stand)"
-        start_tok, words = before, [before.text.lower(), *words]
+    before = doc[start_tok.i - 1] if start_tok.i > 0 else None
+    # "hot dog (stand)", "an ironing board" (not a skateboard), "a stuffed dog" (a toy); a word outside the
+    # chunk when no chunk holds it ("knife and cutting board": cutting/VBG, and "board" a skateboard)
+    inside = before is not None and before.i >= chunk.start
+    if before is not None and (f"{before.lower_} {words[0]}" in _known_names() and (inside or before.pos_ == "VERB")
+                               or inside and before.lower_ in _toy_words() and len(words) == 1
+                               and words[0] in _object_words()):
+        start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
-    plural = ((head.tag_ in ("NNS", "NNPS") and word not in PLURALIA) or missed_plural or glasses
-              or _counted(chunk, head))
+    # A plural tag on a word with no plural form is the tagger's slip ("ELEPHANT"/NNPS, "An oven mitt"/NNS).
+    tagged = head.tag_ in ("NNS", "NNPS") and (word.endswith("s") or word != lemma or word in SAME_PLURAL)
+    plural = (tagged and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
@@ -134,21 +195,36 @@ MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leathe
 
 def _describes(t) -> bool:
     """A compound that describes the thing rather than names it: hyphenated into a modifier ("double-decker
-    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), or a
-    word that is no object with an adjective of its own ("a double decker bus", "stainless steel")."""
+    bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), a
+    brand (_brand), or a word that is no object with an adjective of its own ("a double decker bus",
+    "stainless steel")."""
     doc = t.doc
-    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS
+    return (t.lower_ in _colour_words() or t.lower_ in MATERIALS or _brand(t)
             or (t.i > 0 and doc[t.i - 1].text == "-") or (t.i + 1 < len(doc) and doc[t.i + 1].text == "-")
             or (t.lower not in _object_word_ids() and any(c.dep_ == "amod" for c in t.lefts)))
+
+
+def _brand(t) -> bool:
+    """A capitalised name before an object inside a caption ("a Samsung phone", "an Apple laptop"), unless
+    the two make a known name ("a Teddy bear")."""
+    return (t.tag_ in ("NNP", "NNPS") and t.i > 0 and t.text[:1].isupper() and not t.is_upper
+            and t.head.lower in _object_word_ids()
+            and f"{t.lower_} {_singular(t.head)}" not in _known_names())
 
 
 def _split_chunks(chunks):
     """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
     before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
     objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker); an
-    object that owns the chunk's head is one too ("a dog's head")."""
+    object that owns the chunk's head is one too ("a dog's head"). A verb in -ing the parser took for a
+    compound right after a noun is left out ("a high chair eating cake": the cake)."""
     for chunk in chunks:
         doc, start = chunk.doc, chunk.start
+        first = doc[start]
+        if (first.tag_ == "VBG" and first.dep_ == "compound" and start > 0 and start + 1 < chunk.end
+                and doc[start - 1].pos_ in ("NOUN", "PROPN")):
+            start += 1
+            chunk = doc[start : chunk.end]
         for t in chunk:
             if t.pos_ != "NOUN" or t.i + 1 >= chunk.root.i:
                 continue
@@ -200,6 +276,22 @@ def _object_words() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _toy_words() -> frozenset[str]:
+    from vlmforge.curation.grounding import TOY_WORDS
+
+    return TOY_WORDS
+
+
+@lru_cache(maxsize=1)
+def _known_names() -> frozenset[str]:
+    """COCO's object names and synonyms, FIXED_COMPOUNDS and the names of things that are no object
+    ("ironing board"), any number of words, singular."""
+    from vlmforge.curation.grounding import NOT_OBJECTS, SYNONYMS
+
+    return frozenset(w for cat, words in SYNONYMS.items() for w in (cat, *words)) | FIXED_COMPOUNDS | NOT_OBJECTS
+
+
+@lru_cache(maxsize=1)
 def _object_word_ids() -> frozenset[int]:
     from spacy.strings import get_string_id
 
@@ -240,7 +332,7 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
     singular, its phrase from its article and adjectives on."""
     word = tok.lower_
-    label = _object_singular(word)
+    label = IRREGULAR.get(word) or _object_singular(word)
     plural = label != word
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
     first = min([tok.i] + [t.left_edge.i for t in mods])
@@ -248,20 +340,24 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
 
 
+# Person words that name an animal's kin after "its", "her" (_young_of_animals): word -> the label's first word.
+ANIMAL_KIN = {"baby": "baby", "mother": "mother", "mom": "mother", "mama": "mother", "mommy": "mother"}
+
+
 def _young_of_animals(ents: list[Entity]) -> list[Entity]:
     """"An elephant and her baby": a baby whose owner is an animal (the object named last before it, and no
     person named before it) is its young, "baby elephant", grounded as an elephant; as a person word it hid
-    a person with the answer "baby"."""
+    a person with the answer "baby". A mother likewise ("A baby giraffe and its mother": "mother giraffe")."""
     from dataclasses import replace
 
     from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, category_for_label
 
     out: list[Entity] = []
     for e in ents:
-        if e.label == "baby" and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
+        if e.label in ANIMAL_KIN and e.phrase.split()[0].lower() in ("her", "its", "their", "his"):
             before = [c for c in map(category_for_label, (o.label for o in out)) if c]
             if before and "person" not in before and COCO_SUPERCATEGORIES.get(before[-1]) == "animal":
-                e = replace(e, label=f"baby {before[-1]}")
+                e = replace(e, label=f"{ANIMAL_KIN[e.label]} {before[-1]}")
         out.append(e)
     return out
 
@@ -277,6 +373,14 @@ def load_spacy(model: str = SPACY_MODEL):
         from vlmforge.errors import UserError
 
         raise UserError(f"spaCy pipeline {model!r} is not installed: {e}") from None
+
+
+def _known_verbs(nlp) -> frozenset[str]:
+    """The verbs the pipeline's rule lemmatizer knows (WordNet's), or none for a pipeline without them."""
+    try:
+        return frozenset(nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")["verb"])
+    except (KeyError, AttributeError):
+        return frozenset()
 
 
 class _MemoAttributes:
@@ -359,11 +463,13 @@ class SpacyEntityExtractor:
         self.model = model
         self._nlp = None
         self._memo: _MemoAttributes | None = None
+        self._verbs: frozenset[str] = frozenset()
 
     def setup(self) -> None:
         if self._nlp is None:
             self._nlp = load_spacy(self.model)
             self._memo = _MemoAttributes(self._nlp) if _MemoAttributes.applies_to(self._nlp) else None
+            self._verbs = _known_verbs(self._nlp)
 
     def _docs(self, captions: Iterable[str]):
         if self._memo is None:
@@ -378,7 +484,7 @@ class SpacyEntityExtractor:
             for chunk in _noun_phrases(doc):
                 if chunk.root.i <= taken:  # the second word of a fixed compound found before
                     continue
-                got = _label_of(chunk)
+                got = _label_of(chunk, self._verbs)
                 if got is None:
                     continue
                 label, start, end, plural, last = got
@@ -386,7 +492,8 @@ class SpacyEntityExtractor:
                     continue
                 seen.add((label, start))
                 taken = last
-                ents.append(Entity(doc[chunk.start : last + 1].text, label, start, end, plural))
+                first = chunk.start - 1 if start < doc[chunk.start].idx else chunk.start  # "cutting" + "board"
+                ents.append(Entity(doc[first : last + 1].text, label, start, end, plural))
             misread = [t for t in doc if _misread_noun(t)]
             if misread:
                 held = {t.i for chunk in doc.noun_chunks for t in chunk}
@@ -395,20 +502,23 @@ class SpacyEntityExtractor:
                 ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
                          for label, start, end, plural, first, last in extra]
                 ents.sort(key=lambda e: e.start)
-            if any(e.label == "baby" for e in ents):
+            if any(e.label in ANIMAL_KIN for e in ents):
                 ents = _young_of_animals(ents)
             out.append(ents)
         return out
 
     def __getstate__(self):
-        return {"model": self.model, "_nlp": None, "_memo": None}
+        return {"model": self.model, "_nlp": None, "_memo": None, "_verbs": frozenset()}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 5  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 6  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
-# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies
+# taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
+# compound ("coffee maker"), names going on past the chunk ("hot dog stand", "mother bear"), people groups
+# ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
+# a plural form, bird names
 
 
 class EntityCache:
@@ -628,9 +738,14 @@ def _entity_in_span(caption: str, start: int, end: int, label: str) -> Entity | 
     head = _object_singular(head)  # "dogs" though the prompt asks for the singular
     words[-1] = head
     label = " ".join(words)
+    tokens = [(m.group().lower(), m.start() + start, m.end() + start) for m in _WORD.finditer(caption[start:end])]
+    if head in PEOPLE_GROUPS or head == "person":  # "A couple | couple" or "| person": persons, as the spaCy path
+        group = [t for t in tokens if (t[0] in PEOPLE_GROUPS or t[0][:-1] in PEOPLE_GROUPS or t[0] == "families")
+                 and not re.match(r"\s+of\b", caption[t[2]:], re.IGNORECASE)]
+        if group:
+            return Entity(caption[start:end], "person", group[-1][1], group[-1][2], True)
     if head in PRONOUNS or head in SCENE_WORDS or not re.fullmatch(r"[a-z][a-z -]*", label):
         return None
-    tokens = [(m.group().lower(), m.start() + start, m.end() + start) for m in _WORD.finditer(caption[start:end])]
     # The head is the last word of the phrase that is the label's head or one of its plurals.
     hit = None
     for k in range(len(tokens) - 1, -1, -1):
