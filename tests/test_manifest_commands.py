@@ -226,3 +226,61 @@ def test_reindex_says_what_it_indexed(build):
     r = run("manifest", "reindex", build)
     assert r.returncode == 0, r.stderr
     assert f"reindexed {build / 'manifest.duckdb'}: 12 samples from 3 manifest parts" in " ".join((r.stdout + r.stderr).split())
+
+
+def _problems(build):
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    return [line[2:] for line in r.stderr.splitlines() if line.startswith("x ")]
+
+
+def test_verify_names_the_sample_a_flipped_byte_is_in(build):
+    """Before: only the shard's sha256 was reported, not which sample (or member) it hit."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(build / "manifest" / "val-000001.parquet").to_pylist()
+    victim = rows[2]
+    shard = build / "val-000001.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[victim["offset"] + 1024 + 100] ^= 1  # inside its first member's data (header, then the jpg)
+    shard.write_bytes(bytes(raw))
+    problems = _problems(build)
+    assert problems[0].startswith("val-000001.tar: sha256 ")
+    assert problems[1:] == [f"val-000001.tar: sample {victim['key']}: its jpg does not match the manifest's image_sha256"]
+
+
+def test_verify_finds_an_edited_manifest(build):
+    """Before: verify said ok for an edited manifest.duckdb (which queries, show, report and the dataset
+    card read), a manifest part whose offsets or hashes were edited, and build.json's split counts edited."""
+    import json
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    con = duckdb.connect(str(build / "manifest.duckdb"))
+    key = con.execute("SELECT min(key) FROM samples").fetchone()[0]
+    con.execute("UPDATE samples SET source_id = 'edited' WHERE key = ?", [key])
+    con.close()
+    [line] = _problems(build)
+    assert line.startswith("manifest.duckdb: table samples disagrees with the manifest parts (1 row(s) only in "
+                           f"manifest.duckdb, 1 only in the manifest parts; e.g. key {key}); one of them was edited")
+    r = run("manifest", "reindex", build)
+    assert r.returncode == 0 and run("verify", build).returncode == 0
+
+    part = build / "manifest" / "val-000002.parquet"
+    t = pq.read_table(part)
+    offsets = t.column("offset").to_pylist()
+    offsets[1] += 512
+    pq.write_table(t.set_column(t.schema.get_field_index("offset"), "offset", pa.array(offsets)), part)
+    problems = _problems(build)
+    moved = t.column("key").to_pylist()[1]
+    assert problems[0] == (f"val-000002.tar: sample {moved}: the manifest places it at byte {offsets[1]} "
+                           f"({t.column('sample_bytes')[1]} bytes), the shard at byte {offsets[1] - 512} "
+                           f"({t.column('sample_bytes')[1]} bytes)")
+    assert problems[1].startswith("manifest.duckdb: table samples disagrees")
+
+    info = json.loads((build / "build.json").read_text())
+    info["splits"]["val"]["samples"] += 1
+    (build / "build.json").write_text(json.dumps(info))
+    assert "build.json: split val records samples 13 (its shards: 12)" in _problems(build)

@@ -845,6 +845,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     rebuilding the build's own shards (original field names and shard boundaries)."""
     from vlmforge.export import output_folder
     from vlmforge.manifests.finalize import write_index
+    from vlmforge.manifests.verify import builder_columns
 
     src = Path(src)
     for name in ("build.json", "publish.json"):
@@ -890,7 +891,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         for rel in pub["manifest"]:
             shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
         shutil.copyfile(src / "build.json", work / "build.json")
-        write_index(work, info, _builder_columns(info["builder"]))
+        write_index(work, info, builder_columns(info["builder"]))
     except BaseException:  # a shard that does not rebuild, an interrupt: leave no half build behind
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -928,15 +929,6 @@ def _restore_shard(src: Path, target: Path, s: dict, pieces: list[tuple[str, int
         sha = out.close()
     if sha != s["sha256"]:
         raise UserError(f"{s['shard']}: rebuilt shard has sha256 {sha[:12]}..., build.json says {s['sha256'][:12]}...")
-
-
-def _builder_columns(name: str) -> list:
-    from vlmforge.builders import get_builder
-
-    try:
-        return get_builder(name).columns
-    except UserError:
-        return []
 
 
 def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), overwrite: bool = False,
