@@ -20,7 +20,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     def publish(
         build: BuildArg,
         repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo, NAMESPACE/NAME; created if missing")],
-        private: Annotated[bool, typer.Option("--private", help="create the repo as private")] = False,
+        private: Annotated[bool, typer.Option("--private", help="create the repo as private (an existing public repo is refused: it keeps its visibility)")] = False,
         revision: Annotated[Optional[str], typer.Option("--revision", help="tag for this upload (default: the builder version)")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the file plan and write the card locally; no network")] = False,
         target_shard_bytes: Annotated[int, typer.Option("--target-shard-bytes", min=1, help="re-pack shards to about this size (the Hub likes ~1 GB)")] = 1 << 30,
