@@ -284,3 +284,40 @@ def test_verify_finds_an_edited_manifest(build):
     info["splits"]["val"]["samples"] += 1
     (build / "build.json").write_text(json.dumps(info))
     assert "build.json: split val records samples 13 (its shards: 12)" in _problems(build)
+
+
+def test_a_wide_result_shows_every_column_and_value(coco_build, tmp_path):
+    """Before: SELECT * (16+ columns) squeezed into 80 columns showed names a letter wide and cells without
+    their values, on a terminal and in a pipe alike."""
+    import duckdb
+
+    con = duckdb.connect(str(coco_build.path / "manifest.duckdb"), read_only=True)
+    names = [d[0] for d in con.execute("SELECT * FROM samples ORDER BY key LIMIT 1").description]
+    row = con.execute("SELECT * FROM samples ORDER BY key LIMIT 1").fetchone()
+    con.close()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "manifest", "query", coco_build.path,
+                        "SELECT * FROM samples ORDER BY key LIMIT 2"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    block = r.stdout.split("row 2")[0]
+    cells = {}
+    for line in block.splitlines():
+        parts = [p.strip() for p in line.split("│")[1:-1]]
+        if len(parts) == 2 and parts[0]:
+            cells[parts[0]] = parts[1]
+    assert list(cells) == names
+    for name, value in zip(names, row):
+        if value is not None and len(str(value)) < 40:  # longer values fold onto the next lines
+            assert cells[name] == str(value), name
+    narrow = run("manifest", "query", coco_build.path, "SELECT key, split FROM samples ORDER BY key LIMIT 1")
+    assert "┃ key" in narrow.stdout and "row 1" not in narrow.stdout
+
+
+def test_sql_mistakes_keep_duckdbs_hint(coco_build):
+    """Before: the line DuckDB adds ('Did you mean "samples"?', the columns it has) was cut off."""
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM sample"),
+                   "query failed: Catalog Error", 'Did you mean "samples"?')
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT splt FROM samples"),
+                   'Referenced column "splt"', 'Candidate bindings: "split"')
+    one_error_line(run("show", coco_build.path, "--where", "splt = 'val'", "--out", "x.png"),
+                   "--where did not work", 'Candidate bindings: "split"')

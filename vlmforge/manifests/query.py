@@ -37,6 +37,36 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     return t
 
 
+def _records(names: list[str], rows: list[tuple], first: int = 1) -> list[Table]:
+    """One two-column table (column, value) per row: for results with more columns than fit side by side."""
+    out = []
+    for i, r in enumerate(rows, first):
+        t = Table(title=f"row {i}", show_header=False, title_justify="left")
+        t.add_column("column", style="bold", no_wrap=True)
+        t.add_column("value", overflow="fold")
+        for name, v in zip(names, r):
+            t.add_row(escape(name), "" if v is None else escape(str(v)))
+        out.append(t)
+    return out
+
+
+def _print_rows(console, names: list[str], rows: list[tuple]) -> None:
+    """A table when its column names fit the console's width side by side (values fold), else one block per row,
+    as psql's expanded display: squeezed into the width, a wide result shows columns a letter wide and no values."""
+    if sum(len(n) + 3 for n in names) + 1 <= console.width:
+        console.print(_table(None, names, rows))
+        return
+    for t in _records(names, rows):
+        console.print(t)
+
+
+def duckdb_error_line(e: Exception) -> str:
+    """DuckDB's message on one line, with its hint ('Did you mean "samples"?', the candidate columns)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    hints = [line for line in lines[1:] if line.startswith(("Did you mean", "Candidate bindings"))]
+    return " ".join(lines[:1] + hints)
+
+
 def _output_file(path: Path) -> Path:
     """`path` with its folder made; a path that cannot be written is a UserError."""
     path = Path(path)
@@ -71,7 +101,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
     try:
         rel = b.sql(sql)
     except duckdb.Error as e:
-        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        raise UserError(f"query failed: {duckdb_error_line(e)}") from None
     if rel is None:
         raise UserError("the statement returns no rows")
     if fmt == "parquet" and output is None:
@@ -84,7 +114,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         try:
             table = rel.fetch_arrow_table()
         except duckdb.Error as e:
-            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+            raise UserError(f"query failed: {duckdb_error_line(e)}") from None
         try:
             pq.write_table(table, output)
         except OSError as e:
@@ -95,7 +125,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
     try:
         rows = rel.fetchall()
     except duckdb.Error as e:
-        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        raise UserError(f"query failed: {duckdb_error_line(e)}") from None
     try:
         stream = open(output, "w", newline="") if output else sys.stdout
     except OSError as e:
@@ -109,17 +139,12 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
             for r in rows:
                 stream.write(json.dumps(_finite(dict(zip(names, r))), default=str, ensure_ascii=False) + "\n")
         elif fmt == "table":
-            shown = rows[:limit]
-            target = _stdout() if output is None else None
-            t = _table(None, names, shown)
-            if target is not None:
-                target.print(t)
-                if len(rows) > limit:
-                    console.print(f"({len(rows)} rows, {limit} shown; --limit or --format csv for all)")
-            else:
-                from rich.console import Console
+            from rich.console import Console
 
-                Console(file=stream, width=200).print(t)
+            target = _stdout() if output is None else Console(file=stream, width=200)
+            _print_rows(target, names, rows[:limit])
+            if len(rows) > limit and output is None:
+                console.print(f"({len(rows)} rows, {limit} shown; --limit or --format csv for all)")
     finally:
         if output:
             stream.close()

@@ -38,7 +38,9 @@ def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: in
         names = list(rel.columns)
         return [dict(zip(names, r)) for r in rel.fetchall()]
     except duckdb.Error as e:
-        raise UserError(f"--where did not work: {str(e).splitlines()[0]}") from None
+        from vlmforge.manifests.query import duckdb_error_line
+
+        raise UserError(f"--where did not work: {duckdb_error_line(e)}") from None
 
 
 def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
