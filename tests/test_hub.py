@@ -315,6 +315,7 @@ class FakeHub:
         self.commits: dict[str, dict[str, bytes]] = {}
         self.head = self._commit()
         self.tags: dict[str, str] = {}
+        self.branches = ["main"]
         self.fail_after: int | None = None
         self.written: list[str] = []
 
@@ -343,7 +344,7 @@ class FakeHub:
 
     def list_repo_refs(self, repo_id, repo_type):
         return SimpleNamespace(tags=[SimpleNamespace(name=k, target_commit=v) for k, v in self.tags.items()],
-                               branches=[SimpleNamespace(name="main", target_commit=self.head)])
+                               branches=[SimpleNamespace(name=b, target_commit=self.head) for b in self.branches])
 
     def hf_hub_download(self, repo_id, filename, repo_type, revision):
         path = Path(os.environ["FAKE_HUB_TMP"]) / f"{revision}-{filename}"
@@ -679,3 +680,19 @@ def test_private_is_not_ignored_for_an_existing_public_repo(occ, tmp_path, monke
     with pytest.raises(UserError, match="the Hugging Face token is read-only"):
         hub.publish(occ.path, "lab/occ", api=FakeHub(role="read"), stage_dir=tmp_path / "stage2", quiet=True)
     assert not (tmp_path / "stage2").exists()
+
+
+def test_a_revision_naming_a_branch_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: --revision main (or a branch such as dev) was staged and uploaded to main, and only then
+    refused as a tag by the Hub, on every rerun; a user who took --revision for the branch to commit to
+    found main replaced."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub(exists=True)
+    fake.branches = ["main", "dev"]
+    for tag in ("main", "dev", "refs/pr/1"):
+        with pytest.raises(UserError, match=f"--revision '{tag}' names a branch of the repo, but --revision is the tag"):
+            hub.publish(occ.path, "lab/occ", api=fake, revision=tag, stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not fake.tags and not (tmp_path / "stage").exists()
+    hub.publish(occ.path, "lab/occ", api=fake, revision="dev-1", stage_dir=tmp_path / "stage", quiet=True)
+    assert list(fake.tags) == ["dev-1"]

@@ -636,6 +636,13 @@ def check_tag(tag: str) -> None:
     if bad:
         raise UserError(f"--revision {tag!r} is not a valid tag name; use letters, digits and . _ + - / "
                         "(e.g. 1.2.0 or v1.2.0-coco)")
+    if tag == "main" or tag.startswith("refs/"):
+        raise _branch_not_tag(tag)
+
+
+def _branch_not_tag(tag: str) -> UserError:
+    return UserError(f"--revision {tag!r} names a branch of the repo, but --revision is the tag this publish makes "
+                     "(the commit goes to main); choose a tag name such as 1.2.0")
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -743,6 +750,8 @@ def check_hub(api, repo_id: str, build_id: str, tag: str, private: bool = False)
     if private and not info.private:
         raise UserError(f"{repo_id} exists and is public, and --private does not change an existing repo: nothing "
                         "was uploaded; make it private in its settings on the Hub, or publish to a new repo")
+    if tag in {b.name for b in api.list_repo_refs(repo_id, repo_type="dataset").branches}:
+        raise _branch_not_tag(tag)
     _tagged(api, repo_id, tag, build_id)
 
 
