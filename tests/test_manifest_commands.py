@@ -321,3 +321,16 @@ def test_sql_mistakes_keep_duckdbs_hint(coco_build):
                    'Referenced column "splt"', 'Candidate bindings: "split"')
     one_error_line(run("show", coco_build.path, "--where", "splt = 'val'", "--out", "x.png"),
                    "--where did not work", 'Candidate bindings: "split"')
+
+
+def test_query_csv_writes_lists_and_structs_as_json(coco_build):
+    """Before: a list or struct cell was Python's repr (['a', 'b'], {'x': 1}), which no CSV consumer parses."""
+    import csv
+    import json
+
+    r = run("manifest", "query", coco_build.path, "SELECT ['a', 'b'] AS l, {'x': 1, 'y': 'nan'::DOUBLE} AS s, "
+            "'plain' AS t, NULL AS n FROM samples LIMIT 1", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    [head, row] = list(csv.reader(io.StringIO(r.stdout)))
+    assert head == ["l", "s", "t", "n"]
+    assert json.loads(row[0]) == ["a", "b"] and json.loads(row[1]) == {"x": 1, "y": None} and row[2:] == ["plain", ""]

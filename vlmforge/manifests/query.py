@@ -90,6 +90,13 @@ def _finite(value):
     return value
 
 
+def _csv_cell(value):
+    """Lists and structs as JSON (Python's repr, ['a'], is no format a CSV reader parses)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(_finite(value), default=str, ensure_ascii=False)
+    return value
+
+
 def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
     import duckdb
 
@@ -134,7 +141,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         if fmt == "csv":
             w = csv.writer(stream)
             w.writerow(names)
-            w.writerows(rows)
+            w.writerows([_csv_cell(v) for v in r] for r in rows)
         elif fmt == "json":
             for r in rows:
                 stream.write(json.dumps(_finite(dict(zip(names, r))), default=str, ensure_ascii=False) + "\n")
