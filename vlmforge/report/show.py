@@ -31,7 +31,7 @@ def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: in
 
     if n < 1:
         raise UserError("--n must be at least 1")
-    cond = f"WHERE ({where})" if where else ""
+    cond = f"WHERE ({where}\n)" if where else ""  # the newline ends a trailing -- comment of the condition
     query = f"SELECT * FROM samples {cond} ORDER BY md5(CAST(? AS VARCHAR) || ':' || key) LIMIT {int(n)}"
     try:
         rel = build.sql(query, [str(seed)])
