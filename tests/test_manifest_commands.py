@@ -284,6 +284,11 @@ def test_verify_finds_an_edited_manifest(build):
     info["splits"]["val"]["samples"] += 1
     (build / "build.json").write_text(json.dumps(info))
     assert "build.json: split val records samples 13 (its shards: 12)" in _problems(build)
+    info["splits"]["val"]["samples"] -= 1
+    info["config"]["jpeg_quality"] = 50  # what the card and report print as the build's config
+    (build / "build.json").write_text(json.dumps(info))
+    assert any(p.startswith(f"build.json: build id {info['build_id']} is not the hash of its builder, version, "
+                            "config, source fingerprint and parents") for p in _problems(build))
 
 
 def test_a_wide_result_shows_every_column_and_value(coco_build, tmp_path):

@@ -144,6 +144,21 @@ def _table_difference(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
     return f"table {table} disagrees with {origin} ({', '.join(counts)}; e.g. {name} {eg})"
 
 
+def identity_problems(build: Build) -> list[str]:
+    """build.json's build id against the hash of its builder, version, config, source fingerprint and parents:
+    an edited config (which the card and report print) no longer matches the id."""
+    from vlmforge.builders.base import build_id_of
+
+    try:
+        want = build_id_of(build.info)
+    except KeyError as e:
+        return [f"build.json: lacks {e.args[0]}"]
+    if want != build.build_id:
+        return [f"build.json: build id {build.build_id} is not the hash of its builder, version, config, source "
+                f"fingerprint and parents ({want}): build.json was edited"]
+    return []
+
+
 def split_problems(build: Build) -> list[str]:
     """build.json's per-split counts (what stats, the card and the report print) against its shard list."""
     sums: dict[str, dict[str, int]] = {}
@@ -164,7 +179,7 @@ def split_problems(build: Build) -> list[str]:
 
 def verify_build(build: Build, quiet: bool = False) -> list[str]:
     """Every problem found, as one line each; an empty list means the build is intact."""
-    problems: list[str] = split_problems(build)
+    problems: list[str] = identity_problems(build) + split_problems(build)
     listed = {s["shard"] for s in build.info["shards"]}
     on_disk = {p.name for p in build.path.glob("*.tar")}
     for extra in sorted(on_disk - listed):
