@@ -339,3 +339,26 @@ def test_query_csv_writes_lists_and_structs_as_json(coco_build):
     [head, row] = list(csv.reader(io.StringIO(r.stdout)))
     assert head == ["l", "s", "t", "n"]
     assert json.loads(row[0]) == ["a", "b"] and json.loads(row[1]) == {"x": 1, "y": None} and row[2:] == ["plain", ""]
+
+
+def test_query_table_fetches_only_the_rows_it_shows(coco_build, monkeypatch, capsys):
+    """Before: the table format fetched every row into Python to show the first --limit (SELECT * over a
+    million rows: a minute and gigabytes), then counted them."""
+    from vlmforge.manifests import query
+
+    rel_type = type(coco_build.sql("SELECT 1"))
+    fetched = []
+    real = rel_type.fetchall
+
+    def counting(self, *a, **k):
+        rows = real(self, *a, **k)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(rel_type, "fetchall", counting)
+    query.run_query(coco_build.path, "SELECT key FROM samples ORDER BY key", "table", None, limit=3)
+    assert max(fetched) <= 3
+    out, err = capsys.readouterr()
+    assert "(12 rows, 3 shown" in err
+    keys = sorted(r[0] for r in real(coco_build.sql("SELECT key FROM samples")))
+    assert [k for k in keys if k in out] == keys[:3]

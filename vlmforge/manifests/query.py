@@ -130,7 +130,12 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         return
     names = list(rel.columns)
     try:
-        rows = rel.fetchall()
+        if fmt == "table":  # shows `limit` rows: fetch those and count the rest (all of 1M rows took a minute)
+            total = rel.aggregate("count(*)").fetchall()[0][0]
+            rows = rel.limit(limit).fetchall()
+        else:
+            rows = rel.fetchall()
+            total = len(rows)
     except duckdb.Error as e:
         raise UserError(f"query failed: {duckdb_error_line(e)}") from None
     try:
@@ -149,9 +154,9 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
             from rich.console import Console
 
             target = _stdout() if output is None else Console(file=stream, width=200)
-            _print_rows(target, names, rows[:limit])
-            if len(rows) > limit and output is None:
-                console.print(f"({len(rows)} rows, {limit} shown; --limit or --format csv for all)")
+            _print_rows(target, names, rows)
+            if total > limit and output is None:
+                console.print(f"({total} rows, {limit} shown; --limit or --format csv for all)")
     finally:
         if output:
             stream.close()
