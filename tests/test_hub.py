@@ -661,6 +661,12 @@ def test_a_wrong_token_is_one_line_before_anything_is_staged(occ, tmp_path, refu
     assert last.startswith("error: the Hub refused the token: Invalid user token.") and "nothing was staged" in last
     assert "resume" not in r.stderr and TOKEN not in r.stdout + r.stderr
     assert not (tmp_path / "stage").exists()
+    # pull: one line too (was the Hub's five, with a link to MDN)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "pull", "lab/occ", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: could not download lab/occ: ") and "401" in line and TOKEN not in line
 
 
 def test_private_is_not_ignored_for_an_existing_public_repo(occ, tmp_path, monkeypatch):

@@ -1016,5 +1016,5 @@ def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), ove
             src = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision, local_dir=local))
         except Exception as e:  # offline, missing repo, bad revision: one line, no token
             raise UserError(_scrub(f"could not download {repo}"
-                                   f"{'@' + revision if revision else ''}: {type(e).__name__}: {e}", token)) from None
+                                   f"{'@' + revision if revision else ''}: {_hub_line(e)}", token)) from None
     return restore_build(src, out, overwrite)
