@@ -362,3 +362,16 @@ def test_query_table_fetches_only_the_rows_it_shows(coco_build, monkeypatch, cap
     assert "(12 rows, 3 shown" in err
     keys = sorted(r[0] for r in real(coco_build.sql("SELECT key FROM samples")))
     assert [k for k in keys if k in out] == keys[:3]
+
+
+def test_json_and_parquet_refuse_two_columns_of_one_name(coco_build, tmp_path):
+    """Before: --format json kept one value per name (a self-join's split and split: one dropped without a
+    word), and --format parquet wrote a file pyarrow's reader refuses."""
+    sql = "SELECT a.key, a.split, b.split FROM samples a JOIN samples b ON a.key = b.key"
+    one_error_line(run("manifest", "query", coco_build.path, sql, "--format", "json"),
+                   "two columns named 'split'", "AS")
+    one_error_line(run("manifest", "query", coco_build.path, sql, "--format", "parquet", "-o", tmp_path / "x.parquet"),
+                   "two columns named 'split'")
+    assert not (tmp_path / "x.parquet").exists()
+    r = run("manifest", "query", coco_build.path, sql + " LIMIT 1", "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "key,split,split"

@@ -113,6 +113,12 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         raise UserError("the statement returns no rows")
     if fmt == "parquet" and output is None:
         raise UserError("--format parquet needs --output FILE")
+    if fmt in ("json", "parquet"):  # a JSON object keeps one value per name; Parquet readers refuse the file
+        names = list(rel.columns)
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise UserError(f"the result has two columns named {twice!r}, which --format {fmt} cannot hold; "
+                            f"name them apart with AS (e.g. s2.{twice} AS {twice}_2)")
     if output is not None:
         output = _output_file(output)
     if fmt == "parquet":
