@@ -688,6 +688,31 @@ def test_private_is_not_ignored_for_an_existing_public_repo(occ, tmp_path, monke
     assert not (tmp_path / "stage2").exists()
 
 
+def test_a_refused_upload_says_so_without_resume_advice(occ, tmp_path, monkeypatch):
+    """Before: a 403 (a token without write access to the namespace) read 'run the same command again to
+    resume', over five lines."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub()
+
+    def forbidden(**kwargs):  # what huggingface_hub raises for the Hub's 403, with its message layout
+        url = "https://huggingface.co/api/datasets/lab/occ/commit/main"
+        raise HfHubHTTPError(f"Client error '403 Forbidden' for url '{url}'\nFor more information check: "
+                             "https://developer.mozilla.org/en-US/docs/Web/HTTP/Status/403\n\n"
+                             "You don't have the rights to create a dataset under lab",
+                             response=httpx.Response(403, request=httpx.Request("POST", url)))
+
+    fake.upload_folder = forbidden
+    with pytest.raises(UserError) as err:
+        hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True)
+    text = str(err.value)
+    assert text.startswith("the Hub refused the upload to lab/occ (HfHubHTTPError: ") and "\n" not in text
+    assert "You don't have the rights" in text and "resume" not in text and text.endswith("write access to lab")
+
+
 def test_a_revision_naming_a_branch_is_refused_before_staging(occ, tmp_path, monkeypatch):
     """Before: --revision main (or a branch such as dev) was staged and uploaded to main, and only then
     refused as a tag by the Hub, on every rerun; a user who took --revision for the branch to commit to

@@ -750,9 +750,15 @@ def check_hub(api, repo_id: str, build_id: str, tag: str, private: bool = False)
     if private and not info.private:
         raise UserError(f"{repo_id} exists and is public, and --private does not change an existing repo: nothing "
                         "was uploaded; make it private in its settings on the Hub, or publish to a new repo")
-    if tag in {b.name for b in api.list_repo_refs(repo_id, repo_type="dataset").branches}:
-        raise _branch_not_tag(tag)
-    _tagged(api, repo_id, tag, build_id)
+    try:
+        branches = {b.name for b in api.list_repo_refs(repo_id, repo_type="dataset").branches}
+        if tag in branches:
+            raise _branch_not_tag(tag)
+        _tagged(api, repo_id, tag, build_id)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot read the refs of {repo_id} on the Hub ({_hub_line(e)}); nothing was staged") from None
 
 
 def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id: str, tag: str,
