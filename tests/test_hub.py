@@ -352,7 +352,7 @@ class FakeHub:
         return str(path)
 
     def list_repo_tree(self, repo_id, repo_type, revision, recursive):
-        files = self.commits[revision] if revision else self.files
+        files = self.commits[self.tags.get(revision, revision)] if revision else self.files
         for path, data in sorted(files.items()):
             lfs = SimpleNamespace(sha256=hashlib.sha256(data).hexdigest()) if any(fnmatch.fnmatch(path, p) for p in self.LFS) else None
             yield SimpleNamespace(path=path, size=len(data), blob_id=hub.git_blob_sha1(data), lfs=lfs)
@@ -376,6 +376,9 @@ class FakeHub:
     def create_tag(self, repo_id, tag, revision, repo_type, tag_message):
         assert tag not in self.tags
         self.tags[tag] = revision
+
+    def delete_tag(self, repo_id, tag, repo_type):
+        del self.tags[tag]
 
 
 def test_upload_resumes_after_a_failure_and_tags(occ, tmp_path, monkeypatch, capsys):
@@ -727,3 +730,20 @@ def test_a_revision_naming_a_branch_is_refused_before_staging(occ, tmp_path, mon
     assert fake.files == {} and not fake.tags and not (tmp_path / "stage").exists()
     hub.publish(occ.path, "lab/occ", api=fake, revision="dev-1", stage_dir=tmp_path / "stage", quiet=True)
     assert list(fake.tags) == ["dev-1"]
+
+
+def test_republishing_a_build_with_a_new_card_moves_its_tag(occ, tmp_path, monkeypatch):
+    """Before: publishing the same build again with another --license committed the new card to main, but
+    the tag (the revision the card tells users to load) kept the first card and its license."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub()
+    first = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-4.0")
+    second = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-nc-4.0")
+    assert second["uploaded"] == 1 and second["commit"] != first["commit"]  # README.md only
+    card = fake.commits[fake.tags["0.0.1"]]["README.md"].decode()
+    assert yaml.safe_load(card.split("---\n")[1])["license"] == "cc-by-nc-4.0"
+    assert fake.tags == {"0.0.1": second["commit"]}
+    # the same publish again: nothing uploaded, the tag stays where it is
+    third = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-nc-4.0")
+    assert third["uploaded"] == 0 and fake.tags == {"0.0.1": second["commit"]}

@@ -787,7 +787,11 @@ def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id
     if left:
         raise UserError(f"the Hub lacks {len(left)} staged files after the upload (e.g. {left[0]}); "
                         "run the same command again to resume")
-    if not tagged:
+    moved = tagged and bool(still_to_upload(local, remote_state(api, repo_id, tag)))
+    if moved:  # same build, other files (a new card: another --license): else the tag keeps the old card
+        api.delete_tag(repo_id, tag=tag, repo_type="dataset")
+        console.print(f"tag {tag} marked this build with other files (e.g. an earlier card); it now marks {commit[:12]}")
+    if not tagged or moved:
         api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset",
                        tag_message=f"vlmforge build {build_id}")
     return {"commit": commit, "uploaded": len(todo), "skipped": len(local) - len(todo), "tag": tag}
