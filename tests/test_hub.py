@@ -331,7 +331,7 @@ class FakeHub:
             self.exists, self.private = True, private
 
     def whoami(self):
-        return {"name": "lab", "auth": {"accessToken": {"role": self.role}}}
+        return {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": self.role}}}
 
     def repo_info(self, repo_id, repo_type):
         import httpx
@@ -689,6 +689,12 @@ def test_private_is_not_ignored_for_an_existing_public_repo(occ, tmp_path, monke
     with pytest.raises(UserError, match="the Hugging Face token is read-only"):
         hub.publish(occ.path, "lab/occ", api=FakeHub(role="read"), stage_dir=tmp_path / "stage2", quiet=True)
     assert not (tmp_path / "stage2").exists()
+    # a namespace that is neither the token's user nor one of its organizations: refused before staging
+    # (was a 403 from create_repo after the whole build was verified and staged)
+    with pytest.raises(UserError, match="the token is me's, who cannot make repos under 'other' .*me, lab"):
+        hub.publish(occ.path, "other/occ", api=FakeHub(), stage_dir=tmp_path / "stage3", quiet=True)
+    assert not (tmp_path / "stage3").exists()
+    hub.publish(occ.path, "me/occ", api=FakeHub(), stage_dir=tmp_path / "stage4", quiet=True)
 
 
 def test_a_refused_upload_says_so_without_resume_advice(occ, tmp_path, monkeypatch):

@@ -741,6 +741,10 @@ def check_hub(api, repo_id: str, build_id: str, tag: str, private: bool = False)
     if ((who.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
         raise UserError("the Hugging Face token is read-only; publishing needs a token with write access "
                         "(https://huggingface.co/settings/tokens)")
+    owners = [who.get("name")] + [o.get("name") for o in who.get("orgs") or []]
+    if who.get("name") and repo_id.split("/")[0] not in owners:
+        raise UserError(f"the token is {who['name']}'s, who cannot make repos under {repo_id.split('/')[0]!r} (its user "
+                        f"and organizations: {', '.join(map(str, owners))}); nothing was staged")
     try:
         info = api.repo_info(repo_id, repo_type="dataset")
     except RepositoryNotFoundError:
