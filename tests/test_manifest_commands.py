@@ -375,3 +375,22 @@ def test_json_and_parquet_refuse_two_columns_of_one_name(coco_build, tmp_path):
     assert not (tmp_path / "x.parquet").exists()
     r = run("manifest", "query", coco_build.path, sql + " LIMIT 1", "--format", "csv")
     assert r.returncode == 0 and r.stdout.splitlines()[0] == "key,split,split"
+
+
+def test_verify_says_which_shards_were_swapped_and_what_build_json_lacks(build):
+    """Before: two shards swapped read as two unexplained sha256 differences, and a shard entry of
+    build.json without its sha256 ended verify in a KeyError traceback."""
+    import json
+
+    a, b = build / "val-000000.tar", build / "val-000001.tar"
+    data_a = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data_a)
+    problems = _problems(build)
+    assert any(p.startswith("val-000000.tar: sha256 ") and p.endswith("(it is build.json's val-000001.tar: shards "
+                                                                      "swapped or copied over)") for p in problems)
+    assert any(p.startswith("val-000001.tar: sha256 ") and "it is build.json's val-000000.tar" in p for p in problems)
+    info = json.loads((build / "build.json").read_text())
+    del info["shards"][1]["sha256"]
+    (build / "build.json").write_text(json.dumps(info))
+    assert "build.json: shard entry val-000001.tar lacks sha256" in _problems(build)

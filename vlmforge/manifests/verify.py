@@ -177,8 +177,25 @@ def split_problems(build: Build) -> list[str]:
     return out
 
 
+_SHARD_FIELDS = ("shard", "split", "samples", "rejects", "bytes", "sha256")
+
+
+def entry_problems(build: Build) -> list[str]:
+    """Shard entries of build.json that lack a field the other checks read (an edited build.json)."""
+    out = []
+    for i, s in enumerate(build.info["shards"]):
+        lacks = [k for k in _SHARD_FIELDS if k not in s] if isinstance(s, dict) else list(_SHARD_FIELDS)
+        if lacks:
+            name = s.get("shard", f"number {i}") if isinstance(s, dict) else f"number {i}"
+            out.append(f"build.json: shard entry {name} lacks {', '.join(lacks)}")
+    return out
+
+
 def verify_build(build: Build, quiet: bool = False) -> list[str]:
     """Every problem found, as one line each; an empty list means the build is intact."""
+    entries = entry_problems(build)
+    if entries:  # the checks below read every entry's fields
+        return identity_problems(build) + entries
     problems: list[str] = identity_problems(build) + split_problems(build)
     listed = {s["shard"] for s in build.info["shards"]}
     on_disk = {p.name for p in build.path.glob("*.tar")}
@@ -206,7 +223,9 @@ def _shard_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[st
         problems.append(f"{s['shard']}: {size} bytes, build.json says {s['bytes']}")
     digest = _sha256_file(path)
     if digest != s["sha256"]:
-        problems.append(f"{s['shard']}: sha256 {digest[:12]}... differs from build.json's {s['sha256'][:12]}...")
+        twin = next((t["shard"] for t in build.info["shards"] if t["sha256"] == digest), None)
+        problems.append(f"{s['shard']}: sha256 {digest[:12]}... differs from build.json's {s['sha256'][:12]}..."
+                        + (f" (it is build.json's {twin}: shards swapped or copied over)" if twin else ""))
     part = build.path / "manifest" / s["shard"].replace(".tar", ".parquet")
     rejects = part.with_name(part.name.replace(".parquet", ".rejects.parquet"))
     if f"manifest/{rejects.name}" not in bad_parts and pq.read_metadata(rejects).num_rows != s["rejects"]:
