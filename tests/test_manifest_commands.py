@@ -394,3 +394,11 @@ def test_verify_says_which_shards_were_swapped_and_what_build_json_lacks(build):
     del info["shards"][1]["sha256"]
     (build / "build.json").write_text(json.dumps(info))
     assert "build.json: shard entry val-000001.tar lacks sha256" in _problems(build)
+
+
+def test_a_table_written_to_a_file_says_it_holds_the_first_rows_only(coco_build, tmp_path):
+    """Before: --format table -o FILE wrote the first --limit rows and said nothing of the others."""
+    out = tmp_path / "keys.txt"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "-o", out, "--limit", "2")
+    assert r.returncode == 0 and "(12 rows, 2 written; --limit or --format csv for all)" in r.stderr
+    assert sum(line.startswith("│") for line in out.read_text().splitlines()) == 2

@@ -37,10 +37,10 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     return t
 
 
-def _records(names: list[str], rows: list[tuple], first: int = 1) -> list[Table]:
+def _records(names: list[str], rows: list[tuple]) -> list[Table]:
     """One two-column table (column, value) per row: for results with more columns than fit side by side."""
     out = []
-    for i, r in enumerate(rows, first):
+    for i, r in enumerate(rows, 1):
         t = Table(title=f"row {i}", show_header=False, title_justify="left")
         t.add_column("column", style="bold", no_wrap=True)
         t.add_column("value", overflow="fold")
@@ -161,8 +161,9 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
 
             target = _stdout() if output is None else Console(file=stream, width=200)
             _print_rows(target, names, rows)
-            if total > limit and output is None:
-                console.print(f"({total} rows, {limit} shown; --limit or --format csv for all)")
+            if total > limit:  # also into a file: a table cut short without a word reads as all rows
+                console.print(f"({total} rows, {limit} {'written' if output else 'shown'}; --limit or --format csv "
+                              "for all)")
     finally:
         if output:
             stream.close()
