@@ -281,6 +281,8 @@ def test_field_names_are_lowered_and_undotted():
         hub.field_map(["mask.png", "mask_png"])
     assert [hub.size_category(n) for n in (0, 999, 1000, 12_345, 2_000_000)] == [
         "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
+    # beyond 1B the Hub has buckets of its own ('n>1B' is none of its values)
+    assert [hub.size_category(n) for n in (2 * 10**9, 5 * 10**12)] == ["1B<n<10B", "n>1T"]
 
 
 def test_dry_run_makes_no_network_request(occ, tmp_path, monkeypatch, capsys):
@@ -307,11 +309,13 @@ class FakeHub:
 
     LFS = ("*.tar", "*.parquet")
 
-    def __init__(self):
+    def __init__(self, exists: bool = False, private: bool = False, role: str = "write"):
+        self.exists, self.private, self.role = exists, private, role
         self.files: dict[str, bytes] = {}
         self.commits: dict[str, dict[str, bytes]] = {}
         self.head = self._commit()
         self.tags: dict[str, str] = {}
+        self.branches = ["main"]
         self.fail_after: int | None = None
         self.written: list[str] = []
 
@@ -323,10 +327,24 @@ class FakeHub:
 
     def create_repo(self, repo_id, repo_type, private, exist_ok):
         assert repo_type == "dataset" and exist_ok
+        if not self.exists:  # as on the Hub, an existing repo keeps its visibility
+            self.exists, self.private = True, private
+
+    def whoami(self):
+        return {"name": "me", "orgs": [{"name": "lab"}], "auth": {"accessToken": {"role": self.role}}}
+
+    def repo_info(self, repo_id, repo_type):
+        import httpx
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        if not self.exists:
+            url = f"https://huggingface.co/api/datasets/{repo_id}"
+            raise RepositoryNotFoundError("404 Client Error", response=httpx.Response(404, request=httpx.Request("GET", url)))
+        return SimpleNamespace(id=repo_id, private=self.private)
 
     def list_repo_refs(self, repo_id, repo_type):
         return SimpleNamespace(tags=[SimpleNamespace(name=k, target_commit=v) for k, v in self.tags.items()],
-                               branches=[SimpleNamespace(name="main", target_commit=self.head)])
+                               branches=[SimpleNamespace(name=b, target_commit=self.head) for b in self.branches])
 
     def hf_hub_download(self, repo_id, filename, repo_type, revision):
         path = Path(os.environ["FAKE_HUB_TMP"]) / f"{revision}-{filename}"
@@ -334,7 +352,7 @@ class FakeHub:
         return str(path)
 
     def list_repo_tree(self, repo_id, repo_type, revision, recursive):
-        files = self.commits[revision] if revision else self.files
+        files = self.commits[self.tags.get(revision, revision)] if revision else self.files
         for path, data in sorted(files.items()):
             lfs = SimpleNamespace(sha256=hashlib.sha256(data).hexdigest()) if any(fnmatch.fnmatch(path, p) for p in self.LFS) else None
             yield SimpleNamespace(path=path, size=len(data), blob_id=hub.git_blob_sha1(data), lfs=lfs)
@@ -358,6 +376,9 @@ class FakeHub:
     def create_tag(self, repo_id, tag, revision, repo_type, tag_message):
         assert tag not in self.tags
         self.tags[tag] = revision
+
+    def delete_tag(self, repo_id, tag, repo_type):
+        del self.tags[tag]
 
 
 def test_upload_resumes_after_a_failure_and_tags(occ, tmp_path, monkeypatch, capsys):
@@ -499,7 +520,7 @@ def test_cli_errors_never_show_the_token(occ, tmp_path):
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ", "-q",
                         "--stage", str(tmp_path / "stage")], capture_output=True, text=True, env=env)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("error: upload to lab/occ stopped")
+    assert r.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hub to publish lab/occ (OfflineModeIsEnabled")
     assert TOKEN not in r.stdout + r.stderr
     r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "not a repo"],
                        capture_output=True, text=True, env=env)
@@ -603,3 +624,132 @@ def test_card_names_what_a_derived_build_read_of_each_parent(occ, tmp_path):
     assert rows[occ.build_id] == f"| {occ.build_id} | occlusion | {occ.info['version']} |  | train | {n_train} |"
     assert rows[half.build_id] == f"| {half.build_id} | split | {half.info['version']} | {occ.build_id} | train | 1 |"
     assert len(mix) == n_train + 1
+
+
+@pytest.fixture
+def refusing_hub():
+    """A local stand-in for the Hub's HTTP API that answers every request 401, as the Hub answers a bad token."""
+    import http.server
+    import threading
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def _reply(self):
+            body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _reply
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_wrong_token_is_one_line_before_anything_is_staged(occ, tmp_path, refusing_hub):
+    """Before: the whole build was verified and staged, then create_repo's 401 came as a five-line error
+    ending 'run the same command again to resume', which cannot help."""
+    env = {**os.environ, "HF_TOKEN": TOKEN, "HF_ENDPOINT": refusing_hub, "VLMFORGE_CACHE": str(tmp_path / "cache")}
+    env.pop("HF_HUB_OFFLINE", None)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "publish", str(occ.path), "--repo", "lab/occ", "-q",
+                        "--stage", str(tmp_path / "stage")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Hub refused the token: Invalid user token.") and "nothing was staged" in last
+    assert "resume" not in r.stderr and TOKEN not in r.stdout + r.stderr
+    assert not (tmp_path / "stage").exists()
+    # pull: one line too (was the Hub's five, with a link to MDN)
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "pull", "lab/occ", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("error: could not download lab/occ: ") and "401" in line and TOKEN not in line
+
+
+def test_private_is_not_ignored_for_an_existing_public_repo(occ, tmp_path, monkeypatch):
+    """Before: create_repo(private=True, exist_ok=True) left an existing public repo public, and the build
+    was uploaded there for anyone to read."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    public = FakeHub(exists=True, private=False)
+    with pytest.raises(UserError, match="lab/occ exists and is public, and --private does not change an existing repo"):
+        hub.publish(occ.path, "lab/occ", api=public, private=True, stage_dir=tmp_path / "stage", quiet=True)
+    assert public.files == {} and not (tmp_path / "stage").exists()
+    new = FakeHub()
+    hub.publish(occ.path, "lab/occ", api=new, private=True, stage_dir=tmp_path / "stage", quiet=True)
+    assert new.private and "build.json" in new.files
+    again = hub.publish(occ.path, "lab/occ", api=new, private=True, stage_dir=tmp_path / "stage", quiet=True)
+    assert again["uploaded"] == 0 and new.private
+    with pytest.raises(UserError, match="the Hugging Face token is read-only"):
+        hub.publish(occ.path, "lab/occ", api=FakeHub(role="read"), stage_dir=tmp_path / "stage2", quiet=True)
+    assert not (tmp_path / "stage2").exists()
+    # a namespace that is neither the token's user nor one of its organizations: refused before staging
+    # (was a 403 from create_repo after the whole build was verified and staged)
+    with pytest.raises(UserError, match="the token is me's, who cannot make repos under 'other' .*me, lab"):
+        hub.publish(occ.path, "other/occ", api=FakeHub(), stage_dir=tmp_path / "stage3", quiet=True)
+    assert not (tmp_path / "stage3").exists()
+    hub.publish(occ.path, "me/occ", api=FakeHub(), stage_dir=tmp_path / "stage4", quiet=True)
+
+
+def test_a_refused_upload_says_so_without_resume_advice(occ, tmp_path, monkeypatch):
+    """Before: a 403 (a token without write access to the namespace) read 'run the same command again to
+    resume', over five lines."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub()
+
+    def forbidden(**kwargs):  # what huggingface_hub raises for the Hub's 403, with its message layout
+        url = "https://huggingface.co/api/datasets/lab/occ/commit/main"
+        raise HfHubHTTPError(f"Client error '403 Forbidden' for url '{url}'\nFor more information check: "
+                             "https://developer.mozilla.org/en-US/docs/Web/HTTP/Status/403\n\n"
+                             "You don't have the rights to create a dataset under lab",
+                             response=httpx.Response(403, request=httpx.Request("POST", url)))
+
+    fake.upload_folder = forbidden
+    with pytest.raises(UserError) as err:
+        hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True)
+    text = str(err.value)
+    assert text.startswith("the Hub refused the upload to lab/occ (HfHubHTTPError: ") and "\n" not in text
+    assert "You don't have the rights" in text and "resume" not in text and text.endswith("write access to lab")
+
+
+def test_a_revision_naming_a_branch_is_refused_before_staging(occ, tmp_path, monkeypatch):
+    """Before: --revision main (or a branch such as dev) was staged and uploaded to main, and only then
+    refused as a tag by the Hub, on every rerun; a user who took --revision for the branch to commit to
+    found main replaced."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub(exists=True)
+    fake.branches = ["main", "dev"]
+    for tag in ("main", "dev", "refs/pr/1"):
+        with pytest.raises(UserError, match=f"--revision '{tag}' names a branch of the repo, but --revision is the tag"):
+            hub.publish(occ.path, "lab/occ", api=fake, revision=tag, stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {} and not fake.tags and not (tmp_path / "stage").exists()
+    hub.publish(occ.path, "lab/occ", api=fake, revision="dev-1", stage_dir=tmp_path / "stage", quiet=True)
+    assert list(fake.tags) == ["dev-1"]
+
+
+def test_republishing_a_build_with_a_new_card_moves_its_tag(occ, tmp_path, monkeypatch):
+    """Before: publishing the same build again with another --license committed the new card to main, but
+    the tag (the revision the card tells users to load) kept the first card and its license."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("FAKE_HUB_TMP", str(tmp_path))
+    fake = FakeHub()
+    first = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-4.0")
+    second = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-nc-4.0")
+    assert second["uploaded"] == 1 and second["commit"] != first["commit"]  # README.md only
+    card = fake.commits[fake.tags["0.0.1"]]["README.md"].decode()
+    assert yaml.safe_load(card.split("---\n")[1])["license"] == "cc-by-nc-4.0"
+    assert fake.tags == {"0.0.1": second["commit"]}
+    # the same publish again: nothing uploaded, the tag stays where it is
+    third = hub.publish(occ.path, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True, license="cc-by-nc-4.0")
+    assert third["uploaded"] == 0 and fake.tags == {"0.0.1": second["commit"]}

@@ -226,3 +226,179 @@ def test_reindex_says_what_it_indexed(build):
     r = run("manifest", "reindex", build)
     assert r.returncode == 0, r.stderr
     assert f"reindexed {build / 'manifest.duckdb'}: 12 samples from 3 manifest parts" in " ".join((r.stdout + r.stderr).split())
+
+
+def _problems(build):
+    r = run("verify", build)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    return [line[2:] for line in r.stderr.splitlines() if line.startswith("x ")]
+
+
+def test_verify_names_the_sample_a_flipped_byte_is_in(build):
+    """Before: only the shard's sha256 was reported, not which sample (or member) it hit."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(build / "manifest" / "val-000001.parquet").to_pylist()
+    victim = rows[2]
+    shard = build / "val-000001.tar"
+    raw = bytearray(shard.read_bytes())
+    raw[victim["offset"] + 1024 + 100] ^= 1  # inside its first member's data (header, then the jpg)
+    shard.write_bytes(bytes(raw))
+    problems = _problems(build)
+    assert problems[0].startswith("val-000001.tar: sha256 ")
+    assert problems[1:] == [f"val-000001.tar: sample {victim['key']}: its jpg does not match the manifest's image_sha256"]
+
+
+def test_verify_finds_an_edited_manifest(build):
+    """Before: verify said ok for an edited manifest.duckdb (which queries, show, report and the dataset
+    card read), a manifest part whose offsets or hashes were edited, and build.json's split counts edited."""
+    import json
+
+    import duckdb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    con = duckdb.connect(str(build / "manifest.duckdb"))
+    key = con.execute("SELECT min(key) FROM samples").fetchone()[0]
+    con.execute("UPDATE samples SET source_id = 'edited' WHERE key = ?", [key])
+    con.close()
+    [line] = _problems(build)
+    assert line.startswith("manifest.duckdb: table samples disagrees with the manifest parts (1 row(s) only in "
+                           f"manifest.duckdb, 1 only in the manifest parts; e.g. key {key}); one of them was edited")
+    r = run("manifest", "reindex", build)
+    assert r.returncode == 0 and run("verify", build).returncode == 0
+
+    part = build / "manifest" / "val-000002.parquet"
+    t = pq.read_table(part)
+    offsets = t.column("offset").to_pylist()
+    offsets[1] += 512
+    pq.write_table(t.set_column(t.schema.get_field_index("offset"), "offset", pa.array(offsets)), part)
+    problems = _problems(build)
+    moved = t.column("key").to_pylist()[1]
+    assert problems[0] == (f"val-000002.tar: sample {moved}: the manifest places it at byte {offsets[1]} "
+                           f"({t.column('sample_bytes')[1]} bytes), the shard at byte {offsets[1] - 512} "
+                           f"({t.column('sample_bytes')[1]} bytes)")
+    assert problems[1].startswith("manifest.duckdb: table samples disagrees")
+
+    info = json.loads((build / "build.json").read_text())
+    info["splits"]["val"]["samples"] += 1
+    (build / "build.json").write_text(json.dumps(info))
+    assert "build.json: split val records samples 13 (its shards: 12)" in _problems(build)
+    info["splits"]["val"]["samples"] -= 1
+    info["config"]["jpeg_quality"] = 50  # what the card and report print as the build's config
+    (build / "build.json").write_text(json.dumps(info))
+    assert any(p.startswith(f"build.json: build id {info['build_id']} is not the hash of its builder, version, "
+                            "config, source fingerprint and parents") for p in _problems(build))
+
+
+def test_a_wide_result_shows_every_column_and_value(coco_build, tmp_path):
+    """Before: SELECT * (16+ columns) squeezed into 80 columns showed names a letter wide and cells without
+    their values, on a terminal and in a pipe alike."""
+    import duckdb
+
+    con = duckdb.connect(str(coco_build.path / "manifest.duckdb"), read_only=True)
+    names = [d[0] for d in con.execute("SELECT * FROM samples ORDER BY key LIMIT 1").description]
+    row = con.execute("SELECT * FROM samples ORDER BY key LIMIT 1").fetchone()
+    con.close()
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "manifest", "query", coco_build.path,
+                        "SELECT * FROM samples ORDER BY key LIMIT 2"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    block = r.stdout.split("row 2")[0]
+    cells = {}
+    for line in block.splitlines():
+        parts = [p.strip() for p in line.split("│")[1:-1]]
+        if len(parts) == 2 and parts[0]:
+            cells[parts[0]] = parts[1]
+    assert list(cells) == names
+    for name, value in zip(names, row):
+        if value is not None and len(str(value)) < 40:  # longer values fold onto the next lines
+            assert cells[name] == str(value), name
+    narrow = run("manifest", "query", coco_build.path, "SELECT key, split FROM samples ORDER BY key LIMIT 1")
+    assert "┃ key" in narrow.stdout and "row 1" not in narrow.stdout
+
+
+def test_sql_mistakes_keep_duckdbs_hint(coco_build):
+    """Before: the line DuckDB adds ('Did you mean "samples"?', the columns it has) was cut off."""
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT key FROM sample"),
+                   "query failed: Catalog Error", 'Did you mean "samples"?')
+    one_error_line(run("manifest", "query", coco_build.path, "SELECT splt FROM samples"),
+                   'Referenced column "splt"', 'Candidate bindings: "split"')
+    one_error_line(run("show", coco_build.path, "--where", "splt = 'val'", "--out", "x.png"),
+                   "--where did not work", 'Candidate bindings: "split"')
+
+
+def test_query_csv_writes_lists_and_structs_as_json(coco_build):
+    """Before: a list or struct cell was Python's repr (['a', 'b'], {'x': 1}), which no CSV consumer parses."""
+    import csv
+    import json
+
+    r = run("manifest", "query", coco_build.path, "SELECT ['a', 'b'] AS l, {'x': 1, 'y': 'nan'::DOUBLE} AS s, "
+            "'plain' AS t, NULL AS n FROM samples LIMIT 1", "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    [head, row] = list(csv.reader(io.StringIO(r.stdout)))
+    assert head == ["l", "s", "t", "n"]
+    assert json.loads(row[0]) == ["a", "b"] and json.loads(row[1]) == {"x": 1, "y": None} and row[2:] == ["plain", ""]
+
+
+def test_query_table_fetches_only_the_rows_it_shows(coco_build, monkeypatch, capsys):
+    """Before: the table format fetched every row into Python to show the first --limit (SELECT * over a
+    million rows: a minute and gigabytes), then counted them."""
+    from vlmforge.manifests import query
+
+    rel_type = type(coco_build.sql("SELECT 1"))
+    fetched = []
+    real = rel_type.fetchall
+
+    def counting(self, *a, **k):
+        rows = real(self, *a, **k)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(rel_type, "fetchall", counting)
+    query.run_query(coco_build.path, "SELECT key FROM samples ORDER BY key", "table", None, limit=3)
+    assert max(fetched) <= 3
+    out, err = capsys.readouterr()
+    assert "(12 rows, 3 shown" in err
+    keys = sorted(r[0] for r in real(coco_build.sql("SELECT key FROM samples")))
+    assert [k for k in keys if k in out] == keys[:3]
+
+
+def test_json_and_parquet_refuse_two_columns_of_one_name(coco_build, tmp_path):
+    """Before: --format json kept one value per name (a self-join's split and split: one dropped without a
+    word), and --format parquet wrote a file pyarrow's reader refuses."""
+    sql = "SELECT a.key, a.split, b.split FROM samples a JOIN samples b ON a.key = b.key"
+    one_error_line(run("manifest", "query", coco_build.path, sql, "--format", "json"),
+                   "two columns named 'split'", "AS")
+    one_error_line(run("manifest", "query", coco_build.path, sql, "--format", "parquet", "-o", tmp_path / "x.parquet"),
+                   "two columns named 'split'")
+    assert not (tmp_path / "x.parquet").exists()
+    r = run("manifest", "query", coco_build.path, sql + " LIMIT 1", "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "key,split,split"
+
+
+def test_verify_says_which_shards_were_swapped_and_what_build_json_lacks(build):
+    """Before: two shards swapped read as two unexplained sha256 differences, and a shard entry of
+    build.json without its sha256 ended verify in a KeyError traceback."""
+    import json
+
+    a, b = build / "val-000000.tar", build / "val-000001.tar"
+    data_a = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(data_a)
+    problems = _problems(build)
+    assert any(p.startswith("val-000000.tar: sha256 ") and p.endswith("(it is build.json's val-000001.tar: shards "
+                                                                      "swapped or copied over)") for p in problems)
+    assert any(p.startswith("val-000001.tar: sha256 ") and "it is build.json's val-000000.tar" in p for p in problems)
+    info = json.loads((build / "build.json").read_text())
+    del info["shards"][1]["sha256"]
+    (build / "build.json").write_text(json.dumps(info))
+    assert "build.json: shard entry val-000001.tar lacks sha256" in _problems(build)
+
+
+def test_a_table_written_to_a_file_says_it_holds_the_first_rows_only(coco_build, tmp_path):
+    """Before: --format table -o FILE wrote the first --limit rows and said nothing of the others."""
+    out = tmp_path / "keys.txt"
+    r = run("manifest", "query", coco_build.path, "SELECT key FROM samples", "-o", out, "--limit", "2")
+    assert r.returncode == 0 and "(12 rows, 2 written; --limit or --format csv for all)" in r.stderr
+    assert sum(line.startswith("│") for line in out.read_text().splitlines()) == 2

@@ -429,13 +429,14 @@ def publish_record(plan: Plan, staged: dict[str, dict] | None = None) -> dict[st
 
 # -- the dataset card -------------------------------------------------------------------------
 def size_category(n: int) -> str:
-    """The Hub's size_categories bucket for n samples."""
+    """The Hub's size_categories bucket for n samples (the values huggingface_hub's DatasetCardData lists)."""
     bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
+              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+              (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T")]
     for bound, name in bounds:
         if n < bound:
             return name
-    return "n>1B"
+    return "n>1T"
 
 
 def card_metadata(plan: Plan, license: str = "unknown") -> dict[str, Any]:
@@ -635,6 +636,13 @@ def check_tag(tag: str) -> None:
     if bad:
         raise UserError(f"--revision {tag!r} is not a valid tag name; use letters, digits and . _ + - / "
                         "(e.g. 1.2.0 or v1.2.0-coco)")
+    if tag == "main" or tag.startswith("refs/"):
+        raise _branch_not_tag(tag)
+
+
+def _branch_not_tag(tag: str) -> UserError:
+    return UserError(f"--revision {tag!r} names a branch of the repo, but --revision is the tag this publish makes "
+                     "(the commit goes to main); choose a tag name such as 1.2.0")
 
 
 def _scrub(text: str, token: str | None) -> str:
@@ -699,6 +707,64 @@ def _existing_tag(api, repo_id: str, tag: str) -> str | None:
     return json.loads(Path(path).read_text()).get("build_id", "?")
 
 
+def _tagged(api, repo_id: str, tag: str, build_id: str) -> bool:
+    """Whether the tag already marks this build; a tag that marks another build is refused."""
+    tagged = _existing_tag(api, repo_id, tag)
+    if tagged is not None and tagged != build_id:
+        raise UserError(f"tag {tag!r} on {repo_id} already marks build {tagged}; pass --revision with a new tag")
+    return tagged is not None
+
+
+def _hub_line(e: BaseException) -> str:
+    """An error of huggingface_hub or the network on one line (theirs span several, with a link to MDN)."""
+    lines = [line.strip() for line in str(e).splitlines()
+             if line.strip() and not line.startswith("For more information check")]
+    return f"{type(e).__name__}: {' '.join(lines)}"
+
+
+def _status(e: BaseException) -> int | None:
+    return getattr(getattr(e, "response", None), "status_code", None)
+
+
+def check_hub(api, repo_id: str, build_id: str, tag: str, private: bool = False) -> None:
+    """Before verifying and staging (minutes for a large build): the token is valid and may write, an
+    existing repo is private when --private asks for it, and the tag marks no other build."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        who = api.whoami()
+    except Exception as e:
+        if _status(e) == 401:
+            raise UserError(f"the Hub refused the token: {str(e).splitlines()[0]} (set HF_TOKEN or run "
+                            "`hf auth login`); nothing was staged") from None
+        raise UserError(f"cannot reach the Hub to publish {repo_id} ({_hub_line(e)}); nothing was staged") from None
+    if ((who.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise UserError("the Hugging Face token is read-only; publishing needs a token with write access "
+                        "(https://huggingface.co/settings/tokens)")
+    owners = [who.get("name")] + [o.get("name") for o in who.get("orgs") or []]
+    if who.get("name") and repo_id.split("/")[0] not in owners:
+        raise UserError(f"the token is {who['name']}'s, who cannot make repos under {repo_id.split('/')[0]!r} (its user "
+                        f"and organizations: {', '.join(map(str, owners))}); nothing was staged")
+    try:
+        info = api.repo_info(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        return  # upload() creates it
+    except Exception as e:
+        raise UserError(f"cannot read {repo_id} on the Hub ({_hub_line(e)}); nothing was staged") from None
+    if private and not info.private:
+        raise UserError(f"{repo_id} exists and is public, and --private does not change an existing repo: nothing "
+                        "was uploaded; make it private in its settings on the Hub, or publish to a new repo")
+    try:
+        branches = {b.name for b in api.list_repo_refs(repo_id, repo_type="dataset").branches}
+        if tag in branches:
+            raise _branch_not_tag(tag)
+        _tagged(api, repo_id, tag, build_id)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot read the refs of {repo_id} on the Hub ({_hub_line(e)}); nothing was staged") from None
+
+
 def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id: str, tag: str,
            private: bool = False) -> dict[str, Any]:
     """Create the repo if needed, upload the staged folder (huggingface_hub's resumable, multi-commit
@@ -707,9 +773,7 @@ def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id
     from vlmforge.progress import console
 
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    tagged = _existing_tag(api, repo_id, tag)
-    if tagged is not None and tagged != build_id:
-        raise UserError(f"tag {tag!r} on {repo_id} already marks build {tagged}; pass --revision with a new tag")
+    tagged = _tagged(api, repo_id, tag, build_id)
     local = local_state(stage_dir, staged)
     todo = still_to_upload(local, remote_state(api, repo_id, None))
     if todo:
@@ -727,7 +791,11 @@ def upload(api, repo_id: str, stage_dir: Path, staged: dict[str, dict], build_id
     if left:
         raise UserError(f"the Hub lacks {len(left)} staged files after the upload (e.g. {left[0]}); "
                         "run the same command again to resume")
-    if tagged is None:
+    moved = tagged and bool(still_to_upload(local, remote_state(api, repo_id, tag)))
+    if moved:  # same build, other files (a new card: another --license): else the tag keeps the old card
+        api.delete_tag(repo_id, tag=tag, repo_type="dataset")
+        console.print(f"tag {tag} marked this build with other files (e.g. an earlier card); it now marks {commit[:12]}")
+    if not tagged or moved:
         api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset",
                        tag_message=f"vlmforge build {build_id}")
     return {"commit": commit, "uploaded": len(todo), "skipped": len(local) - len(todo), "tag": tag}
@@ -819,6 +887,10 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
         if not token:
             raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
         api = HfApi(token=token)
+    try:
+        check_hub(api, repo_id, b.build_id, tag, private)
+    except UserError as e:
+        raise UserError(_scrub(str(e), token)) from None
     from vlmforge.manifests.verify import verify_build
 
     problems = verify_build(b, quiet=quiet)  # never upload a damaged build (pull would refuse it anyway)
@@ -832,7 +904,10 @@ def publish(build_path: str | Path, repo_id: str, *, revision: str | None = None
     except UserError as e:
         raise UserError(_scrub(str(e), token)) from None
     except Exception as e:  # network and Hub errors: say how to resume, never echo the token
-        raise UserError(_scrub(f"upload to {repo_id} stopped ({type(e).__name__}: {e}); run the same command "
+        if _status(e) in (401, 403):
+            raise UserError(_scrub(f"the Hub refused the upload to {repo_id} ({_hub_line(e)}); the token needs "
+                                   f"write access to {repo_id.split('/')[0]}", token)) from None
+        raise UserError(_scrub(f"upload to {repo_id} stopped ({_hub_line(e)}); run the same command "
                                f"again to resume (staged files stay in {stage_dir})", token)) from None
     console.print(f"[green]published[/] build {b.build_id} to https://huggingface.co/datasets/{repo_id} "
                   f"(tag {tag}, {result['uploaded']} files uploaded, {result['skipped']} already there)")
@@ -845,6 +920,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
     rebuilding the build's own shards (original field names and shard boundaries)."""
     from vlmforge.export import output_folder
     from vlmforge.manifests.finalize import write_index
+    from vlmforge.manifests.verify import builder_columns
 
     src = Path(src)
     for name in ("build.json", "publish.json"):
@@ -890,7 +966,7 @@ def restore_build(src: Path, out: Path, overwrite: bool = False) -> Path:
         for rel in pub["manifest"]:
             shutil.copyfile(src / rel, work / "manifest" / rel.rsplit("/", 1)[-1])
         shutil.copyfile(src / "build.json", work / "build.json")
-        write_index(work, info, _builder_columns(info["builder"]))
+        write_index(work, info, builder_columns(info["builder"]))
     except BaseException:  # a shard that does not rebuild, an interrupt: leave no half build behind
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -930,15 +1006,6 @@ def _restore_shard(src: Path, target: Path, s: dict, pieces: list[tuple[str, int
         raise UserError(f"{s['shard']}: rebuilt shard has sha256 {sha[:12]}..., build.json says {s['sha256'][:12]}...")
 
 
-def _builder_columns(name: str) -> list:
-    from vlmforge.builders import get_builder
-
-    try:
-        return get_builder(name).columns
-    except UserError:
-        return []
-
-
 def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), overwrite: bool = False,
          download_dir: Path | None = None) -> Path:
     """Download a published build (or read a local clone of one) into `out/<builder>/<version>`."""
@@ -963,5 +1030,5 @@ def pull(repo: str, revision: str | None = None, out: Path = Path("builds"), ove
             src = Path(snapshot_download(repo_id=repo, repo_type="dataset", revision=revision, local_dir=local))
         except Exception as e:  # offline, missing repo, bad revision: one line, no token
             raise UserError(_scrub(f"could not download {repo}"
-                                   f"{'@' + revision if revision else ''}: {type(e).__name__}: {e}", token)) from None
+                                   f"{'@' + revision if revision else ''}: {_hub_line(e)}", token)) from None
     return restore_build(src, out, overwrite)

@@ -32,6 +32,9 @@ def test_build_folder_where_and_order(label_build):
 
 def test_shard_glob_and_loose_shards(label_build, tmp_path):
     in_build = read_test_samples(f"{label_build}/*.tar", where="label = 'cat'", n=3)
+    # Before: a condition ending in an SQL comment commented out the shard condition after it (parse error)
+    commented = read_test_samples(f"{label_build}/*.tar", where="label = 'cat' -- cats only", n=3)
+    assert [s.key for s in commented.samples] == [s.key for s in in_build.samples]
     assert [s.label for s in in_build.samples] == ["cat"] * 3
     for shard in label_build.glob("*.tar"):
         shutil.copy(shard, tmp_path / shard.name)

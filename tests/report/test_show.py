@@ -58,6 +58,8 @@ def test_choice_is_deterministic_and_filtered_by_sql(occ_build):
             choose_samples(occ_build, where=bad)
     with pytest.raises(UserError, match="no sample matches"):
         contact_sheet(occ_build, where="label = 'zebra'")
+    # Before: a condition ending in an SQL comment commented out the rest of the query ("does not parse")
+    assert choose_samples(occ_build, where="label = 'refrigerator' -- the fridges", n=16) == fridges
 
 
 def test_panels_without_the_original(occ_build):

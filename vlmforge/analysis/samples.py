@@ -109,7 +109,7 @@ def _from_build(build: Build, shards: list[Path], where: str | None, n: int | No
     from vlmforge.report.show import choose_samples, load_sample
 
     shard_cond = f"shard IN ({', '.join(_quote(p.name) for p in shards)})" if shards else ""
-    cond = " AND ".join(c for c in (f"({where})" if where else "", shard_cond) if c) or None
+    cond = " AND ".join(c for c in (f"({where}\n)" if where else "", shard_cond) if c) or None  # \n: ends a -- comment
     rows = choose_samples(build, cond, n or max(len(build), 1), seed)
     samples = []
     for row in rows:

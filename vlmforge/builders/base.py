@@ -98,11 +98,16 @@ class Builder:
             "source_fingerprint": self.src.fingerprint(),
             "parents": list(self.src.parents),
         }
-        ident["build_id"] = hashlib.sha256(
-            json.dumps({k: ident[k] for k in ("builder", "version", "config", "source_fingerprint", "parents")},
-                       sort_keys=True).encode()
-        ).hexdigest()[:16]
+        ident["build_id"] = build_id_of(ident)
         return ident
+
+
+def build_id_of(ident: dict[str, Any]) -> str:
+    """The build id: a hash of what makes the build (`verify` checks build.json's against it)."""
+    return hashlib.sha256(
+        json.dumps({k: ident[k] for k in ("builder", "version", "config", "source_fingerprint", "parents")},
+                   sort_keys=True).encode()
+    ).hexdigest()[:16]
 
 
 def check_template(template: str, fields: list[str], option: str) -> None:

@@ -20,8 +20,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     def publish(
         build: BuildArg,
         repo: Annotated[str, typer.Option("--repo", help="Hub dataset repo, NAMESPACE/NAME; created if missing")],
-        private: Annotated[bool, typer.Option("--private", help="create the repo as private")] = False,
-        revision: Annotated[Optional[str], typer.Option("--revision", help="tag for this upload (default: the builder version)")] = None,
+        private: Annotated[bool, typer.Option("--private", help="create the repo as private (an existing public repo is refused: it keeps its visibility)")] = False,
+        revision: Annotated[Optional[str], typer.Option("--revision", help="tag for this upload (default: the builder version); not a branch: the commit goes to main")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="print the file plan and write the card locally; no network")] = False,
         target_shard_bytes: Annotated[int, typer.Option("--target-shard-bytes", min=1, help="re-pack shards to about this size (the Hub likes ~1 GB)")] = 1 << 30,
         license: Annotated[str, typer.Option("--license", help="the Hub license id for the card (e.g. cc-by-4.0, apache-2.0, other; https://huggingface.co/docs/hub/repositories-licenses)")] = "unknown",

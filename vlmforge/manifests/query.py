@@ -37,6 +37,36 @@ def _table(title: str | None, names: list[str], rows: list[tuple]) -> Table:
     return t
 
 
+def _records(names: list[str], rows: list[tuple]) -> list[Table]:
+    """One two-column table (column, value) per row: for results with more columns than fit side by side."""
+    out = []
+    for i, r in enumerate(rows, 1):
+        t = Table(title=f"row {i}", show_header=False, title_justify="left")
+        t.add_column("column", style="bold", no_wrap=True)
+        t.add_column("value", overflow="fold")
+        for name, v in zip(names, r):
+            t.add_row(escape(name), "" if v is None else escape(str(v)))
+        out.append(t)
+    return out
+
+
+def _print_rows(console, names: list[str], rows: list[tuple]) -> None:
+    """A table when its column names fit the console's width side by side (values fold), else one block per row,
+    as psql's expanded display: squeezed into the width, a wide result shows columns a letter wide and no values."""
+    if sum(len(n) + 3 for n in names) + 1 <= console.width:
+        console.print(_table(None, names, rows))
+        return
+    for t in _records(names, rows):
+        console.print(t)
+
+
+def duckdb_error_line(e: Exception) -> str:
+    """DuckDB's message on one line, with its hint ('Did you mean "samples"?', the candidate columns)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    hints = [line for line in lines[1:] if line.startswith(("Did you mean", "Candidate bindings"))]
+    return " ".join(lines[:1] + hints)
+
+
 def _output_file(path: Path) -> Path:
     """`path` with its folder made; a path that cannot be written is a UserError."""
     path = Path(path)
@@ -60,6 +90,13 @@ def _finite(value):
     return value
 
 
+def _csv_cell(value):
+    """Lists and structs as JSON (Python's repr, ['a'], is no format a CSV reader parses)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(_finite(value), default=str, ensure_ascii=False)
+    return value
+
+
 def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int = 50) -> None:
     import duckdb
 
@@ -71,11 +108,17 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
     try:
         rel = b.sql(sql)
     except duckdb.Error as e:
-        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        raise UserError(f"query failed: {duckdb_error_line(e)}") from None
     if rel is None:
         raise UserError("the statement returns no rows")
     if fmt == "parquet" and output is None:
         raise UserError("--format parquet needs --output FILE")
+    if fmt in ("json", "parquet"):  # a JSON object keeps one value per name; Parquet readers refuse the file
+        names = list(rel.columns)
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise UserError(f"the result has two columns named {twice!r}, which --format {fmt} cannot hold; "
+                            f"name them apart with AS (e.g. s2.{twice} AS {twice}_2)")
     if output is not None:
         output = _output_file(output)
     if fmt == "parquet":
@@ -84,7 +127,7 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         try:
             table = rel.fetch_arrow_table()
         except duckdb.Error as e:
-            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+            raise UserError(f"query failed: {duckdb_error_line(e)}") from None
         try:
             pq.write_table(table, output)
         except OSError as e:
@@ -93,9 +136,14 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         return
     names = list(rel.columns)
     try:
-        rows = rel.fetchall()
+        if fmt == "table":  # shows `limit` rows: fetch those and count the rest (all of 1M rows took a minute)
+            total = rel.aggregate("count(*)").fetchall()[0][0]
+            rows = rel.limit(limit).fetchall()
+        else:
+            rows = rel.fetchall()
+            total = len(rows)
     except duckdb.Error as e:
-        raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        raise UserError(f"query failed: {duckdb_error_line(e)}") from None
     try:
         stream = open(output, "w", newline="") if output else sys.stdout
     except OSError as e:
@@ -104,22 +152,18 @@ def run_query(build: Path, sql: str, fmt: str, output: Path | None, limit: int =
         if fmt == "csv":
             w = csv.writer(stream)
             w.writerow(names)
-            w.writerows(rows)
+            w.writerows([_csv_cell(v) for v in r] for r in rows)
         elif fmt == "json":
             for r in rows:
                 stream.write(json.dumps(_finite(dict(zip(names, r))), default=str, ensure_ascii=False) + "\n")
         elif fmt == "table":
-            shown = rows[:limit]
-            target = _stdout() if output is None else None
-            t = _table(None, names, shown)
-            if target is not None:
-                target.print(t)
-                if len(rows) > limit:
-                    console.print(f"({len(rows)} rows, {limit} shown; --limit or --format csv for all)")
-            else:
-                from rich.console import Console
+            from rich.console import Console
 
-                Console(file=stream, width=200).print(t)
+            target = _stdout() if output is None else Console(file=stream, width=200)
+            _print_rows(target, names, rows)
+            if total > limit:  # also into a file: a table cut short without a word reads as all rows
+                console.print(f"({total} rows, {limit} {'written' if output else 'shown'}; --limit or --format csv "
+                              "for all)")
     finally:
         if output:
             stream.close()

@@ -31,14 +31,16 @@ def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: in
 
     if n < 1:
         raise UserError("--n must be at least 1")
-    cond = f"WHERE ({where})" if where else ""
+    cond = f"WHERE ({where}\n)" if where else ""  # the newline ends a trailing -- comment of the condition
     query = f"SELECT * FROM samples {cond} ORDER BY md5(CAST(? AS VARCHAR) || ':' || key) LIMIT {int(n)}"
     try:
         rel = build.sql(query, [str(seed)])
         names = list(rel.columns)
         return [dict(zip(names, r)) for r in rel.fetchall()]
     except duckdb.Error as e:
-        raise UserError(f"--where did not work: {str(e).splitlines()[0]}") from None
+        from vlmforge.manifests.query import duckdb_error_line
+
+        raise UserError(f"--where did not work: {duckdb_error_line(e)}") from None
 
 
 def load_sample(build: Build, row: dict[str, Any]) -> dict[str, Any]:
