@@ -432,3 +432,38 @@ def test_clip_prompt_with_other_braces(tiny_clip):
     assert proc.tokenizer.convert_ids_to_tokens(ids.tolist())[1:3] == ["a", "cat"] and len(ids) == 7  # + "{ x }"
     with pytest.raises(UserError, match="must contain \\{label\\}"):
         ClipObjective(proc, ["cat", "dog"], prompt="a photo")
+
+
+def _renamed_images(path: Path, samples: list[dict], renamed: int) -> Path:
+    """A tar of `samples` whose first `renamed` hold their image as 'image.jpg', a member no image field reads."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for i, s in enumerate(samples):
+            image = s.get("jpg", s.get("png"))
+            sink.write({"__key__": f"k{i}", "image.jpg" if i < renamed else "jpg": image, "json": s["json"]})
+    return path
+
+
+def test_samples_showing_an_image_they_do_not_hold_are_left_out(tmp_path, coco_build, tiny_llava, capsys):
+    """Shards whose images sit under another member name trained the model on the text alone, <image>
+    removed, without a word."""
+    samples = list(coco_build.samples())[:6]
+    tar = _renamed_images(tmp_path / "some.tar", samples, 2)
+    out, _ = run(tmp_path / "some", [str(tar)], tiny_llava, "lora", 2, batch_size=3, shuffle_buffer=1, log_keys=True,
+                 log_every=1, max_length=256, quiet=False)
+    trained = [k for line in (out / "keys.jsonl").read_text().splitlines() for k in json.loads(line)["keys"]]
+    assert sorted(trained) == ["k2", "k3", "k4", "k5"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["dropped"] == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("left out k0 (members: image.jpg, json): it has no image member") == 1, err
+    with pytest.raises(UserError, match=r"nothing to train.*6 sample\(s\) have no image member .* e\.g\. k0"):
+        run(tmp_path / "none", [str(_renamed_images(tmp_path / "all.tar", samples, 6))], tiny_llava, "lora", 2,
+            batch_size=3, shuffle_buffer=1, max_length=256)
+
+
+def test_clip_on_shards_without_an_image_field_names_the_cause(tmp_path, label_build, tiny_clip):
+    """It said no sample had an assistant turn left after truncation, a LLaVA reason, in CLIP mode."""
+    tar = _renamed_images(tmp_path / "all.tar", list(label_build.samples("train"))[:4], 4)
+    with pytest.raises(UserError, match=r"nothing to train: no sample has both an image .*\(4 sample\(s\) have no image"):
+        run(tmp_path / "clip", [str(tar)], tiny_clip, "clip", 2, batch_size=2, pad_to_square=False)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from vlmforge.errors import UserError
 from vlmforge.training.data import LoaderPosition, ShardRef, ShardStream, resolve_shards
+from vlmforge.training.formatting import IMAGE_FIELDS
 
 MODES = ("full", "lora", "projector", "clip")
 VAL_SPLITS = ("val", "validation", "test")
@@ -108,6 +109,9 @@ class LlavaTask:
         self.collate = LlavaCollator(self.processor, cfg.template, cfg.max_length, cfg.pad_to_square)
         self.higher_is_better = False
         self.select_metric = "loss"
+        self.nothing_to_train = ("no sample has an assistant turn left after truncation (check the conversations "
+                                 "and --max-length)")
+        self.no_image_why = ", though its conversation shows an <image>"
 
     def is_projector(self, name: str) -> bool:
         from vlmforge.training.llava import PROJECTOR_PARTS, _is
@@ -159,6 +163,8 @@ class ClipTask:
         self.collate = ClipCollator(self.processor, self.classes, cfg.label_field, cfg.pad_to_square)
         metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by  # checked in _check_config
         self.select_metric, self.higher_is_better = metric, metric == "accuracy"
+        self.nothing_to_train = f"no sample has both an image that decodes and a {cfg.label_field!r} label"
+        self.no_image_why = ", though it has a label"
 
     def is_projector(self, name: str) -> bool:
         return False
@@ -434,16 +440,26 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     step_loss, step_micro = 0.0, 0
     t0 = time.time()
     ended = False
+    first_no_image: str | None = None  # the first sample left out for want of an image, warned once
     while step < total and not ended:
         from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
-        batches = trained = 0
+        batches = trained = without_image = 0
         for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
+            without_image += len(batch.get("no_image", []))
+            if batch.get("no_image") and first_no_image is None:
+                first_no_image = batch["no_image"][0]
+                if not cfg.quiet:
+                    from vlmforge.progress import console
+
+                    console.print(f"[yellow]warning:[/] left out {first_no_image}: it has no image member "
+                                  f"({', '.join(IMAGE_FIELDS)}){task.no_image_why}; every such sample is left out, "
+                                  "counted in metrics.jsonl's dropped")
             if batch.get("unreadable") and not cfg.quiet:
                 from vlmforge.progress import console
 
@@ -508,8 +524,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         if ended:
             break
         if batches and not trained and from_start:
-            raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
-                            "truncation (check the conversations and --max-length)")
+            why = (f" ({without_image} sample(s) have no image member ({', '.join(IMAGE_FIELDS)}), e.g. "
+                   f"{first_no_image})") if without_image else ""
+            raise UserError(f"a whole epoch had nothing to train: {task.nothing_to_train}{why}")
         position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
     accelerator.wait_for_everyone()
     if main:
