@@ -467,3 +467,29 @@ def test_clip_on_shards_without_an_image_field_names_the_cause(tmp_path, label_b
     tar = _renamed_images(tmp_path / "all.tar", list(label_build.samples("train"))[:4], 4)
     with pytest.raises(UserError, match=r"nothing to train: no sample has both an image .*\(4 sample\(s\) have no image"):
         run(tmp_path / "clip", [str(tar)], tiny_clip, "clip", 2, batch_size=2, pad_to_square=False)
+
+
+def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label_build, tiny_clip):
+    """24 samples in batches of 8 with --grad-accum 2 make steps of 2 micro-batches and 1: the second
+    step's gradient was half that of the same 8 samples as one batch (every loss divided by 2)."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def grad_norms(name: str, batch_size: int, grad_accum: int) -> list[float]:
+        norms: list[float] = []
+
+        def hook(opt, args, kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        handle = register_optimizer_step_pre_hook(hook)
+        try:
+            run(tmp_path / name, [str(label_build.path)], tiny_clip, "clip", None, epochs=1, batch_size=batch_size,
+                grad_accum=grad_accum, lr=1e-9, max_grad_norm=0.0, shuffle_buffer=1, pad_to_square=False, save_every=10)
+        finally:
+            handle.remove()
+        return norms
+
+    accumulated, whole = grad_norms("ga", 8, 2), grad_norms("one", 16, 1)
+    assert len(accumulated) == len(whole) == 2
+    assert accumulated == pytest.approx(whole, rel=1e-3)

@@ -486,6 +486,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and step_micro + 1 < cfg.grad_accum and not cfg.deepspeed:
+                    _rescale_short_step(model, cfg.grad_accum / (step_micro + 1))
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -536,6 +538,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _rescale_short_step(model: Any, factor: float) -> None:
+    """An epoch's last step may hold fewer micro-batches than --grad-accum, each loss divided by
+    --grad-accum all the same: scale its gradient to the mean over the micro-batches it holds."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(factor)
 
 
 def _keep_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
