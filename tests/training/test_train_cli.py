@@ -72,6 +72,10 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--mode", "lora", "--prompt", "a {label}"], "--prompt applies to --mode clip, not --mode lora"),
     (["--mode", "projector", "--lora-r", "16"], "--lora-r applies to --mode lora, not --mode projector"),
     (["--mode", "clip", "--freeze-projector"], "--freeze-projector applies to --mode lora, not --mode clip"),
+    (["--mode", "clip", "--template", "vicuna_v1"], "--template applies to --mode full, lora and projector, not"),
+    (["--mode", "clip", "--max-length", "64"], "--max-length applies to --mode full, lora and projector, not"),
+    (["--mode", "clip", "--projector-lr", "1e-3"], "--projector-lr applies to --mode full, lora and projector"),
+    (["--freeze-projector", "--projector-lr", "1e-3"], "--freeze-projector keeps it from training"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)

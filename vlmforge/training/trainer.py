@@ -242,6 +242,11 @@ def _check_config(cfg: TrainConfig) -> None:
         if changed and cfg.mode != mode:  # read by no other mode: the run would go on as if not given
             option = "--freeze-projector" if changed[0] == "train_projector" else f"--{changed[0].replace('_', '-')}"
             raise UserError(f"{option} applies to --mode {mode}, not --mode {cfg.mode}")
+    changed = [n for n in ("template", "max_length", "projector_lr") if getattr(cfg, n) != getattr(defaults, n)]
+    if changed and cfg.mode == "clip":  # CLIP reads no conversation and has no projector
+        raise UserError(f"--{changed[0].replace('_', '-')} applies to --mode full, lora and projector, not --mode clip")
+    if cfg.projector_lr is not None and cfg.mode == "lora" and not cfg.train_projector:
+        raise UserError("--projector-lr sets the projector's rate, and --freeze-projector keeps it from training")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
