@@ -21,7 +21,9 @@ def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_a
         **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
-                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True)
+                log_every=4, warmup_ratio=0.0, scheduler="constant", quiet=True)
+    if mode != "clip":
+        opts["max_length"] = 128
     if mode == "lora":
         opts["lora_dropout"] = 0.0
     opts.update(kw)
@@ -493,3 +495,25 @@ def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label
     accumulated, whole = grad_norms("ga", 8, 2), grad_norms("one", 16, 1)
     assert len(accumulated) == len(whole) == 2
     assert accumulated == pytest.approx(whole, rel=1e-3)
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip):
+    """Shards rewritten under the same path after a kill: the checkpoint's position counted samples of the
+    old data, and the resumed run went on at another sample of the new order."""
+    import webdataset as wds
+
+    def write(n: int) -> Path:
+        with wds.TarWriter(str(tmp_path / "data.tar")) as sink:
+            for i, s in zip(range(n), label_build.samples("train")):
+                sink.write({"__key__": f"k{i}", "png": s["png"], "json": s["json"]})
+        return tmp_path / "data.tar"
+
+    opts = dict(batch_size=2, save_every=1, pad_to_square=False)
+    with pytest.raises(Killed):
+        run(tmp_path / "r", [str(write(8))], tiny_clip, "clip", 4, kill_at=2, **opts)
+    write(10)
+    with pytest.raises(UserError, match=r"training data changed since the run started \(8 samples \(8 an epoch\), now 10"):
+        run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
+    write(8)
+    _, losses = run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
+    assert len(losses) == 3  # steps 2-4, after checkpoint-000001

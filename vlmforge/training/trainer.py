@@ -306,6 +306,21 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return out, (found[-1] if cfg.resume and found else None)
 
 
+def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int) -> None:
+    """A checkpoint's position counts samples of the data the run started on: a build rebuilt in place
+    (or tars rewritten) under the same paths would resume at another sample, and repeat or skip others."""
+    before = json.loads((out / "run.json").read_text())
+    was = {b["path"]: b["build_id"] for b in before.get("builds", [])}
+    now = {b["path"]: b["build_id"] for b in _source_builds(shards)}
+    changed = [f"build {p} was {was[p]}, now {now[p]}" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
+    if before.get("samples") != sum(s.samples for s in shards) or before.get("epoch_size") != epoch_size:
+        changed.append(f"{before.get('samples')} samples ({before.get('epoch_size')} an epoch), now "
+                       f"{sum(s.samples for s in shards)} ({epoch_size})")
+    if changed:
+        raise UserError(f"cannot resume {out}: its training data changed since the run started ({'; '.join(changed)}); "
+                        "resume on the data it started with, or start a new run in another --out")
+
+
 def _source_builds(shards: list[ShardRef]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for s in shards:
@@ -425,6 +440,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
     position, step = LoaderPosition(seed=cfg.seed), 0
     if resume_from is not None:
+        _check_same_data(out, shards, epoch_size)
         position, step = _load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
     if main:
         _write_run_json(out, cfg, shards, val, epoch_size, total, world, resume_from)
