@@ -313,9 +313,9 @@ def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int) -> None
     was = {b["path"]: b["build_id"] for b in before.get("builds", [])}
     now = {b["path"]: b["build_id"] for b in _source_builds(shards)}
     changed = [f"build {p} was {was[p]}, now {now[p]}" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
-    if before.get("samples") != sum(s.samples for s in shards) or before.get("epoch_size") != epoch_size:
-        changed.append(f"{before.get('samples')} samples ({before.get('epoch_size')} an epoch), now "
-                       f"{sum(s.samples for s in shards)} ({epoch_size})")
+    samples = sum(s.samples for s in shards)
+    if "samples" in before and (before["samples"], before.get("epoch_size")) != (samples, epoch_size):
+        changed.append(f"{before['samples']} samples ({before.get('epoch_size')} an epoch), now {samples} ({epoch_size})")
     if changed:
         raise UserError(f"cannot resume {out}: its training data changed since the run started ({'; '.join(changed)}); "
                         "resume on the data it started with, or start a new run in another --out")
