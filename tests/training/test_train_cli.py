@@ -223,3 +223,26 @@ def test_model_commands_print_no_transformers_bars(tmp_path):
     r = invoke("model", "init-tiny", "--kind", "causal-lm", "--out", tmp_path / "lm")
     assert r.exit_code == 0, r.output
     assert "wrote tiny causal-lm model" in r.output and "Writing model shards" not in r.output, r.output
+
+
+@pytest.mark.parametrize("made, note", [
+    ((), "run the same command to start again"),
+    (("run.json",), "add --resume to the same command to start the run again"),
+    (("run.json", "checkpoint-000003/position.json", "checkpoint-000006/position.json"),
+     "add --resume to the same command to continue from checkpoint-000006"),
+])
+def test_ctrl_c_says_how_to_go_on(tmp_path, coco_build, monkeypatch, made, note):
+    """Ctrl-C ended the run without a word (exit 130), and the same command again is refused: the run exists."""
+    import vlmforge.training.trainer as trainer
+
+    out = tmp_path / "run"
+
+    def interrupted(cfg, on_step=None):
+        for name in made:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    r = CliRunner().invoke(app, ["train", "--shards", str(coco_build.path), "--model", "m", "--out", str(out)])
+    assert r.exit_code == 130 and note in r.output, r.output
