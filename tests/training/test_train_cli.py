@@ -246,3 +246,11 @@ def test_ctrl_c_says_how_to_go_on(tmp_path, coco_build, monkeypatch, made, note)
     monkeypatch.setattr(trainer, "train", interrupted)
     r = CliRunner().invoke(app, ["train", "--shards", str(coco_build.path), "--model", "m", "--out", str(out)])
     assert r.exit_code == 130 and note in r.output, r.output
+
+
+def test_a_model_of_another_kind_is_named(tmp_path, coco_build, tiny_clip):
+    """A CLIP model with a LLaVA mode was transformers' 'Unrecognized configuration class <class ...CLIPConfig>
+    for this kind of AutoModel: AutoModelForImageTextToText'."""
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_clip, "--mode", "full", "--out", tmp_path / "r")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception) == f"{tiny_clip} is a clip model, not a vision-language model; train a CLIP model with --mode clip"
