@@ -254,3 +254,12 @@ def test_a_model_of_another_kind_is_named(tmp_path, coco_build, tiny_clip):
     r = invoke("train", "--shards", coco_build.path, "--model", tiny_clip, "--mode", "full", "--out", tmp_path / "r")
     assert isinstance(r.exception, UserError), r.output
     assert str(r.exception) == f"{tiny_clip} is a clip model, not a vision-language model; train a CLIP model with --mode clip"
+
+
+def test_a_damaged_run_json_is_one_error(tmp_path, coco_build, tiny_llava):
+    """run.json cut short (a kill while it was written, which is no longer possible) was a JSONDecodeError traceback."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"config": {"shards": ["a"')
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--resume")
+    assert isinstance(r.exception, UserError) and "run.json is damaged (JSONDecodeError" in str(r.exception), r.output

@@ -294,7 +294,7 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if run_json.exists():
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        before = json.loads(run_json.read_text())["config"]
+        before = _read_run_json(out)["config"]
         now = asdict(cfg)
         # Keys missing from an older run.json are settings that did not exist then: nothing to compare.
         changed = [k for k in now if k not in RESUMABLE_CHANGES and k in before and before[k] != now[k]]
@@ -306,10 +306,20 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     return out, (found[-1] if cfg.resume and found else None)
 
 
+def _read_run_json(out: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((out / "run.json").read_text())
+        record["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out / 'run.json'} is damaged ({type(e).__name__}: {e}); it cannot be resumed: "
+                        "start a new run in another --out") from None
+    return record
+
+
 def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int) -> None:
     """A checkpoint's position counts samples of the data the run started on: a build rebuilt in place
     (or tars rewritten) under the same paths would resume at another sample, and repeat or skip others."""
-    before = json.loads((out / "run.json").read_text())
+    before = _read_run_json(out)
     was = {b["path"]: b["build_id"] for b in before.get("builds", [])}
     now = {b["path"]: b["build_id"] for b in _source_builds(shards)}
     changed = [f"build {p} was {was[p]}, now {now[p]}" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
@@ -624,7 +634,9 @@ def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: li
               "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
               "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,
               "package_version": __version__}
-    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    tmp = out / "run.json.tmp"  # a kill while writing leaves the run.json before it whole
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out / "run.json")
 
 
 def _val_shards(cfg: TrainConfig) -> list[ShardRef] | None:
