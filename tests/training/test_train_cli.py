@@ -65,8 +65,10 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
     (["--deepspeed", "/nonexistent/ds.json"], "no such file"),
     (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
-    (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
+    (["--select-by", "accuracy", "--val-split", "val"], "--select-by accuracy needs --mode clip"),  # best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
+    (["--eval-every", "5"], "--eval-every needs validation data (--val-split or --val-shards)"),  # were ignored
+    (["--select-by", "loss"], "--select-by needs validation data"),
     # options no other mode reads were silently ignored
     (["--mode", "full", "--freeze-text"], "--freeze-text applies to --mode clip, not --mode full"),
     (["--mode", "lora", "--prompt", "a {label}"], "--prompt applies to --mode clip, not --mode lora"),

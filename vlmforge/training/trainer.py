@@ -245,6 +245,9 @@ def _check_config(cfg: TrainConfig) -> None:
     changed = [n for n in ("template", "max_length", "projector_lr") if getattr(cfg, n) != getattr(defaults, n)]
     if changed and cfg.mode == "clip":  # CLIP reads no conversation and has no projector
         raise UserError(f"--{changed[0].replace('_', '-')} applies to --mode full, lora and projector, not --mode clip")
+    if not (cfg.val_shards or cfg.val_split) and (cfg.eval_every is not None or cfg.select_by != "auto"):
+        option = "--eval-every" if cfg.eval_every is not None else "--select-by"
+        raise UserError(f"{option} needs validation data (--val-split or --val-shards); without it nothing is validated")
     if cfg.projector_lr is not None and cfg.mode == "lora" and not cfg.train_projector:
         raise UserError("--projector-lr sets the projector's rate, and --freeze-projector keeps it from training")
     if cfg.scheduler not in SCHEDULERS:
