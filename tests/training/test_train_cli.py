@@ -265,3 +265,29 @@ def test_a_damaged_run_json_is_one_error(tmp_path, coco_build, tiny_llava):
     (out / "run.json").write_text('{"config": {"shards": ["a"')
     r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--resume")
     assert isinstance(r.exception, UserError) and "run.json is damaged (JSONDecodeError" in str(r.exception), r.output
+
+
+def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, label_build, tiny_clip):
+    """A real Ctrl-C (every process of the job, data loader workers too) ends in the one line that says how to
+    go on, with no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "vlmforge.cli", "train", "--shards", str(label_build.path), "--model", str(tiny_clip),
+           "--mode", "clip", "--out", str(tmp_path / "run"), "--batch-size", "8", "--workers", "2", "--epochs", "50",
+           "--log-every", "1", "--save-every", "2"]
+    err = tmp_path / "err.txt"
+    with open(err, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.time() + 120
+        while "step=5 " not in err.read_text() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the job
+        assert p.wait(60) == 130
+    text = err.read_text()
+    assert "Traceback" not in text and "interrupted; add --resume to the same command to continue from" in text, text

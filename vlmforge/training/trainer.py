@@ -480,8 +480,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator(),
-                            worker_init_fn=_ignore_interrupts)
+        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
         batches = trained = without_image = 0
         for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
@@ -573,14 +572,6 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
-
-
-def _ignore_interrupts(worker: int) -> None:
-    """Ctrl-C reaches every process of the terminal: a data loader worker leaves stopping to the training
-    process (interrupted itself, it printed a traceback of a broken pipe)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _rescale_short_step(model: Any, factor: float) -> None:
