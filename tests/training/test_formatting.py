@@ -99,7 +99,7 @@ def test_collator_mixes_text_only_and_image_samples(processor, coco_build):
     from vlmforge.training.collate import LlavaCollator
 
     samples = [s for _, s in zip(range(2), coco_build.samples())]
-    text_only = {"__key__": "t1", "json": {"conversations": [{"from": "human", "value": "<image>\nSay hi."},
+    text_only = {"__key__": "t1", "json": {"conversations": [{"from": "human", "value": "Say hi."},
                                                             {"from": "gpt", "value": "Hi."}]}}
     batch = LlavaCollator(processor, "chat", 256)([samples[0], text_only, samples[1]])
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -120,6 +120,19 @@ def test_collator_leaves_out_a_sample_whose_image_does_not_decode(processor, coc
     batch = LlavaCollator(processor, "chat", 256)([good[0], bad, good[1]])
     assert batch["keys"] == [good[0]["__key__"], good[1]["__key__"]] and batch["dropped"] == 1
     assert batch["unreadable"] == ["bad"] and batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2
+
+
+def test_collator_leaves_out_a_sample_that_shows_an_image_it_does_not_hold(processor, coco_build):
+    """An image stored under a member name that is not an image field ('image.jpg') lost its <image> and
+    was trained as text: answers about a picture the model never saw."""
+    from vlmforge.training.collate import LlavaCollator
+
+    good = [s for _, s in zip(range(2), coco_build.samples())]
+    renamed = {"__key__": "r1", "image.jpg": good[1]["jpg"], "json": good[1]["json"]}
+    batch = LlavaCollator(processor, "chat", 256)([good[0], renamed, good[1]])
+    assert batch["keys"] == [good[0]["__key__"], good[1]["__key__"]] and batch["dropped"] == 1
+    assert batch["no_image"] == ["r1 (members: image.jpg, json)"] and batch["unreadable"] == []
+    assert batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2
 
 
 @pytest.mark.parametrize("pad", [True, False])

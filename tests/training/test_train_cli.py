@@ -65,13 +65,19 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
     (["--deepspeed", "/nonexistent/ds.json"], "no such file"),
     (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
-    (["--select-by", "accuracy"], "--select-by accuracy needs --mode clip"),  # was ignored: best/ by loss
+    (["--select-by", "accuracy", "--val-split", "val"], "--select-by accuracy needs --mode clip"),  # best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
+    (["--eval-every", "5"], "--eval-every needs validation data (--val-split or --val-shards)"),  # were ignored
+    (["--select-by", "loss"], "--select-by needs validation data"),
     # options no other mode reads were silently ignored
     (["--mode", "full", "--freeze-text"], "--freeze-text applies to --mode clip, not --mode full"),
     (["--mode", "lora", "--prompt", "a {label}"], "--prompt applies to --mode clip, not --mode lora"),
     (["--mode", "projector", "--lora-r", "16"], "--lora-r applies to --mode lora, not --mode projector"),
     (["--mode", "clip", "--freeze-projector"], "--freeze-projector applies to --mode lora, not --mode clip"),
+    (["--mode", "clip", "--template", "vicuna_v1"], "--template applies to --mode full, lora and projector, not"),
+    (["--mode", "clip", "--max-length", "64"], "--max-length applies to --mode full, lora and projector, not"),
+    (["--mode", "clip", "--projector-lr", "1e-3"], "--projector-lr applies to --mode full, lora and projector"),
+    (["--freeze-projector", "--projector-lr", "1e-3"], "--freeze-projector keeps it from training"),
 ])
 def test_bad_options_are_user_errors(tmp_path, coco_build, args, message):
     r = invoke("train", "--shards", coco_build.path, "--model", tmp_path / "none", "--out", tmp_path / "run", *args)
@@ -219,3 +225,69 @@ def test_model_commands_print_no_transformers_bars(tmp_path):
     r = invoke("model", "init-tiny", "--kind", "causal-lm", "--out", tmp_path / "lm")
     assert r.exit_code == 0, r.output
     assert "wrote tiny causal-lm model" in r.output and "Writing model shards" not in r.output, r.output
+
+
+@pytest.mark.parametrize("made, note", [
+    ((), "run the same command to start again"),
+    (("run.json",), "add --resume to the same command to start the run again"),
+    (("run.json", "checkpoint-000003/position.json", "checkpoint-000006/position.json"),
+     "add --resume to the same command to continue from checkpoint-000006"),
+])
+def test_ctrl_c_says_how_to_go_on(tmp_path, coco_build, monkeypatch, made, note):
+    """Ctrl-C ended the run without a word (exit 130), and the same command again is refused: the run exists."""
+    import vlmforge.training.trainer as trainer
+
+    out = tmp_path / "run"
+
+    def interrupted(cfg, on_step=None):
+        for name in made:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    r = CliRunner().invoke(app, ["train", "--shards", str(coco_build.path), "--model", "m", "--out", str(out)])
+    assert r.exit_code == 130 and note in r.output, r.output
+
+
+def test_a_model_of_another_kind_is_named(tmp_path, coco_build, tiny_clip):
+    """A CLIP model with a LLaVA mode was transformers' 'Unrecognized configuration class <class ...CLIPConfig>
+    for this kind of AutoModel: AutoModelForImageTextToText'."""
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_clip, "--mode", "full", "--out", tmp_path / "r")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception) == f"{tiny_clip} is a clip model, not a vision-language model; train a CLIP model with --mode clip"
+
+
+def test_a_damaged_run_json_is_one_error(tmp_path, coco_build, tiny_llava):
+    """run.json cut short (a kill while it was written, which is no longer possible) was a JSONDecodeError traceback."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"config": {"shards": ["a"')
+    r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", out, "--resume")
+    assert isinstance(r.exception, UserError) and "run.json is damaged (JSONDecodeError" in str(r.exception), r.output
+
+
+def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, label_build, tiny_clip):
+    """A real Ctrl-C (every process of the job, data loader workers too) ends in the one line that says how to
+    go on, with no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "vlmforge.cli", "train", "--shards", str(label_build.path), "--model", str(tiny_clip),
+           "--mode", "clip", "--out", str(tmp_path / "run"), "--batch-size", "8", "--workers", "2", "--epochs", "50",
+           "--log-every", "1", "--save-every", "2"]
+    err = tmp_path / "err.txt"
+    with open(err, "w") as f:
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.time() + 120
+        while "step=5 " not in err.read_text() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the job
+        assert p.wait(60) == 130
+    text = err.read_text()
+    assert "Traceback" not in text and "interrupted; add --resume to the same command to continue from" in text, text

@@ -21,7 +21,9 @@ def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_a
         **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
-                log_every=4, warmup_ratio=0.0, scheduler="constant", max_length=128, quiet=True)
+                log_every=4, warmup_ratio=0.0, scheduler="constant", quiet=True)
+    if mode != "clip":
+        opts["max_length"] = 128
     if mode == "lora":
         opts["lora_dropout"] = 0.0
     opts.update(kw)
@@ -432,3 +434,86 @@ def test_clip_prompt_with_other_braces(tiny_clip):
     assert proc.tokenizer.convert_ids_to_tokens(ids.tolist())[1:3] == ["a", "cat"] and len(ids) == 7  # + "{ x }"
     with pytest.raises(UserError, match="must contain \\{label\\}"):
         ClipObjective(proc, ["cat", "dog"], prompt="a photo")
+
+
+def _renamed_images(path: Path, samples: list[dict], renamed: int) -> Path:
+    """A tar of `samples` whose first `renamed` hold their image as 'image.jpg', a member no image field reads."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for i, s in enumerate(samples):
+            image = s.get("jpg", s.get("png"))
+            sink.write({"__key__": f"k{i}", "image.jpg" if i < renamed else "jpg": image, "json": s["json"]})
+    return path
+
+
+def test_samples_showing_an_image_they_do_not_hold_are_left_out(tmp_path, coco_build, tiny_llava, capsys):
+    """Shards whose images sit under another member name trained the model on the text alone, <image>
+    removed, without a word."""
+    samples = list(coco_build.samples())[:6]
+    tar = _renamed_images(tmp_path / "some.tar", samples, 2)
+    out, _ = run(tmp_path / "some", [str(tar)], tiny_llava, "lora", 2, batch_size=3, shuffle_buffer=1, log_keys=True,
+                 log_every=1, max_length=256, quiet=False)
+    trained = [k for line in (out / "keys.jsonl").read_text().splitlines() for k in json.loads(line)["keys"]]
+    assert sorted(trained) == ["k2", "k3", "k4", "k5"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["dropped"] == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("left out k0 (members: image.jpg, json): it has no image member") == 1, err
+    with pytest.raises(UserError, match=r"nothing to train.*6 sample\(s\) have no image member .* e\.g\. k0"):
+        run(tmp_path / "none", [str(_renamed_images(tmp_path / "all.tar", samples, 6))], tiny_llava, "lora", 2,
+            batch_size=3, shuffle_buffer=1, max_length=256)
+
+
+def test_clip_on_shards_without_an_image_field_names_the_cause(tmp_path, label_build, tiny_clip):
+    """It said no sample had an assistant turn left after truncation, a LLaVA reason, in CLIP mode."""
+    tar = _renamed_images(tmp_path / "all.tar", list(label_build.samples("train"))[:4], 4)
+    with pytest.raises(UserError, match=r"nothing to train: no sample has both an image .*\(4 sample\(s\) have no image"):
+        run(tmp_path / "clip", [str(tar)], tiny_clip, "clip", 2, batch_size=2, pad_to_square=False)
+
+
+def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label_build, tiny_clip):
+    """24 samples in batches of 8 with --grad-accum 2 make steps of 2 micro-batches and 1: the second
+    step's gradient was half that of the same 8 samples as one batch (every loss divided by 2)."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    def grad_norms(name: str, batch_size: int, grad_accum: int) -> list[float]:
+        norms: list[float] = []
+
+        def hook(opt, args, kwargs):
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+        handle = register_optimizer_step_pre_hook(hook)
+        try:
+            run(tmp_path / name, [str(label_build.path)], tiny_clip, "clip", None, epochs=1, batch_size=batch_size,
+                grad_accum=grad_accum, lr=1e-9, max_grad_norm=0.0, shuffle_buffer=1, pad_to_square=False, save_every=10)
+        finally:
+            handle.remove()
+        return norms
+
+    accumulated, whole = grad_norms("ga", 8, 2), grad_norms("one", 16, 1)
+    assert len(accumulated) == len(whole) == 2
+    assert accumulated == pytest.approx(whole, rel=1e-3)
+
+
+def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip):
+    """Shards rewritten under the same path after a kill: the checkpoint's position counted samples of the
+    old data, and the resumed run went on at another sample of the new order."""
+    import webdataset as wds
+
+    def write(n: int) -> Path:
+        with wds.TarWriter(str(tmp_path / "data.tar")) as sink:
+            for i, s in zip(range(n), label_build.samples("train")):
+                sink.write({"__key__": f"k{i}", "png": s["png"], "json": s["json"]})
+        return tmp_path / "data.tar"
+
+    opts = dict(batch_size=2, save_every=1, pad_to_square=False)
+    with pytest.raises(Killed):
+        run(tmp_path / "r", [str(write(8))], tiny_clip, "clip", 4, kill_at=2, **opts)
+    write(10)
+    with pytest.raises(UserError, match=r"training data changed since the run started \(8 samples \(8 an epoch\), now 10"):
+        run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
+    write(8)
+    _, losses = run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
+    assert len(losses) == 3  # steps 2-4, after checkpoint-000001

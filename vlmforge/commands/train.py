@@ -31,6 +31,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def interrupted_note(out: Path) -> str:
+    """What to run after Ctrl-C: the same command again is refused once the run folder exists."""
+    from vlmforge.training.trainer import checkpoints
+
+    if not (out / "run.json").exists():
+        return "interrupted; run the same command to start again"
+    found = checkpoints(out)
+    if not found:
+        return "interrupted before the first checkpoint; add --resume to the same command to start the run again"
+    return (f"interrupted; add --resume to the same command to continue from {found[-1].name} (the steps after it "
+            "are trained again)")
+
+
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
     app.add_typer(model_app, name="model")
 
@@ -103,7 +116,11 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         )
         import os
 
-        run = train(cfg)
+        try:
+            run = train(cfg)
+        except KeyboardInterrupt:
+            typer.echo(interrupted_note(out), err=True)
+            raise typer.Exit(130) from None
         if not quiet and int(os.environ.get("RANK", "0")) == 0:
             console.print(f"[green]done[/] {run}: final model in {run / 'final'}")
 

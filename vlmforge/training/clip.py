@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlmforge.errors import UserError
-from vlmforge.training.formatting import image_field
+from vlmforge.training.formatting import image_field, no_image_note
 from vlmforge.training.images import ImagePreparer
 
 DEFAULT_PROMPT = "a photo of a {label}."
@@ -80,8 +80,9 @@ def labels_in(shards: Sequence[Any], label_field: str = "label") -> list[str]:
 
 
 class ClipCollator:
-    """Shard samples to {pixel_values, class_idx, keys, dropped, unreadable}; samples without a known
-    label or image are dropped (counted), those whose image does not decode also listed in `unreadable`."""
+    """Shard samples to {pixel_values, class_idx, keys, dropped, unreadable, no_image}; samples without a
+    known label or image are dropped (counted), those whose image does not decode also listed in
+    `unreadable`, those with a label but no image member in `no_image`."""
 
     def __init__(self, processor: Any, classes: Sequence[str], label_field: str = "label", pad_to_square: bool = False):
         self.index = {c: i for i, c in enumerate(classes)}
@@ -91,10 +92,12 @@ class ClipCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        imgs, idx, keys, unreadable = [], [], [], []
+        imgs, idx, keys, unreadable, no_image = [], [], [], [], []
         for s in samples:
             f = image_field(s)
             label = s.get("json", {}).get(self.label_field)
+            if f is None and label is not None:
+                no_image.append(no_image_note(s))
             if f is None or label is None or str(label) not in self.index:
                 continue
             image = self.images.try_load(s[f], s.get("json", {}).get("image_transform"))
@@ -105,7 +108,7 @@ class ClipCollator:
             idx.append(self.index[str(label)])
             keys.append(s["__key__"])
         batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable,
-                                 "prepared_again": self.images.take_mismatched()}
+                                 "no_image": no_image, "prepared_again": self.images.take_mismatched()}
         if imgs:
             batch["pixel_values"] = self.images(imgs)
             batch["class_idx"] = torch.tensor(idx, dtype=torch.long)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from vlmforge.training.formatting import (
-    IGNORE_INDEX, ConversationTokenizer, count_image_tokens, image_field, pad_batch,
+    IGNORE_INDEX, ConversationTokenizer, count_image_tokens, image_field, no_image_note, pad_batch, shows_image,
 )
 from vlmforge.training.images import ImagePreparer
 
@@ -16,9 +16,10 @@ class LlavaCollator:
     """Callable on a list of shard samples (json parsed, image bytes): returns
     {input_ids, attention_mask, labels, pixel_values (when any image), keys, dropped}.
 
-    Samples with nothing to train (no assistant turn, or truncated away) or an image that does not
-    decode are left out and counted in `dropped` (the latter also listed in `unreadable`); text-only
-    samples sit in the same batch as image samples."""
+    Samples with nothing to train (no assistant turn, or truncated away), an image that does not
+    decode, or an `<image>` in the conversation but no image member are left out and counted in
+    `dropped` (the latter two also listed in `unreadable` and `no_image`); text-only samples sit in
+    the same batch as image samples."""
 
     def __init__(self, processor: Any, template: str = "chat", max_length: int = 2048, pad_to_square: bool = True):
         tok = processor.tokenizer
@@ -33,11 +34,16 @@ class LlavaCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        items, fields = [], []
+        items, fields, no_image = [], [], []
         for s in samples:
             f = image_field(s)
+            conversation = s.get("json", {}).get("conversations", [])
+            if f is None and shows_image(conversation, self.image_token):
+                # Trained as text, it would learn to answer about an image it never sees.
+                no_image.append(no_image_note(s))
+                conversation = []
             fields.append(f)
-            items.append((s.get("json", {}).get("conversations", []), f is not None))
+            items.append((conversation, f is not None))
         encoded = self.text(items)
         ids, labels, images, keys, unreadable = [], [], [], [], []
         for s, f, enc in zip(samples, fields, encoded):
@@ -53,7 +59,7 @@ class LlavaCollator:
             labels.append(enc[1])
             keys.append(s["__key__"])
         batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable,
-                                 "prepared_again": self.images.take_mismatched()}
+                                 "no_image": no_image, "prepared_again": self.images.take_mismatched()}
         if not ids:
             return batch
         input_ids = pad_batch(ids, self.pad_id)

@@ -229,6 +229,20 @@ def image_field(sample: dict[str, Any]) -> str | None:
     return None
 
 
+def shows_image(conversations: Any, image_token: str = "<image>") -> bool:
+    """Whether a conversation's text holds an image token (LLaVA's `<image>`, or the model's own)."""
+    if not isinstance(conversations, list):
+        return False
+    texts = [str(t.get("value", "")) for t in conversations if isinstance(t, dict)]
+    return any(token in text for text in texts for token in {"<image>", image_token})
+
+
+def no_image_note(sample: dict[str, Any]) -> str:
+    """A sample that lacks an image, named for a warning with the members it has instead."""
+    members = sorted(k for k in sample if not k.startswith("__"))
+    return f"{sample.get('__key__')} (members: {', '.join(members) or 'none'})"
+
+
 def pad_batch(seqs: Sequence[np.ndarray], value: int) -> np.ndarray:
     """Right-pad 1-D int arrays to one length."""
     n = max(len(s) for s in seqs)

@@ -20,6 +20,7 @@ VISION_PARTS = ("vision_tower", "vision_model", "image_tower")
 PROJECTOR_PARTS = ("multi_modal_projector", "mm_projector")
 LORA_DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 EXPORT_INFO = "vlmforge_export.json"
+CLIP_TYPES = ("clip", "siglip", "siglip2", "chinese_clip", "altclip")
 
 
 def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32") -> tuple[Any, Any]:
@@ -31,6 +32,10 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
         processor = transformers.AutoProcessor.from_pretrained(path)
         model = getattr(transformers, auto_class).from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as e:
+        if str(e).startswith("Unrecognized configuration class"):  # transformers names its classes, not the fix
+            kind = transformers.AutoConfig.from_pretrained(path).model_type
+            hint = "; train a CLIP model with --mode clip" if kind in CLIP_TYPES else ""
+            raise UserError(f"{path} is a {kind} model, not {what}{hint}") from None
         raise UserError(f"cannot load {what} from {path!r}: {str(e).splitlines()[0]}") from None
     return model, processor
 

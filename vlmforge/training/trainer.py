@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from vlmforge.errors import UserError
 from vlmforge.training.data import LoaderPosition, ShardRef, ShardStream, resolve_shards
+from vlmforge.training.formatting import IMAGE_FIELDS
 
 MODES = ("full", "lora", "projector", "clip")
 VAL_SPLITS = ("val", "validation", "test")
@@ -108,6 +109,9 @@ class LlavaTask:
         self.collate = LlavaCollator(self.processor, cfg.template, cfg.max_length, cfg.pad_to_square)
         self.higher_is_better = False
         self.select_metric = "loss"
+        self.nothing_to_train = ("no sample has an assistant turn left after truncation (check the conversations "
+                                 "and --max-length)")
+        self.no_image_why = ", though its conversation shows an <image>"
 
     def is_projector(self, name: str) -> bool:
         from vlmforge.training.llava import PROJECTOR_PARTS, _is
@@ -159,6 +163,8 @@ class ClipTask:
         self.collate = ClipCollator(self.processor, self.classes, cfg.label_field, cfg.pad_to_square)
         metric = "accuracy" if cfg.select_by == "auto" else cfg.select_by  # checked in _check_config
         self.select_metric, self.higher_is_better = metric, metric == "accuracy"
+        self.nothing_to_train = f"no sample has both an image that decodes and a {cfg.label_field!r} label"
+        self.no_image_why = ", though it has a label"
 
     def is_projector(self, name: str) -> bool:
         return False
@@ -236,6 +242,14 @@ def _check_config(cfg: TrainConfig) -> None:
         if changed and cfg.mode != mode:  # read by no other mode: the run would go on as if not given
             option = "--freeze-projector" if changed[0] == "train_projector" else f"--{changed[0].replace('_', '-')}"
             raise UserError(f"{option} applies to --mode {mode}, not --mode {cfg.mode}")
+    changed = [n for n in ("template", "max_length", "projector_lr") if getattr(cfg, n) != getattr(defaults, n)]
+    if changed and cfg.mode == "clip":  # CLIP reads no conversation and has no projector
+        raise UserError(f"--{changed[0].replace('_', '-')} applies to --mode full, lora and projector, not --mode clip")
+    if not (cfg.val_shards or cfg.val_split) and (cfg.eval_every is not None or cfg.select_by != "auto"):
+        option = "--eval-every" if cfg.eval_every is not None else "--select-by"
+        raise UserError(f"{option} needs validation data (--val-split or --val-shards); without it nothing is validated")
+    if cfg.projector_lr is not None and cfg.mode == "lora" and not cfg.train_projector:
+        raise UserError("--projector-lr sets the projector's rate, and --freeze-projector keeps it from training")
     if cfg.scheduler not in SCHEDULERS:
         raise UserError(f"unknown --scheduler {cfg.scheduler!r}; use {', '.join(SCHEDULERS)}")
     _check_model(cfg.model)
@@ -283,7 +297,7 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if run_json.exists():
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        before = json.loads(run_json.read_text())["config"]
+        before = _read_run_json(out)["config"]
         now = asdict(cfg)
         # Keys missing from an older run.json are settings that did not exist then: nothing to compare.
         changed = [k for k in now if k not in RESUMABLE_CHANGES and k in before and before[k] != now[k]]
@@ -293,6 +307,31 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
                             f"resume with the settings in {run_json}, or start a new run in another --out")
     found = checkpoints(out) if out.exists() else []
     return out, (found[-1] if cfg.resume and found else None)
+
+
+def _read_run_json(out: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((out / "run.json").read_text())
+        record["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out / 'run.json'} is damaged ({type(e).__name__}: {e}); it cannot be resumed: "
+                        "start a new run in another --out") from None
+    return record
+
+
+def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int) -> None:
+    """A checkpoint's position counts samples of the data the run started on: a build rebuilt in place
+    (or tars rewritten) under the same paths would resume at another sample, and repeat or skip others."""
+    before = _read_run_json(out)
+    was = {b["path"]: b["build_id"] for b in before.get("builds", [])}
+    now = {b["path"]: b["build_id"] for b in _source_builds(shards)}
+    changed = [f"build {p} was {was[p]}, now {now[p]}" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
+    samples = sum(s.samples for s in shards)
+    if "samples" in before and (before["samples"], before.get("epoch_size")) != (samples, epoch_size):
+        changed.append(f"{before['samples']} samples ({before.get('epoch_size')} an epoch), now {samples} ({epoch_size})")
+    if changed:
+        raise UserError(f"cannot resume {out}: its training data changed since the run started ({'; '.join(changed)}); "
+                        "resume on the data it started with, or start a new run in another --out")
 
 
 def _source_builds(shards: list[ShardRef]) -> list[dict[str, Any]]:
@@ -414,6 +453,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
     position, step = LoaderPosition(seed=cfg.seed), 0
     if resume_from is not None:
+        _check_same_data(out, shards, epoch_size)
         position, step = _load_checkpoint(resume_from, accelerator, model, optimizer, scheduler)
     if main:
         _write_run_json(out, cfg, shards, val, epoch_size, total, world, resume_from)
@@ -434,16 +474,26 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     step_loss, step_micro = 0.0, 0
     t0 = time.time()
     ended = False
+    first_no_image: str | None = None  # the first sample left out for want of an image, warned once
     while step < total and not ended:
         from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
-        batches = trained = 0
+        batches = trained = without_image = 0
         for batch, last in _with_last_kept(loader):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
+            without_image += len(batch.get("no_image", []))
+            if batch.get("no_image") and first_no_image is None:
+                first_no_image = batch["no_image"][0]
+                if not cfg.quiet:
+                    from vlmforge.progress import console
+
+                    console.print(f"[yellow]warning:[/] left out {first_no_image}: it has no image member "
+                                  f"({', '.join(IMAGE_FIELDS)}){task.no_image_why}; every such sample is left out, "
+                                  "counted in metrics.jsonl's dropped")
             if batch.get("unreadable") and not cfg.quiet:
                 from vlmforge.progress import console
 
@@ -470,6 +520,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 accelerator.backward(loss)
+                if accelerator.sync_gradients and step_micro + 1 < cfg.grad_accum and not cfg.deepspeed:
+                    _rescale_short_step(model, cfg.grad_accum / (step_micro + 1))
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -508,8 +560,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         if ended:
             break
         if batches and not trained and from_start:
-            raise UserError("a whole epoch had nothing to train: no sample has an assistant turn left after "
-                            "truncation (check the conversations and --max-length)")
+            why = (f" ({without_image} sample(s) have no image member ({', '.join(IMAGE_FIELDS)}), e.g. "
+                   f"{first_no_image})") if without_image else ""
+            raise UserError(f"a whole epoch had nothing to train: {task.nothing_to_train}{why}")
         position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
     accelerator.wait_for_everyone()
     if main:
@@ -519,6 +572,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+def _rescale_short_step(model: Any, factor: float) -> None:
+    """An epoch's last step may hold fewer micro-batches than --grad-accum, each loss divided by
+    --grad-accum all the same: scale its gradient to the mean over the micro-batches it holds."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(factor)
 
 
 def _keep_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -567,7 +628,9 @@ def _write_run_json(out: Path, cfg: TrainConfig, shards: list[ShardRef], val: li
               "shards": len(shards), "samples": sum(s.samples for s in shards), "builds": _source_builds(shards),
               "val_shards": len(val or []), "started_from": resume_from.name if resume_from else None,
               "package_version": __version__}
-    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    tmp = out / "run.json.tmp"  # a kill while writing leaves the run.json before it whole
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, out / "run.json")
 
 
 def _val_shards(cfg: TrainConfig) -> list[ShardRef] | None:
