@@ -499,14 +499,21 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     assert chat._chat("What is it?", True) == processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
         add_generation_prompt=True, tokenize=False)
-    # the generation backends ask in the model's chat template: they were asking this run in another format
+    # vLLM asks in the model's chat template: it would ask this run in another format
+    from vlmforge.curation.generation import GenerationRequest
     from vlmforge.evaluation.runners import GeneratorRunner
 
-    for backend in ("transformers", "vllm"):
-        with pytest.raises(UserError, match=f"trained on LLaVA-1.5's vicuna_v1 text .* the {backend} backend does "
-                                            "not write: evaluate it with --backend local"):
-            GeneratorRunner(backend, str(tmp_path / "vicuna"))
-    assert GeneratorRunner("transformers", str(tmp_path / "chat")).generator.model == str(tmp_path / "chat")
+    with pytest.raises(UserError, match="trained on LLaVA-1.5's vicuna_v1 text .* the vllm backend does "
+                                        "not write: evaluate it with --backend local"):
+        GeneratorRunner("vllm", str(tmp_path / "vicuna"))
+    # the transformers backend (eval and every generation builder) asks it in vicuna_v1, as the local runner
+    gen = GeneratorRunner("transformers", str(tmp_path / "vicuna"), device="cpu").generator
+    gen.setup()
+    assert gen._prompt_text(GenerationRequest("<image>\nWhat is it?", image=tiny_png(1))) == asked
+    chat_gen = GeneratorRunner("transformers", str(tmp_path / "chat"), device="cpu").generator
+    assert chat_gen.model == str(tmp_path / "chat")
+    chat_gen.setup()
+    assert chat_gen._prompt_text(GenerationRequest("What is it?", image=tiny_png(1))) == chat._chat("What is it?", True)
 
 
 def test_items_whose_image_the_run_trained_on_are_counted(tiny_llava, llava_runner, tmp_path, capsys):

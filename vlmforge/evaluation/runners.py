@@ -342,7 +342,7 @@ class GeneratorRunner(Runner):
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.options = {k: v for k, v in options.items() if v is not None}
-        if backend in ("transformers", "vllm") and model:
+        if backend == "vllm" and model:
             from vlmforge.training.llava import export_folder, export_info
 
             if export_info(export_folder(model)).get("template") == "vicuna_v1":  # they ask in the chat template

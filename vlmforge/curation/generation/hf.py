@@ -48,9 +48,11 @@ class TransformersGenerator(Generator):
                  trust_remote_code: bool = False, **options: Any):
         if not model:
             raise UserError("the transformers generator needs --model (a local checkpoint folder or a Hub id)")
-        from vlmforge.training.llava import export_folder
+        from vlmforge.training.llava import export_folder, export_info
 
         super().__init__(export_folder(model), **options)  # a training run folder: its final/ model
+        # A run trained on LLaVA-1.5's text (`train --template vicuna_v1`) is asked in that text too.
+        self.template = export_info(self.model).get("template", "chat")
         from vlmforge.curation.models import check_dtype
 
         check_dtype(dtype)
@@ -141,6 +143,12 @@ class TransformersGenerator(Generator):
         return msgs
 
     def _prompt_text(self, req: GenerationRequest) -> str:
+        if self.template == "vicuna_v1":
+            from vlmforge.training.formatting import VICUNA_SYSTEM, render_vicuna
+
+            image = f"{self._processor.image_token}\n" if self.is_vision and req.image is not None else ""
+            turns = [("user", image + _strip_image_token(req.prompt)), ("assistant", "")]
+            return render_vicuna(turns, eos="", system=req.system or VICUNA_SYSTEM).text
         templater = self._processor if self.is_vision else self._tokenizer
         if getattr(templater, "chat_template", None):
             return templater.apply_chat_template(self._messages(req), add_generation_prompt=True, tokenize=False)
