@@ -500,7 +500,7 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
         add_generation_prompt=True, tokenize=False)
     # vLLM asks in the model's chat template: it would ask this run in another format
-    from vlmforge.curation.generation import GenerationRequest
+    from vlmforge.curation.generation import GenerationRequest, local_model_identity
     from vlmforge.evaluation.runners import GeneratorRunner
 
     with pytest.raises(UserError, match="trained on LLaVA-1.5's vicuna_v1 text .* the vllm backend does "
@@ -511,6 +511,8 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     gen.setup()
     assert gen._prompt_text(GenerationRequest("<image>\nWhat is it?", image=tiny_png(1))) == asked
     chat_gen = GeneratorRunner("transformers", str(tmp_path / "chat"), device="cpu").generator
+    # answers cached from the chat-template prompt it was asked in before are not reused
+    assert gen.cache_identity().endswith("asked in vicuna_v1") and chat_gen.cache_identity() == local_model_identity(str(tmp_path / "chat"))
     assert chat_gen.model == str(tmp_path / "chat")
     chat_gen.setup()
     assert chat_gen._prompt_text(GenerationRequest("What is it?", image=tiny_png(1))) == chat._chat("What is it?", True)

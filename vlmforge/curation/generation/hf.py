@@ -66,7 +66,9 @@ class TransformersGenerator(Generator):
         self.is_vision = False
 
     def cache_identity(self) -> str | None:
-        return local_model_identity(self.model)
+        identity = local_model_identity(self.model)
+        # Answers cached when such a run was asked in its chat template are not this prompt's answers.
+        return f"{identity} asked in vicuna_v1" if self.template == "vicuna_v1" else identity
 
     def setup(self) -> None:
         if self._model is not None:
