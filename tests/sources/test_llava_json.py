@@ -45,6 +45,17 @@ def test_reader_errors_say_what_is_wrong(tmp_path, text, message):
         list(iter_json_array(path, block=4))
 
 
+def test_a_byte_that_is_not_utf8_is_named_where_it_is(tmp_path):
+    """Before: 'not UTF-8 text near byte 0' whatever the byte's place in the first block."""
+    raw = '[{"id": "é€"}, {"id": "ab'.encode() + b"\xff" + b'"}]'
+    at = raw.index(b"\xff")
+    path = tmp_path / "latin.json"
+    path.write_bytes(raw)
+    for block in (1, 2, 5, 1 << 20):  # the byte alone in its block, after a split character, or in the first
+        with pytest.raises(SourceError, match=f"not UTF-8 text at byte {at}:"):
+            list(iter_json_array(path, block=block))
+
+
 @pytest.mark.parametrize("text", ['[{"id": 1}]\n[{"id": 2}]\n', '[]x', '[{"id": 1}] , {"id": 2}', '[1,2]]'])
 def test_what_follows_the_list_is_not_dropped_silently(tmp_path, text):
     """Before: items after the list's closing ']' (e.g. two lists appended into one file) were dropped

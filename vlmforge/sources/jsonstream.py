@@ -45,7 +45,8 @@ class _Text:
         try:
             new = self.utf8.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
-            raise SourceError(f"not UTF-8 text near byte {self.byte_at(len(self.text))}: {e.reason}") from None
+            # e.start counts from the bytes the decoder still held from the last block (where the text ends)
+            raise SourceError(f"not UTF-8 text at byte {self.byte_at(len(self.text)) + e.start}: {e.reason}") from None
         self.eof = not raw
         self.start = self.byte_at(keep_from)
         self.text = self.text[keep_from:] + new
