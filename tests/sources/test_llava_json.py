@@ -194,6 +194,24 @@ def test_a_lone_surrogate_is_an_invalid_record_not_a_crash(tmp_path):
     assert sorted(r[0] for r in b.sql("SELECT source_id FROM samples").fetchall()) == ["emoji", "ok"]
 
 
+def test_nan_or_infinity_is_an_invalid_record_not_a_sample_strict_readers_refuse(tmp_path):
+    """Before: a record holding NaN (Python's json reads it, no JSON allows it) became a sample whose json
+    member held NaN: DuckDB, browsers and other languages refuse the shard's json."""
+    def rec(rid, **extra):
+        return {"id": rid, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "NaN here"}], **extra}
+
+    path = tmp_path / "n.json"
+    path.write_text(json.dumps([rec("ok"), rec("nan", score=float("nan")), rec("inf", meta={"w": [1, float("-inf")]})]))
+    assert scan(path).invalid == {1, 2}
+    b = vlmforge.build("copy", "llava-json", out=tmp_path / "b", source_options={"json": str(path), "image_root": str(tmp_path)})
+    rejects = b.sql("SELECT source_id, reason, detail FROM rejects ORDER BY 1").fetchall()
+    assert [(r[0], r[1]) for r in rejects] == [("inf", "invalid_record"), ("nan", "invalid_record")]
+    assert all("NaN or Infinity" in r[2] for r in rejects)
+    [sample] = b.samples(decode=False)  # the text 'NaN' is no number: kept
+    doc = json.loads(sample["json"], parse_constant=lambda c: pytest.fail(f"{c} in a sample's json"))
+    assert doc["conversations"][1]["value"] == "NaN here"
+
+
 def test_image_paths_as_llava_next_and_other_tools_write_them(tmp_path):
     """Before: a list of one path was a multi_image reject, './coco/...' the sub-dataset '.', an absolute
     path's the empty string."""

@@ -76,11 +76,11 @@ def _skip_ws(t: _Text, pos: int) -> tuple[str, int]:
         pos = 0
 
 
-def _decode(t: _Text, pos: int) -> tuple[Any, int, int]:
+def _decode(t: _Text, pos: int, decoder: json.JSONDecoder) -> tuple[Any, int, int]:
     """Decode the item at `pos`, reading on while it is cut off by the block's end: (item, pos, end)."""
     while True:
         try:
-            obj, end = _DECODER.raw_decode(t.text, pos)
+            obj, end = decoder.raw_decode(t.text, pos)
         except json.JSONDecodeError as e:
             cut_off = e.pos >= len(t.text) - 32 or e.msg.startswith("Unterminated")
             if cut_off and t.more(pos, len(t.text)):
@@ -102,8 +102,10 @@ def _check_end(t: _Text, pos: int) -> None:
                           "a file holds one JSON list")
 
 
-def iter_json_array(path: str | Path, block: int = BLOCK, what: str = "LLaVA JSON list") -> Iterator[tuple[Any, int, int]]:
-    """Yields (item, start byte, end byte) for each item of the JSON array in `path`.
+def iter_json_array(path: str | Path, block: int = BLOCK, what: str = "LLaVA JSON list",
+                    decoder: json.JSONDecoder = _DECODER) -> Iterator[tuple[Any, int, int]]:
+    """Yields (item, start byte, end byte) for each item of the JSON array in `path`, decoded by
+    `decoder` (e.g. one with a parse_constant hook).
 
     Raises SourceError when the file is not a JSON array or is malformed (with the byte offset),
     naming the file as `what`."""
@@ -122,7 +124,7 @@ def iter_json_array(path: str | Path, block: int = BLOCK, what: str = "LLaVA JSO
                 return
             sep = _SEP.match
             while True:
-                item, pos, end = _decode(t, pos)
+                item, pos, end = _decode(t, pos, decoder)
                 yield item, t.byte_at(pos), t.byte_at(end)
                 m = sep(t.text, end)
                 if m.group(1) and m.end() < len(t.text):

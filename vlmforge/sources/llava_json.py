@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -88,6 +89,28 @@ def _lone_surrogate(obj: Any) -> bool:
     return False
 
 
+def _not_a_number(obj: Any) -> bool:
+    """Whether `obj` holds NaN or Infinity: Python's json reads them, but they are no JSON, and a sample
+    written with one would stop strict readers (DuckDB, browsers, other languages) on the shard's json."""
+    kind = type(obj)
+    if kind is float:
+        return not math.isfinite(obj)
+    if kind is dict:
+        return any(_not_a_number(v) for v in obj.values())
+    if kind is list:
+        return any(_not_a_number(v) for v in obj)
+    return False
+
+
+def _unwritable(obj: Any) -> str | None:
+    """Why `obj` cannot be written as JSON text, or None."""
+    if _lone_surrogate(obj):
+        return "a lone surrogate escape (e.g. \\ud800), which is no text"
+    if _not_a_number(obj):
+        return "NaN or Infinity, which JSON does not allow"
+    return None
+
+
 def _surrogate_escapes(path: Path) -> bool:
     """Whether the file holds any surrogate escape (paired ones, as json.dump writes emoji, included)."""
     pattern = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -100,14 +123,25 @@ def _surrogate_escapes(path: Path) -> bool:
     return False
 
 
+class _Constants:
+    """A JSONDecoder's parse_constant hook that counts the NaN and Infinity it reads: a record whose decode
+    moved the count holds one, with no walk through the records that hold none."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, name: str) -> float:
+        self.seen += 1
+        return float(name)
+
+
 def _invalid(rec: Any) -> str | None:
     if not isinstance(rec, dict):
         return f"record is a {type(rec).__name__}, not an object"
     if not isinstance(rec.get("conversations"), list):
         return "record has no 'conversations' list"
-    if _lone_surrogate(rec):
-        return "record holds a lone surrogate escape (e.g. \\ud800), which is no text"
-    return None
+    why = _unwritable(rec)
+    return f"record holds {why}" if why else None
 
 
 def _image_problem(image: Any) -> tuple[str, str] | None:
@@ -144,15 +178,19 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     idx = LlavaIndex()
     ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
     surrogates = _surrogate_escapes(path)  # records are walked for lone ones only where the file has any
+    constants = _Constants()
+    seen = 0
     first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
     images = hashlib.sha256() if image_root is not None else None
     root = str(image_root)
-    for i, (rec, start, end) in enumerate(iter_json_array(path)):
+    for i, (rec, start, end) in enumerate(iter_json_array(path, decoder=json.JSONDecoder(parse_constant=constants))):
         starts.append(start)
         ends.append(end)
-        if type(rec) is not dict or type(rec.get("conversations")) is not list or (surrogates and _lone_surrogate(rec)):
+        number, seen = constants.seen != seen, constants.seen  # NaN or Infinity in this record
+        if (type(rec) is not dict or type(rec.get("conversations")) is not list or number
+                or (surrogates and _lone_surrogate(rec))):
             idx.invalid.add(i)
             rid = rec.get("id") if isinstance(rec, dict) else None
             ids.append(f"#{i}" if rid is None or _lone_surrogate(rid) else str(rid))
@@ -254,9 +292,8 @@ class LlavaJsonSource(Source):
         idx = self.index()
         for i, (rec, _, _) in enumerate(iter_json_array(self.path)):
             sid = idx.ids[i]
-            problem = _invalid(rec)
-            if problem:
-                yield {"source_id": sid, "index": i, "invalid": problem}
+            if i in idx.invalid:  # the scan found it; _invalid says why
+                yield {"source_id": sid, "index": i, "invalid": _invalid(rec)}
                 continue
             image = one_image(rec.get("image"))
             out = {"source_id": sid, "index": i, "record": rec, "file": None, "subsource": idx.subsources[i]}
