@@ -35,6 +35,12 @@ def test_query_formats_and_refusal(tmp_path, sample_coco):
     assert r.stdout.splitlines() == ["n", "12"]
     r = run("manifest", "query", str(b), "DELETE FROM samples")
     assert r.returncode == 2 and "read-only" in r.stderr
+    # a PIVOT without IN runs as several statements (it makes a type): the way that runs is named, and runs
+    r = run("manifest", "query", str(b), "PIVOT samples ON split USING count(*)")
+    assert r.returncode == 2 and "PIVOT samples ON split IN ('train', 'test')" in r.stderr, r.stderr
+    r = run("manifest", "query", str(b), "PIVOT (SELECT split FROM samples) ON split IN ('val', 'test') USING count(*)",
+            "--format", "csv")
+    assert r.returncode == 0 and r.stdout.splitlines() == ["val,test", "12,0"], r.stdout + r.stderr
     r = run("manifest", "stats", str(b))
     assert r.returncode == 0 and re.search(r"│ val +│ 12 +│ 1 +│ 0 +│", r.stdout), r.stdout  # samples, shards, rejects
     r = run("manifest", "diff", str(b), str(b))

@@ -231,6 +231,10 @@ def check_read_only(query: str) -> None:
         raise UserError("give one statement at a time")
     for st in statements:
         kind = str(st.type).rsplit(".", 1)[-1].upper()
+        if kind == "MULTI":  # a PIVOT that first reads its ON column's values (it makes a type for them)
+            raise UserError("the manifest is read-only, and this statement runs as several that write (a PIVOT "
+                            "without IN?): name the values, e.g. PIVOT samples ON split IN ('train', 'test') "
+                            "USING count(*)")
         if kind not in _READ_ONLY_TYPES:
             raise UserError(f"the manifest is read-only: {kind} statements are refused (use SELECT)")
 
