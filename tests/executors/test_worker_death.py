@@ -47,6 +47,33 @@ def test_a_killed_worker_is_one_error_line_and_the_build_resumes(tmp_path, sampl
     assert build_files(again) == build_files(whole) and len(build_files(whole)) > 10
 
 
+class CutOffCopy(KilledCopy):
+    """Its worker dies halfway through sending a result: a message header and part of the message are
+    in the pool's result pipe, then SIGKILL (what the OOM killer does to a worker sending a large batch)."""
+
+    def process(self, batch):
+        if any(r.get("image_id") == self.victim for r in batch):
+            import gc
+            import struct
+            from multiprocessing.queues import SimpleQueue
+
+            results = next(o for o in gc.get_objects() if isinstance(o, SimpleQueue))
+            with results._wlock:
+                os.write(results._writer.fileno(), struct.pack("!i", 100_000) + bytes(100))
+                os.kill(os.getpid(), signal.SIGKILL)
+        return CopyBuilder.process(self, batch)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_killed_while_sending_its_result_is_one_error_line(tmp_path, sample_coco):
+    """Before: the build waited for ever for the rest of the result (the pool's reader never saw the end)."""
+    src = open_source("coco", coco_root=str(sample_coco), split="val2017")
+    killed = CutOffCopy(CopyConfig(), src)
+    killed.victim = [r["image_id"] for r in src.records("val")][5]
+    with pytest.raises(BuildError, match=r"a worker process died before inputs \d+-\d+ were done .* rerun the same command to resume"):
+        run_build(killed, tmp_path / "a", executor=LocalExecutor(2), limits=ShardLimits(max_samples=2), quiet=True)
+
+
 class CodedError(UserError):
     """A user error whose constructor takes more than its message: pickle cannot rebuild it from args."""
 

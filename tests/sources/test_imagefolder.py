@@ -122,3 +122,23 @@ def test_a_macos_zip_folder_is_no_class_and_no_split(tmp_path):
     src = open_source("imagefolder", root=tmp_path)
     assert src.splits() == ["test", "train"]
     assert [(r["source_id"], r.get("label")) for r in src.records("train")] == [("train/cat/a.jpg", "cat")]
+
+
+def test_workers_get_the_source_without_its_file_lists(tmp_path):
+    """Before: the builder went to each worker with every image path of the source (at 160k images a
+    worker held ~142 MB); records carry their own path and label."""
+    import pickle
+
+    from vlmforge.builders.copy import CopyBuilder, CopyConfig
+
+    def pickled_size(n: int) -> int:
+        root = tmp_path / f"d{n}"
+        for i in range(n):
+            (root / f"class{i % 3}").mkdir(parents=True, exist_ok=True)
+            (root / f"class{i % 3}" / f"image_{i:05d}.jpg").write_bytes(b"\xff\xd8\xff")
+        (root / "class0" / "notes.txt").write_text("x")
+        src = open_source("imagefolder", root=root)
+        assert src.count("train") == n + 1  # the driver keeps its lists
+        return len(pickle.dumps(CopyBuilder(CopyConfig(), src)))
+
+    assert pickled_size(600) - pickled_size(6) < 200

@@ -11,8 +11,10 @@ import os
 import pickle
 import signal
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from vlmforge.builders.base import Builder
 
 _WORKER_BUILDER: "Builder | None" = None
+POLL_S = 1.0
+DEATH_NOTICE_S = 5.0  # the pool itself notices a dead worker within a second or so
 _SETUP_ERROR: "UserError | None" = None
 
 
@@ -117,10 +121,10 @@ class LocalExecutor:
                 for task in tasks:
                     pending.append((task, pool.submit(_run_batch, task)))
                     if len(pending) >= 2 * self.workers:
-                        yield pending[0][1].result()
+                        yield _result(pool, pending[0][1])
                         pending.popleft()
                 while pending:
-                    yield pending[0][1].result()
+                    yield _result(pool, pending[0][1])
                     pending.popleft()
             except BrokenProcessPool:  # a worker was killed (the OOM killer, kill -9): say how to go on
                 first, batch = pending[0][0] if pending else (0, [None])
@@ -138,6 +142,43 @@ class LocalExecutor:
                 raise
             raise
         pool.shutdown(wait=True)
+
+
+def _result(pool: ProcessPoolExecutor, future: Future) -> tuple[int, int, list]:
+    """`future.result()`, or BrokenProcessPool when a worker is dead and the pool does not say so within
+    DEATH_NOTICE_S: a worker killed while sending its result leaves the pool's reader waiting for the rest
+    of the message for ever (the parent holds a write end of that pipe too, so no end of file comes)."""
+    dead_since = None
+    while True:
+        try:
+            return future.result(timeout=POLL_S)
+        except FuturesTimeout:
+            pass
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        if not any(p.exitcode is not None for p in procs):
+            continue
+        dead_since = dead_since or time.monotonic()
+        if time.monotonic() - dead_since >= DEATH_NOTICE_S:
+            _unstick(pool)
+            raise BrokenProcessPool("a worker died while sending its result")
+
+
+def _unstick(pool: ProcessPoolExecutor) -> None:
+    """Feed the pool's result reader bytes it cannot unpickle, from a daemon thread: it then finds the
+    pool broken and ends (else its thread, which the interpreter joins at exit, blocks for ever)."""
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if writer is None or manager is None:
+        return
+
+    def feed() -> None:
+        while manager.is_alive():
+            try:
+                os.write(writer.fileno(), bytes(4096))
+            except OSError:
+                return
+
+    threading.Thread(target=feed, name="vlmforge-pool-unstick", daemon=True).start()
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:

@@ -11,6 +11,8 @@ Results are fetched in submission order, so the driver's single shard writer see
 stream the local executor gives it: same shards, same bytes. At most `2 * concurrency` batches are in
 flight. A worker or actor that dies (killed process, lost node) is restarted and its batches retried
 (`max_retries`); an exception raised by the builder itself is a bug or bad data and is not retried.
+When the cluster goes down (its nodes, or the CPUs/GPUs the workers need, gone for
+`NODE_LOSS_GRACE_S`), the build stops with a line that says so: Ray itself would wait for ever.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ _WORKER_BUILDER: tuple[str, Any] | None = None
 
 
 CONNECT_TIMEOUT_S = 10
+NODE_LOSS_GRACE_S = 60  # how long lost nodes may take to come back (an autoscaler, a restart)
+NODE_NOTICE_S = 30  # Ray's health checks mark a node dead within this
+POLL_S = 1.0
 _HOST_PORT = re.compile(r"^(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)$")  # host:port, ray://host:port, [v6]:port
 
 
@@ -257,7 +262,12 @@ class RayExecutor:
         self.concurrency = concurrency or (workers if workers > 1 else None)
         self.gpus_per_model_worker = gpus_per_model_worker
         self.max_retries = max_retries
+        self.node_loss_grace_s = NODE_LOSS_GRACE_S
         self.plan: StagePlan | None = None  # the last build's plan, for reports and tests
+        self._started = False
+        self._nodes_at_start: dict[str, str] = {}  # node id -> address, of the nodes alive at the start
+        self._short_since: float | None = None  # since when the cluster cannot hold one worker
+        self._fits_at_start = True
 
     def _connect(self) -> bool:
         """Initialise Ray unless already done. Returns True when this executor started the session."""
@@ -290,10 +300,14 @@ class RayExecutor:
         """For each `(first_index, batch)`, yields `(first_index, len(batch), results)` in order."""
         import ray
 
-        started = self._connect()
+        started = self._started = self._connect()
         declared = declared_resources(builder)
-        self.plan = plan = plan_stage(declared, is_model_stage(builder, declared), ray.cluster_resources(),
+        cluster = ray.cluster_resources()
+        self.plan = plan = plan_stage(declared, is_model_stage(builder, declared), cluster,
                                       self.concurrency, self.gpus_per_model_worker)
+        self._nodes_at_start = _alive_nodes()
+        self._short_since = None
+        self._fits_at_start = not _short(plan, cluster)  # else nodes may be on their way (an autoscaler)
         holder = [ray.put(builder)]  # wrapped so that Ray passes the reference, not a copy per call
         actors: list = []
         try:
@@ -345,18 +359,96 @@ class RayExecutor:
 
     def _result(self, item: tuple[int, int, Any]) -> tuple[int, int, list]:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+        from ray.exceptions import (ActorUnavailableError, LocalRayletDiedError, NodeDiedError, ObjectLostError,
+                                    RayActorError, RayTaskError, WorkerCrashedError)
 
         first, n, ref = item
         try:
+            while not ray.wait([ref], timeout=POLL_S, fetch_local=False)[0]:
+                self._check_capacity(first, n)
             return first, n, ray.get(ref)
         except RayTaskError as e:
             if isinstance(e.cause, UserError):
                 raise e.cause from None  # one line on the CLI, as with the local executor
             raise
+        except (LocalRayletDiedError, NodeDiedError, ObjectLostError) as e:
+            raise self._cluster_down(first, n, type(e).__name__) from None
         except (RayActorError, WorkerCrashedError) as e:
+            # An actor out of reach may be on a node that went down: the cluster notices within seconds.
+            unreachable = isinstance(e, ActorUnavailableError)
+            if self._lost_nodes(NODE_NOTICE_S if unreachable else 0):
+                raise self._cluster_down(first, n, type(e).__name__) from None
             raise BuildError(
-                f"a Ray worker died on the batch of inputs {first}-{first + n - 1} and stayed down after "
-                f"{self.max_retries} restarts ({type(e).__name__}); complete shards are kept: rerun the same "
-                "command to resume"
+                f"a Ray worker {'could not be reached' if unreachable else 'died'} on the batch of inputs "
+                f"{first}-{first + n - 1} and stayed down after {self.max_retries} "
+                f"{'retries' if unreachable else 'restarts'} ({type(e).__name__}); complete shards are kept: "
+                "rerun the same command to resume"
             ) from None
+
+    def _check_capacity(self, first: int, n: int) -> None:
+        """Stop when the cluster cannot hold one worker of the plan for `node_loss_grace_s`: Ray keeps
+        the batch waiting for a node with the resources, for ever."""
+        import time
+
+        import ray
+
+        plan = self.plan
+        assert plan is not None
+        try:
+            have = ray.cluster_resources()  # the alive nodes' totals
+        except Exception:
+            have = {}
+        if not self._fits_at_start or not _short(plan, have):
+            self._short_since = None
+        elif self._short_since is None:
+            self._short_since = time.monotonic()
+        elif time.monotonic() - self._short_since >= self.node_loss_grace_s:
+            raise self._cluster_down(first, n, f"no node left with the {_needs(plan)} a worker needs, "
+                                                f"for {self.node_loss_grace_s:g} s")
+
+    def _lost_nodes(self, wait_s: float = 0) -> list[str]:
+        """Addresses of the nodes alive at the start of the build that are not now (asked again for up to
+        `wait_s` while none is)."""
+        import time
+
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                alive = _alive_nodes()
+            except Exception:
+                return list(self._nodes_at_start.values()) or ["?"]
+            lost = [addr for node, addr in self._nodes_at_start.items() if node not in alive]
+            if lost or time.monotonic() >= deadline:
+                return lost
+            time.sleep(POLL_S)
+
+    def _cluster_down(self, first: int, n: int, why: str) -> BuildError:
+        lost = self._lost_nodes()
+        if self._started:
+            what = "the local Ray instance this build started went down"
+            then = "rerun the same command to resume"
+        else:
+            what = "the Ray cluster went down"
+            then = "once the cluster is back (`ray start` on its nodes), rerun the same command to resume"
+        if lost and len(self._nodes_at_start) == 1:
+            what += f" (its node at {lost[0]} lost)"
+        elif lost:
+            what += f" ({len(lost)} of its {len(self._nodes_at_start)} nodes lost: {', '.join(sorted(set(lost)))})"
+        return BuildError(f"{what} while inputs {first}-{first + n - 1} were running ({why}); complete shards are "
+                          f"kept: {then}")
+
+
+def _alive_nodes() -> dict[str, str]:
+    import ray
+
+    return {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in ray.nodes() if node.get("Alive")}
+
+
+def _short(plan: StagePlan, resources: dict[str, float]) -> bool:
+    """Whether `resources` cannot hold one worker of `plan`."""
+    return resources.get("CPU", 0) < plan.num_cpus or resources.get("GPU", 0) < plan.num_gpus
+
+
+def _needs(plan: StagePlan) -> str:
+    needs = [f"{plan.num_cpus:g} CPU"] + ([f"{plan.num_gpus:g} GPU"] if plan.num_gpus else [])
+    return " and ".join(needs)
