@@ -156,6 +156,7 @@ def _result(pool: ProcessPoolExecutor, future: Future) -> tuple[int, int, list]:
             pass
         procs = list((getattr(pool, "_processes", None) or {}).values())
         if not any(p.exitcode is not None for p in procs):
+            dead_since = None  # a worker the pool has since replaced or noticed
             continue
         dead_since = dead_since or time.monotonic()
         if time.monotonic() - dead_since >= DEATH_NOTICE_S:
