@@ -504,8 +504,12 @@ def test_a_vicuna_trained_run_is_asked_in_vicuna_v1(tiny_llava, tmp_path):
     from vlmforge.evaluation.runners import GeneratorRunner
 
     with pytest.raises(UserError, match="trained on LLaVA-1.5's vicuna_v1 text .* the vllm backend does "
-                                        "not write: evaluate it with --backend local"):
+                                        "not write: use the transformers backend"):
         GeneratorRunner("vllm", str(tmp_path / "vicuna"))
+    from vlmforge.curation.generation import make_generator
+
+    with pytest.raises(UserError, match="vicuna_v1 text .* the vllm backend does not write"):
+        make_generator("vllm", str(tmp_path / "vicuna"))  # the builders' way in (selfsynth, cvc-trials)
     # the transformers backend (eval and every generation builder) asks it in vicuna_v1, as the local runner
     gen = GeneratorRunner("transformers", str(tmp_path / "vicuna"), device="cpu").generator
     gen.setup()

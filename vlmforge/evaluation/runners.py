@@ -173,11 +173,9 @@ class LocalRunner(Runner):
         if self.system:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system}]})
         if self.template == "vicuna_v1":  # trained on LLaVA-1.5's format: asked in it too
-            from vlmforge.training.formatting import VICUNA_SYSTEM, render_vicuna
+            from vlmforge.training.formatting import vicuna_prompt
 
-            image = f"{self.processor.image_token}\n" if with_image else ""
-            turns = [("user", image + prompt), ("assistant", "")]
-            return render_vicuna(turns, eos="", system=self.system or VICUNA_SYSTEM).text
+            return vicuna_prompt(prompt, self.processor.image_token if with_image else None, self.system)
         if getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = FALLBACK_TEMPLATE.format(prompt=prompt)
@@ -342,12 +340,6 @@ class GeneratorRunner(Runner):
         self.max_new_tokens = max_new_tokens
         self.system = system
         self.options = {k: v for k, v in options.items() if v is not None}
-        if backend == "vllm" and model:
-            from vlmforge.training.llava import export_folder, export_info
-
-            if export_info(export_folder(model)).get("template") == "vicuna_v1":  # they ask in the chat template
-                raise UserError(f"{model} was trained on LLaVA-1.5's vicuna_v1 text (`train --template vicuna_v1`), "
-                                f"which the {backend} backend does not write: evaluate it with --backend local")
         import importlib
 
         from vlmforge.curation.generation import BACKENDS

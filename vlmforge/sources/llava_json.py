@@ -179,7 +179,7 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     ids, subsources, starts, ends = idx.ids, idx.subsources, idx.starts, idx.ends
     surrogates = _surrogate_escapes(path)  # records are walked for lone ones only where the file has any
     constants = _Constants()
-    seen = 0
+    constants_seen = 0
     first: dict[str, int] = {}  # id -> index of its first record; -1 once the id has repeated
     reread: list[int] = []
     by_content: list[int] = []  # records named by id + content digest
@@ -188,7 +188,7 @@ def scan(path: Path, image_root: Path | None = None) -> LlavaIndex:
     for i, (rec, start, end) in enumerate(iter_json_array(path, decoder=json.JSONDecoder(parse_constant=constants))):
         starts.append(start)
         ends.append(end)
-        number, seen = constants.seen != seen, constants.seen  # NaN or Infinity in this record
+        number, constants_seen = constants.seen != constants_seen, constants.seen  # NaN or Infinity in this record
         if (type(rec) is not dict or type(rec.get("conversations")) is not list or number
                 or (surrogates and _lone_surrogate(rec))):
             idx.invalid.add(i)

@@ -86,6 +86,13 @@ def render_vicuna(turns: Sequence[tuple[str, str]], eos: str, system: str = VICU
     return Rendered("".join(parts), spans)
 
 
+def vicuna_prompt(prompt: str, image_token: str | None, system: str | None = None) -> str:
+    """What a model trained on vicuna_v1 is asked: all of its text before the assistant's answer, the
+    image's token first when the request has an image."""
+    image = f"{image_token}\n" if image_token else ""
+    return render_vicuna([("user", image + prompt), ("assistant", "")], eos="", system=system or VICUNA_SYSTEM).text
+
+
 def chat_messages(turns: Sequence[tuple[str, str]], image_token: str) -> list[dict[str, Any]]:
     """(role, text) turns as chat-template messages, the image token as an {'type': 'image'} item."""
     msgs = []

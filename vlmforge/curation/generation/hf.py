@@ -146,11 +146,10 @@ class TransformersGenerator(Generator):
 
     def _prompt_text(self, req: GenerationRequest) -> str:
         if self.template == "vicuna_v1":
-            from vlmforge.training.formatting import VICUNA_SYSTEM, render_vicuna
+            from vlmforge.training.formatting import vicuna_prompt
 
-            image = f"{self._processor.image_token}\n" if self.is_vision and req.image is not None else ""
-            turns = [("user", image + _strip_image_token(req.prompt)), ("assistant", "")]
-            return render_vicuna(turns, eos="", system=req.system or VICUNA_SYSTEM).text
+            image = self._processor.image_token if self.is_vision and req.image is not None else None
+            return vicuna_prompt(_strip_image_token(req.prompt), image, req.system)
         templater = self._processor if self.is_vision else self._tokenizer
         if getattr(templater, "chat_template", None):
             return templater.apply_chat_template(self._messages(req), add_generation_prompt=True, tokenize=False)

@@ -38,9 +38,10 @@ def chat_messages(req: GenerationRequest) -> list[dict[str, Any]]:
 def check_loadable(model: str) -> None:
     """Refuse, before vLLM starts, what it would not load as a model: a local path that does not exist
     (vLLM would take it for a Hub id), a build, a LoRA adapter or a projector-only export of `vlmforge
-    train` (merged, they are full models), a plain PEFT adapter, a CLIP model."""
+    train` (merged, they are full models), a plain PEFT adapter, a CLIP model, a run trained on vicuna_v1
+    text (vLLM would ask it in the chat template)."""
     from vlmforge.curation.models import check_model_name
-    from vlmforge.training.llava import EXPORT_INFO, export_kind
+    from vlmforge.training.llava import EXPORT_INFO, export_info, export_kind
 
     check_model_name(model, "generation model")
     kind = export_kind(model)
@@ -54,6 +55,10 @@ def check_loadable(model: str) -> None:
                         f"it first (`vlmforge model merge {model} --out DIR`, then --model DIR), {other}")
     if kind == "clip":
         raise UserError(f"{model} is a CLIP model, which does not generate text")
+    if export_info(model).get("template") == "vicuna_v1":  # vLLM asks in the chat template
+        raise UserError(f"{model} was trained on LLaVA-1.5's vicuna_v1 text (`train --template vicuna_v1`), which "
+                        "the vllm backend does not write: use the transformers backend (eval: --backend local or "
+                        "transformers), which asks it in vicuna_v1")
 
 
 class VllmGenerator(Generator):
