@@ -80,3 +80,29 @@ def test_a_cluster_that_loses_its_workers_node_says_so_and_the_build_resumes(clu
     cluster.add_node(num_cpus=2)
     path = run_build(_builder(SmallBatchCopy, sample_coco, tmp_path / "log2"), out, RayExecutor(), LIMITS, quiet=True)
     _same(path, local_copy)
+
+
+def test_a_lost_result_with_every_node_up_is_not_called_a_cluster_down(monkeypatch):
+    """Before: any ObjectLostError said 'the Ray cluster went down' and to `ray start` its nodes, also when
+    every node was still up (the result's owner lost it); now that is said only when a node is gone."""
+    import ray
+    from ray.exceptions import ObjectLostError
+
+    from vlmforge.executors import ray as ray_executor
+
+    ex = ray_executor.RayExecutor()
+    ex._started, ex._nodes_at_start = False, {"n1": "192.0.2.1", "n2": "192.0.2.2"}
+    monkeypatch.setattr(ray_executor, "NODE_NOTICE_S", 0)
+
+    def lost(*args, **kwargs):
+        raise ObjectLostError("ab" * 14, None, "")
+
+    monkeypatch.setattr(ray, "wait", lost)
+    monkeypatch.setattr(ray_executor, "_alive_nodes", lambda: {"n1": "192.0.2.1", "n2": "192.0.2.2"})
+    with pytest.raises(BuildError, match=r"Ray lost the result of inputs 4-5 \(ObjectLostError\) with every node "
+                                         r"still up; .* rerun the same command to resume") as e:
+        ex._result((4, 2, object()))
+    assert "went down" not in str(e.value)
+    monkeypatch.setattr(ray_executor, "_alive_nodes", lambda: {"n1": "192.0.2.1"})  # n2 is gone
+    with pytest.raises(BuildError, match=r"the Ray cluster went down \(1 of its 2 nodes lost: 192.0.2.2\)"):
+        ex._result((4, 2, object()))

@@ -371,8 +371,13 @@ class RayExecutor:
             if isinstance(e.cause, UserError):
                 raise e.cause from None  # one line on the CLI, as with the local executor
             raise
-        except (LocalRayletDiedError, NodeDiedError, ObjectLostError) as e:
+        except (LocalRayletDiedError, NodeDiedError) as e:
             raise self._cluster_down(first, n, type(e).__name__) from None
+        except ObjectLostError as e:  # the node that held the result went down, or its owner lost it
+            if self._started or self._lost_nodes(NODE_NOTICE_S):
+                raise self._cluster_down(first, n, type(e).__name__) from None
+            raise BuildError(f"Ray lost the result of inputs {first}-{first + n - 1} ({type(e).__name__}) with every "
+                             "node still up; complete shards are kept: rerun the same command to resume") from None
         except (RayActorError, WorkerCrashedError) as e:
             # An actor out of reach may be on a node that went down: the cluster notices within seconds.
             unreachable = isinstance(e, ActorUnavailableError)
