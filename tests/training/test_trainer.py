@@ -471,6 +471,37 @@ def test_clip_on_shards_without_an_image_field_names_the_cause(tmp_path, label_b
         run(tmp_path / "clip", [str(tar)], tiny_clip, "clip", 2, batch_size=2, pad_to_square=False)
 
 
+def test_a_short_step_on_several_processes_is_the_mean_over_all_their_micro_batches():
+    """With two processes, one of which held a micro-batch fewer (a batch that kept no sample), each
+    scaled by its own count: the processes' weights then drift apart. The count is summed over them, so
+    every process scales the averaged gradient alike, to the mean over every micro-batch of the step."""
+    import torch
+
+    from vlmforge.training.trainer import _short_step_factor
+
+    grad_accum = 4
+    grads = {0: [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])],  # rank 0 held 2 micro-batches
+             1: [torch.tensor([0.5, 0.5]), torch.tensor([2.0, 2.0]), torch.tensor([-1.0, 4.0])]}  # rank 1 held 3
+
+    class TwoRanks:  # accelerate's reduce(..., "sum") over both processes
+        device = "cpu"
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def reduce(self, t, reduction):
+            assert reduction == "sum"
+            return t + len(grads[1 - self.rank])
+
+    # what DDP leaves on every process: the mean over processes of each one's sum / grad_accum
+    averaged = sum(sum(g) / grad_accum for g in grads.values()) / 2
+    want = sum(sum(g) for g in grads.values()) / 5
+    factors = {r: _short_step_factor(TwoRanks(r), grad_accum, len(grads[r]), 2) for r in grads}
+    assert factors[0] == factors[1]
+    assert torch.allclose(averaged * factors[0], want)
+    assert _short_step_factor(None, grad_accum, 3, 1) == pytest.approx(4 / 3)  # one process: its own count
+
+
 def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label_build, tiny_clip):
     """24 samples in batches of 8 with --grad-accum 2 make steps of 2 micro-batches and 1: the second
     step's gradient was half that of the same 8 samples as one batch (every loss divided by 2)."""
@@ -497,7 +528,7 @@ def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label
     assert accumulated == pytest.approx(whole, rel=1e-3)
 
 
-def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip):
+def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip, monkeypatch):
     """Shards rewritten under the same path after a kill: the checkpoint's position counted samples of the
     old data, and the resumed run went on at another sample of the new order."""
     import webdataset as wds
@@ -512,8 +543,12 @@ def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip):
     with pytest.raises(Killed):
         run(tmp_path / "r", [str(write(8))], tiny_clip, "clip", 4, kill_at=2, **opts)
     write(10)
-    with pytest.raises(UserError, match=r"training data changed since the run started \(8 samples \(8 an epoch\), now 10"):
-        run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
+    from vlmforge.training import trainer
+
+    with monkeypatch.context() as m:  # refused before the model loads (minutes, for a 7B model)
+        m.setattr(trainer, "ClipTask", lambda *a, **k: pytest.fail("the model loaded before the data was checked"))
+        with pytest.raises(UserError, match=r"training data changed since the run started \(8 samples, now 10\)"):
+            run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
     write(8)
     _, losses = run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
     assert len(losses) == 3  # steps 2-4, after checkpoint-000001

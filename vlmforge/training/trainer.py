@@ -319,16 +319,19 @@ def _read_run_json(out: Path) -> dict[str, Any]:
     return record
 
 
-def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int) -> None:
+def _check_same_data(out: Path, shards: list[ShardRef], epoch_size: int | None = None) -> None:
     """A checkpoint's position counts samples of the data the run started on: a build rebuilt in place
-    (or tars rewritten) under the same paths would resume at another sample, and repeat or skip others."""
+    (or tars rewritten) under the same paths would resume at another sample, and repeat or skip others.
+    Builds and sample counts are compared before the model loads; the epoch's size once it is known."""
     before = _read_run_json(out)
     was = {b["path"]: b["build_id"] for b in before.get("builds", [])}
     now = {b["path"]: b["build_id"] for b in _source_builds(shards)}
     changed = [f"build {p} was {was[p]}, now {now[p]}" for p in sorted(set(was) & set(now)) if was[p] != now[p]]
     samples = sum(s.samples for s in shards)
-    if "samples" in before and (before["samples"], before.get("epoch_size")) != (samples, epoch_size):
-        changed.append(f"{before['samples']} samples ({before.get('epoch_size')} an epoch), now {samples} ({epoch_size})")
+    if "samples" in before and before["samples"] != samples:
+        changed.append(f"{before['samples']} samples, now {samples}")
+    if epoch_size is not None and before.get("epoch_size", epoch_size) != epoch_size:
+        changed.append(f"{before['epoch_size']} samples an epoch, now {epoch_size}")
     if changed:
         raise UserError(f"cannot resume {out}: its training data changed since the run started ({'; '.join(changed)}); "
                         "resume on the data it started with, or start a new run in another --out")
@@ -433,6 +436,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         console.print(f"[yellow]note:[/] {out} holds no checkpoint yet: --resume starts the run from its first step")
 
     shards = resolve_shards(cfg.shards, cfg.split, training=True)
+    if resume_from is not None:  # before the model loads (minutes, for a 7B model)
+        _check_same_data(out, shards)
     val = _val_shards(cfg)
     same = {s.path for s in val or []} & {s.path for s in shards}
     if same and main and not cfg.quiet:  # best/ would then be chosen on the training data itself
@@ -520,8 +525,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and step_micro + 1 < cfg.grad_accum and not cfg.deepspeed:
-                    _rescale_short_step(model, cfg.grad_accum / (step_micro + 1))
+                if accelerator.sync_gradients and not cfg.deepspeed:
+                    _rescale_short_step(model, _short_step_factor(accelerator, cfg.grad_accum, step_micro + 1, world))
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -574,9 +579,22 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     return out
 
 
+def _short_step_factor(accelerator: Any, grad_accum: int, held: int, world: int) -> float:
+    """What a step's gradient is scaled by to be the mean over the micro-batches it holds: each loss was
+    divided by --grad-accum, and an epoch's last step may hold fewer. With several processes the
+    gradients were averaged over them, and one may have held fewer (a batch that kept no sample): the
+    count is summed over all of them (at every step, so that each process joins the same collective)."""
+    if world > 1:
+        import torch
+
+        held_all = int(accelerator.reduce(torch.tensor([held], device=accelerator.device), reduction="sum").item())
+        return grad_accum * world / held_all
+    return grad_accum / held
+
+
 def _rescale_short_step(model: Any, factor: float) -> None:
-    """An epoch's last step may hold fewer micro-batches than --grad-accum, each loss divided by
-    --grad-accum all the same: scale its gradient to the mean over the micro-batches it holds."""
+    if factor == 1:
+        return
     for p in model.parameters():
         if p.grad is not None:
             p.grad.mul_(factor)
