@@ -20,20 +20,32 @@ from vlmforge.progress import progress_bar
 _CHECKED = ["key", "offset", "sample_bytes", "image_format", "image_sha256", "json_sha256"]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+class _HashingReader:
+    """A binary file read once for both the tar parse and the whole file's sha256."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """The file's sha256, reading what the tar parse left (the end-of-archive blocks, or all after a
+        damaged member)."""
+        for block in iter(lambda: self.f.read(1 << 22), b""):
+            self.sha.update(block)
+        return self.sha.hexdigest()
 
 
-def _tar_samples(path: Path) -> list[dict]:
+def _tar_samples(fileobj) -> list[dict]:
     """{"key", "offset", "sample_bytes", "sha256": {field: hex}} of each sample of a shard, in file order."""
     import tarfile
 
     out: list[dict] = []
-    with tarfile.open(path, "r|") as tf:
+    with tarfile.open(fileobj=fileobj, mode="r|") as tf:
         end = 0
         for m in tf:
             key, fld = split_member(m.name)
@@ -221,7 +233,13 @@ def _shard_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[st
     size = path.stat().st_size
     if size != s["bytes"]:
         problems.append(f"{s['shard']}: {size} bytes, build.json says {s['bytes']}")
-    digest = _sha256_file(path)
+    with open(path, "rb") as f:  # read once: the members' hashes and the file's
+        reader = _HashingReader(f)
+        try:
+            samples: list[dict] | Exception = _tar_samples(reader)
+        except Exception as e:  # a damaged tar is a finding, not a crash
+            samples = e
+        digest = reader.hexdigest()
     if digest != s["sha256"]:
         twin = next((t["shard"] for t in build.info["shards"] if t["sha256"] == digest), None)
         problems.append(f"{s['shard']}: sha256 {digest[:12]}... differs from build.json's {s['sha256'][:12]}..."
@@ -237,10 +255,8 @@ def _shard_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[st
         rows = pq.read_table(part, columns=[c for c in _CHECKED if c in names]).to_pylist()
     except (pa.ArrowException, OSError) as e:  # damaged inside, with an intact footer
         return problems + [f"manifest/{part.name}: manifest part unreadable ({str(e).splitlines()[0]})"]
-    try:
-        samples = _tar_samples(path)
-    except Exception as e:  # a damaged tar is a finding, not a crash
-        return problems + [f"{s['shard']}: unreadable tar ({e})"]
+    if isinstance(samples, Exception):
+        return problems + [f"{s['shard']}: unreadable tar ({samples})"]
     problems += _sample_problems(s["shard"], rows, samples)
     if len(rows) != s["samples"]:
         problems.append(f"{s['shard']}: manifest has {len(rows)} rows, build.json says {s['samples']}")
