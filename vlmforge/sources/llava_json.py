@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from array import array
@@ -44,7 +45,7 @@ def source_of_image(image: Any) -> str:
     parts = [p.lower() for p in image.replace("\\", "/").split("/")[:-1] if p not in ("", ".")]
     if image.startswith("/"):
         parts = [p for p in parts if p in SUBSOURCES] or parts
-    return parts[0] if parts else "other"
+    return sys.intern(parts[0]) if parts else "other"  # one string per sub-dataset, not one per record
 
 
 def one_image(image: Any) -> Any:
