@@ -99,7 +99,9 @@ def memory(n: int, work: Path) -> int:
     samples: list[tuple[float, float]] = []  # (driver MB, largest worker MB)
     while proc.poll() is None:
         workers = [_rss_mb(k) for k in _children(proc.pid)]
-        samples.append((_rss_mb(proc.pid), max(workers, default=0.0)))
+        driver = _rss_mb(proc.pid)
+        if driver:  # 0: it ended between poll() and the read; not a figure
+            samples.append((driver, max(workers, default=0.0)))
         time.sleep(0.1)
     took = time.perf_counter() - t
     shutil.rmtree(out, ignore_errors=True)
