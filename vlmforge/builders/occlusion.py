@@ -34,7 +34,8 @@ from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.models import check_model_name
 from vlmforge.curation.occlude import (
-    BOX_LOCAL_FILLS, FILL_PHRASES, FILL_RGB, FILLS, occlusion_region, render_occlusion,
+    BOX_LOCAL_FILLS, COEFFICIENT_FILLS, FILL_PHRASES, FILL_RGB, FILLS, coefficient_writer, occlude_coefficients,
+    occlusion_region, read_coefficients, render_occlusion,
 )
 from vlmforge.curation.segmentation import MaskCrop, SamSegmenter, SegmentationError, annotation_crop, box_mask
 from vlmforge.errors import UserError
@@ -66,6 +67,9 @@ class OcclusionConfig(BuildConfig):
     max_area: float = 0.5
     max_entities: int = 3  # per image
     keep_original: bool = False
+    # coefficients: JPEG sources are occluded in the DCT domain (only the blocks under the fill change);
+    # reencode: decoded, painted and encoded again at jpeg_quality, as the blur and inpaint fills always are.
+    occluded_jpeg: str = "coefficients"
     jpeg_quality: int = 95
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,7 +81,8 @@ class OcclusionConfig(BuildConfig):
     def validate(self) -> None:
         choices = {"entity_extractor": ("spacy",) + ENTITY_GENERATORS,
                    "causality": ("cooccurrence", "mlm", "none"), "grounder": ("annotations", "grounding-dino"),
-                   "segmenter": ("annotations", "sam", "box"), "fill": FILLS}
+                   "segmenter": ("annotations", "sam", "box"), "fill": FILLS,
+                   "occluded_jpeg": ("coefficients", "reencode")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
@@ -86,6 +91,10 @@ class OcclusionConfig(BuildConfig):
                             "a Hub id, or the endpoint's model name)")
         if self.segmenter == "annotations" and self.grounder != "annotations":
             raise UserError("--segmenter annotations needs --grounder annotations; with grounding-dino use sam or box")
+        if self.occluded_jpeg == "coefficients" and coefficient_writer() is None:
+            raise UserError("--occluded-jpeg coefficients needs vlmforge's libjpeg extension, which was not built here "
+                            "(no C compiler or libjpeg headers when vlmforge was installed: install them, e.g. "
+                            "`apt-get install gcc libjpeg-dev`, and reinstall vlmforge), or pass --occluded-jpeg reencode")
         if not 0 <= self.min_area < self.max_area <= 1:
             raise UserError("need 0 <= --min-area < --max-area <= 1")
         if self.max_entities < 1:
@@ -121,7 +130,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "1.5.0"
+    VERSION = "2.0.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
@@ -357,17 +366,18 @@ class OcclusionBuilder(Builder):
             except ImageError as e:
                 results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
                 continue
-            # OpenCV decodes straight into an array (PIL's decode + RGB copy + array copy cost twice
-            # as much); EXIF orientation is ignored, as COCO's annotations are on the stored pixels.
-            bgr = cv2.imdecode(np.frombuffer(img.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if bgr is None:
+            # A JPEG to be occluded in the DCT domain is read as coefficients, and decoded only if a stage
+            # asks for pixels (a model, or a colour word choosing among instances).
+            coefs = read_coefficients(img.data) if self._coefficients and img.original_format == "JPEG" else None
+            px = _Pixels(img.data, coefs)
+            if coefs is None and px.bgr is None:
                 results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: cannot be decoded"))
                 continue
             # COCO files give each image's size; one that is left out is taken from the pixels.
-            size = (rec["image"].setdefault("height", bgr.shape[0]), rec["image"].setdefault("width", bgr.shape[1]))
-            if bgr.shape[:2] != size:
+            size = (rec["image"].setdefault("height", px.height), rec["image"].setdefault("width", px.width))
+            if (px.height, px.width) != size:
                 results[i].append(Reject(rec["source_id"], "size_mismatch", "read_image",
-                                         f"{rec['file']} is {bgr.shape[1]}x{bgr.shape[0]}, the annotations say "
+                                         f"{rec['file']} is {px.width}x{px.height}, the annotations say "
                                          f"{size[1]}x{size[0]}"))
                 continue
             entities, refused = rec.get("entities", self.entities), rec.get("refused", self.refused)
@@ -380,7 +390,7 @@ class OcclusionBuilder(Builder):
                 results[i].append(Reject(rec["source_id"], "no_entities", "entities",
                                          "no caption names an object" if not refused else
                                          "no caption the endpoint answered names an object"))
-            work.append((i, rec, img, _Pixels(bgr), cands))
+            work.append((i, rec, img, px, cands))
         t1 = time.perf_counter()
         self._score_causality(work, results)
         t2 = time.perf_counter()
@@ -431,8 +441,8 @@ class OcclusionBuilder(Builder):
                 group = list(group)
                 ents = [(c.entity.phrase, c.entity.label, c.entity.plural) for c in group]
                 if detections is None:
-                    found = self.grounder.ground_caption(ents, rec["instances"], px.rgb, self._instance_masks(rec),
-                                                         named)
+                    found = self.grounder.ground_caption(ents, rec["instances"], lambda: px.rgb,
+                                                         self._instance_masks(rec), named)
                 else:
                     found = detections_for_caption(ents, detections[n], named, self.grounder.nms_iou)
                 for c, g in zip(group, found):
@@ -449,7 +459,7 @@ class OcclusionBuilder(Builder):
                                                    f"{c.entity.phrase!r} in {c.caption['caption']!r}: "
                                                    + self._why_not_grounded(c.entity.label)))
             cands[:] = [c for c in cands if c.grounding is not None]
-            h, w = px.bgr.shape[:2]
+            h, w = px.height, px.width
             for c in cands:  # a box reaching past the image would size the blocks for pixels that do not exist
                 c.grounding.box = _clip_box(c.grounding.box, w, h)
                 c.grounding.boxes = [_clip_box(b, w, h) for b in c.grounding.boxes]
@@ -471,7 +481,7 @@ class OcclusionBuilder(Builder):
     def _occlude_image(self, rec: Record, img, px: "_Pixels", cands: list[_Candidate]) -> list[Sample | Reject]:
         cfg = self.config
         out: list[Sample | Reject] = []
-        h, w = px.bgr.shape[:2]
+        h, w = px.height, px.width
         # One object is hidden once per image: the first caption (by id) that names it wins.
         iou = getattr(self.grounder, "nms_iou", 0.5)
         unique: list[_Candidate] = []
@@ -506,7 +516,7 @@ class OcclusionBuilder(Builder):
             if j not in keep:
                 out.append(self._reject(rec, c, "over_entity_limit", "filter", f"more than {cfg.max_entities} objects in the image"))
                 continue
-            out.append(self._sample(rec, img, c, px.bgr, changed, frac, rng))
+            out.append(self._sample(rec, img, c, px, changed, frac, rng))
         return out
 
     def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int,
@@ -536,7 +546,7 @@ class OcclusionBuilder(Builder):
             k += len(boxes)
         return out
 
-    def _sample(self, rec: Record, img, c: _Candidate, image: np.ndarray, changed: MaskCrop, frac: float,
+    def _sample(self, rec: Record, img, c: _Candidate, px: "_Pixels", changed: MaskCrop, frac: float,
                 rng: np.random.Generator) -> Sample:
         cfg = self.config
         key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
@@ -552,33 +562,48 @@ class OcclusionBuilder(Builder):
             "causality": None if c.causality is None else round(c.causality, 6), "causality_method": cfg.causality,
             "box": box, "occluded_fraction": round(frac, 6), "fill": cfg.fill, "question": question,
             "template": template, "grounding": g.method, "objects": objects,
+            "jpeg": "coefficients" if px.coefs is not None else "reencoded",
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         t = time.perf_counter()
-        # Painted into the decoded image itself (in OpenCV's BGR order, which its JPEG encoder takes as
-        # it is), encoded, then put back: no copy of the frame per sample.
-        local = cfg.fill in BOX_LOCAL_FILLS
+        if px.coefs is not None:
+            jpg = occlude_coefficients(px.coefs, changed, cfg.fill, rng, FILL_RGB)
+        else:
+            jpg = self._reencode(px.bgr, changed, g.box, rng, key)
+        mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
+        self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
+        extras = {"mask.png": mask_png}
+        if cfg.keep_original:
+            extras["orig." + img.ext] = img.data
+        h, w = px.height, px.width
+        columns = {"label": c.entity.label, "entity": c.entity.phrase, "category": g.category, "supercategory": sup,
+                   "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
+                   "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
+                   "fill": cfg.fill, "question": question, "grounding": g.method, "objects": objects}
+        return Sample(key=key, doc=doc, image=jpg, image_ext="jpg", width=w, height=h,
+                      source_id=f"{rec['image_id']}:{c.caption['id']}:{c.index}", extras=extras, columns=columns)
+
+    def _reencode(self, image: np.ndarray, changed: MaskCrop, box: list[float], rng: np.random.Generator,
+                  key: str) -> bytes:
+        """The fill painted into the decoded image itself (in OpenCV's BGR order, which its JPEG encoder
+        takes as it is), encoded, then put back: no copy of the frame per sample."""
+        local = self.config.fill in BOX_LOCAL_FILLS
         saved = changed.of(image).copy() if local else image.copy()
-        render_occlusion(image, changed, cfg.fill, g.box, rng, color=FILL_RGB[::-1])
-        ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
+        render_occlusion(image, changed, self.config.fill, box, rng, color=FILL_RGB[::-1])
+        ok, jpg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
         if local:
             changed.of(image)[...] = saved
         else:
             image[...] = saved
         if not ok:  # pragma: no cover - OpenCV fails only on an empty or malformed array
             raise RuntimeError(f"JPEG encoding failed for {key}")
-        mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
-        self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
-        extras = {"mask.png": mask_png}
-        if cfg.keep_original:
-            extras["orig." + img.ext] = img.data
-        h, w = image.shape[:2]
-        columns = {"label": c.entity.label, "entity": c.entity.phrase, "category": g.category, "supercategory": sup,
-                   "causality": doc["causality"], "occluded_fraction": doc["occluded_fraction"], "box": box,
-                   "image_id": doc["image_id"], "caption_id": doc["caption_id"], "caption": doc["caption"],
-                   "fill": cfg.fill, "question": question, "grounding": g.method, "objects": objects}
-        return Sample(key=key, doc=doc, image=jpg.tobytes(), image_ext="jpg", width=w, height=h,
-                      source_id=f"{rec['image_id']}:{c.caption['id']}:{c.index}", extras=extras, columns=columns)
+        return jpg.tobytes()
+
+    @property
+    def _coefficients(self) -> bool:
+        """Whether JPEG sources are occluded in the DCT domain (the fill paints what it paints whatever
+        the pixels under it)."""
+        return self.config.occluded_jpeg == "coefficients" and self.config.fill in COEFFICIENT_FILLS
 
     def _supercategory(self, category: str) -> str | None:
         for cat in self.src.ds.categories.values():
@@ -588,14 +613,27 @@ class OcclusionBuilder(Builder):
 
 
 class _Pixels:
-    """A decoded image: OpenCV's BGR array, with an RGB view and a PIL image (for model backends)
-    made only when asked for."""
+    """An image: OpenCV's BGR array (None when the data does not decode), an RGB view and a PIL image
+    (for model backends). With a JPEG's coefficients (read_coefficients) the pixels are decoded only
+    when a stage asks for them."""
 
-    __slots__ = ("bgr", "_pil")
+    __slots__ = ("data", "coefs", "_bgr", "_pil", "height", "width")
 
-    def __init__(self, bgr: np.ndarray):
-        self.bgr = bgr
-        self._pil = None
+    def __init__(self, data: bytes, coefs=None):
+        self.data, self.coefs = data, coefs
+        self._bgr = self._pil = None
+        if coefs is not None:
+            self.height, self.width = coefs.height, coefs.width
+        else:
+            self.height, self.width = self.bgr.shape[:2] if self.bgr is not None else (0, 0)
+
+    @property
+    def bgr(self) -> np.ndarray | None:
+        if self._bgr is None:
+            # OpenCV decodes straight into an array (PIL's decode + RGB copy + array copy cost twice
+            # as much); EXIF orientation is ignored, as COCO's annotations are on the stored pixels.
+            self._bgr = cv2.imdecode(np.frombuffer(self.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        return self._bgr
 
     @property
     def rgb(self) -> np.ndarray:

@@ -44,7 +44,8 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         max_area: Annotated[float, typer.Option(help="drop objects whose occlusion covers more than this fraction of the image's pixels")] = 0.5,
         max_entities: Annotated[int, typer.Option(min=1, help="at most this many occluded samples per image")] = 3,
         keep_original: Annotated[bool, typer.Option("--keep-original", help="also store the original image as <key>.orig.jpg (sources other than JPEG converted to RGB JPEG)")] = False,
-        jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images")] = 95,
+        occluded_jpeg: Annotated[str, typer.Option(help="coefficients: JPEG sources are occluded in their DCT coefficients (only the 8x8 blocks under the fill change; every other pixel stays the source's own, nothing else is decoded or encoded again; fills blocks, solid and noise); reencode: decoded, painted and encoded at --jpeg-quality, as blur, inpaint and sources other than colour JPEG always are")] = "coefficients",
+        jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of occluded images that are encoded again (see --occluded-jpeg)")] = 95,
         device: Annotated[Optional[str], typer.Option(help="torch device for model stages (default: cuda if present, else cpu)")] = None,
         export_llava: Annotated[Optional[Path], typer.Option("--export-llava", help="also write DIR/llava.json and DIR/images/ for the official LLaVA training scripts (--data_path DIR/llava.json --image_folder DIR); the export of another build in DIR is replaced only with --overwrite")] = None,
         seed: Seed = 0,
@@ -61,7 +62,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             min_causality=min_causality, mlm_model=mlm_model, min_ppl=min_ppl, max_ppl=max_ppl, grounder=grounder, embed_threshold=embed_threshold, embedder=embedder,
             dino_model=dino_model, box_threshold=box_threshold, text_threshold=text_threshold, segmenter=segmenter,
             sam_model=sam_model, fill=fill, dilate=dilate, min_area=min_area, max_area=max_area,
-            max_entities=max_entities, keep_original=keep_original, jpeg_quality=jpeg_quality,
+            max_entities=max_entities, keep_original=keep_original, occluded_jpeg=occluded_jpeg, jpeg_quality=jpeg_quality,
         )
         cfg.validate()
         if export_llava is not None:  # said now, not after a build of hours

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,7 +251,8 @@ class AnnotationGrounder:
             raise got
         return got
 
-    def ground_caption(self, entities: list[tuple[str, str, bool]], instances: list[dict], image: np.ndarray | None = None,
+    def ground_caption(self, entities: list[tuple[str, str, bool]], instances: list[dict],
+                       image: np.ndarray | Callable[[], np.ndarray] | None = None,
                        masks: dict[int, MaskCrop | np.ndarray] | None = None, named: dict | None = None,
                        ) -> list[Grounding | None | NoFreeInstance | SegmentationError]:
         """Groundings of one caption's entities, (phrase, label, plural) each, in order; None where not
@@ -308,9 +310,12 @@ class AnnotationGrounder:
         return None if cat is None else (cat, score, "embedding")
 
     @staticmethod
-    def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | None, masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
+    def _pick_one(phrase: str, anns: list[dict], image: np.ndarray | Callable[[], np.ndarray] | None,
+                  masks: dict[int, MaskCrop | np.ndarray] | None) -> dict:
         colours = [COLOR_WORDS[w] for w in _words(phrase) if w in COLOR_WORDS]
         if colours and image is not None and masks is not None:
+            if callable(image):
+                image = image()
             target = np.array(colours[0], np.float32)
 
             def distance(a: dict) -> float:

@@ -13,6 +13,11 @@ The mask may first be dilated by a number of pixels.
 Two steps, so that a builder can decide from the area before it touches a pixel: `occlusion_region`
 gives the pixels a fill will change (a MaskCrop), `render_occlusion` paints them. `occlude` does
 both on a copy. Masks may be full (H, W) arrays or MaskCrops; the work costs the object's box.
+
+`occlude_coefficients` paints the same fills (not blur or inpaint, which read the pixels around them)
+into a JPEG's DCT coefficients instead (the C extension `_jpegdct`, against libjpeg): only the 8x8
+blocks under the fill are decoded and quantised again with the file's own tables, so every pixel
+outside them stays the source's own, and no pixel of the image is decoded or encoded besides.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ FILL_RGB = (123, 116, 103)
 FILLS = ("blocks", "solid", "blur", "noise", "inpaint")
 # Fills that change no pixel outside their region's box (inpaint rewrites the frame it returns).
 BOX_LOCAL_FILLS = frozenset({"blocks", "solid", "blur", "noise"})
+# Fills that occlude_coefficients can write: what they paint does not depend on the pixels under them.
+COEFFICIENT_FILLS = frozenset({"blocks", "solid", "noise"})
 # How the instruction names what covers the object.
 FILL_PHRASES = {
     "blocks": "a cluster of gray blocks",
@@ -156,3 +163,44 @@ def occlude_with_blocks(image: np.ndarray, mask: MaskCrop | np.ndarray, box: lis
 
 def _as_crop(mask: MaskCrop | np.ndarray) -> MaskCrop:
     return mask if isinstance(mask, MaskCrop) else MaskCrop.from_full(mask)
+
+
+def coefficient_writer():
+    """The compiled DCT-domain writer (vlmforge.curation._jpegdct), or None where it was not built (no C
+    compiler or libjpeg headers at install time)."""
+    try:
+        from vlmforge.curation import _jpegdct
+    except ImportError:
+        return None
+    return _jpegdct
+
+
+def read_coefficients(data: bytes):
+    """A JPEG's coefficients for occlude_coefficients, or None when this file cannot be edited so (not
+    8-bit three-component YCbCr: greyscale, CMYK, 12-bit) or does not read (the caller decodes it the usual
+    way, which rejects it or reads more leniently). Raises RuntimeError when the writer was not built."""
+    dct = coefficient_writer()
+    if dct is None:
+        raise RuntimeError("vlmforge.curation._jpegdct was not built")
+    try:
+        coefs = dct.Coefficients(data)
+    except dct.JpegError:
+        return None
+    return coefs if coefs.editable else None
+
+
+def occlude_coefficients(coefs, changed: MaskCrop, fill: str, rng: np.random.Generator,
+                         color: tuple[int, int, int] = FILL_RGB) -> bytes:
+    """A baseline JPEG of the image `coefs` holds (read_coefficients) with `changed` (from
+    occlusion_region) painted in `fill`, written in the DCT domain; `coefs` is left as it was. `color`
+    is RGB. `noise` draws the same values from `rng` as render_occlusion does for an image in OpenCV's
+    BGR order, so the two paths paint the same colours."""
+    if fill not in COEFFICIENT_FILLS:
+        raise ValueError(f"fill {fill!r} reads the pixels it covers; only {', '.join(sorted(COEFFICIENT_FILLS))} "
+                         "are written in the DCT domain")
+    mask = np.ascontiguousarray(changed.pixels).view(np.uint8)
+    if fill == "noise":
+        rgb = np.zeros(mask.shape + (3,), np.uint8)
+        rgb[changed.pixels] = rng.integers(0, 256, (changed.area(), 3), dtype=np.uint8)[:, ::-1]
+        return coefs.occlude(mask, changed.y0, changed.x0, rgb)
+    return coefs.occlude(mask, changed.y0, changed.x0, tuple(int(v) for v in color))
