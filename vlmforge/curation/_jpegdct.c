@@ -11,8 +11,8 @@
  * entropy-coded again (jpeg_write_coefficients, as jpegtran does) with the standard Huffman tables; the
  * blocks are put back after, so one read serves every occluder of the image.
  *
- * All arithmetic is integer (a DCT matrix with 14 fractional bits, samples with 28): the same input
- * gives the same bytes on every machine. Python's GIL is released while libjpeg works.
+ * The arithmetic is IEEE single precision, each sum in a fixed order, with no fused multiply-add (built
+ * with -ffp-contract=off) and no libm call: the same input gives the same bytes on every machine. Python's GIL is released while libjpeg works.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,20 +23,20 @@
 #include <string.h>
 #include <jpeglib.h>
 
-/* A[u][x] = round(2^14 * C(u) / 2 * cos((2x + 1) u pi / 16)), C(0) = 1/sqrt(2), else 1: the orthonormal
- * 8-point DCT-II of JPEG, so that F = A f A^T and f = A^T F A. */
-static const int64_t DCT[8][8] = {
-    {5793, 5793, 5793, 5793, 5793, 5793, 5793, 5793},
-    {8035, 6811, 4551, 1598, -1598, -4551, -6811, -8035},
-    {7568, 3135, -3135, -7568, -7568, -3135, 3135, 7568},
-    {6811, -1598, -8035, -4551, 4551, 8035, 1598, -6811},
-    {5793, -5793, -5793, 5793, 5793, -5793, -5793, 5793},
-    {4551, -8035, 1598, 6811, -6811, -1598, 8035, -4551},
-    {3135, -7568, 7568, -3135, -3135, 7568, -7568, 3135},
-    {1598, -4551, 6811, -8035, 8035, -6811, 4551, -1598},
+/* A[u][x] = C(u) / 2 * cos((2x + 1) u pi / 16), C(0) = 1/sqrt(2), else 1 (as floats, written out so that
+ * no libm is asked): the orthonormal 8-point DCT-II of JPEG, F = A f A^T and f = A^T F A. */
+static const float DCT[8][8] = {
+    {3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f},
+    {4.903926402e-01f, 4.157348062e-01f, 2.777851165e-01f, 9.754516101e-02f, -9.754516101e-02f, -2.777851165e-01f, -4.157348062e-01f, -4.903926402e-01f},
+    {4.619397663e-01f, 1.913417162e-01f, -1.913417162e-01f, -4.619397663e-01f, -4.619397663e-01f, -1.913417162e-01f, 1.913417162e-01f, 4.619397663e-01f},
+    {4.157348062e-01f, -9.754516101e-02f, -4.903926402e-01f, -2.777851165e-01f, 2.777851165e-01f, 4.903926402e-01f, 9.754516101e-02f, -4.157348062e-01f},
+    {3.535533906e-01f, -3.535533906e-01f, -3.535533906e-01f, 3.535533906e-01f, 3.535533906e-01f, -3.535533906e-01f, -3.535533906e-01f, 3.535533906e-01f},
+    {2.777851165e-01f, -4.903926402e-01f, 9.754516101e-02f, 4.157348062e-01f, -4.157348062e-01f, -9.754516101e-02f, 4.903926402e-01f, -2.777851165e-01f},
+    {1.913417162e-01f, -4.619397663e-01f, 4.619397663e-01f, -1.913417162e-01f, -1.913417162e-01f, 4.619397663e-01f, -4.619397663e-01f, 1.913417162e-01f},
+    {9.754516101e-02f, -2.777851165e-01f, 4.157348062e-01f, -4.903926402e-01f, 4.903926402e-01f, -4.157348062e-01f, 2.777851165e-01f, -9.754516101e-02f},
 };
-#define SAMPLE_BITS 28 /* fractional bits of a sample in the composite */
-#define SAMPLE_LIMIT ((int64_t)2048 << SAMPLE_BITS) /* |sample - 128| kept below this: no overflow below */
+static float DCT_T[8][8]; /* its transpose, filled at import */
+#define SAMPLE_LIMIT 1024.0f /* |sample - 128| kept below this (only broken data goes past 128) */
 #define COEF_LIMIT 1023 /* what baseline Huffman coding can hold for a coefficient (and DC differences) */
 
 static PyObject *JpegError;
@@ -121,92 +121,145 @@ typedef struct {
     int rgb[3];
 } Occluder;
 
-/* Decode one block, put the fill where the occluder covers its samples, and quantise it again. */
-static void composite_block(JCOEF *block, const UINT16 *quant, const int64_t cover[64], const int64_t fill_sum[64],
-                            const int64_t count[64]) {
-    int64_t t[8][8], f[8][8];
-    for (int r = 0; r < 8; r++) /* T = F A: 14 fractional bits */
-        for (int x = 0; x < 8; x++) {
-            int64_t s = 0;
-            for (int c = 0; c < 8; c++) s += (int64_t)block[r * 8 + c] * quant[r * 8 + c] * DCT[c][x];
-            t[r][x] = s;
-        }
-    for (int y = 0; y < 8; y++) /* f = A^T T: 28 */
-        for (int x = 0; x < 8; x++) {
-            int64_t s = 0;
-            for (int r = 0; r < 8; r++) s += DCT[r][y] * t[r][x];
-            int k = y * 8 + x;
-            if (cover[k] > 0) /* fill_sum has 16 fractional bits */
-                s = (s * (count[k] - cover[k]) + fill_sum[k] * ((int64_t)1 << (SAMPLE_BITS - 16))) / count[k];
-            f[y][x] = s > SAMPLE_LIMIT ? SAMPLE_LIMIT : (s < -SAMPLE_LIMIT ? -SAMPLE_LIMIT : s);
-        }
-    for (int r = 0; r < 8; r++) /* U = A f, back to 14 fractional bits */
-        for (int x = 0; x < 8; x++) {
-            int64_t s = 0;
-            for (int y = 0; y < 8; y++) s += DCT[r][y] * f[y][x];
-            t[r][x] = (s + ((int64_t)1 << (SAMPLE_BITS - 1))) >> SAMPLE_BITS;
-        }
-    for (int r = 0; r < 8; r++) /* F = U A^T (28 fractional bits), quantised half away from zero */
-        for (int c = 0; c < 8; c++) {
-            int64_t s = 0;
-            for (int x = 0; x < 8; x++) s += t[r][x] * DCT[c][x];
-            int64_t step = (int64_t)quant[r * 8 + c] << SAMPLE_BITS;
-            int64_t q = s >= 0 ? (s + step / 2) / step : -((-s + step / 2) / step);
-            block[r * 8 + c] = (JCOEF)(q > COEF_LIMIT ? COEF_LIMIT : (q < -COEF_LIMIT ? -COEF_LIMIT : q));
-        }
+static JCOEF quantise(float v, float recip) {
+    float q = v * recip;
+    int32_t n = (int32_t)(q >= 0 ? q + 0.5f : q - 0.5f); /* half away from zero, as libjpeg */
+    return (JCOEF)(n > COEF_LIMIT ? COEF_LIMIT : (n < -COEF_LIMIT ? -COEF_LIMIT : n));
 }
 
-/* Every block of component `ci` that the occluder touches, composited in place (originals kept in `saved`). */
+/* Decode one block, blend the fill in where the occluder covers its samples (`a`: the covered fraction
+ * of each sample's pixels, `fill`: the fill's value there, minus 128) and quantise it again. `full`: every
+ * sample covered (no inverse DCT needed); `flat`: and by one value (a DC-only block). The loops run
+ * along rows of 8, which compilers vectorise without reordering any sum. */
+static void composite_block(JCOEF *block, const float *dequant, const float *recip, const float a[64],
+                            const float fill[64], int full, int flat) {
+    float t[8][8], f[8][8], g[8][8];
+    if (flat) { /* f constant: F(0,0) = 8 f, every other coefficient 0 */
+        memset(block, 0, sizeof(JCOEF) * DCTSIZE2);
+        block[0] = quantise(8.0f * fill[0], recip[0]);
+        return;
+    }
+    if (!full) {
+        int rows[8], n = 0;
+        for (int r = 0; r < 8; r++) { /* T = F A, for the rows that hold a coefficient */
+            int any = 0;
+            for (int c = 0; c < 8; c++) any |= block[r * 8 + c];
+            if (!any) continue;
+            rows[n++] = r;
+            for (int x = 0; x < 8; x++) t[r][x] = 0.0f;
+            for (int c = 0; c < 8; c++) {
+                float v = (float)block[r * 8 + c] * dequant[r * 8 + c];
+                for (int x = 0; x < 8; x++) t[r][x] += v * DCT[c][x];
+            }
+        }
+        for (int y = 0; y < 8; y++) { /* f = A^T T */
+            for (int x = 0; x < 8; x++) f[y][x] = 0.0f;
+            for (int i = 0; i < n; i++) {
+                float v = DCT[rows[i]][y];
+                for (int x = 0; x < 8; x++) f[y][x] += v * t[rows[i]][x];
+            }
+        }
+    }
+    for (int k = 0; k < 64; k++) {
+        float v = a[k] >= 1.0f ? fill[k] : (a[k] > 0.0f ? f[k / 8][k % 8] * (1.0f - a[k]) + fill[k] * a[k] : f[k / 8][k % 8]);
+        f[k / 8][k % 8] = v > SAMPLE_LIMIT ? SAMPLE_LIMIT : (v < -SAMPLE_LIMIT ? -SAMPLE_LIMIT : v);
+    }
+    for (int r = 0; r < 8; r++) { /* U = A f */
+        for (int x = 0; x < 8; x++) t[r][x] = 0.0f;
+        for (int y = 0; y < 8; y++) {
+            float v = DCT[r][y];
+            for (int x = 0; x < 8; x++) t[r][x] += v * f[y][x];
+        }
+    }
+    for (int r = 0; r < 8; r++) { /* F = U A^T */
+        for (int c = 0; c < 8; c++) g[r][c] = 0.0f;
+        for (int x = 0; x < 8; x++) {
+            float v = t[r][x];
+            for (int c = 0; c < 8; c++) g[r][c] += v * DCT_T[x][c];
+        }
+        for (int c = 0; c < 8; c++) block[r * 8 + c] = quantise(g[r][c], recip[r * 8 + c]);
+    }
+}
+
+/* Every block of component `ci` that the occluder touches, composited in place (originals kept in `saved`).
+ * First the crop's pixels are counted into the component's samples (one pass over the mask), then each
+ * block reads its 64 samples' counts. */
 static int occlude_component(Coefficients *self, int ci, const Occluder *o, Saved *saved) {
     j_decompress_ptr src = &self->src;
     jpeg_component_info *comp = &src->comp_info[ci];
     const int rx = src->max_h_samp_factor / comp->h_samp_factor, ry = src->max_v_samp_factor / comp->v_samp_factor;
     const int width = (int)src->image_width, height = (int)src->image_height;
-    const UINT16 *quant = comp->quant_table->quantval;
-    int64_t fill16 = o->fill ? 0 : ycc16(ci, o->rgb[0], o->rgb[1], o->rgb[2]);
-    int by0 = o->y0 / ry / 8, by1 = (o->y0 + o->mh - 1) / ry / 8;
-    int bx0 = o->x0 / rx / 8, bx1 = (o->x0 + o->mw - 1) / rx / 8;
+    float dequant[DCTSIZE2], recip[DCTSIZE2];
+    for (int k = 0; k < DCTSIZE2; k++) {
+        dequant[k] = (float)comp->quant_table->quantval[k];
+        recip[k] = 1.0f / dequant[k];
+    }
+    const float fill_value = o->fill ? 0.0f : (float)ycc16(ci, o->rgb[0], o->rgb[1], o->rgb[2]) / 65536.0f;
+    const int sy0 = o->y0 / ry, sy1 = (o->y0 + o->mh - 1) / ry, sx0 = o->x0 / rx, sx1 = (o->x0 + o->mw - 1) / rx;
+    const int ny = sy1 - sy0 + 1, nx = sx1 - sx0 + 1;
+    uint16_t *cover = calloc((size_t)ny * nx, sizeof(uint16_t));
+    float *fill_sum = o->fill ? calloc((size_t)ny * nx, sizeof(float)) : NULL;
+    int *col = malloc(sizeof(int) * (size_t)o->mw);
+    int status = -1;
+    if (!cover || (o->fill && !fill_sum) || !col) goto done;
+    for (int px = 0; px < o->mw; px++) col[px] = (o->x0 + px) / rx - sx0;
+    for (int py = 0; py < o->mh; py++) {
+        const uint8_t *m = o->mask + (size_t)py * o->mw;
+        size_t row = (size_t)((o->y0 + py) / ry - sy0) * nx;
+        uint16_t *c = cover + row;
+        if (fill_sum) {
+            const uint8_t *p = o->fill + (size_t)py * o->mw * 3;
+            for (int px = 0; px < o->mw; px++)
+                if (m[px]) {
+                    c[col[px]]++;
+                    fill_sum[row + col[px]] += (float)ycc16(ci, p[3 * px], p[3 * px + 1], p[3 * px + 2]) / 65536.0f;
+                }
+        } else if (rx == 1) {
+            for (int px = 0; px < o->mw; px++) c[px] += m[px] != 0;
+        } else {
+            for (int px = 0; px < o->mw; px++) c[col[px]] += m[px] != 0;
+        }
+    }
+    int by1 = sy1 / 8, bx1 = sx1 / 8;
     if (by1 >= (int)comp->height_in_blocks) by1 = (int)comp->height_in_blocks - 1;
     if (bx1 >= (int)comp->width_in_blocks) bx1 = (int)comp->width_in_blocks - 1;
-    for (int by = by0; by <= by1; by++) {
+    for (int by = sy0 / 8; by <= by1; by++) {
         JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, TRUE);
-        for (int bx = bx0; bx <= bx1; bx++) {
-            int64_t cover[64] = {0}, fill_sum[64] = {0}, count[64] = {0};
-            int touched = 0;
+        for (int bx = sx0 / 8; bx <= bx1; bx++) {
+            float a[64], fill[64];
+            int touched = 0, full = 1;
             for (int i = 0; i < 8; i++) {
-                int py0 = (by * 8 + i) * ry, py1 = py0 + ry;
-                if (py0 >= height) break;
-                if (py1 > height) py1 = height;
+                int sy = by * 8 + i, in_y = sy >= sy0 && sy <= sy1, rows_in = height - sy * ry;
                 for (int j = 0; j < 8; j++) {
-                    int px0 = (bx * 8 + j) * rx, px1 = px0 + rx;
-                    if (px0 >= width) break;
-                    if (px1 > width) px1 = width;
-                    int k = i * 8 + j;
-                    count[k] = (int64_t)(py1 - py0) * (px1 - px0);
-                    int ya = py0 > o->y0 ? py0 : o->y0, yb = py1 < o->y0 + o->mh ? py1 : o->y0 + o->mh;
-                    int xa = px0 > o->x0 ? px0 : o->x0, xb = px1 < o->x0 + o->mw ? px1 : o->x0 + o->mw;
-                    for (int py = ya; py < yb; py++)
-                        for (int px = xa; px < xb; px++) {
-                            size_t at = (size_t)(py - o->y0) * o->mw + (px - o->x0);
-                            if (!o->mask[at]) continue;
-                            cover[k]++;
-                            if (o->fill) {
-                                const uint8_t *p = o->fill + 3 * at;
-                                fill_sum[k] += ycc16(ci, p[0], p[1], p[2]);
-                            } else {
-                                fill_sum[k] += fill16;
-                            }
-                        }
-                    touched |= cover[k] > 0;
+                    int sx = bx * 8 + j, k = i * 8 + j, cols_in = width - sx * rx;
+                    a[k] = 0.0f;
+                    fill[k] = fill_value;
+                    if (rows_in <= 0 || cols_in <= 0) { /* past the image's edge: no pixel, not shown */
+                        full = 0;
+                        continue;
+                    }
+                    int n = in_y && sx >= sx0 && sx <= sx1 ? cover[(size_t)(sy - sy0) * nx + (sx - sx0)] : 0;
+                    int count = (rows_in < ry ? rows_in : ry) * (cols_in < rx ? cols_in : rx);
+                    if (n) {
+                        a[k] = (float)n / (float)count;
+                        if (fill_sum) fill[k] = fill_sum[(size_t)(sy - sy0) * nx + (sx - sx0)] / (float)n;
+                        touched = 1;
+                    }
+                    full &= n == count;
                 }
             }
             if (!touched) continue;
             JCOEF *block = rows[0][bx];
-            if (save_block(saved, block) < 0) return -1;
-            composite_block(block, quant, cover, fill_sum, count);
+            if (save_block(saved, block) < 0) goto done;
+            composite_block(block, dequant, recip, a, fill, full, full && !fill_sum);
         }
     }
-    return 0;
+    status = 0;
+done:
+    free(cover);
+    free(fill_sum);
+    free(col);
+    return status;
 }
 
 /* The libjpeg work of occlude(), with no Python call: 0, -1 for a libjpeg error (message in self->err),
@@ -466,6 +519,8 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__jpegdct(void) {
+    for (int x = 0; x < 8; x++)
+        for (int c = 0; c < 8; c++) DCT_T[x][c] = DCT[c][x];
     if (PyType_Ready(&CoefficientsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
