@@ -165,6 +165,62 @@ def test_kept_originals_of_cmyk_grey_and_png_images_are_readable(tmp_path, coco_
     assert {(ids[0], "RGB"), (ids[1], "L"), (ids[2], "RGB")} <= seen  # CMYK and PNG as RGB JPEG, grey as it is
 
 
+def test_jpeg_sources_are_occluded_in_their_coefficients_and_keep_every_other_pixel(tmp_path, coco_copy):
+    """The default writes the fill into the source JPEG's DCT blocks: away from the occluder the pixels
+    are the source's own. --occluded-jpeg reencode (and sources that are not colour JPEGs) re-encode."""
+    import cv2
+
+    a = vlmforge.build("occlusion", "coco", out=tmp_path / "a", source_options=_src(coco_copy), keep_original=True)
+    r = vlmforge.build("occlusion", "coco", out=tmp_path / "r", source_options=_src(coco_copy), keep_original=True,
+                       occluded_jpeg="reencode")
+    assert len(a) == len(r) >= 10
+    for s, t in zip(a.samples(), r.samples()):
+        assert s["__key__"] == t["__key__"] and s["mask.png"] == t["mask.png"]
+        assert s["json"]["jpeg"] == "coefficients" and t["json"]["jpeg"] == "reencoded"
+        mask = np.asarray(Image.open(io.BytesIO(s["mask.png"]))) > 0
+        far = ~cv2.dilate(mask.view(np.uint8), np.ones((33, 33), np.uint8)).view(bool)  # past the MCUs it touches
+        original = np.asarray(Image.open(io.BytesIO(s["orig.jpg"])).convert("RGB")).astype(int)
+        via_coefs = np.asarray(Image.open(io.BytesIO(s["jpg"])).convert("RGB")).astype(int)
+        via_pixels = np.asarray(Image.open(io.BytesIO(t["jpg"])).convert("RGB")).astype(int)
+        assert np.array_equal(via_coefs[far], original[far])
+        assert np.abs(via_coefs[mask] - via_pixels[mask]).mean() < 6  # the same fill either way
+    assert any(not np.array_equal(np.asarray(Image.open(io.BytesIO(t["jpg"]))), np.asarray(Image.open(io.BytesIO(t["orig.jpg"]))))
+               for t in r.samples())
+
+    data = json.loads((coco_copy / "annotations" / "instances_val2017.json").read_text())
+    files = {im["id"]: coco_copy / "val2017" / im["file_name"] for im in data["images"]}
+    ids = [i for (i,) in a.sql("SELECT DISTINCT image_id FROM samples ORDER BY 1 LIMIT 3").fetchall()]
+    Image.open(files[ids[0]]).convert("L").save(files[ids[0]], quality=92)
+    Image.open(files[ids[1]]).convert("CMYK").save(files[ids[1]], quality=92)
+    Image.open(files[ids[2]]).save(files[ids[2]], format="PNG")
+    m = vlmforge.build("occlusion", "coco", out=tmp_path / "m", source_options=_src(coco_copy))
+    how = {}
+    for s in m.samples():
+        how.setdefault(s["json"]["image_id"], set()).add(s["json"]["jpeg"])
+        assert Image.open(io.BytesIO(s["jpg"])).mode == "RGB"
+    assert all(how[i] == {"reencoded"} for i in ids)
+    assert len(how) > 3 and all(v == {"coefficients"} for i, v in how.items() if i not in ids)
+    blurred = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(coco_copy), fill="blur")
+    assert {s["json"]["jpeg"] for s in blurred.samples()} == {"reencoded"}  # blur reads the pixels it covers
+
+
+def test_without_the_compiled_writer_the_default_says_what_to_do(tmp_path, sample_coco, monkeypatch):
+    import vlmforge.builders.occlusion as occlusion
+
+    r = subprocess.run([sys.executable, "-c", "import vlmforge.builders.occlusion as o; o.coefficient_writer = lambda: None; "
+                        "import sys; from vlmforge.cli import main; sys.argv = ['vlmforge'] + sys.argv[1:]; main()",
+                        "build", "occlusion", "--coco-root", str(sample_coco), "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--occluded-jpeg reencode" in r.stderr and "libjpeg" in r.stderr
+    monkeypatch.setattr(occlusion, "coefficient_writer", lambda: None)
+    with pytest.raises(UserError, match="--occluded-jpeg coefficients needs"):
+        occlusion.OcclusionConfig().validate()
+    occlusion.OcclusionConfig(occluded_jpeg="reencode").validate()
+    with pytest.raises(UserError, match="--occluded-jpeg must be one of"):
+        occlusion.OcclusionConfig(occluded_jpeg="dct").validate()
+
+
 def test_workers_get_the_categories_not_the_whole_dataset(sample_coco):
     """The builder pickled to workers leaves the per-image tables behind (records carry them)."""
     import pickle

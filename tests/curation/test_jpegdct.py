@@ -1,0 +1,190 @@
+"""Occluders written into a JPEG's DCT coefficients (vlmforge.curation._jpegdct via occlude.py)."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmforge.curation.occlude import (
+    FILL_RGB, coefficient_writer, occlude_coefficients, occlusion_region, read_coefficients, render_occlusion,
+)
+from vlmforge.curation.segmentation import MaskCrop
+
+dct = coefficient_writer()
+pytestmark = pytest.mark.skipif(dct is None, reason="vlmforge.curation._jpegdct was not built (no libjpeg headers)")
+
+
+def _photo(h=240, w=320, seed=0) -> np.ndarray:
+    """Smooth colour gradients plus texture, RGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) * 127 // max(h + w, 1)], -1)
+    img = img + rng.normal(0, 12, (h, w, 1))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _jpeg(rgb: np.ndarray, quality=85, subsampling=2, progressive=False, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, "JPEG", quality=quality, subsampling=subsampling, progressive=progressive)
+    return buf.getvalue()
+
+
+def _blocks(coefs, ci) -> np.ndarray:
+    raw, shape = coefs.blocks(ci)
+    return np.frombuffer(raw, np.int16).reshape(shape + (64,))
+
+
+def _decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def _crop(h, w, y0, y1, x0, x1) -> MaskCrop:
+    full = np.zeros((h, w), bool)
+    full[y0:y1, x0:x1] = True
+    return MaskCrop.from_full(full)
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])  # 4:4:4, 4:2:2, 4:2:0
+def test_only_the_blocks_under_the_fill_change(subsampling):
+    data = _jpeg(_photo(), subsampling=subsampling)
+    src = read_coefficients(data)
+    changed = _crop(240, 320, 37, 101, 53, 170)
+    out = read_coefficients(occlude_coefficients(src, changed, "solid", np.random.default_rng(0)))
+    for ci, (h, v) in enumerate(src.sampling):
+        rx, ry = src.sampling[0][0] // h, src.sampling[0][1] // v
+        a, b = _blocks(src, ci), _blocks(out, ci)
+        # block rows/columns whose samples hold a covered pixel
+        rows = set(range(37 // ry // 8, (101 - 1) // ry // 8 + 1))
+        cols = set(range(53 // rx // 8, (170 - 1) // rx // 8 + 1))
+        differ = {(int(r), int(c)) for r, c in zip(*np.nonzero((a != b).any(-1)))}
+        assert differ and all(r in rows and c in cols for r, c in differ)
+        # every block outside the occluder's block range keeps its coefficients exactly
+        outside = np.ones(a.shape[:2], bool)
+        outside[min(rows) : max(rows) + 1, min(cols) : max(cols) + 1] = False
+        assert np.array_equal(a[outside], b[outside])
+        assert src.quant(ci) == out.quant(ci)  # the file's own tables
+
+
+def test_pixels_away_from_the_occluder_are_the_sources_own_and_under_it_the_fill():
+    data = _jpeg(_photo(), quality=90)
+    src = read_coefficients(data)
+    changed = _crop(240, 320, 40, 120, 64, 200)
+    out = _decode(occlude_coefficients(src, changed, "solid", np.random.default_rng(0)))
+    before = _decode(data)
+    # one 16-pixel MCU past the occluder's box: chroma upsampling may blend its neighbours
+    far = np.ones((240, 320), bool)
+    far[40 - 16 : 120 + 16, 64 - 16 : 200 + 16] = False
+    assert np.array_equal(out[far], before[far])
+    inner = out[48:112, 72:192]
+    assert np.abs(inner - FILL_RGB).max() <= 4
+    # the re-encoded path would not keep them: quality 95 rewrites every block
+    ok, jpg = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert not np.array_equal(_decode(jpg.tobytes())[far], before[far])
+
+
+def test_a_partly_covered_block_keeps_its_uncovered_pixels_close():
+    data = _jpeg(_photo(), quality=95, subsampling=0)
+    src = read_coefficients(data)
+    changed = _crop(240, 320, 100, 132, 100, 132)  # (100 % 8 = 4): every edge block is half covered
+    out = _decode(occlude_coefficients(src, changed, "solid", np.random.default_rng(0)))
+    before = _decode(data)
+    ring = np.zeros((240, 320), bool)
+    ring[96:136, 96:136] = True
+    ring[100:132, 100:132] = False
+    assert np.abs(out[ring] - before[ring]).mean() < 3
+    inside = np.abs(out[100:132, 100:132] - FILL_RGB)
+    assert inside.mean() < 2 and inside.max() <= 12  # quantisation rings a little along the sharp edge
+
+
+def test_blocks_fill_in_coefficients_matches_the_pixel_path_it_replaces():
+    rgb = _photo(seed=3)
+    data = _jpeg(rgb, quality=92)
+    mask = _crop(240, 320, 50, 170, 80, 260)
+    box = [80, 50, 180, 120]
+    changed = occlusion_region(mask, box, "blocks", np.random.default_rng(7))
+    via_coefs = _decode(occlude_coefficients(read_coefficients(data), changed, "blocks", np.random.default_rng(7)))
+    painted = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    render_occlusion(painted, changed, "blocks", box, np.random.default_rng(7), color=FILL_RGB[::-1])
+    via_pixels = _decode(cv2.imencode(".jpg", painted, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+    hit = changed.full()
+    inner = cv2.erode(hit.view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
+    assert inner.sum() > 500
+    assert np.abs(via_coefs[inner] - via_pixels[inner]).mean() < 3
+    assert np.abs(via_coefs - via_pixels).mean() < 2
+
+
+def test_noise_fill_paints_the_values_the_pixel_path_draws():
+    data = _jpeg(_photo(), quality=95, subsampling=0)
+    changed = _crop(240, 320, 80, 160, 80, 240)
+    out = _decode(occlude_coefficients(read_coefficients(data), changed, "noise", np.random.default_rng(5)))
+    painted = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    render_occlusion(painted, changed, "noise", [80, 80, 160, 80], np.random.default_rng(5))
+    want = painted[:, :, ::-1].astype(int)
+    region = out[88:152, 88:232] - want[88:152, 88:232]
+    assert np.abs(region).mean() < 12  # per-pixel noise through 4:4:4 quality-95 quantisation
+    assert np.corrcoef(out[88:152, 88:232].ravel(), want[88:152, 88:232].ravel())[0, 1] > 0.9
+
+
+def test_the_source_coefficients_are_left_as_they_were_and_output_is_deterministic():
+    data = _jpeg(_photo())
+    src = read_coefficients(data)
+    before = [_blocks(src, ci).copy() for ci in range(3)]
+    changed = _crop(240, 320, 10, 90, 10, 90)
+    first = occlude_coefficients(src, changed, "blocks", np.random.default_rng(1))
+    assert all(np.array_equal(b, _blocks(src, ci)) for ci, b in enumerate(before))
+    assert occlude_coefficients(src, changed, "blocks", np.random.default_rng(1)) == first
+    assert occlude_coefficients(read_coefficients(data), changed, "blocks", np.random.default_rng(1)) == first
+
+
+def test_an_empty_occluder_rewrites_the_same_pixels():
+    data = _jpeg(_photo())
+    src = read_coefficients(data)
+    same = src.occlude(np.zeros((0, 0), np.uint8), 0, 0, (1, 2, 3))
+    assert np.array_equal(_decode(same), _decode(data))
+
+
+@pytest.mark.parametrize("h,w", [(23, 37), (17, 9), (1, 1)])
+def test_odd_sizes_and_a_fill_up_to_the_edge(h, w):
+    data = _jpeg(_photo(h, w))
+    src = read_coefficients(data)
+    changed = _crop(h, w, h // 2, h, w // 2, w)
+    out = _decode(occlude_coefficients(src, changed, "solid", np.random.default_rng(0)))
+    assert out.shape == (h, w, 3)
+    assert np.abs(out[h - 1, w - 1] - FILL_RGB).max() <= 20
+
+
+def test_progressive_jpegs_are_read_and_written_baseline():
+    data = _jpeg(_photo(), progressive=True)
+    src = read_coefficients(data)
+    assert src is not None and src.progressive
+    out = occlude_coefficients(src, _crop(240, 320, 0, 16, 0, 16), "solid", np.random.default_rng(0))
+    assert not read_coefficients(out).progressive
+    assert np.array_equal(_decode(out)[32:, 32:], _decode(data)[32:, 32:])
+
+
+def test_files_it_cannot_edit_are_none_for_the_pixel_path():
+    assert read_coefficients(_jpeg(_photo(), mode="L")) is None  # greyscale: one component
+    assert read_coefficients(_jpeg(_photo(), mode="CMYK")) is None
+    assert read_coefficients(b"not a jpeg") is None
+    assert read_coefficients(_jpeg(_photo())[:300]) is None  # ends inside the headers
+    buf = io.BytesIO()
+    Image.fromarray(_photo()).save(buf, "PNG")
+    assert read_coefficients(buf.getvalue()) is None
+
+
+def test_bad_arguments_are_errors_not_crashes():
+    src = read_coefficients(_jpeg(_photo()))
+    with pytest.raises(ValueError, match="does not fit"):
+        src.occlude(np.ones((10, 10), np.uint8), 235, 0, (0, 0, 0))
+    with pytest.raises(ValueError, match="2-D"):
+        src.occlude(np.ones((10, 10, 2), np.uint8), 0, 0, (0, 0, 0))
+    with pytest.raises(ValueError, match="0..255"):
+        src.occlude(np.ones((10, 10), np.uint8), 0, 0, (0, 300, 0))
+    with pytest.raises(ValueError, match="shape"):
+        src.occlude(np.ones((10, 10), np.uint8), 0, 0, np.zeros((10, 9, 3), np.uint8))
+    with pytest.raises(ValueError, match="reads the pixels"):
+        occlude_coefficients(src, _crop(240, 320, 0, 8, 0, 8), "blur", np.random.default_rng(0))
+    with pytest.raises(dct.JpegError):
+        dct.Coefficients(b"\xff\xd8\xff")
