@@ -10,12 +10,13 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test install bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml vlmforge/curation/_jpegdct.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import vlmforge.curation._jpegdct" 2>/dev/null || echo "warning: vlmforge's libjpeg extension was not built (install a C compiler and libjpeg-dev, then 'rm $(STAMP)'); the occlusion builder needs --occluded-jpeg reencode until then" >&2
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), 'expected the local torch 2.13.0 CPU build, got ' + torch.__version__"
 	! $(BIN)/python -m pip show -q torchvision 2>/dev/null
 	touch $(STAMP)
