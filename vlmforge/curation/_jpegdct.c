@@ -81,6 +81,7 @@ typedef struct {
     int created; /* src holds libjpeg state to destroy */
     int ready;   /* coefficients read */
     Saved saved; /* blocks occlude() changed, put back after writing */
+    int busy;    /* an occlude() is at work (without the GIL): the blocks are not as read */
 } Coefficients;
 
 static int save_block(Saved *s, JCOEF *block) {
@@ -337,6 +338,10 @@ static int check_ready(Coefficients *self) {
         PyErr_SetString(PyExc_RuntimeError, "Coefficients were not read");
         return -1;
     }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Coefficients are in use by another thread's occlude()");
+        return -1;
+    }
     return 0;
 }
 
@@ -404,9 +409,11 @@ static PyObject *Coefficients_occlude(Coefficients *self, PyObject *args) {
     unsigned char *out = NULL;
     unsigned long out_size = 0;
     int status;
+    self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = occlude_and_write(self, &o, &out, &out_size);
     Py_END_ALLOW_THREADS
+    self->busy = 0;
     if (status == -2) {
         PyErr_NoMemory();
     } else if (status < 0) {
@@ -462,7 +469,10 @@ static PyObject *Coefficients_quant(Coefficients *self, PyObject *args) {
 }
 
 static PyObject *Coefficients_get_info(Coefficients *self, void *what) {
-    if (check_ready(self) < 0) return NULL;
+    if (!self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "Coefficients were not read");
+        return NULL;
+    }
     j_decompress_ptr s = &self->src;
     switch ((intptr_t)what) {
     case 0: return PyLong_FromUnsignedLong(s->image_width);
