@@ -122,3 +122,17 @@ def test_a_resume_over_shards_of_an_earlier_vlmforge_records_their_part_hashes(t
     assert (build_dir / "build.json").read_bytes() == (occ.path / "build.json").read_bytes()
     assert all("manifest_sha256" in s and "rejects_sha256" in s for s in json.loads((build_dir / "build.json").read_text())["shards"])
     assert verify_build(open_build(build_dir), quiet=True) == []
+
+
+def test_publish_refuses_a_build_with_an_edited_label(build, tmp_path, monkeypatch):
+    """publish verifies first: a build whose manifest part was edited is not uploaded."""
+    from tests.test_hub import TOKEN, FakeHub
+    from vlmforge import hub
+    from vlmforge.errors import UserError
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    edit_first_value(build / "manifest" / "train-000001.parquet", "label", "edited")
+    fake = FakeHub()
+    with pytest.raises(UserError, match="fails verification, so it is not published: manifest/train-000001.parquet: sha256"):
+        hub.publish(build, "lab/occ", api=fake, stage_dir=tmp_path / "stage", quiet=True)
+    assert fake.files == {}
