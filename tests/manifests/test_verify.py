@@ -67,9 +67,11 @@ def test_an_edited_label_fails_verify_naming_the_part(build):
     edit_first_value(build / "manifest" / "train-000001.parquet", "label", "edited")
     info = json.loads((build / "build.json").read_text())
     want = next(s["manifest_sha256"] for s in info["shards"] if s["shard"] == "train-000001.tar")
-    problems = verify_build(open_build(build), quiet=True)
-    assert problems == [f"manifest/train-000001.parquet: sha256 {hashlib.sha256((build / 'manifest' / 'train-000001.parquet').read_bytes()).hexdigest()[:12]}... "
-                        f"differs from build.json's {want[:12]}...: the manifest part was edited or replaced"]
+    have = hashlib.sha256((build / "manifest" / "train-000001.parquet").read_bytes()).hexdigest()
+    assert have != want
+    assert verify_build(open_build(build), quiet=True) == [
+        f"manifest/train-000001.parquet: sha256 {have[:12]}... differs from build.json's {want[:12]}...: "
+        "the manifest part was edited or replaced"]
     assert subprocess.run([sys.executable, "-m", "vlmforge.cli", "manifest", "reindex", str(build)],
                           capture_output=True).returncode == 0
     r = verify(build)
