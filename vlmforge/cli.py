@@ -66,8 +66,8 @@ def sample_classes(
 
 @app.command("verify")
 def verify(build: BuildArg) -> None:
-    """Re-hash every shard, check that shards and manifest agree key by key and that the manifest parts are
-    those of build.json's shards, all readable. Exits 1 on any difference."""
+    """Re-hash every shard and manifest part, check that shards and manifest agree key by key and that the
+    manifest parts are those of build.json's shards, all readable. Exits 1 on any difference."""
     from vlmforge.manifests.read import DamagedBuildError, open_build
     from vlmforge.manifests.verify import verify_build
     from vlmforge.progress import console

@@ -1,6 +1,7 @@
 """Finish a build: build.json from the shards' stats, then manifest.duckdb, then a summary.
 
-build.json and the Parquet parts are the record of the build and are byte-identical across rebuilds.
+build.json and the Parquet parts are the record of the build and are byte-identical across rebuilds;
+build.json holds the sha256 of every shard and manifest part (`verify` checks them).
 manifest.duckdb is an index made from them (DuckDB files carry layout details of their own), holding
 the tables `samples`, `rejects`, `shards` and `builds`; `vlmforge manifest reindex` remakes it.
 """
@@ -16,7 +17,7 @@ import duckdb
 
 from vlmforge import __version__
 from vlmforge.manifests.schema import BASE_COLUMNS, REJECT_COLUMNS
-from vlmforge.manifests.writer import complete_shards
+from vlmforge.manifests.writer import complete_shards, file_sha256, part_paths
 from vlmforge.progress import console
 
 BUILD_JSON = "build.json"
@@ -29,6 +30,10 @@ def finalize_build(build_dir: Path, ident: dict[str, Any], builder, quiet: bool 
     shards: list[dict] = []
     for split in builder.src.splits():
         shards.extend(complete_shards(build_dir, split))
+    for s in shards:
+        for field, path in part_paths(build_dir, s["shard"]).items():
+            if field not in s:  # a shard completed by an earlier vlmforge, before a resume
+                s[field] = file_sha256(path)
     columns = {name: desc for name, _, desc in BASE_COLUMNS + builder.columns}
     splits: dict[str, dict[str, int]] = {}
     for s in shards:
@@ -43,7 +48,8 @@ def finalize_build(build_dir: Path, ident: dict[str, Any], builder, quiet: bool 
         "package_version": __version__,
         "columns": columns,
         "splits": splits,
-        "shards": [{k: s[k] for k in ("shard", "split", "samples", "rejects", "bytes", "sha256", "input_start", "input_end")}
+        "shards": [{k: s[k] for k in ("shard", "split", "samples", "rejects", "bytes", "sha256", "input_start", "input_end",
+                                      "manifest_sha256", "rejects_sha256")}
                    for s in shards],
         "parent_builds": list(getattr(builder.src, "parent_infos", [])),
     }

@@ -1,5 +1,5 @@
-"""`vlmforge verify`: re-hash every shard, check shards and manifest agree sample by sample, and that
-manifest.duckdb (the index queries read) holds what the manifest parts and build.json hold."""
+"""`vlmforge verify`: re-hash every shard and manifest part, check shards and manifest agree sample by
+sample, and that manifest.duckdb (the index queries read) holds what the manifest parts and build.json hold."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from vlmforge.errors import UserError
 from vlmforge.manifests.finalize import MANIFEST_DB, write_index
 from vlmforge.manifests.read import Build, manifest_part_problems, split_member
-from vlmforge.progress import progress_bar
+from vlmforge.manifests.writer import file_sha256, part_paths
+from vlmforge.progress import console, progress_bar
 
 # Manifest columns a shard's bytes can confirm: where each sample is and what its image and json hash to.
 _CHECKED = ["key", "offset", "sample_bytes", "image_format", "image_sha256", "json_sha256"]
@@ -190,13 +191,20 @@ def split_problems(build: Build) -> list[str]:
 
 
 _SHARD_FIELDS = ("shard", "split", "samples", "rejects", "bytes", "sha256")
+_PART_FIELDS = ("manifest_sha256", "rejects_sha256")
+
+
+def has_part_hashes(build: Build) -> bool:
+    """Whether build.json records its manifest parts' sha256 (builds made before it did do not)."""
+    return any(isinstance(s, dict) and k in s for s in build.info["shards"] for k in _PART_FIELDS)
 
 
 def entry_problems(build: Build) -> list[str]:
     """Shard entries of build.json that lack a field the other checks read (an edited build.json)."""
     out = []
+    fields = _SHARD_FIELDS + (_PART_FIELDS if has_part_hashes(build) else ())
     for i, s in enumerate(build.info["shards"]):
-        lacks = [k for k in _SHARD_FIELDS if k not in s] if isinstance(s, dict) else list(_SHARD_FIELDS)
+        lacks = [k for k in fields if k not in s] if isinstance(s, dict) else list(fields)
         if lacks:
             name = s.get("shard", f"number {i}") if isinstance(s, dict) else f"number {i}"
             out.append(f"build.json: shard entry {name} lacks {', '.join(lacks)}")
@@ -215,14 +223,32 @@ def verify_build(build: Build, quiet: bool = False) -> list[str]:
         problems.append(f"{extra}: shard on disk but not in build.json")
     bad_parts = manifest_part_problems(build)
     problems += [f"{path}: manifest part {what}" for path, what in bad_parts.items()]
+    edited: list[str] = []
     total = sum(s["bytes"] for s in build.info["shards"])
     with progress_bar("verify", total=total, disable=quiet) as advance:
         for s in build.info["shards"]:
+            edited += _part_hash_problems(build, s, bad_parts)
             problems += _shard_problems(build, s, bad_parts)
             advance(s["bytes"])
-    if not bad_parts:
+    problems += edited
+    if not bad_parts and not edited:  # an index made from edited parts would only carry the edit on
         problems += index_problems(build)
+    if not quiet and build.info["shards"] and not has_part_hashes(build):
+        console.print("note: build.json records no sha256 of the manifest parts (a build made before vlmforge "
+                      "recorded them): their builder columns and rejects are not checked", highlight=False)
     return problems
+
+
+def _part_hash_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[str]:
+    """Each manifest part of shard `s` whose sha256 is not build.json's: its rows were edited (a changed
+    label or reason, which the shard's bytes cannot show) or the file replaced."""
+    out = []
+    for field, path in part_paths(build.path, s["shard"]).items():
+        name = f"manifest/{path.name}"
+        if field in s and name not in bad_parts and (digest := file_sha256(path)) != s[field]:
+            out.append(f"{name}: sha256 {digest[:12]}... differs from build.json's {str(s[field])[:12]}...: "
+                       "the manifest part was edited or replaced")
+    return out
 
 
 def _shard_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[str]:

@@ -3,7 +3,8 @@
 A split's inputs arrive in a fixed order, each as the list of samples and rejects it produced. The
 writer fills `<split>-NNNNNN.tar` until the next input's samples would cross `max_samples` or
 `max_bytes`, then finishes the shard: tar renamed from `.tmp`, Parquet part, rejects part, and last
-`manifest/<shard>.stats.json`, the completion marker, recording which input range the shard covers.
+`manifest/<shard>.stats.json`, the completion marker, recording which input range the shard covers
+and the sha256 of the shard and of both parts (build.json copies them; `verify` checks them).
 A rerun resumes after the last complete shard; since shard boundaries depend only on the inputs,
 the resumed build is byte-identical to an uninterrupted one.
 """
@@ -11,6 +12,7 @@ the resumed build is byte-identical to an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections import deque
@@ -43,11 +45,28 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _write_parquet(table: pa.Table, path: Path) -> str:
+    """Write the part; returns its sha256."""
+    buf = io.BytesIO()
     # Fixed writer options so the bytes depend on the rows only.
-    pq.write_table(table, tmp, compression="zstd", use_dictionary=True, write_statistics=True)
-    os.replace(tmp, path)
+    pq.write_table(table, buf, compression="zstd", use_dictionary=True, write_statistics=True)
+    data = buf.getvalue()
+    _atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def part_paths(build_dir: Path, shard: str) -> dict[str, Path]:
+    """A shard's manifest parts under the build.json field that holds each one's sha256."""
+    part = Path(build_dir) / "manifest" / shard.replace(".tar", ".parquet")
+    return {"manifest_sha256": part, "rejects_sha256": part.with_name(part.name.replace(".parquet", ".rejects.parquet"))}
+
+
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 class SplitWriter:
@@ -107,12 +126,10 @@ class SplitWriter:
             hasher, size, name, index, input_start, input_end, rows, rejects = self._sealed.popleft()
             sha = hasher.digest()
             os.replace(self.dir / (name + ".tmp"), self.dir / name)
-            part = self.dir / "manifest" / name.replace(".tar", ".parquet")
-            _write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
-            _write_parquet(
-                pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
-                part.with_name(part.name.replace(".parquet", ".rejects.parquet")),
-            )
+            parts = part_paths(self.dir, name)
+            part = parts["manifest_sha256"]
+            part_sha = _write_parquet(pa.Table.from_pylist(rows, schema=self.schema), part)
+            rejects_sha = _write_parquet(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), parts["rejects_sha256"])
             stats = {
                 "shard": name,
                 "split": self.split,
@@ -123,6 +140,8 @@ class SplitWriter:
                 "rejects": len(rejects),
                 "bytes": size,
                 "sha256": sha,
+                "manifest_sha256": part_sha,
+                "rejects_sha256": rejects_sha,
             }
             _atomic_write_bytes(part.with_name(name.replace(".tar", ".stats.json")), json.dumps(stats, indent=1).encode())
             self.finished.append(stats)
