@@ -133,8 +133,14 @@ def manifest_reindex(build: BuildArg) -> None:
     from vlmforge.manifests.read import check_manifest_parts, open_build
     from vlmforge.progress import console
 
+    from vlmforge.manifests.verify import edited_parts
+
     b = open_build(build)
     check_manifest_parts(b)
+    edited = edited_parts(b)
+    if edited:  # an index made from them would carry the edit on, and verify would still fail
+        raise UserError(f"{edited[0]}; the index is not remade from an edited part: rebuild with --overwrite"
+                        + (f" ({len(edited) - 1} more part(s) edited)" if len(edited) > 1 else ""))
     try:
         columns = get_builder(b.info["builder"]).columns
     except UserError:

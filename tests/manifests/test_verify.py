@@ -72,8 +72,10 @@ def test_an_edited_label_fails_verify_naming_the_part(build):
     assert verify_build(open_build(build), quiet=True) == [
         f"manifest/train-000001.parquet: sha256 {have[:12]}... differs from build.json's {want[:12]}...: "
         "the manifest part was edited or replaced"]
-    assert subprocess.run([sys.executable, "-m", "vlmforge.cli", "manifest", "reindex", str(build)],
-                          capture_output=True).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "vlmforge.cli", "manifest", "reindex", str(build)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest/train-000001.parquet: sha256 " in r.stderr and "not remade from an edited part" in r.stderr
     r = verify(build)
     assert r.returncode == 1 and "x manifest/train-000001.parquet: sha256 " in r.stderr, r.stderr
 

@@ -251,6 +251,16 @@ def _part_hash_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> lis
     return out
 
 
+def edited_parts(build: Build) -> list[str]:
+    """The manifest parts whose sha256 is not build.json's, one line each (none for a build whose
+    build.json records no part hashes)."""
+    out: list[str] = []
+    for s in build.info["shards"]:
+        if isinstance(s, dict) and "shard" in s:
+            out += _part_hash_problems(build, s, {})
+    return out
+
+
 def _shard_problems(build: Build, s: dict, bad_parts: dict[str, str]) -> list[str]:
     path = build.path / s["shard"]
     if not path.exists():
