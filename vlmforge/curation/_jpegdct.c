@@ -73,6 +73,12 @@ typedef struct {
     size_t n, cap;
 } Saved;
 
+/* A component's counts, kept for the next component when it has the same sampling (Cb and Cr). */
+typedef struct {
+    uint16_t *cover;
+    int rx, ry;
+} Counts;
+
 typedef struct {
     PyObject_HEAD
     struct jpeg_decompress_struct src;
@@ -82,6 +88,7 @@ typedef struct {
     int ready;   /* coefficients read */
     Saved saved; /* blocks occlude() changed, put back after writing */
     int busy;    /* an occlude() is at work (without the GIL): the blocks are not as read */
+    Counts kept; /* occlude()'s sample counts of the last component, freed when it ends */
 } Coefficients;
 
 static int save_block(Saved *s, JCOEF *block) {
@@ -182,10 +189,20 @@ static void composite_block(JCOEF *block, const float *dequant, const float *rec
     }
 }
 
+/* Covered pixels added into their samples' counts, for one mask row: one pixel per sample, or two (4:2:0,
+ * 4:2:2). Apart, with restrict, so that the compiler vectorises them. */
+static void count_ones(uint16_t *restrict c, const uint8_t *restrict m, int n) {
+    for (int q = 0; q < n; q++) c[q] += m[q] != 0;
+}
+
+static void count_pairs(uint16_t *restrict c, const uint8_t *restrict m, int pairs) {
+    for (int q = 0; q < pairs; q++) c[q] += (m[2 * q] != 0) + (m[2 * q + 1] != 0);
+}
+
 /* Every block of component `ci` that the occluder touches, composited in place (originals kept in `saved`).
  * First the crop's pixels are counted into the component's samples (one pass over the mask), then each
  * block reads its 64 samples' counts. */
-static int occlude_component(Coefficients *self, int ci, const Occluder *o, Saved *saved) {
+static int occlude_component(Coefficients *self, int ci, const Occluder *o, Saved *saved, Counts *kept) {
     j_decompress_ptr src = &self->src;
     jpeg_component_info *comp = &src->comp_info[ci];
     const int rx = src->max_h_samp_factor / comp->h_samp_factor, ry = src->max_v_samp_factor / comp->v_samp_factor;
@@ -198,13 +215,20 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
     const float fill_value = o->fill ? 0.0f : (float)ycc16(ci, o->rgb[0], o->rgb[1], o->rgb[2]) / 65536.0f;
     const int sy0 = o->y0 / ry, sy1 = (o->y0 + o->mh - 1) / ry, sx0 = o->x0 / rx, sx1 = (o->x0 + o->mw - 1) / rx;
     const int ny = sy1 - sy0 + 1, nx = sx1 - sx0 + 1;
-    uint16_t *cover = calloc((size_t)ny * nx, sizeof(uint16_t));
+    const int reuse = !o->fill && kept->cover && kept->rx == rx && kept->ry == ry;
+    uint16_t *cover = reuse ? kept->cover : calloc((size_t)ny * nx, sizeof(uint16_t));
     float *fill_sum = o->fill ? calloc((size_t)ny * nx, sizeof(float)) : NULL;
     int *col = malloc(sizeof(int) * (size_t)o->mw);
     int status = -1;
+    if (!reuse) {
+        free(kept->cover);
+        kept->cover = cover;
+        kept->rx = rx;
+        kept->ry = ry;
+    }
     if (!cover || (o->fill && !fill_sum) || !col) goto done;
     for (int px = 0; px < o->mw; px++) col[px] = (o->x0 + px) / rx - sx0;
-    for (int py = 0; py < o->mh; py++) {
+    for (int py = 0; py < o->mh && !reuse; py++) {
         const uint8_t *m = o->mask + (size_t)py * o->mw;
         size_t row = (size_t)((o->y0 + py) / ry - sy0) * nx;
         uint16_t *c = cover + row;
@@ -216,17 +240,42 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
                     fill_sum[row + col[px]] += (float)ycc16(ci, p[3 * px], p[3 * px + 1], p[3 * px + 2]) / 65536.0f;
                 }
         } else if (rx == 1) {
-            for (int px = 0; px < o->mw; px++) c[px] += m[px] != 0;
-        } else {
-            for (int px = 0; px < o->mw; px++) c[col[px]] += m[px] != 0;
+            count_ones(c, m, o->mw);
+        } else { /* a sample's rx pixels summed before its count is touched */
+            int px = 0;
+            for (; px < o->mw && (o->x0 + px) % rx; px++) c[col[px]] += m[px] != 0;
+            int sx = px < o->mw ? col[px] : 0;
+            if (rx == 2) { /* 4:2:0 and 4:2:2, a constant stride the compiler vectorises */
+                int pairs = (o->mw - px) / 2;
+                count_pairs(c + sx, m + px, pairs);
+                px += 2 * pairs;
+            } else {
+                for (; px + rx <= o->mw; px += rx, sx++) {
+                    int sum = 0;
+                    for (int q = 0; q < rx; q++) sum += m[px + q] != 0;
+                    c[sx] += sum;
+                }
+            }
+            for (; px < o->mw; px++) c[col[px]] += m[px] != 0;
         }
     }
+    const int per_sample = rx * ry;
+    const float inv_per_sample = 1.0f / (float)per_sample;
     int by1 = sy1 / 8, bx1 = sx1 / 8;
     if (by1 >= (int)comp->height_in_blocks) by1 = (int)comp->height_in_blocks - 1;
     if (bx1 >= (int)comp->width_in_blocks) bx1 = (int)comp->width_in_blocks - 1;
     for (int by = sy0 / 8; by <= by1; by++) {
         JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, TRUE);
         for (int bx = sx0 / 8; bx <= bx1; bx++) {
+            /* the block's samples that lie in the crop: most blocks of a sparse fill have no count there */
+            int ya = by * 8 > sy0 ? by * 8 : sy0, yb = by * 8 + 7 < sy1 ? by * 8 + 7 : sy1;
+            int xa = bx * 8 > sx0 ? bx * 8 : sx0, xb = bx * 8 + 7 < sx1 ? bx * 8 + 7 : sx1;
+            unsigned any = 0;
+            for (int sy = ya; sy <= yb; sy++) {
+                const uint16_t *c = cover + (size_t)(sy - sy0) * nx - sx0;
+                for (int sx = xa; sx <= xb; sx++) any |= c[sx];
+            }
+            if (!any) continue;
             float a[64], fill[64];
             int touched = 0, full = 1;
             for (int i = 0; i < 8; i++) {
@@ -242,7 +291,7 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
                     int n = in_y && sx >= sx0 && sx <= sx1 ? cover[(size_t)(sy - sy0) * nx + (sx - sx0)] : 0;
                     int count = (rows_in < ry ? rows_in : ry) * (cols_in < rx ? cols_in : rx);
                     if (n) {
-                        a[k] = (float)n / (float)count;
+                        a[k] = n == count ? 1.0f : (count == per_sample ? (float)n * inv_per_sample : (float)n / (float)count);
                         if (fill_sum) fill[k] = fill_sum[(size_t)(sy - sy0) * nx + (sx - sx0)] / (float)n;
                         touched = 1;
                     }
@@ -257,7 +306,6 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
     }
     status = 0;
 done:
-    free(cover);
     free(fill_sum);
     free(col);
     return status;
@@ -271,14 +319,20 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
     dst.err = &self->err.pub; /* errors of either object land in the one handler below */
     if (setjmp(self->err.jump)) {
         if (dst_created) jpeg_destroy_compress(&dst);
+        free(self->kept.cover);
+        self->kept.cover = NULL;
         restore_blocks(&self->saved);
         return -1;
     }
     for (int ci = 0; ci < self->src.num_components; ci++)
-        if (occlude_component(self, ci, o, &self->saved) < 0) {
+        if (occlude_component(self, ci, o, &self->saved, &self->kept) < 0) {
+            free(self->kept.cover);
+            self->kept.cover = NULL;
             restore_blocks(&self->saved);
             return -2;
         }
+    free(self->kept.cover);
+    self->kept.cover = NULL;
     jpeg_create_compress(&dst);
     dst_created = 1;
     jpeg_mem_dest(&dst, out, out_size);
@@ -326,6 +380,7 @@ static int Coefficients_init(Coefficients *self, PyObject *args, PyObject *kwds)
 
 static void Coefficients_dealloc(Coefficients *self) {
     free(self->saved.items);
+    free(self->kept.cover);
     if (self->created) {
         /* jpeg_destroy_decompress only frees memory; an error there cannot happen */
         jpeg_destroy_decompress(&self->src);
