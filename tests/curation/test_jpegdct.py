@@ -67,6 +67,25 @@ def test_only_the_blocks_under_the_fill_change(subsampling):
         assert src.quant(ci) == out.quant(ci)  # the file's own tables
 
 
+@pytest.mark.parametrize("sampling", ["411", "440"])
+def test_other_samplings_and_restart_markers(sampling):
+    """4:1:1 (a chroma sample for four pixels of a row) and 4:4:0 (for two of a column), with restart
+    markers in the source: away from the occluder every pixel is the source's own, under it the fill."""
+    bgr = np.ascontiguousarray(_photo(seed=2)[:, :, ::-1])
+    factor = getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{sampling}")
+    data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor,
+                                      cv2.IMWRITE_JPEG_RST_INTERVAL, 3])[1].tobytes()
+    src = read_coefficients(data)
+    assert src.sampling[0] == {"411": (4, 1), "440": (1, 2)}[sampling]
+    changed = _crop(240, 320, 61, 131, 45, 203)
+    out = _decode(occlude_coefficients(src, changed, "solid", np.random.default_rng(0)))
+    before = _decode(data)
+    far = np.ones((240, 320), bool)
+    far[61 - 32 : 131 + 32, 45 - 32 : 203 + 32] = False
+    assert np.array_equal(out[far], before[far])
+    assert np.abs(out[70:122, 56:192] - FILL_RGB).max() <= 6
+
+
 def test_pixels_away_from_the_occluder_are_the_sources_own_and_under_it_the_fill():
     data = _jpeg(_photo(), quality=90)
     src = read_coefficients(data)
