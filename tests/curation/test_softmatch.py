@@ -78,6 +78,8 @@ def test_a_denied_label_is_not_named(text):
 @pytest.mark.parametrize("text", [
     "This is not only a Black footed Albatross but also a fine example of one.",
     "There is no doubt that this is a Black footed Albatross.",
+    "It is not difficult to identify this as a Black footed Albatross.",
+    "I have no hesitation in calling it a Black footed Albatross.",
     "Without a doubt, a Black footed Albatross.",
     "It is not a gull but a Black footed Albatross.",
     "It doesn't look like a gull; it is a Black footed Albatross.",

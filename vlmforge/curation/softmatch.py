@@ -125,9 +125,10 @@ def same_in_number(answer: str, label: str) -> bool:
 NEGATIONS = frozenset("not no never nor neither none isnt arent wasnt werent cannot cant doesnt dont didnt wont "
                       "wouldnt couldnt shouldnt hasnt havent hadnt aint hardly unlikely doubt doubtful unlike".split())
 NEGATION_WINDOW = 6  # words before a mention a negation reaches ("I do not think that this is a gull")
-# ... unless they assert it after all: "not only a gull", "no doubt a gull", "without a doubt".
-_NOT_DENYING = {"not": frozenset("only just merely simply solely surprisingly".split()),
-                "no": frozenset("doubt question mistaking wonder".split())}
+# ... unless they assert it after all: "not only a gull", "not hard to see it is a gull", "no doubt a gull",
+# "without a doubt".
+_NOT_DENYING = {"not": frozenset("only just merely simply solely surprisingly difficult hard unusual uncommon".split()),
+                "no": frozenset("doubt question mistaking wonder hesitation difficulty trouble".split())}
 _ASSERTING_BEFORE_DOUBT = frozenset("no without beyond little".split())
 # A clause ends at punctuation (a dot or comma before a space: not "F/A-18" or "3.5"), a bracket or a dash...
 _CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[()\[\]\u2014\u2013]|\s--?\s")
