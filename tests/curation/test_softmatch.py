@@ -68,6 +68,8 @@ def test_names_label():
     "This is a Laysan Albatross instead of a Black footed Albatross.",
     "Neither a gull nor a Black footed Albatross.",
     "Unlike a Black footed Albatross, it has a white head.",
+    "Is it a Black footed Albatross? No, the head is white.",  # a question asserts nothing
+    "Could this be a Black footed Albatross, given the white head?",
 ])
 def test_a_denied_label_is_not_named(text):
     assert not names_label(text, "Black footed Albatross")
@@ -92,6 +94,8 @@ def test_a_denied_label_is_not_named(text):
     "The bird has no white markings and long narrow dark wings, typical of a Black footed Albatross.",
     "The dark plumage with no white on the head suggests a Black footed Albatross.",
     "This is a Black footed Albatross, not a gull.",
+    "What bird is this? It is a Black footed Albatross.",
+    "Is it a gull? No: it is a Black footed Albatross.",
 ])
 def test_a_negation_that_does_not_deny_the_label(text):
     assert names_label(text, "Black footed Albatross")

@@ -137,20 +137,25 @@ _CLAUSE_WORDS = frozenset("but however although though whereas so therefore thus
 _SUBJECT_AFTER_AND = frozenset("it its this so therefore thus hence".split())  # "not a gull and it is a tern"
 
 
-def _clause_words(text: str) -> tuple[list[str], list[int]]:
-    """The normalised words of `text` and, for each, where its clause starts."""
+def _clause_words(text: str) -> tuple[list[str], list[int], list[bool]]:
+    """The normalised words of `text` and, for each, where its clause starts and whether its sentence is a
+    question."""
     words: list[str] = []
     starts: list[int] = []
-    for part in _CLAUSE_END.split(text):
-        start = len(words)
-        for w in normalise(part).split():
-            if w in _CLAUSE_WORDS or (w == "than" and words[-1:] == ["other"]):
-                start = len(words) + 1
-            elif words[-1:] == ["and"] and w in _SUBJECT_AFTER_AND:
-                start = len(words)
-            words.append(w)
-            starts.append(start)
-    return words, starts
+    asked: list[bool] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        question = sentence.rstrip(" \t\"')*").endswith("?")
+        for part in _CLAUSE_END.split(sentence):
+            start = len(words)
+            for w in normalise(part).split():
+                if w in _CLAUSE_WORDS or (w == "than" and words[-1:] == ["other"]):
+                    start = len(words) + 1
+                elif words[-1:] == ["and"] and w in _SUBJECT_AFTER_AND:
+                    start = len(words)
+                words.append(w)
+                starts.append(start)
+                asked.append(question)
+    return words, starts, asked
 
 
 def _denies(words: list[str], j: int) -> bool:
@@ -169,13 +174,14 @@ def names_label(text: str, label: str) -> bool:
     "Forster's Tern" for Forsters Tern) in a mention that no negation before it in its clause, within six
     words, denies ("This is not a Black footed Albatross", "It doesn't look like a Black footed Albatross",
     "It is a gull rather than a Black footed Albatross"; but "not only a Black footed Albatross" and "not a
-    gull, but a Black footed Albatross" assert it)."""
+    gull, but a Black footed Albatross" assert it) and that is not in a question ("Is it a Black footed
+    Albatross? No.")."""
     lab = [_word_forms(w) for w in normalise(label).split()]
     if not lab:
         return False
-    words, starts = _clause_words(text)
+    words, starts, asked = _clause_words(text)
     for i in range(len(words) - len(lab) + 1):
-        if (all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
+        if (not asked[i] and all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
                 and not any(_denies(words, j) for j in range(max(starts[i], i - NEGATION_WINDOW), i))):
             return True
     return False
