@@ -44,7 +44,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         subject: Annotated[Optional[str], typer.Option("--subject", help="what the images show (bird, dog, aircraft, leaf...); default from the source")] = None,
         instructions: Annotated[int, typer.Option("--instructions", min=1, max=3, help="description instructions per image")] = 3,
         descriptions_per_instruction: Annotated[int, typer.Option("--descriptions-per-instruction", min=1, help="samples per description instruction")] = 2,
-        questions: Annotated[int, typer.Option("--questions", min=1, help="questions per image (simple, explain, step-by-step)")] = 4,
+        questions: Annotated[int, typer.Option("--questions", min=1, help="questions per image (simple, explain, step-by-step), none asked twice: at most 11")] = 4,
         min_certainty: Annotated[int, typer.Option("--min-certainty", min=1, max=4, help="CUB attributes: least certainty counted (3 probably, 4 definitely)")] = 3,
         describe_temperature: Annotated[float, typer.Option("--describe-temperature", min=0, help="sampling temperature of descriptions")] = 0.7,
         qa_temperature: Annotated[float, typer.Option("--qa-temperature", min=0, help="sampling temperature of answers")] = 0.3,
