@@ -79,6 +79,7 @@ def test_a_denied_label_is_not_named(text):
 
 @pytest.mark.parametrize("text", [
     "This is not only a Black footed Albatross but also a fine example of one.",
+    "It isn't just a bird: it is a Black footed Albatross.", "It doesn't just resemble a Black footed Albatross, it is one.",
     "There is no doubt that this is a Black footed Albatross.",
     "It is not difficult to identify this as a Black footed Albatross.",
     "I have no hesitation in calling it a Black footed Albatross.",

@@ -127,7 +127,8 @@ NEGATIONS = frozenset("not no never nor neither none isnt arent wasnt werent can
 NEGATION_WINDOW = 6  # words before a mention a negation reaches ("I do not think that this is a gull")
 # ... unless they assert it after all: "not only a gull", "not hard to see it is a gull", "no doubt a gull",
 # "without a doubt".
-_NOT_DENYING = {"not": frozenset("only just merely simply solely surprisingly difficult hard unusual uncommon".split()),
+_NOT_ONLY = frozenset("only just merely simply solely surprisingly difficult hard unusual uncommon".split())
+_NOT_DENYING = {**dict.fromkeys("not isnt doesnt arent wasnt".split(), _NOT_ONLY),
                 "no": frozenset("doubt question mistaking wonder hesitation difficulty trouble".split())}
 _ASSERTING_BEFORE_DOUBT = frozenset("no without beyond little".split())
 # A clause ends at punctuation (a dot or comma before a space: not "F/A-18" or "3.5"), a bracket or a dash...
