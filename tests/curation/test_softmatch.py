@@ -79,7 +79,8 @@ def test_a_denied_label_is_not_named(text):
 
 @pytest.mark.parametrize("text", [
     "This is not only a Black footed Albatross but also a fine example of one.",
-    "It isn't just a bird: it is a Black footed Albatross.", "It doesn't just resemble a Black footed Albatross, it is one.",
+    "It isn't just a bird: it is a Black footed Albatross.",
+    "It doesn't just resemble a Black footed Albatross, it is one.",
     "There is no doubt that this is a Black footed Albatross.",
     "It is not difficult to identify this as a Black footed Albatross.",
     "I have no hesitation in calling it a Black footed Albatross.",
@@ -103,7 +104,8 @@ def test_a_negation_that_does_not_deny_the_label(text):
 
 
 def test_a_clause_ends_at_a_sentence_not_inside_a_name():
-    assert names_label("This is a St. Bernard.", "St. Bernard") and not names_label("It is not a St. Bernard.", "St. Bernard")
+    assert names_label("This is a St. Bernard.", "St. Bernard")
+    assert not names_label("It is not a St. Bernard.", "St. Bernard")
     assert names_label("It isn't a gull—it is a tern.", "tern") and names_label("Model 3.5, not a gull.", "model 3.5")
 
 
