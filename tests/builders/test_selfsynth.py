@@ -774,3 +774,18 @@ def test_candidate_answers_from_a_projector_only_or_lora_run(tmp_path, offline_b
                                      "--no-cache", "--quiet"])
         assert r.exit_code == 0, r.output
         assert len(out.read_text().splitlines()) == 12 * 4
+
+
+def test_no_image_is_asked_one_question_twice(cub):
+    # Four draws of the type with three wordings (0.3^4, about 1 image in 120) asked one of them twice.
+    src = open_source("cub", root=str(cub), splits=["train"])
+    builder = SelfSynthBuilder(SelfSynthConfig(concepts="attributes"), src)
+    keys = [f"train-{i:05d}" for i in range(3000)]
+    picks = {k: builder._questions(k) for k in keys}
+    assert all(len({q for _, q in qs}) == len(qs) == 4 for qs in picks.values())
+    assert any([t for t, _ in qs].count("cot") == 3 for qs in picks.values())  # a type is used up, not avoided
+    assert picks == {k: builder._questions(k) for k in keys}  # seeded by (seed, key)
+    every = SelfSynthBuilder(SelfSynthConfig(concepts="attributes", questions=11), src)._questions("train-00000")
+    assert len({q for _, q in every}) == 11
+    with pytest.raises(UserError, match="--questions must be 1 to 11"):
+        SelfSynthBuilder(SelfSynthConfig(concepts="attributes", questions=12), src)

@@ -54,6 +54,61 @@ def test_names_label():
     assert normalise("  Laysan_Albatross!! ") == "laysan albatross"
 
 
+@pytest.mark.parametrize("text", [
+    "It doesn't look like a Black footed Albatross.",  # the negation four words back named it
+    "It doesn’t look like a Black-footed Albatross at all.",
+    "It is not really a kind of Black footed Albatross.",
+    "It is unlikely to be a Black footed Albatross.",
+    "I don't think it's a Black footed Albatross.",
+    "I do not think that this is a Black footed Albatross.",
+    "It does not appear to be a Black footed Albatross, given the white head.",
+    "I doubt this is a Black footed Albatross.",
+    "This bird is hardly a Black footed Albatross.",
+    "It is a gull rather than a Black footed Albatross.",
+    "This is a Laysan Albatross instead of a Black footed Albatross.",
+    "Neither a gull nor a Black footed Albatross.",
+    "Unlike a Black footed Albatross, it has a white head.",
+    "Is it a Black footed Albatross? No, the head is white.",  # a question asserts nothing
+    "Could this be a Black footed Albatross, given the white head?",
+])
+def test_a_denied_label_is_not_named(text):
+    assert not names_label(text, "Black footed Albatross")
+    # the same text with the label asserted in a clause of its own names it
+    assert names_label(text + " It is a Black footed Albatross.", "Black footed Albatross")
+
+
+@pytest.mark.parametrize("text", [
+    "This is not only a Black footed Albatross but also a fine example of one.",
+    "It isn't just a bird: it is a Black footed Albatross.",
+    "It doesn't just resemble a Black footed Albatross, it is one.",
+    "There is no doubt that this is a Black footed Albatross.",
+    "It is not difficult to identify this as a Black footed Albatross.",
+    "I have no hesitation in calling it a Black footed Albatross.",
+    "Without a doubt, a Black footed Albatross.",
+    "It is not a gull but a Black footed Albatross.",
+    "It doesn't look like a gull; it is a Black footed Albatross.",
+    "It is not a gull and it's a Black footed Albatross.",
+    "Not a gull (it is a Black footed Albatross).",
+    "It cannot be anything other than a Black footed Albatross.",
+    "It can't be anything but a Black footed Albatross.",
+    "It is none other than a Black footed Albatross.",
+    "Its bill is not yellow, so it is a Black footed Albatross.",
+    "The bird has no white markings and long narrow dark wings, typical of a Black footed Albatross.",
+    "The dark plumage with no white on the head suggests a Black footed Albatross.",
+    "This is a Black footed Albatross, not a gull.",
+    "What bird is this? It is a Black footed Albatross.",
+    "Is it a gull? No: it is a Black footed Albatross.",
+])
+def test_a_negation_that_does_not_deny_the_label(text):
+    assert names_label(text, "Black footed Albatross")
+
+
+def test_a_clause_ends_at_a_sentence_not_inside_a_name():
+    assert names_label("This is a St. Bernard.", "St. Bernard")
+    assert not names_label("It is not a St. Bernard.", "St. Bernard")
+    assert names_label("It isn't a gull—it is a tern.", "tern") and names_label("Model 3.5, not a gull.", "model 3.5")
+
+
 def test_soft_match_threshold():
     m = SoftMatcher(threshold=0.85)
     sims = m.similarity(["Car", "banana", "", "the  car!"], "car")

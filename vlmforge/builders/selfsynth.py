@@ -206,7 +206,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.5.0"
+    VERSION = "1.6.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")
@@ -231,6 +231,10 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         self.selected: dict[str, dict[str, Any]] = {}
         self.refused: dict[str, tuple[str, str]] = {}  # key -> (stage, the endpoint's words): rejects
         self.duplicates: dict[str, str] = {}  # source id -> the source id whose key it has
+        n_questions = sum(map(len, QUESTIONS.values()))
+        if not 1 <= config.questions <= n_questions:
+            raise UserError(f"--questions must be 1 to {n_questions} (the distinct questions there are), "
+                            f"not {config.questions}")
         if config.concepts not in ("generate", "attributes"):
             path = Path(config.concepts)
             if not path.is_file():
@@ -396,16 +400,21 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
         self._make_generator(self.config.generator, self.config.model)
 
     def _questions(self, key: str) -> list[tuple[str, str]]:
+        """(type, question) of each question asked about the image: types drawn by QUESTION_WEIGHTS,
+        seeded by (seed, key); no question twice."""
         rng = random.Random(stable_int(self.config.seed, key, "questions"))
         types = list(QUESTION_WEIGHTS)
         chosen = rng.choices(types, weights=[QUESTION_WEIGHTS[t] for t in types], k=self.config.questions)
-        # Distinct wordings within a type (they repeat only when a type is drawn more often than it has).
         pools = {t: rng.sample(QUESTIONS[t], len(QUESTIONS[t])) for t in types}
         used = {t: 0 for t in types}
         out = []
         for qtype in chosen:
-            pool = pools[qtype]
-            out.append((qtype, pool[used[qtype] % len(pool)].format(subject=self.subject)))
+            if used[qtype] == len(pools[qtype]):
+                # Every wording of the type is asked already: another type with one left, by weight (a
+                # repeated question would be a second sample of one pair, and merge in the next round).
+                left = [t for t in types if used[t] < len(pools[t])]
+                qtype = rng.choices(left, weights=[QUESTION_WEIGHTS[t] for t in left])[0]
+            out.append((qtype, pools[qtype][used[qtype]].format(subject=self.subject)))
             used[qtype] += 1
         return out
 

@@ -19,7 +19,7 @@ GenBatch = Annotated[Optional[int], typer.Option("--gen-batch-size", min=1, help
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response cache folder (default $VLMFORGE_CACHE/generation)")]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses (nor the embeddings of descriptions) on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
-FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.5.0")]
+FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.6.0")]
 FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/2.0.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
 
@@ -44,7 +44,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         subject: Annotated[Optional[str], typer.Option("--subject", help="what the images show (bird, dog, aircraft, leaf...); default from the source")] = None,
         instructions: Annotated[int, typer.Option("--instructions", min=1, max=3, help="description instructions per image")] = 3,
         descriptions_per_instruction: Annotated[int, typer.Option("--descriptions-per-instruction", min=1, help="samples per description instruction")] = 2,
-        questions: Annotated[int, typer.Option("--questions", min=1, help="questions per image (simple, explain, step-by-step)")] = 4,
+        questions: Annotated[int, typer.Option("--questions", min=1, help="questions per image (simple, explain, step-by-step), none asked twice: at most 11")] = 4,
         min_certainty: Annotated[int, typer.Option("--min-certainty", min=1, max=4, help="CUB attributes: least certainty counted (3 probably, 4 definitely)")] = 3,
         describe_temperature: Annotated[float, typer.Option("--describe-temperature", min=0, help="sampling temperature of descriptions")] = 0.7,
         qa_temperature: Annotated[float, typer.Option("--qa-temperature", min=0, help="sampling temperature of answers")] = 0.3,

@@ -121,21 +121,69 @@ def same_in_number(answer: str, label: str) -> bool:
     return bool(a) and len(a) == len(b) and all(_word_forms(x) & _word_forms(y) for x, y in zip(a, b))
 
 
-NEGATIONS = frozenset("not no never nor neither isnt arent wasnt werent cannot cant doesnt dont".split())
+# Words that deny what follows them in their clause ("doesn't look like a gull", "unlikely to be a gull").
+NEGATIONS = frozenset("not no never nor neither none isnt arent wasnt werent cannot cant doesnt dont didnt wont "
+                      "wouldnt couldnt shouldnt hasnt havent hadnt aint hardly unlikely doubt doubtful unlike".split())
+NEGATION_WINDOW = 6  # words before a mention a negation reaches ("I do not think that this is a gull")
+# ... unless they assert it after all: "not only a gull", "not hard to see it is a gull", "no doubt a gull",
+# "without a doubt".
+_NOT_ONLY = frozenset("only just merely simply solely surprisingly difficult hard unusual uncommon".split())
+_NOT_DENYING = {**dict.fromkeys("not isnt doesnt arent wasnt".split(), _NOT_ONLY),
+                "no": frozenset("doubt question mistaking wonder hesitation difficulty trouble".split())}
+_ASSERTING_BEFORE_DOUBT = frozenset("no without beyond little".split())
+# A clause ends at punctuation (a dot or comma before a space: not "F/A-18" or "3.5"), a bracket or a dash...
+_CLAUSE_END = re.compile(r"[.,;:!?](?=\s|$)|[()\[\]\u2014\u2013]|\s--?\s")
+# ... or at a word that starts another ("not a gull but a tern", "anything other than a tern").
+_CLAUSE_WORDS = frozenset("but however although though whereas so therefore thus hence because which except".split())
+_SUBJECT_AFTER_AND = frozenset("it its this so therefore thus hence".split())  # "not a gull and it is a tern"
+
+
+def _clause_words(text: str) -> tuple[list[str], list[int], list[bool]]:
+    """The normalised words of `text` and, for each, where its clause starts and whether its sentence is a
+    question."""
+    words: list[str] = []
+    starts: list[int] = []
+    asked: list[bool] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
+        question = sentence.rstrip(" \t\"')*").endswith("?")
+        for part in _CLAUSE_END.split(sentence):
+            start = len(words)
+            for w in normalise(part).split():
+                if w in _CLAUSE_WORDS or (w == "than" and words[-1:] == ["other"]):
+                    start = len(words) + 1
+                elif words[-1:] == ["and"] and w in _SUBJECT_AFTER_AND:
+                    start = len(words)
+                words.append(w)
+                starts.append(start)
+                asked.append(question)
+    return words, starts, asked
+
+
+def _denies(words: list[str], j: int) -> bool:
+    """Whether words[j] is a negation there: not in "not only", "no doubt", "without a doubt"."""
+    w = words[j]
+    if w not in NEGATIONS and (j == 0 or (words[j - 1], w) not in (("rather", "than"), ("instead", "of"))):
+        return False
+    if j + 1 < len(words) and words[j + 1] in _NOT_DENYING.get(w, ()):
+        return False
+    return not (w.startswith("doubt") and _ASSERTING_BEFORE_DOUBT & set(words[max(0, j - 2) : j]))
 
 
 def names_label(text: str, label: str) -> bool:
-    """Whether `text` names `label` as whole words (after normalising both; a word may differ in number or
-    by a possessive: "two Laysan Albatrosses", "Brewer's Blackbird" for CUB's Brewer Blackbird, "Forster's
-    Tern" for Forsters Tern), in a mention that no negation within the three words before denies ("This
-    is not a Black footed Albatross")."""
+    """Whether `text` asserts `label`: names it as whole words (after normalising both; a word may differ in
+    number or by a possessive: "two Laysan Albatrosses", "Brewer's Blackbird" for CUB's Brewer Blackbird,
+    "Forster's Tern" for Forsters Tern) in a mention that no negation before it in its clause, within six
+    words, denies ("This is not a Black footed Albatross", "It doesn't look like a Black footed Albatross",
+    "It is a gull rather than a Black footed Albatross"; but "not only a Black footed Albatross" and "not a
+    gull, but a Black footed Albatross" assert it) and that is not in a question ("Is it a Black footed
+    Albatross? No.")."""
     lab = [_word_forms(w) for w in normalise(label).split()]
-    words = normalise(text).split()
     if not lab:
         return False
+    words, starts, asked = _clause_words(text)
     for i in range(len(words) - len(lab) + 1):
-        if (all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
-                and not NEGATIONS & set(words[max(0, i - 3) : i])):
+        if (not asked[i] and all(_word_forms(w) & forms for w, forms in zip(words[i : i + len(lab)], lab))
+                and not any(_denies(words, j) for j in range(max(starts[i], i - NEGATION_WINDOW), i))):
             return True
     return False
 
