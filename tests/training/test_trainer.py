@@ -639,6 +639,22 @@ def test_grad_accum_weighs_micro_batches_by_their_tokens(tmp_path, coco_build, t
     assert torch.allclose(clipped_acc, clipped_whole, rtol=1e-3, atol=1e-7)
 
 
+def test_weighted_losses_keep_about_their_own_size(tmp_path, coco_build, tiny_llava, monkeypatch):
+    """Backward took each loss times its tokens (220 here): gradients hundreds of times their size, which
+    fp16's loss scaler meets with skipped steps. From the second step the weights are in the unit of the
+    step before (its mean tokens a micro-batch), so a loss goes in at about its size, its step still exact."""
+    from accelerate import Accelerator
+
+    losses, backward = [], Accelerator.backward
+    monkeypatch.setattr(Accelerator, "backward", lambda self, loss, **kw: (losses.append(float(loss)),
+                                                                          backward(self, loss, **kw))[1])
+    _short_and_long(tmp_path / "two.tar", coco_build)
+    _, logged = run(tmp_path / "run", [str(tmp_path / "two.tar")], tiny_llava, "lora", 3, batch_size=1, grad_accum=2,
+                    shuffle_buffer=1, max_length=256, log_every=1)
+    assert len(losses) == 6
+    assert max(losses[2:]) < 3 * max(logged) and max(losses[:2]) > 20 * max(logged), (losses, logged)
+
+
 def test_resume_keeps_or_refuses_the_loss_weighting(tmp_path):
     """A resumed run weighs micro-batches as it started: not given, its own way (batches for a run from
     before --loss-weighting); given otherwise, refused like any other schedule setting."""

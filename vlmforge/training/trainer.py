@@ -501,7 +501,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     images_transform = getattr(getattr(task.collate, "images", None), "transform", None)
     # tokens: each micro-batch's loss counts by its weight (trained tokens, or CLIP's samples), as in one big batch
     by_weight = cfg.loss_weighting == "tokens"
-    step_loss, step_weight = 0.0, 0
+    # Backward takes loss * weight / unit, the unit the mean weight of a micro-batch in the step before (common to
+    # every process): losses of about their own size, as fp16's loss scaler expects. The rescale undoes it exactly.
+    step_loss, step_weight, unit = 0.0, 0, 1.0
     t0 = time.time()
     ended = False
     first_no_image: str | None = None  # the first sample left out for want of an image, warned once
@@ -550,9 +552,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
                 weight = task.weight(batch) if by_weight else 1
-                accelerator.backward(loss * weight)
+                accelerator.backward(loss * (weight / unit))
                 if accelerator.sync_gradients and not cfg.deepspeed:  # before clipping: it clips the step's gradient
-                    _rescale_step(model, _step_factor(accelerator, cfg.grad_accum, step_weight + weight, world))
+                    factor = _step_factor(accelerator, cfg.grad_accum, (step_weight + weight) / unit, world)
+                    _rescale_step(model, factor)
+                    unit = unit / factor if by_weight else 1.0
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -609,7 +613,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
 def _step_factor(accelerator: Any, grad_accum: int, weight: float, world: int) -> float:
     """What a step's gradient is scaled by to be the weighted mean over the micro-batches it holds: each
-    backward took loss * weight (the weight is 1 with --loss-weighting batches) divided by --grad-accum,
+    backward took loss * weight (in a unit common to the step; 1 with --loss-weighting batches) divided by --grad-accum,
     and an epoch's last step may hold fewer micro-batches. With several processes the gradients were
     averaged over them, and their weights differ (tokens; a batch that kept no sample): the weight is
     summed over all of them (at every step, so that each process joins the same collective)."""
