@@ -582,11 +582,10 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
             ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
             if step % cfg.log_every == 0 or ended:
-                sums = accelerator.reduce(torch.tensor([window_loss, window_weight], dtype=torch.float64,
-                                                       device=accelerator.device), "sum")
+                sums = accelerator.reduce(torch.tensor([window_loss, window_weight], device=accelerator.device), "sum")
                 elapsed = time.time() - t0
-                log.write({**record, "loss": float(sums[0] / sums[1]), "samples_per_s": window_samples * world / max(elapsed, 1e-9),
-                           "dropped": dropped})
+                log.write({**record, "loss": float(sums[0] / sums[1]),
+                           "samples_per_s": window_samples * world / max(elapsed, 1e-9), "dropped": dropped})
                 window_loss, window_weight, window_samples, t0 = 0.0, 0, 0, time.time()
             if val and (step % eval_every == 0 or ended):
                 best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
@@ -613,15 +612,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
 def _step_factor(accelerator: Any, grad_accum: int, weight: float, world: int) -> float:
     """What a step's gradient is scaled by to be the weighted mean over the micro-batches it holds: each
-    backward took loss * weight (in a unit common to the step; 1 with --loss-weighting batches) divided by --grad-accum,
-    and an epoch's last step may hold fewer micro-batches. With several processes the gradients were
+    backward took loss * weight (in a unit common to the step; 1 with --loss-weighting batches) divided by
+    --grad-accum, and an epoch's last step may hold fewer micro-batches. With several processes the gradients were
     averaged over them, and their weights differ (tokens; a batch that kept no sample): the weight is
     summed over all of them (at every step, so that each process joins the same collective)."""
     if world > 1:
         import torch
 
-        weight = float(accelerator.reduce(torch.tensor([weight], dtype=torch.float64, device=accelerator.device),
-                                          reduction="sum").item())
+        weight = float(accelerator.reduce(torch.tensor([weight], device=accelerator.device), reduction="sum").item())
     return grad_accum * world / weight if weight else 1.0
 
 
