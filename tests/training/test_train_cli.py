@@ -64,6 +64,8 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 (off) or more"),
     (["--lora-dropout", "1"], "--lora-dropout must be at least 0 and below 1"),
     (["--deepspeed", "/nonexistent/ds.json"], "no such file"),
+    (["--loss-weighting", "samples"], "unknown --loss-weighting 'samples'; use tokens or batches"),
+    (["--loss-weighting", "tokens", "--deepspeed", "ds.json"], "--loss-weighting tokens does not work with --deepspeed"),
     (["--eval-every", "0"], "--eval-every must be at least 1"),  # was accelerate's ValueError traceback
     (["--select-by", "accuracy", "--val-split", "val"], "--select-by accuracy needs --mode clip"),  # best/ by loss
     (["--select-by", "f1", "--mode", "clip"], "unknown --select-by 'f1'"),
@@ -138,7 +140,8 @@ def test_training_on_an_adapter_or_projector_export_points_to_merge(tmp_path, co
 
 
 @pytest.mark.parametrize("option, value", [("--batch-size", "4"), ("--lr", "1"), ("--epochs", "3"),
-                                           ("--max-steps", "9"), ("--grad-accum", "2"), ("--scheduler", "linear")])
+                                           ("--max-steps", "9"), ("--grad-accum", "2"), ("--scheduler", "linear"),
+                                           ("--loss-weighting", "batches")])
 def test_resume_refuses_a_changed_schedule_and_keeps_run_json(tmp_path, coco_build, tiny_llava, option, value):
     from dataclasses import asdict
 

@@ -471,17 +471,20 @@ def test_clip_on_shards_without_an_image_field_names_the_cause(tmp_path, label_b
         run(tmp_path / "clip", [str(tar)], tiny_clip, "clip", 2, batch_size=2, pad_to_square=False)
 
 
-def test_a_short_step_on_several_processes_is_the_mean_over_all_their_micro_batches():
+@pytest.mark.parametrize("weights", [{0: [1, 1], 1: [1, 1, 1]}, {0: [6, 220], 1: [40, 3, 90]}])
+def test_a_short_step_on_several_processes_is_the_mean_over_all_their_micro_batches(weights):
     """With two processes, one of which held a micro-batch fewer (a batch that kept no sample), each
-    scaled by its own count: the processes' weights then drift apart. The count is summed over them, so
-    every process scales the averaged gradient alike, to the mean over every micro-batch of the step."""
+    scaled by its own count: the processes' weights then drift apart. The count (or, by tokens, the
+    tokens) is summed over them, so every process scales the averaged gradient alike, to the weighted
+    mean over every micro-batch of the step."""
     import torch
 
-    from vlmforge.training.trainer import _short_step_factor
+    from vlmforge.training.trainer import _step_factor
 
     grad_accum = 4
     grads = {0: [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])],  # rank 0 held 2 micro-batches
              1: [torch.tensor([0.5, 0.5]), torch.tensor([2.0, 2.0]), torch.tensor([-1.0, 4.0])]}  # rank 1 held 3
+    held = {r: sum(weights[r]) for r in grads}
 
     class TwoRanks:  # accelerate's reduce(..., "sum") over both processes
         device = "cpu"
@@ -491,15 +494,16 @@ def test_a_short_step_on_several_processes_is_the_mean_over_all_their_micro_batc
 
         def reduce(self, t, reduction):
             assert reduction == "sum"
-            return t + len(grads[1 - self.rank])
+            return t + held[1 - self.rank]
 
-    # what DDP leaves on every process: the mean over processes of each one's sum / grad_accum
-    averaged = sum(sum(g) / grad_accum for g in grads.values()) / 2
-    want = sum(sum(g) for g in grads.values()) / 5
-    factors = {r: _short_step_factor(TwoRanks(r), grad_accum, len(grads[r]), 2) for r in grads}
+    # what DDP leaves on every process: the mean over processes of each one's sum of weight * grad / grad_accum
+    summed = {r: sum(w * g for w, g in zip(weights[r], grads[r])) for r in grads}
+    averaged = sum(summed[r] / grad_accum for r in grads) / 2
+    want = (summed[0] + summed[1]) / (held[0] + held[1])
+    factors = {r: _step_factor(TwoRanks(r), grad_accum, held[r], 2) for r in grads}
     assert factors[0] == factors[1]
     assert torch.allclose(averaged * factors[0], want)
-    assert _short_step_factor(None, grad_accum, 3, 1) == pytest.approx(4 / 3)  # one process: its own count
+    assert _step_factor(None, grad_accum, 3, 1) == pytest.approx(4 / 3)  # one process: its own count
 
 
 def test_a_short_last_step_has_the_gradient_of_its_micro_batches(tmp_path, label_build, tiny_clip):
@@ -552,3 +556,130 @@ def test_resume_on_changed_data_is_refused(tmp_path, label_build, tiny_clip, mon
     write(8)
     _, losses = run(tmp_path / "r", [str(tmp_path / "data.tar")], tiny_clip, "clip", 4, resume=True, **opts)
     assert len(losses) == 3  # steps 2-4, after checkpoint-000001
+
+
+def _short_and_long(path: Path, coco_build) -> list[dict]:
+    """A tar of two samples whose answers differ many-fold in tokens, a short one then a long one; returns them."""
+    import webdataset as wds
+
+    a, b = list(coco_build.samples())[:2]
+    long_answer = " ".join(["a person is riding a horse along the beach near the water"] * 12)
+    samples = [{"__key__": key, "jpg": s["jpg"],
+                "json": {**s["json"], "conversations": [s["json"]["conversations"][0], {"from": "gpt", "value": answer}]}}
+               for key, s, answer in (("short", a, "a dog."), ("long", b, long_answer))]
+    with wds.TarWriter(str(path)) as sink:
+        for sample in samples:
+            sink.write(sample)
+    return samples
+
+
+def _step_grads(tmp_path: Path, name: str, shards: list[str], model: Path, steps: int, **kw):
+    """The gradient each optimizer step applied (after clipping) and each step's logged loss."""
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    grads: list = []
+
+    def hook(opt, args, kwargs):
+        grads.append(torch.cat([p.grad.flatten().clone() for g in opt.param_groups for p in g["params"]
+                                if p.grad is not None]))
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        out, _ = run(tmp_path / name, shards, model, "lora", steps, shuffle_buffer=1, lr=1e-9, log_every=1,
+                     max_length=256, **kw)
+    finally:
+        handle.remove()
+    logged = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return grads, logged
+
+
+def test_grad_accum_weighs_micro_batches_by_their_tokens(tmp_path, coco_build, tiny_llava):
+    """--grad-accum 2 over a 6-token and a 180-token micro-batch made each weigh half: not the step that
+    one batch of both makes. By tokens (the default) it is that step, its loss the token-weighted mean."""
+    import torch
+    from transformers import AutoProcessor
+
+    from vlmforge.training.collate import LlavaCollator
+
+    samples = _short_and_long(tmp_path / "two.tar", coco_build)
+    shards = [str(tmp_path / "two.tar")]
+    collate = LlavaCollator(AutoProcessor.from_pretrained(tiny_llava), "chat", 256)
+    tokens = [int((collate([s])["labels"][:, 1:] != -100).sum()) for s in samples]
+    assert tokens[1] > 20 * tokens[0], tokens
+    # each sample alone, at the same (initial) weights: lr 1e-9 leaves them as they were
+    (g_short, g_long), (l_short, l_long) = _step_grads(tmp_path, "alone", shards, tiny_llava, 2, batch_size=1,
+                                                       max_grad_norm=0.0)
+    (whole,), (whole_loss,) = _step_grads(tmp_path, "whole", shards, tiny_llava, 1, batch_size=2, max_grad_norm=0.0)
+    weighted = (tokens[0] * g_short + tokens[1] * g_long) / sum(tokens)
+    assert torch.allclose(whole, weighted, rtol=1e-3, atol=1e-7)
+    assert whole_loss == pytest.approx((tokens[0] * l_short + tokens[1] * l_long) / sum(tokens), rel=1e-4)
+
+    (acc,), (acc_loss,) = _step_grads(tmp_path, "tokens", shards, tiny_llava, 1, batch_size=1, grad_accum=2,
+                                      max_grad_norm=0.0)
+    assert torch.allclose(acc, whole, rtol=1e-3, atol=1e-7), float((acc - whole).norm() / whole.norm())
+    assert acc_loss == pytest.approx(whole_loss, rel=1e-4)
+
+    # batches: the old step, the plain mean of the two
+    (old,), (old_loss,) = _step_grads(tmp_path, "batches", shards, tiny_llava, 1, batch_size=1, grad_accum=2,
+                                      max_grad_norm=0.0, loss_weighting="batches")
+    assert torch.allclose(old, (g_short + g_long) / 2, rtol=1e-3, atol=1e-7)
+    assert not torch.allclose(old, whole, rtol=0.05)
+    assert old_loss == pytest.approx((l_short + l_long) / 2, rel=1e-4)
+    assert json.loads((tmp_path / "batches" / "run.json").read_text())["config"]["loss_weighting"] == "batches"
+    assert json.loads((tmp_path / "tokens" / "run.json").read_text())["config"]["loss_weighting"] == "tokens"
+
+    # clipping comes after the rescale: it clips the step's gradient, as it does one batch's
+    norm = float(whole.norm())
+    (clipped_whole,), _ = _step_grads(tmp_path, "clip-whole", shards, tiny_llava, 1, batch_size=2,
+                                      max_grad_norm=norm / 4)
+    (clipped_acc,), _ = _step_grads(tmp_path, "clip-acc", shards, tiny_llava, 1, batch_size=1, grad_accum=2,
+                                    max_grad_norm=norm / 4)
+    assert float(clipped_whole.norm()) == pytest.approx(norm / 4, rel=1e-3)
+    assert torch.allclose(clipped_acc, clipped_whole, rtol=1e-3, atol=1e-7)
+
+
+def test_weighted_losses_keep_about_their_own_size(tmp_path, coco_build, tiny_llava, monkeypatch):
+    """Backward took each loss times its tokens (220 here): gradients hundreds of times their size, which
+    fp16's loss scaler meets with skipped steps. From the second step the weights are in the unit of the
+    step before (its mean tokens a micro-batch), so a loss goes in at about its size, its step still exact."""
+    from accelerate import Accelerator
+
+    losses, backward = [], Accelerator.backward
+    monkeypatch.setattr(Accelerator, "backward", lambda self, loss, **kw: (losses.append(float(loss)),
+                                                                          backward(self, loss, **kw))[1])
+    _short_and_long(tmp_path / "two.tar", coco_build)
+    _, logged = run(tmp_path / "run", [str(tmp_path / "two.tar")], tiny_llava, "lora", 3, batch_size=1, grad_accum=2,
+                    shuffle_buffer=1, max_length=256, log_every=1)
+    assert len(losses) == 6
+    assert max(losses[2:]) < 3 * max(logged) and max(losses[:2]) > 20 * max(logged), (losses, logged)
+
+
+def test_resume_keeps_or_refuses_the_loss_weighting(tmp_path):
+    """A resumed run weighs micro-batches as it started: not given, its own way (batches for a run from
+    before --loss-weighting); given otherwise, refused like any other schedule setting."""
+    from dataclasses import asdict, replace
+
+    from vlmforge.training.trainer import _open_run
+
+    out = tmp_path / "run"
+
+    def opened(before: str | None, given: str | None, deepspeed: str | None = None) -> str:
+        out.mkdir(exist_ok=True)
+        (out / "run.json").unlink(missing_ok=True)
+        cfg = TrainConfig(shards=["x.tar"], model="m", out=str(out), loss_weighting=given, deepspeed=deepspeed)
+        if before != "none":
+            config = asdict(replace(cfg, loss_weighting=before, resume=False))
+            if before is None:
+                del config["loss_weighting"]  # a run.json from before the option
+            (out / "run.json").write_text(json.dumps({"config": config}))
+        return _open_run(replace(cfg, resume=True))[0].loss_weighting
+
+    assert opened("none", None) == "tokens"
+    assert opened("none", None, deepspeed="ds.json") == "batches"
+    assert opened(None, None) == "batches"
+    assert opened("tokens", None) == "tokens"
+    assert opened("batches", "batches") == "batches"
+    for before, given in ((None, "tokens"), ("tokens", "batches"), ("batches", "tokens")):
+        with pytest.raises(UserError, match=f"loss_weighting changed since the run started .*'{given}'"):
+            opened(before, given)

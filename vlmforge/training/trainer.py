@@ -46,6 +46,7 @@ class TrainConfig:
     pad_to_square: bool = True
     batch_size: int = 8
     grad_accum: int = 1
+    loss_weighting: str | None = None  # tokens, or batches; None: tokens, but batches with --deepspeed
     lr: float = 2e-4
     projector_lr: float | None = None
     weight_decay: float = 0.0
@@ -123,6 +124,10 @@ class LlavaTask:
 
         return model(**model_inputs(batch, device)).loss
 
+    def weight(self, batch: dict[str, Any]) -> int:
+        """The tokens a batch's loss is the mean over: labelled positions after the loss's shift by one."""
+        return int((batch["labels"][:, 1:] != -100).sum())
+
     def eval_sums(self, model: Any, batches: Any, device: Any) -> dict[str, float]:
         """Token-weighted loss sums over some batches."""
         import torch
@@ -134,7 +139,7 @@ class LlavaTask:
             for batch in batches:
                 if "input_ids" not in batch:
                     continue
-                n = int((batch["labels"][:, 1:] != -100).sum())
+                n = self.weight(batch)
                 loss_sum += float(model(**model_inputs(batch, device)).loss) * n
                 tokens += n
         return {"loss_sum": loss_sum, "count": tokens}
@@ -172,6 +177,10 @@ class ClipTask:
     def loss(self, model: Any, batch: dict[str, Any], device: Any) -> Any:
         return self.objective.loss(model, {"pixel_values": batch["pixel_values"].to(device),
                                            "class_idx": batch["class_idx"].to(device)})
+
+    def weight(self, batch: dict[str, Any]) -> int:
+        """Samples: the classes objective's loss is the mean over them (the contrastive one's nearly so)."""
+        return len(batch["class_idx"])
 
     def eval_sums(self, model: Any, batches: Any, device: Any) -> dict[str, float]:
         m = self.objective.evaluate(model, batches, device)
@@ -229,6 +238,11 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
+    if cfg.loss_weighting not in (None, "tokens", "batches"):
+        raise UserError(f"unknown --loss-weighting {cfg.loss_weighting!r}; use tokens or batches")
+    if cfg.loss_weighting == "tokens" and cfg.deepspeed:  # DeepSpeed accumulates itself: no step's gradient to rescale
+        raise UserError("--loss-weighting tokens does not work with --deepspeed, which accumulates gradients itself; "
+                        "use --loss-weighting batches")
     if cfg.deepspeed:
         _check_deepspeed(cfg.deepspeed)
     if cfg.select_by not in ("auto", "loss", "accuracy"):
@@ -287,7 +301,8 @@ def checkpoints(out: Path) -> list[Path]:
                   and (p / POSITION_FILE).exists())
 
 
-def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
+def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
+    """(cfg with its defaults resolved, the run folder, the checkpoint to resume from)."""
     out = Path(cfg.out)
     run_json = out / "run.json"
     if out.exists() and not out.is_dir():
@@ -298,6 +313,9 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
         if not cfg.resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         before = _read_run_json(out)["config"]
+        # Runs from before --loss-weighting weighed batches; not given on --resume, a run keeps its own.
+        before["loss_weighting"] = _loss_weighting(before.get("loss_weighting", "batches"), before.get("deepspeed"))
+        cfg = replace(cfg, loss_weighting=cfg.loss_weighting or before["loss_weighting"])
         now = asdict(cfg)
         # Keys missing from an older run.json are settings that did not exist then: nothing to compare.
         changed = [k for k in now if k not in RESUMABLE_CHANGES and k in before and before[k] != now[k]]
@@ -306,7 +324,12 @@ def _open_run(cfg: TrainConfig) -> tuple[Path, Path | None]:
             raise UserError(f"cannot resume {out}: {', '.join(changed)} changed since the run started ({values}); "
                             f"resume with the settings in {run_json}, or start a new run in another --out")
     found = checkpoints(out) if out.exists() else []
-    return out, (found[-1] if cfg.resume and found else None)
+    cfg = replace(cfg, loss_weighting=_loss_weighting(cfg.loss_weighting, cfg.deepspeed))
+    return cfg, out, (found[-1] if cfg.resume and found else None)
+
+
+def _loss_weighting(given: str | None, deepspeed: str | None) -> str:
+    return given or ("batches" if deepspeed else "tokens")
 
 
 def _read_run_json(out: Path) -> dict[str, Any]:
@@ -426,7 +449,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     transformers.utils.logging.disable_progress_bar()
     cfg = replace(cfg, model=export_folder(cfg.model))  # a run folder: its final/
     _check_config(cfg)
-    out, resume_from = _open_run(cfg)
+    cfg, out, resume_from = _open_run(cfg)
     accelerator = _accelerator(cfg)
     main = accelerator.is_main_process
     set_seed(cfg.seed)
@@ -473,10 +496,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     eval_every = cfg.eval_every or cfg.save_every
     best: float | None = _best_so_far(out) if resume_from else None
 
-    window_loss, window_n, window_samples, dropped = 0.0, 0, 0, 0
+    window_loss, window_weight, window_samples, dropped = 0.0, 0, 0, 0
     prepared_again: set[str] = set()  # model-ready transforms unlike the processor's, reported once each
     images_transform = getattr(getattr(task.collate, "images", None), "transform", None)
-    step_loss, step_micro = 0.0, 0
+    # tokens: each micro-batch's loss counts by its weight (trained tokens, or CLIP's samples), as in one big batch
+    by_weight = cfg.loss_weighting == "tokens"
+    # Backward takes loss * weight / unit, the unit the mean weight of a micro-batch in the step before (common to
+    # every process): losses of about their own size, as fp16's loss scaler expects. The rescale undoes it exactly.
+    step_loss, step_weight, unit = 0.0, 0, 1.0
     t0 = time.time()
     ended = False
     first_no_image: str | None = None  # the first sample left out for want of an image, warned once
@@ -524,15 +551,18 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 accelerator.step = cfg.grad_accum - 1
             with accelerator.accumulate(model):
                 loss = task.loss(model, batch, accelerator.device)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and not cfg.deepspeed:
-                    _rescale_short_step(model, _short_step_factor(accelerator, cfg.grad_accum, step_micro + 1, world))
+                weight = task.weight(batch) if by_weight else 1
+                accelerator.backward(loss * (weight / unit))
+                if accelerator.sync_gradients and not cfg.deepspeed:  # before clipping: it clips the step's gradient
+                    factor = _step_factor(accelerator, cfg.grad_accum, (step_weight + weight) / unit, world)
+                    _rescale_step(model, factor)
+                    unit = unit / factor if by_weight else 1.0
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            step_loss += float(loss.detach())
-            step_micro += 1
+            step_loss += float(loss.detach()) * weight
+            step_weight += weight
             window_samples += len(batch["keys"])
             if not accelerator.sync_gradients:
                 continue
@@ -542,20 +572,21 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
             # samples_seen counts over the whole run (the position's count starts again each epoch)
             record = {"step": step, "epoch": position.epoch,
                       "samples_seen": position.epoch * epoch_size + position.samples_seen,
-                      "loss": step_loss / step_micro, "lr": used_lr}
-            window_loss += record["loss"]
-            window_n += 1
-            step_loss, step_micro = 0.0, 0
+                      "loss": step_loss / step_weight, "lr": used_lr}
+            # the logged loss: over the window's tokens (tokens), or the mean of its steps' losses (batches)
+            window_loss += step_loss if by_weight else record["loss"]
+            window_weight += step_weight if by_weight else 1
+            step_loss, step_weight = 0.0, 0
             if on_step is not None:
                 on_step(step, record)
             # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
             ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
             if step % cfg.log_every == 0 or ended:
-                loss_t = accelerator.reduce(torch.tensor(window_loss / window_n, device=accelerator.device), "mean")
+                sums = accelerator.reduce(torch.tensor([window_loss, window_weight], device=accelerator.device), "sum")
                 elapsed = time.time() - t0
-                log.write({**record, "loss": float(loss_t), "samples_per_s": window_samples * world / max(elapsed, 1e-9),
-                           "dropped": dropped})
-                window_loss, window_n, window_samples, t0 = 0.0, 0, 0, time.time()
+                log.write({**record, "loss": float(sums[0] / sums[1]),
+                           "samples_per_s": window_samples * world / max(elapsed, 1e-9), "dropped": dropped})
+                window_loss, window_weight, window_samples, t0 = 0.0, 0, 0, time.time()
             if val and (step % eval_every == 0 or ended):
                 best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
             if step % cfg.save_every == 0 or ended:
@@ -579,20 +610,20 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     return out
 
 
-def _short_step_factor(accelerator: Any, grad_accum: int, held: int, world: int) -> float:
-    """What a step's gradient is scaled by to be the mean over the micro-batches it holds: each loss was
-    divided by --grad-accum, and an epoch's last step may hold fewer. With several processes the
-    gradients were averaged over them, and one may have held fewer (a batch that kept no sample): the
-    count is summed over all of them (at every step, so that each process joins the same collective)."""
+def _step_factor(accelerator: Any, grad_accum: int, weight: float, world: int) -> float:
+    """What a step's gradient is scaled by to be the weighted mean over the micro-batches it holds: each
+    backward took loss * weight (in a unit common to the step; 1 with --loss-weighting batches) divided by
+    --grad-accum, and an epoch's last step may hold fewer micro-batches. With several processes the gradients were
+    averaged over them, and their weights differ (tokens; a batch that kept no sample): the weight is
+    summed over all of them (at every step, so that each process joins the same collective)."""
     if world > 1:
         import torch
 
-        held_all = int(accelerator.reduce(torch.tensor([held], device=accelerator.device), reduction="sum").item())
-        return grad_accum * world / held_all
-    return grad_accum / held
+        weight = float(accelerator.reduce(torch.tensor([weight], device=accelerator.device), reduction="sum").item())
+    return grad_accum * world / weight if weight else 1.0
 
 
-def _rescale_short_step(model: Any, factor: float) -> None:
+def _rescale_step(model: Any, factor: float) -> None:
     if factor == 1:
         return
     for p in model.parameters():
