@@ -213,9 +213,13 @@ def test_without_the_compiled_writer_the_default_says_what_to_do(tmp_path, sampl
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--occluded-jpeg reencode" in r.stderr and "libjpeg" in r.stderr
+    builder = occlusion.OcclusionBuilder(occlusion.OcclusionConfig(), occlusion.OcclusionBuilder.open_source(
+        "coco", coco_root=str(sample_coco)))
     monkeypatch.setattr(occlusion, "coefficient_writer", lambda: None)
     with pytest.raises(UserError, match="--occluded-jpeg coefficients needs"):
         occlusion.OcclusionConfig().validate()
+    with pytest.raises(UserError, match="was not built on .*, where a worker runs"):  # a worker on another machine
+        builder.setup()
     occlusion.OcclusionConfig(occluded_jpeg="reencode").validate()
     with pytest.raises(UserError, match="--occluded-jpeg must be one of"):
         occlusion.OcclusionConfig(occluded_jpeg="dct").validate()

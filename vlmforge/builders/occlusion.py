@@ -328,6 +328,11 @@ class OcclusionBuilder(Builder):
     # -- worker: models --------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
+        if self._coefficients and coefficient_writer() is None:  # a worker on a machine the driver is not
+            import platform
+
+            raise UserError(f"--occluded-jpeg coefficients: vlmforge's libjpeg extension was not built on "
+                            f"{platform.node()}, where a worker runs; build it there or pass --occluded-jpeg reencode")
         cats = self.src.ds.categories
         self.grounder = (AnnotationGrounder(cats, cfg.embed_threshold, cfg.embedder) if cfg.grounder == "annotations"
                          else GroundingDinoGrounder(cfg.dino_model, cfg.box_threshold, cfg.text_threshold, device=self.device))
