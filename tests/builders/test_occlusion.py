@@ -221,6 +221,7 @@ def test_without_the_compiled_writer_the_default_says_what_to_do(tmp_path, sampl
     with pytest.raises(UserError, match="was not built on .*, where a worker runs"):  # a worker on another machine
         builder.setup()
     occlusion.OcclusionConfig(occluded_jpeg="reencode").validate()
+    occlusion.OcclusionConfig(fill="blur").validate()  # blur and inpaint never use it
     with pytest.raises(UserError, match="--occluded-jpeg must be one of"):
         occlusion.OcclusionConfig(occluded_jpeg="dct").validate()
 

@@ -232,3 +232,95 @@ def test_one_image_occluded_from_several_threads_is_refused_not_corrupted():
     assert got and all(g == want for g in got)
     assert all("in use by another thread" in r for r in refused)
     assert src.width == 640 and src.occlude(mask, 0, 0, (9, 9, 9)) == want
+
+
+def _segments(data: bytes):
+    """(offset, marker, length) of each marker segment before the first scan's data, and that scan."""
+    import struct
+
+    i, out = 2, []
+    while i < len(data):
+        marker = data[i + 1]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        out.append((i, marker, length))
+        if marker == 0xDA:
+            break
+        i += 2 + length
+    return out
+
+
+def test_a_quantisation_table_redefined_between_scans_goes_the_pixel_way():
+    """libjpeg reads such a file (each component keeps the table it was first coded with) but will not write
+    it back: occlude() raised, and the build stopped with a traceback naming no file."""
+    import struct
+
+    data = _jpeg(_photo(), progressive=True)
+    last = data.rfind(b"\xff\xda")
+    redefined = data[:last] + b"\xff\xdb" + struct.pack(">H", 67) + b"\x00" + bytes([7] * 64) + data[last:]
+    assert cv2.imdecode(np.frombuffer(redefined, np.uint8), cv2.IMREAD_COLOR) is not None
+    assert dct.Coefficients(redefined).editable is False
+    assert read_coefficients(redefined) is None
+
+
+def test_corrupt_but_decodable_data_goes_the_pixel_way_and_its_warnings_are_kept():
+    data = _jpeg(_photo(), quality=90)
+    scan = _segments(data)[-1][0]
+    cut = data[: scan + (len(data) - scan) // 2] + b"\xff\xd9"  # the scan ends half way: libjpeg warns, fills grey
+    coefs = dct.Coefficients(cut)
+    assert coefs.warnings >= 1 and read_coefficients(cut) is None
+    coefs.occlude(np.ones((8, 8), np.uint8), 0, 0, (1, 2, 3))
+    assert coefs.warnings >= 1  # writing does not reset what reading found
+
+
+def test_coefficients_past_what_baseline_coding_holds_go_the_pixel_way():
+    """A DC table remapped to larger magnitude categories decodes, without a warning, to DC values no 8-bit
+    image has; libjpeg-turbo would write them back unchecked, as a file no decoder reads right."""
+    y, x = np.mgrid[0:64, 0:64]
+    rgb = np.stack([x * 4, y * 4, np.full_like(x, 128)], -1).astype(np.uint8)
+    rgb[56:, 48:56], rgb[56:, 56:] = 255, 0
+    data = bytearray(_jpeg(rgb, quality=100, subsampling=0))
+    for at, marker, length in _segments(bytes(data)):
+        if marker == 0xC4:  # in each DC table, categories 8..11 become 12..15
+            j = at + 4
+            while j < at + 2 + length:
+                n = sum(data[j + 1 : j + 17])
+                if data[j] >> 4 == 0:
+                    for k in range(j + 17, j + 17 + n):
+                        data[k] += 4 if 8 <= data[k] <= 11 else 0
+                j += 17 + n
+    coefs = dct.Coefficients(bytes(data))
+    dc = _blocks(coefs, 0)[..., 0].astype(int)
+    assert np.abs(dc).max() > 1024
+    assert coefs.editable is False and read_coefficients(bytes(data)) is None
+
+
+def test_a_thread_let_in_while_arguments_are_read_is_refused():
+    """`busy` was tested before the arguments were parsed, which can run Python code (__index__) and let
+    another thread start its own occlude() on the same blocks: a crash in realloc."""
+    import threading
+    import time
+
+    src = read_coefficients(_jpeg(_photo(480, 640)))
+    mask = np.ones((300, 300), np.uint8)
+    want = src.occlude(mask, 0, 0, (9, 9, 9))
+
+    class Slow:
+        def __index__(self):
+            time.sleep(0.02)  # gives the GIL away after the first check
+            return 0
+
+    got, refused = [], []
+
+    def work():
+        for _ in range(15):
+            try:
+                got.append(src.occlude(mask, Slow(), 0, (9, 9, 9)))
+            except RuntimeError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got and all(g == want for g in got)

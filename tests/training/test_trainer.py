@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,9 @@ class Killed(Exception):
 def run(out: Path, shards: list[str], model: Path, mode: str, steps: int, kill_at: int | None = None,
         **kw) -> tuple[Path, list[float]]:
     losses: list[float] = []
+    # fp32 everywhere (auto is bf16 on a GPU): these tests compare exact figures
     opts = dict(lr=LLAVA_LR.get(mode, 3e-3), batch_size=4, max_steps=steps, workers=0, save_every=steps,
-                log_every=4, warmup_ratio=0.0, scheduler="constant", quiet=True)
+                log_every=4, warmup_ratio=0.0, scheduler="constant", quiet=True, precision="no")
     if mode != "clip":
         opts["max_length"] = 128
     if mode == "lora":
@@ -232,6 +234,20 @@ def test_clip_modes_train_and_keep_the_best(tmp_path, label_build, tiny_clip):
     assert text_same and vision_moved
 
 
+def test_more_ranks_than_gpus_is_one_error_line(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: NCCL's 'Duplicate GPU detected' traceback in each rank."""
+    import torch
+
+    from vlmforge.training.trainer import _accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match=re.escape("2 processes on this machine and 1 GPU(s): start at most one process "
+                                                  "per GPU (--nproc_per_node 1)")):
+        _accelerator(TrainConfig(shards=["x"], model="m", out="o"))
+
+
 def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
     """A real 2-process run (torchrun, CPU ranks over gloo): one epoch, every sample on exactly one rank."""
     import os
@@ -243,7 +259,7 @@ def test_two_ranks_split_an_epoch_exactly(tmp_path, coco_build, tiny_llava):
            "train", "--shards", str(coco_build.path), "--model", str(tiny_llava), "--mode", "projector", "--out",
            str(out), "--max-steps", "3", "--batch-size", "2", "--workers", "0", "--max-length", "96", "--log-keys",
            "--val-shards", str(coco_build.path), "-q"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU ranks on a GPU machine too
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     per_rank = [[k for line in (out / name).read_text().splitlines() for k in json.loads(line)["keys"]]

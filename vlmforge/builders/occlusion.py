@@ -91,7 +91,7 @@ class OcclusionConfig(BuildConfig):
                             "a Hub id, or the endpoint's model name)")
         if self.segmenter == "annotations" and self.grounder != "annotations":
             raise UserError("--segmenter annotations needs --grounder annotations; with grounding-dino use sam or box")
-        if self.occluded_jpeg == "coefficients" and coefficient_writer() is None:
+        if self.occluded_jpeg == "coefficients" and self.fill in COEFFICIENT_FILLS and coefficient_writer() is None:
             raise UserError("--occluded-jpeg coefficients needs vlmforge's libjpeg extension, which was not built here "
                             "(no C compiler or libjpeg headers when vlmforge was installed: install them, e.g. "
                             "`apt-get install gcc libjpeg-dev`, and reinstall vlmforge), or pass --occluded-jpeg reencode")
@@ -552,7 +552,7 @@ class OcclusionBuilder(Builder):
         return out
 
     def _sample(self, rec: Record, img, c: _Candidate, px: "_Pixels", changed: MaskCrop, frac: float,
-                rng: np.random.Generator) -> Sample:
+                rng: np.random.Generator) -> Sample | Reject:
         cfg = self.config
         key = f"{int(rec['image_id']):012d}-{int(c.caption['id'])}-{c.index}"
         g = c.grounding
@@ -567,14 +567,20 @@ class OcclusionBuilder(Builder):
             "causality": None if c.causality is None else round(c.causality, 6), "causality_method": cfg.causality,
             "box": box, "occluded_fraction": round(frac, 6), "fill": cfg.fill, "question": question,
             "template": template, "grounding": g.method, "objects": objects,
-            "jpeg": "coefficients" if px.coefs is not None else "reencoded",
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         t = time.perf_counter()
+        jpg = None
         if px.coefs is not None:
-            jpg = occlude_coefficients(px.coefs, changed, cfg.fill, rng, FILL_RGB)
-        else:
+            try:
+                jpg = occlude_coefficients(px.coefs, changed, cfg.fill, rng, FILL_RGB)
+            except coefficient_writer().JpegError:  # a file libjpeg reads but cannot write back: re-encoded
+                px.coefs = None
+        if jpg is None:
+            if px.bgr is None:
+                return self._reject(rec, c, "corrupt_image", "read_image", f"{rec['file']}: cannot be decoded")
             jpg = self._reencode(px.bgr, changed, g.box, rng, key)
+        doc["jpeg"] = "coefficients" if px.coefs is not None else "reencoded"
         mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
         self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
         extras = {"mask.png": mask_png}

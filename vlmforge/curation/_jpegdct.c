@@ -16,6 +16,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -88,6 +89,8 @@ typedef struct {
     int ready;   /* coefficients read */
     Saved saved; /* blocks occlude() changed, put back after writing */
     int busy;    /* an occlude() is at work (without the GIL): the blocks are not as read */
+    long warnings;  /* libjpeg's warnings while reading (corrupt but decodable data) */
+    int in_range;   /* every coefficient fits baseline Huffman coding (a corrupt file's may not) */
     Counts kept; /* occlude()'s sample counts of the last component, freed when it ends */
 } Coefficients;
 
@@ -272,8 +275,8 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
             int xa = bx * 8 > sx0 ? bx * 8 : sx0, xb = bx * 8 + 7 < sx1 ? bx * 8 + 7 : sx1;
             unsigned any = 0;
             for (int sy = ya; sy <= yb; sy++) {
-                const uint16_t *c = cover + (size_t)(sy - sy0) * nx - sx0;
-                for (int sx = xa; sx <= xb; sx++) any |= c[sx];
+                const uint16_t *c = cover + (size_t)(sy - sy0) * nx + (xa - sx0);
+                for (int sx = 0; sx <= xb - xa; sx++) any |= c[sx];
             }
             if (!any) continue;
             float a[64], fill[64];
@@ -318,7 +321,11 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
     volatile int dst_created = 0;
     dst.err = &self->err.pub; /* errors of either object land in the one handler below */
     if (setjmp(self->err.jump)) {
-        if (dst_created) jpeg_destroy_compress(&dst);
+        if (dst_created) {
+            /* jpeg_mem_dest frees a buffer it outgrows and tells *out of the new one only when it ends */
+            if (dst.dest) (*dst.dest->term_destination)(&dst);
+            jpeg_destroy_compress(&dst);
+        }
         free(self->kept.cover);
         self->kept.cover = NULL;
         restore_blocks(&self->saved);
@@ -345,11 +352,30 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
     return 0;
 }
 
+/* Whether every coefficient can be written back baseline: |AC| <= 1023, DC in -1024..1023 (8-bit
+ * samples give no more; a corrupt file's may hold anything, which libjpeg-turbo would write unchecked). */
+static int coefficients_in_range(Coefficients *self) {
+    j_decompress_ptr src = &self->src;
+    for (int ci = 0; ci < src->num_components; ci++) {
+        jpeg_component_info *comp = &src->comp_info[ci];
+        for (JDIMENSION by = 0; by < comp->height_in_blocks; by++) {
+            JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, FALSE);
+            const JCOEF *c = rows[0][0];
+            int bad = 0;
+            for (size_t k = 0; k < (size_t)comp->width_in_blocks * DCTSIZE2; k++) bad |= c[k] > 1023 || c[k] < -1024;
+            if (bad) return 0;
+        }
+    }
+    return 1;
+}
+
 static int read_coefficients(Coefficients *self, const void *data, size_t len) {
     if (setjmp(self->err.jump)) return -1;
     jpeg_mem_src(&self->src, (const unsigned char *)data, (unsigned long)len);
     jpeg_read_header(&self->src, TRUE);
     self->coefs = jpeg_read_coefficients(&self->src);
+    self->warnings = self->err.pub.num_warnings; /* writing resets the count */
+    self->in_range = coefficients_in_range(self);
     return 0;
 }
 
@@ -403,11 +429,19 @@ static int check_ready(Coefficients *self) {
 /* Three components in YCbCr, 8-bit, with sampling factors that divide the largest: what occlude() takes. */
 static int is_editable(Coefficients *self) {
     j_decompress_ptr s = &self->src;
-    if (s->num_components != 3 || s->jpeg_color_space != JCS_YCbCr || s->data_precision != 8) return 0;
+    if (s->num_components != 3 || s->jpeg_color_space != JCS_YCbCr || s->data_precision != 8 || !self->in_range)
+        return 0;
     for (int ci = 0; ci < 3; ci++) {
         jpeg_component_info *c = &s->comp_info[ci];
         if (s->max_h_samp_factor % c->h_samp_factor || s->max_v_samp_factor % c->v_samp_factor || !c->quant_table)
             return 0;
+        /* the table the component was coded with must be the one the writer copies (a file may redefine a
+         * table between scans), and have no zero step */
+        JQUANT_TBL *copied = c->quant_tbl_no >= 0 && c->quant_tbl_no < NUM_QUANT_TBLS ? s->quant_tbl_ptrs[c->quant_tbl_no] : NULL;
+        if (!copied || memcmp(copied->quantval, c->quant_table->quantval, sizeof(copied->quantval)))
+            return 0;
+        for (int k = 0; k < DCTSIZE2; k++)
+            if (!c->quant_table->quantval[k]) return 0;
     }
     return 1;
 }
@@ -418,7 +452,8 @@ static PyObject *Coefficients_occlude(Coefficients *self, PyObject *args) {
     if (check_ready(self) < 0) return NULL;
     if (!PyArg_ParseTuple(args, "OiiO", &mask_obj, &y0, &x0, &fill_obj)) return NULL;
     if (!is_editable(self)) {
-        PyErr_SetString(PyExc_ValueError, "only 8-bit three-component YCbCr JPEGs can be occluded in the DCT domain");
+        PyErr_SetString(PyExc_ValueError, "this JPEG cannot be occluded in the DCT domain (see `editable`: 8-bit "
+                                          "three-component YCbCr, its tables and coefficients as a baseline file holds them)");
         return NULL;
     }
     Occluder o = {0};
@@ -427,6 +462,10 @@ static PyObject *Coefficients_occlude(Coefficients *self, PyObject *args) {
     PyObject *result = NULL;
     if (mask.ndim != 2 || mask.itemsize != 1) {
         PyErr_SetString(PyExc_ValueError, "mask must be a 2-D array of bool or uint8");
+        goto done;
+    }
+    if (mask.shape[0] > INT_MAX || mask.shape[1] > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "mask too large");
         goto done;
     }
     o.mask = mask.buf;
@@ -464,6 +503,10 @@ static PyObject *Coefficients_occlude(Coefficients *self, PyObject *args) {
     unsigned char *out = NULL;
     unsigned long out_size = 0;
     int status;
+    if (self->busy) { /* checked again here: parsing the arguments may have let another thread in */
+        PyErr_SetString(PyExc_RuntimeError, "Coefficients are in use by another thread's occlude()");
+        goto done;
+    }
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
     status = occlude_and_write(self, &o, &out, &out_size);
@@ -535,7 +578,7 @@ static PyObject *Coefficients_get_info(Coefficients *self, void *what) {
     case 2: return PyLong_FromLong(s->num_components);
     case 3: return PyBool_FromLong(s->progressive_mode);
     case 4: return PyBool_FromLong(is_editable(self));
-    case 5: return PyLong_FromLong(self->err.pub.num_warnings);
+    case 5: return PyLong_FromLong(self->warnings);
     default: {
         PyObject *out = PyTuple_New(s->num_components);
         if (!out) return NULL;
@@ -551,7 +594,8 @@ static PyGetSetDef Coefficients_getset[] = {
     {"height", (getter)Coefficients_get_info, NULL, "image height in pixels", (void *)1},
     {"components", (getter)Coefficients_get_info, NULL, "number of colour components", (void *)2},
     {"progressive", (getter)Coefficients_get_info, NULL, "whether the file is progressive", (void *)3},
-    {"editable", (getter)Coefficients_get_info, NULL, "whether occlude() takes this file (8-bit 3-component YCbCr)", (void *)4},
+    {"editable", (getter)Coefficients_get_info, NULL, "whether occlude() takes this file (8-bit 3-component YCbCr, "
+     "each component's table the one the file ends with, no coefficient past what baseline coding holds)", (void *)4},
     {"warnings", (getter)Coefficients_get_info, NULL, "libjpeg warnings while reading (corrupt but decodable data)", (void *)5},
     {"sampling", (getter)Coefficients_get_info, NULL, "(h, v) sampling factors per component", (void *)6},
     {NULL},

@@ -177,8 +177,10 @@ def coefficient_writer():
 
 def read_coefficients(data: bytes):
     """A JPEG's coefficients for occlude_coefficients, or None when this file cannot be edited so (not
-    8-bit three-component YCbCr: greyscale, CMYK, 12-bit) or does not read (the caller decodes it the usual
-    way, which rejects it or reads more leniently). Raises RuntimeError when the writer was not built."""
+    8-bit three-component YCbCr: greyscale, CMYK, 12-bit; a quantisation table redefined between scans;
+    coefficients past what baseline coding holds) or does not read cleanly (libjpeg warned of corrupt
+    data): the caller decodes it the usual way, which rejects it or reads more leniently. Raises
+    RuntimeError when the writer was not built."""
     dct = coefficient_writer()
     if dct is None:
         raise RuntimeError("vlmforge.curation._jpegdct was not built")
@@ -186,7 +188,7 @@ def read_coefficients(data: bytes):
         coefs = dct.Coefficients(data)
     except dct.JpegError:
         return None
-    return coefs if coefs.editable else None
+    return coefs if coefs.editable and not coefs.warnings else None
 
 
 def occlude_coefficients(coefs, changed: MaskCrop, fill: str, rng: np.random.Generator,

@@ -380,6 +380,11 @@ def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if torch.cuda.is_available() and local > torch.cuda.device_count():  # NCCL refuses two ranks on one GPU
+        raise UserError(f"{local} processes on this machine and {torch.cuda.device_count()} GPU(s): start at most one "
+                        f"process per GPU (--nproc_per_node {torch.cuda.device_count()}), or train on the CPU with "
+                        "CUDA_VISIBLE_DEVICES=''")
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -502,7 +507,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     # tokens: each micro-batch's loss counts by its weight (trained tokens, or CLIP's samples), as in one big batch
     by_weight = cfg.loss_weighting == "tokens"
     # Backward takes loss * weight / unit, the unit the mean weight of a micro-batch in the step before (common to
-    # every process): losses of about their own size, as fp16's loss scaler expects. The rescale undoes it exactly.
+    # every process) to a power of two: losses of about their own size, as fp16's loss scaler expects. The rescale
+    # undoes it exactly.
     step_loss, step_weight, unit = 0.0, 0, 1.0
     t0 = time.time()
     ended = False
@@ -556,7 +562,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 if accelerator.sync_gradients and not cfg.deepspeed:  # before clipping: it clips the step's gradient
                     factor = _step_factor(accelerator, cfg.grad_accum, (step_weight + weight) / unit, world)
                     _rescale_step(model, factor)
-                    unit = unit / factor if by_weight else 1.0
+                    # a power of two: scaling by it is exact, so a resumed run (unit 1 again) computes the same bits
+                    unit = 2.0 ** round(math.log2(unit / factor)) if by_weight and unit / factor > 0 else 1.0
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
