@@ -756,7 +756,8 @@ def _save_checkpoint(out: Path, step: int, position: LoaderPosition, accelerator
         if not cfg.deepspeed:
             trainable = {n: p.detach().cpu() for n, p in unwrapped.named_parameters() if p.requires_grad}
             torch.save({"params": trainable, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE_FILE)
+                        "step": step, "torch_rng": torch.get_rng_state(), "device_rng": _device_rng(accelerator.device)},
+                       tmp / STATE_FILE)
         task.export(unwrapped, tmp / "model")
         (tmp / POSITION_FILE).write_text(json.dumps({"step": step, **position.to_dict()}) + "\n")
         shutil.rmtree(final, ignore_errors=True)
@@ -784,4 +785,22 @@ def _load_checkpoint(ckpt: Path, accelerator: Any, model: Any, optimizer: Any, s
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        _device_rng(accelerator.device, state.get("device_rng"))
     return LoaderPosition.from_dict(pos), int(pos["step"])
+
+
+def _device_rng(device: Any, state: Any = None) -> Any:
+    """The accelerator's random state (dropout on a GPU draws from it, not from the CPU's), or with `state`
+    set it back; None on the CPU. Checkpoints from before it was kept have none."""
+    import torch
+
+    module = {"cuda": torch.cuda, "mps": getattr(torch, "mps", None)}.get(device.type)
+    if module is None:
+        return None
+    if state is None:
+        return module.get_rng_state(device) if device.type == "cuda" else module.get_rng_state()
+    if device.type == "cuda":
+        module.set_rng_state(state, device)
+    else:
+        module.set_rng_state(state)
+    return None
