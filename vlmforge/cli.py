@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlmforge.errors import UserError
+from vlmforge.errors import UserError, quiet_teardown
 
 app = typer.Typer(
     name="vlmforge",
@@ -172,6 +172,7 @@ def main() -> None:
     except (KeyboardInterrupt, RuntimeError) as e:
         if isinstance(e, RuntimeError) and str(e) != "Query interrupted":  # DuckDB's Ctrl-C during a query
             raise
+        quiet_teardown()
         typer.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
 

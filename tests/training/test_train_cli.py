@@ -280,17 +280,23 @@ def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, label_build, tiny_clip):
     import time
 
     cmd = [sys.executable, "-m", "vlmforge.cli", "train", "--shards", str(label_build.path), "--model", str(tiny_clip),
-           "--mode", "clip", "--out", str(tmp_path / "run"), "--batch-size", "8", "--workers", "2", "--epochs", "50",
+           "--mode", "clip", "--out", str(tmp_path / "run"), "--batch-size", "8", "--workers", "2", "--epochs", "1000",
            "--log-every", "1", "--save-every", "2"]
     err = tmp_path / "err.txt"
     with open(err, "w") as f:
         p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})  # lines as they come
         deadline = time.time() + 120
         while "step=5 " not in err.read_text() and p.poll() is None and time.time() < deadline:
             time.sleep(0.1)
+        assert p.poll() is None, err.read_text()[-2000:]  # still training: the Ctrl-C lands mid-run
         os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the job
-        assert p.wait(60) == 130
+        try:
+            code = p.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            code = "still running 60 s after Ctrl-C"
     text = err.read_text()
+    assert code == 130, [line for line in text.splitlines() if not line.startswith("step=")][-40:]
     assert "Traceback" not in text and "interrupted; add --resume to the same command to continue from" in text, text

@@ -120,6 +120,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         try:
             run = train(cfg)
         except KeyboardInterrupt:
+            from vlmforge.errors import quiet_teardown
+
+            quiet_teardown()
             typer.echo(interrupted_note(out), err=True)
             raise typer.Exit(130) from None
         if not quiet and int(os.environ.get("RANK", "0")) == 0:

@@ -15,6 +15,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -518,9 +520,12 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         stream.set_position(position)
         # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
         # resumed run would diverge from an uninterrupted one.
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator())
+        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator(),
+                            worker_init_fn=_ignore_sigint if cfg.workers else None)
+        with _ctrl_c_held():  # its workers start here
+            epoch_batches = iter(loader)
         batches = trained = without_image = 0
-        for batch, last in _with_last_kept(loader):
+        for batch, last in _with_last_kept(epoch_batches):
             position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
             dropped += batch.get("dropped", 0)
             without_image += len(batch.get("no_image", []))
@@ -600,6 +605,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
                 _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
             if ended:
                 break
+        with _ctrl_c_held():  # its workers stop here, not in a destructor
+            del epoch_batches
         if ended:
             break
         if batches and not trained and from_start:
@@ -615,6 +622,36 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
         task.export(accelerator.unwrap_model(model), final)
     accelerator.wait_for_everyone()
     return out
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C held back while a data loader's workers start or stop, and raised when that is done. Raised
+    inside (in a library's after-fork hook, in an iterator's destructor) it was taken for an error of that
+    code, printed as 'Exception ignored', and training went on."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    got: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if got:
+        raise KeyboardInterrupt
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """A data loader worker leaves Ctrl-C to the training process, which stops it in order: a terminal's
+    Ctrl-C reaches every process of the job, and a worker ended by it first made the training process fail
+    with 'DataLoader worker exited unexpectedly' instead of saying how to resume."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _step_factor(accelerator: Any, grad_accum: int, weight: float, world: int) -> float:
