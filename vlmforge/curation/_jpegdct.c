@@ -24,6 +24,8 @@
 #include <string.h>
 #include <jpeglib.h>
 
+#include "_jpegsplice.h"
+
 /* A[u][x] = C(u) / 2 * cos((2x + 1) u pi / 16), C(0) = 1/sqrt(2), else 1 (as floats, written out so that
  * no libm is asked): the orthonormal 8-point DCT-II of JPEG, F = A f A^T and f = A^T F A. */
 static const float DCT[8][8] = {
@@ -67,6 +69,8 @@ static void use_errors(ErrorMgr *err) {
 typedef struct {
     JCOEF *block;
     JCOEF saved[DCTSIZE2];
+    int ci;
+    JDIMENSION by, bx;
 } SavedBlock;
 
 typedef struct {
@@ -92,9 +96,17 @@ typedef struct {
     long warnings;  /* libjpeg's warnings while reading (corrupt but decodable data) */
     int in_range;   /* every coefficient fits baseline Huffman coding (a corrupt file's may not) */
     Counts kept; /* occlude()'s sample counts of the last component, freed when it ends */
+    /* Each component's block rows, padded to whole MCUs: libjpeg's (coefs), or, for a file that is written
+     * by splicing, our own decoder's (splice, blocks; libjpeg then read only the headers, from `data`). */
+    JBLOCKROW *rows[MAX_COMPONENTS];
+    Splice *splice;
+    JBLOCK *blocks[MAX_COMPONENTS];
+    uint8_t *data;
+    size_t data_len;
+    long spliced; /* occlude() results written by splicing */
 } Coefficients;
 
-static int save_block(Saved *s, JCOEF *block) {
+static int save_block(Saved *s, JCOEF *block, int ci, JDIMENSION by, JDIMENSION bx) {
     if (s->n == s->cap) {
         size_t cap = s->cap ? 2 * s->cap : 64;
         SavedBlock *items = realloc(s->items, cap * sizeof(SavedBlock));
@@ -103,6 +115,9 @@ static int save_block(Saved *s, JCOEF *block) {
         s->cap = cap;
     }
     s->items[s->n].block = block;
+    s->items[s->n].ci = ci;
+    s->items[s->n].by = by;
+    s->items[s->n].bx = bx;
     memcpy(s->items[s->n].saved, block, sizeof(JCOEF) * DCTSIZE2);
     s->n++;
     return 0;
@@ -268,7 +283,7 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
     if (by1 >= (int)comp->height_in_blocks) by1 = (int)comp->height_in_blocks - 1;
     if (bx1 >= (int)comp->width_in_blocks) bx1 = (int)comp->width_in_blocks - 1;
     for (int by = sy0 / 8; by <= by1; by++) {
-        JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, TRUE);
+        JBLOCKROW row = self->rows[ci][by];
         for (int bx = sx0 / 8; bx <= bx1; bx++) {
             /* the block's samples that lie in the crop: most blocks of a sparse fill have no count there */
             int ya = by * 8 > sy0 ? by * 8 : sy0, yb = by * 8 + 7 < sy1 ? by * 8 + 7 : sy1;
@@ -302,8 +317,8 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
                 }
             }
             if (!touched) continue;
-            JCOEF *block = rows[0][bx];
-            if (save_block(saved, block) < 0) goto done;
+            JCOEF *block = row[bx];
+            if (save_block(saved, block, ci, (JDIMENSION)by, (JDIMENSION)bx) < 0) goto done;
             composite_block(block, dequant, recip, a, fill, full, full && !fill_sum);
         }
     }
@@ -312,6 +327,41 @@ done:
     free(fill_sum);
     free(col);
     return status;
+}
+
+/* Our decoder's blocks and the rows over them, and the splice (the copy of the file is kept). */
+static void free_blocks(Coefficients *self) {
+    splice_free(self->splice);
+    self->splice = NULL;
+    for (int ci = 0; ci < MAX_COMPONENTS; ci++) {
+        free(self->rows[ci]);
+        free(self->blocks[ci]);
+        self->rows[ci] = NULL;
+        self->blocks[ci] = NULL;
+    }
+}
+
+/* Each component's block rows as libjpeg holds them (the whole image in memory: the pointers stay
+ * valid): 0, or -1 when out of memory. */
+static int libjpeg_rows(Coefficients *self) {
+    j_decompress_ptr src = &self->src;
+    for (int ci = 0; ci < src->num_components; ci++) {
+        jpeg_component_info *comp = &src->comp_info[ci];
+        JDIMENSION padded = (comp->height_in_blocks + comp->v_samp_factor - 1) / comp->v_samp_factor * comp->v_samp_factor;
+        self->rows[ci] = malloc(sizeof(JBLOCKROW) * padded);
+        if (!self->rows[ci]) return -1;
+        for (JDIMENSION by = 0; by < padded; by++)
+            self->rows[ci][by] = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, TRUE)[0];
+    }
+    return 0;
+}
+
+/* From our own decoder's blocks to libjpeg's: it reads the file's scan now (headers were read). 0, -1 for
+ * a libjpeg error (the caller's setjmp), -2 when out of memory. */
+static int read_by_libjpeg(Coefficients *self) {
+    self->coefs = jpeg_read_coefficients(&self->src);
+    free_blocks(self);
+    return libjpeg_rows(self) < 0 ? -2 : 0;
 }
 
 /* The libjpeg work of occlude(), with no Python call: 0, -1 for a libjpeg error (message in self->err),
@@ -340,6 +390,25 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
         }
     free(self->kept.cover);
     self->kept.cover = NULL;
+    if (self->splice) {
+        for (size_t i = 0; i < self->saved.n; i++)
+            splice_mark(self->splice, self->saved.items[i].ci, self->saved.items[i].by, self->saved.items[i].bx);
+        uint8_t *spliced = NULL;
+        size_t spliced_size = 0;
+        int status = splice_write(self->splice, (SpliceRow *const *)self->rows, &spliced, &spliced_size);
+        restore_blocks(&self->saved);
+        if (status < 0) return -2;
+        if (!status) {
+            *out = spliced;
+            *out_size = (unsigned long)spliced_size;
+            self->spliced++;
+            return 0;
+        }
+        /* A changed block needs a symbol the file's Huffman tables have no code for: libjpeg reads the
+         * coefficients (the same ones) and writes this occluder and every later one. */
+        if ((status = read_by_libjpeg(self)) < 0) return status;
+        return occlude_and_write(self, o, out, out_size);
+    }
     jpeg_create_compress(&dst);
     dst_created = 1;
     jpeg_mem_dest(&dst, out, out_size);
@@ -359,8 +428,7 @@ static int coefficients_in_range(Coefficients *self) {
     for (int ci = 0; ci < src->num_components; ci++) {
         jpeg_component_info *comp = &src->comp_info[ci];
         for (JDIMENSION by = 0; by < comp->height_in_blocks; by++) {
-            JBLOCKARRAY rows = (*src->mem->access_virt_barray)((j_common_ptr)src, self->coefs[ci], by, 1, FALSE);
-            const JCOEF *c = rows[0][0];
+            const JCOEF *c = self->rows[ci][by][0];
             int bad = 0;
             for (size_t k = 0; k < (size_t)comp->width_in_blocks * DCTSIZE2; k++) bad |= c[k] > 1023 || c[k] < -1024;
             if (bad) return 0;
@@ -369,31 +437,81 @@ static int coefficients_in_range(Coefficients *self) {
     return 1;
 }
 
-static int read_coefficients(Coefficients *self, const void *data, size_t len) {
+/* Our own decoder's blocks, for a file written by splicing (one baseline scan of three 8-bit components,
+ * interleaved, that decodes cleanly, headers libjpeg read without a warning): 1, or 0 when it is not one. */
+static int read_own(Coefficients *self) {
+    j_decompress_ptr src = &self->src;
+    if (src->progressive_mode || src->arith_code || src->num_components != 3 || src->data_precision != 8
+        || src->err->num_warnings || !(self->splice = splice_open(self->data, self->data_len)))
+        return 0;
+    for (int ci = 0; ci < 3; ci++) {
+        jpeg_component_info *comp = &src->comp_info[ci];
+        unsigned h, v, rows, cols;
+        splice_shape(self->splice, ci, &h, &v, &rows, &cols);
+        if (h != (unsigned)comp->h_samp_factor || v != (unsigned)comp->v_samp_factor
+            || rows != (comp->height_in_blocks + v - 1) / v * v || cols != (comp->width_in_blocks + h - 1) / h * h)
+            return 0;
+        self->blocks[ci] = malloc(sizeof(JBLOCK) * rows * cols);
+        self->rows[ci] = malloc(sizeof(JBLOCKROW) * rows);
+        if (!self->blocks[ci] || !self->rows[ci]) return 0;
+        for (unsigned by = 0; by < rows; by++) self->rows[ci][by] = self->blocks[ci] + (size_t)by * cols;
+    }
+    if (splice_decode(self->splice, (SpliceRow *const *)self->rows) < 0) return 0;
+    for (int ci = 0; ci < 3; ci++) { /* what jpeg_read_coefficients() would latch */
+        jpeg_component_info *comp = &src->comp_info[ci];
+        if (comp->quant_tbl_no < 0 || comp->quant_tbl_no >= NUM_QUANT_TBLS || !src->quant_tbl_ptrs[comp->quant_tbl_no]) return 0;
+        comp->quant_table = src->quant_tbl_ptrs[comp->quant_tbl_no];
+    }
+    return 1;
+}
+
+/* With `splice`, a file a splice writes is read by our own decoder (libjpeg reads its headers only);
+ * any other is read by libjpeg. */
+static int read_coefficients(Coefficients *self, const void *data, size_t len, int splice) {
     if (setjmp(self->err.jump)) return -1;
-    jpeg_mem_src(&self->src, (const unsigned char *)data, (unsigned long)len);
+    self->data = malloc(len ? len : 1); /* libjpeg reads the scan from it later if it has to */
+    if (!self->data) {
+        strcpy(self->err.message, "out of memory");
+        return -1;
+    }
+    memcpy(self->data, data, len);
+    self->data_len = len;
+    jpeg_mem_src(&self->src, self->data, (unsigned long)len);
     jpeg_read_header(&self->src, TRUE);
-    self->coefs = jpeg_read_coefficients(&self->src);
+    if (splice && read_own(self)) {
+        self->warnings = self->err.pub.num_warnings;
+        self->in_range = 1; /* splice_decode() refuses anything else */
+        return 0;
+    }
+    /* not one our decoder reads: libjpeg, from where its header reading stopped */
+    int status = read_by_libjpeg(self);
     self->warnings = self->err.pub.num_warnings; /* writing resets the count */
+    if (status < 0) {
+        strcpy(self->err.message, "out of memory");
+        return -1;
+    }
     self->in_range = coefficients_in_range(self);
+    free(self->data);
+    self->data = NULL;
     return 0;
 }
 
 static int Coefficients_init(Coefficients *self, PyObject *args, PyObject *kwds) {
-    static char *names[] = {"data", NULL};
+    static char *names[] = {"data", "splice", NULL};
     Py_buffer buf;
+    int splice = 1;
     if (self->created) {
         PyErr_SetString(PyExc_RuntimeError, "Coefficients cannot be initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*", names, &buf)) return -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*|p", names, &buf, &splice)) return -1;
     self->src.err = &self->err.pub;
     use_errors(&self->err);
     jpeg_create_decompress(&self->src);
     self->created = 1;
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = read_coefficients(self, buf.buf, (size_t)buf.len);
+    status = read_coefficients(self, buf.buf, (size_t)buf.len, splice);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&buf);
     if (status < 0) {
@@ -407,6 +525,8 @@ static int Coefficients_init(Coefficients *self, PyObject *args, PyObject *kwds)
 static void Coefficients_dealloc(Coefficients *self) {
     free(self->saved.items);
     free(self->kept.cover);
+    free_blocks(self);
+    free(self->data);
     if (self->created) {
         /* jpeg_destroy_decompress only frees memory; an error there cannot happen */
         jpeg_destroy_decompress(&self->src);
@@ -545,9 +665,8 @@ static PyObject *Coefficients_blocks(Coefficients *self, PyObject *args) {
         return NULL;
     }
     for (JDIMENSION by = 0; by < comp->height_in_blocks; by++) {
-        JBLOCKARRAY rows = (*self->src.mem->access_virt_barray)((j_common_ptr)&self->src, self->coefs[ci], by, 1, FALSE);
         for (JDIMENSION bx = 0; bx < comp->width_in_blocks; bx++)
-            for (int k = 0; k < DCTSIZE2; k++) ((int16_t *)(p + by * row))[bx * DCTSIZE2 + k] = (int16_t)rows[0][bx][k];
+            for (int k = 0; k < DCTSIZE2; k++) ((int16_t *)(p + by * row))[bx * DCTSIZE2 + k] = (int16_t)self->rows[ci][by][bx][k];
     }
     return Py_BuildValue("(N(ii))", out, (int)comp->height_in_blocks, (int)comp->width_in_blocks);
 }
@@ -579,6 +698,8 @@ static PyObject *Coefficients_get_info(Coefficients *self, void *what) {
     case 3: return PyBool_FromLong(s->progressive_mode);
     case 4: return PyBool_FromLong(is_editable(self));
     case 5: return PyLong_FromLong(self->warnings);
+    case 7: return PyLong_FromLong(self->spliced);
+    case 8: return PyBool_FromLong(self->splice != NULL);
     default: {
         PyObject *out = PyTuple_New(s->num_components);
         if (!out) return NULL;
@@ -597,6 +718,10 @@ static PyGetSetDef Coefficients_getset[] = {
     {"editable", (getter)Coefficients_get_info, NULL, "whether occlude() takes this file (8-bit 3-component YCbCr, "
      "each component's table the one the file ends with, no coefficient past what baseline coding holds)", (void *)4},
     {"warnings", (getter)Coefficients_get_info, NULL, "libjpeg warnings while reading (corrupt but decodable data)", (void *)5},
+    {"spliced", (getter)Coefficients_get_info, NULL, "how many occlude() results were written by splicing: the source's "
+     "entropy-coded bits kept for every MCU that did not change, the changed ones coded with the file's own Huffman tables", (void *)7},
+    {"splicing", (getter)Coefficients_get_info, NULL, "whether occlude() writes by splicing (the file was read by our own "
+     "decoder: one clean baseline scan)", (void *)8},
     {"sampling", (getter)Coefficients_get_info, NULL, "(h, v) sampling factors per component", (void *)6},
     {NULL},
 };

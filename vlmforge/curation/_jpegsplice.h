@@ -1,0 +1,31 @@
+/* A baseline JPEG written again by splicing: every MCU that did not change keeps its entropy-coded bits,
+ * copied from the source; only the changed ones are Huffman-coded again, with the file's own tables. */
+#ifndef VLMFORGE_JPEGSPLICE_H
+#define VLMFORGE_JPEGSPLICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct Splice Splice;
+
+/* A component's block rows as the decoder holds them: rows[by][bx][k], 64 coefficients in natural order,
+ * rows and columns padded to whole MCUs. Indexed by the component's place in the frame (SOF). */
+typedef short (*SpliceRow)[64];
+
+/* The file's headers and scan, copied: NULL when the file is not one a splice writes (one sequential
+ * Huffman scan of three 8-bit components, interleaved) or memory ran out. */
+Splice *splice_open(const uint8_t *data, size_t len);
+/* Frame component c's sampling factors and its block rows and columns, padded to whole MCUs. */
+void splice_shape(const Splice *s, int c, unsigned *h, unsigned *v, unsigned *rows, unsigned *cols);
+/* Decodes the scan into `rows` (shaped as splice_shape says) and records where each MCU's bits are: 0,
+ * or -1 when the scan is not a clean baseline scan (libjpeg reads the file then). Once only. */
+int splice_decode(Splice *s, SpliceRow *const *rows);
+/* Flags the MCU holding block (by, bx) of frame component `c` as changed. */
+void splice_mark(Splice *s, int c, unsigned by, unsigned bx);
+/* Writes the whole file from `rows` (the changed blocks in place): 0 with *out (malloc'd) and *out_len,
+ * 1 when a changed block needs a symbol the file's tables have no code for (write it another way), -2
+ * when out of memory. The flags are cleared after. */
+int splice_write(Splice *s, SpliceRow *const *rows, uint8_t **out, size_t *out_len);
+void splice_free(Splice *s);
+
+#endif
