@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test install bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml vlmforge/curation/_jpegdct.c
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml vlmforge/curation/_jpegdct.c vlmforge/curation/_jpegsplice.c vlmforge/curation/_jpegsplice.h
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -25,8 +25,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vlmforge build occlusion --source coco --out builds
-	$(BIN)/vlmforge manifest query builds/occlusion/2.0.0 "SELECT label, count(*) AS n FROM samples GROUP BY 1 ORDER BY 2 DESC, 1"
-	$(BIN)/vlmforge verify builds/occlusion/2.0.0
+	$(BIN)/vlmforge manifest query builds/occlusion/2.1.0 "SELECT label, count(*) AS n FROM samples GROUP BY 1 ORDER BY 2 DESC, 1"
+	$(BIN)/vlmforge verify builds/occlusion/2.1.0
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -10,16 +10,17 @@ yields several samples, each its own JPEG): no pipeline that re-encodes can beat
 parse every caption (entity cache off, as in a first build); the column beside them, and one more
 row, show a repeated build, whose entities come from the cache. The pipeline rows run the default `occlusion`
 builder (spaCy entities, co-occurrence causality, annotation grounding and masks, blocks fill, JPEGs
-occluded in their DCT coefficients) in one process, models loaded once beforehand (start-up is reported
+occluded in their DCT coefficients and written by splicing) in one process, models loaded once beforehand (start-up is reported
 apart), and write the shards; one more row runs it with `--occluded-jpeg reencode` (decode, paint,
 encode), in the same repeats. Images per
 second count source images; each may yield several samples.
 
 With --coefficient-floor (needs a C compiler and libjpeg's headers), one more row goes below the
 pixel-domain floor: reading each image's quantised DCT coefficients once and writing them back once per
-sample (bench/jpeg_coefficients.c), skipping every DCT and colour conversion: what the default
-pipeline's JPEG work (vlmforge/curation/_jpegdct.c) costs with no block occluded. It bounds any JPEG
-rewrite, not only ours.
+sample (bench/jpeg_coefficients.c), skipping every DCT and colour conversion: what a jpegtran-style
+rewrite of the whole file costs, with no block occluded. The default pipeline goes below it: it
+Huffman-codes only the MCUs an occluder changes and copies the source's bits for the rest
+(vlmforge/curation/_jpegsplice.c).
 """
 
 from __future__ import annotations
@@ -251,8 +252,8 @@ def main() -> None:
                 coef = statistics.median(r + w * per_image for r, w in base_coef)
                 print(f"{'coefficients read + written per sample':<40}{coef:.2f}s ({n / coef:.0f} images/s; "
                       f"the pixel-domain floor is {floor:.2f}s)")
-                print(f"bound for a first build rewriting JPEGs in the DCT domain: entities stage + {coef:.2f}s "
-                      f"-> at most {b_sec / (parse + coef):.2f}x")
+                print(f"bound for a first build rewriting whole JPEGs in the DCT domain: entities stage + {coef:.2f}s "
+                      f"-> at most {b_sec / (parse + coef):.2f}x (splicing writes only the changed MCUs)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -299,3 +299,136 @@ def test_a_thread_let_in_while_arguments_are_read_is_refused():
         t.join()
     assert got and all(g == want for g in got)
     assert src.width == 640 and src.occlude(mask, 0, 0, (9, 9, 9)) == want
+
+
+# Writing by splicing: our own decoder reads a clean baseline scan, and an occluder's file keeps the
+# source's entropy-coded bits for every MCU it does not change.
+
+def _source(h, w, sampling, restart=0, seed=0) -> bytes:
+    """A photo-like JPEG: PIL for 4:4:4, 4:2:2, 4:2:0; OpenCV for 4:1:1, 4:4:0 and restart markers."""
+    rgb = _photo(h, w, seed)
+    if sampling in ("444", "422", "420") and not restart:
+        return _jpeg(rgb, quality=88, subsampling={"444": 0, "422": 1, "420": 2}[sampling])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 88, cv2.IMWRITE_JPEG_RST_INTERVAL, restart]
+    if sampling in ("411", "440"):
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{sampling}")]
+    return cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), params)[1].tobytes()
+
+
+def _same_coefficients(a: bytes, b: bytes) -> bool:
+    ca, cb = dct.Coefficients(a, splice=False), dct.Coefficients(b, splice=False)
+    return ca.warnings == cb.warnings == 0 and all(np.array_equal(_blocks(ca, ci), _blocks(cb, ci)) for ci in range(3))
+
+
+def _random_occluder(rng, h, w):
+    y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+    mh, mw = int(rng.integers(1, h - y0 + 1)), int(rng.integers(1, w - x0 + 1))
+    mask = (rng.random((mh, mw)) < rng.uniform(0.2, 1.0)).astype(np.uint8)
+    fill = tuple(int(v) for v in rng.integers(0, 256, 3)) if rng.random() < 0.5 else \
+        rng.integers(0, 256, (mh, mw, 3), dtype=np.uint8)
+    return mask, y0, x0, fill
+
+
+@pytest.mark.parametrize("h,w,sampling,restart", [
+    (240, 320, "420", 0), (241, 333, "444", 0), (17, 9, "422", 0), (240, 320, "411", 3), (101, 77, "440", 1),
+    (96, 136, "420", 5),
+])
+def test_a_spliced_file_holds_what_libjpeg_would_write(h, w, sampling, restart):
+    """Our decoder reads the coefficients libjpeg reads; each occluder's spliced file decodes to the
+    coefficients libjpeg's writer gives (MCUs after a changed one included: their DC is a difference), and
+    with the standard tables and no restart markers it is libjpeg's file byte for byte."""
+    data = _source(h, w, sampling, restart, seed=h)
+    ours, theirs = dct.Coefficients(data), dct.Coefficients(data, splice=False)
+    assert ours.splicing and not theirs.splicing
+    assert all(np.array_equal(_blocks(ours, ci), _blocks(theirs, ci)) for ci in range(3))
+    rng = np.random.default_rng(h * w)
+    for _ in range(8):
+        mask, y0, x0, fill = _random_occluder(rng, h, w)
+        spliced, written = ours.occlude(mask, y0, x0, fill), theirs.occlude(mask, y0, x0, fill)
+        assert _same_coefficients(spliced, written)
+        assert cv2.imdecode(np.frombuffer(spliced, np.uint8), cv2.IMREAD_COLOR) is not None
+        if not restart:
+            assert spliced == written
+        else:  # the source's restart markers are kept (libjpeg's writer drops them)
+            assert spliced.count(b"\xff\xdd") == 1
+    assert ours.spliced == 8 and theirs.spliced == 0
+
+
+def _scan(data: bytes) -> bytes:
+    at, _, length = _segments(data)[-1]
+    return data[at + 2 + length :]
+
+
+def test_unchanged_mcus_keep_the_sources_bits_and_its_own_huffman_tables():
+    data = _jpeg(_photo(240, 320, seed=5), quality=85)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(buf, "JPEG", quality=85, optimize=True)  # tables made for this image
+    optimised = buf.getvalue()
+    ours = dct.Coefficients(optimised)
+    # the image's last MCU, in about its own colour (optimised tables may lack the codes of a far one)
+    near = (250, 250, 125)
+    spliced = ours.occlude(np.ones((16, 16), np.uint8), 224, 304, near)
+    written = dct.Coefficients(optimised, splice=False).occlude(np.ones((16, 16), np.uint8), 224, 304, near)
+    assert ours.spliced == 1 and _same_coefficients(spliced, written)
+    tables = lambda d: [d[at : at + 2 + n] for at, marker, n in _segments(d) if marker == 0xC4]
+    assert tables(spliced) == tables(optimised) != tables(written)
+    source, out = _scan(optimised), _scan(spliced)
+    common = next(i for i, (a, b) in enumerate(zip(source, out)) if a != b)
+    assert common > 0.97 * len(source)  # every MCU before the last one, as the source has it
+    assert len(spliced) < len(written)
+
+
+def test_an_occluder_that_needs_a_code_the_tables_lack_is_written_by_libjpeg():
+    """Optimised tables hold only the symbols their image uses: a flat image's have no code for the AC
+    values a noise fill brings, so libjpeg reads the file and writes this occluder and every later one."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(buf, "JPEG", quality=90, optimize=True)
+    flat = buf.getvalue()
+    ours, theirs = dct.Coefficients(flat), dct.Coefficients(flat, splice=False)
+    assert ours.splicing
+    solid = ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90))  # its own colour: codes it has
+    assert ours.spliced == 1
+    noise = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    got = ours.occlude(np.ones((40, 50), np.uint8), 10, 20, noise)
+    assert not ours.splicing and ours.spliced == 1
+    assert _same_coefficients(got, theirs.occlude(np.ones((40, 50), np.uint8), 10, 20, noise))
+    assert ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)) != solid  # now libjpeg's standard tables
+    assert _same_coefficients(solid, ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)))
+
+
+def test_a_damaged_scan_is_read_by_libjpeg_as_before():
+    """Bit flips, 0xFF bytes and lost bytes in the scan: our decoder either reads exactly what libjpeg reads
+    (without a warning) or leaves the file to libjpeg, which warns, fails or reads it as it always did."""
+    rng = np.random.default_rng(3)
+    rgb = _photo(48, 64, seed=3)
+    sources = [_jpeg(rgb, quality=80), _source(48, 64, "420", restart=2, seed=3)]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=80, optimize=True)
+    sources.append(buf.getvalue())
+    read = {True: 0, False: 0}
+    for data in sources:
+        start = _segments(data)[-1][0]
+        for _ in range(60):
+            damaged = bytearray(data)
+            for _ in range(int(rng.integers(1, 3))):
+                i = int(rng.integers(start, len(damaged)))
+                kind = int(rng.integers(0, 3))
+                if kind == 0:
+                    damaged[i] ^= 1 << int(rng.integers(0, 8))
+                elif kind == 1:
+                    damaged[i] = 0xFF
+                else:
+                    del damaged[i]
+            try:
+                theirs = dct.Coefficients(bytes(damaged), splice=False)
+            except dct.JpegError:
+                with pytest.raises(dct.JpegError):
+                    dct.Coefficients(bytes(damaged))
+                continue
+            ours = dct.Coefficients(bytes(damaged))
+            read[ours.splicing] += 1
+            assert all(np.array_equal(_blocks(ours, ci), _blocks(theirs, ci)) for ci in range(3))
+            assert ours.warnings == theirs.warnings
+            if ours.splicing:
+                assert theirs.warnings == 0
+    assert read[True] >= 10 and read[False] >= 10  # both ways were taken

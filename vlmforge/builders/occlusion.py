@@ -130,7 +130,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "2.0.0"
+    VERSION = "2.1.0"
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")

@@ -1,15 +1,18 @@
 /* Occluders written into a JPEG's quantised DCT coefficients, with libjpeg(-turbo).
  *
- * Coefficients(data) reads a JPEG's coefficients once (jpeg_read_coefficients, no inverse DCT or colour
+ * Coefficients(data) reads a JPEG's coefficients once (no inverse DCT or colour
  * conversion). occlude(mask, y0, x0, fill) then gives a new baseline JPEG in which the pixels under `mask`
  * (a 2-D uint8/bool crop whose top-left pixel is (y0, x0)) show `fill` (an (r, g, b) tuple, or an RGB
  * uint8 array of the mask's shape): only the 8x8 blocks the mask touches are decoded, composited in
  * YCbCr and quantised again with the file's own tables; every other block keeps its coefficients, so the
  * pixels outside the occluder are the source's own, with no second generation of JPEG loss. A
  * chroma sample that stands for several pixels (4:2:0, 4:2:2) takes the fill in proportion to the pixels
- * under the mask, as an encoder's box downsampling of the painted image would. The coefficients are then
- * entropy-coded again (jpeg_write_coefficients, as jpegtran does) with the standard Huffman tables; the
- * blocks are put back after, so one read serves every occluder of the image.
+ * under the mask, as an encoder's box downsampling of the painted image would. A file with one clean
+ * baseline scan is read by our own decoder (libjpeg reads its headers) and written by splicing
+ * (_jpegsplice.c): the MCUs that did not change keep the source's entropy-coded bits, the changed ones are
+ * coded with the file's own Huffman tables. Any other file, and an occluder that needs a code those tables
+ * lack, goes to libjpeg: jpeg_read_coefficients, then jpeg_write_coefficients (as jpegtran does) with the
+ * standard Huffman tables. The blocks are put back after, so one read serves every occluder of the image.
  *
  * The arithmetic is IEEE single precision, each sum in a fixed order, with no fused multiply-add (built
  * with -ffp-contract=off) and no libm call: the same input gives the same bytes on every machine. Python's GIL is released while libjpeg works.
@@ -738,7 +741,7 @@ static PyMethodDef Coefficients_methods[] = {
 static PyTypeObject CoefficientsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "vlmforge.curation._jpegdct.Coefficients",
-    .tp_doc = "Coefficients(data): a JPEG's quantised DCT coefficients, read once",
+    .tp_doc = "Coefficients(data, splice=True): a JPEG's quantised DCT coefficients, read once (splice=False: libjpeg reads and writes every file)",
     .tp_basicsize = sizeof(Coefficients),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

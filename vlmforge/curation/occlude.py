@@ -17,7 +17,9 @@ both on a copy. Masks may be full (H, W) arrays or MaskCrops; the work costs the
 `occlude_coefficients` paints the same fills (not blur or inpaint, which read the pixels around them)
 into a JPEG's DCT coefficients instead (the C extension `_jpegdct`, against libjpeg): only the 8x8
 blocks under the fill are decoded and quantised again with the file's own tables, so every pixel
-outside them stays the source's own, and no pixel of the image is decoded or encoded besides.
+outside them stays the source's own, and no pixel of the image is decoded or encoded besides. A
+baseline file is written by splicing (`_jpegsplice.c`): the MCUs the fill leaves alone keep the
+source's entropy-coded bits, and only the changed ones are Huffman-coded, with the file's own tables.
 """
 
 from __future__ import annotations
