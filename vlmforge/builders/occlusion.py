@@ -30,7 +30,9 @@ from vlmforge.curation.grounding import (
     COCO_SUPERCATEGORIES, AnnotationGrounder, Grounding, GroundingDinoGrounder, box_iou, detections_for_caption,
     is_not_object,
 )
-from vlmforge.curation.images import ImageError, bilevel_png, encode_for_storage, read_image
+from vlmforge.curation.images import (
+    EncodedImage, ImageError, bilevel_png, check_image_bytes, encode_for_storage, ends_like_a_jpeg, read_bytes,
+)
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.models import check_model_name
 from vlmforge.curation.occlude import (
@@ -364,16 +366,20 @@ class OcclusionBuilder(Builder):
                 results[i].append(Reject(rec["source_id"], "no_captions", "source", "the image has no captions"))
                 continue
             try:
-                img = read_image(rec["file"], check="quick")
+                data, coefs = read_bytes(rec["file"]), None
+                # A JPEG to be occluded in the DCT domain is read as coefficients, and decoded only if a stage
+                # asks for pixels (a model, or a colour word choosing among instances). One that reads cleanly
+                # so needs no other check: its headers are read, it ends where a JPEG ends.
+                if self._coefficients and ends_like_a_jpeg(data):
+                    coefs = read_coefficients(data)
+                img = (EncodedImage(data, "jpg", coefs.width, coefs.height, "JPEG", "RGB") if coefs is not None
+                       else check_image_bytes(data, str(rec["file"]), "quick"))
                 if self.config.keep_original:  # JPEG kept as it is; anything else as RGB JPEG: every
                     # sample of a build has the same fields, so the field is always orig.jpg
                     img = encode_for_storage(img, str(rec["file"]), self.config.jpeg_quality, keep=("JPEG",))
             except ImageError as e:
                 results[i].append(Reject(rec["source_id"], e.reason, "read_image", e.detail))
                 continue
-            # A JPEG to be occluded in the DCT domain is read as coefficients, and decoded only if a stage
-            # asks for pixels (a model, or a colour word choosing among instances).
-            coefs = read_coefficients(img.data) if self._coefficients and img.original_format == "JPEG" else None
             px = _Pixels(img.data, coefs)
             if coefs is None and px.bgr is None:
                 results[i].append(Reject(rec["source_id"], "corrupt_image", "read_image", f"{rec['file']}: cannot be decoded"))

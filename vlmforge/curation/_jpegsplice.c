@@ -24,7 +24,7 @@ static const uint8_t NATURAL[64] = {
 };
 
 #define FAST_BITS 9
-#define COMBINED_BITS 10 /* a code and its value bits looked up at once when they fit in this many */
+#define COMBINED_BITS 11 /* a code and its value bits looked up at once when they fit in this many */
 #define TAIL 512 /* zero bytes after the scan's bits: a block's decode may read past its end before it is checked */
 
 /* What the next COMBINED_BITS bits hold: a value of `len` bits with its code, after `run` zeros (AC), or

@@ -40,13 +40,22 @@ def read_image(path: str | Path, check: str = "quick") -> EncodedImage:
     truncated files); check="full" decodes every pixel. Raises ImageError(missing_image|
     unreadable_image|corrupt_image|truncated_image).
     """
+    return check_image_bytes(read_bytes(path), str(path), check)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """An image file's bytes. Raises ImageError(missing_image|unreadable_image)."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageError("missing_image", f"no file at {path}") from None
     except OSError as e:
         raise ImageError("unreadable_image", f"{path}: {e.strerror or e}") from None
-    return check_image_bytes(data, str(path), check)
+
+
+def ends_like_a_jpeg(data: bytes) -> bool:
+    """Starts with SOI and ends with the end-of-image marker (trailing zero bytes aside)."""
+    return data[:2] == b"\xff\xd8" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
 
 def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedImage:
@@ -59,7 +68,7 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
             width, height = im.size
             if check == "full":
                 im.load()
-            elif fmt == "JPEG" and data.rstrip(b"\0")[-2:] != b"\xff\xd9":
+            elif fmt == "JPEG" and not ends_like_a_jpeg(data):
                 raise ImageError("truncated_image", f"{name} ends before the JPEG end-of-image marker")
     except ImageError:
         raise
@@ -134,7 +143,8 @@ def encode_for_storage(img: EncodedImage, name: str, jpeg_quality: int = 95,
 def bilevel_png(mask) -> bytes:
     """A boolean (H, W) mask, or a MaskCrop, as a standard 1-bit greyscale PNG (what PIL writes for
     mode "1", and reads back as such). Written directly: rows packed to bits, filter byte 0, one zlib
-    stream, at 0.17 ms for a 480x360 mask against 0.5-0.8 ms through PIL's adaptive-filter encoder.
+    stream (level 3: a quarter of level 6's time for masks a third larger, still a hundredth of the JPEG),
+    at 0.05-0.1 ms for a 480x360 mask against 0.5-0.8 ms through PIL's adaptive-filter encoder.
     A MaskCrop packs only its box (8-pixel aligned) into the zeroed rows: the same bytes."""
     import struct
     import zlib
@@ -160,4 +170,4 @@ def bilevel_png(mask) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)) + chunk(b"IEND", b""))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes(), 3)) + chunk(b"IEND", b""))
