@@ -373,30 +373,53 @@ def test_unchanged_mcus_keep_the_sources_bits_and_its_own_huffman_tables():
     spliced = ours.occlude(np.ones((16, 16), np.uint8), 224, 304, near)
     written = dct.Coefficients(optimised, splice=False).occlude(np.ones((16, 16), np.uint8), 224, 304, near)
     assert ours.spliced == 1 and _same_coefficients(spliced, written)
-    tables = lambda d: [d[at : at + 2 + n] for at, marker, n in _segments(d) if marker == 0xC4]
-    assert tables(spliced) == tables(optimised) != tables(written)
+    assert _huffman_tables(spliced) == _huffman_tables(optimised) != _huffman_tables(written)
     source, out = _scan(optimised), _scan(spliced)
     common = next(i for i, (a, b) in enumerate(zip(source, out)) if a != b)
     assert common > 0.97 * len(source)  # every MCU before the last one, as the source has it
     assert len(spliced) < len(written)
 
 
-def test_an_occluder_that_needs_a_code_the_tables_lack_is_written_by_libjpeg():
+def _huffman_tables(data: bytes) -> dict[tuple[int, int], bytes]:
+    """(class, id) -> counts and symbols, from every DHT segment before the scan."""
+    out = {}
+    for at, marker, length in _segments(data):
+        j = at + 4
+        while marker == 0xC4 and j < at + 2 + length:
+            n = 17 + sum(data[j + 1 : j + 17])
+            out[data[j] >> 4, data[j] & 15] = data[j + 1 : j + n]
+            j += n
+    return out
+
+
+def test_an_occluder_that_needs_a_code_the_tables_lack_switches_the_image_to_the_standard_tables():
     """Optimised tables hold only the symbols their image uses: a flat image's have no code for the AC
-    values a noise fill brings, so libjpeg reads the file and writes this occluder and every later one."""
+    values a noise fill brings. The image is then coded once with the standard tables (which hold every
+    symbol), and this occluder and every later one are spliced from that."""
     buf = io.BytesIO()
     Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(buf, "JPEG", quality=90, optimize=True)
     flat = buf.getvalue()
     ours, theirs = dct.Coefficients(flat), dct.Coefficients(flat, splice=False)
-    assert ours.splicing
     solid = ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90))  # its own colour: codes it has
-    assert ours.spliced == 1
+    assert ours.spliced == 1 and _huffman_tables(solid) == _huffman_tables(flat)
     noise = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     got = ours.occlude(np.ones((40, 50), np.uint8), 10, 20, noise)
-    assert not ours.splicing and ours.spliced == 1
-    assert _same_coefficients(got, theirs.occlude(np.ones((40, 50), np.uint8), 10, 20, noise))
-    assert ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)) != solid  # now libjpeg's standard tables
-    assert _same_coefficients(solid, ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)))
+    written = theirs.occlude(np.ones((40, 50), np.uint8), 10, 20, noise)  # libjpeg: the standard tables
+    assert ours.splicing and ours.spliced == 2
+    assert _same_coefficients(got, written) and _huffman_tables(got) == _huffman_tables(written) != _huffman_tables(flat)
+    again = ours.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90))
+    assert ours.spliced == 3 and again != solid and _huffman_tables(again) == _huffman_tables(written)
+    assert _same_coefficients(solid, again)
+    # photos saved with optimised tables: every occluder spliced, every file what libjpeg's reads
+    rng = np.random.default_rng(1)
+    for seed in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(_photo(120, 176, seed)).save(buf, "JPEG", quality=80, optimize=True)
+        ours, theirs = dct.Coefficients(buf.getvalue()), dct.Coefficients(buf.getvalue(), splice=False)
+        for _ in range(3):
+            mask, y0, x0, fill = _random_occluder(rng, 120, 176)
+            assert _same_coefficients(ours.occlude(mask, y0, x0, fill), theirs.occlude(mask, y0, x0, fill))
+        assert ours.spliced == 3
 
 
 def test_a_damaged_scan_is_read_by_libjpeg_as_before():

@@ -10,9 +10,9 @@
  * under the mask, as an encoder's box downsampling of the painted image would. A file with one clean
  * baseline scan is read by our own decoder (libjpeg reads its headers) and written by splicing
  * (_jpegsplice.c): the MCUs that did not change keep the source's entropy-coded bits, the changed ones are
- * coded with the file's own Huffman tables. Any other file, and an occluder that needs a code those tables
- * lack, goes to libjpeg: jpeg_read_coefficients, then jpeg_write_coefficients (as jpegtran does) with the
- * standard Huffman tables. The blocks are put back after, so one read serves every occluder of the image.
+ * coded with the file's own Huffman tables (when an occluder needs a code they lack, the image is coded
+ * once with the standard tables, and spliced from that). Any other file goes to libjpeg:
+ * jpeg_read_coefficients, then jpeg_write_coefficients (as jpegtran does) with the standard tables. The blocks are put back after, so one read serves every occluder of the image.
  *
  * The arithmetic is IEEE single precision, each sum in a fixed order, with no fused multiply-add (built
  * with -ffp-contract=off) and no libm call: the same input gives the same bytes on every machine. Python's GIL is released while libjpeg works.
@@ -46,6 +46,9 @@ static float DCT_T[8][8]; /* its transpose, filled at import */
 #define COEF_LIMIT 1023 /* what baseline Huffman coding can hold for a coefficient (and DC differences) */
 
 static PyObject *JpegError;
+/* libjpeg's standard Huffman tables (JPEG's Annex K), luminance then chrominance: what a spliced file
+ * switches to when its own tables lack a code an occluder needs. */
+static SpliceTable STD_DC[2], STD_AC[2];
 
 typedef struct {
     struct jpeg_error_mgr pub;
@@ -407,8 +410,13 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
             self->spliced++;
             return 0;
         }
-        /* A changed block needs a symbol the file's Huffman tables have no code for: libjpeg reads the
-         * coefficients (the same ones) and writes this occluder and every later one. */
+        /* A changed block needs a symbol the file's Huffman tables have no code for (tables made for the
+         * image hold only the symbols it uses): the image is coded once with the standard tables, which
+         * hold them all, and this occluder and every later one are spliced from that. Should even that
+         * fail, libjpeg reads the coefficients (the same ones) and writes. */
+        if (!splice_standard(self->splice) && (status = splice_use_tables(self->splice, STD_DC, STD_AC,
+                                                                            (SpliceRow *const *)self->rows)) == 0)
+            return occlude_and_write(self, o, out, out_size);
         if ((status = read_by_libjpeg(self)) < 0) return status;
         return occlude_and_write(self, o, out, out_size);
     }
@@ -755,9 +763,40 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_jpegdct", "Occluders written into a JPEG's DCT coefficients (libjpeg).", -1, NULL,
 };
 
+/* The standard tables as libjpeg's jpeg_set_defaults() installs them: 0, or -1. */
+static int standard_tables(void) {
+    struct jpeg_compress_struct c;
+    ErrorMgr err;
+    c.err = &err.pub;
+    use_errors(&err);
+    if (setjmp(err.jump)) {
+        jpeg_destroy_compress(&c);
+        return -1;
+    }
+    jpeg_create_compress(&c);
+    c.in_color_space = JCS_RGB;
+    c.input_components = 3;
+    jpeg_set_defaults(&c);
+    for (int i = 0; i < 2; i++) {
+        JHUFF_TBL *tables[2] = {c.dc_huff_tbl_ptrs[i], c.ac_huff_tbl_ptrs[i]};
+        SpliceTable *into[2] = {&STD_DC[i], &STD_AC[i]};
+        for (int k = 0; k < 2; k++) {
+            if (!tables[k]) longjmp(err.jump, 1);
+            memcpy(into[k]->bits, tables[k]->bits, sizeof(into[k]->bits));
+            memcpy(into[k]->vals, tables[k]->huffval, sizeof(into[k]->vals));
+        }
+    }
+    jpeg_destroy_compress(&c);
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__jpegdct(void) {
     for (int x = 0; x < 8; x++)
         for (int c = 0; c < 8; c++) DCT_T[x][c] = DCT[c][x];
+    if (standard_tables() < 0) {
+        PyErr_SetString(PyExc_ImportError, "libjpeg gave no standard Huffman tables");
+        return NULL;
+    }
     if (PyType_Ready(&CoefficientsType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;

@@ -8,8 +8,10 @@
  * refuses, and libjpeg reads the file (and warns, or fails, as it does). splice_write() then writes SOI, a JFIF APP0, the kept segments, and the
  * scan: runs of unchanged MCUs are bit-copied, a changed MCU and the one after it (its first blocks' DC is
  * coded as a difference from the changed one's) are coded again with the file's own tables; stuffing,
- * padding to the byte with ones and RSTn markers as the standard has them. Integer work only: the same
- * input gives the same bytes everywhere.
+ * padding to the byte with ones and RSTn markers as the standard has them. Tables made for an image hold
+ * only its symbols: when a changed block needs another, splice_use_tables() codes the image once with
+ * the standard tables, and later writes splice from that. Integer work only: the same input gives the
+ * same bytes everywhere.
  */
 #include "_jpegsplice.h"
 
@@ -49,6 +51,11 @@ typedef struct {
     int defined;
 } Table;
 
+typedef struct {
+    uint8_t *p;
+    size_t n;
+} Bytes;
+
 struct Splice {
     int ncomp;
     int comp[4];      /* scan order -> frame order */
@@ -58,8 +65,11 @@ struct Splice {
     unsigned mcus_x, mcus_y, restart;
     size_t mcus;
     Table tables[2][4]; /* [DC, AC][id] */
-    uint8_t *header;
-    size_t header_len;
+    uint8_t app0[18]; /* the JFIF marker written after SOI */
+    Bytes kept;       /* the segments kept (tables, frame, restart interval) but the Huffman tables */
+    Bytes dht;        /* the Huffman tables' segments */
+    Bytes sos;        /* the scan's header */
+    int standard;     /* the tables are the standard ones now (splice_use_tables) */
     uint8_t *bits; /* the scan's entropy-coded data without stuffing, each interval from a byte, then TAIL zeros */
     size_t bits_len;
     size_t *interval; /* byte where each restart interval starts in `bits` */
@@ -132,12 +142,12 @@ static int read_tables(Splice *s, const uint8_t *p, size_t n) {
     return 0;
 }
 
-static int append(Splice *s, const uint8_t *p, size_t n) {
-    uint8_t *h = realloc(s->header, s->header_len + n);
-    if (!h) return -1;
-    memcpy(h + s->header_len, p, n);
-    s->header = h;
-    s->header_len += n;
+static int append(Bytes *b, const uint8_t *p, size_t n) {
+    uint8_t *more = realloc(b->p, b->n + n);
+    if (!more) return -1;
+    memcpy(more + b->n, p, n);
+    b->p = more;
+    b->n += n;
     return 0;
 }
 
@@ -190,11 +200,10 @@ Splice *splice_open(const uint8_t *data, size_t len) {
     if (!s) return NULL;
     const uint8_t *p = data, *end = data + len;
     int frame = 0, jfif = 0;
-    uint8_t app0[18] = {0xFF, 0xE0, 0x00, 0x10, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0};
+    static const uint8_t app0[18] = {0xFF, 0xE0, 0x00, 0x10, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0};
+    memcpy(s->app0, app0, sizeof(app0));
     if (len < 4 || p[0] != 0xFF || p[1] != 0xD8) goto fail;
     p += 2;
-    if (append(s, data, 2) < 0) goto fail;
-    size_t after_app0 = 2; /* where the JFIF APP0 goes, once known */
     for (;;) {
         if (end - p < 4 || *p != 0xFF) goto fail;
         while (p < end && *p == 0xFF) p++;
@@ -210,13 +219,14 @@ Splice *splice_open(const uint8_t *data, size_t len) {
             if (m == 0xE0 && !jfif && body >= 12 && !memcmp(seg, "JFIF", 5)) {
                 jfif = 1;
                 if (seg[5] == 1 || seg[5] == 2) { /* version, as jpeg_copy_critical_parameters copies it */
-                    app0[9] = seg[5];
-                    app0[10] = seg[6];
+                    s->app0[9] = seg[5];
+                    s->app0[10] = seg[6];
                 }
-                memcpy(app0 + 11, seg + 7, 5); /* density unit, X and Y density */
+                memcpy(s->app0 + 11, seg + 7, 5); /* density unit, X and Y density */
             }
         } else if (m == 0xC4) {
-            if (read_tables(s, seg, body) < 0) goto fail;
+            if (read_tables(s, seg, body) < 0 || append(&s->dht, p - 2, n + 2) < 0) goto fail;
+            keep = 0;
         } else if (m == 0xC0 || m == 0xC1) {
             if (frame || body < 6 || seg[0] != 8) goto fail;
             int nf = seg[5];
@@ -265,22 +275,15 @@ Splice *splice_open(const uint8_t *data, size_t len) {
                 s->ac[j] = seg[2 + 2 * j] & 15;
                 if (s->dc[j] > 3 || s->ac[j] > 3 || !s->tables[0][s->dc[j]].defined || !s->tables[1][s->ac[j]].defined) goto fail;
             }
-            if (append(s, p - 2, n + 2) < 0) goto fail;
+            if (append(&s->sos, p - 2, n + 2) < 0) goto fail;
             p += n;
             break;
         } else {
             goto fail; /* progressive, arithmetic, lossless, hierarchical, DNL, ... */
         }
-        if (keep && append(s, p - 2, n + 2) < 0) goto fail;
+        if (keep && append(&s->kept, p - 2, n + 2) < 0) goto fail;
         p += n;
     }
-    /* the JFIF marker right after SOI, as libjpeg writes it */
-    uint8_t *h = realloc(s->header, s->header_len + sizeof(app0));
-    if (!h) goto fail;
-    memmove(h + after_app0 + sizeof(app0), h + after_app0, s->header_len - after_app0);
-    memcpy(h + after_app0, app0, sizeof(app0));
-    s->header = h;
-    s->header_len += sizeof(app0);
     if (read_scan(s, p, end) < 0) goto fail;
     if (s->intervals != (s->restart ? (s->mcus + s->restart - 1) / s->restart : 1)) goto fail;
     s->first = malloc(s->mcus * sizeof(uint64_t));
@@ -295,7 +298,9 @@ fail:
 
 void splice_free(Splice *s) {
     if (!s) return;
-    free(s->header);
+    free(s->kept.p);
+    free(s->dht.p);
+    free(s->sos.p);
     free(s->bits);
     free(s->interval);
     free(s->first);
@@ -443,6 +448,7 @@ typedef struct {
     size_t len, cap;
     uint64_t acc; /* the low `n` bits are pending */
     int n;
+    int raw; /* no 0xFF00 stuffing: bits to copy from later */
 } Writer;
 
 static int reserve(Writer *w, size_t more) {
@@ -459,7 +465,7 @@ static int reserve(Writer *w, size_t more) {
 static void flush(Writer *w) {
     while (w->n >= 32) {
         uint32_t v = (uint32_t)(w->acc >> (w->n - 32));
-        if (!(((v & 0x7F7F7F7Fu) + 0x01010101u) & v & 0x80808080u)) { /* no 0xFF byte */
+        if (w->raw || !(((v & 0x7F7F7F7Fu) + 0x01010101u) & v & 0x80808080u)) { /* no 0xFF byte */
             w->buf[w->len] = (uint8_t)(v >> 24);
             w->buf[w->len + 1] = (uint8_t)(v >> 16);
             w->buf[w->len + 2] = (uint8_t)(v >> 8);
@@ -473,7 +479,7 @@ static void flush(Writer *w) {
     while (w->n >= 8) {
         uint8_t b = (uint8_t)(w->acc >> (w->n - 8));
         w->buf[w->len++] = b;
-        if (b == 0xFF) w->buf[w->len++] = 0;
+        if (b == 0xFF && !w->raw) w->buf[w->len++] = 0;
         w->n -= 8;
     }
 }
@@ -525,16 +531,50 @@ static int encode_block(Writer *w, const short *block, int *pred, const Table *d
     return 0;
 }
 
+/* MCU m of the blocks in `rows`, its first blocks' DC coded from the MCU before (none at `begin`, an
+ * interval's first); 1 when a symbol has no code. */
+static int encode_mcu(Writer *w, const Splice *s, SpliceRow *const *rows, size_t m, size_t begin) {
+    unsigned my = (unsigned)(m / s->mcus_x), mx = (unsigned)(m % s->mcus_x);
+    for (int j = 0; j < s->ncomp; j++) {
+        int pred = 0;
+        if (m > begin) { /* the last block of this component in the MCU before */
+            unsigned py = (unsigned)((m - 1) / s->mcus_x), px = (unsigned)((m - 1) % s->mcus_x);
+            pred = rows[s->comp[j]][py * s->v[j] + s->v[j] - 1][px * s->h[j] + s->h[j] - 1][0];
+        }
+        for (int yy = 0; yy < s->v[j]; yy++)
+            for (int xx = 0; xx < s->h[j]; xx++)
+                if (encode_block(w, rows[s->comp[j]][my * s->v[j] + yy][mx * s->h[j] + xx], &pred,
+                                 &s->tables[0][s->dc[j]], &s->tables[1][s->ac[j]]))
+                    return 1;
+    }
+    return 0;
+}
+
+/* Room for one coded MCU: a block is at most 16 + 11 bits for DC and 63 x (16 + 10) for AC, 210 bytes,
+ * twice that with stuffing. */
+static size_t mcu_room(const Splice *s) {
+    size_t blocks = 0;
+    for (int j = 0; j < s->ncomp; j++) blocks += (size_t)(s->h[j] * s->v[j]);
+    return blocks * 420 + 16;
+}
+
+static void pad_byte(Writer *w) { /* with ones, as an interval ends */
+    if (w->n & 7) put(w, (1u << (8 - (w->n & 7))) - 1, 8 - (w->n & 7));
+    flush(w);
+}
+
 int splice_write(Splice *s, SpliceRow *const *rows, uint8_t **out, size_t *out_len) {
     Writer w = {0};
     int status = -2;
-    int blocks = 0;
-    for (int j = 0; j < s->ncomp; j++) blocks += s->h[j] * s->v[j];
-    /* a coded block is at most 16 + 11 bits for DC and 63 x (16 + 10) for AC: 210 bytes, twice with stuffing */
-    const size_t mcu_room = (size_t)blocks * 420 + 16;
-    if (reserve(&w, s->header_len + s->bits_len + s->bits_len / 8 + 64) < 0) goto done;
-    memcpy(w.buf, s->header, s->header_len);
-    w.len = s->header_len;
+    const size_t room = mcu_room(s);
+    const Bytes head[] = {{(uint8_t *)"\xFF\xD8", 2}, {s->app0, sizeof(s->app0)}, s->kept, s->dht, s->sos};
+    size_t head_len = 0;
+    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); i++) head_len += head[i].n;
+    if (reserve(&w, head_len + s->bits_len + s->bits_len / 8 + 64) < 0) goto done;
+    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); i++) {
+        memcpy(w.buf + w.len, head[i].p, head[i].n);
+        w.len += head[i].n;
+    }
     size_t m = 0;
     for (size_t iv = 0; iv < s->intervals; iv++) {
         size_t upto = s->restart ? m + s->restart : s->mcus;
@@ -552,29 +592,17 @@ int splice_write(Splice *s, SpliceRow *const *rows, uint8_t **out, size_t *out_l
                 run_to = s->last[m];
                 continue;
             }
-            if (reserve(&w, (size_t)(run_to - run_from) / 4 + 16 + mcu_room) < 0) goto done;
+            if (reserve(&w, (size_t)(run_to - run_from) / 4 + 16 + room) < 0) goto done;
             copy_bits(&w, s->bits, run_from, run_to);
             run_from = run_to = 0;
-            unsigned my = (unsigned)(m / s->mcus_x), mx = (unsigned)(m % s->mcus_x);
-            for (int j = 0; j < s->ncomp; j++) {
-                int pred = 0;
-                if (m > begin) { /* the last block of this component in the MCU before */
-                    unsigned py = (unsigned)((m - 1) / s->mcus_x), px = (unsigned)((m - 1) % s->mcus_x);
-                    pred = rows[s->comp[j]][py * s->v[j] + s->v[j] - 1][px * s->h[j] + s->h[j] - 1][0];
-                }
-                for (int yy = 0; yy < s->v[j]; yy++)
-                    for (int xx = 0; xx < s->h[j]; xx++)
-                        if (encode_block(&w, rows[s->comp[j]][my * s->v[j] + yy][mx * s->h[j] + xx], &pred,
-                                         &s->tables[0][s->dc[j]], &s->tables[1][s->ac[j]])) {
-                            status = 1;
-                            goto done;
-                        }
+            if (encode_mcu(&w, s, rows, m, begin)) {
+                status = 1;
+                goto done;
             }
         }
         if (reserve(&w, (size_t)(run_to - run_from) / 4 + 64) < 0) goto done;
         copy_bits(&w, s->bits, run_from, run_to);
-        if (w.n & 7) put(&w, (1u << (8 - (w.n & 7))) - 1, 8 - (w.n & 7)); /* pad the byte with ones */
-        flush(&w);
+        pad_byte(&w);
         if (iv + 1 < s->intervals) {
             w.buf[w.len++] = 0xFF;
             w.buf[w.len++] = (uint8_t)(0xD0 + iv % 8);
@@ -593,3 +621,76 @@ done:
     }
     return status;
 }
+
+/* A DHT segment body: class/id, 16 counts, the symbols. */
+static int add_table(Bytes *b, int cls, int id, const SpliceTable *t) {
+    uint8_t head[17];
+    size_t total = 0;
+    head[0] = (uint8_t)(cls << 4 | id);
+    for (int l = 1; l <= 16; l++) total += head[l] = t->bits[l];
+    return append(b, head, 17) < 0 || append(b, t->vals, total) < 0 ? -1 : 0;
+}
+
+int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows) {
+    /* each table id the scan uses gets the luminance table if the first component uses it, else chrominance */
+    Bytes dht = {0};
+    Writer w = {0, 0, 0, 0, 0, 1}; /* raw: later writes copy from it */
+    size_t *interval = NULL;
+    int status = -2;
+    uint8_t marker[4] = {0xFF, 0xC4, 0, 0};
+    if (append(&dht, marker, 4) < 0) goto done;
+    for (int cls = 0; cls < 2; cls++)
+        for (int id = 0; id < 4; id++) {
+            int used = 0, luma = 0;
+            for (int j = 0; j < s->ncomp; j++)
+                if ((cls ? s->ac[j] : s->dc[j]) == id) {
+                    used = 1;
+                    luma |= s->comp[j] == 0;
+                }
+            if (used && add_table(&dht, cls, id, cls ? &ac[!luma] : &dc[!luma]) < 0) goto done;
+        }
+    status = -1;
+    if (dht.n - 2 > 0xFFFF || read_tables(s, dht.p + 4, dht.n - 4) < 0) goto done;
+    dht.p[2] = (uint8_t)((dht.n - 2) >> 8);
+    dht.p[3] = (uint8_t)(dht.n - 2);
+    /* the image coded once with them, each interval from a byte, each MCU's bits recorded */
+    status = -2;
+    interval = malloc(s->intervals * sizeof(size_t));
+    const size_t room = mcu_room(s);
+    if (!interval || reserve(&w, s->bits_len + TAIL) < 0) goto done;
+    size_t m = 0;
+    for (size_t iv = 0; iv < s->intervals; iv++) {
+        size_t upto = s->restart ? m + s->restart : s->mcus;
+        if (upto > s->mcus) upto = s->mcus;
+        size_t begin = m;
+        interval[iv] = w.len;
+        for (; m < upto; m++) {
+            if (reserve(&w, room) < 0) goto done;
+            s->first[m] = (uint64_t)w.len * 8 + (uint64_t)w.n;
+            if (encode_mcu(&w, s, rows, m, begin)) {
+                status = -1;
+                goto done;
+            }
+            s->last[m] = (uint64_t)w.len * 8 + (uint64_t)w.n;
+        }
+        pad_byte(&w);
+    }
+    if (reserve(&w, TAIL) < 0) goto done;
+    memset(w.buf + w.len, 0, TAIL);
+    free(s->bits);
+    free(s->interval);
+    free(s->dht.p);
+    s->bits = w.buf;
+    s->bits_len = w.len;
+    s->interval = interval;
+    s->dht = dht;
+    s->standard = 1;
+    return 0;
+done:
+    free(w.buf);
+    free(interval);
+    free(dht.p);
+    return status;
+}
+
+int splice_standard(const Splice *s) { return s->standard; }

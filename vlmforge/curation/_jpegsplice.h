@@ -23,9 +23,20 @@ int splice_decode(Splice *s, SpliceRow *const *rows);
 /* Flags the MCU holding block (by, bx) of frame component `c` as changed. */
 void splice_mark(Splice *s, int c, unsigned by, unsigned bx);
 /* Writes the whole file from `rows` (the changed blocks in place): 0 with *out (malloc'd) and *out_len,
- * 1 when a changed block needs a symbol the file's tables have no code for (write it another way), -2
- * when out of memory. The flags are cleared after. */
+ * 1 when a changed block needs a symbol the tables have no code for (splice_use_tables), -2 when out of
+ * memory. The flags are cleared after. */
 int splice_write(Splice *s, SpliceRow *const *rows, uint8_t **out, size_t *out_len);
+/* A Huffman table as DHT gives it: bits[l], l = 1..16, the number of codes of length l; vals, the symbols. */
+typedef struct {
+    uint8_t bits[17];
+    uint8_t vals[256];
+} SpliceTable;
+/* Switches to the given tables (index 0 for the table ids the first component uses, 1 for the others),
+ * which must hold every symbol, and codes the image's blocks (`rows`, none changed) once with them: later
+ * writes splice from that, as from the source. For a file whose own tables lack a code an occluder needs.
+ * 0; -1 (tables that lack a symbol) or -2 (out of memory), and the splice is of no more use. */
+int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows);
+int splice_standard(const Splice *s);
 void splice_free(Splice *s);
 
 #endif
