@@ -1,7 +1,7 @@
 """Occlusion pipeline throughput, per stage and overall, next to decoding and re-encoding the same JPEGs.
 
-  python bench/occlusion.py [--images 200] [--textured] [--coco-size] [--coco-root DIR --split val2017] [--repeats 3]
-                            [--coefficient-floor]
+  python bench/occlusion.py [--images 200] [--textured] [--coco-size] [--optimised-tables]
+                            [--coco-root DIR --split val2017] [--repeats 3] [--coefficient-floor]
 
 The baseline decodes each source JPEG and encodes it again as JPEG (quality 95), with PIL and with
 OpenCV; the faster of the two is the target's baseline. A third row, one decode per image plus one
@@ -90,11 +90,13 @@ def coefficients(tool: Path, files: list[str]) -> tuple[float, float]:
     return read, write
 
 
-def textured_copy(root: Path, out: Path, sigma: float = 14.0, scale: float = 1.0) -> Path:
+def textured_copy(root: Path, out: Path, sigma: float = 14.0, scale: float = 1.0, optimise: bool = False) -> Path:
     """The sample with seeded grey noise (sigma 14) added to every image, saved at JPEG quality 92:
     about 0.5 bytes per pixel, as COCO's photos (~160 KB at 640x480), where the flat synthetic scenes
     take 0.22. Decoding and encoding cost what they cost on photos. With `scale`, images are resized
-    first (4/3: the sample's 480x360 becomes COCO's usual 640x480) and the annotations scaled with them."""
+    first (4/3: the sample's 480x360 becomes COCO's usual 640x480) and the annotations scaled with them.
+    With `optimise`, the files carry Huffman tables made for each image (as many photo tools write them),
+    which hold only the codes the image uses."""
     (out / "annotations").mkdir(parents=True)
     (out / "val2017").mkdir(parents=True)
     for f in sorted((root / "annotations").glob("*.json")):
@@ -115,7 +117,7 @@ def textured_copy(root: Path, out: Path, sigma: float = 14.0, scale: float = 1.0
         img = img.astype(np.float32)
         noise = rng.normal(0.0, sigma, img.shape[:2] + (1,)).astype(np.float32)
         cv2.imwrite(str(out / "val2017" / f.name), np.clip(img + noise, 0, 255).astype(np.uint8),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    [cv2.IMWRITE_JPEG_QUALITY, 92, cv2.IMWRITE_JPEG_OPTIMIZE, int(optimise)])
     return out
 
 
@@ -174,6 +176,9 @@ def main() -> None:
     ap.add_argument("--coco-size", action="store_true",
                     help="also measure on a textured copy at COCO's usual 640x480 (the sample is 480x360): "
                          "per-image costs (the caption parse) weigh less against pixel costs")
+    ap.add_argument("--optimised-tables", action="store_true",
+                    help="also measure on the 640x480 textured copy with Huffman tables made for each image: an "
+                         "occluder may need a code they lack, and the image is then coded with the standard tables")
     ap.add_argument("--coefficient-floor", action="store_true",
                     help="also measure the floor of a JPEG rewrite in the DCT domain (compiles "
                          "bench/jpeg_coefficients.c; needs cc and libjpeg's headers)")
@@ -190,6 +195,9 @@ def main() -> None:
         datasets["sample, textured"] = textured_copy(datasets["sample"], work / "coco-textured")
     if args.coco_size:
         datasets["sample, textured, 640x480"] = textured_copy(datasets["sample"], work / "coco-640", scale=4 / 3)
+    if args.optimised_tables:
+        datasets["sample, textured, 640x480, optimised tables"] = textured_copy(
+            datasets["sample"], work / "coco-640-opt", scale=4 / 3, optimise=True)
     if args.coco_root:
         datasets["coco"] = args.coco_root
     tool = coefficient_tool(work) if args.coefficient_floor else None
