@@ -458,3 +458,63 @@ def test_a_damaged_scan_is_read_by_libjpeg_as_before():
             if ours.splicing:
                 assert theirs.warnings == 0
     assert read[True] >= 10 and read[False] >= 10  # both ways were taken
+
+
+_STANDARD_DC_LUMA = ([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0], list(range(12)))
+
+
+def _zero_jpeg(sampling, dc_luma=_STANDARD_DC_LUMA) -> bytes:
+    """A 32x32 JPEG of all-zero blocks with any sampling factors, coded with the tables PIL writes (the
+    standard ones) but the luminance DC table, which is `dc_luma` (counts of lengths 1..16, symbols)."""
+    import struct
+
+    base = _jpeg(_photo(32, 32), subsampling=0)
+    seg = lambda m, body: bytes([0xFF, m]) + struct.pack(">H", len(body) + 2) + body
+    tables = [base[at : at + 2 + n] for at, m, n in _segments(base) if m == 0xDB]
+    for at, m, n in _segments(base):
+        if m == 0xC4 and base[at + 4] != 0x00:  # every table PIL wrote but the luminance DC one
+            tables.append(base[at : at + 2 + n])
+    tables.append(seg(0xC4, bytes([0x00]) + bytes(dc_luma[0]) + bytes(dc_luma[1])))
+    hmax, vmax = max(h for h, v in sampling), max(v for h, v in sampling)
+    frame = bytes([8, 0, 32, 0, 32, 3]) + b"".join(bytes([c + 1, h << 4 | v, min(c, 1)])
+                                                   for c, (h, v) in enumerate(sampling))
+    scan = bytes([3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0])
+    # a zero block: DC size 0 then EOB, '00' + '1010' in the luminance tables, '00' + '00' in chrominance
+    mcu = "001010" * (sampling[0][0] * sampling[0][1]) + "0000" * sum(h * v for h, v in sampling[1:])
+    bits = mcu * (-(-32 // (8 * hmax)) * -(-32 // (8 * vmax)))
+    bits += "1" * (-len(bits) % 8)
+    data = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
+    return b"\xff\xd8" + b"".join(tables) + seg(0xC0, frame) + seg(0xDA, scan) + data + b"\xff\xd9"
+
+
+def test_files_libjpeg_refuses_our_decoder_refuses_too():
+    """Our decoder took three kinds of file libjpeg refuses (found by a review's fuzzing): occluding one
+    wrote a JPEG no decoder reads, where the build used to reject the source."""
+    counts, symbols = _STANDARD_DC_LUMA
+    fine = _zero_jpeg([(2, 2), (1, 1), (1, 1)])
+    assert dct.Coefficients(fine).splicing and _same_coefficients(
+        dct.Coefficients(fine).occlude(np.ones((4, 4), np.uint8), 0, 0, (1, 2, 3)),
+        dct.Coefficients(fine, splice=False).occlude(np.ones((4, 4), np.uint8), 0, 0, (1, 2, 3)))
+    refused = {
+        "18 blocks in an MCU": _zero_jpeg([(4, 4), (1, 1), (1, 1)]),
+        "a DC symbol above 15 (unused)": _zero_jpeg([(2, 2), (1, 1), (1, 1)], (counts[:15] + [1], symbols + [0x20])),
+        "an all-ones code (unused)": _zero_jpeg([(2, 2), (1, 1), (1, 1)], (counts[:8] + [2] + counts[9:], symbols + [12])),
+    }
+    for what, data in refused.items():
+        with pytest.raises(dct.JpegError):
+            dct.Coefficients(data, splice=False)
+        with pytest.raises(dct.JpegError):
+            dct.Coefficients(data)
+        assert read_coefficients(data) is None, what
+
+
+def test_the_jfif_marker_is_the_one_libjpeg_reads():
+    """The last JFIF APP0 of 14 bytes or more gives the density, as libjpeg reads (and its writer copies)."""
+    data = _jpeg(_photo(32, 48))
+    dpi300 = b"\xff\xe0\x00\x10JFIF\x00\x01\x02\x01\x01\x2c\x01\x2c\x00\x00"
+    short = b"\xff\xe0\x00\x0eJFIF\x00\x01\x02\x01\x00\x48\x00\x48"  # 12 bytes: not one libjpeg reads
+    for extra in (dpi300, dpi300 + short):
+        edited = data[:2] + data[2:20] + extra + data[20:]
+        args = (np.ones((8, 8), np.uint8), 0, 0, (1, 2, 3))
+        spliced, written = dct.Coefficients(edited).occlude(*args), dct.Coefficients(edited, splice=False).occlude(*args)
+        assert spliced[:20] == written[:20] and spliced[2:20] == dpi300

@@ -110,6 +110,7 @@ typedef struct {
     uint8_t *data;
     size_t data_len;
     long spliced; /* occlude() results written by splicing */
+    int reading;  /* jpeg_read_coefficients() at work */
 } Coefficients;
 
 static int save_block(Saved *s, JCOEF *block, int ci, JDIMENSION by, JDIMENSION bx) {
@@ -365,9 +366,15 @@ static int libjpeg_rows(Coefficients *self) {
 /* From our own decoder's blocks to libjpeg's: it reads the file's scan now (headers were read). 0, -1 for
  * a libjpeg error (the caller's setjmp), -2 when out of memory. */
 static int read_by_libjpeg(Coefficients *self) {
+    self->reading = 1; /* an error inside leaves libjpeg half way: the object is of no more use */
     self->coefs = jpeg_read_coefficients(&self->src);
+    self->reading = 0;
     free_blocks(self);
-    return libjpeg_rows(self) < 0 ? -2 : 0;
+    if (libjpeg_rows(self) < 0) {
+        self->ready = 0;
+        return -2;
+    }
+    return 0;
 }
 
 /* The libjpeg work of occlude(), with no Python call: 0, -1 for a libjpeg error (message in self->err),
@@ -385,7 +392,12 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
         free(self->kept.cover);
         self->kept.cover = NULL;
         restore_blocks(&self->saved);
+        if (self->reading) self->ready = 0;
         return -1;
+    }
+    if (!self->splice && !self->coefs) { /* libjpeg writes: it reads the coefficients first */
+        int status = read_by_libjpeg(self);
+        if (status < 0) return status;
     }
     for (int ci = 0; ci < self->src.num_components; ci++)
         if (occlude_component(self, ci, o, &self->saved, &self->kept) < 0) {
@@ -414,10 +426,11 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
          * image hold only the symbols it uses): the image is coded once with the standard tables, which
          * hold them all, and this occluder and every later one are spliced from that. Should even that
          * fail, libjpeg reads the coefficients (the same ones) and writes. */
-        if (!splice_standard(self->splice) && (status = splice_use_tables(self->splice, STD_DC, STD_AC,
-                                                                            (SpliceRow *const *)self->rows)) == 0)
+        if (!splice_standard(self->splice)
+            && !splice_use_tables(self->splice, STD_DC, STD_AC, (SpliceRow *const *)self->rows))
             return occlude_and_write(self, o, out, out_size);
-        if ((status = read_by_libjpeg(self)) < 0) return status;
+        splice_free(self->splice); /* half switched, maybe: of no more use */
+        self->splice = NULL;
         return occlude_and_write(self, o, out, out_size);
     }
     jpeg_create_compress(&dst);
@@ -697,10 +710,7 @@ static PyObject *Coefficients_quant(Coefficients *self, PyObject *args) {
 }
 
 static PyObject *Coefficients_get_info(Coefficients *self, void *what) {
-    if (!self->ready) {
-        PyErr_SetString(PyExc_RuntimeError, "Coefficients were not read");
-        return NULL;
-    }
+    if (check_ready(self) < 0) return NULL; /* another thread's occlude() may be switching readers */
     j_decompress_ptr s = &self->src;
     switch ((intptr_t)what) {
     case 0: return PyLong_FromUnsignedLong(s->image_width);

@@ -107,7 +107,7 @@ static int read_tables(Splice *s, const uint8_t *p, size_t n) {
             for (int i = 0; i < p[l]; i++, k++, code++) {
                 if (code >= (1 << l)) return -1; /* more codes than the length holds */
                 uint8_t sym = t->huffval[k];
-                if (t->len[sym]) return -1; /* a symbol twice */
+                if (t->len[sym] || (!cls && sym > 15)) return -1; /* a symbol twice; a DC size libjpeg refuses */
                 t->code[sym] = (uint16_t)code;
                 t->len[sym] = (uint8_t)l;
                 if (l <= FAST_BITS)
@@ -132,6 +132,7 @@ static int read_tables(Splice *s, const uint8_t *p, size_t n) {
                 }
             }
             t->maxcode[l] = p[l] ? code - 1 : -1;
+            if (code >= (1 << l)) return -1; /* the last code all ones: JPEG forbids it, libjpeg refuses */
             code <<= 1;
         }
         t->maxcode[17] = INT32_MAX;
@@ -199,7 +200,7 @@ Splice *splice_open(const uint8_t *data, size_t len) {
     Splice *s = calloc(1, sizeof(Splice));
     if (!s) return NULL;
     const uint8_t *p = data, *end = data + len;
-    int frame = 0, jfif = 0;
+    int frame = 0;
     static const uint8_t app0[18] = {0xFF, 0xE0, 0x00, 0x10, 'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0};
     memcpy(s->app0, app0, sizeof(app0));
     if (len < 4 || p[0] != 0xFF || p[1] != 0xD8) goto fail;
@@ -216,8 +217,7 @@ Splice *splice_open(const uint8_t *data, size_t len) {
         int keep = 1;
         if (m >= 0xE0 || m == 0xFE) { /* APPn, COM: left out, as libjpeg's writer leaves them */
             keep = 0;
-            if (m == 0xE0 && !jfif && body >= 12 && !memcmp(seg, "JFIF", 5)) {
-                jfif = 1;
+            if (m == 0xE0 && body >= 14 && !memcmp(seg, "JFIF", 5)) { /* the last one, as libjpeg reads them */
                 if (seg[5] == 1 || seg[5] == 2) { /* version, as jpeg_copy_critical_parameters copies it */
                     s->app0[9] = seg[5];
                     s->app0[10] = seg[6];
@@ -260,7 +260,7 @@ Splice *splice_open(const uint8_t *data, size_t len) {
             if (!frame || body < 1 || seg[0] != s->ncomp || body != 4 + 2 * (size_t)s->ncomp) goto fail;
             const uint8_t *spec = seg + 1 + 2 * s->ncomp;
             if (spec[0] != 0 || spec[1] != 63 || spec[2] != 0) goto fail; /* sequential: Ss 0, Se 63, Ah Al 0 */
-            int h[4], v[4], used = 0;
+            int h[4], v[4], used = 0, blocks = 0;
             memcpy(h, s->h, sizeof(h));
             memcpy(v, s->v, sizeof(v));
             for (int j = 0; j < s->ncomp; j++) {
@@ -274,7 +274,9 @@ Splice *splice_open(const uint8_t *data, size_t len) {
                 s->dc[j] = seg[2 + 2 * j] >> 4;
                 s->ac[j] = seg[2 + 2 * j] & 15;
                 if (s->dc[j] > 3 || s->ac[j] > 3 || !s->tables[0][s->dc[j]].defined || !s->tables[1][s->ac[j]].defined) goto fail;
+                blocks += h[c] * v[c];
             }
+            if (blocks > 10) goto fail; /* an MCU holds at most 10 blocks: libjpeg refuses more */
             if (append(&s->sos, p - 2, n + 2) < 0) goto fail;
             p += n;
             break;
