@@ -427,3 +427,19 @@ def test_two_listed_objects_the_parser_reads_as_one_name(extract):
     # a list that shares its head stays one thing; colours are no objects
     caps = ["A salt and pepper shaker on a table.", "An orange and white cat on a couch.", "A ham and cheese sandwich."]
     assert [[e.label for e in ents] for ents in extract(caps)] == [["shaker", "table"], ["cat", "couch"], ["sandwich"]]
+
+
+def test_a_word_ending_a_list_that_the_parser_took_for_a_verb_is_an_entity(extract):
+    """"A toilet and shower in a bathroom": shower/VB, a conj of toilet that no noun chunk holds; it was
+    lost (only object words were taken back, and a shower is none)."""
+    caps = ["A toilet and shower in a bathroom.", "A teddy bear and doll on a bed.", "A horse and towel on a table.",
+            "A banana and mirror on a table.", "A donut and blanket"]
+    got = [[(e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("toilet", "toilet", False), ("shower", "shower", False), ("bathroom", "bathroom", False)]
+    assert [g[0] for g in got[1]] == ["teddy bear", "doll", "bed"] and [g[0] for g in got[2]] == ["horse", "towel", "table"]
+    assert [g[0] for g in got[3]] == ["banana", "mirror", "table"] and [g[0] for g in got[4]] == ["donut", "blanket"]
+    # verbs and adjectives stay out: with their own dependents, or before the noun they go with
+    caps = ["A man and woman smile at the camera.", "A traffic light and stop sign", "A man sitting and reading.",
+            "A bus painted red and white.", "A man and a woman sit and talk."]
+    labels = {e.label for ents in extract(caps) for e in ents}
+    assert not labels & {"smile", "stop", "reading", "white", "talk"}, labels

@@ -258,7 +258,7 @@ _LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound"})
 
 def _object_adjective(t) -> bool:
     """An object word tagged as an adjective ("skateboard"/JJ), not a colour ("an orange and white cat")."""
-    return t.pos_ == "ADJ" and t.lower in _object_word_ids() and t.lower_ not in _colour_words()
+    return t.lower in _object_word_ids() and t.pos_ == "ADJ" and t.lower_ not in _colour_words()
 
 
 def _listed_apart(t, head) -> bool:
@@ -278,13 +278,19 @@ def _noun_phrases(doc):
     or the like ("a toilet and bath tub": tub/JJ, _misread_list_head)."""
     from spacy.symbols import ADJ, ADV, NOUN, VERB, attr, conj, dobj, npadvmod, nsubj, pobj
 
-    nominal = (pobj, dobj, attr, nsubj, conj)
-    found = [doc[t.left_edge.i : t.i + 1] for t in doc if t.pos in (ADJ, ADV, VERB)
-             and (t.dep in nominal or t.head.i == t.i) and _misread_list_head(t)]
+    nominal, ids = (pobj, dobj, attr, nsubj, conj), _object_word_ids()
+    found, loose = [], []  # one pass over the words: most captions have neither
+    for t in doc:
+        pos = t.pos
+        if pos == NOUN:
+            if (t.dep == npadvmod or t.dep == conj) and t.lower in ids:
+                loose.append(t)
+        elif (pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i) and _misread_list_head(t):
+            found.append(doc[t.left_edge.i : t.i + 1])
     chunks = list(_split_chunks(sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks))
-    held = {t.i for c in chunks for t in c}
-    loose = [doc[t.left_edge.i : t.i + 1] for t in doc if (t.dep == npadvmod or t.dep == conj) and t.pos == NOUN
-             and t.lower in _object_word_ids() and t.i not in held]
+    if loose:
+        held = {t.i for c in chunks for t in c}
+        loose = [doc[t.left_edge.i : t.i + 1] for t in loose if t.i not in held]
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
@@ -359,13 +365,38 @@ def _misread_noun(tok) -> bool:
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
     object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
     oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
-    "Boy eating a donut": boy/UH)."""
-    if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
+    "Boy eating a donut": boy/UH). Another word only where it ends a list (_misread_list_end)."""
+    if tok.lower not in _object_word_ids():  # ids: no string per token
+        return _misread_list_end(tok)
+    if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
+
+
+def _misread_list_end(tok) -> bool:
+    """Any word after "and" that ends a list of nouns, which the parser tagged as a verb's base form or an
+    adjective: "A toilet and shower in a bathroom" (shower/VB), "A banana and mirror" (mirror/VBP), "A
+    teddy bear and doll" (doll/VB). A word with a verb's or an adjective's own dependents is none, nor one
+    before a noun or the like ("a phone and stop sign": stop/VB, of the sign, itself a VB at times)."""
+    doc = tok.doc
+    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") or doc[tok.i - 1].lower_ not in ("and", "or"):
+        return False
+    return (tok.head.pos_ in ("NOUN", "PROPN") and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
+            and not (tok.i + 1 < len(doc) and doc[tok.i + 1].pos_ in ("NOUN", "PROPN", "VERB", "ADJ", "NUM"))
+            and not any(c.dep_ in _VERB_DEPS for c in tok.children))
+
+
+@lru_cache(maxsize=1)
+def _conj_id() -> int:
+    from spacy.symbols import conj  # looked up once: _misread_list_end sees every word
+
+    return conj
+
+
+_VERB_DEPS = frozenset("dobj nsubj nsubjpass acomp xcomp ccomp advmod aux auxpass neg prt dative oprd".split())
 
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
@@ -559,7 +590,8 @@ EXTRACTOR_VERSION = 7  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # compound ("coffee maker"), names going on past the chunk ("hot dog stand", "mother bear"), people groups
 # ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
 # a plural form, bird names; 7: two listed objects the parser reads as one name ("a toilet and bath tub", "a plate
-# and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub"
+# and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub", any word
+# ending a list tagged as a verb ("a toilet and shower")
 
 
 class EntityCache:
