@@ -285,9 +285,11 @@ def _noun_phrases(doc):
         if pos == NOUN:
             if (t.dep == npadvmod or t.dep == conj) and t.lower in ids:
                 loose.append(t)
-        elif (pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i) and _misread_list_head(t):
+        elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
+              and _misread_list_head(t)):
             found.append(doc[t.left_edge.i : t.i + 1])
-    chunks = list(_split_chunks(sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks))
+    chunks = sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks
+    chunks = list(_split_chunks(chunks))
     if loose:
         held = {t.i for c in chunks for t in c}
         loose = [doc[t.left_edge.i : t.i + 1] for t in loose if t.i not in held]
@@ -365,12 +367,14 @@ def _misread_noun(tok) -> bool:
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
     object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
     oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
-    "Boy eating a donut": boy/UH). Another word only where it ends a list (_misread_list_end)."""
+    "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is a fire
+    hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return _misread_list_end(tok)
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
+            or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
@@ -380,13 +384,14 @@ def _misread_list_end(tok) -> bool:
     """Any word after "and" that ends a list of nouns, which the parser tagged as a verb's base form or an
     adjective: "A toilet and shower in a bathroom" (shower/VB), "A banana and mirror" (mirror/VBP), "A
     teddy bear and doll" (doll/VB). A word with a verb's or an adjective's own dependents is none, nor one
-    before a noun or the like ("a phone and stop sign": stop/VB, of the sign, itself a VB at times)."""
+    before a noun or the like that it makes no known name with ("a stop sign": a name, _misread_entity)."""
     doc = tok.doc
     if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") or doc[tok.i - 1].lower_ not in ("and", "or"):
         return False
     return (tok.head.pos_ in ("NOUN", "PROPN") and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
-            and not (tok.i + 1 < len(doc) and doc[tok.i + 1].pos_ in ("NOUN", "PROPN", "VERB", "ADJ", "NUM"))
-            and not any(c.dep_ in _VERB_DEPS for c in tok.children))
+            and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or _fixed_after(tok, doc[tok.i + 1]) is not None))
 
 
 @lru_cache(maxsize=1)
@@ -401,14 +406,23 @@ _VERB_DEPS = frozenset("dobj nsubj nsubjpass acomp xcomp ccomp advmod aux auxpas
 
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
-    singular, its phrase from its article and adjectives on."""
-    word = tok.lower_
+    singular, or the two-word name it makes with the word after it ("a phone and stop sign": stop/VB) or
+    before it ("a hot dog and fire hydrant": hydrant/RB), its phrase from its article and adjectives on."""
+    doc, word = tok.doc, tok.lower_
     label = IRREGULAR.get(word) or _object_singular(word)
     plural = label != word
+    name_start, last = tok, tok
+    nxt = doc[tok.i + 1] if tok.i + 1 < len(doc) else None
+    name = _fixed_after(tok, nxt) if nxt is not None and nxt.is_alpha else None
+    if name is not None:
+        label, last, plural = name, nxt, nxt.lower_ != name.split()[-1]
+    elif tok.i > 0 and f"{doc[tok.i - 1].lower_} {label}" in _known_names():
+        name_start = doc[tok.i - 1]
+        label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
-    first = min([tok.i] + [t.left_edge.i for t in mods])
-    plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
-    return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
+    first = min([name_start.i] + [t.left_edge.i for t in mods])
+    plural = plural or _counted(doc[first : tok.i + 1], tok)
+    return label, name_start.idx, last.idx + len(last.text), plural, first, last.i
 
 
 # Person words that name an animal's kin after "its", "her" (_young_of_animals): word -> the label's first word.
@@ -591,7 +605,7 @@ EXTRACTOR_VERSION = 7  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
 # a plural form, bird names; 7: two listed objects the parser reads as one name ("a toilet and bath tub", "a plate
 # and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub", any word
-# ending a list tagged as a verb ("a toilet and shower")
+# ending a list tagged as a verb ("a toilet and shower"), misread words keep their two-word name ("stop sign")
 
 
 class EntityCache:
