@@ -56,7 +56,7 @@ FIXED_COMPOUNDS = frozenset({
     "hot dog", "potted plant", "fire hydrant", "stop sign", "parking meter", "dining table", "cell phone",
     "teddy bear", "wine glass", "traffic light", "baseball bat", "baseball glove", "tennis racket",
     "sports ball", "hair drier", "hair dryer", "fire truck", "ice cream", "remote control", "stuffed animal",
-    "toaster oven",
+    "toaster oven", "bath tub",
 })
 
 
@@ -215,7 +215,8 @@ def _brand(t) -> bool:
 def _split_chunks(chunks):
     """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
     before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
-    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker); an
+    objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker, "a
+    toilet and bath tub": toilet as npadvmod of tub, "a remote and baseball bat": remote/JJ); an
     object that owns the chunk's head is one too ("a dog's head"). A verb in -ing the parser took for a
     compound right after a noun is left out ("a high chair eating cake": the cake)."""
     for chunk in chunks:
@@ -226,37 +227,84 @@ def _split_chunks(chunks):
             start += 1
             chunk = doc[start : chunk.end]
         for t in chunk:
-            if t.pos_ != "NOUN" or t.i + 1 >= chunk.root.i:
+            if t.i + 1 >= chunk.root.i or t.pos_ != "NOUN" and not _object_adjective(t):
                 continue
             if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
-            elif t.dep_ in ("nmod", "conj") and doc[t.i + 1].lower_ in _LIST_WORDS and t.lower in _object_word_ids():
+            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, chunk.root):
                 rest = t.i + 1
                 while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
                     rest += 1
             else:
                 continue
             piece = doc[start : t.i + 1]  # its "a" may be the article of the last noun: then the noun alone
-            yield piece if piece.root == t else doc[max(t.left_edge.i, start) : t.i + 1]
+            if piece.root != t:
+                # "A fire hydrant and ice cream" (hydrant: amod of fire): from "fire", which _chunk_label
+                # completes with "hydrant"
+                t = doc[t.i - 1] if t.i > start and f"{doc[t.i - 1].lower_} {_singular(t)}" in _known_names() else t
+                piece = doc[max(t.left_edge.i, start) : t.i + 1]
+            yield piece
             start = rest
         yield chunk if start == chunk.start else doc[start : chunk.end]
 
 
 _LIST_WORDS = frozenset({",", "and", "or", "&"})
+# How the parser hangs a listed item on the last item's head: "a plate and dining table" (plate: nmod),
+# "a toilet and bath tub" (npadvmod), "a remote and baseball bat" (remote/JJ: amod).
+_LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound"})
+
+
+def _object_adjective(t) -> bool:
+    """An object word tagged as an adjective ("skateboard"/JJ), not a colour ("an orange and white cat")."""
+    return t.lower in _object_word_ids() and t.pos_ == "ADJ" and t.lower_ not in _colour_words()
+
+
+def _listed_apart(t, head) -> bool:
+    """Whether `t`, a list item the parser hung on `head`, is an object of its own: an object word ("a
+    toilet and bath tub"), or the words before the head make a name with it ("a plate and dining table").
+    Else it shares the head: "a salt and pepper shaker"."""
+    if t.lower in _object_word_ids():
+        return True
+    before = head.doc[head.i - 1]
+    return before.i > t.i + 1 and f"{before.lower_} {_singular(head)}" in _known_names()
 
 
 def _noun_phrases(doc):
     """The noun chunks (split by _split_chunks) and, in order among them, the object nouns spaCy makes no
-    chunk of for their dependency label: "Two knives next to each other" (knives: npadvmod)."""
-    from spacy.symbols import NOUN, npadvmod
+    chunk of for their dependency label ("Two knives next to each other": knives, npadvmod; "A fire hydrant
+    and cake": cake, conj of hydrant/amod) and the lists whose last word the parser took for an adjective
+    or the like ("a toilet and bath tub": tub/JJ, _misread_list_head)."""
+    from spacy.symbols import ADJ, ADV, NOUN, VERB, attr, conj, dobj, npadvmod, nsubj, pobj
 
-    chunks = list(_split_chunks(doc.noun_chunks))
-    held = {t.i for c in chunks for t in c}
-    loose = [doc[t.left_edge.i : t.i + 1] for t in doc if t.dep == npadvmod and t.pos == NOUN
-             and t.lower in _object_word_ids() and t.i not in held]
+    nominal, ids = (pobj, dobj, attr, nsubj, conj), _object_word_ids()
+    found, loose = [], []  # one pass over the words: most captions have neither
+    for t in doc:
+        pos = t.pos
+        if pos == NOUN:
+            if (t.dep == npadvmod or t.dep == conj) and t.lower in ids:
+                loose.append(t)
+        elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
+              and _misread_list_head(t)):
+            found.append(doc[t.left_edge.i : t.i + 1])
+    chunks = sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks
+    chunks = list(_split_chunks(chunks))
+    if loose:
+        held = {t.i for c in chunks for t in c}
+        loose = [doc[t.left_edge.i : t.i + 1] for t in loose if t.i not in held]
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _misread_list_head(t) -> bool:
+    """A list of things whose last word the parser took for an adjective, adverb or verb, with the items
+    before it as its modifiers: "A bathroom with a toilet and bath tub." (tub/JJ, toilet its nmod), "A
+    donut and fire hydrant." (hydrant/RB). spaCy makes no noun chunk of it, and no object was an entity."""
+    from spacy.symbols import NOUN, PROPN, nmod, npadvmod
+
+    return (any((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
+                and c.doc[c.i + 1].lower_ in _LIST_WORDS for c in t.lefts)
+            and t.is_alpha and t.lower_ not in _colour_words())
 
 
 @lru_cache(maxsize=1)
@@ -319,25 +367,62 @@ def _misread_noun(tok) -> bool:
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
     object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
     oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
-    "Boy eating a donut": boy/UH)."""
-    if tok.lower not in _object_word_ids() or tok.pos_ in ("NOUN", "PROPN", "PRON"):  # ids: no string per token
+    "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is a fire
+    hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end)."""
+    if tok.lower not in _object_word_ids():  # ids: no string per token
+        return _misread_list_end(tok)
+    if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
+            or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
 
 
+def _misread_list_end(tok) -> bool:
+    """Any word after "and" that ends a list of nouns, which the parser tagged as a verb's base form or an
+    adjective: "A toilet and shower in a bathroom" (shower/VB), "A banana and mirror" (mirror/VBP), "A
+    teddy bear and doll" (doll/VB). A word with a verb's or an adjective's own dependents is none, nor one
+    before a noun or the like that it makes no known name with ("a stop sign": a name, _misread_entity)."""
+    doc = tok.doc
+    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") or doc[tok.i - 1].lower_ not in ("and", "or"):
+        return False
+    return (tok.head.pos_ in ("NOUN", "PROPN") and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
+            and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or _fixed_after(tok, doc[tok.i + 1]) is not None))
+
+
+@lru_cache(maxsize=1)
+def _conj_id() -> int:
+    from spacy.symbols import conj  # looked up once: _misread_list_end sees every word
+
+    return conj
+
+
+_VERB_DEPS = frozenset("dobj nsubj nsubjpass acomp xcomp ccomp advmod aux auxpass neg prt dative oprd".split())
+
+
 def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
-    singular, its phrase from its article and adjectives on."""
-    word = tok.lower_
+    singular, or the two-word name it makes with the word after it ("a phone and stop sign": stop/VB) or
+    before it ("a hot dog and fire hydrant": hydrant/RB), its phrase from its article and adjectives on."""
+    doc, word = tok.doc, tok.lower_
     label = IRREGULAR.get(word) or _object_singular(word)
     plural = label != word
+    name_start, last = tok, tok
+    nxt = doc[tok.i + 1] if tok.i + 1 < len(doc) else None
+    name = _fixed_after(tok, nxt) if nxt is not None and nxt.is_alpha else None
+    if name is not None:
+        label, last, plural = name, nxt, nxt.lower_ != name.split()[-1]
+    elif tok.i > 0 and f"{doc[tok.i - 1].lower_} {label}" in _known_names():
+        name_start = doc[tok.i - 1]
+        label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
-    first = min([tok.i] + [t.left_edge.i for t in mods])
-    plural = plural or _counted(tok.doc[first : tok.i + 1], tok)
-    return label, tok.idx, tok.idx + len(tok.text), plural, first, tok.i
+    first = min([name_start.i] + [t.left_edge.i for t in mods])
+    plural = plural or _counted(doc[first : tok.i + 1], tok)
+    return label, name_start.idx, last.idx + len(last.text), plural, first, last.i
 
 
 # Person words that name an animal's kin after "its", "her" (_young_of_animals): word -> the label's first word.
@@ -512,13 +597,15 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 6  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 7  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
 # compound ("coffee maker"), names going on past the chunk ("hot dog stand", "mother bear"), people groups
 # ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
-# a plural form, bird names
+# a plural form, bird names; 7: two listed objects the parser reads as one name ("a toilet and bath tub", "a plate
+# and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub", any word
+# ending a list tagged as a verb ("a toilet and shower"), misread words keep their two-word name ("stop sign")
 
 
 class EntityCache:
