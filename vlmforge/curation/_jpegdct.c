@@ -130,6 +130,16 @@ static int save_block(Saved *s, JCOEF *block, int ci, JDIMENSION by, JDIMENSION 
     return 0;
 }
 
+/* Each changed block and its saved copy trade places: the blocks as read, or as changed again. */
+static void swap_blocks(Saved *s) {
+    for (size_t i = 0; i < s->n; i++) {
+        JCOEF tmp[DCTSIZE2];
+        memcpy(tmp, s->items[i].block, sizeof(tmp));
+        memcpy(s->items[i].block, s->items[i].saved, sizeof(tmp));
+        memcpy(s->items[i].saved, tmp, sizeof(tmp));
+    }
+}
+
 static void restore_blocks(Saved *s) {
     for (size_t i = s->n; i-- > 0;) memcpy(s->items[i].block, s->items[i].saved, sizeof(JCOEF) * DCTSIZE2);
     free(s->items);
@@ -377,6 +387,13 @@ static int read_by_libjpeg(Coefficients *self) {
     return 0;
 }
 
+/* The file written by splicing, the changed blocks' MCUs coded again: splice_write()'s status. */
+static int write_spliced(Coefficients *self, uint8_t **out, size_t *out_size) {
+    for (size_t i = 0; i < self->saved.n; i++)
+        splice_mark(self->splice, self->saved.items[i].ci, self->saved.items[i].by, self->saved.items[i].bx);
+    return splice_write(self->splice, (SpliceRow *const *)self->rows, out, out_size);
+}
+
 /* The libjpeg work of occlude(), with no Python call: 0, -1 for a libjpeg error (message in self->err),
  * -2 when out of memory. */
 static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned char **out, unsigned long *out_size) {
@@ -409,26 +426,28 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
     free(self->kept.cover);
     self->kept.cover = NULL;
     if (self->splice) {
-        for (size_t i = 0; i < self->saved.n; i++)
-            splice_mark(self->splice, self->saved.items[i].ci, self->saved.items[i].by, self->saved.items[i].bx);
         uint8_t *spliced = NULL;
         size_t spliced_size = 0;
-        int status = splice_write(self->splice, (SpliceRow *const *)self->rows, &spliced, &spliced_size);
+        int status = write_spliced(self, &spliced, &spliced_size);
+        if (status == 1 && !splice_standard(self->splice)) {
+            /* A changed block needs a symbol the file's Huffman tables have no code for (tables made for the
+             * image hold only the symbols it uses): the image, its blocks as read, is coded once with the
+             * standard tables, which hold them all, and this occluder and every later one are spliced
+             * from that. */
+            swap_blocks(&self->saved);
+            int switched = splice_use_tables(self->splice, STD_DC, STD_AC, (SpliceRow *const *)self->rows);
+            swap_blocks(&self->saved);
+            if (!switched) status = write_spliced(self, &spliced, &spliced_size);
+        }
         restore_blocks(&self->saved);
-        if (status < 0) return -2;
+        if (status == -2) return -2;
         if (!status) {
             *out = spliced;
             *out_size = (unsigned long)spliced_size;
             self->spliced++;
             return 0;
         }
-        /* A changed block needs a symbol the file's Huffman tables have no code for (tables made for the
-         * image hold only the symbols it uses): the image is coded once with the standard tables, which
-         * hold them all, and this occluder and every later one are spliced from that. Should even that
-         * fail, libjpeg reads the coefficients (the same ones) and writes. */
-        if (!splice_standard(self->splice)
-            && !splice_use_tables(self->splice, STD_DC, STD_AC, (SpliceRow *const *)self->rows))
-            return occlude_and_write(self, o, out, out_size);
+        /* should even that fail, libjpeg reads the coefficients (the same ones) and writes */
         splice_free(self->splice); /* half switched, maybe: of no more use */
         self->splice = NULL;
         return occlude_and_write(self, o, out, out_size);

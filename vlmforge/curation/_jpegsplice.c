@@ -500,37 +500,39 @@ static void copy_bits(Writer *w, const uint8_t *src, uint64_t a, uint64_t b) {
 
 static int bit_size(int v) { return v ? 32 - __builtin_clz((unsigned)v) : 0; }
 
-/* One block; 1 when a symbol has no code. */
+/* The code of `sym` followed by the `size` low bits of `value`, in one put (at most 16 + 11 bits). */
+static inline int put_symbol(Writer *w, const Table *t, int sym, int value, int size) {
+    if (!t->len[sym]) return 1;
+    uint32_t bits = (uint32_t)t->code[sym] << size | ((uint32_t)value & ((1u << size) - 1));
+    put(w, bits, t->len[sym] + size);
+    return 0;
+}
+
+/* One block; 1 when a symbol has no code. The AC coefficients are put in zigzag order with a mask of the
+ * non-zero ones, and only those are visited. */
 static int encode_block(Writer *w, const short *block, int *pred, const Table *dc, const Table *ac) {
     int diff = block[0] - *pred;
     *pred = block[0];
     int size = bit_size(diff < 0 ? -diff : diff);
-    if (size > 11 || !dc->len[size]) return 1;
-    put(w, dc->code[size], dc->len[size]);
-    if (size) put(w, (uint32_t)(diff < 0 ? diff - 1 : diff) & ((1u << size) - 1), size);
-    int run = 0;
+    if (size > 11 || put_symbol(w, dc, size, diff < 0 ? diff - 1 : diff, size)) return 1;
+    short zz[64];
+    uint64_t nonzero = 0;
     for (int k = 1; k < 64; k++) {
-        int c = block[NATURAL[k]];
-        if (!c) {
-            run++;
-            continue;
-        }
-        for (; run > 15; run -= 16) {
-            if (!ac->len[0xF0]) return 1;
-            put(w, ac->code[0xF0], ac->len[0xF0]);
-        }
+        zz[k] = block[NATURAL[k]];
+        nonzero |= (uint64_t)(zz[k] != 0) << k;
+    }
+    int last = 0;
+    while (nonzero) {
+        int k = __builtin_ctzll(nonzero);
+        nonzero &= nonzero - 1;
+        int run = k - last - 1, c = zz[k];
+        last = k;
+        for (; run > 15; run -= 16)
+            if (put_symbol(w, ac, 0xF0, 0, 0)) return 1;
         size = bit_size(c < 0 ? -c : c);
-        int sym = run << 4 | size;
-        if (size > 10 || !ac->len[sym]) return 1;
-        put(w, ac->code[sym], ac->len[sym]);
-        put(w, (uint32_t)(c < 0 ? c - 1 : c) & ((1u << size) - 1), size);
-        run = 0;
+        if (size > 10 || put_symbol(w, ac, run << 4 | size, c < 0 ? c - 1 : c, size)) return 1;
     }
-    if (run) {
-        if (!ac->len[0]) return 1;
-        put(w, ac->code[0], ac->len[0]);
-    }
-    return 0;
+    return last < 63 && put_symbol(w, ac, 0x00, 0, 0);
 }
 
 /* MCU m of the blocks in `rows`, its first blocks' DC coded from the MCU before (none at `begin`, an
