@@ -76,7 +76,7 @@ struct Splice {
     size_t intervals;
     uint64_t *first, *last; /* bits of each MCU: [first, last) */
     uint8_t *dirty;
-    int indexed;
+    int decoded; /* splice_decode() ran: once only */
 };
 
 static unsigned be16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
@@ -389,7 +389,7 @@ void splice_shape(const Splice *s, int c, unsigned *h, unsigned *v, unsigned *ro
 }
 
 int splice_decode(Splice *s, SpliceRow *const *rows) {
-    if (s->indexed) return -1;
+    if (s->decoded) return -1;
     size_t m = 0;
     uint64_t pos = 0;
     for (size_t iv = 0; iv < s->intervals; iv++) {
@@ -433,7 +433,7 @@ int splice_decode(Splice *s, SpliceRow *const *rows) {
         }
         if (stop - pos >= 8) return -1;
     }
-    s->indexed = 1;
+    s->decoded = 1;
     return 0;
 }
 
