@@ -29,7 +29,7 @@ app.add_typer(build_app, name="build")
 app.add_typer(manifest_app, name="manifest")
 app.add_typer(sample_app, name="sample")
 
-BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.4.0")]
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1.5.0")]
 
 
 @sample_app.command("coco")

@@ -76,6 +76,8 @@ def test_bad_inputs_land_in_rejects(tmp_path, coco_copy):
     imgs[0].unlink()  # missing
     imgs[1].write_bytes(b"this is not a jpeg")  # corrupt
     imgs[2].write_bytes(imgs[3].read_bytes()[:5000])  # truncated
+    whole = imgs[4].read_bytes()
+    imgs[4].write_bytes(whole + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)  # a phone's video after EOI: kept, without it
     doc = json.loads((coco_copy / "annotations" / "captions_val2017.json").read_text())
     doc["annotations"].append({"id": 999999, "image_id": 424242, "caption": "A ghost."})
     (coco_copy / "annotations" / "captions_val2017.json").write_text(json.dumps(doc))
@@ -89,6 +91,8 @@ def test_bad_inputs_land_in_rejects(tmp_path, coco_copy):
     }
     assert len(b) == 9
     assert b.info["splits"]["val"]["rejects"] == 4
+    kept = [s for s in b.samples() if s["__key__"].endswith(str(int(imgs[4].stem)))]
+    assert len(kept) == 1 and kept[0]["jpg"] == whole
 
 
 def test_read_only_sql(tmp_path, sample_coco):

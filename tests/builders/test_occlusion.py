@@ -200,6 +200,13 @@ def test_jpeg_sources_are_occluded_in_their_coefficients_and_keep_every_other_pi
         assert Image.open(io.BytesIO(s["jpg"])).mode == "RGB"
     assert all(how[i] == {"reencoded"} for i in ids)
     assert len(how) > 3 and all(v == {"coefficients"} for i, v in how.items() if i not in ids)
+    # a phone's video after the end-of-image marker: built through the coefficients, the video left out
+    tail_id = next(i for i in sorted(how) if i not in ids)
+    whole = files[tail_id].read_bytes()
+    files[tail_id].write_bytes(whole + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    t = vlmforge.build("occlusion", "coco", out=tmp_path / "t", source_options=_src(coco_copy), keep_original=True)
+    got = [s for s in t.samples() if s["json"]["image_id"] == tail_id]
+    assert got and all(s["orig.jpg"] == whole and s["json"]["jpeg"] == "coefficients" for s in got)
     blurred = vlmforge.build("occlusion", "coco", out=tmp_path / "b", source_options=_src(coco_copy), fill="blur")
     assert {s["json"]["jpeg"] for s in blurred.samples()} == {"reencoded"}  # blur reads the pixels it covers
 

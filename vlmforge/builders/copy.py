@@ -26,7 +26,7 @@ class CopyConfig(BuildConfig):
 
 class CopyBuilder(Builder):
     name = "copy"
-    VERSION = "1.4.0"
+    VERSION = "1.5.0"
     Config = CopyConfig
     description = "Copies a source (COCO, LLaVA JSON, class folders) into shards unchanged, with a LLaVA-format conversation."
     columns = [

@@ -213,7 +213,7 @@ def _raw_key(rec: Record) -> str:
 
 class GradingBuilder(DerivedBuilder):
     name = "grading"
-    VERSION = "1.3.0"
+    VERSION = "1.4.0"
     Config = GradingConfig
     description = "Ordinal grade data (e.g. knee X-ray KL grades) as LLaVA records, optionally balanced per grade."
     batch_size = 32

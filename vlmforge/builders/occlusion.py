@@ -31,7 +31,7 @@ from vlmforge.curation.grounding import (
     is_not_object,
 )
 from vlmforge.curation.images import (
-    EncodedImage, ImageError, bilevel_png, check_image_bytes, encode_for_storage, ends_like_a_jpeg, read_bytes,
+    EncodedImage, ImageError, bilevel_png, check_image_bytes, encode_for_storage, read_bytes, whole_jpeg,
 )
 from vlmforge.curation.instructions import occlusion_question, type_word
 from vlmforge.curation.models import check_model_name
@@ -369,9 +369,12 @@ class OcclusionBuilder(Builder):
                 data, coefs = read_bytes(rec["file"]), None
                 # A JPEG to be occluded in the DCT domain is read as coefficients, and decoded only if a stage
                 # asks for pixels (a model, or a colour word choosing among instances). One that reads cleanly
-                # so needs no other check: its headers are read, it ends where a JPEG ends.
-                if self._coefficients and ends_like_a_jpeg(data):
-                    coefs = read_coefficients(data)
+                # so needs no other check: its headers are read, it holds its end-of-image marker (and what
+                # follows that marker is left out, as check_image_bytes leaves it out).
+                whole = whole_jpeg(data) if self._coefficients else None
+                if whole is not None:
+                    coefs = read_coefficients(whole)
+                    data = whole if coefs is not None else data
                 img = (EncodedImage(data, "jpg", coefs.width, coefs.height, "JPEG", "RGB") if coefs is not None
                        else check_image_bytes(data, str(rec["file"]), "quick"))
                 if self.config.keep_original:  # JPEG kept as it is; anything else as RGB JPEG: every

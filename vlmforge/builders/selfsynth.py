@@ -206,7 +206,7 @@ class SelfSynthConfig(BuildConfig):
 
 class SelfSynthBuilder(GeneratorMixin, Builder):
     name = "selfsynth"
-    VERSION = "1.6.0"
+    VERSION = "1.7.0"
     Config = SelfSynthConfig
     description = ("Self-synthesized explained QA for image classification: class concepts, per-image concept "
                    "selection by the information-bottleneck score, answers that must name the label.")

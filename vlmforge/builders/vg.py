@@ -80,7 +80,7 @@ def format_box(box: list[float]) -> str:
 
 class VgBuilder(Builder):
     name = "vg"
-    VERSION = "1.1.0"
+    VERSION = "1.2.0"
     Config = VgConfig
     description = "Visual Genome objects with synsets as object-centric LLaVA records (box and class in the answer)."
     batch_size = 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def read_image(path: str | Path, check: str = "quick") -> EncodedImage:
     """Read an image file as encoded bytes, checked but not re-encoded.
 
     check="quick" parses the header (and, for JPEG, requires the end-of-image marker, which catches
-    truncated files); check="full" decodes every pixel. Raises ImageError(missing_image|
-    unreadable_image|corrupt_image|truncated_image).
+    truncated files; data after that marker is left out); check="full" decodes every pixel. Raises
+    ImageError(missing_image|unreadable_image|corrupt_image|truncated_image).
     """
     return check_image_bytes(read_bytes(path), str(path), check)
 
@@ -53,9 +54,39 @@ def read_bytes(path: str | Path) -> bytes:
         raise ImageError("unreadable_image", f"{path}: {e.strerror or e}") from None
 
 
-def ends_like_a_jpeg(data: bytes) -> bool:
-    """Starts with SOI and ends with the end-of-image marker (trailing zero bytes aside)."""
-    return data[:2] == b"\xff\xd8" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+# After a scan, the next marker: 0xFF bytes then a code that is no stuffing (0x00) or restart (RSTn).
+_MARKER_AFTER_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+
+
+def whole_jpeg(data: bytes) -> bytes | None:
+    """The JPEG `data` holds, up to its end-of-image marker, or None when it ends before that marker
+    (truncated) or is no JPEG. A file that ends with the marker (zero padding aside) is returned as it
+    is; data after the marker (phones append video or maker data there) is left out: the markers are
+    walked and each scan skipped to its end, so bytes after the image that look like markers do not
+    count."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    if data.rstrip(b"\0")[-2:] == b"\xff\xd9":
+        return data
+    pos, n = 2, len(data)
+    while pos + 2 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:
+            return data[: pos + 2]
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # no length
+            pos += 2
+        elif pos + 4 > n:
+            return None
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:
+                found = _MARKER_AFTER_SCAN.search(data, pos)
+                if found is None:
+                    return None
+                pos = found.end() - 2
+    return None
 
 
 def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedImage:
@@ -68,8 +99,11 @@ def check_image_bytes(data: bytes, name: str, check: str = "quick") -> EncodedIm
             width, height = im.size
             if check == "full":
                 im.load()
-            elif fmt == "JPEG" and not ends_like_a_jpeg(data):
-                raise ImageError("truncated_image", f"{name} ends before the JPEG end-of-image marker")
+            if fmt == "JPEG":  # data after the end-of-image marker is left out
+                whole = whole_jpeg(data)
+                if whole is None and check != "full":
+                    raise ImageError("truncated_image", f"{name} ends before the JPEG end-of-image marker")
+                data = whole or data
     except ImageError:
         raise
     except UnidentifiedImageError:  # its message holds the BytesIO's memory address: rejects would differ per run
