@@ -123,4 +123,4 @@ def test_occlusion_split_mcqa_mix_train_eval_export_publish(tmp_path, sample_coc
     assert f"| train | {n} | 0 | 1 |" in card
     assert "\n3 samples have no label.\n" in card  # the COCO copy's
     assert f"| split | 1.3.0 | {occ.build_id} | train | {len(train_keys)} |" in card
-    assert f"| {coco_build.build_id} | copy | 1.4.0 |  | all | 3 |" in card  # its only split, val
+    assert f"| {coco_build.build_id} | copy | 1.5.0 |  | all | 3 |" in card  # its only split, val

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 Model = Annotated[str, typer.Option("--model", "-m", help="checkpoint folder or Hub id (a PEFT adapter folder is merged onto its base)")]
-Shards = Annotated[str, typer.Option("--shards", "-s", help="test data: a build folder, or a shard glob such as 'builds/copy/1.4.0/test-*.tar' (quote it)")]
+Shards = Annotated[str, typer.Option("--shards", "-s", help="test data: a build folder, or a shard glob such as 'builds/copy/1.5.0/test-*.tar' (quote it)")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the build manifest, e.g. \"split = 'test' AND label IN ('cat', 'dog')\"")]
 Seed = Annotated[int, typer.Option("--seed", help="which samples: they are taken in md5(seed:key) order; also seeds the random control neurons")]
 Out = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
@@ -44,7 +44,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     ) -> None:
         """Grad-CAM of a CLIP classifier over class prompts: for each test image, the heatmap of the predicted class (and with --true-class the true one) overlaid on the image (overlays/*.png), a contact_sheet.png, heatmaps.npz (the raw grids) and index.json (image, true, predicted, confidence).
 
-        Example: vlmforge analyze gradcam --model runs/clip --shards builds/copy/1.4.0 --where "split = 'test'" --out analysis/gradcam"""
+        Example: vlmforge analyze gradcam --model runs/clip --shards builds/copy/1.5.0 --where "split = 'test'" --out analysis/gradcam"""
         from vlmforge.analysis.gradcam import run_gradcam
 
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
@@ -72,7 +72,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     ) -> None:
         """Which tokens the most active FFN neurons promote, layer by layer: one forward pass per prompt (image + question + answer prefix up to the class name); at the last position of every decoder layer the top-k neurons by input activation of the FFN down-projection (and k random ones) are projected through the unembedding. Writes prompts/<key>.json per prompt, summary.json, summary.md (per layer, the share of prompts whose ground-truth class token is among the top tokens) and ffn_summary.png.
 
-        Example: vlmforge analyze ffn --model models/demo-merged --shards builds/copy/1.4.0 --n 200 --out analysis/ffn"""
+        Example: vlmforge analyze ffn --model models/demo-merged --shards builds/copy/1.5.0 --n 200 --out analysis/ffn"""
         from vlmforge.analysis.ffn import run_ffn
 
         run_ffn(model, shards, out, where=where, n=n, seed=seed, top_k=top_k, n_tokens=tokens, question=question,

@@ -11,7 +11,7 @@ from vlmforge.commands._common import BuildRun, ImageRoot, JsonFile, Quiet, Seed
 
 export_app = typer.Typer(help="Write builds (or LLaVA JSON) out in the formats other tools read.", no_args_is_help=True)
 
-From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.4.0")]
+From = Annotated[Optional[Path], typer.Option("--from", help="parent build folder, e.g. builds/copy/1.5.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition over the parent manifest, e.g. \"label IN ('cat', 'dog')\"")]
 ParentSplits = Annotated[Optional[list[str]], typer.Option("--parent-split", help="use only this parent split (repeatable; default: all)")]
 LabelColumn = Annotated[str, typer.Option("--label-column", help="manifest column holding the class")]
