@@ -702,15 +702,8 @@ static PyObject *Coefficients_blocks(Coefficients *self, PyObject *args) {
     PyObject *out = PyBytes_FromStringAndSize(NULL, row * comp->height_in_blocks);
     if (!out) return NULL;
     char *p = PyBytes_AS_STRING(out);
-    if (setjmp(self->err.jump)) {
-        Py_DECREF(out);
-        PyErr_Format(JpegError, "%s", self->err.message);
-        return NULL;
-    }
-    for (JDIMENSION by = 0; by < comp->height_in_blocks; by++) {
-        for (JDIMENSION bx = 0; bx < comp->width_in_blocks; bx++)
-            for (int k = 0; k < DCTSIZE2; k++) ((int16_t *)(p + by * row))[bx * DCTSIZE2 + k] = (int16_t)self->rows[ci][by][bx][k];
-    }
+    for (JDIMENSION by = 0; by < comp->height_in_blocks; by++) /* the rows hold whole MCUs: the blocks in the image */
+        memcpy(p + by * row, self->rows[ci][by], (size_t)row);
     return Py_BuildValue("(N(ii))", out, (int)comp->height_in_blocks, (int)comp->width_in_blocks);
 }
 
