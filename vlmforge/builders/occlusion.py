@@ -373,8 +373,7 @@ class OcclusionBuilder(Builder):
                 # follows that marker is left out, as check_image_bytes leaves it out).
                 whole = whole_jpeg(data) if self._coefficients else None
                 if whole is not None:
-                    coefs = read_coefficients(whole)
-                    data = whole if coefs is not None else data
+                    data, coefs = whole, read_coefficients(whole)
                 img = (EncodedImage(data, "jpg", coefs.width, coefs.height, "JPEG", "RGB") if coefs is not None
                        else check_image_bytes(data, str(rec["file"]), "quick"))
                 if self.config.keep_original:  # JPEG kept as it is; anything else as RGB JPEG: every

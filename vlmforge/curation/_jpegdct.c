@@ -12,7 +12,8 @@
  * (_jpegsplice.c): the MCUs that did not change keep the source's entropy-coded bits, the changed ones are
  * coded with the file's own Huffman tables (when an occluder needs a code they lack, the image is coded
  * once with the standard tables, and spliced from that). Any other file goes to libjpeg:
- * jpeg_read_coefficients, then jpeg_write_coefficients (as jpegtran does) with the standard tables. The blocks are put back after, so one read serves every occluder of the image.
+ * jpeg_read_coefficients, then jpeg_write_coefficients (as jpegtran does) with the standard tables. The
+ * blocks are put back after, so one read serves every occluder of the image.
  *
  * The arithmetic is IEEE single precision, each sum in a fixed order, with no fused multiply-add (built
  * with -ffp-contract=off) and no libm call: the same input gives the same bytes on every machine. Python's GIL is released while libjpeg works.
@@ -499,12 +500,13 @@ static int read_own(Coefficients *self) {
         if (!self->blocks[ci] || !self->rows[ci]) return 0;
         for (unsigned by = 0; by < rows; by++) self->rows[ci][by] = self->blocks[ci] + (size_t)by * cols;
     }
-    if (splice_decode(self->splice, (SpliceRow *const *)self->rows) < 0) return 0;
-    for (int ci = 0; ci < 3; ci++) { /* what jpeg_read_coefficients() would latch */
-        jpeg_component_info *comp = &src->comp_info[ci];
-        if (comp->quant_tbl_no < 0 || comp->quant_tbl_no >= NUM_QUANT_TBLS || !src->quant_tbl_ptrs[comp->quant_tbl_no]) return 0;
-        comp->quant_table = src->quant_tbl_ptrs[comp->quant_tbl_no];
+    for (int ci = 0; ci < 3; ci++) { /* each component's table, there before the scan is decoded */
+        int no = src->comp_info[ci].quant_tbl_no;
+        if (no < 0 || no >= NUM_QUANT_TBLS || !src->quant_tbl_ptrs[no]) return 0;
     }
+    if (splice_decode(self->splice, (SpliceRow *const *)self->rows) < 0) return 0;
+    for (int ci = 0; ci < 3; ci++) /* what jpeg_read_coefficients() would latch */
+        src->comp_info[ci].quant_table = src->quant_tbl_ptrs[src->comp_info[ci].quant_tbl_no];
     return 1;
 }
 
