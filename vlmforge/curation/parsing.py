@@ -79,6 +79,7 @@ class GreedyParser:
         from spacy.ml.parser_model import ParserStepModel
 
         parser = self.parser
+        parser._ensure_labels_are_added(docs)  # as spaCy's greedy_parse: labels a doc already carries
         batch = parser.moves.init_batch(docs)
         if not any(len(doc) for doc in docs):
             return batch
