@@ -103,6 +103,21 @@ def test_a_negation_that_does_not_deny_the_label(text):
     assert names_label(text, "Black footed Albatross")
 
 
+@pytest.mark.parametrize("text", [
+    "It could be anything but a Black footed Albatross.",
+    "It looks like anything other than a Black footed Albatross.",
+    "This is anything except a Black footed Albatross.",
+    "The bird here is everything but a Black footed Albatross, judging by the bill.",
+])
+def test_what_anything_but_excludes_is_not_named(text):
+    """"anything but X" says the answer is not X, unless the clause before denies it ("can't be anything
+    but X", among the asserting texts above)."""
+    assert not names_label(text, "Black footed Albatross")
+    assert names_label(text + " It is a Black footed Albatross.", "Black footed Albatross")
+    assert names_label(text.replace("Black footed Albatross", "gull") + " So: a Black footed Albatross.",
+                       "Black footed Albatross")
+
+
 def test_a_clause_ends_at_a_sentence_not_inside_a_name():
     assert names_label("This is a St. Bernard.", "St. Bernard")
     assert not names_label("It is not a St. Bernard.", "St. Bernard")

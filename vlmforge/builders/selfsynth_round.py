@@ -84,7 +84,7 @@ class SelfSynthRoundConfig(BuildConfig):
 
 class SelfSynthRoundBuilder(FromBuildMixin, Builder):
     name = "selfsynth-round"
-    VERSION = "1.6.0"
+    VERSION = "1.7.0"  # 1.7.0: "anything but a X" does not name X (softmatch.names_label)
     Config = SelfSynthRoundConfig
     description = ("A rejection-sampling round of selfsynth: a model's candidate answers scored against each "
                    "image's concepts; the best answer that names the label is kept, else a plain fallback.")

@@ -138,24 +138,42 @@ _CLAUSE_WORDS = frozenset("but however although though whereas so therefore thus
 _SUBJECT_AFTER_AND = frozenset("it its this so therefore thus hence".split())  # "not a gull and it is a tern"
 
 
+# "anything but a gull", "anything other than a gull", "anything except a gull": what follows is excluded,
+# unless the clause before denies that ("it can't be anything but a gull" names the gull).
+_ANY = frozenset("anything everything".split())
+
+
+def _excluding(words: list[str], start: int) -> bool:
+    """Whether words[-1], a word starting a clause, makes it exclude what it names ("anything but", "anything
+    other than", "anything except"), the words from `start` on being the clause before."""
+    w = words[-1]
+    before = words[-3] if w == "than" and len(words) >= 3 else words[-2] if len(words) >= 2 else ""
+    if w not in ("but", "except", "than") or before not in _ANY:
+        return False
+    return not any(_denies(words, j) for j in range(start, len(words) - 1))
+
+
 def _clause_words(text: str) -> tuple[list[str], list[int], list[bool]]:
-    """The normalised words of `text` and, for each, where its clause starts and whether its sentence is a
-    question."""
+    """The normalised words of `text` and, for each, where its clause starts and whether it is not asserted:
+    its sentence is a question, or its clause is what "anything but" excludes."""
     words: list[str] = []
     starts: list[int] = []
     asked: list[bool] = []
     for sentence in re.split(r"(?<=[.!?])\s+", text.strip()):
         question = sentence.rstrip(" \t\"')*").endswith("?")
         for part in _CLAUSE_END.split(sentence):
-            start = len(words)
+            start, excluded = len(words), False
             for w in normalise(part).split():
                 if w in _CLAUSE_WORDS or (w == "than" and words[-1:] == ["other"]):
+                    words.append(w)
+                    excluded = _excluding(words, start)
+                    words.pop()
                     start = len(words) + 1
                 elif words[-1:] == ["and"] and w in _SUBJECT_AFTER_AND:
-                    start = len(words)
+                    start, excluded = len(words), False
                 words.append(w)
                 starts.append(start)
-                asked.append(question)
+                asked.append(question or excluded)
     return words, starts, asked
 
 
@@ -175,8 +193,9 @@ def names_label(text: str, label: str) -> bool:
     "Forster's Tern" for Forsters Tern) in a mention that no negation before it in its clause, within six
     words, denies ("This is not a Black footed Albatross", "It doesn't look like a Black footed Albatross",
     "It is a gull rather than a Black footed Albatross"; but "not only a Black footed Albatross" and "not a
-    gull, but a Black footed Albatross" assert it) and that is not in a question ("Is it a Black footed
-    Albatross? No.")."""
+    gull, but a Black footed Albatross" assert it), that is not in a question ("Is it a Black footed
+    Albatross? No.") and that "anything but" does not exclude ("It could be anything but a Black footed
+    Albatross"; but "It can't be anything but a Black footed Albatross" asserts it)."""
     lab = [_word_forms(w) for w in normalise(label).split()]
     if not lab:
         return False
