@@ -563,7 +563,8 @@ class SpacyEntityExtractor:
             # The parser stepped from Python only where nothing after it runs in nlp.pipe (the memo
             # replaces attribute_ruler and lemmatizer, whose rules read the parse).
             names = self._nlp.pipe_names
-            if self._memo is not None and "parser" in names and names[names.index("parser") + 1 :] == ["attribute_ruler", "lemmatizer"]:
+            after = names[names.index("parser") + 1 :] if "parser" in names else None
+            if self._memo is not None and after == ["attribute_ruler", "lemmatizer"]:
                 with self._blas.limit(limits=1, user_api="blas"):
                     self._parser = GreedyParser.for_pipeline(self._nlp)
             self._verbs = _known_verbs(self._nlp)
@@ -614,7 +615,8 @@ class SpacyEntityExtractor:
         return out
 
     def __getstate__(self):
-        return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(), "_blas": None}
+        return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(),
+                "_blas": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
