@@ -446,3 +446,55 @@ def test_a_word_ending_a_list_that_the_parser_took_for_a_verb_is_an_entity(extra
             "A bus painted red and white.", "A man and a woman sit and talk."]
     labels = {e.label for ents in extract(caps) for e in ents}
     assert not labels & {"smile", "stop", "reading", "white", "talk"}, labels
+
+
+def test_the_second_item_of_a_list_with_a_name_for_a_substance_or_place(extract):
+    """"A lamp and coffee table": the parser hangs lamp on table (nmod) with coffee its conj, as in "a salt and
+    pepper shaker"; a lamp is no object word, so the list was one thing, "table", and the lamp was lost."""
+    caps = ["A lamp and coffee table", "A living room with a lamp and coffee table.", "A shirt and tennis shoes.",
+            "A desk and kitchen table."]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("lamp", "lamp"), ("coffee table", "coffee table")]
+    assert got[1] == [("living room", "living room"), ("lamp", "lamp"), ("coffee table", "coffee table")]
+    assert [lab for lab, _ in got[2]] == ["shirt", "tennis shoe"]
+    assert [lab for lab, _ in got[3]] == ["desk", "kitchen table"]
+    # two substances share the head; words that name no substance or place still do
+    caps = ["A salt and pepper shaker on a table.", "A ham and cheese sandwich.", "A food and water bowl."]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [["shaker", "table"], ["sandwich"], ["bowl"]]
+
+
+def test_a_list_item_the_parser_hangs_on_is(extract):
+    """"There is a chair and remote here": the parser makes remote/JJ (or toaster/VB, towel/VB) a conj of "is",
+    not of chair: no chunk held it, and it was lost."""
+    caps = ["There is a chair and remote here", "There is a chair and a remote here.",
+            "There is a person and toaster in the room.", "There is a lamp and towel in the room.",
+            "There is a remote and towel here"]
+    want = [["chair", "remote"], ["chair", "remote"], ["person", "toaster", "room"], ["lamp", "towel", "room"],
+            ["remote", "towel"]]
+    for cap, ents, labels in zip(caps, extract(caps), want):
+        assert [e.label for e in ents] == labels, cap
+        assert all(cap[e.start : e.end].lower() == e.label for e in ents), cap
+
+
+def test_a_subject_with_two_verbs_is_an_entity_and_the_verbs_are_not(extract):
+    """"A dog runs and jumps": the parser makes dog a compound of runs/VBZ (no chunk: the dog was lost) and
+    jumps a plural noun (an entity "jump"); in "A dog drinks and looks" it takes drinks/NNS for the head
+    of "A dog drinks" (label "dog drink") and "A bus stops" was a bus stop."""
+    caps = ["A dog runs and jumps.", "A brown dog runs and jumps in the grass.", "A dog drinks and looks.",
+            "A brown cow smiles and drinks in the grass.", "A sheep looks and walks.", "A dog runs, jumps and plays.",
+            "A bus stops and picks up people.", "Two small dogs run and jump.",
+            "A brown horse jumps and sleeps in the grass."]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents]
+           for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("A dog", "dog", "dog", False)]
+    assert got[1] == [("A brown dog", "dog", "dog", False), ("the grass", "grass", "grass", False)]
+    assert got[2] == [("A dog", "dog", "dog", False)]
+    assert [g[:2] for g in got[3]] == [("A brown cow", "cow"), ("the grass", "grass")]
+    assert [g[1] for g in got[4]] == ["sheep"] and [g[1] for g in got[5]] == ["dog"]
+    assert [g[1] for g in got[6]] == ["bus", "person"]
+    assert got[7] == [("Two small dogs", "dog", "dogs", True)]
+    assert [g[1] for g in got[8]] == ["horse", "grass"]
+    # nouns listed after "and" stay: "There are two dogs and cats", "Dog treats and toys", "a bus stop"
+    caps = ["There are two dogs and cats here.", "Dog treats and toys on a floor.", "A bus stop on a street."]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [["dog", "cat"], ["dog treat", "toy", "floor"],
+                                                                   ["bus stop", "street"]]

@@ -92,7 +92,7 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = _chunk_label(chunk)
+    got = None if _listed_verb(chunk, verbs) else _chunk_label(chunk)
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -101,6 +101,27 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
         return got
     second = "stand" if nxt.lower_ == "stands" else _object_singular(nxt.lower_)
     return f"{label} {second}", start, nxt.idx + len(nxt.text), plural or nxt.lower_ != second, nxt.i
+
+
+def _verb_read_as_noun(t) -> bool:
+    """A verb in -s the parser took for a plural noun, with a subject ("A sheep looks and walks") or a
+    singular article of its own or of its compound ("A dog drinks and looks": drinks/NNS, with "A" its det
+    and "dog" its compound; "A brown cow smiles": "A" the det of cow)."""
+    if t.tag_ != "NNS" or t.lower in _object_word_ids():
+        return False
+    lefts = [g for c in t.lefts for g in (c.lefts if c.dep_ == "compound" else (c,))]
+    return any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
+
+
+def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
+    """A bare word after "and" that the parser took for a noun joined to the verb just before it: a second
+    verb ("A dog runs and jumps": jumps/NNS, a conj of runs; "Dogs run and jump": jump/NN), no object."""
+    t = chunk.root
+    if len(chunk) != 1 or t.dep_ != "conj" or t.head.i != t.i - 2 or t.doc[t.i - 1].lower_ not in ("and", "or"):
+        return False
+    head = t.head
+    return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head))
+            and t.lower not in _object_word_ids() and t.lemma_.lower() in verbs)
 
 
 # What "hot dog" + these words name is a stall or a cart, not a hot dog.
@@ -128,11 +149,11 @@ def _goes_on(label: str, doc, last: int, verbs: frozenset[str]):
 
 def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
     """_label_of within the chunk (and a fixed compound's second word past it)."""
-    head = chunk.root
+    head = _head_of(chunk)
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
         return None
     doc = head.doc
-    last = chunk.end - 1
+    last, verb = chunk.end - 1, -1  # verb: a verb in -s taken for the head (_verb_read_as_noun)
     nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()]
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
@@ -143,7 +164,10 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
     elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
         head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
         last = head.i
-    nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) else None
+    elif nouns and _verb_read_as_noun(head):
+        verb, head = head.i, nouns[-1]  # "A dog drinks and looks": the dog; "A bus stops and ...": no bus stop
+        last = head.i
+    nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) and head.i + 1 != verb else None
     label = _fixed_after(head, nxt) if nxt is not None and nxt.is_alpha else None
     if label is not None:
         # "a fire" + "hydrant": the name goes on past the chunk; its second word is the head
@@ -265,27 +289,31 @@ def _object_adjective(t) -> bool:
 
 def _listed_apart(t, head) -> bool:
     """Whether `t`, a list item the parser hung on `head`, is an object of its own: an object word ("a
-    toilet and bath tub"), or the words before the head make a name with it ("a plate and dining table").
-    Else it shares the head: "a salt and pepper shaker"."""
+    toilet and bath tub"), or the words before the head make a name with it ("a plate and dining table"),
+    or the word before the head names a substance, place or sport that `t` is not ("a lamp and coffee
+    table", "a shirt and tennis shoes": a lamp names nothing a table is for). Else it shares the head: "a
+    salt and pepper shaker", "a tea and coffee mug"."""
     if t.lower in _object_word_ids():
         return True
     before = head.doc[head.i - 1]
-    return before.i > t.i + 1 and f"{before.lower_} {_singular(head)}" in _known_names()
+    return before.i > t.i + 1 and (f"{before.lower_} {_singular(head)}" in _known_names()
+                                   or before.lower_ in _not_objects() and t.lower_ not in _not_objects())
 
 
 def _noun_phrases(doc):
     """The noun chunks (split by _split_chunks) and, in order among them, the object nouns spaCy makes no
     chunk of for their dependency label ("Two knives next to each other": knives, npadvmod; "A fire hydrant
-    and cake": cake, conj of hydrant/amod) and the lists whose last word the parser took for an adjective
-    or the like ("a toilet and bath tub": tub/JJ, _misread_list_head)."""
+    and cake": cake, conj of hydrant/amod; "A dog runs and jumps": dog, the compound of a verb, _verb_subject)
+    and the lists whose last word the parser took for an adjective or the like ("a toilet and bath tub":
+    tub/JJ, _misread_list_head)."""
     from spacy.symbols import ADJ, ADV, NOUN, VERB, attr, conj, dobj, npadvmod, nsubj, pobj
 
-    nominal, ids = (pobj, dobj, attr, nsubj, conj), _object_word_ids()
+    nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
         if pos == NOUN:
-            if (t.dep == npadvmod or t.dep == conj) and t.lower in ids:
+            if t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and _misread_list_head(t)):
@@ -294,8 +322,37 @@ def _noun_phrases(doc):
     chunks = list(_split_chunks(chunks))
     if loose:
         held = {t.i for c in chunks for t in c}
-        loose = [doc[t.left_edge.i : t.i + 1] for t in loose if t.i not in held]
+        loose = [doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held]
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _verb_subject(t) -> bool:
+    """A noun the parser made a compound of a finite verb: the verb's subject ("A dog runs and jumps": dog,
+    a compound of runs/VBZ, in no noun chunk)."""
+    return t.head.pos_ == "VERB" and t.head.tag_ in ("VBZ", "VBP", "VBD") and t.head.i > t.i
+
+
+def _phrase_start(t) -> int:
+    """Where a loose noun's phrase starts: at its left edge, or for a verb's subject (_verb_subject) at the
+    article and adjectives before it, which the parser hung on the verb too ("A brown dog runs")."""
+    start = t.left_edge.i
+    if t.dep_ == "compound":
+        doc = t.doc
+        while start > 0 and doc[start - 1].head.i == t.head.i and doc[start - 1].dep_ in _MODIFIER_DEPS:
+            start -= 1
+    return start
+
+
+_MODIFIER_DEPS = frozenset({"det", "amod", "nummod", "poss", "compound"})
+
+
+def _head_of(chunk):
+    """The chunk's root, or its last word where the parser hung all its words on a verb past it: "A dog" of
+    "A dog runs" (_phrase_start), whose root spaCy takes to be "A"."""
+    root = chunk.root
+    if root.dep_ in _MODIFIER_DEPS and not chunk.start <= root.head.i < chunk.end:
+        return chunk[-1]
+    return root
 
 
 def _misread_list_head(t) -> bool:
@@ -342,6 +399,14 @@ def _known_names() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
+def _not_objects() -> frozenset[str]:
+    """Places, substances and sports, one word each ("kitchen", "coffee", "tennis")."""
+    from vlmforge.curation.grounding import NOT_OBJECTS
+
+    return frozenset(w for w in NOT_OBJECTS if " " not in w)
+
+
+@lru_cache(maxsize=1)
 def _object_word_ids() -> frozenset[int]:
     from spacy.strings import get_string_id
 
@@ -368,32 +433,57 @@ def _misread_noun(tok) -> bool:
     oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
     object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
-    oven/JJ), or when it starts the caption with no object of its own ("Train on the tracks": train/VB,
-    "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is a fire
-    hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end)."""
+    oven/JJ) or follows "and" after the verb's object that the parser joined it to ("There is a chair and
+    remote here": remote/JJ, a conj of "is", _listed_with_object), or when it starts the caption with no
+    object of its own ("Train on the tracks": train/VB, "Boy eating a donut": boy/UH), or when the word
+    before makes a known name with it ("There is a fire hydrant and ...": hydrant/JJ). Another word only
+    where it ends a list (_misread_list_end)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return _misread_list_end(tok)
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
-            or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()))
+            or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
+                                        or _listed_with_object(tok)))
             or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
+
+
+def _listed_with_object(tok) -> bool:
+    """Whether `tok` follows "and" or "or" right after the object of the verb the parser hung both on: the
+    list's next item ("There is a chair and remote here": chair attr, remote/JJ a conj of "is")."""
+    doc = tok.doc
+    if tok.i < 2 or doc[tok.i - 1].lower_ not in ("and", "or"):
+        return False
+    before = doc[tok.i - 2]
+    return (before.head.i == tok.head.i and before.dep_ in ("attr", "dobj")
+            and (before.pos_ in ("NOUN", "PROPN") or before.lower in _object_word_ids()))
 
 
 def _misread_list_end(tok) -> bool:
     """Any word after "and" that ends a list of nouns, which the parser tagged as a verb's base form or an
     adjective: "A toilet and shower in a bathroom" (shower/VB), "A banana and mirror" (mirror/VBP), "A
-    teddy bear and doll" (doll/VB). A word with a verb's or an adjective's own dependents is none, nor one
-    before a noun or the like that it makes no known name with ("a stop sign": a name, _misread_entity)."""
+    teddy bear and doll" (doll/VB), "There is a remote and towel here" (towel/VB, a conj of remote/JJ), "There
+    is a lamp and towel here" (towel a conj of "is", _listed_with_object). A word with a verb's or an
+    adjective's own dependents is none, nor one before a noun or the like that it makes no known name with
+    ("a stop sign": a name, _misread_entity)."""
     doc = tok.doc
     if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") or doc[tok.i - 1].lower_ not in ("and", "or"):
         return False
-    return (tok.head.pos_ in ("NOUN", "PROPN") and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
+    head = tok.head
+    return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok))
+            and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
             and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
                  or _fixed_after(tok, doc[tok.i + 1]) is not None))
+
+
+@lru_cache(maxsize=1)
+def _compound_id() -> int:
+    from spacy.strings import get_string_id  # no spacy.symbols name: the label's hash
+
+    return get_string_id("compound")
 
 
 @lru_cache(maxsize=1)
@@ -589,7 +679,7 @@ class SpacyEntityExtractor:
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
             for chunk in _noun_phrases(doc):
-                if chunk.root.i <= taken:  # the second word of a fixed compound found before
+                if _head_of(chunk).i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk, self._verbs)
                 if got is None:
@@ -620,7 +710,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 8  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 9  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -630,7 +720,9 @@ EXTRACTOR_VERSION = 8  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # and dining table", "a remote and baseball bat"), lists whose last word it tags as no noun, "bath tub", any word
 # ending a list tagged as a verb ("a toilet and shower"), misread words keep their two-word name ("stop sign"); 8: the
 # parse's matrix products through numpy and its greedy loop stepped from Python (curation/parsing.py): the same
-# parses on every caption tried, but floats summed in another order could tip a near tie
+# parses on every caption tried, but floats summed in another order could tip a near tie; 9: a list item before a
+# substance's or place's name ("a lamp and coffee table"), list items the parser hung on "is" ("There is a chair and
+# remote here"), a verb's subject taken for its compound and second verbs taken for nouns ("A dog runs and jumps")
 
 
 class EntityCache:
