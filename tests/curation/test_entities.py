@@ -498,3 +498,56 @@ def test_a_subject_with_two_verbs_is_an_entity_and_the_verbs_are_not(extract):
     caps = ["There are two dogs and cats here.", "Dog treats and toys on a floor.", "A bus stop on a street."]
     assert [[e.label for e in ents] for ents in extract(caps)] == [["dog", "cat"], ["dog treat", "toy", "floor"],
                                                                    ["bus stop", "street"]]
+
+
+def test_two_substances_listed_share_the_head(extract):
+    """"A soap and water dispenser": one dispenser for both, as "a salt and pepper shaker"; a list item before a
+    substance's name that names no substance is still an object of its own ("a lamp and coffee table")."""
+    caps = ["A soap and water dispenser", "A water and soap dispenser on a wall.",
+            "A salt and pepper shaker on a table.", "A lamp and coffee table", "A shirt and tennis shoes."]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [
+        ["dispenser"], ["dispenser", "wall"], ["shaker", "table"], ["lamp", "coffee table"], ["shirt", "tennis shoe"]]
+
+
+def test_a_verb_taken_for_the_head_of_its_subject_before_a_second_verb(extract):
+    """"The zebra drinks and runs near a bird": the parser takes drinks/NNS for the root, with zebra its compound
+    and runs/VBZ its conj (label "zebra drink"); "grazes"/NNS lemmatised as a noun is "graz", no verb, and stayed
+    an entity after "and". A real compound's plural keeps its label: "The dog treats are on the table"."""
+    caps = ["The zebra drinks and runs near a bird", "The bear grazes and sits near a hat",
+            "A sheep plays and grazes near a pole", "The cow sleeps and grazes near a fence",
+            "The dog treats are on the table", "The dog treats and toys on the floor"]
+    got = [[(e.phrase, e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("The zebra", "zebra", "zebra"), ("a bird", "bird", "bird")]
+    assert [g[1] for g in got[1]] == ["bear", "hat"] and [g[1] for g in got[2]] == ["sheep", "pole"]
+    assert [g[1] for g in got[3]] == ["cow", "fence"]
+    assert [g[1] for g in got[4]] == ["dog treat", "table"] and [g[1] for g in got[5]] == ["dog treat", "toy", "floor"]
+
+
+def test_an_orange_listed_before_another_object_is_the_fruit(extract):
+    """"An orange and baseball bat": orange/JJ, an amod of bat, was read as the bat's colour and lost; before a
+    colour, a material or a noun with an adjective after it, it is still the colour."""
+    caps = ["An orange and baseball bat", "An orange and pizza", "There is an orange and potted plant here",
+            "An orange and black cat", "An orange and gold cat", "An orange and cream colored cat"]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("orange", "orange"), ("baseball bat", "baseball bat")]
+    assert [g[0] for g in got[1]] == ["orange", "pizza"] and [g[0] for g in got[2]] == ["orange", "potted plant"]
+    assert got[3:] == [[("cat", "cat")]] * 3
+
+
+def test_a_list_item_the_parser_takes_for_a_verb_or_an_adverb(extract):
+    """"A boat and fork" (fork/VB the root, boat its subject), "An oven and candle" (candle/VB the root, oven/JJ
+    its amod: no chunk at all), "There is a dining table and skateboard here" (skateboard/RB, an advmod of here):
+    the item after "and", or both, were lost."""
+    caps = ["A boat and fork", "A hat and fork", "An oven and candle", "An oven and rug",
+            "There is a dining table and skateboard here", "A man and woman skateboard down the street."]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [
+        ["boat", "fork"], ["hat", "fork"], ["oven", "candle"], ["oven", "rug"], ["dining table", "skateboard"],
+        ["man", "woman", "street"]]
+
+
+def test_an_end_table_is_a_name(extract):
+    """"A lamp and end table": the parser hangs lamp on table with end its conj, as in "a salt and pepper
+    shaker"; "end table" now names a table, so the lamp is an object of its own."""
+    caps = ["A lamp and end table", "A lamp on an end table."]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got == [[("lamp", "lamp"), ("end table", "end table")], [("lamp", "lamp"), ("end table", "end table")]]

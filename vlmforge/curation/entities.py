@@ -58,7 +58,7 @@ FIXED_COMPOUNDS = frozenset({
     "hot dog", "potted plant", "fire hydrant", "stop sign", "parking meter", "dining table", "cell phone",
     "teddy bear", "wine glass", "traffic light", "baseball bat", "baseball glove", "tennis racket",
     "sports ball", "hair drier", "hair dryer", "fire truck", "ice cream", "remote control", "stuffed animal",
-    "toaster oven", "bath tub",
+    "toaster oven", "bath tub", "end table", "side table",
 })
 
 
@@ -106,11 +106,15 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
 def _verb_read_as_noun(t) -> bool:
     """A verb in -s the parser took for a plural noun, with a subject ("A sheep looks and walks") or a
     singular article of its own or of its compound ("A dog drinks and looks": drinks/NNS, with "A" its det
-    and "dog" its compound; "A brown cow smiles": "A" the det of cow)."""
+    and "dog" its compound; "A brown cow smiles": "A" the det of cow), or as the caption's root with a
+    finite verb after "and" joined to it ("The zebra drinks and runs": no clause has a verb but that second
+    one; "The dog treats are on the table" has "are", and "Dog treats and toys" a noun after "and")."""
     if t.tag_ != "NNS" or t.lower in _object_word_ids():
         return False
     lefts = [g for c in t.lefts for g in (c.lefts if c.dep_ == "compound" else (c,))]
-    return any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
+    return (any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
+            or t.head.i == t.i and any(c.dep_ == "conj" and c.tag_ in ("VBZ", "VBD") and c.i == t.i + 2
+                                       and t.doc[t.i + 1].lower_ in ("and", "or") for c in t.rights))
 
 
 def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
@@ -121,7 +125,9 @@ def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
         return False
     head = t.head
     return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head))
-            and t.lower not in _object_word_ids() and t.lemma_.lower() in verbs)
+            and t.lower not in _object_word_ids()
+            # a plural noun's lemma may be no verb's: "grazes" -> "graz"; the word less its "s" is
+            and (t.lemma_.lower() in verbs or t.tag_ == "NNS" and t.lower_[:-1] in verbs))
 
 
 # What "hot dog" + these words name is a stall or a cart, not a hot dog.
@@ -253,7 +259,7 @@ def _split_chunks(chunks):
             start += 1
             chunk = doc[start : chunk.end]
         for t in chunk:
-            if t.i + 1 >= chunk.root.i or t.pos_ != "NOUN" and not _object_adjective(t):
+            if t.i + 1 >= chunk.root.i or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t):
                 continue
             if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
                 rest = t.i + 2  # the verb belongs to neither
@@ -287,17 +293,41 @@ def _object_adjective(t) -> bool:
     return t.lower in _object_word_ids() and t.pos_ == "ADJ" and t.lower_ not in _colour_words()
 
 
+def _listed_fruit(t) -> bool:
+    """An object word that names a colour too, listed before a noun that is no colour or before a known
+    name: "An orange and baseball bat", "An orange and pizza" (orange/JJ an amod of the head), "An orange
+    and potted plant" (potted/JJ). Not before a colour, a material or a noun that makes one with the
+    adjective after it: "an orange and black cat", "an orange and gold cat", "an orange and cream colored cat"."""
+    doc = t.doc
+    if (t.lower not in _object_word_ids() or t.pos_ != "ADJ" or t.i + 3 > len(doc)
+            or doc[t.i + 1].lower_ not in _LIST_WORDS):
+        return False
+    nxt = doc[t.i + 2]
+    after = doc[nxt.i + 1] if nxt.i + 1 < len(doc) else None
+    if after is not None and _fixed_after(nxt, after) is not None:
+        return True
+    return (nxt.pos_ == "NOUN" and nxt.lower_ not in _colour_words() and nxt.lower_ not in MATERIALS
+            and (after is None or after.tag_ not in ("JJ", "VBN")))
+
+
 def _listed_apart(t, head) -> bool:
     """Whether `t`, a list item the parser hung on `head`, is an object of its own: an object word ("a
     toilet and bath tub"), or the words before the head make a name with it ("a plate and dining table"),
     or the word before the head names a substance, place or sport that `t` is not ("a lamp and coffee
     table", "a shirt and tennis shoes": a lamp names nothing a table is for). Else it shares the head: "a
-    salt and pepper shaker", "a tea and coffee mug"."""
+    salt and pepper shaker", "a tea and coffee mug", "a soap and water dispenser" (SUBSTANCES)."""
     if t.lower in _object_word_ids():
         return True
     before = head.doc[head.i - 1]
     return before.i > t.i + 1 and (f"{before.lower_} {_singular(head)}" in _known_names()
-                                   or before.lower_ in _not_objects() and t.lower_ not in _not_objects())
+                                   or before.lower_ in _not_objects() and t.lower_ not in _not_objects()
+                                   and t.lower_ not in SUBSTANCES)
+
+
+# Substances that NOT_OBJECTS leaves out (it names those a grounder would take for an object), for
+# _listed_apart: listed with one of its own they share the head ("a soap and water dispenser").
+SUBSTANCES = frozenset("""soap salt pepper sugar oil vinegar butter cream cheese ketchup mustard sauce honey jam
+    jelly syrup shampoo lotion ice""".split())
 
 
 def _noun_phrases(doc):
@@ -358,10 +388,12 @@ def _head_of(chunk):
 def _misread_list_head(t) -> bool:
     """A list of things whose last word the parser took for an adjective, adverb or verb, with the items
     before it as its modifiers: "A bathroom with a toilet and bath tub." (tub/JJ, toilet its nmod), "A
-    donut and fire hydrant." (hydrant/RB). spaCy makes no noun chunk of it, and no object was an entity."""
-    from spacy.symbols import NOUN, PROPN, nmod, npadvmod
+    donut and fire hydrant." (hydrant/RB), "An oven and candle" (candle/VB, oven/JJ its amod). spaCy makes
+    no noun chunk of it, and no object was an entity."""
+    from spacy.symbols import NOUN, PROPN, amod, nmod, npadvmod
 
-    return (any((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
+    return (any(((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
+                 or c.dep == amod and _object_adjective(c))
                 and c.doc[c.i + 1].lower_ in _LIST_WORDS for c in t.lefts)
             and t.is_alpha and t.lower_ not in _colour_words())
 
@@ -433,11 +465,12 @@ def _misread_noun(tok) -> bool:
     oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
     object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
-    oven/JJ) or follows "and" after the verb's object that the parser joined it to ("There is a chair and
-    remote here": remote/JJ, a conj of "is", _listed_with_object), or when it starts the caption with no
-    object of its own ("Train on the tracks": train/VB, "Boy eating a donut": boy/UH), or when the word
-    before makes a known name with it ("There is a fire hydrant and ...": hydrant/JJ). Another word only
-    where it ends a list (_misread_list_end)."""
+    oven/JJ; "An oven and rug": rug/VB, _misread_list_end) or follows "and" after the verb's object that
+    the parser joined it to ("There is a chair and remote here": remote/JJ, a conj of "is",
+    _listed_with_object) or after any noun (_listed_after_noun: "A boat and fork"), or when it starts the
+    caption with no object of its own ("Train on the tracks": train/VB, "Boy eating a donut": boy/UH), or
+    when the word before makes a known name with it ("There is a fire hydrant and ...": hydrant/JJ).
+    Another word only where it ends a list (_misread_list_end)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return _misread_list_end(tok)
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
@@ -446,8 +479,21 @@ def _misread_noun(tok) -> bool:
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
                                         or _listed_with_object(tok)))
-            or any(t.dep_ == "conj" and t.pos_ in ("NOUN", "PROPN") for t in tok.rights)
+            or _listed_after_noun(tok)
+            or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
+
+
+def _listed_after_noun(tok) -> bool:
+    """Whether `tok` follows "and" or "or" right after a noun and has no words of its own but that noun and
+    a place after it: the list's next item, whatever the parser hung it on ("A boat and fork": fork/VB the
+    root with boat its subject; "There is a dining table and skateboard here": skateboard/RB an advmod of
+    here). Not one before a noun, verb or adjective, as in _misread_list_end: it may be that word's modifier."""
+    doc = tok.doc
+    if tok.i < 2 or doc[tok.i - 1].lower_ not in ("and", "or") or doc[tok.i - 2].pos_ not in ("NOUN", "PROPN"):
+        return False
+    return (all(c.i == tok.i - 2 or c.dep_ in ("prep", "punct") for c in tok.children)
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")))
 
 
 def _listed_with_object(tok) -> bool:
@@ -710,7 +756,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 9  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 10  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -722,7 +768,10 @@ EXTRACTOR_VERSION = 9  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, coll
 # parse's matrix products through numpy and its greedy loop stepped from Python (curation/parsing.py): the same
 # parses on every caption tried, but floats summed in another order could tip a near tie; 9: a list item before a
 # substance's or place's name ("a lamp and coffee table"), list items the parser hung on "is" ("There is a chair and
-# remote here"), a verb's subject taken for its compound and second verbs taken for nouns ("A dog runs and jumps")
+# remote here"), a verb's subject taken for its compound and second verbs taken for nouns ("A dog runs and jumps");
+# 10: two substances sharing a head ("a soap and water dispenser"), a verb in -s taken for the root before a second
+# verb ("The zebra drinks and runs"), "an orange and baseball bat", list items read as a verb or an adverb ("A boat
+# and fork", "An oven and candle", "... and skateboard here"), "end table", "side table"
 
 
 class EntityCache:
