@@ -1,7 +1,7 @@
 """Occlusion pipeline throughput, per stage and overall, next to decoding and re-encoding the same JPEGs.
 
   python bench/occlusion.py [--images 200] [--textured] [--coco-size] [--optimised-tables]
-                            [--coco-root DIR --split val2017] [--repeats 3] [--coefficient-floor]
+                            [--coco-root DIR --split val2017] [--repeats 3] [--coefficient-floor] [--spacy-parse]
 
 The baseline decodes each source JPEG and encodes it again as JPEG (quality 95), with PIL and with
 OpenCV; the faster of the two is the target's baseline. A third row, one decode per image plus one
@@ -12,7 +12,7 @@ row, show a repeated build, whose entities come from the cache. The pipeline row
 builder (spaCy entities, co-occurrence causality, annotation grounding and masks, blocks fill, JPEGs
 occluded in their DCT coefficients and written by splicing) in one process, models loaded once beforehand (start-up is reported
 apart), and write the shards; one more row runs it with `--occluded-jpeg reencode` (decode, paint,
-encode), in the same repeats. Images per
+encode), in the same repeats, and with --spacy-parse another with the caption parse as spaCy runs it. Images per
 second count source images; each may yield several samples.
 
 With --coefficient-floor (needs a C compiler and libjpeg's headers), one more row goes below the
@@ -26,6 +26,7 @@ Huffman-codes only the MCUs an occluder changes and copies the source's bits for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import shutil
@@ -165,6 +166,29 @@ def pipeline(source, out: Path, entity_cache: Path | bool = False, **options) ->
     return {"total": total, "stages": stages, "startup": startup, "images": len(source.ds.images), "samples": samples}
 
 
+@contextlib.contextmanager
+def spacy_as_loaded():
+    """The entity extractor on spaCy's pipeline as spacy.load gives it (BLIS's matrix products, the parser's
+    compiled loop: what the builder ran before curation/parsing.py), its memoised attribute rules kept."""
+    import spacy
+
+    from vlmforge.curation import entities
+
+    nlp = spacy.load(entities.SPACY_MODEL, disable=["ner"])
+    setup = entities.SpacyEntityExtractor.setup
+
+    def plain(self) -> None:
+        if self._nlp is None:
+            setup(self)
+            self._nlp, self._memo, self._parser = nlp, entities._MemoAttributes(nlp), None
+
+    entities.SpacyEntityExtractor.setup = plain
+    try:
+        yield
+    finally:
+        entities.SpacyEntityExtractor.setup = setup
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=200, help="images in the generated sample")
@@ -179,6 +203,9 @@ def main() -> None:
     ap.add_argument("--optimised-tables", action="store_true",
                     help="also measure on the 640x480 textured copy with Huffman tables made for each image: an "
                          "occluder may need a code they lack, and the image is then coded with the standard tables")
+    ap.add_argument("--spacy-parse", action="store_true",
+                    help="also run each first build with the caption parse as spaCy runs it (spacy.load: BLIS, the "
+                         "parser's compiled loop), in the same repeats: what curation/parsing.py gains")
     ap.add_argument("--coefficient-floor", action="store_true",
                     help="also measure the floor of a JPEG rewrite in the DCT domain (compiles "
                          "bench/jpeg_coefficients.c; needs cc and libjpeg's headers)")
@@ -205,7 +232,7 @@ def main() -> None:
         for name, root in datasets.items():
             source = CocoSource.from_paths(unit="image", coco_root=root, split=args.split)
             files = [str(source.ds.image_path(i)) for i in sorted(source.ds.images)]
-            base_pil, base_cv, base_coef, runs, reencoded = [], [], [], [], []
+            base_pil, base_cv, base_coef, runs, reencoded, plain = [], [], [], [], [], []
             for rep in range(args.repeats):
                 base_pil.append(baseline_pil(files))
                 base_cv.append(baseline_cv2(files))
@@ -216,6 +243,11 @@ def main() -> None:
                 shutil.rmtree(work / "out", ignore_errors=True)
                 reencoded.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split),
                                           work / "out", occluded_jpeg="reencode"))
+                if args.spacy_parse:
+                    shutil.rmtree(work / "out", ignore_errors=True)
+                    with spacy_as_loaded():
+                        plain.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split),
+                                              work / "out"))
             n = len(files)
             cv_total = statistics.median(d + e for d, e in base_cv)
             b_sec = min(statistics.median(base_pil), cv_total)  # the faster baseline is the target's
@@ -244,6 +276,11 @@ def main() -> None:
             again = statistics.median(r["total"] for r in reencoded)
             print(f"{'pipeline, reencode':<30}{again:>9.2f}{n / again:>11.0f}   "
                   f"(--occluded-jpeg reencode: decode, paint, encode; {again / best['total']:.2f}x the default's time)")
+            if plain:
+                slow = statistics.median(r["total"] for r in plain)
+                parse_then = statistics.median(r["stages"]["entities"] for r in plain)
+                print(f"{'pipeline, spaCy parse':<30}{slow:>9.2f}{n / slow:>11.0f}   (the parse as spacy.load runs "
+                      f"it: entities stage {parse_then:.2f}s; {n / slow / b_rate:.2f}x the baseline)")
             print(f"{'baseline decode+encode (PIL)':<30}{statistics.median(base_pil):>9.2f}{n / statistics.median(base_pil):>11.0f}")
             print(f"{'baseline decode+encode (cv2)':<30}{cv_total:>9.2f}{n / cv_total:>11.0f}")
             print(f"{'decode + encode per sample':<30}{floor:>9.2f}{n / floor:>11.0f}")
