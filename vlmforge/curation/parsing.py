@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+# Parsed both ways when a pipeline loads (GreedyParser.for_pipeline): lists, clauses, a question, a possessive.
 PROBE = ["A man riding a wave on top of a surfboard.", "Two dogs are sleeping on the couch next to a cat.",
-         "There is a red double-decker bus parked by the side of the road.", "A kitchen with a stove, a sink and a fridge.",
-         "Someone left a pizza on the table, isn't it gonna get cold?", "The bus's doors are open.",
-         "A giraffe standing in a field eating leaves from a tall tree.", "Let's see: a laptop, a mouse and a keyboard."]
+         "There is a red double-decker bus parked by the side of the road.",
+         "A kitchen with a stove, a sink and a fridge.", "Someone left a pizza on the table, isn't it gonna get cold?",
+         "The bus's doors are open.", "A giraffe standing in a field eating leaves from a tall tree.",
+         "Let's see: a laptop, a mouse and a keyboard."]
 
 
 def load_pipeline(model: str, disable: Iterable[str] = ()):
@@ -64,7 +66,7 @@ class GreedyParser:
         if type(parser) is not DependencyParser or parser.cfg.get("beam_width", 1) != 1:
             return None
         fast = cls(parser)
-        before = [n for n in nlp.pipe_names[: nlp.pipe_names.index(name)]]
+        before = nlp.pipe_names[: nlp.pipe_names.index(name)]
         try:
             theirs = list(nlp.pipe(PROBE, disable=[n for n in nlp.pipe_names if n not in before + [name]]))
             ours = list(fast.pipe(nlp.pipe(PROBE, disable=[n for n in nlp.pipe_names if n not in before])))
