@@ -1,4 +1,4 @@
-"""spaCy's tagger and dependency parser at about three times the speed, with spaCy's own weights and steps.
+"""spaCy's tagger and dependency parser at more than twice the speed, with spaCy's own weights and steps.
 
 Measured on this project's 2-core machine (see `bench/occlusion.py`), two costs of spaCy's small
 English pipeline are not the model's arithmetic:

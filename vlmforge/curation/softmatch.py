@@ -143,14 +143,13 @@ _SUBJECT_AFTER_AND = frozenset("it its this so therefore thus hence".split())  #
 _ANY = frozenset("anything everything".split())
 
 
-def _excluding(words: list[str], start: int) -> bool:
-    """Whether words[-1], a word starting a clause, makes it exclude what it names ("anything but", "anything
-    other than", "anything except"), the words from `start` on being the clause before."""
-    w = words[-1]
-    before = words[-3] if w == "than" and len(words) >= 3 else words[-2] if len(words) >= 2 else ""
-    if w not in ("but", "except", "than") or before not in _ANY:
+def _excluding(words: list[str], start: int, w: str) -> bool:
+    """Whether `w`, a word starting a clause after `words`, makes it exclude what it names ("anything but",
+    "anything other than", "anything except"), the words from `start` on being the clause before."""
+    back = 2 if w == "than" else 1  # "anything other than"
+    if w not in ("but", "except", "than") or len(words) < back or words[-back] not in _ANY:
         return False
-    return not any(_denies(words, j) for j in range(start, len(words) - 1))
+    return not any(_denies(words, j) for j in range(start, len(words)))
 
 
 def _clause_words(text: str) -> tuple[list[str], list[int], list[bool]]:
@@ -165,9 +164,7 @@ def _clause_words(text: str) -> tuple[list[str], list[int], list[bool]]:
             start, excluded = len(words), False
             for w in normalise(part).split():
                 if w in _CLAUSE_WORDS or (w == "than" and words[-1:] == ["other"]):
-                    words.append(w)
-                    excluded = _excluding(words, start)
-                    words.pop()
+                    excluded = _excluding(words, start, w)
                     start = len(words) + 1
                 elif words[-1:] == ["and"] and w in _SUBJECT_AFTER_AND:
                     start, excluded = len(words), False
