@@ -4,8 +4,20 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from vlmforge.curation import segmentation
 from vlmforge.curation.occlude import FILLS, dilate, occlude
-from vlmforge.curation.segmentation import MaskCrop, annotation_crop, annotation_mask, rle_counts, rle_crop
+from vlmforge.curation.segmentation import (MaskCrop, SegmentationError, annotation_crop, annotation_mask, rle_counts,
+                                            rle_crop)
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def decoder(request, monkeypatch):
+    """rle_crop through the C decoder (_rle), and through numpy, its fallback where that was not built."""
+    if request.param == "numpy":
+        monkeypatch.setattr(segmentation, "_compiled_rle", lambda: None)
+    elif segmentation._compiled_rle() is None:
+        pytest.skip("vlmforge.curation._rle was not built")
+    return request.param
 
 
 def _masks(rng, n):
@@ -34,11 +46,27 @@ def _uncompressed(m: np.ndarray) -> list[int]:
     return ([0] + runs) if flat[0] else runs
 
 
-def test_rle_decoding_matches_pycocotools():
+def _compressed(runs: list[int]) -> str:
+    """Runs as COCO's compressed string (pycocotools' rleToString), negative ones too."""
+    out = []
+    for i, x in enumerate(runs):
+        if i > 2:
+            x -= runs[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr(48 + (c | 0x20 if more else c)))
+    return "".join(out)
+
+
+def test_rle_decoding_matches_pycocotools(decoder):
     rng = np.random.default_rng(0)
     for m in _masks(rng, 600):
         rle = mask_utils.encode(np.asfortranarray(m))
-        crop = rle_crop(rle)
+        assert _compressed(_uncompressed(m)) == rle["counts"].decode()
+        crop = rle_crop(rle if len(m) % 2 else {"size": rle["size"], "counts": rle["counts"].decode()})
         assert np.array_equal(crop.full(), m.astype(bool))
         assert crop.area() == int(mask_utils.area(rle))
         if crop.pixels.size:  # the crop is the tight box of the set pixels
@@ -47,6 +75,18 @@ def test_rle_decoding_matches_pycocotools():
         assert rle_counts(rle["counts"]).tolist() == counts
         h, w = m.shape
         assert np.array_equal(annotation_mask({"segmentation": {"size": [h, w], "counts": counts}}, h, w), m.astype(bool))
+
+
+@pytest.mark.parametrize("counts, why", [
+    ("0p0", "characters outside '0'..'o'"), ("0\x7f", "characters outside '0'..'o'"),
+    ("03P", "ends mid-value"),  # P: a continuation bit, then nothing
+    (_compressed([3, 2, 3]), "cover 8 pixels"), (_compressed([3, 3, 4]), "cover 10 pixels"),
+    (_compressed([5, -1, 5]), "with 1 negative runs"),
+])
+def test_malformed_rle_strings_are_refused_alike(decoder, counts, why):
+    with pytest.raises(SegmentationError, match=why.replace("(", r"\(")):
+        rle_crop({"size": [3, 3], "counts": counts})
+    assert rle_crop({"size": [3, 3], "counts": _compressed([3, 3, 3])}).full()[:, 1].all()
 
 
 def test_polygons_are_rasterised_as_pycocotools_does():

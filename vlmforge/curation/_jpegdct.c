@@ -250,7 +250,10 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
     }
     const float fill_value = o->fill ? 0.0f : (float)ycc16(ci, o->rgb[0], o->rgb[1], o->rgb[2]) / 65536.0f;
     const int sy0 = o->y0 / ry, sy1 = (o->y0 + o->mh - 1) / ry, sx0 = o->x0 / rx, sx1 = (o->x0 + o->mw - 1) / rx;
-    const int ny = sy1 - sy0 + 1, nx = sx1 - sx0 + 1;
+    /* The counts cover whole blocks (cy0, cx0: the first block's first sample), so that a block reads its 64
+     * with no bounds test; samples outside the crop stay 0. */
+    const int cy0 = sy0 / 8 * 8, cx0 = sx0 / 8 * 8;
+    const int ny = sy1 / 8 * 8 + 8 - cy0, nx = sx1 / 8 * 8 + 8 - cx0;
     const int reuse = !o->fill && kept->cover && kept->rx == rx && kept->ry == ry;
     uint16_t *cover = reuse ? kept->cover : calloc((size_t)ny * nx, sizeof(uint16_t));
     float *fill_sum = o->fill ? calloc((size_t)ny * nx, sizeof(float)) : NULL;
@@ -263,10 +266,10 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
         kept->ry = ry;
     }
     if (!cover || (o->fill && !fill_sum) || !col) goto done;
-    for (int px = 0; px < o->mw; px++) col[px] = (o->x0 + px) / rx - sx0;
+    for (int px = 0; px < o->mw; px++) col[px] = (o->x0 + px) / rx - cx0;
     for (int py = 0; py < o->mh && !reuse; py++) {
         const uint8_t *m = o->mask + (size_t)py * o->mw;
-        size_t row = (size_t)((o->y0 + py) / ry - sy0) * nx;
+        size_t row = (size_t)((o->y0 + py) / ry - cy0) * nx;
         uint16_t *c = cover + row;
         if (fill_sum) {
             const uint8_t *p = o->fill + (size_t)py * o->mw * 3;
@@ -276,7 +279,7 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
                     fill_sum[row + col[px]] += (float)ycc16(ci, p[3 * px], p[3 * px + 1], p[3 * px + 2]) / 65536.0f;
                 }
         } else if (rx == 1) {
-            count_ones(c, m, o->mw);
+            count_ones(c + col[0], m, o->mw);
         } else { /* a sample's rx pixels summed before its count is touched */
             int px = 0;
             for (; px < o->mw && (o->x0 + px) % rx; px++) c[col[px]] += m[px] != 0;
@@ -302,39 +305,53 @@ static int occlude_component(Coefficients *self, int ci, const Occluder *o, Save
     if (bx1 >= (int)comp->width_in_blocks) bx1 = (int)comp->width_in_blocks - 1;
     for (int by = sy0 / 8; by <= by1; by++) {
         JBLOCKROW row = self->rows[ci][by];
+        /* a block whose samples all stand for rx x ry pixels of the image (all but the right and bottom edge's) */
+        const int rows_whole = (by * 8 + 8) * ry <= height;
         for (int bx = sx0 / 8; bx <= bx1; bx++) {
-            /* the block's samples that lie in the crop: most blocks of a sparse fill have no count there */
-            int ya = by * 8 > sy0 ? by * 8 : sy0, yb = by * 8 + 7 < sy1 ? by * 8 + 7 : sy1;
-            int xa = bx * 8 > sx0 ? bx * 8 : sx0, xb = bx * 8 + 7 < sx1 ? bx * 8 + 7 : sx1;
+            const uint16_t *counts = cover + (size_t)(by * 8 - cy0) * nx + (bx * 8 - cx0);
+            const float *sums = fill_sum ? fill_sum + (counts - cover) : NULL;
+            /* most blocks of a sparse fill have no count */
             unsigned any = 0;
-            for (int sy = ya; sy <= yb; sy++) {
-                const uint16_t *c = cover + (size_t)(sy - sy0) * nx + (xa - sx0);
-                for (int sx = 0; sx <= xb - xa; sx++) any |= c[sx];
-            }
+            for (int i = 0; i < 8; i++)
+                for (int j = 0; j < 8; j++) any |= counts[(size_t)i * nx + j];
             if (!any) continue;
             float a[64], fill[64];
-            int touched = 0, full = 1;
-            for (int i = 0; i < 8; i++) {
-                int sy = by * 8 + i, in_y = sy >= sy0 && sy <= sy1, rows_in = height - sy * ry;
-                for (int j = 0; j < 8; j++) {
-                    int sx = bx * 8 + j, k = i * 8 + j, cols_in = width - sx * rx;
-                    a[k] = 0.0f;
-                    fill[k] = fill_value;
-                    if (rows_in <= 0 || cols_in <= 0) { /* past the image's edge: no pixel, not shown */
-                        full = 0;
-                        continue;
+            int full = 1;
+            if (rows_whole && (bx * 8 + 8) * rx <= width) { /* every count out of per_sample: rows of 8, vectorised */
+                for (int i = 0; i < 8; i++)
+                    for (int j = 0; j < 8; j++) {
+                        int n = counts[(size_t)i * nx + j], k = i * 8 + j;
+                        a[k] = n == per_sample ? 1.0f : (float)n * inv_per_sample;
+                        full &= n == per_sample;
                     }
-                    int n = in_y && sx >= sx0 && sx <= sx1 ? cover[(size_t)(sy - sy0) * nx + (sx - sx0)] : 0;
-                    int count = (rows_in < ry ? rows_in : ry) * (cols_in < rx ? cols_in : rx);
-                    if (n) {
-                        a[k] = n == count ? 1.0f : (count == per_sample ? (float)n * inv_per_sample : (float)n / (float)count);
-                        if (fill_sum) fill[k] = fill_sum[(size_t)(sy - sy0) * nx + (sx - sx0)] / (float)n;
-                        touched = 1;
+                for (int k = 0; k < 64; k++) fill[k] = fill_value;
+                if (sums)
+                    for (int i = 0; i < 8; i++)
+                        for (int j = 0; j < 8; j++) {
+                            int n = counts[(size_t)i * nx + j];
+                            if (n) fill[i * 8 + j] = sums[(size_t)i * nx + j] / (float)n;
+                        }
+            } else {
+                for (int i = 0; i < 8; i++) {
+                    int sy = by * 8 + i, rows_in = height - sy * ry;
+                    for (int j = 0; j < 8; j++) {
+                        int sx = bx * 8 + j, k = i * 8 + j, cols_in = width - sx * rx;
+                        a[k] = 0.0f;
+                        fill[k] = fill_value;
+                        if (rows_in <= 0 || cols_in <= 0) { /* past the image's edge: no pixel, not shown */
+                            full = 0;
+                            continue;
+                        }
+                        int n = counts[(size_t)i * nx + j];
+                        int count = (rows_in < ry ? rows_in : ry) * (cols_in < rx ? cols_in : rx);
+                        if (n) {
+                            a[k] = n == count ? 1.0f : (count == per_sample ? (float)n * inv_per_sample : (float)n / (float)count);
+                            if (sums) fill[k] = sums[(size_t)i * nx + j] / (float)n;
+                        }
+                        full &= n == count;
                     }
-                    full &= n == count;
                 }
             }
-            if (!touched) continue;
             JCOEF *block = row[bx];
             if (save_block(saved, block, ci, (JDIMENSION)by, (JDIMENSION)bx) < 0) goto done;
             composite_block(block, dequant, recip, a, fill, full, full && !fill_sum);

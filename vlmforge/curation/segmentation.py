@@ -115,6 +115,16 @@ def rle_counts(counts) -> np.ndarray:
     return x
 
 
+def _compiled_rle():
+    """vlmforge.curation._rle (COCO's compressed RLE decoded in C, run by run), or None where it was not
+    built (no C compiler at install time): rle_crop then decodes with numpy, to the same pixels."""
+    try:
+        from vlmforge.curation import _rle
+    except ImportError:
+        return None
+    return _rle
+
+
 def rle_crop(rle: dict) -> MaskCrop:
     """A COCO RLE ({"size": [h, w], "counts": list or compressed string}) as a MaskCrop, the same
     pixels as pycocotools.mask.decode gives, but only the object's columns are ever expanded (its
@@ -122,6 +132,17 @@ def rle_crop(rle: dict) -> MaskCrop:
     import cv2
 
     h, w = (int(v) for v in rle["size"])
+    if isinstance(rle["counts"], (str, bytes)) and (rle_c := _compiled_rle()) is not None:
+        try:
+            got = rle_c.column_crop(rle["counts"], h, w)
+        except (UnicodeError, OverflowError):  # not ASCII, or a size past 64 bits: numpy says why below
+            got = None
+        if got is not None:  # else malformed: the numpy decoder below says how
+            y0, x0, y1, x1, cols = got
+            if x1 == 0:
+                return MaskCrop.empty((h, w))
+            cols = np.frombuffer(cols, np.uint8).reshape(x1 - x0, y1 - y0)
+            return MaskCrop((h, w), y0, x0, cv2.transpose(cols).view(bool))
     counts = rle_counts(rle["counts"])
     if len(counts) and (counts.min() < 0 or counts.sum() != h * w):
         raise SegmentationError(f"its RLE runs cover {int(counts.sum())} pixels with {int((counts < 0).sum())} "
