@@ -551,3 +551,67 @@ def test_an_end_table_is_a_name(extract):
     caps = ["A lamp and end table", "A lamp on an end table."]
     got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
     assert got == [[("lamp", "lamp"), ("end table", "end table")], [("lamp", "lamp"), ("end table", "end table")]]
+
+
+def test_two_verbs_in_s_both_read_as_nouns_after_a_subject(extract):
+    """"The zebra drinks and sleeps near a surfboard": the parser takes drinks/NNS for the root with zebra its
+    compound, and sleeps/NNS for its conj (not a verb, as in "The zebra drinks and runs near a bird"): the
+    labels were "zebra drink" and "sleep". Things for animals listed stay things: "The dog treats and toys"."""
+    caps = ["The zebra drinks and sleeps near a surfboard", "The horse drinks and sleeps near a fence",
+            "The zebra drinks and sleeps", "The dog treats and toys on the floor", "The cat toys and balls near a couch"]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [
+        ["zebra", "surfboard"], ["horse", "fence"], ["zebra"], ["dog treat", "toy", "floor"], ["cat toy", "ball", "couch"]]
+
+
+def test_a_noun_read_as_an_adjective_before_a_name(extract):
+    """"A lantern and tennis racket": lantern/JJ, an amod of racket with tennis its conj, no object word: one
+    entity "tennis racket", the lantern lost ("A lantern and fire hydrant": hydrant/RB, no chunk at all). A
+    word known as an adjective before a list stays a modifier: "a small and large teddy bear"."""
+    caps = ["A lantern and tennis racket", "A lantern and baseball bat", "A lantern and fire hydrant",
+            "A small and large teddy bear", "An old and broken tennis racket", "A red and white fire hydrant"]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("lantern", "lantern"), ("tennis racket", "tennis racket")]
+    assert [[lab for lab, _ in g] for g in got[1:]] == [
+        ["lantern", "baseball bat"], ["lantern", "fire hydrant"], ["teddy bear"], ["tennis racket"], ["fire hydrant"]]
+
+
+def test_a_list_item_the_parser_makes_a_preconj(extract):
+    """"There is a toothbrush and wine glass here": toothbrush a preconj of "a", in the chunk of glass; "a couch
+    and two chairs" likewise: the first item was lost."""
+    caps = ["There is a toothbrush and wine glass here", "A living room with a couch and two chairs."]
+    assert [[e.label for e in ents] for ents in extract(caps)] == [["toothbrush", "wine glass"],
+                                                                   ["living room", "couch", "chair"]]
+
+
+def test_a_noun_joined_to_a_misread_name(extract):
+    """"A fire hydrant and kettle near a shelf": fire the root, hydrant its amod and kettle a conj of hydrant:
+    no chunk held kettle, and no object word, so it was lost."""
+    caps = ["A fire hydrant and kettle near a shelf", "A fire hydrant and lamp near a shelf"]
+    got = [[(e.label, cap[e.start : e.end]) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("fire hydrant", "fire hydrant"), ("kettle", "kettle"), ("shelf", "shelf")]
+    assert [lab for lab, _ in got[1]] == ["fire hydrant", "lamp", "shelf"]
+
+
+def test_a_misread_name_is_one_entity(extract):
+    """"A traffic light and stop sign": stop/VB and sign/VB are both misread nouns and made "stop sign" twice
+    (once forward from stop, once back from sign). No two entities share a word."""
+    caps = ["A traffic light and stop sign", "A traffic light and stop sign on a corner", "A car and stop sign",
+            "A lantern and fire hydrant", "There is a toothbrush and wine glass here", "A coffee and end table"]
+    got = extract(caps)
+    assert [e.label for e in got[0]] == ["traffic light", "stop sign"]
+    for cap, ents in zip(caps, got):
+        assert all(a.end <= b.start for a, b in zip(ents, ents[1:])), cap
+
+
+def test_list_items_sharing_a_head_they_make_a_name_with(extract):
+    """"A coffee and end table": coffee an nmod of table with end its conj; "end table" names a table, so coffee
+    was an object of its own ("coffee"): it is a coffee table, as "a coffee table and an end table". A list item
+    that makes no name with the head is still its own ("a lamp and end table", "a coffee and hot dog")."""
+    caps = ["A coffee and end table", "A sofa, coffee and end table", "Two coffee and end tables",
+            "A dining and coffee table", "A lamp and end table", "A coffee and hot dog on a table"]
+    got = [[(e.phrase, e.label, cap[e.start : e.end], e.plural) for e in ents] for cap, ents in zip(caps, extract(caps))]
+    assert got[0] == [("coffee", "coffee table", "coffee", False), ("end table", "end table", "end table", False)]
+    assert [g[1] for g in got[1]] == ["sofa", "coffee table", "end table"]
+    assert [(g[1], g[3]) for g in got[2]] == [("coffee table", True), ("end table", True)]
+    assert [g[1] for g in got[3]] == ["dining table", "coffee table"]
+    assert [g[1] for g in got[4]] == ["lamp", "end table"] and [g[1] for g in got[5]] == ["coffee", "hot dog", "table"]

@@ -132,7 +132,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "2.2.0"  # 2.2.0: the caption parse through numpy, stepped from Python; entities of more lists (EXTRACTOR_VERSION 10)
+    VERSION = "2.3.0"  # 2.3.0: EXTRACTOR_VERSION 11 (more lists, two verbs after a subject): any caption may change
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")

@@ -58,7 +58,7 @@ FIXED_COMPOUNDS = frozenset({
     "hot dog", "potted plant", "fire hydrant", "stop sign", "parking meter", "dining table", "cell phone",
     "teddy bear", "wine glass", "traffic light", "baseball bat", "baseball glove", "tennis racket",
     "sports ball", "hair drier", "hair dryer", "fire truck", "ice cream", "remote control", "stuffed animal",
-    "toaster oven", "bath tub", "end table", "side table",
+    "toaster oven", "bath tub", "end table", "side table", "coffee table",
 })
 
 
@@ -92,7 +92,7 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = None if _listed_verb(chunk, verbs) else _chunk_label(chunk)
+    got = None if _listed_verb(chunk, verbs) else _chunk_label(chunk, verbs)
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -103,18 +103,51 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     return f"{label} {second}", start, nxt.idx + len(nxt.text), plural or nxt.lower_ != second, nxt.i
 
 
-def _verb_read_as_noun(t) -> bool:
+def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
     """A verb in -s the parser took for a plural noun, with a subject ("A sheep looks and walks") or a
     singular article of its own or of its compound ("A dog drinks and looks": drinks/NNS, with "A" its det
     and "dog" its compound; "A brown cow smiles": "A" the det of cow), or as the caption's root with a
     finite verb after "and" joined to it ("The zebra drinks and runs": no clause has a verb but that second
-    one; "The dog treats are on the table" has "are", and "Dog treats and toys" a noun after "and")."""
+    one; "The dog treats are on the table" has "are", and "Dog treats and toys" a noun after "and"), or with
+    a second verb in -s taken for a plural noun too (_acts_listed: "The zebra drinks and sleeps")."""
     if t.tag_ != "NNS" or t.lower in _object_word_ids():
         return False
     lefts = [g for c in t.lefts for g in (c.lefts if c.dep_ == "compound" else (c,))]
     return (any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
-            or t.head.i == t.i and any(c.dep_ == "conj" and c.tag_ in ("VBZ", "VBD") and c.i == t.i + 2
-                                       and t.doc[t.i + 1].lower_ in ("and", "or") for c in t.rights))
+            or t.head.i == t.i and any(c.dep_ == "conj" and c.i == t.i + 2 and t.doc[t.i + 1].lower_ in ("and", "or")
+                                       and (c.tag_ in ("VBZ", "VBD") or _acts_listed(t, c, verbs))
+                                       for c in t.rights))
+
+
+# What animals and people do, in -s, that captions do not list as things: "The zebra drinks and sleeps" (both
+# NNS) is a zebra doing two things, "The dog treats and toys" two things for dogs.
+ACTS = frozenset("""sleep run eat graze walk sit lie rest jump swim fly purr bark sniff stare yawn climb chew lick
+    smile pose wander roam nap wag wait hide perch gaze""".split())
+
+
+def _acts_listed(t, conj, verbs: frozenset[str]) -> bool:
+    """Two words in -s, both read as plural nouns, that are both verbs, one of them an act (ACTS) and the second
+    no object word, after an animal's or a person's name: "The zebra drinks and sleeps", "The cat eats and
+    purrs" (the subject the compound of the first)."""
+    if conj.tag_ != "NNS" or conj.lower in _object_word_ids():
+        return False
+    first, second = _verb_in_s(t, verbs), _verb_in_s(conj, verbs)
+    return (first is not None and second is not None and (first in ACTS or second in ACTS)
+            and any(c.dep_ == "compound" and _animate(c) for c in t.lefts))
+
+
+def _verb_in_s(t, verbs: frozenset[str]) -> str | None:
+    """The verb a word in -s read as a plural noun is ("grazes": its lemma "graz" is none), or None."""
+    word = t.lower_[:-1]
+    return word if word in verbs else t.lemma_.lower() if t.lemma_.lower() in verbs else None
+
+
+def _animate(t) -> bool:
+    """An animal's or a person's name (COCO's category for it)."""
+    from vlmforge.curation.grounding import COCO_SUPERCATEGORIES, category_for_label
+
+    cat = category_for_label(_singular(t))
+    return cat is not None and (cat == "person" or COCO_SUPERCATEGORIES.get(cat) == "animal")
 
 
 def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
@@ -124,7 +157,7 @@ def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
     if len(chunk) != 1 or t.dep_ != "conj" or t.head.i != t.i - 2 or t.doc[t.i - 1].lower_ not in ("and", "or"):
         return False
     head = t.head
-    return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head))
+    return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head, verbs))
             and t.lower not in _object_word_ids()
             # a plural noun's lemma may be no verb's: "grazes" -> "graz"; the word less its "s" is
             and (t.lemma_.lower() in verbs or t.tag_ == "NNS" and t.lower_[:-1] in verbs))
@@ -153,8 +186,9 @@ def _goes_on(label: str, doc, last: int, verbs: frozenset[str]):
     return nxt if named else None
 
 
-def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
-    """_label_of within the chunk (and a fixed compound's second word past it)."""
+def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int, bool, int] | None:
+    """_label_of within the chunk (and a fixed compound's second word past it, or the head it shares with
+    the next item of a list: _shared_name)."""
     head = _head_of(chunk)
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
         return None
@@ -170,7 +204,7 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
     elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
         head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
         last = head.i
-    elif nouns and _verb_read_as_noun(head):
+    elif nouns and _verb_read_as_noun(head, verbs):
         verb, head = head.i, nouns[-1]  # "A dog drinks and looks": the dog; "A bus stops and ...": no bus stop
         last = head.i
     nxt = doc[head.i + 1] if head.i == last and head.i + 1 < len(doc) and head.i + 1 != verb else None
@@ -190,6 +224,10 @@ def _chunk_label(chunk) -> tuple[str, int, int, bool, int] | None:
         return "person", head.idx, head.idx + len(head.text), True, last  # "a couple", not "a couple of"
     if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
         return None
+    if head.i == last and head.i + 2 < len(doc) and doc[head.i + 1].lower_ in _LIST_WORDS:
+        shared = _shared_name(head, word)
+        if shared is not None:
+            return shared, head.idx, head.idx + len(head.text), _singular(head.head) != head.head.lower_, last
     # Compounds join the label ("traffic light") unless they only describe the thing (_describes); so
     # does a noun the parser made a conj of the list item before ("toaster and coffee maker").
     parts = [t for t in head.lefts if (t.dep_ == "compound" or t.dep_ == "amod" and t.lower in _object_word_ids())
@@ -225,6 +263,21 @@ MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leathe
     brass styrofoam foam""".split())
 
 
+def _shared_name(t, word: str) -> str | None:
+    """The name a list item makes with the head it was hung on, past the list, when it names one: "A coffee
+    and end table" (coffee/nmod of table) is a coffee table and an end table, as "a coffee table and an end
+    table" ("A sofa, coffee and end table" too); "a lamp and end table" a lamp (no "lamp table"), and "a salt and
+    pepper shaker" one shaker."""
+    first = t  # the list's first item ("A sofa, coffee and end table": coffee a conj of sofa, sofa an nmod of table)
+    while first.dep_ == "conj" and first.head.i < first.i:
+        first = first.head
+    head = first.head
+    if head.i <= t.i + 1 or first.dep_ not in _LIST_DEPS:
+        return None
+    name = f"{word} {_singular(head)}"
+    return name if name in _known_names() else None
+
+
 def _describes(t) -> bool:
     """A compound that describes the thing rather than names it: hyphenated into a modifier ("double-decker
     bus"), a colour ("the orange cat": a cat, not a thing of an orange), a material ("a glass vase"), a
@@ -244,13 +297,14 @@ def _brand(t) -> bool:
             and f"{t.lower_} {_singular(t.head)}" not in _known_names())
 
 
-def _split_chunks(chunks):
+def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
     """Noun chunks, each one that holds several noun phrases split up: the parser sometimes hangs a noun
     before a verb on the next one ("a couch playing video games": couch as nmod of games), or a list of
     objects on its last noun ("a microwave, toaster and coffee maker": one chunk headed by maker, "a
     toilet and bath tub": toilet as npadvmod of tub, "a remote and baseball bat": remote/JJ); an
     object that owns the chunk's head is one too ("a dog's head"). A verb in -ing the parser took for a
-    compound right after a noun is left out ("a high chair eating cake": the cake)."""
+    compound right after a noun is left out ("a high chair eating cake": the cake). `nouns`: the words the
+    pipeline knows as nouns and not as adjectives (_listed_fruit)."""
     for chunk in chunks:
         doc, start = chunk.doc, chunk.start
         first = doc[start]
@@ -259,7 +313,8 @@ def _split_chunks(chunks):
             start += 1
             chunk = doc[start : chunk.end]
         for t in chunk:
-            if t.i + 1 >= chunk.root.i or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t):
+            if (t.i + 1 >= chunk.root.i
+                    or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)):
                 continue
             if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
                 rest = t.i + 2  # the verb belongs to neither
@@ -284,8 +339,9 @@ def _split_chunks(chunks):
 
 _LIST_WORDS = frozenset({",", "and", "or", "&"})
 # How the parser hangs a listed item on the last item's head: "a plate and dining table" (plate: nmod),
-# "a toilet and bath tub" (npadvmod), "a remote and baseball bat" (remote/JJ: amod).
-_LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound"})
+# "a toilet and bath tub" (npadvmod), "a remote and baseball bat" (remote/JJ: amod), "There is a toothbrush and wine
+# glass here" (toothbrush: preconj of "a").
+_LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound", "preconj"})
 
 
 def _object_adjective(t) -> bool:
@@ -293,20 +349,25 @@ def _object_adjective(t) -> bool:
     return t.lower in _object_word_ids() and t.pos_ == "ADJ" and t.lower_ not in _colour_words()
 
 
-def _listed_fruit(t) -> bool:
+def _listed_fruit(t, nouns: frozenset[str] = frozenset()) -> bool:
     """An object word that names a colour too, listed before a noun that is no colour or before a known
     name: "An orange and baseball bat", "An orange and pizza" (orange/JJ an amod of the head), "An orange
     and potted plant" (potted/JJ). Not before a colour, a material or a noun that makes one with the
-    adjective after it: "an orange and black cat", "an orange and gold cat", "an orange and cream colored cat"."""
+    adjective after it: "an orange and black cat", "an orange and gold cat", "an orange and cream colored cat".
+    Any other word tagged as an adjective that the pipeline knows as a noun and not as an adjective (`nouns`)
+    is one before a known name: "A lantern and tennis racket" (lantern/JJ, an amod of racket), not "a small
+    and ..." or "a red and ..."."""
     doc = t.doc
-    if (t.lower not in _object_word_ids() or t.pos_ != "ADJ" or t.i + 3 > len(doc)
-            or doc[t.i + 1].lower_ not in _LIST_WORDS):
+    if t.pos_ != "ADJ" or t.i + 3 > len(doc) or doc[t.i + 1].lower_ not in _LIST_WORDS:
+        return False
+    fruit = t.lower in _object_word_ids()
+    if not fruit and (t.lower_ not in nouns or t.lower_ in _colour_words() or t.lower_ in MATERIALS):
         return False
     nxt = doc[t.i + 2]
     after = doc[nxt.i + 1] if nxt.i + 1 < len(doc) else None
     if after is not None and _fixed_after(nxt, after) is not None:
         return True
-    return (nxt.pos_ == "NOUN" and nxt.lower_ not in _colour_words() and nxt.lower_ not in MATERIALS
+    return (fruit and nxt.pos_ == "NOUN" and nxt.lower_ not in _colour_words() and nxt.lower_ not in MATERIALS
             and (after is None or after.tag_ not in ("JJ", "VBN")))
 
 
@@ -330,12 +391,13 @@ SUBSTANCES = frozenset("""soap salt pepper sugar oil vinegar butter cream cheese
     jelly syrup shampoo lotion ice""".split())
 
 
-def _noun_phrases(doc):
+def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     """The noun chunks (split by _split_chunks) and, in order among them, the object nouns spaCy makes no
     chunk of for their dependency label ("Two knives next to each other": knives, npadvmod; "A fire hydrant
     and cake": cake, conj of hydrant/amod; "A dog runs and jumps": dog, the compound of a verb, _verb_subject)
     and the lists whose last word the parser took for an adjective or the like ("a toilet and bath tub":
-    tub/JJ, _misread_list_head)."""
+    tub/JJ, _misread_list_head); also any other noun in no chunk after "and" that the parser made a conj of a
+    noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root). `nouns`: for _split_chunks."""
     from spacy.symbols import ADJ, ADV, NOUN, VERB, attr, conj, dobj, npadvmod, nsubj, pobj
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
@@ -343,13 +405,14 @@ def _noun_phrases(doc):
     for t in doc:
         pos = t.pos
         if pos == NOUN:
-            if t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)):
+            if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t))
+                    or t.dep == conj and t.head.pos == NOUN and t.i > 1 and doc[t.i - 1].lower_ in _LIST_WORDS):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
-              and _misread_list_head(t)):
+              and _misread_list_head(t, nouns)):
             found.append(doc[t.left_edge.i : t.i + 1])
     chunks = sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks
-    chunks = list(_split_chunks(chunks))
+    chunks = list(_split_chunks(chunks, nouns))
     if loose:
         held = {t.i for c in chunks for t in c}
         loose = [doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held]
@@ -385,15 +448,15 @@ def _head_of(chunk):
     return root
 
 
-def _misread_list_head(t) -> bool:
+def _misread_list_head(t, nouns: frozenset[str] = frozenset()) -> bool:
     """A list of things whose last word the parser took for an adjective, adverb or verb, with the items
     before it as its modifiers: "A bathroom with a toilet and bath tub." (tub/JJ, toilet its nmod), "A
-    donut and fire hydrant." (hydrant/RB), "An oven and candle" (candle/VB, oven/JJ its amod). spaCy makes
-    no noun chunk of it, and no object was an entity."""
+    donut and fire hydrant." (hydrant/RB), "An oven and candle" (candle/VB, oven/JJ its amod), "A lantern and
+    fire hydrant" (lantern/JJ, _listed_fruit). spaCy makes no noun chunk of it, and no object was an entity."""
     from spacy.symbols import NOUN, PROPN, amod, nmod, npadvmod
 
     return (any(((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
-                 or c.dep == amod and _object_adjective(c))
+                 or c.dep == amod and (_object_adjective(c) or _listed_fruit(c, nouns)))
                 and c.doc[c.i + 1].lower_ in _LIST_WORDS for c in t.lefts)
             and t.is_alpha and t.lower_ not in _colour_words())
 
@@ -605,6 +668,16 @@ def _known_verbs(nlp) -> frozenset[str]:
         return frozenset()
 
 
+def _known_nouns_only(nlp) -> frozenset[str]:
+    """The words the pipeline's rule lemmatizer knows as nouns and not as adjectives ("lantern", not "small"),
+    or none for a pipeline without them."""
+    try:
+        index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
+        return frozenset(index["noun"]) - frozenset(index["adj"])
+    except (KeyError, AttributeError):
+        return frozenset()
+
+
 class _MemoAttributes:
     """An English pipeline's attribute_ruler + lemmatizer, memoised per token: same output, a third of
     the parse time saved.
@@ -687,6 +760,7 @@ class SpacyEntityExtractor:
         self._memo: _MemoAttributes | None = None
         self._parser: GreedyParser | None = None
         self._verbs: frozenset[str] = frozenset()
+        self._nouns: frozenset[str] = frozenset()
         self._blas = None
 
     def setup(self) -> None:
@@ -704,6 +778,7 @@ class SpacyEntityExtractor:
                 with self._blas.limit(limits=1, user_api="blas"):
                     self._parser = GreedyParser.for_pipeline(self._nlp)
             self._verbs = _known_verbs(self._nlp)
+            self._nouns = _known_nouns_only(self._nlp)
 
     def _docs(self, captions: Iterable[str]):
         if self._memo is None:
@@ -724,7 +799,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            for chunk in _noun_phrases(doc):
+            for chunk in _noun_phrases(doc, self._nouns):
                 if _head_of(chunk).i <= taken:  # the second word of a fixed compound found before
                     continue
                 got = _label_of(chunk, self._verbs)
@@ -741,9 +816,15 @@ class SpacyEntityExtractor:
             if misread:
                 held = {t.i for chunk in doc.noun_chunks for t in chunk}
                 held |= {t.i for t in misread if any(e.start <= t.idx < e.end for e in ents)}
-                extra = [_misread_entity(t) for t in misread if t.i not in held]
-                ents += [Entity(doc[first : last + 1].text, label, start, end, plural)
-                         for label, start, end, plural, first, last in extra]
+                for t in misread:
+                    if t.i in held:
+                        continue
+                    label, start, end, plural, first, last = _misread_entity(t)
+                    # "A traffic light and stop sign": stop/VB and sign/VB both misread, one name
+                    held.update(range(first, last + 1))
+                    if (label, start) not in seen:
+                        seen.add((label, start))
+                        ents.append(Entity(doc[first : last + 1].text, label, start, end, plural))
                 ents.sort(key=lambda e: e.start)
             if any(e.label in ANIMAL_KIN for e in ents):
                 ents = _young_of_animals(ents)
@@ -752,11 +833,11 @@ class SpacyEntityExtractor:
 
     def __getstate__(self):
         return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(),
-                "_blas": None}
+                "_nouns": frozenset(), "_blas": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 10  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 11  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -771,7 +852,11 @@ EXTRACTOR_VERSION = 10  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # remote here"), a verb's subject taken for its compound and second verbs taken for nouns ("A dog runs and jumps");
 # 10: two substances sharing a head ("a soap and water dispenser"), a verb in -s taken for the root before a second
 # verb ("The zebra drinks and runs"), "an orange and baseball bat", list items read as a verb or an adverb ("A boat
-# and fork", "An oven and candle", "... and skateboard here"), "end table", "side table"
+# and fork", "An oven and candle", "... and skateboard here"), "end table", "side table"; 11: two verbs in -s both
+# read as nouns ("The zebra drinks and sleeps"), a noun-only word read as an adjective before a name ("A lantern and
+# tennis racket"), list items as preconj ("There is a toothbrush and wine glass here") or joined to a misread name ("A
+# fire hydrant and kettle"), a misread name once ("A traffic light and stop sign"), list items sharing a head they make
+# a name with ("A coffee and end table": coffee table), "coffee table"
 
 
 class EntityCache:
