@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test install bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml vlmforge/curation/_jpegdct.c vlmforge/curation/_jpegsplice.c vlmforge/curation/_jpegsplice.h vlmforge/curation/_rle.c
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml vlmforge/curation/_jpegdct.c vlmforge/curation/_jpegsplice.c vlmforge/curation/_jpegsplice.h vlmforge/curation/_masks.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from vlmforge.curation.occlude import FILL_RGB, block_size, occlude, occlude_with_blocks
+from vlmforge.curation import occlude as occlude_module
+from vlmforge.curation.occlude import FILL_RGB, block_region, block_size, occlude, occlude_with_blocks
+from vlmforge.curation.segmentation import MaskCrop
 
 
 def _scene():
@@ -40,6 +42,37 @@ def test_blocks_are_deterministic_per_seed():
     b = occlude_with_blocks(img, mask, box, np.random.default_rng(7))[1]
     c = occlude_with_blocks(img, mask, box, np.random.default_rng(8))[1]
     assert (a == b).all() and not (a == c).all()
+
+
+def test_compiled_blocks_are_numpys_blocks(monkeypatch):
+    """The C kernel (_masks.block_squares) paints the same squares in the same box as the numpy path, from
+    the same draws, and leaves the generator where numpy leaves it."""
+    if occlude_module.mask_kernels() is None:
+        pytest.skip("vlmforge.curation._masks was not built")
+    compiled = occlude_module.mask_kernels
+    rng = np.random.default_rng(3)
+    checked = 0
+    for trial in range(400):
+        h, w = int(rng.integers(8, 90)), int(rng.integers(8, 90))
+        full = np.zeros((h, w), bool)
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        y1, x1 = int(rng.integers(y0 + 1, h + 1)), int(rng.integers(x0 + 1, w + 1))
+        full[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < rng.choice([0.1, 0.6, 1.0])
+        crop = MaskCrop.from_full(full)
+        box = [float(x0), float(y0), float(rng.integers(1, 3 * w)), float(rng.integers(1, 3 * h))]
+        seed = int(rng.integers(1 << 30))
+        got, after = [], []
+        for kernels in (compiled, lambda: None):
+            monkeypatch.setattr(occlude_module, "mask_kernels", kernels)
+            draws = np.random.default_rng(seed)
+            got.append(block_region(crop, box, draws))
+            after.append(int(draws.integers(1 << 30)))
+        c, n = got
+        assert (c.y0, c.x0, c.pixels.shape) == (n.y0, n.x0, n.pixels.shape), trial
+        assert np.array_equal(c.pixels, n.pixels), trial
+        assert after[0] == after[1], trial
+        checked += c.area() > 0
+    assert checked > 150  # most trials paint something
 
 
 @pytest.mark.parametrize("fill", ["solid", "blur", "noise", "inpaint"])

@@ -12,11 +12,11 @@ from vlmforge.curation.segmentation import (MaskCrop, SegmentationError, annotat
 
 @pytest.fixture(params=["compiled", "numpy"])
 def decoder(request, monkeypatch):
-    """rle_crop through the C decoder (_rle), and through numpy, its fallback where that was not built."""
+    """rle_crop through the C decoder (_masks), and through numpy, its fallback where that was not built."""
     if request.param == "numpy":
-        monkeypatch.setattr(segmentation, "_compiled_rle", lambda: None)
-    elif segmentation._compiled_rle() is None:
-        pytest.skip("vlmforge.curation._rle was not built")
+        monkeypatch.setattr(segmentation, "mask_kernels", lambda: None)
+    elif segmentation.mask_kernels() is None:
+        pytest.skip("vlmforge.curation._masks was not built")
     return request.param
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlmforge.curation.segmentation import MaskCrop
+from vlmforge.curation.segmentation import MaskCrop, mask_kernels
 
 FILL_RGB = (123, 116, 103)
 FILLS = ("blocks", "solid", "blur", "noise", "inpaint")
@@ -83,13 +83,27 @@ def block_centres(mask: MaskCrop | np.ndarray, stride: int, rng: np.random.Gener
 
 def block_region(mask: MaskCrop | np.ndarray, box: list[float], rng: np.random.Generator) -> MaskCrop:
     """The pixels the paper's block fill paints: each selected grid point becomes a P x P square
-    (rows and columns [g - (P - 1 - P // 2), g + P // 2], clipped at the image border), made by one
-    dilation of the points, inside their bounding box grown by a patch."""
+    (rows and columns [g - P // 2, g + P - 1 - P // 2], clipped at the image border), made by one
+    dilation of the points, inside their bounding box grown by a patch. Where vlmforge.curation._masks
+    was built, one C call walks the grid and paints the squares from the same draws (a third of the time)."""
     import cv2
 
     mask = _as_crop(mask)
     patch, stride = block_size(box[2], box[3])
     h, w = mask.shape
+    kernels = mask_kernels()
+    if kernels is not None:  # the same draws and pixels, in one call
+        ry, rx = -mask.y0 % stride, -mask.x0 % stride
+        n = int(np.count_nonzero(mask.pixels[ry::stride, rx::stride]))
+        if n == 0:
+            return MaskCrop.empty((h, w))
+        first = int(rng.integers(0, stride + 1))
+        skips = rng.integers(1, stride + 1, size=n // 2 + 1)
+        y0, x0, y1, x1, region = kernels.block_squares(np.ascontiguousarray(mask.pixels).view(np.uint8), mask.y0,
+                                                       mask.x0, h, w, stride, patch, first, skips.astype(np.int64))
+        if y1 == 0:
+            return MaskCrop.empty((h, w))
+        return MaskCrop((h, w), y0, x0, np.frombuffer(region, np.uint8).reshape(y1 - y0, x1 - x0).view(bool))
     gy, gx = block_centres(mask, stride, rng)
     if len(gy) == 0:
         return MaskCrop.empty((h, w))
