@@ -3,7 +3,7 @@
 import pytest
 
 from tests.curation.test_entities import CAPTIONS, TRICKY
-from vlmforge.curation.parsing import PROBE, GreedyParser, load_pipeline
+from vlmforge.curation.parsing import MIN_EMBED_ROWS, PROBE, DedupEmbed, GreedyParser, load_pipeline
 
 MORE = ["", "   ", "Dog.", "A man in a suit and a woman in a dress walk their dogs past a bakery, while a bus waits at the light.",
         "Three zebras, two giraffes and an elephant drink from a muddy river under a pale sky.", "Birds!"]
@@ -27,6 +27,60 @@ def test_every_layer_multiplies_through_numpy(pipelines):
     _, ours = pipelines
     layers = [node for _, comp in ours.pipeline if hasattr(getattr(comp, "model", None), "walk") for node in comp.model.walk()]
     assert layers and all(getattr(node.ops, "use_blis", None) is False for node in layers)
+
+
+def test_the_embedding_is_worked_out_once_per_distinct_token(pipelines, monkeypatch):
+    """tok2vec's embedding through DedupEmbed: the same vectors, bit for bit, as the layer's own, for
+    batches of many tokens, of few (fewer than MIN_EMBED_ROWS: the layer's own) and of empty texts; and it
+    multiplies only the distinct rows."""
+    import numpy as np
+
+    _, ours = pipelines
+    model = ours.get_pipe("tok2vec").model
+    assert model.layers[0].name == "dedup_embed"
+    fast = model.layers[0]._func.__self__
+    for texts in (TRICKY + CAPTIONS + MORE, ["Dog."], ["", " "], ["a a a a", "a"], CAPTIONS[:3], ["a cat"] * 40):
+        docs = [ours.make_doc(t) for t in texts]
+        own, dedup = fast.embed.predict(docs), model.layers[0].predict(docs)
+        assert len(own) == len(dedup) == len(docs)
+        assert all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(own, dedup)), texts[:2]
+    seen, rest = [], fast.rest
+
+    class Counted:
+        def predict(self, xs):
+            seen.append(len(xs[0]))
+            return rest.predict(xs)
+
+    monkeypatch.setattr(fast, "rest", Counted())
+    model.layers[0].predict([ours.make_doc("a dog and a dog and a dog and a cat")])  # too few: the layer's own
+    model.layers[0].predict([ours.make_doc("a dog and a dog and a dog and a cat " * 8)])
+    many = [ours.make_doc(t) for t in (TRICKY + CAPTIONS) * 2]
+    model.layers[0].predict(many)
+    distinct = {(t.norm_, t.prefix_, t.suffix_, t.shape_, t.whitespace_, t.is_space) for d in many for t in d}
+    assert seen[0] == MIN_EMBED_ROWS  # 4 distinct tokens of 88, padded to the least rows
+    assert MIN_EMBED_ROWS < seen[1] == len(distinct) < sum(len(d) for d in many) // 2
+
+
+def test_the_deduplicated_embedding_is_kept_only_for_spacys_shape_and_vectors(monkeypatch):
+    import spacy
+
+    from vlmforge.curation.entities import SPACY_MODEL
+
+    assert not DedupEmbed.install(spacy.blank("en"))  # no tok2vec
+    nlp = spacy.load(SPACY_MODEL, disable=["ner"])
+    embed = nlp.get_pipe("tok2vec").model.layers[0]
+    real = DedupEmbed._forward
+
+    def off_by_a_bit(self, model, docs, is_train):
+        out, back = real(self, model, docs, is_train)
+        return [o + 1e-6 for o in out], back
+
+    monkeypatch.setattr(DedupEmbed, "_forward", off_by_a_bit)
+    assert not DedupEmbed.install(nlp)  # vectors that differ at all: spaCy's layer stays
+    assert nlp.get_pipe("tok2vec").model.layers[0] is embed
+    monkeypatch.setattr(DedupEmbed, "_forward", real)
+    assert DedupEmbed.install(nlp)
+    assert nlp.get_pipe("tok2vec").model.layers[0].name == "dedup_embed"
 
 
 def test_greedy_parser_gives_spacys_parse(pipelines):
