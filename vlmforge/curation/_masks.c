@@ -58,7 +58,8 @@ static PyObject *column_crop(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "s*LL", &buf, &h, &w)) return NULL;
     int64_t *runs = NULL;
     Py_ssize_t n = 0;
-    int status = h > 0 && w > 0 ? read_runs(buf.buf, buf.len, &runs, &n) : -1;
+    /* sizes past 2^31 (no image has them) are left to numpy, so that h * w cannot overflow here */
+    int status = h > 0 && w > 0 && h <= INT32_MAX && w <= INT32_MAX ? read_runs(buf.buf, buf.len, &runs, &n) : -1;
     PyBuffer_Release(&buf);
     if (status == -2) return PyErr_NoMemory();
     if (status < 0) Py_RETURN_NONE;
