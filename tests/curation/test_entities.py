@@ -715,3 +715,18 @@ def test_a_noun_before_a_verb_in_one_chunk(extract):
     """"A person holding beds": person an npadvmod of holding/amod, all one chunk headed by beds: the person
     was lost."""
     assert labels(extract, ["A person holding beds."]) == [["person", "bed"]]
+
+
+def test_things_hung_on_a_verb_in_ing_at_the_root(extract):
+    """"A bucket laying on a bed": laying/VBG the root with bucket its compound (hydrant, orange: its amod), so no
+    chunk held the subject and it was lost; "A banana and cell phone sitting on a table" (banana an nmod, phone
+    a compound of sitting), "A guitar and refrigerator sitting ..." (sitting/NN: the label was "sitting"), "A stop
+    sign and pillow sitting ..." (pillow/VB before the verb) lost list items."""
+    caps = ["A bucket laying on a bed.", "A fire hydrant laying on a fork.", "An orange laying on a ski.",
+            "A banana and cell phone sitting on a table.", "A guitar and refrigerator sitting on a table.",
+            "A stop sign and pillow sitting on a table.", "A remote and sink sitting on a table.",
+            "A helmet sitting next to a bench.", "A dog laying on a couch."]
+    assert labels(extract, caps) == [
+        ["bucket", "bed"], ["fire hydrant", "fork"], ["orange", "ski"], ["banana", "cell phone", "table"],
+        ["guitar", "refrigerator", "table"], ["stop sign", "pillow", "table"], ["remote", "sink", "table"],
+        ["helmet", "bench"], ["dog", "couch"]]

@@ -112,9 +112,10 @@ def _acting(t, verbs: frozenset[str]) -> bool:
     if not word.endswith("ing") or t.tag_ != "NN" or word in NOT_GERUNDS or t.lower in _object_word_ids():
         return False
     before, doc = t.doc[t.i - 1], t.doc
-    if before.dep_ != "compound" or before.head.i != t.i or before.pos_ != "NOUN":
-        return False
-    if t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ","):
+    if before.pos_ != "NOUN" or not (before.dep_ == "compound" and before.head.i == t.i
+                                     or before.dep_ == "conj" and before.head.head.i == t.i):
+        return False  # "A guitar and refrigerator sitting on ...": refrigerator a conj of guitar, guitar of sitting
+    if t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",") and doc[t.i + 1].lower_ != "next":
         return False
     stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
     return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
@@ -334,8 +335,9 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                 and doc[start - 1].pos_ in ("NOUN", "PROPN")):
             start += 1
             chunk = doc[start : chunk.end]
+        root = _head_of(chunk)  # "A banana and cell phone" (_ing_subject): its root "A", hung on the verb
         for t in chunk:
-            if (t.i + 1 >= chunk.root.i
+            if (t.i + 1 >= root.i
                     or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)
                     and not (t.i == 0 and t.pos_ == "PROPN")):  # "Jars and hair driers": Jars/NNP
                 continue
@@ -343,9 +345,9 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
-            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, chunk.root):
+            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, root):
                 rest = t.i + 1
-                while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
+                while rest < root.i and doc[rest].lower_ in _LIST_WORDS:
                     rest += 1
             else:
                 continue
@@ -402,8 +404,9 @@ def _listed_apart(t, head) -> bool:
     or the word before the head names a substance, place or sport that `t` is not ("a lamp and coffee
     table", "a shirt and tennis shoes": a lamp names nothing a table is for). Else it shares the head: "a
     salt and pepper shaker", "a tea and coffee mug", "a soap and water dispenser" (SUBSTANCES)."""
-    if t.lower in _object_word_ids():
-        return True
+    if t.lower in _object_word_ids() or (head.head.i == head.i and head.lower_.endswith("ing")
+                                         and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()):
+        return True  # "A guitar and refrigerator sitting on a table" (sitting/NN the root): no thing shares a verb
     before = head.doc[head.i - 1]
     if head.doc[t.i + 2].like_num or before.lower_ in _LIST_WORDS:
         return True  # "A helmet and two bears": a count starts an item; "A guitar, blanket": nothing shared
@@ -439,7 +442,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or t.head.i == t.i and _root_past_chunk(t)
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
-                    or t.dep == dep and t.head.i > t.i):
+                    or t.dep == dep and t.head.i > t.i
+                    or t.head.tag_ == "VBG" and _ing_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and _misread_list_head(t, nouns)):
@@ -448,7 +452,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     chunks = list(_split_chunks(chunks, nouns))
     if loose:
         held = {t.i for c in chunks for t in c}
-        loose = [doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held]
+        # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
+        loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
@@ -476,6 +481,14 @@ def _listed_loose(t) -> bool:
     return start > 0 and doc[start - 1].lower_ in _LIST_WORDS
 
 
+def _ing_subject(t) -> bool:
+    """A noun the parser hung on the caption's root, a verb in -ing after it, as a modifier: its subject ("A
+    bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
+    banana and cell phone sitting on a table": banana an nmod), in no noun chunk."""
+    verb = t.head
+    return verb.i > t.i and verb.head.i == verb.i and t.dep_ in ("compound", "amod", "nmod", "npadvmod")
+
+
 def _verb_subject(t) -> bool:
     """A noun the parser made a compound of a finite verb: the verb's subject ("A dog runs and jumps": dog,
     a compound of runs/VBZ, in no noun chunk), or of a verb in -ing at the root ("A cell phone sitting on top of
@@ -494,7 +507,7 @@ def _phrase_start(t) -> int:
             start -= 1
         return start
     start = t.left_edge.i
-    if t.dep_ == "compound":
+    if t.dep_ == "compound" or t.head.tag_ == "VBG" and t.dep_ in ("amod", "nmod", "npadvmod"):
         doc = t.doc
         while start > 0 and doc[start - 1].head.i == t.head.i and doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
@@ -523,7 +536,7 @@ def _misread_list_head(t, nouns: frozenset[str] = frozenset()) -> bool:
     return (any(((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
                  or c.dep == amod and (_object_adjective(c) or _listed_fruit(c, nouns)))
                 and c.doc[c.i + 1].lower_ in _LIST_WORDS for c in t.lefts)
-            and t.is_alpha and t.lower_ not in _colour_words())
+            and t.is_alpha and t.lower_ not in _colour_words() and t.tag_ != "VBG")  # "A chair and cell phone sitting"
 
 
 @lru_cache(maxsize=1)
@@ -612,7 +625,7 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
-            or _misread_opening(tok))
+            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok))  # "A remote and sink sitting"
 
 
 def _misread_opening(tok) -> bool:
@@ -702,6 +715,7 @@ def _misread_list_end(tok, nouns: frozenset[str] = frozenset()) -> bool:
             and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
             and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or doc[tok.i + 1].tag_ == "VBG"  # "A stop sign and pillow sitting on a table"
                  or _fixed_after(tok, doc[tok.i + 1]) is not None))
 
 
@@ -1004,7 +1018,8 @@ EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # noun spaCy skips ("A close up of a toilet and a baseball glove"), "a helmet sitting on", a count after "and" ("A helmet
 # and two bears"), list items tagged as no noun or hung on no noun ("A napkin, ladder and fork", "A guitar, blanket, and
 # hat", "A street with a bench, two ..."), a thing misread where it opens the caption ("An oven next to", "Towel on a
-# table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its own
+# table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its own, things
+# hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a table")
 
 
 class EntityCache:
