@@ -730,3 +730,16 @@ def test_things_hung_on_a_verb_in_ing_at_the_root(extract):
         ["bucket", "bed"], ["fire hydrant", "fork"], ["orange", "ski"], ["banana", "cell phone", "table"],
         ["guitar", "refrigerator", "table"], ["stop sign", "pillow", "table"], ["remote", "sink", "table"],
         ["helmet", "bench"], ["dog", "couch"]]
+
+
+def test_a_subject_misread_before_lies_and_lists_opening_bare(extract):
+    """"An oven lies next to a bus": oven/JJ (surfboard/RB) hung on lies, lost; "A stop sign lies next to a bird":
+    sign/VB the root and lies/NNS its object, the label "lie". A list opening the caption with no article: "Candle,
+    truck and ski on a table" (candle/JJ), "Tennis racket, rug and tray" (tray a conj of rug/VB), "Fire hydrant,
+    bowl and traffic light" (light a conj of bowl, after traffic)."""
+    caps = ["An oven lies next to a bus.", "A surfboard lies next to an elephant.", "A stop sign lies next to a bird.",
+            "Candle, truck and ski on a table.", "Tennis racket, rug and tray on a table.",
+            "Fire hydrant, bowl and traffic light on a table.", "A cat lies on a bed."]
+    assert labels(extract, caps) == [
+        ["oven", "bus"], ["surfboard", "elephant"], ["stop sign", "bird"], ["candle", "truck", "ski", "table"],
+        ["tennis racket", "rug", "tray", "table"], ["fire hydrant", "bowl", "traffic light", "table"], ["cat", "bed"]]

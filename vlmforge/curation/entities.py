@@ -93,7 +93,7 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = None if _listed_verb(chunk, verbs) else _chunk_label(chunk, verbs)
+    got = None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) else _chunk_label(chunk, verbs)
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -141,6 +141,18 @@ def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
 # NNS) is a zebra doing two things, "The dog treats and toys" two things for dogs.
 ACTS = frozenset("""sleep run eat graze walk sit lie rest jump swim fly purr bark sniff stare yawn climb chew lick
     smile pose wander roam nap wag wait hide perch gaze""".split())
+
+
+def _act_after_subject(chunk) -> bool:
+    """A verb in -s of what things and animals do (ACTS) that the parser took for a plural noun alone, right
+    after its subject and before where: "A stop sign lies next to a bird" (sign/VB the root, lies/NNS its
+    object). Not a noun with a compound ("arm rests")."""
+    t = chunk.root
+    if len(chunk) != 1 or t.tag_ != "NNS" or t.i == 0 or t.i + 1 >= len(t.doc) or t.lower in _object_word_ids():
+        return False
+    word, doc = t.lower_, t.doc
+    return ((word[:-1] in ACTS or word[:-2] in ACTS and word.endswith("es")) and doc[t.i - 1].pos_ in ("NOUN", "VERB")
+            and (doc[t.i + 1].tag_ in ("IN", "RB", "RP", "TO")))
 
 
 def _acts_listed(t, conj, verbs: frozenset[str]) -> bool:
@@ -438,7 +450,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
         pos = t.pos
         if pos == NOUN or pos == PROPN and t.is_lower:  # "A fire hydrant and frisbee": frisbee/NNP
             if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t))
-                    or t.dep == conj and t.head.pos == NOUN and t.i > 1 and doc[t.i - 1].lower_ in _LIST_WORDS
+                    or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
+                    and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
                     or t.head.i == t.i and _root_past_chunk(t)
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
@@ -631,13 +644,14 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
 def _misread_opening(tok) -> bool:
     """An object word after the caption's article and adjectives, before a preposition: the thing the caption
     is about, whatever the parser took it for ("An oven next to two zebras": oven/JJ an amod of next; "A white
-    oven with a black ...": oven/VBN the root; "An oven resting on ...": before a verb in -ing). Not before a noun
+    oven with a black ...": oven/VBN the root; "An oven resting on ...", "An oven lies next to ...": before a
+    verb). Not before a noun
     ("An orange cat") or "and"."""
     doc = tok.doc
     if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
         return False
     nxt = doc[tok.i + 1]
-    return ((nxt.tag_ in ("IN", "TO", "VBG") or nxt.lower_ in ("next", "near"))
+    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near"))
             and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
 
 
@@ -662,12 +676,12 @@ def _bare_opening(tok, nouns: frozenset[str]) -> bool:
 
 def _misread_list_start(tok, nouns: frozenset[str]) -> bool:
     """A word known as a noun only (`nouns`) that the parser tagged as an adjective or a verb, with its own
-    article, opening a list of nouns joined to it: "A napkin, ladder and fork" (napkin/JJ, the root), "A
-    lantern, banana and jar"."""
+    article or opening the caption, a list of nouns joined to it: "A napkin, ladder and fork" (napkin/JJ, the
+    root), "A lantern, banana and jar", "Candle, truck and ski on a table"."""
     doc = tok.doc
     return (tok.tag_ in ("JJ", "VB", "VBP") and tok.i + 2 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns and tok.lower_ not in _colour_words() and tok.lower_ not in MATERIALS
-            and any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts)
+            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts))
             and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids())
                     for c in tok.rights))
 
@@ -710,8 +724,9 @@ def _misread_list_end(tok, nouns: frozenset[str] = frozenset()) -> bool:
             doc[tok.i - 1].text == "," and tok.i + 1 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns):
         return False
-    head = tok.head
-    return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok))
+    head = tok.head  # "Tennis racket, rug and tray": tray a conj of rug/VB, itself a list item misread
+    return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok)
+             or head.dep == _conj_id() and head.head.pos_ in ("NOUN", "PROPN") and _misread_list_end(head, nouns))
             and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
             and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
@@ -1019,7 +1034,9 @@ EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # and two bears"), list items tagged as no noun or hung on no noun ("A napkin, ladder and fork", "A guitar, blanket, and
 # hat", "A street with a bench, two ..."), a thing misread where it opens the caption ("An oven next to", "Towel on a
 # table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its own, things
-# hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a table")
+# hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a table"), a
+# subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare ("Candle, truck
+# and ski on a table")
 
 
 class EntityCache:
