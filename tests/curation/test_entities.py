@@ -682,8 +682,9 @@ def test_the_thing_that_opens_a_caption_misread(extract):
     next), "A white oven with ..." (oven/VBN), "An oven resting on ..."; a bare noun opening the caption that
     the parser took for a verb ("Towel on a table"); not a verb one opens with ("Look at this cat") nor a
     colour before a noun ("An orange cat next to a dog")."""
-    caps = ["An oven next to two zebras.", "A red oven next to some plates.", "A white oven with a black tennis racket.",
-            "An oven resting on a frisbee.", "Towel on a table.", "Tray next to a bucket.", "Hat next to a mirror.",
+    caps = ["An oven next to two zebras.", "A red oven next to some plates.",
+            "A white oven with a black tennis racket.", "An oven resting on a frisbee.", "Towel on a table.",
+            "Tray next to a bucket.", "Hat next to a mirror.",
             "Look at this cat.", "Walk in the park.", "An orange cat next to a dog."]
     got = [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
     assert got[0] == [("An oven", "oven"), ("two zebras", "zebra")]

@@ -645,8 +645,7 @@ def _misread_opening(tok) -> bool:
     """An object word after the caption's article and adjectives, before a preposition: the thing the caption
     is about, whatever the parser took it for ("An oven next to two zebras": oven/JJ an amod of next; "A white
     oven with a black ...": oven/VBN the root; "An oven resting on ...", "An oven lies next to ...": before a
-    verb). Not before a noun
-    ("An orange cat") or "and"."""
+    verb). Not before a noun ("An orange cat") or "and"."""
     doc = tok.doc
     if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
         return False
@@ -908,8 +907,7 @@ class SpacyEntityExtractor:
         self._verbs: frozenset[str] = frozenset()
         self._nouns: frozenset[str] = frozenset()
         self._blas = None
-        self._lemmatizer = None
-        self._noun_tables: tuple = (frozenset(), {}, [])  # the rule lemmatizer's noun index, exceptions, rules
+        self._noun_tables: tuple | None = None  # the rule lemmatizer's noun index, exceptions, rules
 
     def setup(self) -> None:
         if self._nlp is None:
@@ -928,9 +926,8 @@ class SpacyEntityExtractor:
             self._verbs = _known_verbs(self._nlp)
             self._nouns = _known_nouns_only(self._nlp)
             lemmatizer = self._nlp.get_pipe("lemmatizer") if "lemmatizer" in self._nlp.pipe_names else None
-            self._lemmatizer = lemmatizer if getattr(lemmatizer, "mode", "") == "rule" else None
-            if self._lemmatizer is not None:
-                tables = self._lemmatizer.lookups
+            if getattr(lemmatizer, "mode", "") == "rule":
+                tables = lemmatizer.lookups
                 self._noun_tables = (frozenset(tables.get_table("lemma_index").get("noun", ())),
                                      tables.get_table("lemma_exc").get("noun", {}),
                                      tables.get_table("lemma_rules").get("noun", []))
@@ -943,7 +940,8 @@ class SpacyEntityExtractor:
         if not tok.is_title or not tok.is_alpha or not word.endswith("s"):
             return
         index, exc, rules = self._noun_tables
-        for form in exc.get(word, ()) or [word[: len(word) - len(old)] + new for old, new in rules if word.endswith(old)]:
+        forms = exc.get(word, ()) or [word[: len(word) - len(old)] + new for old, new in rules if word.endswith(old)]
+        for form in forms:
             if form != word and form in index:  # the rule lemmatizer's way, for a noun
                 tok.lemma_ = form
                 return
@@ -967,7 +965,7 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
-            if doc[0].tag_ in ("NNPS", "NNP") and self._lemmatizer is not None:
+            if doc[0].tag_ in ("NNPS", "NNP") and self._noun_tables is not None:
                 self._plural_lemma(doc[0])
             for chunk in _noun_phrases(doc, self._nouns):
                 if _head_of(chunk).i <= taken:  # the second word of a fixed compound found before
@@ -1005,8 +1003,7 @@ class SpacyEntityExtractor:
 
     def __getstate__(self):
         return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(),
-                "_nouns": frozenset(), "_blas": None, "_lemmatizer": None,
-                "_noun_tables": (frozenset(), {}, [])}
+                "_nouns": frozenset(), "_blas": None, "_noun_tables": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
@@ -1030,13 +1027,13 @@ EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # tennis racket"), list items as preconj ("There is a toothbrush and wine glass here") or joined to a misread name ("A
 # fire hydrant and kettle"), a misread name once ("A traffic light and stop sign"), list items sharing a head they make
 # a name with ("A coffee and end table": coffee table), "coffee table"; 12 (a sweep of generated caption shapes): a root
-# noun spaCy skips ("A close up of a toilet and a baseball glove"), "a helmet sitting on", a count after "and" ("A helmet
-# and two bears"), list items tagged as no noun or hung on no noun ("A napkin, ladder and fork", "A guitar, blanket, and
-# hat", "A street with a bench, two ..."), a thing misread where it opens the caption ("An oven next to", "Towel on a
-# table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its own, things
-# hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a table"), a
-# subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare ("Candle, truck
-# and ski on a table")
+# noun spaCy skips ("A close up of a toilet and a baseball glove"), "a helmet sitting on", a count after "and" ("A
+# helmet and two bears"), list items tagged as no noun or hung on no noun ("A napkin, ladder and fork", "A guitar,
+# blanket, and hat", "A street with a bench, two ..."), a thing misread where it opens the caption ("An oven next to",
+# "Towel on a table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its
+# own, things hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a
+# table"), a subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare
+# ("Candle, truck and ski on a table")
 
 
 class EntityCache:
