@@ -615,3 +615,132 @@ def test_list_items_sharing_a_head_they_make_a_name_with(extract):
     assert [(g[1], g[3]) for g in got[2]] == [("coffee table", True), ("end table", True)]
     assert [g[1] for g in got[3]] == ["dining table", "coffee table"]
     assert [g[1] for g in got[4]] == ["lamp", "end table"] and [g[1] for g in got[5]] == ["coffee", "hot dog", "table"]
+
+
+def labels(extract, caps):
+    return [[e.label for e in ents] for ents in extract(caps)]
+
+
+def test_a_root_noun_whose_left_edge_reaches_into_a_chunk(extract):
+    """"A close up of a toilet and a baseball glove": the parser hangs "close up of a toilet" on glove (close an
+    amod of it), so glove's left edge lies in the chunk of toilet and spaCy makes no chunk of it: the second
+    thing was lost. "A close up of a jar and a shelf": shelf an npadvmod of close, after "and"."""
+    caps = ["A close up of a toilet and a baseball glove.", "A close up of a plate and a cup.",
+            "A close up of a zebra and a trophy.", "A close up of a jar and a shelf."]
+    got = [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
+    assert got[0] == [("a toilet", "toilet"), ("a baseball glove", "baseball glove")]
+    assert [[lab for _, lab in g] for g in got[1:]] == [["plate", "cup"], ["zebra", "trophy"], ["jar", "shelf"]]
+
+
+def test_a_verb_in_ing_after_a_thing(extract):
+    """"A helmet sitting on top of a book": sitting/NN with helmet its compound made the label "helmet
+    sitting"; "A cell phone sitting on top of a cow": phone a compound of sitting/VBG, in no chunk, was lost.
+    A verb in -ing at the root after a list is no thing either ("A plate and a helmet sitting on ..."), and a
+    noun in -ing keeps its compound ("a kitchen ceiling")."""
+    caps = ["A helmet sitting on top of a book.", "A cell phone sitting on top of a cow.",
+            "A cake and a cell phone sitting on a curtain.", "A plate and a helmet sitting on a parking meter.",
+            "A helmet sitting on a handbag next to a mouse.", "A lamp hanging from the kitchen ceiling."]
+    assert labels(extract, caps) == [
+        ["helmet", "book"], ["cell phone", "cow"], ["cake", "cell phone", "curtain"],
+        ["plate", "helmet", "parking meter"], ["helmet", "handbag", "mouse"], ["lamp", "kitchen ceiling"]]
+
+
+def test_a_count_after_and_starts_a_new_list_item(extract):
+    """"A helmet and two bears", "A napkin and two remotes": the parser puts the first item in the chunk of the
+    second (a preconj, an amod), which kept only the last; "A ski and two baskets" lost the baskets. "A street
+    with a bench, two traffic lights and a bike": street a "dep" of lights, which spaCy makes no chunk of."""
+    caps = ["A helmet and two bears.", "A napkin and two remotes.", "A ski and two baskets.",
+            "A snowboard and two shelves.", "A bottle and two stoves in a kitchen.",
+            "A street with a bench, two traffic lights and a bike."]
+    got = extract(caps)
+    assert [[e.label for e in ents] for ents in got] == [
+        ["helmet", "bear"], ["napkin", "remote"], ["ski", "basket"], ["snowboard", "shelf"],
+        ["bottle", "stove", "kitchen"], ["street", "bench", "traffic light", "bike"]]
+    assert [e.plural for e in got[0]] == [False, True]
+
+
+def test_list_items_the_parser_tags_as_no_noun(extract):
+    """Words known only as nouns that the tagger took for adjectives in a list with commas: "A napkin, ladder
+    and fork" (napkin/JJ the root), "A vase, tray, and toilet" (tray/JJ after a comma); a lower-case item
+    tagged as a name ("A fire hydrant and frisbee": frisbee/NNP), an item hung on the list's head as "dep"
+    ("A horse, two fire hydrants and a bench") or on a word that is no noun ("A napkin, bird and fire hydrant":
+    napkin an amod of hydrant/RB), an item before a comma ("A guitar, blanket, and hat"). Colours and words
+    known as adjectives stay out ("A small, red and white fire hydrant")."""
+    caps = ["A napkin, ladder and fork.", "A lantern, banana and jar.", "A vase, tray, and toilet.",
+            "A rug, napkin, and couch.", "A fire hydrant and frisbee.", "A horse, skateboard and snowboard.",
+            "A horse, two fire hydrants and a bench.", "A napkin, bird and fire hydrant.",
+            "A tie, bottle, and fire hydrant.", "A guitar, blanket, and hat.", "A small, red and white fire hydrant."]
+    assert labels(extract, caps) == [
+        ["napkin", "ladder", "fork"], ["lantern", "banana", "jar"], ["vase", "tray", "toilet"],
+        ["rug", "napkin", "couch"], ["fire hydrant", "frisbee"], ["horse", "skateboard", "snowboard"],
+        ["horse", "fire hydrant", "bench"], ["napkin", "bird", "fire hydrant"], ["tie", "bottle", "fire hydrant"],
+        ["guitar", "blanket", "hat"], ["fire hydrant"]]
+
+
+def test_the_thing_that_opens_a_caption_misread(extract):
+    """An object word after the article, before where it is: "An oven next to two zebras" (oven/JJ an amod of
+    next), "A white oven with ..." (oven/VBN), "An oven resting on ..."; a bare noun opening the caption that
+    the parser took for a verb ("Towel on a table"); not a verb one opens with ("Look at this cat") nor a
+    colour before a noun ("An orange cat next to a dog")."""
+    caps = ["An oven next to two zebras.", "A red oven next to some plates.",
+            "A white oven with a black tennis racket.", "An oven resting on a frisbee.", "Towel on a table.",
+            "Tray next to a bucket.", "Hat next to a mirror.",
+            "Look at this cat.", "Walk in the park.", "An orange cat next to a dog."]
+    got = [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
+    assert got[0] == [("An oven", "oven"), ("two zebras", "zebra")]
+    assert [[lab for _, lab in g] for g in got[1:]] == [
+        ["oven", "plate"], ["oven", "tennis racket"], ["oven", "frisbee"], ["towel", "table"], ["tray", "bucket"],
+        ["hat", "mirror"], ["cat"], ["park"], ["cat", "dog"]]
+
+
+def test_a_capitalised_plural_opening_the_caption(extract):
+    """"Lamps and chairs": Lamps/NNPS or NNP, whose lemma the lemmatizer leaves as "Lamps": the label was
+    "lamps"; "Jars and hair driers" (Jars/NNP an nmod of driers) lost the jars. A name stays ("Jones")."""
+    caps = ["Lamps and chairs.", "Lamps and traffic lights on a table.", "Jars and hair driers.",
+            "Tvs and parking meters on a table.", "Jones and his dog."]
+    got = extract(caps)
+    assert [[e.label for e in ents] for ents in got] == [
+        ["lamp", "chair"], ["lamp", "traffic light", "table"], ["jar", "hair drier"],
+        ["tv", "parking meter", "table"], ["jones", "dog"]]
+    assert got[0][0].plural and got[1][0].plural
+
+
+def test_a_word_inside_a_misread_name_is_no_entity_of_its_own(extract):
+    """"A suitcase, orange and hot dog": hot/JJ a misread name's first word and "dog" a chunk of its own: both
+    "hot dog" and "dog" were entities."""
+    caps = ["A suitcase, orange and hot dog.", "A hot dog, clock and potted plant."]
+    assert labels(extract, caps) == [["suitcase", "orange", "hot dog"], ["hot dog", "clock", "potted plant"]]
+
+
+def test_a_noun_before_a_verb_in_one_chunk(extract):
+    """"A person holding beds": person an npadvmod of holding/amod, all one chunk headed by beds: the person
+    was lost."""
+    assert labels(extract, ["A person holding beds."]) == [["person", "bed"]]
+
+
+def test_things_hung_on_a_verb_in_ing_at_the_root(extract):
+    """"A bucket laying on a bed": laying/VBG the root with bucket its compound (hydrant, orange: its amod), so no
+    chunk held the subject and it was lost; "A banana and cell phone sitting on a table" (banana an nmod, phone
+    a compound of sitting), "A guitar and refrigerator sitting ..." (sitting/NN: the label was "sitting"), "A stop
+    sign and pillow sitting ..." (pillow/VB before the verb) lost list items."""
+    caps = ["A bucket laying on a bed.", "A fire hydrant laying on a fork.", "An orange laying on a ski.",
+            "A banana and cell phone sitting on a table.", "A guitar and refrigerator sitting on a table.",
+            "A stop sign and pillow sitting on a table.", "A remote and sink sitting on a table.",
+            "A helmet sitting next to a bench.", "A dog laying on a couch."]
+    assert labels(extract, caps) == [
+        ["bucket", "bed"], ["fire hydrant", "fork"], ["orange", "ski"], ["banana", "cell phone", "table"],
+        ["guitar", "refrigerator", "table"], ["stop sign", "pillow", "table"], ["remote", "sink", "table"],
+        ["helmet", "bench"], ["dog", "couch"]]
+
+
+def test_a_subject_misread_before_lies_and_lists_opening_bare(extract):
+    """"An oven lies next to a bus": oven/JJ (surfboard/RB) hung on lies, lost; "A stop sign lies next to a bird":
+    sign/VB the root and lies/NNS its object, the label "lie". A list opening the caption with no article: "Candle,
+    truck and ski on a table" (candle/JJ), "Tennis racket, rug and tray" (tray a conj of rug/VB), "Fire hydrant,
+    bowl and traffic light" (light a conj of bowl, after traffic)."""
+    caps = ["An oven lies next to a bus.", "A surfboard lies next to an elephant.", "A stop sign lies next to a bird.",
+            "Candle, truck and ski on a table.", "Tennis racket, rug and tray on a table.",
+            "Fire hydrant, bowl and traffic light on a table.", "A cat lies on a bed."]
+    assert labels(extract, caps) == [
+        ["oven", "bus"], ["surfboard", "elephant"], ["stop sign", "bird"], ["candle", "truck", "ski", "table"],
+        ["tennis racket", "rug", "tray", "table"], ["fire hydrant", "bowl", "traffic light", "table"], ["cat", "bed"]]

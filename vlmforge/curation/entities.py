@@ -79,7 +79,8 @@ def _fixed_after(head, nxt) -> str | None:
 
 # Nouns in -ing that name a thing: "a dog painting" is a painting, not a dog that paints.
 NOT_GERUNDS = frozenset("painting drawing building ceiling clothing wedding icing frosting topping filling railing "
-                        "awning bedding".split())
+                        "awning bedding evening morning dressing pudding stuffing seasoning lighting flooring "
+                        "shelving packaging carving setting".split())
 
 
 def _counted(chunk, head) -> bool:
@@ -92,7 +93,7 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = None if _listed_verb(chunk, verbs) else _chunk_label(chunk, verbs)
+    got = None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) else _chunk_label(chunk, verbs)
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -101,6 +102,23 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
         return got
     second = "stand" if nxt.lower_ == "stands" else _object_singular(nxt.lower_)
     return f"{label} {second}", start, nxt.idx + len(nxt.text), plural or nxt.lower_ != second, nxt.i
+
+
+def _acting(t, verbs: frozenset[str]) -> bool:
+    """A verb in -ing the parser took for a noun with the noun before it as its compound, before a preposition
+    or at the end: "A helmet sitting on top of a book" (sitting/NN), "A lamp hanging from ..."; not a noun in
+    -ing (NOT_GERUNDS: "a kitchen ceiling") nor one whose stem is no verb ("a wedding ring")."""
+    word = t.lower_
+    if not word.endswith("ing") or t.tag_ != "NN" or word in NOT_GERUNDS or t.lower in _object_word_ids():
+        return False
+    before, doc = t.doc[t.i - 1], t.doc
+    if before.pos_ != "NOUN" or not (before.dep_ == "compound" and before.head.i == t.i
+                                     or before.dep_ == "conj" and before.head.head.i == t.i):
+        return False  # "A guitar and refrigerator sitting on ...": refrigerator a conj of guitar, guitar of sitting
+    if t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",") and doc[t.i + 1].lower_ != "next":
+        return False
+    stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
+    return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
 
 
 def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
@@ -123,6 +141,18 @@ def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
 # NNS) is a zebra doing two things, "The dog treats and toys" two things for dogs.
 ACTS = frozenset("""sleep run eat graze walk sit lie rest jump swim fly purr bark sniff stare yawn climb chew lick
     smile pose wander roam nap wag wait hide perch gaze""".split())
+
+
+def _act_after_subject(chunk) -> bool:
+    """A verb in -s of what things and animals do (ACTS) that the parser took for a plural noun alone, right
+    after its subject and before where: "A stop sign lies next to a bird" (sign/VB the root, lies/NNS its
+    object). Not a noun with a compound ("arm rests")."""
+    t = chunk.root
+    if len(chunk) != 1 or t.tag_ != "NNS" or t.i == 0 or t.i + 1 >= len(t.doc) or t.lower in _object_word_ids():
+        return False
+    word, doc = t.lower_, t.doc
+    return ((word[:-1] in ACTS or word[:-2] in ACTS and word.endswith("es")) and doc[t.i - 1].pos_ in ("NOUN", "VERB")
+            and (doc[t.i + 1].tag_ in ("IN", "RB", "RP", "TO")))
 
 
 def _acts_listed(t, conj, verbs: frozenset[str]) -> bool:
@@ -194,7 +224,11 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
         return None
     doc = head.doc
     last, verb = chunk.end - 1, -1  # verb: a verb in -s taken for the head (_verb_read_as_noun)
-    nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()]
+    # within the chunk: "A ski and two baskets" split (_split_chunks), ski no modifier of "two baskets"
+    nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()
+             and t.i >= chunk.start]
+    if not nouns and head.i > chunk.start and _acting(head, verbs):
+        nouns = [doc[head.i - 1]]  # "A helmet sitting on a chair": helmet no object word, sitting/NN its head
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
         # "A duck swimming": the verb taken for the head and the duck for its compound ("a surfboard
@@ -252,7 +286,8 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
         start_tok, words = before, [before.lower_, *words]
     label = " ".join(words)
     # A plural tag on a word with no plural form is the tagger's slip ("ELEPHANT"/NNPS, "An oven mitt"/NNS).
-    tagged = head.tag_ in ("NNS", "NNPS") and (word.endswith("s") or word != lemma or word in SAME_PLURAL)
+    tagged = (head.tag_ in ("NNS", "NNPS") and (word.endswith("s") or word != lemma or word in SAME_PLURAL)
+              or head.tag_ == "NNP" and head.i == 0 and word != lemma)  # "Lamps and chairs": _plural_lemma
     plural = (tagged and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
@@ -312,17 +347,19 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                 and doc[start - 1].pos_ in ("NOUN", "PROPN")):
             start += 1
             chunk = doc[start : chunk.end]
+        root = _head_of(chunk)  # "A banana and cell phone" (_ing_subject): its root "A", hung on the verb
         for t in chunk:
-            if (t.i + 1 >= chunk.root.i
-                    or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)):
+            if (t.i + 1 >= root.i
+                    or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)
+                    and not (t.i == 0 and t.pos_ == "PROPN")):  # "Jars and hair driers": Jars/NNP
                 continue
-            if t.dep_ == "nmod" and doc[t.i + 1].pos_ == "VERB":
+            if t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB":
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
-            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, chunk.root):
+            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, root):
                 rest = t.i + 1
-                while rest < chunk.root.i and doc[rest].lower_ in _LIST_WORDS:
+                while rest < root.i and doc[rest].lower_ in _LIST_WORDS:
                     rest += 1
             else:
                 continue
@@ -340,8 +377,8 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
 _LIST_WORDS = frozenset({",", "and", "or", "&"})
 # How the parser hangs a listed item on the last item's head: "a plate and dining table" (plate: nmod),
 # "a toilet and bath tub" (npadvmod), "a remote and baseball bat" (remote/JJ: amod), "There is a toothbrush and wine
-# glass here" (toothbrush: preconj of "a").
-_LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound", "preconj"})
+# glass here" (toothbrush: preconj of "a"), "A horse, two fire hydrants and a bench" (horse: dep).
+_LIST_DEPS = frozenset({"nmod", "conj", "npadvmod", "amod", "compound", "preconj", "dep"})
 
 
 def _object_adjective(t) -> bool:
@@ -364,6 +401,8 @@ def _listed_fruit(t, nouns: frozenset[str] = frozenset()) -> bool:
     if not fruit and (t.lower_ not in nouns or t.lower_ in _colour_words() or t.lower_ in MATERIALS):
         return False
     nxt = doc[t.i + 2]
+    if nxt.like_num:  # "A napkin and two remotes"
+        return True
     after = doc[nxt.i + 1] if nxt.i + 1 < len(doc) else None
     if after is not None and _fixed_after(nxt, after) is not None:
         return True
@@ -377,9 +416,12 @@ def _listed_apart(t, head) -> bool:
     or the word before the head names a substance, place or sport that `t` is not ("a lamp and coffee
     table", "a shirt and tennis shoes": a lamp names nothing a table is for). Else it shares the head: "a
     salt and pepper shaker", "a tea and coffee mug", "a soap and water dispenser" (SUBSTANCES)."""
-    if t.lower in _object_word_ids():
-        return True
+    if t.lower in _object_word_ids() or (head.head.i == head.i and head.lower_.endswith("ing")
+                                         and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()):
+        return True  # "A guitar and refrigerator sitting on a table" (sitting/NN the root): no thing shares a verb
     before = head.doc[head.i - 1]
+    if head.doc[t.i + 2].like_num or before.lower_ in _LIST_WORDS:
+        return True  # "A helmet and two bears": a count starts an item; "A guitar, blanket": nothing shared
     return before.i > t.i + 1 and (f"{before.lower_} {_singular(head)}" in _known_names()
                                    or before.lower_ in _not_objects() and t.lower_ not in _not_objects()
                                    and t.lower_ not in SUBSTANCES)
@@ -397,16 +439,24 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     and cake": cake, conj of hydrant/amod; "A dog runs and jumps": dog, the compound of a verb, _verb_subject)
     and the lists whose last word the parser took for an adjective or the like ("a toilet and bath tub":
     tub/JJ, _misread_list_head); also any other noun in no chunk after "and" that the parser made a conj of a
-    noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root). `nouns`: for _split_chunks."""
-    from spacy.symbols import ADJ, ADV, NOUN, VERB, attr, conj, dobj, npadvmod, nsubj, pobj
+    noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root), a root noun spaCy skips
+    (_root_past_chunk), list items hung on no noun (_listed_loose) and a noun the parser left unclassified
+    ("dep") on a word after it. `nouns`: for _split_chunks."""
+    from spacy.symbols import ADJ, ADV, NOUN, PROPN, VERB, amod, attr, conj, dep, dobj, npadvmod, nsubj, pobj
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
-        if pos == NOUN:
+        if pos == NOUN or pos == PROPN and t.is_lower:  # "A fire hydrant and frisbee": frisbee/NNP
             if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t))
-                    or t.dep == conj and t.head.pos == NOUN and t.i > 1 and doc[t.i - 1].lower_ in _LIST_WORDS):
+                    or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
+                    and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
+                    or t.head.i == t.i and _root_past_chunk(t)
+                    or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
+                    # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
+                    or t.dep == dep and t.head.i > t.i
+                    or t.head.tag_ == "VBG" and _ing_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and _misread_list_head(t, nouns)):
@@ -415,21 +465,62 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     chunks = list(_split_chunks(chunks, nouns))
     if loose:
         held = {t.i for c in chunks for t in c}
-        loose = [doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held]
+        # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
+        loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _root_past_chunk(t) -> bool:
+    """A noun at the root whose left edge reaches back past another noun, as when the parser hangs what comes
+    before a list's last item on it ("A close up of a toilet and a baseball glove": close an amod of glove,
+    toilet in its subtree). spaCy makes no chunk of a word whose left edge lies in an earlier chunk. Not a verb
+    in -ing taken for a noun ("A plate and a helmet sitting on ...": sitting/NN)."""
+    if not any(c.n_rights for c in t.lefts):  # most roots: "A dog on a table", nothing hung right of "A"
+        return False
+    if t.lower_.endswith("ing") and t.lower_ not in NOT_GERUNDS and t.lower not in _object_word_ids():
+        return False
+    return any(c.right_edge.i > c.i and c.dep_ not in _MODIFIER_DEPS or c.dep_ == "amod" and c.right_edge.i > c.i + 1
+               for c in t.lefts)
+
+
+def _listed_loose(t) -> bool:
+    """A noun in a list that the parser hung on no noun, as an adverbial ("A close up of a jar and a shelf":
+    shelf an npadvmod of close, after "and") or an adjective of a word it took for no noun ("A napkin, bird and
+    fire hydrant": napkin an amod of hydrant/RB, before a comma)."""
+    doc = t.doc
+    if t.dep_ == "amod":
+        return t.i + 1 < len(doc) and doc[t.i + 1].lower_ in _LIST_WORDS
+    start = t.left_edge.i
+    return start > 0 and doc[start - 1].lower_ in _LIST_WORDS
+
+
+def _ing_subject(t) -> bool:
+    """A noun the parser hung on the caption's root, a verb in -ing after it, as a modifier: its subject ("A
+    bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
+    banana and cell phone sitting on a table": banana an nmod), in no noun chunk."""
+    verb = t.head
+    return verb.i > t.i and verb.head.i == verb.i and t.dep_ in ("compound", "amod", "nmod", "npadvmod")
 
 
 def _verb_subject(t) -> bool:
     """A noun the parser made a compound of a finite verb: the verb's subject ("A dog runs and jumps": dog,
-    a compound of runs/VBZ, in no noun chunk)."""
-    return t.head.pos_ == "VERB" and t.head.tag_ in ("VBZ", "VBP", "VBD") and t.head.i > t.i
+    a compound of runs/VBZ, in no noun chunk), or of a verb in -ing at the root ("A cell phone sitting on top of
+    a cow": phone a compound of sitting/VBG; "A cake and a cell phone sitting on ...": sitting a conj of cake)."""
+    verb = t.head
+    return (verb.pos_ == "VERB" and verb.i > t.i
+            and (verb.tag_ in ("VBZ", "VBP", "VBD") or verb.tag_ == "VBG" and verb.dep_ in ("ROOT", "conj")))
 
 
 def _phrase_start(t) -> int:
     """Where a loose noun's phrase starts: at its left edge, or for a verb's subject (_verb_subject) at the
     article and adjectives before it, which the parser hung on the verb too ("A brown dog runs")."""
+    if t.head.i == t.i:  # a root past a chunk (_root_past_chunk): its own article and modifiers next to it
+        start = t.i
+        while start > 0 and t.doc[start - 1].head.i == t.i and t.doc[start - 1].dep_ in _MODIFIER_DEPS:
+            start -= 1
+        return start
     start = t.left_edge.i
-    if t.dep_ == "compound":
+    if t.dep_ == "compound" or t.head.tag_ == "VBG" and t.dep_ in ("amod", "nmod", "npadvmod"):
         doc = t.doc
         while start > 0 and doc[start - 1].head.i == t.head.i and doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
@@ -458,7 +549,7 @@ def _misread_list_head(t, nouns: frozenset[str] = frozenset()) -> bool:
     return (any(((c.dep == nmod or c.dep == npadvmod) and (c.pos == NOUN or c.pos == PROPN)
                  or c.dep == amod and (_object_adjective(c) or _listed_fruit(c, nouns)))
                 and c.doc[c.i + 1].lower_ in _LIST_WORDS for c in t.lefts)
-            and t.is_alpha and t.lower_ not in _colour_words())
+            and t.is_alpha and t.lower_ not in _colour_words() and t.tag_ != "VBG")  # "A chair and cell phone sitting"
 
 
 @lru_cache(maxsize=1)
@@ -523,7 +614,7 @@ def _object_singular(word: str) -> str:
     return next((w for w in (word[:-1], word[:-2]) if w in _object_names()), word)
 
 
-def _misread_noun(tok) -> bool:
+def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     """An object word the small parser took for an adjective, verb or the like ("An oven and a microwave":
     oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
     number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
@@ -533,9 +624,11 @@ def _misread_noun(tok) -> bool:
     _listed_with_object) or after any noun (_listed_after_noun: "A boat and fork"), or when it starts the
     caption with no object of its own ("Train on the tracks": train/VB, "Boy eating a donut": boy/UH), or
     when the word before makes a known name with it ("There is a fire hydrant and ...": hydrant/JJ).
-    Another word only where it ends a list (_misread_list_end)."""
+    Another word only where it ends a list (_misread_list_end) or, known as a noun only (`nouns`), opens one
+    (_misread_list_start); an object word too where it opens the caption (_misread_opening)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
-        return _misread_list_end(tok)
+        return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
+                or tok.i == 0 and _bare_opening(tok, nouns))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
@@ -544,7 +637,52 @@ def _misread_noun(tok) -> bool:
                                         or _listed_with_object(tok)))
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
-            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights)))
+            or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
+            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok))  # "A remote and sink sitting"
+
+
+def _misread_opening(tok) -> bool:
+    """An object word after the caption's article and adjectives, before a preposition: the thing the caption
+    is about, whatever the parser took it for ("An oven next to two zebras": oven/JJ an amod of next; "A white
+    oven with a black ...": oven/VBN the root; "An oven resting on ...", "An oven lies next to ...": before a
+    verb). Not before a noun ("An orange cat") or "and"."""
+    doc = tok.doc
+    if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
+        return False
+    nxt = doc[tok.i + 1]
+    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near"))
+            and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
+
+
+# Where a thing is, after a bare noun that opens a caption ("Towel on a table"), and verbs one may open a caption
+# with that are nouns too ("Walk in the park", "Look at ...": no thing).
+PLACE_PREPS = frozenset("on in next near by under beside behind above inside atop against".split())
+OPENING_VERBS = frozenset("look see check watch view come go get take stand wait stop turn keep".split())
+
+
+def _bare_opening(tok, nouns: frozenset[str]) -> bool:
+    """A word known as a noun only (`nouns`) that opens the caption with no article, which the parser took for
+    a verb or the like, before where it is: "Towel on a table" (towel/VB), "Tray next to a bucket". Not an
+    object word (_misread_noun has its own rule for them), nor a verb one opens a caption with (OPENING_VERBS),
+    nor what does something (ACTS: "Sleep in ...")."""
+    doc = tok.doc
+    if tok.is_stop or len(doc) < 3 or tok.pos_ in ("NOUN", "PROPN", "PRON") or doc[1].lower_ not in PLACE_PREPS:
+        return False  # a stop word first: most captions ("A ...", "The ...", "There ...")
+    word = tok.lower_
+    return (word in nouns and word not in OPENING_VERBS and word not in ACTS and tok.is_alpha
+            and all(c.dep_ in ("prep", "punct", "advmod") for c in tok.children))
+
+
+def _misread_list_start(tok, nouns: frozenset[str]) -> bool:
+    """A word known as a noun only (`nouns`) that the parser tagged as an adjective or a verb, with its own
+    article or opening the caption, a list of nouns joined to it: "A napkin, ladder and fork" (napkin/JJ, the
+    root), "A lantern, banana and jar", "Candle, truck and ski on a table"."""
+    doc = tok.doc
+    return (tok.tag_ in ("JJ", "VB", "VBP") and tok.i + 2 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
+            and tok.lower_ in nouns and tok.lower_ not in _colour_words() and tok.lower_ not in MATERIALS
+            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts))
+            and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids())
+                    for c in tok.rights))
 
 
 def _listed_after_noun(tok) -> bool:
@@ -570,21 +708,28 @@ def _listed_with_object(tok) -> bool:
             and (before.pos_ in ("NOUN", "PROPN") or before.lower in _object_word_ids()))
 
 
-def _misread_list_end(tok) -> bool:
+def _misread_list_end(tok, nouns: frozenset[str] = frozenset()) -> bool:
     """Any word after "and" that ends a list of nouns, which the parser tagged as a verb's base form or an
     adjective: "A toilet and shower in a bathroom" (shower/VB), "A banana and mirror" (mirror/VBP), "A
     teddy bear and doll" (doll/VB), "There is a remote and towel here" (towel/VB, a conj of remote/JJ), "There
     is a lamp and towel here" (towel a conj of "is", _listed_with_object). A word with a verb's or an
     adjective's own dependents is none, nor one before a noun or the like that it makes no known name with
-    ("a stop sign": a name, _misread_entity)."""
+    ("a stop sign": a name, _misread_entity). A word known as a noun only (`nouns`) also after a comma, inside
+    the list: "A vase, tray, and toilet" (tray/JJ)."""
     doc = tok.doc
-    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") or doc[tok.i - 1].lower_ not in ("and", "or"):
+    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ"):
         return False
-    head = tok.head
-    return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok))
+    if doc[tok.i - 1].lower_ not in ("and", "or") and not (
+            doc[tok.i - 1].text == "," and tok.i + 1 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
+            and tok.lower_ in nouns):
+        return False
+    head = tok.head  # "Tennis racket, rug and tray": tray a conj of rug/VB, itself a list item misread
+    return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok)
+             or head.dep == _conj_id() and head.head.pos_ in ("NOUN", "PROPN") and _misread_list_end(head, nouns))
             and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
             and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or doc[tok.i + 1].tag_ == "VBG"  # "A stop sign and pillow sitting on a table"
                  or _fixed_after(tok, doc[tok.i + 1]) is not None))
 
 
@@ -621,7 +766,7 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
         name_start = doc[tok.i - 1]
         label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
-    first = min([name_start.i] + [t.left_edge.i for t in mods])
+    first = 0 if _misread_opening(tok) else min([name_start.i] + [t.left_edge.i for t in mods])  # "An oven next to"
     plural = plural or _counted(doc[first : tok.i + 1], tok)
     return label, name_start.idx, last.idx + len(last.text), plural, first, last.i
 
@@ -762,6 +907,7 @@ class SpacyEntityExtractor:
         self._verbs: frozenset[str] = frozenset()
         self._nouns: frozenset[str] = frozenset()
         self._blas = None
+        self._noun_tables: tuple | None = None  # the rule lemmatizer's noun index, exceptions, rules
 
     def setup(self) -> None:
         if self._nlp is None:
@@ -779,6 +925,26 @@ class SpacyEntityExtractor:
                     self._parser = GreedyParser.for_pipeline(self._nlp)
             self._verbs = _known_verbs(self._nlp)
             self._nouns = _known_nouns_only(self._nlp)
+            lemmatizer = self._nlp.get_pipe("lemmatizer") if "lemmatizer" in self._nlp.pipe_names else None
+            if getattr(lemmatizer, "mode", "") == "rule":
+                tables = lemmatizer.lookups
+                self._noun_tables = (frozenset(tables.get_table("lemma_index").get("noun", ())),
+                                     tables.get_table("lemma_exc").get("noun", {}),
+                                     tables.get_table("lemma_rules").get("noun", []))
+
+    def _plural_lemma(self, tok) -> None:
+        """A plural the tagger took for a name for opening the caption capitalised ("Lamps and chairs":
+        Lamps/NNPS or NNP, its lemma "Lamps") gets a noun's lemma ("lamp") where the pipeline knows that noun
+        ("Jones" stays)."""
+        word = tok.lower_
+        if not tok.is_title or not tok.is_alpha or not word.endswith("s"):
+            return
+        index, exc, rules = self._noun_tables
+        forms = exc.get(word, ()) or [word[: len(word) - len(old)] + new for old, new in rules if word.endswith(old)]
+        for form in forms:
+            if form != word and form in index:  # the rule lemmatizer's way, for a noun
+                tok.lemma_ = form
+                return
 
     def _docs(self, captions: Iterable[str]):
         if self._memo is None:
@@ -799,6 +965,8 @@ class SpacyEntityExtractor:
         out = []
         for doc in self._docs(captions):
             ents, seen, taken = [], set(), -1
+            if doc[0].tag_ in ("NNPS", "NNP") and self._noun_tables is not None:
+                self._plural_lemma(doc[0])
             for chunk in _noun_phrases(doc, self._nouns):
                 if _head_of(chunk).i <= taken:  # the second word of a fixed compound found before
                     continue
@@ -812,7 +980,7 @@ class SpacyEntityExtractor:
                 taken = last
                 first = chunk.start - 1 if start < doc[chunk.start].idx else chunk.start  # "cutting" + "board"
                 ents.append(Entity(doc[first : last + 1].text, label, start, end, plural))
-            misread = [t for t in doc if _misread_noun(t)]
+            misread = [t for t in doc if _misread_noun(t, self._nouns)]
             if misread:
                 held = {t.i for chunk in doc.noun_chunks for t in chunk}
                 held |= {t.i for t in misread if any(e.start <= t.idx < e.end for e in ents)}
@@ -824,6 +992,8 @@ class SpacyEntityExtractor:
                     held.update(range(first, last + 1))
                     if (label, start) not in seen:
                         seen.add((label, start))
+                        # "A suitcase, orange and hot dog": hot/JJ misread, "dog" a chunk of its own inside the name
+                        ents = [e for e in ents if not start < e.start < end]
                         ents.append(Entity(doc[first : last + 1].text, label, start, end, plural))
                 ents.sort(key=lambda e: e.start)
             if any(e.label in ANIMAL_KIN for e in ents):
@@ -833,11 +1003,11 @@ class SpacyEntityExtractor:
 
     def __getstate__(self):
         return {"model": self.model, "_nlp": None, "_memo": None, "_parser": None, "_verbs": frozenset(),
-                "_nouns": frozenset(), "_blas": None}
+                "_nouns": frozenset(), "_blas": None, "_noun_tables": None}
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 11  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -856,7 +1026,14 @@ EXTRACTOR_VERSION = 11  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # read as nouns ("The zebra drinks and sleeps"), a noun-only word read as an adjective before a name ("A lantern and
 # tennis racket"), list items as preconj ("There is a toothbrush and wine glass here") or joined to a misread name ("A
 # fire hydrant and kettle"), a misread name once ("A traffic light and stop sign"), list items sharing a head they make
-# a name with ("A coffee and end table": coffee table), "coffee table"
+# a name with ("A coffee and end table": coffee table), "coffee table"; 12 (a sweep of generated caption shapes): a root
+# noun spaCy skips ("A close up of a toilet and a baseball glove"), "a helmet sitting on", a count after "and" ("A
+# helmet and two bears"), list items tagged as no noun or hung on no noun ("A napkin, ladder and fork", "A guitar,
+# blanket, and hat", "A street with a bench, two ..."), a thing misread where it opens the caption ("An oven next to",
+# "Towel on a table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its
+# own, things hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a
+# table"), a subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare
+# ("Candle, truck and ski on a table")
 
 
 class EntityCache:
