@@ -1093,7 +1093,7 @@ def default_entity_cache(model: str) -> Path:
 
 
 # Below this many captions to parse, more processes cost more than they save: each takes ~5 s to start
-# (imports, pipeline load) and one process parses 1,200-2,000 captions a second here (curation/parsing.py).
+# (imports, pipeline load) and one process parses 1,700-2,300 captions a second here (curation/parsing.py).
 PARALLEL_MIN = 20_000
 
 
