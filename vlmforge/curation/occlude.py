@@ -73,12 +73,16 @@ def block_centres(mask: MaskCrop | np.ndarray, stride: int, rng: np.random.Gener
     n = len(ys)
     if n == 0:
         return ys, xs
-    first = int(rng.integers(0, stride + 1))
-    # Enough skips to walk past the last point even if every draw were the smallest (1).
-    skips = rng.integers(1, stride + 1, size=n // 2 + 1)
+    first, skips = _countdown(n, stride, rng)
     picked = first + np.concatenate(([0], np.cumsum(skips + 1)))
     picked = picked[picked < n]
     return mask.y0 + ry + ys[picked] * stride, mask.x0 + rx + xs[picked] * stride
+
+
+def _countdown(n: int, stride: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """The countdown's draws for `n` grid points: the first skip, then enough later ones to walk past
+    the last point even if every draw were the smallest (1)."""
+    return int(rng.integers(0, stride + 1)), rng.integers(1, stride + 1, size=n // 2 + 1)
 
 
 def block_region(mask: MaskCrop | np.ndarray, box: list[float], rng: np.random.Generator) -> MaskCrop:
@@ -97,10 +101,9 @@ def block_region(mask: MaskCrop | np.ndarray, box: list[float], rng: np.random.G
         n = int(np.count_nonzero(mask.pixels[ry::stride, rx::stride]))
         if n == 0:
             return MaskCrop.empty((h, w))
-        first = int(rng.integers(0, stride + 1))
-        skips = rng.integers(1, stride + 1, size=n // 2 + 1)
+        first, skips = _countdown(n, stride, rng)
         y0, x0, y1, x1, region = kernels.block_squares(np.ascontiguousarray(mask.pixels).view(np.uint8), mask.y0,
-                                                       mask.x0, h, w, stride, patch, first, skips.astype(np.int64))
+                                                       mask.x0, h, w, stride, patch, first, skips)
         if y1 == 0:
             return MaskCrop.empty((h, w))
         return MaskCrop((h, w), y0, x0, np.frombuffer(region, np.uint8).reshape(y1 - y0, x1 - x0).view(bool))
