@@ -744,3 +744,35 @@ def test_a_subject_misread_before_lies_and_lists_opening_bare(extract):
     assert labels(extract, caps) == [
         ["oven", "bus"], ["surfboard", "elephant"], ["stop sign", "bird"], ["candle", "truck", "ski", "table"],
         ["tennis racket", "rug", "tray", "table"], ["fire hydrant", "bowl", "traffic light", "table"], ["cat", "bed"]]
+
+
+def test_close_up_and_side_by_side_are_no_things(extract):
+    """"A close-up of a donut": close-up is three words (close, -, up/NN), the label was "up". "A hat side by
+    side": the first "side" the head of the chunk with hat its compound (a scene word: the hat was lost), "a
+    napkin side" (napkin/JJ) too; "a fire" + "hydrant side by side" makes the fire hydrant once."""
+    caps = ["A close-up of a donut with sprinkles.", "A close-up of a bus.",
+            "A baseball glove and a hat side by side.", "A car and a traffic light side by side.",
+            "A motorcycle and a fire hydrant side by side.", "A trophy and a napkin side by side.",
+            "Two giraffes standing side by side."]
+    assert labels(extract, caps) == [
+        ["donut", "sprinkle"], ["bus"], ["baseball glove", "hat"], ["car", "traffic light"],
+        ["motorcycle", "fire hydrant"], ["trophy", "napkin"], ["giraffe"]]
+
+
+def test_things_misread_before_a_scene_word_or_a_verb(extract):
+    """"A remote set on a bench": remote/JJ an adjective of set/NN (a scene word: "a set of"), both lost. "Two
+    pillows sitting side by side": pillows/VBZ the root, counted by "Two"; "Many kites in the sky": kites/VBZ
+    with "Many" its adjective. "A helmet sitting alone on ...": sitting/NN with helmet its compound."""
+    caps = ["A remote set on a bench.", "Two pillows sitting side by side.", "Many kites in the sky.",
+            "A helmet sitting alone on a parking meter."]
+    got = extract(caps)
+    assert [[e.label for e in ents] for ents in got] == [
+        ["remote", "bench"], ["pillow"], ["kite", "sky"], ["helmet", "parking meter"]]
+    assert got[1][0].plural and got[2][0].plural
+
+
+def test_a_list_with_commas_only(extract):
+    """"A keyboard, sports ball, hat": keyboard an nmod of hat past the commas, which spaCy makes no chunk of."""
+    caps = ["A keyboard, sports ball, hat.", "A bottle, carrot, book.", "A bicycle, tv, giraffe."]
+    assert labels(extract, caps) == [["keyboard", "sports ball", "hat"], ["bottle", "carrot", "book"],
+                                     ["bicycle", "tv", "giraffe"]]

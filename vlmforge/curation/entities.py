@@ -25,7 +25,7 @@ SCENE_WORDS = frozenset(
     foreground scene shot close closeup close-up area lot couple group bunch pair day night time way kind type
     sort piece part edge corner distance left right one other something someone thing things many few some
     several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
-    collection selection array batch cluster family""".split()
+    collection selection array batch cluster family up""".split()  # up: "A close-up of a donut" (close, -, up/NN)
 )
 # Collective words that, without "of ..." after them, name people: "A couple on a bench" is two persons.
 PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
@@ -115,7 +115,8 @@ def _acting(t, verbs: frozenset[str]) -> bool:
     if before.pos_ != "NOUN" or not (before.dep_ == "compound" and before.head.i == t.i
                                      or before.dep_ == "conj" and before.head.head.i == t.i):
         return False  # "A guitar and refrigerator sitting on ...": refrigerator a conj of guitar, guitar of sitting
-    if t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",") and doc[t.i + 1].lower_ != "next":
+    if (t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",")
+            and doc[t.i + 1].lower_ not in ("next", "alone")):  # "A helmet sitting alone on ..." (alone/JJ)
         return False
     stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
     return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
@@ -235,8 +236,12 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
         # walking": for its adjective)
         head = nouns[-1]
         last = head.i
-    elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
-        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
+    elif (nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS
+          and (nouns[-1].dep_ == "compound" or _object_adjective(nouns[-1]))):
+        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ
+        last = head.i
+    elif _side_by_side(head):
+        head = doc[head.i - 1]  # "A hat side by side" (hat a compound of the first "side"): the hat
         last = head.i
     elif nouns and _verb_read_as_noun(head, verbs):
         verb, head = head.i, nouns[-1]  # "A dog drinks and looks": the dog; "A bus stops and ...": no bus stop
@@ -290,6 +295,17 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
               or head.tag_ == "NNP" and head.i == 0 and word != lemma)  # "Lamps and chairs": _plural_lemma
     plural = (tagged and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
+
+
+def _side_by_side(head) -> bool:
+    """The first "side" of "side by side" made the head of the noun before it, which the parser took for its
+    compound or adjective: "A baseball glove and a hat side by side", "... and a traffic light side by side".
+    (That noun may end a name found before: "a fire" + "hydrant side", which _extract then skips.)"""
+    doc = head.doc
+    return (head.lower_ == "side" and head.i > 0 and head.i + 2 < len(doc) and doc[head.i + 1].lower_ == "by"
+            and doc[head.i + 2].lower_ == "side" and doc[head.i - 1].head.i == head.i
+            and (doc[head.i - 1].pos_ in ("NOUN", "PROPN")  # "... and a napkin side by side": napkin/JJ
+                 or doc[head.i - 1].pos_ == "ADJ" and doc[head.i - 1].lower_ not in _colour_words()))
 
 
 # Materials the parser takes for compounds: "a glass vase" is a vase (and not a thing of a wine glass).
@@ -442,7 +458,7 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root), a root noun spaCy skips
     (_root_past_chunk), list items hung on no noun (_listed_loose) and a noun the parser left unclassified
     ("dep") on a word after it. `nouns`: for _split_chunks."""
-    from spacy.symbols import ADJ, ADV, NOUN, PROPN, VERB, amod, attr, conj, dep, dobj, npadvmod, nsubj, pobj
+    from spacy.symbols import ADJ, ADV, NOUN, PROPN, VERB, amod, attr, conj, dep, dobj, nmod, npadvmod, nsubj, pobj
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
@@ -456,6 +472,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
+                    # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
+                    or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
                     or t.head.tag_ == "VBG" and _ing_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
@@ -628,10 +646,10 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     (_misread_list_start); an object word too where it opens the caption (_misread_opening)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
-                or tok.i == 0 and _bare_opening(tok, nouns))
+                or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
-    return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
+    return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
                                         or _listed_with_object(tok)))
@@ -639,6 +657,22 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
             or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok))  # "A remote and sink sitting"
+
+
+# Words that count a plural before it as numbers do: "Many kites in ..." (kites/VBZ, many its amod).
+COUNT_WORDS = frozenset("many several numerous multiple".split())
+
+
+def _counted_verb(tok, nouns: frozenset[str]) -> bool:
+    """A plural known as a noun only (`nouns`: its singular) that the parser took for a verb in -s at the
+    caption's root, counted by the number or count word opening it: "Two pillows sitting side by side"
+    (pillows/VBZ, Two its nummod). An object word has _misread_noun's own rule."""
+    if tok.tag_ != "VBZ" or tok.head.i != tok.i or not tok.is_alpha:
+        return False
+    first = tok.doc[0]
+    word = tok.lower_
+    return ((first.like_num or first.lower_ in COUNT_WORDS) and first.head.i == tok.i
+            and (word[:-1] in nouns or word.endswith("es") and word[:-2] in nouns))
 
 
 def _misread_opening(tok) -> bool:
@@ -756,6 +790,8 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     before it ("a hot dog and fire hydrant": hydrant/RB), its phrase from its article and adjectives on."""
     doc, word = tok.doc, tok.lower_
     label = IRREGULAR.get(word) or _object_singular(word)
+    if label == word and tok.tag_ == "VBZ":  # "Two pillows sitting ...": the verb's lemma is the noun's singular
+        label = tok.lemma_.lower()
     plural = label != word
     name_start, last = tok, tok
     nxt = doc[tok.i + 1] if tok.i + 1 < len(doc) else None
@@ -974,7 +1010,7 @@ class SpacyEntityExtractor:
                 if got is None:
                     continue
                 label, start, end, plural, last = got
-                if (label, start) in seen:
+                if (label, start) in seen or last <= taken:  # "a fire" + "hydrant side by side": hydrant taken
                     continue
                 seen.add((label, start))
                 taken = last
@@ -1007,7 +1043,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -1033,7 +1069,9 @@ EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # "Towel on a table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its
 # own, things hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a
 # table"), a subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare
-# ("Candle, truck and ski on a table")
+# ("Candle, truck and ski on a table"); 13 (a sweep of COCO-style shapes): "close-up" no thing, "side by side" after a
+# thing, an object adjective before a scene word ("A remote set on"), plurals counted at the root read as verbs ("Two
+# pillows sitting"), lists with commas only ("A keyboard, sports ball, hat"), "sitting alone"
 
 
 class EntityCache:
