@@ -776,3 +776,19 @@ def test_a_list_with_commas_only(extract):
     caps = ["A keyboard, sports ball, hat.", "A bottle, carrot, book.", "A bicycle, tv, giraffe."]
     assert labels(extract, caps) == [["keyboard", "sports ball", "hat"], ["bottle", "carrot", "book"],
                                      ["bicycle", "tv", "giraffe"]]
+
+
+def test_things_hung_on_a_misread_verb_or_adjective(extract):
+    """"Two people holding stop signs": stop/VB with people its subject, signs the root, in no chunk. "A cow
+    sitting on a napkin looking at the camera": napkin an amod of looking, the preposition's object. "A brown and
+    white donut": donut/RB. "An oven placed next to ...", "An oven topped with ...": oven/JJ before a participle
+    (not "A remote controlled car"). "... and the fire hydrant.", "Fire hydrant sitting on car": hydrant/NN an
+    advmod."""
+    caps = ["Two people holding stop signs.", "A cow sitting on a napkin looking at the camera.",
+            "A boy sitting on a surfboard looking at the camera.", "A brown and white donut next to a wine glass.",
+            "An oven placed next to a wine glass.", "An oven topped with helmets.", "A remote controlled car.",
+            "The potted plant is next to the banana and the fire hydrant.", "Fire hydrant sitting on car."]
+    assert labels(extract, caps) == [
+        ["person", "stop sign"], ["cow", "napkin", "camera"], ["boy", "surfboard", "camera"], ["donut", "wine glass"],
+        ["oven", "wine glass"], ["oven", "helmet"], ["car"], ["potted plant", "banana", "fire hydrant"],
+        ["fire hydrant", "car"]]

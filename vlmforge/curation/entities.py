@@ -458,14 +458,16 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root), a root noun spaCy skips
     (_root_past_chunk), list items hung on no noun (_listed_loose) and a noun the parser left unclassified
     ("dep") on a word after it. `nouns`: for _split_chunks."""
-    from spacy.symbols import ADJ, ADV, NOUN, PROPN, VERB, amod, attr, conj, dep, dobj, nmod, npadvmod, nsubj, pobj
+    from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, advmod, amod, attr, conj, dep, dobj, nmod, npadvmod, nsubj,
+                               pobj)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
         if pos == NOUN or pos == PROPN and t.is_lower:  # "A fire hydrant and frisbee": frisbee/NNP
-            if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t))
+            if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)
+                                    or t.dep == advmod)  # "... and the fire hydrant.": hydrant/NN an advmod of is
                     or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
                     and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
                     or t.head.i == t.i and _root_past_chunk(t)
@@ -492,13 +494,14 @@ def _root_past_chunk(t) -> bool:
     """A noun at the root whose left edge reaches back past another noun, as when the parser hangs what comes
     before a list's last item on it ("A close up of a toilet and a baseball glove": close an amod of glove,
     toilet in its subtree). spaCy makes no chunk of a word whose left edge lies in an earlier chunk. Not a verb
-    in -ing taken for a noun ("A plate and a helmet sitting on ...": sitting/NN)."""
-    if not any(c.n_rights for c in t.lefts):  # most roots: "A dog on a table", nothing hung right of "A"
+    in -ing taken for a noun ("A plate and a helmet sitting on ...": sitting/NN). Or a compound the parser took for
+    a verb with the words before it its subject ("Two people holding stop signs": stop/VB with people its nsubj)."""
+    if not any(c.n_rights or c.n_lefts and c.dep_ == "compound" for c in t.lefts):  # most roots: "A dog on a table"
         return False
     if t.lower_.endswith("ing") and t.lower_ not in NOT_GERUNDS and t.lower not in _object_word_ids():
         return False
     return any(c.right_edge.i > c.i and c.dep_ not in _MODIFIER_DEPS or c.dep_ == "amod" and c.right_edge.i > c.i + 1
-               for c in t.lefts)
+               or c.dep_ == "compound" and any(g.dep_ == "nsubj" for g in c.lefts) for c in t.lefts)
 
 
 def _listed_loose(t) -> bool:
@@ -515,9 +518,11 @@ def _listed_loose(t) -> bool:
 def _ing_subject(t) -> bool:
     """A noun the parser hung on the caption's root, a verb in -ing after it, as a modifier: its subject ("A
     bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
-    banana and cell phone sitting on a table": banana an nmod), in no noun chunk."""
+    banana and cell phone sitting on a table": banana an nmod), in no noun chunk; or on one taken for a
+    preposition's object ("A cow sitting on a napkin looking at the camera": napkin an amod of looking/pobj)."""
     verb = t.head
-    return verb.i > t.i and verb.head.i == verb.i and t.dep_ in ("compound", "amod", "nmod", "npadvmod")
+    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp"))
+            and t.dep_ in ("compound", "amod", "nmod", "npadvmod"))
 
 
 def _verb_subject(t) -> bool:
@@ -656,7 +661,8 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
-            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok))  # "A remote and sink sitting"
+            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
+            or _after_adjectives(tok))
 
 
 # Words that count a plural before it as numbers do: "Many kites in ..." (kites/VBZ, many its amod).
@@ -684,8 +690,22 @@ def _misread_opening(tok) -> bool:
     if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
         return False
     nxt = doc[tok.i + 1]
-    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near"))
+    # "An oven placed next to ...", "An oven topped with ...": not "An orange colored cat", "A remote controlled car"
+    participle = (nxt.tag_ == "VBN" and tok.lower_ not in _colour_words()
+                  and (tok.i + 2 == len(doc) or doc[tok.i + 2].pos_ not in ("NOUN", "PROPN", "ADJ")))
+    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle)
             and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
+
+
+def _after_adjectives(tok) -> bool:
+    """An object word right after an adjective that is no object word, with no noun after it that it could
+    describe: "A brown and white donut next to ..." (donut/RB, the object of brown/ROOT), "A big red oven with
+    ...". Not a colour ("a light orange shirt")."""
+    doc = tok.doc
+    if tok.i == 0 or doc[tok.i - 1].tag_ != "JJ" or doc[tok.i - 1].lower in _object_word_ids():
+        return False
+    return (tok.is_lower and tok.lower_ not in _colour_words()
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "ADJ", "NUM")))
 
 
 # Where a thing is, after a bare noun that opens a caption ("Towel on a table"), and verbs one may open a caption
@@ -1071,7 +1091,10 @@ EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # table"), a subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare
 # ("Candle, truck and ski on a table"); 13 (a sweep of COCO-style shapes): "close-up" no thing, "side by side" after a
 # thing, an object adjective before a scene word ("A remote set on"), plurals counted at the root read as verbs ("Two
-# pillows sitting"), lists with commas only ("A keyboard, sports ball, hat"), "sitting alone"
+# pillows sitting"), lists with commas only ("A keyboard, sports ball, hat"), "sitting alone", a root noun after a
+# compound read as a verb ("Two people holding stop signs"), things hung on a verb in -ing after a preposition ("on a
+# napkin looking at"), misread after adjectives ("A brown and white donut") or before a participle ("An oven placed
+# next to"), object words as advmod ("... and the fire hydrant")
 
 
 class EntityCache:
