@@ -792,3 +792,13 @@ def test_things_hung_on_a_misread_verb_or_adjective(extract):
         ["person", "stop sign"], ["cow", "napkin", "camera"], ["boy", "surfboard", "camera"], ["donut", "wine glass"],
         ["oven", "wine glass"], ["oven", "helmet"], ["car"], ["potted plant", "banana", "fire hydrant"],
         ["fire hydrant", "car"]]
+
+
+def test_a_material_before_a_name_in_a_participle_and_bare_things_with(extract):
+    """"A metal potted plant": metal an nmod before potted/VBN, split off as a thing of its own ("metal") as in "a
+    couch playing video games". "Candle with lamp": candle/VB opening the caption bare, lost; "Play with the dog"
+    opens with a verb."""
+    caps = ["A metal potted plant.", "A wooden dog and a metal potted plant.", "Candle with lamp.",
+            "Rug with toaster.", "Play with the dog.", "A couch playing video games."]
+    assert labels(extract, caps) == [["potted plant"], ["dog", "potted plant"], ["candle", "lamp"],
+                                     ["rug", "toaster"], ["dog"], ["couch", "video game"]]

@@ -369,7 +369,8 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                     or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)
                     and not (t.i == 0 and t.pos_ == "PROPN")):  # "Jars and hair driers": Jars/NNP
                 continue
-            if t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB":
+            if (t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB"
+                    and _fixed_after(doc[t.i + 1], doc[t.i + 2]) is None):  # "a metal potted plant": one thing
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
@@ -711,7 +712,8 @@ def _after_adjectives(tok) -> bool:
 # Where a thing is, after a bare noun that opens a caption ("Towel on a table"), and verbs one may open a caption
 # with that are nouns too ("Walk in the park", "Look at ...": no thing).
 PLACE_PREPS = frozenset("on in next near by under beside behind above inside atop against".split())
-OPENING_VERBS = frozenset("look see check watch view come go get take stand wait stop turn keep".split())
+OPENING_VERBS = frozenset("look see check watch view come go get take stand wait stop turn keep play work ride talk "
+                          "dance cook".split())
 
 
 def _bare_opening(tok, nouns: frozenset[str]) -> bool:
@@ -720,7 +722,8 @@ def _bare_opening(tok, nouns: frozenset[str]) -> bool:
     object word (_misread_noun has its own rule for them), nor a verb one opens a caption with (OPENING_VERBS),
     nor what does something (ACTS: "Sleep in ...")."""
     doc = tok.doc
-    if tok.is_stop or len(doc) < 3 or tok.pos_ in ("NOUN", "PROPN", "PRON") or doc[1].lower_ not in PLACE_PREPS:
+    if (tok.is_stop or len(doc) < 3 or tok.pos_ in ("NOUN", "PROPN", "PRON")
+            or doc[1].lower_ not in PLACE_PREPS and doc[1].lower_ != "with"):  # "Candle with lamp" (candle/VB)
         return False  # a stop word first: most captions ("A ...", "The ...", "There ...")
     word = tok.lower_
     return (word in nouns and word not in OPENING_VERBS and word not in ACTS and tok.is_alpha
@@ -1094,7 +1097,8 @@ EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # pillows sitting"), lists with commas only ("A keyboard, sports ball, hat"), "sitting alone", a root noun after a
 # compound read as a verb ("Two people holding stop signs"), things hung on a verb in -ing after a preposition ("on a
 # napkin looking at"), misread after adjectives ("A brown and white donut") or before a participle ("An oven placed
-# next to"), object words as advmod ("... and the fire hydrant")
+# next to"), object words as advmod ("... and the fire hydrant"), "a metal potted plant" one thing, bare things before
+# "with" ("Candle with lamp")
 
 
 class EntityCache:
