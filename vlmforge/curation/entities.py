@@ -230,6 +230,13 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
              and t.i >= chunk.start]
     if not nouns and head.i > chunk.start and _acting(head, verbs):
         nouns = [doc[head.i - 1]]  # "A helmet sitting on a chair": helmet no object word, sitting/NN its head
+    if not nouns and head.lower_.endswith("ing") and _verb_with_object(head):
+        # "A boy wearing a helmet riding a bike": riding/NN with an object of its own, a verb; helmet its compound
+        before = doc[head.i - 1]
+        if not (head.i > chunk.start and before.dep_ == "compound" and before.head.i == head.i
+                and before.pos_ == "NOUN"):
+            return None
+        nouns = [before]
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
         # "A duck swimming": the verb taken for the head and the duck for its compound ("a surfboard
@@ -475,6 +482,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
+                    # "A clock that is white and a lantern": lantern a conj of white, in no chunk
+                    or t.dep == conj and t.head.pos == ADJ and t.head.i < t.i and _own_article(t)
                     # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
                     or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
                     or t.head.tag_ == "VBG" and _ing_subject(t)):
@@ -489,6 +498,20 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
         # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
         loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _verb_with_object(head) -> bool:
+    """A word in -ing taken for a noun that has an object of its own: a verb ("riding a bike"). Not a noun in -ing
+    nor one that makes a name with the word after it ("dining tables": tables the object of dining/NN)."""
+    doc = head.doc
+    return (head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()
+            and any(c.dep_ == "dobj" for c in head.rights)
+            and not (head.i + 1 < len(doc) and _fixed_after(head, doc[head.i + 1]) is not None))
+
+
+def _own_article(t) -> bool:
+    """Whether an article of its own opens the noun's phrase ("a lantern")."""
+    return any(c.dep_ == "det" and c.lower_ in ("a", "an", "the") for c in t.lefts)
 
 
 def _root_past_chunk(t) -> bool:
@@ -1098,7 +1121,8 @@ EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # compound read as a verb ("Two people holding stop signs"), things hung on a verb in -ing after a preposition ("on a
 # napkin looking at"), misread after adjectives ("A brown and white donut") or before a participle ("An oven placed
 # next to"), object words as advmod ("... and the fire hydrant"), "a metal potted plant" one thing, bare things before
-# "with" ("Candle with lamp")
+# "with" ("Candle with lamp"), a verb in -ing read as a noun with an object of its own ("a helmet riding a bike"), a
+# thing after an adjective's "and" ("A clock that is white and a lantern")
 
 
 class EntityCache:
