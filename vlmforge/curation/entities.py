@@ -482,6 +482,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
+                    # "... riding a shelf": shelf an npadvmod of riding/NN, its object, in no chunk
+                    or t.dep == npadvmod and t.head.lower_.endswith("ing") and t.head.i < t.i and _own_article(t)
                     # "A clock that is white and a lantern": lantern a conj of white, in no chunk
                     or t.dep == conj and t.head.pos == ADJ and t.head.i < t.i and _own_article(t)
                     # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
@@ -505,7 +507,8 @@ def _verb_with_object(head) -> bool:
     nor one that makes a name with the word after it ("dining tables": tables the object of dining/NN)."""
     doc = head.doc
     return (head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()
-            and any(c.dep_ == "dobj" for c in head.rights)
+            and (any(c.dep_ == "dobj" for c in head.rights)  # or an article right after it: "riding a bowl" (npadvmod)
+                 or head.i + 1 < len(doc) and doc[head.i + 1].lower_ in ("a", "an", "the", "his", "her", "its", "their"))
             and not (head.i + 1 < len(doc) and _fixed_after(head, doc[head.i + 1]) is not None))
 
 
