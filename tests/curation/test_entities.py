@@ -749,14 +749,18 @@ def test_a_subject_misread_before_lies_and_lists_opening_bare(extract):
 def test_close_up_and_side_by_side_are_no_things(extract):
     """"A close-up of a donut": close-up is three words (close, -, up/NN), the label was "up". "A hat side by
     side": the first "side" the head of the chunk with hat its compound (a scene word: the hat was lost), "a
-    napkin side" (napkin/JJ) too; "a fire" + "hydrant side by side" makes the fire hydrant once."""
+    napkin side" (napkin/JJ) too, and "a lantern sitting side" (lantern/JJ, sitting/VBG); "a fire" + "hydrant side by
+    side" makes the fire hydrant once."""
     caps = ["A close-up of a donut with sprinkles.", "A close-up of a bus.",
             "A baseball glove and a hat side by side.", "A car and a traffic light side by side.",
             "A motorcycle and a fire hydrant side by side.", "A trophy and a napkin side by side.",
-            "Two giraffes standing side by side."]
+            "Two giraffes standing side by side.", "A box and a lantern sitting side by side.",
+            "A bed and an orange sitting side by side.", "A pillow and a helmet sitting side by side.",
+            "A broccoli and a ski sitting side by side."]
     assert labels(extract, caps) == [
         ["donut", "sprinkle"], ["bus"], ["baseball glove", "hat"], ["car", "traffic light"],
-        ["motorcycle", "fire hydrant"], ["trophy", "napkin"], ["giraffe"]]
+        ["motorcycle", "fire hydrant"], ["trophy", "napkin"], ["giraffe"], ["box", "lantern"], ["bed", "orange"],
+        ["pillow", "helmet"], ["broccoli", "ski"]]
 
 
 def test_things_misread_before_a_scene_word_or_a_verb(extract):

@@ -247,8 +247,8 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
           and (nouns[-1].dep_ == "compound" or _object_adjective(nouns[-1]))):
         head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ
         last = head.i
-    elif _side_by_side(head):
-        head = doc[head.i - 1]  # "A hat side by side" (hat a compound of the first "side"): the hat
+    elif _side_by_side(head) is not None:
+        head = _side_by_side(head)  # "A hat side by side" (hat a compound of the first "side"): the hat
         last = head.i
     elif nouns and _verb_read_as_noun(head, verbs):
         verb, head = head.i, nouns[-1]  # "A dog drinks and looks": the dog; "A bus stops and ...": no bus stop
@@ -304,15 +304,22 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
     return label, start_tok.idx, head.idx + len(head.text), plural, last
 
 
-def _side_by_side(head) -> bool:
-    """The first "side" of "side by side" made the head of the noun before it, which the parser took for its
-    compound or adjective: "A baseball glove and a hat side by side", "... and a traffic light side by side".
-    (That noun may end a name found before: "a fire" + "hydrant side", which _extract then skips.)"""
+def _side_by_side(head):
+    """The thing before the first "side" of "side by side" that the parser made that side the head of, as its
+    compound or adjective (a verb in -ing between them too), or None: "A baseball glove and a hat side by side", "...
+    and a traffic light side by side", "A box and a lantern sitting side by side" (lantern/JJ, sitting/VBG both amods
+    of side). (That noun may end a name found before: "a fire" + "hydrant side", which _extract then skips.)"""
     doc = head.doc
-    return (head.lower_ == "side" and head.i > 0 and head.i + 2 < len(doc) and doc[head.i + 1].lower_ == "by"
-            and doc[head.i + 2].lower_ == "side" and doc[head.i - 1].head.i == head.i
-            and (doc[head.i - 1].pos_ in ("NOUN", "PROPN")  # "... and a napkin side by side": napkin/JJ
-                 or doc[head.i - 1].pos_ == "ADJ" and doc[head.i - 1].lower_ not in _colour_words()))
+    if not (head.lower_ == "side" and head.i > 1 and head.i + 2 < len(doc) and doc[head.i + 1].lower_ == "by"
+            and doc[head.i + 2].lower_ == "side"):
+        return None
+    verb = doc[head.i - 1]  # "sitting" (VBG or NN) between them: the thing hung on it or on side
+    verb = verb if verb.lower_.endswith("ing") and verb.lower_ not in NOT_GERUNDS else None
+    thing = doc[head.i - 2] if verb is not None else doc[head.i - 1]
+    if thing.head.i not in (head.i, head.i - 1) or thing.dep_ not in ("compound", "amod", "nmod"):
+        return None
+    return thing if (thing.pos_ in ("NOUN", "PROPN") or thing.lower in _object_word_ids()
+                     or thing.pos_ == "ADJ" and thing.lower_ not in _colour_words()) else None
 
 
 # Materials the parser takes for compounds: "a glass vase" is a vase (and not a thing of a wine glass).
