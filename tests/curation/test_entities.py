@@ -811,7 +811,8 @@ def test_a_material_before_a_name_in_a_participle_and_bare_things_with(extract):
 def test_a_verb_in_ing_with_an_object_and_a_thing_after_that_is(extract):
     """"A boy wearing a helmet riding a bike": riding/NN, an object of the verb before, with an object of its own,
     was an entity "riding" (or "helmet riding", helmet its compound); "dining tables" (tables the object of
-    dining/NN) stays a name; "riding a shelf": shelf an npadvmod of riding. "A clock that is white and a lantern": lantern a conj of white, in no chunk."""
+    dining/NN) stays a name; "riding a shelf": shelf an npadvmod of riding. "A clock that is white and a lantern":
+    lantern a conj of white, in no chunk."""
     caps = ["A boy wearing a helmet riding a bike.", "A boy wearing a helmet riding a bench.",
             "A boy wearing a helmet riding a shelf.", "There are dining tables on the fire hydrant.",
             "A man on a remote holding a person.", "A clock that is white and a lantern.",

@@ -514,7 +514,8 @@ def _verb_with_object(head) -> bool:
     nor one that makes a name with the word after it ("dining tables": tables the object of dining/NN)."""
     doc = head.doc
     return (head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()
-            and (any(c.dep_ == "dobj" for c in head.rights)  # or an article right after it: "riding a bowl" (npadvmod)
+            # or an article right after it: "riding a bowl" (bowl an npadvmod)
+            and (any(c.dep_ == "dobj" for c in head.rights)
                  or head.i + 1 < len(doc) and doc[head.i + 1].lower_ in ("a", "an", "the", "his", "her", "its", "their"))
             and not (head.i + 1 < len(doc) and _fixed_after(head, doc[head.i + 1]) is not None))
 
