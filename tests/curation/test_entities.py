@@ -744,3 +744,79 @@ def test_a_subject_misread_before_lies_and_lists_opening_bare(extract):
     assert labels(extract, caps) == [
         ["oven", "bus"], ["surfboard", "elephant"], ["stop sign", "bird"], ["candle", "truck", "ski", "table"],
         ["tennis racket", "rug", "tray", "table"], ["fire hydrant", "bowl", "traffic light", "table"], ["cat", "bed"]]
+
+
+def test_close_up_and_side_by_side_are_no_things(extract):
+    """"A close-up of a donut": close-up is three words (close, -, up/NN), the label was "up". "A hat side by
+    side": the first "side" the head of the chunk with hat its compound (a scene word: the hat was lost), "a
+    napkin side" (napkin/JJ) too, and "a lantern sitting side" (lantern/JJ, sitting/VBG); "a fire" + "hydrant side by
+    side" makes the fire hydrant once."""
+    caps = ["A close-up of a donut with sprinkles.", "A close-up of a bus.",
+            "A baseball glove and a hat side by side.", "A car and a traffic light side by side.",
+            "A motorcycle and a fire hydrant side by side.", "A trophy and a napkin side by side.",
+            "Two giraffes standing side by side.", "A box and a lantern sitting side by side.",
+            "A bed and an orange sitting side by side.", "A pillow and a helmet sitting side by side.",
+            "A broccoli and a ski sitting side by side."]
+    assert labels(extract, caps) == [
+        ["donut", "sprinkle"], ["bus"], ["baseball glove", "hat"], ["car", "traffic light"],
+        ["motorcycle", "fire hydrant"], ["trophy", "napkin"], ["giraffe"], ["box", "lantern"], ["bed", "orange"],
+        ["pillow", "helmet"], ["broccoli", "ski"]]
+
+
+def test_things_misread_before_a_scene_word_or_a_verb(extract):
+    """"A remote set on a bench": remote/JJ an adjective of set/NN (a scene word: "a set of"), both lost. "Two
+    pillows sitting side by side": pillows/VBZ the root, counted by "Two"; "Many kites in the sky": kites/VBZ
+    with "Many" its adjective. "A helmet sitting alone on ...": sitting/NN with helmet its compound."""
+    caps = ["A remote set on a bench.", "Two pillows sitting side by side.", "Many kites in the sky.",
+            "A helmet sitting alone on a parking meter."]
+    got = extract(caps)
+    assert [[e.label for e in ents] for ents in got] == [
+        ["remote", "bench"], ["pillow"], ["kite", "sky"], ["helmet", "parking meter"]]
+    assert got[1][0].plural and got[2][0].plural
+
+
+def test_a_list_with_commas_only(extract):
+    """"A keyboard, sports ball, hat": keyboard an nmod of hat past the commas, which spaCy makes no chunk of."""
+    caps = ["A keyboard, sports ball, hat.", "A bottle, carrot, book.", "A bicycle, tv, giraffe."]
+    assert labels(extract, caps) == [["keyboard", "sports ball", "hat"], ["bottle", "carrot", "book"],
+                                     ["bicycle", "tv", "giraffe"]]
+
+
+def test_things_hung_on_a_misread_verb_or_adjective(extract):
+    """"Two people holding stop signs": stop/VB with people its subject, signs the root, in no chunk. "A cow
+    sitting on a napkin looking at the camera": napkin an amod of looking, the preposition's object. "A brown and
+    white donut": donut/RB. "An oven placed next to ...", "An oven topped with ...": oven/JJ before a participle
+    (not "A remote controlled car"). "... and the fire hydrant.", "Fire hydrant sitting on car": hydrant/NN an
+    advmod."""
+    caps = ["Two people holding stop signs.", "A cow sitting on a napkin looking at the camera.",
+            "A boy sitting on a surfboard looking at the camera.", "A brown and white donut next to a wine glass.",
+            "An oven placed next to a wine glass.", "An oven topped with helmets.", "A remote controlled car.",
+            "The potted plant is next to the banana and the fire hydrant.", "Fire hydrant sitting on car."]
+    assert labels(extract, caps) == [
+        ["person", "stop sign"], ["cow", "napkin", "camera"], ["boy", "surfboard", "camera"], ["donut", "wine glass"],
+        ["oven", "wine glass"], ["oven", "helmet"], ["car"], ["potted plant", "banana", "fire hydrant"],
+        ["fire hydrant", "car"]]
+
+
+def test_a_material_before_a_name_in_a_participle_and_bare_things_with(extract):
+    """"A metal potted plant": metal an nmod before potted/VBN, split off as a thing of its own ("metal") as in "a
+    couch playing video games". "Candle with lamp": candle/VB opening the caption bare, lost; "Play with the dog"
+    opens with a verb."""
+    caps = ["A metal potted plant.", "A wooden dog and a metal potted plant.", "Candle with lamp.",
+            "Rug with toaster.", "Play with the dog.", "A couch playing video games."]
+    assert labels(extract, caps) == [["potted plant"], ["dog", "potted plant"], ["candle", "lamp"],
+                                     ["rug", "toaster"], ["dog"], ["couch", "video game"]]
+
+
+def test_a_verb_in_ing_with_an_object_and_a_thing_after_that_is(extract):
+    """"A boy wearing a helmet riding a bike": riding/NN, an object of the verb before, with an object of its own,
+    was an entity "riding" (or "helmet riding", helmet its compound); "dining tables" (tables the object of
+    dining/NN) stays a name; "riding a shelf": shelf an npadvmod of riding. "A clock that is white and a lantern":
+    lantern a conj of white, in no chunk."""
+    caps = ["A boy wearing a helmet riding a bike.", "A boy wearing a helmet riding a bench.",
+            "A boy wearing a helmet riding a shelf.", "There are dining tables on the fire hydrant.",
+            "A man on a remote holding a person.", "A clock that is white and a lantern.",
+            "A hat that is white and a helmet."]
+    assert labels(extract, caps) == [
+        ["boy", "helmet", "bike"], ["boy", "helmet", "bench"], ["boy", "helmet", "shelf"],
+        ["dining table", "fire hydrant"], ["man", "remote", "person"], ["clock", "lantern"], ["hat", "helmet"]]

@@ -25,7 +25,7 @@ SCENE_WORDS = frozenset(
     foreground scene shot close closeup close-up area lot couple group bunch pair day night time way kind type
     sort piece part edge corner distance left right one other something someone thing things many few some
     several number variety assortment display sunny herd flock set slice pile stack row line crowd team pack
-    collection selection array batch cluster family""".split()
+    collection selection array batch cluster family up""".split()  # up: "A close-up of a donut" (close, -, up/NN)
 )
 # Collective words that, without "of ..." after them, name people: "A couple on a bench" is two persons.
 PEOPLE_GROUPS = frozenset("couple family crowd team group".split())
@@ -115,7 +115,8 @@ def _acting(t, verbs: frozenset[str]) -> bool:
     if before.pos_ != "NOUN" or not (before.dep_ == "compound" and before.head.i == t.i
                                      or before.dep_ == "conj" and before.head.head.i == t.i):
         return False  # "A guitar and refrigerator sitting on ...": refrigerator a conj of guitar, guitar of sitting
-    if t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",") and doc[t.i + 1].lower_ != "next":
+    if (t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",")
+            and doc[t.i + 1].lower_ not in ("next", "alone")):  # "A helmet sitting alone on ..." (alone/JJ)
         return False
     stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
     return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
@@ -229,14 +230,25 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
              and t.i >= chunk.start]
     if not nouns and head.i > chunk.start and _acting(head, verbs):
         nouns = [doc[head.i - 1]]  # "A helmet sitting on a chair": helmet no object word, sitting/NN its head
+    if not nouns and head.lower_.endswith("ing") and _verb_with_object(head):
+        # "A boy wearing a helmet riding a bike": riding/NN with an object of its own, a verb; helmet its compound
+        before = doc[head.i - 1]
+        if not (head.i > chunk.start and before.dep_ == "compound" and before.head.i == head.i
+                and before.pos_ == "NOUN"):
+            return None
+        nouns = [before]
     if (nouns and head.lower_.endswith("ing") and head.lower_ not in NOT_GERUNDS
             and head.lower not in _object_word_ids()):
         # "A duck swimming": the verb taken for the head and the duck for its compound ("a surfboard
         # walking": for its adjective)
         head = nouns[-1]
         last = head.i
-    elif nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS and nouns[-1].dep_ == "compound":
-        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple
+    elif (nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS
+          and (nouns[-1].dep_ == "compound" or _object_adjective(nouns[-1]))):
+        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ
+        last = head.i
+    elif _side_by_side(head) is not None:
+        head = _side_by_side(head)  # "A hat side by side" (hat a compound of the first "side"): the hat
         last = head.i
     elif nouns and _verb_read_as_noun(head, verbs):
         verb, head = head.i, nouns[-1]  # "A dog drinks and looks": the dog; "A bus stops and ...": no bus stop
@@ -290,6 +302,24 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
               or head.tag_ == "NNP" and head.i == 0 and word != lemma)  # "Lamps and chairs": _plural_lemma
     plural = (tagged and word not in PLURALIA) or missed_plural or glasses or _counted(chunk, head)
     return label, start_tok.idx, head.idx + len(head.text), plural, last
+
+
+def _side_by_side(head):
+    """The thing before the first "side" of "side by side" that the parser made that side the head of, as its
+    compound or adjective (a verb in -ing between them too), or None: "A baseball glove and a hat side by side", "...
+    and a traffic light side by side", "A box and a lantern sitting side by side" (lantern/JJ, sitting/VBG both amods
+    of side). (That noun may end a name found before: "a fire" + "hydrant side", which _extract then skips.)"""
+    doc = head.doc
+    if not (head.lower_ == "side" and head.i > 1 and head.i + 2 < len(doc) and doc[head.i + 1].lower_ == "by"
+            and doc[head.i + 2].lower_ == "side"):
+        return None
+    verb = doc[head.i - 1]  # "sitting" (VBG or NN) between them: the thing hung on it or on side
+    verb = verb if verb.lower_.endswith("ing") and verb.lower_ not in NOT_GERUNDS else None
+    thing = doc[head.i - 2] if verb is not None else doc[head.i - 1]
+    if thing.head.i not in (head.i, head.i - 1) or thing.dep_ not in ("compound", "amod", "nmod"):
+        return None
+    return thing if (thing.pos_ in ("NOUN", "PROPN") or thing.lower in _object_word_ids()
+                     or thing.pos_ == "ADJ" and thing.lower_ not in _colour_words()) else None
 
 
 # Materials the parser takes for compounds: "a glass vase" is a vase (and not a thing of a wine glass).
@@ -353,7 +383,8 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                     or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)
                     and not (t.i == 0 and t.pos_ == "PROPN")):  # "Jars and hair driers": Jars/NNP
                 continue
-            if t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB":
+            if (t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB"
+                    and _fixed_after(doc[t.i + 1], doc[t.i + 2]) is None):  # "a metal potted plant": one thing
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
@@ -442,20 +473,28 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root), a root noun spaCy skips
     (_root_past_chunk), list items hung on no noun (_listed_loose) and a noun the parser left unclassified
     ("dep") on a word after it. `nouns`: for _split_chunks."""
-    from spacy.symbols import ADJ, ADV, NOUN, PROPN, VERB, amod, attr, conj, dep, dobj, npadvmod, nsubj, pobj
+    from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, advmod, amod, attr, conj, dep, dobj, nmod, npadvmod, nsubj,
+                               pobj)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
         if pos == NOUN or pos == PROPN and t.is_lower:  # "A fire hydrant and frisbee": frisbee/NNP
-            if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t))
+            if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)
+                                    or t.dep == advmod)  # "... and the fire hydrant.": hydrant/NN an advmod of is
                     or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
                     and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
                     or t.head.i == t.i and _root_past_chunk(t)
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
+                    # "... riding a shelf": shelf an npadvmod of riding/NN, its object, in no chunk
+                    or t.dep == npadvmod and t.head.lower_.endswith("ing") and t.head.i < t.i and _own_article(t)
+                    # "A clock that is white and a lantern": lantern a conj of white, in no chunk
+                    or t.dep == conj and t.head.pos == ADJ and t.head.i < t.i and _own_article(t)
+                    # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
+                    or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
                     or t.head.tag_ == "VBG" and _ing_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
@@ -470,17 +509,34 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
+def _verb_with_object(head) -> bool:
+    """A word in -ing taken for a noun that has an object of its own: a verb ("riding a bike"). Not a noun in -ing
+    nor one that makes a name with the word after it ("dining tables": tables the object of dining/NN)."""
+    doc = head.doc
+    return (head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()
+            # or an article right after it: "riding a bowl" (bowl an npadvmod)
+            and (any(c.dep_ == "dobj" for c in head.rights)
+                 or head.i + 1 < len(doc) and doc[head.i + 1].lower_ in ("a", "an", "the", "his", "her", "its", "their"))
+            and not (head.i + 1 < len(doc) and _fixed_after(head, doc[head.i + 1]) is not None))
+
+
+def _own_article(t) -> bool:
+    """Whether an article of its own opens the noun's phrase ("a lantern")."""
+    return any(c.dep_ == "det" and c.lower_ in ("a", "an", "the") for c in t.lefts)
+
+
 def _root_past_chunk(t) -> bool:
     """A noun at the root whose left edge reaches back past another noun, as when the parser hangs what comes
     before a list's last item on it ("A close up of a toilet and a baseball glove": close an amod of glove,
     toilet in its subtree). spaCy makes no chunk of a word whose left edge lies in an earlier chunk. Not a verb
-    in -ing taken for a noun ("A plate and a helmet sitting on ...": sitting/NN)."""
-    if not any(c.n_rights for c in t.lefts):  # most roots: "A dog on a table", nothing hung right of "A"
+    in -ing taken for a noun ("A plate and a helmet sitting on ...": sitting/NN). Or a compound the parser took for
+    a verb with the words before it its subject ("Two people holding stop signs": stop/VB with people its nsubj)."""
+    if not any(c.n_rights or c.n_lefts and c.dep_ == "compound" for c in t.lefts):  # most roots: "A dog on a table"
         return False
     if t.lower_.endswith("ing") and t.lower_ not in NOT_GERUNDS and t.lower not in _object_word_ids():
         return False
     return any(c.right_edge.i > c.i and c.dep_ not in _MODIFIER_DEPS or c.dep_ == "amod" and c.right_edge.i > c.i + 1
-               for c in t.lefts)
+               or c.dep_ == "compound" and any(g.dep_ == "nsubj" for g in c.lefts) for c in t.lefts)
 
 
 def _listed_loose(t) -> bool:
@@ -497,9 +553,11 @@ def _listed_loose(t) -> bool:
 def _ing_subject(t) -> bool:
     """A noun the parser hung on the caption's root, a verb in -ing after it, as a modifier: its subject ("A
     bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
-    banana and cell phone sitting on a table": banana an nmod), in no noun chunk."""
+    banana and cell phone sitting on a table": banana an nmod), in no noun chunk; or on one taken for a
+    preposition's object ("A cow sitting on a napkin looking at the camera": napkin an amod of looking/pobj)."""
     verb = t.head
-    return verb.i > t.i and verb.head.i == verb.i and t.dep_ in ("compound", "amod", "nmod", "npadvmod")
+    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp"))
+            and t.dep_ in ("compound", "amod", "nmod", "npadvmod"))
 
 
 def _verb_subject(t) -> bool:
@@ -628,17 +686,34 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     (_misread_list_start); an object word too where it opens the caption (_misread_opening)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
-                or tok.i == 0 and _bare_opening(tok, nouns))
+                or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
-    return (any(t.dep_ == "det" or t.like_num for t in tok.lefts)
+    return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
                                         or _listed_with_object(tok)))
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
-            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok))  # "A remote and sink sitting"
+            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
+            or _after_adjectives(tok))
+
+
+# Words that count a plural before it as numbers do: "Many kites in ..." (kites/VBZ, many its amod).
+COUNT_WORDS = frozenset("many several numerous multiple".split())
+
+
+def _counted_verb(tok, nouns: frozenset[str]) -> bool:
+    """A plural known as a noun only (`nouns`: its singular) that the parser took for a verb in -s at the
+    caption's root, counted by the number or count word opening it: "Two pillows sitting side by side"
+    (pillows/VBZ, Two its nummod). An object word has _misread_noun's own rule."""
+    if tok.tag_ != "VBZ" or tok.head.i != tok.i or not tok.is_alpha:
+        return False
+    first = tok.doc[0]
+    word = tok.lower_
+    return ((first.like_num or first.lower_ in COUNT_WORDS) and first.head.i == tok.i
+            and (word[:-1] in nouns or word.endswith("es") and word[:-2] in nouns))
 
 
 def _misread_opening(tok) -> bool:
@@ -650,14 +725,29 @@ def _misread_opening(tok) -> bool:
     if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
         return False
     nxt = doc[tok.i + 1]
-    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near"))
+    # "An oven placed next to ...", "An oven topped with ...": not "An orange colored cat", "A remote controlled car"
+    participle = (nxt.tag_ == "VBN" and tok.lower_ not in _colour_words()
+                  and (tok.i + 2 == len(doc) or doc[tok.i + 2].pos_ not in ("NOUN", "PROPN", "ADJ")))
+    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle)
             and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
+
+
+def _after_adjectives(tok) -> bool:
+    """An object word right after an adjective that is no object word, with no noun after it that it could
+    describe: "A brown and white donut next to ..." (donut/RB, the object of brown/ROOT), "A big red oven with
+    ...". Not a colour ("a light orange shirt")."""
+    doc = tok.doc
+    if tok.i == 0 or doc[tok.i - 1].tag_ != "JJ" or doc[tok.i - 1].lower in _object_word_ids():
+        return False
+    return (tok.is_lower and tok.lower_ not in _colour_words()
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "ADJ", "NUM")))
 
 
 # Where a thing is, after a bare noun that opens a caption ("Towel on a table"), and verbs one may open a caption
 # with that are nouns too ("Walk in the park", "Look at ...": no thing).
 PLACE_PREPS = frozenset("on in next near by under beside behind above inside atop against".split())
-OPENING_VERBS = frozenset("look see check watch view come go get take stand wait stop turn keep".split())
+OPENING_VERBS = frozenset("look see check watch view come go get take stand wait stop turn keep play work ride talk "
+                          "dance cook".split())
 
 
 def _bare_opening(tok, nouns: frozenset[str]) -> bool:
@@ -666,7 +756,8 @@ def _bare_opening(tok, nouns: frozenset[str]) -> bool:
     object word (_misread_noun has its own rule for them), nor a verb one opens a caption with (OPENING_VERBS),
     nor what does something (ACTS: "Sleep in ...")."""
     doc = tok.doc
-    if tok.is_stop or len(doc) < 3 or tok.pos_ in ("NOUN", "PROPN", "PRON") or doc[1].lower_ not in PLACE_PREPS:
+    if (tok.is_stop or len(doc) < 3 or tok.pos_ in ("NOUN", "PROPN", "PRON")
+            or doc[1].lower_ not in PLACE_PREPS and doc[1].lower_ != "with"):  # "Candle with lamp" (candle/VB)
         return False  # a stop word first: most captions ("A ...", "The ...", "There ...")
     word = tok.lower_
     return (word in nouns and word not in OPENING_VERBS and word not in ACTS and tok.is_alpha
@@ -756,6 +847,8 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
     before it ("a hot dog and fire hydrant": hydrant/RB), its phrase from its article and adjectives on."""
     doc, word = tok.doc, tok.lower_
     label = IRREGULAR.get(word) or _object_singular(word)
+    if label == word and tok.tag_ == "VBZ":  # "Two pillows sitting ...": the verb's lemma is the noun's singular
+        label = tok.lemma_.lower()
     plural = label != word
     name_start, last = tok, tok
     nxt = doc[tok.i + 1] if tok.i + 1 < len(doc) else None
@@ -974,7 +1067,7 @@ class SpacyEntityExtractor:
                 if got is None:
                     continue
                 label, start, end, plural, last = got
-                if (label, start) in seen:
+                if (label, start) in seen or last <= taken:  # "a fire" + "hydrant side by side": hydrant taken
                     continue
                 seen.add((label, start))
                 taken = last
@@ -1007,7 +1100,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -1033,7 +1126,14 @@ EXTRACTOR_VERSION = 12  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # "Towel on a table"), capitalised plurals opening it ("Lamps and chairs"), no word of a misread name an entity of its
 # own, things hung on a verb in -ing at the root ("A bucket laying on a bed", "A banana and cell phone sitting on a
 # table"), a subject misread before "lies" ("An oven lies next to ..."), "lies" read as a noun, lists opening bare
-# ("Candle, truck and ski on a table")
+# ("Candle, truck and ski on a table"); 13 (a sweep of COCO-style shapes): "close-up" no thing, "side by side" after a
+# thing, an object adjective before a scene word ("A remote set on"), plurals counted at the root read as verbs ("Two
+# pillows sitting"), lists with commas only ("A keyboard, sports ball, hat"), "sitting alone", a root noun after a
+# compound read as a verb ("Two people holding stop signs"), things hung on a verb in -ing after a preposition ("on a
+# napkin looking at"), misread after adjectives ("A brown and white donut") or before a participle ("An oven placed
+# next to"), object words as advmod ("... and the fire hydrant"), "a metal potted plant" one thing, bare things before
+# "with" ("Candle with lamp"), a verb in -ing read as a noun with an object of its own ("a helmet riding a bike"), a
+# thing after an adjective's "and" ("A clock that is white and a lantern")
 
 
 class EntityCache:
