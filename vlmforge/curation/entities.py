@@ -509,6 +509,9 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
+_ARTICLES_AND_OWNERS = frozenset({"a", "an", "the", "his", "her", "its", "their"})
+
+
 def _verb_with_object(head) -> bool:
     """A word in -ing taken for a noun that has an object of its own: a verb ("riding a bike"). Not a noun in -ing
     nor one that makes a name with the word after it ("dining tables": tables the object of dining/NN)."""
@@ -516,7 +519,7 @@ def _verb_with_object(head) -> bool:
     return (head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()
             # or an article right after it: "riding a bowl" (bowl an npadvmod)
             and (any(c.dep_ == "dobj" for c in head.rights)
-                 or head.i + 1 < len(doc) and doc[head.i + 1].lower_ in ("a", "an", "the", "his", "her", "its", "their"))
+                 or head.i + 1 < len(doc) and doc[head.i + 1].lower_ in _ARTICLES_AND_OWNERS)
             and not (head.i + 1 < len(doc) and _fixed_after(head, doc[head.i + 1]) is not None))
 
 
