@@ -11,6 +11,8 @@ Later stages (dilation, the block grid, painting, the area, the PNG) then cost t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -115,9 +117,11 @@ def rle_counts(counts) -> np.ndarray:
     return x
 
 
+@functools.cache
 def mask_kernels():
     """vlmforge.curation._masks (the block fill's squares and COCO's compressed RLE, in C), or None where it
-    was not built (no C compiler at install time): numpy then does the same, to the same pixels."""
+    was not built (no C compiler at install time): numpy then does the same, to the same pixels. Asked once
+    per process: a failed import searches the whole path again, and this is called per mask."""
     try:
         from vlmforge.curation import _masks
     except ImportError:
@@ -129,8 +133,8 @@ def rle_crop(rle: dict) -> MaskCrop:
     """A COCO RLE ({"size": [h, w], "counts": list or compressed string}) as a MaskCrop, the same
     pixels as pycocotools.mask.decode gives, but only the object's columns are ever expanded (its
     byte-at-a-time decode of the whole frame costs more than everything done with the mask after). A
-    compressed string is decoded by vlmforge.curation._masks where it was built (13-16x numpy's time on
-    COCO-like polygons); numpy decodes the rest, and says what is wrong with a malformed string."""
+    compressed string is decoded by vlmforge.curation._masks where it was built (13-16x as fast as numpy
+    on COCO-like polygons); numpy decodes the rest, and says what is wrong with a malformed string."""
     import cv2
 
     h, w = (int(v) for v in rle["size"])
