@@ -82,12 +82,42 @@ def test_entity_cache_returns_what_parsing_gives_and_skips_the_parse(tmp_path, m
         ent.extract_entities(CAPTIONS, cache=db)
 
 
-def test_parallel_parse_equals_one_process(monkeypatch):
+@pytest.mark.parametrize("forked", [True, False])
+def test_parallel_parse_equals_one_process(monkeypatch, forked):
+    """Forked from this process (Linux), which parses chunks from the end meanwhile, or in processes that
+    load the pipeline themselves: the same entities, in the caption order, and every caption parsed once."""
     import vlmforge.curation.entities as ent
 
+    if forked and not ent._forks():
+        pytest.skip("this platform does not fork")
+    monkeypatch.setattr(ent, "FORK_MIN", 1)
     monkeypatch.setattr(ent, "PARALLEL_MIN", 1)
-    captions = CAPTIONS * 3 + [f"A cat sits on {n} chairs." for n in ("two", "three", "four")]
-    assert ent.extract_entities(captions, processes=2, cache=False) == SpacyEntityExtractor()(captions)
+    monkeypatch.setattr(ent, "_forks", lambda: forked)
+    monkeypatch.setattr(ent, "parse_processes", lambda processes, n: 2)
+    captions = [f"A cat sits on {n} chairs beside a {c} dog." for n in ("two", "three", "four", "five")
+                for c in ("black", "brown", "small", "large")] * 10 + CAPTIONS * 3
+    ticks = []
+    got = ent.extract_entities(captions, processes=2, cache=False, advance=ticks.append)
+    assert got == SpacyEntityExtractor()(captions)
+    assert sum(ticks) == len(captions)
+
+
+def test_parse_processes_stays_within_cores_and_pays_for_each(monkeypatch):
+    import os
+
+    import vlmforge.curation.entities as ent
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(ent, "_forks", lambda: True)
+    assert ent.parse_processes(1, 10**6) == 1  # one allowed
+    assert ent.parse_processes(8, 10**6) == 4  # no more than the cores
+    assert ent.parse_processes(8, 2 * ent.FORK_MIN) == 2  # each with FORK_MIN captions
+    assert ent.parse_processes(8, ent.FORK_MIN * 2 - 1) == 1
+    monkeypatch.setattr(ent, "_forks", lambda: False)
+    assert ent.parse_processes(8, ent.PARALLEL_MIN - 1) == 1
+    assert ent.parse_processes(8, ent.PARALLEL_MIN) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert ent.parse_processes(8, 10**6) == 1  # one core
 
 
 def test_a_pipeline_folder_that_changes_gets_a_new_cache_identity(tmp_path):

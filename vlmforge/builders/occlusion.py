@@ -252,8 +252,10 @@ class OcclusionBuilder(Builder):
         caps = [c for image_id in sorted(ds.captions) for c in ds.captions[image_id]]
         refused: dict[str, str] = {}
         if self.config.entity_extractor == "spacy":
+            # The parse uses a second core even with one worker (--workers is the image work's): a first build
+            # waits on it; from 5,000 captions up (entities.FORK_MIN), where a fork pays for itself.
             with progress_bar("entities", total=len(caps), disable=getattr(self, "quiet", False)) as advance:
-                found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, self.processes,
+                found = extract_entities([c["caption"] for c in caps], self.config.spacy_model, max(2, self.processes),
                                          self.entity_cache, advance, lambda: self._start_embedder_helper(helpers))
         else:
             found, refused = self._generate_entities([c["caption"] for c in caps], helpers)
