@@ -1278,7 +1278,12 @@ def _parse_in_processes(chunks: list[list[str]], model: str, procs: int, take) -
     process is one of them: it sets up its extractor, forks the others with it (see FORK_MIN), and parses
     chunks from the end while they parse from the start, each chunk it still finds waiting (a fork's
     first chunk costs more: its pages are copied as it writes them). Elsewhere a pool of processes that
-    each load the pipeline parses them all. A failure or Ctrl-C cancels the chunks not yet started."""
+    each load the pipeline parses them all. A failure or Ctrl-C cancels the chunks not yet started.
+
+    The build's worker pool does not fork (executors/local.py): a child that uses OpenMP after a parent that
+    ran torch, or takes a lock another thread held at the fork, can hang. A fork here runs only the spaCy
+    pipeline, through numpy and its pthreads OpenBLAS under one thread (spaCy and thinc link no OpenMP), and
+    writes nothing to the terminal (warnings off: this process parses like captions and shows its own)."""
     global _PARSER
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -1322,7 +1327,11 @@ def _init_parser(model: str | None) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
-    if model is not None:
+    if model is None:  # forked: see _parse_in_processes
+        import warnings
+
+        warnings.simplefilter("ignore")
+    else:
         _PARSER = SpacyEntityExtractor(model)
         _PARSER.setup()
 
