@@ -850,3 +850,28 @@ def test_a_verb_in_ing_with_an_object_and_a_thing_after_that_is(extract):
     assert labels(extract, caps) == [
         ["boy", "helmet", "bike"], ["boy", "helmet", "bench"], ["boy", "helmet", "shelf"],
         ["dining table", "fire hydrant"], ["man", "remote", "person"], ["clock", "lantern"], ["hat", "helmet"]]
+
+
+def _killed(chunk):
+    import os
+
+    os._exit(9)
+
+
+def test_a_parse_process_that_dies_is_one_error_and_a_rerun_goes_on(monkeypatch, tmp_path):
+    """A forked parse process killed (the out-of-memory killer): a BuildError saying how to go on, not
+    concurrent.futures' traceback; the rerun it asks for gives every caption's entities."""
+    import vlmforge.curation.entities as ent
+    from vlmforge.errors import BuildError
+
+    if not ent._forks():
+        pytest.skip("this platform does not fork")
+    monkeypatch.setattr(ent, "FORK_MIN", 1)
+    monkeypatch.setattr(ent, "parse_processes", lambda processes, n: 2)
+    monkeypatch.setattr(ent, "_parse_chunk", _killed)  # what the forked process runs; this one parses itself
+    captions = [f"A dog sits on {n} chairs near a {c} cat." for n in range(40) for c in ("black", "small")]
+    db = tmp_path / "ents.sqlite"
+    with pytest.raises(BuildError, match="a caption-parsing process died .* rerun the same command to go on"):
+        ent.extract_entities(captions, processes=2, cache=db)
+    monkeypatch.undo()
+    assert ent.extract_entities(captions, cache=db) == SpacyEntityExtractor()(captions)

@@ -1259,7 +1259,17 @@ def extract_entities(captions: list[str], model: str = SPACY_MODEL, processes: i
         if todo and before_parse is not None:
             before_parse()
         if procs > 1:
-            _parse_in_processes(chunks, model, procs, take)
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                _parse_in_processes(chunks, model, procs, take)
+            except BrokenProcessPool:
+                from vlmforge.errors import BuildError
+
+                kept = "the captions parsed so far are cached: rerun the same command to go on" if store else \
+                    "fewer processes (--workers) need less"
+                raise BuildError("a caption-parsing process died (killed, e.g. by the system when memory ran "
+                                 f"out); {kept}") from None
         else:
             extractor = SpacyEntityExtractor(model)
             for chunk in chunks:
