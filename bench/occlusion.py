@@ -10,10 +10,11 @@ yields several samples, each its own JPEG): no pipeline that re-encodes can beat
 parse every caption (entity cache off, as in a first build); the column beside them, and one more
 row, show a repeated build, whose entities come from the cache. The pipeline rows run the default `occlusion`
 builder (spaCy entities, co-occurrence causality, annotation grounding and masks, blocks fill, JPEGs
-occluded in their DCT coefficients and written by splicing) in one process, models loaded once beforehand (start-up is reported
-apart), and write the shards; one more row runs it with `--occluded-jpeg reencode` (decode, paint,
-encode), in the same repeats, and with --spacy-parse another with the caption parse as spaCy runs it. Images per
-second count source images; each may yield several samples.
+occluded in their DCT coefficients and written by splicing) in one process as run_build runs it (the next
+batch's images read and decoded in a thread meanwhile, executors/local.py), models loaded once beforehand
+(start-up is reported apart), and write the shards; one more row runs each batch in turn in one thread, one
+with `--occluded-jpeg reencode` (decode, paint, encode), in the same repeats, and with --spacy-parse another
+with the caption parse as spaCy runs it. Images per second count source images; each may yield several samples.
 
 With --coefficient-floor (needs a C compiler and libjpeg's headers), one more row goes below the
 pixel-domain floor: reading each image's quantised DCT coefficients once and writing them back once per
@@ -122,9 +123,12 @@ def textured_copy(root: Path, out: Path, sigma: float = 14.0, scale: float = 1.0
     return out
 
 
-def pipeline(source, out: Path, entity_cache: Path | bool = False, **options) -> dict:
+def pipeline(source, out: Path, entity_cache: Path | bool = False, ahead: bool = True, **options) -> dict:
+    """One build, as run_build runs it in one process (executors/local.py: the next batch's images read in a
+    thread meanwhile), or with `ahead` False every batch read and processed in turn in this one thread."""
     from vlmforge.builders.base import _batches
     from vlmforge.builders.occlusion import OcclusionBuilder, OcclusionConfig
+    from vlmforge.executors.local import LocalExecutor
     from vlmforge.manifests.writer import ShardLimits, SplitWriter
     from vlmforge.sample import finish_results
 
@@ -141,21 +145,25 @@ def pipeline(source, out: Path, entity_cache: Path | bool = False, **options) ->
     startup = time.perf_counter() - t
     t_all = time.perf_counter()
     b.prepare()  # entities of every caption, co-occurrence fit, label embeddings: counted
-    b.setup()
     split = source.splits()[0]
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest").mkdir(exist_ok=True)
     w = SplitWriter(out, split, b.columns, {"builder": b.name, "version": b.VERSION, "source": "coco"}, ShardLimits(), set())
     write = 0.0
     n = samples = 0
-    for first, batch in _batches(b.with_prepared(source.records(split)), b.batch_size, 0):
-        results = finish_results(b.process(batch))
+    tasks = _batches(b.with_prepared(source.records(split)), b.batch_size, 0)
+    if ahead:
+        stream = LocalExecutor(1).map_batches(b, tasks)
+    else:
+        b.setup()
+        stream = ((first, len(batch), finish_results(b.process(batch))) for first, batch in tasks)
+    for first, size, results in stream:
         t = time.perf_counter()
         for k, per in enumerate(results):
             w.add(first + k, per)
             samples += sum(1 for r in per if hasattr(r, "key"))
         write += time.perf_counter() - t
-        n += len(batch)
+        n += size
     t = time.perf_counter()
     w.finish(n)
     write += time.perf_counter() - t
@@ -232,7 +240,7 @@ def main() -> None:
         for name, root in datasets.items():
             source = CocoSource.from_paths(unit="image", coco_root=root, split=args.split)
             files = [str(source.ds.image_path(i)) for i in sorted(source.ds.images)]
-            base_pil, base_cv, base_coef, runs, reencoded, plain = [], [], [], [], [], []
+            base_pil, base_cv, base_coef, runs, reencoded, plain, one_thread = [], [], [], [], [], [], []
             for rep in range(args.repeats):
                 base_pil.append(baseline_pil(files))
                 base_cv.append(baseline_cv2(files))
@@ -240,6 +248,9 @@ def main() -> None:
                     base_coef.append(coefficients(tool, files))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 runs.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split), work / "out"))
+                shutil.rmtree(work / "out", ignore_errors=True)
+                one_thread.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split),
+                                           work / "out", ahead=False))
                 shutil.rmtree(work / "out", ignore_errors=True)
                 reencoded.append(pipeline(CocoSource.from_paths(unit="image", coco_root=root, split=args.split),
                                           work / "out", occluded_jpeg="reencode"))
@@ -276,6 +287,9 @@ def main() -> None:
             again = statistics.median(r["total"] for r in reencoded)
             print(f"{'pipeline, reencode':<30}{again:>9.2f}{n / again:>11.0f}   "
                   f"(--occluded-jpeg reencode: decode, paint, encode; {again / best['total']:.2f}x the default's time)")
+            alone = statistics.median(r["total"] for r in one_thread)
+            print(f"{'pipeline, one thread':<30}{alone:>9.2f}{n / alone:>11.0f}   (no read-ahead: each batch's images "
+                  f"read when it is processed; {n / alone / b_rate:.2f}x the baseline)")
             if plain:
                 slow = statistics.median(r["total"] for r in plain)
                 parse_then = statistics.median(r["stages"]["entities"] for r in plain)

@@ -84,6 +84,11 @@ class Builder:
     def setup(self) -> None:
         """Load models or lookup tables. Called once per worker, after forking."""
 
+    def prefetch(self, batch: list[Record]) -> None:
+        """Where batches run in the build process itself, called with the next batch just before the
+        current one is processed: a builder may start reading that batch's inputs in a thread (work that
+        releases the GIL), to be picked up by its `process`. Never changes what `process` returns."""
+
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:
         """For each record of `batch`, the samples and rejects it yields (one list per record)."""
         raise NotImplementedError

@@ -106,9 +106,7 @@ class LocalExecutor:
     def map_batches(self, builder: "Builder", tasks: Iterable[tuple[int, list]]) -> Iterator[tuple[int, int, list]]:
         """For each `(first_index, batch)`, yields `(first_index, len(batch), results)` in order."""
         if self.workers == 1:
-            builder.setup()
-            for first, batch in tasks:
-                yield first, len(batch), finish_results(builder.process(batch))
+            yield from _in_process(builder, tasks)
             return
         # forkserver, not fork: a parent that already ran torch (OpenMP) or holds threads (progress
         # bars, shard hashing) can deadlock a forked child. Each worker gets the builder pickled.
@@ -142,6 +140,36 @@ class LocalExecutor:
                 raise
             raise
         pool.shutdown(wait=True)
+
+
+# While a builder reads ahead in a thread, the interpreter hands the GIL round every 0.5 ms, not 5: a read
+# that finished in C waits that long for the GIL to return its result while this thread runs Python.
+# Measured on a repeated 640x480 occlusion build: 1.00 s, 0.81 s reading ahead, 0.74 s with the shorter switch.
+AHEAD_SWITCH_S = 0.0005
+
+
+def _in_process(builder: "Builder", tasks: Iterable[tuple[int, list]]) -> Iterator[tuple[int, int, list]]:
+    """One process: each batch processed here, the next one handed to `builder.prefetch` first."""
+    import sys
+
+    from vlmforge.builders.base import Builder
+
+    builder.setup()
+    reads_ahead = type(builder).prefetch is not Builder.prefetch
+    tasks = iter(tasks)
+    switch = sys.getswitchinterval()
+    if reads_ahead:
+        sys.setswitchinterval(min(switch, AHEAD_SWITCH_S))
+    try:
+        upcoming = next(tasks, None)
+        while upcoming is not None:
+            first, batch = upcoming
+            upcoming = next(tasks, None)
+            if reads_ahead and upcoming is not None:
+                builder.prefetch(upcoming[1])
+            yield first, len(batch), finish_results(builder.process(batch))
+    finally:
+        sys.setswitchinterval(switch)
 
 
 def _result(pool: ProcessPoolExecutor, future: Future) -> tuple[int, int, list]:
