@@ -441,9 +441,11 @@ class OcclusionBuilder(Builder):
         for per in results:
             per[:] = [r.result() if isinstance(r, Future) else r for r in per]
         t4 = time.perf_counter()
+        # Samples finished in the reader thread took their encode time beside this thread's (not out of it).
         encode = self.stage_seconds.pop("_encode_in_batch", 0.0)
+        beside = self.stage_seconds.pop("_encode_in_thread", 0.0)
         for stage, dt in (("decode", t1 - t0), ("causality", t2 - t1), ("grounding", t3 - t2),
-                          ("mask+occlude", t4 - t3 - encode), ("encode", encode)):
+                          ("mask+occlude", t4 - t3 - encode), ("encode", encode + beside)):
             self.stage_seconds[stage] += dt
         return results
 
@@ -607,11 +609,13 @@ class OcclusionBuilder(Builder):
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
         if getattr(self, "_reader", None) is not None and self._finish_in_thread:  # reading ahead (prefetch): written in the same thread
-            return self._reader.submit(self._finish_sample, rec, img, c, px, changed, rng, key, g, doc, box, objects)
+            return self._reader.submit(self._finish_sample, rec, img, c, px, changed, rng, key, g, doc, box, objects,
+                                       "_encode_in_thread")
         return self._finish_sample(rec, img, c, px, changed, rng, key, g, doc, box, objects)
 
     def _finish_sample(self, rec: Record, img, c: _Candidate, px: "_Pixels", changed: MaskCrop, rng: np.random.Generator,
-                       key: str, g, doc: dict, box: list[float], objects: int) -> Sample | Reject:
+                       key: str, g, doc: dict, box: list[float], objects: int,
+                       timer: str = "_encode_in_batch") -> Sample | Reject:
         """The occluded JPEG and the mask's PNG (C and zlib, which release the GIL), and the sample. One image's
         samples are finished in order (a file libjpeg cannot write back switches the rest to re-encoding)."""
         cfg = self.config
@@ -629,7 +633,7 @@ class OcclusionBuilder(Builder):
             jpg = self._reencode(px.bgr, changed, g.box, rng, key)
         doc["jpeg"] = "coefficients" if px.coefs is not None else "reencoded"
         mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
-        self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
+        self.stage_seconds[timer] += time.perf_counter() - t
         extras = {"mask.png": mask_png}
         if cfg.keep_original:
             extras["orig." + img.ext] = img.data
