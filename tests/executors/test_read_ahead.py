@@ -51,8 +51,8 @@ def test_a_builder_that_does_not_read_ahead_keeps_the_interpreter_as_it_was():
 
 
 def test_an_occlusion_build_read_ahead_is_the_build_read_in_turn(tmp_path, coco_copy, monkeypatch):
-    """Damaged images in a prefetched batch are rejected as they are when read in turn; every prefetched read
-    is taken, and the samples finished in the reader thread are those finished inline."""
+    """Damaged images in a prefetched batch are rejected as they are when read in turn, every prefetched read
+    is taken, and the build is byte-identical."""
     files = sorted((coco_copy / "val2017").glob("*.jpg"))
     files[9].write_bytes(files[9].read_bytes()[:600])  # cut short, in the second batch (8 images a batch)
     files[10].unlink()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
@@ -355,8 +354,6 @@ class OcclusionBuilder(Builder):
             self.grounder.prefetch(self._all_labels())  # a no-op when prepare() ran
 
     # -- worker: a batch of images ---------------------------------------------------------------
-    _finish_in_thread = True
-
     def prefetch(self, batch: list[Record]) -> None:
         """The next batch's files read, and their JPEGs' coefficients decoded, in a thread while this one
         works on the current batch (the decoder releases the GIL): a repeated 640x480 build took 0.74 s
@@ -438,14 +435,10 @@ class OcclusionBuilder(Builder):
         t3 = time.perf_counter()
         for i, rec, img, px, cands in work:
             results[i].extend(self._occlude_image(rec, img, px, cands))
-        for per in results:
-            per[:] = [r.result() if isinstance(r, Future) else r for r in per]
         t4 = time.perf_counter()
-        # Samples finished in the reader thread took their encode time beside this thread's (not out of it).
         encode = self.stage_seconds.pop("_encode_in_batch", 0.0)
-        beside = self.stage_seconds.pop("_encode_in_thread", 0.0)
         for stage, dt in (("decode", t1 - t0), ("causality", t2 - t1), ("grounding", t3 - t2),
-                          ("mask+occlude", t4 - t3 - encode), ("encode", encode + beside)):
+                          ("mask+occlude", t4 - t3 - encode), ("encode", encode)):
             self.stage_seconds[stage] += dt
         return results
 
@@ -560,7 +553,7 @@ class OcclusionBuilder(Builder):
             if j not in keep:
                 out.append(self._reject(rec, c, "over_entity_limit", "filter", f"more than {cfg.max_entities} objects in the image"))
                 continue
-            out.append(self._sample(rec, img, c, px, changed, frac, rng))  # a Future when reading ahead
+            out.append(self._sample(rec, img, c, px, changed, frac, rng))
         return out
 
     def _masks(self, rec: Record, px: "_Pixels", cands: list[_Candidate], h: int,
@@ -608,18 +601,6 @@ class OcclusionBuilder(Builder):
             "template": template, "grounding": g.method, "objects": objects,
             "conversations": [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": c.entity.label}],
         }
-        if getattr(self, "_reader", None) is not None and self._finish_in_thread:  # reading ahead (prefetch): written in the same thread
-            return self._reader.submit(self._finish_sample, rec, img, c, px, changed, rng, key, g, doc, box, objects,
-                                       "_encode_in_thread")
-        return self._finish_sample(rec, img, c, px, changed, rng, key, g, doc, box, objects)
-
-    def _finish_sample(self, rec: Record, img, c: _Candidate, px: "_Pixels", changed: MaskCrop, rng: np.random.Generator,
-                       key: str, g, doc: dict, box: list[float], objects: int,
-                       timer: str = "_encode_in_batch") -> Sample | Reject:
-        """The occluded JPEG and the mask's PNG (C and zlib, which release the GIL), and the sample. One image's
-        samples are finished in order (a file libjpeg cannot write back switches the rest to re-encoding)."""
-        cfg = self.config
-        sup, question = doc["supercategory"], doc["question"]
         t = time.perf_counter()
         jpg = None
         if px.coefs is not None:
@@ -633,7 +614,7 @@ class OcclusionBuilder(Builder):
             jpg = self._reencode(px.bgr, changed, g.box, rng, key)
         doc["jpeg"] = "coefficients" if px.coefs is not None else "reencoded"
         mask_png = bilevel_png(changed)  # 1-bit: a tenth of the bytes of an 8-bit mask, read back as bool
-        self.stage_seconds[timer] += time.perf_counter() - t
+        self.stage_seconds["_encode_in_batch"] += time.perf_counter() - t
         extras = {"mask.png": mask_png}
         if cfg.keep_original:
             extras["orig." + img.ext] = img.data
