@@ -875,3 +875,69 @@ def test_a_parse_process_that_dies_is_one_error_and_a_rerun_goes_on(monkeypatch,
         ent.extract_entities(captions, processes=2, cache=db)
     monkeypatch.undo()
     assert ent.extract_entities(captions, cache=db) == SpacyEntityExtractor()(captions)
+
+
+def test_a_list_with_commas_only_before_a_place(extract):
+    """"A banana, pillow, towel on a table": towel/VBP the root, lost; "A pillow, surfboard, broccoli" (surfboard/JJ,
+    broccoli/VBZ), "Lanterns, kites, ..." (kites/VBZ), the first item too ("A napkin, jar, mirror": napkin/JJ, and jar
+    a conj of it in no chunk), or a noun hung on no noun ("A train, scissors, remote": scissors the nsubj of remote/JJ;
+    "A lamp, oven, plate": oven/NNP, no "oven plate"; "A mouse, stop sign, cow": cow a dep of stop/VB) or the root
+    past the first item's chunk ("Umbrella, toothbrush, suitcase"). A verb after one comma stays one ("A cat, sleeps
+    on")."""
+    caps = ["A banana, pillow, towel on a table", "A cup, pillow, towel on a counter.",
+            "A napkin, jar, mirror in a kitchen.", "A train, scissors, remote on a table.",
+            "Lanterns, kites, skateboards on a table.", "A pillow, surfboard, broccoli on a table.",
+            "Book, train, elephant on a desk.", "A lamp, oven, plate in a kitchen.", "A lantern, bear and hair drier.",
+            "Scissors, tape, glue on a desk.", "Umbrella, toothbrush, suitcase on a desk.",
+            "A mouse, stop sign, cow on a table.", "An orange, motorcycle, ski on a counter.",
+            "A cat, sleeps on a bed.", "A man, smiling, on a bench."]
+    assert labels(extract, caps) == [
+        ["banana", "pillow", "towel", "table"], ["cup", "pillow", "towel", "counter"],
+        ["napkin", "jar", "mirror", "kitchen"], ["train", "scissors", "remote", "table"],
+        ["lantern", "kite", "skateboard", "table"],
+        ["pillow", "surfboard", "broccoli", "table"], ["book", "train", "elephant", "desk"],
+        ["lamp", "oven", "plate", "kitchen"], ["lantern", "bear", "hair drier"], ["scissors", "tape", "glue", "desk"],
+        ["umbrella", "toothbrush", "suitcase", "desk"], ["mouse", "stop sign", "cow", "table"],
+        ["orange", "motorcycle", "ski", "counter"], ["cat", "bed"], ["man", "bench"]]
+
+
+def test_an_owned_thing_and_a_thing_near_others_misread_as_adjectives(extract):
+    """"A man's oven": oven/JJ the root with man its owner, neither in a chunk; "The girl's oven on a sink": oven/JJ
+    an amod of girl. "A remote near trains and ovens": near (IN or JJ) an amod of trains, remote/JJ another, the
+    label was "remote train"."""
+    caps = ["A man's oven", "A woman's remote and a cow.", "The girl's oven on a sink.", "The man's tennis racket.",
+            "An oven next to a sink", "A dirty oven with a pan inside of it", "A remote near trains and ovens",
+            "An oven near cars.", "A remote near plates and tennis rackets."]
+    assert labels(extract, caps) == [
+        ["man", "oven"], ["woman", "remote", "cow"], ["girl", "oven", "sink"], ["man", "tennis racket"],
+        ["oven", "sink"], ["oven", "pan"], ["remote", "train", "oven"], ["oven", "car"],
+        ["remote", "plate", "tennis racket"]]
+
+
+def test_a_name_whose_second_word_the_parser_took_for_a_comparative(extract):
+    """"The toothbrush and hair drier are on the counter": drier/JJR with hair its compound, lost; "The spoon and
+    hair drier are on ...": drier/JJR the head of a list, its lemma "dry" made the label "hair dry"."""
+    caps = ["The toothbrush and hair drier are on the counter.", "The brush and hair driers are on the counter.",
+            "A toothbrush and hair drier on a counter", "The spoon and hair drier are on the counter.",
+            "The toilet and hair driers are on the counter."]
+    got = extract(caps)
+    assert [[e.label for e in ents] for ents in got] == [
+        ["toothbrush", "hair drier", "counter"], ["brush", "hair drier", "counter"],
+        ["toothbrush", "hair drier", "counter"], ["spoon", "hair drier", "counter"],
+        ["toilet", "hair drier", "counter"]]
+    assert got[0][1].phrase == "hair drier" and not got[0][1].plural and got[1][1].plural
+    assert not got[3][1].plural and got[4][1].plural
+
+
+def test_listed_words_that_share_a_head_with_no_article(extract):
+    """"Coffee and end tables": Coffee the root and tables the object of end, coffee was a thing of its own; each
+    listed word that names a thing with the shared head is that thing. "Side and end tables": side (a scene word,
+    Side/JJ a stop word) was lost, also as the root ("... next to a clock": end/VB a conj of Side). "A lamp and end
+    table" stays a lamp, "Coffee and donuts" coffee."""
+    caps = ["Coffee and end tables", "Side and end tables.", "Side and end tables next to a clock.",
+            "A side and coffee table.", "Dining and end tables in a room.", "A kite with side and end tables.",
+            "A lamp and end table.", "Coffee and donuts on a table."]
+    assert labels(extract, caps) == [
+        ["coffee table", "end table"], ["side table", "end table"], ["side table", "end table", "clock"],
+        ["side table", "coffee table"], ["dining table", "end table", "room"], ["kite", "side table", "end table"],
+        ["lamp", "end table"], ["coffee", "donut", "table"]]

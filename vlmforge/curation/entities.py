@@ -220,10 +220,10 @@ def _goes_on(label: str, doc, last: int, verbs: frozenset[str]):
 def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int, bool, int] | None:
     """_label_of within the chunk (and a fixed compound's second word past it, or the head it shares with
     the next item of a list: _shared_name)."""
-    head = _head_of(chunk)
-    if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN":
-        return None
-    doc = head.doc
+    head, doc = _head_of(chunk), chunk.doc
+    if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN" and not (
+            head.i + 2 < len(doc) and doc[head.i + 1].lower_ in _LIST_WORDS and _shared_name(head, head.lower_)):
+        return None  # "Side and end tables" (side/JJ a stop word): side tables, _shared_name
     last, verb = chunk.end - 1, -1  # verb: a verb in -s taken for the head (_verb_read_as_noun)
     # within the chunk: "A ski and two baskets" split (_split_chunks), ski no modifier of "two baskets"
     nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()
@@ -266,14 +266,23 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
     missed_plural = lemma not in _object_names() and _object_singular(word) != word
     if missed_plural:
         lemma = _object_singular(word)
+    elif head.pos not in _noun_pos() and head.i > chunk.start:
+        # a name's second word lemmatised as what the parser took it for: "The spoon and hair drier are on ..."
+        # (drier/JJR, "dry"), "hair driers"
+        name = _fixed_after(doc[head.i - 1], head)
+        if name is not None:
+            lemma = name.split()[-1]
+            missed_plural = lemma != word
     if lemma in PEOPLE_GROUPS and not (head.i + 1 < len(doc) and doc[head.i + 1].lower_ == "of"):
         return "person", head.idx, head.idx + len(head.text), True, last  # "a couple", not "a couple of"
-    if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
-        return None
+    # before the scene words: "Side and end tables" (side tables)
     if head.i == last and head.i + 2 < len(doc) and doc[head.i + 1].lower_ in _LIST_WORDS:
         shared = _shared_name(head, word)
         if shared is not None:
-            return shared, head.idx, head.idx + len(head.text), _singular(head.head) != head.head.lower_, last
+            name, noun = shared
+            return name, head.idx, head.idx + len(head.text), _singular(noun) != noun.lower_, last
+    if not re.fullmatch(r"[a-z][a-z-]*", lemma) or lemma in SCENE_WORDS:
+        return None
     # Compounds join the label ("traffic light") unless they only describe the thing (_describes); so
     # does a noun the parser made a conj of the list item before ("toaster and coffee maker").
     parts = [t for t in head.lefts if (t.dep_ == "compound" or t.dep_ == "amod" and t.lower in _object_word_ids())
@@ -328,19 +337,26 @@ MATERIALS = frozenset("""glass plastic metal steel wood stone brick paper leathe
     brass styrofoam foam""".split())
 
 
-def _shared_name(t, word: str) -> str | None:
-    """The name a list item makes with the head it was hung on, past the list, when it names one: "A coffee
-    and end table" (coffee/nmod of table) is a coffee table and an end table, as "a coffee table and an end
-    table" ("A sofa, coffee and end table" too); "a lamp and end table" a lamp (no "lamp table"), and "a salt and
-    pepper shaker" one shaker."""
+def _shared_name(t, word: str):
+    """(name, head) of the name a list item makes with the head it was hung on, past the list, when it names one,
+    or None: "A coffee and end table" (coffee/nmod of table) is a coffee table and an end table, as "a coffee
+    table and an end table" ("A sofa, coffee and end table" too); "a lamp and end table" a lamp (no "lamp
+    table"), and "a salt and pepper shaker" one shaker. Where the parser hung the list on its first word
+    ("Coffee and end tables": Coffee the root, tables the object of end) the head is the noun after the next item,
+    if that item makes a name with it too: each listed word that names a thing with the shared head is that thing,
+    as with an article (a coffee table and an end table, not coffee)."""
     first = t  # the list's first item ("A sofa, coffee and end table": coffee a conj of sofa, sofa an nmod of table)
     while first.dep_ == "conj" and first.head.i < first.i:
         first = first.head
     head = first.head
     if head.i <= t.i + 1 or first.dep_ not in _LIST_DEPS:
-        return None
+        doc = t.doc
+        if not (t.i + 3 < len(doc) and doc[t.i + 1].lower_ in ("and", "or") and doc[t.i + 3].pos_ == "NOUN"
+                and f"{doc[t.i + 2].lower_} {_singular(doc[t.i + 3])}" in _known_names()):
+            return None
+        head = doc[t.i + 3]
     name = f"{word} {_singular(head)}"
-    return name if name in _known_names() else None
+    return (name, head) if name in _known_names() else None
 
 
 def _describes(t) -> bool:
@@ -380,15 +396,25 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
         root = _head_of(chunk)  # "A banana and cell phone" (_ing_subject): its root "A", hung on the verb
         for t in chunk:
             if (t.i + 1 >= root.i
-                    or t.pos_ != "NOUN" and not _object_adjective(t) and not _listed_fruit(t, nouns)
-                    and not (t.i == 0 and t.pos_ == "PROPN")):  # "Jars and hair driers": Jars/NNP
+                    or t.pos_ != "NOUN" and not (t.pos_ == "PROPN" and t.is_lower)  # "A lamp, oven, plate": oven/NNP
+                    and not _object_adjective(t) and not _listed_fruit(t, nouns)
+                    and not (t.i == 0 and t.pos_ == "PROPN")  # "Jars and hair driers": Jars/NNP
+                    and (t.is_stop or not _comma_listed(t, nouns))  # "A napkin, person, ...": napkin/JJ an nmod
+                    # "Side and end tables": Side/JJ an nmod of tables, with which it names a thing
+                    and not (t.n_rights and doc[t.i + 1].lower_ in _LIST_WORDS
+                             and f"{t.lower_} {_singular(root)}" in _known_names())):
                 continue
             if (t.dep_ in ("nmod", "npadvmod") and doc[t.i + 1].pos_ == "VERB"
                     and _fixed_after(doc[t.i + 1], doc[t.i + 2]) is None):  # "a metal potted plant": one thing
                 rest = t.i + 2  # the verb belongs to neither
             elif t.dep_ == "poss" and doc[t.i + 1].tag_ == "POS" and t.lower in _object_word_ids():
                 rest = t.i + 2  # "a dog's head": the dog, and its head
-            elif t.dep_ in _LIST_DEPS and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, root):
+            elif doc[t.i + 1].tag_ == "IN" or doc[t.i + 1].lower_ in PLACE_PREPS:
+                rest = t.i + 2  # "A remote near trains": near/IN (or JJ) an amod of trains, no "remote train"
+            # before a comma, any label: "A train, scissors, remote on" (scissors the nsubj of remote/JJ), "An
+            # orange, lantern, cake on" (lantern/JJ a prep of the comma)
+            elif ((t.dep_ in _LIST_DEPS or doc[t.i + 1].text == ",")
+                  and doc[t.i + 1].lower_ in _LIST_WORDS and _listed_apart(t, root)):
                 rest = t.i + 1
                 while rest < root.i and doc[rest].lower_ in _LIST_WORDS:
                     rest += 1
@@ -471,34 +497,48 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     and the lists whose last word the parser took for an adjective or the like ("a toilet and bath tub":
     tub/JJ, _misread_list_head); also any other noun in no chunk after "and" that the parser made a conj of a
     noun ("A fire hydrant and kettle": kettle, conj of hydrant/amod, fire the root), a root noun spaCy skips
-    (_root_past_chunk), list items hung on no noun (_listed_loose) and a noun the parser left unclassified
-    ("dep") on a word after it. `nouns`: for _split_chunks."""
-    from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, advmod, amod, attr, conj, dep, dobj, nmod, npadvmod, nsubj,
-                               pobj)
+    (_root_past_chunk), list items hung on no noun (_listed_loose), a noun the parser left unclassified
+    ("dep") on a word after it, items of a list written with commas only hung on a comma, a verb or a noun before
+    them (_beside_comma) and an owner whose thing the parser took for no noun ("A man's oven"). `nouns`: for
+    _split_chunks."""
+    from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, acl, advcl, advmod, amod, attr, conj, dep, dobj, nmod,
+                               npadvmod, nsubj, pobj, poss, prep)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
-        if pos == NOUN or pos == PROPN and t.is_lower:  # "A fire hydrant and frisbee": frisbee/NNP
+        # "A fire hydrant and frisbee": frisbee/NNP; "Book, train, elephant on a desk": Book/NNP an nmod of elephant
+        if pos == NOUN or pos == PROPN and (t.is_lower or t.i == 0 and (t.lower in ids or t.lower_ in nouns)):
             if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)
                                     or t.dep == advmod)  # "... and the fire hydrant.": hydrant/NN an advmod of is
                     or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
                     and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
-                    or t.head.i == t.i and _root_past_chunk(t)
+                    # "Umbrella, toothbrush, suitcase on a desk": suitcase the root past the first item's chunk
+                    or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and doc[t.i - 1].text == ",")
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
                     # "... riding a shelf": shelf an npadvmod of riding/NN, its object, in no chunk
                     or t.dep == npadvmod and t.head.lower_.endswith("ing") and t.head.i < t.i and _own_article(t)
-                    # "A clock that is white and a lantern": lantern a conj of white, in no chunk
-                    or t.dep == conj and t.head.pos == ADJ and t.head.i < t.i and _own_article(t)
+                    # "A clock that is white and a lantern": lantern a conj of white, in no chunk; "A napkin,
+                    # jar, mirror in ...": jar a conj of napkin/JJ
+                    or t.dep == conj and t.head.pos == ADJ and t.head.i < t.i
+                    and (_own_article(t) or doc[t.i - 1].text == ",")
                     # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
                     or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
+                    # "A man's oven": man the poss of oven/JJ, which no chunk holds
+                    or t.dep == poss and t.head.pos != NOUN and t.head.pos != PROPN
+                    # "A kettle, toaster, vase in ...": toaster a prep of the comma; "A towel, couch, ski on ...": ski
+                    # an acl of towel; "A stop sign, dining table, train on ...": sign an advcl of train/VB; "A mouse,
+                    # stop sign, cow on ...": cow a dep of stop/VB; "An orange, motorcycle, ski on": ski an amod of
+                    # motorcycle, before it
+                    or (t.dep == prep or t.dep == acl or t.dep == advcl or t.dep == dep
+                        or t.dep == amod and t.head.i < t.i) and _beside_comma(t)
                     or t.head.tag_ == "VBG" and _ing_subject(t)):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
-              and _misread_list_head(t, nouns)):
+              and (_misread_list_head(t, nouns) or _shares_head(t))):
             found.append(doc[t.left_edge.i : t.i + 1])
     chunks = sorted([*doc.noun_chunks, *found], key=lambda c: c.start) if found else doc.noun_chunks
     chunks = list(_split_chunks(chunks, nouns))
@@ -507,6 +547,19 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
         # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
         loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _shares_head(t) -> bool:
+    """A word the parser took for no noun before "and" that names a thing with the head it shares with the next item:
+    "Side and end tables next to a clock" (Side/JJ the root, end/VB a conj of it, tables its object; _shared_name)."""
+    doc = t.doc
+    return t.i + 3 < len(doc) and doc[t.i + 1].lower_ in ("and", "or") and _shared_name(t, t.lower_) is not None
+
+
+def _beside_comma(t) -> bool:
+    """A comma right before or after the word."""
+    doc = t.doc
+    return t.i > 0 and doc[t.i - 1].text == "," or t.i + 1 < len(doc) and doc[t.i + 1].text == ","
 
 
 _ARTICLES_AND_OWNERS = frozenset({"a", "an", "the", "his", "her", "its", "their"})
@@ -676,23 +729,26 @@ def _object_singular(word: str) -> str:
 
 
 def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
-    """An object word the small parser took for an adjective, verb or the like ("An oven and a microwave":
-    oven/JJ, "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article or a
-    number belongs to it ("Two vases next to ...": vases/VBZ), when "and" joins it to a noun or another
-    object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...":
-    oven/JJ; "An oven and rug": rug/VB, _misread_list_end) or follows "and" after the verb's object that
-    the parser joined it to ("There is a chair and remote here": remote/JJ, a conj of "is",
-    _listed_with_object) or after any noun (_listed_after_noun: "A boat and fork"), or when it starts the
-    caption with no object of its own ("Train on the tracks": train/VB, "Boy eating a donut": boy/UH), or
-    when the word before makes a known name with it ("There is a fire hydrant and ...": hydrant/JJ).
-    Another word only where it ends a list (_misread_list_end) or, known as a noun only (`nouns`), opens one
-    (_misread_list_start); an object word too where it opens the caption (_misread_opening)."""
+    """An object word the small parser took for an adjective, verb or the like ("An oven and a microwave": oven/JJ,
+    "stove and sink": sink/VB), which no noun chunk then holds. It is a noun when an article, a number or an owner
+    belongs to it ("Two vases next to ...": vases/VBZ; "A man's oven"), when "and" joins it to a noun or another
+    object word ("a knife, fork and spoon": spoon/VB) or it heads such a list ("Oven, microwave and ...": oven/JJ;
+    "An oven and rug": rug/VB, _misread_list_end) or follows "and" after the verb's object that the parser joined it
+    to ("There is a chair and remote here": remote/JJ, a conj of "is", _listed_with_object) or after any noun
+    (_listed_after_noun: "A boat and fork"), or when it starts the caption with no object of its own ("Train on the
+    tracks": train/VB, "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is
+    a fire hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end) or, known as a
+    noun only (`nouns`), opens one (_misread_list_start); an object word too where it opens the caption
+    (_misread_opening). Either kind also where it is an item of a list written with commas only (_comma_listed); an
+    object word also after an owner's "'s" (_owned); another word also where it ends a known name with its compound
+    (_name_end: "hair drier", drier/JJR)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
-                or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns))
+                or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns)
+                or not tok.is_stop and _comma_listed(tok, nouns) or tok.n_lefts and _name_end(tok))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
-    return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS for t in tok.lefts)
+    return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS or t.dep_ == "poss" for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
                                         or _listed_with_object(tok)))
@@ -700,7 +756,60 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
             or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
-            or _after_adjectives(tok))
+            or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok))
+
+
+def _comma_listed(tok, nouns: frozenset[str]) -> bool:
+    """An object word or a word known as a noun only (`nouns`; a plural in -s of one) that the parser took for no
+    noun, as an item of a list written with commas only: "A banana, pillow, towel on a table" (towel/VBP the root,
+    pillow a dep of it), "A pillow, surfboard, broccoli on a table" (surfboard/JJ, broccoli/VBZ), "Lanterns, kites,
+    skateboards" (kites/VBZ the root), "A napkin, jar, mirror in a kitchen" (napkin/JJ, the first item). Its item
+    ends at a comma, a place or the caption's end; a noun and a comma come before it, or it opens the caption (after
+    an article) with a comma and a noun after it; and the list has a second comma or an "and" ("A cat, sleeps on" is
+    none)."""
+    # lexeme flags first, and a comma beside it (a flag, then the text): _misread_noun sees every word
+    if tok.is_stop or not tok.is_alpha:
+        return False
+    doc, i = tok.doc, tok.i
+    if i > 1 and doc[i - 1].is_punct and doc[i - 1].text == ",":
+        item = doc[i - 2]
+    elif (i < 2 and not tok.whitespace_ and i + 2 < len(doc) and doc[i + 1].text == ","
+          and (i == 0 or doc[0].lower_ in ("a", "an", "the"))):
+        item = doc[i + 2]
+    else:
+        return False  # most words: no comma beside them
+    after = doc[i + 1] if i + 1 < len(doc) else None
+    if after is not None and after.text != "," and after.lower_ not in PLACE_PREPS and after.tag_ != ".":
+        return False
+    if tok.pos in _noun_pos() or not (item.pos in _noun_pos() or item.lower in _object_word_ids()
+                                      or item.lower_ in nouns):
+        return False
+    word = tok.lower_
+    if tok.lower not in _object_word_ids():
+        stem = word[:-2] if word.endswith("es") and word[:-2] in nouns else word[:-1]
+        if not (word in nouns or tok.tag_ == "VBZ" and stem in nouns and stem not in ACTS):
+            return False
+        if word in _colour_words() or word in MATERIALS:
+            return False
+    return sum(t.lower_ in _LIST_WORDS for t in doc) > 1  # "A lantern, bear and hair drier" (lantern/JJ) too
+
+
+def _name_end(tok) -> bool:
+    """The second word of a known two-word name that the parser took for no noun, with the first word its compound:
+    "The toothbrush and hair drier are on ..." (drier/JJR, a comparative, hair its compound)."""
+    if tok.i == 0 or tok.pos in _noun_pos():
+        return False
+    before = tok.doc[tok.i - 1]
+    return (before.dep == _compound_id() and before.head.i == tok.i and tok.is_alpha
+            and f"{before.lower_} {_object_singular(tok.lower_)}" in _known_names())
+
+
+def _owned(tok) -> bool:
+    """An object word right after an owner's "'s" with no noun after it: the thing owned, whatever the parser hung
+    it on ("The girl's oven on a sink": oven/JJ an amod of girl, the root)."""
+    doc = tok.doc
+    return (tok.i > 1 and doc[tok.i - 1].tag_ == "POS"
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN")))
 
 
 # Words that count a plural before it as numbers do: "Many kites in ..." (kites/VBZ, many its amod).
@@ -835,6 +944,13 @@ def _compound_id() -> int:
 
 
 @lru_cache(maxsize=1)
+def _noun_pos() -> tuple[int, int]:
+    from spacy.symbols import NOUN, PROPN
+
+    return NOUN, PROPN
+
+
+@lru_cache(maxsize=1)
 def _conj_id() -> int:
     from spacy.symbols import conj  # looked up once: _misread_list_end sees every word
 
@@ -844,7 +960,7 @@ def _conj_id() -> int:
 _VERB_DEPS = frozenset("dobj nsubj nsubjpass acomp xcomp ccomp advmod aux auxpass neg prt dative oprd".split())
 
 
-def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
+def _misread_entity(tok, nouns: frozenset[str] = frozenset()) -> tuple[str, int, int, bool, int, int]:
     """(label, label start, label end, plural, first and last token) of a `_misread_noun`: the word
     singular, or the two-word name it makes with the word after it ("a phone and stop sign": stop/VB) or
     before it ("a hot dog and fire hydrant": hydrant/RB), its phrase from its article and adjectives on."""
@@ -863,6 +979,9 @@ def _misread_entity(tok) -> tuple[str, int, int, bool, int, int]:
         label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
     first = 0 if _misread_opening(tok) else min([name_start.i] + [t.left_edge.i for t in mods])  # "An oven next to"
+    if _comma_listed(tok, nouns):
+        # its own item only: "A napkin, jar, mirror in ..." (A the det of mirror/VBP), from its article if it opens
+        first = 0 if tok.i == 1 else max([first] + [k + 1 for k in range(first, name_start.i) if doc[k].text == ","])
     plural = plural or _counted(doc[first : tok.i + 1], tok)
     return label, name_start.idx, last.idx + len(last.text), plural, first, last.i
 
@@ -1083,7 +1202,7 @@ class SpacyEntityExtractor:
                 for t in misread:
                     if t.i in held:
                         continue
-                    label, start, end, plural, first, last = _misread_entity(t)
+                    label, start, end, plural, first, last = _misread_entity(t, self._nouns)
                     # "A traffic light and stop sign": stop/VB and sign/VB both misread, one name
                     held.update(range(first, last + 1))
                     if (label, start) not in seen:
@@ -1103,7 +1222,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 14  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -1136,7 +1255,10 @@ EXTRACTOR_VERSION = 13  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # napkin looking at"), misread after adjectives ("A brown and white donut") or before a participle ("An oven placed
 # next to"), object words as advmod ("... and the fire hydrant"), "a metal potted plant" one thing, bare things before
 # "with" ("Candle with lamp"), a verb in -ing read as a noun with an object of its own ("a helmet riding a bike"), a
-# thing after an adjective's "and" ("A clock that is white and a lantern")
+# thing after an adjective's "and" ("A clock that is white and a lantern"); 14: lists with commas only before a place
+# ("A banana, pillow, towel on a table"), an owned thing misread ("A man's oven"), "near" read as an adjective ("A
+# remote near trains"), a name's second word read as a comparative ("hair drier"), listed words sharing a head with no
+# article ("Coffee and end tables", "Side and end tables")
 
 
 class EntityCache:
