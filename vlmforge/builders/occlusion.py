@@ -132,8 +132,9 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "2.4.0"  # 2.4.0: EXTRACTOR_VERSION 12 (a sweep of caption shapes: lists, misread openings,
-    # "a X sitting"): any caption may change; 2.3.0: EXTRACTOR_VERSION 11 (more lists, two verbs after a subject)
+    VERSION = "2.5.0"  # 2.5.0: EXTRACTOR_VERSION 14 (comma-only lists, owners, "Coffee and end tables"; 13, "close-up
+    # of" and "side by side", came in under 2.4.0); 2.4.0: EXTRACTOR_VERSION 12 (a sweep of caption shapes: lists, misread
+    # openings, "a X sitting"): any caption may change; 2.3.0: EXTRACTOR_VERSION 11 (more lists, two verbs after a subject)
     Config = OcclusionConfig
     description = ("Causal-entity occlusion (CVC): an object named in a caption and predictable from its context "
                    "is hidden in the image, and the instruction asks the model to infer it.")
