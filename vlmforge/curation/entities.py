@@ -1321,7 +1321,7 @@ def default_entity_cache(model: str) -> Path:
 # is loaded: each starts in ~20 ms, sharing this one's memory until it writes. One process parses 1,700-2,300
 # captions a second here (curation/parsing.py); two, 1.6x that at 4,000 captions, 1.5-2.1x at 8,000. A fork has costs
 # that do not grow with the captions: its first chunk is ~0.1 s slower (pages copied as it writes them), and
-# this process pays a page fault for each page it writes afterwards, 5-45 thousand in a build (measured in
+# this process pays a page fault for each page it writes afterwards, 5-35 thousand more in a build (measured in
 # the sample's pipeline at 640x480): below ~5,000 captions the two processes saved nothing overall.
 FORK_MIN = 2_500  # captions a process
 # Elsewhere each starts afresh (~5 s: imports, pipeline load) and pays from many more.
