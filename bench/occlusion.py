@@ -15,6 +15,7 @@ batch's images read and decoded in a thread meanwhile, executors/local.py), mode
 (start-up is reported apart), and write the shards; one more row runs each batch in turn in one thread, one
 with `--occluded-jpeg reencode` (decode, paint, encode), in the same repeats, and with --spacy-parse another
 with the caption parse as spaCy runs it. Images per second count source images; each may yield several samples.
+Reading ahead, the decode stage is the time the build thread waits for the reader thread, not the decoding.
 
 With --coefficient-floor (needs a C compiler and libjpeg's headers), one more row goes below the
 pixel-domain floor: reading each image's quantised DCT coefficients once and writing them back once per
@@ -304,8 +305,8 @@ def main() -> None:
                   f"alone is {b_sec / floor:.2f}x")
             # No first build can beat parsing every caption plus the per-sample floor, whatever else it does.
             parse = best["stages"]["entities"]
-            print(f"bound for a first build in pixels: entities stage ({parse:.2f}s, the caption parse) + per-sample floor ({floor:.2f}s) "
-                  f"-> at most {b_sec / (parse + floor):.2f}x")
+            print(f"bound for a first build in pixels, in one thread: entities stage ({parse:.2f}s, the caption parse) + "
+                  f"per-sample floor ({floor:.2f}s) -> at most {b_sec / (parse + floor):.2f}x")
             if base_coef:
                 # In the DCT domain: coefficients read once per image, written once per sample.
                 coef = statistics.median(r + w * per_image for r, w in base_coef)
