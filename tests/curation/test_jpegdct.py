@@ -422,6 +422,35 @@ def test_an_occluder_that_needs_a_code_the_tables_lack_switches_the_image_to_the
         assert ours.spliced == 3
 
 
+def test_coding_with_the_standard_tables_ahead_of_need_writes_the_same_bytes():
+    """code_standard() makes, ahead of time, the switch the first occluder needing a code the file's tables lack
+    would make: every occluder's bytes are the same whether it ran or not, also where no occluder needs it."""
+    rng = np.random.default_rng(7)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((64, 80, 3), 90, np.uint8)).save(buf, "JPEG", quality=90, optimize=True)
+    sources = [buf.getvalue()]
+    for seed in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(_photo(120, 176, seed)).save(buf, "JPEG", quality=80, optimize=True)
+        sources.append(buf.getvalue())
+    switched = 0
+    for data in sources:
+        ahead, lazy = dct.Coefficients(data), dct.Coefficients(data)
+        assert ahead.code_standard() is True and ahead.code_standard() is False  # once
+        h, w = ahead.height, ahead.width
+        # first an occluder in the image's own colour (codes it has), then ones that may need others
+        got = [(ahead.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)),
+                lazy.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)))]
+        for _ in range(3):
+            mask, y0, x0, fill = _random_occluder(rng, h, w)
+            got.append((ahead.occlude(mask, y0, x0, fill), lazy.occlude(mask, y0, x0, fill)))
+        assert all(a == b for a, b in got) and ahead.spliced == lazy.spliced == 4
+        switched += _huffman_tables(got[-1][1]) != _huffman_tables(data)
+    assert switched >= 2  # the lazy path switched too: the copy was used
+    # tables that hold every code (libjpeg's standard ones): nothing to do
+    assert dct.Coefficients(_jpeg(_photo(48, 64, seed=3), quality=80)).code_standard() is False
+
+
 def test_a_damaged_scan_is_read_by_libjpeg_as_before():
     """Bit flips, 0xFF bytes and lost bytes in the scan: our decoder either reads exactly what libjpeg reads
     (without a warning) or leaves the file to libjpeg, which warns, fails or reads it as it always did."""

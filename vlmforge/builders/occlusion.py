@@ -367,7 +367,15 @@ class OcclusionBuilder(Builder):
             self._reader, self._ahead = ThreadPoolExecutor(1, thread_name_prefix="vlmforge-read"), {}
         for rec in batch:
             if "file" in rec and rec.get("captions") and "orphan" not in rec and "invalid" not in rec:
-                self._ahead[str(rec["file"])] = self._reader.submit(self._read, rec["file"])
+                self._ahead[str(rec["file"])] = self._reader.submit(self._read_ahead, rec["file"])
+
+    def _read_ahead(self, file) -> tuple[bytes, Any]:
+        """_read, and for a file whose Huffman tables lack codes (tables made for the image) the coding with the
+        standard tables that its first occluder needing one would do, done here instead (the same bytes)."""
+        data, coefs = self._read(file)
+        if coefs is not None:
+            coefs.code_standard()
+        return data, coefs
 
     def _read(self, file) -> tuple[bytes, Any]:
         """A file's bytes, and for a JPEG occluded in the DCT domain its coefficients (None where it cannot be

@@ -107,6 +107,7 @@ typedef struct {
      * by splicing, our own decoder's (splice, blocks; libjpeg then read only the headers, from `data`). */
     JBLOCKROW *rows[MAX_COMPONENTS];
     Splice *splice;
+    Splice *standard; /* the splice switched to the standard tables ahead of need (code_standard), or NULL */
     JBLOCK *blocks[MAX_COMPONENTS];
     uint8_t *data;
     size_t data_len;
@@ -368,6 +369,8 @@ done:
 static void free_blocks(Coefficients *self) {
     splice_free(self->splice);
     self->splice = NULL;
+    splice_free(self->standard);
+    self->standard = NULL;
     for (int ci = 0; ci < MAX_COMPONENTS; ci++) {
         free(self->rows[ci]);
         free(self->blocks[ci]);
@@ -452,9 +455,16 @@ static int occlude_and_write(Coefficients *self, const Occluder *o, unsigned cha
              * image hold only the symbols it uses): the image, its blocks as read, is coded once with the
              * standard tables, which hold them all, and this occluder and every later one are spliced
              * from that. */
-            swap_blocks(&self->saved);
-            int switched = splice_use_tables(self->splice, STD_DC, STD_AC, (SpliceRow *const *)self->rows);
-            swap_blocks(&self->saved);
+            int switched = 0;
+            if (self->standard) { /* coded so already, from the same blocks as read (code_standard) */
+                splice_free(self->splice);
+                self->splice = self->standard;
+                self->standard = NULL;
+            } else {
+                swap_blocks(&self->saved);
+                switched = splice_use_tables(self->splice, STD_DC, STD_AC, (SpliceRow *const *)self->rows);
+                swap_blocks(&self->saved);
+            }
             if (!switched) status = write_spliced(self, &spliced, &spliced_size);
         }
         restore_blocks(&self->saved);
@@ -708,6 +718,37 @@ done:
     return result;
 }
 
+/* The switch an occluder makes when it needs a code the file's Huffman tables lack (occlude_and_write), made now
+ * on a copy of the splice, while no occluder is at work: the image, its blocks as read, coded with the standard
+ * tables. occlude() takes the copy in place of coding it then, and writes the same bytes; where no occluder needs
+ * the switch the copy is never used. Meant for a thread that reads ahead (the GIL is released while it codes).
+ * True when a copy was made; False for a file whose tables hold every code (no switch can be needed), one not
+ * written by splicing, or one switched already. */
+static PyObject *Coefficients_code_standard(Coefficients *self, PyObject *unused) {
+    (void)unused;
+    if (check_ready(self) < 0) return NULL;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Coefficients are in use by another thread's occlude()");
+        return NULL;
+    }
+    if (!self->splice || self->standard || splice_standard(self->splice) || splice_complete(self->splice))
+        Py_RETURN_FALSE;
+    self->busy = 1;
+    int status = -2;
+    Splice *copy;
+    Py_BEGIN_ALLOW_THREADS
+    copy = splice_copy(self->splice);
+    if (copy) status = splice_use_tables(copy, STD_DC, STD_AC, (SpliceRow *const *)self->rows);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (status) { /* out of memory, or tables that cannot be: occlude() finds out for itself, as before */
+        splice_free(copy);
+        Py_RETURN_FALSE;
+    }
+    self->standard = copy;
+    Py_RETURN_TRUE;
+}
+
 /* A component's coefficients as bytes of int16 in (block rows, block columns, 64) natural order. */
 static PyObject *Coefficients_blocks(Coefficients *self, PyObject *args) {
     int ci;
@@ -784,6 +825,9 @@ static PyMethodDef Coefficients_methods[] = {
     {"blocks", (PyCFunction)Coefficients_blocks, METH_VARARGS,
      "blocks(component) -> (bytes of int16, (block rows, block columns)): the quantised coefficients, natural order"},
     {"quant", (PyCFunction)Coefficients_quant, METH_VARARGS, "quant(component) -> the 64 quantisation steps, natural order"},
+    {"code_standard", (PyCFunction)Coefficients_code_standard, METH_NOARGS,
+     "code_standard() -> bool: the image coded with the standard Huffman tables now, for the first occluder that needs "
+     "a code the file's own tables lack (the same bytes as coding it then); False where none can need it"},
     {NULL},
 };
 

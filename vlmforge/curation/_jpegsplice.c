@@ -698,3 +698,52 @@ done:
 }
 
 int splice_standard(const Splice *s) { return s->standard; }
+
+int splice_complete(const Splice *s) {
+    for (int j = 0; j < s->ncomp; j++) {
+        const Table *dc = &s->tables[0][s->dc[j]], *ac = &s->tables[1][s->ac[j]];
+        for (int k = 0; k <= 11; k++) /* DC differences of up to 11 bits */
+            if (!dc->len[k]) return 0;
+        if (!ac->len[0x00] || !ac->len[0xF0]) return 0; /* end of block, a run of 16 zeros */
+        for (int run = 0; run < 16; run++)
+            for (int size = 1; size <= 10; size++)
+                if (!ac->len[run << 4 | size]) return 0;
+    }
+    return 1;
+}
+
+static int copy_bytes(Bytes *to, const Bytes *from) {
+    to->n = from->n;
+    to->p = NULL;
+    if (!from->n) return 0;
+    to->p = malloc(from->n);
+    if (!to->p) return -1;
+    memcpy(to->p, from->p, from->n);
+    return 0;
+}
+
+Splice *splice_copy(const Splice *s) {
+    Splice *c = malloc(sizeof(Splice));
+    if (!c) return NULL;
+    *c = *s;
+    c->kept.p = c->dht.p = c->sos.p = c->bits = c->dirty = NULL;
+    c->interval = NULL;
+    c->first = c->last = NULL;
+    if (copy_bytes(&c->kept, &s->kept) < 0 || copy_bytes(&c->dht, &s->dht) < 0 || copy_bytes(&c->sos, &s->sos) < 0)
+        goto fail;
+    c->bits = malloc(s->bits_len + TAIL);
+    c->interval = malloc(s->intervals * sizeof(size_t));
+    c->first = malloc(s->mcus * sizeof(uint64_t));
+    c->last = malloc(s->mcus * sizeof(uint64_t));
+    c->dirty = malloc(s->mcus);
+    if (!c->bits || !c->interval || !c->first || !c->last || !c->dirty) goto fail;
+    memcpy(c->bits, s->bits, s->bits_len + TAIL);
+    memcpy(c->interval, s->interval, s->intervals * sizeof(size_t));
+    memcpy(c->first, s->first, s->mcus * sizeof(uint64_t));
+    memcpy(c->last, s->last, s->mcus * sizeof(uint64_t));
+    memcpy(c->dirty, s->dirty, s->mcus);
+    return c;
+fail:
+    splice_free(c);
+    return NULL;
+}

@@ -37,6 +37,11 @@ typedef struct {
  * 0; -1 (tables that lack a symbol) or -2 (out of memory), and the splice is of no more use. */
 int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows);
 int splice_standard(const Splice *s);
+/* Whether every table the scan uses has a code for every symbol baseline coding can ask for (then no occluder needs
+ * splice_use_tables). */
+int splice_complete(const Splice *s);
+/* A splice of its own with the same state, or NULL when out of memory. */
+Splice *splice_copy(const Splice *s);
 void splice_free(Splice *s);
 
 #endif
