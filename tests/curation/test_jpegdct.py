@@ -435,20 +435,39 @@ def test_coding_with_the_standard_tables_ahead_of_need_writes_the_same_bytes():
         sources.append(buf.getvalue())
     switched = 0
     for data in sources:
-        ahead, lazy = dct.Coefficients(data), dct.Coefficients(data)
+        ahead, lazy, decoding = dct.Coefficients(data), dct.Coefficients(data), dct.Coefficients(data, standard=True)
         assert ahead.code_standard() is True and ahead.code_standard() is False  # once
+        assert decoding.code_standard() is False  # made as the blocks were decoded
         h, w = ahead.height, ahead.width
         # first an occluder in the image's own colour (codes it has), then ones that may need others
-        got = [(ahead.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)),
-                lazy.occlude(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90)))]
-        for _ in range(3):
-            mask, y0, x0, fill = _random_occluder(rng, h, w)
-            got.append((ahead.occlude(mask, y0, x0, fill), lazy.occlude(mask, y0, x0, fill)))
-        assert all(a == b for a, b in got) and ahead.spliced == lazy.spliced == 4
+        args = [(np.ones((8, 8), np.uint8), 0, 0, (90, 90, 90))] + [_random_occluder(rng, h, w) for _ in range(3)]
+        got = [(ahead.occlude(*a), lazy.occlude(*a), decoding.occlude(*a)) for a in args]
+        assert all(a == b == c for a, b, c in got) and ahead.spliced == lazy.spliced == decoding.spliced == 4
         switched += _huffman_tables(got[-1][1]) != _huffman_tables(data)
     assert switched >= 2  # the lazy path switched too: the copy was used
     # tables that hold every code (libjpeg's standard ones): nothing to do
-    assert dct.Coefficients(_jpeg(_photo(48, 64, seed=3), quality=80)).code_standard() is False
+    for standard in (False, True):
+        coefs = dct.Coefficients(_jpeg(_photo(48, 64, seed=3), quality=80), standard=standard)
+        assert coefs.code_standard() is False and coefs.splicing
+
+
+def test_coding_with_the_standard_tables_while_decoding_spends_no_symbol_the_blocks_do_not_need():
+    """Coded as each block is decoded, the standard copy holds the bits coding the blocks would give, not the
+    file's own choice of symbols: zero runs before the end of a block spent as ZRLs (16 zeros each) are
+    dropped, and a block that ZRLs run to its end gets an EOB, as the lazy switch codes them."""
+    eob, zrl, dc0 = "00", "01", "00"  # a luminance AC table of those two codes only; DC size 0 in the standard one
+    blocks = [dc0 + eob, dc0 + zrl * 2 + eob, dc0 + zrl * 4, dc0 + zrl * 3 + eob]
+    data = _zero_jpeg([(2, 2), (1, 1), (1, 1)], ac_luma=([0, 2] + [0] * 14, [0x00, 0xF0]), luma_blocks=blocks)
+    plain = dct.Coefficients(data, splice=False)
+    occluder = (np.ones((4, 4), np.uint8), 2, 2, (200, 30, 60))  # AC values the file's table has no code for
+    lazy, decoding = dct.Coefficients(data), dct.Coefficients(data, standard=True)
+    assert lazy.splicing and decoding.splicing and lazy.code_standard() and not decoding.code_standard()
+    for coefs in (lazy, decoding):
+        assert all(np.array_equal(_blocks(coefs, ci), _blocks(plain, ci)) for ci in range(3))
+    written = [lazy.occlude(*occluder), decoding.occlude(*occluder)]
+    assert written[0] == written[1] and lazy.spliced == decoding.spliced == 1
+    assert _huffman_tables(written[0]) != _huffman_tables(data)  # switched to the standard tables
+    assert _same_coefficients(written[0], dct.Coefficients(data, splice=False).occlude(*occluder))
 
 
 def test_a_damaged_scan_is_read_by_libjpeg_as_before():
@@ -492,25 +511,33 @@ def test_a_damaged_scan_is_read_by_libjpeg_as_before():
 _STANDARD_DC_LUMA = ([0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0], list(range(12)))
 
 
-def _zero_jpeg(sampling, dc_luma=_STANDARD_DC_LUMA) -> bytes:
+def _zero_jpeg(sampling, dc_luma=_STANDARD_DC_LUMA, ac_luma=None, luma_blocks=("001010",)) -> bytes:
     """A 32x32 JPEG of all-zero blocks with any sampling factors, coded with the tables PIL writes (the
-    standard ones) but the luminance DC table, which is `dc_luma` (counts of lengths 1..16, symbols)."""
+    standard ones) but the luminance DC table, which is `dc_luma` (counts of lengths 1..16, symbols), and with
+    `ac_luma` the luminance AC table too. The luminance blocks' bits are `luma_blocks` in turn (a zero block in the
+    standard tables: DC size 0 then EOB, '00' + '1010')."""
+    import itertools
     import struct
 
     base = _jpeg(_photo(32, 32), subsampling=0)
     seg = lambda m, body: bytes([0xFF, m]) + struct.pack(">H", len(body) + 2) + body
     tables = [base[at : at + 2 + n] for at, m, n in _segments(base) if m == 0xDB]
+    ours = (0x00, 0x10) if ac_luma else (0x00,)
     for at, m, n in _segments(base):
-        if m == 0xC4 and base[at + 4] != 0x00:  # every table PIL wrote but the luminance DC one
+        if m == 0xC4 and base[at + 4] not in ours:  # every table PIL wrote but the ones given here
             tables.append(base[at : at + 2 + n])
     tables.append(seg(0xC4, bytes([0x00]) + bytes(dc_luma[0]) + bytes(dc_luma[1])))
+    if ac_luma:
+        tables.append(seg(0xC4, bytes([0x10]) + bytes(ac_luma[0]) + bytes(ac_luma[1])))
     hmax, vmax = max(h for h, v in sampling), max(v for h, v in sampling)
     frame = bytes([8, 0, 32, 0, 32, 3]) + b"".join(bytes([c + 1, h << 4 | v, min(c, 1)])
                                                    for c, (h, v) in enumerate(sampling))
     scan = bytes([3, 1, 0x00, 2, 0x11, 3, 0x11, 0, 63, 0])
-    # a zero block: DC size 0 then EOB, '00' + '1010' in the luminance tables, '00' + '00' in chrominance
-    mcu = "001010" * (sampling[0][0] * sampling[0][1]) + "0000" * sum(h * v for h, v in sampling[1:])
-    bits = mcu * (-(-32 // (8 * hmax)) * -(-32 // (8 * vmax)))
+    luma = itertools.cycle(luma_blocks)
+    # a zero chrominance block: '00' + '00' in the standard chrominance tables
+    bits = "".join("".join(next(luma) for _ in range(sampling[0][0] * sampling[0][1]))
+                   + "0000" * sum(h * v for h, v in sampling[1:])
+                   for _ in range(-(-32 // (8 * hmax)) * -(-32 // (8 * vmax))))
     bits += "1" * (-len(bits) % 8)
     data = bytes(int(bits[i : i + 8], 2) for i in range(0, len(bits), 8)).replace(b"\xff", b"\xff\x00")
     return b"\xff\xd8" + b"".join(tables) + seg(0xC0, frame) + seg(0xDA, scan) + data + b"\xff\xd9"

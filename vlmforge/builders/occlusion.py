@@ -371,19 +371,17 @@ class OcclusionBuilder(Builder):
 
     def _read_ahead(self, file) -> tuple[bytes, Any]:
         """_read, and for a file whose Huffman tables lack codes (tables made for the image) the coding with the
-        standard tables that its first occluder needing one would do, done here instead (the same bytes)."""
-        data, coefs = self._read(file)
-        if coefs is not None:
-            coefs.code_standard()
-        return data, coefs
+        standard tables that its first occluder needing one would do, done here instead, as its blocks are
+        decoded (the same bytes)."""
+        return self._read(file, standard=True)
 
-    def _read(self, file) -> tuple[bytes, Any]:
+    def _read(self, file, standard: bool = False) -> tuple[bytes, Any]:
         """A file's bytes, and for a JPEG occluded in the DCT domain its coefficients (None where it cannot be
-        edited so: read_coefficients). Raises ImageError."""
+        edited so: read_coefficients, which takes `standard`). Raises ImageError."""
         data, coefs = read_bytes(file), None
         whole = whole_jpeg(data) if self._coefficients else None
         if whole is not None:
-            data, coefs = whole, read_coefficients(whole)
+            data, coefs = whole, read_coefficients(whole, standard)
         return data, coefs
 
     def process(self, batch: list[Record]) -> list[list[Sample | Reject]]:

@@ -388,55 +388,6 @@ void splice_shape(const Splice *s, int c, unsigned *h, unsigned *v, unsigned *ro
         }
 }
 
-int splice_decode(Splice *s, SpliceRow *const *rows) {
-    if (s->decoded) return -1;
-    size_t m = 0;
-    uint64_t pos = 0;
-    for (size_t iv = 0; iv < s->intervals; iv++) {
-        uint64_t start = (uint64_t)s->interval[iv] * 8;
-        uint64_t stop = (iv + 1 < s->intervals ? (uint64_t)s->interval[iv + 1] : s->bits_len) * 8;
-        if (pos > start || start - pos >= 8) return -1; /* more than padding between intervals */
-        Reader r = {s->bits + s->interval[iv], 0, 0};
-        refill(&r);
-        int pred[4] = {0};
-        size_t upto = s->restart ? m + s->restart : s->mcus;
-        if (upto > s->mcus) upto = s->mcus;
-        for (; m < upto; m++) {
-            unsigned my = (unsigned)(m / s->mcus_x), mx = (unsigned)(m % s->mcus_x);
-            s->first[m] = (uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb;
-            for (int j = 0; j < s->ncomp; j++) {
-                const Table *dc = &s->tables[0][s->dc[j]], *ac = &s->tables[1][s->ac[j]];
-                for (int yy = 0; yy < s->v[j]; yy++)
-                    for (int xx = 0; xx < s->h[j]; xx++) {
-                        short *block = rows[s->comp[j]][my * s->v[j] + yy][mx * s->h[j] + xx];
-                        memset(block, 0, 64 * sizeof(short));
-                        int run;
-                        pred[j] += next_value(&r, dc, 0, &run);
-                        /* a DC past what 8-bit samples give (a corrupt file): libjpeg reads it, and warns or not */
-                        if (run < 0 || pred[j] < -1024 || pred[j] > 1023) return -1;
-                        block[0] = (short)pred[j];
-                        for (int k = 1; k < 64;) {
-                            int v = next_value(&r, ac, 1, &run);
-                            if (run < 16) {
-                                if (run < 0 || (k += run) > 63) return -1;
-                                block[NATURAL[k++]] = (short)v;
-                            } else if (run == ZRL) {
-                                k += 16;
-                            } else {
-                                break;
-                            }
-                        }
-                        if ((uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb > stop) return -1;
-                    }
-            }
-            pos = s->last[m] = (uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb;
-        }
-        if (stop - pos >= 8) return -1;
-    }
-    s->decoded = 1;
-    return 0;
-}
-
 void splice_mark(Splice *s, int c, unsigned by, unsigned bx) {
     for (int j = 0; j < s->ncomp; j++)
         if (s->comp[j] == c) {
@@ -635,14 +586,13 @@ static int add_table(Bytes *b, int cls, int id, const SpliceTable *t) {
     return append(b, head, 17) < 0 || append(b, t->vals, total) < 0 ? -1 : 0;
 }
 
-int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows) {
+/* `s` switched to the given tables (see splice_use_tables): their DHT segment in *dht, read into s->tables. 0; -1
+ * (tables that cannot be) or -2 (out of memory), *dht then freed. */
+static int install_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], Bytes *dht) {
     /* each table id the scan uses gets the luminance table if the first component uses it, else chrominance */
-    Bytes dht = {0};
-    Writer w = {0, 0, 0, 0, 0, 1}; /* raw: later writes copy from it */
-    size_t *interval = NULL;
-    int status = -2;
     uint8_t marker[4] = {0xFF, 0xC4, 0, 0};
-    if (append(&dht, marker, 4) < 0) goto done;
+    *dht = (Bytes){0};
+    if (append(dht, marker, 4) < 0) goto oom;
     for (int cls = 0; cls < 2; cls++)
         for (int id = 0; id < 4; id++) {
             int used = 0, luma = 0;
@@ -651,12 +601,47 @@ int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2
                     used = 1;
                     luma |= s->comp[j] == 0;
                 }
-            if (used && add_table(&dht, cls, id, cls ? &ac[!luma] : &dc[!luma]) < 0) goto done;
+            if (used && add_table(dht, cls, id, cls ? &ac[!luma] : &dc[!luma]) < 0) goto oom;
         }
-    status = -1;
-    if (dht.n - 2 > 0xFFFF || read_tables(s, dht.p + 4, dht.n - 4) < 0) goto done;
-    dht.p[2] = (uint8_t)((dht.n - 2) >> 8);
-    dht.p[3] = (uint8_t)(dht.n - 2);
+    if (dht->n - 2 > 0xFFFF || read_tables(s, dht->p + 4, dht->n - 4) < 0) {
+        free(dht->p);
+        return -1;
+    }
+    dht->p[2] = (uint8_t)((dht->n - 2) >> 8);
+    dht->p[3] = (uint8_t)(dht->n - 2);
+    return 0;
+oom:
+    free(dht->p);
+    return -2;
+}
+
+/* The image coded with s's (new) tables, in `w`, each interval from a byte, is s's scan now. 0, or -2 (out of
+ * memory; w's buffer, `interval` and `dht` are then freed). */
+static int take_coding(Splice *s, Writer *w, size_t *interval, Bytes dht) {
+    if (reserve(w, TAIL) < 0) {
+        free(w->buf);
+        free(interval);
+        free(dht.p);
+        return -2;
+    }
+    memset(w->buf + w->len, 0, TAIL);
+    free(s->bits);
+    free(s->interval);
+    free(s->dht.p);
+    s->bits = w->buf;
+    s->bits_len = w->len;
+    s->interval = interval;
+    s->dht = dht;
+    s->standard = 1;
+    return 0;
+}
+
+int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows) {
+    Bytes dht;
+    Writer w = {0, 0, 0, 0, 0, 1}; /* raw: later writes copy from it */
+    size_t *interval = NULL;
+    int status = install_tables(s, dc, ac, &dht);
+    if (status) return status;
     /* the image coded once with them, each interval from a byte, each MCU's bits recorded */
     status = -2;
     interval = malloc(s->intervals * sizeof(size_t));
@@ -679,22 +664,128 @@ int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2
         }
         pad_byte(&w);
     }
-    if (reserve(&w, TAIL) < 0) goto done;
-    memset(w.buf + w.len, 0, TAIL);
-    free(s->bits);
-    free(s->interval);
-    free(s->dht.p);
-    s->bits = w.buf;
-    s->bits_len = w.len;
-    s->interval = interval;
-    s->dht = dht;
-    s->standard = 1;
-    return 0;
+    return take_coding(s, &w, interval, dht);
 done:
     free(w.buf);
     free(interval);
     free(dht.p);
     return status;
+}
+
+/* The scan decoded into `rows`, each MCU's bits recorded (splice_decode); with `w`, each block is also coded
+ * again into it with `to`'s tables as it is decoded, and `to`'s MCU bits and intervals recorded: the bits that
+ * encode_mcu() gives for the blocks read (each value's zero run worked out from the positions, whatever ZRL
+ * and EOB symbols the file spent on it). Inlined into both callers, so the plain decode carries no test of `w`.
+ * 0; -1 for a scan that is not clean; -2 when out of memory while coding. */
+static inline __attribute__((always_inline)) int decode_scan(Splice *s, SpliceRow *const *rows, Writer *w,
+                                                             Splice *to, size_t *to_interval) {
+    const size_t room = w ? mcu_room(s) : 0;
+    size_t m = 0;
+    uint64_t pos = 0;
+    for (size_t iv = 0; iv < s->intervals; iv++) {
+        uint64_t start = (uint64_t)s->interval[iv] * 8;
+        uint64_t stop = (iv + 1 < s->intervals ? (uint64_t)s->interval[iv + 1] : s->bits_len) * 8;
+        if (pos > start || start - pos >= 8) return -1; /* more than padding between intervals */
+        Reader r = {s->bits + s->interval[iv], 0, 0};
+        refill(&r);
+        int pred[4] = {0};
+        size_t upto = s->restart ? m + s->restart : s->mcus;
+        if (upto > s->mcus) upto = s->mcus;
+        if (w) to_interval[iv] = w->len;
+        for (; m < upto; m++) {
+            unsigned my = (unsigned)(m / s->mcus_x), mx = (unsigned)(m % s->mcus_x);
+            s->first[m] = (uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb;
+            if (w) {
+                if (reserve(w, room) < 0) return -2;
+                to->first[m] = (uint64_t)w->len * 8 + (uint64_t)w->n;
+            }
+            for (int j = 0; j < s->ncomp; j++) {
+                const Table *dc = &s->tables[0][s->dc[j]], *ac = &s->tables[1][s->ac[j]];
+                const Table *to_dc = w ? &to->tables[0][to->dc[j]] : NULL, *to_ac = w ? &to->tables[1][to->ac[j]] : NULL;
+                for (int yy = 0; yy < s->v[j]; yy++)
+                    for (int xx = 0; xx < s->h[j]; xx++) {
+                        short *block = rows[s->comp[j]][my * s->v[j] + yy][mx * s->h[j] + xx];
+                        memset(block, 0, 64 * sizeof(short));
+                        int run;
+                        int diff = next_value(&r, dc, 0, &run);
+                        pred[j] += diff;
+                        /* a DC past what 8-bit samples give (a corrupt file): libjpeg reads it, and warns or not */
+                        if (run < 0 || pred[j] < -1024 || pred[j] > 1023) return -1;
+                        block[0] = (short)pred[j];
+                        if (w) {
+                            int size = bit_size(diff < 0 ? -diff : diff);
+                            if (put_symbol(w, to_dc, size, diff < 0 ? diff - 1 : diff, size)) return -3;
+                        }
+                        int last = 0;
+                        for (int k = 1; k < 64;) {
+                            int v = next_value(&r, ac, 1, &run);
+                            if (run < 16) {
+                                if (run < 0 || (k += run) > 63) return -1;
+                                if (w) {
+                                    int zeros = k - last - 1, size = bit_size(v < 0 ? -v : v);
+                                    for (; zeros > 15; zeros -= 16)
+                                        if (put_symbol(w, to_ac, 0xF0, 0, 0)) return -3;
+                                    if (put_symbol(w, to_ac, zeros << 4 | size, v < 0 ? v - 1 : v, size)) return -3;
+                                }
+                                last = k;
+                                block[NATURAL[k++]] = (short)v;
+                            } else if (run == ZRL) {
+                                k += 16;
+                            } else {
+                                break;
+                            }
+                        }
+                        if (w && last < 63 && put_symbol(w, to_ac, 0x00, 0, 0)) return -3;
+                        if ((uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb > stop) return -1;
+                    }
+            }
+            pos = s->last[m] = (uint64_t)(r.p - s->bits) * 8 - (uint64_t)r.nb;
+            if (w) to->last[m] = (uint64_t)w->len * 8 + (uint64_t)w->n;
+        }
+        if (stop - pos >= 8) return -1;
+        if (w) pad_byte(w);
+    }
+    return 0;
+}
+
+int splice_decode(Splice *s, SpliceRow *const *rows) {
+    if (s->decoded || decode_scan(s, rows, NULL, NULL, NULL)) return -1;
+    s->decoded = 1;
+    return 0;
+}
+
+int splice_decode_standard(Splice *s, SpliceRow *const *rows, const SpliceTable dc[2], const SpliceTable ac[2],
+                           Splice **standard) {
+    *standard = NULL;
+    if (s->decoded || s->standard || splice_complete(s)) return splice_decode(s, rows);
+    Splice *to = splice_copy(s);
+    Bytes dht;
+    if (!to || install_tables(to, dc, ac, &dht)) { /* no copy to code into: the decode alone */
+        splice_free(to);
+        return splice_decode(s, rows);
+    }
+    Writer w = {0, 0, 0, 0, 0, 1}; /* raw, as splice_use_tables writes */
+    size_t *interval = malloc(s->intervals * sizeof(size_t));
+    int status = interval && reserve(&w, s->bits_len + TAIL) == 0 ? decode_scan(s, rows, &w, to, interval) : -2;
+    if (status < -1 || (status == 0 && take_coding(to, &w, interval, dht) < 0)) {
+        if (status < -1) { /* out of memory, or tables that lack a symbol, while coding: the decode alone */
+            free(w.buf);
+            free(interval);
+            free(dht.p);
+        }
+        splice_free(to);
+        return splice_decode(s, rows);
+    }
+    if (status < 0) { /* not a clean scan */
+        free(w.buf);
+        free(interval);
+        free(dht.p);
+        splice_free(to);
+        return -1;
+    }
+    s->decoded = to->decoded = 1;
+    *standard = to;
+    return 0;
 }
 
 int splice_standard(const Splice *s) { return s->standard; }

@@ -36,6 +36,11 @@ typedef struct {
  * writes splice from that, as from the source. For a file whose own tables lack a code an occluder needs.
  * 0; -1 (tables that lack a symbol) or -2 (out of memory), and the splice is of no more use. */
 int splice_use_tables(Splice *s, const SpliceTable dc[2], const SpliceTable ac[2], SpliceRow *const *rows);
+/* splice_decode, and for a file whose tables lack a code baseline coding can ask for (splice_complete), the
+ * splice_use_tables() switch to the given tables made at once on a copy, coded as each block is decoded: *standard
+ * (NULL for a file with complete tables, or when memory ran short: the decode is done all the same). */
+int splice_decode_standard(Splice *s, SpliceRow *const *rows, const SpliceTable dc[2], const SpliceTable ac[2],
+                           Splice **standard);
 int splice_standard(const Splice *s);
 /* Whether every table the scan uses has a code for every symbol baseline coding can ask for (then no occluder needs
  * splice_use_tables). */

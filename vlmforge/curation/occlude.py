@@ -194,17 +194,19 @@ def coefficient_writer():
     return _jpegdct
 
 
-def read_coefficients(data: bytes):
+def read_coefficients(data: bytes, standard: bool = False):
     """A JPEG's coefficients for occlude_coefficients, or None when this file cannot be edited so (not
     8-bit three-component YCbCr: greyscale, CMYK, 12-bit; a quantisation table redefined between scans;
     coefficients past what baseline coding holds) or does not read cleanly (libjpeg warned of corrupt
-    data): the caller decodes it the usual way, which rejects it or reads more leniently. Raises
-    RuntimeError when the writer was not built."""
+    data): the caller decodes it the usual way, which rejects it or reads more leniently. With `standard`, a
+    file whose Huffman tables lack codes (tables made for the image) is also coded with the standard tables as
+    its blocks are decoded, for the first occluder that needs one (what `code_standard()` does after, at about a
+    fifth of its cost). Raises RuntimeError when the writer was not built."""
     dct = coefficient_writer()
     if dct is None:
         raise RuntimeError("vlmforge.curation._jpegdct was not built")
     try:
-        coefs = dct.Coefficients(data)
+        coefs = dct.Coefficients(data, standard=standard)
     except dct.JpegError:
         return None
     return coefs if coefs.editable and not coefs.warnings else None
