@@ -200,8 +200,8 @@ def read_coefficients(data: bytes, standard: bool = False):
     coefficients past what baseline coding holds) or does not read cleanly (libjpeg warned of corrupt
     data): the caller decodes it the usual way, which rejects it or reads more leniently. With `standard`, a
     file whose Huffman tables lack codes (tables made for the image) is also coded with the standard tables as
-    its blocks are decoded, for the first occluder that needs one (what `code_standard()` does after, at about a
-    fifth of its cost). Raises RuntimeError when the writer was not built."""
+    its blocks are decoded, for the first occluder that needs one (the same bytes as that switch; `code_standard()`
+    on the result makes it later, at about twice the cost). Raises RuntimeError when the writer was not built."""
     dct = coefficient_writer()
     if dct is None:
         raise RuntimeError("vlmforge.curation._jpegdct was not built")
