@@ -300,3 +300,66 @@ def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, label_build, tiny_clip):
     text = err.read_text()
     assert code == 130, [line for line in text.splitlines() if not line.startswith("step=")][-40:]
     assert "Traceback" not in text and "interrupted; add --resume to the same command to continue from" in text, text
+
+
+def test_a_file_that_is_not_a_tar_or_a_source_without_samples_is_named(tmp_path, coco_build, tiny_llava):
+    """A text file given as a shard was read as a tar of 0 samples: beside a build it was left out of the mix
+    without a word, and as --val-shards nothing was validated. A source whose tars hold no sample likewise."""
+    from tests.training.conftest import write_tar
+
+    text = tmp_path / "list.txt"
+    text.write_text("shards.tar\n")
+    empty = write_tar(tmp_path / "empty.tar", [])
+    for args, message in ((["--shards", text], f"{text} is not a tar file"),
+                          (["--shards", empty], f"{empty} holds no samples"),
+                          (["--val-shards", text], f"{text} is not a tar file"),
+                          (["--val-shards", empty], f"{empty} holds no samples")):
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", tmp_path / "run",
+                   "--max-steps", "1", "--batch-size", "2", "--workers", "0", "-q", *args)
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+        assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_model_folder_missing_files_or_an_evaluation_is_named(tmp_path, coco_build, tiny_llava):
+    """A model folder without its tokenizer failed with transformers' 'Couldn't instantiate the backend tokenizer
+    from one of:', and an evaluation's folder, as --model or --shards, was 'a training run'."""
+    import shutil
+
+    no_tokenizer = shutil.copytree(tiny_llava, tmp_path / "no-tokenizer")
+    for p in no_tokenizer.glob("tokenizer*"):
+        p.unlink()
+    no_weights = shutil.copytree(tiny_llava, tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "predictions.jsonl").write_text("")
+    (ev / "run.json").write_text('{"task": "mcqa"}')
+    for args, message in ((["--shards", coco_build.path, "--model", no_tokenizer], "has no tokenizer (tokenizer.json"),
+                          (["--shards", coco_build.path, "--model", no_weights], "has no weights (model.safetensors"),
+                          (["--shards", coco_build.path, "--model", ev], f"{ev} is an evaluation's output folder"),
+                          (["--shards", ev, "--model", tiny_llava], f"{ev} is an evaluation's output folder")):
+        r = invoke("train", *args, "--out", tmp_path / "run", "--max-steps", "1")
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--init-range", "-1"], "--init-range must be above 0 and at most 1 (got -1.0)"),  # were config tracebacks
+    (["--init-range", "nan"], "--init-range must be above 0 and at most 1 (got nan)"),
+    (["--kind", "clip", "--init-range", "0.5"], "--init-range applies to --kind llava, not clip"),  # went unused
+])
+def test_init_tiny_refuses_an_init_range_it_cannot_use(tmp_path, args, message):
+    r = invoke("model", "init-tiny", "--out", tmp_path / "m", *args)
+    assert isinstance(r.exception, UserError) and str(r.exception) == message, r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_names_a_base_that_moved(tmp_path):
+    """The base a run recorded, moved since, was transformers' 'Repo id must be in the form ...'."""
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    gone = tmp_path / "models" / "gone"
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "lora", "base": str(gone), "template": "chat"}))
+    (final / "adapter_config.json").write_text("{}")
+    r = invoke("model", "merge", tmp_path / "run", "--out", tmp_path / "merged")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"no model at {gone}") and "pass --base" in str(r.exception)

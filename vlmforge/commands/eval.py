@@ -110,6 +110,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                        rounds=(rounds, ("mmbench",)))
         if not data:
             raise UserError("give --data (a build folder or the benchmark's files)")
+        from vlmforge.evaluation.predictions import check_not_an_evaluation
+
+        for path in data:
+            check_not_an_evaluation(path, "--data")
         if not model and backend in ("local", "openai", "vllm", "transformers"):
             raise UserError(f"give --model for the {backend} backend")
         if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
@@ -175,8 +179,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.evaluation.items import ReadOptions
         from vlmforge.evaluation.run import score_predictions
 
+        from vlmforge.evaluation.predictions import check_not_an_evaluation
+
         t = _task(task, parse, embedder, soft_threshold)
         _check_applies(t.name, rounds=(rounds, ("mmbench",)))
+        check_not_an_evaluation(predictions, "--predictions")
+        for path in annotations or []:
+            check_not_an_evaluation(path, "--annotations")
         opts = ReadOptions(split=split, image_root=image_root, rounds=rounds, num_grades=num_grades)
         out = out or predictions.parent / f"{predictions.stem}-{t.name}-scores"
         score_predictions(t, predictions, list(annotations or []), opts, out, quiet=quiet, plots=not no_plots)

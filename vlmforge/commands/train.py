@@ -141,6 +141,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
         from vlmforge.training.tiny import make_tiny, make_tiny_llava
 
+        from vlmforge.errors import UserError
+
+        if not 0 < init_range <= 1:  # transformers' config refused it with a traceback (NaN fails the test too)
+            raise UserError(f"--init-range must be above 0 and at most 1 (got {init_range})")
+        if kind != "llava" and init_range != TINY_TRAINABLE_INIT:  # the other kinds have their own: it went unused
+            raise UserError(f"--init-range applies to --kind llava, not {kind}")
         if not overwrite:
             from vlmforge.training.llava import check_empty_out
 

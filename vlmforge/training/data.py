@@ -90,6 +90,9 @@ def scan_tar(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     last_key = None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if size < 512 or size % 512:  # a tar is whole 512-byte blocks; a text file this short was read as 0 samples
+            raise UserError(f"{path} is not a tar file, or one cut short ({size} bytes, not a whole number of "
+                            "512-byte blocks)")
         pos = 0
         start: int | None = None  # where the current member's extended headers began
         pending: str | None = None
@@ -176,7 +179,8 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                what = TRAINING_RUN if is_training_run(p) else "a folder without build.json"
+                what = ("an evaluation's output folder (predictions.jsonl), not data" if (p / "predictions.jsonl").is_file()
+                        else TRAINING_RUN if is_training_run(p) else "a folder without build.json")
                 raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
             splits = sorted({s["split"] for s in info["shards"]})
@@ -212,6 +216,9 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         if training and tests and len(matched) > 1:  # 'build/*.tar': the train and the test shards
             raise UserError(f"{spec!r} matches shards of the splits {', '.join(sorted(matched))}, so training would "
                             f"read {tests[0]} data; give the build folder (its train split) or one split's shards")
+    empty = next((spec for i, spec in enumerate(specs) if not any(r.source == i and r.samples for r in refs)), None)
+    if empty is not None:  # a source of no samples among others went unnoticed, and so did empty validation data
+        raise UserError(f"{empty} holds no samples (its shards are empty)")
     return [r for r in refs if r.samples > 0]
 
 

@@ -287,9 +287,10 @@ def _check_deepspeed(config: str) -> None:
 def _check_model(model: str) -> None:
     """A model that is not whole fails here, before the data is read and anything is loaded."""
     from vlmforge.curation.models import check_model_name
-    from vlmforge.training.llava import export_kind
+    from vlmforge.training.llava import check_model_folder, export_kind
 
     check_model_name(model)
+    check_model_folder(model)
     kind = export_kind(model)
     if kind in ("lora", "projector"):
         what = "a LoRA adapter" if kind == "lora" else "a projector-only export"
