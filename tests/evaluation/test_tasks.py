@@ -715,3 +715,32 @@ def test_class_templates_take_braces_or_label_and_need_a_place(mcqa_build, tmp_p
     ds = task.read([mcqa_build], ReadOptions())
     with pytest.raises(UserError, match="has no \\{\\} where the class goes"):  # every option one text: all ties
         evaluate(task, ds, None, tmp_path / "o", class_template="a photo", quiet=True)
+
+
+@pytest.mark.parametrize("task", ["pope", "mcqa", "grading", "open", "scienceqa"])
+def test_a_question_file_that_is_not_records_is_named(tmp_path, task):
+    """A JSON list of numbers was AttributeError: 'int' object has no attribute 'get'; a JSON list cut short a
+    JSONDecodeError; a binary file a UnicodeDecodeError; a dict without ids, for scienceqa, 'record None has no
+    gold answer'."""
+    numbers, cut, binary = tmp_path / "numbers.json", tmp_path / "cut.json", tmp_path / "binary.json"
+    numbers.write_text("[1, 2]")
+    cut.write_text('[{"question_id": 1, "text": "Is')
+    binary.write_bytes(b'{"a": "\xb8\xff"}')
+    t = get_task(task)
+    for path, message in ((numbers, "record 1 is int, not a JSON object"),
+                          (cut, "is not valid JSON \\(Unterminated string"), (binary, "is not a text file \\(byte 7 ")):
+        with pytest.raises(UserError, match=message):
+            t.read([path], ReadOptions())
+        with pytest.raises(UserError, match=message):  # the same reader takes answer files
+            score_predictions(t, path, [], ReadOptions(), tmp_path / "scores", quiet=True, plots=False)
+    if task == "scienceqa":
+        (tmp_path / "dict.json").write_text('{"a": 1}')
+        with pytest.raises(UserError, match="is not a LLaVA-format ScienceQA question file: a record has no id"):
+            t.read([tmp_path / "dict.json"], ReadOptions())
+
+
+def test_an_mmbench_tsv_that_is_not_text_is_named(tmp_path):
+    tsv = tmp_path / "mmbench.tsv"
+    tsv.write_bytes(b"index\tquestion\n\xb8\xff\n")
+    with pytest.raises(UserError, match="is not a text file \\(byte 15 is not UTF-8\\); give the MMBench .tsv"):
+        get_task("mmbench").read([tsv], ReadOptions())

@@ -363,3 +363,18 @@ def test_merge_names_a_base_that_moved(tmp_path):
     r = invoke("model", "merge", tmp_path / "run", "--out", tmp_path / "merged")
     assert isinstance(r.exception, UserError), r.output
     assert str(r.exception).startswith(f"no model at {gone}") and "pass --base" in str(r.exception)
+
+
+def test_training_shows_its_progress_toward_the_last_step(tmp_path, label_build, tiny_clip, monkeypatch):
+    """Training printed a line every --log-every steps with no total and no time left: nothing showed how far
+    a run was. It has the progress bar (a line at intervals in a log) that builds and eval show."""
+    import vlmforge.progress
+
+    monkeypatch.setattr(vlmforge.progress, "LOG_INTERVAL", 0.0)  # a line at every step
+    r = invoke("train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "run",
+               "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--log-every", "100")
+    assert r.exit_code == 0, r.output
+    assert "train steps: 1/2 (50%)" in r.output and "train steps: 2/2 (100%)" in r.output, r.output
+    r = invoke("train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "q",
+               "--max-steps", "2", "--batch-size", "4", "--workers", "0", "-q")
+    assert r.exit_code == 0 and "train steps" not in r.output, r.output
