@@ -22,6 +22,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or t
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")]
 
 
+BACKENDS = ("local", "openai", "vllm", "transformers")  # the generation backends that answer a model's questions
+
+
 def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], soft_threshold: Optional[float]):
     from vlmforge.errors import UserError
     from vlmforge.evaluation.tasks import get_task
@@ -46,7 +49,14 @@ def _check_applies(task_name: str, **given) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rstrip("/").split("/")[-1]).strip("-") or "model"
+    """The model's folder in evals/<task>/: its last name, with the names above it while that is a run's
+    final/, best/, checkpoint-N/ or model/ (every run's final/ was evals/<task>/final, so a second run's
+    evaluation was refused as another run's, and --overwrite discarded the first's)."""
+    parts = [p for p in text.rstrip("/").split("/") if p not in ("", ".")]
+    name = parts[-1:] if parts else []
+    while len(parts) > len(name) and re.fullmatch(r"final|best|model|checkpoint-\d+", name[0]):
+        name.insert(0, parts[-len(name) - 1])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(name)).strip("-") or "model"
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
@@ -66,7 +76,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="checkpoint path or Hub id (local), or the model name an API serves")] = None,
         backend: Annotated[str, typer.Option("--backend", help="local (transformers: LLaVA-style or CLIP), or a generation backend: openai, vllm, transformers")] = "local",
         scoring: Annotated[Optional[str], typer.Option("--scoring", help="generate (parse the answer), loss (lowest loss over the options) or clip (CLIP zero-shot); default: clip for CLIP models, else generate")] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default evals/<task>/<model>); rerun with the same folder to resume")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default evals/<task>/<model's name>, e.g. evals/mcqa/run1-final for runs/run1/final); rerun with the same folder to resume")] = None,
         split: Split = None,
         image_root: ImageRoot = None,
         limit: Limit = None,
@@ -114,7 +124,9 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
         for path in data:
             check_not_an_evaluation(path, "--data")
-        if not model and backend in ("local", "openai", "vllm", "transformers"):
+        if backend not in BACKENDS:  # 'template' writes builders' answers from templates: it asked, then failed mid-run
+            raise UserError(f"unknown --backend {backend!r}; use {', '.join(BACKENDS)}")
+        if not model:
             raise UserError(f"give --model for the {backend} backend")
         if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
             raise UserError(f"--image-urls is for the openai backend; the {backend} backend reads the images themselves")
