@@ -378,3 +378,22 @@ def test_training_shows_its_progress_toward_the_last_step(tmp_path, label_build,
     r = invoke("train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "q",
                "--max-steps", "2", "--batch-size", "4", "--workers", "0", "-q")
     assert r.exit_code == 0 and "train steps" not in r.output, r.output
+
+
+def test_a_damaged_checkpoint_is_named_with_the_one_to_resume_from(tmp_path, label_build, tiny_clip):
+    """A checkpoint's position.json or trainer state that does not read (a damaged disk, a hand edit) was a
+    JSONDecodeError or a torch traceback on --resume."""
+    args = ["train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "run",
+            "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--save-every", "1", "-q"]
+    assert invoke(*args).exit_code == 0
+    newest = tmp_path / "run" / "checkpoint-000002"
+    (newest / "position.json").write_text("{")
+    r = invoke(*args, "--resume")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"{newest} is damaged (JSONDecodeError") and str(r.exception).endswith(
+        "delete that folder and run the same command again to resume from checkpoint-000001")
+    (newest / "position.json").unlink()  # no longer a checkpoint: the one before is resumed
+    (tmp_path / "run" / "checkpoint-000001" / "trainer_state.pt").write_bytes(b"cut")
+    r = invoke(*args, "--resume")
+    assert isinstance(r.exception, UserError) and "checkpoint-000001 is damaged" in str(r.exception), r.output
+    assert str(r.exception).endswith("to start the run again")

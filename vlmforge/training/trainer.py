@@ -815,14 +815,24 @@ def _save_checkpoint(out: Path, step: int, position: LoaderPosition, accelerator
 
 def _load_checkpoint(ckpt: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
                      ) -> tuple[LoaderPosition, int]:
+    import pickle
+
     import torch
 
-    pos = json.loads((ckpt / POSITION_FILE).read_text())
-    if (ckpt / "deepspeed").exists():
+    try:  # written whole (a folder renamed into place), so only a damaged disk or a hand edit gets here
+        pos = json.loads((ckpt / POSITION_FILE).read_text())
+        LoaderPosition.from_dict(pos)
+        state = None if (ckpt / "deepspeed").exists() else torch.load(ckpt / STATE_FILE, map_location="cpu",
+                                                                        weights_only=False)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        before = [c for c in checkpoints(ckpt.parent) if c.name < ckpt.name]
+        then = f"resume from {before[-1].name}" if before else "start the run again"
+        raise UserError(f"{ckpt} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"delete that folder and run the same command again to {then}") from None
+    if state is None:
         accelerator.load_state(str(ckpt / "deepspeed"))
         scheduler.last_epoch = pos["step"]
     else:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         unwrapped = accelerator.unwrap_model(model)
         missing = set(state["params"]) - {n for n, _ in unwrapped.named_parameters()}
         if missing:
