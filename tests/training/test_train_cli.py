@@ -322,7 +322,8 @@ def test_a_file_that_is_not_a_tar_or_a_source_without_samples_is_named(tmp_path,
 
 def test_a_model_folder_missing_files_or_an_evaluation_is_named(tmp_path, coco_build, tiny_llava):
     """A model folder without its tokenizer failed with transformers' 'Couldn't instantiate the backend tokenizer
-    from one of:', and an evaluation's folder, as --model or --shards, was 'a training run'."""
+    from one of:', and an evaluation's folder, as --model or --shards, was 'a training run'; as --out, one to
+    resume."""
     import shutil
 
     no_tokenizer = shutil.copytree(tiny_llava, tmp_path / "no-tokenizer")
@@ -340,6 +341,10 @@ def test_a_model_folder_missing_files_or_an_evaluation_is_named(tmp_path, coco_b
                           (["--shards", ev, "--model", tiny_llava], f"{ev} is an evaluation's output folder")):
         r = invoke("train", *args, "--out", tmp_path / "run", "--max-steps", "1")
         assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+    for resume in ((), ("--resume",)):  # its run.json is the evaluation's: 'already holds a run; pass --resume'
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", ev, *resume)
+        assert isinstance(r.exception, UserError), r.output
+        assert str(r.exception).startswith(f"--out {ev} is an evaluation's output folder"), r.output
 
 
 @pytest.mark.parametrize("args, message", [

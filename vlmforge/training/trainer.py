@@ -310,6 +310,9 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
     run_json = out / "run.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give the folder for the run")
+    if (out / "predictions.jsonl").is_file():  # its run.json is the evaluation's: it was 'already holds a run'
+        raise UserError(f"--out {out} is an evaluation's output folder (predictions.jsonl); choose a new or empty "
+                        "folder for the run")
     if not run_json.exists() and out.is_dir() and any(out.iterdir()):  # a build, or other runs' parent folder
         raise UserError(f"--out {out} is not empty and holds no run (no run.json); choose a new or empty folder")
     if run_json.exists():
