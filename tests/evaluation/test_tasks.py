@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -744,3 +745,18 @@ def test_an_mmbench_tsv_that_is_not_text_is_named(tmp_path):
     tsv.write_bytes(b"index\tquestion\n\xb8\xff\n")
     with pytest.raises(UserError, match="is not a text file \\(byte 15 is not UTF-8\\); give the MMBench .tsv"):
         get_task("mmbench").read([tsv], ReadOptions())
+
+
+def test_a_graded_folder_with_folders_that_are_not_grades_is_refused(tmp_path):
+    """A folder among the grades not named by one ('KL2', 'unsure') was skipped: its images left out of every
+    metric without a word. With some grades beside it, the tree was taken for splits ('choose one with --split')."""
+    task = get_task("grading")
+    for name in ("0", "2", "unsure"):
+        (tmp_path / "knee" / "test" / name).mkdir(parents=True)
+        (tmp_path / "knee" / "test" / name / "a.png").write_bytes(tiny_png(1))
+    (tmp_path / "knee" / "test" / ".cache").mkdir()  # hidden: not a grade, not a mistake
+    for root in (tmp_path / "knee", tmp_path / "knee" / "test"):
+        with pytest.raises(UserError, match=r"knee/test holds folders that are not grades: unsure; a graded folder"):
+            task.read([root], ReadOptions())
+    shutil.rmtree(tmp_path / "knee" / "test" / "unsure")
+    assert [it.id for it in task.read([tmp_path / "knee"], ReadOptions()).items] == ["0/a.png", "2/a.png"]
