@@ -56,6 +56,8 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--mode", "dream"], "unknown mode"),
     (["--weights", "1,2"], "one weight per --shards"),
     (["--weights", "a"], "numbers separated by commas"),
+    (["--weights", "inf"], "--weights must be numbers of 0 or more (got inf)"),  # were tracebacks after the model
+    (["--weights", "nan"], "--weights must be numbers of 0 or more (got nan)"),  # loaded
     (["--lr", "-1"], "--lr must be above 0 (got -1.0)"),  # was a ValueError traceback from AdamW
     (["--lr", "nan"], "--lr must be above 0"),
     (["--projector-lr", "0"], "--projector-lr must be above 0"),

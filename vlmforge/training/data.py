@@ -35,6 +35,9 @@ from vlmforge.manifests.read import (
     TRAINING_RUN, check_shards, is_training_run, long_name, parse_tar_bytes, read_build_info, split_member, tar_header,
 )
 
+# Most samples one epoch may hold: its order is an array of 8 bytes a sample (1e9: 8 GB), made in every worker.
+MAX_EPOCH = 1_000_000_000
+
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
 
@@ -437,8 +440,15 @@ class ShardStream(_iterable_base()):  # type: ignore[misc]
             raise UserError(f"{n_sources} shard sources but {len(self.weights)} weights; give one weight per --shards")
         if any(w < 0 for w in self.weights):
             raise UserError("weights must not be negative")
-        if self.epoch_size() == 0:  # an epoch of nothing: the run would wait for a batch forever
+        if any(not w < math.inf for w in self.weights):  # NaN too: no whole number of samples
+            raise UserError("weights must be finite numbers")
+        size = self.epoch_size()
+        if size == 0:  # an epoch of nothing: the run would wait for a batch forever
             raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} leave no sample in an epoch")
+        if size > MAX_EPOCH:  # the epoch's order is held in memory: 8 bytes a sample (1e300 hung the run)
+            many = f"{size:,}" if size < 10**15 else f"about 10^{len(str(size)) - 1}"
+            raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} make an epoch of {many} "
+                            f"samples, more than {MAX_EPOCH:,}; give smaller weights and more --epochs")
         self.batch_size = batch_size
         self.collate = collate or _samples_only
         self.shuffle = shuffle

@@ -238,6 +238,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError("--workers must be 0 or more")
     if cfg.weights is not None and len(cfg.weights) != len(cfg.shards):
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
+    odd = next((w for w in cfg.weights or [] if not 0 <= w < math.inf), None)  # NaN fails the test too
+    if odd is not None:  # inf and nan were tracebacks in the epoch's size, after the model had loaded
+        raise UserError(f"--weights must be numbers of 0 or more (got {odd:g})")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
     if cfg.loss_weighting not in (None, "tokens", "batches"):
