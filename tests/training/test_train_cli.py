@@ -360,6 +360,18 @@ def test_init_tiny_refuses_an_init_range_it_cannot_use(tmp_path, args, message):
     assert not (tmp_path / "m").exists()
 
 
+def test_merge_onto_a_clip_base_does_not_say_to_train_clip(tmp_path, tiny_clip):
+    """A CLIP --base for a LoRA export said 'train a CLIP model with --mode clip', a hint for `train`."""
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "lora", "base": "b", "template": "chat"}))
+    (final / "adapter_config.json").write_text("{}")
+    r = invoke("model", "merge", tmp_path / "run", "--out", tmp_path / "merged", "--base", tiny_clip)
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception) == (f"{tiny_clip} is a clip model, not a vision-language model; give the vision-language "
+                                "model the run trained as --base")
+
+
 def test_merge_names_a_base_that_moved(tmp_path):
     """The base a run recorded, moved since, was transformers' 'Repo id must be in the form ...'."""
     final = tmp_path / "run" / "final"

@@ -23,8 +23,10 @@ EXPORT_INFO = "vlmforge_export.json"
 CLIP_TYPES = ("clip", "siglip", "siglip2", "chinese_clip", "altclip")
 
 
-def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`."""
+def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32",
+                    clip_hint: str = "; train a CLIP model with --mode clip") -> tuple[Any, Any]:
+    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`; `clip_hint` follows
+    the refusal of a CLIP model."""
     import torch
     import transformers
 
@@ -34,7 +36,7 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
     except (OSError, ValueError) as e:
         if str(e).startswith("Unrecognized configuration class"):  # transformers names its classes, not the fix
             kind = transformers.AutoConfig.from_pretrained(path).model_type
-            hint = "; train a CLIP model with --mode clip" if kind in CLIP_TYPES else ""
+            hint = clip_hint if kind in CLIP_TYPES else ""
             raise UserError(f"{path} is a {kind} model, not {what}{hint}") from None
         raise UserError(f"cannot load {what} from {path!r}: {str(e).splitlines()[0]}") from None
     return model, processor
@@ -100,9 +102,11 @@ def export_folder(name: str) -> str:
     return name
 
 
-def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
+def load_llava(path: str, dtype: str = "float32", clip_hint: str = "; train a CLIP model with --mode clip"
+               ) -> tuple[Any, Any]:
     """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
-    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype,
+                                       clip_hint)
     check_tokenizer(model, processor, path)
     return model, processor
 

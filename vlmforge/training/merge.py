@@ -41,7 +41,8 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
         check_model_folder(base, "base model")
     except UserError as e:
         raise UserError(f"{e}; pass --base with where it is now" if recorded else str(e)) from None
-    model, processor = load_llava(base)
+    # no hint to train CLIP: the base of a LoRA or projector export is the vision-language model the run trained
+    model, processor = load_llava(base, clip_hint="; give the vision-language model the run trained as --base")
     if kind == "lora":
         merged = merge_lora(model, export)
     elif kind == "projector":
