@@ -760,3 +760,22 @@ def test_a_graded_folder_with_folders_that_are_not_grades_is_refused(tmp_path):
             task.read([root], ReadOptions())
     shutil.rmtree(tmp_path / "knee" / "test" / "unsure")
     assert [it.id for it in task.read([tmp_path / "knee"], ReadOptions()).items] == ["0/a.png", "2/a.png"]
+
+
+def test_scores_are_not_written_into_a_training_run_or_a_model(tmp_path):
+    """`eval score --out` put summary.json and plots among a training run's or a model's files, which
+    `vlmforge eval --out` refuses."""
+    predictions = _write_jsonl(tmp_path / "predictions.jsonl", [  # our own: they carry their gold answers
+        {"id": "q1", "answer": 1, "options": ["cat", "dog"], "meta": {"class": "dog"}, "prediction": "B",
+         "scoring": "generate"}])
+    run, model = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    (run / "run.json").write_text('{"config": {}}')
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, what in ((run, "a training run"), (model, "a model folder")):
+        with pytest.raises(UserError, match=f"--out {out} is {what}"):
+            score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), out, quiet=True, plots=False)
+        assert not (out / "summary.json").exists()
+    assert score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), tmp_path / "scores", quiet=True,
+                             plots=False)["metrics"]["accuracy"] == 1.0

@@ -68,7 +68,7 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None
     preds = out / PREDICTIONS
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give the folder for the predictions and report")
-    other = _not_an_evaluation(out)
+    other = not_an_evaluation(out)
     if other:  # its predictions, summary and plots would land among that folder's files
         raise UserError(f"--out {out} is {other}; write the evaluation elsewhere")
     if overwrite:
@@ -113,7 +113,7 @@ def check_not_an_evaluation(path: Path, option: str) -> None:
     raise UserError(f"{option} {path} is an evaluation's output folder, not data; give the data it evaluated{hint}")
 
 
-def _not_an_evaluation(out: Path) -> str | None:
+def not_an_evaluation(out: Path) -> str | None:
     """What `out` is when it is a build, a training run or a model rather than an evaluation's folder. A training
     run's run.json was taken for another evaluation's, and --overwrite, which the refusal suggested, replaced it:
     the run could no longer be resumed or merged."""
