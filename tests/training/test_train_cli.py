@@ -349,6 +349,19 @@ def test_a_model_folder_missing_files_or_an_evaluation_is_named(tmp_path, coco_b
         assert str(r.exception).startswith(f"--out {ev} is an evaluation's output folder"), r.output
 
 
+def test_init_tiny_does_not_write_into_a_build_or_a_run(tmp_path, coco_build):
+    """--overwrite put a model's config.json and weights among a build's shards (then neither a model, 'is a
+    vlmforge build', nor a clean build) or into a run folder, whose final/ the run folder then no longer stood for."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"config": {}}')
+    before = sorted(p.name for p in coco_build.path.iterdir())
+    for out, what in ((coco_build.path, "a build (build.json)"), (run, "a training run or an evaluation (run.json)")):
+        r = invoke("model", "init-tiny", "--kind", "clip", "--out", out, "--overwrite")
+        assert isinstance(r.exception, UserError) and str(r.exception).startswith(f"--out {out} is {what}"), r.output
+    assert sorted(p.name for p in coco_build.path.iterdir()) == before and not (run / "config.json").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--init-range", "-1"], "--init-range must be above 0 and at most 1 (got -1.0)"),  # were config tracebacks
     (["--init-range", "nan"], "--init-range must be above 0 and at most 1 (got nan)"),

@@ -147,6 +147,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
             raise UserError(f"--init-range must be above 0 and at most 1 (got {init_range})")
         if kind != "llava" and init_range != TINY_TRAINABLE_INIT:  # the other kinds have their own: it went unused
             raise UserError(f"--init-range applies to --kind llava, not {kind}")
+        for name, what in (("build.json", "a build"), ("run.json", "a training run or an evaluation")):
+            if (out / name).is_file():  # the model's files mixed into it: neither loaded as a model nor as itself
+                raise UserError(f"--out {out} is {what} ({name}): a model written there would mix with it, "
+                                "--overwrite or not; choose another --out")
         if not overwrite:
             from vlmforge.training.llava import check_empty_out
 
