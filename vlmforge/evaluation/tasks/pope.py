@@ -70,6 +70,14 @@ class PopeTask(Task):
             raise UserError(f"no POPE questions (records with 'text') in {', '.join(map(str, paths))}")
         labelled = [x for x in questions if x[0].get("label") is not None]
         unlabelled = [x for x in questions if x[0].get("label") is None]
+        with_labels = {f for _, _, f in labelled}
+        half = next(((rec, f) for rec, _, f in unlabelled if f in with_labels), None)
+        # Taken for LLaVA's combined question file, such a file lost its labelled questions from the evaluation,
+        # and the unlabelled one was scored against another question's label.
+        if half is not None:
+            rec, f = half
+            raise UserError(f"{f}: question {rec.get('question_id')} has no label, though other questions of the "
+                            "file have one; give it its label (yes or no), or remove it")
         if unlabelled:
             # The combined question file: each question's label from the per-category file's question on
             # the same image with the same text; failing that, in order, as LLaVA's eval_pope.py does.
