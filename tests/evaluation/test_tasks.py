@@ -783,10 +783,16 @@ def test_scores_are_not_written_into_a_training_run_or_a_model(tmp_path):
 
 def test_a_pope_file_with_a_question_left_unlabelled_is_refused(tmp_path):
     """One line of a coco_pope file without its label made the file pass for LLaVA's combined question file: its
-    labelled questions were left out of the evaluation, and that line scored against another question's label."""
+    labelled questions were left out of the evaluation, and that line scored against another question's label.
+    A line without its text was left out."""
     f = _write_jsonl(tmp_path / "coco_pope_random.json", [
         {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"},
         {"question_id": 2, "image": "a.jpg", "text": "Is there a dog in the image?"},
         {"question_id": 3, "image": "b.jpg", "text": "Is there a cat in the image?", "label": "no"}])
     with pytest.raises(UserError, match="coco_pope_random.json: question 2 has no label, though other questions of"):
+        get_task("pope").read([f], ReadOptions(image_root=tmp_path))
+    f = _write_jsonl(tmp_path / "coco_pope_popular.json", [  # a question without its text was left out
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "question": "Is there a dog in the image?", "label": "no"}])
+    with pytest.raises(UserError, match="coco_pope_popular.json: question 2 has no 'text' \\(the question\\), though"):
         get_task("pope").read([f], ReadOptions(image_root=tmp_path))
