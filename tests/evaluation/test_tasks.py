@@ -796,3 +796,12 @@ def test_a_pope_file_with_a_question_left_unlabelled_is_refused(tmp_path):
         {"question_id": 2, "image": "a.jpg", "question": "Is there a dog in the image?", "label": "no"}])
     with pytest.raises(UserError, match="coco_pope_popular.json: question 2 has no 'text' \\(the question\\), though"):
         get_task("pope").read([f], ReadOptions(image_root=tmp_path))
+
+
+@pytest.mark.parametrize("index", [4, -1])
+def test_an_mcqa_sample_whose_answer_is_no_option_is_refused(tmp_path, index):
+    """answer_index 4 of four options was an IndexError traceback; -1 took the last option for the gold one."""
+    doc = {**mcqa_doc("cat", MCQA_CLASSES), "answer_index": index}
+    build = make_build(tmp_path / "b", [doc])
+    with pytest.raises(UserError, match=f"sample test000 has answer_index {index} for 4 options"):
+        get_task("mcqa").read([build], ReadOptions())

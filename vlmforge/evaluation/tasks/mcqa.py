@@ -62,6 +62,8 @@ class McqaTask(Task):
             raise UserError(f"sample {key} has no 'options' list and 'answer_index'; "
                             "is it a build from `vlmforge build mcqa`?")
         options = [str(o) for o in doc["options"]]
+        if not 0 <= doc["answer_index"] < len(options):  # was an IndexError, or for -1 the last option taken as gold
+            raise UserError(f"sample {key} has answer_index {doc['answer_index']} for {len(options)} options")
         prompt, _ = first_turns(doc)
         if not prompt:
             question = doc.get("question") or "What is the main object in the image?"
