@@ -145,6 +145,12 @@ def test_mcqa_scores_prompt_the_unseen_prediction_file(tmp_path):
     assert s["metrics"]["accuracy"] == pytest.approx(0.8)
     assert s["metrics"]["macro_accuracy"] == pytest.approx(2.5 / 3)
     assert (tmp_path / "scores" / "per_class_accuracy.png").stat().st_size > 1000
+    # A gold index that is no number was a ValueError traceback; one past the options was scored as wrong.
+    for gt, message in (("x", "mcqa_gt 'x' and mcqa_pred 0 are not option indices"),
+                        (3, "mcqa_gt 3 and mcqa_pred 0 are not option indices \\(0 to 2\\)")):
+        path.write_text(json.dumps(preds + [line(gt, 0, names)]))
+        with pytest.raises(UserError, match=f"record 5 of {path}: {message}"):
+            score_predictions(get_task("mcqa"), path, [], ReadOptions(), tmp_path / "scores2", quiet=True)
 
 
 # -- pope --------------------------------------------------------------------------------------

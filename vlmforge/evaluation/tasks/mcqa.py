@@ -122,10 +122,16 @@ class McqaTask(Task):
         out = []
         for i, ln in enumerate(lines):
             names = [class_of_option(_option_text(o)) for o in ln.get("losses") or []]
-            gold = int(ln["mcqa_gt"])
+            try:  # were a ValueError traceback, or a gold option past the options, scored as wrong
+                gold, pred = int(ln["mcqa_gt"]), int(ln["mcqa_pred"])
+                if names and not 0 <= gold < len(names):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UserError(f"record {i} of {path}: mcqa_gt {ln['mcqa_gt']!r} and mcqa_pred {ln['mcqa_pred']!r} "
+                                f"are not option indices (0 to {len(names) - 1 if names else 'n-1'})") from None
             out.append({"id": str(ln.get("id", i)), "answer": gold, "options": names,
                         "meta": {"class": names[gold] if gold < len(names) else str(gold)},
-                        "scoring": "index", "prediction": str(int(ln["mcqa_pred"]))})
+                        "scoring": "index", "prediction": str(pred)})
         return out
 
     # -- metrics --------------------------------------------------------------------------------
