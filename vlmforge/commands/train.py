@@ -89,11 +89,11 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         select_by: Annotated[str, typer.Option("--select-by", help="keep best/ by validation loss or accuracy (auto: accuracy for clip, loss otherwise)")] = "auto",
         save_every: Annotated[int, typer.Option("--save-every", min=1, help="checkpoint every N steps")] = 500,
         eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="validate every N steps (default: --save-every)")] = None,
-        log_every: Annotated[int, typer.Option("--log-every", min=1, help="write a metrics.jsonl line (and a progress line) every N steps")] = 10,
+        log_every: Annotated[int, typer.Option("--log-every", min=1, help="write a metrics.jsonl line (and a step line with its figures) every N steps")] = 10,
         keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints", min=1, help="keep the newest N checkpoint-*/ folders, deleting older ones")] = 2,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its newest checkpoint")] = False,
         log_keys: Annotated[bool, typer.Option("--log-keys", help="write the sample keys of every batch to keys.jsonl")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar, step lines or warnings")] = False,
     ) -> None:
         """Train on shards: full, LoRA or projector-only for LLaVA-style models, or CLIP on image-label shards.
 
