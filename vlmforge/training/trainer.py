@@ -290,10 +290,9 @@ def _check_deepspeed(config: str) -> None:
 def _check_model(model: str) -> None:
     """A model that is not whole fails here, before the data is read and anything is loaded."""
     from vlmforge.curation.models import check_model_name
-    from vlmforge.training.llava import check_model_folder, export_kind
+    from vlmforge.training.llava import export_kind
 
     check_model_name(model)
-    check_model_folder(model)
     kind = export_kind(model)
     if kind in ("lora", "projector"):
         what = "a LoRA adapter" if kind == "lora" else "a projector-only export"
@@ -483,6 +482,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
         console.print(f"[yellow]warning:[/] {len(same)} validation shard(s) are also training shards "
                       f"(e.g. {sorted(same)[0]}); best/ is then chosen on data the model trains on")
+    from vlmforge.training.llava import check_model_folder
+
+    check_model_folder(cfg.model)  # after the data's checks (seconds), before the model loads (minutes)
     task = ClipTask(cfg, shards, val) if cfg.mode == "clip" else LlavaTask(cfg)
     optimizer = _optimizer(task, cfg)
     model, optimizer = accelerator.prepare(task.model, optimizer)
