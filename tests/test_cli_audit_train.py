@@ -32,3 +32,18 @@ def test_a_backend_that_answers_no_questions_is_refused_up_front(tmp_path, backe
     assert isinstance(r.exception, UserError), r.output
     assert str(r.exception) == f"unknown --backend {backend!r}; use local, openai, vllm, transformers"
     assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])
+def test_a_model_folder_without_weights_is_named_for_the_generation_backends(tmp_path, backend):
+    """These backends load the model at the first batch: a folder without weights was transformers' OSError
+    traceback, after the output folder was made."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "tokenizer.json").write_text("{}")
+    r = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(tmp_path), "--backend", backend,
+                                 "--model", str(model), "--out", str(tmp_path / "ev")])
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"the model folder {model} has no weights (model.safetensors")
+    assert not (tmp_path / "ev").exists()
