@@ -22,7 +22,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or t
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")]
 
 
-BACKENDS = ("local", "openai", "vllm", "transformers")  # the generation backends that answer a model's questions
+BACKENDS = ("local", "openai", "vllm", "transformers")  # the backends that answer a model's questions
 
 
 def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], soft_threshold: Optional[float]):

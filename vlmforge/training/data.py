@@ -182,7 +182,8 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                what = ("an evaluation's output folder (predictions.jsonl), not data" if (p / "predictions.jsonl").is_file()
+                evaluation = (p / "predictions.jsonl").is_file()  # its run.json made it pass for a training run
+                what = ("an evaluation's output folder (predictions.jsonl), not data" if evaluation
                         else TRAINING_RUN if is_training_run(p) else "a folder without build.json")
                 raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)

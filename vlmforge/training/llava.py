@@ -43,7 +43,8 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
 
 
 # A local checkpoint loads only with its weights (one file, or an index of shards) and its tokenizer's files.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "sentencepiece.bpe.model")
 
