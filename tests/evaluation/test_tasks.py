@@ -770,7 +770,7 @@ def test_a_graded_folder_with_folders_that_are_not_grades_is_refused(tmp_path):
 
 def test_scores_are_not_written_into_a_training_run_or_a_model(tmp_path):
     """`eval score --out` put summary.json and plots among a training run's or a model's files, which
-    `vlmforge eval --out` refuses."""
+    `vlmforge eval --out` refuses; a file as --out was a traceback once everything was scored."""
     predictions = _write_jsonl(tmp_path / "predictions.jsonl", [  # our own: they carry their gold answers
         {"id": "q1", "answer": 1, "options": ["cat", "dog"], "meta": {"class": "dog"}, "prediction": "B",
          "scoring": "generate"}])
@@ -783,6 +783,9 @@ def test_scores_are_not_written_into_a_training_run_or_a_model(tmp_path):
         with pytest.raises(UserError, match=f"--out {out} is {what}"):
             score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), out, quiet=True, plots=False)
         assert not (out / "summary.json").exists()
+    for out in (predictions, predictions / "scores"):  # were FileExistsError / NotADirectoryError tracebacks
+        with pytest.raises(UserError, match=f"--out {out}: {predictions} is a file; give a folder for the scores"):
+            score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), out, quiet=True, plots=False)
     assert score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), tmp_path / "scores", quiet=True,
                              plots=False)["metrics"]["accuracy"] == 1.0
 

@@ -252,6 +252,10 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
     other = not_an_evaluation(Path(out)) if Path(out).is_dir() else None
     if other:  # the summary and plots would land among a build's shards or a model's files, as eval's would
         raise UserError(f"--out {out} is {other}; write the scores elsewhere")
+    # A file in the way was a FileExistsError or NotADirectoryError traceback once everything was scored.
+    blocking = next((p for p in (Path(out), *Path(out).parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file; give a folder for the scores")
     lines = read_records(predictions)
     dataset = None
     extra: dict[str, int] = {}
