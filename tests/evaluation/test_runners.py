@@ -566,3 +566,90 @@ def test_scoring_our_own_predictions_again_keeps_what_they_are_of(mcqa_build, ll
     keys = ("model", "backend", "data", "data_build_id", "split", "metrics")
     assert first["split"] == "test" and first["data_build_id"]
     assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
+
+
+def test_out_that_is_a_training_run_or_a_model_is_refused(mcqa_build, llava_runner, tmp_path):
+    """A training run's run.json was taken for another evaluation's, and --overwrite, which the refusal
+    suggested, replaced it: the run could no longer be resumed or merged. A model folder took the report."""
+    task = get_task("mcqa")
+    ds = task.read([mcqa_build], ReadOptions())
+    run = tmp_path / "run"
+    (run / "checkpoint-000002").mkdir(parents=True)
+    (run / "run.json").write_text('{"config": {"mode": "lora"}, "total_steps": 2}')
+    just_started = tmp_path / "started"  # run.json written, no checkpoint yet
+    just_started.mkdir()
+    (just_started / "run.json").write_text('{"config": {"mode": "lora"}, "total_steps": 2}')
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, message in ((run, "is a training run"), (just_started, "is a training run"), (model, "is a model folder")):
+        before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        with pytest.raises(UserError, match=f"--out {out} {message}"):
+            evaluate(task, ds, llava_runner, out, overwrite=True, quiet=True, plots=False)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_model_folder_missing_files_is_named(tiny_llava, tmp_path):
+    """A model folder without weights or without a tokenizer was a transformers traceback, and an
+    evaluation's output folder given as --model 'Unrecognized model ... model_type'."""
+    import shutil
+
+    from vlmforge.evaluation.runners import LocalRunner
+
+    no_weights = shutil.copytree(tiny_llava, tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    no_tokenizer = shutil.copytree(tiny_llava, tmp_path / "no-tokenizer")
+    for p in no_tokenizer.glob("tokenizer*"):
+        p.unlink()
+    evaluation = tmp_path / "ev"
+    evaluation.mkdir()
+    (evaluation / PREDICTIONS).write_text("")
+    (evaluation / "run.json").write_text('{"task": "mcqa"}')
+    for model, message in ((no_weights, "has no weights"), (no_tokenizer, "has no tokenizer"),
+                           (evaluation, "is an evaluation's output folder")):
+        with pytest.raises(UserError, match=message):
+            LocalRunner(str(model)).setup()
+
+
+def test_a_lora_export_finds_its_base_from_any_folder(tmp_path, monkeypatch):
+    """peft's adapter_config.json keeps --model as typed (models/llava, relative to where train ran); the
+    export's own record is absolute. Read from another folder, the relative one named no model."""
+    from vlmforge.evaluation.runners import LocalRunner
+
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    base = tmp_path / "models" / "llava"
+    (final / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "models/llava"}))
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "lora", "base": str(base), "template": "chat"}))
+    monkeypatch.chdir(tmp_path / "run")
+    assert LocalRunner._base_and_addition(str(final)) == (str(base), str(final), None)
+
+
+def test_an_image_urls_file_that_cannot_be_read_is_named(tmp_path):
+    """A mistyped --image-urls path (or a folder) was a FileNotFoundError traceback."""
+    from vlmforge.evaluation.runners import load_image_urls
+
+    with pytest.raises(UserError, match=r"--image-urls .*nope.csv cannot be read as a CSV of id,url \(No such file"):
+        load_image_urls(tmp_path / "nope.csv")
+    with pytest.raises(UserError, match="cannot be read as a CSV"):
+        load_image_urls(tmp_path)
+
+
+def test_an_evaluation_folder_given_as_data_is_named(tmp_path):
+    """An evaluation's folder given as --data or --predictions was called 'a training run (a model: give it
+    as --model)', for its run.json."""
+    from typer.testing import CliRunner
+
+    from vlmforge.cli import app
+
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / PREDICTIONS).write_text("")
+    (ev / "run.json").write_text(json.dumps({"task": "mcqa", "data": "/data/mcqa-build"}))
+    r = CliRunner().invoke(app, ["eval", "--task", "mcqa", "--data", str(ev), "--model", "m", "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception) == (f"--data {ev} is an evaluation's output folder, not data; give the data it evaluated "
+                                "(it evaluated /data/mcqa-build)")
+    r = CliRunner().invoke(app, ["eval", "score", "--task", "mcqa", "--predictions", str(ev)])
+    assert isinstance(r.exception, UserError) and f"--predictions {ev / PREDICTIONS}" in str(r.exception), r.output
+    assert not (tmp_path / "o").exists()

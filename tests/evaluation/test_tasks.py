@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,12 @@ def test_mcqa_scores_prompt_the_unseen_prediction_file(tmp_path):
     assert s["metrics"]["accuracy"] == pytest.approx(0.8)
     assert s["metrics"]["macro_accuracy"] == pytest.approx(2.5 / 3)
     assert (tmp_path / "scores" / "per_class_accuracy.png").stat().st_size > 1000
+    # A gold index that is no number was a ValueError traceback; one past the options was scored as wrong.
+    for gt, message in (("x", "mcqa_gt 'x' and mcqa_pred 0 are not option indices"),
+                        (3, "mcqa_gt 3 and mcqa_pred 0 are not option indices \\(0 to 2\\)")):
+        path.write_text(json.dumps(preds + [line(gt, 0, names)]))
+        with pytest.raises(UserError, match=f"record 5 of {path}: {message}"):
+            score_predictions(get_task("mcqa"), path, [], ReadOptions(), tmp_path / "scores2", quiet=True)
 
 
 # -- pope --------------------------------------------------------------------------------------
@@ -715,3 +722,95 @@ def test_class_templates_take_braces_or_label_and_need_a_place(mcqa_build, tmp_p
     ds = task.read([mcqa_build], ReadOptions())
     with pytest.raises(UserError, match="has no \\{\\} where the class goes"):  # every option one text: all ties
         evaluate(task, ds, None, tmp_path / "o", class_template="a photo", quiet=True)
+
+
+@pytest.mark.parametrize("task", ["pope", "mcqa", "grading", "open", "scienceqa"])
+def test_a_question_file_that_is_not_records_is_named(tmp_path, task):
+    """A JSON list of numbers was AttributeError: 'int' object has no attribute 'get'; a JSON list cut short a
+    JSONDecodeError; a binary file a UnicodeDecodeError; a dict without ids, for scienceqa, 'record None has no
+    gold answer'."""
+    numbers, cut, binary = tmp_path / "numbers.json", tmp_path / "cut.json", tmp_path / "binary.json"
+    numbers.write_text("[1, 2]")
+    cut.write_text('[{"question_id": 1, "text": "Is')
+    binary.write_bytes(b'{"a": "\xb8\xff"}')
+    t = get_task(task)
+    for path, message in ((numbers, "record 1 is int, not a JSON object"),
+                          (cut, "is not valid JSON \\(Unterminated string"), (binary, "is not a text file \\(byte 7 ")):
+        with pytest.raises(UserError, match=message):
+            t.read([path], ReadOptions())
+        with pytest.raises(UserError, match=message):  # the same reader takes answer files
+            score_predictions(t, path, [], ReadOptions(), tmp_path / "scores", quiet=True, plots=False)
+    if task == "scienceqa":
+        (tmp_path / "dict.json").write_text('{"a": 1}')
+        with pytest.raises(UserError, match="is not a LLaVA-format ScienceQA question file: a record has no id"):
+            t.read([tmp_path / "dict.json"], ReadOptions())
+
+
+def test_an_mmbench_tsv_that_is_not_text_is_named(tmp_path):
+    tsv = tmp_path / "mmbench.tsv"
+    tsv.write_bytes(b"index\tquestion\n\xb8\xff\n")
+    with pytest.raises(UserError, match="is not a text file \\(byte 15 is not UTF-8\\); give the MMBench .tsv"):
+        get_task("mmbench").read([tsv], ReadOptions())
+
+
+def test_a_graded_folder_with_folders_that_are_not_grades_is_refused(tmp_path):
+    """A folder among the grades not named by one ('KL2', 'unsure') was skipped: its images left out of every
+    metric without a word. With some grades beside it, the tree was taken for splits ('choose one with --split')."""
+    task = get_task("grading")
+    for name in ("0", "2", "unsure"):
+        (tmp_path / "knee" / "test" / name).mkdir(parents=True)
+        (tmp_path / "knee" / "test" / name / "a.png").write_bytes(tiny_png(1))
+    (tmp_path / "knee" / "test" / ".cache").mkdir()  # hidden: not a grade, not a mistake
+    for root in (tmp_path / "knee", tmp_path / "knee" / "test"):
+        with pytest.raises(UserError, match=r"knee/test holds folders that are not grades: unsure; a graded folder"):
+            task.read([root], ReadOptions())
+    shutil.rmtree(tmp_path / "knee" / "test" / "unsure")
+    assert [it.id for it in task.read([tmp_path / "knee"], ReadOptions()).items] == ["0/a.png", "2/a.png"]
+
+
+def test_scores_are_not_written_into_a_training_run_or_a_model(tmp_path):
+    """`eval score --out` put summary.json and plots among a training run's or a model's files, which
+    `vlmforge eval --out` refuses; a file as --out was a traceback once everything was scored."""
+    predictions = _write_jsonl(tmp_path / "predictions.jsonl", [  # our own: they carry their gold answers
+        {"id": "q1", "answer": 1, "options": ["cat", "dog"], "meta": {"class": "dog"}, "prediction": "B",
+         "scoring": "generate"}])
+    run, model = tmp_path / "run", tmp_path / "model"
+    run.mkdir()
+    (run / "run.json").write_text('{"config": {}}')
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    for out, what in ((run, "a training run"), (model, "a model folder")):
+        with pytest.raises(UserError, match=f"--out {out} is {what}"):
+            score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), out, quiet=True, plots=False)
+        assert not (out / "summary.json").exists()
+    for out in (predictions, predictions / "scores"):  # were FileExistsError / NotADirectoryError tracebacks
+        with pytest.raises(UserError, match=f"--out {out}: {predictions} is a file; give a folder for the scores"):
+            score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), out, quiet=True, plots=False)
+    assert score_predictions(get_task("mcqa"), predictions, [], ReadOptions(), tmp_path / "scores", quiet=True,
+                             plots=False)["metrics"]["accuracy"] == 1.0
+
+
+def test_a_pope_file_with_a_question_left_unlabelled_is_refused(tmp_path):
+    """One line of a coco_pope file without its label made the file pass for LLaVA's combined question file: its
+    labelled questions were left out of the evaluation, and that line scored against another question's label.
+    A line without its text was left out."""
+    f = _write_jsonl(tmp_path / "coco_pope_random.json", [
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "text": "Is there a dog in the image?"},
+        {"question_id": 3, "image": "b.jpg", "text": "Is there a cat in the image?", "label": "no"}])
+    with pytest.raises(UserError, match="coco_pope_random.json: question 2 has no label, though other questions of"):
+        get_task("pope").read([f], ReadOptions(image_root=tmp_path))
+    f = _write_jsonl(tmp_path / "coco_pope_popular.json", [  # a question without its text was left out
+        {"question_id": 1, "image": "a.jpg", "text": "Is there a cat in the image?", "label": "yes"},
+        {"question_id": 2, "image": "a.jpg", "question": "Is there a dog in the image?", "label": "no"}])
+    with pytest.raises(UserError, match="coco_pope_popular.json: question 2 has no 'text' \\(the question\\), though"):
+        get_task("pope").read([f], ReadOptions(image_root=tmp_path))
+
+
+@pytest.mark.parametrize("index", [4, -1])
+def test_an_mcqa_sample_whose_answer_is_no_option_is_refused(tmp_path, index):
+    """answer_index 4 of four options was an IndexError traceback; -1 took the last option for the gold one."""
+    doc = {**mcqa_doc("cat", MCQA_CLASSES), "answer_index": index}
+    build = make_build(tmp_path / "b", [doc])
+    with pytest.raises(UserError, match=f"sample test000 has answer_index {index} for 4 options"):
+        get_task("mcqa").read([build], ReadOptions())

@@ -104,3 +104,13 @@ def test_composing_into_another_models_folder_is_refused(tmp_path):
     (tmp_path / "out" / "model.safetensors").write_bytes(b"another model")
     with pytest.raises(UserError, match="exists and is not empty"):  # it wrote over the folder
         compose_llava("any/vision", "any/lm", tmp_path / "out")
+
+
+def test_a_part_of_another_kind_is_named(tmp_path, tiny_clip):
+    """A CLIP given as the language model was 'cannot load the parts: Unrecognized configuration class <class
+    ...CLIPConfig> for this kind of AutoModel: AutoModelForCausalLM': neither which part nor what it is."""
+    from vlmforge.errors import UserError
+    from vlmforge.training.compose import compose_llava
+
+    with pytest.raises(UserError, match=f"^--language-model {tiny_clip} is a clip model, not a causal language model$"):
+        compose_llava(str(tiny_clip), str(tiny_clip), tmp_path / "out")

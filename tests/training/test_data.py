@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tarfile
 from collections import Counter
 
@@ -195,3 +196,14 @@ def test_a_build_without_train_split_is_not_trained_on_its_test_split(tmp_path, 
     # Validation data and a build whose only split is not a test split keep the default: every split.
     assert sum(r.samples for r in resolve_shards([str(b.path)])) == 12
     assert sum(r.samples for r in resolve_shards([str(coco_build.path)], training=True)) == 12
+
+
+def test_weights_that_make_no_whole_epoch_are_refused(loose_shards):
+    """inf and nan were an OverflowError or ValueError traceback in the epoch's size; 1e300 made an epoch whose
+    order the run tried to build in memory, and hung."""
+    shards = resolve_shards([str(loose_shards[0])])
+    for weights, message in (([math.inf], "weights must be finite numbers"), ([math.nan], "weights must be finite"),
+                             ([1e300], "make an epoch of about 10\\^301 samples, more than 1,000,000,000"),
+                             ([6e7], "make an epoch of 1,020,000,000 samples")):
+        with pytest.raises(UserError, match=message):
+            ShardStream(shards, batch_size=8, weights=weights)

@@ -56,6 +56,8 @@ def test_a_deepspeed_config_that_cannot_be_used_is_named(tmp_path, coco_build, m
     (["--mode", "dream"], "unknown mode"),
     (["--weights", "1,2"], "one weight per --shards"),
     (["--weights", "a"], "numbers separated by commas"),
+    (["--weights", "inf"], "--weights must be numbers of 0 or more (got inf)"),  # were tracebacks after the model
+    (["--weights", "nan"], "--weights must be numbers of 0 or more (got nan)"),  # loaded
     (["--lr", "-1"], "--lr must be above 0 (got -1.0)"),  # was a ValueError traceback from AdamW
     (["--lr", "nan"], "--lr must be above 0"),
     (["--projector-lr", "0"], "--projector-lr must be above 0"),
@@ -300,3 +302,130 @@ def test_ctrl_c_in_a_terminal_is_one_line(tmp_path, label_build, tiny_clip):
     text = err.read_text()
     assert code == 130, [line for line in text.splitlines() if not line.startswith("step=")][-40:]
     assert "Traceback" not in text and "interrupted; add --resume to the same command to continue from" in text, text
+
+
+def test_a_file_that_is_not_a_tar_or_a_source_without_samples_is_named(tmp_path, coco_build, tiny_llava):
+    """A text file given as a shard was read as a tar of 0 samples: beside a build it was left out of the mix
+    without a word, and as --val-shards nothing was validated. A source whose tars hold no sample likewise."""
+    from tests.training.conftest import write_tar
+
+    text = tmp_path / "list.txt"
+    text.write_text("shards.tar\n")
+    empty = write_tar(tmp_path / "empty.tar", [])
+    for args, message in ((["--shards", text], f"{text} is not a tar file"),
+                          (["--shards", empty], f"{empty} holds no samples"),
+                          (["--val-shards", text], f"{text} is not a tar file"),
+                          (["--val-shards", empty], f"{empty} holds no samples")):
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", tmp_path / "run",
+                   "--max-steps", "1", "--batch-size", "2", "--workers", "0", "-q", *args)
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+        assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_model_folder_missing_files_or_an_evaluation_is_named(tmp_path, coco_build, tiny_llava):
+    """A model folder without its tokenizer failed with transformers' 'Couldn't instantiate the backend tokenizer
+    from one of:', and an evaluation's folder, as --model or --shards, was 'a training run'; as --out, one to
+    resume."""
+    import shutil
+
+    no_tokenizer = shutil.copytree(tiny_llava, tmp_path / "no-tokenizer")
+    for p in no_tokenizer.glob("tokenizer*"):
+        p.unlink()
+    no_weights = shutil.copytree(tiny_llava, tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "predictions.jsonl").write_text("")
+    (ev / "run.json").write_text('{"task": "mcqa"}')
+    for args, message in ((["--shards", coco_build.path, "--model", no_tokenizer], "has no tokenizer (tokenizer.json"),
+                          (["--shards", coco_build.path, "--model", no_weights], "has no weights (model.safetensors"),
+                          (["--shards", coco_build.path, "--model", ev], f"{ev} is an evaluation's output folder"),
+                          (["--shards", ev, "--model", tiny_llava], f"{ev} is an evaluation's output folder")):
+        r = invoke("train", *args, "--out", tmp_path / "run", "--max-steps", "1")
+        assert isinstance(r.exception, UserError) and message in str(r.exception), r.output
+    for resume in ((), ("--resume",)):  # its run.json is the evaluation's: 'already holds a run; pass --resume'
+        r = invoke("train", "--shards", coco_build.path, "--model", tiny_llava, "--out", ev, *resume)
+        assert isinstance(r.exception, UserError), r.output
+        assert str(r.exception).startswith(f"--out {ev} is an evaluation's output folder"), r.output
+
+
+def test_init_tiny_does_not_write_into_a_build_or_a_run(tmp_path, coco_build):
+    """--overwrite put a model's config.json and weights among a build's shards (then neither a model, 'is a
+    vlmforge build', nor a clean build) or into a run folder, whose final/ the run folder then no longer stood for."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"config": {}}')
+    before = sorted(p.name for p in coco_build.path.iterdir())
+    for out, what in ((coco_build.path, "a build (build.json)"), (run, "a training run or an evaluation (run.json)")):
+        r = invoke("model", "init-tiny", "--kind", "clip", "--out", out, "--overwrite")
+        assert isinstance(r.exception, UserError) and str(r.exception).startswith(f"--out {out} is {what}"), r.output
+    assert sorted(p.name for p in coco_build.path.iterdir()) == before and not (run / "config.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--init-range", "-1"], "--init-range must be above 0 and at most 1 (got -1.0)"),  # were config tracebacks
+    (["--init-range", "nan"], "--init-range must be above 0 and at most 1 (got nan)"),
+    (["--kind", "clip", "--init-range", "0.5"], "--init-range applies to --kind llava, not clip"),  # went unused
+])
+def test_init_tiny_refuses_an_init_range_it_cannot_use(tmp_path, args, message):
+    r = invoke("model", "init-tiny", "--out", tmp_path / "m", *args)
+    assert isinstance(r.exception, UserError) and str(r.exception) == message, r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_merge_onto_a_clip_base_does_not_say_to_train_clip(tmp_path, tiny_clip):
+    """A CLIP --base for a LoRA export said 'train a CLIP model with --mode clip', a hint for `train`."""
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "lora", "base": "b", "template": "chat"}))
+    (final / "adapter_config.json").write_text("{}")
+    r = invoke("model", "merge", tmp_path / "run", "--out", tmp_path / "merged", "--base", tiny_clip)
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception) == (f"{tiny_clip} is a clip model, not a vision-language model; give the vision-language "
+                                "model the run trained as --base")
+
+
+def test_merge_names_a_base_that_moved(tmp_path):
+    """The base a run recorded, moved since, was transformers' 'Repo id must be in the form ...'."""
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    gone = tmp_path / "models" / "gone"
+    (final / "vlmforge_export.json").write_text(json.dumps({"kind": "lora", "base": str(gone), "template": "chat"}))
+    (final / "adapter_config.json").write_text("{}")
+    r = invoke("model", "merge", tmp_path / "run", "--out", tmp_path / "merged")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"no model at {gone}") and "pass --base" in str(r.exception)
+
+
+def test_training_shows_its_progress_toward_the_last_step(tmp_path, label_build, tiny_clip, monkeypatch):
+    """Training printed a line every --log-every steps with no total and no time left: nothing showed how far
+    a run was. It has the progress bar (a line at intervals in a log) that builds and eval show."""
+    import vlmforge.progress
+
+    monkeypatch.setattr(vlmforge.progress, "LOG_INTERVAL", 0.0)  # a line at every step
+    r = invoke("train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "run",
+               "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--log-every", "100")
+    assert r.exit_code == 0, r.output
+    assert "train steps: 1/2 (50%)" in r.output and "train steps: 2/2 (100%)" in r.output, r.output
+    r = invoke("train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "q",
+               "--max-steps", "2", "--batch-size", "4", "--workers", "0", "-q")
+    assert r.exit_code == 0 and "train steps" not in r.output, r.output
+
+
+def test_a_damaged_checkpoint_is_named_with_the_one_to_resume_from(tmp_path, label_build, tiny_clip):
+    """A checkpoint's position.json or trainer state that does not read (a damaged disk, a hand edit) was a
+    JSONDecodeError or a torch traceback on --resume."""
+    args = ["train", "--shards", label_build.path, "--model", tiny_clip, "--mode", "clip", "--out", tmp_path / "run",
+            "--max-steps", "2", "--batch-size", "4", "--workers", "0", "--save-every", "1", "-q"]
+    assert invoke(*args).exit_code == 0
+    newest = tmp_path / "run" / "checkpoint-000002"
+    (newest / "position.json").write_text("{")
+    r = invoke(*args, "--resume")
+    assert isinstance(r.exception, UserError), r.output
+    assert str(r.exception).startswith(f"{newest} is damaged (JSONDecodeError") and str(r.exception).endswith(
+        "delete that folder and run the same command again to resume from checkpoint-000001")
+    (newest / "position.json").unlink()  # no longer a checkpoint: the one before is resumed
+    (tmp_path / "run" / "checkpoint-000001" / "trainer_state.pt").write_bytes(b"cut")
+    r = invoke(*args, "--resume")
+    assert isinstance(r.exception, UserError) and "checkpoint-000001 is damaged" in str(r.exception), r.output
+    assert str(r.exception).endswith("to start the run again")

@@ -22,6 +22,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or t
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")]
 
 
+BACKENDS = ("local", "openai", "vllm", "transformers")  # the backends that answer a model's questions
+
+
 def _task(name: Optional[str], parse: Optional[str], embedder: Optional[str], soft_threshold: Optional[float]):
     from vlmforge.errors import UserError
     from vlmforge.evaluation.tasks import get_task
@@ -46,7 +49,14 @@ def _check_applies(task_name: str, **given) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.rstrip("/").split("/")[-1]).strip("-") or "model"
+    """The model's folder in evals/<task>/: its last name, with the names above it while that is a run's
+    final/, best/, checkpoint-N/ or model/ (every run's final/ was evals/<task>/final, so a second run's
+    evaluation was refused as another run's, and --overwrite discarded the first's)."""
+    parts = [p for p in text.rstrip("/").split("/") if p not in ("", ".")]
+    name = parts[-1:] if parts else []
+    while len(parts) > len(name) and re.fullmatch(r"final|best|model|checkpoint-\d+", name[0]):
+        name.insert(0, parts[-len(name) - 1])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(name)).strip("-") or "model"
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:
@@ -66,7 +76,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option("--model", "-m", help="checkpoint path or Hub id (local), or the model name an API serves")] = None,
         backend: Annotated[str, typer.Option("--backend", help="local (transformers: LLaVA-style or CLIP), or a generation backend: openai, vllm, transformers")] = "local",
         scoring: Annotated[Optional[str], typer.Option("--scoring", help="generate (parse the answer), loss (lowest loss over the options) or clip (CLIP zero-shot); default: clip for CLIP models, else generate")] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default evals/<task>/<model>); rerun with the same folder to resume")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="output folder (default evals/<task>/<model's name>, e.g. evals/mcqa/run1-final for runs/run1/final); rerun with the same folder to resume")] = None,
         split: Split = None,
         image_root: ImageRoot = None,
         limit: Limit = None,
@@ -110,12 +120,22 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
                        rounds=(rounds, ("mmbench",)))
         if not data:
             raise UserError("give --data (a build folder or the benchmark's files)")
-        if not model and backend in ("local", "openai", "vllm", "transformers"):
+        from vlmforge.evaluation.predictions import check_not_an_evaluation
+
+        for path in data:
+            check_not_an_evaluation(path, "--data")
+        if backend not in BACKENDS:  # 'template' writes builders' answers from templates: it asked, then failed mid-run
+            raise UserError(f"unknown --backend {backend!r}; use {', '.join(BACKENDS)}")
+        if not model:
             raise UserError(f"give --model for the {backend} backend")
         if image_urls is not None and backend != "openai":  # other backends read the image files: URLs went unused
             raise UserError(f"--image-urls is for the openai backend; the {backend} backend reads the images themselves")
         if api_base is not None and backend != "openai":
             raise UserError(f"--api-base is for the openai backend, not {backend}")
+        if backend in ("transformers", "vllm"):  # they load the model at the first batch, the output folder made
+            from vlmforge.training.llava import check_model_folder, export_folder
+
+            check_model_folder(export_folder(model))  # a folder without weights or tokenizer was a traceback
         if device is not None and backend in ("local", "transformers"):
             from vlmforge.curation.models import check_device
 
@@ -175,8 +195,13 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.evaluation.items import ReadOptions
         from vlmforge.evaluation.run import score_predictions
 
+        from vlmforge.evaluation.predictions import check_not_an_evaluation
+
         t = _task(task, parse, embedder, soft_threshold)
         _check_applies(t.name, rounds=(rounds, ("mmbench",)))
+        check_not_an_evaluation(predictions, "--predictions")
+        for path in annotations or []:
+            check_not_an_evaluation(path, "--annotations")
         opts = ReadOptions(split=split, image_root=image_root, rounds=rounds, num_grades=num_grades)
         out = out or predictions.parent / f"{predictions.stem}-{t.name}-scores"
         score_predictions(t, predictions, list(annotations or []), opts, out, quiet=quiet, plots=not no_plots)

@@ -89,11 +89,11 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         select_by: Annotated[str, typer.Option("--select-by", help="keep best/ by validation loss or accuracy (auto: accuracy for clip, loss otherwise)")] = "auto",
         save_every: Annotated[int, typer.Option("--save-every", min=1, help="checkpoint every N steps")] = 500,
         eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="validate every N steps (default: --save-every)")] = None,
-        log_every: Annotated[int, typer.Option("--log-every", min=1, help="write a metrics.jsonl line (and a progress line) every N steps")] = 10,
+        log_every: Annotated[int, typer.Option("--log-every", min=1, help="write a metrics.jsonl line (and a step line with its figures) every N steps")] = 10,
         keep_checkpoints: Annotated[int, typer.Option("--keep-checkpoints", min=1, help="keep the newest N checkpoint-*/ folders, deleting older ones")] = 2,
         resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its newest checkpoint")] = False,
         log_keys: Annotated[bool, typer.Option("--log-keys", help="write the sample keys of every batch to keys.jsonl")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar, step lines or warnings")] = False,
     ) -> None:
         """Train on shards: full, LoRA or projector-only for LLaVA-style models, or CLIP on image-label shards.
 
@@ -141,6 +141,16 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         from vlmforge.progress import console
         from vlmforge.training.tiny import make_tiny, make_tiny_llava
 
+        from vlmforge.errors import UserError
+
+        if not 0 < init_range <= 1:  # transformers' config refused it with a traceback (NaN fails the test too)
+            raise UserError(f"--init-range must be above 0 and at most 1 (got {init_range})")
+        if kind != "llava" and init_range != TINY_TRAINABLE_INIT:  # the other kinds have their own: it went unused
+            raise UserError(f"--init-range applies to --kind llava, not {kind}")
+        for name, what in (("build.json", "a build"), ("run.json", "a training run or an evaluation")):
+            if (out / name).is_file():  # the model's files mixed into it: neither loaded as a model nor as itself
+                raise UserError(f"--out {out} is {what} ({name}): a model written there would mix with it, "
+                                "--overwrite or not; choose another --out")
         if not overwrite:
             from vlmforge.training.llava import check_empty_out
 

@@ -74,15 +74,31 @@ class ReadOptions:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """A JSON list (or {"data": [...]}, or a dict of records keyed by id) or a JSONL file."""
+    """A JSON list (or {"data": [...]}, or a dict of records keyed by id) or a JSONL file, of objects."""
+    records = _records(path)
+    odd = next((n for n, r in enumerate(records, 1) if not isinstance(r, dict)), None)
+    if odd is not None:  # every reader takes records for objects: a list of numbers or strings was a traceback
+        raise UserError(f"{path}: record {odd} is {type(records[odd - 1]).__name__}, not a JSON object; every "
+                        "question or answer is an object with its fields (id, question, answer ...)")
+    return records
+
+
+def _records(path: Path) -> list[Any]:
     if path.is_dir():
         from vlmforge.manifests.read import open_build
 
         open_build(path)  # a folder without build.json: says what it is instead
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # an image, a model file: was a traceback
+        raise UserError(f"{path} is not a text file (byte {e.start} is not UTF-8); give a JSON or JSON lines "
+                        "file") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:  # cut short, or edited by hand: was a traceback
+            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     if stripped.startswith("{"):
         try:
             doc = json.loads(text)

@@ -68,8 +68,9 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None
     preds = out / PREDICTIONS
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give the folder for the predictions and report")
-    if (out / "build.json").exists():  # its predictions, summary and plots would land among the shards
-        raise UserError(f"--out {out} is a build folder; write the evaluation elsewhere")
+    other = not_an_evaluation(out)
+    if other:  # its predictions, summary and plots would land among that folder's files
+        raise UserError(f"--out {out} is {other}; write the evaluation elsewhere")
     if overwrite:
         preds.unlink(missing_ok=True)
         _remove_report(out)
@@ -93,6 +94,41 @@ def check_run(out: Path, run: dict[str, Any], overwrite: bool, items: int | None
     tmp = run_file.with_name(RUN_FILE + ".tmp")  # whole or not there: a run killed as it writes leaves no half file
     tmp.write_text(json.dumps({**run, "items": items} if items is not None else run, indent=1, sort_keys=True) + "\n")
     tmp.replace(run_file)
+
+
+def check_not_an_evaluation(path: Path, option: str) -> None:
+    """An evaluation's output folder given where data is read was called 'a training run (a model: give it as
+    --model)', for its run.json: say what it is, and what to give instead."""
+    path = Path(path)
+    if not (path / PREDICTIONS).is_file():
+        return
+    if option == "--predictions":
+        raise UserError(f"{path} is an evaluation's output folder; give its predictions file: --predictions "
+                        f"{path / PREDICTIONS}")
+    try:
+        data = json.loads((path / RUN_FILE).read_text()).get("data")
+    except (OSError, ValueError, AttributeError):
+        data = None
+    hint = f" (it evaluated {data})" if data else ""
+    raise UserError(f"{option} {path} is an evaluation's output folder, not data; give the data it evaluated{hint}")
+
+
+def not_an_evaluation(out: Path) -> str | None:
+    """What `out` is when it is a build, a training run or a model rather than an evaluation's folder. A training
+    run's run.json was taken for another evaluation's, and --overwrite, which the refusal suggested, replaced it:
+    the run could no longer be resumed or merged."""
+    if (out / "build.json").exists():
+        return "a build folder"
+    if (out / "final").is_dir() or any(out.glob("checkpoint-*")):
+        return "a training run (`vlmforge train --out`)"
+    try:
+        if "config" in json.loads((out / RUN_FILE).read_text()):  # an evaluation's run.json has no config
+            return "a training run (`vlmforge train --out`)"
+    except (OSError, ValueError, TypeError):
+        pass  # none, or damaged: told apart below, or by the caller
+    if any((out / name).is_file() for name in ("config.json", "adapter_config.json", "vlmforge_export.json")):
+        return "a model folder"
+    return None
 
 
 def _remove_report(out: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from vlmforge import __version__
 from vlmforge.errors import UserError
 from vlmforge.evaluation.items import Dataset, EvalItem, ReadOptions, read_records
-from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run
+from vlmforge.evaluation.predictions import PREDICTIONS, RUN_FILE, PredictionLog, check_run, not_an_evaluation
 from vlmforge.evaluation.report import markdown_report, write_summary
 from vlmforge.evaluation.runners import PartialPredictions, Runner
 from vlmforge.evaluation.tasks import Record, Task, best_indices, check_template, parse_counts
@@ -249,6 +249,13 @@ def score_predictions(task: Task, predictions: Path, annotations: list[Path], op
     answer files: question_id + text)."""
     if not predictions.exists():
         raise UserError(f"{predictions} does not exist")
+    other = not_an_evaluation(Path(out)) if Path(out).is_dir() else None
+    if other:  # the summary and plots would land among a build's shards or a model's files, as eval's would
+        raise UserError(f"--out {out} is {other}; write the scores elsewhere")
+    # A file in the way was a FileExistsError or NotADirectoryError traceback once everything was scored.
+    blocking = next((p for p in (Path(out), *Path(out).parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out}: {blocking} is a file; give a folder for the scores")
     lines = read_records(predictions)
     dataset = None
     extra: dict[str, int] = {}

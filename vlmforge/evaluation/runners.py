@@ -95,10 +95,14 @@ class LocalRunner(Runner):
         from vlmforge.curation.models import check_device, torch_dtype
 
         check_device(self.device)
-        from vlmforge.training.llava import export_info
+        from vlmforge.training.llava import check_model_folder, export_info
 
+        check_model_folder(self.name)
         self.template = export_info(self.name).get("template", "chat")
         path, adapter, projector = self._base_and_addition(self.name)
+        if path != self.name:  # the base an adapter or projector export names
+            check_model_name(path, f"base model of {self.name}")
+            check_model_folder(path, f"base model of {self.name}")
         dtype = torch_dtype(self.dtype_name, self.device)
         try:
             config = AutoConfig.from_pretrained(path)
@@ -110,16 +114,19 @@ class LocalRunner(Runner):
             # transformers' own refusal is a traceback listing a hundred config classes
             raise UserError(f"model {path!r} is a {config.model_type!r} checkpoint, neither a vision-language "
                             "(image-text-to-text, LLaVA-style) model nor CLIP, the two the local backend evaluates")
-        if config.model_type == "clip":
-            from transformers import CLIPModel
+        try:  # what the folder checks cannot see (a damaged weights file, a processor config missing)
+            if config.model_type == "clip":
+                from transformers import CLIPModel
 
-            self.kind = "clip"
-            self.model = CLIPModel.from_pretrained(path, dtype=dtype)
-        else:
-            from transformers import AutoModelForImageTextToText
+                self.kind = "clip"
+                self.model = CLIPModel.from_pretrained(path, dtype=dtype)
+            else:
+                from transformers import AutoModelForImageTextToText
 
-            self.kind = "vlm"
-            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+                self.kind = "vlm"
+                self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model {path!r}: {str(e).splitlines()[0]}") from None
         if adapter is not None:
             from vlmforge.training.merge import merge_lora
 
@@ -129,7 +136,11 @@ class LocalRunner(Runner):
 
             self.model = load_projector(self.model, Path(projector) / "projector.safetensors")
         own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
-        self.processor = AutoProcessor.from_pretrained(own if own and _has_processor(own) else path)
+        source = own if own and _has_processor(own) else path
+        try:
+            self.processor = AutoProcessor.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the processor of {source!r}: {str(e).splitlines()[0]}") from None
         from vlmforge.training.llava import check_tokenizer
 
         check_tokenizer(self.model, self.processor, self.name)
@@ -140,7 +151,7 @@ class LocalRunner(Runner):
         """(base, adapter folder, projector folder). A PEFT adapter folder (adapter_config.json) is
         loaded onto the base model it names; a projector-only export (`train --mode projector`) puts
         its trained projector into the base its vlmforge_export.json names."""
-        from vlmforge.training.llava import EXPORT_INFO, export_kind
+        from vlmforge.training.llava import EXPORT_INFO, export_info, export_kind
 
         if export_kind(name) == "projector":
             base = json.loads((Path(name) / EXPORT_INFO).read_text()).get("base")
@@ -150,7 +161,10 @@ class LocalRunner(Runner):
             return base, None, name
         cfg = Path(name) / "adapter_config.json"
         if cfg.exists():
-            base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+            # A run's export records its base as an absolute path; peft's config keeps --model as it was typed,
+            # relative to the folder train ran in, so from any other folder it named no model.
+            base = (export_info(name).get("base") if export_kind(name) == "lora" else None) \
+                or json.loads(cfg.read_text()).get("base_model_name_or_path")
             if not base:
                 raise UserError(f"{cfg} names no base_model_name_or_path")
             return base, name, None
@@ -412,11 +426,15 @@ class PartialPredictions(UserError):
 def load_image_urls(path: Path) -> dict[str, str]:
     """A CSV of `id,url` (header optional): item ids, or image file names, to image URLs."""
     out: dict[str, str] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if len(row) < 2 or row[0].strip().lower() in ("id", "image", "key") and row[1].strip().lower() == "url":
-                continue
-            out[row[0].strip()] = row[1].strip()
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.reader(f):
+                if len(row) < 2 or row[0].strip().lower() in ("id", "image", "key") and row[1].strip().lower() == "url":
+                    continue
+                out[row[0].strip()] = row[1].strip()
+    except (OSError, UnicodeDecodeError, csv.Error) as e:  # were tracebacks: a mistyped path, a binary file
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise UserError(f"--image-urls {path} cannot be read as a CSV of id,url ({why})") from None
     if not out:
         raise UserError(f"{path} holds no id,url rows")
     return out

@@ -9,8 +9,9 @@ on every call, which a VLM cannot use). Language models: any causal LM with a `.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vlmforge.errors import UserError
 
@@ -21,6 +22,21 @@ COMPOSE_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+
+
+@contextmanager
+def _loading(name: str, option: str, what: str) -> Iterator[None]:
+    """Loading errors of one part as one line naming the option, and the kind of model given when it is
+    another kind."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        if str(e).startswith("Unrecognized configuration class"):
+            from transformers import AutoConfig
+
+            kind = AutoConfig.from_pretrained(name).model_type
+            raise UserError(f"{option} {name} is a {kind} model, not {what}") from None
+        raise UserError(f"cannot load {option} {name}: {str(e).splitlines()[0]}") from None
 
 
 def _vision_parts(vision: str) -> tuple[Any, Any]:
@@ -68,13 +84,14 @@ def compose_llava(vision: str, language_model: str, out: str | Path, feature_lay
     check_empty_out(Path(out))  # it wrote over another model's folder
     for name in (vision, language_model):  # a mistyped local path, not a Hub connection error
         check_model_name(name)
-    try:
+    # Each part named with its own failure: 'cannot load the parts: Unrecognized configuration class <class
+    # ...CLIPConfig> for this kind of AutoModel: AutoModelForCausalLM' left the user to guess which was wrong.
+    with _loading(vision, "--vision", "a vision tower"):
         vision_cfg, tower = _vision_parts(vision)
+        image_processor = AutoImageProcessor.from_pretrained(vision)
+    with _loading(language_model, "--language-model", "a causal language model"):
         lm = AutoModelForCausalLM.from_pretrained(language_model)
         tok = AutoTokenizer.from_pretrained(language_model)
-        image_processor = AutoImageProcessor.from_pretrained(vision)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the parts: {str(e).splitlines()[0]}") from None
     check_feature_layer(feature_layer, getattr(vision_cfg, "num_hidden_layers", None), vision)
     if not hasattr(lm, "model") or not hasattr(lm, "lm_head"):
         raise UserError(f"{language_model} is a {type(lm).__name__}; expected a causal LM with .model and .lm_head")

@@ -35,6 +35,9 @@ from vlmforge.manifests.read import (
     TRAINING_RUN, check_shards, is_training_run, long_name, parse_tar_bytes, read_build_info, split_member, tar_header,
 )
 
+# Most samples one epoch may hold: its order is an array of 8 bytes a sample (1e9: 8 GB), made in every worker.
+MAX_EPOCH = 1_000_000_000
+
 # ---------------------------------------------------------------------------------------------
 # Where the samples are
 
@@ -90,6 +93,9 @@ def scan_tar(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     last_key = None
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if size < 512 or size % 512:  # a tar is whole 512-byte blocks; a text file this short was read as 0 samples
+            raise UserError(f"{path} is not a tar file, or one cut short ({size} bytes, not a whole number of "
+                            "512-byte blocks)")
         pos = 0
         start: int | None = None  # where the current member's extended headers began
         pending: str | None = None
@@ -176,7 +182,9 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         p = Path(spec)
         if p.is_dir():
             if not (p / BUILD_JSON).exists():
-                what = TRAINING_RUN if is_training_run(p) else "a folder without build.json"
+                evaluation = (p / "predictions.jsonl").is_file()  # its run.json made it pass for a training run
+                what = ("an evaluation's output folder (predictions.jsonl), not data" if evaluation
+                        else TRAINING_RUN if is_training_run(p) else "a folder without build.json")
                 raise UserError(f"{spec} is {what}; give a finished build or shard paths")
             info = read_build_info(p / BUILD_JSON)
             splits = sorted({s["split"] for s in info["shards"]})
@@ -212,6 +220,9 @@ def resolve_shards(specs: Sequence[str], split: str | None = None, training: boo
         if training and tests and len(matched) > 1:  # 'build/*.tar': the train and the test shards
             raise UserError(f"{spec!r} matches shards of the splits {', '.join(sorted(matched))}, so training would "
                             f"read {tests[0]} data; give the build folder (its train split) or one split's shards")
+    empty = next((spec for i, spec in enumerate(specs) if not any(r.source == i and r.samples for r in refs)), None)
+    if empty is not None:  # a source of no samples among others went unnoticed, and so did empty validation data
+        raise UserError(f"{empty} holds no samples (its shards are empty)")
     return [r for r in refs if r.samples > 0]
 
 
@@ -430,8 +441,15 @@ class ShardStream(_iterable_base()):  # type: ignore[misc]
             raise UserError(f"{n_sources} shard sources but {len(self.weights)} weights; give one weight per --shards")
         if any(w < 0 for w in self.weights):
             raise UserError("weights must not be negative")
-        if self.epoch_size() == 0:  # an epoch of nothing: the run would wait for a batch forever
+        if any(not w < math.inf for w in self.weights):  # NaN too: no whole number of samples
+            raise UserError("weights must be finite numbers")
+        size = self.epoch_size()
+        if size == 0:  # an epoch of nothing: the run would wait for a batch forever
             raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} leave no sample in an epoch")
+        if size > MAX_EPOCH:  # the epoch's order is held in memory: 8 bytes a sample (1e300 hung the run)
+            many = f"{size:,}" if size < 10**15 else f"about 10^{len(str(size)) - 1}"
+            raise UserError(f"the weights {','.join(f'{w:g}' for w in self.weights)} make an epoch of {many} "
+                            f"samples, more than {MAX_EPOCH:,}; give smaller weights and more --epochs")
         self.batch_size = batch_size
         self.collate = collate or _samples_only
         self.shuffle = shuffle

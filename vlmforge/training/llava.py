@@ -23,8 +23,10 @@ EXPORT_INFO = "vlmforge_export.json"
 CLIP_TYPES = ("clip", "siglip", "siglip2", "chinese_clip", "altclip")
 
 
-def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32") -> tuple[Any, Any]:
-    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`."""
+def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32",
+                    clip_hint: str = "; train a CLIP model with --mode clip") -> tuple[Any, Any]:
+    """(model, processor) of a checkpoint (path or Hub id) through transformers' `auto_class`; `clip_hint` follows
+    the refusal of a CLIP model."""
     import torch
     import transformers
 
@@ -34,10 +36,38 @@ def load_pretrained(path: str, auto_class: str, what: str, dtype: str = "float32
     except (OSError, ValueError) as e:
         if str(e).startswith("Unrecognized configuration class"):  # transformers names its classes, not the fix
             kind = transformers.AutoConfig.from_pretrained(path).model_type
-            hint = "; train a CLIP model with --mode clip" if kind in CLIP_TYPES else ""
+            hint = clip_hint if kind in CLIP_TYPES else ""
             raise UserError(f"{path} is a {kind} model, not {what}{hint}") from None
         raise UserError(f"cannot load {what} from {path!r}: {str(e).splitlines()[0]}") from None
     return model, processor
+
+
+# A local checkpoint loads only with its weights (one file, or an index of shards) and its tokenizer's files.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def check_model_folder(path: str, what: str = "model") -> None:
+    """A local folder that is not a whole model is named before transformers loads it: a folder without
+    weights or tokenizer was a traceback in eval and 'Couldn't instantiate the backend tokenizer from one
+    of:' in train, and an evaluation's output folder was 'Unrecognized model'. Hub ids and the add-on
+    exports (a LoRA adapter, a projector), whose base holds the rest, pass."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or export_kind(str(p)) in ("lora", "projector"):
+        return
+    if (p / "predictions.jsonl").is_file():
+        raise UserError(f"{path} is an evaluation's output folder (predictions.jsonl), not a {what}")
+    if not (p / "config.json").is_file():
+        raise UserError(f"{path} holds no config.json, so it is not a {what} folder (a transformers checkpoint: "
+                        "config.json, weights, tokenizer and processor files)")
+    if not any((p / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"the {what} folder {path} has no weights ({', '.join(WEIGHT_FILES)}); it was saved or "
+                        "copied in part: copy the whole checkpoint")
+    if not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"the {what} folder {path} has no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the "
+                        "tokenizer files of the checkpoint it came from into it")
 
 
 def export_kind(path: str) -> str | None:
@@ -73,9 +103,11 @@ def export_folder(name: str) -> str:
     return name
 
 
-def load_llava(path: str, dtype: str = "float32") -> tuple[Any, Any]:
+def load_llava(path: str, dtype: str = "float32", clip_hint: str = "; train a CLIP model with --mode clip"
+               ) -> tuple[Any, Any]:
     """(model, processor) of an image-text-to-text checkpoint (path or Hub id)."""
-    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype)
+    model, processor = load_pretrained(path, "AutoModelForImageTextToText", "a vision-language model", dtype,
+                                       clip_hint)
     check_tokenizer(model, processor, path)
     return model, processor
 

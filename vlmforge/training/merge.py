@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from vlmforge.curation.models import check_model_name
 from vlmforge.errors import UserError
 from vlmforge.training.llava import (
-    EXPORT_INFO, check_empty_out, export_folder, load_llava, projector_names, quiet_peft,
+    EXPORT_INFO, check_empty_out, check_model_folder, export_folder, load_llava, projector_names, quiet_peft,
 )
 
 
@@ -33,8 +34,15 @@ def merge(src: str | Path, out: str | Path, base: str | None = None) -> Path:
     if kind in ("full", "clip"):
         shutil.copytree(export, out, dirs_exist_ok=True)
         return out
+    recorded = base is None
     base = base or info["base"]
-    model, processor = load_llava(base)
+    try:  # a base moved since training was transformers' 'Repo id must be in the form ...'
+        check_model_name(base, "base model")
+        check_model_folder(base, "base model")
+    except UserError as e:
+        raise UserError(f"{e}; pass --base with where it is now" if recorded else str(e)) from None
+    # no hint to train CLIP: the base of a LoRA or projector export is the vision-language model the run trained
+    model, processor = load_llava(base, clip_hint="; give the vision-language model the run trained as --base")
     if kind == "lora":
         merged = merge_lora(model, export)
     elif kind == "projector":

@@ -238,6 +238,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise UserError("--workers must be 0 or more")
     if cfg.weights is not None and len(cfg.weights) != len(cfg.shards):
         raise UserError(f"{len(cfg.weights)} weights for {len(cfg.shards)} --shards; give one weight per --shards")
+    odd = next((w for w in cfg.weights or [] if not 0 <= w < math.inf), None)  # NaN fails the test too
+    if odd is not None:  # inf and nan were tracebacks in the epoch's size, after the model had loaded
+        raise UserError(f"--weights must be numbers of 0 or more (got {odd:g})")
     if cfg.precision not in ("auto", "no", "bf16", "fp16"):
         raise UserError("--precision must be auto, no, bf16 or fp16")
     if cfg.loss_weighting not in (None, "tokens", "batches"):
@@ -309,6 +312,9 @@ def _open_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
     run_json = out / "run.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give the folder for the run")
+    if (out / "predictions.jsonl").is_file():  # its run.json is the evaluation's: it was 'already holds a run'
+        raise UserError(f"--out {out} is an evaluation's output folder (predictions.jsonl); choose a new or empty "
+                        "folder for the run")
     if not run_json.exists() and out.is_dir() and any(out.iterdir()):  # a build, or other runs' parent folder
         raise UserError(f"--out {out} is not empty and holds no run (no run.json); choose a new or empty folder")
     if run_json.exists():
@@ -450,6 +456,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
+    from vlmforge.progress import progress_bar
     from vlmforge.training.llava import export_folder
 
     transformers.utils.logging.set_verbosity_error()
@@ -475,6 +482,9 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
         console.print(f"[yellow]warning:[/] {len(same)} validation shard(s) are also training shards "
                       f"(e.g. {sorted(same)[0]}); best/ is then chosen on data the model trains on")
+    from vlmforge.training.llava import check_model_folder
+
+    check_model_folder(cfg.model)  # after the data's checks (seconds), before the model loads (minutes)
     task = ClipTask(cfg, shards, val) if cfg.mode == "clip" else LlavaTask(cfg)
     optimizer = _optimizer(task, cfg)
     model, optimizer = accelerator.prepare(task.model, optimizer)
@@ -515,105 +525,112 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
     t0 = time.time()
     ended = False
     first_no_image: str | None = None  # the first sample left out for want of an image, warned once
-    while step < total and not ended:
-        from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
-        stream.set_position(position)
-        # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
-        # resumed run would diverge from an uninterrupted one.
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator(),
-                            worker_init_fn=_ignore_sigint if cfg.workers else None)
-        with _ctrl_c_held():  # its workers start here
-            epoch_batches = iter(loader)
-        batches = trained = without_image = 0
-        for batch, last in _with_last_kept(epoch_batches):
-            position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
-            dropped += batch.get("dropped", 0)
-            without_image += len(batch.get("no_image", []))
-            if batch.get("no_image") and first_no_image is None:
-                first_no_image = batch["no_image"][0]
-                if not cfg.quiet:
+    # The step lines come every --log-every steps and say nothing of the total; the bar (a line every 30 s in a
+    # log) shows how far the run is and how long it has left.
+    with progress_bar("train steps", total=total, disable=cfg.quiet or not main) as advance:
+        advance(step)  # a resumed run starts where its checkpoint stands
+        while step < total and not ended:
+            from_start = position.samples_seen == 0  # a resumed epoch may hold only batches without samples
+            stream.set_position(position)
+            # Its own generator: starting an iterator must not draw from the global RNG (dropout), or a
+            # resumed run would diverge from an uninterrupted one.
+            loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, generator=torch.Generator(),
+                                worker_init_fn=_ignore_sigint if cfg.workers else None)
+            with _ctrl_c_held():  # its workers start here
+                epoch_batches = iter(loader)
+            batches = trained = without_image = 0
+            for batch, last in _with_last_kept(epoch_batches):
+                position = LoaderPosition(batch["epoch"], batch["samples_seen"], cfg.seed)
+                dropped += batch.get("dropped", 0)
+                without_image += len(batch.get("no_image", []))
+                if batch.get("no_image") and first_no_image is None:
+                    first_no_image = batch["no_image"][0]
+                    if not cfg.quiet:
+                        from vlmforge.progress import console
+
+                        console.print(f"[yellow]warning:[/] left out {first_no_image}: it has no image member "
+                                      f"({', '.join(IMAGE_FIELDS)}){task.no_image_why}; every such sample is left out, "
+                                      "counted in metrics.jsonl's dropped")
+                if batch.get("unreadable") and not cfg.quiet:
                     from vlmforge.progress import console
 
-                    console.print(f"[yellow]warning:[/] left out {first_no_image}: it has no image member "
-                                  f"({', '.join(IMAGE_FIELDS)}){task.no_image_why}; every such sample is left out, "
-                                  "counted in metrics.jsonl's dropped")
-            if batch.get("unreadable") and not cfg.quiet:
-                from vlmforge.progress import console
+                    console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
+                                  f"not decode: {', '.join(batch['unreadable'])}")
+                for transform in batch.get("prepared_again", []):
+                    if transform not in prepared_again and not cfg.quiet:
+                        from vlmforge.progress import console
 
-                console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
-                              f"not decode: {', '.join(batch['unreadable'])}")
-            for transform in batch.get("prepared_again", []):
-                if transform not in prepared_again and not cfg.quiet:
-                    from vlmforge.progress import console
-
-                    console.print(f"[yellow]warning:[/] images were made model-ready with {transform!r}, but training "
-                                  f"prepares images with {images_transform!r}: they are prepared again (slower, and not "
-                                  "the pixels the originals would give)")
-                prepared_again.add(transform)
-            batches += 1
-            if not batch["keys"]:
-                continue
-            trained += 1
-            if keys_log is not None:
-                with open(keys_log, "a") as f:
-                    f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
-            model.train()
-            if last:  # the epoch's last micro-batch ends the optimizer step: none spans two epochs
-                accelerator.step = cfg.grad_accum - 1
-            with accelerator.accumulate(model):
-                loss = task.loss(model, batch, accelerator.device)
-                weight = task.weight(batch) if by_weight else 1
-                accelerator.backward(loss * (weight / unit))
-                if accelerator.sync_gradients and not cfg.deepspeed:  # before clipping: it clips the step's gradient
-                    factor = _step_factor(accelerator, cfg.grad_accum, (step_weight + weight) / unit, world)
-                    _rescale_step(model, factor)
-                    # a power of two: scaling by it is exact, so a resumed run (unit 1 again) computes the same bits
-                    unit = 2.0 ** round(math.log2(unit / factor)) if by_weight and unit / factor > 0 else 1.0
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            step_loss += float(loss.detach()) * weight
-            step_weight += weight
-            window_samples += len(batch["keys"])
-            if not accelerator.sync_gradients:
-                continue
-            used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
-            scheduler.step()
-            step += 1
-            # samples_seen counts over the whole run (the position's count starts again each epoch)
-            record = {"step": step, "epoch": position.epoch,
-                      "samples_seen": position.epoch * epoch_size + position.samples_seen,
-                      "loss": step_loss / step_weight, "lr": used_lr}
-            # the logged loss: over the window's tokens (tokens), or the mean of its steps' losses (batches)
-            window_loss += step_loss if by_weight else record["loss"]
-            window_weight += step_weight if by_weight else 1
-            step_loss, step_weight = 0.0, 0
-            if on_step is not None:
-                on_step(step, record)
-            # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
-            ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
-            if step % cfg.log_every == 0 or ended:
-                sums = accelerator.reduce(torch.tensor([window_loss, window_weight], device=accelerator.device), "sum")
-                elapsed = time.time() - t0
-                log.write({**record, "loss": float(sums[0] / sums[1]),
-                           "samples_per_s": window_samples * world / max(elapsed, 1e-9), "dropped": dropped})
-                window_loss, window_weight, window_samples, t0 = 0.0, 0, 0, time.time()
-            if val and (step % eval_every == 0 or ended):
-                best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
-            if step % cfg.save_every == 0 or ended:
-                _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
+                        console.print(f"[yellow]warning:[/] images were made model-ready with {transform!r}, but "
+                                      f"training prepares images with {images_transform!r}: they are prepared again "
+                                      "(slower, and not the pixels the originals would give)")
+                    prepared_again.add(transform)
+                batches += 1
+                if not batch["keys"]:
+                    continue
+                trained += 1
+                if keys_log is not None:
+                    with open(keys_log, "a") as f:
+                        f.write(json.dumps({"step": step, "keys": batch["keys"]}) + "\n")
+                model.train()
+                if last:  # the epoch's last micro-batch ends the optimizer step: none spans two epochs
+                    accelerator.step = cfg.grad_accum - 1
+                with accelerator.accumulate(model):
+                    loss = task.loss(model, batch, accelerator.device)
+                    weight = task.weight(batch) if by_weight else 1
+                    accelerator.backward(loss * (weight / unit))
+                    # before clipping: it clips the step's gradient
+                    if accelerator.sync_gradients and not cfg.deepspeed:
+                        factor = _step_factor(accelerator, cfg.grad_accum, (step_weight + weight) / unit, world)
+                        _rescale_step(model, factor)
+                        # a power of two: scaling by it is exact, so a resumed run (unit 1 again) computes the same bits
+                        unit = 2.0 ** round(math.log2(unit / factor)) if by_weight and unit / factor > 0 else 1.0
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                step_loss += float(loss.detach()) * weight
+                step_weight += weight
+                window_samples += len(batch["keys"])
+                if not accelerator.sync_gradients:
+                    continue
+                used_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used; the scheduler moves on next
+                scheduler.step()
+                step += 1
+                advance()
+                # samples_seen counts over the whole run (the position's count starts again each epoch)
+                record = {"step": step, "epoch": position.epoch,
+                          "samples_seen": position.epoch * epoch_size + position.samples_seen,
+                          "loss": step_loss / step_weight, "lr": used_lr}
+                # the logged loss: over the window's tokens (tokens), or the mean of its steps' losses (batches)
+                window_loss += step_loss if by_weight else record["loss"]
+                window_weight += step_weight if by_weight else 1
+                step_loss, step_weight = 0.0, 0
+                if on_step is not None:
+                    on_step(step, record)
+                # The last epoch's last step: with batches that kept no sample, fewer steps than `total` counted
+                ended = step >= total or (last and cfg.max_steps is None and position.epoch + 1 >= cfg.epochs)
+                if step % cfg.log_every == 0 or ended:
+                    sums = accelerator.reduce(torch.tensor([window_loss, window_weight], device=accelerator.device),
+                                              "sum")
+                    elapsed = time.time() - t0
+                    log.write({**record, "loss": float(sums[0] / sums[1]),
+                               "samples_per_s": window_samples * world / max(elapsed, 1e-9), "dropped": dropped})
+                    window_loss, window_weight, window_samples, t0 = 0.0, 0, 0, time.time()
+                if val and (step % eval_every == 0 or ended):
+                    best = _evaluate(task, model, accelerator, val, cfg, step, log, out, best)
+                if step % cfg.save_every == 0 or ended:
+                    _save_checkpoint(out, step, position, accelerator, model, optimizer, scheduler, task, cfg)
+                if ended:
+                    break
+            with _ctrl_c_held():  # its workers stop here, not in a destructor
+                del epoch_batches
             if ended:
                 break
-        with _ctrl_c_held():  # its workers stop here, not in a destructor
-            del epoch_batches
-        if ended:
-            break
-        if batches and not trained and from_start:
-            why = (f" ({without_image} sample(s) have no image member ({', '.join(IMAGE_FIELDS)}), e.g. "
-                   f"{first_no_image})") if without_image else ""
-            raise UserError(f"a whole epoch had nothing to train: {task.nothing_to_train}{why}")
-        position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
+            if batches and not trained and from_start:
+                why = (f" ({without_image} sample(s) have no image member ({', '.join(IMAGE_FIELDS)}), e.g. "
+                       f"{first_no_image})") if without_image else ""
+                raise UserError(f"a whole epoch had nothing to train: {task.nothing_to_train}{why}")
+            position = LoaderPosition(position.epoch + 1, 0, cfg.seed)  # the epoch is used up
     accelerator.wait_for_everyone()
     if main:
         final = out / "final"
@@ -806,14 +823,24 @@ def _save_checkpoint(out: Path, step: int, position: LoaderPosition, accelerator
 
 def _load_checkpoint(ckpt: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any
                      ) -> tuple[LoaderPosition, int]:
+    import pickle
+
     import torch
 
-    pos = json.loads((ckpt / POSITION_FILE).read_text())
-    if (ckpt / "deepspeed").exists():
+    try:  # written whole (a folder renamed into place), so only a damaged disk or a hand edit gets here
+        pos = json.loads((ckpt / POSITION_FILE).read_text())
+        LoaderPosition.from_dict(pos)
+        state = None if (ckpt / "deepspeed").exists() else torch.load(ckpt / STATE_FILE, map_location="cpu",
+                                                                        weights_only=False)
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        before = [c for c in checkpoints(ckpt.parent) if c.name < ckpt.name]
+        then = f"resume from {before[-1].name}" if before else "start the run again"
+        raise UserError(f"{ckpt} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"delete that folder and run the same command again to {then}") from None
+    if state is None:
         accelerator.load_state(str(ckpt / "deepspeed"))
         scheduler.last_epoch = pos["step"]
     else:
-        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
         unwrapped = accelerator.unwrap_model(model)
         missing = set(state["params"]) - {n for n, _ in unwrapped.named_parameters()}
         if missing:

@@ -46,7 +46,7 @@ def _grade_of(doc: dict[str, Any], where: str, num_grades: int) -> int:
 def _folder_images(root: Path, split: str | None) -> tuple[list[tuple[str, Path, int]], str | None]:
     """(id, path, grade) from root/grade/* or root/split/grade/*."""
     subdirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if subdirs and not all(d.name.isdigit() for d in subdirs):
+    if subdirs and not any(d.name.isdigit() for d in subdirs):  # splits; some grades among others: stray folders
         names = [d.name for d in subdirs]
         split = split or ("test" if "test" in names else None)
         if split is None:
@@ -55,6 +55,11 @@ def _folder_images(root: Path, split: str | None) -> tuple[list[tuple[str, Path,
             raise UserError(f"{root} has no split {split!r} (it holds {', '.join(names)})")
         root = root / split
         subdirs = sorted(d for d in root.iterdir() if d.is_dir())
+    other = [d.name for d in subdirs if not d.name.isdigit() and not d.name.startswith(".")]
+    if other:  # their images were left out of every metric without a word
+        raise UserError(f"{root} holds folders that are not grades: {', '.join(other[:3])}"
+                        + (" ..." if len(other) > 3 else "") + "; a graded folder holds one folder per grade, "
+                        "named 0, 1, ... (move the others out)")
     out, unread = [], []
     for d in subdirs:
         if not d.name.isdigit():

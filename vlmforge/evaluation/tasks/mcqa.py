@@ -62,6 +62,8 @@ class McqaTask(Task):
             raise UserError(f"sample {key} has no 'options' list and 'answer_index'; "
                             "is it a build from `vlmforge build mcqa`?")
         options = [str(o) for o in doc["options"]]
+        if not 0 <= doc["answer_index"] < len(options):  # was an IndexError, or for -1 the last option taken as gold
+            raise UserError(f"sample {key} has answer_index {doc['answer_index']} for {len(options)} options")
         prompt, _ = first_turns(doc)
         if not prompt:
             question = doc.get("question") or "What is the main object in the image?"
@@ -120,10 +122,16 @@ class McqaTask(Task):
         out = []
         for i, ln in enumerate(lines):
             names = [class_of_option(_option_text(o)) for o in ln.get("losses") or []]
-            gold = int(ln["mcqa_gt"])
+            try:  # were a ValueError traceback, or a gold option past the options, scored as wrong
+                gold, pred = int(ln["mcqa_gt"]), int(ln["mcqa_pred"])
+                if names and not 0 <= gold < len(names):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UserError(f"record {i} of {path}: mcqa_gt {ln['mcqa_gt']!r} and mcqa_pred {ln['mcqa_pred']!r} "
+                                f"are not option indices (0 to {len(names) - 1 if names else 'n-1'})") from None
             out.append({"id": str(ln.get("id", i)), "answer": gold, "options": names,
                         "meta": {"class": names[gold] if gold < len(names) else str(gold)},
-                        "scoring": "index", "prediction": str(int(ln["mcqa_pred"]))})
+                        "scoring": "index", "prediction": str(pred)})
         return out
 
     # -- metrics --------------------------------------------------------------------------------

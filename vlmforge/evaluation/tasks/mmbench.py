@@ -44,10 +44,13 @@ def _index(row: dict[str, str], path: Path) -> int:
 
 def read_tsv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     csv.field_size_limit(sys.maxsize)  # base64 images are long fields
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except UnicodeDecodeError as e:  # an image or a parquet file given for the TSV: was a traceback
+        raise UserError(f"{path} is not a text file (byte {e.start} is not UTF-8); give the MMBench .tsv") from None
 
 
 class MMBenchTask(Task):

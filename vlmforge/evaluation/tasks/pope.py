@@ -68,8 +68,21 @@ class PopeTask(Task):
         questions = [x for x in lines if "text" in x[0]]
         if not questions:
             raise UserError(f"no POPE questions (records with 'text') in {', '.join(map(str, paths))}")
+        with_text = {f for _, _, f in questions}
+        odd = next(((rec, f) for rec, _, f in lines if "text" not in rec and f in with_text), None)
+        if odd is not None:  # it was left out of the evaluation without a word
+            raise UserError(f"{odd[1]}: question {odd[0].get('question_id')} has no 'text' (the question), though "
+                            "other questions of the file have one; give it its text, or remove it")
         labelled = [x for x in questions if x[0].get("label") is not None]
         unlabelled = [x for x in questions if x[0].get("label") is None]
+        with_labels = {f for _, _, f in labelled}
+        half = next(((rec, f) for rec, _, f in unlabelled if f in with_labels), None)
+        # Taken for LLaVA's combined question file, such a file lost its labelled questions from the evaluation,
+        # and the unlabelled one was scored against another question's label.
+        if half is not None:
+            rec, f = half
+            raise UserError(f"{f}: question {rec.get('question_id')} has no label, though other questions of the "
+                            "file have one; give it its label (yes or no), or remove it")
         if unlabelled:
             # The combined question file: each question's label from the per-category file's question on
             # the same image with the same text; failing that, in order, as LLaVA's eval_pope.py does.

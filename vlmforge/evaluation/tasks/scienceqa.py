@@ -116,6 +116,10 @@ class ScienceQATask(Task):
                         image_path=image)
 
     def _from_llava(self, rec: dict[str, Any], problems: dict[str, Any], f: Path, opts: ReadOptions) -> EvalItem:
+        if not isinstance(rec, dict) or not ({"id", "question_id"} & set(rec)):  # was 'record None has no gold answer'
+            keys = ", ".join(map(str, rec)) if isinstance(rec, dict) else type(rec).__name__
+            raise UserError(f"{f} is not a LLaVA-format ScienceQA question file: a record has no id or question_id "
+                            f"(its keys: {keys}); give that file, or ScienceQA's folder with problems.json")
         pid = str(rec.get("id", rec.get("question_id")))
         human, gpt = first_turns(rec)
         human = human or rec.get("text", "")
