@@ -209,6 +209,22 @@ def test_an_encoder_checkpoint_is_refused_as_a_generation_model(tmp_path):
         gen([GenerationRequest("Hello")])
 
 
+def test_a_model_folder_missing_files_is_one_error_line(tmp_path, tiny_lm):
+    """A checkpoint copied in part was transformers' traceback in the builders that generate (descriptions,
+    QA, entities): the folder's missing part is named before anything loads."""
+    import shutil
+
+    for missing, says in (("weights", "has no weights"), ("tokenizer", "has no tokenizer")):
+        folder = tmp_path / missing
+        shutil.copytree(tiny_lm, folder)
+        for f in folder.iterdir():
+            if (missing == "weights") == f.name.startswith(("model", "pytorch_model")) and f.name != "config.json" \
+                    and (missing == "weights" or f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))):
+                f.unlink()
+        with pytest.raises(UserError, match=f"the generation model folder {folder} {says}"):
+            make_generator("transformers", str(folder), cache_dir=False).setup()
+
+
 def test_bad_dtype_and_a_missing_gpu_are_one_error_line(tiny_lm):
     import torch
 

@@ -133,9 +133,10 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
         if api_base is not None and backend != "openai":
             raise UserError(f"--api-base is for the openai backend, not {backend}")
         if backend in ("transformers", "vllm"):  # they load the model at the first batch, the output folder made
-            from vlmforge.training.llava import check_model_folder, export_folder
+            from vlmforge.training.llava import check_model_folder, export_folder, export_kind
 
-            check_model_folder(export_folder(model))  # a folder without weights or tokenizer was a traceback
+            if export_kind(export_folder(model)) != "clip":  # the backend says a CLIP model does not generate
+                check_model_folder(export_folder(model))  # a folder without weights or tokenizer was a traceback
         if device is not None and backend in ("local", "transformers"):
             from vlmforge.curation.models import check_device
 

@@ -90,6 +90,9 @@ class TransformersGenerator(Generator):
         path, adapter, projector = LocalRunner._base_and_addition(self.model)
         own = adapter or projector  # the run's processor, when it saved one (it may change the chat template)
         own = own if own and _has_processor(own) else path
+        from vlmforge.training.llava import check_model_folder
+
+        check_model_folder(path, "generation model")  # a folder without weights or tokenizer was a traceback
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as e:
@@ -103,17 +106,20 @@ class TransformersGenerator(Generator):
             raise UserError(f"{self.model} is a {config.model_type!r} checkpoint, an encoder (masked LM) that does not "
                             "generate text: give a causal LM or an image-text-to-text model")
         kwargs = dict(dtype=torch_dtype(self.dtype, device), trust_remote_code=self.trust_remote_code)
-        if self.is_vision:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+        try:  # files a checkpoint lacks or holds damaged: one line, not transformers' traceback
+            if self.is_vision:
+                from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            self._processor = AutoProcessor.from_pretrained(own, trust_remote_code=self.trust_remote_code)
-            self._tokenizer = self._processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+                self._processor = AutoProcessor.from_pretrained(own, trust_remote_code=self.trust_remote_code)
+                self._tokenizer = self._processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+            else:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(own, trust_remote_code=self.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+                self._tokenizer = AutoTokenizer.from_pretrained(own, trust_remote_code=self.trust_remote_code)
+                model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load the generation model {self.model!r}: {str(e).splitlines()[0]}") from None
         if adapter is not None:
             from vlmforge.training.merge import merge_lora
 
