@@ -34,16 +34,16 @@ BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1
 
 @sample_app.command("coco")
 def sample_coco(
-    out: Annotated[Path, typer.Option("--out", help="folder to write (COCO layout: annotations/, val2017/)")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty; COCO layout: annotations/, val2017/)")],
     images: Annotated[int, typer.Option("--images", min=1, help="number of images")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
 ) -> None:
     """Write a deterministic COCO-format sample: synthetic scenes with several objects each,
     captions_val2017.json and instances_val2017.json (polygons, boxes, areas, categories)."""
     from vlmforge.progress import console
-    from vlmforge.sources.sample_coco import make_sample
+    from vlmforge.sources.sample_coco import make_sample, write_fresh
 
-    root = make_sample(out, images=images, seed=seed)
+    root = write_fresh(out, lambda root: make_sample(root, images=images, seed=seed))
     console.print(f"[green]wrote[/] {images} images to {root}")
 
 

@@ -58,6 +58,7 @@ class ImageFolderSource(Source):
         if not tops:
             raise SourceError(f"{self.root} has no class folders (expected ROOT/<class>/<image>)")
         split_tops = [p.name for p in tops if p.name.lower() in SPLIT_NAMES]
+        _refuse_builds_inside(self.root, tops, split_tops)
         if split_tops and len(split_tops) < len(tops):  # else the split folders would become classes
             others = [p.name for p in tops if p.name.lower() not in SPLIT_NAMES]
             raise SourceError(f"{self.root} mixes split folders ({', '.join(split_tops)}) with other folders "
@@ -90,6 +91,11 @@ class ImageFolderSource(Source):
             found = sum(len(u) for u in self._unread.values())
             raise SourceError(f"no images found under {self.root}" + (f" ({found} other files: {_example(self._unread)})"
                                                                       if found else ""))
+
+    @property
+    def listed_root(self) -> Path:
+        """The folder whose files are the records: a build must not land under it (see run_build)."""
+        return self.root
 
     def splits(self) -> list[str]:
         return list(self._splits)
@@ -136,6 +142,23 @@ class ImageFolderSource(Source):
 def _system_file(path: Path, cls: Path) -> bool:
     """A file the system or a viewer left (.DS_Store, Thumbs.db, anything hidden), not data."""
     return path.name.lower() in SYSTEM_FILES or any(map(_system_folder, path.relative_to(cls).parts))
+
+
+def _refuse_builds_inside(root: Path, tops: list[Path], split_tops: list[str]) -> None:
+    """Builds made with --out inside --root (OUT/<builder>/<version>/) would be read as a class (or a
+    split) of their own, their shards and manifest as non-image rejects: say so instead."""
+    candidates = [t for t in tops if t.name not in split_tops]
+    candidates += [c for t in tops if t.name in split_tops for c in t.iterdir() if c.is_dir()]
+    for folder in candidates:
+        for version in folder.iterdir():
+            if _VERSION.fullmatch(version.name) and version.is_dir() and any(
+                    (version / name).is_file() for name in ("build.json", "build.pending.json")):
+                raise SourceError(f"{folder} holds vlmforge builds ({version}), not images: an --out inside "
+                                  f"--root {root} puts them there; move them out of {root} and build with an "
+                                  "--out outside it")
+
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
 def _system_folder(name: str) -> bool:

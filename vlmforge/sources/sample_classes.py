@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -74,13 +73,6 @@ def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> di
 def write_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> dict[str, Counter]:
     """make_classes_sample into a fresh folder: `out` must not exist or be empty (files of an earlier
     sample with other settings would otherwise stay mixed in)."""
-    from vlmforge.errors import UserError
+    from vlmforge.sources.sample_coco import write_fresh
 
-    root = Path(out)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(f"{root} exists and is not an empty folder; choose a new --out")
-    try:
-        return make_classes_sample(root, images=images, seed=seed)
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
+    return write_fresh(out, lambda root: make_classes_sample(root, images=images, seed=seed))

@@ -14,11 +14,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmforge.curation.instructions import with_article
+
+T = TypeVar("T")
 
 SAMPLE_VERSION = 1
 W, H = 480, 360
@@ -261,6 +264,42 @@ def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, sp
                                                   "annotations": captions})):
         (root / "annotations" / name).write_text(json.dumps(doc, indent=None, separators=(",", ":")))
     return root
+
+
+def write_fresh(out: str | os.PathLike[str], make: Callable[[Path], T]) -> T:
+    """`make(root)` into `out`, which must be new or an empty folder (files of an earlier sample with other
+    settings, or of another dataset, would otherwise stay mixed in). What a failed or interrupted `make`
+    wrote is removed again; a path that cannot be written is one error line."""
+    import shutil
+
+    from vlmforge.errors import UserError
+
+    root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        what = "is a file" if not root.is_dir() else "exists and is not an empty folder"
+        raise UserError(f"{root} {what}; choose a new --out")
+    existed = root.exists()
+
+    def undo() -> None:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        for p in list(root.iterdir()):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+    try:
+        return make(root)
+    except OSError as e:  # a file in the path, a folder this user cannot write, a full disk
+        undo()
+        in_the_way = next((a for a in (root, *root.parents) if a.exists() and not a.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way else e.strerror or str(e)
+        raise UserError(f"cannot write the sample to {root}: {why}; choose another --out") from None
+    except BaseException:
+        undo()
+        raise
 
 
 def default_cache() -> Path:
