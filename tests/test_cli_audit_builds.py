@@ -186,3 +186,23 @@ def test_a_derived_build_inside_its_parent_folder_is_refused(tmp_path, coco_buil
     assert err == f"{coco_build.path}/split/1.3.0 lies inside the parent build {coco_build.path}, whose " \
                   "--overwrite would delete it; choose an --out outside it"
     assert not (coco_build.path / "split").exists()
+
+
+def test_a_class_preserving_fraction_lifted_to_one_per_class_is_said(tmp_path):
+    """Before: --fraction 0.1 of classes of two samples kept every sample (one per class at least) and said
+    nothing: a 'tenth' that was half the build."""
+    root = _classes(tmp_path / "data")
+    parent = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(root)}, quiet=True)
+    r = invoke("build", "subset", "--from", parent.path, "--mode", "class-preserving", "--fraction", "0.1",
+               "--out", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert "2 split/class groups are too small for --fraction 0.1 to keep a sample (e.g. train/cat): each keeps " \
+           "one, so 2 of 4 labelled samples are kept" in " ".join(r.output.split()), r.output
+
+
+def test_a_split_fraction_that_keeps_no_record_of_a_split_says_so(tmp_path, coco_build):
+    """Before: --fraction 0.01 of a 12-record split rounded to none and the split was gone without a word."""
+    r = invoke("build", "split", "--from", coco_build.path, "--fraction", "0.01", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "--fraction 0.01 keeps no record of split(s) val (e.g. round(0.01 x 12) = 0): they are not in the build" \
+        in " ".join(r.output.split()), r.output

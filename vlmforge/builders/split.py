@@ -114,6 +114,11 @@ class SplitPlan(Plan):
         else:
             self.out_splits = list(src.splits())
             self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
+            emptied = [s for s in self.out_splits if not self.counts[s] and src.count(s)]
+            if emptied:  # rounding to no record: else the split is gone from the build without a word
+                self.notes.append(f"--fraction {self.config.fraction} keeps no record of split(s) {', '.join(emptied)} "
+                                  f"(e.g. round({self.config.fraction} x {src.count(emptied[0])}) = 0): they are not "
+                                  "in the build")
         if self.column:
             self._check_strata(src, sizes, fractions)
             per_stratum: dict[str, dict[str, int]] = {}
