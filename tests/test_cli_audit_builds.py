@@ -206,3 +206,39 @@ def test_a_split_fraction_that_keeps_no_record_of_a_split_says_so(tmp_path, coco
     assert r.exit_code == 0, r.output
     assert "--fraction 0.01 keeps no record of split(s) val (e.g. round(0.01 x 12) = 0): they are not in the build" \
         in " ".join(r.output.split()), r.output
+
+
+def test_ctrl_c_in_any_command_is_said(tmp_path, coco_build, monkeypatch):
+    """Before: Ctrl-C during export, show, report or verify ended with status 130 and not a word: the CLI
+    framework swallows the interrupt before main()'s handler could say it."""
+    import sys
+
+    import vlmforge.export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # the CLI quiets it after Ctrl-C: put it back
+    monkeypatch.setattr(vlmforge.export, "export_llava", interrupted)
+    r = invoke("export", "llava", coco_build.path, "--out", tmp_path / "x")
+    assert r.exit_code == 130 and "interrupted; run the same command again to resume" in r.output, r.output
+
+
+@pytest.mark.parametrize("damage", ["cut", "marker", "part"])
+def test_a_resumed_build_redoes_a_shard_damaged_since(tmp_path, coco_build, damage):
+    """Before: on resuming, a shard whose completion marker was cut off ended the build in a JSONDecodeError
+    traceback, and a tar cut short (or a manifest part removed) since it was written was kept as done."""
+    import shutil
+
+    from vlmforge.manifests.writer import complete_shards
+
+    build = tmp_path / "b"
+    shutil.copytree(coco_build.path, build)
+    if damage == "cut":
+        with open(build / "val-000001.tar", "r+b") as f:
+            f.truncate(5000)
+    elif damage == "marker":
+        (build / "manifest" / "val-000001.stats.json").write_text("{")
+    else:
+        (build / "manifest" / "val-000001.parquet").unlink()
+    assert [s["shard"] for s in complete_shards(build, "val")] == ["val-000000.tar"]

@@ -4,6 +4,7 @@ that `--help` is instant."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
@@ -160,7 +161,30 @@ def _register_plugins() -> None:
         module.register(app, build_app)
 
 
+def _say_interrupts(typer_app: typer.Typer) -> None:
+    """Ctrl-C inside a command: the CLI framework ends it with status 130 and not a word, and main()'s
+    handler never sees it. Commands that say more themselves (builds, train) catch it first."""
+    for info in typer_app.registered_commands:
+        info.callback = _interruptible(info.callback)
+    for group in typer_app.registered_groups:
+        _say_interrupts(group.typer_instance)
+
+
+def _interruptible(fn):
+    @functools.wraps(fn)  # the signature typer reads the options from stays fn's
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            quiet_teardown()
+            typer.echo("\ninterrupted; run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return command
+
+
 _register_plugins()
+_say_interrupts(app)
 
 
 def main() -> None:
