@@ -41,6 +41,9 @@ def test_a_build_out_inside_the_image_folder_it_reads_is_refused(tmp_path):
     assert err == f"{root}/copy/1.5.0 lies inside --root {root}: the next build from it would read this build's " \
                   "shards as images; choose an --out outside it"
     assert sorted(p.name for p in root.iterdir()) == ["cat", "dog"]  # nothing was left behind
+    graded = _classes(tmp_path / "kl" / "train", names=("0", "1")).parent  # a builder that wraps the source
+    err = one_line_error(invoke("build", "grading", "--root", graded, "--out", graded, "-q"))
+    assert err.startswith(f"{graded}/grading/1.4.0 lies inside --root {graded}")
     # A build already there (made before this check, or moved in) is named, not read as a class.
     built = vlmforge.build("copy", "imagefolder", out=tmp_path / "b", source_options={"root": str(root)}, quiet=True)
     built.path.parent.rename(root / "copy")

@@ -153,6 +153,7 @@ class SelectedSource(Source):
         self.parents = list(base.parents)
         self.parent_infos = lineage(base)
         self.build_sources = list(getattr(base, "build_sources", [base]))
+        self.listed_root = getattr(base, "listed_root", None)  # a graded folder tree: no build lands in it
 
     def splits(self) -> list[str]:
         self.plan.ensure_fitted(self.base)
