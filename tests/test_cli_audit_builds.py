@@ -245,3 +245,25 @@ def test_a_resumed_build_redoes_a_shard_damaged_since(tmp_path, coco_build, dama
     else:
         (build / "manifest" / "val-000001.parquet").unlink()
     assert [s["shard"] for s in complete_shards(build, "val")] == ["val-000000.tar"]
+
+
+def test_an_export_stopped_by_a_sample_llava_cannot_read_says_how_to_go_on(tmp_path, sample_coco):
+    """Before: 'sample K has no conversation' and nothing more, while `export llava` has no filter: the
+    way on (a subset without such samples) was left to guess."""
+    import shutil
+
+    coco = tmp_path / "coco"
+    shutil.copytree(sample_coco, coco)
+    captions = coco / "annotations" / "captions_val2017.json"
+    doc = json.loads(captions.read_text())
+    first = doc["images"][0]["id"]
+    doc["annotations"] = [a for a in doc["annotations"] if a["image_id"] != first]
+    captions.write_text(json.dumps(doc))
+    b = vlmforge.build("copy", "coco", out=tmp_path / "b", source_options={"coco_root": str(coco)})
+    err = one_line_error(invoke("export", "llava", b.path, "--out", tmp_path / "x"))
+    assert err == f"sample {first:012d} has no conversation; LLaVA needs at least one human and one gpt turn; " \
+                  f"export a subset without such samples instead: vlmforge build subset --from {b.path} " \
+                  "--where \"n_turns > 0\""
+    kept = vlmforge.build("subset", "build", out=tmp_path / "s", source_options={"path": str(b.path),
+                                                                                 "where": "n_turns > 0"})
+    assert invoke("export", "llava", kept.path, "--out", tmp_path / "y").exit_code == 0
