@@ -267,3 +267,10 @@ def test_an_export_stopped_by_a_sample_llava_cannot_read_says_how_to_go_on(tmp_p
     kept = vlmforge.build("subset", "build", out=tmp_path / "s", source_options={"path": str(b.path),
                                                                                  "where": "n_turns > 0"})
     assert invoke("export", "llava", kept.path, "--out", tmp_path / "y").exit_code == 0
+
+
+@pytest.mark.parametrize("kind", ["coco", "classes"])
+def test_a_negative_sample_seed_is_a_usage_error(tmp_path, kind):
+    """Before: numpy's 'ValueError: expected non-negative integer' traceback."""
+    r = invoke("sample", kind, "--out", tmp_path / "s", "--images", 1, "--seed", -1)
+    assert r.exit_code == 2 and "Invalid value for '--seed'" in r.output and not (tmp_path / "s").exists(), r.output

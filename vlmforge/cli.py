@@ -37,7 +37,7 @@ BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1
 def sample_coco(
     out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty; COCO layout: annotations/, val2017/)")],
     images: Annotated[int, typer.Option("--images", min=1, help="number of images")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="random seed (0 or more); same seed, same bytes")] = 0,
 ) -> None:
     """Write a deterministic COCO-format sample: synthetic scenes with several objects each,
     captions_val2017.json and instances_val2017.json (polygons, boxes, areas, categories)."""
@@ -52,7 +52,7 @@ def sample_coco(
 def sample_classes(
     out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty): train/<category>/, test/<category>/")],
     images: Annotated[int, typer.Option("--images", min=1, help="scenes of the COCO sample to cut objects from")] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="random seed (0 or more); same seed, same bytes")] = 0,
 ) -> None:
     """Write a labelled image-folder sample: the objects of the COCO sample cut out of their scenes,
     one folder per category, about a quarter in test. For the class-based builders and CLIP
