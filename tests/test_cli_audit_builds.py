@@ -274,3 +274,22 @@ def test_a_negative_sample_seed_is_a_usage_error(tmp_path, kind):
     """Before: numpy's 'ValueError: expected non-negative integer' traceback."""
     r = invoke("sample", kind, "--out", tmp_path / "s", "--images", 1, "--seed", -1)
     assert r.exit_code == 2 and "Invalid value for '--seed'" in r.output and not (tmp_path / "s").exists(), r.output
+
+
+@pytest.mark.parametrize("kind", ["coco", "classes"])
+def test_writing_a_sample_shows_progress(tmp_path, kind, monkeypatch):
+    """Before: thousands of sample images took minutes without a progress bar."""
+    import contextlib
+
+    import vlmforge.progress
+
+    seen = []
+
+    @contextlib.contextmanager
+    def bar(label, total=None, disable=False):
+        seen.append((label, total, disable))
+        yield lambda n=1: None
+
+    monkeypatch.setattr(vlmforge.progress, "progress_bar", bar)
+    assert invoke("sample", kind, "--out", tmp_path / "s", "--images", 2).exit_code == 0
+    assert seen == [("sample images", 2, False)]

@@ -44,7 +44,7 @@ def sample_coco(
     from vlmforge.progress import console
     from vlmforge.sources.sample_coco import make_sample, write_fresh
 
-    root = write_fresh(out, lambda root: make_sample(root, images=images, seed=seed))
+    root = write_fresh(out, lambda root: make_sample(root, images=images, seed=seed, progress=True))
     console.print(f"[green]wrote[/] {images} images to {root}")
 
 
@@ -60,7 +60,7 @@ def sample_classes(
     from vlmforge.progress import console
     from vlmforge.sources.sample_classes import write_classes_sample
 
-    counts = write_classes_sample(out, images=images, seed=seed)
+    counts = write_classes_sample(out, images=images, seed=seed, progress=True)
     per = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
     console.print(f"[green]wrote[/] {per} images of {len(counts['train'] | counts['test'])} categories to {out}")
 

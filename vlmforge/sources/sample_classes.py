@@ -34,14 +34,16 @@ def _test_ids(seed: int, anns: list[dict]) -> set[int]:
     return {a["id"] for a in sorted(anns, key=rank)[:k]}
 
 
-def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> dict[str, Counter]:
-    """Write the crops under `out`; returns the number of images per split and category."""
+def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0,
+                        progress: bool = False) -> dict[str, Counter]:
+    """Write the crops under `out`; returns the number of images per split and category. `progress`: a
+    progress bar over the scenes drawn (most of the time)."""
     from vlmforge.sources.sample_coco import make_sample
 
     root = Path(out)
     counts: dict[str, Counter] = {"train": Counter(), "test": Counter()}
     with tempfile.TemporaryDirectory(prefix="vlmforge-sample-") as tmp:
-        coco = make_sample(Path(tmp) / "coco", images=images, seed=seed)
+        coco = make_sample(Path(tmp) / "coco", images=images, seed=seed, progress=progress)
         doc = json.loads((coco / "annotations" / "instances_val2017.json").read_text())
         names = {c["id"]: c["name"].replace(" ", "_") for c in doc["categories"]}
         files = {im["id"]: coco / "val2017" / im["file_name"] for im in doc["images"]}
@@ -70,9 +72,10 @@ def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> di
     return counts
 
 
-def write_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> dict[str, Counter]:
+def write_classes_sample(out: str | Path, images: int = 200, seed: int = 0,
+                         progress: bool = False) -> dict[str, Counter]:
     """make_classes_sample into a fresh folder: `out` must not exist or be empty (files of an earlier
     sample with other settings would otherwise stay mixed in)."""
     from vlmforge.sources.sample_coco import write_fresh
 
-    return write_fresh(out, lambda root: make_classes_sample(root, images=images, seed=seed))
+    return write_fresh(out, lambda root: make_classes_sample(root, images=images, seed=seed, progress=progress))

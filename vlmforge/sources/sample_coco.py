@@ -222,9 +222,13 @@ def _captions(rng: np.random.Generator, scene: str, objects: list[dict], places:
     return out
 
 
-def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, split: str = "val2017") -> Path:
-    """Write the sample dataset under `out` in the official COCO layout and return `out`."""
+def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, split: str = "val2017",
+                progress: bool = False) -> Path:
+    """Write the sample dataset under `out` in the official COCO layout and return `out`; with `progress`, a
+    progress bar (the CLI's: thousands of images take minutes)."""
     from pycocotools import mask as mask_utils
+
+    from vlmforge.progress import progress_bar
 
     root = Path(out)
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -233,28 +237,31 @@ def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, sp
                   for name, (cid, sup, *_rest) in sorted(CATEGORIES.items(), key=lambda kv: kv[1][0])]
     img_entries, instances, captions = [], [], []
     ann_id, cap_id = 1, 1
-    for i in range(images):
-        rng = np.random.default_rng([seed, i, SAMPLE_VERSION])
-        image_id = 100_000 + i * 37 + seed % 37
-        scene, img, objects, places, scene_nouns = _render_image(rng, image_id)
-        file_name = f"{image_id:012d}.jpg"
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        (root / split / file_name).write_bytes(buf.getvalue())
-        img_entries.append({"id": image_id, "file_name": file_name, "width": W, "height": H, "license": 1,
-                            "date_captured": "2026-01-01 00:00:00", "coco_url": "", "flickr_url": ""})
-        for o in objects:
-            flat = [round(float(v), 2) for pt in o["poly"] for v in pt]
-            rle = mask_utils.frPyObjects([flat], H, W)
-            area = float(mask_utils.area(mask_utils.merge(rle)))
-            xs, ys = flat[0::2], flat[1::2]
-            bbox = [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
-            instances.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORIES[o["name"]][0],
-                              "segmentation": [flat], "area": area, "bbox": bbox, "iscrowd": 0})
-            ann_id += 1
-        for text in _captions(rng, scene, objects, places, scene_nouns):
-            captions.append({"id": cap_id, "image_id": image_id, "caption": text})
-            cap_id += 1
+    with progress_bar("sample images", total=images, disable=not progress) as advance:
+        for i in range(images):
+            rng = np.random.default_rng([seed, i, SAMPLE_VERSION])
+            image_id = 100_000 + i * 37 + seed % 37
+            scene, img, objects, places, scene_nouns = _render_image(rng, image_id)
+            file_name = f"{image_id:012d}.jpg"
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            (root / split / file_name).write_bytes(buf.getvalue())
+            img_entries.append({"id": image_id, "file_name": file_name, "width": W, "height": H, "license": 1,
+                                "date_captured": "2026-01-01 00:00:00", "coco_url": "", "flickr_url": ""})
+            for o in objects:
+                flat = [round(float(v), 2) for pt in o["poly"] for v in pt]
+                rle = mask_utils.frPyObjects([flat], H, W)
+                area = float(mask_utils.area(mask_utils.merge(rle)))
+                xs, ys = flat[0::2], flat[1::2]
+                bbox = [round(min(xs), 2), round(min(ys), 2),
+                        round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+                instances.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORIES[o["name"]][0],
+                                  "segmentation": [flat], "area": area, "bbox": bbox, "iscrowd": 0})
+                ann_id += 1
+            for text in _captions(rng, scene, objects, places, scene_nouns):
+                captions.append({"id": cap_id, "image_id": image_id, "caption": text})
+                cap_id += 1
+            advance(1)
     info = {"description": "vlmforge embedded COCO-format sample (synthetic scenes)", "version": str(SAMPLE_VERSION),
             "year": 2026, "contributor": "vlmforge", "url": "", "date_created": "2026-01-01"}
     licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
