@@ -293,3 +293,11 @@ def test_writing_a_sample_shows_progress(tmp_path, kind, monkeypatch):
     monkeypatch.setattr(vlmforge.progress, "progress_bar", bar)
     assert invoke("sample", kind, "--out", tmp_path / "s", "--images", 2).exit_code == 0
     assert seen == [("sample images", 2, False)]
+
+
+def test_two_class_folders_read_as_one_label_are_refused(tmp_path):
+    """Before: '1_cat' and 'cat' were both labelled 'cat': two classes merged into one without a word."""
+    root = _classes(tmp_path / "data", names=("1_cat", "cat"))
+    err = one_line_error(invoke("build", "copy", "--source", "imagefolder", "--root", root, "--out", tmp_path / "o"))
+    assert err == f"{root}: class folders '1_cat' and 'cat' are both read as class 'cat' (a leading number is " \
+                  "dropped, _ read as a space); rename one of them"

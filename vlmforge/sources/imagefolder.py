@@ -77,7 +77,9 @@ class ImageFolderSource(Source):
             for f in sorted((f for d in beside for f in d.iterdir() if f.is_file()), key=_parts):
                 if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                     unread.append((f, ("no_class", "an image outside the class folders has no class; move it into one")))
-            for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not _system_folder(p.name)):
+            class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not _system_folder(p.name))
+            _refuse_label_clashes(folder, class_folders)
+            for cls in class_folders:
                 for f in sorted(cls.rglob("*"), key=_parts):  # Path order, by parts: quicker
                     if not f.is_file():
                         continue
@@ -142,6 +144,18 @@ class ImageFolderSource(Source):
 def _system_file(path: Path, cls: Path) -> bool:
     """A file the system or a viewer left (.DS_Store, Thumbs.db, anything hidden), not data."""
     return path.name.lower() in SYSTEM_FILES or any(map(_system_folder, path.relative_to(cls).parts))
+
+
+def _refuse_label_clashes(folder: Path, class_folders: list[Path]) -> None:
+    """Two class folders of one split whose cleaned names are one label ('1_cat' and 'cat') would be merged
+    into one class without a word."""
+    seen: dict[str, str] = {}
+    for cls in class_folders:
+        label = clean_class_name(cls.name)
+        if label in seen:
+            raise SourceError(f"{folder}: class folders {seen[label]!r} and {cls.name!r} are both read as class "
+                              f"{label!r} (a leading number is dropped, _ read as a space); rename one of them")
+        seen[label] = cls.name
 
 
 def _refuse_builds_inside(root: Path, tops: list[Path], split_tops: list[str]) -> None:
