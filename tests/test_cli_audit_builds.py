@@ -301,3 +301,12 @@ def test_two_class_folders_read_as_one_label_are_refused(tmp_path):
     err = one_line_error(invoke("build", "copy", "--source", "imagefolder", "--root", root, "--out", tmp_path / "o"))
     assert err == f"{root}: class folders '1_cat' and 'cat' are both read as class 'cat' (a leading number is " \
                   "dropped, _ read as a space); rename one of them"
+
+
+@pytest.mark.parametrize("args", [["split", "--fraction", "0.5", "--stratify-by", "nosuch"],
+                                  ["split", "--fraction", "0.5", "--group-by", "nosuch"],
+                                  ["subset", "--mode", "class-exclusive", "--fraction", "0.5", "--label-column", "nosuch"]])
+def test_a_column_the_parent_lacks_names_the_option(tmp_path, coco_build, args):
+    """Before: 'the parent build has no column ...' left the user to find which of the options named it."""
+    err = one_line_error(invoke("build", args[0], "--from", coco_build.path, *args[1:], "--out", tmp_path))
+    assert err.startswith(f"{args[-2]}: the parent build has no column 'nosuch'; its columns: ")

@@ -94,7 +94,7 @@ class GradingPlan(Plan):
         # With each record, what tells whether it is usable: its image file, or the parent's image format.
         fields = [cfg.label_column, "image_format"] if from_build else ["class_folder", "file"]
         if from_build:
-            check_column(src, cfg.label_column)
+            check_column(src, cfg.label_column, option="--label-column")
         drawing = cfg.per_grade is not None or cfg.size is not None
         per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}

@@ -82,13 +82,13 @@ class SplitPlan(Plan):
                             "(its sub-dataset) only; to stratify by a column, copy it into a build first "
                             "(vlmforge build copy --source llava-json) and split that")
         if self.column:
-            check_column(src, self.column)
+            check_column(src, self.column, option="--stratify-by")
         by = self.config.group_by
         if by and not isinstance(src, BuildSource):  # a raw record lacking the field would be a group alone
             raise UserError("--group-by needs a parent build (--from); copy the JSON into a build first "
                             "(vlmforge build copy --source llava-json) and split that")
         if by:
-            check_column(src, by)
+            check_column(src, by, option="--group-by")
         fields = [self.column] if self.column else [by] if by else []
         fractions = [f for _, f in self.parts] if self.parts else [self.config.fraction]
 
