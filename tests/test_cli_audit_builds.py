@@ -310,3 +310,18 @@ def test_a_column_the_parent_lacks_names_the_option(tmp_path, coco_build, args):
     """Before: 'the parent build has no column ...' left the user to find which of the options named it."""
     err = one_line_error(invoke("build", args[0], "--from", coco_build.path, *args[1:], "--out", tmp_path))
     assert err.startswith(f"{args[-2]}: the parent build has no column 'nosuch'; its columns: ")
+
+
+def test_a_folder_or_file_of_the_wrong_kind_is_named_as_such(tmp_path):
+    """Before: 'COCO root not found' for a file that is there, 'LLaVA JSON file not found' for a folder."""
+    afile = tmp_path / "instances.json"
+    afile.write_text("{}")
+    out = tmp_path / "o"
+    assert one_line_error(invoke("build", "copy", "--coco-root", afile, "--out", out)) == \
+        f"--coco-root {afile} is a file; give the folder holding annotations/ and <split>/"
+    assert one_line_error(invoke("build", "copy", "--source", "llava-json", "--json", tmp_path, "--out", out)) == \
+        f"--json {tmp_path} is a folder; give the LLaVA JSON file (a list of records)"
+    assert one_line_error(invoke("export", "llava-split", tmp_path, "--out", out, "--fraction", "0.5")) == \
+        f"{tmp_path} is a folder; give the LLaVA JSON file to split (a list of records)"
+    assert one_line_error(invoke("build", "vg", "--root", afile, "--out", out)).startswith(
+        f"--root {afile} is a file; give the folder holding objects.json and image_data.json")

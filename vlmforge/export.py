@@ -314,6 +314,8 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     if stratify_by not in (None, "source", "subsource"):
         raise UserError("a LLaVA JSON file can be stratified by source (its sub-dataset) only")
     src = Path(path)
+    if src.is_dir():
+        raise UserError(f"{src} is a folder; give the LLaVA JSON file to split (a list of records)")
     if not src.is_file():
         raise UserError(f"LLaVA JSON file not found: {src}")
     if any((Path(out_dir) / f"{name}.json").resolve() == src.resolve() for name, _ in parts):
