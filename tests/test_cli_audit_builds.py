@@ -325,3 +325,11 @@ def test_a_folder_or_file_of_the_wrong_kind_is_named_as_such(tmp_path):
         f"{tmp_path} is a folder; give the LLaVA JSON file to split (a list of records)"
     assert one_line_error(invoke("build", "vg", "--root", afile, "--out", out)).startswith(
         f"--root {afile} is a file; give the folder holding objects.json and image_data.json")
+
+
+def test_an_output_under_a_file_names_the_file(tmp_path, coco_build):
+    """Before: 'File exists' (mkdir's words), which names neither the file in the way nor what to do."""
+    (tmp_path / "f").write_text("x")
+    out = tmp_path / "f" / "x.csv"
+    err = one_line_error(invoke("manifest", "query", coco_build.path, "SELECT 1", "--format", "csv", "-o", out))
+    assert err == f"cannot create the folder for --output {out}: {tmp_path / 'f'} is a file, not a folder"
