@@ -4,6 +4,7 @@ that `--help` is instant."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
@@ -34,16 +35,16 @@ BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/copy/1
 
 @sample_app.command("coco")
 def sample_coco(
-    out: Annotated[Path, typer.Option("--out", help="folder to write (COCO layout: annotations/, val2017/)")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty; COCO layout: annotations/, val2017/)")],
     images: Annotated[int, typer.Option("--images", min=1, help="number of images")] = 32,
-    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="random seed (0 or more); same seed, same bytes")] = 0,
 ) -> None:
     """Write a deterministic COCO-format sample: synthetic scenes with several objects each,
     captions_val2017.json and instances_val2017.json (polygons, boxes, areas, categories)."""
     from vlmforge.progress import console
-    from vlmforge.sources.sample_coco import make_sample
+    from vlmforge.sources.sample_coco import make_sample, write_fresh
 
-    root = make_sample(out, images=images, seed=seed)
+    root = write_fresh(out, lambda root: make_sample(root, images=images, seed=seed, progress=True))
     console.print(f"[green]wrote[/] {images} images to {root}")
 
 
@@ -51,7 +52,7 @@ def sample_coco(
 def sample_classes(
     out: Annotated[Path, typer.Option("--out", help="folder to write (new or empty): train/<category>/, test/<category>/")],
     images: Annotated[int, typer.Option("--images", min=1, help="scenes of the COCO sample to cut objects from")] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="random seed; same seed, same bytes")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="random seed (0 or more); same seed, same bytes")] = 0,
 ) -> None:
     """Write a labelled image-folder sample: the objects of the COCO sample cut out of their scenes,
     one folder per category, about a quarter in test. For the class-based builders and CLIP
@@ -59,7 +60,7 @@ def sample_classes(
     from vlmforge.progress import console
     from vlmforge.sources.sample_classes import write_classes_sample
 
-    counts = write_classes_sample(out, images=images, seed=seed)
+    counts = write_classes_sample(out, images=images, seed=seed, progress=True)
     per = ", ".join(f"{split} {sum(c.values())}" for split, c in counts.items())
     console.print(f"[green]wrote[/] {per} images of {len(counts['train'] | counts['test'])} categories to {out}")
 
@@ -160,7 +161,30 @@ def _register_plugins() -> None:
         module.register(app, build_app)
 
 
+def _say_interrupts(typer_app: typer.Typer) -> None:
+    """Ctrl-C inside a command: the CLI framework ends it with status 130 and not a word, and main()'s
+    handler never sees it. Commands that say more themselves (builds, train) catch it first."""
+    for info in typer_app.registered_commands:
+        info.callback = _interruptible(info.callback)
+    for group in typer_app.registered_groups:
+        _say_interrupts(group.typer_instance)
+
+
+def _interruptible(fn):
+    @functools.wraps(fn)  # the signature typer reads the options from stays fn's
+    def command(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            quiet_teardown()
+            typer.echo("\ninterrupted; run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return command
+
+
 _register_plugins()
+_say_interrupts(app)
 
 
 def main() -> None:

@@ -276,7 +276,14 @@ def _records(b: "Build", split: str | None, out: Path, images: set[str]) -> Iter
                 if not path.exists() or path.stat().st_size != len(sample[ext]) or path.read_bytes() != sample[ext]:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(sample[ext])
-            yield llava_record(key, doc, rel)
+            try:
+                rec = llava_record(key, doc, rel)
+            except UserError as e:  # export has no filter: say which build to export instead
+                columns = {r[0] for r in b.sql("SELECT column_name FROM (DESCRIBE samples)").fetchall()}
+                where = "n_turns > 0" if not doc.get("conversations") and "n_turns" in columns else f"key <> '{key}'"
+                raise UserError(f"{e}; export a subset without such samples instead: vlmforge build subset --from "
+                                f"{b.path} --where \"{where}\"") from None
+            yield rec
 
 
 def _check_digests(sample: dict[str, Any], row: dict[str, Any] | None, shard: str, build_dir: Path) -> None:
@@ -307,6 +314,8 @@ def split_llava_json(path: str | Path, out_dir: str | Path, *, fraction: float |
     if stratify_by not in (None, "source", "subsource"):
         raise UserError("a LLaVA JSON file can be stratified by source (its sub-dataset) only")
     src = Path(path)
+    if src.is_dir():
+        raise UserError(f"{src} is a folder; give the LLaVA JSON file to split (a list of records)")
     if not src.is_file():
         raise UserError(f"LLaVA JSON file not found: {src}")
     if any((Path(out_dir) / f"{name}.json").resolve() == src.resolve() for name, _ in parts):

@@ -320,13 +320,21 @@ def _write_splits(builder: Builder, build_dir: Path, executor, limits: ShardLimi
 
 
 def _check_not_a_parent(build_dir: Path, src: Source) -> None:
-    """A derived build never lands in (or above) the folder of a build it reads: --overwrite would
-    delete its own parent. (`split --from builds/split/1.3.0` with the default --out builds does.)"""
+    """A derived build never lands in, above or inside the folder of a build it reads: --overwrite would
+    delete its own parent (or the parent's, the child). (`split --from builds/split/1.3.0` with the default --out builds does.) Nor
+    under a folder the source lists file by file: the build would be part of its next input."""
     here = build_dir.resolve()
     for parent in getattr(src, "build_sources", [src]):
         path = getattr(getattr(parent, "build", None), "path", None)
         if path is not None and (Path(path).resolve() == here or here in Path(path).resolve().parents):
             raise BuildError(f"{build_dir} is the folder of the parent build {path}; choose another --out")
+        if path is not None and Path(path).resolve() in here.parents:  # --out the parent's own folder
+            raise BuildError(f"{build_dir} lies inside the parent build {path}, whose --overwrite would delete it; "
+                             "choose an --out outside it")
+    listed = getattr(src, "listed_root", None)  # a folder read file by file (imagefolder)
+    if listed is not None and (Path(listed).resolve() == here or Path(listed).resolve() in here.parents):
+        raise BuildError(f"{build_dir} lies inside --root {listed}: the next build from it would read this "
+                         "build's shards as images; choose an --out outside it")
 
 
 def _keys_of_part(build_dir: Path, shard: str) -> list[str]:

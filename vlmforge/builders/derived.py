@@ -153,6 +153,7 @@ class SelectedSource(Source):
         self.parents = list(base.parents)
         self.parent_infos = lineage(base)
         self.build_sources = list(getattr(base, "build_sources", [base]))
+        self.listed_root = getattr(base, "listed_root", None)  # a graded folder tree: no build lands in it
 
     def splits(self) -> list[str]:
         self.plan.ensure_fitted(self.base)
@@ -228,14 +229,15 @@ def iter_fields(src: Source, split: str, fields: list[str], key_of: KeyOf = buil
         yield (key_of(rec),) + tuple(rec.get(f) for f in fields)
 
 
-def check_column(src: Source, column: str, scalar: bool = False) -> None:
+def check_column(src: Source, column: str, scalar: bool = False, option: str | None = None) -> None:
     """A clear error when a plan names a column the parent manifest does not have (or, with `scalar`,
-    one whose values are lists or structs, which cannot be class labels)."""
+    one whose values are lists or structs, which cannot be class labels). `option`: the one naming it."""
     builds = [s for s in getattr(src, "build_sources", [src]) if isinstance(s, BuildSource)]
     for b in builds:
         types = dict(b.build.sql("SELECT column_name, column_type FROM (DESCRIBE samples)").fetchall())
         if column not in types:
-            raise UserError(f"the parent build has no column {column!r}; its columns: {', '.join(sorted(types))}")
+            raise UserError(f"{option + ': ' if option else ''}the parent build has no column {column!r}; "
+                            f"its columns: {', '.join(sorted(types))}")
         if scalar and any(mark in types[column] for mark in ("[", "STRUCT", "MAP", "UNION")):
             raise UserError(f"column {column!r} holds {types[column]} values, not class labels; "
                             "name a text or number column with --label-column")
@@ -250,7 +252,7 @@ def class_name(value: Any) -> str | None:
 def count_labels(src: Source, column: str) -> dict[str, Counter]:
     """Records per class name (None: unlabelled) in each split of `src`. A parent with records but no
     label at all is an error; one with no records at all (a --where that matches none) is not."""
-    check_column(src, column, scalar=True)
+    check_column(src, column, scalar=True, option="--label-column")
     per_split = {split: Counter(class_name(label) for _, label in iter_fields(src, split, [column]))
                  for split in src.splits()}
     total = sum(sum(c.values()) for c in per_split.values())

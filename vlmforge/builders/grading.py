@@ -23,7 +23,9 @@ from typing import Any
 import pyarrow as pa
 
 from vlmforge.builders.base import BuildConfig, check_template
-from vlmforge.builders.derived import DerivedBuilder, Plan, check_column, iter_fields, parent_sample
+from vlmforge.builders.derived import (
+    DerivedBuilder, Plan, check_column, iter_fields, parent_sample, unlabelled_note,
+)
 from vlmforge.curation.images import ImageError, load_for_storage
 from vlmforge.curation.selection import key_clashes, rank_value
 from vlmforge.errors import UserError
@@ -92,18 +94,25 @@ class GradingPlan(Plan):
         # With each record, what tells whether it is usable: its image file, or the parent's image format.
         fields = [cfg.label_column, "image_format"] if from_build else ["class_folder", "file"]
         if from_build:
-            check_column(src, cfg.label_column)
+            check_column(src, cfg.label_column, option="--label-column")
         drawing = cfg.per_grade is not None or cfg.size is not None
         per_split: dict[str, Counter] = {split: Counter() for split in src.splits()}
         members: dict[tuple[str, str], list[tuple[str, Any]]] = {}
         rows = []
         unread: Counter = Counter()  # files of the folder that are no image to read: each a reject
+        unlabelled = 0  # parent records without a grade: left out by the plan, and said
         for split in src.splits():
             for key, value, where in iter_fields(src, split, fields, key_of=_raw_key):
                 if value is not None:
                     rows.append((split, key, grade_of(value), where))
                 elif not from_build:
                     unread[split] += 1
+                else:
+                    unlabelled += 1
+        if unlabelled and not rows:  # else an empty build whose note blames the --where
+            raise UserError(f"the parent has no values in column {cfg.label_column!r}: it is not a labelled build "
+                            "(name the column holding the grade with --label-column)")
+        self.notes += unlabelled_note({"all": Counter({None: unlabelled})}, cfg.label_column)
         # Two files may differ by extension only: the first keeps the key, the other is a duplicate_key reject.
         self.duplicates = {} if from_build else key_clashes((key, where) for _, key, _, where in rows)
         for split, key, grade, where in rows:

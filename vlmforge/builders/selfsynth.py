@@ -241,10 +241,15 @@ class SelfSynthBuilder(GeneratorMixin, Builder):
                 raise UserError(f"--concepts must be generate, attributes or a JSON file; {config.concepts!r} is none")
             config.concepts_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
 
+    SOURCES = ("cub", "fgvc-aircraft", "stanford-dogs", "imagefolder")  # labelled images, read from --root
+
     @classmethod
     def open_source(cls, kind: str | None, **options: Any):
         from vlmforge.sources import open_source
 
+        if (kind or "cub") not in cls.SOURCES:  # else the generic check names options as not applying to it
+            raise UserError(f"selfsynth reads labelled images: --source must be {', '.join(cls.SOURCES[:-1])} "
+                            f"or {cls.SOURCES[-1]}, not {kind!r}")
         return open_source(kind or "cub", **options)
 
     # -- prepare: concepts per class, descriptions per image, selection --------------------------

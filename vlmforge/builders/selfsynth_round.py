@@ -251,8 +251,10 @@ def write_candidate_answers(build_path: str | Path, output: str | Path, backend:
     try:  # before the model loads: a path that cannot be written fails now, not after the last answer
         out.parent.mkdir(parents=True, exist_ok=True)
         f = open(tmp, "w", encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot write --output {out}: {e.strerror or e}") from None
+    except OSError as e:  # mkdir's 'File exists' for a file in the path would hide which
+        in_the_way = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way else e.strerror or e
+        raise UserError(f"cannot write --output {out}: {why}") from None
     try:
         gen.setup()
         with f, progress_bar("candidate answers", total=len(build), disable=quiet) as advance:

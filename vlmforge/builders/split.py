@@ -82,13 +82,13 @@ class SplitPlan(Plan):
                             "(its sub-dataset) only; to stratify by a column, copy it into a build first "
                             "(vlmforge build copy --source llava-json) and split that")
         if self.column:
-            check_column(src, self.column)
+            check_column(src, self.column, option="--stratify-by")
         by = self.config.group_by
         if by and not isinstance(src, BuildSource):  # a raw record lacking the field would be a group alone
             raise UserError("--group-by needs a parent build (--from); copy the JSON into a build first "
                             "(vlmforge build copy --source llava-json) and split that")
         if by:
-            check_column(src, by)
+            check_column(src, by, option="--group-by")
         fields = [self.column] if self.column else [by] if by else []
         fractions = [f for _, f in self.parts] if self.parts else [self.config.fraction]
 
@@ -114,6 +114,11 @@ class SplitPlan(Plan):
         else:
             self.out_splits = list(src.splits())
             self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
+            emptied = [s for s in self.out_splits if not self.counts[s] and src.count(s)]
+            if emptied:  # rounding to no record: else the split is gone from the build without a word
+                self.notes.append(f"--fraction {self.config.fraction} keeps no record of split(s) {', '.join(emptied)} "
+                                  f"(e.g. round({self.config.fraction} x {src.count(emptied[0])}) = 0): they are not "
+                                  "in the build")
         if self.column:
             self._check_strata(src, sizes, fractions)
             per_stratum: dict[str, dict[str, int]] = {}

@@ -106,12 +106,22 @@ class SubsetPlan(Plan):
                     if label is not None:
                         yield key, (split, class_name(label))
 
-        self.cuts = fit_cuts(items, self.config.seed, lambda g, n: [max(1, round_half_up(f * n)) if n else 0])
+        lifted = []  # classes too small for the fraction to keep one: each keeps one all the same
+
+        def size(group, n: int) -> list[int]:
+            want = round_half_up(f * n) if n else 0
+            if n and want < 1:
+                lifted.append(group)
+            return [max(1, want) if n else 0]
+
+        self.cuts = fit_cuts(items, self.config.seed, size)
         sizes = self.cuts.counts()
         self.counts = {s: sum(v[0] for (b, _), v in sizes.items() if b == s) for s in self.out_splits}
-        self.summary["per_class"] = {f"{b}/{label}": v[0] for (b, label), v in sorted(sizes.items())}
-        self.summary["rule"] = (f"per split and class, rank keys by sha256('{self.config.seed}:' + key) and keep "
-                                f"max(1, round({f} * n))")
+        if lifted:  # else a build of far more than the fraction asked for, without a word
+            labelled = sum(c for cnt in per_split.values() for label, c in cnt.items() if label is not None)
+            self.notes.append(f"{len(lifted)} split/class groups are too small for --fraction {f} to keep a sample "
+                              f"(e.g. {'/'.join(lifted[0])}): each keeps one, so {sum(self.counts.values())} of "
+                              f"{labelled} labelled samples are kept")
 
     def _fit_class_exclusive(self, src: Source, classes: list[str], per_split) -> None:
         n = max(1, round_half_up(self.config.fraction * len(classes)))

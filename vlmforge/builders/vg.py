@@ -99,6 +99,8 @@ class VgBuilder(Builder):
         check_template(config.answer_template, ANSWER_FIELDS, "--answer-template")
         if config.max_objects_per_image is not None and config.max_objects_per_image < 1:
             raise UserError("--max-objects-per-image must be at least 1")
+        if config.min_box_side < 1:  # below 1, boxes of no (or negative) width or height would pass
+            raise UserError(f"--min-box-side must be at least 1 pixel, got {config.min_box_side}")
         if config.synsets is not None:
             if not config.synsets:
                 raise UserError("--synsets-from lists no synset: every object would be left out")

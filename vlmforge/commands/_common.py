@@ -129,16 +129,18 @@ def build_command(build_app: typer.Typer, name: str) -> Callable:
             run = {k: kwargs[k] for k in shared}
             for p in added:
                 kwargs.pop(p.name)
-            result = fn(**kwargs)
-            if isinstance(result, tuple):
-                result = BuildRun(*result)
+            # Ctrl-C while the command imports, opens its source or builds: the CLI framework would end
+            # silently with status 130 (or with a bare newline).
             try:
+                result = fn(**kwargs)
+                if isinstance(result, tuple):
+                    result = BuildRun(*result)
                 path = run_cli_build(result.builder, result.config, result.source, **run, **result.attrs)
-            except KeyboardInterrupt:  # the CLI framework would end with a bare newline
+                if result.after is not None:
+                    result.after(path, run["quiet"])
+            except KeyboardInterrupt:
                 typer.echo("\ninterrupted: finished shards are kept; run the same command again to resume", err=True)
                 raise typer.Exit(130) from None
-            if result.after is not None:
-                result.after(path, run["quiet"])
 
         params = [*own.parameters.values(), *added]
         command.__signature__ = own.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]

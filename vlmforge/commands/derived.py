@@ -158,6 +158,12 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
 
         if (root is None) == (parent is None):
             raise UserError("give --root (a graded folder tree) or --from (a labelled build)")
+        if root is not None:  # else ignored: the build made of other records than the user meant
+            stray = [o for o, v in (("--where", where), ("--parent-split", parent_split),
+                                    ("--label-column", label_column != "label" or None)) if v]
+            if stray:
+                raise UserError(f"{stray[0]} applies to a parent build (--from), not to --root: the folder tree's "
+                                "grades are its folder names, and every split folder is read")
         src = (GradingBuilder.open_source("imagefolder", root=root) if root is not None
                else GradingBuilder.open_source("build", path=parent, where=where, splits=parent_split))
         cfg = GradingConfig(seed=seed, prompt=prompt or KL_PROMPT, answer_template=answer_template or KL_ANSWER,

@@ -74,8 +74,10 @@ def _output_file(path: Path) -> Path:
         raise UserError(f"--output {path} is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the folder for --output {path}: {e.strerror or e}") from None
+    except OSError as e:  # mkdir's 'File exists' for a file in the path would hide which
+        in_the_way = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way else e.strerror or e
+        raise UserError(f"cannot create the folder for --output {path}: {why}") from None
     return path
 
 

@@ -183,6 +183,11 @@ def open_build(path: str | Path) -> Build:
     p = Path(path)
     info_path = p / BUILD_JSON
     if not info_path.exists():
+        if not p.exists():
+            raise UserError(f"build folder not found: {p}")
+        if p.is_file():  # e.g. its build.json, or a shard
+            hint = f"; its build folder: {p.parent}" if (p.parent / BUILD_JSON).is_file() else ""
+            raise UserError(f"{p} is a file, not a build folder{hint}")
         if (p / "build.pending.json").exists():
             raise UserError(f"{p} is an unfinished build; run the same build command again to resume it")
         inside = sorted(str(b.parent) for pattern in (f"*/{BUILD_JSON}", f"*/*/{BUILD_JSON}")
@@ -217,7 +222,22 @@ def read_build_info(info_path: Path) -> dict[str, Any]:
     if missing:
         raise DamagedBuildError(f"{info_path} lacks {', '.join(missing)}; the build folder is damaged, "
                                 "rebuild it with --overwrite")
+    # The fields every reader walks (counts, shard names): a hand-edited value of another shape would be a
+    # traceback in stats, show or report. Other fields of an entry are verify's to check, one by one.
+    wrong = ("splits is not an object of split counts" if not isinstance(info["splits"], dict)
+             or not all(isinstance(v, dict) for v in info["splits"].values())
+             else "shards is not a list of shard entries" if not isinstance(info["shards"], list)
+             or not all(isinstance(e, dict) for e in info["shards"]) else None)
+    if wrong is None:
+        lacks = next(([i, k] for i, e in enumerate(info["shards"]) for k in _READ_FIELDS if k not in e), None)
+        if lacks is not None:
+            wrong = f"shard entry number {lacks[0]} lacks {lacks[1]}"
+    if wrong:
+        raise DamagedBuildError(f"{info_path}: {wrong}; the build folder is damaged, rebuild it with --overwrite")
     return info
+
+
+_READ_FIELDS = ("shard", "split", "samples", "rejects", "bytes")  # of each shard entry, read by every command
 
 
 def check_read_only(query: str) -> None:

@@ -240,8 +240,15 @@ def complete_shards(build_dir: Path, split: str) -> list[dict]:
         stats = mdir / shard_name(split, index).replace(".tar", ".stats.json")
         if not stats.exists():
             break
-        info = json.loads(stats.read_text())
-        if not (build_dir / info["shard"]).exists():
+        # A shard counts as done only whole: its marker readable, the tar of the size recorded and its manifest
+        # parts there. Else (a file cut off, removed or damaged by hand or a full disk) the run is redone from it.
+        try:
+            info = json.loads(stats.read_text())
+            parts = [mdir / info["shard"].replace(".tar", ext) for ext in (".parquet", ".rejects.parquet")]
+            whole = (build_dir / info["shard"]).stat().st_size == info["bytes"] and all(p.exists() for p in parts)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            break
+        if not whole:
             break
         done.append(info)
         index += 1

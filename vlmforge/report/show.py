@@ -33,6 +33,13 @@ def choose_samples(build: Build, where: str | None = None, n: int = 16, seed: in
         raise UserError("--n must be at least 1")
     cond = f"WHERE ({where}\n)" if where else ""  # the newline ends a trailing -- comment of the condition
     query = f"SELECT * FROM samples {cond} ORDER BY md5(CAST(? AS VARCHAR) || ':' || key) LIMIT {int(n)}"
+    if where:
+        from vlmforge.manifests.read import check_read_only
+
+        try:  # what build.sql refuses before it runs (no parse, two statements) is the condition's fault
+            check_read_only(query)
+        except UserError as e:
+            raise UserError(f"--where did not work: {e}") from None
     try:
         rel = build.sql(query, [str(seed)])
         names = list(rel.columns)
@@ -299,6 +306,8 @@ def write_contact_sheet(build: Build, out: Path, **kwargs: Any) -> Path:
     """Render and save the sheet as PNG (or any format Pillow infers from `out`'s suffix)."""
     out = Path(out)
     fmt = Image.registered_extensions().get(out.suffix.lower())
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name (e.g. {out / 'sheet.png'})")
     if fmt not in Image.SAVE:  # checked before the samples are drawn
         raise UserError(f"--out {out}: Pillow cannot write {out.suffix or 'a file without a suffix'}; "
                         "name a .png or .jpg file")
@@ -314,5 +323,7 @@ def save_output(out: Path, write: Callable[[Path], Any]) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         write(out)
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        in_the_way = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way else e.strerror or e
+        raise UserError(f"cannot write {out}: {why}") from None
     return out

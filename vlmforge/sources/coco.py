@@ -164,6 +164,8 @@ def resolve_coco_paths(
         if given:
             raise SourceError(f"give either --coco-root or {'/'.join(given)}, not both")
         root = Path(coco_root)
+        if root.is_file():  # e.g. the annotations file itself
+            raise SourceError(f"--coco-root {root} is a file; give the folder holding annotations/ and <split>/")
         if not root.is_dir():
             raise SourceError(f"COCO root not found: {root}")
         cap = root / "annotations" / f"captions_{split}.json"

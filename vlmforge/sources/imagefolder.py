@@ -58,6 +58,7 @@ class ImageFolderSource(Source):
         if not tops:
             raise SourceError(f"{self.root} has no class folders (expected ROOT/<class>/<image>)")
         split_tops = [p.name for p in tops if p.name.lower() in SPLIT_NAMES]
+        _refuse_builds_inside(self.root, tops, split_tops)
         if split_tops and len(split_tops) < len(tops):  # else the split folders would become classes
             others = [p.name for p in tops if p.name.lower() not in SPLIT_NAMES]
             raise SourceError(f"{self.root} mixes split folders ({', '.join(split_tops)}) with other folders "
@@ -76,7 +77,9 @@ class ImageFolderSource(Source):
             for f in sorted((f for d in beside for f in d.iterdir() if f.is_file()), key=_parts):
                 if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                     unread.append((f, ("no_class", "an image outside the class folders has no class; move it into one")))
-            for cls in sorted(p for p in folder.iterdir() if p.is_dir() and not _system_folder(p.name)):
+            class_folders = sorted(p for p in folder.iterdir() if p.is_dir() and not _system_folder(p.name))
+            _refuse_label_clashes(folder, class_folders)
+            for cls in class_folders:
                 for f in sorted(cls.rglob("*"), key=_parts):  # Path order, by parts: quicker
                     if not f.is_file():
                         continue
@@ -90,6 +93,11 @@ class ImageFolderSource(Source):
             found = sum(len(u) for u in self._unread.values())
             raise SourceError(f"no images found under {self.root}" + (f" ({found} other files: {_example(self._unread)})"
                                                                       if found else ""))
+
+    @property
+    def listed_root(self) -> Path:
+        """The folder whose files are the records: a build must not land under it (see run_build)."""
+        return self.root
 
     def splits(self) -> list[str]:
         return list(self._splits)
@@ -136,6 +144,35 @@ class ImageFolderSource(Source):
 def _system_file(path: Path, cls: Path) -> bool:
     """A file the system or a viewer left (.DS_Store, Thumbs.db, anything hidden), not data."""
     return path.name.lower() in SYSTEM_FILES or any(map(_system_folder, path.relative_to(cls).parts))
+
+
+def _refuse_label_clashes(folder: Path, class_folders: list[Path]) -> None:
+    """Two class folders of one split whose cleaned names are one label ('1_cat' and 'cat') would be merged
+    into one class without a word."""
+    seen: dict[str, str] = {}
+    for cls in class_folders:
+        label = clean_class_name(cls.name)
+        if label in seen:
+            raise SourceError(f"{folder}: class folders {seen[label]!r} and {cls.name!r} are both read as class "
+                              f"{label!r} (a leading number is dropped, _ read as a space); rename one of them")
+        seen[label] = cls.name
+
+
+def _refuse_builds_inside(root: Path, tops: list[Path], split_tops: list[str]) -> None:
+    """Builds made with --out inside --root (OUT/<builder>/<version>/) would be read as a class (or a
+    split) of their own, their shards and manifest as non-image rejects: say so instead."""
+    candidates = [t for t in tops if t.name not in split_tops]
+    candidates += [c for t in tops if t.name in split_tops for c in t.iterdir() if c.is_dir()]
+    for folder in candidates:
+        for version in folder.iterdir():
+            if _VERSION.fullmatch(version.name) and version.is_dir() and any(
+                    (version / name).is_file() for name in ("build.json", "build.pending.json")):
+                raise SourceError(f"{folder} holds vlmforge builds ({version}), not images: an --out inside "
+                                  f"--root {root} puts them there; move them out of {root} and build with an "
+                                  "--out outside it")
+
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
 
 
 def _system_folder(name: str) -> bool:

@@ -47,12 +47,14 @@ class _Text:
         except UnicodeDecodeError as e:
             # e.start counts from the bytes the decoder still held from the last block (where the text ends)
             raise SourceError(f"not UTF-8 text at byte {self.byte_at(len(self.text)) + e.start}: {e.reason}") from None
-        self.eof = not raw
+        if not raw:  # the end (`new` is empty): the text stays as it is, so the caller's positions in it still hold
+            self.eof = True
+            return False
         self.start = self.byte_at(keep_from)
         self.text = self.text[keep_from:] + new
         self.ascii = self.text.isascii()
         self._pos, self._byte = 0, self.start
-        return not self.eof
+        return True
 
     def byte_at(self, pos: int) -> int:
         """File offset of text[pos]; non-ASCII text is encoded from the last position asked for."""

@@ -259,6 +259,8 @@ class LlavaJsonSource(Source):
 
     def __init__(self, path: str | Path, image_root: str | Path | None = None, split: str = "train"):
         self.path = Path(path)
+        if self.path.is_dir():  # e.g. the image folder
+            raise SourceError(f"--json {self.path} is a folder; give the LLaVA JSON file (a list of records)")
         if not self.path.is_file():
             raise SourceError(f"LLaVA JSON file not found: {self.path}")
         self.image_root = Path(image_root) if image_root else self.path.parent

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -35,14 +34,16 @@ def _test_ids(seed: int, anns: list[dict]) -> set[int]:
     return {a["id"] for a in sorted(anns, key=rank)[:k]}
 
 
-def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> dict[str, Counter]:
-    """Write the crops under `out`; returns the number of images per split and category."""
+def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0,
+                        progress: bool = False) -> dict[str, Counter]:
+    """Write the crops under `out`; returns the number of images per split and category. `progress`: a
+    progress bar over the scenes drawn (most of the time)."""
     from vlmforge.sources.sample_coco import make_sample
 
     root = Path(out)
     counts: dict[str, Counter] = {"train": Counter(), "test": Counter()}
     with tempfile.TemporaryDirectory(prefix="vlmforge-sample-") as tmp:
-        coco = make_sample(Path(tmp) / "coco", images=images, seed=seed)
+        coco = make_sample(Path(tmp) / "coco", images=images, seed=seed, progress=progress)
         doc = json.loads((coco / "annotations" / "instances_val2017.json").read_text())
         names = {c["id"]: c["name"].replace(" ", "_") for c in doc["categories"]}
         files = {im["id"]: coco / "val2017" / im["file_name"] for im in doc["images"]}
@@ -71,16 +72,10 @@ def make_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> di
     return counts
 
 
-def write_classes_sample(out: str | Path, images: int = 200, seed: int = 0) -> dict[str, Counter]:
+def write_classes_sample(out: str | Path, images: int = 200, seed: int = 0,
+                         progress: bool = False) -> dict[str, Counter]:
     """make_classes_sample into a fresh folder: `out` must not exist or be empty (files of an earlier
     sample with other settings would otherwise stay mixed in)."""
-    from vlmforge.errors import UserError
+    from vlmforge.sources.sample_coco import write_fresh
 
-    root = Path(out)
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(f"{root} exists and is not an empty folder; choose a new --out")
-    try:
-        return make_classes_sample(root, images=images, seed=seed)
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
+    return write_fresh(out, lambda root: make_classes_sample(root, images=images, seed=seed, progress=progress))

@@ -14,11 +14,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmforge.curation.instructions import with_article
+
+T = TypeVar("T")
 
 SAMPLE_VERSION = 1
 W, H = 480, 360
@@ -219,9 +222,13 @@ def _captions(rng: np.random.Generator, scene: str, objects: list[dict], places:
     return out
 
 
-def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, split: str = "val2017") -> Path:
-    """Write the sample dataset under `out` in the official COCO layout and return `out`."""
+def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, split: str = "val2017",
+                progress: bool = False) -> Path:
+    """Write the sample dataset under `out` in the official COCO layout and return `out`; with `progress`, a
+    progress bar (the CLI's: thousands of images take minutes)."""
     from pycocotools import mask as mask_utils
+
+    from vlmforge.progress import progress_bar
 
     root = Path(out)
     (root / split).mkdir(parents=True, exist_ok=True)
@@ -230,28 +237,31 @@ def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, sp
                   for name, (cid, sup, *_rest) in sorted(CATEGORIES.items(), key=lambda kv: kv[1][0])]
     img_entries, instances, captions = [], [], []
     ann_id, cap_id = 1, 1
-    for i in range(images):
-        rng = np.random.default_rng([seed, i, SAMPLE_VERSION])
-        image_id = 100_000 + i * 37 + seed % 37
-        scene, img, objects, places, scene_nouns = _render_image(rng, image_id)
-        file_name = f"{image_id:012d}.jpg"
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        (root / split / file_name).write_bytes(buf.getvalue())
-        img_entries.append({"id": image_id, "file_name": file_name, "width": W, "height": H, "license": 1,
-                            "date_captured": "2026-01-01 00:00:00", "coco_url": "", "flickr_url": ""})
-        for o in objects:
-            flat = [round(float(v), 2) for pt in o["poly"] for v in pt]
-            rle = mask_utils.frPyObjects([flat], H, W)
-            area = float(mask_utils.area(mask_utils.merge(rle)))
-            xs, ys = flat[0::2], flat[1::2]
-            bbox = [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
-            instances.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORIES[o["name"]][0],
-                              "segmentation": [flat], "area": area, "bbox": bbox, "iscrowd": 0})
-            ann_id += 1
-        for text in _captions(rng, scene, objects, places, scene_nouns):
-            captions.append({"id": cap_id, "image_id": image_id, "caption": text})
-            cap_id += 1
+    with progress_bar("sample images", total=images, disable=not progress) as advance:
+        for i in range(images):
+            rng = np.random.default_rng([seed, i, SAMPLE_VERSION])
+            image_id = 100_000 + i * 37 + seed % 37
+            scene, img, objects, places, scene_nouns = _render_image(rng, image_id)
+            file_name = f"{image_id:012d}.jpg"
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            (root / split / file_name).write_bytes(buf.getvalue())
+            img_entries.append({"id": image_id, "file_name": file_name, "width": W, "height": H, "license": 1,
+                                "date_captured": "2026-01-01 00:00:00", "coco_url": "", "flickr_url": ""})
+            for o in objects:
+                flat = [round(float(v), 2) for pt in o["poly"] for v in pt]
+                rle = mask_utils.frPyObjects([flat], H, W)
+                area = float(mask_utils.area(mask_utils.merge(rle)))
+                xs, ys = flat[0::2], flat[1::2]
+                bbox = [round(min(xs), 2), round(min(ys), 2),
+                        round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
+                instances.append({"id": ann_id, "image_id": image_id, "category_id": CATEGORIES[o["name"]][0],
+                                  "segmentation": [flat], "area": area, "bbox": bbox, "iscrowd": 0})
+                ann_id += 1
+            for text in _captions(rng, scene, objects, places, scene_nouns):
+                captions.append({"id": cap_id, "image_id": image_id, "caption": text})
+                cap_id += 1
+            advance(1)
     info = {"description": "vlmforge embedded COCO-format sample (synthetic scenes)", "version": str(SAMPLE_VERSION),
             "year": 2026, "contributor": "vlmforge", "url": "", "date_created": "2026-01-01"}
     licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
@@ -261,6 +271,42 @@ def make_sample(out: str | os.PathLike[str], images: int = 32, seed: int = 0, sp
                                                   "annotations": captions})):
         (root / "annotations" / name).write_text(json.dumps(doc, indent=None, separators=(",", ":")))
     return root
+
+
+def write_fresh(out: str | os.PathLike[str], make: Callable[[Path], T]) -> T:
+    """`make(root)` into `out`, which must be new or an empty folder (files of an earlier sample with other
+    settings, or of another dataset, would otherwise stay mixed in). What a failed or interrupted `make`
+    wrote is removed again; a path that cannot be written is one error line."""
+    import shutil
+
+    from vlmforge.errors import UserError
+
+    root = Path(out)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        what = "is a file" if not root.is_dir() else "exists and is not an empty folder"
+        raise UserError(f"{root} {what}; choose a new --out")
+    existed = root.exists()
+
+    def undo() -> None:
+        if not existed:
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        for p in list(root.iterdir()):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+    try:
+        return make(root)
+    except OSError as e:  # a file in the path, a folder this user cannot write, a full disk
+        undo()
+        in_the_way = next((a for a in (root, *root.parents) if a.exists() and not a.is_dir()), None)
+        why = f"{in_the_way} is a file, not a folder" if in_the_way else e.strerror or str(e)
+        raise UserError(f"cannot write the sample to {root}: {why}; choose another --out") from None
+    except BaseException:
+        undo()
+        raise
 
 
 def default_cache() -> Path:

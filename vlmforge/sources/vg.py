@@ -38,6 +38,9 @@ class VisualGenomeSource(Source):
     def __init__(self, root: str | Path | None = None, objects: str | Path | None = None,
                  image_data: str | Path | None = None, images: str | Path | None = None, split: str = "train"):
         root_path = Path(root) if root else None
+        if root_path is not None and root_path.is_file():  # e.g. objects.json itself
+            raise SourceError(f"--root {root_path} is a file; give the folder holding objects.json and "
+                              "image_data.json (or name the files with --objects and --image-data)")
         if root_path is not None and not root_path.is_dir():
             raise SourceError(f"Visual Genome root not found: {root_path}")
         self.objects = Path(objects) if objects else (root_path / "objects.json" if root_path else None)
