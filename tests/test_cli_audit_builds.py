@@ -333,3 +333,19 @@ def test_an_output_under_a_file_names_the_file(tmp_path, coco_build):
     out = tmp_path / "f" / "x.csv"
     err = one_line_error(invoke("manifest", "query", coco_build.path, "SELECT 1", "--format", "csv", "-o", out))
     assert err == f"cannot create the folder for --output {out}: {tmp_path / 'f'} is a file, not a folder"
+
+
+def test_an_evaluation_folder_given_as_a_build_is_named_as_such(tmp_path):
+    """An evaluation's folder holds a run.json, as a training run's does: `manifest stats` and `build subset
+    --from` called it 'a training run (a model: give it as --model)'."""
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "run.json").write_text(json.dumps({"task": "mcqa", "data": "builds/mcqa/1.1.0"}))
+    (ev / "predictions.jsonl").write_text("")
+    said = "is not a vlmforge build folder (no build.json); it is an evaluation's output folder (predictions.jsonl)"
+    assert said in one_line_error(invoke("manifest", "stats", ev))
+    assert said in one_line_error(invoke("build", "subset", "--from", ev, "--out", tmp_path / "b", "-q"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {}}))
+    assert "it is a training run" in one_line_error(invoke("manifest", "stats", run))

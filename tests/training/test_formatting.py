@@ -135,6 +135,21 @@ def test_collator_leaves_out_a_sample_that_shows_an_image_it_does_not_hold(proce
     assert batch["pixel_values"].shape[0] == batch["input_ids"].shape[0] == 2
 
 
+def test_collator_leaves_out_a_sample_with_a_turn_from_another_role(processor, coco_build):
+    """A LLaVA JSON copied as it was may hold a turn from 'robot' (or one that is not an object): it stopped
+    training with a ValueError traceback; it is left out, counted and named."""
+    from vlmforge.training.collate import LlavaCollator
+
+    good = [s for _, s in zip(range(2), coco_build.samples())]
+    turns = good[1]["json"]["conversations"]
+    odd = {**good[1], "__key__": "robot", "json": {**good[1]["json"], "conversations": [
+        turns[0], {"from": "robot", "value": "beep"}]}}
+    not_a_turn = {**good[1], "__key__": "text", "json": {**good[1]["json"], "conversations": [turns[0], "hi"]}}
+    batch = LlavaCollator(processor, "chat", 256)([good[0], odd, not_a_turn, good[1]])
+    assert batch["keys"] == [good[0]["__key__"], good[1]["__key__"]] and batch["dropped"] == 2
+    assert batch["odd_turns"] == ["robot", "text"] and batch["unreadable"] == batch["no_image"] == []
+
+
 @pytest.mark.parametrize("pad", [True, False])
 def test_fast_image_path_matches_the_processor(coco_build, pad):
     from transformers import CLIPImageProcessorPil

@@ -195,6 +195,8 @@ def open_build(path: str | Path) -> Build:
         hint = f"; builds under it: {', '.join(inside[:3])}" + (" ..." if len(inside) > 3 else "") if inside else ""
         if is_training_run(p):
             hint = f"; it is {TRAINING_RUN}"
+        elif (p / EVALUATION_MARK).is_file():
+            hint = "; it is an evaluation's output folder (predictions.jsonl)"
         raise UserError(f"{p} is not a vlmforge build folder (no build.json){hint}")
     return Build(p, read_build_info(info_path))
 
@@ -202,9 +204,13 @@ def open_build(path: str | Path) -> Build:
 TRAINING_RUN = "a training run (a model: give it as --model)"
 
 
+EVALUATION_MARK = "predictions.jsonl"  # an evaluation's folder holds a run.json too
+
+
 def is_training_run(path: Path) -> bool:
-    """A `vlmforge train` output folder, given where a build is expected."""
-    return (path / "run.json").is_file()
+    """A `vlmforge train` output folder, given where a build is expected (not an evaluation's, which also
+    writes a run.json: it was called a training run, 'a model: give it as --model')."""
+    return (path / "run.json").is_file() and not (path / EVALUATION_MARK).is_file()
 
 
 class DamagedBuildError(UserError):

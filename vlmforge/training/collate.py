@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from vlmforge.training.formatting import (
-    IGNORE_INDEX, ConversationTokenizer, count_image_tokens, image_field, no_image_note, pad_batch, shows_image,
+    IGNORE_INDEX, ROLES, ConversationTokenizer, count_image_tokens, image_field, no_image_note, pad_batch, shows_image,
 )
 from vlmforge.training.images import ImagePreparer
 
@@ -34,11 +34,16 @@ class LlavaCollator:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        items, fields, no_image = [], [], []
+        items, fields, no_image, odd_turns = [], [], [], []
         for s in samples:
             f = image_field(s)
             conversation = s.get("json", {}).get("conversations", [])
-            if f is None and shows_image(conversation, self.image_token):
+            if not all(isinstance(t, dict) and str(t.get("from", "")).lower() in ROLES for t in conversation):
+                # A turn from another role (a LLaVA JSON copied as it was): it cannot be rendered. Left out and
+                # counted, as an image that does not decode is; it stopped the run with a traceback.
+                odd_turns.append(s["__key__"])
+                conversation = []
+            elif f is None and shows_image(conversation, self.image_token):
                 # Trained as text, it would learn to answer about an image it never sees.
                 no_image.append(no_image_note(s))
                 conversation = []
@@ -59,7 +64,8 @@ class LlavaCollator:
             labels.append(enc[1])
             keys.append(s["__key__"])
         batch: dict[str, Any] = {"keys": keys, "dropped": len(samples) - len(keys), "unreadable": unreadable,
-                                 "no_image": no_image, "prepared_again": self.images.take_mismatched()}
+                                 "no_image": no_image, "odd_turns": odd_turns,
+                                 "prepared_again": self.images.take_mismatched()}
         if not ids:
             return batch
         input_ids = pad_batch(ids, self.pad_id)

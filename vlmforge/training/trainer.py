@@ -556,6 +556,11 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict[str, Any]], None] | Non
 
                     console.print(f"[yellow]warning:[/] left out {len(batch['unreadable'])} sample(s) whose image does "
                                   f"not decode: {', '.join(batch['unreadable'])}")
+                if batch.get("odd_turns") and not cfg.quiet:
+                    from vlmforge.progress import console
+
+                    console.print(f"[yellow]warning:[/] left out {len(batch['odd_turns'])} sample(s) with a conversation "
+                                  f"turn from another role than human, gpt or system: {', '.join(batch['odd_turns'])}")
                 for transform in batch.get("prepared_again", []):
                     if transform not in prepared_again and not cfg.quiet:
                         from vlmforge.progress import console
