@@ -941,3 +941,74 @@ def test_listed_words_that_share_a_head_with_no_article(extract):
         ["coffee table", "end table"], ["side table", "end table"], ["side table", "end table", "clock"],
         ["side table", "coffee table"], ["dining table", "end table", "room"], ["kite", "side table", "end table"],
         ["lamp", "end table"], ["coffee", "donut", "table"]]
+
+
+def pairs(extract, caps):
+    return [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
+
+
+def test_a_list_item_hung_on_a_verb_or_on_a_misread_item(extract):
+    """spaCy makes a chunk of a conj only when the word it is joined to heads a noun phrase: "A girl holding a trophy
+    and a curtain" (curtain a conj of holding), "An orange and basket sitting on ..." (basket a conj of orange/JJ),
+    "Teddy bear, surfboard and box on ..." (box a conj of surfboard, an amod of bear) lost the last item."""
+    caps = ["A girl holding a trophy and a curtain.", "A girl holding a dining table and a candle.",
+            "An orange and basket sitting on a table.", "An oven and bucket sitting on a table.",
+            "Teddy bear, surfboard and box on a table.", "Potted plant, remote and plate on a table.",
+            "A bus parked near a curb and a building."]
+    assert pairs(extract, caps) == [
+        [("A girl", "girl"), ("a trophy", "trophy"), ("a curtain", "curtain")],
+        [("A girl", "girl"), ("a dining table", "dining table"), ("a candle", "candle")],
+        [("An orange", "orange"), ("basket", "basket"), ("a table", "table")],
+        [("An oven", "oven"), ("bucket", "bucket"), ("a table", "table")],
+        [("Teddy bear", "teddy bear"), ("surfboard", "surfboard"), ("box", "box"), ("a table", "table")],
+        [("Potted plant", "potted plant"), ("remote", "remote"), ("plate", "plate"), ("a table", "table")],
+        [("A bus", "bus"), ("a curb", "curb"), ("a building", "building")]]
+
+
+def test_a_thing_hung_on_the_place_after_it(extract):
+    """"A big shelf next to a little cat": shelf an npadvmod of next (the root); "A snowboard near parking meters and
+    baseball bats": snowboard an nmod of bats; "A few baskets next to ...": baskets an npadvmod of next/RB. In no chunk,
+    the thing the caption is about was lost."""
+    caps = ["A big shelf next to a little cat.", "A big shelf next to a little mirror.",
+            "A snowboard near parking meters and baseball bats.", "A few baskets next to a sports ball."]
+    assert pairs(extract, caps) == [
+        [("A big shelf", "shelf"), ("a little cat", "cat")], [("A big shelf", "shelf"), ("a little mirror", "mirror")],
+        [("A snowboard", "snowboard"), ("parking meters", "parking meter"), ("baseball bats", "baseball bat")],
+        [("A few baskets", "basket"), ("a sports ball", "sports ball")]]
+
+
+def test_a_thing_misread_after_its_article_past_the_opening(extract):
+    """"A basket sitting on an oven next to a tennis racket": oven/JJ an amod of next/JJ, with "an" the det of next,
+    as at the caption's opening ("An oven next to ...")."""
+    caps = ["A basket sitting on an oven next to a tennis racket.", "A cat sitting on the big oven near a lamp."]
+    assert pairs(extract, caps) == [
+        [("A basket", "basket"), ("an oven", "oven"), ("a tennis racket", "tennis racket")],
+        [("A cat", "cat"), ("the big oven", "oven"), ("a lamp", "lamp")]]
+
+
+def test_list_items_misread_before_a_particle_a_verb_in_ing_or_and(extract):
+    """"Hair drier, shelf and spoon on a table": spoon/VB the root, "on" its particle, the table its object; "A tray and
+    skateboard sitting on ...": skateboard/RB an advmod of sitting; "A lantern and microwave sitting on ...": lantern/JJ
+    with "A" the det of sitting, microwave/VB a conj of it; "Bed, remote and spoon on ...": remote/JJ an amod of Bed,
+    between a comma and "and"."""
+    caps = ["Hair drier, shelf and spoon on a table.", "A tray and skateboard sitting on a table.",
+            "A handbag and remote sitting on a table.", "A lantern and microwave sitting on a table.",
+            "Bed, remote and spoon on a table."]
+    assert pairs(extract, caps) == [
+        [("Hair drier", "hair drier"), ("shelf", "shelf"), ("spoon", "spoon"), ("a table", "table")],
+        [("A tray", "tray"), ("skateboard", "skateboard"), ("a table", "table")],
+        [("A handbag", "handbag"), ("remote", "remote"), ("a table", "table")],
+        [("A lantern", "lantern"), ("microwave", "microwave"), ("a table", "table")],
+        [("Bed", "bed"), ("remote", "remote"), ("spoon", "spoon"), ("a table", "table")]]
+
+
+def test_comma_lists_opening_with_a_capitalised_plural_or_holding_a_noun_that_is_an_adjective_too(extract):
+    """"Towels, zebras, statues on a table": Towels/NNP an nmod of statues, its lemma a noun's only once made one
+    (towel is no object word); "A mirror, keyboard, blanket in a kitchen": blanket/VBP the root, known as an adjective
+    too ("a blanket ban"), which a word tagged as a verb is not here."""
+    caps = ["Towels, zebras, statues on a table.", "A mirror, keyboard, blanket in a kitchen.",
+            "A fire hydrant, hot dog, blanket in a kitchen."]
+    assert pairs(extract, caps) == [
+        [("Towels", "towel"), ("zebras", "zebra"), ("statues", "statue"), ("a table", "table")],
+        [("mirror", "mirror"), ("keyboard", "keyboard"), ("blanket", "blanket"), ("a kitchen", "kitchen")],
+        [("fire hydrant", "fire hydrant"), ("hot dog", "hot dog"), ("blanket", "blanket"), ("a kitchen", "kitchen")]]

@@ -508,12 +508,18 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
-        # "A fire hydrant and frisbee": frisbee/NNP; "Book, train, elephant on a desk": Book/NNP an nmod of elephant
-        if pos == NOUN or pos == PROPN and (t.is_lower or t.i == 0 and (t.lower in ids or t.lower_ in nouns)):
+        # "A fire hydrant and frisbee": frisbee/NNP; "Book, train, elephant on a desk": Book/NNP an nmod of elephant;
+        # "Towels, zebras, ...": Towels/NNP, its lemma a noun's (_plural_lemma)
+        if pos == NOUN or pos == PROPN and (t.is_lower or t.i == 0 and (t.lower in ids or t.lower_ in nouns
+                                                                          or t.lemma_ in nouns)):
             if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)
                                     or t.dep == advmod)  # "... and the fire hydrant.": hydrant/NN an advmod of is
-                    or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
-                    and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
+                    # "..., bowl and traffic light": from traffic; on any head, which then holds no chunk: "A girl
+                    # holding a trophy and a curtain" (curtain a conj of holding), "An orange and basket sitting on"
+                    # (basket a conj of orange/JJ); not a second verb in -ing ("A man sitting and reading"; "a
+                    # ring" has an article)
+                    or t.dep == conj and t.left_edge.i > 1 and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS
+                    and (t.head.pos == NOUN or not _verb_in_ing(t) or _own_article(t))
                     # "Umbrella, toothbrush, suitcase on a desk": suitcase the root past the first item's chunk
                     or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and doc[t.i - 1].text == ",")
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
@@ -527,6 +533,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     and (_own_article(t) or doc[t.i - 1].text == ",")
                     # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
                     or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
+                    # "A snowboard near parking meters and baseball bats": snowboard an nmod of bats, before a place
+                    or (t.dep == nmod or t.dep == npadvmod) and t.head.i > t.i and doc[t.i + 1].lower_ in PLACE_PREPS
                     # "A man's oven": man the poss of oven/JJ, which no chunk holds
                     or t.dep == poss and t.head.pos != NOUN and t.head.pos != PROPN
                     # "A kettle, toaster, vase in ...": toaster a prep of the comma; "A towel, couch, ski on ...": ski
@@ -547,6 +555,11 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
         # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
         loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _verb_in_ing(t) -> bool:
+    """A word in -ing that names no thing (NOT_GERUNDS, object words): a verb, whatever the parser took it for."""
+    return t.lower_.endswith("ing") and t.lower_ not in NOT_GERUNDS and t.lower not in _object_word_ids()
 
 
 def _shares_head(t) -> bool:
@@ -739,9 +752,9 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     tracks": train/VB, "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is
     a fire hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end) or, known as a
     noun only (`nouns`), opens one (_misread_list_start); an object word too where it opens the caption
-    (_misread_opening). Either kind also where it is an item of a list written with commas only (_comma_listed); an
-    object word also after an owner's "'s" (_owned); another word also where it ends a known name with its compound
-    (_name_end: "hair drier", drier/JJR)."""
+    (_misread_opening), or further on after its article. Either kind also where it is an item of a list written with
+    commas only (_comma_listed); an object word also after an owner's "'s" (_owned); another word also where it ends
+    a known name with its compound (_name_end: "hair drier", drier/JJR)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
                 or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns)
@@ -751,20 +764,22 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS or t.dep_ == "poss" for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
-                                        or _listed_with_object(tok)))
+                                        or _listed_with_object(tok)
+                                        # "A lantern and microwave sitting on ...": lantern/JJ, microwave/VB
+                                        or tok.head.i == tok.i - 2 and tok.head.lower_ in nouns))
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
-            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
+            or _misread_opening(tok) >= 0 or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
             or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok))
 
 
 def _comma_listed(tok, nouns: frozenset[str]) -> bool:
-    """An object word or a word known as a noun only (`nouns`; a plural in -s of one) that the parser took for no
-    noun, as an item of a list written with commas only: "A banana, pillow, towel on a table" (towel/VBP the root,
+    """An object word or a word known as a noun only (`nouns`; a plural in -s of one; tagged as a verb's base form,
+    any noun) that the parser took for no noun, as an item of a list written with commas only: "A banana, pillow, towel on a table" (towel/VBP the root,
     pillow a dep of it), "A pillow, surfboard, broccoli on a table" (surfboard/JJ, broccoli/VBZ), "Lanterns, kites,
     skateboards" (kites/VBZ the root), "A napkin, jar, mirror in a kitchen" (napkin/JJ, the first item). Its item
-    ends at a comma, a place or the caption's end; a noun and a comma come before it, or it opens the caption (after
+    ends at a comma, a place, "and" or the caption's end; a noun and a comma come before it, or it opens the caption (after
     an article) with a comma and a noun after it; and the list has a second comma or an "and" ("A cat, sleeps on" is
     none)."""
     # lexeme flags first, and a comma beside it (a flag, then the text): _misread_noun sees every word
@@ -779,7 +794,8 @@ def _comma_listed(tok, nouns: frozenset[str]) -> bool:
     else:
         return False  # most words: no comma beside them
     after = doc[i + 1] if i + 1 < len(doc) else None
-    if after is not None and after.text != "," and after.lower_ not in PLACE_PREPS and after.tag_ != ".":
+    if (after is not None and after.text != "," and after.lower_ not in PLACE_PREPS and after.tag_ != "."
+            and after.lower_ not in ("and", "or")):  # "Bed, remote and spoon on a table": remote/JJ an amod of Bed
         return False
     if tok.pos in _noun_pos() or not (item.pos in _noun_pos() or item.lower in _object_word_ids()
                                       or item.lower_ in nouns):
@@ -787,7 +803,9 @@ def _comma_listed(tok, nouns: frozenset[str]) -> bool:
     word = tok.lower_
     if tok.lower not in _object_word_ids():
         stem = word[:-2] if word.endswith("es") and word[:-2] in nouns else word[:-1]
-        if not (word in nouns or tok.tag_ == "VBZ" and stem in nouns and stem not in ACTS):
+        if not (word in nouns or tok.tag_ == "VBZ" and stem in nouns and stem not in ACTS
+                # "A mirror, keyboard, blanket in a kitchen": blanket/VBP the root, a noun and an adjective too
+                or tok.tag_ in ("VB", "VBP") and word in getattr(nouns, "adjectives_too", ())):
             return False
         if word in _colour_words() or word in MATERIALS:
             return False
@@ -828,20 +846,26 @@ def _counted_verb(tok, nouns: frozenset[str]) -> bool:
             and (word[:-1] in nouns or word.endswith("es") and word[:-2] in nouns))
 
 
-def _misread_opening(tok) -> bool:
-    """An object word after the caption's article and adjectives, before a preposition: the thing the caption
-    is about, whatever the parser took it for ("An oven next to two zebras": oven/JJ an amod of next; "A white
-    oven with a black ...": oven/VBN the root; "An oven resting on ...", "An oven lies next to ...": before a
-    verb). Not before a noun ("An orange cat") or "and"."""
+def _misread_opening(tok) -> int:
+    """Where the phrase starts (its article) of an object word after its article and adjectives, before a
+    preposition: the thing the phrase names, whatever the parser took it for, or -1. At the caption's start ("An
+    oven next to two zebras": oven/JJ an amod of next; "A white oven with a black ...": oven/VBN the root; "An oven
+    resting on ...", "An oven lies next to ...": before a verb) or further on ("A basket sitting on an oven next to
+    a ...": oven/JJ an amod of next/JJ, the object of on). Not before a noun ("An orange cat") or "and"."""
     doc = tok.doc
-    if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
-        return False
+    if tok.i == 0 or tok.i + 1 >= len(doc):
+        return -1
+    start = tok.i - 1  # up to two adjectives that are no object words between the article and the word
+    while start > 0 and tok.i - start < 3 and doc[start].tag_ == "JJ" and doc[start].lower not in _object_word_ids():
+        start -= 1
+    if doc[start].lower_ not in ("a", "an", "the"):
+        return -1
     nxt = doc[tok.i + 1]
     # "An oven placed next to ...", "An oven topped with ...": not "An orange colored cat", "A remote controlled car"
     participle = (nxt.tag_ == "VBN" and tok.lower_ not in _colour_words()
                   and (tok.i + 2 == len(doc) or doc[tok.i + 2].pos_ not in ("NOUN", "PROPN", "ADJ")))
-    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle)
-            and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
+    placed = nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle
+    return start if placed else -1
 
 
 def _after_adjectives(tok) -> bool:
@@ -883,7 +907,9 @@ def _misread_list_start(tok, nouns: frozenset[str]) -> bool:
     doc = tok.doc
     return (tok.tag_ in ("JJ", "VB", "VBP") and tok.i + 2 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns and tok.lower_ not in _colour_words() and tok.lower_ not in MATERIALS
-            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts))
+            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts)
+                 # "A lantern and microwave sitting on ...": A the det of sitting, lantern/JJ an amod of it
+                 or tok.i == 1 and doc[0].lower_ in ("a", "an"))
             and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids())
                     for c in tok.rights))
 
@@ -892,12 +918,17 @@ def _listed_after_noun(tok) -> bool:
     """Whether `tok` follows "and" or "or" right after a noun and has no words of its own but that noun and
     a place after it: the list's next item, whatever the parser hung it on ("A boat and fork": fork/VB the
     root with boat its subject; "There is a dining table and skateboard here": skateboard/RB an advmod of
-    here). Not one before a noun, verb or adjective, as in _misread_list_end: it may be that word's modifier."""
+    here; "Hair drier, shelf and spoon on a table": spoon/VB the root, the list's first item its subject, "on" its
+    particle and the table its object). Not one before a noun, verb or adjective, as in _misread_list_end: it may be
+    that word's modifier."""
     doc = tok.doc
     if tok.i < 2 or doc[tok.i - 1].lower_ not in ("and", "or") or doc[tok.i - 2].pos_ not in ("NOUN", "PROPN"):
         return False
-    return (all(c.i == tok.i - 2 or c.dep_ in ("prep", "punct") for c in tok.children)
-            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")))
+    place = next((c.i for c in tok.rights if c.dep_ == "prt" and c.lower_ in PLACE_PREPS), len(doc))
+    return (all(c.i == tok.i - 2 or c.dep_ in ("prep", "punct") or c.dep_ == "nsubj" and c.i < tok.i
+                or c.i == place or c.dep_ == "dobj" and c.i > place for c in tok.children)
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or doc[tok.i + 1].tag_ == "VBG"))  # "A tray and skateboard sitting on ...": skateboard/RB
 
 
 def _listed_with_object(tok) -> bool:
@@ -978,7 +1009,11 @@ def _misread_entity(tok, nouns: frozenset[str] = frozenset()) -> tuple[str, int,
         name_start = doc[tok.i - 1]
         label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
-    first = 0 if _misread_opening(tok) else min([name_start.i] + [t.left_edge.i for t in mods])  # "An oven next to"
+    first = _misread_opening(tok)  # "An oven next to": its article the det of next
+    if first < 0:
+        first = min([name_start.i] + [t.left_edge.i for t in mods])
+        if first > 0 and doc[first - 1].lower_ in ("a", "an"):
+            first -= 1  # "An orange and basket sitting on ...": An the det of sitting, orange/JJ an nmod of it
     if _comma_listed(tok, nouns):
         # its own item only: "A napkin, jar, mirror in ..." (A the det of mirror/VBP), from its article if it opens
         first = 0 if tok.i == 1 else max([first] + [k + 1 for k in range(first, name_start.i) if doc[k].text == ","])
@@ -1028,14 +1063,24 @@ def _known_verbs(nlp) -> frozenset[str]:
         return frozenset()
 
 
+class _Nouns(frozenset):
+    """Words known as nouns and not as adjectives; `adjectives_too`: those known as both ("blanket"), which a
+    word the parser tagged as a verb's base form may be (_comma_listed), its adjective sense then out of play."""
+
+    adjectives_too: frozenset[str] = frozenset()
+
+
 def _known_nouns_only(nlp) -> frozenset[str]:
     """The words the pipeline's rule lemmatizer knows as nouns and not as adjectives ("lantern", not "small"),
-    or none for a pipeline without them."""
+    with the others it knows as nouns (_Nouns), or none for a pipeline without them."""
     try:
         index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
-        return frozenset(index["noun"]) - frozenset(index["adj"])
+        nouns, adjectives = frozenset(index["noun"]), frozenset(index["adj"])
     except (KeyError, AttributeError):
         return frozenset()
+    only = _Nouns(nouns - adjectives)
+    only.adjectives_too = nouns & adjectives
+    return only
 
 
 class _MemoAttributes:
@@ -1222,7 +1267,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 14  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 15  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -1258,7 +1303,13 @@ EXTRACTOR_VERSION = 14  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # thing after an adjective's "and" ("A clock that is white and a lantern"); 14: lists with commas only before a place
 # ("A banana, pillow, towel on a table"), an owned thing misread ("A man's oven"), "near" read as an adjective ("A
 # remote near trains"), a name's second word read as a comparative ("hair drier"), listed words sharing a head with no
-# article ("Coffee and end tables", "Side and end tables")
+# article ("Coffee and end tables", "Side and end tables"); 15: a list's last item hung on a verb or a misread item ("A
+# girl holding a trophy and a curtain", "An orange and basket sitting on"), a thing hung on the place after it ("A big
+# shelf next to", "A snowboard near parking meters and ..."), capitalised plurals of nouns opening a comma list
+# ("Towels, zebras, ..."), a thing misread after its article further on ("sitting on an oven next to"), list items
+# misread before "on" read as a particle ("..., shelf and spoon on a table") or before a verb in -ing ("A tray and
+# skateboard sitting on"), a comma list's item before "and" ("Bed, remote and spoon"), a noun that is an adjective
+# too read as a verb in a comma list ("A mirror, keyboard, blanket in a kitchen")
 
 
 class EntityCache:
