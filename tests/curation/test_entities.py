@@ -1012,3 +1012,40 @@ def test_comma_lists_opening_with_a_capitalised_plural_or_holding_a_noun_that_is
         [("Towels", "towel"), ("zebras", "zebra"), ("statues", "statue"), ("a table", "table")],
         [("mirror", "mirror"), ("keyboard", "keyboard"), ("blanket", "blanket"), ("a kitchen", "kitchen")],
         [("fire hydrant", "fire hydrant"), ("hot dog", "hot dog"), ("blanket", "blanket"), ("a kitchen", "kitchen")]]
+
+
+def test_misread_things_before_being_full_of_or_at_the_end_after_an_owner(extract):
+    """An object word the parser took for no noun after its article or owner: "A remote being pulled by ..." (being/NN
+    after it), "An oven full of bowls" (before an adjective's "of"), "A big red oven with ..." (red/NN between),
+    "A woman holding her oven" (at the end, after "her")."""
+    caps = ["A remote being pulled by a lamp.", "An oven full of bowls.", "A big red oven with a person.",
+            "A woman holding her oven.", "A man holding an orange."]
+    assert pairs(extract, caps) == [
+        [("A remote", "remote"), ("a lamp", "lamp")], [("An oven", "oven"), ("bowls", "bowl")],
+        [("A big red oven", "oven"), ("a person", "person")], [("A woman", "woman"), ("her oven", "oven")],
+        [("A man", "man"), ("an orange", "orange")]]
+
+
+def test_things_had_set_or_with_an_article_that_the_parser_took_for_no_noun(extract):
+    """"A giraffe that has kites in it": kites (NNS or VBZ) the head of a relative clause with "has" its auxiliary;
+    "A napkin set on a teddy bear": set/NN the head, napkin (no object word) its compound; "A horse with a lantern
+    sticking out of it": lantern/JJ the object of with; "A handbag, fire hydrant, train": hydrant/RB before a comma,
+    the chunk's head train."""
+    caps = ["A giraffe that has kites in it.", "A bear that has kites in it.", "A teddy bear that has oranges in it.",
+            "A napkin set on a teddy bear.", "A horse with a lantern sticking out of it.",
+            "A handbag, fire hydrant, train."]
+    assert pairs(extract, caps) == [
+        [("A giraffe", "giraffe"), ("kites", "kite")], [("A bear", "bear"), ("kites", "kite")],
+        [("A teddy bear", "teddy bear"), ("oranges", "orange")],
+        [("A napkin", "napkin"), ("a teddy bear", "teddy bear")],
+        [("A horse", "horse"), ("a lantern", "lantern")],
+        [("A handbag", "handbag"), ("fire hydrant", "fire hydrant"), ("train", "train")]]
+
+
+def test_a_verb_in_ing_after_and_with_its_object_beside_it(extract):
+    """"A woman eating a sandwich and drinking coffee": drinking/NN a chunk of its own, coffee another conj of
+    sandwich; "drinking" was a thing. "cutting boards" stays a name."""
+    caps = ["A woman eating a sandwich and drinking coffee.", "A fork, knife and cutting boards."]
+    assert pairs(extract, caps) == [
+        [("A woman", "woman"), ("a sandwich", "sandwich"), ("coffee", "coffee")],
+        [("A fork", "fork"), ("knife", "knife"), ("cutting boards", "cutting board")]]

@@ -93,7 +93,8 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) else _chunk_label(chunk, verbs)
+    got = (None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) or _ing_listed(chunk, verbs)
+           else _chunk_label(chunk, verbs))
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -118,8 +119,26 @@ def _acting(t, verbs: frozenset[str]) -> bool:
     if (t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",")
             and doc[t.i + 1].lower_ not in ("next", "alone")):  # "A helmet sitting alone on ..." (alone/JJ)
         return False
-    stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
+    return _ing_of_verb(word, verbs)  # "parking" no (before a noun)
+
+
+def _ing_of_verb(word: str, verbs: frozenset[str]) -> bool:
+    """Whether a word in -ing is a known verb's ("sitting" -> sit, "hanging" -> hang, "resting" -> rest)."""
+    stem = word[:-3]
     return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
+
+
+def _ing_listed(chunk, verbs: frozenset[str]) -> bool:
+    """A bare verb in -ing after "and" that the parser took for a noun, its object hung beside it rather than on it:
+    "A woman eating a sandwich and drinking coffee" (drinking/NN and coffee both conjs of sandwich); not the first
+    word of a name ("cutting boards")."""
+    t = chunk.root
+    if len(chunk) != 1 or t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
+        return False
+    doc = t.doc
+    return (doc[t.i - 1].lower_ in ("and", "or") and doc[t.i + 1].pos_ in ("NOUN", "PROPN")
+            and doc[t.i + 1].head.i != t.i and _ing_of_verb(t.lower_, verbs)
+            and _fixed_after(t, doc[t.i + 1]) is None)  # "A fork, knife and cutting boards": a name
 
 
 def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
@@ -230,6 +249,9 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
              and t.i >= chunk.start]
     if not nouns and head.i > chunk.start and _acting(head, verbs):
         nouns = [doc[head.i - 1]]  # "A helmet sitting on a chair": helmet no object word, sitting/NN its head
+    if (not nouns and head.lower_ == "set" and head.i > chunk.start and head.i + 1 < len(doc)
+            and doc[head.i + 1].tag_ == "IN" and doc[head.i - 1].dep_ == "compound" and doc[head.i - 1].pos_ == "NOUN"):
+        nouns = [doc[head.i - 1]]  # "A napkin set on a bed": set/NN (the participle) the head, napkin no object word
     if not nouns and head.lower_.endswith("ing") and _verb_with_object(head):
         # "A boy wearing a helmet riding a bike": riding/NN with an object of its own, a verb; helmet its compound
         before = doc[head.i - 1]
@@ -400,6 +422,8 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                     and not _object_adjective(t) and not _listed_fruit(t, nouns)
                     and not (t.i == 0 and t.pos_ == "PROPN")  # "Jars and hair driers": Jars/NNP
                     and (t.is_stop or not _comma_listed(t, nouns))  # "A napkin, person, ...": napkin/JJ an nmod
+                    # "A handbag, fire hydrant, train": hydrant/RB an appos of handbag, before a comma
+                    and not (doc[t.i + 1].text == "," and t.lower in _object_word_ids())
                     # "Side and end tables": Side/JJ an nmod of tables, with which it names a thing
                     and not (t.n_rights and doc[t.i + 1].lower_ in _LIST_WORDS
                              and f"{t.lower_} {_singular(root)}" in _known_names())):
@@ -502,7 +526,7 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     them (_beside_comma) and an owner whose thing the parser took for no noun ("A man's oven"). `nouns`: for
     _split_chunks."""
     from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, acl, advcl, advmod, amod, attr, conj, dep, dobj, nmod,
-                               npadvmod, nsubj, pobj, poss, prep)
+                               npadvmod, nsubj, pobj, poss, prep, relcl)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
@@ -543,7 +567,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     # motorcycle, before it
                     or (t.dep == prep or t.dep == acl or t.dep == advcl or t.dep == dep
                         or t.dep == amod and t.head.i < t.i) and _beside_comma(t)
-                    or t.head.tag_ == "VBG" and _ing_subject(t)):
+                    or t.head.tag_ == "VBG" and _ing_subject(t)
+                    or t.dep == relcl and _had(t)):  # "A giraffe that has kites in it": kites/NNS a relcl
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and (_misread_list_head(t, nouns) or _shares_head(t))):
@@ -555,6 +580,13 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
         # split as the chunks: "A banana and cell phone sitting on ...", one phrase from banana to phone
         loose = list(_split_chunks([doc[_phrase_start(t) : t.i + 1] for t in loose if t.i not in held], nouns))
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
+
+
+def _had(t) -> bool:
+    """A word the parser made a verb with "has" (or "have", "had") right before it as its auxiliary: the thing had
+    ("A giraffe that has kites in it": kites/NNS or VBZ a relcl, has its aux)."""
+    return t.i > 0 and t.doc[t.i - 1].lower_ in ("has", "have", "had") and t.doc[t.i - 1].head.i == t.i and \
+        t.doc[t.i - 1].dep_ == "aux"
 
 
 def _verb_in_ing(t) -> bool:
@@ -641,6 +673,8 @@ def _verb_subject(t) -> bool:
 def _phrase_start(t) -> int:
     """Where a loose noun's phrase starts: at its left edge, or for a verb's subject (_verb_subject) at the
     article and adjectives before it, which the parser hung on the verb too ("A brown dog runs")."""
+    if t.dep_ == "relcl":  # the thing had (_had): not "that has"
+        return t.i
     if t.head.i == t.i:  # a root past a chunk (_root_past_chunk): its own article and modifiers next to it
         start = t.i
         while start > 0 and t.doc[start - 1].head.i == t.i and t.doc[start - 1].dep_ in _MODIFIER_DEPS:
@@ -758,7 +792,8 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
                 or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns)
-                or not tok.is_stop and _comma_listed(tok, nouns) or tok.n_lefts and _name_end(tok))
+                or not tok.is_stop and _comma_listed(tok, nouns) or tok.n_lefts and _name_end(tok)
+                or tok.tag_ == "JJ" and tok.n_lefts and _noun_with_article(tok, nouns))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS or t.dep_ == "poss" for t in tok.lefts)
@@ -771,7 +806,14 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
             or _misread_opening(tok) >= 0 or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
-            or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok))
+            or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok)
+            or tok.dep_ == "relcl" and _had(tok))  # "A bear that has kites in it": kites/VBZ
+
+
+def _noun_with_article(tok, nouns: frozenset[str]) -> bool:
+    """A word known as a noun only (`nouns`) that the parser tagged as an adjective yet made the object of a
+    preposition or a verb, with an article of its own: "A horse with a lantern sticking out of it" (lantern/JJ)."""
+    return tok.dep_ in ("pobj", "dobj") and tok.lower_ in nouns and _own_article(tok)
 
 
 def _comma_listed(tok, nouns: frozenset[str]) -> bool:
@@ -847,24 +889,30 @@ def _counted_verb(tok, nouns: frozenset[str]) -> bool:
 
 
 def _misread_opening(tok) -> int:
-    """Where the phrase starts (its article) of an object word after its article and adjectives, before a
+    """Where the phrase starts (its article or owner) of an object word after its article and adjectives, before a
     preposition: the thing the phrase names, whatever the parser took it for, or -1. At the caption's start ("An
     oven next to two zebras": oven/JJ an amod of next; "A white oven with a black ...": oven/VBN the root; "An oven
-    resting on ...", "An oven lies next to ...": before a verb) or further on ("A basket sitting on an oven next to
-    a ...": oven/JJ an amod of next/JJ, the object of on). Not before a noun ("An orange cat") or "and"."""
+    resting on ...", "An oven lies next to ...", "A remote being pulled by ...": before a verb; "An oven full of
+    bowls": before an adjective's preposition) or further on ("A basket sitting on an oven next to a ...": oven/JJ an
+    amod of next/JJ, the object of on); at the caption's end too ("A woman holding her oven": oven/JJ). Not before a
+    noun ("An orange cat") or "and"."""
     doc = tok.doc
-    if tok.i == 0 or tok.i + 1 >= len(doc):
+    if tok.i == 0:
         return -1
-    start = tok.i - 1  # up to two adjectives that are no object words between the article and the word
-    while start > 0 and tok.i - start < 3 and doc[start].tag_ == "JJ" and doc[start].lower not in _object_word_ids():
+    start = tok.i - 1  # up to two adjectives (colours too: "A big red oven", red/NN) that are no object words
+    while (start > 0 and tok.i - start < 3 and (doc[start].tag_ == "JJ" or doc[start].lower_ in _colour_words())
+           and doc[start].lower not in _object_word_ids()):
         start -= 1
-    if doc[start].lower_ not in ("a", "an", "the"):
+    if doc[start].lower_ not in _ARTICLES_AND_OWNERS:
         return -1
+    if tok.i + 1 == len(doc) or doc[tok.i + 1].tag_ == "." and tok.i + 2 == len(doc):
+        return start
     nxt = doc[tok.i + 1]
     # "An oven placed next to ...", "An oven topped with ...": not "An orange colored cat", "A remote controlled car"
     participle = (nxt.tag_ == "VBN" and tok.lower_ not in _colour_words()
                   and (tok.i + 2 == len(doc) or doc[tok.i + 2].pos_ not in ("NOUN", "PROPN", "ADJ")))
-    placed = nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle
+    placed = (nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near", "being") or participle
+              or nxt.tag_ == "JJ" and tok.i + 2 < len(doc) and doc[tok.i + 2].tag_ == "IN")
     return start if placed else -1
 
 
@@ -1309,7 +1357,10 @@ EXTRACTOR_VERSION = 15  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # ("Towels, zebras, ..."), a thing misread after its article further on ("sitting on an oven next to"), list items
 # misread before "on" read as a particle ("..., shelf and spoon on a table") or before a verb in -ing ("A tray and
 # skateboard sitting on"), a comma list's item before "and" ("Bed, remote and spoon"), a noun that is an adjective
-# too read as a verb in a comma list ("A mirror, keyboard, blanket in a kitchen")
+# too read as a verb in a comma list ("A mirror, keyboard, blanket in a kitchen"), things misread before "being", "full
+# of" or at the end after an owner ("A woman holding her oven"), things had read as a verb ("that has kites in it"),
+# "A napkin set on", a noun read as an adjective with its article ("with a lantern sticking out"), a misread name
+# before a comma ("A handbag, fire hydrant, train"), no verb in -ing beside its object ("and drinking coffee")
 
 
 class EntityCache:
