@@ -1049,3 +1049,41 @@ def test_a_verb_in_ing_after_and_with_its_object_beside_it(extract):
     assert pairs(extract, caps) == [
         [("A woman", "woman"), ("a sandwich", "sandwich"), ("coffee", "coffee")],
         [("A fork", "fork"), ("knife", "knife"), ("cutting boards", "cutting board")]]
+
+
+def test_comma_list_items_hung_anywhere(extract):
+    """Items of a comma list in no chunk, whatever the parser hung them on: "A kettle, scissors, ladder on ..." (kettle
+    an npadvmod of ladder), "Kites, mice, trays on ..." (Kites an amod of trays), "A cup, umbrella, jar on ..." (jar an
+    appos of cup), "A candle, donut, cow in ..." (cow an appos with ", donut ," its own words), "A baseball bat, fire
+    hydrant and jar" (hydrant an amod of bat), "A snowboard, statue, lantern" (snowboard a preconj)."""
+    caps = ["A kettle, scissors, ladder on a table.", "Kites, mice, trays on a table.",
+            "A cup, umbrella, jar on a table.",
+            "A candle, donut, cow in a kitchen.", "A baseball bat, fire hydrant and jar.",
+            "A snowboard, statue, lantern in a kitchen.", "Surfboard, sports ball, bottle on a desk."]
+    assert pairs(extract, caps) == [
+        [("A kettle", "kettle"), ("scissors", "scissors"), ("ladder", "ladder"), ("a table", "table")],
+        [("Kites", "kite"), ("mice", "mouse"), ("trays", "tray"), ("a table", "table")],
+        [("A cup", "cup"), ("umbrella", "umbrella"), ("jar", "jar"), ("a table", "table")],
+        [("A candle", "candle"), ("donut", "donut"), ("cow", "cow"), ("a kitchen", "kitchen")],
+        [("A baseball bat", "baseball bat"), ("fire hydrant", "fire hydrant"), ("jar", "jar")],
+        [("snowboard", "snowboard"), ("statue", "statue"), ("lantern", "lantern"), ("a kitchen", "kitchen")],
+        [("Surfboard", "surfboard"), ("sports ball", "sports ball"), ("bottle", "bottle"), ("a desk", "desk")]]
+
+
+def test_misread_list_items_side_by_side_materials_and_a_verb_in_ing_last(extract):
+    """"A lantern and candle sitting on ..." (both tagged as no noun), "A kite, statue, and napkin" (napkin/RB), "A rug
+    next to a fire hydrant and frisbee" (hydrant an amod of rug), "A helmet and a fire hydrant side by side" (helmet
+    shared "side"), "A snowboard and a hat sitting side by side" (hat a conj), "A surfboard set on" (surfboard an amod
+    of set), "A wooden bear and a metal oven" (oven/RB: "metal" was the thing), "A young boy holding a bus and
+    smiling" (smiling/NN)."""
+    caps = ["A lantern and candle sitting on a table.", "A kite, statue, and napkin.",
+            "A rug next to a fire hydrant and frisbee.", "A helmet and a fire hydrant side by side.",
+            "A snowboard and a hat sitting side by side.", "A surfboard set on an oven.",
+            "A wooden bear and a metal oven.", "A young boy holding a bus and smiling."]
+    assert pairs(extract, caps) == [
+        [("A lantern", "lantern"), ("candle", "candle"), ("a table", "table")],
+        [("A kite", "kite"), ("statue", "statue"), ("napkin", "napkin")],
+        [("A rug", "rug"), ("a fire hydrant", "fire hydrant"), ("frisbee", "frisbee")],
+        [("A helmet", "helmet"), ("a fire hydrant", "fire hydrant")], [("A snowboard", "snowboard"), ("a hat", "hat")],
+        [("A surfboard", "surfboard"), ("an oven", "oven")], [("A wooden bear", "bear"), ("a metal oven", "oven")],
+        [("A young boy", "boy"), ("a bus", "bus")]]

@@ -130,15 +130,17 @@ def _ing_of_verb(word: str, verbs: frozenset[str]) -> bool:
 
 def _ing_listed(chunk, verbs: frozenset[str]) -> bool:
     """A bare verb in -ing after "and" that the parser took for a noun, its object hung beside it rather than on it:
-    "A woman eating a sandwich and drinking coffee" (drinking/NN and coffee both conjs of sandwich); not the first
-    word of a name ("cutting boards")."""
+    "A woman eating a sandwich and drinking coffee" (drinking/NN and coffee both conjs of sandwich), or with none
+    ("A boy holding a bus and smiling."); not the first word of a name ("cutting boards")."""
     t = chunk.root
     if len(chunk) != 1 or t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
         return False
     doc = t.doc
-    return (doc[t.i - 1].lower_ in ("and", "or") and doc[t.i + 1].pos_ in ("NOUN", "PROPN")
-            and doc[t.i + 1].head.i != t.i and _ing_of_verb(t.lower_, verbs)
-            and _fixed_after(t, doc[t.i + 1]) is None)  # "A fork, knife and cutting boards": a name
+    nxt = doc[t.i + 1]
+    return (doc[t.i - 1].lower_ in ("and", "or") and _ing_of_verb(t.lower_, verbs)
+            and (nxt.pos_ in ("NOUN", "PROPN") and nxt.head.i != t.i
+                 and _fixed_after(t, nxt) is None  # "A fork, knife and cutting boards": a name
+                 or nxt.is_punct or nxt.tag_ == "IN"))  # "A boy holding a bus and smiling.", "... and smiling at"
 
 
 def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
@@ -243,6 +245,9 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN" and not (
             head.i + 2 < len(doc) and doc[head.i + 1].lower_ in _LIST_WORDS and _shared_name(head, head.lower_)):
         return None  # "Side and end tables" (side/JJ a stop word): side tables, _shared_name
+    if (head.lower_ in MATERIALS and head.i + 1 < len(doc) and doc[head.i + 1].lower in _object_word_ids()
+            and doc[head.i + 1].pos_ not in ("NOUN", "PROPN")):
+        return None  # "A wooden bear and a metal oven" (oven/RB the root): the oven (_misread_opening), no "metal"
     last, verb = chunk.end - 1, -1  # verb: a verb in -s taken for the head (_verb_read_as_noun)
     # within the chunk: "A ski and two baskets" split (_split_chunks), ski no modifier of "two baskets"
     nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()
@@ -266,8 +271,10 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
         head = nouns[-1]
         last = head.i
     elif (nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS
-          and (nouns[-1].dep_ == "compound" or _object_adjective(nouns[-1]))):
-        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ
+          and (nouns[-1].dep_ == "compound" or nouns[-1].pos_ == "NOUN" or _object_adjective(nouns[-1]))):
+        # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ; "A surfboard set on":
+        # surfboard/NN an amod
+        head = nouns[-1]
         last = head.i
     elif _side_by_side(head) is not None:
         head = _side_by_side(head)  # "A hat side by side" (hat a compound of the first "side"): the hat
@@ -347,7 +354,9 @@ def _side_by_side(head):
     verb = doc[head.i - 1]  # "sitting" (VBG or NN) between them: the thing hung on it or on side
     verb = verb if verb.lower_.endswith("ing") and verb.lower_ not in NOT_GERUNDS else None
     thing = doc[head.i - 2] if verb is not None else doc[head.i - 1]
-    if thing.head.i not in (head.i, head.i - 1) or thing.dep_ not in ("compound", "amod", "nmod"):
+    # a list's second item hangs on the first: "A snowboard and a hat sitting side by side" (hat a conj)
+    if thing.dep_ != "conj" and (thing.head.i not in (head.i, head.i - 1)
+                                 or thing.dep_ not in ("compound", "amod", "nmod")):
         return None
     return thing if (thing.pos_ in ("NOUN", "PROPN") or thing.lower in _object_word_ids()
                      or thing.pos_ == "ADJ" and thing.lower_ not in _colour_words()) else None
@@ -501,8 +510,9 @@ def _listed_apart(t, head) -> bool:
                                          and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()):
         return True  # "A guitar and refrigerator sitting on a table" (sitting/NN the root): no thing shares a verb
     before = head.doc[head.i - 1]
-    if head.doc[t.i + 2].like_num or before.lower_ in _LIST_WORDS:
-        return True  # "A helmet and two bears": a count starts an item; "A guitar, blanket": nothing shared
+    if head.doc[t.i + 2].like_num or head.doc[t.i + 2].lower_ in ("a", "an") or before.lower_ in _LIST_WORDS:
+        return True  # "A helmet and two bears", "A helmet and a fire hydrant side by side": a count or an article
+        # starts an item; "A guitar, blanket": nothing shared
     return before.i > t.i + 1 and (f"{before.lower_} {_singular(head)}" in _known_names()
                                    or before.lower_ in _not_objects() and t.lower_ not in _not_objects()
                                    and t.lower_ not in SUBSTANCES)
@@ -568,7 +578,13 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or (t.dep == prep or t.dep == acl or t.dep == advcl or t.dep == dep
                         or t.dep == amod and t.head.i < t.i) and _beside_comma(t)
                     or t.head.tag_ == "VBG" and _ing_subject(t)
-                    or t.dep == relcl and _had(t)):  # "A giraffe that has kites in it": kites/NNS a relcl
+                    or t.dep == relcl and _had(t)  # "A giraffe that has kites in it": kites/NNS a relcl
+                    # any other item of a comma list, hung anywhere: "A kettle, scissors, ladder on": kettle an
+                    # npadvmod of ladder; "Kites, mice, trays": Kites an amod of trays; "A cup, umbrella, jar on":
+                    # jar an appos of cup; "A baseball bat, fire hydrant and jar": hydrant an amod of bat
+                    or t.dep != compound and _comma_item(t)
+                    # "A rug next to a fire hydrant and frisbee": hydrant an amod of rug, the object of "to"
+                    or t.dep == amod and t.head.i < t.i and t.left_edge.i > 0 and doc[t.left_edge.i - 1].tag_ == "IN"):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and (_misread_list_head(t, nouns) or _shares_head(t))):
@@ -599,6 +615,13 @@ def _shares_head(t) -> bool:
     "Side and end tables next to a clock" (Side/JJ the root, end/VB a conj of it, tables its object; _shared_name)."""
     doc = t.doc
     return t.i + 3 < len(doc) and doc[t.i + 1].lower_ in ("and", "or") and _shared_name(t, t.lower_) is not None
+
+
+def _comma_item(t) -> bool:
+    """A comma right beside the word or right before its phrase, in a list (two commas or "and"s at least)."""
+    doc, start = t.doc, t.left_edge.i
+    return ((_beside_comma(t) or start > 0 and doc[start - 1].text == ",")
+            and sum(w.lower_ in _LIST_WORDS for w in doc) > 1)
 
 
 def _beside_comma(t) -> bool:
@@ -680,11 +703,12 @@ def _phrase_start(t) -> int:
         while start > 0 and t.doc[start - 1].head.i == t.i and t.doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
         return start
-    start = t.left_edge.i
+    start, doc = t.left_edge.i, t.doc
     if t.dep_ == "compound" or t.head.tag_ == "VBG" and t.dep_ in ("amod", "nmod", "npadvmod"):
-        doc = t.doc
         while start > 0 and doc[start - 1].head.i == t.head.i and doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
+    while start < t.i and doc[start].lower_ in _LIST_WORDS:
+        start += 1  # "A candle, donut, cow in ...": the comma before donut hung on cow, no phrase ", donut"
     return start
 
 
@@ -899,8 +923,9 @@ def _misread_opening(tok) -> int:
     doc = tok.doc
     if tok.i == 0:
         return -1
-    start = tok.i - 1  # up to two adjectives (colours too: "A big red oven", red/NN) that are no object words
-    while (start > 0 and tok.i - start < 3 and (doc[start].tag_ == "JJ" or doc[start].lower_ in _colour_words())
+    start = tok.i - 1  # up to two adjectives (colours, materials: "A big red oven", red/NN) that are no object words
+    while (start > 0 and tok.i - start < 3
+           and (doc[start].tag_ == "JJ" or doc[start].lower_ in _colour_words() or doc[start].lower_ in MATERIALS)
            and doc[start].lower not in _object_word_ids()):
         start -= 1
     if doc[start].lower_ not in _ARTICLES_AND_OWNERS:
@@ -958,7 +983,8 @@ def _misread_list_start(tok, nouns: frozenset[str]) -> bool:
             and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts)
                  # "A lantern and microwave sitting on ...": A the det of sitting, lantern/JJ an amod of it
                  or tok.i == 1 and doc[0].lower_ in ("a", "an"))
-            and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids())
+            and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids()
+                                          or _misread_list_end(c, nouns))  # "A lantern and candle": candle/VB
                     for c in tok.rights))
 
 
@@ -997,16 +1023,18 @@ def _misread_list_end(tok, nouns: frozenset[str] = frozenset()) -> bool:
     is a lamp and towel here" (towel a conj of "is", _listed_with_object). A word with a verb's or an
     adjective's own dependents is none, nor one before a noun or the like that it makes no known name with
     ("a stop sign": a name, _misread_entity). A word known as a noun only (`nouns`) also after a comma, inside
-    the list: "A vase, tray, and toilet" (tray/JJ)."""
+    the list: "A vase, tray, and toilet" (tray/JJ); one tagged as an adverb too ("A kite, statue, and napkin":
+    napkin/RB). The list's first item may be such a word too ("A lantern and candle sitting on": lantern/JJ)."""
     doc = tok.doc
-    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ"):
-        return False
+    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") and not (tok.tag_ == "RB" and tok.lower_ in nouns):
+        return False  # "A kite, statue, and napkin": napkin/RB
     if doc[tok.i - 1].lower_ not in ("and", "or") and not (
             doc[tok.i - 1].text == "," and tok.i + 1 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns):
         return False
     head = tok.head  # "Tennis racket, rug and tray": tray a conj of rug/VB, itself a list item misread
     return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok)
+             or head.i == tok.i - 2 and head.lower_ in nouns  # "A lantern and candle sitting on": lantern/JJ
              or head.dep == _conj_id() and head.head.pos_ in ("NOUN", "PROPN") and _misread_list_end(head, nouns))
             and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
@@ -1360,7 +1388,9 @@ EXTRACTOR_VERSION = 15  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # too read as a verb in a comma list ("A mirror, keyboard, blanket in a kitchen"), things misread before "being", "full
 # of" or at the end after an owner ("A woman holding her oven"), things had read as a verb ("that has kites in it"),
 # "A napkin set on", a noun read as an adjective with its article ("with a lantern sticking out"), a misread name
-# before a comma ("A handbag, fire hydrant, train"), no verb in -ing beside its object ("and drinking coffee")
+# before a comma ("A handbag, fire hydrant, train"), no verb in -ing beside its object or last ("and drinking coffee",
+# "and smiling."), comma list items hung anywhere ("A kettle, scissors, ladder on"), an article starting a list item
+# ("A helmet and a fire hydrant side by side"), a list's second item side by side, "a metal oven" (oven/RB)
 
 
 class EntityCache:
