@@ -1087,3 +1087,21 @@ def test_misread_list_items_side_by_side_materials_and_a_verb_in_ing_last(extrac
         [("A helmet", "helmet"), ("a fire hydrant", "fire hydrant")], [("A snowboard", "snowboard"), ("a hat", "hat")],
         [("A surfboard", "surfboard"), ("an oven", "oven")], [("A wooden bear", "bear"), ("a metal oven", "oven")],
         [("A young boy", "boy"), ("a bus", "bus")]]
+
+
+def test_a_name_read_as_a_verb_or_a_clausal_subject_and_a_verb_in_ing_after_a_list(extract):
+    """"The stop sign and blanket are next to ...": sign/VB, blanket taken for a second verb of it; "The stop sign and
+    fire hydrant are on ...": sign a csubj, in no chunk; "A hair drier and refrigerator sitting on ...": sitting/NN a
+    conj of drier, a thing; "A baseball bat and helmet sitting on ...": helmet the compound of sitting/VBG, a conj;
+    "A remote near lanterns and buckets": "A" (remote's) taken for the article of lanterns, which made it a verb and
+    buckets a second one; "A toaster, kite, cell phone in ...": toaster a compound of phone, past a comma."""
+    caps = ["The stop sign and blanket are next to each other.", "The stop sign and fire hydrant are on the counter.",
+            "A hair drier and refrigerator sitting on a table.", "A baseball bat and helmet sitting on a table.",
+            "A remote near lanterns and buckets.", "A toaster, kite, cell phone in a kitchen."]
+    assert pairs(extract, caps) == [
+        [("The stop sign", "stop sign"), ("blanket", "blanket")],
+        [("The stop sign", "stop sign"), ("fire hydrant", "fire hydrant"), ("the counter", "counter")],
+        [("A hair drier", "hair drier"), ("refrigerator", "refrigerator"), ("a table", "table")],
+        [("A baseball bat", "baseball bat"), ("helmet", "helmet"), ("a table", "table")],
+        [("remote", "remote"), ("lanterns", "lantern"), ("buckets", "bucket")],
+        [("A toaster", "toaster"), ("kite", "kite"), ("cell phone", "cell phone"), ("a kitchen", "kitchen")]]

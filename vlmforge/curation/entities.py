@@ -136,8 +136,12 @@ def _ing_listed(chunk, verbs: frozenset[str]) -> bool:
     if len(chunk) != 1 or t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
         return False
     doc = t.doc
-    nxt = doc[t.i + 1]
-    return (doc[t.i - 1].lower_ in ("and", "or") and _ing_of_verb(t.lower_, verbs)
+    nxt, before = doc[t.i + 1], doc[t.i - 1]
+    if not _ing_of_verb(t.lower_, verbs):
+        return False
+    if before.pos_ == "NOUN":  # "A hair drier and refrigerator sitting on ...": sitting/NN a conj of drier
+        return nxt.tag_ == "IN"
+    return (before.lower_ in ("and", "or")
             and (nxt.pos_ in ("NOUN", "PROPN") and nxt.head.i != t.i
                  and _fixed_after(t, nxt) is None  # "A fork, knife and cutting boards": a name
                  or nxt.is_punct or nxt.tag_ == "IN"))  # "A boy holding a bus and smiling.", "... and smiling at"
@@ -153,7 +157,10 @@ def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
     if t.tag_ != "NNS" or t.lower in _object_word_ids():
         return False
     lefts = [g for c in t.lefts for g in (c.lefts if c.dep_ == "compound" else (c,))]
-    return (any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
+    doc = t.doc  # an "a" past a preposition is another word's: "A remote near lanterns and buckets" (near/JJ)
+    return (any(c.dep_ == "det" and c.lower_ in ("a", "an")
+                and not any(doc[k].tag_ == "IN" or doc[k].lower_ in PLACE_PREPS for k in range(c.i + 1, t.i))
+                or c.dep_ == "nsubj" for c in lefts)
             or t.head.i == t.i and any(c.dep_ == "conj" and c.i == t.i + 2 and t.doc[t.i + 1].lower_ in ("and", "or")
                                        and (c.tag_ in ("VBZ", "VBD") or _acts_listed(t, c, verbs))
                                        for c in t.rights))
@@ -211,6 +218,8 @@ def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
     head = t.head
     return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head, verbs))
             and t.lower not in _object_word_ids()
+            # "The stop sign and blanket are ...": sign/VB ends a name, a thing
+            and not (head.i > 0 and _fixed_after(t.doc[head.i - 1], head) is not None)
             # a plural noun's lemma may be no verb's: "grazes" -> "graz"; the word less its "s" is
             and (t.lemma_.lower() in verbs or t.tag_ == "NNS" and t.lower_[:-1] in verbs))
 
@@ -536,7 +545,7 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     them (_beside_comma) and an owner whose thing the parser took for no noun ("A man's oven"). `nouns`: for
     _split_chunks."""
     from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, acl, advcl, advmod, amod, attr, conj, dep, dobj, nmod,
-                               npadvmod, nsubj, pobj, poss, prep, relcl)
+                               npadvmod, nsubj, pobj, poss, prep, relcl, csubj)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
@@ -555,7 +564,7 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     or t.dep == conj and t.left_edge.i > 1 and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS
                     and (t.head.pos == NOUN or not _verb_in_ing(t) or _own_article(t))
                     # "Umbrella, toothbrush, suitcase on a desk": suitcase the root past the first item's chunk
-                    or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and doc[t.i - 1].text == ",")
+                    or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and _after_comma(t))
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
@@ -582,7 +591,9 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     # any other item of a comma list, hung anywhere: "A kettle, scissors, ladder on": kettle an
                     # npadvmod of ladder; "Kites, mice, trays": Kites an amod of trays; "A cup, umbrella, jar on":
                     # jar an appos of cup; "A baseball bat, fire hydrant and jar": hydrant an amod of bat
-                    or t.dep != compound and _comma_item(t)
+                    or (t.dep != compound or doc[t.i + 1].text == ",") and _comma_item(t)  # "A toaster, kite, ..."
+                    # "The stop sign and fire hydrant are on ...": sign a csubj of are, in no chunk
+                    or t.dep == csubj
                     # "A rug next to a fire hydrant and frisbee": hydrant an amod of rug, the object of "to"
                     or t.dep == amod and t.head.i < t.i and t.left_edge.i > 0 and doc[t.left_edge.i - 1].tag_ == "IN"):
                 loose.append(t)
@@ -615,6 +626,14 @@ def _shares_head(t) -> bool:
     "Side and end tables next to a clock" (Side/JJ the root, end/VB a conj of it, tables its object; _shared_name)."""
     doc = t.doc
     return t.i + 3 < len(doc) and doc[t.i + 1].lower_ in ("and", "or") and _shared_name(t, t.lower_) is not None
+
+
+def _after_comma(t) -> bool:
+    """A comma right before the word and its compounds ("A toaster, kite, cell phone in ...": phone the root)."""
+    doc, k = t.doc, t.i - 1
+    while k > 0 and doc[k].dep_ == "compound" and doc[k].head.i == t.i:
+        k -= 1
+    return doc[k].text == ","
 
 
 def _comma_item(t) -> bool:
@@ -679,8 +698,8 @@ def _ing_subject(t) -> bool:
     bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
     banana and cell phone sitting on a table": banana an nmod), in no noun chunk; or on one taken for a
     preposition's object ("A cow sitting on a napkin looking at the camera": napkin an amod of looking/pobj)."""
-    verb = t.head
-    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp"))
+    verb = t.head  # "A baseball bat and helmet sitting on ...": sitting/VBG a conj of bat, helmet its compound
+    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp", "conj"))
             and t.dep_ in ("compound", "amod", "nmod", "npadvmod"))
 
 
@@ -1390,7 +1409,9 @@ EXTRACTOR_VERSION = 15  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # "A napkin set on", a noun read as an adjective with its article ("with a lantern sticking out"), a misread name
 # before a comma ("A handbag, fire hydrant, train"), no verb in -ing beside its object or last ("and drinking coffee",
 # "and smiling."), comma list items hung anywhere ("A kettle, scissors, ladder on"), an article starting a list item
-# ("A helmet and a fire hydrant side by side"), a list's second item side by side, "a metal oven" (oven/RB)
+# ("A helmet and a fire hydrant side by side"), a list's second item side by side, "a metal oven" (oven/RB), a name
+# read as a verb before "and" ("The stop sign and blanket are"), a csubj noun, "sitting"/NN after a list, an "a" past
+# a preposition ("A remote near lanterns and buckets")
 
 
 class EntityCache:
