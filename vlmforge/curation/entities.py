@@ -132,8 +132,10 @@ def _ing_listed(chunk, verbs: frozenset[str]) -> bool:
     """A bare verb in -ing after "and" that the parser took for a noun, its object hung beside it rather than on it:
     "A woman eating a sandwich and drinking coffee" (drinking/NN and coffee both conjs of sandwich), or with none
     ("A boy holding a bus and smiling."); not the first word of a name ("cutting boards")."""
-    t = chunk.root
-    if len(chunk) != 1 or t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
+    if len(chunk) != 1:
+        return False
+    t = chunk[0]
+    if t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
         return False
     doc = t.doc
     nxt, before = doc[t.i + 1], doc[t.i - 1]
@@ -441,7 +443,7 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                     and not (t.i == 0 and t.pos_ == "PROPN")  # "Jars and hair driers": Jars/NNP
                     and (t.is_stop or not _comma_listed(t, nouns))  # "A napkin, person, ...": napkin/JJ an nmod
                     # "A handbag, fire hydrant, train": hydrant/RB an appos of handbag, before a comma
-                    and not (doc[t.i + 1].text == "," and t.lower in _object_word_ids())
+                    and not (t.lower in _object_word_ids() and doc[t.i + 1].text == ",")
                     # "Side and end tables": Side/JJ an nmod of tables, with which it names a thing
                     and not (t.n_rights and doc[t.i + 1].lower_ in _LIST_WORDS
                              and f"{t.lower_} {_singular(root)}" in _known_names())):
@@ -545,7 +547,7 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     them (_beside_comma) and an owner whose thing the parser took for no noun ("A man's oven"). `nouns`: for
     _split_chunks."""
     from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, acl, advcl, advmod, amod, attr, conj, dep, dobj, nmod,
-                               npadvmod, nsubj, pobj, poss, prep, relcl, csubj)
+                               npadvmod, nsubj, pobj, poss, prep, relcl, csubj, appos, preconj)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
@@ -591,7 +593,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     # any other item of a comma list, hung anywhere: "A kettle, scissors, ladder on": kettle an
                     # npadvmod of ladder; "Kites, mice, trays": Kites an amod of trays; "A cup, umbrella, jar on":
                     # jar an appos of cup; "A baseball bat, fire hydrant and jar": hydrant an amod of bat
-                    or (t.dep != compound or doc[t.i + 1].text == ",") and _comma_item(t)  # "A toaster, kite, ..."
+                    or (t.dep == npadvmod or t.dep == amod or t.dep == appos or t.dep == preconj or t.dep == nmod
+                        or t.dep == compound) and _comma_item(t)
                     # "The stop sign and fire hydrant are on ...": sign a csubj of are, in no chunk
                     or t.dep == csubj
                     # "A rug next to a fire hydrant and frisbee": hydrant an amod of rug, the object of "to"
@@ -637,10 +640,14 @@ def _after_comma(t) -> bool:
 
 
 def _comma_item(t) -> bool:
-    """A comma right beside the word or right before its phrase, in a list (two commas or "and"s at least)."""
-    doc, start = t.doc, t.left_edge.i
-    return ((_beside_comma(t) or start > 0 and doc[start - 1].text == ",")
-            and sum(w.lower_ in _LIST_WORDS for w in doc) > 1)
+    """A comma right beside the word or right before its phrase (after it, for a compound: "A toaster, kite, cell
+    phone": toaster a compound of phone), in a list (two commas or "and"s at least)."""
+    doc = t.doc
+    if t.dep_ == "compound":
+        beside = t.i + 1 < len(doc) and doc[t.i + 1].text == ","
+    else:
+        beside = _beside_comma(t) or t.left_edge.i > 0 and doc[t.left_edge.i - 1].text == ","
+    return beside and sum(w.lower_ in _LIST_WORDS for w in doc) > 1
 
 
 def _beside_comma(t) -> bool:
