@@ -941,3 +941,167 @@ def test_listed_words_that_share_a_head_with_no_article(extract):
         ["coffee table", "end table"], ["side table", "end table"], ["side table", "end table", "clock"],
         ["side table", "coffee table"], ["dining table", "end table", "room"], ["kite", "side table", "end table"],
         ["lamp", "end table"], ["coffee", "donut", "table"]]
+
+
+def pairs(extract, caps):
+    return [[(e.phrase, e.label) for e in ents] for ents in extract(caps)]
+
+
+def test_a_list_item_hung_on_a_verb_or_on_a_misread_item(extract):
+    """spaCy makes a chunk of a conj only when the word it is joined to heads a noun phrase: "A girl holding a trophy
+    and a curtain" (curtain a conj of holding), "An orange and basket sitting on ..." (basket a conj of orange/JJ),
+    "Teddy bear, surfboard and box on ..." (box a conj of surfboard, an amod of bear) lost the last item."""
+    caps = ["A girl holding a trophy and a curtain.", "A girl holding a dining table and a candle.",
+            "An orange and basket sitting on a table.", "An oven and bucket sitting on a table.",
+            "Teddy bear, surfboard and box on a table.", "Potted plant, remote and plate on a table.",
+            "A bus parked near a curb and a building."]
+    assert pairs(extract, caps) == [
+        [("A girl", "girl"), ("a trophy", "trophy"), ("a curtain", "curtain")],
+        [("A girl", "girl"), ("a dining table", "dining table"), ("a candle", "candle")],
+        [("An orange", "orange"), ("basket", "basket"), ("a table", "table")],
+        [("An oven", "oven"), ("bucket", "bucket"), ("a table", "table")],
+        [("Teddy bear", "teddy bear"), ("surfboard", "surfboard"), ("box", "box"), ("a table", "table")],
+        [("Potted plant", "potted plant"), ("remote", "remote"), ("plate", "plate"), ("a table", "table")],
+        [("A bus", "bus"), ("a curb", "curb"), ("a building", "building")]]
+
+
+def test_a_thing_hung_on_the_place_after_it(extract):
+    """"A big shelf next to a little cat": shelf an npadvmod of next (the root); "A snowboard near parking meters and
+    baseball bats": snowboard an nmod of bats; "A few baskets next to ...": baskets an npadvmod of next/RB. In no chunk,
+    the thing the caption is about was lost."""
+    caps = ["A big shelf next to a little cat.", "A big shelf next to a little mirror.",
+            "A snowboard near parking meters and baseball bats.", "A few baskets next to a sports ball."]
+    assert pairs(extract, caps) == [
+        [("A big shelf", "shelf"), ("a little cat", "cat")], [("A big shelf", "shelf"), ("a little mirror", "mirror")],
+        [("A snowboard", "snowboard"), ("parking meters", "parking meter"), ("baseball bats", "baseball bat")],
+        [("A few baskets", "basket"), ("a sports ball", "sports ball")]]
+
+
+def test_a_thing_misread_after_its_article_past_the_opening(extract):
+    """"A basket sitting on an oven next to a tennis racket": oven/JJ an amod of next/JJ, with "an" the det of next,
+    as at the caption's opening ("An oven next to ...")."""
+    caps = ["A basket sitting on an oven next to a tennis racket.", "A cat sitting on the big oven near a lamp."]
+    assert pairs(extract, caps) == [
+        [("A basket", "basket"), ("an oven", "oven"), ("a tennis racket", "tennis racket")],
+        [("A cat", "cat"), ("the big oven", "oven"), ("a lamp", "lamp")]]
+
+
+def test_list_items_misread_before_a_particle_a_verb_in_ing_or_and(extract):
+    """"Hair drier, shelf and spoon on a table": spoon/VB the root, "on" its particle, the table its object; "A tray and
+    skateboard sitting on ...": skateboard/RB an advmod of sitting; "A lantern and microwave sitting on ...": lantern/JJ
+    with "A" the det of sitting, microwave/VB a conj of it; "Bed, remote and spoon on ...": remote/JJ an amod of Bed,
+    between a comma and "and"."""
+    caps = ["Hair drier, shelf and spoon on a table.", "A tray and skateboard sitting on a table.",
+            "A handbag and remote sitting on a table.", "A lantern and microwave sitting on a table.",
+            "Bed, remote and spoon on a table."]
+    assert pairs(extract, caps) == [
+        [("Hair drier", "hair drier"), ("shelf", "shelf"), ("spoon", "spoon"), ("a table", "table")],
+        [("A tray", "tray"), ("skateboard", "skateboard"), ("a table", "table")],
+        [("A handbag", "handbag"), ("remote", "remote"), ("a table", "table")],
+        [("A lantern", "lantern"), ("microwave", "microwave"), ("a table", "table")],
+        [("Bed", "bed"), ("remote", "remote"), ("spoon", "spoon"), ("a table", "table")]]
+
+
+def test_comma_lists_opening_with_a_capitalised_plural_or_holding_a_noun_that_is_an_adjective_too(extract):
+    """"Towels, zebras, statues on a table": Towels/NNP an nmod of statues, its lemma a noun's only once made one
+    (towel is no object word); "A mirror, keyboard, blanket in a kitchen": blanket/VBP the root, known as an adjective
+    too ("a blanket ban"), which a word tagged as a verb is not here."""
+    caps = ["Towels, zebras, statues on a table.", "A mirror, keyboard, blanket in a kitchen.",
+            "A fire hydrant, hot dog, blanket in a kitchen."]
+    assert pairs(extract, caps) == [
+        [("Towels", "towel"), ("zebras", "zebra"), ("statues", "statue"), ("a table", "table")],
+        [("mirror", "mirror"), ("keyboard", "keyboard"), ("blanket", "blanket"), ("a kitchen", "kitchen")],
+        [("fire hydrant", "fire hydrant"), ("hot dog", "hot dog"), ("blanket", "blanket"), ("a kitchen", "kitchen")]]
+
+
+def test_misread_things_before_being_full_of_or_at_the_end_after_an_owner(extract):
+    """An object word the parser took for no noun after its article or owner: "A remote being pulled by ..." (being/NN
+    after it), "An oven full of bowls" (before an adjective's "of"), "A big red oven with ..." (red/NN between),
+    "A woman holding her oven" (at the end, after "her")."""
+    caps = ["A remote being pulled by a lamp.", "An oven full of bowls.", "A big red oven with a person.",
+            "A woman holding her oven.", "A man holding an orange."]
+    assert pairs(extract, caps) == [
+        [("A remote", "remote"), ("a lamp", "lamp")], [("An oven", "oven"), ("bowls", "bowl")],
+        [("A big red oven", "oven"), ("a person", "person")], [("A woman", "woman"), ("her oven", "oven")],
+        [("A man", "man"), ("an orange", "orange")]]
+
+
+def test_things_had_set_or_with_an_article_that_the_parser_took_for_no_noun(extract):
+    """"A giraffe that has kites in it": kites (NNS or VBZ) the head of a relative clause with "has" its auxiliary;
+    "A napkin set on a teddy bear": set/NN the head, napkin (no object word) its compound; "A horse with a lantern
+    sticking out of it": lantern/JJ the object of with; "A handbag, fire hydrant, train": hydrant/RB before a comma,
+    the chunk's head train."""
+    caps = ["A giraffe that has kites in it.", "A bear that has kites in it.", "A teddy bear that has oranges in it.",
+            "A napkin set on a teddy bear.", "A horse with a lantern sticking out of it.",
+            "A handbag, fire hydrant, train."]
+    assert pairs(extract, caps) == [
+        [("A giraffe", "giraffe"), ("kites", "kite")], [("A bear", "bear"), ("kites", "kite")],
+        [("A teddy bear", "teddy bear"), ("oranges", "orange")],
+        [("A napkin", "napkin"), ("a teddy bear", "teddy bear")],
+        [("A horse", "horse"), ("a lantern", "lantern")],
+        [("A handbag", "handbag"), ("fire hydrant", "fire hydrant"), ("train", "train")]]
+
+
+def test_a_verb_in_ing_after_and_with_its_object_beside_it(extract):
+    """"A woman eating a sandwich and drinking coffee": drinking/NN a chunk of its own, coffee another conj of
+    sandwich; "drinking" was a thing. "cutting boards" stays a name."""
+    caps = ["A woman eating a sandwich and drinking coffee.", "A fork, knife and cutting boards."]
+    assert pairs(extract, caps) == [
+        [("A woman", "woman"), ("a sandwich", "sandwich"), ("coffee", "coffee")],
+        [("A fork", "fork"), ("knife", "knife"), ("cutting boards", "cutting board")]]
+
+
+def test_comma_list_items_hung_anywhere(extract):
+    """Items of a comma list in no chunk, whatever the parser hung them on: "A kettle, scissors, ladder on ..." (kettle
+    an npadvmod of ladder), "Kites, mice, trays on ..." (Kites an amod of trays), "A cup, umbrella, jar on ..." (jar an
+    appos of cup), "A candle, donut, cow in ..." (cow an appos with ", donut ," its own words), "A baseball bat, fire
+    hydrant and jar" (hydrant an amod of bat), "A snowboard, statue, lantern" (snowboard a preconj)."""
+    caps = ["A kettle, scissors, ladder on a table.", "Kites, mice, trays on a table.",
+            "A cup, umbrella, jar on a table.",
+            "A candle, donut, cow in a kitchen.", "A baseball bat, fire hydrant and jar.",
+            "A snowboard, statue, lantern in a kitchen.", "Surfboard, sports ball, bottle on a desk."]
+    assert pairs(extract, caps) == [
+        [("A kettle", "kettle"), ("scissors", "scissors"), ("ladder", "ladder"), ("a table", "table")],
+        [("Kites", "kite"), ("mice", "mouse"), ("trays", "tray"), ("a table", "table")],
+        [("A cup", "cup"), ("umbrella", "umbrella"), ("jar", "jar"), ("a table", "table")],
+        [("A candle", "candle"), ("donut", "donut"), ("cow", "cow"), ("a kitchen", "kitchen")],
+        [("A baseball bat", "baseball bat"), ("fire hydrant", "fire hydrant"), ("jar", "jar")],
+        [("snowboard", "snowboard"), ("statue", "statue"), ("lantern", "lantern"), ("a kitchen", "kitchen")],
+        [("Surfboard", "surfboard"), ("sports ball", "sports ball"), ("bottle", "bottle"), ("a desk", "desk")]]
+
+
+def test_misread_list_items_side_by_side_materials_and_a_verb_in_ing_last(extract):
+    """"A lantern and candle sitting on ..." (both tagged as no noun), "A kite, statue, and napkin" (napkin/RB), "A rug
+    next to a fire hydrant and frisbee" (hydrant an amod of rug), "A helmet and a fire hydrant side by side" (helmet
+    shared "side"), "A snowboard and a hat sitting side by side" (hat a conj), "A surfboard set on" (surfboard an amod
+    of set), "A wooden bear and a metal oven" (oven/RB: "metal" was the thing), "A young boy holding a bus and
+    smiling" (smiling/NN)."""
+    caps = ["A lantern and candle sitting on a table.", "A kite, statue, and napkin.",
+            "A rug next to a fire hydrant and frisbee.", "A helmet and a fire hydrant side by side.",
+            "A snowboard and a hat sitting side by side.", "A surfboard set on an oven.",
+            "A wooden bear and a metal oven.", "A young boy holding a bus and smiling."]
+    assert pairs(extract, caps) == [
+        [("A lantern", "lantern"), ("candle", "candle"), ("a table", "table")],
+        [("A kite", "kite"), ("statue", "statue"), ("napkin", "napkin")],
+        [("A rug", "rug"), ("a fire hydrant", "fire hydrant"), ("frisbee", "frisbee")],
+        [("A helmet", "helmet"), ("a fire hydrant", "fire hydrant")], [("A snowboard", "snowboard"), ("a hat", "hat")],
+        [("A surfboard", "surfboard"), ("an oven", "oven")], [("A wooden bear", "bear"), ("a metal oven", "oven")],
+        [("A young boy", "boy"), ("a bus", "bus")]]
+
+
+def test_a_name_read_as_a_verb_or_a_clausal_subject_and_a_verb_in_ing_after_a_list(extract):
+    """"The stop sign and blanket are next to ...": sign/VB, blanket taken for a second verb of it; "The stop sign and
+    fire hydrant are on ...": sign a csubj, in no chunk; "A hair drier and refrigerator sitting on ...": sitting/NN a
+    conj of drier, a thing; "A baseball bat and helmet sitting on ...": helmet the compound of sitting/VBG, a conj;
+    "A remote near lanterns and buckets": "A" (remote's) taken for the article of lanterns, which made it a verb and
+    buckets a second one; "A toaster, kite, cell phone in ...": toaster a compound of phone, past a comma."""
+    caps = ["The stop sign and blanket are next to each other.", "The stop sign and fire hydrant are on the counter.",
+            "A hair drier and refrigerator sitting on a table.", "A baseball bat and helmet sitting on a table.",
+            "A remote near lanterns and buckets.", "A toaster, kite, cell phone in a kitchen."]
+    assert pairs(extract, caps) == [
+        [("The stop sign", "stop sign"), ("blanket", "blanket")],
+        [("The stop sign", "stop sign"), ("fire hydrant", "fire hydrant"), ("the counter", "counter")],
+        [("A hair drier", "hair drier"), ("refrigerator", "refrigerator"), ("a table", "table")],
+        [("A baseball bat", "baseball bat"), ("helmet", "helmet"), ("a table", "table")],
+        [("remote", "remote"), ("lanterns", "lantern"), ("buckets", "bucket")],
+        [("A toaster", "toaster"), ("kite", "kite"), ("cell phone", "cell phone"), ("a kitchen", "kitchen")]]

@@ -93,7 +93,8 @@ def _label_of(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, int
     """(label, label start, label end, plural, index of the chunk's last token) or None to drop it;
     the last token lies past the chunk when a fixed compound's second word was left out of it, or
     the name goes on past it (_goes_on; `verbs`: the pipeline's known verbs)."""
-    got = None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) else _chunk_label(chunk, verbs)
+    got = (None if _listed_verb(chunk, verbs) or _act_after_subject(chunk) or _ing_listed(chunk, verbs)
+           else _chunk_label(chunk, verbs))
     if got is None:
         return None
     label, start, end, plural, last = got
@@ -118,8 +119,34 @@ def _acting(t, verbs: frozenset[str]) -> bool:
     if (t.i + 1 < len(doc) and doc[t.i + 1].tag_ not in ("IN", "TO", "RP", ".", ",")
             and doc[t.i + 1].lower_ not in ("next", "alone")):  # "A helmet sitting alone on ..." (alone/JJ)
         return False
-    stem = word[:-3]  # "sitting" -> sit, "hanging" -> hang, "resting" -> rest, "parking" no (before a noun)
+    return _ing_of_verb(word, verbs)  # "parking" no (before a noun)
+
+
+def _ing_of_verb(word: str, verbs: frozenset[str]) -> bool:
+    """Whether a word in -ing is a known verb's ("sitting" -> sit, "hanging" -> hang, "resting" -> rest)."""
+    stem = word[:-3]
     return any(w in verbs for w in (stem, stem + "e", stem[:-1] if stem[-1:] == stem[-2:-1] else stem))
+
+
+def _ing_listed(chunk, verbs: frozenset[str]) -> bool:
+    """A bare verb in -ing after "and" that the parser took for a noun, its object hung beside it rather than on it:
+    "A woman eating a sandwich and drinking coffee" (drinking/NN and coffee both conjs of sandwich), or with none
+    ("A boy holding a bus and smiling."); not the first word of a name ("cutting boards")."""
+    if len(chunk) != 1:
+        return False
+    t = chunk[0]
+    if t.dep_ != "conj" or not _verb_in_ing(t) or t.i + 1 >= len(t.doc):
+        return False
+    doc = t.doc
+    nxt, before = doc[t.i + 1], doc[t.i - 1]
+    if not _ing_of_verb(t.lower_, verbs):
+        return False
+    if before.pos_ == "NOUN":  # "A hair drier and refrigerator sitting on ...": sitting/NN a conj of drier
+        return nxt.tag_ == "IN"
+    return (before.lower_ in ("and", "or")
+            and (nxt.pos_ in ("NOUN", "PROPN") and nxt.head.i != t.i
+                 and _fixed_after(t, nxt) is None  # "A fork, knife and cutting boards": a name
+                 or nxt.is_punct or nxt.tag_ == "IN"))  # "A boy holding a bus and smiling.", "... and smiling at"
 
 
 def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
@@ -132,7 +159,10 @@ def _verb_read_as_noun(t, verbs: frozenset[str]) -> bool:
     if t.tag_ != "NNS" or t.lower in _object_word_ids():
         return False
     lefts = [g for c in t.lefts for g in (c.lefts if c.dep_ == "compound" else (c,))]
-    return (any(c.dep_ == "det" and c.lower_ in ("a", "an") or c.dep_ == "nsubj" for c in lefts)
+    doc = t.doc  # an "a" past a preposition is another word's: "A remote near lanterns and buckets" (near/JJ)
+    return (any(c.dep_ == "det" and c.lower_ in ("a", "an")
+                and not any(doc[k].tag_ == "IN" or doc[k].lower_ in PLACE_PREPS for k in range(c.i + 1, t.i))
+                or c.dep_ == "nsubj" for c in lefts)
             or t.head.i == t.i and any(c.dep_ == "conj" and c.i == t.i + 2 and t.doc[t.i + 1].lower_ in ("and", "or")
                                        and (c.tag_ in ("VBZ", "VBD") or _acts_listed(t, c, verbs))
                                        for c in t.rights))
@@ -190,6 +220,8 @@ def _listed_verb(chunk, verbs: frozenset[str]) -> bool:
     head = t.head
     return ((head.pos_ == "VERB" and head.lemma_ not in ("be", "have") or _verb_read_as_noun(head, verbs))
             and t.lower not in _object_word_ids()
+            # "The stop sign and blanket are ...": sign/VB ends a name, a thing
+            and not (head.i > 0 and _fixed_after(t.doc[head.i - 1], head) is not None)
             # a plural noun's lemma may be no verb's: "grazes" -> "graz"; the word less its "s" is
             and (t.lemma_.lower() in verbs or t.tag_ == "NNS" and t.lower_[:-1] in verbs))
 
@@ -224,12 +256,18 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
     if head.pos_ in ("PRON", "NUM", "DET") or head.is_stop and head.pos_ != "NOUN" and not (
             head.i + 2 < len(doc) and doc[head.i + 1].lower_ in _LIST_WORDS and _shared_name(head, head.lower_)):
         return None  # "Side and end tables" (side/JJ a stop word): side tables, _shared_name
+    if (head.lower_ in MATERIALS and head.i + 1 < len(doc) and doc[head.i + 1].lower in _object_word_ids()
+            and doc[head.i + 1].pos_ not in ("NOUN", "PROPN")):
+        return None  # "A wooden bear and a metal oven" (oven/RB the root): the oven (_misread_opening), no "metal"
     last, verb = chunk.end - 1, -1  # verb: a verb in -s taken for the head (_verb_read_as_noun)
     # within the chunk: "A ski and two baskets" split (_split_chunks), ski no modifier of "two baskets"
     nouns = [t for t in head.lefts if t.dep_ in ("compound", "amod") and t.lower in _object_word_ids()
              and t.i >= chunk.start]
     if not nouns and head.i > chunk.start and _acting(head, verbs):
         nouns = [doc[head.i - 1]]  # "A helmet sitting on a chair": helmet no object word, sitting/NN its head
+    if (not nouns and head.lower_ == "set" and head.i > chunk.start and head.i + 1 < len(doc)
+            and doc[head.i + 1].tag_ == "IN" and doc[head.i - 1].dep_ == "compound" and doc[head.i - 1].pos_ == "NOUN"):
+        nouns = [doc[head.i - 1]]  # "A napkin set on a bed": set/NN (the participle) the head, napkin no object word
     if not nouns and head.lower_.endswith("ing") and _verb_with_object(head):
         # "A boy wearing a helmet riding a bike": riding/NN with an object of its own, a verb; helmet its compound
         before = doc[head.i - 1]
@@ -244,8 +282,10 @@ def _chunk_label(chunk, verbs: frozenset[str] = frozenset()) -> tuple[str, int, 
         head = nouns[-1]
         last = head.i
     elif (nouns and head.lemma_.lower() in SCENE_WORDS - PEOPLE_GROUPS
-          and (nouns[-1].dep_ == "compound" or _object_adjective(nouns[-1]))):
-        head = nouns[-1]  # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ
+          and (nouns[-1].dep_ == "compound" or nouns[-1].pos_ == "NOUN" or _object_adjective(nouns[-1]))):
+        # "A pizza slice", "Apple slices": the pizza, the apple; "A remote set on": remote/JJ; "A surfboard set on":
+        # surfboard/NN an amod
+        head = nouns[-1]
         last = head.i
     elif _side_by_side(head) is not None:
         head = _side_by_side(head)  # "A hat side by side" (hat a compound of the first "side"): the hat
@@ -325,7 +365,9 @@ def _side_by_side(head):
     verb = doc[head.i - 1]  # "sitting" (VBG or NN) between them: the thing hung on it or on side
     verb = verb if verb.lower_.endswith("ing") and verb.lower_ not in NOT_GERUNDS else None
     thing = doc[head.i - 2] if verb is not None else doc[head.i - 1]
-    if thing.head.i not in (head.i, head.i - 1) or thing.dep_ not in ("compound", "amod", "nmod"):
+    # a list's second item hangs on the first: "A snowboard and a hat sitting side by side" (hat a conj)
+    if thing.dep_ != "conj" and (thing.head.i not in (head.i, head.i - 1)
+                                 or thing.dep_ not in ("compound", "amod", "nmod")):
         return None
     return thing if (thing.pos_ in ("NOUN", "PROPN") or thing.lower in _object_word_ids()
                      or thing.pos_ == "ADJ" and thing.lower_ not in _colour_words()) else None
@@ -400,6 +442,8 @@ def _split_chunks(chunks, nouns: frozenset[str] = frozenset()):
                     and not _object_adjective(t) and not _listed_fruit(t, nouns)
                     and not (t.i == 0 and t.pos_ == "PROPN")  # "Jars and hair driers": Jars/NNP
                     and (t.is_stop or not _comma_listed(t, nouns))  # "A napkin, person, ...": napkin/JJ an nmod
+                    # "A handbag, fire hydrant, train": hydrant/RB an appos of handbag, before a comma
+                    and not (t.lower in _object_word_ids() and doc[t.i + 1].text == ",")
                     # "Side and end tables": Side/JJ an nmod of tables, with which it names a thing
                     and not (t.n_rights and doc[t.i + 1].lower_ in _LIST_WORDS
                              and f"{t.lower_} {_singular(root)}" in _known_names())):
@@ -477,8 +521,9 @@ def _listed_apart(t, head) -> bool:
                                          and head.lower_ not in NOT_GERUNDS and head.lower not in _object_word_ids()):
         return True  # "A guitar and refrigerator sitting on a table" (sitting/NN the root): no thing shares a verb
     before = head.doc[head.i - 1]
-    if head.doc[t.i + 2].like_num or before.lower_ in _LIST_WORDS:
-        return True  # "A helmet and two bears": a count starts an item; "A guitar, blanket": nothing shared
+    if head.doc[t.i + 2].like_num or head.doc[t.i + 2].lower_ in ("a", "an") or before.lower_ in _LIST_WORDS:
+        return True  # "A helmet and two bears", "A helmet and a fire hydrant side by side": a count or an article
+        # starts an item; "A guitar, blanket": nothing shared
     return before.i > t.i + 1 and (f"{before.lower_} {_singular(head)}" in _known_names()
                                    or before.lower_ in _not_objects() and t.lower_ not in _not_objects()
                                    and t.lower_ not in SUBSTANCES)
@@ -502,20 +547,26 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     them (_beside_comma) and an owner whose thing the parser took for no noun ("A man's oven"). `nouns`: for
     _split_chunks."""
     from spacy.symbols import (ADJ, ADV, NOUN, PROPN, VERB, acl, advcl, advmod, amod, attr, conj, dep, dobj, nmod,
-                               npadvmod, nsubj, pobj, poss, prep)
+                               npadvmod, nsubj, pobj, poss, prep, relcl, csubj, appos, preconj)
 
     nominal, ids, compound = (pobj, dobj, attr, nsubj, conj), _object_word_ids(), _compound_id()
     found, loose = [], []  # one pass over the words: most captions have neither
     for t in doc:
         pos = t.pos
-        # "A fire hydrant and frisbee": frisbee/NNP; "Book, train, elephant on a desk": Book/NNP an nmod of elephant
-        if pos == NOUN or pos == PROPN and (t.is_lower or t.i == 0 and (t.lower in ids or t.lower_ in nouns)):
+        # "A fire hydrant and frisbee": frisbee/NNP; "Book, train, elephant on a desk": Book/NNP an nmod of elephant;
+        # "Towels, zebras, ...": Towels/NNP, its lemma a noun's (_plural_lemma)
+        if pos == NOUN or pos == PROPN and (t.is_lower or t.i == 0 and (t.lower in ids or t.lower_ in nouns
+                                                                          or t.lemma_ in nouns)):
             if (t.lower in ids and (t.dep == npadvmod or t.dep == conj or t.dep == compound and _verb_subject(t)
                                     or t.dep == advmod)  # "... and the fire hydrant.": hydrant/NN an advmod of is
-                    or t.dep == conj and t.head.pos == NOUN and t.left_edge.i > 1
-                    and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS  # "..., bowl and traffic light": from traffic
+                    # "..., bowl and traffic light": from traffic; on any head, which then holds no chunk: "A girl
+                    # holding a trophy and a curtain" (curtain a conj of holding), "An orange and basket sitting on"
+                    # (basket a conj of orange/JJ); not a second verb in -ing ("A man sitting and reading"; "a
+                    # ring" has an article)
+                    or t.dep == conj and t.left_edge.i > 1 and doc[t.left_edge.i - 1].lower_ in _LIST_WORDS
+                    and (t.head.pos == NOUN or not _verb_in_ing(t) or _own_article(t))
                     # "Umbrella, toothbrush, suitcase on a desk": suitcase the root past the first item's chunk
-                    or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and doc[t.i - 1].text == ",")
+                    or t.head.i == t.i and (_root_past_chunk(t) or t.i > 1 and _after_comma(t))
                     or (t.dep == npadvmod or t.dep == amod and t.head.pos != NOUN) and _listed_loose(t)
                     # "A street with a bench, two traffic lights and a bike": street a dep of lights, no chunk
                     or t.dep == dep and t.head.i > t.i
@@ -527,6 +578,8 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     and (_own_article(t) or doc[t.i - 1].text == ",")
                     # "A keyboard, sports ball, hat": keyboard an nmod of hat past a comma, in no chunk
                     or t.dep == nmod and t.head.i > t.i + 1 and doc[t.i + 1].text == ","
+                    # "A snowboard near parking meters and baseball bats": snowboard an nmod of bats, before a place
+                    or (t.dep == nmod or t.dep == npadvmod) and t.head.i > t.i and doc[t.i + 1].lower_ in PLACE_PREPS
                     # "A man's oven": man the poss of oven/JJ, which no chunk holds
                     or t.dep == poss and t.head.pos != NOUN and t.head.pos != PROPN
                     # "A kettle, toaster, vase in ...": toaster a prep of the comma; "A towel, couch, ski on ...": ski
@@ -535,7 +588,17 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
                     # motorcycle, before it
                     or (t.dep == prep or t.dep == acl or t.dep == advcl or t.dep == dep
                         or t.dep == amod and t.head.i < t.i) and _beside_comma(t)
-                    or t.head.tag_ == "VBG" and _ing_subject(t)):
+                    or t.head.tag_ == "VBG" and _ing_subject(t)
+                    or t.dep == relcl and _had(t)  # "A giraffe that has kites in it": kites/NNS a relcl
+                    # any other item of a comma list, hung anywhere: "A kettle, scissors, ladder on": kettle an
+                    # npadvmod of ladder; "Kites, mice, trays": Kites an amod of trays; "A cup, umbrella, jar on":
+                    # jar an appos of cup; "A baseball bat, fire hydrant and jar": hydrant an amod of bat
+                    or (t.dep == npadvmod or t.dep == amod or t.dep == appos or t.dep == preconj or t.dep == nmod
+                        or t.dep == compound) and _comma_item(t)
+                    # "The stop sign and fire hydrant are on ...": sign a csubj of are, in no chunk
+                    or t.dep == csubj
+                    # "A rug next to a fire hydrant and frisbee": hydrant an amod of rug, the object of "to"
+                    or t.dep == amod and t.head.i < t.i and t.left_edge.i > 0 and doc[t.left_edge.i - 1].tag_ == "IN"):
                 loose.append(t)
         elif ((pos == ADJ or pos == ADV or pos == VERB) and (t.dep in nominal or t.head.i == t.i)
               and (_misread_list_head(t, nouns) or _shares_head(t))):
@@ -549,11 +612,42 @@ def _noun_phrases(doc, nouns: frozenset[str] = frozenset()):
     return sorted(chunks + loose, key=lambda c: c.start) if loose else chunks
 
 
+def _had(t) -> bool:
+    """A word the parser made a verb with "has" (or "have", "had") right before it as its auxiliary: the thing had
+    ("A giraffe that has kites in it": kites/NNS or VBZ a relcl, has its aux)."""
+    return t.i > 0 and t.doc[t.i - 1].lower_ in ("has", "have", "had") and t.doc[t.i - 1].head.i == t.i and \
+        t.doc[t.i - 1].dep_ == "aux"
+
+
+def _verb_in_ing(t) -> bool:
+    """A word in -ing that names no thing (NOT_GERUNDS, object words): a verb, whatever the parser took it for."""
+    return t.lower_.endswith("ing") and t.lower_ not in NOT_GERUNDS and t.lower not in _object_word_ids()
+
+
 def _shares_head(t) -> bool:
     """A word the parser took for no noun before "and" that names a thing with the head it shares with the next item:
     "Side and end tables next to a clock" (Side/JJ the root, end/VB a conj of it, tables its object; _shared_name)."""
     doc = t.doc
     return t.i + 3 < len(doc) and doc[t.i + 1].lower_ in ("and", "or") and _shared_name(t, t.lower_) is not None
+
+
+def _after_comma(t) -> bool:
+    """A comma right before the word and its compounds ("A toaster, kite, cell phone in ...": phone the root)."""
+    doc, k = t.doc, t.i - 1
+    while k > 0 and doc[k].dep_ == "compound" and doc[k].head.i == t.i:
+        k -= 1
+    return doc[k].text == ","
+
+
+def _comma_item(t) -> bool:
+    """A comma right beside the word or right before its phrase (after it, for a compound: "A toaster, kite, cell
+    phone": toaster a compound of phone), in a list (two commas or "and"s at least)."""
+    doc = t.doc
+    if t.dep_ == "compound":
+        beside = t.i + 1 < len(doc) and doc[t.i + 1].text == ","
+    else:
+        beside = _beside_comma(t) or t.left_edge.i > 0 and doc[t.left_edge.i - 1].text == ","
+    return beside and sum(w.lower_ in _LIST_WORDS for w in doc) > 1
 
 
 def _beside_comma(t) -> bool:
@@ -611,8 +705,8 @@ def _ing_subject(t) -> bool:
     bucket laying on a bed": bucket a compound of laying; "A fire hydrant laying on ...": hydrant an amod; "A
     banana and cell phone sitting on a table": banana an nmod), in no noun chunk; or on one taken for a
     preposition's object ("A cow sitting on a napkin looking at the camera": napkin an amod of looking/pobj)."""
-    verb = t.head
-    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp"))
+    verb = t.head  # "A baseball bat and helmet sitting on ...": sitting/VBG a conj of bat, helmet its compound
+    return (verb.i > t.i and (verb.head.i == verb.i or verb.dep_ in ("pobj", "pcomp", "conj"))
             and t.dep_ in ("compound", "amod", "nmod", "npadvmod"))
 
 
@@ -628,16 +722,19 @@ def _verb_subject(t) -> bool:
 def _phrase_start(t) -> int:
     """Where a loose noun's phrase starts: at its left edge, or for a verb's subject (_verb_subject) at the
     article and adjectives before it, which the parser hung on the verb too ("A brown dog runs")."""
+    if t.dep_ == "relcl":  # the thing had (_had): not "that has"
+        return t.i
     if t.head.i == t.i:  # a root past a chunk (_root_past_chunk): its own article and modifiers next to it
         start = t.i
         while start > 0 and t.doc[start - 1].head.i == t.i and t.doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
         return start
-    start = t.left_edge.i
+    start, doc = t.left_edge.i, t.doc
     if t.dep_ == "compound" or t.head.tag_ == "VBG" and t.dep_ in ("amod", "nmod", "npadvmod"):
-        doc = t.doc
         while start > 0 and doc[start - 1].head.i == t.head.i and doc[start - 1].dep_ in _MODIFIER_DEPS:
             start -= 1
+    while start < t.i and doc[start].lower_ in _LIST_WORDS:
+        start += 1  # "A candle, donut, cow in ...": the comma before donut hung on cow, no phrase ", donut"
     return start
 
 
@@ -739,32 +836,42 @@ def _misread_noun(tok, nouns: frozenset[str] = frozenset()) -> bool:
     tracks": train/VB, "Boy eating a donut": boy/UH), or when the word before makes a known name with it ("There is
     a fire hydrant and ...": hydrant/JJ). Another word only where it ends a list (_misread_list_end) or, known as a
     noun only (`nouns`), opens one (_misread_list_start); an object word too where it opens the caption
-    (_misread_opening). Either kind also where it is an item of a list written with commas only (_comma_listed); an
-    object word also after an owner's "'s" (_owned); another word also where it ends a known name with its compound
-    (_name_end: "hair drier", drier/JJR)."""
+    (_misread_opening), or further on after its article. Either kind also where it is an item of a list written with
+    commas only (_comma_listed); an object word also after an owner's "'s" (_owned); another word also where it ends
+    a known name with its compound (_name_end: "hair drier", drier/JJR)."""
     if tok.lower not in _object_word_ids():  # ids: no string per token
         return (_misread_list_end(tok, nouns) or tok.n_rights > 1 and _misread_list_start(tok, nouns)
                 or tok.i == 0 and _bare_opening(tok, nouns) or 0 < tok.i < 3 and _counted_verb(tok, nouns)
-                or not tok.is_stop and _comma_listed(tok, nouns) or tok.n_lefts and _name_end(tok))
+                or not tok.is_stop and _comma_listed(tok, nouns) or tok.n_lefts and _name_end(tok)
+                or tok.tag_ == "JJ" and tok.n_lefts and _noun_with_article(tok, nouns))
     if tok.pos_ in ("NOUN", "PROPN", "PRON"):
         return False
     return (any(t.dep_ == "det" or t.like_num or t.lower_ in COUNT_WORDS or t.dep_ == "poss" for t in tok.lefts)
             or (tok.i > 0 and f"{tok.doc[tok.i - 1].lower_} {_object_singular(tok.lower_)}" in _known_names())
             or (tok.dep_ == "conj" and (tok.head.pos_ in ("NOUN", "PROPN") or tok.head.lower in _object_word_ids()
-                                        or _listed_with_object(tok)))
+                                        or _listed_with_object(tok)
+                                        # "A lantern and microwave sitting on ...": lantern/JJ, microwave/VB
+                                        or tok.head.i == tok.i - 2 and tok.head.lower_ in nouns))
             or _listed_after_noun(tok)
             or any(t.dep_ == "conj" and (t.pos_ in ("NOUN", "PROPN") or _misread_list_end(t)) for t in tok.rights)
             or (tok.i == 0 and not any(t.dep_ == "dobj" for t in tok.rights))
-            or _misread_opening(tok) or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
-            or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok))
+            or _misread_opening(tok) >= 0 or tok.head.tag_ == "VBG" and _ing_subject(tok)  # "A remote and sink sitting"
+            or _after_adjectives(tok) or _comma_listed(tok, nouns) or _owned(tok)
+            or tok.dep_ == "relcl" and _had(tok))  # "A bear that has kites in it": kites/VBZ
+
+
+def _noun_with_article(tok, nouns: frozenset[str]) -> bool:
+    """A word known as a noun only (`nouns`) that the parser tagged as an adjective yet made the object of a
+    preposition or a verb, with an article of its own: "A horse with a lantern sticking out of it" (lantern/JJ)."""
+    return tok.dep_ in ("pobj", "dobj") and tok.lower_ in nouns and _own_article(tok)
 
 
 def _comma_listed(tok, nouns: frozenset[str]) -> bool:
-    """An object word or a word known as a noun only (`nouns`; a plural in -s of one) that the parser took for no
-    noun, as an item of a list written with commas only: "A banana, pillow, towel on a table" (towel/VBP the root,
+    """An object word or a word known as a noun only (`nouns`; a plural in -s of one; tagged as a verb's base form,
+    any noun) that the parser took for no noun, as an item of a list written with commas only: "A banana, pillow, towel on a table" (towel/VBP the root,
     pillow a dep of it), "A pillow, surfboard, broccoli on a table" (surfboard/JJ, broccoli/VBZ), "Lanterns, kites,
     skateboards" (kites/VBZ the root), "A napkin, jar, mirror in a kitchen" (napkin/JJ, the first item). Its item
-    ends at a comma, a place or the caption's end; a noun and a comma come before it, or it opens the caption (after
+    ends at a comma, a place, "and" or the caption's end; a noun and a comma come before it, or it opens the caption (after
     an article) with a comma and a noun after it; and the list has a second comma or an "and" ("A cat, sleeps on" is
     none)."""
     # lexeme flags first, and a comma beside it (a flag, then the text): _misread_noun sees every word
@@ -779,7 +886,8 @@ def _comma_listed(tok, nouns: frozenset[str]) -> bool:
     else:
         return False  # most words: no comma beside them
     after = doc[i + 1] if i + 1 < len(doc) else None
-    if after is not None and after.text != "," and after.lower_ not in PLACE_PREPS and after.tag_ != ".":
+    if (after is not None and after.text != "," and after.lower_ not in PLACE_PREPS and after.tag_ != "."
+            and after.lower_ not in ("and", "or")):  # "Bed, remote and spoon on a table": remote/JJ an amod of Bed
         return False
     if tok.pos in _noun_pos() or not (item.pos in _noun_pos() or item.lower in _object_word_ids()
                                       or item.lower_ in nouns):
@@ -787,7 +895,9 @@ def _comma_listed(tok, nouns: frozenset[str]) -> bool:
     word = tok.lower_
     if tok.lower not in _object_word_ids():
         stem = word[:-2] if word.endswith("es") and word[:-2] in nouns else word[:-1]
-        if not (word in nouns or tok.tag_ == "VBZ" and stem in nouns and stem not in ACTS):
+        if not (word in nouns or tok.tag_ == "VBZ" and stem in nouns and stem not in ACTS
+                # "A mirror, keyboard, blanket in a kitchen": blanket/VBP the root, a noun and an adjective too
+                or tok.tag_ in ("VB", "VBP") and word in getattr(nouns, "adjectives_too", ())):
             return False
         if word in _colour_words() or word in MATERIALS:
             return False
@@ -828,20 +938,33 @@ def _counted_verb(tok, nouns: frozenset[str]) -> bool:
             and (word[:-1] in nouns or word.endswith("es") and word[:-2] in nouns))
 
 
-def _misread_opening(tok) -> bool:
-    """An object word after the caption's article and adjectives, before a preposition: the thing the caption
-    is about, whatever the parser took it for ("An oven next to two zebras": oven/JJ an amod of next; "A white
-    oven with a black ...": oven/VBN the root; "An oven resting on ...", "An oven lies next to ...": before a
-    verb). Not before a noun ("An orange cat") or "and"."""
+def _misread_opening(tok) -> int:
+    """Where the phrase starts (its article or owner) of an object word after its article and adjectives, before a
+    preposition: the thing the phrase names, whatever the parser took it for, or -1. At the caption's start ("An
+    oven next to two zebras": oven/JJ an amod of next; "A white oven with a black ...": oven/VBN the root; "An oven
+    resting on ...", "An oven lies next to ...", "A remote being pulled by ...": before a verb; "An oven full of
+    bowls": before an adjective's preposition) or further on ("A basket sitting on an oven next to a ...": oven/JJ an
+    amod of next/JJ, the object of on); at the caption's end too ("A woman holding her oven": oven/JJ). Not before a
+    noun ("An orange cat") or "and"."""
     doc = tok.doc
-    if not 0 < tok.i < 4 or tok.i + 1 >= len(doc) or doc[0].lower_ not in ("a", "an", "the"):
-        return False
+    if tok.i == 0:
+        return -1
+    start = tok.i - 1  # up to two adjectives (colours, materials: "A big red oven", red/NN) that are no object words
+    while (start > 0 and tok.i - start < 3
+           and (doc[start].tag_ == "JJ" or doc[start].lower_ in _colour_words() or doc[start].lower_ in MATERIALS)
+           and doc[start].lower not in _object_word_ids()):
+        start -= 1
+    if doc[start].lower_ not in _ARTICLES_AND_OWNERS:
+        return -1
+    if tok.i + 1 == len(doc) or doc[tok.i + 1].tag_ == "." and tok.i + 2 == len(doc):
+        return start
     nxt = doc[tok.i + 1]
     # "An oven placed next to ...", "An oven topped with ...": not "An orange colored cat", "A remote controlled car"
     participle = (nxt.tag_ == "VBN" and tok.lower_ not in _colour_words()
                   and (tok.i + 2 == len(doc) or doc[tok.i + 2].pos_ not in ("NOUN", "PROPN", "ADJ")))
-    return ((nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near") or participle)
-            and all(doc[k].tag_ == "JJ" and doc[k].lower not in _object_word_ids() for k in range(1, tok.i)))
+    placed = (nxt.tag_ in ("IN", "TO", "VBG", "VBZ", "VBD") or nxt.lower_ in ("next", "near", "being") or participle
+              or nxt.tag_ == "JJ" and tok.i + 2 < len(doc) and doc[tok.i + 2].tag_ == "IN")
+    return start if placed else -1
 
 
 def _after_adjectives(tok) -> bool:
@@ -883,8 +1006,11 @@ def _misread_list_start(tok, nouns: frozenset[str]) -> bool:
     doc = tok.doc
     return (tok.tag_ in ("JJ", "VB", "VBP") and tok.i + 2 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns and tok.lower_ not in _colour_words() and tok.lower_ not in MATERIALS
-            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts))
-            and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids())
+            and (tok.i == 0 or any(c.dep_ == "det" and c.lower_ in ("a", "an") for c in tok.lefts)
+                 # "A lantern and microwave sitting on ...": A the det of sitting, lantern/JJ an amod of it
+                 or tok.i == 1 and doc[0].lower_ in ("a", "an"))
+            and any(c.dep_ == "conj" and (c.pos_ in ("NOUN", "PROPN") or c.lower in _object_word_ids()
+                                          or _misread_list_end(c, nouns))  # "A lantern and candle": candle/VB
                     for c in tok.rights))
 
 
@@ -892,12 +1018,17 @@ def _listed_after_noun(tok) -> bool:
     """Whether `tok` follows "and" or "or" right after a noun and has no words of its own but that noun and
     a place after it: the list's next item, whatever the parser hung it on ("A boat and fork": fork/VB the
     root with boat its subject; "There is a dining table and skateboard here": skateboard/RB an advmod of
-    here). Not one before a noun, verb or adjective, as in _misread_list_end: it may be that word's modifier."""
+    here; "Hair drier, shelf and spoon on a table": spoon/VB the root, the list's first item its subject, "on" its
+    particle and the table its object). Not one before a noun, verb or adjective, as in _misread_list_end: it may be
+    that word's modifier."""
     doc = tok.doc
     if tok.i < 2 or doc[tok.i - 1].lower_ not in ("and", "or") or doc[tok.i - 2].pos_ not in ("NOUN", "PROPN"):
         return False
-    return (all(c.i == tok.i - 2 or c.dep_ in ("prep", "punct") for c in tok.children)
-            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")))
+    place = next((c.i for c in tok.rights if c.dep_ == "prt" and c.lower_ in PLACE_PREPS), len(doc))
+    return (all(c.i == tok.i - 2 or c.dep_ in ("prep", "punct") or c.dep_ == "nsubj" and c.i < tok.i
+                or c.i == place or c.dep_ == "dobj" and c.i > place for c in tok.children)
+            and (tok.i + 1 == len(doc) or doc[tok.i + 1].pos_ not in ("NOUN", "PROPN", "VERB", "ADJ", "NUM")
+                 or doc[tok.i + 1].tag_ == "VBG"))  # "A tray and skateboard sitting on ...": skateboard/RB
 
 
 def _listed_with_object(tok) -> bool:
@@ -918,16 +1049,18 @@ def _misread_list_end(tok, nouns: frozenset[str] = frozenset()) -> bool:
     is a lamp and towel here" (towel a conj of "is", _listed_with_object). A word with a verb's or an
     adjective's own dependents is none, nor one before a noun or the like that it makes no known name with
     ("a stop sign": a name, _misread_entity). A word known as a noun only (`nouns`) also after a comma, inside
-    the list: "A vase, tray, and toilet" (tray/JJ)."""
+    the list: "A vase, tray, and toilet" (tray/JJ); one tagged as an adverb too ("A kite, statue, and napkin":
+    napkin/RB). The list's first item may be such a word too ("A lantern and candle sitting on": lantern/JJ)."""
     doc = tok.doc
-    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ"):
-        return False
+    if tok.dep != _conj_id() or tok.tag_ not in ("VB", "VBP", "JJ") and not (tok.tag_ == "RB" and tok.lower_ in nouns):
+        return False  # "A kite, statue, and napkin": napkin/RB
     if doc[tok.i - 1].lower_ not in ("and", "or") and not (
             doc[tok.i - 1].text == "," and tok.i + 1 < len(doc) and doc[tok.i + 1].lower_ in _LIST_WORDS
             and tok.lower_ in nouns):
         return False
     head = tok.head  # "Tennis racket, rug and tray": tray a conj of rug/VB, itself a list item misread
     return ((head.pos_ in ("NOUN", "PROPN") or head.lower in _object_word_ids() or _listed_with_object(tok)
+             or head.i == tok.i - 2 and head.lower_ in nouns  # "A lantern and candle sitting on": lantern/JJ
              or head.dep == _conj_id() and head.head.pos_ in ("NOUN", "PROPN") and _misread_list_end(head, nouns))
             and tok.is_alpha and tok.is_lower and tok.lower_ not in _colour_words()
             and not any(c.dep_ in _VERB_DEPS and c.i != tok.i + 1 for c in tok.children)
@@ -978,7 +1111,11 @@ def _misread_entity(tok, nouns: frozenset[str] = frozenset()) -> tuple[str, int,
         name_start = doc[tok.i - 1]
         label = f"{name_start.lower_} {label}"
     mods = [t for t in tok.lefts if t.dep_ in ("det", "amod", "compound", "nummod", "poss")]
-    first = 0 if _misread_opening(tok) else min([name_start.i] + [t.left_edge.i for t in mods])  # "An oven next to"
+    first = _misread_opening(tok)  # "An oven next to": its article the det of next
+    if first < 0:
+        first = min([name_start.i] + [t.left_edge.i for t in mods])
+        if first > 0 and doc[first - 1].lower_ in ("a", "an"):
+            first -= 1  # "An orange and basket sitting on ...": An the det of sitting, orange/JJ an nmod of it
     if _comma_listed(tok, nouns):
         # its own item only: "A napkin, jar, mirror in ..." (A the det of mirror/VBP), from its article if it opens
         first = 0 if tok.i == 1 else max([first] + [k + 1 for k in range(first, name_start.i) if doc[k].text == ","])
@@ -1028,14 +1165,24 @@ def _known_verbs(nlp) -> frozenset[str]:
         return frozenset()
 
 
+class _Nouns(frozenset):
+    """Words known as nouns and not as adjectives; `adjectives_too`: those known as both ("blanket"), which a
+    word the parser tagged as a verb's base form may be (_comma_listed), its adjective sense then out of play."""
+
+    adjectives_too: frozenset[str] = frozenset()
+
+
 def _known_nouns_only(nlp) -> frozenset[str]:
     """The words the pipeline's rule lemmatizer knows as nouns and not as adjectives ("lantern", not "small"),
-    or none for a pipeline without them."""
+    with the others it knows as nouns (_Nouns), or none for a pipeline without them."""
     try:
         index = nlp.get_pipe("lemmatizer").lookups.get_table("lemma_index")
-        return frozenset(index["noun"]) - frozenset(index["adj"])
+        nouns, adjectives = frozenset(index["noun"]), frozenset(index["adj"])
     except (KeyError, AttributeError):
         return frozenset()
+    only = _Nouns(nouns - adjectives)
+    only.adjectives_too = nouns & adjectives
+    return only
 
 
 class _MemoAttributes:
@@ -1222,7 +1369,7 @@ class SpacyEntityExtractor:
 
 
 # Bump when _label_of or the filters change: cached entities of older code are then not reused.
-EXTRACTOR_VERSION = 14  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
+EXTRACTOR_VERSION = 15  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, collective words; 4: misread
 # nouns, chunks holding two phrases, colours out of compounds; 5: "toaster oven", lists of objects in one chunk,
 # materials and described words out of compounds, capitalised plurals, object words misread at the start or
 # taken for the compound of a verb, possessors, npadvmod nouns, "wine glasses", animals' babies; 6: a list's last
@@ -1258,7 +1405,20 @@ EXTRACTOR_VERSION = 14  # 2: FIXED_COMPOUNDS; 3: PLURALIA, counts by nummod, col
 # thing after an adjective's "and" ("A clock that is white and a lantern"); 14: lists with commas only before a place
 # ("A banana, pillow, towel on a table"), an owned thing misread ("A man's oven"), "near" read as an adjective ("A
 # remote near trains"), a name's second word read as a comparative ("hair drier"), listed words sharing a head with no
-# article ("Coffee and end tables", "Side and end tables")
+# article ("Coffee and end tables", "Side and end tables"); 15: a list's last item hung on a verb or a misread item ("A
+# girl holding a trophy and a curtain", "An orange and basket sitting on"), a thing hung on the place after it ("A big
+# shelf next to", "A snowboard near parking meters and ..."), capitalised plurals of nouns opening a comma list
+# ("Towels, zebras, ..."), a thing misread after its article further on ("sitting on an oven next to"), list items
+# misread before "on" read as a particle ("..., shelf and spoon on a table") or before a verb in -ing ("A tray and
+# skateboard sitting on"), a comma list's item before "and" ("Bed, remote and spoon"), a noun that is an adjective
+# too read as a verb in a comma list ("A mirror, keyboard, blanket in a kitchen"), things misread before "being", "full
+# of" or at the end after an owner ("A woman holding her oven"), things had read as a verb ("that has kites in it"),
+# "A napkin set on", a noun read as an adjective with its article ("with a lantern sticking out"), a misread name
+# before a comma ("A handbag, fire hydrant, train"), no verb in -ing beside its object or last ("and drinking coffee",
+# "and smiling."), comma list items hung anywhere ("A kettle, scissors, ladder on"), an article starting a list item
+# ("A helmet and a fire hydrant side by side"), a list's second item side by side, "a metal oven" (oven/RB), a name
+# read as a verb before "and" ("The stop sign and blanket are"), a csubj noun, "sitting"/NN after a list, an "a" past
+# a preposition ("A remote near lanterns and buckets")
 
 
 class EntityCache:
