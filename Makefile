@@ -25,8 +25,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/vlmforge build occlusion --source coco --out builds
-	$(BIN)/vlmforge manifest query builds/occlusion/2.5.0 "SELECT label, count(*) AS n FROM samples GROUP BY 1 ORDER BY 2 DESC, 1"
-	$(BIN)/vlmforge verify builds/occlusion/2.5.0
+	$(BIN)/vlmforge manifest query builds/occlusion/2.6.0 "SELECT label, count(*) AS n FROM samples GROUP BY 1 ORDER BY 2 DESC, 1"
+	$(BIN)/vlmforge verify builds/occlusion/2.6.0
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -132,7 +132,7 @@ class _Candidate:
 
 class OcclusionBuilder(Builder):
     name = "occlusion"
-    VERSION = "2.5.0"  # 2.5.0: EXTRACTOR_VERSION 14 (comma-only lists, owners, "Coffee and end tables"; 13, "close-up
+    VERSION = "2.6.0"  # 2.6.0: EXTRACTOR_VERSION 15 (round 5: list items hung on verbs, misread items). 2.5.0: EXTRACTOR_VERSION 14 (comma-only lists, owners, "Coffee and end tables"; 13, "close-up
     # of" and "side by side", came in under 2.4.0); 2.4.0: EXTRACTOR_VERSION 12 (a sweep of caption shapes: lists, misread
     # openings, "a X sitting"): any caption may change; 2.3.0: EXTRACTOR_VERSION 11 (more lists, two verbs after a subject)
     Config = OcclusionConfig

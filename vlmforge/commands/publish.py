@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/occlusion/2.5.0")]
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/occlusion/2.6.0")]
 
 
 def register(app: typer.Typer, build_app: typer.Typer) -> None:

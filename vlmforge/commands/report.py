@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/occlusion/2.5.0")]
+BuildArg = Annotated[Path, typer.Argument(help="build folder, e.g. builds/occlusion/2.6.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the manifest's samples, e.g. \"label = 'dog'\"")]
 Seed = Annotated[int, typer.Option("--seed", help="samples are ordered by md5(seed:key); another seed, another choice")]
 

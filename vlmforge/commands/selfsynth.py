@@ -20,7 +20,7 @@ CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="response 
 NoCache = Annotated[bool, typer.Option("--no-cache", help="do not cache generator responses (nor the embeddings of descriptions) on disk")]
 Embedder = Annotated[str, typer.Option("--embedder", help="sentence-transformers model for scores: minilm (offline default), a path or a Hub id (e.g. BAAI/bge-m3)")]
 FromBuild = Annotated[Path, typer.Option("--from", help="parent build folder, e.g. builds/selfsynth/1.8.0")]
-FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/2.5.0")]
+FromOcclusion = Annotated[Path, typer.Option("--from", help="occlusion build folder, e.g. builds/occlusion/2.6.0")]
 Where = Annotated[Optional[str], typer.Option("--where", help="SQL condition on the parent's manifest (only matching samples)")]
 
 

@@ -97,7 +97,7 @@ def register(app: typer.Typer, build_app: typer.Typer) -> None:
     ) -> None:
         """Train on shards: full, LoRA or projector-only for LLaVA-style models, or CLIP on image-label shards.
 
-        Example: vlmforge train --shards builds/occlusion/2.5.0 --model llava-hf/llava-1.5-7b-hf --mode lora --out runs/occ
+        Example: vlmforge train --shards builds/occlusion/2.6.0 --model llava-hf/llava-1.5-7b-hf --mode lora --out runs/occ
         """
         from vlmforge.progress import console
         from vlmforge.training.trainer import TrainConfig, train
